@@ -1,0 +1,164 @@
+"""xel-cli: the command line of the xel pipeline.
+
+Only parses options, builds the run config and calls each stage's `run`; all work
+happens in `pipeline/`. User-facing failures are `PipelineError`s: one line, exit 2,
+a traceback only with --debug.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from pipeline.errors import PipelineError
+
+STAGES = ("triage", "encode", "train", "evaluate")
+DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.toml"
+
+
+@dataclass
+class State:
+    debug: bool = False
+
+
+pass_state = click.make_pass_decorator(State, ensure=True)
+
+
+def _setup_logging(debug: bool, quiet: bool) -> None:
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    for noisy in ("transformers", "httpx", "filelock", "urllib3", "matplotlib", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+class XelGroup(click.Group):
+    """Turns a PipelineError into one line and exit code 2 unless --debug is on."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except PipelineError as error:
+            state = ctx.find_object(State)
+            if state is not None and state.debug:
+                raise
+            click.echo(f"Error: {error.format_message()}", err=True)
+            ctx.exit(error.exit_code)
+
+
+@click.group(cls=XelGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr.")
+@click.version_option(package_name="xel")
+@click.pass_context
+def main(ctx: click.Context, debug: bool, quiet: bool) -> None:
+    """Cross-language entity linking: triage -> encode -> train -> evaluate, each cached on disk."""
+    _setup_logging(debug, quiet)
+    ctx.obj = State(debug=debug)
+
+
+def config_options(function):
+    """Options shared by every stage command."""
+    function = click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                            default=DEMO_CONFIG, show_default="configs/demo.toml", help="The run's TOML config.")(function)
+    function = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+                            help="Override a config value, e.g. --set train.epochs=50 (repeatable).")(function)
+    function = click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                            help="Run folder (default: artifacts/<name>).")(function)
+    function = click.option("--force", is_flag=True, help="Redo the stage even if it is up to date.")(function)
+    return function
+
+
+def _load(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None):
+    from pipeline.config import load_config, to_dict
+    from pipeline.io import write_json_atomic
+
+    if run_dir is not None:
+        overrides = (*overrides, f"run.run_dir={run_dir.resolve()}")
+    config = load_config(config_path, overrides)
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(config.run_dir / "config.json", to_dict(config))
+    return config
+
+
+def _echo_result(result) -> None:
+    if result.skipped:
+        click.echo(f"{result.stage}: up to date ({result.out_dir}); --force redoes it")
+        return
+    counts = ", ".join(f"{k}={v}" for k, v in result.counts.items())
+    click.echo(f"{result.stage}: done in {result.seconds:.1f}s ({counts}) -> {result.out_dir}")
+    if result.stage == "triage":
+        recall = result.summary["recall"]
+        click.echo(_recall_table(recall))
+    if result.stage == "train":
+        click.echo(f"train: best dev linking accuracy {result.summary['best_dev_accuracy']:.4f} at epoch {result.summary['best_epoch']}")
+    if result.stage == "evaluate":
+        from pipeline.scoring import format_table
+
+        metrics = result.summary["metrics"]
+        thresholds = ", ".join(f"{k}={v:.2f}" for k, v in sorted(metrics["thresholds"].items()))
+        click.echo(f"evaluate: {metrics['split']} split, NIL thresholds {thresholds}")
+        click.echo(format_table(metrics))
+
+
+def _recall_table(recall) -> str:
+    header = "  ".join(f"{c:>10}" for c in recall.columns)
+    lines = [header]
+    for row in recall.iter_rows():
+        lines.append("  ".join(f"{v:>10.3f}" if isinstance(v, float) else f"{v!s:>10}" for v in row))
+    return "\n".join(lines)
+
+
+def _stage_command(stage: str, help_text: str):
+    @main.command(name=stage, help=help_text)
+    @config_options
+    def command(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, force: bool) -> None:
+        import importlib
+
+        config = _load(config_path, overrides, run_dir)
+        module = importlib.import_module(f"pipeline.{stage}")
+        _echo_result(module.run(config, force=force))
+
+    return command
+
+
+_stage_command("triage", "Read mentions and KB, write normalised tables and top-k candidates with recall.")
+_stage_command("encode", "Encode mentions and candidate entities with the multilingual encoder into vectors.h5.")
+_stage_command("train", "Train the ranker on the cached vectors (checkpoints, resumable).")
+_stage_command("evaluate", "Score candidates, tune NIL thresholds on dev, write TAC output and scores.")
+
+
+@main.command()
+@config_options
+def run(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, force: bool) -> None:
+    """Run all four stages in order; each skips when it is up to date."""
+    import importlib
+
+    config = _load(config_path, overrides, run_dir)
+    started = time.time()
+    for stage in STAGES:
+        module = importlib.import_module(f"pipeline.{stage}")
+        _echo_result(module.run(config, force=force))
+    click.echo(f"run: finished in {time.time() - started:.1f}s -> {config.run_dir}")
+
+
+@main.command()
+@click.argument("gold", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("system", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option("--lenient", is_flag=True, help="Allow different mention sets and count them as neleval does.")
+def score(gold: Path, system: Path, as_json: bool, lenient: bool) -> None:
+    """Score a TAC KBP 2015 EDL system file against a gold file (neleval's measures)."""
+    from pipeline.scoring import format_table, score_files
+
+    report = score_files(gold, system, strict=not lenient)
+    click.echo(json.dumps(report, indent=2) if as_json else format_table(report))
+
+
+if __name__ == "__main__":
+    main()

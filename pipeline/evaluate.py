@@ -1,0 +1,192 @@
+"""evaluate: score every candidate, decide NIL, cluster NILs, write and score TAC output.
+
+Outputs (in the run's `evaluate/` folder):
+- `scores.parquet`: every scored candidate (mention_id, rank, kb_id, score);
+- `predictions.parquet`: per mention the best and runner-up candidate, the margin, the
+  language's threshold, the NIL flag and the system id (KB id or NIL cluster);
+- `sweep.parquet` + `thresholds.png`: micro-average against threshold per language on
+  the tuning split (when thresholds are tuned);
+- `gold.tab` / `system.tab`: TAC KBP 2015 EDL files of the evaluation split;
+- `metrics.json` and `report.md`: the TAC measures overall and per language.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from pipeline import schema
+from pipeline.config import RunConfig, to_dict
+from pipeline.errors import InputError
+from pipeline.features import candidate_matrix, gold_rows, load_inputs, score_candidates
+from pipeline.io import scan_parquet_checked, write_json_atomic, write_parquet_atomic, write_text_atomic, atomic_path
+from pipeline.nil import best_thresholds, cluster_nils, decide, sweep
+from pipeline.scoring import MICRO_AVERAGE, format_table, score
+from pipeline.stage import StageResult, invalidate, is_up_to_date, stage_key, upstream_key, write_manifest
+from pipeline.tac import write_tab
+from pipeline.train import load_model
+
+logger = logging.getLogger(__name__)
+
+STAGE = "evaluate"
+STAGE_VERSION = 1
+RUN_ID = "xel"
+
+
+def predict(candidates: pl.DataFrame, mentions: pl.DataFrame, rows: np.ndarray, matrix: np.ndarray,
+            scores: np.ndarray, entity_ids: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(scores table, predictions table) from a (n_mentions, k) score array.
+
+    Predictions hold the best and runner-up KB ids and scores and the margin between
+    them; a mention without candidates has a null best.
+    """
+    filled = np.where(np.isnan(scores), -np.inf, scores)
+    order = np.argsort(-filled, axis=1, kind="stable")
+    ids = np.asarray(entity_ids + [None], dtype=object)
+    ranked_rows = np.take_along_axis(matrix, order, axis=1)
+    ranked_scores = np.take_along_axis(filled, order, axis=1)
+    width = matrix.shape[1]
+
+    def column(index: int) -> tuple[list, np.ndarray]:
+        if index >= width:
+            return [None] * len(rows), np.full(len(rows), np.nan)
+        entity = ranked_rows[:, index]
+        value = np.where(entity >= 0, ranked_scores[:, index], np.nan)
+        return ids[np.where(entity >= 0, entity, -1)].tolist(), value
+
+    best_ids, best_scores = column(0)
+    second_ids, second_scores = column(1)
+    mention_ids = mentions["mention_id"].to_numpy()[rows]
+    predictions = pl.DataFrame({
+        "mention_id": mention_ids, "best_kb_id": best_ids, "best_score": best_scores,
+        "second_kb_id": second_ids, "second_score": second_scores,
+    }, schema={"mention_id": pl.String, "best_kb_id": pl.String, "best_score": pl.Float64,
+               "second_kb_id": pl.String, "second_score": pl.Float64}).with_columns(
+        pl.col("best_score").fill_nan(None), pl.col("second_score").fill_nan(None)).with_columns(
+        (pl.col("best_score") - pl.col("second_score")).alias("margin"))
+    valid = matrix >= 0
+    row_index, slot = np.nonzero(valid)
+    score_table = pl.DataFrame({
+        "mention_id": mention_ids[row_index], "kb_id": ids[matrix[row_index, slot]].tolist(),
+        "rank": (slot + 1).astype(np.int32), "score": scores[row_index, slot].astype(np.float32),
+    })
+    return score_table, predictions
+
+
+def plot_sweep(sweep_table: pl.DataFrame, thresholds: dict[str, float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for lang in sorted(sweep_table["lang"].unique().to_list()):
+        part = sweep_table.filter(pl.col("lang") == lang).sort("threshold")
+        axis.plot(part["threshold"].to_numpy(), part["micro_average"].to_numpy(), label=f"{lang} (t={thresholds[lang]:.2f})")
+    axis.set_xlabel("NIL threshold")
+    axis.set_ylabel("micro-average (tuning split)")
+    axis.legend()
+    figure.tight_layout()
+    with atomic_path(path) as temp_path:
+        figure.savefig(temp_path, format="png", dpi=100)
+    plt.close(figure)
+
+
+def tac_frame(table: pl.DataFrame, id_column: str) -> pl.DataFrame:
+    """TAC KBP 2015 rows (end inclusive) from mentions with doc offsets and an id column."""
+    return table.select(
+        pl.lit(RUN_ID).alias("run_id"), "mention_id",
+        pl.col("mention").str.replace_all(r"\s+", " ").alias("mention"),
+        "doc_id", pl.col("doc_start").alias("start"), (pl.col("doc_end") - 1).alias("end"),
+        pl.col(id_column).alias("kb_id"),
+        pl.col("entity_type").fill_null("UNK").alias("entity_type"),
+        pl.col("mention_type").fill_null("NAM").alias("mention_type"),
+        pl.lit(1.0).alias("confidence"),
+    )
+
+
+def report_markdown(metrics: dict, thresholds: dict[str, float], split: str, has_plot: bool) -> str:
+    lines = [f"# Evaluation on the {split} split", "", "## NIL thresholds", "", "| language | threshold |", "| --- | --- |"]
+    lines += [f"| {lang} | {value:.3f} |" for lang, value in sorted(thresholds.items())]
+    if has_plot:
+        lines += ["", "![micro-average against threshold](thresholds.png)"]
+    lines += ["", "## Scores", "", "```", format_table(metrics), "```", ""]
+    return "\n".join(lines)
+
+
+def run(config: RunConfig, force: bool = False) -> StageResult:
+    started = time.time()
+    out_dir = config.stage_dir(STAGE)
+    triage_dir, encode_dir, train_dir = (config.stage_dir(s) for s in ("triage", "encode", "train"))
+    inputs_keys = {"triage": upstream_key(triage_dir, "triage"), "encode": upstream_key(encode_dir, "encode"),
+                   "train": upstream_key(train_dir, "train")}
+    settings = to_dict(config.evaluate)
+    key = stage_key(STAGE, STAGE_VERSION, settings, inputs_keys)
+    if not force and is_up_to_date(out_dir, key):
+        return StageResult(STAGE, out_dir, skipped=True, seconds=time.time() - started)
+    invalidate(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    evaluate = config.evaluate
+
+    device = torch.device("cpu")
+    model, saved = load_model(train_dir, device)
+    inputs, _, _ = load_inputs(triage_dir, encode_dir, saved["mention_types"], saved["entity_types"], 0, device)
+    candidates = scan_parquet_checked(triage_dir / "candidates.parquet", schema.CANDIDATES, "triage").select(
+        "mention_id", "rank", "kb_id").collect()
+    mentions = inputs.mentions
+    rows = mentions["row"].to_numpy()
+    matrix, _ = candidate_matrix(candidates, inputs, rows)
+    scores = score_candidates(model, inputs, rows, matrix)
+    score_table, predictions = predict(candidates, mentions, rows, matrix, scores, inputs.entity_ids["kb_id"].to_list())
+    predictions = mentions.drop("row").join(predictions, on="mention_id")
+
+    sweep_table = None
+    if evaluate.threshold_mode == "dev":
+        tuning = predictions.filter(pl.col("split") == evaluate.tune_split)
+        if tuning.filter(pl.col("gold_kb_id").is_not_null()).is_empty():
+            raise InputError("E112", path=triage_dir / "mentions.parquet", line="-",
+                             detail=f"no {evaluate.tune_split} mention has a gold id to tune NIL thresholds on; "
+                                    "give some mentions that split, or set evaluate.threshold_mode = \"fixed\"")
+        sweep_table = sweep(tuning)
+        thresholds = best_thresholds(sweep_table)
+    else:
+        thresholds = {}
+    for lang in predictions["lang"].unique().to_list():
+        thresholds.setdefault(lang, evaluate.fixed_thresholds.get(lang, evaluate.default_threshold))
+    decided = cluster_nils(decide(predictions, thresholds, evaluate.default_threshold), evaluate.nil_clustering)
+
+    evaluated = decided.filter((pl.col("split") == evaluate.eval_split) & pl.col("gold_kb_id").is_not_null())
+    if evaluated.is_empty():
+        raise InputError("E112", path=triage_dir / "mentions.parquet", line="-",
+                         detail=f"no {evaluate.eval_split} mention has a gold id; set evaluate.eval_split to a split with gold")
+    gold_tab = tac_frame(evaluated, "gold_tac_id")
+    system_tab = tac_frame(evaluated, "system_id")
+    languages = evaluated.select("doc_id", "lang").unique()
+    metrics = score(gold_tab, system_tab, languages)
+    metrics["thresholds"] = thresholds
+    metrics["split"] = evaluate.eval_split
+
+    write_parquet_atomic(score_table, out_dir / "scores.parquet")
+    write_parquet_atomic(decided.select(
+        "mention_id", "doc_id", "lang", "split", "mention", "gold_kb_id", "best_kb_id", "best_score", "second_kb_id",
+        "second_score", "margin", "threshold", "is_nil", "system_id"), out_dir / "predictions.parquet")
+    outputs = ["scores.parquet", "predictions.parquet", "gold.tab", "system.tab", "metrics.json", "report.md"]
+    if sweep_table is not None:
+        write_parquet_atomic(sweep_table, out_dir / "sweep.parquet")
+        plot_sweep(sweep_table, thresholds, out_dir / "thresholds.png")
+        outputs += ["sweep.parquet", "thresholds.png"]
+    write_tab(gold_tab, out_dir / "gold.tab")
+    write_tab(system_tab, out_dir / "system.tab")
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    write_text_atomic(out_dir / "report.md", report_markdown(metrics, thresholds, evaluate.eval_split, sweep_table is not None))
+    counts = {"mentions_scored": int(len(rows)), "candidates_scored": score_table.height, "evaluated": evaluated.height,
+              "predicted_nil": int(evaluated["is_nil"].sum())}
+    write_manifest(out_dir, stage=STAGE, key=key, inputs=inputs_keys, settings=settings, counts=counts, outputs=outputs,
+                   started=started, extra={"thresholds": thresholds})
+    return StageResult(STAGE, out_dir, skipped=False, seconds=time.time() - started, counts=counts,
+                       summary={"metrics": metrics, "micro_average_key": MICRO_AVERAGE})

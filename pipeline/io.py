@@ -1,0 +1,144 @@
+"""File edges shared by every stage: atomic writes, fingerprints, JSONL and Parquet.
+
+Nothing here knows about stages; it only makes sure a file on disk is either complete
+or absent, and that bad records are reported with their file and line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from pipeline.errors import CacheError, InputError, SchemaError
+
+# Lines of JSONL parsed per block: bounds memory on multi-million-line KBs.
+JSONL_BLOCK_LINES = 200_000
+
+
+@contextlib.contextmanager
+def atomic_path(final_path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to `final_path`; rename it into place on success.
+
+    A crash or an exception leaves no file at `final_path` that looks finished.
+    """
+    final_path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{final_path.name}.", suffix=".tmp", dir=final_path.parent)
+    os.close(handle)
+    temp_path = Path(temp_name)
+    try:
+        yield temp_path
+        os.replace(temp_path, final_path)
+    finally:
+        temp_path.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_path(path) as temp_path:
+        temp_path.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    write_text_atomic(path, json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
+    with atomic_path(path) as temp_path:
+        frame.write_parquet(temp_path, compression="zstd", statistics=True)
+
+
+def file_fingerprint(path: Path) -> str:
+    """Content hash of a file (or of every file under a folder, sorted by name)."""
+    digest = hashlib.blake2b(digest_size=16)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file_path in files:
+        digest.update(str(file_path.relative_to(path) if path.is_dir() else "").encode())
+        with open(file_path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def scan_parquet_checked(path: Path, required: dict[str, pl.DataType], stage: str) -> pl.LazyFrame:
+    """Open a stage's Parquet output lazily and check its columns before reading data."""
+    if not path.exists():
+        raise CacheError("E401", path=path, stage=stage)
+    try:
+        frame = pl.scan_parquet(path)
+        schema = frame.collect_schema()
+    except Exception as exc:  # polars raises several types for damaged files
+        raise SchemaError("E302", path=path, detail=str(exc).splitlines()[0]) from None
+    for column in required:
+        if column not in schema:
+            raise SchemaError("E301", path=path, column=column, columns=", ".join(schema.names()))
+    return frame
+
+
+def _decode_line(path: Path, line_number: int, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError("E110", path=path, line=line_number, detail=exc.reason + f" at byte {exc.start}") from None
+
+
+def _parse_line(path: Path, line_number: int, text: str) -> dict[str, Any]:
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError("E101", path=path, line=line_number, detail=exc.msg + f" at column {exc.colno}") from None
+    if not isinstance(record, dict):
+        raise InputError("E101", path=path, line=line_number, detail=f"expected an object, got {type(record).__name__}")
+    return record
+
+
+def iter_jsonl_blocks(path: Path, block_lines: int = JSONL_BLOCK_LINES) -> Iterator[list[tuple[int, dict[str, Any]]]]:
+    """Yield blocks of (line number, record) from a JSONL file.
+
+    Tolerates a UTF-8 BOM, CRLF line ends and blank lines; a bad line raises an
+    `InputError` naming the file and line. Memory is bounded by `block_lines`.
+    """
+    if not path.exists():
+        raise InputError("E108", path=path)
+    block: list[tuple[int, dict[str, Any]]] = []
+    seen_any = False
+    with open(path, "rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            if line_number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            text = _decode_line(path, line_number, raw).strip()
+            if not text:
+                continue
+            block.append((line_number, _parse_line(path, line_number, text)))
+            seen_any = True
+            if len(block) >= block_lines:
+                yield block
+                block = []
+    if block:
+        yield block
+    if not seen_any:
+        raise InputError("E107", path=path)
+
+
+def check_record_fields(path: Path, line_number: int, record: dict[str, Any],
+                        fields: dict[str, tuple[type | tuple[type, ...], bool]]) -> None:
+    """Check required fields and types of one record: `fields` maps name -> (types, required)."""
+    for name, (types, required) in fields.items():
+        value = record.get(name)
+        if value is None:
+            if required:
+                raise InputError("E102", path=path, line=line_number, field=name)
+            continue
+        if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+            ok = False
+        else:
+            ok = isinstance(value, types)
+        if not ok:
+            expected = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+            raise InputError("E103", path=path, line=line_number, field=name, expected=f"a {expected}", got=value)

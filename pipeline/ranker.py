@@ -1,0 +1,106 @@
+"""The paper's ranker (§3.2) and loss (§3.3).
+
+Three pair MLPs — name (ms, es), context (mc, ec), type (mt, et) — each map their
+concatenated pair to a combined representation; a final MLP maps the concatenation of
+those to one score in [-1, 1] (tanh). ReLU and dropout at every layer.
+
+The first layer of a pair MLP is a Linear over [mention; entity]. It is computed as
+W_m·mention + W_e·entity + b — the same function — so each mention and each distinct
+entity of a batch is projected once instead of once per (mention, candidate) pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+FEATURES = ("name", "context", "type")
+
+
+@dataclass(frozen=True)
+class RankerShape:
+    """Everything that fixes the ranker's parameters; stored in checkpoints."""
+
+    features: tuple[str, ...]
+    vector_size: int
+    mention_types: int
+    entity_types: int
+    name_hidden: tuple[int, ...]
+    context_hidden: tuple[int, ...]
+    type_hidden: tuple[int, ...]
+    final_hidden: tuple[int, ...]
+    dropout: float
+
+    def sizes(self, feature: str) -> tuple[int, int, tuple[int, ...]]:
+        """(mention width, entity width, hidden sizes) of a feature's pair MLP."""
+        if feature == "type":
+            return self.mention_types, self.entity_types, self.type_hidden
+        hidden = self.name_hidden if feature == "name" else self.context_hidden
+        return self.vector_size, self.vector_size, hidden
+
+
+def mlp(in_size: int, hidden: tuple[int, ...], dropout: float) -> tuple[nn.Sequential, int]:
+    layers: list[nn.Module] = []
+    for size in hidden:
+        layers += [nn.Linear(in_size, size), nn.ReLU(), nn.Dropout(dropout)]
+        in_size = size
+    return nn.Sequential(*layers), in_size
+
+
+class PairMLP(nn.Module):
+    """MLP over [mention; entity] whose first layer is split by side (see module doc)."""
+
+    def __init__(self, mention_size: int, entity_size: int, hidden: tuple[int, ...], dropout: float) -> None:
+        super().__init__()
+        self.mention_in = nn.Linear(mention_size, hidden[0])
+        self.entity_in = nn.Linear(entity_size, hidden[0], bias=False)
+        self.first = nn.Sequential(nn.ReLU(), nn.Dropout(dropout))
+        self.rest, self.out_size = mlp(hidden[0], hidden[1:], dropout)
+        self.out_size = hidden[-1]
+
+    def forward(self, mentions: torch.Tensor, entities: torch.Tensor, entity_index: torch.Tensor) -> torch.Tensor:
+        """mentions (B, dm), entities (U, de), entity_index (B, n) into U -> (B, n, out)."""
+        mention_part = self.mention_in(mentions).unsqueeze(1)  # (B, 1, h)
+        entity_part = self.entity_in(entities)[entity_index]  # (B, n, h)
+        return self.rest(self.first(mention_part + entity_part))
+
+
+class Ranker(nn.Module):
+    def __init__(self, shape: RankerShape) -> None:
+        super().__init__()
+        self.shape = shape
+        self.pair_mlps = nn.ModuleDict()
+        width = 0
+        for feature in shape.features:
+            mention_size, entity_size, hidden = shape.sizes(feature)
+            self.pair_mlps[f"{feature}_pair"] = PairMLP(mention_size, entity_size, hidden, shape.dropout)
+            width += hidden[-1]
+        self.final, final_size = mlp(width, shape.final_hidden, shape.dropout)
+        self.score = nn.Linear(final_size, 1)
+
+    def forward(self, mentions: dict[str, torch.Tensor], entities: dict[str, torch.Tensor],
+                entity_index: torch.Tensor) -> torch.Tensor:
+        """Scores (B, n) in [-1, 1] of B mentions against n entities each.
+
+        mentions[f]: (B, width_f); entities[f]: (U, width_f), the distinct entities of the
+        batch; entity_index: (B, n) rows into U.
+        """
+        combined = torch.cat([self.pair_mlps[f"{f}_pair"](mentions[f], entities[f], entity_index)
+                              for f in self.shape.features], dim=-1)  # (B, n, width)
+        return torch.tanh(self.score(self.final(combined))).squeeze(-1)
+
+
+def hinge_loss(gold_scores: torch.Tensor, negative_scores: torch.Tensor, negative_mask: torch.Tensor,
+               margin: float) -> torch.Tensor:
+    """Mean of max(0, margin - (gold - hardest negative)).
+
+    gold_scores (B,), negative_scores (B, n), negative_mask (B, n) True where a real
+    negative stands; a mention without any negative contributes no loss.
+    """
+    hardest = negative_scores.masked_fill(~negative_mask, float("-inf")).amax(dim=1)
+    has_negative = negative_mask.any(dim=1)
+    losses = torch.clamp(margin - (gold_scores - hardest), min=0.0)
+    losses = torch.where(has_negative, losses, torch.zeros_like(losses))
+    return losses.sum() / has_negative.sum().clamp(min=1)

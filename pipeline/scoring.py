@@ -1,0 +1,484 @@
+"""TAC KBP 2015 EDL scoring, measure for measure identical to neleval 3.1.1.
+
+What `neleval prepare-tac15` then `neleval evaluate -m <measure>` computes, reproduced
+here with polars joins and group_bys (linear in the number of mentions):
+
+* **Mentions are spans.** A mention is `(doc_id, start, end)` (end inclusive, as in the
+  file). Rows of one file with the same span are ONE annotation whose candidates are
+  sorted by descending confidence; only the top one counts ("duplicate links with
+  confidences: the highest wins"; ties go to the row that comes first in the file, since
+  neleval's sorts are stable). Spans are compared exactly: no partial-overlap credit.
+* **KB ids** are compared verbatim: `prepare-tac15` computes `normalise_link` (URL
+  prefix off, spaces to '_') but only keeps it when given a `--mapping` file, which we
+  do not model. An id starting with "NIL" is NIL; its full text is its NIL cluster id.
+  The "type" of a mention is `entity_type/mention_type`, so typed measures need both to
+  match.
+* **Set measures** (`strong_*_match`) compare sets of key tuples: link = (span, kbid)
+  over linked mentions only, nil = span over NIL mentions only, all = (span, kbid) with
+  every NIL kbid equal (None in neleval); typed variants add the type. P = tp / |system
+  tuples|, R = tp / |gold tuples|.
+* **B-cubed** clusters spans by their full id (KB id or NIL cluster id) over the whole
+  collection, not per document. For each gold item, recall adds |G ∩ S| / |G| (0 when
+  the system lacks the item); precision is the same from the system side. Computed from
+  the gold-cluster × system-cluster contingency table: R = Σ n_ij² / |G_i| / N_gold,
+  P = Σ n_ij² / |S_j| / N_system. **B-cubed+** uses items (span, kbid), so a shared span
+  only counts when the KB id (or NIL-ness) also agrees.
+* **KBP2010 micro-average** is accuracy over gold mentions with all NILs equal, i.e.
+  neleval's `strong_all_match` recall (neleval lists strong_all_match as "equivalent to
+  overall accuracy" in its tac09 set); a gold mention the system lacks counts as wrong.
+* **Zero denominators** give 0.0 (neleval's `Matrix.div`), and F1 = 2PR / (P + R) is
+  0.0 when P + R = 0.
+* **Mentions the gold and system do not share.** neleval counts a system-only span as a
+  false positive (and as a system item in B-cubed) and a gold-only span as a miss. We
+  refuse such input by default (`strict=True`, error E601), because the pipeline always
+  writes every gold mention; `strict=False` scores it exactly as neleval does.
+* **Per language** is neleval's `evaluate --group-by`: each language's gold and system
+  annotations are scored on their own (clusters are cut at the language boundary), and
+  only languages present in the gold are reported.
+
+Where we differ (documented, untested by design): neleval groups rows by the raw span
+text before parsing offsets, so `D:01-5`, `D: 1-5` and `D:1-5` would be separate
+annotations of one span there (and could put it in two clusters); here they are one.
+
+How: both sides go through one polars pipeline in which every string (doc_id, id, type)
+becomes an integer code and each span one UInt64 key, so the dedup, the gold/system
+join and the contingency group_bys all run on integers. No step loops over mentions in
+Python; the only Python loops are over measures and languages.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import polars as pl
+
+from .errors import InputError, SchemaError
+from .tac import language_expr, read_tab
+
+logger = logging.getLogger(__name__)
+
+SET_MEASURES = (
+    "strong_link_match",
+    "strong_nil_match",
+    "strong_all_match",
+    "strong_typed_link_match",
+    "strong_typed_nil_match",
+    "strong_typed_all_match",
+)
+CLUSTER_MEASURES = ("b_cubed", "b_cubed_plus")
+MEASURES = SET_MEASURES + CLUSTER_MEASURES
+"""P/R/F1 measures in report order; names as in neleval's configs.MEASURES."""
+
+MICRO_AVERAGE = "kbp2010_micro_average"
+OVERALL = "overall"
+UNKNOWN_LANGUAGE = "unknown"
+NIL_PREFIX = "NIL"
+
+REQUIRED_COLUMNS = ("mention_id", "doc_id", "start", "end", "kb_id", "entity_type", "mention_type", "confidence")
+"""Columns `score` needs in the gold and system frames (as `pipeline.tac.read_tab` returns them)."""
+
+SPAN = ("doc_id", "start", "end")
+SPAN_KEY = ("doc", "start", "end")  # doc = integer code of doc_id, shared by gold and system
+
+# kbid equality: all NILs are equal (neleval's kbid is None for them), linked ids by eid.
+_SAME_KBID = (pl.col("is_nil") & pl.col("is_nil_sys")) | (
+    ~pl.col("is_nil") & ~pl.col("is_nil_sys") & (pl.col("eid") == pl.col("eid_sys"))
+)
+
+_SHOWN_MISMATCHES = 3
+
+
+def score(
+    gold: pl.DataFrame,
+    system: pl.DataFrame,
+    mention_languages: pl.DataFrame | None = None,
+    *,
+    strict: bool = True,
+) -> dict:
+    """Score `system` against `gold` with neleval 3.1.1's TAC measures, overall and per language.
+
+    `gold` and `system` have `REQUIRED_COLUMNS` (what `read_tab` returns). Language is a
+    property of the document: `mention_languages` has columns `doc_id, lang` (one lang per
+    doc_id; keyed by document, not mention, so that a system-only mention also gets a
+    language); documents it does not list fall back to `pipeline.tac.language_of_doc`, then
+    to "unknown". With `strict` (default) the two frames must cover the same spans, else
+    `InputError` E601; with `strict=False` unmatched spans count as neleval counts them.
+
+    Returns `{"overall": R, "by_language": {lang: R}, "counts": C}` where R maps each of
+    `MEASURES` to `{"precision", "recall", "f1"}` and `MICRO_AVERAGE` to
+    `{"micro_average"}`, and C = `{"overall": K, "by_language": {lang: K}}` with K =
+    gold/system mentions (distinct spans), gold/system NIL mentions, matched spans,
+    and (overall only) the raw row counts before duplicate spans were resolved.
+    """
+    return _score(gold, system, mention_languages, strict=strict, gold_name="gold", system_name="system")
+
+
+def score_files(
+    gold_path: Path,
+    system_path: Path,
+    mention_languages: pl.DataFrame | None = None,
+    *,
+    strict: bool = True,
+) -> dict:
+    """`score` two TAC KBP 2015 `.tab` files (read with `read_tab`); errors name the files."""
+    gold = read_tab(Path(gold_path))
+    system = read_tab(Path(system_path))
+    return _score(
+        gold, system, mention_languages, strict=strict, gold_name=str(gold_path), system_name=str(system_path)
+    )
+
+
+def _score(
+    gold: pl.DataFrame,
+    system: pl.DataFrame,
+    mention_languages: pl.DataFrame | None,
+    *,
+    strict: bool,
+    gold_name: str,
+    system_name: str,
+) -> dict:
+    _check_columns(gold, gold_name)
+    _check_columns(system, system_name)
+    languages = _document_languages(mention_languages)
+    gold_mentions, system_mentions, language_names = _annotations(gold, system, languages)
+    # A span's language is its document's, so both sides of a matched span share `lang`.
+    payload = ["eid", "is_nil", "type", "size_overall", "size_in_lang"]
+    matched = gold_mentions.select("span", "lang", *payload).join(
+        system_mentions.select("span", *payload), on="span", how="inner", suffix="_sys"
+    )
+    if strict and not matched.height == gold_mentions.height == system_mentions.height:
+        _raise_mismatch(gold, system, gold_name=gold_name, system_name=system_name)
+
+    same_type = pl.col("type") == pl.col("type_sys")
+    both_linked = ~pl.col("is_nil") & ~pl.col("is_nil_sys")
+    both_nil = pl.col("is_nil") & pl.col("is_nil_sys")
+    same_kbid = _SAME_KBID
+    side_counts = [
+        frame.lazy()
+        .group_by("lang")
+        .agg(pl.len().alias(f"{side}_mentions"), pl.col("is_nil").sum().alias(f"{side}_nil"))
+        for frame, side in ((gold_mentions, "gold"), (system_mentions, "system"))
+    ]
+    true_positives = matched.lazy().group_by("lang").agg(
+        pl.len().alias("matched_mentions"),
+        (both_linked & same_kbid).sum().alias("strong_link_match"),
+        both_nil.sum().alias("strong_nil_match"),
+        same_kbid.sum().alias("strong_all_match"),
+        (both_linked & same_kbid & same_type).sum().alias("strong_typed_link_match"),
+        (both_nil & same_type).sum().alias("strong_typed_nil_match"),
+        (same_kbid & same_type).sum().alias("strong_typed_all_match"),
+    )
+    # Counts and true positives add up over languages; B-cubed sums do not (cluster sizes differ).
+    additive = (
+        side_counts[0]
+        .join(side_counts[1], on="lang", how="full", coalesce=True)
+        .join(true_positives, on="lang", how="left")
+        .fill_null(0)
+    )
+    by_language = (
+        additive.join(_b_cubed_sums(matched.lazy(), ["lang"], "size_in_lang"), on="lang", how="left")
+        .fill_null(0)
+        .filter(pl.col("gold_mentions") > 0)  # neleval reports the gold's groups only
+    )
+    overall = pl.concat(
+        [additive.select(pl.exclude("lang").sum()), _b_cubed_sums(matched.lazy(), [], "size_overall")],
+        how="horizontal",
+    )
+    by_language_rows, overall_rows = pl.collect_all([by_language, overall])
+    overall_row = overall_rows.row(0, named=True)
+    # A handful of rows, one per language, keyed by name in sorted order.
+    rows = dict(sorted((language_names[row["lang"]], row) for row in by_language_rows.to_dicts()))
+    extra_languages = sorted(
+        {language_names[code] for code in system_mentions["lang"].unique().to_list()} - set(rows)
+    )
+    if extra_languages:
+        logger.warning("system languages %s are not in the gold; they count overall only", extra_languages)
+
+    counts_overall = _counts(overall_row)
+    counts_overall["gold_rows"] = gold.height
+    counts_overall["system_rows"] = system.height
+    return {
+        OVERALL: _measures(overall_row),
+        "by_language": {language: _measures(row) for language, row in rows.items()},
+        "counts": {
+            OVERALL: counts_overall,
+            "by_language": {language: _counts(row) for language, row in rows.items()},
+        },
+    }
+
+
+def _b_cubed_sums(matched: pl.LazyFrame, keys: list[str], size: str) -> pl.LazyFrame:
+    """B-cubed and B-cubed+ numerators per `keys` group from the contingency table.
+
+    One cell per (gold cluster i, system cluster j) with n_ij shared spans (n+_ij of them
+    also agreeing on kbid); `size` names the cluster-size column (|G_i| on the gold side,
+    `size`_sys = |S_j| on the system side) counted within the same grouping. Precision
+    numerator = sum n_ij^2 / |S_j|, recall numerator = sum n_ij^2 / |G_i|.
+    """
+    cells = matched.group_by(*keys, "eid", "eid_sys").agg(
+        pl.len().cast(pl.Float64).alias("n"),
+        _SAME_KBID.sum().cast(pl.Float64).alias("n_plus"),
+        pl.col(size).first().cast(pl.Float64).alias("gold_size"),
+        pl.col(f"{size}_sys").first().cast(pl.Float64).alias("system_size"),
+    )
+    sums = [
+        (pl.col("n") ** 2 / pl.col("system_size")).sum().alias("b_cubed_p"),
+        (pl.col("n") ** 2 / pl.col("gold_size")).sum().alias("b_cubed_r"),
+        (pl.col("n_plus") ** 2 / pl.col("system_size")).sum().alias("b_cubed_plus_p"),
+        (pl.col("n_plus") ** 2 / pl.col("gold_size")).sum().alias("b_cubed_plus_r"),
+    ]
+    return cells.group_by(*keys).agg(sums) if keys else cells.select(sums)
+
+
+def _check_columns(frame: pl.DataFrame, name: str) -> None:
+    missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
+    if missing:
+        raise SchemaError(
+            "E602",
+            what=name,
+            missing=", ".join(missing),
+            columns=", ".join(frame.columns),
+            fix="read it with pipeline.tac.read_tab or give it those columns",
+        )
+    null_counts = frame.select(REQUIRED_COLUMNS).null_count().row(0, named=True)
+    for column, count in null_counts.items():
+        if count:
+            row = int(frame.with_row_index("row").filter(pl.col(column).is_null())["row"][0])
+            raise SchemaError("E603", what=name, column=column, count=count, row=row)
+
+
+def _document_languages(mention_languages: pl.DataFrame | None) -> pl.LazyFrame | None:
+    """Validated `doc_id -> lang` table (one row per document), or None."""
+    if mention_languages is None:
+        return None
+    missing = [column for column in ("doc_id", "lang") if column not in mention_languages.columns]
+    if missing:
+        raise SchemaError(
+            "E602",
+            what="mention_languages",
+            missing=", ".join(missing),
+            columns=", ".join(mention_languages.columns),
+            fix="give one row per document with its doc_id and lang",
+        )
+    languages = mention_languages.select(pl.col("doc_id").cast(pl.String), pl.col("lang").cast(pl.String)).unique()
+    conflicts = languages.group_by("doc_id").agg(pl.len().alias("count")).filter(pl.col("count") > 1)
+    if conflicts.height:
+        conflict = conflicts.sort("doc_id").row(0, named=True)
+        raise InputError("E604", what="mention_languages", doc_id=conflict["doc_id"], count=conflict["count"])
+    return languages.lazy()
+
+
+def _annotations(
+    gold: pl.DataFrame, system: pl.DataFrame, languages: pl.LazyFrame | None
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[int, str]]:
+    """Gold and system annotations, one per span, as neleval sees them after prepare-tac15.
+
+    Returns (gold, system, language_names). Both sides go through one pipeline so that
+    their integer codes agree, and every string is replaced by a UInt32 code (equal codes
+    for equal strings) before any sort, join or group_by: `doc` (doc_id), `eid`
+    (KB or NIL id), `type` ("entity_type/mention_type"), `lang` (a key of
+    `language_names`). Columns: row (input row, gold first), doc, start, end, span (one
+    UInt64 per distinct span, see `_span_key`), eid, is_nil, type, lang, and the B-cubed
+    cluster sizes (spans with the same eid on the same side) size_overall and
+    size_in_lang (within the span's language). Among rows sharing a span the highest
+    confidence wins, ties to the earliest row (neleval's stable sorts).
+    """
+
+    def rows(frame: pl.DataFrame, side: int) -> pl.LazyFrame:
+        return frame.lazy().select(
+            pl.lit(side, pl.UInt8).alias("side"),
+            pl.col("doc_id").cast(pl.String),
+            pl.col("start").cast(pl.Int64),
+            pl.col("end").cast(pl.Int64),
+            pl.col("kb_id").cast(pl.String),
+            pl.concat_str([pl.col("entity_type"), pl.col("mention_type")], separator="/").alias("type"),
+            pl.col("confidence").cast(pl.Float64),
+        )
+
+    def code(expression: pl.Expr) -> pl.Expr:
+        return expression.cast(pl.Categorical).to_physical()
+
+    eid = pl.col("kb_id")
+    coded = (
+        pl.concat([rows(gold, 0), rows(system, 1)])
+        .with_row_index("row")
+        .select(
+            "side",
+            "row",
+            "doc_id",
+            code(pl.col("doc_id")).alias("doc"),
+            "start",
+            "end",
+            "confidence",
+            code(eid).alias("eid"),
+            eid.str.starts_with(NIL_PREFIX).alias("is_nil"),
+            code(pl.col("type")).alias("type"),
+        )
+        .collect()
+    )
+    # Language per document (thousands at most, not per mention), as a small integer code.
+    fallback = language_expr(pl.col("doc_id"))
+    documents = coded.lazy().select("doc", "doc_id").unique(subset="doc")
+    if languages is not None:
+        documents = documents.join(languages, on="doc_id", how="left")
+        language = pl.coalesce(pl.col("lang"), fallback, pl.lit(UNKNOWN_LANGUAGE))
+    else:
+        language = pl.coalesce(fallback, pl.lit(UNKNOWN_LANGUAGE))
+    documents = (
+        documents.select("doc", language.alias("language"))
+        .with_columns(pl.col("language").rank("dense").cast(pl.UInt32).alias("lang"))
+        .collect()
+    )
+    names = documents.select("lang", "language").unique()
+    language_names = dict(zip(names["lang"].to_list(), names["language"].to_list()))
+
+    # Pack (side, eid) and (side, lang, eid) into one UInt64 each: single-key windows.
+    side_eid = pl.col("eid").cast(pl.UInt64) * 2 + pl.col("side").cast(pl.UInt64)
+    annotated = (
+        coded.lazy()
+        .with_columns(_span_key(coded).alias("span"))
+        .sort("confidence", descending=True, maintain_order=True)  # stable: ties stay in row order
+        .filter((pl.col("span") * 2 + pl.col("side").cast(pl.UInt64)).is_first_distinct())
+        .join(documents.lazy().select("doc", "lang"), on="doc", how="left")
+        .with_columns(
+            pl.len().over(side_eid).alias("size_overall"),
+            pl.len().over(pl.col("lang").cast(pl.UInt64) * (1 << 33) + side_eid).alias("size_in_lang"),
+        )
+        .drop("confidence", "doc_id")
+        .collect()
+    )
+    return (
+        annotated.filter(pl.col("side") == 0).drop("side"),
+        annotated.filter(pl.col("side") == 1).drop("side"),
+        language_names,
+    )
+
+
+def _span_key(coded: pl.DataFrame) -> pl.Expr:
+    """One UInt64 per distinct (doc, start, end), < 2**63 so that key * 2 + side fits.
+
+    Bit-packs doc code, start and length when their ranges fit in 63 bits (exact, and
+    what any real corpus gives); otherwise falls back to a dense rank of the triple.
+    """
+    bounds = coded.select(
+        pl.col("doc").max().alias("doc"),
+        pl.col("start").min().alias("min_start"),
+        pl.col("start").max().alias("max_start"),
+        (pl.col("end") - pl.col("start")).min().alias("min_length"),
+        (pl.col("end") - pl.col("start")).max().alias("max_length"),
+    ).row(0, named=True)
+    if coded.height == 0:
+        return pl.lit(0, pl.UInt64)
+    start_bits = int(bounds["max_start"]).bit_length()
+    length_bits = int(bounds["max_length"]).bit_length()
+    fits = (
+        bounds["min_start"] >= 0
+        and bounds["min_length"] >= 0
+        and int(bounds["doc"]).bit_length() + start_bits + length_bits <= 63
+    )
+    if not fits:
+        logger.debug("span offsets too wide to bit-pack; ranking spans instead")
+        return pl.struct(*SPAN_KEY).rank("dense").cast(pl.UInt64)
+    return (
+        pl.col("doc").cast(pl.UInt64) * (1 << (start_bits + length_bits))
+        + pl.col("start").cast(pl.UInt64) * (1 << length_bits)
+        + (pl.col("end") - pl.col("start")).cast(pl.UInt64)
+    )
+
+
+def _raise_mismatch(gold: pl.DataFrame, system: pl.DataFrame, *, gold_name: str, system_name: str) -> None:
+    """E601 with how many spans each side lacks and the first few (by mention id)."""
+    spans = [frame.select("mention_id", *(pl.col(c).cast(pl.Int64) if c != "doc_id" else pl.col(c) for c in SPAN))
+             .unique(subset=list(SPAN), keep="first") for frame in (gold, system)]
+    missing = spans[0].join(spans[1], on=list(SPAN), how="anti").sort("mention_id")
+    extra = spans[1].join(spans[0], on=list(SPAN), how="anti").sort("mention_id")
+    raise InputError(
+        "E601",
+        gold=gold_name,
+        system=system_name,
+        n_missing=missing.height,
+        missing=_show_spans(missing),
+        n_extra=extra.height,
+        extra=_show_spans(extra),
+    )
+
+
+def _show_spans(mentions: pl.DataFrame) -> str:
+    shown = mentions.head(_SHOWN_MISMATCHES).select(
+        pl.format("{} at {}:{}-{}", "mention_id", "doc_id", "start", "end").alias("shown")
+    )["shown"]
+    return ", ".join(shown.to_list()) or "none"
+
+
+def _prf(p_numerator: float, p_denominator: float, r_numerator: float, r_denominator: float) -> dict:
+    """neleval's Matrix: 0.0 for a zero denominator; F1 = 2PR/(P+R), 0.0 when P+R = 0."""
+    precision = p_numerator / float(p_denominator) if p_denominator else 0.0
+    recall = r_numerator / float(r_denominator) if r_denominator else 0.0
+    total = precision + recall
+    f1 = 2 * precision * recall / float(total) if total else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def _measures(totals: dict) -> dict:
+    """All measures of one group from its totals row (see `_score`)."""
+    totals = {**totals, "system_link": totals["system_mentions"] - totals["system_nil"],
+              "gold_link": totals["gold_mentions"] - totals["gold_nil"]}
+    link, nil, every = ("system_link", "gold_link"), ("system_nil", "gold_nil"), ("system_mentions", "gold_mentions")
+    denominators = {  # (system tuples, gold tuples) after each measure's filter
+        "strong_link_match": link,
+        "strong_nil_match": nil,
+        "strong_all_match": every,
+        "strong_typed_link_match": link,
+        "strong_typed_nil_match": nil,
+        "strong_typed_all_match": every,
+    }
+    report = {}
+    for measure in SET_MEASURES:
+        system_count, gold_count = denominators[measure]
+        true_positives = totals[measure]
+        report[measure] = _prf(true_positives, totals[system_count], true_positives, totals[gold_count])
+    for measure in CLUSTER_MEASURES:
+        report[measure] = _prf(
+            totals[f"{measure}_p"], totals["system_mentions"], totals[f"{measure}_r"], totals["gold_mentions"]
+        )
+    report[MICRO_AVERAGE] = {"micro_average": report["strong_all_match"]["recall"]}
+    return report
+
+
+def _counts(totals: dict) -> dict:
+    names = ("gold_mentions", "system_mentions", "gold_nil", "system_nil", "matched_mentions")
+    return {name: int(totals[name]) for name in names}
+
+
+def format_table(report: dict) -> str:
+    """Plain-text table of a `score` report: one row per measure, P/R/F1 per group.
+
+    Groups are "overall" then each language. The KBP2010 micro-average (an accuracy) is
+    shown in the F1 column; the last rows give the gold and system mention counts.
+    """
+    groups = {OVERALL: report[OVERALL], **report["by_language"]}
+    counts = {OVERALL: report["counts"][OVERALL], **report["counts"]["by_language"]}
+    label_width = max(len(name) for name in (*MEASURES, MICRO_AVERAGE, "system mentions"))
+    cell = 7
+
+    def row(label: str, cells: list[str]) -> str:
+        return (label.ljust(label_width) + "  " + "  ".join(cells)).rstrip()
+
+    group_cells = [name.center(3 * cell + 4) for name in groups]
+    lines = [
+        row("", group_cells),
+        row("measure", ["  ".join(header.rjust(cell) for header in ("P", "R", "F1")) for _ in groups]),
+    ]
+    for measure in MEASURES:
+        cells = []
+        for measures in groups.values():
+            values = measures[measure]
+            cells.append("  ".join(f"{values[key]:.4f}".rjust(cell) for key in ("precision", "recall", "f1")))
+        lines.append(row(measure, cells))
+    micro = [" " * (2 * cell + 4) + f"{measures[MICRO_AVERAGE]['micro_average']:.4f}".rjust(cell)
+             for measures in groups.values()]
+    lines.append(row(MICRO_AVERAGE, micro))
+    for label, key in (("gold mentions", "gold_mentions"), ("system mentions", "system_mentions")):
+        lines.append(row(label, [str(counts[name][key]).rjust(3 * cell + 4) for name in groups]))
+    return "\n".join(lines)

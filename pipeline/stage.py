@@ -1,0 +1,106 @@
+"""Stage bookkeeping: fingerprints, manifests, skip-when-up-to-date.
+
+A stage's key hashes its version, the settings that change its output and its inputs'
+fingerprints (for upstream stages, their manifest keys). The manifest is written last,
+after every output file is in place, so a manifest's presence means a finished stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pipeline import __version__
+from pipeline.errors import CacheError
+from pipeline.io import write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a stage did: where it wrote, whether it skipped, counts and a summary for the CLI."""
+
+    stage: str
+    out_dir: Path
+    skipped: bool
+    seconds: float
+    counts: dict[str, int] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def stage_key(stage: str, version: int, settings: dict[str, Any], inputs: dict[str, str]) -> str:
+    """Hash of everything that determines a stage's output."""
+    payload = json.dumps({"stage": stage, "version": version, "settings": settings, "inputs": inputs},
+                         sort_keys=True, default=str)
+    return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
+
+
+def read_manifest(out_dir: Path) -> dict[str, Any] | None:
+    path = out_dir / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CacheError("E402", path=path, detail=f"manifest is damaged ({exc})") from None
+
+
+def upstream_key(out_dir: Path, stage: str) -> str:
+    """The key of a finished upstream stage; a missing manifest means it has not run."""
+    manifest = read_manifest(out_dir)
+    if manifest is None:
+        raise CacheError("E401", path=out_dir / MANIFEST, stage=stage)
+    return str(manifest["key"])
+
+
+def is_up_to_date(out_dir: Path, key: str) -> bool:
+    manifest = read_manifest(out_dir)
+    if manifest is None or manifest.get("key") != key:
+        return False
+    return all((out_dir / name).exists() for name in manifest.get("outputs", []))
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "xel": __version__}
+    for package in ("torch", "transformers", "polars", "pyarrow", "h5py", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def invalidate(out_dir: Path) -> None:
+    """Remove a stage's manifest first, so a crash mid-way never leaves it looking finished."""
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+
+
+def write_manifest(out_dir: Path, *, stage: str, key: str, inputs: dict[str, str], settings: dict[str, Any],
+                   counts: dict[str, int], outputs: list[str], started: float, extra: dict[str, Any] | None = None) -> None:
+    finished = time.time()
+    payload = {
+        "stage": stage,
+        "key": key,
+        "inputs": inputs,
+        "settings": settings,
+        "counts": counts,
+        "outputs": outputs,
+        "versions": library_versions(),
+        "started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
+        "finished": datetime.fromtimestamp(finished, timezone.utc).isoformat(),
+        "seconds": round(finished - started, 3),
+    }
+    if extra:
+        payload.update(extra)
+    write_json_atomic(out_dir / MANIFEST, payload)

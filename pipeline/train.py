@@ -1,0 +1,220 @@
+"""train: fit the ranker (§3.2) with the hinge loss (§3.3) on cached vectors.
+
+Each step takes `batch_mentions` training mentions whose gold entity was encoded,
+scores the gold and `negatives` sampled negatives (a share from the mention's own
+candidates, the rest at random from the encoded entities), and minimises
+max(0, margin - (gold - hardest negative)). Dev linking accuracy picks the best epoch
+and stops early. Checkpoints make a killed run resume where it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from tqdm.auto import tqdm
+
+from pipeline import schema
+from pipeline.config import RunConfig, TrainConfig, to_dict
+from pipeline.errors import CacheError, InputError
+from pipeline.features import RankerInputs, candidate_matrix, gold_rows, load_inputs, score_candidates
+from pipeline.io import atomic_path, scan_parquet_checked, write_parquet_atomic
+from pipeline.ranker import Ranker, RankerShape, hinge_loss
+from pipeline.stage import StageResult, invalidate, is_up_to_date, stage_key, upstream_key, write_manifest
+
+logger = logging.getLogger(__name__)
+
+STAGE = "train"
+STAGE_VERSION = 1
+MODEL = "model.pt"
+CHECKPOINT = "checkpoints/last.pt"
+
+
+def sample_negatives(candidates: torch.Tensor, gold: torch.Tensor, count: int, hard_share: float, n_entities: int,
+                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Negatives (B, count) and their mask: hard ones from `candidates` (B, k; -1 padded), then random.
+
+    The gold entity is never a negative; a hard slot with no candidate left is masked.
+    """
+    batch = candidates.shape[0]
+    n_hard = min(int(round(count * hard_share)), candidates.shape[1])
+    valid = (candidates >= 0) & (candidates != gold[:, None])
+    keys = torch.rand(candidates.shape, generator=generator).masked_fill(~valid, 2.0)
+    picked = torch.argsort(keys, dim=1)[:, :n_hard]
+    hard = torch.gather(candidates, 1, picked)
+    hard_mask = torch.gather(valid, 1, picked)
+    random = torch.randint(0, n_entities, (batch, count - n_hard), generator=generator)
+    random_mask = random != gold[:, None]
+    return torch.cat([hard, random], dim=1).clamp(min=0), torch.cat([hard_mask, random_mask], dim=1)
+
+
+def linking_accuracy(model: torch.nn.Module, inputs: RankerInputs, rows: np.ndarray, matrix: np.ndarray,
+                     gold: np.ndarray) -> float:
+    """Share of mentions whose best-scored candidate is the gold (gold missing = wrong)."""
+    if len(rows) == 0:
+        return float("nan")
+    scores = score_candidates(model, inputs, rows, matrix)
+    best = np.nanargmax(np.where(np.isnan(scores), -np.inf, scores), axis=1)
+    predicted = matrix[np.arange(len(rows)), best]
+    return float(np.mean((predicted == gold) & (gold >= 0)))
+
+
+def ranker_shape(config: TrainConfig, inputs: RankerInputs) -> RankerShape:
+    return RankerShape(
+        features=config.features, vector_size=int(inputs.mention_name.shape[1]),
+        mention_types=int(inputs.mention_type_onehot.shape[1]), entity_types=int(inputs.entity_type_onehot.shape[1]),
+        name_hidden=config.name_hidden, context_hidden=config.context_hidden, type_hidden=config.type_hidden,
+        final_hidden=config.final_hidden, dropout=config.dropout)
+
+
+def select_rows(mentions: pl.DataFrame, split: str, languages: tuple[str, ...]) -> np.ndarray:
+    chosen = mentions.filter(pl.col("split") == split)
+    if languages:
+        chosen = chosen.filter(pl.col("lang").is_in(list(languages)))
+    return chosen.filter(pl.col("gold_kb_id").is_not_null() & (pl.col("gold_kb_id") != schema.NIL_ID))["row"].to_numpy()
+
+
+def _save(payload: dict, path: Path) -> None:
+    with atomic_path(path) as temp_path:
+        torch.save(payload, temp_path)
+
+
+def _load_checkpoint(path: Path, key: str) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise CacheError("E402", path=path, detail=f"checkpoint cannot be read ({str(exc).splitlines()[0]})") from None
+    if checkpoint.get("key") != key:
+        logger.info("ignoring checkpoint %s: it belongs to other inputs or settings", path)
+        return None
+    return checkpoint
+
+
+def run(config: RunConfig, force: bool = False) -> StageResult:
+    started = time.time()
+    out_dir = config.stage_dir(STAGE)
+    triage_dir, encode_dir = config.stage_dir("triage"), config.stage_dir("encode")
+    inputs_keys = {"triage": upstream_key(triage_dir, "triage"), "encode": upstream_key(encode_dir, "encode")}
+    settings = {k: v for k, v in to_dict(config.train).items() if k != "device"}
+    key = stage_key(STAGE, STAGE_VERSION, settings, inputs_keys)
+    if not force and is_up_to_date(out_dir, key):
+        return StageResult(STAGE, out_dir, skipped=True, seconds=time.time() - started)
+    invalidate(out_dir)
+    checkpoint_path = out_dir / CHECKPOINT
+    if force:
+        checkpoint_path.unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    train_config = config.train
+    device = torch.device("cuda" if train_config.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if train_config.device == "auto" else train_config.device)
+    inputs, mention_types, entity_types = load_inputs(triage_dir, encode_dir, None, None, train_config.min_type_count, device)
+    candidates = scan_parquet_checked(triage_dir / "candidates.parquet", schema.CANDIDATES, "triage").select(
+        "mention_id", "rank", "kb_id").collect()
+    train_rows = select_rows(inputs.mentions, "train", train_config.train_languages)
+    train_gold = gold_rows(inputs, train_rows)
+    train_rows, train_gold = train_rows[train_gold >= 0], train_gold[train_gold >= 0]
+    if len(train_rows) == 0:
+        raise InputError("E112", path=triage_dir / "mentions.parquet", line="-",
+                         detail="no training mention links to an encoded KB entity; check the split and gold_kb_id fields")
+    train_matrix, _ = candidate_matrix(candidates, inputs, train_rows)
+    dev_rows = select_rows(inputs.mentions, "dev", ())
+    dev_matrix, _ = candidate_matrix(candidates, inputs, dev_rows)
+    dev_gold = gold_rows(inputs, dev_rows)
+
+    torch.manual_seed(train_config.seed)
+    shape = ranker_shape(train_config, inputs)
+    model = Ranker(shape).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=train_config.learning_rate)
+    generator = torch.Generator().manual_seed(train_config.seed)
+    history: list[dict] = []
+    best = {"score": -math.inf, "epoch": 0, "state": None}
+    start_epoch = 1
+    checkpoint = _load_checkpoint(checkpoint_path, key)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        generator.set_state(checkpoint["generator"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+        history, best = checkpoint["history"], checkpoint["best"]
+        start_epoch = checkpoint["epoch"] + 1
+        logger.info("resuming training at epoch %d from %s", start_epoch, checkpoint_path)
+
+    n_entities = int(inputs.entity_name.shape[0])
+    train_matrix_tensor = torch.from_numpy(train_matrix)
+    train_gold_tensor = torch.from_numpy(train_gold)
+    batches_per_epoch = math.ceil(len(train_rows) / train_config.batch_mentions)
+    stale_epochs = 0 if not history else history[-1]["epoch"] - best["epoch"]
+    progress = tqdm(total=train_config.epochs, initial=start_epoch - 1, unit="epoch", desc="train", disable=None)
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, train_config.epochs + 1):
+        model.train()
+        order = torch.randperm(len(train_rows), generator=generator)
+        epoch_loss = 0.0
+        for batch_index in range(batches_per_epoch):
+            picked = order[batch_index * train_config.batch_mentions:(batch_index + 1) * train_config.batch_mentions]
+            gold = train_gold_tensor[picked]
+            negatives, negative_mask = sample_negatives(train_matrix_tensor[picked], gold, train_config.negatives,
+                                                        train_config.hard_negative_share, n_entities, generator)
+            entity_rows = torch.cat([gold[:, None], negatives], dim=1).to(device)  # (B, 1 + n)
+            scores = model(*inputs.batch(torch.as_tensor(train_rows[picked.numpy()], device=device), entity_rows))
+            loss = hinge_loss(scores[:, 0], scores[:, 1:], negative_mask.to(device), train_config.margin)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            epoch_loss += loss.item() * len(picked)
+        record = {"epoch": epoch, "loss": epoch_loss / len(train_rows), "dev_accuracy": None}
+        if epoch % train_config.eval_every == 0 or epoch == train_config.epochs:
+            record["dev_accuracy"] = linking_accuracy(model, inputs, dev_rows, dev_matrix, dev_gold)
+            score = record["dev_accuracy"] if not math.isnan(record["dev_accuracy"]) else -record["loss"]
+            if score > best["score"]:
+                best = {"score": score, "epoch": epoch, "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+            stale_epochs = epoch - best["epoch"]
+            progress.set_postfix(loss=f"{record['loss']:.4f}", dev=f"{record['dev_accuracy']:.3f}")
+        history.append(record)
+        progress.update(1)
+        stop = train_config.patience > 0 and stale_epochs >= train_config.patience
+        if epoch % train_config.checkpoint_every == 0 or stop or epoch == train_config.epochs:
+            _save({"key": key, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                   "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
+                   "best": best, "shape": dataclasses.asdict(shape), "config": to_dict(train_config)}, checkpoint_path)
+        if stop:
+            logger.info("early stop at epoch %d: dev accuracy has not improved for %d epochs", epoch, stale_epochs)
+            break
+    progress.close()
+
+    final_state = best["state"] if best["state"] is not None else model.state_dict()
+    _save({"key": key, "model": final_state, "shape": dataclasses.asdict(shape), "mention_types": mention_types,
+           "entity_types": entity_types, "best_epoch": best["epoch"], "config": to_dict(train_config)}, out_dir / MODEL)
+    write_parquet_atomic(pl.DataFrame(history, schema={"epoch": pl.Int64, "loss": pl.Float64, "dev_accuracy": pl.Float64}),
+                         out_dir / "history.parquet")
+    counts = {"train_mentions": len(train_rows), "dev_mentions": len(dev_rows), "epochs": epoch, "best_epoch": best["epoch"]}
+    write_manifest(out_dir, stage=STAGE, key=key, inputs=inputs_keys, settings=settings, counts=counts,
+                   outputs=[MODEL, "history.parquet"], started=started,
+                   extra={"best_dev_accuracy": best["score"], "device": str(device)})
+    return StageResult(STAGE, out_dir, skipped=False, seconds=time.time() - started, counts=counts,
+                       summary={"best_dev_accuracy": best["score"], "best_epoch": best["epoch"]})
+
+
+def load_model(out_dir: Path, device: torch.device) -> tuple[Ranker, dict]:
+    """The trained ranker (best epoch) and its saved metadata."""
+    path = out_dir / MODEL
+    if not path.exists():
+        raise CacheError("E401", path=path, stage="train")
+    try:
+        saved = torch.load(path, map_location=device, weights_only=False)
+        shape = RankerShape(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["shape"].items()})
+        model = Ranker(shape).to(device)
+        model.load_state_dict(saved["model"])
+    except (KeyError, RuntimeError, TypeError, EOFError, OSError) as exc:
+        raise CacheError("E402", path=path, detail=f"model cannot be loaded ({str(exc).splitlines()[0]})") from None
+    model.eval()
+    return model, saved
