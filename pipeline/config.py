@@ -99,6 +99,15 @@ class TriageConfig:
     use_fuzzy: bool = True
     # Minimum rapidfuzz score (0-100) for a fuzzy name match to count.
     fuzzy_min_score: float = 70.0
+    # Dense cross-lingual name retrieval with the run's encoder (finds 奥巴马 -> Barack Obama).
+    use_dense: bool = True
+    # Nearest KB names kept per mention string by the dense source.
+    dense_k: int = 10
+    # Text put before every name: e5 models are trained with "query: "; use "" for others.
+    dense_prefix: str = "query: "
+    # Cosine similarity mapped to a [0, 1] score: (cos - floor) / (1 - floor), clipped.
+    # Unrelated names of e5 sit around 0.7-0.8 cosine, hence the high floor.
+    dense_floor: float = 0.8
     # Add the gold entity when triage missed it (the paper's Multi+Or setting).
     oracle: bool = False
 
@@ -106,6 +115,8 @@ class TriageConfig:
         where = "[triage]"
         _check(where, "k", self.k, 1 <= self.k <= 1000, "must be between 1 and 1000")
         _check(where, "fuzzy_min_score", self.fuzzy_min_score, 0 <= self.fuzzy_min_score <= 100, "must be in 0-100")
+        _check(where, "dense_k", self.dense_k, self.dense_k >= 1, "must be >= 1")
+        _check(where, "dense_floor", self.dense_floor, -1 <= self.dense_floor < 1, "must be in [-1, 1)")
 
 
 @dataclass(frozen=True)

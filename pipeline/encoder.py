@@ -158,3 +158,39 @@ def forward_units(encoder: LoadedEncoder, units: list[np.ndarray], spans: list[l
             progress.update(len(batch))
         position = end
     return context_vectors, span_vectors
+
+
+@torch.inference_mode()
+def embed_texts(encoder: LoadedEncoder, texts: list[str], max_tokens: int, batch_tokens: int) -> np.ndarray:
+    """Unit-length mean-pooled top-layer vectors of short texts (names), (len(texts), H).
+
+    This is the sentence-embedding pooling multilingual retrieval models are trained with
+    (e5 among them), used for cross-lingual name retrieval in triage — not one of the
+    paper's §3.1 ranker features.
+    """
+    if not texts:
+        return np.zeros((0, encoder.hidden_size), dtype=np.float32)
+    encoded = encoder.tokenizer(texts, truncation=True, max_length=max_tokens)["input_ids"]
+    lengths = np.array([len(ids) for ids in encoded])
+    order = np.argsort(lengths, kind="stable")
+    pad_id = encoder.tokenizer.pad_token_id or 0
+    vectors = np.zeros((len(texts), encoder.hidden_size), dtype=np.float32)
+    position = 0
+    while position < len(order):
+        end = position + 1
+        while end < len(order) and (end - position + 1) * lengths[order[end]] <= batch_tokens:
+            end += 1
+        batch = order[position:end]
+        width = int(lengths[batch[-1]])
+        input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+        attention = np.zeros((len(batch), width), dtype=np.int64)
+        for row, index in enumerate(batch):
+            input_ids[row, : lengths[index]] = encoded[index]
+            attention[row, : lengths[index]] = 1
+        mask = torch.from_numpy(attention).to(encoder.device)
+        with torch.autocast(encoder.device.type, dtype=encoder.autocast_dtype, enabled=encoder.autocast_dtype is not None):
+            top = encoder.model(input_ids=torch.from_numpy(input_ids).to(encoder.device), attention_mask=mask).last_hidden_state
+        summed = (top.float() * mask[..., None]).sum(dim=1) / mask.sum(dim=1, keepdim=True)
+        vectors[batch] = torch.nn.functional.normalize(summed, dim=-1).cpu().numpy()
+        position = end
+    return vectors

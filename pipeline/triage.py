@@ -6,6 +6,8 @@ Sources, each switchable and recorded per candidate:
 - `kb_name`: exact match of the folded or romanised string with a KB name or alias;
 - `fuzzy`: rapidfuzz similarity of romanised strings against every KB name, alias and
   training surface form;
+- `dense`: nearest KB names by cosine of the run encoder's mean-pooled name vectors,
+  which crosses scripts where romanisation cannot (`奥巴马` -> `Barack Obama`);
 - `external`: a CSV/TSV of candidates from an outside triage;
 - `oracle`: the gold entity added when missing (the paper's Multi+Or).
 A candidate's score is the sum of its sources' scores (each in [0, 1]).
@@ -22,7 +24,9 @@ import polars as pl
 from rapidfuzz import fuzz, process
 
 from pipeline import schema
-from pipeline.config import RunConfig, to_dict
+import torch
+
+from pipeline.config import EncoderConfig, RunConfig, TriageConfig, to_dict
 from pipeline.errors import InputError
 from pipeline.inputs import check_gold_in_kb, load_mentions, write_entities
 from pipeline.io import file_fingerprint, write_json_atomic, write_parquet_atomic
@@ -96,6 +100,36 @@ def fuzzy_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, k: int, min
     return (mentions.select("mention_id", "mention_roman").join(by_entity, on="mention_roman")
             .group_by("mention_id", "kb_id").agg(pl.col("score").max())
             .with_columns(pl.lit("fuzzy").alias("source")))
+
+
+def dense_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, encoder_config: EncoderConfig,
+                     config: TriageConfig) -> pl.DataFrame:
+    """Nearest KB names and aliases of each distinct mention string by encoder cosine similarity."""
+    from pipeline.encoder import embed_texts, load_encoder
+
+    encoder = load_encoder(encoder_config)
+    queries = mentions["mention"].unique().to_list()
+    names = surfaces.select("surface", "kb_id").unique()
+    choices = names["surface"].unique().to_list()
+    logger.info("dense triage: embedding %d mention strings and %d KB names", len(queries), len(choices))
+    embed = lambda texts: torch.from_numpy(embed_texts(  # noqa: E731
+        encoder, [config.dense_prefix + t for t in texts], encoder_config.max_name_tokens, encoder_config.batch_tokens))
+    query_vectors, choice_vectors = embed(queries), embed(choices)
+    keep = min(config.dense_k, len(choices))
+    rows_query, rows_choice, rows_score = [], [], []
+    for offset in range(0, len(queries), FUZZY_QUERY_BLOCK):
+        similarity = query_vectors[offset: offset + FUZZY_QUERY_BLOCK] @ choice_vectors.T  # (q, c)
+        top_scores, top_index = similarity.topk(keep, dim=1)
+        rows_query.append(np.repeat(np.arange(offset, offset + len(similarity)), keep))
+        rows_choice.append(top_index.reshape(-1).numpy())
+        rows_score.append(top_scores.reshape(-1).numpy())
+    matches = pl.DataFrame({
+        "mention": np.asarray(queries, dtype=object)[np.concatenate(rows_query)].tolist(),
+        "surface": np.asarray(choices, dtype=object)[np.concatenate(rows_choice)].tolist(),
+        "score": np.clip((np.concatenate(rows_score).astype(np.float64) - config.dense_floor) / (1 - config.dense_floor), 0, 1),
+    }, schema={"mention": pl.String, "surface": pl.String, "score": pl.Float64}).filter(pl.col("score") > 0)
+    return (mentions.select("mention_id", "mention").join(matches, on="mention").join(names, on="surface")
+            .group_by("mention_id", "kb_id").agg(pl.col("score").max()).with_columns(pl.lit("dense").alias("source")))
 
 
 def external_candidates(path: Path, mentions: pl.DataFrame) -> pl.DataFrame:
@@ -173,8 +207,14 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
         if not path.exists():
             raise InputError("E108", path=path)
     fingerprints = {name: file_fingerprint(path) for name, path in input_paths.items()}
+    if config.triage.use_dense:
+        from pipeline.encoder import encoder_identity, resolve_encoder_path
+
+        fingerprints["encoder"] = encoder_identity(resolve_encoder_path(config.encoder.name))
     settings = {"inputs": {k: v for k, v in to_dict(inputs).items() if k not in input_paths and v is not None},
                 "triage": to_dict(config.triage)}
+    if config.triage.use_dense:
+        settings["encoder"] = {"max_name_tokens": config.encoder.max_name_tokens}
     key = stage_key(STAGE, STAGE_VERSION, settings, fingerprints)
     if not force and is_up_to_date(out_dir, key):
         return StageResult(STAGE, out_dir, skipped=True, seconds=time.time() - started)
@@ -204,6 +244,8 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
             pl.col("mention").alias("surface"), pl.col("gold_kb_id").alias("kb_id")).unique()
         all_surfaces = pl.concat([surfaces, add_keys(learned, "surface")], how="diagonal_relaxed")
         pieces.append(fuzzy_candidates(keyed, all_surfaces, triage.k, triage.fuzzy_min_score))
+    if triage.use_dense:
+        pieces.append(dense_candidates(keyed, surfaces, config.encoder, triage))
     if inputs.candidates is not None:
         pieces.append(external_candidates(inputs.candidates, mentions))
     if not pieces:
