@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +47,8 @@ class XelGroup(click.Group):
         except PipelineError as error:
             state = ctx.find_object(State)
             if state is not None and state.debug:
-                raise
+                # Re-raising would not show it: click's main() turns any ClickException into one line.
+                click.echo(traceback.format_exc(), err=True, nl=False)
             click.echo(f"Error: {error.format_message()}", err=True)
             ctx.exit(error.exit_code)
 

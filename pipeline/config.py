@@ -123,7 +123,10 @@ class TriageConfig:
 class TrainConfig:
     """The ranker (paper §3.2) and its training (§3.3); defaults are the paper's."""
 
+    # The paper's features; "triage" adds the candidate's triage score and sources (ours,
+    # not the paper's: it carries the priors into the ranker, which helps small data).
     features: tuple[str, ...] = ("name", "context", "type")
+    triage_hidden: tuple[int, ...] = (16,)
     name_hidden: tuple[int, ...] = (1024,)
     context_hidden: tuple[int, ...] = (512,)
     type_hidden: tuple[int, ...] = (64,)
@@ -147,10 +150,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         where = "[train]"
-        known = {"name", "context", "type"}
+        known = {"name", "context", "type", "triage"}
         _check(where, "features", self.features, bool(self.features) and set(self.features) <= known,
                f"use a non-empty subset of {sorted(known)}")
-        for name in ("name_hidden", "context_hidden", "type_hidden", "final_hidden"):
+        for name in ("name_hidden", "context_hidden", "type_hidden", "triage_hidden", "final_hidden"):
             sizes = getattr(self, name)
             _check(where, name, sizes, bool(sizes) and all(isinstance(s, int) and s > 0 for s in sizes),
                    "give at least one layer; sizes must be positive integers")
@@ -208,6 +211,11 @@ class RunConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     source: Path | None = None
 
+    def __post_init__(self) -> None:
+        # An oracle-added gold has no triage evidence, so the triage feature would point at it.
+        _check("[train]", "features", self.train.features, not ("triage" in self.train.features and self.triage.oracle),
+               "the triage feature cannot be used with triage.oracle = true (it would reveal the added gold)")
+
     def stage_dir(self, stage: str) -> Path:
         return self.run_dir / stage
 
@@ -235,7 +243,10 @@ def _coerce(section_type: type, key: str, value: Any, base: Path, where: str) ->
             value = [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             raise ConfigError("E203", where=where, field=key, value=value, reason="must be a list")
-        return tuple(int(v) if "int" in annotation else str(v) for v in value)
+        try:
+            return tuple(int(v) if "int" in annotation else str(v) for v in value)
+        except (TypeError, ValueError):
+            raise ConfigError("E203", where=where, field=key, value=value, reason="must be a list of integers") from None
     if annotation == "bool":
         if isinstance(value, str):
             if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -258,7 +269,10 @@ def _coerce(section_type: type, key: str, value: Any, base: Path, where: str) ->
     if annotation.startswith("dict"):
         if not isinstance(value, dict):
             raise ConfigError("E203", where=where, field=key, value=value, reason="must be a table of language = value")
-        return {str(k): float(v) for k, v in value.items()}
+        try:
+            return {str(k): float(v) for k, v in value.items()}
+        except (TypeError, ValueError):
+            raise ConfigError("E203", where=where, field=key, value=value, reason="must be a table of language = number") from None
     return str(value)
 
 

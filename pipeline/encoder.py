@@ -111,6 +111,31 @@ def token_span(offsets: np.ndarray, start: int, end: int) -> tuple[int, int]:
     return nearest, nearest + 1
 
 
+def length_batches(sequences: list, pad_id: int, batch_tokens: int, device: torch.device):
+    """Yield (indices, input_ids (B, T), attention_mask (B, T)) over `sequences` sorted by length.
+
+    Each batch holds as many sequences as fit `batch_tokens` at its longest member's
+    width, so padding stays small; every sequence appears in exactly one batch.
+    """
+    lengths = np.array([len(s) for s in sequences])
+    order = np.argsort(lengths, kind="stable")
+    position = 0
+    while position < len(order):
+        # Sorted by length, so the batch's longest is its last; fill up to the token budget.
+        end = position + 1
+        while end < len(order) and (end - position + 1) * lengths[order[end]] <= batch_tokens:
+            end += 1
+        batch = order[position:end]
+        width = int(lengths[batch[-1]])
+        input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+        attention = np.zeros((len(batch), width), dtype=np.int64)
+        for row, index in enumerate(batch):
+            input_ids[row, : lengths[index]] = sequences[index]
+            attention[row, : lengths[index]] = 1
+        yield batch, torch.from_numpy(input_ids).to(device), torch.from_numpy(attention).to(device)
+        position = end
+
+
 @torch.inference_mode()
 def forward_units(encoder: LoadedEncoder, units: list[np.ndarray], spans: list[list[tuple[int, int, int]]],
                   name_layer: int, batch_tokens: int, progress=None) -> tuple[np.ndarray, np.ndarray]:
@@ -124,24 +149,8 @@ def forward_units(encoder: LoadedEncoder, units: list[np.ndarray], spans: list[l
     n_span_rows = sum(len(s) for s in spans)
     context_vectors = np.zeros((len(units), hidden), dtype=np.float32)
     span_vectors = np.zeros((n_span_rows, hidden), dtype=np.float32)
-    lengths = np.array([len(u) for u in units])
-    order = np.argsort(lengths, kind="stable")
     pad_id = encoder.tokenizer.pad_token_id or 0
-    position = 0
-    while position < len(order):
-        # Sorted by length, so the batch's longest is its last; fill up to the token budget.
-        end = position + 1
-        while end < len(order) and (end - position + 1) * lengths[order[end]] <= batch_tokens:
-            end += 1
-        batch = order[position:end]
-        width = int(lengths[batch[-1]])
-        input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)
-        attention = np.zeros((len(batch), width), dtype=np.int64)
-        for row, unit_index in enumerate(batch):
-            input_ids[row, : lengths[unit_index]] = units[unit_index]
-            attention[row, : lengths[unit_index]] = 1
-        ids_tensor = torch.from_numpy(input_ids).to(encoder.device)
-        mask_tensor = torch.from_numpy(attention).to(encoder.device)
+    for batch, ids_tensor, mask_tensor in length_batches(units, pad_id, batch_tokens, encoder.device):
         with torch.autocast(encoder.device.type, dtype=encoder.autocast_dtype, enabled=encoder.autocast_dtype is not None):
             outputs = encoder.model(input_ids=ids_tensor, attention_mask=mask_tensor, output_hidden_states=True)
         top = outputs.hidden_states[-1]  # (B, T, H)
@@ -156,7 +165,6 @@ def forward_units(encoder: LoadedEncoder, units: list[np.ndarray], spans: list[l
             span_vectors[rows] = torch.stack(pooled).float().cpu().numpy()
         if progress is not None:
             progress.update(len(batch))
-        position = end
     return context_vectors, span_vectors
 
 
@@ -171,26 +179,11 @@ def embed_texts(encoder: LoadedEncoder, texts: list[str], max_tokens: int, batch
     if not texts:
         return np.zeros((0, encoder.hidden_size), dtype=np.float32)
     encoded = encoder.tokenizer(texts, truncation=True, max_length=max_tokens)["input_ids"]
-    lengths = np.array([len(ids) for ids in encoded])
-    order = np.argsort(lengths, kind="stable")
     pad_id = encoder.tokenizer.pad_token_id or 0
     vectors = np.zeros((len(texts), encoder.hidden_size), dtype=np.float32)
-    position = 0
-    while position < len(order):
-        end = position + 1
-        while end < len(order) and (end - position + 1) * lengths[order[end]] <= batch_tokens:
-            end += 1
-        batch = order[position:end]
-        width = int(lengths[batch[-1]])
-        input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)
-        attention = np.zeros((len(batch), width), dtype=np.int64)
-        for row, index in enumerate(batch):
-            input_ids[row, : lengths[index]] = encoded[index]
-            attention[row, : lengths[index]] = 1
-        mask = torch.from_numpy(attention).to(encoder.device)
+    for batch, input_ids, mask in length_batches(encoded, pad_id, batch_tokens, encoder.device):
         with torch.autocast(encoder.device.type, dtype=encoder.autocast_dtype, enabled=encoder.autocast_dtype is not None):
-            top = encoder.model(input_ids=torch.from_numpy(input_ids).to(encoder.device), attention_mask=mask).last_hidden_state
+            top = encoder.model(input_ids=input_ids, attention_mask=mask).last_hidden_state  # (B, T, H)
         summed = (top.float() * mask[..., None]).sum(dim=1) / mask.sum(dim=1, keepdim=True)
         vectors[batch] = torch.nn.functional.normalize(summed, dim=-1).cpu().numpy()
-        position = end
     return vectors

@@ -137,7 +137,9 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     model, saved = load_model(train_dir, device)
     inputs, _, _ = load_inputs(triage_dir, encode_dir, saved["mention_types"], saved["entity_types"], 0, device)
     candidates = scan_parquet_checked(triage_dir / "candidates.parquet", schema.CANDIDATES, "triage").select(
-        "mention_id", "rank", "kb_id").collect()
+        "mention_id", "rank", "kb_id", "score", "sources").collect()
+    if "triage" in model.shape.features:
+        inputs.attach_triage(candidates)
     mentions = inputs.mentions
     rows = mentions["row"].to_numpy()
     matrix, _ = candidate_matrix(candidates, inputs, rows)

@@ -39,6 +39,10 @@ class RankerInputs:
     entity_context: torch.Tensor
     mention_type_onehot: torch.Tensor
     entity_type_onehot: torch.Tensor
+    # Triage evidence of every (mention, candidate) pair, looked up by a sorted key
+    # mention_row * n_entities + entity_row; pairs triage never proposed get zeros.
+    pair_keys: torch.Tensor | None = None
+    pair_values: torch.Tensor | None = None
 
     def batch(self, mention_rows: torch.Tensor, entity_rows: torch.Tensor
               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
@@ -52,7 +56,31 @@ class RankerInputs:
                     "type": self.mention_type_onehot[mention_rows]}
         entities = {"name": self.entity_name[distinct], "context": self.entity_context[distinct],
                     "type": self.entity_type_onehot[distinct]}
-        return mentions, entities, entity_index
+        return mentions, entities, entity_index, self.pair_triage(mention_rows, entity_rows)
+
+    def pair_triage(self, mention_rows: torch.Tensor, entity_rows: torch.Tensor) -> torch.Tensor | None:
+        """(B, n, TRIAGE_WIDTH) triage evidence of each pair, zeros where triage had none."""
+        if self.pair_keys is None or self.pair_keys.numel() == 0:
+            return None
+        keys = mention_rows[:, None] * self.entity_name.shape[0] + entity_rows  # (B, n)
+        slots = torch.searchsorted(self.pair_keys, keys).clamp(max=self.pair_keys.numel() - 1)
+        found = self.pair_keys[slots] == keys
+        return torch.where(found[..., None], self.pair_values[slots], torch.zeros((), device=keys.device))
+
+    def attach_triage(self, candidates: pl.DataFrame) -> None:
+        """Index the candidates' scores and sources (candidates needs mention_id, kb_id, score, sources)."""
+        from pipeline.ranker import TRIAGE_SOURCES
+
+        table = (candidates.join(self.mentions.select("mention_id", pl.col("row").alias("mention_row")), on="mention_id")
+                 .join(self.entity_ids.rename({"row": "entity_row"}), on="kb_id")
+                 .with_columns((pl.col("mention_row").cast(pl.Int64) * self.entity_name.shape[0]
+                                + pl.col("entity_row")).alias("key"))
+                 .sort("key"))
+        values = [table["score"].cast(pl.Float32)] + [table["sources"].list.contains(source).cast(pl.Float32)
+                                                      for source in TRIAGE_SOURCES]
+        device = self.entity_name.device
+        self.pair_keys = torch.from_numpy(table["key"].to_numpy().copy()).to(device)
+        self.pair_values = torch.from_numpy(np.stack([v.to_numpy() for v in values], axis=1)).to(device)
 
 
 def type_vocabulary(values: pl.Series, min_count: int) -> list[str]:

@@ -16,7 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-FEATURES = ("name", "context", "type")
+FEATURES = ("name", "context", "type", "triage")
+# Per (mention, candidate) triage evidence: summed score, then one flag per source.
+TRIAGE_SOURCES = ("prior", "kb_name", "fuzzy", "dense", "external")
+TRIAGE_WIDTH = 1 + len(TRIAGE_SOURCES)
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class RankerShape:
     type_hidden: tuple[int, ...]
     final_hidden: tuple[int, ...]
     dropout: float
+    triage_hidden: tuple[int, ...] = (16,)
 
     def sizes(self, feature: str) -> tuple[int, int, tuple[int, ...]]:
         """(mention width, entity width, hidden sizes) of a feature's pair MLP."""
@@ -74,6 +78,10 @@ class Ranker(nn.Module):
         self.pair_mlps = nn.ModuleDict()
         width = 0
         for feature in shape.features:
+            if feature == "triage":
+                self.triage_mlp, out_size = mlp(TRIAGE_WIDTH, shape.triage_hidden, shape.dropout)
+                width += out_size
+                continue
             mention_size, entity_size, hidden = shape.sizes(feature)
             self.pair_mlps[f"{feature}_pair"] = PairMLP(mention_size, entity_size, hidden, shape.dropout)
             width += hidden[-1]
@@ -81,14 +89,20 @@ class Ranker(nn.Module):
         self.score = nn.Linear(final_size, 1)
 
     def forward(self, mentions: dict[str, torch.Tensor], entities: dict[str, torch.Tensor],
-                entity_index: torch.Tensor) -> torch.Tensor:
+                entity_index: torch.Tensor, pair_triage: torch.Tensor | None = None) -> torch.Tensor:
         """Scores (B, n) in [-1, 1] of B mentions against n entities each.
 
         mentions[f]: (B, width_f); entities[f]: (U, width_f), the distinct entities of the
-        batch; entity_index: (B, n) rows into U.
+        batch; entity_index: (B, n) rows into U; pair_triage: (B, n, TRIAGE_WIDTH) when
+        the "triage" feature is on.
         """
-        combined = torch.cat([self.pair_mlps[f"{f}_pair"](mentions[f], entities[f], entity_index)
-                              for f in self.shape.features], dim=-1)  # (B, n, width)
+        parts = []
+        for feature in self.shape.features:
+            if feature == "triage":
+                parts.append(self.triage_mlp(pair_triage))
+            else:
+                parts.append(self.pair_mlps[f"{feature}_pair"](mentions[feature], entities[feature], entity_index))
+        combined = torch.cat(parts, dim=-1)  # (B, n, width)
         return torch.tanh(self.score(self.final(combined))).squeeze(-1)
 
 

@@ -70,7 +70,7 @@ def ranker_shape(config: TrainConfig, inputs: RankerInputs) -> RankerShape:
         features=config.features, vector_size=int(inputs.mention_name.shape[1]),
         mention_types=int(inputs.mention_type_onehot.shape[1]), entity_types=int(inputs.entity_type_onehot.shape[1]),
         name_hidden=config.name_hidden, context_hidden=config.context_hidden, type_hidden=config.type_hidden,
-        final_hidden=config.final_hidden, dropout=config.dropout)
+        final_hidden=config.final_hidden, dropout=config.dropout, triage_hidden=config.triage_hidden)
 
 
 def select_rows(mentions: pl.DataFrame, split: str, languages: tuple[str, ...]) -> np.ndarray:
@@ -118,7 +118,9 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
                           "cpu" if train_config.device == "auto" else train_config.device)
     inputs, mention_types, entity_types = load_inputs(triage_dir, encode_dir, None, None, train_config.min_type_count, device)
     candidates = scan_parquet_checked(triage_dir / "candidates.parquet", schema.CANDIDATES, "triage").select(
-        "mention_id", "rank", "kb_id").collect()
+        "mention_id", "rank", "kb_id", "score", "sources").collect()
+    if "triage" in train_config.features:
+        inputs.attach_triage(candidates)
     train_rows = select_rows(inputs.mentions, "train", train_config.train_languages)
     train_gold = gold_rows(inputs, train_rows)
     train_rows, train_gold = train_rows[train_gold >= 0], train_gold[train_gold >= 0]

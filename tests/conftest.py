@@ -182,3 +182,148 @@ def default_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if err.code != "E504":
             raise
     return ensure_default_encoder(tmp_path_factory.mktemp("xel-cache"))
+
+
+# ---------------------------------------------------------------------------
+# Tiny run inputs: a five-entity KB and mentions in English, Spanish and Russian.
+# ---------------------------------------------------------------------------
+
+TINY_KB = [
+    {"kb_id": "Q1", "name": "Barack Obama", "type": "PER",
+     "description": "44th president of the United States.",
+     "aliases": [{"text": "Барак Обама", "lang": "ru"}, {"text": "奥巴马", "lang": "zh"}]},
+    {"kb_id": "Q2", "name": "Angela Merkel", "type": "PER", "description": "Chancellor of Germany from 2005 to 2021.",
+     "aliases": []},
+    {"kb_id": "Q3", "name": "Moscow", "type": "LOC", "description": "Capital and largest city of Russia.",
+     "aliases": [{"text": "Москва", "lang": "ru"}]},
+    {"kb_id": "Q4", "name": "Paris", "type": "LOC", "description": "Capital of France.",
+     "aliases": [{"text": "París", "lang": "es"}]},
+    {"kb_id": "Q5", "name": "United Nations", "type": "ORG", "description": "Intergovernmental organisation.",
+     "aliases": [{"text": "Naciones Unidas", "lang": "es"}]},
+]
+
+# (id, doc_id, lang, split, text, mention, gold_kb_id, entity_type); offsets are computed.
+_TINY_MENTION_ROWS = [
+    ("en-1", "en-d1", "en", "train", "Barack Obama met Angela Merkel in Berlin on Monday.", "Barack Obama", "Q1", "PER"),
+    ("en-2", "en-d1", "en", "train", "Barack Obama met Angela Merkel in Berlin on Monday.", "Angela Merkel", "Q2", "PER"),
+    ("en-3", "en-d2", "en", "train", "Vladimir Putin spoke to reporters in Moscow.", "Moscow", "Q3", "LOC"),
+    ("en-4", "en-d2", "en", "train", "Vladimir Putin spoke to reporters in Moscow.", "Vladimir Putin", "NIL", "PER"),
+    ("en-5", "en-d3", "en", "dev", "Serena Williams won the final in Paris.", "Paris", "Q4", "LOC"),
+    ("en-6", "en-d3", "en", "dev", "Serena Williams won the final in Paris.", "Serena Williams", "NIL", "PER"),
+    ("en-7", "en-d4", "en", "test", "The United Nations opened its summit in New York.", "United Nations", "Q5", "ORG"),
+    ("en-8", "en-d4", "en", "test", "The United Nations opened its summit in New York.", "New York", "NIL", "LOC"),
+    ("es-1", "es-d1", "es", "train", "Barack Obama se reunió con Angela Merkel en Berlín el lunes.", "Angela Merkel", "Q2", "PER"),
+    ("es-2", "es-d2", "es", "dev", "Las Naciones Unidas abrieron su cumbre en Nueva York.", "Naciones Unidas", "Q5", "ORG"),
+    ("es-3", "es-d3", "es", "test", "Serena Williams ganó la final en París.", "París", "Q4", "LOC"),
+    ("es-4", "es-d3", "es", "test", "Serena Williams ganó la final en París.", "Serena Williams", "NIL", "PER"),
+    ("ru-1", "ru-d1", "ru", "train", "Владимир Путин выступил перед журналистами в Москве.", "Москве", "Q3", "LOC"),
+    ("ru-2", "ru-d2", "ru", "dev", "Барак Обама встретился с Ангелой Меркель в Берлине.", "Барак Обама", "Q1", "PER"),
+    ("ru-3", "ru-d3", "ru", "test", "Барак Обама встретился с Ангелой Меркель в Берлине.", "Ангелой Меркель", "Q2", "PER"),
+    ("ru-4", "ru-d4", "ru", "test", "Серена Уильямс выиграла финал в Париже.", "Серена Уильямс", "NIL", "PER"),
+]
+
+
+def tiny_mention_records() -> list[dict]:
+    """The tiny mentions as JSONL records (`text` + `start`/`end`, end exclusive)."""
+    records = []
+    for mention_id, doc_id, lang, split, text, mention, gold, entity_type in _TINY_MENTION_ROWS:
+        start = text.index(mention)
+        records.append({"id": mention_id, "doc_id": doc_id, "lang": lang, "text": text, "start": start,
+                        "end": start + len(mention), "mention": mention, "gold_kb_id": gold,
+                        "entity_type": entity_type, "split": split})
+    return records
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    """One JSON value a line, UTF-8, non-ASCII kept as is."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (str, Path)):
+        return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a valid TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def write_toml(path: Path, top: dict, sections: dict[str, dict]) -> Path:
+    """A TOML file from top-level keys and `{section: {key: value}}` (scalars, lists, inline tables)."""
+    lines = [f"{key} = {_toml_value(value)}" for key, value in top.items()]
+    for section, values in sections.items():
+        lines += ["", f"[{section}]"] + [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+TINY_TRAIN = {
+    "name_hidden": [16], "context_hidden": [16], "type_hidden": [8], "final_hidden": [16],
+    "epochs": 6, "eval_every": 2, "checkpoint_every": 2, "min_type_count": 1, "patience": 0,
+    "batch_mentions": 4, "negatives": 3,
+}
+
+
+def write_tiny_inputs(folder: Path) -> dict[str, Path]:
+    """`mentions.jsonl` and `kb.jsonl` of the tiny run, written under folder/data."""
+    data = folder / "data"
+    return {"mentions": write_jsonl(data / "mentions.jsonl", tiny_mention_records()),
+            "kb": write_jsonl(data / "kb.jsonl", TINY_KB)}
+
+
+def write_run_config(folder: Path, encoder_dir: Path, name: str = "run.toml", run_dir: Path | None | str = "default",
+                     data: dict[str, Path] | None = None, **sections: dict) -> Path:
+    """Write a small run config under `folder` and return its path.
+
+    Paths are absolute; the encoder is `encoder_dir`; the ranker is tiny (TINY_TRAIN).
+    `data` ({"mentions", "kb"} paths) defaults to the tiny mentions and KB, written to
+    folder/data if not there yet.
+    Each keyword names a section whose keys are merged over the defaults
+    (`train={"epochs": 4}`). The run folder defaults to folder/run (top-level `run_dir`);
+    `run_dir=None` leaves the key out.
+    """
+    if data is None:
+        existing = {"mentions": folder / "data" / "mentions.jsonl", "kb": folder / "data" / "kb.jsonl"}
+        data = existing if all(p.exists() for p in existing.values()) else write_tiny_inputs(folder)
+    top = {"name": "tiny"}
+    if run_dir == "default":
+        run_dir = folder / "run"
+    if run_dir is not None:
+        top["run_dir"] = Path(run_dir).resolve()
+    merged = {
+        "inputs": {"mentions": data["mentions"], "kb": data["kb"]},
+        "encoder": {"name": str(encoder_dir), "max_context_tokens": 64, "batch_tokens": 1024},
+        # The tiny encoder is BERT, not e5: no "query: " prefix for dense name retrieval.
+        "triage": {"k": 4, "dense_prefix": ""},
+        "train": dict(TINY_TRAIN),
+        "evaluate": {"eval_split": "test", "threshold_mode": "dev"},
+    }
+    for section, values in sections.items():
+        merged.setdefault(section, {}).update(values)
+    return write_toml(folder / name, top, merged)
+
+
+@pytest.fixture
+def tiny_inputs(tmp_path: Path) -> dict[str, Path]:
+    """`mentions.jsonl` and `kb.jsonl` of the tiny run, written under tmp_path/data."""
+    return write_tiny_inputs(tmp_path)
+
+
+@pytest.fixture
+def make_run_config(tmp_path: Path, tiny_encoder_dir: Path, tiny_inputs: dict[str, Path]):
+    """Factory: `write_run_config` under tmp_path with the tiny encoder and inputs; returns the path.
+
+    `make_run_config(name="run.toml", run_dir=..., **sections)`; see `write_run_config`.
+    """
+    def make(name: str = "run.toml", run_dir: Path | None | str = "default", **sections: dict) -> Path:
+        return write_run_config(tmp_path, tiny_encoder_dir, name=name, run_dir=run_dir, **sections)
+
+    return make

@@ -1,0 +1,378 @@
+"""xel-cli end to end on the tiny inputs and the tiny random encoder (CliRunner, tmp_path).
+
+One full run is made per module (`base_run`); tests that change something work on a copy
+of its run folder (`run_copy`, mtimes preserved), so each starts from a finished run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from click.testing import CliRunner, Result
+
+import pipeline.train
+from cli import main
+from conftest import TINY_KB, tiny_mention_records, write_jsonl, write_run_config
+from pipeline import schema
+from pipeline.scoring import MEASURES, MICRO_AVERAGE
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("triage", "encode", "train", "evaluate")
+STAGE_OUTPUTS = {
+    "triage": ["mentions.parquet", "entities.parquet", "candidates.parquet", "report.json", "manifest.json"],
+    "encode": ["vectors.h5", "manifest.json"],
+    "train": ["model.pt", "history.parquet", "checkpoints/last.pt", "manifest.json"],
+    "evaluate": ["scores.parquet", "predictions.parquet", "system.tab", "gold.tab", "metrics.json", "report.md",
+                 "sweep.parquet", "thresholds.png", "manifest.json"],
+}
+TEST_MENTIONS = [r["id"] for r in tiny_mention_records() if r["split"] == "test"]
+
+
+def invoke(*args: object) -> Result:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def succeeded(result: Result) -> Result:
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+def stage_status(output: str) -> dict[str, str]:
+    """`{stage: "done" | "up to date"}` from the lines the CLI prints per stage."""
+    status = {}
+    for line in output.splitlines():
+        for stage in STAGES:
+            if line.startswith(f"{stage}: up to date"):
+                status[stage] = "up to date"
+            elif line.startswith(f"{stage}: done in"):
+                status[stage] = "done"
+    return status
+
+
+def mtimes(run_dir: Path, stages=STAGES) -> dict[str, int]:
+    return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns
+            for stage in stages for p in sorted((run_dir / stage).rglob("*")) if p.is_file()}
+
+
+def state_dict(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def same_state(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> bool:
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -> dict:
+    folder = tmp_path_factory.mktemp("base-run")
+    config = write_run_config(folder, tiny_encoder_dir)
+    result = succeeded(invoke("run", "--config", config))
+    return {"config": config, "run_dir": folder / "run", "output": result.output, "encoder": tiny_encoder_dir}
+
+
+@pytest.fixture
+def run_copy(base_run: dict, tmp_path: Path) -> Path:
+    """A copy of the finished base run (file mtimes kept), to be used with --run-dir."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(base_run["run_dir"], run_dir)
+    return run_dir
+
+
+def test_run_writes_every_stage_output(base_run: dict) -> None:
+    run_dir, output = base_run["run_dir"], base_run["output"]
+    assert stage_status(output) == dict.fromkeys(STAGES, "done")
+    assert "run: finished in" in output
+    for stage, names in STAGE_OUTPUTS.items():
+        for name in names:
+            assert (run_dir / stage / name).is_file(), f"{stage}/{name}"
+        manifest = json.loads((run_dir / stage / "manifest.json").read_text(encoding="utf-8"))
+        assert manifest["stage"] == stage and manifest["key"] and manifest["counts"]
+        assert set(manifest["outputs"]) <= set(names)
+        assert "torch" in manifest["versions"]
+    assert not list(run_dir.rglob("*.tmp")), "a temporary file was left behind"
+    saved_config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    assert saved_config["train"]["epochs"] == 6 and saved_config["encoder"]["name"] == str(base_run["encoder"])
+
+    mentions = pl.read_parquet(run_dir / "triage" / "mentions.parquet")
+    assert sorted(mentions["mention_id"]) == sorted(r["id"] for r in tiny_mention_records())
+    assert dict(pl.read_parquet(run_dir / "triage" / "candidates.parquet").schema) == schema.CANDIDATES
+    assert pl.read_parquet(run_dir / "triage" / "entities.parquet").height == len(TINY_KB)
+
+
+def test_vectors_are_keyed_by_id_and_self_describing(base_run: dict) -> None:
+    run_dir = base_run["run_dir"]
+    mention_ids = pl.read_parquet(run_dir / "triage" / "mentions.parquet")["mention_id"].to_list()
+    with h5py.File(run_dir / "encode" / "vectors.h5", "r") as handle:
+        ids = [v.decode() for v in handle["mentions/id"][:]]
+        assert sorted(ids) == sorted(mention_ids) and len(ids) == len(set(ids))
+        assert handle["mentions/name"].shape == handle["mentions/context"].shape == (len(ids), 32)
+        entity_ids = [v.decode() for v in handle["entities/id"][:]]
+        assert set(entity_ids) <= {e["kb_id"] for e in TINY_KB} and entity_ids
+        assert handle["entities/name"].shape == handle["entities/context"].shape == (len(entity_ids), 32)
+        assert handle.attrs["encoder"] == str(base_run["encoder"])
+        assert handle.attrs["name_layer"] == 1
+        assert {"encoder_identity", "axis_0", "axis_1", "name_pooling", "context_pooling"} <= set(handle.attrs)
+        assert np.isfinite(handle["mentions/name"][:]).all()
+        # Two mentions of one context share its context vector; different contexts do not.
+        row = {m: i for i, m in enumerate(ids)}
+        contexts = handle["mentions/context"][:]
+        assert np.array_equal(contexts[row["en-1"]], contexts[row["en-2"]])
+        assert not np.array_equal(contexts[row["en-1"]], contexts[row["ru-1"]])
+
+
+def test_train_and_evaluate_outputs(base_run: dict) -> None:
+    run_dir = base_run["run_dir"]
+    saved = torch.load(run_dir / "train" / "model.pt", map_location="cpu", weights_only=False)
+    assert {"model", "shape", "mention_types", "entity_types", "best_epoch", "config", "key"} <= set(saved)
+    assert saved["shape"]["name_hidden"] in ([16], (16,))
+    history = pl.read_parquet(run_dir / "train" / "history.parquet")
+    assert history["epoch"].to_list() == [1, 2, 3, 4, 5, 6]
+    assert history.filter(pl.col("dev_accuracy").is_not_null())["epoch"].to_list() == [2, 4, 6]
+
+    scores = pl.read_parquet(run_dir / "evaluate" / "scores.parquet")
+    assert scores["score"].is_between(-1, 1).all()
+    predictions = pl.read_parquet(run_dir / "evaluate" / "predictions.parquet")
+    assert predictions.height == len(tiny_mention_records())
+    assert {"mention_id", "best_kb_id", "best_score", "threshold", "is_nil", "system_id"} <= set(predictions.columns)
+    nil_rows = predictions.filter(pl.col("is_nil"))
+    assert nil_rows["system_id"].str.starts_with("NIL").all()
+
+    for name in ("system.tab", "gold.tab"):
+        lines = (run_dir / "evaluate" / name).read_text(encoding="utf-8").splitlines()
+        assert sorted(line.split("\t")[1] for line in lines) == sorted(TEST_MENTIONS)
+        assert all(len(line.split("\t")) == 8 for line in lines)
+    gold_lines = {line.split("\t")[1]: line.split("\t") for line in
+                  (run_dir / "evaluate" / "gold.tab").read_text(encoding="utf-8").splitlines()}
+    record = next(r for r in tiny_mention_records() if r["id"] == "ru-3")
+    assert gold_lines["ru-3"][3] == f"{record['doc_id']}:{record['start']}-{record['end'] - 1}"  # end inclusive
+    assert gold_lines["ru-3"][4] == "Q2"
+
+    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text(encoding="utf-8"))
+    assert set(metrics["by_language"]) == {"en", "es", "ru"}
+    assert 0 <= metrics["overall"][MICRO_AVERAGE]["micro_average"] <= 1
+    assert metrics["split"] == "test" and set(metrics["thresholds"]) == {"en", "es", "ru"}
+    report = (run_dir / "evaluate" / "report.md").read_text(encoding="utf-8")
+    assert report.startswith("# Evaluation on the test split") and MICRO_AVERAGE in report
+    assert "kbp2010_micro_average" in base_run["output"]
+
+
+def test_second_run_is_up_to_date_and_rewrites_nothing(base_run: dict, run_copy: Path) -> None:
+    before = mtimes(run_copy)
+    result = succeeded(invoke("run", "--config", base_run["config"], "--run-dir", run_copy))
+    assert stage_status(result.output) == dict.fromkeys(STAGES, "up to date")
+    assert mtimes(run_copy) == before
+
+
+def test_cache_keys_follow_content_not_paths(base_run: dict, run_copy: Path, tmp_path: Path) -> None:
+    # The same inputs written elsewhere (a new config and new files with the same bytes) hit the cache.
+    config = write_run_config(tmp_path / "elsewhere", base_run["encoder"])
+    result = succeeded(invoke("run", "--config", config, "--run-dir", run_copy))
+    assert stage_status(result.output) == dict.fromkeys(STAGES, "up to date")
+
+
+def test_train_setting_change_reruns_train_and_evaluate_only(base_run: dict, run_copy: Path) -> None:
+    before = mtimes(run_copy, ("triage", "encode"))
+    result = succeeded(invoke("run", "--config", base_run["config"], "--run-dir", run_copy, "--set", "train.epochs=4"))
+    assert stage_status(result.output) == {"triage": "up to date", "encode": "up to date",
+                                           "train": "done", "evaluate": "done"}
+    assert mtimes(run_copy, ("triage", "encode")) == before
+    assert pl.read_parquet(run_copy / "train" / "history.parquet").height == 4
+    # ... and the saved effective config says so.
+    assert json.loads((run_copy / "config.json").read_text(encoding="utf-8"))["train"]["epochs"] == 4
+    # Back to the old setting: train and evaluate redo it (the run folder holds one result per stage).
+    result = succeeded(invoke("run", "--config", base_run["config"], "--run-dir", run_copy))
+    assert stage_status(result.output)["train"] == "done"
+
+
+def test_evaluate_setting_change_reruns_evaluate_only(base_run: dict, run_copy: Path) -> None:
+    result = succeeded(invoke("run", "--config", base_run["config"], "--run-dir", run_copy,
+                              "--set", "evaluate.nil_clustering=singleton", "--set", "evaluate.threshold_mode=fixed"))
+    assert stage_status(result.output) == {"triage": "up to date", "encode": "up to date", "train": "up to date",
+                                           "evaluate": "done"}
+    metrics = json.loads((run_copy / "evaluate" / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["thresholds"] == {"en": -0.8, "es": -1.0, "ru": -1.0}  # the paper's fixed values
+    manifest = json.loads((run_copy / "evaluate" / "manifest.json").read_text(encoding="utf-8"))
+    assert "sweep.parquet" not in manifest["outputs"]
+
+
+def test_kb_change_reruns_everything(base_run: dict, run_copy: Path, tmp_path: Path) -> None:
+    kb = [dict(entity) for entity in TINY_KB]
+    kb[4]["description"] = "An intergovernmental organisation founded in 1945."
+    folder = tmp_path / "changed"
+    write_run_config(folder, base_run["encoder"])  # tiny inputs in folder/data
+    write_jsonl(folder / "data" / "kb.jsonl", kb)
+    result = succeeded(invoke("run", "--config", folder / "run.toml", "--run-dir", run_copy))
+    assert stage_status(result.output) == dict.fromkeys(STAGES, "done")
+
+
+def test_force_redoes_every_stage(base_run: dict, run_copy: Path) -> None:
+    before = mtimes(run_copy)
+    result = succeeded(invoke("run", "--config", base_run["config"], "--run-dir", run_copy, "--force"))
+    assert stage_status(result.output) == dict.fromkeys(STAGES, "done")
+    after = mtimes(run_copy)
+    for stage in STAGES:
+        assert after[f"{stage}/manifest.json"] != before[f"{stage}/manifest.json"]
+    # A forced re-run of the same settings gives the same model (seeded).
+    assert same_state(state_dict(run_copy / "train" / "model.pt"), state_dict(base_run["run_dir"] / "train" / "model.pt"))
+
+
+def test_single_stage_commands(base_run: dict, run_copy: Path) -> None:
+    for stage in STAGES:
+        result = succeeded(invoke(stage, "--config", base_run["config"], "--run-dir", run_copy))
+        assert stage_status(result.output) == {stage: "up to date"}
+    result = succeeded(invoke("evaluate", "--config", base_run["config"], "--run-dir", run_copy, "--force"))
+    assert stage_status(result.output) == {"evaluate": "done"}
+    assert "evaluate: test split, NIL thresholds" in result.output
+
+
+def test_a_stage_before_its_upstream_is_e401(base_run: dict, tmp_path: Path) -> None:
+    result = invoke("train", "--config", base_run["config"], "--run-dir", tmp_path / "empty")
+    assert result.exit_code == 2
+    assert "Error: [E401]" in result.output and "xel-cli triage" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_damaged_manifest_is_e402_and_a_missing_output_is_redone(base_run: dict, run_copy: Path) -> None:
+    (run_copy / "encode" / "vectors.h5").unlink()
+    result = succeeded(invoke("run", "--config", base_run["config"], "--run-dir", run_copy))
+    assert stage_status(result.output)["encode"] == "done"
+    assert (run_copy / "encode" / "vectors.h5").is_file()
+    (run_copy / "train" / "manifest.json").write_text("{ not json", encoding="utf-8")
+    result = invoke("run", "--config", base_run["config"], "--run-dir", run_copy)
+    assert result.exit_code == 2
+    assert f"Error: [E402] {run_copy / 'train' / 'manifest.json'}" in result.output
+
+
+def test_user_errors_are_one_line_with_exit_code_2(make_run_config, tiny_inputs: dict[str, Path], tmp_path: Path) -> None:
+    # A bad config value.
+    result = invoke("run", "--config", make_run_config(triage={"k": 0}))
+    assert result.exit_code == 2
+    assert result.output.startswith("Error: [E203]") and len(result.output.strip().splitlines()) == 1
+    # A bad --set.
+    result = invoke("triage", "--config", make_run_config(), "--set", "train.epochs")
+    assert result.exit_code == 2 and "Error: [E203]" in result.output
+    # A bad input file: the error names the file and line.
+    tiny_inputs["kb"].write_text('{"kb_id": "Q1", "name": "Paris"}\n{"kb_id": "Q2"}\n', encoding="utf-8")
+    result = invoke("triage", "--config", make_run_config())
+    assert result.exit_code == 2
+    error_lines = [line for line in result.output.splitlines() if line.startswith("Error: [E")]
+    assert error_lines == [error_lines[0]] and error_lines[0].startswith(f"Error: [E102] {tiny_inputs['kb']}:2:")
+    assert "Traceback" not in result.output
+    # --debug adds the traceback, and still exits with 2.
+    result = invoke("--debug", "triage", "--config", make_run_config())
+    assert result.exit_code == 2
+    assert "Traceback (most recent call last)" in result.output and "Error: [E102]" in result.output
+
+
+def test_errors_in_a_real_process_and_debug_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('name = "x"\n[inputs]\nkb = "kb.jsonl"\nmentions = "m.jsonl"\n[train]\nepochz = 3\n', encoding="utf-8")
+    command = [sys.executable, str(ROOT / "cli.py")]
+    plain = subprocess.run([*command, "triage", "--config", str(config)], capture_output=True, text=True, cwd=ROOT)
+    assert plain.returncode == 2
+    assert plain.stderr.strip().startswith("Error: [E201]") and "epochz" in plain.stderr
+    assert "Traceback" not in plain.stderr + plain.stdout
+    debug = subprocess.run([*command, "--debug", "triage", "--config", str(config)], capture_output=True, text=True, cwd=ROOT)
+    assert debug.returncode == 2
+    assert "Traceback (most recent call last)" in debug.stderr and "E201" in debug.stderr
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["triage"], ["encode"], ["train"], ["evaluate"], ["score"]])
+def test_every_command_has_help(command: list[str]) -> None:
+    result = succeeded(invoke(*command, "--help"))
+    assert "Usage:" in result.output
+    if command and command[0] != "score":
+        assert "--config" in result.output and "--set" in result.output and "--force" in result.output
+        assert "--run-dir" in result.output
+    if not command:
+        for name in ("run", "triage", "encode", "train", "evaluate", "score"):
+            assert name in result.output
+
+
+def test_score_prints_the_documented_json(tmp_path: Path) -> None:
+    gold = tmp_path / "gold.tab"
+    system = tmp_path / "system.tab"
+    gold.write_text("gold\tM1\tObama\tENG_NW_1:0-4\tQ1\tPER\tNAM\t1.0\n"
+                    "gold\tM2\tKlara\tENG_NW_1:10-14\tNIL0001\tPER\tNAM\t1.0\n"
+                    "gold\tM3\t默克尔\tCMN_NW_1:0-2\tQ2\tPER\tNAM\t1.0\n", encoding="utf-8")
+    system.write_text("xel\tM1\tObama\tENG_NW_1:0-4\tQ1\tPER\tNAM\t1.0\n"
+                      "xel\tM2\tKlara\tENG_NW_1:10-14\tNIL0007\tPER\tNAM\t1.0\n"
+                      "xel\tM3\t默克尔\tCMN_NW_1:0-2\tQ9\tPER\tNAM\t1.0\n", encoding="utf-8")
+    result = succeeded(invoke("score", gold, system, "--json"))
+    report = json.loads(result.stdout)  # logging goes to stderr; stdout is only the JSON
+    assert set(report) == {"overall", "by_language", "counts"}
+    assert set(report["by_language"]) == {"en", "zh"}
+    for group in [report["overall"], *report["by_language"].values()]:
+        assert set(group) == {*MEASURES, MICRO_AVERAGE}
+        for measure in MEASURES:
+            assert set(group[measure]) == {"precision", "recall", "f1"}
+    assert report["overall"][MICRO_AVERAGE]["micro_average"] == pytest.approx(2 / 3)
+    assert report["by_language"]["en"][MICRO_AVERAGE]["micro_average"] == 1.0
+    assert report["by_language"]["zh"][MICRO_AVERAGE]["micro_average"] == 0.0
+    assert report["counts"]["overall"]["gold_mentions"] == 3
+
+    table = succeeded(invoke("score", gold, system))
+    assert "kbp2010_micro_average" in table.output and "zh" in table.output
+
+    system.write_text("xel\tM1\tObama\tENG_NW_1:0-4\tQ1\tPER\tNAM\t1.0\n", encoding="utf-8")
+    mismatch = invoke("score", gold, system)
+    assert mismatch.exit_code == 2 and "Error: [E601]" in mismatch.output
+    lenient = succeeded(invoke("score", gold, system, "--json", "--lenient"))
+    assert json.loads(lenient.stdout)["overall"][MICRO_AVERAGE]["micro_average"] == pytest.approx(1 / 3)
+
+
+def test_train_resumes_from_its_checkpoint(base_run: dict, run_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shutil.rmtree(run_copy / "train")
+    shutil.rmtree(run_copy / "evaluate")
+    real_sample = pipeline.train.sample_negatives
+    calls = {"n": 0}
+
+    def killed_in_epoch_5(*args, **kwargs):
+        # 5 training mentions in batches of 4: two steps per epoch; step 9 is epoch 5's first.
+        calls["n"] += 1
+        if calls["n"] == 9:
+            raise KeyboardInterrupt("simulated kill")
+        return real_sample(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline.train, "sample_negatives", killed_in_epoch_5)
+    interrupted = invoke("train", "--config", base_run["config"], "--run-dir", run_copy)
+    assert interrupted.exit_code != 0
+    train_dir = run_copy / "train"
+    assert (train_dir / "checkpoints" / "last.pt").is_file()
+    assert not (train_dir / "model.pt").exists() and not (train_dir / "manifest.json").exists()
+    checkpoint = torch.load(train_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert checkpoint["epoch"] == 4 and len(checkpoint["history"]) == 4
+
+    monkeypatch.setattr(pipeline.train, "sample_negatives", real_sample)
+    resumed = succeeded(invoke("train", "--config", base_run["config"], "--run-dir", run_copy))
+    assert "resuming training at epoch 5" in resumed.output
+    assert pl.read_parquet(train_dir / "history.parquet")["epoch"].to_list() == [1, 2, 3, 4, 5, 6]
+    # Resuming restores weights, optimiser and random state: the result is the uninterrupted one.
+    assert same_state(state_dict(train_dir / "model.pt"), state_dict(base_run["run_dir"] / "train" / "model.pt"))
+    assert pl.read_parquet(train_dir / "history.parquet").equals(
+        pl.read_parquet(base_run["run_dir"] / "train" / "history.parquet"))
+
+    # A checkpoint of other settings is not resumed from.
+    other = succeeded(invoke("train", "--config", base_run["config"], "--run-dir", run_copy, "--set", "train.margin=0.5"))
+    assert "resuming training" not in other.output and "ignoring checkpoint" in other.output
+
+
+def test_same_seed_gives_identical_models(base_run: dict, tmp_path: Path) -> None:
+    config = write_run_config(tmp_path, base_run["encoder"])
+    succeeded(invoke("run", "--config", config))
+    fresh, base = tmp_path / "run", base_run["run_dir"]
+    assert same_state(state_dict(fresh / "train" / "model.pt"), state_dict(base / "train" / "model.pt"))
+    assert pl.read_parquet(fresh / "evaluate" / "scores.parquet").equals(pl.read_parquet(base / "evaluate" / "scores.parquet"))
+    assert (fresh / "evaluate" / "system.tab").read_bytes() == (base / "evaluate" / "system.tab").read_bytes()
+    # Another seed gives another model.
+    succeeded(invoke("train", "--config", config, "--set", "train.seed=14"))
+    assert not same_state(state_dict(fresh / "train" / "model.pt"), state_dict(base / "train" / "model.pt"))

@@ -1,0 +1,176 @@
+"""The run config: unknown keys and sections are refused, values are checked, overrides apply.
+
+Every failure is a `ConfigError` whose code and message name the file (or `--set`) and
+the offending key, so a user can fix it without reading code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import RunConfig, load_config
+from pipeline.errors import ConfigError
+
+BASE = '''name = "cfg"
+
+[inputs]
+mentions = "data/mentions.jsonl"
+kb = "data/kb.jsonl"
+'''
+
+
+def write_config(folder: Path, extra: str = "", base: str = BASE) -> Path:
+    path = folder / "run.toml"
+    path.write_text(base + extra, encoding="utf-8")
+    return path
+
+
+def test_minimal_config_loads_with_paper_defaults(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path))
+    assert isinstance(config, RunConfig)
+    assert config.name == "cfg"
+    assert config.triage.k == 10
+    assert config.train.negatives == 20 and config.train.margin == 1.0 and config.train.dropout == 0.2
+    assert config.encoder.name_layer == 1
+    assert config.evaluate.tune_split == "dev"
+
+
+def test_unknown_key_in_section_names_file_and_key(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "\n[train]\nepochz = 5\n")
+    with pytest.raises(ConfigError, match="E201") as caught:
+        load_config(path)
+    assert caught.value.code == "E201"
+    message = caught.value.format_message()
+    assert str(path.resolve()) in message
+    assert "'epochz'" in message and "[train]" in message
+    assert "epochs" in message  # the known keys are listed
+
+
+def test_unknown_top_level_key_is_e201(tmp_path: Path) -> None:
+    path = write_config(tmp_path, base='seed = 3\n' + BASE)
+    with pytest.raises(ConfigError, match="E201") as caught:
+        load_config(path)
+    assert "'seed'" in caught.value.format_message()
+
+
+def test_unknown_section_is_e204(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "\n[trian]\nepochs = 5\n")
+    with pytest.raises(ConfigError, match="E204") as caught:
+        load_config(path)
+    message = caught.value.format_message()
+    assert "[trian]" in message and str(path.resolve()) in message
+
+
+def test_invalid_toml_is_e202(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "\n[train\nepochs = = 5\n")
+    with pytest.raises(ConfigError, match="E202") as caught:
+        load_config(path)
+    assert str(path) in caught.value.format_message()
+
+
+def test_missing_config_file_is_e108(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="E108"):
+        load_config(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize(
+    ("section", "line", "field"),
+    [
+        ("triage", "k = 0", "k"),
+        ("train", "dropout = 1.5", "dropout"),
+        ("evaluate", 'tune_split = "test"', "tune_split"),
+        ("evaluate", 'threshold_mode = "x"', "threshold_mode"),
+        ("evaluate", 'eval_split = "train"', "eval_split"),
+        ("train", 'features = ["name", "popularity"]', "features"),
+        ("train", "name_hidden = []", "name_hidden"),
+        ("train", 'epochs = "many"', "epochs"),
+        ("train", "epochs = 2.5", "epochs"),
+        ("triage", 'oracle = "maybe"', "oracle"),
+        ("encoder", "batch_tokens = 8", "batch_tokens"),
+        ("encoder", 'precision = "fp8"', "precision"),
+        # Values that cannot be converted must be refused with a code, never a traceback.
+        ("train", 'name_hidden = ["wide"]', "name_hidden"),
+        ("evaluate", 'fixed_thresholds = { en = "low" }', "fixed_thresholds"),
+    ],
+)
+def test_bad_values_are_e203(tmp_path: Path, section: str, line: str, field: str) -> None:
+    path = write_config(tmp_path, f"\n[{section}]\n{line}\n")
+    with pytest.raises(ConfigError, match="E203") as caught:
+        load_config(path)
+    assert field in caught.value.format_message()
+
+
+def test_inputs_need_a_kb(tmp_path: Path) -> None:
+    path = write_config(tmp_path, base='name = "cfg"\n[inputs]\nmentions = "m.jsonl"\n')
+    with pytest.raises(ConfigError, match="E203") as caught:
+        load_config(path)
+    assert "kb" in caught.value.format_message()
+
+
+def test_set_override_applies(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "\n[train]\nepochs = 40\n")
+    config = load_config(path, ("train.epochs=3", "triage.oracle=true", "train.final_hidden=32,16",
+                                "evaluate.threshold_mode=fixed"))
+    assert config.train.epochs == 3
+    assert config.triage.oracle is True
+    assert config.train.final_hidden == (32, 16)
+    assert config.evaluate.threshold_mode == "fixed"
+
+
+def test_set_override_of_run_dir(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    config = load_config(write_config(tmp_path), (f"run.run_dir={target}",))
+    assert config.run_dir == target
+
+
+@pytest.mark.parametrize(
+    ("override", "code"),
+    [
+        ("train.epochs", "E203"),  # no '='
+        ("epochs=3", "E203"),  # no section
+        ("train.epochs=three", "E203"),  # not an int
+        ("train.name_hidden=16,x", "E203"),  # not a list of ints
+        ("triage.oracle=maybe", "E203"),  # not a bool
+        ("train.epochz=3", "E201"),  # unknown key
+        ("trian.epochs=3", "E204"),  # unknown section
+    ],
+)
+def test_malformed_override_is_refused(tmp_path: Path, override: str, code: str) -> None:
+    with pytest.raises(ConfigError, match=code) as caught:
+        load_config(write_config(tmp_path), (override,))
+    assert "--set" in caught.value.format_message()
+
+
+def test_out_of_range_override_is_e203(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="E203") as caught:
+        load_config(write_config(tmp_path), ("train.dropout=2",))
+    assert "dropout" in caught.value.format_message()
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    path = write_config(folder, base='name = "cfg"\nrun_dir = "../runs/one"\n' + BASE.split("\n", 1)[1]
+                        + 'docs = "../shared/docs.jsonl"\n')
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the working directory must not matter
+    config = load_config(path)
+    assert config.inputs.mentions == (folder / "data" / "mentions.jsonl").resolve()
+    assert config.inputs.kb == (folder / "data" / "kb.jsonl").resolve()
+    assert config.inputs.docs == (tmp_path / "shared" / "docs.jsonl").resolve()
+    assert config.run_dir == (tmp_path / "runs" / "one").resolve()
+    assert config.source == path.resolve()
+
+
+def test_default_run_dir_is_under_root_by_name(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path), root=tmp_path / "artifacts")
+    assert config.run_dir == (tmp_path / "artifacts" / "cfg").resolve()
+
+
+def test_bom_in_config_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + BASE.encode())
+    assert load_config(path).name == "cfg"
