@@ -38,7 +38,7 @@ STAGE_VERSION = 1
 RUN_ID = "xel"
 
 
-def predict(candidates: pl.DataFrame, mentions: pl.DataFrame, rows: np.ndarray, matrix: np.ndarray,
+def predict(mentions: pl.DataFrame, rows: np.ndarray, matrix: np.ndarray,
             scores: np.ndarray, entity_ids: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(scores table, predictions table) from a (n_mentions, k) score array.
 
@@ -144,7 +144,7 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     rows = mentions["row"].to_numpy()
     matrix, _ = candidate_matrix(candidates, inputs, rows)
     scores = score_candidates(model, inputs, rows, matrix)
-    score_table, predictions = predict(candidates, mentions, rows, matrix, scores, inputs.entity_ids["kb_id"].to_list())
+    score_table, predictions = predict(mentions, rows, matrix, scores, inputs.entity_ids["kb_id"].to_list())
     predictions = mentions.drop("row").join(predictions, on="mention_id")
 
     sweep_table = None
@@ -178,6 +178,8 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
         "mention_id", "doc_id", "lang", "split", "mention", "gold_kb_id", "best_kb_id", "best_score", "second_kb_id",
         "second_score", "margin", "threshold", "is_nil", "system_id"), out_dir / "predictions.parquet")
     outputs = ["scores.parquet", "predictions.parquet", "gold.tab", "system.tab", "metrics.json", "report.md"]
+    for leftover in ("sweep.parquet", "thresholds.png"):
+        (out_dir / leftover).unlink(missing_ok=True)  # from an earlier run with tuned thresholds
     if sweep_table is not None:
         write_parquet_atomic(sweep_table, out_dir / "sweep.parquet")
         plot_sweep(sweep_table, thresholds, out_dir / "thresholds.png")

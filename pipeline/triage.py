@@ -63,6 +63,7 @@ def prior_candidates(mentions: pl.DataFrame, training: pl.DataFrame) -> pl.DataF
 
 
 def kb_name_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame) -> pl.DataFrame:
+    """Exact matches of the folded or the romanised mention string with a KB name or alias."""
     parts = []
     for key in ("fold", "roman"):
         parts.append(mentions.select("mention_id", pl.col(f"mention_{key}").alias("key"))
