@@ -109,10 +109,11 @@ def _echo_result(result) -> None:
 
 
 def _recall_table(recall) -> str:
-    header = "  ".join(f"{c:>10}" for c in recall.columns)
-    lines = [header]
+    """Triage recall per language and split as aligned text."""
+    widths = [max(len(column), 6) for column in recall.columns]
+    lines = ["  ".join(f"{c:>{w}}" for c, w in zip(recall.columns, widths))]
     for row in recall.iter_rows():
-        lines.append("  ".join(f"{v:>10.3f}" if isinstance(v, float) else f"{v!s:>10}" for v in row))
+        lines.append("  ".join(f"{v:>{w}.3f}" if isinstance(v, float) else f"{v!s:>{w}}" for v, w in zip(row, widths)))
     return "\n".join(lines)
 
 
