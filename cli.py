@@ -131,7 +131,32 @@ def _stage_command(stage: str, help_text: str):
 
 
 _stage_command("triage", "Read mentions and KB, write normalised tables and top-k candidates with recall.")
-_stage_command("encode", "Encode mentions and candidate entities with the multilingual encoder into vectors.h5.")
+
+
+@main.command()
+@config_options
+@click.option("--shard", "shard_text", metavar="I/N", default=None,
+              help="Encode only slice I of N (I counts from 0) into encode/shards/; "
+                   "default in a Slurm array job: SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN / SLURM_ARRAY_TASK_COUNT.")
+@click.option("--merge", is_flag=True, help="Join the N finished shards into vectors.h5 and finish the stage.")
+def encode(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, force: bool,
+           shard_text: str | None, merge: bool) -> None:
+    """Encode mentions and candidate entities with the multilingual encoder into vectors.h5."""
+    import os
+
+    from pipeline import encode as encode_stage
+
+    if merge and shard_text is not None:
+        raise click.UsageError("--shard and --merge exclude each other: run the shards first, then --merge once.")
+    config = _load(config_path, overrides, run_dir)
+    if merge:
+        shard = None
+    elif shard_text is not None:
+        shard = encode_stage.parse_shard(shard_text)
+    else:
+        shard = encode_stage.shard_from_environment(os.environ)
+    _echo_result(encode_stage.run(config, force=force, shard=shard, merge=merge))
+
 _stage_command("train", "Train the ranker on the cached vectors (checkpoints, resumable).")
 _stage_command("evaluate", "Score candidates, tune NIL thresholds on dev, write TAC output and scores.")
 

@@ -40,6 +40,8 @@ class Errors:
     # E4xx: caches, manifests and stage order
     E401 = "{path}: missing; run `xel-cli {stage}` for this run first"
     E402 = "{path}: {detail}; delete it and re-run the stage with --force"
+    E403 = "{path}: missing; {detail}, then run `xel-cli encode --merge` again"
+    E404 = "{path}: {detail}; re-run the shards with this run's config (`xel-cli encode --shard i/n`), then --merge again"
 
     # E5xx: model, encoder and training
     E501 = "{name}: cannot load encoder ({detail}); give a Hugging Face model name present in the local cache or a local folder"
