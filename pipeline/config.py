@@ -67,6 +67,9 @@ class EncoderConfig:
     max_name_tokens: int = 32
     # Sub-words per forward batch; batches are sorted by length so padding stays small.
     batch_tokens: int = 16384
+    # Distinct texts per chunk: encode writes each finished chunk to disk and a rerun resumes
+    # after the last one. Smaller chunks lose less to a kill; each costs one small file.
+    chunk_texts: int = 4096
     device: str = "auto"
     # "auto": bf16 autocast on CUDA, fp32 on CPU.
     precision: str = "auto"
@@ -83,6 +86,7 @@ class EncoderConfig:
         _check(where, "max_name_tokens", self.max_name_tokens, self.max_name_tokens >= 4, "must be >= 4")
         _check(where, "batch_tokens", self.batch_tokens, self.batch_tokens >= self.max_context_tokens,
                "must be at least max_context_tokens")
+        _check(where, "chunk_texts", self.chunk_texts, self.chunk_texts >= 1, "must be >= 1")
         _check(where, "device", self.device, self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
                "use auto, cpu, cuda or cuda:N")
         _check(where, "precision", self.precision, self.precision in ("auto", "fp32", "bf16", "fp16"),
@@ -144,7 +148,16 @@ class TrainConfig:
     eval_every: int = 5
     checkpoint_every: int = 50
     min_type_count: int = 100
+    # The paper's settings: Mono = one language here, Multi = all (empty), zero-shot = some
+    # languages here and others in [evaluate] languages. Dev accuracy for early stopping
+    # is measured on these languages too, so no other language's labels steer training.
     train_languages: tuple[str, ...] = ()
+    # MultiDS: down-sample the training mentions to this language's training-mention count
+    # (a seeded random subset), so Multi and Mono train on equally many mentions.
+    downsample_to_language: str = ""
+    # "nn": the paper's nearest-neighbour baseline, no training: score = cosine of the
+    # mention-string and entity-name vectors. "none": the trained ranker.
+    baseline: str = "none"
     seed: int = 13
     device: str = "auto"
 
@@ -166,6 +179,8 @@ class TrainConfig:
         _check(where, "epochs", self.epochs, self.epochs >= 1, "must be >= 1")
         _check(where, "eval_every", self.eval_every, self.eval_every >= 1, "must be >= 1")
         _check(where, "checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 1, "must be >= 1")
+        _check(where, "baseline", self.baseline, self.baseline in ("none", "nn"), "use none (the ranker) or nn")
+        _check(where, "train_languages", self.train_languages, all(self.train_languages), "language codes cannot be empty")
 
 
 @dataclass(frozen=True)
@@ -184,6 +199,11 @@ class EvaluateConfig:
     default_threshold: float = -1.0
     # "name": NIL mentions with the same normalised string share a cluster; "singleton": one each.
     nil_clustering: str = "name"
+    # Languages scored (zero-shot: those not trained on); empty = every language.
+    languages: tuple[str, ...] = ()
+    # §7.2: re-order each mention's ten best-scored candidates by how often each was the
+    # gold entity of a training mention (ties keep score order); see pipeline.evaluate.
+    popularity_rerank: bool = False
 
     def __post_init__(self) -> None:
         where = "[evaluate]"
@@ -196,6 +216,7 @@ class EvaluateConfig:
         _check(where, "eval_split", self.eval_split, self.eval_split != "train", "evaluate on dev or test, not train")
         _check(where, "tune_split", self.tune_split, self.tune_split != "test",
                "thresholds chosen on the test split would overstate scores; tune on dev")
+        _check(where, "languages", self.languages, all(self.languages), "language codes cannot be empty")
 
 
 @dataclass(frozen=True)

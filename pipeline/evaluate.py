@@ -23,7 +23,7 @@ import torch
 from pipeline import schema
 from pipeline.config import RunConfig, to_dict
 from pipeline.errors import InputError
-from pipeline.features import candidate_matrix, gold_rows, load_inputs, score_candidates
+from pipeline.features import RankerInputs, candidate_matrix, gold_rows, load_inputs, score_candidates
 from pipeline.io import scan_parquet_checked, write_json_atomic, write_parquet_atomic, write_text_atomic, atomic_path
 from pipeline.nil import best_thresholds, cluster_nils, decide, sweep
 from pipeline.scoring import MICRO_AVERAGE, format_table, score
@@ -36,17 +36,46 @@ logger = logging.getLogger(__name__)
 STAGE = "evaluate"
 STAGE_VERSION = 1
 RUN_ID = "xel"
+# §7.2 re-ranks the ranker's ten best candidates.
+POPULARITY_TOP = 10
+# Settings added after the first runs, with their defaults: left out of the stage key while
+# at the default, so runs made before they existed stay up to date.
+LATER_SETTINGS = {"languages": [], "popularity_rerank": False}
 
 
-def predict(mentions: pl.DataFrame, rows: np.ndarray, matrix: np.ndarray,
-            scores: np.ndarray, entity_ids: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(scores table, predictions table) from a (n_mentions, k) score array.
+def candidate_order(scores: np.ndarray, matrix: np.ndarray, popularity: np.ndarray | None = None,
+                    top: int = POPULARITY_TOP) -> np.ndarray:
+    """Column order (n_mentions, k) of each mention's candidates, best first.
 
-    Predictions hold the best and runner-up KB ids and scores and the margin between
-    them; a mention without candidates has a null best.
+    By ranker score (NaN, i.e. padding, last; ties keep triage rank order). With
+    `popularity` (training-gold count per entity row), the paper's re-ranking (§7.2):
+    the `top` best-scored candidates are stably re-sorted by popularity, most frequent
+    first, so equally popular ones (e.g. all never seen in training) keep score order;
+    candidates below the top stay where they were. The NIL threshold then applies to
+    the new first candidate's own ranker score.
     """
     filled = np.where(np.isnan(scores), -np.inf, scores)
     order = np.argsort(-filled, axis=1, kind="stable")
+    if popularity is None:
+        return order
+    head = order[:, :top]
+    entities = np.take_along_axis(matrix, head, axis=1)
+    counts = np.where(entities >= 0, popularity[entities.clip(min=0)], -1)  # padding sorts last
+    resorted = np.take_along_axis(head, np.argsort(-counts, axis=1, kind="stable"), axis=1)
+    return np.concatenate([resorted, order[:, top:]], axis=1)
+
+
+def predict(mentions: pl.DataFrame, rows: np.ndarray, matrix: np.ndarray,
+            scores: np.ndarray, entity_ids: list[str],
+            popularity: np.ndarray | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(scores table, predictions table) from a (n_mentions, k) score array.
+
+    Predictions hold the best and runner-up KB ids and scores and the margin between
+    them, in `candidate_order` (popularity re-ranked when `popularity` is given); a
+    mention without candidates has a null best.
+    """
+    filled = np.where(np.isnan(scores), -np.inf, scores)
+    order = candidate_order(scores, matrix, popularity)
     ids = np.asarray(entity_ids + [None], dtype=object)
     ranked_rows = np.take_along_axis(matrix, order, axis=1)
     ranked_scores = np.take_along_axis(filled, order, axis=1)
@@ -76,6 +105,13 @@ def predict(mentions: pl.DataFrame, rows: np.ndarray, matrix: np.ndarray,
         "rank": (slot + 1).astype(np.int32), "score": scores[row_index, slot].astype(np.float32),
     })
     return score_table, predictions
+
+
+def training_popularity(inputs: RankerInputs, train_mention_ids: list[str]) -> np.ndarray:
+    """(n_entities,) how many of the ranker's training mentions have each entity as gold."""
+    trained = inputs.mentions.filter(pl.col("mention_id").is_in(train_mention_ids))["row"].to_numpy()
+    gold = gold_rows(inputs, trained)
+    return np.bincount(gold[gold >= 0], minlength=inputs.entity_name.shape[0])
 
 
 def plot_sweep(sweep_table: pl.DataFrame, thresholds: dict[str, float], path: Path) -> None:
@@ -125,7 +161,7 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     triage_dir, encode_dir, train_dir = (config.stage_dir(s) for s in ("triage", "encode", "train"))
     inputs_keys = {"triage": upstream_key(triage_dir, "triage"), "encode": upstream_key(encode_dir, "encode"),
                    "train": upstream_key(train_dir, "train")}
-    settings = to_dict(config.evaluate)
+    settings = {k: v for k, v in to_dict(config.evaluate).items() if LATER_SETTINGS.get(k, Ellipsis) != v}
     key = stage_key(STAGE, STAGE_VERSION, settings, inputs_keys)
     if not force and is_up_to_date(out_dir, key):
         return StageResult(STAGE, out_dir, skipped=True, seconds=time.time() - started)
@@ -138,13 +174,14 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     inputs, _, _ = load_inputs(triage_dir, encode_dir, saved["mention_types"], saved["entity_types"], 0, device)
     candidates = scan_parquet_checked(triage_dir / "candidates.parquet", schema.CANDIDATES, "triage").select(
         "mention_id", "rank", "kb_id", "score", "sources").collect()
-    if "triage" in model.shape.features:
+    if "triage" in model.features:
         inputs.attach_triage(candidates)
     mentions = inputs.mentions
     rows = mentions["row"].to_numpy()
     matrix, _ = candidate_matrix(candidates, inputs, rows)
     scores = score_candidates(model, inputs, rows, matrix)
-    score_table, predictions = predict(mentions, rows, matrix, scores, inputs.entity_ids["kb_id"].to_list())
+    popularity = training_popularity(inputs, saved.get("train_mention_ids", [])) if evaluate.popularity_rerank else None
+    score_table, predictions = predict(mentions, rows, matrix, scores, inputs.entity_ids["kb_id"].to_list(), popularity)
     predictions = mentions.drop("row").join(predictions, on="mention_id")
 
     sweep_table = None
@@ -163,9 +200,12 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     decided = cluster_nils(decide(predictions, thresholds, evaluate.default_threshold), evaluate.nil_clustering)
 
     evaluated = decided.filter((pl.col("split") == evaluate.eval_split) & pl.col("gold_kb_id").is_not_null())
+    if evaluate.languages:
+        evaluated = evaluated.filter(pl.col("lang").is_in(list(evaluate.languages)))
     if evaluated.is_empty():
         raise InputError("E112", path=triage_dir / "mentions.parquet", line="-",
-                         detail=f"no {evaluate.eval_split} mention has a gold id; set evaluate.eval_split to a split with gold")
+                         detail=f"no {evaluate.eval_split} mention (of evaluate.languages, if set) has a gold id; "
+                                "set evaluate.eval_split to a split with gold")
     gold_tab = tac_frame(evaluated, "gold_tac_id")
     system_tab = tac_frame(evaluated, "system_id")
     languages = evaluated.select("doc_id", "lang").unique()

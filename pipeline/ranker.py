@@ -88,6 +88,10 @@ class Ranker(nn.Module):
         self.final, final_size = mlp(width, shape.final_hidden, shape.dropout)
         self.score = nn.Linear(final_size, 1)
 
+    @property
+    def features(self) -> tuple[str, ...]:
+        return self.shape.features
+
     def forward(self, mentions: dict[str, torch.Tensor], entities: dict[str, torch.Tensor],
                 entity_index: torch.Tensor, pair_triage: torch.Tensor | None = None) -> torch.Tensor:
         """Scores (B, n) in [-1, 1] of B mentions against n entities each.
@@ -104,6 +108,22 @@ class Ranker(nn.Module):
                 parts.append(self.pair_mlps[f"{feature}_pair"](mentions[feature], entities[feature], entity_index))
         combined = torch.cat(parts, dim=-1)  # (B, n, width)
         return torch.tanh(self.score(self.final(combined))).squeeze(-1)
+
+
+class NearestNeighbour(nn.Module):
+    """The paper's nearest-neighbour baseline: cosine(mention-string vector, entity-name vector).
+
+    No parameters and no training; scores lie in [-1, 1] like the ranker's, so NIL
+    thresholds apply unchanged. Same call signature as `Ranker`.
+    """
+
+    features = ("name",)
+
+    def forward(self, mentions: dict[str, torch.Tensor], entities: dict[str, torch.Tensor],
+                entity_index: torch.Tensor, pair_triage: torch.Tensor | None = None) -> torch.Tensor:
+        mention = nn.functional.normalize(mentions["name"], dim=-1)  # (B, H)
+        entity = nn.functional.normalize(entities["name"], dim=-1)  # (U, H)
+        return torch.einsum("bh,bnh->bn", mention, entity[entity_index]).clamp(-1.0, 1.0)  # (B, n)
 
 
 def hinge_loss(gold_scores: torch.Tensor, negative_scores: torch.Tensor, negative_mask: torch.Tensor,
