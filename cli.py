@@ -7,6 +7,7 @@ a traceback only with --debug.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 import click
 
 from pipeline.errors import PipelineError
+from pipeline.lock import run_lock
 
 STAGES = ("triage", "encode", "train", "evaluate")
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.toml"
@@ -77,15 +79,27 @@ def config_options(function):
 
 
 def _load(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None):
-    from pipeline.config import load_config, to_dict
-    from pipeline.io import write_json_atomic
+    from pipeline.config import load_config
 
     if run_dir is not None:
         overrides = (*overrides, f"run.run_dir={run_dir.resolve()}")
-    config = load_config(config_path, overrides)
-    config.run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(config.run_dir / "config.json", to_dict(config))
-    return config
+    return load_config(config_path, overrides)
+
+
+@contextlib.contextmanager
+def _holding(config, command: str, lock: bool = True):
+    """Take the run folder's lock (unless told not to), then save the effective config in it.
+
+    The config is written only once the lock is held, so a refused second run overwrites
+    nothing of the run in progress.
+    """
+    from pipeline.config import to_dict
+    from pipeline.io import write_json_atomic
+
+    with run_lock(config.run_dir, command) if lock else contextlib.nullcontext():
+        config.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(config.run_dir / "config.json", to_dict(config))
+        yield
 
 
 def _echo_result(result) -> None:
@@ -125,7 +139,8 @@ def _stage_command(stage: str, help_text: str):
 
         config = _load(config_path, overrides, run_dir)
         module = importlib.import_module(f"pipeline.{stage}")
-        _echo_result(module.run(config, force=force))
+        with _holding(config, stage):
+            _echo_result(module.run(config, force=force))
 
     return command
 
@@ -155,7 +170,9 @@ def encode(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, 
         shard = encode_stage.parse_shard(shard_text)
     else:
         shard = encode_stage.shard_from_environment(os.environ)
-    _echo_result(encode_stage.run(config, force=force, shard=shard, merge=merge))
+    # Shards of one run write separate files at the same time, so they take no run lock.
+    with _holding(config, "encode", lock=shard is None):
+        _echo_result(encode_stage.run(config, force=force, shard=shard, merge=merge))
 
 _stage_command("train", "Train the ranker on the cached vectors (checkpoints, resumable).")
 _stage_command("evaluate", "Score candidates, tune NIL thresholds on dev, write TAC output and scores.")
@@ -169,9 +186,10 @@ def run(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, for
 
     config = _load(config_path, overrides, run_dir)
     started = time.time()
-    for stage in STAGES:
-        module = importlib.import_module(f"pipeline.{stage}")
-        _echo_result(module.run(config, force=force))
+    with _holding(config, "run"):
+        for stage in STAGES:
+            module = importlib.import_module(f"pipeline.{stage}")
+            _echo_result(module.run(config, force=force))
     click.echo(f"run: finished in {time.time() - started:.1f}s -> {config.run_dir}")
 
 

@@ -43,6 +43,8 @@ class Errors:
     E403 = "{path}: missing; {detail}, then run `xel-cli encode --merge` again"
     E404 = "{path}: {detail}; re-run the shards with this run's config (`xel-cli encode --shard i/n`), then --merge again"
 
+    E405 = "{path}: another xel run holds this run folder (pid {pid} on {host}, started {started}: {command}); wait for it to finish, or delete this lock file if that run is gone"
+
     # E5xx: model, encoder and training
     E501 = "{name}: cannot load encoder ({detail}); give a Hugging Face model name present in the local cache or a local folder"
     E502 = "{path}: {detail}"
