@@ -347,7 +347,14 @@ def build_config(raw: dict[str, Any], *, source: Path | None, base: Path,
             if key not in known:
                 raise ConfigError("E201", path="--set", key=key, section=section, known=", ".join(known))
             values[key] = _coerce(section_type, key, value, cwd, f"--set {section}.{key}")
-        built[section] = section_type(**values)
+        try:
+            built[section] = section_type(**values)
+        except ConfigError as error:
+            # The dataclass check knows its section, not where the value came from: add that.
+            overridden = any(o_section == section for o_section, _ in override_values)
+            origin = f"{where_file} or --set" if overridden else where_file
+            error.message = error.message.replace(f"[{error.code}] ", f"[{error.code}] {origin} ", 1)
+            raise
     name = str(top.get("name") or (source.stem if source else "run"))
     if "run_dir" in top:
         run_dir = Path(str(top["run_dir"])).expanduser()

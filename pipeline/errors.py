@@ -44,6 +44,7 @@ class Errors:
     E404 = "{path}: {detail}; re-run the shards with this run's config (`xel-cli encode --shard i/n`), then --merge again"
 
     E405 = "{path}: another xel run holds this run folder (pid {pid} on {host}, started {started}: {command}); wait for it to finish, or delete this lock file if that run is gone"
+    E406 = "{path}: cannot write ({detail}); free disk space (or fix the folder's permissions) and re-run"
 
     # E5xx: model, encoder and training
     E501 = "{name}: cannot load encoder ({detail}); give a Hugging Face model name present in the local cache or a local folder"

@@ -27,15 +27,25 @@ JSONL_BLOCK_LINES = 200_000
 def atomic_path(final_path: Path) -> Iterator[Path]:
     """Yield a temporary path next to `final_path`; rename it into place on success.
 
-    A crash or an exception leaves no file at `final_path` that looks finished.
+    A crash or an exception leaves no file at `final_path` that looks finished. An
+    `OSError` while writing (disk full, quota, read-only folder) becomes `CacheError`
+    E406 naming `final_path`; one about another file (an input the body reads) is
+    left alone.
     """
-    final_path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{final_path.name}.", suffix=".tmp", dir=final_path.parent)
-    os.close(handle)
+    try:
+        final_path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp_name = tempfile.mkstemp(prefix=f".{final_path.name}.", suffix=".tmp", dir=final_path.parent)
+        os.close(handle)
+    except OSError as exc:
+        raise CacheError("E406", path=final_path, detail=exc.strerror or str(exc)) from None
     temp_path = Path(temp_name)
     try:
         yield temp_path
         os.replace(temp_path, final_path)
+    except OSError as exc:
+        if exc.filename is not None and Path(exc.filename) not in (temp_path, final_path):
+            raise
+        raise CacheError("E406", path=final_path, detail=exc.strerror or str(exc)) from None
     finally:
         temp_path.unlink(missing_ok=True)
 

@@ -51,9 +51,14 @@ def read_manifest(out_dir: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CacheError("E402", path=path, detail=f"manifest is damaged ({exc})") from None
+    # Valid JSON of the wrong shape (a list, no key, outputs not a list) is just as damaged.
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("key"), str) \
+            or not isinstance(manifest.get("outputs", []), list):
+        raise CacheError("E402", path=path, detail="manifest is damaged (not an object with a 'key' string and an 'outputs' list)")
+    return manifest
 
 
 def upstream_key(out_dir: Path, stage: str) -> str:

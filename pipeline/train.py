@@ -287,7 +287,7 @@ def load_model(out_dir: Path, device: torch.device) -> tuple[Ranker | NearestNei
         shape = RankerShape(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["shape"].items()})
         model = Ranker(shape).to(device)
         model.load_state_dict(saved["model"])
-    except (KeyError, RuntimeError, TypeError, EOFError, OSError) as exc:
+    except Exception as exc:  # torch.load / pickle raise many types for a damaged file
         raise CacheError("E402", path=path, detail=f"model cannot be loaded ({str(exc).splitlines()[0]})") from None
     model.eval()
     return model, saved

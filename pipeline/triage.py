@@ -151,6 +151,11 @@ def external_candidates(path: Path, mentions: pl.DataFrame) -> pl.DataFrame:
     if not bad.is_empty():
         row = bad.row(0, named=True)
         raise InputError("E112", path=path, line=row["line"], detail=f"needs a mention_id, a kb_id and a numeric score, got {row}")
+    unknown = frame.join(mentions.select("mention_id"), on="mention_id", how="anti")
+    if unknown.height:
+        # Outside triage often covers a larger mention set than this run: warned, not refused.
+        logger.warning("%s: ignoring %d candidate row(s) whose mention_id is not among this run's mentions "
+                       "(first: %r on line %d)", path, unknown.height, unknown["mention_id"][0], unknown["line"][0])
     return (frame.with_columns(score.alias("score")).join(mentions.select("mention_id"), on="mention_id", how="semi")
             .select("mention_id", "kb_id", pl.col("score").clip(0, 1), pl.lit("external").alias("source")))
 
