@@ -178,7 +178,7 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
         inputs.attach_triage(candidates)
     mentions = inputs.mentions
     rows = mentions["row"].to_numpy()
-    matrix, _ = candidate_matrix(candidates, inputs, rows)
+    matrix = candidate_matrix(candidates, inputs, rows)
     scores = score_candidates(model, inputs, rows, matrix)
     popularity = training_popularity(inputs, saved.get("train_mention_ids", [])) if evaluate.popularity_rerank else None
     score_table, predictions = predict(mentions, rows, matrix, scores, inputs.entity_ids["kb_id"].to_list(), popularity)

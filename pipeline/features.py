@@ -136,9 +136,8 @@ def load_inputs(triage_dir: Path, encode_dir: Path, mention_types: list[str] | N
     return inputs, mention_types, entity_types
 
 
-def candidate_matrix(candidates: pl.DataFrame, inputs: RankerInputs, mention_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(len(mention_rows), k) entity rows of each mention's candidates in rank order, -1 padded,
-    and the matching KB ids (None padded)."""
+def candidate_matrix(candidates: pl.DataFrame, inputs: RankerInputs, mention_rows: np.ndarray) -> np.ndarray:
+    """(len(mention_rows), k) entity rows of each mention's candidates in rank order, -1 padded."""
     wanted = inputs.mentions.select("mention_id", "row").filter(pl.col("row").is_in(mention_rows.tolist()))
     table = (candidates.join(wanted, on="mention_id")
              .join(inputs.entity_ids.rename({"row": "entity_row"}), on="kb_id")
@@ -149,7 +148,7 @@ def candidate_matrix(candidates: pl.DataFrame, inputs: RankerInputs, mention_row
     position[mention_rows] = np.arange(len(mention_rows))
     matrix = np.full((len(mention_rows), width), -1, dtype=np.int64)
     matrix[position[table["row"].to_numpy()], table["slot"].to_numpy()] = table["entity_row"].to_numpy()
-    return matrix, position
+    return matrix
 
 
 def gold_rows(inputs: RankerInputs, mention_rows: np.ndarray) -> np.ndarray:

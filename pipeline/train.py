@@ -191,7 +191,7 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
                                train_config.downsample_to_language, train_config.seed)
     train_gold = all_gold[train_rows]
     dev_rows = select_rows(inputs.mentions, "dev", train_config.train_languages)
-    dev_matrix, _ = candidate_matrix(candidates, inputs, dev_rows)
+    dev_matrix = candidate_matrix(candidates, inputs, dev_rows)
     dev_gold = gold_rows(inputs, dev_rows)
     saved_rows = {"mention_types": mention_types, "entity_types": entity_types,
                   "train_mention_ids": inputs.mentions["mention_id"].to_numpy()[train_rows].tolist()}
@@ -208,7 +208,7 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
         raise InputError("E112", path=triage_dir / "mentions.parquet", line="-",
                          detail="no training mention (of train_languages, if set) links to an encoded KB entity; "
                                 "check the split, lang and gold_kb_id fields")
-    train_matrix, _ = candidate_matrix(candidates, inputs, train_rows)
+    train_matrix = candidate_matrix(candidates, inputs, train_rows)
 
     torch.manual_seed(train_config.seed)
     shape = ranker_shape(train_config, inputs)
