@@ -36,7 +36,7 @@ pass_state = click.make_pass_decorator(State, ensure=True)
 def _setup_logging(debug: bool, quiet: bool) -> None:
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
-    for noisy in ("transformers", "httpx", "filelock", "urllib3", "matplotlib", "h5py"):
+    for noisy in ("transformers", "httpx", "filelock", "urllib3", "matplotlib", "h5py", "faiss"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 

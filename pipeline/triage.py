@@ -3,19 +3,23 @@
 Sources, each switchable and recorded per candidate:
 - `prior`: P(e|m) from training-split mentions only (never dev/test), keyed by the
   folded and by the romanised mention string;
-- `kb_name`: exact match of the folded or romanised string with a KB name or alias;
-- `fuzzy`: rapidfuzz similarity of romanised strings against every KB name, alias and
-  training surface form;
+- `kb_name`: exact match of the folded or romanised string with a KB name or alias, and
+  of an all-capitals mention with a name's initials;
+- `fuzzy`: a character n-gram index shortlists KB names, aliases and training surface
+  forms, and rapidfuzz rescores the shortlist;
 - `dense`: nearest KB names by cosine of the run encoder's mean-pooled name vectors,
-  which crosses scripts where romanisation cannot (`奥巴马` -> `Barack Obama`);
+  from a FAISS index, which crosses scripts where romanisation cannot (`奥巴马` ->
+  `Barack Obama`);
 - `external`: a CSV/TSV of candidates from an outside triage;
 - `oracle`: the gold entity added when missing (the paper's Multi+Or).
-A candidate's score is the sum of its sources' scores (each in [0, 1]).
+A candidate's score is the sum of its sources' scores (each in [0, 1]). The KB-side
+indexes are built once per KB file and reused (`pipeline/kb_index.py`).
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -24,29 +28,22 @@ import polars as pl
 from rapidfuzz import fuzz, process
 
 from pipeline import schema
-import torch
-
 from pipeline.config import EncoderConfig, RunConfig, TriageConfig, to_dict
 from pipeline.errors import InputError
-from pipeline.inputs import check_gold_in_kb, load_mentions, write_entities
-from pipeline.io import file_fingerprint, write_json_atomic, write_parquet_atomic
+from pipeline.inputs import check_gold_in_kb, load_mentions
+from pipeline.io import atomic_path, file_fingerprint, write_json_atomic, write_parquet_atomic
 from pipeline.stage import StageResult, invalidate, is_up_to_date, stage_key, write_manifest
-from pipeline.textnorm import add_keys
+from pipeline.kb_index import dense_index, kb_entities, name_ngrams, names_index
+from pipeline.ngram_index import NgramIndex
+from pipeline.textnorm import add_keys, content_words, drop_article
 
 logger = logging.getLogger(__name__)
 
 STAGE = "triage"
-STAGE_VERSION = 1
+STAGE_VERSION = 2
 RECALL_AT = (1, 5, 10, 30, 100)
-# Queries per rapidfuzz cdist call: bounds the (queries x names) score matrix in memory.
-FUZZY_QUERY_BLOCK = 2048
-
-
-def surface_forms(entities: pl.DataFrame) -> pl.DataFrame:
-    """(surface, kb_id) for every KB name and alias."""
-    names = entities.select(pl.col("name").alias("surface"), "kb_id")
-    aliases = entities.select("kb_id", pl.col("alias_texts").alias("surface")).explode("surface").drop_nulls()
-    return pl.concat([names, aliases.select("surface", "kb_id")]).unique()
+# Names the n-gram index shortlists per mention string for rapidfuzz to rescore.
+FUZZY_SHORTLIST = 128
 
 
 def prior_candidates(mentions: pl.DataFrame, training: pl.DataFrame) -> pl.DataFrame:
@@ -63,40 +60,43 @@ def prior_candidates(mentions: pl.DataFrame, training: pl.DataFrame) -> pl.DataF
 
 
 def kb_name_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame) -> pl.DataFrame:
-    """Exact matches of the folded or the romanised mention string with a KB name or alias."""
+    """Exact matches of the folded or the romanised mention string with a KB name or alias
+    (score 1), and of an all-capitals mention with a name's initials (`GAO`; score 0.5)."""
     parts = []
     for key in ("fold", "roman"):
         parts.append(mentions.select("mention_id", pl.col(f"mention_{key}").alias("key"))
                      .join(surfaces.select(pl.col(f"surface_{key}").alias("key"), "kb_id").unique(), on="key")
-                     .select("mention_id", "kb_id"))
-    return pl.concat(parts).unique().with_columns(pl.lit(1.0).alias("score"), pl.lit("kb_name").alias("source"))
+                     .select("mention_id", "kb_id", pl.lit(1.0).alias("score")))
+    capitals = mentions.filter(drop_article(pl.col("mention")).str.contains(r"^[A-Z][A-Z.&]{1,7}$"))
+    parts.append(capitals.select("mention_id", pl.col("mention_roman").str.replace_all(" ", "").alias("key"))
+                 .join(surfaces.filter(pl.col("surface_acronym") != "").select(pl.col("surface_acronym").alias("key"), "kb_id")
+                       .unique(), on="key")
+                 .select("mention_id", "kb_id", pl.lit(0.5).alias("score")))
+    return (pl.concat(parts).group_by("mention_id", "kb_id").agg(pl.col("score").max())
+            .with_columns(pl.lit("kb_name").alias("source")))
 
 
-def fuzzy_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, k: int, min_score: float) -> pl.DataFrame:
-    """Best fuzzy matches of each distinct romanised mention string among all surface forms."""
-    queries = mentions.select(pl.col("mention_roman")).unique().filter(pl.col("mention_roman") != "")["mention_roman"]
-    choices = surfaces.select("surface_roman").unique().filter(pl.col("surface_roman") != "")["surface_roman"]
-    if queries.is_empty() or choices.is_empty():
-        return pl.DataFrame(schema={"mention_id": pl.String, "kb_id": pl.String, "score": pl.Float64, "source": pl.String})
-    choice_list = choices.to_list()
-    keep = min(len(choice_list), 4 * k)
-    rows_query, rows_choice, rows_score = [], [], []
-    for offset in range(0, len(queries), FUZZY_QUERY_BLOCK):
-        block = queries.slice(offset, FUZZY_QUERY_BLOCK).to_list()
-        matrix = process.cdist(block, choice_list, scorer=fuzz.WRatio, dtype=np.uint8,
-                               score_cutoff=int(min_score), workers=-1)
-        # The `keep` highest scores of each row (uint8: partition from the top, never negate).
-        top = np.argpartition(matrix, matrix.shape[1] - keep, axis=1)[:, -keep:]
-        top_scores = np.take_along_axis(matrix, top, axis=1)
-        hit_rows, hit_cols = np.nonzero(top_scores >= min_score)
-        rows_query.extend(block[i] for i in hit_rows)
-        rows_choice.append(top[hit_rows, hit_cols])
-        rows_score.append(top_scores[hit_rows, hit_cols])
-    matches = pl.DataFrame({
-        "mention_roman": rows_query,
-        "surface_roman": np.asarray(choice_list, dtype=object)[np.concatenate(rows_choice)].tolist() if rows_choice else [],
-        "score": (np.concatenate(rows_score).astype(np.float64) / 100.0) if rows_score else [],
-    }, schema={"mention_roman": pl.String, "surface_roman": pl.String, "score": pl.Float64})
+def fuzzy_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, roman_keys: pl.Series, ngrams: NgramIndex,
+                     k: int, min_score: float) -> pl.DataFrame:
+    """Fuzzy matches of each distinct romanised mention string among the indexed names.
+
+    The n-gram index shortlists `FUZZY_SHORTLIST` names per string; rapidfuzz's WRatio
+    rescores the shortlisted pairs, and the `4 * k` best at or above `min_score` are kept.
+    `roman_keys[i]` is the name at row i of `ngrams`; `surfaces` maps surface_roman to kb_id.
+    """
+    queries = mentions.select(pl.col("mention_roman").unique()).filter(pl.col("mention_roman") != "")["mention_roman"]
+    query_content = queries.to_frame().select(content_words(pl.col("mention_roman")))["mention_roman"]
+    shortlist = ngrams.shortlist(query_content, top_n=FUZZY_SHORTLIST)
+    query_text = queries.gather(shortlist["query"].to_numpy())
+    choice_text = roman_keys.gather(shortlist["name"].to_numpy())
+    # Scored on content words: WRatio's token-set part would count a shared `de` as a match.
+    scores = process.cpdist(query_content.gather(shortlist["query"].to_numpy()).to_list(),
+                            choice_text.to_frame().select(content_words(pl.col(choice_text.name))).to_series().to_list(),
+                            scorer=fuzz.WRatio, workers=-1, dtype=np.uint8)
+    matches = (pl.DataFrame({"mention_roman": query_text, "surface_roman": choice_text,
+                             "score": scores.astype(np.float64) / 100.0})
+               .filter(pl.col("score") >= min_score / 100.0)
+               .filter(pl.col("score").rank("ordinal", descending=True).over("mention_roman") <= 4 * k))
     by_entity = matches.join(surfaces.select("surface_roman", "kb_id").unique(), on="surface_roman")
     return (mentions.select("mention_id", "mention_roman").join(by_entity, on="mention_roman")
             .group_by("mention_id", "kb_id").agg(pl.col("score").max())
@@ -104,33 +104,30 @@ def fuzzy_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, k: int, min
 
 
 def dense_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, encoder_config: EncoderConfig,
-                     config: TriageConfig) -> pl.DataFrame:
-    """Nearest KB names and aliases of each distinct mention string by encoder cosine similarity."""
-    from pipeline.encoder import embed_texts, load_encoder
+                     config: TriageConfig, index_root: Path, kb_fingerprint: str) -> pl.DataFrame:
+    """Nearest KB names and aliases of each distinct mention string (its leading article
+    dropped) by encoder cosine similarity, from a FAISS index cached per KB and encoder."""
+    from pipeline.encoder import embed_texts, encoder_identity, load_encoder, resolve_encoder_path
 
     encoder = load_encoder(encoder_config)
-    queries = mentions["mention"].unique().to_list()
+    embed = lambda texts: embed_texts(  # noqa: E731
+        encoder, [config.dense_prefix + t for t in texts], encoder_config.max_name_tokens, encoder_config.batch_tokens)
+    settings = {"encoder": encoder_identity(resolve_encoder_path(encoder_config.name)), "prefix": config.dense_prefix,
+                "max_name_tokens": encoder_config.max_name_tokens}
     names = surfaces.select("surface", "kb_id").unique()
-    choices = names["surface"].unique().to_list()
-    logger.info("dense triage: embedding %d mention strings and %d KB names", len(queries), len(choices))
-    embed = lambda texts: torch.from_numpy(embed_texts(  # noqa: E731
-        encoder, [config.dense_prefix + t for t in texts], encoder_config.max_name_tokens, encoder_config.batch_tokens))
-    query_vectors, choice_vectors = embed(queries), embed(choices)
-    keep = min(config.dense_k, len(choices))
-    rows_query, rows_choice, rows_score = [], [], []
-    for offset in range(0, len(queries), FUZZY_QUERY_BLOCK):
-        similarity = query_vectors[offset: offset + FUZZY_QUERY_BLOCK] @ choice_vectors.T  # (q, c)
-        top_scores, top_index = similarity.topk(keep, dim=1)
-        rows_query.append(np.repeat(np.arange(offset, offset + len(similarity)), keep))
-        rows_choice.append(top_index.reshape(-1).numpy())
-        rows_score.append(top_scores.reshape(-1).numpy())
+    dense = dense_index(names["surface"].unique().sort().to_list(), embed, index_root, kb_fingerprint, settings)
+    queries = mentions.select(drop_article(pl.col("mention")).alias("query")).unique()["query"].to_list()
+    logger.info("dense triage: %d mention strings against %d KB names", len(queries), len(dense.surfaces))
+    similarities, rows = dense.search(embed(queries), config.dense_k)  # (queries, dense_k)
+    found = rows >= 0
     matches = pl.DataFrame({
-        "mention": np.asarray(queries, dtype=object)[np.concatenate(rows_query)].tolist(),
-        "surface": np.asarray(choices, dtype=object)[np.concatenate(rows_choice)].tolist(),
-        "score": np.clip((np.concatenate(rows_score).astype(np.float64) - config.dense_floor) / (1 - config.dense_floor), 0, 1),
-    }, schema={"mention": pl.String, "surface": pl.String, "score": pl.Float64}).filter(pl.col("score") > 0)
-    return (mentions.select("mention_id", "mention").join(matches, on="mention").join(names, on="surface")
-            .group_by("mention_id", "kb_id").agg(pl.col("score").max()).with_columns(pl.lit("dense").alias("source")))
+        "query": np.repeat(np.asarray(queries, dtype=object), found.sum(axis=1)).tolist(),
+        "surface": np.asarray(dense.surfaces, dtype=object)[rows[found]].tolist(),
+        "score": np.clip((similarities[found].astype(np.float64) - config.dense_floor) / (1 - config.dense_floor), 0, 1),
+    }, schema={"query": pl.String, "surface": pl.String, "score": pl.Float64}).filter(pl.col("score") > 0)
+    return (mentions.select("mention_id", drop_article(pl.col("mention")).alias("query")).join(matches, on="query")
+            .join(names, on="surface").group_by("mention_id", "kb_id").agg(pl.col("score").max())
+            .with_columns(pl.lit("dense").alias("source")))
 
 
 def external_candidates(path: Path, mentions: pl.DataFrame) -> pl.DataFrame:
@@ -229,14 +226,17 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
 
     mentions = load_mentions(inputs)
     logger.info("read %d mentions", mentions.height)
-    entity_count = write_entities(inputs.kb, out_dir / "entities.parquet")
-    if entity_count == 0:
-        raise InputError("E107", path=inputs.kb)
+    index_root = out_dir / "kb-index"
+    entities_path = kb_entities(inputs.kb, index_root, fingerprints["kb"])
+    with atomic_path(out_dir / "entities.parquet") as temp_path:
+        shutil.copyfile(entities_path, temp_path)
     entities = pl.read_parquet(out_dir / "entities.parquet")
+    entity_count = entities.height
     check_gold_in_kb(mentions, entities.lazy(), inputs.mentions)
 
     keyed = add_keys(mentions, "mention")
-    surfaces = add_keys(surface_forms(entities), "surface")
+    kb_names = names_index(entities, index_root, fingerprints["kb"])
+    surfaces = kb_names.surfaces
     training = keyed.filter(pl.col("split") == "train")
     triage = config.triage
     pieces: list[pl.DataFrame] = []
@@ -245,13 +245,16 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     if triage.use_kb_names:
         pieces.append(kb_name_candidates(keyed, surfaces))
     if triage.use_fuzzy:
-        # Training surface forms join the KB's own names, so a fuzzy match can reach them too.
-        learned = training.filter(pl.col("gold_kb_id").is_not_null() & (pl.col("gold_kb_id") != schema.NIL_ID)).select(
-            pl.col("mention").alias("surface"), pl.col("gold_kb_id").alias("kb_id")).unique()
-        all_surfaces = pl.concat([surfaces, add_keys(learned, "surface")], how="diagonal_relaxed")
-        pieces.append(fuzzy_candidates(keyed, all_surfaces, triage.k, triage.fuzzy_min_score))
+        from_kb = fuzzy_candidates(keyed, surfaces, kb_names.roman_keys, kb_names.ngrams, triage.k, triage.fuzzy_min_score)
+        # Training surface forms are matched too, from a small index built per run.
+        learned = add_keys(training.filter(pl.col("gold_kb_id").is_not_null() & (pl.col("gold_kb_id") != schema.NIL_ID))
+                           .select(pl.col("mention").alias("surface"), pl.col("gold_kb_id").alias("kb_id")).unique(), "surface")
+        learned_keys = learned.select(pl.col("surface_roman").unique().sort()).filter(pl.col("surface_roman") != "")["surface_roman"]
+        from_training = fuzzy_candidates(keyed, learned, learned_keys, name_ngrams(learned_keys), triage.k,
+                                         triage.fuzzy_min_score)
+        pieces.append(pl.concat([from_kb, from_training]).group_by("mention_id", "kb_id", "source").agg(pl.col("score").max()))
     if triage.use_dense:
-        pieces.append(dense_candidates(keyed, surfaces, config.encoder, triage))
+        pieces.append(dense_candidates(keyed, surfaces, config.encoder, triage, index_root, fingerprints["kb"]))
     if inputs.candidates is not None:
         pieces.append(external_candidates(inputs.candidates, mentions))
     if not pieces:

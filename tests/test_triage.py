@@ -254,3 +254,69 @@ def test_stage_writes_typed_tables_and_a_recall_report(make_run_config) -> None:
     assert gold.group_by("mention_id").len()["len"].max() == 1
     manifest = (out / "manifest.json").read_text(encoding="utf-8")
     assert '"key"' in manifest and "candidates.parquet" in manifest
+
+
+def test_leading_articles_are_dropped_before_matching(triage) -> None:
+    kb = TINY_KB + [{"kb_id": "Q7", "name": "World Bank", "type": "ORG"},
+                    {"kb_id": "Q8", "name": "Banco Mundial", "type": "ORG"}]
+    records = [record("x1", "el Banco Mundial", "Q8", "test", lang="es"),
+               record("x2", "The World Bank", "Q7", "test"),
+               record("x3", "the", None, "test")]  # a lone article stays itself
+    candidates, _ = triage(records, kb=kb, **ONLY_KB_NAMES)
+    found = by_mention(candidates)
+    assert found["x1"][0][0] == "Q8" and found["x2"][0][0] == "Q7"
+    assert "x3" not in found
+
+
+def test_all_capitals_mentions_meet_the_initials_of_kb_names(triage) -> None:
+    kb = TINY_KB + [{"kb_id": "Q7", "name": "Government Accountability Office", "type": "ORG"},
+                    {"kb_id": "Q8", "name": "Bank of England", "type": "ORG"}]
+    records = [record("x1", "the GAO", "Q7", "test"), record("x2", "BE", "Q8", "test"),
+               record("x3", "Gao", None, "test")]  # not written in capitals: a name, not initials
+    candidates, _ = triage(records, kb=kb, **ONLY_KB_NAMES)
+    found = by_mention(candidates)
+    assert found["x1"] == [("Q7", pytest.approx(0.5), ("kb_name",))]
+    assert found["x2"][0][0] == "Q8"
+    assert "x3" not in found
+
+
+def test_fuzzy_matching_ignores_shared_function_words(triage) -> None:
+    kb = TINY_KB + [{"kb_id": "Q7", "name": "Banco de Inglaterra", "type": "ORG"},
+                    {"kb_id": "Q8", "name": "Museo de Arte Moderno de la Ciudad", "type": "ORG"}]
+    records = [record("x1", "Banco de Inglatera", "Q7", "test", lang="es"),  # a typo
+               record("x2", "Puerto de la Cruz", None, "test", lang="es")]  # shares only "de la"
+    candidates, _ = triage(records, kb=kb, **ONLY_FUZZY)
+    found = by_mention(candidates)
+    assert found["x1"][0][0] == "Q7"
+    assert "Q8" not in [kb_id for kb_id, _, _ in found.get("x2", [])]
+
+
+def test_kb_indexes_are_reused_until_the_kb_changes(triage, tmp_path: Path) -> None:
+    records = [record("x1", "Barak Obama", "Q1", "test")]
+    _, result = triage(records, **{**ONLY_FUZZY, "use_dense": True})
+    index_root = result.out_dir / "kb-index"
+    built = {p.name: p.stat().st_mtime_ns for p in index_root.iterdir()}
+    assert {name.split("-")[0] for name in built} == {"entities", "names", "dense"}
+    _, result = triage(records, **{**ONLY_FUZZY, "use_dense": True, "k": 3})  # the stage re-runs, the KB is the same
+    assert {p.name: p.stat().st_mtime_ns for p in index_root.iterdir()} == built
+    kb = TINY_KB + [{"kb_id": "Q9", "name": "Barack Hussein Obama", "type": "PER"}]
+    candidates, result = triage(records, kb=kb, **{**ONLY_FUZZY, "use_dense": True})
+    rebuilt = {p.name for p in index_root.iterdir()}
+    assert len(rebuilt) == 3 and not rebuilt & set(built)  # new keys, old folders gone
+    assert not list(index_root.glob(".*.tmp"))
+    assert "Q9" in candidates["kb_id"].to_list()
+
+
+def test_dense_source_gives_the_same_top_names_from_an_hnsw_index(triage, monkeypatch) -> None:
+    from pipeline import kb_index
+
+    records = [record("x1", "Barack Obama", "Q1", "test"), record("x2", "Moscou", "Q3", "test")]
+    exact, _ = triage(records, **ONLY_DENSE)
+    monkeypatch.setattr(kb_index, "EXACT_DENSE_LIMIT", 1)
+    approximate, result = triage(records, kb=[*TINY_KB, {"kb_id": "Q9", "name": "Zzz", "type": "LOC"}], **ONLY_DENSE)
+    import faiss
+
+    index = faiss.read_index(str(next((result.out_dir / "kb-index").glob("dense-*")) / "names.faiss"))
+    assert hasattr(index, "hnsw")
+    top = lambda frame: by_mention(frame.filter(pl.col("kb_id") != "Q9"))  # noqa: E731
+    assert {m: c[0][0] for m, c in top(exact).items()} == {m: c[0][0] for m, c in top(approximate).items()}
