@@ -424,8 +424,10 @@ def run(config: RunConfig, force: bool = False, shard: tuple[int, int] | None = 
     if shard is None:
         target, work_dir = out_dir / VECTORS, out_dir / f"work-{key}"
         if not force and is_up_to_date(out_dir, key):
+            # A run killed after its manifest but before deleting its chunks leaves them behind.
+            shutil.rmtree(work_dir, ignore_errors=True)
             return StageResult(STAGE, out_dir, skipped=True, seconds=time.time() - started)
-        invalidate(out_dir)
+        invalidate(out_dir, work_dir)
     else:
         target, shard_manifest = shard_paths(out_dir, shard)
         work_dir = out_dir / f"work-{key}-{shard[0]}-of-{shard[1]}"

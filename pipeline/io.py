@@ -7,9 +7,12 @@ or absent, and that bad records are reported with their file and line.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
+import logging
 import os
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +22,38 @@ import polars as pl
 
 from pipeline.errors import CacheError, InputError, SchemaError
 
+logger = logging.getLogger(__name__)
+
 # Lines of JSONL parsed per block: bounds memory on multi-million-line KBs.
 JSONL_BLOCK_LINES = 200_000
+# Test-only crash hook (tests/test_crash_matrix.py); see `crash_point`.
+CRASH_AT = "XEL_CRASH_AT"
+CRASH_POINTS = ("half-written", "before-rename", "after-rename")
+_crash_counts: dict[tuple[str, str], int] = {}
+
+
+def crash_point(point: str, path: Path, temp_path: Path | None = None) -> None:
+    """Test-only: SIGKILL this process at the n-th `point` reached for a file named like `path`.
+
+    `XEL_CRASH_AT="<point>:<file name glob>:<n>"`, e.g. `after-rename:chunk-*.npz:3`
+    kills right after the third encode chunk is in place. Points (all in `atomic_path`):
+    `half-written` (the temporary file is first cut to half its bytes, as a kill while
+    writing leaves it), `before-rename` (complete temporary file, final name not yet
+    there), `after-rename` (the file is in place; whatever follows, e.g. the manifest,
+    is not). Only the crash-matrix tests set the variable; unset, this returns at once.
+    """
+    spec = os.environ.get(CRASH_AT)
+    if not spec:
+        return
+    want_point, pattern, count = spec.split(":")
+    if want_point != point or not fnmatch.fnmatchcase(path.name, pattern):
+        return
+    seen = _crash_counts[(point, pattern)] = _crash_counts.get((point, pattern), 0) + 1
+    if seen != int(count):
+        return
+    if point == "half-written" and temp_path is not None:
+        os.truncate(temp_path, temp_path.stat().st_size // 2)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -41,13 +74,32 @@ def atomic_path(final_path: Path) -> Iterator[Path]:
     temp_path = Path(temp_name)
     try:
         yield temp_path
+        crash_point("half-written", final_path, temp_path)
+        crash_point("before-rename", final_path)
         os.replace(temp_path, final_path)
+        crash_point("after-rename", final_path)
     except OSError as exc:
         if exc.filename is not None and Path(exc.filename) not in (temp_path, final_path):
             raise
         raise CacheError("E406", path=final_path, detail=exc.strerror or str(exc)) from None
     finally:
         temp_path.unlink(missing_ok=True)
+
+
+def remove_leftover_temps(folder: Path) -> int:
+    """Delete the temporary files (`.<name>.<random>.tmp`) that killed runs left in `folder`.
+
+    `atomic_path` removes its temporary file on any exception, but a SIGKILL skips that.
+    Only call this while holding the run lock, when no other process writes to `folder`;
+    returns how many files went.
+    """
+    removed = 0
+    for path in folder.glob(".*.tmp") if folder.is_dir() else ():
+        path.unlink(missing_ok=True)
+        removed += 1
+    if removed:
+        logger.info("%s: removed %d temporary file(s) left by an interrupted run", folder, removed)
+    return removed
 
 
 def write_text_atomic(path: Path, text: str) -> None:
