@@ -172,8 +172,8 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     key = stage_key(STAGE, STAGE_VERSION, settings, inputs_keys)
     if not force and is_up_to_date(out_dir, key):
         return StageResult(STAGE, out_dir, skipped=True, seconds=time.time() - started)
-    invalidate(out_dir)
     checkpoint_path = out_dir / CHECKPOINT
+    invalidate(out_dir, checkpoint_path.parent)
     if force:
         checkpoint_path.unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -230,10 +230,16 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
 
     train_matrix_tensor = torch.from_numpy(train_matrix)
     train_gold_tensor = torch.from_numpy(train_gold)
-    stale_epochs = 0 if not history else history[-1]["epoch"] - best["epoch"]
+    # As the loop counts it: epochs from the best to the last evaluated one (not to the last
+    # trained one: a checkpoint between evaluations would stop a resumed run too early).
+    evaluated = [record["epoch"] for record in history if record["dev_accuracy"] is not None]
+    stale_epochs = evaluated[-1] - best["epoch"] if evaluated else 0
+    # A run killed after its early-stop checkpoint has finished training: train no further.
+    stopped = train_config.patience > 0 and stale_epochs >= train_config.patience
+    last_epoch = start_epoch - 1 if stopped else train_config.epochs
     progress = tqdm(total=train_config.epochs, initial=start_epoch - 1, unit="epoch", desc="train", disable=None)
     epoch = start_epoch - 1
-    for epoch in range(start_epoch, train_config.epochs + 1):
+    for epoch in range(start_epoch, last_epoch + 1):
         epoch_loss = train_epoch(model, optimizer, inputs, train_rows, train_matrix_tensor, train_gold_tensor,
                                  train_config, generator, device)
         record = {"epoch": epoch, "loss": epoch_loss, "dev_accuracy": None}
