@@ -74,8 +74,9 @@ def kb_name_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame) -> pl.Dat
 
 def fuzzy_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, k: int, min_score: float) -> pl.DataFrame:
     """Best fuzzy matches of each distinct romanised mention string among all surface forms."""
-    queries = mentions.select(pl.col("mention_roman")).unique().filter(pl.col("mention_roman") != "")["mention_roman"]
-    choices = surfaces.select("surface_roman").unique().filter(pl.col("surface_roman") != "")["surface_roman"]
+    # Sorted: `unique` order varies from run to run, and ties at the top-`keep` cut would follow it.
+    queries = mentions.select(pl.col("mention_roman")).unique().filter(pl.col("mention_roman") != "")["mention_roman"].sort()
+    choices = surfaces.select("surface_roman").unique().filter(pl.col("surface_roman") != "")["surface_roman"].sort()
     if queries.is_empty() or choices.is_empty():
         return pl.DataFrame(schema={"mention_id": pl.String, "kb_id": pl.String, "score": pl.Float64, "source": pl.String})
     choice_list = choices.to_list()
@@ -109,9 +110,10 @@ def dense_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, encoder_con
     from pipeline.encoder import embed_texts, load_encoder
 
     encoder = load_encoder(encoder_config)
-    queries = mentions["mention"].unique().to_list()
+    # Sorted, so batches (and with them float rounding) are the same on every run.
+    queries = mentions["mention"].unique().sort().to_list()
     names = surfaces.select("surface", "kb_id").unique()
-    choices = names["surface"].unique().to_list()
+    choices = names["surface"].unique().sort().to_list()
     logger.info("dense triage: embedding %d mention strings and %d KB names", len(queries), len(choices))
     embed = lambda texts: torch.from_numpy(embed_texts(  # noqa: E731
         encoder, [config.dense_prefix + t for t in texts], encoder_config.max_name_tokens, encoder_config.batch_tokens))
