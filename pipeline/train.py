@@ -167,8 +167,10 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     out_dir = config.stage_dir(STAGE)
     triage_dir, encode_dir = config.stage_dir("triage"), config.stage_dir("encode")
     inputs_keys = {"triage": upstream_key(triage_dir, "triage"), "encode": upstream_key(encode_dir, "encode")}
+    # Device and checkpoint frequency change speed and what a kill loses, not the model
+    # (a resumed run equals an uninterrupted one: tests/test_crash_matrix.py).
     settings = {k: v for k, v in to_dict(config.train).items()
-                if k != "device" and LATER_SETTINGS.get(k, Ellipsis) != v}
+                if k not in ("device", "checkpoint_every") and LATER_SETTINGS.get(k, Ellipsis) != v}
     key = stage_key(STAGE, STAGE_VERSION, settings, inputs_keys)
     if not force and is_up_to_date(out_dir, key):
         return StageResult(STAGE, out_dir, skipped=True, seconds=time.time() - started)
