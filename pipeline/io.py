@@ -143,6 +143,66 @@ def scan_parquet_checked(path: Path, required: dict[str, pl.DataType], stage: st
     return frame
 
 
+def collect_checked(frame: pl.LazyFrame, *paths: Path) -> pl.DataFrame:
+    """Collect a frame scanned from stage Parquet files (`paths`); damaged data is E302 naming the file.
+
+    A file whose footer is intact passes `scan_parquet_checked`, but a damaged data page
+    only fails here: as a polars error, or as a Rust panic that also prints a backtrace
+    on stderr. Stderr is held back while collecting and shown again unless the failure
+    is a damaged file. When the query fails, each file is read alone to find the one
+    that is damaged; if none is, the failure is not about the files and is raised as is.
+    """
+    failure: BaseException | None = None
+    with _stderr_held() as held:
+        try:
+            return frame.collect()
+        except (pl.exceptions.PolarsError, pl.exceptions.PanicException) as exc:
+            failure = exc
+            for path in paths:
+                try:
+                    pl.scan_parquet(path).collect()
+                except (pl.exceptions.PolarsError, pl.exceptions.PanicException, OSError) as damage:
+                    held.discard()
+                    detail = str(damage).splitlines()[0] if str(damage) else type(damage).__name__
+                    raise SchemaError("E302", path=path, detail=f"a data page is damaged: {detail}") from None
+    raise failure
+
+
+class _HeldStream:
+    def __init__(self, sink) -> None:
+        self.sink = sink
+        self.keep = True
+
+    def discard(self) -> None:
+        self.keep = False
+
+
+@contextlib.contextmanager
+def _stderr_held() -> Iterator[_HeldStream]:
+    """Send file descriptor 2 to a temporary file for the block, then replay it unless discarded.
+
+    Rust panics (polars) write to the descriptor directly, past Python's sys.stderr.
+    """
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all: nothing to hold
+        yield _HeldStream(None)
+        return
+    with tempfile.TemporaryFile() as sink:
+        held = _HeldStream(sink)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield held
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if held.keep:
+                sink.seek(0)
+                text = sink.read()
+                if text:
+                    os.write(2, text)
+
+
 def _decode_line(path: Path, line_number: int, raw: bytes) -> str:
     try:
         return raw.decode("utf-8")

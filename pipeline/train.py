@@ -28,7 +28,7 @@ from pipeline import schema
 from pipeline.config import RunConfig, TrainConfig, to_dict
 from pipeline.errors import CacheError, InputError
 from pipeline.features import RankerInputs, candidate_matrix, gold_rows, load_inputs, score_candidates
-from pipeline.io import atomic_path, scan_parquet_checked, write_parquet_atomic
+from pipeline.io import atomic_path, collect_checked, scan_parquet_checked, write_parquet_atomic
 from pipeline.ranker import NearestNeighbour, Ranker, RankerShape, hinge_loss
 from pipeline.stage import StageResult, invalidate, is_up_to_date, stage_key, upstream_key, write_manifest
 
@@ -184,8 +184,9 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     device = torch.device("cuda" if train_config.device == "auto" and torch.cuda.is_available() else
                           "cpu" if train_config.device == "auto" else train_config.device)
     inputs, mention_types, entity_types = load_inputs(triage_dir, encode_dir, None, None, train_config.min_type_count, device)
-    candidates = scan_parquet_checked(triage_dir / "candidates.parquet", schema.CANDIDATES, "triage").select(
-        "mention_id", "rank", "kb_id", "score", "sources").collect()
+    candidates_path = triage_dir / "candidates.parquet"
+    candidates = collect_checked(scan_parquet_checked(candidates_path, schema.CANDIDATES, "triage").select(
+        "mention_id", "rank", "kb_id", "score", "sources"), candidates_path)
     if "triage" in train_config.features:
         inputs.attach_triage(candidates)
     all_gold = gold_rows(inputs, np.arange(inputs.mentions.height))  # by mention row (inputs.mentions is in row order)
