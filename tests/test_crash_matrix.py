@@ -108,12 +108,13 @@ def _cli_process(args: list[str], crash_at: str | None, log_path: str) -> None:
 def cli_processes():
     """`run(args, log, crash_at=None) -> (exit code, output)`: the CLI in a new forked process."""
     context = multiprocessing.get_context("forkserver")
-    # Imported once in the server; nothing has run a torch op there, so forking is safe.
+    # Imported once in the server (this module too, for `_cli_process`); nothing has run a
+    # torch op there, so forking is safe.
     context.set_forkserver_preload([
         "cli", "pipeline.triage", "pipeline.encode", "pipeline.train", "pipeline.evaluate", "pipeline.encoder_build",
         "transformers.models.auto.tokenization_auto", "transformers.models.bert.modeling_bert",
         "transformers.models.bert.tokenization_bert", "transformers.convert_slow_tokenizer",
-        "matplotlib.pyplot", "matplotlib.backends.backend_agg"])
+        "matplotlib.pyplot", "matplotlib.backends.backend_agg", __name__])
 
     def run(args: list[object], log: Path, crash_at: str | None = None) -> tuple[int, str]:
         process = context.Process(target=_cli_process, args=([str(a) for a in args], crash_at, str(log)))
