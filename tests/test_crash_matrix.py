@@ -18,8 +18,8 @@ follows not yet done (`after-rename`: the next output, the manifest, the cleanup
 
 Processes are forked from a forkserver that has imported the CLI, torch and
 transformers once: a cold `python cli.py` spends about 6 s importing torch on this
-project's 2-core machine, the tiny stages well under one. `tests/test_encode.py` kills
-a cold `python cli.py encode` process too.
+project's 2-core machine, the tiny stages well under one. One more case kills a cold
+`python cli.py evaluate` the same way, and `tests/test_encode.py` a cold encode.
 """
 
 from __future__ import annotations
@@ -291,3 +291,24 @@ def test_the_hook_is_inert_unless_set(monkeypatch: pytest.MonkeyPatch, tmp_path:
     monkeypatch.setenv(CRASH_AT, "after-rename:a.txt:99")
     write_text_atomic(tmp_path / "a.txt", "whole")
     assert (tmp_path / "a.txt").read_text() == "whole" and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_the_hook_kills_a_cold_cli_process_too(reference: dict, cli_processes, tmp_path: Path) -> None:
+    """One case as a user runs it: `python cli.py` started from scratch, not forked."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    run_dir = tmp_path / "run"
+    copy_stages(reference["runs"]["plain"], run_dir, STAGES[:3])
+    command = [sys.executable, str(root / "cli.py"), "evaluate", "--config", str(reference["configs"]["plain"]),
+               "--run-dir", str(run_dir)]
+    environment = {**os.environ, CRASH_AT: "after-rename:report.md:1", "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run(command, cwd=root, env=environment, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (run_dir / "evaluate" / "report.md").is_file() and not (run_dir / "evaluate" / "manifest.json").exists()
+    code, output = cli_processes(["evaluate", "--config", reference["configs"]["plain"], "--run-dir", run_dir],
+                                 tmp_path / "rerun.log")
+    assert code == 0, output
+    for name in manifest(reference["runs"]["plain"] / "evaluate")["outputs"]:
+        assert_same_output(run_dir / "evaluate" / name, reference["runs"]["plain"] / "evaluate" / name)
