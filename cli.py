@@ -94,10 +94,12 @@ def _holding(config, command: str, lock: bool = True):
     nothing of the run in progress.
     """
     from pipeline.config import to_dict
-    from pipeline.io import write_json_atomic
+    from pipeline.io import remove_leftover_temps, write_json_atomic
 
     with run_lock(config.run_dir, command) if lock else contextlib.nullcontext():
         config.run_dir.mkdir(parents=True, exist_ok=True)
+        if lock:
+            remove_leftover_temps(config.run_dir)  # e.g. of config.json, by a run that was killed
         write_json_atomic(config.run_dir / "config.json", to_dict(config))
         yield
 

@@ -39,7 +39,7 @@ from pipeline import schema
 from pipeline.config import EncoderConfig, RunConfig, to_dict
 from pipeline.encoder import LoadedEncoder, encoder_identity, forward_units, load_encoder, resolve_encoder_path, token_span
 from pipeline.errors import CacheError, ConfigError, SchemaError
-from pipeline.io import atomic_path, scan_parquet_checked, write_json_atomic
+from pipeline.io import atomic_path, collect_checked, scan_parquet_checked, write_json_atomic
 from pipeline.stage import (StageResult, invalidate, is_up_to_date, library_versions, stage_key, upstream_key,
                             write_manifest)
 
@@ -131,15 +131,15 @@ def plan_entities(entities: pl.DataFrame, encoder: LoadedEncoder, table: UnitTab
     return context_unit, span_row
 
 
-def entities_to_encode(entities: pl.LazyFrame, candidates: pl.LazyFrame, mentions: pl.LazyFrame, everything: bool) -> pl.DataFrame:
-    """Entities that appear as a candidate or a gold link (all of them if asked)."""
+def entities_to_encode(entities: pl.LazyFrame, candidates: pl.LazyFrame, mentions: pl.LazyFrame, everything: bool) -> pl.LazyFrame:
+    """Entities that appear as a candidate or a gold link (all of them if asked), by kb_id."""
     if everything:
-        return entities.sort("kb_id").collect()
+        return entities.sort("kb_id")
     needed = pl.concat([
         candidates.select("kb_id"),
         mentions.select(pl.col("gold_kb_id").alias("kb_id")).filter(pl.col("kb_id").is_not_null() & (pl.col("kb_id") != schema.NIL_ID)),
     ]).unique()
-    return entities.join(needed, on="kb_id", how="semi").sort("kb_id").collect()
+    return entities.join(needed, on="kb_id", how="semi").sort("kb_id")
 
 
 @dataclass
@@ -396,11 +396,13 @@ def read_json(path: Path) -> dict:
 def read_triage(config: RunConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(mentions sorted by mention_id, entities to encode sorted by kb_id) from the triage stage."""
     triage_dir = config.stage_dir("triage")
-    mentions_lazy = scan_parquet_checked(triage_dir / "mentions.parquet", schema.MENTIONS, "triage")
-    entities_lazy = scan_parquet_checked(triage_dir / "entities.parquet", schema.ENTITIES, "triage")
-    candidates_lazy = scan_parquet_checked(triage_dir / "candidates.parquet", schema.CANDIDATES, "triage")
-    mentions = mentions_lazy.select("mention_id", "context", "start", "end").sort("mention_id").collect()
-    return mentions, entities_to_encode(entities_lazy, candidates_lazy, mentions_lazy, config.encoder.all_entities)
+    paths = [triage_dir / name for name in ("mentions.parquet", "entities.parquet", "candidates.parquet")]
+    mentions_lazy = scan_parquet_checked(paths[0], schema.MENTIONS, "triage")
+    entities_lazy = scan_parquet_checked(paths[1], schema.ENTITIES, "triage")
+    candidates_lazy = scan_parquet_checked(paths[2], schema.CANDIDATES, "triage")
+    mentions = collect_checked(mentions_lazy.select("mention_id", "context", "start", "end").sort("mention_id"), paths[0])
+    entities = entities_to_encode(entities_lazy, candidates_lazy, mentions_lazy, config.encoder.all_entities)
+    return mentions, collect_checked(entities, *paths)
 
 
 def run(config: RunConfig, force: bool = False, shard: tuple[int, int] | None = None,
@@ -424,8 +426,10 @@ def run(config: RunConfig, force: bool = False, shard: tuple[int, int] | None = 
     if shard is None:
         target, work_dir = out_dir / VECTORS, out_dir / f"work-{key}"
         if not force and is_up_to_date(out_dir, key):
+            # A run killed after its manifest but before deleting its chunks leaves them behind.
+            shutil.rmtree(work_dir, ignore_errors=True)
             return StageResult(STAGE, out_dir, skipped=True, seconds=time.time() - started)
-        invalidate(out_dir)
+        invalidate(out_dir, work_dir)
     else:
         target, shard_manifest = shard_paths(out_dir, shard)
         work_dir = out_dir / f"work-{key}-{shard[0]}-of-{shard[1]}"

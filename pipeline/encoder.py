@@ -10,6 +10,7 @@ SentencePiece tokenizers both give.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from pipeline.config import EncoderConfig
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, PipelineError
 
 logger = logging.getLogger(__name__)
 
@@ -45,19 +46,75 @@ def resolve_encoder_path(name: str) -> str:
     return name
 
 
+# Files of a model folder that make its vectors: config, tokenizer, weights. Others (README,
+# optimizer.pt, trainer_state.json of a fine-tuning run) do not count.
+IDENTITY_SUFFIXES = (".json", ".txt", ".model", ".safetensors", ".bin")
+IDENTITY_SKIPPED = ("trainer_state.json",)
+# Content digests of weight files by (path, size, mtime, inode): hashing a 1 GB model costs
+# seconds, and every stage command asks for the identity.
+DIGEST_MEMO = "weight-digests.json"
+DIGEST_MEMO_ENTRIES = 1000
+
+
 def encoder_identity(path: str) -> str:
-    """A fingerprint of the encoder: its config and the names and sizes of its weight files."""
-    folder = Path(path)
+    """A fingerprint of the encoder: the content of its config, tokenizer and weight files.
+
+    `path` is a local folder, or a Hugging Face name whose cached snapshot is found
+    offline; a name with no local snapshot is fingerprinted by the name alone. Weights
+    are hashed in full (retrained weights of the same shape must not look the same), with
+    their digest remembered per (path, size, mtime, inode) under the xel cache.
+    """
+    folder = Path(path) if Path(path).is_dir() else _hub_snapshot(path)
     digest = hashlib.blake2b(digest_size=12)
-    if folder.is_dir():
-        for file_path in sorted(folder.iterdir()):
-            if file_path.name in ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt"):
-                digest.update(file_path.read_bytes())
-            elif file_path.suffix in (".safetensors", ".bin"):
-                digest.update(f"{file_path.name}:{file_path.stat().st_size}".encode())
-    else:
+    if folder is None:
         digest.update(path.encode())
+        return digest.hexdigest()
+    for file_path in sorted(folder.iterdir()):
+        if not file_path.is_file() or file_path.suffix not in IDENTITY_SUFFIXES or file_path.name in IDENTITY_SKIPPED:
+            continue
+        digest.update(file_path.name.encode() + b"\0")
+        digest.update(_weights_digest(file_path).encode() if file_path.suffix in (".safetensors", ".bin")
+                      else file_path.read_bytes())
     return digest.hexdigest()
+
+
+def _hub_snapshot(name: str) -> Path | None:
+    """The local snapshot folder of a Hugging Face model name (named by its commit), if cached."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception:  # not a hub name, not cached, or no huggingface_hub: the name alone then
+        return None
+
+
+def _weights_digest(path: Path) -> str:
+    """Content hash of a weight file, remembered in the xel cache by its path, size, mtime and inode.
+
+    The memo is a speed-up only: unreadable or unwritable, the file is hashed again.
+    """
+    from pipeline.encoder_build import default_cache_dir
+    from pipeline.io import file_fingerprint, write_json_atomic
+
+    real = path.resolve()  # a Hugging Face snapshot links to its blob
+    stat = real.stat()
+    signature = f"{real}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}"
+    memo_path = default_cache_dir() / DIGEST_MEMO
+    try:
+        memo = json.loads(memo_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        memo = {}
+    if not isinstance(memo, dict):
+        memo = {}
+    if isinstance(memo.get(signature), str):
+        return memo[signature]
+    content = file_fingerprint(real)
+    memo[signature] = content
+    try:
+        write_json_atomic(memo_path, dict(list(memo.items())[-DIGEST_MEMO_ENTRIES:]))
+    except (PipelineError, OSError) as exc:
+        logger.debug("cannot remember the digest of %s in %s: %s", real, memo_path, exc)
+    return content
 
 
 def pick_device(setting: str) -> torch.device:

@@ -24,7 +24,8 @@ from pipeline import schema
 from pipeline.config import RunConfig, to_dict
 from pipeline.errors import InputError
 from pipeline.features import RankerInputs, candidate_matrix, gold_rows, load_inputs, score_candidates
-from pipeline.io import scan_parquet_checked, write_json_atomic, write_parquet_atomic, write_text_atomic, atomic_path
+from pipeline.io import (atomic_path, collect_checked, scan_parquet_checked, write_json_atomic, write_parquet_atomic,
+                         write_text_atomic)
 from pipeline.nil import best_thresholds, cluster_nils, decide, sweep
 from pipeline.scoring import MICRO_AVERAGE, format_table, score
 from pipeline.stage import StageResult, invalidate, is_up_to_date, stage_key, upstream_key, write_manifest
@@ -172,8 +173,9 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     device = torch.device("cpu")
     model, saved = load_model(train_dir, device)
     inputs, _, _ = load_inputs(triage_dir, encode_dir, saved["mention_types"], saved["entity_types"], 0, device)
-    candidates = scan_parquet_checked(triage_dir / "candidates.parquet", schema.CANDIDATES, "triage").select(
-        "mention_id", "rank", "kb_id", "score", "sources").collect()
+    candidates_path = triage_dir / "candidates.parquet"
+    candidates = collect_checked(scan_parquet_checked(candidates_path, schema.CANDIDATES, "triage").select(
+        "mention_id", "rank", "kb_id", "score", "sources"), candidates_path)
     if "triage" in model.features:
         inputs.attach_triage(candidates)
     mentions = inputs.mentions

@@ -7,9 +7,12 @@ or absent, and that bad records are reported with their file and line.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
+import logging
 import os
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +22,38 @@ import polars as pl
 
 from pipeline.errors import CacheError, InputError, SchemaError
 
+logger = logging.getLogger(__name__)
+
 # Lines of JSONL parsed per block: bounds memory on multi-million-line KBs.
 JSONL_BLOCK_LINES = 200_000
+# Test-only crash hook (tests/test_crash_matrix.py); see `crash_point`.
+CRASH_AT = "XEL_CRASH_AT"
+CRASH_POINTS = ("half-written", "before-rename", "after-rename")
+_crash_counts: dict[tuple[str, str], int] = {}
+
+
+def crash_point(point: str, path: Path, temp_path: Path | None = None) -> None:
+    """Test-only: SIGKILL this process at the n-th `point` reached for a file named like `path`.
+
+    `XEL_CRASH_AT="<point>:<file name glob>:<n>"`, e.g. `after-rename:chunk-*.npz:3`
+    kills right after the third encode chunk is in place. Points (all in `atomic_path`):
+    `half-written` (the temporary file is first cut to half its bytes, as a kill while
+    writing leaves it), `before-rename` (complete temporary file, final name not yet
+    there), `after-rename` (the file is in place; whatever follows, e.g. the manifest,
+    is not). Only the crash-matrix tests set the variable; unset, this returns at once.
+    """
+    spec = os.environ.get(CRASH_AT)
+    if not spec:
+        return
+    want_point, pattern, count = spec.split(":")
+    if want_point != point or not fnmatch.fnmatchcase(path.name, pattern):
+        return
+    seen = _crash_counts[(point, pattern)] = _crash_counts.get((point, pattern), 0) + 1
+    if seen != int(count):
+        return
+    if point == "half-written" and temp_path is not None:
+        os.truncate(temp_path, temp_path.stat().st_size // 2)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -41,13 +74,32 @@ def atomic_path(final_path: Path) -> Iterator[Path]:
     temp_path = Path(temp_name)
     try:
         yield temp_path
+        crash_point("half-written", final_path, temp_path)
+        crash_point("before-rename", final_path)
         os.replace(temp_path, final_path)
+        crash_point("after-rename", final_path)
     except OSError as exc:
         if exc.filename is not None and Path(exc.filename) not in (temp_path, final_path):
             raise
         raise CacheError("E406", path=final_path, detail=exc.strerror or str(exc)) from None
     finally:
         temp_path.unlink(missing_ok=True)
+
+
+def remove_leftover_temps(folder: Path) -> int:
+    """Delete the temporary files (`.<name>.<random>.tmp`) that killed runs left in `folder`.
+
+    `atomic_path` removes its temporary file on any exception, but a SIGKILL skips that.
+    Only call this while holding the run lock, when no other process writes to `folder`;
+    returns how many files went.
+    """
+    removed = 0
+    for path in folder.glob(".*.tmp") if folder.is_dir() else ():
+        path.unlink(missing_ok=True)
+        removed += 1
+    if removed:
+        logger.info("%s: removed %d temporary file(s) left by an interrupted run", folder, removed)
+    return removed
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -89,6 +141,66 @@ def scan_parquet_checked(path: Path, required: dict[str, pl.DataType], stage: st
         if column not in schema:
             raise SchemaError("E301", path=path, column=column, columns=", ".join(schema.names()))
     return frame
+
+
+def collect_checked(frame: pl.LazyFrame, *paths: Path) -> pl.DataFrame:
+    """Collect a frame scanned from stage Parquet files (`paths`); damaged data is E302 naming the file.
+
+    A file whose footer is intact passes `scan_parquet_checked`, but a damaged data page
+    only fails here: as a polars error, or as a Rust panic that also prints a backtrace
+    on stderr. Stderr is held back while collecting and shown again unless the failure
+    is a damaged file. When the query fails, each file is read alone to find the one
+    that is damaged; if none is, the failure is not about the files and is raised as is.
+    """
+    failure: BaseException | None = None
+    with _stderr_held() as held:
+        try:
+            return frame.collect()
+        except (pl.exceptions.PolarsError, pl.exceptions.PanicException) as exc:
+            failure = exc
+            for path in paths:
+                try:
+                    pl.scan_parquet(path).collect()
+                except (pl.exceptions.PolarsError, pl.exceptions.PanicException, OSError) as damage:
+                    held.discard()
+                    detail = str(damage).splitlines()[0] if str(damage) else type(damage).__name__
+                    raise SchemaError("E302", path=path, detail=f"a data page is damaged: {detail}") from None
+    raise failure
+
+
+class _HeldStream:
+    def __init__(self, sink) -> None:
+        self.sink = sink
+        self.keep = True
+
+    def discard(self) -> None:
+        self.keep = False
+
+
+@contextlib.contextmanager
+def _stderr_held() -> Iterator[_HeldStream]:
+    """Send file descriptor 2 to a temporary file for the block, then replay it unless discarded.
+
+    Rust panics (polars) write to the descriptor directly, past Python's sys.stderr.
+    """
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all: nothing to hold
+        yield _HeldStream(None)
+        return
+    with tempfile.TemporaryFile() as sink:
+        held = _HeldStream(sink)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield held
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if held.keep:
+                sink.seek(0)
+                text = sink.read()
+                if text:
+                    os.write(2, text)
 
 
 def _decode_line(path: Path, line_number: int, raw: bytes) -> str:

@@ -98,7 +98,9 @@ class NgramIndex:
                   .select((pl.col("key") // n_names).alias("query"), (pl.col("key") % n_names).alias("name"), "shared")
                   .join(grams.group_by("query").agg(pl.len().alias("looked_up")), on="query")
                   .filter(pl.col("shared") >= pl.min_horizontal(2, pl.col("looked_up"))))
-        return (shared.filter(pl.col("shared").rank("ordinal", descending=True).over("query") <= top_n)
+        # Ties broken by name row, so the shortlist is the same on every run.
+        return (shared.sort(["query", "shared", "name"], descending=[False, True, False])
+                .filter(pl.int_range(pl.len()).over("query") < top_n)
                 .select("query", "name", pl.col("shared").cast(pl.Int64)))
 
     def save(self, folder: Path) -> None:

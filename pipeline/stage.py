@@ -20,7 +20,7 @@ from typing import Any
 
 from pipeline import __version__
 from pipeline.errors import CacheError
-from pipeline.io import write_json_atomic
+from pipeline.io import remove_leftover_temps, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -86,9 +86,15 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def invalidate(out_dir: Path) -> None:
-    """Remove a stage's manifest first, so a crash mid-way never leaves it looking finished."""
+def invalidate(out_dir: Path, *work_dirs: Path) -> None:
+    """Remove a stage's manifest first, so a crash mid-way never leaves it looking finished.
+
+    Also deletes temporary files a killed run left in `out_dir` and in `work_dirs` (its
+    subfolders that are written with `atomic_path`): the caller holds the run lock.
+    """
     (out_dir / MANIFEST).unlink(missing_ok=True)
+    for folder in (out_dir, *work_dirs):
+        remove_leftover_temps(folder)
 
 
 def write_manifest(out_dir: Path, *, stage: str, key: str, inputs: dict[str, str], settings: dict[str, Any],

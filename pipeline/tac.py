@@ -22,12 +22,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import polars as pl
 
 from .errors import InputError, SchemaError
+from .io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -235,9 +235,10 @@ def write_tab(frame: pl.DataFrame, path: Path) -> None:
 
     `end` is written as given (inclusive). Confidence is written with `repr`, so reading
     the file back gives bit-identical floats. The file is written to a temporary file in
-    the same folder and moved into place with `os.replace`, so readers never see a
-    half-written file. Raises `SchemaError` E602 for missing columns and E603 for nulls,
-    and E605 when a text field holds a tab or line break (the line would not read back).
+    the same folder and moved into place (`pipeline.io.atomic_path`), so readers never
+    see a half-written file; a failed write is E406. Raises `SchemaError` E602 for
+    missing columns and E603 for nulls, and E605 when a text field holds a tab or line
+    break (the line would not read back).
     """
     path = Path(path)
     missing = [name for name in FRAME_SCHEMA if name not in frame.columns]
@@ -287,17 +288,9 @@ def write_tab(frame: pl.DataFrame, path: Path) -> None:
     )["line"]
     payload = "\n".join(lines.to_list()) + ("\n" if lines.len() else "")
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", newline="", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
+    with atomic_path(path) as temp_path:
+        with open(temp_path, "w", encoding="utf-8", newline="") as handle:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
     logger.info("wrote %d mentions to %s", frame.height, path)

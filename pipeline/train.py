@@ -28,7 +28,7 @@ from pipeline import schema
 from pipeline.config import RunConfig, TrainConfig, to_dict
 from pipeline.errors import CacheError, InputError
 from pipeline.features import RankerInputs, candidate_matrix, gold_rows, load_inputs, score_candidates
-from pipeline.io import atomic_path, scan_parquet_checked, write_parquet_atomic
+from pipeline.io import atomic_path, collect_checked, scan_parquet_checked, write_parquet_atomic
 from pipeline.ranker import NearestNeighbour, Ranker, RankerShape, hinge_loss
 from pipeline.stage import StageResult, invalidate, is_up_to_date, stage_key, upstream_key, write_manifest
 
@@ -167,13 +167,15 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     out_dir = config.stage_dir(STAGE)
     triage_dir, encode_dir = config.stage_dir("triage"), config.stage_dir("encode")
     inputs_keys = {"triage": upstream_key(triage_dir, "triage"), "encode": upstream_key(encode_dir, "encode")}
+    # Device and checkpoint frequency change speed and what a kill loses, not the model
+    # (a resumed run equals an uninterrupted one: tests/test_crash_matrix.py).
     settings = {k: v for k, v in to_dict(config.train).items()
-                if k != "device" and LATER_SETTINGS.get(k, Ellipsis) != v}
+                if k not in ("device", "checkpoint_every") and LATER_SETTINGS.get(k, Ellipsis) != v}
     key = stage_key(STAGE, STAGE_VERSION, settings, inputs_keys)
     if not force and is_up_to_date(out_dir, key):
         return StageResult(STAGE, out_dir, skipped=True, seconds=time.time() - started)
-    invalidate(out_dir)
     checkpoint_path = out_dir / CHECKPOINT
+    invalidate(out_dir, checkpoint_path.parent)
     if force:
         checkpoint_path.unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -182,8 +184,9 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     device = torch.device("cuda" if train_config.device == "auto" and torch.cuda.is_available() else
                           "cpu" if train_config.device == "auto" else train_config.device)
     inputs, mention_types, entity_types = load_inputs(triage_dir, encode_dir, None, None, train_config.min_type_count, device)
-    candidates = scan_parquet_checked(triage_dir / "candidates.parquet", schema.CANDIDATES, "triage").select(
-        "mention_id", "rank", "kb_id", "score", "sources").collect()
+    candidates_path = triage_dir / "candidates.parquet"
+    candidates = collect_checked(scan_parquet_checked(candidates_path, schema.CANDIDATES, "triage").select(
+        "mention_id", "rank", "kb_id", "score", "sources"), candidates_path)
     if "triage" in train_config.features:
         inputs.attach_triage(candidates)
     all_gold = gold_rows(inputs, np.arange(inputs.mentions.height))  # by mention row (inputs.mentions is in row order)
@@ -230,10 +233,16 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
 
     train_matrix_tensor = torch.from_numpy(train_matrix)
     train_gold_tensor = torch.from_numpy(train_gold)
-    stale_epochs = 0 if not history else history[-1]["epoch"] - best["epoch"]
+    # As the loop counts it: epochs from the best to the last evaluated one (not to the last
+    # trained one: a checkpoint between evaluations would stop a resumed run too early).
+    evaluated = [record["epoch"] for record in history if record["dev_accuracy"] is not None]
+    stale_epochs = evaluated[-1] - best["epoch"] if evaluated else 0
+    # A run killed after its early-stop checkpoint has finished training: train no further.
+    stopped = train_config.patience > 0 and stale_epochs >= train_config.patience
+    last_epoch = start_epoch - 1 if stopped else train_config.epochs
     progress = tqdm(total=train_config.epochs, initial=start_epoch - 1, unit="epoch", desc="train", disable=None)
     epoch = start_epoch - 1
-    for epoch in range(start_epoch, train_config.epochs + 1):
+    for epoch in range(start_epoch, last_epoch + 1):
         epoch_loss = train_epoch(model, optimizer, inputs, train_rows, train_matrix_tensor, train_gold_tensor,
                                  train_config, generator, device)
         record = {"epoch": epoch, "loss": epoch_loss, "dev_accuracy": None}

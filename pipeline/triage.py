@@ -84,7 +84,8 @@ def fuzzy_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, roman_keys:
     rescores the shortlisted pairs, and the `4 * k` best at or above `min_score` are kept.
     `roman_keys[i]` is the name at row i of `ngrams`; `surfaces` maps surface_roman to kb_id.
     """
-    queries = mentions.select(pl.col("mention_roman").unique()).filter(pl.col("mention_roman") != "")["mention_roman"]
+    # Sorted: `unique` order varies from run to run, and ties at a cut would follow it.
+    queries = mentions.select(pl.col("mention_roman").unique().sort()).filter(pl.col("mention_roman") != "")["mention_roman"]
     query_content = queries.to_frame().select(content_words(pl.col("mention_roman")))["mention_roman"]
     shortlist = ngrams.shortlist(query_content, top_n=FUZZY_SHORTLIST)
     query_text = queries.gather(shortlist["query"].to_numpy())
@@ -96,7 +97,8 @@ def fuzzy_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, roman_keys:
     matches = (pl.DataFrame({"mention_roman": query_text, "surface_roman": choice_text,
                              "score": scores.astype(np.float64) / 100.0})
                .filter(pl.col("score") >= min_score / 100.0)
-               .filter(pl.col("score").rank("ordinal", descending=True).over("mention_roman") <= 4 * k))
+               .sort(["mention_roman", "score", "surface_roman"], descending=[False, True, False])
+               .filter(pl.int_range(pl.len()).over("mention_roman") < 4 * k))
     by_entity = matches.join(surfaces.select("surface_roman", "kb_id").unique(), on="surface_roman")
     return (mentions.select("mention_id", "mention_roman").join(by_entity, on="mention_roman")
             .group_by("mention_id", "kb_id").agg(pl.col("score").max())
@@ -116,7 +118,8 @@ def dense_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, encoder_con
                 "max_name_tokens": encoder_config.max_name_tokens}
     names = surfaces.select("surface", "kb_id").unique()
     dense = dense_index(names["surface"].unique().sort().to_list(), embed, index_root, kb_fingerprint, settings)
-    queries = mentions.select(drop_article(pl.col("mention")).alias("query")).unique()["query"].to_list()
+    # Sorted, so batches (and with them float rounding) are the same on every run.
+    queries = mentions.select(drop_article(pl.col("mention")).alias("query").unique().sort())["query"].to_list()
     logger.info("dense triage: %d mention strings against %d KB names", len(queries), len(dense.surfaces))
     similarities, rows = dense.search(embed(queries), config.dense_k)  # (queries, dense_k)
     found = rows >= 0

@@ -31,7 +31,8 @@ the catalogue; see README "Bad input"):
 Added here: the kinds above lacked non-UTF-8 and BOM/CRLF for KB and docs, empty and
 blank KB, malformed alias lists, unknown-token mentions, bad .tab lines and source
 documents, outside candidate files, config types and ranges through the CLI, damaged
-Parquet/HDF5/checkpoints/models/manifests, and a full disk.
+Parquet/HDF5/checkpoints/models/manifests (Parquet also with an intact footer and
+damaged data pages, including damage that makes polars panic), and a full disk.
 """
 
 from __future__ import annotations
@@ -266,6 +267,54 @@ def then_train(damage: Callable[[Path], None]) -> Callable[[Path], None]:
     return both
 
 
+def column_chunks(path: Path) -> list[tuple[int, int]]:
+    """(first byte, length) of every column chunk's pages: data between the header and the footer."""
+    import pyarrow.parquet as pq
+
+    metadata = pq.ParquetFile(path).metadata
+    chunks = []
+    for group in range(metadata.num_row_groups):
+        for column in range(metadata.num_columns):
+            chunk = metadata.row_group(group).column(column)
+            first = chunk.dictionary_page_offset or chunk.data_page_offset
+            chunks.append((first, chunk.total_compressed_size))
+    return chunks
+
+
+def damaged_pages(path: Path) -> None:
+    """Overwrite every column's pages with 0xff; the footer (schema, offsets) stays intact."""
+    content = bytearray(path.read_bytes())
+    for first, length in column_chunks(path):
+        content[first:first + length] = b"\xff" * length
+    path.write_bytes(bytes(content))
+    pl.scan_parquet(path).collect_schema()  # the footer still reads: only collecting fails
+
+
+def pages_that_panic(path: Path) -> None:
+    """Damage pages so that polars panics (a Rust assertion) instead of raising an error.
+
+    Such damage depends on the bytes, so it is searched for: six 0xff bytes at each
+    offset of each column chunk until reading the file panics.
+    """
+    from pipeline.io import _stderr_held
+
+    original = path.read_bytes()
+    for first, length in column_chunks(path):
+        for offset in range(first, first + length - 6):
+            content = bytearray(original)
+            content[offset:offset + 6] = b"\xff" * 6
+            path.write_bytes(bytes(content))
+            with _stderr_held() as held:
+                held.discard()  # the panic's backtrace
+                try:
+                    pl.scan_parquet(path).collect()
+                except pl.exceptions.PanicException:
+                    return
+                except pl.exceptions.PolarsError:
+                    continue
+    raise AssertionError(f"no damage of {path} makes polars panic; this polars handles them all")
+
+
 def nan_vectors(path: Path) -> None:
     with h5py.File(path, "r+") as handle:
         handle["entities"]["name"][0, 0] = np.nan
@@ -377,6 +426,12 @@ CASES = [
          damaged("triage/candidates.parquet", truncate, ["encode", "--force"], "encode")),
     Case("truncated-mentions-parquet-at-train", "artifacts", "E302",
          damaged("triage/mentions.parquet", then_train(truncate), ["train"], "train")),
+    Case("damaged-data-pages-candidates-parquet", "artifacts", "E302",
+         damaged("triage/candidates.parquet", damaged_pages, ["encode", "--force"], "encode", ["data page"])),
+    Case("damaged-data-pages-entities-parquet-at-evaluate", "artifacts", "E302",
+         damaged("triage/entities.parquet", damaged_pages, ["evaluate", "--force"], "evaluate", ["data page"])),
+    Case("data-pages-that-panic-polars-mentions-parquet", "artifacts", "E302",
+         damaged("triage/mentions.parquet", then_train(pages_that_panic), ["train"], "train", ["data page"])),
     Case("truncated-vectors-h5", "artifacts", "E302",
          damaged("encode/vectors.h5", then_train(truncate), ["train"], "train")),
     Case("nan-in-vectors-h5", "artifacts", "E302",

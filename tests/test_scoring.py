@@ -493,3 +493,27 @@ def test_meantime_files_round_trip(meantime, tmp_path):
     for path in meantime.values():
         write_tab(read_tab(path), tmp_path / path.name)
         assert (tmp_path / path.name).read_bytes() == path.read_bytes()
+
+
+def test_scores_do_not_depend_on_row_order_bit_for_bit() -> None:
+    """B-cubed sums many fractions; in another order a float sum can differ in its last bit.
+
+    A rerun (e.g. after a crash) must give the same metrics.json, so the sums are exact.
+    """
+    import json as json_module
+
+    rng = np.random.default_rng(0)
+    count = 400
+
+    def frame(kb_ids: list[str]) -> pl.DataFrame:
+        return pl.DataFrame({"mention_id": [f"m{i}" for i in range(count)],
+                             "doc_id": [f"ENG_NW_{i % 7}" for i in range(count)],
+                             "start": np.arange(count) * 10, "end": np.arange(count) * 10 + 3, "kb_id": kb_ids,
+                             "entity_type": "PER", "mention_type": "NAM", "confidence": 1.0})
+
+    gold = frame([f"Q{x}" if x < 30 else f"NIL{x}" for x in rng.integers(0, 40, count)])
+    system = frame([f"Q{x}" if x < 30 else f"NIL{x}" for x in rng.integers(0, 45, count)])
+    results = {json_module.dumps(score(gold.sample(fraction=1, shuffle=True, seed=seed),
+                                       system.sample(fraction=1, shuffle=True, seed=seed + 100)), sort_keys=True)
+               for seed in range(20)}
+    assert len(results) == 1

@@ -1,0 +1,212 @@
+"""Staleness matrix: what a change makes stale, for every stage.
+
+Each case starts from a copy of one finished tiny run, changes one thing (an input file,
+a setting, the encoder, a stage output) and runs `xel-cli run`: exactly the stages in
+its `redone` column must redo their work, every other stage must report "up to date".
+A second `run` then finds every stage up to date (the new state is stable).
+
+Per stage, the table has (a) a change of a file it reads, (b) a setting of its own that
+changes its output, (c) the encoder, (d) settings that do not change its output (speed,
+devices, checkpoint frequency, other stages' settings), which leave it up to date.
+Stages read their upstream stages through their manifest keys, so for encode, train and
+evaluate (a) is the upstream change and the deletion of an upstream output (redone with
+the same key: nothing downstream redoes).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from conftest import TINY_KB, tiny_mention_records, write_jsonl, write_run_config
+
+STAGES = ("triage", "encode", "train", "evaluate")
+ALL = STAGES
+DOWNSTREAM_OF_TRIAGE = ("encode", "train", "evaluate")
+
+
+@dataclass
+class Env:
+    """A case's copy of the finished run, its data folder and the run's encoder folder."""
+
+    run_dir: Path
+    folder: Path
+    encoder: Path
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    change: Callable[[Env], list[str]]  # edits files, returns extra CLI args (--set ...)
+    redone: tuple[str, ...]  # the stages that must redo; the rest report "up to date"
+    before: tuple[str, ...] = field(default=())  # --set of a first run that sets the starting state
+
+
+def setting(*assignments: str) -> Callable[[Env], list[str]]:
+    return lambda env: [arg for assignment in assignments for arg in ("--set", assignment)]
+
+
+def mentions_changed(env: Env) -> list[str]:
+    records = tiny_mention_records()
+    records[4] = {**records[4], "text": records[4]["text"].replace("won the final", "won the match")}
+    path = write_jsonl(env.folder / "changed" / "mentions.jsonl", records)
+    return ["--set", f"inputs.mentions={path}"]
+
+
+def mentions_moved(env: Env) -> list[str]:
+    """The same content under another path: keys follow content, not paths."""
+    path = write_jsonl(env.folder / "moved" / "mentions.jsonl", tiny_mention_records())
+    return ["--set", f"inputs.mentions={path}"]
+
+
+def kb_changed(env: Env) -> list[str]:
+    entities = [dict(entity) for entity in TINY_KB]
+    entities[3]["description"] = "Capital and largest city of France."
+    path = write_jsonl(env.folder / "changed" / "kb.jsonl", entities)
+    return ["--set", f"inputs.kb={path}"]
+
+
+def encoder_weights_changed(env: Env) -> list[str]:
+    """Retrained weights of the same shape: the file keeps its name and its size."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    weights = env.encoder / "model.safetensors"
+    size = weights.stat().st_size
+    with safe_open(weights, framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(weights)
+    name = next(k for k, tensor in tensors.items() if tensor.is_floating_point())
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[:10] += 0.5
+    save_file(tensors, weights, metadata=metadata)
+    assert weights.stat().st_size == size
+    return []
+
+
+def encoder_moved(env: Env) -> list[str]:
+    """The same weights in another folder: another encoder name."""
+    copy = env.folder / "encoder-copy"
+    shutil.copytree(env.encoder, copy)
+    return ["--set", f"encoder.name={copy}"]
+
+
+def deleted(relative: str) -> Callable[[Env], list[str]]:
+    def change(env: Env) -> list[str]:
+        (env.run_dir / relative).unlink()
+        return []
+    return change
+
+
+CASES = [
+    # id                                         change                                   redone
+    Case("nothing-changed", setting(), ()),
+    # triage: (a) its input files (content, not path), (b) its settings, (c) the encoder (dense triage)
+    Case("triage-input-mentions-changed", mentions_changed, ALL),
+    Case("triage-input-kb-changed", kb_changed, ALL),
+    Case("triage-input-moved-same-content", mentions_moved, ()),
+    Case("triage-setting-k", setting("triage.k=3"), ALL),
+    Case("triage-setting-fuzzy-min-score", setting("triage.fuzzy_min_score=85"), ALL),
+    Case("triage-setting-oracle", setting("triage.oracle=true"), ALL),
+    Case("encoder-weights-changed-same-size", encoder_weights_changed, ALL),
+    Case("encoder-weights-changed-without-dense-triage", encoder_weights_changed, DOWNSTREAM_OF_TRIAGE,
+         before=("triage.use_dense=false",)),
+    Case("encoder-max-name-tokens-used-by-dense-triage", setting("encoder.max_name_tokens=8"), ALL),
+    # encode: (a) its inputs, triage's output (deleted: redone alike), (b) its settings, (c) the encoder
+    Case("encode-input-triage-output-deleted", deleted("triage/candidates.parquet"), ("triage",)),
+    Case("encode-setting-name-layer", setting("encoder.name_layer=2"), DOWNSTREAM_OF_TRIAGE),
+    Case("encode-setting-max-context-tokens", setting("encoder.max_context_tokens=32"), DOWNSTREAM_OF_TRIAGE),
+    Case("encode-setting-all-entities", setting("encoder.all_entities=true"), DOWNSTREAM_OF_TRIAGE),
+    Case("encode-encoder-moved-same-weights", encoder_moved, DOWNSTREAM_OF_TRIAGE),
+    # (d) speed and device only
+    Case("encode-not-batch-tokens", setting("encoder.batch_tokens=256"), ()),
+    Case("encode-not-chunk-texts", setting("encoder.chunk_texts=3"), ()),
+    Case("encode-not-device", setting("encoder.device=cpu"), ()),
+    # train: (a) encode's output (deleted: redone alike), (b) its settings, (d) what does not change the model
+    Case("train-input-vectors-deleted", deleted("encode/vectors.h5"), ("encode",)),
+    Case("train-setting-margin", setting("train.margin=0.5"), ("train", "evaluate")),
+    Case("train-setting-seed", setting("train.seed=14"), ("train", "evaluate")),
+    Case("train-setting-features", setting("train.features=name,context"), ("train", "evaluate")),
+    Case("train-setting-train-languages", setting("train.train_languages=en,es"), ("train", "evaluate")),
+    Case("train-not-checkpoint-every", setting("train.checkpoint_every=3"), ()),
+    Case("train-not-device", setting("train.device=cpu"), ()),
+    # evaluate: (a) train's output (deleted: restored from the final checkpoint), (b) its settings
+    Case("evaluate-input-model-deleted", deleted("train/model.pt"), ("train",)),
+    Case("evaluate-setting-default-threshold", setting("evaluate.default_threshold=-0.5"), ("evaluate",)),
+    Case("evaluate-setting-threshold-mode", setting("evaluate.threshold_mode=fixed"), ("evaluate",)),
+    Case("evaluate-setting-nil-clustering", setting("evaluate.nil_clustering=singleton"), ("evaluate",)),
+    Case("evaluate-setting-eval-split", setting("evaluate.eval_split=dev"), ("evaluate",)),
+    Case("evaluate-output-deleted", deleted("evaluate/system.tab"), ("evaluate",)),
+]
+
+
+def run_stages(config: Path, run_dir: Path, args: list[str]) -> dict[str, str]:
+    """`xel-cli run`; returns {stage: "done" | "up to date"} from its output."""
+    result = CliRunner().invoke(main, ["run", "--config", str(config), "--run-dir", str(run_dir), *args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    status = {}
+    for line in result.output.splitlines():
+        for stage in STAGES:
+            if line.startswith(f"{stage}: up to date"):
+                status[stage] = "up to date"
+            elif line.startswith(f"{stage}: done in"):
+                status[stage] = "done"
+    assert set(status) == set(STAGES), result.output
+    return status
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -> dict:
+    """A finished tiny run whose encoder is a copy the cases may change (and restore)."""
+    folder = tmp_path_factory.mktemp("staleness")
+    encoder = folder / "encoder"
+    shutil.copytree(tiny_encoder_dir, encoder)
+    config = write_run_config(folder, encoder)
+    assert set(run_stages(config, folder / "run", []).values()) == {"done"}
+    return {"config": config, "run_dir": folder / "run", "encoder": encoder}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_a_change_makes_exactly_its_stages_stale(case: Case, base: dict, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(base["run_dir"], run_dir)
+    weights = base["encoder"] / "model.safetensors"
+    original_weights = weights.read_bytes()
+    before = [arg for assignment in case.before for arg in ("--set", assignment)]
+    try:
+        if before:
+            run_stages(base["config"], run_dir, before)
+        args = before + case.change(Env(run_dir, tmp_path, base["encoder"]))
+        status = run_stages(base["config"], run_dir, args)
+        expected = {stage: "done" if stage in case.redone else "up to date" for stage in STAGES}
+        assert status == expected
+        assert run_stages(base["config"], run_dir, args) == dict.fromkeys(STAGES, "up to date")
+    finally:
+        if weights.read_bytes() != original_weights:
+            weights.write_bytes(original_weights)
+
+
+def test_every_stage_has_each_kind_of_change() -> None:
+    ids = [case.id for case in CASES]
+    for stage in STAGES:
+        assert any(i.startswith(f"{stage}-input") for i in ids), stage
+        assert any(i.startswith(f"{stage}-setting") for i in ids), stage
+    assert any(i.startswith("encoder-weights") for i in ids)
+    assert any("-not-" in i for i in ids)
+    assert len(set(ids)) == len(ids)
+
+
+def test_manifest_records_what_the_key_hashes(base: dict) -> None:
+    """Settings left out of a key (speed, device, checkpoint frequency) are not in the manifest either."""
+    encode = json.loads((base["run_dir"] / "encode" / "manifest.json").read_text(encoding="utf-8"))
+    train = json.loads((base["run_dir"] / "train" / "manifest.json").read_text(encoding="utf-8"))
+    assert not {"batch_tokens", "chunk_texts", "device"} & set(encode["settings"])
+    assert not {"checkpoint_every", "device"} & set(train["settings"])
+    assert {"margin", "seed", "epochs"} <= set(train["settings"])
