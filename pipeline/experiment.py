@@ -278,12 +278,14 @@ def run(config: RunConfig, experiment: ExperimentConfig) -> StageResult:
         folder = sub_run_dir(config.run_dir, model, seed)
         progress.set_postfix_str(f"{model.folder} seed {seed}")
         sources = dict(shared)
+        sections = {"evaluate": evaluation,
+                    "train": dataclasses.replace(config.train, train_languages=model.train_languages,
+                                                 downsample_to_language=model.downsample_to, features=model.features,
+                                                 baseline=model.baseline, seed=seed)}
         if model.oracle:
             sources.update(triage=oracle_dir, train=sub_run_dir(config.run_dir, model.trained(), seed) / "train")
-        train_config = dataclasses.replace(config.train, train_languages=model.train_languages,
-                                           downsample_to_language=model.downsample_to, features=model.features,
-                                           baseline=model.baseline, seed=seed)
-        sub_config = subrun.prepare(config, folder, sources, train=train_config, evaluate=evaluation)
+            sections["triage"] = dataclasses.replace(config.triage, oracle=True)  # so config.json says what it links
+        sub_config = subrun.prepare(config, folder, sources, **sections)
         outcome = subrun.train_and_evaluate(sub_config, train_too=not model.oracle)
         trained += outcome["trained"]
         seconds += outcome["seconds"]

@@ -61,6 +61,26 @@ def manifest(stage_dir: Path) -> dict:
     return json.loads((stage_dir / "manifest.json").read_text(encoding="utf-8"))
 
 
+# --- sub-runs ----------------------------------------------------------------------------------
+
+def test_stage_links_are_relative_kept_repointed_and_never_replace_a_folder(tmp_path: Path) -> None:
+    from pipeline.errors import CacheError
+    from pipeline.subrun import link_stage
+
+    (tmp_path / "run" / "encode").mkdir(parents=True)
+    (tmp_path / "other" / "encode").mkdir(parents=True)
+    link = tmp_path / "run" / "sub" / "encode"
+    link_stage(link, tmp_path / "run" / "encode")
+    assert link.is_symlink() and not Path(link.readlink()).is_absolute()
+    link_stage(link, tmp_path / "run" / "encode")  # already right: kept
+    link_stage(link, tmp_path / "other" / "encode")
+    assert link.resolve() == (tmp_path / "other" / "encode").resolve()
+    real = tmp_path / "run" / "sub2" / "encode"
+    real.mkdir(parents=True)
+    with pytest.raises(CacheError, match=r"E410.*sub2/encode"):
+        link_stage(real, tmp_path / "run" / "encode")
+
+
 # --- search ------------------------------------------------------------------------------------
 
 def test_draws_come_from_the_space_and_do_not_depend_on_the_trial_count() -> None:
@@ -188,6 +208,7 @@ def test_experiment_fills_every_cell_shares_models_and_resumes(base_run: dict, r
     assert (oracle / "train").resolve() == (experiment_dir / "multi" / "seed-13" / "train").resolve()
     assert (oracle / "encode").resolve() == (run_copy / "encode").resolve()
     assert manifest(oracle / "triage")["settings"]["triage"]["oracle"] is True
+    assert json.loads((oracle / "config.json").read_text(encoding="utf-8"))["triage"]["oracle"] is True
     assert not (oracle / "train" / "..").resolve().name.startswith("multi-oracle")
 
     # A stopped experiment resumes: lose one sub-run, rerun, only it is trained again.
