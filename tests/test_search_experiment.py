@@ -243,3 +243,10 @@ def test_experiment_tables_mark_missing_cells(base_run: dict, run_copy: Path, mo
     assert "(1/2)" in table_1["en"][2] and table_1["en"][3] == "—"  # MultiDS-en: one seed; Multi: not reached
     assert table_1["es"][1] == "—"
     assert "name + context + type + triage" not in tables
+
+
+def test_experiment_refuses_an_ablation_language_outside_the_tables(base_run: dict, run_copy: Path) -> None:
+    result = CliRunner().invoke(main, ["experiment", "--config", str(base_run["config"]), "--run-dir", str(run_copy),
+                                       "--ablation-language", "xx"])
+    assert result.exit_code == 2 and "[E203]" in result.output and "ablation_language" in result.output
+    assert not (run_copy / "experiment").exists()
