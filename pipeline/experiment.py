@@ -192,7 +192,7 @@ def oracle_triage(config: RunConfig) -> Path:
     return triage_dir
 
 
-def cell_table(cells: list[Cell], results: pl.DataFrame, seeds: list[int]) -> pl.DataFrame:
+def cell_table(cells: list[Cell], results: pl.DataFrame) -> pl.DataFrame:
     """One row per cell and seed that has a result: table, row, column, seed, micro_average."""
     rows = [{"table": cell.table, "row": cell.row, "column": cell.column, "folder": cell.model.folder,
              "language": cell.language} for cell in cells]
@@ -311,7 +311,7 @@ def write_outputs(out_dir: Path, cells: list[Cell], results: list[dict], languag
     """cells.parquet (one row per cell and seed) and tables.md from the results so far."""
     frame = pl.DataFrame(results, schema={"folder": pl.String, "seed": pl.Int64, "language": pl.String,
                                           "micro_average": pl.Float64, "sub_run": pl.String})
-    finished = cell_table(cells, frame, seeds)
+    finished = cell_table(cells, frame)
     write_parquet_atomic(finished, out_dir / "cells.parquet")
     write_text_atomic(out_dir / "tables.md", tables_markdown(cells, finished, languages, seeds, experiment, config, seconds))
     return finished
