@@ -66,15 +66,18 @@ def main(ctx: click.Context, debug: bool, quiet: bool) -> None:
     ctx.obj = State(debug=debug)
 
 
-def config_options(function):
-    """Options shared by every stage command."""
+def config_options(function=None, *, force: bool = True):
+    """Options shared by every stage command (`@config_options(force=False)`: without --force)."""
+    if function is None:
+        return lambda decorated: config_options(decorated, force=force)
     function = click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                             default=DEMO_CONFIG, show_default="configs/demo.toml", help="The run's TOML config.")(function)
     function = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
                             help="Override a config value, e.g. --set train.epochs=50 (repeatable).")(function)
     function = click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                             help="Run folder (default: artifacts/<name>).")(function)
-    function = click.option("--force", is_flag=True, help="Redo the stage even if it is up to date.")(function)
+    if force:
+        function = click.option("--force", is_flag=True, help="Redo the stage even if it is up to date.")(function)
     return function
 
 
@@ -193,6 +196,60 @@ def run(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, for
             module = importlib.import_module(f"pipeline.{stage}")
             _echo_result(module.run(config, force=force))
     click.echo(f"run: finished in {time.time() - started:.1f}s -> {config.run_dir}")
+
+
+@main.command()
+@config_options(force=False)
+@click.option("--trials", type=click.IntRange(1, 1000), default=10, show_default=True,
+              help="Number of random settings to try (trial i is the same whatever the number).")
+@click.option("--seed", "search_seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the draws; each seed has its own trials under <run>/search/seed-<S>/.")
+def search(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, trials: int, search_seed: int) -> None:
+    """Random search over the paper's Appendix A ranker settings; ranks trials on dev, writes best.toml.
+
+    Triage and encode run once in the run folder; each trial trains and evaluates in its own
+    sub-run, and finished trials are not redone (delete a trial's folder to redo it).
+    """
+    from pipeline import search as search_stage
+
+    config = _load(config_path, overrides, run_dir)
+    with _holding(config, "search"):
+        result = search_stage.run(config, search_stage.SearchConfig(trials=trials, seed=search_seed))
+    click.echo(f"search: {result.counts['trials']} trial(s), {result.counts['trained']} trained now, "
+               f"{result.seconds:.1f}s -> {result.out_dir}")
+    click.echo((result.out_dir / "search.md").read_text(encoding="utf-8"))
+    click.echo(f"search: best trial {result.summary['best_trial']}; its config: {result.out_dir / 'best.toml'}")
+
+
+@main.command()
+@config_options(force=False)
+@click.option("--seeds", type=click.IntRange(1, 100), default=3, show_default=True,
+              help="Training seeds per cell (the config's seed, +1, +2, ...).")
+@click.option("--languages", default="", metavar="L1,L2,...",
+              help="Languages of the tables (default: every language with training mentions).")
+@click.option("--ablation-language", default="en", show_default=True, help="Training language of Table 3.")
+@click.option("--triage-row/--no-triage-row", default=True, show_default=True,
+              help="Add Table 3's '+ triage' row (our triage-evidence feature, not the paper's).")
+def experiment(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, seeds: int, languages: str,
+               ablation_language: str, triage_row: bool) -> None:
+    """The paper's Tables 1-3 (settings, zero-shot, feature ablations) averaged over seeds.
+
+    Triage and encode run once; each model trains once in a sub-run under <run>/experiment/
+    and finished ones are not redone, so a stopped experiment resumes (delete a sub-run's
+    folder to redo it). Writes <run>/experiment/tables.md (mean ± std, missing cells
+    marked) and cells.parquet.
+    """
+    from pipeline import experiment as experiment_stage
+
+    config = _load(config_path, overrides, run_dir)
+    settings = experiment_stage.ExperimentConfig(
+        seeds=seeds, languages=tuple(code.strip() for code in languages.split(",") if code.strip()),
+        ablation_language=ablation_language, triage_row=triage_row)
+    with _holding(config, "experiment"):
+        result = experiment_stage.run(config, settings)
+    click.echo(f"experiment: {result.counts['sub_runs']} sub-run(s), {result.counts['trained']} trained now, "
+               f"{result.seconds:.1f}s -> {result.out_dir}")
+    click.echo(result.summary["tables"].read_text(encoding="utf-8"))
 
 
 @main.command()

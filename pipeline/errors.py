@@ -45,6 +45,9 @@ class Errors:
 
     E405 = "{path}: another xel run holds this run folder (pid {pid} on {host}, started {started}: {command}); wait for it to finish, or delete this lock file if that run is gone"
     E406 = "{path}: cannot write ({detail}); free disk space (or fix the folder's permissions) and re-run"
+    # Sub-runs of `xel-cli search` / `xel-cli experiment` (pipeline/subrun.py).
+    E410 = "{path}: a folder where a sub-run needs a link to the parent run's stage ({detail}); delete it and re-run"
+    E411 = "{path}: {detail}"
 
     # E5xx: model, encoder and training
     E501 = "{name}: cannot load encoder ({detail}); give a Hugging Face model name present in the local cache or a local folder"
