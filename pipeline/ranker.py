@@ -127,14 +127,19 @@ class NearestNeighbour(nn.Module):
 
 
 def hinge_loss(gold_scores: torch.Tensor, negative_scores: torch.Tensor, negative_mask: torch.Tensor,
-               margin: float) -> torch.Tensor:
+               margin: float, normaliser: float | None = None) -> torch.Tensor:
     """Mean of max(0, margin - (gold - hardest negative)).
 
     gold_scores (B,), negative_scores (B, n), negative_mask (B, n) True where a real
-    negative stands; a mention without any negative contributes no loss.
+    negative stands; a mention without any negative contributes no loss. `normaliser`
+    replaces the count of mentions with a negative as the divisor: a data-parallel rank
+    holds only a slice of the batch, and dividing its sum by the whole batch's count
+    (over the world size, which DDP's gradient averaging undoes) gives the whole batch's mean.
     """
     hardest = negative_scores.masked_fill(~negative_mask, float("-inf")).amax(dim=1)
     has_negative = negative_mask.any(dim=1)
     losses = torch.clamp(margin - (gold_scores - hardest), min=0.0)
     losses = torch.where(has_negative, losses, torch.zeros_like(losses))
+    if normaliser is not None:
+        return losses.sum() / normaliser
     return losses.sum() / has_negative.sum().clamp(min=1)

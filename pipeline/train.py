@@ -25,7 +25,9 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline import schema
+from pipeline import distributed
 from pipeline.config import RunConfig, TrainConfig, to_dict
+from pipeline.distributed import World, sum_over_ranks
 from pipeline.errors import CacheError, InputError
 from pipeline.features import RankerInputs, candidate_matrix, gold_rows, load_inputs, score_candidates
 from pipeline.io import atomic_path, scan_parquet_checked, write_parquet_atomic
@@ -61,40 +63,66 @@ def sample_negatives(candidates: torch.Tensor, gold: torch.Tensor, count: int, h
     return torch.cat([hard, random], dim=1).clamp(min=0), torch.cat([hard_mask, random_mask], dim=1)
 
 
+def rank_share(size: int, world: World) -> slice:
+    """This rank's contiguous part of a batch of `size`; the parts are disjoint, cover it and differ by at most one."""
+    return slice(world.rank * size // world.size, (world.rank + 1) * size // world.size)
+
+
 def assemble_batch(inputs: RankerInputs, train_rows: np.ndarray, train_matrix: torch.Tensor, train_gold: torch.Tensor,
-                   picked: torch.Tensor, config: TrainConfig, generator: torch.Generator, device: torch.device
-                   ) -> tuple[tuple, torch.Tensor]:
-    """Ranker inputs of the mentions at positions `picked` against [gold, negatives...], and the negatives' mask.
+                   picked: torch.Tensor, config: TrainConfig, generator: torch.Generator, device: torch.device,
+                   share: slice | None = None) -> tuple[tuple, torch.Tensor, int]:
+    """Ranker inputs of the mentions at positions `picked` against [gold, negatives...], the negatives' mask,
+    and how many of the `picked` mentions have a negative at all (the loss's divisor).
 
     train_rows (N,) mention rows; train_matrix (N, k) their candidates' entity rows (-1
     padded); train_gold (N,) their gold entity rows. Assembled by indexing the device
     tensors of `inputs`, with no per-example Python: this is what makes training from
     cached vectors fast (bench/train.py measures it).
+
+    `share` (data-parallel training) keeps only this rank's part of the batch. Negatives
+    are drawn for the whole batch first, so every rank's generator stays in step with the
+    others and with a single-process run, and the parts together are that run's batch.
     """
     gold = train_gold[picked]
     negatives, negative_mask = sample_negatives(train_matrix[picked], gold, config.negatives,
                                                 config.hard_negative_share, int(inputs.entity_name.shape[0]), generator)
+    with_negative = -1
+    if share is not None:
+        with_negative = int(negative_mask.any(dim=1).sum())
+        picked, gold, negatives, negative_mask = picked[share], gold[share], negatives[share], negative_mask[share]
     entity_rows = torch.cat([gold[:, None], negatives], dim=1).to(device)  # (B, 1 + n), the gold first
-    return inputs.batch(torch.as_tensor(train_rows[picked.numpy()], device=device), entity_rows), negative_mask.to(device)
+    batch = inputs.batch(torch.as_tensor(train_rows[picked.numpy()], device=device), entity_rows)
+    return batch, negative_mask.to(device), with_negative
 
 
-def train_epoch(model: Ranker, optimizer: torch.optim.Optimizer, inputs: RankerInputs, train_rows: np.ndarray,
+def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs: RankerInputs, train_rows: np.ndarray,
                 train_matrix: torch.Tensor, train_gold: torch.Tensor, config: TrainConfig,
-                generator: torch.Generator, device: torch.device) -> float:
-    """One pass over the training mentions (see `assemble_batch`) in a seeded random order; the mean loss."""
+                generator: torch.Generator, device: torch.device, world: World = World()) -> float:
+    """One pass over the training mentions (see `assemble_batch`) in a seeded random order; the mean loss.
+
+    Data-parallel (`world.size` > 1, `model` wrapped in DDP): every rank walks the same
+    order of the same global batches of `batch_mentions` and trains on its share of each.
+    Its loss is its share's sum over the whole batch's count times the world size, so
+    DDP's averaged gradient is the gradient of the whole batch's mean loss: the same step
+    as one process takes, up to float summation order.
+    """
     model.train()
     order = torch.randperm(len(train_rows), generator=generator)
     total_loss = 0.0
     for start in range(0, len(train_rows), config.batch_mentions):
         picked = order[start:start + config.batch_mentions]
-        batch, negative_mask = assemble_batch(inputs, train_rows, train_matrix, train_gold, picked, config, generator, device)
+        share = rank_share(len(picked), world) if world.distributed else None
+        batch, negative_mask, with_negative = assemble_batch(inputs, train_rows, train_matrix, train_gold, picked,
+                                                             config, generator, device, share)
         scores = model(*batch)
-        loss = hinge_loss(scores[:, 0], scores[:, 1:], negative_mask, config.margin)
+        normaliser = max(with_negative, 1) / world.size if world.distributed else None
+        loss = hinge_loss(scores[:, 0], scores[:, 1:], negative_mask, config.margin, normaliser)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        total_loss += loss.item() * len(picked)
-    return total_loss / len(train_rows)
+        # Each rank adds its part of the batch's mean loss; the parts are summed over ranks below.
+        total_loss += loss.item() * len(picked) / world.size
+    return sum_over_ranks(total_loss, world, device) / len(train_rows)
 
 
 def linking_accuracy(model: torch.nn.Module, inputs: RankerInputs, rows: np.ndarray, matrix: np.ndarray,
@@ -163,6 +191,13 @@ def _load_checkpoint(path: Path, key: str) -> dict | None:
 
 
 def run(config: RunConfig, force: bool = False) -> StageResult:
+    """Train the ranker; under torchrun, as one of WORLD_SIZE data-parallel processes (`pipeline.distributed`)."""
+    world = distributed.world_from_environment()
+    with distributed.process_group(world, config.train.device):
+        return _train(config, force, world)
+
+
+def _train(config: RunConfig, force: bool, world: World) -> StageResult:
     started = time.time()
     out_dir = config.stage_dir(STAGE)
     triage_dir, encode_dir = config.stage_dir("triage"), config.stage_dir("encode")
@@ -170,17 +205,21 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     settings = {k: v for k, v in to_dict(config.train).items()
                 if k != "device" and LATER_SETTINGS.get(k, Ellipsis) != v}
     key = stage_key(STAGE, STAGE_VERSION, settings, inputs_keys)
-    if not force and is_up_to_date(out_dir, key):
+    # Rank 0 decides and does the file work; the other ranks follow its decision, so they
+    # cannot disagree while rank 0 is removing the manifest.
+    up_to_date = not force and is_up_to_date(out_dir, key) if world.is_main else None
+    if distributed.broadcast(up_to_date, world):
         return StageResult(STAGE, out_dir, skipped=True, seconds=time.time() - started)
-    invalidate(out_dir)
     checkpoint_path = out_dir / CHECKPOINT
-    if force:
-        checkpoint_path.unlink(missing_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if world.is_main:
+        invalidate(out_dir)
+        if force:
+            checkpoint_path.unlink(missing_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier(world)  # a forced run's old checkpoint is gone before any rank looks for one
 
     train_config = config.train
-    device = torch.device("cuda" if train_config.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if train_config.device == "auto" else train_config.device)
+    device = distributed.training_device(train_config.device, world)
     inputs, mention_types, entity_types = load_inputs(triage_dir, encode_dir, None, None, train_config.min_type_count, device)
     candidates = scan_parquet_checked(triage_dir / "candidates.parquet", schema.CANDIDATES, "triage").select(
         "mention_id", "rank", "kb_id", "score", "sources").collect()
@@ -199,11 +238,16 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     by_language = dict(inputs.mentions[train_rows].group_by("lang").len().sort("lang").iter_rows())
     if train_config.baseline == "nn":
         # Nothing to fit: the cosine scores are the model. Dev accuracy is reported as for the ranker.
-        dev_accuracy = linking_accuracy(NearestNeighbour(), inputs, dev_rows, dev_matrix, dev_gold)
-        _save({"key": key, "baseline": "nn", "model": {}, "best_epoch": 0, "config": to_dict(train_config), **saved_rows},
-              out_dir / MODEL)
-        return _finish(out_dir, key, inputs_keys, settings, [], {**counts, "epochs": 0, "best_epoch": 0},
-                       dev_accuracy, 0, by_language, device, started)
+        result = StageResult(STAGE, out_dir, skipped=False, seconds=time.time() - started,
+                             counts={**counts, "epochs": 0, "best_epoch": 0})
+        if world.is_main:
+            dev_accuracy = linking_accuracy(NearestNeighbour(), inputs, dev_rows, dev_matrix, dev_gold)
+            _save({"key": key, "baseline": "nn", "model": {}, "best_epoch": 0, "config": to_dict(train_config),
+                   **saved_rows}, out_dir / MODEL)
+            result = _finish(out_dir, key, inputs_keys, settings, [], {**counts, "epochs": 0, "best_epoch": 0},
+                             dev_accuracy, 0, by_language, device, started, world)
+        distributed.barrier(world)
+        return result
     if len(train_rows) == 0:
         raise InputError("E112", path=triage_dir / "mentions.parquet", line="-",
                          detail="no training mention (of train_languages, if set) links to an encoded KB entity; "
@@ -227,17 +271,29 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
         history, best = checkpoint["history"], checkpoint["best"]
         start_epoch = checkpoint["epoch"] + 1
         logger.info("resuming training at epoch %d from %s", start_epoch, checkpoint_path)
+    trained: torch.nn.Module = model
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # DDP starts every rank from rank 0's weights; the batch generator is seeded alike on
+        # every rank (the ranks must draw the same batches), but dropout should not repeat the
+        # same masks on every rank's other mentions: ranks other than 0 re-seed it.
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if not world.is_main:
+            torch.manual_seed(train_config.seed + 100_003 * world.rank + start_epoch)
 
     train_matrix_tensor = torch.from_numpy(train_matrix)
     train_gold_tensor = torch.from_numpy(train_gold)
     stale_epochs = 0 if not history else history[-1]["epoch"] - best["epoch"]
-    progress = tqdm(total=train_config.epochs, initial=start_epoch - 1, unit="epoch", desc="train", disable=None)
+    progress = tqdm(total=train_config.epochs, initial=start_epoch - 1, unit="epoch", desc="train",
+                    disable=None if world.is_main else True)
     epoch = start_epoch - 1
     for epoch in range(start_epoch, train_config.epochs + 1):
-        epoch_loss = train_epoch(model, optimizer, inputs, train_rows, train_matrix_tensor, train_gold_tensor,
-                                 train_config, generator, device)
+        epoch_loss = train_epoch(trained, optimizer, inputs, train_rows, train_matrix_tensor, train_gold_tensor,
+                                 train_config, generator, device, world)
         record = {"epoch": epoch, "loss": epoch_loss, "dev_accuracy": None}
-        if epoch % train_config.eval_every == 0 or epoch == train_config.epochs:
+        # Only rank 0 evaluates, keeps the best state and writes checkpoints; its stop decision is broadcast.
+        if world.is_main and (epoch % train_config.eval_every == 0 or epoch == train_config.epochs):
             record["dev_accuracy"] = linking_accuracy(model, inputs, dev_rows, dev_matrix, dev_gold)
             score = record["dev_accuracy"] if not math.isnan(record["dev_accuracy"]) else -record["loss"]
             if score > best["score"]:
@@ -247,30 +303,41 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
         history.append(record)
         progress.update(1)
         stop = train_config.patience > 0 and stale_epochs >= train_config.patience
-        if epoch % train_config.checkpoint_every == 0 or stop or epoch == train_config.epochs:
+        if world.is_main and (epoch % train_config.checkpoint_every == 0 or stop or epoch == train_config.epochs):
             _save({"key": key, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                    "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
                    "best": best, "shape": dataclasses.asdict(shape), "config": to_dict(train_config)}, checkpoint_path)
+        if world.distributed:
+            stop = distributed.broadcast(stop, world)
         if stop:
-            logger.info("early stop at epoch %d: dev accuracy has not improved for %d epochs", epoch, stale_epochs)
+            if world.is_main:
+                logger.info("early stop at epoch %d: dev accuracy has not improved for %d epochs", epoch, stale_epochs)
             break
     progress.close()
 
-    final_state = best["state"] if best["state"] is not None else model.state_dict()
-    _save({"key": key, "model": final_state, "shape": dataclasses.asdict(shape), "best_epoch": best["epoch"],
-           "config": to_dict(train_config), **saved_rows}, out_dir / MODEL)
-    return _finish(out_dir, key, inputs_keys, settings, history, {**counts, "epochs": epoch, "best_epoch": best["epoch"]},
-                   best["score"], best["epoch"], by_language, device, started)
+    result = StageResult(STAGE, out_dir, skipped=False, seconds=time.time() - started,
+                         counts={**counts, "epochs": epoch, "best_epoch": best["epoch"]})
+    if world.is_main:
+        final_state = best["state"] if best["state"] is not None else model.state_dict()
+        _save({"key": key, "model": final_state, "shape": dataclasses.asdict(shape), "best_epoch": best["epoch"],
+               "config": to_dict(train_config), **saved_rows}, out_dir / MODEL)
+        result = _finish(out_dir, key, inputs_keys, settings, history,
+                         {**counts, "epochs": epoch, "best_epoch": best["epoch"]},
+                         best["score"], best["epoch"], by_language, device, started, world)
+    distributed.barrier(world)  # the other ranks leave once rank 0's model and manifest are in place
+    return result
 
 
 def _finish(out_dir: Path, key: str, inputs_keys: dict, settings: dict, history: list[dict], counts: dict,
-            best_score: float, best_epoch: int, by_language: dict, device: torch.device, started: float) -> StageResult:
+            best_score: float, best_epoch: int, by_language: dict, device: torch.device, started: float,
+            world: World = World()) -> StageResult:
     """Write history.parquet and the manifest (last), once model.pt is in place."""
     write_parquet_atomic(pl.DataFrame(history, schema={"epoch": pl.Int64, "loss": pl.Float64, "dev_accuracy": pl.Float64}),
                          out_dir / "history.parquet")
     write_manifest(out_dir, stage=STAGE, key=key, inputs=inputs_keys, settings=settings, counts=counts,
                    outputs=[MODEL, "history.parquet"], started=started,
-                   extra={"best_dev_accuracy": best_score, "device": str(device), "train_mentions_by_language": by_language})
+                   extra={"best_dev_accuracy": best_score, "device": str(device), "train_mentions_by_language": by_language,
+                          **({"world_size": world.size} if world.distributed else {})})
     return StageResult(STAGE, out_dir, skipped=False, seconds=time.time() - started, counts=counts,
                        summary={"best_dev_accuracy": best_score, "best_epoch": best_epoch})
 
