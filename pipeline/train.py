@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from dataclasses import dataclass
 import math
 import time
 from pathlib import Path
@@ -31,7 +32,9 @@ from pipeline.distributed import World, sum_over_ranks
 from pipeline.errors import CacheError, InputError
 from pipeline.features import RankerInputs, candidate_matrix, gold_rows, load_inputs, score_candidates
 from pipeline.io import atomic_path, scan_parquet_checked, write_parquet_atomic
-from pipeline.ranker import NearestNeighbour, Ranker, RankerShape, hinge_loss
+from pipeline.encode import NAME_PAIRS, name_pairs_key, read_name_pair_vectors
+from pipeline.inputs import read_name_pairs
+from pipeline.ranker import NameMatching, NearestNeighbour, Ranker, RankerShape, hinge_loss
 from pipeline.stage import StageResult, invalidate, is_up_to_date, stage_key, upstream_key, write_manifest
 
 logger = logging.getLogger(__name__)
@@ -42,7 +45,67 @@ MODEL = "model.pt"
 CHECKPOINT = "checkpoints/last.pt"
 # Settings added after the first runs, with their defaults: left out of the stage key while
 # at the default, so runs made before they existed stay up to date.
-LATER_SETTINGS = {"downsample_to_language": "", "baseline": "none"}
+LATER_SETTINGS = {"downsample_to_language": "", "baseline": "none", "name_pairs": None, "name_pair_weight": 0.5,
+                  "name_pair_negatives": 20}
+# The §7.1 settings count only while name matching is on: a weight of 0 trains exactly what
+# no pairs file does, so it keeps that run's key. The file enters the key by content (inputs).
+NAME_MATCHING_SETTINGS = ("name_pairs", "name_pair_weight", "name_pair_negatives")
+
+
+@dataclass
+class NamePairs:
+    """§7.1 name pairs as rows into `vectors`, the name vectors of every distinct name (on the device).
+
+    foreign, english: (P,) CPU int64 rows of each pair's names; english_pool: (E,) the
+    distinct English names' rows, which negatives are drawn from.
+    """
+
+    foreign: torch.Tensor
+    english: torch.Tensor
+    english_pool: torch.Tensor
+    vectors: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.foreign.shape[0])
+
+
+def load_name_pairs(pairs_path: Path, encode_dir: Path, pairs_key: str, vector_size: int,
+                    device: torch.device) -> NamePairs:
+    """Join the pairs file with the names encode embedded (name_pairs.h5) by name, never by row order."""
+    names, vectors = read_name_pair_vectors(encode_dir / NAME_PAIRS, pairs_key)
+    if vectors.shape[1] != vector_size:
+        raise CacheError("E407", path=encode_dir / NAME_PAIRS, stage="encode",
+                         detail=f"holds {vectors.shape[1]}-wide vectors where vectors.h5 has {vector_size}")
+    rows = pl.DataFrame({"name": names, "row": np.arange(len(names), dtype=np.int64)})
+    pairs = (read_name_pairs(pairs_path)
+             .join(rows.rename({"name": "foreign", "row": "foreign_row"}), on="foreign", how="left")
+             .join(rows.rename({"name": "english", "row": "english_row"}), on="english", how="left")
+             .sort("line"))
+    if pairs["foreign_row"].null_count() or pairs["english_row"].null_count():
+        raise CacheError("E407", path=encode_dir / NAME_PAIRS, stage="encode",
+                         detail=f"lacks names of {pairs_path}")
+    english = torch.from_numpy(pairs["english_row"].to_numpy().copy())
+    return NamePairs(foreign=torch.from_numpy(pairs["foreign_row"].to_numpy().copy()), english=english,
+                     english_pool=torch.unique(english), vectors=torch.from_numpy(vectors).to(device))
+
+
+def assemble_name_pairs(pairs: NamePairs, picked: torch.Tensor, count: int, generator: torch.Generator,
+                        device: torch.device, share: slice | None = None) -> tuple[tuple, torch.Tensor, int]:
+    """(foreign (P, H), distinct English names (U, H), index (P, 1 + count) into U), the negatives' mask
+    (P, count) and how many pairs have a negative: the pairs at `picked` against [their English name,
+    `count` English names of other pairs drawn at random]. A drawn name equal to the pair's own is masked.
+    `share` as in `assemble_batch`.
+    """
+    gold = pairs.english[picked]
+    negatives = pairs.english_pool[torch.randint(0, len(pairs.english_pool), (len(picked), count), generator=generator)]
+    negative_mask = negatives != gold[:, None]
+    with_negative = -1
+    if share is not None:
+        with_negative = int(negative_mask.any(dim=1).sum())
+        picked, gold, negatives, negative_mask = picked[share], gold[share], negatives[share], negative_mask[share]
+    distinct, english_index = torch.unique(torch.cat([gold[:, None], negatives], dim=1), return_inverse=True)
+    batch = (pairs.vectors[pairs.foreign[picked].to(device)], pairs.vectors[distinct.to(device)], english_index.to(device))
+    return batch, negative_mask.to(device), with_negative
 
 
 def sample_negatives(candidates: torch.Tensor, gold: torch.Tensor, count: int, hard_share: float, n_entities: int,
@@ -97,8 +160,16 @@ def assemble_batch(inputs: RankerInputs, train_rows: np.ndarray, train_matrix: t
 
 def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs: RankerInputs, train_rows: np.ndarray,
                 train_matrix: torch.Tensor, train_gold: torch.Tensor, config: TrainConfig,
-                generator: torch.Generator, device: torch.device, world: World = World()) -> float:
-    """One pass over the training mentions (see `assemble_batch`) in a seeded random order; the mean loss.
+                generator: torch.Generator, device: torch.device, world: World = World(),
+                name_pairs: NamePairs | None = None, pair_generator: torch.Generator | None = None
+                ) -> tuple[float, float | None]:
+    """One pass over the training mentions (see `assemble_batch`) in a seeded random order; the mean
+    ranking loss L, and the mean name-matching loss N (None without name pairs).
+
+    With `name_pairs` (§7.1; `model` is then a `NameMatching`), each step also takes as many
+    pairs as mentions, the next of this epoch's seeded pair order (wrapping around), and
+    minimises name_pair_weight * N + L. Pairs draw from `pair_generator`, so the mentions'
+    batches and negatives are those of a run without pairs.
 
     Data-parallel (`world.size` > 1, `model` wrapped in DDP): every rank walks the same
     order of the same global batches of `batch_mentions` and trains on its share of each.
@@ -108,21 +179,38 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs
     """
     model.train()
     order = torch.randperm(len(train_rows), generator=generator)
-    total_loss = 0.0
+    pair_order = torch.randperm(len(name_pairs), generator=pair_generator) if name_pairs is not None else None
+    total_loss, total_pair_loss = 0.0, 0.0
     for start in range(0, len(train_rows), config.batch_mentions):
         picked = order[start:start + config.batch_mentions]
         share = rank_share(len(picked), world) if world.distributed else None
         batch, negative_mask, with_negative = assemble_batch(inputs, train_rows, train_matrix, train_gold, picked,
                                                              config, generator, device, share)
-        scores = model(*batch)
         normaliser = max(with_negative, 1) / world.size if world.distributed else None
-        loss = hinge_loss(scores[:, 0], scores[:, 1:], negative_mask, config.margin, normaliser)
+        if name_pairs is None:
+            scores = model(*batch)
+            loss = hinge_loss(scores[:, 0], scores[:, 1:], negative_mask, config.margin, normaliser)
+            objective = loss
+        else:
+            pair_picked = pair_order[(start + torch.arange(len(picked))) % len(name_pairs)]
+            pair_share = rank_share(len(pair_picked), world) if world.distributed else None
+            pair_batch, pair_mask, pair_with_negative = assemble_name_pairs(
+                name_pairs, pair_picked, config.name_pair_negatives, pair_generator, device, pair_share)
+            scores, pair_scores = model(*batch, *pair_batch)
+            loss = hinge_loss(scores[:, 0], scores[:, 1:], negative_mask, config.margin, normaliser)
+            pair_loss = hinge_loss(pair_scores[:, 0], pair_scores[:, 1:], pair_mask, config.margin,
+                                   max(pair_with_negative, 1) / world.size if world.distributed else None)
+            objective = config.name_pair_weight * pair_loss + loss  # the paper's λ·N + L
+            total_pair_loss += pair_loss.item() * len(pair_picked) / world.size
         optimizer.zero_grad()
-        loss.backward()
+        objective.backward()
         optimizer.step()
         # Each rank adds its part of the batch's mean loss; the parts are summed over ranks below.
         total_loss += loss.item() * len(picked) / world.size
-    return sum_over_ranks(total_loss, world, device) / len(train_rows)
+    mean_loss = sum_over_ranks(total_loss, world, device) / len(train_rows)
+    if name_pairs is None:
+        return mean_loss, None
+    return mean_loss, sum_over_ranks(total_pair_loss, world, device) / len(train_rows)
 
 
 def linking_accuracy(model: torch.nn.Module, inputs: RankerInputs, rows: np.ndarray, matrix: np.ndarray,
@@ -202,8 +290,14 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
     out_dir = config.stage_dir(STAGE)
     triage_dir, encode_dir = config.stage_dir("triage"), config.stage_dir("encode")
     inputs_keys = {"triage": upstream_key(triage_dir, "triage"), "encode": upstream_key(encode_dir, "encode")}
-    settings = {k: v for k, v in to_dict(config.train).items()
-                if k != "device" and LATER_SETTINGS.get(k, Ellipsis) != v}
+    train_config = config.train
+    if train_config.name_matching:
+        if not train_config.name_pairs.is_file():
+            raise InputError("E108", path=train_config.name_pairs)
+        inputs_keys["name_pairs"] = name_pairs_key(inputs_keys["encode"], train_config.name_pairs)
+    settings = {k: v for k, v in to_dict(train_config).items()
+                if k != "device" and LATER_SETTINGS.get(k, Ellipsis) != v
+                and (k not in NAME_MATCHING_SETTINGS or (train_config.name_matching and k != "name_pairs"))}
     key = stage_key(STAGE, STAGE_VERSION, settings, inputs_keys)
     # Rank 0 decides and does the file work; the other ranks follow its decision, so they
     # cannot disagree while rank 0 is removing the manifest.
@@ -218,7 +312,6 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
         out_dir.mkdir(parents=True, exist_ok=True)
     distributed.barrier(world)  # a forced run's old checkpoint is gone before any rank looks for one
 
-    train_config = config.train
     device = distributed.training_device(train_config.device, world)
     inputs, mention_types, entity_types = load_inputs(triage_dir, encode_dir, None, None, train_config.min_type_count, device)
     candidates = scan_parquet_checked(triage_dir / "candidates.parquet", schema.CANDIDATES, "triage").select(
@@ -253,12 +346,22 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
                          detail="no training mention (of train_languages, if set) links to an encoded KB entity; "
                                 "check the split, lang and gold_kb_id fields")
     train_matrix = candidate_matrix(candidates, inputs, train_rows)
+    name_pairs = None
+    if train_config.name_matching:
+        name_pairs = load_name_pairs(train_config.name_pairs, encode_dir, inputs_keys["name_pairs"],
+                                     int(inputs.mention_name.shape[1]), device)
+        counts["name_pairs"] = len(name_pairs)
 
     torch.manual_seed(train_config.seed)
     shape = ranker_shape(train_config, inputs)
     model = Ranker(shape).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=train_config.learning_rate)
+    # With name pairs the matching layer is made after the ranker, so the ranker starts from the
+    # same weights as without; `objective` is what trains, `model` (the ranker) what is kept.
+    objective: torch.nn.Module = NameMatching(model).to(device) if name_pairs is not None else model
+    optimizer = torch.optim.Adam(objective.parameters(), lr=train_config.learning_rate)
     generator = torch.Generator().manual_seed(train_config.seed)
+    # Pairs draw from a generator of their own (seed + 1), so the mentions' batches stay as without pairs.
+    pair_generator = torch.Generator().manual_seed(train_config.seed + 1) if name_pairs is not None else None
     history: list[dict] = []
     best = {"score": -math.inf, "epoch": 0, "state": None}
     start_epoch = 1
@@ -269,16 +372,19 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
         generator.set_state(checkpoint["generator"])
         torch.set_rng_state(checkpoint["torch_rng"])
         history, best = checkpoint["history"], checkpoint["best"]
+        if name_pairs is not None:
+            objective.match.load_state_dict(checkpoint["name_match"])
+            pair_generator.set_state(checkpoint["pair_generator"])
         start_epoch = checkpoint["epoch"] + 1
         logger.info("resuming training at epoch %d from %s", start_epoch, checkpoint_path)
-    trained: torch.nn.Module = model
+    trained = objective
     if world.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
         # DDP starts every rank from rank 0's weights; the batch generator is seeded alike on
         # every rank (the ranks must draw the same batches), but dropout should not repeat the
         # same masks on every rank's other mentions: ranks other than 0 re-seed it.
-        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        trained = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
         if not world.is_main:
             torch.manual_seed(train_config.seed + 100_003 * world.rank + start_epoch)
 
@@ -289,9 +395,12 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
                     disable=None if world.is_main else True)
     epoch = start_epoch - 1
     for epoch in range(start_epoch, train_config.epochs + 1):
-        epoch_loss = train_epoch(trained, optimizer, inputs, train_rows, train_matrix_tensor, train_gold_tensor,
-                                 train_config, generator, device, world)
+        epoch_loss, pair_loss = train_epoch(trained, optimizer, inputs, train_rows, train_matrix_tensor,
+                                            train_gold_tensor, train_config, generator, device, world, name_pairs,
+                                            pair_generator)
         record = {"epoch": epoch, "loss": epoch_loss, "dev_accuracy": None}
+        if name_pairs is not None:
+            record["name_pair_loss"] = pair_loss
         # Only rank 0 evaluates, keeps the best state and writes checkpoints; its stop decision is broadcast.
         if world.is_main and (epoch % train_config.eval_every == 0 or epoch == train_config.epochs):
             record["dev_accuracy"] = linking_accuracy(model, inputs, dev_rows, dev_matrix, dev_gold)
@@ -304,9 +413,12 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
         progress.update(1)
         stop = train_config.patience > 0 and stale_epochs >= train_config.patience
         if world.is_main and (epoch % train_config.checkpoint_every == 0 or stop or epoch == train_config.epochs):
+            name_matching = {} if name_pairs is None else {"name_match": objective.match.state_dict(),
+                                                           "pair_generator": pair_generator.get_state()}
             _save({"key": key, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                    "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
-                   "best": best, "shape": dataclasses.asdict(shape), "config": to_dict(train_config)}, checkpoint_path)
+                   "best": best, "shape": dataclasses.asdict(shape), "config": to_dict(train_config),
+                   **name_matching}, checkpoint_path)
         if world.distributed:
             stop = distributed.broadcast(stop, world)
         if stop:
@@ -332,8 +444,10 @@ def _finish(out_dir: Path, key: str, inputs_keys: dict, settings: dict, history:
             best_score: float, best_epoch: int, by_language: dict, device: torch.device, started: float,
             world: World = World()) -> StageResult:
     """Write history.parquet and the manifest (last), once model.pt is in place."""
-    write_parquet_atomic(pl.DataFrame(history, schema={"epoch": pl.Int64, "loss": pl.Float64, "dev_accuracy": pl.Float64}),
-                         out_dir / "history.parquet")
+    columns = {"epoch": pl.Int64, "loss": pl.Float64, "dev_accuracy": pl.Float64}
+    if history and "name_pair_loss" in history[0]:
+        columns["name_pair_loss"] = pl.Float64
+    write_parquet_atomic(pl.DataFrame(history, schema=columns), out_dir / "history.parquet")
     write_manifest(out_dir, stage=STAGE, key=key, inputs=inputs_keys, settings=settings, counts=counts,
                    outputs=[MODEL, "history.parquet"], started=started,
                    extra={"best_dev_accuracy": best_score, "device": str(device), "train_mentions_by_language": by_language,
