@@ -209,3 +209,24 @@ def test_a_changed_pairs_file_reencodes_only_the_names(base_run: dict, run_copy:
     result = with_pairs(base_run, run_copy, "run", "train.epochs=2", pairs=pairs)
     assert "encode: done" in result.output and "name_pair_names=" in result.output and "train: done" in result.output
     assert (run_copy / "encode" / "vectors.h5").stat().st_mtime_ns == vectors_written
+
+
+def test_meantime_demonstration_pairs_come_from_the_training_split_only() -> None:
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    data = root.parent / "shared" / "data" / "meantime"
+    if not (data / "mentions.jsonl").is_file():
+        pytest.skip(f"MEANTIME not found at {data}")
+    spec = importlib.util.spec_from_file_location("meantime_name_pairs", root / "scripts" / "meantime_name_pairs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    pairs = module.name_pairs(data / "mentions.jsonl", data / "kb.jsonl")
+    assert pairs.height > 100 and set(pairs["lang"]) == {"es", "it", "nl"}
+    assert not pairs.is_duplicated().any()
+    mentions = pl.read_ndjson(data / "mentions.jsonl").with_columns(
+        pl.col("mention").str.replace_all(r"\s+", " ").str.strip_chars())
+    training = set(mentions.filter(pl.col("split") == "train")["mention"])
+    assert set(pairs["foreign"]) <= training
+    kb_names = set(pl.read_ndjson(data / "kb.jsonl")["name"])
+    assert set(pairs["english"]) <= kb_names
