@@ -95,6 +95,11 @@ def process_group(world: World, device_setting: str) -> Iterator[World]:
     if not world.distributed or dist.is_initialized():
         yield world
         return
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if missing:
+        raise ConfigError("E203", where="environment (torchrun)", field=missing[0], value=None,
+                          reason=f"WORLD_SIZE={world.size} needs the rendezvous address torchrun sets; "
+                                 "start the command with torchrun, or unset WORLD_SIZE")
     backend = "nccl" if uses_cuda(device_setting) else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(world.local_rank)

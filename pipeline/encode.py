@@ -455,21 +455,17 @@ def read_name_pair_vectors(path: Path, key: str) -> tuple[list[str], np.ndarray]
     return names, vectors
 
 
-def embed_name_pairs(config: RunConfig, out_dir: Path, key: str, force: bool) -> int | None:
+def embed_name_pairs(config: RunConfig, out_dir: Path, key: str, force: bool, pairs: pl.DataFrame) -> int:
     """Name vectors of every distinct name in `[train] name_pairs` (§7.1) into name_pairs.h5.
 
     Each name is encoded alone and max-pooled over hidden layer `name_layer`, exactly as
     entity names are (`plan_names`), so the ranker's name MLP sees the pairs as it sees
     (mention string, entity name). A file of its own, keyed by this encode and the pairs
     file, so a new pairs file re-encodes only the names, and vectors.h5 never depends on
-    it. Returns how many names were encoded (0: up to date), None without a pairs file.
+    it. `pairs` is the file as `read_name_pairs` gives it. Returns how many names were
+    encoded (0: up to date).
     """
-    from pipeline.inputs import read_name_pairs
-
     pairs_path = config.train.name_pairs
-    if pairs_path is None:
-        return None
-    pairs = read_name_pairs(pairs_path)
     pairs_key = name_pairs_key(key, pairs_path)
     target = out_dir / NAME_PAIRS
     if not force and target.is_file():
@@ -510,11 +506,14 @@ def run(config: RunConfig, force: bool = False, shard: tuple[int, int] | None = 
     saved in chunks under work-<key>[-<i>-of-<n>]/, so a killed run resumes. With
     `[train] name_pairs`, an unsharded run and the merge also write name_pairs.h5.
     """
-    result = _encode_vectors(config, force, shard, merge)
     if shard is not None or config.train.name_pairs is None:
-        return result
+        return _encode_vectors(config, force, shard, merge)
+    from pipeline.inputs import read_name_pairs
+
+    pairs = read_name_pairs(config.train.name_pairs)  # a bad pairs file stops the stage before any encoding
+    result = _encode_vectors(config, force, shard, merge)
     key, _, _ = stage_identity(config)
-    embedded = embed_name_pairs(config, config.stage_dir(STAGE), key, force)
+    embedded = embed_name_pairs(config, config.stage_dir(STAGE), key, force, pairs)
     if not embedded:
         return result
     return dataclasses.replace(result, skipped=False, counts={**result.counts, "name_pair_names": embedded})

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,15 +25,14 @@ import polars as pl
 import torch
 from tqdm.auto import tqdm
 
-from pipeline import schema
-from pipeline import distributed
+from pipeline import distributed, schema
 from pipeline.config import RunConfig, TrainConfig, to_dict
 from pipeline.distributed import World, sum_over_ranks
+from pipeline.encode import NAME_PAIRS, name_pairs_key, read_name_pair_vectors
 from pipeline.errors import CacheError, InputError
 from pipeline.features import RankerInputs, candidate_matrix, gold_rows, load_inputs, score_candidates
-from pipeline.io import atomic_path, scan_parquet_checked, write_parquet_atomic
-from pipeline.encode import NAME_PAIRS, name_pairs_key, read_name_pair_vectors
 from pipeline.inputs import read_name_pairs
+from pipeline.io import atomic_path, scan_parquet_checked, write_parquet_atomic
 from pipeline.ranker import NameMatching, NearestNeighbour, Ranker, RankerShape, hinge_loss
 from pipeline.stage import StageResult, invalidate, is_up_to_date, stage_key, upstream_key, write_manifest
 
