@@ -30,10 +30,11 @@ PAIRS = [
     ("Naciones Unidas", "United Nations", "es"), ("Ангелой Меркель", "Angela Merkel", "ru"),
     ("Berlín", "Berlin", "es"), ("Берлине", "Berlin", "ru"),
 ]
-# Large enough steps, and enough of them, for 10 pairs to be learnt in a few seconds; no
-# dropout, so a rerun is the same run.
-TRAIN = {"dropout": 0.0, "learning_rate": 0.003, "batch_mentions": 2, "epochs": 60, "name_hidden": [64],
-         "eval_every": 10, "checkpoint_every": 20, "name_pair_negatives": 3}
+# Large enough steps for 10 pairs to be learnt in a few seconds (LEARNING_EPOCHS of them); no
+# dropout, so a rerun is the same run. Tests that need no learning keep to 6 epochs.
+TRAIN = {"dropout": 0.0, "learning_rate": 0.003, "batch_mentions": 2, "epochs": 6, "name_hidden": [64],
+         "eval_every": 2, "checkpoint_every": 2, "name_pair_negatives": 3}
+LEARNING_EPOCHS = 60
 
 
 def write_pairs(path: Path, pairs=PAIRS, header: bool = True) -> Path:
@@ -155,19 +156,18 @@ def test_name_scores_use_the_rankers_name_mlp_and_their_own_layer() -> None:
 # --- end to end ---------------------------------------------------------------------------------
 
 def test_name_matching_trains_its_loss_down_and_is_dropped_after_training(base_run: dict, run_copy: Path) -> None:
-    result = with_pairs(base_run, run_copy)
+    result = with_pairs(base_run, run_copy, "run", f"train.epochs={LEARNING_EPOCHS}", "train.eval_every=10")
     distinct_names = len({name for pair in PAIRS for name in pair[:2]})
     assert f"name_pair_names={distinct_names}" in result.output and "name_pairs=10" in result.output
 
     history = pl.read_parquet(run_copy / "train" / "history.parquet")
     pair_loss = history["name_pair_loss"].to_numpy()
-    assert len(pair_loss) == TRAIN["epochs"] and np.isfinite(pair_loss).all()
+    assert len(pair_loss) == LEARNING_EPOCHS and np.isfinite(pair_loss).all()
     assert pair_loss[-5:].mean() < 0.8 * pair_loss[:5].mean(), pair_loss
 
     trained, plain = model_weights(run_copy), model_weights(base_run["run_dir"])
     assert trained.keys() == plain.keys()  # the ranker's weights only: no matching layer
     assert not any("match" in name for name in trained)
-    assert not all(torch.equal(trained[k], plain[k]) for k in plain)  # N did change the ranker
     checkpoint = torch.load(run_copy / "train" / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
     assert set(checkpoint["name_match"]) == {"weight", "bias"}  # kept for resuming only
 
@@ -187,11 +187,8 @@ def test_name_matching_trains_its_loss_down_and_is_dropped_after_training(base_r
 def test_zero_weight_is_the_run_without_pairs(base_run: dict, run_copy: Path) -> None:
     result = with_pairs(base_run, run_copy, "run", "train.name_pair_weight=0")
     assert "train: up to date" in result.output  # the same stage key as without pairs
-    # Trained again, shorter (only the equality matters): bit for bit the same weights.
-    invoke("train", "--config", base_run["config"], "--run-dir", run_copy, "--set", "train.epochs=6")
-    plain = model_weights(run_copy)
-    with_pairs(base_run, run_copy, "train", "train.name_pair_weight=0", "train.epochs=6", force=True)
-    retrained = model_weights(run_copy)
+    with_pairs(base_run, run_copy, "train", "train.name_pair_weight=0", force=True)
+    plain, retrained = model_weights(base_run["run_dir"]), model_weights(run_copy)
     assert retrained.keys() == plain.keys() and all(torch.equal(retrained[k], plain[k]) for k in plain)
     assert "name_pair_loss" not in pl.read_parquet(run_copy / "train" / "history.parquet").columns
     # At their defaults the new settings leave the train key of runs made before they existed.
