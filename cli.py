@@ -90,15 +90,19 @@ def _load(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None):
 
 
 @contextlib.contextmanager
-def _holding(config, command: str, lock: bool = True):
+def _holding(config, command: str, lock: bool = True, writer: bool = True):
     """Take the run folder's lock (unless told not to), then save the effective config in it.
 
     The config is written only once the lock is held, so a refused second run overwrites
-    nothing of the run in progress.
+    nothing of the run in progress. Under torchrun only rank 0 is the `writer`: the other
+    ranks take no lock and write nothing here.
     """
     from pipeline.config import to_dict
     from pipeline.io import remove_leftover_temps, write_json_atomic
 
+    if not writer:
+        yield
+        return
     with run_lock(config.run_dir, command) if lock else contextlib.nullcontext():
         config.run_dir.mkdir(parents=True, exist_ok=True)
         if lock:
@@ -179,7 +183,21 @@ def encode(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, 
     with _holding(config, "encode", lock=shard is None):
         _echo_result(encode_stage.run(config, force=force, shard=shard, merge=merge))
 
-_stage_command("train", "Train the ranker on the cached vectors (checkpoints, resumable).")
+
+@main.command()
+@config_options
+def train(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, force: bool) -> None:
+    """Train the ranker on the cached vectors (checkpoints, resumable); data-parallel under torchrun."""
+    from pipeline import distributed
+    from pipeline import train as train_stage
+
+    world = distributed.world_from_environment()
+    config = _load(config_path, overrides, run_dir)
+    with _holding(config, "train", writer=world.is_main):
+        result = train_stage.run(config, force=force)
+    if world.is_main:
+        _echo_result(result)
+
 _stage_command("evaluate", "Score candidates, tune NIL thresholds on dev, write TAC output and scores.")
 
 
@@ -189,13 +207,24 @@ def run(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, for
     """Run all four stages in order; each skips when it is up to date."""
     import importlib
 
+    from pipeline import distributed
+
+    world = distributed.world_from_environment()
     config = _load(config_path, overrides, run_dir)
     started = time.time()
-    with _holding(config, "run"):
+    # Under torchrun every rank trains; rank 0 alone runs the other stages while the rest wait.
+    with _holding(config, "run", writer=world.is_main), distributed.process_group(world, config.train.device):
         for stage in STAGES:
+            if stage == "train":
+                distributed.wait_for_main(world)
+            elif not world.is_main:
+                continue
             module = importlib.import_module(f"pipeline.{stage}")
-            _echo_result(module.run(config, force=force))
-    click.echo(f"run: finished in {time.time() - started:.1f}s -> {config.run_dir}")
+            result = module.run(config, force=force)
+            if world.is_main:
+                _echo_result(result)
+    if world.is_main:
+        click.echo(f"run: finished in {time.time() - started:.1f}s -> {config.run_dir}")
 
 
 @main.command()

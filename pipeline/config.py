@@ -158,8 +158,21 @@ class TrainConfig:
     # "nn": the paper's nearest-neighbour baseline, no training: score = cosine of the
     # mention-string and entity-name vectors. "none": the trained ranker.
     baseline: str = "none"
+    # §7.1 name matching: a file of foreign/English name pairs (.tsv: foreign, English and an
+    # optional language per line; or .jsonl: {"foreign", "english", "lang"}). The pairs train the
+    # name pair MLP through a matching layer of their own, dropped after training; the loss is
+    # name_pair_weight * N + L. A weight of 0 is the same as no pairs.
+    name_pairs: Path | None = None
+    name_pair_weight: float = 0.5
+    # English names of other pairs drawn as negatives for each pair (as `negatives` for mentions).
+    name_pair_negatives: int = 20
     seed: int = 13
     device: str = "auto"
+
+    @property
+    def name_matching(self) -> bool:
+        """Whether the §7.1 auxiliary loss is on: a pairs file and a weight above 0."""
+        return self.name_pairs is not None and self.name_pair_weight > 0
 
     def __post_init__(self) -> None:
         where = "[train]"
@@ -181,6 +194,14 @@ class TrainConfig:
         _check(where, "checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 1, "must be >= 1")
         _check(where, "baseline", self.baseline, self.baseline in ("none", "nn"), "use none (the ranker) or nn")
         _check(where, "train_languages", self.train_languages, all(self.train_languages), "language codes cannot be empty")
+        _check(where, "name_pair_weight", self.name_pair_weight, 0 <= self.name_pair_weight < float("inf"),
+               "must be >= 0 (0 turns the name-matching loss off)")
+        _check(where, "name_pair_negatives", self.name_pair_negatives, self.name_pair_negatives >= 1, "must be >= 1")
+        if self.name_pairs is not None:
+            _check(where, "name_pairs", str(self.name_pairs), self.name_pairs.suffix.lower() in (".tsv", ".txt", ".jsonl"),
+                   "give a .tsv (or .txt) file of tab-separated pairs or a .jsonl file")
+            _check(where, "name_pairs", str(self.name_pairs), "name" in self.features and self.baseline == "none",
+                   "name matching trains the ranker's name pair MLP: keep \"name\" in features and baseline = none")
 
 
 @dataclass(frozen=True)

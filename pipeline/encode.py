@@ -19,6 +19,7 @@ their own files, which `--merge` joins into the one vectors.h5.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -39,7 +40,7 @@ from pipeline import schema
 from pipeline.config import EncoderConfig, RunConfig, to_dict
 from pipeline.encoder import LoadedEncoder, encoder_identity, forward_units, load_encoder, resolve_encoder_path, token_span
 from pipeline.errors import CacheError, ConfigError, SchemaError
-from pipeline.io import atomic_path, collect_checked, scan_parquet_checked, write_json_atomic
+from pipeline.io import atomic_path, collect_checked, file_fingerprint, scan_parquet_checked, write_json_atomic
 from pipeline.stage import (StageResult, invalidate, is_up_to_date, library_versions, stage_key, upstream_key,
                             write_manifest)
 
@@ -48,6 +49,7 @@ logger = logging.getLogger(__name__)
 STAGE = "encode"
 STAGE_VERSION = 1
 VECTORS = "vectors.h5"
+NAME_PAIRS = "name_pairs.h5"
 SHARDS = "shards"
 
 
@@ -124,15 +126,36 @@ def plan_entities(entities: pl.DataFrame, encoder: LoadedEncoder, table: UnitTab
     context_unit = np.zeros(entities.height, dtype=np.int64)
     span_row = np.arange(first_span_row, first_span_row + entities.height)
     for row, (ids, description_ids) in enumerate(zip(name_ids, text_ids)):
-        ids = ids or [tokenizer.unk_token_id]
-        unit = table.add(np.asarray(prefix + ids + suffix, dtype=np.int64))
-        table.spans[unit].append((int(span_row[row]), len(prefix), len(prefix) + len(ids)))
+        ids = _add_name_unit(table, ids, prefix, suffix, tokenizer.unk_token_id, int(span_row[row]))
         context_unit[row] = table.add(np.asarray(prefix + (description_ids or ids) + suffix, dtype=np.int64))
     return context_unit, span_row
 
 
+def _add_name_unit(table: UnitTable, ids: list[int], prefix: list[int], suffix: list[int], unk_id: int,
+                   span_row: int) -> list[int]:
+    """A name encoded alone, its span all of its sub-words; the ids used (an empty name is [UNK])."""
+    ids = ids or [unk_id]
+    unit = table.add(np.asarray(prefix + ids + suffix, dtype=np.int64))
+    table.spans[unit].append((span_row, len(prefix), len(prefix) + len(ids)))
+    return ids
+
+
+def plan_names(names: list[str], encoder: LoadedEncoder, table: UnitTable, max_name_tokens: int) -> np.ndarray:
+    """Add a name unit per name exactly as `plan_entities` does for entity names; their span rows (0..n-1)."""
+    if not names:
+        return np.zeros(0, dtype=np.int64)
+    prefix, suffix = _special_prefix(encoder.tokenizer)
+    tokenizer = encoder.tokenizer
+    name_ids = tokenizer(names, add_special_tokens=False, truncation=True,
+                         max_length=max_name_tokens - len(prefix) - len(suffix))["input_ids"]
+    for row, ids in enumerate(name_ids):
+        _add_name_unit(table, ids, prefix, suffix, tokenizer.unk_token_id, row)
+    return np.arange(len(names))
+
+
 def entities_to_encode(entities: pl.LazyFrame, candidates: pl.LazyFrame, mentions: pl.LazyFrame, everything: bool) -> pl.LazyFrame:
     """Entities that appear as a candidate or a gold link (all of them if asked), by kb_id."""
+
     if everything:
         return entities.sort("kb_id")
     needed = pl.concat([
@@ -405,6 +428,77 @@ def read_triage(config: RunConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
     return mentions, collect_checked(entities, *paths)
 
 
+def stage_identity(config: RunConfig) -> tuple[str, dict[str, str], dict]:
+    """(key, inputs, settings) of this run's encode: what vectors.h5 and its manifest are keyed by."""
+    encoder_path = resolve_encoder_path(config.encoder.name)
+    inputs = {"triage": upstream_key(config.stage_dir("triage"), "triage"), "encoder": encoder_identity(encoder_path)}
+    # Batching, chunking and device change speed, not vectors (up to float rounding).
+    settings = {k: v for k, v in to_dict(config.encoder).items() if k not in ("batch_tokens", "chunk_texts", "device")}
+    return stage_key(STAGE, STAGE_VERSION, settings, inputs), inputs, settings
+
+
+def name_pairs_key(encode_key: str, pairs_path: Path) -> str:
+    """Key of name_pairs.h5: this encode (encoder and its settings) and the pairs file's content."""
+    return stage_key("encode-name-pairs", STAGE_VERSION, {}, {"encode": encode_key, "name_pairs": file_fingerprint(pairs_path)})
+
+
+def read_name_pair_vectors(path: Path, key: str) -> tuple[list[str], np.ndarray]:
+    """(names, name vectors (n, H) float32) from name_pairs.h5, which must carry `key` (else E401: run encode)."""
+    try:
+        with h5py.File(path, "r") as handle:
+            if handle.attrs.get("key") != key:
+                raise CacheError("E407", path=path, stage="encode",
+                                 detail="was encoded from another name-pairs file or with another encoder")
+            names = [v.decode() if isinstance(v, bytes) else v for v in handle["names"]["id"][:]]
+            vectors = handle["names"]["name"][:].astype(np.float32)
+    except FileNotFoundError:
+        raise CacheError("E401", path=path, stage="encode") from None
+    except (OSError, KeyError) as exc:
+        raise SchemaError("E302", path=path, detail=str(exc)) from None
+    return names, vectors
+
+
+def embed_name_pairs(config: RunConfig, out_dir: Path, key: str, force: bool, pairs: pl.DataFrame) -> int:
+    """Name vectors of every distinct name in `[train] name_pairs` (§7.1) into name_pairs.h5.
+
+    Each name is encoded alone and max-pooled over hidden layer `name_layer`, exactly as
+    entity names are (`plan_names`), so the ranker's name MLP sees the pairs as it sees
+    (mention string, entity name). A file of its own, keyed by this encode and the pairs
+    file, so a new pairs file re-encodes only the names, and vectors.h5 never depends on
+    it. `pairs` is the file as `read_name_pairs` gives it. Returns how many names were
+    encoded (0: up to date).
+    """
+    pairs_path = config.train.name_pairs
+    pairs_key = name_pairs_key(key, pairs_path)
+    target = out_dir / NAME_PAIRS
+    if not force and target.is_file():
+        try:
+            read_name_pair_vectors(target, pairs_key)
+            return 0
+        except (CacheError, SchemaError):
+            pass  # stale or damaged: encode again
+    names = pl.concat([pairs["foreign"], pairs["english"]]).unique().sort().to_list()
+    encoder = load_encoder(config.encoder)
+    table = UnitTable()
+    span_rows = plan_names(names, encoder, table, config.encoder.max_name_tokens)
+    logger.info("encoding %d distinct names of %d name pairs (%s)", len(names), pairs.height, pairs_path)
+    work_dir = out_dir / f"work-{key}-name-pairs-{pairs_key}"  # starts with work-<key>: kept while this encode is current
+    if force:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    _, span_vectors, _, _ = encode_in_chunks(encoder, table, config.encoder, work_dir)
+    attributes = {**vector_attributes(encoder, config, pairs_key), "name_pairs": str(pairs_path),
+                  "content": "/names: every distinct foreign and English name of the pairs file, name vector only"}
+    dtype = np.float16 if config.encoder.store_float16 else np.float32
+    with atomic_path(target) as temp_path:
+        with h5py.File(temp_path, "w") as handle:
+            handle.attrs.update(attributes)
+            group = handle.create_group("names")
+            group.create_dataset("id", data=np.array(names, dtype=object), dtype=h5py.string_dtype())
+            group.create_dataset("name", data=span_vectors[span_rows].astype(dtype))
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return len(names)
+
+
 def run(config: RunConfig, force: bool = False, shard: tuple[int, int] | None = None,
         merge: bool = False) -> StageResult:
     """Encode every mention and needed entity into vectors.h5; or one shard of them; or merge the shards.
@@ -412,15 +506,26 @@ def run(config: RunConfig, force: bool = False, shard: tuple[int, int] | None = 
     `shard=(i, n)` encodes the i-th of n contiguous slices of the id-sorted mentions and
     entities into shards/vectors-<i>-of-<n>.h5 (+ .json manifest). `merge` joins all n
     into vectors.h5 and writes the stage manifest, as an unsharded run does. Work is
-    saved in chunks under work-<key>[-<i>-of-<n>]/, so a killed run resumes.
+    saved in chunks under work-<key>[-<i>-of-<n>]/, so a killed run resumes. With
+    `[train] name_pairs`, an unsharded run and the merge also write name_pairs.h5.
     """
+    if shard is not None or config.train.name_pairs is None:
+        return _encode_vectors(config, force, shard, merge)
+    from pipeline.inputs import read_name_pairs
+
+    pairs = read_name_pairs(config.train.name_pairs)  # a bad pairs file stops the stage before any encoding
+    result = _encode_vectors(config, force, shard, merge)
+    key, _, _ = stage_identity(config)
+    embedded = embed_name_pairs(config, config.stage_dir(STAGE), key, force, pairs)
+    if not embedded:
+        return result
+    return dataclasses.replace(result, skipped=False, counts={**result.counts, "name_pair_names": embedded})
+
+
+def _encode_vectors(config: RunConfig, force: bool, shard: tuple[int, int] | None, merge: bool) -> StageResult:
     started = time.time()
     out_dir = config.stage_dir(STAGE)
-    encoder_path = resolve_encoder_path(config.encoder.name)
-    inputs = {"triage": upstream_key(config.stage_dir("triage"), "triage"), "encoder": encoder_identity(encoder_path)}
-    # Batching, chunking and device change speed, not vectors (up to float rounding).
-    settings = {k: v for k, v in to_dict(config.encoder).items() if k not in ("batch_tokens", "chunk_texts", "device")}
-    key = stage_key(STAGE, STAGE_VERSION, settings, inputs)
+    key, inputs, settings = stage_identity(config)
     if merge:
         return merge_shards(config, out_dir, key, inputs, settings, force, started)
     if shard is None:

@@ -26,6 +26,7 @@ class Errors:
     E110 = "{path}:{line}: not valid UTF-8 ({detail}); re-encode the file as UTF-8"
     E111 = "{path}:{line}: mention {record_id!r} needs either text+start+end or doc_start+doc_end with a docs file"
     E112 = "{path}:{line}: {detail}"
+    E113 = "{path}:{line}: {detail}; a name pair is a foreign name and its English name, optionally with a language: two or three tab-separated columns in .tsv/.txt, or {{\"foreign\": ..., \"english\": ..., \"lang\": ...}} in .jsonl"
 
     # E2xx: configuration
     E201 = "{path}: unknown key '{key}' in [{section}]; known keys: {known}"
@@ -45,6 +46,7 @@ class Errors:
 
     E405 = "{path}: another xel run holds this run folder (pid {pid} on {host}, started {started}: {command}); wait for it to finish, or delete this lock file if that run is gone"
     E406 = "{path}: cannot write ({detail}); free disk space (or fix the folder's permissions) and re-run"
+    E407 = "{path}: {detail}, so it is out of date; run `xel-cli {stage}` (or `xel-cli run`) with this run's config"
     # Sub-runs of `xel-cli search` / `xel-cli experiment` (pipeline/subrun.py).
     E410 = "{path}: a folder where a sub-run needs a link to the parent run's stage ({detail}); delete it and re-run"
     E411 = "{path}: {detail}"

@@ -110,6 +110,32 @@ class Ranker(nn.Module):
         return torch.tanh(self.score(self.final(combined))).squeeze(-1)
 
 
+class NameMatching(nn.Module):
+    """The ranker plus the §7.1 auxiliary task: matching a foreign name to its English name.
+
+    A pair's score is tanh(match(name_pair MLP(foreign, English))): the ranker's own name
+    pair MLP, shared, then a matching layer of its own. One module holds both, so one
+    forward (and one DDP wrapper) serves both losses; only `ranker` is saved as the
+    model, so the matching layer is dropped after training.
+    """
+
+    def __init__(self, ranker: Ranker) -> None:
+        super().__init__()
+        self.ranker = ranker
+        self.match = nn.Linear(ranker.shape.name_hidden[-1], 1)
+
+    def forward(self, mentions: dict[str, torch.Tensor], entities: dict[str, torch.Tensor], entity_index: torch.Tensor,
+                pair_triage: torch.Tensor | None, foreign: torch.Tensor, english: torch.Tensor,
+                english_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ranker scores (B, n), name-pair scores (P, m)); see `Ranker.forward` and `name_scores`."""
+        return self.ranker(mentions, entities, entity_index, pair_triage), self.name_scores(foreign, english, english_index)
+
+    def name_scores(self, foreign: torch.Tensor, english: torch.Tensor, english_index: torch.Tensor) -> torch.Tensor:
+        """foreign (P, H) name vectors, english (U, H) distinct English names, english_index (P, m) into U -> (P, m)."""
+        hidden = self.ranker.pair_mlps["name_pair"](foreign, english, english_index)  # (P, m, h)
+        return torch.tanh(self.match(hidden)).squeeze(-1)
+
+
 class NearestNeighbour(nn.Module):
     """The paper's nearest-neighbour baseline: cosine(mention-string vector, entity-name vector).
 
@@ -127,14 +153,19 @@ class NearestNeighbour(nn.Module):
 
 
 def hinge_loss(gold_scores: torch.Tensor, negative_scores: torch.Tensor, negative_mask: torch.Tensor,
-               margin: float) -> torch.Tensor:
+               margin: float, normaliser: float | None = None) -> torch.Tensor:
     """Mean of max(0, margin - (gold - hardest negative)).
 
     gold_scores (B,), negative_scores (B, n), negative_mask (B, n) True where a real
-    negative stands; a mention without any negative contributes no loss.
+    negative stands; a mention without any negative contributes no loss. `normaliser`
+    replaces the count of mentions with a negative as the divisor: a data-parallel rank
+    holds only a slice of the batch, and dividing its sum by the whole batch's count
+    (over the world size, which DDP's gradient averaging undoes) gives the whole batch's mean.
     """
     hardest = negative_scores.masked_fill(~negative_mask, float("-inf")).amax(dim=1)
     has_negative = negative_mask.any(dim=1)
     losses = torch.clamp(margin - (gold_scores - hardest), min=0.0)
     losses = torch.where(has_negative, losses, torch.zeros_like(losses))
+    if normaliser is not None:
+        return losses.sum() / normaliser
     return losses.sum() / has_negative.sum().clamp(min=1)

@@ -27,6 +27,11 @@ the catalogue; see README "Bad input"):
   bad values (E203), no KB (E203), six malformed --set overrides, out-of-range --set.
 - artifacts (tests/test_cli.py): a stage before its upstream (E401), a manifest that is
   not JSON (E402).
+- name pairs (tests/test_name_matching.py): too few and too many columns, an empty
+  name in .tsv and .jsonl (E113), empty and header-only file (E107), non-UTF-8 (E110),
+  missing field, wrong type and bad JSON in .jsonl (E102, E103, E101); through the CLI:
+  E113 with file and line, a missing file (E108), a name_pairs.h5 of another pairs file
+  (E407); BOM + CRLF + header accepted.
 
 Added here: the kinds above lacked non-UTF-8 and BOM/CRLF for KB and docs, empty and
 blank KB, malformed alias lists, unknown-token mentions, bad .tab lines and source
