@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import tempfile
 from collections.abc import Iterator
@@ -87,7 +88,7 @@ def atomic_path(final_path: Path) -> Iterator[Path]:
 
 
 def remove_leftover_temps(folder: Path) -> int:
-    """Delete the temporary files (`.<name>.<random>.tmp`) that killed runs left in `folder`.
+    """Delete the temporary files and folders (`.<name>.<random>.tmp`) that killed runs left in `folder`.
 
     `atomic_path` removes its temporary file on any exception, but a SIGKILL skips that.
     Only call this while holding the run lock, when no other process writes to `folder`;
@@ -95,7 +96,10 @@ def remove_leftover_temps(folder: Path) -> int:
     """
     removed = 0
     for path in folder.glob(".*.tmp") if folder.is_dir() else ():
-        path.unlink(missing_ok=True)
+        if path.is_dir():  # a folder built under a temporary name (the KB indexes)
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
         removed += 1
     if removed:
         logger.info("%s: removed %d temporary file(s) left by an interrupted run", folder, removed)

@@ -57,7 +57,8 @@ def surface_forms(entities: pl.DataFrame) -> pl.DataFrame:
 def keyed_surfaces(entities: pl.DataFrame) -> pl.DataFrame:
     """Surface forms with their fold, roman and acronym keys."""
     surfaces = add_keys(surface_forms(entities), "surface")
-    return surfaces.with_columns(acronym(pl.col("surface_roman")).alias("surface_acronym"))
+    # Sorted: `unique` order varies from run to run, and the table is saved with the index.
+    return surfaces.with_columns(acronym(pl.col("surface_roman")).alias("surface_acronym")).sort("surface", "kb_id")
 
 
 @dataclass(frozen=True)
