@@ -16,6 +16,8 @@ shared first, are the shortlist that the caller rescores with a string similarit
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,8 @@ ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789 "
 NGRAM_SIZE = 4
 N_CODES = len(ALPHABET) ** NGRAM_SIZE  # 1,874,161
 INDEX_FILE = "ngrams.npz"
+# Queries per shortlist block: ~12k hits each at 5.8M names, so ~200 MB of keys a block.
+QUERY_BLOCK = 2048
 
 # Byte -> letter number; anything outside the alphabet counts as a space.
 _LETTER = np.full(256, len(ALPHABET) - 1, dtype=np.int64)
@@ -81,7 +85,19 @@ class NgramIndex:
 
     def shortlist(self, texts: pl.Series, top_n: int, lookup_ngrams: int = 6) -> pl.DataFrame:
         """Up to `top_n` names per text sharing most of its rarest n-grams: columns query (row in
-        `texts`), name (row in the indexed names), shared (n-grams in common)."""
+        `texts`), name (row in the indexed names), shared (n-grams in common).
+
+        Blocks of `QUERY_BLOCK` texts run on a thread each (numpy's sorts and gathers release
+        the GIL), which also bounds the hit arrays in memory."""
+        starts = range(0, len(texts), QUERY_BLOCK)
+        with ThreadPoolExecutor(max_workers=max(1, min(len(starts), os.cpu_count() or 1))) as pool:
+            blocks = list(pool.map(lambda start: self._shortlist_block(texts.slice(start, QUERY_BLOCK), top_n,
+                                                                      lookup_ngrams, start), starts))
+        if not blocks:
+            return pl.DataFrame(schema={"query": pl.Int64, "name": pl.Int64, "shared": pl.Int64})
+        return pl.concat(blocks)
+
+    def _shortlist_block(self, texts: pl.Series, top_n: int, lookup_ngrams: int, first_row: int) -> pl.DataFrame:
         rows, codes = ngram_codes(texts)
         rows, codes = np.divmod(np.unique(rows * N_CODES + codes), N_CODES)  # each n-gram of a query once
         postings = self.offsets[codes + 1] - self.offsets[codes]
@@ -106,7 +122,7 @@ class NgramIndex:
         query, name, shared = query[order], name[order], shared[order]
         first_of_query = np.searchsorted(query, query)
         keep = np.arange(len(query)) - first_of_query < top_n
-        return pl.DataFrame({"query": query[keep], "name": name[keep], "shared": shared[keep]},
+        return pl.DataFrame({"query": query[keep] + first_row, "name": name[keep], "shared": shared[keep]},
                             schema={"query": pl.Int64, "name": pl.Int64, "shared": pl.Int64})
 
     def save(self, folder: Path) -> None:
