@@ -70,8 +70,6 @@ def run_triage(kb_path: Path, k: int) -> dict:
 
 def typo_queries(n: int, seed: int) -> tuple[pl.Series, pl.Series]:
     """n random distinct DBpedia names of 6+ letters, each with one inner character deleted."""
-    from pipeline.kb_index import names_index  # noqa: F401  (import cost kept out of timings)
-
     titles = pl.read_parquet(CACHE / "titles.parquet")["title"].str.replace_all("_", " ")
     titles = titles.filter(titles.str.len_chars() >= 6).sample(n, seed=seed)
     rng = np.random.default_rng(seed)

@@ -29,15 +29,16 @@ ARTICLES = (
     "der die das den dem des ein eine einen "          # de
     "o a os as um uma "                                # pt
 ).split()
+_ARTICLE = "|".join(sorted(set(ARTICLES), key=len, reverse=True))
 # Keys are stripped, so an article followed by a space is always followed by a word.
-_LEADING_ARTICLE = re.compile(r"^(?:%s) " % "|".join(sorted(set(ARTICLES), key=len, reverse=True)))
+_LEADING_ARTICLE = re.compile(r"^(?:%s) " % _ARTICLE)
 # Function words left out of acronyms: "Bank of England" -> "be", as written.
 _ACRONYM_SKIP = frozenset("of and the for de del la le di da van von und et y e".split())
 
 
 def drop_article(text: pl.Expr) -> pl.Expr:
     """The text without a leading article, in any case (`The GAO` -> `GAO`, `L'Oréal` -> `Oréal`)."""
-    return text.str.strip_chars().str.replace(r"(?i)^(?:%s)(?: +|')(\w)" % "|".join(set(ARTICLES)), "$1")
+    return text.str.strip_chars().str.replace(r"(?i)^(?:%s)(?: +|')(\w)" % _ARTICLE, "$1")
 
 
 def _drop_article(folded: str) -> str:

@@ -65,13 +65,14 @@ def kb_name_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame) -> pl.Dat
     parts = []
     for key in ("fold", "roman"):
         parts.append(mentions.select("mention_id", pl.col(f"mention_{key}").alias("key"))
-                     .join(surfaces.select(pl.col(f"surface_{key}").alias("key"), "kb_id").unique(), on="key")
+                     .join(surfaces.select(pl.col(f"surface_{key}").alias("key"), "kb_id"), on="key")
                      .select("mention_id", "kb_id", pl.lit(1.0).alias("score")))
     capitals = mentions.filter(drop_article(pl.col("mention")).str.contains(r"^[A-Z][A-Z.&]{1,7}$"))
     parts.append(capitals.select("mention_id", pl.col("mention_roman").str.replace_all(" ", "").alias("key"))
-                 .join(surfaces.filter(pl.col("surface_acronym") != "").select(pl.col("surface_acronym").alias("key"), "kb_id")
-                       .unique(), on="key")
+                 .join(surfaces.filter(pl.col("surface_acronym") != "").select(pl.col("surface_acronym").alias("key"), "kb_id"),
+                       on="key")
                  .select("mention_id", "kb_id", pl.lit(0.5).alias("score")))
+    # Repeats (two surfaces of one entity with the same key) fold into one row here.
     return (pl.concat(parts).group_by("mention_id", "kb_id").agg(pl.col("score").max())
             .with_columns(pl.lit("kb_name").alias("source")))
 
@@ -117,7 +118,7 @@ def dense_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, encoder_con
         encoder, [config.dense_prefix + t for t in texts], encoder_config.max_name_tokens, encoder_config.batch_tokens)
     settings = {"encoder": encoder_identity(resolve_encoder_path(encoder_config.name)), "prefix": config.dense_prefix,
                 "max_name_tokens": encoder_config.max_name_tokens}
-    names = surfaces.select("surface", "kb_id").unique()
+    names = surfaces.select("surface", "kb_id")  # unique already (kb_index.keyed_surfaces)
     dense = dense_index(names["surface"].unique().sort().to_list(), embed, index_root, kb_fingerprint, settings)
     # Sorted, so batches (and with them float rounding) are the same on every run.
     queries = mentions.select(drop_article(pl.col("mention")).alias("query").unique().sort())["query"].to_list()
@@ -225,12 +226,12 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     key = stage_key(STAGE, STAGE_VERSION, settings, fingerprints)
     if not force and is_up_to_date(out_dir, key):
         return StageResult(STAGE, out_dir, skipped=True, seconds=time.time() - started)
-    invalidate(out_dir, out_dir / "kb-index")
+    index_root = out_dir / "kb-index"
+    invalidate(out_dir, index_root)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     mentions = load_mentions(inputs)
     logger.info("read %d mentions", mentions.height)
-    index_root = out_dir / "kb-index"
     entities_path = kb_entities(inputs.kb, index_root, fingerprints["kb"])
     with atomic_path(out_dir / "entities.parquet") as temp_path:
         shutil.copyfile(entities_path, temp_path)

@@ -320,3 +320,12 @@ def test_dense_source_gives_the_same_top_names_from_an_hnsw_index(triage, monkey
     assert hasattr(index, "hnsw")
     top = lambda frame: by_mention(frame.filter(pl.col("kb_id") != "Q9"))  # noqa: E731
     assert {m: c[0][0] for m, c in top(exact).items()} == {m: c[0][0] for m, c in top(approximate).items()}
+
+
+def test_ascii_keys_take_the_fast_path_to_the_same_keys() -> None:
+    from pipeline.textnorm import add_keys, fold, romanise
+
+    names = ["The GAO", "el Banco Mundial", "Bank_of  England!", "A", "O'Neill", "  spaced  out ", "Zürich AG"]
+    keyed = add_keys(pl.DataFrame({"name": names}), "name")
+    assert keyed["name_fold"].to_list() == [fold(n) for n in names]
+    assert keyed["name_roman"].to_list() == [romanise(n) for n in names]
