@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from pipeline.encoder import pick_device
 from pipeline.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -71,17 +72,13 @@ def world_from_environment(environ: Mapping[str, str] = os.environ) -> World:
 
 def uses_cuda(device_setting: str) -> bool:
     """Whether train's `device` setting puts the ranker on a GPU (auto: when one is there)."""
-    if device_setting == "auto":
-        return torch.cuda.is_available()
-    return device_setting.split(":")[0] == "cuda"
+    return pick_device(device_setting).type == "cuda"
 
 
 def training_device(device_setting: str, world: World) -> torch.device:
     """Train's device; under torchrun each process takes the GPU of its LOCAL_RANK."""
-    if uses_cuda(device_setting):
-        return torch.device("cuda", world.local_rank) if world.distributed else torch.device(
-            "cuda" if device_setting == "auto" else device_setting)
-    return torch.device("cpu" if device_setting == "auto" else device_setting)
+    device = pick_device(device_setting)
+    return torch.device("cuda", world.local_rank) if device.type == "cuda" and world.distributed else device
 
 
 @contextlib.contextmanager

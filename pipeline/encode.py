@@ -509,7 +509,7 @@ def run(config: RunConfig, force: bool = False, shard: tuple[int, int] | None = 
     saved in chunks under work-<key>[-<i>-of-<n>]/, so a killed run resumes. With
     `[train] name_pairs`, an unsharded run and the merge also write name_pairs.h5.
     """
-    if shard is not None or config.train.name_pairs is None:
+    if shard is not None or not config.train.name_matching:  # λ = 0: train reads no pairs, so none are encoded
         return _encode_vectors(config, force, shard, merge)
     from pipeline.inputs import read_name_pairs
 

@@ -266,6 +266,7 @@ def run(config: RunConfig, experiment: ExperimentConfig) -> StageResult:
     seeds = [config.train.seed + offset for offset in range(experiment.seeds)]
     cells = plan(languages, experiment)
     pairs = sub_runs(cells, seeds)
+    assert pairs, "plan() always has Table 1's cells"
     shared = {name: config.stage_dir(name) for name in subrun.SHARED_STAGES}
     oracle_dir = oracle_triage(config) if any(model.oracle for model, _ in pairs) else None
     evaluation = dataclasses.replace(config.evaluate, languages=())
@@ -289,18 +290,16 @@ def run(config: RunConfig, experiment: ExperimentConfig) -> StageResult:
         outcome = subrun.train_and_evaluate(sub_config, train_too=not model.oracle)
         trained += outcome["trained"]
         seconds += outcome["seconds"]
-        metrics = outcome["metrics"]
+        scores = {language: subrun.micro_average(outcome["metrics"], language) for language in languages}
+        scores = {language: score for language, score in scores.items() if score is not None}
         logger.info("%s seed %d: micro-average %s%s", model.folder, seed,
-                    ", ".join(f"{lang} {subrun.micro_average(metrics, lang):.3f}" for lang in languages
-                              if subrun.micro_average(metrics, lang) is not None),
+                    ", ".join(f"{language} {score:.3f}" for language, score in scores.items()),
                     "" if outcome["trained"] or outcome["evaluated"] else " (already done)")
-        results += [{"folder": model.folder, "seed": seed, "language": language,
-                     "micro_average": subrun.micro_average(metrics, language),
-                     "sub_run": str(folder.relative_to(config.run_dir))}
-                    for language in languages if subrun.micro_average(metrics, language) is not None]
-        write_outputs(out_dir, cells, results, languages, seeds, experiment, config, seconds)
+        results += [{"folder": model.folder, "seed": seed, "language": language, "micro_average": score,
+                     "sub_run": str(folder.relative_to(config.run_dir))} for language, score in scores.items()]
+        # Rewritten after every sub-run, so a killed experiment leaves its partial tables.
+        finished = write_outputs(out_dir, cells, results, languages, seeds, experiment, config, seconds)
     progress.close()
-    finished = write_outputs(out_dir, cells, results, languages, seeds, experiment, config, seconds)
     return StageResult(STAGE, out_dir, skipped=False, seconds=time.time() - started,
                        counts={"sub_runs": len(pairs), "trained": trained, "cell_values": finished.height},
                        summary={"tables": out_dir / "tables.md"})

@@ -326,7 +326,7 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
     train_gold = all_gold[train_rows]
     dev_rows = select_rows(inputs.mentions, "dev", train_config.train_languages)
     dev_matrix = candidate_matrix(candidates, inputs, dev_rows)
-    dev_gold = gold_rows(inputs, dev_rows)
+    dev_gold = all_gold[dev_rows]
     saved_rows = {"mention_types": mention_types, "entity_types": entity_types,
                   "train_mention_ids": inputs.mentions["mention_id"].to_numpy()[train_rows].tolist()}
     counts = {"train_mentions": len(train_rows), "dev_mentions": len(dev_rows)}
