@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import json
 from pathlib import Path
 
@@ -327,3 +329,12 @@ def make_run_config(tmp_path: Path, tiny_encoder_dir: Path, tiny_inputs: dict[st
         return write_run_config(tmp_path, tiny_encoder_dir, name=name, run_dir=run_dir, **sections)
 
     return make
+
+
+@pytest.fixture
+def run_copy(base_run: dict, tmp_path: Path) -> Path:
+    """A copy of the module's finished `base_run` (a dict with "run_dir"; file mtimes kept),
+    for a test to change or to run with --run-dir."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(base_run["run_dir"], run_dir)
+    return run_dir

@@ -23,6 +23,7 @@ import pipeline.train
 from cli import main
 from conftest import TINY_KB, tiny_mention_records, write_jsonl, write_run_config
 from pipeline import schema
+from pipeline.stage import read_manifest
 from pipeline.scoring import MEASURES, MICRO_AVERAGE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,13 +80,6 @@ def base_run(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -
     return {"config": config, "run_dir": folder / "run", "output": result.output, "encoder": tiny_encoder_dir}
 
 
-@pytest.fixture
-def run_copy(base_run: dict, tmp_path: Path) -> Path:
-    """A copy of the finished base run (file mtimes kept), to be used with --run-dir."""
-    run_dir = tmp_path / "run"
-    shutil.copytree(base_run["run_dir"], run_dir)
-    return run_dir
-
 
 def test_run_writes_every_stage_output(base_run: dict) -> None:
     run_dir, output = base_run["run_dir"], base_run["output"]
@@ -94,7 +88,7 @@ def test_run_writes_every_stage_output(base_run: dict) -> None:
     for stage, names in STAGE_OUTPUTS.items():
         for name in names:
             assert (run_dir / stage / name).is_file(), f"{stage}/{name}"
-        manifest = json.loads((run_dir / stage / "manifest.json").read_text(encoding="utf-8"))
+        manifest = read_manifest(run_dir / stage)
         assert manifest["stage"] == stage and manifest["key"] and manifest["counts"]
         assert set(manifest["outputs"]) <= set(names)
         assert "torch" in manifest["versions"]
@@ -200,7 +194,7 @@ def test_evaluate_setting_change_reruns_evaluate_only(base_run: dict, run_copy: 
                                            "evaluate": "done"}
     metrics = json.loads((run_copy / "evaluate" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["thresholds"] == {"en": -0.8, "es": -1.0, "ru": -1.0}  # the paper's fixed values
-    manifest = json.loads((run_copy / "evaluate" / "manifest.json").read_text(encoding="utf-8"))
+    manifest = read_manifest(run_copy / "evaluate")
     assert "sweep.parquet" not in manifest["outputs"]
 
 

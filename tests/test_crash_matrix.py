@@ -39,6 +39,7 @@ import pytest
 import torch
 
 from conftest import write_run_config
+from pipeline.stage import read_manifest as manifest
 from pipeline.io import CRASH_AT, CRASH_POINTS
 
 STAGES = ("triage", "encode", "train", "evaluate")
@@ -205,10 +206,6 @@ def assert_whole(path: Path) -> None:
         assert checkpoint["epoch"] >= 1 and checkpoint["key"]
     else:
         raise AssertionError(f"unexpected file {path}")
-
-
-def manifest(stage_dir: Path) -> dict:
-    return json.loads((stage_dir / "manifest.json").read_text(encoding="utf-8"))
 
 
 # --- the matrix ---------------------------------------------------------------------------------

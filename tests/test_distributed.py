@@ -7,7 +7,6 @@ over the ranks' shares), so the trained weights agree up to float summation orde
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -21,6 +20,7 @@ from click.testing import CliRunner
 
 from cli import main
 from conftest import write_run_config
+from pipeline.stage import read_manifest
 from pipeline.distributed import World, world_from_environment
 from pipeline.errors import ConfigError
 from pipeline.train import rank_share
@@ -82,7 +82,7 @@ def test_two_gloo_processes_match_one_process(single_run: dict, tmp_path: Path) 
     assert history[0]["epoch"].to_list() == history[1]["epoch"].to_list()
     assert history[1]["loss"].to_numpy() == pytest.approx(history[0]["loss"].to_numpy(), rel=1e-4, abs=1e-6)
     assert history[1]["dev_accuracy"].to_list() == history[0]["dev_accuracy"].to_list()
-    manifest = json.loads((run_dir / "train" / "manifest.json").read_text(encoding="utf-8"))
+    manifest = read_manifest(run_dir / "train")
     assert manifest["world_size"] == 2
     assert not (run_dir / ".xel.lock").exists()
 

@@ -6,7 +6,6 @@ chunks are on disk; the rerun must finish from there and give the uninterrupted 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -23,6 +22,7 @@ from click.testing import CliRunner, Result
 
 from cli import main
 from conftest import TINY_CORPUS, TINY_KB, tiny_mention_records, write_jsonl, write_run_config
+from pipeline.stage import read_manifest
 from pipeline.encode import parse_shard, shard_from_environment, shard_slice
 from pipeline.errors import ConfigError
 
@@ -127,7 +127,7 @@ def test_killed_encode_resumes_from_its_last_chunk(big_triage: dict, tmp_path: P
 
     rerun = subprocess.run(command, cwd=ROOT, env=ONE_THREAD, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
-    manifest = json.loads((run_dir / "encode" / "manifest.json").read_text(encoding="utf-8"))
+    manifest = read_manifest(run_dir / "encode")
     total = manifest["counts"]["chunks"]
     assert finished < total
     # Chunks already on disk are not recomputed ...
@@ -159,7 +159,7 @@ def test_shards_merge_into_the_single_run_vectors(big_triage: dict, tmp_path: Pa
     merged = succeeded(invoke("encode", "--config", config, "--run-dir", sharded, "--merge"))
     assert "encode: done in" in merged.output
     assert_same_vectors(sharded / "encode" / "vectors.h5", single / "encode" / "vectors.h5")
-    manifest = json.loads((sharded / "encode" / "manifest.json").read_text(encoding="utf-8"))
+    manifest = read_manifest(sharded / "encode")
     assert manifest["shards"] == 3 and manifest["counts"]["mentions"] == MENTIONS
     with h5py.File(sharded / "encode" / "vectors.h5", "r") as handle:
         assert "shard" not in handle.attrs and handle.attrs["encoder_identity"]

@@ -6,8 +6,6 @@ mentions' strings); the run is the tiny pipeline with the tiny random encoder.
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import h5py
@@ -19,6 +17,7 @@ from click.testing import CliRunner, Result
 
 from cli import main
 from conftest import write_run_config
+from pipeline.stage import read_manifest
 from pipeline.config import build_config
 from pipeline.errors import ConfigError, InputError
 from pipeline.inputs import read_name_pairs
@@ -60,13 +59,6 @@ def base_run(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -
     config = write_run_config(folder, tiny_encoder_dir, train=TRAIN)
     invoke("run", "--config", config)
     return {"config": config, "run_dir": folder / "run", "pairs": write_pairs(folder / "pairs.tsv")}
-
-
-@pytest.fixture
-def run_copy(base_run: dict, tmp_path: Path) -> Path:
-    run_dir = tmp_path / "run"
-    shutil.copytree(base_run["run_dir"], run_dir)
-    return run_dir
 
 
 def with_pairs(base_run: dict, run_dir: Path, command: str = "run", *overrides: str,
@@ -192,7 +184,7 @@ def test_zero_weight_is_the_run_without_pairs(base_run: dict, run_copy: Path) ->
     assert retrained.keys() == plain.keys() and all(torch.equal(retrained[k], plain[k]) for k in plain)
     assert "name_pair_loss" not in pl.read_parquet(run_copy / "train" / "history.parquet").columns
     # At their defaults the new settings leave the train key of runs made before they existed.
-    manifest = json.loads((base_run["run_dir"] / "train" / "manifest.json").read_text(encoding="utf-8"))
+    manifest = read_manifest(base_run["run_dir"] / "train")
     assert not set(manifest["settings"]) & {"name_pairs", "name_pair_weight", "name_pair_negatives"}
 
 

@@ -18,6 +18,7 @@ from click.testing import CliRunner, Result
 
 from cli import main
 from conftest import write_run_config
+from pipeline.stage import read_manifest as manifest
 from pipeline.config import load_config
 from pipeline.experiment import (PAPER_FEATURES, TABLE_1_COLUMNS, ExperimentConfig, Model, format_cell, plan,
                                  sub_runs)
@@ -48,17 +49,6 @@ def base_run(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -
     invoke("triage", "--config", config)
     invoke("encode", "--config", config)
     return {"config": config, "run_dir": folder / "run"}
-
-
-@pytest.fixture
-def run_copy(base_run: dict, tmp_path: Path) -> Path:
-    run_dir = tmp_path / "run"
-    shutil.copytree(base_run["run_dir"], run_dir)
-    return run_dir
-
-
-def manifest(stage_dir: Path) -> dict:
-    return json.loads((stage_dir / "manifest.json").read_text(encoding="utf-8"))
 
 
 # --- sub-runs ----------------------------------------------------------------------------------

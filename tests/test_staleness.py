@@ -15,7 +15,6 @@ the same key: nothing downstream redoes).
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
+from pipeline.stage import read_manifest
 from conftest import TINY_KB, tiny_mention_records, write_jsonl, write_run_config
 
 STAGES = ("triage", "encode", "train", "evaluate")
@@ -205,8 +205,8 @@ def test_every_stage_has_each_kind_of_change() -> None:
 
 def test_manifest_records_what_the_key_hashes(base: dict) -> None:
     """Settings left out of a key (speed, device, checkpoint frequency) are not in the manifest either."""
-    encode = json.loads((base["run_dir"] / "encode" / "manifest.json").read_text(encoding="utf-8"))
-    train = json.loads((base["run_dir"] / "train" / "manifest.json").read_text(encoding="utf-8"))
+    encode = read_manifest(base["run_dir"] / "encode")
+    train = read_manifest(base["run_dir"] / "train")
     assert not {"batch_tokens", "chunk_texts", "device"} & set(encode["settings"])
     assert not {"checkpoint_every", "device"} & set(train["settings"])
     assert {"margin", "seed", "epochs"} <= set(train["settings"])

@@ -8,7 +8,6 @@ end to end with the CLI on the tiny inputs (one triage + encode per module, copi
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import h5py
@@ -20,6 +19,7 @@ from click.testing import CliRunner, Result
 
 from cli import main
 from conftest import tiny_mention_records, write_run_config
+from pipeline.stage import read_manifest
 from pipeline.config import build_config
 from pipeline.errors import ConfigError
 from pipeline.evaluate import candidate_order, predict
@@ -126,13 +126,6 @@ def base_run(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -
     return {"config": config, "run_dir": folder / "run"}
 
 
-@pytest.fixture
-def run_copy(base_run: dict, tmp_path: Path) -> Path:
-    run_dir = tmp_path / "run"
-    shutil.copytree(base_run["run_dir"], run_dir)
-    return run_dir
-
-
 def run_with(base_run: dict, run_dir: Path, *overrides: str) -> Result:
     return invoke("run", "--config", base_run["config"], "--run-dir", run_dir,
                   *[part for text in overrides for part in ("--set", text)])
@@ -144,7 +137,7 @@ def trained_ids(run_dir: Path) -> list[str]:
 
 def test_multi_trains_on_every_language(base_run: dict) -> None:
     assert set(trained_ids(base_run["run_dir"])) == TRAIN_IDS  # en-1..3, es-1, ru-1 (en-4 is NIL)
-    manifest = json.loads((base_run["run_dir"] / "train" / "manifest.json").read_text(encoding="utf-8"))
+    manifest = read_manifest(base_run["run_dir"] / "train")
     assert manifest["train_mentions_by_language"] == {"en": 3, "es": 1, "ru": 1}
 
 
@@ -197,7 +190,7 @@ def test_popularity_rerank_changes_evaluate_only(base_run: dict, run_copy: Path)
     result = run_with(base_run, run_copy, "evaluate.popularity_rerank=true")
     assert "train: up to date" in result.output and "evaluate: done" in result.output
     # Back to the defaults: the new settings at their defaults leave the original keys.
-    manifest = json.loads((base_run["run_dir"] / "evaluate" / "manifest.json").read_text(encoding="utf-8"))
+    manifest = read_manifest(base_run["run_dir"] / "evaluate")
     assert "popularity_rerank" not in manifest["settings"] and "languages" not in manifest["settings"]
 
 
