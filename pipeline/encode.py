@@ -20,7 +20,6 @@ their own files, which `--merge` joins into the one vectors.h5.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -41,8 +40,8 @@ from pipeline.config import EncoderConfig, RunConfig, to_dict
 from pipeline.encoder import LoadedEncoder, encoder_identity, forward_units, load_encoder, resolve_encoder_path, token_span
 from pipeline.errors import CacheError, ConfigError, SchemaError
 from pipeline.io import atomic_path, collect_checked, file_fingerprint, scan_parquet_checked, write_json_atomic
-from pipeline.stage import (StageResult, invalidate, is_up_to_date, library_versions, stage_key, upstream_key,
-                            write_manifest)
+from pipeline.stage import (StageResult, invalidate, is_up_to_date, library_versions, read_manifest_file, stage_key,
+                            upstream_key, write_manifest)
 
 logger = logging.getLogger(__name__)
 
@@ -364,7 +363,7 @@ def finished_shards(out_dir: Path, key: str) -> tuple[list[Path], list[dict]]:
         match = re.fullmatch(r"vectors-(\d+)-of-(\d+)\.json", path.name)
         if match is None:
             continue
-        manifest = read_json(path)
+        manifest = read_manifest_file(path)
         if manifest.get("key") == key and path.with_suffix(".h5").is_file():
             manifests[(int(match[1]), int(match[2]))] = manifest
     counts = sorted({count for _, count in manifests})
@@ -407,13 +406,6 @@ def merge_group(paths: list[Path], group: str, expected_ids: list[str]) -> tuple
     names = np.concatenate([p[1] for p in parts])[rows]
     contexts = np.concatenate([p[2] for p in parts])[rows]
     return expected_ids, names, contexts
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CacheError("E402", path=path, detail=f"manifest is damaged ({exc})") from None
 
 
 def read_triage(config: RunConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -538,7 +530,7 @@ def _encode_vectors(config: RunConfig, force: bool, shard: tuple[int, int] | Non
     else:
         target, shard_manifest = shard_paths(out_dir, shard)
         work_dir = out_dir / f"work-{key}-{shard[0]}-of-{shard[1]}"
-        if not force and shard_manifest.is_file() and target.is_file() and read_json(shard_manifest).get("key") == key:
+        if not force and shard_manifest.is_file() and target.is_file() and read_manifest_file(shard_manifest)["key"] == key:
             return StageResult(STAGE, target.parent, skipped=True, seconds=time.time() - started)
         shard_manifest.unlink(missing_ok=True)
     if force:

@@ -47,9 +47,13 @@ def stage_key(stage: str, version: int, settings: dict[str, Any], inputs: dict[s
 
 
 def read_manifest(out_dir: Path) -> dict[str, Any] | None:
+    """The stage manifest in `out_dir`, or None when there is none (E402 when damaged)."""
     path = out_dir / MANIFEST
-    if not path.exists():
-        return None
+    return read_manifest_file(path) if path.exists() else None
+
+
+def read_manifest_file(path: Path) -> dict[str, Any]:
+    """A manifest file (a stage's, or an encode shard's), checked: E402 when damaged."""
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
