@@ -7,6 +7,8 @@ and shows a traceback.
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 
@@ -63,6 +65,29 @@ class Errors:
     E603 = "{what}: column '{column}' has {count} null value(s) (first in row {row}); every row needs a value"
     E604 = "{what}: document {doc_id!r} is given {count} different languages; give each doc_id exactly one lang"
     E605 = "{path}: cannot write column '{column}' of row {row}: {detail}"
+
+
+class Warnings:
+    """Warning templates, keyed by a stable code (`[W...]`), so users can grep and filter them.
+
+    Ranges follow the errors': W1xx inputs, W4xx run folders, W6xx scoring.
+    """
+
+    W101 = "{path}: renamed {count} repeated mention id(s) to id#start-end (inputs.rename_duplicate_ids)"
+    W102 = "{count} gold KB id(s) of {path} are not in the KB (e.g. {example}); those mentions cannot be linked"
+    W103 = "{path}: ignoring {count} candidate row(s) whose mention_id is not among this run's mentions (e.g. {example})"
+    W401 = "{path}: taking over a stale lock of a run that is gone ({detail})"
+    W601 = "system languages {languages} are not in the gold; they count overall only"
+
+
+def warn(logger: logging.Logger, code: str, **fields: object) -> str:
+    """Log the coded warning `code` of `Warnings` with its named fields; returns the line logged.
+
+    Raises AttributeError for an unknown code and KeyError for a missing field (both bugs).
+    """
+    text = "[" + code + "] " + " ".join(getattr(Warnings, code).format(**fields).split())
+    logger.warning("%s", text)
+    return text
 
 
 class PipelineError(click.ClickException):

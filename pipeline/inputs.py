@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from pipeline import schema
 from pipeline.config import InputsConfig
-from pipeline.errors import InputError
+from pipeline.errors import InputError, warn
 from pipeline.io import atomic_path, check_record_fields, iter_jsonl_blocks
 
 logger = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def _rename_duplicates(frame: pl.DataFrame, path: Path) -> pl.DataFrame:
         pl.when(nth > 1).then(pl.concat_str(pl.col("id"), pl.lit("#"), start, pl.lit("-"), end)).otherwise(pl.col("id")).alias("id"))
     changed = int((renamed["id"] != frame["id"]).sum())
     if changed:
-        logger.warning("%s: renamed %d repeated mention ids to id#start-end (inputs.rename_duplicate_ids)", path, changed)
+        warn(logger, "W101", path=path, count=changed)
     return renamed
 
 
@@ -302,8 +302,8 @@ def check_gold_in_kb(mentions: pl.DataFrame, entities: pl.LazyFrame, mentions_pa
     gold_ids = mentions.filter(pl.col("gold_kb_id").is_not_null() & (pl.col("gold_kb_id") != schema.NIL_ID)).select("gold_kb_id").unique()
     missing = gold_ids.join(entities.select(pl.col("kb_id").alias("gold_kb_id")).collect(), on="gold_kb_id", how="anti")
     if missing.height:
-        logger.warning("%d gold KB ids of %s are not in the KB (e.g. %s); those mentions cannot be linked",
-                       missing.height, mentions_path or "the TAC gold", ", ".join(missing["gold_kb_id"].head(3).to_list()))
+        warn(logger, "W102", count=missing.height, path=mentions_path or "the TAC gold",
+             example=", ".join(missing["gold_kb_id"].head(3).to_list()))
     return missing.height
 
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.errors import CacheError
+from pipeline.errors import CacheError, warn
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def run_lock(run_dir: Path, command: str) -> Iterator[Path]:
             if other and (not same_host or _alive(int(other.get("pid", -1)))):
                 raise CacheError("E405", path=path, pid=other.get("pid"), host=other.get("host"),
                                  started=other.get("started"), command=other.get("command")) from None
-            logger.warning("%s: taking over a stale lock of a run that is gone (%s)", path, other or "unreadable")
+            warn(logger, "W401", path=path, detail=other or "unreadable")
             path.unlink(missing_ok=True)
             continue
         with os.fdopen(handle, "w", encoding="utf-8") as stream:

@@ -54,7 +54,7 @@ from pathlib import Path
 
 import polars as pl
 
-from .errors import InputError, SchemaError
+from .errors import InputError, SchemaError, warn
 from .tac import language_expr, read_tab
 
 logger = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ def _score(
         {language_names[code] for code in system_mentions["lang"].unique().to_list()} - set(rows)
     )
     if extra_languages:
-        logger.warning("system languages %s are not in the gold; they count overall only", extra_languages)
+        warn(logger, "W601", languages=extra_languages)
 
     counts_overall = _counts(overall_row)
     counts_overall["gold_rows"] = gold.height

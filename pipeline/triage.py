@@ -29,7 +29,7 @@ from rapidfuzz import fuzz, process
 
 from pipeline import schema
 from pipeline.config import EncoderConfig, RunConfig, TriageConfig, to_dict
-from pipeline.errors import InputError
+from pipeline.errors import InputError, warn
 from pipeline.inputs import check_gold_in_kb, load_mentions
 from pipeline.io import atomic_path, file_fingerprint, write_json_atomic, write_parquet_atomic
 from pipeline.stage import StageResult, invalidate, is_up_to_date, stage_key, write_manifest
@@ -156,8 +156,8 @@ def external_candidates(path: Path, mentions: pl.DataFrame) -> pl.DataFrame:
     unknown = frame.join(mentions.select("mention_id"), on="mention_id", how="anti")
     if unknown.height:
         # Outside triage often covers a larger mention set than this run: warned, not refused.
-        logger.warning("%s: ignoring %d candidate row(s) whose mention_id is not among this run's mentions "
-                       "(first: %r on line %d)", path, unknown.height, unknown["mention_id"][0], unknown["line"][0])
+        warn(logger, "W103", path=path, count=unknown.height,
+             example=f"{unknown['mention_id'][0]!r} on line {unknown['line'][0]}")
     return (frame.with_columns(score.alias("score")).join(mentions.select("mention_id"), on="mention_id", how="semi")
             .select("mention_id", "kb_id", pl.col("score").clip(0, 1), pl.lit("external").alias("source")))
 
