@@ -22,6 +22,7 @@ from pipeline.errors import PipelineError
 from pipeline.lock import run_lock
 
 STAGES = ("triage", "encode", "train", "evaluate")
+logger = logging.getLogger("xel")
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.toml"
 
 
@@ -71,19 +72,23 @@ def config_options(function=None, *, force: bool = True):
     if function is None:
         return lambda decorated: config_options(decorated, force=force)
     function = click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                            default=DEMO_CONFIG, show_default="configs/demo.toml", help="The run's TOML config.")(function)
+                            default=None, help="The run's TOML config (required; configs/demo.toml is the built-in demo).")(function)
     function = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
                             help="Override a config value, e.g. --set train.epochs=50 (repeatable).")(function)
     function = click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                            help="Run folder (default: artifacts/<name>).")(function)
+                            help="Run folder (default: the config's run_dir, else artifacts/<name> beside the config file).")(function)
     if force:
         function = click.option("--force", is_flag=True, help="Redo the stage even if it is up to date.")(function)
     return function
 
 
-def _load(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None):
+def _load(config_path: Path | None, overrides: tuple[str, ...], run_dir: Path | None):
     from pipeline.config import load_config
+    from pipeline.errors import ConfigError
 
+    if config_path is None:
+        # Running the demo unasked (minutes, in the working folder) surprised users: say so instead.
+        raise ConfigError("E205", demo=DEMO_CONFIG)
     if run_dir is not None:
         overrides = (*overrides, f"run.run_dir={run_dir.resolve()}")
     return load_config(config_path, overrides)
@@ -108,6 +113,7 @@ def _holding(config, command: str, lock: bool = True, writer: bool = True):
         if lock:
             remove_leftover_temps(config.run_dir)  # e.g. of config.json, by a run that was killed
         write_json_atomic(config.run_dir / "config.json", to_dict(config))
+        logger.info("run folder: %s", config.run_dir)
         yield
 
 

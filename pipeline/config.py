@@ -8,10 +8,14 @@ The effective config (after overrides) is saved in the run folder.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
 
 from pipeline.errors import ConfigError
 
@@ -269,50 +273,57 @@ SECTIONS: dict[str, type] = {
 TOP_LEVEL_KEYS = ("name", "run_dir")
 
 
-def _coerce(section_type: type, key: str, value: Any, base: Path, where: str) -> Any:
-    """Turn a TOML or command-line value into the dataclass field's type."""
-    annotation = str({f.name: f.type for f in dataclasses.fields(section_type)}[key])
-    if "Path" in annotation:
-        if value in ("", None):
-            return None
-        path = Path(str(value)).expanduser()
-        return path if path.is_absolute() else (base / path).resolve()
-    if annotation.startswith("tuple"):
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError("E203", where=where, field=key, value=value, reason="must be a list")
-        try:
-            return tuple(int(v) if "int" in annotation else str(v) for v in value)
-        except (TypeError, ValueError):
-            raise ConfigError("E203", where=where, field=key, value=value, reason="must be a list of integers") from None
-    if annotation == "bool":
-        if isinstance(value, str):
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ConfigError("E203", where=where, field=key, value=value, reason="must be true or false")
-            return value.lower() in ("true", "1", "yes")
-        if not isinstance(value, bool):
-            raise ConfigError("E203", where=where, field=key, value=value, reason="must be true or false")
-        return value
+@functools.cache
+def _adapter(config_type: type) -> TypeAdapter:
+    """pydantic's validator and serialiser for one config dataclass (built once per type)."""
+    return TypeAdapter(config_type)
+
+
+@functools.cache
+def _path_fields(section_type: type) -> frozenset[str]:
+    """Names of the fields typed `Path` or `Path | None` (from the resolved type hints)."""
+    hints = typing.get_type_hints(section_type)
+    return frozenset(name for name, hint in hints.items() if Path in (hint, *typing.get_args(hint)))
+
+
+def _resolve_paths(section_type: type, values: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Path fields given as strings, made absolute against `base`; "" means not set."""
+    resolved = dict(values)
+    for key in _path_fields(section_type) & values.keys():
+        if isinstance(values[key], str):
+            path = Path(values[key]).expanduser()
+            resolved[key] = None if not values[key] else path if path.is_absolute() else (base / path).resolve()
+    return resolved
+
+
+def _build_section(section_type: type, values: dict[str, Any], where: str) -> Any:
+    """Convert and check one section's values with pydantic (lax: "3" is an int, "yes" a bool).
+
+    A value pydantic cannot convert is E203; the dataclass's own `__post_init__` checks raise
+    E203 too (ConfigError passes through pydantic untouched).
+    """
     try:
-        if annotation == "int":
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if annotation == "float":
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-    except (TypeError, ValueError):
-        raise ConfigError("E203", where=where, field=key, value=value, reason=f"must be a{'n' if annotation == 'int' else ''} {annotation}") from None
-    if annotation.startswith("dict"):
-        if not isinstance(value, dict):
-            raise ConfigError("E203", where=where, field=key, value=value, reason="must be a table of language = value")
-        try:
-            return {str(k): float(v) for k, v in value.items()}
-        except (TypeError, ValueError):
-            raise ConfigError("E203", where=where, field=key, value=value, reason="must be a table of language = number") from None
-    return str(value)
+        return _adapter(section_type).validate_python(values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = str(first["loc"][0]) if first["loc"] else where
+        raise ConfigError("E203", where=where, field=key, value=values.get(key, first["input"]),
+                          reason=first["msg"]) from None
+
+
+def _override_value(section_type: type, key: str, text: str) -> Any:
+    """A --set value for field `key`: strings and paths as given; a list as TOML (`[512, 256]`)
+    or comma-separated (`name,context`); anything else as a TOML value (3, 1e-4, true,
+    {en = -0.8}) when it reads as one, else the plain string for pydantic to convert or refuse."""
+    hint = typing.get_type_hints(section_type)[key]
+    if hint is str or Path in (hint, *typing.get_args(hint)):
+        return text
+    if typing.get_origin(hint) is tuple and not text.startswith("["):
+        return [item for item in text.split(",") if item]
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
 
 
 def parse_override(text: str) -> tuple[str, str, str]:
@@ -358,18 +369,21 @@ def build_config(raw: dict[str, Any], *, source: Path | None, base: Path,
         for key, value in sections.get(section, {}).items():
             if key not in known:
                 raise ConfigError("E201", path=where_file, key=key, section=section, known=", ".join(known))
-            values[key] = _coerce(section_type, key, value, base, f"{where_file} [{section}]")
+            values[key] = value
+        values = _resolve_paths(section_type, values, base)
+        overridden: dict[str, Any] = {}
         for (o_section, key), value in override_values.items():
             if o_section != section:
                 continue
             if key not in known:
                 raise ConfigError("E201", path="--set", key=key, section=section, known=", ".join(known))
-            values[key] = _coerce(section_type, key, value, cwd, f"--set {section}.{key}")
+            overridden[key] = _override_value(section_type, key, value)
+        # File paths resolve against the file's folder, --set paths against the working folder.
+        values.update(_resolve_paths(section_type, overridden, cwd))
         try:
-            built[section] = section_type(**values)
+            built[section] = _build_section(section_type, values, f"[{section}]")
         except ConfigError as error:
-            # The dataclass check knows its section, not where the value came from: add that.
-            overridden = any(o_section == section for o_section, _ in override_values)
+            # The checks know the section, not where the value came from: add that.
             origin = f"{where_file} or --set" if overridden else where_file
             error.message = error.message.replace(f"[{error.code}] ", f"[{error.code}] {origin} ", 1)
             raise
@@ -378,7 +392,8 @@ def build_config(raw: dict[str, Any], *, source: Path | None, base: Path,
         run_dir = Path(str(top["run_dir"])).expanduser()
         run_dir = run_dir if run_dir.is_absolute() else (base / run_dir).resolve()
     else:
-        run_dir = (root or Path("artifacts")).resolve() / name
+        # Beside the config file, as its input paths are: the working folder does not matter.
+        run_dir = (root or base / "artifacts").resolve() / name
     return RunConfig(name=name, run_dir=run_dir, source=source, **built)
 
 
@@ -394,13 +409,5 @@ def load_config(path: Path, overrides: tuple[str, ...] = (), root: Path | None =
 
 
 def to_dict(config: Any) -> Any:
-    """A JSON/TOML-friendly view of a config (paths as strings)."""
-    if dataclasses.is_dataclass(config):
-        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
-    if isinstance(config, Path):
-        return str(config)
-    if isinstance(config, (list, tuple)):
-        return [to_dict(v) for v in config]
-    if isinstance(config, dict):
-        return {k: to_dict(v) for k, v in config.items()}
-    return config
+    """A JSON/TOML-friendly view of a config dataclass (paths as strings, tuples as lists)."""
+    return _adapter(type(config)).dump_python(config, mode="json")

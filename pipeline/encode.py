@@ -526,7 +526,7 @@ def _encode_vectors(config: RunConfig, force: bool, shard: tuple[int, int] | Non
             # A run killed after its manifest but before deleting its chunks leaves them behind.
             shutil.rmtree(work_dir, ignore_errors=True)
             return StageResult(STAGE, out_dir, skipped=True, seconds=time.time() - started)
-        invalidate(out_dir, work_dir)
+        invalidate(out_dir, work_dir, settings=settings, inputs=inputs)
     else:
         target, shard_manifest = shard_paths(out_dir, shard)
         work_dir = out_dir / f"work-{key}-{shard[0]}-of-{shard[1]}"
@@ -598,7 +598,7 @@ def merge_shards(config: RunConfig, out_dir: Path, key: str, inputs: dict[str, s
             raise CacheError("E404", path=path,
                              detail="its attributes name another encoder or stage key than its manifest")
     attributes.pop("shard", None)
-    invalidate(out_dir)
+    invalidate(out_dir, settings=settings, inputs=inputs)
     groups = {"mentions": merge_group(paths, "mentions", mentions["mention_id"].to_list()),
               "entities": merge_group(paths, "entities", entities["kb_id"].to_list())}
     write_vectors(out_dir / VECTORS, attributes, config.encoder.store_float16, groups)

@@ -35,6 +35,7 @@ class Errors:
     E202 = "{path}: invalid TOML ({detail})"
     E203 = "{where}: {field} = {value!r} is invalid: {reason}"
     E204 = "{path}: unknown section [{section}]; known sections: {known}"
+    E205 = "no --config given; give the run's TOML file with --config FILE (the built-in demo is --config {demo})"
 
     # E3xx: schemas of stage outputs and artifacts
     E301 = "{path}: missing column '{column}' (has: {columns}); re-run the stage that writes it"
@@ -77,6 +78,7 @@ class Warnings:
     W102 = "{count} gold KB id(s) of {path} are not in the KB (e.g. {example}); those mentions cannot be linked"
     W103 = "{path}: ignoring {count} candidate row(s) whose mention_id is not among this run's mentions (e.g. {example})"
     W401 = "{path}: taking over a stale lock of a run that is gone ({detail})"
+    W402 = "{stage}: replacing {outputs} of the run finished {finished}: {why}"
     W601 = "system languages {languages} are not in the gold; they count overall only"
 
 

@@ -166,7 +166,7 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     key = stage_key(STAGE, STAGE_VERSION, settings, inputs_keys)
     if not force and is_up_to_date(out_dir, key):
         return StageResult(STAGE, out_dir, skipped=True, seconds=time.time() - started)
-    invalidate(out_dir)
+    invalidate(out_dir, settings=settings, inputs=inputs_keys)
     out_dir.mkdir(parents=True, exist_ok=True)
     evaluate = config.evaluate
 

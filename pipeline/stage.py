@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import __version__
-from pipeline.errors import CacheError
+from pipeline.errors import CacheError, warn
 from pipeline.io import remove_leftover_temps, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -90,15 +90,50 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def invalidate(out_dir: Path, *work_dirs: Path) -> None:
+def invalidate(out_dir: Path, *work_dirs: Path, settings: dict[str, Any] | None = None,
+               inputs: dict[str, str] | None = None) -> None:
     """Remove a stage's manifest first, so a crash mid-way never leaves it looking finished.
 
-    Also deletes temporary files a killed run left in `out_dir` and in `work_dirs` (its
-    subfolders that are written with `atomic_path`): the caller holds the run lock.
+    When a finished stage is about to be redone, says so (W402) with what changed: the
+    settings and inputs given here are compared with the old manifest's. Also deletes
+    temporary files a killed run left in `out_dir` and in `work_dirs` (its subfolders that
+    are written with `atomic_path`): the caller holds the run lock.
     """
+    try:
+        previous = read_manifest(out_dir)
+    except CacheError:
+        previous = None  # a damaged manifest is replaced without a word: E402 was its report
+    if previous is not None:
+        _say_replaced(out_dir, previous, settings, inputs)
     (out_dir / MANIFEST).unlink(missing_ok=True)
     for folder in (out_dir, *work_dirs):
         remove_leftover_temps(folder)
+
+
+def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(values, dict):
+        return {prefix: values}
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _say_replaced(out_dir: Path, previous: dict[str, Any], settings: dict[str, Any] | None,
+                  inputs: dict[str, str] | None) -> None:
+    """W402: which outputs of which finished run are replaced, and why."""
+    reasons = []
+    if settings is not None:
+        old, new = _flatten(json.loads(json.dumps(previous.get("settings", {}), default=str))), \
+            _flatten(json.loads(json.dumps(settings, default=str)))
+        reasons += [f"{key}: {old.get(key, '(default)')} -> {new.get(key, '(default)')}"
+                    for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
+    if inputs is not None:
+        old_inputs = previous.get("inputs", {})
+        reasons += [f"{name} changed" for name in sorted(old_inputs.keys() | inputs.keys())
+                    if old_inputs.get(name) != inputs.get(name)]
+    warn(logger, "W402", stage=previous.get("stage", out_dir.name), outputs=", ".join(previous.get("outputs", [])),
+         finished=previous.get("finished", "?"), why="; ".join(reasons) or "--force, or the code changed")
 
 
 def write_manifest(out_dir: Path, *, stage: str, key: str, inputs: dict[str, str], settings: dict[str, Any],

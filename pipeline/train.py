@@ -307,7 +307,7 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
         return StageResult(STAGE, out_dir, skipped=True, seconds=time.time() - started)
     checkpoint_path = out_dir / CHECKPOINT
     if world.is_main:
-        invalidate(out_dir, checkpoint_path.parent)
+        invalidate(out_dir, checkpoint_path.parent, settings=settings, inputs=inputs_keys)
         if force:
             checkpoint_path.unlink(missing_ok=True)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -227,7 +227,7 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     if not force and is_up_to_date(out_dir, key):
         return StageResult(STAGE, out_dir, skipped=True, seconds=time.time() - started)
     index_root = out_dir / "kb-index"
-    invalidate(out_dir, index_root)
+    invalidate(out_dir, index_root, settings=settings, inputs=fingerprints)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     mentions = load_mentions(inputs)

@@ -370,3 +370,29 @@ def test_same_seed_gives_identical_models(base_run: dict, tmp_path: Path) -> Non
     # Another seed gives another model.
     succeeded(invoke("train", "--config", config, "--set", "train.seed=14"))
     assert not same_state(state_dict(fresh / "train" / "model.pt"), state_dict(base / "train" / "model.pt"))
+
+
+def test_a_changed_setting_says_what_it_replaces(base_run: dict, run_copy: Path) -> None:
+    result = succeeded(invoke("evaluate", "--config", base_run["config"], "--run-dir", run_copy,
+                              "--set", "evaluate.nil_clustering=singleton"))
+    replaced = [line for line in result.output.splitlines() if "[W402]" in line]
+    assert len(replaced) == 1
+    assert "[W402] evaluate: replacing scores.parquet, predictions.parquet" in replaced[0]
+    assert replaced[0].endswith("nil_clustering: name -> singleton")
+
+
+def test_no_config_is_a_coded_error_not_the_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = invoke("run")
+    assert result.exit_code == 2 and result.output.startswith("Error: [E205] no --config given")
+    assert not (tmp_path / "artifacts").exists()  # nothing was run in the working folder
+
+
+def test_default_run_folder_sits_beside_the_config(make_run_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.config import load_config
+
+    config_path = make_run_config(run_dir=None)
+    assert "run_dir" not in config_path.read_text(encoding="utf-8")
+    monkeypatch.chdir(tmp_path.parent)  # another working folder must not move the run
+    config = load_config(config_path)
+    assert config.run_dir == config_path.resolve().parent / "artifacts" / config.name
