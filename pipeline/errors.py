@@ -78,7 +78,6 @@ class Warnings:
     W102 = "{count} gold KB id(s) of {path} are not in the KB (e.g. {example}); those mentions cannot be linked"
     W103 = "{path}: ignoring {count} candidate row(s) whose mention_id is not among this run's mentions (e.g. {example})"
     W401 = "{path}: taking over a stale lock of a run that is gone ({detail})"
-    W402 = "{stage}: replacing {outputs} of the run finished {finished}: {why}"
     W601 = "system languages {languages} are not in the gold; they count overall only"
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import __version__
-from pipeline.errors import CacheError, warn
+from pipeline.errors import CacheError
 from pipeline.io import remove_leftover_temps, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def invalidate(out_dir: Path, *work_dirs: Path, settings: dict[str, Any] | None 
                inputs: dict[str, str] | None = None) -> None:
     """Remove a stage's manifest first, so a crash mid-way never leaves it looking finished.
 
-    When a finished stage is about to be redone, says so (W402) with what changed: the
+    When a finished stage is about to be redone, says so with what changed: the
     settings and inputs given here are compared with the old manifest's. Also deletes
     temporary files a killed run left in `out_dir` and in `work_dirs` (its subfolders that
     are written with `atomic_path`): the caller holds the run lock.
@@ -121,7 +121,7 @@ def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
 
 def _say_replaced(out_dir: Path, previous: dict[str, Any], settings: dict[str, Any] | None,
                   inputs: dict[str, str] | None) -> None:
-    """W402: which outputs of which finished run are replaced, and why."""
+    """Say which outputs of which finished run are replaced, and why."""
     reasons = []
     if settings is not None:
         old, new = _flatten(json.loads(json.dumps(previous.get("settings", {}), default=str))), \
@@ -132,8 +132,10 @@ def _say_replaced(out_dir: Path, previous: dict[str, Any], settings: dict[str, A
         old_inputs = previous.get("inputs", {})
         reasons += [f"{name} changed" for name in sorted(old_inputs.keys() | inputs.keys())
                     if old_inputs.get(name) != inputs.get(name)]
-    warn(logger, "W402", stage=previous.get("stage", out_dir.name), outputs=", ".join(previous.get("outputs", [])),
-         finished=previous.get("finished", "?"), why="; ".join(reasons) or "--force, or the code changed")
+    # Info, not a warning: the user changed something on purpose (hidden by --quiet).
+    logger.info("%s: replacing %s of the run finished %s: %s", previous.get("stage", out_dir.name),
+                ", ".join(previous.get("outputs", [])), previous.get("finished", "?"),
+                "; ".join(reasons) or "--force, or the code changed")
 
 
 def write_manifest(out_dir: Path, *, stage: str, key: str, inputs: dict[str, str], settings: dict[str, Any],
