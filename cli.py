@@ -22,7 +22,6 @@ from pipeline.errors import PipelineError
 from pipeline.lock import run_lock
 
 STAGES = ("triage", "encode", "train", "evaluate")
-logger = logging.getLogger("xel")
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.toml"
 
 
@@ -113,7 +112,6 @@ def _holding(config, command: str, lock: bool = True, writer: bool = True):
         if lock:
             remove_leftover_temps(config.run_dir)  # e.g. of config.json, by a run that was killed
         write_json_atomic(config.run_dir / "config.json", to_dict(config))
-        logger.info("run folder: %s", config.run_dir)
         yield
 
 
@@ -218,6 +216,8 @@ def run(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, for
     world = distributed.world_from_environment()
     config = _load(config_path, overrides, run_dir)
     started = time.time()
+    if world.is_main:
+        click.echo(f"run: {config.run_dir} (config {config_path})")
     # Under torchrun every rank trains; rank 0 alone runs the other stages while the rest wait.
     with _holding(config, "run", writer=world.is_main), distributed.process_group(world, config.train.device):
         for stage in STAGES:

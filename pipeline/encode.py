@@ -39,7 +39,9 @@ from pipeline import schema
 from pipeline.config import EncoderConfig, RunConfig, to_dict
 from pipeline.encoder import LoadedEncoder, encoder_identity, forward_units, load_encoder, resolve_encoder_path, token_span
 from pipeline.errors import CacheError, ConfigError, SchemaError
-from pipeline.io import atomic_path, collect_checked, file_fingerprint, scan_parquet_checked, write_json_atomic
+from pipeline.io import atomic_path, collect_checked, scan_parquet_checked, write_json_atomic
+from pipeline.vectors import (NAME_PAIRS, VECTORS, name_pairs_key, read_name_pair_vectors, read_vectors,
+                              write_name_pair_vectors, write_vectors)
 from pipeline.stage import (StageResult, invalidate, is_up_to_date, library_versions, read_manifest_file, stage_key,
                             upstream_key, write_manifest)
 
@@ -47,8 +49,6 @@ logger = logging.getLogger(__name__)
 
 STAGE = "encode"
 STAGE_VERSION = 1
-VECTORS = "vectors.h5"
-NAME_PAIRS = "name_pairs.h5"
 SHARDS = "shards"
 
 
@@ -159,7 +159,7 @@ def entities_to_encode(entities: pl.LazyFrame, candidates: pl.LazyFrame, mention
         return entities.sort("kb_id")
     needed = pl.concat([
         candidates.select("kb_id"),
-        mentions.select(pl.col("gold_kb_id").alias("kb_id")).filter(pl.col("kb_id").is_not_null() & (pl.col("kb_id") != schema.NIL_ID)),
+        mentions.select(pl.col("gold_kb_id").alias("kb_id")).filter(schema.linked_gold("kb_id")),
     ]).unique()
     return entities.join(needed, on="kb_id", how="semi").sort("kb_id")
 
@@ -285,35 +285,6 @@ def vector_attributes(encoder: LoadedEncoder, config: RunConfig, key: str) -> di
     }
 
 
-def write_vectors(path: Path, attributes: dict[str, object], store_float16: bool,
-                  groups: dict[str, tuple[list[str], np.ndarray, np.ndarray]]) -> None:
-    """Write `{group: (ids, name vectors, context vectors)}` to `path` atomically, rows keyed by id."""
-    dtype = np.float16 if store_float16 else np.float32
-    with atomic_path(path) as temp_path:
-        with h5py.File(temp_path, "w") as handle:
-            handle.attrs.update(attributes)
-            for group_name, (ids, names, contexts) in groups.items():
-                group = handle.create_group(group_name)
-                group.create_dataset("id", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
-                chunk = (min(max(len(ids), 1), 4096), names.shape[1])
-                group.create_dataset("name", data=names.astype(dtype), chunks=chunk if len(ids) else None)
-                group.create_dataset("context", data=contexts.astype(dtype), chunks=chunk if len(ids) else None)
-
-
-def read_vectors(path, group: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(ids, name vectors, context vectors) of one group, as float32."""
-    try:
-        with h5py.File(path, "r") as handle:
-            ids = [v.decode() if isinstance(v, bytes) else v for v in handle[group]["id"][:]]
-            names = handle[group]["name"][:].astype(np.float32)
-            contexts = handle[group]["context"][:].astype(np.float32)
-    except (OSError, KeyError) as exc:
-        raise SchemaError("E302", path=path, detail=str(exc)) from None
-    if not (np.isfinite(names).all() and np.isfinite(contexts).all()):
-        raise SchemaError("E302", path=path, detail=f"/{group} holds NaN or infinite values")
-    return ids, names, contexts
-
-
 def parse_shard(text: str, where: str = "--shard") -> tuple[int, int]:
     """`i/n` -> (i, n) with 0 <= i < n; i counts from 0, like Slurm array task ids."""
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
@@ -429,27 +400,6 @@ def stage_identity(config: RunConfig) -> tuple[str, dict[str, str], dict]:
     return stage_key(STAGE, STAGE_VERSION, settings, inputs), inputs, settings
 
 
-def name_pairs_key(encode_key: str, pairs_path: Path) -> str:
-    """Key of name_pairs.h5: this encode (encoder and its settings) and the pairs file's content."""
-    return stage_key("encode-name-pairs", STAGE_VERSION, {}, {"encode": encode_key, "name_pairs": file_fingerprint(pairs_path)})
-
-
-def read_name_pair_vectors(path: Path, key: str) -> tuple[list[str], np.ndarray]:
-    """(names, name vectors (n, H) float32) from name_pairs.h5, which must carry `key` (else E401: run encode)."""
-    try:
-        with h5py.File(path, "r") as handle:
-            if handle.attrs.get("key") != key:
-                raise CacheError("E407", path=path, stage="encode",
-                                 detail="was encoded from another name-pairs file or with another encoder")
-            names = [v.decode() if isinstance(v, bytes) else v for v in handle["names"]["id"][:]]
-            vectors = handle["names"]["name"][:].astype(np.float32)
-    except FileNotFoundError:
-        raise CacheError("E401", path=path, stage="encode") from None
-    except (OSError, KeyError) as exc:
-        raise SchemaError("E302", path=path, detail=str(exc)) from None
-    return names, vectors
-
-
 def embed_name_pairs(config: RunConfig, out_dir: Path, key: str, force: bool, pairs: pl.DataFrame) -> int:
     """Name vectors of every distinct name in `[train] name_pairs` (§7.1) into name_pairs.h5.
 
@@ -480,13 +430,7 @@ def embed_name_pairs(config: RunConfig, out_dir: Path, key: str, force: bool, pa
     _, span_vectors, _, _ = encode_in_chunks(encoder, table, config.encoder, work_dir)
     attributes = {**vector_attributes(encoder, config, pairs_key), "name_pairs": str(pairs_path),
                   "content": "/names: every distinct foreign and English name of the pairs file, name vector only"}
-    dtype = np.float16 if config.encoder.store_float16 else np.float32
-    with atomic_path(target) as temp_path:
-        with h5py.File(temp_path, "w") as handle:
-            handle.attrs.update(attributes)
-            group = handle.create_group("names")
-            group.create_dataset("id", data=np.array(names, dtype=object), dtype=h5py.string_dtype())
-            group.create_dataset("name", data=span_vectors[span_rows].astype(dtype))
+    write_name_pair_vectors(target, attributes, config.encoder.store_float16, names, span_vectors[span_rows])
     shutil.rmtree(work_dir, ignore_errors=True)
     return len(names)
 

@@ -30,7 +30,7 @@ from pipeline.nil import best_thresholds, cluster_nils, decide, sweep
 from pipeline.scoring import MICRO_AVERAGE, format_table, score
 from pipeline.stage import StageResult, invalidate, is_up_to_date, stage_key, upstream_key, write_manifest
 from pipeline.tac import write_tab
-from pipeline.train import load_model
+from pipeline.model_file import load_model
 
 logger = logging.getLogger(__name__)
 

@@ -44,16 +44,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import polars as pl
 import torch
 from tqdm.auto import tqdm
 
-from pipeline import encode, schema, subrun, triage
+from pipeline import schema, subrun, triage
 from pipeline.config import RunConfig
 from pipeline.errors import CacheError, ConfigError
 from pipeline.io import scan_parquet_checked, write_parquet_atomic, write_text_atomic
 from pipeline.stage import StageResult
+from pipeline.vectors import VECTORS, read_vector_ids
 
 logger = logging.getLogger(__name__)
 
@@ -181,9 +181,8 @@ def oracle_triage(config: RunConfig) -> Path:
                                         train=dataclasses.replace(config.train, features=PAPER_FEATURES))
     triage.run(oracle_config)
     triage_dir = oracle_config.stage_dir("triage")
-    vectors = config.stage_dir("encode") / encode.VECTORS
-    with h5py.File(vectors, "r") as handle:
-        encoded = pl.DataFrame({"kb_id": [value.decode() for value in handle["entities/id"][:]]})
+    vectors = config.stage_dir("encode") / VECTORS
+    encoded = pl.DataFrame({"kb_id": read_vector_ids(vectors, "entities")}, schema={"kb_id": pl.String})
     candidates = scan_parquet_checked(triage_dir / "candidates.parquet", schema.CANDIDATES, "triage").select("kb_id")
     missing = candidates.unique().collect().join(encoded, on="kb_id", how="anti")
     if missing.height:
@@ -257,8 +256,7 @@ def tables_markdown(cells: list[Cell], finished: pl.DataFrame, languages: list[s
 def run(config: RunConfig, experiment: ExperimentConfig) -> StageResult:
     """Triage and encode once, then every sub-run (skipping finished ones), then the tables."""
     started = time.time()
-    for stage in (triage, encode):
-        stage.run(config)
+    shared = subrun.run_shared_stages(config)
     languages = list(experiment.languages) or training_languages(config.stage_dir("triage"))
     if experiment.ablation_language not in languages:
         raise ConfigError("E203", where="experiment", field="ablation_language", value=experiment.ablation_language,
@@ -267,7 +265,6 @@ def run(config: RunConfig, experiment: ExperimentConfig) -> StageResult:
     cells = plan(languages, experiment)
     pairs = sub_runs(cells, seeds)
     assert pairs, "plan() always has Table 1's cells"
-    shared = {name: config.stage_dir(name) for name in subrun.SHARED_STAGES}
     oracle_dir = oracle_triage(config) if any(model.oracle for model, _ in pairs) else None
     evaluation = dataclasses.replace(config.evaluate, languages=())
     out_dir = config.run_dir / STAGE

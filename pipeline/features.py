@@ -14,7 +14,7 @@ import polars as pl
 import torch
 
 from pipeline import schema
-from pipeline.encode import VECTORS, read_vectors
+from pipeline.vectors import VECTORS, read_vectors
 from pipeline.errors import SchemaError
 from pipeline.io import collect_checked, scan_parquet_checked
 

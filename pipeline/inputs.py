@@ -299,7 +299,7 @@ def write_entities(kb_path: Path, out_path: Path) -> int:
 
 def check_gold_in_kb(mentions: pl.DataFrame, entities: pl.LazyFrame, mentions_path: Path | None) -> int:
     """Count gold links to ids missing from the KB (they can never be linked; warned, not refused)."""
-    gold_ids = mentions.filter(pl.col("gold_kb_id").is_not_null() & (pl.col("gold_kb_id") != schema.NIL_ID)).select("gold_kb_id").unique()
+    gold_ids = mentions.filter(schema.linked_gold()).select("gold_kb_id").unique()
     missing = gold_ids.join(entities.select(pl.col("kb_id").alias("gold_kb_id")).collect(), on="gold_kb_id", how="anti")
     if missing.height:
         warn(logger, "W102", count=missing.height, path=mentions_path or "the TAC gold",

@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
-from pipeline import encode, subrun, triage
+from pipeline import subrun
 from pipeline.config import RunConfig, to_dict
 from pipeline.errors import ConfigError
 from pipeline.io import write_parquet_atomic, write_text_atomic
@@ -148,9 +148,7 @@ def config_toml(config: RunConfig, header: str) -> str:
 def run(config: RunConfig, search: SearchConfig) -> StageResult:
     """Triage and encode the run (skipped when up to date), then the trials, then the ranking."""
     started = time.time()
-    for stage in (triage, encode):
-        stage.run(config)
-    stage_sources = {name: config.stage_dir(name) for name in subrun.SHARED_STAGES}
+    stage_sources = subrun.run_shared_stages(config)
     dev_evaluation = dataclasses.replace(config.evaluate, eval_split="dev", tune_split="dev", languages=())
     rows, trained = [], 0
     for trial in tqdm(range(search.trials), desc="search", unit="trial", disable=None):

@@ -21,7 +21,7 @@ import logging
 import os
 from pathlib import Path
 
-from pipeline import evaluate, train
+from pipeline import encode, evaluate, train, triage
 from pipeline.config import RunConfig, to_dict
 from pipeline.errors import CacheError
 from pipeline.io import write_json_atomic
@@ -30,6 +30,14 @@ from pipeline.scoring import MICRO_AVERAGE
 logger = logging.getLogger(__name__)
 
 SHARED_STAGES = ("triage", "encode")
+
+
+def run_shared_stages(config: RunConfig) -> dict[str, Path]:
+    """Triage and encode the parent run (each skipped when up to date); {stage: its folder},
+    the `stage_sources` that `prepare` links every sub-run to."""
+    for stage in (triage, encode):
+        stage.run(config)
+    return {name: config.stage_dir(name) for name in SHARED_STAGES}
 
 
 def link_stage(link: Path, target: Path) -> None:

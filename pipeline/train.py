@@ -28,11 +28,12 @@ from tqdm.auto import tqdm
 from pipeline import distributed, schema
 from pipeline.config import RunConfig, TrainConfig, to_dict
 from pipeline.distributed import World, sum_over_ranks
-from pipeline.encode import NAME_PAIRS, name_pairs_key, read_name_pair_vectors
+from pipeline.vectors import NAME_PAIRS, name_pairs_key, read_name_pair_vectors
 from pipeline.errors import CacheError, InputError
 from pipeline.features import RankerInputs, candidate_matrix, gold_rows, load_inputs, score_candidates
 from pipeline.inputs import read_name_pairs
-from pipeline.io import atomic_path, collect_checked, scan_parquet_checked, write_parquet_atomic
+from pipeline.io import collect_checked, scan_parquet_checked, write_parquet_atomic
+from pipeline.model_file import MODEL, save_torch
 from pipeline.ranker import NameMatching, NearestNeighbour, Ranker, RankerShape, hinge_loss
 from pipeline.stage import StageResult, invalidate, is_up_to_date, stage_key, upstream_key, write_manifest
 
@@ -40,7 +41,6 @@ logger = logging.getLogger(__name__)
 
 STAGE = "train"
 STAGE_VERSION = 1
-MODEL = "model.pt"
 CHECKPOINT = "checkpoints/last.pt"
 # Settings added after the first runs, with their defaults: left out of the stage key while
 # at the default, so runs made before they existed stay up to date.
@@ -235,7 +235,7 @@ def select_rows(mentions: pl.DataFrame, split: str, languages: tuple[str, ...]) 
     chosen = mentions.filter(pl.col("split") == split)
     if languages:
         chosen = chosen.filter(pl.col("lang").is_in(list(languages)))
-    return chosen.filter(pl.col("gold_kb_id").is_not_null() & (pl.col("gold_kb_id") != schema.NIL_ID))["row"].to_numpy()
+    return chosen.filter(schema.linked_gold())["row"].to_numpy()
 
 
 def training_rows(mentions: pl.DataFrame, gold: np.ndarray, languages: tuple[str, ...], downsample_to: str,
@@ -257,11 +257,6 @@ def training_rows(mentions: pl.DataFrame, gold: np.ndarray, languages: tuple[str
         if size < len(rows):
             rows = np.sort(np.random.default_rng(seed).choice(rows, size, replace=False))
     return rows
-
-
-def _save(payload: dict, path: Path) -> None:
-    with atomic_path(path) as temp_path:
-        torch.save(payload, temp_path)
 
 
 def _load_checkpoint(path: Path, key: str) -> dict | None:
@@ -337,8 +332,8 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
                              counts={**counts, "epochs": 0, "best_epoch": 0})
         if world.is_main:
             dev_accuracy = linking_accuracy(NearestNeighbour(), inputs, dev_rows, dev_matrix, dev_gold)
-            _save({"key": key, "baseline": "nn", "model": {}, "best_epoch": 0, "config": to_dict(train_config),
-                   **saved_rows}, out_dir / MODEL)
+            save_torch(out_dir / MODEL, {"key": key, "baseline": "nn", "model": {}, "best_epoch": 0,
+                                         "config": to_dict(train_config), **saved_rows})
             result = _finish(out_dir, key, inputs_keys, settings, [], {**counts, "epochs": 0, "best_epoch": 0},
                              dev_accuracy, 0, by_language, device, started, world)
         distributed.barrier(world)
@@ -423,10 +418,10 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
         if world.is_main and (epoch % train_config.checkpoint_every == 0 or stop or epoch == train_config.epochs):
             name_matching = {} if name_pairs is None else {"name_match": objective.match.state_dict(),
                                                            "pair_generator": pair_generator.get_state()}
-            _save({"key": key, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                   "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
-                   "best": best, "shape": dataclasses.asdict(shape), "config": to_dict(train_config),
-                   **name_matching}, checkpoint_path)
+            save_torch(checkpoint_path, {
+                "key": key, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
+                "best": best, "shape": dataclasses.asdict(shape), "config": to_dict(train_config), **name_matching})
         if world.distributed:
             stop = distributed.broadcast(stop, world)
         if stop:
@@ -439,8 +434,8 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
                          counts={**counts, "epochs": epoch, "best_epoch": best["epoch"]})
     if world.is_main:
         final_state = best["state"] if best["state"] is not None else model.state_dict()
-        _save({"key": key, "model": final_state, "shape": dataclasses.asdict(shape), "best_epoch": best["epoch"],
-               "config": to_dict(train_config), **saved_rows}, out_dir / MODEL)
+        save_torch(out_dir / MODEL, {"key": key, "model": final_state, "shape": dataclasses.asdict(shape),
+                                     "best_epoch": best["epoch"], "config": to_dict(train_config), **saved_rows})
         result = _finish(out_dir, key, inputs_keys, settings, history,
                          {**counts, "epochs": epoch, "best_epoch": best["epoch"]},
                          best["score"], best["epoch"], by_language, device, started, world)
@@ -462,21 +457,3 @@ def _finish(out_dir: Path, key: str, inputs_keys: dict, settings: dict, history:
                           **({"world_size": world.size} if world.distributed else {})})
     return StageResult(STAGE, out_dir, skipped=False, seconds=time.time() - started, counts=counts,
                        summary={"best_dev_accuracy": best_score, "best_epoch": best_epoch})
-
-
-def load_model(out_dir: Path, device: torch.device) -> tuple[Ranker | NearestNeighbour, dict]:
-    """The trained ranker (best epoch), or the nearest-neighbour baseline, and the saved metadata."""
-    path = out_dir / MODEL
-    if not path.exists():
-        raise CacheError("E401", path=path, stage="train")
-    try:
-        saved = torch.load(path, map_location=device, weights_only=False)
-        if saved.get("baseline") == "nn":
-            return NearestNeighbour(), saved
-        shape = RankerShape(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["shape"].items()})
-        model = Ranker(shape).to(device)
-        model.load_state_dict(saved["model"])
-    except Exception as exc:  # torch.load / pickle raise many types for a damaged file
-        raise CacheError("E402", path=path, detail=f"model cannot be loaded ({str(exc).splitlines()[0]})") from None
-    model.eval()
-    return model, saved

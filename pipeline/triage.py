@@ -48,7 +48,7 @@ FUZZY_SHORTLIST = 128
 
 def prior_candidates(mentions: pl.DataFrame, training: pl.DataFrame) -> pl.DataFrame:
     """P(e|m) from training mentions, matched on folded, then romanised strings."""
-    linked = training.filter(pl.col("gold_kb_id").is_not_null() & (pl.col("gold_kb_id") != schema.NIL_ID))
+    linked = training.filter(schema.linked_gold())
     parts = []
     for key in ("mention_fold", "mention_roman"):
         counts = linked.group_by(key, "gold_kb_id").agg(pl.len().alias("n"))
@@ -172,7 +172,7 @@ def merge_candidates(pieces: list[pl.DataFrame], mentions: pl.DataFrame, k: int,
               .filter(pl.col("rank") <= k))
     gold = mentions.select("mention_id", "gold_kb_id")
     if oracle:
-        linked = gold.filter(pl.col("gold_kb_id").is_not_null() & (pl.col("gold_kb_id") != schema.NIL_ID))
+        linked = gold.filter(schema.linked_gold())
         missing = linked.join(merged.select("mention_id", pl.col("kb_id").alias("gold_kb_id")), on=["mention_id", "gold_kb_id"], how="anti")
         # The gold takes the last place of a full list, so the list keeps k entries.
         merged = merged.filter(~(pl.col("mention_id").is_in(missing["mention_id"].implode()) & (pl.col("rank") == k)))
@@ -252,7 +252,7 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     if triage.use_fuzzy:
         from_kb = fuzzy_candidates(keyed, surfaces, kb_names.roman_keys, kb_names.ngrams, triage.k, triage.fuzzy_min_score)
         # Training surface forms are matched too, from a small index built per run.
-        learned = add_keys(training.filter(pl.col("gold_kb_id").is_not_null() & (pl.col("gold_kb_id") != schema.NIL_ID))
+        learned = add_keys(training.filter(schema.linked_gold())
                            .select(pl.col("mention").alias("surface"), pl.col("gold_kb_id").alias("kb_id")).unique(), "surface")
         learned_keys = learned.select(pl.col("surface_roman").unique().sort()).filter(pl.col("surface_roman") != "")["surface_roman"]
         from_training = fuzzy_candidates(keyed, learned, learned_keys, name_ngrams(learned_keys), triage.k,
