@@ -79,6 +79,24 @@ def _special_prefix(tokenizer) -> tuple[list[int], list[int]]:
     return wrapped[:cut], wrapped[cut + len(bare):]
 
 
+def mention_window(n_tokens: int, first: int, last: int, body: int) -> tuple[int, int, int]:
+    """(window start, first, last) of a mention's sub-words [first, last) in a context of n_tokens.
+
+    The window holds `body` sub-words (the whole context when it is shorter), centred on
+    the mention as the paper does for long contexts; first and last come back in window
+    positions. A mention longer than the window keeps its middle `body` sub-words, so the
+    span always holds at least one of the mention's own sub-words and never a special token.
+    """
+    if last - first > body:
+        first = first + (last - first - body) // 2
+        last = first + body
+    window_start = 0
+    if n_tokens > body:
+        # centre - body // 2 <= first and last <= that + body whenever last - first <= body.
+        window_start = int(np.clip((first + last) // 2 - body // 2, 0, n_tokens - body))
+    return window_start, first - window_start, last - window_start
+
+
 def plan_mentions(mentions: pl.DataFrame, encoder: LoadedEncoder, table: UnitTable, max_tokens: int,
                   first_span_row: int) -> tuple[np.ndarray, np.ndarray]:
     """Add every mention's unit; returns (unit index per mention, span row per mention)."""
@@ -96,17 +114,13 @@ def plan_mentions(mentions: pl.DataFrame, encoder: LoadedEncoder, table: UnitTab
     for row, (context, start, end) in enumerate(mentions.select("context", "start", "end").iter_rows()):
         index = context_row[context]
         ids = token_ids[index]
+        if len(ids) == 0:  # a context the tokenizer drops whole (zero-width characters): [UNK], as for names
+            ids = np.asarray([encoder.tokenizer.unk_token_id], dtype=np.int64)
         first, last = token_span(offsets[index], start, end)
-        window_start = 0
-        if len(ids) > body:
-            # Centre the mention in the window, as the paper does for long contexts.
-            centre = (first + last) // 2
-            window_start = int(np.clip(centre - body // 2, 0, len(ids) - body))
+        window_start, first, last = mention_window(len(ids), first, last, body)
         window = ids[window_start: window_start + body]
         unit = table.add(np.concatenate([prefix, window, suffix]).astype(np.int64))
-        first = first - window_start + len(prefix)
-        last = min(last - window_start, body) + len(prefix)
-        table.spans[unit].append((int(span_row[row]), first, max(last, first + 1)))
+        table.spans[unit].append((int(span_row[row]), first + len(prefix), last + len(prefix)))
         unit_of_mention[row] = unit
     return unit_of_mention, span_row
 
