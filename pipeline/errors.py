@@ -17,7 +17,7 @@ class Errors:
 
     # E1xx: input files (mentions, docs, KB, TAC, candidates)
     E101 = "{path}:{line}: not valid JSON ({detail}); fix or remove that line"
-    E102 = "{path}:{line}: missing required field '{field}'; every record needs it"
+    E102 = "{path}:{line}: missing required field '{field}'; every record needs it{hint}"
     E103 = "{path}:{line}: field '{field}' should be {expected}, got {got!r}{more}"
     E104 = "{path}:{line}: duplicate {kind} id {record_id!r} (first seen on line {first_line}); ids must be unique"
     E105 = "{path}:{line}: offsets {start}-{end} fall outside the text (length {length}) of mention {record_id!r}{more}"
@@ -30,7 +30,7 @@ class Errors:
     E112 = "{path}:{line}: {detail}"
     # E114-E149: checks added for issue 13 (pipeline/input_checks.py, pipeline/fragments.py).
     E114 = "{path}:{line}: mention {record_id!r} has offsets {start}-{end}, which cover no character ({detail}); fix the offsets, or leave out a mention without text{more}"
-    E115 = "{path}:{line}: mention {record_id!r} covers the same span {span} as mention {other_id!r} on line {first_line}{gold}; a span is one mention (TAC scoring keys mentions by span): keep one of the two{more}"
+    E115 = "{path}:{line}: mention {record_id!r} covers the same span {span} as mention {other_id!r} on line {first_line}{gold}; a span is one mention (TAC scoring keys mentions by span): keep one of the two{hint}{more}"
     E116 = "{path}:{line}: {what} {value!r} contains {bad}, which {why}; {fix}{more}"
     E117 = "{path}:{line}: mention {record_id!r} says document {doc_id!r} is {lang!r}, but line {first_line} says {first_lang!r}; a document has one language: fix the lang of one of them{more}"
     E118 = "{path}:{line}: mention {record_id!r} has bad 'fragments' ({detail}); give [[start, end], ...] in the mention's offsets, ascending, not overlapping, first starting at start and last ending at end, and the mention string as the fragments' texts joined by one space{more}"
@@ -109,6 +109,7 @@ class PipelineError(click.ClickException):
         template = getattr(Errors, code)
         self.code = code
         fields.setdefault("more", "")  # "(n more line(s) like it)" where a check counts them
+        fields.setdefault("hint", "")  # an addition to the advice where one case of a code needs it
         text = template.format(**fields)
         super().__init__(f"[{code}] " + " ".join(text.split()))
 

@@ -19,7 +19,7 @@ from pipeline import schema
 from pipeline.config import InputsConfig
 from pipeline.errors import InputError, warn
 from pipeline.fragments import FRAGMENTS_DTYPE, fragment_texts, read_fragments
-from pipeline.input_checks import check_mentions, more
+from pipeline.input_checks import check_documents, check_mentions, more
 from pipeline.io import atomic_path, check_record_fields, iter_jsonl_blocks
 from pipeline.kb_records import KbRecords
 
@@ -106,10 +106,12 @@ def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
              for name, spec in MENTION_FIELDS.items()}
     frame = pl.DataFrame(columns, schema={**types, "line": pl.Int64})
     if rename_duplicate_ids:
+        check_documents(frame, path)  # a repeated id over the same span is a copy, not a second mention
         frame = _rename_duplicates(frame, path)
     duplicate = _first_duplicate(frame["id"], frame["line"])
     if duplicate:
         raise InputError("E104", path=path, line=duplicate[2], kind="mention", record_id=duplicate[0], first_line=duplicate[1])
+    check_documents(frame, path)
     if docs_path is not None and frame["text"].null_count() > 0:
         frame = _context_from_docs(frame, read_docs(docs_path), path, docs_path, context_chars)
         from_doc = pl.col("text").is_null()
@@ -120,7 +122,8 @@ def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
         )
     else:
         frame = frame.with_columns(pl.col("text").alias("context"))
-    check_mentions(fragment_texts(frame), path, fix=" (a discontinuous mention lists its parts in 'fragments')")
+    check_mentions(fragment_texts(frame), path, fix=" (a discontinuous mention lists its parts in 'fragments')",
+                   documents=False)
     return frame.select(
         pl.col("id").alias("mention_id"),
         "doc_id", "lang", "mention", "context", "start", "end",

@@ -4,7 +4,7 @@
 `KbRecords.warn` once, so a KB of millions of records gives one warning per kind, with
 the count and the first example, not one per record:
 
-- `kb_id` and `name` must be non-blank strings, and a record needs a name or an alias (E103); a `kb_id` with a tab or line break
+- `kb_id` and `name` must be non-blank strings, and a record needs a name or an alias (E102); a `kb_id` with a tab or line break
   cannot be written to `system.tab` (E116);
 - a record without `name` but with aliases takes its first alias as name (W107): KBs built
   from annotations or Wikidata often lack a label in the KB's language;
@@ -68,9 +68,8 @@ class KbRecords:
         name = record.get("name")
         if name is None:
             if not alias_texts:
-                raise InputError("E103", path=path, line=line, field="name",
-                                 expected="a string, or left out with at least one alias (the first becomes the name)",
-                                 got=None)
+                raise InputError("E102", path=path, line=line, field="name",
+                                 hint=" (or, without one, an alias: the first is then taken as the name)")
             name = alias_texts[0]
             self.nameless += 1
             self.nameless_example = self.nameless_example or (line, kb_id)
