@@ -13,7 +13,7 @@ the catalogue; see README "Bad input"):
 
 - mentions (tests/test_inputs.py): bad JSON line and a line that is not an object
   (E101), missing field (E102), four wrong types (E103), neither offsets nor doc
-  (E111), duplicate mention id (E104), three offsets outside the text and doc offsets
+  (E111), duplicate mention id (E104), two offsets outside the text and doc offsets
   outside the doc (E105), offsets not covering the mention (E106), empty and all-blank
   file (E107), missing file (E108), unknown doc (E109), non-UTF-8 (E110), BOM + CRLF
   accepted; through the CLI: E106 with file and line.
@@ -37,7 +37,13 @@ Added here: the kinds above lacked non-UTF-8 and BOM/CRLF for KB and docs, empty
 blank KB, malformed alias lists, unknown-token mentions, bad .tab lines and source
 documents, outside candidate files, config types and ranges through the CLI, damaged
 Parquet/HDF5/checkpoints/models/manifests (Parquet also with an intact footer and
-damaged data pages, including damage that makes polars panic), and a full disk.
+damaged data pages, including damage that makes polars panic), and a full disk. Issue 13
+added blank strings and empty spans, unknown splits, repeated spans (also after
+`rename_duplicate_ids`), ids a TAC file cannot hold, documents with two languages,
+discontinuous mentions (`fragments`), NFC/NFD mismatches, a mention longer than the
+context window, KB records without a name or with blank ids, names and aliases, TAC spans
+shown as the file gives them, 11-column `.tab` files, repeated outside candidates and
+unknown KB ids, and E601's `--lenient` advice.
 """
 
 from __future__ import annotations
