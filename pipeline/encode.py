@@ -37,7 +37,8 @@ from tqdm.auto import tqdm
 
 from pipeline import schema
 from pipeline.config import EncoderConfig, RunConfig, to_dict
-from pipeline.encoder import LoadedEncoder, encoder_identity, forward_units, load_encoder, resolve_encoder_path, token_span
+from pipeline.encoder import (LoadedEncoder, encoder_identity, forward_units, load_encoder, mention_window,
+                              resolve_encoder_path, token_span)
 from pipeline.errors import CacheError, ConfigError, SchemaError
 from pipeline.io import atomic_path, collect_checked, file_fingerprint, scan_parquet_checked, write_json_atomic
 from pipeline.stage import (StageResult, invalidate, is_up_to_date, library_versions, read_manifest_file, stage_key,
@@ -77,24 +78,6 @@ def _special_prefix(tokenizer) -> tuple[list[int], list[int]]:
     wrapped = tokenizer("x", add_special_tokens=True)["input_ids"]
     cut = next(i for i in range(len(wrapped)) if wrapped[i:i + len(bare)] == bare)
     return wrapped[:cut], wrapped[cut + len(bare):]
-
-
-def mention_window(n_tokens: int, first: int, last: int, body: int) -> tuple[int, int, int]:
-    """(window start, first, last) of a mention's sub-words [first, last) in a context of n_tokens.
-
-    The window holds `body` sub-words (the whole context when it is shorter), centred on
-    the mention as the paper does for long contexts; first and last come back in window
-    positions. A mention longer than the window keeps its middle `body` sub-words, so the
-    span always holds at least one of the mention's own sub-words and never a special token.
-    """
-    if last - first > body:
-        first = first + (last - first - body) // 2
-        last = first + body
-    window_start = 0
-    if n_tokens > body:
-        # centre - body // 2 <= first and last <= that + body whenever last - first <= body.
-        window_start = int(np.clip((first + last) // 2 - body // 2, 0, n_tokens - body))
-    return window_start, first - window_start, last - window_start
 
 
 def plan_mentions(mentions: pl.DataFrame, encoder: LoadedEncoder, table: UnitTable, max_tokens: int,
