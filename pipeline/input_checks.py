@@ -104,21 +104,21 @@ def check_offsets(frame: pl.DataFrame, path: Path, end_inclusive: bool = False, 
     checked = shown.with_columns(covered.alias("covered")).with_columns(expected.alias("expected"))
     row, count = _first(checked, pl.col("expected") != pl.col("mention"))
     if row is not None:
+        hint = normalisation_hint(row["mention"], row["expected"])
         raise InputError("E106", path=path, line=row["line"], record_id=row["id"], mention=row["mention"],
                          start=row["shown_start"], end=row["shown_end"],
                          inclusive=" (end inclusive)" if end_inclusive else "",
-                         covered=row["expected"], why=normalisation_hint(row["mention"], row["expected"]),
-                         fix=fix, more=more(count))
+                         covered=row["expected"], why=hint, fix="" if hint else fix, more=more(count))
 
 
 def normalisation_hint(mention: str, covered: str) -> str:
     """A message part saying that two unequal strings differ only by Unicode normalisation, else ""."""
     if unicodedata.normalize("NFC", mention) == unicodedata.normalize("NFC", covered):
-        return (" - they differ only by Unicode normalisation (composed NFC vs decomposed NFD characters); "
-                "write the mention and its text in one form, e.g. both NFC")
+        return (" (they differ only by Unicode normalisation: one has composed characters (NFC), the other "
+                "decomposed ones (NFD); write both in NFC)")
     if unicodedata.normalize("NFKC", mention) == unicodedata.normalize("NFKC", covered):
-        return (" - they differ only by Unicode compatibility normalisation (NFKC: e.g. full-width or "
-                "ligature characters); write the mention as its text has it")
+        return (" (they differ only by Unicode compatibility normalisation (NFKC), e.g. full-width or "
+                "ligature characters; write the mention as its text has it)")
     return ""
 
 
@@ -155,11 +155,12 @@ def check_documents(frame: pl.DataFrame, path: Path, end_inclusive: bool = False
                          ", or, where each mention's `text` is its own window of the document, give doc_start/doc_end")
 
 
-def check_mentions(frame: pl.DataFrame, path: Path, end_inclusive: bool = False, fix: str = "",
-                   documents: bool = True) -> None:
-    """This module's checks on the mentions read from `path` (see the module docstring);
-    `check_documents` only with `documents` (a reader that ran it earlier passes False)."""
+def check_mentions(frame: pl.DataFrame, path: Path, end_inclusive: bool = False) -> None:
+    """All of this module's checks on the mentions read from `path` (see the module docstring).
+
+    The JSONL reader calls them one by one instead: fields and documents before it renames
+    repeated ids, offsets once contexts are cut from the docs file.
+    """
     check_fields(frame, path)
-    check_offsets(frame, path, end_inclusive, fix)
-    if documents:
-        check_documents(frame, path, end_inclusive)
+    check_offsets(frame, path, end_inclusive)
+    check_documents(frame, path, end_inclusive)

@@ -19,7 +19,7 @@ from pipeline import schema
 from pipeline.config import InputsConfig
 from pipeline.errors import InputError, warn
 from pipeline.fragments import FRAGMENTS_DTYPE, fragment_texts, read_fragments
-from pipeline.input_checks import check_documents, check_mentions, more
+from pipeline.input_checks import check_documents, check_fields, check_mentions, check_offsets, more
 from pipeline.io import atomic_path, check_record_fields, iter_jsonl_blocks
 from pipeline.kb_records import KbRecords
 
@@ -105,6 +105,7 @@ def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
                     else FRAGMENTS_DTYPE if spec[0] is list else pl.String)
              for name, spec in MENTION_FIELDS.items()}
     frame = pl.DataFrame(columns, schema={**types, "line": pl.Int64})
+    check_fields(frame, path)
     if rename_duplicate_ids:
         check_documents(frame, path)  # a repeated id over the same span is a copy, not a second mention
         frame = _rename_duplicates(frame, path)
@@ -122,8 +123,7 @@ def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
         )
     else:
         frame = frame.with_columns(pl.col("text").alias("context"))
-    check_mentions(fragment_texts(frame), path, fix=" (a discontinuous mention lists its parts in 'fragments')",
-                   documents=False)
+    check_offsets(fragment_texts(frame), path, fix=" (a discontinuous mention lists its parts in 'fragments')")
     return frame.select(
         pl.col("id").alias("mention_id"),
         "doc_id", "lang", "mention", "context", "start", "end",
