@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import polars as pl
 import pytest
 
 from conftest import write_jsonl
