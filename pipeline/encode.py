@@ -37,7 +37,8 @@ from tqdm.auto import tqdm
 
 from pipeline import schema
 from pipeline.config import EncoderConfig, RunConfig, to_dict
-from pipeline.encoder import LoadedEncoder, encoder_identity, forward_units, load_encoder, resolve_encoder_path, token_span
+from pipeline.encoder import (LoadedEncoder, encoder_identity, forward_units, load_encoder, mention_window,
+                              resolve_encoder_path, token_span)
 from pipeline.errors import CacheError, ConfigError, SchemaError
 from pipeline.io import atomic_path, collect_checked, scan_parquet_checked, write_json_atomic
 from pipeline.vectors import (NAME_PAIRS, VECTORS, name_pairs_key, read_name_pair_vectors, read_vectors,
@@ -96,17 +97,13 @@ def plan_mentions(mentions: pl.DataFrame, encoder: LoadedEncoder, table: UnitTab
     for row, (context, start, end) in enumerate(mentions.select("context", "start", "end").iter_rows()):
         index = context_row[context]
         ids = token_ids[index]
+        if len(ids) == 0:  # a context the tokenizer drops whole (zero-width characters): [UNK], as for names
+            ids = np.asarray([encoder.tokenizer.unk_token_id], dtype=np.int64)
         first, last = token_span(offsets[index], start, end)
-        window_start = 0
-        if len(ids) > body:
-            # Centre the mention in the window, as the paper does for long contexts.
-            centre = (first + last) // 2
-            window_start = int(np.clip(centre - body // 2, 0, len(ids) - body))
+        window_start, first, last = mention_window(len(ids), first, last, body)
         window = ids[window_start: window_start + body]
         unit = table.add(np.concatenate([prefix, window, suffix]).astype(np.int64))
-        first = first - window_start + len(prefix)
-        last = min(last - window_start, body) + len(prefix)
-        table.spans[unit].append((int(span_row[row]), first, max(last, first + 1)))
+        table.spans[unit].append((int(span_row[row]), first + len(prefix), last + len(prefix)))
         unit_of_mention[row] = unit
     return unit_of_mention, span_row
 

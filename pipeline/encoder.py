@@ -168,6 +168,24 @@ def token_span(offsets: np.ndarray, start: int, end: int) -> tuple[int, int]:
     return nearest, nearest + 1
 
 
+def mention_window(n_tokens: int, first: int, last: int, body: int) -> tuple[int, int, int]:
+    """(window start, first, last) of a mention's sub-words [first, last) in a context of n_tokens.
+
+    The window holds `body` sub-words (the whole context when it is shorter), centred on
+    the mention as the paper does for long contexts; first and last come back in window
+    positions. A mention longer than the window keeps its middle `body` sub-words, so the
+    span always holds at least one of the mention's own sub-words and never a special token.
+    """
+    if last - first > body:
+        first = first + (last - first - body) // 2
+        last = first + body
+    window_start = 0
+    if n_tokens > body:
+        # centre - body // 2 <= first and last <= that + body whenever last - first <= body.
+        window_start = int(np.clip((first + last) // 2 - body // 2, 0, n_tokens - body))
+    return window_start, first - window_start, last - window_start
+
+
 def length_batches(sequences: list, pad_id: int, batch_tokens: int, device: torch.device):
     """Yield (indices, input_ids (B, T), attention_mask (B, T)) over `sequences` sorted by length.
 

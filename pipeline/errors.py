@@ -17,17 +17,23 @@ class Errors:
 
     # E1xx: input files (mentions, docs, KB, TAC, candidates)
     E101 = "{path}:{line}: not valid JSON ({detail}); fix or remove that line"
-    E102 = "{path}:{line}: missing required field '{field}'; every record needs it"
-    E103 = "{path}:{line}: field '{field}' should be {expected}, got {got!r}"
+    E102 = "{path}:{line}: missing required field '{field}'; every record needs it{hint}"
+    E103 = "{path}:{line}: field '{field}' should be {expected}, got {got!r}{more}"
     E104 = "{path}:{line}: duplicate {kind} id {record_id!r} (first seen on line {first_line}); ids must be unique"
-    E105 = "{path}:{line}: offsets {start}-{end} fall outside the text (length {length}) of mention {record_id!r}"
-    E106 = "{path}:{line}: mention {record_id!r} says {mention!r} but its offsets {start}-{end} cover {covered!r}; fix the offsets or the string"
+    E105 = "{path}:{line}: offsets {start}-{end} fall outside the text (length {length}) of mention {record_id!r}{more}"
+    E106 = "{path}:{line}: mention {record_id!r} says {mention!r} but its offsets {start}-{end}{inclusive} cover {covered!r}{why}; fix the offsets or the string{fix}{more}"
     E107 = "{path}: file is empty; it needs at least one record"
     E108 = "{path}: not found; check the path in the config or on the command line"
     E109 = "{path}:{line}: mention {record_id!r} points to document {doc_id!r}, which is not in the docs file {docs_path}"
     E110 = "{path}:{line}: not valid UTF-8 ({detail}); re-encode the file as UTF-8"
     E111 = "{path}:{line}: mention {record_id!r} needs either text+start+end or doc_start+doc_end with a docs file"
     E112 = "{path}:{line}: {detail}"
+    # E114-E149: checks added for issue 13 (pipeline/input_checks.py, pipeline/fragments.py).
+    E114 = "{path}:{line}: mention {record_id!r} has offsets {start}-{end}, which cover no character ({detail}); fix the offsets, or leave out a mention without text{more}"
+    E115 = "{path}:{line}: mention {record_id!r} covers the same span {span} as mention {other_id!r} on line {first_line}{gold}; a span is one mention (TAC scoring keys mentions by span): keep one of the two{hint}{more}"
+    E116 = "{path}:{line}: {what} {value!r} contains {bad}, which {why}; {fix}{more}"
+    E117 = "{path}:{line}: mention {record_id!r} says document {doc_id!r} is {lang!r}, but line {first_line} says {first_lang!r}; a document has one language: fix the lang of one of them{more}"
+    E118 = "{path}:{line}: mention {record_id!r} has bad 'fragments' ({detail}); give [[start, end], ...] in the mention's offsets, ascending, not overlapping, first starting at start and last ending at end, and the mention string as the fragments' texts joined by one space{more}"
     E113 = "{path}:{line}: {detail}; a name pair is a foreign name and its English name, optionally with a language: two or three tab-separated columns in .tsv/.txt, or {{\"foreign\": ..., \"english\": ..., \"lang\": ...}} in .jsonl"
 
     # E2xx: configuration
@@ -61,7 +67,7 @@ class Errors:
     E504 = "{path}: cannot write the offline encoder build ({detail}); set XEL_CACHE to a writable folder"
 
     # E6xx: scoring
-    E601 = "{system} vs {gold}: the mention sets differ: {n_missing} gold mention(s) have no system row (first: {missing}) and {n_extra} system mention(s) are not in the gold (first: {extra}); write one row for every gold mention and no others, or score with strict=False to count them as neleval does"
+    E601 = "{system} vs {gold}: the mention sets differ: {n_missing} gold mention(s) have no system row (first: {missing}) and {n_extra} system mention(s) are not in the gold (first: {extra}); write one row for every gold mention and no others, or pass --lenient to `xel-cli score` (strict=False from Python) to count them as neleval does"
     E602 = "{what}: missing column(s) {missing} (has: {columns}); {fix}"
     E603 = "{what}: column '{column}' has {count} null value(s) (first in row {row}); every row needs a value"
     E604 = "{what}: document {doc_id!r} is given {count} different languages; give each doc_id exactly one lang"
@@ -77,6 +83,10 @@ class Warnings:
     W101 = "{path}: renamed {count} repeated mention id(s) to id#start-end (inputs.rename_duplicate_ids)"
     W102 = "{count} gold KB id(s) of {path} are not in the KB (e.g. {example}); those mentions cannot be linked"
     W103 = "{path}: ignoring {count} candidate row(s) whose mention_id is not among this run's mentions (e.g. {example})"
+    W104 = "{path}: skipped {count} empty or blank alias(es) (first: KB id {example}); an alias must have some text"
+    W105 = "{path}: {count} candidate row(s) repeat a (mention_id, kb_id) pair of an earlier row (first on line {line}: {example}); kept the highest score of each pair"
+    W106 = "{path}: ignoring {count} candidate row(s) whose kb_id is not in the KB (first on line {line}: {example!r})"
+    W107 = "{path}: {count} KB record(s) have no name (first on line {line}: {example!r}); took each one's first alias as its name"
     W401 = "{path}: taking over a stale lock of a run that is gone ({detail})"
     W601 = "system languages {languages} are not in the gold; they count overall only"
 
@@ -99,6 +109,8 @@ class PipelineError(click.ClickException):
     def __init__(self, code: str, **fields: object) -> None:
         template = getattr(Errors, code)
         self.code = code
+        fields.setdefault("more", "")  # "(n more line(s) like it)" where a check counts them
+        fields.setdefault("hint", "")  # an addition to the advice where one case of a code needs it
         text = template.format(**fields)
         super().__init__(f"[{code}] " + " ".join(text.split()))
 

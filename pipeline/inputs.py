@@ -18,7 +18,10 @@ import pyarrow.parquet as pq
 from pipeline import schema
 from pipeline.config import InputsConfig
 from pipeline.errors import InputError, warn
+from pipeline.fragments import FRAGMENTS_DTYPE, fragment_texts, read_fragments
+from pipeline.input_checks import check_documents, check_fields, check_mentions, check_offsets, more
 from pipeline.io import atomic_path, check_record_fields, iter_jsonl_blocks
+from pipeline.kb_records import KbRecords
 
 logger = logging.getLogger(__name__)
 
@@ -37,15 +40,9 @@ MENTION_FIELDS: dict[str, tuple[Any, bool]] = {
     "mention_type": (str, False),
     "split": (str, False),
     "named": (bool, False),
+    "fragments": (list, False),  # a discontinuous mention's parts: pipeline/fragments.py
 }
 DOC_FIELDS: dict[str, tuple[Any, bool]] = {"doc_id": (str, True), "lang": (str, False), "text": (str, True)}
-KB_FIELDS: dict[str, tuple[Any, bool]] = {
-    "kb_id": (str, True),
-    "name": (str, True),
-    "description": (str, False),
-    "type": (str, False),
-    "aliases": (list, False),
-}
 ENTITIES_ARROW = pa.schema([
     ("kb_id", pa.string()),
     ("name", pa.string()),
@@ -96,6 +93,7 @@ def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
     for block in iter_jsonl_blocks(path):
         for line, record in block:
             check_record_fields(path, line, record, MENTION_FIELDS)
+            record["fragments"] = read_fragments(path, line, record)
             has_text = record.get("text") is not None and record.get("start") is not None and record.get("end") is not None
             has_doc = record.get("doc_start") is not None and record.get("doc_end") is not None
             if not has_text and not (has_doc and docs_path is not None):
@@ -103,14 +101,18 @@ def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
             for name in MENTION_FIELDS:
                 columns[name].append(record.get(name))
             columns["line"].append(line)
-    types = {name: (pl.Int64 if spec[0] is int else pl.Boolean if spec[0] is bool else pl.String)
+    types = {name: (pl.Int64 if spec[0] is int else pl.Boolean if spec[0] is bool
+                    else FRAGMENTS_DTYPE if spec[0] is list else pl.String)
              for name, spec in MENTION_FIELDS.items()}
     frame = pl.DataFrame(columns, schema={**types, "line": pl.Int64})
+    check_fields(frame, path)
     if rename_duplicate_ids:
+        check_documents(frame, path)  # a repeated id over the same span is a copy, not a second mention
         frame = _rename_duplicates(frame, path)
     duplicate = _first_duplicate(frame["id"], frame["line"])
     if duplicate:
         raise InputError("E104", path=path, line=duplicate[2], kind="mention", record_id=duplicate[0], first_line=duplicate[1])
+    check_documents(frame, path)
     if docs_path is not None and frame["text"].null_count() > 0:
         frame = _context_from_docs(frame, read_docs(docs_path), path, docs_path, context_chars)
         from_doc = pl.col("text").is_null()
@@ -121,7 +123,7 @@ def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
         )
     else:
         frame = frame.with_columns(pl.col("text").alias("context"))
-    _check_offsets(frame, path)
+    check_offsets(fragment_texts(frame), path, fix=" (a discontinuous mention lists its parts in 'fragments')")
     return frame.select(
         pl.col("id").alias("mention_id"),
         "doc_id", "lang", "mention", "context", "start", "end",
@@ -154,33 +156,23 @@ def _context_from_docs(frame: pl.DataFrame, docs: pl.DataFrame, path: Path, docs
         row = missing.row(0, named=True)
         raise InputError("E109", path=path, line=row["line"], record_id=row["id"], doc_id=row["doc_id"], docs_path=docs_path)
     doc_length = pl.col("doc_text").str.len_chars()
-    bad = joined.filter(pl.col("text").is_null() & ((pl.col("doc_start") < 0) | (pl.col("doc_end") > doc_length)
-                                                    | (pl.col("doc_start") >= pl.col("doc_end")))).sort("line").head(1)
+    from_doc = joined.filter(pl.col("text").is_null())
+    empty = from_doc.filter(pl.col("doc_start") >= pl.col("doc_end")).sort("line")
+    if not empty.is_empty():
+        row = empty.row(0, named=True)
+        detail = "end comes before start" if row["doc_start"] > row["doc_end"] else "start equals end; end is exclusive"
+        raise InputError("E114", path=path, line=row["line"], record_id=row["id"], start=row["doc_start"],
+                         end=row["doc_end"], detail=detail, more=more(empty.height - 1))
+    bad = from_doc.filter((pl.col("doc_start") < 0) | (pl.col("doc_end") > doc_length)).sort("line")
     if not bad.is_empty():
         row = bad.row(0, named=True)
         raise InputError("E105", path=path, line=row["line"], start=row["doc_start"], end=row["doc_end"],
-                         length=len(row["doc_text"]), record_id=row["id"])
+                         length=len(row["doc_text"]), record_id=row["id"], more=more(bad.height - 1))
     window_start = pl.max_horizontal(pl.col("doc_start") - context_chars, pl.lit(0))
     window_end = pl.min_horizontal(pl.col("doc_end") + context_chars, doc_length)
     return joined.with_columns(window_start.alias("window_start")).with_columns(
         pl.col("doc_text").str.slice(pl.col("window_start"), window_end - pl.col("window_start")).alias("doc_window"),
     )
-
-
-def _check_offsets(frame: pl.DataFrame, path: Path) -> None:
-    """Offsets must fall inside the context and cover exactly the mention string."""
-    length = pl.col("context").str.len_chars()
-    outside = frame.filter((pl.col("start") < 0) | (pl.col("end") > length) | (pl.col("start") >= pl.col("end")))
-    if not outside.is_empty():
-        row = outside.sort("line").row(0, named=True)
-        raise InputError("E105", path=path, line=row["line"], start=row["start"], end=row["end"],
-                         length=len(row["context"]), record_id=row["id"])
-    covered = pl.col("context").str.slice(pl.col("start"), pl.col("end") - pl.col("start"))
-    mismatched = frame.with_columns(covered.alias("covered")).filter(pl.col("covered") != pl.col("mention"))
-    if not mismatched.is_empty():
-        row = mismatched.sort("line").row(0, named=True)
-        raise InputError("E106", path=path, line=row["line"], record_id=row["id"], mention=row["mention"],
-                         start=row["start"], end=row["end"], covered=row["covered"])
 
 
 def read_tac_mentions(gold_by_split: dict[str, Path], source_dir: Path, context_chars: int) -> pl.DataFrame:
@@ -214,13 +206,13 @@ def read_tac_mentions(gold_by_split: dict[str, Path], source_dir: Path, context_
         (pl.col("doc_start") - pl.col("window_start")).alias("start"),
         (pl.col("doc_end") - pl.col("window_start")).alias("end"),
         pl.col("mention_id").alias("id"),
+        pl.col("kb_id").alias("gold_kb_id"),
     )
     for tab_path in gold_by_split.values():
-        part = frame.filter(pl.col("tab_path") == str(tab_path))
-        _check_offsets(part, tab_path)
+        check_mentions(frame.filter(pl.col("tab_path") == str(tab_path)), tab_path, end_inclusive=True)
     return frame.select(
         "mention_id", "doc_id", "lang", "mention", "context", "start", "end", "doc_start", "doc_end", "split",
-        pl.col("kb_id").alias("gold_kb_id"), "entity_type", "mention_type",
+        "gold_kb_id", "entity_type", "mention_type",
         (pl.col("mention_type") == "NAM").alias("named"), "line",
     )
 
@@ -259,10 +251,14 @@ def load_mentions(config: InputsConfig) -> pl.DataFrame:
 
 
 def write_entities(kb_path: Path, out_path: Path) -> int:
-    """Stream the KB JSONL into `entities.parquet` block by block; returns the entity count."""
+    """Stream the KB JSONL into `entities.parquet` block by block; returns the entity count.
+
+    Records are checked by `pipeline.kb_records.KbRecords` (E102-E104, E116; W104, W107).
+    """
     ids: list[pl.Series] = []
     lines: list[pl.Series] = []
     count = 0
+    records = KbRecords(kb_path)
     with atomic_path(out_path) as temp_path:
         writer = pq.ParquetWriter(temp_path, ENTITIES_ARROW, compression="zstd")
         try:
@@ -270,20 +266,9 @@ def write_entities(kb_path: Path, out_path: Path) -> int:
                 columns: dict[str, list] = {name: [] for name in ENTITIES_ARROW.names}
                 block_lines = []
                 for line, record in block:
-                    check_record_fields(kb_path, line, record, KB_FIELDS)
-                    aliases = record.get("aliases") or []
-                    alias_texts = []
-                    for alias in aliases:
-                        text = alias.get("text") if isinstance(alias, dict) else alias if isinstance(alias, str) else None
-                        if not isinstance(text, str):
-                            raise InputError("E103", path=kb_path, line=line, field="aliases",
-                                             expected="a list of {text, lang} objects or strings", got=alias)
-                        alias_texts.append(text)
-                    columns["kb_id"].append(record["kb_id"])
-                    columns["name"].append(record["name"])
-                    columns["description"].append(record.get("description"))
-                    columns["type"].append(record.get("type"))
-                    columns["alias_texts"].append(alias_texts)
+                    entity = records.add(line, record)
+                    for column, value in zip(ENTITIES_ARROW.names, entity):
+                        columns[column].append(value)
                     block_lines.append(line)
                 writer.write_table(pa.table(columns, schema=ENTITIES_ARROW))
                 ids.append(pl.Series(columns["kb_id"], dtype=pl.String))
@@ -294,6 +279,7 @@ def write_entities(kb_path: Path, out_path: Path) -> int:
         duplicate = _first_duplicate(pl.concat(ids), pl.concat(lines))
         if duplicate:
             raise InputError("E104", path=kb_path, line=duplicate[2], kind="KB", record_id=duplicate[0], first_line=duplicate[1])
+    records.warn()
     return count
 
 

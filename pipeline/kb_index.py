@@ -40,7 +40,7 @@ from pipeline.textnorm import acronym, add_keys, content_words
 logger = logging.getLogger(__name__)
 
 # Raise when the keys (textnorm) or the index layout change: old indexes are then rebuilt.
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 # Above this many names the dense index is HNSW: exact search would cost O(names) per query.
 EXACT_DENSE_LIMIT = 200_000
 HNSW_NEIGHBOURS = 32

@@ -63,12 +63,18 @@ def best_thresholds(sweep_table: pl.DataFrame) -> dict[str, float]:
 
 
 def cluster_nils(decided: pl.DataFrame, mode: str) -> pl.DataFrame:
-    """Give NIL mentions cluster ids: by normalised mention string across documents, or one each."""
+    """Give NIL mentions cluster ids: by folded mention string across documents, or one each.
+
+    A mention whose folded string is empty is a cluster of its own in either mode.
+    """
     if mode == "singleton":
         nil_key = pl.col("mention_id")
     else:
         decided = add_keys(decided, "mention")
-        nil_key = pl.col("mention_fold")
+        # A mention whose folded string is empty (`--`, `...`) names nothing: a cluster of its own.
+        # The prefixes keep the two kinds of key apart.
+        nil_key = (pl.when(pl.col("mention_fold") == "").then(pl.concat_str(pl.lit("id:"), pl.col("mention_id")))
+                   .otherwise(pl.concat_str(pl.lit("key:"), pl.col("mention_fold"))))
     cluster = nil_key.rank("dense").over(pl.col("is_nil"))
     nil_id = pl.concat_str(pl.lit(schema.NIL_ID), cluster.cast(pl.String).str.zfill(5))
     out = decided.with_columns(pl.when(pl.col("is_nil")).then(nil_id).otherwise(pl.col("kb_id")).alias("system_id"))

@@ -10,7 +10,9 @@ followed by `start-end`, exactly as neleval's `prepare-tac15` does (its `KEY_RE`
 allows one optional space after the ':' and around the '-', and an en dash). `kb_id`
 starting with "NIL" marks an unlinked mention (NIL cluster id). Some files leave out the
 confidence column; such a file must leave it out on every line, and reads as 1.0 (the
-TAC convention neleval's older TAC reader uses).
+TAC convention neleval's older TAC reader uses). The official TAC 2015 layout may add three
+more columns after the confidence (web search, wiki text, and one unnamed); neleval's
+`prepare-tac15` reads such 11-column files and ignores the three, and so do we.
 
 Reading is vectorised: the file is split into lines once and every check runs as a polars
 expression over all lines; the first bad line is reported as one `InputError` naming the
@@ -43,6 +45,10 @@ TAB_COLUMNS = (
 )
 """The eight columns of a TAC KBP 2015 EDL line, in file order (`span` = doc_id:start-end)."""
 
+EXTRA_COLUMNS = 3
+"""Columns the 11-column TAC 2015 layout adds after the confidence (web search, wiki text,
+unknown): read and ignored, as neleval's `prepare-tac15` does."""
+
 FRAME_SCHEMA = {
     "run_id": pl.String,
     "mention_id": pl.String,
@@ -72,7 +78,7 @@ _CORPUS_LANGUAGE_RE = re.compile(CORPUS_LANGUAGE_PATTERN)
 
 _FIX_COLUMNS = (
     "check for stray or missing tabs; a line is run_id, mention_id, mention, "
-    "doc_id:start-end, kb_id, entity_type, mention_type[, confidence]"
+    "doc_id:start-end, kb_id, entity_type, mention_type[, confidence[, three ignored columns]]"
 )
 _SHOWN_VALUE_CHARS = 60
 
@@ -106,7 +112,7 @@ def read_tab(path: Path) -> pl.DataFrame:
     accepted in neleval's forms (`DOC:12-15`, also `DOC: 12 - 15` and an en dash). A
     UTF-8 BOM and CRLF line ends are accepted; one trailing newline is optional. Raises
     `InputError` E108 (missing file), E107 (no records), E110 (not UTF-8) or E112 (first
-    malformed line: wrong column count, a span that is not `doc_id:start-end`, offsets
+    malformed line: wrong column count (7, 8 or 11, as on line 1; columns 9-11 are ignored), a span that is not `doc_id:start-end`, offsets
     that overflow, end before start, a non-numeric or non-finite confidence, an empty KB
     id), each naming the file and line.
     """
@@ -127,9 +133,11 @@ def read_tab(path: Path) -> pl.DataFrame:
     if lines.is_empty() or (lines.len() == 1 and not lines[0].strip()):
         raise InputError("E107", path=path)
 
-    # Line 1 decides whether the file has the confidence column; every line must agree.
-    has_confidence = lines[0].count("\t") + 1 != len(TAB_COLUMNS) - 1
-    width = len(TAB_COLUMNS) if has_confidence else len(TAB_COLUMNS) - 1
+    # Line 1 decides the layout (7 columns: no confidence; 8; or 11: three ignored extras);
+    # every line must agree.
+    first_width = lines[0].count("\t") + 1
+    width = first_width if first_width in (len(TAB_COLUMNS) - 1, len(TAB_COLUMNS) + EXTRA_COLUMNS) else len(TAB_COLUMNS)
+    has_confidence = width != len(TAB_COLUMNS) - 1
 
     field = pl.col("fields").list
     # The span regex only validates (a DFA match, fast); offsets come from the short text

@@ -45,11 +45,40 @@ def _drop_article(folded: str) -> str:
     return _LEADING_ARTICLE.sub("", folded)
 
 
+# Combining marks that writers leave out, so folding drops them: the accents of Latin, Greek
+# and Cyrillic (the general combining blocks, Cyrillic titlo), Arabic harakat and Hebrew
+# points and cantillation. Every other mark is a letter of its script and is kept: Brahmic and
+# Southeast Asian vowel signs and viramas (राम / रोम / रीमा are three words), Japanese voicing
+# marks (か / が). Ranges of code points; only their nonspacing marks (Mn) are dropped.
+OMITTED_MARKS = (
+    (0x0300, 0x036F), (0x1AB0, 0x1AFF), (0x1DC0, 0x1DFF), (0x20D0, 0x20FF), (0xFE20, 0xFE2F),  # general
+    (0x0483, 0x0489),                                                                       # Cyrillic
+    (0x0591, 0x05C7),                                                                       # Hebrew
+    (0x0610, 0x061A), (0x064B, 0x065F), (0x0670, 0x0670), (0x06D6, 0x06ED),                 # Arabic
+)
+
+
+def _omitted(ch: str) -> bool:
+    point = ord(ch)
+    return any(low <= point <= high for low, high in OMITTED_MARKS)
+
+
 @lru_cache(maxsize=1 << 16)
 def fold(text: str) -> str:
+    """Case-folded, NFKC text with the marks writers omit dropped (`OMITTED_MARKS`) and
+    every run of characters other than letters, digits and kept marks made one space;
+    composed again (NFC), a leading article dropped. Never merges words that differ by a
+    letter of their script."""
     decomposed = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text).casefold())
-    stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-    return _drop_article(_NON_WORD.sub(" ", stripped).strip())
+    kept = []
+    for ch in decomposed:
+        category = unicodedata.category(ch)
+        if category[0] in "LN" or (category[0] == "M" and not (category == "Mn" and _omitted(ch))):
+            kept.append(ch)
+        elif category[0] != "M":
+            kept.append(" ")
+    folded = unicodedata.normalize("NFC", " ".join("".join(kept).split()))
+    return _drop_article(folded)
 
 
 @lru_cache(maxsize=1 << 16)

@@ -40,7 +40,7 @@ from pipeline.textnorm import add_keys, content_words, drop_article
 logger = logging.getLogger(__name__)
 
 STAGE = "triage"
-STAGE_VERSION = 2
+STAGE_VERSION = 3
 RECALL_AT = (1, 5, 10, 30, 100)
 # Names the n-gram index shortlists per mention string for rapidfuzz to rescore.
 FUZZY_SHORTLIST = 128
@@ -51,7 +51,8 @@ def prior_candidates(mentions: pl.DataFrame, training: pl.DataFrame) -> pl.DataF
     linked = training.filter(schema.linked_gold())
     parts = []
     for key in ("mention_fold", "mention_roman"):
-        counts = linked.group_by(key, "gold_kb_id").agg(pl.len().alias("n"))
+        # An empty key (a mention of punctuation only, `--`) is no name: it matches nothing.
+        counts = linked.filter(pl.col(key) != "").group_by(key, "gold_kb_id").agg(pl.len().alias("n"))
         priors = counts.with_columns((pl.col("n") / pl.col("n").sum().over(key)).alias("score"))
         parts.append(mentions.select("mention_id", key).join(priors, on=key)
                      .select("mention_id", pl.col("gold_kb_id").alias("kb_id"), "score"))
@@ -61,10 +62,11 @@ def prior_candidates(mentions: pl.DataFrame, training: pl.DataFrame) -> pl.DataF
 
 def kb_name_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame) -> pl.DataFrame:
     """Exact matches of the folded or the romanised mention string with a KB name or alias
-    (score 1), and of an all-capitals mention with a name's initials (`GAO`; score 0.5)."""
+    (score 1), and of an all-capitals mention with a name's initials (`GAO`; score 0.5).
+    An empty key (punctuation only: `--`, `...`) matches nothing."""
     parts = []
     for key in ("fold", "roman"):
-        parts.append(mentions.select("mention_id", pl.col(f"mention_{key}").alias("key"))
+        parts.append(mentions.select("mention_id", pl.col(f"mention_{key}").alias("key")).filter(pl.col("key") != "")
                      .join(surfaces.select(pl.col(f"surface_{key}").alias("key"), "kb_id"), on="key")
                      .select("mention_id", "kb_id", pl.lit(1.0).alias("score")))
     capitals = mentions.filter(drop_article(pl.col("mention")).str.contains(r"^[A-Z][A-Z.&]{1,7}$"))
@@ -135,8 +137,14 @@ def dense_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, encoder_con
             .with_columns(pl.lit("dense").alias("source")))
 
 
-def external_candidates(path: Path, mentions: pl.DataFrame) -> pl.DataFrame:
-    """Candidates from an outside triage: CSV or TSV with mention_id, kb_id, score (header row)."""
+def external_candidates(path: Path, mentions: pl.DataFrame, kb_ids: pl.DataFrame) -> pl.DataFrame:
+    """Candidates from an outside triage: CSV or TSV with mention_id, kb_id, score (header row).
+
+    Returns (mention_id, kb_id, score clipped to [0, 1], source). Rows of mentions not in
+    this run (W103) or of KB ids not in `kb_ids` (W106) are dropped with one warning each; a
+    repeated (mention_id, kb_id) pair is kept once, with its highest score (W105), so that an
+    outside source adds at most 1 to a candidate, as every source does. Malformed files are E112.
+    """
     separator = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
     try:
         frame = pl.read_csv(path, separator=separator, schema_overrides={"mention_id": pl.String, "kb_id": pl.String})
@@ -158,7 +166,17 @@ def external_candidates(path: Path, mentions: pl.DataFrame) -> pl.DataFrame:
         # Outside triage often covers a larger mention set than this run: warned, not refused.
         warn(logger, "W103", path=path, count=unknown.height,
              example=f"{unknown['mention_id'][0]!r} on line {unknown['line'][0]}")
+    unknown = frame.join(kb_ids, on="kb_id", how="anti")
+    if unknown.height:
+        warn(logger, "W106", path=path, count=unknown.height, line=unknown["line"][0], example=unknown["kb_id"][0])
+    repeated = frame.filter(~pl.struct("mention_id", "kb_id").is_first_distinct())
+    if repeated.height:
+        first = repeated.row(0, named=True)
+        warn(logger, "W105", path=path, count=repeated.height, line=first["line"],
+             example=f"{first['mention_id']},{first['kb_id']}")
     return (frame.with_columns(score.alias("score")).join(mentions.select("mention_id"), on="mention_id", how="semi")
+            .join(kb_ids, on="kb_id", how="semi")
+            .group_by("mention_id", "kb_id").agg(pl.col("score").max())
             .select("mention_id", "kb_id", pl.col("score").clip(0, 1), pl.lit("external").alias("source")))
 
 
@@ -261,7 +279,7 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     if triage.use_dense:
         pieces.append(dense_candidates(keyed, surfaces, config.encoder, triage, index_root, fingerprints["kb"]))
     if inputs.candidates is not None:
-        pieces.append(external_candidates(inputs.candidates, mentions))
+        pieces.append(external_candidates(inputs.candidates, mentions, entities.select("kb_id")))
     if not pieces:
         pieces.append(pl.DataFrame(schema={"mention_id": pl.String, "kb_id": pl.String, "score": pl.Float64, "source": pl.String}))
     known_ids = entities.select("kb_id")

@@ -13,7 +13,7 @@ the catalogue; see README "Bad input"):
 
 - mentions (tests/test_inputs.py): bad JSON line and a line that is not an object
   (E101), missing field (E102), four wrong types (E103), neither offsets nor doc
-  (E111), duplicate mention id (E104), three offsets outside the text and doc offsets
+  (E111), duplicate mention id (E104), two offsets outside the text and doc offsets
   outside the doc (E105), offsets not covering the mention (E106), empty and all-blank
   file (E107), missing file (E108), unknown doc (E109), non-UTF-8 (E110), BOM + CRLF
   accepted; through the CLI: E106 with file and line.
@@ -37,7 +37,13 @@ Added here: the kinds above lacked non-UTF-8 and BOM/CRLF for KB and docs, empty
 blank KB, malformed alias lists, unknown-token mentions, bad .tab lines and source
 documents, outside candidate files, config types and ranges through the CLI, damaged
 Parquet/HDF5/checkpoints/models/manifests (Parquet also with an intact footer and
-damaged data pages, including damage that makes polars panic), and a full disk.
+damaged data pages, including damage that makes polars panic), and a full disk. Issue 13
+added blank strings and empty spans, unknown splits, repeated spans (also after
+`rename_duplicate_ids`), ids a TAC file cannot hold, documents with two languages,
+discontinuous mentions (`fragments`), NFC/NFD mismatches, a mention longer than the
+context window, KB records without a name or with blank ids, names and aliases, TAC spans
+shown as the file gives them, 11-column `.tab` files, repeated outside candidates and
+unknown KB ids, and E601's `--lenient` advice.
 """
 
 from __future__ import annotations
@@ -223,13 +229,14 @@ def tac_case(tab: bytes | None = None, source: bytes | None = None, names: list[
 
 # --- outside candidates ------------------------------------------------------------------------
 
-def candidates_case(text: str, names: list[str], check=None) -> Callable[[Env], Invocation]:
+def candidates_case(text: str, names: list[str], check=None, **sections: dict) -> Callable[[Env], Invocation]:
     def build(env: Env) -> Invocation:
         path = data(env) / "outside.csv"
         path.write_text(text, encoding="utf-8")
         write_jsonl(data(env) / "mentions.jsonl", tiny_mention_records())
         write_jsonl(data(env) / "kb.jsonl", TINY_KB)
-        return Invocation(cli(env.config(inputs={"candidates": path}), "triage"), ["outside.csv", *names], "triage", check)
+        return Invocation(cli(env.config(inputs={"candidates": path}, **sections), "triage"), ["outside.csv", *names],
+                          "triage", check)
     return build
 
 
@@ -374,6 +381,112 @@ def rename_fails(env: Env) -> Invocation:
                       [str(run_dir / "evaluate" / "scores.parquet"), "cannot write"], "evaluate")
 
 
+# --- issue 13: inputs that used to break a later stage or skew its result --------------------
+
+def record(mention_id: str, doc_id: str, text: str, surface: str, **extra) -> dict:
+    """A test-split NIL mention of `surface` in `text` (offsets computed), fields overridable."""
+    start = text.index(surface)
+    return {"id": mention_id, "doc_id": doc_id, "lang": "en", "text": text, "start": start,
+            "end": start + len(surface), "mention": surface, "gold_kb_id": "NIL", "split": "test", **extra}
+
+
+TINY_LINES = len(tiny_mention_records())  # extra records start on the line after these
+
+
+def mentions_case(extra: Callable[[], list[dict]], names: list[str], check=None, kb: list | None = None,
+                  **sections: dict) -> Callable[[Env], Invocation]:
+    """The tiny mentions plus `extra` (from line TINY_LINES + 1), triaged."""
+    def build(env: Env) -> Invocation:
+        write_jsonl(data(env) / "mentions.jsonl", tiny_mention_records() + extra())
+        write_jsonl(data(env) / "kb.jsonl", TINY_KB if kb is None else kb)
+        named = ["mentions.jsonl", *names] if names else []
+        return Invocation(cli(env.config(**sections), "triage"), named, "triage", check)
+    return build
+
+
+def extra_line(offset: int = 1) -> str:
+    return f"mentions.jsonl:{TINY_LINES + offset}:"
+
+
+def no_exact_match(mention_ids: list[str], warning: str) -> Callable[[Path, str], None]:
+    def check(run_dir: Path, output: str) -> None:
+        assert warning in output, output
+        candidates = pl.read_parquet(run_dir / "triage" / "candidates.parquet").filter(
+            pl.col("mention_id").is_in(mention_ids))
+        assert not candidates.filter(pl.col("sources").list.contains("kb_name")
+                                     | pl.col("sources").list.contains("prior")).height, candidates
+    return check
+
+
+def entity_named(kb_id: str, name: str, warning: str) -> Callable[[Path, str], None]:
+    def check(run_dir: Path, output: str) -> None:
+        assert warning in output, output
+        entities = pl.read_parquet(run_dir / "triage" / "entities.parquet")
+        assert entities.filter(pl.col("kb_id") == kb_id)["name"].to_list() == [name]
+    return check
+
+
+RU_TEXT = "Он стал чемпионом мира и Европы, а потом чемпион мира и Европы уехал."
+CHAMPION = RU_TEXT.index("чемпион мира")
+EUROPE = RU_TEXT.index("Европы", CHAMPION)
+
+
+def discontinuous(**extra) -> dict:
+    """`чемпион Европы` over `чемпион мира и Европы` (a brat-style discontinuous mention)."""
+    return {**record("ru-9", "ru-d9", RU_TEXT, "чемпион мира и Европы", lang="ru"), "mention": "чемпион Европы", **extra}
+
+
+def covering_span_kept(run_dir: Path, output: str) -> None:
+    row = pl.read_parquet(run_dir / "triage" / "mentions.parquet").filter(pl.col("mention_id") == "ru-9").row(0, named=True)
+    assert (row["mention"], row["start"], row["end"]) == ("чемпион Европы", CHAMPION, EUROPE + len("Европы"))
+
+
+LONG_NAME = "Nordic Association of Independent Regional Coastal Ferry and Harbour Operators and Licensed Pilots"
+
+
+def long_mention(env: Env) -> Invocation:
+    """A mention of more sub-words than max_context_tokens = 16 holds: encoded, finite."""
+    write_jsonl(data(env) / "mentions.jsonl",
+                tiny_mention_records() + [record("en-long", "en-d9", f"The {LONG_NAME} met on Monday.", LONG_NAME)])
+    write_jsonl(data(env) / "kb.jsonl", TINY_KB)
+    from transformers import AutoTokenizer
+    assert len(AutoTokenizer.from_pretrained(env.encoder).tokenize(LONG_NAME)) > 16  # the case is what it claims
+    config = env.config(encoder={"max_context_tokens": 16})
+    assert CliRunner().invoke(main, cli(config, "--quiet", "triage")).exit_code == 0
+
+    def check(run_dir: Path, output: str) -> None:
+        with h5py.File(run_dir / "encode" / "vectors.h5", "r") as handle:
+            assert "en-long" in [v.decode() for v in handle["mentions"]["id"][:]]
+            assert np.isfinite(handle["mentions"]["name"][:]).all()
+    return Invocation(cli(config, "encode"), [], "encode", check)
+
+
+def external_kept_once(run_dir: Path, output: str) -> None:
+    assert "outside.csv: 2 candidate row(s) repeat" in output and "kept the highest score" in output, output
+    candidates = pl.read_parquet(run_dir / "triage" / "candidates.parquet").filter(
+        (pl.col("mention_id") == "en-8") & (pl.col("kb_id") == "Q1"))
+    assert candidates.select("score", "sources").rows() == [(0.8, ["external"])]
+
+
+def unknown_kb_warned(run_dir: Path, output: str) -> None:
+    assert "outside.csv: ignoring 1 candidate row(s) whose kb_id is not in the KB (first on line 3: 'Q404')" in output
+    assert "Q404" not in pl.read_parquet(run_dir / "triage" / "candidates.parquet")["kb_id"].to_list()
+
+
+def tab_extra_columns(line: str) -> str:
+    return line + "\thttp://example.org/search\twiki text\t0"
+
+
+def mismatched_tab_files(env: Env) -> Invocation:
+    """`xel-cli score` on files whose mention sets differ: E601 names the --lenient flag."""
+    gold = data(env) / "gold.tab"
+    system = data(env) / "system.tab"
+    lines = [tac_line("Barack Obama"), tac_line("Paris", "Q4", "EDL_2")]
+    gold.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    system.write_text(lines[0] + "\n", encoding="utf-8")
+    return Invocation(["score", str(gold), str(system)], ["system.tab", "--lenient"])
+
+
 # --- the catalogue -------------------------------------------------------------------------
 
 TRIAGE = ["triage", "--force"]
@@ -459,6 +572,82 @@ CASES = [
     # writing
     Case("disk-full-while-writing", "disk full", "E406", disk_full),
     Case("disk-full-at-rename-keeps-old-output", "disk full", "E406", rename_fails),
+    # issue 13: mentions
+    Case("mention-blank-string", "mentions", "E103",
+         mentions_case(lambda: [{**record("x-1", "x-d1", "Paris is big.", " "), "mention": " "}],
+                       [extra_line(), "'mention'", "non-blank"])),
+    Case("mention-no-break-space", "mentions", "E103",
+         mentions_case(lambda: [record("x-1", "x-d1", "Paris\u00a0is big.", "\u00a0")], [extra_line(), "'mention'"])),
+    Case("mention-empty-string-empty-span", "mentions", "E103",
+         mentions_case(lambda: [{**record("x-1", "x-d1", "Paris is big today.", "Paris"), "start": 5, "end": 5,
+                                 "mention": ""}], [extra_line(), "'mention'", "non-blank"])),
+    Case("mention-empty-span", "mentions", "E114",
+         mentions_case(lambda: [{**record("x-1", "x-d1", "Paris is big today.", "Paris"), "start": 5, "end": 5}],
+                       [extra_line(), "5-5", "cover no character", "empty span"])),
+    Case("mention-punctuation-only-accepted", "mentions", None,
+         mentions_case(lambda: [record("x-1", "x-d1", "He said -- nothing.", "--"),
+                                record("x-2", "x-d2", "Then ... silence.", "...")], [],
+                       no_exact_match(["x-1", "x-2"], "kb.jsonl: skipped 1 empty or blank alias(es) (first: KB id 'Q9')"),
+                       kb=TINY_KB + [{"kb_id": "Q9", "name": "--", "aliases": [""]}])),
+    Case("mention-unknown-split", "mentions", "E103",
+         mentions_case(lambda: [record("x-1", "x-d1", "Paris is big.", "Paris", split="dev2")],
+                       [extra_line(), "'split'", "'dev2'", "'train', 'dev' or 'test'"])),
+    Case("mention-same-span-twice", "mentions", "E115",
+         mentions_case(lambda: [{**tiny_mention_records()[6], "id": "en-7-copy", "gold_kb_id": "NIL"}],
+                       [extra_line(), "'en-7-copy'", "'en-7' on line 7", "en-d4:4-18", "gold 'Q5' there, 'NIL' here"])),
+    Case("mention-same-span-renamed-duplicate-id", "mentions", "E115",
+         mentions_case(lambda: [tiny_mention_records()[6]], [extra_line(), "'en-7' on line 7"],
+                       inputs={"rename_duplicate_ids": True})),
+    Case("mention-doc-id-with-spaces", "mentions", "E116",
+         mentions_case(lambda: [record("x-1", "AFP 2015 en-d08", "Paris is big.", "Paris"),
+                                record("x-2", "AFP 2015 en-d08", "Paris is big.", "big")],
+                       [extra_line(), "'AFP 2015 en-d08'", "whitespace", "1 more line(s)"])),
+    Case("mention-id-with-tab", "mentions", "E116",
+         mentions_case(lambda: [record("x\t1", "x-d1", "Paris is big.", "Paris")], [extra_line(), "tab or line break"])),
+    Case("mention-document-with-two-languages", "mentions", "E117",
+         mentions_case(lambda: [record("x-1", "en-d4", "Nueva York es grande.", "Nueva York", lang="es")],
+                       [extra_line(), "'en-d4'", "'es'", "line 7 says 'en'"])),
+    Case("mention-discontinuous-fragments-accepted", "mentions", None,
+         mentions_case(lambda: [discontinuous(fragments=[[CHAMPION, CHAMPION + len("чемпион")],
+                                                         [EUROPE, EUROPE + len("Европы")]])], [], covering_span_kept)),
+    Case("mention-discontinuous-without-fragments", "mentions", "E106",
+         mentions_case(lambda: [discontinuous(), {**discontinuous(), "id": "ru-10", "doc_id": "ru-d10"}],
+                       [extra_line(), "'чемпион Европы'", "fragments", "1 more line(s) like it"])),
+    Case("mention-overlapping-fragments", "mentions", "E118",
+         mentions_case(lambda: [discontinuous(fragments=[[CHAMPION, EUROPE], [EUROPE - 2, EUROPE + len("Европы")]])],
+                       [extra_line(), "'ru-9'", "starts before the previous one ends"])),
+    Case("mention-nfd-string-nfc-text", "mentions", "E106",
+         mentions_case(lambda: [{**record("x-1", "x-d1", "Bogotá es grande.", "Bogotá"), "mention": "Bogota\u0301"}],
+                       [extra_line(), "differ only by Unicode normalisation"])),
+    Case("mention-longer-than-context-window-accepted", "mentions", None, long_mention),
+    # issue 13: KB
+    Case("kb-blank-name", "KB", "E103", kb_case(lambda: kb_with(3, name="  "), ["kb.jsonl:3:", "'name'", "non-blank"])),
+    Case("kb-empty-kb-id", "KB", "E103", kb_case(lambda: kb_with(2, kb_id=""), ["kb.jsonl:2:", "'kb_id'"])),
+    Case("kb-id-with-line-break", "KB", "E116", kb_case(lambda: kb_with(2, kb_id="Q\n2"), ["kb.jsonl:2:", "KB id"])),
+    Case("kb-no-name-first-alias-taken", "KB", None,
+         mentions_case(lambda: [], [], entity_named("Q3", "Москва", "kb.jsonl: 1 KB record(s) have no name (first on line 3: 'Q3')"),
+                       kb=[r if r["kb_id"] != "Q3" else {k: v for k, v in r.items() if k != "name"} for r in TINY_KB])),
+    Case("kb-no-name-no-alias", "KB", "E102",
+         kb_case(lambda: jsonl_bytes([*TINY_KB[:1], {"kb_id": "Q2", "aliases": [""]}]), ["kb.jsonl:2:", "'name'", "alias"])),
+    # issue 13: TAC
+    Case("tab-offsets-shown-as-the-file-says", "TAC .tab", "E106",
+         tac_case(tab=(tac_line("Barack Obama").replace("Barack Obama", "Barack Obam", 1) + "\n").encode(),
+                  names=["train.tab:1:", f"{TAC_DOC.index('Barack')}-{TAC_DOC.index('Barack') + 11} (end inclusive)"])),
+    Case("tab-same-span-twice", "TAC .tab", "E115",
+         tac_case(tab=(tac_line("Barack Obama") + "\n" + tac_line("Barack Obama", "NIL1", "EDL_9") + "\n").encode(),
+                  names=["train.tab:2:", "'EDL_1' on line 1",
+                         f"ENG_NW_0001:{TAC_DOC.index('Barack')}-{TAC_DOC.index('Barack') + 11}"])),
+    Case("tab-eleven-columns-accepted", "TAC .tab", None,
+         tac_case(tab=(tab_extra_columns(tac_line("Barack Obama")) + "\n"
+                       + tab_extra_columns(tac_line("Paris", "Q4", "EDL_2")) + "\n").encode())),
+    # issue 13: outside candidates
+    Case("candidates-repeated-rows-kept-once", "outside candidates", None,
+         candidates_case("mention_id,kb_id,score\nen-8,Q1,0.8\nen-8,Q1,0.8\nen-8,Q1,0.5\n", [], external_kept_once,
+                         triage={"use_dense": False})),
+    Case("candidates-unknown-kb-id-warned", "outside candidates", None,
+         candidates_case("mention_id,kb_id,score\nen-1,Q1,0.9\nen-1,Q404,0.8\n", [], unknown_kb_warned)),
+    # issue 13: scoring
+    Case("score-mention-sets-differ", "scoring", "E601", mismatched_tab_files),
 ]
 
 
