@@ -35,6 +35,8 @@ class Errors:
     E202 = "{path}: invalid TOML ({detail})"
     E203 = "{where}: {field} = {value!r} is invalid: {reason}"
     E204 = "{path}: unknown section [{section}]; known sections: {known}"
+    # E220-E239: friction fixes (doc_languages.tsv of `xel-cli score`, progress)
+    E220 = "{path}:{line}: {detail}; a languages file is the header `doc_id<TAB>lang` and one `doc_id<TAB>lang` line per document"
 
     # E3xx: schemas of stage outputs and artifacts
     E301 = "{path}: missing column '{column}' (has: {columns}); re-run the stage that writes it"
@@ -78,6 +80,7 @@ class Warnings:
     W103 = "{path}: ignoring {count} candidate row(s) whose mention_id is not among this run's mentions (e.g. {example})"
     W401 = "{path}: taking over a stale lock of a run that is gone ({detail})"
     W601 = "system languages {languages} are not in the gold; they count overall only"
+    W220 = "{count} document(s) of {path} have no language (e.g. {example!r}): their id does not say and no languages file lists them, so they count as 'unknown'; give `xel-cli score --languages FILE` (doc_id<TAB>lang lines) or put doc_languages.tsv beside the gold file"
 
 
 def warn(logger: logging.Logger, code: str, **fields: object) -> str:

@@ -54,6 +54,7 @@ from pathlib import Path
 
 import polars as pl
 
+from . import doc_languages
 from .errors import InputError, SchemaError, warn
 from .tac import language_expr, read_tab
 
@@ -121,10 +122,28 @@ def score_files(
     mention_languages: pl.DataFrame | None = None,
     *,
     strict: bool = True,
+    languages_path: Path | None = None,
 ) -> dict:
-    """`score` two TAC KBP 2015 `.tab` files (read with `read_tab`); errors name the files."""
+    """`score` two TAC KBP 2015 `.tab` files (read with `read_tab`); errors name the files.
+
+    Document languages: `mention_languages` if given, else the `doc_id<TAB>lang` file
+    `languages_path`, else `doc_languages.tsv` beside the gold file when there is one
+    (evaluate writes it; see `pipeline.doc_languages`), else the doc ids alone. Gold
+    documents left without a language are warned about once (W220).
+    """
     gold = read_tab(Path(gold_path))
     system = read_tab(Path(system_path))
+    if mention_languages is None:
+        languages_path = languages_path or doc_languages.beside(Path(gold_path))
+        if languages_path is not None:
+            logger.info("document languages from %s", languages_path)
+            mention_languages = doc_languages.read_doc_languages(languages_path)
+    unknown = gold.select(pl.col("doc_id").unique(maintain_order=True)).filter(language_expr(pl.col("doc_id")).is_null())
+    if mention_languages is not None and "doc_id" in mention_languages.columns:
+        unknown = unknown.join(mention_languages.select(pl.col("doc_id").cast(pl.String)), on="doc_id", how="anti")
+    unknown = unknown["doc_id"]
+    if unknown.len():
+        warn(logger, "W220", count=unknown.len(), path=gold_path, example=unknown[0])
     return _score(
         gold, system, mention_languages, strict=strict, gold_name=str(gold_path), system_name=str(system_path)
     )
