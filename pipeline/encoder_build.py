@@ -37,6 +37,7 @@ import numpy as np
 
 from pipeline import e5_tokenizer
 from pipeline.errors import ConfigError
+from pipeline.progress import silence_library_bars
 
 logger = logging.getLogger(__name__)
 
@@ -419,6 +420,7 @@ def _build_folder(weights_path: Path, out_dir: Path) -> None:
         _bad_file(weights_path, f"tensors do not fit BertModel ({err})")
     del state_dict
     model.eval()
+    silence_library_bars()  # its "Writing model shards" bar: carriage returns in a redirected log
     model.save_pretrained(out_dir, safe_serialization=True)
     del model
 
