@@ -116,7 +116,7 @@ def dense_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, encoder_con
 
     encoder = load_encoder(encoder_config)
     def embed(texts: list[str]) -> np.ndarray:
-        with progress_counter(len(texts), "dense triage", "names") as progress:
+        with progress_counter(len(texts), "dense triage", "strings") as progress:
             return embed_texts(encoder, [config.dense_prefix + t for t in texts], encoder_config.max_name_tokens,
                                encoder_config.batch_tokens, progress)
 
