@@ -123,7 +123,7 @@ def _echo_result(result) -> None:
     if result.stage == "train":
         click.echo(f"train: best dev linking accuracy {result.summary['best_dev_accuracy']:.4f} at epoch {result.summary['best_epoch']}")
     if result.stage == "evaluate":
-        from pipeline.scoring import format_table
+        from pipeline.score_table import format_table
 
         metrics = result.summary["metrics"]
         thresholds = ", ".join(f"{k}={v:.2f}" for k, v in sorted(metrics["thresholds"].items()))
@@ -291,7 +291,8 @@ def experiment(config_path: Path, overrides: tuple[str, ...], run_dir: Path | No
                                  "language; default: doc_languages.tsv beside GOLD, which evaluate writes.")
 def score(gold: Path, system: Path, as_json: bool, lenient: bool, languages_path: Path | None) -> None:
     """Score a TAC KBP 2015 EDL system file against a gold file (neleval's measures)."""
-    from pipeline.scoring import format_table, score_files
+    from pipeline.score_table import format_table
+    from pipeline.scoring import score_files
 
     report = score_files(gold, system, strict=not lenient, languages_path=languages_path)
     click.echo(json.dumps(report, indent=2) if as_json else format_table(report))

@@ -28,7 +28,8 @@ from pipeline.features import RankerInputs, candidate_matrix, gold_rows, load_in
 from pipeline.io import (atomic_path, collect_checked, scan_parquet_checked, write_json_atomic, write_parquet_atomic,
                          write_text_atomic)
 from pipeline.nil import best_thresholds, cluster_nils, decide, sweep
-from pipeline.scoring import MICRO_AVERAGE, format_table, score
+from pipeline.score_table import format_table
+from pipeline.scoring import MICRO_AVERAGE, score
 from pipeline.stage import StageResult, invalidate, is_up_to_date, stage_key, upstream_key, write_manifest
 from pipeline.doc_languages import FILE_NAME as DOC_LANGUAGES_FILE, write_doc_languages
 from pipeline.tac import write_tab

@@ -20,7 +20,8 @@ import polars as pl
 import pytest
 
 from pipeline.errors import InputError, SchemaError
-from pipeline.scoring import CLUSTER_MEASURES, MEASURES, MICRO_AVERAGE, SET_MEASURES, format_table, score, score_files
+from pipeline.score_table import format_table
+from pipeline.scoring import CLUSTER_MEASURES, MEASURES, MICRO_AVERAGE, SET_MEASURES, score, score_files
 from pipeline.tac import language_expr, language_of_doc, read_tab, write_tab
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
