@@ -127,7 +127,7 @@ def _echo_result(result) -> None:
     if result.stage == "train":
         click.echo(f"train: best dev linking accuracy {result.summary['best_dev_accuracy']:.4f} at epoch {result.summary['best_epoch']}")
     if result.stage == "evaluate":
-        from pipeline.scoring import format_table
+        from pipeline.score_table import format_table
 
         metrics = result.summary["metrics"]
         thresholds = ", ".join(f"{k}={v:.2f}" for k, v in sorted(metrics["thresholds"].items()))
@@ -292,11 +292,15 @@ def experiment(config_path: Path, overrides: tuple[str, ...], run_dir: Path | No
 @click.argument("system", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--lenient", is_flag=True, help="Allow different mention sets and count them as neleval does.")
-def score(gold: Path, system: Path, as_json: bool, lenient: bool) -> None:
+@click.option("--languages", "languages_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="doc_id<TAB>lang file (header line `doc_id<TAB>lang`) giving each document's "
+                                 "language; default: doc_languages.tsv beside GOLD, which evaluate writes.")
+def score(gold: Path, system: Path, as_json: bool, lenient: bool, languages_path: Path | None) -> None:
     """Score a TAC KBP 2015 EDL system file against a gold file (neleval's measures)."""
-    from pipeline.scoring import format_table, score_files
+    from pipeline.score_table import format_table
+    from pipeline.scoring import score_files
 
-    report = score_files(gold, system, strict=not lenient)
+    report = score_files(gold, system, strict=not lenient, languages_path=languages_path)
     click.echo(json.dumps(report, indent=2) if as_json else format_table(report))
 
 

@@ -30,7 +30,8 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.scoring import MEASURES, MICRO_AVERAGE, format_table, score, score_files  # noqa: E402
+from pipeline.score_table import format_table  # noqa: E402
+from pipeline.scoring import MEASURES, MICRO_AVERAGE, score, score_files  # noqa: E402
 from pipeline.tac import read_tab, write_tab  # noqa: E402
 
 LANGUAGES = ("en", "es", "it", "nl")

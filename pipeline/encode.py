@@ -33,7 +33,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import polars as pl
-from tqdm.auto import tqdm
 
 from pipeline import schema
 from pipeline.config import EncoderConfig, RunConfig, to_dict
@@ -43,6 +42,7 @@ from pipeline.errors import CacheError, ConfigError, SchemaError
 from pipeline.io import atomic_path, collect_checked, scan_parquet_checked, write_json_atomic
 from pipeline.vectors import (NAME_PAIRS, VECTORS, name_pairs_key, read_name_pair_vectors, read_vectors,
                               write_name_pair_vectors, write_vectors)
+from pipeline.progress import progress as progress_counter
 from pipeline.stage import (StageResult, invalidate, is_up_to_date, library_versions, read_manifest_file, stage_key,
                             upstream_key, write_manifest)
 
@@ -259,7 +259,7 @@ def encode_in_chunks(encoder: LoadedEncoder, table: UnitTable, settings: Encoder
     if resumed:
         logger.info("resuming encode at chunk %d/%d (%d of %d texts already encoded in %s)",
                     resumed, len(chunks), done_texts, len(table.units), work_dir)
-    with tqdm(total=len(table.units), initial=done_texts, unit="text", desc="encode", disable=None) as progress:
+    with progress_counter(len(table.units), "encode", "texts", initial=done_texts) as progress:
         for index in range(resumed, len(chunks)):
             save_chunk(paths[index], encode_chunk(encoder, table, chunks[index], settings.name_layer,
                                                   settings.batch_tokens, progress))

@@ -20,6 +20,7 @@ import torch
 
 from pipeline.config import EncoderConfig
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.progress import silence_library_bars
 
 logger = logging.getLogger(__name__)
 
@@ -125,10 +126,9 @@ def pick_device(setting: str) -> torch.device:
 
 def load_encoder(config: EncoderConfig) -> LoadedEncoder:
     from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as transformers_logging
 
-    # Our own progress bar covers encoding; the loader's bars would only add noise.
-    transformers_logging.disable_progress_bar()
+    # Our own progress lines cover encoding; the loader's bars would only add noise.
+    silence_library_bars()
     path = resolve_encoder_path(config.name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
@@ -244,7 +244,8 @@ def forward_units(encoder: LoadedEncoder, units: list[np.ndarray], spans: list[l
 
 
 @torch.inference_mode()
-def embed_texts(encoder: LoadedEncoder, texts: list[str], max_tokens: int, batch_tokens: int) -> np.ndarray:
+def embed_texts(encoder: LoadedEncoder, texts: list[str], max_tokens: int, batch_tokens: int,
+                progress=None) -> np.ndarray:
     """Unit-length mean-pooled top-layer vectors of short texts (names), (len(texts), H).
 
     This is the sentence-embedding pooling multilingual retrieval models are trained with
@@ -261,4 +262,6 @@ def embed_texts(encoder: LoadedEncoder, texts: list[str], max_tokens: int, batch
             top = encoder.model(input_ids=input_ids, attention_mask=mask).last_hidden_state  # (B, T, H)
         summed = (top.float() * mask[..., None]).sum(dim=1) / mask.sum(dim=1, keepdim=True)
         vectors[batch] = torch.nn.functional.normalize(summed, dim=-1).cpu().numpy()
+        if progress is not None:
+            progress.update(len(batch))
     return vectors

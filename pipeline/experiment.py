@@ -46,12 +46,12 @@ from pathlib import Path
 
 import polars as pl
 import torch
-from tqdm.auto import tqdm
 
 from pipeline import schema, subrun, triage
 from pipeline.config import RunConfig
 from pipeline.errors import CacheError, ConfigError
 from pipeline.io import scan_parquet_checked, write_parquet_atomic, write_text_atomic
+from pipeline.progress import track
 from pipeline.stage import StageResult
 from pipeline.vectors import VECTORS, read_vector_ids
 
@@ -271,10 +271,8 @@ def run(config: RunConfig, experiment: ExperimentConfig) -> StageResult:
     results: list[dict] = []
     trained = 0
     seconds = 0.0
-    progress = tqdm(pairs, desc="experiment", unit="model", disable=None)
-    for model, seed in progress:
+    for model, seed in track(pairs, "experiment", "sub-runs", postfix=lambda pair: f"{pair[0].folder} seed {pair[1]}"):
         folder = sub_run_dir(config.run_dir, model, seed)
-        progress.set_postfix_str(f"{model.folder} seed {seed}")
         sources = dict(shared)
         sections = {"evaluate": evaluation,
                     "train": dataclasses.replace(config.train, train_languages=model.train_languages,
@@ -296,7 +294,6 @@ def run(config: RunConfig, experiment: ExperimentConfig) -> StageResult:
                      "sub_run": str(folder.relative_to(config.run_dir))} for language, score in scores.items()]
         # Rewritten after every sub-run, so a killed experiment leaves its partial tables.
         finished = write_outputs(out_dir, cells, results, languages, seeds, experiment, config, seconds)
-    progress.close()
     return StageResult(STAGE, out_dir, skipped=False, seconds=time.time() - started,
                        counts={"sub_runs": len(pairs), "trained": trained, "cell_values": finished.height},
                        summary={"tables": out_dir / "tables.md"})

@@ -54,6 +54,7 @@ from pathlib import Path
 
 import polars as pl
 
+from . import doc_languages
 from .errors import InputError, SchemaError, warn
 from .tac import language_expr, read_tab
 
@@ -121,10 +122,28 @@ def score_files(
     mention_languages: pl.DataFrame | None = None,
     *,
     strict: bool = True,
+    languages_path: Path | None = None,
 ) -> dict:
-    """`score` two TAC KBP 2015 `.tab` files (read with `read_tab`); errors name the files."""
+    """`score` two TAC KBP 2015 `.tab` files (read with `read_tab`); errors name the files.
+
+    Document languages: `mention_languages` if given, else the `doc_id<TAB>lang` file
+    `languages_path`, else `doc_languages.tsv` beside the gold file when there is one
+    (evaluate writes it; see `pipeline.doc_languages`), else the doc ids alone. Gold
+    documents left without a language are warned about once (W220).
+    """
     gold = read_tab(Path(gold_path))
     system = read_tab(Path(system_path))
+    if mention_languages is None:
+        languages_path = languages_path or doc_languages.beside(Path(gold_path))
+        if languages_path is not None:
+            logger.info("document languages from %s", languages_path)
+            mention_languages = doc_languages.read_doc_languages(languages_path)
+    unknown = gold.select(pl.col("doc_id").unique(maintain_order=True)).filter(language_expr(pl.col("doc_id")).is_null())
+    if mention_languages is not None and "doc_id" in mention_languages.columns:
+        unknown = unknown.join(mention_languages.select(pl.col("doc_id").cast(pl.String)), on="doc_id", how="anti")
+    unknown = unknown["doc_id"]
+    if unknown.len():
+        warn(logger, "W220", count=unknown.len(), path=gold_path, example=unknown[0])
     return _score(
         gold, system, mention_languages, strict=strict, gold_name=str(gold_path), system_name=str(system_path)
     )
@@ -459,36 +478,3 @@ def _measures(totals: dict) -> dict:
 def _counts(totals: dict) -> dict:
     names = ("gold_mentions", "system_mentions", "gold_nil", "system_nil", "matched_mentions")
     return {name: int(totals[name]) for name in names}
-
-
-def format_table(report: dict) -> str:
-    """Plain-text table of a `score` report: one row per measure, P/R/F1 per group.
-
-    Groups are "overall" then each language. The KBP2010 micro-average (an accuracy) is
-    shown in the F1 column; the last rows give the gold and system mention counts.
-    """
-    groups = {OVERALL: report[OVERALL], **report["by_language"]}
-    counts = {OVERALL: report["counts"][OVERALL], **report["counts"]["by_language"]}
-    label_width = max(len(name) for name in (*MEASURES, MICRO_AVERAGE, "system mentions"))
-    cell = 7
-
-    def row(label: str, cells: list[str]) -> str:
-        return (label.ljust(label_width) + "  " + "  ".join(cells)).rstrip()
-
-    group_cells = [name.center(3 * cell + 4) for name in groups]
-    lines = [
-        row("", group_cells),
-        row("measure", ["  ".join(header.rjust(cell) for header in ("P", "R", "F1")) for _ in groups]),
-    ]
-    for measure in MEASURES:
-        cells = []
-        for measures in groups.values():
-            values = measures[measure]
-            cells.append("  ".join(f"{values[key]:.4f}".rjust(cell) for key in ("precision", "recall", "f1")))
-        lines.append(row(measure, cells))
-    micro = [" " * (2 * cell + 4) + f"{measures[MICRO_AVERAGE]['micro_average']:.4f}".rjust(cell)
-             for measures in groups.values()]
-    lines.append(row(MICRO_AVERAGE, micro))
-    for label, key in (("gold mentions", "gold_mentions"), ("system mentions", "system_mentions")):
-        lines.append(row(label, [str(counts[name][key]).rjust(3 * cell + 4) for name in groups]))
-    return "\n".join(lines)

@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from tqdm.auto import tqdm
 
 from pipeline import subrun
 from pipeline.config import RunConfig, to_dict
 from pipeline.errors import ConfigError
 from pipeline.io import write_parquet_atomic, write_text_atomic
+from pipeline.progress import track
 from pipeline.stage import StageResult, read_manifest
 
 logger = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def run(config: RunConfig, search: SearchConfig) -> StageResult:
     stage_sources = subrun.run_shared_stages(config)
     dev_evaluation = dataclasses.replace(config.evaluate, eval_split="dev", tune_split="dev", languages=())
     rows, trained = [], 0
-    for trial in tqdm(range(search.trials), desc="search", unit="trial", disable=None):
+    for trial in track(range(search.trials), "search", "trials", postfix=lambda trial: f"trial {trial}"):
         settings = draw_settings(search.seed, trial)
         folder = trial_dir(config.run_dir, search.seed, trial)
         sub_config = subrun.prepare(config, folder, stage_sources,

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from tqdm.auto import tqdm
 
 from pipeline import distributed, schema
 from pipeline.config import RunConfig, TrainConfig, to_dict
@@ -34,6 +33,7 @@ from pipeline.features import RankerInputs, candidate_matrix, gold_rows, load_in
 from pipeline.inputs import read_name_pairs
 from pipeline.io import collect_checked, scan_parquet_checked, write_parquet_atomic
 from pipeline.model_file import MODEL, save_torch
+from pipeline.progress import progress as progress_counter
 from pipeline.ranker import NameMatching, NearestNeighbour, Ranker, RankerShape, hinge_loss
 from pipeline.stage import StageResult, invalidate, is_up_to_date, stage_key, upstream_key, write_manifest
 
@@ -394,8 +394,7 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
     # A run killed after its early-stop checkpoint has finished training: train no further.
     stopped = train_config.patience > 0 and stale_epochs >= train_config.patience
     last_epoch = start_epoch - 1 if stopped else train_config.epochs
-    progress = tqdm(total=train_config.epochs, initial=start_epoch - 1, unit="epoch", desc="train",
-                    disable=None if world.is_main else True)
+    progress = progress_counter(train_config.epochs, "train", "epochs", initial=start_epoch - 1, enabled=world.is_main)
     epoch = start_epoch - 1
     for epoch in range(start_epoch, last_epoch + 1):
         epoch_loss, pair_loss = train_epoch(trained, optimizer, inputs, train_rows, train_matrix_tensor,

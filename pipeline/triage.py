@@ -35,6 +35,7 @@ from pipeline.io import atomic_path, file_fingerprint, write_json_atomic, write_
 from pipeline.stage import StageResult, invalidate, is_up_to_date, stage_key, write_manifest
 from pipeline.kb_index import dense_index, kb_entities, name_ngrams, names_index
 from pipeline.ngram_index import NgramIndex
+from pipeline.progress import progress as progress_counter
 from pipeline.textnorm import add_keys, content_words, drop_article
 
 logger = logging.getLogger(__name__)
@@ -116,8 +117,11 @@ def dense_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, encoder_con
     from pipeline.encoder import embed_texts, encoder_identity, load_encoder, resolve_encoder_path
 
     encoder = load_encoder(encoder_config)
-    embed = lambda texts: embed_texts(  # noqa: E731
-        encoder, [config.dense_prefix + t for t in texts], encoder_config.max_name_tokens, encoder_config.batch_tokens)
+    def embed(texts: list[str]) -> np.ndarray:
+        with progress_counter(len(texts), "dense triage", "strings") as progress:
+            return embed_texts(encoder, [config.dense_prefix + t for t in texts], encoder_config.max_name_tokens,
+                               encoder_config.batch_tokens, progress)
+
     settings = {"encoder": encoder_identity(resolve_encoder_path(encoder_config.name)), "prefix": config.dense_prefix,
                 "max_name_tokens": encoder_config.max_name_tokens}
     names = surfaces.select("surface", "kb_id")  # unique already (kb_index.keyed_surfaces)

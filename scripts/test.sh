@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m pytest -q "$@"
+# -rs: every skipped test prints its reason (a missing data set, package or GPU).
+exec .venv/bin/python -m pytest -q -rs "$@"

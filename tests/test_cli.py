@@ -32,8 +32,8 @@ STAGE_OUTPUTS = {
     "triage": ["mentions.parquet", "entities.parquet", "candidates.parquet", "report.json", "manifest.json"],
     "encode": ["vectors.h5", "manifest.json"],
     "train": ["model.pt", "history.parquet", "checkpoints/last.pt", "manifest.json"],
-    "evaluate": ["scores.parquet", "predictions.parquet", "system.tab", "gold.tab", "metrics.json", "report.md",
-                 "sweep.parquet", "thresholds.png", "manifest.json"],
+    "evaluate": ["scores.parquet", "predictions.parquet", "system.tab", "gold.tab", "doc_languages.tsv", "metrics.json",
+                 "report.md", "sweep.parquet", "thresholds.png", "manifest.json"],
 }
 TEST_MENTIONS = [r["id"] for r in tiny_mention_records() if r["split"] == "test"]
 
@@ -322,6 +322,31 @@ def test_score_prints_the_documented_json(tmp_path: Path) -> None:
     assert mismatch.exit_code == 2 and "Error: [E601]" in mismatch.output
     lenient = succeeded(invoke("score", gold, system, "--json", "--lenient"))
     assert json.loads(lenient.stdout)["overall"][MICRO_AVERAGE]["micro_average"] == pytest.approx(1 / 3)
+
+
+def test_score_on_the_run_own_tab_files_keeps_the_languages(base_run: dict, tmp_path: Path) -> None:
+    # The tiny doc ids (en-d1, ru-d3, ...) do not say their language; doc_languages.tsv does.
+    evaluate_dir = base_run["run_dir"] / "evaluate"
+    metrics = json.loads((evaluate_dir / "metrics.json").read_text(encoding="utf-8"))
+    assert set(metrics["by_language"]) == {"en", "es", "ru"}
+    assert (evaluate_dir / "doc_languages.tsv").read_text(encoding="utf-8").splitlines()[:3] == [
+        "doc_id\tlang", "en-d4\ten", "es-d3\tes"]
+    report = json.loads(succeeded(invoke("score", evaluate_dir / "gold.tab", evaluate_dir / "system.tab", "--json")).stdout)
+    assert report["by_language"] == metrics["by_language"] and report["overall"] == metrics["overall"]
+    table = succeeded(invoke("score", evaluate_dir / "gold.tab", evaluate_dir / "system.tab")).stdout
+    assert [line.split()[0] for line in table.split("\n\n")[0].splitlines()[1:]] == ["overall", "en", "es", "ru"]
+
+    # Copied without the side file: 'unknown', with a warning that says what to give.
+    for name in ("gold.tab", "system.tab"):
+        shutil.copy(evaluate_dir / name, tmp_path / name)
+    alone = succeeded(invoke("score", tmp_path / "gold.tab", tmp_path / "system.tab", "--json"))
+    assert set(json.loads(alone.stdout)["by_language"]) == {"unknown"}
+    assert "[W220] 4 document(s)" in alone.stderr and "--languages" in alone.stderr
+    shutil.copy(evaluate_dir / "doc_languages.tsv", tmp_path / "languages.tsv")
+    given = succeeded(invoke("score", tmp_path / "gold.tab", tmp_path / "system.tab", "--json",
+                             "--languages", tmp_path / "languages.tsv"))
+    assert json.loads(given.stdout)["by_language"] == metrics["by_language"]
+    assert "W220" not in given.stderr
 
 
 def test_train_resumes_from_its_checkpoint(base_run: dict, run_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:

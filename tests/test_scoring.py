@@ -20,7 +20,8 @@ import polars as pl
 import pytest
 
 from pipeline.errors import InputError, SchemaError
-from pipeline.scoring import MEASURES, MICRO_AVERAGE, format_table, score, score_files
+from pipeline.score_table import format_table
+from pipeline.scoring import CLUSTER_MEASURES, MEASURES, MICRO_AVERAGE, SET_MEASURES, score, score_files
 from pipeline.tac import language_expr, language_of_doc, read_tab, write_tab
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -391,12 +392,37 @@ def test_mention_languages_by_document():
         score(gold.drop("kb_id"), gold)
 
 
-def test_format_table_lists_every_measure_and_group():
+def test_format_table_lists_every_measure_and_group_within_100_columns():
     gold = _synthetic_gold(70, n=200)
-    table = format_table(score(gold, _perturb(gold, 71)))
+    report = score(gold, _perturb(gold, 71))
+    table = format_table(report)
     lines = table.splitlines()
-    assert all(any(line.startswith(measure) for line in lines) for measure in (*MEASURES, MICRO_AVERAGE))
-    assert all(name in lines[0] for name in ("overall", *LANGUAGES))
+    assert max(len(line) for line in lines) <= 100
+    # Three blocks (F1, precision, recall), each a head row and one row per group.
+    groups = ["overall", *sorted(LANGUAGES)]
+    blocks = [block.splitlines() for block in table.split("\n\n")[:3]]
+    assert [block[0].split()[0] for block in blocks] == ["F1", "precision", "recall"]
+    assert [[row.split()[0] for row in block[1:]] for block in blocks] == [groups] * 3
+    f1_head, overall_f1 = blocks[0][0].split(), blocks[0][1].split()
+    assert f1_head[1:] == ["micro", "link", "nil", "all", "t-link", "t-nil", "t-all", "B³", "B³+", "gold", "system"]
+    assert overall_f1[1] == f"{report['overall'][MICRO_AVERAGE]['micro_average']:.4f}"
+    assert overall_f1[2:10] == [f"{report['overall'][measure]['f1']:.4f}" for measure in MEASURES]
+    assert overall_f1[10:] == ["200", "200"]
+    recall_es = blocks[2][groups.index("es") + 1].split()
+    assert recall_es[1:] == [f"{report['by_language']['es'][measure]['recall']:.4f}" for measure in MEASURES]
+    # The legend names every measure as neleval does.
+    legend = table.split("\n\n")[3]
+    assert all(name in legend for name in (*SET_MEASURES[:3], "strong_typed_*", *CLUSTER_MEASURES, MICRO_AVERAGE))
+
+
+def test_format_table_stays_narrow_for_seven_languages():
+    languages = ["ar", "en", "es", "it", "nl", "ru", "zh"]
+    gold = pl.DataFrame({"mention_id": [f"m{i}" for i in range(14)], "doc_id": [f"meantime:{languages[i % 7]}:d{i}" for i in range(14)],
+                         "start": [0] * 14, "end": [4] * 14, "kb_id": ["E1", "NIL1"] * 7, "entity_type": ["PER"] * 14,
+                         "mention_type": ["NAM"] * 14, "confidence": [1.0] * 14})  # fmt: skip
+    table = format_table(score(gold, gold))
+    assert max(len(line) for line in table.splitlines()) <= 100
+    assert [line.split()[0] for line in table.split("\n\n")[0].splitlines()[1:]] == ["overall", *languages]
 
 
 def test_language_of_doc_scalar_and_column_agree():
