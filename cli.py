@@ -82,7 +82,7 @@ def config_options(function=None, *, force: bool = True):
 
 
 def _load(config_path: Path | None, overrides: tuple[str, ...], run_dir: Path | None):
-    from pipeline.config import load_config
+    from pipeline.config_file import load_config
     from pipeline.errors import ConfigError
 
     if config_path is None:

@@ -414,7 +414,7 @@ def test_no_config_is_a_coded_error_not_the_demo(tmp_path: Path, monkeypatch: py
 
 
 def test_default_run_folder_sits_beside_the_config(make_run_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.config import load_config
+    from pipeline.config_file import load_config
 
     config_path = make_run_config(run_dir=None)
     assert "run_dir" not in config_path.read_text(encoding="utf-8")

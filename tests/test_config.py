@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import RunConfig, load_config
+from pipeline.config import RunConfig
+from pipeline.config_file import load_config
 from pipeline.errors import ConfigError
 
 BASE = '''name = "cfg"

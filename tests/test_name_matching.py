@@ -18,7 +18,7 @@ from click.testing import CliRunner, Result
 from cli import main
 from conftest import write_run_config
 from pipeline.stage import read_manifest
-from pipeline.config import build_config
+from pipeline.config_file import build_config
 from pipeline.errors import ConfigError, InputError
 from pipeline.inputs import read_name_pairs
 from pipeline.ranker import NameMatching, Ranker, RankerShape

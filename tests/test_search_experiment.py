@@ -19,7 +19,7 @@ from click.testing import CliRunner, Result
 from cli import main
 from conftest import write_run_config
 from pipeline.stage import read_manifest as manifest
-from pipeline.config import load_config
+from pipeline.config_file import load_config
 from pipeline.experiment import (PAPER_FEATURES, TABLE_1_COLUMNS, ExperimentConfig, Model, format_cell, plan,
                                  sub_runs)
 from pipeline.search import SEARCH_SPACE, LogUniform, draw_settings

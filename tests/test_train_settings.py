@@ -20,7 +20,7 @@ from click.testing import CliRunner, Result
 from cli import main
 from conftest import tiny_mention_records, write_run_config
 from pipeline.stage import read_manifest
-from pipeline.config import build_config
+from pipeline.config_file import build_config
 from pipeline.errors import ConfigError
 from pipeline.evaluate import candidate_order, predict
 from pipeline.train import training_rows

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import TINY_KB, write_jsonl
 from pipeline import schema
-from pipeline.config import load_config
+from pipeline.config_file import load_config
 from pipeline.errors import InputError
 from pipeline.triage import recall_report, run
 
