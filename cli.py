@@ -173,6 +173,7 @@ def encode(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, 
     import os
 
     from pipeline import encode as encode_stage
+    from pipeline.encode_shards import parse_shard, shard_from_environment
 
     if merge and shard_text is not None:
         raise click.UsageError("--shard and --merge exclude each other: run the shards first, then --merge once.")
@@ -180,9 +181,9 @@ def encode(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, 
     if merge:
         shard = None
     elif shard_text is not None:
-        shard = encode_stage.parse_shard(shard_text)
+        shard = parse_shard(shard_text)
     else:
-        shard = encode_stage.shard_from_environment(os.environ)
+        shard = shard_from_environment(os.environ)
     # Shards of one run write separate files at the same time, so they take no run lock.
     with _holding(config, "encode", lock=shard is None):
         _echo_result(encode_stage.run(config, force=force, shard=shard, merge=merge))

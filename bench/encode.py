@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.config import EncoderConfig  # noqa: E402
 from pipeline.config_file import load_config  # noqa: E402
-from pipeline.encode import chunk_units, encode_in_chunks, plan_units  # noqa: E402
+from pipeline.encode_chunks import chunk_units, encode_in_chunks  # noqa: E402
+from pipeline.encode_plan import plan_units  # noqa: E402
 from pipeline.encoder import LoadedEncoder, length_batches, load_encoder, pick_device, token_span  # noqa: E402
 from pipeline.inputs import load_mentions  # noqa: E402
 

@@ -3,12 +3,13 @@
 One module for the writer and every reader, so the format lives in one place. Rows are
 keyed by the `id` dataset of their group (`/mentions`, `/entities`, `/names`); readers
 join by id, never by row order. The encoder's identity, the pooling and the meaning of each
-axis are the file's attributes (see `encode.vector_attributes`).
+axis are the file's attributes (`vector_attributes`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -16,6 +17,10 @@ import numpy as np
 from pipeline.errors import CacheError, SchemaError
 from pipeline.io import atomic_path, file_fingerprint
 from pipeline.stage import stage_key
+
+if TYPE_CHECKING:
+    from pipeline.config import RunConfig
+    from pipeline.encoder import LoadedEncoder
 
 VECTORS = "vectors.h5"
 NAME_PAIRS = "name_pairs.h5"
@@ -26,6 +31,16 @@ NAME_PAIRS_VERSION = 1
 def _ids(dataset: h5py.Dataset) -> list[str]:
     """An HDF5 string dataset as Python strings (h5py gives bytes for variable-length UTF-8)."""
     return [value.decode() if isinstance(value, bytes) else value for value in dataset[:]]
+
+
+def vector_attributes(encoder: LoadedEncoder, config: RunConfig, key: str) -> dict[str, object]:
+    """What vectors.h5 says about itself: the encoder, the pooling, the axes and the stage key."""
+    return {
+        "encoder": encoder.name, "encoder_path": encoder.path, "encoder_identity": encoder.identity,
+        "name_layer": config.encoder.name_layer, "name_pooling": "max over the span's sub-words",
+        "context_pooling": "first token of the top layer", "max_context_tokens": config.encoder.max_context_tokens,
+        "axis_0": "row i belongs to id[i]", "axis_1": "hidden unit", "key": key,
+    }
 
 
 def write_vectors(path: Path, attributes: dict[str, object], store_float16: bool,

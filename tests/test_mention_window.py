@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from pipeline.config import EncoderConfig
-from pipeline.encode import UnitTable, plan_mentions
+from pipeline.encode_plan import UnitTable, plan_mentions
 from pipeline.encoder import forward_units, load_encoder, mention_window
 
 MAX_CONTEXT_TOKENS = 16
