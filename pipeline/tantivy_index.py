@@ -2,11 +2,12 @@
 
 Each romanised name, padded with a space at each end, is a tantivy document tokenised by
 tantivy's n-gram tokenizer into its four-grams (the same four-grams as
-`ngram_index.ngram_codes`), with its row as a fast field. A query looks up its
+`bench/ngram_index.py`'s `ngram_codes`), with its row as a fast field. A query looks up its
 `lookup_ngrams` rarest four-grams (document frequency from the index) as one disjunction;
 tantivy ranks the names holding any of them by BM25 (block-max WAND, so the long postings
 of a name's common four-grams are mostly skipped) and returns the `top_n` best, which the
-caller rescores with a string similarity, as for `ngram_index.NgramIndex`.
+caller rescores with a string similarity. It replaced our own four-gram postings
+(`bench/ngram_index.py`, kept as the baseline `bench/triage_scale.py` measures it against).
 
 Indexed by one writer thread, so documents keep row order on every build and BM25 ties
 fall the same way on every run; in a single segment (up to millions of names under the
