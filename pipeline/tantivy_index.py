@@ -80,12 +80,10 @@ class TantivyNameIndex:
 
     @classmethod
     def load(cls, folder: Path) -> TantivyNameIndex:
+        """The index `build` wrote into `folder` (memory-mapped: loading reads nothing yet)."""
         index = tantivy.Index.open(str(folder / INDEX_FOLDER))
         _register_tokenizer(index)
         return cls(index, index.searcher().num_docs)
-
-    def save(self, folder: Path) -> None:
-        """Nothing to do: an index built with a folder is written there by `build`."""
 
     def shortlist(self, texts: pl.Series, top_n: int, lookup_ngrams: int = 6) -> pl.DataFrame:
         """Up to `top_n` names per text by BM25 over its `lookup_ngrams` rarest four-grams:
