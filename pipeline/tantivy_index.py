@@ -23,6 +23,8 @@ import numpy as np
 import polars as pl
 import tantivy
 
+from pipeline.errors import CacheError
+
 NGRAM_SIZE = 4
 TOKENIZER = "ngram4"
 INDEX_FOLDER = "tantivy"
@@ -60,22 +62,31 @@ class TantivyNameIndex:
     @classmethod
     def build(cls, names: pl.Series, folder: Path | None = None) -> TantivyNameIndex:
         """Index romanised names (nulls as empty) into `folder/tantivy/`, or in memory when
-        `folder` is None (a small index built per run)."""
-        path = None
-        if folder is not None:
-            path = folder / INDEX_FOLDER
-            path.mkdir(parents=True, exist_ok=True)
-        index = tantivy.Index(_schema(), path=None if path is None else str(path), reuse=False)
-        _register_tokenizer(index)
-        writer = index.writer(heap_size=WRITER_HEAP_BYTES, num_threads=1)
-        for row, name in enumerate(names.fill_null("").to_list()):
-            document = tantivy.Document()
-            document.add_text("name", f" {name} ")
-            document.add_unsigned("row", row)
-            writer.add_document(document)
-        writer.commit()
-        writer.wait_merging_threads()
-        index.reload()
+        `folder` is None (a small index built per run).
+
+        Raises `CacheError` E406 when the folder cannot be written (a full disk): the caller
+        builds into a temporary folder, so nothing half-written is ever taken as an index."""
+        path = None if folder is None else folder / INDEX_FOLDER
+        try:
+            if path is not None:
+                path.mkdir(parents=True, exist_ok=True)
+            index = tantivy.Index(_schema(), path=None if path is None else str(path), reuse=False)
+            _register_tokenizer(index)
+            writer = index.writer(heap_size=WRITER_HEAP_BYTES, num_threads=1)
+            for row, name in enumerate(names.fill_null("").to_list()):
+                document = tantivy.Document()
+                document.add_text("name", f" {name} ")
+                document.add_unsigned("row", row)
+                writer.add_document(document)
+            writer.commit()
+            writer.wait_merging_threads()
+            index.reload()
+        # tantivy reports a failed write (an io::Error in its writer thread) as ValueError.
+        except (OSError, ValueError) as exc:
+            if path is None and isinstance(exc, ValueError):
+                raise
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+            raise CacheError("E406", path=path, detail=detail) from None
         return cls(index, len(names))
 
     @classmethod

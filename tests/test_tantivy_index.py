@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
+import pytest
 
+from pipeline.errors import CacheError
 from pipeline.tantivy_index import TantivyNameIndex, padded_ngrams
 
 NAMES = pl.Series(["barack obama", "michelle obama", "airbus", "airbus group", "boeing", "", None, "new york city",
@@ -58,3 +60,9 @@ def test_saved_index_loads_and_shortlists_the_same(tmp_path: Path) -> None:
 def test_an_empty_index_shortlists_nothing() -> None:
     index = TantivyNameIndex.build(pl.Series([], dtype=pl.String))
     assert index.shortlist(pl.Series(["obama"]), top_n=5).height == 0
+
+
+def test_an_unwritable_index_folder_is_a_cache_error(tmp_path: Path) -> None:
+    (tmp_path / "tantivy").write_text("a file where the index folder goes")
+    with pytest.raises(CacheError, match=r"E406.*tantivy"):
+        TantivyNameIndex.build(NAMES, tmp_path)
