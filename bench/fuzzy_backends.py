@@ -37,6 +37,8 @@ class Bm25sNameIndex:
     def __init__(self, names: pl.Series) -> None:
         import bm25s
 
+        # Token ids given, not text: bm25s's own tokenizer splits words, and the four-grams
+        # must be the ones the other indexes see.
         rows, codes = ngram_codes(names)
         self.vocabulary, token_ids = np.unique(codes, return_inverse=True)
         bounds = np.searchsorted(rows, np.arange(len(names) + 1))
