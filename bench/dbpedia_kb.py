@@ -58,8 +58,9 @@ def titles_and_redirects() -> tuple[pl.DataFrame, pl.DataFrame]:
     return title_frame, redirect_frame
 
 
-def dbpedia_entities(known: pl.DataFrame | None = None) -> pl.DataFrame:
-    """KB rows (kb_id, name, aliases) of every non-redirect title.
+def dbpedia_entities(known: pl.DataFrame | None = None, max_titles: int | None = None) -> pl.DataFrame:
+    """KB rows (kb_id, name, aliases) of every non-redirect title (of the first `max_titles`
+    titles in the package's order when given: a smaller KB for trying things out).
 
     `known` (kb_id, name) are entities of another KB that the titles should join rather
     than duplicate: a title whose spelling (lower-cased, `_` for space) equals a known
@@ -67,6 +68,8 @@ def dbpedia_entities(known: pl.DataFrame | None = None) -> pl.DataFrame:
     the titles are added as they are. Other titles get `enwiki:<title>` ids.
     """
     titles, redirects = titles_and_redirects()
+    if max_titles is not None:
+        titles = titles.head(max_titles)
     redirected = redirects.select(pl.col("alias").alias("title"))
     canonical = titles.join(redirected, on="title", how="anti")
     aliases = (redirects.join(canonical, on="title", how="semi")

@@ -9,8 +9,8 @@ new key removes the folders of older keys.
 
 - `entities`: the KB file as `entities.parquet`; triage copies it into its own folder.
 - `names`: every KB name and alias (`surfaces.parquet`: surface, kb_id and its keys)
-  and a character n-gram index over the content words of their distinct romanised keys
-  (row i of the index = row i of `roman_keys.parquet`).
+  and a tantivy four-gram index over the content words of their distinct romanised keys
+  (`tantivy/`; document i of the index = row i of `roman_keys.parquet`).
 - `dense`: the configured encoder's vectors of the distinct surfaces and a FAISS
   inner-product index over them: exact (flat) up to `EXACT_DENSE_LIMIT` names, HNSW above.
 """
@@ -34,13 +34,15 @@ import polars as pl
 from pipeline.errors import InputError
 from pipeline.inputs import write_entities
 from pipeline.io import atomic_path, write_parquet_atomic
-from pipeline.ngram_index import NgramIndex
+from pipeline.tantivy_index import TantivyNameIndex
 from pipeline.textnorm import acronym, add_keys, content_words
 
 logger = logging.getLogger(__name__)
 
 # Raise when the keys (textnorm) or the index layout change: old indexes are then rebuilt.
-INDEX_VERSION = 2
+# 2: folding keeps script letters (vowel signs, viramas); 3: the fuzzy index is tantivy's
+# (was our own four-gram postings, ngrams.npz).
+INDEX_VERSION = 3
 # Above this many names the dense index is HNSW: exact search would cost O(names) per query.
 EXACT_DENSE_LIMIT = 200_000
 HNSW_NEIGHBOURS = 32
@@ -65,12 +67,14 @@ def keyed_surfaces(entities: pl.DataFrame) -> pl.DataFrame:
 class KbNames:
     surfaces: pl.DataFrame
     roman_keys: pl.Series
-    ngrams: NgramIndex
+    ngrams: TantivyNameIndex
 
 
-def name_ngrams(roman_keys: pl.Series) -> NgramIndex:
-    """The n-gram index of romanised names, on their content words (as fuzzy matching scores them)."""
-    return NgramIndex.build(roman_keys.to_frame().select(content_words(pl.col(roman_keys.name))).to_series())
+def name_ngrams(roman_keys: pl.Series, folder: Path | None = None) -> TantivyNameIndex:
+    """The four-gram index of romanised names, on their content words (as fuzzy matching
+    scores them), written into `folder` or, when None, kept in memory."""
+    return TantivyNameIndex.build(roman_keys.to_frame().select(content_words(pl.col(roman_keys.name))).to_series(),
+                                  folder)
 
 
 def index_key(kb_fingerprint: str, part: str, settings: dict) -> str:
@@ -112,13 +116,13 @@ def names_index(entities: pl.DataFrame, root: Path, kb_fingerprint: str) -> KbNa
         surfaces = keyed_surfaces(entities)
         roman_keys = surfaces.select(pl.col("surface_roman").unique().sort()).filter(pl.col("surface_roman") != "")
         logger.info("indexing %d distinct names of %d surface forms", roman_keys.height, surfaces.height)
-        name_ngrams(roman_keys["surface_roman"]).save(folder)
+        name_ngrams(roman_keys["surface_roman"], folder)
         write_parquet_atomic(surfaces, folder / "surfaces.parquet")
         write_parquet_atomic(roman_keys, folder / "roman_keys.parquet")
 
     folder = _cached(root, index_key(kb_fingerprint, "names", {}), build)
     return KbNames(pl.read_parquet(folder / "surfaces.parquet"),
-                   pl.read_parquet(folder / "roman_keys.parquet")["surface_roman"], NgramIndex.load(folder))
+                   pl.read_parquet(folder / "roman_keys.parquet")["surface_roman"], TantivyNameIndex.load(folder))
 
 
 @dataclass(frozen=True)

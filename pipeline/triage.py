@@ -5,8 +5,8 @@ Sources, each switchable and recorded per candidate:
   folded and by the romanised mention string;
 - `kb_name`: exact match of the folded or romanised string with a KB name or alias, and
   of an all-capitals mention with a name's initials;
-- `fuzzy`: a character n-gram index shortlists KB names, aliases and training surface
-  forms, and rapidfuzz rescores the shortlist;
+- `fuzzy`: a character four-gram index (tantivy, BM25) shortlists KB names, aliases and
+  training surface forms, and rapidfuzz rescores the shortlist;
 - `dense`: nearest KB names by cosine of the run encoder's mean-pooled name vectors,
   from a FAISS index, which crosses scripts where romanisation cannot (`奥巴马` ->
   `Barack Obama`);
@@ -34,8 +34,8 @@ from pipeline.inputs import check_gold_in_kb, load_mentions
 from pipeline.io import atomic_path, file_fingerprint, write_json_atomic, write_parquet_atomic
 from pipeline.stage import StageResult, invalidate, is_up_to_date, stage_key, write_manifest
 from pipeline.kb_index import dense_index, kb_entities, name_ngrams, names_index
-from pipeline.ngram_index import NgramIndex
 from pipeline.progress import progress as progress_counter
+from pipeline.tantivy_index import TantivyNameIndex
 from pipeline.textnorm import add_keys, content_words, drop_article
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 STAGE = "triage"
 STAGE_VERSION = 3
 RECALL_AT = (1, 5, 10, 30, 100)
-# Names the n-gram index shortlists per mention string for rapidfuzz to rescore.
+# Names the four-gram index shortlists per mention string for rapidfuzz to rescore.
 FUZZY_SHORTLIST = 128
 
 
@@ -80,11 +80,12 @@ def kb_name_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame) -> pl.Dat
             .with_columns(pl.lit("kb_name").alias("source")))
 
 
-def fuzzy_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, roman_keys: pl.Series, ngrams: NgramIndex,
+def fuzzy_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, roman_keys: pl.Series, ngrams: TantivyNameIndex,
                      k: int, min_score: float) -> pl.DataFrame:
     """Fuzzy matches of each distinct romanised mention string among the indexed names.
 
-    The n-gram index shortlists `FUZZY_SHORTLIST` names per string; rapidfuzz's WRatio
+    The four-gram index shortlists `FUZZY_SHORTLIST` names per string (any object with
+    `shortlist(texts, top_n)` -> query, name rows, as the bench's other indexes); rapidfuzz's WRatio
     rescores the shortlisted pairs, and the `4 * k` best at or above `min_score` are kept.
     `roman_keys[i]` is the name at row i of `ngrams`; `surfaces` maps surface_roman to kb_id.
     """

@@ -41,6 +41,7 @@ import torch
 from conftest import write_run_config
 from pipeline.stage import read_manifest as manifest
 from pipeline.io import CRASH_AT, CRASH_POINTS
+from pipeline.tantivy_index import INDEX_FOLDER, TantivyNameIndex
 
 STAGES = ("triage", "encode", "train", "evaluate")
 # Small chunks so the tiny run's 20 distinct texts make 5 encode chunks.
@@ -194,6 +195,18 @@ def assert_same_output(path: Path, reference: Path) -> None:
         assert path.read_bytes() == reference.read_bytes(), path
 
 
+def assert_same_tantivy_index(folder: Path, reference_folder: Path) -> None:
+    """A tantivy index (files named by random segment ids) shortlists as the reference does,
+    queried with its own names, each less its second letter."""
+    names = pl.read_parquet(reference_folder.parent / "roman_keys.parquet")["surface_roman"]
+    queries = names.str.slice(0, 1) + names.str.slice(2)
+    one, two = (TantivyNameIndex.load(f.parent) for f in (folder, reference_folder))
+    assert one.n_names == two.n_names > 0, folder
+    shortlist = two.shortlist(queries, top_n=5)
+    assert shortlist["query"].n_unique() > len(names) // 2
+    assert one.shortlist(queries, top_n=5).equals(shortlist), folder
+
+
 def assert_whole(path: Path) -> None:
     """A file under a final name that the reference lacks (a chunk, a checkpoint) loads completely."""
     if path.suffix == ".npz":
@@ -241,10 +254,14 @@ def test_killed_stage_reruns_to_the_uninterrupted_result(crash: Crash, reference
         name = str(path.relative_to(stage_dir))
         if not path.is_file() or path.name.endswith(".tmp") or name == "manifest.json":
             continue
+        if INDEX_FOLDER in path.parts and "kb-index" in path.parts:  # compared as a whole below
+            continue
         if name in finished_outputs or "kb-index" in path.parts:  # an output, or a finished KB index folder
             assert_same_output(path, reference_dir / name)
         else:
             assert_whole(path)
+    for folder in sorted(stage_dir.glob(f"kb-index/names-*/{INDEX_FOLDER}")):
+        assert_same_tantivy_index(folder, reference_dir / folder.relative_to(stage_dir))
     saved_chunks = sorted(stage_dir.glob("work-*/chunk-*.npz"))
     checkpoint = stage_dir / "checkpoints" / "last.pt"
     checkpoint_epoch = torch.load(checkpoint, weights_only=False)["epoch"] if checkpoint.is_file() else None

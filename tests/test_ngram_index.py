@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline.ngram_index import N_CODES, NgramIndex, ngram_codes
+from bench.ngram_index import N_CODES, NgramIndex, ngram_codes
 
 NAMES = pl.Series(["barack obama", "michelle obama", "airbus", "airbus group", "boeing", "", None, "new york city",
                    "new york", "york"])

@@ -1,5 +1,8 @@
 """A character n-gram index that shortlists fuzzy name matches among millions of names.
 
+Triage's fuzzy index until tantivy's replaced it (`pipeline/tantivy_index.py`); kept here
+as the baseline that `bench/triage_scale.py` measures the library against.
+
 It indexes romanised keys (`textnorm.romanise`: lower-case `a-z`, `0-9` and spaces), so
 a four-gram is a number below 37**4, and the index is one posting list per n-gram: the
 sorted rows of the names holding it (CSR layout: `offsets`, `name_rows`). Trigrams are
