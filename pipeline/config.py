@@ -225,9 +225,17 @@ class EvaluateConfig:
     # §7.2: re-order each mention's ten best-scored candidates by how often each was the
     # gold entity of a training mention (ties keep score order); see pipeline.evaluate.
     popularity_rerank: bool = False
+    # Who decides NIL (pipeline/nil_choice.py): "threshold" (the paper's per-language
+    # thresholds), "classifier" (a logistic regression over the ranker's and triage's
+    # evidence, fitted on the tuning split), or "auto" (the better of the two in a 5-fold
+    # cross-validation over the tuning split). The classifier needs 10 NILs there, else
+    # thresholds decide (W604).
+    nil_method: str = "auto"
 
     def __post_init__(self) -> None:
         where = "[evaluate]"
+        _check(where, "nil_method", self.nil_method, self.nil_method in ("threshold", "classifier", "auto"),
+               "use threshold, classifier or auto")
         _check(where, "threshold_mode", self.threshold_mode, self.threshold_mode in ("dev", "fixed"), "use dev or fixed")
         _check(where, "nil_clustering", self.nil_clustering, self.nil_clustering in ("name", "singleton"),
                "use name or singleton")

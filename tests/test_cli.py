@@ -33,7 +33,7 @@ STAGE_OUTPUTS = {
     "encode": ["vectors.h5", "manifest.json"],
     "train": ["model.pt", "history.parquet", "checkpoints/last.pt", "manifest.json"],
     "evaluate": ["scores.parquet", "predictions.parquet", "system.tab", "gold.tab", "metrics.json", "report.md",
-                 "sweep.parquet", "thresholds.png", "manifest.json"],
+                 "sweep.parquet", "thresholds.png", "nil.json", "analysis.parquet", "confusions.parquet", "manifest.json"],
 }
 TEST_MENTIONS = [r["id"] for r in tiny_mention_records() if r["split"] == "test"]
 

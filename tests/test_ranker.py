@@ -227,11 +227,23 @@ def test_sweep_and_best_thresholds_on_a_hand_made_case() -> None:
     assert micro("es", -1.0) == 1.0 and micro("es", 1.0) == pytest.approx(1 / 2)
     assert micro("ru", 0.9) == 0.0 and micro("ru", 0.91) == 1.0
 
+    # The middle of each language's flat optimum: en [0.21, 0.6], es [-1, 0.9], ru [0.91, 1].
     thresholds = best_thresholds(table)
-    assert thresholds == {"en": pytest.approx(0.21), "es": pytest.approx(-1.0), "ru": pytest.approx(0.91)}
+    assert thresholds == {"en": pytest.approx(0.405), "es": pytest.approx(-0.05), "ru": pytest.approx(0.955)}
 
     decided = decide(tuning_table(), thresholds, default=-1.0)
-    assert decided["kb_id"].to_list() == ["Q1", "NIL", "Q4", "NIL", "Q1", "NIL", "NIL", "NIL"]
+    assert decided["kb_id"].to_list() == ["Q1", "NIL", "NIL", "NIL", "Q1", "NIL", "NIL", "NIL"]
+
+
+def test_best_thresholds_takes_the_middle_of_the_widest_flat_optimum() -> None:
+    # Two runs at the best micro-average 0.9: [-0.5, -0.4] and [0.1, 0.5]; the wider one wins.
+    table = pl.DataFrame({"lang": "en", "threshold": [-0.6, -0.5, -0.4, 0.0, 0.1, 0.3, 0.5, 0.7],
+                          "micro_average": [0.8, 0.9, 0.9, 0.7, 0.9, 0.9, 0.9, 0.6]})
+    assert best_thresholds(table) == {"en": pytest.approx(0.3)}
+    # A single best point is its own middle.
+    single = table.with_columns(pl.when(pl.col("threshold") == 0.7).then(1.0).otherwise(pl.col("micro_average"))
+                                .alias("micro_average"))
+    assert best_thresholds(single) == {"en": pytest.approx(0.7)}
 
 
 def test_sweep_of_nothing_is_empty() -> None:
