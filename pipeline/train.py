@@ -29,7 +29,7 @@ from pipeline import distributed, schema
 from pipeline.config import RunConfig, TrainConfig, to_dict
 from pipeline.distributed import World, sum_over_ranks
 from pipeline.encode import NAME_PAIRS, name_pairs_key, read_name_pair_vectors
-from pipeline.errors import CacheError, InputError
+from pipeline.errors import CacheError, InputError, warn
 from pipeline.features import RankerInputs, candidate_matrix, gold_rows, load_inputs, score_candidates
 from pipeline.inputs import read_name_pairs
 from pipeline.io import atomic_path, collect_checked, scan_parquet_checked, write_parquet_atomic
@@ -264,7 +264,12 @@ def _save(payload: dict, path: Path) -> None:
         torch.save(payload, temp_path)
 
 
-def _load_checkpoint(path: Path, key: str) -> dict | None:
+def _load_checkpoint(path: Path, key: str, shape: RankerShape) -> dict | None:
+    """The checkpoint to resume from, or None when there is none or it is of other inputs or settings.
+
+    A checkpoint of this run's key whose ranker architecture differs from `shape` (or whose
+    weights do not fit it) cannot be resumed: E505, rather than silently starting over.
+    """
     if not path.exists():
         return None
     try:
@@ -274,6 +279,11 @@ def _load_checkpoint(path: Path, key: str) -> dict | None:
     if checkpoint.get("key") != key:
         logger.info("ignoring checkpoint %s: it belongs to other inputs or settings", path)
         return None
+    saved = checkpoint.get("shape")
+    if saved is not None and saved != dataclasses.asdict(shape):
+        differ = sorted(k for k in set(saved) | set(dataclasses.asdict(shape))
+                        if saved.get(k) != dataclasses.asdict(shape).get(k))
+        raise CacheError("E505", path=path, detail=f"it differs in {', '.join(differ)}")
     return checkpoint
 
 
@@ -367,9 +377,12 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
     history: list[dict] = []
     best = {"score": -math.inf, "epoch": 0, "state": None}
     start_epoch = 1
-    checkpoint = _load_checkpoint(checkpoint_path, key)
+    checkpoint = _load_checkpoint(checkpoint_path, key, shape)
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
+        try:
+            model.load_state_dict(checkpoint["model"])
+        except RuntimeError as exc:  # missing, unexpected or mis-sized weights
+            raise CacheError("E505", path=checkpoint_path, detail=str(exc).splitlines()[0]) from None
         optimizer.load_state_dict(checkpoint["optimizer"])
         generator.set_state(checkpoint["generator"])
         torch.set_rng_state(checkpoint["torch_rng"])
@@ -390,6 +403,8 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
         if not world.is_main:
             torch.manual_seed(train_config.seed + 100_003 * world.rank + start_epoch)
 
+    if len(dev_rows) == 0 and world.is_main:
+        warn(logger, "W501")
     train_matrix_tensor = torch.from_numpy(train_matrix)
     train_gold_tensor = torch.from_numpy(train_gold)
     # As the loop counts it: epochs from the best to the last evaluated one (not to the last
@@ -412,6 +427,7 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
         # Only rank 0 evaluates, keeps the best state and writes checkpoints; its stop decision is broadcast.
         if world.is_main and (epoch % train_config.eval_every == 0 or epoch == train_config.epochs):
             record["dev_accuracy"] = linking_accuracy(model, inputs, dev_rows, dev_matrix, dev_gold)
+            # Without dev mentions the best epoch is the one of lowest training loss (W501).
             score = record["dev_accuracy"] if not math.isnan(record["dev_accuracy"]) else -record["loss"]
             if score > best["score"]:
                 best = {"score": score, "epoch": epoch, "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
@@ -443,15 +459,20 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
                "config": to_dict(train_config), **saved_rows}, out_dir / MODEL)
         result = _finish(out_dir, key, inputs_keys, settings, history,
                          {**counts, "epochs": epoch, "best_epoch": best["epoch"]},
-                         best["score"], best["epoch"], by_language, device, started, world)
+                         best["score"] if len(dev_rows) else None, best["epoch"], by_language, device, started, world)
     distributed.barrier(world)  # the other ranks leave once rank 0's model and manifest are in place
     return result
 
 
 def _finish(out_dir: Path, key: str, inputs_keys: dict, settings: dict, history: list[dict], counts: dict,
-            best_score: float, best_epoch: int, by_language: dict, device: torch.device, started: float,
+            best_score: float | None, best_epoch: int, by_language: dict, device: torch.device, started: float,
             world: World = World()) -> StageResult:
-    """Write history.parquet and the manifest (last), once model.pt is in place."""
+    """Write history.parquet and the manifest (last), once model.pt is in place.
+
+    best_score: the best dev accuracy, None (or NaN) when there were no dev mentions.
+    """
+    if best_score is not None and math.isnan(best_score):
+        best_score = None
     columns = {"epoch": pl.Int64, "loss": pl.Float64, "dev_accuracy": pl.Float64}
     if history and "name_pair_loss" in history[0]:
         columns["name_pair_loss"] = pl.Float64
