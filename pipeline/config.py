@@ -168,6 +168,10 @@ class TrainConfig:
     name_pair_negatives: int = 20
     seed: int = 13
     device: str = "auto"
+    # Weight averaging for stabler models across seeds: an exponential moving average of the
+    # ranker's weights, updated after every epoch with this decay (0: off; 0.8 averages over
+    # about the last five epochs). Dev accuracy, the best epoch and model.pt use the average.
+    weight_average: float = 0.0
 
     @property
     def name_matching(self) -> bool:
@@ -192,6 +196,7 @@ class TrainConfig:
         _check(where, "epochs", self.epochs, self.epochs >= 1, "must be >= 1")
         _check(where, "eval_every", self.eval_every, self.eval_every >= 1, "must be >= 1")
         _check(where, "checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 1, "must be >= 1")
+        _check(where, "weight_average", self.weight_average, 0 <= self.weight_average < 1, "must be in [0, 1) (0: off)")
         _check(where, "baseline", self.baseline, self.baseline in ("none", "nn"), "use none (the ranker) or nn")
         _check(where, "train_languages", self.train_languages, all(self.train_languages), "language codes cannot be empty")
         _check(where, "name_pair_weight", self.name_pair_weight, 0 <= self.name_pair_weight < float("inf"),

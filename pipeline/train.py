@@ -45,7 +45,7 @@ CHECKPOINT = "checkpoints/last.pt"
 # Settings added after the first runs, with their defaults: left out of the stage key while
 # at the default, so runs made before they existed stay up to date.
 LATER_SETTINGS = {"downsample_to_language": "", "baseline": "none", "name_pairs": None, "name_pair_weight": 0.5,
-                  "name_pair_negatives": 20}
+                  "name_pair_negatives": 20, "weight_average": 0.0}
 # The §7.1 settings count only while name matching is on: a weight of 0 trains exactly what
 # no pairs file does, so it keeps that run's key. The file enters the key by content (inputs).
 NAME_MATCHING_SETTINGS = ("name_pairs", "name_pair_weight", "name_pair_negatives")
@@ -287,6 +287,19 @@ def _load_checkpoint(path: Path, key: str, shape: RankerShape) -> dict | None:
     return checkpoint
 
 
+def weight_average(model: Ranker, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of `model`'s weights (torch's AveragedModel), or None when `decay` is 0.
+
+    After each `update_parameters(model)`, average = decay * average + (1 - decay) * model;
+    the first update copies the model. `.module` is a Ranker holding the average.
+    """
+    if decay <= 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
+
+
 def run(config: RunConfig, force: bool = False) -> StageResult:
     """Train the ranker; under torchrun, as one of WORLD_SIZE data-parallel processes (`pipeline.distributed`)."""
     world = distributed.world_from_environment()
@@ -377,6 +390,9 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
     history: list[dict] = []
     best = {"score": -math.inf, "epoch": 0, "state": None}
     start_epoch = 1
+    # The weight average (train.weight_average) is what is evaluated and kept; `model` trains.
+    average = weight_average(model, train_config.weight_average)
+    kept = average.module if average is not None else model
     checkpoint = _load_checkpoint(checkpoint_path, key, shape)
     if checkpoint is not None:
         try:
@@ -387,6 +403,8 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
         generator.set_state(checkpoint["generator"])
         torch.set_rng_state(checkpoint["torch_rng"])
         history, best = checkpoint["history"], checkpoint["best"]
+        if average is not None:
+            average.load_state_dict(checkpoint["average"])
         if name_pairs is not None:
             objective.match.load_state_dict(checkpoint["name_match"])
             pair_generator.set_state(checkpoint["pair_generator"])
@@ -421,28 +439,32 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
         epoch_loss, pair_loss = train_epoch(trained, optimizer, inputs, train_rows, train_matrix_tensor,
                                             train_gold_tensor, train_config, generator, device, world, name_pairs,
                                             pair_generator)
+        if average is not None:
+            average.update_parameters(model)
         record = {"epoch": epoch, "loss": epoch_loss, "dev_accuracy": None}
         if name_pairs is not None:
             record["name_pair_loss"] = pair_loss
         # Only rank 0 evaluates, keeps the best state and writes checkpoints; its stop decision is broadcast.
         if world.is_main and (epoch % train_config.eval_every == 0 or epoch == train_config.epochs):
-            record["dev_accuracy"] = linking_accuracy(model, inputs, dev_rows, dev_matrix, dev_gold)
+            record["dev_accuracy"] = linking_accuracy(kept, inputs, dev_rows, dev_matrix, dev_gold)
             # Without dev mentions the best epoch is the one of lowest training loss (W501).
             score = record["dev_accuracy"] if not math.isnan(record["dev_accuracy"]) else -record["loss"]
             if score > best["score"]:
-                best = {"score": score, "epoch": epoch, "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+                best = {"score": score, "epoch": epoch, "state": {k: v.detach().cpu().clone() for k, v in kept.state_dict().items()}}
             stale_epochs = epoch - best["epoch"]
             progress.set_postfix(loss=f"{record['loss']:.4f}", dev=f"{record['dev_accuracy']:.3f}")
         history.append(record)
         progress.update(1)
         stop = train_config.patience > 0 and stale_epochs >= train_config.patience
         if world.is_main and (epoch % train_config.checkpoint_every == 0 or stop or epoch == train_config.epochs):
-            name_matching = {} if name_pairs is None else {"name_match": objective.match.state_dict(),
-                                                           "pair_generator": pair_generator.get_state()}
+            extra = {} if name_pairs is None else {"name_match": objective.match.state_dict(),
+                                                   "pair_generator": pair_generator.get_state()}
+            if average is not None:
+                extra["average"] = average.state_dict()
             _save({"key": key, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                    "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
                    "best": best, "shape": dataclasses.asdict(shape), "config": to_dict(train_config),
-                   **name_matching}, checkpoint_path)
+                   **extra}, checkpoint_path)
         if world.distributed:
             stop = distributed.broadcast(stop, world)
         if stop:
@@ -454,7 +476,7 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
     result = StageResult(STAGE, out_dir, skipped=False, seconds=time.time() - started,
                          counts={**counts, "epochs": epoch, "best_epoch": best["epoch"]})
     if world.is_main:
-        final_state = best["state"] if best["state"] is not None else model.state_dict()
+        final_state = best["state"] if best["state"] is not None else kept.state_dict()
         _save({"key": key, "model": final_state, "shape": dataclasses.asdict(shape), "best_epoch": best["epoch"],
                "config": to_dict(train_config), **saved_rows}, out_dir / MODEL)
         result = _finish(out_dir, key, inputs_keys, settings, history,

@@ -293,3 +293,19 @@ def test_decide_then_cluster_keeps_linked_ids() -> None:
     assert clustered["system_id"][0] == "Q1"
     assert clustered["system_id"][1] == clustered["system_id"][2] != "Q2"
     assert np.all(clustered["is_nil"].to_numpy() == np.array([False, True, True]))
+
+
+def test_weight_average_is_an_exponential_moving_average_of_the_weights() -> None:
+    from pipeline.train import weight_average
+
+    assert weight_average(Ranker(tiny_shape()), 0.0) is None
+    model = Ranker(tiny_shape())
+    average = weight_average(model, 0.5)
+    first = {k: v.clone() for k, v in model.state_dict().items()}
+    average.update_parameters(model)  # the first update copies the model
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+    average.update_parameters(model)  # 0.5 * first + 0.5 * (first + 1) = first + 0.5
+    for name, value in average.module.state_dict().items():
+        torch.testing.assert_close(value, first[name] + 0.5)
