@@ -82,6 +82,7 @@ class Warnings:
     W602 = "{lang}: no {split} mention with gold to tune its NIL threshold on; it uses {fallback} = {value}"
     W603 = "{lang}: NIL threshold {value} rests on {mentions} {split} mention(s) with {nils} NIL(s) (fewer than {min_mentions} mentions or {min_nils} NILs), so it may not hold on other data; add {split} mentions of that language or set evaluate.fixed_thresholds"
     W604 = "the {split} split has {nils} NIL mention(s) with gold (or as few right links), fewer than the {minimum} the NIL classifier needs; NIL thresholds decide instead"
+    W605 = "{lang}: {split} micro-average is the same at every NIL threshold (no {split} decision depends on it); it uses {fallback} = {value}"
 
 
 def warn(logger: logging.Logger, code: str, **fields: object) -> str:

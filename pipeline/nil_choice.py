@@ -43,10 +43,15 @@ def thresholds_for(tuning: pl.DataFrame, evaluate: EvaluateConfig, languages: li
     Swept languages get `best_thresholds`; the others the fixed value of their language
     or `default_threshold`, with warning W602 (unless `quiet`, as in cross-validation folds).
     """
-    sweep_table, thresholds = None, {}
+    sweep_table, thresholds, flat = None, {}, set()
     if evaluate.threshold_mode == "dev":
         sweep_table = sweep(tuning)
         thresholds = best_thresholds(sweep_table)
+        # A sweep equal at every threshold holds no evidence (e.g. every dev mention is
+        # wrongly linked whatever the threshold): that language falls back as one without dev.
+        spread = sweep_table.group_by("lang").agg((pl.col("micro_average").max() - pl.col("micro_average").min()).alias("d"))
+        flat = set(spread.filter(pl.col("d") <= 1e-12)["lang"].to_list())
+        thresholds = {lang: value for lang, value in thresholds.items() if lang not in flat}
     for lang in sorted(languages):
         if lang in thresholds:
             continue
@@ -56,7 +61,8 @@ def thresholds_for(tuning: pl.DataFrame, evaluate: EvaluateConfig, languages: li
             value, fallback = evaluate.default_threshold, "evaluate.default_threshold"
         thresholds[lang] = value
         if evaluate.threshold_mode == "dev" and not quiet:
-            warn(logger, "W602", lang=lang, split=evaluate.tune_split, fallback=fallback, value=value)
+            code = "W605" if lang in flat else "W602"
+            warn(logger, code, lang=lang, split=evaluate.tune_split, fallback=fallback, value=value)
     return thresholds, sweep_table
 
 

@@ -92,20 +92,26 @@ def test_decide_nil_applies_thresholds_or_the_classifier() -> None:
 
 
 def test_choose_warns_about_thin_or_missing_dev_and_falls_back(caplog: pytest.LogCaptureFixture) -> None:
-    tuning = pl.concat([separable(60, 0, "en"), separable(12, 1, "es")])
+    # it: one dev mention, linked to the wrong entity: wrong at every threshold, no evidence.
+    wrong = evidence_table([("it1", "it", "Q1", 0.3, 0.1, "Q2")])
+    tuning = pl.concat([separable(60, 0, "en"), separable(12, 1, "es"), wrong])
     with caplog.at_level(logging.WARNING):
-        artifact, sweep_table, validation = nil_choice.choose(tuning, EvaluateConfig(nil_method="auto"), ["en", "es", "ru"], 0)
+        artifact, sweep_table, validation = nil_choice.choose(
+            tuning, EvaluateConfig(nil_method="auto", fixed_thresholds={"it": -0.7}), ["en", "es", "it", "ru"], 0)
     text = caplog.text
+    assert "[W605] it: dev micro-average is the same at every NIL threshold" in text
+    assert "evaluate.fixed_thresholds.it = -0.7" in text and artifact["thresholds"]["it"] == -0.7
     # ru has no dev mention: it falls back to the default threshold, and says so.
     assert "[W602] ru: no dev mention with gold" in text and "evaluate.default_threshold = -1.0" in text
     # es: 12 dev mentions with 4 NILs is too little to trust its threshold.
     assert "[W603] es: NIL threshold" in text and "rests on 12 dev mention(s) with 4 NIL(s)" in text
     assert "[W603] en" not in text and artifact["tuning_counts"] == {"en": {"mentions": 60, "nil": 20},
-                                                                     "es": {"mentions": 12, "nil": 4}}
+                                                                     "es": {"mentions": 12, "nil": 4},
+                                                                     "it": {"mentions": 1, "nil": 0}}
     assert artifact["thresholds"]["ru"] == -1.0 and sweep_table is not None
     # Perfectly separable: both methods are perfect in cross-validation; auto keeps the classifier on a tie.
     overall = validation.filter(pl.col("lang") == "all")
-    assert overall["micro_average"].to_list() == [1.0, 1.0] and artifact["method"] == "classifier"
+    assert overall["micro_average"].to_list() == [72 / 73, 72 / 73] and artifact["method"] == "classifier"
 
     caplog.clear()
     few = separable(15, 0)  # 5 NILs: too few for the classifier

@@ -66,6 +66,7 @@ def test_multids_downsamples_to_the_languages_size_deterministically() -> None:
 
 @pytest.mark.parametrize(("section", "key", "value"), [
     ("train", "baseline", "knn"), ("train", "train_languages", ["en", ""]), ("evaluate", "languages", [""]),
+    ("train", "weight_average", 1.0), ("train", "weight_average", -0.1), ("evaluate", "nil_method", "both"),
 ])
 def test_bad_settings_are_e203(section: str, key: str, value) -> None:
     raw = {"inputs": {"kb": "kb.jsonl", "mentions": "m.jsonl"}, section: {key: value}}
