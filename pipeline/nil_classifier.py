@@ -27,7 +27,8 @@ from pipeline.ranker import TRIAGE_SOURCES
 
 # Numeric evidence per mention, in this order; see `add_evidence` for their meaning.
 NUMERIC = ("has_candidate", "best_score", "second_score", "margin", "candidates", "best_triage_score",
-           "best_triage_rank", *(f"best_from_{source}" for source in TRIAGE_SOURCES))
+           "best_triage_rank", *(f"best_from_{source}" for source in TRIAGE_SOURCES), "mention_words",
+           "mention_has_comma")
 # Labels of the three classes.
 NIL, RIGHT, WRONG = "nil", "right", "wrong"
 # Regularisation of the logistic regression (scikit-learn's default); dev splits are small.
@@ -38,7 +39,7 @@ VERSION = 1
 def add_evidence(predictions: pl.DataFrame, candidates: pl.DataFrame) -> pl.DataFrame:
     """Add the classifier's evidence columns to predictions (one row per mention).
 
-    predictions needs mention_id, best_kb_id, best_score, second_score; candidates is
+    predictions needs mention_id, mention, best_kb_id, best_score, second_score; candidates is
     triage's table (mention_id, rank, kb_id, score, sources). Adds `candidates` (how
     many), `best_triage_score`, `best_triage_rank` and `best_from_<source>` (1.0 when
     that source proposed the best candidate); a mention without candidates gets zeros.
@@ -60,13 +61,19 @@ def feature_matrix(predictions: pl.DataFrame, types: list[str]) -> np.ndarray:
     """(n_mentions, len(NUMERIC) + len(types)) float64 features of mentions with evidence.
 
     No candidate: best score -2 (below the ranker's tanh range); no runner-up: second
-    score -2 and the margin to it best + 2. Types not in `types` are all-zero.
+    score -2 and the margin to it best + 2. Types not in `types` are all-zero. The
+    mention string adds its length in words (log(1 + words)) and whether it holds a
+    comma: lists and descriptions ("India, China, Britain", "the manufacturer of the
+    iPhone") are often NIL while their best candidate is one of their parts.
     """
     has = predictions["best_score"].is_not_null()
     best = predictions["best_score"].fill_null(-2.0)
     second = predictions["second_score"].fill_null(-2.0)
+    mention = predictions["mention"].fill_null("")
     columns = {"has_candidate": has.cast(pl.Float64), "best_score": best, "second_score": second,
-               "margin": best - second}
+               "margin": best - second,
+               "mention_words": (mention.str.split(" ").list.len().cast(pl.Float64) + 1).log(),
+               "mention_has_comma": mention.str.contains(",", literal=True).cast(pl.Float64)}
     numeric = [columns[name].to_numpy() if name in columns else predictions[name].cast(pl.Float64).to_numpy()
                for name in NUMERIC]
     mention_type = predictions["entity_type"] if "entity_type" in predictions.columns else pl.Series([None] * predictions.height)

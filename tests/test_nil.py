@@ -41,7 +41,8 @@ def separable(n: int, seed: int, lang: str = "en") -> pl.DataFrame:
 
 
 def test_add_evidence_counts_candidates_and_reads_the_best_ones_triage_evidence() -> None:
-    predictions = pl.DataFrame([("m1", "en", "x", "PER", "Q2", 0.5, 0.1, "Q2"), ("m2", "en", "y", None, None, None, None, "NIL")],
+    predictions = pl.DataFrame([("m1", "en", "x", "PER", "Q2", 0.5, 0.1, "Q2"),
+                                ("m2", "en", "India , China and Peru", None, None, None, None, "NIL")],
                                schema=SCHEMA, orient="row")
     candidates = pl.DataFrame({"mention_id": ["m1", "m1"], "rank": [1, 2], "kb_id": ["Q1", "Q2"], "score": [1.5, 0.7],
                                "sources": [["prior"], ["fuzzy", "dense"]]},
@@ -56,6 +57,8 @@ def test_add_evidence_counts_candidates_and_reads_the_best_ones_triage_evidence(
     x = nil_classifier.feature_matrix(out.sort("mention_id"), ["PER"])
     # No candidate: has_candidate 0, best -2, second -2, margin 0; type PER only for m1.
     assert x[1, :4].tolist() == [0.0, -2.0, -2.0, 0.0] and x[:, -1].tolist() == [1.0, 0.0]
+    words, comma = nil_classifier.NUMERIC.index("mention_words"), nil_classifier.NUMERIC.index("mention_has_comma")
+    assert x[:, words].tolist() == pytest.approx([np.log(2), np.log(7)]) and x[:, comma].tolist() == [0.0, 1.0]
 
 
 def test_classifier_separates_low_scored_nils_and_matches_scikit_learn() -> None:
