@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 # A threshold swept on fewer dev mentions or NILs than these is warned about (W603).
 MIN_TUNING_MENTIONS = 50
-MIN_TUNING_NILS = 5
+MIN_TUNING_NILS = 10
 # The classifier is fitted only with at least this many dev NILs and right links (else W604).
 MIN_CLASSIFIER_EXAMPLES = 10
 FOLDS = 5
