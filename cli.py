@@ -125,14 +125,22 @@ def _echo_result(result) -> None:
         recall = result.summary["recall"]
         click.echo(_recall_table(recall))
     if result.stage == "train":
-        click.echo(f"train: best dev linking accuracy {result.summary['best_dev_accuracy']:.4f} at epoch {result.summary['best_epoch']}")
+        accuracy = result.summary["best_dev_accuracy"]
+        if accuracy is None:
+            click.echo(f"train: no dev mentions; best epoch by training loss: {result.summary['best_epoch']}")
+        else:
+            click.echo(f"train: best dev linking accuracy {accuracy:.4f} at epoch {result.summary['best_epoch']}")
     if result.stage == "evaluate":
         from pipeline.score_table import format_table
 
         metrics = result.summary["metrics"]
         thresholds = ", ".join(f"{k}={v:.2f}" for k, v in sorted(metrics["thresholds"].items()))
-        click.echo(f"evaluate: {metrics['split']} split, NIL thresholds {thresholds}")
+        click.echo(f"evaluate: {metrics['split']} split, NIL thresholds {thresholds}; NIL decided by the {metrics['nil_method']}")
         click.echo(format_table(metrics))
+        click.echo("NIL decision on this split (method, language: micro-average, NIL precision/recall/F1):")
+        for row in metrics.get("nil_methods", []):
+            click.echo(f"  {row['method']:<10} {row['lang']:>4}: {row['micro_average']:.3f}  "
+                       f"P {row['nil_precision']:.3f} R {row['nil_recall']:.3f} F1 {row['nil_f1']:.3f}")
 
 
 def _recall_table(recall) -> str:

@@ -168,6 +168,10 @@ class TrainConfig:
     name_pair_negatives: int = 20
     seed: int = 13
     device: str = "auto"
+    # Weight averaging for stabler models across seeds: an exponential moving average of the
+    # ranker's weights, updated after every epoch with this decay (0: off; 0.8 averages over
+    # about the last five epochs). Dev accuracy, the best epoch and model.pt use the average.
+    weight_average: float = 0.0
 
     @property
     def name_matching(self) -> bool:
@@ -192,6 +196,7 @@ class TrainConfig:
         _check(where, "epochs", self.epochs, self.epochs >= 1, "must be >= 1")
         _check(where, "eval_every", self.eval_every, self.eval_every >= 1, "must be >= 1")
         _check(where, "checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 1, "must be >= 1")
+        _check(where, "weight_average", self.weight_average, 0 <= self.weight_average < 1, "must be in [0, 1) (0: off)")
         _check(where, "baseline", self.baseline, self.baseline in ("none", "nn"), "use none (the ranker) or nn")
         _check(where, "train_languages", self.train_languages, all(self.train_languages), "language codes cannot be empty")
         _check(where, "name_pair_weight", self.name_pair_weight, 0 <= self.name_pair_weight < float("inf"),
@@ -225,9 +230,17 @@ class EvaluateConfig:
     # §7.2: re-order each mention's ten best-scored candidates by how often each was the
     # gold entity of a training mention (ties keep score order); see pipeline.evaluate.
     popularity_rerank: bool = False
+    # Who decides NIL (pipeline/nil_choice.py): "threshold" (the paper's per-language
+    # thresholds), "classifier" (a logistic regression over the ranker's and triage's
+    # evidence, fitted on the tuning split), or "auto" (the better of the two in a 5-fold
+    # cross-validation over the tuning split). The classifier needs 10 NILs there, else
+    # thresholds decide (W604).
+    nil_method: str = "auto"
 
     def __post_init__(self) -> None:
         where = "[evaluate]"
+        _check(where, "nil_method", self.nil_method, self.nil_method in ("threshold", "classifier", "auto"),
+               "use threshold, classifier or auto")
         _check(where, "threshold_mode", self.threshold_mode, self.threshold_mode in ("dev", "fixed"), "use dev or fixed")
         _check(where, "nil_clustering", self.nil_clustering, self.nil_clustering in ("name", "singleton"),
                "use name or singleton")

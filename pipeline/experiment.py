@@ -233,8 +233,9 @@ def tables_markdown(cells: list[Cell], finished: pl.DataFrame, languages: list[s
     done = sum(len(v) for v in values.values())
     lines = [
         f"# The paper's tables on {config.name}", "",
-        f"KBP2010 micro-average on the {config.evaluate.eval_split} split, NIL thresholds tuned per language on "
-        f"{config.evaluate.tune_split}; mean ± standard deviation over {len(seeds)} training seed(s) "
+        f"KBP2010 micro-average on the {config.evaluate.eval_split} split, NIL decided as evaluate.nil_method = "
+        f"\"{config.evaluate.nil_method}\" says, fitted on {config.evaluate.tune_split}; "
+        f"mean ± standard deviation over {len(seeds)} training seed(s) "
         f"({', '.join(map(str, seeds))}); (k/n): only k of n seeds finished; —: not finished. "
         f"Features name, context, type (the paper's) unless a Table 3 row says otherwise.",
         f"Ranker: name {list(train.name_hidden)}, context {list(train.context_hidden)}, type {list(train.type_hidden)}, "

@@ -45,11 +45,12 @@ class RankerInputs:
     pair_values: torch.Tensor | None = None
 
     def batch(self, mention_rows: torch.Tensor, entity_rows: torch.Tensor
-              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
-        """Ranker inputs for mention_rows (B,) against entity_rows (B, n).
+              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """Ranker inputs for mention_rows (B,) against entity_rows (B, n): the four arguments of `Ranker.forward`.
 
-        Returns (mention features (B, width), features of the distinct entities (U, width),
-        entity_index (B, n) into U).
+        Returns (mention features {feature: (B, width)}, features of the distinct
+        entities {feature: (U, width)}, entity_index (B, n) into U, the pairs' triage
+        evidence (B, n, TRIAGE_WIDTH) or None when no triage evidence is attached).
         """
         distinct, entity_index = torch.unique(entity_rows, return_inverse=True)
         mentions = {"name": self.mention_name[mention_rows], "context": self.mention_context[mention_rows],

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-FEATURES = ("name", "context", "type", "triage")
 # Per (mention, candidate) triage evidence: summed score, then one flag per source.
 TRIAGE_SOURCES = ("prior", "kb_name", "fuzzy", "dense", "external")
 TRIAGE_WIDTH = 1 + len(TRIAGE_SOURCES)

@@ -53,10 +53,3 @@ CANDIDATES: dict[str, pl.DataType] = {
     "sources": pl.List(pl.String()),
     "is_gold": pl.Boolean(),
 }
-
-# scores.parquet (evaluate): every scored candidate.
-SCORES: dict[str, pl.DataType] = {
-    "mention_id": pl.String(),
-    "kb_id": pl.String(),
-    "score": pl.Float32(),
-}

@@ -28,7 +28,7 @@ from pipeline import distributed, schema
 from pipeline.config import RunConfig, TrainConfig, to_dict
 from pipeline.distributed import World, sum_over_ranks
 from pipeline.vectors import NAME_PAIRS, name_pairs_key, read_name_pair_vectors
-from pipeline.errors import CacheError, InputError
+from pipeline.errors import CacheError, InputError, warn
 from pipeline.features import RankerInputs, candidate_matrix, gold_rows, load_inputs, score_candidates
 from pipeline.inputs import read_name_pairs
 from pipeline.io import collect_checked, scan_parquet_checked, write_parquet_atomic
@@ -45,7 +45,7 @@ CHECKPOINT = "checkpoints/last.pt"
 # Settings added after the first runs, with their defaults: left out of the stage key while
 # at the default, so runs made before they existed stay up to date.
 LATER_SETTINGS = {"downsample_to_language": "", "baseline": "none", "name_pairs": None, "name_pair_weight": 0.5,
-                  "name_pair_negatives": 20}
+                  "name_pair_negatives": 20, "weight_average": 0.0}
 # The §7.1 settings count only while name matching is on: a weight of 0 trains exactly what
 # no pairs file does, so it keeps that run's key. The file enters the key by content (inputs).
 NAME_MATCHING_SETTINGS = ("name_pairs", "name_pair_weight", "name_pair_negatives")
@@ -259,7 +259,12 @@ def training_rows(mentions: pl.DataFrame, gold: np.ndarray, languages: tuple[str
     return rows
 
 
-def _load_checkpoint(path: Path, key: str) -> dict | None:
+def _load_checkpoint(path: Path, key: str, shape: RankerShape) -> dict | None:
+    """The checkpoint to resume from, or None when there is none or it is of other inputs or settings.
+
+    A checkpoint of this run's key whose ranker architecture differs from `shape` (or whose
+    weights do not fit it) cannot be resumed: E505, rather than silently starting over.
+    """
     if not path.exists():
         return None
     try:
@@ -269,7 +274,25 @@ def _load_checkpoint(path: Path, key: str) -> dict | None:
     if checkpoint.get("key") != key:
         logger.info("ignoring checkpoint %s: it belongs to other inputs or settings", path)
         return None
+    saved = checkpoint.get("shape")
+    if saved is not None and saved != dataclasses.asdict(shape):
+        differ = sorted(k for k in set(saved) | set(dataclasses.asdict(shape))
+                        if saved.get(k) != dataclasses.asdict(shape).get(k))
+        raise CacheError("E505", path=path, detail=f"it differs in {', '.join(differ)}")
     return checkpoint
+
+
+def weight_average(model: Ranker, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of `model`'s weights (torch's AveragedModel), or None when `decay` is 0.
+
+    After each `update_parameters(model)`, average = decay * average + (1 - decay) * model;
+    the first update copies the model. `.module` is a Ranker holding the average.
+    """
+    if decay <= 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
 
 
 def run(config: RunConfig, force: bool = False) -> StageResult:
@@ -362,13 +385,21 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
     history: list[dict] = []
     best = {"score": -math.inf, "epoch": 0, "state": None}
     start_epoch = 1
-    checkpoint = _load_checkpoint(checkpoint_path, key)
+    # The weight average (train.weight_average) is what is evaluated and kept; `model` trains.
+    average = weight_average(model, train_config.weight_average)
+    kept = average.module if average is not None else model
+    checkpoint = _load_checkpoint(checkpoint_path, key, shape)
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
+        try:
+            model.load_state_dict(checkpoint["model"])
+        except RuntimeError as exc:  # missing, unexpected or mis-sized weights
+            raise CacheError("E505", path=checkpoint_path, detail=str(exc).splitlines()[0]) from None
         optimizer.load_state_dict(checkpoint["optimizer"])
         generator.set_state(checkpoint["generator"])
         torch.set_rng_state(checkpoint["torch_rng"])
         history, best = checkpoint["history"], checkpoint["best"]
+        if average is not None:
+            average.load_state_dict(checkpoint["average"])
         if name_pairs is not None:
             objective.match.load_state_dict(checkpoint["name_match"])
             pair_generator.set_state(checkpoint["pair_generator"])
@@ -385,6 +416,8 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
         if not world.is_main:
             torch.manual_seed(train_config.seed + 100_003 * world.rank + start_epoch)
 
+    if len(dev_rows) == 0 and world.is_main:
+        warn(logger, "W501")
     train_matrix_tensor = torch.from_numpy(train_matrix)
     train_gold_tensor = torch.from_numpy(train_gold)
     # As the loop counts it: epochs from the best to the last evaluated one (not to the last
@@ -400,27 +433,32 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
         epoch_loss, pair_loss = train_epoch(trained, optimizer, inputs, train_rows, train_matrix_tensor,
                                             train_gold_tensor, train_config, generator, device, world, name_pairs,
                                             pair_generator)
+        if average is not None:
+            average.update_parameters(model)
         record = {"epoch": epoch, "loss": epoch_loss, "dev_accuracy": None}
         if name_pairs is not None:
             record["name_pair_loss"] = pair_loss
         # Only rank 0 evaluates, keeps the best state and writes checkpoints; its stop decision is broadcast.
         if world.is_main and (epoch % train_config.eval_every == 0 or epoch == train_config.epochs):
-            record["dev_accuracy"] = linking_accuracy(model, inputs, dev_rows, dev_matrix, dev_gold)
+            record["dev_accuracy"] = linking_accuracy(kept, inputs, dev_rows, dev_matrix, dev_gold)
+            # Without dev mentions the best epoch is the one of lowest training loss (W501).
             score = record["dev_accuracy"] if not math.isnan(record["dev_accuracy"]) else -record["loss"]
             if score > best["score"]:
-                best = {"score": score, "epoch": epoch, "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+                best = {"score": score, "epoch": epoch, "state": {k: v.detach().cpu().clone() for k, v in kept.state_dict().items()}}
             stale_epochs = epoch - best["epoch"]
             progress.set_postfix(loss=f"{record['loss']:.4f}", dev=f"{record['dev_accuracy']:.3f}")
         history.append(record)
         progress.update(1)
         stop = train_config.patience > 0 and stale_epochs >= train_config.patience
         if world.is_main and (epoch % train_config.checkpoint_every == 0 or stop or epoch == train_config.epochs):
-            name_matching = {} if name_pairs is None else {"name_match": objective.match.state_dict(),
-                                                           "pair_generator": pair_generator.get_state()}
+            extra = {} if name_pairs is None else {"name_match": objective.match.state_dict(),
+                                                   "pair_generator": pair_generator.get_state()}
+            if average is not None:
+                extra["average"] = average.state_dict()
             save_torch(checkpoint_path, {
                 "key": key, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
-                "best": best, "shape": dataclasses.asdict(shape), "config": to_dict(train_config), **name_matching})
+                "best": best, "shape": dataclasses.asdict(shape), "config": to_dict(train_config), **extra})
         if world.distributed:
             stop = distributed.broadcast(stop, world)
         if stop:
@@ -432,20 +470,25 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
     result = StageResult(STAGE, out_dir, skipped=False, seconds=time.time() - started,
                          counts={**counts, "epochs": epoch, "best_epoch": best["epoch"]})
     if world.is_main:
-        final_state = best["state"] if best["state"] is not None else model.state_dict()
+        final_state = best["state"] if best["state"] is not None else kept.state_dict()
         save_torch(out_dir / MODEL, {"key": key, "model": final_state, "shape": dataclasses.asdict(shape),
                                      "best_epoch": best["epoch"], "config": to_dict(train_config), **saved_rows})
         result = _finish(out_dir, key, inputs_keys, settings, history,
                          {**counts, "epochs": epoch, "best_epoch": best["epoch"]},
-                         best["score"], best["epoch"], by_language, device, started, world)
+                         best["score"] if len(dev_rows) else None, best["epoch"], by_language, device, started, world)
     distributed.barrier(world)  # the other ranks leave once rank 0's model and manifest are in place
     return result
 
 
 def _finish(out_dir: Path, key: str, inputs_keys: dict, settings: dict, history: list[dict], counts: dict,
-            best_score: float, best_epoch: int, by_language: dict, device: torch.device, started: float,
+            best_score: float | None, best_epoch: int, by_language: dict, device: torch.device, started: float,
             world: World = World()) -> StageResult:
-    """Write history.parquet and the manifest (last), once model.pt is in place."""
+    """Write history.parquet and the manifest (last), once model.pt is in place.
+
+    best_score: the best dev accuracy, None (or NaN) when there were no dev mentions.
+    """
+    if best_score is not None and math.isnan(best_score):
+        best_score = None
     columns = {"epoch": pl.Int64, "loss": pl.Float64, "dev_accuracy": pl.Float64}
     if history and "name_pair_loss" in history[0]:
         columns["name_pair_loss"] = pl.Float64

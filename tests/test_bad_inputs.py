@@ -52,6 +52,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tomllib
 from collections.abc import Callable
@@ -683,7 +684,9 @@ def test_bad_input(case: Case, tmp_path: Path, tiny_encoder_dir: Path, base_run:
         assert result.exit_code == 0, output + repr(result.exception)
     else:
         assert result.exit_code == 2, output + repr(result.exception)
-        lines = output.strip().splitlines()
+        # Coded warnings of the stages that ran before the failure (the tiny run's dev split is
+        # too small for trusted NIL thresholds: W603-W605) may precede the one error line.
+        lines = [line for line in output.strip().splitlines() if not re.match(r"WARNING \S+: \[W\d{3}\] ", line)]
         assert len(lines) == 1 and lines[0].startswith(f"Error: [{case.code}] "), output
         for name in invocation.names:
             assert name in lines[0], (name, lines[0])

@@ -33,7 +33,8 @@ STAGE_OUTPUTS = {
     "encode": ["vectors.h5", "manifest.json"],
     "train": ["model.pt", "history.parquet", "checkpoints/last.pt", "manifest.json"],
     "evaluate": ["scores.parquet", "predictions.parquet", "system.tab", "gold.tab", "doc_languages.tsv", "metrics.json",
-                 "report.md", "sweep.parquet", "thresholds.png", "manifest.json"],
+                 "report.md", "sweep.parquet", "thresholds.png", "nil.json", "analysis.parquet", "confusions.parquet",
+                 "manifest.json"],
 }
 TEST_MENTIONS = [r["id"] for r in tiny_mention_records() if r["split"] == "test"]
 
@@ -157,6 +158,19 @@ def test_train_and_evaluate_outputs(base_run: dict) -> None:
     report = (run_dir / "evaluate" / "report.md").read_text(encoding="utf-8")
     assert report.startswith("# Evaluation on the test split") and MICRO_AVERAGE in report
     assert "kbp2010_micro_average" in base_run["output"]
+
+    # nil.json, applied by the function anything that links new mentions calls, gives evaluate's decisions.
+    from pipeline.nil import decide_nil
+
+    artifact = json.loads((run_dir / "evaluate" / "nil.json").read_text(encoding="utf-8"))
+    # Two dev mentions with gold NIL or not: too few for the classifier, so thresholds decide.
+    assert artifact["method"] == "threshold" and artifact["classifier"] is None
+    assert artifact["thresholds"] == metrics["thresholds"] and metrics["nil_method"] == "threshold"
+    assert decide_nil(predictions.drop("threshold", "is_nil"), artifact)["is_nil"].to_list() == predictions["is_nil"].to_list()
+    assert "## Error analysis" in report and "### The 20 most frequent confusions" in report
+    analysis = pl.read_parquet(run_dir / "evaluate" / "analysis.parquet")
+    language = analysis.filter((pl.col("analysis") == "language") & (pl.col("lang") == "all"))
+    assert language["mentions"].sum() == len(TEST_MENTIONS)
 
 
 def test_second_run_is_up_to_date_and_rewrites_nothing(base_run: dict, run_copy: Path) -> None:

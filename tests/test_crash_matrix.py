@@ -48,6 +48,9 @@ STAGES = ("triage", "encode", "train", "evaluate")
 ENCODER = {"chunk_texts": 4}
 # Early stopping with checkpoints between evaluations (every 2 epochs, evaluations every 3).
 EARLY_STOP = {"epochs": 30, "eval_every": 3, "checkpoint_every": 2, "patience": 1}
+# The weight average, evaluated (and so kept) only at the last epoch: model.pt holds the average a
+# resumed run must have restored from its checkpoint.
+AVERAGED = {"epochs": 6, "eval_every": 6, "checkpoint_every": 2, "patience": 0, "weight_average": 0.5}
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ class Crash:
     file: str  # glob of the file's name
     n: int  # killed at the n-th time the point is reached for such a file
     when: str  # what the kill stands for
-    config: str = "plain"  # "early-stop": train with EARLY_STOP
+    config: str = "plain"  # "early-stop": train with EARLY_STOP; "averaged": with AVERAGED
     force: bool = False  # the killed run is `--force` over a finished stage
 
     @property
@@ -83,6 +86,7 @@ CRASHES = [
     Crash("train", "before-rename", "manifest.json", 1, "while-writing-the-manifest"),
     Crash("train", "after-rename", "last.pt", 2, "checkpoint-between-evaluations", config="early-stop"),
     Crash("train", "after-rename", "last.pt", 3, "early-stop-checkpoint-model-not", config="early-stop"),
+    Crash("train", "after-rename", "last.pt", 1, "averaged-weights-after-the-first-checkpoint", config="averaged"),
     Crash("evaluate", "before-rename", "scores.parquet", 1, "early"),
     Crash("evaluate", "half-written", "system.tab", 1, "mid-way-while-writing"),
     Crash("evaluate", "after-rename", "report.md", 1, "outputs-written-manifest-not"),
@@ -137,16 +141,19 @@ def reference(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path, 
     folder = tmp_path_factory.mktemp("crash-reference")
     configs = {"plain": write_run_config(folder, tiny_encoder_dir, encoder=ENCODER),
                "early-stop": write_run_config(folder, tiny_encoder_dir, name="early-stop.toml", encoder=ENCODER,
-                                              train=EARLY_STOP)}
-    runs = {"plain": folder / "run", "early-stop": folder / "run-early-stop"}
+                                              train=EARLY_STOP),
+               "averaged": write_run_config(folder, tiny_encoder_dir, name="averaged.toml", encoder=ENCODER,
+                                            train=AVERAGED)}
+    runs = {"plain": folder / "run", "early-stop": folder / "run-early-stop", "averaged": folder / "run-averaged"}
     for stage in STAGES:
         code, output = cli_processes([stage, "--config", configs["plain"], "--run-dir", runs["plain"]],
                                      folder / f"{stage}.log")
         assert code == 0, output
-    copy_stages(runs["plain"], runs["early-stop"], ("triage", "encode"))
-    code, output = cli_processes(["train", "--config", configs["early-stop"], "--run-dir", runs["early-stop"]],
-                                 folder / "early-stop.log")
-    assert code == 0, output
+    for variant in ("early-stop", "averaged"):
+        copy_stages(runs["plain"], runs[variant], ("triage", "encode"))
+        code, output = cli_processes(["train", "--config", configs[variant], "--run-dir", runs[variant]],
+                                     folder / f"{variant}.log")
+        assert code == 0, output
     epochs = pl.read_parquet(runs["early-stop"] / "train" / "history.parquet")["epoch"].to_list()
     # The early-stop cases need a run that stops early, with a checkpoint (epoch 4) between evaluations.
     assert 6 <= epochs[-1] < EARLY_STOP["epochs"], epochs

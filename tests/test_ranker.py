@@ -227,11 +227,23 @@ def test_sweep_and_best_thresholds_on_a_hand_made_case() -> None:
     assert micro("es", -1.0) == 1.0 and micro("es", 1.0) == pytest.approx(1 / 2)
     assert micro("ru", 0.9) == 0.0 and micro("ru", 0.91) == 1.0
 
+    # The middle of each language's flat optimum: en [0.21, 0.6], es [-1, 0.9], ru [0.91, 1].
     thresholds = best_thresholds(table)
-    assert thresholds == {"en": pytest.approx(0.21), "es": pytest.approx(-1.0), "ru": pytest.approx(0.91)}
+    assert thresholds == {"en": pytest.approx(0.405), "es": pytest.approx(-0.05), "ru": pytest.approx(0.955)}
 
     decided = decide(tuning_table(), thresholds, default=-1.0)
-    assert decided["kb_id"].to_list() == ["Q1", "NIL", "Q4", "NIL", "Q1", "NIL", "NIL", "NIL"]
+    assert decided["kb_id"].to_list() == ["Q1", "NIL", "NIL", "NIL", "Q1", "NIL", "NIL", "NIL"]
+
+
+def test_best_thresholds_takes_the_middle_of_the_widest_flat_optimum() -> None:
+    # Two runs at the best micro-average 0.9: [-0.5, -0.4] and [0.1, 0.5]; the wider one wins.
+    table = pl.DataFrame({"lang": "en", "threshold": [-0.6, -0.5, -0.4, 0.0, 0.1, 0.3, 0.5, 0.7],
+                          "micro_average": [0.8, 0.9, 0.9, 0.7, 0.9, 0.9, 0.9, 0.6]})
+    assert best_thresholds(table) == {"en": pytest.approx(0.3)}
+    # A single best point is its own middle.
+    single = table.with_columns(pl.when(pl.col("threshold") == 0.7).then(1.0).otherwise(pl.col("micro_average"))
+                                .alias("micro_average"))
+    assert best_thresholds(single) == {"en": pytest.approx(0.7)}
 
 
 def test_sweep_of_nothing_is_empty() -> None:
@@ -281,3 +293,19 @@ def test_decide_then_cluster_keeps_linked_ids() -> None:
     assert clustered["system_id"][0] == "Q1"
     assert clustered["system_id"][1] == clustered["system_id"][2] != "Q2"
     assert np.all(clustered["is_nil"].to_numpy() == np.array([False, True, True]))
+
+
+def test_weight_average_is_an_exponential_moving_average_of_the_weights() -> None:
+    from pipeline.train import weight_average
+
+    assert weight_average(Ranker(tiny_shape()), 0.0) is None
+    model = Ranker(tiny_shape())
+    average = weight_average(model, 0.5)
+    first = {k: v.clone() for k, v in model.state_dict().items()}
+    average.update_parameters(model)  # the first update copies the model
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+    average.update_parameters(model)  # 0.5 * first + 0.5 * (first + 1) = first + 0.5
+    for name, value in average.module.state_dict().items():
+        torch.testing.assert_close(value, first[name] + 0.5)

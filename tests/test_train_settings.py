@@ -18,7 +18,7 @@ import torch
 from click.testing import CliRunner, Result
 
 from cli import main
-from conftest import tiny_mention_records, write_run_config
+from conftest import TINY_KB, tiny_mention_records, write_jsonl, write_run_config
 from pipeline.stage import read_manifest
 from pipeline.config_file import build_config
 from pipeline.errors import ConfigError
@@ -66,6 +66,7 @@ def test_multids_downsamples_to_the_languages_size_deterministically() -> None:
 
 @pytest.mark.parametrize(("section", "key", "value"), [
     ("train", "baseline", "knn"), ("train", "train_languages", ["en", ""]), ("evaluate", "languages", [""]),
+    ("train", "weight_average", 1.0), ("train", "weight_average", -0.1), ("evaluate", "nil_method", "both"),
 ])
 def test_bad_settings_are_e203(section: str, key: str, value) -> None:
     raw = {"inputs": {"kb": "kb.jsonl", "mentions": "m.jsonl"}, section: {key: value}}
@@ -201,3 +202,30 @@ def test_feature_ablations_train_only_their_pair_mlps(base_run: dict, run_copy: 
         assert saved["shape"]["features"] == tuple(features.split(","))
         assert {key.split(".")[1] for key in saved["model"] if key.startswith("pair_mlps.")} == pair_mlps
         assert (run_copy / "evaluate" / "metrics.json").is_file()
+
+
+# --- behaviour fixes (issue 11 item 7) ----------------------------------------------------------
+
+def test_checkpoint_of_another_architecture_is_refused_with_e505(base_run: dict, run_copy: Path) -> None:
+    checkpoint_path = run_copy / "train" / "checkpoints" / "last.pt"
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    checkpoint["shape"] = {**checkpoint["shape"], "name_hidden": [7]}  # same key, other layer sizes
+    torch.save(checkpoint, checkpoint_path)
+    (run_copy / "train" / "manifest.json").unlink()
+    result = CliRunner().invoke(main, ["train", "--config", str(base_run["config"]), "--run-dir", str(run_copy)])
+    assert result.exit_code == 2, result.output
+    assert "[E505]" in result.output and "checkpoint of another ranker architecture" in result.output
+    assert "differs in name_hidden" in result.output
+    # --force starts over instead.
+    invoke("train", "--config", base_run["config"], "--run-dir", run_copy, "--force")
+
+
+def test_without_dev_mentions_best_dev_accuracy_is_null(tmp_path: Path, tiny_encoder_dir: Path) -> None:
+    records = [{**r, "split": "train" if r["split"] == "dev" else r["split"]} for r in tiny_mention_records()]
+    data = {"mentions": write_jsonl(tmp_path / "data" / "mentions.jsonl", records),
+            "kb": write_jsonl(tmp_path / "data" / "kb.jsonl", TINY_KB)}
+    config = write_run_config(tmp_path, tiny_encoder_dir, data=data, evaluate={"threshold_mode": "fixed"})
+    result = invoke("run", "--config", config)
+    assert "train: no dev mentions; best epoch by training loss" in result.output
+    assert "[W501] no dev mention" in result.output  # the log (stderr) is part of CliRunner's output
+    assert read_manifest(tmp_path / "run" / "train")["best_dev_accuracy"] is None

@@ -1,0 +1,180 @@
+"""The learned NIL decision, the choice between it and thresholds, and the error analysis."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pipeline import nil_choice, nil_classifier
+from pipeline.config import EvaluateConfig
+from pipeline.error_analysis import analyse, outcome_scores
+from pipeline.nil import decide_nil
+
+SCHEMA = {"mention_id": pl.String, "lang": pl.String, "mention": pl.String, "entity_type": pl.String,
+          "best_kb_id": pl.String, "best_score": pl.Float64, "second_score": pl.Float64, "gold_kb_id": pl.String}
+
+
+def evidence_table(rows: list[tuple]) -> pl.DataFrame:
+    """Predictions with evidence from rows (mention_id, lang, best_kb_id, best_score, second_score, gold)."""
+    frame = pl.DataFrame([(m, lang, m, "PER", best, score, second, gold) for m, lang, best, score, second, gold in rows],
+                         schema=SCHEMA, orient="row")
+    candidates = pl.DataFrame({"mention_id": [r[0] for r in rows if r[2]], "rank": 1, "kb_id": [r[2] for r in rows if r[2]],
+                               "score": 1.0, "sources": [["kb_name"]] * sum(1 for r in rows if r[2])},
+                              schema={"mention_id": pl.String, "rank": pl.Int32, "kb_id": pl.String, "score": pl.Float64,
+                                      "sources": pl.List(pl.String)})
+    return nil_classifier.add_evidence(frame, candidates)
+
+
+def separable(n: int, seed: int, lang: str = "en") -> pl.DataFrame:
+    """n mentions: a third NIL scored low (-0.8..-0.4), the rest right links scored high (0.2..0.9)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        if i % 3 == 0:
+            rows.append((f"{lang}{i}", lang, f"Q{i}", float(rng.uniform(-0.8, -0.4)), -0.9, "NIL"))
+        else:
+            rows.append((f"{lang}{i}", lang, f"Q{i}", float(rng.uniform(0.2, 0.9)), -0.5, f"Q{i}"))
+    return evidence_table(rows)
+
+
+def test_add_evidence_counts_candidates_and_reads_the_best_ones_triage_evidence() -> None:
+    predictions = pl.DataFrame([("m1", "en", "x", "PER", "Q2", 0.5, 0.1, "Q2"),
+                                ("m2", "en", "India , China and Peru", None, None, None, None, "NIL")],
+                               schema=SCHEMA, orient="row")
+    candidates = pl.DataFrame({"mention_id": ["m1", "m1"], "rank": [1, 2], "kb_id": ["Q1", "Q2"], "score": [1.5, 0.7],
+                               "sources": [["prior"], ["fuzzy", "dense"]]},
+                              schema={"mention_id": pl.String, "rank": pl.Int32, "kb_id": pl.String, "score": pl.Float64,
+                                      "sources": pl.List(pl.String)})
+    out = nil_classifier.add_evidence(predictions, candidates).sort("mention_id")
+    first, second = out.row(0, named=True), out.row(1, named=True)
+    # The ranker's best (Q2) was triage's rank 2, proposed by fuzzy and dense.
+    assert (first["candidates"], first["best_triage_score"], first["best_triage_rank"]) == (2.0, 0.7, 2.0)
+    assert (first["best_from_fuzzy"], first["best_from_dense"], first["best_from_prior"]) == (1.0, 1.0, 0.0)
+    assert (second["candidates"], second["best_triage_score"], second["best_from_fuzzy"]) == (0.0, 0.0, 0.0)
+    x = nil_classifier.feature_matrix(out.sort("mention_id"), ["PER"])
+    # No candidate: has_candidate 0, best -2, second -2, margin 0; type PER only for m1.
+    assert x[1, :4].tolist() == [0.0, -2.0, -2.0, 0.0] and x[:, -1].tolist() == [1.0, 0.0]
+    words, comma = nil_classifier.NUMERIC.index("mention_words"), nil_classifier.NUMERIC.index("mention_has_comma")
+    assert x[:, words].tolist() == pytest.approx([np.log(2), np.log(6)])  # 1 and 5 words (the comma is one) and x[:, comma].tolist() == [0.0, 1.0]
+
+
+def test_classifier_separates_low_scored_nils_and_matches_scikit_learn() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    train = separable(60, seed=0)
+    params = nil_classifier.fit(train)
+    assert params["classes"] == ["nil", "right"] and params["fitted_on"] == {"mentions": 60, "nil": 20, "right": 40,
+                                                                              "wrong": 0}
+    test = separable(30, seed=1)
+    said = nil_classifier.says_nil(params, test)
+    assert said.tolist() == (test["gold_kb_id"] == "NIL").to_list()
+    # The numpy application equals scikit-learn's own probabilities.
+    x = nil_classifier.feature_matrix(train, params["types"])
+    mean, scale = np.asarray(params["mean"]), np.asarray(params["scale"])
+    reference = LogisticRegression(C=nil_classifier.C, max_iter=2000).fit((x - mean) / scale, nil_classifier.labels(train))
+    expected = reference.predict_proba((nil_classifier.feature_matrix(test, params["types"]) - mean) / scale)
+    np.testing.assert_allclose(nil_classifier.probabilities(params, test)["nil"], expected[:, 0], atol=1e-6)
+    with pytest.raises(ValueError):
+        nil_classifier.fit(train.filter(pl.col("gold_kb_id") != "NIL"))
+
+
+def test_decide_nil_applies_thresholds_or_the_classifier() -> None:
+    table = evidence_table([("a", "en", "Q1", 0.3, 0.0, "Q1"), ("b", "en", "Q2", -0.6, -0.7, "NIL"),
+                            ("c", "es", None, None, None, "NIL")])
+    artifact = {"method": "threshold", "thresholds": {"en": 0.5}, "default_threshold": -1.0, "classifier": None}
+    assert decide_nil(table, artifact)["kb_id"].to_list() == ["NIL", "NIL", "NIL"]  # 0.3 < 0.5
+    artifact["thresholds"] = {"en": -0.5}
+    assert decide_nil(table, artifact)["kb_id"].to_list() == ["Q1", "NIL", "NIL"]
+    artifact = {**artifact, "thresholds": {"en": -1.0}, "method": "classifier", "classifier": nil_classifier.fit(separable(60, 0))}
+    decided = decide_nil(table, artifact)
+    # The classifier overrides en's threshold -1 for b; c has no candidate; `threshold` is still reported.
+    assert decided["kb_id"].to_list() == ["Q1", "NIL", "NIL"] and decided["threshold"].to_list() == [-1.0, -1.0, -1.0]
+
+
+def test_choose_warns_about_thin_or_missing_dev_and_falls_back(caplog: pytest.LogCaptureFixture) -> None:
+    # it: one dev mention, linked to the wrong entity: wrong at every threshold, no evidence.
+    wrong = evidence_table([("it1", "it", "Q1", 0.3, 0.1, "Q2")])
+    tuning = pl.concat([separable(60, 0, "en"), separable(12, 1, "es"), wrong])
+    with caplog.at_level(logging.WARNING):
+        artifact, sweep_table, validation = nil_choice.choose(
+            tuning, EvaluateConfig(nil_method="auto", fixed_thresholds={"it": -0.7}), ["en", "es", "it", "ru"], 0)
+    text = caplog.text
+    assert "[W605] it: dev micro-average is the same at every NIL threshold" in text
+    assert "evaluate.fixed_thresholds.it = -0.7" in text and artifact["thresholds"]["it"] == -0.7
+    # ru has no dev mention: it falls back to the default threshold, and says so.
+    assert "[W602] ru: no dev mention with gold" in text and "evaluate.default_threshold = -1.0" in text
+    # es: 12 dev mentions with 4 NILs is too little to trust its threshold.
+    assert "[W603] es: NIL threshold" in text and "rests on 12 dev mention(s) with 4 NIL(s)" in text
+    assert "[W603] en" not in text and artifact["tuning_counts"] == {"en": {"mentions": 60, "nil": 20},
+                                                                     "es": {"mentions": 12, "nil": 4},
+                                                                     "it": {"mentions": 1, "nil": 0}}
+    assert artifact["thresholds"]["ru"] == -1.0 and sweep_table is not None
+    # Perfectly separable: both methods are perfect in cross-validation; auto keeps the classifier on a tie.
+    overall = validation.filter(pl.col("lang") == "all")
+    assert overall["micro_average"].to_list() == [72 / 73, 72 / 73] and artifact["method"] == "classifier"
+
+    caplog.clear()
+    few = separable(15, 0)  # 5 NILs: too few for the classifier
+    with caplog.at_level(logging.WARNING):
+        artifact, _, validation = nil_choice.choose(few, EvaluateConfig(nil_method="classifier"), ["en"], 0)
+    assert "[W604] the dev split has 5 NIL mention(s)" in caplog.text
+    assert artifact["method"] == "threshold" and artifact["classifier"] is None and validation is None
+
+
+def test_threshold_method_keeps_thresholds_and_still_fits_the_classifier_for_the_report() -> None:
+    tuning = separable(90, 0)
+    artifact, _, validation = nil_choice.choose(tuning, EvaluateConfig(nil_method="threshold"), ["en"], 0)
+    assert artifact["method"] == "threshold" and artifact["classifier"]["fitted_on"]["mentions"] == 90
+    # Both methods, held out over all 90 mentions in five folds.
+    assert validation.filter(pl.col("lang") == "all").select("method", "mentions").rows() == [("threshold", 90),
+                                                                                              ("classifier", 90)]
+    # Every NIL scores under -0.4 and every link above 0.2: the threshold lies between them.
+    assert -0.4 < artifact["thresholds"]["en"] <= 0.2
+
+
+def test_outcome_scores_on_a_hand_made_case() -> None:
+    decided = pl.DataFrame({"lang": ["en", "en", "en", "en", "es"], "gold_kb_id": ["NIL", "NIL", "Q1", "Q2", "NIL"],
+                            "kb_id": ["NIL", "Q3", "NIL", "Q2", "Q1"]})
+    table = {row["lang"]: row for row in outcome_scores(decided).iter_rows(named=True)}
+    # en: right = NIL/NIL and Q2/Q2 (2 of 4); said NIL 2, gold NIL 2, both 1 -> P = R = F1 = 0.5.
+    assert table["en"]["micro_average"] == 0.5 and table["en"]["nil_f1"] == pytest.approx(0.5)
+    # es: nothing said NIL: precision 0, recall 0, F1 0.
+    assert (table["es"]["nil_precision"], table["es"]["nil_recall"], table["es"]["nil_f1"]) == (0.0, 0.0, 0.0)
+    assert table["all"]["mentions"] == 5 and table["all"]["nil_recall"] == pytest.approx(1 / 3)
+
+
+def test_error_analysis_on_a_hand_made_case() -> None:
+    evaluated = pl.DataFrame({
+        "mention_id": ["m1", "m2", "m3", "m4", "m5", "m6"],
+        "lang": ["en", "en", "en", "es", "es", "es"],
+        "mention": ["Paris", "Obama", "Bush", "París", "Nadie", "Bush"],
+        "entity_type": ["LOC", "PER", "PER", "LOC", None, "PER"],
+        "gold_kb_id": ["Q1", "Q2", "Q3", "Q1", "NIL", "Q3"],
+        "kb_id": ["Q1", "Q2", "Q4", "Q9", "NIL", "Q4"],
+    })
+    candidates = pl.DataFrame({"mention_id": ["m1", "m2", "m2", "m3", "m3", "m4", "m6"], "rank": [1, 2, 1, 7, 1, 1, 3],
+                               "kb_id": ["Q1", "Q2", "Q8", "Q3", "Q4", "Q9", "Q4"]})
+    table, confusions = analyse(evaluated, candidates, seen_kb_ids=["Q1", "Q9"])
+
+    def cell(analysis: str, group: str, lang: str = "all") -> tuple:
+        row = table.filter((pl.col("analysis") == analysis) & (pl.col("group") == group) & (pl.col("lang") == lang))
+        assert row.height == 1, (analysis, group, lang)
+        return row["mentions"][0], row["correct"][0]
+
+    assert cell("seen in training", "seen") == (2, 1)  # m1 right, m4 wrong
+    assert cell("seen in training", "unseen") == (3, 1)  # m2 right; m3, m6 wrong
+    assert cell("seen in training", "NIL gold") == (1, 1)
+    # Gold rank: m1 1, m4 not found (Q1 not among its candidates), m2 2-5, m3 6-k, m6 not found.
+    assert cell("triage rank", "1") == (1, 1) and cell("triage rank", "2-5") == (1, 1)
+    assert cell("triage rank", "6-k") == (1, 0) and cell("triage rank", "not found") == (2, 0)
+    assert cell("entity type", "unknown") == (1, 1) and cell("entity type", "PER", "en") == (2, 1)
+    assert cell("language", "es", "es") == (3, 1)
+    ceiling = table.filter((pl.col("analysis") == "triage ceiling") & (pl.col("lang") == "all")).row(0, named=True)
+    assert ceiling["ceiling"] == pytest.approx(4 / 6) and ceiling["accuracy"] == pytest.approx(3 / 6)
+    nil_es = table.filter((pl.col("analysis") == "NIL") & (pl.col("lang") == "es")).row(0, named=True)
+    assert (nil_es["nil_precision"], nil_es["nil_recall"], nil_es["nil_f1"]) == (1.0, 1.0, 1.0)
+    # Q3 -> Q4 twice (first example by mention id: "Bush"), Q1 -> Q9 once.
+    assert confusions.rows() == [("Q3", "Q4", 2, "Bush"), ("Q1", "Q9", 1, "París")]
