@@ -45,7 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.config import TrainConfig  # noqa: E402
 from pipeline.features import RankerInputs  # noqa: E402
 from pipeline.ranker import Ranker, RankerShape, hinge_loss  # noqa: E402
-from pipeline.train import assemble_batch, ranker_shape, train_epoch  # noqa: E402
+from pipeline.train_batches import assemble_batch, train_epoch  # noqa: E402
+from pipeline.train_state import ranker_shape  # noqa: E402
 
 N_TYPES = 8
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 
-import pipeline.train
+import pipeline.train_batches
 from cli import main
 from conftest import TINY_KB, tiny_mention_records, write_jsonl, write_run_config
 from pipeline import schema
@@ -366,7 +366,7 @@ def test_score_on_the_run_own_tab_files_keeps_the_languages(base_run: dict, tmp_
 def test_train_resumes_from_its_checkpoint(base_run: dict, run_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     shutil.rmtree(run_copy / "train")
     shutil.rmtree(run_copy / "evaluate")
-    real_sample = pipeline.train.sample_negatives
+    real_sample = pipeline.train_batches.sample_negatives
     calls = {"n": 0}
 
     def killed_in_epoch_5(*args, **kwargs):
@@ -376,7 +376,7 @@ def test_train_resumes_from_its_checkpoint(base_run: dict, run_copy: Path, monke
             raise KeyboardInterrupt("simulated kill")
         return real_sample(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline.train, "sample_negatives", killed_in_epoch_5)
+    monkeypatch.setattr(pipeline.train_batches, "sample_negatives", killed_in_epoch_5)
     interrupted = invoke("train", "--config", base_run["config"], "--run-dir", run_copy)
     assert interrupted.exit_code != 0
     train_dir = run_copy / "train"
@@ -385,7 +385,7 @@ def test_train_resumes_from_its_checkpoint(base_run: dict, run_copy: Path, monke
     checkpoint = torch.load(train_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
     assert checkpoint["epoch"] == 4 and len(checkpoint["history"]) == 4
 
-    monkeypatch.setattr(pipeline.train, "sample_negatives", real_sample)
+    monkeypatch.setattr(pipeline.train_batches, "sample_negatives", real_sample)
     resumed = succeeded(invoke("train", "--config", base_run["config"], "--run-dir", run_copy))
     assert "resuming training at epoch 5" in resumed.output
     assert pl.read_parquet(train_dir / "history.parquet")["epoch"].to_list() == [1, 2, 3, 4, 5, 6]

@@ -117,7 +117,7 @@ def cli_processes():
     # Imported once in the server (this module too, for `_cli_process`); nothing has run a
     # torch op there, so forking is safe.
     context.set_forkserver_preload([
-        "cli", "pipeline.triage", "pipeline.encode", "pipeline.train", "pipeline.evaluate", "pipeline.encoder_build",
+        "cli", "pipeline.triage", "pipeline.encode", "pipeline.train", "pipeline.train_batches", "pipeline.evaluate", "pipeline.encoder_build",
         "transformers.models.auto.tokenization_auto", "transformers.models.bert.modeling_bert",
         "transformers.models.bert.tokenization_bert", "transformers.convert_slow_tokenizer",
         "matplotlib.pyplot", "matplotlib.backends.backend_agg", __name__])

@@ -23,7 +23,7 @@ from conftest import write_run_config
 from pipeline.stage import read_manifest
 from pipeline.distributed import World, world_from_environment
 from pipeline.errors import ConfigError
-from pipeline.train import rank_share
+from pipeline.train_batches import rank_share
 
 ROOT = Path(__file__).resolve().parents[1]
 # Dropout draws other masks on other ranks, so only a run without it can match step for step.

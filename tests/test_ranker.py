@@ -16,7 +16,7 @@ from torch import nn
 from pipeline import schema
 from pipeline.nil import best_thresholds, cluster_nils, decide, sweep
 from pipeline.ranker import PairMLP, Ranker, RankerShape, hinge_loss
-from pipeline.train import sample_negatives
+from pipeline.train_batches import sample_negatives
 
 
 # --- hinge loss -------------------------------------------------------------------------------
@@ -296,7 +296,7 @@ def test_decide_then_cluster_keeps_linked_ids() -> None:
 
 
 def test_weight_average_is_an_exponential_moving_average_of_the_weights() -> None:
-    from pipeline.train import weight_average
+    from pipeline.train_state import weight_average
 
     assert weight_average(Ranker(tiny_shape()), 0.0) is None
     model = Ranker(tiny_shape())
