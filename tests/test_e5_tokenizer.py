@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, normalizers
 
-from pipeline import e5_tokenizer, encoder_build
+from pipeline import e5_format, e5_tokenizer, encoder_build
 from pipeline.errors import ConfigError
 
 PIECES = ["<s>", "<pad>", "</s>", "<unk>", "\u2581", "\u2581a", "b", "c", "\u2581é", "\u2581ab", "<mask>"]
@@ -79,12 +79,12 @@ def test_tokenizer_json_segments_with_the_unigram_scores() -> None:
 def test_damaged_tokenizer_table_is_e503(tmp_path: Path) -> None:
     source = _packaged_source_or_skip()
     buffer = bytearray(source.read_bytes())
-    fields = np.frombuffer(bytes(buffer[: encoder_build._HEADER_DTYPE.itemsize]), encoder_build._HEADER_DTYPE)[0]
+    fields = np.frombuffer(bytes(buffer[: e5_format.HEADER_DTYPE.itemsize]), e5_format.HEADER_DTYPE)[0]
     # The last piece offset must equal the blob length; make it point past it.
-    last_offset = encoder_build._HEADER_DTYPE.itemsize + int(fields["n_pieces"]) * 4
+    last_offset = e5_format.HEADER_DTYPE.itemsize + int(fields["n_pieces"]) * 4
     struct.pack_into("<I", buffer, last_offset, int(fields["blob_length"]) + 7)
     with pytest.raises(ConfigError, match="E503") as raised:
-        encoder_build.read_e5_tokenizer(bytes(buffer), source)
+        e5_format.read_e5_tokenizer(bytes(buffer), source)
     assert "piece offsets" in raised.value.message
 
 
@@ -106,7 +106,7 @@ def _upstream_tokenizer_or_skip() -> Path:
 def ours_and_upstream() -> tuple[dict, dict]:
     source = _packaged_source_or_skip()
     upstream_path = _upstream_tokenizer_or_skip()
-    ours = encoder_build.read_e5_tokenizer(source.read_bytes(), source)
+    ours = e5_format.read_e5_tokenizer(source.read_bytes(), source)
     return ours, json.loads(upstream_path.read_text(encoding="utf-8"))
 
 

@@ -16,13 +16,8 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from pipeline import encoder_build
-from pipeline.encoder_build import (
-    ENCODER_FOLDER,
-    MARKER_FILE,
-    bert_state_dict_name,
-    dequantize_q4_0,
-    ensure_default_encoder,
-)
+from pipeline.e5_format import bert_state_dict_name, dequantize_q4_0
+from pipeline.encoder_build import ENCODER_FOLDER, MARKER_FILE, ensure_default_encoder
 from pipeline.errors import ConfigError, PipelineError
 
 ENGLISH_CANDIDATES = [
