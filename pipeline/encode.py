@@ -23,7 +23,6 @@ import dataclasses
 import logging
 import shutil
 import time
-from pathlib import Path
 
 import h5py
 
@@ -35,8 +34,7 @@ from pipeline.encode_shards import finished_shards, merge_group, remove_stale_wo
 from pipeline.encoder import encoder_identity, load_encoder, resolve_encoder_path
 from pipeline.errors import CacheError, SchemaError
 from pipeline.io import write_json_atomic
-from pipeline.stage import (StageResult, invalidate, is_up_to_date, library_versions, read_manifest_file, stage_key,
-                            upstream_key, write_manifest)
+from pipeline.stage import StageResult, StageRun, library_versions, read_manifest_file, stage_key, upstream_key
 from pipeline.vectors import VECTORS, vector_attributes, write_vectors
 
 logger = logging.getLogger(__name__)
@@ -78,18 +76,19 @@ def run(config: RunConfig, force: bool = False, shard: tuple[int, int] | None = 
 
 
 def _encode_vectors(config: RunConfig, force: bool, shard: tuple[int, int] | None, merge: bool) -> StageResult:
-    started = time.time()
     out_dir = config.stage_dir(STAGE)
     key, inputs, settings = stage_identity(config)
+    stage_run = StageRun(out_dir, STAGE, STAGE_VERSION, settings, inputs, force)
+    started = stage_run.started
     if merge:
-        return merge_shards(config, out_dir, key, inputs, settings, force, started)
+        return merge_shards(config, stage_run)
     if shard is None:
         target, work_dir = out_dir / VECTORS, out_dir / f"work-{key}"
-        if not force and is_up_to_date(out_dir, key):
+        if stage_run.up_to_date:
             # A run killed after its manifest but before deleting its chunks leaves them behind.
             shutil.rmtree(work_dir, ignore_errors=True)
-            return StageResult(STAGE, out_dir, skipped=True, seconds=time.time() - started)
-        invalidate(out_dir, work_dir, settings=settings, inputs=inputs)
+            return stage_run.skipped()
+        stage_run.begin(work_dir)
     else:
         target, shard_manifest = shard_paths(out_dir, shard)
         work_dir = out_dir / f"work-{key}-{shard[0]}-of-{shard[1]}"
@@ -122,26 +121,27 @@ def _encode_vectors(config: RunConfig, force: bool, shard: tuple[int, int] | Non
     counts = {"mentions": mentions.height, "entities": entities.height, "distinct_texts": len(plan.table.units),
               "sub_words": plan.sub_words, "chunks": chunks, "chunks_resumed": resumed}
     extra = {"encoder_path": encoder.path, "device": str(encoder.device)}
+    summary = {"texts_per_second": len(plan.table.units) / max(seconds, 1e-9)}
     if shard is None:
-        write_manifest(out_dir, stage=STAGE, key=key, inputs=inputs, settings=settings, counts=counts,
-                       outputs=[VECTORS], started=started, extra=extra)
+        result = stage_run.finish(counts, [VECTORS], summary=summary, extra=extra)
     else:
+        # A shard's manifest of its own (shards run side by side, without the run lock).
         write_json_atomic(shard_manifest, {"stage": STAGE, "key": key, "shard": list(shard), "inputs": inputs,
                                            "settings": settings, "counts": counts, "outputs": [target.name],
                                            "versions": library_versions(), "seconds": round(seconds, 3), **extra})
+        result = StageResult(STAGE, target.parent, skipped=False, seconds=seconds, counts=counts, summary=summary)
     # Only now that the result is in place: the chunks are no longer needed to resume.
     shutil.rmtree(work_dir, ignore_errors=True)
     if shard is None:
         remove_stale_work(out_dir, key)
-    return StageResult(STAGE, target.parent, skipped=False, seconds=seconds, counts=counts,
-                       summary={"texts_per_second": len(plan.table.units) / max(seconds, 1e-9)})
+    return result
 
 
-def merge_shards(config: RunConfig, out_dir: Path, key: str, inputs: dict[str, str], settings: dict,
-                 force: bool, started: float) -> StageResult:
+def merge_shards(config: RunConfig, stage_run: StageRun) -> StageResult:
     """Join all n finished shards of this key into vectors.h5 and write the stage manifest."""
-    if not force and is_up_to_date(out_dir, key):
-        return StageResult(STAGE, out_dir, skipped=True, seconds=time.time() - started)
+    if stage_run.up_to_date:
+        return stage_run.skipped()
+    out_dir, key, inputs = stage_run.out_dir, stage_run.key, stage_run.inputs
     mentions, entities = read_triage(config)
     paths, manifests = finished_shards(out_dir, key)
     for path in paths:
@@ -154,14 +154,14 @@ def merge_shards(config: RunConfig, out_dir: Path, key: str, inputs: dict[str, s
             raise CacheError("E404", path=path,
                              detail="its attributes name another encoder or stage key than its manifest")
     attributes.pop("shard", None)
-    invalidate(out_dir, settings=settings, inputs=inputs)
+    stage_run.begin()
     groups = {"mentions": merge_group(paths, "mentions", mentions["mention_id"].to_list()),
               "entities": merge_group(paths, "entities", entities["kb_id"].to_list())}
     write_vectors(out_dir / VECTORS, attributes, config.encoder.store_float16, groups)
     counts = {"mentions": mentions.height, "entities": entities.height, "shards": len(paths)}
     for name in ("distinct_texts", "sub_words"):
         counts[name] = int(sum(m["counts"][name] for m in manifests))
-    write_manifest(out_dir, stage=STAGE, key=key, inputs=inputs, settings=settings, counts=counts, outputs=[VECTORS],
-                   started=started, extra={"encoder_path": str(attributes["encoder_path"]), "shards": len(paths)})
+    result = stage_run.finish(counts, [VECTORS], extra={"encoder_path": str(attributes["encoder_path"]),
+                                                        "shards": len(paths)})
     remove_stale_work(out_dir, key)
-    return StageResult(STAGE, out_dir, skipped=False, seconds=time.time() - started, counts=counts)
+    return result

@@ -18,7 +18,6 @@ Outputs (in the run's `evaluate/` folder):
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ from pipeline.nil import cluster_nils, decide_nil
 from pipeline.nil_classifier import add_evidence
 from pipeline.report import report_markdown
 from pipeline.scoring import MICRO_AVERAGE, score
-from pipeline.stage import StageResult, invalidate, is_up_to_date, stage_key, upstream_key, write_manifest
+from pipeline.stage import StageResult, StageRun, upstream_key
 from pipeline.doc_languages import FILE_NAME as DOC_LANGUAGES_FILE, write_doc_languages
 from pipeline.tac import write_tab
 from pipeline.model_file import load_model
@@ -167,17 +166,15 @@ def outcome_by_method(predictions: pl.DataFrame, evaluated: pl.DataFrame, artifa
 
 
 def run(config: RunConfig, force: bool = False) -> StageResult:
-    started = time.time()
     out_dir = config.stage_dir(STAGE)
     triage_dir, encode_dir, train_dir = (config.stage_dir(s) for s in ("triage", "encode", "train"))
     inputs_keys = {"triage": upstream_key(triage_dir, "triage"), "encode": upstream_key(encode_dir, "encode"),
                    "train": upstream_key(train_dir, "train")}
     settings = {k: v for k, v in to_dict(config.evaluate).items() if LATER_SETTINGS.get(k, Ellipsis) != v}
-    key = stage_key(STAGE, STAGE_VERSION, settings, inputs_keys)
-    if not force and is_up_to_date(out_dir, key):
-        return StageResult(STAGE, out_dir, skipped=True, seconds=time.time() - started)
-    invalidate(out_dir, settings=settings, inputs=inputs_keys)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    stage_run = StageRun(out_dir, STAGE, STAGE_VERSION, settings, inputs_keys, force)
+    if stage_run.up_to_date:
+        return stage_run.skipped()
+    stage_run.begin()
     evaluate = config.evaluate
 
     device = pick_device(config.train.device)
@@ -250,7 +247,5 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
                                                              validation, on_eval, analysis, confusions))
     counts = {"mentions_scored": int(len(rows)), "candidates_scored": score_table.height, "evaluated": evaluated.height,
               "predicted_nil": int(evaluated["is_nil"].sum())}
-    write_manifest(out_dir, stage=STAGE, key=key, inputs=inputs_keys, settings=settings, counts=counts, outputs=outputs,
-                   started=started, extra={"thresholds": thresholds, "nil_method": artifact["method"]})
-    return StageResult(STAGE, out_dir, skipped=False, seconds=time.time() - started, counts=counts,
-                       summary={"metrics": metrics, "micro_average_key": MICRO_AVERAGE})
+    return stage_run.finish(counts, outputs, summary={"metrics": metrics, "micro_average_key": MICRO_AVERAGE},
+                            extra={"thresholds": thresholds, "nil_method": artifact["method"]})

@@ -39,6 +39,46 @@ class StageResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+class StageRun:
+    """The skeleton every stage runs, written once: its key; skip when up to date; else
+    invalidate (manifest first), do the work, write the manifest last.
+
+        run = StageRun(out_dir, STAGE, STAGE_VERSION, settings, inputs, force)
+        if run.up_to_date:
+            return run.skipped()
+        run.begin(work_dir)        # old manifest and temporary files gone, out_dir made
+        ...                        # write every output (atomic writers)
+        return run.finish(counts, outputs, summary=..., extra=...)
+
+    `key` hashes the stage, its version, `settings` and `inputs` (upstream keys or file
+    fingerprints); `started` is when the run began (the manifest's start time).
+    """
+
+    def __init__(self, out_dir: Path, stage: str, version: int, settings: dict[str, Any], inputs: dict[str, str],
+                 force: bool = False) -> None:
+        self.started = time.time()
+        self.out_dir, self.stage, self.settings, self.inputs = out_dir, stage, settings, inputs
+        self.key = stage_key(stage, version, settings, inputs)
+        self.up_to_date = not force and is_up_to_date(out_dir, self.key)
+
+    def skipped(self) -> StageResult:
+        """The result of a stage that was up to date: nothing done."""
+        return StageResult(self.stage, self.out_dir, skipped=True, seconds=time.time() - self.started)
+
+    def begin(self, *work_dirs: Path) -> None:
+        """Invalidate the old outputs (saying what is replaced) and make the stage folder."""
+        invalidate(self.out_dir, *work_dirs, settings=self.settings, inputs=self.inputs)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    def finish(self, counts: dict[str, int], outputs: list[str], summary: dict[str, Any] | None = None,
+               extra: dict[str, Any] | None = None) -> StageResult:
+        """Write the manifest last, once every output in `outputs` (names in out_dir) is in place."""
+        write_manifest(self.out_dir, stage=self.stage, key=self.key, inputs=self.inputs, settings=self.settings,
+                       counts=counts, outputs=outputs, started=self.started, extra=extra)
+        return StageResult(self.stage, self.out_dir, skipped=False, seconds=time.time() - self.started,
+                           counts=counts, summary=summary or {})
+
+
 def stage_key(stage: str, version: int, settings: dict[str, Any], inputs: dict[str, str]) -> str:
     """Hash of everything that determines a stage's output."""
     payload = json.dumps({"stage": stage, "version": version, "settings": settings, "inputs": inputs},

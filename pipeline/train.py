@@ -33,7 +33,7 @@ from pipeline.io import collect_checked, scan_parquet_checked, write_parquet_ato
 from pipeline.model_file import MODEL, save_torch
 from pipeline.progress import progress as progress_counter
 from pipeline.ranker import NearestNeighbour
-from pipeline.stage import StageResult, invalidate, is_up_to_date, stage_key, upstream_key, write_manifest
+from pipeline.stage import StageResult, StageRun, upstream_key
 from pipeline.train_batches import linking_accuracy, load_name_pairs, train_epoch
 from pipeline.train_state import load_checkpoint, new_state, ranker_shape
 from pipeline.vectors import name_pairs_key
@@ -80,8 +80,8 @@ def training_rows(mentions: pl.DataFrame, gold: np.ndarray, languages: tuple[str
     return rows
 
 
-def stage_identity(config: RunConfig) -> tuple[str, dict[str, str], dict]:
-    """(key, inputs, settings) of train: upstream keys (and the §7.1 pairs file), the settings that change the model."""
+def stage_identity(config: RunConfig) -> tuple[dict[str, str], dict]:
+    """(inputs, settings) of train's key: upstream keys (and the §7.1 pairs file), the settings that change the model."""
     triage_dir, encode_dir = config.stage_dir("triage"), config.stage_dir("encode")
     inputs_keys = {"triage": upstream_key(triage_dir, "triage"), "encode": upstream_key(encode_dir, "encode")}
     train_config = config.train
@@ -94,7 +94,7 @@ def stage_identity(config: RunConfig) -> tuple[str, dict[str, str], dict]:
     settings = {k: v for k, v in to_dict(train_config).items()
                 if k not in ("device", "checkpoint_every") and LATER_SETTINGS.get(k, Ellipsis) != v
                 and (k not in NAME_MATCHING_SETTINGS or (train_config.name_matching and k != "name_pairs"))}
-    return stage_key(STAGE, STAGE_VERSION, settings, inputs_keys), inputs_keys, settings
+    return inputs_keys, settings
 
 
 @dataclass
@@ -148,22 +148,21 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
 
 
 def _train(config: RunConfig, force: bool, world: World) -> StageResult:
-    started = time.time()
     out_dir = config.stage_dir(STAGE)
     triage_dir, encode_dir = config.stage_dir("triage"), config.stage_dir("encode")
     train_config = config.train
-    key, inputs_keys, settings = stage_identity(config)
+    inputs_keys, settings = stage_identity(config)
+    stage_run = StageRun(out_dir, STAGE, STAGE_VERSION, settings, inputs_keys, force)
+    key, started = stage_run.key, stage_run.started
     # Rank 0 decides and does the file work; the other ranks follow its decision, so they
     # cannot disagree while rank 0 is removing the manifest.
-    up_to_date = not force and is_up_to_date(out_dir, key) if world.is_main else None
-    if distributed.broadcast(up_to_date, world):
-        return StageResult(STAGE, out_dir, skipped=True, seconds=time.time() - started)
+    if distributed.broadcast(stage_run.up_to_date if world.is_main else None, world):
+        return stage_run.skipped()
     checkpoint_path = out_dir / CHECKPOINT
     if world.is_main:
-        invalidate(out_dir, checkpoint_path.parent, settings=settings, inputs=inputs_keys)
+        stage_run.begin(checkpoint_path.parent)
         if force:
             checkpoint_path.unlink(missing_ok=True)
-        out_dir.mkdir(parents=True, exist_ok=True)
     distributed.barrier(world)  # a forced run's old checkpoint is gone before any rank looks for one
 
     device = distributed.training_device(train_config.device, world)
@@ -180,8 +179,8 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
             dev_accuracy = linking_accuracy(NearestNeighbour(), inputs, dev_rows, dev_matrix, dev_gold)
             save_torch(out_dir / MODEL, {"key": key, "baseline": "nn", "model": {}, "best_epoch": 0,
                                          "config": to_dict(train_config), **saved_rows})
-            result = _finish(out_dir, key, inputs_keys, settings, [], {**counts, "epochs": 0, "best_epoch": 0},
-                             dev_accuracy, 0, by_language, device, started, world)
+            result = _finish(stage_run, [], {**counts, "epochs": 0, "best_epoch": 0}, dev_accuracy, 0, by_language,
+                             device, world)
         distributed.barrier(world)
         return result
     if len(train_rows) == 0:
@@ -260,16 +259,14 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
         final_state = state.best["state"] if state.best["state"] is not None else state.kept.state_dict()
         save_torch(out_dir / MODEL, {"key": key, "model": final_state, "shape": dataclasses.asdict(shape),
                                      "best_epoch": state.best["epoch"], "config": to_dict(train_config), **saved_rows})
-        result = _finish(out_dir, key, inputs_keys, settings, state.history,
-                         {**counts, "epochs": epoch, "best_epoch": state.best["epoch"]},
-                         state.best["score"] if len(dev_rows) else None, state.best["epoch"], by_language, device, started, world)
+        result = _finish(stage_run, state.history, {**counts, "epochs": epoch, "best_epoch": state.best["epoch"]},
+                         state.best["score"] if len(dev_rows) else None, state.best["epoch"], by_language, device, world)
     distributed.barrier(world)  # the other ranks leave once rank 0's model and manifest are in place
     return result
 
 
-def _finish(out_dir: Path, key: str, inputs_keys: dict, settings: dict, history: list[dict], counts: dict,
-            best_score: float | None, best_epoch: int, by_language: dict, device: torch.device, started: float,
-            world: World = World()) -> StageResult:
+def _finish(stage_run: StageRun, history: list[dict], counts: dict, best_score: float | None, best_epoch: int,
+            by_language: dict, device: torch.device, world: World = World()) -> StageResult:
     """Write history.parquet and the manifest (last), once model.pt is in place.
 
     best_score: the best dev accuracy, None (or NaN) when there were no dev mentions.
@@ -279,10 +276,9 @@ def _finish(out_dir: Path, key: str, inputs_keys: dict, settings: dict, history:
     columns = {"epoch": pl.Int64, "loss": pl.Float64, "dev_accuracy": pl.Float64}
     if history and "name_pair_loss" in history[0]:
         columns["name_pair_loss"] = pl.Float64
-    write_parquet_atomic(pl.DataFrame(history, schema=columns), out_dir / "history.parquet")
-    write_manifest(out_dir, stage=STAGE, key=key, inputs=inputs_keys, settings=settings, counts=counts,
-                   outputs=[MODEL, "history.parquet"], started=started,
-                   extra={"best_dev_accuracy": best_score, "device": str(device), "train_mentions_by_language": by_language,
-                          **({"world_size": world.size} if world.distributed else {})})
-    return StageResult(STAGE, out_dir, skipped=False, seconds=time.time() - started, counts=counts,
-                       summary={"best_dev_accuracy": best_score, "best_epoch": best_epoch})
+    write_parquet_atomic(pl.DataFrame(history, schema=columns), stage_run.out_dir / "history.parquet")
+    return stage_run.finish(counts, [MODEL, "history.parquet"],
+                            summary={"best_dev_accuracy": best_score, "best_epoch": best_epoch},
+                            extra={"best_dev_accuracy": best_score, "device": str(device),
+                                   "train_mentions_by_language": by_language,
+                                   **({"world_size": world.size} if world.distributed else {})})
