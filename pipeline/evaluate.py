@@ -24,6 +24,7 @@ from pipeline import schema
 from pipeline.config import RunConfig, to_dict
 from pipeline.errors import InputError
 from pipeline.features import RankerInputs, candidate_matrix, gold_rows, load_inputs, score_candidates
+from pipeline.link.model_folder import write_model_folder
 from pipeline.io import (atomic_path, collect_checked, scan_parquet_checked, write_json_atomic, write_parquet_atomic,
                          write_text_atomic)
 from pipeline.nil import best_thresholds, cluster_nils, decide, sweep
@@ -230,6 +231,7 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     write_tab(system_tab, out_dir / "system.tab")
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_text_atomic(out_dir / "report.md", report_markdown(metrics, thresholds, evaluate.eval_split, sweep_table is not None))
+    write_model_folder(config, thresholds, metrics)  # <run>/model/: the trained linker `xel-cli link` applies
     counts = {"mentions_scored": int(len(rows)), "candidates_scored": score_table.height, "evaluated": evaluated.height,
               "predicted_nil": int(evaluated["is_nil"].sum())}
     write_manifest(out_dir, stage=STAGE, key=key, inputs=inputs_keys, settings=settings, counts=counts, outputs=outputs,
