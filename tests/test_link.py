@@ -264,3 +264,51 @@ def test_a_killed_link_resumes_after_its_last_finished_chunk(demo_run: dict, tmp
     assert_same_links(tmp_path / "out" / "links.parquet", tmp_path / "whole" / "links.parquet")
     again = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "out", "--chunk-mentions", 20))
     assert "up to date" in again.output
+
+
+@pytest.mark.parametrize("form", ["parquet", "jsonl with docs", "parquet with docs", "tac"])
+def test_every_mention_format_gives_the_same_links(demo_run: dict, tmp_path: Path, form: str) -> None:
+    records = without_gold(demo_records("test"))
+    extra: list[object] = []
+    if form == "tac":
+        source = tmp_path / "source"
+        source.mkdir()
+        lines = []
+        for r in records:
+            doc_id = f"demo:{r['lang']}:{r['doc_id']}"  # the language is read from TAC doc ids
+            (source / f"{doc_id.replace(':', '__')}.txt").write_text(r["text"], encoding="utf-8")
+            lines.append(f"xel\t{r['id']}\t{r['mention']}\t{doc_id}:{r['start']}-{r['end'] - 1}\tNIL\t{r['entity_type']}\tNAM\t1.0\n")
+        mentions = tmp_path / "mentions.tab"
+        mentions.write_text("".join(lines), encoding="utf-8")
+        extra = ["--docs", source]
+    else:
+        if "docs" in form:
+            docs = {r["doc_id"]: r["text"] for r in records}
+            extra = ["--docs", write_jsonl(tmp_path / "docs.jsonl", [{"doc_id": d, "text": t} for d, t in docs.items()])]
+            records = [{**{k: v for k, v in r.items() if k not in ("text", "start", "end")},
+                        "doc_start": r["start"], "doc_end": r["end"]} for r in records]
+        if form.startswith("parquet"):
+            mentions = tmp_path / "mentions.parquet"
+            pl.DataFrame(records).write_parquet(mentions)
+        else:
+            mentions = write_jsonl(tmp_path / "mentions.jsonl", records)
+    succeeded(link(demo_run["model"], mentions, tmp_path / "out", "--chunk-mentions", 25, *extra))
+    succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "reference"))
+    columns = ["mention_id", "start", "end", "lang", "mention", "kb_id", "is_nil", "threshold"]
+    assert (pl.read_parquet(tmp_path / "out" / "links.parquet").select(columns)
+            .equals(pl.read_parquet(tmp_path / "reference" / "links.parquet").select(columns)))
+
+
+def test_bad_mention_inputs_are_one_line_errors(demo_run: dict, tmp_path: Path) -> None:
+    records = without_gold(demo_records("test"))
+    cases = {
+        "unknown type": (write_jsonl(tmp_path / "m.csv", records), [], "E707"),
+        "tab without docs": (tmp_path / "m.tab", [], "E708"),
+        "repeated id across chunks": (write_jsonl(tmp_path / "dup.jsonl", records + records[:1]), [], "E710"),
+        "bad offsets": (write_jsonl(tmp_path / "off.jsonl", [{**records[0], "end": 10_000}]), [], "E105"),
+    }
+    (tmp_path / "m.tab").write_text("xel\tm1\tParis\tdoc:0-4\tNIL\tLOC\tNAM\t1.0\n", encoding="utf-8")
+    for name, (path, extra, code) in cases.items():
+        result = link(demo_run["model"], path, tmp_path / f"out-{code}", "--chunk-mentions", 40, *extra)
+        assert result.exit_code == 2 and f"[{code}]" in result.output, (name, result.output)
+        assert str(path) in result.output and not (tmp_path / f"out-{code}" / "links.parquet").exists()

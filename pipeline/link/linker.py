@@ -171,8 +171,9 @@ class Linker:
                   .sort(["mention_id", "score", "rank"], descending=[False, True, False], nulls_last=True)
                   .group_by("mention_id", maintain_order=True)
                   .agg(pl.struct("kb_id", "score", "triage_score", "sources").alias("candidates")))
-        frame = decided.join(ranked, on="mention_id", how="left").with_columns(
-            pl.col("candidates").fill_null(pl.lit([], dtype=ranked.schema["candidates"])))
+        # The context text is the bulk of a mention row and no output needs it.
+        frame = decided.drop("context", "start", "end", "line", strict=False).join(ranked, on="mention_id", how="left")
+        frame = frame.with_columns(pl.col("candidates").fill_null(pl.lit([], dtype=ranked.schema["candidates"])))
         return ChunkResult(frame, int(missing.height), int(found.sum()), time.time() - started, encode_seconds)
 
     def link(self, mentions: pl.DataFrame | list[dict], docs: pl.DataFrame | None = None) -> pl.DataFrame:

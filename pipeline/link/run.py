@@ -205,6 +205,7 @@ def _finish(options: LinkOptions, folder, key: str, total: int, started: float, 
     all_seconds = sum(s["seconds"] for s in stats)
     summary = {**totals, "chunks": total, "chunks_resumed": counts.get("chunks_resumed", 0),
                "mentions_linked_now": counts.get("mentions", 0), "seconds": round(seconds, 3),
+               "linking_seconds": round(all_seconds, 3),
                "encode_share": sum(s["encode_seconds"] for s in stats) / max(all_seconds, 1e-9)}
     write_manifest(out_dir, stage="link", key=key, inputs={"model": str(options.model), "mentions": str(options.mentions)},
                    settings={"chunk_mentions": options.chunk_mentions, "score": options.score}, counts=summary,
