@@ -24,7 +24,7 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from pipeline.errors import CacheError, InputError
-from pipeline.io import file_fingerprint, write_json_atomic, write_parquet_atomic, write_text_atomic
+from pipeline.io import file_fingerprint, remove_leftover_temps, write_json_atomic, write_parquet_atomic, write_text_atomic
 from pipeline.link.model_folder import load_model_folder
 from pipeline.link.outputs import nil_share, write_outputs
 from pipeline.link.sources import mention_chunks
@@ -105,6 +105,9 @@ def run(options: LinkOptions) -> LinkResult:
     if not options.force and options.shard is None and is_up_to_date(out_dir, key):
         return LinkResult(out_dir, skipped=True, seconds=time.time() - started)
     (out_dir / MANIFEST).unlink(missing_ok=True)  # outputs being redone never look finished
+    if options.shard is None:  # shards write at once, so only a locked run may sweep temporary files
+        remove_leftover_temps(out_dir)
+        remove_leftover_temps(out_dir / CHUNKS)
     if not options.merge:
         _forget_other_keys(out_dir, key, options.force)
     if options.merge:
