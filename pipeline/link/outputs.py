@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.errors import InputError
-from pipeline.io import atomic_path, write_json_atomic, write_parquet_atomic
+from pipeline.io import atomic_path, write_json_atomic
 
 LINKS_PARQUET = "links.parquet"
 LINKS_JSONL = "links.jsonl"
@@ -36,20 +36,35 @@ def nil_share(clustered: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([by_language, overall.cast(by_language.schema)])
 
 
-def write_outputs(clustered: pl.DataFrame, out_dir: Path, score: bool, mentions_path: Path) -> tuple[list[str], dict | None]:
+def write_outputs(chunk_paths: list[Path], clustered: pl.DataFrame, out_dir: Path, score: bool,
+                  mentions_path: Path) -> tuple[list[str], dict | None]:
     """Write the outputs (each atomically); returns (file names, metrics or None).
 
-    With `score`, mentions that carry a gold id are scored as evaluate scores its split
-    (`gold.tab`, `metrics.json`); E709 when none does.
+    `clustered` is every mention without its candidate lists (`NilPolicy.cluster` output);
+    the links files are written chunk by chunk from `chunk_paths`, so only one chunk's
+    candidate lists are in memory at a time. With `score`, mentions that carry a gold id
+    are scored as evaluate scores its split (`gold.tab`, `metrics.json`); E709 when none does.
     """
+    import pyarrow.parquet as pq
+
     from pipeline.evaluate import tac_frame
     from pipeline.scoring import score as score_tables
     from pipeline.tac import write_tab
 
-    links = links_table(clustered)
-    write_parquet_atomic(links, out_dir / LINKS_PARQUET)
-    with atomic_path(out_dir / LINKS_JSONL) as temp_path:
-        links.write_ndjson(temp_path)
+    system_ids = clustered.select("mention_id", "system_id")
+    with atomic_path(out_dir / LINKS_PARQUET) as parquet_path, atomic_path(out_dir / LINKS_JSONL) as jsonl_path:
+        writer = None
+        try:
+            with open(jsonl_path, "wb") as jsonl:
+                for path in chunk_paths:
+                    links = links_table(pl.read_parquet(path).join(system_ids, on="mention_id", how="left"))
+                    table = links.to_arrow()
+                    writer = writer or pq.ParquetWriter(parquet_path, table.schema, compression="zstd")
+                    writer.write_table(table)
+                    links.write_ndjson(jsonl)
+        finally:
+            if writer is not None:
+                writer.close()
     write_tab(tac_frame(clustered, "system_id"), out_dir / SYSTEM_TAB)
     outputs = [LINKS_PARQUET, LINKS_JSONL, SYSTEM_TAB]
     if not score:

@@ -193,16 +193,18 @@ def _finish(options: LinkOptions, folder, key: str, total: int, started: float, 
         raise CacheError("E711", path=missing[0], detail=f"{len(missing)} of {total} chunks are not linked yet; "
                                                          "run the shards that hold them")
     stats = [json.loads(path.with_suffix(".json").read_text(encoding="utf-8")) for path in paths]
-    frame = pl.concat([pl.read_parquet(path) for path in paths], how="vertical_relaxed") if paths else None
-    if frame is None:
+    if not paths:
         raise InputError("E107", path=options.mentions)
+    # Every mention without its candidate lists: NIL clusters span the corpus, the lists are written chunk by chunk.
+    columns = [name for name in pl.read_parquet_schema(paths[0]) if name != "candidates"]
+    frame = pl.concat([pl.read_parquet(path, columns=columns) for path in paths], how="vertical_relaxed")
     repeated = frame.filter(pl.col("mention_id").is_duplicated())
     if repeated.height:
         raise InputError("E710", path=options.mentions, record_id=repeated["mention_id"][0])
     policy = folder.policy
     policy.warn_unseen(frame)
     clustered = policy.cluster(frame)
-    outputs, metrics = write_outputs(clustered, out_dir, options.score, options.mentions)
+    outputs, metrics = write_outputs(paths, clustered, out_dir, options.score, options.mentions)
     totals = {name: int(sum(s[name] for s in stats)) for name in ("mentions", "entities_encoded", "entities_cached")}
     seconds = time.time() - started
     all_seconds = sum(s["seconds"] for s in stats)
