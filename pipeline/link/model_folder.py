@@ -78,6 +78,7 @@ def write_model_folder(config: RunConfig, thresholds: dict[str, float], metrics:
                                  temp / POPULARITY)
             files.append(POPULARITY)
         policy = NilPolicy(dict(thresholds), config.evaluate.default_threshold, config.evaluate.nil_clustering)
+        files += policy.save(temp)
         from pipeline.encoder import encoder_identity, resolve_encoder_path
 
         encoder_path = resolve_encoder_path(config.encoder.name)

@@ -12,7 +12,7 @@ in `save`, read it in `load`, apply it in `decide`.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -30,8 +30,15 @@ class NilPolicy:
     thresholds: dict[str, float]
     fallback: float
     clustering: str = "name"
-    # Files of the model folder this policy reads (none yet); listed so the folder's check covers them.
-    files: tuple[str, ...] = field(default=())
+
+    def save(self, folder: Path) -> list[str]:
+        """Write the policy's own files into a model folder being built; returns their names.
+
+        None yet: thresholds, fallback and clustering live in model.json (`to_json`). A
+        learned NIL model would write its file here, and model_folder lists the names
+        with their fingerprints, so a damaged one is caught like any other file.
+        """
+        return []
 
     def to_json(self) -> dict:
         return {"thresholds": dict(sorted(self.thresholds.items())), "fallback": self.fallback,
@@ -39,7 +46,10 @@ class NilPolicy:
 
     @classmethod
     def from_json(cls, payload: dict, model_dir: Path) -> "NilPolicy":
-        """The policy saved in model.json's "nil" object (KeyError/TypeError/ValueError when malformed)."""
+        """The policy saved in model.json's "nil" object, and its files in `model_dir` (see `save`).
+
+        Raises KeyError/TypeError/ValueError when malformed (the caller's E702).
+        """
         thresholds = {str(lang): float(value) for lang, value in payload["thresholds"].items()}
         clustering = str(payload["clustering"])
         if clustering not in ("name", "singleton"):
