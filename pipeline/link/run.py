@@ -102,7 +102,7 @@ def run(options: LinkOptions) -> LinkResult:
     if not options.mentions.exists():
         raise InputError("E108", path=options.mentions)
     key = link_key(options, folder.fingerprint, kb_path)
-    if not options.force and options.shard is None and is_up_to_date(out_dir, key):
+    if not options.force and is_up_to_date(out_dir, key):  # a shard or merge of a finished link too
         return LinkResult(out_dir, skipped=True, seconds=time.time() - started)
     (out_dir / MANIFEST).unlink(missing_ok=True)  # outputs being redone never look finished
     if options.shard is None:  # shards write at once, so only a locked run may sweep temporary files
