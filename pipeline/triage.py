@@ -28,6 +28,7 @@ import polars as pl
 from rapidfuzz import fuzz, process
 
 from pipeline import schema
+from pipeline.aliases import alias_table
 from pipeline.config import EncoderConfig, RunConfig, TriageConfig, to_dict
 from pipeline.errors import InputError, warn
 from pipeline.inputs import check_gold_in_kb, load_mentions
@@ -44,18 +45,6 @@ STAGE_VERSION = 2
 RECALL_AT = (1, 5, 10, 30, 100)
 # Names the n-gram index shortlists per mention string for rapidfuzz to rescore.
 FUZZY_SHORTLIST = 128
-
-
-def alias_table(training: pl.DataFrame) -> pl.DataFrame:
-    """What triage learns from training: (mention, gold_kb_id, count) over linked training mentions.
-
-    `count` is how many training mentions have that exact string and gold entity; the
-    priors P(e|m) and the training surface forms of the fuzzy source both come from it.
-    A trained linker keeps this table (`pipeline/link/model_folder.py`).
-    """
-    linked = training.filter(pl.col("gold_kb_id").is_not_null() & (pl.col("gold_kb_id") != schema.NIL_ID))
-    return (linked.group_by("mention", "gold_kb_id").agg(pl.len().cast(pl.Int64).alias("count"))
-            .sort("mention", "gold_kb_id"))
 
 
 def prior_candidates(mentions: pl.DataFrame, aliases: pl.DataFrame) -> pl.DataFrame:

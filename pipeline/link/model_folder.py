@@ -30,6 +30,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline import __version__, schema
+from pipeline.aliases import alias_table
 from pipeline.config import RunConfig, to_dict
 from pipeline.errors import CacheError, InputError
 from pipeline.io import collect_checked, file_fingerprint, scan_parquet_checked, write_json_atomic, write_parquet_atomic
@@ -54,8 +55,6 @@ def write_model_folder(config: RunConfig, thresholds: dict[str, float], metrics:
     temporary folder and renamed into place, so a kill never leaves a folder that loads.
     """
     import torch
-
-    from pipeline.triage import alias_table  # the stage's own table: one definition of what triage learns
 
     run_dir = config.run_dir
     triage_dir, train_dir = config.stage_dir("triage"), config.stage_dir("train")
