@@ -312,3 +312,12 @@ def test_bad_mention_inputs_are_one_line_errors(demo_run: dict, tmp_path: Path) 
         result = link(demo_run["model"], path, tmp_path / f"out-{code}", "--chunk-mentions", 40, *extra)
         assert result.exit_code == 2 and f"[{code}]" in result.output, (name, result.output)
         assert str(path) in result.output and not (tmp_path / f"out-{code}" / "links.parquet").exists()
+
+
+def test_cuda_without_a_gpu_is_one_line_error(demo_run: dict, tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: --device cuda is valid here")
+    result = link(demo_run["model"], demo_run["test"], tmp_path / "out", "--device", "cuda")
+    assert result.exit_code == 2 and "[E203]" in result.output and "--device" in result.output

@@ -65,6 +65,9 @@ class Linker:
             self.context_chars = int(meta["inputs"]["context_chars"])
         except (KeyError, TypeError, ValueError) as exc:
             raise CacheError("E702", path=folder.path / "model.json", detail=f"malformed settings ({exc})") from None
+        if self.encoder_config.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError("E203", where="--device", field="device", value=self.encoder_config.device,
+                              reason="no CUDA device is visible here; use cpu (or auto)")
         expected = meta["encoder"].get("identity")
         try:
             path = resolve_encoder_path(self.encoder_config.name)
