@@ -145,7 +145,8 @@ def main() -> None:
         first = link(model, write_corpus(size, "a"), kb, WORK / f"out-a-{size}", args.device, env, args.chunk_mentions)
         runs = [("first corpus", first)]
         if size == sizes[0] or args.second_corpus_every_size:
-            runs.append(("second corpus", link(model, write_corpus(size, "b"), kb, WORK / f"out-b-{size}", args.device, env, args.chunk_mentions)))
+            second = link(model, write_corpus(size, "b"), kb, WORK / f"out-b-{size}", args.device, env, args.chunk_mentions)
+            runs.append(("second corpus", second))
         rows.append((size, first, runs[-1][1] if len(runs) > 1 else None))
         for label, result in runs:
             print(f"{size:>7,} mentions, {label}: {result['mentions'] / result['seconds']:.1f} mentions/s "
