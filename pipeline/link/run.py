@@ -167,10 +167,10 @@ def run(options: LinkOptions) -> LinkResult:
 
 
 def _release_freed_memory() -> None:
-    """Hand the chunk's freed heap back to the OS (glibc's malloc_trim), so RSS does not creep up.
+    """Hand the chunk's freed heap back to the OS (glibc's malloc_trim) before the next chunk.
 
-    Many differently sized encoder batches leave glibc's heap fragmented: without this,
-    peak RSS grew with the number of chunks although nothing is kept from one to the next.
+    Nothing is kept from one chunk to the next, but many differently sized encoder batches
+    can leave glibc's heap holding freed memory; trimming keeps that from adding up.
     """
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
