@@ -24,9 +24,9 @@ from pipeline import schema
 from pipeline.config import RunConfig, to_dict
 from pipeline.errors import InputError
 from pipeline.features import RankerInputs, candidate_matrix, gold_rows, load_inputs, score_candidates
-from pipeline.link.model_folder import write_model_folder
 from pipeline.io import (atomic_path, collect_checked, scan_parquet_checked, write_json_atomic, write_parquet_atomic,
                          write_text_atomic)
+from pipeline.link.model_folder import write_model_folder
 from pipeline.nil import best_thresholds, cluster_nils, decide, sweep
 from pipeline.scoring import MICRO_AVERAGE, format_table, score
 from pipeline.stage import StageResult, invalidate, is_up_to_date, stage_key, upstream_key, write_manifest

@@ -137,8 +137,9 @@ class DenseNames:
         return self.index.search(np.ascontiguousarray(query_vectors, dtype=np.float32), min(k, len(self.surfaces)))
 
 
-def dense_index(surfaces: list[str] | Callable[[], list[str]], embed: Callable[[list[str]], np.ndarray], root: Path, kb_fingerprint: str,
-                settings: dict) -> DenseNames:
+def dense_index(surfaces: list[str] | Callable[[], list[str]], embed: Callable[[list[str]], np.ndarray], root: Path,
+                kb_fingerprint: str, settings: dict) -> DenseNames:
+    """The FAISS index of `surfaces` (or of what the callable returns, called only to build it)."""
     import faiss
 
     def build(folder: Path) -> None:
@@ -158,15 +159,18 @@ def dense_index(surfaces: list[str] | Callable[[], list[str]], embed: Callable[[
         write_parquet_atomic(pl.DataFrame({"surface": surfaces}), folder / "surfaces.parquet")
 
     folder = _cached(root, index_key(kb_fingerprint, "dense", settings), build)
-    if folder in _DENSE_LOADED:  # `xel-cli link` asks once per chunk; a large index takes seconds to read
-        return _DENSE_LOADED[folder]
+    # `xel-cli link` asks once per chunk and a large index takes seconds to read: the last one read
+    # is kept, by folder and file time (a rebuilt file is read again).
+    memo_key = (folder, (folder / "names.faiss").stat().st_mtime_ns)
+    if memo_key in _DENSE_LOADED:
+        return _DENSE_LOADED[memo_key]
     index = faiss.read_index(str(folder / "names.faiss"))
     if hasattr(index, "hnsw"):
         index.hnsw.efSearch = HNSW_SEARCH_DEPTH
     _DENSE_LOADED.clear()  # one index held at a time
-    _DENSE_LOADED[folder] = DenseNames(pl.read_parquet(folder / "surfaces.parquet")["surface"].to_list(), index)
-    return _DENSE_LOADED[folder]
+    _DENSE_LOADED[memo_key] = DenseNames(pl.read_parquet(folder / "surfaces.parquet")["surface"].to_list(), index)
+    return _DENSE_LOADED[memo_key]
 
 
-_DENSE_LOADED: dict[Path, DenseNames] = {}
+_DENSE_LOADED: dict[tuple[Path, int], DenseNames] = {}
 
