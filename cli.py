@@ -297,6 +297,73 @@ def experiment(config_path: Path, overrides: tuple[str, ...], run_dir: Path | No
 
 
 @main.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A trained linker: <run>/model/ or a folder written by `xel-cli export`.")
+@click.option("--mentions", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Mentions to link: JSONL or Parquet (JSONL fields), or a TAC KBP 2015 .tab file (then --docs is its source folder).")
+@click.option("--docs", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Docs JSONL for mentions given by doc_start/doc_end; for a .tab file, the folder of source documents.")
+@click.option("--kb", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="KB JSONL to link against (default: the model's); only entities not cached before are encoded.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder: links.parquet, links.jsonl, system.tab (+ metrics.json with --score).")
+@click.option("--shard", "shard_text", metavar="I/N", default=None,
+              help="Link only chunks I, I+N, I+2N, ... (I from 0); default in a Slurm array job: "
+                   "SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN / SLURM_ARRAY_TASK_COUNT. Then run --merge once.")
+@click.option("--merge", is_flag=True, help="Join the N finished shards and write the outputs.")
+@click.option("--score", "score_links", is_flag=True,
+              help="Score mentions that carry gold_kb_id as evaluate does (writes gold.tab and metrics.json); gold is ignored otherwise.")
+@click.option("--chunk-mentions", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Mentions per chunk: memory grows with it, a kill loses at most one chunk.")
+@click.option("--device", default=None, help="Device of the encoder and ranker (cpu, cuda, cuda:N; default: the model's setting).")
+@click.option("--force", is_flag=True, help="Start over, dropping finished chunks and outputs.")
+def link(model_dir: Path, mentions: Path, docs: Path | None, kb: Path | None, out_dir: Path,
+         shard_text: str | None, merge: bool, score_links: bool, chunk_mentions: int, device: str | None, force: bool) -> None:
+    """Link a new corpus with a trained linker, in chunks that resume when killed, shard and merge."""
+    import os
+
+    from pipeline.encode import parse_shard, shard_from_environment
+    from pipeline.link.run import LinkOptions, run as run_link
+
+    if merge and shard_text is not None:
+        raise click.UsageError("--shard and --merge exclude each other: run the shards first, then --merge once.")
+    shard = None if merge else parse_shard(shard_text) if shard_text is not None else shard_from_environment(os.environ)
+    options = LinkOptions(model=model_dir, mentions=mentions, out_dir=out_dir, docs=docs, kb=kb, shard=shard, merge=merge,
+                          score=score_links, chunk_mentions=chunk_mentions, device=device, force=force)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Shards of one corpus write separate chunk files at once, so they take no lock (as encode's).
+    with run_lock(out_dir, "link") if shard is None else contextlib.nullcontext():
+        result = run_link(options)
+    if result.skipped:
+        click.echo(f"link: up to date ({out_dir}); --force redoes it")
+        return
+    counts = result.counts
+    click.echo(f"link: {counts['mentions']} mentions in {result.seconds:.1f}s ({result.mentions_per_second:.1f} mentions/s "
+               f"linked now), {counts['chunks']} chunk(s), {counts['chunks_resumed']} resumed; entities encoded "
+               f"{counts['entities_encoded']}, from the cache {counts['entities_cached']}; "
+               f"{result.encode_share:.0%} of linking time in encode")
+    if not result.finished:
+        click.echo(f"link: shard {shard[0]}/{shard[1]} done -> {out_dir}; run `xel-cli link ... --merge` when every shard is")
+        return
+    click.echo(_recall_table(result.nil_share))
+    if result.metrics is not None:
+        from pipeline.scoring import format_table
+
+        click.echo(format_table(result.metrics))
+    click.echo(f"link: wrote links.parquet, links.jsonl, system.tab -> {out_dir}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+def export(run_dir: Path, out_dir: Path) -> None:
+    """Copy a run's trained linker (RUN_DIR/model/, checked first) to OUT_DIR, a new or empty folder."""
+    from pipeline.model_folder import export_model
+
+    click.echo(f"export: {export_model(run_dir, out_dir)}")
+
+
+@main.command()
 @click.argument("gold", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("system", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")

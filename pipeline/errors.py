@@ -68,6 +68,21 @@ class Errors:
     E504 = "{path}: cannot write the offline encoder build ({detail}); set XEL_CACHE to a writable folder"
     E505 = "{path}: checkpoint of another ranker architecture ({detail}); delete it, or re-run train with --force to start over"
 
+    # E70x-E74x: linking new corpora with a trained model (pipeline/link/)
+    E701 = "{path}: not an xel model folder ({detail}); give the model/ folder of a run that finished evaluate, or one written by `xel-cli export`"
+    E702 = "{path}: the model folder is damaged ({detail}); export it again from its run (`xel-cli export RUN_DIR OUT_DIR`) or re-run evaluate there with --force"
+    E703 = "{path}: model format version {found} is newer than this xel reads ({supported}); upgrade xel"
+    E704 = "{name}: the encoder of model {model} cannot be loaded ({detail}); put that encoder in the local Hugging Face cache or at the folder model.json names"
+    E705 = "{path}: this KB lacks {count} KB id(s) of the model's alias table in {model} (e.g. {example}); link against a KB that holds the entities the model was trained on, or retrain on this KB"
+    E706 = "{path}: KB not found (model {model}); give the KB with --kb FILE"
+    E707 = "{path}: unknown mention file type; give JSONL (.jsonl), Parquet (.parquet) or a TAC KBP 2015 .tab file"
+    E708 = "{path}: a TAC .tab file needs --docs, the folder of its source documents (got {docs})"
+    E709 = "{path}: --score needs gold_kb_id in the mentions, and none has one; leave out --score to link without scoring"
+    E710 = "{path}: mention id {record_id!r} appears more than once in the corpus; ids must be unique"
+    E711 = "{path}: {detail}; then run `xel-cli link --merge` again"
+    E712 = "{path}: no model/ folder here; run `xel-cli evaluate` for this run (it writes model/), or `xel-cli evaluate --force` for a run made before model/ existed"
+    E713 = "{path}: already holds files; export into a new or empty folder"
+
     # E6xx: scoring
     E601 = "{system} vs {gold}: the mention sets differ: {n_missing} gold mention(s) have no system row (first: {missing}) and {n_extra} system mention(s) are not in the gold (first: {extra}); write one row for every gold mention and no others, or pass --lenient to `xel-cli score` (strict=False from Python) to count them as neleval does"
     E602 = "{what}: missing column(s) {missing} (has: {columns}); {fix}"
@@ -79,7 +94,8 @@ class Errors:
 class Warnings:
     """Warning templates, keyed by a stable code (`[W...]`), so users can grep and filter them.
 
-    Ranges follow the errors': W1xx inputs, W4xx run folders, W5xx training, W6xx NIL decisions and scoring.
+    Ranges follow the errors': W1xx inputs, W4xx run folders, W5xx training, W6xx NIL decisions and scoring,
+    W7xx linking new corpora.
     """
 
     W101 = "{path}: renamed {count} repeated mention id(s) to id#start-end (inputs.rename_duplicate_ids)"
@@ -97,6 +113,7 @@ class Warnings:
     W603 = "{lang}: NIL threshold {value} rests on {mentions} {split} mention(s) with {nils} NIL(s) (fewer than {min_mentions} mentions or {min_nils} NILs), so it may not hold on other data; add {split} mentions of that language or set evaluate.fixed_thresholds"
     W604 = "the {split} split has {nils} NIL mention(s) with gold (or as few right links), fewer than the {minimum} the NIL classifier needs; NIL thresholds decide instead"
     W605 = "{lang}: {split} micro-average is the same at every NIL threshold (no {split} decision depends on it); it uses {fallback} = {value}"
+    W701 = "{count} mention(s) in language(s) {languages} that the model has no NIL threshold for; linked with the fallback threshold {threshold}"
 
 
 def warn(logger: logging.Logger, code: str, **fields: object) -> str:

@@ -36,6 +36,7 @@ from pipeline.report import report_markdown
 from pipeline.scoring import MICRO_AVERAGE, score
 from pipeline.stage import StageResult, StageRun, upstream_key
 from pipeline.doc_languages import FILE_NAME as DOC_LANGUAGES_FILE, write_doc_languages
+from pipeline.model_folder import write_model_folder
 from pipeline.tac import write_tab
 from pipeline.model_file import load_model
 
@@ -245,6 +246,7 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_text_atomic(out_dir / "report.md", report_markdown(metrics, artifact, evaluate.eval_split, sweep_table is not None,
                                                              validation, on_eval, analysis, confusions))
+    write_model_folder(config, artifact, metrics)  # <run>/model/: the trained linker `xel-cli link` applies
     counts = {"mentions_scored": int(len(rows)), "candidates_scored": score_table.height, "evaluated": evaluated.height,
               "predicted_nil": int(evaluated["is_nil"].sum())}
     return stage_run.finish(counts, outputs, summary={"metrics": metrics, "micro_average_key": MICRO_AVERAGE},

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import polars as pl
 import pyarrow as pa
@@ -81,16 +81,20 @@ def read_docs(path: Path) -> pl.DataFrame:
 
 
 def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
-                        rename_duplicate_ids: bool = False) -> pl.DataFrame:
+                        rename_duplicate_ids: bool = False, blocks: Iterable[list[tuple[int, dict]]] | None = None,
+                        docs: pl.DataFrame | None = None) -> pl.DataFrame:
     """Mentions JSONL (+ optional docs JSONL) -> the `schema.MENTIONS` table.
 
     A mention carries either its own `text` with `start`/`end`, or `doc_start`/`doc_end`
     into a document of the docs file, from which a window of `context_chars` characters
-    on each side becomes its context.
+    on each side becomes its context. `blocks` (lists of (line, record)) replaces reading
+    `path`, which then only names the records in errors: `xel-cli link` passes one chunk
+    of a large file (or of Parquet rows) at a time. `docs` (doc_id, doc_text) replaces
+    reading `docs_path` (link passes only the chunk's documents).
     """
     columns: dict[str, list] = {name: [] for name in MENTION_FIELDS}
     columns["line"] = []
-    for block in iter_jsonl_blocks(path):
+    for block in (iter_jsonl_blocks(path) if blocks is None else blocks):
         for line, record in block:
             check_record_fields(path, line, record, MENTION_FIELDS)
             record["fragments"] = read_fragments(path, line, record)
@@ -114,7 +118,7 @@ def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
         raise InputError("E104", path=path, line=duplicate[2], kind="mention", record_id=duplicate[0], first_line=duplicate[1])
     check_documents(frame, path)
     if docs_path is not None and frame["text"].null_count() > 0:
-        frame = _context_from_docs(frame, read_docs(docs_path), path, docs_path, context_chars)
+        frame = _context_from_docs(frame, read_docs(docs_path) if docs is None else docs, path, docs_path, context_chars)
         from_doc = pl.col("text").is_null()
         frame = frame.with_columns(
             pl.coalesce("text", "doc_window").alias("context"),
@@ -175,12 +179,15 @@ def _context_from_docs(frame: pl.DataFrame, docs: pl.DataFrame, path: Path, docs
     )
 
 
-def read_tac_mentions(gold_by_split: dict[str, Path], source_dir: Path, context_chars: int) -> pl.DataFrame:
+def read_tac_mentions(gold_by_split: dict[str, Path], source_dir: Path, context_chars: int,
+                      rows: tuple[int, int] | None = None) -> pl.DataFrame:
     """TAC KBP 2015 EDL gold `.tab` files + raw source documents -> the `schema.MENTIONS` table.
 
     Offsets in the `.tab` file count characters of the raw source file (XML included),
     end inclusive; the document is `<doc_id>.txt` or `<doc_id>.xml` in `source_dir`, with
-    ':' in the id written as '__' (as in MEANTIME's TAC release).
+    ':' in the id written as '__' (as in MEANTIME's TAC release). `rows=(offset, length)`
+    keeps only those lines of the `.tab` lines (in file order), so only their documents
+    are read (`xel-cli link` reads a large file chunk by chunk).
     """
     from pipeline.tac import language_of_doc, read_tab
 
@@ -191,6 +198,8 @@ def read_tac_mentions(gold_by_split: dict[str, Path], source_dir: Path, context_
         gold = read_tab(tab_path).with_row_index("line", offset=1).with_columns(pl.lit(split).alias("split"))
         frames.append(gold.with_columns(pl.col("line").cast(pl.Int64), pl.lit(str(tab_path)).alias("tab_path")))
     gold = pl.concat(frames)
+    if rows is not None:
+        gold = gold.slice(*rows)
     doc_ids = gold["doc_id"].unique().to_list()
     doc_texts = {doc_id: _read_source(source_dir, doc_id) for doc_id in doc_ids}
     docs = pl.DataFrame({"doc_id": list(doc_texts), "doc_text": list(doc_texts.values())})
@@ -240,14 +249,39 @@ def load_mentions(config: InputsConfig) -> pl.DataFrame:
         frame = read_tac_mentions(splits, config.tac_source, config.context_chars)
     if config.named_only:
         frame = frame.filter(pl.col("named").fill_null(True))
-    # TAC NIL cluster ids ("NIL0042") count as NIL for linking; clusters are evaluate's business.
+    return normalise_gold(frame)
+
+
+def normalise_gold(frame: pl.DataFrame) -> pl.DataFrame:
+    """Keep the gold id as written in `gold_tac_id`; in `gold_kb_id` every NIL cluster id is NIL.
+
+    TAC NIL cluster ids ("NIL0042") count as NIL for linking; clusters are evaluate's business.
+    """
     frame = frame.with_columns(pl.col("gold_kb_id").replace("", None))
     return frame.with_columns(
         pl.col("gold_kb_id").alias("gold_tac_id"),
-        pl.when(pl.col("gold_kb_id") == "").then(None)
-        .when(pl.col("gold_kb_id").str.starts_with(schema.NIL_ID)).then(pl.lit(schema.NIL_ID))
+        pl.when(pl.col("gold_kb_id").str.starts_with(schema.NIL_ID)).then(pl.lit(schema.NIL_ID))
         .otherwise(pl.col("gold_kb_id")).alias("gold_kb_id"),
     )
+
+
+def write_docs(docs_path: Path, out_path: Path) -> int:
+    """Stream a docs JSONL into Parquet (doc_id, doc_text) block by block; returns the document count.
+
+    For `xel-cli link`, which then reads only each chunk's documents back, so a large
+    corpus's text never sits in memory at once. Records are checked as `read_docs` does.
+    """
+    arrow = pa.schema([("doc_id", pa.string()), ("doc_text", pa.string())])
+    count = 0
+    with atomic_path(out_path) as temp_path:
+        with pq.ParquetWriter(temp_path, arrow, compression="zstd") as writer:
+            for block in iter_jsonl_blocks(docs_path):
+                for line, record in block:
+                    check_record_fields(docs_path, line, record, DOC_FIELDS)
+                writer.write_table(pa.table({"doc_id": [r["doc_id"] for _, r in block],
+                                             "doc_text": [r["text"] for _, r in block]}, schema=arrow))
+                count += len(block)
+    return count
 
 
 def write_entities(kb_path: Path, out_path: Path) -> int:

@@ -92,7 +92,13 @@ def _cached(root: Path, key: str, build: Callable[[Path], None]) -> Path:
     temp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=root))
     try:
         build(temp)
-        os.replace(temp, folder)
+        try:
+            os.replace(temp, folder)
+        except OSError:
+            # A parallel process (a `link --shard` of a shared cache) put the same index in place first.
+            if not folder.is_dir():
+                raise
+            return folder
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     part = key.split("-")[0]
@@ -135,11 +141,14 @@ class DenseNames:
         return self.index.search(np.ascontiguousarray(query_vectors, dtype=np.float32), min(k, len(self.surfaces)))
 
 
-def dense_index(surfaces: list[str], embed: Callable[[list[str]], np.ndarray], root: Path, kb_fingerprint: str,
-                settings: dict) -> DenseNames:
+def dense_index(surfaces: list[str] | Callable[[], list[str]], embed: Callable[[list[str]], np.ndarray], root: Path,
+                kb_fingerprint: str, settings: dict) -> DenseNames:
+    """The FAISS index of `surfaces` (or of what the callable returns, called only to build it)."""
     import faiss
 
     def build(folder: Path) -> None:
+        nonlocal surfaces
+        surfaces = surfaces() if callable(surfaces) else surfaces
         vectors = np.ascontiguousarray(embed(surfaces), dtype=np.float32)
         if len(surfaces) <= EXACT_DENSE_LIMIT:
             index = faiss.IndexFlatIP(vectors.shape[1])
@@ -154,8 +163,18 @@ def dense_index(surfaces: list[str], embed: Callable[[list[str]], np.ndarray], r
         write_parquet_atomic(pl.DataFrame({"surface": surfaces}), folder / "surfaces.parquet")
 
     folder = _cached(root, index_key(kb_fingerprint, "dense", settings), build)
+    # `xel-cli link` asks once per chunk and a large index takes seconds to read: the last one read
+    # is kept, by folder and file time (a rebuilt file is read again).
+    memo_key = (folder, (folder / "names.faiss").stat().st_mtime_ns)
+    if memo_key in _DENSE_LOADED:
+        return _DENSE_LOADED[memo_key]
     index = faiss.read_index(str(folder / "names.faiss"))
     if hasattr(index, "hnsw"):
         index.hnsw.efSearch = HNSW_SEARCH_DEPTH
-    return DenseNames(pl.read_parquet(folder / "surfaces.parquet")["surface"].to_list(), index)
+    _DENSE_LOADED.clear()  # one index held at a time
+    _DENSE_LOADED[memo_key] = DenseNames(pl.read_parquet(folder / "surfaces.parquet")["surface"].to_list(), index)
+    return _DENSE_LOADED[memo_key]
+
+
+_DENSE_LOADED: dict[tuple[Path, int], DenseNames] = {}
 

@@ -28,12 +28,13 @@ import polars as pl
 from rapidfuzz import fuzz, process
 
 from pipeline import schema
+from pipeline.aliases import alias_table
 from pipeline.config import EncoderConfig, RunConfig, TriageConfig, to_dict
 from pipeline.errors import InputError, warn
 from pipeline.inputs import check_gold_in_kb, load_mentions
 from pipeline.io import atomic_path, file_fingerprint, write_json_atomic, write_parquet_atomic
 from pipeline.stage import StageResult, invalidate, is_up_to_date, stage_key, write_manifest
-from pipeline.kb_index import dense_index, kb_entities, name_ngrams, names_index
+from pipeline.kb_index import KbNames, dense_index, kb_entities, name_ngrams, names_index
 from pipeline.progress import progress as progress_counter
 from pipeline.tantivy_index import TantivyNameIndex
 from pipeline.textnorm import add_keys, content_words, drop_article
@@ -47,13 +48,13 @@ RECALL_AT = (1, 5, 10, 30, 100)
 FUZZY_SHORTLIST = 128
 
 
-def prior_candidates(mentions: pl.DataFrame, training: pl.DataFrame) -> pl.DataFrame:
-    """P(e|m) from training mentions, matched on folded, then romanised strings."""
-    linked = training.filter(schema.linked_gold())
+def prior_candidates(mentions: pl.DataFrame, aliases: pl.DataFrame) -> pl.DataFrame:
+    """P(e|m) from the alias table (`alias_table`), matched on folded, then romanised strings."""
+    keyed = add_keys(aliases, "mention")
     parts = []
     for key in ("mention_fold", "mention_roman"):
         # An empty key (a mention of punctuation only, `--`) is no name: it matches nothing.
-        counts = linked.filter(pl.col(key) != "").group_by(key, "gold_kb_id").agg(pl.len().alias("n"))
+        counts = keyed.filter(pl.col(key) != "").group_by(key, "gold_kb_id").agg(pl.col("count").sum().alias("n"))
         priors = counts.with_columns((pl.col("n") / pl.col("n").sum().over(key)).alias("score"))
         parts.append(mentions.select("mention_id", key).join(priors, on=key)
                      .select("mention_id", pl.col("gold_kb_id").alias("kb_id"), "score"))
@@ -112,12 +113,14 @@ def fuzzy_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, roman_keys:
 
 
 def dense_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, encoder_config: EncoderConfig,
-                     config: TriageConfig, index_root: Path, kb_fingerprint: str) -> pl.DataFrame:
+                     config: TriageConfig, index_root: Path, kb_fingerprint: str, encoder=None) -> pl.DataFrame:
     """Nearest KB names and aliases of each distinct mention string (its leading article
-    dropped) by encoder cosine similarity, from a FAISS index cached per KB and encoder."""
+    dropped) by encoder cosine similarity, from a FAISS index cached per KB and encoder.
+    `encoder` (a `LoadedEncoder` of `encoder_config`) saves loading it again (link does so per chunk)."""
     from pipeline.encoder import embed_texts, encoder_identity, load_encoder, resolve_encoder_path
 
-    encoder = load_encoder(encoder_config)
+    encoder = encoder or load_encoder(encoder_config)
+
     def embed(texts: list[str]) -> np.ndarray:
         with progress_counter(len(texts), "dense triage", "strings") as progress:
             return embed_texts(encoder, [config.dense_prefix + t for t in texts], encoder_config.max_name_tokens,
@@ -126,7 +129,8 @@ def dense_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, encoder_con
     settings = {"encoder": encoder_identity(resolve_encoder_path(encoder_config.name)), "prefix": config.dense_prefix,
                 "max_name_tokens": encoder_config.max_name_tokens}
     names = surfaces.select("surface", "kb_id")  # unique already (kb_index.keyed_surfaces)
-    dense = dense_index(names["surface"].unique().sort().to_list(), embed, index_root, kb_fingerprint, settings)
+    # A callable: the distinct names are only needed when the index is built.
+    dense = dense_index(lambda: names["surface"].unique().sort().to_list(), embed, index_root, kb_fingerprint, settings)
     # Sorted, so batches (and with them float rounding) are the same on every run.
     queries = mentions.select(drop_article(pl.col("mention")).alias("query").unique().sort())["query"].to_list()
     logger.info("dense triage: %d mention strings against %d KB names", len(queries), len(dense.surfaces))
@@ -183,6 +187,40 @@ def external_candidates(path: Path, mentions: pl.DataFrame, kb_ids: pl.DataFrame
             .join(kb_ids, on="kb_id", how="semi")
             .group_by("mention_id", "kb_id").agg(pl.col("score").max())
             .select("mention_id", "kb_id", pl.col("score").clip(0, 1), pl.lit("external").alias("source")))
+
+
+def candidate_pieces(mentions: pl.DataFrame, aliases: pl.DataFrame, kb_names: KbNames, known_ids: pl.DataFrame,
+                     triage: TriageConfig, encoder_config: EncoderConfig, index_root: Path, kb_fingerprint: str,
+                     external: Path | None = None, encoder=None) -> list[pl.DataFrame]:
+    """Candidates of every switched-on source, (mention_id, kb_id, score, source) each, KB ids only.
+
+    `mentions` needs mention_id and mention; `aliases` is `alias_table` of the training
+    mentions (the stage's own, or a trained linker's); `known_ids` (kb_id) the KB's ids.
+    The stage and `xel-cli link` both call this, so they propose the same candidates.
+    """
+    keyed = add_keys(mentions, "mention")
+    surfaces = kb_names.surfaces
+    pieces: list[pl.DataFrame] = []
+    if triage.use_priors:
+        pieces.append(prior_candidates(keyed, aliases))
+    if triage.use_kb_names:
+        pieces.append(kb_name_candidates(keyed, surfaces))
+    if triage.use_fuzzy:
+        from_kb = fuzzy_candidates(keyed, surfaces, kb_names.roman_keys, kb_names.ngrams, triage.k, triage.fuzzy_min_score)
+        # Training surface forms are matched too, from a small index built per run.
+        learned = add_keys(aliases.select(pl.col("mention").alias("surface"), pl.col("gold_kb_id").alias("kb_id")).unique(),
+                           "surface")
+        learned_keys = learned.select(pl.col("surface_roman").unique().sort()).filter(pl.col("surface_roman") != "")["surface_roman"]
+        from_training = fuzzy_candidates(keyed, learned, learned_keys, name_ngrams(learned_keys), triage.k,
+                                         triage.fuzzy_min_score)
+        pieces.append(pl.concat([from_kb, from_training]).group_by("mention_id", "kb_id", "source").agg(pl.col("score").max()))
+    if triage.use_dense:
+        pieces.append(dense_candidates(keyed, surfaces, encoder_config, triage, index_root, kb_fingerprint, encoder))
+    if external is not None:
+        pieces.append(external_candidates(external, mentions, known_ids))
+    if not pieces:
+        pieces.append(pl.DataFrame(schema={"mention_id": pl.String, "kb_id": pl.String, "score": pl.Float64, "source": pl.String}))
+    return [p.join(known_ids, on="kb_id", how="semi") for p in pieces]
 
 
 def merge_candidates(pieces: list[pl.DataFrame], mentions: pl.DataFrame, k: int, oracle: bool) -> pl.DataFrame:
@@ -262,38 +300,15 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     entity_count = entities.height
     check_gold_in_kb(mentions, entities.lazy(), inputs.mentions)
 
-    keyed = add_keys(mentions, "mention")
     kb_names = names_index(entities, index_root, fingerprints["kb"])
-    surfaces = kb_names.surfaces
-    training = keyed.filter(pl.col("split") == "train")
-    triage = config.triage
-    pieces: list[pl.DataFrame] = []
-    if triage.use_priors:
-        pieces.append(prior_candidates(keyed, training))
-    if triage.use_kb_names:
-        pieces.append(kb_name_candidates(keyed, surfaces))
-    if triage.use_fuzzy:
-        from_kb = fuzzy_candidates(keyed, surfaces, kb_names.roman_keys, kb_names.ngrams, triage.k, triage.fuzzy_min_score)
-        # Training surface forms are matched too, from a small index built per run.
-        learned = add_keys(training.filter(schema.linked_gold())
-                           .select(pl.col("mention").alias("surface"), pl.col("gold_kb_id").alias("kb_id")).unique(), "surface")
-        learned_keys = learned.select(pl.col("surface_roman").unique().sort()).filter(pl.col("surface_roman") != "")["surface_roman"]
-        from_training = fuzzy_candidates(keyed, learned, learned_keys, name_ngrams(learned_keys), triage.k,
-                                         triage.fuzzy_min_score)
-        pieces.append(pl.concat([from_kb, from_training]).group_by("mention_id", "kb_id", "source").agg(pl.col("score").max()))
-    if triage.use_dense:
-        pieces.append(dense_candidates(keyed, surfaces, config.encoder, triage, index_root, fingerprints["kb"]))
-    if inputs.candidates is not None:
-        pieces.append(external_candidates(inputs.candidates, mentions, entities.select("kb_id")))
-    if not pieces:
-        pieces.append(pl.DataFrame(schema={"mention_id": pl.String, "kb_id": pl.String, "score": pl.Float64, "source": pl.String}))
-    known_ids = entities.select("kb_id")
-    pieces = [p.join(known_ids, on="kb_id", how="semi") for p in pieces]
-    candidates = merge_candidates(pieces, mentions, triage.k, triage.oracle)
+    aliases = alias_table(mentions.filter(pl.col("split") == "train"))
+    pieces = candidate_pieces(mentions, aliases, kb_names, entities.select("kb_id"), config.triage, config.encoder,
+                              index_root, fingerprints["kb"], inputs.candidates)
+    candidates = merge_candidates(pieces, mentions, config.triage.k, config.triage.oracle)
 
     write_parquet_atomic(mentions.drop("line").select(list(schema.MENTIONS) + ["named"]), out_dir / "mentions.parquet")
     write_parquet_atomic(candidates, out_dir / "candidates.parquet")
-    report = recall_report(mentions, candidates, triage.k)
+    report = recall_report(mentions, candidates, config.triage.k)
     write_json_atomic(out_dir / "report.json", {"recall": report.to_dicts()})
     counts = {"mentions": mentions.height, "entities": entity_count, "candidates": candidates.height}
     write_manifest(out_dir, stage=STAGE, key=key, inputs=fingerprints, settings=settings, counts=counts,

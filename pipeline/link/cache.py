@@ -1,0 +1,116 @@
+"""Caches that outlive a run: KB indexes and entity vectors, keyed by KB content and encoder.
+
+Both live under `$XEL_CACHE` (default `~/.cache/xel/`), never in a run or link folder:
+- `kb-index/<KB fingerprint>/`: the KB as Parquet, its name and four-gram indexes and the
+  dense name index (`pipeline/kb_index.py` builds each once, under a temporary name);
+- `entity-vectors/<encoder key>/`: the four-vector entity encodings (name and context),
+  one row per distinct (name, description) content. The encoder key hashes the encoder's
+  identity and the settings that change vectors, so another encoder or `name_layer` gets
+  its own store. Rows are stored in parts of three `.npy` files (`part-*.keys.npy` written
+  last, so a part counts only once whole); parallel shards each write their own parts.
+
+A KB with a hundred added entities therefore encodes only those hundred (the others'
+content is cached), and a second corpus against the same KB encodes only entities no
+earlier corpus had among its candidates. Clear everything with `rm -rf ~/.cache/xel/kb-index
+~/.cache/xel/entity-vectors` (or under `$XEL_CACHE`); the next link rebuilds what it needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from pipeline.io import atomic_path
+
+logger = logging.getLogger(__name__)
+
+KB_INDEX = "kb-index"
+ENTITY_VECTORS = "entity-vectors"
+# Raise when the way entity vectors are made changes (encode's plan_entities), so old rows are not reused.
+STORE_VERSION = 1
+
+
+def cache_root() -> Path:
+    """`$XEL_CACHE` if set, else `~/.cache/xel` (the same folder as the offline encoder build)."""
+    from pipeline.encoder_build import default_cache_dir
+
+    return default_cache_dir()
+
+
+def kb_index_root(kb_fingerprint: str) -> Path:
+    """Folder of one KB's indexes (entities, names, dense), shared by every link of that KB."""
+    return cache_root() / KB_INDEX / kb_fingerprint
+
+
+def encoder_key(encoder_identity: str, settings: dict) -> str:
+    """Key of an entity-vector store: the encoder's identity and the settings that change vectors."""
+    wanted = {k: settings[k] for k in ("name_layer", "max_context_tokens", "max_name_tokens", "precision") if k in settings}
+    payload = repr((STORE_VERSION, encoder_identity, sorted(wanted.items())))
+    return hashlib.blake2b(payload.encode(), digest_size=12).hexdigest()
+
+
+def content_keys(entities: pl.DataFrame) -> list[str]:
+    """One key per entity row from what its vectors are made of: the name and the description.
+
+    (encode's `plan_entities` reads only these two; the KB id and type do not change vectors.)
+    """
+    return [hashlib.blake2b(f"{name}\0{description or ''}".encode(), digest_size=16).hexdigest()
+            for name, description in zip(entities["name"].to_list(), entities["description"].to_list())]
+
+
+class EntityVectorStore:
+    """Entity (name, context) vectors by content key, in parts on disk; see the module doc."""
+
+    def __init__(self, folder: Path, float16: bool = False) -> None:
+        self.folder = folder
+        self.dtype = np.float16 if float16 else np.float32
+        self._loaded: set[str] = set()
+        self._index = pl.DataFrame(schema={"key": pl.String, "part": pl.String, "row": pl.Int64})
+
+    def refresh(self) -> None:
+        """Read the keys of parts written since the last look (by this or a parallel process)."""
+        frames = [self._index]
+        for keys_path in sorted(self.folder.glob("part-*.keys.npy")) if self.folder.is_dir() else ():
+            part = keys_path.name.removesuffix(".keys.npy")
+            if part in self._loaded:
+                continue
+            keys = np.load(keys_path).astype(str)
+            frames.append(pl.DataFrame({"key": keys, "part": part, "row": np.arange(len(keys), dtype=np.int64)}))
+            self._loaded.add(part)
+        self._index = pl.concat(frames).unique(subset="key", keep="first", maintain_order=True)
+
+    def __len__(self) -> int:
+        return self._index.height
+
+    def lookup(self, keys: list[str], hidden: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(found (n,) bool, name vectors (n, H), context vectors (n, H)) float32; rows not found are 0."""
+        self.refresh()
+        found = np.zeros(len(keys), dtype=bool)
+        names = np.zeros((len(keys), hidden), dtype=np.float32)
+        contexts = np.zeros((len(keys), hidden), dtype=np.float32)
+        wanted = pl.DataFrame({"key": keys, "position": np.arange(len(keys), dtype=np.int64)}, schema_overrides={"key": pl.String})
+        hits = wanted.join(self._index, on="key")
+        for (part,), group in hits.group_by("part"):
+            positions, rows = group["position"].to_numpy(), group["row"].to_numpy()
+            names[positions] = np.load(self.folder / f"{part}.name.npy", mmap_mode="r")[rows]
+            contexts[positions] = np.load(self.folder / f"{part}.context.npy", mmap_mode="r")[rows]
+            found[positions] = True
+        return found, names, contexts
+
+    def add(self, keys: list[str], names: np.ndarray, contexts: np.ndarray) -> None:
+        """Store new rows as one part; the keys file goes last, so a killed write is never read."""
+        if not keys:
+            return
+        part = f"part-{uuid.uuid4().hex}"
+        for suffix, array in (("name", names), ("context", contexts), ("keys", np.asarray(keys, dtype="S32"))):
+            with atomic_path(self.folder / f"{part}.{suffix}.npy") as temp_path:
+                with open(temp_path, "wb") as handle:
+                    np.save(handle, array.astype(self.dtype) if suffix != "keys" else array)
+                    handle.flush()
+                    os.fsync(handle.fileno())

@@ -1,0 +1,198 @@
+"""A trained linker applied to new mentions: `Linker.load(path)` and `linker.link(mentions)`.
+
+`link_chunk` is the whole path from mentions to decisions, and it calls the stages' own
+functions: triage's `candidate_pieces` and `merge_candidates`, encode's `plan_units` and
+`encode_in_chunks`, the ranker's `score_candidates`, evaluate's `predict`, and the NIL
+policy (`nil.decide_nil`, `nil.cluster_nils`). Only entity vectors differ in where they come
+from: the cross-run store (`pipeline/link/cache.py`), with the entities it lacks
+encoded in the same pass as the chunk's mentions and added to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from pipeline.config import EncoderConfig, TriageConfig
+from pipeline.errors import CacheError, ConfigError, InputError, PipelineError
+from pipeline.features import RankerInputs, candidate_matrix, one_hot, score_candidates
+from pipeline.io import file_fingerprint
+from pipeline.link import cache
+from pipeline.model_folder import ModelFolder, load_model_folder
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """Decisions for one chunk of mentions (before NIL clustering) and what it cost.
+
+    frame: one row per mention (its input columns, best_kb_id, best_score, threshold,
+    is_nil, kb_id and `candidates`, a list of {kb_id, score, triage_score, sources}
+    best first); seconds: wall time; encode_seconds: of it, in the encoder.
+    """
+
+    frame: pl.DataFrame
+    entities_encoded: int
+    entities_cached: int
+    seconds: float
+    encode_seconds: float
+
+
+class Linker:
+    """A loaded model folder with its encoder, KB indexes, entity-vector store and ranker."""
+
+    def __init__(self, folder: ModelFolder, kb_path: Path | None = None, device: str | None = None) -> None:
+        from pipeline.encoder import encoder_identity, load_encoder, resolve_encoder_path
+        from pipeline.kb_index import kb_entities, names_index
+        from pipeline.train import load_model
+
+        self.folder = folder
+        meta = folder.meta
+        try:
+            settings = dict(meta["encoder"]["settings"])
+            if device is not None:
+                settings["device"] = device
+            self.encoder_config = EncoderConfig(**settings)
+            self.triage_config = TriageConfig(**{**meta["triage"], "oracle": False})  # no gold here to add
+            self.context_chars = int(meta["inputs"]["context_chars"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CacheError("E702", path=folder.path / "model.json", detail=f"malformed settings ({exc})") from None
+        if self.encoder_config.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError("E203", where="--device", field="device", value=self.encoder_config.device,
+                              reason="no CUDA device is visible here; use cpu (or auto)")
+        expected = meta["encoder"].get("identity")
+        try:
+            path = resolve_encoder_path(self.encoder_config.name)
+            identity = encoder_identity(path)
+            if identity != expected and Path(str(meta["encoder"].get("path", ""))).is_dir():
+                path = str(meta["encoder"]["path"])  # the name now means another model: use the folder it was
+                identity = encoder_identity(path)
+                self.encoder_config = EncoderConfig(**{**settings, "name": path})
+            if identity != expected:
+                raise CacheError("E704", name=self.encoder_config.name, model=folder.path,
+                                 detail=f"found one with identity {identity}, the model needs {expected}")
+            self.encoder = load_encoder(self.encoder_config)
+        except ConfigError as error:
+            if error.code != "E501":
+                raise
+            raise CacheError("E704", name=self.encoder_config.name, model=folder.path, detail=error.message) from None
+
+        kb_path = Path(kb_path or meta["kb"]["path"])
+        if not kb_path.is_file():
+            raise InputError("E706", path=kb_path, model=folder.path)
+        self.kb_path = kb_path
+        self.kb_fingerprint = file_fingerprint(kb_path)
+        self.index_root = cache.kb_index_root(self.kb_fingerprint)
+        self.entities_path = kb_entities(kb_path, self.index_root, self.kb_fingerprint)
+        self.kb_names = names_index(pl.read_parquet(self.entities_path, columns=["kb_id", "name", "alias_texts"]),
+                                    self.index_root, self.kb_fingerprint)
+        self.known_ids = pl.read_parquet(self.entities_path, columns=["kb_id"])
+        missing = (folder.aliases.select("gold_kb_id").unique()
+                   .join(self.known_ids.rename({"kb_id": "gold_kb_id"}), on="gold_kb_id", how="anti"))
+        if missing.height:
+            raise InputError("E705", path=kb_path, count=missing.height, model=folder.path,
+                             example=", ".join(missing["gold_kb_id"].sort().head(3).to_list()))
+        try:
+            self.model, saved = load_model(folder.path, self.encoder.device)
+        except PipelineError as error:
+            raise CacheError("E702", path=folder.path / "model.pt", detail=error.message) from None
+        self.mention_types = list(meta["types"].get("mention") or [])
+        self.entity_types = list(meta["types"].get("entity") or [])
+        self.store = cache.EntityVectorStore(
+            cache.cache_root() / cache.ENTITY_VECTORS / cache.encoder_key(identity, settings),
+            float16=self.encoder_config.store_float16)
+        self.policy = folder.policy
+
+    @classmethod
+    def load(cls, path: str | Path, kb: str | Path | None = None, device: str | None = None) -> "Linker":
+        """Load and check a model folder (E701-E706); `kb` replaces the model's KB, `device` its encoder's."""
+        return cls(load_model_folder(Path(path)), Path(kb) if kb is not None else None, device)
+
+    def _vectors_dtype_round(self, array: np.ndarray) -> np.ndarray:
+        """Vectors as encode would store them (float16 when `store_float16`), read back as float32."""
+        return array.astype(np.float16).astype(np.float32) if self.encoder_config.store_float16 else array
+
+    def link_chunk(self, mentions: pl.DataFrame, work_dir: Path) -> ChunkResult:
+        """Link one chunk of mentions (the `schema.MENTIONS` columns); see `ChunkResult`.
+
+        `work_dir` holds the encoder's finished sub-chunks, so a killed chunk resumes there.
+        """
+        from pipeline.encode import encode_in_chunks, plan_units
+        from pipeline.evaluate import predict
+        from pipeline.triage import candidate_pieces, merge_candidates
+
+        started = time.time()
+        pieces = candidate_pieces(mentions, self.folder.aliases, self.kb_names, self.known_ids, self.triage_config,
+                                  self.encoder_config, self.index_root, self.kb_fingerprint, None, self.encoder)
+        candidates = merge_candidates(pieces, mentions, self.triage_config.k, oracle=False)
+        entities = (pl.scan_parquet(self.entities_path)
+                    .filter(pl.col("kb_id").is_in(candidates["kb_id"].unique().implode()))
+                    .select("kb_id", "name", "description", "type").collect().sort("kb_id"))
+        keys = cache.content_keys(entities)
+        hidden = self.encoder.hidden_size
+        found, entity_name, entity_context = self.store.lookup(keys, hidden)
+        missing = entities.filter(pl.Series(~found))
+        encode_started = time.time()
+        plan = plan_units(mentions, missing, self.encoder, self.encoder_config)
+        context_vectors, span_vectors, _, _ = encode_in_chunks(self.encoder, plan.table, self.encoder_config, work_dir)
+        new_name, new_context = span_vectors[plan.entity_span_rows], context_vectors[plan.entity_units]
+        self.store.add([k for k, hit in zip(keys, found) if not hit], new_name, new_context)
+        encode_seconds = time.time() - encode_started
+        entity_name[~found], entity_context[~found] = self._vectors_dtype_round(new_name), self._vectors_dtype_round(new_context)
+
+        device = self.encoder.device
+        table = mentions.with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
+        entity_ids = entities.select("kb_id").with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
+        inputs = RankerInputs(
+            mentions=table, entity_ids=entity_ids,
+            mention_name=torch.from_numpy(self._vectors_dtype_round(span_vectors[plan.mention_span_rows])).to(device),
+            mention_context=torch.from_numpy(self._vectors_dtype_round(context_vectors[plan.mention_units])).to(device),
+            entity_name=torch.from_numpy(entity_name).to(device), entity_context=torch.from_numpy(entity_context).to(device),
+            mention_type_onehot=one_hot(mentions["entity_type"], self.mention_types).to(device),
+            entity_type_onehot=one_hot(entities["type"], self.entity_types).to(device))
+        if "triage" in self.model.features:
+            inputs.attach_triage(candidates)
+        rows = np.arange(mentions.height)
+        matrix = candidate_matrix(candidates, inputs, rows)
+        scores = score_candidates(self.model, inputs, rows, matrix)
+        popularity = None
+        if self.folder.meta.get("popularity_rerank") and self.folder.popularity is not None:
+            popularity = (entity_ids.join(self.folder.popularity, on="kb_id", how="left").sort("row")["count"]
+                          .fill_null(0).to_numpy())
+        score_table, predictions = predict(table, rows, matrix, scores, entity_ids["kb_id"].to_list(), popularity)
+        decided = self.policy.decide(mentions.join(predictions, on="mention_id", how="left"), candidates)
+        ranked = (score_table.join(candidates.select("mention_id", "kb_id", pl.col("score").alias("triage_score"), "sources"),
+                                   on=["mention_id", "kb_id"], how="left")
+                  .sort(["mention_id", "score", "rank"], descending=[False, True, False], nulls_last=True)
+                  .group_by("mention_id", maintain_order=True)
+                  .agg(pl.struct("kb_id", "score", "triage_score", "sources").alias("candidates")))
+        # The context text is the bulk of a mention row and no output needs it.
+        frame = decided.drop("context", "start", "end", "line", strict=False).join(ranked, on="mention_id", how="left")
+        frame = frame.with_columns(pl.col("candidates").fill_null(pl.lit([], dtype=ranked.schema["candidates"])))
+        return ChunkResult(frame, int(missing.height), int(found.sum()), time.time() - started, encode_seconds)
+
+    def link(self, mentions: pl.DataFrame | list[dict], docs: pl.DataFrame | None = None) -> pl.DataFrame:
+        """Link mentions given in memory; returns the `links.parquet` table (see `outputs.links_table`).
+
+        mentions: a DataFrame or records with the JSONL fields (`id`, `doc_id`, `lang`,
+        `mention`, and `text` + `start`/`end` or `doc_start`/`doc_end` with `docs`
+        (doc_id, text)); gold ids and splits are ignored. NIL clusters span this call.
+        """
+        from pipeline.link.outputs import links_table
+        from pipeline.link.sources import records_frame
+
+        records = mentions.to_dicts() if isinstance(mentions, pl.DataFrame) else list(mentions)
+        doc_texts = docs.select("doc_id", pl.col("text").alias("doc_text")) if docs is not None else None
+        frame = records_frame(records, Path("<mentions>"), self.context_chars, keep_gold=False, docs=doc_texts)
+        with tempfile.TemporaryDirectory(prefix="xel-link-") as work_dir:
+            result = self.link_chunk(frame, Path(work_dir))
+        self.policy.warn_unseen(result.frame)
+        return links_table(self.policy.cluster(result.frame))

@@ -1,0 +1,80 @@
+"""What `xel-cli link` writes: links.parquet, links.jsonl, system.tab (+ gold.tab, metrics.json with --score).
+
+One row per mention: mention_id, doc_id, start and end (character offsets into the
+document, end exclusive), lang, mention, kb_id (the KB id, or the NIL cluster id for a
+NIL), score (the best candidate's ranker score, null without candidates), is_nil,
+threshold (the NIL threshold applied), and candidates: every scored candidate as
+{kb_id, score (ranker), triage_score, sources}, best first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from pipeline.errors import InputError
+from pipeline.io import atomic_path, write_json_atomic
+
+LINKS_PARQUET = "links.parquet"
+LINKS_JSONL = "links.jsonl"
+SYSTEM_TAB = "system.tab"
+
+
+def links_table(clustered: pl.DataFrame) -> pl.DataFrame:
+    """The links of decided, NIL-clustered mentions (`NilPolicy.cluster` output), in input order."""
+    return clustered.select(
+        "mention_id", "doc_id", pl.col("doc_start").alias("start"), pl.col("doc_end").alias("end"), "lang", "mention",
+        pl.col("system_id").alias("kb_id"), pl.col("best_score").alias("score"), "is_nil", "threshold", "candidates")
+
+
+def nil_share(clustered: pl.DataFrame) -> pl.DataFrame:
+    """(lang, mentions, nil_share) per language, sorted, then `all`."""
+    aggregations = [pl.len().alias("mentions"), pl.col("is_nil").mean().alias("nil_share")]
+    by_language = clustered.group_by("lang").agg(aggregations).sort("lang")
+    overall = clustered.select(pl.lit("all").alias("lang"), *aggregations)
+    return pl.concat([by_language, overall.cast(by_language.schema)])
+
+
+def write_outputs(chunk_paths: list[Path], clustered: pl.DataFrame, out_dir: Path, score: bool,
+                  mentions_path: Path) -> tuple[list[str], dict | None]:
+    """Write the outputs (each atomically); returns (file names, metrics or None).
+
+    `clustered` is every mention without its candidate lists (`NilPolicy.cluster` output);
+    the links files are written chunk by chunk from `chunk_paths`, so only one chunk's
+    candidate lists are in memory at a time. With `score`, mentions that carry a gold id
+    are scored as evaluate scores its split (`gold.tab`, `metrics.json`); E709 when none does.
+    """
+    import pyarrow.parquet as pq
+
+    from pipeline.evaluate import tac_frame
+    from pipeline.scoring import score as score_tables
+    from pipeline.tac import write_tab
+
+    system_ids = clustered.select("mention_id", "system_id")
+    with atomic_path(out_dir / LINKS_PARQUET) as parquet_path, atomic_path(out_dir / LINKS_JSONL) as jsonl_path:
+        writer = None
+        try:
+            with open(jsonl_path, "wb") as jsonl:
+                for path in chunk_paths:
+                    links = links_table(pl.read_parquet(path).join(system_ids, on="mention_id", how="left"))
+                    table = links.to_arrow()
+                    writer = writer or pq.ParquetWriter(parquet_path, table.schema, compression="zstd")
+                    writer.write_table(table)
+                    links.write_ndjson(jsonl)
+        finally:
+            if writer is not None:
+                writer.close()
+    write_tab(tac_frame(clustered, "system_id"), out_dir / SYSTEM_TAB)
+    outputs = [LINKS_PARQUET, LINKS_JSONL, SYSTEM_TAB]
+    if not score:
+        return outputs, None
+    evaluated = clustered.filter(pl.col("gold_kb_id").is_not_null())
+    if evaluated.is_empty():
+        raise InputError("E709", path=mentions_path)
+    gold_tab, system_tab = tac_frame(evaluated, "gold_tac_id"), tac_frame(evaluated, "system_id")
+    metrics = score_tables(gold_tab, system_tab, evaluated.select("doc_id", "lang").unique())
+    metrics["scored_mentions"] = evaluated.height
+    write_tab(gold_tab, out_dir / "gold.tab")
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    return outputs + ["gold.tab", "metrics.json"], metrics

@@ -1,0 +1,238 @@
+"""`xel-cli link`: a trained linker over a corpus, in chunks that resume, shard and merge.
+
+The mentions are read `chunk_mentions` at a time (`sources.mention_chunks`), so memory
+stays flat in corpus size. Each linked chunk is saved as `chunks/chunk-NNNNNN.parquet`
+(atomically, with its counts in a `.json` beside it); a rerun skips saved chunks, so a
+killed link resumes after its last finished chunk. `--shard i/n` links chunks i, i+n,
+i+2n, ... and records how many chunks the corpus has in `shards/shard-i-of-n.json`;
+`--merge` (or an unsharded run, at its end) checks every chunk is there, clusters NILs
+over the whole corpus, writes the outputs (`outputs.py`) and `manifest.json` last, then
+deletes the chunks. Chunks of other inputs or settings (another key) are deleted first.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+from tqdm.auto import tqdm
+
+from pipeline.errors import CacheError, InputError
+from pipeline.io import file_fingerprint, remove_leftover_temps, write_json_atomic, write_parquet_atomic, write_text_atomic
+from pipeline.model_folder import load_model_folder
+from pipeline.link.outputs import nil_share, write_outputs
+from pipeline.link.sources import mention_chunks
+from pipeline.stage import MANIFEST, is_up_to_date, read_manifest_file, stage_key, write_manifest
+
+logger = logging.getLogger(__name__)
+
+VERSION = 1
+CHUNKS, WORK, SHARDS = "chunks", "work", "shards"
+DEFAULT_CHUNK_MENTIONS = 10_000
+
+
+@dataclass(frozen=True)
+class LinkOptions:
+    """One `xel-cli link` call. `shard` = (i, n), i from 0; `merge` joins finished shards."""
+
+    model: Path
+    mentions: Path
+    out_dir: Path
+    docs: Path | None = None
+    kb: Path | None = None
+    shard: tuple[int, int] | None = None
+    merge: bool = False
+    score: bool = False
+    chunk_mentions: int = DEFAULT_CHUNK_MENTIONS
+    device: str | None = None
+    force: bool = False
+
+
+@dataclass
+class LinkResult:
+    """What a link call did; `counts` has mentions, chunks, chunks_resumed, entities_encoded, entities_cached."""
+
+    out_dir: Path
+    skipped: bool
+    seconds: float
+    counts: dict[str, int] = field(default_factory=dict)
+    nil_share: pl.DataFrame | None = None
+    metrics: dict | None = None
+    mentions_per_second: float = 0.0
+    encode_share: float = 0.0
+    finished: bool = True  # False for a shard: the merge writes the outputs
+
+
+def link_key(options: LinkOptions, model_fingerprint: str, kb_path: Path) -> str:
+    """Hash of the model, the inputs' content, the KB's content and the settings that change the output."""
+    inputs = {"model": model_fingerprint, "mentions": file_fingerprint(options.mentions), "kb": file_fingerprint(kb_path)}
+    if options.docs is not None:
+        inputs["docs"] = file_fingerprint(options.docs)
+    return stage_key("link", VERSION, {"chunk_mentions": options.chunk_mentions, "score": options.score}, inputs)
+
+
+def _chunk_path(out_dir: Path, index: int) -> Path:
+    return out_dir / CHUNKS / f"chunk-{index:06d}.parquet"
+
+
+def _forget_other_keys(out_dir: Path, key: str, force: bool) -> None:
+    """Delete chunks, work and shard files of another key (or all with --force): they never resume."""
+    key_path = out_dir / WORK / "key.txt"
+    old = key_path.read_text(encoding="utf-8").strip() if key_path.is_file() else None
+    if force or (old is not None and old != key):
+        for name in (CHUNKS, WORK, SHARDS):
+            shutil.rmtree(out_dir / name, ignore_errors=True)
+    write_text_atomic(key_path, key + "\n")
+
+
+def run(options: LinkOptions) -> LinkResult:
+    """Link, one shard of it, or the merge; see the module doc. Errors: E7xx, E1xx of the inputs."""
+    started = time.time()
+    out_dir = options.out_dir
+    folder = load_model_folder(options.model)
+    kb_path = options.kb or Path(folder.meta["kb"]["path"])
+    if not kb_path.is_file():
+        raise InputError("E706", path=kb_path, model=options.model)
+    if not options.mentions.exists():
+        raise InputError("E108", path=options.mentions)
+    key = link_key(options, folder.fingerprint, kb_path)
+    if not options.force and is_up_to_date(out_dir, key):  # a shard or merge of a finished link too
+        return LinkResult(out_dir, skipped=True, seconds=time.time() - started)
+    (out_dir / MANIFEST).unlink(missing_ok=True)  # outputs being redone never look finished
+    if options.shard is None:  # shards write at once, so only a locked run may sweep temporary files
+        remove_leftover_temps(out_dir)
+        remove_leftover_temps(out_dir / CHUNKS)
+    if not options.merge:
+        _forget_other_keys(out_dir, key, options.force)
+    if options.merge:
+        total = _finished_shards(out_dir, key)
+        return _finish(options, folder, key, total, started, {"mentions": 0, "chunks_resumed": total}, linked_seconds=0.0)
+
+    linker = None
+    counts = {"mentions": 0, "chunks": 0, "chunks_resumed": 0, "entities_encoded": 0, "entities_cached": 0}
+    linked_seconds = encode_seconds = 0.0
+    total = 0
+    keep_gold = options.score
+    context_chars = int(folder.meta["inputs"]["context_chars"])
+    chunks = mention_chunks(options.mentions, options.docs, options.chunk_mentions, context_chars, keep_gold, out_dir / WORK)
+    with tqdm(unit="mention", desc="link", disable=None) as progress:
+        for index, read in chunks:
+            total = index + 1
+            if options.shard is not None and index % options.shard[1] != options.shard[0]:
+                continue
+            if _chunk_path(out_dir, index).is_file():
+                counts["chunks_resumed"] += 1
+                continue
+            if linker is None:
+                from pipeline.link.linker import Linker
+
+                linker = Linker(folder, options.kb, options.device)
+            mentions = read()
+            result = linker.link_chunk(mentions, out_dir / WORK / f"encode-{index:06d}")
+            stats = {"mentions": mentions.height, "entities_encoded": result.entities_encoded,
+                     "entities_cached": result.entities_cached, "seconds": result.seconds,
+                     "encode_seconds": result.encode_seconds}
+            write_json_atomic(_chunk_path(out_dir, index).with_suffix(".json"), stats)
+            write_parquet_atomic(result.frame, _chunk_path(out_dir, index))
+            shutil.rmtree(out_dir / WORK / f"encode-{index:06d}", ignore_errors=True)
+            for name in ("mentions", "entities_encoded", "entities_cached"):
+                counts[name] += stats[name]
+            counts["chunks"] += 1
+            linked_seconds += result.seconds
+            encode_seconds += result.encode_seconds
+            progress.update(mentions.height)
+            logger.info("chunk %d: %d mentions in %.1fs (%.1f mentions/s), %d entities encoded, %d from the cache",
+                        index, mentions.height, result.seconds, mentions.height / max(result.seconds, 1e-9),
+                        result.entities_encoded, result.entities_cached)
+            del mentions, result
+            _release_freed_memory()
+    if counts["chunks_resumed"]:
+        logger.info("resumed: %d chunk(s) were already linked in %s", counts["chunks_resumed"], out_dir / CHUNKS)
+    if options.shard is not None:
+        index, count = options.shard
+        write_json_atomic(out_dir / SHARDS / f"shard-{index}-of-{count}.json",
+                          {"key": key, "shard": [index, count], "chunks_total": total, "counts": counts})
+        seconds = time.time() - started
+        return LinkResult(out_dir, skipped=False, seconds=seconds, counts=counts, finished=False,
+                          mentions_per_second=counts["mentions"] / max(seconds, 1e-9),
+                          encode_share=encode_seconds / max(linked_seconds, 1e-9))
+    return _finish(options, folder, key, total, started, counts, linked_seconds, encode_seconds)
+
+
+def _release_freed_memory() -> None:
+    """Hand the chunk's freed heap back to the OS (glibc's malloc_trim) before the next chunk.
+
+    Nothing is kept from one chunk to the next, but many differently sized encoder batches
+    can leave glibc's heap holding freed memory; trimming keeps that from adding up.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
+def _finished_shards(out_dir: Path, key: str) -> int:
+    """The corpus's chunk count, once every shard of this key has finished (E711 naming a missing one)."""
+    manifests = {}
+    for path in sorted((out_dir / SHARDS).glob("shard-*-of-*.json")):
+        match = re.fullmatch(r"shard-(\d+)-of-(\d+)\.json", path.name)
+        manifest = read_manifest_file(path)
+        if match and manifest["key"] == key:
+            manifests[(int(match[1]), int(match[2]))] = manifest
+    counts = sorted({count for _, count in manifests})
+    if len(counts) != 1:
+        raise CacheError("E711", path=out_dir / SHARDS, detail="no shard of this link (same model, inputs and settings) has finished"
+                         if not counts else f"its shards were cut in {counts} parts; delete the set you do not want")
+    for index in range(counts[0]):
+        if (index, counts[0]) not in manifests:
+            raise CacheError("E711", path=out_dir / SHARDS / f"shard-{index}-of-{counts[0]}.json",
+                             detail=f"shard {index}/{counts[0]} has not finished; run `xel-cli link --shard {index}/{counts[0]}` "
+                                    "with the same model, inputs and options")
+    return int(next(iter(manifests.values()))["chunks_total"])
+
+
+def _finish(options: LinkOptions, folder, key: str, total: int, started: float, counts: dict[str, int],
+            linked_seconds: float, encode_seconds: float = 0.0) -> LinkResult:
+    """Cluster NILs over every chunk, write the outputs and manifest.json, delete the chunks."""
+    out_dir = options.out_dir
+    paths = [_chunk_path(out_dir, index) for index in range(total)]
+    missing = [path for path in paths if not path.is_file()]
+    if missing:
+        raise CacheError("E711", path=missing[0], detail=f"{len(missing)} of {total} chunks are not linked yet; "
+                                                         "run the shards that hold them")
+    stats = [json.loads(path.with_suffix(".json").read_text(encoding="utf-8")) for path in paths]
+    if not paths:
+        raise InputError("E107", path=options.mentions)
+    # Every mention without its candidate lists: NIL clusters span the corpus, the lists are written chunk by chunk.
+    columns = [name for name in pl.read_parquet_schema(paths[0]) if name != "candidates"]
+    frame = pl.concat([pl.read_parquet(path, columns=columns) for path in paths], how="vertical_relaxed")
+    repeated = frame.filter(pl.col("mention_id").is_duplicated())
+    if repeated.height:
+        raise InputError("E710", path=options.mentions, record_id=repeated["mention_id"][0])
+    policy = folder.policy
+    policy.warn_unseen(frame)
+    clustered = policy.cluster(frame)
+    outputs, metrics = write_outputs(paths, clustered, out_dir, options.score, options.mentions)
+    totals = {name: int(sum(s[name] for s in stats)) for name in ("mentions", "entities_encoded", "entities_cached")}
+    seconds = time.time() - started
+    all_seconds = sum(s["seconds"] for s in stats)
+    summary = {**totals, "chunks": total, "chunks_resumed": counts.get("chunks_resumed", 0),
+               "mentions_linked_now": counts.get("mentions", 0), "seconds": round(seconds, 3),
+               "linking_seconds": round(all_seconds, 3),
+               "encode_share": sum(s["encode_seconds"] for s in stats) / max(all_seconds, 1e-9)}
+    write_manifest(out_dir, stage="link", key=key, inputs={"model": str(options.model), "mentions": str(options.mentions)},
+                   settings={"chunk_mentions": options.chunk_mentions, "score": options.score}, counts=summary,
+                   outputs=outputs, started=started, extra={"nil_share": nil_share(clustered).to_dicts()})
+    for name in (CHUNKS, WORK, SHARDS):
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+    return LinkResult(out_dir, skipped=False, seconds=seconds, counts={**totals, "chunks": total,
+                      "chunks_resumed": summary["chunks_resumed"]}, nil_share=nil_share(clustered), metrics=metrics,
+                      mentions_per_second=counts.get("mentions", 0) / max(seconds, 1e-9),
+                      encode_share=summary["encode_share"])

@@ -1,0 +1,110 @@
+"""Mentions to link, read chunk by chunk from JSONL, Parquet or a TAC KBP 2015 `.tab` file.
+
+Every chunk goes through the stages' readers (`pipeline.inputs`), so the same checks
+name the same file and line. Chunks are cut by position (the i-th `chunk_mentions`
+records), never by content, so a resumed or sharded run cuts the same chunks. Gold ids
+and splits in the input are dropped unless scoring is asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import polars as pl
+
+from pipeline.errors import InputError
+from pipeline.inputs import normalise_gold, read_mentions_jsonl, read_tac_mentions, write_docs
+from pipeline.io import iter_jsonl_blocks
+
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+TAB_SUFFIXES = (".tab", ".tsv")
+Chunk = tuple[int, Callable[[], pl.DataFrame]]
+
+
+def mention_format(path: Path) -> str:
+    """"jsonl", "parquet" or "tac" from the file name; E707 otherwise."""
+    suffix = path.suffix.lower()
+    if suffix in JSONL_SUFFIXES:
+        return "jsonl"
+    if suffix == ".parquet":
+        return "parquet"
+    if suffix in TAB_SUFFIXES:
+        return "tac"
+    raise InputError("E707", path=path)
+
+
+def records_frame(records: list[dict], path: Path, context_chars: int, keep_gold: bool,
+                  docs: pl.DataFrame | None = None, first_line: int = 1, docs_path: Path | None = None) -> pl.DataFrame:
+    """Mention records (JSONL fields) -> the `schema.MENTIONS` table, checked as a JSONL file's lines are.
+
+    `docs` (doc_id, doc_text) serves mentions given by doc_start/doc_end; without
+    `keep_gold`, gold_kb_id and split are ignored.
+    """
+    if not keep_gold:
+        records = [{k: v for k, v in record.items() if k not in ("gold_kb_id", "split")} for record in records]
+    block = list(enumerate(records, start=first_line))
+    docs_name = (docs_path or Path("<docs>")) if docs is not None else None
+    frame = read_mentions_jsonl(path, docs_name, context_chars, blocks=[block] if block else [], docs=docs)
+    return normalise_gold(frame)
+
+
+def _chunk_docs(docs_parquet: Path | None, records: list[dict]) -> pl.DataFrame | None:
+    """The documents a chunk's records point to, read from the corpus's docs Parquet."""
+    if docs_parquet is None:
+        return None
+    wanted = pl.Series([r.get("doc_id") for r in records], dtype=pl.String).unique().implode()
+    return pl.scan_parquet(docs_parquet).filter(pl.col("doc_id").is_in(wanted)).collect()
+
+
+def mention_chunks(path: Path, docs: Path | None, chunk_mentions: int, context_chars: int, keep_gold: bool,
+                   work_dir: Path) -> Iterator[Chunk]:
+    """Yield (chunk index, read) for each chunk; `read()` parses and checks that chunk only.
+
+    JSONL and Parquet mentions may point into a docs JSONL (`docs`), which is streamed
+    once into `work_dir/docs.parquet`; a TAC `.tab` needs `docs`, the source folder.
+    """
+    if not path.exists():
+        raise InputError("E108", path=path)
+    kind = mention_format(path)
+    if kind == "tac":
+        if docs is None or not docs.is_dir():
+            raise InputError("E708", path=path, docs=docs)
+        from pipeline.tac import read_tab
+
+        total = read_tab(path).height
+
+        def tac_chunk(offset: int) -> pl.DataFrame:
+            frame = read_tac_mentions({"test": path}, docs, context_chars, rows=(offset, chunk_mentions))
+            frame = frame if keep_gold else frame.with_columns(pl.lit(None, pl.String).alias("gold_kb_id"))
+            return normalise_gold(frame)
+
+        for index, offset in enumerate(range(0, total, chunk_mentions)):
+            yield index, (lambda offset=offset: tac_chunk(offset))
+        return
+    docs_parquet = None
+    if docs is not None:
+        docs_parquet = work_dir / "docs.parquet"
+        if not docs_parquet.is_file():
+            write_docs(docs, docs_parquet)
+    if kind == "jsonl":
+        for index, block in enumerate(iter_jsonl_blocks(path, block_lines=chunk_mentions)):
+            yield index, (lambda block=block: _jsonl_chunk(path, block, docs, docs_parquet, context_chars, keep_gold))
+        return
+    total = pl.scan_parquet(path).select(pl.len()).collect().item()
+    for index, offset in enumerate(range(0, total, chunk_mentions)):
+        def parquet_chunk(offset: int = offset) -> pl.DataFrame:
+            records = pl.scan_parquet(path).slice(offset, chunk_mentions).collect().to_dicts()
+            return records_frame(records, path, context_chars, keep_gold, _chunk_docs(docs_parquet, records),
+                                 first_line=offset + 1, docs_path=docs)
+        yield index, parquet_chunk
+
+
+def _jsonl_chunk(path: Path, block: list[tuple[int, dict]], docs_path: Path | None, docs_parquet: Path | None,
+                 context_chars: int, keep_gold: bool) -> pl.DataFrame:
+    records = [record for _, record in block]
+    if not keep_gold:
+        block = [(line, {k: v for k, v in record.items() if k not in ("gold_kb_id", "split")}) for line, record in block]
+    docs = _chunk_docs(docs_parquet, records)
+    frame = read_mentions_jsonl(path, docs_path, context_chars, blocks=[block], docs=docs)
+    return normalise_gold(frame)

@@ -1,0 +1,323 @@
+"""`xel-cli link`, `xel-cli export` and `Linker`: a trained linker applied to new mentions.
+
+One demo run (the built-in demo data, the tiny encoder, a small ranker) is made per
+module; each test links with its own `XEL_CACHE`, so cache counts start from nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+from click.testing import CliRunner, Result
+
+from cli import main
+from conftest import write_jsonl, write_run_config
+from pipeline.model_folder import load_model_folder
+from pipeline.tac import read_tab
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "pipeline" / "demo_data"
+
+
+def invoke(*args: object) -> Result:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def succeeded(result: Result) -> Result:
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+def demo_records(split: str | None = None) -> list[dict]:
+    records = [json.loads(line) for line in (DEMO / "mentions.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [r for r in records if split is None or r.get("split") == split]
+
+
+def without_gold(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("gold_kb_id", "split")} for r in records]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -> dict:
+    folder = tmp_path_factory.mktemp("demo-run")
+    saved = os.environ.get("XEL_CACHE")
+    os.environ["XEL_CACHE"] = str(folder / "run-cache")
+    try:
+        config = write_run_config(folder, tiny_encoder_dir, data={"mentions": DEMO / "mentions.jsonl", "kb": DEMO / "kb.jsonl"},
+                                  train={"min_type_count": 5, "features": ["name", "context", "type", "triage"]})
+        succeeded(invoke("run", "--config", config))
+    finally:
+        os.environ.pop("XEL_CACHE") if saved is None else os.environ.__setitem__("XEL_CACHE", saved)
+    test_file = write_jsonl(folder / "test-no-gold.jsonl", without_gold(demo_records("test")))
+    return {"run_dir": folder / "run", "model": folder / "run" / "model", "test": test_file}
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("XEL_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def link(model: Path, mentions: Path, out: Path, *extra: object) -> Result:
+    return invoke("link", "--model", model, "--mentions", mentions, "--out", out, *extra)
+
+
+def assert_same_links(first: Path, second: Path) -> None:
+    """Equal links.parquet files, ranker scores to float rounding: an entity's vectors are encoded in
+    whichever chunk first needs it, and batches of other texts round differently (~1e-8)."""
+    a, b = pl.read_parquet(first), pl.read_parquet(second)
+    assert a.drop("score", "candidates").equals(b.drop("score", "candidates"))
+    assert (a["score"] - b["score"]).abs().max() < 1e-6
+    for column in ("kb_id", "sources", "triage_score"):
+        field = pl.col("candidates").list.eval(pl.element().struct.field(column))
+        assert a.select(field).equals(b.select(field))
+    candidate_scores = [pl.col("candidates").list.eval(pl.element().struct.field("score")).explode()]
+    assert (a.select(candidate_scores).to_series() - b.select(candidate_scores).to_series()).abs().max() < 1e-6
+
+
+def nil_partition(frame: pl.DataFrame, id_column: str) -> set[frozenset[str]]:
+    nils = frame.filter(pl.col(id_column).str.starts_with("NIL"))
+    return {frozenset(group["mention_id"].to_list()) for _, group in nils.group_by(id_column)}
+
+
+def test_link_gives_evaluates_links_and_nil_decisions(demo_run: dict, tmp_path: Path) -> None:
+    output = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "out")).output
+    assert "66 mentions" in output and "entities encoded" in output
+    evaluated = read_tab(demo_run["run_dir"] / "evaluate" / "system.tab")
+    linked = read_tab(tmp_path / "out" / "system.tab")
+    assert sorted(linked["mention_id"].to_list()) == sorted(evaluated["mention_id"].to_list())
+    both = evaluated.join(linked, on="mention_id", suffix="_link")
+    is_nil, is_nil_link = both["kb_id"].str.starts_with("NIL"), both["kb_id_link"].str.starts_with("NIL")
+    assert is_nil.to_list() == is_nil_link.to_list()
+    assert both.filter(~is_nil)["kb_id"].to_list() == both.filter(~is_nil)["kb_id_link"].to_list()
+    assert nil_partition(linked, "kb_id") == nil_partition(evaluated, "kb_id")
+    links = pl.read_parquet(tmp_path / "out" / "links.parquet")
+    predictions = pl.read_parquet(demo_run["run_dir"] / "evaluate" / "predictions.parquet")
+    scores = predictions.join(links, on="mention_id")
+    assert scores.height == 66 and (scores["best_score"] - scores["score"]).abs().max() < 1e-5
+    assert (scores["threshold"] == scores["threshold_right"]).all()
+    assert links.columns == ["mention_id", "doc_id", "start", "end", "lang", "mention", "kb_id", "score", "is_nil",
+                             "threshold", "candidates"]
+    first = links.filter(pl.col("candidates").list.len() > 1).row(0, named=True)
+    ranked = [c["score"] for c in first["candidates"]]
+    assert ranked == sorted(ranked, reverse=True) and first["candidates"][0]["sources"]
+    jsonl = [json.loads(line) for line in (tmp_path / "out" / "links.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["mention_id"] for r in jsonl] == links["mention_id"].to_list()
+    assert jsonl[0]["candidates"][0].keys() == {"kb_id", "score", "triage_score", "sources"}
+
+
+def test_score_writes_evaluates_metrics(demo_run: dict, tmp_path: Path) -> None:
+    with_gold = write_jsonl(tmp_path / "test.jsonl", demo_records("test"))
+    succeeded(link(demo_run["model"], with_gold, tmp_path / "out", "--score"))
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text(encoding="utf-8"))
+    expected = json.loads((demo_run["run_dir"] / "evaluate" / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["scored_mentions"] == 66
+    assert metrics["overall"]["kbp2010_micro_average"] == expected["overall"]["kbp2010_micro_average"]
+    assert metrics["overall"]["b_cubed"] == pytest.approx(expected["overall"]["b_cubed"])
+    result = link(demo_run["model"], demo_run["test"], tmp_path / "no-gold", "--score")
+    assert result.exit_code == 2 and "[E709]" in result.output
+
+
+def test_gold_in_the_input_is_ignored_without_score(demo_run: dict, tmp_path: Path) -> None:
+    with_gold = write_jsonl(tmp_path / "test.jsonl", demo_records("test"))
+    succeeded(link(demo_run["model"], with_gold, tmp_path / "gold"))
+    succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "plain"))
+    assert not (tmp_path / "gold" / "metrics.json").exists()
+    assert_same_links(tmp_path / "gold" / "links.parquet", tmp_path / "plain" / "links.parquet")
+
+
+def test_export_round_trip_and_python_api(demo_run: dict, tmp_path: Path) -> None:
+    from pipeline.link import Linker
+
+    succeeded(invoke("export", demo_run["run_dir"], tmp_path / "exported"))
+    exported, original = load_model_folder(tmp_path / "exported"), load_model_folder(demo_run["model"])
+    assert exported.meta == original.meta and exported.fingerprint == original.fingerprint
+    meta = exported.meta
+    assert meta["trained_on"]["languages"] == ["ar", "de", "en", "es", "fr", "ru", "zh"]
+    assert meta["trained_on"]["mentions"]["train"]["en"] == 26 and meta["nil"]["fallback"] == -1.0
+    assert set(meta["files"]) == {"model.pt", "aliases.parquet"}
+    again = invoke("export", demo_run["run_dir"], tmp_path / "exported")
+    assert again.exit_code == 2 and "[E713]" in again.output
+
+    succeeded(link(tmp_path / "exported", demo_run["test"], tmp_path / "out"))
+    links = Linker.load(tmp_path / "exported").link(pl.DataFrame(without_gold(demo_records("test"))))
+    cli_links = pl.read_parquet(tmp_path / "out" / "links.parquet")
+    assert links.select("mention_id", "kb_id", "is_nil").equals(cli_links.select("mention_id", "kb_id", "is_nil"))
+
+
+@pytest.mark.parametrize("damage, code", [
+    ("model.json missing", "E701"), ("foreign model.json", "E701"), ("model.json not JSON", "E702"),
+    ("model.pt changed", "E702"), ("aliases.parquet missing", "E702"), ("newer format", "E703"),
+    ("encoder gone", "E704")])
+def test_a_damaged_or_foreign_model_folder_is_one_line_error(demo_run: dict, tmp_path: Path, damage: str, code: str) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(demo_run["model"], model)
+    meta_path = model / "model.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if damage == "model.json missing":
+        meta_path.unlink()
+    elif damage == "foreign model.json":
+        meta_path.write_text(json.dumps({"format": "spacy", "version": 3}), encoding="utf-8")
+    elif damage == "model.json not JSON":
+        meta_path.write_text("{\"format\": \"xel-linker\"", encoding="utf-8")
+    elif damage == "model.pt changed":
+        data = bytearray((model / "model.pt").read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (model / "model.pt").write_bytes(bytes(data))
+    elif damage == "aliases.parquet missing":
+        (model / "aliases.parquet").unlink()
+    elif damage == "newer format":
+        meta_path.write_text(json.dumps({**meta, "format_version": 99}), encoding="utf-8")
+    elif damage == "encoder gone":
+        gone = str(tmp_path / "no-such-encoder")
+        meta["encoder"].update(name=gone, path=gone)
+        meta["encoder"]["settings"]["name"] = gone
+        meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    result = link(model, demo_run["test"], tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    error_lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(error_lines) == 1 and f"[{code}]" in error_lines[0] and "Traceback" not in result.output
+    assert not (tmp_path / "out" / "links.parquet").exists()
+
+
+def test_a_kb_without_the_alias_tables_entities_is_refused(demo_run: dict, tmp_path: Path) -> None:
+    aliases = load_model_folder(demo_run["model"]).aliases
+    dropped = sorted(aliases["gold_kb_id"].unique().to_list())[0]
+    kb = [json.loads(line) for line in (DEMO / "kb.jsonl").read_text(encoding="utf-8").splitlines()]
+    smaller = write_jsonl(tmp_path / "kb.jsonl", [e for e in kb if e["kb_id"] != dropped])
+    result = link(demo_run["model"], demo_run["test"], tmp_path / "out", "--kb", smaller)
+    assert result.exit_code == 2 and "[E705]" in result.output and dropped in result.output
+
+
+def test_second_corpus_and_a_grown_kb_encode_only_new_entities(demo_run: dict, tmp_path: Path) -> None:
+    first = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "first")).output
+    encoded_first = int(first.split("entities encoded ")[1].split(",")[0])
+    assert encoded_first > 0
+    # The same contexts in other documents, under other ids: every candidate entity is cached.
+    second_corpus = [{**r, "id": "again-" + r["id"], "doc_id": "again-" + r["doc_id"]}
+                     for r in without_gold(demo_records("test"))]
+    second = succeeded(link(demo_run["model"], write_jsonl(tmp_path / "second.jsonl", second_corpus), tmp_path / "second"))
+    assert "entities encoded 0, from the cache " + str(encoded_first) in second.output
+
+    # Three new entities named like NIL mentions of the corpus (so they become candidates).
+    kb = [json.loads(line) for line in (DEMO / "kb.jsonl").read_text(encoding="utf-8").splitlines()]
+    names = sorted({r["mention"] for r in demo_records("test") if r["gold_kb_id"] == "NIL"})[:3]
+    added = [{"kb_id": f"new:{i}", "name": name, "description": f"A new entity called {name}."}
+             for i, name in enumerate(names)]
+    grown = write_jsonl(tmp_path / "kb-grown.jsonl", kb + added)
+    third = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "third", "--kb", grown)).output
+    links = pl.read_parquet(tmp_path / "third" / "links.parquet")
+    proposed = set(links.select(pl.col("candidates").list.eval(pl.element().struct.field("kb_id")).explode())
+                   .to_series().to_list()) & {e["kb_id"] for e in added}
+    assert len(proposed) >= 1
+    assert f"entities encoded {len(proposed)}," in third
+
+
+def test_unseen_language_gets_the_fallback_threshold_and_one_warning(demo_run: dict, tmp_path: Path) -> None:
+    records = without_gold(demo_records("test"))[:6]
+    for record in records[:3]:
+        record["lang"] = "xx"
+    result = succeeded(link(demo_run["model"], write_jsonl(tmp_path / "m.jsonl", records), tmp_path / "out"))
+    warnings = [line for line in result.output.splitlines() if "[W701]" in line]
+    assert len(warnings) == 1 and "xx" in warnings[0] and "-1.0" in warnings[0] and "3 mention(s)" in warnings[0]
+    links = pl.read_parquet(tmp_path / "out" / "links.parquet")
+    assert links.filter(pl.col("lang") == "xx")["threshold"].to_list() == [-1.0] * 3
+
+
+def test_shards_and_merge_equal_one_process(demo_run: dict, tmp_path: Path) -> None:
+    succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "one", "--chunk-mentions", 20))
+    for index in range(3):
+        output = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "sharded", "--chunk-mentions", 20,
+                                "--shard", f"{index}/3")).output
+        assert f"shard {index}/3 done" in output
+    early = link(demo_run["model"], demo_run["test"], tmp_path / "partial", "--chunk-mentions", 20, "--shard", "0/2")
+    missing = link(demo_run["model"], demo_run["test"], tmp_path / "partial", "--chunk-mentions", 20, "--merge")
+    assert succeeded(early) and missing.exit_code == 2 and "[E711]" in missing.output and "shard-1-of-2" in missing.output
+    succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "sharded", "--chunk-mentions", 20, "--merge"))
+    assert_same_links(tmp_path / "sharded" / "links.parquet", tmp_path / "one" / "links.parquet")
+    assert (tmp_path / "sharded" / "system.tab").read_text() == (tmp_path / "one" / "system.tab").read_text()
+    assert not (tmp_path / "sharded" / "chunks").exists()
+
+
+def test_a_killed_link_resumes_after_its_last_finished_chunk(demo_run: dict, tmp_path: Path) -> None:
+    args = [sys.executable, str(ROOT / "cli.py"), "link", "--model", str(demo_run["model"]),
+            "--mentions", str(demo_run["test"]), "--chunk-mentions", "20"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    killed = subprocess.run(args + ["--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=600,
+                            env={**env, "XEL_CRASH_AT": "after-rename:chunk-000001.parquet:1"})
+    assert killed.returncode == -9, killed.stderr
+    assert sorted(p.name for p in (tmp_path / "out" / "chunks").glob("*.parquet")) == ["chunk-000000.parquet",
+                                                                                       "chunk-000001.parquet"]
+    assert not (tmp_path / "out" / "links.parquet").exists() and not (tmp_path / "out" / "manifest.json").exists()
+    resumed = subprocess.run(args + ["--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=600, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "4 chunk(s), 2 resumed" in resumed.stdout
+    assert "chunk 0:" not in resumed.stderr and "chunk 1:" not in resumed.stderr and "chunk 2:" in resumed.stderr
+    succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "whole", "--chunk-mentions", 20))
+    assert_same_links(tmp_path / "out" / "links.parquet", tmp_path / "whole" / "links.parquet")
+    again = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "out", "--chunk-mentions", 20))
+    assert "up to date" in again.output
+
+
+@pytest.mark.parametrize("form", ["parquet", "jsonl with docs", "parquet with docs", "tac"])
+def test_every_mention_format_gives_the_same_links(demo_run: dict, tmp_path: Path, form: str) -> None:
+    records = without_gold(demo_records("test"))
+    extra: list[object] = []
+    if form == "tac":
+        source = tmp_path / "source"
+        source.mkdir()
+        lines = []
+        for r in records:
+            doc_id = f"demo:{r['lang']}:{r['doc_id']}"  # the language is read from TAC doc ids
+            (source / f"{doc_id.replace(':', '__')}.txt").write_text(r["text"], encoding="utf-8")
+            lines.append(f"xel\t{r['id']}\t{r['mention']}\t{doc_id}:{r['start']}-{r['end'] - 1}\tNIL\t{r['entity_type']}\tNAM\t1.0\n")
+        mentions = tmp_path / "mentions.tab"
+        mentions.write_text("".join(lines), encoding="utf-8")
+        extra = ["--docs", source]
+    else:
+        if "docs" in form:
+            docs = {r["doc_id"]: r["text"] for r in records}
+            extra = ["--docs", write_jsonl(tmp_path / "docs.jsonl", [{"doc_id": d, "text": t} for d, t in docs.items()])]
+            records = [{**{k: v for k, v in r.items() if k not in ("text", "start", "end")},
+                        "doc_start": r["start"], "doc_end": r["end"]} for r in records]
+        if form.startswith("parquet"):
+            mentions = tmp_path / "mentions.parquet"
+            pl.DataFrame(records).write_parquet(mentions)
+        else:
+            mentions = write_jsonl(tmp_path / "mentions.jsonl", records)
+    succeeded(link(demo_run["model"], mentions, tmp_path / "out", "--chunk-mentions", 25, *extra))
+    succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "reference"))
+    columns = ["mention_id", "start", "end", "lang", "mention", "kb_id", "is_nil", "threshold"]
+    assert (pl.read_parquet(tmp_path / "out" / "links.parquet").select(columns)
+            .equals(pl.read_parquet(tmp_path / "reference" / "links.parquet").select(columns)))
+
+
+def test_bad_mention_inputs_are_one_line_errors(demo_run: dict, tmp_path: Path) -> None:
+    records = without_gold(demo_records("test"))
+    cases = {
+        "unknown type": (write_jsonl(tmp_path / "m.csv", records), [], "E707"),
+        "tab without docs": (tmp_path / "m.tab", [], "E708"),
+        "repeated id across chunks": (write_jsonl(tmp_path / "dup.jsonl", records + records[:1]), [], "E710"),
+        "bad offsets": (write_jsonl(tmp_path / "off.jsonl", [{**records[0], "end": 10_000}]), [], "E105"),
+    }
+    (tmp_path / "m.tab").write_text("xel\tm1\tParis\tdoc:0-4\tNIL\tLOC\tNAM\t1.0\n", encoding="utf-8")
+    for name, (path, extra, code) in cases.items():
+        result = link(demo_run["model"], path, tmp_path / f"out-{code}", "--chunk-mentions", 40, *extra)
+        assert result.exit_code == 2 and f"[{code}]" in result.output, (name, result.output)
+        assert str(path) in result.output and not (tmp_path / f"out-{code}" / "links.parquet").exists()
+
+
+def test_cuda_without_a_gpu_is_one_line_error(demo_run: dict, tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: --device cuda is valid here")
+    result = link(demo_run["model"], demo_run["test"], tmp_path / "out", "--device", "cuda")
+    assert result.exit_code == 2 and "[E203]" in result.output and "--device" in result.output
