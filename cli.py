@@ -322,7 +322,7 @@ def link(model_dir: Path, mentions: Path, docs: Path | None, kb: Path | None, ou
     """Link a new corpus with a trained linker, in chunks that resume when killed, shard and merge."""
     import os
 
-    from pipeline.encode import parse_shard, shard_from_environment
+    from pipeline.encode_shards import parse_shard, shard_from_environment
     from pipeline.link.run import LinkOptions, run as run_link
 
     if merge and shard_text is not None:
@@ -347,7 +347,7 @@ def link(model_dir: Path, mentions: Path, docs: Path | None, kb: Path | None, ou
         return
     click.echo(_recall_table(result.nil_share))
     if result.metrics is not None:
-        from pipeline.scoring import format_table
+        from pipeline.score_table import format_table
 
         click.echo(format_table(result.metrics))
     click.echo(f"link: wrote links.parquet, links.jsonl, system.tab -> {out_dir}")

@@ -59,12 +59,13 @@ class NilPolicy:
         return []
 
     def to_json(self) -> dict:
-        return {**self.artifact, "clustering": self.clustering}
+        """model.json's "nil" object: the artifact, plus the fallback threshold and the clustering mode."""
+        return {**self.artifact, "fallback": self.fallback, "clustering": self.clustering}
 
     @classmethod
     def from_json(cls, payload: dict, model_dir: Path) -> "NilPolicy":
         """The policy saved in model.json's "nil" object (the caller turns errors into E702)."""
-        artifact = {key: value for key, value in payload.items() if key != "clustering"}
+        artifact = {key: value for key, value in payload.items() if key not in ("clustering", "fallback")}
         return cls.from_artifact(artifact, str(payload["clustering"]))
 
     def decide(self, predictions: pl.DataFrame, candidates: pl.DataFrame) -> pl.DataFrame:

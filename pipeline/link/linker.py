@@ -52,7 +52,7 @@ class Linker:
     def __init__(self, folder: ModelFolder, kb_path: Path | None = None, device: str | None = None) -> None:
         from pipeline.encoder import encoder_identity, load_encoder, resolve_encoder_path
         from pipeline.kb_index import kb_entities, names_index
-        from pipeline.train import load_model
+        from pipeline.model_file import load_model
 
         self.folder = folder
         meta = folder.meta
@@ -125,7 +125,8 @@ class Linker:
 
         `work_dir` holds the encoder's finished sub-chunks, so a killed chunk resumes there.
         """
-        from pipeline.encode import encode_in_chunks, plan_units
+        from pipeline.encode_chunks import encode_in_chunks
+        from pipeline.encode_plan import plan_units
         from pipeline.evaluate import predict
         from pipeline.triage import candidate_pieces, merge_candidates
 
