@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,7 @@ from pipeline.config import EncoderConfig, RunConfig, TriageConfig, to_dict
 from pipeline.errors import InputError, warn
 from pipeline.inputs import check_gold_in_kb, load_mentions
 from pipeline.io import atomic_path, file_fingerprint, write_json_atomic, write_parquet_atomic
-from pipeline.stage import StageResult, invalidate, is_up_to_date, stage_key, write_manifest
+from pipeline.stage import StageResult, StageRun
 from pipeline.kb_index import KbNames, dense_index, kb_entities, name_ngrams, names_index
 from pipeline.progress import progress as progress_counter
 from pipeline.tantivy_index import TantivyNameIndex
@@ -266,7 +265,6 @@ def recall_report(mentions: pl.DataFrame, candidates: pl.DataFrame, k: int) -> p
 
 
 def run(config: RunConfig, force: bool = False) -> StageResult:
-    started = time.time()
     out_dir = config.stage_dir(STAGE)
     inputs = config.inputs
     input_paths = {name: getattr(inputs, name) for name in
@@ -284,12 +282,11 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
                 "triage": to_dict(config.triage)}
     if config.triage.use_dense:
         settings["encoder"] = {"max_name_tokens": config.encoder.max_name_tokens}
-    key = stage_key(STAGE, STAGE_VERSION, settings, fingerprints)
-    if not force and is_up_to_date(out_dir, key):
-        return StageResult(STAGE, out_dir, skipped=True, seconds=time.time() - started)
+    stage_run = StageRun(out_dir, STAGE, STAGE_VERSION, settings, fingerprints, force)
+    if stage_run.up_to_date:
+        return stage_run.skipped()
     index_root = out_dir / "kb-index"
-    invalidate(out_dir, index_root, settings=settings, inputs=fingerprints)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    stage_run.begin(index_root)
 
     mentions = load_mentions(inputs)
     logger.info("read %d mentions", mentions.height)
@@ -311,7 +308,5 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     report = recall_report(mentions, candidates, config.triage.k)
     write_json_atomic(out_dir / "report.json", {"recall": report.to_dicts()})
     counts = {"mentions": mentions.height, "entities": entity_count, "candidates": candidates.height}
-    write_manifest(out_dir, stage=STAGE, key=key, inputs=fingerprints, settings=settings, counts=counts,
-                   outputs=["mentions.parquet", "entities.parquet", "candidates.parquet", "report.json"], started=started)
-    return StageResult(STAGE, out_dir, skipped=False, seconds=time.time() - started, counts=counts,
-                       summary={"recall": report})
+    return stage_run.finish(counts, ["mentions.parquet", "entities.parquet", "candidates.parquet", "report.json"],
+                            summary={"recall": report})

@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
-from tqdm.auto import tqdm
 
 from pipeline.errors import CacheError, InputError
-from pipeline.io import file_fingerprint, remove_leftover_temps, write_json_atomic, write_parquet_atomic, write_text_atomic
-from pipeline.model_folder import load_model_folder
+from pipeline.io import (file_fingerprint, remove_leftover_temps, write_json_atomic, write_parquet_atomic,
+                         write_text_atomic)
 from pipeline.link.outputs import nil_share, write_outputs
 from pipeline.link.sources import mention_chunks
+from pipeline.model_folder import load_model_folder
+from pipeline.progress import progress as progress_counter
 from pipeline.stage import MANIFEST, is_up_to_date, read_manifest_file, stage_key, write_manifest
 
 logger = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ def run(options: LinkOptions) -> LinkResult:
     keep_gold = options.score
     context_chars = int(folder.meta["inputs"]["context_chars"])
     chunks = mention_chunks(options.mentions, options.docs, options.chunk_mentions, context_chars, keep_gold, out_dir / WORK)
-    with tqdm(unit="mention", desc="link", disable=None) as progress:
+    with progress_counter(None, "link", "mentions") as progress:
         for index, read in chunks:
             total = index + 1
             if options.shard is not None and index % options.shard[1] != options.shard[0]:
