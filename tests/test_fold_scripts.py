@@ -14,6 +14,7 @@ import polars as pl
 import pytest
 
 from pipeline import schema
+from pipeline.aliases import alias_table
 from pipeline.nil import cluster_nils
 from pipeline.textnorm import add_keys, fold, romanise
 from pipeline.triage import kb_name_candidates, prior_candidates
@@ -79,7 +80,7 @@ def test_hindi_namesakes_do_not_meet_rome() -> None:
 def test_empty_keys_give_no_prior() -> None:
     training = _mentions([("t1", "--", "Q2"), ("t2", "Rome", "Q1")])
     mentions = _mentions([("m1", "...", "NIL"), ("m2", "Rome", "Q1")])
-    priors = prior_candidates(mentions, training)
+    priors = prior_candidates(mentions, alias_table(training))
     assert priors.select("mention_id", "kb_id").unique().rows() == [("m2", "Q1")]
 
 
