@@ -1,7 +1,7 @@
 """`xel-cli link`: a trained linker over a corpus, in chunks that resume, shard and merge.
 
-The mentions are read `chunk_mentions` at a time (`sources.mention_chunks`), so memory
-stays flat in corpus size. Each linked chunk is saved as `chunks/chunk-NNNNNN.parquet`
+The mentions are read `chunk_mentions` at a time (`sources.mention_chunks`), so only one
+chunk's mentions, vectors and candidates are in memory at a time. Each linked chunk is saved as `chunks/chunk-NNNNNN.parquet`
 (atomically, with its counts in a `.json` beside it); a rerun skips saved chunks, so a
 killed link resumes after its last finished chunk. `--shard i/n` links chunks i, i+n,
 i+2n, ... and records how many chunks the corpus has in `shards/shard-i-of-n.json`;
