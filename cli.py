@@ -18,8 +18,8 @@ from pathlib import Path
 
 import click
 
-from pipeline.errors import PipelineError
-from pipeline.lock import run_lock
+from pipeline.core.errors import PipelineError
+from pipeline.core.lock import run_lock
 
 STAGES = ("triage", "encode", "train", "evaluate")
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.toml"
@@ -82,8 +82,8 @@ def config_options(function=None, *, force: bool = True):
 
 
 def _load(config_path: Path | None, overrides: tuple[str, ...], run_dir: Path | None):
-    from pipeline.config_file import load_config
-    from pipeline.errors import ConfigError
+    from pipeline.core.config_file import load_config
+    from pipeline.core.errors import ConfigError
 
     if config_path is None:
         # Running the demo unasked (minutes, in the working folder) surprised users: say so instead.
@@ -101,8 +101,8 @@ def _holding(config, command: str, lock: bool = True, writer: bool = True):
     nothing of the run in progress. Under torchrun only rank 0 is the `writer`: the other
     ranks take no lock and write nothing here.
     """
-    from pipeline.config import to_dict
-    from pipeline.io import remove_leftover_temps, write_json_atomic
+    from pipeline.core.config import to_dict
+    from pipeline.core.io import remove_leftover_temps, write_json_atomic
 
     if not writer:
         yield
@@ -131,7 +131,7 @@ def _echo_result(result) -> None:
         else:
             click.echo(f"train: best dev linking accuracy {accuracy:.4f} at epoch {result.summary['best_epoch']}")
     if result.stage == "evaluate":
-        from pipeline.score_table import format_table
+        from pipeline.scoring.table import format_table
 
         metrics = result.summary["metrics"]
         thresholds = ", ".join(f"{k}={v:.2f}" for k, v in sorted(metrics["thresholds"].items()))
@@ -180,8 +180,8 @@ def encode(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, 
     """Encode mentions and candidate entities with the multilingual encoder into vectors.h5."""
     import os
 
-    from pipeline import encode as encode_stage
-    from pipeline.encode_shards import parse_shard, shard_from_environment
+    from pipeline.encode import stage as encode_stage
+    from pipeline.encode.shards import parse_shard, shard_from_environment
 
     if merge and shard_text is not None:
         raise click.UsageError("--shard and --merge exclude each other: run the shards first, then --merge once.")
@@ -201,8 +201,8 @@ def encode(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, 
 @config_options
 def train(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, force: bool) -> None:
     """Train the ranker on the cached vectors (checkpoints, resumable); data-parallel under torchrun."""
-    from pipeline import distributed
-    from pipeline import train as train_stage
+    from pipeline.train import distributed
+    from pipeline.train import stage as train_stage
 
     world = distributed.world_from_environment()
     config = _load(config_path, overrides, run_dir)
@@ -220,7 +220,7 @@ def run(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, for
     """Run all four stages in order; each skips when it is up to date."""
     import importlib
 
-    from pipeline import distributed
+    from pipeline.train import distributed
 
     world = distributed.world_from_environment()
     config = _load(config_path, overrides, run_dir)
@@ -254,7 +254,7 @@ def search(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, 
     Triage and encode run once in the run folder; each trial trains and evaluates in its own
     sub-run, and finished trials are not redone (delete a trial's folder to redo it).
     """
-    from pipeline import search as search_stage
+    from pipeline.studies import search as search_stage
 
     config = _load(config_path, overrides, run_dir)
     with _holding(config, "search"):
@@ -283,7 +283,7 @@ def experiment(config_path: Path, overrides: tuple[str, ...], run_dir: Path | No
     folder to redo it). Writes <run>/experiment/tables.md (mean ± std, missing cells
     marked) and cells.parquet.
     """
-    from pipeline import experiment as experiment_stage
+    from pipeline.studies import experiment as experiment_stage
 
     config = _load(config_path, overrides, run_dir)
     settings = experiment_stage.ExperimentConfig(
@@ -322,7 +322,7 @@ def link(model_dir: Path, mentions: Path, docs: Path | None, kb: Path | None, ou
     """Link a new corpus with a trained linker, in chunks that resume when killed, shard and merge."""
     import os
 
-    from pipeline.encode_shards import parse_shard, shard_from_environment
+    from pipeline.encode.shards import parse_shard, shard_from_environment
     from pipeline.link.run import LinkOptions, run as run_link
 
     if merge and shard_text is not None:
@@ -347,7 +347,7 @@ def link(model_dir: Path, mentions: Path, docs: Path | None, kb: Path | None, ou
         return
     click.echo(_recall_table(result.nil_share))
     if result.metrics is not None:
-        from pipeline.score_table import format_table
+        from pipeline.scoring.table import format_table
 
         click.echo(format_table(result.metrics))
     click.echo(f"link: wrote links.parquet, links.jsonl, system.tab -> {out_dir}")
@@ -358,7 +358,7 @@ def link(model_dir: Path, mentions: Path, docs: Path | None, kb: Path | None, ou
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 def export(run_dir: Path, out_dir: Path) -> None:
     """Copy a run's trained linker (RUN_DIR/model/, checked first) to OUT_DIR, a new or empty folder."""
-    from pipeline.model_folder import export_model
+    from pipeline.model.model_folder import export_model
 
     click.echo(f"export: {export_model(run_dir, out_dir)}")
 
@@ -373,8 +373,8 @@ def export(run_dir: Path, out_dir: Path) -> None:
                                  "language; default: doc_languages.tsv beside GOLD, which evaluate writes.")
 def score(gold: Path, system: Path, as_json: bool, lenient: bool, languages_path: Path | None) -> None:
     """Score a TAC KBP 2015 EDL system file against a gold file (neleval's measures)."""
-    from pipeline.score_table import format_table
-    from pipeline.scoring import score_files
+    from pipeline.scoring.table import format_table
+    from pipeline.scoring.measures import score_files
 
     report = score_files(gold, system, strict=not lenient, languages_path=languages_path)
     click.echo(json.dumps(report, indent=2) if as_json else format_table(report))

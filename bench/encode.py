@@ -35,12 +35,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import EncoderConfig  # noqa: E402
-from pipeline.config_file import load_config  # noqa: E402
-from pipeline.encode_chunks import chunk_units, encode_in_chunks  # noqa: E402
-from pipeline.encode_plan import plan_units  # noqa: E402
-from pipeline.encoder import LoadedEncoder, length_batches, load_encoder, pick_device, token_span  # noqa: E402
-from pipeline.inputs import load_mentions  # noqa: E402
+from pipeline.core.config import EncoderConfig  # noqa: E402
+from pipeline.core.config_file import load_config  # noqa: E402
+from pipeline.encode.chunks import chunk_units, encode_in_chunks  # noqa: E402
+from pipeline.encode.plan import plan_units  # noqa: E402
+from pipeline.encoders.encoder import LoadedEncoder, length_batches, load_encoder, pick_device, token_span  # noqa: E402
+from pipeline.formats.inputs import load_mentions  # noqa: E402
 
 MEANTIME = ROOT.parent / "shared" / "data" / "meantime"
 MBERT_VOCAB = ROOT.parent / "shared" / "models" / "mbert-vocab"

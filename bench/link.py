@@ -126,7 +126,7 @@ def main() -> None:
     sizes = sorted(int(size) for size in args.sizes.split(","))
     cache = WORK / "cache"
     cache.mkdir(parents=True, exist_ok=True)
-    from pipeline.encoder_build import default_cache_dir
+    from pipeline.encoders.build import default_cache_dir
 
     encoder_build = default_cache_dir() / "multilingual-e5-small"
     if encoder_build.exists() and not (cache / encoder_build.name).exists():

@@ -1,6 +1,6 @@
 """A character n-gram index that shortlists fuzzy name matches among millions of names.
 
-Triage's fuzzy index until tantivy's replaced it (`pipeline/tantivy_index.py`); kept here
+Triage's fuzzy index until tantivy's replaced it (`pipeline/triage/tantivy_index.py`); kept here
 as the baseline that `bench/triage_scale.py` measures the library against.
 
 It indexes romanised keys (`textnorm.romanise`: lower-case `a-z`, `0-9` and spaces), so
@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from pipeline.io import atomic_path
+from pipeline.core.io import atomic_path
 
 logger = logging.getLogger(__name__)
 

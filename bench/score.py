@@ -3,7 +3,7 @@
 Generates a realistic pair (4 languages, ~1,000 documents, a few thousand KB entities with
 a Zipf-like popularity, ~20% NIL in NIL clusters, and a system with random relinks, NIL
 flips, NIL cluster merges/splits, type errors and lower-confidence duplicate rows),
-writes both as `.tab` files, scores them with `pipeline.scoring` and with neleval
+writes both as `.tab` files, scores them with `pipeline.scoring.measures` and with neleval
 (`prepare-tac15` + `evaluate`, in-process), checks every measure agrees to 1e-9 and
 prints wall times and speed ratios.
 
@@ -30,9 +30,9 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.score_table import format_table  # noqa: E402
-from pipeline.scoring import MEASURES, MICRO_AVERAGE, score, score_files  # noqa: E402
-from pipeline.tac import read_tab, write_tab  # noqa: E402
+from pipeline.scoring.table import format_table  # noqa: E402
+from pipeline.scoring.measures import MEASURES, MICRO_AVERAGE, score, score_files  # noqa: E402
+from pipeline.formats.tac import read_tab, write_tab  # noqa: E402
 
 LANGUAGES = ("en", "es", "it", "nl")
 TOLERANCE = 1e-9

@@ -5,7 +5,7 @@ batch of 100 mentions with 20 negatives (half from the mention's candidates), on
 same synthetic `vectors.h5` written here (5k mentions, 2k entities, 384-d, k = 10
 candidates and a gold per mention, 8 types), so no shared data is needed.
 
-- ours: what `pipeline.train` does: the HDF5 arrays are read into tensors once, then
+- ours: what `pipeline.train.stage` does: the HDF5 arrays are read into tensors once, then
   `train_epoch` runs, whose `assemble_batch` builds every batch by index tensors
   (`RankerInputs.batch`, vectorised `sample_negatives`).
 - naive: a `torch.utils.data.Dataset` that opens the HDF5 file (and its datasets) once
@@ -42,11 +42,11 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import TrainConfig  # noqa: E402
-from pipeline.features import RankerInputs  # noqa: E402
-from pipeline.ranker import Ranker, RankerShape, hinge_loss  # noqa: E402
-from pipeline.train_batches import assemble_batch, train_epoch  # noqa: E402
-from pipeline.train_state import ranker_shape  # noqa: E402
+from pipeline.core.config import TrainConfig  # noqa: E402
+from pipeline.model.features import RankerInputs  # noqa: E402
+from pipeline.model.ranker import Ranker, RankerShape, hinge_loss  # noqa: E402
+from pipeline.train.batches import assemble_batch, train_epoch  # noqa: E402
+from pipeline.train.state import ranker_shape  # noqa: E402
 
 N_TYPES = 8
 
@@ -74,7 +74,7 @@ def write_synthetic(path: Path, n_mentions: int, n_entities: int, dim: int, k: i
 # --- ours -------------------------------------------------------------------------------------
 
 def load_ours(path: Path) -> tuple[RankerInputs, np.ndarray, torch.Tensor, torch.Tensor]:
-    """Everything read from HDF5 into tensors once, as pipeline.features.load_inputs does."""
+    """Everything read from HDF5 into tensors once, as pipeline.model.features.load_inputs does."""
     with h5py.File(path, "r") as handle:
         mentions, entities = handle["mentions"], handle["entities"]
         n_mentions, n_entities = len(mentions["id"]), len(entities["id"])
@@ -102,7 +102,7 @@ def ours_rounds(path: Path, config: TrainConfig, batches: int):
     size = batches * config.batch_mentions
 
     def train_round() -> float:
-        # An "epoch" over a random subset of `batches` batches: exactly what pipeline.train runs.
+        # An "epoch" over a random subset of `batches` batches: exactly what pipeline.train.stage runs.
         subset = torch.randperm(len(rows), generator=generator)[:size]
         started = time.perf_counter()
         train_epoch(model, optimizer, inputs, rows[subset.numpy()], candidates[subset], gold[subset], config,

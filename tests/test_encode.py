@@ -22,9 +22,9 @@ from click.testing import CliRunner, Result
 
 from cli import main
 from conftest import TINY_CORPUS, TINY_KB, tiny_mention_records, write_jsonl, write_run_config
-from pipeline.stage import read_manifest
-from pipeline.encode_shards import parse_shard, shard_from_environment, shard_slice
-from pipeline.errors import ConfigError
+from pipeline.core.manifest import read_manifest
+from pipeline.encode.shards import parse_shard, shard_from_environment, shard_slice
+from pipeline.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 KB_NAMES = [entity["name"] for entity in TINY_KB]

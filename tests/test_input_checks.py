@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from conftest import write_jsonl
-from pipeline.errors import InputError
-from pipeline.input_checks import normalisation_hint
-from pipeline.inputs import read_mentions_jsonl
-from pipeline.tac import read_tab
+from pipeline.core.errors import InputError
+from pipeline.formats.input_checks import normalisation_hint
+from pipeline.formats.inputs import read_mentions_jsonl
+from pipeline.formats.tac import read_tab
 
 DOC = "Он стал чемпионом мира, а потом чемпион мира и Европы уехал домой."
 

@@ -15,10 +15,10 @@ from click.testing import CliRunner
 
 from cli import main
 from conftest import TINY_KB, tiny_mention_records, write_jsonl
-from pipeline import schema
-from pipeline.config import InputsConfig
-from pipeline.errors import InputError
-from pipeline.inputs import load_mentions, read_mentions_jsonl, read_tac_mentions, write_entities
+from pipeline.core import schema
+from pipeline.core.config import InputsConfig
+from pipeline.core.errors import InputError
+from pipeline.formats.inputs import load_mentions, read_mentions_jsonl, read_tac_mentions, write_entities
 
 CONTEXT_CHARS = 600
 

@@ -19,8 +19,8 @@ from click.testing import CliRunner, Result
 
 from cli import main
 from conftest import write_jsonl, write_run_config
-from pipeline.model_folder import load_model_folder
-from pipeline.tac import read_tab
+from pipeline.model.model_folder import load_model_folder
+from pipeline.formats.tac import read_tab
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "pipeline" / "demo_data"

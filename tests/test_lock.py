@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from pipeline.errors import CacheError
-from pipeline.lock import LOCK_NAME, run_lock
+from pipeline.core.errors import CacheError
+from pipeline.core.lock import LOCK_NAME, run_lock
 
 
 def _write_lock(run_dir, pid, host=None):

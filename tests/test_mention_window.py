@@ -2,7 +2,7 @@
 
 Issue 13 item 1: with `max_context_tokens = 16`, a mention of 19 sub-words crashed encode
 (an empty max-pool), and mentions a little longer than the window pooled the `[CLS]`
-token or only their last sub-words. The rule (`pipeline.encoder.mention_window`): the span
+token or only their last sub-words. The rule (`pipeline.encoders.encoder.mention_window`): the span
 holds min(mention length, window) of the mention's own sub-words, its middle ones when it
 does not fit, and never a special token.
 """
@@ -16,9 +16,9 @@ import polars as pl
 import pytest
 import torch
 
-from pipeline.config import EncoderConfig
-from pipeline.encode_plan import UnitTable, plan_mentions
-from pipeline.encoder import forward_units, load_encoder, mention_window
+from pipeline.core.config import EncoderConfig
+from pipeline.encode.plan import UnitTable, plan_mentions
+from pipeline.encoders.encoder import forward_units, load_encoder, mention_window
 
 MAX_CONTEXT_TOKENS = 16
 BODY = MAX_CONTEXT_TOKENS - 2  # [CLS] ... [SEP]

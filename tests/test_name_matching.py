@@ -17,11 +17,11 @@ from click.testing import CliRunner, Result
 
 from cli import main
 from conftest import write_run_config
-from pipeline.stage import read_manifest
-from pipeline.config_file import build_config
-from pipeline.errors import ConfigError, InputError
-from pipeline.inputs import read_name_pairs
-from pipeline.ranker import NameMatching, Ranker, RankerShape
+from pipeline.core.manifest import read_manifest
+from pipeline.core.config_file import build_config
+from pipeline.core.errors import ConfigError, InputError
+from pipeline.formats.inputs import read_name_pairs
+from pipeline.model.ranker import NameMatching, Ranker, RankerShape
 
 PAIRS = [
     ("Барак Обама", "Barack Obama", "ru"), ("奥巴马", "Barack Obama", "zh"), ("Москва", "Moscow", "ru"),

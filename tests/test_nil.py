@@ -8,10 +8,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline import nil_choice, nil_classifier
-from pipeline.config import EvaluateConfig
-from pipeline.error_analysis import analyse, outcome_scores
-from pipeline.nil import decide_nil
+from pipeline.evaluate import nil_choice
+from pipeline.model import nil_classifier
+from pipeline.core.config import EvaluateConfig
+from pipeline.evaluate.error_analysis import analyse, outcome_scores
+from pipeline.model.nil import decide_nil
 
 SCHEMA = {"mention_id": pl.String, "lang": pl.String, "mention": pl.String, "entity_type": pl.String,
           "best_kb_id": pl.String, "best_score": pl.Float64, "second_score": pl.Float64, "gold_kb_id": pl.String}

@@ -1,4 +1,4 @@
-"""Progress lines (`pipeline.progress`): tqdm on a terminal, timed log lines otherwise."""
+"""Progress lines (`pipeline.core.progress`): tqdm on a terminal, timed log lines otherwise."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from cli import main
 from conftest import write_run_config
-from pipeline import progress as progress_module
-from pipeline.progress import LogProgress, format_duration, interval_seconds, progress, track
+from pipeline.core import progress as progress_module
+from pipeline.core.progress import LogProgress, format_duration, interval_seconds, progress, track
 
 
 class FakeClock:
@@ -25,7 +25,7 @@ class FakeClock:
 
 def test_log_lines_come_once_per_interval_with_rate_and_eta(caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock()
-    caplog.set_level(logging.INFO, logger="pipeline.progress")
+    caplog.set_level(logging.INFO, logger="pipeline.core.progress")
     counter = LogProgress(1000, "encode", "texts", initial=200, interval=30, clock=clock)
     clock.now += 10
     counter.update(100)  # 10 s < 30 s: no line yet
@@ -49,7 +49,7 @@ def test_log_lines_come_once_per_interval_with_rate_and_eta(caplog: pytest.LogCa
 
 def test_a_short_loop_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock()
-    caplog.set_level(logging.INFO, logger="pipeline.progress")
+    caplog.set_level(logging.INFO, logger="pipeline.core.progress")
     with LogProgress(5, "train", "epochs", interval=30, clock=clock) as counter:
         for _ in range(5):
             clock.now += 1
@@ -59,7 +59,7 @@ def test_a_short_loop_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_a_long_loop_ends_with_its_total(caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock()
-    caplog.set_level(logging.INFO, logger="pipeline.progress")
+    caplog.set_level(logging.INFO, logger="pipeline.core.progress")
     with LogProgress(None, "search", "trials", interval=30, clock=clock) as counter:
         clock.now += 45
         counter.update(3)
@@ -85,7 +85,7 @@ def test_terminal_gets_tqdm_and_a_redirected_stream_gets_log_lines(monkeypatch: 
 def test_track_yields_every_item_and_labels_it(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(progress_module, "on_terminal", lambda: False)
     monkeypatch.setenv("XEL_PROGRESS_SECONDS", "1e-9")
-    caplog.set_level(logging.INFO, logger="pipeline.progress")
+    caplog.set_level(logging.INFO, logger="pipeline.core.progress")
     assert list(track(["a", "b"], "experiment", "sub-runs", postfix=lambda item: f"model {item}")) == ["a", "b"]
     assert caplog.messages[0].startswith("experiment: 1/2 sub-runs (50%), ")
     assert caplog.messages[0].endswith("; model a")
@@ -111,9 +111,9 @@ def test_a_redirected_run_logs_encode_and_train_progress(tmp_path: Path, tiny_en
     result = CliRunner().invoke(main, ["run", "--config", str(config)])
     assert result.exit_code == 0, result.output
     assert "\r" not in result.stderr
-    encode_lines = re.findall(r"^INFO pipeline\.progress: encode: (\d+)/(\d+) texts.*texts/s", result.stderr, re.M)
+    encode_lines = re.findall(r"^INFO pipeline\.core\.progress: encode: (\d+)/(\d+) texts.*texts/s", result.stderr, re.M)
     assert encode_lines and encode_lines[-1][0] == encode_lines[-1][1]
-    train_lines = re.findall(r"^INFO pipeline\.progress: train: (\d+)/6 epochs \(\d+%\), .* epochs/s, ETA",
+    train_lines = re.findall(r"^INFO pipeline\.core\.progress: train: (\d+)/6 epochs \(\d+%\), .* epochs/s, ETA",
                              result.stderr, re.M)  # fmt: skip
     assert [int(done) for done in train_lines] == [1, 2, 3, 4, 5, 6]
-    assert re.search(r"^INFO pipeline\.progress: train: 6/6 epochs in \d+ s .*; loss=", result.stderr, re.M)
+    assert re.search(r"^INFO pipeline\.core\.progress: train: 6/6 epochs in \d+ s .*; loss=", result.stderr, re.M)

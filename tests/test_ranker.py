@@ -13,10 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline import schema
-from pipeline.nil import best_thresholds, cluster_nils, decide, sweep
-from pipeline.ranker import PairMLP, Ranker, RankerShape, hinge_loss
-from pipeline.train_batches import sample_negatives
+from pipeline.core import schema
+from pipeline.model.nil import best_thresholds, cluster_nils, decide, sweep
+from pipeline.model.ranker import PairMLP, Ranker, RankerShape, hinge_loss
+from pipeline.train.batches import sample_negatives
 
 
 # --- hinge loss -------------------------------------------------------------------------------
@@ -296,7 +296,7 @@ def test_decide_then_cluster_keeps_linked_ids() -> None:
 
 
 def test_weight_average_is_an_exponential_moving_average_of_the_weights() -> None:
-    from pipeline.train_state import weight_average
+    from pipeline.train.state import weight_average
 
     assert weight_average(Ranker(tiny_shape()), 0.0) is None
     model = Ranker(tiny_shape())

@@ -19,10 +19,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline.errors import InputError, SchemaError
-from pipeline.score_table import format_table
-from pipeline.scoring import CLUSTER_MEASURES, MEASURES, MICRO_AVERAGE, SET_MEASURES, score, score_files
-from pipeline.tac import language_expr, language_of_doc, read_tab, write_tab
+from pipeline.core.errors import InputError, SchemaError
+from pipeline.scoring.table import format_table
+from pipeline.scoring.measures import CLUSTER_MEASURES, MEASURES, MICRO_AVERAGE, SET_MEASURES, score, score_files
+from pipeline.formats.tac import language_expr, language_of_doc, read_tab, write_tab
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MEANTIME_TAC = (REPO_ROOT / ".." / "shared" / "data" / "meantime" / "tac").resolve()

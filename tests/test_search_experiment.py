@@ -18,11 +18,11 @@ from click.testing import CliRunner, Result
 
 from cli import main
 from conftest import write_run_config
-from pipeline.stage import read_manifest as manifest
-from pipeline.config_file import load_config
-from pipeline.experiment import (PAPER_FEATURES, TABLE_1_COLUMNS, ExperimentConfig, Model, format_cell, plan,
+from pipeline.core.manifest import read_manifest as manifest
+from pipeline.core.config_file import load_config
+from pipeline.studies.experiment import (PAPER_FEATURES, TABLE_1_COLUMNS, ExperimentConfig, Model, format_cell, plan,
                                  sub_runs)
-from pipeline.search import SEARCH_SPACE, LogUniform, draw_settings
+from pipeline.studies.search import SEARCH_SPACE, LogUniform, draw_settings
 
 FAST = ("--set", "train.epochs=2", "--set", "train.eval_every=1")
 LANGUAGES = ["en", "es", "ru"]
@@ -37,7 +37,7 @@ def invoke(*args: object) -> Result:
 @pytest.fixture(autouse=True)
 def no_threshold_plots(monkeypatch) -> None:
     """evaluate draws thresholds.png with matplotlib (~0.5 s each), once per sub-run: an empty file will do here."""
-    from pipeline import evaluate
+    from pipeline.evaluate import stage as evaluate
 
     monkeypatch.setattr(evaluate, "plot_sweep", lambda sweep_table, thresholds, path: path.write_bytes(b""))
 
@@ -54,8 +54,8 @@ def base_run(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -
 # --- sub-runs ----------------------------------------------------------------------------------
 
 def test_stage_links_are_relative_kept_repointed_and_never_replace_a_folder(tmp_path: Path) -> None:
-    from pipeline.errors import CacheError
-    from pipeline.subrun import link_stage
+    from pipeline.core.errors import CacheError
+    from pipeline.studies.subrun import link_stage
 
     (tmp_path / "run" / "encode").mkdir(parents=True)
     (tmp_path / "other" / "encode").mkdir(parents=True)
@@ -115,7 +115,7 @@ def test_search_ranks_trials_on_dev_skips_finished_ones_and_writes_a_usable_best
 
 def test_search_picks_the_trial_with_the_best_dev_score(base_run: dict, run_copy: Path, monkeypatch) -> None:
     # Dev scores made up per trial (no training): the ranking and best.toml must follow them.
-    from pipeline import search
+    from pipeline.studies import search
 
     made_up = {0: 0.2, 1: 0.9, 2: 0.5}
 
@@ -212,7 +212,7 @@ def test_experiment_fills_every_cell_shares_models_and_resumes(base_run: dict, r
 
 def test_experiment_tables_mark_missing_cells(base_run: dict, run_copy: Path, monkeypatch) -> None:
     # Stop after three sub-runs (NN, then seed 13's Mono-en and MultiDS-en): later cells are marked.
-    from pipeline import experiment
+    from pipeline.studies import experiment
 
     real = experiment.subrun.train_and_evaluate
     calls = {"n": 0}

@@ -24,7 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from pipeline.stage import read_manifest
+from pipeline.core.manifest import read_manifest
 from conftest import TINY_KB, tiny_mention_records, write_jsonl, write_run_config
 
 STAGES = ("triage", "encode", "train", "evaluate")

@@ -19,11 +19,11 @@ from click.testing import CliRunner, Result
 
 from cli import main
 from conftest import TINY_KB, tiny_mention_records, write_jsonl, write_run_config
-from pipeline.stage import read_manifest
-from pipeline.config_file import build_config
-from pipeline.errors import ConfigError
-from pipeline.evaluate import candidate_order, predict
-from pipeline.train import training_rows
+from pipeline.core.manifest import read_manifest
+from pipeline.core.config_file import build_config
+from pipeline.core.errors import ConfigError
+from pipeline.evaluate.stage import candidate_order, predict
+from pipeline.train.stage import training_rows
 
 # --- which mentions are trained on ------------------------------------------------------------
 

@@ -12,10 +12,10 @@ import polars as pl
 import pytest
 
 from conftest import TINY_KB, write_jsonl
-from pipeline import schema
-from pipeline.config_file import load_config
-from pipeline.errors import InputError
-from pipeline.triage import recall_report, run
+from pipeline.core import schema
+from pipeline.core.config_file import load_config
+from pipeline.core.errors import InputError
+from pipeline.triage.stage import recall_report, run
 
 NO_SOURCES = {"use_priors": False, "use_kb_names": False, "use_fuzzy": False, "use_dense": False}
 ONLY_PRIORS = {**NO_SOURCES, "use_priors": True}
@@ -308,7 +308,7 @@ def test_kb_indexes_are_reused_until_the_kb_changes(triage, tmp_path: Path) -> N
 
 
 def test_dense_source_gives_the_same_top_names_from_an_hnsw_index(triage, monkeypatch) -> None:
-    from pipeline import kb_index
+    from pipeline.triage import kb_index
 
     records = [record("x1", "Barack Obama", "Q1", "test"), record("x2", "Moscou", "Q3", "test")]
     exact, _ = triage(records, **ONLY_DENSE)
@@ -323,7 +323,7 @@ def test_dense_source_gives_the_same_top_names_from_an_hnsw_index(triage, monkey
 
 
 def test_ascii_keys_take_the_fast_path_to_the_same_keys() -> None:
-    from pipeline.textnorm import add_keys, fold, romanise
+    from pipeline.core.textnorm import add_keys, fold, romanise
 
     names = ["The GAO", "el Banco Mundial", "Bank_of  England!", "A", "O'Neill", "  spaced  out ", "Zürich AG"]
     keyed = add_keys(pl.DataFrame({"name": names}), "name")

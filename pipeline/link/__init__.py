@@ -1,7 +1,7 @@
 """Linking new, unlabeled corpora with a trained linker (`xel-cli link`, `Linker`).
 
-The `model/` folder a run leaves after evaluate (`pipeline.model_folder`) and its NIL
-decision (`pipeline.nil_policy`) sit below the stages, since evaluate writes them.
+The `model/` folder a run leaves after evaluate (`pipeline.model.model_folder`) and its NIL
+decision (`pipeline.model.nil_policy`) sit below the stages, since evaluate writes them.
 
 - `cache`: KB indexes and entity vectors kept across runs, by KB content and encoder;
 - `sources`: mentions read chunk by chunk (JSONL, Parquet, TAC `.tab`);

@@ -2,7 +2,7 @@
 
 Both live under `$XEL_CACHE` (default `~/.cache/xel/`), never in a run or link folder:
 - `kb-index/<KB fingerprint>/`: the KB as Parquet, its name and four-gram indexes and the
-  dense name index (`pipeline/kb_index.py` builds each once, under a temporary name);
+  dense name index (`pipeline/triage/kb_index.py` builds each once, under a temporary name);
 - `entity-vectors/<encoder key>/`: the four-vector entity encodings (name and context),
   one row per distinct (name, description) content. The encoder key hashes the encoder's
   identity and the settings that change vectors, so another encoder or `name_layer` gets
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline.io import atomic_path
+from pipeline.core.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ STORE_VERSION = 1
 
 def cache_root() -> Path:
     """`$XEL_CACHE` if set, else `~/.cache/xel` (the same folder as the offline encoder build)."""
-    from pipeline.encoder_build import default_cache_dir
+    from pipeline.encoders.build import default_cache_dir
 
     return default_cache_dir()
 

@@ -20,12 +20,12 @@ import numpy as np
 import polars as pl
 import torch
 
-from pipeline.config import EncoderConfig, TriageConfig
-from pipeline.errors import CacheError, ConfigError, InputError, PipelineError
-from pipeline.features import RankerInputs, candidate_matrix, one_hot, score_candidates
-from pipeline.io import file_fingerprint
+from pipeline.core.config import EncoderConfig, TriageConfig
+from pipeline.core.errors import CacheError, ConfigError, InputError, PipelineError
+from pipeline.model.features import RankerInputs, candidate_matrix, one_hot, score_candidates
+from pipeline.core.io import file_fingerprint
 from pipeline.link import cache
-from pipeline.model_folder import ModelFolder, load_model_folder
+from pipeline.model.model_folder import ModelFolder, load_model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +50,9 @@ class Linker:
     """A loaded model folder with its encoder, KB indexes, entity-vector store and ranker."""
 
     def __init__(self, folder: ModelFolder, kb_path: Path | None = None, device: str | None = None) -> None:
-        from pipeline.encoder import encoder_identity, load_encoder, resolve_encoder_path
-        from pipeline.kb_index import kb_entities, names_index
-        from pipeline.model_file import load_model
+        from pipeline.encoders.encoder import encoder_identity, load_encoder, resolve_encoder_path
+        from pipeline.triage.kb_index import kb_entities, names_index
+        from pipeline.model.model_file import load_model
 
         self.folder = folder
         meta = folder.meta
@@ -125,10 +125,10 @@ class Linker:
 
         `work_dir` holds the encoder's finished sub-chunks, so a killed chunk resumes there.
         """
-        from pipeline.encode_chunks import encode_in_chunks
-        from pipeline.encode_plan import plan_units
-        from pipeline.evaluate import predict
-        from pipeline.triage import candidate_pieces, merge_candidates
+        from pipeline.encode.chunks import encode_in_chunks
+        from pipeline.encode.plan import plan_units
+        from pipeline.evaluate.stage import predict
+        from pipeline.triage.stage import candidate_pieces, merge_candidates
 
         started = time.time()
         pieces = candidate_pieces(mentions, self.folder.aliases, self.kb_names, self.known_ids, self.triage_config,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.errors import InputError
-from pipeline.io import atomic_path, write_json_atomic
+from pipeline.core.errors import InputError
+from pipeline.core.io import atomic_path, write_json_atomic
 
 LINKS_PARQUET = "links.parquet"
 LINKS_JSONL = "links.jsonl"
@@ -47,9 +47,9 @@ def write_outputs(chunk_paths: list[Path], clustered: pl.DataFrame, out_dir: Pat
     """
     import pyarrow.parquet as pq
 
-    from pipeline.evaluate import tac_frame
-    from pipeline.scoring import score as score_tables
-    from pipeline.tac import write_tab
+    from pipeline.evaluate.stage import tac_frame
+    from pipeline.scoring.measures import score as score_tables
+    from pipeline.formats.tac import write_tab
 
     system_ids = clustered.select("mention_id", "system_id")
     with atomic_path(out_dir / LINKS_PARQUET) as parquet_path, atomic_path(out_dir / LINKS_JSONL) as jsonl_path:

@@ -23,14 +23,14 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.errors import CacheError, InputError
-from pipeline.io import (file_fingerprint, remove_leftover_temps, write_json_atomic, write_parquet_atomic,
+from pipeline.core.errors import CacheError, InputError
+from pipeline.core.io import (file_fingerprint, remove_leftover_temps, write_json_atomic, write_parquet_atomic,
                          write_text_atomic)
 from pipeline.link.outputs import nil_share, write_outputs
 from pipeline.link.sources import mention_chunks
-from pipeline.model_folder import load_model_folder
-from pipeline.progress import progress as progress_counter
-from pipeline.stage import MANIFEST, is_up_to_date, read_manifest_file, stage_key, write_manifest
+from pipeline.model.model_folder import load_model_folder
+from pipeline.core.progress import progress as progress_counter
+from pipeline.core.manifest import MANIFEST, is_up_to_date, read_manifest_file, stage_key, write_manifest
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Mentions to link, read chunk by chunk from JSONL, Parquet or a TAC KBP 2015 `.tab` file.
 
-Every chunk goes through the stages' readers (`pipeline.inputs`), so the same checks
+Every chunk goes through the stages' readers (`pipeline.formats.inputs`), so the same checks
 name the same file and line. Chunks are cut by position (the i-th `chunk_mentions`
 records), never by content, so a resumed or sharded run cuts the same chunks. Gold ids
 and splits in the input are dropped unless scoring is asked for.
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.errors import InputError
-from pipeline.inputs import normalise_gold, read_mentions_jsonl, read_tac_mentions, write_docs
-from pipeline.io import iter_jsonl_blocks
+from pipeline.core.errors import InputError
+from pipeline.formats.inputs import normalise_gold, read_mentions_jsonl, read_tac_mentions, write_docs
+from pipeline.core.io import iter_jsonl_blocks
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 TAB_SUFFIXES = (".tab", ".tsv")
@@ -70,7 +70,7 @@ def mention_chunks(path: Path, docs: Path | None, chunk_mentions: int, context_c
     if kind == "tac":
         if docs is None or not docs.is_dir():
             raise InputError("E708", path=path, docs=docs)
-        from pipeline.tac import read_tab
+        from pipeline.formats.tac import read_tab
 
         total = read_tab(path).height
 

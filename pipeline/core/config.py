@@ -1,0 +1,283 @@
+"""Typed run configuration: a frozen dataclass per section, checked in `__post_init__`.
+
+Reading a TOML file and `--set` overrides into these is `pipeline.core.config_file`'s job;
+`to_dict` gives the JSON view saved as the run's config.json and hashed into stage keys.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from pipeline.core.errors import ConfigError
+
+
+def _check(where: str, name: str, value: object, ok: bool, reason: str) -> None:
+    if not ok:
+        raise ConfigError("E203", where=where, field=name, value=value, reason=reason)
+
+
+@dataclass(frozen=True)
+class InputsConfig:
+    """Where the run's data comes from. Either JSONL mentions or TAC .tab files."""
+
+    kb: Path | None = None
+    mentions: Path | None = None
+    docs: Path | None = None
+    # TAC KBP 2015 EDL gold files by split, plus the folder of raw source documents.
+    tac_train: Path | None = None
+    tac_dev: Path | None = None
+    tac_test: Path | None = None
+    tac_source: Path | None = None
+    # Outside triage: CSV/TSV of mention_id, kb_id, score.
+    candidates: Path | None = None
+    # Keep only proper-name mentions when the input marks them (`named`).
+    named_only: bool = False
+    # Repeated mention ids are an error unless this is set; then a repeated id gets its span
+    # appended ("id#start-end"). MEANTIME reuses ids for nested mentions of one span start.
+    rename_duplicate_ids: bool = False
+    # Characters of document text kept on each side of a mention taken from a docs file.
+    context_chars: int = 600
+
+    def __post_init__(self) -> None:
+        where = "[inputs]"
+        _check(where, "kb", self.kb, self.kb is not None, "a KB JSONL file is required")
+        has_jsonl = self.mentions is not None
+        has_tac = any(p is not None for p in (self.tac_train, self.tac_dev, self.tac_test))
+        _check(where, "mentions", self.mentions, has_jsonl or has_tac,
+               "give mentions = a JSONL file, or tac_train/tac_dev/tac_test .tab files with tac_source")
+        _check(where, "tac_source", self.tac_source, not has_tac or self.tac_source is not None,
+               "TAC .tab files need tac_source, the folder of source documents")
+        _check(where, "context_chars", self.context_chars, self.context_chars >= 50, "must be at least 50")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """The multilingual transformer that makes every vector (paper §3.1)."""
+
+    # A Hugging Face name, a local folder, or the offline build "xel/multilingual-e5-small".
+    name: str = "xel/multilingual-e5-small"
+    # Hidden-state index for name vectors; the paper's code used 1 (just above the embeddings).
+    name_layer: int = 1
+    max_context_tokens: int = 512
+    max_name_tokens: int = 32
+    # Sub-words per forward batch; batches are sorted by length so padding stays small.
+    batch_tokens: int = 16384
+    # Distinct texts per chunk: encode writes each finished chunk to disk and a rerun resumes
+    # after the last one. Smaller chunks lose less to a kill; each costs one small file.
+    chunk_texts: int = 4096
+    device: str = "auto"
+    # "auto": bf16 autocast on CUDA, fp32 on CPU.
+    precision: str = "auto"
+    store_float16: bool = False
+    # Encode every KB entity, not only those that appear as a candidate or a gold link.
+    all_entities: bool = False
+
+    def __post_init__(self) -> None:
+        where = "[encoder]"
+        _check(where, "name", self.name, bool(self.name), "give a model name or folder")
+        _check(where, "name_layer", self.name_layer, self.name_layer >= 0, "must be >= 0")
+        _check(where, "max_context_tokens", self.max_context_tokens,
+               16 <= self.max_context_tokens <= 8192, "must be between 16 and 8192")
+        _check(where, "max_name_tokens", self.max_name_tokens, self.max_name_tokens >= 4, "must be >= 4")
+        _check(where, "batch_tokens", self.batch_tokens, self.batch_tokens >= self.max_context_tokens,
+               "must be at least max_context_tokens")
+        _check(where, "chunk_texts", self.chunk_texts, self.chunk_texts >= 1, "must be >= 1")
+        _check(where, "device", self.device, self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+               "use auto, cpu, cuda or cuda:N")
+        _check(where, "precision", self.precision, self.precision in ("auto", "fp32", "bf16", "fp16"),
+               "use auto, fp32, bf16 or fp16")
+
+
+@dataclass(frozen=True)
+class TriageConfig:
+    """Candidate generation."""
+
+    k: int = 10
+    use_priors: bool = True
+    use_kb_names: bool = True
+    use_fuzzy: bool = True
+    # Minimum rapidfuzz score (0-100) for a fuzzy name match to count.
+    fuzzy_min_score: float = 70.0
+    # Dense cross-lingual name retrieval with the run's encoder (finds 奥巴马 -> Barack Obama).
+    use_dense: bool = True
+    # Nearest KB names kept per mention string by the dense source.
+    dense_k: int = 10
+    # Text put before every name: e5 models are trained with "query: "; use "" for others.
+    dense_prefix: str = "query: "
+    # Cosine similarity mapped to a [0, 1] score: (cos - floor) / (1 - floor), clipped.
+    # Unrelated names of e5 sit around 0.7-0.8 cosine, hence the high floor.
+    dense_floor: float = 0.8
+    # Add the gold entity when triage missed it (the paper's Multi+Or setting).
+    oracle: bool = False
+
+    def __post_init__(self) -> None:
+        where = "[triage]"
+        _check(where, "k", self.k, 1 <= self.k <= 1000, "must be between 1 and 1000")
+        _check(where, "fuzzy_min_score", self.fuzzy_min_score, 0 <= self.fuzzy_min_score <= 100, "must be in 0-100")
+        _check(where, "dense_k", self.dense_k, self.dense_k >= 1, "must be >= 1")
+        _check(where, "dense_floor", self.dense_floor, -1 <= self.dense_floor < 1, "must be in [-1, 1)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The ranker (paper §3.2) and its training (§3.3); defaults are the paper's."""
+
+    # The paper's features; "triage" adds the candidate's triage score and sources (ours,
+    # not the paper's: it carries the priors into the ranker, which helps small data).
+    features: tuple[str, ...] = ("name", "context", "type")
+    triage_hidden: tuple[int, ...] = (16,)
+    name_hidden: tuple[int, ...] = (1024,)
+    context_hidden: tuple[int, ...] = (512,)
+    type_hidden: tuple[int, ...] = (64,)
+    final_hidden: tuple[int, ...] = (512, 256)
+    dropout: float = 0.2
+    learning_rate: float = 1e-4
+    batch_mentions: int = 100
+    negatives: int = 20
+    # Share of negatives drawn from the mention's own candidates; the rest at random.
+    hard_negative_share: float = 0.5
+    margin: float = 1.0
+    epochs: int = 500
+    # Stop when dev micro-average has not improved for this many epochs (0: never).
+    patience: int = 50
+    eval_every: int = 5
+    checkpoint_every: int = 50
+    min_type_count: int = 100
+    # The paper's settings: Mono = one language here, Multi = all (empty), zero-shot = some
+    # languages here and others in [evaluate] languages. Dev accuracy for early stopping
+    # is measured on these languages too, so no other language's labels steer training.
+    train_languages: tuple[str, ...] = ()
+    # MultiDS: down-sample the training mentions to this language's training-mention count
+    # (a seeded random subset), so Multi and Mono train on equally many mentions.
+    downsample_to_language: str = ""
+    # "nn": the paper's nearest-neighbour baseline, no training: score = cosine of the
+    # mention-string and entity-name vectors. "none": the trained ranker.
+    baseline: str = "none"
+    # §7.1 name matching: a file of foreign/English name pairs (.tsv: foreign, English and an
+    # optional language per line; or .jsonl: {"foreign", "english", "lang"}). The pairs train the
+    # name pair MLP through a matching layer of their own, dropped after training; the loss is
+    # name_pair_weight * N + L. A weight of 0 is the same as no pairs.
+    name_pairs: Path | None = None
+    name_pair_weight: float = 0.5
+    # English names of other pairs drawn as negatives for each pair (as `negatives` for mentions).
+    name_pair_negatives: int = 20
+    seed: int = 13
+    device: str = "auto"
+    # Weight averaging for stabler models across seeds: an exponential moving average of the
+    # ranker's weights, updated after every epoch with this decay (0: off; 0.8 averages over
+    # about the last five epochs). Dev accuracy, the best epoch and model.pt use the average.
+    weight_average: float = 0.0
+
+    @property
+    def name_matching(self) -> bool:
+        """Whether the §7.1 auxiliary loss is on: a pairs file and a weight above 0."""
+        return self.name_pairs is not None and self.name_pair_weight > 0
+
+    def __post_init__(self) -> None:
+        where = "[train]"
+        known = {"name", "context", "type", "triage"}
+        _check(where, "features", self.features, bool(self.features) and set(self.features) <= known,
+               f"use a non-empty subset of {sorted(known)}")
+        for name in ("name_hidden", "context_hidden", "type_hidden", "triage_hidden", "final_hidden"):
+            sizes = getattr(self, name)
+            _check(where, name, sizes, bool(sizes) and all(isinstance(s, int) and s > 0 for s in sizes),
+                   "give at least one layer; sizes must be positive integers")
+        _check(where, "dropout", self.dropout, 0 <= self.dropout < 1, "must be in [0, 1)")
+        _check(where, "learning_rate", self.learning_rate, 0 < self.learning_rate < 1, "must be in (0, 1)")
+        _check(where, "batch_mentions", self.batch_mentions, self.batch_mentions >= 1, "must be >= 1")
+        _check(where, "negatives", self.negatives, self.negatives >= 1, "must be >= 1")
+        _check(where, "hard_negative_share", self.hard_negative_share, 0 <= self.hard_negative_share <= 1, "must be in [0, 1]")
+        _check(where, "margin", self.margin, self.margin > 0, "must be > 0")
+        _check(where, "epochs", self.epochs, self.epochs >= 1, "must be >= 1")
+        _check(where, "eval_every", self.eval_every, self.eval_every >= 1, "must be >= 1")
+        _check(where, "checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 1, "must be >= 1")
+        _check(where, "weight_average", self.weight_average, 0 <= self.weight_average < 1, "must be in [0, 1) (0: off)")
+        _check(where, "baseline", self.baseline, self.baseline in ("none", "nn"), "use none (the ranker) or nn")
+        _check(where, "train_languages", self.train_languages, all(self.train_languages), "language codes cannot be empty")
+        _check(where, "name_pair_weight", self.name_pair_weight, 0 <= self.name_pair_weight < float("inf"),
+               "must be >= 0 (0 turns the name-matching loss off)")
+        _check(where, "name_pair_negatives", self.name_pair_negatives, self.name_pair_negatives >= 1, "must be >= 1")
+        if self.name_pairs is not None:
+            _check(where, "name_pairs", str(self.name_pairs), self.name_pairs.suffix.lower() in (".tsv", ".txt", ".jsonl"),
+                   "give a .tsv (or .txt) file of tab-separated pairs or a .jsonl file")
+            _check(where, "name_pairs", str(self.name_pairs), "name" in self.features and self.baseline == "none",
+                   "name matching trains the ranker's name pair MLP: keep \"name\" in features and baseline = none")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """NIL decisions and scoring (paper §4)."""
+
+    # Split the scores are reported on.
+    eval_split: str = "test"
+    # Split NIL thresholds are tuned on; tuning on test is refused.
+    tune_split: str = "dev"
+    # "dev": sweep on the dev split per language; "fixed": use the values below.
+    # The sweep maximises KBP2010 micro-average per language, the paper's measure.
+    threshold_mode: str = "dev"
+    # Fixed thresholds (paper: -0.8 for English, -1 otherwise); keys are languages.
+    fixed_thresholds: dict[str, float] = field(default_factory=lambda: {"en": -0.8})
+    default_threshold: float = -1.0
+    # "name": NIL mentions with the same normalised string share a cluster; "singleton": one each.
+    nil_clustering: str = "name"
+    # Languages scored (zero-shot: those not trained on); empty = every language.
+    languages: tuple[str, ...] = ()
+    # §7.2: re-order each mention's ten best-scored candidates by how often each was the
+    # gold entity of a training mention (ties keep score order); see pipeline.evaluate.stage.
+    popularity_rerank: bool = False
+    # Who decides NIL (pipeline/evaluate/nil_choice.py): "threshold" (the paper's per-language
+    # thresholds), "classifier" (a logistic regression over the ranker's and triage's
+    # evidence, fitted on the tuning split), or "auto" (the better of the two in a 5-fold
+    # cross-validation over the tuning split). The classifier needs 10 NILs there, else
+    # thresholds decide (W604).
+    nil_method: str = "auto"
+
+    def __post_init__(self) -> None:
+        where = "[evaluate]"
+        _check(where, "nil_method", self.nil_method, self.nil_method in ("threshold", "classifier", "auto"),
+               "use threshold, classifier or auto")
+        _check(where, "threshold_mode", self.threshold_mode, self.threshold_mode in ("dev", "fixed"), "use dev or fixed")
+        _check(where, "nil_clustering", self.nil_clustering, self.nil_clustering in ("name", "singleton"),
+               "use name or singleton")
+        _check(where, "eval_split", self.eval_split, self.eval_split != "train", "evaluate on dev or test, not train")
+        _check(where, "tune_split", self.tune_split, self.tune_split != "test",
+               "thresholds chosen on the test split would overstate scores; tune on dev")
+        _check(where, "languages", self.languages, all(self.languages), "language codes cannot be empty")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run needs. `run_dir` holds one folder per stage."""
+
+    name: str
+    run_dir: Path
+    inputs: InputsConfig
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    triage: TriageConfig = field(default_factory=TriageConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    source: Path | None = None
+
+    def __post_init__(self) -> None:
+        # An oracle-added gold has no triage evidence, so the triage feature would point at it.
+        _check("[train]", "features", self.train.features, not ("triage" in self.train.features and self.triage.oracle),
+               "the triage feature cannot be used with triage.oracle = true (it would reveal the added gold)")
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.run_dir / stage
+
+
+@functools.cache
+def config_adapter(config_type: type) -> TypeAdapter:
+    """pydantic's validator and serialiser for one config dataclass (built once per type)."""
+    return TypeAdapter(config_type)
+
+
+def to_dict(config: Any) -> Any:
+    """A JSON/TOML-friendly view of a config dataclass (paths as strings, tuples as lists)."""
+    return config_adapter(type(config)).dump_python(config, mode="json")

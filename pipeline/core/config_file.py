@@ -1,0 +1,162 @@
+"""Reading a run's config: one TOML file, `--set section.key=value` overrides on top.
+
+Values are converted and checked by pydantic against the frozen dataclasses of
+`pipeline.core.config` (lax: "3" is an int, "yes" a bool), then by their own `__post_init__`.
+Paths in the file are relative to the file's own folder, and so is the default run folder,
+so a config works from any directory. Unknown sections or keys are errors, never ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import tomllib
+import typing
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from pipeline.core.config import (EncoderConfig, EvaluateConfig, InputsConfig, RunConfig, TrainConfig, TriageConfig,
+                             config_adapter)
+from pipeline.core.errors import ConfigError
+
+SECTIONS: dict[str, type] = {
+    "inputs": InputsConfig,
+    "encoder": EncoderConfig,
+    "triage": TriageConfig,
+    "train": TrainConfig,
+    "evaluate": EvaluateConfig,
+}
+TOP_LEVEL_KEYS = ("name", "run_dir")
+
+
+@functools.cache
+def _path_fields(section_type: type) -> frozenset[str]:
+    """Names of the fields typed `Path` or `Path | None` (from the resolved type hints)."""
+    hints = typing.get_type_hints(section_type)
+    return frozenset(name for name, hint in hints.items() if Path in (hint, *typing.get_args(hint)))
+
+
+def _resolve_paths(section_type: type, values: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Path fields given as strings, made absolute against `base`; "" means not set."""
+    resolved = dict(values)
+    for key in _path_fields(section_type) & values.keys():
+        if isinstance(values[key], str):
+            path = Path(values[key]).expanduser()
+            resolved[key] = None if not values[key] else path if path.is_absolute() else (base / path).resolve()
+    return resolved
+
+
+def _build_section(section_type: type, values: dict[str, Any], where: str) -> Any:
+    """Convert and check one section's values with pydantic (lax: "3" is an int, "yes" a bool).
+
+    A value pydantic cannot convert is E203; the dataclass's own `__post_init__` checks raise
+    E203 too (ConfigError passes through pydantic untouched).
+    """
+    try:
+        return config_adapter(section_type).validate_python(values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = str(first["loc"][0]) if first["loc"] else where
+        raise ConfigError("E203", where=where, field=key, value=values.get(key, first["input"]),
+                          reason=first["msg"]) from None
+
+
+def _override_value(section_type: type, key: str, text: str) -> Any:
+    """A --set value for field `key`: strings and paths as given; a list as TOML (`[512, 256]`)
+    or comma-separated (`name,context`); anything else as a TOML value (3, 1e-4, true,
+    {en = -0.8}) when it reads as one, else the plain string for pydantic to convert or refuse."""
+    hint = typing.get_type_hints(section_type)[key]
+    if hint is str or Path in (hint, *typing.get_args(hint)):
+        return text
+    if typing.get_origin(hint) is tuple and not text.startswith("["):
+        return [item for item in text.split(",") if item]
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_override(text: str) -> tuple[str, str, str]:
+    """`section.key=value` from the command line."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError("E203", where="--set", field="override", value=text, reason="write it as section.key=value, e.g. train.epochs=50")
+    dotted, value = text.split("=", 1)
+    section, key = dotted.split(".", 1)
+    return section.strip(), key.strip(), value.strip()
+
+
+def build_config(raw: dict[str, Any], *, source: Path | None, base: Path,
+                 overrides: tuple[str, ...] = (), root: Path | None = None) -> RunConfig:
+    """Check every key of a parsed TOML document, apply overrides, build the dataclasses."""
+    where_file = str(source) if source else "config"
+    sections: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError("E203", where=where_file, field=key, value=value, reason="must be a [section]")
+            sections[key] = dict(value)
+        elif key in TOP_LEVEL_KEYS:
+            top[key] = value
+        elif isinstance(value, dict):
+            raise ConfigError("E204", path=where_file, section=key, known=", ".join(SECTIONS))
+        else:
+            raise ConfigError("E201", path=where_file, key=key, section="top level", known=", ".join(TOP_LEVEL_KEYS + tuple(SECTIONS)))
+    cwd = Path.cwd()
+    override_values: dict[tuple[str, str], str] = {}
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if section == "run" and key in TOP_LEVEL_KEYS:
+            top[key] = value
+            continue
+        if section not in SECTIONS:
+            raise ConfigError("E204", path="--set", section=section, known=", ".join(SECTIONS))
+        override_values[(section, key)] = value
+    built: dict[str, Any] = {}
+    for section, section_type in SECTIONS.items():
+        known = [f.name for f in dataclasses.fields(section_type)]
+        values: dict[str, Any] = {}
+        for key, value in sections.get(section, {}).items():
+            if key not in known:
+                raise ConfigError("E201", path=where_file, key=key, section=section, known=", ".join(known))
+            values[key] = value
+        values = _resolve_paths(section_type, values, base)
+        overridden: dict[str, Any] = {}
+        for (o_section, key), value in override_values.items():
+            if o_section != section:
+                continue
+            if key not in known:
+                raise ConfigError("E201", path="--set", key=key, section=section, known=", ".join(known))
+            overridden[key] = _override_value(section_type, key, value)
+        # File paths resolve against the file's folder, --set paths against the working folder.
+        values.update(_resolve_paths(section_type, overridden, cwd))
+        try:
+            built[section] = _build_section(section_type, values, f"[{section}]")
+        except ConfigError as error:
+            # The checks know the section, not where the value came from: add that.
+            origin = f"{where_file} or --set" if overridden else where_file
+            error.message = error.message.replace(f"[{error.code}] ", f"[{error.code}] {origin} ", 1)
+            raise
+    name = str(top.get("name") or (source.stem if source else "run"))
+    if "run_dir" in top:
+        run_dir = Path(str(top["run_dir"])).expanduser()
+        run_dir = run_dir if run_dir.is_absolute() else (base / run_dir).resolve()
+    else:
+        # Beside the config file, as its input paths are: the working folder does not matter.
+        run_dir = (root or base / "artifacts").resolve() / name
+    return RunConfig(name=name, run_dir=run_dir, source=source, **built)
+
+
+def load_config(path: Path, overrides: tuple[str, ...] = (), root: Path | None = None) -> RunConfig:
+    """Read a TOML config file; unknown sections or keys are errors, never ignored."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    except FileNotFoundError:
+        raise ConfigError("E108", path=path) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError("E202", path=path, detail=exc) from None
+    return build_config(raw, source=path.resolve(), base=path.resolve().parent, overrides=overrides, root=root)
+
+

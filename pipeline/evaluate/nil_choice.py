@@ -1,0 +1,144 @@
+"""Choose the NIL decision on the tuning split: thresholds, the learned classifier, or the better of both.
+
+`choose` builds the NIL artifact evaluate saves (`nil.json`, applied by
+`pipeline.model.nil.decide_nil`):
+- per-language thresholds (swept on dev, or fixed from config), with a coded warning
+  for a language whose threshold rests on too few dev mentions or NILs and for one
+  that has none (saying which fallback it gets);
+- the classifier of `pipeline.model.nil_classifier`, fitted on all dev mentions when dev has
+  enough NILs;
+- the method: `evaluate.nil_method`, where "auto" takes the one with the better
+  micro-average in a 5-fold cross-validation over dev (each fold's thresholds and
+  classifier fitted on the other four folds, so neither is scored on what it saw).
+Test is never read here.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import polars as pl
+
+from pipeline.model import nil_classifier
+from pipeline.core.config import EvaluateConfig
+from pipeline.core.errors import warn
+from pipeline.evaluate.error_analysis import outcome_scores
+from pipeline.model.nil import best_thresholds, decide_nil, sweep, tuning_counts
+
+logger = logging.getLogger(__name__)
+
+# A threshold swept on fewer dev mentions or NILs than these is warned about (W603).
+MIN_TUNING_MENTIONS = 50
+MIN_TUNING_NILS = 10
+# The classifier is fitted only with at least this many dev NILs and right links (else W604).
+MIN_CLASSIFIER_EXAMPLES = 10
+FOLDS = 5
+
+
+def thresholds_for(tuning: pl.DataFrame, evaluate: EvaluateConfig, languages: list[str],
+                   quiet: bool = False) -> tuple[dict[str, float], pl.DataFrame | None]:
+    """(threshold per language of `languages`, the sweep table or None when fixed).
+
+    Swept languages get `best_thresholds`; the others the fixed value of their language
+    or `default_threshold`, with warning W602 (unless `quiet`, as in cross-validation folds).
+    """
+    sweep_table, thresholds, flat = None, {}, set()
+    if evaluate.threshold_mode == "dev":
+        sweep_table = sweep(tuning)
+        thresholds = best_thresholds(sweep_table)
+        # A sweep equal at every threshold holds no evidence (e.g. every dev mention is
+        # wrongly linked whatever the threshold): that language falls back as one without dev.
+        spread = sweep_table.group_by("lang").agg((pl.col("micro_average").max() - pl.col("micro_average").min()).alias("d"))
+        flat = set(spread.filter(pl.col("d") <= 1e-12)["lang"].to_list())
+        thresholds = {lang: value for lang, value in thresholds.items() if lang not in flat}
+    for lang in sorted(languages):
+        if lang in thresholds:
+            continue
+        if evaluate.fixed_thresholds.get(lang) is not None:
+            value, fallback = evaluate.fixed_thresholds[lang], f"evaluate.fixed_thresholds.{lang}"
+        else:
+            value, fallback = evaluate.default_threshold, "evaluate.default_threshold"
+        thresholds[lang] = value
+        if evaluate.threshold_mode == "dev" and not quiet:
+            code = "W605" if lang in flat else "W602"
+            warn(logger, code, lang=lang, split=evaluate.tune_split, fallback=fallback, value=value)
+    return thresholds, sweep_table
+
+
+def warn_thin_thresholds(counts: dict[str, dict[str, int]], thresholds: dict[str, float], split: str) -> None:
+    """W603 for each swept language whose dev counts are under MIN_TUNING_MENTIONS / MIN_TUNING_NILS."""
+    for lang, count in sorted(counts.items()):
+        if count["mentions"] < MIN_TUNING_MENTIONS or count["nil"] < MIN_TUNING_NILS:
+            warn(logger, "W603", lang=lang, value=thresholds[lang], mentions=count["mentions"], nils=count["nil"],
+                 split=split, min_mentions=MIN_TUNING_MENTIONS, min_nils=MIN_TUNING_NILS)
+
+
+def classifier_ready(tuning: pl.DataFrame) -> bool:
+    y = nil_classifier.labels(tuning.filter(pl.col("gold_kb_id").is_not_null()))
+    return bool((y == nil_classifier.NIL).sum() >= MIN_CLASSIFIER_EXAMPLES
+                and (y == nil_classifier.RIGHT).sum() >= MIN_CLASSIFIER_EXAMPLES)
+
+
+def cross_validate(tuning: pl.DataFrame, evaluate: EvaluateConfig, seed: int) -> pl.DataFrame:
+    """Held-out dev scores of both methods: (method, lang, mentions, micro_average, nil_precision, nil_recall, nil_f1).
+
+    5 folds stratified by class (NIL / right / wrong) with numpy's seeded generator; the
+    held-out decisions of all folds are pooled, then scored per language and over all.
+    """
+    tuning = tuning.filter(pl.col("gold_kb_id").is_not_null())
+    y = nil_classifier.labels(tuning)
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(y), dtype=np.int64)
+    for label in np.unique(y):
+        members = rng.permutation(np.nonzero(y == label)[0])
+        fold[members] = np.arange(len(members)) % FOLDS
+    tuning = tuning.with_columns(pl.Series("fold", fold))
+    languages = tuning["lang"].unique().to_list()
+    decided = {"threshold": [], "classifier": []}
+    for k in range(FOLDS):
+        fit_part, held = tuning.filter(pl.col("fold") != k), tuning.filter(pl.col("fold") == k)
+        if held.is_empty():
+            continue
+        thresholds, _ = thresholds_for(fit_part, evaluate, languages, quiet=True)
+        artifact = {"method": "threshold", "thresholds": thresholds, "default_threshold": evaluate.default_threshold,
+                    "classifier": None}
+        decided["threshold"].append(decide_nil(held, artifact))
+        if classifier_ready(fit_part):
+            artifact = {**artifact, "method": "classifier", "classifier": nil_classifier.fit(fit_part, seed)}
+            decided["classifier"].append(decide_nil(held, artifact))
+    tables = [outcome_scores(pl.concat(parts)).with_columns(pl.lit(method).alias("method"))
+              for method, parts in decided.items() if len(parts) == FOLDS]
+    return pl.concat(tables).select("method", pl.exclude("method"))
+
+
+def choose(tuning: pl.DataFrame, evaluate: EvaluateConfig, languages: list[str], seed: int
+           ) -> tuple[dict, pl.DataFrame | None, pl.DataFrame | None]:
+    """(NIL artifact, sweep table or None, cross-validation table or None) from the tuning split's predictions.
+
+    tuning: predictions of the tuning split with gold_kb_id and the evidence of
+    `nil_classifier.add_evidence`; languages: every language that will be decided.
+    """
+    tuning = tuning.filter(pl.col("gold_kb_id").is_not_null())
+    thresholds, sweep_table = thresholds_for(tuning, evaluate, languages)
+    counts = tuning_counts(tuning)
+    if evaluate.threshold_mode == "dev":
+        warn_thin_thresholds(counts, thresholds, evaluate.tune_split)
+    artifact = {"method": "threshold", "thresholds": thresholds, "default_threshold": evaluate.default_threshold,
+                "classifier": None, "tuning_counts": counts, "tune_split": evaluate.tune_split}
+    if tuning.is_empty():
+        return artifact, sweep_table, None
+    if not classifier_ready(tuning):
+        if evaluate.nil_method != "threshold":
+            nils = int((nil_classifier.labels(tuning) == nil_classifier.NIL).sum())
+            warn(logger, "W604", split=evaluate.tune_split, nils=nils, minimum=MIN_CLASSIFIER_EXAMPLES)
+        return artifact, sweep_table, None
+    # Fitted whatever the method, so the report can set the two side by side.
+    artifact["classifier"] = nil_classifier.fit(tuning, seed)
+    validation = cross_validate(tuning, evaluate, seed)
+    method = evaluate.nil_method
+    if method == "auto":
+        overall = {row["method"]: row["micro_average"] for row in validation.filter(pl.col("lang") == "all").iter_rows(named=True)}
+        method = "classifier" if overall.get("classifier", -1.0) >= overall["threshold"] else "threshold"
+    artifact["method"] = method
+    return artifact, sweep_table, validation

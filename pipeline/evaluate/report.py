@@ -1,0 +1,45 @@
+"""report.md of evaluate: NIL decision, scores, error analysis."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from pipeline.evaluate import error_analysis
+from pipeline.scoring.table import format_table
+
+
+def _nil_rows(table: pl.DataFrame, source: str) -> list[str]:
+    return [f"| {source} | {row['method']} | {row['lang']} | {row['mentions']} | {row['micro_average']:.3f} | "
+            f"{row['nil_precision']:.3f} | {row['nil_recall']:.3f} | {row['nil_f1']:.3f} |"
+            for row in table.sort("method", pl.col("lang") == error_analysis.ALL, "lang").iter_rows(named=True)]
+
+
+def report_markdown(metrics: dict, artifact: dict, split: str, has_plot: bool, validation: pl.DataFrame | None,
+                    on_eval: pl.DataFrame, analysis: pl.DataFrame, confusions: pl.DataFrame) -> str:
+    """The whole report.md.
+
+    artifact: the NIL artifact (`nil.json`); validation: `nil_choice.cross_validate`'s
+    table or None; on_eval: `error_analysis.outcome_scores` of each NIL method on the
+    evaluation split, with a `method` column.
+    """
+    counts = artifact.get("tuning_counts", {})
+    tune = artifact.get("tune_split", "dev")
+    lines = [f"# Evaluation on the {split} split", "", "## NIL decision", "",
+             f"NIL is decided by the **{artifact['method']}** (evaluate.nil_method; see README, NIL decisions).", "",
+             f"| language | threshold | {tune} mentions | {tune} NILs |", "| --- | --- | --- | --- |"]
+    for lang, value in sorted(artifact["thresholds"].items()):
+        count = counts.get(lang, {"mentions": 0, "nil": 0})
+        lines.append(f"| {lang} | {value:.3f} | {count['mentions']} | {count['nil']} |")
+    if has_plot:
+        lines += ["", "![micro-average against threshold](thresholds.png)"]
+    lines += ["", "Both methods: micro-average and NIL precision / recall / F1. "
+              f"`{tune} (5-fold)`: each fold decided by thresholds and a classifier fitted on the other four folds "
+              f"(what `auto` chooses by); `{split}`: the methods fitted on all of {tune}.", "",
+              "| data | method | language | mentions | micro-average | NIL P | NIL R | NIL F1 |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    if validation is not None:
+        lines += _nil_rows(validation, f"{tune} (5-fold)")
+    lines += _nil_rows(on_eval, split)
+    lines += ["", "## Scores", "", "```", format_table(metrics), "```", "",
+              error_analysis.markdown(analysis, confusions)]
+    return "\n".join(lines)

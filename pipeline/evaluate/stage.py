@@ -1,0 +1,255 @@
+"""evaluate: score every candidate, decide NIL, cluster NILs, write and score TAC output.
+
+Outputs (in the run's `evaluate/` folder):
+- `scores.parquet`: every scored candidate (mention_id, rank, kb_id, score);
+- `predictions.parquet`: per mention the best and runner-up candidate, the margin, the
+  language's threshold, the NIL flag and the system id (KB id or NIL cluster);
+- `nil.json`: the NIL decision (method, thresholds with the dev counts they rest on,
+  the learned classifier's parameters), applied by `pipeline.model.nil.decide_nil`;
+- `sweep.parquet` + `thresholds.png`: micro-average against threshold per language on
+  the tuning split (when thresholds are tuned);
+- `gold.tab` / `system.tab`: TAC KBP 2015 EDL files of the evaluation split, and
+  `doc_languages.tsv`, each document's language (`xel-cli score` reads it);
+- `analysis.parquet` + `confusions.parquet`: the error analysis (`pipeline.evaluate.error_analysis`);
+- `metrics.json` and `report.md`: the TAC measures overall and per language, both NIL
+  methods side by side, and the error analysis.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from pipeline.evaluate import error_analysis
+from pipeline.evaluate import nil_choice
+from pipeline.core import schema
+from pipeline.core.config import RunConfig, to_dict
+from pipeline.encoders.encoder import pick_device
+from pipeline.core.errors import InputError
+from pipeline.model.features import RankerInputs, candidate_matrix, gold_rows, load_inputs, score_candidates
+from pipeline.core.io import (atomic_path, collect_checked, scan_parquet_checked, write_json_atomic, write_parquet_atomic,
+                         write_text_atomic)
+from pipeline.model.nil import cluster_nils, decide_nil
+from pipeline.model.nil_classifier import add_evidence
+from pipeline.evaluate.report import report_markdown
+from pipeline.scoring.measures import MICRO_AVERAGE, score
+from pipeline.core.manifest import StageResult, StageRun, upstream_key
+from pipeline.formats.doc_languages import FILE_NAME as DOC_LANGUAGES_FILE, write_doc_languages
+from pipeline.model.model_folder import write_model_folder
+from pipeline.formats.tac import write_tab
+from pipeline.model.model_file import load_model
+
+logger = logging.getLogger(__name__)
+
+STAGE = "evaluate"
+# 2: writes doc_languages.tsv beside gold.tab; 3: thresholds at the middle of a flat optimum,
+# the learned NIL classifier, error analysis.
+STAGE_VERSION = 3
+NIL_ARTIFACT = "nil.json"
+RUN_ID = "xel"
+# §7.2 re-ranks the ranker's ten best candidates.
+POPULARITY_TOP = 10
+# Settings added after the first runs, with their defaults: left out of the stage key while
+# at the default, so runs made before they existed stay up to date.
+LATER_SETTINGS = {"languages": [], "popularity_rerank": False}
+
+
+def candidate_order(scores: np.ndarray, matrix: np.ndarray, popularity: np.ndarray | None = None,
+                    top: int = POPULARITY_TOP) -> np.ndarray:
+    """Column order (n_mentions, k) of each mention's candidates, best first.
+
+    By ranker score (NaN, i.e. padding, last; ties keep triage rank order). With
+    `popularity` (training-gold count per entity row), the paper's re-ranking (§7.2):
+    the `top` best-scored candidates are stably re-sorted by popularity, most frequent
+    first, so equally popular ones (e.g. all never seen in training) keep score order;
+    candidates below the top stay where they were. The NIL threshold then applies to
+    the new first candidate's own ranker score.
+    """
+    filled = np.where(np.isnan(scores), -np.inf, scores)
+    order = np.argsort(-filled, axis=1, kind="stable")
+    if popularity is None:
+        return order
+    head = order[:, :top]
+    entities = np.take_along_axis(matrix, head, axis=1)
+    counts = np.where(entities >= 0, popularity[entities.clip(min=0)], -1)  # padding sorts last
+    resorted = np.take_along_axis(head, np.argsort(-counts, axis=1, kind="stable"), axis=1)
+    return np.concatenate([resorted, order[:, top:]], axis=1)
+
+
+def predict(mentions: pl.DataFrame, rows: np.ndarray, matrix: np.ndarray,
+            scores: np.ndarray, entity_ids: list[str],
+            popularity: np.ndarray | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(scores table, predictions table) from a (n_mentions, k) score array.
+
+    Predictions hold the best and runner-up KB ids and scores and the margin between
+    them, in `candidate_order` (popularity re-ranked when `popularity` is given); a
+    mention without candidates has a null best.
+    """
+    filled = np.where(np.isnan(scores), -np.inf, scores)
+    order = candidate_order(scores, matrix, popularity)
+    ids = np.asarray(entity_ids + [None], dtype=object)
+    ranked_rows = np.take_along_axis(matrix, order, axis=1)
+    ranked_scores = np.take_along_axis(filled, order, axis=1)
+    width = matrix.shape[1]
+
+    def column(index: int) -> tuple[list, np.ndarray]:
+        if index >= width:
+            return [None] * len(rows), np.full(len(rows), np.nan)
+        entity = ranked_rows[:, index]
+        value = np.where(entity >= 0, ranked_scores[:, index], np.nan)
+        return ids[np.where(entity >= 0, entity, -1)].tolist(), value
+
+    best_ids, best_scores = column(0)
+    second_ids, second_scores = column(1)
+    mention_ids = mentions["mention_id"].to_numpy()[rows]
+    predictions = pl.DataFrame({
+        "mention_id": mention_ids, "best_kb_id": best_ids, "best_score": best_scores,
+        "second_kb_id": second_ids, "second_score": second_scores,
+    }, schema={"mention_id": pl.String, "best_kb_id": pl.String, "best_score": pl.Float64,
+               "second_kb_id": pl.String, "second_score": pl.Float64}).with_columns(
+        pl.col("best_score").fill_nan(None), pl.col("second_score").fill_nan(None)).with_columns(
+        (pl.col("best_score") - pl.col("second_score")).alias("margin"))
+    valid = matrix >= 0
+    row_index, slot = np.nonzero(valid)
+    score_table = pl.DataFrame({
+        "mention_id": mention_ids[row_index], "kb_id": ids[matrix[row_index, slot]].tolist(),
+        "rank": (slot + 1).astype(np.int32), "score": scores[row_index, slot].astype(np.float32),
+    })
+    return score_table, predictions
+
+
+def training_popularity(inputs: RankerInputs, train_mention_ids: list[str]) -> np.ndarray:
+    """(n_entities,) how many of the ranker's training mentions have each entity as gold."""
+    trained = inputs.mentions.filter(pl.col("mention_id").is_in(train_mention_ids))["row"].to_numpy()
+    gold = gold_rows(inputs, trained)
+    return np.bincount(gold[gold >= 0], minlength=inputs.entity_name.shape[0])
+
+
+def plot_sweep(sweep_table: pl.DataFrame, thresholds: dict[str, float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for lang in sorted(sweep_table["lang"].unique().to_list()):
+        part = sweep_table.filter(pl.col("lang") == lang).sort("threshold")
+        axis.plot(part["threshold"].to_numpy(), part["micro_average"].to_numpy(), label=f"{lang} (t={thresholds[lang]:.2f})")
+    axis.set_xlabel("NIL threshold")
+    axis.set_ylabel("micro-average (tuning split)")
+    axis.legend()
+    figure.tight_layout()
+    with atomic_path(path) as temp_path:
+        figure.savefig(temp_path, format="png", dpi=100)
+    plt.close(figure)
+
+
+def tac_frame(table: pl.DataFrame, id_column: str) -> pl.DataFrame:
+    """TAC KBP 2015 rows (end inclusive) from mentions with doc offsets and an id column."""
+    return table.select(
+        pl.lit(RUN_ID).alias("run_id"), "mention_id",
+        pl.col("mention").str.replace_all(r"\s+", " ").alias("mention"),
+        "doc_id", pl.col("doc_start").alias("start"), (pl.col("doc_end") - 1).alias("end"),
+        pl.col(id_column).alias("kb_id"),
+        pl.col("entity_type").fill_null("UNK").alias("entity_type"),
+        pl.col("mention_type").fill_null("NAM").alias("mention_type"),
+        pl.lit(1.0).alias("confidence"),
+    )
+
+
+def outcome_by_method(predictions: pl.DataFrame, evaluated: pl.DataFrame, artifact: dict) -> pl.DataFrame:
+    """`error_analysis.outcome_scores` of the evaluated mentions under each NIL method the artifact can apply."""
+    methods = ["threshold"] + (["classifier"] if artifact.get("classifier") else [])
+    wanted = predictions.filter(pl.col("mention_id").is_in(evaluated["mention_id"].implode()))
+    return pl.concat([error_analysis.outcome_scores(decide_nil(wanted, {**artifact, "method": method}))
+                      .with_columns(pl.lit(method).alias("method")) for method in methods]).select("method", pl.exclude("method"))
+
+
+def run(config: RunConfig, force: bool = False) -> StageResult:
+    out_dir = config.stage_dir(STAGE)
+    triage_dir, encode_dir, train_dir = (config.stage_dir(s) for s in ("triage", "encode", "train"))
+    inputs_keys = {"triage": upstream_key(triage_dir, "triage"), "encode": upstream_key(encode_dir, "encode"),
+                   "train": upstream_key(train_dir, "train")}
+    settings = {k: v for k, v in to_dict(config.evaluate).items() if LATER_SETTINGS.get(k, Ellipsis) != v}
+    stage_run = StageRun(out_dir, STAGE, STAGE_VERSION, settings, inputs_keys, force)
+    if stage_run.up_to_date:
+        return stage_run.skipped()
+    stage_run.begin()
+    evaluate = config.evaluate
+
+    device = pick_device(config.train.device)
+    model, saved = load_model(train_dir, device)
+    inputs, _, _ = load_inputs(triage_dir, encode_dir, saved["mention_types"], saved["entity_types"], 0, device)
+    candidates_path = triage_dir / "candidates.parquet"
+    candidates = collect_checked(scan_parquet_checked(candidates_path, schema.CANDIDATES, "triage").select(
+        "mention_id", "rank", "kb_id", "score", "sources"), candidates_path)
+    if "triage" in model.features:
+        inputs.attach_triage(candidates)
+    mentions = inputs.mentions
+    rows = mentions["row"].to_numpy()
+    matrix = candidate_matrix(candidates, inputs, rows)
+    scores = score_candidates(model, inputs, rows, matrix)
+    popularity = training_popularity(inputs, saved.get("train_mention_ids", [])) if evaluate.popularity_rerank else None
+    score_table, predictions = predict(mentions, rows, matrix, scores, inputs.entity_ids["kb_id"].to_list(), popularity)
+    predictions = mentions.drop("row").join(predictions, on="mention_id")
+
+    predictions = add_evidence(predictions, candidates)
+    tuning = predictions.filter(pl.col("split") == evaluate.tune_split)
+    if evaluate.threshold_mode == "dev" and tuning.filter(pl.col("gold_kb_id").is_not_null()).is_empty():
+        raise InputError("E112", path=triage_dir / "mentions.parquet", line="-",
+                         detail=f"no {evaluate.tune_split} mention has a gold id to tune NIL thresholds on; "
+                                "give some mentions that split, or set evaluate.threshold_mode = \"fixed\"")
+    artifact, sweep_table, validation = nil_choice.choose(tuning, evaluate, predictions["lang"].unique().to_list(),
+                                                          config.train.seed)
+    thresholds = artifact["thresholds"]
+    decided = cluster_nils(decide_nil(predictions, artifact), evaluate.nil_clustering)
+
+    evaluated = decided.filter((pl.col("split") == evaluate.eval_split) & pl.col("gold_kb_id").is_not_null())
+    if evaluate.languages:
+        evaluated = evaluated.filter(pl.col("lang").is_in(list(evaluate.languages)))
+    if evaluated.is_empty():
+        raise InputError("E112", path=triage_dir / "mentions.parquet", line="-",
+                         detail=f"no {evaluate.eval_split} mention (of evaluate.languages, if set) has a gold id; "
+                                "set evaluate.eval_split to a split with gold")
+    gold_tab = tac_frame(evaluated, "gold_tac_id")
+    system_tab = tac_frame(evaluated, "system_id")
+    languages = evaluated.select("doc_id", "lang").unique()
+    metrics = score(gold_tab, system_tab, languages)
+    metrics["thresholds"] = thresholds
+    metrics["split"] = evaluate.eval_split
+    metrics["nil_method"] = artifact["method"]
+    # Both NIL methods on the evaluation split (the other one's decisions are not written out).
+    on_eval = outcome_by_method(predictions, evaluated, artifact)
+    metrics["nil_methods"] = on_eval.to_dicts()
+    seen = mentions.filter(pl.col("mention_id").is_in(saved.get("train_mention_ids", [])))["gold_kb_id"].unique()
+    analysis, confusions = error_analysis.analyse(evaluated, candidates, seen.drop_nulls().to_list())
+
+    write_parquet_atomic(score_table, out_dir / "scores.parquet")
+    write_parquet_atomic(decided.select(
+        "mention_id", "doc_id", "lang", "split", "mention", "gold_kb_id", "best_kb_id", "best_score", "second_kb_id",
+        "second_score", "margin", "threshold", "is_nil", "system_id"), out_dir / "predictions.parquet")
+    write_json_atomic(out_dir / NIL_ARTIFACT, artifact)
+    write_parquet_atomic(analysis, out_dir / "analysis.parquet")
+    write_parquet_atomic(confusions, out_dir / "confusions.parquet")
+    outputs = ["scores.parquet", "predictions.parquet", NIL_ARTIFACT, "analysis.parquet", "confusions.parquet",
+               "gold.tab", "system.tab", DOC_LANGUAGES_FILE, "metrics.json", "report.md"]
+    for leftover in ("sweep.parquet", "thresholds.png"):
+        (out_dir / leftover).unlink(missing_ok=True)  # from an earlier run with tuned thresholds
+    if sweep_table is not None:
+        write_parquet_atomic(sweep_table, out_dir / "sweep.parquet")
+        plot_sweep(sweep_table, thresholds, out_dir / "thresholds.png")
+        outputs += ["sweep.parquet", "thresholds.png"]
+    write_tab(gold_tab, out_dir / "gold.tab")
+    write_tab(system_tab, out_dir / "system.tab")
+    write_doc_languages(languages, out_dir / DOC_LANGUAGES_FILE)  # `xel-cli score` reads it beside gold.tab
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    write_text_atomic(out_dir / "report.md", report_markdown(metrics, artifact, evaluate.eval_split, sweep_table is not None,
+                                                             validation, on_eval, analysis, confusions))
+    write_model_folder(config, artifact, metrics)  # <run>/model/: the trained linker `xel-cli link` applies
+    counts = {"mentions_scored": int(len(rows)), "candidates_scored": score_table.height, "evaluated": evaluated.height,
+              "predicted_nil": int(evaluated["is_nil"].sum())}
+    return stage_run.finish(counts, outputs, summary={"metrics": metrics, "micro_average_key": MICRO_AVERAGE},
+                            extra={"thresholds": thresholds, "nil_method": artifact["method"]})

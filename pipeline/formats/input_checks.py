@@ -1,0 +1,166 @@
+"""Checks of a mentions table that later stages (encode, scoring, TAC output) rely on.
+
+`pipeline.formats.inputs` reads mentions from JSONL or TAC files into one frame; `check_mentions`
+then refuses, with the file and line of the first offending mention and how many more
+there are, what would otherwise break a stage later or skew its result:
+
+- a blank id, document id, language or mention string (E103), an unknown split (E103);
+- a document id with whitespace or an id with a tab or line break, which `gold.tab` and
+  `system.tab` cannot hold (E116);
+- offsets that cover nothing (E114), fall outside the text (E105) or do not cover the
+  mention string (E106; with `fragments`, the string is the fragments' texts joined by one
+  space, see `pipeline.formats.fragments`);
+- one document given two languages (E117), which per-language scores cannot place;
+- two mentions of one document span (E115): TAC scoring keys mentions by span, so the
+  second row would be dropped from the score while still counted as evaluated.
+
+Every check is a polars expression over the whole frame; only the first bad row is
+formatted into the message.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from pathlib import Path
+
+import polars as pl
+
+from pipeline.core.errors import InputError
+
+SPLITS = ("train", "dev", "test")
+"""The splits a mention may name; a mention without one is test."""
+
+# gold.tab/system.tab are tab-separated lines; a TAC span is `doc_id:start-end` with no space.
+_LINE_BREAKING = r"[\t\r\n]"
+_WHITESPACE = r"\s"
+
+
+def more(count: int) -> str:
+    """The message tail that says how many more rows share the reported fault."""
+    return f" ({count} more line(s) like it)" if count > 0 else ""
+
+
+def _first(frame: pl.DataFrame, condition: pl.Expr) -> tuple[dict | None, int]:
+    """(first row by line where `condition` holds, how many more rows it holds for) or (None, 0)."""
+    bad = frame.filter(condition.fill_null(False))
+    if bad.is_empty():
+        return None, 0
+    return bad.sort("line").row(0, named=True), bad.height - 1
+
+
+def check_fields(frame: pl.DataFrame, path: Path) -> None:
+    """Blank required strings (E103), unknown splits (E103) and ids TAC files cannot hold (E116).
+
+    frame needs: line, id, doc_id, lang, mention, split (null = test), gold_kb_id.
+    """
+    for column, field in (("id", "id"), ("doc_id", "doc_id"), ("lang", "lang"), ("mention", "mention")):
+        row, count = _first(frame, pl.col(column).str.strip_chars() == "")
+        if row is not None:
+            raise InputError("E103", path=path, line=row["line"], field=field,
+                             expected="a non-blank string", got=row[column], more=more(count))
+    row, count = _first(frame, ~pl.col("split").is_in(SPLITS) & pl.col("split").is_not_null())
+    if row is not None:
+        raise InputError("E103", path=path, line=row["line"], field="split",
+                         expected="'train', 'dev' or 'test' (or no split: test)", got=row["split"], more=more(count))
+    row, count = _first(frame, pl.col("doc_id").str.contains(_WHITESPACE))
+    if row is not None:
+        raise InputError("E116", path=path, line=row["line"], what="document id", value=row["doc_id"],
+                         bad="whitespace", why="a TAC span (doc_id:start-end) in gold.tab and system.tab cannot hold",
+                         fix="replace it (e.g. with '_') in the mentions and docs files", more=more(count))
+    for column, what in (("id", "mention id"), ("gold_kb_id", "gold KB id")):
+        row, count = _first(frame, pl.col(column).str.contains(_LINE_BREAKING))
+        if row is not None:
+            raise InputError("E116", path=path, line=row["line"], what=what, value=row[column],
+                             bad="a tab or line break", why="would split its line of gold.tab and system.tab",
+                             fix="remove it", more=more(count))
+
+
+def check_offsets(frame: pl.DataFrame, path: Path, end_inclusive: bool = False, fix: str = "") -> None:
+    """Offsets must cover at least one character inside the context, and exactly the mention.
+
+    frame needs: line, id, mention, context, start, end (in the context, end exclusive),
+    doc_start, doc_end (the file's own offsets, or null when the file gave start/end) and
+    optionally `fragment_text` (see `pipeline.formats.fragments.fragment_texts`). Offsets in
+    messages are the file's: document offsets where it gave them, end inclusive for TAC
+    files. `fix` is appended to E106's advice.
+    """
+    shown_start = pl.coalesce("doc_start", "start")
+    shown_end = pl.coalesce("doc_end", "end") - (1 if end_inclusive else 0)
+    shown = frame.with_columns(shown_start.alias("shown_start"), shown_end.alias("shown_end"))
+    row, count = _first(shown, pl.col("start") >= pl.col("end"))
+    if row is not None:
+        detail = "start equals end: an empty span" if row["start"] == row["end"] else "end comes before start"
+        if end_inclusive:
+            detail = "end comes before start; end is inclusive, so a one-character mention at S is S-S"
+        raise InputError("E114", path=path, line=row["line"], record_id=row["id"], start=row["shown_start"],
+                         end=row["shown_end"], detail=detail, more=more(count))
+    length = pl.col("context").str.len_chars()
+    row, count = _first(shown, (pl.col("start") < 0) | (pl.col("end") > length))
+    if row is not None:
+        raise InputError("E105", path=path, line=row["line"], start=row["shown_start"], end=row["shown_end"],
+                         length=len(row["context"]), record_id=row["id"], more=more(count))
+    covered = pl.col("context").str.slice(pl.col("start"), pl.col("end") - pl.col("start"))
+    expected = pl.coalesce("fragment_text", "covered") if "fragment_text" in frame.columns else pl.col("covered")
+    checked = shown.with_columns(covered.alias("covered")).with_columns(expected.alias("expected"))
+    row, count = _first(checked, pl.col("expected") != pl.col("mention"))
+    if row is not None:
+        hint = normalisation_hint(row["mention"], row["expected"])
+        raise InputError("E106", path=path, line=row["line"], record_id=row["id"], mention=row["mention"],
+                         start=row["shown_start"], end=row["shown_end"],
+                         inclusive=" (end inclusive)" if end_inclusive else "",
+                         covered=row["expected"], why=hint, fix="" if hint else fix, more=more(count))
+
+
+def normalisation_hint(mention: str, covered: str) -> str:
+    """A message part saying that two unequal strings differ only by Unicode normalisation, else ""."""
+    if unicodedata.normalize("NFC", mention) == unicodedata.normalize("NFC", covered):
+        return (" (they differ only by Unicode normalisation: one has composed characters (NFC), the other "
+                "decomposed ones (NFD); write both in NFC)")
+    if unicodedata.normalize("NFKC", mention) == unicodedata.normalize("NFKC", covered):
+        return (" (they differ only by Unicode compatibility normalisation (NFKC), e.g. full-width or "
+                "ligature characters; write the mention as its text has it)")
+    return ""
+
+
+def check_documents(frame: pl.DataFrame, path: Path, end_inclusive: bool = False) -> None:
+    """One language per document (E117) and one mention per document span (E115).
+
+    frame needs: line, id, doc_id, lang, start/end or doc_start/doc_end, gold_kb_id. A
+    span is (doc_id, doc_start, doc_end), or the mention's own start/end when the file
+    gave no document offsets (as evaluate writes it to gold.tab).
+    """
+    ordered = frame.sort("line")
+    first = pl.col("line").first().over("doc_id")
+    first_lang = pl.col("lang").first().over("doc_id")
+    langs = ordered.with_columns(first.alias("first_line"), first_lang.alias("first_lang"))
+    row, count = _first(langs, pl.col("lang") != pl.col("first_lang"))
+    if row is not None:
+        raise InputError("E117", path=path, line=row["line"], record_id=row["id"], doc_id=row["doc_id"],
+                         lang=row["lang"], first_line=row["first_line"], first_lang=row["first_lang"],
+                         more=more(count))
+    span = [pl.col("doc_id"), pl.coalesce("doc_start", "start"), pl.coalesce("doc_end", "end")]
+    spans = ordered.with_columns(
+        pl.col("line").first().over(span).alias("first_line"), pl.col("id").first().over(span).alias("other_id"),
+        pl.col("gold_kb_id").first().over(span).alias("other_gold"),
+        span[1].alias("span_start"), (span[2] - (1 if end_inclusive else 0)).alias("span_end"))
+    row, count = _first(spans, pl.col("line") != pl.col("first_line"))
+    if row is not None:
+        gold = ""
+        if row["gold_kb_id"] != row["other_gold"]:
+            gold = f" (gold {row['other_gold']!r} there, {row['gold_kb_id']!r} here)"
+        raise InputError("E115", path=path, line=row["line"], record_id=row["id"],
+                         span=f"{row['doc_id']}:{row['span_start']}-{row['span_end']}", other_id=row["other_id"],
+                         first_line=row["first_line"], gold=gold, more=more(count),
+                         hint="" if row["doc_start"] is not None else
+                         ", or, where each mention's `text` is its own window of the document, give doc_start/doc_end")
+
+
+def check_mentions(frame: pl.DataFrame, path: Path, end_inclusive: bool = False) -> None:
+    """All of this module's checks on the mentions read from `path` (see the module docstring).
+
+    The JSONL reader calls them one by one instead: fields and documents before it renames
+    repeated ids, offsets once contexts are cut from the docs file.
+    """
+    check_fields(frame, path)
+    check_offsets(frame, path, end_inclusive)
+    check_documents(frame, path, end_inclusive)

@@ -1,0 +1,386 @@
+"""Read the user's inputs (mentions, docs, KB, TAC gold + sources) into normalised tables.
+
+Every check here reports the file and line of the offending record. The KB is read in
+blocks and written straight to Parquet, so millions of entities never sit in memory as
+Python objects.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Iterable
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.core import schema
+from pipeline.core.config import InputsConfig
+from pipeline.core.errors import InputError, warn
+from pipeline.formats.fragments import FRAGMENTS_DTYPE, fragment_texts, read_fragments
+from pipeline.formats.input_checks import check_documents, check_fields, check_mentions, check_offsets, more
+from pipeline.core.io import atomic_path, check_record_fields, iter_jsonl_blocks
+from pipeline.formats.kb_records import KbRecords
+
+logger = logging.getLogger(__name__)
+
+MENTION_FIELDS: dict[str, tuple[Any, bool]] = {
+    "id": (str, True),
+    "doc_id": (str, True),
+    "lang": (str, True),
+    "mention": (str, True),
+    "text": (str, False),
+    "start": (int, False),
+    "end": (int, False),
+    "doc_start": (int, False),
+    "doc_end": (int, False),
+    "gold_kb_id": (str, False),
+    "entity_type": (str, False),
+    "mention_type": (str, False),
+    "split": (str, False),
+    "named": (bool, False),
+    "fragments": (list, False),  # a discontinuous mention's parts: pipeline/formats/fragments.py
+}
+DOC_FIELDS: dict[str, tuple[Any, bool]] = {"doc_id": (str, True), "lang": (str, False), "text": (str, True)}
+ENTITIES_ARROW = pa.schema([
+    ("kb_id", pa.string()),
+    ("name", pa.string()),
+    ("description", pa.string()),
+    ("type", pa.string()),
+    ("alias_texts", pa.list_(pa.string())),
+])
+
+
+def _first_duplicate(ids: pl.Series, lines: pl.Series) -> tuple[str, int, int] | None:
+    """(id, first line, second line) of the first repeated id, or None."""
+    frame = pl.DataFrame({"record_id": ids, "line": lines})
+    repeated = (frame.with_columns(pl.col("line").rank("ordinal").over("record_id").alias("nth"))
+                .filter(pl.col("nth") == 2).sort("line").head(1))
+    if repeated.is_empty():
+        return None
+    record_id, line = repeated.row(0)[:2]
+    first = frame.filter(pl.col("record_id") == record_id)["line"].min()
+    return record_id, int(first), int(line)
+
+
+def read_docs(path: Path) -> pl.DataFrame:
+    """Docs JSONL -> DataFrame(doc_id, doc_text, line)."""
+    rows: dict[str, list] = {"doc_id": [], "doc_text": [], "line": []}
+    for block in iter_jsonl_blocks(path):
+        for line, record in block:
+            check_record_fields(path, line, record, DOC_FIELDS)
+            rows["doc_id"].append(record["doc_id"])
+            rows["doc_text"].append(record["text"])
+            rows["line"].append(line)
+    docs = pl.DataFrame(rows, schema={"doc_id": pl.String, "doc_text": pl.String, "line": pl.Int64})
+    duplicate = _first_duplicate(docs["doc_id"], docs["line"])
+    if duplicate:
+        raise InputError("E104", path=path, line=duplicate[2], kind="document", record_id=duplicate[0], first_line=duplicate[1])
+    return docs
+
+
+def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
+                        rename_duplicate_ids: bool = False, blocks: Iterable[list[tuple[int, dict]]] | None = None,
+                        docs: pl.DataFrame | None = None) -> pl.DataFrame:
+    """Mentions JSONL (+ optional docs JSONL) -> the `schema.MENTIONS` table.
+
+    A mention carries either its own `text` with `start`/`end`, or `doc_start`/`doc_end`
+    into a document of the docs file, from which a window of `context_chars` characters
+    on each side becomes its context. `blocks` (lists of (line, record)) replaces reading
+    `path`, which then only names the records in errors: `xel-cli link` passes one chunk
+    of a large file (or of Parquet rows) at a time. `docs` (doc_id, doc_text) replaces
+    reading `docs_path` (link passes only the chunk's documents).
+    """
+    columns: dict[str, list] = {name: [] for name in MENTION_FIELDS}
+    columns["line"] = []
+    for block in (iter_jsonl_blocks(path) if blocks is None else blocks):
+        for line, record in block:
+            check_record_fields(path, line, record, MENTION_FIELDS)
+            record["fragments"] = read_fragments(path, line, record)
+            has_text = record.get("text") is not None and record.get("start") is not None and record.get("end") is not None
+            has_doc = record.get("doc_start") is not None and record.get("doc_end") is not None
+            if not has_text and not (has_doc and docs_path is not None):
+                raise InputError("E111", path=path, line=line, record_id=record["id"])
+            for name in MENTION_FIELDS:
+                columns[name].append(record.get(name))
+            columns["line"].append(line)
+    types = {name: (pl.Int64 if spec[0] is int else pl.Boolean if spec[0] is bool
+                    else FRAGMENTS_DTYPE if spec[0] is list else pl.String)
+             for name, spec in MENTION_FIELDS.items()}
+    frame = pl.DataFrame(columns, schema={**types, "line": pl.Int64})
+    check_fields(frame, path)
+    if rename_duplicate_ids:
+        check_documents(frame, path)  # a repeated id over the same span is a copy, not a second mention
+        frame = _rename_duplicates(frame, path)
+    duplicate = _first_duplicate(frame["id"], frame["line"])
+    if duplicate:
+        raise InputError("E104", path=path, line=duplicate[2], kind="mention", record_id=duplicate[0], first_line=duplicate[1])
+    check_documents(frame, path)
+    if docs_path is not None and frame["text"].null_count() > 0:
+        frame = _context_from_docs(frame, read_docs(docs_path) if docs is None else docs, path, docs_path, context_chars)
+        from_doc = pl.col("text").is_null()
+        frame = frame.with_columns(
+            pl.coalesce("text", "doc_window").alias("context"),
+            pl.when(from_doc).then(pl.col("doc_start") - pl.col("window_start")).otherwise(pl.col("start")).alias("start"),
+            pl.when(from_doc).then(pl.col("doc_end") - pl.col("window_start")).otherwise(pl.col("end")).alias("end"),
+        )
+    else:
+        frame = frame.with_columns(pl.col("text").alias("context"))
+    check_offsets(fragment_texts(frame), path, fix=" (a discontinuous mention lists its parts in 'fragments')")
+    return frame.select(
+        pl.col("id").alias("mention_id"),
+        "doc_id", "lang", "mention", "context", "start", "end",
+        pl.coalesce("doc_start", "start").alias("doc_start"),
+        pl.coalesce("doc_end", "end").alias("doc_end"),
+        pl.col("split").fill_null("test"),
+        "gold_kb_id", "entity_type", "mention_type", "named", "line",
+    )
+
+
+def _rename_duplicates(frame: pl.DataFrame, path: Path) -> pl.DataFrame:
+    """Give every repeat of an id after its first the suffix `#start-end` of its span."""
+    nth = pl.col("line").rank("ordinal").over("id")
+    start = pl.coalesce("doc_start", "start").cast(pl.String)
+    end = pl.coalesce("doc_end", "end").cast(pl.String)
+    renamed = frame.with_columns(
+        pl.when(nth > 1).then(pl.concat_str(pl.col("id"), pl.lit("#"), start, pl.lit("-"), end)).otherwise(pl.col("id")).alias("id"))
+    changed = int((renamed["id"] != frame["id"]).sum())
+    if changed:
+        warn(logger, "W101", path=path, count=changed)
+    return renamed
+
+
+def _context_from_docs(frame: pl.DataFrame, docs: pl.DataFrame, path: Path, docs_path: Path,
+                       context_chars: int) -> pl.DataFrame:
+    """Cut a character window of the mention's document around it (for mentions without `text`)."""
+    joined = frame.join(docs.select("doc_id", "doc_text"), on="doc_id", how="left")
+    missing = joined.filter(pl.col("text").is_null() & pl.col("doc_text").is_null()).sort("line").head(1)
+    if not missing.is_empty():
+        row = missing.row(0, named=True)
+        raise InputError("E109", path=path, line=row["line"], record_id=row["id"], doc_id=row["doc_id"], docs_path=docs_path)
+    doc_length = pl.col("doc_text").str.len_chars()
+    from_doc = joined.filter(pl.col("text").is_null())
+    empty = from_doc.filter(pl.col("doc_start") >= pl.col("doc_end")).sort("line")
+    if not empty.is_empty():
+        row = empty.row(0, named=True)
+        detail = "end comes before start" if row["doc_start"] > row["doc_end"] else "start equals end; end is exclusive"
+        raise InputError("E114", path=path, line=row["line"], record_id=row["id"], start=row["doc_start"],
+                         end=row["doc_end"], detail=detail, more=more(empty.height - 1))
+    bad = from_doc.filter((pl.col("doc_start") < 0) | (pl.col("doc_end") > doc_length)).sort("line")
+    if not bad.is_empty():
+        row = bad.row(0, named=True)
+        raise InputError("E105", path=path, line=row["line"], start=row["doc_start"], end=row["doc_end"],
+                         length=len(row["doc_text"]), record_id=row["id"], more=more(bad.height - 1))
+    window_start = pl.max_horizontal(pl.col("doc_start") - context_chars, pl.lit(0))
+    window_end = pl.min_horizontal(pl.col("doc_end") + context_chars, doc_length)
+    return joined.with_columns(window_start.alias("window_start")).with_columns(
+        pl.col("doc_text").str.slice(pl.col("window_start"), window_end - pl.col("window_start")).alias("doc_window"),
+    )
+
+
+def read_tac_mentions(gold_by_split: dict[str, Path], source_dir: Path, context_chars: int,
+                      rows: tuple[int, int] | None = None) -> pl.DataFrame:
+    """TAC KBP 2015 EDL gold `.tab` files + raw source documents -> the `schema.MENTIONS` table.
+
+    Offsets in the `.tab` file count characters of the raw source file (XML included),
+    end inclusive; the document is `<doc_id>.txt` or `<doc_id>.xml` in `source_dir`, with
+    ':' in the id written as '__' (as in MEANTIME's TAC release). `rows=(offset, length)`
+    keeps only those lines of the `.tab` lines (in file order), so only their documents
+    are read (`xel-cli link` reads a large file chunk by chunk).
+    """
+    from pipeline.formats.tac import language_of_doc, read_tab
+
+    if not source_dir.is_dir():
+        raise InputError("E108", path=source_dir)
+    frames = []
+    for split, tab_path in gold_by_split.items():
+        gold = read_tab(tab_path).with_row_index("line", offset=1).with_columns(pl.lit(split).alias("split"))
+        frames.append(gold.with_columns(pl.col("line").cast(pl.Int64), pl.lit(str(tab_path)).alias("tab_path")))
+    gold = pl.concat(frames)
+    if rows is not None:
+        gold = gold.slice(*rows)
+    doc_ids = gold["doc_id"].unique().to_list()
+    doc_texts = {doc_id: _read_source(source_dir, doc_id) for doc_id in doc_ids}
+    docs = pl.DataFrame({"doc_id": list(doc_texts), "doc_text": list(doc_texts.values())})
+    langs = pl.DataFrame({"doc_id": doc_ids, "lang": [language_of_doc(d) or "unknown" for d in doc_ids]})
+    frame = gold.join(docs, on="doc_id", how="left").join(langs, on="doc_id", how="left").with_columns(
+        pl.col("start").alias("doc_start"), (pl.col("end") + 1).alias("doc_end"))
+    frame = frame.with_columns(
+        pl.max_horizontal(pl.col("doc_start") - context_chars, pl.lit(0)).alias("window_start"))
+    frame = frame.with_columns(
+        pl.col("doc_text").str.slice(pl.col("window_start"),
+                                     pl.min_horizontal(pl.col("doc_end") + context_chars, pl.col("doc_text").str.len_chars())
+                                     - pl.col("window_start")).alias("context"),
+        (pl.col("doc_start") - pl.col("window_start")).alias("start"),
+        (pl.col("doc_end") - pl.col("window_start")).alias("end"),
+        pl.col("mention_id").alias("id"),
+        pl.col("kb_id").alias("gold_kb_id"),
+    )
+    for tab_path in gold_by_split.values():
+        check_mentions(frame.filter(pl.col("tab_path") == str(tab_path)), tab_path, end_inclusive=True)
+    return frame.select(
+        "mention_id", "doc_id", "lang", "mention", "context", "start", "end", "doc_start", "doc_end", "split",
+        "gold_kb_id", "entity_type", "mention_type",
+        (pl.col("mention_type") == "NAM").alias("named"), "line",
+    )
+
+
+def _read_source(source_dir: Path, doc_id: str) -> str:
+    for name in (doc_id, doc_id.replace(":", "__")):
+        for suffix in (".txt", ".xml", ""):
+            path = source_dir / f"{name}{suffix}"
+            if path.is_file():
+                raw = path.read_bytes()
+                try:
+                    return raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise InputError("E110", path=path, line=raw[:exc.start].count(b"\n") + 1, detail=exc.reason) from None
+    raise InputError("E108", path=source_dir / f"{doc_id.replace(':', '__')}.txt")
+
+
+def load_mentions(config: InputsConfig) -> pl.DataFrame:
+    """The run's mentions from JSONL or TAC inputs, normalised to `schema.MENTIONS` (+ `line`)."""
+    if config.mentions is not None:
+        frame = read_mentions_jsonl(config.mentions, config.docs, config.context_chars, config.rename_duplicate_ids)
+    else:
+        splits = {split: path for split, path in
+                  (("train", config.tac_train), ("dev", config.tac_dev), ("test", config.tac_test)) if path is not None}
+        frame = read_tac_mentions(splits, config.tac_source, config.context_chars)
+    if config.named_only:
+        frame = frame.filter(pl.col("named").fill_null(True))
+    return normalise_gold(frame)
+
+
+def normalise_gold(frame: pl.DataFrame) -> pl.DataFrame:
+    """Keep the gold id as written in `gold_tac_id`; in `gold_kb_id` every NIL cluster id is NIL.
+
+    TAC NIL cluster ids ("NIL0042") count as NIL for linking; clusters are evaluate's business.
+    """
+    frame = frame.with_columns(pl.col("gold_kb_id").replace("", None))
+    return frame.with_columns(
+        pl.col("gold_kb_id").alias("gold_tac_id"),
+        pl.when(pl.col("gold_kb_id").str.starts_with(schema.NIL_ID)).then(pl.lit(schema.NIL_ID))
+        .otherwise(pl.col("gold_kb_id")).alias("gold_kb_id"),
+    )
+
+
+def write_docs(docs_path: Path, out_path: Path) -> int:
+    """Stream a docs JSONL into Parquet (doc_id, doc_text) block by block; returns the document count.
+
+    For `xel-cli link`, which then reads only each chunk's documents back, so a large
+    corpus's text never sits in memory at once. Records are checked as `read_docs` does.
+    """
+    arrow = pa.schema([("doc_id", pa.string()), ("doc_text", pa.string())])
+    count = 0
+    with atomic_path(out_path) as temp_path:
+        with pq.ParquetWriter(temp_path, arrow, compression="zstd") as writer:
+            for block in iter_jsonl_blocks(docs_path):
+                for line, record in block:
+                    check_record_fields(docs_path, line, record, DOC_FIELDS)
+                writer.write_table(pa.table({"doc_id": [r["doc_id"] for _, r in block],
+                                             "doc_text": [r["text"] for _, r in block]}, schema=arrow))
+                count += len(block)
+    return count
+
+
+def write_entities(kb_path: Path, out_path: Path) -> int:
+    """Stream the KB JSONL into `entities.parquet` block by block; returns the entity count.
+
+    Records are checked by `pipeline.formats.kb_records.KbRecords` (E102-E104, E116; W104, W107).
+    """
+    ids: list[pl.Series] = []
+    lines: list[pl.Series] = []
+    count = 0
+    records = KbRecords(kb_path)
+    with atomic_path(out_path) as temp_path:
+        writer = pq.ParquetWriter(temp_path, ENTITIES_ARROW, compression="zstd")
+        try:
+            for block in iter_jsonl_blocks(kb_path):
+                columns: dict[str, list] = {name: [] for name in ENTITIES_ARROW.names}
+                block_lines = []
+                for line, record in block:
+                    entity = records.add(line, record)
+                    for column, value in zip(ENTITIES_ARROW.names, entity):
+                        columns[column].append(value)
+                    block_lines.append(line)
+                writer.write_table(pa.table(columns, schema=ENTITIES_ARROW))
+                ids.append(pl.Series(columns["kb_id"], dtype=pl.String))
+                lines.append(pl.Series(block_lines, dtype=pl.Int64))
+                count += len(block_lines)
+        finally:
+            writer.close()
+        duplicate = _first_duplicate(pl.concat(ids), pl.concat(lines))
+        if duplicate:
+            raise InputError("E104", path=kb_path, line=duplicate[2], kind="KB", record_id=duplicate[0], first_line=duplicate[1])
+    records.warn()
+    return count
+
+
+def check_gold_in_kb(mentions: pl.DataFrame, entities: pl.LazyFrame, mentions_path: Path | None) -> int:
+    """Count gold links to ids missing from the KB (they can never be linked; warned, not refused)."""
+    gold_ids = mentions.filter(schema.linked_gold()).select("gold_kb_id").unique()
+    missing = gold_ids.join(entities.select(pl.col("kb_id").alias("gold_kb_id")).collect(), on="gold_kb_id", how="anti")
+    if missing.height:
+        warn(logger, "W102", count=missing.height, path=mentions_path or "the TAC gold",
+             example=", ".join(missing["gold_kb_id"].head(3).to_list()))
+    return missing.height
+
+
+NAME_PAIR_FIELDS: dict[str, tuple[Any, bool]] = {"foreign": (str, True), "english": (str, True), "lang": (str, False)}
+NAME_PAIR_HEADER = ("foreign", "english", "lang")
+
+
+def _tsv_name_pairs(path: Path) -> list[tuple[int, list[str]]]:
+    """(line number, columns) of each non-blank line of a tab-separated pairs file; a header line is skipped."""
+    rows: list[tuple[int, list[str]]] = []
+    with open(path, "rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            if line_number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                text = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                raise InputError("E110", path=path, line=line_number, detail=f"{exc.reason} at byte {exc.start}") from None
+            if not text.strip():
+                continue
+            columns = [column.strip() for column in text.split("\t")]
+            if not rows and tuple(c.lower() for c in columns) == NAME_PAIR_HEADER[:len(columns)] and len(columns) >= 2:
+                continue  # the optional header: foreign, english[, lang]
+            rows.append((line_number, columns))
+    return rows
+
+
+def read_name_pairs(path: Path) -> pl.DataFrame:
+    """A §7.1 name-pairs file -> DataFrame(line, foreign, english, lang) in file order.
+
+    `.tsv`/`.txt`: foreign name, English name and optionally a language, tab-separated, one
+    pair a line, an optional header `foreign<TAB>english[<TAB>lang]`. `.jsonl`: one
+    `{"foreign", "english", "lang"?}` object a line. UTF-8 (a BOM and CRLF are fine), blank
+    lines skipped, names stripped. A bad line is an InputError naming the file and line.
+    """
+    if not path.is_file():
+        raise InputError("E108", path=path)
+    columns: dict[str, list] = {"line": [], "foreign": [], "english": [], "lang": []}
+    if path.suffix.lower() == ".jsonl":
+        records = []
+        for block in iter_jsonl_blocks(path):
+            for line, record in block:
+                check_record_fields(path, line, record, NAME_PAIR_FIELDS)
+                records.append((line, [record["foreign"].strip(), record["english"].strip(), record.get("lang")]))
+    else:
+        records = _tsv_name_pairs(path)
+    for line, values in records:
+        if not 2 <= len(values) <= 3:
+            raise InputError("E113", path=path, line=line, detail=f"expected 2 or 3 tab-separated columns, got {len(values)}")
+        foreign, english = values[0], values[1]
+        lang = (values[2] or None) if len(values) == 3 else None
+        if not foreign or not english:
+            raise InputError("E113", path=path, line=line, detail=f"the {'foreign' if not foreign else 'English'} name is empty")
+        columns["line"].append(line)
+        columns["foreign"].append(foreign)
+        columns["english"].append(english)
+        columns["lang"].append(lang.strip() if isinstance(lang, str) else None)
+    if not columns["line"]:
+        raise InputError("E107", path=path)
+    return pl.DataFrame(columns, schema={"line": pl.Int64, "foreign": pl.String, "english": pl.String, "lang": pl.String})

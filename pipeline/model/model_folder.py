@@ -1,0 +1,192 @@
+"""A trained linker as a folder: written at the end of evaluate, exported, loaded and checked.
+
+`<run>/model/` holds
+- `model.pt`: the ranker's weights and shape (a copy of train's; the nearest-neighbour
+  baseline is a model too), with the type vocabularies it was trained with;
+- `aliases.parquet`: what triage learned from the training split, (mention, gold_kb_id,
+  count), from which the priors P(e|m) and the fuzzy source's training names come;
+- `popularity.parquet` (kb_id, count), only when the run re-ranks by popularity (§7.2);
+- `model.json`: the format and version, the encoder (name, resolved path, identity) and
+  its settings, the triage settings, the context width, the NIL policy
+  (`pipeline/model/nil_policy.py`), the type vocabularies, the KB (path, fingerprint,
+  entity count), what it was trained on (languages, mention counts, dev scores), the
+  xel version, the date, and each file's content fingerprint.
+
+Loading checks every file against its fingerprint, so a damaged or foreign folder is one
+coded error (E701-E703) before anything is linked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import polars as pl
+
+from pipeline import __version__
+from pipeline.core import schema
+from pipeline.model.aliases import alias_table
+from pipeline.core.config import RunConfig, to_dict
+from pipeline.core.errors import CacheError, InputError
+from pipeline.core.io import collect_checked, file_fingerprint, scan_parquet_checked, write_json_atomic, write_parquet_atomic
+from pipeline.model.nil_policy import NilPolicy
+from pipeline.core.manifest import read_manifest
+
+logger = logging.getLogger(__name__)
+
+MODEL_DIR = "model"
+MODEL_JSON = "model.json"
+FORMAT = "xel-linker"
+FORMAT_VERSION = 1
+RANKER = "model.pt"  # the name train.load_model reads
+ALIASES = "aliases.parquet"
+POPULARITY = "popularity.parquet"
+
+
+def write_model_folder(config: RunConfig, nil_artifact: dict, metrics: dict | None = None) -> Path:
+    """Write `<run>/model/` from a run whose triage, encode and train are finished; returns it.
+
+    Called once at the end of evaluate with the NIL decision it used (its `nil.json`:
+    method, per-language thresholds, classifier parameters). Built in a
+    temporary folder and renamed into place, so a kill never leaves a folder that loads.
+    """
+    import torch
+
+    run_dir = config.run_dir
+    triage_dir, train_dir = config.stage_dir("triage"), config.stage_dir("train")
+    mentions_path = triage_dir / "mentions.parquet"
+    mentions = collect_checked(scan_parquet_checked(mentions_path, schema.MENTIONS, "triage").select(
+        "mention_id", "mention", "lang", "split", "gold_kb_id"), mentions_path)
+    saved = torch.load(train_dir / RANKER, map_location="cpu", weights_only=False)
+    train_manifest = read_manifest(train_dir) or {}
+    triage_manifest = read_manifest(triage_dir) or {}
+    folder = run_dir / MODEL_DIR
+    temp = Path(tempfile.mkdtemp(prefix=f".{MODEL_DIR}.", suffix=".tmp", dir=run_dir))
+    try:
+        shutil.copyfile(train_dir / RANKER, temp / RANKER)
+        write_parquet_atomic(alias_table(mentions.filter(pl.col("split") == "train")), temp / ALIASES)
+        files = [RANKER, ALIASES]
+        if config.evaluate.popularity_rerank:
+            trained = mentions.filter(pl.col("mention_id").is_in(saved.get("train_mention_ids", []))
+                                      & pl.col("gold_kb_id").is_not_null() & (pl.col("gold_kb_id") != schema.NIL_ID))
+            write_parquet_atomic(trained.group_by(pl.col("gold_kb_id").alias("kb_id")).agg(pl.len().alias("count")),
+                                 temp / POPULARITY)
+            files.append(POPULARITY)
+        policy = NilPolicy.from_artifact(nil_artifact, config.evaluate.nil_clustering)
+        files += policy.save(temp)
+        from pipeline.encoders.encoder import encoder_identity, resolve_encoder_path
+
+        encoder_path = resolve_encoder_path(config.encoder.name)
+        counts = mentions.group_by("split", "lang").len().sort("split", "lang")
+        by_split: dict[str, dict[str, int]] = {}
+        for split, lang, count in counts.iter_rows():
+            by_split.setdefault(split, {})[lang] = count
+        meta = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "xel_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "run": str(run_dir),
+            "encoder": {"name": config.encoder.name, "path": encoder_path, "identity": encoder_identity(encoder_path),
+                        "settings": to_dict(config.encoder)},
+            "triage": to_dict(config.triage),
+            "inputs": {"context_chars": config.inputs.context_chars},
+            "nil": policy.to_json(),
+            "popularity_rerank": config.evaluate.popularity_rerank,
+            "types": {"mention": list(saved.get("mention_types") or []), "entity": list(saved.get("entity_types") or [])},
+            "kb": {"path": str(config.inputs.kb), "fingerprint": triage_manifest.get("inputs", {}).get("kb"),
+                   "entities": triage_manifest.get("counts", {}).get("entities")},
+            "trained_on": {
+                "languages": sorted(by_split.get("train", {})),
+                "mentions": by_split,
+                "train_mentions_by_language": train_manifest.get("train_mentions_by_language", {}),
+                "features": list(saved.get("shape", {}).get("features", [])) or ["nearest-neighbour baseline"],
+                "best_dev_accuracy": train_manifest.get("best_dev_accuracy"),
+                "best_epoch": saved.get("best_epoch"),
+                "evaluation": {"split": (metrics or {}).get("split"),
+                               "micro_average": (metrics or {}).get("overall", {}).get("kbp2010_micro_average", {}).get("micro_average")},
+            },
+            "files": {name: file_fingerprint(temp / name) for name in files},
+        }
+        write_json_atomic(temp / MODEL_JSON, meta)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(temp, folder)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return folder
+
+
+def export_model(run_dir: Path, out_dir: Path) -> Path:
+    """Copy `<run_dir>/model/` (checked first) to `out_dir`, which must not hold anything else."""
+    source = run_dir / MODEL_DIR if (run_dir / MODEL_DIR / MODEL_JSON).exists() or run_dir.name != MODEL_DIR else run_dir
+    if not (source / MODEL_JSON).exists():
+        raise CacheError("E712", path=run_dir)
+    load_model_folder(source)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise InputError("E713", path=out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        for path in source.iterdir():
+            if path.is_file() and not path.name.startswith("."):
+                shutil.copyfile(path, temp / path.name)
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(temp, out_dir)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return out_dir
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """A checked model folder: its path, model.json, the NIL policy and the alias table."""
+
+    path: Path
+    meta: dict
+    policy: NilPolicy
+    aliases: pl.DataFrame
+    popularity: pl.DataFrame | None
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of the whole linker: model.json names every file's content."""
+        return file_fingerprint(self.path / MODEL_JSON)
+
+
+def load_model_folder(path: Path) -> ModelFolder:
+    """Read and check a model folder. E701: not one; E702: damaged; E703: a newer format."""
+    path = Path(path)
+    meta_path = path / MODEL_JSON
+    if not path.is_dir() or not meta_path.is_file():
+        raise CacheError("E701", path=path, detail=f"no {MODEL_JSON}")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CacheError("E702", path=meta_path, detail=f"not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CacheError("E701", path=path, detail=f"{MODEL_JSON} does not say format = {FORMAT!r}")
+    if not isinstance(meta.get("format_version"), int) or meta["format_version"] > FORMAT_VERSION:
+        raise CacheError("E703", path=meta_path, found=meta.get("format_version"), supported=FORMAT_VERSION)
+    try:
+        files = meta["files"]
+        for name, expected in files.items():
+            if not (path / name).is_file():
+                raise CacheError("E702", path=path / name, detail="listed in model.json but missing")
+            if file_fingerprint(path / name) != expected:
+                raise CacheError("E702", path=path / name, detail="its content differs from the fingerprint in model.json")
+        policy = NilPolicy.from_json(meta["nil"], path)
+        for key in ("encoder", "triage", "inputs", "types", "kb"):
+            if not isinstance(meta[key], dict):
+                raise TypeError(f"'{key}' is not an object")
+        aliases = pl.read_parquet(path / ALIASES)
+        popularity = pl.read_parquet(path / POPULARITY) if POPULARITY in files else None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CacheError("E702", path=meta_path, detail=f"missing or malformed entry ({type(exc).__name__}: {exc})") from None
+    if RANKER not in files or ALIASES not in files:
+        raise CacheError("E702", path=meta_path, detail=f"does not list {RANKER} and {ALIASES}")
+    return ModelFolder(path, meta, policy, aliases, popularity)

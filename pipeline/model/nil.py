@@ -1,0 +1,131 @@
+"""NIL decisions: per-language thresholds chosen on dev, the saved NIL artifact, NIL clustering.
+
+The paper's rule: a mention is NIL when its best candidate scores under its language's
+threshold, or it has no candidate at all. Thresholds are swept on the tuning split
+(never test) to maximise KBP2010 micro-average: the share of mentions whose prediction
+equals the gold, every NIL counting as equal. Where the best micro-average is reached
+over a range of thresholds (a flat optimum: few dev NILs), the middle of the widest
+such range is taken, not its lowest point, so the threshold does not sit on the edge
+beyond which dev has no evidence.
+
+`decide_nil` applies a saved NIL artifact (`nil.json`: the method, the thresholds and
+the learned classifier's parameters, see `pipeline.model.nil_classifier`); evaluate writes it
+and anything that links new mentions calls the same function.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from pipeline.core import schema
+from pipeline.core.textnorm import add_keys
+
+# Sweep grid over the ranker's tanh range, plus the observed best scores themselves.
+GRID = np.round(np.linspace(-1.0, 1.0, 201), 4)
+
+
+def decide(predictions: pl.DataFrame, thresholds: dict[str, float], default: float) -> pl.DataFrame:
+    """Add `threshold`, `is_nil` and `kb_id` (best candidate or NIL) to predictions.
+
+    predictions needs: lang, best_kb_id (null without candidates), best_score.
+    """
+    table = pl.DataFrame({"lang": list(thresholds), "threshold": list(thresholds.values())},
+                         schema={"lang": pl.String, "threshold": pl.Float64})
+    decided = predictions.join(table, on="lang", how="left").with_columns(pl.col("threshold").fill_null(default))
+    is_nil = pl.col("best_kb_id").is_null() | (pl.col("best_score") < pl.col("threshold"))
+    return decided.with_columns(is_nil.alias("is_nil"),
+                                pl.when(is_nil).then(pl.lit(schema.NIL_ID)).otherwise(pl.col("best_kb_id")).alias("kb_id"))
+
+
+def sweep(predictions: pl.DataFrame) -> pl.DataFrame:
+    """Micro-average on the given (tuning) mentions per language for every candidate threshold.
+
+    predictions needs: lang, best_kb_id, best_score, gold_kb_id. Returns
+    (lang, threshold, micro_average), computed as one (thresholds x mentions) array.
+    """
+    rows = []
+    for lang in sorted(predictions["lang"].unique().to_list()):
+        part = predictions.filter((pl.col("lang") == lang) & pl.col("gold_kb_id").is_not_null())
+        if part.is_empty():
+            continue
+        best_score = part["best_score"].fill_null(-np.inf).to_numpy()
+        thresholds = np.unique(np.concatenate([GRID, best_score[np.isfinite(best_score)]]))
+        linked_right = (part["best_kb_id"] == part["gold_kb_id"]).fill_null(False).to_numpy()
+        gold_nil = (part["gold_kb_id"] == schema.NIL_ID).to_numpy()
+        says_nil = best_score[None, :] < thresholds[:, None]  # (T, N)
+        correct = np.where(says_nil, gold_nil[None, :], linked_right[None, :])
+        rows.append(pl.DataFrame({"lang": lang, "threshold": thresholds, "micro_average": correct.mean(axis=1)}))
+    if not rows:
+        return pl.DataFrame(schema={"lang": pl.String, "threshold": pl.Float64, "micro_average": pl.Float64})
+    return pl.concat(rows)
+
+
+def best_thresholds(sweep_table: pl.DataFrame) -> dict[str, float]:
+    """Per language, the middle of the widest run of swept thresholds that reach the best micro-average.
+
+    A run is a stretch of consecutive swept thresholds (sorted) all at the language's
+    maximum; its width is last - first threshold; the widest wins (the lowest on a tie)
+    and its midpoint is returned, rounded to 4 decimals. Every threshold inside a run
+    makes the same dev decisions as one of its points, so the midpoint keeps the best
+    dev micro-average while staying away from the run's edges.
+    """
+    out = {}
+    for lang in sorted(sweep_table["lang"].unique().to_list()):
+        part = sweep_table.filter(pl.col("lang") == lang).sort("threshold")
+        thresholds, micro = part["threshold"].to_numpy(), part["micro_average"].to_numpy()
+        at_best = np.isclose(micro, micro.max(), rtol=0.0, atol=1e-12)
+        # Runs of consecutive points at the maximum: (first index, last index).
+        edges = np.diff(np.concatenate([[0], at_best.astype(np.int8), [0]]))
+        starts, ends = np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0] - 1
+        widths = thresholds[ends] - thresholds[starts]
+        widest = int(np.argmax(widths))
+        out[lang] = round(float((thresholds[starts[widest]] + thresholds[ends[widest]]) / 2), 4)
+    return out
+
+
+def tuning_counts(tuning: pl.DataFrame) -> dict[str, dict[str, int]]:
+    """Per language, the tuning mentions with gold and how many of them are NIL: {lang: {mentions, nil}}."""
+    with_gold = tuning.filter(pl.col("gold_kb_id").is_not_null())
+    counts = with_gold.group_by("lang").agg(pl.len().alias("mentions"),
+                                            (pl.col("gold_kb_id") == schema.NIL_ID).sum().alias("nil"))
+    return {row["lang"]: {"mentions": int(row["mentions"]), "nil": int(row["nil"])} for row in counts.iter_rows(named=True)}
+
+
+def decide_nil(predictions: pl.DataFrame, artifact: dict) -> pl.DataFrame:
+    """Apply a saved NIL artifact: add `threshold`, `is_nil` and `kb_id` (best candidate or NIL).
+
+    artifact (`nil.json`): {"method": "threshold" | "classifier", "thresholds": {lang:
+    value}, "default_threshold": value, "classifier": parameters of
+    `nil_classifier.fit` or null}. predictions needs lang, best_kb_id (null without
+    candidates), best_score; with the classifier also the evidence columns of
+    `nil_classifier.add_evidence` (and entity_type when the classifier uses types).
+    `threshold` is always the language's threshold, whichever method decides.
+    """
+    decided = decide(predictions, artifact["thresholds"], artifact["default_threshold"])
+    if artifact["method"] != "classifier":
+        return decided
+    from pipeline.model.nil_classifier import says_nil
+
+    is_nil = pl.Series("is_nil", says_nil(artifact["classifier"], predictions))
+    return decided.with_columns(is_nil, pl.when(is_nil).then(pl.lit(schema.NIL_ID))
+                                .otherwise(pl.col("best_kb_id")).alias("kb_id"))
+
+
+def cluster_nils(decided: pl.DataFrame, mode: str) -> pl.DataFrame:
+    """Give NIL mentions cluster ids: by folded mention string across documents, or one each.
+
+    A mention whose folded string is empty is a cluster of its own in either mode.
+    """
+    if mode == "singleton":
+        nil_key = pl.col("mention_id")
+    else:
+        decided = add_keys(decided, "mention")
+        # A mention whose folded string is empty (`--`, `...`) names nothing: a cluster of its own.
+        # The prefixes keep the two kinds of key apart.
+        nil_key = (pl.when(pl.col("mention_fold") == "").then(pl.concat_str(pl.lit("id:"), pl.col("mention_id")))
+                   .otherwise(pl.concat_str(pl.lit("key:"), pl.col("mention_fold"))))
+    cluster = nil_key.rank("dense").over(pl.col("is_nil"))
+    nil_id = pl.concat_str(pl.lit(schema.NIL_ID), cluster.cast(pl.String).str.zfill(5))
+    out = decided.with_columns(pl.when(pl.col("is_nil")).then(nil_id).otherwise(pl.col("kb_id")).alias("system_id"))
+    return out.drop("mention_fold", "mention_roman", strict=False)

@@ -1,0 +1,93 @@
+"""How a trained linker decides NIL: one place to save, load and apply it.
+
+The policy is evaluate's NIL decision (`nil.json`, see `pipeline.evaluate.nil_choice`): the
+method (per-language thresholds, or the learned classifier over the ranker's and
+triage's evidence), the thresholds with the fallback `default_threshold` for a language
+the model never saw, the classifier's parameters, and the NIL clustering mode. Both
+`evaluate` (through `nil.decide_nil`) and `xel-cli link` / `Linker.link` (through
+`NilPolicy.decide`) apply it with the same function, so a trained linker decides NIL
+exactly as its run's evaluate did. It lives in model.json's "nil" object.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from pipeline.core.errors import warn
+from pipeline.model.nil import cluster_nils, decide_nil
+from pipeline.model.nil_classifier import add_evidence
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NilPolicy:
+    """evaluate's NIL decision (`artifact`, as in nil.json) and the NIL clustering mode."""
+
+    artifact: dict
+    clustering: str = "name"
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return {str(lang): float(value) for lang, value in self.artifact["thresholds"].items()}
+
+    @property
+    def fallback(self) -> float:
+        """The threshold of a language without one of its own."""
+        return float(self.artifact["default_threshold"])
+
+    @classmethod
+    def from_artifact(cls, artifact: dict, clustering: str) -> "NilPolicy":
+        """The policy of evaluate's `nil.json` content; raises KeyError/TypeError/ValueError when malformed."""
+        method = str(artifact["method"])
+        if method not in ("threshold", "classifier"):
+            raise ValueError(f"unknown NIL method {method!r}")
+        if method == "classifier" and not isinstance(artifact.get("classifier"), dict):
+            raise ValueError("the classifier method needs the classifier's parameters")
+        if clustering not in ("name", "singleton"):
+            raise ValueError(f"unknown NIL clustering {clustering!r}")
+        policy = cls(dict(artifact), clustering)
+        _ = policy.thresholds, policy.fallback  # both must parse as numbers
+        return policy
+
+    def save(self, folder: Path) -> list[str]:
+        """Files of the policy's own in a model folder being built: none, it is all in model.json."""
+        return []
+
+    def to_json(self) -> dict:
+        """model.json's "nil" object: the artifact, plus the fallback threshold and the clustering mode."""
+        return {**self.artifact, "fallback": self.fallback, "clustering": self.clustering}
+
+    @classmethod
+    def from_json(cls, payload: dict, model_dir: Path) -> "NilPolicy":
+        """The policy saved in model.json's "nil" object (the caller turns errors into E702)."""
+        artifact = {key: value for key, value in payload.items() if key not in ("clustering", "fallback")}
+        return cls.from_artifact(artifact, str(payload["clustering"]))
+
+    def decide(self, predictions: pl.DataFrame, candidates: pl.DataFrame) -> pl.DataFrame:
+        """`nil.decide_nil` with this policy: adds threshold, is_nil and kb_id (best KB id or NIL).
+
+        predictions needs mention_id, mention, lang, best_kb_id (null without candidates),
+        best_score, second_score (and entity_type when the classifier uses types);
+        candidates is triage's table (mention_id, rank, kb_id, score, sources), the
+        classifier's evidence.
+        """
+        if self.artifact["method"] == "classifier":
+            predictions = add_evidence(predictions, candidates)
+        return decide_nil(predictions, self.artifact)
+
+    def cluster(self, decided: pl.DataFrame) -> pl.DataFrame:
+        """`nil.cluster_nils`: adds system_id, the KB id or the NIL cluster id (NIL00001, ...)."""
+        return cluster_nils(decided, self.clustering)
+
+    def warn_unseen(self, decided: pl.DataFrame) -> list[str]:
+        """Warn once (W701) about languages without a threshold of their own; returns them, sorted."""
+        unseen = decided.filter(~pl.col("lang").is_in(list(self.thresholds)))
+        languages = sorted(unseen["lang"].unique().to_list())
+        if languages:
+            warn(logger, "W701", count=unseen.height, languages=", ".join(languages), threshold=self.fallback)
+        return languages

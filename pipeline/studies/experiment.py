@@ -1,0 +1,313 @@
+"""experiment: the paper's Tables 1-3 on one run's data, averaged over seeds.
+
+- Table 1, per language L: NN (the nearest-neighbour baseline), Mono (trained on L),
+  MultiDS (every language, down-sampled to L's size), Multi (every language) and
+  Multi+Or (the Multi model with oracle triage: the gold always among the candidates).
+- Table 2, zero-shot: a model trained on each language, scored on each language (the
+  diagonal is Table 1's Mono).
+- Table 3, feature ablations of the model trained on `ablation_language` (English):
+  name; name + context; name + context + type (= Table 2's English row); and, with
+  `triage_row`, + triage (our triage-evidence feature, not the paper's).
+
+Every cell is the KBP2010 micro-average on the run's evaluation split (test), NIL
+thresholds tuned on dev, as mean ± standard deviation (n - 1) over `seeds` training
+seeds (the config's seed, +1, +2, ...). Models use the paper's features (name,
+context, type) unless a Table 3 row says otherwise.
+
+How the work is shared. triage and encode run once, in the run folder. Each distinct
+model is a sub-run (`pipeline.studies.subrun`) in `<run>/experiment/<model>/seed-<s>/` whose
+triage/ and encode/ link to the run's, and each is trained once however many cells
+read it: one Mono-en model per seed serves Table 1 (Mono, en), Table 2's en row and
+Table 3's paper-features row, because every sub-run is evaluated on every language
+(a language's micro-average does not depend on which other languages are scored).
+The NN baseline trains nothing and draws nothing at random, so it runs once. Multi+Or
+needs triage with oracle candidates: that triage runs once in
+`<run>/experiment/oracle/`, and its sub-runs link it, the run's encode (the oracle adds
+only gold entities, which encode always covers; checked) and the Multi model of the
+same seed (its train/ folder): oracle triage changes what is scored, not the model,
+so no extra encode and no extra training.
+
+Resuming. Sub-runs are visited seed by seed (every model of the first seed, then the
+second, ...), so a stopped experiment has whole first seeds. A finished sub-run skips
+itself through its stage manifests; an interrupted training resumes from its
+checkpoint. `cells.parquet` and `tables.md` are rewritten after every sub-run from the
+finished ones, with missing cells marked, so they are current even while it runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import torch
+
+from pipeline.core import schema
+from pipeline.studies import subrun
+from pipeline.triage import stage as triage
+from pipeline.core.config import RunConfig
+from pipeline.core.errors import CacheError, ConfigError
+from pipeline.core.io import scan_parquet_checked, write_parquet_atomic, write_text_atomic
+from pipeline.core.progress import track
+from pipeline.core.manifest import StageResult
+from pipeline.formats.vectors import VECTORS, read_vector_ids
+
+logger = logging.getLogger(__name__)
+
+STAGE = "experiment"
+PAPER_FEATURES = ("name", "context", "type")
+ORACLE_FOLDER = "oracle"
+TABLE_1_COLUMNS = ("NN", "Mono", "MultiDS", "Multi", "Multi+Or")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Which tables to fill and how many seeds."""
+
+    seeds: int = 3
+    # Languages of the tables; empty = every language with training mentions.
+    languages: tuple[str, ...] = ()
+    # Table 3's training language (the paper's English).
+    ablation_language: str = "en"
+    # Add Table 3's "+ triage" row (our triage-evidence feature).
+    triage_row: bool = True
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.seeds <= 100:
+            raise ConfigError("E203", where="experiment", field="seeds", value=self.seeds, reason="must be between 1 and 100")
+        if not all(self.languages):
+            raise ConfigError("E203", where="experiment", field="languages", value=self.languages,
+                              reason="language codes cannot be empty")
+
+
+@dataclass(frozen=True)
+class Model:
+    """One model of the experiment: a trained ranker, or the NN baseline. Seeds are separate sub-runs."""
+
+    train_languages: tuple[str, ...] = ()
+    downsample_to: str = ""
+    features: tuple[str, ...] = PAPER_FEATURES
+    baseline: str = "none"
+    # Scored with oracle triage; the model itself is the same model without the oracle.
+    oracle: bool = False
+
+    @property
+    def folder(self) -> str:
+        """Sub-run folder name: what sets this model apart, e.g. mono-en, multids-es, multi-oracle, mono-en-name."""
+        if self.baseline != "none":
+            name = self.baseline
+        elif self.downsample_to:
+            name = f"multids-{self.downsample_to}"
+        elif self.train_languages:
+            name = "mono-" + "-".join(self.train_languages)
+        else:
+            name = "multi"
+        if self.features != PAPER_FEATURES and self.baseline == "none":
+            name += "-" + "-".join(self.features)
+        return name + ("-oracle" if self.oracle else "")
+
+    @property
+    def seeded(self) -> bool:
+        """The NN baseline has nothing random: one run stands for every seed."""
+        return self.baseline == "none"
+
+    def trained(self) -> Model:
+        """The model whose weights this one scores with (itself, or the same model without the oracle)."""
+        return dataclasses.replace(self, oracle=False)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One table cell: `model` scored on `language`."""
+
+    table: int
+    row: str
+    column: str
+    model: Model
+    language: str
+
+
+def plan(languages: list[str], experiment: ExperimentConfig) -> list[Cell]:
+    """Every cell of Tables 1-3, in table order."""
+    cells = []
+    for language in languages:
+        models = (Model(baseline="nn"), Model(train_languages=(language,)), Model(downsample_to=language), Model(),
+                  Model(oracle=True))
+        cells += [Cell(1, language, column, model, language) for column, model in zip(TABLE_1_COLUMNS, models)]
+    for trained_on in languages:
+        cells += [Cell(2, trained_on, scored, Model(train_languages=(trained_on,)), scored) for scored in languages]
+    feature_rows = [("name",), ("name", "context"), PAPER_FEATURES] + ([(*PAPER_FEATURES, "triage")] if experiment.triage_row else [])
+    for features in feature_rows:
+        row = " + ".join(features)
+        model = Model(train_languages=(experiment.ablation_language,), features=features)
+        cells += [Cell(3, row, scored, model, scored) for scored in languages]
+    return cells
+
+
+def sub_runs(cells: list[Cell], seeds: list[int]) -> list[tuple[Model, int]]:
+    """Distinct (model, seed) pairs, seed-major, each model in order of first use; unseeded models once.
+
+    A Multi+Or model comes after its Multi model in every seed (Table 1 lists Multi first),
+    which its sub-run links to.
+    """
+    models = list(dict.fromkeys(cell.model for cell in cells))
+    pairs = [(model, seeds[0]) for model in models if not model.seeded]
+    pairs += [(model, seed) for seed in seeds for model in models if model.seeded]
+    return pairs
+
+
+def sub_run_dir(run_dir: Path, model: Model, seed: int) -> Path:
+    return run_dir / STAGE / model.folder / (f"seed-{seed}" if model.seeded else "once")
+
+
+def training_languages(triage_dir: Path) -> list[str]:
+    """Languages with training-split mentions, sorted."""
+    mentions = scan_parquet_checked(triage_dir / "mentions.parquet", schema.MENTIONS, "triage")
+    return sorted(mentions.filter(pl.col("split") == "train").select(pl.col("lang").unique()).collect()["lang"].to_list())
+
+
+def oracle_triage(config: RunConfig) -> Path:
+    """Run triage with oracle candidates once in <run>/experiment/oracle/; its folder.
+
+    Checks that every oracle candidate was encoded by the run's encode (E411 otherwise),
+    since the Multi+Or sub-runs reuse those vectors.
+    """
+    oracle_config = dataclasses.replace(config, run_dir=config.run_dir / STAGE / ORACLE_FOLDER,
+                                        name=f"{config.name}-oracle",
+                                        triage=dataclasses.replace(config.triage, oracle=True),
+                                        train=dataclasses.replace(config.train, features=PAPER_FEATURES))
+    triage.run(oracle_config)
+    triage_dir = oracle_config.stage_dir("triage")
+    vectors = config.stage_dir("encode") / VECTORS
+    encoded = pl.DataFrame({"kb_id": read_vector_ids(vectors, "entities")}, schema={"kb_id": pl.String})
+    candidates = scan_parquet_checked(triage_dir / "candidates.parquet", schema.CANDIDATES, "triage").select("kb_id")
+    missing = candidates.unique().collect().join(encoded, on="kb_id", how="anti")
+    if missing.height:
+        raise CacheError("E411", path=vectors, detail=f"lacks {missing.height} entity(ies) of the oracle triage "
+                                                      f"(first {missing['kb_id'][0]!r}); re-run `xel-cli encode --force`")
+    return triage_dir
+
+
+def cell_table(cells: list[Cell], results: pl.DataFrame) -> pl.DataFrame:
+    """One row per cell and seed that has a result: table, row, column, seed, micro_average."""
+    rows = [{"table": cell.table, "row": cell.row, "column": cell.column, "folder": cell.model.folder,
+             "language": cell.language} for cell in cells]
+    frame = pl.DataFrame(rows, schema={"table": pl.Int64, "row": pl.String, "column": pl.String, "folder": pl.String,
+                                       "language": pl.String})
+    return frame.join(results, on=["folder", "language"], how="inner").sort("table", "row", "column", "seed")
+
+
+def format_cell(values: list[float], expected: int) -> str:
+    """mean ± sample standard deviation; (k/n) when only k of n seeds have finished; — when none."""
+    if not values:
+        return "—"
+    mean = sum(values) / len(values)
+    text = f"{mean:.3f}"
+    if len(values) > 1:
+        std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+        text += f" ± {std:.3f}"
+    if len(values) < expected:
+        text += f" ({len(values)}/{expected})"
+    return text
+
+
+def tables_markdown(cells: list[Cell], finished: pl.DataFrame, languages: list[str], seeds: list[int],
+                    experiment: ExperimentConfig, config: RunConfig, seconds: float) -> str:
+    values: dict[tuple[int, str, str], list[float]] = {}
+    for row in finished.iter_rows(named=True):
+        values.setdefault((row["table"], row["row"], row["column"]), []).append(row["micro_average"])
+    expected = {(c.table, c.row, c.column): len(seeds) if c.model.seeded else 1 for c in cells}
+
+    def table(number: int, corner: str, rows: list[str], columns: list[str]) -> list[str]:
+        lines = ["| " + " | ".join([corner, *columns]) + " |", "|" + " --- |" * (len(columns) + 1)]
+        for row in rows:
+            lines.append("| " + " | ".join([row] + [format_cell(values.get((number, row, column), []),
+                                                                  expected[(number, row, column)]) for column in columns]) + " |")
+        return lines
+
+    feature_rows = list(dict.fromkeys(c.row for c in cells if c.table == 3))
+    train = config.train
+    done = sum(len(v) for v in values.values())
+    lines = [
+        f"# The paper's tables on {config.name}", "",
+        f"KBP2010 micro-average on the {config.evaluate.eval_split} split, NIL decided as evaluate.nil_method = "
+        f"\"{config.evaluate.nil_method}\" says, fitted on {config.evaluate.tune_split}; "
+        f"mean ± standard deviation over {len(seeds)} training seed(s) "
+        f"({', '.join(map(str, seeds))}); (k/n): only k of n seeds finished; —: not finished. "
+        f"Features name, context, type (the paper's) unless a Table 3 row says otherwise.",
+        f"Ranker: name {list(train.name_hidden)}, context {list(train.context_hidden)}, type {list(train.type_hidden)}, "
+        f"final {list(train.final_hidden)}, dropout {train.dropout}, lr {train.learning_rate}, "
+        f"epochs ≤ {train.epochs}, patience {train.patience}, eval every {train.eval_every}. "
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}; "
+        f"{done} cell value(s); sub-run time this invocation {seconds / 60:.1f} min.",
+        "", "## Table 1: settings per language", "",
+        *table(1, "language", languages, list(TABLE_1_COLUMNS)),
+        "", "## Table 2: zero-shot (row: trained on; column: scored on)", "",
+        *table(2, "trained on", languages, languages),
+        "", f"## Table 3: feature ablations, trained on {experiment.ablation_language}", "",
+        *table(3, "features", feature_rows, languages), "",
+    ]
+    return "\n".join(lines)
+
+
+def run(config: RunConfig, experiment: ExperimentConfig) -> StageResult:
+    """Triage and encode once, then every sub-run (skipping finished ones), then the tables."""
+    started = time.time()
+    shared = subrun.run_shared_stages(config)
+    languages = list(experiment.languages) or training_languages(config.stage_dir("triage"))
+    if experiment.ablation_language not in languages:
+        raise ConfigError("E203", where="experiment", field="ablation_language", value=experiment.ablation_language,
+                          reason=f"must be one of the table languages {languages}")
+    seeds = [config.train.seed + offset for offset in range(experiment.seeds)]
+    cells = plan(languages, experiment)
+    pairs = sub_runs(cells, seeds)
+    assert pairs, "plan() always has Table 1's cells"
+    oracle_dir = oracle_triage(config) if any(model.oracle for model, _ in pairs) else None
+    evaluation = dataclasses.replace(config.evaluate, languages=())
+    out_dir = config.run_dir / STAGE
+    results: list[dict] = []
+    trained = 0
+    seconds = 0.0
+    for model, seed in track(pairs, "experiment", "sub-runs", postfix=lambda pair: f"{pair[0].folder} seed {pair[1]}"):
+        folder = sub_run_dir(config.run_dir, model, seed)
+        sources = dict(shared)
+        sections = {"evaluate": evaluation,
+                    "train": dataclasses.replace(config.train, train_languages=model.train_languages,
+                                                 downsample_to_language=model.downsample_to, features=model.features,
+                                                 baseline=model.baseline, seed=seed)}
+        if model.oracle:
+            sources.update(triage=oracle_dir, train=sub_run_dir(config.run_dir, model.trained(), seed) / "train")
+            sections["triage"] = dataclasses.replace(config.triage, oracle=True)  # so config.json says what it links
+        sub_config = subrun.prepare(config, folder, sources, **sections)
+        outcome = subrun.train_and_evaluate(sub_config, train_too=not model.oracle)
+        trained += outcome["trained"]
+        seconds += outcome["seconds"]
+        scores = {language: subrun.micro_average(outcome["metrics"], language) for language in languages}
+        scores = {language: score for language, score in scores.items() if score is not None}
+        logger.info("%s seed %d: micro-average %s%s", model.folder, seed,
+                    ", ".join(f"{language} {score:.3f}" for language, score in scores.items()),
+                    "" if outcome["trained"] or outcome["evaluated"] else " (already done)")
+        results += [{"folder": model.folder, "seed": seed, "language": language, "micro_average": score,
+                     "sub_run": str(folder.relative_to(config.run_dir))} for language, score in scores.items()]
+        # Rewritten after every sub-run, so a killed experiment leaves its partial tables.
+        finished = write_outputs(out_dir, cells, results, languages, seeds, experiment, config, seconds)
+    return StageResult(STAGE, out_dir, skipped=False, seconds=time.time() - started,
+                       counts={"sub_runs": len(pairs), "trained": trained, "cell_values": finished.height},
+                       summary={"tables": out_dir / "tables.md"})
+
+
+def write_outputs(out_dir: Path, cells: list[Cell], results: list[dict], languages: list[str], seeds: list[int],
+                  experiment: ExperimentConfig, config: RunConfig, seconds: float) -> pl.DataFrame:
+    """cells.parquet (one row per cell and seed) and tables.md from the results so far."""
+    frame = pl.DataFrame(results, schema={"folder": pl.String, "seed": pl.Int64, "language": pl.String,
+                                          "micro_average": pl.Float64, "sub_run": pl.String})
+    finished = cell_table(cells, frame)
+    write_parquet_atomic(finished, out_dir / "cells.parquet")
+    write_text_atomic(out_dir / "tables.md", tables_markdown(cells, finished, languages, seeds, experiment, config, seconds))
+    return finished

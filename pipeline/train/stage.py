@@ -1,0 +1,285 @@
+"""train: fit the ranker (§3.2) with the hinge loss (§3.3) on cached vectors.
+
+Each step takes `batch_mentions` training mentions whose gold entity was encoded,
+scores the gold and `negatives` sampled negatives (a share from the mention's own
+candidates, the rest at random from the encoded entities), and minimises
+max(0, margin - (gold - hardest negative)). Dev linking accuracy picks the best epoch
+and stops early. Checkpoints make a killed run resume where it was.
+
+The paper's settings choose the training mentions (`training_rows`: Mono, Multi,
+MultiDS, zero-shot); `baseline = "nn"` trains nothing and saves the nearest-neighbour
+scorer instead, which `load_model` returns like a ranker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from pipeline.train import distributed
+from pipeline.core import schema
+from pipeline.core.config import RunConfig, TrainConfig, to_dict
+from pipeline.train.distributed import World
+from pipeline.core.errors import InputError, warn
+from pipeline.model.features import RankerInputs, candidate_matrix, gold_rows, load_inputs
+from pipeline.core.io import collect_checked, scan_parquet_checked, write_parquet_atomic
+from pipeline.model.model_file import MODEL, save_torch
+from pipeline.core.progress import progress as progress_counter
+from pipeline.model.ranker import NearestNeighbour
+from pipeline.core.manifest import StageResult, StageRun, upstream_key
+from pipeline.train.batches import linking_accuracy, load_name_pairs, train_epoch
+from pipeline.train.state import load_checkpoint, new_state, ranker_shape
+from pipeline.formats.vectors import name_pairs_key
+
+logger = logging.getLogger(__name__)
+
+STAGE = "train"
+STAGE_VERSION = 1
+CHECKPOINT = "checkpoints/last.pt"
+# Settings added after the first runs, with their defaults: left out of the stage key while
+# at the default, so runs made before they existed stay up to date.
+LATER_SETTINGS = {"downsample_to_language": "", "baseline": "none", "name_pairs": None, "name_pair_weight": 0.5,
+                  "name_pair_negatives": 20, "weight_average": 0.0}
+# The §7.1 settings count only while name matching is on: a weight of 0 trains exactly what
+# no pairs file does, so it keeps that run's key. The file enters the key by content (inputs).
+NAME_MATCHING_SETTINGS = ("name_pairs", "name_pair_weight", "name_pair_negatives")
+
+
+def select_rows(mentions: pl.DataFrame, split: str, languages: tuple[str, ...]) -> np.ndarray:
+    chosen = mentions.filter(pl.col("split") == split)
+    if languages:
+        chosen = chosen.filter(pl.col("lang").is_in(list(languages)))
+    return chosen.filter(schema.linked_gold())["row"].to_numpy()
+
+
+def training_rows(mentions: pl.DataFrame, gold: np.ndarray, languages: tuple[str, ...], downsample_to: str,
+                  seed: int) -> np.ndarray:
+    """Mention rows the ranker trains on, ascending: the paper's Mono, Multi, MultiDS and zero-shot.
+
+    mentions: the mention table in row order (row, split, lang); gold: the entity row of
+    every mention's gold (-1 for NIL or an unencoded entity, which cannot be trained on).
+    Keeps training-split mentions with a gold row, in `languages` (all when empty). With
+    `downsample_to` (MultiDS) keeps a random subset, seeded by `seed`, as large as that
+    language's own such mentions; a set already that small is kept whole.
+    """
+    linkable = mentions.select("row", "split", "lang").with_columns(pl.Series("gold_row", gold)).filter(
+        (pl.col("split") == "train") & (pl.col("gold_row") >= 0))
+    chosen = linkable.filter(pl.col("lang").is_in(list(languages))) if languages else linkable
+    rows = chosen["row"].to_numpy()
+    if downsample_to:
+        size = linkable.filter(pl.col("lang") == downsample_to).height
+        if size < len(rows):
+            rows = np.sort(np.random.default_rng(seed).choice(rows, size, replace=False))
+    return rows
+
+
+def stage_identity(config: RunConfig) -> tuple[dict[str, str], dict]:
+    """(inputs, settings) of train's key: upstream keys (and the §7.1 pairs file), the settings that change the model."""
+    triage_dir, encode_dir = config.stage_dir("triage"), config.stage_dir("encode")
+    inputs_keys = {"triage": upstream_key(triage_dir, "triage"), "encode": upstream_key(encode_dir, "encode")}
+    train_config = config.train
+    if train_config.name_matching:
+        if not train_config.name_pairs.is_file():
+            raise InputError("E108", path=train_config.name_pairs)
+        inputs_keys["name_pairs"] = name_pairs_key(inputs_keys["encode"], train_config.name_pairs)
+    # Device and checkpoint frequency change speed and what a kill loses, not the model
+    # (a resumed run equals an uninterrupted one: tests/test_crash_matrix.py).
+    settings = {k: v for k, v in to_dict(train_config).items()
+                if k not in ("device", "checkpoint_every") and LATER_SETTINGS.get(k, Ellipsis) != v
+                and (k not in NAME_MATCHING_SETTINGS or (train_config.name_matching and k != "name_pairs"))}
+    return inputs_keys, settings
+
+
+@dataclass
+class TrainingData:
+    """The vectors and the mentions train fits (train_rows, gold rows) and picks epochs by (dev_*).
+
+    Rows index `inputs.mentions`; gold arrays hold entity rows (-1: not encoded);
+    dev_matrix is (n_dev, k) candidate entity rows. saved_rows go into model.pt.
+    """
+
+    inputs: RankerInputs
+    candidates: pl.DataFrame
+    train_rows: np.ndarray
+    train_gold: np.ndarray
+    dev_rows: np.ndarray
+    dev_matrix: np.ndarray
+    dev_gold: np.ndarray
+    saved_rows: dict
+    counts: dict
+    by_language: dict
+
+
+def training_data(triage_dir: Path, encode_dir: Path, train_config: TrainConfig, device: torch.device) -> TrainingData:
+    """Read triage's tables and encode's vectors, and choose the training and dev mentions (`training_rows`)."""
+    inputs, mention_types, entity_types = load_inputs(triage_dir, encode_dir, None, None, train_config.min_type_count, device)
+    candidates_path = triage_dir / "candidates.parquet"
+    candidates = collect_checked(scan_parquet_checked(candidates_path, schema.CANDIDATES, "triage").select(
+        "mention_id", "rank", "kb_id", "score", "sources"), candidates_path)
+    if "triage" in train_config.features:
+        inputs.attach_triage(candidates)
+    all_gold = gold_rows(inputs, np.arange(inputs.mentions.height))  # by mention row (inputs.mentions is in row order)
+    train_rows = training_rows(inputs.mentions, all_gold, train_config.train_languages,
+                               train_config.downsample_to_language, train_config.seed)
+    train_gold = all_gold[train_rows]
+    dev_rows = select_rows(inputs.mentions, "dev", train_config.train_languages)
+    dev_matrix = candidate_matrix(candidates, inputs, dev_rows)
+    dev_gold = all_gold[dev_rows]
+    saved_rows = {"mention_types": mention_types, "entity_types": entity_types,
+                  "train_mention_ids": inputs.mentions["mention_id"].to_numpy()[train_rows].tolist()}
+    counts = {"train_mentions": len(train_rows), "dev_mentions": len(dev_rows)}
+    by_language = dict(inputs.mentions[train_rows].group_by("lang").len().sort("lang").iter_rows())
+    return TrainingData(inputs, candidates, train_rows, train_gold, dev_rows, dev_matrix, dev_gold, saved_rows,
+                        counts, by_language)
+
+
+def run(config: RunConfig, force: bool = False) -> StageResult:
+    """Train the ranker; under torchrun, as one of WORLD_SIZE data-parallel processes (`pipeline.train.distributed`)."""
+    world = distributed.world_from_environment()
+    with distributed.process_group(world, config.train.device):
+        return _train(config, force, world)
+
+
+def _train(config: RunConfig, force: bool, world: World) -> StageResult:
+    out_dir = config.stage_dir(STAGE)
+    triage_dir, encode_dir = config.stage_dir("triage"), config.stage_dir("encode")
+    train_config = config.train
+    inputs_keys, settings = stage_identity(config)
+    stage_run = StageRun(out_dir, STAGE, STAGE_VERSION, settings, inputs_keys, force)
+    key, started = stage_run.key, stage_run.started
+    # Rank 0 decides and does the file work; the other ranks follow its decision, so they
+    # cannot disagree while rank 0 is removing the manifest.
+    if distributed.broadcast(stage_run.up_to_date if world.is_main else None, world):
+        return stage_run.skipped()
+    checkpoint_path = out_dir / CHECKPOINT
+    if world.is_main:
+        stage_run.begin(checkpoint_path.parent)
+        if force:
+            checkpoint_path.unlink(missing_ok=True)
+    distributed.barrier(world)  # a forced run's old checkpoint is gone before any rank looks for one
+
+    device = distributed.training_device(train_config.device, world)
+    data = training_data(triage_dir, encode_dir, train_config, device)
+    inputs, candidates, counts = data.inputs, data.candidates, data.counts
+    train_rows, train_gold, dev_rows, dev_matrix, dev_gold = (data.train_rows, data.train_gold, data.dev_rows,
+                                                              data.dev_matrix, data.dev_gold)
+    saved_rows, by_language = data.saved_rows, data.by_language
+    if train_config.baseline == "nn":
+        # Nothing to fit: the cosine scores are the model. Dev accuracy is reported as for the ranker.
+        result = StageResult(STAGE, out_dir, skipped=False, seconds=time.time() - started,
+                             counts={**counts, "epochs": 0, "best_epoch": 0})
+        if world.is_main:
+            dev_accuracy = linking_accuracy(NearestNeighbour(), inputs, dev_rows, dev_matrix, dev_gold)
+            save_torch(out_dir / MODEL, {"key": key, "baseline": "nn", "model": {}, "best_epoch": 0,
+                                         "config": to_dict(train_config), **saved_rows})
+            result = _finish(stage_run, [], {**counts, "epochs": 0, "best_epoch": 0}, dev_accuracy, 0, by_language,
+                             device, world)
+        distributed.barrier(world)
+        return result
+    if len(train_rows) == 0:
+        raise InputError("E112", path=triage_dir / "mentions.parquet", line="-",
+                         detail="no training mention (of train_languages, if set) links to an encoded KB entity; "
+                                "check the split, lang and gold_kb_id fields")
+    train_matrix = candidate_matrix(candidates, inputs, train_rows)
+    name_pairs = None
+    if train_config.name_matching:
+        name_pairs = load_name_pairs(train_config.name_pairs, encode_dir, inputs_keys["name_pairs"],
+                                     int(inputs.mention_name.shape[1]), device)
+        counts["name_pairs"] = len(name_pairs)
+
+    shape = ranker_shape(train_config, inputs)
+    state = new_state(train_config, shape, device, name_pairs is not None)
+    checkpoint = load_checkpoint(checkpoint_path, key, shape)
+    if checkpoint is not None:
+        state.resume(checkpoint, checkpoint_path)
+    start_epoch, model, objective = state.start_epoch, state.model, state.objective
+    trained = objective
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # DDP starts every rank from rank 0's weights; the batch generator is seeded alike on
+        # every rank (the ranks must draw the same batches), but dropout should not repeat the
+        # same masks on every rank's other mentions: ranks other than 0 re-seed it.
+        trained = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
+        if not world.is_main:
+            torch.manual_seed(train_config.seed + 100_003 * world.rank + start_epoch)
+
+    if len(dev_rows) == 0 and world.is_main:
+        warn(logger, "W501")
+    train_matrix_tensor = torch.from_numpy(train_matrix)
+    train_gold_tensor = torch.from_numpy(train_gold)
+    # As the loop counts it: epochs from the best to the last evaluated one (not to the last
+    # trained one: a checkpoint between evaluations would stop a resumed run too early).
+    evaluated = [record["epoch"] for record in state.history if record["dev_accuracy"] is not None]
+    stale_epochs = evaluated[-1] - state.best["epoch"] if evaluated else 0
+    # A run killed after its early-stop checkpoint has finished training: train no further.
+    stopped = train_config.patience > 0 and stale_epochs >= train_config.patience
+    last_epoch = start_epoch - 1 if stopped else train_config.epochs
+    progress = progress_counter(train_config.epochs, "train", "epochs", initial=start_epoch - 1, enabled=world.is_main)
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, last_epoch + 1):
+        epoch_loss, pair_loss = train_epoch(trained, state.optimizer, inputs, train_rows, train_matrix_tensor,
+                                            train_gold_tensor, train_config, state.generator, device, world, name_pairs,
+                                            state.pair_generator)
+        if state.average is not None:
+            state.average.update_parameters(model)
+        record = {"epoch": epoch, "loss": epoch_loss, "dev_accuracy": None}
+        if name_pairs is not None:
+            record["name_pair_loss"] = pair_loss
+        # Only rank 0 evaluates, keeps the best state and writes checkpoints; its stop decision is broadcast.
+        if world.is_main and (epoch % train_config.eval_every == 0 or epoch == train_config.epochs):
+            record["dev_accuracy"] = linking_accuracy(state.kept, inputs, dev_rows, dev_matrix, dev_gold)
+            # Without dev mentions the best epoch is the one of lowest training loss (W501).
+            state.keep_if_best(epoch, record["dev_accuracy"] if not math.isnan(record["dev_accuracy"]) else -record["loss"])
+            stale_epochs = epoch - state.best["epoch"]
+            progress.set_postfix(loss=f"{record['loss']:.4f}", dev=f"{record['dev_accuracy']:.3f}")
+        state.history.append(record)
+        progress.update(1)
+        stop = train_config.patience > 0 and stale_epochs >= train_config.patience
+        if world.is_main and (epoch % train_config.checkpoint_every == 0 or stop or epoch == train_config.epochs):
+            save_torch(checkpoint_path, state.checkpoint(key, epoch, shape, train_config))
+        if world.distributed:
+            stop = distributed.broadcast(stop, world)
+        if stop:
+            if world.is_main:
+                logger.info("early stop at epoch %d: dev accuracy has not improved for %d epochs", epoch, stale_epochs)
+            break
+    progress.close()
+
+    result = StageResult(STAGE, out_dir, skipped=False, seconds=time.time() - started,
+                         counts={**counts, "epochs": epoch, "best_epoch": state.best["epoch"]})
+    if world.is_main:
+        final_state = state.best["state"] if state.best["state"] is not None else state.kept.state_dict()
+        save_torch(out_dir / MODEL, {"key": key, "model": final_state, "shape": dataclasses.asdict(shape),
+                                     "best_epoch": state.best["epoch"], "config": to_dict(train_config), **saved_rows})
+        result = _finish(stage_run, state.history, {**counts, "epochs": epoch, "best_epoch": state.best["epoch"]},
+                         state.best["score"] if len(dev_rows) else None, state.best["epoch"], by_language, device, world)
+    distributed.barrier(world)  # the other ranks leave once rank 0's model and manifest are in place
+    return result
+
+
+def _finish(stage_run: StageRun, history: list[dict], counts: dict, best_score: float | None, best_epoch: int,
+            by_language: dict, device: torch.device, world: World = World()) -> StageResult:
+    """Write history.parquet and the manifest (last), once model.pt is in place.
+
+    best_score: the best dev accuracy, None (or NaN) when there were no dev mentions.
+    """
+    if best_score is not None and math.isnan(best_score):
+        best_score = None
+    columns = {"epoch": pl.Int64, "loss": pl.Float64, "dev_accuracy": pl.Float64}
+    if history and "name_pair_loss" in history[0]:
+        columns["name_pair_loss"] = pl.Float64
+    write_parquet_atomic(pl.DataFrame(history, schema=columns), stage_run.out_dir / "history.parquet")
+    return stage_run.finish(counts, [MODEL, "history.parquet"],
+                            summary={"best_dev_accuracy": best_score, "best_epoch": best_epoch},
+                            extra={"best_dev_accuracy": best_score, "device": str(device),
+                                   "train_mentions_by_language": by_language,
+                                   **({"world_size": world.size} if world.distributed else {})})

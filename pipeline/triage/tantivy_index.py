@@ -1,0 +1,126 @@
+"""The fuzzy name shortlist on tantivy (a Rust search engine): BM25 over character four-grams.
+
+Each romanised name, padded with a space at each end, is a tantivy document tokenised by
+tantivy's n-gram tokenizer into its four-grams (the same four-grams as
+`bench/ngram_index.py`'s `ngram_codes`), with its row as a fast field. A query looks up its
+`lookup_ngrams` rarest four-grams (document frequency from the index) as one disjunction;
+tantivy ranks the names holding any of them by BM25 (block-max WAND, so the long postings
+of a name's common four-grams are mostly skipped) and returns the `top_n` best, which the
+caller rescores with a string similarity. It replaced our own four-gram postings
+(`bench/ngram_index.py`, kept as the baseline `bench/triage_scale.py` measures it against).
+
+Indexed by one writer thread, so documents keep row order on every build and BM25 ties
+fall the same way on every run; in a single segment (up to millions of names under the
+writer's memory budget) a document's id is its row, so no fast-field read is needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import tantivy
+
+from pipeline.core.errors import CacheError
+
+NGRAM_SIZE = 4
+TOKENIZER = "ngram4"
+INDEX_FOLDER = "tantivy"
+# The writer's memory budget: 5.6M names fit in one segment under it.
+WRITER_HEAP_BYTES = 1_500_000_000
+
+
+def _schema() -> tantivy.Schema:
+    builder = tantivy.SchemaBuilder()
+    # Frequencies, no positions: BM25 needs the first, nothing here needs the second.
+    builder.add_text_field("name", stored=False, tokenizer_name=TOKENIZER, index_option="freq")
+    builder.add_unsigned_field("row", stored=False, indexed=False, fast=True)
+    return builder.build()
+
+
+def _register_tokenizer(index: tantivy.Index) -> None:
+    # Tokenizers are not saved with an index; every opened index needs it again.
+    index.register_tokenizer(TOKENIZER, tantivy.TextAnalyzerBuilder(
+        tantivy.Tokenizer.ngram(NGRAM_SIZE, NGRAM_SIZE, prefix_only=False)).build())
+
+
+def padded_ngrams(text: str) -> set[str]:
+    """The distinct four-grams of `text` padded with a space at each end."""
+    padded = f" {text} "
+    return {padded[start:start + NGRAM_SIZE] for start in range(len(padded) - NGRAM_SIZE + 1)}
+
+
+@dataclass(frozen=True)
+class TantivyNameIndex:
+    """A tantivy index of names: document `row` = names[row]."""
+
+    index: tantivy.Index
+    n_names: int
+
+    @classmethod
+    def build(cls, names: pl.Series, folder: Path | None = None) -> TantivyNameIndex:
+        """Index romanised names (nulls as empty) into `folder/tantivy/`, or in memory when
+        `folder` is None (a small index built per run).
+
+        Raises `CacheError` E406 when the folder cannot be written (a full disk): the caller
+        builds into a temporary folder, so nothing half-written is ever taken as an index."""
+        path = None if folder is None else folder / INDEX_FOLDER
+        try:
+            if path is not None:
+                path.mkdir(parents=True, exist_ok=True)
+            index = tantivy.Index(_schema(), path=None if path is None else str(path), reuse=False)
+            _register_tokenizer(index)
+            writer = index.writer(heap_size=WRITER_HEAP_BYTES, num_threads=1)
+            for row, name in enumerate(names.fill_null("").to_list()):
+                document = tantivy.Document()
+                document.add_text("name", f" {name} ")
+                document.add_unsigned("row", row)
+                writer.add_document(document)
+            writer.commit()
+            writer.wait_merging_threads()
+            index.reload()
+        # tantivy reports a failed write (an io::Error in its writer thread) as ValueError.
+        except (OSError, ValueError) as exc:
+            if path is None and isinstance(exc, ValueError):
+                raise
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+            raise CacheError("E406", path=path, detail=detail) from None
+        return cls(index, len(names))
+
+    @classmethod
+    def load(cls, folder: Path) -> TantivyNameIndex:
+        """The index `build` wrote into `folder` (memory-mapped: loading reads nothing yet)."""
+        index = tantivy.Index.open(str(folder / INDEX_FOLDER))
+        _register_tokenizer(index)
+        return cls(index, index.searcher().num_docs)
+
+    def shortlist(self, texts: pl.Series, top_n: int, lookup_ngrams: int = 6) -> pl.DataFrame:
+        """Up to `top_n` names per text by BM25 over its `lookup_ngrams` rarest four-grams:
+        columns query (row in `texts`), name (row in the indexed names), rank (0 = best)."""
+        searcher = self.index.searcher()
+        schema = self.index.schema
+        one_segment = searcher.num_segments == 1
+        texts_ngrams = [padded_ngrams(text or "") for text in texts.to_list()]
+        # One document-frequency look-up per distinct four-gram of the whole batch.
+        frequency = {gram: searcher.doc_freq("name", gram) for gram in set().union(*texts_ngrams)}
+        queries, names = [], []
+        for query, grams in enumerate(texts_ngrams):
+            rare = sorted((frequency[gram], gram) for gram in grams if frequency[gram] > 0)[:lookup_ngrams]
+            if not rare:
+                continue
+            search = tantivy.Query.boolean_query([
+                (tantivy.Occur.Should, tantivy.Query.term_query(schema, "name", gram, index_option="freq"))
+                for _, gram in rare])
+            hits = searcher.search(search, limit=top_n, count=False).hits
+            if one_segment:
+                rows = [address.doc for _, address in hits]
+            else:
+                rows = searcher.fast_field_values("row", [address for _, address in hits])
+            queries.extend([query] * len(rows))
+            names.extend(rows)
+        query_rows = np.asarray(queries, dtype=np.int64)
+        rank = np.arange(len(query_rows)) - np.searchsorted(query_rows, query_rows)
+        return pl.DataFrame({"query": query_rows, "name": np.asarray(names, dtype=np.int64), "rank": rank},
+                            schema={"query": pl.Int64, "name": pl.Int64, "rank": pl.Int64})
