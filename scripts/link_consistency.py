@@ -39,8 +39,9 @@ def main() -> None:
     mentions = mentions.filter(pl.col("mention_id").is_in(evaluated["mention_id"].implode()))
     corpus = out.parent / f"{out.name}-mentions.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
+    # doc_start/doc_end keep each mention's place in its document (TAC spans); start/end are into `text`.
     mentions.select(pl.col("mention_id").alias("id"), "doc_id", "lang", "mention", pl.col("context").alias("text"), "start",
-                    "end", "entity_type", "mention_type").write_ndjson(corpus)
+                    "end", "doc_start", "doc_end", "entity_type", "mention_type").write_ndjson(corpus)
     result = run(LinkOptions(model=run_dir / "model", mentions=corpus, out_dir=out, force=True))
     linked = read_tab(out / "system.tab")
     both = evaluated.join(linked, on="mention_id", suffix="_link")

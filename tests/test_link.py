@@ -321,3 +321,35 @@ def test_cuda_without_a_gpu_is_one_line_error(demo_run: dict, tmp_path: Path) ->
         pytest.skip("a GPU is visible: --device cuda is valid here")
     result = link(demo_run["model"], demo_run["test"], tmp_path / "out", "--device", "cuda")
     assert result.exit_code == 2 and "[E203]" in result.output and "--device" in result.output
+
+
+def test_link_decides_nil_with_the_learned_classifier_as_evaluate_would(demo_run: dict, tmp_path: Path) -> None:
+    """A model whose NIL decision is the classifier (the demo's dev split is too small for `auto`
+    to fit one, so it is fitted here on every split's predictions): link's NIL decisions equal
+    `nil.decide_nil` over evaluate's predictions with triage's candidates as evidence."""
+    from pipeline.model import nil_classifier
+    from pipeline.model.nil import decide_nil
+
+    run_dir = demo_run["run_dir"]
+    predictions = pl.read_parquet(run_dir / "evaluate" / "predictions.parquet")
+    candidates = pl.read_parquet(run_dir / "triage" / "candidates.parquet")
+    with_evidence = nil_classifier.add_evidence(predictions, candidates)
+    artifact = {"method": "classifier", "thresholds": {"en": -0.8}, "default_threshold": -1.0,
+                "classifier": nil_classifier.fit(with_evidence.filter(pl.col("gold_kb_id").is_not_null()))}
+    model = tmp_path / "model"
+    shutil.copytree(demo_run["model"], model)
+    meta = json.loads((model / "model.json").read_text(encoding="utf-8"))
+    meta["nil"] = {**artifact, "fallback": -1.0, "clustering": meta["nil"]["clustering"]}
+    (model / "model.json").write_text(json.dumps(meta), encoding="utf-8")
+
+    succeeded(link(model, demo_run["test"], tmp_path / "out"))
+    links = pl.read_parquet(tmp_path / "out" / "links.parquet")
+    expected = decide_nil(with_evidence.filter(pl.col("split") == "test"), artifact)
+    both = expected.select("mention_id", "is_nil", "kb_id").join(links, on="mention_id", suffix="_link")
+    assert both.height == 66
+    assert 0 < both["is_nil"].sum() < 66  # the classifier says NIL for some mentions, not all
+    assert both["is_nil"].to_list() == both["is_nil_link"].to_list()
+    linked = both.filter(~pl.col("is_nil"))
+    assert linked["kb_id"].to_list() == linked["kb_id_link"].to_list()
+    assert links.columns[:10] == ["mention_id", "doc_id", "start", "end", "lang", "mention", "kb_id", "score", "is_nil",
+                                  "threshold"]

@@ -29,6 +29,8 @@ from pipeline.model.ranker import TRIAGE_SOURCES
 NUMERIC = ("has_candidate", "best_score", "second_score", "margin", "candidates", "best_triage_score",
            "best_triage_rank", *(f"best_from_{source}" for source in TRIAGE_SOURCES), "mention_words",
            "mention_has_comma")
+# The columns `add_evidence` adds (the rest of NUMERIC is computed from the predictions).
+EVIDENCE = ("candidates", "best_triage_score", "best_triage_rank", *(f"best_from_{source}" for source in TRIAGE_SOURCES))
 # Labels of the three classes.
 NIL, RIGHT, WRONG = "nil", "right", "wrong"
 # Regularisation of the logistic regression (scikit-learn's default); dev splits are small.
@@ -50,7 +52,7 @@ def add_evidence(predictions: pl.DataFrame, candidates: pl.DataFrame) -> pl.Data
         pl.col("rank").cast(pl.Float64).alias("best_triage_rank"),
         *(pl.col("sources").list.contains(source).cast(pl.Float64).alias(f"best_from_{source}")
           for source in TRIAGE_SOURCES))
-    drop = ["candidates", "best_triage_score", "best_triage_rank", *(f"best_from_{s}" for s in TRIAGE_SOURCES)]
+    drop = list(EVIDENCE)
     out = (predictions.drop(drop, strict=False)
            .join(counts, on="mention_id", how="left")
            .join(best, on=["mention_id", "best_kb_id"], how="left"))

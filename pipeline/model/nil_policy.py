@@ -19,7 +19,7 @@ import polars as pl
 
 from pipeline.core.errors import warn
 from pipeline.model.nil import cluster_nils, decide_nil
-from pipeline.model.nil_classifier import add_evidence
+from pipeline.model.nil_classifier import EVIDENCE, add_evidence
 
 logger = logging.getLogger(__name__)
 
@@ -74,11 +74,14 @@ class NilPolicy:
         predictions needs mention_id, mention, lang, best_kb_id (null without candidates),
         best_score, second_score (and entity_type when the classifier uses types);
         candidates is triage's table (mention_id, rank, kb_id, score, sources), the
-        classifier's evidence.
+        classifier's evidence. The evidence columns are dropped again (link's `candidates`
+        column is the candidate list, not the classifier's count), so the result has the
+        same columns whichever method decides.
         """
-        if self.artifact["method"] == "classifier":
-            predictions = add_evidence(predictions, candidates)
-        return decide_nil(predictions, self.artifact)
+        if self.artifact["method"] != "classifier":
+            return decide_nil(predictions, self.artifact)
+        decided = decide_nil(add_evidence(predictions, candidates), self.artifact)
+        return decided.drop(EVIDENCE, strict=False)
 
     def cluster(self, decided: pl.DataFrame) -> pl.DataFrame:
         """`nil.cluster_nils`: adds system_id, the KB id or the NIL cluster id (NIL00001, ...)."""
