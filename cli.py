@@ -297,13 +297,13 @@ def experiment(config_path: Path, overrides: tuple[str, ...], run_dir: Path | No
 
 
 @main.command()
-@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
               help="A trained linker: <run>/model/ or a folder written by `xel-cli export`.")
 @click.option("--mentions", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Mentions to link: JSONL or Parquet (JSONL fields), or a TAC KBP 2015 .tab file (then --docs is its source folder).")
-@click.option("--docs", type=click.Path(exists=True, path_type=Path), default=None,
+@click.option("--docs", type=click.Path(path_type=Path), default=None,
               help="Docs JSONL for mentions given by doc_start/doc_end; for a .tab file, the folder of source documents.")
-@click.option("--kb", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+@click.option("--kb", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="KB JSONL to link against (default: the model's); only entities not cached before are encoded.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder: links.parquet, links.jsonl, system.tab (+ metrics.json with --score).")
@@ -317,19 +317,24 @@ def experiment(config_path: Path, overrides: tuple[str, ...], run_dir: Path | No
               help="Mentions per chunk: memory grows with it, a kill loses at most one chunk.")
 @click.option("--device", default=None, help="Device of the encoder and ranker (cpu, cuda, cuda:N; default: the model's setting).")
 @click.option("--force", is_flag=True, help="Start over, dropping finished chunks and outputs.")
+@click.option("--fallback-threshold", type=float, default=None,
+              help="NIL threshold of languages the model has none for (default: the median of its per-language thresholds).")
 def link(model_dir: Path, mentions: Path, docs: Path | None, kb: Path | None, out_dir: Path,
-         shard_text: str | None, merge: bool, score_links: bool, chunk_mentions: int, device: str | None, force: bool) -> None:
+         shard_text: str | None, merge: bool, score_links: bool, chunk_mentions: int, device: str | None, force: bool,
+         fallback_threshold: float | None) -> None:
     """Link a new corpus with a trained linker, in chunks that resume when killed, shard and merge."""
     import os
 
     from pipeline.encode.shards import parse_shard, shard_from_environment
-    from pipeline.link.run import LinkOptions, run as run_link
+    from pipeline.link.run import LinkOptions, check_out_dir, run as run_link
 
     if merge and shard_text is not None:
         raise click.UsageError("--shard and --merge exclude each other: run the shards first, then --merge once.")
     shard = None if merge else parse_shard(shard_text) if shard_text is not None else shard_from_environment(os.environ)
     options = LinkOptions(model=model_dir, mentions=mentions, out_dir=out_dir, docs=docs, kb=kb, shard=shard, merge=merge,
-                          score=score_links, chunk_mentions=chunk_mentions, device=device, force=force)
+                          score=score_links, chunk_mentions=chunk_mentions, device=device, force=force,
+                          fallback_threshold=fallback_threshold)
+    check_out_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Shards of one corpus write separate chunk files at once, so they take no lock (as encode's).
     with run_lock(out_dir, "link") if shard is None else contextlib.nullcontext():

@@ -141,7 +141,10 @@ def test_export_round_trip_and_python_api(demo_run: dict, tmp_path: Path) -> Non
     assert exported.meta == original.meta and exported.fingerprint == original.fingerprint
     meta = exported.meta
     assert meta["trained_on"]["languages"] == ["ar", "de", "en", "es", "fr", "ru", "zh"]
-    assert meta["trained_on"]["mentions"]["train"]["en"] == 26 and meta["nil"]["fallback"] == -1.0
+    assert meta["trained_on"]["mentions"]["train"]["en"] == 26
+    # Unseen languages: the median of the seven per-language thresholds, not evaluate's default of -1.
+    assert meta["nil"]["default_threshold"] == -1.0
+    assert meta["nil"]["fallback"] == sorted(meta["nil"]["thresholds"].values())[3] > -1.0
     assert set(meta["files"]) == {"model.pt", "aliases.parquet"}
     again = invoke("export", demo_run["run_dir"], tmp_path / "exported")
     assert again.exit_code == 2 and "[E713]" in again.output
@@ -221,14 +224,39 @@ def test_second_corpus_and_a_grown_kb_encode_only_new_entities(demo_run: dict, t
 
 
 def test_unseen_language_gets_the_fallback_threshold_and_one_warning(demo_run: dict, tmp_path: Path) -> None:
+    """The fallback is the median of the model's thresholds, not evaluate's default of -1, which is
+    under every tanh score (an unseen language would never be NIL); --fallback-threshold sets it."""
     records = without_gold(demo_records("test"))[:6]
     for record in records[:3]:
         record["lang"] = "xx"
+    known = records[3]["lang"]
+    records[3]["lang"] = " " + known.upper()  # a known language, written otherwise
+    thresholds = sorted(load_model_folder(demo_run["model"]).policy.thresholds.values())
+    median = thresholds[len(thresholds) // 2]  # seven languages in the demo
+    assert len(thresholds) == 7 and median > -1.0
     result = succeeded(link(demo_run["model"], write_jsonl(tmp_path / "m.jsonl", records), tmp_path / "out"))
     warnings = [line for line in result.output.splitlines() if "[W701]" in line]
-    assert len(warnings) == 1 and "xx" in warnings[0] and "-1.0" in warnings[0] and "3 mention(s)" in warnings[0]
+    assert len(warnings) == 1 and "xx" in warnings[0] and "3 mention(s)" in warnings[0] and "median" in warnings[0]
     links = pl.read_parquet(tmp_path / "out" / "links.parquet")
-    assert links.filter(pl.col("lang") == "xx")["threshold"].to_list() == [-1.0] * 3
+    assert links.filter(pl.col("lang") == "xx")["threshold"].to_list() == [median] * 3
+    written_otherwise = links.filter(pl.col("mention_id") == records[3]["id"]).row(0, named=True)
+    assert written_otherwise["lang"] == known
+    assert written_otherwise["threshold"] == load_model_folder(demo_run["model"]).policy.thresholds[known]
+    set_by_hand = succeeded(link(demo_run["model"], tmp_path / "m.jsonl", tmp_path / "out2", "--fallback-threshold", -0.5))
+    assert "--fallback-threshold" in [line for line in set_by_hand.output.splitlines() if "[W701]" in line][0]
+    assert pl.read_parquet(tmp_path / "out2" / "links.parquet").filter(pl.col("lang") == "xx")["threshold"].to_list() == [-0.5] * 3
+
+
+def test_out_must_not_hold_other_files(demo_run: dict, tmp_path: Path) -> None:
+    """--out pointed at a run's evaluate/ would replace its system.tab and manifest: refused."""
+    evaluate_copy = tmp_path / "evaluate"
+    shutil.copytree(demo_run["run_dir"] / "evaluate", evaluate_copy)
+    before = (evaluate_copy / "system.tab").read_bytes()
+    result = link(demo_run["model"], demo_run["test"], evaluate_copy)
+    assert result.exit_code == 2 and result.output.startswith("Error: [E714] ") and len(result.output.splitlines()) == 1
+    assert (evaluate_copy / "system.tab").read_bytes() == before
+    succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "out"))
+    succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "out"))  # its own earlier output is fine
 
 
 def test_shards_and_merge_equal_one_process(demo_run: dict, tmp_path: Path) -> None:

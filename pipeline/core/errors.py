@@ -82,6 +82,7 @@ class Errors:
     E711 = "{path}: {detail}; then run `xel-cli link --merge` again"
     E712 = "{path}: no model/ folder here; run `xel-cli evaluate` for this run (it writes model/), or `xel-cli evaluate --force` for a run made before model/ existed"
     E713 = "{path}: already holds files; export into a new or empty folder"
+    E714 = "{path}: holds files that are not a link's outputs (e.g. {example}); give --out a new or empty folder, or one an earlier `xel-cli link` wrote"
 
     # E6xx: scoring
     E601 = "{system} vs {gold}: the mention sets differ: {n_missing} gold mention(s) have no system row (first: {missing}) and {n_extra} system mention(s) are not in the gold (first: {extra}); write one row for every gold mention and no others, or pass --lenient to `xel-cli score` (strict=False from Python) to count them as neleval does"
@@ -113,7 +114,7 @@ class Warnings:
     W603 = "{lang}: NIL threshold {value} rests on {mentions} {split} mention(s) with {nils} NIL(s) (fewer than {min_mentions} mentions or {min_nils} NILs), so it may not hold on other data; add {split} mentions of that language or set evaluate.fixed_thresholds"
     W604 = "the {split} split has {nils} NIL mention(s) with gold (or as few right links), fewer than the {minimum} the NIL classifier needs; NIL thresholds decide instead"
     W605 = "{lang}: {split} micro-average is the same at every NIL threshold (no {split} decision depends on it); it uses {fallback} = {value}"
-    W701 = "{count} mention(s) in language(s) {languages} that the model has no NIL threshold for; linked with the fallback threshold {threshold}"
+    W701 = "{count} mention(s) in language(s) {languages} that the model has no NIL threshold for; linked with the fallback NIL threshold {threshold} ({source}); set another with `xel-cli link --fallback-threshold` (with the classifier NIL method the threshold decides nothing)"
 
 
 def warn(logger: logging.Logger, code: str, **fields: object) -> str:

@@ -57,6 +57,21 @@ def crash_point(point: str, path: Path, temp_path: Path | None = None) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def default_permissions(path: Path) -> None:
+    """Give `path` (a file, or a folder and everything in it) the mode a plain `open` or `mkdir`
+    would: 0666 / 0777 less the umask. tempfile's mkstemp/mkdtemp make 0600 / 0700, which would
+    keep a run's outputs and model folders from the user's group (a shared model, a shared cache)."""
+    umask = _umask()
+    for item in [path, *(path.rglob("*") if path.is_dir() else ())]:
+        item.chmod((0o777 if item.is_dir() else 0o666) & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_path(final_path: Path) -> Iterator[Path]:
     """Yield a temporary path next to `final_path`; rename it into place on success.
@@ -77,6 +92,8 @@ def atomic_path(final_path: Path) -> Iterator[Path]:
         yield temp_path
         crash_point("half-written", final_path, temp_path)
         crash_point("before-rename", final_path)
+        if temp_path.exists():
+            default_permissions(temp_path)
         os.replace(temp_path, final_path)
         crash_point("after-rename", final_path)
     except OSError as exc:
@@ -266,5 +283,7 @@ def check_record_fields(path: Path, line_number: int, record: dict[str, Any],
         else:
             ok = isinstance(value, types)
         if not ok:
-            expected = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
-            raise InputError("E103", path=path, line=line_number, field=name, expected=f"a {expected}", got=value)
+            names = {"int": "an integer", "float": "a number", "str": "a string", "list": "a list", "dict": "an object",
+                     "bool": "true or false"}
+            expected = " or ".join(names.get(t.__name__, t.__name__) for t in (types if isinstance(types, tuple) else (types,)))
+            raise InputError("E103", path=path, line=line_number, field=name, expected=expected, got=value)

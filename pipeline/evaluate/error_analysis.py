@@ -132,7 +132,8 @@ def markdown(table: pl.DataFrame, confusions: pl.DataFrame) -> str:
                                  ("achieved micro-average", ceiling, "accuracy")):
         lines.append(f"| {label} | " + " | ".join(f"{source[lang][field]:.3f}" if lang in source else "-"
                                                    for lang in languages) + " |")
-    lines += ["", f"### The {TOP_CONFUSIONS} most frequent confusions", "",
+    fewer = [] if confusions.height >= TOP_CONFUSIONS else [f"(This split has {confusions.height} in all.)", ""]
+    lines += ["", f"### The {TOP_CONFUSIONS} most frequent confusions", "", *fewer,
               "| gold | predicted | count | example mention |", "| --- | --- | --- | --- |"]
     lines += [f"| {row['gold_kb_id']} | {row['predicted_kb_id']} | {row['count']} | {row['example']} |"
               for row in confusions.iter_rows(named=True)]

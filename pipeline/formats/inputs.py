@@ -109,6 +109,8 @@ def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
                     else FRAGMENTS_DTYPE if spec[0] is list else pl.String)
              for name, spec in MENTION_FIELDS.items()}
     frame = pl.DataFrame(columns, schema={**types, "line": pl.Int64})
+    # "EN", " en" and "en" are one language (thresholds, scores and the model are keyed by it).
+    frame = frame.with_columns(pl.col("lang").str.strip_chars().str.to_lowercase())
     check_fields(frame, path)
     if rename_duplicate_ids:
         check_documents(frame, path)  # a repeated id over the same span is a copy, not a second mention

@@ -12,6 +12,8 @@ deletes the chunks. Chunks of other inputs or settings (another key) are deleted
 
 from __future__ import annotations
 
+import dataclasses
+
 import ctypes
 import json
 import logging
@@ -30,6 +32,7 @@ from pipeline.link.outputs import nil_share, write_outputs
 from pipeline.link.sources import mention_chunks
 from pipeline.model.model_folder import load_model_folder
 from pipeline.core.progress import progress as progress_counter
+from pipeline.core.lock import LOCK_NAME
 from pipeline.core.manifest import MANIFEST, is_up_to_date, read_manifest_file, stage_key, write_manifest
 
 logger = logging.getLogger(__name__)
@@ -54,6 +57,8 @@ class LinkOptions:
     chunk_mentions: int = DEFAULT_CHUNK_MENTIONS
     device: str | None = None
     force: bool = False
+    # NIL threshold of languages the model has none for (None: the median of its thresholds).
+    fallback_threshold: float | None = None
 
 
 @dataclass
@@ -93,11 +98,36 @@ def _forget_other_keys(out_dir: Path, key: str, force: bool) -> None:
     write_text_atomic(key_path, key + "\n")
 
 
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse (E714) an --out folder holding anything but what link writes, e.g. a run's evaluate/:
+    link would replace its system.tab and manifest and leave the rest mixed in."""
+    from pipeline.link.outputs import LINKS_JSONL, LINKS_PARQUET, SYSTEM_TAB
+
+    if not out_dir.is_dir():
+        return
+    ours = {CHUNKS, WORK, SHARDS, MANIFEST, LINKS_PARQUET, LINKS_JSONL, SYSTEM_TAB, "gold.tab", "metrics.json",
+            "doc_languages.tsv", LOCK_NAME}
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in ours and not p.name.endswith(".tmp"))
+    manifest = out_dir / MANIFEST
+    if manifest.is_file():
+        try:
+            foreign += [] if read_manifest_file(manifest).get("stage") == "link" else [MANIFEST]
+        except CacheError:
+            foreign.append(MANIFEST)
+    if foreign:
+        raise InputError("E714", path=out_dir, example=foreign[0])
+
+
 def run(options: LinkOptions) -> LinkResult:
     """Link, one shard of it, or the merge; see the module doc. Errors: E7xx, E1xx of the inputs."""
     started = time.time()
     out_dir = options.out_dir
+    if options.docs is not None and not options.docs.exists():
+        raise InputError("E108", path=options.docs)
     folder = load_model_folder(options.model)
+    if options.fallback_threshold is not None:
+        folder = dataclasses.replace(folder, policy=dataclasses.replace(folder.policy,
+                                                                        unseen_threshold=options.fallback_threshold))
     kb_path = options.kb or Path(folder.meta["kb"]["path"])
     if not kb_path.is_file():
         raise InputError("E706", path=kb_path, model=options.model)
@@ -189,7 +219,8 @@ def _finished_shards(out_dir: Path, key: str) -> int:
             manifests[(int(match[1]), int(match[2]))] = manifest
     counts = sorted({count for _, count in manifests})
     if len(counts) != 1:
-        raise CacheError("E711", path=out_dir / SHARDS, detail="no shard of this link (same model, inputs and settings) has finished"
+        raise CacheError("E711", path=out_dir / SHARDS, detail="no shard of this link (same model, inputs and settings) has finished; "
+                         "--merge must be given the shards' own --mentions, --docs, --kb, --score and --chunk-mentions"
                          if not counts else f"its shards were cut in {counts} parts; delete the set you do not want")
     for index in range(counts[0]):
         if (index, counts[0]) not in manifests:

@@ -34,7 +34,8 @@ from pipeline.core import schema
 from pipeline.model.aliases import alias_table
 from pipeline.core.config import RunConfig, to_dict
 from pipeline.core.errors import CacheError, InputError
-from pipeline.core.io import collect_checked, file_fingerprint, scan_parquet_checked, write_json_atomic, write_parquet_atomic
+from pipeline.core.io import (collect_checked, default_permissions, file_fingerprint, scan_parquet_checked,
+                              write_json_atomic, write_parquet_atomic)
 from pipeline.model.nil_policy import NilPolicy
 from pipeline.core.manifest import read_manifest
 
@@ -114,6 +115,7 @@ def write_model_folder(config: RunConfig, nil_artifact: dict, metrics: dict | No
         }
         write_json_atomic(temp / MODEL_JSON, meta)
         shutil.rmtree(folder, ignore_errors=True)
+        default_permissions(temp)
         os.replace(temp, folder)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
@@ -136,6 +138,7 @@ def export_model(run_dir: Path, out_dir: Path) -> Path:
                 shutil.copyfile(path, temp / path.name)
         if out_dir.exists():
             out_dir.rmdir()
+        default_permissions(temp)
         os.replace(temp, out_dir)
     finally:
         shutil.rmtree(temp, ignore_errors=True)

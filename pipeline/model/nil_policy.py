@@ -30,6 +30,9 @@ class NilPolicy:
 
     artifact: dict
     clustering: str = "name"
+    # The NIL threshold of a language the model has none for (`xel-cli link --fallback-threshold`);
+    # None: the median of the model's per-language thresholds (see `fallback`).
+    unseen_threshold: float | None = None
 
     @property
     def thresholds(self) -> dict[str, float]:
@@ -37,8 +40,17 @@ class NilPolicy:
 
     @property
     def fallback(self) -> float:
-        """The threshold of a language without one of its own."""
-        return float(self.artifact["default_threshold"])
+        """The threshold of a language without one of its own: `unseen_threshold` when set, else
+        the median of the per-language thresholds (evaluate's `default_threshold`, -1 by the
+        paper, is below every tanh score and would make an unseen language never NIL), else
+        `default_threshold` when the model has none."""
+        if self.unseen_threshold is not None:
+            return float(self.unseen_threshold)
+        values = sorted(self.thresholds.values())
+        if not values:
+            return float(self.artifact["default_threshold"])
+        middle = len(values) // 2
+        return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
 
     @classmethod
     def from_artifact(cls, artifact: dict, clustering: str) -> "NilPolicy":
@@ -78,9 +90,11 @@ class NilPolicy:
         column is the candidate list, not the classifier's count), so the result has the
         same columns whichever method decides.
         """
-        if self.artifact["method"] != "classifier":
-            return decide_nil(predictions, self.artifact)
-        decided = decide_nil(add_evidence(predictions, candidates), self.artifact)
+        # Every language of the run has a threshold of its own; the fallback is for the others.
+        artifact = {**self.artifact, "default_threshold": self.fallback}
+        if artifact["method"] != "classifier":
+            return decide_nil(predictions, artifact)
+        decided = decide_nil(add_evidence(predictions, candidates), artifact)
         return decided.drop(EVIDENCE, strict=False)
 
     def cluster(self, decided: pl.DataFrame) -> pl.DataFrame:
@@ -92,5 +106,8 @@ class NilPolicy:
         unseen = decided.filter(~pl.col("lang").is_in(list(self.thresholds)))
         languages = sorted(unseen["lang"].unique().to_list())
         if languages:
-            warn(logger, "W701", count=unseen.height, languages=", ".join(languages), threshold=self.fallback)
+            source = "--fallback-threshold" if self.unseen_threshold is not None else \
+                "the median of the model's per-language thresholds"
+            warn(logger, "W701", count=unseen.height, languages=", ".join(languages), threshold=round(self.fallback, 4),
+                 source=source)
         return languages

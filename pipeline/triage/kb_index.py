@@ -33,7 +33,7 @@ import polars as pl
 
 from pipeline.core.errors import InputError
 from pipeline.formats.inputs import write_entities
-from pipeline.core.io import atomic_path, write_parquet_atomic
+from pipeline.core.io import atomic_path, default_permissions, write_parquet_atomic
 from pipeline.triage.tantivy_index import TantivyNameIndex
 from pipeline.core.textnorm import acronym, add_keys, content_words
 
@@ -93,6 +93,7 @@ def _cached(root: Path, key: str, build: Callable[[Path], None]) -> Path:
     try:
         build(temp)
         try:
+            default_permissions(temp)
             os.replace(temp, folder)
         except OSError:
             # A parallel process (a `link --shard` of a shared cache) put the same index in place first.
