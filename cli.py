@@ -369,8 +369,8 @@ def export(run_dir: Path, out_dir: Path) -> None:
 
 
 @main.command()
-@click.argument("gold", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("system", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("gold", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("system", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--lenient", is_flag=True, help="Allow different mention sets and count them as neleval does.")
 @click.option("--languages", "languages_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
