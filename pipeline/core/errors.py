@@ -76,7 +76,7 @@ class Errors:
     E705 = "{path}: this KB lacks {count} KB id(s) of the model's alias table in {model} (e.g. {example}); link against a KB that holds the entities the model was trained on, or retrain on this KB"
     E706 = "{path}: KB not found (model {model}); give the KB with --kb FILE"
     E707 = "{path}: unknown mention file type; give JSONL (.jsonl), Parquet (.parquet) or a TAC KBP 2015 .tab file"
-    E708 = "{path}: a TAC .tab file needs --docs, the folder of its source documents (got {docs})"
+    E708 = "{path}: a TAC .tab file needs --docs, the folder of its source documents ({docs})"
     E709 = "{path}: --score needs gold_kb_id in the mentions, and none has one; leave out --score to link without scoring"
     E710 = "{path}: mention id {record_id!r} appears more than once in the corpus; ids must be unique"
     E711 = "{path}: {detail}; then run `xel-cli link --merge` again"

@@ -69,7 +69,7 @@ def mention_chunks(path: Path, docs: Path | None, chunk_mentions: int, context_c
     kind = mention_format(path)
     if kind == "tac":
         if docs is None or not docs.is_dir():
-            raise InputError("E708", path=path, docs=docs)
+            raise InputError("E708", path=path, docs="no --docs" if docs is None else f"{docs}, not a folder")
         from pipeline.formats.tac import read_tab
 
         total = read_tab(path).height
