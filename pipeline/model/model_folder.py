@@ -80,7 +80,6 @@ def write_model_folder(config: RunConfig, nil_artifact: dict, metrics: dict | No
                                  temp / POPULARITY)
             files.append(POPULARITY)
         policy = NilPolicy.from_artifact(nil_artifact, config.evaluate.nil_clustering)
-        files += policy.save(temp)
         from pipeline.encoders.encoder import encoder_identity, resolve_encoder_path
 
         encoder_path = resolve_encoder_path(config.encoder.name)
@@ -182,7 +181,7 @@ def load_model_folder(path: Path) -> ModelFolder:
                 raise CacheError("E702", path=path / name, detail="listed in model.json but missing")
             if file_fingerprint(path / name) != expected:
                 raise CacheError("E702", path=path / name, detail="its content differs from the fingerprint in model.json")
-        policy = NilPolicy.from_json(meta["nil"], path)
+        policy = NilPolicy.from_json(meta["nil"])
         for key in ("encoder", "triage", "inputs", "types", "kb"):
             if not isinstance(meta[key], dict):
                 raise TypeError(f"'{key}' is not an object")

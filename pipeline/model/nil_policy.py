@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import polars as pl
 
@@ -66,16 +65,12 @@ class NilPolicy:
         _ = policy.thresholds, policy.fallback  # both must parse as numbers
         return policy
 
-    def save(self, folder: Path) -> list[str]:
-        """Files of the policy's own in a model folder being built: none, it is all in model.json."""
-        return []
-
     def to_json(self) -> dict:
         """model.json's "nil" object: the artifact, plus the fallback threshold and the clustering mode."""
         return {**self.artifact, "fallback": self.fallback, "clustering": self.clustering}
 
     @classmethod
-    def from_json(cls, payload: dict, model_dir: Path) -> "NilPolicy":
+    def from_json(cls, payload: dict) -> "NilPolicy":
         """The policy saved in model.json's "nil" object (the caller turns errors into E702)."""
         artifact = {key: value for key, value in payload.items() if key not in ("clustering", "fallback")}
         return cls.from_artifact(artifact, str(payload["clustering"]))
