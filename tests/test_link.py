@@ -121,6 +121,10 @@ def test_score_writes_evaluates_metrics(demo_run: dict, tmp_path: Path) -> None:
     assert metrics["scored_mentions"] == 66
     assert metrics["overall"]["kbp2010_micro_average"] == expected["overall"]["kbp2010_micro_average"]
     assert metrics["overall"]["b_cubed"] == pytest.approx(expected["overall"]["b_cubed"])
+    # `xel-cli score` on link's own files keeps the languages, as on evaluate's (doc_languages.tsv beside gold.tab).
+    scored = json.loads(succeeded(invoke("score", tmp_path / "out" / "gold.tab", tmp_path / "out" / "system.tab",
+                                         "--json", "--lenient")).stdout)
+    assert sorted(scored["by_language"]) == ["ar", "de", "en", "es", "fr", "ru", "zh"]
     result = link(demo_run["model"], demo_run["test"], tmp_path / "no-gold", "--score")
     assert result.exit_code == 2 and "[E709]" in result.output
 

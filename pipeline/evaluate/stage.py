@@ -147,6 +147,17 @@ def plot_sweep(sweep_table: pl.DataFrame, thresholds: dict[str, float], path: Pa
     plt.close(figure)
 
 
+def score_decisions(evaluated: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, dict]:
+    """(gold.tab frame, system.tab frame, doc_id -> lang, metrics) of decided mentions with gold.
+
+    `evaluated` needs the `tac_frame` columns, gold_tac_id, system_id and lang. Evaluate and
+    `xel-cli link --score` both score with this, so their metrics mean the same.
+    """
+    gold_tab, system_tab = tac_frame(evaluated, "gold_tac_id"), tac_frame(evaluated, "system_id")
+    languages = evaluated.select("doc_id", "lang").unique()
+    return gold_tab, system_tab, languages, score(gold_tab, system_tab, languages)
+
+
 def tac_frame(table: pl.DataFrame, id_column: str) -> pl.DataFrame:
     """TAC KBP 2015 rows (end inclusive) from mentions with doc offsets and an id column."""
     return table.select(
@@ -214,10 +225,7 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
         raise InputError("E112", path=triage_dir / "mentions.parquet", line="-",
                          detail=f"no {evaluate.eval_split} mention (of evaluate.languages, if set) has a gold id; "
                                 "set evaluate.eval_split to a split with gold")
-    gold_tab = tac_frame(evaluated, "gold_tac_id")
-    system_tab = tac_frame(evaluated, "system_id")
-    languages = evaluated.select("doc_id", "lang").unique()
-    metrics = score(gold_tab, system_tab, languages)
+    gold_tab, system_tab, languages, metrics = score_decisions(evaluated)
     metrics["thresholds"] = thresholds
     metrics["split"] = evaluate.eval_split
     metrics["nil_method"] = artifact["method"]
@@ -248,7 +256,7 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_text_atomic(out_dir / "report.md", report_markdown(metrics, artifact, evaluate.eval_split, sweep_table is not None,
                                                              validation, on_eval, analysis, confusions))
-    write_model_folder(config, artifact, metrics)  # <run>/model/: the trained linker `xel-cli link` applies
+    write_model_folder(config, artifact, metrics, saved)  # <run>/model/: the trained linker `xel-cli link` applies
     counts = {"mentions_scored": int(len(rows)), "candidates_scored": score_table.height, "evaluated": evaluated.height,
               "predicted_nil": int(evaluated["is_nil"].sum())}
     return stage_run.finish(counts, outputs, summary={"metrics": metrics, "micro_average_key": MICRO_AVERAGE},

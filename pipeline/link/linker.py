@@ -49,10 +49,13 @@ class ChunkResult:
 class Linker:
     """A loaded model folder with its encoder, KB indexes, entity-vector store and ranker."""
 
-    def __init__(self, folder: ModelFolder, kb_path: Path | None = None, device: str | None = None) -> None:
+    def __init__(self, folder: ModelFolder, kb_path: Path | None = None, device: str | None = None,
+                 kb_fingerprint: str | None = None) -> None:
+        """`kb_fingerprint`: the KB file's content hash when the caller has it (hashing a KB of
+        millions of entities takes a while)."""
         from pipeline.encoders.encoder import encoder_identity, load_encoder, resolve_encoder_path
         from pipeline.triage.kb_index import kb_entities, names_index
-        from pipeline.model.model_file import load_model
+        from pipeline.model.model_file import MODEL, load_model
 
         self.folder = folder
         meta = folder.meta
@@ -89,21 +92,21 @@ class Linker:
         if not kb_path.is_file():
             raise InputError("E706", path=kb_path, model=folder.path)
         self.kb_path = kb_path
-        self.kb_fingerprint = file_fingerprint(kb_path)
+        self.kb_fingerprint = kb_fingerprint or file_fingerprint(kb_path)
         self.index_root = cache.kb_index_root(self.kb_fingerprint)
         self.entities_path = kb_entities(kb_path, self.index_root, self.kb_fingerprint)
-        self.kb_names = names_index(pl.read_parquet(self.entities_path, columns=["kb_id", "name", "alias_texts"]),
-                                    self.index_root, self.kb_fingerprint)
-        self.known_ids = pl.read_parquet(self.entities_path, columns=["kb_id"])
+        entities = pl.read_parquet(self.entities_path, columns=["kb_id", "name", "alias_texts"])
+        self.kb_names = names_index(entities, self.index_root, self.kb_fingerprint)
+        self.known_ids = entities.select("kb_id")
         missing = (folder.aliases.select("gold_kb_id").unique()
                    .join(self.known_ids.rename({"kb_id": "gold_kb_id"}), on="gold_kb_id", how="anti"))
         if missing.height:
             raise InputError("E705", path=kb_path, count=missing.height, model=folder.path,
                              example=", ".join(missing["gold_kb_id"].sort().head(3).to_list()))
         try:
-            self.model, saved = load_model(folder.path, self.encoder.device)
+            self.model, _ = load_model(folder.path, self.encoder.device)
         except PipelineError as error:
-            raise CacheError("E702", path=folder.path / "model.pt", detail=error.message) from None
+            raise CacheError("E702", path=folder.path / MODEL, detail=error.message) from None
         self.mention_types = list(meta["types"].get("mention") or [])
         self.entity_types = list(meta["types"].get("entity") or [])
         self.store = cache.EntityVectorStore(
@@ -165,7 +168,7 @@ class Linker:
         matrix = candidate_matrix(candidates, inputs, rows)
         scores = score_candidates(self.model, inputs, rows, matrix)
         popularity = None
-        if self.folder.meta.get("popularity_rerank") and self.folder.popularity is not None:
+        if self.folder.popularity is not None:  # written only when the run re-ranks by popularity
             popularity = (entity_ids.join(self.folder.popularity, on="kb_id", how="left").sort("row")["count"]
                           .fill_null(0).to_numpy())
         score_table, predictions = predict(table, rows, matrix, scores, entity_ids["kb_id"].to_list(), popularity)

@@ -47,8 +47,8 @@ def write_outputs(chunk_paths: list[Path], clustered: pl.DataFrame, out_dir: Pat
     """
     import pyarrow.parquet as pq
 
-    from pipeline.evaluate.stage import tac_frame
-    from pipeline.scoring.measures import score as score_tables
+    from pipeline.evaluate.stage import score_decisions, tac_frame
+    from pipeline.formats.doc_languages import FILE_NAME as DOC_LANGUAGES_FILE, write_doc_languages
     from pipeline.formats.tac import write_tab
 
     system_ids = clustered.select("mention_id", "system_id")
@@ -72,9 +72,9 @@ def write_outputs(chunk_paths: list[Path], clustered: pl.DataFrame, out_dir: Pat
     evaluated = clustered.filter(pl.col("gold_kb_id").is_not_null())
     if evaluated.is_empty():
         raise InputError("E709", path=mentions_path)
-    gold_tab, system_tab = tac_frame(evaluated, "gold_tac_id"), tac_frame(evaluated, "system_id")
-    metrics = score_tables(gold_tab, system_tab, evaluated.select("doc_id", "lang").unique())
+    gold_tab, _, languages, metrics = score_decisions(evaluated)
     metrics["scored_mentions"] = evaluated.height
     write_tab(gold_tab, out_dir / "gold.tab")
+    write_doc_languages(languages, out_dir / DOC_LANGUAGES_FILE)  # `xel-cli score` reads it beside gold.tab
     write_json_atomic(out_dir / "metrics.json", metrics)
-    return outputs + ["gold.tab", "metrics.json"], metrics
+    return outputs + ["gold.tab", DOC_LANGUAGES_FILE, "metrics.json"], metrics

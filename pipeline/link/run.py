@@ -76,9 +76,9 @@ class LinkResult:
     finished: bool = True  # False for a shard: the merge writes the outputs
 
 
-def link_key(options: LinkOptions, model_fingerprint: str, kb_path: Path) -> str:
+def link_key(options: LinkOptions, model_fingerprint: str, kb_fingerprint: str) -> str:
     """Hash of the model, the inputs' content, the KB's content and the settings that change the output."""
-    inputs = {"model": model_fingerprint, "mentions": file_fingerprint(options.mentions), "kb": file_fingerprint(kb_path)}
+    inputs = {"model": model_fingerprint, "mentions": file_fingerprint(options.mentions), "kb": kb_fingerprint}
     if options.docs is not None:
         inputs["docs"] = file_fingerprint(options.docs)
     return stage_key("link", VERSION, {"chunk_mentions": options.chunk_mentions, "score": options.score}, inputs)
@@ -133,7 +133,8 @@ def run(options: LinkOptions) -> LinkResult:
         raise InputError("E706", path=kb_path, model=options.model)
     if not options.mentions.exists():
         raise InputError("E108", path=options.mentions)
-    key = link_key(options, folder.fingerprint, kb_path)
+    kb_fingerprint = file_fingerprint(kb_path)
+    key = link_key(options, folder.fingerprint, kb_fingerprint)
     if not options.force and is_up_to_date(out_dir, key):  # a shard or merge of a finished link too
         return LinkResult(out_dir, skipped=True, seconds=time.time() - started)
     (out_dir / MANIFEST).unlink(missing_ok=True)  # outputs being redone never look finished
@@ -164,7 +165,7 @@ def run(options: LinkOptions) -> LinkResult:
             if linker is None:
                 from pipeline.link.linker import Linker
 
-                linker = Linker(folder, options.kb, options.device)
+                linker = Linker(folder, kb_path, options.device, kb_fingerprint)
             mentions = read()
             result = linker.link_chunk(mentions, out_dir / WORK / f"encode-{index:06d}")
             stats = {"mentions": mentions.height, "entities_encoded": result.entities_encoded,
@@ -259,12 +260,13 @@ def _finish(options: LinkOptions, folder, key: str, total: int, started: float, 
                "mentions_linked_now": counts.get("mentions", 0), "seconds": round(seconds, 3),
                "linking_seconds": round(all_seconds, 3),
                "encode_share": sum(s["encode_seconds"] for s in stats) / max(all_seconds, 1e-9)}
+    shares = nil_share(clustered)
     write_manifest(out_dir, stage="link", key=key, inputs={"model": str(options.model), "mentions": str(options.mentions)},
                    settings={"chunk_mentions": options.chunk_mentions, "score": options.score}, counts=summary,
-                   outputs=outputs, started=started, extra={"nil_share": nil_share(clustered).to_dicts()})
+                   outputs=outputs, started=started, extra={"nil_share": shares.to_dicts()})
     for name in (CHUNKS, WORK, SHARDS):
         shutil.rmtree(out_dir / name, ignore_errors=True)
     return LinkResult(out_dir, skipped=False, seconds=seconds, counts={**totals, "chunks": total,
-                      "chunks_resumed": summary["chunks_resumed"]}, nil_share=nil_share(clustered), metrics=metrics,
+                      "chunks_resumed": summary["chunks_resumed"]}, nil_share=shares, metrics=metrics,
                       mentions_per_second=counts.get("mentions", 0) / max(seconds, 1e-9),
                       encode_share=summary["encode_share"])

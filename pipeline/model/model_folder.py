@@ -31,13 +31,14 @@ import polars as pl
 
 from pipeline import __version__
 from pipeline.core import schema
-from pipeline.model.aliases import alias_table
 from pipeline.core.config import RunConfig, to_dict
 from pipeline.core.errors import CacheError, InputError
 from pipeline.core.io import (collect_checked, default_permissions, file_fingerprint, scan_parquet_checked,
                               write_json_atomic, write_parquet_atomic)
-from pipeline.model.nil_policy import NilPolicy
 from pipeline.core.manifest import read_manifest
+from pipeline.model.aliases import alias_table
+from pipeline.model.model_file import MODEL
+from pipeline.model.nil_policy import NilPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +46,13 @@ MODEL_DIR = "model"
 MODEL_JSON = "model.json"
 FORMAT = "xel-linker"
 FORMAT_VERSION = 1
-RANKER = "model.pt"  # the name train.load_model reads
+RANKER = MODEL  # a copy of train's model.pt
 ALIASES = "aliases.parquet"
 POPULARITY = "popularity.parquet"
 
 
-def write_model_folder(config: RunConfig, nil_artifact: dict, metrics: dict | None = None) -> Path:
+def write_model_folder(config: RunConfig, nil_artifact: dict, metrics: dict | None = None,
+                       saved: dict | None = None) -> Path:
     """Write `<run>/model/` from a run whose triage, encode and train are finished; returns it.
 
     Called once at the end of evaluate with the NIL decision it used (its `nil.json`:
@@ -64,7 +66,8 @@ def write_model_folder(config: RunConfig, nil_artifact: dict, metrics: dict | No
     mentions_path = triage_dir / "mentions.parquet"
     mentions = collect_checked(scan_parquet_checked(mentions_path, schema.MENTIONS, "triage").select(
         "mention_id", "mention", "lang", "split", "gold_kb_id"), mentions_path)
-    saved = torch.load(train_dir / RANKER, map_location="cpu", weights_only=False)
+    if saved is None:  # evaluate passes what it loaded (`model_file.load_model`'s metadata)
+        saved = torch.load(train_dir / RANKER, map_location="cpu", weights_only=False)
     train_manifest = read_manifest(train_dir) or {}
     triage_manifest = read_manifest(triage_dir) or {}
     folder = run_dir / MODEL_DIR
@@ -75,7 +78,7 @@ def write_model_folder(config: RunConfig, nil_artifact: dict, metrics: dict | No
         files = [RANKER, ALIASES]
         if config.evaluate.popularity_rerank:
             trained = mentions.filter(pl.col("mention_id").is_in(saved.get("train_mention_ids", []))
-                                      & pl.col("gold_kb_id").is_not_null() & (pl.col("gold_kb_id") != schema.NIL_ID))
+                                      & schema.linked_gold())
             write_parquet_atomic(trained.group_by(pl.col("gold_kb_id").alias("kb_id")).agg(pl.len().alias("count")),
                                  temp / POPULARITY)
             files.append(POPULARITY)
