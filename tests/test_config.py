@@ -175,3 +175,11 @@ def test_bom_in_config_is_accepted(tmp_path: Path) -> None:
     path = tmp_path / "bom.toml"
     path.write_bytes(b"\xef\xbb\xbf" + BASE.encode())
     assert load_config(path).name == "cfg"
+
+
+def test_relative_run_dir_from_set_is_against_the_working_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = load_config(write_config(tmp_path), ("run.run_dir=runs/one",))
+    assert config.run_dir == (elsewhere / "runs" / "one").resolve()

@@ -106,10 +106,12 @@ def build_config(raw: dict[str, Any], *, source: Path | None, base: Path,
             raise ConfigError("E201", path=where_file, key=key, section="top level", known=", ".join(TOP_LEVEL_KEYS + tuple(SECTIONS)))
     cwd = Path.cwd()
     override_values: dict[tuple[str, str], str] = {}
+    run_dir_base = base  # a relative run_dir: against the file's folder, or the working folder for --set
     for text in overrides:
         section, key, value = parse_override(text)
         if section == "run" and key in TOP_LEVEL_KEYS:
             top[key] = value
+            run_dir_base = cwd if key == "run_dir" else run_dir_base
             continue
         if section not in SECTIONS:
             raise ConfigError("E204", path="--set", section=section, known=", ".join(SECTIONS))
@@ -142,7 +144,7 @@ def build_config(raw: dict[str, Any], *, source: Path | None, base: Path,
     name = str(top.get("name") or (source.stem if source else "run"))
     if "run_dir" in top:
         run_dir = Path(str(top["run_dir"])).expanduser()
-        run_dir = run_dir if run_dir.is_absolute() else (base / run_dir).resolve()
+        run_dir = run_dir if run_dir.is_absolute() else (run_dir_base / run_dir).resolve()
     else:
         # Beside the config file, as its input paths are: the working folder does not matter.
         run_dir = (root or base / "artifacts").resolve() / name

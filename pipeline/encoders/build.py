@@ -30,9 +30,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from pipeline.encoders.e5_format import bad_file, bert_state_dict_name, read_e5_file, read_e5_tokenizer
 from pipeline.core.errors import ConfigError
+from pipeline.core.io import default_permissions
 from pipeline.core.progress import silence_library_bars
+from pipeline.encoders.e5_format import bad_file, bert_state_dict_name, read_e5_file, read_e5_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -203,9 +204,7 @@ def _build_folder(weights_path: Path, out_dir: Path) -> None:
     }
     _write_json(out_dir / MARKER_FILE, marker)  # last: its presence means complete
     # mkdtemp makes the folder 0700 and safetensors writes 0600; a cache may be shared.
-    out_dir.chmod(0o755)
-    for written in out_dir.iterdir():
-        written.chmod(0o644)
+    default_permissions(out_dir)
 
 
 def _is_complete(folder: Path) -> bool:
