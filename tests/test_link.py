@@ -246,9 +246,12 @@ def test_unseen_language_gets_the_fallback_threshold_and_one_warning(demo_run: d
     written_otherwise = links.filter(pl.col("mention_id") == records[3]["id"]).row(0, named=True)
     assert written_otherwise["lang"] == known
     assert written_otherwise["threshold"] == load_model_folder(demo_run["model"]).policy.thresholds[known]
-    set_by_hand = succeeded(link(demo_run["model"], tmp_path / "m.jsonl", tmp_path / "out2", "--fallback-threshold", -0.5))
+    # Into the same folder: the fallback is part of the link's key, so the links are redone, not "up to date".
+    set_by_hand = succeeded(link(demo_run["model"], tmp_path / "m.jsonl", tmp_path / "out", "--fallback-threshold", -0.5))
     assert "--fallback-threshold" in [line for line in set_by_hand.output.splitlines() if "[W701]" in line][0]
-    assert pl.read_parquet(tmp_path / "out2" / "links.parquet").filter(pl.col("lang") == "xx")["threshold"].to_list() == [-0.5] * 3
+    assert pl.read_parquet(tmp_path / "out" / "links.parquet").filter(pl.col("lang") == "xx")["threshold"].to_list() == [-0.5] * 3
+    not_a_number = link(demo_run["model"], tmp_path / "m.jsonl", tmp_path / "out3", "--fallback-threshold", "nan")
+    assert not_a_number.exit_code == 2 and "[E203]" in not_a_number.output
 
 
 def test_out_must_not_hold_other_files(demo_run: dict, tmp_path: Path) -> None:

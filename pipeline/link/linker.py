@@ -10,6 +10,7 @@ encoded in the same pass as the chunk's mentions and added to it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 import time
@@ -115,9 +116,15 @@ class Linker:
         self.policy = folder.policy
 
     @classmethod
-    def load(cls, path: str | Path, kb: str | Path | None = None, device: str | None = None) -> "Linker":
-        """Load and check a model folder (E701-E706); `kb` replaces the model's KB, `device` its encoder's."""
-        return cls(load_model_folder(Path(path)), Path(kb) if kb is not None else None, device)
+    def load(cls, path: str | Path, kb: str | Path | None = None, device: str | None = None,
+             fallback_threshold: float | None = None) -> "Linker":
+        """Load and check a model folder (E701-E706); `kb` replaces the model's KB, `device` its encoder's,
+        `fallback_threshold` the NIL threshold of languages the model has none for (as `--fallback-threshold`)."""
+        folder = load_model_folder(Path(path))
+        if fallback_threshold is not None:
+            folder = dataclasses.replace(folder, policy=dataclasses.replace(folder.policy,
+                                                                            unseen_threshold=float(fallback_threshold)))
+        return cls(folder, Path(kb) if kb is not None else None, device)
 
     def _vectors_dtype_round(self, array: np.ndarray) -> np.ndarray:
         """Vectors as encode would store them (float16 when `store_float16`), read back as float32."""

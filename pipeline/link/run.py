@@ -13,6 +13,7 @@ deletes the chunks. Chunks of other inputs or settings (another key) are deleted
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import ctypes
 import json
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.core.errors import CacheError, InputError
+from pipeline.core.errors import CacheError, ConfigError, InputError
 from pipeline.core.io import (file_fingerprint, remove_leftover_temps, write_json_atomic, write_parquet_atomic,
                          write_text_atomic)
 from pipeline.link.outputs import nil_share, write_outputs
@@ -81,7 +82,10 @@ def link_key(options: LinkOptions, model_fingerprint: str, kb_fingerprint: str) 
     inputs = {"model": model_fingerprint, "mentions": file_fingerprint(options.mentions), "kb": kb_fingerprint}
     if options.docs is not None:
         inputs["docs"] = file_fingerprint(options.docs)
-    return stage_key("link", VERSION, {"chunk_mentions": options.chunk_mentions, "score": options.score}, inputs)
+    settings = {"chunk_mentions": options.chunk_mentions, "score": options.score}
+    if options.fallback_threshold is not None:  # it decides NIL for unseen languages; absent, old keys hold
+        settings["fallback_threshold"] = options.fallback_threshold
+    return stage_key("link", VERSION, settings, inputs)
 
 
 def _chunk_path(out_dir: Path, index: int) -> Path:
@@ -126,6 +130,9 @@ def run(options: LinkOptions) -> LinkResult:
         raise InputError("E108", path=options.docs)
     folder = load_model_folder(options.model)
     if options.fallback_threshold is not None:
+        if not math.isfinite(options.fallback_threshold):
+            raise ConfigError("E203", where="--fallback-threshold", field="fallback_threshold",
+                              value=options.fallback_threshold, reason="must be a finite number (scores are in [-1, 1])")
         folder = dataclasses.replace(folder, policy=dataclasses.replace(folder.policy,
                                                                         unseen_threshold=options.fallback_threshold))
     kb_path = options.kb or Path(folder.meta["kb"]["path"])
