@@ -76,7 +76,10 @@ def write_corpus(size: int, variant: str) -> Path:
             (pl.lit(f"{variant}{copy}:") + pl.col("id") + pl.lit(":") + pl.int_range(pl.len()).cast(pl.String)).alias("id"),
             (pl.lit(f"{variant}{copy}:") + pl.col("doc_id")).alias("doc_id"), "lang", "mention",
             (pl.lit(dateline) + pl.col("text")).alias("text"),
-            (pl.col("start") + shift).alias("start"), (pl.col("end") + shift).alias("end")))
+            (pl.col("start") + shift).alias("start"), (pl.col("end") + shift).alias("end"),
+            # Each text is the mention's own window of its document: the document offsets say
+            # which span it is (two windows' local offsets can coincide; input checks key by span).
+            "doc_start", "doc_end"))
     corpus = pl.concat(copies).head(size)
     temp = path.with_suffix(".tmp")
     corpus.write_ndjson(temp)
