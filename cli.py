@@ -139,8 +139,9 @@ def _echo_result(result) -> None:
     counts = ", ".join(f"{k}={v}" for k, v in result.counts.items())
     click.echo(f"{result.stage}: done in {result.seconds:.1f}s ({counts}) -> {result.out_dir}")
     if result.stage == "triage":
-        recall = result.summary["recall"]
-        click.echo(_recall_table(recall))
+        from pipeline.scoring.table import format_frame
+
+        click.echo(format_frame(result.summary["recall"]))
     if result.stage == "train":
         accuracy = result.summary["best_dev_accuracy"]
         if accuracy is None:
@@ -158,15 +159,6 @@ def _echo_result(result) -> None:
         for row in metrics.get("nil_methods", []):
             click.echo(f"  {row['method']:<10} {row['lang']:>4}: {row['micro_average']:.3f}  "
                        f"P {row['nil_precision']:.3f} R {row['nil_recall']:.3f} F1 {row['nil_f1']:.3f}")
-
-
-def _recall_table(recall) -> str:
-    """Triage recall per language and split as aligned text."""
-    widths = [max(len(column), 6) for column in recall.columns]
-    lines = ["  ".join(f"{c:>{w}}" for c, w in zip(recall.columns, widths))]
-    for row in recall.iter_rows():
-        lines.append("  ".join(f"{v:>{w}.3f}" if isinstance(v, float) else f"{v!s:>{w}}" for v, w in zip(row, widths)))
-    return "\n".join(lines)
 
 
 def _stage_command(stage: str, help_text: str):
@@ -343,16 +335,15 @@ def link(model_dir: Path, mentions: Path, docs: Path | None, kb: Path | None, ou
          shard_text: str | None, merge: bool, score_links: bool, chunk_mentions: int, device: str | None, force: bool,
          fallback_threshold: float | None) -> None:
     """Link a new corpus with a trained linker, in chunks that resume when killed, shard and merge."""
-    from pipeline.link.run import LinkOptions, check_out_dir, run as run_link
+    from pipeline.link.out_folder import out_folder
+    from pipeline.link.run import LinkOptions, run as run_link
 
     shard = _shard(shard_text, merge)
     options = LinkOptions(model=model_dir, mentions=mentions, out_dir=out_dir, docs=docs, kb=kb, shard=shard, merge=merge,
                           score=score_links, chunk_mentions=chunk_mentions, device=device, force=force,
                           fallback_threshold=fallback_threshold)
-    check_out_dir(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     # Shards of one corpus write separate chunk files at once, so they take no lock (as encode's).
-    with run_lock(out_dir, "link") if shard is None else contextlib.nullcontext():
+    with out_folder(out_dir, locked=shard is None):
         result = run_link(options)
     if result.skipped:
         click.echo(f"link: up to date ({out_dir}); --force redoes it")
@@ -365,10 +356,10 @@ def link(model_dir: Path, mentions: Path, docs: Path | None, kb: Path | None, ou
     if not result.finished:
         click.echo(f"link: shard {shard[0]}/{shard[1]} done -> {out_dir}; run `xel-cli link ... --merge` when every shard is")
         return
-    click.echo(_recall_table(result.nil_share))
-    if result.metrics is not None:
-        from pipeline.scoring.table import format_table
+    from pipeline.scoring.table import format_frame, format_table
 
+    click.echo(format_frame(result.nil_share))
+    if result.metrics is not None:
         click.echo(format_table(result.metrics))
     click.echo(f"link: wrote links.parquet, links.jsonl, system.tab -> {out_dir}")
 

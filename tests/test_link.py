@@ -388,3 +388,36 @@ def test_link_decides_nil_with_the_learned_classifier_as_evaluate_would(demo_run
     assert linked["kb_id"].to_list() == linked["kb_id_link"].to_list()
     assert links.columns[:10] == ["mention_id", "doc_id", "start", "end", "lang", "mention", "kb_id", "score", "is_nil",
                                   "threshold"]
+
+
+def test_a_failed_link_removes_only_the_out_folder_it_made_and_that_holds_nothing_linked(
+        demo_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    not_a_model = tmp_path / "not-a-model"
+    not_a_model.mkdir()
+    for extra in ([], ["--shard", "0/2"]):  # a shard (no lock) removes the folder it made too, while empty
+        failed = link(not_a_model, demo_run["test"], tmp_path / "new" / "out", *extra)
+        assert failed.exit_code == 2 and "[E701]" in failed.output
+        assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()  # the user's folder stays, empty or not
+    assert "[E701]" in link(not_a_model, demo_run["test"], tmp_path / "mine").output
+    assert (tmp_path / "mine").is_dir()
+    # A failure in the third chunk of a new folder (a full disk, say): the two chunks linked before it stay, and the rerun resumes them.
+    from pipeline.core.errors import CacheError
+    from pipeline.link.linker import Linker
+
+    link_chunk, calls = Linker.link_chunk, []
+
+    def failing_third(self, mentions, work_dir):
+        calls.append(work_dir.name)
+        if len(calls) == 3:
+            raise CacheError("E406", path=work_dir, detail="No space left on device")
+        return link_chunk(self, mentions, work_dir)
+
+    monkeypatch.setattr(Linker, "link_chunk", failing_third)
+    failed = link(demo_run["model"], demo_run["test"], tmp_path / "linked", "--chunk-mentions", 20)
+    assert failed.exit_code == 2 and "[E406]" in failed.output
+    assert sorted(p.name for p in (tmp_path / "linked" / "chunks").glob("*.parquet")) == ["chunk-000000.parquet",
+                                                                                          "chunk-000001.parquet"]
+    monkeypatch.setattr(Linker, "link_chunk", link_chunk)
+    assert "4 chunk(s), 2 resumed" in succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "linked",
+                                                     "--chunk-mentions", 20)).output

@@ -29,17 +29,16 @@ import polars as pl
 from pipeline.core.errors import CacheError, ConfigError, InputError
 from pipeline.core.io import (file_fingerprint, remove_leftover_temps, write_json_atomic, write_parquet_atomic,
                          write_text_atomic)
+from pipeline.link.out_folder import CHUNKS, SHARDS, WORK
 from pipeline.link.outputs import nil_share, write_outputs
 from pipeline.link.sources import mention_chunks
 from pipeline.model.model_folder import load_model_folder
 from pipeline.core.progress import progress as progress_counter
-from pipeline.core.lock import LOCK_NAME
 from pipeline.core.manifest import MANIFEST, is_up_to_date, read_manifest_file, stage_key, write_manifest
 
 logger = logging.getLogger(__name__)
 
 VERSION = 1
-CHUNKS, WORK, SHARDS = "chunks", "work", "shards"
 DEFAULT_CHUNK_MENTIONS = 10_000
 
 
@@ -100,26 +99,6 @@ def _forget_other_keys(out_dir: Path, key: str, force: bool) -> None:
         for name in (CHUNKS, WORK, SHARDS):
             shutil.rmtree(out_dir / name, ignore_errors=True)
     write_text_atomic(key_path, key + "\n")
-
-
-def check_out_dir(out_dir: Path) -> None:
-    """Refuse (E714) an --out folder holding anything but what link writes, e.g. a run's evaluate/:
-    link would replace its system.tab and manifest and leave the rest mixed in."""
-    from pipeline.link.outputs import LINKS_JSONL, LINKS_PARQUET, SYSTEM_TAB
-
-    if not out_dir.is_dir():
-        return
-    ours = {CHUNKS, WORK, SHARDS, MANIFEST, LINKS_PARQUET, LINKS_JSONL, SYSTEM_TAB, "gold.tab", "metrics.json",
-            "doc_languages.tsv", LOCK_NAME}
-    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in ours and not p.name.endswith(".tmp"))
-    manifest = out_dir / MANIFEST
-    if manifest.is_file():
-        try:
-            foreign += [] if read_manifest_file(manifest).get("stage") == "link" else [MANIFEST]
-        except CacheError:
-            foreign.append(MANIFEST)
-    if foreign:
-        raise InputError("E714", path=out_dir, example=foreign[0])
 
 
 def run(options: LinkOptions) -> LinkResult:
