@@ -125,8 +125,18 @@ def test_score_writes_evaluates_metrics(demo_run: dict, tmp_path: Path) -> None:
     scored = json.loads(succeeded(invoke("score", tmp_path / "out" / "gold.tab", tmp_path / "out" / "system.tab",
                                          "--json", "--lenient")).stdout)
     assert sorted(scored["by_language"]) == ["ar", "de", "en", "es", "fr", "ru", "zh"]
-    result = link(demo_run["model"], demo_run["test"], tmp_path / "no-gold", "--score")
-    assert result.exit_code == 2 and "[E709]" in result.output
+
+
+
+def test_score_without_gold_fails_before_linking_anything(demo_run: dict, tmp_path: Path) -> None:
+    records = without_gold(demo_records("test"))
+    pl.DataFrame(records).write_parquet(tmp_path / "no-column.parquet")
+    pl.DataFrame([{**r, "gold_kb_id": None} for r in records], schema_overrides={"gold_kb_id": pl.String}).write_parquet(
+        tmp_path / "all-null.parquet")
+    for mentions in (demo_run["test"], tmp_path / "no-column.parquet", tmp_path / "all-null.parquet"):
+        result = link(demo_run["model"], mentions, tmp_path / "out", "--score", "--chunk-mentions", 20)
+        assert result.exit_code == 2 and f"Error: [E709] {mentions}: --score needs gold_kb_id" in result.output
+        assert "chunk 0:" not in result.output and not (tmp_path / "out").exists()  # no chunk was linked
 
 
 def test_gold_in_the_input_is_ignored_without_score(demo_run: dict, tmp_path: Path) -> None:

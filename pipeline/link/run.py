@@ -31,7 +31,7 @@ from pipeline.core.io import (file_fingerprint, remove_leftover_temps, write_jso
                          write_text_atomic)
 from pipeline.link.out_folder import CHUNKS, SHARDS, WORK
 from pipeline.link.outputs import nil_share, write_outputs
-from pipeline.link.sources import mention_chunks
+from pipeline.link.sources import has_gold, mention_chunks
 from pipeline.model.model_folder import load_model_folder
 from pipeline.core.progress import progress as progress_counter
 from pipeline.core.manifest import MANIFEST, is_up_to_date, read_manifest_file, stage_key, write_manifest
@@ -119,6 +119,8 @@ def run(options: LinkOptions) -> LinkResult:
         raise InputError("E706", path=kb_path, model=options.model)
     if not options.mentions.exists():
         raise InputError("E108", path=options.mentions)
+    if options.score and not options.merge and not has_gold(options.mentions):
+        raise InputError("E709", path=options.mentions)  # now, not after linking every chunk
     kb_fingerprint = file_fingerprint(kb_path)
     key = link_key(options, folder.fingerprint, kb_fingerprint)
     if not options.force and is_up_to_date(out_dir, key):  # a shard or merge of a finished link too

@@ -20,6 +20,7 @@ from pipeline.core.io import iter_jsonl_blocks
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 TAB_SUFFIXES = (".tab", ".tsv")
 Chunk = tuple[int, Callable[[], pl.DataFrame]]
+GOLD_SCAN_LINES = 1_000  # `has_gold` reads this many JSONL lines at a time
 
 
 def mention_format(path: Path) -> str:
@@ -32,6 +33,26 @@ def mention_format(path: Path) -> str:
     if suffix in TAB_SUFFIXES:
         return "tac"
     raise InputError("E707", path=path)
+
+
+def has_gold(path: Path) -> bool:
+    """Whether any mention of `path` carries a gold id (`gold_kb_id`, not empty): what `--score` needs.
+
+    Read before linking, so a corpus without gold fails at once (E709) rather than after
+    linking all of it. Stops at the first mention with gold; only a corpus without any is
+    read to the end. A TAC `.tab` always has gold (its KB column; a line without is E112).
+    """
+    kind = mention_format(path)
+    if kind == "tac":
+        return True
+    if kind == "parquet":
+        scan = pl.scan_parquet(path)
+        if "gold_kb_id" not in scan.collect_schema().names():
+            return False
+        gold = pl.col("gold_kb_id").cast(pl.String)
+        return bool(scan.select((gold.is_not_null() & (gold != "")).any()).collect().item())
+    return any(record.get("gold_kb_id") not in (None, "")
+               for block in iter_jsonl_blocks(path, block_lines=GOLD_SCAN_LINES) for _, record in block)
 
 
 def records_frame(records: list[dict], path: Path, context_chars: int, keep_gold: bool,
