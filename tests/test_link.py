@@ -164,9 +164,14 @@ def test_export_round_trip_and_python_api(demo_run: dict, tmp_path: Path) -> Non
     assert again.exit_code == 2 and "[E713]" in again.output
 
     succeeded(link(tmp_path / "exported", demo_run["test"], tmp_path / "out"))
-    links = Linker.load(tmp_path / "exported").link(pl.DataFrame(without_gold(demo_records("test"))))
+    linker = Linker.load(tmp_path / "exported")
+    links = linker.link(pl.DataFrame(without_gold(demo_records("test"))))
     cli_links = pl.read_parquet(tmp_path / "out" / "links.parquet")
     assert links.select("mention_id", "kb_id", "is_nil").equals(cli_links.select("mention_id", "kb_id", "is_nil"))
+    # No mentions: an empty table of links.parquet's columns and dtypes, from a DataFrame or a list.
+    for empty in (pl.DataFrame(), pl.DataFrame(schema={"id": pl.String, "mention": pl.String}), []):
+        nothing = linker.link(empty)
+        assert nothing.height == 0 and nothing.schema == links.schema == cli_links.schema
 
 
 @pytest.mark.parametrize("damage, code", [

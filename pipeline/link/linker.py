@@ -195,12 +195,15 @@ class Linker:
 
         mentions: a DataFrame or records with the JSONL fields (`id`, `doc_id`, `lang`,
         `mention`, and `text` + `start`/`end` or `doc_start`/`doc_end` with `docs`
-        (doc_id, text)); gold ids and splits are ignored. NIL clusters span this call.
+        (doc_id, text)); gold ids and splits are ignored. NIL clusters span this call. No
+        mentions give an empty table of the same columns and dtypes (`outputs.LINKS_SCHEMA`).
         """
-        from pipeline.link.outputs import links_table
+        from pipeline.link.outputs import LINKS_SCHEMA, links_table
         from pipeline.link.sources import records_frame
 
         records = mentions.to_dicts() if isinstance(mentions, pl.DataFrame) else list(mentions)
+        if not records:  # the stages' steps index a first row; nothing to link is no error here
+            return pl.DataFrame(schema=LINKS_SCHEMA)
         doc_texts = docs.select("doc_id", pl.col("text").alias("doc_text")) if docs is not None else None
         frame = records_frame(records, Path("<mentions>"), self.context_chars, keep_gold=False, docs=doc_texts)
         with tempfile.TemporaryDirectory(prefix="xel-link-") as work_dir:
