@@ -436,3 +436,21 @@ def test_a_failed_link_removes_only_the_out_folder_it_made_and_that_holds_nothin
     monkeypatch.setattr(Linker, "link_chunk", link_chunk)
     assert "4 chunk(s), 2 resumed" in succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "linked",
                                                      "--chunk-mentions", 20)).output
+
+
+def test_a_tac_file_is_read_once_per_link_not_once_per_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.formats.tac as tac
+    from pipeline.link.sources import mention_chunks
+
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "demo__en__d1.txt").write_text("Paris and Berlin met Rome, then Oslo and Madrid.", encoding="utf-8")
+    spans = [("Paris", 0), ("Berlin", 10), ("Rome", 21), ("Oslo", 32), ("Madrid", 41)]
+    (tmp_path / "m.tab").write_text("".join(f"xel\tm{i}\t{name}\tdemo:en:d1:{start}-{start + len(name) - 1}\tNIL\tLOC\tNAM\t1.0\n"
+                                            for i, (name, start) in enumerate(spans)), encoding="utf-8")
+    read_tab, reads = tac.read_tab, []
+    monkeypatch.setattr(tac, "read_tab", lambda path: reads.append(path) or read_tab(path))
+    chunks = [read() for _, read in mention_chunks(tmp_path / "m.tab", source, 2, 20, False, tmp_path / "work")]
+    assert reads == [tmp_path / "m.tab"]
+    assert [chunk["mention_id"].to_list() for chunk in chunks] == [["m0", "m1"], ["m2", "m3"], ["m4"]]
+    assert chunks[2].row(0, named=True)["line"] == 5 and chunks[2]["mention"].to_list() == ["Madrid"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.core.errors import InputError
-from pipeline.formats.inputs import normalise_gold, read_mentions_jsonl, read_tac_mentions, write_docs
+from pipeline.formats.inputs import normalise_gold, read_mentions_jsonl, read_tac_lines, tac_mentions, write_docs
 from pipeline.core.io import iter_jsonl_blocks
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -91,16 +91,14 @@ def mention_chunks(path: Path, docs: Path | None, chunk_mentions: int, context_c
     if kind == "tac":
         if docs is None or not docs.is_dir():
             raise InputError("E708", path=path, docs="no --docs" if docs is None else f"{docs}, not a folder")
-        from pipeline.formats.tac import read_tab
-
-        total = read_tab(path).height
+        lines = read_tac_lines({"test": path})  # once: a chunk takes its slice of these lines
 
         def tac_chunk(offset: int) -> pl.DataFrame:
-            frame = read_tac_mentions({"test": path}, docs, context_chars, rows=(offset, chunk_mentions))
+            frame = tac_mentions(lines.slice(offset, chunk_mentions), docs, context_chars)
             frame = frame if keep_gold else frame.with_columns(pl.lit(None, pl.String).alias("gold_kb_id"))
             return normalise_gold(frame)
 
-        for index, offset in enumerate(range(0, total, chunk_mentions)):
+        for index, offset in enumerate(range(0, lines.height, chunk_mentions)):
             yield index, (lambda offset=offset: tac_chunk(offset))
         return
     docs_parquet = None
