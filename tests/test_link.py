@@ -454,3 +454,29 @@ def test_a_tac_file_is_read_once_per_link_not_once_per_chunk(tmp_path: Path, mon
     assert reads == [tmp_path / "m.tab"]
     assert [chunk["mention_id"].to_list() for chunk in chunks] == [["m0", "m1"], ["m2", "m3"], ["m4"]]
     assert chunks[2].row(0, named=True)["line"] == 5 and chunks[2]["mention"].to_list() == ["Madrid"]
+
+
+def test_triage_indexes_of_the_model_are_built_once_per_link_not_per_chunk(
+        demo_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training names' four-gram index and the encoder's identity (a hash of its files) do not
+    depend on the mentions: a four-chunk link builds the one and computes the other once."""
+    import pipeline.encoders.encoder as encoder_module
+    import pipeline.triage.stage as triage_stage
+
+    counted = {"training index": 0, "encoder identity": 0}
+
+    def counting(name, function):
+        def wrapper(*args, **kwargs):
+            counted[name] += 1
+            return function(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(triage_stage, "name_ngrams", counting("training index", triage_stage.name_ngrams))
+    monkeypatch.setattr(encoder_module, "encoder_identity", counting("encoder identity", encoder_module.encoder_identity))
+    per_link = []
+    for chunk_mentions, chunks in ((1000, 1), (20, 4)):
+        result = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / f"out-{chunks}", "--chunk-mentions", chunk_mentions))
+        assert f"{chunks} chunk(s), 0 resumed" in result.output
+        per_link.append(dict(counted))
+        counted.update({name: 0 for name in counted})
+    assert per_link[1] == per_link[0] and per_link[0]["training index"] == 1  # the encoder's: the Linker's own checks
