@@ -18,7 +18,6 @@ import math
 import ctypes
 import json
 import logging
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -34,7 +33,8 @@ from pipeline.link.outputs import nil_share, write_outputs
 from pipeline.link.sources import has_gold, mention_chunks
 from pipeline.model.model_folder import load_model_folder
 from pipeline.core.progress import progress as progress_counter
-from pipeline.core.manifest import MANIFEST, is_up_to_date, read_manifest_file, stage_key, write_manifest
+from pipeline.core.manifest import MANIFEST, is_up_to_date, stage_key, write_manifest
+from pipeline.core.shards import ShardErrors, finished_shards
 
 logger = logging.getLogger(__name__)
 
@@ -200,23 +200,17 @@ def _release_freed_memory() -> None:
 
 def _finished_shards(out_dir: Path, key: str) -> int:
     """The corpus's chunk count, once every shard of this key has finished (E711 naming a missing one)."""
-    manifests = {}
-    for path in sorted((out_dir / SHARDS).glob("shard-*-of-*.json")):
-        match = re.fullmatch(r"shard-(\d+)-of-(\d+)\.json", path.name)
-        manifest = read_manifest_file(path)
-        if match and manifest["key"] == key:
-            manifests[(int(match[1]), int(match[2]))] = manifest
-    counts = sorted({count for _, count in manifests})
-    if len(counts) != 1:
-        raise CacheError("E711", path=out_dir / SHARDS, detail="no shard of this link (same model, inputs and settings) has finished; "
-                         "--merge must be given the shards' own --mentions, --docs, --kb, --score and --chunk-mentions"
-                         if not counts else f"its shards were cut in {counts} parts; delete the set you do not want")
-    for index in range(counts[0]):
-        if (index, counts[0]) not in manifests:
-            raise CacheError("E711", path=out_dir / SHARDS / f"shard-{index}-of-{counts[0]}.json",
-                             detail=f"shard {index}/{counts[0]} has not finished; run `xel-cli link --shard {index}/{counts[0]}` "
-                                    "with the same model, inputs and options")
-    return int(next(iter(manifests.values()))["chunks_total"])
+    errors = ShardErrors(
+        none_finished=lambda: CacheError(
+            "E711", path=out_dir / SHARDS, detail="no shard of this link (same model, inputs and settings) has finished; "
+            "--merge must be given the shards' own --mentions, --docs, --kb, --score and --chunk-mentions"),
+        cut_differently=lambda counts: CacheError(
+            "E711", path=out_dir / SHARDS, detail=f"its shards were cut in {counts} parts; delete the set you do not want"),
+        missing=lambda index, count: CacheError(
+            "E711", path=out_dir / SHARDS / f"shard-{index}-of-{count}.json",
+            detail=f"shard {index}/{count} has not finished; run `xel-cli link --shard {index}/{count}` "
+                   "with the same model, inputs and options"))
+    return int(finished_shards(out_dir / SHARDS, "shard", key, errors)[0]["chunks_total"])
 
 
 def _finish(options: LinkOptions, folder, key: str, total: int, started: float, counts: dict[str, int],
