@@ -40,6 +40,11 @@ def _setup_logging(debug: bool, quiet: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
+# click >= 8.2 raises these; on 8.1 (no such classes) help without a command exits 0 and an unknown command keeps click's form.
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+_NO_SUCH_COMMAND = getattr(click.exceptions, "NoSuchCommand", ())
+
+
 class XelGroup(click.Group):
     """Turns a PipelineError, and click's own usage errors (`errors.usage_error`: E206/E207), into one
     line and exit code 2 unless --debug is on. Help, and `xel-cli` without a command, stay click's."""
@@ -47,7 +52,7 @@ class XelGroup(click.Group):
     def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
-        except click.exceptions.NoArgsIsHelpError:
+        except _NO_ARGS_IS_HELP:
             raise
         except click.UsageError as error:  # of the global options (`xel-cli --bogus`): click shows it as one line
             raise usage_error(error) from None
@@ -56,7 +61,7 @@ class XelGroup(click.Group):
         try:
             return super().invoke(ctx)
         except click.UsageError as error:
-            if error.ctx is ctx and not isinstance(error, click.exceptions.NoSuchCommand):
+            if error.ctx is ctx and not isinstance(error, _NO_SUCH_COMMAND):
                 raise  # "Missing command." (global options, no command): click's usage block says what there is
             self._show(ctx, usage_error(error, " ".join(filter(None, (ctx.command_path, ctx.invoked_subcommand)))))
         except PipelineError as error:
