@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.core.errors import PipelineError
+from pipeline.core.errors import PipelineError, usage_error
 from pipeline.core.lock import run_lock
 
 STAGES = ("triage", "encode", "train", "evaluate")
@@ -40,19 +40,41 @@ def _setup_logging(debug: bool, quiet: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
+# click >= 8.2 raises these; on 8.1 (no such classes) help without a command exits 0 and an unknown command keeps click's form.
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+_NO_SUCH_COMMAND = getattr(click.exceptions, "NoSuchCommand", ())
+
+
 class XelGroup(click.Group):
-    """Turns a PipelineError into one line and exit code 2 unless --debug is on."""
+    """Turns a PipelineError, and click's own usage errors (`errors.usage_error`: E206/E207), into one
+    line and exit code 2 unless --debug is on. Help, and `xel-cli` without a command, stay click's."""
+
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except _NO_ARGS_IS_HELP:
+            raise
+        except click.UsageError as error:  # of the global options (`xel-cli --bogus`): click shows it as one line
+            raise usage_error(error) from None
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.UsageError as error:
+            if error.ctx is ctx and not isinstance(error, _NO_SUCH_COMMAND):
+                raise  # "Missing command." (global options, no command): click's usage block says what there is
+            self._show(ctx, usage_error(error, " ".join(filter(None, (ctx.command_path, ctx.invoked_subcommand)))))
         except PipelineError as error:
-            state = ctx.find_object(State)
-            if state is not None and state.debug:
-                # Re-raising would not show it: click's main() turns any ClickException into one line.
-                click.echo(traceback.format_exc(), err=True, nl=False)
-            click.echo(f"Error: {error.format_message()}", err=True)
-            ctx.exit(error.exit_code)
+            self._show(ctx, error)
+
+    @staticmethod
+    def _show(ctx: click.Context, error: PipelineError) -> None:
+        state = ctx.find_object(State)
+        if state is not None and state.debug:
+            # Re-raising would not show it: click's main() turns any ClickException into one line.
+            click.echo(traceback.format_exc(), err=True, nl=False)
+        click.echo(f"Error: {error.format_message()}", err=True)
+        ctx.exit(error.exit_code)
 
 
 @click.group(cls=XelGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -122,8 +144,9 @@ def _echo_result(result) -> None:
     counts = ", ".join(f"{k}={v}" for k, v in result.counts.items())
     click.echo(f"{result.stage}: done in {result.seconds:.1f}s ({counts}) -> {result.out_dir}")
     if result.stage == "triage":
-        recall = result.summary["recall"]
-        click.echo(_recall_table(recall))
+        from pipeline.scoring.table import format_frame
+
+        click.echo(format_frame(result.summary["recall"]))
     if result.stage == "train":
         accuracy = result.summary["best_dev_accuracy"]
         if accuracy is None:
@@ -143,15 +166,6 @@ def _echo_result(result) -> None:
                        f"P {row['nil_precision']:.3f} R {row['nil_recall']:.3f} F1 {row['nil_f1']:.3f}")
 
 
-def _recall_table(recall) -> str:
-    """Triage recall per language and split as aligned text."""
-    widths = [max(len(column), 6) for column in recall.columns]
-    lines = ["  ".join(f"{c:>{w}}" for c, w in zip(recall.columns, widths))]
-    for row in recall.iter_rows():
-        lines.append("  ".join(f"{v:>{w}.3f}" if isinstance(v, float) else f"{v!s:>{w}}" for v, w in zip(row, widths)))
-    return "\n".join(lines)
-
-
 def _stage_command(stage: str, help_text: str):
     @main.command(name=stage, help=help_text)
     @config_options
@@ -166,6 +180,19 @@ def _stage_command(stage: str, help_text: str):
     return command
 
 
+def _shard(shard_text: str | None, merge: bool) -> tuple[int, int] | None:
+    """The (i, n) of `--shard I/N` (E203 if malformed), else of a Slurm array task; None with --merge (E206 with both)."""
+    import os
+
+    from pipeline.encode.shards import parse_shard, shard_from_environment
+
+    if merge and shard_text is not None:
+        raise click.BadOptionUsage("--merge", "--shard and --merge exclude each other: run the shards first, then --merge once")
+    if merge:
+        return None
+    return parse_shard(shard_text) if shard_text is not None else shard_from_environment(os.environ)
+
+
 _stage_command("triage", "Read mentions and KB, write normalised tables and top-k candidates with recall.")
 
 
@@ -178,20 +205,10 @@ _stage_command("triage", "Read mentions and KB, write normalised tables and top-
 def encode(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, force: bool,
            shard_text: str | None, merge: bool) -> None:
     """Encode mentions and candidate entities with the multilingual encoder into vectors.h5."""
-    import os
-
     from pipeline.encode import stage as encode_stage
-    from pipeline.encode.shards import parse_shard, shard_from_environment
 
-    if merge and shard_text is not None:
-        raise click.UsageError("--shard and --merge exclude each other: run the shards first, then --merge once.")
+    shard = _shard(shard_text, merge)
     config = _load(config_path, overrides, run_dir)
-    if merge:
-        shard = None
-    elif shard_text is not None:
-        shard = parse_shard(shard_text)
-    else:
-        shard = shard_from_environment(os.environ)
     # Shards of one run write separate files at the same time, so they take no run lock.
     with _holding(config, "encode", lock=shard is None):
         _echo_result(encode_stage.run(config, force=force, shard=shard, merge=merge))
@@ -323,21 +340,15 @@ def link(model_dir: Path, mentions: Path, docs: Path | None, kb: Path | None, ou
          shard_text: str | None, merge: bool, score_links: bool, chunk_mentions: int, device: str | None, force: bool,
          fallback_threshold: float | None) -> None:
     """Link a new corpus with a trained linker, in chunks that resume when killed, shard and merge."""
-    import os
+    from pipeline.link.out_folder import out_folder
+    from pipeline.link.run import LinkOptions, run as run_link
 
-    from pipeline.encode.shards import parse_shard, shard_from_environment
-    from pipeline.link.run import LinkOptions, check_out_dir, run as run_link
-
-    if merge and shard_text is not None:
-        raise click.UsageError("--shard and --merge exclude each other: run the shards first, then --merge once.")
-    shard = None if merge else parse_shard(shard_text) if shard_text is not None else shard_from_environment(os.environ)
+    shard = _shard(shard_text, merge)
     options = LinkOptions(model=model_dir, mentions=mentions, out_dir=out_dir, docs=docs, kb=kb, shard=shard, merge=merge,
                           score=score_links, chunk_mentions=chunk_mentions, device=device, force=force,
                           fallback_threshold=fallback_threshold)
-    check_out_dir(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     # Shards of one corpus write separate chunk files at once, so they take no lock (as encode's).
-    with run_lock(out_dir, "link") if shard is None else contextlib.nullcontext():
+    with out_folder(out_dir, locked=shard is None):
         result = run_link(options)
     if result.skipped:
         click.echo(f"link: up to date ({out_dir}); --force redoes it")
@@ -350,10 +361,10 @@ def link(model_dir: Path, mentions: Path, docs: Path | None, kb: Path | None, ou
     if not result.finished:
         click.echo(f"link: shard {shard[0]}/{shard[1]} done -> {out_dir}; run `xel-cli link ... --merge` when every shard is")
         return
-    click.echo(_recall_table(result.nil_share))
-    if result.metrics is not None:
-        from pipeline.scoring.table import format_table
+    from pipeline.scoring.table import format_frame, format_table
 
+    click.echo(format_frame(result.nil_share))
+    if result.metrics is not None:
         click.echo(format_table(result.metrics))
     click.echo(f"link: wrote links.parquet, links.jsonl, system.tab -> {out_dir}")
 

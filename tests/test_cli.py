@@ -294,6 +294,43 @@ def test_errors_in_a_real_process_and_debug_traceback(tmp_path: Path) -> None:
     assert "Traceback (most recent call last)" in debug.stderr and "E201" in debug.stderr
 
 
+@pytest.mark.parametrize("args, code, where", [
+    (["export", "{tmp}/no-run", "{tmp}/out"], "E206", "main export RUN_DIR: Directory '{tmp}/no-run' does not exist"),
+    (["link", "--model", "m", "--mentions", "m.jsonl", "--out", "{tmp}/a-file"], "E206", "main link --out: Directory '{tmp}/a-file' is a file"),
+    (["link", "--model", "m", "--mentions", "m.jsonl", "--out", "{tmp}/o", "--shard", "0/2", "--merge"], "E206", "main link --merge: --shard and --merge exclude each other"),
+    (["encode", "--config", "{tmp}/a-file", "--shard", "0/2", "--merge"], "E206", "main encode --merge: --shard and --merge"),
+    (["link", "--model", "m", "--mentions", "m.jsonl", "--out", "{tmp}/o", "--chunk-mentions", "0"], "E206", "main link --chunk-mentions: 0 is not in the range"),
+    (["link", "--model", "m", "--mentions", "m.jsonl", "--out", "{tmp}/o", "--fallback-threshold", "low"], "E206", "main link --fallback-threshold: 'low' is not a valid float"),
+    (["link", "--mentions", "m.jsonl", "--out", "{tmp}/o"], "E206", "main link --model: Missing option '--model'"),
+    (["link", "--model", "m", "--mentions", "m.jsonl", "--out", "{tmp}/o", "--shard"], "E206", "main link --shard: Option '--shard' requires an argument"),
+    (["triage", "--config", "{tmp}/no.toml"], "E206", "main triage --config: File '{tmp}/no.toml' does not exist"),
+    (["search", "--config", "{tmp}/a-file", "--trials", "0"], "E206", "main search --trials: 0 is not in the range"),
+    (["score", "g.tab", "s.tab", "--languages", "{tmp}/no.tsv"], "E206", "main score --languages: File '{tmp}/no.tsv' does not exist"),
+    (["run", "--epochs", "3"], "E206", "main run --epochs: No such option '--epochs'"),
+    (["--bogus", "run"], "E206", "main --bogus: No such option '--bogus'"),
+    (["score", "g.tab", "s.tab", "extra.tab"], "E207", "main score: Got unexpected extra argument (extra.tab)"),
+    (["evaluat"], "E207", "main: No such command 'evaluat'"),
+])
+def test_click_usage_errors_are_our_one_line_errors(tmp_path: Path, args: list[str], code: str, where: str) -> None:
+    """Every command-line check click makes itself comes out as `Error: [E206/E207] ...`, exit 2,
+    naming the option and pointing to --help, without click's usage block."""
+    (tmp_path / "a-file").write_text("x", encoding="utf-8")
+    result = invoke(*[a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"Error: [{code}] {where.replace('{tmp}', str(tmp_path))}"), result.output
+    assert len(result.output.splitlines()) == 1 and "Usage:" not in result.output and "Traceback" not in result.output
+    assert result.output.rstrip().endswith(" --help`")
+    assert (tmp_path / "a-file").read_text(encoding="utf-8") == "x" and not (tmp_path / "o").exists()
+
+
+def test_help_and_a_missing_command_stay_clicks() -> None:
+    assert succeeded(invoke("link", "--help")).output.startswith("Usage: main link [OPTIONS]")
+    for args in ([], ["--debug"]):  # no command: click's usage block lists the commands
+        result = invoke(*args)
+        assert result.exit_code == 2 and result.output.startswith("Usage: main [OPTIONS] COMMAND [ARGS]...")
+        assert "[E2" not in result.output
+
+
 @pytest.mark.parametrize("command", [[], ["run"], ["triage"], ["encode"], ["train"], ["evaluate"], ["score"]])
 def test_every_command_has_help(command: list[str]) -> None:
     result = succeeded(invoke(*command, "--help"))

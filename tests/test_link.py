@@ -125,8 +125,18 @@ def test_score_writes_evaluates_metrics(demo_run: dict, tmp_path: Path) -> None:
     scored = json.loads(succeeded(invoke("score", tmp_path / "out" / "gold.tab", tmp_path / "out" / "system.tab",
                                          "--json", "--lenient")).stdout)
     assert sorted(scored["by_language"]) == ["ar", "de", "en", "es", "fr", "ru", "zh"]
-    result = link(demo_run["model"], demo_run["test"], tmp_path / "no-gold", "--score")
-    assert result.exit_code == 2 and "[E709]" in result.output
+
+
+
+def test_score_without_gold_fails_before_linking_anything(demo_run: dict, tmp_path: Path) -> None:
+    records = without_gold(demo_records("test"))
+    pl.DataFrame(records).write_parquet(tmp_path / "no-column.parquet")
+    pl.DataFrame([{**r, "gold_kb_id": None} for r in records], schema_overrides={"gold_kb_id": pl.String}).write_parquet(
+        tmp_path / "all-null.parquet")
+    for mentions in (demo_run["test"], tmp_path / "no-column.parquet", tmp_path / "all-null.parquet"):
+        result = link(demo_run["model"], mentions, tmp_path / "out", "--score", "--chunk-mentions", 20)
+        assert result.exit_code == 2 and f"Error: [E709] {mentions}: --score needs gold_kb_id" in result.output
+        assert "chunk 0:" not in result.output and not (tmp_path / "out").exists()  # no chunk was linked
 
 
 def test_gold_in_the_input_is_ignored_without_score(demo_run: dict, tmp_path: Path) -> None:
@@ -154,9 +164,14 @@ def test_export_round_trip_and_python_api(demo_run: dict, tmp_path: Path) -> Non
     assert again.exit_code == 2 and "[E713]" in again.output
 
     succeeded(link(tmp_path / "exported", demo_run["test"], tmp_path / "out"))
-    links = Linker.load(tmp_path / "exported").link(pl.DataFrame(without_gold(demo_records("test"))))
+    linker = Linker.load(tmp_path / "exported")
+    links = linker.link(pl.DataFrame(without_gold(demo_records("test"))))
     cli_links = pl.read_parquet(tmp_path / "out" / "links.parquet")
     assert links.select("mention_id", "kb_id", "is_nil").equals(cli_links.select("mention_id", "kb_id", "is_nil"))
+    # No mentions: an empty table of links.parquet's columns and dtypes, from a DataFrame or a list.
+    for empty in (pl.DataFrame(), pl.DataFrame(schema={"id": pl.String, "mention": pl.String}), []):
+        nothing = linker.link(empty)
+        assert nothing.height == 0 and nothing.schema == links.schema == cli_links.schema
 
 
 @pytest.mark.parametrize("damage, code", [
@@ -388,3 +403,80 @@ def test_link_decides_nil_with_the_learned_classifier_as_evaluate_would(demo_run
     assert linked["kb_id"].to_list() == linked["kb_id_link"].to_list()
     assert links.columns[:10] == ["mention_id", "doc_id", "start", "end", "lang", "mention", "kb_id", "score", "is_nil",
                                   "threshold"]
+
+
+def test_a_failed_link_removes_only_the_out_folder_it_made_and_that_holds_nothing_linked(
+        demo_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    not_a_model = tmp_path / "not-a-model"
+    not_a_model.mkdir()
+    for extra in ([], ["--shard", "0/2"]):  # a shard (no lock) removes the folder it made too, while empty
+        failed = link(not_a_model, demo_run["test"], tmp_path / "new" / "out", *extra)
+        assert failed.exit_code == 2 and "[E701]" in failed.output
+        assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()  # the user's folder stays, empty or not
+    assert "[E701]" in link(not_a_model, demo_run["test"], tmp_path / "mine").output
+    assert (tmp_path / "mine").is_dir()
+    # A failure in the third chunk of a new folder (a full disk, say): the two chunks linked before it stay, and the rerun resumes them.
+    from pipeline.core.errors import CacheError
+    from pipeline.link.linker import Linker
+
+    link_chunk, calls = Linker.link_chunk, []
+
+    def failing_third(self, mentions, work_dir):
+        calls.append(work_dir.name)
+        if len(calls) == 3:
+            raise CacheError("E406", path=work_dir, detail="No space left on device")
+        return link_chunk(self, mentions, work_dir)
+
+    monkeypatch.setattr(Linker, "link_chunk", failing_third)
+    failed = link(demo_run["model"], demo_run["test"], tmp_path / "linked", "--chunk-mentions", 20)
+    assert failed.exit_code == 2 and "[E406]" in failed.output
+    assert sorted(p.name for p in (tmp_path / "linked" / "chunks").glob("*.parquet")) == ["chunk-000000.parquet",
+                                                                                          "chunk-000001.parquet"]
+    monkeypatch.setattr(Linker, "link_chunk", link_chunk)
+    assert "4 chunk(s), 2 resumed" in succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "linked",
+                                                     "--chunk-mentions", 20)).output
+
+
+def test_a_tac_file_is_read_once_per_link_not_once_per_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.formats.tac as tac
+    from pipeline.link.sources import mention_chunks
+
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "demo__en__d1.txt").write_text("Paris and Berlin met Rome, then Oslo and Madrid.", encoding="utf-8")
+    spans = [("Paris", 0), ("Berlin", 10), ("Rome", 21), ("Oslo", 32), ("Madrid", 41)]
+    (tmp_path / "m.tab").write_text("".join(f"xel\tm{i}\t{name}\tdemo:en:d1:{start}-{start + len(name) - 1}\tNIL\tLOC\tNAM\t1.0\n"
+                                            for i, (name, start) in enumerate(spans)), encoding="utf-8")
+    read_tab, reads = tac.read_tab, []
+    monkeypatch.setattr(tac, "read_tab", lambda path: reads.append(path) or read_tab(path))
+    chunks = [read() for _, read in mention_chunks(tmp_path / "m.tab", source, 2, 20, False, tmp_path / "work")]
+    assert reads == [tmp_path / "m.tab"]
+    assert [chunk["mention_id"].to_list() for chunk in chunks] == [["m0", "m1"], ["m2", "m3"], ["m4"]]
+    assert chunks[2].row(0, named=True)["line"] == 5 and chunks[2]["mention"].to_list() == ["Madrid"]
+
+
+def test_triage_indexes_of_the_model_are_built_once_per_link_not_per_chunk(
+        demo_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training names' four-gram index and the encoder's identity (a hash of its files) do not
+    depend on the mentions: a four-chunk link builds the one and computes the other once."""
+    import pipeline.encoders.encoder as encoder_module
+    import pipeline.triage.stage as triage_stage
+
+    counted = {"training index": 0, "encoder identity": 0}
+
+    def counting(name, function):
+        def wrapper(*args, **kwargs):
+            counted[name] += 1
+            return function(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(triage_stage, "name_ngrams", counting("training index", triage_stage.name_ngrams))
+    monkeypatch.setattr(encoder_module, "encoder_identity", counting("encoder identity", encoder_module.encoder_identity))
+    per_link = []
+    for chunk_mentions, chunks in ((1000, 1), (20, 4)):
+        result = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / f"out-{chunks}", "--chunk-mentions", chunk_mentions))
+        assert f"{chunks} chunk(s), 0 resumed" in result.output
+        per_link.append(dict(counted))
+        counted.update({name: 0 for name in counted})
+    assert per_link[1] == per_link[0] and per_link[0]["training index"] == 1  # the encoder's: the Linker's own checks

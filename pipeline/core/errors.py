@@ -42,6 +42,9 @@ class Errors:
     E203 = "{where}: {field} = {value!r} is invalid: {reason}"
     E204 = "{path}: unknown section [{section}]; known sections: {known}"
     E205 = "no --config given; give the run's TOML file with --config FILE (the built-in demo is --config {demo})"
+    # E206-E207: click's own checks of the command line (`usage_error`), in our one-line form.
+    E206 = "{command} {option}: {detail}; see `{command} --help`"
+    E207 = "{command}: {detail}; see `{command} --help`"
     # E220-E239: friction fixes (doc_languages.tsv of `xel-cli score`, progress)
     E220 = "{path}:{line}: {detail}; a languages file is the header `doc_id<TAB>lang` and one `doc_id<TAB>lang` line per document"
 
@@ -143,6 +146,34 @@ class PipelineError(click.ClickException):
 
 class ConfigError(PipelineError):
     """A setting in a config file or on the command line is wrong."""
+
+
+def usage_error(error: click.UsageError, command: str = "xel-cli") -> ConfigError:
+    """click's own command-line check as one coded line (what `cli.py` prints instead of click's usage block).
+
+    E206 names the option or argument at fault: a value click refuses (`click.BadParameter`:
+    a `click.Path(exists=True)` that does not exist, a file where a folder is wanted, an
+    `IntRange`, a bad choice, a missing required option or argument), an unknown option,
+    an option without its value, options that exclude each other (`click.BadOptionUsage`).
+    E207 is the rest, where no single option is at fault: an unknown command, an extra argument.
+    `command` names the command where click's error has no context (a parser error of its options).
+    """
+    context = error.ctx
+    command = context.command_path if context is not None else command
+    detail = " ".join(error.format_message().split()).rstrip(".")
+    parameter = getattr(error, "param", None)  # BadParameter, MissingParameter
+    if parameter is not None:
+        if isinstance(parameter, click.Option):
+            option = max(parameter.opts, key=len)  # --out rather than -o
+        else:
+            option = parameter.make_metavar(context) if context is not None else parameter.human_readable_name
+        if not isinstance(error, click.MissingParameter):
+            detail = " ".join(error.message.split()).rstrip(".")  # click's "Invalid value for '--x':" said by `option`
+        return ConfigError("E206", command=command, option=option, detail=detail)
+    option = getattr(error, "option_name", None)  # NoSuchOption, BadOptionUsage
+    if option:
+        return ConfigError("E206", command=command, option=option, detail=detail)
+    return ConfigError("E207", command=command, detail=detail)
 
 
 class InputError(PipelineError):

@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.core.errors import CacheError, ConfigError
-from pipeline.core.manifest import read_manifest_file
+from pipeline.core.shards import ShardErrors, finished_shards as finished_shards_of
 from pipeline.formats.vectors import read_vectors
 
 SHARDS = "shards"
@@ -63,32 +63,24 @@ def finished_shards(out_dir: Path, key: str) -> tuple[list[Path], list[dict]]:
     """Vectors files and manifests of all n shards of this key, in shard order.
 
     Raises E403 naming the first missing shard, E404 if this key's shards were cut in
-    more than one way.
+    more than one way (`core.shards.finished_shards`, with encode's messages).
     """
-    manifests: dict[tuple[int, int], dict] = {}
-    for path in sorted((out_dir / SHARDS).glob("vectors-*-of-*.json")):
-        match = re.fullmatch(r"vectors-(\d+)-of-(\d+)\.json", path.name)
-        if match is None:
-            continue
-        manifest = read_manifest_file(path)
-        if manifest.get("key") == key and path.with_suffix(".h5").is_file():
-            manifests[(int(match[1]), int(match[2]))] = manifest
-    counts = sorted({count for _, count in manifests})
-    if not counts:
-        raise CacheError("E403", path=out_dir / SHARDS / "vectors-<i>-of-<n>.h5",
-                         detail="no shard of this encode (same inputs and settings) has finished; "
-                                "run `xel-cli encode --shard i/n` for every i = 0 .. n-1")
-    if len(counts) > 1:
-        raise CacheError("E404", path=out_dir / SHARDS, detail=f"this encode's shards were cut in {counts} parts; "
-                                                               "delete the set you do not want")
-    count = counts[0]
-    for index in range(count):
-        if (index, count) not in manifests:
-            raise CacheError("E403", path=shard_paths(out_dir, (index, count))[0],
-                             detail=f"shard {index}/{count} is missing or was made with other inputs or settings; "
-                                    f"run `xel-cli encode --shard {index}/{count}` with this run's config")
-    return ([shard_paths(out_dir, (index, count))[0] for index in range(count)],
-            [manifests[(index, count)] for index in range(count)])
+    errors = ShardErrors(
+        none_finished=lambda: CacheError(
+            "E403", path=out_dir / SHARDS / "vectors-<i>-of-<n>.h5",
+            detail="no shard of this encode (same inputs and settings) has finished; "
+                   "run `xel-cli encode --shard i/n` for every i = 0 .. n-1"),
+        cut_differently=lambda counts: CacheError(
+            "E404", path=out_dir / SHARDS, detail=f"this encode's shards were cut in {counts} parts; delete the set you do not want"),
+        missing=lambda index, count: CacheError(
+            "E403", path=shard_paths(out_dir, (index, count))[0],
+            detail=f"shard {index}/{count} is missing or was made with other inputs or settings; "
+                   f"run `xel-cli encode --shard {index}/{count}` with this run's config"))
+    # A shard counts only with its vectors file beside its manifest.
+    manifests = finished_shards_of(out_dir / SHARDS, "vectors", key, errors,
+                                   finished=lambda manifest: manifest.with_suffix(".h5").is_file())
+    count = len(manifests)
+    return [shard_paths(out_dir, (index, count))[0] for index in range(count)], manifests
 
 
 def merge_group(paths: list[Path], group: str, expected_ids: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -181,27 +181,38 @@ def _context_from_docs(frame: pl.DataFrame, docs: pl.DataFrame, path: Path, docs
     )
 
 
-def read_tac_mentions(gold_by_split: dict[str, Path], source_dir: Path, context_chars: int,
-                      rows: tuple[int, int] | None = None) -> pl.DataFrame:
+def read_tac_mentions(gold_by_split: dict[str, Path], source_dir: Path, context_chars: int) -> pl.DataFrame:
     """TAC KBP 2015 EDL gold `.tab` files + raw source documents -> the `schema.MENTIONS` table.
 
     Offsets in the `.tab` file count characters of the raw source file (XML included),
     end inclusive; the document is `<doc_id>.txt` or `<doc_id>.xml` in `source_dir`, with
-    ':' in the id written as '__' (as in MEANTIME's TAC release). `rows=(offset, length)`
-    keeps only those lines of the `.tab` lines (in file order), so only their documents
-    are read (`xel-cli link` reads a large file chunk by chunk).
+    ':' in the id written as '__' (as in MEANTIME's TAC release).
     """
-    from pipeline.formats.tac import language_of_doc, read_tab
-
     if not source_dir.is_dir():
         raise InputError("E108", path=source_dir)
+    return tac_mentions(read_tac_lines(gold_by_split), source_dir, context_chars)
+
+
+def read_tac_lines(gold_by_split: dict[str, Path]) -> pl.DataFrame:
+    """The `.tab` files' lines (`tac.read_tab` columns + line, split, tab_path), in file order.
+
+    `xel-cli link` reads a large file once with this and hands `tac_mentions` a slice of
+    lines per chunk, so only that chunk's documents are read.
+    """
+    from pipeline.formats.tac import read_tab
+
     frames = []
     for split, tab_path in gold_by_split.items():
         gold = read_tab(tab_path).with_row_index("line", offset=1).with_columns(pl.lit(split).alias("split"))
         frames.append(gold.with_columns(pl.col("line").cast(pl.Int64), pl.lit(str(tab_path)).alias("tab_path")))
-    gold = pl.concat(frames)
-    if rows is not None:
-        gold = gold.slice(*rows)
+    return pl.concat(frames)
+
+
+def tac_mentions(gold: pl.DataFrame, source_dir: Path, context_chars: int) -> pl.DataFrame:
+    """`read_tac_lines` lines (all, or a slice) + their source documents -> the `schema.MENTIONS` table;
+    see `read_tac_mentions`. Checks the mentions against their `.tab` file (E105, E106, E114, E115)."""
+    from pipeline.formats.tac import language_of_doc
+
     doc_ids = gold["doc_id"].unique().to_list()
     doc_texts = {doc_id: _read_source(source_dir, doc_id) for doc_id in doc_ids}
     docs = pl.DataFrame({"doc_id": list(doc_texts), "doc_text": list(doc_texts.values())})
@@ -219,8 +230,8 @@ def read_tac_mentions(gold_by_split: dict[str, Path], source_dir: Path, context_
         pl.col("mention_id").alias("id"),
         pl.col("kb_id").alias("gold_kb_id"),
     )
-    for tab_path in gold_by_split.values():
-        check_mentions(frame.filter(pl.col("tab_path") == str(tab_path)), tab_path, end_inclusive=True)
+    for tab_path in gold["tab_path"].unique(maintain_order=True).to_list():
+        check_mentions(frame.filter(pl.col("tab_path") == tab_path), Path(tab_path), end_inclusive=True)
     return frame.select(
         "mention_id", "doc_id", "lang", "mention", "context", "start", "end", "doc_start", "doc_end", "split",
         "gold_kb_id", "entity_type", "mention_type",

@@ -57,6 +57,7 @@ class Linker:
         from pipeline.encoders.encoder import encoder_identity, load_encoder, resolve_encoder_path
         from pipeline.triage.kb_index import kb_entities, names_index
         from pipeline.model.model_file import MODEL, load_model
+        from pipeline.triage.stage import LearnedSources
 
         self.folder = folder
         meta = folder.meta
@@ -114,6 +115,8 @@ class Linker:
             cache.cache_root() / cache.ENTITY_VECTORS / cache.encoder_key(identity, settings),
             float16=self.encoder_config.store_float16)
         self.policy = folder.policy
+        # What triage's sources take from the alias table and encoder, built once here, not per chunk.
+        self.learned = LearnedSources.prepare(folder.aliases, self.triage_config, self.encoder_config, identity)
 
     @classmethod
     def load(cls, path: str | Path, kb: str | Path | None = None, device: str | None = None,
@@ -142,7 +145,8 @@ class Linker:
 
         started = time.time()
         pieces = candidate_pieces(mentions, self.folder.aliases, self.kb_names, self.known_ids, self.triage_config,
-                                  self.encoder_config, self.index_root, self.kb_fingerprint, None, self.encoder)
+                                  self.encoder_config, self.index_root, self.kb_fingerprint, None, self.encoder,
+                                  self.learned)
         candidates = merge_candidates(pieces, mentions, self.triage_config.k, oracle=False)
         entities = (pl.scan_parquet(self.entities_path)
                     .filter(pl.col("kb_id").is_in(candidates["kb_id"].unique().implode()))
@@ -195,12 +199,15 @@ class Linker:
 
         mentions: a DataFrame or records with the JSONL fields (`id`, `doc_id`, `lang`,
         `mention`, and `text` + `start`/`end` or `doc_start`/`doc_end` with `docs`
-        (doc_id, text)); gold ids and splits are ignored. NIL clusters span this call.
+        (doc_id, text)); gold ids and splits are ignored. NIL clusters span this call. No
+        mentions give an empty table of the same columns and dtypes (`outputs.LINKS_SCHEMA`).
         """
-        from pipeline.link.outputs import links_table
+        from pipeline.link.outputs import LINKS_SCHEMA, links_table
         from pipeline.link.sources import records_frame
 
         records = mentions.to_dicts() if isinstance(mentions, pl.DataFrame) else list(mentions)
+        if not records:  # the stages' steps index a first row; nothing to link is no error here
+            return pl.DataFrame(schema=LINKS_SCHEMA)
         doc_texts = docs.select("doc_id", pl.col("text").alias("doc_text")) if docs is not None else None
         frame = records_frame(records, Path("<mentions>"), self.context_chars, keep_gold=False, docs=doc_texts)
         with tempfile.TemporaryDirectory(prefix="xel-link-") as work_dir:

@@ -19,6 +19,11 @@ from pipeline.core.io import atomic_path, write_json_atomic
 LINKS_PARQUET = "links.parquet"
 LINKS_JSONL = "links.jsonl"
 SYSTEM_TAB = "system.tab"
+# The columns of links.parquet and of `Linker.link`'s result, with their dtypes: what an empty input gives too.
+CANDIDATE = pl.Struct({"kb_id": pl.String, "score": pl.Float32, "triage_score": pl.Float64, "sources": pl.List(pl.String)})
+LINKS_SCHEMA = pl.Schema({"mention_id": pl.String, "doc_id": pl.String, "start": pl.Int64, "end": pl.Int64, "lang": pl.String,
+                          "mention": pl.String, "kb_id": pl.String, "score": pl.Float64, "is_nil": pl.Boolean,
+                          "threshold": pl.Float64, "candidates": pl.List(CANDIDATE)})
 
 
 def links_table(clustered: pl.DataFrame) -> pl.DataFrame:

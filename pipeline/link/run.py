@@ -18,7 +18,6 @@ import math
 import ctypes
 import json
 import logging
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -29,17 +28,17 @@ import polars as pl
 from pipeline.core.errors import CacheError, ConfigError, InputError
 from pipeline.core.io import (file_fingerprint, remove_leftover_temps, write_json_atomic, write_parquet_atomic,
                          write_text_atomic)
+from pipeline.link.out_folder import CHUNKS, SHARDS, WORK
 from pipeline.link.outputs import nil_share, write_outputs
-from pipeline.link.sources import mention_chunks
+from pipeline.link.sources import has_gold, mention_chunks
 from pipeline.model.model_folder import load_model_folder
 from pipeline.core.progress import progress as progress_counter
-from pipeline.core.lock import LOCK_NAME
-from pipeline.core.manifest import MANIFEST, is_up_to_date, read_manifest_file, stage_key, write_manifest
+from pipeline.core.manifest import MANIFEST, is_up_to_date, stage_key, write_manifest
+from pipeline.core.shards import ShardErrors, finished_shards
 
 logger = logging.getLogger(__name__)
 
 VERSION = 1
-CHUNKS, WORK, SHARDS = "chunks", "work", "shards"
 DEFAULT_CHUNK_MENTIONS = 10_000
 
 
@@ -102,26 +101,6 @@ def _forget_other_keys(out_dir: Path, key: str, force: bool) -> None:
     write_text_atomic(key_path, key + "\n")
 
 
-def check_out_dir(out_dir: Path) -> None:
-    """Refuse (E714) an --out folder holding anything but what link writes, e.g. a run's evaluate/:
-    link would replace its system.tab and manifest and leave the rest mixed in."""
-    from pipeline.link.outputs import LINKS_JSONL, LINKS_PARQUET, SYSTEM_TAB
-
-    if not out_dir.is_dir():
-        return
-    ours = {CHUNKS, WORK, SHARDS, MANIFEST, LINKS_PARQUET, LINKS_JSONL, SYSTEM_TAB, "gold.tab", "metrics.json",
-            "doc_languages.tsv", LOCK_NAME}
-    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in ours and not p.name.endswith(".tmp"))
-    manifest = out_dir / MANIFEST
-    if manifest.is_file():
-        try:
-            foreign += [] if read_manifest_file(manifest).get("stage") == "link" else [MANIFEST]
-        except CacheError:
-            foreign.append(MANIFEST)
-    if foreign:
-        raise InputError("E714", path=out_dir, example=foreign[0])
-
-
 def run(options: LinkOptions) -> LinkResult:
     """Link, one shard of it, or the merge; see the module doc. Errors: E7xx, E1xx of the inputs."""
     started = time.time()
@@ -140,6 +119,8 @@ def run(options: LinkOptions) -> LinkResult:
         raise InputError("E706", path=kb_path, model=options.model)
     if not options.mentions.exists():
         raise InputError("E108", path=options.mentions)
+    if options.score and not options.merge and not has_gold(options.mentions):
+        raise InputError("E709", path=options.mentions)  # now, not after linking every chunk
     kb_fingerprint = file_fingerprint(kb_path)
     key = link_key(options, folder.fingerprint, kb_fingerprint)
     if not options.force and is_up_to_date(out_dir, key):  # a shard or merge of a finished link too
@@ -219,23 +200,17 @@ def _release_freed_memory() -> None:
 
 def _finished_shards(out_dir: Path, key: str) -> int:
     """The corpus's chunk count, once every shard of this key has finished (E711 naming a missing one)."""
-    manifests = {}
-    for path in sorted((out_dir / SHARDS).glob("shard-*-of-*.json")):
-        match = re.fullmatch(r"shard-(\d+)-of-(\d+)\.json", path.name)
-        manifest = read_manifest_file(path)
-        if match and manifest["key"] == key:
-            manifests[(int(match[1]), int(match[2]))] = manifest
-    counts = sorted({count for _, count in manifests})
-    if len(counts) != 1:
-        raise CacheError("E711", path=out_dir / SHARDS, detail="no shard of this link (same model, inputs and settings) has finished; "
-                         "--merge must be given the shards' own --mentions, --docs, --kb, --score and --chunk-mentions"
-                         if not counts else f"its shards were cut in {counts} parts; delete the set you do not want")
-    for index in range(counts[0]):
-        if (index, counts[0]) not in manifests:
-            raise CacheError("E711", path=out_dir / SHARDS / f"shard-{index}-of-{counts[0]}.json",
-                             detail=f"shard {index}/{counts[0]} has not finished; run `xel-cli link --shard {index}/{counts[0]}` "
-                                    "with the same model, inputs and options")
-    return int(next(iter(manifests.values()))["chunks_total"])
+    errors = ShardErrors(
+        none_finished=lambda: CacheError(
+            "E711", path=out_dir / SHARDS, detail="no shard of this link (same model, inputs and settings) has finished; "
+            "--merge must be given the shards' own --mentions, --docs, --kb, --score and --chunk-mentions"),
+        cut_differently=lambda counts: CacheError(
+            "E711", path=out_dir / SHARDS, detail=f"its shards were cut in {counts} parts; delete the set you do not want"),
+        missing=lambda index, count: CacheError(
+            "E711", path=out_dir / SHARDS / f"shard-{index}-of-{count}.json",
+            detail=f"shard {index}/{count} has not finished; run `xel-cli link --shard {index}/{count}` "
+                   "with the same model, inputs and options"))
+    return int(finished_shards(out_dir / SHARDS, "shard", key, errors)[0]["chunks_total"])
 
 
 def _finish(options: LinkOptions, folder, key: str, total: int, started: float, counts: dict[str, int],

@@ -14,12 +14,13 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.core.errors import InputError
-from pipeline.formats.inputs import normalise_gold, read_mentions_jsonl, read_tac_mentions, write_docs
+from pipeline.formats.inputs import normalise_gold, read_mentions_jsonl, read_tac_lines, tac_mentions, write_docs
 from pipeline.core.io import iter_jsonl_blocks
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 TAB_SUFFIXES = (".tab", ".tsv")
 Chunk = tuple[int, Callable[[], pl.DataFrame]]
+GOLD_SCAN_LINES = 1_000  # `has_gold` reads this many JSONL lines at a time
 
 
 def mention_format(path: Path) -> str:
@@ -32,6 +33,26 @@ def mention_format(path: Path) -> str:
     if suffix in TAB_SUFFIXES:
         return "tac"
     raise InputError("E707", path=path)
+
+
+def has_gold(path: Path) -> bool:
+    """Whether any mention of `path` carries a gold id (`gold_kb_id`, not empty): what `--score` needs.
+
+    Read before linking, so a corpus without gold fails at once (E709) rather than after
+    linking all of it. Stops at the first mention with gold; only a corpus without any is
+    read to the end. A TAC `.tab` always has gold (its KB column; a line without is E112).
+    """
+    kind = mention_format(path)
+    if kind == "tac":
+        return True
+    if kind == "parquet":
+        scan = pl.scan_parquet(path)
+        if "gold_kb_id" not in scan.collect_schema().names():
+            return False
+        gold = pl.col("gold_kb_id").cast(pl.String)
+        return bool(scan.select((gold.is_not_null() & (gold != "")).any()).collect().item())
+    return any(record.get("gold_kb_id") not in (None, "")
+               for block in iter_jsonl_blocks(path, block_lines=GOLD_SCAN_LINES) for _, record in block)
 
 
 def records_frame(records: list[dict], path: Path, context_chars: int, keep_gold: bool,
@@ -70,16 +91,14 @@ def mention_chunks(path: Path, docs: Path | None, chunk_mentions: int, context_c
     if kind == "tac":
         if docs is None or not docs.is_dir():
             raise InputError("E708", path=path, docs="no --docs" if docs is None else f"{docs}, not a folder")
-        from pipeline.formats.tac import read_tab
-
-        total = read_tab(path).height
+        lines = read_tac_lines({"test": path})  # once: a chunk takes its slice of these lines
 
         def tac_chunk(offset: int) -> pl.DataFrame:
-            frame = read_tac_mentions({"test": path}, docs, context_chars, rows=(offset, chunk_mentions))
+            frame = tac_mentions(lines.slice(offset, chunk_mentions), docs, context_chars)
             frame = frame if keep_gold else frame.with_columns(pl.lit(None, pl.String).alias("gold_kb_id"))
             return normalise_gold(frame)
 
-        for index, offset in enumerate(range(0, total, chunk_mentions)):
+        for index, offset in enumerate(range(0, lines.height, chunk_mentions)):
             yield index, (lambda offset=offset: tac_chunk(offset))
         return
     docs_parquet = None

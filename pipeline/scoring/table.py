@@ -44,3 +44,13 @@ def format_table(report: dict) -> str:
         for name, measures in groups.items():
             lines.append(row(name, ["", *(f"{measures[measure][key]:.4f}" for measure in MEASURES)]))
     return "\n".join([*lines, "", TABLE_LEGEND])
+
+
+def format_frame(frame) -> str:
+    """A small polars frame (triage recall per language and split, link's NIL share) as aligned text:
+    right-aligned columns at least 6 wide, floats to 3 decimals."""
+    widths = [max(len(column), 6) for column in frame.columns]
+    lines = ["  ".join(f"{c:>{w}}" for c, w in zip(frame.columns, widths))]
+    for row in frame.iter_rows():
+        lines.append("  ".join(f"{v:>{w}.3f}" if isinstance(v, float) else f"{v!s:>{w}}" for v, w in zip(row, widths)))
+    return "\n".join(lines)

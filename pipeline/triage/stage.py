@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,15 +48,25 @@ RECALL_AT = (1, 5, 10, 30, 100)
 FUZZY_SHORTLIST = 128
 
 
-def prior_candidates(mentions: pl.DataFrame, aliases: pl.DataFrame) -> pl.DataFrame:
-    """P(e|m) from the alias table (`alias_table`), matched on folded, then romanised strings."""
+def alias_priors(aliases: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    """P(e|m) of the alias table (`alias_table`) per key: {"mention_fold" | "mention_roman": (key, gold_kb_id, n, score)}."""
     keyed = add_keys(aliases, "mention")
-    parts = []
+    priors = {}
     for key in ("mention_fold", "mention_roman"):
         # An empty key (a mention of punctuation only, `--`) is no name: it matches nothing.
         counts = keyed.filter(pl.col(key) != "").group_by(key, "gold_kb_id").agg(pl.col("count").sum().alias("n"))
-        priors = counts.with_columns((pl.col("n") / pl.col("n").sum().over(key)).alias("score"))
-        parts.append(mentions.select("mention_id", key).join(priors, on=key)
+        priors[key] = counts.with_columns((pl.col("n") / pl.col("n").sum().over(key)).alias("score"))
+    return priors
+
+
+def prior_candidates(mentions: pl.DataFrame, aliases: pl.DataFrame,
+                     priors: dict[str, pl.DataFrame] | None = None) -> pl.DataFrame:
+    """P(e|m) from the alias table (`alias_table`), matched on folded, then romanised strings;
+    `priors`: the table's `alias_priors`, when the caller has them already."""
+    priors = priors if priors is not None else alias_priors(aliases)
+    parts = []
+    for key, table in priors.items():
+        parts.append(mentions.select("mention_id", key).join(table, on=key)
                      .select("mention_id", pl.col("gold_kb_id").alias("kb_id"), "score"))
     best = pl.concat(parts).group_by("mention_id", "kb_id").agg(pl.col("score").max())
     return best.with_columns(pl.lit("prior").alias("source"))
@@ -112,10 +123,12 @@ def fuzzy_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, roman_keys:
 
 
 def dense_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, encoder_config: EncoderConfig,
-                     config: TriageConfig, index_root: Path, kb_fingerprint: str, encoder=None) -> pl.DataFrame:
+                     config: TriageConfig, index_root: Path, kb_fingerprint: str, encoder=None,
+                     identity: str | None = None) -> pl.DataFrame:
     """Nearest KB names and aliases of each distinct mention string (its leading article
     dropped) by encoder cosine similarity, from a FAISS index cached per KB and encoder.
-    `encoder` (a `LoadedEncoder` of `encoder_config`) saves loading it again (link does so per chunk)."""
+    `encoder` (a `LoadedEncoder` of `encoder_config`) and `identity` (its `encoder_identity`, which
+    hashes its files) save loading and hashing it again (link calls this per chunk)."""
     from pipeline.encoders.encoder import embed_texts, encoder_identity, load_encoder, resolve_encoder_path
 
     encoder = encoder or load_encoder(encoder_config)
@@ -125,7 +138,8 @@ def dense_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, encoder_con
             return embed_texts(encoder, [config.dense_prefix + t for t in texts], encoder_config.max_name_tokens,
                                encoder_config.batch_tokens, progress)
 
-    settings = {"encoder": encoder_identity(resolve_encoder_path(encoder_config.name)), "prefix": config.dense_prefix,
+    identity = identity or encoder_identity(resolve_encoder_path(encoder_config.name))
+    settings = {"encoder": identity, "prefix": config.dense_prefix,
                 "max_name_tokens": encoder_config.max_name_tokens}
     names = surfaces.select("surface", "kb_id")  # unique already (kb_index.keyed_surfaces)
     # A callable: the distinct names are only needed when the index is built.
@@ -188,33 +202,67 @@ def external_candidates(path: Path, mentions: pl.DataFrame, kb_ids: pl.DataFrame
             .select("mention_id", "kb_id", pl.col("score").clip(0, 1), pl.lit("external").alias("source")))
 
 
+@dataclass(frozen=True)
+class LearnedSources:
+    """What the candidate sources take from the alias table and the encoder, not from the mentions:
+    P(e|m) per key (`alias_priors`), the training surface forms with their keys and four-gram
+    index (the fuzzy source matches them as it matches KB names), and the encoder's identity
+    (the dense index's key). `xel-cli link` prepares them once per `Linker`, not per chunk;
+    a part whose source is switched off is None."""
+
+    priors: dict[str, pl.DataFrame] | None
+    training_names: pl.DataFrame | None  # surface, kb_id and their keys
+    training_keys: pl.Series | None  # distinct non-empty surface_roman, sorted: name i of `training_ngrams`
+    training_ngrams: TantivyNameIndex | None
+    encoder_identity: str | None
+
+    @classmethod
+    def prepare(cls, aliases: pl.DataFrame, triage: TriageConfig, encoder_config: EncoderConfig,
+                encoder_identity: str | None = None) -> LearnedSources:
+        """Build what `triage`'s switched-on sources need; `encoder_identity` when the caller has it."""
+        priors = alias_priors(aliases) if triage.use_priors else None
+        names = keys = ngrams = None
+        if triage.use_fuzzy:
+            names = add_keys(aliases.select(pl.col("mention").alias("surface"), pl.col("gold_kb_id").alias("kb_id")).unique(),
+                             "surface")
+            keys = names.select(pl.col("surface_roman").unique().sort()).filter(pl.col("surface_roman") != "")["surface_roman"]
+            ngrams = name_ngrams(keys)
+        if triage.use_dense and encoder_identity is None:
+            from pipeline.encoders.encoder import encoder_identity as identity_of, resolve_encoder_path
+
+            encoder_identity = identity_of(resolve_encoder_path(encoder_config.name))
+        return cls(priors, names, keys, ngrams, encoder_identity if triage.use_dense else None)
+
+
 def candidate_pieces(mentions: pl.DataFrame, aliases: pl.DataFrame, kb_names: KbNames, known_ids: pl.DataFrame,
                      triage: TriageConfig, encoder_config: EncoderConfig, index_root: Path, kb_fingerprint: str,
-                     external: Path | None = None, encoder=None) -> list[pl.DataFrame]:
+                     external: Path | None = None, encoder=None, learned: LearnedSources | None = None) -> list[pl.DataFrame]:
     """Candidates of every switched-on source, (mention_id, kb_id, score, source) each, KB ids only.
 
     `mentions` needs mention_id and mention; `aliases` is `alias_table` of the training
-    mentions (the stage's own, or a trained linker's); `known_ids` (kb_id) the KB's ids.
-    The stage and `xel-cli link` both call this, so they propose the same candidates.
+    mentions (the stage's own, or a trained linker's); `known_ids` (kb_id) the KB's ids;
+    `learned`: `LearnedSources.prepare(aliases, triage, encoder_config)` when the caller
+    calls this more than once (link, per chunk), else built here. The stage and `xel-cli
+    link` both call this, so they propose the same candidates.
     """
+    if learned is None:
+        learned = LearnedSources.prepare(aliases, triage, encoder_config)
     keyed = add_keys(mentions, "mention")
     surfaces = kb_names.surfaces
     pieces: list[pl.DataFrame] = []
     if triage.use_priors:
-        pieces.append(prior_candidates(keyed, aliases))
+        pieces.append(prior_candidates(keyed, aliases, learned.priors))
     if triage.use_kb_names:
         pieces.append(kb_name_candidates(keyed, surfaces))
     if triage.use_fuzzy:
         from_kb = fuzzy_candidates(keyed, surfaces, kb_names.roman_keys, kb_names.ngrams, triage.k, triage.fuzzy_min_score)
-        # Training surface forms are matched too, from a small index built per run.
-        learned = add_keys(aliases.select(pl.col("mention").alias("surface"), pl.col("gold_kb_id").alias("kb_id")).unique(),
-                           "surface")
-        learned_keys = learned.select(pl.col("surface_roman").unique().sort()).filter(pl.col("surface_roman") != "")["surface_roman"]
-        from_training = fuzzy_candidates(keyed, learned, learned_keys, name_ngrams(learned_keys), triage.k,
-                                         triage.fuzzy_min_score)
+        # Training surface forms are matched too, from a small in-memory index (`LearnedSources`).
+        from_training = fuzzy_candidates(keyed, learned.training_names, learned.training_keys, learned.training_ngrams,
+                                         triage.k, triage.fuzzy_min_score)
         pieces.append(pl.concat([from_kb, from_training]).group_by("mention_id", "kb_id", "source").agg(pl.col("score").max()))
     if triage.use_dense:
-        pieces.append(dense_candidates(keyed, surfaces, encoder_config, triage, index_root, kb_fingerprint, encoder))
+        pieces.append(dense_candidates(keyed, surfaces, encoder_config, triage, index_root, kb_fingerprint, encoder,
+                                       learned.encoder_identity))
     if external is not None:
         pieces.append(external_candidates(external, mentions, known_ids))
     if not pieces:
