@@ -291,8 +291,10 @@ def search(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, 
 @click.option("--ablation-language", default="en", show_default=True, help="Training language of Table 3.")
 @click.option("--triage-row/--no-triage-row", default=True, show_default=True,
               help="Add Table 3's '+ triage' row (our triage-evidence feature, not the paper's).")
+@click.option("--only", multiple=True, metavar="TABLE[:COLUMN]",
+              help="Fill only these cells, e.g. 1:Multi (the Multi setting's seed spread) or 2 (repeatable).")
 def experiment(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, seeds: int, languages: str,
-               ablation_language: str, triage_row: bool) -> None:
+               ablation_language: str, triage_row: bool, only: tuple[str, ...]) -> None:
     """The paper's Tables 1-3 (settings, zero-shot, feature ablations) averaged over seeds.
 
     Triage and encode run once; each model trains once in a sub-run under <run>/experiment/
@@ -305,7 +307,7 @@ def experiment(config_path: Path, overrides: tuple[str, ...], run_dir: Path | No
     config = _load(config_path, overrides, run_dir)
     settings = experiment_stage.ExperimentConfig(
         seeds=seeds, languages=tuple(code.strip() for code in languages.split(",") if code.strip()),
-        ablation_language=ablation_language, triage_row=triage_row)
+        ablation_language=ablation_language, triage_row=triage_row, only=experiment_stage.parse_only(only))
     with _holding(config, "experiment"):
         result = experiment_stage.run(config, settings)
     click.echo(f"experiment: {result.counts['sub_runs']} sub-run(s), {result.counts['trained']} trained now, "

@@ -20,7 +20,8 @@ from cli import main
 from conftest import write_run_config
 from pipeline.core.manifest import read_manifest as manifest
 from pipeline.core.config_file import load_config
-from pipeline.studies.experiment import (PAPER_FEATURES, TABLE_1_COLUMNS, ExperimentConfig, Model, format_cell, plan,
+from pipeline.core.errors import ConfigError
+from pipeline.studies.experiment import (PAPER_FEATURES, TABLE_1_COLUMNS, ExperimentConfig, Model, format_cell, parse_only, plan,
                                  sub_runs)
 from pipeline.studies.search import SEARCH_SPACE, LogUniform, draw_settings
 
@@ -240,3 +241,29 @@ def test_experiment_refuses_an_ablation_language_outside_the_tables(base_run: di
                                        "--ablation-language", "xx"])
     assert result.exit_code == 2 and "[E203]" in result.output and "ablation_language" in result.output
     assert not (run_copy / "experiment").exists()
+
+
+def test_only_keeps_the_asked_cells_and_refuses_bad_ones() -> None:
+    multi = plan(LANGUAGES, ExperimentConfig(only=((1, "Multi"),)))
+    assert [(c.table, c.row, c.column) for c in multi] == [(1, lang, "Multi") for lang in LANGUAGES]
+    assert {model for model, _ in sub_runs(multi, [1, 2, 3])} == {Model()}  # one model, trained once per seed
+    table_2 = plan(LANGUAGES, ExperimentConfig(only=((2, None),)))
+    assert len(table_2) == 9 and {c.table for c in table_2} == {2}
+    with pytest.raises(ConfigError, match=r"\[E203\].*only"):
+        ExperimentConfig(only=((1, "Best"),))
+    with pytest.raises(ConfigError, match=r"\[E203\].*only"):
+        parse_only(("one:Multi",))
+    assert parse_only(("1:Multi", "3")) == ((1, "Multi"), (3, None))
+
+
+def test_experiment_only_multi_trains_one_model_per_seed(base_run: dict, run_copy: Path) -> None:
+    result = invoke("experiment", "--config", base_run["config"], "--run-dir", run_copy, "--seeds", 2, "--only", "1:Multi",
+                    *FAST)
+    assert "2 sub-run(s), 2 trained now" in result.output
+    experiment_dir = run_copy / "experiment"
+    assert sorted(path.name for path in experiment_dir.iterdir() if path.is_dir()) == ["multi"]
+    tables = (experiment_dir / "tables.md").read_text(encoding="utf-8")
+    table_1 = experiment_rows(tables, "## Table 1")
+    assert set(table_1) == set(LANGUAGES) and all(len(cells) == 1 and "±" in cells[0] for cells in table_1.values())
+    assert "| language | Multi |" in tables
+    assert tables.count("(not asked for: see --only)") == 2  # Tables 2 and 3

@@ -76,6 +76,9 @@ class ExperimentConfig:
     ablation_language: str = "en"
     # Add Table 3's "+ triage" row (our triage-evidence feature).
     triage_row: bool = True
+    # Fill only these cells: (table, column or None for the whole table); empty = every table.
+    # E.g. ((1, "Multi"),) trains one model per seed: the seed spread of the Multi setting.
+    only: tuple[tuple[int, str | None], ...] = ()
 
     def __post_init__(self) -> None:
         if not 1 <= self.seeds <= 100:
@@ -83,6 +86,27 @@ class ExperimentConfig:
         if not all(self.languages):
             raise ConfigError("E203", where="experiment", field="languages", value=self.languages,
                               reason="language codes cannot be empty")
+        for table, column in self.only:
+            if table not in (1, 2, 3) or (table == 1 and column is not None and column not in TABLE_1_COLUMNS):
+                raise ConfigError("E203", where="experiment", field="only", value=f"{table}:{column or ''}",
+                                  reason=f"must be 1, 2 or 3, optionally :COLUMN (Table 1: {', '.join(TABLE_1_COLUMNS)}; "
+                                         "Tables 2 and 3: a language)")
+
+    def wants(self, cell: "Cell") -> bool:
+        """Whether `only` keeps this cell (it keeps every cell when empty)."""
+        return not self.only or any(cell.table == table and column in (None, cell.column) for table, column in self.only)
+
+
+def parse_only(texts: tuple[str, ...]) -> tuple[tuple[int, str | None], ...]:
+    """`--only` values TABLE[:COLUMN] -> ((table, column or None), ...); E203 when a table is not a number
+    (`ExperimentConfig` checks the numbers and Table 1's columns)."""
+    cells = []
+    for text in texts:
+        table, _, column = text.partition(":")
+        if not table.strip().isdigit():
+            raise ConfigError("E203", where="--only", field="only", value=text, reason="must be TABLE[:COLUMN], e.g. 1:Multi")
+        cells.append((int(table), column.strip() or None))
+    return tuple(cells)
 
 
 @dataclass(frozen=True)
@@ -146,7 +170,7 @@ def plan(languages: list[str], experiment: ExperimentConfig) -> list[Cell]:
         row = " + ".join(features)
         model = Model(train_languages=(experiment.ablation_language,), features=features)
         cells += [Cell(3, row, scored, model, scored) for scored in languages]
-    return cells
+    return [cell for cell in cells if experiment.wants(cell)]
 
 
 def sub_runs(cells: list[Cell], seeds: list[int]) -> list[tuple[Model, int]]:
@@ -224,10 +248,17 @@ def tables_markdown(cells: list[Cell], finished: pl.DataFrame, languages: list[s
     expected = {(c.table, c.row, c.column): len(seeds) if c.model.seeded else 1 for c in cells}
 
     def table(number: int, corner: str, rows: list[str], columns: list[str]) -> list[str]:
+        # Only planned rows and columns (`--only` may leave out some); a cell not planned is blank.
+        rows = [row for row in rows if any((number, row, column) in expected for column in columns)]
+        columns = [column for column in columns if any((number, row, column) in expected for row in rows)]
+        if not rows:
+            return ["(not asked for: see --only)"]
         lines = ["| " + " | ".join([corner, *columns]) + " |", "|" + " --- |" * (len(columns) + 1)]
         for row in rows:
             lines.append("| " + " | ".join([row] + [format_cell(values.get((number, row, column), []),
-                                                                  expected[(number, row, column)]) for column in columns]) + " |")
+                                                                  expected[(number, row, column)])
+                                                      if (number, row, column) in expected else ""
+                                                      for column in columns]) + " |")
         return lines
 
     feature_rows = list(dict.fromkeys(c.row for c in cells if c.table == 3))
