@@ -3,7 +3,8 @@
 Outputs (in the run's `evaluate/` folder):
 - `scores.parquet`: every scored candidate (mention_id, rank, kb_id, score);
 - `predictions.parquet`: per mention the best and runner-up candidate, the margin, the
-  language's threshold, the NIL flag and the system id (KB id or NIL cluster);
+  NIL option's score (`nil_score`, only when the ranker has one), the language's
+  threshold, the NIL flag and the system id (KB id or NIL cluster);
 - `nil.json`: the NIL decision (method, thresholds with the dev counts they rest on,
   the learned classifier's parameters), applied by `pipeline.model.nil.decide_nil`;
 - `sweep.parquet` + `thresholds.png`: micro-average against threshold per language on
@@ -247,7 +248,8 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     write_parquet_atomic(score_table, out_dir / "scores.parquet")
     write_parquet_atomic(decided.select(
         "mention_id", "doc_id", "lang", "split", "mention", "gold_kb_id", "best_kb_id", "best_score", "second_kb_id",
-        "second_score", "margin", "threshold", "is_nil", "system_id"), out_dir / "predictions.parquet")
+        "second_score", "margin", *(["nil_score"] if "nil_score" in decided.columns else []), "threshold", "is_nil",
+        "system_id"), out_dir / "predictions.parquet")
     write_json_atomic(out_dir / NIL_ARTIFACT, artifact)
     write_parquet_atomic(analysis, out_dir / "analysis.parquet")
     write_parquet_atomic(confusions, out_dir / "confusions.parquet")
