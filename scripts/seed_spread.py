@@ -4,8 +4,9 @@
 
 Each label names a set of run folders (one per seed). Reads each run's
 evaluate/metrics.json: KBP2010 micro-average and strong_nil_match F1 per language as
-scored (the decision written to system.tab), and, where the run has them, both NIL
-methods of `metrics["nil_methods"]` (rows "<label> threshold" / "<label> classifier").
+scored (the decision written to system.tab), and, where the run has them, the NIL
+methods of `metrics["nil_methods"]` (rows "<label> threshold", "<label> classifier" and, with the
+ranker's NIL option, "<label> nota").
 Prints mean ± sample standard deviation (ddof = 1) per language.
 """
 

@@ -94,3 +94,24 @@ def test_an_error_under_torchrun_is_one_coded_line(single_run: dict, tmp_path: P
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
     assert errors and all("[E112]" in line and "mentions.parquet" in line for line in errors)
+
+
+def test_two_gloo_processes_match_one_process_with_the_nil_option(single_run: dict, tmp_path: Path) -> None:
+    """The NIL option (train.nil_candidate) under DDP: same batch split, same weights as one process."""
+    runs = {kind: tmp_path / kind for kind in ("single", "parallel")}
+    for run_dir in runs.values():
+        shutil.copytree(single_run["run_dir"], run_dir)
+    nil_option = ("--set", "train.nil_candidate=true", "--force")
+    result = CliRunner().invoke(main, ["train", "--config", str(single_run["config"]), "--run-dir", str(runs["single"]),
+                                       *nil_option])
+    assert result.exit_code == 0, result.output
+    done = torchrun("train", "--config", single_run["config"], "--run-dir", runs["parallel"], *nil_option)
+    assert done.returncode == 0, done.stdout + done.stderr
+    single, parallel = (torch.load(run_dir / "train" / "model.pt", map_location="cpu", weights_only=False)
+                        for run_dir in runs.values())
+    assert single["shape"]["nil_candidate"] and any(key.startswith("nil_entity.") for key in single["model"])
+    assert single["model"].keys() == parallel["model"].keys()
+    for name, weights in single["model"].items():
+        torch.testing.assert_close(parallel["model"][name], weights, rtol=1e-4, atol=1e-5, msg=name)
+    history = [pl.read_parquet(run_dir / "train" / "history.parquet") for run_dir in runs.values()]
+    assert history[1]["loss"].to_numpy() == pytest.approx(history[0]["loss"].to_numpy(), rel=1e-4, abs=1e-6)

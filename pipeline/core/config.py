@@ -172,6 +172,11 @@ class TrainConfig:
     # ranker's weights, updated after every epoch with this decay (0: off; 0.8 averages over
     # about the last five epochs). Dev accuracy, the best epoch and model.pt use the average.
     weight_average: float = 0.0
+    # A learned "none of the above" option scored with the candidates (after ReFinED, Ayoola
+    # et al. 2022): NIL-gold training mentions then train too, with their NIL score as the
+    # positive, and every linked mention's gold must beat its NIL score by the margin.
+    # evaluate's nil_method "nota" says NIL when that score beats the best candidate's.
+    nil_candidate: bool = False
 
     @property
     def name_matching(self) -> bool:
@@ -202,6 +207,9 @@ class TrainConfig:
         _check(where, "name_pair_weight", self.name_pair_weight, 0 <= self.name_pair_weight < float("inf"),
                "must be >= 0 (0 turns the name-matching loss off)")
         _check(where, "name_pair_negatives", self.name_pair_negatives, self.name_pair_negatives >= 1, "must be >= 1")
+        _check(where, "nil_candidate", self.nil_candidate, isinstance(self.nil_candidate, bool)
+               and not (self.nil_candidate and self.baseline == "nn"),
+               "use true or false; the nearest-neighbour baseline has no NIL score (set baseline = none)")
         if self.name_pairs is not None:
             _check(where, "name_pairs", str(self.name_pairs), self.name_pairs.suffix.lower() in (".tsv", ".txt", ".jsonl"),
                    "give a .tsv (or .txt) file of tab-separated pairs or a .jsonl file")
@@ -234,13 +242,15 @@ class EvaluateConfig:
     # thresholds), "classifier" (a logistic regression over the ranker's and triage's
     # evidence, fitted on the tuning split), or "auto" (the better of the two in a 5-fold
     # cross-validation over the tuning split). The classifier needs 10 NILs there, else
-    # thresholds decide (W604).
+    # thresholds decide (W604). "nota": NIL when the ranker's learned NIL score beats the
+    # best candidate's (needs a model trained with train.nil_candidate = true); "auto" then
+    # weighs it too.
     nil_method: str = "auto"
 
     def __post_init__(self) -> None:
         where = "[evaluate]"
-        _check(where, "nil_method", self.nil_method, self.nil_method in ("threshold", "classifier", "auto"),
-               "use threshold, classifier or auto")
+        _check(where, "nil_method", self.nil_method, self.nil_method in ("threshold", "classifier", "nota", "auto"),
+               "use threshold, classifier, nota or auto")
         _check(where, "threshold_mode", self.threshold_mode, self.threshold_mode in ("dev", "fixed"), "use dev or fixed")
         _check(where, "nil_clustering", self.nil_clustering, self.nil_clustering in ("name", "singleton"),
                "use name or singleton")

@@ -7,7 +7,10 @@
   that has none (saying which fallback it gets);
 - the classifier of `pipeline.model.nil_classifier`, fitted on all dev mentions when dev has
   enough NILs;
-- the method: `evaluate.nil_method`, where "auto" takes the one with the better
+- "nota" (when the ranker has a NIL option, ReFinED's "none of the above", so the
+  predictions carry `nil_score`): NIL when that score beats the best candidate's; it has
+  nothing fitted on dev, so its held-out dev score is its plain dev score;
+- the method: `evaluate.nil_method`, where "auto" takes the one with the best
   micro-average in a 5-fold cross-validation over dev (each fold's thresholds and
   classifier fitted on the other four folds, so neither is scored on what it saw).
 Test is never read here.
@@ -22,7 +25,7 @@ import polars as pl
 
 from pipeline.model import nil_classifier
 from pipeline.core.config import EvaluateConfig
-from pipeline.core.errors import warn
+from pipeline.core.errors import ConfigError, warn
 from pipeline.evaluate.error_analysis import outcome_scores
 from pipeline.model.nil import best_thresholds, decide_nil, sweep, tuning_counts
 
@@ -74,6 +77,11 @@ def warn_thin_thresholds(counts: dict[str, dict[str, int]], thresholds: dict[str
                  split=split, min_mentions=MIN_TUNING_MENTIONS, min_nils=MIN_TUNING_NILS)
 
 
+def has_nil_scores(predictions: pl.DataFrame) -> bool:
+    """Whether the predictions carry the ranker's NIL scores (`nil_score`), which the nota method needs."""
+    return "nil_score" in predictions.columns and predictions["nil_score"].null_count() < predictions.height
+
+
 def classifier_ready(tuning: pl.DataFrame) -> bool:
     y = nil_classifier.labels(tuning.filter(pl.col("gold_kb_id").is_not_null()))
     return bool((y == nil_classifier.NIL).sum() >= MIN_CLASSIFIER_EXAMPLES
@@ -81,10 +89,11 @@ def classifier_ready(tuning: pl.DataFrame) -> bool:
 
 
 def cross_validate(tuning: pl.DataFrame, evaluate: EvaluateConfig, seed: int) -> pl.DataFrame:
-    """Held-out dev scores of both methods: (method, lang, mentions, micro_average, nil_precision, nil_recall, nil_f1).
+    """Held-out dev scores of each method: (method, lang, mentions, micro_average, nil_precision, nil_recall, nil_f1).
 
     5 folds stratified by class (NIL / right / wrong) with numpy's seeded generator; the
     held-out decisions of all folds are pooled, then scored per language and over all.
+    nota (with NIL scores) fits nothing, so its pooled folds are all of dev decided by it.
     """
     tuning = tuning.filter(pl.col("gold_kb_id").is_not_null())
     y = nil_classifier.labels(tuning)
@@ -95,11 +104,13 @@ def cross_validate(tuning: pl.DataFrame, evaluate: EvaluateConfig, seed: int) ->
         fold[members] = np.arange(len(members)) % FOLDS
     tuning = tuning.with_columns(pl.Series("fold", fold))
     languages = tuning["lang"].unique().to_list()
-    decided = {"threshold": [], "classifier": []}
+    decided = {"threshold": [], "classifier": [], "nota": []}
+    held_folds = 0
     for k in range(FOLDS):
         fit_part, held = tuning.filter(pl.col("fold") != k), tuning.filter(pl.col("fold") == k)
         if held.is_empty():
             continue
+        held_folds += 1
         thresholds, _ = thresholds_for(fit_part, evaluate, languages, quiet=True)
         artifact = {"method": "threshold", "thresholds": thresholds, "default_threshold": evaluate.default_threshold,
                     "classifier": None}
@@ -107,8 +118,10 @@ def cross_validate(tuning: pl.DataFrame, evaluate: EvaluateConfig, seed: int) ->
         if classifier_ready(fit_part):
             artifact = {**artifact, "method": "classifier", "classifier": nil_classifier.fit(fit_part, seed)}
             decided["classifier"].append(decide_nil(held, artifact))
+        if has_nil_scores(held):
+            decided["nota"].append(decide_nil(held, {**artifact, "method": "nota"}))
     tables = [outcome_scores(pl.concat(parts)).with_columns(pl.lit(method).alias("method"))
-              for method, parts in decided.items() if len(parts) == FOLDS]
+              for method, parts in decided.items() if parts and len(parts) == held_folds]
     return pl.concat(tables).select("method", pl.exclude("method"))
 
 
@@ -126,19 +139,30 @@ def choose(tuning: pl.DataFrame, evaluate: EvaluateConfig, languages: list[str],
         warn_thin_thresholds(counts, thresholds, evaluate.tune_split)
     artifact = {"method": "threshold", "thresholds": thresholds, "default_threshold": evaluate.default_threshold,
                 "classifier": None, "tuning_counts": counts, "tune_split": evaluate.tune_split}
+    nota = has_nil_scores(tuning)
+    if evaluate.nil_method == "nota" and not nota:
+        raise ConfigError("E203", where="[evaluate]", field="nil_method", value="nota",
+                          reason="the model has no NIL option; train it with train.nil_candidate = true, "
+                                 "or use threshold, classifier or auto")
     if tuning.is_empty():
+        artifact["method"] = "nota" if evaluate.nil_method == "nota" else "threshold"
         return artifact, sweep_table, None
-    if not classifier_ready(tuning):
-        if evaluate.nil_method != "threshold":
-            nils = int((nil_classifier.labels(tuning) == nil_classifier.NIL).sum())
-            warn(logger, "W604", split=evaluate.tune_split, nils=nils, minimum=MIN_CLASSIFIER_EXAMPLES)
+    if classifier_ready(tuning):
+        # Fitted whatever the method, so the report can set the methods side by side.
+        artifact["classifier"] = nil_classifier.fit(tuning, seed)
+    elif evaluate.nil_method in ("classifier", "auto"):
+        nils = int((nil_classifier.labels(tuning) == nil_classifier.NIL).sum())
+        warn(logger, "W604", split=evaluate.tune_split, nils=nils, minimum=MIN_CLASSIFIER_EXAMPLES)
+    if artifact["classifier"] is None and not nota:
         return artifact, sweep_table, None
-    # Fitted whatever the method, so the report can set the two side by side.
-    artifact["classifier"] = nil_classifier.fit(tuning, seed)
     validation = cross_validate(tuning, evaluate, seed)
     method = evaluate.nil_method
+    if method == "classifier" and artifact["classifier"] is None:
+        method = "threshold"  # W604 said so
     if method == "auto":
         overall = {row["method"]: row["micro_average"] for row in validation.filter(pl.col("lang") == "all").iter_rows(named=True)}
-        method = "classifier" if overall.get("classifier", -1.0) >= overall["threshold"] else "threshold"
+        # The best held-out dev micro-average; on a tie the later of threshold, classifier, nota.
+        method = max(("threshold", "classifier", "nota"), key=lambda m: (overall.get(m, -1.0),
+                                                                        ("threshold", "classifier", "nota").index(m)))
     artifact["method"] = method
     return artifact, sweep_table, validation

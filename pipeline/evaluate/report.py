@@ -32,9 +32,10 @@ def report_markdown(metrics: dict, artifact: dict, split: str, has_plot: bool, v
         lines.append(f"| {lang} | {value:.3f} | {count['mentions']} | {count['nil']} |")
     if has_plot:
         lines += ["", "![micro-average against threshold](thresholds.png)"]
-    lines += ["", "Both methods: micro-average and NIL precision / recall / F1. "
-              f"`{tune} (5-fold)`: each fold decided by thresholds and a classifier fitted on the other four folds "
-              f"(what `auto` chooses by); `{split}`: the methods fitted on all of {tune}.", "",
+    lines += ["", "Both methods (and `nota`, the ranker's own NIL option, when it has one): micro-average and "
+              f"NIL precision / recall / F1. `{tune} (5-fold)`: each fold decided by thresholds and a classifier "
+              f"fitted on the other four folds, and by nota, which fits nothing (what `auto` chooses by); "
+              f"`{split}`: the methods fitted on all of {tune}.", "",
               "| data | method | language | mentions | micro-average | NIL P | NIL R | NIL F1 |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     if validation is not None:

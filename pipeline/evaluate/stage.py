@@ -3,7 +3,8 @@
 Outputs (in the run's `evaluate/` folder):
 - `scores.parquet`: every scored candidate (mention_id, rank, kb_id, score);
 - `predictions.parquet`: per mention the best and runner-up candidate, the margin, the
-  language's threshold, the NIL flag and the system id (KB id or NIL cluster);
+  NIL option's score (`nil_score`, only when the ranker has one), the language's
+  threshold, the NIL flag and the system id (KB id or NIL cluster);
 - `nil.json`: the NIL decision (method, thresholds with the dev counts they rest on,
   the learned classifier's parameters), applied by `pipeline.model.nil.decide_nil`;
 - `sweep.parquet` + `thresholds.png`: micro-average against threshold per language on
@@ -11,8 +12,9 @@ Outputs (in the run's `evaluate/` folder):
 - `gold.tab` / `system.tab`: TAC KBP 2015 EDL files of the evaluation split, and
   `doc_languages.tsv`, each document's language (`xel-cli score` reads it);
 - `analysis.parquet` + `confusions.parquet`: the error analysis (`pipeline.evaluate.error_analysis`);
-- `metrics.json` and `report.md`: the TAC measures overall and per language, both NIL
-  methods side by side, and the error analysis.
+- `metrics.json` and `report.md`: the TAC measures overall and per language, each NIL
+  method (threshold, classifier, and nota when the ranker has a NIL option) side by side,
+  and the error analysis.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from pipeline.core import schema
 from pipeline.core.config import RunConfig, to_dict
 from pipeline.encoders.encoder import pick_device
 from pipeline.core.errors import InputError
-from pipeline.model.features import RankerInputs, candidate_matrix, gold_rows, load_inputs, score_candidates
+from pipeline.model.features import (RankerInputs, candidate_matrix, gold_rows, load_inputs, score_candidates,
+                                     score_nil)
 from pipeline.core.io import (atomic_path, collect_checked, scan_parquet_checked, write_json_atomic, write_parquet_atomic,
                          write_text_atomic)
 from pipeline.model.nil import cluster_nils, decide_nil
@@ -81,12 +84,15 @@ def candidate_order(scores: np.ndarray, matrix: np.ndarray, popularity: np.ndarr
 
 def predict(mentions: pl.DataFrame, rows: np.ndarray, matrix: np.ndarray,
             scores: np.ndarray, entity_ids: list[str],
-            popularity: np.ndarray | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+            popularity: np.ndarray | None = None,
+            nil_scores: np.ndarray | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(scores table, predictions table) from a (n_mentions, k) score array.
 
     Predictions hold the best and runner-up KB ids and scores and the margin between
     them, in `candidate_order` (popularity re-ranked when `popularity` is given); a
-    mention without candidates has a null best.
+    mention without candidates has a null best. `nil_scores` ((n_mentions,), the ranker's
+    NIL option, `features.score_nil`) adds a `nil_score` column, which the "nota" NIL
+    method and the classifier read.
     """
     filled = np.where(np.isnan(scores), -np.inf, scores)
     order = candidate_order(scores, matrix, popularity)
@@ -112,6 +118,8 @@ def predict(mentions: pl.DataFrame, rows: np.ndarray, matrix: np.ndarray,
                "second_kb_id": pl.String, "second_score": pl.Float64}).with_columns(
         pl.col("best_score").fill_nan(None), pl.col("second_score").fill_nan(None)).with_columns(
         (pl.col("best_score") - pl.col("second_score")).alias("margin"))
+    if nil_scores is not None:
+        predictions = predictions.with_columns(pl.Series("nil_score", nil_scores, dtype=pl.Float64))
     valid = matrix >= 0
     row_index, slot = np.nonzero(valid)
     score_table = pl.DataFrame({
@@ -173,7 +181,8 @@ def tac_frame(table: pl.DataFrame, id_column: str) -> pl.DataFrame:
 
 def outcome_by_method(predictions: pl.DataFrame, evaluated: pl.DataFrame, artifact: dict) -> pl.DataFrame:
     """`error_analysis.outcome_scores` of the evaluated mentions under each NIL method the artifact can apply."""
-    methods = ["threshold"] + (["classifier"] if artifact.get("classifier") else [])
+    methods = (["threshold"] + (["classifier"] if artifact.get("classifier") else [])
+               + (["nota"] if nil_choice.has_nil_scores(predictions) else []))
     wanted = predictions.filter(pl.col("mention_id").is_in(evaluated["mention_id"].implode()))
     return pl.concat([error_analysis.outcome_scores(decide_nil(wanted, {**artifact, "method": method}))
                       .with_columns(pl.lit(method).alias("method")) for method in methods]).select("method", pl.exclude("method"))
@@ -204,7 +213,8 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     matrix = candidate_matrix(candidates, inputs, rows)
     scores = score_candidates(model, inputs, rows, matrix)
     popularity = training_popularity(inputs, saved.get("train_mention_ids", [])) if evaluate.popularity_rerank else None
-    score_table, predictions = predict(mentions, rows, matrix, scores, inputs.entity_ids["kb_id"].to_list(), popularity)
+    score_table, predictions = predict(mentions, rows, matrix, scores, inputs.entity_ids["kb_id"].to_list(), popularity,
+                                       score_nil(model, inputs, rows))
     predictions = mentions.drop("row").join(predictions, on="mention_id")
 
     predictions = add_evidence(predictions, candidates)
@@ -229,7 +239,7 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     metrics["thresholds"] = thresholds
     metrics["split"] = evaluate.eval_split
     metrics["nil_method"] = artifact["method"]
-    # Both NIL methods on the evaluation split (the other one's decisions are not written out).
+    # Every NIL method on the evaluation split (only the chosen one's decisions are written out).
     on_eval = outcome_by_method(predictions, evaluated, artifact)
     metrics["nil_methods"] = on_eval.to_dicts()
     seen = mentions.filter(pl.col("mention_id").is_in(saved.get("train_mention_ids", [])))["gold_kb_id"].unique()
@@ -238,7 +248,8 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     write_parquet_atomic(score_table, out_dir / "scores.parquet")
     write_parquet_atomic(decided.select(
         "mention_id", "doc_id", "lang", "split", "mention", "gold_kb_id", "best_kb_id", "best_score", "second_kb_id",
-        "second_score", "margin", "threshold", "is_nil", "system_id"), out_dir / "predictions.parquet")
+        "second_score", "margin", *(["nil_score"] if "nil_score" in decided.columns else []), "threshold", "is_nil",
+        "system_id"), out_dir / "predictions.parquet")
     write_json_atomic(out_dir / NIL_ARTIFACT, artifact)
     write_parquet_atomic(analysis, out_dir / "analysis.parquet")
     write_parquet_atomic(confusions, out_dir / "confusions.parquet")

@@ -23,7 +23,7 @@ import torch
 
 from pipeline.core.config import EncoderConfig, TriageConfig
 from pipeline.core.errors import CacheError, ConfigError, InputError, PipelineError
-from pipeline.model.features import RankerInputs, candidate_matrix, one_hot, score_candidates
+from pipeline.model.features import RankerInputs, candidate_matrix, one_hot, score_candidates, score_nil
 from pipeline.core.io import file_fingerprint
 from pipeline.link import cache
 from pipeline.model.model_folder import ModelFolder, load_model_folder
@@ -182,7 +182,8 @@ class Linker:
         if self.folder.popularity is not None:  # written only when the run re-ranks by popularity
             popularity = (entity_ids.join(self.folder.popularity, on="kb_id", how="left").sort("row")["count"]
                           .fill_null(0).to_numpy())
-        score_table, predictions = predict(table, rows, matrix, scores, entity_ids["kb_id"].to_list(), popularity)
+        score_table, predictions = predict(table, rows, matrix, scores, entity_ids["kb_id"].to_list(), popularity,
+                                           score_nil(self.model, inputs, rows))  # None without a NIL option
         decided = self.policy.decide(mentions.join(predictions, on="mention_id", how="left"), candidates)
         ranked = (score_table.join(candidates.select("mention_id", "kb_id", pl.col("score").alias("triage_score"), "sources"),
                                    on=["mention_id", "kb_id"], how="left")

@@ -176,3 +176,23 @@ def score_candidates(model: torch.nn.Module, inputs: RankerInputs, mention_rows:
         out[offset: offset + len(rows)] = scores.float().cpu().numpy()
     model.train(was_training)
     return out
+
+
+@torch.no_grad()
+def score_nil(model: torch.nn.Module, inputs: RankerInputs, mention_rows: np.ndarray,
+              batch_mentions: int = 1024) -> np.ndarray | None:
+    """(len(mention_rows),) float32 score of each mention's learned NIL option (`Ranker.nil_scores`),
+    or None when the model has none (trained with train.nil_candidate = false, or the baseline)."""
+    if not getattr(model, "has_nil", False):
+        return None
+    was_training = model.training
+    model.eval()
+    device = inputs.mention_name.device
+    out = np.empty(len(mention_rows), dtype=np.float32)
+    for offset in range(0, len(mention_rows), batch_mentions):
+        rows = torch.tensor(mention_rows[offset: offset + batch_mentions], device=device)
+        mentions = {"name": inputs.mention_name[rows], "context": inputs.mention_context[rows],
+                    "type": inputs.mention_type_onehot[rows]}
+        out[offset: offset + len(rows)] = model.nil_scores(mentions).float().cpu().numpy()
+    model.train(was_training)
+    return out

@@ -92,22 +92,40 @@ def tuning_counts(tuning: pl.DataFrame) -> dict[str, dict[str, int]]:
     return {row["lang"]: {"mentions": int(row["mentions"]), "nil": int(row["nil"])} for row in counts.iter_rows(named=True)}
 
 
+def says_nil_by_nota(predictions: pl.DataFrame) -> np.ndarray:
+    """(n,) bool: the ranker's NIL option (ReFinED's "none of the above") beats the best candidate.
+
+    predictions needs best_kb_id, best_score and nil_score (`Ranker.nil_scores`, in the
+    candidates' [-1, 1] range); NIL where nil_score > best_score or there is no candidate.
+    Raises ValueError without a nil_score column (a ranker trained without the NIL option).
+    """
+    if "nil_score" not in predictions.columns:
+        raise ValueError("the nota NIL method needs the ranker's NIL scores; train with train.nil_candidate = true")
+    no_candidate = predictions["best_kb_id"].is_null().to_numpy()
+    beaten = (predictions["nil_score"] > predictions["best_score"]).fill_null(False).to_numpy()
+    return no_candidate | beaten
+
+
 def decide_nil(predictions: pl.DataFrame, artifact: dict) -> pl.DataFrame:
     """Apply a saved NIL artifact: add `threshold`, `is_nil` and `kb_id` (best candidate or NIL).
 
-    artifact (`nil.json`): {"method": "threshold" | "classifier", "thresholds": {lang:
+    artifact (`nil.json`): {"method": "threshold" | "classifier" | "nota", "thresholds": {lang:
     value}, "default_threshold": value, "classifier": parameters of
     `nil_classifier.fit` or null}. predictions needs lang, best_kb_id (null without
     candidates), best_score; with the classifier also the evidence columns of
-    `nil_classifier.add_evidence` (and entity_type when the classifier uses types).
-    `threshold` is always the language's threshold, whichever method decides.
+    `nil_classifier.add_evidence` (and entity_type when the classifier uses types); with
+    nota, nil_score (`says_nil_by_nota`). `threshold` is always the language's threshold,
+    whichever method decides.
     """
     decided = decide(predictions, artifact["thresholds"], artifact["default_threshold"])
-    if artifact["method"] != "classifier":
-        return decided
-    from pipeline.model.nil_classifier import says_nil
+    if artifact["method"] == "nota":
+        is_nil = pl.Series("is_nil", says_nil_by_nota(predictions))
+    elif artifact["method"] == "classifier":
+        from pipeline.model.nil_classifier import says_nil
 
-    is_nil = pl.Series("is_nil", says_nil(artifact["classifier"], predictions))
+        is_nil = pl.Series("is_nil", says_nil(artifact["classifier"], predictions))
+    else:
+        return decided
     return decided.with_columns(is_nil, pl.when(is_nil).then(pl.lit(schema.NIL_ID))
                                 .otherwise(pl.col("best_kb_id")).alias("kb_id"))
 

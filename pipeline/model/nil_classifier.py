@@ -5,7 +5,8 @@ uses one number and is tuned for micro-average on dev, where NILs are few, so it
 where almost nothing is NIL. Here a multinomial logistic regression (scikit-learn)
 reads the evidence the ranker and triage leave for each mention — best and runner-up
 score, their margin, the best candidate's triage score, rank and sources, how many
-candidates there are, the mention's type — and gives three probabilities: the gold is
+candidates there are, the mention's type, and the ranker's NIL score when it has a NIL
+option — and gives three probabilities: the gold is
 NIL, the best candidate is right, the best candidate is wrong (gold another entity).
 A mention is NIL when P(NIL) > P(right): of the two answers that can be right, the
 more likely one, which maximises the expected micro-average.
@@ -29,6 +30,9 @@ from pipeline.model.ranker import TRIAGE_SOURCES
 NUMERIC = ("has_candidate", "best_score", "second_score", "margin", "candidates", "best_triage_score",
            "best_triage_rank", *(f"best_from_{source}" for source in TRIAGE_SOURCES), "mention_words",
            "mention_has_comma")
+# Two more when the ranker has a NIL option (a `nil_score` column): its score, and the best
+# candidate's score minus it (what the "nota" method thresholds at 0).
+NOTA_NUMERIC = ("nil_score", "best_minus_nil")
 # The columns `add_evidence` adds (the rest of NUMERIC is computed from the predictions).
 EVIDENCE = ("candidates", "best_triage_score", "best_triage_rank", *(f"best_from_{source}" for source in TRIAGE_SOURCES))
 # Labels of the three classes.
@@ -59,14 +63,20 @@ def add_evidence(predictions: pl.DataFrame, candidates: pl.DataFrame) -> pl.Data
     return out.with_columns(pl.col(drop).fill_null(0.0))
 
 
-def feature_matrix(predictions: pl.DataFrame, types: list[str]) -> np.ndarray:
-    """(n_mentions, len(NUMERIC) + len(types)) float64 features of mentions with evidence.
+def numeric_features(predictions: pl.DataFrame) -> tuple[str, ...]:
+    """The numeric features the classifier reads of these predictions: NUMERIC, plus NOTA_NUMERIC with nil_score."""
+    return (*NUMERIC, *NOTA_NUMERIC) if "nil_score" in predictions.columns else NUMERIC
+
+
+def feature_matrix(predictions: pl.DataFrame, types: list[str], numeric_names: tuple[str, ...] = NUMERIC) -> np.ndarray:
+    """(n_mentions, len(numeric_names) + len(types)) float64 features of mentions with evidence.
 
     No candidate: best score -2 (below the ranker's tanh range); no runner-up: second
     score -2 and the margin to it best + 2. Types not in `types` are all-zero. The
     mention string adds its length in words (log(1 + words)) and whether it holds a
     comma: lists and descriptions ("India, China, Britain", "the manufacturer of the
-    iPhone") are often NIL while their best candidate is one of their parts.
+    iPhone") are often NIL while their best candidate is one of their parts. NOTA_NUMERIC
+    (in `numeric_names` only for a ranker with a NIL option) reads the nil_score column.
     """
     has = predictions["best_score"].is_not_null()
     best = predictions["best_score"].fill_null(-2.0)
@@ -76,8 +86,11 @@ def feature_matrix(predictions: pl.DataFrame, types: list[str]) -> np.ndarray:
                "margin": best - second,
                "mention_words": (mention.str.split(" ").list.len().cast(pl.Float64) + 1).log(),
                "mention_has_comma": mention.str.contains(",", literal=True).cast(pl.Float64)}
+    if "nil_score" in numeric_names:
+        nil_score = predictions["nil_score"].cast(pl.Float64).fill_null(0.0)
+        columns.update({"nil_score": nil_score, "best_minus_nil": best - nil_score})
     numeric = [columns[name].to_numpy() if name in columns else predictions[name].cast(pl.Float64).to_numpy()
-               for name in NUMERIC]
+               for name in numeric_names]
     mention_type = predictions["entity_type"] if "entity_type" in predictions.columns else pl.Series([None] * predictions.height)
     type_columns = [(mention_type == value).fill_null(False).cast(pl.Float64).to_numpy() for value in types]
     return np.stack(numeric + type_columns, axis=1).astype(np.float64)
@@ -93,6 +106,7 @@ def labels(predictions: pl.DataFrame) -> np.ndarray:
 def fit(tuning: pl.DataFrame, seed: int = 0) -> dict:
     """Fit the classifier on tuning mentions with gold and evidence; its parameters as a JSON-able dict.
 
+    With a nil_score column (a ranker with a NIL option) it also reads NOTA_NUMERIC.
     Features are standardised (mean/scale saved) before scikit-learn's
     LogisticRegression (lbfgs, multinomial, C = `C`). Types are those of the tuning
     mentions. Raises ValueError when the mentions do not hold both NIL and right links.
@@ -103,14 +117,15 @@ def fit(tuning: pl.DataFrame, seed: int = 0) -> dict:
     if not ((y == NIL).any() and (y == RIGHT).any()):
         raise ValueError("the tuning mentions need both NIL golds and right links")
     types = sorted(tuning["entity_type"].drop_nulls().unique().to_list()) if "entity_type" in tuning.columns else []
-    x = feature_matrix(tuning, types)
+    numeric_names = numeric_features(tuning)
+    x = feature_matrix(tuning, types, numeric_names)
     mean, scale = x.mean(axis=0), x.std(axis=0)
     scale = np.where(scale > 0, scale, 1.0)
     model = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit((x - mean) / scale, y)
     coef, intercept = model.coef_, model.intercept_
     if len(model.classes_) == 2:  # scikit-learn keeps one row for two classes: the second's logit
         coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
-    return {"version": VERSION, "features": [*NUMERIC, *(f"type={t}" for t in types)], "types": types,
+    return {"version": VERSION, "features": [*numeric_names, *(f"type={t}" for t in types)], "types": types,
             "mean": mean.tolist(), "scale": scale.tolist(), "classes": model.classes_.tolist(),
             "coef": coef.tolist(), "intercept": intercept.tolist(), "C": C,
             "fitted_on": {"mentions": int(len(y)), **{label: int((y == label).sum()) for label in (NIL, RIGHT, WRONG)}}}
@@ -118,7 +133,8 @@ def fit(tuning: pl.DataFrame, seed: int = 0) -> dict:
 
 def probabilities(params: dict, predictions: pl.DataFrame) -> dict[str, np.ndarray]:
     """Class -> (n,) probability per mention, from `fit`'s parameters (numpy softmax, no scikit-learn)."""
-    x = (feature_matrix(predictions, params["types"]) - np.asarray(params["mean"])) / np.asarray(params["scale"])
+    numeric_names = tuple(name for name in params["features"] if not name.startswith("type="))
+    x = (feature_matrix(predictions, params["types"], numeric_names) - np.asarray(params["mean"])) / np.asarray(params["scale"])
     logits = x @ np.asarray(params["coef"]).T + np.asarray(params["intercept"])
     logits -= logits.max(axis=1, keepdims=True)
     exp = np.exp(logits)

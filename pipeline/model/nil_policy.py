@@ -1,8 +1,8 @@
 """How a trained linker decides NIL: one place to save, load and apply it.
 
 The policy is evaluate's NIL decision (`nil.json`, see `pipeline.evaluate.nil_choice`): the
-method (per-language thresholds, or the learned classifier over the ranker's and
-triage's evidence), the thresholds with the fallback `default_threshold` for a language
+method (per-language thresholds, the learned classifier over the ranker's and triage's
+evidence, or "nota": the ranker's own NIL option against its best candidate), the thresholds with the fallback `default_threshold` for a language
 the model never saw, the classifier's parameters, and the NIL clustering mode. Both
 `evaluate` (through `nil.decide_nil`) and `xel-cli link` / `Linker.link` (through
 `NilPolicy.decide`) apply it with the same function, so a trained linker decides NIL
@@ -55,7 +55,7 @@ class NilPolicy:
     def from_artifact(cls, artifact: dict, clustering: str) -> "NilPolicy":
         """The policy of evaluate's `nil.json` content; raises KeyError/TypeError/ValueError when malformed."""
         method = str(artifact["method"])
-        if method not in ("threshold", "classifier"):
+        if method not in ("threshold", "classifier", "nota"):
             raise ValueError(f"unknown NIL method {method!r}")
         if method == "classifier" and not isinstance(artifact.get("classifier"), dict):
             raise ValueError("the classifier method needs the classifier's parameters")
@@ -79,7 +79,8 @@ class NilPolicy:
         """`nil.decide_nil` with this policy: adds threshold, is_nil and kb_id (best KB id or NIL).
 
         predictions needs mention_id, mention, lang, best_kb_id (null without candidates),
-        best_score, second_score (and entity_type when the classifier uses types);
+        best_score, second_score (and entity_type when the classifier uses types; nil_score,
+        the ranker's NIL option, for nota and for a classifier fitted with it);
         candidates is triage's table (mention_id, rank, kb_id, score, sources), the
         classifier's evidence. The evidence columns are dropped again (link's `candidates`
         column is the candidate list, not the classifier's count), so the result has the

@@ -7,6 +7,12 @@ those to one score in [-1, 1] (tanh). ReLU and dropout at every layer.
 The first layer of a pair MLP is a Linear over [mention; entity]. It is computed as
 W_m·mention + W_e·entity + b — the same function — so each mention and each distinct
 entity of a batch is projected once instead of once per (mention, candidate) pair.
+
+With `RankerShape.nil_candidate` the ranker also scores a "none of the above" option per
+mention (`Ranker.nil_scores`), the idea of ReFinED (Ayoola et al., "ReFinED: An Efficient
+Zero-shot-capable Approach to End-to-End Entity Linking", NAACL 2022 industry track),
+which scores a NOTA candidate beside the real ones and trains it on mentions whose gold
+is not in the KB.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ class RankerShape:
     final_hidden: tuple[int, ...]
     dropout: float
     triage_hidden: tuple[int, ...] = (16,)
+    # The learned NIL option (`Ranker.nil_scores`); False in checkpoints made before it existed.
+    nil_candidate: bool = False
 
     def sizes(self, feature: str) -> tuple[int, int, tuple[int, ...]]:
         """(mention width, entity width, hidden sizes) of a feature's pair MLP."""
@@ -86,19 +94,64 @@ class Ranker(nn.Module):
             width += hidden[-1]
         self.final, final_size = mlp(width, shape.final_hidden, shape.dropout)
         self.score = nn.Linear(final_size, 1)
+        if shape.nil_candidate:
+            # The NIL option is a learned "NIL entity" (a name vector, a description vector, a
+            # type row and triage evidence) scored through the same pair and final MLPs as the
+            # real candidates, as ReFinED scores its NOTA candidate with the candidates' scorer:
+            # its score then lies on the candidates' scale and reads the mention through the
+            # projections linking has already learned, at the cost of a few thousand weights.
+            # A separate MLP would have to learn that scale on 147 NIL mentions alone. Made
+            # after every other layer, so those start from the same weights as without it.
+            # Keyed "<feature>_vector": "type" is a Module method, which ParameterDict refuses as a key.
+            self.nil_entity = nn.ParameterDict()
+            for feature in shape.features:
+                width_of = TRIAGE_WIDTH if feature == "triage" else shape.sizes(feature)[1]
+                self.nil_entity[f"{feature}_vector"] = nn.Parameter(torch.zeros(width_of))
 
     @property
     def features(self) -> tuple[str, ...]:
         return self.shape.features
 
+    @property
+    def has_nil(self) -> bool:
+        """Whether the ranker scores a NIL option (`nil_scores`)."""
+        return self.shape.nil_candidate
+
     def forward(self, mentions: dict[str, torch.Tensor], entities: dict[str, torch.Tensor],
-                entity_index: torch.Tensor, pair_triage: torch.Tensor | None = None) -> torch.Tensor:
-        """Scores (B, n) in [-1, 1] of B mentions against n entities each.
+                entity_index: torch.Tensor, pair_triage: torch.Tensor | None = None,
+                with_nil: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Scores (B, n) in [-1, 1] of B mentions against n entities each; with `with_nil`, also
+        the mentions' NIL scores (B,) (`nil_scores`; the ranker must have the NIL option).
 
         mentions[f]: (B, width_f); entities[f]: (U, width_f), the distinct entities of the
         batch; entity_index: (B, n) rows into U; pair_triage: (B, n, TRIAGE_WIDTH) when
-        the "triage" feature is on.
+        the "triage" feature is on. Training under DDP goes through here (not `nil_scores`
+        alone), so the NIL option's weights take part in the gradient exchange.
         """
+        scores = self._pair_scores(mentions, entities, entity_index, pair_triage)
+        if not with_nil:
+            return scores
+        return scores, self.nil_scores(mentions)
+
+    def nil_scores(self, mentions: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B,) score in [-1, 1] of each mention's "none of the above" option (mentions as in `forward`).
+
+        It reads only the mention's inputs (name, context, type) against the learned NIL
+        entity; a mention is NIL by this option when the score beats its best candidate's.
+        """
+        if not self.shape.nil_candidate:
+            raise ValueError("this ranker was trained without a NIL option (train.nil_candidate = false)")
+        batch = next(iter(mentions.values())).shape[0]
+        index = torch.zeros((batch, 1), dtype=torch.long, device=self.score.weight.device)
+        entities = {feature: self.nil_entity[f"{feature}_vector"][None, :]  # (1, width): one "entity"
+                    for feature in self.shape.features if feature != "triage"}
+        triage = (self.nil_entity["triage_vector"].expand(batch, 1, TRIAGE_WIDTH)  # (B, 1, TRIAGE_WIDTH)
+                  if "triage" in self.shape.features else None)
+        return self._pair_scores(mentions, entities, index, triage)[:, 0]
+
+    def _pair_scores(self, mentions: dict[str, torch.Tensor], entities: dict[str, torch.Tensor],
+                     entity_index: torch.Tensor, pair_triage: torch.Tensor | None) -> torch.Tensor:
+        """(B, n) scores; arguments as in `forward`."""
         parts = []
         for feature in self.shape.features:
             if feature == "triage":
@@ -125,9 +178,11 @@ class NameMatching(nn.Module):
 
     def forward(self, mentions: dict[str, torch.Tensor], entities: dict[str, torch.Tensor], entity_index: torch.Tensor,
                 pair_triage: torch.Tensor | None, foreign: torch.Tensor, english: torch.Tensor,
-                english_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ranker scores (B, n), name-pair scores (P, m)); see `Ranker.forward` and `name_scores`."""
-        return self.ranker(mentions, entities, entity_index, pair_triage), self.name_scores(foreign, english, english_index)
+                english_index: torch.Tensor, with_nil: bool = False) -> tuple:
+        """(ranker scores (B, n) — with `with_nil` the pair (scores, NIL scores (B,)) — and name-pair
+        scores (P, m)); see `Ranker.forward` and `name_scores`."""
+        return (self.ranker(mentions, entities, entity_index, pair_triage, with_nil=with_nil),
+                self.name_scores(foreign, english, english_index))
 
     def name_scores(self, foreign: torch.Tensor, english: torch.Tensor, english_index: torch.Tensor) -> torch.Tensor:
         """foreign (P, H) name vectors, english (U, H) distinct English names, english_index (P, m) into U -> (P, m)."""
@@ -143,6 +198,7 @@ class NearestNeighbour(nn.Module):
     """
 
     features = ("name",)
+    has_nil = False
 
     def forward(self, mentions: dict[str, torch.Tensor], entities: dict[str, torch.Tensor],
                 entity_index: torch.Tensor, pair_triage: torch.Tensor | None = None) -> torch.Tensor:

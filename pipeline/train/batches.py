@@ -4,7 +4,8 @@ Each step takes `batch_mentions` training mentions whose gold entity was encoded
 the gold and `negatives` sampled negatives (a share from the mention's own candidates, the
 rest at random from the encoded entities) and minimises max(0, margin - (gold - hardest
 negative)); under DDP every rank draws the same batch and trains on its own slice. §7.1
-name pairs add their own matching loss to each step.
+name pairs add their own matching loss to each step. With the ranker's NIL option
+(`train.nil_candidate`, after ReFinED) NIL-gold mentions train too: see `nil_hinge_terms`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from pipeline.core.config import TrainConfig
 from pipeline.train.distributed import World, sum_over_ranks
 from pipeline.core.errors import CacheError
-from pipeline.model.features import RankerInputs, score_candidates
+from pipeline.model.features import RankerInputs, score_candidates, score_nil
 from pipeline.formats.inputs import read_name_pairs
 from pipeline.model.ranker import hinge_loss
 from pipeline.formats.vectors import NAME_PAIRS, read_name_pair_vectors
@@ -118,17 +119,40 @@ def assemble_batch(inputs: RankerInputs, train_rows: np.ndarray, train_matrix: t
     `share` (data-parallel training) keeps only this rank's part of the batch. Negatives
     are drawn for the whole batch first, so every rank's generator stays in step with the
     others and with a single-process run, and the parts together are that run's batch.
+
+    With `config.nil_candidate` the mask has one more column, the NIL option (see
+    `nil_hinge_terms`): True for a linked mention, False for a NIL-gold one (gold row -1),
+    whose negatives are all its sampled candidates. Without it, nothing here changes.
     """
     gold = train_gold[picked]
     negatives, negative_mask = sample_negatives(train_matrix[picked], gold, config.negatives,
                                                 config.hard_negative_share, int(inputs.entity_name.shape[0]), generator)
+    if config.nil_candidate:
+        # The NIL option is every linked mention's last negative; a NIL mention (gold -1) has none there.
+        negative_mask = torch.cat([negative_mask, (gold >= 0)[:, None]], dim=1)  # (B, n + 1)
     with_negative = -1
     if share is not None:
         with_negative = int(negative_mask.any(dim=1).sum())
         picked, gold, negatives, negative_mask = picked[share], gold[share], negatives[share], negative_mask[share]
-    entity_rows = torch.cat([gold[:, None], negatives], dim=1).to(device)  # (B, 1 + n), the gold first
+    # (B, 1 + n), the gold first; a NIL mention's first column (entity 0) is a placeholder no loss reads.
+    entity_rows = torch.cat([gold.clamp(min=0)[:, None], negatives], dim=1).to(device)
     batch = inputs.batch(torch.as_tensor(train_rows[picked.numpy()], device=device), entity_rows)
     return batch, negative_mask.to(device), with_negative
+
+
+def nil_hinge_terms(scores: torch.Tensor, nil_scores: torch.Tensor, negative_mask: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(positive (B,), negatives (B, n + 1), mask (B, n + 1)) of `hinge_loss` with the NIL option (ReFinED's NOTA).
+
+    scores (B, 1 + n): [gold, negatives...] as `assemble_batch` orders them; nil_scores (B,);
+    negative_mask (B, n + 1) from `assemble_batch`, whose last column is False exactly for
+    NIL-gold mentions. A linked mention's positive is its gold's score and its NIL score is
+    one more negative (the gold must beat NIL by the margin); a NIL mention's positive is
+    its NIL score and its negatives are its sampled candidates.
+    """
+    is_nil = ~negative_mask[:, -1]
+    positive = torch.where(is_nil, nil_scores, scores[:, 0])
+    return positive, torch.cat([scores[:, 1:], nil_scores[:, None]], dim=1), negative_mask
 
 
 def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs: RankerInputs, train_rows: np.ndarray,
@@ -160,17 +184,18 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs
         batch, negative_mask, with_negative = assemble_batch(inputs, train_rows, train_matrix, train_gold, picked,
                                                              config, generator, device, share)
         normaliser = max(with_negative, 1) / world.size if world.distributed else None
+        extra = {"with_nil": True} if config.nil_candidate else {}
         if name_pairs is None:
-            scores = model(*batch)
-            loss = hinge_loss(scores[:, 0], scores[:, 1:], negative_mask, config.margin, normaliser)
+            scores = model(*batch, **extra)
+            loss = ranking_loss(scores, negative_mask, config, normaliser)
             objective = loss
         else:
             pair_picked = pair_order[(start + torch.arange(len(picked))) % len(name_pairs)]
             pair_share = rank_share(len(pair_picked), world) if world.distributed else None
             pair_batch, pair_mask, pair_with_negative = assemble_name_pairs(
                 name_pairs, pair_picked, config.name_pair_negatives, pair_generator, device, pair_share)
-            scores, pair_scores = model(*batch, *pair_batch)
-            loss = hinge_loss(scores[:, 0], scores[:, 1:], negative_mask, config.margin, normaliser)
+            scores, pair_scores = model(*batch, *pair_batch, **extra)
+            loss = ranking_loss(scores, negative_mask, config, normaliser)
             pair_loss = hinge_loss(pair_scores[:, 0], pair_scores[:, 1:], pair_mask, config.margin,
                                    max(pair_with_negative, 1) / world.size if world.distributed else None)
             objective = config.name_pair_weight * pair_loss + loss  # the paper's λ·N + L
@@ -186,12 +211,33 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs
     return mean_loss, sum_over_ranks(total_pair_loss, world, device) / len(train_rows)
 
 
+def ranking_loss(scores: torch.Tensor | tuple[torch.Tensor, torch.Tensor], negative_mask: torch.Tensor,
+                 config: TrainConfig, normaliser: float | None) -> torch.Tensor:
+    """`hinge_loss` of the ranker's output: scores (B, 1 + n) against the mask (B, n), or, with the
+    NIL option, (scores, NIL scores (B,)) against the mask (B, n + 1) (`nil_hinge_terms`)."""
+    if not config.nil_candidate:
+        return hinge_loss(scores[:, 0], scores[:, 1:], negative_mask, config.margin, normaliser)
+    positive, negatives, mask = nil_hinge_terms(*scores, negative_mask)
+    return hinge_loss(positive, negatives, mask, config.margin, normaliser)
+
+
 def linking_accuracy(model: torch.nn.Module, inputs: RankerInputs, rows: np.ndarray, matrix: np.ndarray,
-                     gold: np.ndarray) -> float:
-    """Share of mentions whose best-scored candidate is the gold (gold missing = wrong)."""
+                     gold: np.ndarray, nil_gold: np.ndarray | None = None) -> float:
+    """Share of mentions whose best-scored candidate is the gold (gold missing = wrong).
+
+    With `nil_gold` ((len(rows),) bool, True for NIL golds; a ranker with the NIL option),
+    the NIL option counts as one more candidate: a NIL mention is right when its NIL score
+    beats every candidate's (or it has none), a linked one when its gold is the best
+    candidate and beats the NIL score. This is dev micro-average under evaluate's "nota".
+    """
     if len(rows) == 0:
         return float("nan")
     scores = score_candidates(model, inputs, rows, matrix)
-    best = np.nanargmax(np.where(np.isnan(scores), -np.inf, scores), axis=1)
+    filled = np.where(np.isnan(scores), -np.inf, scores)
+    best = np.argmax(filled, axis=1)
     predicted = matrix[np.arange(len(rows)), best]
-    return float(np.mean((predicted == gold) & (gold >= 0)))
+    linked_right = (predicted == gold) & (gold >= 0)
+    if nil_gold is None:
+        return float(np.mean(linked_right))
+    says_nil = score_nil(model, inputs, rows) > filled.max(axis=1)
+    return float(np.mean(np.where(nil_gold, says_nil, linked_right & ~says_nil)))

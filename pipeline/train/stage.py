@@ -47,31 +47,39 @@ CHECKPOINT = "checkpoints/last.pt"
 # Settings added after the first runs, with their defaults: left out of the stage key while
 # at the default, so runs made before they existed stay up to date.
 LATER_SETTINGS = {"downsample_to_language": "", "baseline": "none", "name_pairs": None, "name_pair_weight": 0.5,
-                  "name_pair_negatives": 20, "weight_average": 0.0}
+                  "name_pair_negatives": 20, "weight_average": 0.0, "nil_candidate": False}
 # The §7.1 settings count only while name matching is on: a weight of 0 trains exactly what
 # no pairs file does, so it keeps that run's key. The file enters the key by content (inputs).
 NAME_MATCHING_SETTINGS = ("name_pairs", "name_pair_weight", "name_pair_negatives")
 
 
-def select_rows(mentions: pl.DataFrame, split: str, languages: tuple[str, ...]) -> np.ndarray:
+def select_rows(mentions: pl.DataFrame, split: str, languages: tuple[str, ...], with_nil: bool = False) -> np.ndarray:
+    """Rows of `split`'s mentions (of `languages`, all when empty) whose gold is a KB id, or also NIL with `with_nil`."""
     chosen = mentions.filter(pl.col("split") == split)
     if languages:
         chosen = chosen.filter(pl.col("lang").is_in(list(languages)))
-    return chosen.filter(schema.linked_gold())["row"].to_numpy()
+    wanted = schema.linked_gold() | (pl.col("gold_kb_id") == schema.NIL_ID) if with_nil else schema.linked_gold()
+    return chosen.filter(wanted)["row"].to_numpy()
 
 
 def training_rows(mentions: pl.DataFrame, gold: np.ndarray, languages: tuple[str, ...], downsample_to: str,
-                  seed: int) -> np.ndarray:
+                  seed: int, nil_gold: np.ndarray | None = None) -> np.ndarray:
     """Mention rows the ranker trains on, ascending: the paper's Mono, Multi, MultiDS and zero-shot.
 
     mentions: the mention table in row order (row, split, lang); gold: the entity row of
     every mention's gold (-1 for NIL or an unencoded entity, which cannot be trained on).
     Keeps training-split mentions with a gold row, in `languages` (all when empty). With
-    `downsample_to` (MultiDS) keeps a random subset, seeded by `seed`, as large as that
-    language's own such mentions; a set already that small is kept whole.
+    `nil_gold` ((n_mentions,) bool, True where the gold is NIL; given when the ranker has a
+    NIL option) the NIL-gold mentions train too. With `downsample_to` (MultiDS) keeps a
+    random subset, seeded by `seed`, as large as that language's own such mentions; a set
+    already that small is kept whole.
     """
-    linkable = mentions.select("row", "split", "lang").with_columns(pl.Series("gold_row", gold)).filter(
-        (pl.col("split") == "train") & (pl.col("gold_row") >= 0))
+    trainable = pl.col("gold_row") >= 0
+    if nil_gold is not None:
+        trainable = trainable | pl.col("nil_gold")
+    linkable = mentions.select("row", "split", "lang").with_columns(
+        pl.Series("gold_row", gold), pl.Series("nil_gold", nil_gold if nil_gold is not None else np.zeros(len(gold), bool))
+    ).filter((pl.col("split") == "train") & trainable)
     chosen = linkable.filter(pl.col("lang").is_in(list(languages))) if languages else linkable
     rows = chosen["row"].to_numpy()
     if downsample_to:
@@ -102,8 +110,9 @@ def stage_identity(config: RunConfig) -> tuple[dict[str, str], dict]:
 class TrainingData:
     """The vectors and the mentions train fits (train_rows, gold rows) and picks epochs by (dev_*).
 
-    Rows index `inputs.mentions`; gold arrays hold entity rows (-1: not encoded);
-    dev_matrix is (n_dev, k) candidate entity rows. saved_rows go into model.pt.
+    Rows index `inputs.mentions`; gold arrays hold entity rows (-1: NIL or not encoded);
+    dev_matrix is (n_dev, k) candidate entity rows; dev_nil (n_dev,) True for NIL golds, only
+    with the NIL option (train.nil_candidate), else None. saved_rows go into model.pt.
     """
 
     inputs: RankerInputs
@@ -116,6 +125,7 @@ class TrainingData:
     saved_rows: dict
     counts: dict
     by_language: dict
+    dev_nil: np.ndarray | None = None
 
 
 def training_data(triage_dir: Path, encode_dir: Path, train_config: TrainConfig, device: torch.device) -> TrainingData:
@@ -127,18 +137,24 @@ def training_data(triage_dir: Path, encode_dir: Path, train_config: TrainConfig,
     if "triage" in train_config.features:
         inputs.attach_triage(candidates)
     all_gold = gold_rows(inputs, np.arange(inputs.mentions.height))  # by mention row (inputs.mentions is in row order)
+    # With the NIL option, NIL-gold mentions train and count on dev; their gold row stays -1.
+    nil_gold = (inputs.mentions["gold_kb_id"] == schema.NIL_ID).fill_null(False).to_numpy()
+    with_nil = train_config.nil_candidate
     train_rows = training_rows(inputs.mentions, all_gold, train_config.train_languages,
-                               train_config.downsample_to_language, train_config.seed)
+                               train_config.downsample_to_language, train_config.seed, nil_gold if with_nil else None)
     train_gold = all_gold[train_rows]
-    dev_rows = select_rows(inputs.mentions, "dev", train_config.train_languages)
+    dev_rows = select_rows(inputs.mentions, "dev", train_config.train_languages, with_nil)
     dev_matrix = candidate_matrix(candidates, inputs, dev_rows)
     dev_gold = all_gold[dev_rows]
+    dev_nil = nil_gold[dev_rows] if with_nil else None
     saved_rows = {"mention_types": mention_types, "entity_types": entity_types,
                   "train_mention_ids": inputs.mentions["mention_id"].to_numpy()[train_rows].tolist()}
     counts = {"train_mentions": len(train_rows), "dev_mentions": len(dev_rows)}
+    if with_nil:
+        counts["train_nil_mentions"] = int(nil_gold[train_rows].sum())
     by_language = dict(inputs.mentions[train_rows].group_by("lang").len().sort("lang").iter_rows())
     return TrainingData(inputs, candidates, train_rows, train_gold, dev_rows, dev_matrix, dev_gold, saved_rows,
-                        counts, by_language)
+                        counts, by_language, dev_nil)
 
 
 def run(config: RunConfig, force: bool = False) -> StageResult:
@@ -236,7 +252,7 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
             record["name_pair_loss"] = pair_loss
         # Only rank 0 evaluates, keeps the best state and writes checkpoints; its stop decision is broadcast.
         if world.is_main and (epoch % train_config.eval_every == 0 or epoch == train_config.epochs):
-            record["dev_accuracy"] = linking_accuracy(state.kept, inputs, dev_rows, dev_matrix, dev_gold)
+            record["dev_accuracy"] = linking_accuracy(state.kept, inputs, dev_rows, dev_matrix, dev_gold, data.dev_nil)
             # Without dev mentions the best epoch is the one of lowest training loss (W501).
             state.keep_if_best(epoch, record["dev_accuracy"] if not math.isnan(record["dev_accuracy"]) else -record["loss"])
             stale_epochs = epoch - state.best["epoch"]

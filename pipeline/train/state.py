@@ -31,7 +31,8 @@ def ranker_shape(config: TrainConfig, inputs: RankerInputs) -> RankerShape:
         features=config.features, vector_size=int(inputs.mention_name.shape[1]),
         mention_types=int(inputs.mention_type_onehot.shape[1]), entity_types=int(inputs.entity_type_onehot.shape[1]),
         name_hidden=config.name_hidden, context_hidden=config.context_hidden, type_hidden=config.type_hidden,
-        final_hidden=config.final_hidden, dropout=config.dropout, triage_hidden=config.triage_hidden)
+        final_hidden=config.final_hidden, dropout=config.dropout, triage_hidden=config.triage_hidden,
+        nil_candidate=config.nil_candidate)
 
 
 def load_checkpoint(path: Path, key: str, shape: RankerShape) -> dict | None:
@@ -50,6 +51,10 @@ def load_checkpoint(path: Path, key: str, shape: RankerShape) -> dict | None:
         logger.info("ignoring checkpoint %s: it belongs to other inputs or settings", path)
         return None
     saved = checkpoint.get("shape")
+    if saved is not None:
+        # Fields added to RankerShape since (nil_candidate) read as their defaults, as load_model reads them.
+        defaults = {f.name: f.default for f in dataclasses.fields(RankerShape) if f.default is not dataclasses.MISSING}
+        saved = {**defaults, **saved}
     if saved is not None and saved != dataclasses.asdict(shape):
         differ = sorted(k for k in set(saved) | set(dataclasses.asdict(shape))
                         if saved.get(k) != dataclasses.asdict(shape).get(k))
