@@ -179,3 +179,15 @@ def test_error_analysis_on_a_hand_made_case() -> None:
     assert (nil_es["nil_precision"], nil_es["nil_recall"], nil_es["nil_f1"]) == (1.0, 1.0, 1.0)
     # Q3 -> Q4 twice (first example by mention id: "Bush"), Q1 -> Q9 once.
     assert confusions.rows() == [("Q3", "Q4", 2, "Bush"), ("Q1", "Q9", 1, "París")]
+
+
+def test_tied_best_counts_mentions_whose_runner_up_has_the_best_score() -> None:
+    from pipeline.evaluate.error_analysis import tied_best
+
+    evaluated = pl.DataFrame({"best_score": [1.0, 0.9, 0.5, None, 0.7],
+                              "second_score": [1.0, 0.2, 0.5 - 1e-9, None, None]},
+                             schema={"best_score": pl.Float64, "second_score": pl.Float64})
+    evaluated = evaluated.with_columns((pl.col("best_score") - pl.col("second_score")).alias("margin"))
+    ties = tied_best(evaluated)
+    assert ties == {"tied": 2, "mentions": 3, "share": 2 / 3}  # no candidate, or no runner-up: not counted
+    assert tied_best(evaluated.head(0)) == {"tied": 0, "mentions": 0, "share": 0.0}

@@ -194,6 +194,13 @@ def test_evaluate_reports_nota_beside_the_other_methods_and_decides_by_it(nota_r
     assert {row["method"] for row in metrics["nil_methods"]} >= {"threshold", "nota"}
     assert "| test | nota | all |" in (evaluate_dir / "report.md").read_text(encoding="utf-8")
     assert "nota" in nota_run["output"]
+    # Ties of the best two candidates, counted over the evaluated mentions, in metrics and the report.
+    from pipeline.evaluate.error_analysis import tied_best
+    evaluated = pl.read_parquet(evaluate_dir / "predictions.parquet").filter(
+        (pl.col("split") == "test") & pl.col("gold_kb_id").is_not_null())
+    assert metrics["tied_best"] == tied_best(evaluated) and metrics["tied_best"]["mentions"] > 0
+    assert f"for {metrics['tied_best']['tied']} of {metrics['tied_best']['mentions']} mentions with a runner-up" in \
+        (evaluate_dir / "report.md").read_text(encoding="utf-8")
     # The saved decisions are nota's: NIL exactly where the NIL score beats the best candidate.
     predictions = pl.read_parquet(evaluate_dir / "predictions.parquet")
     nil = json.loads((evaluate_dir / "nil.json").read_text(encoding="utf-8"))

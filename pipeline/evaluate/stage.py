@@ -30,7 +30,7 @@ from pipeline.evaluate import nil_choice
 from pipeline.core import schema
 from pipeline.core.config import RunConfig, to_dict
 from pipeline.encoders.encoder import pick_device
-from pipeline.core.errors import InputError
+from pipeline.core.errors import InputError, warn
 from pipeline.model.features import (RankerInputs, candidate_matrix, gold_rows, load_inputs, score_candidates,
                                      score_nil)
 from pipeline.core.io import (atomic_path, collect_checked, scan_parquet_checked, write_json_atomic, write_parquet_atomic,
@@ -242,6 +242,9 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     # Every NIL method on the evaluation split (only the chosen one's decisions are written out).
     on_eval = outcome_by_method(predictions, evaluated, artifact)
     metrics["nil_methods"] = on_eval.to_dicts()
+    metrics["tied_best"] = error_analysis.tied_best(evaluated)
+    if metrics["tied_best"]["share"] > error_analysis.TIED_SHARE_WARN:
+        warn(logger, "W502", split=evaluate.eval_split, **metrics["tied_best"])
     seen = mentions.filter(pl.col("mention_id").is_in(saved.get("train_mention_ids", [])))["gold_kb_id"].unique()
     analysis, confusions = error_analysis.analyse(evaluated, candidates, seen.drop_nulls().to_list())
 
