@@ -244,7 +244,9 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     metrics["nil_methods"] = on_eval.to_dicts()
     metrics["tied_best"] = error_analysis.tied_best(evaluated)
     if metrics["tied_best"]["share"] > error_analysis.TIED_SHARE_WARN:
-        warn(logger, "W502", split=evaluate.eval_split, **metrics["tied_best"])
+        ties = metrics["tied_best"]
+        warn(logger, "W502", split=evaluate.eval_split, tied=ties["tied"], mentions=ties["mentions"],
+             percent=f"{ties['share']:.0%}")
     seen = mentions.filter(pl.col("mention_id").is_in(saved.get("train_mention_ids", [])))["gold_kb_id"].unique()
     analysis, confusions = error_analysis.analyse(evaluated, candidates, seen.drop_nulls().to_list())
 
