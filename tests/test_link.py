@@ -354,7 +354,12 @@ def test_bad_mention_inputs_are_one_line_errors(demo_run: dict, tmp_path: Path) 
     cases = {
         "unknown type": (write_jsonl(tmp_path / "m.csv", records), [], "E707"),
         "tab without docs": (tmp_path / "m.tab", [], "E708"),
-        "repeated id across chunks": (write_jsonl(tmp_path / "dup.jsonl", records + records[:1]), [], "E710"),
+        # Across chunks (40 mentions each) as within one, before any chunk is linked.
+        "repeated id across chunks": (write_jsonl(tmp_path / "dup.jsonl", records + records[:1]), [], "E104"),
+        "repeated span across chunks": (write_jsonl(tmp_path / "span.jsonl", records + [{**records[0], "id": "again"}]), [],
+                                        "E115"),
+        "two languages across chunks": (write_jsonl(tmp_path / "lang.jsonl", records + [{**records[0], "id": "again",
+                                                                                         "lang": "xx"}]), [], "E117"),
         "bad offsets": (write_jsonl(tmp_path / "off.jsonl", [{**records[0], "end": 10_000}]), [], "E105"),
     }
     (tmp_path / "m.tab").write_text("xel\tm1\tParis\tdoc:0-4\tNIL\tLOC\tNAM\t1.0\n", encoding="utf-8")
@@ -362,6 +367,8 @@ def test_bad_mention_inputs_are_one_line_errors(demo_run: dict, tmp_path: Path) 
         result = link(demo_run["model"], path, tmp_path / f"out-{code}", "--chunk-mentions", 40, *extra)
         assert result.exit_code == 2 and f"[{code}]" in result.output, (name, result.output)
         assert str(path) in result.output and not (tmp_path / f"out-{code}" / "links.parquet").exists()
+        if "across chunks" in name:  # the line of the second record, and nothing linked
+            assert f":{len(records) + 1}: " in result.output and not (tmp_path / f"out-{code}").exists()
 
 
 def test_cuda_without_a_gpu_is_one_line_error(demo_run: dict, tmp_path: Path) -> None:

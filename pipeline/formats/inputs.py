@@ -52,7 +52,7 @@ ENTITIES_ARROW = pa.schema([
 ])
 
 
-def _first_duplicate(ids: pl.Series, lines: pl.Series) -> tuple[str, int, int] | None:
+def first_duplicate(ids: pl.Series, lines: pl.Series) -> tuple[str, int, int] | None:
     """(id, first line, second line) of the first repeated id, or None."""
     frame = pl.DataFrame({"record_id": ids, "line": lines})
     repeated = (frame.with_columns(pl.col("line").rank("ordinal").over("record_id").alias("nth"))
@@ -74,7 +74,7 @@ def read_docs(path: Path) -> pl.DataFrame:
             rows["doc_text"].append(record["text"])
             rows["line"].append(line)
     docs = pl.DataFrame(rows, schema={"doc_id": pl.String, "doc_text": pl.String, "line": pl.Int64})
-    duplicate = _first_duplicate(docs["doc_id"], docs["line"])
+    duplicate = first_duplicate(docs["doc_id"], docs["line"])
     if duplicate:
         raise InputError("E104", path=path, line=duplicate[2], kind="document", record_id=duplicate[0], first_line=duplicate[1])
     return docs
@@ -115,7 +115,7 @@ def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
     if rename_duplicate_ids:
         check_documents(frame, path)  # a repeated id over the same span is a copy, not a second mention
         frame = _rename_duplicates(frame, path)
-    duplicate = _first_duplicate(frame["id"], frame["line"])
+    duplicate = first_duplicate(frame["id"], frame["line"])
     if duplicate:
         raise InputError("E104", path=path, line=duplicate[2], kind="mention", record_id=duplicate[0], first_line=duplicate[1])
     check_documents(frame, path)
@@ -323,7 +323,7 @@ def write_entities(kb_path: Path, out_path: Path) -> int:
                 count += len(block_lines)
         finally:
             writer.close()
-        duplicate = _first_duplicate(pl.concat(ids), pl.concat(lines))
+        duplicate = first_duplicate(pl.concat(ids), pl.concat(lines))
         if duplicate:
             raise InputError("E104", path=kb_path, line=duplicate[2], kind="KB", record_id=duplicate[0], first_line=duplicate[1])
     records.warn()

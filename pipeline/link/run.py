@@ -30,7 +30,7 @@ from pipeline.core.io import (file_fingerprint, remove_leftover_temps, write_jso
                          write_text_atomic)
 from pipeline.link.out_folder import CHUNKS, SHARDS, WORK
 from pipeline.link.outputs import nil_share, write_outputs
-from pipeline.link.sources import has_gold, mention_chunks
+from pipeline.link.sources import check_corpus, has_gold, mention_chunks
 from pipeline.model.model_folder import load_model_folder
 from pipeline.core.progress import progress as progress_counter
 from pipeline.core.manifest import MANIFEST, is_up_to_date, stage_key, write_manifest
@@ -141,7 +141,13 @@ def run(options: LinkOptions) -> LinkResult:
     total = 0
     keep_gold = options.score
     context_chars = int(folder.meta["inputs"]["context_chars"])
-    chunks = mention_chunks(options.mentions, options.docs, options.chunk_mentions, context_chars, keep_gold, out_dir / WORK)
+    def chunks_of_the_corpus():
+        return mention_chunks(options.mentions, options.docs, options.chunk_mentions, context_chars, keep_gold,
+                              out_dir / WORK)
+
+    # The checks across chunks (ids, spans, document languages) before any chunk is linked.
+    check_corpus(chunks_of_the_corpus(), options.mentions)
+    chunks = chunks_of_the_corpus()
     with progress_counter(None, "link", "mentions") as progress:
         for index, read in chunks:
             total = index + 1

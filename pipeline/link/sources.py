@@ -119,6 +119,36 @@ def mention_chunks(path: Path, docs: Path | None, chunk_mentions: int, context_c
         yield index, parquet_chunk
 
 
+# What the corpus-wide checks need of each mention: a few short columns, kept for every chunk.
+KEY_COLUMNS = ("line", "mention_id", "doc_id", "lang", "start", "end", "doc_start", "doc_end", "gold_kb_id")
+
+
+def check_corpus(chunks: Iterator[Chunk], path: Path) -> int:
+    """The input checks that span chunks, made on the whole corpus before any chunk is linked;
+    returns the number of chunks.
+
+    Each chunk is read (and so checked on its own) and only its `KEY_COLUMNS` are kept, so
+    the memory this takes is a few dozen bytes per mention. Across chunks: a mention id
+    given twice (E104), one document given two languages (E117) and two mentions of one
+    span (E115), with the same messages as in one chunk, so whether a corpus is accepted
+    never depends on `--chunk-mentions` or `--shard`.
+    """
+    from pipeline.formats.input_checks import check_documents
+    from pipeline.formats.inputs import first_duplicate
+
+    keys = []
+    for _, read in chunks:
+        keys.append(read().select(KEY_COLUMNS))
+    if len(keys) > 1:
+        table = pl.concat(keys).rename({"mention_id": "id"})
+        duplicate = first_duplicate(table["id"], table["line"])
+        if duplicate:
+            raise InputError("E104", path=path, line=duplicate[2], kind="mention", record_id=duplicate[0],
+                             first_line=duplicate[1])
+        check_documents(table, path)
+    return len(keys)
+
+
 def _jsonl_chunk(path: Path, block: list[tuple[int, dict]], docs_path: Path | None, docs_parquet: Path | None,
                  context_chars: int, keep_gold: bool) -> pl.DataFrame:
     records = [record for _, record in block]
