@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.core.errors import PipelineError, usage_error
+from pipeline.core.errors import PipelineError, os_error, usage_error
 from pipeline.core.lock import run_lock
 
 STAGES = ("triage", "encode", "train", "evaluate")
@@ -66,6 +66,8 @@ class XelGroup(click.Group):
             self._show(ctx, usage_error(error, " ".join(filter(None, (ctx.command_path, ctx.invoked_subcommand)))))
         except PipelineError as error:
             self._show(ctx, error)
+        except OSError as error:  # what no stage coded: a path the system refuses (permissions, a file for a folder)
+            self._show(ctx, os_error(error))
 
     @staticmethod
     def _show(ctx: click.Context, error: PipelineError) -> None:

@@ -64,6 +64,7 @@ class Errors:
     # Sub-runs of `xel-cli search` / `xel-cli experiment` (pipeline/studies/subrun.py).
     E410 = "{path}: a folder where a sub-run needs a link to the parent run's stage ({detail}); delete it and re-run"
     E411 = "{path}: {detail}"
+    E412 = "{path}: {detail} (the operating system refused: {reason}); give a path that exists where it should, is a folder or a file as the option wants, and that you may read and write"
 
     # E5xx: model, encoder and training
     E501 = "{name}: cannot load encoder ({detail}); give a Hugging Face model name present in the local cache or a local folder"
@@ -175,6 +176,17 @@ def usage_error(error: click.UsageError, command: str = "xel-cli") -> ConfigErro
     if option:
         return ConfigError("E206", command=command, option=option, detail=detail)
     return ConfigError("E207", command=command, detail=detail)
+
+
+def os_error(error: OSError) -> "CacheError":
+    """An OSError no stage turned into a coded error (a folder that cannot be made, a file where a
+    folder is wanted, no permission, a read-only disk) as one E412 line naming the path."""
+    path = error.filename if error.filename is not None else "?"
+    kinds = {PermissionError: "no permission", NotADirectoryError: "a file where a folder is wanted",
+             IsADirectoryError: "a folder where a file is wanted", FileNotFoundError: "not found, or a folder on the way is missing",
+             FileExistsError: "it exists already"}
+    detail = next((text for kind, text in kinds.items() if isinstance(error, kind)), "cannot read or write it")
+    return CacheError("E412", path=path, detail=detail, reason=error.strerror or type(error).__name__)
 
 
 class InputError(PipelineError):
