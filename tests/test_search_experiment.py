@@ -21,7 +21,7 @@ from conftest import write_run_config
 from pipeline.core.manifest import read_manifest as manifest
 from pipeline.core.config_file import load_config
 from pipeline.core.errors import ConfigError
-from pipeline.studies.experiment import (PAPER_FEATURES, TABLE_1_COLUMNS, ExperimentConfig, Model, format_cell, parse_only, plan,
+from pipeline.studies.experiment import (PAPER_FEATURES, TABLE_1_COLUMNS, ExperimentConfig, Model, check_only, format_cell, parse_only, plan,
                                  sub_runs)
 from pipeline.studies.search import SEARCH_SPACE, LogUniform, draw_settings
 
@@ -254,6 +254,19 @@ def test_only_keeps_the_asked_cells_and_refuses_bad_ones() -> None:
     with pytest.raises(ConfigError, match=r"\[E203\].*only"):
         parse_only(("one:Multi",))
     assert parse_only(("1:Multi", "3")) == ((1, "Multi"), (3, None))
+    with pytest.raises(ConfigError, match=r"\[E203\].*only"):
+        parse_only(("1:",))  # an empty column is a slip, not "the whole table"
+    check_only(LANGUAGES, ExperimentConfig(only=((2, "es"), (1, None))))
+    for only in ((2, "Multi"), (3, "xx")):  # Tables 2 and 3 have languages as columns
+        with pytest.raises(ConfigError, match=r"\[E203\].*has no column"):
+            check_only(LANGUAGES, ExperimentConfig(only=(only,)))
+
+
+def test_experiment_refuses_a_language_without_training_mentions(base_run: dict, run_copy: Path) -> None:
+    result = CliRunner().invoke(main, ["experiment", "--config", str(base_run["config"]), "--run-dir", str(run_copy),
+                                       "--languages", "en,xx", "--only", "1:Multi"])
+    assert result.exit_code == 2 and "[E203]" in result.output and "xx" in result.output, result.output
+    assert not (run_copy / "experiment" / "multi").exists()
 
 
 def test_experiment_only_multi_trains_one_model_per_seed(base_run: dict, run_copy: Path) -> None:

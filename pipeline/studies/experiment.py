@@ -88,7 +88,7 @@ class ExperimentConfig:
                               reason="language codes cannot be empty")
         for table, column in self.only:
             if table not in (1, 2, 3) or (table == 1 and column is not None and column not in TABLE_1_COLUMNS):
-                raise ConfigError("E203", where="experiment", field="only", value=f"{table}:{column or ''}",
+                raise ConfigError("E203", where="experiment", field="only", value=f"{table}" + (f":{column}" if column else ""),
                                   reason=f"must be 1, 2 or 3, optionally :COLUMN (Table 1: {', '.join(TABLE_1_COLUMNS)}; "
                                          "Tables 2 and 3: a language)")
 
@@ -102,9 +102,10 @@ def parse_only(texts: tuple[str, ...]) -> tuple[tuple[int, str | None], ...]:
     (`ExperimentConfig` checks the numbers and Table 1's columns)."""
     cells = []
     for text in texts:
-        table, _, column = text.partition(":")
-        if not table.strip().isdigit():
-            raise ConfigError("E203", where="--only", field="only", value=text, reason="must be TABLE[:COLUMN], e.g. 1:Multi")
+        table, colon, column = text.partition(":")
+        if not table.strip().isdigit() or (colon and not column.strip()):
+            raise ConfigError("E203", where="--only", field="only", value=text,
+                              reason="must be TABLE or TABLE:COLUMN (one of each per --only), e.g. 1:Multi or 2")
         cells.append((int(table), column.strip() or None))
     return tuple(cells)
 
@@ -171,6 +172,16 @@ def plan(languages: list[str], experiment: ExperimentConfig) -> list[Cell]:
         model = Model(train_languages=(experiment.ablation_language,), features=features)
         cells += [Cell(3, row, scored, model, scored) for scored in languages]
     return [cell for cell in cells if experiment.wants(cell)]
+
+
+def check_only(languages: list[str], experiment: ExperimentConfig) -> None:
+    """E203 for an `only` entry that selects no cell (e.g. 2:Multi: Table 2's columns are languages)."""
+    every = plan(languages, dataclasses.replace(experiment, only=()))
+    for table, column in experiment.only:
+        if not any(cell.table == table and column in (None, cell.column) for cell in every):
+            columns = sorted({cell.column for cell in every if cell.table == table}, key=str)
+            raise ConfigError("E203", where="--only", field="only", value=f"{table}:{column}",
+                              reason=f"Table {table} has no column {column!r}; its columns are {', '.join(columns)}")
 
 
 def sub_runs(cells: list[Cell], seeds: list[int]) -> list[tuple[Model, int]]:
@@ -295,6 +306,12 @@ def run(config: RunConfig, experiment: ExperimentConfig) -> StageResult:
     if experiment.ablation_language not in languages:
         raise ConfigError("E203", where="experiment", field="ablation_language", value=experiment.ablation_language,
                           reason=f"must be one of the table languages {languages}")
+    known = training_languages(config.stage_dir("triage"))
+    unknown = sorted(set(languages) - set(known))
+    if unknown:
+        raise ConfigError("E203", where="--languages", field="languages", value=",".join(unknown),
+                          reason=f"no training mentions in that language; the run's are {', '.join(known)}")
+    check_only(languages, experiment)
     seeds = [config.train.seed + offset for offset in range(experiment.seeds)]
     cells = plan(languages, experiment)
     pairs = sub_runs(cells, seeds)
