@@ -361,8 +361,12 @@ def test_bad_mention_inputs_are_one_line_errors(demo_run: dict, tmp_path: Path) 
         "two languages across chunks": (write_jsonl(tmp_path / "lang.jsonl", records + [{**records[0], "id": "again",
                                                                                          "lang": "xx"}]), [], "E117"),
         "bad offsets": (write_jsonl(tmp_path / "off.jsonl", [{**records[0], "end": 10_000}]), [], "E105"),
+        "not Parquet": (tmp_path / "garbage.parquet", [], "E119"),
+        "Parquet named JSONL": (tmp_path / "parquet.jsonl", [], "E119"),
     }
     (tmp_path / "m.tab").write_text("xel\tm1\tParis\tdoc:0-4\tNIL\tLOC\tNAM\t1.0\n", encoding="utf-8")
+    (tmp_path / "garbage.parquet").write_bytes(b"these bytes are no Parquet file\n")
+    pl.DataFrame(records).write_parquet(tmp_path / "parquet.jsonl")
     for name, (path, extra, code) in cases.items():
         result = link(demo_run["model"], path, tmp_path / f"out-{code}", "--chunk-mentions", 40, *extra)
         assert result.exit_code == 2 and f"[{code}]" in result.output, (name, result.output)

@@ -34,6 +34,7 @@ class Errors:
     E116 = "{path}:{line}: {what} {value!r} contains {bad}, which {why}; {fix}{more}"
     E117 = "{path}:{line}: mention {record_id!r} says document {doc_id!r} is {lang!r}, but line {first_line} says {first_lang!r}; a document has one language: fix the lang of one of them{more}"
     E118 = "{path}:{line}: mention {record_id!r} has bad 'fragments' ({detail}); give [[start, end], ...] in the mention's offsets, ascending, not overlapping, first starting at start and last ending at end, and the mention string as the fragments' texts joined by one space{more}"
+    E119 = "{path}: not a readable {kind} file ({detail}); {fix}"
     E113 = "{path}:{line}: {detail}; a name pair is a foreign name and its English name, optionally with a language: two or three tab-separated columns in .tsv/.txt, or {{\"foreign\": ..., \"english\": ..., \"lang\": ...}} in .jsonl"
 
     # E2xx: configuration

@@ -255,6 +255,9 @@ def iter_jsonl_blocks(path: Path, block_lines: int = JSONL_BLOCK_LINES) -> Itera
         for line_number, raw in enumerate(handle, start=1):
             if line_number == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
+            if line_number == 1 and raw.startswith(b"PAR1"):  # Parquet's magic bytes: the wrong format, not bad text
+                raise InputError("E119", path=path, kind="JSONL", detail="it is a Parquet file",
+                                 fix="give this input as JSONL, one record per line")
             text = _decode_line(path, line_number, raw).strip()
             if not text:
                 continue

@@ -47,12 +47,22 @@ def has_gold(path: Path) -> bool:
         return True
     if kind == "parquet":
         scan = pl.scan_parquet(path)
-        if "gold_kb_id" not in scan.collect_schema().names():
+        if "gold_kb_id" not in parquet_columns(path):
             return False
         gold = pl.col("gold_kb_id").cast(pl.String)
         return bool(scan.select((gold.is_not_null() & (gold != "")).any()).collect().item())
     return any(record.get("gold_kb_id") not in (None, "")
                for block in iter_jsonl_blocks(path, block_lines=GOLD_SCAN_LINES) for _, record in block)
+
+
+def parquet_columns(path: Path) -> list[str]:
+    """The column names of a mentions Parquet file; E119 when it is not one polars can read
+    (garbage, truncated, empty), rather than a polars traceback."""
+    try:
+        return pl.scan_parquet(path).collect_schema().names()
+    except (pl.exceptions.PolarsError, OSError) as error:
+        raise InputError("E119", path=path, kind="Parquet", detail=" ".join(str(error).split())[:160],
+                         fix="write it again (polars or pyarrow), or give the mentions as JSONL") from None
 
 
 def records_frame(records: list[dict], path: Path, context_chars: int, keep_gold: bool,
@@ -110,6 +120,7 @@ def mention_chunks(path: Path, docs: Path | None, chunk_mentions: int, context_c
         for index, block in enumerate(iter_jsonl_blocks(path, block_lines=chunk_mentions)):
             yield index, (lambda block=block: _jsonl_chunk(path, block, docs, docs_parquet, context_chars, keep_gold))
         return
+    parquet_columns(path)  # a file polars cannot read is E119 here, before any chunk
     total = pl.scan_parquet(path).select(pl.len()).collect().item()
     for index, offset in enumerate(range(0, total, chunk_mentions)):
         def parquet_chunk(offset: int = offset) -> pl.DataFrame:
