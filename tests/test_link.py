@@ -19,6 +19,8 @@ from click.testing import CliRunner, Result
 
 from cli import main
 from conftest import write_jsonl, write_run_config
+from pipeline.core.errors import ConfigError
+from pipeline.link import Linker
 from pipeline.model.model_folder import load_model_folder
 from pipeline.formats.tac import read_tab
 
@@ -265,8 +267,11 @@ def test_unseen_language_gets_the_fallback_threshold_and_one_warning(demo_run: d
     set_by_hand = succeeded(link(demo_run["model"], tmp_path / "m.jsonl", tmp_path / "out", "--fallback-threshold", -0.5))
     assert "--fallback-threshold" in [line for line in set_by_hand.output.splitlines() if "[W701]" in line][0]
     assert pl.read_parquet(tmp_path / "out" / "links.parquet").filter(pl.col("lang") == "xx")["threshold"].to_list() == [-0.5] * 3
-    not_a_number = link(demo_run["model"], tmp_path / "m.jsonl", tmp_path / "out3", "--fallback-threshold", "nan")
-    assert not_a_number.exit_code == 2 and "[E203]" in not_a_number.output
+    for bad in ("nan", 5, -1.5):  # outside the tanh range [-1, 1] a threshold means nothing new
+        refused = link(demo_run["model"], tmp_path / "m.jsonl", tmp_path / "out3", "--fallback-threshold", bad)
+        assert refused.exit_code == 2 and "[E203]" in refused.output and "[-1, 1]" in refused.output
+    with pytest.raises(ConfigError, match=r"\[E203\]"):
+        Linker.load(demo_run["model"], fallback_threshold=5)
 
 
 def test_out_must_not_hold_other_files(demo_run: dict, tmp_path: Path) -> None:

@@ -76,3 +76,21 @@ def test_cli_refuses_a_locked_run_folder_and_keeps_its_config(tmp_path, make_run
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_a_killed_run_not_yet_reaped_holds_no_lock() -> None:
+    """A process that has exited but waits for its parent (a zombie, as right after `timeout -s KILL`)
+    is not alive: its lock is stale."""
+    import time
+
+    from pipeline.core.lock import _alive
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.time() + 10
+    while _alive(child.pid) and time.time() < deadline:  # exited, not reaped: state Z
+        time.sleep(0.05)
+    try:
+        assert not _alive(child.pid)
+        assert _alive(os.getpid())
+    finally:
+        child.wait()

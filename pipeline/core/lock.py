@@ -31,7 +31,17 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:  # exists, owned by someone else
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether `pid` has exited and only waits for its parent to reap it (state Z in /proc): a run
+    killed a moment ago (`timeout -s KILL`) is such a process, and holds nothing any more."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+    except OSError:  # no /proc (not Linux) or gone meanwhile
+        return False
+    return stat[stat.rfind(")") + 1:].split()[:1] == ["Z"]  # the state follows the command name in parentheses
 
 
 def _read_holder(path: Path) -> dict:

@@ -125,8 +125,7 @@ class Linker:
         `fallback_threshold` the NIL threshold of languages the model has none for (as `--fallback-threshold`)."""
         folder = load_model_folder(Path(path))
         if fallback_threshold is not None:
-            folder = dataclasses.replace(folder, policy=dataclasses.replace(folder.policy,
-                                                                            unseen_threshold=float(fallback_threshold)))
+            folder = dataclasses.replace(folder, policy=folder.policy.with_unseen_threshold(fallback_threshold))
         return cls(folder, Path(kb) if kb is not None else None, device)
 
     def _vectors_dtype_round(self, array: np.ndarray) -> np.ndarray:

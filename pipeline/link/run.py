@@ -13,7 +13,6 @@ deletes the chunks. Chunks of other inputs or settings (another key) are deleted
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import ctypes
 import json
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.core.errors import CacheError, ConfigError, InputError
+from pipeline.core.errors import CacheError, InputError
 from pipeline.core.io import (file_fingerprint, remove_leftover_temps, write_json_atomic, write_parquet_atomic,
                          write_text_atomic)
 from pipeline.link.out_folder import CHUNKS, SHARDS, WORK
@@ -109,11 +108,7 @@ def run(options: LinkOptions) -> LinkResult:
         raise InputError("E108", path=options.docs)
     folder = load_model_folder(options.model)
     if options.fallback_threshold is not None:
-        if not math.isfinite(options.fallback_threshold):
-            raise ConfigError("E203", where="--fallback-threshold", field="fallback_threshold",
-                              value=options.fallback_threshold, reason="must be a finite number (scores are in [-1, 1])")
-        folder = dataclasses.replace(folder, policy=dataclasses.replace(folder.policy,
-                                                                        unseen_threshold=options.fallback_threshold))
+        folder = dataclasses.replace(folder, policy=folder.policy.with_unseen_threshold(options.fallback_threshold))
     kb_path = options.kb or Path(folder.meta["kb"]["path"])
     if not kb_path.is_file():
         raise InputError("E706", path=kb_path, model=options.model)

@@ -51,6 +51,23 @@ class NilPolicy:
         middle = len(values) // 2
         return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
 
+    def with_unseen_threshold(self, value: float) -> "NilPolicy":
+        """This policy with `unseen_threshold` = `value` (`--fallback-threshold`); E203 unless a
+        number in [-1, 1], the ranker's tanh range (1 makes every unseen-language mention NIL)."""
+        import dataclasses
+        import math
+
+        from pipeline.core.errors import ConfigError
+
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not (math.isfinite(number) and -1.0 <= number <= 1.0):
+            raise ConfigError("E203", where="--fallback-threshold", field="fallback_threshold", value=value,
+                              reason="must be a number in [-1, 1], the ranker's score range")
+        return dataclasses.replace(self, unseen_threshold=number)
+
     @classmethod
     def from_artifact(cls, artifact: dict, clustering: str) -> "NilPolicy":
         """The policy of evaluate's `nil.json` content; raises KeyError/TypeError/ValueError when malformed."""
