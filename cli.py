@@ -370,7 +370,8 @@ def link(model_dir: Path, mentions: Path, docs: Path | None, kb: Path | None, ou
     click.echo(format_frame(result.nil_share))
     if result.metrics is not None:
         click.echo(format_table(result.metrics))
-    click.echo(f"link: wrote links.parquet, links.jsonl, system.tab -> {out_dir}")
+    scored = ", gold.tab, metrics.json, doc_languages.tsv" if score_links else ""
+    click.echo(f"link: wrote links.parquet, links.jsonl, system.tab{scored} -> {out_dir}")
 
 
 @main.command()

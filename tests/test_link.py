@@ -117,7 +117,8 @@ def test_link_gives_evaluates_links_and_nil_decisions(demo_run: dict, tmp_path: 
 
 def test_score_writes_evaluates_metrics(demo_run: dict, tmp_path: Path) -> None:
     with_gold = write_jsonl(tmp_path / "test.jsonl", demo_records("test"))
-    succeeded(link(demo_run["model"], with_gold, tmp_path / "out", "--score"))
+    result = succeeded(link(demo_run["model"], with_gold, tmp_path / "out", "--score"))
+    assert "system.tab, gold.tab, metrics.json, doc_languages.tsv ->" in result.output
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text(encoding="utf-8"))
     expected = json.loads((demo_run["run_dir"] / "evaluate" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["scored_mentions"] == 66
