@@ -354,24 +354,7 @@ def link(model_dir: Path, mentions: Path, docs: Path | None, kb: Path | None, ou
     # Shards of one corpus write separate chunk files at once, so they take no lock (as encode's).
     with out_folder(out_dir, locked=shard is None):
         result = run_link(options)
-    if result.skipped:
-        click.echo(f"link: up to date ({out_dir}); --force redoes it")
-        return
-    counts = result.counts
-    click.echo(f"link: {counts['mentions']} mentions in {result.seconds:.1f}s ({result.mentions_per_second:.1f} mentions/s "
-               f"linked now), {counts['chunks']} chunk(s), {counts['chunks_resumed']} resumed; entities encoded "
-               f"{counts['entities_encoded']}, from the cache {counts['entities_cached']}; "
-               f"{result.encode_share:.0%} of linking time in encode")
-    if not result.finished:
-        click.echo(f"link: shard {shard[0]}/{shard[1]} done -> {out_dir}; run `xel-cli link ... --merge` when every shard is")
-        return
-    from pipeline.scoring.table import format_frame, format_table
-
-    click.echo(format_frame(result.nil_share))
-    if result.metrics is not None:
-        click.echo(format_table(result.metrics))
-    scored = ", gold.tab, metrics.json, doc_languages.tsv" if score_links else ""
-    click.echo(f"link: wrote links.parquet, links.jsonl, system.tab{scored} -> {out_dir}")
+    click.echo("\n".join(result.summary(shard, score_links)))
 
 
 @main.command()

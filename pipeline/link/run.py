@@ -74,6 +74,27 @@ class LinkResult:
     encode_share: float = 0.0
     finished: bool = True  # False for a shard: the merge writes the outputs
 
+    def summary(self, shard: tuple[int, int] | None, score: bool) -> list[str]:
+        """What `xel-cli link` prints: counts and speed, then the NIL share per language and the
+        scores (with --score), or, for a shard, what to run next."""
+        from pipeline.scoring.table import format_frame, format_table
+
+        if self.skipped:
+            return [f"link: up to date ({self.out_dir}); --force redoes it"]
+        counts = self.counts
+        lines = [f"link: {counts['mentions']} mentions in {self.seconds:.1f}s ({self.mentions_per_second:.1f} mentions/s "
+                 f"linked now), {counts['chunks']} chunk(s), {counts['chunks_resumed']} resumed; entities encoded "
+                 f"{counts['entities_encoded']}, from the cache {counts['entities_cached']}; "
+                 f"{self.encode_share:.0%} of linking time in encode"]
+        if not self.finished:
+            return lines + [f"link: shard {shard[0]}/{shard[1]} done -> {self.out_dir}; "
+                            "run `xel-cli link ... --merge` when every shard is"]
+        lines.append(format_frame(self.nil_share))
+        if self.metrics is not None:
+            lines.append(format_table(self.metrics))
+        scored = ", gold.tab, metrics.json, doc_languages.tsv" if score else ""
+        return lines + [f"link: wrote links.parquet, links.jsonl, system.tab{scored} -> {self.out_dir}"]
+
 
 def link_key(options: LinkOptions, model_fingerprint: str, kb_fingerprint: str) -> str:
     """Hash of the model, the inputs' content, the KB's content and the settings that change the output."""
