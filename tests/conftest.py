@@ -338,3 +338,29 @@ def run_copy(base_run: dict, tmp_path: Path) -> Path:
     run_dir = tmp_path / "run"
     shutil.copytree(base_run["run_dir"], run_dir)
     return run_dir
+
+
+def run_demo_linker(folder: Path, encoder_dir: Path, **sections: dict) -> tuple[Path, str]:
+    """Train and evaluate the demo data (pipeline/demo_data) in folder/run with the triage
+    feature and `sections` merged over the tiny config; (config path, the run's output).
+
+    The run's KB indexes are cached in folder/run-cache, not the caller's `XEL_CACHE`.
+    """
+    import os
+
+    from click.testing import CliRunner
+
+    from cli import main
+
+    demo = DEMO_MENTIONS.parent
+    saved = os.environ.get("XEL_CACHE")
+    os.environ["XEL_CACHE"] = str(folder / "run-cache")
+    try:
+        train = {"min_type_count": 5, "features": ["name", "context", "type", "triage"], **sections.pop("train", {})}
+        config = write_run_config(folder, encoder_dir, data={"mentions": demo / "mentions.jsonl", "kb": demo / "kb.jsonl"},
+                                  train=train, **sections)
+        result = CliRunner().invoke(main, ["run", "--config", str(config)])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+    finally:
+        os.environ.pop("XEL_CACHE") if saved is None else os.environ.__setitem__("XEL_CACHE", saved)
+    return config, result.output

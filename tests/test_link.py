@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cli import main
-from conftest import write_jsonl, write_run_config
+from conftest import run_demo_linker, write_jsonl
 from pipeline.core.errors import ConfigError
 from pipeline.link import Linker
 from pipeline.model.model_folder import load_model_folder
@@ -49,14 +49,7 @@ def without_gold(records: list[dict]) -> list[dict]:
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -> dict:
     folder = tmp_path_factory.mktemp("demo-run")
-    saved = os.environ.get("XEL_CACHE")
-    os.environ["XEL_CACHE"] = str(folder / "run-cache")
-    try:
-        config = write_run_config(folder, tiny_encoder_dir, data={"mentions": DEMO / "mentions.jsonl", "kb": DEMO / "kb.jsonl"},
-                                  train={"min_type_count": 5, "features": ["name", "context", "type", "triage"]})
-        succeeded(invoke("run", "--config", config))
-    finally:
-        os.environ.pop("XEL_CACHE") if saved is None else os.environ.__setitem__("XEL_CACHE", saved)
+    run_demo_linker(folder, tiny_encoder_dir)
     test_file = write_jsonl(folder / "test-no-gold.jsonl", without_gold(demo_records("test")))
     return {"run_dir": folder / "run", "model": folder / "run" / "model", "test": test_file}
 

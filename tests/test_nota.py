@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ import torch
 from click.testing import CliRunner
 
 from cli import main
-from conftest import write_jsonl, write_run_config
+from conftest import run_demo_linker, write_jsonl
 from pipeline.core.config import TrainConfig
 from pipeline.core.errors import ConfigError
 from pipeline.model.features import RankerInputs, score_nil
@@ -170,21 +169,12 @@ def invoke(*args: object):
 @pytest.fixture(scope="module")
 def nota_run(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -> dict:
     folder = tmp_path_factory.mktemp("nota-run")
-    saved = os.environ.get("XEL_CACHE")
-    os.environ["XEL_CACHE"] = str(folder / "run-cache")
-    try:
-        config = write_run_config(folder, tiny_encoder_dir, data={"mentions": DEMO / "mentions.jsonl", "kb": DEMO / "kb.jsonl"},
-                                  train={"min_type_count": 5, "features": ["name", "context", "type", "triage"],
-                                         "nil_candidate": True},
-                                  evaluate={"nil_method": "nota"})
-        result = invoke("run", "--config", config)
-        assert result.exit_code == 0, result.output + repr(result.exception)
-    finally:
-        os.environ.pop("XEL_CACHE") if saved is None else os.environ.__setitem__("XEL_CACHE", saved)
+    config, output = run_demo_linker(folder, tiny_encoder_dir, train={"nil_candidate": True},
+                                     evaluate={"nil_method": "nota"})
     records = [json.loads(line) for line in (DEMO / "mentions.jsonl").read_text(encoding="utf-8").splitlines()]
     test = [{k: v for k, v in r.items() if k not in ("gold_kb_id", "split")} for r in records if r.get("split") == "test"]
     return {"run_dir": folder / "run", "model": folder / "run" / "model", "config": config,
-            "test": write_jsonl(folder / "test-no-gold.jsonl", test), "output": result.output}
+            "test": write_jsonl(folder / "test-no-gold.jsonl", test), "output": output}
 
 
 def test_evaluate_reports_nota_beside_the_other_methods_and_decides_by_it(nota_run: dict) -> None:
