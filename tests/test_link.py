@@ -19,7 +19,7 @@ from click.testing import CliRunner, Result
 
 from cli import main
 from conftest import run_demo_linker, write_jsonl
-from pipeline.core.errors import ConfigError
+from pipeline.core.errors import ConfigError, InputError
 from pipeline.link import Linker
 from pipeline.model.model_folder import load_model_folder
 from pipeline.formats.tac import read_tab
@@ -490,3 +490,27 @@ def test_triage_indexes_of_the_model_are_built_once_per_link_not_per_chunk(
         per_link.append(dict(counted))
         counted.update({name: 0 for name in counted})
     assert per_link[1] == per_link[0] and per_link[0]["training index"] == 1  # the encoder's: the Linker's own checks
+
+
+def test_corpus_checks_cover_a_tac_file_in_one_chunk_and_spare_a_finished_link(demo_run: dict, tmp_path: Path) -> None:
+    from pipeline.link.sources import check_corpus, mention_chunks
+
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "demo__en__d1.txt").write_text("Paris and Berlin met Rome.", encoding="utf-8")
+    lines = ["xel\tq1\tParis\tdemo:en:d1:0-4\tNIL\tLOC\tNAM\t1.0", "xel\tq2\tBerlin\tdemo:en:d1:10-15\tNIL\tLOC\tNAM\t1.0",
+             "xel\tq1\tRome\tdemo:en:d1:21-24\tNIL\tLOC\tNAM\t1.0"]
+    (tmp_path / "dup.tab").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"\[E104\] .*dup.tab:3: duplicate mention id 'q1' \(first seen on line 1\)"):
+        check_corpus(mention_chunks(tmp_path / "dup.tab", source, 10, 20, False, tmp_path / "work"), tmp_path / "dup.tab")
+    (tmp_path / "span.tab").write_text("\n".join(lines[:2] + [lines[0].replace("q1", "q3")]) + "\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"\[E115\] .*span.tab:3: .* same span demo:en:d1:0-4 "):  # as the file writes it
+        check_corpus(mention_chunks(tmp_path / "span.tab", source, 10, 20, False, tmp_path / "work"), tmp_path / "span.tab")
+
+    # A corpus refused into the folder of a finished link leaves that link finished.
+    succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "out"))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir() if p.is_file()}
+    repeated = write_jsonl(tmp_path / "dup.jsonl", without_gold(demo_records("test")) * 2)
+    assert link(demo_run["model"], repeated, tmp_path / "out").exit_code == 2
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir() if p.is_file()} == before
+    assert "up to date" in succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "out")).output

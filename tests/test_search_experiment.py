@@ -247,6 +247,8 @@ def test_only_keeps_the_asked_cells_and_refuses_bad_ones() -> None:
     multi = plan(LANGUAGES, ExperimentConfig(only=((1, "Multi"),)))
     assert [(c.table, c.row, c.column) for c in multi] == [(1, lang, "Multi") for lang in LANGUAGES]
     assert {model for model, _ in sub_runs(multi, [1, 2, 3])} == {Model()}  # one model, trained once per seed
+    oracle = plan(LANGUAGES, ExperimentConfig(only=((1, "Multi+Or"),)))
+    assert [model for model, _ in sub_runs(oracle, [1])] == [Model(), Model(oracle=True)]  # its weights are Multi's
     table_2 = plan(LANGUAGES, ExperimentConfig(only=((2, None),)))
     assert len(table_2) == 9 and {c.table for c in table_2} == {2}
     with pytest.raises(ConfigError, match=r"\[E203\].*only"):

@@ -45,7 +45,8 @@ def report_markdown(metrics: dict, artifact: dict, split: str, has_plot: bool, v
     if ties and ties["mentions"]:
         lines += ["", f"Ties: the best two candidates have the same ranker score for {ties['tied']} of "
                   f"{ties['mentions']} mentions with a runner-up ({ties['share']:.1%}); a tie keeps triage's order."
-                  + (f" **{ties['share']:.0%} of these decisions are triage's, not the ranker's** (warning W502)."
+                  + (f" **For {ties['share']:.0%} of them, which candidate is linked is triage's choice, not the "
+                     "ranker's** (warning W502)."
                      if ties["share"] > error_analysis.TIED_SHARE_WARN else "")]
     lines += ["", "## Scores", "", "```", format_table(metrics), "```", "",
               error_analysis.markdown(analysis, confusions)]

@@ -141,12 +141,22 @@ def run(options: LinkOptions) -> LinkResult:
     key = link_key(options, folder.fingerprint, kb_fingerprint)
     if not options.force and is_up_to_date(out_dir, key):  # a shard or merge of a finished link too
         return LinkResult(out_dir, skipped=True, seconds=time.time() - started)
-    (out_dir / MANIFEST).unlink(missing_ok=True)  # outputs being redone never look finished
     if options.shard is None:  # shards write at once, so only a locked run may sweep temporary files
         remove_leftover_temps(out_dir)
         remove_leftover_temps(out_dir / CHUNKS)
+    keep_gold = options.score
+    context_chars = int(folder.meta["inputs"]["context_chars"])
+
+    def chunks_of_the_corpus():
+        return mention_chunks(options.mentions, options.docs, options.chunk_mentions, context_chars, keep_gold,
+                              out_dir / WORK)
+
     if not options.merge:
         _forget_other_keys(out_dir, key, options.force)
+        # The checks across chunks (ids, spans, document languages) before any chunk is linked,
+        # and before a finished link's outputs in this folder stop counting as finished.
+        check_corpus(chunks_of_the_corpus(), options.mentions)
+    (out_dir / MANIFEST).unlink(missing_ok=True)  # outputs being redone never look finished
     if options.merge:
         total = _finished_shards(out_dir, key)
         return _finish(options, folder, key, total, started, {"mentions": 0, "chunks_resumed": total}, linked_seconds=0.0)
@@ -155,14 +165,6 @@ def run(options: LinkOptions) -> LinkResult:
     counts = {"mentions": 0, "chunks": 0, "chunks_resumed": 0, "entities_encoded": 0, "entities_cached": 0}
     linked_seconds = encode_seconds = 0.0
     total = 0
-    keep_gold = options.score
-    context_chars = int(folder.meta["inputs"]["context_chars"])
-    def chunks_of_the_corpus():
-        return mention_chunks(options.mentions, options.docs, options.chunk_mentions, context_chars, keep_gold,
-                              out_dir / WORK)
-
-    # The checks across chunks (ids, spans, document languages) before any chunk is linked.
-    check_corpus(chunks_of_the_corpus(), options.mentions)
     chunks = chunks_of_the_corpus()
     with progress_counter(None, "link", "mentions") as progress:
         for index, read in chunks:

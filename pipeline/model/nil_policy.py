@@ -60,7 +60,7 @@ class NilPolicy:
         from pipeline.core.errors import ConfigError
 
         try:
-            number = float(value)
+            number = math.nan if isinstance(value, bool) else float(value)  # True is no threshold
         except (TypeError, ValueError):
             number = math.nan
         if not (math.isfinite(number) and -1.0 <= number <= 1.0):

@@ -190,7 +190,10 @@ def sub_runs(cells: list[Cell], seeds: list[int]) -> list[tuple[Model, int]]:
     A Multi+Or model comes after its Multi model in every seed (Table 1 lists Multi first),
     which its sub-run links to.
     """
-    models = list(dict.fromkeys(cell.model for cell in cells))
+    # A Multi+Or cell scores the Multi model's weights: that model is planned (and trained) too,
+    # first, even when `--only` asks for no Multi cell.
+    models = list(dict.fromkeys(model for cell in cells
+                                for model in ([cell.model.trained()] if cell.model.oracle else []) + [cell.model]))
     pairs = [(model, seeds[0]) for model in models if not model.seeded]
     pairs += [(model, seed) for seed in seeds for model in models if model.seeded]
     return pairs
