@@ -182,10 +182,14 @@ def usage_error(error: click.UsageError, command: str = "xel-cli") -> ConfigErro
 def os_error(error: OSError) -> "CacheError":
     """An OSError no stage turned into a coded error (a folder that cannot be made, a file where a
     folder is wanted, no permission, a read-only disk) as one E412 line naming the path."""
-    path = error.filename if error.filename is not None else "?"
+    import re
+
+    path = str(error.filename) if error.filename is not None else "(the system named no path)"
+    # An atomic write's temporary `.<name>.<random>.tmp` stands for <name>, the file the user knows.
+    path = re.sub(r"(^|/)\.([^/]+)\.[^./]+\.tmp$", r"\1\2", path)
     kinds = {PermissionError: "no permission", NotADirectoryError: "a file where a folder is wanted",
              IsADirectoryError: "a folder where a file is wanted", FileNotFoundError: "not found, or a folder on the way is missing",
-             FileExistsError: "it exists already"}
+             FileExistsError: "something is already there where a folder must be made"}
     detail = next((text for kind, text in kinds.items() if isinstance(error, kind)), "cannot read or write it")
     return CacheError("E412", path=path, detail=detail, reason=error.strerror or type(error).__name__)
 
