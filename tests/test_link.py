@@ -308,6 +308,7 @@ def test_a_killed_link_resumes_after_its_last_finished_chunk(demo_run: dict, tmp
     resumed = subprocess.run(args + ["--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=600, env=env)
     assert resumed.returncode == 0, resumed.stderr
     assert "4 chunk(s), 2 resumed" in resumed.stdout
+    assert "link: 66 mentions, 26 linked now in " in resumed.stdout  # the rate is over the 26 of this call
     assert "chunk 0:" not in resumed.stderr and "chunk 1:" not in resumed.stderr and "chunk 2:" in resumed.stderr
     succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "whole", "--chunk-mentions", 20))
     assert_same_links(tmp_path / "out" / "links.parquet", tmp_path / "whole" / "links.parquet")

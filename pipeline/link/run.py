@@ -82,8 +82,10 @@ class LinkResult:
         if self.skipped:
             return [f"link: up to date ({self.out_dir}); --force redoes it"]
         counts = self.counts
-        lines = [f"link: {counts['mentions']} mentions in {self.seconds:.1f}s ({self.mentions_per_second:.1f} mentions/s "
-                 f"linked now), {counts['chunks']} chunk(s), {counts['chunks_resumed']} resumed; entities encoded "
+        now = counts.get("mentions_linked_now", counts["mentions"])
+        lines = [f"link: {counts['mentions']} mentions, {now} linked now in {self.seconds:.1f}s "
+                 f"({self.mentions_per_second:.1f} mentions/s), {counts['chunks']} chunk(s), {counts['chunks_resumed']} "
+                 f"resumed; entities encoded "
                  f"{counts['entities_encoded']}, from the cache {counts['entities_cached']}; "
                  f"{self.encode_share:.0%} of linking time in encode"]
         if not self.finished:
@@ -273,6 +275,7 @@ def _finish(options: LinkOptions, folder, key: str, total: int, started: float, 
     for name in (CHUNKS, WORK, SHARDS):
         shutil.rmtree(out_dir / name, ignore_errors=True)
     return LinkResult(out_dir, skipped=False, seconds=seconds, counts={**totals, "chunks": total,
-                      "chunks_resumed": summary["chunks_resumed"]}, nil_share=shares, metrics=metrics,
+                      "chunks_resumed": summary["chunks_resumed"], "mentions_linked_now": counts.get("mentions", 0)},
+                      nil_share=shares, metrics=metrics,
                       mentions_per_second=counts.get("mentions", 0) / max(seconds, 1e-9),
                       encode_share=summary["encode_share"])
