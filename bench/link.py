@@ -81,6 +81,7 @@ def write_corpus(size: int, variant: str) -> Path:
             # which span it is (two windows' local offsets can coincide; input checks key by span).
             "doc_start", "doc_end"))
     corpus = pl.concat(copies).head(size)
+    WORK.mkdir(parents=True, exist_ok=True)
     temp = path.with_suffix(".tmp")
     corpus.write_ndjson(temp)
     temp.replace(path)

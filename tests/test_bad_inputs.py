@@ -36,7 +36,7 @@ the catalogue; see README "Bad input"):
   foreign one (E701), model.json not JSON, a changed model.pt, a missing alias table
   (E702), a newer format (E703), an encoder that is gone (E704), a KB lacking an entity
   of the alias table (E705), an unknown mention file type (E707), a .tab without --docs
-  (E708), --score without gold (E709), a mention id repeated across chunks (E710), bad
+  (E708), --score without gold (E709), a mention id repeated across chunks (E104, before any chunk is linked), bad
   offsets in a chunk (E105); gold without --score and an unseen language accepted.
 
 Added here: the kinds above lacked non-UTF-8 and BOM/CRLF for KB and docs, empty and

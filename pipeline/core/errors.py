@@ -8,6 +8,7 @@ and shows a traceback.
 from __future__ import annotations
 
 import logging
+import re
 
 import click
 
@@ -83,7 +84,8 @@ class Errors:
     E707 = "{path}: unknown mention file type; give JSONL (.jsonl), Parquet (.parquet) or a TAC KBP 2015 .tab file"
     E708 = "{path}: a TAC .tab file needs --docs, the folder of its source documents ({docs})"
     E709 = "{path}: --score needs gold_kb_id in the mentions, and none has one; leave out --score to link without scoring"
-    E710 = "{path}: mention id {record_id!r} appears more than once in the corpus; ids must be unique"
+    # E710 (a mention id repeated across chunks, found at the merge) is gone: `link.sources.check_corpus`
+    # refuses it as E104, with its line, before any chunk is linked.
     E711 = "{path}: {detail}; then run `xel-cli link --merge` again"
     E712 = "{path}: no model/ folder here; run `xel-cli evaluate` for this run (it writes model/), or `xel-cli evaluate --force` for a run made before model/ existed"
     E713 = "{path}: already holds files; export into a new or empty folder"
@@ -182,8 +184,6 @@ def usage_error(error: click.UsageError, command: str = "xel-cli") -> ConfigErro
 def os_error(error: OSError) -> "CacheError":
     """An OSError no stage turned into a coded error (a folder that cannot be made, a file where a
     folder is wanted, no permission, a read-only disk) as one E412 line naming the path."""
-    import re
-
     path = str(error.filename) if error.filename is not None else "(the system named no path)"
     # An atomic write's temporary `.<name>.<random>.tmp` stands for <name>, the file the user knows.
     path = re.sub(r"(^|/)\.([^/]+)\.[^./]+\.tmp$", r"\1\2", path)

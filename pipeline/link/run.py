@@ -254,9 +254,6 @@ def _finish(options: LinkOptions, folder, key: str, total: int, started: float, 
     # Every mention without its candidate lists: NIL clusters span the corpus, the lists are written chunk by chunk.
     columns = [name for name in pl.read_parquet_schema(paths[0]) if name != "candidates"]
     frame = pl.concat([pl.read_parquet(path, columns=columns) for path in paths], how="vertical_relaxed")
-    repeated = frame.filter(pl.col("mention_id").is_duplicated())
-    if repeated.height:
-        raise InputError("E710", path=options.mentions, record_id=repeated["mention_id"][0])
     policy = folder.policy
     policy.warn_unseen(frame)
     clustered = policy.cluster(frame)

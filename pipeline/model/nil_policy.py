@@ -11,12 +11,14 @@ exactly as its run's evaluate did. It lives in model.json's "nil" object.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 from dataclasses import dataclass
 
 import polars as pl
 
-from pipeline.core.errors import warn
+from pipeline.core.errors import ConfigError, warn
 from pipeline.model.nil import cluster_nils, decide_nil
 from pipeline.model.nil_classifier import EVIDENCE, add_evidence
 
@@ -54,11 +56,6 @@ class NilPolicy:
     def with_unseen_threshold(self, value: float) -> "NilPolicy":
         """This policy with `unseen_threshold` = `value` (`--fallback-threshold`); E203 unless a
         number in [-1, 1], the ranker's tanh range (1 makes every unseen-language mention NIL)."""
-        import dataclasses
-        import math
-
-        from pipeline.core.errors import ConfigError
-
         try:
             number = math.nan if isinstance(value, bool) else float(value)  # True is no threshold
         except (TypeError, ValueError):
