@@ -289,6 +289,11 @@ def test_shards_and_merge_equal_one_process(demo_run: dict, tmp_path: Path) -> N
     early = link(demo_run["model"], demo_run["test"], tmp_path / "partial", "--chunk-mentions", 20, "--shard", "0/2")
     missing = link(demo_run["model"], demo_run["test"], tmp_path / "partial", "--chunk-mentions", 20, "--merge")
     assert succeeded(early) and missing.exit_code == 2 and "[E711]" in missing.output and "shard-1-of-2" in missing.output
+    # A sibling shard given other options refuses, and leaves shard 0's work in place.
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "partial").rglob("*") if p.is_file())
+    typo = link(demo_run["model"], demo_run["test"], tmp_path / "partial", "--chunk-mentions", 30, "--shard", "1/2")
+    assert typo.exit_code == 2 and "[E715]" in typo.output, typo.output
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "partial").rglob("*") if p.is_file()) == before
     succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "sharded", "--chunk-mentions", 20, "--merge"))
     assert_same_links(tmp_path / "sharded" / "links.parquet", tmp_path / "one" / "links.parquet")
     assert (tmp_path / "sharded" / "system.tab").read_text() == (tmp_path / "one" / "system.tab").read_text()

@@ -86,6 +86,7 @@ class Errors:
     E709 = "{path}: --score needs gold_kb_id in the mentions, and none has one; leave out --score to link without scoring"
     # E710 (a mention id repeated across chunks, found at the merge) is gone: `link.sources.check_corpus`
     # refuses it as E104, with its line, before any chunk is linked.
+    E715 = "{path}: holds {count} finished chunk(s) or shard record(s) of another link (its key {old}, this one {new}: another model, input, --kb, --score or --chunk-mentions); give this shard the options of its siblings, another --out, or --force to delete them and start over"
     E711 = "{path}: {detail}; then run `xel-cli link --merge` again"
     E712 = "{path}: no model/ folder here; run `xel-cli evaluate` for this run (it writes model/), or `xel-cli evaluate --force` for a run made before model/ existed"
     E713 = "{path}: already holds files; export into a new or empty folder"

@@ -113,10 +113,19 @@ def _chunk_path(out_dir: Path, index: int) -> Path:
     return out_dir / CHUNKS / f"chunk-{index:06d}.parquet"
 
 
-def _forget_other_keys(out_dir: Path, key: str, force: bool) -> None:
-    """Delete chunks, work and shard files of another key (or all with --force): they never resume."""
+def _forget_other_keys(out_dir: Path, key: str, force: bool, shard: bool) -> None:
+    """Delete chunks, work and shard files of another key (or all with --force): they never resume.
+
+    A shard refuses instead (E715) when another key's chunks or shard records are there: shards
+    take no lock, so those may be its siblings' work, and one shard given other options by
+    mistake must not wipe them.
+    """
     key_path = out_dir / WORK / "key.txt"
     old = key_path.read_text(encoding="utf-8").strip() if key_path.is_file() else None
+    if shard and not force and old is not None and old != key:
+        linked = [*(out_dir / CHUNKS).glob("chunk-*.parquet"), *(out_dir / SHARDS).glob("shard-*.json")]
+        if linked:
+            raise CacheError("E715", path=out_dir, count=len(linked), old=old[:8], new=key[:8])
     if force or (old is not None and old != key):
         for name in (CHUNKS, WORK, SHARDS):
             shutil.rmtree(out_dir / name, ignore_errors=True)
@@ -154,7 +163,7 @@ def run(options: LinkOptions) -> LinkResult:
                               out_dir / WORK)
 
     if not options.merge:
-        _forget_other_keys(out_dir, key, options.force)
+        _forget_other_keys(out_dir, key, options.force, shard=options.shard is not None)
         # The checks across chunks (ids, spans, document languages) before any chunk is linked,
         # and before a finished link's outputs in this folder stop counting as finished.
         check_corpus(chunks_of_the_corpus(), options.mentions)
