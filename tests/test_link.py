@@ -513,10 +513,58 @@ def test_corpus_checks_cover_a_tac_file_in_one_chunk_and_spare_a_finished_link(d
     with pytest.raises(InputError, match=r"\[E115\] .*span.tab:3: .* same span demo:en:d1:0-4 "):  # as the file writes it
         check_corpus(mention_chunks(tmp_path / "span.tab", source, 10, 20, False, tmp_path / "work"), tmp_path / "span.tab")
 
-    # A corpus refused into the folder of a finished link leaves that link finished.
-    succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "out"))
-    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir() if p.is_file()}
+    # A corpus refused into the folder of a finished link leaves that link exactly as it was: every
+    # file byte-equal, and no file or folder added (no work/key.txt, no docs.parquet, no scratch).
+    out = tmp_path / "out"
+    succeeded(link(demo_run["model"], demo_run["test"], out))
+
+    def contents() -> dict[str, bytes | None]:
+        return {str(p.relative_to(out)): p.read_bytes() if p.is_file() else None for p in out.rglob("*")}
+
+    before = contents()
+    assert sorted(before) == ["links.jsonl", "links.parquet", "manifest.json", "system.tab"]
     repeated = write_jsonl(tmp_path / "dup.jsonl", without_gold(demo_records("test")) * 2)
-    assert link(demo_run["model"], repeated, tmp_path / "out").exit_code == 2
-    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir() if p.is_file()} == before
-    assert "up to date" in succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "out")).output
+    assert "[E104]" in link(demo_run["model"], repeated, out).output
+    assert contents() == before
+    assert "up to date" in succeeded(link(demo_run["model"], demo_run["test"], out)).output
+
+
+def folder_contents(folder: Path) -> dict[str, bytes | None]:
+    """Every file (its bytes) and folder (None) under `folder`, by relative path."""
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("case", ["repeated ids with docs", "empty corpus", "merge of no shard", "kb lacking an entity",
+                                  "over a shard's work"])
+def test_every_early_refusal_leaves_the_out_folder_as_it_was(demo_run: dict, tmp_path: Path, case: str) -> None:
+    """A link refused before it links anything changes nothing in --out: a finished link stays finished
+    (its manifest too), another link's finished chunks stay, and no work file or scratch is added."""
+    records = without_gold(demo_records("test"))
+    out = tmp_path / "out"
+    if case == "over a shard's work":  # the unfinished work of another link (another --chunk-mentions)
+        succeeded(link(demo_run["model"], demo_run["test"], out, "--chunk-mentions", 20, "--shard", "0/2"))
+    else:
+        succeeded(link(demo_run["model"], demo_run["test"], out))
+    extra: list[object] = []
+    mentions = write_jsonl(tmp_path / "dup.jsonl", records * 2)
+    code = "E104"
+    if case == "repeated ids with docs":  # the docs are converted to Parquet for the checks: not into --out
+        docs = {r["doc_id"]: r["text"] for r in records}
+        extra = ["--docs", write_jsonl(tmp_path / "docs.jsonl", [{"doc_id": d, "text": t} for d, t in docs.items()])]
+        mentions = write_jsonl(tmp_path / "dup-docs.jsonl", [
+            {**{k: v for k, v in r.items() if k not in ("text", "start", "end")}, "doc_start": r["start"],
+             "doc_end": r["end"]} for r in records * 2])
+    elif case == "empty corpus":
+        mentions, code = tmp_path / "empty.jsonl", "E107"
+        mentions.write_text("", encoding="utf-8")
+    elif case == "merge of no shard":
+        mentions, extra, code = demo_run["test"], ["--merge", "--chunk-mentions", 7], "E711"
+    elif case == "kb lacking an entity":  # refused by the Linker itself, after the corpus checks
+        dropped = sorted(load_model_folder(demo_run["model"]).aliases["gold_kb_id"].unique().to_list())[0]
+        kb = [json.loads(line) for line in (DEMO / "kb.jsonl").read_text(encoding="utf-8").splitlines()]
+        mentions, code = demo_run["test"], "E705"
+        extra = ["--kb", write_jsonl(tmp_path / "kb.jsonl", [e for e in kb if e["kb_id"] != dropped])]
+    before = folder_contents(out)
+    result = link(demo_run["model"], mentions, out, *extra)
+    assert result.exit_code == 2 and f"Error: [{code}] " in result.output, result.output
+    assert folder_contents(out) == before

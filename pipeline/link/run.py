@@ -7,18 +7,23 @@ killed link resumes after its last finished chunk. `--shard i/n` links chunks i,
 i+2n, ... and records how many chunks the corpus has in `shards/shard-i-of-n.json`;
 `--merge` (or an unsharded run, at its end) checks every chunk is there, clusters NILs
 over the whole corpus, writes the outputs (`outputs.py`) and `manifest.json` last, then
-deletes the chunks. Chunks of other inputs or settings (another key) are deleted first.
+deletes the chunks. Chunks of other inputs or settings (another key) are deleted first, but
+only once every check that can refuse the link has passed (the corpus checks, the model's own),
+so a refused link leaves --out as it was.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
+import contextlib
 import ctypes
+import dataclasses
 import json
 import logging
+import os
 import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,23 +118,72 @@ def _chunk_path(out_dir: Path, index: int) -> Path:
     return out_dir / CHUNKS / f"chunk-{index:06d}.parquet"
 
 
-def _forget_other_keys(out_dir: Path, key: str, force: bool, shard: bool) -> None:
-    """Delete chunks, work and shard files of another key (or all with --force): they never resume.
-
-    A shard refuses instead (E715) when another key's chunks or shard records are there: shards
-    take no lock, so those may be its siblings' work, and one shard given other options by
-    mistake must not wipe them.
-    """
+def _old_key(out_dir: Path) -> str | None:
+    """The key of the link whose chunks and work files are in `out_dir` (None: there are none)."""
     key_path = out_dir / WORK / "key.txt"
-    old = key_path.read_text(encoding="utf-8").strip() if key_path.is_file() else None
-    if shard and not force and old is not None and old != key:
+    return key_path.read_text(encoding="utf-8").strip() if key_path.is_file() else None
+
+
+def _refuse_other_keys(out_dir: Path, key: str, force: bool) -> None:
+    """A shard refuses (E715) when another key's chunks or shard records are there: shards take no
+    lock, so those may be its siblings' work, and one shard given other options by mistake must not
+    wipe them."""
+    old = _old_key(out_dir)
+    if not force and old is not None and old != key:
         linked = [*(out_dir / CHUNKS).glob("chunk-*.parquet"), *(out_dir / SHARDS).glob("shard-*.json")]
         if linked:
             raise CacheError("E715", path=out_dir, count=len(linked), old=old[:8], new=key[:8])
+
+
+def _forget_other_keys(out_dir: Path, key: str, force: bool) -> None:
+    """Delete chunks, work and shard files of another key (or all with --force): they never resume."""
+    old = _old_key(out_dir)
     if force or (old is not None and old != key):
         for name in (CHUNKS, WORK, SHARDS):
             shutil.rmtree(out_dir / name, ignore_errors=True)
-    write_text_atomic(key_path, key + "\n")
+    write_text_atomic(out_dir / WORK / "key.txt", key + "\n")
+
+
+def _keeps_work(options: LinkOptions, key: str) -> bool:
+    """Whether the chunks and work files in --out are this link's and stay (same key, no --force)."""
+    return not options.force and _old_key(options.out_dir) == key
+
+
+def _links_a_chunk(options: LinkOptions, key: str, total: int) -> bool:
+    """Whether this call links any chunk (some of its chunks are not saved yet, or will be deleted)."""
+    mine = range(total) if options.shard is None else range(options.shard[0], total, options.shard[1])
+    keeps = _keeps_work(options, key)
+    return any(not (keeps and _chunk_path(options.out_dir, index).is_file()) for index in mine)
+
+
+@contextlib.contextmanager
+def _checked_corpus(options: LinkOptions, key: str, context_chars: int) -> Iterator[int]:
+    """Run the corpus checks (`sources.check_corpus`: every chunk read, ids, spans and document
+    languages across chunks; E107 for no mention) and yield the chunk count.
+
+    They need the docs as Parquet (`work/docs.parquet`); unless this link's own work folder
+    already has them, they are written into a scratch folder in --out (`.corpus-check.*.tmp`,
+    removed on leaving) and moved into work/ only when the block ends without error, so a
+    refused corpus adds nothing to --out.
+    """
+    work = options.out_dir / WORK
+    if _keeps_work(options, key) and (work / "docs.parquet").is_file():
+        scratch = None
+    else:
+        scratch = Path(tempfile.mkdtemp(prefix=".corpus-check.", suffix=".tmp", dir=options.out_dir))
+    try:
+        chunks = mention_chunks(options.mentions, options.docs, options.chunk_mentions, context_chars, options.score,
+                                scratch or work)
+        total = check_corpus(chunks, options.mentions)
+        if total == 0:
+            raise InputError("E107", path=options.mentions)
+        yield total
+        if scratch is not None and (scratch / "docs.parquet").is_file():
+            work.mkdir(parents=True, exist_ok=True)
+            os.replace(scratch / "docs.parquet", work / "docs.parquet")
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def run(options: LinkOptions) -> LinkResult:
@@ -152,31 +206,33 @@ def run(options: LinkOptions) -> LinkResult:
     key = link_key(options, folder.fingerprint, kb_fingerprint)
     if not options.force and is_up_to_date(out_dir, key):  # a shard or merge of a finished link too
         return LinkResult(out_dir, skipped=True, seconds=time.time() - started)
-    if options.shard is None:  # shards write at once, so only a locked run may sweep temporary files
-        remove_leftover_temps(out_dir)
-        remove_leftover_temps(out_dir / CHUNKS)
-    keep_gold = options.score
-    context_chars = int(folder.meta["inputs"]["context_chars"])
-
-    def chunks_of_the_corpus():
-        return mention_chunks(options.mentions, options.docs, options.chunk_mentions, context_chars, keep_gold,
-                              out_dir / WORK)
-
-    if not options.merge:
-        _forget_other_keys(out_dir, key, options.force, shard=options.shard is not None)
-        # The checks across chunks (ids, spans, document languages) before any chunk is linked,
-        # and before a finished link's outputs in this folder stop counting as finished.
-        check_corpus(chunks_of_the_corpus(), options.mentions)
-    (out_dir / MANIFEST).unlink(missing_ok=True)  # outputs being redone never look finished
+    # Every check that can refuse this link runs before anything in --out changes, so a refused
+    # link leaves the folder as it was: a finished link's outputs and manifest, another link's chunks.
     if options.merge:
         total = _finished_shards(out_dir, key)
+        (out_dir / MANIFEST).unlink(missing_ok=True)  # outputs being redone never look finished
         return _finish(options, folder, key, total, started, {"mentions": 0, "chunks_resumed": total}, linked_seconds=0.0)
-
+    if options.shard is not None:
+        _refuse_other_keys(out_dir, key, options.force)
+    context_chars = int(folder.meta["inputs"]["context_chars"])
     linker = None
+    with _checked_corpus(options, key, context_chars) as total:
+        if _links_a_chunk(options, key, total):  # the model's own refusals (E702-E705, E203 --device) now
+            from pipeline.link.linker import Linker
+
+            linker = Linker(folder, kb_path, options.device, kb_fingerprint)
+        if options.shard is None:  # shards write at once, so only a locked run may sweep temporary files
+            remove_leftover_temps(out_dir / CHUNKS)
+        _forget_other_keys(out_dir, key, options.force)
+    if options.shard is None:
+        remove_leftover_temps(out_dir)  # after the corpus check's scratch folder is gone
+    (out_dir / MANIFEST).unlink(missing_ok=True)  # outputs being redone never look finished
+
     counts = {"mentions": 0, "chunks": 0, "chunks_resumed": 0, "entities_encoded": 0, "entities_cached": 0}
     linked_seconds = encode_seconds = 0.0
     total = 0
-    chunks = chunks_of_the_corpus()
+    chunks = mention_chunks(options.mentions, options.docs, options.chunk_mentions, context_chars, options.score,
+                            out_dir / WORK)
     with progress_counter(None, "link", "mentions") as progress:
         for index, read in chunks:
             total = index + 1
@@ -185,10 +241,6 @@ def run(options: LinkOptions) -> LinkResult:
             if _chunk_path(out_dir, index).is_file():
                 counts["chunks_resumed"] += 1
                 continue
-            if linker is None:
-                from pipeline.link.linker import Linker
-
-                linker = Linker(folder, kb_path, options.device, kb_fingerprint)
             mentions = read()
             result = linker.link_chunk(mentions, out_dir / WORK / f"encode-{index:06d}")
             stats = {"mentions": mentions.height, "entities_encoded": result.entities_encoded,
