@@ -568,3 +568,27 @@ def test_every_early_refusal_leaves_the_out_folder_as_it_was(demo_run: dict, tmp
     result = link(demo_run["model"], mentions, out, *extra)
     assert result.exit_code == 2 and f"Error: [{code}] " in result.output, result.output
     assert folder_contents(out) == before
+
+
+def test_ties_are_counted_and_warned_as_evaluate_does(demo_run: dict, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ties between the best two candidates are counted in the manifest and the summary; above 20% of
+    the mentions with a runner-up, W703 says the choice is triage's order (as evaluate's W502)."""
+    result = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "ranked"))
+    ranked = json.loads((tmp_path / "ranked" / "manifest.json").read_text(encoding="utf-8"))["tied_best"]
+    assert ranked["tied"] == 0 and ranked["mentions"] > 0 and "[W703]" not in result.output
+    assert f"tied for 0 of {ranked['mentions']} mention(s) with a runner-up (0.0%" in result.output
+
+    import numpy as np
+
+    import pipeline.link.linker as linker_module
+
+    def saturated(model, inputs, rows, matrix):  # a ranker whose tanh scores all reach 1
+        return np.where(matrix >= 0, 1.0, np.nan).astype(np.float32)
+
+    monkeypatch.setattr(linker_module, "score_candidates", saturated)
+    result = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "tied"))
+    tied = json.loads((tmp_path / "tied" / "manifest.json").read_text(encoding="utf-8"))["tied_best"]
+    assert tied == {"tied": ranked["mentions"], "mentions": ranked["mentions"], "share": 1.0}
+    warnings = [line for line in result.output.splitlines() if "[W703]" in line]
+    assert len(warnings) == 1 and f"for {tied['tied']} of {tied['mentions']} mention(s) with a runner-up (100%)" in warnings[0]

@@ -124,6 +124,7 @@ class Warnings:
     W604 = "the {split} split has {nils} NIL mention(s) with gold (or as few right links), fewer than the {minimum} the NIL classifier needs; NIL thresholds decide instead"
     W605 = "{lang}: {split} micro-average is the same at every NIL threshold (no {split} decision depends on it); it uses {fallback} = {value}"
     W701 = "{count} mention(s) in language(s) {languages} that the model has no NIL threshold for; linked with the fallback NIL threshold {threshold} ({source}); set another with `xel-cli link --fallback-threshold` (with the classifier NIL method the threshold decides nothing)"
+    W703 = "the ranker gives its best two candidates the same score for {tied} of {mentions} mention(s) with a runner-up ({percent}) in {path}: which candidate those link to is triage's order, not the ranker's (its tanh scores saturate); retrain the model with a lower train.learning_rate (README, Results: seed spread)"
 
 
 def warn(logger: logging.Logger, code: str, **fields: object) -> str:

@@ -29,13 +29,14 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.core.errors import CacheError, InputError
+from pipeline.core.errors import CacheError, InputError, warn
 from pipeline.core.io import (file_fingerprint, remove_leftover_temps, write_json_atomic, write_parquet_atomic,
                          write_text_atomic)
 from pipeline.link.out_folder import CHUNKS, SHARDS, WORK
 from pipeline.link.outputs import nil_share, write_outputs
 from pipeline.link.sources import check_corpus, has_gold, mention_chunks
 from pipeline.model.model_folder import load_model_folder
+from pipeline.model.ties import TIED_SHARE_WARN, tied_best
 from pipeline.core.progress import progress as progress_counter
 from pipeline.core.manifest import MANIFEST, is_up_to_date, stage_key, write_manifest
 from pipeline.core.shards import ShardErrors, finished_shards
@@ -78,6 +79,7 @@ class LinkResult:
     mentions_per_second: float = 0.0
     encode_share: float = 0.0
     finished: bool = True  # False for a shard: the merge writes the outputs
+    ties: dict | None = None  # `ties.tied_best` over every mention: tied, mentions (with a runner-up), share
 
     def summary(self, shard: tuple[int, int] | None, score: bool) -> list[str]:
         """What `xel-cli link` prints: counts and speed, then the NIL share per language and the
@@ -97,6 +99,9 @@ class LinkResult:
             return lines + [f"link: shard {shard[0]}/{shard[1]} done -> {self.out_dir}; "
                             "run `xel-cli link ... --merge` when every shard is"]
         lines.append(format_frame(self.nil_share))
+        if self.ties is not None:
+            lines.append(f"link: best two candidates tied for {self.ties['tied']} of {self.ties['mentions']} mention(s) "
+                         f"with a runner-up ({self.ties['share']:.1%}; a tie keeps triage's order)")
         if self.metrics is not None:
             lines.append(format_table(self.metrics))
         scored = ", gold.tab, metrics.json, doc_languages.tsv" if score else ""
@@ -318,6 +323,10 @@ def _finish(options: LinkOptions, folder, key: str, total: int, started: float, 
     policy = folder.policy
     policy.warn_unseen(frame)
     clustered = policy.cluster(frame)
+    ties = tied_best(clustered)
+    if ties["share"] > TIED_SHARE_WARN:
+        warn(logger, "W703", tied=ties["tied"], mentions=ties["mentions"], percent=f"{ties['share']:.0%}",
+             path=options.mentions)
     outputs, metrics = write_outputs(paths, clustered, out_dir, options.score, options.mentions)
     totals = {name: int(sum(s[name] for s in stats)) for name in ("mentions", "entities_encoded", "entities_cached")}
     seconds = time.time() - started
@@ -329,11 +338,11 @@ def _finish(options: LinkOptions, folder, key: str, total: int, started: float, 
     shares = nil_share(clustered)
     write_manifest(out_dir, stage="link", key=key, inputs={"model": str(options.model), "mentions": str(options.mentions)},
                    settings={"chunk_mentions": options.chunk_mentions, "score": options.score}, counts=summary,
-                   outputs=outputs, started=started, extra={"nil_share": shares.to_dicts()})
+                   outputs=outputs, started=started, extra={"nil_share": shares.to_dicts(), "tied_best": ties})
     for name in (CHUNKS, WORK, SHARDS):
         shutil.rmtree(out_dir / name, ignore_errors=True)
     return LinkResult(out_dir, skipped=False, seconds=seconds, counts={**totals, "chunks": total,
                       "chunks_resumed": summary["chunks_resumed"], "mentions_linked_now": counts.get("mentions", 0)},
-                      nil_share=shares, metrics=metrics,
+                      nil_share=shares, metrics=metrics, ties=ties,
                       mentions_per_second=counts.get("mentions", 0) / max(seconds, 1e-9),
                       encode_share=summary["encode_share"])
