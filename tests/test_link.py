@@ -592,3 +592,24 @@ def test_ties_are_counted_and_warned_as_evaluate_does(demo_run: dict, tmp_path: 
     assert tied == {"tied": ranked["mentions"], "mentions": ranked["mentions"], "share": 1.0}
     warnings = [line for line in result.output.splitlines() if "[W703]" in line]
     assert len(warnings) == 1 and f"for {tied['tied']} of {tied['mentions']} mention(s) with a runner-up (100%)" in warnings[0]
+
+
+def test_score_warns_of_gold_ids_not_in_the_kb_and_counts_mentions_without_gold(demo_run: dict, tmp_path: Path) -> None:
+    """As triage's W102: a gold id the KB lacks can never be linked right (W702, counts and an example);
+    mentions without a gold id are left out of the score, and the summary and metrics.json say how many."""
+    records = demo_records("test")
+    linked = [i for i, r in enumerate(records) if r["gold_kb_id"] not in (None, "", "NIL")]
+    for index in linked[:2]:  # one unknown id on two mentions
+        records[index]["gold_kb_id"] = "Q_NOT_IN_KB"
+    for record in records[-3:]:
+        record.pop("gold_kb_id")
+    result = succeeded(link(demo_run["model"], write_jsonl(tmp_path / "m.jsonl", records), tmp_path / "out", "--score"))
+    warnings = [line for line in result.output.splitlines() if "[W702]" in line]
+    assert len(warnings) == 1 and "1 gold KB id(s) of 2 mention(s)" in warnings[0] and "e.g. Q_NOT_IN_KB" in warnings[0]
+    assert "link: scored 63 of 66 mention(s); 3 without gold_kb_id left out, 2 whose gold id is not in the KB" in result.output
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text(encoding="utf-8"))
+    assert (metrics["scored_mentions"], metrics["unscored_mentions"]) == (63, 3)
+    assert metrics["gold_not_in_kb"] == {"kb_ids": 1, "mentions": 2}
+    clean = succeeded(link(demo_run["model"], write_jsonl(tmp_path / "all.jsonl", demo_records("test")), tmp_path / "all",
+                           "--score"))
+    assert "[W702]" not in clean.output and "link: scored 66 of 66 mention(s); 0 without gold_kb_id left out\n" in clean.output

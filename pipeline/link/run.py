@@ -104,6 +104,10 @@ class LinkResult:
                          f"with a runner-up ({self.ties['share']:.1%}; a tie keeps triage's order)")
         if self.metrics is not None:
             lines.append(format_table(self.metrics))
+            outside = self.metrics.get("gold_not_in_kb", {}).get("mentions", 0)
+            lines.append(f"link: scored {self.metrics['scored_mentions']} of {counts['mentions']} mention(s); "
+                         f"{self.metrics['unscored_mentions']} without gold_kb_id left out"
+                         + (f", {outside} whose gold id is not in the KB counted wrong (W702)" if outside else ""))
         scored = ", gold.tab, metrics.json, doc_languages.tsv" if score else ""
         return lines + [f"link: wrote links.parquet, links.jsonl, system.tab{scored} -> {self.out_dir}"]
 
@@ -209,6 +213,13 @@ def run(options: LinkOptions) -> LinkResult:
         raise InputError("E709", path=options.mentions)  # now, not after linking every chunk
     kb_fingerprint = file_fingerprint(kb_path)
     key = link_key(options, folder.fingerprint, kb_fingerprint)
+
+    def kb_ids() -> tuple[pl.LazyFrame, Path]:  # the KB's ids for --score's check of gold ids (W702)
+        from pipeline.link.cache import kb_index_root
+        from pipeline.triage.kb_index import kb_entities  # as the Linker reads the KB: cached by content
+
+        return pl.scan_parquet(kb_entities(kb_path, kb_index_root(kb_fingerprint), kb_fingerprint)), kb_path
+
     if not options.force and is_up_to_date(out_dir, key):  # a shard or merge of a finished link too
         return LinkResult(out_dir, skipped=True, seconds=time.time() - started)
     # Every check that can refuse this link runs before anything in --out changes, so a refused
@@ -216,7 +227,8 @@ def run(options: LinkOptions) -> LinkResult:
     if options.merge:
         total = _finished_shards(out_dir, key)
         (out_dir / MANIFEST).unlink(missing_ok=True)  # outputs being redone never look finished
-        return _finish(options, folder, key, total, started, {"mentions": 0, "chunks_resumed": total}, linked_seconds=0.0)
+        return _finish(options, folder, key, total, started, {"mentions": 0, "chunks_resumed": total}, kb_ids,
+                       linked_seconds=0.0)
     if options.shard is not None:
         _refuse_other_keys(out_dir, key, options.force)
     context_chars = int(folder.meta["inputs"]["context_chars"])
@@ -275,7 +287,7 @@ def run(options: LinkOptions) -> LinkResult:
         return LinkResult(out_dir, skipped=False, seconds=seconds, counts=counts, finished=False,
                           mentions_per_second=counts["mentions"] / max(seconds, 1e-9),
                           encode_share=encode_seconds / max(linked_seconds, 1e-9))
-    return _finish(options, folder, key, total, started, counts, linked_seconds, encode_seconds)
+    return _finish(options, folder, key, total, started, counts, kb_ids, linked_seconds, encode_seconds)
 
 
 def _release_freed_memory() -> None:
@@ -305,7 +317,7 @@ def _finished_shards(out_dir: Path, key: str) -> int:
     return int(finished_shards(out_dir / SHARDS, "shard", key, errors)[0]["chunks_total"])
 
 
-def _finish(options: LinkOptions, folder, key: str, total: int, started: float, counts: dict[str, int],
+def _finish(options: LinkOptions, folder, key: str, total: int, started: float, counts: dict[str, int], kb_ids,
             linked_seconds: float, encode_seconds: float = 0.0) -> LinkResult:
     """Cluster NILs over every chunk, write the outputs and manifest.json, delete the chunks."""
     out_dir = options.out_dir
@@ -327,7 +339,7 @@ def _finish(options: LinkOptions, folder, key: str, total: int, started: float, 
     if ties["share"] > TIED_SHARE_WARN:
         warn(logger, "W703", tied=ties["tied"], mentions=ties["mentions"], percent=f"{ties['share']:.0%}",
              path=options.mentions)
-    outputs, metrics = write_outputs(paths, clustered, out_dir, options.score, options.mentions)
+    outputs, metrics = write_outputs(paths, clustered, out_dir, options.score, options.mentions, kb_ids)
     totals = {name: int(sum(s[name] for s in stats)) for name in ("mentions", "entities_encoded", "entities_cached")}
     seconds = time.time() - started
     all_seconds = sum(s["seconds"] for s in stats)
