@@ -613,3 +613,17 @@ def test_score_warns_of_gold_ids_not_in_the_kb_and_counts_mentions_without_gold(
     clean = succeeded(link(demo_run["model"], write_jsonl(tmp_path / "all.jsonl", demo_records("test")), tmp_path / "all",
                            "--score"))
     assert "[W702]" not in clean.output and "link: scored 66 of 66 mention(s); 0 without gold_kb_id left out\n" in clean.output
+
+
+def test_quiet_link_prints_warnings_and_errors_only(demo_run: dict, tmp_path: Path) -> None:
+    records = without_gold(demo_records("test"))[:6]
+    for record in records:
+        if record["doc_id"] == records[0]["doc_id"]:
+            record["lang"] = "xx"  # a language without a threshold: one W701 warning
+    mentions = write_jsonl(tmp_path / "m.jsonl", records)
+    result = succeeded(invoke("-q", "link", "--model", demo_run["model"], "--mentions", mentions, "--out", tmp_path / "out"))
+    assert result.stdout == "" and [line.split("] ")[0] for line in result.stderr.splitlines()] == ["WARNING pipeline.model.nil_policy: [W701"]
+    again = succeeded(invoke("-q", "link", "--model", demo_run["model"], "--mentions", mentions, "--out", tmp_path / "out"))
+    assert again.output == ""  # not "up to date" either
+    failed = invoke("-q", "link", "--model", demo_run["model"], "--mentions", tmp_path / "none.jsonl", "--out", tmp_path / "o2")
+    assert failed.exit_code == 2 and failed.output.startswith("Error: [E108] ") and len(failed.output.splitlines()) == 1
