@@ -317,7 +317,8 @@ def _finished_shards(out_dir: Path, key: str) -> int:
     return int(finished_shards(out_dir / SHARDS, "shard", key, errors)[0]["chunks_total"])
 
 
-def _finish(options: LinkOptions, folder, key: str, total: int, started: float, counts: dict[str, int], kb_ids: Callable[[], tuple[pl.LazyFrame, Path]],
+def _finish(options: LinkOptions, folder, key: str, total: int, started: float, counts: dict[str, int],
+            kb_ids: Callable[[], tuple[pl.LazyFrame, Path]],
             linked_seconds: float, encode_seconds: float = 0.0) -> LinkResult:
     """Cluster NILs over every chunk, write the outputs and manifest.json, delete the chunks."""
     out_dir = options.out_dir
