@@ -28,6 +28,7 @@ DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.toml"
 @dataclass
 class State:
     debug: bool = False
+    quiet: bool = False  # no summaries on stdout: only warnings and errors (stderr), and `score`'s result
 
 
 pass_state = click.make_pass_decorator(State, ensure=True)
@@ -81,13 +82,13 @@ class XelGroup(click.Group):
 
 @click.group(cls=XelGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
-@click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr.")
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors (no summaries; `score` still prints its scores).")
 @click.version_option(package_name="xel")
 @click.pass_context
 def main(ctx: click.Context, debug: bool, quiet: bool) -> None:
     """Cross-language entity linking: triage -> encode -> train -> evaluate, each cached on disk."""
     _setup_logging(debug, quiet)
-    ctx.obj = State(debug=debug)
+    ctx.obj = State(debug=debug, quiet=quiet)
 
 
 def config_options(function=None, *, force: bool = True):
@@ -139,33 +140,17 @@ def _holding(config, command: str, lock: bool = True, writer: bool = True):
         yield
 
 
+def _say(*lines: str) -> None:
+    """Print what a command did, on stdout, unless --quiet: then only warnings and errors show (stderr)."""
+    state = click.get_current_context().find_object(State)
+    if state is None or not state.quiet:
+        click.echo("\n".join(lines))
+
+
 def _echo_result(result) -> None:
-    if result.skipped:
-        click.echo(f"{result.stage}: up to date ({result.out_dir}); --force redoes it")
-        return
-    counts = ", ".join(f"{k}={v}" for k, v in result.counts.items())
-    click.echo(f"{result.stage}: done in {result.seconds:.1f}s ({counts}) -> {result.out_dir}")
-    if result.stage == "triage":
-        from pipeline.scoring.table import format_frame
+    from pipeline.scoring.summary import stage_summary
 
-        click.echo(format_frame(result.summary["recall"]))
-    if result.stage == "train":
-        accuracy = result.summary["best_dev_accuracy"]
-        if accuracy is None:
-            click.echo(f"train: no dev mentions; best epoch by training loss: {result.summary['best_epoch']}")
-        else:
-            click.echo(f"train: best dev linking accuracy {accuracy:.4f} at epoch {result.summary['best_epoch']}")
-    if result.stage == "evaluate":
-        from pipeline.scoring.table import format_table
-
-        metrics = result.summary["metrics"]
-        thresholds = ", ".join(f"{k}={v:.2f}" for k, v in sorted(metrics["thresholds"].items()))
-        click.echo(f"evaluate: {metrics['split']} split, NIL thresholds {thresholds}; NIL decided by the {metrics['nil_method']}")
-        click.echo(format_table(metrics))
-        click.echo("NIL decision on this split (method, language: micro-average, NIL precision/recall/F1):")
-        for row in metrics.get("nil_methods", []):
-            click.echo(f"  {row['method']:<10} {row['lang']:>4}: {row['micro_average']:.3f}  "
-                       f"P {row['nil_precision']:.3f} R {row['nil_recall']:.3f} F1 {row['nil_f1']:.3f}")
+    _say(*stage_summary(result))
 
 
 def _stage_command(stage: str, help_text: str):
@@ -245,7 +230,7 @@ def run(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, for
     config = _load(config_path, overrides, run_dir)
     started = time.time()
     if world.is_main:
-        click.echo(f"run: {config.run_dir} (config {config_path})")
+        _say(f"run: {config.run_dir} (config {config_path})")
     # Under torchrun every rank trains; rank 0 alone runs the other stages while the rest wait.
     with _holding(config, "run", writer=world.is_main), distributed.process_group(world, config.train.device):
         for stage in STAGES:
@@ -258,7 +243,7 @@ def run(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, for
             if world.is_main:
                 _echo_result(result)
     if world.is_main:
-        click.echo(f"run: finished in {time.time() - started:.1f}s -> {config.run_dir}")
+        _say(f"run: finished in {time.time() - started:.1f}s -> {config.run_dir}")
 
 
 @main.command()
@@ -278,10 +263,10 @@ def search(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, 
     config = _load(config_path, overrides, run_dir)
     with _holding(config, "search"):
         result = search_stage.run(config, search_stage.SearchConfig(trials=trials, seed=search_seed))
-    click.echo(f"search: {result.counts['trials']} trial(s), {result.counts['trained']} trained now, "
+    _say(f"search: {result.counts['trials']} trial(s), {result.counts['trained']} trained now, "
                f"{result.seconds:.1f}s -> {result.out_dir}")
-    click.echo((result.out_dir / "search.md").read_text(encoding="utf-8"))
-    click.echo(f"search: best trial {result.summary['best_trial']}; its config: {result.out_dir / 'best.toml'}")
+    _say((result.out_dir / "search.md").read_text(encoding="utf-8"))
+    _say(f"search: best trial {result.summary['best_trial']}; its config: {result.out_dir / 'best.toml'}")
 
 
 @main.command()
@@ -312,9 +297,9 @@ def experiment(config_path: Path, overrides: tuple[str, ...], run_dir: Path | No
         ablation_language=ablation_language, triage_row=triage_row, only=experiment_stage.parse_only(only))
     with _holding(config, "experiment"):
         result = experiment_stage.run(config, settings)
-    click.echo(f"experiment: {result.counts['sub_runs']} sub-run(s), {result.counts['trained']} trained now, "
+    _say(f"experiment: {result.counts['sub_runs']} sub-run(s), {result.counts['trained']} trained now, "
                f"{result.seconds:.1f}s -> {result.out_dir}")
-    click.echo(result.summary["tables"].read_text(encoding="utf-8"))
+    _say(result.summary["tables"].read_text(encoding="utf-8"))
 
 
 @main.command()
@@ -354,7 +339,7 @@ def link(model_dir: Path, mentions: Path, docs: Path | None, kb: Path | None, ou
     # Shards of one corpus write separate chunk files at once, so they take no lock (as encode's).
     with out_folder(out_dir, locked=shard is None):
         result = run_link(options)
-    click.echo("\n".join(result.summary(shard, score_links)))
+    _say(*result.summary(shard, score_links))
 
 
 @main.command()
@@ -364,7 +349,7 @@ def export(run_dir: Path, out_dir: Path) -> None:
     """Copy a run's trained linker (RUN_DIR/model/, checked first) to OUT_DIR, a new or empty folder."""
     from pipeline.model.model_folder import export_model
 
-    click.echo(f"export: {export_model(run_dir, out_dir)}")
+    _say(f"export: {export_model(run_dir, out_dir)}")
 
 
 @main.command()

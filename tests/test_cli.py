@@ -7,6 +7,7 @@ of its run folder (`run_copy`, mtimes preserved), so each starts from a finished
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -240,6 +241,19 @@ def test_single_stage_commands(base_run: dict, run_copy: Path) -> None:
     result = succeeded(invoke("evaluate", "--config", base_run["config"], "--run-dir", run_copy, "--force"))
     assert stage_status(result.output) == {"evaluate": "done"}
     assert "evaluate: test split, NIL thresholds" in result.output
+
+
+def test_quiet_prints_no_summary_but_warnings_errors_and_scores(base_run: dict, run_copy: Path, tmp_path: Path) -> None:
+    """-q: no command's summary on stdout; warnings and errors still show, and `score` prints its scores."""
+    for stage in ("triage", "evaluate"):
+        result = succeeded(invoke("-q", stage, "--config", base_run["config"], "--run-dir", run_copy))
+        assert result.stdout == "" and result.stderr == ""
+    forced = succeeded(invoke("-q", "evaluate", "--config", base_run["config"], "--run-dir", run_copy, "--force"))
+    assert forced.stdout == "" and all(re.match(r"WARNING \S+: \[W\d{3}\] ", line) for line in forced.stderr.splitlines())
+    evaluate_dir = run_copy / "evaluate"
+    assert "overall" in succeeded(invoke("-q", "score", evaluate_dir / "gold.tab", evaluate_dir / "system.tab")).stdout
+    failed = invoke("-q", "score", tmp_path / "missing.tab", evaluate_dir / "system.tab")
+    assert failed.exit_code == 2 and failed.stdout == "" and failed.stderr.startswith("Error: [E108] ")
 
 
 def test_a_stage_before_its_upstream_is_e401(base_run: dict, tmp_path: Path) -> None:

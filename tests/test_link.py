@@ -513,10 +513,117 @@ def test_corpus_checks_cover_a_tac_file_in_one_chunk_and_spare_a_finished_link(d
     with pytest.raises(InputError, match=r"\[E115\] .*span.tab:3: .* same span demo:en:d1:0-4 "):  # as the file writes it
         check_corpus(mention_chunks(tmp_path / "span.tab", source, 10, 20, False, tmp_path / "work"), tmp_path / "span.tab")
 
-    # A corpus refused into the folder of a finished link leaves that link finished.
-    succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "out"))
-    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir() if p.is_file()}
+    # A corpus refused into the folder of a finished link leaves that link exactly as it was: every
+    # file byte-equal, and no file or folder added (no work/key.txt, no docs.parquet, no scratch).
+    out = tmp_path / "out"
+    succeeded(link(demo_run["model"], demo_run["test"], out))
+
+    def contents() -> dict[str, bytes | None]:
+        return {str(p.relative_to(out)): p.read_bytes() if p.is_file() else None for p in out.rglob("*")}
+
+    before = contents()
+    assert sorted(before) == ["links.jsonl", "links.parquet", "manifest.json", "system.tab"]
     repeated = write_jsonl(tmp_path / "dup.jsonl", without_gold(demo_records("test")) * 2)
-    assert link(demo_run["model"], repeated, tmp_path / "out").exit_code == 2
-    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir() if p.is_file()} == before
-    assert "up to date" in succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "out")).output
+    assert "[E104]" in link(demo_run["model"], repeated, out).output
+    assert contents() == before
+    assert "up to date" in succeeded(link(demo_run["model"], demo_run["test"], out)).output
+
+
+def folder_contents(folder: Path) -> dict[str, bytes | None]:
+    """Every file (its bytes) and folder (None) under `folder`, by relative path."""
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("case", ["repeated ids with docs", "empty corpus", "merge of no shard", "kb lacking an entity",
+                                  "over a shard's work"])
+def test_every_early_refusal_leaves_the_out_folder_as_it_was(demo_run: dict, tmp_path: Path, case: str) -> None:
+    """A link refused before it links anything changes nothing in --out: a finished link stays finished
+    (its manifest too), another link's finished chunks stay, and no work file or scratch is added."""
+    records = without_gold(demo_records("test"))
+    out = tmp_path / "out"
+    if case == "over a shard's work":  # the unfinished work of another link (another --chunk-mentions)
+        succeeded(link(demo_run["model"], demo_run["test"], out, "--chunk-mentions", 20, "--shard", "0/2"))
+    else:
+        succeeded(link(demo_run["model"], demo_run["test"], out))
+    extra: list[object] = []
+    mentions = write_jsonl(tmp_path / "dup.jsonl", records * 2)
+    code = "E104"
+    if case == "repeated ids with docs":  # the docs are converted to Parquet for the checks: not into --out
+        docs = {r["doc_id"]: r["text"] for r in records}
+        extra = ["--docs", write_jsonl(tmp_path / "docs.jsonl", [{"doc_id": d, "text": t} for d, t in docs.items()])]
+        mentions = write_jsonl(tmp_path / "dup-docs.jsonl", [
+            {**{k: v for k, v in r.items() if k not in ("text", "start", "end")}, "doc_start": r["start"],
+             "doc_end": r["end"]} for r in records * 2])
+    elif case == "empty corpus":
+        mentions, code = tmp_path / "empty.jsonl", "E107"
+        mentions.write_text("", encoding="utf-8")
+    elif case == "merge of no shard":
+        mentions, extra, code = demo_run["test"], ["--merge", "--chunk-mentions", 7], "E711"
+    elif case == "kb lacking an entity":  # refused by the Linker itself, after the corpus checks
+        dropped = sorted(load_model_folder(demo_run["model"]).aliases["gold_kb_id"].unique().to_list())[0]
+        kb = [json.loads(line) for line in (DEMO / "kb.jsonl").read_text(encoding="utf-8").splitlines()]
+        mentions, code = demo_run["test"], "E705"
+        extra = ["--kb", write_jsonl(tmp_path / "kb.jsonl", [e for e in kb if e["kb_id"] != dropped])]
+    before = folder_contents(out)
+    result = link(demo_run["model"], mentions, out, *extra)
+    assert result.exit_code == 2 and f"Error: [{code}] " in result.output, result.output
+    assert folder_contents(out) == before
+
+
+def test_ties_are_counted_and_warned_as_evaluate_does(demo_run: dict, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ties between the best two candidates are counted in the manifest and the summary; above 20% of
+    the mentions with a runner-up, W703 says the choice is triage's order (as evaluate's W502)."""
+    result = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "ranked"))
+    ranked = json.loads((tmp_path / "ranked" / "manifest.json").read_text(encoding="utf-8"))["tied_best"]
+    assert ranked["tied"] == 0 and ranked["mentions"] > 0 and "[W703]" not in result.output
+    assert f"tied for 0 of {ranked['mentions']} mention(s) with a runner-up (0.0%" in result.output
+
+    import numpy as np
+
+    import pipeline.link.linker as linker_module
+
+    def saturated(model, inputs, rows, matrix):  # a ranker whose tanh scores all reach 1
+        return np.where(matrix >= 0, 1.0, np.nan).astype(np.float32)
+
+    monkeypatch.setattr(linker_module, "score_candidates", saturated)
+    result = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "tied"))
+    tied = json.loads((tmp_path / "tied" / "manifest.json").read_text(encoding="utf-8"))["tied_best"]
+    assert tied == {"tied": ranked["mentions"], "mentions": ranked["mentions"], "share": 1.0}
+    warnings = [line for line in result.output.splitlines() if "[W703]" in line]
+    assert len(warnings) == 1 and f"for {tied['tied']} of {tied['mentions']} mention(s) with a runner-up (100%)" in warnings[0]
+
+
+def test_score_warns_of_gold_ids_not_in_the_kb_and_counts_mentions_without_gold(demo_run: dict, tmp_path: Path) -> None:
+    """As triage's W102: a gold id the KB lacks can never be linked right (W702, counts and an example);
+    mentions without a gold id are left out of the score, and the summary and metrics.json say how many."""
+    records = demo_records("test")
+    linked = [i for i, r in enumerate(records) if r["gold_kb_id"] not in (None, "", "NIL")]
+    for index in linked[:2]:  # one unknown id on two mentions
+        records[index]["gold_kb_id"] = "Q_NOT_IN_KB"
+    for record in records[-3:]:
+        record.pop("gold_kb_id")
+    result = succeeded(link(demo_run["model"], write_jsonl(tmp_path / "m.jsonl", records), tmp_path / "out", "--score"))
+    warnings = [line for line in result.output.splitlines() if "[W702]" in line]
+    assert len(warnings) == 1 and "1 gold KB id(s) of 2 mention(s)" in warnings[0] and "e.g. Q_NOT_IN_KB" in warnings[0]
+    assert "link: scored 63 of 66 mention(s); 3 without gold_kb_id left out, 2 whose gold id is not in the KB" in result.output
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text(encoding="utf-8"))
+    assert (metrics["scored_mentions"], metrics["unscored_mentions"]) == (63, 3)
+    assert metrics["gold_not_in_kb"] == {"kb_ids": 1, "mentions": 2}
+    clean = succeeded(link(demo_run["model"], write_jsonl(tmp_path / "all.jsonl", demo_records("test")), tmp_path / "all",
+                           "--score"))
+    assert "[W702]" not in clean.output and "link: scored 66 of 66 mention(s); 0 without gold_kb_id left out\n" in clean.output
+
+
+def test_quiet_link_prints_warnings_and_errors_only(demo_run: dict, tmp_path: Path) -> None:
+    records = without_gold(demo_records("test"))[:6]
+    for record in records:
+        if record["doc_id"] == records[0]["doc_id"]:
+            record["lang"] = "xx"  # a language without a threshold: one W701 warning
+    mentions = write_jsonl(tmp_path / "m.jsonl", records)
+    result = succeeded(invoke("-q", "link", "--model", demo_run["model"], "--mentions", mentions, "--out", tmp_path / "out"))
+    assert result.stdout == "" and [line.split("] ")[0] for line in result.stderr.splitlines()] == ["WARNING pipeline.model.nil_policy: [W701"]
+    again = succeeded(invoke("-q", "link", "--model", demo_run["model"], "--mentions", mentions, "--out", tmp_path / "out"))
+    assert again.output == ""  # not "up to date" either
+    failed = invoke("-q", "link", "--model", demo_run["model"], "--mentions", tmp_path / "none.jsonl", "--out", tmp_path / "o2")
+    assert failed.exit_code == 2 and failed.output.startswith("Error: [E108] ") and len(failed.output.splitlines()) == 1

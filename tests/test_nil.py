@@ -182,7 +182,7 @@ def test_error_analysis_on_a_hand_made_case() -> None:
 
 
 def test_tied_best_counts_mentions_whose_runner_up_has_the_best_score() -> None:
-    from pipeline.evaluate.error_analysis import tied_best
+    from pipeline.model.ties import tied_best
 
     evaluated = pl.DataFrame({"best_score": [1.0, 0.9, 0.5, None, 0.7],
                               "second_score": [1.0, 0.2, 0.5 - 1e-9, None, None]},

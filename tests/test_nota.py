@@ -185,7 +185,7 @@ def test_evaluate_reports_nota_beside_the_other_methods_and_decides_by_it(nota_r
     assert "| test | nota | all |" in (evaluate_dir / "report.md").read_text(encoding="utf-8")
     assert "nota" in nota_run["output"]
     # Ties of the best two candidates, counted over the evaluated mentions, in metrics and the report.
-    from pipeline.evaluate.error_analysis import tied_best
+    from pipeline.model.ties import tied_best
     evaluated = pl.read_parquet(evaluate_dir / "predictions.parquet").filter(
         (pl.col("split") == "test") & pl.col("gold_kb_id").is_not_null())
     assert metrics["tied_best"] == tied_best(evaluated) and metrics["tied_best"]["mentions"] > 0

@@ -138,19 +138,3 @@ def markdown(table: pl.DataFrame, confusions: pl.DataFrame) -> str:
     lines += [f"| {row['gold_kb_id']} | {row['predicted_kb_id']} | {row['count']} | {row['example']} |"
               for row in confusions.iter_rows(named=True)]
     return "\n".join(lines) + "\n"
-
-
-# Above this share of mentions whose best two candidates tie, evaluate warns (W502).
-TIED_SHARE_WARN = 0.2
-
-
-def tied_best(evaluated: pl.DataFrame) -> dict:
-    """How many mentions with a runner-up give it the best candidate's very score (|margin| <= 1e-6).
-
-    A ranker whose tanh scores saturate at 1 ties most candidates, and a tie keeps triage's
-    order (`candidate_order`), so such a model's accuracy is triage's. Returns {"tied",
-    "mentions" (with a runner-up), "share"} (share 0 with no such mention).
-    """
-    with_second = evaluated.filter(pl.col("second_score").is_not_null() & pl.col("best_score").is_not_null())
-    tied = int((with_second["margin"].abs() <= 1e-6).sum())
-    return {"tied": tied, "mentions": with_second.height, "share": tied / with_second.height if with_second.height else 0.0}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from pipeline.evaluate import error_analysis
+from pipeline.model.ties import TIED_SHARE_WARN
 from pipeline.scoring.table import format_table
 
 
@@ -47,7 +48,7 @@ def report_markdown(metrics: dict, artifact: dict, split: str, has_plot: bool, v
                   f"{ties['mentions']} mentions with a runner-up ({ties['share']:.1%}); a tie keeps triage's order."
                   + (f" **For {ties['share']:.0%} of them, which candidate is linked is triage's choice, not the "
                      "ranker's** (warning W502)."
-                     if ties["share"] > error_analysis.TIED_SHARE_WARN else "")]
+                     if ties["share"] > TIED_SHARE_WARN else "")]
     lines += ["", "## Scores", "", "```", format_table(metrics), "```", "",
               error_analysis.markdown(analysis, confusions)]
     return "\n".join(lines)

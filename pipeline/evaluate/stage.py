@@ -37,6 +37,7 @@ from pipeline.core.io import (atomic_path, collect_checked, scan_parquet_checked
                          write_text_atomic)
 from pipeline.model.nil import cluster_nils, decide_nil
 from pipeline.model.nil_classifier import add_evidence
+from pipeline.model.ties import TIED_SHARE_WARN, tied_best
 from pipeline.evaluate.report import report_markdown
 from pipeline.scoring.measures import MICRO_AVERAGE, score
 from pipeline.core.manifest import StageResult, StageRun, upstream_key
@@ -242,8 +243,8 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     # Every NIL method on the evaluation split (only the chosen one's decisions are written out).
     on_eval = outcome_by_method(predictions, evaluated, artifact)
     metrics["nil_methods"] = on_eval.to_dicts()
-    metrics["tied_best"] = error_analysis.tied_best(evaluated)
-    if metrics["tied_best"]["share"] > error_analysis.TIED_SHARE_WARN:
+    metrics["tied_best"] = tied_best(evaluated)
+    if metrics["tied_best"]["share"] > TIED_SHARE_WARN:
         ties = metrics["tied_best"]
         warn(logger, "W502", split=evaluate.eval_split, tied=ties["tied"], mentions=ties["mentions"],
              percent=f"{ties['share']:.0%}")

@@ -9,12 +9,17 @@ threshold (the NIL threshold applied), and candidates: every scored candidate as
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
 
-from pipeline.core.errors import InputError
+from pipeline.core import schema
+from pipeline.core.errors import InputError, warn
 from pipeline.core.io import atomic_path, write_json_atomic
+
+logger = logging.getLogger(__name__)
 
 LINKS_PARQUET = "links.parquet"
 LINKS_JSONL = "links.jsonl"
@@ -41,14 +46,33 @@ def nil_share(clustered: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([by_language, overall.cast(by_language.schema)])
 
 
+def gold_not_in_kb(evaluated: pl.DataFrame, kb_ids: pl.LazyFrame, mentions_path: Path, kb_path: Path) -> dict:
+    """{"kb_ids", "mentions"}: gold KB ids (NIL aside) of `evaluated` that `kb_ids` (column kb_id)
+    lacks, and the mentions that carry them; warned once (W702) with an example, as triage's W102.
+
+    No link can be right for such a mention, so the score counts it as an error.
+    """
+    linked = evaluated.filter(schema.linked_gold()).select("gold_kb_id")
+    missing = linked.join(kb_ids.select(pl.col("kb_id").alias("gold_kb_id")).collect(), on="gold_kb_id", how="anti")
+    ids = missing["gold_kb_id"].unique().sort()
+    if ids.len():
+        warn(logger, "W702", ids=ids.len(), mentions=missing.height, path=mentions_path, kb=kb_path,
+             example=", ".join(ids.head(3).to_list()))
+    return {"kb_ids": ids.len(), "mentions": missing.height}
+
+
 def write_outputs(chunk_paths: list[Path], clustered: pl.DataFrame, out_dir: Path, score: bool,
-                  mentions_path: Path) -> tuple[list[str], dict | None]:
+                  mentions_path: Path, kb_ids: Callable[[], tuple[pl.LazyFrame, Path]] | None = None
+                  ) -> tuple[list[str], dict | None]:
     """Write the outputs (each atomically); returns (file names, metrics or None).
 
     `clustered` is every mention without its candidate lists (`NilPolicy.cluster` output);
     the links files are written chunk by chunk from `chunk_paths`, so only one chunk's
     candidate lists are in memory at a time. With `score`, mentions that carry a gold id
     are scored as evaluate scores its split (`gold.tab`, `metrics.json`); E709 when none does.
+    metrics.json then also says how many mentions were scored (`scored_mentions`), left out
+    for want of a gold id (`unscored_mentions`), and carry a gold id the KB lacks
+    (`gold_not_in_kb`, from `kb_ids()`: the KB's ids and its path; W702).
     """
     import pyarrow.parquet as pq
 
@@ -79,6 +103,10 @@ def write_outputs(chunk_paths: list[Path], clustered: pl.DataFrame, out_dir: Pat
         raise InputError("E709", path=mentions_path)
     gold_tab, _, languages, metrics = score_decisions(evaluated)
     metrics["scored_mentions"] = evaluated.height
+    metrics["unscored_mentions"] = clustered.height - evaluated.height  # no gold_kb_id: left out of the score
+    if kb_ids is not None:
+        known, kb_path = kb_ids()
+        metrics["gold_not_in_kb"] = gold_not_in_kb(evaluated, known, mentions_path, kb_path)
     write_tab(gold_tab, out_dir / "gold.tab")
     write_doc_languages(languages, out_dir / DOC_LANGUAGES_FILE)  # `xel-cli score` reads it beside gold.tab
     write_json_atomic(out_dir / "metrics.json", metrics)

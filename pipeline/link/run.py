@@ -7,30 +7,36 @@ killed link resumes after its last finished chunk. `--shard i/n` links chunks i,
 i+2n, ... and records how many chunks the corpus has in `shards/shard-i-of-n.json`;
 `--merge` (or an unsharded run, at its end) checks every chunk is there, clusters NILs
 over the whole corpus, writes the outputs (`outputs.py`) and `manifest.json` last, then
-deletes the chunks. Chunks of other inputs or settings (another key) are deleted first.
+deletes the chunks. Chunks of other inputs or settings (another key) are deleted first, but
+only once every check that can refuse the link has passed (the corpus checks, the model's own),
+so a refused link leaves --out as it was.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
+import contextlib
 import ctypes
+import dataclasses
 import json
 import logging
+import os
 import shutil
+import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
-from pipeline.core.errors import CacheError, InputError
+from pipeline.core.errors import CacheError, InputError, warn
 from pipeline.core.io import (file_fingerprint, remove_leftover_temps, write_json_atomic, write_parquet_atomic,
                          write_text_atomic)
 from pipeline.link.out_folder import CHUNKS, SHARDS, WORK
 from pipeline.link.outputs import nil_share, write_outputs
 from pipeline.link.sources import check_corpus, has_gold, mention_chunks
 from pipeline.model.model_folder import load_model_folder
+from pipeline.model.ties import TIED_SHARE_WARN, tied_best
 from pipeline.core.progress import progress as progress_counter
 from pipeline.core.manifest import MANIFEST, is_up_to_date, stage_key, write_manifest
 from pipeline.core.shards import ShardErrors, finished_shards
@@ -73,6 +79,7 @@ class LinkResult:
     mentions_per_second: float = 0.0
     encode_share: float = 0.0
     finished: bool = True  # False for a shard: the merge writes the outputs
+    ties: dict | None = None  # `ties.tied_best` over every mention: tied, mentions (with a runner-up), share
 
     def summary(self, shard: tuple[int, int] | None, score: bool) -> list[str]:
         """What `xel-cli link` prints: counts and speed, then the NIL share per language and the
@@ -92,8 +99,15 @@ class LinkResult:
             return lines + [f"link: shard {shard[0]}/{shard[1]} done -> {self.out_dir}; "
                             "run `xel-cli link ... --merge` when every shard is"]
         lines.append(format_frame(self.nil_share))
+        if self.ties is not None:
+            lines.append(f"link: best two candidates tied for {self.ties['tied']} of {self.ties['mentions']} mention(s) "
+                         f"with a runner-up ({self.ties['share']:.1%}; a tie keeps triage's order)")
         if self.metrics is not None:
             lines.append(format_table(self.metrics))
+            outside = self.metrics.get("gold_not_in_kb", {}).get("mentions", 0)
+            lines.append(f"link: scored {self.metrics['scored_mentions']} of {counts['mentions']} mention(s); "
+                         f"{self.metrics['unscored_mentions']} without gold_kb_id left out"
+                         + (f", {outside} whose gold id is not in the KB counted wrong (W702)" if outside else ""))
         scored = ", gold.tab, metrics.json, doc_languages.tsv" if score else ""
         return lines + [f"link: wrote links.parquet, links.jsonl, system.tab{scored} -> {self.out_dir}"]
 
@@ -113,23 +127,72 @@ def _chunk_path(out_dir: Path, index: int) -> Path:
     return out_dir / CHUNKS / f"chunk-{index:06d}.parquet"
 
 
-def _forget_other_keys(out_dir: Path, key: str, force: bool, shard: bool) -> None:
-    """Delete chunks, work and shard files of another key (or all with --force): they never resume.
-
-    A shard refuses instead (E715) when another key's chunks or shard records are there: shards
-    take no lock, so those may be its siblings' work, and one shard given other options by
-    mistake must not wipe them.
-    """
+def _old_key(out_dir: Path) -> str | None:
+    """The key of the link whose chunks and work files are in `out_dir` (None: there are none)."""
     key_path = out_dir / WORK / "key.txt"
-    old = key_path.read_text(encoding="utf-8").strip() if key_path.is_file() else None
-    if shard and not force and old is not None and old != key:
+    return key_path.read_text(encoding="utf-8").strip() if key_path.is_file() else None
+
+
+def _refuse_other_keys(out_dir: Path, key: str, force: bool) -> None:
+    """A shard refuses (E715) when another key's chunks or shard records are there: shards take no
+    lock, so those may be its siblings' work, and one shard given other options by mistake must not
+    wipe them."""
+    old = _old_key(out_dir)
+    if not force and old is not None and old != key:
         linked = [*(out_dir / CHUNKS).glob("chunk-*.parquet"), *(out_dir / SHARDS).glob("shard-*.json")]
         if linked:
             raise CacheError("E715", path=out_dir, count=len(linked), old=old[:8], new=key[:8])
+
+
+def _forget_other_keys(out_dir: Path, key: str, force: bool) -> None:
+    """Delete chunks, work and shard files of another key (or all with --force): they never resume."""
+    old = _old_key(out_dir)
     if force or (old is not None and old != key):
         for name in (CHUNKS, WORK, SHARDS):
             shutil.rmtree(out_dir / name, ignore_errors=True)
-    write_text_atomic(key_path, key + "\n")
+    write_text_atomic(out_dir / WORK / "key.txt", key + "\n")
+
+
+def _keeps_work(options: LinkOptions, key: str) -> bool:
+    """Whether the chunks and work files in --out are this link's and stay (same key, no --force)."""
+    return not options.force and _old_key(options.out_dir) == key
+
+
+def _links_a_chunk(options: LinkOptions, key: str, total: int) -> bool:
+    """Whether this call links any chunk (some of its chunks are not saved yet, or will be deleted)."""
+    mine = range(total) if options.shard is None else range(options.shard[0], total, options.shard[1])
+    keeps = _keeps_work(options, key)
+    return any(not (keeps and _chunk_path(options.out_dir, index).is_file()) for index in mine)
+
+
+@contextlib.contextmanager
+def _checked_corpus(options: LinkOptions, key: str, context_chars: int) -> Iterator[int]:
+    """Run the corpus checks (`sources.check_corpus`: every chunk read, ids, spans and document
+    languages across chunks; E107 for no mention) and yield the chunk count.
+
+    They need the docs as Parquet (`work/docs.parquet`); unless this link's own work folder
+    already has them, they are written into a scratch folder in --out (`.corpus-check.*.tmp`,
+    removed on leaving) and moved into work/ only when the block ends without error, so a
+    refused corpus adds nothing to --out.
+    """
+    work = options.out_dir / WORK
+    if _keeps_work(options, key) and (work / "docs.parquet").is_file():
+        scratch = None
+    else:
+        scratch = Path(tempfile.mkdtemp(prefix=".corpus-check.", suffix=".tmp", dir=options.out_dir))
+    try:
+        chunks = mention_chunks(options.mentions, options.docs, options.chunk_mentions, context_chars, options.score,
+                                scratch or work)
+        total = check_corpus(chunks, options.mentions)
+        if total == 0:
+            raise InputError("E107", path=options.mentions)
+        yield total
+        if scratch is not None and (scratch / "docs.parquet").is_file():
+            work.mkdir(parents=True, exist_ok=True)
+            os.replace(scratch / "docs.parquet", work / "docs.parquet")
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def run(options: LinkOptions) -> LinkResult:
@@ -150,33 +213,43 @@ def run(options: LinkOptions) -> LinkResult:
         raise InputError("E709", path=options.mentions)  # now, not after linking every chunk
     kb_fingerprint = file_fingerprint(kb_path)
     key = link_key(options, folder.fingerprint, kb_fingerprint)
+
+    def kb_ids() -> tuple[pl.LazyFrame, Path]:  # the KB's ids for --score's check of gold ids (W702)
+        from pipeline.link.cache import kb_index_root
+        from pipeline.triage.kb_index import kb_entities  # as the Linker reads the KB: cached by content
+
+        return pl.scan_parquet(kb_entities(kb_path, kb_index_root(kb_fingerprint), kb_fingerprint)), kb_path
+
     if not options.force and is_up_to_date(out_dir, key):  # a shard or merge of a finished link too
         return LinkResult(out_dir, skipped=True, seconds=time.time() - started)
-    if options.shard is None:  # shards write at once, so only a locked run may sweep temporary files
-        remove_leftover_temps(out_dir)
-        remove_leftover_temps(out_dir / CHUNKS)
-    keep_gold = options.score
-    context_chars = int(folder.meta["inputs"]["context_chars"])
-
-    def chunks_of_the_corpus():
-        return mention_chunks(options.mentions, options.docs, options.chunk_mentions, context_chars, keep_gold,
-                              out_dir / WORK)
-
-    if not options.merge:
-        _forget_other_keys(out_dir, key, options.force, shard=options.shard is not None)
-        # The checks across chunks (ids, spans, document languages) before any chunk is linked,
-        # and before a finished link's outputs in this folder stop counting as finished.
-        check_corpus(chunks_of_the_corpus(), options.mentions)
-    (out_dir / MANIFEST).unlink(missing_ok=True)  # outputs being redone never look finished
+    # Every check that can refuse this link runs before anything in --out changes, so a refused
+    # link leaves the folder as it was: a finished link's outputs and manifest, another link's chunks.
     if options.merge:
         total = _finished_shards(out_dir, key)
-        return _finish(options, folder, key, total, started, {"mentions": 0, "chunks_resumed": total}, linked_seconds=0.0)
-
+        (out_dir / MANIFEST).unlink(missing_ok=True)  # outputs being redone never look finished
+        return _finish(options, folder, key, total, started, {"mentions": 0, "chunks_resumed": total}, kb_ids,
+                       linked_seconds=0.0)
+    if options.shard is not None:
+        _refuse_other_keys(out_dir, key, options.force)
+    context_chars = int(folder.meta["inputs"]["context_chars"])
     linker = None
+    with _checked_corpus(options, key, context_chars) as total:
+        if _links_a_chunk(options, key, total):  # the model's own refusals (E702-E705, E203 --device) now
+            from pipeline.link.linker import Linker
+
+            linker = Linker(folder, kb_path, options.device, kb_fingerprint)
+        if options.shard is None:  # shards write at once, so only a locked run may sweep temporary files
+            remove_leftover_temps(out_dir / CHUNKS)
+        _forget_other_keys(out_dir, key, options.force)
+    if options.shard is None:
+        remove_leftover_temps(out_dir)  # after the corpus check's scratch folder is gone
+    (out_dir / MANIFEST).unlink(missing_ok=True)  # outputs being redone never look finished
+
     counts = {"mentions": 0, "chunks": 0, "chunks_resumed": 0, "entities_encoded": 0, "entities_cached": 0}
     linked_seconds = encode_seconds = 0.0
     total = 0
-    chunks = chunks_of_the_corpus()
+    chunks = mention_chunks(options.mentions, options.docs, options.chunk_mentions, context_chars, options.score,
+                            out_dir / WORK)
     with progress_counter(None, "link", "mentions") as progress:
         for index, read in chunks:
             total = index + 1
@@ -185,10 +258,6 @@ def run(options: LinkOptions) -> LinkResult:
             if _chunk_path(out_dir, index).is_file():
                 counts["chunks_resumed"] += 1
                 continue
-            if linker is None:
-                from pipeline.link.linker import Linker
-
-                linker = Linker(folder, kb_path, options.device, kb_fingerprint)
             mentions = read()
             result = linker.link_chunk(mentions, out_dir / WORK / f"encode-{index:06d}")
             stats = {"mentions": mentions.height, "entities_encoded": result.entities_encoded,
@@ -218,7 +287,7 @@ def run(options: LinkOptions) -> LinkResult:
         return LinkResult(out_dir, skipped=False, seconds=seconds, counts=counts, finished=False,
                           mentions_per_second=counts["mentions"] / max(seconds, 1e-9),
                           encode_share=encode_seconds / max(linked_seconds, 1e-9))
-    return _finish(options, folder, key, total, started, counts, linked_seconds, encode_seconds)
+    return _finish(options, folder, key, total, started, counts, kb_ids, linked_seconds, encode_seconds)
 
 
 def _release_freed_memory() -> None:
@@ -249,6 +318,7 @@ def _finished_shards(out_dir: Path, key: str) -> int:
 
 
 def _finish(options: LinkOptions, folder, key: str, total: int, started: float, counts: dict[str, int],
+            kb_ids: Callable[[], tuple[pl.LazyFrame, Path]],
             linked_seconds: float, encode_seconds: float = 0.0) -> LinkResult:
     """Cluster NILs over every chunk, write the outputs and manifest.json, delete the chunks."""
     out_dir = options.out_dir
@@ -266,7 +336,11 @@ def _finish(options: LinkOptions, folder, key: str, total: int, started: float, 
     policy = folder.policy
     policy.warn_unseen(frame)
     clustered = policy.cluster(frame)
-    outputs, metrics = write_outputs(paths, clustered, out_dir, options.score, options.mentions)
+    ties = tied_best(clustered)
+    if ties["share"] > TIED_SHARE_WARN:
+        warn(logger, "W703", tied=ties["tied"], mentions=ties["mentions"], percent=f"{ties['share']:.0%}",
+             path=options.mentions)
+    outputs, metrics = write_outputs(paths, clustered, out_dir, options.score, options.mentions, kb_ids)
     totals = {name: int(sum(s[name] for s in stats)) for name in ("mentions", "entities_encoded", "entities_cached")}
     seconds = time.time() - started
     all_seconds = sum(s["seconds"] for s in stats)
@@ -277,11 +351,11 @@ def _finish(options: LinkOptions, folder, key: str, total: int, started: float, 
     shares = nil_share(clustered)
     write_manifest(out_dir, stage="link", key=key, inputs={"model": str(options.model), "mentions": str(options.mentions)},
                    settings={"chunk_mentions": options.chunk_mentions, "score": options.score}, counts=summary,
-                   outputs=outputs, started=started, extra={"nil_share": shares.to_dicts()})
+                   outputs=outputs, started=started, extra={"nil_share": shares.to_dicts(), "tied_best": ties})
     for name in (CHUNKS, WORK, SHARDS):
         shutil.rmtree(out_dir / name, ignore_errors=True)
     return LinkResult(out_dir, skipped=False, seconds=seconds, counts={**totals, "chunks": total,
                       "chunks_resumed": summary["chunks_resumed"], "mentions_linked_now": counts.get("mentions", 0)},
-                      nil_share=shares, metrics=metrics,
+                      nil_share=shares, metrics=metrics, ties=ties,
                       mentions_per_second=counts.get("mentions", 0) / max(seconds, 1e-9),
                       encode_share=summary["encode_share"])

@@ -1,0 +1,35 @@
+"""What `xel-cli` prints when a stage finishes: the lines of a `StageResult`, counts and tables.
+
+Lines, not output: only `cli.py` prints (and `--quiet` silences them there).
+"""
+
+from __future__ import annotations
+
+from pipeline.core.manifest import StageResult
+from pipeline.scoring.table import format_frame, format_table
+
+
+def stage_summary(result: StageResult) -> list[str]:
+    """Up to date, or done with its counts; then triage's recall table, train's best epoch, or
+    evaluate's thresholds, score table and NIL methods."""
+    if result.skipped:
+        return [f"{result.stage}: up to date ({result.out_dir}); --force redoes it"]
+    counts = ", ".join(f"{k}={v}" for k, v in result.counts.items())
+    lines = [f"{result.stage}: done in {result.seconds:.1f}s ({counts}) -> {result.out_dir}"]
+    if result.stage == "triage":
+        lines.append(format_frame(result.summary["recall"]))
+    if result.stage == "train":
+        accuracy = result.summary["best_dev_accuracy"]
+        if accuracy is None:
+            lines.append(f"train: no dev mentions; best epoch by training loss: {result.summary['best_epoch']}")
+        else:
+            lines.append(f"train: best dev linking accuracy {accuracy:.4f} at epoch {result.summary['best_epoch']}")
+    if result.stage == "evaluate":
+        metrics = result.summary["metrics"]
+        thresholds = ", ".join(f"{k}={v:.2f}" for k, v in sorted(metrics["thresholds"].items()))
+        lines += [f"evaluate: {metrics['split']} split, NIL thresholds {thresholds}; NIL decided by the {metrics['nil_method']}",
+                  format_table(metrics), "NIL decision on this split (method, language: micro-average, NIL precision/recall/F1):"]
+        lines += [f"  {row['method']:<10} {row['lang']:>4}: {row['micro_average']:.3f}  "
+                  f"P {row['nil_precision']:.3f} R {row['nil_recall']:.3f} F1 {row['nil_f1']:.3f}"
+                  for row in metrics.get("nil_methods", [])]
+    return lines
