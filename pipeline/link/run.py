@@ -178,7 +178,8 @@ def _checked_corpus(options: LinkOptions, key: str, context_chars: int) -> Itera
     work = options.out_dir / WORK
     if _keeps_work(options, key) and (work / "docs.parquet").is_file():
         scratch = None
-    else:
+    else:  # --out exists when the CLI calls (`out_folder`); a script calling `run` may name a new one
+        options.out_dir.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=".corpus-check.", suffix=".tmp", dir=options.out_dir))
     try:
         chunks = mention_chunks(options.mentions, options.docs, options.chunk_mentions, context_chars, options.score,
