@@ -213,8 +213,8 @@ def tac_mentions(gold: pl.DataFrame, source_dir: Path, context_chars: int) -> pl
     see `read_tac_mentions`. Checks the mentions against their `.tab` file (E105, E106, E114, E115)."""
     from pipeline.formats.tac import language_of_doc
 
-    doc_ids = gold["doc_id"].unique().to_list()
-    doc_texts = {doc_id: _read_source(source_dir, doc_id) for doc_id in doc_ids}
+    doc_ids = gold["doc_id"].unique(maintain_order=True).to_list()
+    doc_texts = {doc_id: _read_source(source_dir, doc_id, gold) for doc_id in doc_ids}
     docs = pl.DataFrame({"doc_id": list(doc_texts), "doc_text": list(doc_texts.values())})
     langs = pl.DataFrame({"doc_id": doc_ids, "lang": [language_of_doc(d) or "unknown" for d in doc_ids]})
     frame = gold.join(docs, on="doc_id", how="left").join(langs, on="doc_id", how="left").with_columns(
@@ -239,8 +239,11 @@ def tac_mentions(gold: pl.DataFrame, source_dir: Path, context_chars: int) -> pl
     )
 
 
-def _read_source(source_dir: Path, doc_id: str) -> str:
-    for name in (doc_id, doc_id.replace(":", "__")):
+def _read_source(source_dir: Path, doc_id: str, gold: pl.DataFrame) -> str:
+    """The text of `doc_id`'s source file in `source_dir`; E110 when it is not UTF-8, E108 naming the
+    `.tab` file and line of its first mention (`gold`: `read_tac_lines` rows) when there is none."""
+    names = list(dict.fromkeys((doc_id, doc_id.replace(":", "__"))))
+    for name in names:
         for suffix in (".txt", ".xml", ""):
             path = source_dir / f"{name}{suffix}"
             if path.is_file():
@@ -249,7 +252,13 @@ def _read_source(source_dir: Path, doc_id: str) -> str:
                     return raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
                     raise InputError("E110", path=path, line=raw[:exc.start].count(b"\n") + 1, detail=exc.reason) from None
-    raise InputError("E108", path=source_dir / f"{doc_id.replace(':', '__')}.txt")
+    first = gold.filter(pl.col("doc_id") == doc_id).row(0, named=True)
+    tried = ", ".join(f"{name}{suffix}" for name in names for suffix in (".txt", ".xml", "")
+                      if f"{name}{suffix}" != f"{names[-1]}.txt")
+    raise InputError("E108", path=source_dir / f"{names[-1]}.txt",
+                     hint=f" (the source document {doc_id!r} of mention {first['mention_id']!r} on "
+                          f"{first['tab_path']}:{first['line']}; also tried {tried}): put the document's file in "
+                          f"{source_dir}, or fix the doc_id on that line; or")
 
 
 def load_mentions(config: InputsConfig) -> pl.DataFrame:
