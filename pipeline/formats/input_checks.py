@@ -26,6 +26,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.core.errors import InputError
+from pipeline.core.languages import LANGUAGE_TAG_EXPECTED, is_language_tag_expr
 
 SPLITS = ("train", "dev", "test")
 """The splits a mention may name; a mention without one is test."""
@@ -49,7 +50,8 @@ def _first(frame: pl.DataFrame, condition: pl.Expr) -> tuple[dict | None, int]:
 
 
 def check_fields(frame: pl.DataFrame, path: Path) -> None:
-    """Blank required strings (E103), unknown splits (E103) and ids TAC files cannot hold (E116).
+    """Blank required strings (E103), a lang that is no language tag (E103, `pipeline.core.languages`),
+    unknown splits (E103) and ids TAC files cannot hold (E116).
 
     frame needs: line, id, doc_id, lang, mention, split (null = test), gold_kb_id.
     """
@@ -58,6 +60,10 @@ def check_fields(frame: pl.DataFrame, path: Path) -> None:
         if row is not None:
             raise InputError("E103", path=path, line=row["line"], field=field,
                              expected="a non-blank string", got=row[column], more=more(count))
+    row, count = _first(frame, ~is_language_tag_expr(pl.col("lang")))
+    if row is not None:
+        raise InputError("E103", path=path, line=row["line"], field="lang", expected=LANGUAGE_TAG_EXPECTED,
+                         got=row["lang"], more=more(count))
     row, count = _first(frame, ~pl.col("split").is_in(SPLITS) & pl.col("split").is_not_null())
     if row is not None:
         raise InputError("E103", path=path, line=row["line"], field="split",

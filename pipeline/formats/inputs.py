@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from pipeline.core import schema
 from pipeline.core.config import InputsConfig
 from pipeline.core.errors import InputError, warn
+from pipeline.core.languages import LANGUAGE_TAG_EXPECTED, is_language_tag, language_expr
 from pipeline.formats.fragments import FRAGMENTS_DTYPE, fragment_texts, read_fragments
 from pipeline.formats.input_checks import check_documents, check_fields, check_mentions, check_offsets, more
 from pipeline.core.io import atomic_path, check_record_fields, iter_jsonl_blocks
@@ -64,12 +65,19 @@ def first_duplicate(ids: pl.Series, lines: pl.Series) -> tuple[str, int, int] | 
     return record_id, int(first), int(line)
 
 
+def check_doc_record(path: Path, line: int, record: dict) -> None:
+    """Fields and types of one docs record (E102, E103), and its `lang`, when given, a language tag (E103)."""
+    check_record_fields(path, line, record, DOC_FIELDS)
+    if record.get("lang") is not None and not is_language_tag(record["lang"]):
+        raise InputError("E103", path=path, line=line, field="lang", expected=LANGUAGE_TAG_EXPECTED, got=record["lang"])
+
+
 def read_docs(path: Path) -> pl.DataFrame:
-    """Docs JSONL -> DataFrame(doc_id, doc_text, line)."""
+    """Docs JSONL -> DataFrame(doc_id, doc_text, line); records checked by `check_doc_record`."""
     rows: dict[str, list] = {"doc_id": [], "doc_text": [], "line": []}
     for block in iter_jsonl_blocks(path):
         for line, record in block:
-            check_record_fields(path, line, record, DOC_FIELDS)
+            check_doc_record(path, line, record)
             rows["doc_id"].append(record["doc_id"])
             rows["doc_text"].append(record["text"])
             rows["line"].append(line)
@@ -109,9 +117,9 @@ def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
                     else FRAGMENTS_DTYPE if spec[0] is list else pl.String)
              for name, spec in MENTION_FIELDS.items()}
     frame = pl.DataFrame(columns, schema={**types, "line": pl.Int64})
-    # "EN", " en" and "en" are one language (thresholds, scores and the model are keyed by it).
-    frame = frame.with_columns(pl.col("lang").str.strip_chars().str.to_lowercase())
     check_fields(frame, path)
+    # "EN", " en", "en-US" and "en" are one language (thresholds, scores and the model are keyed by it).
+    frame = frame.with_columns(language_expr(pl.col("lang")))
     if rename_duplicate_ids:
         check_documents(frame, path)  # a repeated id over the same span is a copy, not a second mention
         frame = _rename_duplicates(frame, path)
@@ -299,7 +307,7 @@ def write_docs(docs_path: Path, out_path: Path) -> int:
         with pq.ParquetWriter(temp_path, arrow, compression="zstd") as writer:
             for block in iter_jsonl_blocks(docs_path):
                 for line, record in block:
-                    check_record_fields(docs_path, line, record, DOC_FIELDS)
+                    check_doc_record(docs_path, line, record)
                 writer.write_table(pa.table({"doc_id": [r["doc_id"] for _, r in block],
                                              "doc_text": [r["text"] for _, r in block]}, schema=arrow))
                 count += len(block)

@@ -10,6 +10,7 @@ import polars as pl
 
 from pipeline.core.errors import InputError
 from pipeline.core.io import check_record_fields, iter_jsonl_blocks
+from pipeline.core.languages import LANGUAGE_TAG_EXPECTED, is_language_tag, normalise_language
 
 NAME_PAIR_FIELDS: dict[str, tuple[Any, bool]] = {"foreign": (str, True), "english": (str, True), "lang": (str, False)}
 NAME_PAIR_HEADER = ("foreign", "english", "lang")
@@ -41,7 +42,7 @@ def read_name_pairs(path: Path) -> pl.DataFrame:
     `.tsv`/`.txt`: foreign name, English name and optionally a language, tab-separated, one
     pair a line, an optional header `foreign<TAB>english[<TAB>lang]`. `.jsonl`: one
     `{"foreign", "english", "lang"?}` object a line. UTF-8 (a BOM and CRLF are fine), blank
-    lines skipped, names stripped. A bad line is an InputError naming the file and line.
+    lines skipped, names stripped, a language read as its primary subtag (`pipeline.core.languages`). A bad line is an InputError naming the file and line.
     """
     if not path.is_file():
         raise InputError("E108", path=path)
@@ -58,13 +59,15 @@ def read_name_pairs(path: Path) -> pl.DataFrame:
         if not 2 <= len(values) <= 3:
             raise InputError("E113", path=path, line=line, detail=f"expected 2 or 3 tab-separated columns, got {len(values)}")
         foreign, english = values[0], values[1]
-        lang = (values[2] or None) if len(values) == 3 else None
+        lang = values[2] if len(values) == 3 and isinstance(values[2], str) and values[2].strip() else None
+        if lang is not None and not is_language_tag(lang):
+            raise InputError("E113", path=path, line=line, detail=f"the language {lang!r} should be {LANGUAGE_TAG_EXPECTED}")
         if not foreign or not english:
             raise InputError("E113", path=path, line=line, detail=f"the {'foreign' if not foreign else 'English'} name is empty")
         columns["line"].append(line)
         columns["foreign"].append(foreign)
         columns["english"].append(english)
-        columns["lang"].append(lang.strip() if isinstance(lang, str) else None)
+        columns["lang"].append(normalise_language(lang) if lang is not None else None)
     if not columns["line"]:
         raise InputError("E107", path=path)
     return pl.DataFrame(columns, schema={"line": pl.Int64, "foreign": pl.String, "english": pl.String, "lang": pl.String})
