@@ -144,3 +144,82 @@ def test_language_settings_read_as_the_inputs_languages_are() -> None:
     assert (evaluate.languages, evaluate.fixed_thresholds) == (("zh",), {"en": -0.8, "nl": -1.0})
     with pytest.raises(ConfigError, match="E203"):
         TrainConfig(train_languages=("en", "12"))
+
+
+# --- 1. one text per document --------------------------------------------------------------
+
+TEXT_A = "Barack Obama met Angela Merkel in Berlin."
+TEXT_B = "Barack Obama met Angela Merkel in Paris."
+
+
+def inline(mention_id: str, text: str, surface: str, doc_id: str = "d1", **extra) -> dict:
+    start = text.index(surface)
+    return {"id": mention_id, "doc_id": doc_id, "lang": "en", "mention": surface, "text": text, "start": start,
+            "end": start + len(surface), **extra}
+
+
+def two_texts() -> list[dict]:
+    return [inline("m1", TEXT_A, "Barack Obama"), inline("m2", TEXT_A, "Angela Merkel"),
+            inline("m3", TEXT_B, "Paris"), inline("m4", TEXT_B, "Obama")]
+
+
+def test_one_doc_id_given_two_inline_texts_is_e120(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "m.jsonl", two_texts())
+    message = raises("E120", read_mentions_jsonl, path, None, CONTEXT_CHARS)
+    assert message.startswith(f"[E120] {path}:3: mention 'm3' gives document 'd1' a text other than the one line 1 "
+                              "gives it; a document has one text")
+    assert "distinct doc_ids" in message and "(1 more line(s) like it)" in message
+
+
+def test_the_same_text_repeated_and_distinct_windows_are_accepted(tmp_path: Path) -> None:
+    records = [inline("m1", TEXT_A, "Barack Obama"), inline("m2", TEXT_A, "Berlin"), inline("m3", TEXT_B, "Paris", "d2")]
+    assert read_mentions_jsonl(write_jsonl(tmp_path / "m.jsonl", records), None, CONTEXT_CHARS).height == 3
+    # MEANTIME's form: each `text` a window of the document, placed by doc_start/doc_end: windows differ.
+    document = TEXT_A + " " + TEXT_B
+    windows = [inline("w1", TEXT_A, "Berlin", doc_start=document.index("Berlin"), doc_end=document.index("Berlin") + 6),
+               inline("w2", TEXT_B, "Paris", doc_start=document.index("Paris"), doc_end=document.index("Paris") + 5)]
+    frame = read_mentions_jsonl(write_jsonl(tmp_path / "w.jsonl", windows), None, CONTEXT_CHARS)
+    assert frame["doc_start"].to_list() == [document.index("Berlin"), document.index("Paris")]
+
+
+def test_an_inline_text_other_than_the_docs_file_text_is_e120(tmp_path: Path) -> None:
+    docs = write_jsonl(tmp_path / "docs.jsonl", [{"doc_id": "d1", "lang": "en", "text": TEXT_A}])
+    records = [{"id": "m1", "doc_id": "d1", "lang": "en", "mention": "Obama", "doc_start": 7, "doc_end": 12},
+               inline("m2", TEXT_B, "Paris")]
+    path = write_jsonl(tmp_path / "m.jsonl", records)
+    assert raises("E120", read_mentions_jsonl, path, docs, CONTEXT_CHARS).startswith(f"[E120] {path}:2:")
+    records[1] = inline("m2", TEXT_A, "Berlin")  # the docs file's own text: one text
+    assert read_mentions_jsonl(write_jsonl(path, records), docs, CONTEXT_CHARS).height == 2
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_two_texts_in_different_link_chunks_are_e120_before_linking(tmp_path: Path, suffix: str) -> None:
+    import polars as pl
+
+    from pipeline.link.sources import check_corpus, mention_chunks
+
+    path = tmp_path / f"m{suffix}"
+    if suffix == ".jsonl":
+        write_jsonl(path, two_texts())
+    else:
+        pl.DataFrame(two_texts()).write_parquet(path)
+    chunks = mention_chunks(path, None, 2, CONTEXT_CHARS, False, tmp_path)  # lines 1-2 and 3-4: each chunk one text
+    assert raises("E120", check_corpus, chunks, path).startswith(f"[E120] {path}:3: mention 'm3'")
+
+
+# --- 4. inline texts windowed as docs texts are -------------------------------------------
+
+def test_a_long_inline_text_gives_the_context_the_same_text_via_docs_gives(tmp_path: Path) -> None:
+    filler = "Lorem ipsum dolor sit amet. " * 20_000  # 560k characters each side
+    text = filler + "Barack Obama spoke in Berlin. " + filler
+    start = text.index("Obama")
+    context_chars = 100
+    inline_path = write_jsonl(tmp_path / "inline.jsonl", [inline("m1", text, "Obama")])
+    docs = write_jsonl(tmp_path / "docs.jsonl", [{"doc_id": "d1", "lang": "en", "text": text}])
+    docs_path = write_jsonl(tmp_path / "via-docs.jsonl", [{"id": "m1", "doc_id": "d1", "lang": "en", "mention": "Obama",
+                                                           "doc_start": start, "doc_end": start + 5}])
+    columns = ["context", "start", "end", "doc_start", "doc_end"]
+    from_inline = read_mentions_jsonl(inline_path, None, context_chars).select(columns).row(0)
+    from_docs = read_mentions_jsonl(docs_path, docs, context_chars).select(columns).row(0)
+    assert from_inline == from_docs
+    assert from_inline[0] == text[start - 100:start + 105] and from_inline[1:] == (100, 105, start, start + 5)

@@ -36,6 +36,7 @@ class Errors:
     E117 = "{path}:{line}: mention {record_id!r} says document {doc_id!r} is {lang!r}, but line {first_line} says {first_lang!r}; a document has one language: fix the lang of one of them{more}"
     E118 = "{path}:{line}: mention {record_id!r} has bad 'fragments' ({detail}); give [[start, end], ...] in the mention's offsets, ascending, not overlapping, first starting at start and last ending at end, and the mention string as the fragments' texts joined by one space{more}"
     E119 = "{path}: not a readable {kind} file ({detail}); {fix}"
+    E120 = "{path}:{line}: mention {record_id!r} gives document {doc_id!r} a text other than the one {first}; a document has one text, which its mentions' offsets index: give every mention of it the same text (or put the text once in a docs file and give doc_start/doc_end), or give different documents distinct doc_ids{more}"
     E113 = "{path}:{line}: {detail}; a name pair is a foreign name and its English name, optionally with a language: two or three tab-separated columns in .tsv/.txt, or {{\"foreign\": ..., \"english\": ..., \"lang\": ...}} in .jsonl"
 
     # E2xx: configuration

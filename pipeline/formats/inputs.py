@@ -20,7 +20,8 @@ from pipeline.core.config import InputsConfig
 from pipeline.core.errors import InputError, warn
 from pipeline.core.languages import LANGUAGE_TAG_EXPECTED, is_language_tag, language_expr
 from pipeline.formats.fragments import FRAGMENTS_DTYPE, fragment_texts, read_fragments
-from pipeline.formats.input_checks import check_documents, check_fields, check_mentions, check_offsets, more
+from pipeline.formats.input_checks import (check_document_texts, check_documents, check_fields, check_mentions,
+                                           check_offsets, more)
 from pipeline.core.io import atomic_path, check_record_fields, iter_jsonl_blocks
 from pipeline.formats.kb_records import KbRecords
 
@@ -94,8 +95,10 @@ def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
     """Mentions JSONL (+ optional docs JSONL) -> the `schema.MENTIONS` table.
 
     A mention carries either its own `text` with `start`/`end`, or `doc_start`/`doc_end`
-    into a document of the docs file, from which a window of `context_chars` characters
-    on each side becomes its context. `blocks` (lists of (line, record)) replaces reading
+    into a document of the docs file; either way a window of `context_chars` characters on
+    each side of it becomes its context (`context_window`). A `text` without doc offsets is
+    its document's text, so one doc_id must not be given two (E120, `text_hash` says which);
+    a `text` beside doc_start/doc_end is a window of the document and may differ. `blocks` (lists of (line, record)) replaces reading
     `path`, which then only names the records in errors: `xel-cli link` passes one chunk
     of a large file (or of Parquet rows) at a time. `docs` (doc_id, doc_text) replaces
     reading `docs_path` (link passes only the chunk's documents).
@@ -128,24 +131,47 @@ def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
         raise InputError("E104", path=path, line=duplicate[2], kind="mention", record_id=duplicate[0], first_line=duplicate[1])
     check_documents(frame, path)
     if docs_path is not None and frame["text"].null_count() > 0:
-        frame = _context_from_docs(frame, read_docs(docs_path) if docs is None else docs, path, docs_path, context_chars)
+        frame = _docs_texts(frame, read_docs(docs_path) if docs is None else docs, path, docs_path)
         from_doc = pl.col("text").is_null()
         frame = frame.with_columns(
-            pl.coalesce("text", "doc_window").alias("context"),
-            pl.when(from_doc).then(pl.col("doc_start") - pl.col("window_start")).otherwise(pl.col("start")).alias("start"),
-            pl.when(from_doc).then(pl.col("doc_end") - pl.col("window_start")).otherwise(pl.col("end")).alias("end"),
+            pl.coalesce("text", "doc_text").alias("context"),
+            pl.when(from_doc).then(pl.col("doc_start")).otherwise(pl.col("start")).alias("start"),
+            pl.when(from_doc).then(pl.col("doc_end")).otherwise(pl.col("end")).alias("end"),
         )
     else:
-        frame = frame.with_columns(pl.col("text").alias("context"))
+        frame = frame.with_columns(pl.col("text").alias("context"), pl.lit(None, pl.String).alias("doc_text"))
+    # The text a mention's document offsets index: its own `text` where it gave no doc offsets
+    # (then start/end are those), its document's where it took it from the docs file; a `text`
+    # beside doc_start/doc_end is a window of the document, and windows differ (null here).
+    whole_text = pl.when(pl.col("doc_start").is_null()).then(pl.col("text")).otherwise(pl.col("doc_text"))
+    frame = frame.with_columns(pl.when(whole_text.is_not_null()).then(whole_text.hash(seed=0)).alias("text_hash"))
+    check_document_texts(frame, path)
     check_offsets(fragment_texts(frame), path, fix=" (a discontinuous mention lists its parts in 'fragments')")
-    return frame.select(
+    frame = frame.with_columns(pl.coalesce("doc_start", "start").alias("doc_start"), pl.coalesce("doc_end", "end").alias("doc_end"))
+    return context_window(frame, context_chars).select(
         pl.col("id").alias("mention_id"),
-        "doc_id", "lang", "mention", "context", "start", "end",
-        pl.coalesce("doc_start", "start").alias("doc_start"),
-        pl.coalesce("doc_end", "end").alias("doc_end"),
+        "doc_id", "lang", "mention", "context", "start", "end", "doc_start", "doc_end",
         pl.col("split").fill_null("test"),
-        "gold_kb_id", "entity_type", "mention_type", "named", "line",
+        "gold_kb_id", "entity_type", "mention_type", "named", "line", "text_hash",
     )
+
+
+def context_window(frame: pl.DataFrame, context_chars: int) -> pl.DataFrame:
+    """Cut each row's `context` to `context_chars` characters on each side of its mention.
+
+    frame needs: context, start, end (the mention in the context, end exclusive, checked to
+    lie inside it); returns it with those three replaced by the window and the mention's
+    offsets in it. The one rule for every source of text (a docs file, a mention's own
+    `text`, a TAC source document), so the context does not depend on how the text was given
+    and a long text is never tokenized whole.
+    """
+    window_start = pl.max_horizontal(pl.col("start") - context_chars, pl.lit(0))
+    window_end = pl.min_horizontal(pl.col("end") + context_chars, pl.col("context").str.len_chars())
+    return frame.with_columns(window_start.alias("window_start")).with_columns(
+        pl.col("context").str.slice(pl.col("window_start"), window_end - pl.col("window_start")),
+        pl.col("start") - pl.col("window_start"),
+        pl.col("end") - pl.col("window_start"),
+    ).drop("window_start")
 
 
 def _rename_duplicates(frame: pl.DataFrame, path: Path) -> pl.DataFrame:
@@ -161,9 +187,9 @@ def _rename_duplicates(frame: pl.DataFrame, path: Path) -> pl.DataFrame:
     return renamed
 
 
-def _context_from_docs(frame: pl.DataFrame, docs: pl.DataFrame, path: Path, docs_path: Path,
-                       context_chars: int) -> pl.DataFrame:
-    """Cut a character window of the mention's document around it (for mentions without `text`)."""
+def _docs_texts(frame: pl.DataFrame, docs: pl.DataFrame, path: Path, docs_path: Path) -> pl.DataFrame:
+    """Join each mention's document text (`doc_text`) and check the doc offsets of mentions without `text`
+    against it (E109, E114, E105); `context_window` then cuts the context."""
     joined = frame.join(docs.select("doc_id", "doc_text"), on="doc_id", how="left")
     missing = joined.filter(pl.col("text").is_null() & pl.col("doc_text").is_null()).sort("line").head(1)
     if not missing.is_empty():
@@ -182,11 +208,7 @@ def _context_from_docs(frame: pl.DataFrame, docs: pl.DataFrame, path: Path, docs
         row = bad.row(0, named=True)
         raise InputError("E105", path=path, line=row["line"], start=row["doc_start"], end=row["doc_end"],
                          length=len(row["doc_text"]), record_id=row["id"], more=more(bad.height - 1))
-    window_start = pl.max_horizontal(pl.col("doc_start") - context_chars, pl.lit(0))
-    window_end = pl.min_horizontal(pl.col("doc_end") + context_chars, doc_length)
-    return joined.with_columns(window_start.alias("window_start")).with_columns(
-        pl.col("doc_text").str.slice(pl.col("window_start"), window_end - pl.col("window_start")).alias("doc_window"),
-    )
+    return joined
 
 
 def read_tac_mentions(gold_by_split: dict[str, Path], source_dir: Path, context_chars: int) -> pl.DataFrame:
@@ -226,24 +248,18 @@ def tac_mentions(gold: pl.DataFrame, source_dir: Path, context_chars: int) -> pl
     docs = pl.DataFrame({"doc_id": list(doc_texts), "doc_text": list(doc_texts.values())})
     langs = pl.DataFrame({"doc_id": doc_ids, "lang": [language_of_doc(d) or "unknown" for d in doc_ids]})
     frame = gold.join(docs, on="doc_id", how="left").join(langs, on="doc_id", how="left").with_columns(
-        pl.col("start").alias("doc_start"), (pl.col("end") + 1).alias("doc_end"))
-    frame = frame.with_columns(
-        pl.max_horizontal(pl.col("doc_start") - context_chars, pl.lit(0)).alias("window_start"))
-    frame = frame.with_columns(
-        pl.col("doc_text").str.slice(pl.col("window_start"),
-                                     pl.min_horizontal(pl.col("doc_end") + context_chars, pl.col("doc_text").str.len_chars())
-                                     - pl.col("window_start")).alias("context"),
-        (pl.col("doc_start") - pl.col("window_start")).alias("start"),
-        (pl.col("doc_end") - pl.col("window_start")).alias("end"),
-        pl.col("mention_id").alias("id"),
-        pl.col("kb_id").alias("gold_kb_id"),
+        pl.col("start").alias("doc_start"), (pl.col("end") + 1).alias("doc_end"),
+        pl.col("doc_text").alias("context"), (pl.col("end") + 1).alias("end"),
+        pl.col("mention_id").alias("id"), pl.col("kb_id").alias("gold_kb_id"),
+        pl.lit(None, pl.UInt64).alias("text_hash"),  # one source file per document: one text
     )
+    frame = context_window(frame, context_chars)
     for tab_path in gold["tab_path"].unique(maintain_order=True).to_list():
         check_mentions(frame.filter(pl.col("tab_path") == tab_path), Path(tab_path), end_inclusive=True)
     return frame.select(
         "mention_id", "doc_id", "lang", "mention", "context", "start", "end", "doc_start", "doc_end", "split",
         "gold_kb_id", "entity_type", "mention_type",
-        (pl.col("mention_type") == "NAM").alias("named"), "line",
+        (pl.col("mention_type") == "NAM").alias("named"), "line", "text_hash",
     )
 
 
