@@ -52,7 +52,8 @@ def succeeded(result: Result) -> Result:
 
 
 def many_mentions(count: int, seed: int = 0) -> list[dict]:
-    """`count` mentions of KB names, each in its own sentence of corpus words (distinct contexts)."""
+    """`count` mentions of KB names, each in its own sentence of corpus words (distinct contexts), each
+    its own document (a text without doc offsets is its document's whole text, E120)."""
     rng = np.random.default_rng(seed)
     words = sorted({w.strip(".,") for sentence in TINY_CORPUS[:12] + TINY_CORPUS[24:] for w in sentence.split()})
     records = []
@@ -62,7 +63,7 @@ def many_mentions(count: int, seed: int = 0) -> list[dict]:
         after = " ".join(rng.choice(words, int(rng.integers(3, 12))))
         text = f"{before} {name} {after}."
         start = len(before) + 1
-        records.append({"id": f"m{index:05d}", "doc_id": f"d{index // 4}", "lang": "en", "text": text,
+        records.append({"id": f"m{index:05d}", "doc_id": f"d{index}", "lang": "en", "text": text,
                         "start": start, "end": start + len(name), "mention": name,
                         "gold_kb_id": TINY_KB[index % len(TINY_KB)]["kb_id"], "entity_type": "PER",
                         "split": ("train", "dev", "test")[index % 3]})

@@ -30,5 +30,5 @@ def test_warn_names_its_fields() -> None:
 
 def test_error_is_one_line_with_its_code() -> None:
     error = InputError("E107", path="empty.jsonl")
-    assert error.message == "[E107] empty.jsonl: file is empty; it needs at least one record"
+    assert error.message == "[E107] empty.jsonl: file is empty; it needs at least one record: add records or give another file"
     assert error.exit_code == 2

@@ -20,7 +20,7 @@ from conftest import write_run_config
 from pipeline.core.manifest import read_manifest
 from pipeline.core.config_file import build_config
 from pipeline.core.errors import ConfigError, InputError
-from pipeline.formats.inputs import read_name_pairs
+from pipeline.formats.name_pairs import read_name_pairs
 from pipeline.model.ranker import NameMatching, Ranker, RankerShape
 
 PAIRS = [

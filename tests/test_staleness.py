@@ -55,7 +55,9 @@ def setting(*assignments: str) -> Callable[[Env], list[str]]:
 
 def mentions_changed(env: Env) -> list[str]:
     records = tiny_mention_records()
-    records[4] = {**records[4], "text": records[4]["text"].replace("won the final", "won the match")}
+    doc_id = records[4]["doc_id"]  # every mention of the document: a document has one text (E120)
+    records = [{**record, "text": record["text"].replace("won the final", "won the match")}
+               if record["doc_id"] == doc_id else record for record in records]
     path = write_jsonl(env.folder / "changed" / "mentions.jsonl", records)
     return ["--set", f"inputs.mentions={path}"]
 

@@ -9,16 +9,25 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from pydantic import TypeAdapter
 
 from pipeline.core.errors import ConfigError
+from pipeline.core.languages import LANGUAGE_TAG_EXPECTED, is_language_tag, normalise_language
 
 
 def _check(where: str, name: str, value: object, ok: bool, reason: str) -> None:
     if not ok:
         raise ConfigError("E203", where=where, field=name, value=value, reason=reason)
+
+
+def _languages(where: str, name: str, tags: Iterable[str]) -> list[str]:
+    """Language settings read as the inputs' languages are (`pipeline.core.languages`: en-US -> en); E203
+    for a value that is not a language tag."""
+    tags = list(tags)
+    _check(where, name, tags, all(is_language_tag(tag) for tag in tags), f"each should be {LANGUAGE_TAG_EXPECTED}")
+    return [normalise_language(tag) for tag in tags]
 
 
 @dataclass(frozen=True)
@@ -204,6 +213,10 @@ class TrainConfig:
         _check(where, "weight_average", self.weight_average, 0 <= self.weight_average < 1, "must be in [0, 1) (0: off)")
         _check(where, "baseline", self.baseline, self.baseline in ("none", "nn"), "use none (the ranker) or nn")
         _check(where, "train_languages", self.train_languages, all(self.train_languages), "language codes cannot be empty")
+        object.__setattr__(self, "train_languages", tuple(_languages(where, "train_languages", self.train_languages)))
+        if self.downsample_to_language:
+            object.__setattr__(self, "downsample_to_language",
+                               _languages(where, "downsample_to_language", [self.downsample_to_language])[0])
         _check(where, "name_pair_weight", self.name_pair_weight, 0 <= self.name_pair_weight < float("inf"),
                "must be >= 0 (0 turns the name-matching loss off)")
         _check(where, "name_pair_negatives", self.name_pair_negatives, self.name_pair_negatives >= 1, "must be >= 1")
@@ -258,6 +271,9 @@ class EvaluateConfig:
         _check(where, "tune_split", self.tune_split, self.tune_split != "test",
                "thresholds chosen on the test split would overstate scores; tune on dev")
         _check(where, "languages", self.languages, all(self.languages), "language codes cannot be empty")
+        object.__setattr__(self, "languages", tuple(_languages(where, "languages", self.languages)))
+        keys = _languages(where, "fixed_thresholds", self.fixed_thresholds)
+        object.__setattr__(self, "fixed_thresholds", dict(zip(keys, self.fixed_thresholds.values())))
 
 
 @dataclass(frozen=True)

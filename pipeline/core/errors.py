@@ -18,16 +18,16 @@ class Errors:
 
     # E1xx: input files (mentions, docs, KB, TAC, candidates)
     E101 = "{path}:{line}: not valid JSON ({detail}); fix or remove that line"
-    E102 = "{path}:{line}: missing required field '{field}'; every record needs it{hint}"
-    E103 = "{path}:{line}: field '{field}' should be {expected}, got {got!r}{more}"
-    E104 = "{path}:{line}: duplicate {kind} id {record_id!r} (first seen on line {first_line}); ids must be unique"
+    E102 = "{path}:{line}: missing required field '{field}'; add it to that record (every record needs it){hint}"
+    E103 = "{path}:{line}: field '{field}' should be {expected}, got {got!r}; write {expected} there{hint}{more}"
+    E104 = "{path}:{line}: duplicate {kind} id {record_id!r} (first seen on line {first_line}); ids must be unique: give one of the two another id, or remove the repeat"
     E105 = "{path}:{line}: offsets {start}-{end} fall outside the text (length {length}) of mention {record_id!r}; give offsets into that text (0 <= start < end <= its length){more}"
     E106 = "{path}:{line}: mention {record_id!r} says {mention!r} but its offsets {start}-{end}{inclusive} cover {covered!r}{why}; fix the offsets or the string{fix}{more}"
-    E107 = "{path}: file is empty; it needs at least one record"
-    E108 = "{path}: not found; check the path in the config or on the command line"
+    E107 = "{path}: file is empty; it needs at least one record: add records or give another file"
+    E108 = "{path}: not found{hint}; check the path in the config or on the command line"
     E109 = "{path}:{line}: mention {record_id!r} points to document {doc_id!r}, which is not in the docs file {docs_path}; add the document there or fix the mention's doc_id"
     E110 = "{path}:{line}: not valid UTF-8 ({detail}); re-encode the file as UTF-8"
-    E111 = "{path}:{line}: mention {record_id!r} needs either text+start+end or doc_start+doc_end with a docs file"
+    E111 = "{path}:{line}: mention {record_id!r} needs either text+start+end or doc_start+doc_end with a docs file; give it one of the two (doc_start/doc_end need the docs file: inputs.docs, or --docs for link)"
     E112 = "{path}:{line}: {detail}"
     # E114-E149: checks added for issue 13 (pipeline/formats/input_checks.py, pipeline/formats/fragments.py).
     E114 = "{path}:{line}: mention {record_id!r} has offsets {start}-{end}, which cover no character ({detail}); fix the offsets, or leave out a mention without text{more}"
@@ -36,13 +36,14 @@ class Errors:
     E117 = "{path}:{line}: mention {record_id!r} says document {doc_id!r} is {lang!r}, but line {first_line} says {first_lang!r}; a document has one language: fix the lang of one of them{more}"
     E118 = "{path}:{line}: mention {record_id!r} has bad 'fragments' ({detail}); give [[start, end], ...] in the mention's offsets, ascending, not overlapping, first starting at start and last ending at end, and the mention string as the fragments' texts joined by one space{more}"
     E119 = "{path}: not a readable {kind} file ({detail}); {fix}"
+    E120 = "{path}:{line}: mention {record_id!r} gives document {doc_id!r} a text other than the one {first}; a document has one text, which its mentions' offsets index: give every mention of it the same text (or put the text once in a docs file and give doc_start/doc_end), or give different documents distinct doc_ids{more}"
     E113 = "{path}:{line}: {detail}; a name pair is a foreign name and its English name, optionally with a language: two or three tab-separated columns in .tsv/.txt, or {{\"foreign\": ..., \"english\": ..., \"lang\": ...}} in .jsonl"
 
     # E2xx: configuration
-    E201 = "{path}: unknown key '{key}' in [{section}]; known keys: {known}"
-    E202 = "{path}: invalid TOML ({detail})"
-    E203 = "{where}: {field} = {value!r} is invalid: {reason}"
-    E204 = "{path}: unknown section [{section}]; known sections: {known}"
+    E201 = "{path}: unknown key '{key}' in [{section}]; remove it or use one of the known keys: {known}"
+    E202 = "{path}: invalid TOML ({detail}); fix the TOML syntax at that place"
+    E203 = "{where}: {field} = {value!r} is invalid: {reason}; change it in the config file or on the command line"
+    E204 = "{path}: unknown section [{section}]; remove it or use one of the known sections: {known}"
     E205 = "no --config given; give the run's TOML file with --config FILE (the built-in demo is --config {demo})"
     # E206-E207: click's own checks of the command line (`usage_error`), in our one-line form.
     E206 = "{command} {option}: {detail}; see `{command} --help`"
@@ -82,7 +83,7 @@ class Errors:
     E705 = "{path}: this KB lacks {count} KB id(s) of the model's alias table in {model} (e.g. {example}); link against a KB that holds the entities the model was trained on, or retrain on this KB"
     E706 = "{path}: KB not found (model {model}); give the KB with --kb FILE"
     E707 = "{path}: unknown mention file type; give JSONL (.jsonl), Parquet (.parquet) or a TAC KBP 2015 .tab file"
-    E708 = "{path}: a TAC .tab file needs --docs, the folder of its source documents ({docs})"
+    E708 = "{path}: a TAC .tab file needs --docs, the folder of its source documents ({docs}); give --docs FOLDER"
     E709 = "{path}: --score needs gold_kb_id in the mentions, and none has one; leave out --score to link without scoring"
     # E710 (a mention id repeated across chunks, found at the merge) is gone: `link.sources.check_corpus`
     # refuses it as E104, with its line, before any chunk is linked.
@@ -95,7 +96,7 @@ class Errors:
     # E6xx: scoring
     E601 = "{system} vs {gold}: the mention sets differ: {n_missing} gold mention(s) have no system row (first: {missing}) and {n_extra} system mention(s) are not in the gold (first: {extra}); write one row for every gold mention and no others, or pass --lenient to `xel-cli score` (strict=False from Python) to count them as neleval does"
     E602 = "{what}: missing column(s) {missing} (has: {columns}); {fix}"
-    E603 = "{what}: column '{column}' has {count} null value(s) (first in row {row}); every row needs a value"
+    E603 = "{what}: column '{column}' has {count} null value(s) (first in row {row}); give every row a value"
     E604 = "{what}: document {doc_id!r} is given {count} different languages; give each doc_id exactly one lang"
     E605 = "{path}: cannot write column '{column}' of row {row}: {detail}"
 

@@ -64,7 +64,7 @@ def run(config: RunConfig, force: bool = False, shard: tuple[int, int] | None = 
     """
     if shard is not None or not config.train.name_matching:  # λ = 0: train reads no pairs, so none are encoded
         return _encode_vectors(config, force, shard, merge)
-    from pipeline.formats.inputs import read_name_pairs
+    from pipeline.formats.name_pairs import read_name_pairs
 
     pairs = read_name_pairs(config.train.name_pairs)  # a bad pairs file stops the stage before any encoding
     result = _encode_vectors(config, force, shard, merge)

@@ -18,6 +18,7 @@ import polars as pl
 
 from pipeline.core.errors import InputError
 from pipeline.core.io import write_text_atomic
+from pipeline.core.languages import LANGUAGE_TAG_EXPECTED, is_language_tag, normalise_language
 
 FILE_NAME = "doc_languages.tsv"
 HEADER = "doc_id\tlang"
@@ -43,7 +44,8 @@ def read_doc_languages(path: Path) -> pl.DataFrame:
 
     Raises `InputError` E108 (missing), E110 (not UTF-8) or E220 naming the first bad
     line: a wrong header, a line without exactly two tab-separated fields, an empty
-    field, or a document listed twice with different languages.
+    field, a language that is no language tag, or a document listed twice with different
+    languages. Languages are read as their primary subtag (`pipeline.core.languages`: en-US -> en).
     """
     path = Path(path)
     try:
@@ -64,6 +66,9 @@ def read_doc_languages(path: Path) -> pl.DataFrame:
             raise InputError("E220", path=path, line=number,
                              detail=f"expected doc_id<TAB>lang, got {line!r}")  # fmt: skip
         doc_id, lang = fields[0], fields[1].strip()
+        if not is_language_tag(lang):
+            raise InputError("E220", path=path, line=number, detail=f"the language {lang!r} should be {LANGUAGE_TAG_EXPECTED}")
+        lang = normalise_language(lang)  # en-US -> en, as the mentions' languages are read
         if doc_id in seen and seen[doc_id][0] != lang:
             raise InputError("E220", path=path, line=number,
                              detail=f"document {doc_id!r} is {lang!r} here and {seen[doc_id][0]!r} on line "

@@ -11,6 +11,7 @@ there are, what would otherwise break a stage later or skew its result:
   mention string (E106; with `fragments`, the string is the fragments' texts joined by one
   space, see `pipeline.formats.fragments`);
 - one document given two languages (E117), which per-language scores cannot place;
+- one document given two texts (E120): offsets into one and into the other would mix;
 - two mentions of one document span (E115): TAC scoring keys mentions by span, so the
   second row would be dropped from the score while still counted as evaluated.
 
@@ -26,6 +27,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.core.errors import InputError
+from pipeline.core.languages import LANGUAGE_TAG_EXPECTED, is_language_tag_expr
 
 SPLITS = ("train", "dev", "test")
 """The splits a mention may name; a mention without one is test."""
@@ -49,7 +51,8 @@ def _first(frame: pl.DataFrame, condition: pl.Expr) -> tuple[dict | None, int]:
 
 
 def check_fields(frame: pl.DataFrame, path: Path) -> None:
-    """Blank required strings (E103), unknown splits (E103) and ids TAC files cannot hold (E116).
+    """Blank required strings (E103), a lang that is no language tag (E103, `pipeline.core.languages`),
+    unknown splits (E103) and ids TAC files cannot hold (E116).
 
     frame needs: line, id, doc_id, lang, mention, split (null = test), gold_kb_id.
     """
@@ -58,6 +61,10 @@ def check_fields(frame: pl.DataFrame, path: Path) -> None:
         if row is not None:
             raise InputError("E103", path=path, line=row["line"], field=field,
                              expected="a non-blank string", got=row[column], more=more(count))
+    row, count = _first(frame, ~is_language_tag_expr(pl.col("lang")))
+    if row is not None:
+        raise InputError("E103", path=path, line=row["line"], field="lang", expected=LANGUAGE_TAG_EXPECTED,
+                         got=row["lang"], more=more(count))
     row, count = _first(frame, ~pl.col("split").is_in(SPLITS) & pl.col("split").is_not_null())
     if row is not None:
         raise InputError("E103", path=path, line=row["line"], field="split",
@@ -153,6 +160,23 @@ def check_documents(frame: pl.DataFrame, path: Path, end_inclusive: bool = False
                          first_line=row["first_line"], gold=gold, more=more(count),
                          hint="" if row["doc_start"] is not None else
                          ", or, where each mention's `text` is its own window of the document, give doc_start/doc_end")
+
+
+def check_document_texts(frame: pl.DataFrame, path: Path) -> None:
+    """One text per document (E120): the mentions' offsets into a document must index one text.
+
+    frame needs: line, id, doc_id, text_hash (a hash of the whole text the mention's document
+    offsets index: its own `text` when it gave no doc_start/doc_end, its docs-file document's
+    otherwise; null for a `text` that is a window of the document, which may differ). Hashes,
+    not texts, so `pipeline.link.sources.check_corpus` can compare them across chunks.
+    """
+    given = frame.filter(pl.col("text_hash").is_not_null()).sort("line")
+    firsts = given.with_columns(pl.col("line").first().over("doc_id").alias("first_line"),
+                                pl.col("text_hash").first().over("doc_id").alias("first_hash"))
+    row, count = _first(firsts, pl.col("text_hash") != pl.col("first_hash"))
+    if row is not None:
+        raise InputError("E120", path=path, line=row["line"], record_id=row["id"], doc_id=row["doc_id"],
+                         first=f"line {row['first_line']} gives it", more=more(count))
 
 
 def check_mentions(frame: pl.DataFrame, path: Path, end_inclusive: bool = False) -> None:

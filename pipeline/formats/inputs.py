@@ -18,8 +18,10 @@ import pyarrow.parquet as pq
 from pipeline.core import schema
 from pipeline.core.config import InputsConfig
 from pipeline.core.errors import InputError, warn
+from pipeline.core.languages import LANGUAGE_TAG_EXPECTED, is_language_tag, language_expr
 from pipeline.formats.fragments import FRAGMENTS_DTYPE, fragment_texts, read_fragments
-from pipeline.formats.input_checks import check_documents, check_fields, check_mentions, check_offsets, more
+from pipeline.formats.input_checks import (check_document_texts, check_documents, check_fields, check_mentions,
+                                           check_offsets, more)
 from pipeline.core.io import atomic_path, check_record_fields, iter_jsonl_blocks
 from pipeline.formats.kb_records import KbRecords
 
@@ -64,12 +66,19 @@ def first_duplicate(ids: pl.Series, lines: pl.Series) -> tuple[str, int, int] | 
     return record_id, int(first), int(line)
 
 
+def check_doc_record(path: Path, line: int, record: dict) -> None:
+    """Fields and types of one docs record (E102, E103), and its `lang`, when given, a language tag (E103)."""
+    check_record_fields(path, line, record, DOC_FIELDS)
+    if record.get("lang") is not None and not is_language_tag(record["lang"]):
+        raise InputError("E103", path=path, line=line, field="lang", expected=LANGUAGE_TAG_EXPECTED, got=record["lang"])
+
+
 def read_docs(path: Path) -> pl.DataFrame:
-    """Docs JSONL -> DataFrame(doc_id, doc_text, line)."""
+    """Docs JSONL -> DataFrame(doc_id, doc_text, line); records checked by `check_doc_record`."""
     rows: dict[str, list] = {"doc_id": [], "doc_text": [], "line": []}
     for block in iter_jsonl_blocks(path):
         for line, record in block:
-            check_record_fields(path, line, record, DOC_FIELDS)
+            check_doc_record(path, line, record)
             rows["doc_id"].append(record["doc_id"])
             rows["doc_text"].append(record["text"])
             rows["line"].append(line)
@@ -86,8 +95,10 @@ def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
     """Mentions JSONL (+ optional docs JSONL) -> the `schema.MENTIONS` table.
 
     A mention carries either its own `text` with `start`/`end`, or `doc_start`/`doc_end`
-    into a document of the docs file, from which a window of `context_chars` characters
-    on each side becomes its context. `blocks` (lists of (line, record)) replaces reading
+    into a document of the docs file; either way a window of `context_chars` characters on
+    each side of it becomes its context (`context_window`). A `text` without doc offsets is
+    its document's text, so one doc_id must not be given two (E120, `text_hash` says which);
+    a `text` beside doc_start/doc_end is a window of the document and may differ. `blocks` (lists of (line, record)) replaces reading
     `path`, which then only names the records in errors: `xel-cli link` passes one chunk
     of a large file (or of Parquet rows) at a time. `docs` (doc_id, doc_text) replaces
     reading `docs_path` (link passes only the chunk's documents).
@@ -109,9 +120,9 @@ def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
                     else FRAGMENTS_DTYPE if spec[0] is list else pl.String)
              for name, spec in MENTION_FIELDS.items()}
     frame = pl.DataFrame(columns, schema={**types, "line": pl.Int64})
-    # "EN", " en" and "en" are one language (thresholds, scores and the model are keyed by it).
-    frame = frame.with_columns(pl.col("lang").str.strip_chars().str.to_lowercase())
     check_fields(frame, path)
+    # "EN", " en", "en-US" and "en" are one language (thresholds, scores and the model are keyed by it).
+    frame = frame.with_columns(language_expr(pl.col("lang")))
     if rename_duplicate_ids:
         check_documents(frame, path)  # a repeated id over the same span is a copy, not a second mention
         frame = _rename_duplicates(frame, path)
@@ -120,24 +131,47 @@ def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
         raise InputError("E104", path=path, line=duplicate[2], kind="mention", record_id=duplicate[0], first_line=duplicate[1])
     check_documents(frame, path)
     if docs_path is not None and frame["text"].null_count() > 0:
-        frame = _context_from_docs(frame, read_docs(docs_path) if docs is None else docs, path, docs_path, context_chars)
+        frame = _docs_texts(frame, read_docs(docs_path) if docs is None else docs, path, docs_path)
         from_doc = pl.col("text").is_null()
         frame = frame.with_columns(
-            pl.coalesce("text", "doc_window").alias("context"),
-            pl.when(from_doc).then(pl.col("doc_start") - pl.col("window_start")).otherwise(pl.col("start")).alias("start"),
-            pl.when(from_doc).then(pl.col("doc_end") - pl.col("window_start")).otherwise(pl.col("end")).alias("end"),
+            pl.coalesce("text", "doc_text").alias("context"),
+            pl.when(from_doc).then(pl.col("doc_start")).otherwise(pl.col("start")).alias("start"),
+            pl.when(from_doc).then(pl.col("doc_end")).otherwise(pl.col("end")).alias("end"),
         )
     else:
-        frame = frame.with_columns(pl.col("text").alias("context"))
+        frame = frame.with_columns(pl.col("text").alias("context"), pl.lit(None, pl.String).alias("doc_text"))
+    # The text a mention's document offsets index: its own `text` where it gave no doc offsets
+    # (then start/end are those), its document's where it took it from the docs file; a `text`
+    # beside doc_start/doc_end is a window of the document, and windows differ (null here).
+    whole_text = pl.when(pl.col("doc_start").is_null()).then(pl.col("text")).otherwise(pl.col("doc_text"))
+    frame = frame.with_columns(pl.when(whole_text.is_not_null()).then(whole_text.hash(seed=0)).alias("text_hash"))
+    check_document_texts(frame, path)
     check_offsets(fragment_texts(frame), path, fix=" (a discontinuous mention lists its parts in 'fragments')")
-    return frame.select(
+    frame = frame.with_columns(pl.coalesce("doc_start", "start").alias("doc_start"), pl.coalesce("doc_end", "end").alias("doc_end"))
+    return context_window(frame, context_chars).select(
         pl.col("id").alias("mention_id"),
-        "doc_id", "lang", "mention", "context", "start", "end",
-        pl.coalesce("doc_start", "start").alias("doc_start"),
-        pl.coalesce("doc_end", "end").alias("doc_end"),
+        "doc_id", "lang", "mention", "context", "start", "end", "doc_start", "doc_end",
         pl.col("split").fill_null("test"),
-        "gold_kb_id", "entity_type", "mention_type", "named", "line",
+        "gold_kb_id", "entity_type", "mention_type", "named", "line", "text_hash",
     )
+
+
+def context_window(frame: pl.DataFrame, context_chars: int) -> pl.DataFrame:
+    """Cut each row's `context` to `context_chars` characters on each side of its mention.
+
+    frame needs: context, start, end (the mention in the context, end exclusive, checked to
+    lie inside it); returns it with those three replaced by the window and the mention's
+    offsets in it. The one rule for every source of text (a docs file, a mention's own
+    `text`, a TAC source document), so the context does not depend on how the text was given
+    and a long text is never tokenized whole.
+    """
+    window_start = pl.max_horizontal(pl.col("start") - context_chars, pl.lit(0))
+    window_end = pl.min_horizontal(pl.col("end") + context_chars, pl.col("context").str.len_chars())
+    return frame.with_columns(window_start.alias("window_start")).with_columns(
+        pl.col("context").str.slice(pl.col("window_start"), window_end - pl.col("window_start")),
+        pl.col("start") - pl.col("window_start"),
+        pl.col("end") - pl.col("window_start"),
+    ).drop("window_start")
 
 
 def _rename_duplicates(frame: pl.DataFrame, path: Path) -> pl.DataFrame:
@@ -153,9 +187,9 @@ def _rename_duplicates(frame: pl.DataFrame, path: Path) -> pl.DataFrame:
     return renamed
 
 
-def _context_from_docs(frame: pl.DataFrame, docs: pl.DataFrame, path: Path, docs_path: Path,
-                       context_chars: int) -> pl.DataFrame:
-    """Cut a character window of the mention's document around it (for mentions without `text`)."""
+def _docs_texts(frame: pl.DataFrame, docs: pl.DataFrame, path: Path, docs_path: Path) -> pl.DataFrame:
+    """Join each mention's document text (`doc_text`) and check the doc offsets of mentions without `text`
+    against it (E109, E114, E105); `context_window` then cuts the context."""
     joined = frame.join(docs.select("doc_id", "doc_text"), on="doc_id", how="left")
     missing = joined.filter(pl.col("text").is_null() & pl.col("doc_text").is_null()).sort("line").head(1)
     if not missing.is_empty():
@@ -174,11 +208,7 @@ def _context_from_docs(frame: pl.DataFrame, docs: pl.DataFrame, path: Path, docs
         row = bad.row(0, named=True)
         raise InputError("E105", path=path, line=row["line"], start=row["doc_start"], end=row["doc_end"],
                          length=len(row["doc_text"]), record_id=row["id"], more=more(bad.height - 1))
-    window_start = pl.max_horizontal(pl.col("doc_start") - context_chars, pl.lit(0))
-    window_end = pl.min_horizontal(pl.col("doc_end") + context_chars, doc_length)
-    return joined.with_columns(window_start.alias("window_start")).with_columns(
-        pl.col("doc_text").str.slice(pl.col("window_start"), window_end - pl.col("window_start")).alias("doc_window"),
-    )
+    return joined
 
 
 def read_tac_mentions(gold_by_split: dict[str, Path], source_dir: Path, context_chars: int) -> pl.DataFrame:
@@ -213,34 +243,31 @@ def tac_mentions(gold: pl.DataFrame, source_dir: Path, context_chars: int) -> pl
     see `read_tac_mentions`. Checks the mentions against their `.tab` file (E105, E106, E114, E115)."""
     from pipeline.formats.tac import language_of_doc
 
-    doc_ids = gold["doc_id"].unique().to_list()
-    doc_texts = {doc_id: _read_source(source_dir, doc_id) for doc_id in doc_ids}
+    doc_ids = gold["doc_id"].unique(maintain_order=True).to_list()
+    doc_texts = {doc_id: _read_source(source_dir, doc_id, gold) for doc_id in doc_ids}
     docs = pl.DataFrame({"doc_id": list(doc_texts), "doc_text": list(doc_texts.values())})
     langs = pl.DataFrame({"doc_id": doc_ids, "lang": [language_of_doc(d) or "unknown" for d in doc_ids]})
     frame = gold.join(docs, on="doc_id", how="left").join(langs, on="doc_id", how="left").with_columns(
-        pl.col("start").alias("doc_start"), (pl.col("end") + 1).alias("doc_end"))
-    frame = frame.with_columns(
-        pl.max_horizontal(pl.col("doc_start") - context_chars, pl.lit(0)).alias("window_start"))
-    frame = frame.with_columns(
-        pl.col("doc_text").str.slice(pl.col("window_start"),
-                                     pl.min_horizontal(pl.col("doc_end") + context_chars, pl.col("doc_text").str.len_chars())
-                                     - pl.col("window_start")).alias("context"),
-        (pl.col("doc_start") - pl.col("window_start")).alias("start"),
-        (pl.col("doc_end") - pl.col("window_start")).alias("end"),
-        pl.col("mention_id").alias("id"),
-        pl.col("kb_id").alias("gold_kb_id"),
+        pl.col("start").alias("doc_start"), (pl.col("end") + 1).alias("doc_end"),
+        pl.col("doc_text").alias("context"), (pl.col("end") + 1).alias("end"),
+        pl.col("mention_id").alias("id"), pl.col("kb_id").alias("gold_kb_id"),
+        pl.lit(None, pl.UInt64).alias("text_hash"),  # one source file per document: one text
     )
+    frame = context_window(frame, context_chars)
     for tab_path in gold["tab_path"].unique(maintain_order=True).to_list():
         check_mentions(frame.filter(pl.col("tab_path") == tab_path), Path(tab_path), end_inclusive=True)
     return frame.select(
         "mention_id", "doc_id", "lang", "mention", "context", "start", "end", "doc_start", "doc_end", "split",
         "gold_kb_id", "entity_type", "mention_type",
-        (pl.col("mention_type") == "NAM").alias("named"), "line",
+        (pl.col("mention_type") == "NAM").alias("named"), "line", "text_hash",
     )
 
 
-def _read_source(source_dir: Path, doc_id: str) -> str:
-    for name in (doc_id, doc_id.replace(":", "__")):
+def _read_source(source_dir: Path, doc_id: str, gold: pl.DataFrame) -> str:
+    """The text of `doc_id`'s source file in `source_dir`; E110 when it is not UTF-8, E108 naming the
+    `.tab` file and line of its first mention (`gold`: `read_tac_lines` rows) when there is none."""
+    names = list(dict.fromkeys((doc_id, doc_id.replace(":", "__"))))
+    for name in names:
         for suffix in (".txt", ".xml", ""):
             path = source_dir / f"{name}{suffix}"
             if path.is_file():
@@ -249,7 +276,13 @@ def _read_source(source_dir: Path, doc_id: str) -> str:
                     return raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
                     raise InputError("E110", path=path, line=raw[:exc.start].count(b"\n") + 1, detail=exc.reason) from None
-    raise InputError("E108", path=source_dir / f"{doc_id.replace(':', '__')}.txt")
+    first = gold.filter(pl.col("doc_id") == doc_id).row(0, named=True)
+    tried = ", ".join(f"{name}{suffix}" for name in names for suffix in (".txt", ".xml", "")
+                      if f"{name}{suffix}" != f"{names[-1]}.txt")
+    raise InputError("E108", path=source_dir / f"{names[-1]}.txt",
+                     hint=f" (the source document {doc_id!r} of mention {first['mention_id']!r} on "
+                          f"{first['tab_path']}:{first['line']}; also tried {tried}): put the document's file in "
+                          f"{source_dir}, or fix the doc_id on that line; or")
 
 
 def load_mentions(config: InputsConfig) -> pl.DataFrame:
@@ -290,7 +323,7 @@ def write_docs(docs_path: Path, out_path: Path) -> int:
         with pq.ParquetWriter(temp_path, arrow, compression="zstd") as writer:
             for block in iter_jsonl_blocks(docs_path):
                 for line, record in block:
-                    check_record_fields(docs_path, line, record, DOC_FIELDS)
+                    check_doc_record(docs_path, line, record)
                 writer.write_table(pa.table({"doc_id": [r["doc_id"] for _, r in block],
                                              "doc_text": [r["text"] for _, r in block]}, schema=arrow))
                 count += len(block)
@@ -338,62 +371,3 @@ def check_gold_in_kb(mentions: pl.DataFrame, entities: pl.LazyFrame, mentions_pa
         warn(logger, "W102", count=missing.height, path=mentions_path or "the TAC gold",
              example=", ".join(missing["gold_kb_id"].head(3).to_list()))
     return missing.height
-
-
-NAME_PAIR_FIELDS: dict[str, tuple[Any, bool]] = {"foreign": (str, True), "english": (str, True), "lang": (str, False)}
-NAME_PAIR_HEADER = ("foreign", "english", "lang")
-
-
-def _tsv_name_pairs(path: Path) -> list[tuple[int, list[str]]]:
-    """(line number, columns) of each non-blank line of a tab-separated pairs file; a header line is skipped."""
-    rows: list[tuple[int, list[str]]] = []
-    with open(path, "rb") as handle:
-        for line_number, raw in enumerate(handle, start=1):
-            if line_number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            try:
-                text = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as exc:
-                raise InputError("E110", path=path, line=line_number, detail=f"{exc.reason} at byte {exc.start}") from None
-            if not text.strip():
-                continue
-            columns = [column.strip() for column in text.split("\t")]
-            if not rows and tuple(c.lower() for c in columns) == NAME_PAIR_HEADER[:len(columns)] and len(columns) >= 2:
-                continue  # the optional header: foreign, english[, lang]
-            rows.append((line_number, columns))
-    return rows
-
-
-def read_name_pairs(path: Path) -> pl.DataFrame:
-    """A §7.1 name-pairs file -> DataFrame(line, foreign, english, lang) in file order.
-
-    `.tsv`/`.txt`: foreign name, English name and optionally a language, tab-separated, one
-    pair a line, an optional header `foreign<TAB>english[<TAB>lang]`. `.jsonl`: one
-    `{"foreign", "english", "lang"?}` object a line. UTF-8 (a BOM and CRLF are fine), blank
-    lines skipped, names stripped. A bad line is an InputError naming the file and line.
-    """
-    if not path.is_file():
-        raise InputError("E108", path=path)
-    columns: dict[str, list] = {"line": [], "foreign": [], "english": [], "lang": []}
-    if path.suffix.lower() == ".jsonl":
-        records = []
-        for block in iter_jsonl_blocks(path):
-            for line, record in block:
-                check_record_fields(path, line, record, NAME_PAIR_FIELDS)
-                records.append((line, [record["foreign"].strip(), record["english"].strip(), record.get("lang")]))
-    else:
-        records = _tsv_name_pairs(path)
-    for line, values in records:
-        if not 2 <= len(values) <= 3:
-            raise InputError("E113", path=path, line=line, detail=f"expected 2 or 3 tab-separated columns, got {len(values)}")
-        foreign, english = values[0], values[1]
-        lang = (values[2] or None) if len(values) == 3 else None
-        if not foreign or not english:
-            raise InputError("E113", path=path, line=line, detail=f"the {'foreign' if not foreign else 'English'} name is empty")
-        columns["line"].append(line)
-        columns["foreign"].append(foreign)
-        columns["english"].append(english)
-        columns["lang"].append(lang.strip() if isinstance(lang, str) else None)
-    if not columns["line"]:
-        raise InputError("E107", path=path)
-    return pl.DataFrame(columns, schema={"line": pl.Int64, "foreign": pl.String, "english": pl.String, "lang": pl.String})

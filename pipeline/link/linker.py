@@ -190,7 +190,7 @@ class Linker:
                   .group_by("mention_id", maintain_order=True)
                   .agg(pl.struct("kb_id", "score", "triage_score", "sources").alias("candidates")))
         # The context text is the bulk of a mention row and no output needs it.
-        frame = decided.drop("context", "start", "end", "line", strict=False).join(ranked, on="mention_id", how="left")
+        frame = decided.drop("context", "start", "end", "line", "text_hash", strict=False).join(ranked, on="mention_id", how="left")
         frame = frame.with_columns(pl.col("candidates").fill_null(pl.lit([], dtype=ranked.schema["candidates"])))
         return ChunkResult(frame, int(missing.height), int(found.sum()), time.time() - started, encode_seconds)
 

@@ -131,7 +131,7 @@ def mention_chunks(path: Path, docs: Path | None, chunk_mentions: int, context_c
 
 
 # What the corpus-wide checks need of each mention: a few short columns, kept for every chunk.
-KEY_COLUMNS = ("line", "mention_id", "doc_id", "lang", "start", "end", "doc_start", "doc_end", "gold_kb_id")
+KEY_COLUMNS = ("line", "mention_id", "doc_id", "lang", "start", "end", "doc_start", "doc_end", "gold_kb_id", "text_hash")
 
 
 def check_corpus(chunks: Iterator[Chunk], path: Path) -> int:
@@ -140,11 +140,11 @@ def check_corpus(chunks: Iterator[Chunk], path: Path) -> int:
 
     Each chunk is read (and so checked on its own) and only its `KEY_COLUMNS` are kept, so
     the memory this takes is a few dozen bytes per mention. Across chunks: a mention id
-    given twice (E104), one document given two languages (E117) and two mentions of one
-    span (E115), with the same messages as in one chunk, so whether a corpus is accepted
+    given twice (E104), one document given two languages (E117) or two texts (E120, by the
+    readers' `text_hash`) and two mentions of one span (E115), with the same messages as in one chunk, so whether a corpus is accepted
     never depends on `--chunk-mentions` or `--shard`.
     """
-    from pipeline.formats.input_checks import check_documents
+    from pipeline.formats.input_checks import check_document_texts, check_documents
     from pipeline.formats.inputs import first_duplicate
 
     keys = []
@@ -157,6 +157,7 @@ def check_corpus(chunks: Iterator[Chunk], path: Path) -> int:
             raise InputError("E104", path=path, line=duplicate[2], kind="mention", record_id=duplicate[0],
                              first_line=duplicate[1])
         check_documents(table, path, end_inclusive=mention_format(path) == "tac")  # spans as the file writes them
+        check_document_texts(table, path)
     return len(keys)
 
 

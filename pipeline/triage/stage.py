@@ -173,16 +173,17 @@ def external_candidates(path: Path, mentions: pl.DataFrame, kb_ids: pl.DataFrame
     except FileNotFoundError:
         raise InputError("E108", path=path) from None
     except (pl.exceptions.PolarsError, UnicodeDecodeError) as exc:
-        raise InputError("E112", path=path, line="?", detail=f"cannot be parsed as {'TSV' if separator == chr(9) else 'CSV'}: {str(exc).splitlines()[0]}") from None
+        raise InputError("E112", path=path, line="?", detail=f"cannot be parsed as {'TSV' if separator == chr(9) else 'CSV'}: {str(exc).splitlines()[0]}; "
+                                                          "write it with the header mention_id,kb_id,score and three columns a row") from None
     for column in ("mention_id", "kb_id", "score"):
         if column not in frame.columns:
-            raise InputError("E112", path=path, line=1, detail=f"header lacks column '{column}'; expected mention_id, kb_id, score")
+            raise InputError("E112", path=path, line=1, detail=f"header lacks column '{column}'; give the header mention_id, kb_id, score")
     frame = frame.with_row_index("line", offset=2)
     score = frame["score"].cast(pl.Float64, strict=False)
     bad = frame.filter(score.is_null() | frame["kb_id"].is_null() | frame["mention_id"].is_null()).head(1)
     if not bad.is_empty():
         row = bad.row(0, named=True)
-        raise InputError("E112", path=path, line=row["line"], detail=f"needs a mention_id, a kb_id and a numeric score, got {row}")
+        raise InputError("E112", path=path, line=row["line"], detail=f"needs a mention_id, a kb_id and a numeric score, got {row}; fill in that row or remove it")
     unknown = frame.join(mentions.select("mention_id"), on="mention_id", how="anti")
     if unknown.height:
         # Outside triage often covers a larger mention set than this run: warned, not refused.

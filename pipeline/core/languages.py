@@ -1,0 +1,47 @@
+"""Language tags as the inputs give them, and the one code every stage keys languages by.
+
+Thresholds, scores, training selections and a trained model are keyed by language, so
+`en`, `EN`, `en-US` and `en_GB` must be one language. Every reader of a language (mentions
+JSONL and Parquet, docs files, `doc_languages.tsv`, name pairs) maps a BCP-47-like tag to
+its primary language subtag, lower-cased: `en-US` -> `en`, `pt_BR` -> `pt`, `zh-Hant` -> `zh`,
+` EN ` -> `en`. A value that is not a language tag at all (empty, digits, inner spaces,
+punctuation) is refused by the reader with its file and line.
+"""
+
+from __future__ import annotations
+
+import re
+
+import polars as pl
+
+LANGUAGE_TAG_PATTERN = r"^[A-Za-z]{2,8}(?:[-_][A-Za-z0-9]{1,8})*$"
+"""A tag: a primary language subtag of 2-8 letters, then any `-` or `_` separated subtags
+(script, region, variant: `zh-Hant-TW`, `sr_Latn`, `es-419`). Surrounding spaces are stripped first."""
+
+LANGUAGE_TAG_EXPECTED = "a language tag such as 'en', 'EN', 'en-US' or 'pt_BR' (read as its primary language, 'en' or 'pt')"
+"""What a message says a language field should be."""
+
+_LANGUAGE_TAG_RE = re.compile(LANGUAGE_TAG_PATTERN)
+
+
+def is_language_tag(tag: object) -> bool:
+    """Whether `tag` is a string that `normalise_language` accepts."""
+    return isinstance(tag, str) and _LANGUAGE_TAG_RE.match(tag.strip()) is not None
+
+
+def normalise_language(tag: str) -> str:
+    """The lower-cased primary language subtag of `tag` (`en-US` -> `en`); `tag` must pass `is_language_tag`
+    (raises ValueError otherwise: readers check first, so that they can name the file and line)."""
+    if not is_language_tag(tag):
+        raise ValueError(f"not a language tag: {tag!r}")
+    return re.split(r"[-_]", tag.strip(), maxsplit=1)[0].lower()
+
+
+def is_language_tag_expr(tag: pl.Expr) -> pl.Expr:
+    """`is_language_tag` over a String column (null stays null)."""
+    return tag.str.strip_chars().str.contains(LANGUAGE_TAG_PATTERN)
+
+
+def language_expr(tag: pl.Expr) -> pl.Expr:
+    """`normalise_language` over a String column of checked tags (null stays null)."""
+    return tag.str.strip_chars().str.replace(r"[-_].*$", "").str.to_lowercase()

@@ -1,0 +1,225 @@
+"""Input hardening: messages that say what to do, one text per document, language tags
+normalised, inline texts windowed as docs texts are.
+
+Every reader is covered where it applies: the stages' mention reading (`read_mentions_jsonl`,
+`load_mentions`), link's corpus reading (JSONL and Parquet chunks, `check_corpus`) and TAC.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import pytest
+
+from conftest import write_jsonl
+from pipeline.core.errors import Errors, InputError
+from pipeline.formats.inputs import read_mentions_jsonl, read_tac_mentions
+
+CONTEXT_CHARS = 600
+
+
+def raises(code: str, call, *args, **kwargs) -> str:
+    with pytest.raises(InputError) as caught:
+        call(*args, **kwargs)
+    assert caught.value.code == code, caught.value.format_message()
+    return caught.value.format_message()
+
+
+# --- 3. every message says what to do ------------------------------------------------------
+
+# Templates whose advice comes whole from the caller (each caller's detail says what to do).
+PASS_THROUGH = {"E112", "E411", "E605"}
+
+
+@pytest.mark.parametrize("code", sorted(name for name in vars(Errors) if name[0] == "E" and name[1:].isdigit()))
+def test_every_error_template_has_a_what_to_do_clause(code: str) -> None:
+    template = getattr(Errors, code)
+    fields = {name: "X" for _, name, _, _ in string.Formatter().parse(template) if name}
+    text = template.format(**{**fields, "more": "", "hint": ""})
+    if code in PASS_THROUGH:
+        assert text.endswith(": X")
+    else:
+        assert "; " in text.split(": ", 1)[-1], text  # what is wrong; what to do
+
+
+def test_wrong_type_says_what_to_write(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "m.jsonl", [{"id": "m1", "doc_id": "d1", "lang": "en", "mention": "Obama",
+                                              "text": "Obama", "start": "0", "end": 5}])
+    message = raises("E103", read_mentions_jsonl, path, None, CONTEXT_CHARS)
+    assert message == (f"[E103] {path}:1: field 'start' should be an integer, got '0'; write an integer there")
+
+
+def test_missing_tac_source_document_names_the_tab_file_and_line(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "ENG_1.txt").write_text("Barack Obama spoke.", encoding="utf-8")
+    tab = tmp_path / "dev.tab"
+    tab.write_text("gold\tM1\tObama\tENG_1:7-11\tQ1\tPER\tNAM\t1.0\n"
+                   "gold\tM2\tParis\tENG_404:0-4\tQ2\tGPE\tNAM\t1.0\n", encoding="utf-8")
+    message = raises("E108", read_tac_mentions, {"dev": tab}, source, CONTEXT_CHARS)
+    assert message.startswith(f"[E108] {source / 'ENG_404.txt'}: not found (the source document 'ENG_404' of "
+                              f"mention 'M2' on {tab}:2;")
+    assert "put the document's file in" in message and "fix the doc_id on that line" in message
+
+
+# --- 2. language tags ----------------------------------------------------------------------
+
+TAGS = {"en-US": "en", "EN": "en", " en ": "en", "pt_BR": "pt", "zh-Hant": "zh", "zh-Hant-TW": "zh", "es-419": "es",
+        "sr_Latn": "sr", "nl": "nl"}
+
+
+def tagged_records(tags: list[str]) -> list[dict]:
+    return [{"id": f"m{i}", "doc_id": f"d{i}", "lang": tag, "mention": "Obama", "text": "Obama spoke.", "start": 0,
+             "end": 5} for i, tag in enumerate(tags)]
+
+
+def test_language_tags_read_as_their_primary_subtag_by_every_mention_reader(tmp_path: Path) -> None:
+    from pipeline.link.sources import mention_chunks
+
+    import polars as pl
+
+    records = tagged_records(list(TAGS))
+    jsonl = write_jsonl(tmp_path / "m.jsonl", records)
+    parquet = tmp_path / "m.parquet"
+    pl.DataFrame(records).write_parquet(parquet)
+    expected = list(TAGS.values())
+    assert read_mentions_jsonl(jsonl, None, CONTEXT_CHARS)["lang"].to_list() == expected
+    for path in (jsonl, parquet):
+        chunks = [read() for _, read in mention_chunks(path, None, 4, CONTEXT_CHARS, False, tmp_path)]
+        assert pl.concat(chunks)["lang"].to_list() == expected
+
+
+def test_one_document_tagged_en_and_en_us_is_one_language(tmp_path: Path) -> None:
+    records = tagged_records(["en", "en-US"])
+    records[1].update(doc_id="d0", text="Obama spoke. Obama left.", start=13, end=18)
+    records[0]["text"] = records[1]["text"]
+    path = write_jsonl(tmp_path / "m.jsonl", records)
+    assert read_mentions_jsonl(path, None, CONTEXT_CHARS)["lang"].to_list() == ["en", "en"]  # no E117
+
+
+@pytest.mark.parametrize("tag", ["", "  ", "12", "en US", "e", "en--US", "english!"])
+def test_a_lang_that_is_no_language_tag_is_e103(tmp_path: Path, tag: str) -> None:
+    path = write_jsonl(tmp_path / "m.jsonl", tagged_records(["en", tag]))
+    message = raises("E103", read_mentions_jsonl, path, None, CONTEXT_CHARS)
+    assert message.startswith(f"[E103] {path}:2: field 'lang' should be ")
+
+
+def test_docs_file_lang_is_checked(tmp_path: Path) -> None:
+    from pipeline.formats.inputs import read_docs
+
+    docs = write_jsonl(tmp_path / "docs.jsonl", [{"doc_id": "d1", "lang": "en-GB", "text": "x"},
+                                                {"doc_id": "d2", "lang": "4", "text": "y"}])
+    assert raises("E103", read_docs, docs).startswith(f"[E103] {docs}:2: field 'lang' should be a language tag")
+
+
+def test_doc_languages_file_normalises_and_checks_tags(tmp_path: Path) -> None:
+    from pipeline.formats.doc_languages import read_doc_languages
+
+    good = tmp_path / "good.tsv"
+    good.write_text("doc_id\tlang\nd1\ten-US\nd2\tzh-Hant\nd3\tES\n", encoding="utf-8")
+    assert read_doc_languages(good).rows() == [("d1", "en"), ("d2", "zh"), ("d3", "es")]
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("doc_id\tlang\nd1\ten\nd2\t42\n", encoding="utf-8")
+    assert f"{bad}:3:" in raises("E220", read_doc_languages, bad)
+
+
+def test_name_pairs_lang_normalised_and_checked(tmp_path: Path) -> None:
+    from pipeline.formats.name_pairs import read_name_pairs
+
+    good = tmp_path / "pairs.tsv"
+    good.write_text("Москва\tMoscow\tru-RU\nParís\tParis\n", encoding="utf-8")
+    assert read_name_pairs(good)["lang"].to_list() == ["ru", None]
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("Москва\tMoscow\tru\nParís\tParis\t7\n", encoding="utf-8")
+    assert f"{bad}:2:" in raises("E113", read_name_pairs, bad)
+
+
+def test_language_settings_read_as_the_inputs_languages_are() -> None:
+    from pipeline.core.config import ConfigError, EvaluateConfig, TrainConfig
+
+    train = TrainConfig(train_languages=("en-US", "ES"), downsample_to_language="pt_BR")
+    assert (train.train_languages, train.downsample_to_language) == (("en", "es"), "pt")
+    evaluate = EvaluateConfig(languages=("zh-Hant",), fixed_thresholds={"EN-gb": -0.8, "nl": -1.0})
+    assert (evaluate.languages, evaluate.fixed_thresholds) == (("zh",), {"en": -0.8, "nl": -1.0})
+    with pytest.raises(ConfigError, match="E203"):
+        TrainConfig(train_languages=("en", "12"))
+
+
+# --- 1. one text per document --------------------------------------------------------------
+
+TEXT_A = "Barack Obama met Angela Merkel in Berlin."
+TEXT_B = "Barack Obama met Angela Merkel in Paris."
+
+
+def inline(mention_id: str, text: str, surface: str, doc_id: str = "d1", **extra) -> dict:
+    start = text.index(surface)
+    return {"id": mention_id, "doc_id": doc_id, "lang": "en", "mention": surface, "text": text, "start": start,
+            "end": start + len(surface), **extra}
+
+
+def two_texts() -> list[dict]:
+    return [inline("m1", TEXT_A, "Barack Obama"), inline("m2", TEXT_A, "Angela Merkel"),
+            inline("m3", TEXT_B, "Paris"), inline("m4", TEXT_B, "Obama")]
+
+
+def test_one_doc_id_given_two_inline_texts_is_e120(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "m.jsonl", two_texts())
+    message = raises("E120", read_mentions_jsonl, path, None, CONTEXT_CHARS)
+    assert message.startswith(f"[E120] {path}:3: mention 'm3' gives document 'd1' a text other than the one line 1 "
+                              "gives it; a document has one text")
+    assert "distinct doc_ids" in message and "(1 more line(s) like it)" in message
+
+
+def test_the_same_text_repeated_and_distinct_windows_are_accepted(tmp_path: Path) -> None:
+    records = [inline("m1", TEXT_A, "Barack Obama"), inline("m2", TEXT_A, "Berlin"), inline("m3", TEXT_B, "Paris", "d2")]
+    assert read_mentions_jsonl(write_jsonl(tmp_path / "m.jsonl", records), None, CONTEXT_CHARS).height == 3
+    # MEANTIME's form: each `text` a window of the document, placed by doc_start/doc_end: windows differ.
+    document = TEXT_A + " " + TEXT_B
+    windows = [inline("w1", TEXT_A, "Berlin", doc_start=document.index("Berlin"), doc_end=document.index("Berlin") + 6),
+               inline("w2", TEXT_B, "Paris", doc_start=document.index("Paris"), doc_end=document.index("Paris") + 5)]
+    frame = read_mentions_jsonl(write_jsonl(tmp_path / "w.jsonl", windows), None, CONTEXT_CHARS)
+    assert frame["doc_start"].to_list() == [document.index("Berlin"), document.index("Paris")]
+
+
+def test_an_inline_text_other_than_the_docs_file_text_is_e120(tmp_path: Path) -> None:
+    docs = write_jsonl(tmp_path / "docs.jsonl", [{"doc_id": "d1", "lang": "en", "text": TEXT_A}])
+    records = [{"id": "m1", "doc_id": "d1", "lang": "en", "mention": "Obama", "doc_start": 7, "doc_end": 12},
+               inline("m2", TEXT_B, "Paris")]
+    path = write_jsonl(tmp_path / "m.jsonl", records)
+    assert raises("E120", read_mentions_jsonl, path, docs, CONTEXT_CHARS).startswith(f"[E120] {path}:2:")
+    records[1] = inline("m2", TEXT_A, "Berlin")  # the docs file's own text: one text
+    assert read_mentions_jsonl(write_jsonl(path, records), docs, CONTEXT_CHARS).height == 2
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_two_texts_in_different_link_chunks_are_e120_before_linking(tmp_path: Path, suffix: str) -> None:
+    import polars as pl
+
+    from pipeline.link.sources import check_corpus, mention_chunks
+
+    path = tmp_path / f"m{suffix}"
+    if suffix == ".jsonl":
+        write_jsonl(path, two_texts())
+    else:
+        pl.DataFrame(two_texts()).write_parquet(path)
+    chunks = mention_chunks(path, None, 2, CONTEXT_CHARS, False, tmp_path)  # lines 1-2 and 3-4: each chunk one text
+    assert raises("E120", check_corpus, chunks, path).startswith(f"[E120] {path}:3: mention 'm3'")
+
+
+# --- 4. inline texts windowed as docs texts are -------------------------------------------
+
+def test_a_long_inline_text_gives_the_context_the_same_text_via_docs_gives(tmp_path: Path) -> None:
+    filler = "Lorem ipsum dolor sit amet. " * 20_000  # 560k characters each side
+    text = filler + "Barack Obama spoke in Berlin. " + filler
+    start = text.index("Obama")
+    context_chars = 100
+    inline_path = write_jsonl(tmp_path / "inline.jsonl", [inline("m1", text, "Obama")])
+    docs = write_jsonl(tmp_path / "docs.jsonl", [{"doc_id": "d1", "lang": "en", "text": text}])
+    docs_path = write_jsonl(tmp_path / "via-docs.jsonl", [{"id": "m1", "doc_id": "d1", "lang": "en", "mention": "Obama",
+                                                           "doc_start": start, "doc_end": start + 5}])
+    columns = ["context", "start", "end", "doc_start", "doc_end"]
+    from_inline = read_mentions_jsonl(inline_path, None, context_chars).select(columns).row(0)
+    from_docs = read_mentions_jsonl(docs_path, docs, context_chars).select(columns).row(0)
+    assert from_inline == from_docs
+    assert from_inline[0] == text[start - 100:start + 105] and from_inline[1:] == (100, 105, start, start + 5)
