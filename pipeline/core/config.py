@@ -22,7 +22,7 @@ def _check(where: str, name: str, value: object, ok: bool, reason: str) -> None:
         raise ConfigError("E203", where=where, field=name, value=value, reason=reason)
 
 
-def _languages(where: str, name: str, tags: Iterable[str]) -> list[str]:
+def language_settings(where: str, name: str, tags: Iterable[str]) -> list[str]:
     """Language settings read as the inputs' languages are (`pipeline.core.languages`: en-US -> en); E203
     for a value that is not a language tag."""
     tags = list(tags)
@@ -213,10 +213,10 @@ class TrainConfig:
         _check(where, "weight_average", self.weight_average, 0 <= self.weight_average < 1, "must be in [0, 1) (0: off)")
         _check(where, "baseline", self.baseline, self.baseline in ("none", "nn"), "use none (the ranker) or nn")
         _check(where, "train_languages", self.train_languages, all(self.train_languages), "language codes cannot be empty")
-        object.__setattr__(self, "train_languages", tuple(_languages(where, "train_languages", self.train_languages)))
+        object.__setattr__(self, "train_languages", tuple(language_settings(where, "train_languages", self.train_languages)))
         if self.downsample_to_language:
             object.__setattr__(self, "downsample_to_language",
-                               _languages(where, "downsample_to_language", [self.downsample_to_language])[0])
+                               language_settings(where, "downsample_to_language", [self.downsample_to_language])[0])
         _check(where, "name_pair_weight", self.name_pair_weight, 0 <= self.name_pair_weight < float("inf"),
                "must be >= 0 (0 turns the name-matching loss off)")
         _check(where, "name_pair_negatives", self.name_pair_negatives, self.name_pair_negatives >= 1, "must be >= 1")
@@ -271,8 +271,8 @@ class EvaluateConfig:
         _check(where, "tune_split", self.tune_split, self.tune_split != "test",
                "thresholds chosen on the test split would overstate scores; tune on dev")
         _check(where, "languages", self.languages, all(self.languages), "language codes cannot be empty")
-        object.__setattr__(self, "languages", tuple(_languages(where, "languages", self.languages)))
-        keys = _languages(where, "fixed_thresholds", self.fixed_thresholds)
+        object.__setattr__(self, "languages", tuple(language_settings(where, "languages", self.languages)))
+        keys = language_settings(where, "fixed_thresholds", self.fixed_thresholds)
         object.__setattr__(self, "fixed_thresholds", dict(zip(keys, self.fixed_thresholds.values())))
 
 

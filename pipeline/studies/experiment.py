@@ -50,8 +50,9 @@ import torch
 from pipeline.core import schema
 from pipeline.studies import subrun
 from pipeline.triage import stage as triage
-from pipeline.core.config import RunConfig
+from pipeline.core.config import RunConfig, language_settings
 from pipeline.core.errors import CacheError, ConfigError
+from pipeline.core.languages import is_language_tag, normalise_language
 from pipeline.core.io import scan_parquet_checked, write_parquet_atomic, write_text_atomic
 from pipeline.core.progress import track
 from pipeline.core.manifest import StageResult
@@ -83,9 +84,14 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.seeds <= 100:
             raise ConfigError("E203", where="experiment", field="seeds", value=self.seeds, reason="must be between 1 and 100")
-        if not all(self.languages):
-            raise ConfigError("E203", where="experiment", field="languages", value=self.languages,
-                              reason="language codes cannot be empty")
+        # Read as the inputs' languages are (en-US -> en), so a table language matches the mentions'.
+        object.__setattr__(self, "languages", tuple(language_settings("experiment", "languages", self.languages)))
+        object.__setattr__(self, "ablation_language",
+                           language_settings("experiment", "ablation_language", [self.ablation_language])[0])
+        # Tables 2 and 3 have languages as columns: `--only 2:ES` is Table 2's es column.
+        object.__setattr__(self, "only", tuple(
+            (table, normalise_language(column) if table in (2, 3) and is_language_tag(column) else column)
+            for table, column in self.only))
         for table, column in self.only:
             if table not in (1, 2, 3) or (table == 1 and column is not None and column not in TABLE_1_COLUMNS):
                 raise ConfigError("E203", where="experiment", field="only", value=f"{table}" + (f":{column}" if column else ""),
