@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from pipeline.core.errors import ConfigError, warn
+from pipeline.core.languages import is_language_tag, normalise_language
 from pipeline.model.nil import cluster_nils, decide_nil
 from pipeline.model.nil_classifier import EVIDENCE, add_evidence
 
@@ -75,7 +76,11 @@ class NilPolicy:
             raise ValueError("the classifier method needs the classifier's parameters")
         if clustering not in ("name", "singleton"):
             raise ValueError(f"unknown NIL clustering {clustering!r}")
-        policy = cls(dict(artifact), clustering)
+        # Inputs read `en-US` as `en` (`pipeline.core.languages`); a model saved before that may key a
+        # threshold by the whole tag, which would then match no mention: key it the same way.
+        thresholds = {normalise_language(lang) if is_language_tag(lang) else lang: value
+                      for lang, value in sorted(artifact["thresholds"].items(), reverse=True)}
+        policy = cls({**artifact, "thresholds": dict(sorted(thresholds.items()))}, clustering)
         _ = policy.thresholds, policy.fallback  # both must parse as numbers
         return policy
 

@@ -1,0 +1,15 @@
+"""The saved NIL decision (`pipeline.model.nil_policy.NilPolicy`) as read from a model folder."""
+
+from __future__ import annotations
+
+from pipeline.model.nil_policy import NilPolicy
+
+
+def test_thresholds_of_a_model_saved_with_whole_language_tags_are_keyed_as_inputs_are() -> None:
+    # A model saved before inputs read en-US as en keyed its thresholds by the whole tag.
+    artifact = {"method": "threshold", "default_threshold": -1.0,
+                "thresholds": {"en-us": -0.5, "en": -0.9, "PT_br": -0.7, "es": -0.8}}
+    policy = NilPolicy.from_artifact(artifact, "name")
+    # The plain tag wins over a regional one of the same language.
+    assert policy.thresholds == {"en": -0.9, "es": -0.8, "pt": -0.7}
+    assert policy.fallback == -0.8  # the median of the three
