@@ -5,9 +5,10 @@
 An upper bound, not a method: it cheats on purpose. For a finished run it fits the NIL
 classifier evaluate uses (`pipeline.model.nil_classifier`: the ranker's best and runner-up
 scores, margin, triage score, rank and sources, candidate count, mention length and
-comma, type) on the evaluation split's own gold, then scores that split with it, so no
-decision over the same evidence and the same ranker can do better at the classifier's
-rule (NIL when P(NIL) > P(right), what maximises micro-average). A second line moves the
+comma, type) on the evaluation split's own gold, then scores that split with it: what the
+classifier could reach if dev were exactly like test, at its rule (NIL when P(NIL) >
+P(right), what maximises micro-average). It bounds that logistic regression over those
+features, not every model (one flexible enough could memorise the split). A second line moves the
 cut on P(NIL) to the one with the best NIL F1 in each language, again chosen on the
 evaluation split. Beside both it prints what the run's evaluate achieved (its decision
 fitted on dev), and counts the gold-NIL mentions whose very string is gold-linked to a KB
