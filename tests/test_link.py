@@ -400,8 +400,12 @@ def test_link_decides_nil_with_the_learned_classifier_as_evaluate_would(demo_run
     predictions = pl.read_parquet(run_dir / "evaluate" / "predictions.parquet")
     candidates = pl.read_parquet(run_dir / "triage" / "candidates.parquet")
     with_evidence = nil_classifier.add_evidence(predictions, candidates)
-    artifact = {"method": "classifier", "thresholds": {"en": -0.8}, "default_threshold": -1.0,
+    # The demo's training split has 18 NILs, so evaluate fitted the mention NIL prior, and its
+    # predictions carry it (mention_nil_logit): the classifier reads it, and link must compute it alike.
+    prior = json.loads((run_dir / "evaluate" / "nil.json").read_text(encoding="utf-8"))["mention_prior"]
+    artifact = {"method": "classifier", "thresholds": {"en": -0.8}, "default_threshold": -1.0, "mention_prior": prior,
                 "classifier": nil_classifier.fit(with_evidence.filter(pl.col("gold_kb_id").is_not_null()))}
+    assert nil_classifier.reads_prior(artifact["classifier"])
     model = tmp_path / "model"
     shutil.copytree(demo_run["model"], model)
     meta = json.loads((model / "model.json").read_text(encoding="utf-8"))

@@ -13,3 +13,15 @@ def test_thresholds_of_a_model_saved_with_whole_language_tags_are_keyed_as_input
     # The plain tag wins over a regional one of the same language.
     assert policy.thresholds == {"en": -0.9, "es": -0.8, "pt": -0.7}
     assert policy.fallback == -0.8  # the median of the three
+
+
+def test_a_classifier_that_reads_the_mention_prior_needs_the_prior() -> None:
+    import pytest
+
+    classifier = {"features": ["best_score", "mention_nil_logit"], "types": [], "mean": [0, 0], "scale": [1, 1],
+                  "classes": ["nil", "right"], "coef": [[0, 0], [1, -1]], "intercept": [0, 0]}
+    artifact = {"method": "classifier", "default_threshold": -1.0, "thresholds": {"en": -0.9}, "classifier": classifier}
+    with pytest.raises(ValueError, match="mention NIL prior"):
+        NilPolicy.from_artifact(artifact, "name")
+    prior = {"coef": [0.0] * 4, "intercept": 0.5}
+    assert NilPolicy.from_artifact({**artifact, "mention_prior": prior}, "name").artifact["mention_prior"] == prior

@@ -259,6 +259,11 @@ class EvaluateConfig:
     # best candidate's (needs a model trained with train.nil_candidate = true); "auto" then
     # weighs it too.
     nil_method: str = "auto"
+    # Offer the classifier each mention's NIL prior: a logistic regression over the frozen
+    # encoder's mention vectors, fitted on the training split's NIL and linked mentions
+    # (pipeline/model/mention_prior.py). The classifier reads it only when that beats the
+    # classifier without it in the dev cross-validation (report: "classifier+prior").
+    nil_mention_prior: bool = True
 
     def __post_init__(self) -> None:
         where = "[evaluate]"

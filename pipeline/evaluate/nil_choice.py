@@ -6,7 +6,9 @@
   for a language whose threshold rests on too few dev mentions or NILs and for one
   that has none (saying which fallback it gets);
 - the classifier of `pipeline.model.nil_classifier`, fitted on all dev mentions when dev has
-  enough NILs;
+  enough NILs; when the predictions carry the mention NIL prior (`mention_nil_logit`,
+  `pipeline.model.mention_prior`), it reads it only if that variant ("classifier+prior")
+  beats the one without in the cross-validation below;
 - "nota" (when the ranker has a NIL option, ReFinED's "none of the above", so the
   predictions carry `nil_score`): NIL when that score beats the best candidate's; it has
   nothing fitted on dev, so its held-out dev score is its plain dev score;
@@ -37,6 +39,10 @@ MIN_TUNING_NILS = 10
 # The classifier is fitted only with at least this many dev NILs and right links (else W604).
 MIN_CLASSIFIER_EXAMPLES = 10
 FOLDS = 5
+# The mention NIL prior's column (`pipeline.model.mention_prior`) and the classifier that reads it,
+# as the cross-validation table names it.
+PRIOR_COLUMN = "mention_nil_logit"
+PRIOR_VARIANT = "classifier+prior"
 
 
 def thresholds_for(tuning: pl.DataFrame, evaluate: EvaluateConfig, languages: list[str],
@@ -104,7 +110,8 @@ def cross_validate(tuning: pl.DataFrame, evaluate: EvaluateConfig, seed: int) ->
         fold[members] = np.arange(len(members)) % FOLDS
     tuning = tuning.with_columns(pl.Series("fold", fold))
     languages = tuning["lang"].unique().to_list()
-    decided = {"threshold": [], "classifier": [], "nota": []}
+    decided = {"threshold": [], "classifier": [], PRIOR_VARIANT: [], "nota": []}
+    with_prior = PRIOR_COLUMN in tuning.columns
     held_folds = 0
     for k in range(FOLDS):
         fit_part, held = tuning.filter(pl.col("fold") != k), tuning.filter(pl.col("fold") == k)
@@ -116,8 +123,11 @@ def cross_validate(tuning: pl.DataFrame, evaluate: EvaluateConfig, seed: int) ->
                     "classifier": None}
         decided["threshold"].append(decide_nil(held, artifact))
         if classifier_ready(fit_part):
-            artifact = {**artifact, "method": "classifier", "classifier": nil_classifier.fit(fit_part, seed)}
+            artifact = {**artifact, "method": "classifier", "classifier": nil_classifier.fit(without_prior(fit_part), seed)}
             decided["classifier"].append(decide_nil(held, artifact))
+            if with_prior:
+                variant = {**artifact, "classifier": nil_classifier.fit(fit_part, seed)}
+                decided[PRIOR_VARIANT].append(decide_nil(held, variant))
         if has_nil_scores(held):
             decided["nota"].append(decide_nil(held, {**artifact, "method": "nota"}))
     tables = [outcome_scores(pl.concat(parts)).with_columns(pl.lit(method).alias("method"))
@@ -147,22 +157,36 @@ def choose(tuning: pl.DataFrame, evaluate: EvaluateConfig, languages: list[str],
     if tuning.is_empty():
         artifact["method"] = "nota" if evaluate.nil_method == "nota" else "threshold"
         return artifact, sweep_table, None
+    variants = {}
     if classifier_ready(tuning):
         # Fitted whatever the method, so the report can set the methods side by side.
-        artifact["classifier"] = nil_classifier.fit(tuning, seed)
+        variants["classifier"] = artifact["classifier"] = nil_classifier.fit(without_prior(tuning), seed)
+        if PRIOR_COLUMN in tuning.columns:
+            variants[PRIOR_VARIANT] = nil_classifier.fit(tuning, seed)
     elif evaluate.nil_method in ("classifier", "auto"):
         nils = int((nil_classifier.labels(tuning) == nil_classifier.NIL).sum())
         warn(logger, "W604", split=evaluate.tune_split, nils=nils, minimum=MIN_CLASSIFIER_EXAMPLES)
     if artifact["classifier"] is None and not nota:
         return artifact, sweep_table, None
     validation = cross_validate(tuning, evaluate, seed)
+    overall = {row["method"]: row["micro_average"] for row in validation.filter(pl.col("lang") == "all").iter_rows(named=True)}
+    if overall.get(PRIOR_VARIANT, -1.0) > overall.get("classifier", -1.0):
+        # The prior is evidence, not a method: the classifier reads it when dev says it helps.
+        artifact["classifier"] = variants[PRIOR_VARIANT]
     method = evaluate.nil_method
     if method == "classifier" and artifact["classifier"] is None:
         method = "threshold"  # W604 said so
     if method == "auto":
-        overall = {row["method"]: row["micro_average"] for row in validation.filter(pl.col("lang") == "all").iter_rows(named=True)}
         # The best held-out dev micro-average; on a tie the later of threshold, classifier, nota.
+        overall["classifier"] = max(overall.get("classifier", -1.0), overall.get(PRIOR_VARIANT, -1.0))
         method = max(("threshold", "classifier", "nota"), key=lambda m: (overall.get(m, -1.0),
                                                                         ("threshold", "classifier", "nota").index(m)))
     artifact["method"] = method
+    artifact["classifier_variants"] = variants  # for the report; the stage takes it out before saving
     return artifact, sweep_table, validation
+
+
+def without_prior(predictions: pl.DataFrame) -> pl.DataFrame:
+    """The predictions without the mention NIL prior, which the classifier then does not read."""
+    return predictions.drop(PRIOR_COLUMN, strict=False)
+

@@ -5,6 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from pipeline.evaluate import error_analysis
+from pipeline.model.nil_classifier import reads_prior
 from pipeline.model.ties import TIED_SHARE_WARN
 from pipeline.scoring.table import format_table
 
@@ -31,6 +32,12 @@ def report_markdown(metrics: dict, artifact: dict, split: str, has_plot: bool, v
     for lang, value in sorted(artifact["thresholds"].items()):
         count = counts.get(lang, {"mentions": 0, "nil": 0})
         lines.append(f"| {lang} | {value:.3f} | {count['mentions']} | {count['nil']} |")
+    prior = artifact.get("mention_prior")
+    if prior and artifact["method"] == "classifier" and reads_prior(artifact.get("classifier")):
+        fitted = prior["fitted_on"]
+        lines += ["", f"The classifier also reads each mention's NIL prior (evaluate.nil_mention_prior), fitted on "
+                      f"{fitted['mentions']} training mentions, {fitted['nil']} of them NIL: with it, the classifier "
+                      f"did better in the {tune} cross-validation below (`classifier+prior`)."]
     if has_plot:
         lines += ["", "![micro-average against threshold](thresholds.png)"]
     lines += ["", "Both methods (and `nota`, the ranker's own NIL option, when it has one): micro-average and "

@@ -36,6 +36,7 @@ from pipeline.model.features import (RankerInputs, candidate_matrix, gold_rows, 
 from pipeline.core.io import (atomic_path, collect_checked, scan_parquet_checked, write_json_atomic, write_parquet_atomic,
                          write_text_atomic)
 from pipeline.model.nil import cluster_nils, decide_nil
+from pipeline.model import mention_prior
 from pipeline.model.nil_classifier import add_evidence
 from pipeline.model.ties import TIED_SHARE_WARN, tied_best
 from pipeline.evaluate.report import report_markdown
@@ -51,7 +52,7 @@ logger = logging.getLogger(__name__)
 STAGE = "evaluate"
 # 2: writes doc_languages.tsv beside gold.tab; 3: thresholds at the middle of a flat optimum,
 # the learned NIL classifier, error analysis.
-STAGE_VERSION = 3
+STAGE_VERSION = 4  # 4: the mention's NIL prior (evaluate.nil_mention_prior)
 NIL_ARTIFACT = "nil.json"
 RUN_ID = "xel"
 # §7.2 re-ranks the ranker's ten best candidates.
@@ -180,13 +181,35 @@ def tac_frame(table: pl.DataFrame, id_column: str) -> pl.DataFrame:
     )
 
 
-def outcome_by_method(predictions: pl.DataFrame, evaluated: pl.DataFrame, artifact: dict) -> pl.DataFrame:
-    """`error_analysis.outcome_scores` of the evaluated mentions under each NIL method the artifact can apply."""
-    methods = (["threshold"] + (["classifier"] if artifact.get("classifier") else [])
-               + (["nota"] if nil_choice.has_nil_scores(predictions) else []))
+def outcome_by_method(predictions: pl.DataFrame, evaluated: pl.DataFrame, artifact: dict,
+                      variants: dict[str, dict] | None = None) -> pl.DataFrame:
+    """`error_analysis.outcome_scores` of the evaluated mentions under each NIL method the artifact can
+    apply, and under each classifier variant (`nil_choice.choose`: with and without the mention NIL prior)."""
+    artifacts = {"threshold": {**artifact, "method": "threshold"}}
+    for name, classifier in (variants or ({"classifier": artifact["classifier"]} if artifact.get("classifier") else {})).items():
+        artifacts[name] = {**artifact, "method": "classifier", "classifier": classifier}
+    if nil_choice.has_nil_scores(predictions):
+        artifacts["nota"] = {**artifact, "method": "nota"}
     wanted = predictions.filter(pl.col("mention_id").is_in(evaluated["mention_id"].implode()))
-    return pl.concat([error_analysis.outcome_scores(decide_nil(wanted, {**artifact, "method": method}))
-                      .with_columns(pl.lit(method).alias("method")) for method in methods]).select("method", pl.exclude("method"))
+    return pl.concat([error_analysis.outcome_scores(decide_nil(wanted, decision)).with_columns(pl.lit(name).alias("method"))
+                      for name, decision in artifacts.items()]).select("method", pl.exclude("method"))
+
+
+def fit_mention_prior(inputs: RankerInputs, seed: int) -> tuple[dict | None, pl.DataFrame | None]:
+    """(the mention NIL prior's parameters, (mention_id, mention_nil_logit) of every mention), fitted
+    on the training split's mentions with gold (`pipeline.model.mention_prior`); (None, None) when
+    that split has too few NIL or linked mentions."""
+    table = inputs.mentions
+    name, context = inputs.mention_name.float().cpu().numpy(), inputs.mention_context.float().cpu().numpy()
+    training = table.filter((pl.col("split") == "train") & pl.col("gold_kb_id").is_not_null())
+    rows = training["row"].to_numpy()
+    params = mention_prior.fit(name[rows], context[rows], (training["gold_kb_id"] == schema.NIL_ID).to_numpy(), seed)
+    if params is None:
+        logger.info("no mention NIL prior: the training split has under %d NIL or linked mentions", mention_prior.MIN_EXAMPLES)
+        return None, None
+    every = table["row"].to_numpy()
+    return params, pl.DataFrame({"mention_id": table["mention_id"],
+                                 "mention_nil_logit": mention_prior.logits(params, name[every], context[every])})
 
 
 def run(config: RunConfig, force: bool = False) -> StageResult:
@@ -217,6 +240,9 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     score_table, predictions = predict(mentions, rows, matrix, scores, inputs.entity_ids["kb_id"].to_list(), popularity,
                                        score_nil(model, inputs, rows))
     predictions = mentions.drop("row").join(predictions, on="mention_id")
+    prior, prior_column = fit_mention_prior(inputs, config.train.seed) if evaluate.nil_mention_prior else (None, None)
+    if prior_column is not None:
+        predictions = predictions.join(prior_column, on="mention_id", how="left")
 
     predictions = add_evidence(predictions, candidates)
     tuning = predictions.filter(pl.col("split") == evaluate.tune_split)
@@ -226,6 +252,9 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
                                 "give some mentions that split, or set evaluate.threshold_mode = \"fixed\"")
     artifact, sweep_table, validation = nil_choice.choose(tuning, evaluate, predictions["lang"].unique().to_list(),
                                                           config.train.seed)
+    variants = artifact.pop("classifier_variants", {})
+    if prior is not None:
+        artifact["mention_prior"] = prior  # link computes mention_nil_logit with it when the classifier reads it
     thresholds = artifact["thresholds"]
     decided = cluster_nils(decide_nil(predictions, artifact), evaluate.nil_clustering)
 
@@ -241,7 +270,7 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     metrics["split"] = evaluate.eval_split
     metrics["nil_method"] = artifact["method"]
     # Every NIL method on the evaluation split (only the chosen one's decisions are written out).
-    on_eval = outcome_by_method(predictions, evaluated, artifact)
+    on_eval = outcome_by_method(predictions, evaluated, artifact, variants)
     metrics["nil_methods"] = on_eval.to_dicts()
     metrics["tied_best"] = tied_best(evaluated)
     if metrics["tied_best"]["share"] > TIED_SHARE_WARN:
@@ -254,7 +283,8 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     write_parquet_atomic(score_table, out_dir / "scores.parquet")
     write_parquet_atomic(decided.select(
         "mention_id", "doc_id", "lang", "split", "mention", "gold_kb_id", "best_kb_id", "best_score", "second_kb_id",
-        "second_score", "margin", *(["nil_score"] if "nil_score" in decided.columns else []), "threshold", "is_nil",
+        "second_score", "margin", *(name for name in ("nil_score", "mention_nil_logit") if name in decided.columns),
+        "threshold", "is_nil",
         "system_id"), out_dir / "predictions.parquet")
     write_json_atomic(out_dir / NIL_ARTIFACT, artifact)
     write_parquet_atomic(analysis, out_dir / "analysis.parquet")

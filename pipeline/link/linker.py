@@ -165,10 +165,11 @@ class Linker:
         device = self.encoder.device
         table = mentions.with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
         entity_ids = entities.select("kb_id").with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
+        mention_name = self._vectors_dtype_round(span_vectors[plan.mention_span_rows])
+        mention_context = self._vectors_dtype_round(context_vectors[plan.mention_units])
         inputs = RankerInputs(
             mentions=table, entity_ids=entity_ids,
-            mention_name=torch.from_numpy(self._vectors_dtype_round(span_vectors[plan.mention_span_rows])).to(device),
-            mention_context=torch.from_numpy(self._vectors_dtype_round(context_vectors[plan.mention_units])).to(device),
+            mention_name=torch.from_numpy(mention_name).to(device), mention_context=torch.from_numpy(mention_context).to(device),
             entity_name=torch.from_numpy(entity_name).to(device), entity_context=torch.from_numpy(entity_context).to(device),
             mention_type_onehot=one_hot(mentions["entity_type"], self.mention_types).to(device),
             entity_type_onehot=one_hot(entities["type"], self.entity_types).to(device))
@@ -183,7 +184,8 @@ class Linker:
                           .fill_null(0).to_numpy())
         score_table, predictions = predict(table, rows, matrix, scores, entity_ids["kb_id"].to_list(), popularity,
                                            score_nil(self.model, inputs, rows))  # None without a NIL option
-        decided = self.policy.decide(mentions.join(predictions, on="mention_id", how="left"), candidates)
+        with_prior = self.policy.with_mention_prior(mentions, mention_name, mention_context)  # rows in mentions' order
+        decided = self.policy.decide(with_prior.join(predictions, on="mention_id", how="left"), candidates)
         ranked = (score_table.join(candidates.select("mention_id", "kb_id", pl.col("score").alias("triage_score"), "sources"),
                                    on=["mention_id", "kb_id"], how="left")
                   .sort(["mention_id", "score", "rank"], descending=[False, True, False], nulls_last=True)

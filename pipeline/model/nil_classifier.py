@@ -5,8 +5,9 @@ uses one number and is tuned for micro-average on dev, where NILs are few, so it
 where almost nothing is NIL. Here a multinomial logistic regression (scikit-learn)
 reads the evidence the ranker and triage leave for each mention — best and runner-up
 score, their margin, the best candidate's triage score, rank and sources, how many
-candidates there are, the mention's type, and the ranker's NIL score when it has a NIL
-option — and gives three probabilities: the gold is
+candidates there are, the mention's type, the ranker's NIL score when it has a NIL
+option, and the mention's NIL prior when evaluate fitted one (`pipeline.model.mention_prior`)
+— and gives three probabilities: the gold is
 NIL, the best candidate is right, the best candidate is wrong (gold another entity).
 A mention is NIL when P(NIL) > P(right): of the two answers that can be right, the
 more likely one, which maximises the expected micro-average.
@@ -33,6 +34,8 @@ NUMERIC = ("has_candidate", "best_score", "second_score", "margin", "candidates"
 # Two more when the ranker has a NIL option (a `nil_score` column): its score, and the best
 # candidate's score minus it (what the "nota" method thresholds at 0).
 NOTA_NUMERIC = ("nil_score", "best_minus_nil")
+# One more when the mentions carry their NIL prior (`pipeline.model.mention_prior`).
+PRIOR_NUMERIC = ("mention_nil_logit",)
 # The columns `add_evidence` adds (the rest of NUMERIC is computed from the predictions).
 EVIDENCE = ("candidates", "best_triage_score", "best_triage_rank", *(f"best_from_{source}" for source in TRIAGE_SOURCES))
 # Labels of the three classes.
@@ -64,8 +67,15 @@ def add_evidence(predictions: pl.DataFrame, candidates: pl.DataFrame) -> pl.Data
 
 
 def numeric_features(predictions: pl.DataFrame) -> tuple[str, ...]:
-    """The numeric features the classifier reads of these predictions: NUMERIC, plus NOTA_NUMERIC with nil_score."""
-    return (*NUMERIC, *NOTA_NUMERIC) if "nil_score" in predictions.columns else NUMERIC
+    """The numeric features the classifier reads of these predictions: NUMERIC, plus NOTA_NUMERIC with
+    nil_score, plus PRIOR_NUMERIC with mention_nil_logit."""
+    return (*NUMERIC, *(NOTA_NUMERIC if "nil_score" in predictions.columns else ()),
+            *(PRIOR_NUMERIC if "mention_nil_logit" in predictions.columns else ()))
+
+
+def reads_prior(params: dict | None) -> bool:
+    """Whether a fitted classifier (`fit`'s parameters) reads the mention NIL prior (PRIOR_NUMERIC)."""
+    return bool(params) and any(name in params["features"] for name in PRIOR_NUMERIC)
 
 
 def feature_matrix(predictions: pl.DataFrame, types: list[str], numeric_names: tuple[str, ...] = NUMERIC) -> np.ndarray:
@@ -106,7 +116,8 @@ def labels(predictions: pl.DataFrame) -> np.ndarray:
 def fit(tuning: pl.DataFrame, seed: int = 0) -> dict:
     """Fit the classifier on tuning mentions with gold and evidence; its parameters as a JSON-able dict.
 
-    With a nil_score column (a ranker with a NIL option) it also reads NOTA_NUMERIC.
+    With a nil_score column (a ranker with a NIL option) it also reads NOTA_NUMERIC, with a
+    mention_nil_logit column (the mention's NIL prior) PRIOR_NUMERIC.
     Features are standardised (mean/scale saved) before scikit-learn's
     LogisticRegression (lbfgs, multinomial, C = `C`). Types are those of the tuning
     mentions. Raises ValueError when the mentions do not hold both NIL and right links.

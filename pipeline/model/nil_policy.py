@@ -16,12 +16,14 @@ import logging
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 from pipeline.core.errors import ConfigError, warn
 from pipeline.core.languages import is_language_tag, normalise_language
+from pipeline.model import mention_prior
 from pipeline.model.nil import cluster_nils, decide_nil
-from pipeline.model.nil_classifier import EVIDENCE, add_evidence
+from pipeline.model.nil_classifier import EVIDENCE, add_evidence, reads_prior
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,8 @@ class NilPolicy:
             raise ValueError(f"unknown NIL method {method!r}")
         if method == "classifier" and not isinstance(artifact.get("classifier"), dict):
             raise ValueError("the classifier method needs the classifier's parameters")
+        if method == "classifier" and reads_prior(artifact["classifier"]) and not isinstance(artifact.get("mention_prior"), dict):
+            raise ValueError("the classifier reads the mention NIL prior, which the model does not hold")
         if clustering not in ("name", "singleton"):
             raise ValueError(f"unknown NIL clustering {clustering!r}")
         # Inputs read `en-US` as `en` (`pipeline.core.languages`); a model saved before that may key a
@@ -94,6 +98,15 @@ class NilPolicy:
         artifact = {key: value for key, value in payload.items() if key not in ("clustering", "fallback")}
         return cls.from_artifact(artifact, str(payload["clustering"]))
 
+    def with_mention_prior(self, mentions: pl.DataFrame, name: np.ndarray, context: np.ndarray) -> pl.DataFrame:
+        """mentions with the `mention_nil_logit` column the classifier reads, when evaluate fitted a
+        mention NIL prior (`pipeline.model.mention_prior`); unchanged otherwise. name, context:
+        (len(mentions), H) vectors in the mentions' row order, as the ranker reads them."""
+        prior = self.artifact.get("mention_prior")
+        if not (prior and self.artifact["method"] == "classifier" and reads_prior(self.artifact["classifier"])):
+            return mentions
+        return mentions.with_columns(pl.Series("mention_nil_logit", mention_prior.logits(prior, name, context)))
+
     def decide(self, predictions: pl.DataFrame, candidates: pl.DataFrame) -> pl.DataFrame:
         """`nil.decide_nil` with this policy: adds threshold, is_nil and kb_id (best KB id or NIL).
 
@@ -108,9 +121,9 @@ class NilPolicy:
         # Every language of the run has a threshold of its own; the fallback is for the others.
         artifact = {**self.artifact, "default_threshold": self.fallback}
         if artifact["method"] != "classifier":
-            return decide_nil(predictions, artifact)
+            return decide_nil(predictions, artifact).drop("mention_nil_logit", strict=False)
         decided = decide_nil(add_evidence(predictions, candidates), artifact)
-        return decided.drop(EVIDENCE, strict=False)
+        return decided.drop(*EVIDENCE, "mention_nil_logit", strict=False)
 
     def cluster(self, decided: pl.DataFrame) -> pl.DataFrame:
         """`nil.cluster_nils`: adds system_id, the KB id or the NIL cluster id (NIL00001, ...)."""
