@@ -32,12 +32,14 @@ def report_markdown(metrics: dict, artifact: dict, split: str, has_plot: bool, v
     for lang, value in sorted(artifact["thresholds"].items()):
         count = counts.get(lang, {"mentions": 0, "nil": 0})
         lines.append(f"| {lang} | {value:.3f} | {count['mentions']} | {count['nil']} |")
-    prior = artifact.get("mention_prior")
-    if prior and artifact["method"] == "classifier" and reads_prior(artifact.get("classifier")):
-        fitted = prior["fitted_on"]
-        lines += ["", f"The classifier also reads each mention's NIL prior (evaluate.nil_mention_prior), fitted on "
-                      f"{fitted['mentions']} training mentions, {fitted['nil']} of them NIL: with it, the classifier "
-                      f"did better in the {tune} cross-validation below (`classifier+prior`)."]
+    prior = metrics.get("mention_prior")
+    if prior:
+        reads = artifact["method"] == "classifier" and reads_prior(artifact.get("classifier"))
+        auc = ", ".join(f"{name} {value:.3f}" for name, value in prior["roc_auc"].items() if value is not None) or "none"
+        lines += ["", f"Mention NIL prior (evaluate.nil_mention_prior): fitted on {prior['mentions']} training mentions, "
+                      f"{prior['nil']} of them NIL; ROC AUC of NIL against linked: {auc}. The NIL decision "
+                      + ("reads it: the classifier did better with it (`classifier+prior`) in the "
+                         f"{tune} cross-validation below." if reads else "does not read it.")]
     if has_plot:
         lines += ["", "![micro-average against threshold](thresholds.png)"]
     lines += ["", "Both methods (and `nota`, the ranker's own NIL option, when it has one): micro-average and "

@@ -272,6 +272,11 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     # Every NIL method on the evaluation split (only the chosen one's decisions are written out).
     on_eval = outcome_by_method(predictions, evaluated, artifact, variants)
     metrics["nil_methods"] = on_eval.to_dicts()
+    if prior is not None:  # how well the prior alone tells NIL from linked, on the tuning and evaluation splits
+        metrics["mention_prior"] = {**prior["fitted_on"], "roc_auc": {
+            split: mention_prior.roc_auc(part["mention_nil_logit"].to_numpy(), (part["gold_kb_id"] == schema.NIL_ID).to_numpy())
+            for split in (evaluate.tune_split, evaluate.eval_split)
+            for part in [predictions.filter((pl.col("split") == split) & pl.col("gold_kb_id").is_not_null())]}}
     metrics["tied_best"] = tied_best(evaluated)
     if metrics["tied_best"]["share"] > TIED_SHARE_WARN:
         ties = metrics["tied_best"]

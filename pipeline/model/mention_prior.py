@@ -65,3 +65,11 @@ def logits(params: dict, name: np.ndarray, context: np.ndarray) -> np.ndarray:
     if x.shape[1] != coef.shape[0]:
         raise ValueError(f"the NIL prior was fitted on vectors of width {coef.shape[0] // 2}, these are {x.shape[1] // 2}")
     return x @ coef + float(params["intercept"])
+
+
+def roc_auc(logits: np.ndarray, is_nil: np.ndarray) -> float | None:
+    """ROC AUC of the logits against NIL golds (scikit-learn's roc_auc_score); None without both classes."""
+    from sklearn.metrics import roc_auc_score
+
+    is_nil = np.asarray(is_nil, dtype=bool)
+    return float(roc_auc_score(is_nil, logits)) if 0 < is_nil.sum() < len(is_nil) else None
