@@ -627,3 +627,28 @@ def test_quiet_link_prints_warnings_and_errors_only(demo_run: dict, tmp_path: Pa
     assert again.output == ""  # not "up to date" either
     failed = invoke("-q", "link", "--model", demo_run["model"], "--mentions", tmp_path / "none.jsonl", "--out", tmp_path / "o2")
     assert failed.exit_code == 2 and failed.output.startswith("Error: [E108] ") and len(failed.output.splitlines()) == 1
+
+
+def test_a_relink_leaves_exactly_its_own_outputs(demo_run: dict, tmp_path: Path) -> None:
+    """A link into the folder of an earlier one (another corpus, without --score) removes the
+    earlier link's outputs it does not write itself (gold.tab, metrics.json, doc_languages.tsv),
+    also when it finishes by --merge or finds itself up to date."""
+    out = tmp_path / "out"
+    plain = {"links.parquet", "links.jsonl", "system.tab", "manifest.json"}
+    scored = plain | {"gold.tab", "metrics.json", "doc_languages.tsv"}
+    with_gold = write_jsonl(tmp_path / "gold.jsonl", demo_records("test"))
+    succeeded(link(demo_run["model"], with_gold, out, "--score"))
+    assert {p.name for p in out.iterdir()} == scored
+    succeeded(link(demo_run["model"], demo_run["test"], out))
+    assert {p.name for p in out.iterdir()} == plain
+    assert json.loads((out / "manifest.json").read_text(encoding="utf-8"))["outputs"] == [
+        "links.parquet", "links.jsonl", "system.tab"]
+    succeeded(link(demo_run["model"], with_gold, out, "--score"))
+    for index in range(2):
+        succeeded(link(demo_run["model"], demo_run["test"], out, "--chunk-mentions", 40, "--shard", f"{index}/2"))
+    assert {p.name for p in out.iterdir()} >= scored - {"manifest.json"}  # a shard finishes nothing: --merge does
+    merged = succeeded(link(demo_run["model"], demo_run["test"], out, "--chunk-mentions", 40, "--merge"))
+    assert {p.name for p in out.iterdir()} == plain, merged.output
+    (out / "metrics.json").write_text("{}", encoding="utf-8")  # left beside an up-to-date link by an older xel
+    again = succeeded(link(demo_run["model"], demo_run["test"], out, "--chunk-mentions", 40))
+    assert "up to date" in again.output and {p.name for p in out.iterdir()} == plain

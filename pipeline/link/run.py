@@ -33,12 +33,12 @@ from pipeline.core.errors import CacheError, InputError, warn
 from pipeline.core.io import (file_fingerprint, remove_leftover_temps, write_json_atomic, write_parquet_atomic,
                          write_text_atomic)
 from pipeline.link.out_folder import CHUNKS, SHARDS, WORK
-from pipeline.link.outputs import nil_share, write_outputs
+from pipeline.link.outputs import nil_share, remove_stale_outputs, write_outputs
 from pipeline.link.sources import check_corpus, has_gold, mention_chunks
 from pipeline.model.model_folder import load_model_folder
 from pipeline.model.ties import TIED_SHARE_WARN, tied_best
 from pipeline.core.progress import progress as progress_counter
-from pipeline.core.manifest import MANIFEST, is_up_to_date, stage_key, write_manifest
+from pipeline.core.manifest import MANIFEST, is_up_to_date, read_manifest, stage_key, write_manifest
 from pipeline.core.shards import ShardErrors, finished_shards
 
 logger = logging.getLogger(__name__)
@@ -222,6 +222,8 @@ def run(options: LinkOptions) -> LinkResult:
         return pl.scan_parquet(kb_entities(kb_path, kb_index_root(kb_fingerprint), kb_fingerprint)), kb_path
 
     if not options.force and is_up_to_date(out_dir, key):  # a shard or merge of a finished link too
+        if options.shard is None:  # an older xel's relink may have left another link's outputs beside these
+            remove_stale_outputs(out_dir, read_manifest(out_dir)["outputs"])
         return LinkResult(out_dir, skipped=True, seconds=time.time() - started)
     # Every check that can refuse this link runs before anything in --out changes, so a refused
     # link leaves the folder as it was: a finished link's outputs and manifest, another link's chunks.
@@ -342,6 +344,7 @@ def _finish(options: LinkOptions, folder, key: str, total: int, started: float, 
         warn(logger, "W703", tied=ties["tied"], mentions=ties["mentions"], percent=f"{ties['share']:.0%}",
              path=options.mentions)
     outputs, metrics = write_outputs(paths, clustered, out_dir, options.score, options.mentions, kb_ids)
+    remove_stale_outputs(out_dir, outputs)  # an earlier link's gold.tab or metrics.json: not this link's
     totals = {name: int(sum(s[name] for s in stats)) for name in ("mentions", "entities_encoded", "entities_cached")}
     seconds = time.time() - started
     all_seconds = sum(s["seconds"] for s in stats)
