@@ -605,7 +605,7 @@ def test_score_warns_of_gold_ids_not_in_the_kb_and_counts_mentions_without_gold(
         record.pop("gold_kb_id")
     result = succeeded(link(demo_run["model"], write_jsonl(tmp_path / "m.jsonl", records), tmp_path / "out", "--score"))
     warnings = [line for line in result.output.splitlines() if "[W702]" in line]
-    assert len(warnings) == 1 and "1 gold KB id(s) of 2 mention(s)" in warnings[0] and "e.g. Q_NOT_IN_KB" in warnings[0]
+    assert len(warnings) == 1 and "1 gold KB id(s) of 2 mention(s)" in warnings[0] and "e.g. 'Q_NOT_IN_KB'" in warnings[0]
     assert "link: scored 63 of 66 mention(s); 3 without gold_kb_id left out, 2 whose gold id is not in the KB" in result.output
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text(encoding="utf-8"))
     assert (metrics["scored_mentions"], metrics["unscored_mentions"]) == (63, 3)
@@ -652,3 +652,28 @@ def test_a_relink_leaves_exactly_its_own_outputs(demo_run: dict, tmp_path: Path)
     (out / "metrics.json").write_text("{}", encoding="utf-8")  # left beside an up-to-date link by an older xel
     again = succeeded(link(demo_run["model"], demo_run["test"], out, "--chunk-mentions", 40))
     assert "up to date" in again.output and {p.name for p in out.iterdir()} == plain
+
+
+@pytest.mark.parametrize("form", ["jsonl", "parquet"])
+def test_a_blank_gold_id_is_no_gold(demo_run: dict, tmp_path: Path, form: str) -> None:
+    """A gold_kb_id of only whitespace is no gold id, as an empty one: left out of the score and
+    counted, never a KB id the KB lacks (W702) nor a line of gold.tab; a corpus whose gold ids are
+    all blank has none for --score (E709)."""
+    records = demo_records("test")
+    for record, blank in zip(records[:3], ["  ", "", "\u3000"]):
+        record["gold_kb_id"] = blank
+
+    def mentions(name: str, rows: list[dict]) -> Path:
+        if form == "jsonl":
+            return write_jsonl(tmp_path / f"{name}.jsonl", rows)
+        pl.DataFrame(rows).write_parquet(tmp_path / f"{name}.parquet")
+        return tmp_path / f"{name}.parquet"
+
+    result = succeeded(link(demo_run["model"], mentions("m", records), tmp_path / "out", "--score"))
+    assert "[W702]" not in result.output
+    assert "link: scored 63 of 66 mention(s); 3 without gold_kb_id left out\n" in result.output
+    gold = read_tab(tmp_path / "out" / "gold.tab")
+    assert gold.height == 63 and gold["kb_id"].str.strip_chars().str.len_chars().min() > 0
+    blank = mentions("blank", [{**record, "gold_kb_id": " "} for record in records])
+    refused = link(demo_run["model"], blank, tmp_path / "none", "--score")
+    assert refused.exit_code == 2 and f"Error: [E709] {blank}: --score needs gold_kb_id" in refused.output

@@ -62,7 +62,7 @@ def gold_not_in_kb(evaluated: pl.DataFrame, kb_ids: pl.LazyFrame, mentions_path:
     ids = missing["gold_kb_id"].unique().sort()
     if ids.len():
         warn(logger, "W702", ids=ids.len(), mentions=missing.height, path=mentions_path, kb=kb_path,
-             example=", ".join(ids.head(3).to_list()))
+             example=", ".join(map(repr, ids.head(3).to_list())))  # quoted: spaces show
     return {"kb_ids": ids.len(), "mentions": missing.height}
 
 
