@@ -589,9 +589,21 @@ def test_ties_are_counted_and_warned_as_evaluate_does(demo_run: dict, tmp_path: 
     monkeypatch.setattr(linker_module, "score_candidates", saturated)
     result = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "tied"))
     tied = json.loads((tmp_path / "tied" / "manifest.json").read_text(encoding="utf-8"))["tied_best"]
-    assert tied == {"tied": ranked["mentions"], "mentions": ranked["mentions"], "share": 1.0}
+    assert tied == {"tied": ranked["mentions"], "mentions": ranked["mentions"], "share": 1.0,
+                    "saturated": ranked["mentions"]}
     warnings = [line for line in result.output.splitlines() if "[W703]" in line]
     assert len(warnings) == 1 and f"for {tied['tied']} of {tied['mentions']} mention(s) with a runner-up (100%)" in warnings[0]
+    assert f"{tied['tied']} of them tie near ±1" in warnings[0] and "lower train.learning_rate" in warnings[0]
+    assert "duplicate" not in warnings[0]
+
+    def duplicates(model, inputs, rows, matrix):  # every candidate alike, as copies of one entity under two ids
+        return np.where(matrix >= 0, -0.92, np.nan).astype(np.float32)
+
+    monkeypatch.setattr(linker_module, "score_candidates", duplicates)
+    result = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "duplicates"))
+    warnings = [line for line in result.output.splitlines() if "[W703]" in line]
+    assert len(warnings) == 1 and "tie below that, as duplicate or near-identical KB entities" in warnings[0]
+    assert "check the KB" in warnings[0] and "learning_rate" not in warnings[0]
 
 
 def test_score_warns_of_gold_ids_not_in_the_kb_and_counts_mentions_without_gold(demo_run: dict, tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ from pipeline.link.out_folder import CHUNKS, SHARDS, WORK
 from pipeline.link.outputs import nil_share, remove_stale_outputs, write_outputs
 from pipeline.link.sources import check_corpus, has_gold, mention_chunks
 from pipeline.model.model_folder import load_model_folder
-from pipeline.model.ties import TIED_SHARE_WARN, tied_best
+from pipeline.model.ties import TIED_SHARE_WARN, tie_advice, tied_best
 from pipeline.core.progress import progress as progress_counter
 from pipeline.core.manifest import MANIFEST, is_up_to_date, read_manifest, stage_key, write_manifest
 from pipeline.core.shards import ShardErrors, finished_shards
@@ -342,7 +342,7 @@ def _finish(options: LinkOptions, folder, key: str, total: int, started: float, 
     ties = tied_best(clustered)
     if ties["share"] > TIED_SHARE_WARN:
         warn(logger, "W703", tied=ties["tied"], mentions=ties["mentions"], percent=f"{ties['share']:.0%}",
-             path=options.mentions)
+             path=options.mentions, advice=tie_advice(ties))
     outputs, metrics = write_outputs(paths, clustered, out_dir, options.score, options.mentions, kb_ids)
     remove_stale_outputs(out_dir, outputs)  # an earlier link's gold.tab or metrics.json: not this link's
     totals = {name: int(sum(s[name] for s in stats)) for name in ("mentions", "entities_encoded", "entities_cached")}
