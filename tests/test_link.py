@@ -294,7 +294,10 @@ def test_shards_and_merge_equal_one_process(demo_run: dict, tmp_path: Path) -> N
     typo = link(demo_run["model"], demo_run["test"], tmp_path / "partial", "--chunk-mentions", 30, "--shard", "1/2")
     assert typo.exit_code == 2 and "[E715]" in typo.output, typo.output
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "partial").rglob("*") if p.is_file()) == before
-    succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "sharded", "--chunk-mentions", 20, "--merge"))
+    merged = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "sharded", "--chunk-mentions", 20, "--merge"))
+    first = merged.stdout.splitlines()[0]  # no rate or encode share: a merge links nothing
+    assert first.startswith("link: merged 66 mentions from 3 shard(s) (4 chunk(s)) in ") and "/s" not in first
+    assert "encode" in first and "% of linking time" not in first
     assert_same_links(tmp_path / "sharded" / "links.parquet", tmp_path / "one" / "links.parquet")
     assert (tmp_path / "sharded" / "system.tab").read_text() == (tmp_path / "one" / "system.tab").read_text()
     assert not (tmp_path / "sharded" / "chunks").exists()
