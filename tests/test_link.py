@@ -392,6 +392,26 @@ def test_cuda_without_a_gpu_is_one_line_error(demo_run: dict, tmp_path: Path) ->
     assert result.exit_code == 2 and "[E203]" in result.output and "--device" in result.output
 
 
+@pytest.mark.parametrize(("device", "reason"), [
+    ("gpu", "not a device torch knows"), ("", "not a device torch knows"), ("CPU", "not a device torch knows"),
+    ("cuda:x", "not a device torch knows"), ("xla", "not a device xel runs on"), ("mps", "no MPS device"),
+    ("cuda:3", "only 1 CUDA device(s) are visible here")])
+def test_every_bad_device_names_the_device_option(demo_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  device: str, reason: str) -> None:
+    """Whatever is wrong with --device (a name torch does not know, one xel does not run on, a GPU that
+    is not there), the one-line error names --device, not the model's [encoder] setting."""
+    import torch
+
+    if device == "cuda:3":  # one GPU visible: cuda:3 is not there
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    result = link(demo_run["model"], demo_run["test"], tmp_path / "out", "--device", device)
+    assert result.exit_code == 2 and len(result.output.splitlines()) == 1, result.output
+    assert result.output.startswith(f"Error: [E203] --device: device = {device!r} is invalid: {reason}"), result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_link_decides_nil_with_the_learned_classifier_as_evaluate_would(demo_run: dict, tmp_path: Path) -> None:
     """A model whose NIL decision is the classifier (the demo's dev split is too small for `auto`
     to fit one, so it is fitted here on every split's predictions): link's NIL decisions equal

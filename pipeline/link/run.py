@@ -207,6 +207,10 @@ def run(options: LinkOptions) -> LinkResult:
     out_dir = options.out_dir
     if options.docs is not None and not options.docs.exists():
         raise InputError("E108", path=options.docs)
+    if options.device is not None:  # refused whether or not any chunk is left to link
+        from pipeline.link.linker import check_device
+
+        check_device(options.device)
     folder = load_model_folder(options.model)
     if options.fallback_threshold is not None:
         folder = dataclasses.replace(folder, policy=folder.policy.with_unseen_threshold(options.fallback_threshold))
