@@ -294,7 +294,10 @@ def test_shards_and_merge_equal_one_process(demo_run: dict, tmp_path: Path) -> N
     typo = link(demo_run["model"], demo_run["test"], tmp_path / "partial", "--chunk-mentions", 30, "--shard", "1/2")
     assert typo.exit_code == 2 and "[E715]" in typo.output, typo.output
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "partial").rglob("*") if p.is_file()) == before
-    succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "sharded", "--chunk-mentions", 20, "--merge"))
+    merged = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "sharded", "--chunk-mentions", 20, "--merge"))
+    first = merged.stdout.splitlines()[0]  # no rate or encode share: a merge links nothing
+    assert first.startswith("link: merged 66 mentions from 3 shard(s) (4 chunk(s)) in ") and "/s" not in first
+    assert "encode" in first and "% of linking time" not in first
     assert_same_links(tmp_path / "sharded" / "links.parquet", tmp_path / "one" / "links.parquet")
     assert (tmp_path / "sharded" / "system.tab").read_text() == (tmp_path / "one" / "system.tab").read_text()
     assert not (tmp_path / "sharded" / "chunks").exists()
@@ -387,6 +390,26 @@ def test_cuda_without_a_gpu_is_one_line_error(demo_run: dict, tmp_path: Path) ->
         pytest.skip("a GPU is visible: --device cuda is valid here")
     result = link(demo_run["model"], demo_run["test"], tmp_path / "out", "--device", "cuda")
     assert result.exit_code == 2 and "[E203]" in result.output and "--device" in result.output
+
+
+@pytest.mark.parametrize(("device", "reason"), [
+    ("gpu", "not a device torch knows"), ("", "not a device torch knows"), ("CPU", "not a device torch knows"),
+    ("cuda:x", "not a device torch knows"), ("xla", "not a device xel runs on"), ("mps", "no MPS device"),
+    ("cuda:3", "only 1 CUDA device(s) are visible here")])
+def test_every_bad_device_names_the_device_option(demo_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  device: str, reason: str) -> None:
+    """Whatever is wrong with --device (a name torch does not know, one xel does not run on, a GPU that
+    is not there), the one-line error names --device, not the model's [encoder] setting."""
+    import torch
+
+    if device == "cuda:3":  # one GPU visible: cuda:3 is not there
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    result = link(demo_run["model"], demo_run["test"], tmp_path / "out", "--device", device)
+    assert result.exit_code == 2 and len(result.output.splitlines()) == 1, result.output
+    assert result.output.startswith(f"Error: [E203] --device: device = {device!r} is invalid: {reason}"), result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_link_decides_nil_with_the_learned_classifier_as_evaluate_would(demo_run: dict, tmp_path: Path) -> None:
@@ -593,9 +616,21 @@ def test_ties_are_counted_and_warned_as_evaluate_does(demo_run: dict, tmp_path: 
     monkeypatch.setattr(linker_module, "score_candidates", saturated)
     result = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "tied"))
     tied = json.loads((tmp_path / "tied" / "manifest.json").read_text(encoding="utf-8"))["tied_best"]
-    assert tied == {"tied": ranked["mentions"], "mentions": ranked["mentions"], "share": 1.0}
+    assert tied == {"tied": ranked["mentions"], "mentions": ranked["mentions"], "share": 1.0,
+                    "saturated": ranked["mentions"]}
     warnings = [line for line in result.output.splitlines() if "[W703]" in line]
     assert len(warnings) == 1 and f"for {tied['tied']} of {tied['mentions']} mention(s) with a runner-up (100%)" in warnings[0]
+    assert f"{tied['tied']} of them tie near ±1" in warnings[0] and "lower train.learning_rate" in warnings[0]
+    assert "duplicate" not in warnings[0]
+
+    def duplicates(model, inputs, rows, matrix):  # every candidate alike, as copies of one entity under two ids
+        return np.where(matrix >= 0, -0.92, np.nan).astype(np.float32)
+
+    monkeypatch.setattr(linker_module, "score_candidates", duplicates)
+    result = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "duplicates"))
+    warnings = [line for line in result.output.splitlines() if "[W703]" in line]
+    assert len(warnings) == 1 and "tie below that, as duplicate or near-identical KB entities" in warnings[0]
+    assert "check the KB" in warnings[0] and "learning_rate" not in warnings[0]
 
 
 def test_score_warns_of_gold_ids_not_in_the_kb_and_counts_mentions_without_gold(demo_run: dict, tmp_path: Path) -> None:
@@ -609,7 +644,7 @@ def test_score_warns_of_gold_ids_not_in_the_kb_and_counts_mentions_without_gold(
         record.pop("gold_kb_id")
     result = succeeded(link(demo_run["model"], write_jsonl(tmp_path / "m.jsonl", records), tmp_path / "out", "--score"))
     warnings = [line for line in result.output.splitlines() if "[W702]" in line]
-    assert len(warnings) == 1 and "1 gold KB id(s) of 2 mention(s)" in warnings[0] and "e.g. Q_NOT_IN_KB" in warnings[0]
+    assert len(warnings) == 1 and "1 gold KB id(s) of 2 mention(s)" in warnings[0] and "e.g. 'Q_NOT_IN_KB'" in warnings[0]
     assert "link: scored 63 of 66 mention(s); 3 without gold_kb_id left out, 2 whose gold id is not in the KB" in result.output
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text(encoding="utf-8"))
     assert (metrics["scored_mentions"], metrics["unscored_mentions"]) == (63, 3)
@@ -631,3 +666,53 @@ def test_quiet_link_prints_warnings_and_errors_only(demo_run: dict, tmp_path: Pa
     assert again.output == ""  # not "up to date" either
     failed = invoke("-q", "link", "--model", demo_run["model"], "--mentions", tmp_path / "none.jsonl", "--out", tmp_path / "o2")
     assert failed.exit_code == 2 and failed.output.startswith("Error: [E108] ") and len(failed.output.splitlines()) == 1
+
+
+def test_a_relink_leaves_exactly_its_own_outputs(demo_run: dict, tmp_path: Path) -> None:
+    """A link into the folder of an earlier one (another corpus, without --score) removes the
+    earlier link's outputs it does not write itself (gold.tab, metrics.json, doc_languages.tsv),
+    also when it finishes by --merge or finds itself up to date."""
+    out = tmp_path / "out"
+    plain = {"links.parquet", "links.jsonl", "system.tab", "manifest.json"}
+    scored = plain | {"gold.tab", "metrics.json", "doc_languages.tsv"}
+    with_gold = write_jsonl(tmp_path / "gold.jsonl", demo_records("test"))
+    succeeded(link(demo_run["model"], with_gold, out, "--score"))
+    assert {p.name for p in out.iterdir()} == scored
+    succeeded(link(demo_run["model"], demo_run["test"], out))
+    assert {p.name for p in out.iterdir()} == plain
+    assert json.loads((out / "manifest.json").read_text(encoding="utf-8"))["outputs"] == [
+        "links.parquet", "links.jsonl", "system.tab"]
+    succeeded(link(demo_run["model"], with_gold, out, "--score"))
+    for index in range(2):
+        succeeded(link(demo_run["model"], demo_run["test"], out, "--chunk-mentions", 40, "--shard", f"{index}/2"))
+    assert {p.name for p in out.iterdir()} >= scored - {"manifest.json"}  # a shard finishes nothing: --merge does
+    merged = succeeded(link(demo_run["model"], demo_run["test"], out, "--chunk-mentions", 40, "--merge"))
+    assert {p.name for p in out.iterdir()} == plain, merged.output
+    (out / "metrics.json").write_text("{}", encoding="utf-8")  # left beside an up-to-date link by an older xel
+    again = succeeded(link(demo_run["model"], demo_run["test"], out, "--chunk-mentions", 40))
+    assert "up to date" in again.output and {p.name for p in out.iterdir()} == plain
+
+
+@pytest.mark.parametrize("form", ["jsonl", "parquet"])
+def test_a_blank_gold_id_is_no_gold(demo_run: dict, tmp_path: Path, form: str) -> None:
+    """A gold_kb_id of only whitespace is no gold id, as an empty one: left out of the score and
+    counted, never a KB id the KB lacks (W702) nor a line of gold.tab; a corpus whose gold ids are
+    all blank has none for --score (E709)."""
+    records = demo_records("test")
+    for record, blank in zip(records[:3], ["  ", "", "\u3000"]):
+        record["gold_kb_id"] = blank
+
+    def mentions(name: str, rows: list[dict]) -> Path:
+        if form == "jsonl":
+            return write_jsonl(tmp_path / f"{name}.jsonl", rows)
+        pl.DataFrame(rows).write_parquet(tmp_path / f"{name}.parquet")
+        return tmp_path / f"{name}.parquet"
+
+    result = succeeded(link(demo_run["model"], mentions("m", records), tmp_path / "out", "--score"))
+    assert "[W702]" not in result.output
+    assert "link: scored 63 of 66 mention(s); 3 without gold_kb_id left out\n" in result.output
+    gold = read_tab(tmp_path / "out" / "gold.tab")
+    assert gold.height == 63 and gold["kb_id"].str.strip_chars().str.len_chars().min() > 0
+    blank = mentions("blank", [{**record, "gold_kb_id": " "} for record in records])
+    refused = link(demo_run["model"], blank, tmp_path / "none", "--score")
+    assert refused.exit_code == 2 and f"Error: [E709] {blank}: --score needs gold_kb_id" in refused.output

@@ -189,5 +189,21 @@ def test_tied_best_counts_mentions_whose_runner_up_has_the_best_score() -> None:
                              schema={"best_score": pl.Float64, "second_score": pl.Float64})
     evaluated = evaluated.with_columns((pl.col("best_score") - pl.col("second_score")).alias("margin"))
     ties = tied_best(evaluated)
-    assert ties == {"tied": 2, "mentions": 3, "share": 2 / 3}  # no candidate, or no runner-up: not counted
-    assert tied_best(evaluated.head(0)) == {"tied": 0, "mentions": 0, "share": 0.0}
+    # No candidate, or no runner-up: not counted; the tie at 1.0 is a saturated tanh, the one at 0.5 is not.
+    assert ties == {"tied": 2, "mentions": 3, "share": 2 / 3, "saturated": 1}
+    assert tied_best(evaluated.head(0)) == {"tied": 0, "mentions": 0, "share": 0.0, "saturated": 0}
+
+
+def test_tie_advice_names_the_cause_the_tied_scores_point_to() -> None:
+    """Ties near ±1 are a saturated ranker (retrain with a lower learning rate); ties below that are
+    candidates the ranker cannot tell apart, as duplicate KB entities (check the KB)."""
+    from pipeline.model.ties import tie_advice
+
+    saturated = tie_advice({"tied": 5, "mentions": 8, "share": 5 / 8, "saturated": 5})
+    assert saturated.startswith("5 of them tie near ±1") and "lower train.learning_rate" in saturated
+    assert "duplicate" not in saturated
+    duplicates = tie_advice({"tied": 5, "mentions": 8, "share": 5 / 8, "saturated": 0})
+    assert duplicates.startswith("5 of them tie below that, as duplicate or near-identical KB entities")
+    assert "check the KB" in duplicates and "learning_rate" not in duplicates
+    both = tie_advice({"tied": 5, "mentions": 8, "share": 5 / 8, "saturated": 2})
+    assert "2 of them tie near ±1" in both and "; 3 of them tie below that" in both

@@ -118,7 +118,7 @@ class Warnings:
     W220 = "{count} document(s) of {path} have no language (e.g. {example!r}): their id does not say and no languages file lists them, so they count as 'unknown'; give `xel-cli score --languages FILE` (doc_id<TAB>lang lines) or put doc_languages.tsv beside the gold file"
     W401 = "{path}: taking over a stale lock of a run that is gone ({detail})"
     W501 = "no dev mention (of train_languages, if set) to pick the best epoch by; the model is the epoch of lowest training loss and best_dev_accuracy is null"
-    W502 = "the ranker gives its best two candidates the same score for {tied} of {mentions} {split} mention(s) with a runner-up ({percent}): which candidate those link to is triage's order, not the ranker's (its tanh scores saturate); lower train.learning_rate (README, Results: seed spread)"
+    W502 = "the ranker gives its best two candidates the same score for {tied} of {mentions} {split} mention(s) with a runner-up ({percent}): which candidate those link to is triage's order, not the ranker's; {advice}"
     W601 = "system languages {languages} are not in the gold; they count overall only"
     W602 = "{lang}: no {split} mention with gold to tune its NIL threshold on; it uses {fallback} = {value}"
     W603 = "{lang}: NIL threshold {value} rests on {mentions} {split} mention(s) with {nils} NIL(s) (fewer than {min_mentions} mentions or {min_nils} NILs), so it may not hold on other data; add {split} mentions of that language or set evaluate.fixed_thresholds"
@@ -126,7 +126,7 @@ class Warnings:
     W605 = "{lang}: {split} micro-average is the same at every NIL threshold (no {split} decision depends on it); it uses {fallback} = {value}"
     W701 = "{count} mention(s) in language(s) {languages} that the model has no NIL threshold for; linked with the fallback NIL threshold {threshold} ({source}); set another with `xel-cli link --fallback-threshold` (with the classifier NIL method the threshold decides nothing)"
     W702 = "{ids} gold KB id(s) of {mentions} mention(s) in {path} are not in the KB {kb} (e.g. {example}); no link can be right for those mentions, so they count as errors in the score: score against the KB the gold was made for (--kb), or correct those ids"
-    W703 = "the ranker gives its best two candidates the same score for {tied} of {mentions} mention(s) with a runner-up ({percent}) in {path}: which candidate those link to is triage's order, not the ranker's (its tanh scores saturate); retrain the model with a lower train.learning_rate (README, Results: seed spread)"
+    W703 = "the ranker gives its best two candidates the same score for {tied} of {mentions} mention(s) with a runner-up ({percent}) in {path}: which candidate those link to is triage's order, not the ranker's; {advice}"
 
 
 def warn(logger: logging.Logger, code: str, **fields: object) -> str:

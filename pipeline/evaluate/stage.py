@@ -38,7 +38,7 @@ from pipeline.core.io import (atomic_path, collect_checked, scan_parquet_checked
 from pipeline.model.nil import cluster_nils, decide_nil
 from pipeline.model import mention_prior
 from pipeline.model.nil_classifier import add_evidence
-from pipeline.model.ties import TIED_SHARE_WARN, tied_best
+from pipeline.model.ties import TIED_SHARE_WARN, tie_advice, tied_best
 from pipeline.evaluate.report import report_markdown
 from pipeline.scoring.measures import MICRO_AVERAGE, score
 from pipeline.core.manifest import StageResult, StageRun, upstream_key
@@ -281,7 +281,7 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     if metrics["tied_best"]["share"] > TIED_SHARE_WARN:
         ties = metrics["tied_best"]
         warn(logger, "W502", split=evaluate.eval_split, tied=ties["tied"], mentions=ties["mentions"],
-             percent=f"{ties['share']:.0%}")
+             percent=f"{ties['share']:.0%}", advice=tie_advice(ties))
     seen = mentions.filter(pl.col("mention_id").is_in(saved.get("train_mention_ids", [])))["gold_kb_id"].unique()
     analysis, confusions = error_analysis.analyse(evaluated, candidates, seen.drop_nulls().to_list())
 

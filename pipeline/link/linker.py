@@ -31,6 +31,34 @@ from pipeline.model.model_folder import ModelFolder, load_model_folder
 logger = logging.getLogger(__name__)
 
 
+def check_device(device: str) -> None:
+    """E203 naming --device for a device the encoder and ranker cannot run on here: a name torch
+    does not parse (gpu, CPU, cuda:x, an empty one), a type xel does not run on (xla, meta), or
+    one this machine lacks (cuda without a visible GPU, cuda:N past the last one, mps). `auto`
+    is always fine. Checked before the encoder config is built, whose own check would name
+    the model's [encoder] section instead."""
+    if device == "auto":
+        return
+    usable = "use auto, cpu, cuda or cuda:N"
+    try:
+        kind = torch.device(device)
+    except RuntimeError:
+        reason = f"not a device torch knows; {usable}"
+    else:
+        count = torch.cuda.device_count() if kind.type == "cuda" and torch.cuda.is_available() else 0
+        if kind.type not in ("cpu", "cuda", "mps"):
+            reason = f"not a device xel runs on; {usable}"
+        elif kind.type == "cuda" and not count:
+            reason = "no CUDA device is visible here; use cpu (or auto)"
+        elif kind.type == "cuda" and kind.index is not None and kind.index >= count:
+            reason = f"only {count} CUDA device(s) are visible here (cuda:0 to cuda:{count - 1}); give one of them, or cuda"
+        elif kind.type == "mps" and not torch.backends.mps.is_available():
+            reason = "no MPS device is available here; use cpu (or auto)"
+        else:
+            return
+    raise ConfigError("E203", where="--device", field="device", value=device, reason=reason)
+
+
 @dataclass(frozen=True)
 class ChunkResult:
     """Decisions for one chunk of mentions (before NIL clustering) and what it cost.
@@ -61,6 +89,8 @@ class Linker:
 
         self.folder = folder
         meta = folder.meta
+        if device is not None:
+            check_device(device)
         try:
             settings = dict(meta["encoder"]["settings"])
             if device is not None:
@@ -70,9 +100,7 @@ class Linker:
             self.context_chars = int(meta["inputs"]["context_chars"])
         except (KeyError, TypeError, ValueError) as exc:
             raise CacheError("E702", path=folder.path / "model.json", detail=f"malformed settings ({exc})") from None
-        if self.encoder_config.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError("E203", where="--device", field="device", value=self.encoder_config.device,
-                              reason="no CUDA device is visible here; use cpu (or auto)")
+        check_device(self.encoder_config.device)  # the model's own setting: --device overrides it
         expected = meta["encoder"].get("identity")
         try:
             path = resolve_encoder_path(self.encoder_config.name)

@@ -30,12 +30,11 @@ CHUNKS, WORK, SHARDS = "chunks", "work", "shards"
 def check_out_dir(out_dir: Path) -> None:
     """Refuse (E714) an --out folder holding anything but what link writes, e.g. a run's evaluate/:
     link would replace its system.tab and manifest and leave the rest mixed in."""
-    from pipeline.link.outputs import LINKS_JSONL, LINKS_PARQUET, SYSTEM_TAB
+    from pipeline.link.outputs import OUTPUT_NAMES
 
     if not out_dir.is_dir():
         return
-    ours = {CHUNKS, WORK, SHARDS, MANIFEST, LINKS_PARQUET, LINKS_JSONL, SYSTEM_TAB, "gold.tab", "metrics.json",
-            "doc_languages.tsv", LOCK_NAME}
+    ours = {CHUNKS, WORK, SHARDS, MANIFEST, *OUTPUT_NAMES, LOCK_NAME}
     foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in ours and not p.name.endswith(".tmp"))
     manifest = out_dir / MANIFEST
     if manifest.is_file():

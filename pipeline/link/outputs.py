@@ -18,12 +18,17 @@ import polars as pl
 from pipeline.core import schema
 from pipeline.core.errors import InputError, warn
 from pipeline.core.io import atomic_path, write_json_atomic
+from pipeline.formats.doc_languages import FILE_NAME as DOC_LANGUAGES
 
 logger = logging.getLogger(__name__)
 
 LINKS_PARQUET = "links.parquet"
 LINKS_JSONL = "links.jsonl"
 SYSTEM_TAB = "system.tab"
+GOLD_TAB = "gold.tab"
+METRICS_JSON = "metrics.json"
+# Every output a link may write (the manifest aside): what a finished link removes when it did not write it.
+OUTPUT_NAMES = (LINKS_PARQUET, LINKS_JSONL, SYSTEM_TAB, GOLD_TAB, DOC_LANGUAGES, METRICS_JSON)
 # The columns of links.parquet and of `Linker.link`'s result, with their dtypes: what an empty input gives too.
 CANDIDATE = pl.Struct({"kb_id": pl.String, "score": pl.Float32, "triage_score": pl.Float64, "sources": pl.List(pl.String)})
 LINKS_SCHEMA = pl.Schema({"mention_id": pl.String, "doc_id": pl.String, "start": pl.Int64, "end": pl.Int64, "lang": pl.String,
@@ -57,7 +62,7 @@ def gold_not_in_kb(evaluated: pl.DataFrame, kb_ids: pl.LazyFrame, mentions_path:
     ids = missing["gold_kb_id"].unique().sort()
     if ids.len():
         warn(logger, "W702", ids=ids.len(), mentions=missing.height, path=mentions_path, kb=kb_path,
-             example=", ".join(ids.head(3).to_list()))
+             example=", ".join(map(repr, ids.head(3).to_list())))  # quoted: spaces show
     return {"kb_ids": ids.len(), "mentions": missing.height}
 
 
@@ -77,7 +82,7 @@ def write_outputs(chunk_paths: list[Path], clustered: pl.DataFrame, out_dir: Pat
     import pyarrow.parquet as pq
 
     from pipeline.evaluate.stage import score_decisions, tac_frame
-    from pipeline.formats.doc_languages import FILE_NAME as DOC_LANGUAGES_FILE, write_doc_languages
+    from pipeline.formats.doc_languages import write_doc_languages
     from pipeline.formats.tac import write_tab
 
     system_ids = clustered.select("mention_id", "system_id")
@@ -107,7 +112,22 @@ def write_outputs(chunk_paths: list[Path], clustered: pl.DataFrame, out_dir: Pat
     if kb_ids is not None:
         known, kb_path = kb_ids()
         metrics["gold_not_in_kb"] = gold_not_in_kb(evaluated, known, mentions_path, kb_path)
-    write_tab(gold_tab, out_dir / "gold.tab")
-    write_doc_languages(languages, out_dir / DOC_LANGUAGES_FILE)  # `xel-cli score` reads it beside gold.tab
-    write_json_atomic(out_dir / "metrics.json", metrics)
-    return outputs + ["gold.tab", DOC_LANGUAGES_FILE, "metrics.json"], metrics
+    write_tab(gold_tab, out_dir / GOLD_TAB)
+    write_doc_languages(languages, out_dir / DOC_LANGUAGES)  # `xel-cli score` reads it beside gold.tab
+    write_json_atomic(out_dir / METRICS_JSON, metrics)
+    return outputs + [GOLD_TAB, DOC_LANGUAGES, METRICS_JSON], metrics
+
+
+def remove_stale_outputs(out_dir: Path, outputs: list[str]) -> list[str]:
+    """Delete the outputs an earlier link left in `out_dir` that this one did not write (`outputs`):
+    e.g. gold.tab and metrics.json of a --score link, under a link without it. Returns their names.
+
+    Only `OUTPUT_NAMES`, never another file; called once this link's own outputs are written and
+    before its manifest, so a crash in between leaves no manifest and the rerun redoes it.
+    """
+    stale = [name for name in OUTPUT_NAMES if name not in outputs and (out_dir / name).is_file()]
+    for name in stale:
+        (out_dir / name).unlink(missing_ok=True)
+    if stale:
+        logger.info("removed %s of an earlier link from %s", ", ".join(stale), out_dir)
+    return stale

@@ -33,12 +33,12 @@ from pipeline.core.errors import CacheError, InputError, warn
 from pipeline.core.io import (file_fingerprint, remove_leftover_temps, write_json_atomic, write_parquet_atomic,
                          write_text_atomic)
 from pipeline.link.out_folder import CHUNKS, SHARDS, WORK
-from pipeline.link.outputs import nil_share, write_outputs
+from pipeline.link.outputs import nil_share, remove_stale_outputs, write_outputs
 from pipeline.link.sources import check_corpus, has_gold, mention_chunks
 from pipeline.model.model_folder import load_model_folder
-from pipeline.model.ties import TIED_SHARE_WARN, tied_best
+from pipeline.model.ties import TIED_SHARE_WARN, tie_advice, tied_best
 from pipeline.core.progress import progress as progress_counter
-from pipeline.core.manifest import MANIFEST, is_up_to_date, stage_key, write_manifest
+from pipeline.core.manifest import MANIFEST, is_up_to_date, read_manifest, stage_key, write_manifest
 from pipeline.core.shards import ShardErrors, finished_shards
 
 logger = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ class LinkResult:
     encode_share: float = 0.0
     finished: bool = True  # False for a shard: the merge writes the outputs
     ties: dict | None = None  # `ties.tied_best` over every mention: tied, mentions (with a runner-up), share
+    merged_shards: int = 0  # a --merge: how many shards it joined (it links nothing itself)
 
     def summary(self, shard: tuple[int, int] | None, score: bool) -> list[str]:
         """What `xel-cli link` prints: counts and speed, then the NIL share per language and the
@@ -90,11 +91,15 @@ class LinkResult:
             return [f"link: up to date ({self.out_dir}); --force redoes it"]
         counts = self.counts
         now = counts.get("mentions_linked_now", counts["mentions"])
-        lines = [f"link: {counts['mentions']} mentions, {now} linked now in {self.seconds:.1f}s "
-                 f"({self.mentions_per_second:.1f} mentions/s), {counts['chunks']} chunk(s), {counts['chunks_resumed']} "
-                 f"resumed; entities encoded "
-                 f"{counts['entities_encoded']}, from the cache {counts['entities_cached']}; "
-                 f"{self.encode_share:.0%} of linking time in encode"]
+        if self.merged_shards:  # no rate or encode share: the shards did the linking
+            lines = [f"link: merged {counts['mentions']} mentions from {self.merged_shards} shard(s) ({counts['chunks']} "
+                     f"chunk(s)) in {self.seconds:.1f}s; the shards encoded {counts['entities_encoded']} entities, "
+                     f"took {counts['entities_cached']} from the cache"]
+        else:
+            lines = [f"link: {counts['mentions']} mentions, {now} linked now in {self.seconds:.1f}s "
+                     f"({self.mentions_per_second:.1f} mentions/s), {counts['chunks']} chunk(s), {counts['chunks_resumed']} "
+                     f"resumed; entities encoded {counts['entities_encoded']}, from the cache {counts['entities_cached']}; "
+                     f"{self.encode_share:.0%} of linking time in encode"]
         if not self.finished:
             return lines + [f"link: shard {shard[0]}/{shard[1]} done -> {self.out_dir}; "
                             "run `xel-cli link ... --merge` when every shard is"]
@@ -202,6 +207,10 @@ def run(options: LinkOptions) -> LinkResult:
     out_dir = options.out_dir
     if options.docs is not None and not options.docs.exists():
         raise InputError("E108", path=options.docs)
+    if options.device is not None:  # refused whether or not any chunk is left to link
+        from pipeline.link.linker import check_device
+
+        check_device(options.device)
     folder = load_model_folder(options.model)
     if options.fallback_threshold is not None:
         folder = dataclasses.replace(folder, policy=folder.policy.with_unseen_threshold(options.fallback_threshold))
@@ -222,14 +231,17 @@ def run(options: LinkOptions) -> LinkResult:
         return pl.scan_parquet(kb_entities(kb_path, kb_index_root(kb_fingerprint), kb_fingerprint)), kb_path
 
     if not options.force and is_up_to_date(out_dir, key):  # a shard or merge of a finished link too
+        if options.shard is None:  # an older xel's relink may have left another link's outputs beside these
+            remove_stale_outputs(out_dir, read_manifest(out_dir)["outputs"])
         return LinkResult(out_dir, skipped=True, seconds=time.time() - started)
     # Every check that can refuse this link runs before anything in --out changes, so a refused
     # link leaves the folder as it was: a finished link's outputs and manifest, another link's chunks.
     if options.merge:
-        total = _finished_shards(out_dir, key)
+        total, shards = _finished_shards(out_dir, key)
         (out_dir / MANIFEST).unlink(missing_ok=True)  # outputs being redone never look finished
-        return _finish(options, folder, key, total, started, {"mentions": 0, "chunks_resumed": total}, kb_ids,
-                       linked_seconds=0.0)
+        result = _finish(options, folder, key, total, started, {"mentions": 0, "chunks_resumed": total}, kb_ids,
+                         linked_seconds=0.0)
+        return dataclasses.replace(result, merged_shards=shards)
     if options.shard is not None:
         _refuse_other_keys(out_dir, key, options.force)
     context_chars = int(folder.meta["inputs"]["context_chars"])
@@ -303,8 +315,9 @@ def _release_freed_memory() -> None:
         pass
 
 
-def _finished_shards(out_dir: Path, key: str) -> int:
-    """The corpus's chunk count, once every shard of this key has finished (E711 naming a missing one)."""
+def _finished_shards(out_dir: Path, key: str) -> tuple[int, int]:
+    """(the corpus's chunk count, the shard count), once every shard of this key has finished (E711
+    naming a missing one)."""
     errors = ShardErrors(
         none_finished=lambda: CacheError(
             "E711", path=out_dir / SHARDS, detail="no shard of this link (same model, inputs and settings) has finished; "
@@ -315,7 +328,8 @@ def _finished_shards(out_dir: Path, key: str) -> int:
             "E711", path=out_dir / SHARDS / f"shard-{index}-of-{count}.json",
             detail=f"shard {index}/{count} has not finished; run `xel-cli link --shard {index}/{count}` "
                    "with the same model, inputs and options"))
-    return int(finished_shards(out_dir / SHARDS, "shard", key, errors)[0]["chunks_total"])
+    records = finished_shards(out_dir / SHARDS, "shard", key, errors)
+    return int(records[0]["chunks_total"]), len(records)
 
 
 def _finish(options: LinkOptions, folder, key: str, total: int, started: float, counts: dict[str, int],
@@ -340,8 +354,9 @@ def _finish(options: LinkOptions, folder, key: str, total: int, started: float, 
     ties = tied_best(clustered)
     if ties["share"] > TIED_SHARE_WARN:
         warn(logger, "W703", tied=ties["tied"], mentions=ties["mentions"], percent=f"{ties['share']:.0%}",
-             path=options.mentions)
+             path=options.mentions, advice=tie_advice(ties))
     outputs, metrics = write_outputs(paths, clustered, out_dir, options.score, options.mentions, kb_ids)
+    remove_stale_outputs(out_dir, outputs)  # an earlier link's gold.tab or metrics.json: not this link's
     totals = {name: int(sum(s[name] for s in stats)) for name in ("mentions", "entities_encoded", "entities_cached")}
     seconds = time.time() - started
     all_seconds = sum(s["seconds"] for s in stats)

@@ -36,7 +36,7 @@ def mention_format(path: Path) -> str:
 
 
 def has_gold(path: Path) -> bool:
-    """Whether any mention of `path` carries a gold id (`gold_kb_id`, not empty): what `--score` needs.
+    """Whether any mention of `path` carries a gold id (`gold_kb_id`, not blank): what `--score` needs.
 
     Read before linking, so a corpus without gold fails at once (E709) rather than after
     linking all of it. Stops at the first mention with gold; only a corpus without any is
@@ -50,9 +50,23 @@ def has_gold(path: Path) -> bool:
         if "gold_kb_id" not in parquet_columns(path):
             return False
         gold = pl.col("gold_kb_id").cast(pl.String)
-        return bool(scan.select((gold.is_not_null() & (gold != "")).any()).collect().item())
-    return any(record.get("gold_kb_id") not in (None, "")
+        return bool(scan.select((gold.str.strip_chars() != "").any()).collect().item())  # null: not any
+    return any(_is_gold(record.get("gold_kb_id"))
                for block in iter_jsonl_blocks(path, block_lines=GOLD_SCAN_LINES) for _, record in block)
+
+
+def _is_gold(value: object) -> bool:
+    """Whether a record's gold_kb_id is a gold id: given, and not empty or only whitespace."""
+    return value is not None and not (isinstance(value, str) and not value.strip())
+
+
+def with_gold(frame: pl.DataFrame) -> pl.DataFrame:
+    """The readers' mentions with their gold normalised (`normalise_gold`: NIL cluster ids are NIL),
+    and a gold_kb_id of only whitespace taken as none, as an empty one: no KB id is blank, so such a
+    mention counts as one without gold (left out of --score's score), never as a KB id the KB lacks."""
+    blank = pl.col("gold_kb_id").str.strip_chars() == ""
+    return normalise_gold(frame.with_columns(
+        pl.when(blank).then(pl.lit(None, pl.String)).otherwise(pl.col("gold_kb_id")).alias("gold_kb_id")))
 
 
 def parquet_columns(path: Path) -> list[str]:
@@ -77,7 +91,7 @@ def records_frame(records: list[dict], path: Path, context_chars: int, keep_gold
     block = list(enumerate(records, start=first_line))
     docs_name = (docs_path or Path("<docs>")) if docs is not None else None
     frame = read_mentions_jsonl(path, docs_name, context_chars, blocks=[block] if block else [], docs=docs)
-    return normalise_gold(frame)
+    return with_gold(frame)
 
 
 def _chunk_docs(docs_parquet: Path | None, records: list[dict]) -> pl.DataFrame | None:
@@ -106,7 +120,7 @@ def mention_chunks(path: Path, docs: Path | None, chunk_mentions: int, context_c
         def tac_chunk(offset: int) -> pl.DataFrame:
             frame = tac_mentions(lines.slice(offset, chunk_mentions), docs, context_chars)
             frame = frame if keep_gold else frame.with_columns(pl.lit(None, pl.String).alias("gold_kb_id"))
-            return normalise_gold(frame)
+            return with_gold(frame)
 
         for index, offset in enumerate(range(0, lines.height, chunk_mentions)):
             yield index, (lambda offset=offset: tac_chunk(offset))
@@ -168,4 +182,4 @@ def _jsonl_chunk(path: Path, block: list[tuple[int, dict]], docs_path: Path | No
         block = [(line, {k: v for k, v in record.items() if k not in ("gold_kb_id", "split")}) for line, record in block]
     docs = _chunk_docs(docs_parquet, records)
     frame = read_mentions_jsonl(path, docs_path, context_chars, blocks=[block], docs=docs)
-    return normalise_gold(frame)
+    return with_gold(frame)

@@ -1,8 +1,12 @@
 """Ties between a mention's best two candidates: when the choice is triage's order, not the ranker's.
 
-A ranker whose tanh scores saturate at 1 gives many candidates the same score, and a tie keeps
-triage's order (`candidate_order`), so such a model links as triage ranks. evaluate (W502) and
-`xel-cli link` (W703) count them with `tied_best` and warn above `TIED_SHARE_WARN`.
+Two candidates get the same ranker score for one of two reasons: the ranker's tanh scores
+saturate at ±1 (a model trained with too high a learning rate), or the two are the same
+entity to the ranker, duplicate or near-identical KB entries (one name and description under
+two ids), which score alike anywhere, e.g. both -0.92. A tie keeps triage's order
+(`candidate_order`), so such mentions link as triage ranks. evaluate (W502) and
+`xel-cli link` (W703) count them with `tied_best` and warn above `TIED_SHARE_WARN`, with
+`tie_advice` naming the cause the tied scores point to.
 """
 
 from __future__ import annotations
@@ -11,15 +15,33 @@ import polars as pl
 
 # Above this share of mentions (with a runner-up) whose best two candidates tie, evaluate and link warn.
 TIED_SHARE_WARN = 0.2
+# A tied best score beyond this magnitude is a saturated tanh; below it, the tie is the candidates' own.
+SATURATED_SCORE = 0.99
 
 
 def tied_best(decided: pl.DataFrame) -> dict:
     """How many mentions with a runner-up give it the best candidate's very score (|margin| <= 1e-6).
 
     `decided` needs best_score, second_score and margin (best - second), as evaluate's
-    `predict` writes them. Returns {"tied", "mentions" (with a runner-up), "share"} (share 0
-    with no such mention).
+    `predict` writes them. Returns {"tied", "mentions" (with a runner-up), "share", "saturated"
+    (of the tied, those whose best score is beyond ±`SATURATED_SCORE`)} (share 0 with no such mention).
     """
     with_second = decided.filter(pl.col("second_score").is_not_null() & pl.col("best_score").is_not_null())
-    tied = int((with_second["margin"].abs() <= 1e-6).sum())
-    return {"tied": tied, "mentions": with_second.height, "share": tied / with_second.height if with_second.height else 0.0}
+    tied = with_second.filter(pl.col("margin").abs() <= 1e-6)
+    saturated = int((tied["best_score"].abs() > SATURATED_SCORE).sum())
+    return {"tied": tied.height, "mentions": with_second.height,
+            "share": tied.height / with_second.height if with_second.height else 0.0, "saturated": saturated}
+
+
+def tie_advice(ties: dict) -> str:
+    """What W502 and W703 say of the ties' cause and fix, from where the tied scores lie (`tied_best`)."""
+    saturated = ties.get("saturated", 0)
+    parts = []
+    if saturated:
+        parts.append(f"{saturated} of them tie near ±1 (|score| > {SATURATED_SCORE}), where the ranker's tanh "
+                     "saturates: retrain with a lower train.learning_rate (README, Results: seed spread)")
+    if ties["tied"] - saturated:
+        parts.append(f"{ties['tied'] - saturated} of them tie below that, as duplicate or near-identical KB entities "
+                     "(the same name and description under two ids) do: check the KB for such entities, "
+                     "and merge or drop the copies")
+    return "; ".join(parts)
