@@ -66,7 +66,7 @@ def test_missing_tac_source_document_names_the_tab_file_and_line(tmp_path: Path)
 # --- 2. language tags ----------------------------------------------------------------------
 
 TAGS = {"en-US": "en", "EN": "en", " en ": "en", "pt_BR": "pt", "zh-Hant": "zh", "zh-Hant-TW": "zh", "es-419": "es",
-        "sr_Latn": "sr", "nl": "nl"}
+        "sr_Latn": "sr", "nl": "nl", "und": "und", "qaa": "qaa"}
 
 
 def tagged_records(tags: list[str]) -> list[dict]:
@@ -98,11 +98,19 @@ def test_one_document_tagged_en_and_en_us_is_one_language(tmp_path: Path) -> Non
     assert read_mentions_jsonl(path, None, CONTEXT_CHARS)["lang"].to_list() == ["en", "en"]  # no E117
 
 
-@pytest.mark.parametrize("tag", ["", "  ", "12", "en US", "e", "en--US", "english!"])
+@pytest.mark.parametrize("tag", ["", "  ", "12", "en US", "e", "en--US", "english!", "english", "Engl-US", "unknown"])
 def test_a_lang_that_is_no_language_tag_is_e103(tmp_path: Path, tag: str) -> None:
     path = write_jsonl(tmp_path / "m.jsonl", tagged_records(["en", tag]))
     message = raises("E103", read_mentions_jsonl, path, None, CONTEXT_CHARS)
     assert message.startswith(f"[E103] {path}:2: field 'lang' should be ")
+
+
+def test_the_language_tag_message_gives_its_examples_once(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "m.jsonl", tagged_records(["12"]))
+    assert raises("E103", read_mentions_jsonl, path, None, CONTEXT_CHARS) == (
+        f"[E103] {path}:1: field 'lang' should be a language tag, got '12'; write a language tag there, such as "
+        "'en', 'EN', 'en-US' or 'pt_BR': a 2-3 letter language code, then optional '-' or '_' parts, read as that "
+        "code ('en', 'pt')")
 
 
 def test_docs_file_lang_is_checked(tmp_path: Path) -> None:
@@ -144,6 +152,9 @@ def test_language_settings_read_as_the_inputs_languages_are() -> None:
     assert (evaluate.languages, evaluate.fixed_thresholds) == (("zh",), {"en": -0.8, "nl": -1.0})
     with pytest.raises(ConfigError, match="E203"):
         TrainConfig(train_languages=("en", "12"))
+    with pytest.raises(ConfigError, match="E203"):
+        EvaluateConfig(languages=("english",))
+    assert EvaluateConfig(languages=("unknown",)).languages == ("unknown",)  # TAC documents whose id says none
 
 
 # --- 1. one text per document --------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 from pydantic import TypeAdapter
 
 from pipeline.core.errors import ConfigError
-from pipeline.core.languages import LANGUAGE_TAG_EXPECTED, is_language_tag, normalise_language
+from pipeline.core.languages import LANGUAGE_TAG_EXPECTED, UNKNOWN_LANGUAGE, is_language_tag, normalise_language
 
 
 def _check(where: str, name: str, value: object, ok: bool, reason: str) -> None:
@@ -24,10 +24,11 @@ def _check(where: str, name: str, value: object, ok: bool, reason: str) -> None:
 
 def language_settings(where: str, name: str, tags: Iterable[str]) -> list[str]:
     """Language settings read as the inputs' languages are (`pipeline.core.languages`: en-US -> en); E203
-    for a value that is not a language tag."""
+    for a value that is not a language tag (`unknown`, the TAC reader's label, may be named too)."""
     tags = list(tags)
-    _check(where, name, tags, all(is_language_tag(tag) for tag in tags), f"each should be {LANGUAGE_TAG_EXPECTED}")
-    return [normalise_language(tag) for tag in tags]
+    _check(where, name, tags, all(is_language_tag(tag) or tag == UNKNOWN_LANGUAGE for tag in tags),
+           f"each should be {LANGUAGE_TAG_EXPECTED}")
+    return [tag if tag == UNKNOWN_LANGUAGE else normalise_language(tag) for tag in tags]
 
 
 @dataclass(frozen=True)

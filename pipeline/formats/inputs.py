@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from pipeline.core import schema
 from pipeline.core.config import InputsConfig
 from pipeline.core.errors import InputError, warn
-from pipeline.core.languages import LANGUAGE_TAG_EXPECTED, is_language_tag, language_expr
+from pipeline.core.languages import LANGUAGE_TAG, LANGUAGE_TAG_HINT, UNKNOWN_LANGUAGE, is_language_tag, language_expr
 from pipeline.formats.fragments import FRAGMENTS_DTYPE, fragment_texts, read_fragments
 from pipeline.formats.input_checks import (check_document_texts, check_documents, check_fields, check_mentions,
                                            check_offsets, more)
@@ -70,7 +70,8 @@ def check_doc_record(path: Path, line: int, record: dict) -> None:
     """Fields and types of one docs record (E102, E103), and its `lang`, when given, a language tag (E103)."""
     check_record_fields(path, line, record, DOC_FIELDS)
     if record.get("lang") is not None and not is_language_tag(record["lang"]):
-        raise InputError("E103", path=path, line=line, field="lang", expected=LANGUAGE_TAG_EXPECTED, got=record["lang"])
+        raise InputError("E103", path=path, line=line, field="lang", expected=LANGUAGE_TAG, hint=LANGUAGE_TAG_HINT,
+                         got=record["lang"])
 
 
 def read_docs(path: Path) -> pl.DataFrame:
@@ -238,15 +239,16 @@ def read_tac_lines(gold_by_split: dict[str, Path]) -> pl.DataFrame:
     return pl.concat(frames)
 
 
-def tac_mentions(gold: pl.DataFrame, source_dir: Path, context_chars: int) -> pl.DataFrame:
+def tac_mentions(gold: pl.DataFrame, source_dir: Path, context_chars: int, across_records: bool = True) -> pl.DataFrame:
     """`read_tac_lines` lines (all, or a slice) + their source documents -> the `schema.MENTIONS` table;
-    see `read_tac_mentions`. Checks the mentions against their `.tab` file (E105, E106, E114, E115)."""
+    see `read_tac_mentions`. Checks the mentions against their `.tab` file (E105, E106, E114; E115
+    unless not `across_records`, for a link chunk: `check_corpus` compares spans over all chunks)."""
     from pipeline.formats.tac import language_of_doc
 
     doc_ids = gold["doc_id"].unique(maintain_order=True).to_list()
     doc_texts = {doc_id: _read_source(source_dir, doc_id, gold) for doc_id in doc_ids}
     docs = pl.DataFrame({"doc_id": list(doc_texts), "doc_text": list(doc_texts.values())})
-    langs = pl.DataFrame({"doc_id": doc_ids, "lang": [language_of_doc(d) or "unknown" for d in doc_ids]})
+    langs = pl.DataFrame({"doc_id": doc_ids, "lang": [language_of_doc(d) or UNKNOWN_LANGUAGE for d in doc_ids]})
     frame = gold.join(docs, on="doc_id", how="left").join(langs, on="doc_id", how="left").with_columns(
         pl.col("start").alias("doc_start"), (pl.col("end") + 1).alias("doc_end"),
         pl.col("doc_text").alias("context"), (pl.col("end") + 1).alias("end"),
@@ -255,7 +257,8 @@ def tac_mentions(gold: pl.DataFrame, source_dir: Path, context_chars: int) -> pl
     )
     frame = context_window(frame, context_chars)
     for tab_path in gold["tab_path"].unique(maintain_order=True).to_list():
-        check_mentions(frame.filter(pl.col("tab_path") == tab_path), Path(tab_path), end_inclusive=True)
+        check_mentions(frame.filter(pl.col("tab_path") == tab_path), Path(tab_path), end_inclusive=True,
+                       languages_given=False, across_records=across_records)
     return frame.select(
         "mention_id", "doc_id", "lang", "mention", "context", "start", "end", "doc_start", "doc_end", "split",
         "gold_kb_id", "entity_type", "mention_type",
