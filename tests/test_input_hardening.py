@@ -234,3 +234,23 @@ def test_a_long_inline_text_gives_the_context_the_same_text_via_docs_gives(tmp_p
     from_docs = read_mentions_jsonl(docs_path, docs, context_chars).select(columns).row(0)
     assert from_inline == from_docs
     assert from_inline[0] == text[start - 100:start + 105] and from_inline[1:] == (100, 105, start, start + 5)
+
+
+def test_tac_doc_ids_carry_language_tags_read_as_lang_fields_are(tmp_path: Path) -> None:
+    import polars as pl
+
+    from pipeline.formats.tac import language_expr, language_of_doc
+
+    doc_ids = ["mycorp:en-US:doc1", "mycorp:PT_br:7", "meantime:EN:1", "c:zh-Hant:2", "doc:17:x", "c:english:1", "d"]
+    expected = ["en", "pt", "en", "zh", None, None, None]
+    assert [language_of_doc(doc_id) for doc_id in doc_ids] == expected
+    assert pl.DataFrame({"doc_id": doc_ids}).select(language_expr(pl.col("doc_id")).alias("lang"))["lang"].to_list() == expected
+    source = tmp_path / "source"
+    source.mkdir()
+    tab = tmp_path / "test.tab"
+    lines = []
+    for number, doc_id in enumerate(doc_ids[:2] + doc_ids[-1:]):
+        (source / f"{doc_id.replace(':', '__')}.txt").write_text("Barack Obama spoke.", encoding="utf-8")
+        lines.append(f"gold\tM{number}\tObama\t{doc_id}:7-11\tQ1\tPER\tNAM\t1.0\n")
+    tab.write_text("".join(lines), encoding="utf-8")
+    assert read_tac_mentions({"test": tab}, source, CONTEXT_CHARS)["lang"].to_list() == ["en", "pt", "unknown"]
