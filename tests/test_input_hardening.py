@@ -60,7 +60,8 @@ def test_missing_tac_source_document_names_the_tab_file_and_line(tmp_path: Path)
     message = raises("E108", read_tac_mentions, {"dev": tab}, source, CONTEXT_CHARS)
     assert message.startswith(f"[E108] {source / 'ENG_404.txt'}: not found (the source document 'ENG_404' of "
                               f"mention 'M2' on {tab}:2;")
-    assert "put the document's file in" in message and "fix the doc_id on that line" in message
+    assert message.endswith(f"also tried ENG_404.xml, ENG_404); put the document's file in {source}, fix the doc_id "
+                            "on that line, or check the path in the config or on the command line")
 
 
 # --- 2. language tags ----------------------------------------------------------------------

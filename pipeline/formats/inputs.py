@@ -284,8 +284,8 @@ def _read_source(source_dir: Path, doc_id: str, gold: pl.DataFrame) -> str:
                       if f"{name}{suffix}" != f"{names[-1]}.txt")
     raise InputError("E108", path=source_dir / f"{names[-1]}.txt",
                      hint=f" (the source document {doc_id!r} of mention {first['mention_id']!r} on "
-                          f"{first['tab_path']}:{first['line']}; also tried {tried}): put the document's file in "
-                          f"{source_dir}, or fix the doc_id on that line; or")
+                          f"{first['tab_path']}:{first['line']}; also tried {tried})",
+                     fix_first=f"put the document's file in {source_dir}, fix the doc_id on that line, or ")
 
 
 def load_mentions(config: InputsConfig) -> pl.DataFrame:
