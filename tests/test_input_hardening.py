@@ -158,6 +158,24 @@ def test_language_settings_read_as_the_inputs_languages_are() -> None:
     assert EvaluateConfig(languages=("unknown",)).languages == ("unknown",)  # TAC documents whose id says none
 
 
+@pytest.mark.parametrize("thresholds", ["{en = -0.7, EN = -0.5}", "{en-US = -0.7, en_GB = -0.7}"])
+def test_two_threshold_keys_of_one_language_are_e203(tmp_path: Path, thresholds: str) -> None:
+    from pipeline.core.config_file import load_config
+    from pipeline.core.errors import ConfigError
+
+    config = tmp_path / "run.toml"
+    config.write_text(f'[inputs]\nkb = "kb.jsonl"\nmentions = "m.jsonl"\n[evaluate]\nfixed_thresholds = {thresholds}\n',
+                      encoding="utf-8")
+    first, second = [part.split("=")[0].strip() for part in thresholds.strip("{}").split(",")]
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    assert caught.value.format_message().startswith(f"[E203] {config.resolve()} [evaluate]: fixed_thresholds = ")
+    assert f"keys '{first}' and '{second}' both mean language 'en'; keep one of them" in caught.value.format_message()
+    config.write_text('[inputs]\nkb = "kb.jsonl"\nmentions = "m.jsonl"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="keys 'en' and 'En' both mean language 'en'"):
+        load_config(config, overrides=("evaluate.fixed_thresholds={en=-0.7,En=-0.5}",))
+
+
 # --- 1. one text per document --------------------------------------------------------------
 
 TEXT_A = "Barack Obama met Angela Merkel in Berlin."

@@ -31,6 +31,18 @@ def language_settings(where: str, name: str, tags: Iterable[str]) -> list[str]:
     return [tag if tag == UNKNOWN_LANGUAGE else normalise_language(tag) for tag in tags]
 
 
+def language_keyed(where: str, name: str, values: dict[str, Any]) -> dict[str, Any]:
+    """A setting keyed by language, its keys read by `language_settings`; E203 for two keys that
+    mean one language (`en` and `EN`), which would otherwise keep one value and drop the other unsaid."""
+    keys = language_settings(where, name, values)
+    first_tag: dict[str, str] = {}
+    for tag, key in zip(values, keys):
+        _check(where, name, values, key not in first_tag,
+               f"keys {first_tag.get(key)!r} and {tag!r} both mean language {key!r}; keep one of them")
+        first_tag[key] = tag
+    return dict(zip(keys, values.values()))
+
+
 @dataclass(frozen=True)
 class InputsConfig:
     """Where the run's data comes from. Either JSONL mentions or TAC .tab files."""
@@ -273,8 +285,7 @@ class EvaluateConfig:
                "thresholds chosen on the test split would overstate scores; tune on dev")
         _check(where, "languages", self.languages, all(self.languages), "language codes cannot be empty")
         object.__setattr__(self, "languages", tuple(language_settings(where, "languages", self.languages)))
-        keys = language_settings(where, "fixed_thresholds", self.fixed_thresholds)
-        object.__setattr__(self, "fixed_thresholds", dict(zip(keys, self.fixed_thresholds.values())))
+        object.__setattr__(self, "fixed_thresholds", language_keyed(where, "fixed_thresholds", self.fixed_thresholds))
 
 
 @dataclass(frozen=True)
