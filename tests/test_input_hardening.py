@@ -273,3 +273,26 @@ def test_tac_doc_ids_carry_language_tags_read_as_lang_fields_are(tmp_path: Path)
         lines.append(f"gold\tM{number}\tObama\t{doc_id}:7-11\tQ1\tPER\tNAM\t1.0\n")
     tab.write_text("".join(lines), encoding="utf-8")
     assert read_tac_mentions({"test": tab}, source, CONTEXT_CHARS)["lang"].to_list() == ["en", "pt", "unknown"]
+
+
+@pytest.mark.parametrize(("value", "languages"), [('"en"', ("en",)), ("'en'", ("en",)), ('"en", "ES"', ("en", "es")),
+                                                  ("en,es", ("en", "es")), ("", ())])
+def test_set_reads_a_quoted_string_for_a_list_setting_as_a_list(tmp_path: Path, value: str, languages: tuple) -> None:
+    from pipeline.core.config_file import load_config
+
+    config = tmp_path / "run.toml"
+    config.write_text('[inputs]\nkb = "kb.jsonl"\nmentions = "m.jsonl"\n', encoding="utf-8")
+    assert load_config(config, overrides=(f"evaluate.languages={value}",)).evaluate.languages == languages
+
+
+@pytest.mark.parametrize(("value", "reason"), [('"en', 'a list is written ["en", "es"] (TOML) or en,es'),
+                                               ("en,,es", "language codes cannot be empty")])
+def test_set_refuses_a_list_it_cannot_read_whole(tmp_path: Path, value: str, reason: str) -> None:
+    from pipeline.core.config_file import load_config
+    from pipeline.core.errors import ConfigError
+
+    config = tmp_path / "run.toml"
+    config.write_text('[inputs]\nkb = "kb.jsonl"\nmentions = "m.jsonl"\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(config, overrides=(f"evaluate.languages={value}",))
+    assert caught.value.code == "E203" and f"is invalid: {reason};" in caught.value.format_message()
