@@ -296,3 +296,19 @@ def test_set_refuses_a_list_it_cannot_read_whole(tmp_path: Path, value: str, rea
     with pytest.raises(ConfigError) as caught:
         load_config(config, overrides=(f"evaluate.languages={value}",))
     assert caught.value.code == "E203" and f"is invalid: {reason};" in caught.value.format_message()
+
+
+@pytest.mark.parametrize("languages", ["", "en,,es", "en,"])
+def test_experiment_refuses_an_empty_language_entry_before_loading_anything(tmp_path: Path, languages: str) -> None:
+    from click.testing import CliRunner
+
+    from cli import main
+
+    config = tmp_path / "run.toml"
+    config.write_text('[inputs]\nkb = "kb.jsonl"\nmentions = "m.jsonl"\n', encoding="utf-8")
+    result = CliRunner().invoke(main, ["experiment", "--config", str(config), "--languages", languages])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"Error: [E203] --languages: languages = {languages!r} is invalid: has an empty entry; give L1,L2,... (leave "
+        "out --languages for every language); change it in the config file or on the command line")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run.toml"]
