@@ -312,3 +312,88 @@ def test_experiment_refuses_an_empty_language_entry_before_loading_anything(tmp_
         f"Error: [E203] --languages: languages = {languages!r} is invalid: has an empty entry; give L1,L2,... (leave "
         "out --languages for every language); change it in the config file or on the command line")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run.toml"]
+
+
+# --- one document's texts against the docs file, and lines that do not depend on the chunk size -----
+
+def one_document(fault: str) -> list[dict]:
+    """Six mentions of d1 (lines 1-6); line 5 differs from the others as `fault` says."""
+    records = [inline(f"m{n}", TEXT_A, surface) for n, surface in
+               enumerate(["Barack", "Obama", "met", "Angela", "Merkel", "Berlin"], start=1)]
+    if fault == "text":
+        records[4] = inline("m5", TEXT_B, "Merkel")
+    elif fault == "lang":
+        records[4]["lang"] = "de"
+    elif fault == "id":
+        records[4]["id"] = records[5]["id"] = "m1"
+    else:  # span: lines 5 and 6 repeat line 1's mention
+        records[4], records[5] = (inline("m5", TEXT_A, "Barack"), inline("m6", TEXT_A, "Barack"))
+    return records
+
+
+FIRST_FAULT = {
+    "text": "[E120] {path}:5: mention 'm5' gives document 'd1' a text other than the one line 1 gives it;",
+    "lang": "[E117] {path}:5: mention 'm5' says document 'd1' is 'de', but line 1 says 'en';",
+    "id": "[E104] {path}:5: duplicate mention id 'm1' (first seen on line 1);",
+    "span": "[E115] {path}:5: mention 'm5' covers the same span d1:0-6 as mention 'm1' on line 1;",
+}
+
+
+@pytest.mark.parametrize("fault", list(FIRST_FAULT))
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_link_names_the_first_differing_line_whatever_the_chunk_size(tmp_path: Path, fault: str, suffix: str) -> None:
+    import polars as pl
+
+    from pipeline.link.sources import check_corpus, mention_chunks
+
+    path = tmp_path / f"m{suffix}"
+    if suffix == ".jsonl":
+        write_jsonl(path, one_document(fault))
+    else:
+        pl.DataFrame(one_document(fault)).write_parquet(path)
+    expected = FIRST_FAULT[fault].format(path=path)
+    code = expected[1:5]
+    if suffix == ".jsonl":  # the stages' reading says the same
+        assert raises(code, read_mentions_jsonl, path, None, CONTEXT_CHARS).startswith(expected)
+    for chunk_mentions in (1, 2, 3, 4, 100):
+        chunks = mention_chunks(path, None, chunk_mentions, CONTEXT_CHARS, False, tmp_path)
+        assert raises(code, check_corpus, chunks, path).startswith(expected), chunk_mentions
+
+
+def test_tac_link_names_the_first_repeated_span_whatever_the_chunk_size(tmp_path: Path) -> None:
+    from pipeline.link.sources import check_corpus, mention_chunks
+
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "ENG_1.txt").write_text("Barack Obama spoke.", encoding="utf-8")
+    spans = ["7-11", "0-5", "13-17", "0-11", "7-11", "7-11"]
+    tab = tmp_path / "test.tab"
+    tab.write_text("".join(f"gold\tM{n}\t{'Barack Obama spoke.'[int(s.split('-')[0]):int(s.split('-')[1]) + 1]}\t"
+                           f"ENG_1:{s}\tQ1\tPER\tNAM\t1.0\n" for n, s in enumerate(spans, start=1)), encoding="utf-8")
+    for chunk_mentions in (1, 2, 100):
+        chunks = mention_chunks(tab, source, chunk_mentions, CONTEXT_CHARS, False, tmp_path)
+        assert raises("E115", check_corpus, chunks, tab).startswith(
+            f"[E115] {tab}:5: mention 'M5' covers the same span ENG_1:7-11 as mention 'M1' on line 1;"), chunk_mentions
+
+
+def test_inline_texts_other_than_the_docs_file_text_are_e120_even_when_every_mention_has_one(tmp_path: Path) -> None:
+    import polars as pl
+
+    from pipeline.link.sources import check_corpus, mention_chunks
+
+    docs = write_jsonl(tmp_path / "docs.jsonl", [{"doc_id": "d0", "text": "Other."}, {"doc_id": "d1", "text": TEXT_A}])
+    records = [inline("m1", TEXT_B, "Barack Obama"), inline("m2", TEXT_B, "Paris"), inline("m3", TEXT_B, "Obama")]
+    path = write_jsonl(tmp_path / "m.jsonl", records)
+    expected = f"[E120] {path}:1: mention 'm1' gives document 'd1' a text other than the one {docs}:2 gives it;"
+    assert raises("E120", read_mentions_jsonl, path, docs, CONTEXT_CHARS).startswith(expected)
+    parquet = tmp_path / "m.parquet"
+    pl.DataFrame(records).write_parquet(parquet)
+    for mentions in (path, parquet):
+        for chunk_mentions in (1, 2, 100):
+            work = tmp_path / f"work-{mentions.suffix[1:]}-{chunk_mentions}"
+            work.mkdir()
+            chunks = mention_chunks(mentions, docs, chunk_mentions, CONTEXT_CHARS, False, work)
+            assert raises("E120", check_corpus, chunks, mentions).startswith(expected.replace(str(path), str(mentions)))
+    records[0]["text"] = records[1]["text"] = records[2]["text"] = TEXT_A  # the docs file's own text: accepted
+    records[1] = inline("m2", TEXT_A, "Berlin")
+    assert read_mentions_jsonl(write_jsonl(path, records), docs, CONTEXT_CHARS).height == 3

@@ -11,7 +11,8 @@ there are, what would otherwise break a stage later or skew its result:
   mention string (E106; with `fragments`, the string is the fragments' texts joined by one
   space, see `pipeline.formats.fragments`);
 - one document given two languages (E117), which per-language scores cannot place;
-- one document given two texts (E120): offsets into one and into the other would mix;
+- one document given two texts (E120): offsets into one and into the other would mix; so is a
+  mention's own whole text other than the docs file's (`check_docs_file_texts`);
 - two mentions of one document span (E115): TAC scoring keys mentions by span, so the
   second row would be dropped from the score while still counted as evaluated.
 
@@ -178,6 +179,20 @@ def check_document_texts(frame: pl.DataFrame, path: Path) -> None:
     if row is not None:
         raise InputError("E120", path=path, line=row["line"], record_id=row["id"], doc_id=row["doc_id"],
                          first=f"line {row['first_line']} gives it", more=more(count))
+
+
+def check_docs_file_texts(frame: pl.DataFrame, path: Path, docs_path: Path) -> None:
+    """A mention's own whole text (`text` without doc_start/doc_end) must be the docs file's text of its
+    document, where the docs file holds it (E120); a row's own check, so the same in every link chunk.
+
+    frame needs: line, id, doc_id, text, doc_start, doc_text (null: not in the docs file) and
+    docs_line (the document's line in the docs file, null where unknown).
+    """
+    row, count = _first(frame, pl.col("doc_start").is_null() & (pl.col("text") != pl.col("doc_text")))
+    if row is not None:
+        where = f"{docs_path}:{row['docs_line']}" if row["docs_line"] is not None else f"the docs file {docs_path}"
+        raise InputError("E120", path=path, line=row["line"], record_id=row["id"], doc_id=row["doc_id"],
+                         first=f"{where} gives it", more=more(count))
 
 
 def check_mentions(frame: pl.DataFrame, path: Path, end_inclusive: bool = False, languages_given: bool = True,

@@ -20,8 +20,8 @@ from pipeline.core.config import InputsConfig
 from pipeline.core.errors import InputError, warn
 from pipeline.core.languages import LANGUAGE_TAG, LANGUAGE_TAG_HINT, UNKNOWN_LANGUAGE, is_language_tag, language_expr
 from pipeline.formats.fragments import FRAGMENTS_DTYPE, fragment_texts, read_fragments
-from pipeline.formats.input_checks import (check_document_texts, check_documents, check_fields, check_mentions,
-                                           check_offsets, more)
+from pipeline.formats.input_checks import (check_docs_file_texts, check_document_texts, check_documents, check_fields,
+                                           check_mentions, check_offsets, more)
 from pipeline.core.io import atomic_path, check_record_fields, iter_jsonl_blocks
 from pipeline.formats.kb_records import KbRecords
 
@@ -92,17 +92,22 @@ def read_docs(path: Path) -> pl.DataFrame:
 
 def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
                         rename_duplicate_ids: bool = False, blocks: Iterable[list[tuple[int, dict]]] | None = None,
-                        docs: pl.DataFrame | None = None) -> pl.DataFrame:
+                        docs: pl.DataFrame | None = None, across_records: bool = True) -> pl.DataFrame:
     """Mentions JSONL (+ optional docs JSONL) -> the `schema.MENTIONS` table.
 
     A mention carries either its own `text` with `start`/`end`, or `doc_start`/`doc_end`
     into a document of the docs file; either way a window of `context_chars` characters on
     each side of it becomes its context (`context_window`). A `text` without doc offsets is
-    its document's text, so one doc_id must not be given two (E120, `text_hash` says which);
-    a `text` beside doc_start/doc_end is a window of the document and may differ. `blocks` (lists of (line, record)) replaces reading
-    `path`, which then only names the records in errors: `xel-cli link` passes one chunk
-    of a large file (or of Parquet rows) at a time. `docs` (doc_id, doc_text) replaces
-    reading `docs_path` (link passes only the chunk's documents).
+    its document's text, so one doc_id must not be given two (E120, `text_hash` says which),
+    nor one other than the docs file's, when a docs file is given and holds the document (E120);
+    a `text` beside doc_start/doc_end is a window of the document and may differ. `blocks`
+    (lists of (line, record)) replaces reading `path`, which then only names the records in
+    errors: `xel-cli link` passes one chunk of a large file (or of Parquet rows) at a time.
+    `docs` (doc_id, doc_text, optionally its `line`) replaces reading `docs_path` (link passes
+    only the chunk's documents). Without `across_records` (a link chunk) the checks that
+    compare mentions with each other (E104, E115, E117, E120 between mentions) are left to
+    `pipeline.link.sources.check_corpus`, which makes them over all chunks, so that the line a
+    message names never depends on the chunk size.
     """
     columns: dict[str, list] = {name: [] for name in MENTION_FIELDS}
     columns["line"] = []
@@ -127,12 +132,14 @@ def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
     if rename_duplicate_ids:
         check_documents(frame, path)  # a repeated id over the same span is a copy, not a second mention
         frame = _rename_duplicates(frame, path)
-    duplicate = first_duplicate(frame["id"], frame["line"])
+    duplicate = first_duplicate(frame["id"], frame["line"]) if across_records else None
     if duplicate:
         raise InputError("E104", path=path, line=duplicate[2], kind="mention", record_id=duplicate[0], first_line=duplicate[1])
-    check_documents(frame, path)
-    if docs_path is not None and frame["text"].null_count() > 0:
+    if across_records:
+        check_documents(frame, path)
+    if docs_path is not None:  # also when every mention has its own text: that text must be the docs file's
         frame = _docs_texts(frame, read_docs(docs_path) if docs is None else docs, path, docs_path)
+        check_docs_file_texts(frame, path, docs_path)
         from_doc = pl.col("text").is_null()
         frame = frame.with_columns(
             pl.coalesce("text", "doc_text").alias("context"),
@@ -146,7 +153,8 @@ def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
     # beside doc_start/doc_end is a window of the document, and windows differ (null here).
     whole_text = pl.when(pl.col("doc_start").is_null()).then(pl.col("text")).otherwise(pl.col("doc_text"))
     frame = frame.with_columns(pl.when(whole_text.is_not_null()).then(whole_text.hash(seed=0)).alias("text_hash"))
-    check_document_texts(frame, path)
+    if across_records:
+        check_document_texts(frame, path)
     check_offsets(fragment_texts(frame), path, fix=" (a discontinuous mention lists its parts in 'fragments')")
     frame = frame.with_columns(pl.coalesce("doc_start", "start").alias("doc_start"), pl.coalesce("doc_end", "end").alias("doc_end"))
     return context_window(frame, context_chars).select(
@@ -189,9 +197,11 @@ def _rename_duplicates(frame: pl.DataFrame, path: Path) -> pl.DataFrame:
 
 
 def _docs_texts(frame: pl.DataFrame, docs: pl.DataFrame, path: Path, docs_path: Path) -> pl.DataFrame:
-    """Join each mention's document text (`doc_text`) and check the doc offsets of mentions without `text`
-    against it (E109, E114, E105); `context_window` then cuts the context."""
-    joined = frame.join(docs.select("doc_id", "doc_text"), on="doc_id", how="left")
+    """Join each mention's document text (`doc_text`, and its line in the docs file, `docs_line`, where
+    `docs` has one) and check the doc offsets of mentions without `text` against it (E109, E114, E105);
+    `context_window` then cuts the context."""
+    docs_line = pl.col("line") if "line" in docs.columns else pl.lit(None, pl.Int64)
+    joined = frame.join(docs.select("doc_id", "doc_text", docs_line.alias("docs_line")), on="doc_id", how="left")
     missing = joined.filter(pl.col("text").is_null() & pl.col("doc_text").is_null()).sort("line").head(1)
     if not missing.is_empty():
         row = missing.row(0, named=True)
@@ -315,12 +325,12 @@ def normalise_gold(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def write_docs(docs_path: Path, out_path: Path) -> int:
-    """Stream a docs JSONL into Parquet (doc_id, doc_text) block by block; returns the document count.
+    """Stream a docs JSONL into Parquet (doc_id, doc_text, line) block by block; returns the document count.
 
     For `xel-cli link`, which then reads only each chunk's documents back, so a large
     corpus's text never sits in memory at once. Records are checked as `read_docs` does.
     """
-    arrow = pa.schema([("doc_id", pa.string()), ("doc_text", pa.string())])
+    arrow = pa.schema([("doc_id", pa.string()), ("doc_text", pa.string()), ("line", pa.int64())])
     count = 0
     with atomic_path(out_path) as temp_path:
         with pq.ParquetWriter(temp_path, arrow, compression="zstd") as writer:
@@ -328,7 +338,8 @@ def write_docs(docs_path: Path, out_path: Path) -> int:
                 for line, record in block:
                     check_doc_record(docs_path, line, record)
                 writer.write_table(pa.table({"doc_id": [r["doc_id"] for _, r in block],
-                                             "doc_text": [r["text"] for _, r in block]}, schema=arrow))
+                                             "doc_text": [r["text"] for _, r in block],
+                                             "line": [line for line, _ in block]}, schema=arrow))
                 count += len(block)
     return count
 
