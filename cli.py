@@ -273,14 +273,14 @@ def search(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, 
 @config_options(force=False)
 @click.option("--seeds", type=click.IntRange(1, 100), default=3, show_default=True,
               help="Training seeds per cell (the config's seed, +1, +2, ...).")
-@click.option("--languages", default="", metavar="L1,L2,...",
+@click.option("--languages", default=None, metavar="L1,L2,...",
               help="Languages of the tables (default: every language with training mentions).")
 @click.option("--ablation-language", default="en", show_default=True, help="Training language of Table 3.")
 @click.option("--triage-row/--no-triage-row", default=True, show_default=True,
               help="Add Table 3's '+ triage' row (our triage-evidence feature, not the paper's).")
 @click.option("--only", multiple=True, metavar="TABLE[:COLUMN]",
               help="Fill only these cells, e.g. 1:Multi (the Multi setting's seed spread) or 2 (repeatable).")
-def experiment(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, seeds: int, languages: str,
+def experiment(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, seeds: int, languages: str | None,
                ablation_language: str, triage_row: bool, only: tuple[str, ...]) -> None:
     """The paper's Tables 1-3 (settings, zero-shot, feature ablations) averaged over seeds.
 
@@ -291,9 +291,10 @@ def experiment(config_path: Path, overrides: tuple[str, ...], run_dir: Path | No
     """
     from pipeline.studies import experiment as experiment_stage
 
+    table_languages = experiment_stage.parse_languages(languages)
     config = _load(config_path, overrides, run_dir)
     settings = experiment_stage.ExperimentConfig(
-        seeds=seeds, languages=tuple(code.strip() for code in languages.split(",") if code.strip()),
+        seeds=seeds, languages=table_languages,
         ablation_language=ablation_language, triage_row=triage_row, only=experiment_stage.parse_only(only))
     with _holding(config, "experiment"):
         result = experiment_stage.run(config, settings)

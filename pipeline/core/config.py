@@ -14,7 +14,7 @@ from typing import Any, Iterable
 from pydantic import TypeAdapter
 
 from pipeline.core.errors import ConfigError
-from pipeline.core.languages import LANGUAGE_TAG_EXPECTED, is_language_tag, normalise_language
+from pipeline.core.languages import LANGUAGE_TAG_EXPECTED, UNKNOWN_LANGUAGE, is_language_tag, normalise_language
 
 
 def _check(where: str, name: str, value: object, ok: bool, reason: str) -> None:
@@ -24,10 +24,23 @@ def _check(where: str, name: str, value: object, ok: bool, reason: str) -> None:
 
 def language_settings(where: str, name: str, tags: Iterable[str]) -> list[str]:
     """Language settings read as the inputs' languages are (`pipeline.core.languages`: en-US -> en); E203
-    for a value that is not a language tag."""
+    for a value that is not a language tag (`unknown`, the TAC reader's label, may be named too)."""
     tags = list(tags)
-    _check(where, name, tags, all(is_language_tag(tag) for tag in tags), f"each should be {LANGUAGE_TAG_EXPECTED}")
-    return [normalise_language(tag) for tag in tags]
+    _check(where, name, tags, all(is_language_tag(tag) or tag == UNKNOWN_LANGUAGE for tag in tags),
+           f"each should be {LANGUAGE_TAG_EXPECTED}")
+    return [tag if tag == UNKNOWN_LANGUAGE else normalise_language(tag) for tag in tags]
+
+
+def language_keyed(where: str, name: str, values: dict[str, Any]) -> dict[str, Any]:
+    """A setting keyed by language, its keys read by `language_settings`; E203 for two keys that
+    mean one language (`en` and `EN`), which would otherwise keep one value and drop the other unsaid."""
+    keys = language_settings(where, name, values)
+    first_tag: dict[str, str] = {}
+    for tag, key in zip(values, keys):
+        _check(where, name, values, key not in first_tag,
+               f"keys {first_tag.get(key)!r} and {tag!r} both mean language {key!r}; keep one of them")
+        first_tag[key] = tag
+    return dict(zip(keys, values.values()))
 
 
 @dataclass(frozen=True)
@@ -277,8 +290,7 @@ class EvaluateConfig:
                "thresholds chosen on the test split would overstate scores; tune on dev")
         _check(where, "languages", self.languages, all(self.languages), "language codes cannot be empty")
         object.__setattr__(self, "languages", tuple(language_settings(where, "languages", self.languages)))
-        keys = language_settings(where, "fixed_thresholds", self.fixed_thresholds)
-        object.__setattr__(self, "fixed_thresholds", dict(zip(keys, self.fixed_thresholds.values())))
+        object.__setattr__(self, "fixed_thresholds", language_keyed(where, "fixed_thresholds", self.fixed_thresholds))
 
 
 @dataclass(frozen=True)

@@ -63,15 +63,23 @@ def _build_section(section_type: type, values: dict[str, Any], where: str) -> An
                           reason=first["msg"]) from None
 
 
-def _override_value(section_type: type, key: str, text: str) -> Any:
-    """A --set value for field `key`: strings and paths as given; a list as TOML (`[512, 256]`)
-    or comma-separated (`name,context`); anything else as a TOML value (3, 1e-4, true,
-    {en = -0.8}) when it reads as one, else the plain string for pydantic to convert or refuse."""
+def _override_value(section_type: type, key: str, text: str, where: str) -> Any:
+    """A --set value for field `key`: strings and paths as given; a list as TOML (`[512, 256]`),
+    TOML strings without the brackets (`"en"`, `"en","es"`) or comma-separated (`name,context`;
+    an empty entry stays, for the section's checks to refuse; "" is the empty list); anything
+    else as a TOML value (3, 1e-4, true, {en = -0.8}) when it reads as one, else the plain
+    string for pydantic to convert or refuse."""
     hint = typing.get_type_hints(section_type)[key]
     if hint is str or Path in (hint, *typing.get_args(hint)):
         return text
     if typing.get_origin(hint) is tuple and not text.startswith("["):
-        return [item for item in text.split(",") if item]
+        if text[:1] in ("\"", "'"):  # quotes are TOML's, not the value's: "en" is ["en"]
+            try:
+                return tomllib.loads(f"value = [{text}]")["value"]
+            except tomllib.TOMLDecodeError:
+                raise ConfigError("E203", where=where, field=key, value=text,
+                                  reason='a list is written ["en", "es"] (TOML) or en,es') from None
+        return [item.strip() for item in text.split(",")] if text else []
     try:
         return tomllib.loads(f"value = {text}")["value"]
     except tomllib.TOMLDecodeError:
@@ -131,7 +139,7 @@ def build_config(raw: dict[str, Any], *, source: Path | None, base: Path,
                 continue
             if key not in known:
                 raise ConfigError("E201", path="--set", key=key, section=section, known=", ".join(known))
-            overridden[key] = _override_value(section_type, key, value)
+            overridden[key] = _override_value(section_type, key, value, f"--set [{section}]")
         # File paths resolve against the file's folder, --set paths against the working folder.
         values.update(_resolve_paths(section_type, overridden, cwd))
         try:

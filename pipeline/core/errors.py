@@ -24,7 +24,7 @@ class Errors:
     E105 = "{path}:{line}: offsets {start}-{end} fall outside the text (length {length}) of mention {record_id!r}; give offsets into that text (0 <= start < end <= its length){more}"
     E106 = "{path}:{line}: mention {record_id!r} says {mention!r} but its offsets {start}-{end}{inclusive} cover {covered!r}{why}; fix the offsets or the string{fix}{more}"
     E107 = "{path}: file is empty; it needs at least one record: add records or give another file"
-    E108 = "{path}: not found{hint}; check the path in the config or on the command line"
+    E108 = "{path}: not found{hint}; {fix_first}check the path in the config or on the command line"
     E109 = "{path}:{line}: mention {record_id!r} points to document {doc_id!r}, which is not in the docs file {docs_path}; add the document there or fix the mention's doc_id"
     E110 = "{path}:{line}: not valid UTF-8 ({detail}); re-encode the file as UTF-8"
     E111 = "{path}:{line}: mention {record_id!r} needs either text+start+end or doc_start+doc_end with a docs file; give it one of the two (doc_start/doc_end need the docs file: inputs.docs, or --docs for link)"
@@ -149,6 +149,7 @@ class PipelineError(click.ClickException):
         self.code = code
         fields.setdefault("more", "")  # "(n more line(s) like it)" where a check counts them
         fields.setdefault("hint", "")  # an addition to the advice where one case of a code needs it
+        fields.setdefault("fix_first", "")  # E108: a likelier fix, said before the template's own ("..., or ")
         text = template.format(**fields)
         super().__init__(f"[{code}] " + " ".join(text.split()))
 

@@ -5,7 +5,7 @@ Thresholds, scores, training selections and a trained model are keyed by languag
 JSONL and Parquet, docs files, `doc_languages.tsv`, name pairs) maps a BCP-47-like tag to
 its primary language subtag, lower-cased: `en-US` -> `en`, `pt_BR` -> `pt`, `zh-Hant` -> `zh`,
 ` EN ` -> `en`. A value that is not a language tag at all (empty, digits, inner spaces,
-punctuation) is refused by the reader with its file and line.
+punctuation, a word such as `english`) is refused by the reader with its file and line.
 """
 
 from __future__ import annotations
@@ -14,12 +14,24 @@ import re
 
 import polars as pl
 
-LANGUAGE_TAG_PATTERN = r"^[A-Za-z]{2,8}(?:[-_][A-Za-z0-9]{1,8})*$"
-"""A tag: a primary language subtag of 2-8 letters, then any `-` or `_` separated subtags
-(script, region, variant: `zh-Hant-TW`, `sr_Latn`, `es-419`). Surrounding spaces are stripped first."""
+LANGUAGE_TAG_PATTERN = r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*$"
+"""A tag: a primary language subtag of 2-3 letters, then any `-` or `_` separated subtags
+(script, region, variant: `zh-Hant-TW`, `sr_Latn`, `es-419`). Surrounding spaces are stripped first.
+BCP 47 allows 4-8 letters for the primary subtag, but 4 is reserved and no 5-8 letter one is
+registered: every language has an ISO 639 code of 2 or 3 letters (`und`, `qaa`-`qtz` included),
+so `english` or `unknown` is a word, not a tag, and is refused rather than read as a language
+no model has thresholds for."""
 
-LANGUAGE_TAG_EXPECTED = "a language tag such as 'en', 'EN', 'en-US' or 'pt_BR' (read as its primary language, 'en' or 'pt')"
-"""What a message says a language field should be."""
+LANGUAGE_TAG = "a language tag"
+LANGUAGE_TAG_EXAMPLES = ("such as 'en', 'EN', 'en-US' or 'pt_BR': a 2-3 letter language code, then optional "
+                         "'-' or '_' parts, read as that code ('en', 'pt')")
+LANGUAGE_TAG_EXPECTED = f"{LANGUAGE_TAG} {LANGUAGE_TAG_EXAMPLES}"
+LANGUAGE_TAG_HINT = f", {LANGUAGE_TAG_EXAMPLES}"  # E103's hint: "write a language tag there, such as ..."
+"""What a message says a language field should be (E103 says `LANGUAGE_TAG` and gives the examples once, after its fix)."""
+
+UNKNOWN_LANGUAGE = "unknown"
+"""The language of a TAC document whose id does not say one (`pipeline.formats.tac.language_of_doc`):
+the pipeline's own label, not a tag a user writes; language settings may name it."""
 
 _LANGUAGE_TAG_RE = re.compile(LANGUAGE_TAG_PATTERN)
 

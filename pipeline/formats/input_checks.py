@@ -11,7 +11,8 @@ there are, what would otherwise break a stage later or skew its result:
   mention string (E106; with `fragments`, the string is the fragments' texts joined by one
   space, see `pipeline.formats.fragments`);
 - one document given two languages (E117), which per-language scores cannot place;
-- one document given two texts (E120): offsets into one and into the other would mix;
+- one document given two texts (E120): offsets into one and into the other would mix; so is a
+  mention's own whole text other than the docs file's (`check_docs_file_texts`);
 - two mentions of one document span (E115): TAC scoring keys mentions by span, so the
   second row would be dropped from the score while still counted as evaluated.
 
@@ -27,7 +28,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.core.errors import InputError
-from pipeline.core.languages import LANGUAGE_TAG_EXPECTED, is_language_tag_expr
+from pipeline.core.languages import LANGUAGE_TAG, LANGUAGE_TAG_HINT, is_language_tag_expr
 
 SPLITS = ("train", "dev", "test")
 """The splits a mention may name; a mention without one is test."""
@@ -50,20 +51,21 @@ def _first(frame: pl.DataFrame, condition: pl.Expr) -> tuple[dict | None, int]:
     return bad.sort("line").row(0, named=True), bad.height - 1
 
 
-def check_fields(frame: pl.DataFrame, path: Path) -> None:
+def check_fields(frame: pl.DataFrame, path: Path, languages_given: bool = True) -> None:
     """Blank required strings (E103), a lang that is no language tag (E103, `pipeline.core.languages`),
     unknown splits (E103) and ids TAC files cannot hold (E116).
 
-    frame needs: line, id, doc_id, lang, mention, split (null = test), gold_kb_id.
+    frame needs: line, id, doc_id, lang, mention, split (null = test), gold_kb_id. Without
+    `languages_given` the languages are the reader's own (a TAC doc id's, or `unknown`): not checked.
     """
     for column, field in (("id", "id"), ("doc_id", "doc_id"), ("lang", "lang"), ("mention", "mention")):
         row, count = _first(frame, pl.col(column).str.strip_chars() == "")
         if row is not None:
             raise InputError("E103", path=path, line=row["line"], field=field,
                              expected="a non-blank string", got=row[column], more=more(count))
-    row, count = _first(frame, ~is_language_tag_expr(pl.col("lang")))
+    row, count = _first(frame, ~is_language_tag_expr(pl.col("lang")) & languages_given)
     if row is not None:
-        raise InputError("E103", path=path, line=row["line"], field="lang", expected=LANGUAGE_TAG_EXPECTED,
+        raise InputError("E103", path=path, line=row["line"], field="lang", expected=LANGUAGE_TAG, hint=LANGUAGE_TAG_HINT,
                          got=row["lang"], more=more(count))
     row, count = _first(frame, ~pl.col("split").is_in(SPLITS) & pl.col("split").is_not_null())
     if row is not None:
@@ -179,12 +181,30 @@ def check_document_texts(frame: pl.DataFrame, path: Path) -> None:
                          first=f"line {row['first_line']} gives it", more=more(count))
 
 
-def check_mentions(frame: pl.DataFrame, path: Path, end_inclusive: bool = False) -> None:
+def check_docs_file_texts(frame: pl.DataFrame, path: Path, docs_path: Path) -> None:
+    """A mention's own whole text (`text` without doc_start/doc_end) must be the docs file's text of its
+    document, where the docs file holds it (E120); a row's own check, so the same in every link chunk.
+
+    frame needs: line, id, doc_id, text, doc_start, doc_text (null: not in the docs file) and
+    docs_line (the document's line in the docs file, null where unknown).
+    """
+    row, count = _first(frame, pl.col("doc_start").is_null() & (pl.col("text") != pl.col("doc_text")))
+    if row is not None:
+        where = f"{docs_path}:{row['docs_line']}" if row["docs_line"] is not None else f"the docs file {docs_path}"
+        raise InputError("E120", path=path, line=row["line"], record_id=row["id"], doc_id=row["doc_id"],
+                         first=f"{where} gives it", more=more(count))
+
+
+def check_mentions(frame: pl.DataFrame, path: Path, end_inclusive: bool = False, languages_given: bool = True,
+                   across_records: bool = True) -> None:
     """All of this module's checks on the mentions read from `path` (see the module docstring).
 
     The JSONL reader calls them one by one instead: fields and documents before it renames
-    repeated ids, offsets once contexts are cut from the docs file.
+    repeated ids, offsets once contexts are cut from the docs file. Without `across_records`
+    (one chunk of a corpus: `pipeline.link.sources.check_corpus` compares records over all
+    chunks, so that the lines named never depend on the chunk size) `check_documents` is left out.
     """
-    check_fields(frame, path)
+    check_fields(frame, path, languages_given)
     check_offsets(frame, path, end_inclusive)
-    check_documents(frame, path, end_inclusive)
+    if across_records:
+        check_documents(frame, path, end_inclusive)

@@ -18,10 +18,10 @@ import pyarrow.parquet as pq
 from pipeline.core import schema
 from pipeline.core.config import InputsConfig
 from pipeline.core.errors import InputError, warn
-from pipeline.core.languages import LANGUAGE_TAG_EXPECTED, is_language_tag, language_expr
+from pipeline.core.languages import LANGUAGE_TAG, LANGUAGE_TAG_HINT, UNKNOWN_LANGUAGE, is_language_tag, language_expr
 from pipeline.formats.fragments import FRAGMENTS_DTYPE, fragment_texts, read_fragments
-from pipeline.formats.input_checks import (check_document_texts, check_documents, check_fields, check_mentions,
-                                           check_offsets, more)
+from pipeline.formats.input_checks import (check_docs_file_texts, check_document_texts, check_documents, check_fields,
+                                           check_mentions, check_offsets, more)
 from pipeline.core.io import atomic_path, check_record_fields, iter_jsonl_blocks
 from pipeline.formats.kb_records import KbRecords
 
@@ -70,7 +70,8 @@ def check_doc_record(path: Path, line: int, record: dict) -> None:
     """Fields and types of one docs record (E102, E103), and its `lang`, when given, a language tag (E103)."""
     check_record_fields(path, line, record, DOC_FIELDS)
     if record.get("lang") is not None and not is_language_tag(record["lang"]):
-        raise InputError("E103", path=path, line=line, field="lang", expected=LANGUAGE_TAG_EXPECTED, got=record["lang"])
+        raise InputError("E103", path=path, line=line, field="lang", expected=LANGUAGE_TAG, hint=LANGUAGE_TAG_HINT,
+                         got=record["lang"])
 
 
 def read_docs(path: Path) -> pl.DataFrame:
@@ -91,17 +92,22 @@ def read_docs(path: Path) -> pl.DataFrame:
 
 def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
                         rename_duplicate_ids: bool = False, blocks: Iterable[list[tuple[int, dict]]] | None = None,
-                        docs: pl.DataFrame | None = None) -> pl.DataFrame:
+                        docs: pl.DataFrame | None = None, across_records: bool = True) -> pl.DataFrame:
     """Mentions JSONL (+ optional docs JSONL) -> the `schema.MENTIONS` table.
 
     A mention carries either its own `text` with `start`/`end`, or `doc_start`/`doc_end`
     into a document of the docs file; either way a window of `context_chars` characters on
     each side of it becomes its context (`context_window`). A `text` without doc offsets is
-    its document's text, so one doc_id must not be given two (E120, `text_hash` says which);
-    a `text` beside doc_start/doc_end is a window of the document and may differ. `blocks` (lists of (line, record)) replaces reading
-    `path`, which then only names the records in errors: `xel-cli link` passes one chunk
-    of a large file (or of Parquet rows) at a time. `docs` (doc_id, doc_text) replaces
-    reading `docs_path` (link passes only the chunk's documents).
+    its document's text, so one doc_id must not be given two (E120, `text_hash` says which),
+    nor one other than the docs file's, when a docs file is given and holds the document (E120);
+    a `text` beside doc_start/doc_end is a window of the document and may differ. `blocks`
+    (lists of (line, record)) replaces reading `path`, which then only names the records in
+    errors: `xel-cli link` passes one chunk of a large file (or of Parquet rows) at a time.
+    `docs` (doc_id, doc_text, optionally its `line`) replaces reading `docs_path` (link passes
+    only the chunk's documents). Without `across_records` (a link chunk) the checks that
+    compare mentions with each other (E104, E115, E117, E120 between mentions) are left to
+    `pipeline.link.sources.check_corpus`, which makes them over all chunks, so that the line a
+    message names never depends on the chunk size.
     """
     columns: dict[str, list] = {name: [] for name in MENTION_FIELDS}
     columns["line"] = []
@@ -126,12 +132,14 @@ def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
     if rename_duplicate_ids:
         check_documents(frame, path)  # a repeated id over the same span is a copy, not a second mention
         frame = _rename_duplicates(frame, path)
-    duplicate = first_duplicate(frame["id"], frame["line"])
+    duplicate = first_duplicate(frame["id"], frame["line"]) if across_records else None
     if duplicate:
         raise InputError("E104", path=path, line=duplicate[2], kind="mention", record_id=duplicate[0], first_line=duplicate[1])
-    check_documents(frame, path)
-    if docs_path is not None and frame["text"].null_count() > 0:
+    if across_records:
+        check_documents(frame, path)
+    if docs_path is not None:  # also when every mention has its own text: that text must be the docs file's
         frame = _docs_texts(frame, read_docs(docs_path) if docs is None else docs, path, docs_path)
+        check_docs_file_texts(frame, path, docs_path)
         from_doc = pl.col("text").is_null()
         frame = frame.with_columns(
             pl.coalesce("text", "doc_text").alias("context"),
@@ -145,7 +153,8 @@ def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
     # beside doc_start/doc_end is a window of the document, and windows differ (null here).
     whole_text = pl.when(pl.col("doc_start").is_null()).then(pl.col("text")).otherwise(pl.col("doc_text"))
     frame = frame.with_columns(pl.when(whole_text.is_not_null()).then(whole_text.hash(seed=0)).alias("text_hash"))
-    check_document_texts(frame, path)
+    if across_records:
+        check_document_texts(frame, path)
     check_offsets(fragment_texts(frame), path, fix=" (a discontinuous mention lists its parts in 'fragments')")
     frame = frame.with_columns(pl.coalesce("doc_start", "start").alias("doc_start"), pl.coalesce("doc_end", "end").alias("doc_end"))
     return context_window(frame, context_chars).select(
@@ -188,9 +197,11 @@ def _rename_duplicates(frame: pl.DataFrame, path: Path) -> pl.DataFrame:
 
 
 def _docs_texts(frame: pl.DataFrame, docs: pl.DataFrame, path: Path, docs_path: Path) -> pl.DataFrame:
-    """Join each mention's document text (`doc_text`) and check the doc offsets of mentions without `text`
-    against it (E109, E114, E105); `context_window` then cuts the context."""
-    joined = frame.join(docs.select("doc_id", "doc_text"), on="doc_id", how="left")
+    """Join each mention's document text (`doc_text`, and its line in the docs file, `docs_line`, where
+    `docs` has one) and check the doc offsets of mentions without `text` against it (E109, E114, E105);
+    `context_window` then cuts the context."""
+    docs_line = pl.col("line") if "line" in docs.columns else pl.lit(None, pl.Int64)
+    joined = frame.join(docs.select("doc_id", "doc_text", docs_line.alias("docs_line")), on="doc_id", how="left")
     missing = joined.filter(pl.col("text").is_null() & pl.col("doc_text").is_null()).sort("line").head(1)
     if not missing.is_empty():
         row = missing.row(0, named=True)
@@ -238,15 +249,16 @@ def read_tac_lines(gold_by_split: dict[str, Path]) -> pl.DataFrame:
     return pl.concat(frames)
 
 
-def tac_mentions(gold: pl.DataFrame, source_dir: Path, context_chars: int) -> pl.DataFrame:
+def tac_mentions(gold: pl.DataFrame, source_dir: Path, context_chars: int, across_records: bool = True) -> pl.DataFrame:
     """`read_tac_lines` lines (all, or a slice) + their source documents -> the `schema.MENTIONS` table;
-    see `read_tac_mentions`. Checks the mentions against their `.tab` file (E105, E106, E114, E115)."""
+    see `read_tac_mentions`. Checks the mentions against their `.tab` file (E105, E106, E114; E115
+    unless not `across_records`, for a link chunk: `check_corpus` compares spans over all chunks)."""
     from pipeline.formats.tac import language_of_doc
 
     doc_ids = gold["doc_id"].unique(maintain_order=True).to_list()
     doc_texts = {doc_id: _read_source(source_dir, doc_id, gold) for doc_id in doc_ids}
     docs = pl.DataFrame({"doc_id": list(doc_texts), "doc_text": list(doc_texts.values())})
-    langs = pl.DataFrame({"doc_id": doc_ids, "lang": [language_of_doc(d) or "unknown" for d in doc_ids]})
+    langs = pl.DataFrame({"doc_id": doc_ids, "lang": [language_of_doc(d) or UNKNOWN_LANGUAGE for d in doc_ids]})
     frame = gold.join(docs, on="doc_id", how="left").join(langs, on="doc_id", how="left").with_columns(
         pl.col("start").alias("doc_start"), (pl.col("end") + 1).alias("doc_end"),
         pl.col("doc_text").alias("context"), (pl.col("end") + 1).alias("end"),
@@ -255,7 +267,8 @@ def tac_mentions(gold: pl.DataFrame, source_dir: Path, context_chars: int) -> pl
     )
     frame = context_window(frame, context_chars)
     for tab_path in gold["tab_path"].unique(maintain_order=True).to_list():
-        check_mentions(frame.filter(pl.col("tab_path") == tab_path), Path(tab_path), end_inclusive=True)
+        check_mentions(frame.filter(pl.col("tab_path") == tab_path), Path(tab_path), end_inclusive=True,
+                       languages_given=False, across_records=across_records)
     return frame.select(
         "mention_id", "doc_id", "lang", "mention", "context", "start", "end", "doc_start", "doc_end", "split",
         "gold_kb_id", "entity_type", "mention_type",
@@ -281,8 +294,8 @@ def _read_source(source_dir: Path, doc_id: str, gold: pl.DataFrame) -> str:
                       if f"{name}{suffix}" != f"{names[-1]}.txt")
     raise InputError("E108", path=source_dir / f"{names[-1]}.txt",
                      hint=f" (the source document {doc_id!r} of mention {first['mention_id']!r} on "
-                          f"{first['tab_path']}:{first['line']}; also tried {tried}): put the document's file in "
-                          f"{source_dir}, or fix the doc_id on that line; or")
+                          f"{first['tab_path']}:{first['line']}; also tried {tried})",
+                     fix_first=f"put the document's file in {source_dir}, fix the doc_id on that line, or ")
 
 
 def load_mentions(config: InputsConfig) -> pl.DataFrame:
@@ -312,12 +325,12 @@ def normalise_gold(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def write_docs(docs_path: Path, out_path: Path) -> int:
-    """Stream a docs JSONL into Parquet (doc_id, doc_text) block by block; returns the document count.
+    """Stream a docs JSONL into Parquet (doc_id, doc_text, line) block by block; returns the document count.
 
     For `xel-cli link`, which then reads only each chunk's documents back, so a large
     corpus's text never sits in memory at once. Records are checked as `read_docs` does.
     """
-    arrow = pa.schema([("doc_id", pa.string()), ("doc_text", pa.string())])
+    arrow = pa.schema([("doc_id", pa.string()), ("doc_text", pa.string()), ("line", pa.int64())])
     count = 0
     with atomic_path(out_path) as temp_path:
         with pq.ParquetWriter(temp_path, arrow, compression="zstd") as writer:
@@ -325,7 +338,8 @@ def write_docs(docs_path: Path, out_path: Path) -> int:
                 for line, record in block:
                     check_doc_record(docs_path, line, record)
                 writer.write_table(pa.table({"doc_id": [r["doc_id"] for _, r in block],
-                                             "doc_text": [r["text"] for _, r in block]}, schema=arrow))
+                                             "doc_text": [r["text"] for _, r in block],
+                                             "line": [line for line, _ in block]}, schema=arrow))
                 count += len(block)
     return count
 

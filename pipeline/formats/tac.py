@@ -28,6 +28,7 @@ from pathlib import Path
 
 import polars as pl
 
+from pipeline.core import languages
 from pipeline.core.errors import InputError, SchemaError
 from pipeline.core.io import atomic_path
 
@@ -72,8 +73,9 @@ DEFAULT_CONFIDENCE = 1.0  # files without the confidence column: TAC's (and nele
 TAC_LANGUAGE_PREFIXES = {"ENG": "en", "CMN": "zh", "SPA": "es"}
 """TAC KBP source-document id prefixes and the language each one means."""
 
-# `<corpus>:<lang>:rest`, lang an ISO 639-1/639-3 code, e.g. `meantime:en:1007169`.
-CORPUS_LANGUAGE_PATTERN = r"^[^:]+:([a-z]{2,3}):"
+# `<corpus>:<lang>:rest`, lang a language tag as every reader takes one (`pipeline.core.languages`:
+# `meantime:en:1007169`, `mycorp:en-US:doc1`, `mycorp:PT_br:7`), read as its primary subtag (en, pt).
+CORPUS_LANGUAGE_PATTERN = r"^[^:]+:([^:]*):"
 _CORPUS_LANGUAGE_RE = re.compile(CORPUS_LANGUAGE_PATTERN)
 
 _FIX_COLUMNS = (
@@ -87,19 +89,22 @@ def language_of_doc(doc_id: str) -> str | None:
     """Language code of a document id, or None when the id does not say.
 
     TAC ids starting ENG/CMN/SPA give en/zh/es; ids of the form `<corpus>:<lang>:...`
-    (lang = 2-3 lower-case letters, e.g. `meantime:nl:1007169`) give `lang`. The rule is
-    the same as `language_expr`, which applies it to a whole column.
+    (lang a language tag, e.g. `meantime:nl:1007169`, `mycorp:en-US:doc1`) give its primary
+    language subtag, lower-cased (`nl`, `en`), as `lang` fields are read; a second field that
+    is no tag (`doc:17:x`) says nothing. The rule is the same as `language_expr`, which
+    applies it to a whole column.
     """
     for prefix, language in TAC_LANGUAGE_PREFIXES.items():
         if doc_id.startswith(prefix):
             return language
     match = _CORPUS_LANGUAGE_RE.match(doc_id)
-    return match.group(1) if match else None
+    return languages.normalise_language(match.group(1)) if match and languages.is_language_tag(match.group(1)) else None
 
 
 def language_expr(doc_id: pl.Expr) -> pl.Expr:
     """`language_of_doc` as a polars expression over a String column (null where unknown)."""
-    language = doc_id.str.extract(CORPUS_LANGUAGE_PATTERN, 1)
+    field = doc_id.str.extract(CORPUS_LANGUAGE_PATTERN, 1)
+    language = pl.when(languages.is_language_tag_expr(field)).then(languages.language_expr(field))
     for prefix, code in reversed(TAC_LANGUAGE_PREFIXES.items()):
         language = pl.when(doc_id.str.starts_with(prefix)).then(pl.lit(code)).otherwise(language)
     return language

@@ -80,17 +80,20 @@ def parquet_columns(path: Path) -> list[str]:
 
 
 def records_frame(records: list[dict], path: Path, context_chars: int, keep_gold: bool,
-                  docs: pl.DataFrame | None = None, first_line: int = 1, docs_path: Path | None = None) -> pl.DataFrame:
+                  docs: pl.DataFrame | None = None, first_line: int = 1, docs_path: Path | None = None,
+                  across_records: bool = True) -> pl.DataFrame:
     """Mention records (JSONL fields) -> the `schema.MENTIONS` table, checked as a JSONL file's lines are.
 
     `docs` (doc_id, doc_text) serves mentions given by doc_start/doc_end; without
-    `keep_gold`, gold_kb_id and split are ignored.
+    `keep_gold`, gold_kb_id and split are ignored; without `across_records` (a chunk) `check_corpus`
+    compares the records with each other (see `read_mentions_jsonl`).
     """
     if not keep_gold:
         records = [{k: v for k, v in record.items() if k not in ("gold_kb_id", "split")} for record in records]
     block = list(enumerate(records, start=first_line))
     docs_name = (docs_path or Path("<docs>")) if docs is not None else None
-    frame = read_mentions_jsonl(path, docs_name, context_chars, blocks=[block] if block else [], docs=docs)
+    frame = read_mentions_jsonl(path, docs_name, context_chars, blocks=[block] if block else [], docs=docs,
+                                across_records=across_records)
     return with_gold(frame)
 
 
@@ -118,7 +121,7 @@ def mention_chunks(path: Path, docs: Path | None, chunk_mentions: int, context_c
         lines = read_tac_lines({"test": path})  # once: a chunk takes its slice of these lines
 
         def tac_chunk(offset: int) -> pl.DataFrame:
-            frame = tac_mentions(lines.slice(offset, chunk_mentions), docs, context_chars)
+            frame = tac_mentions(lines.slice(offset, chunk_mentions), docs, context_chars, across_records=False)
             frame = frame if keep_gold else frame.with_columns(pl.lit(None, pl.String).alias("gold_kb_id"))
             return with_gold(frame)
 
@@ -140,7 +143,7 @@ def mention_chunks(path: Path, docs: Path | None, chunk_mentions: int, context_c
         def parquet_chunk(offset: int = offset) -> pl.DataFrame:
             records = pl.scan_parquet(path).slice(offset, chunk_mentions).collect().to_dicts()
             return records_frame(records, path, context_chars, keep_gold, _chunk_docs(docs_parquet, records),
-                                 first_line=offset + 1, docs_path=docs)
+                                 first_line=offset + 1, docs_path=docs, across_records=False)
         yield index, parquet_chunk
 
 
@@ -181,5 +184,5 @@ def _jsonl_chunk(path: Path, block: list[tuple[int, dict]], docs_path: Path | No
     if not keep_gold:
         block = [(line, {k: v for k, v in record.items() if k not in ("gold_kb_id", "split")}) for line, record in block]
     docs = _chunk_docs(docs_parquet, records)
-    frame = read_mentions_jsonl(path, docs_path, context_chars, blocks=[block], docs=docs)
+    frame = read_mentions_jsonl(path, docs_path, context_chars, blocks=[block], docs=docs, across_records=False)
     return with_gold(frame)

@@ -10,12 +10,11 @@ import polars as pl
 
 from pipeline.core import schema
 from pipeline.core.errors import InputError, SchemaError
+from pipeline.core.languages import UNKNOWN_LANGUAGE
 from pipeline.formats.tac import language_expr
 
 logger = logging.getLogger(__name__)
 
-
-UNKNOWN_LANGUAGE = "unknown"
 REQUIRED_COLUMNS = ("mention_id", "doc_id", "start", "end", "kb_id", "entity_type", "mention_type", "confidence")
 """Columns `score` needs in the gold and system frames (as `pipeline.formats.tac.read_tab` returns them)."""
 

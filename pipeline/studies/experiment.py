@@ -103,6 +103,18 @@ class ExperimentConfig:
         return not self.only or any(cell.table == table and column in (None, cell.column) for table, column in self.only)
 
 
+def parse_languages(text: str | None) -> tuple[str, ...]:
+    """`--languages` L1,L2,... -> (L1, L2, ...); None (not given) is () (every language); E203 for an
+    empty entry (`''`, `en,,es`), a slip rather than "every language" (`ExperimentConfig` checks the tags)."""
+    if text is None:
+        return ()
+    codes = tuple(code.strip() for code in text.split(","))
+    if not all(codes):
+        raise ConfigError("E203", where="--languages", field="languages", value=text,
+                          reason="has an empty entry; give L1,L2,... (leave out --languages for every language)")
+    return codes
+
+
 def parse_only(texts: tuple[str, ...]) -> tuple[tuple[int, str | None], ...]:
     """`--only` values TABLE[:COLUMN] -> ((table, column or None), ...); E203 when a table is not a number
     (`ExperimentConfig` checks the numbers and Table 1's columns)."""
