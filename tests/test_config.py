@@ -183,3 +183,26 @@ def test_relative_run_dir_from_set_is_against_the_working_folder(tmp_path: Path,
     monkeypatch.chdir(elsewhere)
     config = load_config(write_config(tmp_path), ("run.run_dir=runs/one",))
     assert config.run_dir == (elsewhere / "runs" / "one").resolve()
+
+
+@pytest.mark.parametrize("section", ["encoder", "train"])
+@pytest.mark.parametrize("device", ["cuda:x", "CPU", "gpu", "", "cuda:", "xla"])
+def test_a_device_setting_torch_cannot_parse_is_e203_naming_its_section(section: str, device: str) -> None:
+    from pipeline.core.config import EncoderConfig, TrainConfig
+
+    config_class = {"encoder": EncoderConfig, "train": TrainConfig}[section]
+    with pytest.raises(ConfigError, match=rf"\[E203\] \[{section}\]: device = '{device}'"):
+        config_class(device=device)
+
+
+def test_a_device_this_machine_lacks_is_e203_when_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from pipeline.core.config import TrainConfig
+    from pipeline.encoders.encoder import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert TrainConfig(device="cuda:1").device == "cuda:1"  # well formed: checked where it is used
+    with pytest.raises(ConfigError, match=r"\[E203\] \[train\]: device = 'cuda:1' .*no CUDA device is visible here"):
+        pick_device("cuda:1", "[train]")
+    assert pick_device("auto", "[train]").type == "cpu"

@@ -397,3 +397,22 @@ def test_inline_texts_other_than_the_docs_file_text_are_e120_even_when_every_men
     records[0]["text"] = records[1]["text"] = records[2]["text"] = TEXT_A  # the docs file's own text: accepted
     records[1] = inline("m2", TEXT_A, "Berlin")
     assert read_mentions_jsonl(write_jsonl(path, records), docs, CONTEXT_CHARS).height == 3
+
+
+# --- blank gold ids ----------------------------------------------------------------------------
+
+def test_a_blank_gold_id_is_no_gold_in_the_stages_as_in_link(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    import polars as pl
+
+    from pipeline.formats.inputs import check_gold_in_kb, normalise_gold
+
+    records = [{**record, "split": "test", "gold_kb_id": gold}
+               for record, gold in zip(tagged_records(["en"] * 4), ["", "  ", "\u3000", " Q1 "])]
+    frame = normalise_gold(read_mentions_jsonl(write_jsonl(tmp_path / "m.jsonl", records), None, CONTEXT_CHARS))
+    # Empty, spaces and an ideographic space are no gold; an id with spaces round it stays an id.
+    assert frame["gold_kb_id"].to_list() == [None, None, None, " Q1 "]
+    with caplog.at_level(logging.WARNING):
+        assert check_gold_in_kb(frame, pl.LazyFrame({"kb_id": ["Q1"]}), tmp_path / "m.jsonl") == 1
+    assert "(e.g. ' Q1 ')" in caplog.text  # quoted, so the spaces show

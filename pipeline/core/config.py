@@ -7,6 +7,7 @@ Reading a TOML file and `--set` overrides into these is `pipeline.core.config_fi
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -15,6 +16,12 @@ from pydantic import TypeAdapter
 
 from pipeline.core.errors import ConfigError
 from pipeline.core.languages import LANGUAGE_TAG_EXPECTED, UNKNOWN_LANGUAGE, is_language_tag, normalise_language
+
+
+# A `device` setting as written (whether this machine has it is checked when it is used:
+# `pipeline.encoders.encoder.pick_device`).
+DEVICE_PATTERN = r"auto|cpu|mps|cuda(:[0-9]+)?"
+DEVICE_EXPECTED = "use auto, cpu, cuda, cuda:N or mps"
 
 
 def _check(where: str, name: str, value: object, ok: bool, reason: str) -> None:
@@ -109,8 +116,8 @@ class EncoderConfig:
         _check(where, "batch_tokens", self.batch_tokens, self.batch_tokens >= self.max_context_tokens,
                "must be at least max_context_tokens")
         _check(where, "chunk_texts", self.chunk_texts, self.chunk_texts >= 1, "must be >= 1")
-        _check(where, "device", self.device, self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
-               "use auto, cpu, cuda or cuda:N")
+        _check(where, "device", self.device, isinstance(self.device, str) and re.fullmatch(DEVICE_PATTERN, self.device) is not None,
+               DEVICE_EXPECTED)
         _check(where, "precision", self.precision, self.precision in ("auto", "fp32", "bf16", "fp16"),
                "use auto, fp32, bf16 or fp16")
 
@@ -207,6 +214,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         where = "[train]"
+        _check(where, "device", self.device, isinstance(self.device, str) and re.fullmatch(DEVICE_PATTERN, self.device) is not None,
+               DEVICE_EXPECTED)
         known = {"name", "context", "type", "triage"}
         _check(where, "features", self.features, bool(self.features) and set(self.features) <= known,
                f"use a non-empty subset of {sorted(known)}")

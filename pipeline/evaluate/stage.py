@@ -224,7 +224,7 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     stage_run.begin()
     evaluate = config.evaluate
 
-    device = pick_device(config.train.device)
+    device = pick_device(config.train.device, "[train]")
     model, saved = load_model(train_dir, device)
     inputs, _, _ = load_inputs(triage_dir, encode_dir, saved["mention_types"], saved["entity_types"], 0, device)
     candidates_path = triage_dir / "candidates.parquet"

@@ -315,8 +315,11 @@ def normalise_gold(frame: pl.DataFrame) -> pl.DataFrame:
     """Keep the gold id as written in `gold_tac_id`; in `gold_kb_id` every NIL cluster id is NIL.
 
     TAC NIL cluster ids ("NIL0042") count as NIL for linking; clusters are evaluate's business.
+    A gold id that is empty or only whitespace is none: no KB id is blank, so such a mention
+    counts as one without gold, never as a KB id the KB lacks.
     """
-    frame = frame.with_columns(pl.col("gold_kb_id").replace("", None))
+    blank = pl.col("gold_kb_id").str.strip_chars() == ""
+    frame = frame.with_columns(pl.when(blank).then(pl.lit(None, pl.String)).otherwise(pl.col("gold_kb_id")).alias("gold_kb_id"))
     return frame.with_columns(
         pl.col("gold_kb_id").alias("gold_tac_id"),
         pl.when(pl.col("gold_kb_id").str.starts_with(schema.NIL_ID)).then(pl.lit(schema.NIL_ID))
@@ -383,5 +386,5 @@ def check_gold_in_kb(mentions: pl.DataFrame, entities: pl.LazyFrame, mentions_pa
     missing = gold_ids.join(entities.select(pl.col("kb_id").alias("gold_kb_id")).collect(), on="gold_kb_id", how="anti")
     if missing.height:
         warn(logger, "W102", count=missing.height, path=mentions_path or "the TAC gold",
-             example=", ".join(missing["gold_kb_id"].head(3).to_list()))
+             example=", ".join(map(repr, missing["gold_kb_id"].sort().head(3).to_list())))  # quoted: spaces show
     return missing.height

@@ -25,6 +25,7 @@ from pipeline.core.config import EncoderConfig, TriageConfig
 from pipeline.core.errors import CacheError, ConfigError, InputError, PipelineError
 from pipeline.model.features import RankerInputs, candidate_matrix, one_hot, score_candidates, score_nil
 from pipeline.core.io import file_fingerprint
+from pipeline.encoders.encoder import device_problem
 from pipeline.link import cache
 from pipeline.model.model_folder import ModelFolder, load_model_folder
 
@@ -32,31 +33,12 @@ logger = logging.getLogger(__name__)
 
 
 def check_device(device: str) -> None:
-    """E203 naming --device for a device the encoder and ranker cannot run on here: a name torch
-    does not parse (gpu, CPU, cuda:x, an empty one), a type xel does not run on (xla, meta), or
-    one this machine lacks (cuda without a visible GPU, cuda:N past the last one, mps). `auto`
-    is always fine. Checked before the encoder config is built, whose own check would name
-    the model's [encoder] section instead."""
-    if device == "auto":
-        return
-    usable = "use auto, cpu, cuda or cuda:N"
-    try:
-        kind = torch.device(device)
-    except RuntimeError:
-        reason = f"not a device torch knows; {usable}"
-    else:
-        count = torch.cuda.device_count() if kind.type == "cuda" and torch.cuda.is_available() else 0
-        if kind.type not in ("cpu", "cuda", "mps"):
-            reason = f"not a device xel runs on; {usable}"
-        elif kind.type == "cuda" and not count:
-            reason = "no CUDA device is visible here; use cpu (or auto)"
-        elif kind.type == "cuda" and kind.index is not None and kind.index >= count:
-            reason = f"only {count} CUDA device(s) are visible here (cuda:0 to cuda:{count - 1}); give one of them, or cuda"
-        elif kind.type == "mps" and not torch.backends.mps.is_available():
-            reason = "no MPS device is available here; use cpu (or auto)"
-        else:
-            return
-    raise ConfigError("E203", where="--device", field="device", value=device, reason=reason)
+    """E203 naming --device for a device the encoder and ranker cannot run on here
+    (`encoder.device_problem`). Checked before the encoder config is built, whose own check
+    would name the model's [encoder] section instead."""
+    reason = device_problem(device)
+    if reason is not None:
+        raise ConfigError("E203", where="--device", field="device", value=device, reason=reason)
 
 
 @dataclass(frozen=True)
@@ -132,7 +114,7 @@ class Linker:
                    .join(self.known_ids.rename({"kb_id": "gold_kb_id"}), on="gold_kb_id", how="anti"))
         if missing.height:
             raise InputError("E705", path=kb_path, count=missing.height, model=folder.path,
-                             example=", ".join(missing["gold_kb_id"].sort().head(3).to_list()))
+                             example=", ".join(map(repr, missing["gold_kb_id"].sort().head(3).to_list())))
         try:
             self.model, _ = load_model(folder.path, self.encoder.device)
         except PipelineError as error:

@@ -60,15 +60,6 @@ def _is_gold(value: object) -> bool:
     return value is not None and not (isinstance(value, str) and not value.strip())
 
 
-def with_gold(frame: pl.DataFrame) -> pl.DataFrame:
-    """The readers' mentions with their gold normalised (`normalise_gold`: NIL cluster ids are NIL),
-    and a gold_kb_id of only whitespace taken as none, as an empty one: no KB id is blank, so such a
-    mention counts as one without gold (left out of --score's score), never as a KB id the KB lacks."""
-    blank = pl.col("gold_kb_id").str.strip_chars() == ""
-    return normalise_gold(frame.with_columns(
-        pl.when(blank).then(pl.lit(None, pl.String)).otherwise(pl.col("gold_kb_id")).alias("gold_kb_id")))
-
-
 def parquet_columns(path: Path) -> list[str]:
     """The column names of a mentions Parquet file; E119 when it is not one polars can read
     (garbage, truncated, empty), rather than a polars traceback."""
@@ -94,7 +85,7 @@ def records_frame(records: list[dict], path: Path, context_chars: int, keep_gold
     docs_name = (docs_path or Path("<docs>")) if docs is not None else None
     frame = read_mentions_jsonl(path, docs_name, context_chars, blocks=[block] if block else [], docs=docs,
                                 across_records=across_records)
-    return with_gold(frame)
+    return normalise_gold(frame)
 
 
 def _chunk_docs(docs_parquet: Path | None, records: list[dict]) -> pl.DataFrame | None:
@@ -123,7 +114,7 @@ def mention_chunks(path: Path, docs: Path | None, chunk_mentions: int, context_c
         def tac_chunk(offset: int) -> pl.DataFrame:
             frame = tac_mentions(lines.slice(offset, chunk_mentions), docs, context_chars, across_records=False)
             frame = frame if keep_gold else frame.with_columns(pl.lit(None, pl.String).alias("gold_kb_id"))
-            return with_gold(frame)
+            return normalise_gold(frame)
 
         for index, offset in enumerate(range(0, lines.height, chunk_mentions)):
             yield index, (lambda offset=offset: tac_chunk(offset))
@@ -185,4 +176,4 @@ def _jsonl_chunk(path: Path, block: list[tuple[int, dict]], docs_path: Path | No
         block = [(line, {k: v for k, v in record.items() if k not in ("gold_kb_id", "split")}) for line, record in block]
     docs = _chunk_docs(docs_parquet, records)
     frame = read_mentions_jsonl(path, docs_path, context_chars, blocks=[block], docs=docs, across_records=False)
-    return with_gold(frame)
+    return normalise_gold(frame)

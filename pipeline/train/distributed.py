@@ -72,12 +72,12 @@ def world_from_environment(environ: Mapping[str, str] = os.environ) -> World:
 
 def uses_cuda(device_setting: str) -> bool:
     """Whether train's `device` setting puts the ranker on a GPU (auto: when one is there)."""
-    return pick_device(device_setting).type == "cuda"
+    return pick_device(device_setting, "[train]").type == "cuda"
 
 
 def training_device(device_setting: str, world: World) -> torch.device:
     """Train's device; under torchrun each process takes the GPU of its LOCAL_RANK."""
-    device = pick_device(device_setting)
+    device = pick_device(device_setting, "[train]")
     return torch.device("cuda", world.local_rank) if device.type == "cuda" and world.distributed else device
 
 
