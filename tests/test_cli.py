@@ -213,6 +213,19 @@ def test_evaluate_setting_change_reruns_evaluate_only(base_run: dict, run_copy: 
     assert "sweep.parquet" not in manifest["outputs"]
 
 
+@pytest.mark.parametrize("setting, code, named", [
+    ("evaluate.languages=[\"fr\"]", "E203", "languages = ['fr']"),  # the tiny data's test split is en, es, ru
+    ("evaluate.eval_split=train2", "E112", "no train2 mention has a gold id"),
+    ("evaluate.tune_split=train2", "E112", "no train2 mention has a gold id to tune"),
+])
+def test_evaluate_settings_that_leave_nothing_to_score_leave_the_finished_evaluation(
+        base_run: dict, run_copy: Path, setting: str, code: str, named: str) -> None:
+    before = mtimes(run_copy)
+    result = invoke("evaluate", "--config", base_run["config"], "--run-dir", run_copy, "--set", setting)
+    assert result.exit_code == 2 and f"[{code}]" in result.output and named in result.output, result.output
+    assert mtimes(run_copy) == before  # the finished evaluation keeps its manifest and every output
+
+
 def test_kb_change_reruns_everything(base_run: dict, run_copy: Path, tmp_path: Path) -> None:
     kb = [dict(entity) for entity in TINY_KB]
     kb[4]["description"] = "An intergovernmental organisation founded in 1945."

@@ -120,6 +120,12 @@ def test_set_override_applies(tmp_path: Path) -> None:
     assert config.evaluate.threshold_mode == "fixed"
 
 
+def test_set_override_reads_a_quoted_string_as_toml_does(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    config = load_config(path, ('evaluate.nil_method="threshold"', "encoder.device='cpu'", 'train.device=cpu'))
+    assert (config.evaluate.nil_method, config.encoder.device, config.train.device) == ("threshold", "cpu", "cpu")
+
+
 def test_set_override_of_run_dir(tmp_path: Path) -> None:
     target = tmp_path / "elsewhere"
     config = load_config(write_config(tmp_path), (f"run.run_dir={target}",))

@@ -409,10 +409,11 @@ def test_a_blank_gold_id_is_no_gold_in_the_stages_as_in_link(tmp_path: Path, cap
     from pipeline.formats.inputs import check_gold_in_kb, normalise_gold
 
     records = [{**record, "split": "test", "gold_kb_id": gold}
-               for record, gold in zip(tagged_records(["en"] * 4), ["", "  ", "\u3000", " Q1 "])]
+               for record, gold in zip(tagged_records(["en"] * 5), ["", "  ", "\u3000", "\t\n", " Q1 "])]
     frame = normalise_gold(read_mentions_jsonl(write_jsonl(tmp_path / "m.jsonl", records), None, CONTEXT_CHARS))
-    # Empty, spaces and an ideographic space are no gold; an id with spaces round it stays an id.
-    assert frame["gold_kb_id"].to_list() == [None, None, None, " Q1 "]
+    # Empty, spaces, an ideographic space, a tab and a line break are no gold (not E116 for the
+    # tab); an id with spaces round it stays an id.
+    assert frame["gold_kb_id"].to_list() == [None, None, None, None, " Q1 "]
     with caplog.at_level(logging.WARNING):
         assert check_gold_in_kb(frame, pl.LazyFrame({"kb_id": ["Q1"]}), tmp_path / "m.jsonl") == 1
     assert "(e.g. ' Q1 ')" in caplog.text  # quoted, so the spaces show

@@ -412,6 +412,25 @@ def test_every_bad_device_names_the_device_option(demo_run: dict, tmp_path: Path
     assert not (tmp_path / "out").exists()
 
 
+def test_a_mention_prior_of_another_encoders_width_is_e702_before_linking(demo_run: dict, tmp_path: Path) -> None:
+    from pipeline.model import nil_classifier
+
+    run_dir = demo_run["run_dir"]
+    predictions = pl.read_parquet(run_dir / "evaluate" / "predictions.parquet")
+    with_evidence = nil_classifier.add_evidence(predictions, pl.read_parquet(run_dir / "triage" / "candidates.parquet"))
+    classifier = nil_classifier.fit(with_evidence.filter(pl.col("gold_kb_id").is_not_null()))
+    model = tmp_path / "model"
+    shutil.copytree(demo_run["model"], model)
+    meta = json.loads((model / "model.json").read_text(encoding="utf-8"))
+    meta["nil"] = {"method": "classifier", "thresholds": {"en": -0.8}, "default_threshold": -1.0, "classifier": classifier,
+                   "mention_prior": {"coef": [0.0] * 10, "intercept": 0.0}, "fallback": -1.0,
+                   "clustering": meta["nil"]["clustering"]}
+    (model / "model.json").write_text(json.dumps(meta), encoding="utf-8")
+    result = link(model, demo_run["test"], tmp_path / "out")
+    assert result.exit_code == 2 and "[E702]" in result.output and "10 weights" in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_link_decides_nil_with_the_learned_classifier_as_evaluate_would(demo_run: dict, tmp_path: Path) -> None:
     """A model whose NIL decision is the classifier (the demo's dev split is too small for `auto`
     to fit one, so it is fitted here on every split's predictions): link's NIL decisions equal
@@ -629,7 +648,7 @@ def test_ties_are_counted_and_warned_as_evaluate_does(demo_run: dict, tmp_path: 
     monkeypatch.setattr(linker_module, "score_candidates", duplicates)
     result = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "duplicates"))
     warnings = [line for line in result.output.splitlines() if "[W703]" in line]
-    assert len(warnings) == 1 and "tie below that, as duplicate or near-identical KB entities" in warnings[0]
+    assert len(warnings) == 1 and "tie at scores within ±0.99, as duplicate or near-identical KB entities" in warnings[0]
     assert "check the KB" in warnings[0] and "learning_rate" not in warnings[0]
 
 

@@ -25,3 +25,18 @@ def test_a_classifier_that_reads_the_mention_prior_needs_the_prior() -> None:
         NilPolicy.from_artifact(artifact, "name")
     prior = {"coef": [0.0] * 4, "intercept": 0.5}
     assert NilPolicy.from_artifact({**artifact, "mention_prior": prior}, "name").artifact["mention_prior"] == prior
+
+
+def test_a_malformed_mention_prior_is_refused_at_load() -> None:
+    import pytest
+
+    classifier = {"features": ["best_score", "mention_nil_logit"], "types": [], "mean": [0, 0], "scale": [1, 1],
+                  "classes": ["nil", "right"], "coef": [[0, 0], [1, -1]], "intercept": [0, 0]}
+    artifact = {"method": "classifier", "default_threshold": -1.0, "thresholds": {"en": -0.9}, "classifier": classifier}
+    for prior in ({}, {"coef": [0.0] * 3, "intercept": 0.0}, {"coef": [0.0] * 4, "intercept": None},
+                  {"coef": "abc", "intercept": 0.0}, {"coef": [0.0, float("nan")], "intercept": 0.0}):
+        with pytest.raises(ValueError, match="mention NIL prior"):
+            NilPolicy.from_artifact({**artifact, "mention_prior": prior}, "name")
+    # Not read by the decision (thresholds decide): not checked, and never applied.
+    policy = NilPolicy.from_artifact({**artifact, "method": "threshold", "mention_prior": {}}, "name")
+    assert not policy.reads_prior

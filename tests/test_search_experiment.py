@@ -261,7 +261,7 @@ def test_only_keeps_the_asked_cells_and_refuses_bad_ones() -> None:
     check_only(LANGUAGES, ExperimentConfig(only=((2, "es"), (1, None))))
     # Language columns and settings are read as the inputs' languages are (en-US -> en).
     assert ExperimentConfig(only=((2, "ES"), (3, "es-419"))).only == ((2, "es"), (3, "es"))
-    assert ExperimentConfig(languages=("en-US", "IT")).languages == ("en", "it")
+    assert ExperimentConfig(languages=("en-US", "IT", "EN")).languages == ("en", "it")
     assert ExperimentConfig(ablation_language="EN_gb").ablation_language == "en"
     with pytest.raises(ConfigError, match=r"\[E203\].*languages"):
         ExperimentConfig(languages=("",))

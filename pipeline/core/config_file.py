@@ -64,13 +64,18 @@ def _build_section(section_type: type, values: dict[str, Any], where: str) -> An
 
 
 def _override_value(section_type: type, key: str, text: str, where: str) -> Any:
-    """A --set value for field `key`: strings and paths as given; a list as TOML (`[512, 256]`),
+    """A --set value for field `key`: strings and paths as given, or as a TOML string ("cpu"); a list as TOML (`[512, 256]`),
     TOML strings without the brackets (`"en"`, `"en","es"`) or comma-separated (`name,context`;
     an empty entry stays, for the section's checks to refuse; "" is the empty list); anything
     else as a TOML value (3, 1e-4, true, {en = -0.8}) when it reads as one, else the plain
     string for pydantic to convert or refuse."""
     hint = typing.get_type_hints(section_type)[key]
     if hint is str or Path in (hint, *typing.get_args(hint)):
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in ("\"", "'"):  # "threshold" as TOML writes it
+            try:
+                return tomllib.loads(f"value = {text}")["value"]
+            except tomllib.TOMLDecodeError:
+                pass
         return text
     if typing.get_origin(hint) is tuple and not text.startswith("["):
         if text[:1] in ("\"", "'"):  # quotes are TOML's, not the value's: "en" is ["en"]

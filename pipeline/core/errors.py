@@ -109,7 +109,7 @@ class Warnings:
     """
 
     W101 = "{path}: renamed {count} repeated mention id(s) to id#start-end (inputs.rename_duplicate_ids)"
-    W102 = "{count} gold KB id(s) of {path} are not in the KB (e.g. {example}); those mentions cannot be linked"
+    W102 = "{count} gold KB id(s) of {mentions} mention(s) in {path} are not in the KB (e.g. {example}); those mentions cannot be linked right: add the entities to the KB, or check the ids"
     W103 = "{path}: ignoring {count} candidate row(s) whose mention_id is not among this run's mentions (e.g. {example})"
     W104 = "{path}: skipped {count} empty or blank alias(es) (first: KB id {example}); an alias must have some text"
     W105 = "{path}: {count} candidate row(s) repeat a (mention_id, kb_id) pair of an earlier row (first on line {line}: {example}); kept the highest score of each pair"

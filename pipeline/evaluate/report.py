@@ -5,6 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from pipeline.evaluate import error_analysis
+from pipeline.model import mention_prior
 from pipeline.model.nil_classifier import reads_prior
 from pipeline.model.ties import TIED_SHARE_WARN
 from pipeline.scoring.table import format_table
@@ -33,6 +34,9 @@ def report_markdown(metrics: dict, artifact: dict, split: str, has_plot: bool, v
         count = counts.get(lang, {"mentions": 0, "nil": 0})
         lines.append(f"| {lang} | {value:.3f} | {count['mentions']} | {count['nil']} |")
     prior = metrics.get("mention_prior")
+    if "mention_prior" in metrics and prior is None:
+        lines += ["", f"Mention NIL prior (evaluate.nil_mention_prior): not fitted, the training split has fewer than "
+                      f"{mention_prior.MIN_EXAMPLES} NIL or linked mentions with gold."]
     if prior:
         reads = artifact["method"] == "classifier" and reads_prior(artifact.get("classifier"))
         auc = ", ".join(f"{name} {value:.3f}" for name, value in prior["roc_auc"].items() if value is not None) or "none"

@@ -28,16 +28,16 @@ import polars as pl
 from pipeline.evaluate import error_analysis
 from pipeline.evaluate import nil_choice
 from pipeline.core import schema
-from pipeline.core.config import RunConfig, to_dict
+from pipeline.core.config import EvaluateConfig, RunConfig, to_dict
 from pipeline.encoders.encoder import pick_device
-from pipeline.core.errors import InputError, warn
+from pipeline.core.errors import ConfigError, InputError, warn
 from pipeline.model.features import (RankerInputs, candidate_matrix, gold_rows, load_inputs, score_candidates,
                                      score_nil)
 from pipeline.core.io import (atomic_path, collect_checked, scan_parquet_checked, write_json_atomic, write_parquet_atomic,
                          write_text_atomic)
 from pipeline.model.nil import cluster_nils, decide_nil
 from pipeline.model import mention_prior
-from pipeline.model.nil_classifier import add_evidence
+from pipeline.model.nil_classifier import add_evidence, reads_prior
 from pipeline.model.ties import TIED_SHARE_WARN, tie_advice, tied_best
 from pipeline.evaluate.report import report_markdown
 from pipeline.scoring.measures import MICRO_AVERAGE, score
@@ -212,6 +212,27 @@ def fit_mention_prior(inputs: RankerInputs, seed: int) -> tuple[dict | None, pl.
                                  "mention_nil_logit": mention_prior.logits(params, name[every], context[every])})
 
 
+def check_gold_splits(mentions_path: Path, evaluate: EvaluateConfig) -> None:
+    """Refuse, before a finished evaluation is touched, splits that leave nothing to tune or score:
+    E112 when the tuning split (with thresholds swept on it) or the evaluation split has no
+    mention with gold; E203 naming evaluate.languages when only those languages lack it."""
+    gold = (pl.scan_parquet(mentions_path).filter(pl.col("gold_kb_id").is_not_null())
+            .group_by("split", "lang").agg(pl.len()).collect())
+    splits = set(gold["split"].to_list())
+    if evaluate.threshold_mode == "dev" and evaluate.tune_split not in splits:
+        raise InputError("E112", path=mentions_path, line="-",
+                         detail=f"no {evaluate.tune_split} mention has a gold id to tune NIL thresholds on; "
+                                "give some mentions that split, or set evaluate.threshold_mode = \"fixed\"")
+    if evaluate.eval_split not in splits:
+        raise InputError("E112", path=mentions_path, line="-",
+                         detail=f"no {evaluate.eval_split} mention has a gold id; set evaluate.eval_split to a split with gold")
+    scored = sorted(gold.filter(pl.col("split") == evaluate.eval_split)["lang"].unique().to_list())
+    if evaluate.languages and not set(evaluate.languages) & set(scored):
+        raise ConfigError("E203", where="[evaluate]", field="languages", value=list(evaluate.languages),
+                          reason=f"no {evaluate.eval_split} mention with gold is in those languages; "
+                                 f"the {evaluate.eval_split} split has {', '.join(scored)}")
+
+
 def run(config: RunConfig, force: bool = False) -> StageResult:
     out_dir = config.stage_dir(STAGE)
     triage_dir, encode_dir, train_dir = (config.stage_dir(s) for s in ("triage", "encode", "train"))
@@ -221,8 +242,9 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     stage_run = StageRun(out_dir, STAGE, STAGE_VERSION, settings, inputs_keys, force)
     if stage_run.up_to_date:
         return stage_run.skipped()
-    stage_run.begin()
     evaluate = config.evaluate
+    check_gold_splits(triage_dir / "mentions.parquet", evaluate)
+    stage_run.begin()
 
     device = pick_device(config.train.device, "[train]")
     model, saved = load_model(train_dir, device)
@@ -246,10 +268,6 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
 
     predictions = add_evidence(predictions, candidates)
     tuning = predictions.filter(pl.col("split") == evaluate.tune_split)
-    if evaluate.threshold_mode == "dev" and tuning.filter(pl.col("gold_kb_id").is_not_null()).is_empty():
-        raise InputError("E112", path=triage_dir / "mentions.parquet", line="-",
-                         detail=f"no {evaluate.tune_split} mention has a gold id to tune NIL thresholds on; "
-                                "give some mentions that split, or set evaluate.threshold_mode = \"fixed\"")
     artifact, sweep_table, validation = nil_choice.choose(tuning, evaluate, predictions["lang"].unique().to_list(),
                                                           config.train.seed)
     variants = artifact.pop("classifier_variants", {})
@@ -259,19 +277,18 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     decided = cluster_nils(decide_nil(predictions, artifact), evaluate.nil_clustering)
 
     evaluated = decided.filter((pl.col("split") == evaluate.eval_split) & pl.col("gold_kb_id").is_not_null())
-    if evaluate.languages:
+    if evaluate.languages:  # some of them have gold (check_gold_splits)
         evaluated = evaluated.filter(pl.col("lang").is_in(list(evaluate.languages)))
-    if evaluated.is_empty():
-        raise InputError("E112", path=triage_dir / "mentions.parquet", line="-",
-                         detail=f"no {evaluate.eval_split} mention (of evaluate.languages, if set) has a gold id; "
-                                "set evaluate.eval_split to a split with gold")
     gold_tab, system_tab, languages, metrics = score_decisions(evaluated)
     metrics["thresholds"] = thresholds
     metrics["split"] = evaluate.eval_split
     metrics["nil_method"] = artifact["method"]
+    metrics["nil_reads_prior"] = artifact["method"] == "classifier" and reads_prior(artifact["classifier"])
     # Every NIL method on the evaluation split (only the chosen one's decisions are written out).
     on_eval = outcome_by_method(predictions, evaluated, artifact, variants)
     metrics["nil_methods"] = on_eval.to_dicts()
+    if evaluate.nil_mention_prior and prior is None:
+        metrics["mention_prior"] = None  # asked for, not fitted: too few training NILs (report.md says so)
     if prior is not None:  # how well the prior alone tells NIL from linked, on the tuning and evaluation splits
         metrics["mention_prior"] = {**prior["fitted_on"], "roc_auc": {
             split: mention_prior.roc_auc(part["mention_nil_logit"].to_numpy(), (part["gold_kb_id"] == schema.NIL_ID).to_numpy())

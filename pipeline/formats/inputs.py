@@ -382,9 +382,10 @@ def write_entities(kb_path: Path, out_path: Path) -> int:
 
 def check_gold_in_kb(mentions: pl.DataFrame, entities: pl.LazyFrame, mentions_path: Path | None) -> int:
     """Count gold links to ids missing from the KB (they can never be linked; warned, not refused)."""
-    gold_ids = mentions.filter(schema.linked_gold()).select("gold_kb_id").unique()
-    missing = gold_ids.join(entities.select(pl.col("kb_id").alias("gold_kb_id")).collect(), on="gold_kb_id", how="anti")
-    if missing.height:
-        warn(logger, "W102", count=missing.height, path=mentions_path or "the TAC gold",
-             example=", ".join(map(repr, missing["gold_kb_id"].sort().head(3).to_list())))  # quoted: spaces show
-    return missing.height
+    gold = mentions.filter(schema.linked_gold()).select("gold_kb_id")
+    missing = gold.join(entities.select(pl.col("kb_id").alias("gold_kb_id")).collect(), on="gold_kb_id", how="anti")
+    ids = missing["gold_kb_id"].unique().sort()
+    if ids.len():
+        warn(logger, "W102", count=ids.len(), mentions=missing.height, path=mentions_path or "the TAC gold",
+             example=", ".join(map(repr, ids.head(3).to_list())))  # quoted: spaces show
+    return ids.len()

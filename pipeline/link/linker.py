@@ -100,6 +100,11 @@ class Linker:
                 raise
             raise CacheError("E704", name=self.encoder_config.name, model=folder.path, detail=error.message) from None
 
+        prior = folder.policy.artifact.get("mention_prior")
+        if folder.policy.reads_prior and len(prior["coef"]) != 2 * self.encoder.hidden_size:  # another encoder's
+            raise CacheError("E702", path=folder.path / "model.json",
+                             detail=f"the mention NIL prior has {len(prior['coef'])} weights, the encoder's name and "
+                                    f"context vectors {2 * self.encoder.hidden_size}")
         kb_path = Path(kb_path or meta["kb"]["path"])
         if not kb_path.is_file():
             raise InputError("E706", path=kb_path, model=folder.path)

@@ -102,7 +102,7 @@ class LinkResult:
                      f"{self.encode_share:.0%} of linking time in encode"]
         if not self.finished:
             return lines + [f"link: shard {shard[0]}/{shard[1]} done -> {self.out_dir}; "
-                            "run `xel-cli link ... --merge` when every shard is"]
+                            "run `xel-cli link ... --merge` once every shard is done"]
         lines.append(format_frame(self.nil_share))
         if self.ties is not None:
             lines.append(f"link: best two candidates tied for {self.ties['tied']} of {self.ties['mentions']} mention(s) "

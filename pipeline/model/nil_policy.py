@@ -28,6 +28,18 @@ from pipeline.model.nil_classifier import EVIDENCE, add_evidence, reads_prior
 logger = logging.getLogger(__name__)
 
 
+def check_prior(prior: object) -> None:
+    """ValueError unless `prior` is a mention NIL prior's parameters (`mention_prior.fit`): a non-empty,
+    even-length list of numbers `coef` and a number `intercept`."""
+    if not isinstance(prior, dict):
+        raise ValueError("the classifier reads the mention NIL prior, which the model does not hold")
+    coef, intercept = prior.get("coef"), prior.get("intercept")
+    numbers = isinstance(coef, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in coef)
+    if not (numbers and coef and len(coef) % 2 == 0 and isinstance(intercept, (int, float))
+            and not isinstance(intercept, bool) and all(map(math.isfinite, [*coef, intercept]))):
+        raise ValueError("the mention NIL prior needs coef, an even-length list of numbers, and a number intercept")
+
+
 @dataclass(frozen=True)
 class NilPolicy:
     """evaluate's NIL decision (`artifact`, as in nil.json) and the NIL clustering mode."""
@@ -76,8 +88,8 @@ class NilPolicy:
             raise ValueError(f"unknown NIL method {method!r}")
         if method == "classifier" and not isinstance(artifact.get("classifier"), dict):
             raise ValueError("the classifier method needs the classifier's parameters")
-        if method == "classifier" and reads_prior(artifact["classifier"]) and not isinstance(artifact.get("mention_prior"), dict):
-            raise ValueError("the classifier reads the mention NIL prior, which the model does not hold")
+        if method == "classifier" and reads_prior(artifact["classifier"]):
+            check_prior(artifact.get("mention_prior"))
         if clustering not in ("name", "singleton"):
             raise ValueError(f"unknown NIL clustering {clustering!r}")
         # Inputs read `en-US` as `en` (`pipeline.core.languages`); a model saved before that may key a
@@ -102,10 +114,15 @@ class NilPolicy:
         """mentions with the `mention_nil_logit` column the classifier reads, when evaluate fitted a
         mention NIL prior (`pipeline.model.mention_prior`); unchanged otherwise. name, context:
         (len(mentions), H) vectors in the mentions' row order, as the ranker reads them."""
-        prior = self.artifact.get("mention_prior")
-        if not (prior and self.artifact["method"] == "classifier" and reads_prior(self.artifact["classifier"])):
+        if not self.reads_prior:
             return mentions
-        return mentions.with_columns(pl.Series("mention_nil_logit", mention_prior.logits(prior, name, context)))
+        return mentions.with_columns(pl.Series("mention_nil_logit", mention_prior.logits(self.artifact["mention_prior"],
+                                                                                           name, context)))
+
+    @property
+    def reads_prior(self) -> bool:
+        """Whether the decision reads the mention NIL prior (the classifier decides and has it as a feature)."""
+        return self.artifact["method"] == "classifier" and reads_prior(self.artifact.get("classifier"))
 
     def decide(self, predictions: pl.DataFrame, candidates: pl.DataFrame) -> pl.DataFrame:
         """`nil.decide_nil` with this policy: adds threshold, is_nil and kb_id (best KB id or NIL).

@@ -41,7 +41,8 @@ def tie_advice(ties: dict) -> str:
         parts.append(f"{saturated} of them tie near ±1 (|score| > {SATURATED_SCORE}), where the ranker's tanh "
                      "saturates: retrain with a lower train.learning_rate (README, Results: seed spread)")
     if ties["tied"] - saturated:
-        parts.append(f"{ties['tied'] - saturated} of them tie below that, as duplicate or near-identical KB entities "
+        parts.append(f"{ties['tied'] - saturated} of them tie at scores within ±{SATURATED_SCORE}, as duplicate or "
+                     "near-identical KB entities "
                      "(the same name and description under two ids) do: check the KB for such entities, "
                      "and merge or drop the copies")
     return "; ".join(parts)

@@ -27,9 +27,13 @@ def stage_summary(result: StageResult) -> list[str]:
     if result.stage == "evaluate":
         metrics = result.summary["metrics"]
         thresholds = ", ".join(f"{k}={v:.2f}" for k, v in sorted(metrics["thresholds"].items()))
-        lines += [f"evaluate: {metrics['split']} split, NIL thresholds {thresholds}; NIL decided by the {metrics['nil_method']}",
+        prior = " reading the mention NIL prior" if metrics.get("nil_reads_prior") else ""
+        lines += [f"evaluate: {metrics['split']} split, NIL thresholds {thresholds}; NIL decided by the "
+                  f"{metrics['nil_method']}{prior}",
                   format_table(metrics), "NIL decision on this split (method, language: micro-average, NIL precision/recall/F1):"]
-        lines += [f"  {row['method']:<10} {row['lang']:>4}: {row['micro_average']:.3f}  "
+        rows = metrics.get("nil_methods", [])
+        width = max((len(row["method"]) for row in rows), default=10)
+        lines += [f"  {row['method']:<{width}} {row['lang']:>4}: {row['micro_average']:.3f}  "
                   f"P {row['nil_precision']:.3f} R {row['nil_recall']:.3f} F1 {row['nil_f1']:.3f}"
-                  for row in metrics.get("nil_methods", [])]
+                  for row in rows]
     return lines

@@ -85,7 +85,8 @@ class ExperimentConfig:
         if not 1 <= self.seeds <= 100:
             raise ConfigError("E203", where="experiment", field="seeds", value=self.seeds, reason="must be between 1 and 100")
         # Read as the inputs' languages are (en-US -> en), so a table language matches the mentions'.
-        object.__setattr__(self, "languages", tuple(language_settings("experiment", "languages", self.languages)))
+        # dict.fromkeys: EN and en are one table language, listed once.
+        object.__setattr__(self, "languages", tuple(dict.fromkeys(language_settings("experiment", "languages", self.languages))))
         object.__setattr__(self, "ablation_language",
                            language_settings("experiment", "ablation_language", [self.ablation_language])[0])
         # Tables 2 and 3 have languages as columns: `--only 2:ES` is Table 2's es column.
