@@ -127,7 +127,8 @@ def _holding(config, command: str, lock: bool = True, writer: bool = True):
     ranks take no lock and write nothing here.
     """
     from pipeline.core.config import to_dict
-    from pipeline.core.io import remove_leftover_temps, write_json_atomic
+    from pipeline.core.errors import PipelineError
+    from pipeline.core.io import remove_leftover_temps, write_json_atomic, write_text_atomic
 
     if not writer:
         yield
@@ -136,8 +137,15 @@ def _holding(config, command: str, lock: bool = True, writer: bool = True):
         config.run_dir.mkdir(parents=True, exist_ok=True)
         if lock:
             remove_leftover_temps(config.run_dir)  # e.g. of config.json, by a run that was killed
-        write_json_atomic(config.run_dir / "config.json", to_dict(config))
-        yield
+        saved = config.run_dir / "config.json"
+        previous = saved.read_text(encoding="utf-8") if saved.is_file() else None
+        write_json_atomic(saved, to_dict(config))
+        try:
+            yield
+        except PipelineError:  # refused or failed: the run's config.json stays the last finished command's
+            if previous is not None:
+                write_text_atomic(saved, previous)
+            raise
 
 
 def _say(*lines: str) -> None:

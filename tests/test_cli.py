@@ -220,10 +220,11 @@ def test_evaluate_setting_change_reruns_evaluate_only(base_run: dict, run_copy: 
 ])
 def test_evaluate_settings_that_leave_nothing_to_score_leave_the_finished_evaluation(
         base_run: dict, run_copy: Path, setting: str, code: str, named: str) -> None:
-    before = mtimes(run_copy)
+    before, config = mtimes(run_copy), (run_copy / "config.json").read_bytes()
     result = invoke("evaluate", "--config", base_run["config"], "--run-dir", run_copy, "--set", setting)
     assert result.exit_code == 2 and f"[{code}]" in result.output and named in result.output, result.output
     assert mtimes(run_copy) == before  # the finished evaluation keeps its manifest and every output
+    assert (run_copy / "config.json").read_bytes() == config  # and the run's config is not the refused one
 
 
 def test_kb_change_reruns_everything(base_run: dict, run_copy: Path, tmp_path: Path) -> None:

@@ -192,7 +192,7 @@ def test_relative_run_dir_from_set_is_against_the_working_folder(tmp_path: Path,
 
 
 @pytest.mark.parametrize("section", ["encoder", "train"])
-@pytest.mark.parametrize("device", ["cuda:x", "CPU", "gpu", "", "cuda:", "xla"])
+@pytest.mark.parametrize("device", ["cuda:x", "CPU", "gpu", "", "cuda:", "xla", "cpu:0"])
 def test_a_device_setting_torch_cannot_parse_is_e203_naming_its_section(section: str, device: str) -> None:
     from pipeline.core.config import EncoderConfig, TrainConfig
 

@@ -648,7 +648,7 @@ def test_ties_are_counted_and_warned_as_evaluate_does(demo_run: dict, tmp_path: 
     monkeypatch.setattr(linker_module, "score_candidates", duplicates)
     result = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "duplicates"))
     warnings = [line for line in result.output.splitlines() if "[W703]" in line]
-    assert len(warnings) == 1 and "tie at scores within ±0.99, as duplicate or near-identical KB entities" in warnings[0]
+    assert len(warnings) == 1 and "tie at |score| <= 0.99, as duplicate or near-identical KB entities" in warnings[0]
     assert "check the KB" in warnings[0] and "learning_rate" not in warnings[0]
 
 

@@ -203,7 +203,7 @@ def test_tie_advice_names_the_cause_the_tied_scores_point_to() -> None:
     assert saturated.startswith("5 of them tie near ±1") and "lower train.learning_rate" in saturated
     assert "duplicate" not in saturated
     duplicates = tie_advice({"tied": 5, "mentions": 8, "share": 5 / 8, "saturated": 0})
-    assert duplicates.startswith("5 of them tie at scores within ±0.99, as duplicate or near-identical KB entities")
+    assert duplicates.startswith("5 of them tie at |score| <= 0.99, as duplicate or near-identical KB entities")
     assert "check the KB" in duplicates and "learning_rate" not in duplicates
     both = tie_advice({"tied": 5, "mentions": 8, "share": 5 / 8, "saturated": 2})
-    assert "2 of them tie near ±1" in both and "; 3 of them tie at scores within ±0.99" in both
+    assert "2 of them tie near ±1" in both and "; 3 of them tie at |score| <= 0.99" in both

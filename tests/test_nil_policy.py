@@ -34,9 +34,20 @@ def test_a_malformed_mention_prior_is_refused_at_load() -> None:
                   "classes": ["nil", "right"], "coef": [[0, 0], [1, -1]], "intercept": [0, 0]}
     artifact = {"method": "classifier", "default_threshold": -1.0, "thresholds": {"en": -0.9}, "classifier": classifier}
     for prior in ({}, {"coef": [0.0] * 3, "intercept": 0.0}, {"coef": [0.0] * 4, "intercept": None},
-                  {"coef": "abc", "intercept": 0.0}, {"coef": [0.0, float("nan")], "intercept": 0.0}):
+                  {"coef": "abc", "intercept": 0.0}, {"coef": [0.0, float("nan")], "intercept": 0.0},
+                  {"coef": [0.0] * 4, "intercept": 0.0, "version": 99}):
         with pytest.raises(ValueError, match="mention NIL prior"):
             NilPolicy.from_artifact({**artifact, "mention_prior": prior}, "name")
     # Not read by the decision (thresholds decide): not checked, and never applied.
     policy = NilPolicy.from_artifact({**artifact, "method": "threshold", "mention_prior": {}}, "name")
     assert not policy.reads_prior
+
+
+def test_a_classifier_of_a_newer_format_is_refused() -> None:
+    import pytest
+
+    classifier = {"version": 99, "features": ["best_score"], "types": [], "mean": [0], "scale": [1],
+                  "classes": ["nil", "right"], "coef": [[0], [1]], "intercept": [0, 0]}
+    with pytest.raises(ValueError, match="newer than this xel's"):
+        NilPolicy.from_artifact({"method": "classifier", "default_threshold": -1.0, "thresholds": {},
+                                 "classifier": classifier}, "name")

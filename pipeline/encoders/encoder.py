@@ -133,6 +133,8 @@ def device_problem(device: str) -> str | None:
     count = torch.cuda.device_count() if kind.type == "cuda" and torch.cuda.is_available() else 0
     if kind.type not in ("cpu", "cuda", "mps"):
         return f"not a device xel runs on; {usable}"
+    if kind.type != "cuda" and kind.index is not None:  # torch.load's map_location takes no cpu:0
+        return f"{kind.type} takes no device number; give {kind.type}"
     if kind.type == "cuda" and not count:
         return "no CUDA device is visible here; use cpu (or auto)"
     if kind.type == "cuda" and kind.index is not None and kind.index >= count:

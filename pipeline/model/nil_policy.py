@@ -23,7 +23,7 @@ from pipeline.core.errors import ConfigError, warn
 from pipeline.core.languages import is_language_tag, normalise_language
 from pipeline.model import mention_prior
 from pipeline.model.nil import cluster_nils, decide_nil
-from pipeline.model.nil_classifier import EVIDENCE, add_evidence, reads_prior
+from pipeline.model.nil_classifier import EVIDENCE, VERSION as CLASSIFIER_VERSION, add_evidence, reads_prior
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,9 @@ def check_prior(prior: object) -> None:
     even-length list of numbers `coef` and a number `intercept`."""
     if not isinstance(prior, dict):
         raise ValueError("the classifier reads the mention NIL prior, which the model does not hold")
+    if not isinstance(prior.get("version", 1), int) or prior.get("version", 1) > mention_prior.VERSION:
+        raise ValueError(f"its mention NIL prior is of format {prior.get('version')!r}, newer than this xel's "
+                         f"{mention_prior.VERSION}: update xel")
     coef, intercept = prior.get("coef"), prior.get("intercept")
     numbers = isinstance(coef, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in coef)
     if not (numbers and coef and len(coef) % 2 == 0 and isinstance(intercept, (int, float))
@@ -88,6 +91,10 @@ class NilPolicy:
             raise ValueError(f"unknown NIL method {method!r}")
         if method == "classifier" and not isinstance(artifact.get("classifier"), dict):
             raise ValueError("the classifier method needs the classifier's parameters")
+        version = artifact["classifier"].get("version", 1) if method == "classifier" else 1
+        if not isinstance(version, int) or version > CLASSIFIER_VERSION:
+            raise ValueError(f"its NIL classifier is of format {version!r}, newer than this xel's {CLASSIFIER_VERSION}: "
+                             "update xel")
         if method == "classifier" and reads_prior(artifact["classifier"]):
             check_prior(artifact.get("mention_prior"))
         if clustering not in ("name", "singleton"):

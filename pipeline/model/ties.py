@@ -1,9 +1,10 @@
 """Ties between a mention's best two candidates: when the choice is triage's order, not the ranker's.
 
-Two candidates get the same ranker score for one of two reasons: the ranker's tanh scores
-saturate at ±1 (a model trained with too high a learning rate), or the two are the same
-entity to the ranker, duplicate or near-identical KB entries (one name and description under
-two ids), which score alike anywhere, e.g. both -0.92. A tie keeps triage's order
+Two candidates get the same ranker score for one of three reasons: the ranker's tanh scores
+saturate at ±1 (a model trained with too high a learning rate); the two are the same entity
+to the ranker, duplicate or near-identical KB entries (one name and description under two
+ids), which score alike anywhere, e.g. both -0.92; or the ranker scores every candidate alike
+(a model that learned nothing). A tie keeps triage's order
 (`candidate_order`), so such mentions link as triage ranks. evaluate (W502) and
 `xel-cli link` (W703) count them with `tied_best` and warn above `TIED_SHARE_WARN`, with
 `tie_advice` naming the cause the tied scores point to.
@@ -41,8 +42,8 @@ def tie_advice(ties: dict) -> str:
         parts.append(f"{saturated} of them tie near ±1 (|score| > {SATURATED_SCORE}), where the ranker's tanh "
                      "saturates: retrain with a lower train.learning_rate (README, Results: seed spread)")
     if ties["tied"] - saturated:
-        parts.append(f"{ties['tied'] - saturated} of them tie at scores within ±{SATURATED_SCORE}, as duplicate or "
-                     "near-identical KB entities "
-                     "(the same name and description under two ids) do: check the KB for such entities, "
-                     "and merge or drop the copies")
+        parts.append(f"{ties['tied'] - saturated} of them tie at |score| <= {SATURATED_SCORE}, as duplicate or "
+                     "near-identical KB entities (the same name and description under two ids) do, or a ranker "
+                     "that scores every candidate alike: check the KB for such entities and merge or drop the "
+                     "copies, or, if the KB has none, check the model's training (train/history.parquet)")
     return "; ".join(parts)
