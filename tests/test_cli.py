@@ -227,6 +227,23 @@ def test_evaluate_settings_that_leave_nothing_to_score_leave_the_finished_evalua
     assert (run_copy / "config.json").read_bytes() == config  # and the run's config is not the refused one
 
 
+def test_evaluate_counts_the_mentions_it_leaves_out_for_want_of_gold(base_run: dict, tmp_path: Path) -> None:
+    from conftest import tiny_mention_records
+
+    records = tiny_mention_records()
+    blank = [r for r in records if r["split"] == "test"][:2]
+    for record in blank:
+        record["gold_kb_id"] = " "  # blank: no gold, left out of the score
+    folder = tmp_path / "blank-gold"
+    write_jsonl(folder / "data" / "mentions.jsonl", records)
+    write_jsonl(folder / "data" / "kb.jsonl", TINY_KB)
+    result = succeeded(invoke("run", "--config", write_run_config(folder, base_run["encoder"])))
+    metrics = json.loads((folder / "run" / "evaluate" / "metrics.json").read_text(encoding="utf-8"))
+    tested = sum(r["split"] == "test" for r in records)
+    assert metrics["unscored_mentions"] == 2 and metrics["counts"]["overall"]["gold_mentions"] == tested - 2
+    assert "2 test mention(s) without gold_kb_id left out" in result.output
+
+
 def test_kb_change_reruns_everything(base_run: dict, run_copy: Path, tmp_path: Path) -> None:
     kb = [dict(entity) for entity in TINY_KB]
     kb[4]["description"] = "An intergovernmental organisation founded in 1945."

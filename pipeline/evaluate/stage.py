@@ -280,6 +280,10 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     if evaluate.languages:  # some of them have gold (check_gold_splits)
         evaluated = evaluated.filter(pl.col("lang").is_in(list(evaluate.languages)))
     gold_tab, system_tab, languages, metrics = score_decisions(evaluated)
+    in_split = decided.filter(pl.col("split") == evaluate.eval_split)
+    if evaluate.languages:
+        in_split = in_split.filter(pl.col("lang").is_in(list(evaluate.languages)))
+    metrics["unscored_mentions"] = in_split.height - evaluated.height  # no gold_kb_id: left out, as link --score does
     metrics["thresholds"] = thresholds
     metrics["split"] = evaluate.eval_split
     metrics["nil_method"] = artifact["method"]

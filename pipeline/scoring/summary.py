@@ -28,8 +28,10 @@ def stage_summary(result: StageResult) -> list[str]:
         metrics = result.summary["metrics"]
         thresholds = ", ".join(f"{k}={v:.2f}" for k, v in sorted(metrics["thresholds"].items()))
         prior = " reading the mention NIL prior" if metrics.get("nil_reads_prior") else ""
+        unscored = metrics.get("unscored_mentions", 0)
+        left_out = f"; {unscored} {metrics['split']} mention(s) without gold_kb_id left out" if unscored else ""
         lines += [f"evaluate: {metrics['split']} split, NIL thresholds {thresholds}; NIL decided by the "
-                  f"{metrics['nil_method']}{prior}",
+                  f"{metrics['nil_method']}{prior}{left_out}",
                   format_table(metrics), "NIL decision on this split (method, language: micro-average, NIL precision/recall/F1):"]
         rows = metrics.get("nil_methods", [])
         width = max((len(row["method"]) for row in rows), default=10)
