@@ -60,17 +60,17 @@ def tuning_table(n: int, seed: int) -> pl.DataFrame:
 
 def test_choose_lets_the_classifier_read_the_prior_when_dev_says_it_helps() -> None:
     tuning = tuning_table(90, seed=0)
-    artifact, _, validation = nil_choice.choose(tuning, EvaluateConfig(), ["en"], seed=0)
+    artifact, _, validation, variants = nil_choice.choose(tuning, EvaluateConfig(), ["en"], seed=0)
     overall = {row["method"]: row["micro_average"] for row in validation.filter(pl.col("lang") == "all").iter_rows(named=True)}
     assert overall[nil_choice.PRIOR_VARIANT] == 1.0 and overall["classifier"] < 0.9
     assert artifact["method"] == "classifier" and nil_classifier.reads_prior(artifact["classifier"])
-    assert set(artifact["classifier_variants"]) == {"classifier", nil_choice.PRIOR_VARIANT}
+    assert set(variants) == {"classifier", nil_choice.PRIOR_VARIANT}
     held = tuning_table(30, seed=1)
     assert decide_nil(held, artifact)["is_nil"].to_list() == (held["gold_kb_id"] == "NIL").to_list()
 
 
 def test_without_the_prior_column_there_is_no_prior_variant() -> None:
     tuning = tuning_table(90, seed=0).drop("mention_nil_logit")
-    artifact, _, validation = nil_choice.choose(tuning, EvaluateConfig(), ["en"], seed=0)
+    artifact, _, validation, variants = nil_choice.choose(tuning, EvaluateConfig(), ["en"], seed=0)
     assert nil_choice.PRIOR_VARIANT not in validation["method"].to_list()
     assert not nil_classifier.reads_prior(artifact["classifier"])

@@ -100,7 +100,7 @@ def test_choose_warns_about_thin_or_missing_dev_and_falls_back(caplog: pytest.Lo
     wrong = evidence_table([("it1", "it", "Q1", 0.3, 0.1, "Q2")])
     tuning = pl.concat([separable(60, 0, "en"), separable(12, 1, "es"), wrong])
     with caplog.at_level(logging.WARNING):
-        artifact, sweep_table, validation = nil_choice.choose(
+        artifact, sweep_table, validation, _ = nil_choice.choose(
             tuning, EvaluateConfig(nil_method="auto", fixed_thresholds={"it": -0.7}), ["en", "es", "it", "ru"], 0)
     text = caplog.text
     assert "[W605] it: dev micro-average is the same at every NIL threshold" in text
@@ -120,14 +120,14 @@ def test_choose_warns_about_thin_or_missing_dev_and_falls_back(caplog: pytest.Lo
     caplog.clear()
     few = separable(15, 0)  # 5 NILs: too few for the classifier
     with caplog.at_level(logging.WARNING):
-        artifact, _, validation = nil_choice.choose(few, EvaluateConfig(nil_method="classifier"), ["en"], 0)
+        artifact, _, validation, variants = nil_choice.choose(few, EvaluateConfig(nil_method="classifier"), ["en"], 0)
     assert "[W604] the dev split has 5 NIL mention(s)" in caplog.text
     assert artifact["method"] == "threshold" and artifact["classifier"] is None and validation is None
 
 
 def test_threshold_method_keeps_thresholds_and_still_fits_the_classifier_for_the_report() -> None:
     tuning = separable(90, 0)
-    artifact, _, validation = nil_choice.choose(tuning, EvaluateConfig(nil_method="threshold"), ["en"], 0)
+    artifact, _, validation, variants = nil_choice.choose(tuning, EvaluateConfig(nil_method="threshold"), ["en"], 0)
     assert artifact["method"] == "threshold" and artifact["classifier"]["fitted_on"]["mentions"] == 90
     # Both methods, held out over all 90 mentions in five folds.
     assert validation.filter(pl.col("lang") == "all").select("method", "mentions").rows() == [("threshold", 90),

@@ -25,7 +25,7 @@ import logging
 import numpy as np
 import polars as pl
 
-from pipeline.model import nil_classifier
+from pipeline.model import mention_prior, nil_classifier
 from pipeline.core.config import EvaluateConfig
 from pipeline.core.errors import ConfigError, warn
 from pipeline.evaluate.error_analysis import outcome_scores
@@ -41,7 +41,7 @@ MIN_CLASSIFIER_EXAMPLES = 10
 FOLDS = 5
 # The mention NIL prior's column (`pipeline.model.mention_prior`) and the classifier that reads it,
 # as the cross-validation table names it.
-PRIOR_COLUMN = "mention_nil_logit"
+PRIOR_COLUMN = mention_prior.COLUMN
 PRIOR_VARIANT = "classifier+prior"
 
 
@@ -136,8 +136,10 @@ def cross_validate(tuning: pl.DataFrame, evaluate: EvaluateConfig, seed: int) ->
 
 
 def choose(tuning: pl.DataFrame, evaluate: EvaluateConfig, languages: list[str], seed: int
-           ) -> tuple[dict, pl.DataFrame | None, pl.DataFrame | None]:
-    """(NIL artifact, sweep table or None, cross-validation table or None) from the tuning split's predictions.
+           ) -> tuple[dict, pl.DataFrame | None, pl.DataFrame | None, dict[str, dict]]:
+    """(NIL artifact, sweep table or None, cross-validation table or None, classifier variants) from the
+    tuning split's predictions. The variants ({"classifier": ..., "classifier+prior": ...}, the
+    fitted ones) let the report score each on the evaluation split; the artifact holds the chosen one.
 
     tuning: predictions of the tuning split with gold_kb_id and the evidence of
     `nil_classifier.add_evidence`; languages: every language that will be decided.
@@ -156,7 +158,7 @@ def choose(tuning: pl.DataFrame, evaluate: EvaluateConfig, languages: list[str],
                                  "or use threshold, classifier or auto")
     if tuning.is_empty():
         artifact["method"] = "nota" if evaluate.nil_method == "nota" else "threshold"
-        return artifact, sweep_table, None
+        return artifact, sweep_table, None, {}
     variants = {}
     if classifier_ready(tuning):
         # Fitted whatever the method, so the report can set the methods side by side.
@@ -167,7 +169,7 @@ def choose(tuning: pl.DataFrame, evaluate: EvaluateConfig, languages: list[str],
         nils = int((nil_classifier.labels(tuning) == nil_classifier.NIL).sum())
         warn(logger, "W604", split=evaluate.tune_split, nils=nils, minimum=MIN_CLASSIFIER_EXAMPLES)
     if artifact["classifier"] is None and not nota:
-        return artifact, sweep_table, None
+        return artifact, sweep_table, None, variants
     validation = cross_validate(tuning, evaluate, seed)
     overall = {row["method"]: row["micro_average"] for row in validation.filter(pl.col("lang") == "all").iter_rows(named=True)}
     if overall.get(PRIOR_VARIANT, -1.0) > overall.get("classifier", -1.0):
@@ -182,8 +184,7 @@ def choose(tuning: pl.DataFrame, evaluate: EvaluateConfig, languages: list[str],
         method = max(("threshold", "classifier", "nota"), key=lambda m: (overall.get(m, -1.0),
                                                                         ("threshold", "classifier", "nota").index(m)))
     artifact["method"] = method
-    artifact["classifier_variants"] = variants  # for the report; the stage takes it out before saving
-    return artifact, sweep_table, validation
+    return artifact, sweep_table, validation, variants
 
 
 def without_prior(predictions: pl.DataFrame) -> pl.DataFrame:

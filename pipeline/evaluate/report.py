@@ -6,7 +6,6 @@ import polars as pl
 
 from pipeline.evaluate import error_analysis
 from pipeline.model import mention_prior
-from pipeline.model.nil_classifier import reads_prior
 from pipeline.model.ties import TIED_SHARE_WARN
 from pipeline.scoring.table import format_table
 
@@ -38,7 +37,7 @@ def report_markdown(metrics: dict, artifact: dict, split: str, has_plot: bool, v
         lines += ["", f"Mention NIL prior (evaluate.nil_mention_prior): not fitted, the training split has fewer than "
                       f"{mention_prior.MIN_EXAMPLES} NIL or linked mentions with gold."]
     if prior:
-        reads = artifact["method"] == "classifier" and reads_prior(artifact.get("classifier"))
+        reads = metrics.get("nil_reads_prior", False)
         auc = ", ".join(f"{name} {value:.3f}" for name, value in prior["roc_auc"].items() if value is not None) or "none"
         lines += ["", f"Mention NIL prior (evaluate.nil_mention_prior): fitted on {prior['mentions']} training mentions, "
                       f"{prior['nil']} of them NIL; ROC AUC of NIL against linked: {auc}. The NIL decision "

@@ -37,7 +37,7 @@ from pipeline.core.io import (atomic_path, collect_checked, scan_parquet_checked
                          write_text_atomic)
 from pipeline.model.nil import cluster_nils, decide_nil
 from pipeline.model import mention_prior
-from pipeline.model.nil_classifier import add_evidence, reads_prior
+from pipeline.model.nil_classifier import add_evidence, decision_reads_prior
 from pipeline.model.ties import TIED_SHARE_WARN, tie_advice, tied_best
 from pipeline.evaluate.report import report_markdown
 from pipeline.scoring.measures import MICRO_AVERAGE, score
@@ -209,7 +209,7 @@ def fit_mention_prior(inputs: RankerInputs, seed: int) -> tuple[dict | None, pl.
         return None, None
     every = table["row"].to_numpy()
     return params, pl.DataFrame({"mention_id": table["mention_id"],
-                                 "mention_nil_logit": mention_prior.logits(params, name[every], context[every])})
+                                 mention_prior.COLUMN: mention_prior.logits(params, name[every], context[every])})
 
 
 def check_gold_splits(mentions_path: Path, evaluate: EvaluateConfig) -> None:
@@ -268,26 +268,23 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
 
     predictions = add_evidence(predictions, candidates)
     tuning = predictions.filter(pl.col("split") == evaluate.tune_split)
-    artifact, sweep_table, validation = nil_choice.choose(tuning, evaluate, predictions["lang"].unique().to_list(),
-                                                          config.train.seed)
-    variants = artifact.pop("classifier_variants", {})
+    artifact, sweep_table, validation, variants = nil_choice.choose(tuning, evaluate, predictions["lang"].unique().to_list(),
+                                                                    config.train.seed)
     if prior is not None:
         artifact["mention_prior"] = prior  # link computes mention_nil_logit with it when the classifier reads it
     thresholds = artifact["thresholds"]
     decided = cluster_nils(decide_nil(predictions, artifact), evaluate.nil_clustering)
 
-    evaluated = decided.filter((pl.col("split") == evaluate.eval_split) & pl.col("gold_kb_id").is_not_null())
-    if evaluate.languages:  # some of them have gold (check_gold_splits)
-        evaluated = evaluated.filter(pl.col("lang").is_in(list(evaluate.languages)))
-    gold_tab, system_tab, languages, metrics = score_decisions(evaluated)
     in_split = decided.filter(pl.col("split") == evaluate.eval_split)
-    if evaluate.languages:
+    if evaluate.languages:  # some of them have gold (check_gold_splits)
         in_split = in_split.filter(pl.col("lang").is_in(list(evaluate.languages)))
+    evaluated = in_split.filter(pl.col("gold_kb_id").is_not_null())
+    gold_tab, system_tab, languages, metrics = score_decisions(evaluated)
     metrics["unscored_mentions"] = in_split.height - evaluated.height  # no gold_kb_id: left out, as link --score does
     metrics["thresholds"] = thresholds
     metrics["split"] = evaluate.eval_split
     metrics["nil_method"] = artifact["method"]
-    metrics["nil_reads_prior"] = artifact["method"] == "classifier" and reads_prior(artifact["classifier"])
+    metrics["nil_reads_prior"] = decision_reads_prior(artifact)
     # Every NIL method on the evaluation split (only the chosen one's decisions are written out).
     on_eval = outcome_by_method(predictions, evaluated, artifact, variants)
     metrics["nil_methods"] = on_eval.to_dicts()
@@ -295,7 +292,7 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
         metrics["mention_prior"] = None  # asked for, not fitted: too few training NILs (report.md says so)
     if prior is not None:  # how well the prior alone tells NIL from linked, on the tuning and evaluation splits
         metrics["mention_prior"] = {**prior["fitted_on"], "roc_auc": {
-            split: mention_prior.roc_auc(part["mention_nil_logit"].to_numpy(), (part["gold_kb_id"] == schema.NIL_ID).to_numpy())
+            split: mention_prior.roc_auc(part[mention_prior.COLUMN].to_numpy(), (part["gold_kb_id"] == schema.NIL_ID).to_numpy())
             for split in (evaluate.tune_split, evaluate.eval_split)
             for part in [predictions.filter((pl.col("split") == split) & pl.col("gold_kb_id").is_not_null())]}}
     metrics["tied_best"] = tied_best(evaluated)
@@ -309,7 +306,7 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     write_parquet_atomic(score_table, out_dir / "scores.parquet")
     write_parquet_atomic(decided.select(
         "mention_id", "doc_id", "lang", "split", "mention", "gold_kb_id", "best_kb_id", "best_score", "second_kb_id",
-        "second_score", "margin", *(name for name in ("nil_score", "mention_nil_logit") if name in decided.columns),
+        "second_score", "margin", *(name for name in ("nil_score", mention_prior.COLUMN) if name in decided.columns),
         "threshold", "is_nil",
         "system_id"), out_dir / "predictions.parquet")
     write_json_atomic(out_dir / NIL_ARTIFACT, artifact)

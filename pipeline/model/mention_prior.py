@@ -27,6 +27,8 @@ MIN_EXAMPLES = 10
 # Regularisation: scikit-learn's default; the vectors are L2-normalised first.
 C = 1.0
 VERSION = 1
+# The column of each mention's logit in predictions, where the NIL classifier reads it.
+COLUMN = "mention_nil_logit"
 
 
 def features(name: np.ndarray, context: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.core import schema
+from pipeline.model import mention_prior
 from pipeline.model.ranker import TRIAGE_SOURCES
 
 # Numeric evidence per mention, in this order; see `add_evidence` for their meaning.
@@ -35,7 +36,7 @@ NUMERIC = ("has_candidate", "best_score", "second_score", "margin", "candidates"
 # candidate's score minus it (what the "nota" method thresholds at 0).
 NOTA_NUMERIC = ("nil_score", "best_minus_nil")
 # One more when the mentions carry their NIL prior (`pipeline.model.mention_prior`).
-PRIOR_NUMERIC = ("mention_nil_logit",)
+PRIOR_NUMERIC = (mention_prior.COLUMN,)
 # The columns `add_evidence` adds (the rest of NUMERIC is computed from the predictions).
 EVIDENCE = ("candidates", "best_triage_score", "best_triage_rank", *(f"best_from_{source}" for source in TRIAGE_SOURCES))
 # Labels of the three classes.
@@ -70,12 +71,17 @@ def numeric_features(predictions: pl.DataFrame) -> tuple[str, ...]:
     """The numeric features the classifier reads of these predictions: NUMERIC, plus NOTA_NUMERIC with
     nil_score, plus PRIOR_NUMERIC with mention_nil_logit."""
     return (*NUMERIC, *(NOTA_NUMERIC if "nil_score" in predictions.columns else ()),
-            *(PRIOR_NUMERIC if "mention_nil_logit" in predictions.columns else ()))
+            *(PRIOR_NUMERIC if mention_prior.COLUMN in predictions.columns else ()))
 
 
 def reads_prior(params: dict | None) -> bool:
     """Whether a fitted classifier (`fit`'s parameters) reads the mention NIL prior (PRIOR_NUMERIC)."""
     return bool(params) and any(name in params["features"] for name in PRIOR_NUMERIC)
+
+
+def decision_reads_prior(artifact: dict) -> bool:
+    """Whether a NIL decision (`nil.json`) reads the mention NIL prior: the classifier decides and reads it."""
+    return artifact["method"] == "classifier" and reads_prior(artifact.get("classifier"))
 
 
 def feature_matrix(predictions: pl.DataFrame, types: list[str], numeric_names: tuple[str, ...] = NUMERIC) -> np.ndarray:

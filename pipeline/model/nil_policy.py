@@ -23,7 +23,7 @@ from pipeline.core.errors import ConfigError, warn
 from pipeline.core.languages import is_language_tag, normalise_language
 from pipeline.model import mention_prior
 from pipeline.model.nil import cluster_nils, decide_nil
-from pipeline.model.nil_classifier import EVIDENCE, VERSION as CLASSIFIER_VERSION, add_evidence, reads_prior
+from pipeline.model.nil_classifier import EVIDENCE, VERSION as CLASSIFIER_VERSION, add_evidence, decision_reads_prior
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class NilPolicy:
         if not isinstance(version, int) or version > CLASSIFIER_VERSION:
             raise ValueError(f"its NIL classifier is of format {version!r}, newer than this xel's {CLASSIFIER_VERSION}: "
                              "update xel")
-        if method == "classifier" and reads_prior(artifact["classifier"]):
+        if decision_reads_prior(artifact):
             check_prior(artifact.get("mention_prior"))
         if clustering not in ("name", "singleton"):
             raise ValueError(f"unknown NIL clustering {clustering!r}")
@@ -123,13 +123,13 @@ class NilPolicy:
         (len(mentions), H) vectors in the mentions' row order, as the ranker reads them."""
         if not self.reads_prior:
             return mentions
-        return mentions.with_columns(pl.Series("mention_nil_logit", mention_prior.logits(self.artifact["mention_prior"],
-                                                                                           name, context)))
+        return mentions.with_columns(pl.Series(mention_prior.COLUMN, mention_prior.logits(self.artifact["mention_prior"],
+                                                                                            name, context)))
 
     @property
     def reads_prior(self) -> bool:
         """Whether the decision reads the mention NIL prior (the classifier decides and has it as a feature)."""
-        return self.artifact["method"] == "classifier" and reads_prior(self.artifact.get("classifier"))
+        return decision_reads_prior(self.artifact)
 
     def decide(self, predictions: pl.DataFrame, candidates: pl.DataFrame) -> pl.DataFrame:
         """`nil.decide_nil` with this policy: adds threshold, is_nil and kb_id (best KB id or NIL).
@@ -145,9 +145,9 @@ class NilPolicy:
         # Every language of the run has a threshold of its own; the fallback is for the others.
         artifact = {**self.artifact, "default_threshold": self.fallback}
         if artifact["method"] != "classifier":
-            return decide_nil(predictions, artifact).drop("mention_nil_logit", strict=False)
+            return decide_nil(predictions, artifact).drop(mention_prior.COLUMN, strict=False)
         decided = decide_nil(add_evidence(predictions, candidates), artifact)
-        return decided.drop(*EVIDENCE, "mention_nil_logit", strict=False)
+        return decided.drop(*EVIDENCE, mention_prior.COLUMN, strict=False)
 
     def cluster(self, decided: pl.DataFrame) -> pl.DataFrame:
         """`nil.cluster_nils`: adds system_id, the KB id or the NIL cluster id (NIL00001, ...)."""
