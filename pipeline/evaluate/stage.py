@@ -288,6 +288,8 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     # Every NIL method on the evaluation split (only the chosen one's decisions are written out).
     on_eval = outcome_by_method(predictions, evaluated, artifact, variants)
     metrics["nil_methods"] = on_eval.to_dicts()
+    # The tuning split's cross-validation (what `auto` and the prior's use were chosen by), as report.md shows it.
+    metrics["nil_validation"] = validation.to_dicts() if validation is not None else []
     if evaluate.nil_mention_prior and prior is None:
         metrics["mention_prior"] = None  # asked for, not fitted: too few training NILs (report.md says so)
     if prior is not None:  # how well the prior alone tells NIL from linked, on the tuning and evaluation splits

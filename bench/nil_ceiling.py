@@ -1,6 +1,6 @@
 """How far can a NIL decision over a run's evidence go? Fit it on the evaluation split itself.
 
-    python scripts/nil_ceiling.py RUN_DIR
+    python bench/nil_ceiling.py RUN_DIR
 
 An upper bound, not a method: it cheats on purpose. For a finished run it fits the NIL
 classifier evaluate uses (`pipeline.model.nil_classifier`: the ranker's best and runner-up
@@ -15,7 +15,9 @@ fitted on dev), and counts the gold-NIL mentions whose very string is gold-linke
 entity elsewhere in the run's mentions (`iPhone` NIL in one document, `enwiki:IPhone` in
 another): mentions no evidence about the string can tell from a link.
 
-Prints one table: per language, micro-average / NIL F1 for each row.
+Prints one table (per language, micro-average / NIL F1 for each row), then, for the
+evaluation and tuning splits, how many mentions whose best candidate scores under -0.95
+are right links, NILs and wrong links.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.core import schema  # noqa: E402
 from pipeline.model import nil_classifier  # noqa: E402
+
+
+# The ranker-score bin whose make-up the script prints beside the table.
+LOW_SCORE = -0.95
 
 
 def nil_f1(says_nil: np.ndarray, gold_nil: np.ndarray) -> float:
@@ -92,6 +98,15 @@ def main() -> None:
         next(row).append(f"{int((labels[keep] == nil_classifier.NIL).sum())} / {int(conflicting[keep].sum())}")
     for name, cells in rows.items():
         print(f"| {name} | " + " | ".join(cells) + " |")
+    # Why the evidence does not separate NIL: at the lowest ranker scores right links outnumber NILs.
+    tune = json.loads((run_dir / "evaluate" / "nil.json").read_text(encoding="utf-8")).get("tune_split", "dev")
+    for name in (split, tune):
+        low = predictions.filter((pl.col("split") == name) & pl.col("gold_kb_id").is_not_null()
+                                 & (pl.col("best_score") < LOW_SCORE))
+        counts = {label: int((nil_classifier.labels(low) == label).sum()) for label in
+                  (nil_classifier.RIGHT, nil_classifier.NIL, nil_classifier.WRONG)}
+        print(f"{name}: mentions whose best candidate scores under {LOW_SCORE}: "
+              + ", ".join(f"{count} {label}" for label, count in counts.items()))
 
 
 if __name__ == "__main__":
