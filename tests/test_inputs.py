@@ -328,6 +328,18 @@ def test_tac_offsets_that_miss_the_mention_are_e106(tac_files: dict[str, Path], 
     assert f"{bad}:1:" in message
 
 
+def test_tac_offsets_past_the_document_end_name_the_document_length(tmp_path: Path) -> None:
+    """Checked on the whole source document, not on the context window cut from it."""
+    source = tmp_path / "source"
+    source.mkdir()
+    raw = "x" * 1000 + "Barack Obama spoke." + "y" * 1000
+    (source / "ENG_1.txt").write_text(raw, encoding="utf-8")
+    tab = tmp_path / "dev.tab"
+    tab.write_text("gold\tM1\tObama\tENG_1:1007-3500\tQ1\tPER\tNAM\t1.0\n", encoding="utf-8")
+    message = raises_input_error("E105", read_tac_mentions, {"dev": tab}, source, 60)
+    assert f"{tab}:1: offsets 1007-3500 fall outside the text (length {len(raw)})" in message
+
+
 def test_tac_missing_source_document_is_e108(tac_files: dict[str, Path], tmp_path: Path) -> None:
     bad = tmp_path / "bad.tab"
     bad.write_text("gold\tEDL_9\tObama\tENG_NW_0404:3-7\tQ1\tPER\tNAM\t1.0\n", encoding="utf-8")

@@ -265,11 +265,10 @@ def tac_mentions(gold: pl.DataFrame, source_dir: Path, context_chars: int, acros
         pl.col("mention_id").alias("id"), pl.col("kb_id").alias("gold_kb_id"),
         pl.lit(None, pl.UInt64).alias("text_hash"),  # one source file per document: one text
     )
-    frame = context_window(frame, context_chars)
-    for tab_path in gold["tab_path"].unique(maintain_order=True).to_list():
+    for tab_path in gold["tab_path"].unique(maintain_order=True).to_list():  # on the whole text: E105 gives its length
         check_mentions(frame.filter(pl.col("tab_path") == tab_path), Path(tab_path), end_inclusive=True,
                        languages_given=False, across_records=across_records)
-    return frame.select(
+    return context_window(frame, context_chars).select(
         "mention_id", "doc_id", "lang", "mention", "context", "start", "end", "doc_start", "doc_end", "split",
         "gold_kb_id", "entity_type", "mention_type",
         (pl.col("mention_type") == "NAM").alias("named"), "line", "text_hash",
