@@ -169,9 +169,10 @@ def check_documents(frame: pl.DataFrame, path: Path, end_inclusive: bool = False
 def check_document_texts(frame: pl.DataFrame, path: Path) -> None:
     """One text per document (E120): the mentions' offsets into a document must index one text.
 
-    frame needs: line, id, doc_id, text_hash (a hash of the whole text the mention's document
-    offsets index: its own `text` when it gave no doc_start/doc_end, its docs-file document's
-    otherwise; null for a `text` that is a window of the document, which may differ). Hashes,
+    frame needs: line, id, doc_id, text_hash (a hash of the mention's own `text` where it gave no
+    doc_start/doc_end and the docs file lacks its document; null otherwise: a document of the
+    docs file has that one text, which `check_docs_file_texts` holds each whole `text` to, and
+    a `text` beside doc_start/doc_end is a window of the document, which may differ). Hashes,
     not texts, so `pipeline.link.sources.check_corpus` can compare them across chunks.
     """
     given = frame.filter(pl.col("text_hash").is_not_null()).sort("line")

@@ -148,11 +148,10 @@ def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
         )
     else:
         frame = frame.with_columns(pl.col("text").alias("context"), pl.lit(None, pl.String).alias("doc_text"))
-    # The text a mention's document offsets index: its own `text` where it gave no doc offsets
-    # (then start/end are those), its document's where it took it from the docs file; a `text`
-    # beside doc_start/doc_end is a window of the document, and windows differ (null here).
-    whole_text = pl.when(pl.col("doc_start").is_null()).then(pl.col("text")).otherwise(pl.col("doc_text"))
-    frame = frame.with_columns(pl.when(whole_text.is_not_null()).then(whole_text.hash(seed=0)).alias("text_hash"))
+    # Only a whole `text` (no doc offsets) of a document the docs file lacks can disagree with
+    # another mention's: a docs-file document has one text, checked above; windows may differ.
+    own_whole_text = pl.col("doc_start").is_null() & pl.col("doc_text").is_null()
+    frame = frame.with_columns(pl.when(own_whole_text).then(pl.col("text").hash(seed=0)).alias("text_hash"))
     if across_records:
         check_document_texts(frame, path)
     check_offsets(fragment_texts(frame), path, fix=" (a discontinuous mention lists its parts in 'fragments')")
