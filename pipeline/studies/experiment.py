@@ -324,11 +324,11 @@ def run(config: RunConfig, experiment: ExperimentConfig) -> StageResult:
     """Triage and encode once, then every sub-run (skipping finished ones), then the tables."""
     started = time.time()
     shared = subrun.run_shared_stages(config)
-    languages = list(experiment.languages) or training_languages(config.stage_dir("triage"))
+    known = training_languages(config.stage_dir("triage"))
+    languages = list(experiment.languages) or known
     if experiment.ablation_language not in languages:
         raise ConfigError("E203", where="experiment", field="ablation_language", value=experiment.ablation_language,
                           reason=f"must be one of the table languages {languages}")
-    known = training_languages(config.stage_dir("triage"))
     unknown = sorted(set(languages) - set(known))
     if unknown:
         raise ConfigError("E203", where="--languages", field="languages", value=",".join(unknown),
