@@ -55,8 +55,9 @@ def check_fields(frame: pl.DataFrame, path: Path, languages_given: bool = True) 
     """Blank required strings (E103), a lang that is no language tag (E103, `pipeline.core.languages`),
     unknown splits (E103) and ids TAC files cannot hold (E116).
 
-    frame needs: line, id, doc_id, lang, mention, split (null = test), gold_kb_id. Without
-    `languages_given` the languages are the reader's own (a TAC doc id's, or `unknown`): not checked.
+    frame needs: line, id, doc_id, lang, mention, split (null = test), gold_kb_id (a blank one
+    already none: `inputs.given_gold`). Without `languages_given` the languages are the
+    reader's own (a TAC doc id's, or `unknown`): not checked.
     """
     for column, field in (("id", "id"), ("doc_id", "doc_id"), ("lang", "lang"), ("mention", "mention")):
         row, count = _first(frame, pl.col(column).str.strip_chars() == "")
@@ -76,10 +77,8 @@ def check_fields(frame: pl.DataFrame, path: Path, languages_given: bool = True) 
         raise InputError("E116", path=path, line=row["line"], what="document id", value=row["doc_id"],
                          bad="whitespace", why="a TAC span (doc_id:start-end) in gold.tab and system.tab cannot hold",
                          fix="replace it (e.g. with '_') in the mentions and docs files", more=more(count))
-    for column, what in (("id", "mention id"), ("gold_kb_id", "gold KB id")):
-        # A gold id of only whitespace (tabs too) is none (`inputs.normalise_gold`), not one with a tab in it.
-        given = pl.col(column).str.strip_chars() != "" if column == "gold_kb_id" else pl.lit(True)
-        row, count = _first(frame, pl.col(column).str.contains(_LINE_BREAKING) & given)
+    for column, what in (("id", "mention id"), ("gold_kb_id", "gold KB id")):  # a blank gold id is none already
+        row, count = _first(frame, pl.col(column).str.contains(_LINE_BREAKING))
         if row is not None:
             raise InputError("E116", path=path, line=row["line"], what=what, value=row[column],
                              bad="a tab or line break", why="would split its line of gold.tab and system.tab",

@@ -125,7 +125,7 @@ def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
     types = {name: (pl.Int64 if spec[0] is int else pl.Boolean if spec[0] is bool
                     else FRAGMENTS_DTYPE if spec[0] is list else pl.String)
              for name, spec in MENTION_FIELDS.items()}
-    frame = pl.DataFrame(columns, schema={**types, "line": pl.Int64})
+    frame = pl.DataFrame(columns, schema={**types, "line": pl.Int64}).with_columns(given_gold())
     check_fields(frame, path)
     # "EN", " en", "en-US" and "en" are one language (thresholds, scores and the model are keyed by it).
     frame = frame.with_columns(language_expr(pl.col("lang")))
@@ -313,16 +313,20 @@ def normalise_gold(frame: pl.DataFrame) -> pl.DataFrame:
     """Keep the gold id as written in `gold_tac_id`; in `gold_kb_id` every NIL cluster id is NIL.
 
     TAC NIL cluster ids ("NIL0042") count as NIL for linking; clusters are evaluate's business.
-    A gold id that is empty or only whitespace is none: no KB id is blank, so such a mention
-    counts as one without gold, never as a KB id the KB lacks.
+    A blank gold id is none (`given_gold`; the JSONL reader applies it before its checks).
     """
-    blank = pl.col("gold_kb_id").str.strip_chars() == ""
-    frame = frame.with_columns(pl.when(blank).then(pl.lit(None, pl.String)).otherwise(pl.col("gold_kb_id")).alias("gold_kb_id"))
+    frame = frame.with_columns(given_gold())
     return frame.with_columns(
         pl.col("gold_kb_id").alias("gold_tac_id"),
         pl.when(pl.col("gold_kb_id").str.starts_with(schema.NIL_ID)).then(pl.lit(schema.NIL_ID))
         .otherwise(pl.col("gold_kb_id")).alias("gold_kb_id"),
     )
+
+
+def given_gold() -> pl.Expr:
+    """`gold_kb_id` with an empty or only-whitespace id (tabs, line breaks too) as none: no KB id is blank,
+    so such a mention counts as one without gold, never as a KB id the KB lacks or one with a tab in it."""
+    return pl.when(pl.col("gold_kb_id").str.strip_chars() != "").then(pl.col("gold_kb_id")).alias("gold_kb_id")
 
 
 def write_docs(docs_path: Path, out_path: Path) -> int:
