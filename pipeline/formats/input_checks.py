@@ -64,7 +64,7 @@ def check_fields(frame: pl.DataFrame, path: Path, languages_given: bool = True) 
         if row is not None:
             raise InputError("E103", path=path, line=row["line"], field=field,
                              expected="a non-blank string", got=row[column], more=more(count))
-    row, count = _first(frame, ~is_language_tag_expr(pl.col("lang")) & languages_given)
+    row, count = _first(frame, ~is_language_tag_expr(pl.col("lang"))) if languages_given else (None, 0)
     if row is not None:
         raise InputError("E103", path=path, line=row["line"], field="lang", expected=LANGUAGE_TAG, hint=LANGUAGE_TAG_HINT,
                          got=row["lang"], more=more(count))
