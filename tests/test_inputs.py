@@ -14,10 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from conftest import TINY_KB, tiny_mention_records, write_jsonl
+from conftest import TINY_KB, raises_input_error, tiny_mention_records, write_jsonl
 from pipeline.core import schema
 from pipeline.core.config import InputsConfig
-from pipeline.core.errors import InputError
 from pipeline.formats.inputs import load_mentions, read_mentions_jsonl, read_tac_mentions, write_entities
 
 CONTEXT_CHARS = 600
@@ -31,13 +30,6 @@ def mention(mention_id: str, text: str, surface: str, **extra) -> dict:
 
 def read(path: Path, docs: Path | None = None, **kwargs) -> pl.DataFrame:
     return read_mentions_jsonl(path, docs, CONTEXT_CHARS, **kwargs)
-
-
-def raises_input_error(code: str, call, *args, **kwargs) -> str:
-    with pytest.raises(InputError, match=code) as caught:
-        call(*args, **kwargs)
-    assert caught.value.code == code
-    return caught.value.format_message()
 
 
 def test_tiny_mentions_read_into_the_mentions_schema(tiny_inputs: dict[str, Path]) -> None:
