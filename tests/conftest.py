@@ -236,6 +236,16 @@ def tiny_mention_records() -> list[dict]:
     return records
 
 
+def raises_input_error(code: str, call, *args, **kwargs) -> str:
+    """`call(*args, **kwargs)` must raise InputError `code`; its message."""
+    from pipeline.core.errors import InputError
+
+    with pytest.raises(InputError, match=code) as caught:
+        call(*args, **kwargs)
+    assert caught.value.code == code, caught.value.format_message()
+    return caught.value.format_message()
+
+
 def write_jsonl(path: Path, records: list) -> Path:
     """One JSON value a line, UTF-8, non-ASCII kept as is."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,18 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_jsonl
-from pipeline.core.errors import Errors, InputError
+from conftest import raises_input_error as raises, write_jsonl
+from pipeline.core.errors import Errors
 from pipeline.formats.inputs import read_mentions_jsonl, read_tac_mentions
 
 CONTEXT_CHARS = 600
-
-
-def raises(code: str, call, *args, **kwargs) -> str:
-    with pytest.raises(InputError) as caught:
-        call(*args, **kwargs)
-    assert caught.value.code == code, caught.value.format_message()
-    return caught.value.format_message()
 
 
 # --- 3. every message says what to do ------------------------------------------------------

@@ -14,10 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from conftest import TINY_KB, tiny_mention_records, write_jsonl
+from conftest import TINY_KB, raises_input_error, tiny_mention_records, write_jsonl
 from pipeline.core import schema
 from pipeline.core.config import InputsConfig
-from pipeline.core.errors import InputError
 from pipeline.formats.inputs import load_mentions, read_mentions_jsonl, read_tac_mentions, write_entities
 
 CONTEXT_CHARS = 600
@@ -31,13 +30,6 @@ def mention(mention_id: str, text: str, surface: str, **extra) -> dict:
 
 def read(path: Path, docs: Path | None = None, **kwargs) -> pl.DataFrame:
     return read_mentions_jsonl(path, docs, CONTEXT_CHARS, **kwargs)
-
-
-def raises_input_error(code: str, call, *args, **kwargs) -> str:
-    with pytest.raises(InputError, match=code) as caught:
-        call(*args, **kwargs)
-    assert caught.value.code == code
-    return caught.value.format_message()
 
 
 def test_tiny_mentions_read_into_the_mentions_schema(tiny_inputs: dict[str, Path]) -> None:
@@ -326,6 +318,18 @@ def test_tac_offsets_that_miss_the_mention_are_e106(tac_files: dict[str, Path], 
     bad.write_text(line + "\n", encoding="utf-8")
     message = raises_input_error("E106", read_tac_mentions, {"dev": bad}, tac_files["source"], 60)
     assert f"{bad}:1:" in message
+
+
+def test_tac_offsets_past_the_document_end_name_the_document_length(tmp_path: Path) -> None:
+    """Checked on the whole source document, not on the context window cut from it."""
+    source = tmp_path / "source"
+    source.mkdir()
+    raw = "x" * 1000 + "Barack Obama spoke." + "y" * 1000
+    (source / "ENG_1.txt").write_text(raw, encoding="utf-8")
+    tab = tmp_path / "dev.tab"
+    tab.write_text("gold\tM1\tObama\tENG_1:1007-3500\tQ1\tPER\tNAM\t1.0\n", encoding="utf-8")
+    message = raises_input_error("E105", read_tac_mentions, {"dev": tab}, source, 60)
+    assert f"{tab}:1: offsets 1007-3500 fall outside the text (length {len(raw)})" in message
 
 
 def test_tac_missing_source_document_is_e108(tac_files: dict[str, Path], tmp_path: Path) -> None:

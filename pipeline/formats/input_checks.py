@@ -55,15 +55,16 @@ def check_fields(frame: pl.DataFrame, path: Path, languages_given: bool = True) 
     """Blank required strings (E103), a lang that is no language tag (E103, `pipeline.core.languages`),
     unknown splits (E103) and ids TAC files cannot hold (E116).
 
-    frame needs: line, id, doc_id, lang, mention, split (null = test), gold_kb_id. Without
-    `languages_given` the languages are the reader's own (a TAC doc id's, or `unknown`): not checked.
+    frame needs: line, id, doc_id, lang, mention, split (null = test), gold_kb_id (a blank one
+    already none: `inputs.given_gold`). Without `languages_given` the languages are the
+    reader's own (a TAC doc id's, or `unknown`): not checked.
     """
     for column, field in (("id", "id"), ("doc_id", "doc_id"), ("lang", "lang"), ("mention", "mention")):
         row, count = _first(frame, pl.col(column).str.strip_chars() == "")
         if row is not None:
             raise InputError("E103", path=path, line=row["line"], field=field,
                              expected="a non-blank string", got=row[column], more=more(count))
-    row, count = _first(frame, ~is_language_tag_expr(pl.col("lang")) & languages_given)
+    row, count = _first(frame, ~is_language_tag_expr(pl.col("lang"))) if languages_given else (None, 0)
     if row is not None:
         raise InputError("E103", path=path, line=row["line"], field="lang", expected=LANGUAGE_TAG, hint=LANGUAGE_TAG_HINT,
                          got=row["lang"], more=more(count))
@@ -76,10 +77,8 @@ def check_fields(frame: pl.DataFrame, path: Path, languages_given: bool = True) 
         raise InputError("E116", path=path, line=row["line"], what="document id", value=row["doc_id"],
                          bad="whitespace", why="a TAC span (doc_id:start-end) in gold.tab and system.tab cannot hold",
                          fix="replace it (e.g. with '_') in the mentions and docs files", more=more(count))
-    for column, what in (("id", "mention id"), ("gold_kb_id", "gold KB id")):
-        # A gold id of only whitespace (tabs too) is none (`inputs.normalise_gold`), not one with a tab in it.
-        given = pl.col(column).str.strip_chars() != "" if column == "gold_kb_id" else pl.lit(True)
-        row, count = _first(frame, pl.col(column).str.contains(_LINE_BREAKING) & given)
+    for column, what in (("id", "mention id"), ("gold_kb_id", "gold KB id")):  # a blank gold id is none already
+        row, count = _first(frame, pl.col(column).str.contains(_LINE_BREAKING))
         if row is not None:
             raise InputError("E116", path=path, line=row["line"], what=what, value=row[column],
                              bad="a tab or line break", why="would split its line of gold.tab and system.tab",
@@ -169,9 +168,10 @@ def check_documents(frame: pl.DataFrame, path: Path, end_inclusive: bool = False
 def check_document_texts(frame: pl.DataFrame, path: Path) -> None:
     """One text per document (E120): the mentions' offsets into a document must index one text.
 
-    frame needs: line, id, doc_id, text_hash (a hash of the whole text the mention's document
-    offsets index: its own `text` when it gave no doc_start/doc_end, its docs-file document's
-    otherwise; null for a `text` that is a window of the document, which may differ). Hashes,
+    frame needs: line, id, doc_id, text_hash (a hash of the mention's own `text` where it gave no
+    doc_start/doc_end and the docs file lacks its document; null otherwise: a document of the
+    docs file has that one text, which `check_docs_file_texts` holds each whole `text` to, and
+    a `text` beside doc_start/doc_end is a window of the document, which may differ). Hashes,
     not texts, so `pipeline.link.sources.check_corpus` can compare them across chunks.
     """
     given = frame.filter(pl.col("text_hash").is_not_null()).sort("line")

@@ -125,7 +125,7 @@ def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
     types = {name: (pl.Int64 if spec[0] is int else pl.Boolean if spec[0] is bool
                     else FRAGMENTS_DTYPE if spec[0] is list else pl.String)
              for name, spec in MENTION_FIELDS.items()}
-    frame = pl.DataFrame(columns, schema={**types, "line": pl.Int64})
+    frame = pl.DataFrame(columns, schema={**types, "line": pl.Int64}).with_columns(given_gold())
     check_fields(frame, path)
     # "EN", " en", "en-US" and "en" are one language (thresholds, scores and the model are keyed by it).
     frame = frame.with_columns(language_expr(pl.col("lang")))
@@ -148,11 +148,10 @@ def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
         )
     else:
         frame = frame.with_columns(pl.col("text").alias("context"), pl.lit(None, pl.String).alias("doc_text"))
-    # The text a mention's document offsets index: its own `text` where it gave no doc offsets
-    # (then start/end are those), its document's where it took it from the docs file; a `text`
-    # beside doc_start/doc_end is a window of the document, and windows differ (null here).
-    whole_text = pl.when(pl.col("doc_start").is_null()).then(pl.col("text")).otherwise(pl.col("doc_text"))
-    frame = frame.with_columns(pl.when(whole_text.is_not_null()).then(whole_text.hash(seed=0)).alias("text_hash"))
+    # Only a whole `text` (no doc offsets) of a document the docs file lacks can disagree with
+    # another mention's: a docs-file document has one text, checked above; windows may differ.
+    own_whole_text = pl.col("doc_start").is_null() & pl.col("doc_text").is_null()
+    frame = frame.with_columns(pl.when(own_whole_text).then(pl.col("text").hash(seed=0)).alias("text_hash"))
     if across_records:
         check_document_texts(frame, path)
     check_offsets(fragment_texts(frame), path, fix=" (a discontinuous mention lists its parts in 'fragments')")
@@ -265,11 +264,10 @@ def tac_mentions(gold: pl.DataFrame, source_dir: Path, context_chars: int, acros
         pl.col("mention_id").alias("id"), pl.col("kb_id").alias("gold_kb_id"),
         pl.lit(None, pl.UInt64).alias("text_hash"),  # one source file per document: one text
     )
-    frame = context_window(frame, context_chars)
-    for tab_path in gold["tab_path"].unique(maintain_order=True).to_list():
+    for tab_path in gold["tab_path"].unique(maintain_order=True).to_list():  # on the whole text: E105 gives its length
         check_mentions(frame.filter(pl.col("tab_path") == tab_path), Path(tab_path), end_inclusive=True,
                        languages_given=False, across_records=across_records)
-    return frame.select(
+    return context_window(frame, context_chars).select(
         "mention_id", "doc_id", "lang", "mention", "context", "start", "end", "doc_start", "doc_end", "split",
         "gold_kb_id", "entity_type", "mention_type",
         (pl.col("mention_type") == "NAM").alias("named"), "line", "text_hash",
@@ -315,16 +313,20 @@ def normalise_gold(frame: pl.DataFrame) -> pl.DataFrame:
     """Keep the gold id as written in `gold_tac_id`; in `gold_kb_id` every NIL cluster id is NIL.
 
     TAC NIL cluster ids ("NIL0042") count as NIL for linking; clusters are evaluate's business.
-    A gold id that is empty or only whitespace is none: no KB id is blank, so such a mention
-    counts as one without gold, never as a KB id the KB lacks.
+    A blank gold id is none (`given_gold`; the JSONL reader applies it before its checks).
     """
-    blank = pl.col("gold_kb_id").str.strip_chars() == ""
-    frame = frame.with_columns(pl.when(blank).then(pl.lit(None, pl.String)).otherwise(pl.col("gold_kb_id")).alias("gold_kb_id"))
+    frame = frame.with_columns(given_gold())
     return frame.with_columns(
         pl.col("gold_kb_id").alias("gold_tac_id"),
         pl.when(pl.col("gold_kb_id").str.starts_with(schema.NIL_ID)).then(pl.lit(schema.NIL_ID))
         .otherwise(pl.col("gold_kb_id")).alias("gold_kb_id"),
     )
+
+
+def given_gold() -> pl.Expr:
+    """`gold_kb_id` with an empty or only-whitespace id (tabs, line breaks too) as none: no KB id is blank,
+    so such a mention counts as one without gold, never as a KB id the KB lacks or one with a tab in it."""
+    return pl.when(pl.col("gold_kb_id").str.strip_chars() != "").then(pl.col("gold_kb_id")).alias("gold_kb_id")
 
 
 def write_docs(docs_path: Path, out_path: Path) -> int:

@@ -101,7 +101,7 @@ class ExperimentConfig:
 
     def wants(self, cell: "Cell") -> bool:
         """Whether `only` keeps this cell (it keeps every cell when empty)."""
-        return not self.only or any(cell.table == table and column in (None, cell.column) for table, column in self.only)
+        return not self.only or any(cell.selected_by(entry) for entry in self.only)
 
 
 def parse_languages(text: str | None) -> tuple[str, ...]:
@@ -175,6 +175,11 @@ class Cell:
     model: Model
     language: str
 
+    def selected_by(self, entry: tuple[int, str | None]) -> bool:
+        """Whether an `ExperimentConfig.only` entry (table, column or None for the whole table) names this cell."""
+        table, column = entry
+        return self.table == table and column in (None, self.column)
+
 
 def plan(languages: list[str], experiment: ExperimentConfig) -> list[Cell]:
     """Every cell of Tables 1-3, in table order."""
@@ -197,7 +202,7 @@ def check_only(languages: list[str], experiment: ExperimentConfig) -> None:
     """E203 for an `only` entry that selects no cell (e.g. 2:Multi: Table 2's columns are languages)."""
     every = plan(languages, dataclasses.replace(experiment, only=()))
     for table, column in experiment.only:
-        if not any(cell.table == table and column in (None, cell.column) for cell in every):
+        if not any(cell.selected_by((table, column)) for cell in every):
             columns = sorted({cell.column for cell in every if cell.table == table}, key=str)
             raise ConfigError("E203", where="--only", field="only", value=f"{table}:{column}",
                               reason=f"Table {table} has no column {column!r}; its columns are {', '.join(columns)}")
@@ -324,11 +329,11 @@ def run(config: RunConfig, experiment: ExperimentConfig) -> StageResult:
     """Triage and encode once, then every sub-run (skipping finished ones), then the tables."""
     started = time.time()
     shared = subrun.run_shared_stages(config)
-    languages = list(experiment.languages) or training_languages(config.stage_dir("triage"))
+    known = training_languages(config.stage_dir("triage"))
+    languages = list(experiment.languages) or known
     if experiment.ablation_language not in languages:
         raise ConfigError("E203", where="experiment", field="ablation_language", value=experiment.ablation_language,
                           reason=f"must be one of the table languages {languages}")
-    known = training_languages(config.stage_dir("triage"))
     unknown = sorted(set(languages) - set(known))
     if unknown:
         raise ConfigError("E203", where="--languages", field="languages", value=",".join(unknown),
