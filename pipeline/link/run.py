@@ -260,12 +260,10 @@ def run(options: LinkOptions) -> LinkResult:
 
     counts = {"mentions": 0, "chunks": 0, "chunks_resumed": 0, "entities_encoded": 0, "entities_cached": 0}
     linked_seconds = encode_seconds = 0.0
-    total = 0
     chunks = mention_chunks(options.mentions, options.docs, options.chunk_mentions, context_chars, options.score,
                             out_dir / WORK)
     with progress_counter(None, "link", "mentions") as progress:
-        for index, read in chunks:
-            total = index + 1
+        for index, read in chunks:  # the same `total` chunks the corpus check read
             if options.shard is not None and index % options.shard[1] != options.shard[0]:
                 continue
             if _chunk_path(out_dir, index).is_file():
@@ -337,14 +335,17 @@ def _finish(options: LinkOptions, folder, key: str, total: int, started: float, 
             linked_seconds: float, encode_seconds: float = 0.0) -> LinkResult:
     """Cluster NILs over every chunk, write the outputs and manifest.json, delete the chunks."""
     out_dir = options.out_dir
+    if total == 0:
+        # A link or shard of this xel never gets here with no chunk (`_checked_corpus` refuses an empty
+        # corpus first), but a --merge reads `total` from shard records, and a shard of an older xel
+        # (same key) recorded an empty corpus as chunks_total 0: E107, not an IndexError at paths[0].
+        raise InputError("E107", path=options.mentions)
     paths = [_chunk_path(out_dir, index) for index in range(total)]
     missing = [path for path in paths if not path.is_file()]
     if missing:
         raise CacheError("E711", path=missing[0], detail=f"{len(missing)} of {total} chunks are not linked yet; "
                                                          "run the shards that hold them")
     stats = [json.loads(path.with_suffix(".json").read_text(encoding="utf-8")) for path in paths]
-    if not paths:
-        raise InputError("E107", path=options.mentions)
     # Every mention without its candidate lists: NIL clusters span the corpus, the lists are written chunk by chunk.
     columns = [name for name in pl.read_parquet_schema(paths[0]) if name != "candidates"]
     frame = pl.concat([pl.read_parquet(path, columns=columns) for path in paths], how="vertical_relaxed")
