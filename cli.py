@@ -127,7 +127,6 @@ def _holding(config, command: str, lock: bool = True, writer: bool = True):
     ranks take no lock and write nothing here.
     """
     from pipeline.core.config import to_dict
-    from pipeline.core.errors import PipelineError
     from pipeline.core.io import remove_leftover_temps, write_json_atomic, write_text_atomic
 
     if not writer:
@@ -272,9 +271,9 @@ def search(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, 
     with _holding(config, "search"):
         result = search_stage.run(config, search_stage.SearchConfig(trials=trials, seed=search_seed))
     _say(f"search: {result.counts['trials']} trial(s), {result.counts['trained']} trained now, "
-               f"{result.seconds:.1f}s -> {result.out_dir}")
-    _say((result.out_dir / "search.md").read_text(encoding="utf-8"))
-    _say(f"search: best trial {result.summary['best_trial']}; its config: {result.out_dir / 'best.toml'}")
+         f"{result.seconds:.1f}s -> {result.out_dir}",
+         (result.out_dir / "search.md").read_text(encoding="utf-8"),
+         f"search: best trial {result.summary['best_trial']}; its config: {result.out_dir / 'best.toml'}")
 
 
 @main.command()
@@ -307,8 +306,8 @@ def experiment(config_path: Path, overrides: tuple[str, ...], run_dir: Path | No
     with _holding(config, "experiment"):
         result = experiment_stage.run(config, settings)
     _say(f"experiment: {result.counts['sub_runs']} sub-run(s), {result.counts['trained']} trained now, "
-               f"{result.seconds:.1f}s -> {result.out_dir}")
-    _say(result.summary["tables"].read_text(encoding="utf-8"))
+         f"{result.seconds:.1f}s -> {result.out_dir}",
+         result.summary["tables"].read_text(encoding="utf-8"))
 
 
 @main.command()
@@ -340,6 +339,7 @@ def link(model_dir: Path, mentions: Path, docs: Path | None, kb: Path | None, ou
     """Link a new corpus with a trained linker, in chunks that resume when killed, shard and merge."""
     from pipeline.link.out_folder import out_folder
     from pipeline.link.run import LinkOptions, run as run_link
+    from pipeline.scoring.summary import link_summary
 
     shard = _shard(shard_text, merge)
     options = LinkOptions(model=model_dir, mentions=mentions, out_dir=out_dir, docs=docs, kb=kb, shard=shard, merge=merge,
@@ -348,7 +348,7 @@ def link(model_dir: Path, mentions: Path, docs: Path | None, kb: Path | None, ou
     # Shards of one corpus write separate chunk files at once, so they take no lock (as encode's).
     with out_folder(out_dir, locked=shard is None):
         result = run_link(options)
-    _say(*result.summary(shard, score_links))
+    _say(*link_summary(result, shard))
 
 
 @main.command()

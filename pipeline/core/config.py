@@ -29,6 +29,12 @@ def _check(where: str, name: str, value: object, ok: bool, reason: str) -> None:
         raise ConfigError("E203", where=where, field=name, value=value, reason=reason)
 
 
+def _check_device(where: str, device: object) -> None:
+    """E203 for a `device` setting not written as `DEVICE_PATTERN` ([encoder] and [train] alike)."""
+    _check(where, "device", device, isinstance(device, str) and re.fullmatch(DEVICE_PATTERN, device) is not None,
+           DEVICE_EXPECTED)
+
+
 def language_settings(where: str, name: str, tags: Iterable[str]) -> list[str]:
     """Language settings read as the inputs' languages are (`pipeline.core.languages`: en-US -> en); E203
     for a value that is not a language tag (`unknown`, the TAC reader's label, may be named too)."""
@@ -116,8 +122,7 @@ class EncoderConfig:
         _check(where, "batch_tokens", self.batch_tokens, self.batch_tokens >= self.max_context_tokens,
                "must be at least max_context_tokens")
         _check(where, "chunk_texts", self.chunk_texts, self.chunk_texts >= 1, "must be >= 1")
-        _check(where, "device", self.device, isinstance(self.device, str) and re.fullmatch(DEVICE_PATTERN, self.device) is not None,
-               DEVICE_EXPECTED)
+        _check_device(where, self.device)
         _check(where, "precision", self.precision, self.precision in ("auto", "fp32", "bf16", "fp16"),
                "use auto, fp32, bf16 or fp16")
 
@@ -214,8 +219,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         where = "[train]"
-        _check(where, "device", self.device, isinstance(self.device, str) and re.fullmatch(DEVICE_PATTERN, self.device) is not None,
-               DEVICE_EXPECTED)
+        _check_device(where, self.device)
         known = {"name", "context", "type", "triage"}
         _check(where, "features", self.features, bool(self.features) and set(self.features) <= known,
                f"use a non-empty subset of {sorted(known)}")

@@ -11,8 +11,12 @@ punctuation, a word such as `english`) is refused by the reader with its file an
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-import polars as pl
+# Annotations only (the helpers below call methods of the expression they are given): the config
+# reads this module, and every command (an E2xx refusal too) would otherwise pay polars' import.
+if TYPE_CHECKING:
+    import polars as pl
 
 LANGUAGE_TAG_PATTERN = r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*$"
 """A tag: a primary language subtag of 2-3 letters, then any `-` or `_` separated subtags

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.core.config import EncoderConfig
+from pipeline.core.config import DEVICE_EXPECTED, EncoderConfig
 from pipeline.core.errors import ConfigError, PipelineError
 from pipeline.core.progress import silence_library_bars
 
@@ -125,14 +125,13 @@ def device_problem(device: str) -> str | None:
     mps). `auto` is always fine."""
     if device == "auto":
         return None
-    usable = "use auto, cpu, cuda or cuda:N"
     try:
         kind = torch.device(device)
     except (RuntimeError, TypeError):
-        return f"not a device torch knows; {usable}"
+        return f"not a device torch knows; {DEVICE_EXPECTED}"
     count = torch.cuda.device_count() if kind.type == "cuda" and torch.cuda.is_available() else 0
     if kind.type not in ("cpu", "cuda", "mps"):
-        return f"not a device xel runs on; {usable}"
+        return f"not a device xel runs on; {DEVICE_EXPECTED}"
     if kind.type != "cuda" and kind.index is not None:  # torch.load's map_location takes no cpu:0
         return f"{kind.type} takes no device number; give {kind.type}"
     if kind.type == "cuda" and not count:

@@ -25,7 +25,7 @@ from pipeline.core.config import EncoderConfig, TriageConfig
 from pipeline.core.errors import CacheError, ConfigError, InputError, PipelineError
 from pipeline.model.features import RankerInputs, candidate_matrix, one_hot, score_candidates, score_nil
 from pipeline.core.io import file_fingerprint
-from pipeline.encoders.encoder import device_problem
+from pipeline.encoders.encoder import pick_device
 from pipeline.link import cache
 from pipeline.model.model_folder import ModelFolder, load_model_folder
 
@@ -34,11 +34,9 @@ logger = logging.getLogger(__name__)
 
 def check_device(device: str) -> None:
     """E203 naming --device for a device the encoder and ranker cannot run on here
-    (`encoder.device_problem`). Checked before the encoder config is built, whose own check
+    (`encoder.pick_device`'s check). Checked before the encoder config is built, whose own check
     would name the model's [encoder] section instead."""
-    reason = device_problem(device)
-    if reason is not None:
-        raise ConfigError("E203", where="--device", field="device", value=device, reason=reason)
+    pick_device(device, "--device")
 
 
 @dataclass(frozen=True)
@@ -72,7 +70,7 @@ class Linker:
         self.folder = folder
         meta = folder.meta
         if device is not None:
-            check_device(device)
+            check_device(device)  # before EncoderConfig, whose own check would name the model's [encoder]
         try:
             settings = dict(meta["encoder"]["settings"])
             if device is not None:
@@ -82,7 +80,8 @@ class Linker:
             self.context_chars = int(meta["inputs"]["context_chars"])
         except (KeyError, TypeError, ValueError) as exc:
             raise CacheError("E702", path=folder.path / "model.json", detail=f"malformed settings ({exc})") from None
-        check_device(self.encoder_config.device)  # the model's own setting: --device overrides it
+        if device is None:  # the model's own setting, on this machine: --device is the way to replace it
+            check_device(self.encoder_config.device)
         expected = meta["encoder"].get("identity")
         try:
             path = resolve_encoder_path(self.encoder_config.name)

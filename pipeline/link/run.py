@@ -82,40 +82,6 @@ class LinkResult:
     ties: dict | None = None  # `ties.tied_best` over every mention: tied, mentions (with a runner-up), share
     merged_shards: int = 0  # a --merge: how many shards it joined (it links nothing itself)
 
-    def summary(self, shard: tuple[int, int] | None, score: bool) -> list[str]:
-        """What `xel-cli link` prints: counts and speed, then the NIL share per language and the
-        scores (with --score), or, for a shard, what to run next."""
-        from pipeline.scoring.table import format_frame, format_table
-
-        if self.skipped:
-            return [f"link: up to date ({self.out_dir}); --force redoes it"]
-        counts = self.counts
-        now = counts.get("mentions_linked_now", counts["mentions"])
-        if self.merged_shards:  # no rate or encode share: the shards did the linking
-            lines = [f"link: merged {counts['mentions']} mentions from {self.merged_shards} shard(s) ({counts['chunks']} "
-                     f"chunk(s)) in {self.seconds:.1f}s; the shards encoded {counts['entities_encoded']} entities, "
-                     f"took {counts['entities_cached']} from the cache"]
-        else:
-            lines = [f"link: {counts['mentions']} mentions, {now} linked now in {self.seconds:.1f}s "
-                     f"({self.mentions_per_second:.1f} mentions/s), {counts['chunks']} chunk(s), {counts['chunks_resumed']} "
-                     f"resumed; entities encoded {counts['entities_encoded']}, from the cache {counts['entities_cached']}; "
-                     f"{self.encode_share:.0%} of linking time in encode"]
-        if not self.finished:
-            return lines + [f"link: shard {shard[0]}/{shard[1]} done -> {self.out_dir}; "
-                            "run `xel-cli link ... --merge` once every shard is done"]
-        lines.append(format_frame(self.nil_share))
-        if self.ties is not None:
-            lines.append(f"link: best two candidates tied for {self.ties['tied']} of {self.ties['mentions']} mention(s) "
-                         f"with a runner-up ({self.ties['share']:.1%}; a tie keeps triage's order)")
-        if self.metrics is not None:
-            lines.append(format_table(self.metrics))
-            outside = self.metrics.get("gold_not_in_kb", {}).get("mentions", 0)
-            lines.append(f"link: scored {self.metrics['scored_mentions']} of {counts['mentions']} mention(s); "
-                         f"{self.metrics['unscored_mentions']} without gold_kb_id left out"
-                         + (f", {outside} whose gold id is not in the KB counted wrong (W702)" if outside else ""))
-        scored = ", gold.tab, metrics.json, doc_languages.tsv" if score else ""
-        return lines + [f"link: wrote links.parquet, links.jsonl, system.tab{scored} -> {self.out_dir}"]
-
 
 def link_key(options: LinkOptions, model_fingerprint: str, kb_fingerprint: str) -> str:
     """Hash of the model, the inputs' content, the KB's content and the settings that change the output."""
@@ -260,12 +226,10 @@ def run(options: LinkOptions) -> LinkResult:
 
     counts = {"mentions": 0, "chunks": 0, "chunks_resumed": 0, "entities_encoded": 0, "entities_cached": 0}
     linked_seconds = encode_seconds = 0.0
-    total = 0
     chunks = mention_chunks(options.mentions, options.docs, options.chunk_mentions, context_chars, options.score,
                             out_dir / WORK)
     with progress_counter(None, "link", "mentions") as progress:
-        for index, read in chunks:
-            total = index + 1
+        for index, read in chunks:  # the same `total` chunks the corpus check read
             if options.shard is not None and index % options.shard[1] != options.shard[0]:
                 continue
             if _chunk_path(out_dir, index).is_file():
@@ -337,14 +301,17 @@ def _finish(options: LinkOptions, folder, key: str, total: int, started: float, 
             linked_seconds: float, encode_seconds: float = 0.0) -> LinkResult:
     """Cluster NILs over every chunk, write the outputs and manifest.json, delete the chunks."""
     out_dir = options.out_dir
+    if total == 0:
+        # A link or shard of this xel never gets here with no chunk (`_checked_corpus` refuses an empty
+        # corpus first), but a --merge reads `total` from shard records, and a shard of an older xel
+        # (same key) recorded an empty corpus as chunks_total 0: E107, not an IndexError at paths[0].
+        raise InputError("E107", path=options.mentions)
     paths = [_chunk_path(out_dir, index) for index in range(total)]
     missing = [path for path in paths if not path.is_file()]
     if missing:
         raise CacheError("E711", path=missing[0], detail=f"{len(missing)} of {total} chunks are not linked yet; "
                                                          "run the shards that hold them")
     stats = [json.loads(path.with_suffix(".json").read_text(encoding="utf-8")) for path in paths]
-    if not paths:
-        raise InputError("E107", path=options.mentions)
     # Every mention without its candidate lists: NIL clusters span the corpus, the lists are written chunk by chunk.
     columns = [name for name in pl.read_parquet_schema(paths[0]) if name != "candidates"]
     frame = pl.concat([pl.read_parquet(path, columns=columns) for path in paths], how="vertical_relaxed")

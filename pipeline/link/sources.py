@@ -79,11 +79,18 @@ def records_frame(records: list[dict], path: Path, context_chars: int, keep_gold
     `keep_gold`, gold_kb_id and split are ignored; without `across_records` (a chunk) `check_corpus`
     compares the records with each other (see `read_mentions_jsonl`).
     """
-    if not keep_gold:
-        records = [{k: v for k, v in record.items() if k not in ("gold_kb_id", "split")} for record in records]
-    block = list(enumerate(records, start=first_line))
     docs_name = (docs_path or Path("<docs>")) if docs is not None else None
-    frame = read_mentions_jsonl(path, docs_name, context_chars, blocks=[block] if block else [], docs=docs,
+    return _block_frame(path, list(enumerate(records, start=first_line)), context_chars, keep_gold, docs, docs_name,
+                        across_records)
+
+
+def _block_frame(path: Path, block: list[tuple[int, dict]], context_chars: int, keep_gold: bool,
+                 docs: pl.DataFrame | None, docs_path: Path | None, across_records: bool) -> pl.DataFrame:
+    """(line, record) pairs -> the `schema.MENTIONS` table through the stages' JSONL reader, gold
+    ids and splits dropped unless `keep_gold`: what every chunk reader and `records_frame` share."""
+    if not keep_gold:
+        block = [(line, {k: v for k, v in record.items() if k not in ("gold_kb_id", "split")}) for line, record in block]
+    frame = read_mentions_jsonl(path, docs_path, context_chars, blocks=[block] if block else [], docs=docs,
                                 across_records=across_records)
     return normalise_gold(frame)
 
@@ -171,9 +178,6 @@ def check_corpus(chunks: Iterator[Chunk], path: Path) -> int:
 
 def _jsonl_chunk(path: Path, block: list[tuple[int, dict]], docs_path: Path | None, docs_parquet: Path | None,
                  context_chars: int, keep_gold: bool) -> pl.DataFrame:
-    records = [record for _, record in block]
-    if not keep_gold:
-        block = [(line, {k: v for k, v in record.items() if k not in ("gold_kb_id", "split")}) for line, record in block]
-    docs = _chunk_docs(docs_parquet, records)
-    frame = read_mentions_jsonl(path, docs_path, context_chars, blocks=[block], docs=docs, across_records=False)
-    return normalise_gold(frame)
+    """A JSONL chunk keeps its block's own line numbers (blank lines are skipped, so they need not be consecutive)."""
+    docs = _chunk_docs(docs_parquet, [record for _, record in block])
+    return _block_frame(path, block, context_chars, keep_gold, docs, docs_path, across_records=False)

@@ -58,7 +58,7 @@ def select_rows(mentions: pl.DataFrame, split: str, languages: tuple[str, ...], 
     chosen = mentions.filter(pl.col("split") == split)
     if languages:
         chosen = chosen.filter(pl.col("lang").is_in(list(languages)))
-    wanted = schema.linked_gold() | (pl.col("gold_kb_id") == schema.NIL_ID) if with_nil else schema.linked_gold()
+    wanted = pl.col("gold_kb_id").is_not_null() if with_nil else schema.linked_gold()  # a KB id, or also NIL
     return chosen.filter(wanted)["row"].to_numpy()
 
 
@@ -74,12 +74,8 @@ def training_rows(mentions: pl.DataFrame, gold: np.ndarray, languages: tuple[str
     random subset, seeded by `seed`, as large as that language's own such mentions; a set
     already that small is kept whole.
     """
-    trainable = pl.col("gold_row") >= 0
-    if nil_gold is not None:
-        trainable = trainable | pl.col("nil_gold")
-    linkable = mentions.select("row", "split", "lang").with_columns(
-        pl.Series("gold_row", gold), pl.Series("nil_gold", nil_gold if nil_gold is not None else np.zeros(len(gold), bool))
-    ).filter((pl.col("split") == "train") & trainable)
+    trainable = gold >= 0 if nil_gold is None else (gold >= 0) | nil_gold
+    linkable = mentions.select("row", "split", "lang").filter(pl.Series(trainable), pl.col("split") == "train")
     chosen = linkable.filter(pl.col("lang").is_in(list(languages))) if languages else linkable
     rows = chosen["row"].to_numpy()
     if downsample_to:
