@@ -339,7 +339,7 @@ def link(model_dir: Path, mentions: Path, docs: Path | None, kb: Path | None, ou
     """Link a new corpus with a trained linker, in chunks that resume when killed, shard and merge."""
     from pipeline.link.out_folder import out_folder
     from pipeline.link.run import LinkOptions, run as run_link
-    from pipeline.scoring.summary import link_summary
+    from pipeline.link.summary import link_summary
 
     shard = _shard(shard_text, merge)
     options = LinkOptions(model=model_dir, mentions=mentions, out_dir=out_dir, docs=docs, kb=kb, shard=shard, merge=merge,
