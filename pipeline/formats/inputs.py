@@ -382,12 +382,18 @@ def write_entities(kb_path: Path, out_path: Path) -> int:
     return count
 
 
-def check_gold_in_kb(mentions: pl.DataFrame, entities: pl.LazyFrame, mentions_path: Path | None) -> int:
-    """Count gold links to ids missing from the KB (they can never be linked; warned, not refused)."""
+def gold_missing_from_kb(mentions: pl.DataFrame, entities: pl.LazyFrame) -> tuple[pl.Series, int, str]:
+    """(the gold KB ids, NIL aside, that `entities` (column kb_id) lacks, sorted; how many mentions carry
+    them; up to three of them quoted, as W102 and link's W702 show them: spaces show)."""
     gold = mentions.filter(schema.linked_gold()).select("gold_kb_id")
     missing = gold.join(entities.select(pl.col("kb_id").alias("gold_kb_id")).collect(), on="gold_kb_id", how="anti")
     ids = missing["gold_kb_id"].unique().sort()
+    return ids, missing.height, ", ".join(map(repr, ids.head(3).to_list()))
+
+
+def check_gold_in_kb(mentions: pl.DataFrame, entities: pl.LazyFrame, mentions_path: Path | None) -> int:
+    """Count gold links to ids missing from the KB (they can never be linked; warned, not refused)."""
+    ids, carried_by, example = gold_missing_from_kb(mentions, entities)
     if ids.len():
-        warn(logger, "W102", count=ids.len(), mentions=missing.height, path=mentions_path or "the TAC gold",
-             example=", ".join(map(repr, ids.head(3).to_list())))  # quoted: spaces show
+        warn(logger, "W102", count=ids.len(), mentions=carried_by, path=mentions_path or "the TAC gold", example=example)
     return ids.len()

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.core import schema
 from pipeline.core.errors import InputError, warn
 from pipeline.core.io import atomic_path, write_json_atomic
 from pipeline.formats.doc_languages import FILE_NAME as DOC_LANGUAGES
+from pipeline.formats.inputs import gold_missing_from_kb
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +57,10 @@ def gold_not_in_kb(evaluated: pl.DataFrame, kb_ids: pl.LazyFrame, mentions_path:
 
     No link can be right for such a mention, so the score counts it as an error.
     """
-    linked = evaluated.filter(schema.linked_gold()).select("gold_kb_id")
-    missing = linked.join(kb_ids.select(pl.col("kb_id").alias("gold_kb_id")).collect(), on="gold_kb_id", how="anti")
-    ids = missing["gold_kb_id"].unique().sort()
+    ids, carried_by, example = gold_missing_from_kb(evaluated, kb_ids)
     if ids.len():
-        warn(logger, "W702", ids=ids.len(), mentions=missing.height, path=mentions_path, kb=kb_path,
-             example=", ".join(map(repr, ids.head(3).to_list())))  # quoted: spaces show
-    return {"kb_ids": ids.len(), "mentions": missing.height}
+        warn(logger, "W702", ids=ids.len(), mentions=carried_by, path=mentions_path, kb=kb_path, example=example)
+    return {"kb_ids": ids.len(), "mentions": carried_by}
 
 
 def write_outputs(chunk_paths: list[Path], clustered: pl.DataFrame, out_dir: Path, score: bool,

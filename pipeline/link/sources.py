@@ -14,7 +14,8 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.core.errors import InputError
-from pipeline.formats.inputs import normalise_gold, read_mentions_jsonl, read_tac_lines, tac_mentions, write_docs
+from pipeline.formats.inputs import (given_gold, normalise_gold, read_mentions_jsonl, read_tac_lines, tac_mentions,
+                                     write_docs)
 from pipeline.core.io import iter_jsonl_blocks
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -49,14 +50,15 @@ def has_gold(path: Path) -> bool:
         scan = pl.scan_parquet(path)
         if "gold_kb_id" not in parquet_columns(path):
             return False
-        gold = pl.col("gold_kb_id").cast(pl.String)
-        return bool(scan.select((gold.str.strip_chars() != "").any()).collect().item())  # null: not any
+        gold = scan.with_columns(pl.col("gold_kb_id").cast(pl.String)).select(given_gold().is_not_null().any())
+        return bool(gold.collect().item())
     return any(_is_gold(record.get("gold_kb_id"))
                for block in iter_jsonl_blocks(path, block_lines=GOLD_SCAN_LINES) for _, record in block)
 
 
 def _is_gold(value: object) -> bool:
-    """Whether a record's gold_kb_id is a gold id: given, and not empty or only whitespace."""
+    """Whether a record's gold_kb_id is a gold id: given, and not empty or only whitespace
+    (`inputs.given_gold` for one record, as the JSONL scan streams records, not a frame)."""
     return value is not None and not (isinstance(value, str) and not value.strip())
 
 
@@ -154,7 +156,7 @@ def check_corpus(chunks: Iterator[Chunk], path: Path) -> int:
     returns the number of chunks.
 
     Each chunk is read (and so checked on its own) and only its `KEY_COLUMNS` are kept, so
-    the memory this takes is a few dozen bytes per mention. Across chunks: a mention id
+    the memory this takes grows with the mention count, not with the texts. Across chunks: a mention id
     given twice (E104), one document given two languages (E117) or two texts (E120, by the
     readers' `text_hash`) and two mentions of one span (E115), with the same messages as in one chunk, so whether a corpus is accepted
     never depends on `--chunk-mentions` or `--shard`.
