@@ -5,7 +5,8 @@
 An upper bound, not a method: it cheats on purpose. For a finished run it fits the NIL
 classifier evaluate uses (`pipeline.model.nil_classifier`: the ranker's best and runner-up
 scores, margin, triage score, rank and sources, candidate count, mention length and
-comma, type) on the evaluation split's own gold, then scores that split with it: what the
+comma, type, and the mention NIL prior when the run's predictions carry it) on the
+evaluation split's own gold, then scores that split with it: what the
 classifier could reach if dev were exactly like test, at its rule (NIL when P(NIL) >
 P(right), what maximises micro-average). It bounds that logistic regression over those
 features, not every model (one flexible enough could memorise the split). A second line moves the
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.core import schema  # noqa: E402
-from pipeline.model import nil_classifier  # noqa: E402
+from pipeline.model import mention_prior, nil_classifier  # noqa: E402
 
 
 # The ranker-score bin whose make-up the script prints beside the table.
@@ -81,12 +82,13 @@ def main() -> None:
     linked_strings = set(mentions.filter(schema.linked_gold())["mention"].to_list())
     conflicting = evaluated["mention"].is_in(list(linked_strings)).to_numpy() & (labels == nil_classifier.NIL)
 
-    print(f"NIL decision over the evidence of {run_dir} on its {split} split; micro-average / NIL F1")
+    prior = " (with the mention NIL prior)" if mention_prior.COLUMN in predictions.columns else ""
+    print(f"NIL decision over the evidence of {run_dir}{prior} on its {split} split; micro-average / NIL F1")
     languages = ["all", *sorted(evaluated["lang"].unique().to_list())]
     print("| row | " + " | ".join(languages) + " |")
     print("| --- |" + " --- |" * len(languages))
     rows = {"achieved (evaluate: fitted on dev)": [], f"classifier fitted on {split} itself": [],
-            f"same, best-F1 cut chosen on {split} per language": [], "NIL golds / of them linked elsewhere": []}
+            f"same, best-F1 cut chosen on {split} per language (all: one cut)": [], "NIL golds / of them linked elsewhere": []}
     for lang in languages:
         keep = np.ones(evaluated.height, bool) if lang == "all" else (evaluated["lang"] == lang).to_numpy()
         row = iter(rows.values())

@@ -1,9 +1,9 @@
 """The mention NIL prior on finished runs: the NIL classifier with it and without, on dev and test.
 
-    python bench/nil_prior.py --config configs/meantime.toml RUN_DIR[:SEED] [RUN_DIR[:SEED] ...]
+    python bench/nil_prior.py --config configs/meantime.toml RUN_DIR [RUN_DIR ...]
 
-For each finished run folder (triage, encode and train done; SEED its train.seed when not
-the config's), re-runs evaluate (`--force`, `evaluate.nil_mention_prior = true`) and prints,
+For each finished run folder (triage, encode and train done; evaluate takes the seed its
+model was trained with), re-runs evaluate (`--force`, `evaluate.nil_mention_prior = true`) and prints,
 side by side, the classifier without and with the prior (`classifier` and
 `classifier+prior` in report.md): micro-average / NIL F1 in the tuning split's 5-fold
 cross-validation (what chooses) and on the evaluation split, which variant dev chose, and
@@ -36,15 +36,13 @@ def overall(rows: list[dict], method: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("runs", nargs="+", help="RUN_DIR or RUN_DIR:SEED")
+    parser.add_argument("runs", nargs="+", type=Path, help="finished run folders")
     args = parser.parse_args()
     by_language = []
     print("| run | dev 5-fold, without | dev 5-fold, with | test, without | test, with | decision reads it | ROC AUC |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for text in args.runs:
-        run_dir, _, seed = text.partition(":")
-        overrides = [f"run.run_dir={Path(run_dir).resolve()}", "evaluate.nil_mention_prior=true"]
-        overrides += [f"train.seed={seed}"] if seed else []
+    for run_dir in args.runs:
+        overrides = [f"run.run_dir={run_dir.resolve()}", "evaluate.nil_mention_prior=true"]
         result = stage.run(load_config(args.config, tuple(overrides)), force=True)
         metrics = result.summary["metrics"]
         prior = metrics.get("mention_prior") or {}

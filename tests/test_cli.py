@@ -244,6 +244,21 @@ def test_evaluate_counts_the_mentions_it_leaves_out_for_want_of_gold(base_run: d
     assert "2 test mention(s) without gold_kb_id left out" in result.output
 
 
+def test_evaluate_uses_the_seed_the_model_was_trained_with(base_run: dict, run_copy: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """evaluate's key holds no train setting, so a seed given to evaluate alone must not change its NIL
+    decision (the cross-validation folds and fits are seeded): it takes the trained model's seed."""
+    from pipeline.evaluate import nil_choice
+
+    seeds, choose = [], nil_choice.choose
+    monkeypatch.setattr(nil_choice, "choose", lambda *args: seeds.append(args[-1]) or choose(*args))
+    before = (run_copy / "evaluate" / "nil.json").read_text(encoding="utf-8")
+    succeeded(invoke("evaluate", "--force", "--config", base_run["config"], "--run-dir", run_copy,
+                     "--set", "train.seed=99"))
+    assert seeds == [13]  # the tiny run's training seed (the config's default), not 99
+    assert (run_copy / "evaluate" / "nil.json").read_text(encoding="utf-8") == before
+
+
 def test_kb_change_reruns_everything(base_run: dict, run_copy: Path, tmp_path: Path) -> None:
     kb = [dict(entity) for entity in TINY_KB]
     kb[4]["description"] = "An intergovernmental organisation founded in 1945."

@@ -262,14 +262,17 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     score_table, predictions = predict(mentions, rows, matrix, scores, inputs.entity_ids["kb_id"].to_list(), popularity,
                                        score_nil(model, inputs, rows))
     predictions = mentions.drop("row").join(predictions, on="mention_id")
-    prior, prior_column = fit_mention_prior(inputs, config.train.seed) if evaluate.nil_mention_prior else (None, None)
+    # The seed the model was trained with (train's key holds it), not the config's: evaluate's own
+    # key holds no train setting, so `--set train.seed=...` on evaluate alone must not change its result.
+    seed = int(saved.get("config", {}).get("seed", config.train.seed))
+    prior, prior_column = fit_mention_prior(inputs, seed) if evaluate.nil_mention_prior else (None, None)
     if prior_column is not None:
         predictions = predictions.join(prior_column, on="mention_id", how="left")
 
     predictions = add_evidence(predictions, candidates)
     tuning = predictions.filter(pl.col("split") == evaluate.tune_split)
     artifact, sweep_table, validation, variants = nil_choice.choose(tuning, evaluate, predictions["lang"].unique().to_list(),
-                                                                    config.train.seed)
+                                                                    seed)
     if prior is not None:
         artifact["mention_prior"] = prior  # link computes mention_nil_logit with it when the classifier reads it
     thresholds = artifact["thresholds"]

@@ -87,8 +87,8 @@ def best_thresholds(sweep_table: pl.DataFrame) -> dict[str, float]:
 def tuning_counts(tuning: pl.DataFrame) -> dict[str, dict[str, int]]:
     """Per language, the tuning mentions with gold and how many of them are NIL: {lang: {mentions, nil}}."""
     with_gold = tuning.filter(pl.col("gold_kb_id").is_not_null())
-    counts = with_gold.group_by("lang").agg(pl.len().alias("mentions"),
-                                            (pl.col("gold_kb_id") == schema.NIL_ID).sum().alias("nil"))
+    counts = with_gold.group_by("lang").agg(pl.len().alias("mentions"),  # sorted below: nil.json byte-stable
+                                            (pl.col("gold_kb_id") == schema.NIL_ID).sum().alias("nil")).sort("lang")
     return {row["lang"]: {"mentions": int(row["mentions"]), "nil": int(row["nil"])} for row in counts.iter_rows(named=True)}
 
 
