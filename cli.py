@@ -21,7 +21,9 @@ import click
 from pipeline.core.errors import PipelineError, os_error, usage_error
 from pipeline.core.lock import run_lock
 
-STAGES = ("triage", "encode", "train", "evaluate")
+STAGES = ("triage", "encode", "train", "rerank", "evaluate")
+# Stages every rank runs under torchrun (data-parallel training); rank 0 alone runs the others.
+TRAINING_STAGES = ("train", "rerank")
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.toml"
 
 
@@ -222,13 +224,29 @@ def train(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, f
     if world.is_main:
         _echo_result(result)
 
+@main.command()
+@config_options
+def rerank(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, force: bool) -> None:
+    """Fine-tune the reader (needs rerank.enabled = true; docs/reader.md) and score dev and test with it;
+    checkpoints, resumable; data-parallel under torchrun."""
+    from pipeline.rerank import stage as rerank_stage
+    from pipeline.train import distributed
+
+    world = distributed.world_from_environment()
+    config = _load(config_path, overrides, run_dir)
+    with _holding(config, "rerank", writer=world.is_main):
+        result = rerank_stage.run(config, force=force)
+    if world.is_main:
+        _echo_result(result)
+
+
 _stage_command("evaluate", "Score candidates, tune NIL thresholds on dev, write TAC output and scores.")
 
 
 @main.command()
 @config_options
 def run(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, force: bool) -> None:
-    """Run all four stages in order; each skips when it is up to date."""
+    """Run the stages in order (rerank only with rerank.enabled = true); each skips when it is up to date."""
     import importlib
 
     from pipeline.train import distributed
@@ -241,9 +259,11 @@ def run(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, for
     # Under torchrun every rank trains; rank 0 alone runs the other stages while the rest wait.
     with _holding(config, "run", writer=world.is_main), distributed.process_group(world, config.train.device):
         for stage in STAGES:
+            if stage == "rerank" and not config.rerank.enabled:
+                continue
             if stage == "train":
                 distributed.wait_for_main(world)
-            elif not world.is_main:
+            elif stage not in TRAINING_STAGES and not world.is_main:
                 continue
             module = importlib.import_module(f"pipeline.{stage}")
             result = module.run(config, force=force)

@@ -257,6 +257,57 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class RerankConfig:
+    """The reader (beyond the paper; docs/reader.md): a fine-tuned transformer that reads each mention
+    in its context together with its top candidates and a learned "none of the above" (NIL) option."""
+
+    # Off: the paper's pipeline, unchanged. On: `xel-cli run` runs rerank after train and
+    # evaluate offers the reader as a NIL method ("reader") beside the ranker's.
+    enabled: bool = False
+    # A Hugging Face name or folder; "" = the run's own encoder ([encoder] name).
+    encoder: str = ""
+    # Whose order picks each mention's top_k candidates: the trained ranker's scores, or triage's rank.
+    candidates: str = "ranker"
+    top_k: int = 8
+    # Sub-words of one sequence (context + NIL option + all top_k candidates); of them at most
+    # max_context_tokens for the context window around the mention, the rest shared by the candidates.
+    max_seq_tokens: int = 256
+    max_context_tokens: int = 96
+    epochs: int = 3
+    learning_rate: float = 3e-5
+    batch_mentions: int = 8
+    # Batches whose gradients are summed before each optimizer step (a larger batch in the same memory).
+    grad_accumulation: int = 1
+    # Lower transformer layers kept frozen (with the embeddings when > 0); 0 trains every layer.
+    freeze_layers: int = 0
+    # Share of linked training mentions whose gold is removed from their candidates and whose label
+    # becomes NIL, so "not in the KB" is learned from more than the NIL mentions (after BLINKout).
+    nil_hidden_share: float = 0.1
+    # "auto": bf16 autocast on CUDA, fp32 on CPU; "bf16" is faster on CPUs with AVX512-BF16 / AMX.
+    precision: str = "auto"
+    device: str = "auto"
+    seed: int = 13
+
+    def __post_init__(self) -> None:
+        where = "[rerank]"
+        _check_device(where, self.device)
+        _check(where, "candidates", self.candidates, self.candidates in ("ranker", "triage"), "use ranker or triage")
+        _check(where, "top_k", self.top_k, 1 <= self.top_k <= 64, "must be between 1 and 64")
+        _check(where, "max_context_tokens", self.max_context_tokens, self.max_context_tokens >= 8, "must be >= 8")
+        # [CLS] context with two markers [SEP] NIL, then each candidate's marker and at least two sub-words, [SEP].
+        least = self.max_context_tokens + 5 + 3 * self.top_k
+        _check(where, "max_seq_tokens", self.max_seq_tokens, least <= self.max_seq_tokens <= 8192,
+               f"must be between max_context_tokens + 5 + 3 * top_k = {least} and 8192")
+        _check(where, "epochs", self.epochs, self.epochs >= 1, "must be >= 1")
+        _check(where, "learning_rate", self.learning_rate, 0 < self.learning_rate < 1, "must be in (0, 1)")
+        _check(where, "batch_mentions", self.batch_mentions, self.batch_mentions >= 1, "must be >= 1")
+        _check(where, "grad_accumulation", self.grad_accumulation, self.grad_accumulation >= 1, "must be >= 1")
+        _check(where, "freeze_layers", self.freeze_layers, self.freeze_layers >= 0, "must be >= 0")
+        _check(where, "nil_hidden_share", self.nil_hidden_share, 0 <= self.nil_hidden_share < 1, "must be in [0, 1)")
+        _check(where, "precision", self.precision, self.precision in ("auto", "fp32", "bf16"), "use auto, fp32 or bf16")
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     """NIL decisions and scoring (paper §4)."""
 
@@ -283,7 +334,8 @@ class EvaluateConfig:
     # cross-validation over the tuning split). The classifier needs 10 NILs there, else
     # thresholds decide (W604). "nota": NIL when the ranker's learned NIL score beats the
     # best candidate's (needs a model trained with train.nil_candidate = true); "auto" then
-    # weighs it too.
+    # weighs it too. "reader": the reader's best candidate, NIL when its learned NIL option wins
+    # (needs rerank.enabled = true); "auto" then weighs it too.
     nil_method: str = "auto"
     # Offer the classifier each mention's NIL prior: a logistic regression over the frozen
     # encoder's mention vectors, fitted on the training split's NIL and linked mentions
@@ -293,8 +345,9 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         where = "[evaluate]"
-        _check(where, "nil_method", self.nil_method, self.nil_method in ("threshold", "classifier", "nota", "auto"),
-               "use threshold, classifier, nota or auto")
+        _check(where, "nil_method", self.nil_method,
+               self.nil_method in ("threshold", "classifier", "nota", "reader", "auto"),
+               "use threshold, classifier, nota, reader or auto")
         _check(where, "threshold_mode", self.threshold_mode, self.threshold_mode in ("dev", "fixed"), "use dev or fixed")
         _check(where, "nil_clustering", self.nil_clustering, self.nil_clustering in ("name", "singleton"),
                "use name or singleton")
@@ -317,12 +370,15 @@ class RunConfig:
     triage: TriageConfig = field(default_factory=TriageConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    rerank: RerankConfig = field(default_factory=RerankConfig)
     source: Path | None = None
 
     def __post_init__(self) -> None:
         # An oracle-added gold has no triage evidence, so the triage feature would point at it.
         _check("[train]", "features", self.train.features, not ("triage" in self.train.features and self.triage.oracle),
                "the triage feature cannot be used with triage.oracle = true (it would reveal the added gold)")
+        _check("[evaluate]", "nil_method", self.evaluate.nil_method, self.evaluate.nil_method != "reader" or self.rerank.enabled,
+               "the reader decides only when it is trained: set rerank.enabled = true, or use threshold, classifier, nota or auto")
 
     def stage_dir(self, stage: str) -> Path:
         return self.run_dir / stage

@@ -17,8 +17,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pipeline.core.config import (EncoderConfig, EvaluateConfig, InputsConfig, RunConfig, TrainConfig, TriageConfig,
-                             config_adapter)
+from pipeline.core.config import (EncoderConfig, EvaluateConfig, InputsConfig, RerankConfig, RunConfig, TrainConfig,
+                                  TriageConfig, config_adapter)
 from pipeline.core.errors import ConfigError
 
 SECTIONS: dict[str, type] = {
@@ -27,6 +27,7 @@ SECTIONS: dict[str, type] = {
     "triage": TriageConfig,
     "train": TrainConfig,
     "evaluate": EvaluateConfig,
+    "rerank": RerankConfig,
 }
 TOP_LEVEL_KEYS = ("name", "run_dir")
 

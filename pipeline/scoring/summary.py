@@ -25,6 +25,11 @@ def stage_summary(result: StageResult) -> list[str]:
             lines.append(f"train: no dev mentions; best epoch by training loss: {result.summary['best_epoch']}")
         else:
             lines.append(f"train: best dev linking accuracy {accuracy:.4f} at epoch {result.summary['best_epoch']}")
+    if result.stage == "rerank":
+        accuracy = result.summary["best_dev_accuracy"]
+        lines.append(f"rerank: no dev mentions; best epoch by training loss: {result.summary['best_epoch']}"
+                     if accuracy is None else
+                     f"rerank: best dev micro-average of the reader {accuracy:.4f} at epoch {result.summary['best_epoch']}")
     if result.stage == "evaluate":
         metrics = result.summary["metrics"]
         thresholds = ", ".join(f"{k}={v:.2f}" for k, v in sorted(metrics["thresholds"].items()))

@@ -1,0 +1,218 @@
+"""The reader: a fine-tuned transformer that reads a mention in its context with all its candidates at once.
+
+Beyond the paper (docs/reader.md). The paper's ranker compares vectors of mention and
+entity computed apart; the reader reads one sequence holding the mention, marked in its
+context, a "none of the above" option and the top candidates' names, types and
+descriptions (`reader_inputs`), the listwise form of ReLiK's reader. A linear head
+scores the hidden state of the NIL token and of each candidate's marker token; a softmax
+over NIL + candidates gives each a probability, trained with cross-entropy against the
+gold's slot (NIL for NIL mentions and for linked ones whose gold was hidden).
+
+A saved reader is a folder (`save_reader`): the fine-tuned encoder and its tokenizer
+(with the markers) as `save_pretrained` writes them, the head (`head.pt`) and
+`reader.json` (layout, settings, provenance). The rerank stage writes it; evaluate,
+the model folder and link read it with `load_reader` and score with `score_mentions`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from pipeline.core.errors import CacheError, ConfigError
+from pipeline.core.io import default_permissions
+from pipeline.model import reader_inputs
+from pipeline.model.reader_inputs import Layout, Specials
+
+logger = logging.getLogger(__name__)
+
+HEAD = "head.pt"
+READER_JSON = "reader.json"
+FORMAT_VERSION = 1
+# The columns of reader_scores.parquet: one row per (mention, candidate the reader saw).
+SCORES_SCHEMA = {"mention_id": pl.String, "kb_id": pl.String, "slot": pl.Int32, "score": pl.Float32,
+                 "nil_score": pl.Float32}
+
+
+class Reader(torch.nn.Module):
+    """A transformer encoder and a linear head over the NIL slot and each candidate's marker token."""
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = torch.nn.Linear(int(encoder.config.hidden_size), 1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
+                slot_mask: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits (B, S), loss or None): S slots (NIL, then candidates), padded slots at -inf.
+
+        input_ids, attention_mask: (B, T); positions: (B, S) token index of each slot;
+        slot_mask: (B, S) True for real slots; labels: (B,) the right slot (0 = NIL).
+        """
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        picked = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, S, H)
+        logits = self.head(picked).squeeze(-1).float()  # (B, S)
+        logits = logits.masked_fill(~slot_mask, float("-inf"))
+        loss = torch.nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return logits, loss
+
+
+@dataclass
+class ReaderExamples:
+    """Mentions ready to be read: context ids (markers in), candidate KB ids in slot order, gold (or None).
+
+    entity_tokens maps every candidate's KB id to its text's sub-word ids.
+    """
+
+    mention_ids: list[str]
+    contexts: list[list[int]]
+    candidates: list[list[str]]
+    gold: list[str | None]
+    entity_tokens: dict[str, list[int]]
+
+    def sequence(self, index: int, layout: Layout, marks: Specials, hide: str | None = None
+                 ) -> tuple[list[int], list[int], list[str]]:
+        """(ids, slots, candidate KB ids) of mention `index`, without candidate `hide` (a hidden gold)."""
+        kept = [kb_id for kb_id in self.candidates[index] if kb_id != hide]
+        ids, slots = reader_inputs.assemble(self.contexts[index], [self.entity_tokens[k] for k in kept], layout, marks)
+        return ids, slots, kept
+
+
+def build_examples(tokenizer, mentions: pl.DataFrame, top: pl.DataFrame, entities: pl.DataFrame,
+                   layout: Layout) -> ReaderExamples:
+    """Examples of `mentions` (mention_id, context, start, end, optional gold_kb_id) against `top`
+    (`reader_inputs.top_candidates`: mention_id, kb_id, slot) with entity texts from `entities`
+    (kb_id, name, type, description)."""
+    marks = reader_inputs.specials(tokenizer)
+    grouped = top.sort("mention_id", "slot").group_by("mention_id", maintain_order=True).agg("kb_id")
+    lists = mentions.select("mention_id").join(grouped, on="mention_id", how="left")["kb_id"].to_list()
+    wanted = entities.filter(pl.col("kb_id").is_in(top["kb_id"].unique().implode()))
+    gold = mentions["gold_kb_id"].to_list() if "gold_kb_id" in mentions.columns else [None] * mentions.height
+    return ReaderExamples(mentions["mention_id"].to_list(), reader_inputs.context_tokens(tokenizer, mentions, layout, marks),
+                          [kb_ids or [] for kb_ids in lists], gold,
+                          reader_inputs.entity_tokens(tokenizer, wanted, layout.max_seq_tokens))
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """torch.autocast's dtype for a precision setting: auto = bf16 on CUDA, fp32 (None) elsewhere."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    return torch.bfloat16 if precision == "bf16" else None
+
+
+@torch.no_grad()
+def score_mentions(reader: Reader, examples: ReaderExamples, layout: Layout, marks: Specials, device: torch.device,
+                   precision: str = "auto", batch_mentions: int = 32) -> pl.DataFrame:
+    """The reader's probabilities, one row per (mention, candidate): `SCORES_SCHEMA`.
+
+    score: the candidate's softmax probability over NIL + the mention's candidates;
+    nil_score: the NIL option's (the same on every row of a mention). Mentions without
+    candidates get no row (their decision is NIL). Sequences are read in length order.
+    """
+    was_training = reader.training
+    reader.eval()
+    dtype = autocast_dtype(precision, device)
+    built = [examples.sequence(i, layout, marks) for i in range(len(examples.mention_ids))]
+    order = [i for i in np.argsort([len(ids) for ids, _, _ in built], kind="stable") if built[i][2]]
+    width = layout.top_k + 1
+    columns: dict[str, list] = {name: [] for name in SCORES_SCHEMA}
+    for offset in range(0, len(order), batch_mentions):
+        batch = order[offset: offset + batch_mentions]
+        tensors = reader_inputs.collate([built[i][0] for i in batch], [built[i][1] for i in batch], width,
+                                        marks.pad, device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits, _ = reader(*tensors)
+        probabilities = torch.softmax(logits.float(), dim=-1).cpu().numpy()  # (B, width)
+        for row, index in enumerate(batch):
+            kb_ids = built[index][2]
+            columns["mention_id"] += [examples.mention_ids[index]] * len(kb_ids)
+            columns["kb_id"] += kb_ids
+            columns["slot"] += list(range(1, len(kb_ids) + 1))
+            columns["score"] += probabilities[row, 1: len(kb_ids) + 1].tolist()
+            columns["nil_score"] += [float(probabilities[row, reader_inputs.NIL_SLOT])] * len(kb_ids)
+    reader.train(was_training)
+    return pl.DataFrame(columns, schema=SCORES_SCHEMA)
+
+
+def new_reader(encoder_path: str, device: torch.device, seed: int) -> tuple[Reader, object]:
+    """(a Reader around a fresh copy of the encoder at `encoder_path`, its tokenizer with the markers); E501
+    when it cannot be loaded. The head and the markers' new embedding rows are seeded by `seed`."""
+    from transformers import AutoModel, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(encoder_path, use_fast=True)
+        try:
+            encoder = AutoModel.from_pretrained(encoder_path, add_pooling_layer=False)
+        except TypeError:
+            encoder = AutoModel.from_pretrained(encoder_path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError("E501", name=encoder_path, detail=str(exc).splitlines()[0]) from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError("E501", name=encoder_path, detail="it has no fast tokenizer, which offset mappings need")
+    torch.manual_seed(seed)
+    encoder.resize_token_embeddings(reader_inputs.add_markers(tokenizer))
+    return Reader(encoder).to(device), tokenizer
+
+
+def freeze_lower_layers(reader: Reader, layers: int) -> None:
+    """Keep the embeddings and the lowest `layers` transformer layers fixed (0: train all); E203 past the top."""
+    if layers == 0:
+        return
+    blocks = getattr(getattr(reader.encoder, "encoder", None), "layer", None)
+    if blocks is None or layers > len(blocks):
+        have = "no layer list xel knows" if blocks is None else f"only {len(blocks)} layers"
+        raise ConfigError("E203", where="[rerank]", field="freeze_layers", value=layers,
+                          reason=f"the encoder has {have}; give a smaller number, or 0")
+    for module in (reader.encoder.embeddings, *blocks[:layers]):
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)
+
+
+def save_reader(reader: Reader, tokenizer, folder: Path, meta: dict) -> None:
+    """Write the reader folder (encoder + tokenizer via save_pretrained, head.pt, reader.json) under a
+    temporary name, then rename it into place: a kill never leaves a folder that looks finished."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        encoder = reader.encoder.module if hasattr(reader.encoder, "module") else reader.encoder
+        encoder.save_pretrained(temp)
+        tokenizer.save_pretrained(temp)
+        torch.save({k: v.detach().cpu() for k, v in reader.head.state_dict().items()}, temp / HEAD)
+        (temp / READER_JSON).write_text(json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=2,
+                                                   ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+        default_permissions(temp)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(temp, folder)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def load_reader(folder: Path, device: torch.device) -> tuple[Reader, object, dict]:
+    """(Reader, tokenizer, reader.json) of a saved reader folder; E402 when it is damaged or missing."""
+    from transformers import AutoModel, AutoTokenizer
+
+    try:
+        meta = json.loads((folder / READER_JSON).read_text(encoding="utf-8"))
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise ValueError(f"format {meta.get('format_version')} is newer than this xel reads ({FORMAT_VERSION})")
+        tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=True)
+        reader = Reader(AutoModel.from_pretrained(folder))
+        reader.head.load_state_dict(torch.load(folder / HEAD, map_location="cpu", weights_only=True))
+        reader_inputs.specials(tokenizer)  # the markers must be there
+    except Exception as exc:  # json, transformers and torch raise many types for a damaged folder
+        raise CacheError("E402", path=folder, detail=f"the reader cannot be loaded ({str(exc).splitlines()[0]})") from None
+    return reader.to(device).eval(), tokenizer, meta
+
+
+def layout_of(meta: dict) -> Layout:
+    """The sequence layout a saved reader was trained with (reader.json's "layout")."""
+    return Layout(**meta["layout"])

@@ -1,0 +1,148 @@
+"""How the reader's input sequences are built: the mention marked in its context, a NIL option, the candidates.
+
+One sequence per mention (the listwise form of ReLiK, Orlando et al. 2024):
+
+    [CLS] left context <m> mention </m> right context [SEP] <nil> <e> cand1 [SEP]? ... <e> candK [SEP]
+
+where each candidate is "name | type | description" cut to an equal share of what the
+context leaves of `max_seq_tokens`. The reader scores slot 0 (the `<nil>` token) and each
+candidate's `<e>` token. The markers are special tokens added to the tokenizer
+(`MARKERS`); the encoder's embedding matrix grows by as many rows.
+
+Everything here works on token ids; nothing knows about stages or files, so the rerank
+stage, evaluate and link build the same sequences for the same mentions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import torch
+
+from pipeline.encoders.encoder import mention_window, token_span
+
+# Mention start / end, the NIL option and the candidate marker, added as special tokens.
+MARKERS = ("<xel:m>", "</xel:m>", "<xel:nil>", "<xel:e>")
+NIL_SLOT = 0  # slot 0 of every mention's scores is the NIL option; candidates follow in order
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Sequence budget: sub-words in all (max_seq_tokens), of them at most max_context_tokens of context."""
+
+    max_seq_tokens: int
+    max_context_tokens: int
+    top_k: int
+
+
+@dataclass(frozen=True)
+class Specials:
+    """Token ids the sequences are assembled from (`specials(tokenizer)`)."""
+
+    cls: int
+    sep: int
+    pad: int
+    mention_start: int
+    mention_end: int
+    nil: int
+    entity: int
+
+
+def add_markers(tokenizer) -> int:
+    """Add `MARKERS` to `tokenizer` as special tokens (a no-op when it has them); returns its new size."""
+    missing = [marker for marker in MARKERS if marker not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=True)
+    return len(tokenizer)
+
+
+def specials(tokenizer) -> Specials:
+    """The ids of [CLS]/[SEP]/[PAD] (or <s>/</s>/<pad>) and of the markers; KeyError when markers are missing."""
+    vocab = tokenizer.get_vocab()
+    ids = [vocab[marker] for marker in MARKERS]
+    cls = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    return Specials(int(cls), int(sep), int(tokenizer.pad_token_id or 0), *ids)
+
+
+def context_tokens(tokenizer, mentions: pl.DataFrame, layout: Layout, marks: Specials) -> list[list[int]]:
+    """Per mention, `<m> mention </m>` in a window of at most `max_context_tokens` context sub-words.
+
+    mentions needs context, start, end (character offsets into context, end exclusive).
+    The window is centred on the mention (`encoder.mention_window`, as encode's is).
+    """
+    encoded = tokenizer(mentions["context"].fill_null("").to_list(), add_special_tokens=False,
+                        return_offsets_mapping=True)
+    out = []
+    for ids, offsets, start, end in zip(encoded["input_ids"], encoded["offset_mapping"],
+                                        mentions["start"].to_list(), mentions["end"].to_list()):
+        if not ids:
+            out.append([marks.mention_start, marks.mention_end])
+            continue
+        first, last = token_span(np.asarray(offsets).reshape(-1, 2), start, end)
+        window_start, first, last = mention_window(len(ids), first, last, layout.max_context_tokens)
+        window = ids[window_start: window_start + layout.max_context_tokens]
+        out.append(window[:first] + [marks.mention_start] + window[first:last] + [marks.mention_end] + window[last:])
+    return out
+
+
+def entity_texts(entities: pl.DataFrame) -> pl.Series:
+    """"name | type | description" of each entity (entities: name, type, description; nulls left out)."""
+    parts = [pl.col("name").fill_null(""), pl.col("type"), pl.col("description")]
+    return entities.select(pl.concat_str(parts, separator=" | ", ignore_nulls=True).alias("text"))["text"]
+
+
+def entity_tokens(tokenizer, entities: pl.DataFrame, max_tokens: int) -> dict[str, list[int]]:
+    """kb_id -> sub-word ids of the entity's text (`entity_texts`), at most `max_tokens` of them."""
+    encoded = tokenizer(entity_texts(entities).to_list(), add_special_tokens=False, truncation=True,
+                        max_length=max_tokens)["input_ids"]
+    return dict(zip(entities["kb_id"].to_list(), encoded))
+
+
+def assemble(context: list[int], candidates: list[list[int]], layout: Layout, marks: Specials
+             ) -> tuple[list[int], list[int]]:
+    """(token ids, slot positions) of one mention's sequence; slots[0] is the NIL option, then one per candidate.
+
+    Each candidate gets an equal share of what the context leaves of max_seq_tokens
+    (its marker included), so a sequence never exceeds max_seq_tokens.
+    """
+    ids = [marks.cls, *context, marks.sep, marks.nil]
+    slots = [len(ids) - 1]
+    if candidates:
+        share = max((layout.max_seq_tokens - len(ids) - 1) // len(candidates) - 1, 1)
+        for tokens in candidates:
+            slots.append(len(ids))
+            ids += [marks.entity, *tokens[:share]]
+    ids.append(marks.sep)
+    return ids, slots
+
+
+def collate(sequences: list[list[int]], slots: list[list[int]], width: int, pad_id: int, device: torch.device
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Padded tensors of a batch: input_ids (B, T), attention_mask (B, T), slot positions (B, width) and
+    slot_mask (B, width) (True for the NIL slot and real candidates; padded slots point at position 0)."""
+    length = max(len(s) for s in sequences)
+    input_ids = np.full((len(sequences), length), pad_id, dtype=np.int64)
+    attention = np.zeros((len(sequences), length), dtype=np.int64)
+    positions = np.zeros((len(sequences), width), dtype=np.int64)
+    slot_mask = np.zeros((len(sequences), width), dtype=bool)
+    for row, (ids, slot) in enumerate(zip(sequences, slots)):
+        input_ids[row, : len(ids)] = ids
+        attention[row, : len(ids)] = 1
+        positions[row, : len(slot)] = slot
+        slot_mask[row, : len(slot)] = True
+    return tuple(torch.from_numpy(array).to(device) for array in (input_ids, attention, positions, slot_mask))
+
+
+def top_candidates(candidates: pl.DataFrame, top_k: int) -> pl.DataFrame:
+    """Each mention's `top_k` candidates by `order` (higher first; ties and nulls by triage rank).
+
+    candidates needs mention_id, kb_id, rank (triage's) and order (the ranker's score, or
+    minus the triage rank). Returns mention_id, kb_id, slot (1..top_k, the reader's order).
+    """
+    return (candidates.sort("mention_id", "order", "rank", descending=[False, True, False], nulls_last=True)
+            .with_columns(pl.int_range(1, pl.len() + 1).over("mention_id").alias("slot"))
+            .filter(pl.col("slot") <= top_k)
+            .select("mention_id", "kb_id", pl.col("slot").cast(pl.Int32)))

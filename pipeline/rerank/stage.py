@@ -1,0 +1,254 @@
+"""rerank: fine-tune the reader on each mention's top candidates, then score the dev and test mentions.
+
+Beyond the paper (docs/reader.md). Reads triage's tables (mentions with their context,
+the KB's names, types and descriptions, candidates) and, with `candidates = "ranker"`,
+train's ranker, whose scores pick each mention's `top_k` candidates (triage's rank with
+`candidates = "triage"`). Trains on the training split's mentions with gold (NIL ones,
+and linked ones whose gold is among their candidates, a share of them with the gold
+hidden and the label NIL); dev micro-average picks the best epoch.
+
+Outputs (the run's `rerank/` folder): `reader/` (the best epoch's reader, `pipeline.model.reader`),
+`reader_scores.parquet` (dev and test mentions: mention_id, kb_id, slot, score, nil_score),
+`history.parquet`, `checkpoints/last.pt`, and the manifest, last.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+import polars as pl
+import torch
+
+from pipeline.core import schema
+from pipeline.core.config import RunConfig, to_dict
+from pipeline.core.errors import ConfigError, InputError, warn
+from pipeline.core.io import collect_checked, scan_parquet_checked, write_parquet_atomic
+from pipeline.core.manifest import StageResult, StageRun, upstream_key
+from pipeline.core.progress import progress as progress_counter
+from pipeline.model import reader_inputs
+from pipeline.model.model_file import save_torch
+from pipeline.model.reader import (ReaderExamples, build_examples, freeze_lower_layers, load_reader, new_reader,
+                                   save_reader, score_mentions)
+from pipeline.model.reader_inputs import Layout
+from pipeline.rerank import training
+from pipeline.train import distributed
+from pipeline.train.distributed import World
+
+logger = logging.getLogger(__name__)
+
+STAGE = "rerank"
+STAGE_VERSION = 1
+READER = "reader"
+SCORES = "reader_scores.parquet"
+HISTORY = "history.parquet"
+CHECKPOINT = "checkpoints/last.pt"
+SCORED_SPLITS = ("dev", "test")
+# Settings that change speed or where it runs, not the reader.
+NOT_KEYED = ("enabled", "device")
+
+
+def encoder_path(config: RunConfig) -> str:
+    """The folder (or hub name) of the transformer the reader starts from: rerank.encoder, else the run's."""
+    from pipeline.encoders.encoder import resolve_encoder_path
+
+    return resolve_encoder_path(config.rerank.encoder or config.encoder.name)
+
+
+def stage_identity(config: RunConfig) -> tuple[dict[str, str], dict]:
+    """(inputs, settings) of rerank's key: triage's key, train's (when the ranker picks candidates), the
+    starting encoder's content identity, and the [rerank] settings that change the reader."""
+    from pipeline.encoders.encoder import encoder_identity
+
+    inputs = {"triage": upstream_key(config.stage_dir("triage"), "triage")}
+    if config.rerank.candidates == "ranker":
+        inputs["train"] = upstream_key(config.stage_dir("train"), "train")
+    inputs["encoder"] = encoder_identity(encoder_path(config))
+    settings = {k: v for k, v in to_dict(config.rerank).items() if k not in NOT_KEYED}
+    return inputs, settings
+
+
+def run(config: RunConfig, force: bool = False) -> StageResult:
+    """Train the reader and score dev and test; under torchrun as one of WORLD_SIZE data-parallel processes.
+
+    E203 when rerank.enabled is false (evaluate would not read what it makes)."""
+    if not config.rerank.enabled:
+        raise ConfigError("E203", where="[rerank]", field="enabled", value=False,
+                          reason="evaluate reads the reader only when it is on: set rerank.enabled = true "
+                                 "(--set rerank.enabled=true)")
+    world = distributed.world_from_environment()
+    with distributed.process_group(world, config.rerank.device):
+        return _rerank(config, force, world)
+
+
+def _rerank(config: RunConfig, force: bool, world: World) -> StageResult:
+    out_dir = config.stage_dir(STAGE)
+    inputs_keys, settings = stage_identity(config)
+    stage_run = StageRun(out_dir, STAGE, STAGE_VERSION, settings, inputs_keys, force)
+    if distributed.broadcast(stage_run.up_to_date if world.is_main else None, world):
+        return stage_run.skipped()
+    checkpoint_path = out_dir / CHECKPOINT
+    if world.is_main:
+        stage_run.begin(checkpoint_path.parent)
+        if force:
+            checkpoint_path.unlink(missing_ok=True)
+    distributed.barrier(world)
+
+    rerank = config.rerank
+    device = distributed.training_device(rerank.device, world)
+    reader, tokenizer = new_reader(encoder_path(config), device, rerank.seed)
+    freeze_lower_layers(reader, rerank.freeze_layers)
+    layout = Layout(rerank.max_seq_tokens, rerank.max_context_tokens, rerank.top_k)
+    check_positions(reader, layout)
+    mentions, examples = read_examples(config, tokenizer, layout, device)
+    split = mentions["split"].to_numpy()
+    has_gold = mentions["gold_kb_id"].is_not_null().to_numpy()
+    train_rows, missed = training.trainable_rows(examples, np.nonzero((split == "train") & has_gold)[0])
+    dev_rows = np.nonzero((split == "dev") & has_gold)[0]
+    if len(train_rows) == 0:
+        raise InputError("E507", path=config.stage_dir("triage") / "mentions.parquet",
+                         detail="no training mention is NIL or has its gold among its top candidates, so the reader "
+                                "has nothing to learn from")
+    counts = {"train_mentions": len(train_rows), "train_gold_not_in_candidates": missed, "dev_mentions": len(dev_rows)}
+    history, best = fit(reader, tokenizer, examples, train_rows, dev_rows, config, stage_run.key, world)
+    result = StageResult(STAGE, out_dir, skipped=False, seconds=time.time() - stage_run.started, counts=counts)
+    if world.is_main:
+        result = finish(stage_run, mentions, examples, layout, device, history, best, counts)
+    distributed.barrier(world)
+    return result
+
+
+def check_positions(reader, layout: Layout) -> None:
+    """E203 when max_seq_tokens is longer than the encoder's position table."""
+    most = getattr(reader.encoder.config, "max_position_embeddings", None)
+    # RoBERTa-style models (e5) reserve the first positions: padding_idx + 1 of them.
+    usable = most - (getattr(reader.encoder.config, "pad_token_id", 0) or 0) - 1 \
+        if most and reader.encoder.config.model_type in ("xlm-roberta", "roberta") else most
+    if usable is not None and layout.max_seq_tokens > usable:
+        raise ConfigError("E203", where="[rerank]", field="max_seq_tokens", value=layout.max_seq_tokens,
+                          reason=f"the encoder reads at most {usable} positions; give {usable} or fewer")
+
+
+def read_examples(config: RunConfig, tokenizer, layout: Layout, device: torch.device
+                  ) -> tuple[pl.DataFrame, ReaderExamples]:
+    """(triage's mentions, their reader examples against each one's top_k candidates)."""
+    triage_dir = config.stage_dir("triage")
+    mentions_path, entities_path = triage_dir / "mentions.parquet", triage_dir / "entities.parquet"
+    mentions = collect_checked(scan_parquet_checked(mentions_path, schema.MENTIONS, "triage").select(
+        "mention_id", "context", "start", "end", "split", "lang", "gold_kb_id"), mentions_path)
+    ordered = candidate_order(config, device)
+    top = reader_inputs.top_candidates(ordered, layout.top_k)
+    entities = collect_checked(scan_parquet_checked(entities_path, schema.ENTITIES, "triage")
+                               .select("kb_id", "name", "type", "description")
+                               .filter(pl.col("kb_id").is_in(top["kb_id"].unique().implode())), entities_path)
+    return mentions, build_examples(tokenizer, mentions, top, entities, layout)
+
+
+def candidate_order(config: RunConfig, device: torch.device) -> pl.DataFrame:
+    """Triage's candidates (mention_id, kb_id, rank) with `order`: the ranker's score, or minus triage's rank."""
+    from pipeline.model.features import candidate_matrix, load_inputs, score_candidates
+    from pipeline.model.model_file import load_model
+
+    triage_dir = config.stage_dir("triage")
+    candidates_path = triage_dir / "candidates.parquet"
+    candidates = collect_checked(scan_parquet_checked(candidates_path, schema.CANDIDATES, "triage").select(
+        "mention_id", "rank", "kb_id", "score", "sources"), candidates_path)
+    if config.rerank.candidates == "triage":
+        return candidates.select("mention_id", "kb_id", "rank", (-pl.col("rank")).cast(pl.Float64).alias("order"))
+    model, saved = load_model(config.stage_dir("train"), device)
+    inputs, _, _ = load_inputs(triage_dir, config.stage_dir("encode"), saved["mention_types"], saved["entity_types"],
+                               0, device)
+    if "triage" in getattr(model, "features", ()):
+        inputs.attach_triage(candidates)
+    rows = inputs.mentions["row"].to_numpy()
+    matrix = candidate_matrix(candidates, inputs, rows)
+    scores = score_candidates(model, inputs, rows, matrix)
+    row_index, slot = np.nonzero(matrix >= 0)
+    kb_ids = inputs.entity_ids["kb_id"].to_numpy()
+    ranked = pl.DataFrame({"mention_id": inputs.mentions["mention_id"].to_numpy()[row_index],
+                           "kb_id": kb_ids[matrix[row_index, slot]], "order": scores[row_index, slot].astype(np.float64)})
+    return candidates.select("mention_id", "kb_id", "rank").join(ranked, on=["mention_id", "kb_id"], how="left")
+
+
+def fit(reader, tokenizer, examples: ReaderExamples, train_rows: np.ndarray, dev_rows: np.ndarray,
+        config: RunConfig, key: str, world: World) -> tuple[list[dict], dict]:
+    """Train for rerank.epochs (resuming from the checkpoint), keep the best epoch's reader on disk;
+    (history, best {score, epoch}). Only rank 0 evaluates and writes."""
+    rerank, out_dir = config.rerank, config.stage_dir(STAGE)
+    marks = reader_inputs.specials(tokenizer)
+    layout = Layout(rerank.max_seq_tokens, rerank.max_context_tokens, rerank.top_k)
+    per_rank = -(-len(train_rows) // world.size)
+    batches = -(-per_rank // rerank.batch_mentions)
+    state = training.new_training(reader, rerank.learning_rate, rerank.epochs * -(-batches // rerank.grad_accumulation))
+    shape = reader_shape(reader, layout)
+    checkpoint = training.load_checkpoint(out_dir / CHECKPOINT, key, shape)
+    if checkpoint is not None:
+        state.resume(checkpoint, out_dir / CHECKPOINT)
+    trained = reader
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        device = next(reader.parameters()).device
+        trained = DistributedDataParallel(reader, device_ids=[device.index] if device.type == "cuda" else None)
+        torch.manual_seed(rerank.seed + 100_003 * world.rank + state.start_epoch)  # other dropout masks per rank
+    if len(dev_rows) == 0 and world.is_main:
+        warn(logger, "W503")
+    plan = training.Schedule(rerank.batch_mentions, rerank.grad_accumulation, rerank.precision, rerank.seed,
+                             rerank.nil_hidden_share)
+    progress = progress_counter(rerank.epochs * batches, "rerank", "batches", initial=(state.start_epoch - 1) * batches,
+                                enabled=world.is_main)
+    for epoch in range(state.start_epoch, rerank.epochs + 1):
+        loss = training.train_epoch(trained, state, examples, train_rows, epoch, plan, layout, marks, world, progress)
+        record = {"epoch": epoch, "loss": loss, "dev_accuracy": None}
+        if world.is_main:
+            record["dev_accuracy"] = training.accuracy(reader, examples, dev_rows, layout, marks, rerank.precision)
+            logger.info("rerank epoch %d: loss %.4f, dev micro-average %.4f", epoch, loss, record["dev_accuracy"])
+            score = record["dev_accuracy"] if not math.isnan(record["dev_accuracy"]) else -loss
+            if score > state.best["score"]:  # the reader folder first, then the checkpoint that records it
+                state.best = {"score": score, "epoch": epoch}
+                save_reader(reader, tokenizer, out_dir / READER, reader_meta(config, layout, epoch, record))
+            state.history.append(record)
+            save_torch(out_dir / CHECKPOINT, state.checkpoint(key, epoch, shape))
+        distributed.barrier(world)
+    progress.close()
+    return state.history, state.best
+
+
+def reader_shape(reader, layout: Layout) -> dict:
+    """What a checkpoint must match to be resumed: the encoder's architecture and the sequence layout."""
+    encoder_config = reader.encoder.config
+    return {"model_type": encoder_config.model_type, "hidden_size": int(encoder_config.hidden_size),
+            "layers": int(encoder_config.num_hidden_layers), "vocab_size": int(encoder_config.vocab_size),
+            "top_k": layout.top_k, "max_seq_tokens": layout.max_seq_tokens,
+            "max_context_tokens": layout.max_context_tokens}
+
+
+def reader_meta(config: RunConfig, layout: Layout, epoch: int, record: dict) -> dict:
+    """reader.json's content: the layout, the settings and where the reader came from."""
+    return {"layout": {"max_seq_tokens": layout.max_seq_tokens, "max_context_tokens": layout.max_context_tokens,
+                       "top_k": layout.top_k},
+            "candidates": config.rerank.candidates, "precision": config.rerank.precision,
+            "settings": to_dict(config.rerank), "encoder": config.rerank.encoder or config.encoder.name,
+            "epoch": epoch, "dev_accuracy": record["dev_accuracy"]}
+
+
+def finish(stage_run: StageRun, mentions: pl.DataFrame, examples: ReaderExamples, layout: Layout,
+           device: torch.device, history: list[dict], best: dict, counts: dict) -> StageResult:
+    """Score the dev and test mentions with the best epoch's reader, write the scores and history, then the manifest."""
+    out_dir = stage_run.out_dir
+    reader, tokenizer, meta = load_reader(out_dir / READER, device)
+    wanted = np.nonzero(mentions["split"].is_in(list(SCORED_SPLITS)).to_numpy())[0]
+    subset = ReaderExamples([examples.mention_ids[r] for r in wanted], [examples.contexts[r] for r in wanted],
+                            [examples.candidates[r] for r in wanted], [None] * len(wanted), examples.entity_tokens)
+    scores = score_mentions(reader, subset, layout, reader_inputs.specials(tokenizer), device,
+                            stage_run.settings["precision"])
+    write_parquet_atomic(scores, out_dir / SCORES)
+    write_parquet_atomic(pl.DataFrame(history, schema={"epoch": pl.Int64, "loss": pl.Float64,
+                                                       "dev_accuracy": pl.Float64}), out_dir / HISTORY)
+    best_accuracy = best["score"] if counts["dev_mentions"] else None
+    counts = {**counts, "scored_mentions": len(wanted), "best_epoch": best["epoch"]}
+    return stage_run.finish(counts, [READER, SCORES, HISTORY], summary={"best_dev_accuracy": best_accuracy,
+                                                                        "best_epoch": best["epoch"]},
+                            extra={"best_dev_accuracy": best_accuracy, "device": str(device)})
