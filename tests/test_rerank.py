@@ -19,3 +19,15 @@ def test_run_with_the_reader_end_to_end(make_run_config) -> None:
     result = CliRunner().invoke(main, ["run", "--config", str(config)])
     assert result.exit_code == 0, result.output + repr(result.exception)
     print(result.output)
+
+
+def test_evaluate_offers_the_reader(make_run_config) -> None:
+    import json
+
+    config = make_run_config(rerank=dict(TINY_RERANK))
+    result = CliRunner().invoke(main, ["run", "--config", str(config)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    run_dir = Path(config).parent / "run"
+    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+    print(result.output[-3000:])
+    print((run_dir / "evaluate" / "report.md").read_text()[:4000])

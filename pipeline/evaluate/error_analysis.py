@@ -53,6 +53,54 @@ def outcome_scores(decided: pl.DataFrame) -> pl.DataFrame:
             .sort(pl.col("lang") == ALL, "lang"))
 
 
+ERROR_KINDS = ("not among candidates", "wrong entity", "false NIL", "missed NIL")
+
+
+def error_kinds(decisions: dict[str, pl.DataFrame], candidates: pl.DataFrame) -> pl.DataFrame:
+    """Each method's mentions by outcome, per language and over all: (method, lang, mentions, right, and one
+    count per ERROR_KINDS entry), methods in the order given.
+
+    decisions: {method: decided table (mention_id, lang, gold_kb_id, kb_id = the decision)};
+    candidates: triage's table (mention_id, kb_id). The kinds do not overlap: a linked gold
+    triage did not propose is "not among candidates" whatever was decided; otherwise a linked
+    gold decided NIL is a "false NIL", decided as another entity a "wrong entity"; a NIL gold
+    decided as an entity is a "missed NIL".
+    """
+    proposed = candidates.select("mention_id", pl.col("kb_id").alias("gold_kb_id"), pl.lit(True).alias("proposed"))
+    gold_nil, says_nil = pl.col("gold_kb_id") == schema.NIL_ID, pl.col("kb_id") == schema.NIL_ID
+    right = (pl.col("kb_id") == pl.col("gold_kb_id")).fill_null(False)
+    kinds = {"right": right,
+             "not among candidates": ~gold_nil & pl.col("proposed").is_null(),
+             "wrong entity": ~gold_nil & pl.col("proposed").is_not_null() & ~says_nil & ~right,
+             "false NIL": ~gold_nil & pl.col("proposed").is_not_null() & says_nil,
+             "missed NIL": gold_nil & ~says_nil}
+    tables = []
+    for method, decided in decisions.items():
+        frame = (decided.filter(pl.col("gold_kb_id").is_not_null())
+                 .join(proposed, on=["mention_id", "gold_kb_id"], how="left"))
+        frame = pl.concat([frame, frame.with_columns(pl.lit(ALL).alias("lang"))])
+        tables.append(frame.group_by("lang").agg(pl.len().alias("mentions"),
+                                                 *(kind.sum().alias(name) for name, kind in kinds.items()))
+                      .with_columns(pl.lit(method).alias("method")))
+    order = {method: index for index, method in enumerate(decisions)}
+    return (pl.concat(tables).with_columns(pl.col("method").replace_strict(order).alias("order"))
+            .sort("order", pl.col("lang") == ALL, "lang").drop("order").select("method", pl.exclude("method")))
+
+
+def error_kinds_markdown(table: pl.DataFrame) -> str:
+    """report.md's ranker-and-reader table: per method and language, right and each kind of error."""
+    lines = ["## Errors by kind, per NIL method", "",
+             "Mentions of the evaluation split with gold. The ranker's methods (threshold, classifier, nota) link the "
+             "ranker's best candidate; `reader` links the reader's. *Not among candidates*: triage did not propose "
+             "the gold (wrong whatever is decided); *false NIL*: a linked gold decided NIL; *wrong entity*: another "
+             "entity linked; *missed NIL*: a NIL gold linked.", "",
+             "| method | language | mentions | right | " + " | ".join(ERROR_KINDS) + " |",
+             "| --- " * (4 + len(ERROR_KINDS)) + "|"]
+    lines += [f"| {row['method']} | {row['lang']} | {row['mentions']} | {row['right']} | "
+              + " | ".join(str(row[kind]) for kind in ERROR_KINDS) + " |" for row in table.iter_rows(named=True)]
+    return "\n".join(lines) + "\n"
+
+
 def analyse(evaluated: pl.DataFrame, candidates: pl.DataFrame, seen_kb_ids: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(analysis table, confusions table) of decided mentions.
 

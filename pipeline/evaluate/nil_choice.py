@@ -12,6 +12,9 @@
 - "nota" (when the ranker has a NIL option, ReFinED's "none of the above", so the
   predictions carry `nil_score`): NIL when that score beats the best candidate's; it has
   nothing fitted on dev, so its held-out dev score is its plain dev score;
+- "reader" (when the run has the rerank stage's reader, `pipeline.model.reader`): the reader's
+  most probable candidate, NIL when its learned NIL option is more probable; it too fits
+  nothing on dev;
 - the method: `evaluate.nil_method`, where "auto" takes the one with the best
   micro-average in a 5-fold cross-validation over dev (each fold's thresholds and
   classifier fitted on the other four folds, so neither is scored on what it saw).
@@ -88,6 +91,11 @@ def has_nil_scores(predictions: pl.DataFrame) -> bool:
     return "nil_score" in predictions.columns and predictions["nil_score"].null_count() < predictions.height
 
 
+def has_reader_scores(predictions: pl.DataFrame) -> bool:
+    """Whether the predictions carry the reader's decisions (`reader_kb_id`, ...: a run with rerank.enabled)."""
+    return "reader_nil_score" in predictions.columns
+
+
 def classifier_ready(tuning: pl.DataFrame) -> bool:
     y = nil_classifier.labels(tuning.filter(pl.col("gold_kb_id").is_not_null()))
     return bool((y == nil_classifier.NIL).sum() >= MIN_CLASSIFIER_EXAMPLES
@@ -110,7 +118,7 @@ def cross_validate(tuning: pl.DataFrame, evaluate: EvaluateConfig, seed: int) ->
         fold[members] = np.arange(len(members)) % FOLDS
     tuning = tuning.with_columns(pl.Series("fold", fold))
     languages = tuning["lang"].unique().to_list()
-    decided = {"threshold": [], "classifier": [], PRIOR_VARIANT: [], "nota": []}
+    decided = {"threshold": [], "classifier": [], PRIOR_VARIANT: [], "nota": [], "reader": []}
     with_prior = PRIOR_COLUMN in tuning.columns
     held_folds = 0
     for k in range(FOLDS):
@@ -130,6 +138,8 @@ def cross_validate(tuning: pl.DataFrame, evaluate: EvaluateConfig, seed: int) ->
                 decided[PRIOR_VARIANT].append(decide_nil(held, variant))
         if has_nil_scores(held):
             decided["nota"].append(decide_nil(held, {**artifact, "method": "nota"}))
+        if has_reader_scores(held):
+            decided["reader"].append(decide_nil(held, {**artifact, "method": "reader"}))
     tables = [outcome_scores(pl.concat(parts)).with_columns(pl.lit(method).alias("method"))
               for method, parts in decided.items() if parts and len(parts) == held_folds]
     return pl.concat(tables).select("method", pl.exclude("method"))
@@ -151,13 +161,13 @@ def choose(tuning: pl.DataFrame, evaluate: EvaluateConfig, languages: list[str],
         warn_thin_thresholds(counts, thresholds, evaluate.tune_split)
     artifact = {"method": "threshold", "thresholds": thresholds, "default_threshold": evaluate.default_threshold,
                 "classifier": None, "tuning_counts": counts, "tune_split": evaluate.tune_split}
-    nota = has_nil_scores(tuning)
+    nota, reader = has_nil_scores(tuning), has_reader_scores(tuning)
     if evaluate.nil_method == "nota" and not nota:
         raise ConfigError("E203", where="[evaluate]", field="nil_method", value="nota",
                           reason="the model has no NIL option; train it with train.nil_candidate = true, "
                                  "or use threshold, classifier or auto")
     if tuning.is_empty():
-        artifact["method"] = "nota" if evaluate.nil_method == "nota" else "threshold"
+        artifact["method"] = evaluate.nil_method if evaluate.nil_method in ("nota", "reader") else "threshold"
         return artifact, sweep_table, None, {}
     variants = {}
     if classifier_ready(tuning):
@@ -168,7 +178,7 @@ def choose(tuning: pl.DataFrame, evaluate: EvaluateConfig, languages: list[str],
     elif evaluate.nil_method in ("classifier", "auto"):
         nils = int((nil_classifier.labels(tuning) == nil_classifier.NIL).sum())
         warn(logger, "W604", split=evaluate.tune_split, nils=nils, minimum=MIN_CLASSIFIER_EXAMPLES)
-    if artifact["classifier"] is None and not nota:
+    if artifact["classifier"] is None and not nota and not reader:
         return artifact, sweep_table, None, variants
     validation = cross_validate(tuning, evaluate, seed)
     overall = {row["method"]: row["micro_average"] for row in validation.filter(pl.col("lang") == "all").iter_rows(named=True)}
@@ -179,10 +189,10 @@ def choose(tuning: pl.DataFrame, evaluate: EvaluateConfig, languages: list[str],
     if method == "classifier" and artifact["classifier"] is None:
         method = "threshold"  # W604 said so
     if method == "auto":
-        # The best held-out dev micro-average; on a tie the later of threshold, classifier, nota.
+        # The best held-out dev micro-average; on a tie the later of threshold, classifier, nota, reader.
         overall["classifier"] = max(overall.get("classifier", -1.0), overall.get(PRIOR_VARIANT, -1.0))
-        method = max(("threshold", "classifier", "nota"), key=lambda m: (overall.get(m, -1.0),
-                                                                        ("threshold", "classifier", "nota").index(m)))
+        methods = ("threshold", "classifier", "nota", "reader")
+        method = max(methods, key=lambda m: (overall.get(m, -1.0), methods.index(m)))
     artifact["method"] = method
     return artifact, sweep_table, validation, variants
 

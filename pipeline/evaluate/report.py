@@ -17,12 +17,14 @@ def _nil_rows(table: pl.DataFrame, source: str) -> list[str]:
 
 
 def report_markdown(metrics: dict, artifact: dict, split: str, has_plot: bool, validation: pl.DataFrame | None,
-                    on_eval: pl.DataFrame, analysis: pl.DataFrame, confusions: pl.DataFrame) -> str:
+                    on_eval: pl.DataFrame, analysis: pl.DataFrame, confusions: pl.DataFrame,
+                    error_kinds: pl.DataFrame | None = None) -> str:
     """The whole report.md.
 
     artifact: the NIL artifact (`nil.json`); validation: `nil_choice.cross_validate`'s
     table or None; on_eval: `error_analysis.outcome_scores` of each NIL method on the
-    evaluation split, with a `method` column.
+    evaluation split, with a `method` column; error_kinds: `error_analysis.error_kinds` of the same
+    methods (ranker and reader side by side), or None.
     """
     counts = artifact.get("tuning_counts", {})
     tune = artifact.get("tune_split", "dev")
@@ -45,7 +47,8 @@ def report_markdown(metrics: dict, artifact: dict, split: str, has_plot: bool, v
                          f"{tune} cross-validation below." if reads else "does not read it.")]
     if has_plot:
         lines += ["", "![micro-average against threshold](thresholds.png)"]
-    lines += ["", "Both methods (and `nota`, the ranker's own NIL option, when it has one): micro-average and "
+    lines += ["", "Each method (with `nota`, the ranker's own NIL option, when it has one, and `reader`, the reader's "
+              "best candidate or its learned NIL option, when the run has one): micro-average and "
               f"NIL precision / recall / F1. `{tune} (5-fold)`: each fold decided by thresholds and a classifier "
               f"fitted on the other four folds, and by nota, which fits nothing (what `auto` chooses by); "
               f"`{split}`: the methods fitted on all of {tune}.", "",
@@ -61,6 +64,8 @@ def report_markdown(metrics: dict, artifact: dict, split: str, has_plot: bool, v
                   + (f" **For {ties['share']:.0%} of them, which candidate is linked is triage's choice, not the "
                      "ranker's** (warning W502)."
                      if ties["share"] > TIED_SHARE_WARN else "")]
+    if error_kinds is not None:
+        lines += ["", error_analysis.error_kinds_markdown(error_kinds)]
     lines += ["", "## Scores", "", "```", format_table(metrics), "```", "",
               error_analysis.markdown(analysis, confusions)]
     return "\n".join(lines)

@@ -13,8 +13,9 @@ Outputs (in the run's `evaluate/` folder):
   `doc_languages.tsv`, each document's language (`xel-cli score` reads it);
 - `analysis.parquet` + `confusions.parquet`: the error analysis (`pipeline.evaluate.error_analysis`);
 - `metrics.json` and `report.md`: the TAC measures overall and per language, each NIL
-  method (threshold, classifier, and nota when the ranker has a NIL option) side by side,
-  and the error analysis.
+  method (threshold, classifier, nota when the ranker has a NIL option, reader when the run
+  has the rerank stage's reader) side by side with their errors by kind per language, and
+  the error analysis.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from pipeline.core.io import (atomic_path, collect_checked, scan_parquet_checked
                          write_text_atomic)
 from pipeline.model.nil import cluster_nils, decide_nil
 from pipeline.model import mention_prior
+from pipeline.model.reader import PREDICTION_COLUMNS as READER_COLUMNS
 from pipeline.model.nil_classifier import add_evidence, decision_reads_prior
 from pipeline.model.ties import TIED_SHARE_WARN, tie_advice, tied_best
 from pipeline.evaluate.report import report_markdown
@@ -181,18 +183,33 @@ def tac_frame(table: pl.DataFrame, id_column: str) -> pl.DataFrame:
     )
 
 
-def outcome_by_method(predictions: pl.DataFrame, evaluated: pl.DataFrame, artifact: dict,
-                      variants: dict[str, dict] | None = None) -> pl.DataFrame:
-    """`error_analysis.outcome_scores` of the evaluated mentions under each NIL method the artifact can
-    apply, and under each classifier variant (`nil_choice.choose`: with and without the mention NIL prior)."""
+def decided_by_method(predictions: pl.DataFrame, evaluated: pl.DataFrame, artifact: dict,
+                      variants: dict[str, dict] | None = None) -> dict[str, pl.DataFrame]:
+    """The evaluated mentions decided by each NIL method the artifact can apply (nota with the ranker's NIL
+    option, reader with the reader's scores), and by each classifier variant (`nil_choice.choose`: with
+    and without the mention NIL prior): {method: `decide_nil`'s table}."""
     artifacts = {"threshold": {**artifact, "method": "threshold"}}
     for name, classifier in (variants or ({"classifier": artifact["classifier"]} if artifact.get("classifier") else {})).items():
         artifacts[name] = {**artifact, "method": "classifier", "classifier": classifier}
     if nil_choice.has_nil_scores(predictions):
         artifacts["nota"] = {**artifact, "method": "nota"}
+    if nil_choice.has_reader_scores(predictions):
+        artifacts["reader"] = {**artifact, "method": "reader"}
     wanted = predictions.filter(pl.col("mention_id").is_in(evaluated["mention_id"].implode()))
-    return pl.concat([error_analysis.outcome_scores(decide_nil(wanted, decision)).with_columns(pl.lit(name).alias("method"))
-                      for name, decision in artifacts.items()]).select("method", pl.exclude("method"))
+    return {name: decide_nil(wanted, decision) for name, decision in artifacts.items()}
+
+
+def outcome_by_method(decisions: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """`error_analysis.outcome_scores` of each method's decisions (`decided_by_method`), with a `method` column."""
+    return pl.concat([error_analysis.outcome_scores(decided).with_columns(pl.lit(name).alias("method"))
+                      for name, decided in decisions.items()]).select("method", pl.exclude("method"))
+
+
+def with_reader(predictions: pl.DataFrame, rerank_dir: Path) -> pl.DataFrame:
+    """predictions with the reader's columns (`reader.reader_predictions`), null for mentions it did not read."""
+    from pipeline.model.reader import SCORES_FILE, read_scores, reader_predictions
+
+    return predictions.join(reader_predictions(read_scores(rerank_dir / SCORES_FILE)), on="mention_id", how="left")
 
 
 def fit_mention_prior(inputs: RankerInputs, seed: int) -> tuple[dict | None, pl.DataFrame | None]:
@@ -238,6 +255,8 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     triage_dir, encode_dir, train_dir = (config.stage_dir(s) for s in ("triage", "encode", "train"))
     inputs_keys = {"triage": upstream_key(triage_dir, "triage"), "encode": upstream_key(encode_dir, "encode"),
                    "train": upstream_key(train_dir, "train")}
+    if config.rerank.enabled:  # the reader's scores; a run without it keeps its key
+        inputs_keys["rerank"] = upstream_key(config.stage_dir("rerank"), "rerank")
     settings = {k: v for k, v in to_dict(config.evaluate).items() if LATER_SETTINGS.get(k, Ellipsis) != v}
     stage_run = StageRun(out_dir, STAGE, STAGE_VERSION, settings, inputs_keys, force)
     if stage_run.up_to_date:
@@ -262,6 +281,8 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     score_table, predictions = predict(mentions, rows, matrix, scores, inputs.entity_ids["kb_id"].to_list(), popularity,
                                        score_nil(model, inputs, rows))
     predictions = mentions.drop("row").join(predictions, on="mention_id")
+    if config.rerank.enabled:
+        predictions = with_reader(predictions, config.stage_dir("rerank"))
     # The seed the model was trained with (train's key holds it), not the config's: evaluate's own
     # key holds no train setting, so `--set train.seed=...` on evaluate alone must not change its result.
     seed = int(saved.get("config", {}).get("seed", config.train.seed))
@@ -289,8 +310,12 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     metrics["nil_method"] = artifact["method"]
     metrics["nil_reads_prior"] = decision_reads_prior(artifact)
     # Every NIL method on the evaluation split (only the chosen one's decisions are written out).
-    on_eval = outcome_by_method(predictions, evaluated, artifact, variants)
+    decisions = decided_by_method(predictions, evaluated, artifact, variants)
+    on_eval = outcome_by_method(decisions)
     metrics["nil_methods"] = on_eval.to_dicts()
+    # Ranker and reader side by side: each method's errors by kind, per language.
+    error_kinds = error_analysis.error_kinds(decisions, candidates)
+    metrics["error_kinds"] = error_kinds.to_dicts()
     # The tuning split's cross-validation (what `auto` and the prior's use were chosen by), as report.md shows it.
     metrics["nil_validation"] = validation.to_dicts() if validation is not None else []
     if evaluate.nil_mention_prior and prior is None:
@@ -311,7 +336,8 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     write_parquet_atomic(score_table, out_dir / "scores.parquet")
     write_parquet_atomic(decided.select(
         "mention_id", "doc_id", "lang", "split", "mention", "gold_kb_id", "best_kb_id", "best_score", "second_kb_id",
-        "second_score", "margin", *(name for name in ("nil_score", mention_prior.COLUMN) if name in decided.columns),
+        "second_score", "margin",
+        *(name for name in ("nil_score", mention_prior.COLUMN, *READER_COLUMNS) if name in decided.columns),
         "threshold", "is_nil",
         "system_id"), out_dir / "predictions.parquet")
     write_json_atomic(out_dir / NIL_ARTIFACT, artifact)
@@ -330,7 +356,7 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     write_doc_languages(languages, out_dir / DOC_LANGUAGES_FILE)  # `xel-cli score` reads it beside gold.tab
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_text_atomic(out_dir / "report.md", report_markdown(metrics, artifact, evaluate.eval_split, sweep_table is not None,
-                                                             validation, on_eval, analysis, confusions))
+                                                             validation, on_eval, analysis, confusions, error_kinds))
     write_model_folder(config, artifact, metrics, saved)  # <run>/model/: the trained linker `xel-cli link` applies
     counts = {"mentions_scored": int(len(rows)), "candidates_scored": score_table.height, "evaluated": evaluated.height,
               "predicted_nil": int(evaluated["is_nil"].sum())}

@@ -106,18 +106,36 @@ def says_nil_by_nota(predictions: pl.DataFrame) -> np.ndarray:
     return no_candidate | beaten
 
 
+def says_nil_by_reader(predictions: pl.DataFrame) -> np.ndarray:
+    """(n,) bool: the reader's learned NIL option beats its most probable candidate, or it read no candidate.
+
+    predictions needs reader_kb_id, reader_score and reader_nil_score (`reader.reader_predictions`;
+    null for a mention the reader did not read). Raises ValueError without them.
+    """
+    if "reader_kb_id" not in predictions.columns:
+        raise ValueError("the reader NIL method needs the reader's scores; run with rerank.enabled = true")
+    no_candidate = predictions["reader_kb_id"].is_null().to_numpy()
+    beaten = (predictions["reader_nil_score"] > predictions["reader_score"]).fill_null(False).to_numpy()
+    return no_candidate | beaten
+
+
 def decide_nil(predictions: pl.DataFrame, artifact: dict) -> pl.DataFrame:
     """Apply a saved NIL artifact: add `threshold`, `is_nil` and `kb_id` (best candidate or NIL).
 
-    artifact (`nil.json`): {"method": "threshold" | "classifier" | "nota", "thresholds": {lang:
+    artifact (`nil.json`): {"method": "threshold" | "classifier" | "nota" | "reader", "thresholds": {lang:
     value}, "default_threshold": value, "classifier": parameters of
     `nil_classifier.fit` or null}. predictions needs lang, best_kb_id (null without
     candidates), best_score; with the classifier also the evidence columns of
     `nil_classifier.add_evidence` (and entity_type when the classifier uses types); with
-    nota, nil_score (`says_nil_by_nota`). `threshold` is always the language's threshold,
-    whichever method decides.
+    nota, nil_score (`says_nil_by_nota`); with reader, the reader's columns (`says_nil_by_reader`:
+    its best candidate, not the ranker's, is then linked). `threshold` is always the language's
+    threshold, whichever method decides.
     """
     decided = decide(predictions, artifact["thresholds"], artifact["default_threshold"])
+    if artifact["method"] == "reader":  # the reader's own best candidate, not the ranker's
+        is_nil = pl.Series("is_nil", says_nil_by_reader(predictions))
+        return decided.with_columns(is_nil, pl.when(is_nil).then(pl.lit(schema.NIL_ID))
+                                    .otherwise(pl.col("reader_kb_id")).alias("kb_id"))
     if artifact["method"] == "nota":
         is_nil = pl.Series("is_nil", says_nil_by_nota(predictions))
     elif artifact["method"] == "classifier":

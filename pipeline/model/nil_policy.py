@@ -87,7 +87,7 @@ class NilPolicy:
     def from_artifact(cls, artifact: dict, clustering: str) -> "NilPolicy":
         """The policy of evaluate's `nil.json` content; raises KeyError/TypeError/ValueError when malformed."""
         method = str(artifact["method"])
-        if method not in ("threshold", "classifier", "nota"):
+        if method not in ("threshold", "classifier", "nota", "reader"):
             raise ValueError(f"unknown NIL method {method!r}")
         if method == "classifier" and not isinstance(artifact.get("classifier"), dict):
             raise ValueError("the classifier method needs the classifier's parameters")

@@ -38,7 +38,11 @@ logger = logging.getLogger(__name__)
 HEAD = "head.pt"
 READER_JSON = "reader.json"
 FORMAT_VERSION = 1
-# The columns of reader_scores.parquet: one row per (mention, candidate the reader saw).
+# reader_scores.parquet (the rerank stage writes it, evaluate reads it): one row per (mention,
+# candidate the reader saw), SCORES_SCHEMA's columns.
+SCORES_FILE = "reader_scores.parquet"
+# The columns the reader adds to evaluate's and link's predictions (`reader_predictions`).
+PREDICTION_COLUMNS = ("reader_kb_id", "reader_score", "reader_nil_score")
 SCORES_SCHEMA = {"mention_id": pl.String, "kb_id": pl.String, "slot": pl.Int32, "score": pl.Float32,
                  "nil_score": pl.Float32}
 
@@ -216,3 +220,22 @@ def load_reader(folder: Path, device: torch.device) -> tuple[Reader, object, dic
 def layout_of(meta: dict) -> Layout:
     """The sequence layout a saved reader was trained with (reader.json's "layout")."""
     return Layout(**meta["layout"])
+
+
+def read_scores(path: Path) -> pl.DataFrame:
+    """reader_scores.parquet, checked against SCORES_SCHEMA (E301 for a missing column, E401 when absent)."""
+    from pipeline.core.io import collect_checked, scan_parquet_checked
+
+    if not path.exists():
+        raise CacheError("E401", path=path, stage="rerank")
+    return collect_checked(scan_parquet_checked(path, SCORES_SCHEMA, "rerank").select(*SCORES_SCHEMA), path)
+
+
+def reader_predictions(scores: pl.DataFrame) -> pl.DataFrame:
+    """Per mention with a scored candidate: reader_kb_id (the most probable candidate; the earlier slot on a tie),
+    reader_score (its probability) and reader_nil_score (the NIL option's). scores: `SCORES_SCHEMA` rows."""
+    return (scores.sort("mention_id", "score", "slot", descending=[False, True, False])
+            .group_by("mention_id", maintain_order=True).first()
+            .select("mention_id", pl.col("kb_id").alias("reader_kb_id"),
+                    pl.col("score").cast(pl.Float64).alias("reader_score"),
+                    pl.col("nil_score").cast(pl.Float64).alias("reader_nil_score")))

@@ -30,7 +30,7 @@ from pipeline.core.manifest import StageResult, StageRun, upstream_key
 from pipeline.core.progress import progress as progress_counter
 from pipeline.model import reader_inputs
 from pipeline.model.model_file import save_torch
-from pipeline.model.reader import (ReaderExamples, build_examples, freeze_lower_layers, load_reader, new_reader,
+from pipeline.model.reader import (SCORES_FILE, ReaderExamples, build_examples, freeze_lower_layers, load_reader, new_reader,
                                    save_reader, score_mentions)
 from pipeline.model.reader_inputs import Layout
 from pipeline.rerank import training
@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 STAGE = "rerank"
 STAGE_VERSION = 1
 READER = "reader"
-SCORES = "reader_scores.parquet"
+SCORES = SCORES_FILE
 HISTORY = "history.parquet"
 CHECKPOINT = "checkpoints/last.pt"
 SCORED_SPLITS = ("dev", "test")
