@@ -2,8 +2,8 @@
 
 `link_chunk` is the whole path from mentions to decisions, and it calls the stages' own
 functions: triage's `candidate_pieces` and `merge_candidates`, encode's `plan_units` and
-`encode_in_chunks`, the ranker's `score_candidates`, evaluate's `predict`, and the NIL
-policy (`nil.decide_nil`, `nil.cluster_nils`). Only entity vectors differ in where they come
+`encode_in_chunks`, the ranker's `score_candidates`, evaluate's `predict`, the reader
+(`pipeline.model.reader`, when the model has one), and the NIL policy (`nil.decide_nil`, `nil.cluster_nils`). Only entity vectors differ in where they come
 from: the cross-run store (`pipeline/link/cache.py`), with the entities it lacks
 encoded in the same pass as the chunk's mentions and added to it.
 """
@@ -129,6 +129,11 @@ class Linker:
             cache.cache_root() / cache.ENTITY_VECTORS / cache.encoder_key(identity, settings),
             float16=self.encoder_config.store_float16)
         self.policy = folder.policy
+        self.reader = None
+        if folder.meta.get("reader") and folder.policy.artifact["method"] == "reader":  # it decides: read with it
+            from pipeline.model.reader import LoadedReader
+
+            self.reader = LoadedReader.load(folder.path / folder.meta["reader"]["folder"], self.encoder.device)
         # What triage's sources take from the alias table and encoder, built once here, not per chunk.
         self.learned = LearnedSources.prepare(folder.aliases, self.triage_config, self.encoder_config, identity)
 
@@ -198,6 +203,9 @@ class Linker:
                           .fill_null(0).to_numpy())
         score_table, predictions = predict(table, rows, matrix, scores, entity_ids["kb_id"].to_list(), popularity,
                                            score_nil(self.model, inputs, rows))  # None without a NIL option
+        if self.reader is not None:
+            ordered = self.reader.order(candidates, score_table)
+            predictions = predictions.join(self.reader.predict(mentions, ordered, entities), on="mention_id", how="left")
         with_prior = self.policy.with_mention_prior(mentions, mention_name, mention_context)  # rows in mentions' order
         decided = self.policy.decide(with_prior.join(predictions, on="mention_id", how="left"), candidates)
         ranked = (score_table.join(candidates.select("mention_id", "kb_id", pl.col("score").alias("triage_score"), "sources"),

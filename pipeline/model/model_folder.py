@@ -6,6 +6,8 @@
 - `aliases.parquet`: what triage learned from the training split, (mention, gold_kb_id,
   count), from which the priors P(e|m) and the fuzzy source's training names come;
 - `popularity.parquet` (kb_id, count), only when the run re-ranks by popularity (§7.2);
+- `reader/`, the rerank stage's reader (`pipeline.model.reader`), only when the run has one
+  (rerank.enabled); model.json's "reader" holds its reader.json;
 - `model.json`: the format and version, the encoder (name, resolved path, identity) and
   its settings, the triage settings, the context width, the NIL policy
   (`pipeline/model/nil_policy.py`), the type vocabularies, the KB (path, fingerprint,
@@ -39,6 +41,7 @@ from pipeline.core.manifest import read_manifest
 from pipeline.model.aliases import alias_table
 from pipeline.model.model_file import MODEL
 from pipeline.model.nil_policy import NilPolicy
+from pipeline.model.reader import READER_JSON
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +52,7 @@ FORMAT_VERSION = 1
 RANKER = MODEL  # a copy of train's model.pt
 ALIASES = "aliases.parquet"
 POPULARITY = "popularity.parquet"
+READER_DIR = "reader"  # the rerank stage's reader (`pipeline.model.reader`), when the run has one
 
 
 def write_model_folder(config: RunConfig, nil_artifact: dict, metrics: dict | None = None,
@@ -82,6 +86,11 @@ def write_model_folder(config: RunConfig, nil_artifact: dict, metrics: dict | No
             write_parquet_atomic(trained.group_by(pl.col("gold_kb_id").alias("kb_id")).agg(pl.len().alias("count")),
                                  temp / POPULARITY)
             files.append(POPULARITY)
+        reader_meta = None
+        if config.rerank.enabled:  # the reader travels with the linker; link applies it as evaluate did
+            shutil.copytree(config.stage_dir("rerank") / READER_DIR, temp / READER_DIR)
+            files += sorted(str(path.relative_to(temp)) for path in (temp / READER_DIR).rglob("*") if path.is_file())
+            reader_meta = {"folder": READER_DIR, **json.loads((temp / READER_DIR / READER_JSON).read_text(encoding="utf-8"))}
         policy = NilPolicy.from_artifact(nil_artifact, config.evaluate.nil_clustering)
         from pipeline.encoders.encoder import encoder_identity, resolve_encoder_path
 
@@ -100,6 +109,7 @@ def write_model_folder(config: RunConfig, nil_artifact: dict, metrics: dict | No
             "inputs": {"context_chars": config.inputs.context_chars},
             "nil": policy.to_json(),
             "popularity_rerank": config.evaluate.popularity_rerank,
+            "reader": reader_meta,
             "types": {"mention": list(saved.get("mention_types") or []), "entity": list(saved.get("entity_types") or [])},
             "kb": {"path": str(config.inputs.kb), "fingerprint": triage_manifest.get("inputs", {}).get("kb"),
                    "entities": triage_manifest.get("counts", {}).get("entities")},
@@ -138,6 +148,8 @@ def export_model(run_dir: Path, out_dir: Path) -> Path:
         for path in source.iterdir():
             if path.is_file() and not path.name.startswith("."):
                 shutil.copyfile(path, temp / path.name)
+            elif path.name == READER_DIR and path.is_dir():
+                shutil.copytree(path, temp / path.name)
         if out_dir.exists():
             out_dir.rmdir()
         default_permissions(temp)
@@ -185,6 +197,11 @@ def load_model_folder(path: Path) -> ModelFolder:
             if file_fingerprint(path / name) != expected:
                 raise CacheError("E702", path=path / name, detail="its content differs from the fingerprint in model.json")
         policy = NilPolicy.from_json(meta["nil"])
+        reader = meta.get("reader")
+        if reader is not None and not (isinstance(reader, dict) and isinstance(reader.get("layout"), dict)):
+            raise TypeError("'reader' is not an object with a 'layout'")
+        if reader is None and policy.artifact["method"] == "reader":
+            raise ValueError("the NIL method is the reader, and the model holds none")
         for key in ("encoder", "triage", "inputs", "types", "kb"):
             if not isinstance(meta[key], dict):
                 raise TypeError(f"'{key}' is not an object")

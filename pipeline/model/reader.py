@@ -3,13 +3,14 @@
 Beyond the paper (docs/reader.md). The paper's ranker compares vectors of mention and
 entity computed apart; the reader reads one sequence holding the mention, marked in its
 context, a "none of the above" option and the top candidates' names, types and
-descriptions (`reader_inputs`), the listwise form of ReLiK's reader. A linear head
-scores the hidden state of the NIL token and of each candidate's marker token; a softmax
+descriptions (`reader_inputs`), the listwise form of ReLiK's reader. The mention's
+representation is matched against the hidden state of the NIL token and of each
+candidate's marker token (`Reader`); a softmax
 over NIL + candidates gives each a probability, trained with cross-entropy against the
 gold's slot (NIL for NIL mentions and for linked ones whose gold was hidden).
 
 A saved reader is a folder (`save_reader`): the fine-tuned encoder and its tokenizer
-(with the markers) as `save_pretrained` writes them, the head (`head.pt`) and
+(with the markers) as `save_pretrained` writes them, the projections (`head.pt`) and
 `reader.json` (layout, settings, provenance). The rerank stage writes it; evaluate,
 the model folder and link read it with `load_reader` and score with `score_mentions`.
 """
@@ -48,23 +49,36 @@ SCORES_SCHEMA = {"mention_id": pl.String, "kb_id": pl.String, "slot": pl.Int32, 
 
 
 class Reader(torch.nn.Module):
-    """A transformer encoder and a linear head over the NIL slot and each candidate's marker token."""
+    """A transformer encoder and a bilinear match between the mention and each slot (NIL, candidates).
+
+    As ReLiK's entity-linking reader does, the mention's representation (the mean of its two
+    marker tokens' hidden states) is projected and compared by dot product with the projected
+    hidden state of each slot's token (`<nil>`, each candidate's `<e>`): every token attends to
+    the whole sequence, so the candidates are read in the mention's context and beside each other.
+    """
 
     def __init__(self, encoder: torch.nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
-        self.head = torch.nn.Linear(int(encoder.config.hidden_size), 1)
+        hidden = int(encoder.config.hidden_size)
+        self.mention_projection = torch.nn.Linear(hidden, hidden)
+        self.slot_projection = torch.nn.Linear(hidden, hidden)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
-                slot_mask: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                slot_mask: torch.Tensor, mention_positions: torch.Tensor, labels: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(logits (B, S), loss or None): S slots (NIL, then candidates), padded slots at -inf.
 
         input_ids, attention_mask: (B, T); positions: (B, S) token index of each slot;
-        slot_mask: (B, S) True for real slots; labels: (B,) the right slot (0 = NIL).
+        slot_mask: (B, S) True for real slots; mention_positions: (B, 2) the mention markers'
+        token indices; labels: (B,) the right slot (0 = NIL).
         """
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
-        picked = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, S, H)
-        logits = self.head(picked).squeeze(-1).float()  # (B, S)
+        width = hidden.shape[-1]
+        slots = hidden.gather(1, positions[..., None].expand(-1, -1, width))  # (B, S, H)
+        mention = hidden.gather(1, mention_positions[..., None].expand(-1, -1, width)).mean(dim=1)  # (B, H)
+        query = self.mention_projection(mention)  # (B, H)
+        logits = torch.einsum("bh,bsh->bs", query, self.slot_projection(slots)).float() / width ** 0.5  # (B, S)
         logits = logits.masked_fill(~slot_mask, float("-inf"))
         loss = torch.nn.functional.cross_entropy(logits, labels) if labels is not None else None
         return logits, loss
@@ -84,11 +98,12 @@ class ReaderExamples:
     entity_tokens: dict[str, list[int]]
 
     def sequence(self, index: int, layout: Layout, marks: Specials, hide: str | None = None
-                 ) -> tuple[list[int], list[int], list[str]]:
-        """(ids, slots, candidate KB ids) of mention `index`, without candidate `hide` (a hidden gold)."""
+                 ) -> tuple[list[int], list[int], tuple[int, int], list[str]]:
+        """(ids, slots, mention marker positions, candidate KB ids) of mention `index` (`reader_inputs.assemble`),
+        without candidate `hide` (a hidden gold)."""
         kept = [kb_id for kb_id in self.candidates[index] if kb_id != hide]
-        ids, slots = reader_inputs.assemble(self.contexts[index], [self.entity_tokens[k] for k in kept], layout, marks)
-        return ids, slots, kept
+        return (*reader_inputs.assemble(self.contexts[index], [self.entity_tokens[k] for k in kept], layout, marks),
+                kept)
 
 
 def build_examples(tokenizer, mentions: pl.DataFrame, top: pl.DataFrame, entities: pl.DataFrame,
@@ -126,18 +141,18 @@ def score_mentions(reader: Reader, examples: ReaderExamples, layout: Layout, mar
     reader.eval()
     dtype = autocast_dtype(precision, device)
     built = [examples.sequence(i, layout, marks) for i in range(len(examples.mention_ids))]
-    order = [i for i in np.argsort([len(ids) for ids, _, _ in built], kind="stable") if built[i][2]]
+    order = [i for i in np.argsort([len(ids) for ids, *_ in built], kind="stable") if built[i][3]]
     width = layout.top_k + 1
     columns: dict[str, list] = {name: [] for name in SCORES_SCHEMA}
     for offset in range(0, len(order), batch_mentions):
         batch = order[offset: offset + batch_mentions]
-        tensors = reader_inputs.collate([built[i][0] for i in batch], [built[i][1] for i in batch], width,
-                                        marks.pad, device)
+        tensors = reader_inputs.collate([built[i][0] for i in batch], [built[i][1] for i in batch],
+                                        [built[i][2] for i in batch], width, marks.pad, device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits, _ = reader(*tensors)
         probabilities = torch.softmax(logits.float(), dim=-1).cpu().numpy()  # (B, width)
         for row, index in enumerate(batch):
-            kb_ids = built[index][2]
+            kb_ids = built[index][3]
             columns["mention_id"] += [examples.mention_ids[index]] * len(kb_ids)
             columns["kb_id"] += kb_ids
             columns["slot"] += list(range(1, len(kb_ids) + 1))
@@ -190,7 +205,8 @@ def save_reader(reader: Reader, tokenizer, folder: Path, meta: dict) -> None:
         encoder = reader.encoder.module if hasattr(reader.encoder, "module") else reader.encoder
         encoder.save_pretrained(temp)
         tokenizer.save_pretrained(temp)
-        torch.save({k: v.detach().cpu() for k, v in reader.head.state_dict().items()}, temp / HEAD)
+        head = {k: v.detach().cpu() for k, v in reader.state_dict().items() if not k.startswith("encoder.")}
+        torch.save(head, temp / HEAD)
         (temp / READER_JSON).write_text(json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=2,
                                                    ensure_ascii=False, default=str) + "\n", encoding="utf-8")
         default_permissions(temp)
@@ -210,7 +226,11 @@ def load_reader(folder: Path, device: torch.device) -> tuple[Reader, object, dic
             raise ValueError(f"format {meta.get('format_version')} is newer than this xel reads ({FORMAT_VERSION})")
         tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=True)
         reader = Reader(AutoModel.from_pretrained(folder))
-        reader.head.load_state_dict(torch.load(folder / HEAD, map_location="cpu", weights_only=True))
+        missing, unexpected = reader.load_state_dict(torch.load(folder / HEAD, map_location="cpu", weights_only=True),
+                                                     strict=False)
+        missing = [name for name in missing if not name.startswith("encoder.")]
+        if missing or unexpected:
+            raise ValueError(f"{HEAD} does not fit: missing {missing}, unexpected {unexpected}")
         reader_inputs.specials(tokenizer)  # the markers must be there
     except Exception as exc:  # json, transformers and torch raise many types for a damaged folder
         raise CacheError("E402", path=folder, detail=f"the reader cannot be loaded ({str(exc).splitlines()[0]})") from None
@@ -239,3 +259,40 @@ def reader_predictions(scores: pl.DataFrame) -> pl.DataFrame:
             .select("mention_id", pl.col("kb_id").alias("reader_kb_id"),
                     pl.col("score").cast(pl.Float64).alias("reader_score"),
                     pl.col("nil_score").cast(pl.Float64).alias("reader_nil_score")))
+
+
+@dataclass
+class LoadedReader:
+    """A saved reader ready to score new mentions: network, tokenizer, reader.json, device."""
+
+    reader: Reader
+    tokenizer: object
+    meta: dict
+    device: torch.device
+
+    @classmethod
+    def load(cls, folder: Path, device: torch.device) -> "LoadedReader":
+        """`load_reader` of `folder` on `device` (E402 when damaged)."""
+        return cls(*load_reader(folder, device), device)
+
+    @property
+    def layout(self) -> Layout:
+        return layout_of(self.meta)
+
+    def order(self, candidates: pl.DataFrame, ranker_scores: pl.DataFrame) -> pl.DataFrame:
+        """candidates (mention_id, kb_id, rank) with `order`, as the reader was trained: the ranker's score
+        (ranker_scores: mention_id, kb_id, score) or, for a reader on triage's order, minus the rank."""
+        if self.meta.get("candidates") == "triage":
+            return candidates.select("mention_id", "kb_id", "rank", (-pl.col("rank")).cast(pl.Float64).alias("order"))
+        ranked = ranker_scores.select("mention_id", "kb_id", pl.col("score").cast(pl.Float64).alias("order"))
+        return candidates.select("mention_id", "kb_id", "rank").join(ranked, on=["mention_id", "kb_id"], how="left")
+
+    def predict(self, mentions: pl.DataFrame, ordered: pl.DataFrame, entities: pl.DataFrame) -> pl.DataFrame:
+        """`reader_predictions` of `mentions` (mention_id, context, start, end) against their top candidates
+        by `ordered` (`order`'s table), read with the entities' texts (kb_id, name, type, description)."""
+        layout = self.layout
+        top = reader_inputs.top_candidates(ordered, layout.top_k)
+        examples = build_examples(self.tokenizer, mentions, top, entities, layout)
+        scores = score_mentions(self.reader, examples, layout, reader_inputs.specials(self.tokenizer), self.device,
+                                self.meta.get("precision", "auto"))
+        return reader_predictions(scores)

@@ -102,27 +102,30 @@ def entity_tokens(tokenizer, entities: pl.DataFrame, max_tokens: int) -> dict[st
 
 
 def assemble(context: list[int], candidates: list[list[int]], layout: Layout, marks: Specials
-             ) -> tuple[list[int], list[int]]:
-    """(token ids, slot positions) of one mention's sequence; slots[0] is the NIL option, then one per candidate.
+             ) -> tuple[list[int], list[int], tuple[int, int]]:
+    """(token ids, slot positions, the two mention markers' positions) of one mention's sequence; slots[0]
+    is the NIL option, then one per candidate.
 
     Each candidate gets an equal share of what the context leaves of max_seq_tokens
     (its marker included), so a sequence never exceeds max_seq_tokens.
     """
     ids = [marks.cls, *context, marks.sep, marks.nil]
     slots = [len(ids) - 1]
+    mention = (1 + context.index(marks.mention_start), 1 + context.index(marks.mention_end))
     if candidates:
         share = max((layout.max_seq_tokens - len(ids) - 1) // len(candidates) - 1, 1)
         for tokens in candidates:
             slots.append(len(ids))
             ids += [marks.entity, *tokens[:share]]
     ids.append(marks.sep)
-    return ids, slots
+    return ids, slots, mention
 
 
-def collate(sequences: list[list[int]], slots: list[list[int]], width: int, pad_id: int, device: torch.device
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Padded tensors of a batch: input_ids (B, T), attention_mask (B, T), slot positions (B, width) and
-    slot_mask (B, width) (True for the NIL slot and real candidates; padded slots point at position 0)."""
+def collate(sequences: list[list[int]], slots: list[list[int]], mentions: list[tuple[int, int]], width: int,
+            pad_id: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Padded tensors of a batch, `Reader.forward`'s inputs: input_ids (B, T), attention_mask (B, T), slot
+    positions (B, width), slot_mask (B, width) (True for the NIL slot and real candidates; padded slots
+    point at position 0) and the mention markers' positions (B, 2)."""
     length = max(len(s) for s in sequences)
     input_ids = np.full((len(sequences), length), pad_id, dtype=np.int64)
     attention = np.zeros((len(sequences), length), dtype=np.int64)
@@ -133,7 +136,8 @@ def collate(sequences: list[list[int]], slots: list[list[int]], width: int, pad_
         attention[row, : len(ids)] = 1
         positions[row, : len(slot)] = slot
         slot_mask[row, : len(slot)] = True
-    return tuple(torch.from_numpy(array).to(device) for array in (input_ids, attention, positions, slot_mask))
+    arrays = (input_ids, attention, positions, slot_mask, np.asarray(mentions, dtype=np.int64).reshape(-1, 2))
+    return tuple(torch.from_numpy(array).to(device) for array in arrays)
 
 
 def top_candidates(candidates: pl.DataFrame, top_k: int) -> pl.DataFrame:

@@ -60,15 +60,16 @@ def epoch_plan(examples: ReaderExamples, rows: np.ndarray, seed: int, epoch: int
 
 def labelled_batch(examples: ReaderExamples, rows: np.ndarray, hidden: np.ndarray, layout: Layout, marks: Specials,
                    device: torch.device) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-    """(the reader's four input tensors, labels (B,)) of `rows`; a hidden gold is left out and labelled NIL (slot 0)."""
-    sequences, slots, labels = [], [], []
+    """(the reader's five input tensors, labels (B,)) of `rows`; a hidden gold is left out and labelled NIL (slot 0)."""
+    sequences, slots, mentions, labels = [], [], [], []
     for row, hide in zip(rows, hidden):
         gold = examples.gold[row]
-        ids, slot, kept = examples.sequence(int(row), layout, marks, hide=gold if hide else None)
+        ids, slot, mention, kept = examples.sequence(int(row), layout, marks, hide=gold if hide else None)
         sequences.append(ids)
         slots.append(slot)
+        mentions.append(mention)
         labels.append(kept.index(gold) + 1 if gold in kept else reader_inputs.NIL_SLOT)
-    tensors = reader_inputs.collate(sequences, slots, layout.top_k + 1, marks.pad, device)
+    tensors = reader_inputs.collate(sequences, slots, mentions, layout.top_k + 1, marks.pad, device)
     return tensors, torch.tensor(labels, dtype=torch.long, device=device)
 
 
