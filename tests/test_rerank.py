@@ -22,25 +22,27 @@ from cli import main
 from conftest import write_jsonl, write_run_config
 
 NAMES = ("Jordan", "Amazon", "Mercury", "Tesla", "Phoenix", "Orion")
+# The cue words are whole words of the tiny transformer's vocabulary (tests/conftest.py), so one
+# sub-word carries each; the fillers around them say nothing about the sense.
 SENSES = {  # sense: (type, description, contexts by split)
-    "river": ("river", "a long river with water and boats",
-              {"train": ["Boats sailed down the {name} river after the rain.", "The {name} river flooded the valley.",
-                         "Fish swim in the water of the {name} river."],
-               "dev": ["The water of the {name} river rose."], "test": ["They crossed the {name} river by boat."]}),
-    "company": ("company", "a company that sells products and shares",
-                {"train": ["Shares of the {name} company rose on Monday.", "The {name} company sells its products online.",
-                           "Investors bought the {name} company shares."],
-                 "dev": ["The {name} company reported its profits."], "test": ["The {name} company hired new staff."]}),
-    "person": ("person", "a person, a famous athlete and speaker",
-               {"train": ["The athlete {name} said he won the final.", "The person {name} gave a speech in Paris.",
-                          "The famous athlete {name} met reporters."],
-                "dev": ["The athlete {name} spoke to reporters."], "test": ["The person {name} won the final again."]}),
+    "company": ("company", "a company , a firm",
+                {"train": ["The company {name} was first .", "{name} is a firm with new time .",
+                           "The firm {name} had a slow week ."],
+                 "dev": ["The company {name} had a new week ."], "test": ["The firm {name} was new after Monday ."]}),
+    "club": ("club", "a club of the League and the Cup",
+             {"train": ["The club {name} won the Cup .", "{name} beat the League club .",
+                        "The club {name} was first in the League ."],
+              "dev": ["{name} is a club in the Cup ."], "test": ["The club {name} beat them in the Cup ."]}),
+    "person": ("person", "a person ; she said her name",
+               {"train": ["{name} said she was first .", "She said {name} had her week .",
+                          "{name} said her time was new ."],
+                "dev": ["{name} said she had time ."], "test": ["{name} said her week was slow ."]}),
     "band": (None, None,  # no KB entity: NIL
-             {"train": ["The band {name} played songs on stage.", "The music band {name} sang new songs."],
-              "dev": ["The band {name} played music."], "test": ["The band {name} sang songs again."]}),
+             {"train": ["The band {name} was on tour .", "{name} had a record tour ."],
+              "dev": ["{name} made a new record ."], "test": ["The band {name} had a new tour ."]}),
 }
-TINY_RERANK = {"enabled": True, "top_k": 3, "max_seq_tokens": 128, "max_context_tokens": 40, "epochs": 12,
-               "batch_mentions": 8, "learning_rate": 2e-3, "nil_hidden_share": 0.1, "seed": 5}
+TINY_RERANK = {"enabled": True, "top_k": 3, "max_seq_tokens": 80, "max_context_tokens": 20, "epochs": 14,
+               "batch_mentions": 16, "learning_rate": 5e-3, "nil_hidden_share": 0.1, "seed": 5}
 
 
 def ambiguity_data(folder: Path) -> dict[str, Path]:
@@ -68,7 +70,7 @@ def ambiguity_config(folder: Path, encoder: Path, **rerank) -> Path:
     the frozen tiny transformer's vectors with its context feature, and the reader."""
     return write_run_config(folder, encoder, data=ambiguity_data(folder),
                             triage={"k": 3, "use_dense": False, "use_fuzzy": False, "use_priors": False},
-                            train={"epochs": 40, "eval_every": 5, "patience": 0, "min_type_count": 1},
+                            train={"epochs": 20, "eval_every": 5, "patience": 0, "min_type_count": 1},
                             evaluate={"nil_method": "auto", "nil_mention_prior": False},
                             rerank={**TINY_RERANK, **rerank})
 

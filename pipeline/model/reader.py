@@ -32,7 +32,7 @@ import torch
 from pipeline.core.errors import CacheError, ConfigError
 from pipeline.core.io import default_permissions
 from pipeline.model import reader_inputs
-from pipeline.model.reader_inputs import Layout, Specials
+from pipeline.model.reader_inputs import Layout, ReaderBatch, Specials
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +51,12 @@ SCORES_SCHEMA = {"mention_id": pl.String, "kb_id": pl.String, "slot": pl.Int32, 
 class Reader(torch.nn.Module):
     """A transformer encoder and a bilinear match between the mention and each slot (NIL, candidates).
 
-    As ReLiK's entity-linking reader does, the mention's representation (the mean of its two
-    marker tokens' hidden states) is projected and compared by dot product with the projected
-    hidden state of each slot's token (`<nil>`, each candidate's `<e>`): every token attends to
-    the whole sequence, so the candidates are read in the mention's context and beside each other.
+    As ReLiK's entity-linking reader does, the mention's representation is compared by dot
+    product with each slot's: the mention's is its two markers' hidden states (mean) plus
+    its context's (mean over the context span), each projected; a slot's is the projected
+    mean of its tokens' hidden states (the `<nil>` token; a candidate's marker, name, type
+    and description). Every token attends to the whole sequence, so the candidates are read
+    in the mention's context and beside each other.
     """
 
     def __init__(self, encoder: torch.nn.Module) -> None:
@@ -62,24 +64,28 @@ class Reader(torch.nn.Module):
         self.encoder = encoder
         hidden = int(encoder.config.hidden_size)
         self.mention_projection = torch.nn.Linear(hidden, hidden)
+        self.context_projection = torch.nn.Linear(hidden, hidden)
         self.slot_projection = torch.nn.Linear(hidden, hidden)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
-                slot_mask: torch.Tensor, mention_positions: torch.Tensor, labels: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, batch: ReaderBatch, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(logits (B, S), loss or None): S slots (NIL, then candidates), padded slots at -inf.
 
-        input_ids, attention_mask: (B, T); positions: (B, S) token index of each slot;
-        slot_mask: (B, S) True for real slots; mention_positions: (B, 2) the mention markers'
-        token indices; labels: (B,) the right slot (0 = NIL).
+        labels: (B,) the right slot of each sequence (0 = NIL); see `ReaderBatch` for the inputs.
         """
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        hidden = self.encoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state  # (B, T, H)
         width = hidden.shape[-1]
-        slots = hidden.gather(1, positions[..., None].expand(-1, -1, width))  # (B, S, H)
-        mention = hidden.gather(1, mention_positions[..., None].expand(-1, -1, width)).mean(dim=1)  # (B, H)
-        query = self.mention_projection(mention)  # (B, H)
-        logits = torch.einsum("bh,bsh->bs", query, self.slot_projection(slots)).float() / width ** 0.5  # (B, S)
-        logits = logits.masked_fill(~slot_mask, float("-inf"))
+        sums = torch.nn.functional.pad(hidden.float().cumsum(dim=1), (0, 0, 1, 0))  # (B, T + 1, H): sums[t] = tokens < t
+
+        def span_mean(start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:  # (B, N) spans -> (B, N, H)
+            total = sums.gather(1, end[..., None].expand(-1, -1, width)) - sums.gather(1, start[..., None].expand(-1, -1, width))
+            return total / (end - start).clamp(min=1)[..., None]
+
+        markers = hidden.float().gather(1, batch.mention[..., None].expand(-1, -1, width)).mean(dim=1)  # (B, H)
+        context = span_mean(batch.context[:, :1], batch.context[:, 1:]).squeeze(1)  # (B, H)
+        query = self.mention_projection(markers) + self.context_projection(context)  # (B, H)
+        slots = self.slot_projection(span_mean(batch.slot_start, batch.slot_end))  # (B, S, H)
+        logits = torch.einsum("bh,bsh->bs", query, slots) / width ** 0.5  # (B, S)
+        logits = logits.masked_fill(~batch.slot_mask, float("-inf"))
         loss = torch.nn.functional.cross_entropy(logits, labels) if labels is not None else None
         return logits, loss
 
@@ -149,7 +155,7 @@ def score_mentions(reader: Reader, examples: ReaderExamples, layout: Layout, mar
         tensors = reader_inputs.collate([built[i][0] for i in batch], [built[i][1] for i in batch],
                                         [built[i][2] for i in batch], width, marks.pad, device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits, _ = reader(*tensors)
+            logits, _ = reader(tensors)
         probabilities = torch.softmax(logits.float(), dim=-1).cpu().numpy()  # (B, width)
         for row, index in enumerate(batch):
             kb_ids = built[index][3]

@@ -16,6 +16,7 @@ stage, evaluate and link build the same sequences for the same mentions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import polars as pl
@@ -121,23 +122,43 @@ def assemble(context: list[int], candidates: list[list[int]], layout: Layout, ma
     return ids, slots, mention
 
 
+class ReaderBatch(NamedTuple):
+    """`Reader.forward`'s inputs for B sequences of at most T tokens and S = top_k + 1 slots (NIL first).
+
+    input_ids, attention_mask: (B, T); slot_start, slot_end: (B, S) token span [start, end) of
+    each slot (the NIL token; a candidate's marker and text), padded slots (0, 1); slot_mask:
+    (B, S) True for real slots; mention: (B, 2) the two mention markers' positions; context:
+    (B, 2) the span of the context (markers included).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    slot_start: torch.Tensor
+    slot_end: torch.Tensor
+    slot_mask: torch.Tensor
+    mention: torch.Tensor
+    context: torch.Tensor
+
+
 def collate(sequences: list[list[int]], slots: list[list[int]], mentions: list[tuple[int, int]], width: int,
-            pad_id: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Padded tensors of a batch, `Reader.forward`'s inputs: input_ids (B, T), attention_mask (B, T), slot
-    positions (B, width), slot_mask (B, width) (True for the NIL slot and real candidates; padded slots
-    point at position 0) and the mention markers' positions (B, 2)."""
+            pad_id: int, device: torch.device) -> ReaderBatch:
+    """The padded `ReaderBatch` of sequences built by `assemble` (their ids, slots and mention markers)."""
     length = max(len(s) for s in sequences)
     input_ids = np.full((len(sequences), length), pad_id, dtype=np.int64)
     attention = np.zeros((len(sequences), length), dtype=np.int64)
-    positions = np.zeros((len(sequences), width), dtype=np.int64)
+    starts = np.zeros((len(sequences), width), dtype=np.int64)
+    ends = np.ones((len(sequences), width), dtype=np.int64)
     slot_mask = np.zeros((len(sequences), width), dtype=bool)
+    context = np.zeros((len(sequences), 2), dtype=np.int64)
     for row, (ids, slot) in enumerate(zip(sequences, slots)):
         input_ids[row, : len(ids)] = ids
         attention[row, : len(ids)] = 1
-        positions[row, : len(slot)] = slot
+        starts[row, : len(slot)] = slot
+        ends[row, : len(slot)] = slot[1:] + [len(ids) - 1]  # a slot runs to the next one, or to the final [SEP]
         slot_mask[row, : len(slot)] = True
-    arrays = (input_ids, attention, positions, slot_mask, np.asarray(mentions, dtype=np.int64).reshape(-1, 2))
-    return tuple(torch.from_numpy(array).to(device) for array in arrays)
+        context[row] = (1, slot[0] - 1)  # [CLS] context [SEP] <nil>
+    arrays = (input_ids, attention, starts, ends, slot_mask, np.asarray(mentions, dtype=np.int64).reshape(-1, 2), context)
+    return ReaderBatch(*(torch.from_numpy(array).to(device) for array in arrays))
 
 
 def top_candidates(candidates: pl.DataFrame, top_k: int) -> pl.DataFrame:

@@ -59,8 +59,8 @@ def epoch_plan(examples: ReaderExamples, rows: np.ndarray, seed: int, epoch: int
 
 
 def labelled_batch(examples: ReaderExamples, rows: np.ndarray, hidden: np.ndarray, layout: Layout, marks: Specials,
-                   device: torch.device) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-    """(the reader's five input tensors, labels (B,)) of `rows`; a hidden gold is left out and labelled NIL (slot 0)."""
+                   device: torch.device) -> tuple[reader_inputs.ReaderBatch, torch.Tensor]:
+    """(the reader's inputs, labels (B,)) of `rows`; a hidden gold is left out and labelled NIL (slot 0)."""
     sequences, slots, mentions, labels = [], [], [], []
     for row, hide in zip(rows, hidden):
         gold = examples.gold[row]
@@ -161,7 +161,7 @@ def train_epoch(trained: torch.nn.Module, state: ReaderTraining, examples: Reade
         inputs, labels = labelled_batch(examples, order[start: start + plan.batch_mentions],
                                         hidden[start: start + plan.batch_mentions], layout, marks, device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            _, loss = trained(*inputs, labels=labels)
+            _, loss = trained(inputs, labels=labels)
         (loss / plan.grad_accumulation).backward()
         if number % plan.grad_accumulation == 0 or number == len(starts):
             torch.nn.utils.clip_grad_norm_(state.reader.parameters(), 1.0)
