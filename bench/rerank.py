@@ -1,0 +1,136 @@
+"""The reader's speed: training examples/s and scoring mentions/s, fp32 against bf16, and link with and without it.
+
+    python bench/rerank.py --config configs/meantime.toml [--batches 20] [--link-mentions 200] [--device cpu]
+
+Needs a finished run of that config with the reader (`xel-cli run --config ... --set
+rerank.enabled=true --set evaluate.nil_method=reader`, so that its model folder links with
+the reader). Prints, side by side:
+
+1. training: examples/s of `--batches` optimizer steps of `rerank.batch_mentions` training
+   mentions, under fp32 and under bf16 autocast (the reader is re-made from the run's encoder
+   for each; the first batch of each is a warm-up and not timed);
+2. scoring: dev+test mentions/s of the run's trained reader, fp32 and bf16;
+3. link: mentions/s of `Linker.link` on `--link-mentions` test mentions, with the reader and
+   with it switched off (the ranker's NIL decision), second pass of each (the first warms the
+   entity-vector cache), and the ratio (the issue's goal: >= 0.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def training_rate(config, precision: str, batches: int, device: torch.device) -> float:
+    """Training examples/s over `batches` timed steps (after one warm-up step)."""
+    from pipeline.model import reader_inputs
+    from pipeline.model.reader import new_reader
+    from pipeline.model.reader_inputs import Layout
+    from pipeline.rerank import stage, training
+    from pipeline.train.distributed import World
+
+    rerank = config.rerank
+    reader, tokenizer = new_reader(stage.encoder_path(config), device, rerank.seed)
+    layout = Layout(rerank.max_seq_tokens, rerank.max_context_tokens, rerank.top_k)
+    mentions, examples = stage.read_examples(config, tokenizer, layout, device)
+    split, gold = mentions["split"].to_numpy(), mentions["gold_kb_id"].is_not_null().to_numpy()
+    rows, _ = training.trainable_rows(examples, np.nonzero((split == "train") & gold)[0])
+    rows = rows[: (batches + 1) * rerank.batch_mentions]
+    state = training.new_training(reader, rerank.learning_rate, batches + 1)
+    plan = training.Schedule(rerank.batch_mentions, 1, precision, rerank.seed, rerank.nil_hidden_share)
+    marks = reader_inputs.specials(tokenizer)
+
+    class Count:
+        started = None
+
+        def update(self, _: int) -> None:
+            self.started = self.started or time.perf_counter()  # after the warm-up batch
+
+        def set_postfix(self, **_: object) -> None:
+            pass
+
+    counter = Count()
+    training.train_epoch(reader, state, examples, rows, 1, plan, layout, marks, World(), counter)
+    return (len(rows) - rerank.batch_mentions) / (time.perf_counter() - counter.started)
+
+
+def scoring_rate(config, precision: str, device: torch.device) -> float:
+    """Dev+test mentions/s of the run's trained reader."""
+    from pipeline.model import reader_inputs
+    from pipeline.model.reader import ReaderExamples, load_reader, score_mentions
+    from pipeline.model.reader_inputs import Layout
+    from pipeline.rerank import stage
+
+    reader, tokenizer, meta = load_reader(config.stage_dir("rerank") / stage.READER, device)
+    layout = Layout(**meta["layout"])
+    mentions, examples = stage.read_examples(config, tokenizer, layout, device)
+    wanted = np.nonzero(mentions["split"].is_in(list(stage.SCORED_SPLITS)).to_numpy())[0]
+    subset = ReaderExamples([examples.mention_ids[r] for r in wanted], [examples.contexts[r] for r in wanted],
+                            [examples.candidates[r] for r in wanted], [None] * len(wanted), examples.entity_tokens)
+    started = time.perf_counter()
+    score_mentions(reader, subset, layout, reader_inputs.specials(tokenizer), device, precision)
+    return len(wanted) / (time.perf_counter() - started)
+
+
+def link_rates(config, count: int, device: str) -> tuple[float, float]:
+    """(mentions/s with the reader, without), `Linker.link` on `count` test mentions, second pass of each."""
+    import dataclasses
+
+    from pipeline.link.linker import Linker
+
+    linker = Linker.load(config.run_dir / "model", device=device)
+    if linker.reader is None:
+        raise SystemExit("the run's model does not link with the reader: run it with --set evaluate.nil_method=reader")
+    mentions = pl.read_parquet(config.stage_dir("triage") / "mentions.parquet").filter(pl.col("split") == "test")
+    records = [{"id": r["mention_id"], "doc_id": r["doc_id"], "lang": r["lang"], "mention": r["mention"],
+                "text": r["context"], "start": r["start"], "end": r["end"]} for r in mentions.head(count).to_dicts()]
+    rates = []
+    for with_reader in (True, False):
+        reader = linker.reader
+        if not with_reader:  # the ranker's own NIL decision, as a run without the reader would make it
+            linker.reader = None
+            linker.policy = dataclasses.replace(linker.policy, artifact={**linker.policy.artifact, "method": "threshold"})
+        linker.link(records)
+        started = time.perf_counter()
+        linker.link(records)
+        rates.append(len(records) / (time.perf_counter() - started))
+        linker.reader = reader
+    return rates[0], rates[1]
+
+
+def main() -> None:
+    from pipeline.core.config_file import load_config
+    from pipeline.encoders.encoder import pick_device
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--link-mentions", type=int, default=200)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    config = load_config(args.config, ("rerank.enabled=true", *args.overrides))
+    device = pick_device(args.device, "--device")
+    torch.manual_seed(0)
+    train = {precision: training_rate(config, precision, args.batches, device) for precision in ("fp32", "bf16")}
+    score = {precision: scoring_rate(config, precision, device) for precision in ("fp32", "bf16")}
+    print(f"device {device}, torch threads {torch.get_num_threads()}")
+    print(f"{'':<28}{'fp32':>10}{'bf16':>10}{'bf16/fp32':>11}")
+    print(f"{'training examples/s':<28}{train['fp32']:>10.1f}{train['bf16']:>10.1f}{train['bf16'] / train['fp32']:>10.2f}x")
+    print(f"{'scoring mentions/s':<28}{score['fp32']:>10.1f}{score['bf16']:>10.1f}{score['bf16'] / score['fp32']:>10.2f}x")
+    with_reader, without = link_rates(config, args.link_mentions, args.device)
+    print(f"link mentions/s: with the reader {with_reader:.1f}, without {without:.1f}, "
+          f"ratio {with_reader / without:.2f} (goal >= 0.5)")
+
+
+if __name__ == "__main__":
+    main()
