@@ -523,7 +523,7 @@ def test_triage_indexes_of_the_model_are_built_once_per_link_not_per_chunk(
     """The training names' four-gram index and the encoder's identity (a hash of its files) do not
     depend on the mentions: a four-chunk link builds the one and computes the other once."""
     import pipeline.encoders.encoder as encoder_module
-    import pipeline.triage.stage as triage_stage
+    import pipeline.candidates.generate as triage_stage
 
     counted = {"training index": 0, "encoder identity": 0}
 

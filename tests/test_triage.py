@@ -308,7 +308,7 @@ def test_kb_indexes_are_reused_until_the_kb_changes(triage, tmp_path: Path) -> N
 
 
 def test_dense_source_gives_the_same_top_names_from_an_hnsw_index(triage, monkeypatch) -> None:
-    from pipeline.triage import kb_index
+    from pipeline.candidates import kb_index
 
     records = [record("x1", "Barack Obama", "Q1", "test"), record("x2", "Moscou", "Q3", "test")]
     exact, _ = triage(records, **ONLY_DENSE)

@@ -27,9 +27,10 @@ import time
 import h5py
 
 from pipeline.core.config import RunConfig, to_dict
-from pipeline.encode.chunks import encode_in_chunks
+from pipeline.encoders.chunks import encode_in_chunks
 from pipeline.encode.name_pairs import embed_name_pairs
-from pipeline.encode.plan import plan_units, read_triage
+from pipeline.encode.inputs import read_triage
+from pipeline.encoders.plan import plan_units
 from pipeline.encode.shards import finished_shards, merge_group, remove_stale_work, shard_paths, shard_slice
 from pipeline.encoders.encoder import encoder_identity, load_encoder, resolve_encoder_path
 from pipeline.core.errors import CacheError, SchemaError

@@ -2,7 +2,7 @@
 
 Both live under `$XEL_CACHE` (default `~/.cache/xel/`), never in a run or link folder:
 - `kb-index/<KB fingerprint>/`: the KB as Parquet, its name and four-gram indexes and the
-  dense name index (`pipeline/triage/kb_index.py` builds each once, under a temporary name);
+  dense name index (`pipeline/candidates/kb_index.py` builds each once, under a temporary name);
 - `entity-vectors/<encoder key>/`: the four-vector entity encodings (name and context),
   one row per distinct (name, description) content. The encoder key hashes the encoder's
   identity and the settings that change vectors, so another encoder or `name_layer` gets

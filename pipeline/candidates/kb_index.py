@@ -34,7 +34,7 @@ import polars as pl
 from pipeline.core.errors import InputError
 from pipeline.formats.inputs import write_entities
 from pipeline.core.io import atomic_path, default_permissions, write_parquet_atomic
-from pipeline.triage.tantivy_index import TantivyNameIndex
+from pipeline.candidates.tantivy_index import TantivyNameIndex
 from pipeline.core.textnorm import acronym, add_keys, content_words
 
 logger = logging.getLogger(__name__)
