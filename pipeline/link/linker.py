@@ -4,7 +4,7 @@
 functions: triage's `candidate_pieces` and `merge_candidates`, encode's `plan_units` and
 `encode_in_chunks`, the ranker's `score_candidates`, evaluate's `predict`, and the NIL
 policy (`nil.decide_nil`, `nil.cluster_nils`). Only entity vectors differ in where they come
-from: the cross-run store (`pipeline/link/cache.py`), with the entities it lacks
+from: the cross-run store (`pipeline/core/store.py`), with the entities it lacks
 encoded in the same pass as the chunk's mentions and added to it.
 """
 
@@ -26,7 +26,7 @@ from pipeline.core.errors import CacheError, ConfigError, InputError, PipelineEr
 from pipeline.model.features import RankerInputs, candidate_matrix, one_hot, score_candidates, score_nil
 from pipeline.core.io import file_fingerprint
 from pipeline.core.devices import pick_device
-from pipeline.link import cache
+from pipeline.core import store as cache
 from pipeline.model.model_folder import ModelFolder, load_model_folder
 
 logger = logging.getLogger(__name__)
@@ -125,9 +125,7 @@ class Linker:
             raise CacheError("E702", path=folder.path / MODEL, detail=error.message) from None
         self.mention_types = list(meta["types"].get("mention") or [])
         self.entity_types = list(meta["types"].get("entity") or [])
-        self.store = cache.EntityVectorStore(
-            cache.cache_root() / cache.ENTITY_VECTORS / cache.encoder_key(identity, settings),
-            float16=self.encoder_config.store_float16)
+        self.store = cache.entity_vector_store(identity, settings, float16=self.encoder_config.store_float16)
         self.policy = folder.policy
         # What triage's sources take from the alias table and encoder, built once here, not per chunk.
         self.learned = LearnedSources.prepare(folder.aliases, self.triage_config, self.encoder_config, identity)

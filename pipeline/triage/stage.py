@@ -19,6 +19,7 @@ from pipeline.core.config import RunConfig, to_dict
 from pipeline.core.errors import InputError
 from pipeline.core.io import atomic_path, file_fingerprint, write_json_atomic, write_parquet_atomic
 from pipeline.core.manifest import StageResult, StageRun
+from pipeline.core.store import kb_index_root
 from pipeline.formats.inputs import check_gold_in_kb, load_mentions
 from pipeline.model.aliases import alias_table
 
@@ -67,8 +68,9 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     stage_run = StageRun(out_dir, STAGE, STAGE_VERSION, settings, fingerprints, force)
     if stage_run.up_to_date:
         return stage_run.skipped()
-    index_root = out_dir / "kb-index"
-    stage_run.begin(index_root)
+    # The KB's indexes live in the store that link reads too (`pipeline.core.store`), not in the run.
+    index_root = kb_index_root(fingerprints["kb"])
+    stage_run.begin()
 
     mentions = load_mentions(inputs)
     logger.info("read %d mentions", mentions.height)
