@@ -90,7 +90,9 @@ def link_rates(config, count: int, device: str) -> tuple[float, float]:
     linker = Linker.load(config.run_dir / "model", device=device)
     if linker.reader is None:
         raise SystemExit("the run's model does not link with the reader: run it with --set evaluate.nil_method=reader")
-    mentions = pl.read_parquet(config.stage_dir("triage") / "mentions.parquet").filter(pl.col("split") == "test")
+    from pipeline.formats import triage_tables
+
+    mentions = triage_tables.read(config.stage_dir("triage"), triage_tables.MENTIONS).filter(pl.col("split") == "test")
     records = [{"id": r["mention_id"], "doc_id": r["doc_id"], "lang": r["lang"], "mention": r["mention"],
                 "text": r["context"], "start": r["start"], "end": r["end"]} for r in mentions.head(count).to_dicts()]
     rates = []
@@ -109,7 +111,7 @@ def link_rates(config, count: int, device: str) -> tuple[float, float]:
 
 def main() -> None:
     from pipeline.core.config_file import load_config
-    from pipeline.encoders.encoder import pick_device
+    from pipeline.core.devices import pick_device
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True)

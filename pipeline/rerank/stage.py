@@ -22,10 +22,10 @@ import numpy as np
 import polars as pl
 import torch
 
-from pipeline.core import schema
+from pipeline.formats import triage_tables
 from pipeline.core.config import RunConfig, to_dict
 from pipeline.core.errors import ConfigError, InputError, warn
-from pipeline.core.io import collect_checked, scan_parquet_checked, write_parquet_atomic
+from pipeline.core.io import collect_checked, write_parquet_atomic
 from pipeline.core.manifest import StageResult, StageRun, upstream_key
 from pipeline.core.progress import progress as progress_counter
 from pipeline.model import reader_inputs
@@ -108,7 +108,7 @@ def _rerank(config: RunConfig, force: bool, world: World) -> StageResult:
     train_rows, missed = training.trainable_rows(examples, np.nonzero((split == "train") & has_gold)[0])
     dev_rows = np.nonzero((split == "dev") & has_gold)[0]
     if len(train_rows) == 0:
-        raise InputError("E507", path=config.stage_dir("triage") / "mentions.parquet",
+        raise InputError("E507", path=triage_tables.path(config.stage_dir("triage"), triage_tables.MENTIONS),
                          detail="no training mention is NIL or has its gold among its top candidates, so the reader "
                                 "has nothing to learn from")
     counts = {"train_mentions": len(train_rows), "train_gold_not_in_candidates": missed, "dev_mentions": len(dev_rows)}
@@ -135,14 +135,13 @@ def read_examples(config: RunConfig, tokenizer, layout: Layout, device: torch.de
                   ) -> tuple[pl.DataFrame, ReaderExamples]:
     """(triage's mentions, their reader examples against each one's top_k candidates)."""
     triage_dir = config.stage_dir("triage")
-    mentions_path, entities_path = triage_dir / "mentions.parquet", triage_dir / "entities.parquet"
-    mentions = collect_checked(scan_parquet_checked(mentions_path, schema.MENTIONS, "triage").select(
-        "mention_id", "context", "start", "end", "split", "lang", "gold_kb_id"), mentions_path)
-    ordered = candidate_order(config, device)
-    top = reader_inputs.top_candidates(ordered, layout.top_k)
-    entities = collect_checked(scan_parquet_checked(entities_path, schema.ENTITIES, "triage")
+    mentions = triage_tables.read(triage_dir, triage_tables.MENTIONS, "mention_id", "context", "start", "end", "split",
+                                  "lang", "gold_kb_id")
+    top = reader_inputs.top_candidates(candidate_order(config, device), layout.top_k)
+    entities = collect_checked(triage_tables.scan(triage_dir, triage_tables.ENTITIES)
                                .select("kb_id", "name", "type", "description")
-                               .filter(pl.col("kb_id").is_in(top["kb_id"].unique().implode())), entities_path)
+                               .filter(pl.col("kb_id").is_in(top["kb_id"].unique().implode())),
+                               triage_tables.path(triage_dir, triage_tables.ENTITIES))
     return mentions, build_examples(tokenizer, mentions, top, entities, layout)
 
 
@@ -152,9 +151,7 @@ def candidate_order(config: RunConfig, device: torch.device) -> pl.DataFrame:
     from pipeline.model.model_file import load_model
 
     triage_dir = config.stage_dir("triage")
-    candidates_path = triage_dir / "candidates.parquet"
-    candidates = collect_checked(scan_parquet_checked(candidates_path, schema.CANDIDATES, "triage").select(
-        "mention_id", "rank", "kb_id", "score", "sources"), candidates_path)
+    candidates = triage_tables.read(triage_dir, triage_tables.CANDIDATES, "mention_id", "rank", "kb_id", "score", "sources")
     if config.rerank.candidates == "triage":
         return candidates.select("mention_id", "kb_id", "rank", (-pl.col("rank")).cast(pl.Float64).alias("order"))
     model, saved = load_model(config.stage_dir("train"), device)
