@@ -243,3 +243,16 @@ def test_the_command_and_the_reader_method_need_it_enabled(make_run_config) -> N
     assert result.exit_code == 2 and "[E203]" in result.output and "rerank.enabled" in result.output
     result = CliRunner().invoke(main, ["evaluate", "--config", str(config), "--set", "evaluate.nil_method=reader"])
     assert result.exit_code == 2 and "[E203]" in result.output and "rerank.enabled = true" in result.output
+
+
+def test_two_gloo_processes_train_the_reader(base_run: dict, run_copy: Path) -> None:
+    """Under torchrun each rank reads its share of every epoch's mentions; rank 0 writes (a smoke test: the
+    global batch is larger than one process's, so the weights differ from the single-process run)."""
+    from test_distributed import torchrun
+
+    result = torchrun("rerank", "--config", base_run["config"], "--run-dir", run_copy, "--force", timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert "rerank: done" in result.stdout
+    history = pl.read_parquet(run_copy / "rerank" / "history.parquet")
+    assert history["epoch"].to_list() == [1, 2]
+    assert pl.read_parquet(run_copy / "rerank" / "reader_scores.parquet")["mention_id"].n_unique() == 10

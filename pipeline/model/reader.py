@@ -171,14 +171,11 @@ def score_mentions(reader: Reader, examples: ReaderExamples, layout: Layout, mar
 def new_reader(encoder_path: str, device: torch.device, seed: int) -> tuple[Reader, object]:
     """(a Reader around a fresh copy of the encoder at `encoder_path`, its tokenizer with the markers); E501
     when it cannot be loaded. The head and the markers' new embedding rows are seeded by `seed`."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(encoder_path, use_fast=True)
-        try:
-            encoder = AutoModel.from_pretrained(encoder_path, add_pooling_layer=False)
-        except TypeError:
-            encoder = AutoModel.from_pretrained(encoder_path)
+        encoder = _encoder_model(encoder_path)
     except (OSError, ValueError) as exc:
         raise ConfigError("E501", name=encoder_path, detail=str(exc).splitlines()[0]) from None
     if not getattr(tokenizer, "is_fast", False):
@@ -186,6 +183,20 @@ def new_reader(encoder_path: str, device: torch.device, seed: int) -> tuple[Read
     torch.manual_seed(seed)
     encoder.resize_token_embeddings(reader_inputs.add_markers(tokenizer))
     return Reader(encoder).to(device), tokenizer
+
+
+def _encoder_model(path: str | Path) -> torch.nn.Module:
+    """AutoModel of `path` without a pooler (only hidden states are read; a pooler the checkpoint lacks would be
+    random weights, and a warning)."""
+    from transformers import AutoModel
+
+    from pipeline.core.progress import silence_library_bars
+
+    silence_library_bars()  # our own progress lines cover the stage; the loader's bars would be noise in a log
+    try:
+        return AutoModel.from_pretrained(path, add_pooling_layer=False)
+    except TypeError:  # a model class without that argument
+        return AutoModel.from_pretrained(path)
 
 
 def freeze_lower_layers(reader: Reader, layers: int) -> None:
@@ -224,14 +235,14 @@ def save_reader(reader: Reader, tokenizer, folder: Path, meta: dict) -> None:
 
 def load_reader(folder: Path, device: torch.device) -> tuple[Reader, object, dict]:
     """(Reader, tokenizer, reader.json) of a saved reader folder; E402 when it is damaged or missing."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
     try:
         meta = json.loads((folder / READER_JSON).read_text(encoding="utf-8"))
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise ValueError(f"format {meta.get('format_version')} is newer than this xel reads ({FORMAT_VERSION})")
         tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=True)
-        reader = Reader(AutoModel.from_pretrained(folder))
+        reader = Reader(_encoder_model(folder))
         missing, unexpected = reader.load_state_dict(torch.load(folder / HEAD, map_location="cpu", weights_only=True),
                                                      strict=False)
         missing = [name for name in missing if not name.startswith("encoder.")]

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import torch
 
 from pipeline.core import schema
 from pipeline.core.errors import CacheError
 from pipeline.model import reader_inputs
-from pipeline.model.reader import Reader, ReaderExamples, autocast_dtype, score_mentions
+from pipeline.model.reader import Reader, ReaderExamples, autocast_dtype, reader_predictions, score_mentions
 from pipeline.model.reader_inputs import Layout, Specials
 from pipeline.train import distributed
 from pipeline.train.distributed import World
@@ -186,8 +187,9 @@ def accuracy(reader: Reader, examples: ReaderExamples, rows: np.ndarray, layout:
     subset = ReaderExamples([examples.mention_ids[r] for r in rows], [examples.contexts[r] for r in rows],
                             [examples.candidates[r] for r in rows], [examples.gold[r] for r in rows],
                             examples.entity_tokens)
-    scores = score_mentions(reader, subset, layout, marks, device, precision)
-    best = {row["mention_id"]: (row["kb_id"] if row["score"] >= row["nil_score"] else schema.NIL_ID)
-            for row in scores.sort("score", descending=True).unique("mention_id", keep="first").iter_rows(named=True)}
-    decided = [best.get(mention_id, schema.NIL_ID) for mention_id in subset.mention_ids]
-    return float(np.mean([decision == gold for decision, gold in zip(decided, subset.gold)]))
+    best = reader_predictions(score_mentions(reader, subset, layout, marks, device, precision))
+    said = pl.when(pl.col("reader_nil_score") > pl.col("reader_score")).then(pl.lit(schema.NIL_ID)).otherwise("reader_kb_id")
+    decided = (pl.DataFrame({"mention_id": subset.mention_ids, "gold": subset.gold})
+               .join(best.select("mention_id", said.alias("decision")), on="mention_id", how="left")
+               .with_columns(pl.col("decision").fill_null(schema.NIL_ID)))  # no candidate: NIL
+    return float((decided["decision"] == decided["gold"]).mean())
