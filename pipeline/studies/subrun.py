@@ -73,8 +73,11 @@ def prepare(base: RunConfig, run_dir: Path, stage_sources: dict[str, Path], **se
 
 
 def train_and_evaluate(config: RunConfig, train_too: bool = True) -> dict:
-    """Run train (unless `train_too` is false: a linked model) and evaluate; the metrics and what was redone."""
+    """Run train (unless `train_too` is false: a linked model), rerank (with rerank.enabled: evaluate then reads
+    the sub-run's own reader) and evaluate; the metrics and what was redone."""
     trained = run_stage("train", config) if train_too else None
+    if config.rerank.enabled:
+        run_stage("rerank", config)
     evaluated = run_stage("evaluate", config)
     return {"metrics": read_metrics(config.stage_dir("evaluate")),
             "trained": trained is not None and not trained.skipped, "evaluated": not evaluated.skipped,
