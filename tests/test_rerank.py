@@ -211,11 +211,15 @@ def test_a_checkpoint_of_another_architecture_is_refused(tmp_path: Path) -> None
     assert load_checkpoint(path, "another key", shape) is None
 
 
-def test_link_applies_the_reader_as_evaluate_did(base_run: dict) -> None:
+def test_link_applies_the_reader_as_evaluate_did(base_run: dict, tmp_path: Path) -> None:
     from conftest import tiny_mention_records
     from pipeline.link.linker import Linker
+    from pipeline.model.model_folder import export_model
 
-    linker = Linker.load(base_run["run_dir"] / "model")
+    meta = json.loads((base_run["run_dir"] / "model" / "model.json").read_text())
+    assert meta["reader"]["folder"] == "reader" and "reader/head.pt" in meta["files"]
+    exported = export_model(base_run["run_dir"], tmp_path / "exported")  # the reader travels with the linker
+    linker = Linker.load(exported)
     assert linker.reader is not None
     records = [r for r in tiny_mention_records() if r["split"] == "test"]
     links = linker.link(records)
