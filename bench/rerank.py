@@ -40,7 +40,7 @@ def training_rate(config, precision: str, batches: int, device: torch.device) ->
 
     rerank = config.rerank
     reader, tokenizer = new_reader(stage.encoder_path(config), device, rerank.seed)
-    layout = Layout(rerank.max_seq_tokens, rerank.max_context_tokens, rerank.top_k)
+    layout = Layout(rerank.max_seq_tokens, rerank.max_context_tokens, rerank.top_k, rerank.form)
     mentions, examples = stage.read_examples(config, tokenizer, layout, device)
     split, gold = mentions["split"].to_numpy(), mentions["gold_kb_id"].is_not_null().to_numpy()
     rows, _ = training.trainable_rows(examples, np.nonzero((split == "train") & gold)[0])

@@ -260,3 +260,25 @@ def test_two_gloo_processes_train_the_reader(base_run: dict, run_copy: Path) -> 
     history = pl.read_parquet(run_copy / "rerank" / "history.parquet")
     assert history["epoch"].to_list() == [1, 2]
     assert pl.read_parquet(run_copy / "rerank" / "reader_scores.parquet")["mention_id"].n_unique() == 10
+
+
+def test_the_pairwise_form_reads_one_sequence_per_candidate(base_run: dict, run_copy: Path) -> None:
+    from pipeline.model.reader_inputs import Layout, Specials, reading
+    from pipeline.rerank import stage
+
+    marks = Specials(cls=1, sep=2, pad=0, mention_start=3, mention_end=4, nil=5, entity=6)
+    context, candidates = [10, 3, 11, 4, 12], [[20, 21], [30], [40, 41, 42]]
+    listwise = reading(context, candidates, ["a", "b", "c"], Layout(40, 8, 3), marks)
+    assert listwise.sequences == [[1, 10, 3, 11, 4, 12, 2, 5, 6, 20, 21, 6, 30, 6, 40, 41, 42, 2]]
+    assert listwise.picks == [(0, 0), (0, 1), (0, 2), (0, 3)] and listwise.mentions == [(2, 4)]
+    pairwise = reading(context, candidates, ["a", "b", "c"], Layout(40, 8, 3, "pairwise"), marks)
+    assert pairwise.sequences[0] == [1, 10, 3, 11, 4, 12, 2, 5, 2]  # the NIL option alone
+    assert pairwise.sequences[3] == [1, 10, 3, 11, 4, 12, 2, 5, 6, 40, 41, 42, 2]
+    assert pairwise.picks == [(0, 0), (1, 1), (2, 1), (3, 1)]
+
+    result = stage.run(_config(base_run, run_copy, "rerank.form=pairwise"))
+    assert not result.skipped  # another form, another key
+    scores = pl.read_parquet(run_copy / "rerank" / "reader_scores.parquet")
+    totals = scores.group_by("mention_id").agg(pl.col("score").sum() + pl.col("nil_score").first())["score"]
+    assert totals.min() == pytest.approx(1.0, abs=1e-4) and totals.max() == pytest.approx(1.0, abs=1e-4)
+    assert json.loads((run_copy / "rerank" / "reader" / "reader.json").read_text())["layout"]["form"] == "pairwise"

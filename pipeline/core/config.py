@@ -269,6 +269,10 @@ class RerankConfig:
     # Whose order picks each mention's top_k candidates: the trained ranker's scores, or triage's rank.
     candidates: str = "ranker"
     top_k: int = 8
+    # "listwise": one sequence per mention holding its context, the NIL option and every candidate
+    # (ReLiK's reader); "pairwise": one sequence per mention-candidate pair (BLINK's cross-encoder)
+    # and one with the NIL option alone, about top_k times the compute.
+    form: str = "listwise"
     # Sub-words of one sequence (context + NIL option + all top_k candidates); of them at most
     # max_context_tokens for the context window around the mention, the rest shared by the candidates.
     max_seq_tokens: int = 256
@@ -293,6 +297,7 @@ class RerankConfig:
         _check_device(where, self.device)
         _check(where, "candidates", self.candidates, self.candidates in ("ranker", "triage"), "use ranker or triage")
         _check(where, "top_k", self.top_k, 1 <= self.top_k <= 64, "must be between 1 and 64")
+        _check(where, "form", self.form, self.form in ("listwise", "pairwise"), "use listwise or pairwise")
         _check(where, "max_context_tokens", self.max_context_tokens, self.max_context_tokens >= 8, "must be >= 8")
         # [CLS] context with two markers [SEP] NIL, then each candidate's marker and at least two sub-words, [SEP].
         least = self.max_context_tokens + 5 + 3 * self.top_k

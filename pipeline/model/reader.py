@@ -67,10 +67,10 @@ class Reader(torch.nn.Module):
         self.context_projection = torch.nn.Linear(hidden, hidden)
         self.slot_projection = torch.nn.Linear(hidden, hidden)
 
-    def forward(self, batch: ReaderBatch, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(logits (B, S), loss or None): S slots (NIL, then candidates), padded slots at -inf.
+    def forward(self, batch: ReaderBatch) -> torch.Tensor:
+        """Logits (B, S) of each sequence's S slots (NIL, then candidates), padded slots at -inf (`ReaderBatch`).
 
-        labels: (B,) the right slot of each sequence (0 = NIL); see `ReaderBatch` for the inputs.
+        `read` turns them into each mention's logits (one sequence per mention, or per candidate).
         """
         hidden = self.encoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state  # (B, T, H)
         width = hidden.shape[-1]
@@ -85,9 +85,18 @@ class Reader(torch.nn.Module):
         query = self.mention_projection(markers) + self.context_projection(context)  # (B, H)
         slots = self.slot_projection(span_mean(batch.slot_start, batch.slot_end))  # (B, S, H)
         logits = torch.einsum("bh,bsh->bs", query, slots) / width ** 0.5  # (B, S)
-        logits = logits.masked_fill(~batch.slot_mask, float("-inf"))
-        loss = torch.nn.functional.cross_entropy(logits, labels) if labels is not None else None
-        return logits, loss
+        return logits.masked_fill(~batch.slot_mask, float("-inf"))
+
+
+def read(reader: torch.nn.Module, readings: list[reader_inputs.Reading], width: int, marks: Specials,
+         device: torch.device) -> torch.Tensor:
+    """Each mention's logits (B, width): NIL, then its candidates in order; -inf where it has fewer.
+
+    `reader` is a Reader or DistributedDataParallel around one.
+    """
+    batch, rows, slots, mask = reader_inputs.collate_readings(readings, width, marks.pad, device)
+    flat = reader(batch)  # (N, W) over every sequence of the batch
+    return flat[rows, slots].masked_fill(~mask, float("-inf"))
 
 
 @dataclass
@@ -103,13 +112,10 @@ class ReaderExamples:
     gold: list[str | None]
     entity_tokens: dict[str, list[int]]
 
-    def sequence(self, index: int, layout: Layout, marks: Specials, hide: str | None = None
-                 ) -> tuple[list[int], list[int], tuple[int, int], list[str]]:
-        """(ids, slots, mention marker positions, candidate KB ids) of mention `index` (`reader_inputs.assemble`),
-        without candidate `hide` (a hidden gold)."""
+    def reading(self, index: int, layout: Layout, marks: Specials, hide: str | None = None) -> reader_inputs.Reading:
+        """The `reader_inputs.Reading` of mention `index`, without candidate `hide` (a hidden gold)."""
         kept = [kb_id for kb_id in self.candidates[index] if kb_id != hide]
-        return (*reader_inputs.assemble(self.contexts[index], [self.entity_tokens[k] for k in kept], layout, marks),
-                kept)
+        return reader_inputs.reading(self.contexts[index], [self.entity_tokens[k] for k in kept], kept, layout, marks)
 
 
 def build_examples(tokenizer, mentions: pl.DataFrame, top: pl.DataFrame, entities: pl.DataFrame,
@@ -146,19 +152,16 @@ def score_mentions(reader: Reader, examples: ReaderExamples, layout: Layout, mar
     was_training = reader.training
     reader.eval()
     dtype = autocast_dtype(precision, device)
-    built = [examples.sequence(i, layout, marks) for i in range(len(examples.mention_ids))]
-    order = [i for i in np.argsort([len(ids) for ids, *_ in built], kind="stable") if built[i][3]]
-    width = layout.top_k + 1
+    built = [examples.reading(i, layout, marks) for i in range(len(examples.mention_ids))]
+    order = [i for i in np.argsort([item.tokens for item in built], kind="stable") if built[i].kept]
     columns: dict[str, list] = {name: [] for name in SCORES_SCHEMA}
     for offset in range(0, len(order), batch_mentions):
         batch = order[offset: offset + batch_mentions]
-        tensors = reader_inputs.collate([built[i][0] for i in batch], [built[i][1] for i in batch],
-                                        [built[i][2] for i in batch], width, marks.pad, device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits, _ = reader(tensors)
-        probabilities = torch.softmax(logits.float(), dim=-1).cpu().numpy()  # (B, width)
+            logits = read(reader, [built[i] for i in batch], layout.top_k + 1, marks, device)
+        probabilities = torch.softmax(logits.float(), dim=-1).cpu().numpy()  # (B, top_k + 1)
         for row, index in enumerate(batch):
-            kb_ids = built[index][3]
+            kb_ids = built[index].kept
             columns["mention_id"] += [examples.mention_ids[index]] * len(kb_ids)
             columns["kb_id"] += kb_ids
             columns["slot"] += list(range(1, len(kb_ids) + 1))
@@ -255,7 +258,7 @@ def load_reader(folder: Path, device: torch.device) -> tuple[Reader, object, dic
 
 
 def layout_of(meta: dict) -> Layout:
-    """The sequence layout a saved reader was trained with (reader.json's "layout")."""
+    """The sequence layout a saved reader was trained with (reader.json's "layout"; listwise when it names no form)."""
     return Layout(**meta["layout"])
 
 

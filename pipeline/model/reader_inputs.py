@@ -31,11 +31,40 @@ NIL_SLOT = 0  # slot 0 of every mention's scores is the NIL option; candidates f
 
 @dataclass(frozen=True)
 class Layout:
-    """Sequence budget: sub-words in all (max_seq_tokens), of them at most max_context_tokens of context."""
+    """Sequence budget: sub-words in all (max_seq_tokens), of them at most max_context_tokens of context;
+    `form`: "listwise" (one sequence per mention holding every candidate) or "pairwise" (one per
+    candidate, BLINK's cross-encoder, and one with the NIL option alone)."""
 
     max_seq_tokens: int
     max_context_tokens: int
     top_k: int
+    form: str = "listwise"
+
+
+class Reading(NamedTuple):
+    """One mention's sequences and where its scores are: `picks` holds (sequence, slot) of the NIL option,
+    then of each candidate in `kept` (its KB ids, in order)."""
+
+    sequences: list[list[int]]
+    slots: list[list[int]]
+    mentions: list[tuple[int, int]]
+    picks: list[tuple[int, int]]
+    kept: list[str]
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(ids) for ids in self.sequences)
+
+
+def reading(context: list[int], candidates: list[list[int]], kept: list[str], layout: Layout, marks: Specials) -> Reading:
+    """The `Reading` of one mention: one `assemble`d sequence (listwise), or (pairwise) one with the NIL
+    option alone and one per candidate, each candidate scored at its own sequence's slot 1."""
+    if layout.form == "listwise":
+        ids, slots, mention = assemble(context, candidates, layout, marks)
+        return Reading([ids], [slots], [mention], [(0, slot) for slot in range(len(slots))], kept)
+    parts = [assemble(context, [], layout, marks)] + [assemble(context, [tokens], layout, marks) for tokens in candidates]
+    picks = [(0, NIL_SLOT)] + [(number, 1) for number in range(1, len(parts))]
+    return Reading([part[0] for part in parts], [part[1] for part in parts], [part[2] for part in parts], picks, kept)
 
 
 @dataclass(frozen=True)
@@ -159,6 +188,26 @@ def collate(sequences: list[list[int]], slots: list[list[int]], mentions: list[t
         context[row] = (1, slot[0] - 1)  # [CLS] context [SEP] <nil>
     arrays = (input_ids, attention, starts, ends, slot_mask, np.asarray(mentions, dtype=np.int64).reshape(-1, 2), context)
     return ReaderBatch(*(torch.from_numpy(array).to(device) for array in arrays))
+
+
+def collate_readings(readings: list[Reading], width: int, pad_id: int, device: torch.device
+                     ) -> tuple[ReaderBatch, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(the `ReaderBatch` of every sequence of `readings`, and per mention (B, width) the sequence row and
+    slot of each of its scores with their mask): `Reader.forward`'s (N, W) logits indexed
+    [rows, slots] are the mentions' (B, width) logits (NIL first)."""
+    flat = [(ids, slots, mention) for item in readings for ids, slots, mention in
+            zip(item.sequences, item.slots, item.mentions)]
+    batch = collate([f[0] for f in flat], [f[1] for f in flat], [f[2] for f in flat], max(len(f[1]) for f in flat),
+                    pad_id, device)
+    rows = np.zeros((len(readings), width), dtype=np.int64)
+    slots = np.zeros((len(readings), width), dtype=np.int64)
+    mask = np.zeros((len(readings), width), dtype=bool)
+    offset = 0
+    for row, item in enumerate(readings):
+        for column, (sequence, slot) in enumerate(item.picks):
+            rows[row, column], slots[row, column], mask[row, column] = offset + sequence, slot, True
+        offset += len(item.sequences)
+    return batch, *(torch.from_numpy(array).to(device) for array in (rows, slots, mask))
 
 
 def top_candidates(candidates: pl.DataFrame, top_k: int) -> pl.DataFrame:

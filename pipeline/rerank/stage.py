@@ -14,6 +14,7 @@ Outputs (the run's `rerank/` folder): `reader/` (the best epoch's reader, `pipel
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -100,7 +101,7 @@ def _rerank(config: RunConfig, force: bool, world: World) -> StageResult:
     device = distributed.training_device(rerank.device, world)
     reader, tokenizer = new_reader(encoder_path(config), device, rerank.seed)
     freeze_lower_layers(reader, rerank.freeze_layers)
-    layout = Layout(rerank.max_seq_tokens, rerank.max_context_tokens, rerank.top_k)
+    layout = Layout(rerank.max_seq_tokens, rerank.max_context_tokens, rerank.top_k, rerank.form)
     check_positions(reader, layout)
     mentions, examples = read_examples(config, tokenizer, layout, device)
     split = mentions["split"].to_numpy()
@@ -175,7 +176,7 @@ def fit(reader, tokenizer, examples: ReaderExamples, train_rows: np.ndarray, dev
     (history, best {score, epoch}). Only rank 0 evaluates and writes."""
     rerank, out_dir = config.rerank, config.stage_dir(STAGE)
     marks = reader_inputs.specials(tokenizer)
-    layout = Layout(rerank.max_seq_tokens, rerank.max_context_tokens, rerank.top_k)
+    layout = Layout(rerank.max_seq_tokens, rerank.max_context_tokens, rerank.top_k, rerank.form)
     per_rank = -(-len(train_rows) // world.size)
     batches = -(-per_rank // rerank.batch_mentions)
     state = training.new_training(reader, rerank.learning_rate, rerank.epochs * -(-batches // rerank.grad_accumulation))
@@ -219,13 +220,12 @@ def reader_shape(reader, layout: Layout) -> dict:
     return {"model_type": encoder_config.model_type, "hidden_size": int(encoder_config.hidden_size),
             "layers": int(encoder_config.num_hidden_layers), "vocab_size": int(encoder_config.vocab_size),
             "top_k": layout.top_k, "max_seq_tokens": layout.max_seq_tokens,
-            "max_context_tokens": layout.max_context_tokens}
+            "max_context_tokens": layout.max_context_tokens, "form": layout.form}
 
 
 def reader_meta(config: RunConfig, layout: Layout, epoch: int, record: dict) -> dict:
     """reader.json's content: the layout, the settings and where the reader came from."""
-    return {"layout": {"max_seq_tokens": layout.max_seq_tokens, "max_context_tokens": layout.max_context_tokens,
-                       "top_k": layout.top_k},
+    return {"layout": dataclasses.asdict(layout),
             "candidates": config.rerank.candidates, "precision": config.rerank.precision,
             "settings": to_dict(config.rerank), "encoder": config.rerank.encoder or config.encoder.name,
             "epoch": epoch, "dev_accuracy": record["dev_accuracy"]}

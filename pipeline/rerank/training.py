@@ -21,7 +21,7 @@ import torch
 from pipeline.core import schema
 from pipeline.core.errors import CacheError
 from pipeline.model import reader_inputs
-from pipeline.model.reader import Reader, ReaderExamples, autocast_dtype, reader_predictions, score_mentions
+from pipeline.model.reader import Reader, ReaderExamples, autocast_dtype, read, reader_predictions, score_mentions
 from pipeline.model.reader_inputs import Layout, Specials
 from pipeline.train import distributed
 from pipeline.train.distributed import World
@@ -60,18 +60,15 @@ def epoch_plan(examples: ReaderExamples, rows: np.ndarray, seed: int, epoch: int
 
 
 def labelled_batch(examples: ReaderExamples, rows: np.ndarray, hidden: np.ndarray, layout: Layout, marks: Specials,
-                   device: torch.device) -> tuple[reader_inputs.ReaderBatch, torch.Tensor]:
-    """(the reader's inputs, labels (B,)) of `rows`; a hidden gold is left out and labelled NIL (slot 0)."""
-    sequences, slots, mentions, labels = [], [], [], []
+                   device: torch.device) -> tuple[list[reader_inputs.Reading], torch.Tensor]:
+    """(the readings of `rows`, labels (B,)); a hidden gold is left out and labelled NIL (slot 0)."""
+    readings, labels = [], []
     for row, hide in zip(rows, hidden):
         gold = examples.gold[row]
-        ids, slot, mention, kept = examples.sequence(int(row), layout, marks, hide=gold if hide else None)
-        sequences.append(ids)
-        slots.append(slot)
-        mentions.append(mention)
-        labels.append(kept.index(gold) + 1 if gold in kept else reader_inputs.NIL_SLOT)
-    tensors = reader_inputs.collate(sequences, slots, mentions, layout.top_k + 1, marks.pad, device)
-    return tensors, torch.tensor(labels, dtype=torch.long, device=device)
+        item = examples.reading(int(row), layout, marks, hide=gold if hide else None)
+        readings.append(item)
+        labels.append(item.kept.index(gold) + 1 if gold in item.kept else reader_inputs.NIL_SLOT)
+    return readings, torch.tensor(labels, dtype=torch.long, device=device)
 
 
 @dataclass
@@ -162,7 +159,8 @@ def train_epoch(trained: torch.nn.Module, state: ReaderTraining, examples: Reade
         inputs, labels = labelled_batch(examples, order[start: start + plan.batch_mentions],
                                         hidden[start: start + plan.batch_mentions], layout, marks, device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            _, loss = trained(inputs, labels=labels)
+            logits = read(trained, inputs, layout.top_k + 1, marks, device)
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels)
         (loss / plan.grad_accumulation).backward()
         if number % plan.grad_accumulation == 0 or number == len(starts):
             torch.nn.utils.clip_grad_norm_(state.reader.parameters(), 1.0)
