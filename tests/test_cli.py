@@ -537,7 +537,7 @@ def test_default_run_folder_sits_beside_the_config(make_run_config, tmp_path: Pa
 def test_help_lists_commands_in_pipeline_order() -> None:
     help_text = invoke("--help").output
     listed = re.findall(r"^  (\w+)\s", help_text.split("Commands:")[1], flags=re.MULTILINE)
-    assert listed == ["run", "triage", "encode", "train", "evaluate", "link", "export", "score", "search", "experiment"]
+    assert listed == ["run", "triage", "encode", "train", "rerank", "evaluate", "link", "export", "score", "search", "experiment"]
 
 
 @pytest.mark.parametrize("command, new, old", [("score", "--doc-languages", "--languages"),
