@@ -228,7 +228,7 @@ def encode(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, 
 @config_options
 def train(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, force: bool) -> None:
     """Train the ranker on the cached vectors (checkpoints, resumable); data-parallel under torchrun."""
-    from pipeline.train import distributed
+    from pipeline.core import distributed
     from pipeline.train import stage as train_stage
 
     world = distributed.world_from_environment()
@@ -244,7 +244,7 @@ def rerank(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, 
     """Fine-tune the reader (needs rerank.enabled = true; docs/reader.md) and score dev and test with it;
     checkpoints, resumable; data-parallel under torchrun."""
     from pipeline.rerank import stage as rerank_stage
-    from pipeline.train import distributed
+    from pipeline.core import distributed
 
     world = distributed.world_from_environment()
     config = _load(config_path, overrides, run_dir)
@@ -262,7 +262,7 @@ _stage_command("evaluate", "Score candidates, tune NIL thresholds on dev, write 
 def run(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, force: bool) -> None:
     """Run the stages in order (rerank only with rerank.enabled = true); each skips when it is up to date."""
     from pipeline.stages import STAGES, TRAINING_STAGES, run_stage
-    from pipeline.train import distributed
+    from pipeline.core import distributed
 
     world = distributed.world_from_environment()
     config = _load(config_path, overrides, run_dir)

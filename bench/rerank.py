@@ -36,7 +36,7 @@ def training_rate(config, precision: str, batches: int, device: torch.device) ->
     from pipeline.model.reader import new_reader
     from pipeline.model.reader_inputs import Layout
     from pipeline.rerank import stage, training
-    from pipeline.train.distributed import World
+    from pipeline.core.distributed import World
 
     rerank = config.rerank
     reader, tokenizer = new_reader(stage.encoder_path(config), device, rerank.seed)

@@ -35,8 +35,8 @@ from pipeline.model.reader import (SCORES_FILE, ReaderExamples, build_examples, 
                                    save_reader, score_mentions)
 from pipeline.model.reader_inputs import Layout
 from pipeline.rerank import training
-from pipeline.train import distributed
-from pipeline.train.distributed import World
+from pipeline.core import distributed
+from pipeline.core.distributed import World
 
 logger = logging.getLogger(__name__)
 

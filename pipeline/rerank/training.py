@@ -23,8 +23,8 @@ from pipeline.core.errors import CacheError
 from pipeline.model import reader_inputs
 from pipeline.model.reader import Reader, ReaderExamples, autocast_dtype, read, reader_predictions, score_mentions
 from pipeline.model.reader_inputs import Layout, Specials
-from pipeline.train import distributed
-from pipeline.train.distributed import World
+from pipeline.core import distributed
+from pipeline.core.distributed import World
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import polars as pl
 import torch
 
 from pipeline.core.config import TrainConfig
-from pipeline.train.distributed import World, sum_over_ranks
+from pipeline.core.distributed import World, sum_over_ranks
 from pipeline.core.errors import CacheError
 from pipeline.model.features import RankerInputs, score_candidates, score_nil
 from pipeline.formats.name_pairs import read_name_pairs

@@ -24,10 +24,10 @@ import numpy as np
 import polars as pl
 import torch
 
-from pipeline.train import distributed
+from pipeline.core import distributed
 from pipeline.core import schema
 from pipeline.core.config import RunConfig, TrainConfig, to_dict
-from pipeline.train.distributed import World
+from pipeline.core.distributed import World
 from pipeline.core.errors import InputError, warn
 from pipeline.model.features import RankerInputs, candidate_matrix, gold_rows, load_inputs
 from pipeline.core.io import write_parquet_atomic
@@ -153,7 +153,7 @@ def training_data(triage_dir: Path, encode_dir: Path, train_config: TrainConfig,
 
 
 def run(config: RunConfig, force: bool = False) -> StageResult:
-    """Train the ranker; under torchrun, as one of WORLD_SIZE data-parallel processes (`pipeline.train.distributed`)."""
+    """Train the ranker; under torchrun, as one of WORLD_SIZE data-parallel processes (`pipeline.core.distributed`)."""
     world = distributed.world_from_environment()
     with distributed.process_group(world, config.train.device):
         return _train(config, force, world)

@@ -1,6 +1,6 @@
 """Data-parallel training under `torchrun`: who am I, the process group, and the few collectives train needs.
 
-`torchrun --nproc_per_node N cli.py train ...` starts N copies of the command with
+`torchrun --nproc_per_node N cli.py train ...` (or `rerank`) starts N copies of the command with
 WORLD_SIZE, RANK and LOCAL_RANK set. Without them (or with WORLD_SIZE=1) everything
 here is a no-op and training runs exactly as a single process, with no process group.
 
