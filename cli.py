@@ -373,8 +373,8 @@ def link(model_dir: Path, mentions: Path, docs: Path | None, kb: Path | None, ou
 @click.option("--out", "out_option", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="A new or empty folder to copy it to.")
 # The old positional form `export RUN_DIR OUT_DIR`, kept for one release.
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=False)
-@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path), required=False)
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=False, metavar="RUN_DIR")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path), required=False, metavar="OUT_DIR")
 def export(run_dir_option: Path | None, out_option: Path | None, run_dir: Path | None, out_dir: Path | None) -> None:
     """Copy a run's trained linker to a folder of its own: xel-cli export --run-dir RUN --out DIR."""
     from pipeline.model.model_folder import export_model
