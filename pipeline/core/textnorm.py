@@ -58,6 +58,18 @@ OMITTED_MARKS = (
 )
 
 
+# Characters that shape how a word is drawn, not what it says, so folding drops them rather than
+# breaking the word there: every format character (Unicode category Cf: zero-width non-joiner and
+# joiner U+200C/U+200D, which Persian writes inside words (`نورد‌بانک` is `نوردبانک`), zero-width
+# space U+200B, word joiner U+2060, soft hyphen U+00AD, the byte order mark U+FEFF, direction
+# marks), and the letters that only stretch a word: Arabic tatweel U+0640 and NKo lajanyalan U+07FA.
+STRETCHING_LETTERS = frozenset("\u0640\u07fa")
+
+
+def _invisible(ch: str, category: str) -> bool:
+    return category == "Cf" or ch in STRETCHING_LETTERS
+
+
 def _omitted(ch: str) -> bool:
     point = ord(ch)
     return any(low <= point <= high for low, high in OMITTED_MARKS)
@@ -65,14 +77,16 @@ def _omitted(ch: str) -> bool:
 
 @lru_cache(maxsize=1 << 16)
 def fold(text: str) -> str:
-    """Case-folded, NFKC text with the marks writers omit dropped (`OMITTED_MARKS`) and
-    every run of characters other than letters, digits and kept marks made one space;
-    composed again (NFC), a leading article dropped. Never merges words that differ by a
-    letter of their script."""
+    """Case-folded, NFKC text with the marks writers omit (`OMITTED_MARKS`), invisible format
+    characters and tatweel (`STRETCHING_LETTERS`) dropped and every run of characters other
+    than letters, digits and kept marks made one space; composed again (NFC), a leading
+    article dropped. Never merges words that differ by a letter of their script."""
     decomposed = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text).casefold())
     kept = []
     for ch in decomposed:
         category = unicodedata.category(ch)
+        if _invisible(ch, category):
+            continue
         if category[0] in "LN" or (category[0] == "M" and not (category == "Mn" and _omitted(ch))):
             kept.append(ch)
         elif category[0] != "M":

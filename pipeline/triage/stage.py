@@ -42,7 +42,8 @@ from pipeline.core.textnorm import add_keys, content_words, drop_article
 logger = logging.getLogger(__name__)
 
 STAGE = "triage"
-STAGE_VERSION = 3
+# 4: folding drops format characters and tatweel (`textnorm.fold`), so candidates may change.
+STAGE_VERSION = 4
 RECALL_AT = (1, 5, 10, 30, 100)
 # Names the four-gram index shortlists per mention string for rapidfuzz to rescore.
 FUZZY_SHORTLIST = 128
