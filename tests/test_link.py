@@ -19,7 +19,7 @@ from click.testing import CliRunner, Result
 
 from cli import main
 from conftest import run_demo_linker, write_jsonl
-from pipeline.core.errors import ConfigError, InputError
+from pipeline.core.errors import CacheError, ConfigError, InputError
 from pipeline.link import Linker
 from pipeline.model.model_folder import load_model_folder
 from pipeline.formats.tac import read_tab
@@ -203,6 +203,61 @@ def test_a_damaged_or_foreign_model_folder_is_one_line_error(demo_run: dict, tmp
     error_lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(error_lines) == 1 and f"[{code}]" in error_lines[0] and "Traceback" not in result.output
     assert not (tmp_path / "out" / "links.parquet").exists()
+
+
+@pytest.mark.parametrize("edit, where", [
+    (lambda meta: meta["nil"]["thresholds"].update(en="0.5"), "nil.thresholds.en: Input should be a valid number (got '0.5')"),
+    (lambda meta: meta["nil"]["thresholds"].update(en=float("nan")), "nil.thresholds.en: Input should be a finite number"),
+    (lambda meta: meta["nil"]["thresholds"].update(en=1.5), "nil.thresholds.en: Input should be less than or equal to 1"),
+    (lambda meta: meta["nil"].update(fallback=True), "nil.fallback: Input should be a valid number"),
+    (lambda meta: meta["nil"].update(method="vote"), "nil.method: Input should be 'threshold', 'classifier' or 'nota'"),
+    (lambda meta: meta["encoder"]["settings"].update(batch_tokens="16384"), "encoder.settings.batch_tokens: Input should be a valid integer"),
+    (lambda meta: meta["encoder"]["settings"].update(batch_tokens=8), "encoder.settings.batch_tokens: must be at least max_context_tokens"),
+    (lambda meta: meta["triage"].update(k=0), "triage.k: must be between 1 and 1000 (got 0)"),
+    (lambda meta: meta["triage"].update(fuzzy_min_score=float("inf")), "triage.fuzzy_min_score"),
+    (lambda meta: meta["inputs"].update(context_chars=-1), "inputs.context_chars: Input should be greater than or equal to 50"),
+    (lambda meta: meta["types"].update(entity="PER"), "types.entity: Input should be a valid array"),
+    (lambda meta: meta["kb"].pop("path"), "kb.path: Field required"),
+    (lambda meta: meta["trained_on"].update(best_dev_accuracy="0.9"), "trained_on.best_dev_accuracy"),
+    (lambda meta: meta.update(popularity_rerank="no"), "popularity_rerank: Input should be a valid boolean"),
+], ids=["threshold-string", "threshold-nan", "threshold-range", "fallback-bool", "method", "encoder-type", "encoder-check",
+        "triage-k", "triage-inf", "context-chars", "types", "kb-path", "trained-on", "popularity"])
+def test_every_model_json_value_is_checked_on_load_naming_its_key(demo_run: dict, tmp_path: Path, edit, where: str) -> None:
+    """A hand-edited model.json value of the wrong type, not finite or out of range is E702 naming its key
+    path when the folder loads (issue 21 item 3): before, a threshold "0.5" crashed mid-link with a
+    TypeError after encoding, and a NaN one made every mention of its language NIL, silently."""
+    model = tmp_path / "model"
+    shutil.copytree(demo_run["model"], model)
+    meta = json.loads((model / "model.json").read_text(encoding="utf-8"))
+    edit(meta)
+    (model / "model.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(CacheError) as caught:
+        load_model_folder(model)
+    assert caught.value.code == "E702" and where in caught.value.message, caught.value.message
+    assert "correct that value, or export it again" in caught.value.message
+    result = link(model, demo_run["test"], tmp_path / "out")
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and where in result.output, result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_classifier_of_mismatched_shapes_is_e702(demo_run: dict, tmp_path: Path) -> None:
+    from pipeline.model import nil_classifier
+
+    run_dir = demo_run["run_dir"]
+    predictions = pl.read_parquet(run_dir / "evaluate" / "predictions.parquet")
+    with_evidence = nil_classifier.add_evidence(predictions, pl.read_parquet(run_dir / "triage" / "candidates.parquet"))
+    classifier = nil_classifier.fit(with_evidence.filter(pl.col("gold_kb_id").is_not_null()))
+    model = tmp_path / "model"
+    shutil.copytree(demo_run["model"], model)
+    meta = json.loads((model / "model.json").read_text(encoding="utf-8"))
+    meta["nil"] = {**meta["nil"], "method": "classifier", "classifier": {**classifier, "mean": classifier["mean"][:-1]}}
+    (model / "model.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(CacheError, match=r"\[E702\].*nil\.classifier: mean and scale need one value per feature"):
+        load_model_folder(model)
+    meta["nil"]["classifier"] = {**classifier, "scale": [0.0] * len(classifier["scale"])}
+    (model / "model.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(CacheError, match=r"\[E702\].*nil\.classifier\.scale\.0: Input should be greater than 0"):
+        load_model_folder(model)
 
 
 def test_a_kb_without_the_alias_tables_entities_is_refused(demo_run: dict, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ Reading a TOML file and `--set` overrides into these is `pipeline.core.config_fi
 from __future__ import annotations
 
 import functools
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -304,6 +305,12 @@ class EvaluateConfig:
         _check(where, "languages", self.languages, all(self.languages), "language codes cannot be empty")
         object.__setattr__(self, "languages", tuple(language_settings(where, "languages", self.languages)))
         object.__setattr__(self, "fixed_thresholds", language_keyed(where, "fixed_thresholds", self.fixed_thresholds))
+        # A threshold meets the ranker's tanh score (or the baseline's cosine): the model folder refuses others (E702).
+        for name, values in (("default_threshold", [self.default_threshold]),
+                             ("fixed_thresholds", list(self.fixed_thresholds.values()))):
+            _check(where, name, self.default_threshold if name == "default_threshold" else self.fixed_thresholds,
+                   all(math.isfinite(value) and -1.0 <= value <= 1.0 for value in values),
+                   "a NIL threshold must be a number in [-1, 1], the ranker's score range")
 
 
 @dataclass(frozen=True)

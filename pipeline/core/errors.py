@@ -40,7 +40,7 @@ class Errors:
     E113 = "{path}:{line}: {detail}; a name pair is a foreign name and its English name, optionally with a language: two or three tab-separated columns in .tsv/.txt, or {{\"foreign\": ..., \"english\": ..., \"lang\": ...}} in .jsonl"
 
     # E2xx: configuration
-    E201 = "{path}: unknown key '{key}' in [{section}]; remove it or use one of the known keys: {known}"
+    E201 = "{path}: unknown key '{key}' in [{section}]{hint}; remove it or use one of the known keys: {known}"
     E202 = "{path}: invalid TOML ({detail}); fix the TOML syntax at that place"
     E203 = "{where}: {field} = {value!r} is invalid: {reason}; change it in the config file or on the command line"
     E204 = "{path}: unknown section [{section}]; remove it or use one of the known sections: {known}"
@@ -77,7 +77,7 @@ class Errors:
 
     # E70x-E74x: linking new corpora with a trained model (pipeline/link/)
     E701 = "{path}: not an xel model folder ({detail}); give the model/ folder of a run that finished evaluate, or one written by `xel-cli export`"
-    E702 = "{path}: the model folder is damaged ({detail}); export it again from its run (`xel-cli export RUN_DIR OUT_DIR`) or re-run evaluate there with --force"
+    E702 = "{path}: the model folder is damaged ({detail}); {fix_first}export it again from its run (`xel-cli export RUN_DIR OUT_DIR`) or re-run evaluate there with --force"
     E703 = "{path}: model format version {found} is newer than this xel reads ({supported}); upgrade xel"
     E704 = "{name}: the encoder of model {model} cannot be loaded ({detail}); put that encoder in the local Hugging Face cache or at the folder model.json names"
     E705 = "{path}: this KB lacks {count} KB id(s) of the model's alias table in {model} (e.g. {example}); link against a KB that holds the entities the model was trained on, or retrain on this KB"
