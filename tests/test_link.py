@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from click.testing import CliRunner, Result
@@ -168,6 +169,60 @@ def test_export_round_trip_and_python_api(demo_run: dict, tmp_path: Path) -> Non
     for empty in (pl.DataFrame(), pl.DataFrame(schema={"id": pl.String, "mention": pl.String}), []):
         nothing = linker.link(empty)
         assert nothing.height == 0 and nothing.schema == links.schema == cli_links.schema
+
+
+def _numpy_values(record: dict) -> dict:
+    """A record as numpy gives its values: np.int64 offsets, np.str_ strings, np.bool_ flags."""
+    kinds = {bool: np.bool_, int: np.int64, str: np.str_}
+    return {key: kinds[type(value)](value) for key, value in record.items()}
+
+
+class FrameLike:
+    """What pandas hands over (`to_dict("records")`) for a frame whose columns have missing values:
+    offsets upcast to float64 with NaN where missing, NaN for a missing string. Stands in for pandas,
+    which is not a dependency of xel, so the API is tested without it too."""
+
+    columns = ("id", "doc_id", "lang", "mention", "text", "start", "end", "doc_start", "doc_end")
+
+    def __init__(self, records: list[dict]) -> None:
+        self.records = records
+
+    def to_dict(self, orient: str) -> list[dict]:
+        assert orient == "records"
+        return [{name: (np.float64(r[name]) if name in ("start", "end", "doc_start", "doc_end") else r[name])
+                 if r.get(name) is not None else np.nan for name in self.columns} for r in self.records]
+
+
+def test_the_python_api_takes_numpy_values_frames_and_arrow_tables(demo_run: dict) -> None:
+    """`Linker.link` reads numpy scalars, pandas-like frames (NaN for missing, float offsets) and pyarrow
+    tables as the plain records they hold (issue 21 item 4; `np.int64` offsets were refused with E103)."""
+    import pyarrow as pa
+
+    linker = Linker.load(demo_run["model"])
+    records = without_gold(demo_records("test"))[:10]
+    columns = ["mention_id", "start", "end", "kb_id", "is_nil"]
+    expected = linker.link(records).select(columns)
+    assert linker.link([_numpy_values(r) for r in records]).select(columns).equals(expected)
+    assert linker.link(pa.Table.from_pylist(records)).select(columns).equals(expected)
+    # Half the mentions by doc_start/doc_end into docs given as a frame too: missing offsets and texts are NaN.
+    docs = {r["doc_id"]: r["text"] for r in records}
+    mixed = [r if i % 2 else {**{k: v for k, v in r.items() if k not in ("text", "start", "end")},
+                              "doc_start": r["start"], "doc_end": r["end"]} for i, r in enumerate(records)]
+    doc_frame = FrameLike([{"doc_id": d, "text": t} for d, t in docs.items()])
+    doc_frame.columns = ("doc_id", "text")
+    assert linker.link(FrameLike(mixed), docs=doc_frame).select(columns).equals(expected)
+    with pytest.raises(InputError, match=r"\[E103\] <mentions>:1: field 'start' should be an integer, got 0.5"):
+        linker.link([{**records[0], "start": np.float64(0.5)}])
+
+
+def test_the_python_api_takes_pandas_frames(demo_run: dict) -> None:
+    pd = pytest.importorskip("pandas", reason="pandas is not installed (not a dependency of xel)")
+    linker = Linker.load(demo_run["model"])
+    records = without_gold(demo_records("test"))[:10]
+    columns = ["mention_id", "start", "end", "kb_id", "is_nil"]
+    frame = pd.DataFrame(records)
+    frame.loc[0, "entity_type"] = None
+    assert linker.link(frame).select(columns).equals(linker.link(records).select(columns))
 
 
 @pytest.mark.parametrize("damage, code", [
