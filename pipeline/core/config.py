@@ -76,6 +76,10 @@ class InputsConfig:
     # Repeated mention ids are an error unless this is set; then a repeated id gets its span
     # appended ("id#start-end"). MEANTIME reuses ids for nested mentions of one span start.
     rename_duplicate_ids: bool = False
+    # Two mentions of one span are an error (E115) unless this is set; then the first (by line) is
+    # kept and the others dropped, with one warning that counts them (W108). Annotated corpora
+    # mark one span twice with two gold ids (NEREL's training part has 15 such spans).
+    drop_duplicate_spans: bool = False
     # Characters of document text kept on each side of a mention taken from a docs file.
     context_chars: int = 600
 
