@@ -573,8 +573,12 @@ def test_link_decides_nil_with_the_learned_classifier_as_evaluate_would(demo_run
     assert both["is_nil"].to_list() == both["is_nil_link"].to_list()
     linked = both.filter(~pl.col("is_nil"))
     assert linked["kb_id"].to_list() == linked["kb_id_link"].to_list()
-    assert links.columns[:10] == ["mention_id", "doc_id", "start", "end", "lang", "mention", "kb_id", "score", "is_nil",
-                                  "threshold"]
+    assert links.columns[:12] == ["mention_id", "doc_id", "start", "end", "lang", "mention", "kb_id", "score", "is_nil",
+                                  "threshold", "nil_probability", "nil_cut"]
+    # The row shows the classifier's P(NIL) and its cut, not a threshold that contradicts is_nil (issue 21 item 12).
+    assert links["threshold"].null_count() == links.height
+    with_candidates = links.filter(pl.col("score").is_not_null())
+    assert with_candidates["is_nil"].to_list() == (with_candidates["nil_probability"] > with_candidates["nil_cut"]).to_list()
 
 
 def test_a_failed_link_removes_only_the_out_folder_it_made_and_that_holds_nothing_linked(

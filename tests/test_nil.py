@@ -91,8 +91,35 @@ def test_decide_nil_applies_thresholds_or_the_classifier() -> None:
     assert decide_nil(table, artifact)["kb_id"].to_list() == ["Q1", "NIL", "NIL"]
     artifact = {**artifact, "thresholds": {"en": -1.0}, "method": "classifier", "classifier": nil_classifier.fit(separable(60, 0))}
     decided = decide_nil(table, artifact)
-    # The classifier overrides en's threshold -1 for b; c has no candidate; `threshold` is still reported.
-    assert decided["kb_id"].to_list() == ["Q1", "NIL", "NIL"] and decided["threshold"].to_list() == [-1.0, -1.0, -1.0]
+    # The classifier overrides en's threshold -1 for b; c has no candidate.
+    assert decided["kb_id"].to_list() == ["Q1", "NIL", "NIL"]
+    # What decided is shown, never a threshold that contradicts is_nil (issue 21 item 12): the classifier's
+    # P(NIL) and the cut it passes (P(right)), and no threshold.
+    assert decided["threshold"].to_list() == [None, None, None]
+    probability, cut = decided["nil_probability"].to_list(), decided["nil_cut"].to_list()
+    assert probability[0] < cut[0] and probability[1] > cut[1]
+    assert all(0.0 <= value <= 1.0 for value in probability + cut)
+
+
+@pytest.mark.parametrize("method", ["threshold", "classifier", "nota"])
+def test_the_decision_columns_never_contradict_is_nil(method: str) -> None:
+    """With thresholds or nota, NIL exactly when best_score < threshold (nota's threshold is the NIL
+    score); with the classifier, exactly when nil_probability > nil_cut (no candidate: NIL either way)."""
+    rows = [(f"m{i}", "en", f"Q{i}", score, score - 0.1, "NIL" if score < 0 else f"Q{i}")
+            for i, score in enumerate(np.linspace(-0.9, 0.9, 12).tolist())] + [("none", "en", None, None, None, "NIL")]
+    table = evidence_table(rows).with_columns(pl.Series("nil_score", [0.1] * 12 + [None], dtype=pl.Float64))
+    artifact = {"method": method, "thresholds": {"en": -1.0 if method != "threshold" else 0.2}, "default_threshold": -1.0,
+                "classifier": nil_classifier.fit(separable(60, 0)) if method == "classifier" else None}
+    decided = decide_nil(table, artifact)
+    has = decided["best_kb_id"].is_not_null()
+    if method == "classifier":
+        rule = decided["nil_probability"] > decided["nil_cut"]
+        assert decided["threshold"].null_count() == decided.height
+    else:
+        rule = decided["best_score"] < decided["threshold"]
+        assert decided["nil_probability"].null_count() == decided["nil_cut"].null_count() == decided.height
+    assert decided.filter(has)["is_nil"].to_list() == rule.filter(has).to_list()
+    assert 0 < decided["is_nil"].sum() < decided.height and decided.filter(~has)["is_nil"].to_list() == [True]
 
 
 def test_choose_warns_about_thin_or_missing_dev_and_falls_back(caplog: pytest.LogCaptureFixture) -> None:

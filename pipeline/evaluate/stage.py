@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 STAGE = "evaluate"
 # 2: writes doc_languages.tsv beside gold.tab; 3: thresholds at the middle of a flat optimum,
 # the learned NIL classifier, error analysis.
-STAGE_VERSION = 4  # 4: the mention's NIL prior (evaluate.nil_mention_prior)
+STAGE_VERSION = 5  # 4: the mention's NIL prior (evaluate.nil_mention_prior); 5: nil_probability, nil_cut
 NIL_ARTIFACT = "nil.json"
 RUN_ID = "xel"
 # §7.2 re-ranks the ranker's ten best candidates.
@@ -312,7 +312,7 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     write_parquet_atomic(decided.select(
         "mention_id", "doc_id", "lang", "split", "mention", "gold_kb_id", "best_kb_id", "best_score", "second_kb_id",
         "second_score", "margin", *(name for name in ("nil_score", mention_prior.COLUMN) if name in decided.columns),
-        "threshold", "is_nil",
+        "threshold", "nil_probability", "nil_cut", "is_nil",
         "system_id"), out_dir / "predictions.parquet")
     write_json_atomic(out_dir / NIL_ARTIFACT, artifact)
     write_parquet_atomic(analysis, out_dir / "analysis.parquet")

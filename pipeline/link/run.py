@@ -43,7 +43,7 @@ from pipeline.core.shards import ShardErrors, finished_shards
 
 logger = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 2  # 2: links carry nil_probability and nil_cut (chunks of 1 lack them)
 DEFAULT_CHUNK_MENTIONS = 10_000
 
 
