@@ -849,3 +849,32 @@ def test_a_blank_gold_id_is_no_gold(demo_run: dict, tmp_path: Path, form: str) -
     blank = mentions("blank", [{**record, "gold_kb_id": " "} for record in records])
     refused = link(demo_run["model"], blank, tmp_path / "none", "--score")
     assert refused.exit_code == 2 and f"Error: [E709] {blank}: --score needs gold_kb_id" in refused.output
+
+
+def test_a_link_says_when_it_replaces_the_links_of_another_model_or_kb(demo_run: dict, tmp_path: Path) -> None:
+    """One W704 line when --out holds links of another model or KB, which this link replaces (issue 21
+    item 13); none for a relink of the same model and KB (another corpus, up to date, resumed)."""
+    out = tmp_path / "out"
+    few = write_jsonl(tmp_path / "few.jsonl", without_gold(demo_records("test"))[:8])
+    other = tmp_path / "other-model"
+    shutil.copytree(demo_run["model"], other)
+    meta = json.loads((other / "model.json").read_text(encoding="utf-8"))
+    meta["nil"]["fallback"] = 0.0  # another model: its own NIL setting
+    (other / "model.json").write_text(json.dumps(meta), encoding="utf-8")
+    kb = tmp_path / "kb.jsonl"
+    kb.write_text((DEMO / "kb.jsonl").read_text(encoding="utf-8") + json.dumps({"kb_id": "new:1", "name": "New"}) + "\n",
+                  encoding="utf-8")
+
+    def replaced(result: Result) -> list[str]:
+        return [line for line in result.output.splitlines() if "[W704]" in line]
+
+    assert replaced(succeeded(link(demo_run["model"], few, out))) == []
+    assert replaced(succeeded(link(demo_run["model"], demo_run["test"], out))) == []  # another corpus, same model
+    lines = replaced(succeeded(link(other, few, out)))
+    assert len(lines) == 1 and f"{out} holds the links of another model ({demo_run['model'].resolve()}, now " \
+        f"{other.resolve()}); this link replaces them" in lines[0], lines
+    lines = replaced(succeeded(link(other, few, out, "--kb", kb)))
+    assert len(lines) == 1 and f"another KB ({(DEMO / 'kb.jsonl').resolve()}, now {kb.resolve()})" in lines[0], lines
+    assert replaced(succeeded(link(other, few, out, "--kb", kb))) == []  # up to date
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["linked_with"]["model"] == str(other.resolve()) and manifest["linked_with"]["kb"] == str(kb.resolve())
