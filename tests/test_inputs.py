@@ -415,3 +415,15 @@ def test_triage_command_with_docs_file_and_renamed_duplicates(make_run_config, t
     table = pl.read_parquet(tmp_path / "run" / "triage" / "mentions.parquet")
     assert table["mention_id"].to_list() == ["m1", "m1#17-30"]
     assert table["context"].to_list() == [doc_text[:62], doc_text[0:80]]
+
+
+def test_ignore_entity_type_reads_no_mention_types(tac_files: dict[str, Path], tmp_path: Path) -> None:
+    """A .tab's type column is each mention's entity_type, as JSONL's field is; inputs.ignore_entity_type
+    reads none from either (issue 21 item 15)."""
+    kb = write_jsonl(tmp_path / "kb.jsonl", TINY_KB)
+    tac = {"kb": kb, "tac_train": tac_files["train"], "tac_source": tac_files["source"]}
+    assert load_mentions(InputsConfig(**tac))["entity_type"].to_list() == ["PER", "PER", "GPE"]
+    assert load_mentions(InputsConfig(**tac, ignore_entity_type=True))["entity_type"].null_count() == 3
+    jsonl = write_jsonl(tmp_path / "m.jsonl", [mention("m1", "Paris is big.", "Paris", entity_type="GPE")])
+    assert load_mentions(InputsConfig(kb=kb, mentions=jsonl))["entity_type"].to_list() == ["GPE"]
+    assert load_mentions(InputsConfig(kb=kb, mentions=jsonl, ignore_entity_type=True))["entity_type"].to_list() == [None]

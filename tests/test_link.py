@@ -878,3 +878,30 @@ def test_a_link_says_when_it_replaces_the_links_of_another_model_or_kb(demo_run:
     assert replaced(succeeded(link(other, few, out, "--kb", kb))) == []  # up to date
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["linked_with"]["model"] == str(other.resolve()) and manifest["linked_with"]["kb"] == str(kb.resolve())
+
+
+def test_a_tab_files_type_column_feeds_the_ranker_unless_ignored(demo_run: dict, tmp_path: Path) -> None:
+    """A TAC .tab's type column is each mention's entity_type, which the ranker's type features read, so
+    its links differ from the same mentions given without types; --ignore-entity-type makes them equal
+    (issue 21 item 15)."""
+    records = without_gold(demo_records("test"))
+    source = tmp_path / "source"
+    source.mkdir()
+    lines = []
+    for r in records:
+        doc_id = f"demo:{r['lang']}:{r['doc_id']}"
+        (source / f"{doc_id.replace(':', '__')}.txt").write_text(r["text"], encoding="utf-8")
+        lines.append(f"xel\t{r['id']}\t{r['mention']}\t{doc_id}:{r['start']}-{r['end'] - 1}\tNIL\t{r['entity_type']}\tNAM\t1.0\n")
+    tab = tmp_path / "mentions.tab"
+    tab.write_text("".join(lines), encoding="utf-8")
+    untyped = write_jsonl(tmp_path / "untyped.jsonl", [{k: v for k, v in r.items() if k != "entity_type"} for r in records])
+    succeeded(link(demo_run["model"], untyped, tmp_path / "untyped"))
+    succeeded(link(demo_run["model"], tab, tmp_path / "typed", "--docs", source))
+    succeeded(link(demo_run["model"], tab, tmp_path / "ignored", "--docs", source, "--ignore-entity-type"))
+    reference, typed, ignored = (pl.read_parquet(tmp_path / name / "links.parquet").sort("mention_id")
+                                 for name in ("untyped", "typed", "ignored"))
+    assert (typed["score"] - reference["score"]).abs().max() > 1e-3  # the types moved the ranker's scores
+    assert (ignored["score"] - reference["score"]).abs().max() < 1e-6
+    assert ignored.select("mention_id", "kb_id", "is_nil").equals(reference.select("mention_id", "kb_id", "is_nil"))
+    system = read_tab(tmp_path / "ignored" / "system.tab")
+    assert set(system["entity_type"].to_list()) == {"UNK"}  # no type read: none written either

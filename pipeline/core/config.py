@@ -82,6 +82,10 @@ class InputsConfig:
     drop_duplicate_spans: bool = False
     # Characters of document text kept on each side of a mention taken from a docs file.
     context_chars: int = 600
+    # Each mention's `entity_type` (the JSONL field; a TAC .tab's type column, PER/ORG/GPE/...)
+    # is its type, one-hot in the ranker's type features. true: ignore it, as for mentions that
+    # give none (`xel-cli link --ignore-entity-type` for a corpus to link). See docs/inputs.md.
+    ignore_entity_type: bool = False
 
     def __post_init__(self) -> None:
         where = "[inputs]"

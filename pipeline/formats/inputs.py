@@ -330,7 +330,8 @@ def _read_source(source_dir: Path, doc_id: str, gold: pl.DataFrame) -> str:
 
 
 def load_mentions(config: InputsConfig) -> pl.DataFrame:
-    """The run's mentions from JSONL or TAC inputs, normalised to `schema.MENTIONS` (+ `line`)."""
+    """The run's mentions from JSONL or TAC inputs, normalised to `schema.MENTIONS` (+ `line`); a TAC
+    `.tab`'s type column is each mention's `entity_type`, as JSONL's field, unless inputs.ignore_entity_type."""
     if config.mentions is not None:
         frame = read_mentions_jsonl(config.mentions, config.docs, config.context_chars, config.rename_duplicate_ids,
                                     drop_duplicate_spans=config.drop_duplicate_spans)
@@ -340,7 +341,15 @@ def load_mentions(config: InputsConfig) -> pl.DataFrame:
         frame = read_tac_mentions(splits, config.tac_source, config.context_chars, config.drop_duplicate_spans)
     if config.named_only:
         frame = frame.filter(pl.col("named").fill_null(True))
+    if config.ignore_entity_type:
+        frame = without_entity_type(frame)
     return normalise_gold(frame)
+
+
+def without_entity_type(frame: pl.DataFrame) -> pl.DataFrame:
+    """The mentions with no `entity_type` (inputs.ignore_entity_type, `xel-cli link --ignore-entity-type`):
+    the ranker's type features then see none, as for mentions that give none."""
+    return frame.with_columns(pl.lit(None, pl.String).alias("entity_type"))
 
 
 def normalise_gold(frame: pl.DataFrame) -> pl.DataFrame:

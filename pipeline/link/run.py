@@ -34,6 +34,7 @@ from pipeline.core.io import (file_fingerprint, remove_leftover_temps, write_jso
                          write_text_atomic)
 from pipeline.link.out_folder import (CHUNKS, SHARDS, WORK, linked_with, record_linked_with, recorded_linked_with,
                                       warn_replaced_links)
+from pipeline.formats.inputs import without_entity_type
 from pipeline.link.outputs import nil_share, remove_stale_outputs, write_outputs
 from pipeline.link.sources import check_corpus, has_gold, mention_chunks
 from pipeline.model.model_folder import load_model_folder
@@ -65,6 +66,8 @@ class LinkOptions:
     force: bool = False
     # NIL threshold of languages the model has none for (None: the median of its thresholds).
     fallback_threshold: float | None = None
+    # Ignore the mentions' entity_type (a TAC .tab's type column too): the ranker's type features see none.
+    ignore_entity_type: bool = False
 
 
 @dataclass
@@ -92,6 +95,8 @@ def link_key(options: LinkOptions, model_fingerprint: str, kb_fingerprint: str) 
     settings = {"chunk_mentions": options.chunk_mentions, "score": options.score}
     if options.fallback_threshold is not None:  # it decides NIL for unseen languages; absent, old keys hold
         settings["fallback_threshold"] = options.fallback_threshold
+    if options.ignore_entity_type:  # likewise
+        settings["ignore_entity_type"] = True
     return stage_key("link", VERSION, settings, inputs)
 
 
@@ -240,7 +245,7 @@ def run(options: LinkOptions) -> LinkResult:
             if _chunk_path(out_dir, index).is_file():
                 counts["chunks_resumed"] += 1
                 continue
-            mentions = read()
+            mentions = without_entity_type(read()) if options.ignore_entity_type else read()
             result = linker.link_chunk(mentions, out_dir / WORK / f"encode-{index:06d}")
             stats = {"mentions": mentions.height, "entities_encoded": result.entities_encoded,
                      "entities_cached": result.entities_cached, "seconds": result.seconds,
