@@ -11,7 +11,7 @@ import pytest
 from pipeline.evaluate import nil_choice
 from pipeline.model import nil_classifier
 from pipeline.core.config import EvaluateConfig
-from pipeline.evaluate.error_analysis import analyse, outcome_scores
+from pipeline.evaluate.error_analysis import analyse, markdown, outcome_scores
 from pipeline.model.nil import decide_nil
 
 SCHEMA = {"mention_id": pl.String, "lang": pl.String, "mention": pl.String, "entity_type": pl.String,
@@ -185,7 +185,9 @@ def test_error_analysis_on_a_hand_made_case() -> None:
     })
     candidates = pl.DataFrame({"mention_id": ["m1", "m2", "m2", "m3", "m3", "m4", "m6"], "rank": [1, 2, 1, 7, 1, 1, 3],
                                "kb_id": ["Q1", "Q2", "Q8", "Q3", "Q4", "Q9", "Q4"]})
-    table, confusions = analyse(evaluated, candidates, seen_kb_ids=["Q1", "Q9"])
+    names = pl.DataFrame({"kb_id": ["Q1", "Q3", "Q4", "Q9"], "name": ["Paris", "George W. Bush", "George H. W. Bush",
+                                                                       "Paris, Texas"]})
+    table, confusions = analyse(evaluated, candidates, seen_kb_ids=["Q1", "Q9"], names=names)
 
     def cell(analysis: str, group: str, lang: str = "all") -> tuple:
         row = table.filter((pl.col("analysis") == analysis) & (pl.col("group") == group) & (pl.col("lang") == lang))
@@ -205,7 +207,11 @@ def test_error_analysis_on_a_hand_made_case() -> None:
     nil_es = table.filter((pl.col("analysis") == "NIL") & (pl.col("lang") == "es")).row(0, named=True)
     assert (nil_es["nil_precision"], nil_es["nil_recall"], nil_es["nil_f1"]) == (1.0, 1.0, 1.0)
     # Q3 -> Q4 twice (first example by mention id: "Bush"), Q1 -> Q9 once.
-    assert confusions.rows() == [("Q3", "Q4", 2, "Bush"), ("Q1", "Q9", 1, "París")]
+    # Entity names beside the KB ids (issue 21 item 16), in confusions.parquet and report.md.
+    assert confusions.rows() == [("Q3", "George W. Bush", "Q4", "George H. W. Bush", 2, "Bush"),
+                                 ("Q1", "Paris", "Q9", "Paris, Texas", 1, "París")]
+    assert "| Q3 (George W. Bush) | Q4 (George H. W. Bush) | 2 | Bush |" in markdown(table, confusions)
+    assert analyse(evaluated, candidates, seen_kb_ids=[])[1]["gold_name"].to_list() == [None, None]
 
 
 def test_tied_best_counts_mentions_whose_runner_up_has_the_best_score() -> None:

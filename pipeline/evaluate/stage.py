@@ -306,7 +306,8 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
         warn(logger, "W502", split=evaluate.eval_split, tied=ties["tied"], mentions=ties["mentions"],
              percent=f"{ties['share']:.0%}", advice=tie_advice(ties))
     seen = mentions.filter(pl.col("mention_id").is_in(saved.get("train_mention_ids", [])))["gold_kb_id"].unique()
-    analysis, confusions = error_analysis.analyse(evaluated, candidates, seen.drop_nulls().to_list())
+    names = pl.scan_parquet(triage_dir / "entities.parquet")  # checked by load_inputs; confusions show names
+    analysis, confusions = error_analysis.analyse(evaluated, candidates, seen.drop_nulls().to_list(), names)
 
     write_parquet_atomic(score_table, out_dir / "scores.parquet")
     write_parquet_atomic(decided.select(
