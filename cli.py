@@ -46,17 +46,35 @@ _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 _NO_SUCH_COMMAND = getattr(click.exceptions, "NoSuchCommand", ())
 
 
+# What an interrupted command keeps (every write is atomic, so nothing is left half-written) and
+# how it resumes: said in one line on Ctrl-C, exit code 130 (128 + SIGINT, as shells report it).
+INTERRUPTED_KEEPS = {
+    "triage": "triage keeps nothing of this attempt (its tables are written whole or not at all)",
+    "encode": "encode keeps its finished chunks",
+    "train": "train keeps its last checkpoint (train.checkpoint_every epochs, or train.checkpoint_minutes)",
+    "evaluate": "evaluate keeps nothing of this attempt; the stages before it are finished",
+    "run": "finished stages are kept, with encode's finished chunks and train's last checkpoint",
+    "search": "finished trials are kept",
+    "experiment": "finished sub-runs are kept",
+    "link": "link keeps its finished chunks in --out",
+}
+INTERRUPTED_EXIT = 130
+
+
 class XelGroup(click.Group):
     """Turns a PipelineError, and click's own usage errors (`errors.usage_error`: E206/E207), into one
-    line and exit code 2 unless --debug is on. Help, and `xel-cli` without a command, stay click's."""
+    line and exit code 2 unless --debug is on; Ctrl-C into one line saying what was kept and how to
+    resume, exit code 130. Help, and `xel-cli` without a command, stay click's."""
 
     def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
         try:
-            return super().make_context(info_name, args, parent=parent, **extra)
+            context = super().make_context(info_name, args, parent=parent, **extra)
         except _NO_ARGS_IS_HELP:
             raise
         except click.UsageError as error:  # of the global options (`xel-cli --bogus`): click shows it as one line
             raise usage_error(error) from None
+        context.meta["xel.args"] = list(args)  # the command line, for the resume advice on Ctrl-C
+        return context
 
     def invoke(self, ctx: click.Context):
         try:
@@ -69,6 +87,21 @@ class XelGroup(click.Group):
             self._show(ctx, error)
         except OSError as error:  # what no stage coded: a path the system refuses (permissions, a file for a folder)
             self._show(ctx, os_error(error))
+        except KeyboardInterrupt:
+            self._interrupted(ctx)
+
+    @staticmethod
+    def _interrupted(ctx: click.Context) -> None:
+        """One line on Ctrl-C: what the command keeps (`INTERRUPTED_KEEPS`) and the command that resumes it."""
+        import shlex
+
+        state = ctx.find_object(State)
+        if state is not None and state.debug:
+            click.echo(traceback.format_exc(), err=True, nl=False)
+        kept = INTERRUPTED_KEEPS.get(ctx.invoked_subcommand or "", "nothing half-written is left")
+        again = shlex.join(["xel-cli", *ctx.meta.get("xel.args", [])])
+        click.echo(f"Interrupted: {kept}; run `{again}` again to resume.", err=True)
+        ctx.exit(INTERRUPTED_EXIT)
 
     @staticmethod
     def _show(ctx: click.Context, error: PipelineError) -> None:

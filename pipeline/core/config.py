@@ -190,6 +190,10 @@ class TrainConfig:
     patience: int = 50
     eval_every: int = 5
     checkpoint_every: int = 50
+    # Also checkpoint at the end of an epoch when this many minutes have passed since the last
+    # checkpoint (or the start), so a long epoch-count still leaves a first checkpoint within
+    # minutes (0: only every checkpoint_every epochs). Neither changes the model.
+    checkpoint_minutes: float = 5.0
     min_type_count: int = 100
     # The paper's settings: Mono = one language here, Multi = all (empty), zero-shot = some
     # languages here and others in [evaluate] languages. Dev accuracy for early stopping
@@ -245,6 +249,8 @@ class TrainConfig:
         _check(where, "epochs", self.epochs, self.epochs >= 1, "must be >= 1")
         _check(where, "eval_every", self.eval_every, self.eval_every >= 1, "must be >= 1")
         _check(where, "checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 1, "must be >= 1")
+        _check(where, "checkpoint_minutes", self.checkpoint_minutes,
+               math.isfinite(self.checkpoint_minutes) and self.checkpoint_minutes >= 0, "must be >= 0 (0: off)")
         _check(where, "weight_average", self.weight_average, 0 <= self.weight_average < 1, "must be in [0, 1) (0: off)")
         _check(where, "baseline", self.baseline, self.baseline in ("none", "nn"), "use none (the ranker) or nn")
         _check(where, "train_languages", self.train_languages, all(self.train_languages), "language codes cannot be empty")
