@@ -17,6 +17,8 @@ from functools import lru_cache
 import polars as pl
 from unidecode import unidecode
 
+from pipeline.core.progress import progress
+
 _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
 # Leading definite and indefinite articles of the languages linkers meet most, and the
 # prepositions fused with them (`del`, `degli`); one is dropped. A lone article stays.
@@ -119,6 +121,10 @@ def content_words(roman: pl.Expr) -> pl.Expr:
     return pl.when(content == "").then(roman).otherwise(content)
 
 
+# Non-ASCII strings keyed between two progress updates (`add_keys`).
+KEYS_BLOCK = 10_000
+
+
 def add_keys(frame: pl.DataFrame, column: str) -> pl.DataFrame:
     """Add `<column>_fold` and `<column>_roman` keys.
 
@@ -132,7 +138,13 @@ def add_keys(frame: pl.DataFrame, column: str) -> pl.DataFrame:
         .str.replace(_LEADING_ARTICLE.pattern, "").alias(f"{column}_fold"))
     ascii_keys = ascii_keys.with_columns(pl.col(f"{column}_fold").alias(f"{column}_roman"))
     other = distinct.filter(~ascii_only)[column].to_list()
-    other_keys = pl.DataFrame(
-        {column: other, f"{column}_fold": [fold(s) for s in other], f"{column}_roman": [romanise(s) for s in other]},
-        schema=ascii_keys.schema)
+    folded, romanised = [], []
+    with progress(len(other), "triage: name keys", "names", delay=2.0) as counter:
+        for start in range(0, len(other), KEYS_BLOCK):
+            block = other[start:start + KEYS_BLOCK]
+            folded += [fold(s) for s in block]
+            romanised += [romanise(s) for s in block]
+            counter.update(len(block))
+    other_keys = pl.DataFrame({column: other, f"{column}_fold": folded, f"{column}_roman": romanised},
+                              schema=ascii_keys.schema)
     return frame.join(pl.concat([ascii_keys, other_keys]), on=column, how="left")

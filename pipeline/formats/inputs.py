@@ -23,6 +23,7 @@ from pipeline.formats.fragments import FRAGMENTS_DTYPE, fragment_texts, read_fra
 from pipeline.formats.input_checks import (check_docs_file_texts, check_document_texts, check_documents, check_fields,
                                            check_mentions, check_offsets, more)
 from pipeline.core.io import atomic_path, check_record_fields, iter_jsonl_blocks
+from pipeline.core.progress import progress
 from pipeline.formats.kb_records import KbRecords
 
 logger = logging.getLogger(__name__)
@@ -401,7 +402,7 @@ def write_entities(kb_path: Path, out_path: Path) -> int:
     lines: list[pl.Series] = []
     count = 0
     records = KbRecords(kb_path)
-    with atomic_path(out_path) as temp_path:
+    with atomic_path(out_path) as temp_path, progress(None, "triage: KB", "entities", delay=2.0) as counter:
         writer = pq.ParquetWriter(temp_path, ENTITIES_ARROW, compression="zstd")
         try:
             for block in iter_jsonl_blocks(kb_path):
@@ -416,6 +417,7 @@ def write_entities(kb_path: Path, out_path: Path) -> int:
                 ids.append(pl.Series(columns["kb_id"], dtype=pl.String))
                 lines.append(pl.Series(block_lines, dtype=pl.Int64))
                 count += len(block_lines)
+                counter.update(len(block_lines))
         finally:
             writer.close()
         duplicate = first_duplicate(pl.concat(ids), pl.concat(lines))
