@@ -124,6 +124,7 @@ def test_triage_reports_progress_on_its_long_steps(tmp_path: Path, tiny_encoder_
     """Triage logs progress while it reads the KB, keys and indexes its names, looks up fuzzy matches
     and runs each candidate source (issue 21 item 16: a new user saw 56 s of silence)."""
     monkeypatch.setenv("XEL_PROGRESS_SECONDS", "1e-9")
+    monkeypatch.setenv("XEL_CACHE", str(tmp_path / "cache"))  # the KB's indexes are built, not found cached
     config = write_run_config(tmp_path, tiny_encoder_dir)
     result = CliRunner().invoke(main, ["triage", "--config", str(config)])
     assert result.exit_code == 0, result.output
