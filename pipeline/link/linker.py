@@ -227,7 +227,7 @@ class Linker:
             return pl.DataFrame(schema=LINKS_SCHEMA)
         doc_texts = None
         if docs is not None:
-            doc_records = native_records(docs)
+            doc_records = native_records(docs, "<docs>")
             for row, record in enumerate(doc_records, start=1):
                 check_doc_record(Path("<docs>"), row, record)  # E102/E103 naming the row, as a docs file's line
             doc_texts = pl.DataFrame([(r["doc_id"], r["text"]) for r in doc_records], orient="row",

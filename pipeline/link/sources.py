@@ -9,7 +9,7 @@ and splits in the input are dropped unless scoring is asked for.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +78,7 @@ def parquet_columns(path: Path) -> list[str]:
 _INTEGER_FIELDS = frozenset(name for name, (types, _) in MENTION_FIELDS.items() if types is int)
 
 
-def native_records(table: object) -> list[dict]:
+def native_records(table: object, name: str = "<mentions>") -> list[dict]:
     """Mention (or document) records as plain Python values, from what a Python caller may hold.
 
     `table`: a polars DataFrame, a pandas DataFrame (or any object with `to_dict("records")`), a
@@ -86,6 +86,7 @@ def native_records(table: object) -> list[dict]:
     (`native_value`): numpy scalars and arrays, pandas' missing values (NaN, NA, NaT) as None, and
     an integral float in an offset field (`start`, `end`, `doc_start`, `doc_end`; pandas turns an
     integer column with a missing value into floats) as an int. pandas itself is never imported.
+    A row that is no mapping is E101, naming `name` and the row (from 1) as a JSONL file's line.
     """
     if isinstance(table, pl.DataFrame):
         rows = table.to_dicts()
@@ -95,8 +96,10 @@ def native_records(table: object) -> list[dict]:
         rows = table.to_dict("records")
     else:
         rows = list(table)
-    return [{str(key): native_value(value, str(key) in _INTEGER_FIELDS) for key, value in dict(row).items()}
-            for row in rows]
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, Mapping):  # as a JSONL line that holds no object
+            raise InputError("E101", path=name, line=number, detail=f"expected an object, got {type(row).__name__}")
+    return [{str(key): native_value(value, str(key) in _INTEGER_FIELDS) for key, value in row.items()} for row in rows]
 
 
 def native_value(value: object, integral: bool = False) -> object:
