@@ -98,9 +98,10 @@ def test_link_gives_evaluates_links_and_nil_decisions(demo_run: dict, tmp_path: 
     predictions = pl.read_parquet(demo_run["run_dir"] / "evaluate" / "predictions.parquet")
     scores = predictions.join(links, on="mention_id")
     assert scores.height == 66 and (scores["best_score"] - scores["score"]).abs().max() < 1e-5
-    assert (scores["threshold"] == scores["threshold_right"]).all()
+    for column in ("threshold", "nil_probability", "nil_cut"):  # what decided NIL, as evaluate's
+        assert scores[column].eq_missing(scores[f"{column}_right"]).all(), column
     assert links.columns == ["mention_id", "doc_id", "start", "end", "lang", "mention", "kb_id", "score", "is_nil",
-                             "threshold", "candidates"]
+                             "threshold", "nil_probability", "nil_cut", "candidates"]
     first = links.filter(pl.col("candidates").list.len() > 1).row(0, named=True)
     ranked = [c["score"] for c in first["candidates"]]
     assert ranked == sorted(ranked, reverse=True) and first["candidates"][0]["sources"]
