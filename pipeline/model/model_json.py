@@ -95,7 +95,7 @@ class TuningCount(_Section):
 class NilMeta(_Section):
     """The NIL policy (`nil_policy.NilPolicy.to_json`): evaluate's nil.json plus fallback and clustering."""
 
-    method: Literal["threshold", "classifier", "nota"]
+    method: Literal["threshold", "classifier", "nota", "reader"]
     thresholds: dict[Name, Score]
     default_threshold: Score
     fallback: Score | None = None
@@ -134,6 +134,22 @@ class TrainedOnMeta(_Section):
     best_epoch: Count | None = None
 
 
+class ReaderLayoutMeta(_Section):
+    max_seq_tokens: Annotated[int, Field(ge=1)]
+    max_context_tokens: Annotated[int, Field(ge=1)]
+    top_k: Annotated[int, Field(ge=1)]
+    form: Literal["listwise", "pairwise"] = "listwise"
+
+
+class ReaderMeta(_Section):
+    """The rerank stage's reader the folder carries (`pipeline.model.reader`): its folder and reader.json."""
+
+    folder: Name
+    layout: ReaderLayoutMeta
+    candidates: Literal["ranker", "triage"] = "ranker"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+
 class ModelJson(_Section):
     """model.json as `model_folder.write_model_folder` writes it."""
 
@@ -147,6 +163,7 @@ class ModelJson(_Section):
     inputs: InputsMeta
     nil: NilMeta
     popularity_rerank: bool = False
+    reader: ReaderMeta | None = None
     types: TypesMeta
     kb: KbMeta
     trained_on: TrainedOnMeta | None = None
