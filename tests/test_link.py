@@ -268,7 +268,7 @@ def test_a_damaged_or_foreign_model_folder_is_one_line_error(demo_run: dict, tmp
     (lambda meta: meta["nil"]["thresholds"].update(en=float("nan")), "nil.thresholds.en: Input should be a finite number"),
     (lambda meta: meta["nil"]["thresholds"].update(en=1.5), "nil.thresholds.en: Input should be less than or equal to 1"),
     (lambda meta: meta["nil"].update(fallback=True), "nil.fallback: Input should be a valid number"),
-    (lambda meta: meta["nil"].update(method="vote"), "nil.method: Input should be 'threshold', 'classifier' or 'nota'"),
+    (lambda meta: meta["nil"].update(method="vote"), "nil.method: Input should be 'threshold', 'classifier', 'nota' or 'reader'"),
     (lambda meta: meta["encoder"]["settings"].update(batch_tokens="16384"), "encoder.settings.batch_tokens: Input should be a valid integer"),
     (lambda meta: meta["encoder"]["settings"].update(batch_tokens=8), "encoder.settings.batch_tokens: must be at least max_context_tokens"),
     (lambda meta: meta["triage"].update(k=0), "triage.k: must be between 1 and 1000 (got 0)"),
