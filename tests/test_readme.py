@@ -85,8 +85,9 @@ def doc_folder(tmp_path: Path, request: pytest.FixtureRequest) -> tuple[Path, di
     if request.node.get_closest_marker("slow"):
         encoder = request.getfixturevalue("default_encoder_dir")
         (cache / encoder.name).symlink_to(encoder, target_is_directory=True)
-    env = {**os.environ, "XEL_CACHE": str(cache), "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))),
-           "PATH": os.pathsep.join((str(bin_dir), str(Path(sys.executable).parent), os.environ.get("PATH", "")))}
+    python_path = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))
+    path = os.pathsep.join((str(bin_dir), str(Path(sys.executable).parent), os.environ.get("PATH", "")))
+    env = {**os.environ, "XEL_CACHE": str(cache), "PYTHONPATH": python_path, "PATH": path}
     return tmp_path, env
 
 
