@@ -40,7 +40,7 @@ def tie_advice(ties: dict) -> str:
     parts = []
     if saturated:
         parts.append(f"{saturated} of them tie near ±1 (|score| > {SATURATED_SCORE}), where the ranker's tanh "
-                     "saturates: retrain with a lower train.learning_rate (README, Results: seed spread)")
+                     "saturates: retrain with a lower train.learning_rate (docs/results.md: seed spread)")
     if ties["tied"] - saturated:
         parts.append(f"{ties['tied'] - saturated} of them tie at |score| <= {SATURATED_SCORE}, as duplicate or "
                      "near-identical KB entities (the same name and description under two ids) do, or a ranker "
