@@ -1,11 +1,14 @@
 """The KB's name indexes for triage, built once per KB and reused by later runs.
 
 A multi-million-entity KB takes a minute to index and the index does not depend on the
-mentions, so it lives in `<run>/triage/kb-index/<key>/`, where the key hashes the KB
-file's fingerprint and what the index is built with. Triage settings such as `k` or the
-mentions file can change without rebuilding it. Each index folder is built under a
-temporary name and renamed into place, so a killed build is never taken as finished; a
-new key removes the folders of older keys.
+mentions, so it lives in `<run>/triage/kb-index/<key>/` (and, for `xel-cli link`, in the
+cache `$XEL_CACHE/kb-index/`), where the key hashes the KB file's fingerprint and what the
+index is built with. Triage settings such as `k` or the mentions file can change without
+rebuilding it. Each index folder is built under a temporary name, sealed (a record of every
+file's size and checksum, `pipeline/core/checked_files.py`) and renamed into place, so a
+killed build is never taken as finished; a folder that no longer matches its record is a
+miss, rebuilt with one `[W402]` naming the file. A folder that matches is only read, so a
+read-only cache serves as it is. A new key removes the folders of older keys.
 
 - `entities`: the KB file as `entities.parquet`; triage copies it into its own folder.
 - `names`: every KB name and alias (`surfaces.parquet`: surface, kb_id and its keys)
@@ -31,7 +34,8 @@ from typing import Callable
 import numpy as np
 import polars as pl
 
-from pipeline.core.errors import InputError
+from pipeline.core import checked_files
+from pipeline.core.errors import InputError, warn
 from pipeline.formats.inputs import write_entities
 from pipeline.core.io import atomic_path, default_permissions, write_parquet_atomic
 from pipeline.triage.tantivy_index import TantivyNameIndex
@@ -41,8 +45,8 @@ logger = logging.getLogger(__name__)
 
 # Raise when the keys (textnorm) or the index layout change: old indexes are then rebuilt.
 # 2: folding keeps script letters (vowel signs, viramas); 3: the fuzzy index is tantivy's
-# (was our own four-gram postings, ngrams.npz).
-INDEX_VERSION = 3
+# (was our own four-gram postings, ngrams.npz); 4: each folder holds its record (checked_files).
+INDEX_VERSION = 4
 # Above this many names the dense index is HNSW: exact search would cost O(names) per query.
 EXACT_DENSE_LIMIT = 200_000
 HNSW_NEIGHBOURS = 32
@@ -83,15 +87,20 @@ def index_key(kb_fingerprint: str, part: str, settings: dict) -> str:
 
 
 def _cached(root: Path, key: str, build: Callable[[Path], None]) -> Path:
-    """The folder `root/key`, built by `build(temp_folder)` when missing; stale siblings removed."""
+    """The folder `root/key`, built by `build(temp_folder)` when missing or damaged (W402); stale siblings removed."""
     folder = root / key
     if folder.is_dir():
-        logger.info("reusing KB index %s", folder)
-        return folder
+        problem = checked_files.damage(folder / checked_files.RECORD_NAME)
+        if problem is None:
+            logger.info("reusing KB index %s", folder)
+            return folder
+        warn(logger, "W402", detail=problem, entry=folder)
+        _remove(folder)
     root.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=root))
     try:
         build(temp)
+        checked_files.seal_folder(temp)
         try:
             default_permissions(temp)
             os.replace(temp, folder)
@@ -107,6 +116,16 @@ def _cached(root: Path, key: str, build: Callable[[Path], None]) -> Path:
         if stale != folder:
             shutil.rmtree(stale, ignore_errors=True)
     return folder
+
+
+def _remove(folder: Path) -> None:
+    """Move a damaged folder aside and delete it (a reader of it elsewhere keeps its open files)."""
+    aside = folder.with_name(f".{folder.name}.damaged.{os.getpid()}.tmp")
+    try:
+        os.replace(folder, aside)
+    except OSError:  # read-only: the rebuild below reports it (E406)
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def kb_entities(kb_path: Path, root: Path, kb_fingerprint: str) -> Path:
