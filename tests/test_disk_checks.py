@@ -223,3 +223,54 @@ def test_a_read_only_cache_holding_everything_a_link_needs_is_used_as_is(demo_ru
     assert "Traceback" not in result.stderr and "[W" not in result.stderr, result.stderr
     assert links(tmp_path / "second").equals(links(tmp_path / "first"))
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*")} == before
+
+
+# --- item 1: encode's saved chunks and shards -----------------------------------------------------------
+
+def test_a_damaged_encode_chunk_is_redone_with_one_warning(make_run_config, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import h5py
+
+    real_rmtree = shutil.rmtree
+
+    def keep_encode_work(path, *args, **kwargs):  # the chunks a killed encode would leave
+        return None if Path(path).name.startswith("work-") else real_rmtree(path, *args, **kwargs)
+
+    config = make_run_config(encoder={"chunk_texts": 4})
+    run_dir = tmp_path / "run"
+    succeeded(invoke("triage", "--config", config))
+    monkeypatch.setattr(shutil, "rmtree", keep_encode_work)
+    succeeded(invoke("encode", "--config", config))
+    with h5py.File(run_dir / "encode" / "vectors.h5", "r") as handle:
+        first = handle["mentions"]["context"][:]
+    (run_dir / "encode" / "manifest.json").unlink()  # so encode runs again, resuming its chunks
+    damaged = sorted((run_dir / "encode").glob("work-*/chunk-*.npz"))[1]
+    with np.load(damaged) as saved:
+        arrays = {name: saved[name] for name in saved.files}
+    np.savez(damaged, **{**arrays, "context": np.full_like(arrays["context"], np.nan)})
+    again = succeeded(invoke("encode", "--config", config))
+    assert again.output.count("[W403]") == 1 and str(damaged) in again.output, again.output
+    assert "resuming encode at chunk 1/" in again.output
+    with h5py.File(run_dir / "encode" / "vectors.h5", "r") as handle:
+        np.testing.assert_array_equal(handle["mentions"]["context"][:], first)
+
+
+def test_a_damaged_encode_shard_is_refused_at_merge_and_redone_by_its_shard(make_run_config, tmp_path: Path) -> None:
+    config = make_run_config()
+    shards = tmp_path / "run" / "encode" / "shards"
+    succeeded(invoke("triage", "--config", config))
+    for shard in ("0/2", "1/2"):
+        succeeded(invoke("encode", "--config", config, "--shard", shard))
+    damaged = shards / "vectors-1-of-2.h5"
+    content = bytearray(damaged.read_bytes())
+    middle = len(content) // 2
+    content[middle:middle + 16] = bytes(b ^ 0xFF for b in content[middle:middle + 16])  # the same size, other bytes
+    damaged.write_bytes(bytes(content))
+    merged = invoke("encode", "--config", config, "--merge")
+    assert merged.exit_code == 2 and "Traceback" not in merged.output, merged.output
+    line = merged.output.strip().splitlines()[-1]
+    assert line.startswith(f"Error: [E404] {damaged}: damaged (") and "vectors-1-of-2.json" in line, line
+    assert "checksum differs" in line
+    redone = succeeded(invoke("encode", "--config", config, "--shard", "1/2"))
+    assert redone.output.count("[W403]") == 1 and "encode: done in" in redone.output
+    succeeded(invoke("encode", "--config", config, "--merge"))

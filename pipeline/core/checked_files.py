@@ -24,8 +24,10 @@ naming the file), a saved chunk is redone, and a piece nothing can redo is refus
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import zipfile
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -41,8 +43,10 @@ RECORD_NAME = ".xel-check.json"  # a sealed folder's record, inside it
 # Bytes read per step while hashing or scanning for non-finite values (bounds memory on large files).
 BLOCK_BYTES = 1 << 24
 
-# record path -> the (size, mtime, inode) of the record and of each file it lists, when last verified whole.
-_VERIFIED: dict[Path, tuple] = {}
+# Signatures (each file's name, size, time and inode, the record's too) of records verified whole or
+# just written: a hit skips hashing. Paths are not part of it, so a sealed folder renamed into place
+# (same inodes) is still known.
+_VERIFIED: set[tuple] = set()
 
 
 def file_crc32(path: Path) -> int:
@@ -72,6 +76,35 @@ def _describe(path: Path) -> dict:
     return entry
 
 
+def describe(files: Iterable[Path], base: Path) -> dict[str, dict]:
+    """What `seal` records of `files` (named relative to `base`), for a JSON file of the caller's own
+    (a shard's manifest); check it with `listed_damage`."""
+    return {str(path.relative_to(base)): _describe(path) for path in sorted(files)}
+
+
+def listed_damage(base: Path, listed: dict[str, dict]) -> str | None:
+    """What is wrong with the files `describe` listed (relative to `base`), or None."""
+    for name in sorted(listed):
+        problem = _file_damage(base / name, listed[name])
+        if problem is not None:
+            return problem
+    return None
+
+
+def npz_damage(path: Path) -> str | None:
+    """What is wrong with an `.npz` file, or None: every array is read (the zip format checks each
+    member's CRC-32) and must hold finite values only."""
+    try:
+        with np.load(path) as saved:
+            for name in saved.files:
+                bad = non_finite_count(saved[name])
+                if bad:
+                    return f"{path}: array {name!r} holds {bad} value(s) that are NaN or infinite"
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        return f"{path}: cannot be read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    return None
+
+
 def seal(record_path: Path, files: Iterable[Path], content: dict | None = None) -> None:
     """Write `record_path` (JSON, atomically) listing each of `files` with its size and CRC-32; call it
     after the files are in place, so the record exists only when they are whole.
@@ -80,10 +113,10 @@ def seal(record_path: Path, files: Iterable[Path], content: dict | None = None) 
     their shape, dtype and count of non-finite values. `content` is kept for `read_content`.
     Raises `CacheError` E406 when the record cannot be written.
     """
-    base = record_path.parent
-    listed = {str(path.relative_to(base)): _describe(path) for path in sorted(files)}
+    listed = describe(files, record_path.parent)
     write_json_atomic(record_path, {"version": RECORD_VERSION, "files": listed, "content": content or {}})
-    _VERIFIED.pop(record_path, None)
+    with contextlib.suppress(OSError):
+        _VERIFIED.add(_signature(record_path, sorted(listed)))
 
 
 def seal_folder(folder: Path, content: dict | None = None) -> None:
@@ -100,9 +133,9 @@ def _read(record_path: Path) -> dict:
     return payload
 
 
-def _signature(record_path: Path, names: Iterable[str]) -> tuple:
+def _signature(record_path: Path, names: list[str]) -> tuple:
     stats = [record_path.stat(), *((record_path.parent / name).stat() for name in names)]
-    return tuple((stat.st_size, stat.st_mtime_ns, stat.st_ino) for stat in stats)
+    return tuple((name, stat.st_size, stat.st_mtime_ns, stat.st_ino) for name, stat in zip(["", *names], stats))
 
 
 def _file_damage(path: Path, entry: dict) -> str | None:
@@ -140,16 +173,12 @@ def damage(record_path: Path) -> str | None:
         signature = _signature(record_path, names)
     except OSError:
         signature = None
-    if signature is not None and _VERIFIED.get(record_path) == signature:
+    if signature is not None and signature in _VERIFIED:
         return None
-    for name in names:
-        problem = _file_damage(record_path.parent / name, payload["files"][name])
-        if problem is not None:
-            _VERIFIED.pop(record_path, None)
-            return problem
-    if signature is not None:
-        _VERIFIED[record_path] = signature
-    return None
+    problem = listed_damage(record_path.parent, payload["files"])
+    if problem is None and signature is not None:
+        _VERIFIED.add(signature)
+    return problem
 
 
 def read_content(record_path: Path) -> dict:
@@ -163,7 +192,6 @@ def forget(record_path: Path) -> None:
         names = list(_read(record_path)["files"])
     except (OSError, ValueError):
         names = []
-    _VERIFIED.pop(record_path, None)
     for path in (record_path, *(record_path.parent / name for name in names)):
         try:
             path.unlink(missing_ok=True)

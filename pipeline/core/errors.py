@@ -120,7 +120,7 @@ class Warnings:
     W401 = "{path}: taking over a stale lock of a run that is gone ({detail})"
     # W402-W403: files checked before use (pipeline/core/checked_files.py).
     W402 = "{detail}: the cache entry {entry} is damaged, so it is rebuilt (a cache miss); nothing to do unless this repeats (then check the disk)"
-    W403 = "{detail}: the saved chunk {path} is damaged, so it is linked again"
+    W403 = "{detail}: the saved chunk {path} is damaged, so it is made again"
     W501 = "no dev mention (of train_languages, if set) to pick the best epoch by; the model is the epoch of lowest training loss and best_dev_accuracy is null"
     W502 = "the ranker gives its best two candidates the same score for {tied} of {mentions} {split} mention(s) with a runner-up ({percent}): which candidate those link to is triage's order, not the ranker's; {advice}"
     W601 = "system languages {languages} are not in the gold; they count overall only"

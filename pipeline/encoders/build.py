@@ -12,8 +12,10 @@ loads it like any other encoder: `AutoModel.from_pretrained(folder)`. The build 
 deterministic, so it goes to a cache folder instead of the repository.
 
 Crash safety: the folder is assembled under a temporary sibling name, its marker
-(`xel-build.json`) is written last, and the whole folder is moved into place with
-`os.replace`. A folder without a valid marker is never returned.
+(`xel-build.json`) and then a record of every file's size and checksum
+(`pipeline/core/checked_files.py`) are written last, and the whole folder is moved into
+place with `os.replace`. A folder without a valid marker is never returned; one that no
+longer matches its record is rebuilt, with one `[W402]` naming the file.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from pipeline.core.errors import ConfigError
+from pipeline.core import checked_files
+from pipeline.core.errors import ConfigError, warn
 from pipeline.core.io import default_permissions
 from pipeline.core.progress import silence_library_bars
 from pipeline.encoders.e5_format import bad_file, bert_state_dict_name, read_e5_file, read_e5_tokenizer
@@ -40,7 +43,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_ENCODER = "xel/multilingual-e5-small"
 """The name users write in a config to mean the offline build of this module."""
 
-BUILD_VERSION = 1
+BUILD_VERSION = 2  # 2: the folder holds its record (checked_files)
 """Raise when the folder this module writes changes; an older marker then misses."""
 
 ENCODER_FOLDER = "multilingual-e5-small"
@@ -74,7 +77,10 @@ def ensure_default_encoder(
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target_dir = cache_root / ENCODER_FOLDER
     if _is_complete(target_dir):
-        return target_dir
+        problem = checked_files.damage(target_dir / checked_files.RECORD_NAME)
+        if problem is None:
+            return target_dir
+        warn(logger, "W402", detail=problem, entry=target_dir)
 
     weights_path = Path(source_path) if source_path is not None else _packaged_weights_path()
     try:
@@ -85,8 +91,8 @@ def ensure_default_encoder(
     from filelock import FileLock  # light; a dependency of huggingface_hub
 
     with FileLock(str(cache_root / f".{ENCODER_FOLDER}.lock")):
-        if _is_complete(target_dir):  # another process built it while we waited
-            return target_dir
+        if _is_complete(target_dir) and checked_files.damage(target_dir / checked_files.RECORD_NAME) is None:
+            return target_dir  # another process built it while we waited
         logger.info(
             "building the offline encoder %s into %s (once, ~10 s)", ENCODER_FOLDER, target_dir
         )
@@ -202,7 +208,8 @@ def _build_folder(weights_path: Path, out_dir: Path) -> None:
             for name in (_WEIGHTS_PACKAGE, "sentencepiece", "torch", "transformers", "numpy")
         },
     }
-    _write_json(out_dir / MARKER_FILE, marker)  # last: its presence means complete
+    _write_json(out_dir / MARKER_FILE, marker)  # its presence means complete ...
+    checked_files.seal_folder(out_dir)  # ... and this record, last, that nothing changed since
     # mkdtemp makes the folder 0700 and safetensors writes 0600; a cache may be shared.
     default_permissions(out_dir)
 
