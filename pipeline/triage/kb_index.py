@@ -35,7 +35,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.core import checked_files
-from pipeline.core.errors import InputError, warn
+from pipeline.core.errors import CacheError, InputError, warn
 from pipeline.formats.inputs import write_entities
 from pipeline.core.io import atomic_path, default_permissions, write_parquet_atomic
 from pipeline.triage.tantivy_index import TantivyNameIndex
@@ -96,8 +96,11 @@ def _cached(root: Path, key: str, build: Callable[[Path], None]) -> Path:
             return folder
         warn(logger, "W402", detail=problem, entry=folder)
         _remove(folder)
-    root.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=root))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=root))
+    except OSError as exc:  # a read-only or full cache
+        raise CacheError("E406", path=folder, detail=exc.strerror or str(exc)) from None
     try:
         build(temp)
         checked_files.seal_folder(temp)
