@@ -20,6 +20,7 @@ longer matches its record is rebuilt, with one `[W402]` naming the file.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -32,8 +33,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from pipeline.core import checked_files
-from pipeline.core.errors import ConfigError, warn
+from pipeline.core.errors import CacheError, ConfigError, PipelineError, warn
 from pipeline.core.io import default_permissions
 from pipeline.core.progress import silence_library_bars
 from pipeline.encoders.e5_format import bad_file, bert_state_dict_name, read_e5_file, read_e5_tokenizer
@@ -113,7 +116,7 @@ def _build_into_place(weights_path: Path, target_dir: Path) -> None:
     try:
         build_dir = Path(tempfile.mkdtemp(prefix=f".{ENCODER_FOLDER}-build-", dir=target_dir.parent))
     except OSError as err:
-        raise ConfigError("E504", path=target_dir.parent, detail=err) from err
+        raise _write_error(target_dir.parent, err) from None
     try:
         _build_folder(weights_path, build_dir)
         if target_dir.exists():  # stale: no marker or an older BUILD_VERSION
@@ -121,11 +124,20 @@ def _build_into_place(weights_path: Path, target_dir: Path) -> None:
             os.replace(target_dir, stale_dir / "old")
             shutil.rmtree(stale_dir, ignore_errors=True)
         os.replace(build_dir, target_dir)
-    except OSError as err:
-        raise ConfigError("E504", path=target_dir, detail=err) from err
+    except (OSError, SafetensorError) as err:  # safetensors reports its failed writes (a full disk) as its own error
+        raise _write_error(target_dir, err) from None
     finally:
         if build_dir.exists():
             shutil.rmtree(build_dir, ignore_errors=True)
+
+
+def _write_error(path: Path, error: Exception) -> PipelineError:
+    """A failed write of the build: E406 (free space) for a full disk or quota, else E504."""
+    full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(
+        f"os error {number}" in str(error) for number in (errno.ENOSPC, errno.EDQUOT))  # Rust's io::Error text
+    if full:
+        return CacheError("E406", path=path, detail=os.strerror(errno.ENOSPC))
+    return ConfigError("E504", path=path, detail=error)
 
 
 def _build_folder(weights_path: Path, out_dir: Path) -> None:
