@@ -256,6 +256,24 @@ def test_unwritable_cache_is_a_coded_error(tmp_path: Path) -> None:
         ensure_default_encoder(blocker / "cache")
 
 
+def test_a_full_disk_while_saving_the_build_is_e406(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """safetensors reports a failed write as its own error, not OSError (issue 21: a traceback)."""
+    from safetensors import SafetensorError
+    from transformers import BertModel
+
+    _packaged_source()
+
+    def disk_full(self, *args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(BertModel, "save_pretrained", disk_full)
+    with pytest.raises(PipelineError) as raised:
+        ensure_default_encoder(tmp_path / "cache")
+    assert raised.value.code == "E406"
+    assert raised.value.message.startswith(f"[E406] {tmp_path / 'cache' / ENCODER_FOLDER}: cannot write (")
+    assert not (tmp_path / "cache" / ENCODER_FOLDER).exists()
+
+
 # --- (e) the tiny test encoder ----------------------------------------------------
 
 
