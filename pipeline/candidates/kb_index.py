@@ -1,14 +1,15 @@
-"""The KB's name indexes for triage, built once per KB and reused by later runs.
+"""The KB's name indexes for candidate generation, built once per KB and reused by later runs and links.
 
 A multi-million-entity KB takes a minute to index and the index does not depend on the
-mentions, so it lives in `<run>/triage/kb-index/<key>/` (and, for `xel-cli link`, in the
-cache `$XEL_CACHE/kb-index/`), where the key hashes the KB file's fingerprint and what the
-index is built with. Triage settings such as `k` or the mentions file can change without
-rebuilding it. Each index folder is built under a temporary name, sealed (a record of every
-file's size and checksum, `pipeline/core/checked_files.py`) and renamed into place, so a
-killed build is never taken as finished; a folder that no longer matches its record is a
-miss, rebuilt with one `[W402]` naming the file. A folder that matches is only read, so a
-read-only cache serves as it is. A new key removes the folders of older keys.
+mentions, so it lives in the store (`pipeline.core.store.kb_index_root`:
+`$XEL_CACHE/kb-index/<KB fingerprint>/<key>/`), where the key hashes the KB file's
+fingerprint and what the index is built with; triage and `xel-cli link` both read it. Triage
+settings such as `k` or the mentions file can change without rebuilding it. Each index folder
+is built under a temporary name, sealed (a record of every file's size and checksum,
+`pipeline/core/checked_files.py`) and renamed into place, so a killed build is never taken as
+finished; a folder that no longer matches its record is a miss, rebuilt with one `[W402]`
+naming the file. A folder that matches is only read, so a read-only cache serves as it is. A
+new key removes the folders of older keys.
 
 - `entities`: the KB file as `entities.parquet`; triage copies it into its own folder.
 - `names`: every KB name and alias (`surfaces.parquet`: surface, kb_id and its keys)
@@ -38,7 +39,7 @@ from pipeline.core import checked_files
 from pipeline.core.errors import CacheError, InputError, warn
 from pipeline.formats.inputs import write_entities
 from pipeline.core.io import atomic_path, default_permissions, write_parquet_atomic
-from pipeline.triage.tantivy_index import TantivyNameIndex
+from pipeline.candidates.tantivy_index import TantivyNameIndex
 from pipeline.core.textnorm import acronym, add_keys, content_words
 
 logger = logging.getLogger(__name__)
