@@ -166,6 +166,26 @@ def test_second_call_is_a_cache_hit(default_encoder_dir: Path, monkeypatch: pyte
     assert (default_encoder_dir / MARKER_FILE).stat().st_mtime_ns == marker_mtime
 
 
+def test_a_damaged_build_is_rebuilt_with_one_warning(default_encoder_dir: Path, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 21: a weights file cut short in the cache (a full disk, a bad copy) is a miss, not a
+    traceback in every later load."""
+    import os
+    import shutil
+
+    from pipeline.core import checked_files
+
+    copy = tmp_path / "cache" / ENCODER_FOLDER
+    shutil.copytree(default_encoder_dir, copy)
+    weights = copy / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size // 2)
+    assert ensure_default_encoder(tmp_path / "cache") == copy
+    warnings = [r.getMessage() for r in caplog.records if "[W402]" in r.getMessage()]
+    assert len(warnings) == 1 and str(weights) in warnings[0], warnings
+    assert checked_files.damage(copy / checked_files.RECORD_NAME) is None
+    assert weights.stat().st_size == (default_encoder_dir / "model.safetensors").stat().st_size
+
+
 def test_default_cache_dir_follows_xel_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XEL_CACHE", str(tmp_path))
     assert encoder_build.default_cache_dir() == tmp_path
@@ -234,6 +254,24 @@ def test_unwritable_cache_is_a_coded_error(tmp_path: Path) -> None:
     blocker.write_text("", encoding="utf-8")
     with pytest.raises(ConfigError, match="E504"):
         ensure_default_encoder(blocker / "cache")
+
+
+def test_a_full_disk_while_saving_the_build_is_e406(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """safetensors reports a failed write as its own error, not OSError (issue 21: a traceback)."""
+    from safetensors import SafetensorError
+    from transformers import BertModel
+
+    _packaged_source()
+
+    def disk_full(self, *args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(BertModel, "save_pretrained", disk_full)
+    with pytest.raises(PipelineError) as raised:
+        ensure_default_encoder(tmp_path / "cache")
+    assert raised.value.code == "E406"
+    assert raised.value.message.startswith(f"[E406] {tmp_path / 'cache' / ENCODER_FOLDER}: cannot write (")
+    assert not (tmp_path / "cache" / ENCODER_FOLDER).exists()
 
 
 # --- (e) the tiny test encoder ----------------------------------------------------

@@ -433,7 +433,7 @@ def test_a_killed_link_resumes_after_its_last_finished_chunk(demo_run: dict, tmp
             "--mentions", str(demo_run["test"]), "--chunk-mentions", "20"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     killed = subprocess.run(args + ["--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=600,
-                            env={**env, "XEL_CRASH_AT": "after-rename:chunk-000001.parquet:1"})
+                            env={**env, "XEL_CRASH_AT": "after-rename:chunk-000001.json:1"})  # its record, written last
     assert killed.returncode == -9, killed.stderr
     assert sorted(p.name for p in (tmp_path / "out" / "chunks").glob("*.parquet")) == ["chunk-000000.parquet",
                                                                                        "chunk-000001.parquet"]

@@ -30,8 +30,9 @@ def test_os_error_names_the_path_and_the_kind_of_refusal() -> None:
     assert error.format_message().startswith("[E412] /data/out/.xel.lock: no permission (the operating system refused: "
                                               "Permission denied)")
     assert "a folder where a file is wanted" in os_error(IsADirectoryError(21, "Is a directory", "docs")).format_message()
+    # A full disk is E406 (free space), whether or not the system named the file.
     assert os_error(OSError(28, "No space left on device")).format_message().startswith(
-        "[E412] (the system named no path): cannot read or write it")
+        "[E406] (the system named no path): cannot write (No space left on device)")
     # An atomic write's temporary file is named by the file it stands for.
     assert os_error(PermissionError(1, "Operation not permitted", "/proc/.xel_exp.17rp5vx5.tmp")).format_message() \
         .startswith("[E412] /proc/xel_exp: no permission")
