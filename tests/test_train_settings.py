@@ -229,3 +229,46 @@ def test_without_dev_mentions_best_dev_accuracy_is_null(tmp_path: Path, tiny_enc
     assert "train: no dev mentions; best epoch by training loss" in result.output
     assert "[W501] no dev mention" in result.output  # the log (stderr) is part of CliRunner's output
     assert read_manifest(tmp_path / "run" / "train")["best_dev_accuracy"] is None
+
+
+# --- a collapsed ranker (issue 21 item 11) -------------------------------------------------------
+
+def test_a_ranker_that_scores_every_candidate_alike_is_w503_and_reports_no_dev_accuracy(
+        base_run: dict, run_copy: Path) -> None:
+    # Types alone, and no type seen 1000 times: every type is dropped, so every (mention, entity)
+    # pair reads the same all-zero input and gets one score, whatever the weights (and without
+    # dropout, one score in training too: the loss is the margin at every step).
+    result = invoke("train", "--config", base_run["config"], "--run-dir", run_copy, "--set", "train.features=type",
+                    "--set", "train.min_type_count=1000", "--set", "train.dropout=0")
+    assert "[W503] the ranker did not learn to rank: it gives every candidate of each of the" in result.output
+    assert "the training loss stayed at the margin (1) for the last 3 epochs" in result.output
+    assert "lower train.learning_rate" in result.output
+    assert "train: best dev linking accuracy n/a: ties decided it (" in result.output
+    manifest = read_manifest(run_copy / "train")
+    assert manifest["best_dev_accuracy"] is None
+    assert manifest["dev_accuracy_by_ties"] is not None and "one score" in manifest["ranker_collapse"]
+    losses = pl.read_parquet(run_copy / "train" / "history.parquet")["loss"].to_list()
+    assert losses == [1.0] * len(losses)
+
+
+def test_a_ranker_that_learned_keeps_its_dev_accuracy(base_run: dict) -> None:
+    manifest = read_manifest(base_run["run_dir"] / "train")
+    assert manifest["best_dev_accuracy"] is not None and "dev_accuracy_by_ties" not in manifest
+
+
+@pytest.mark.parametrize(("losses", "stuck"), [
+    ([0.9, 1.0, 1.0, 1.0], True), ([1.0, 1.0], False), ([1.0, 1.0, 0.98], False), ([0.5, 0.4, 0.3], False)])
+def test_loss_stuck_at_the_margin(losses: list[float], stuck: bool) -> None:
+    from pipeline.train.collapse import loss_stuck_at_margin
+
+    assert loss_stuck_at_margin(losses, margin=1.0) is stuck
+
+
+def test_score_matrix_ties_counts_constant_and_tied_mentions() -> None:
+    from pipeline.model.ties import score_matrix_ties
+
+    nan = float("nan")
+    scores = np.array([[0.2, 0.2, 0.2], [0.5, 0.5, 0.1], [0.9, 0.1, nan], [0.3, nan, nan]], dtype=np.float32)
+    ties = score_matrix_ties(scores)
+    assert (ties["mentions"], ties["tied"], ties["constant"]) == (3, 2, 1)  # the last has no runner-up
+    assert ties["constant_score"] == pytest.approx(0.2)

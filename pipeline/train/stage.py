@@ -35,6 +35,7 @@ from pipeline.model.model_file import MODEL, save_torch
 from pipeline.core.progress import progress as progress_counter
 from pipeline.model.ranker import NearestNeighbour
 from pipeline.core.manifest import StageResult, StageRun, upstream_key
+from pipeline.train.collapse import Collapse, check_collapse
 from pipeline.train.batches import linking_accuracy, load_name_pairs, train_epoch
 from pipeline.train.state import load_checkpoint, new_state, ranker_shape
 from pipeline.formats.vectors import name_pairs_key
@@ -272,26 +273,37 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
         final_state = state.best["state"] if state.best["state"] is not None else state.kept.state_dict()
         save_torch(out_dir / MODEL, {"key": key, "model": final_state, "shape": dataclasses.asdict(shape),
                                      "best_epoch": state.best["epoch"], "config": to_dict(train_config), **saved_rows})
+        best_score = state.best["score"] if len(dev_rows) else None
+        state.kept.load_state_dict(final_state)  # what model.pt holds is what is checked
+        collapse = check_collapse(state.kept, inputs, dev_rows, dev_matrix, [r["loss"] for r in state.history],
+                                  train_config.margin, best_score)
         result = _finish(stage_run, state.history, {**counts, "epochs": epoch, "best_epoch": state.best["epoch"]},
-                         state.best["score"] if len(dev_rows) else None, state.best["epoch"], by_language, device, world)
+                         best_score, state.best["epoch"], by_language, device, world, collapse)
     distributed.barrier(world)  # the other ranks leave once rank 0's model and manifest are in place
     return result
 
 
 def _finish(stage_run: StageRun, history: list[dict], counts: dict, best_score: float | None, best_epoch: int,
-            by_language: dict, device: torch.device, world: World = World()) -> StageResult:
+            by_language: dict, device: torch.device, world: World = World(),
+            collapse: Collapse | None = None) -> StageResult:
     """Write history.parquet and the manifest (last), once model.pt is in place.
 
-    best_score: the best dev accuracy, None (or NaN) when there were no dev mentions.
+    best_score: the best dev accuracy, None (or NaN) when there were no dev mentions. With a
+    `collapse` (ties decided it, W503) it is not the model's: best_dev_accuracy is null and the
+    value is kept as dev_accuracy_by_ties, beside the cause.
     """
     if best_score is not None and math.isnan(best_score):
+        best_score = None
+    by_ties = {}
+    if collapse is not None:
+        by_ties = {"dev_accuracy_by_ties": best_score, "ranker_collapse": collapse.cause}
         best_score = None
     columns = {"epoch": pl.Int64, "loss": pl.Float64, "dev_accuracy": pl.Float64}
     if history and "name_pair_loss" in history[0]:
         columns["name_pair_loss"] = pl.Float64
     write_parquet_atomic(pl.DataFrame(history, schema=columns), stage_run.out_dir / "history.parquet")
     return stage_run.finish(counts, [MODEL, "history.parquet"],
-                            summary={"best_dev_accuracy": best_score, "best_epoch": best_epoch},
-                            extra={"best_dev_accuracy": best_score, "device": str(device),
+                            summary={"best_dev_accuracy": best_score, "best_epoch": best_epoch, **by_ties},
+                            extra={"best_dev_accuracy": best_score, **by_ties, "device": str(device),
                                    "train_mentions_by_language": by_language,
                                    **({"world_size": world.size} if world.distributed else {})})
