@@ -33,6 +33,7 @@ from pipeline.model.features import RankerInputs, candidate_matrix, gold_rows, l
 from pipeline.core.io import collect_checked, scan_parquet_checked, write_parquet_atomic
 from pipeline.model.model_file import MODEL, save_torch
 from pipeline.core.progress import progress as progress_counter
+from pipeline.core.threads import small_model_threads
 from pipeline.model.ranker import NearestNeighbour
 from pipeline.core.manifest import StageResult, StageRun, upstream_key
 from pipeline.train.collapse import Collapse, check_collapse
@@ -155,9 +156,13 @@ def training_data(triage_dir: Path, encode_dir: Path, train_config: TrainConfig,
 
 
 def run(config: RunConfig, force: bool = False) -> StageResult:
-    """Train the ranker; under torchrun, as one of WORLD_SIZE data-parallel processes (`pipeline.train.distributed`)."""
+    """Train the ranker; under torchrun, as one of WORLD_SIZE data-parallel processes (`pipeline.train.distributed`).
+
+    On one CPU thread whatever the process's count (`threads.small_model_threads`): the ranker's
+    layers are too small to gain from more, and its weights then do not depend on the count.
+    """
     world = distributed.world_from_environment()
-    with distributed.process_group(world, config.train.device):
+    with small_model_threads(), distributed.process_group(world, config.train.device):
         return _train(config, force, world)
 
 
