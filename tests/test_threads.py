@@ -69,10 +69,10 @@ def test_torch_threads_restores_the_count() -> None:
 
 def test_the_ranker_trains_and_scores_on_one_thread_whatever_the_count(make_run_config, monkeypatch) -> None:
     import pipeline.model.features as features
-    import pipeline.train.stage as train_stage
+    import pipeline.train.batches as batches
 
     seen = {"train": set(), "score": set()}
-    train_epoch, score = train_stage.train_epoch, features._score_candidates
+    train_epoch, score = batches.train_epoch, features._score_candidates
 
     def counting_epoch(*args, **kwargs):
         seen["train"].add(torch.get_num_threads())
@@ -82,7 +82,7 @@ def test_the_ranker_trains_and_scores_on_one_thread_whatever_the_count(make_run_
         seen["score"].add(torch.get_num_threads())
         return score(*args, **kwargs)
 
-    monkeypatch.setattr(train_stage, "train_epoch", counting_epoch)
+    monkeypatch.setattr(batches, "train_epoch", counting_epoch)
     monkeypatch.setattr(features, "_score_candidates", counting_score)
     result = CliRunner().invoke(main, ["--threads", "2", "run", "--config", str(make_run_config())])
     assert result.exit_code == 0, result.output

@@ -9,20 +9,37 @@ SentencePiece tokenizers both give.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from pipeline.core.config import DEVICE_EXPECTED, EncoderConfig
 from pipeline.core.errors import ConfigError, PipelineError
 from pipeline.core.progress import silence_library_bars
 
+if TYPE_CHECKING:
+    import torch
+
 logger = logging.getLogger(__name__)
+
+
+def _inference_mode(function):
+    """`@torch.inference_mode()` with torch imported at the call: this module loads without torch
+    (stage keys and `xel-cli link`'s checks need the encoder's identity, not torch)."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        with torch.inference_mode():
+            return function(*args, **kwargs)
+
+    return wrapper
 
 
 @dataclass
@@ -122,9 +139,11 @@ def device_problem(device: str) -> str | None:
     """Why the encoder and ranker cannot run on `device` here, or None when they can: a name
     torch does not parse (gpu, CPU, cuda:x, an empty one), a type xel does not run on (xla,
     meta), or one this machine lacks (cuda without a visible GPU, cuda:N past the last one,
-    mps). `auto` is always fine."""
-    if device == "auto":
+    mps). `auto` and `cpu` are always fine (and need no torch to say so)."""
+    if device in ("auto", "cpu"):
         return None
+    import torch
+
     try:
         kind = torch.device(device)
     except (RuntimeError, TypeError):
@@ -146,6 +165,8 @@ def device_problem(device: str) -> str | None:
 def pick_device(setting: str, where: str = "[encoder]") -> torch.device:
     """The torch device of a `device` setting (auto: cuda when visible, else cpu); E203 naming
     `where` (the config section or option) when `device_problem` finds one."""
+    import torch
+
     reason = device_problem(setting)
     if reason is not None:
         raise ConfigError("E203", where=where, field="device", value=setting, reason=reason)
@@ -155,6 +176,8 @@ def pick_device(setting: str, where: str = "[encoder]") -> torch.device:
 
 
 def load_encoder(config: EncoderConfig) -> LoadedEncoder:
+    """The encoder of `config` on its device, in eval mode (E501: it cannot be loaded; E203: bad name_layer)."""
+    import torch
     from transformers import AutoModel, AutoTokenizer
 
     # Our own progress lines cover encoding; the loader's bars would only add noise.
@@ -222,6 +245,8 @@ def length_batches(sequences: list, pad_id: int, batch_tokens: int, device: torc
     Each batch holds as many sequences as fit `batch_tokens` at its longest member's
     width, so padding stays small; every sequence appears in exactly one batch.
     """
+    import torch
+
     lengths = np.array([len(s) for s in sequences])
     order = np.argsort(lengths, kind="stable")
     position = 0
@@ -241,7 +266,7 @@ def length_batches(sequences: list, pad_id: int, batch_tokens: int, device: torc
         position = end
 
 
-@torch.inference_mode()
+@_inference_mode
 def forward_units(encoder: LoadedEncoder, units: list[np.ndarray], spans: list[list[tuple[int, int, int]]],
                   name_layer: int, batch_tokens: int, progress=None) -> tuple[np.ndarray, np.ndarray]:
     """Run the encoder once over each unit (a token id sequence with special tokens).
@@ -250,6 +275,8 @@ def forward_units(encoder: LoadedEncoder, units: list[np.ndarray], spans: list[l
     unit's own positions. Returns (context vectors (n_units, H), span vectors
     (n_span_rows, H)), float32.
     """
+    import torch
+
     hidden = encoder.hidden_size
     n_span_rows = sum(len(s) for s in spans)
     context_vectors = np.zeros((len(units), hidden), dtype=np.float32)
@@ -273,7 +300,7 @@ def forward_units(encoder: LoadedEncoder, units: list[np.ndarray], spans: list[l
     return context_vectors, span_vectors
 
 
-@torch.inference_mode()
+@_inference_mode
 def embed_texts(encoder: LoadedEncoder, texts: list[str], max_tokens: int, batch_tokens: int,
                 progress=None) -> np.ndarray:
     """Unit-length mean-pooled top-layer vectors of short texts (names), (len(texts), H).
@@ -282,6 +309,8 @@ def embed_texts(encoder: LoadedEncoder, texts: list[str], max_tokens: int, batch
     (e5 among them), used for cross-lingual name retrieval in triage — not one of the
     paper's §3.1 ranker features.
     """
+    import torch
+
     if not texts:
         return np.zeros((0, encoder.hidden_size), dtype=np.float32)
     encoded = encoder.tokenizer(texts, truncation=True, max_length=max_tokens)["input_ids"]

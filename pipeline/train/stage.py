@@ -13,6 +13,7 @@ scorer instead, which `load_model` returns like a ranker.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -20,26 +21,28 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import polars as pl
-import torch
 
 from pipeline.train import distributed
 from pipeline.core import schema
 from pipeline.core.config import RunConfig, TrainConfig, to_dict
 from pipeline.train.distributed import World
 from pipeline.core.errors import InputError, warn
-from pipeline.model.features import RankerInputs, candidate_matrix, gold_rows, load_inputs
 from pipeline.core.io import collect_checked, scan_parquet_checked, write_parquet_atomic
 from pipeline.model.model_file import MODEL, save_torch
 from pipeline.core.progress import progress as progress_counter
 from pipeline.core.threads import small_model_threads
-from pipeline.model.ranker import NearestNeighbour
 from pipeline.core.manifest import StageResult, StageRun, upstream_key
-from pipeline.train.collapse import Collapse, check_collapse
-from pipeline.train.batches import linking_accuracy, load_name_pairs, train_epoch
-from pipeline.train.state import load_checkpoint, new_state, ranker_shape
 from pipeline.formats.vectors import name_pairs_key
+
+if TYPE_CHECKING:  # torch and the ranker's modules are imported once there is training to do, not when up to date
+    import torch
+
+    from pipeline.model.features import RankerInputs
+    from pipeline.train.collapse import Collapse
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +131,8 @@ class TrainingData:
 
 def training_data(triage_dir: Path, encode_dir: Path, train_config: TrainConfig, device: torch.device) -> TrainingData:
     """Read triage's tables and encode's vectors, and choose the training and dev mentions (`training_rows`)."""
+    from pipeline.model.features import candidate_matrix, gold_rows, load_inputs
+
     inputs, mention_types, entity_types = load_inputs(triage_dir, encode_dir, None, None, train_config.min_type_count, device)
     candidates_path = triage_dir / "candidates.parquet"
     candidates = collect_checked(scan_parquet_checked(candidates_path, schema.CANDIDATES, "triage").select(
@@ -162,11 +167,12 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     layers are too small to gain from more, and its weights then do not depend on the count.
     """
     world = distributed.world_from_environment()
-    with small_model_threads(), distributed.process_group(world, config.train.device):
-        return _train(config, force, world)
+    with distributed.process_group(world, config.train.device), contextlib.ExitStack() as scope:
+        return _train(config, force, world, scope)
 
 
-def _train(config: RunConfig, force: bool, world: World) -> StageResult:
+def _train(config: RunConfig, force: bool, world: World, scope: contextlib.ExitStack) -> StageResult:
+    """The stage's work; `scope` holds what lasts until the stage returns (one torch thread, once it trains)."""
     out_dir = config.stage_dir(STAGE)
     triage_dir, encode_dir = config.stage_dir("triage"), config.stage_dir("encode")
     train_config = config.train
@@ -177,6 +183,15 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
     # cannot disagree while rank 0 is removing the manifest.
     if distributed.broadcast(stage_run.up_to_date if world.is_main else None, world):
         return stage_run.skipped()
+    import torch  # only now: an up-to-date run needs none of the ranker's modules
+
+    from pipeline.model.features import candidate_matrix
+    from pipeline.model.ranker import NearestNeighbour
+    from pipeline.train.batches import linking_accuracy, load_name_pairs, train_epoch
+    from pipeline.train.collapse import check_collapse
+    from pipeline.train.state import load_checkpoint, new_state, ranker_shape
+
+    scope.enter_context(small_model_threads())
     checkpoint_path = out_dir / CHECKPOINT
     if world.is_main:
         stage_run.begin(checkpoint_path.parent)
