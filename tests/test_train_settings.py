@@ -8,6 +8,7 @@ end to end with the CLI on the tiny inputs (one triage + encode per module, copi
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import h5py
@@ -240,7 +241,9 @@ def test_a_ranker_that_scores_every_candidate_alike_is_w503_and_reports_no_dev_a
     # dropout, one score in training too: the loss is the margin at every step).
     result = invoke("train", "--config", base_run["config"], "--run-dir", run_copy, "--set", "train.features=type",
                     "--set", "train.min_type_count=1000", "--set", "train.dropout=0")
-    assert "[W503] the ranker did not learn to rank: it gives every candidate of each of the" in result.output
+    # Every dev mention with a runner-up: n of n.
+    assert re.search(r"\[W503\] the ranker did not learn to rank: it gives all candidates one score for (\d+) of \1 dev",
+                     result.output)
     assert "the training loss stayed at the margin (1) for the last 3 epochs" in result.output
     assert "lower train.learning_rate" in result.output
     assert "train: best dev linking accuracy n/a: ties decided it (" in result.output
@@ -249,6 +252,17 @@ def test_a_ranker_that_scores_every_candidate_alike_is_w503_and_reports_no_dev_a
     assert manifest["dev_accuracy_by_ties"] is not None and "one score" in manifest["ranker_collapse"]
     losses = pl.read_parquet(run_copy / "train" / "history.parquet")["loss"].to_list()
     assert losses == [1.0] * len(losses)
+
+
+@pytest.mark.parametrize(("constant", "collapsed"), [(56, True), (50, False)])
+def test_a_ranker_scoring_nearly_every_dev_mention_alike_has_collapsed(constant: int, collapsed: bool) -> None:
+    from pipeline.train.collapse import COLLAPSE_FIX, diagnose
+
+    # The demo with features name,context,type: 56 of 57 dev mentions, one score each (a dead last layer).
+    ties = {"tied": constant, "mentions": 57, "share": constant / 57, "saturated": 0, "constant": constant,
+            "constant_score": -0.1838}
+    found = diagnose(ties, [0.95, 0.92, 0.91], margin=1.0)
+    assert found is not None and (found.fix == COLLAPSE_FIX) is collapsed
 
 
 def test_a_ranker_that_learned_keeps_its_dev_accuracy(base_run: dict) -> None:
