@@ -191,8 +191,8 @@ def run(options: LinkOptions) -> LinkResult:
     key = link_key(options, folder.fingerprint, kb_fingerprint)
 
     def kb_ids() -> tuple[pl.LazyFrame, Path]:  # the KB's ids for --score's check of gold ids (W702)
-        from pipeline.link.cache import kb_index_root
-        from pipeline.triage.kb_index import kb_entities  # as the Linker reads the KB: cached by content
+        from pipeline.core.store import kb_index_root
+        from pipeline.candidates.kb_index import kb_entities  # as the Linker reads the KB: cached by content
 
         return pl.scan_parquet(kb_entities(kb_path, kb_index_root(kb_fingerprint), kb_fingerprint)), kb_path
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from pipeline.core.devices import pick_device
 from pipeline.core.errors import ConfigError
 
 if TYPE_CHECKING:  # torch is imported where a process group is used: a single process needs none
@@ -71,16 +72,12 @@ def world_from_environment(environ: Mapping[str, str] = os.environ) -> World:
 
 def uses_cuda(device_setting: str) -> bool:
     """Whether train's `device` setting puts the ranker on a GPU (auto: when one is there)."""
-    from pipeline.encoders.encoder import pick_device
-
     return pick_device(device_setting, "[train]").type == "cuda"
 
 
 def training_device(device_setting: str, world: World) -> torch.device:
     """Train's device; under torchrun each process takes the GPU of its LOCAL_RANK."""
     import torch
-
-    from pipeline.encoders.encoder import pick_device
 
     device = pick_device(device_setting, "[train]")
     return torch.device("cuda", world.local_rank) if device.type == "cuda" and world.distributed else device

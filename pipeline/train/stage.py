@@ -31,12 +31,13 @@ from pipeline.core import schema
 from pipeline.core.config import RunConfig, TrainConfig, to_dict
 from pipeline.train.distributed import World
 from pipeline.core.errors import InputError, warn
-from pipeline.core.io import collect_checked, scan_parquet_checked, write_parquet_atomic
+from pipeline.core.io import write_parquet_atomic
 from pipeline.model.model_file import MODEL, save_torch
 from pipeline.core.progress import progress as progress_counter
 from pipeline.core.threads import small_model_threads
 from pipeline.core.manifest import StageResult, StageRun, upstream_key
 from pipeline.formats.vectors import name_pairs_key
+from pipeline.formats import triage_tables
 
 if TYPE_CHECKING:  # torch and the ranker's modules are imported once there is training to do, not when up to date
     import torch
@@ -134,9 +135,7 @@ def training_data(triage_dir: Path, encode_dir: Path, train_config: TrainConfig,
     from pipeline.model.features import candidate_matrix, gold_rows, load_inputs
 
     inputs, mention_types, entity_types = load_inputs(triage_dir, encode_dir, None, None, train_config.min_type_count, device)
-    candidates_path = triage_dir / "candidates.parquet"
-    candidates = collect_checked(scan_parquet_checked(candidates_path, schema.CANDIDATES, "triage").select(
-        "mention_id", "rank", "kb_id", "score", "sources"), candidates_path)
+    candidates = triage_tables.read(triage_dir, triage_tables.CANDIDATES, "mention_id", "rank", "kb_id", "score", "sources")
     if "triage" in train_config.features:
         inputs.attach_triage(candidates)
     all_gold = gold_rows(inputs, np.arange(inputs.mentions.height))  # by mention row (inputs.mentions is in row order)
@@ -218,7 +217,7 @@ def _train(config: RunConfig, force: bool, world: World, scope: contextlib.ExitS
         distributed.barrier(world)
         return result
     if len(train_rows) == 0:
-        raise InputError("E112", path=triage_dir / "mentions.parquet", line="-",
+        raise InputError("E112", path=triage_tables.path(triage_dir, triage_tables.MENTIONS), line="-",
                          detail="no training mention (of train_languages, if set) links to an encoded KB entity; "
                                 "check the split, lang and gold_kb_id fields")
     train_matrix = candidate_matrix(candidates, inputs, train_rows)
