@@ -18,7 +18,7 @@ Workloads (synthetic, no files needed):
 Prints seconds per workload and setting side by side, and default / best (1.5 or less is
 the goal).
 
-    python bench/threads.py [--epochs 3] [--busy N] [--no-busy]
+    python bench/threads.py [--epochs 2] [--rounds 2] [--busy N] [--no-busy]
 """
 
 from __future__ import annotations
@@ -83,6 +83,8 @@ def encode_workload(rounds: int) -> float:
     model = BertModel(BertConfig(vocab_size=1000, hidden_size=384, num_hidden_layers=4, num_attention_heads=12,
                                  intermediate_size=1536), add_pooling_layer=False).eval()
     ids = torch.randint(0, 1000, (64, 64))
+    with torch.inference_mode():
+        model(input_ids=ids[:8], attention_mask=torch.ones_like(ids[:8]))  # warm-up: first-call allocations
     started = time.perf_counter()
     with torch.inference_mode():
         for _ in range(rounds):
@@ -90,8 +92,8 @@ def encode_workload(rounds: int) -> float:
     return time.perf_counter() - started
 
 
-def child(workload: str, setting: str, amount: int) -> None:
-    """Time one workload at one setting in this (fresh) process; print {"seconds", "threads"} as JSON."""
+def child(setting: str, epochs: int, rounds: int) -> None:
+    """Time both workloads at one setting in this (fresh) process; print {workload: {"seconds", "threads"}} as JSON."""
     sys.path.insert(0, str(ROOT))
     import contextlib
 
@@ -103,51 +105,51 @@ def child(workload: str, setting: str, amount: int) -> None:
         apply_threads(int(setting))
     import torch
 
+    results = {}
     # The default trains as `pipeline.train.stage.run` does; the forced settings keep their count.
-    scope = small_model_threads() if setting == "default" and workload == "train" else contextlib.nullcontext()
-    with scope:
-        threads = torch.get_num_threads()
-        seconds = train_workload(amount) if workload == "train" else encode_workload(amount)
-    print(json.dumps({"seconds": seconds, "threads": threads}))
+    with small_model_threads() if setting == "default" else contextlib.nullcontext():
+        results["train"] = {"threads": torch.get_num_threads(), "seconds": train_workload(epochs)}
+    results["encode"] = {"threads": torch.get_num_threads(), "seconds": encode_workload(rounds)}
+    print(json.dumps(results))
 
 
-def measure(workload: str, setting: str, amount: int) -> dict:
+def measure(setting: str, epochs: int, rounds: int) -> dict:
     environment = {key: value for key, value in os.environ.items()
                    if key not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-    done = subprocess.run([sys.executable, __file__, "--child", workload, setting, str(amount)], env=environment,
+    done = subprocess.run([sys.executable, __file__, "--child", setting, str(epochs), str(rounds)], env=environment,
                           capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=3, help="ranker epochs per measurement")
-    parser.add_argument("--rounds", type=int, default=3, help="encoder forward passes per measurement")
+    parser.add_argument("--epochs", type=int, default=2, help="ranker epochs per measurement")
+    parser.add_argument("--rounds", type=int, default=2, help="encoder forward passes per measurement")
     parser.add_argument("--busy", type=int, default=None, help="busy processes (default: one per CPU)")
     parser.add_argument("--no-busy", action="store_true", help="time an idle machine instead")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child[0], args.child[1], int(args.child[2]))
+        child(args.child[0], int(args.child[1]), int(args.child[2]))
         return
     sys.path.insert(0, str(ROOT))
     from pipeline.core.threads import available_cpus
 
     cpus = available_cpus()
     busy_count = 0 if args.no_busy else (args.busy if args.busy is not None else cpus)
-    busy = busy_processes(busy_count, seconds=170)  # the bench's time limit: they stop by themselves
+    busy = busy_processes(busy_count, seconds=240)  # a bound: they are stopped when the bench ends
     print(f"{cpus} CPU(s) available, {busy_count} busy process(es); seconds per workload (torch threads used)")
     try:
-        print(f"{'workload':<10}" + "".join(f"{s:>16}" for s in SETTINGS) + f"{'default/best':>14}")
-        for workload, amount in (("train", args.epochs), ("encode", args.rounds)):
-            results = {setting: measure(workload, setting, amount) for setting in SETTINGS}
-            best = min(r["seconds"] for r in results.values())
-            cells = "".join(f"{results[s]['seconds']:>12.2f} ({results[s]['threads']})" for s in SETTINGS)
-            print(f"{workload:<10}{cells}{results['default']['seconds'] / best:>14.2f}", flush=True)
+        results = {setting: measure(setting, args.epochs, args.rounds) for setting in SETTINGS}
     finally:
         for process in busy:
             process.kill()
             process.wait()
+    print(f"{'workload':<10}" + "".join(f"{s:>16}" for s in SETTINGS) + f"{'default/best':>14}")
+    for workload in ("train", "encode"):
+        best = min(results[s][workload]["seconds"] for s in SETTINGS)
+        cells = "".join(f"{results[s][workload]['seconds']:>12.2f} ({results[s][workload]['threads']})" for s in SETTINGS)
+        print(f"{workload:<10}{cells}{results['default'][workload]['seconds'] / best:>14.2f}")
 
 
 if __name__ == "__main__":
