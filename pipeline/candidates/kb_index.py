@@ -42,8 +42,9 @@ logger = logging.getLogger(__name__)
 
 # Raise when the keys (textnorm) or the index layout change: old indexes are then rebuilt.
 # 2: folding keeps script letters (vowel signs, viramas); 3: the fuzzy index is tantivy's
-# (was our own four-gram postings, ngrams.npz).
-INDEX_VERSION = 3
+# (was our own four-gram postings, ngrams.npz); 4: folding drops format characters (ZWNJ, ZWJ,
+# soft hyphen ...) and tatweel instead of breaking words there.
+INDEX_VERSION = 4
 # Above this many names the dense index is HNSW: exact search would cost O(names) per query.
 EXACT_DENSE_LIMIT = 200_000
 HNSW_NEIGHBOURS = 32
