@@ -106,6 +106,7 @@ def _cli_process(args: list[str], crash_at: str | None, log_path: str) -> None:
     if crash_at:
         os.environ[CRASH_AT] = crash_at
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"  # what xel-cli's main reads (pipeline.core.threads)
     from cli import main
 
     main(args, prog_name="xel-cli")  # exits with the command's code, as xel-cli does

@@ -35,9 +35,10 @@ ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
+def one_torch_thread(monkeypatch: pytest.MonkeyPatch):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what xel-cli's main reads (pipeline.core.threads)
     yield
     torch.set_num_threads(threads)
 

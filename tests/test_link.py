@@ -756,12 +756,12 @@ def test_ties_are_counted_and_warned_as_evaluate_does(demo_run: dict, tmp_path: 
 
     import numpy as np
 
-    import pipeline.link.linker as linker_module
+    import pipeline.model.features as features_module  # the Linker imports score_candidates from it at each chunk
 
     def saturated(model, inputs, rows, matrix):  # a ranker whose tanh scores all reach 1
         return np.where(matrix >= 0, 1.0, np.nan).astype(np.float32)
 
-    monkeypatch.setattr(linker_module, "score_candidates", saturated)
+    monkeypatch.setattr(features_module, "score_candidates", saturated)
     result = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "tied"))
     tied = json.loads((tmp_path / "tied" / "manifest.json").read_text(encoding="utf-8"))["tied_best"]
     assert tied == {"tied": ranked["mentions"], "mentions": ranked["mentions"], "share": 1.0,
@@ -774,7 +774,7 @@ def test_ties_are_counted_and_warned_as_evaluate_does(demo_run: dict, tmp_path: 
     def duplicates(model, inputs, rows, matrix):  # every candidate alike, as copies of one entity under two ids
         return np.where(matrix >= 0, -0.92, np.nan).astype(np.float32)
 
-    monkeypatch.setattr(linker_module, "score_candidates", duplicates)
+    monkeypatch.setattr(features_module, "score_candidates", duplicates)
     result = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "duplicates"))
     warnings = [line for line in result.output.splitlines() if "[W703]" in line]
     assert len(warnings) == 1 and "tie at |score| <= 0.99, as duplicate or near-identical KB entities" in warnings[0]

@@ -8,6 +8,7 @@ end to end with the CLI on the tiny inputs (one triage + encode per module, copi
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import h5py
@@ -229,3 +230,59 @@ def test_without_dev_mentions_best_dev_accuracy_is_null(tmp_path: Path, tiny_enc
     assert "train: no dev mentions; best epoch by training loss" in result.output
     assert "[W501] no dev mention" in result.output  # the log (stderr) is part of CliRunner's output
     assert read_manifest(tmp_path / "run" / "train")["best_dev_accuracy"] is None
+
+
+# --- a collapsed ranker (issue 21 item 11) -------------------------------------------------------
+
+def test_a_ranker_that_scores_every_candidate_alike_is_w503_and_reports_no_dev_accuracy(
+        base_run: dict, run_copy: Path) -> None:
+    # Types alone, and no type seen 1000 times: every type is dropped, so every (mention, entity)
+    # pair reads the same all-zero input and gets one score, whatever the weights (and without
+    # dropout, one score in training too: the loss is the margin at every step).
+    result = invoke("train", "--config", base_run["config"], "--run-dir", run_copy, "--set", "train.features=type",
+                    "--set", "train.min_type_count=1000", "--set", "train.dropout=0")
+    # Every dev mention with a runner-up: n of n.
+    assert re.search(r"\[W503\] the ranker did not learn to rank: it gives all candidates one score for (\d+) of \1 dev",
+                     result.output)
+    assert "the training loss stayed at the margin (1) for the last 3 epochs" in result.output
+    assert "lower train.learning_rate" in result.output
+    assert "train: best dev linking accuracy n/a: ties decided it (" in result.output
+    manifest = read_manifest(run_copy / "train")
+    assert manifest["best_dev_accuracy"] is None
+    assert manifest["dev_accuracy_by_ties"] is not None and "one score" in manifest["ranker_collapse"]
+    losses = pl.read_parquet(run_copy / "train" / "history.parquet")["loss"].to_list()
+    assert losses == [1.0] * len(losses)
+
+
+@pytest.mark.parametrize(("constant", "collapsed"), [(56, True), (50, False)])
+def test_a_ranker_scoring_nearly_every_dev_mention_alike_has_collapsed(constant: int, collapsed: bool) -> None:
+    from pipeline.train.collapse import COLLAPSE_FIX, diagnose
+
+    # The demo with features name,context,type: 56 of 57 dev mentions, one score each (a dead last layer).
+    ties = {"tied": constant, "mentions": 57, "share": constant / 57, "saturated": 0, "constant": constant,
+            "constant_score": -0.1838}
+    found = diagnose(ties, [0.95, 0.92, 0.91], margin=1.0)
+    assert found is not None and (found.fix == COLLAPSE_FIX) is collapsed
+
+
+def test_a_ranker_that_learned_keeps_its_dev_accuracy(base_run: dict) -> None:
+    manifest = read_manifest(base_run["run_dir"] / "train")
+    assert manifest["best_dev_accuracy"] is not None and "dev_accuracy_by_ties" not in manifest
+
+
+@pytest.mark.parametrize(("losses", "stuck"), [
+    ([0.9, 1.0, 1.0, 1.0], True), ([1.0, 1.0], False), ([1.0, 1.0, 0.98], False), ([0.5, 0.4, 0.3], False)])
+def test_loss_stuck_at_the_margin(losses: list[float], stuck: bool) -> None:
+    from pipeline.train.collapse import loss_stuck_at_margin
+
+    assert loss_stuck_at_margin(losses, margin=1.0) is stuck
+
+
+def test_score_matrix_ties_counts_constant_and_tied_mentions() -> None:
+    from pipeline.model.ties import score_matrix_ties
+
+    nan = float("nan")
+    scores = np.array([[0.2, 0.2, 0.2], [0.5, 0.5, 0.1], [0.9, 0.1, nan], [0.3, nan, nan]], dtype=np.float32)
+    ties = score_matrix_ties(scores)
+    assert (ties["mentions"], ties["tied"], ties["constant"]) == (3, 2, 1)  # the last has no runner-up
+    assert ties["constant_score"] == pytest.approx(0.2)

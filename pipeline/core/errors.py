@@ -123,6 +123,7 @@ class Warnings:
     W402 = "{detail}: the cache entry {entry} is damaged, so it is rebuilt (a cache miss); nothing to do unless this repeats (then check the disk)"
     W403 = "{detail}: the saved chunk {path} is damaged, so it is made again"
     W501 = "no dev mention (of train_languages, if set) to pick the best epoch by; the model is the epoch of lowest training loss and best_dev_accuracy is null"
+    W503 = "the ranker did not learn to rank: {cause}. Its dev linking accuracy {accuracy} is triage's order breaking the ties, not the model's, so train reports best_dev_accuracy as null; {fix}"
     W502 = "the ranker gives its best two candidates the same score for {tied} of {mentions} {split} mention(s) with a runner-up ({percent}): which candidate those link to is triage's order, not the ranker's; {advice}"
     W601 = "system languages {languages} are not in the gold; they count overall only"
     W602 = "{lang}: no {split} mention with gold to tune its NIL threshold on; it uses {fallback} = {value}"
