@@ -101,7 +101,7 @@ def stage_identity(config: RunConfig) -> tuple[dict[str, str], dict]:
             raise InputError("E108", path=train_config.name_pairs)
         inputs_keys["name_pairs"] = name_pairs_key(inputs_keys["encode"], train_config.name_pairs)
     # Device and checkpoint frequency change speed and what a kill loses, not the model
-    # (a resumed run equals an uninterrupted one: tests/test_crash_matrix.py).
+    # (a resumed run equals an uninterrupted one: tests/cli/test_crash_matrix.py).
     settings = {k: v for k, v in to_dict(train_config).items()
                 if k not in ("device", "checkpoint_every", "checkpoint_minutes") and LATER_SETTINGS.get(k, Ellipsis) != v
                 and (k not in NAME_MATCHING_SETTINGS or (train_config.name_matching and k != "name_pairs"))}

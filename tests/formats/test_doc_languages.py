@@ -1,7 +1,7 @@
 """`doc_languages.tsv` (pipeline/formats/doc_languages.py): written by evaluate, read by `xel-cli score`.
 
 The run-level behaviour (a run's own gold.tab/system.tab scored per language) is in
-tests/test_cli.py; here the file format, its errors through the CLI (one line, code,
+tests/cli/test_cli.py; here the file format, its errors through the CLI (one line, code,
 file and line, exit 2) and the W220 warning.
 """
 

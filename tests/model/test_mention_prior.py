@@ -10,7 +10,7 @@ from pipeline.core.config import EvaluateConfig
 from pipeline.evaluate import nil_choice
 from pipeline.model import mention_prior, nil_classifier
 from pipeline.model.nil import decide_nil
-from tests.test_nil import evidence_table
+from test_nil import evidence_table  # the same package folder
 
 H = 8
 

@@ -18,16 +18,14 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from click.testing import CliRunner, Result
 
 import pipeline.train.batches
-from cli import main
-from conftest import TINY_KB, tiny_mention_records, write_jsonl, write_run_config
+from conftest import TINY_KB, invoke, succeeded, tiny_mention_records, write_jsonl, write_run_config
 from pipeline.core import schema
 from pipeline.core.manifest import read_manifest
 from pipeline.scoring.measures import MEASURES, MICRO_AVERAGE
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STAGES = ("triage", "encode", "train", "evaluate")
 STAGE_OUTPUTS = {
     "triage": ["mentions.parquet", "entities.parquet", "candidates.parquet", "report.json", "manifest.json"],
@@ -38,15 +36,6 @@ STAGE_OUTPUTS = {
                  "manifest.json"],
 }
 TEST_MENTIONS = [r["id"] for r in tiny_mention_records() if r["split"] == "test"]
-
-
-def invoke(*args: object) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def succeeded(result: Result) -> Result:
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
 
 
 def stage_status(output: str) -> dict[str, str]:

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from cli import main
 from pipeline.core.errors import os_error
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_run_folder_under_a_file_is_one_line_e412(tmp_path: Path) -> None:

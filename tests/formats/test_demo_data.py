@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "pipeline" / "demo_data"
+DATA_DIR = Path(__file__).resolve().parents[2] / "pipeline" / "demo_data"
 KB_PATH = DATA_DIR / "kb.jsonl"
 MENTIONS_PATH = DATA_DIR / "mentions.jsonl"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "nil_ceiling.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "nil_ceiling.py"
 spec = importlib.util.spec_from_file_location("nil_ceiling", SCRIPT)
 nil_ceiling = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(nil_ceiling)

@@ -19,7 +19,7 @@ follows not yet done (`after-rename`: the next output, the manifest, the cleanup
 Processes are forked from a forkserver that has imported the CLI, torch and
 transformers once: a cold `python cli.py` spends about 6 s importing torch on this
 project's 2-core machine, the tiny stages well under one. One more case kills a cold
-`python cli.py evaluate` the same way, and `tests/test_encode.py` a cold encode.
+`python cli.py evaluate` the same way, and `tests/encode/test_encode.py` a cold encode.
 """
 
 from __future__ import annotations
@@ -327,7 +327,7 @@ def test_the_hook_kills_a_cold_cli_process_too(reference: dict, cli_processes, t
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     run_dir = tmp_path / "run"
     copy_stages(reference["runs"]["plain"], run_dir, STAGES[:3])
     command = [sys.executable, str(root / "cli.py"), "evaluate", "--config", str(reference["configs"]["plain"]),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-PIPELINE = Path(__file__).resolve().parents[1] / "pipeline"
+PIPELINE = Path(__file__).resolve().parents[2] / "pipeline"
 STAGE_PACKAGES = ("triage", "encode", "train", "evaluate", "rerank")
 # Packages that must not reach into any stage package (their own excepted).
 LAYERS = {path.stem for path in PIPELINE.iterdir() if path.is_dir() or path.suffix == ".py"} - {"__init__"}

@@ -18,15 +18,13 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner, Result
 
-from cli import main
-from conftest import TINY_CORPUS, TINY_KB, tiny_mention_records, write_jsonl, write_run_config
+from conftest import TINY_CORPUS, TINY_KB, invoke, succeeded, tiny_mention_records, write_jsonl, write_run_config
 from pipeline.core.manifest import read_manifest
 from pipeline.encode.shards import parse_shard, shard_from_environment, shard_slice
 from pipeline.core.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KB_NAMES = [entity["name"] for entity in TINY_KB]
 MENTIONS = 1200
 # One thread: the tiny model's batches are far too small to gain from more, and threads
@@ -41,15 +39,6 @@ def one_torch_thread(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what xel-cli's main reads (pipeline.core.threads)
     yield
     torch.set_num_threads(threads)
-
-
-def invoke(*args: object) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def succeeded(result: Result) -> Result:
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
 
 
 def many_mentions(count: int, seed: int = 0) -> list[dict]:

@@ -6,6 +6,8 @@ mentions' strings); the run is the tiny pipeline with the tiny random encoder.
 
 from __future__ import annotations
 
+import functools
+
 from pathlib import Path
 
 import h5py
@@ -13,10 +15,9 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from cli import main
-from conftest import write_run_config
+from conftest import write_run_config, invoke as cli_invoke
 from pipeline.core.manifest import read_manifest
 from pipeline.core.config_file import build_config
 from pipeline.core.errors import ConfigError, InputError
@@ -42,10 +43,8 @@ def write_pairs(path: Path, pairs=PAIRS, header: bool = True) -> Path:
     return path
 
 
-def invoke(*args: object, exit_code: int = 0) -> Result:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == exit_code, result.output + repr(result.exception)
-    return result
+# Calls here expect success unless they say otherwise.
+invoke = functools.partial(cli_invoke, exit_code=0)
 
 
 def model_weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -203,7 +202,7 @@ def test_a_changed_pairs_file_reencodes_only_the_names(base_run: dict, run_copy:
 def test_meantime_demonstration_pairs_come_from_the_training_split_only() -> None:
     import importlib.util
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     data = root.parent / "shared" / "data" / "meantime"
     if not (data / "mentions.jsonl").is_file():
         pytest.skip(f"MEANTIME not found at {data}")

@@ -25,7 +25,7 @@ from pipeline.train.distributed import World, world_from_environment
 from pipeline.core.errors import ConfigError
 from pipeline.train.batches import rank_share
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Dropout draws other masks on other ranks, so only a run without it can match step for step.
 DDP_TRAIN = {"dropout": 0.0, "epochs": 6, "batch_mentions": 3, "eval_every": 2}
 

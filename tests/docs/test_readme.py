@@ -35,7 +35,7 @@ import pytest
 
 import cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 RENAMINGS_PAGE = ROOT / "docs" / "cli.md"
 README_MAX_LINES = 300

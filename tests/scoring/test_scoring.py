@@ -24,7 +24,7 @@ from pipeline.scoring.table import format_table
 from pipeline.scoring.measures import CLUSTER_MEASURES, MEASURES, MICRO_AVERAGE, SET_MEASURES, score, score_files
 from pipeline.formats.tac import language_expr, language_of_doc, read_tab, write_tab
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MEANTIME_TAC = (REPO_ROOT / ".." / "shared" / "data" / "meantime" / "tac").resolve()
 TOLERANCE = 1e-9
 LANGUAGES = ("en", "es", "it", "nl")

@@ -7,6 +7,8 @@ end to end with the CLI on the tiny inputs (one triage + encode per module, copi
 
 from __future__ import annotations
 
+import functools
+
 import json
 import re
 from pathlib import Path
@@ -19,7 +21,7 @@ import torch
 from click.testing import CliRunner, Result
 
 from cli import main
-from conftest import TINY_KB, tiny_mention_records, write_jsonl, write_run_config
+from conftest import TINY_KB, tiny_mention_records, write_jsonl, write_run_config, invoke as cli_invoke
 from pipeline.core.manifest import read_manifest
 from pipeline.core.config_file import build_config
 from pipeline.core.errors import ConfigError
@@ -114,10 +116,8 @@ def test_popularity_reranks_the_top_ten_stably() -> None:
 TRAIN_IDS = {r["id"] for r in tiny_mention_records() if r["split"] == "train" and r["gold_kb_id"] != "NIL"}
 
 
-def invoke(*args: object) -> Result:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
+# Every call here is expected to succeed.
+invoke = functools.partial(cli_invoke, exit_code=0)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from cli import main
 from conftest import DEMO_MENTIONS, write_run_config
 from pipeline.core.threads import apply_threads, available_cpus, cgroup_cpu_quota, choose_threads, torch_threads
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

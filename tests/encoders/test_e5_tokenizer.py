@@ -138,7 +138,7 @@ def test_rebuilt_tokenizer_equals_upstream(ours_and_upstream) -> None:
 def test_rebuilt_tokenizer_encodes_the_demo_like_upstream(ours_and_upstream) -> None:
     ours, upstream = (Tokenizer.from_str(json.dumps(side)) for side in ours_and_upstream)
     texts = []
-    for path in sorted((Path(__file__).resolve().parents[1] / "pipeline" / "demo_data").glob("*.jsonl")):
+    for path in sorted((Path(__file__).resolve().parents[2] / "pipeline" / "demo_data").glob("*.jsonl")):
         for line in path.read_text(encoding="utf-8").splitlines():
             record = json.loads(line)
             texts += [record[key] for key in ("text", "mention", "name", "description") if isinstance(record.get(key), str)]

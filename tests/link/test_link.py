@@ -16,26 +16,16 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from cli import main
-from conftest import run_demo_linker, write_jsonl
+from conftest import invoke, run_demo_linker, succeeded, write_jsonl
 from pipeline.core.errors import CacheError, ConfigError, InputError
 from pipeline.link import Linker
 from pipeline.model.model_folder import load_model_folder
 from pipeline.formats.tac import read_tab
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "pipeline" / "demo_data"
-
-
-def invoke(*args: object) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def succeeded(result: Result) -> Result:
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
 
 
 def demo_records(split: str | None = None) -> list[dict]:

@@ -19,23 +19,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from cli import main
-from conftest import run_demo_linker, write_jsonl
+from conftest import invoke, run_demo_linker, succeeded, write_jsonl
 from pipeline.core import checked_files
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "pipeline" / "demo_data"
-
-
-def invoke(*args: object) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def succeeded(result: Result) -> Result:
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -11,28 +11,28 @@ candidates of other mentions, a checkpoint of another architecture) must exit 0.
 Kinds already covered elsewhere, one test each, not repeated here (they count towards
 the catalogue; see README "Bad input"):
 
-- mentions (tests/test_inputs.py): bad JSON line and a line that is not an object
+- mentions (tests/formats/test_inputs.py): bad JSON line and a line that is not an object
   (E101), missing field (E102), four wrong types (E103), neither offsets nor doc
   (E111), duplicate mention id (E104), two offsets outside the text and doc offsets
   outside the doc (E105), offsets not covering the mention (E106), empty and all-blank
   file (E107), missing file (E108), unknown doc (E109), non-UTF-8 (E110), BOM + CRLF
   accepted; through the CLI: E106 with file and line.
-- docs (tests/test_inputs.py): duplicate doc id (E104).
-- KB (tests/test_inputs.py, tests/test_cli.py): duplicate kb_id (E104, no file left),
+- docs (tests/formats/test_inputs.py): duplicate doc id (E104).
+- KB (tests/formats/test_inputs.py, tests/cli/test_cli.py): duplicate kb_id (E104, no file left),
   alias object without text (E103), missing name through the CLI (E102).
-- TAC (tests/test_inputs.py): .tab offsets missing the mention (E106), missing source
+- TAC (tests/formats/test_inputs.py): .tab offsets missing the mention (E106), missing source
   document (E108).
-- config (tests/test_config.py): unknown key and top-level key (E201), unknown section
+- config (tests/core/test_config.py): unknown key and top-level key (E201), unknown section
   in the file and in --set (E204), invalid TOML (E202), missing file (E108), fourteen
   bad values (E203), no KB (E203), six malformed --set overrides, out-of-range --set.
-- artifacts (tests/test_cli.py): a stage before its upstream (E401), a manifest that is
+- artifacts (tests/cli/test_cli.py): a stage before its upstream (E401), a manifest that is
   not JSON (E402).
-- name pairs (tests/test_name_matching.py): too few and too many columns, an empty
+- name pairs (tests/train/test_name_matching.py): too few and too many columns, an empty
   name in .tsv and .jsonl (E113), empty and header-only file (E107), non-UTF-8 (E110),
   missing field, wrong type and bad JSON in .jsonl (E102, E103, E101); through the CLI:
   E113 with file and line, a missing file (E108), a name_pairs.h5 of another pairs file
   (E407); BOM + CRLF + header accepted.
-- `xel-cli link` (tests/test_link.py): a model folder without model.json and with a
+- `xel-cli link` (tests/link/test_link.py): a model folder without model.json and with a
   foreign one (E701), model.json not JSON, a changed model.pt, a missing alias table
   (E702), a newer format (E703), an encoder that is gone (E704), a KB lacking an entity
   of the alias table (E705), an unknown mention file type (E707), a .tab without --docs

@@ -7,7 +7,7 @@ import string
 
 import pytest
 
-from pipeline.core.errors import Errors, InputError, Warnings, warn
+from pipeline.core.errors import InputError, Warnings, warn
 
 
 def _codes(catalogue: type, prefix: str) -> list[str]:

@@ -14,10 +14,8 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from click.testing import CliRunner
 
-from cli import main
-from conftest import run_demo_linker, write_jsonl
+from conftest import invoke, run_demo_linker, write_jsonl
 from pipeline.core.config import TrainConfig
 from pipeline.core.errors import ConfigError
 from pipeline.model.features import RankerInputs, score_nil
@@ -27,7 +25,7 @@ from pipeline.model.ranker import Ranker, RankerShape
 from pipeline.train.batches import assemble_batch, linking_accuracy, train_epoch
 from pipeline.train.state import load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "pipeline" / "demo_data"
 WIDTH = 8
 
@@ -161,10 +159,6 @@ def test_without_nil_mentions_the_option_draws_the_same_batches() -> None:
 
 
 # --- evaluate and link ------------------------------------------------------------------------
-
-def invoke(*args: object):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
 
 @pytest.fixture(scope="module")
 def nota_run(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -> dict:
