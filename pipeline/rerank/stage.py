@@ -192,7 +192,7 @@ def fit(reader, tokenizer, examples: ReaderExamples, train_rows: np.ndarray, dev
         trained = DistributedDataParallel(reader, device_ids=[device.index] if device.type == "cuda" else None)
         torch.manual_seed(rerank.seed + 100_003 * world.rank + state.start_epoch)  # other dropout masks per rank
     if len(dev_rows) == 0 and world.is_main:
-        warn(logger, "W503")
+        warn(logger, "W509")
     plan = training.Schedule(rerank.batch_mentions, rerank.grad_accumulation, rerank.precision, rerank.seed,
                              rerank.nil_hidden_share)
     progress = progress_counter(rerank.epochs * batches, "rerank", "batches", initial=(state.start_epoch - 1) * batches,

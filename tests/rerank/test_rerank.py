@@ -1,0 +1,293 @@
+"""The reader (rerank stage, docs/reader.md): it learns what only the context decides, its NIL option,
+resume after a kill, staleness, and evaluate's use of it.
+
+The ambiguity task: six surface names (Jordan, Amazon, ...) each name three KB entities, a
+river, a company and a person, whose candidate texts differ only in their type and
+description. A mention's sentence says which one it is ("boats sailed down the Jordan"),
+and the triage candidates of every mention are the three entities of its name, so only
+reading the context against the candidates decides. A fourth sense, a band, is in no KB
+entry: those mentions are NIL.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from conftest import write_jsonl, write_run_config
+
+NAMES = ("Jordan", "Amazon", "Mercury", "Tesla", "Phoenix", "Orion")
+# The cue words are whole words of the tiny transformer's vocabulary (tests/conftest.py), so one
+# sub-word carries each; the fillers around them say nothing about the sense.
+SENSES = {  # sense: (type, description, contexts by split)
+    "company": ("company", "a company , a firm",
+                {"train": ["The company {name} was first .", "{name} is a firm with new time .",
+                           "The firm {name} had a slow week ."],
+                 "dev": ["The company {name} had a new week ."], "test": ["The firm {name} was new after Monday ."]}),
+    "club": ("club", "a club of the League and the Cup",
+             {"train": ["The club {name} won the Cup .", "{name} beat the League club .",
+                        "The club {name} was first in the League ."],
+              "dev": ["{name} is a club in the Cup ."], "test": ["The club {name} beat them in the Cup ."]}),
+    "person": ("person", "a person ; she said her name",
+               {"train": ["{name} said she was first .", "She said {name} had her week .",
+                          "{name} said her time was new ."],
+                "dev": ["{name} said she had time ."], "test": ["{name} said her week was slow ."]}),
+    "band": (None, None,  # no KB entity: NIL
+             {"train": ["The band {name} was on tour .", "{name} had a record tour ."],
+              "dev": ["{name} made a new record ."], "test": ["The band {name} had a new tour ."]}),
+}
+TINY_RERANK = {"enabled": True, "top_k": 3, "max_seq_tokens": 80, "max_context_tokens": 20, "epochs": 14,
+               "batch_mentions": 16, "learning_rate": 5e-3, "nil_hidden_share": 0.1, "seed": 5}
+
+
+def ambiguity_data(folder: Path) -> dict[str, Path]:
+    """mentions.jsonl and kb.jsonl of the ambiguity task under folder/ambiguity."""
+    kb = [{"kb_id": f"{name}-{sense}", "name": name, "type": kind, "description": f"{name} is {description}.",
+           "aliases": []}
+          for name in NAMES for sense, (kind, description, _) in SENSES.items() if kind is not None]
+    mentions = []
+    for name in NAMES:
+        for sense, (kind, _, contexts) in SENSES.items():
+            for split, texts in contexts.items():
+                for number, template in enumerate(texts):
+                    text = template.format(name=name)
+                    start = text.index(name)
+                    mentions.append({"id": f"{name}-{sense}-{split}-{number}", "doc_id": f"{name}-{sense}-{split}-{number}",
+                                     "lang": "en", "text": text, "start": start, "end": start + len(name),
+                                     "mention": name, "split": split,
+                                     "gold_kb_id": f"{name}-{sense}" if kind is not None else "NIL"})
+    data = folder / "ambiguity"
+    return {"mentions": write_jsonl(data / "mentions.jsonl", mentions), "kb": write_jsonl(data / "kb.jsonl", kb)}
+
+
+def ambiguity_config(folder: Path, encoder: Path, **rerank) -> Path:
+    """A run of the ambiguity task: triage by name only (k = 3: the name's three entities), a ranker over
+    the frozen tiny transformer's vectors with its context feature, and the reader."""
+    return write_run_config(folder, encoder, data=ambiguity_data(folder),
+                            triage={"k": 3, "use_dense": False, "use_fuzzy": False, "use_priors": False},
+                            train={"epochs": 20, "eval_every": 5, "patience": 0, "min_type_count": 1},
+                            evaluate={"nil_method": "auto", "nil_mention_prior": False},
+                            rerank={**TINY_RERANK, **rerank})
+
+
+@pytest.fixture(scope="module")
+def ambiguity_run(tmp_path_factory, tiny_encoder_dir: Path) -> dict:
+    folder = tmp_path_factory.mktemp("ambiguity")
+    config = ambiguity_config(folder, tiny_encoder_dir)
+    result = CliRunner().invoke(main, ["run", "--config", str(config)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return {"config": config, "run_dir": folder / "run", "output": result.output, "folder": folder}
+
+
+def test_the_reader_decides_by_context_where_the_frozen_ranker_cannot(ambiguity_run: dict) -> None:
+    predictions = pl.read_parquet(ambiguity_run["run_dir"] / "evaluate" / "predictions.parquet")
+    linked = predictions.filter((pl.col("split") == "test") & (pl.col("gold_kb_id") != "NIL"))
+    ranker = (linked["best_kb_id"] == linked["gold_kb_id"]).mean()
+    reader = (linked["reader_kb_id"] == linked["gold_kb_id"]).mean()
+    print(f"test linking accuracy: ranker {ranker:.3f}, reader {reader:.3f} ({linked.height} mentions)")
+    assert linked.height == 18
+    # The ranker stays about chance (1/3): the name vectors are the same, the frozen context vectors say little.
+    # The reader reads the context against the candidates (0.89-0.94 seen: float summation order across
+    # thread counts moves a mention or two).
+    assert ranker <= 0.5
+    assert reader >= 0.8 and reader - ranker >= 0.4
+
+
+def test_the_reader_learns_its_nil_option(ambiguity_run: dict) -> None:
+    predictions = pl.read_parquet(ambiguity_run["run_dir"] / "evaluate" / "predictions.parquet")
+    test = predictions.filter(pl.col("split") == "test")
+    says_nil = (test["reader_nil_score"] > test["reader_score"]).to_numpy()
+    gold_nil = (test["gold_kb_id"] == "NIL").to_numpy()
+    print(f"reader NIL: {int((says_nil & gold_nil).sum())} of {int(gold_nil.sum())} NIL mentions, "
+          f"{int((says_nil & ~gold_nil).sum())} linked ones said NIL")
+    assert (says_nil & gold_nil).sum() >= 5  # of 6 band mentions
+    assert (says_nil & ~gold_nil).sum() <= 2  # of 18 linked ones
+    metrics = json.loads((ambiguity_run["run_dir"] / "evaluate" / "metrics.json").read_text())
+    assert metrics["nil_method"] == "reader"  # dev's cross-validation chose it
+
+
+# ---------------------------------------------------------------------------
+# The stage contract, on the tiny three-language run (pipeline/demo-sized, two epochs).
+# ---------------------------------------------------------------------------
+
+SMALL_RERANK = {"enabled": True, "top_k": 3, "max_seq_tokens": 80, "max_context_tokens": 24, "epochs": 2,
+                "batch_mentions": 4, "learning_rate": 1e-3, "nil_hidden_share": 0.3}
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory, tiny_encoder_dir: Path) -> dict:
+    """A finished tiny run with the reader, whose NIL decision is the reader's (evaluate.nil_method)."""
+    folder = tmp_path_factory.mktemp("reader-run")
+    config = write_run_config(folder, tiny_encoder_dir, rerank=dict(SMALL_RERANK),
+                              evaluate={"nil_method": "reader", "nil_mention_prior": False})
+    result = CliRunner().invoke(main, ["run", "--config", str(config)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return {"config": config, "run_dir": folder / "run", "output": result.output, "encoder": tiny_encoder_dir}
+
+
+def _config(base_run: dict, run_dir: Path, *overrides: str):
+    from pipeline.core.config_file import load_config
+
+    return load_config(base_run["config"], (f"run.run_dir={run_dir}", *overrides))
+
+
+def test_the_stage_writes_its_outputs_and_evaluate_decides_by_the_reader(base_run: dict) -> None:
+    rerank_dir = base_run["run_dir"] / "rerank"
+    manifest = json.loads((rerank_dir / "manifest.json").read_text())
+    assert manifest["outputs"] == ["reader", "reader_scores.parquet", "history.parquet"]
+    scores = pl.read_parquet(rerank_dir / "reader_scores.parquet")
+    assert scores.columns == ["mention_id", "kb_id", "slot", "score", "nil_score"]
+    # dev and test mentions only (10 of the 16), up to top_k candidates each; NIL + candidates sum to 1
+    assert set(scores["mention_id"].str.split("-").list.first()) <= {"en", "es", "ru"}
+    assert scores["mention_id"].n_unique() == 10 and scores["slot"].max() <= 3
+    totals = scores.group_by("mention_id").agg(pl.col("score").sum() + pl.col("nil_score").first())
+    assert totals["score"].min() == pytest.approx(1.0, abs=1e-4) and totals["score"].max() == pytest.approx(1.0, abs=1e-4)
+    metrics = json.loads((base_run["run_dir"] / "evaluate" / "metrics.json").read_text())
+    assert metrics["nil_method"] == "reader"
+    kinds = {row["method"] for row in metrics["error_kinds"]}
+    assert kinds == {"threshold", "reader"}
+    report = (base_run["run_dir"] / "evaluate" / "report.md").read_text()
+    assert "| method | language | mentions | right | not among candidates | wrong entity | false NIL | missed NIL |" in report
+    assert "rerank: best dev micro-average of the reader" in base_run["output"]
+
+
+def test_up_to_date_until_a_setting_of_its_own_changes(base_run: dict, run_copy: Path) -> None:
+    from pipeline.rerank import stage
+
+    assert stage.run(_config(base_run, run_copy)).skipped
+    assert stage.run(_config(base_run, run_copy, "rerank.device=cpu")).skipped  # where it runs: not keyed
+    for changed in ("rerank.learning_rate=0.002", "rerank.top_k=2", "rerank.nil_hidden_share=0.5"):
+        config = _config(base_run, run_copy, changed)
+        inputs, settings = stage.stage_identity(config)
+        from pipeline.core.manifest import StageRun
+
+        assert not StageRun(run_copy / "rerank", stage.STAGE, stage.STAGE_VERSION, settings, inputs).up_to_date, changed
+    # evaluate reads the reader: a run without it keeps evaluate's key of before, one with it names rerank's
+    manifest = json.loads((run_copy / "evaluate" / "manifest.json").read_text())
+    assert "rerank" in manifest["inputs"]
+
+
+def test_a_killed_training_resumes_to_the_uninterrupted_result(base_run: dict, run_copy: Path, monkeypatch) -> None:
+    from pipeline.rerank import stage
+
+    class Killed(Exception):
+        pass
+
+    saved = stage.save_torch
+
+    def save_then_die(path, payload):
+        saved(path, payload)
+        raise Killed(f"killed after the checkpoint of epoch {payload['epoch']}")
+
+    monkeypatch.setattr(stage, "save_torch", save_then_die)
+    with pytest.raises(Killed, match="epoch 1"):
+        stage.run(_config(base_run, run_copy), force=True)
+    monkeypatch.setattr(stage, "save_torch", saved)
+    assert not (run_copy / "rerank" / "manifest.json").exists()
+    result = stage.run(_config(base_run, run_copy))
+    assert not result.skipped
+    resumed = pl.read_parquet(run_copy / "rerank" / "reader_scores.parquet")
+    uninterrupted = pl.read_parquet(base_run["run_dir"] / "rerank" / "reader_scores.parquet")
+    assert resumed.equals(uninterrupted)
+    history = pl.read_parquet(run_copy / "rerank" / "history.parquet")
+    assert history["epoch"].to_list() == [1, 2]
+
+
+def test_a_checkpoint_of_another_architecture_is_refused(tmp_path: Path) -> None:
+    import torch
+
+    from pipeline.core.errors import CacheError
+    from pipeline.rerank.training import load_checkpoint
+
+    path = tmp_path / "last.pt"
+    shape = {"model_type": "bert", "hidden_size": 32, "layers": 2, "vocab_size": 100, "top_k": 3,
+             "max_seq_tokens": 80, "max_context_tokens": 24}
+    torch.save({"key": "k", "shape": {**shape, "hidden_size": 64}}, path)
+    with pytest.raises(CacheError, match="E506") as caught:
+        load_checkpoint(path, "k", shape)
+    assert "hidden_size" in caught.value.format_message()
+    assert load_checkpoint(path, "another key", shape) is None
+
+
+def test_link_applies_the_reader_as_evaluate_did(base_run: dict, tmp_path: Path) -> None:
+    from conftest import tiny_mention_records
+    from pipeline.link.linker import Linker
+    from pipeline.model.model_folder import export_model
+
+    meta = json.loads((base_run["run_dir"] / "model" / "model.json").read_text())
+    assert meta["reader"]["folder"] == "reader" and "reader/head.pt" in meta["files"]
+    exported = export_model(base_run["run_dir"], tmp_path / "exported")  # the reader travels with the linker
+    linker = Linker.load(exported)
+    assert linker.reader is not None
+    records = [r for r in tiny_mention_records() if r["split"] == "test"]
+    links = linker.link(records)
+    evaluated = pl.read_parquet(base_run["run_dir"] / "evaluate" / "predictions.parquet").filter(pl.col("split") == "test")
+    decided = evaluated.select("mention_id", pl.when(pl.col("is_nil")).then(pl.lit("NIL")).otherwise("system_id").alias("want"))
+    got = links.select("mention_id", pl.when(pl.col("is_nil")).then(pl.lit("NIL")).otherwise("kb_id").alias("kb_id"))
+    joined = got.join(decided, on="mention_id")
+    assert joined.height == len(records)
+    assert (joined["kb_id"] == joined["want"]).all(), joined
+
+
+def test_settings_are_checked() -> None:
+    from pipeline.core.config import RerankConfig
+    from pipeline.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="E203.*max_seq_tokens"):
+        RerankConfig(top_k=8, max_context_tokens=96, max_seq_tokens=100)
+    with pytest.raises(ConfigError, match="E203.*precision"):
+        RerankConfig(precision="fp16")
+
+
+def test_the_command_and_the_reader_method_need_it_enabled(make_run_config) -> None:
+    config = make_run_config()
+    result = CliRunner().invoke(main, ["rerank", "--config", str(config)])
+    assert result.exit_code == 2 and "[E203]" in result.output and "rerank.enabled" in result.output
+    result = CliRunner().invoke(main, ["evaluate", "--config", str(config), "--set", "evaluate.nil_method=reader"])
+    assert result.exit_code == 2 and "[E203]" in result.output and "rerank.enabled = true" in result.output
+
+
+def test_two_gloo_processes_train_the_reader(base_run: dict, run_copy: Path) -> None:
+    """Under torchrun each rank reads its share of every epoch's mentions; rank 0 writes (a smoke test: the
+    global batch is larger than one process's, so the weights differ from the single-process run)."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(root / "cli.py"), "rerank", "--config", str(base_run["config"]), "--run-dir", str(run_copy),
+                             "--force"], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert "rerank: done" in result.stdout
+    history = pl.read_parquet(run_copy / "rerank" / "history.parquet")
+    assert history["epoch"].to_list() == [1, 2]
+    assert pl.read_parquet(run_copy / "rerank" / "reader_scores.parquet")["mention_id"].n_unique() == 10
+
+
+def test_the_pairwise_form_reads_one_sequence_per_candidate(base_run: dict, run_copy: Path) -> None:
+    from pipeline.model.reader_inputs import Layout, Specials, reading
+    from pipeline.rerank import stage
+
+    marks = Specials(cls=1, sep=2, pad=0, mention_start=3, mention_end=4, nil=5, entity=6)
+    context, candidates = [10, 3, 11, 4, 12], [[20, 21], [30], [40, 41, 42]]
+    listwise = reading(context, candidates, ["a", "b", "c"], Layout(40, 8, 3), marks)
+    assert listwise.sequences == [[1, 10, 3, 11, 4, 12, 2, 5, 6, 20, 21, 6, 30, 6, 40, 41, 42, 2]]
+    assert listwise.picks == [(0, 0), (0, 1), (0, 2), (0, 3)] and listwise.mentions == [(2, 4)]
+    pairwise = reading(context, candidates, ["a", "b", "c"], Layout(40, 8, 3, "pairwise"), marks)
+    assert pairwise.sequences[0] == [1, 10, 3, 11, 4, 12, 2, 5, 2]  # the NIL option alone
+    assert pairwise.sequences[3] == [1, 10, 3, 11, 4, 12, 2, 5, 6, 40, 41, 42, 2]
+    assert pairwise.picks == [(0, 0), (1, 1), (2, 1), (3, 1)]
+
+    result = stage.run(_config(base_run, run_copy, "rerank.form=pairwise"))
+    assert not result.skipped  # another form, another key
+    scores = pl.read_parquet(run_copy / "rerank" / "reader_scores.parquet")
+    totals = scores.group_by("mention_id").agg(pl.col("score").sum() + pl.col("nil_score").first())["score"]
+    assert totals.min() == pytest.approx(1.0, abs=1e-4) and totals.max() == pytest.approx(1.0, abs=1e-4)
+    assert json.loads((run_copy / "rerank" / "reader" / "reader.json").read_text())["layout"]["form"] == "pairwise"
