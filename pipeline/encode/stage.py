@@ -31,7 +31,7 @@ from pipeline.encode.chunks import encode_in_chunks
 from pipeline.encode.name_pairs import embed_name_pairs
 from pipeline.encode.plan import plan_units, read_triage
 from pipeline.encode.shards import finished_shards, merge_group, remove_stale_work, shard_paths, shard_slice
-from pipeline.encoders.encoder import encoder_identity, load_encoder, resolve_encoder_path
+from pipeline.encoders.encoder import configured_identity, load_encoder
 from pipeline.core.errors import CacheError, SchemaError
 from pipeline.core.io import write_json_atomic
 from pipeline.core.manifest import StageResult, StageRun, library_versions, read_manifest_file, stage_key, upstream_key
@@ -45,8 +45,8 @@ STAGE_VERSION = 1
 
 def stage_identity(config: RunConfig) -> tuple[str, dict[str, str], dict]:
     """(key, inputs, settings) of this run's encode: what vectors.h5 and its manifest are keyed by."""
-    encoder_path = resolve_encoder_path(config.encoder.name)
-    inputs = {"triage": upstream_key(config.stage_dir("triage"), "triage"), "encoder": encoder_identity(encoder_path)}
+    # The encoder's identity holds the precision it resolves to here (auto differs by device and CPU).
+    inputs = {"triage": upstream_key(config.stage_dir("triage"), "triage"), "encoder": configured_identity(config.encoder)}
     # Batching, chunking and device change speed, not vectors (up to float rounding).
     settings = {k: v for k, v in to_dict(config.encoder).items() if k not in ("batch_tokens", "chunk_texts", "device")}
     return stage_key(STAGE, STAGE_VERSION, settings, inputs), inputs, settings

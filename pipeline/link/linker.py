@@ -125,12 +125,14 @@ class Linker:
             raise CacheError("E702", path=folder.path / MODEL, detail=error.message) from None
         self.mention_types = list(meta["types"].get("mention") or [])
         self.entity_types = list(meta["types"].get("entity") or [])
+        # Keyed by the identity with the precision this machine runs at (the model's is files-only).
         self.store = cache.EntityVectorStore(
-            cache.cache_root() / cache.ENTITY_VECTORS / cache.encoder_key(identity, settings),
+            cache.cache_root() / cache.ENTITY_VECTORS / cache.encoder_key(self.encoder.identity, settings),
             float16=self.encoder_config.store_float16)
         self.policy = folder.policy
         # What triage's sources take from the alias table and encoder, built once here, not per chunk.
-        self.learned = LearnedSources.prepare(folder.aliases, self.triage_config, self.encoder_config, identity)
+        self.learned = LearnedSources.prepare(folder.aliases, self.triage_config, self.encoder_config,
+                                              self.encoder.identity)
 
     @classmethod
     def load(cls, path: str | Path, kb: str | Path | None = None, device: str | None = None,

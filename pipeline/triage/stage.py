@@ -129,7 +129,7 @@ def dense_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, encoder_con
     dropped) by encoder cosine similarity, from a FAISS index cached per KB and encoder.
     `encoder` (a `LoadedEncoder` of `encoder_config`) and `identity` (its `encoder_identity`, which
     hashes its files) save loading and hashing it again (link calls this per chunk)."""
-    from pipeline.encoders.encoder import embed_texts, encoder_identity, load_encoder, resolve_encoder_path
+    from pipeline.encoders.encoder import embed_texts, load_encoder
 
     encoder = encoder or load_encoder(encoder_config)
 
@@ -138,7 +138,7 @@ def dense_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, encoder_con
             return embed_texts(encoder, [config.dense_prefix + t for t in texts], encoder_config.max_name_tokens,
                                encoder_config.batch_tokens, progress)
 
-    identity = identity or encoder_identity(resolve_encoder_path(encoder_config.name))
+    identity = identity or encoder.identity  # holds the precision, so a change of it rebuilds the index
     settings = {"encoder": identity, "prefix": config.dense_prefix,
                 "max_name_tokens": encoder_config.max_name_tokens}
     names = surfaces.select("surface", "kb_id")  # unique already (kb_index.keyed_surfaces)
@@ -229,9 +229,9 @@ class LearnedSources:
             keys = names.select(pl.col("surface_roman").unique().sort()).filter(pl.col("surface_roman") != "")["surface_roman"]
             ngrams = name_ngrams(keys)
         if triage.use_dense and encoder_identity is None:
-            from pipeline.encoders.encoder import encoder_identity as identity_of, resolve_encoder_path
+            from pipeline.encoders.encoder import configured_identity
 
-            encoder_identity = identity_of(resolve_encoder_path(encoder_config.name))
+            encoder_identity = configured_identity(encoder_config)
         return cls(priors, names, keys, ngrams, encoder_identity if triage.use_dense else None)
 
 
@@ -324,9 +324,9 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
             raise InputError("E108", path=path)
     fingerprints = {name: file_fingerprint(path) for name, path in input_paths.items()}
     if config.triage.use_dense:
-        from pipeline.encoders.encoder import encoder_identity, resolve_encoder_path
+        from pipeline.encoders.encoder import configured_identity
 
-        fingerprints["encoder"] = encoder_identity(resolve_encoder_path(config.encoder.name))
+        fingerprints["encoder"] = configured_identity(config.encoder)
     settings = {"inputs": {k: v for k, v in to_dict(inputs).items() if k not in input_paths and v is not None},
                 "triage": to_dict(config.triage)}
     if config.triage.use_dense:
