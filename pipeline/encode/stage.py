@@ -45,10 +45,12 @@ STAGE_VERSION = 1
 
 def stage_identity(config: RunConfig) -> tuple[str, dict[str, str], dict]:
     """(key, inputs, settings) of this run's encode: what vectors.h5 and its manifest are keyed by."""
-    # The encoder's identity holds the precision it resolves to here (auto differs by device and CPU).
+    # The encoder's identity holds the precision it resolves to here (auto differs by device and CPU),
+    # so the setting as written is left out: auto and the precision it means give the same key.
     inputs = {"triage": upstream_key(config.stage_dir("triage"), "triage"), "encoder": configured_identity(config.encoder)}
     # Batching, chunking and device change speed, not vectors (up to float rounding).
-    settings = {k: v for k, v in to_dict(config.encoder).items() if k not in ("batch_tokens", "chunk_texts", "device")}
+    settings = {k: v for k, v in to_dict(config.encoder).items()
+                if k not in ("batch_tokens", "chunk_texts", "device", "precision")}
     return stage_key(STAGE, STAGE_VERSION, settings, inputs), inputs, settings
 
 
