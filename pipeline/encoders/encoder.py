@@ -169,11 +169,14 @@ def configured_precision(config: EncoderConfig) -> Precision:
     """The precision `config` runs at on this machine (`auto` resolved for its device); E203 for int8
     off a CPU. The device is only read, not checked (a cuda setting on a machine without a GPU
     still resolves, as cuda), so a stage key can be computed where the stage would not run."""
-    if config.device == "auto":
-        device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    else:
-        device_type = config.device.split(":")[0]
-    return Precision.resolve(config.precision, device_type)
+    return Precision.resolve(config.precision, device_type(config.device))
+
+
+def device_type(setting: str) -> str:
+    """The device type (cpu, cuda, mps) a `device` setting names; auto: cuda when one is visible."""
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return setting.split(":")[0]
 
 
 def configured_identity(config: EncoderConfig) -> str:

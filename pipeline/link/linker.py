@@ -59,9 +59,10 @@ class Linker:
     """A loaded model folder with its encoder, KB indexes, entity-vector store and ranker."""
 
     def __init__(self, folder: ModelFolder, kb_path: Path | None = None, device: str | None = None,
-                 kb_fingerprint: str | None = None) -> None:
+                 kb_fingerprint: str | None = None, precision: str | None = None) -> None:
         """`kb_fingerprint`: the KB file's content hash when the caller has it (hashing a KB of
-        millions of entities takes a while)."""
+        millions of entities takes a while). `device` and `precision` replace the model's [encoder]
+        settings (the precision's vectors are cached apart: it is part of the encoder identity)."""
         from pipeline.encoders.encoder import encoder_identity, load_encoder, resolve_encoder_path
         from pipeline.triage.kb_index import kb_entities, names_index
         from pipeline.model.model_file import MODEL, load_model
@@ -75,6 +76,8 @@ class Linker:
             settings = dict(meta["encoder"]["settings"])
             if device is not None:
                 settings["device"] = device
+            if precision is not None:
+                settings["precision"] = precision
             self.encoder_config = EncoderConfig(**settings)
             self.triage_config = TriageConfig(**{**meta["triage"], "oracle": False})  # no gold here to add
             self.context_chars = int(meta["inputs"]["context_chars"])
@@ -136,13 +139,14 @@ class Linker:
 
     @classmethod
     def load(cls, path: str | Path, kb: str | Path | None = None, device: str | None = None,
-             fallback_threshold: float | None = None) -> "Linker":
-        """Load and check a model folder (E701-E706); `kb` replaces the model's KB, `device` its encoder's,
-        `fallback_threshold` the NIL threshold of languages the model has none for (as `--fallback-threshold`)."""
+             fallback_threshold: float | None = None, precision: str | None = None) -> "Linker":
+        """Load and check a model folder (E701-E706); `kb` replaces the model's KB, `device` and `precision`
+        its encoder's, `fallback_threshold` the NIL threshold of languages the model has none for (as
+        `--fallback-threshold`)."""
         folder = load_model_folder(Path(path))
         if fallback_threshold is not None:
             folder = dataclasses.replace(folder, policy=folder.policy.with_unseen_threshold(fallback_threshold))
-        return cls(folder, Path(kb) if kb is not None else None, device)
+        return cls(folder, Path(kb) if kb is not None else None, device, precision=precision)
 
     def _vectors_dtype_round(self, array: np.ndarray) -> np.ndarray:
         """Vectors as encode would store them (float16 when `store_float16`), read back as float32."""
