@@ -21,13 +21,14 @@ distinct texts/s, the speed ratio to fp32, and the mean (and lowest) cosine of e
 mention-string vector to its fp32 vector. `--precisions-only` skips (a)-(c) and prints only that.
 
     python bench/encode.py [--limit 500] [--paper-sample 100] [--repeats 2] [--mbert-shaped] [--device cpu]
-                           [--precisions fp32,bf16,int8] [--precisions-only]
+                           [--precisions fp32,bf16,int8] [--precisions-only] [--max-context-tokens N] [--record FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import platform
 import sys
@@ -154,7 +155,7 @@ def row_cosines(vectors: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 
 def precision_table(encoder: LoadedEncoder, mentions: pl.DataFrame, settings: EncoderConfig,
-                    precisions: list[str], repeats: int) -> None:
+                    precisions: list[str], repeats: int, record_path: str | None = None) -> None:
     """Print encode's texts/s at each precision (best of `repeats`, precisions alternated), the ratio
     to fp32 and the cosine of every context and mention-string vector to its fp32 vector."""
     at = {name: encoder_at(encoder, name) for name in dict.fromkeys(["fp32", *precisions])}
@@ -180,6 +181,16 @@ def precision_table(encoder: LoadedEncoder, mentions: pl.DataFrame, settings: En
         spans = row_cosines(vectors[name][1], vectors["fp32"][1])
         print(f"{name:<10} {seconds:>8.2f} {texts / seconds:>8.1f} {best['fp32'] / seconds:>7.2f}x "
               f"{context.mean():>13.4f}/{context.min():.4f} {spans.mean():>11.4f}/{spans.min():.4f}")
+        for measure, value in (("texts/s", texts / seconds), ("context cos to fp32", context.mean()),
+                               ("name cos to fp32", spans.mean())):
+            record(record_path, "encode", name, measure, float(value))
+
+
+def record(path: str | None, bench: str, precision: str, measure: str, value: float) -> None:
+    """Append one figure as a JSON line to `path` (bench/gpu.sh's table reads them); nothing when None."""
+    if path:
+        with open(path, "a", encoding="utf-8") as lines:
+            lines.write(json.dumps({"bench": bench, "precision": precision, "measure": measure, "value": value}) + "\n")
 
 
 def method_table(encoder: LoadedEncoder, mentions: pl.DataFrame, settings: EncoderConfig, args) -> None:
@@ -230,6 +241,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2, help="Best of this many runs of (a) and (b).")
     parser.add_argument("--precisions", default="fp32,bf16,int8", help="Precisions compared (comma-separated; '' for none).")
     parser.add_argument("--precisions-only", action="store_true", help="Only the precision table, not (a)-(c).")
+    parser.add_argument("--record", default=None, help="Append the precision table's figures as JSON lines to this file.")
     args = parser.parse_args()
     if not (MEANTIME / "mentions.jsonl").is_file():
         print(f"skipped: MEANTIME not found at {MEANTIME}")
@@ -251,7 +263,7 @@ def main() -> int:
         method_table(encoder_at(encoder, "auto"), mentions, settings, args)
     precisions = [name.strip() for name in args.precisions.split(",") if name.strip()]
     if precisions:
-        precision_table(encoder, mentions, settings, precisions, args.repeats)
+        precision_table(encoder, mentions, settings, precisions, args.repeats, args.record)
     return 0
 
 
