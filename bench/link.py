@@ -146,10 +146,11 @@ def record(path: str | None, precision: str, measure: str, value: float) -> None
 def link_size(model: Path, kb: Path, size: int, args: argparse.Namespace, env: dict[str, str],
               precisions: list[str], with_second: bool) -> list[tuple[str, dict]]:
     """(label, result) of the first corpus of `size` at each precision, then (`with_second`) a second
-    corpus at the first precision: each precision starts with no entity cached."""
+    corpus at the first precision: each precision starts with no entity cached (each has a store of
+    its own, the precision being part of the encoder's identity)."""
     runs = []
+    shutil.rmtree(WORK / "cache" / "entity-vectors", ignore_errors=True)
     for precision in precisions:
-        shutil.rmtree(WORK / "cache" / "entity-vectors", ignore_errors=True)
         first = link(model, write_corpus(size, "a"), kb, WORK / f"out-a-{size}", args.device, env, args.chunk_mentions,
                      precision)
         runs.append((f"first corpus{f' at {precision}' if precision else ''}", first))
@@ -157,7 +158,7 @@ def link_size(model: Path, kb: Path, size: int, args: argparse.Namespace, env: d
     if with_second:
         second_size = args.second_size or size
         second = link(model, write_corpus(second_size, "b"), kb, WORK / f"out-b-{second_size}", args.device, env,
-                      args.chunk_mentions, precisions[-1])
+                      args.chunk_mentions, precisions[0])
         runs.append((f"second corpus ({second_size:,} mentions)", second))
     return runs
 

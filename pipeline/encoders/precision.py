@@ -5,9 +5,11 @@
 - int8: dynamic quantisation of every `nn.Linear` (`torch.ao.quantization.quantize_dynamic`:
   int8 weights, activations quantised per batch), CPU only;
 - auto: bf16 on CUDA; on a CPU, bf16 where it has native bf16 arithmetic (the `avx512_bf16` or
-  `amx_bf16` flags of /proc/cpuinfo), else fp32. `bench/encode.py --precisions` measured it
-  (docs/performance.md): on an AVX2-only CPU bf16 is emulated and slower than fp32, and int8,
-  though faster, moves vectors (cosine to fp32 ~0.99), so it is never picked unasked.
+  `amx_bf16` flags of /proc/cpuinfo), else fp32. From `bench/encode.py --precisions-only`
+  (docs/performance.md): on an AVX2-only CPU bf16 is emulated and 6x slower than fp32; int8 is
+  2.1x faster but moves vectors (mean cosine to fp32 0.99 for contexts, 0.98 for mention
+  strings), so it is not "equal quality" until a MEANTIME run shows linking quality holds
+  (bench/context_width.py), and auto never picks it.
 
 Vectors always leave the encoder as float32 (`.float()`); the precision changes how they are
 computed, so it is part of the encoder's identity (`pipeline.encoders.encoder.encoder_identity`).
@@ -18,7 +20,6 @@ then `apply` on the loaded model and `autocast()` around its forward passes.
 from __future__ import annotations
 
 import contextlib
-import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +28,6 @@ import torch
 
 from pipeline.core.config import PRECISION_EXPECTED, PRECISIONS
 from pipeline.core.errors import ConfigError
-
-logger = logging.getLogger(__name__)
 
 # CPU flags (Linux /proc/cpuinfo) of native bf16 arithmetic: AVX512-BF16 (Cooper Lake, Zen 4 on)
 # and AMX (Sapphire Rapids on). Without them torch emulates bf16 matmuls, slower than fp32.
