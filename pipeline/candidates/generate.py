@@ -47,9 +47,9 @@ class LearnedSources:
             keys = names.select(pl.col("surface_roman").unique().sort()).filter(pl.col("surface_roman") != "")["surface_roman"]
             ngrams = name_ngrams(keys)
         if triage.use_dense and encoder_identity is None:
-            from pipeline.encoders.encoder import encoder_identity as identity_of, resolve_encoder_path
+            from pipeline.encoders.encoder import configured_identity
 
-            encoder_identity = identity_of(resolve_encoder_path(encoder_config.name))
+            encoder_identity = configured_identity(encoder_config)
         return cls(priors, names, keys, ngrams, encoder_identity if triage.use_dense else None)
 
 

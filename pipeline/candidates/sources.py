@@ -115,7 +115,7 @@ def dense_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, encoder_con
     dropped) by encoder cosine similarity, from a FAISS index cached per KB and encoder.
     `encoder` (a `LoadedEncoder` of `encoder_config`) and `identity` (its `encoder_identity`, which
     hashes its files) save loading and hashing it again (link calls this per chunk)."""
-    from pipeline.encoders.encoder import embed_texts, encoder_identity, load_encoder, resolve_encoder_path
+    from pipeline.encoders.encoder import embed_texts, load_encoder
 
     encoder = encoder or load_encoder(encoder_config)
 
@@ -124,7 +124,7 @@ def dense_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, encoder_con
             return embed_texts(encoder, [config.dense_prefix + t for t in texts], encoder_config.max_name_tokens,
                                encoder_config.batch_tokens, progress)
 
-    identity = identity or encoder_identity(resolve_encoder_path(encoder_config.name))
+    identity = identity or encoder.identity  # holds the precision, so a change of it rebuilds the index
     settings = {"encoder": identity, "prefix": config.dense_prefix,
                 "max_name_tokens": encoder_config.max_name_tokens}
     names = surfaces.select("surface", "kb_id")  # unique already (kb_index.keyed_surfaces)

@@ -23,6 +23,9 @@ from pipeline.core.languages import LANGUAGE_TAG_EXPECTED, UNKNOWN_LANGUAGE, is_
 # `pipeline.core.devices.pick_device`).
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:[0-9]+)?"
 DEVICE_EXPECTED = "use auto, cpu, cuda, cuda:N or mps"
+# A `precision` setting (what each means and what auto picks: `pipeline.encoders.precision`).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+PRECISION_EXPECTED = "use auto, fp32, bf16, fp16 or int8 (int8: CPU only)"
 
 
 def _check(where: str, name: str, value: object, ok: bool, reason: str) -> None:
@@ -115,7 +118,9 @@ class EncoderConfig:
     # after the last one. Smaller chunks lose less to a kill; each costs one small file.
     chunk_texts: int = 4096
     device: str = "auto"
-    # "auto": bf16 autocast on CUDA, fp32 on CPU.
+    # auto, fp32, bf16, fp16 or int8 (CPU only); auto: bf16 on CUDA and on CPUs with native bf16
+    # (avx512_bf16 / amx_bf16), fp32 on other CPUs (docs/performance.md). Part of the encoder's
+    # identity: changing what it resolves to re-encodes.
     precision: str = "auto"
     store_float16: bool = False
     # Encode every KB entity, not only those that appear as a candidate or a gold link.
@@ -132,8 +137,7 @@ class EncoderConfig:
                "must be at least max_context_tokens")
         _check(where, "chunk_texts", self.chunk_texts, self.chunk_texts >= 1, "must be >= 1")
         _check_device(where, self.device)
-        _check(where, "precision", self.precision, self.precision in ("auto", "fp32", "bf16", "fp16"),
-               "use auto, fp32, bf16 or fp16")
+        _check(where, "precision", self.precision, self.precision in PRECISIONS, PRECISION_EXPECTED)
 
 
 @dataclass(frozen=True)

@@ -50,3 +50,11 @@ def pick_device(setting: str, where: str = "[encoder]") -> torch.device:
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(setting)
+
+
+def device_type(setting: str) -> str:
+    """The device type (cpu, cuda, mps) a `device` setting names, without checking that this machine
+    has it (a stage key is computed where the stage may not run); auto: cuda when one is visible."""
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return setting.split(":")[0]

@@ -63,8 +63,10 @@ def kb_index_root(kb_fingerprint: str) -> Path:
 
 
 def encoder_key(encoder_identity: str, settings: dict) -> str:
-    """Key of an entity-vector store: the encoder's identity and the settings that change vectors."""
-    wanted = {k: settings[k] for k in ("name_layer", "max_context_tokens", "max_name_tokens", "precision") if k in settings}
+    """Key of an entity-vector store: the encoder's identity and the settings that change vectors. The
+    precision is in the identity as it resolves on the machine (`configured_identity`), not here as
+    written: `auto` and what it means there share one store."""
+    wanted = {k: settings[k] for k in ("name_layer", "max_context_tokens", "max_name_tokens") if k in settings}
     payload = repr((STORE_VERSION, encoder_identity, sorted(wanted.items())))
     return hashlib.blake2b(payload.encode(), digest_size=12).hexdigest()
 

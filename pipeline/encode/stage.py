@@ -35,7 +35,7 @@ from pipeline.encode.name_pairs import embed_name_pairs
 from pipeline.encode.inputs import read_triage
 from pipeline.encoders.plan import plan_units
 from pipeline.encode.shards import finished_shards, merge_group, remove_stale_work, shard_paths, shard_slice
-from pipeline.encoders.encoder import encoder_identity, load_encoder, resolve_encoder_path
+from pipeline.encoders.encoder import configured_identity, load_encoder
 from pipeline.core import checked_files
 from pipeline.core.errors import CacheError, SchemaError, warn
 from pipeline.core.io import write_json_atomic
@@ -51,10 +51,12 @@ STAGE_VERSION = 1
 
 def stage_identity(config: RunConfig) -> tuple[str, dict[str, str], dict]:
     """(key, inputs, settings) of this run's encode: what vectors.h5 and its manifest are keyed by."""
-    encoder_path = resolve_encoder_path(config.encoder.name)
-    inputs = {"triage": upstream_key(config.stage_dir("triage"), "triage"), "encoder": encoder_identity(encoder_path)}
+    # The encoder's identity holds the precision it resolves to here (auto differs by device and CPU),
+    # so the setting as written is left out: auto and the precision it means give the same key.
+    inputs = {"triage": upstream_key(config.stage_dir("triage"), "triage"), "encoder": configured_identity(config.encoder)}
     # Batching, chunking and device change speed, not vectors (up to float rounding).
-    settings = {k: v for k, v in to_dict(config.encoder).items() if k not in ("batch_tokens", "chunk_texts", "device")}
+    settings = {k: v for k, v in to_dict(config.encoder).items()
+                if k not in ("batch_tokens", "chunk_texts", "device", "precision")}
     return stage_key(STAGE, STAGE_VERSION, settings, inputs), inputs, settings
 
 

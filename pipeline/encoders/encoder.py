@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.core.config import EncoderConfig
-from pipeline.core.devices import pick_device
+from pipeline.core.devices import device_type, pick_device
 from pipeline.core.errors import ConfigError, PipelineError
 from pipeline.core.progress import silence_library_bars
+from pipeline.encoders.precision import Precision
 
 if TYPE_CHECKING:
     import torch
@@ -51,9 +52,14 @@ class LoadedEncoder:
     tokenizer: object
     model: torch.nn.Module
     device: torch.device
-    autocast_dtype: torch.dtype | None
+    precision: Precision
     hidden_size: int
     num_layers: int
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of its precision (bf16, fp16), or None (fp32, int8)."""
+        return self.precision.autocast_dtype
 
 
 def resolve_encoder_path(name: str) -> str:
@@ -75,16 +81,21 @@ DIGEST_MEMO = "weight-digests.json"
 DIGEST_MEMO_ENTRIES = 1000
 
 
-def encoder_identity(path: str) -> str:
-    """A fingerprint of the encoder: the content of its config, tokenizer and weight files.
+def encoder_identity(path: str, precision: str = "fp32") -> str:
+    """A fingerprint of the encoder: the content of its config, tokenizer and weight files,
+    and the resolved `precision` it runs at (`Precision.name`), since that changes its vectors.
 
     `path` is a local folder, or a Hugging Face name whose cached snapshot is found
     offline; a name with no local snapshot is fingerprinted by the name alone. Weights
     are hashed in full (retrained weights of the same shape must not look the same), with
-    their digest remembered per (path, size, mtime, inode) under the xel cache.
+    their digest remembered per (path, size, mtime, inode) under the xel cache. fp32 adds
+    nothing to the digest, so the identities (and caches) of fp32 runs from before the
+    setting existed stay valid; the model folder's files-only identity is this at fp32.
     """
     folder = Path(path) if Path(path).is_dir() else _hub_snapshot(path)
     digest = hashlib.blake2b(digest_size=12)
+    if precision != "fp32":
+        digest.update(f"precision={precision}\0".encode())
     if folder is None:
         digest.update(path.encode())
         return digest.hexdigest()
@@ -136,9 +147,22 @@ def _weights_digest(path: Path) -> str:
     return content
 
 
+def configured_precision(config: EncoderConfig) -> Precision:
+    """The precision `config` runs at on this machine (`auto` resolved for its device); E203 for int8
+    off a CPU. The device is only read, not checked (a cuda setting on a machine without a GPU
+    still resolves, as cuda), so a stage key can be computed where the stage would not run."""
+    return Precision.resolve(config.precision, device_type(config.device))
+
+
+def configured_identity(config: EncoderConfig) -> str:
+    """`encoder_identity` of `config`'s encoder at the precision it runs at here (`configured_precision`):
+    what stage keys, dense indexes and entity-vector caches are keyed by."""
+    return encoder_identity(resolve_encoder_path(config.name), configured_precision(config).name)
+
+
 def load_encoder(config: EncoderConfig) -> LoadedEncoder:
-    """The encoder of `config` on its device, in eval mode (E501: it cannot be loaded; E203: bad name_layer)."""
-    import torch
+    """Load `config`'s encoder onto its device at its precision (`configured_precision`), in eval mode.
+    Raises `ConfigError` E501 (cannot load), E203 (device, precision or name_layer unusable)."""
     from transformers import AutoModel, AutoTokenizer
 
     # Our own progress lines cover encoding; the loader's bars would only add noise.
@@ -156,17 +180,16 @@ def load_encoder(config: EncoderConfig) -> LoadedEncoder:
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError("E501", name=config.name, detail="it has no fast tokenizer, which offset mappings need")
     device = pick_device(config.device)
-    precision = config.precision
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    model.to(device).eval()
+    precision = Precision.resolve(config.precision, device.type)
     num_layers = int(model.config.num_hidden_layers)
     if config.name_layer > num_layers:
         raise ConfigError("E203", where="[encoder]", field="name_layer", value=config.name_layer,
                           reason=f"{config.name} has only {num_layers} layers (hidden states 0..{num_layers})")
-    return LoadedEncoder(config.name, path, encoder_identity(path), tokenizer, model, device, autocast_dtype,
-                         int(model.config.hidden_size), num_layers)
+    hidden_size = int(model.config.hidden_size)
+    model = precision.apply(model.to(device).eval())
+    logger.info("encoder %s on %s at %s", config.name, device, precision.name)
+    return LoadedEncoder(config.name, path, encoder_identity(path, precision.name), tokenizer, model, device, precision,
+                         hidden_size, num_layers)
 
 
 def token_span(offsets: np.ndarray, start: int, end: int) -> tuple[int, int]:
@@ -244,7 +267,7 @@ def forward_units(encoder: LoadedEncoder, units: list[np.ndarray], spans: list[l
     span_vectors = np.zeros((n_span_rows, hidden), dtype=np.float32)
     pad_id = encoder.tokenizer.pad_token_id or 0
     for batch, ids_tensor, mask_tensor in length_batches(units, pad_id, batch_tokens, encoder.device):
-        with torch.autocast(encoder.device.type, dtype=encoder.autocast_dtype, enabled=encoder.autocast_dtype is not None):
+        with encoder.precision.autocast():
             outputs = encoder.model(input_ids=ids_tensor, attention_mask=mask_tensor, output_hidden_states=True)
         top = outputs.hidden_states[-1]  # (B, T, H)
         low = outputs.hidden_states[name_layer]  # (B, T, H)
@@ -278,7 +301,7 @@ def embed_texts(encoder: LoadedEncoder, texts: list[str], max_tokens: int, batch
     pad_id = encoder.tokenizer.pad_token_id or 0
     vectors = np.zeros((len(texts), encoder.hidden_size), dtype=np.float32)
     for batch, input_ids, mask in length_batches(encoded, pad_id, batch_tokens, encoder.device):
-        with torch.autocast(encoder.device.type, dtype=encoder.autocast_dtype, enabled=encoder.autocast_dtype is not None):
+        with encoder.precision.autocast():
             top = encoder.model(input_ids=input_ids, attention_mask=mask).last_hidden_state  # (B, T, H)
         summed = (top.float() * mask[..., None]).sum(dim=1) / mask.sum(dim=1, keepdim=True)
         vectors[batch] = torch.nn.functional.normalize(summed, dim=-1).cpu().numpy()

@@ -72,10 +72,11 @@ class Linker:
     """A loaded model folder with its encoder, KB indexes, entity-vector store and ranker."""
 
     def __init__(self, folder: ModelFolder, kb_path: Path | None = None, device: str | None = None,
-                 kb_fingerprint: str | None = None) -> None:
+                 kb_fingerprint: str | None = None, precision: str | None = None) -> None:
         """`kb_fingerprint`: the KB file's content hash when the caller has it (hashing a KB of
-        millions of entities takes a while)."""
-        from pipeline.encoders.encoder import encoder_identity, resolve_encoder_path
+        millions of entities takes a while). `device` and `precision` replace the model's [encoder]
+        settings (the precision's vectors are cached apart: it is part of the encoder identity)."""
+        from pipeline.encoders.encoder import configured_identity, encoder_identity, resolve_encoder_path
         from pipeline.candidates.kb_index import kb_entities, names_index
         from pipeline.candidates.generate import LearnedSources
 
@@ -87,6 +88,8 @@ class Linker:
             settings = dict(meta["encoder"]["settings"])
             if device is not None:
                 settings["device"] = device
+            if precision is not None:
+                settings["precision"] = precision
             self.encoder_config = EncoderConfig(**settings)
             self.triage_config = TriageConfig(**{**meta["triage"], "oracle": False})  # no gold here to add
             self.context_chars = int(meta["inputs"]["context_chars"])
@@ -129,15 +132,19 @@ class Linker:
         self._model = None  # the ranker, loaded by the first link (`model`); model.json vouches for its bytes
         self.mention_types = list(meta["types"].get("mention") or [])
         self.entity_types = list(meta["types"].get("entity") or [])
-        self.store = cache.entity_vector_store(identity, settings, float16=self.encoder_config.store_float16)
+        # Keyed by the identity with the precision this machine runs at (the model's is files-only),
+        # known without loading the encoder.
+        identity_here = configured_identity(self.encoder_config)
+        self.store = cache.entity_vector_store(identity_here, settings, float16=self.encoder_config.store_float16)
         self.policy = folder.policy
         self.reader = None
         if folder.meta.get("reader") and folder.policy.artifact["method"] == "reader":  # it decides: read with it
             from pipeline.model.reader import LoadedReader
 
-            self.reader = LoadedReader.load(folder.path / folder.meta["reader"]["folder"], self.encoder.device)
+            self.reader = LoadedReader.load(folder.path / folder.meta["reader"]["folder"],
+                                            pick_device(self.encoder_config.device))
         # What triage's sources take from the alias table and encoder, built once here, not per chunk.
-        self.learned = LearnedSources.prepare(folder.aliases, self.triage_config, self.encoder_config, identity)
+        self.learned = LearnedSources.prepare(folder.aliases, self.triage_config, self.encoder_config, identity_here)
 
     @property
     def encoder(self):
@@ -179,13 +186,14 @@ class Linker:
 
     @classmethod
     def load(cls, path: str | Path, kb: str | Path | None = None, device: str | None = None,
-             fallback_threshold: float | None = None) -> "Linker":
-        """Load and check a model folder (E701-E706); `kb` replaces the model's KB, `device` its encoder's,
-        `fallback_threshold` the NIL threshold of languages the model has none for (as `--fallback-threshold`)."""
+             fallback_threshold: float | None = None, precision: str | None = None) -> "Linker":
+        """Load and check a model folder (E701-E706); `kb` replaces the model's KB, `device` and `precision`
+        its encoder's, `fallback_threshold` the NIL threshold of languages the model has none for (as
+        `--fallback-threshold`)."""
         folder = load_model_folder(Path(path))
         if fallback_threshold is not None:
             folder = dataclasses.replace(folder, policy=folder.policy.with_unseen_threshold(fallback_threshold))
-        return cls(folder, Path(kb) if kb is not None else None, device)
+        return cls(folder, Path(kb) if kb is not None else None, device, precision=precision)
 
     def _vectors_dtype_round(self, array: np.ndarray) -> np.ndarray:
         """Vectors as encode would store them (float16 when `store_float16`), read back as float32."""

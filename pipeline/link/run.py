@@ -37,7 +37,7 @@ from pipeline.link.out_folder import (CHUNKS, SHARDS, WORK, linked_with, record_
 from pipeline.formats.inputs import without_entity_type
 from pipeline.link.outputs import nil_share, remove_stale_outputs, write_outputs
 from pipeline.link.sources import check_corpus, has_gold, mention_chunks
-from pipeline.model.model_folder import load_model_folder
+from pipeline.model.model_folder import ModelFolder, load_model_folder
 from pipeline.model.ties import TIED_SHARE_WARN, tie_advice, tied_best
 from pipeline.core.progress import progress as progress_counter
 from pipeline.core.manifest import MANIFEST, is_up_to_date, read_manifest, stage_key, write_manifest
@@ -63,6 +63,8 @@ class LinkOptions:
     score: bool = False
     chunk_mentions: int = DEFAULT_CHUNK_MENTIONS
     device: str | None = None
+    # The encoder's precision (auto, fp32, bf16, fp16, int8); None: the model's [encoder] setting.
+    precision: str | None = None
     force: bool = False
     # NIL threshold of languages the model has none for (None: the median of its thresholds).
     fallback_threshold: float | None = None
@@ -87,7 +89,7 @@ class LinkResult:
     merged_shards: int = 0  # a --merge: how many shards it joined (it links nothing itself)
 
 
-def link_key(options: LinkOptions, model_fingerprint: str, kb_fingerprint: str) -> str:
+def link_key(options: LinkOptions, model_fingerprint: str, kb_fingerprint: str, precision: str = "fp32") -> str:
     """Hash of the model, the inputs' content, the KB's content and the settings that change the output."""
     inputs = {"model": model_fingerprint, "mentions": file_fingerprint(options.mentions), "kb": kb_fingerprint}
     if options.docs is not None:
@@ -95,9 +97,23 @@ def link_key(options: LinkOptions, model_fingerprint: str, kb_fingerprint: str) 
     settings = {"chunk_mentions": options.chunk_mentions, "score": options.score}
     if options.fallback_threshold is not None:  # it decides NIL for unseen languages; absent, old keys hold
         settings["fallback_threshold"] = options.fallback_threshold
+    if precision != "fp32":  # what the encoder runs at here changes its vectors; fp32 adds nothing, so old keys hold
+        settings["precision"] = precision
     if options.ignore_entity_type:  # likewise
         settings["ignore_entity_type"] = True
     return stage_key("link", VERSION, settings, inputs)
+
+
+def link_precision(options: LinkOptions, folder: ModelFolder) -> str:
+    """The precision the model's encoder runs at in this link: `--precision` or the model's setting,
+    resolved for `--device` or the model's device; E203 for one not known, or int8 off a CPU."""
+    from pipeline.core.devices import device_type
+    from pipeline.encoders.precision import Precision
+
+    settings = dict(folder.meta.get("encoder", {}).get("settings") or {})
+    setting = options.precision or str(settings.get("precision", "auto"))
+    where = "--precision" if options.precision else f"{folder.path / 'model.json'} [encoder]"
+    return Precision.resolve(setting, device_type(options.device or str(settings.get("device", "auto"))), where).name
 
 
 def _chunk_path(out_dir: Path, index: int) -> Path:
@@ -227,7 +243,8 @@ def run(options: LinkOptions) -> LinkResult:
     if options.score and not options.merge and not has_gold(options.mentions):
         raise InputError("E709", path=options.mentions)  # now, not after linking every chunk
     kb_fingerprint = file_fingerprint(kb_path)
-    key = link_key(options, folder.fingerprint, kb_fingerprint)
+    precision = link_precision(options, folder)
+    key = link_key(options, folder.fingerprint, kb_fingerprint, precision)
 
     def kb_ids() -> tuple[pl.LazyFrame, Path]:  # the KB's ids for --score's check of gold ids (W702)
         from pipeline.core.store import kb_index_root
@@ -255,7 +272,7 @@ def run(options: LinkOptions) -> LinkResult:
         if _links_a_chunk(options, key, total):  # the model's own refusals (E702-E705, E203 --device) now
             from pipeline.link.linker import Linker
 
-            linker = Linker(folder, kb_path, options.device, kb_fingerprint)
+            linker = Linker(folder, kb_path, options.device, kb_fingerprint, options.precision)
         if options.shard is None:  # shards write at once, so only a locked run may sweep temporary files
             remove_leftover_temps(out_dir / CHUNKS)
         _forget_other_keys(out_dir, key, options.force,

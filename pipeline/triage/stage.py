@@ -60,9 +60,9 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
             raise InputError("E108", path=path)
     fingerprints = {name: file_fingerprint(path) for name, path in input_paths.items()}
     if config.triage.use_dense:
-        from pipeline.encoders.encoder import encoder_identity, resolve_encoder_path
+        from pipeline.encoders.encoder import configured_identity
 
-        fingerprints["encoder"] = encoder_identity(resolve_encoder_path(config.encoder.name))
+        fingerprints["encoder"] = configured_identity(config.encoder)
     settings = {"inputs": {k: v for k, v in to_dict(inputs).items() if k not in input_paths and v is not None},
                 "triage": to_dict(config.triage)}
     if config.triage.use_dense:

@@ -25,6 +25,7 @@ from click.testing import CliRunner
 
 from cli import main
 from pipeline.core.manifest import read_manifest
+from pipeline.encoders.precision import auto_precision
 from conftest import TINY_KB, tiny_mention_records, write_jsonl, write_run_config
 
 STAGES = ("triage", "encode", "train", "evaluate")
@@ -127,6 +128,12 @@ CASES = [
     Case("encode-setting-max-context-tokens", setting("encoder.max_context_tokens=32"), DOWNSTREAM_OF_TRIAGE),
     Case("encode-setting-all-entities", setting("encoder.all_entities=true"), DOWNSTREAM_OF_TRIAGE),
     Case("encode-encoder-moved-same-weights", encoder_moved, DOWNSTREAM_OF_TRIAGE),
+    # The precision is part of the encoder's identity: dense triage's index and encode's vectors change.
+    Case("encoder-precision-int8", setting("encoder.precision=int8"), ALL),
+    Case("encoder-precision-int8-without-dense-triage", setting("encoder.precision=int8"), DOWNSTREAM_OF_TRIAGE,
+         before=("triage.use_dense=false",)),
+    # auto spelled out as what it resolves to on this machine: the same vectors, nothing redone.
+    Case("encode-not-precision-auto-spelled-out", lambda env: ["--set", f"encoder.precision={auto_precision('cpu')}"], ()),
     # (d) speed and device only
     Case("encode-not-batch-tokens", setting("encoder.batch_tokens=256"), ()),
     Case("encode-not-chunk-texts", setting("encoder.chunk_texts=3"), ()),
@@ -210,6 +217,6 @@ def test_manifest_records_what_the_key_hashes(base: dict) -> None:
     """Settings left out of a key (speed, device, checkpoint frequency) are not in the manifest either."""
     encode = read_manifest(base["run_dir"] / "encode")
     train = read_manifest(base["run_dir"] / "train")
-    assert not {"batch_tokens", "chunk_texts", "device"} & set(encode["settings"])
+    assert not {"batch_tokens", "chunk_texts", "device", "precision"} & set(encode["settings"])
     assert not {"checkpoint_every", "checkpoint_minutes", "device"} & set(train["settings"])
     assert {"margin", "seed", "epochs"} <= set(train["settings"])

@@ -856,6 +856,38 @@ def test_a_blank_gold_id_is_no_gold(demo_run: dict, tmp_path: Path, form: str) -
     assert refused.exit_code == 2 and f"Error: [E709] {blank}: --score needs gold_kb_id" in refused.output
 
 
+def test_a_change_of_precision_relinks_with_entity_vectors_of_its_own(demo_run: dict, tmp_path: Path,
+                                                                     own_cache: Path) -> None:
+    """--precision int8 after a default (fp32 on this CPU) link of the same corpus into the same --out: not
+    up to date, every entity encoded again into a store of its own; a rerun at int8 is up to date."""
+    from pipeline.encoders.precision import auto_precision
+
+    if auto_precision("cpu") != "fp32":
+        pytest.skip("auto is not fp32 on this CPU")
+    out = tmp_path / "out"
+    succeeded(link(demo_run["model"], demo_run["test"], out))
+    fp32 = pl.read_parquet(out / "links.parquet")
+    result = succeeded(link(demo_run["model"], demo_run["test"], out, "--precision", "int8"))
+    assert "up to date" not in result.output
+    int8 = pl.read_parquet(out / "links.parquet")
+    assert int8["mention_id"].to_list() == fp32["mention_id"].to_list()
+    assert not (int8["score"] == fp32["score"]).all()  # other vectors, so other ranker scores
+    assert len(list((own_cache / "entity-vectors").iterdir())) == 2
+    assert "up to date" in succeeded(link(demo_run["model"], demo_run["test"], out, "--precision", "int8")).output
+
+
+def test_int8_on_cuda_names_the_precision_option(demo_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # --device cuda passes its own check
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    result = link(demo_run["model"], demo_run["test"], tmp_path / "out", "--device", "cuda", "--precision", "int8")
+    assert result.exit_code == 2 and len(result.output.splitlines()) == 1, result.output
+    assert result.output.startswith("Error: [E203] --precision: precision = 'int8' is invalid: int8 dynamic "
+                                    "quantisation runs on a CPU only, not cuda"), result.output
+    assert not (tmp_path / "out" / "links.parquet").exists()
+
+
 def test_a_link_says_when_it_replaces_the_links_of_another_model_or_kb(demo_run: dict, tmp_path: Path) -> None:
     """One W704 line when --out holds links of another model or KB, which this link replaces (issue 21
     item 13); none for a relink of the same model and KB (another corpus, up to date, resumed)."""

@@ -1,0 +1,95 @@
+"""The context-width frontier: linking quality and encode speed per `max_context_tokens` and precision.
+
+    python bench/context_width.py [--config configs/meantime.toml] [--widths 64,128,256,512]
+                                  [--precisions fp32,int8] [--work DIR] [--set SECTION.KEY=VALUE ...]
+
+For each precision and width, one full `xel-cli run` of `--config` (its own run folder under
+`--work`, so a rerun reuses every finished one) with `encoder.max_context_tokens` and
+`encoder.precision` set. Prints, side by side, the evaluation split's KBP2010 micro-average
+(overall and per language, from evaluate's metrics.json; MEANTIME's config scores named
+mentions of test) and encode's mentions/s (the encode stage's mentions over its seconds, which
+include the entities it encodes), with each row's difference in micro-average and its speed
+ratio to the first precision at the widest width.
+
+On MEANTIME every run encodes all splits and trains the ranker: tens of minutes each on a
+2-core CPU, so the full grid takes hours there (minutes on a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MICRO_AVERAGE = "kbp2010_micro_average"
+
+
+def run_once(config: Path, run_dir: Path, width: int, precision: str, extra: list[str]) -> dict:
+    """One `xel-cli run` (finished stages are up to date and skipped); its evaluation and encode figures."""
+    command = [sys.executable, str(ROOT / "cli.py"), "run", "--config", str(config), "--run-dir", str(run_dir),
+               "--set", f"encoder.max_context_tokens={width}", "--set", f"encoder.precision={precision}"]
+    for assignment in extra:
+        command += ["--set", assignment]
+    started = time.time()
+    result = subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        sys.exit(f"xel-cli run failed ({result.returncode}) at width {width}, {precision}:\n"
+                 f"{(result.stdout + result.stderr)[-3000:]}")
+    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text(encoding="utf-8"))
+    encode = json.loads((run_dir / "encode" / "manifest.json").read_text(encoding="utf-8"))
+    by_language = {lang: scores[MICRO_AVERAGE]["micro_average"] for lang, scores in metrics["by_language"].items()}
+    return {"width": width, "precision": precision, "micro_average": metrics["overall"][MICRO_AVERAGE]["micro_average"],
+            "by_language": by_language, "split": metrics.get("split"),
+            "mentions_per_second": encode["counts"]["mentions"] / max(encode["seconds"], 1e-9),
+            "run_seconds": time.time() - started}
+
+
+def print_table(rows: list[dict]) -> None:
+    """One line per (precision, width): micro-average overall and per language, encode mentions/s, and
+    the difference and speed ratio to the first row of the widest width's first precision."""
+    languages = sorted({lang for row in rows for lang in row["by_language"]})
+    reference = max(rows, key=lambda row: (row["width"], -rows.index(row)))
+    print(f"evaluation split {reference['split']}; reference: {reference['precision']} at {reference['width']} sub-words")
+    print(f"{'precision':<9} {'width':>5} {'micro':>6} " + " ".join(f"{lang:>6}" for lang in languages)
+          + f" {'Δ micro':>8} {'mentions/s':>11} {'speed':>6}")
+    for row in rows:
+        cells = " ".join(f"{row['by_language'].get(lang, float('nan')):>6.3f}" for lang in languages)
+        print(f"{row['precision']:<9} {row['width']:>5} {row['micro_average']:>6.3f} {cells} "
+              f"{row['micro_average'] - reference['micro_average']:>+8.3f} {row['mentions_per_second']:>11.1f} "
+              f"{row['mentions_per_second'] / reference['mentions_per_second']:>5.2f}x")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "meantime.toml")
+    parser.add_argument("--widths", default="64,128,256,512", help="max_context_tokens values, comma-separated")
+    parser.add_argument("--precisions", default="fp32,int8", help="encoder precisions, comma-separated")
+    parser.add_argument("--work", type=Path, default=ROOT / "artifacts" / "bench-context-width",
+                        help="folder of the runs (one per precision and width)")
+    parser.add_argument("--set", dest="assignments", action="append", default=[],
+                        help="a further setting of every run, as xel-cli's --set (repeatable)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
+    args = parser.parse_args()
+    widths = sorted(int(width) for width in args.widths.split(","))
+    precisions = [name.strip() for name in args.precisions.split(",") if name.strip()]
+    rows = []
+    for precision in precisions:
+        for width in widths:
+            rows.append(run_once(args.config.resolve(), args.work.resolve() / f"{precision}-{width}", width, precision,
+                                 args.assignments))
+            print(f"{precision} at {width}: micro-average {rows[-1]['micro_average']:.3f} "
+                  f"({rows[-1]['run_seconds']:.0f} s)", flush=True)
+    print_table(rows)
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
