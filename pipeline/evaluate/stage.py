@@ -21,6 +21,7 @@ Outputs (in the run's `evaluate/` folder):
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -161,7 +162,37 @@ def check_gold_splits(mentions_path: Path, evaluate: EvaluateConfig) -> None:
                                  f"the {evaluate.eval_split} split has {', '.join(scored)}")
 
 
+@dataclass
+class _Evaluation:
+    """What evaluate computes, step by step (`_score`, `_decide`, `_measure`), for `_write` to save."""
+
+    config: RunConfig
+    out_dir: Path
+    triage_dir: Path
+    candidates: pl.DataFrame = None
+    mentions: pl.DataFrame = None
+    rows: np.ndarray = None
+    saved: dict = None
+    seed: int = 0  # the seed the model was trained with
+    score_table: pl.DataFrame = None
+    predictions: pl.DataFrame = None
+    prior: dict | None = None
+    artifact: dict = None
+    sweep_table: pl.DataFrame | None = None
+    validation: pl.DataFrame | None = None
+    variants: dict | None = None
+    decided: pl.DataFrame = None
+    evaluated: pl.DataFrame = None
+    metrics: dict = None
+    tabs: tuple = None  # (gold.tab frame, system.tab frame, doc languages)
+    on_eval: pl.DataFrame = None
+    error_kinds: pl.DataFrame = None
+
+
 def run(config: RunConfig, force: bool = False) -> StageResult:
+    """Score every candidate with the trained ranker (and the reader's scores when `[rerank]` is on), choose
+    and apply the NIL decision on the tuning split, cluster NILs, score the evaluation split as TAC KBP
+    does, and write the outputs the module doc lists plus `<run>/model/`. Skipped when up to date."""
     out_dir = config.stage_dir(STAGE)
     triage_dir, encode_dir, train_dir = (config.stage_dir(s) for s in ("triage", "encode", "train"))
     inputs_keys = {"triage": upstream_key(triage_dir, "triage"), "encode": upstream_key(encode_dir, "encode"),
@@ -172,12 +203,27 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     stage_run = StageRun(out_dir, STAGE, STAGE_VERSION, settings, inputs_keys, force)
     if stage_run.up_to_date:
         return stage_run.skipped()
-    evaluate = config.evaluate
-    check_gold_splits(triage_tables.path(triage_dir, triage_tables.MENTIONS), evaluate)
+    check_gold_splits(triage_tables.path(triage_dir, triage_tables.MENTIONS), config.evaluate)
     stage_run.begin()
 
+    evaluation = _Evaluation(config, out_dir, triage_dir)
+    _score(evaluation, encode_dir, train_dir)
+    _decide(evaluation)
+    _measure(evaluation)
+    outputs = _write(evaluation)
+    evaluated, artifact = evaluation.evaluated, evaluation.artifact
+    counts = {"mentions_scored": int(len(evaluation.rows)), "candidates_scored": evaluation.score_table.height,
+              "evaluated": evaluated.height, "predicted_nil": int(evaluated["is_nil"].sum())}
+    return stage_run.finish(counts, outputs, summary={"metrics": evaluation.metrics, "micro_average_key": MICRO_AVERAGE},
+                            extra={"thresholds": artifact["thresholds"], "nil_method": artifact["method"]})
+
+
+def _score(evaluation: _Evaluation, encode_dir: Path, train_dir: Path) -> None:
+    """The ranker's scores and predictions of every mention, with the reader's and the mention NIL prior's
+    columns when they are on."""
     from pipeline.model.features import candidate_matrix, load_inputs, score_candidates, score_nil
 
+    config, evaluate, triage_dir = evaluation.config, evaluation.config.evaluate, evaluation.triage_dir
     device = pick_device(config.train.device, "[train]")
     model, saved = load_model(train_dir, device)
     inputs, _, _ = load_inputs(triage_dir, encode_dir, saved["mention_types"], saved["entity_types"], 0, device)
@@ -200,34 +246,52 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     prior, prior_column = fit_mention_prior(inputs, seed) if evaluate.nil_mention_prior else (None, None)
     if prior_column is not None:
         predictions = predictions.join(prior_column, on="mention_id", how="left")
+    evaluation.candidates, evaluation.mentions, evaluation.rows, evaluation.saved = candidates, mentions, rows, saved
+    evaluation.seed = seed
+    evaluation.score_table, evaluation.prior = score_table, prior
+    evaluation.predictions = add_evidence(predictions, candidates)
 
-    predictions = add_evidence(predictions, candidates)
+
+def _decide(evaluation: _Evaluation) -> None:
+    """The NIL decision chosen on the tuning split (`nil_choice.choose`), applied and clustered; the
+    evaluation split's mentions with gold."""
+    evaluate, predictions = evaluation.config.evaluate, evaluation.predictions
     tuning = predictions.filter(pl.col("split") == evaluate.tune_split)
     artifact, sweep_table, validation, variants = nil_choice.choose(tuning, evaluate, predictions["lang"].unique().to_list(),
-                                                                    seed)
-    if prior is not None:
-        artifact["mention_prior"] = prior  # link computes mention_nil_logit with it when the classifier reads it
-    thresholds = artifact["thresholds"]
+                                                                    evaluation.seed)
+    if evaluation.prior is not None:
+        artifact["mention_prior"] = evaluation.prior  # link computes mention_nil_logit with it when the classifier reads it
     decided = cluster_nils(decide_nil(predictions, artifact), evaluate.nil_clustering)
-
     in_split = decided.filter(pl.col("split") == evaluate.eval_split)
     if evaluate.languages:  # some of them have gold (check_gold_splits)
         in_split = in_split.filter(pl.col("lang").is_in(list(evaluate.languages)))
     evaluated = in_split.filter(pl.col("gold_kb_id").is_not_null())
     gold_tab, system_tab, languages, metrics = score_decisions(evaluated)
     metrics["unscored_mentions"] = in_split.height - evaluated.height  # no gold_kb_id: left out, as link --score does
-    metrics["thresholds"] = thresholds
+    evaluation.artifact, evaluation.sweep_table, evaluation.validation, evaluation.variants = (artifact, sweep_table,
+                                                                                               validation, variants)
+    evaluation.decided, evaluation.evaluated, evaluation.metrics = decided, evaluated, metrics
+    evaluation.tabs = (gold_tab, system_tab, languages)
+
+
+def _measure(evaluation: _Evaluation) -> None:
+    """metrics.json beyond the TAC measures: every NIL method side by side, errors by kind, the tuning
+    split's cross-validation, the mention prior's ROC AUC and ties (W502)."""
+    evaluate, metrics, artifact = evaluation.config.evaluate, evaluation.metrics, evaluation.artifact
+    evaluated, predictions, prior = evaluation.evaluated, evaluation.predictions, evaluation.prior
+    metrics["thresholds"] = artifact["thresholds"]
     metrics["split"] = evaluate.eval_split
     metrics["nil_method"] = artifact["method"]
     metrics["nil_reads_prior"] = decision_reads_prior(artifact)
     # Every NIL method on the evaluation split (only the chosen one's decisions are written out).
-    decisions = decided_by_method(predictions, evaluated, artifact, variants)
-    on_eval = outcome_by_method(decisions)
-    metrics["nil_methods"] = on_eval.to_dicts()
+    decisions = decided_by_method(predictions, evaluated, artifact, evaluation.variants)
+    evaluation.on_eval = outcome_by_method(decisions)
+    metrics["nil_methods"] = evaluation.on_eval.to_dicts()
     # Ranker and reader side by side: each method's errors by kind, per language.
-    error_kinds = error_analysis.error_kinds(decisions, candidates)
-    metrics["error_kinds"] = error_kinds.to_dicts()
+    evaluation.error_kinds = error_analysis.error_kinds(decisions, evaluation.candidates)
+    metrics["error_kinds"] = evaluation.error_kinds.to_dicts()
     # The tuning split's cross-validation (what `auto` and the prior's use were chosen by), as report.md shows it.
+    validation = evaluation.validation
     metrics["nil_validation"] = validation.to_dicts() if validation is not None else []
     if evaluate.nil_mention_prior and prior is None:
         metrics["mention_prior"] = None  # asked for, not fitted: too few training NILs (report.md says so)
@@ -241,11 +305,18 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
         ties = metrics["tied_best"]
         warn(logger, "W502", split=evaluate.eval_split, tied=ties["tied"], mentions=ties["mentions"],
              percent=f"{ties['share']:.0%}", advice=tie_advice(ties))
-    seen = mentions.filter(pl.col("mention_id").is_in(saved.get("train_mention_ids", [])))["gold_kb_id"].unique()
-    names = pl.scan_parquet(triage_dir / "entities.parquet")  # checked by load_inputs; confusions show names
-    analysis, confusions = error_analysis.analyse(evaluated, candidates, seen.drop_nulls().to_list(), names)
 
-    write_parquet_atomic(score_table, out_dir / "scores.parquet")
+
+def _write(evaluation: _Evaluation) -> list[str]:
+    """Write every output (atomically) and `<run>/model/`; the outputs' names, for the manifest."""
+    config, out_dir, evaluate = evaluation.config, evaluation.out_dir, evaluation.config.evaluate
+    decided, evaluated, artifact, metrics = evaluation.decided, evaluation.evaluated, evaluation.artifact, evaluation.metrics
+    sweep_table, saved = evaluation.sweep_table, evaluation.saved
+    seen = evaluation.mentions.filter(pl.col("mention_id").is_in(saved.get("train_mention_ids", [])))["gold_kb_id"].unique()
+    names = triage_tables.scan(evaluation.triage_dir, triage_tables.ENTITIES)  # confusions show names
+    analysis, confusions = error_analysis.analyse(evaluated, evaluation.candidates, seen.drop_nulls().to_list(), names)
+
+    write_parquet_atomic(evaluation.score_table, out_dir / "scores.parquet")
     write_parquet_atomic(decided.select(
         "mention_id", "doc_id", "lang", "split", "mention", "gold_kb_id", "best_kb_id", "best_score", "second_kb_id",
         "second_score", "margin",
@@ -261,16 +332,15 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
         (out_dir / leftover).unlink(missing_ok=True)  # from an earlier run with tuned thresholds
     if sweep_table is not None:
         write_parquet_atomic(sweep_table, out_dir / "sweep.parquet")
-        plot_sweep(sweep_table, thresholds, out_dir / "thresholds.png")
+        plot_sweep(sweep_table, artifact["thresholds"], out_dir / "thresholds.png")
         outputs += ["sweep.parquet", "thresholds.png"]
+    gold_tab, system_tab, languages = evaluation.tabs
     write_tab(gold_tab, out_dir / GOLD_TAB)
     write_tab(system_tab, out_dir / SYSTEM_TAB)
     write_doc_languages(languages, out_dir / DOC_LANGUAGES_FILE)  # `xel-cli score` reads it beside gold.tab
     write_json_atomic(out_dir / METRICS_JSON, metrics)
     write_text_atomic(out_dir / "report.md", report_markdown(metrics, artifact, evaluate.eval_split, sweep_table is not None,
-                                                             validation, on_eval, analysis, confusions, error_kinds))
+                                                             evaluation.validation, evaluation.on_eval, analysis,
+                                                             confusions, evaluation.error_kinds))
     write_model_folder(config, artifact, metrics, saved)  # <run>/model/: the trained linker `xel-cli link` applies
-    counts = {"mentions_scored": int(len(rows)), "candidates_scored": score_table.height, "evaluated": evaluated.height,
-              "predicted_nil": int(evaluated["is_nil"].sum())}
-    return stage_run.finish(counts, outputs, summary={"metrics": metrics, "micro_average_key": MICRO_AVERAGE},
-                            extra={"thresholds": thresholds, "nil_method": artifact["method"]})
+    return outputs
