@@ -56,5 +56,7 @@ def device_type(setting: str) -> str:
     """The device type (cpu, cuda, mps) a `device` setting names, without checking that this machine
     has it (a stage key is computed where the stage may not run); auto: cuda when one is visible."""
     if setting == "auto":
+        import torch
+
         return "cuda" if torch.cuda.is_available() else "cpu"
     return setting.split(":")[0]

@@ -170,6 +170,132 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
         return _train(config, force, world, scope)
 
 
+def _nearest_neighbour(stage_run: StageRun, data: TrainingData, train_config: TrainConfig, device,
+                       world: World) -> StageResult:
+    """The nearest-neighbour baseline: nothing to fit (the cosine scores are the model); dev accuracy is
+    reported as for the ranker."""
+    from pipeline.model.ranker import NearestNeighbour
+    from pipeline.train.batches import linking_accuracy
+
+    out_dir, key, counts = stage_run.out_dir, stage_run.key, data.counts
+    result = StageResult(STAGE, out_dir, skipped=False, seconds=time.time() - stage_run.started,
+                         counts={**counts, "epochs": 0, "best_epoch": 0})
+    if world.is_main:
+        dev_accuracy = linking_accuracy(NearestNeighbour(), data.inputs, data.dev_rows, data.dev_matrix, data.dev_gold)
+        save_torch(out_dir / MODEL, {"key": key, "baseline": "nn", "model": {}, "best_epoch": 0,
+                                     "config": to_dict(train_config), **data.saved_rows})
+        result = _finish(stage_run, [], {**counts, "epochs": 0, "best_epoch": 0}, dev_accuracy, 0, data.by_language,
+                         device, world)
+    distributed.barrier(world)
+    return result
+
+
+@dataclass
+class _Loop:
+    """What the epoch loop works with: settings, the process's place, the training state and data."""
+
+    train_config: TrainConfig
+    world: World
+    device: object  # torch.device
+    state: object  # train.state.TrainingState
+    trained: object  # the objective, wrapped in DDP when data-parallel
+    data: TrainingData
+    train_matrix_tensor: object  # (n_train, k) candidate rows
+    train_gold_tensor: object  # (n_train,) gold rows
+    name_pairs: object
+    checkpoint_path: Path
+    key: str
+    shape: object
+
+
+def _run_epochs(loop: _Loop) -> int:
+    """Train from the state's start epoch until the last or an early stop, evaluating on dev every
+    `eval_every` epochs and checkpointing when due (rank 0 alone); returns the last epoch trained."""
+    from pipeline.train.batches import linking_accuracy, train_epoch
+
+    train_config, world, state, data = loop.train_config, loop.world, loop.state, loop.data
+    # As the loop counts it: epochs from the best to the last evaluated one (not to the last
+    # trained one: a checkpoint between evaluations would stop a resumed run too early).
+    evaluated = [record["epoch"] for record in state.history if record["dev_accuracy"] is not None]
+    stale_epochs = evaluated[-1] - state.best["epoch"] if evaluated else 0
+    # A run killed after its early-stop checkpoint has finished training: train no further.
+    stopped = train_config.patience > 0 and stale_epochs >= train_config.patience
+    last_epoch = state.start_epoch - 1 if stopped else train_config.epochs
+    progress = progress_counter(train_config.epochs, "train", "epochs", initial=state.start_epoch - 1, enabled=world.is_main)
+    epoch = state.start_epoch - 1
+    last_saved = _clock()
+    for epoch in range(state.start_epoch, last_epoch + 1):
+        epoch_loss, pair_loss = train_epoch(loop.trained, state.optimizer, data.inputs, data.train_rows,
+                                            loop.train_matrix_tensor, loop.train_gold_tensor, train_config, state.generator, loop.device, world, loop.name_pairs,
+                                            state.pair_generator)
+        if state.average is not None:
+            state.average.update_parameters(state.model)
+        record = {"epoch": epoch, "loss": epoch_loss, "dev_accuracy": None}
+        if loop.name_pairs is not None:
+            record["name_pair_loss"] = pair_loss
+        # Only rank 0 evaluates, keeps the best state and writes checkpoints; its stop decision is broadcast.
+        if world.is_main and (epoch % train_config.eval_every == 0 or epoch == train_config.epochs):
+            record["dev_accuracy"] = linking_accuracy(state.kept, data.inputs, data.dev_rows, data.dev_matrix, data.dev_gold,
+                                                      data.dev_nil)
+            # Without dev mentions the best epoch is the one of lowest training loss (W501).
+            state.keep_if_best(epoch, record["dev_accuracy"] if not math.isnan(record["dev_accuracy"]) else -record["loss"])
+            stale_epochs = epoch - state.best["epoch"]
+            progress.set_postfix(loss=f"{record['loss']:.4f}", dev=f"{record['dev_accuracy']:.3f}")
+        state.history.append(record)
+        progress.update(1)
+        stop = train_config.patience > 0 and stale_epochs >= train_config.patience
+        if world.is_main and (stop or checkpoint_due(epoch, _clock() - last_saved, train_config)):
+            save_torch(loop.checkpoint_path, state.checkpoint(loop.key, epoch, loop.shape, train_config))
+            last_saved = _clock()
+        if world.distributed:
+            stop = distributed.broadcast(stop, world)
+        if stop:
+            if world.is_main:
+                logger.info("early stop at epoch %d: dev accuracy has not improved for %d epochs", epoch, stale_epochs)
+            break
+    progress.close()
+    return epoch
+
+
+def _data_parallel(state, train_config: TrainConfig, device, world: World):
+    """The objective to train: the state's own, or wrapped in DistributedDataParallel under torchrun."""
+    if not world.distributed:
+        return state.objective
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    # DDP starts every rank from rank 0's weights; the batch generator is seeded alike on
+    # every rank (the ranks must draw the same batches), but dropout should not repeat the
+    # same masks on every rank's other mentions: ranks other than 0 re-seed it.
+    trained = DistributedDataParallel(state.objective, device_ids=[device.index] if device.type == "cuda" else None)
+    if not world.is_main:
+        torch.manual_seed(train_config.seed + 100_003 * world.rank + state.start_epoch)
+    return trained
+
+
+def _save_best(stage_run: StageRun, loop: _Loop, epoch: int) -> StageResult:
+    """model.pt from the best epoch's weights, the collapse check (W503) and the manifest; rank 0 writes,
+    every rank returns the result once they are in place."""
+    from pipeline.train.collapse import check_collapse
+
+    state, data, train_config, world = loop.state, loop.data, loop.train_config, loop.world
+    counts = {**data.counts, "epochs": epoch, "best_epoch": state.best["epoch"]}
+    result = StageResult(STAGE, stage_run.out_dir, skipped=False, seconds=time.time() - stage_run.started, counts=counts)
+    if world.is_main:
+        final_state = state.best["state"] if state.best["state"] is not None else state.kept.state_dict()
+        save_torch(stage_run.out_dir / MODEL, {"key": loop.key, "model": final_state, "shape": dataclasses.asdict(loop.shape),
+                                               "best_epoch": state.best["epoch"], "config": to_dict(train_config),
+                                               **data.saved_rows})
+        best_score = state.best["score"] if len(data.dev_rows) else None
+        state.kept.load_state_dict(final_state)  # what model.pt holds is what is checked
+        collapse = check_collapse(state.kept, data.inputs, data.dev_rows, data.dev_matrix,
+                                  [r["loss"] for r in state.history], train_config.margin, best_score)
+        result = _finish(stage_run, state.history, counts, best_score, state.best["epoch"], data.by_language,
+                         loop.device, world, collapse)
+    distributed.barrier(world)  # the other ranks leave once rank 0's model and manifest are in place
+    return result
+
+
 def _train(config: RunConfig, force: bool, world: World, scope: contextlib.ExitStack) -> StageResult:
     """The stage's work; `scope` holds what lasts until the stage returns (one torch thread, once it trains)."""
     out_dir = config.stage_dir(STAGE)
@@ -177,7 +303,7 @@ def _train(config: RunConfig, force: bool, world: World, scope: contextlib.ExitS
     train_config = config.train
     inputs_keys, settings = stage_identity(config)
     stage_run = StageRun(out_dir, STAGE, STAGE_VERSION, settings, inputs_keys, force)
-    key, started = stage_run.key, stage_run.started
+    key = stage_run.key
     # Rank 0 decides and does the file work; the other ranks follow its decision, so they
     # cannot disagree while rank 0 is removing the manifest.
     if distributed.broadcast(stage_run.up_to_date if world.is_main else None, world):
@@ -185,9 +311,7 @@ def _train(config: RunConfig, force: bool, world: World, scope: contextlib.ExitS
     import torch  # only now: an up-to-date run needs none of the ranker's modules
 
     from pipeline.model.features import candidate_matrix
-    from pipeline.model.ranker import NearestNeighbour
-    from pipeline.train.batches import linking_accuracy, load_name_pairs, train_epoch
-    from pipeline.train.collapse import check_collapse
+    from pipeline.train.batches import load_name_pairs
     from pipeline.train.state import load_checkpoint, new_state, ranker_shape
 
     scope.enter_context(small_model_threads())
@@ -200,22 +324,9 @@ def _train(config: RunConfig, force: bool, world: World, scope: contextlib.ExitS
 
     device = distributed.training_device(train_config.device, world)
     data = training_data(triage_dir, encode_dir, train_config, device)
-    inputs, candidates, counts = data.inputs, data.candidates, data.counts
-    train_rows, train_gold, dev_rows, dev_matrix, dev_gold = (data.train_rows, data.train_gold, data.dev_rows,
-                                                              data.dev_matrix, data.dev_gold)
-    saved_rows, by_language = data.saved_rows, data.by_language
+    inputs, candidates, train_rows = data.inputs, data.candidates, data.train_rows
     if train_config.baseline == "nn":
-        # Nothing to fit: the cosine scores are the model. Dev accuracy is reported as for the ranker.
-        result = StageResult(STAGE, out_dir, skipped=False, seconds=time.time() - started,
-                             counts={**counts, "epochs": 0, "best_epoch": 0})
-        if world.is_main:
-            dev_accuracy = linking_accuracy(NearestNeighbour(), inputs, dev_rows, dev_matrix, dev_gold)
-            save_torch(out_dir / MODEL, {"key": key, "baseline": "nn", "model": {}, "best_epoch": 0,
-                                         "config": to_dict(train_config), **saved_rows})
-            result = _finish(stage_run, [], {**counts, "epochs": 0, "best_epoch": 0}, dev_accuracy, 0, by_language,
-                             device, world)
-        distributed.barrier(world)
-        return result
+        return _nearest_neighbour(stage_run, data, train_config, device, world)
     if len(train_rows) == 0:
         raise InputError("E112", path=triage_tables.path(triage_dir, triage_tables.MENTIONS), line="-",
                          detail="no training mention (of train_languages, if set) links to an encoded KB entity; "
@@ -225,83 +336,19 @@ def _train(config: RunConfig, force: bool, world: World, scope: contextlib.ExitS
     if train_config.name_matching:
         name_pairs = load_name_pairs(train_config.name_pairs, encode_dir, inputs_keys["name_pairs"],
                                      int(inputs.mention_name.shape[1]), device)
-        counts["name_pairs"] = len(name_pairs)
+        data.counts["name_pairs"] = len(name_pairs)
 
     shape = ranker_shape(train_config, inputs)
     state = new_state(train_config, shape, device, name_pairs is not None)
     checkpoint = load_checkpoint(checkpoint_path, key, shape)
     if checkpoint is not None:
         state.resume(checkpoint, checkpoint_path)
-    start_epoch, model, objective = state.start_epoch, state.model, state.objective
-    trained = objective
-    if world.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        # DDP starts every rank from rank 0's weights; the batch generator is seeded alike on
-        # every rank (the ranks must draw the same batches), but dropout should not repeat the
-        # same masks on every rank's other mentions: ranks other than 0 re-seed it.
-        trained = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
-        if not world.is_main:
-            torch.manual_seed(train_config.seed + 100_003 * world.rank + start_epoch)
-
-    if len(dev_rows) == 0 and world.is_main:
+    trained = _data_parallel(state, train_config, device, world)
+    if len(data.dev_rows) == 0 and world.is_main:
         warn(logger, "W501")
-    train_matrix_tensor = torch.from_numpy(train_matrix)
-    train_gold_tensor = torch.from_numpy(train_gold)
-    # As the loop counts it: epochs from the best to the last evaluated one (not to the last
-    # trained one: a checkpoint between evaluations would stop a resumed run too early).
-    evaluated = [record["epoch"] for record in state.history if record["dev_accuracy"] is not None]
-    stale_epochs = evaluated[-1] - state.best["epoch"] if evaluated else 0
-    # A run killed after its early-stop checkpoint has finished training: train no further.
-    stopped = train_config.patience > 0 and stale_epochs >= train_config.patience
-    last_epoch = start_epoch - 1 if stopped else train_config.epochs
-    progress = progress_counter(train_config.epochs, "train", "epochs", initial=start_epoch - 1, enabled=world.is_main)
-    epoch = start_epoch - 1
-    last_saved = _clock()
-    for epoch in range(start_epoch, last_epoch + 1):
-        epoch_loss, pair_loss = train_epoch(trained, state.optimizer, inputs, train_rows, train_matrix_tensor,
-                                            train_gold_tensor, train_config, state.generator, device, world, name_pairs,
-                                            state.pair_generator)
-        if state.average is not None:
-            state.average.update_parameters(model)
-        record = {"epoch": epoch, "loss": epoch_loss, "dev_accuracy": None}
-        if name_pairs is not None:
-            record["name_pair_loss"] = pair_loss
-        # Only rank 0 evaluates, keeps the best state and writes checkpoints; its stop decision is broadcast.
-        if world.is_main and (epoch % train_config.eval_every == 0 or epoch == train_config.epochs):
-            record["dev_accuracy"] = linking_accuracy(state.kept, inputs, dev_rows, dev_matrix, dev_gold, data.dev_nil)
-            # Without dev mentions the best epoch is the one of lowest training loss (W501).
-            state.keep_if_best(epoch, record["dev_accuracy"] if not math.isnan(record["dev_accuracy"]) else -record["loss"])
-            stale_epochs = epoch - state.best["epoch"]
-            progress.set_postfix(loss=f"{record['loss']:.4f}", dev=f"{record['dev_accuracy']:.3f}")
-        state.history.append(record)
-        progress.update(1)
-        stop = train_config.patience > 0 and stale_epochs >= train_config.patience
-        if world.is_main and (stop or checkpoint_due(epoch, _clock() - last_saved, train_config)):
-            save_torch(checkpoint_path, state.checkpoint(key, epoch, shape, train_config))
-            last_saved = _clock()
-        if world.distributed:
-            stop = distributed.broadcast(stop, world)
-        if stop:
-            if world.is_main:
-                logger.info("early stop at epoch %d: dev accuracy has not improved for %d epochs", epoch, stale_epochs)
-            break
-    progress.close()
-
-    result = StageResult(STAGE, out_dir, skipped=False, seconds=time.time() - started,
-                         counts={**counts, "epochs": epoch, "best_epoch": state.best["epoch"]})
-    if world.is_main:
-        final_state = state.best["state"] if state.best["state"] is not None else state.kept.state_dict()
-        save_torch(out_dir / MODEL, {"key": key, "model": final_state, "shape": dataclasses.asdict(shape),
-                                     "best_epoch": state.best["epoch"], "config": to_dict(train_config), **saved_rows})
-        best_score = state.best["score"] if len(dev_rows) else None
-        state.kept.load_state_dict(final_state)  # what model.pt holds is what is checked
-        collapse = check_collapse(state.kept, inputs, dev_rows, dev_matrix, [r["loss"] for r in state.history],
-                                  train_config.margin, best_score)
-        result = _finish(stage_run, state.history, {**counts, "epochs": epoch, "best_epoch": state.best["epoch"]},
-                         best_score, state.best["epoch"], by_language, device, world, collapse)
-    distributed.barrier(world)  # the other ranks leave once rank 0's model and manifest are in place
-    return result
+    loop = _Loop(train_config, world, device, state, trained, data, torch.from_numpy(train_matrix),
+                 torch.from_numpy(data.train_gold), name_pairs, checkpoint_path, key, shape)
+    return _save_best(stage_run, loop, _run_epochs(loop))
 
 
 # The clock of time-based checkpoints (a test advances it).
