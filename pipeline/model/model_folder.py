@@ -101,7 +101,7 @@ def write_model_folder(config: RunConfig, nil_artifact: dict, metrics: dict | No
             "nil": policy.to_json(),
             "popularity_rerank": config.evaluate.popularity_rerank,
             "types": {"mention": list(saved.get("mention_types") or []), "entity": list(saved.get("entity_types") or [])},
-            "kb": {"path": str(config.inputs.kb), "fingerprint": triage_manifest.get("inputs", {}).get("kb"),
+            "kb": {"name": config.inputs.kb.name, "path": str(config.inputs.kb), "fingerprint": triage_manifest.get("inputs", {}).get("kb"),
                    "entities": triage_manifest.get("counts", {}).get("entities")},
             "trained_on": {
                 "languages": sorted(by_split.get("train", {})),
