@@ -57,7 +57,12 @@ class ChunkResult:
 
 
 class Linker:
-    """A loaded model folder with its encoder, KB indexes, entity-vector store and ranker."""
+    """A loaded model folder with its encoder, KB indexes, entity-vector store and ranker.
+
+    `kb`: which KB the model was trained on and which it links against (`trained_on`,
+    `linked_against`: name, path, fingerprint, entities), the `kb_map` path, and the counts of
+    `kb_fit.KbFit.to_json` (alias-table ids kept, mapped, missing; entity types unknown to the model).
+    """
 
     def __init__(self, folder: ModelFolder, kb_path: Path | None = None, device: str | None = None,
                  kb_fingerprint: str | None = None, kb_map: Path | None = None) -> None:

@@ -8,8 +8,8 @@
 - `popularity.parquet` (kb_id, count), only when the run re-ranks by popularity (§7.2);
 - `model.json`: the format and version, the encoder (name, resolved path, identity) and
   its settings, the triage settings, the context width, the NIL policy
-  (`pipeline/model/nil_policy.py`), the type vocabularies, the KB (path, fingerprint,
-  entity count), what it was trained on (languages, mention counts, dev scores), the
+  (`pipeline/model/nil_policy.py`), the type vocabularies, the KB trained on (file name,
+  path, fingerprint, entity count; link may use another: `pipeline/link/kb_fit.py`), what it was trained on (languages, mention counts, dev scores), the
   xel version, the date, and each file's content fingerprint.
 
 Loading checks every file against its fingerprint, so a damaged or foreign folder is one
