@@ -21,7 +21,6 @@ import click
 from pipeline.core.errors import PipelineError, os_error, usage_error
 from pipeline.core.lock import run_lock
 
-STAGES = ("triage", "encode", "train", "evaluate")
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.toml"
 
 
@@ -164,12 +163,11 @@ def _stage_command(stage: str, help_text: str):
     @main.command(name=stage, help=help_text)
     @config_options
     def command(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, force: bool) -> None:
-        import importlib
+        from pipeline.stages import run_stage
 
         config = _load(config_path, overrides, run_dir)
-        module = importlib.import_module(f"pipeline.{stage}")
         with _holding(config, stage):
-            _echo_result(module.run(config, force=force))
+            _echo_result(run_stage(stage, config, force=force))
 
     return command
 
@@ -229,8 +227,7 @@ _stage_command("evaluate", "Score candidates, tune NIL thresholds on dev, write 
 @config_options
 def run(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, force: bool) -> None:
     """Run all four stages in order; each skips when it is up to date."""
-    import importlib
-
+    from pipeline.stages import STAGES, run_stage
     from pipeline.train import distributed
 
     world = distributed.world_from_environment()
@@ -245,8 +242,7 @@ def run(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, for
                 distributed.wait_for_main(world)
             elif not world.is_main:
                 continue
-            module = importlib.import_module(f"pipeline.{stage}")
-            result = module.run(config, force=force)
+            result = run_stage(stage, config, force=force)
             if world.is_main:
                 _echo_result(result)
     if world.is_main:

@@ -37,9 +37,10 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.core.config import EncoderConfig  # noqa: E402
 from pipeline.core.config_file import load_config  # noqa: E402
-from pipeline.encode.chunks import chunk_units, encode_in_chunks  # noqa: E402
-from pipeline.encode.plan import plan_units  # noqa: E402
-from pipeline.encoders.encoder import LoadedEncoder, length_batches, load_encoder, pick_device, token_span  # noqa: E402
+from pipeline.encoders.chunks import chunk_units, encode_in_chunks  # noqa: E402
+from pipeline.encoders.plan import plan_units  # noqa: E402
+from pipeline.core.devices import pick_device  # noqa: E402
+from pipeline.encoders.encoder import LoadedEncoder, length_batches, load_encoder, token_span  # noqa: E402
 from pipeline.formats.inputs import load_mentions  # noqa: E402
 
 MEANTIME = ROOT.parent / "shared" / "data" / "meantime"

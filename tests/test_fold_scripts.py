@@ -17,7 +17,7 @@ from pipeline.core import schema
 from pipeline.model.aliases import alias_table
 from pipeline.model.nil import cluster_nils
 from pipeline.core.textnorm import add_keys, fold, romanise
-from pipeline.triage.stage import kb_name_candidates, prior_candidates
+from pipeline.candidates.sources import kb_name_candidates, prior_candidates
 
 # Words of one script that differ only by a vowel sign, virama or other mark of that script.
 DISTINCT = {

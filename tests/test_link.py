@@ -372,6 +372,18 @@ def test_second_corpus_and_a_grown_kb_encode_only_new_entities(demo_run: dict, t
     assert f"entities encoded {len(proposed)}," in third
 
 
+def test_the_first_link_after_a_run_builds_no_kb_index_and_encodes_no_entity(demo_run: dict, tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # The run's store (a copy: other tests link with the same run), as a user's XEL_CACHE would hold it.
+    store = shutil.copytree(demo_run["run_dir"].parent / "run-cache", tmp_path / "store")
+    monkeypatch.setenv("XEL_CACHE", str(store))
+    indexes_before = sorted(p.relative_to(store) for p in (store / "kb-index").glob("*/*"))
+    assert {p.name.split("-")[0] for p in indexes_before} >= {"entities", "names"}
+    output = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "out")).output
+    assert "entities encoded 0, from the cache " in output
+    assert sorted(p.relative_to(store) for p in (store / "kb-index").glob("*/*")) == indexes_before
+
+
 def test_unseen_language_gets_the_fallback_threshold_and_one_warning(demo_run: dict, tmp_path: Path) -> None:
     """The fallback is the median of the model's thresholds, not evaluate's default of -1, which is
     under every tanh score (an unseen language would never be NIL); --fallback-threshold sets it."""
@@ -657,7 +669,7 @@ def test_triage_indexes_of_the_model_are_built_once_per_link_not_per_chunk(
     """The training names' four-gram index and the encoder's identity (a hash of its files) do not
     depend on the mentions: a four-chunk link builds the one and computes the other once."""
     import pipeline.encoders.encoder as encoder_module
-    import pipeline.triage.stage as triage_stage
+    import pipeline.candidates.generate as triage_stage
 
     counted = {"training index": 0, "encoder identity": 0}
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from pipeline.core.config import EncoderConfig
-from pipeline.encode.plan import UnitTable, plan_mentions
+from pipeline.encoders.plan import UnitTable, plan_mentions
 from pipeline.encoders.encoder import forward_units, load_encoder, mention_window
 
 MAX_CONTEXT_TOKENS = 16

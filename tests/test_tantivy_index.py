@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from pipeline.core.errors import CacheError
-from pipeline.triage.tantivy_index import TantivyNameIndex, padded_ngrams
+from pipeline.candidates.tantivy_index import TantivyNameIndex, padded_ngrams
 
 NAMES = pl.Series(["barack obama", "michelle obama", "airbus", "airbus group", "boeing", "", None, "new york city",
                    "new york", "york"])

@@ -22,7 +22,7 @@ from conftest import TINY_KB, tiny_mention_records, write_jsonl, write_run_confi
 from pipeline.core.manifest import read_manifest
 from pipeline.core.config_file import build_config
 from pipeline.core.errors import ConfigError
-from pipeline.evaluate.stage import candidate_order, predict
+from pipeline.model.predict import candidate_order, predict
 from pipeline.train.stage import training_rows
 
 # --- which mentions are trained on ------------------------------------------------------------

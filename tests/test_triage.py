@@ -15,6 +15,8 @@ from conftest import TINY_KB, write_jsonl
 from pipeline.core import schema
 from pipeline.core.config_file import load_config
 from pipeline.core.errors import InputError
+from pipeline.core.manifest import read_manifest
+from pipeline.core.store import kb_index_root
 from pipeline.triage.stage import recall_report, run
 
 NO_SOURCES = {"use_priors": False, "use_kb_names": False, "use_fuzzy": False, "use_dense": False}
@@ -46,6 +48,11 @@ def triage(make_run_config, tmp_path: Path):
         return pl.read_parquet(result.out_dir / "candidates.parquet"), result
 
     return run_triage
+
+
+def index_root_of(result) -> Path:
+    """The store folder of the KB indexes a triage result used (`pipeline.core.store`)."""
+    return kb_index_root(read_manifest(result.out_dir)["inputs"]["kb"])
 
 
 def by_mention(candidates: pl.DataFrame) -> dict[str, list[tuple]]:
@@ -294,13 +301,14 @@ def test_fuzzy_matching_ignores_shared_function_words(triage) -> None:
 def test_kb_indexes_are_reused_until_the_kb_changes(triage, tmp_path: Path) -> None:
     records = [record("x1", "Barak Obama", "Q1", "test")]
     _, result = triage(records, **{**ONLY_FUZZY, "use_dense": True})
-    index_root = result.out_dir / "kb-index"
+    index_root = index_root_of(result)
     built = {p.name: p.stat().st_mtime_ns for p in index_root.iterdir()}
     assert {name.split("-")[0] for name in built} == {"entities", "names", "dense"}
     _, result = triage(records, **{**ONLY_FUZZY, "use_dense": True, "k": 3})  # the stage re-runs, the KB is the same
     assert {p.name: p.stat().st_mtime_ns for p in index_root.iterdir()} == built
     kb = TINY_KB + [{"kb_id": "Q9", "name": "Barack Hussein Obama", "type": "PER"}]
     candidates, result = triage(records, kb=kb, **{**ONLY_FUZZY, "use_dense": True})
+    index_root = index_root_of(result)  # the store keys each KB's indexes by its content
     rebuilt = {p.name for p in index_root.iterdir()}
     assert len(rebuilt) == 3 and not rebuilt & set(built)  # new keys, old folders gone
     assert not list(index_root.glob(".*.tmp"))
@@ -308,7 +316,7 @@ def test_kb_indexes_are_reused_until_the_kb_changes(triage, tmp_path: Path) -> N
 
 
 def test_dense_source_gives_the_same_top_names_from_an_hnsw_index(triage, monkeypatch) -> None:
-    from pipeline.triage import kb_index
+    from pipeline.candidates import kb_index
 
     records = [record("x1", "Barack Obama", "Q1", "test"), record("x2", "Moscou", "Q3", "test")]
     exact, _ = triage(records, **ONLY_DENSE)
@@ -316,7 +324,7 @@ def test_dense_source_gives_the_same_top_names_from_an_hnsw_index(triage, monkey
     approximate, result = triage(records, kb=[*TINY_KB, {"kb_id": "Q9", "name": "Zzz", "type": "LOC"}], **ONLY_DENSE)
     import faiss
 
-    index = faiss.read_index(str(next((result.out_dir / "kb-index").glob("dense-*")) / "names.faiss"))
+    index = faiss.read_index(str(next(index_root_of(result).glob("dense-*")) / "names.faiss"))
     assert hasattr(index, "hnsw")
     top = lambda frame: by_mention(frame.filter(pl.col("kb_id") != "Q9"))  # noqa: E731
     assert {m: c[0][0] for m, c in top(exact).items()} == {m: c[0][0] for m, c in top(approximate).items()}

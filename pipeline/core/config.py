@@ -19,7 +19,7 @@ from pipeline.core.languages import LANGUAGE_TAG_EXPECTED, UNKNOWN_LANGUAGE, is_
 
 
 # A `device` setting as written (whether this machine has it is checked when it is used:
-# `pipeline.encoders.encoder.pick_device`).
+# `pipeline.core.devices.pick_device`).
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:[0-9]+)?"
 DEVICE_EXPECTED = "use auto, cpu, cuda, cuda:N or mps"
 

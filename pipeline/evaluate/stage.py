@@ -29,7 +29,7 @@ from pipeline.evaluate import error_analysis
 from pipeline.evaluate import nil_choice
 from pipeline.core import schema
 from pipeline.core.config import EvaluateConfig, RunConfig, to_dict
-from pipeline.encoders.encoder import pick_device
+from pipeline.core.devices import pick_device
 from pipeline.core.errors import ConfigError, InputError, warn
 from pipeline.model.features import (RankerInputs, candidate_matrix, gold_rows, load_inputs, score_candidates,
                                      score_nil)
@@ -40,7 +40,9 @@ from pipeline.model import mention_prior
 from pipeline.model.nil_classifier import add_evidence, decision_reads_prior
 from pipeline.model.ties import TIED_SHARE_WARN, tie_advice, tied_best
 from pipeline.evaluate.report import report_markdown
-from pipeline.scoring.measures import MICRO_AVERAGE, score
+from pipeline.scoring.measures import MICRO_AVERAGE
+from pipeline.scoring.decisions import score_decisions
+from pipeline.model.predict import predict
 from pipeline.core.manifest import StageResult, StageRun, upstream_key
 from pipeline.formats.doc_languages import FILE_NAME as DOC_LANGUAGES_FILE, write_doc_languages
 from pipeline.model.model_folder import write_model_folder
@@ -54,81 +56,9 @@ STAGE = "evaluate"
 # the learned NIL classifier, error analysis.
 STAGE_VERSION = 4  # 4: the mention's NIL prior (evaluate.nil_mention_prior)
 NIL_ARTIFACT = "nil.json"
-RUN_ID = "xel"
-# §7.2 re-ranks the ranker's ten best candidates.
-POPULARITY_TOP = 10
 # Settings added after the first runs, with their defaults: left out of the stage key while
 # at the default, so runs made before they existed stay up to date.
 LATER_SETTINGS = {"languages": [], "popularity_rerank": False}
-
-
-def candidate_order(scores: np.ndarray, matrix: np.ndarray, popularity: np.ndarray | None = None,
-                    top: int = POPULARITY_TOP) -> np.ndarray:
-    """Column order (n_mentions, k) of each mention's candidates, best first.
-
-    By ranker score (NaN, i.e. padding, last; ties keep triage rank order). With
-    `popularity` (training-gold count per entity row), the paper's re-ranking (§7.2):
-    the `top` best-scored candidates are stably re-sorted by popularity, most frequent
-    first, so equally popular ones (e.g. all never seen in training) keep score order;
-    candidates below the top stay where they were. The NIL threshold then applies to
-    the new first candidate's own ranker score.
-    """
-    filled = np.where(np.isnan(scores), -np.inf, scores)
-    order = np.argsort(-filled, axis=1, kind="stable")
-    if popularity is None:
-        return order
-    head = order[:, :top]
-    entities = np.take_along_axis(matrix, head, axis=1)
-    counts = np.where(entities >= 0, popularity[entities.clip(min=0)], -1)  # padding sorts last
-    resorted = np.take_along_axis(head, np.argsort(-counts, axis=1, kind="stable"), axis=1)
-    return np.concatenate([resorted, order[:, top:]], axis=1)
-
-
-def predict(mentions: pl.DataFrame, rows: np.ndarray, matrix: np.ndarray,
-            scores: np.ndarray, entity_ids: list[str],
-            popularity: np.ndarray | None = None,
-            nil_scores: np.ndarray | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(scores table, predictions table) from a (n_mentions, k) score array.
-
-    Predictions hold the best and runner-up KB ids and scores and the margin between
-    them, in `candidate_order` (popularity re-ranked when `popularity` is given); a
-    mention without candidates has a null best. `nil_scores` ((n_mentions,), the ranker's
-    NIL option, `features.score_nil`) adds a `nil_score` column, which the "nota" NIL
-    method and the classifier read.
-    """
-    filled = np.where(np.isnan(scores), -np.inf, scores)
-    order = candidate_order(scores, matrix, popularity)
-    ids = np.asarray(entity_ids + [None], dtype=object)
-    ranked_rows = np.take_along_axis(matrix, order, axis=1)
-    ranked_scores = np.take_along_axis(filled, order, axis=1)
-    width = matrix.shape[1]
-
-    def column(index: int) -> tuple[list, np.ndarray]:
-        if index >= width:
-            return [None] * len(rows), np.full(len(rows), np.nan)
-        entity = ranked_rows[:, index]
-        value = np.where(entity >= 0, ranked_scores[:, index], np.nan)
-        return ids[np.where(entity >= 0, entity, -1)].tolist(), value
-
-    best_ids, best_scores = column(0)
-    second_ids, second_scores = column(1)
-    mention_ids = mentions["mention_id"].to_numpy()[rows]
-    predictions = pl.DataFrame({
-        "mention_id": mention_ids, "best_kb_id": best_ids, "best_score": best_scores,
-        "second_kb_id": second_ids, "second_score": second_scores,
-    }, schema={"mention_id": pl.String, "best_kb_id": pl.String, "best_score": pl.Float64,
-               "second_kb_id": pl.String, "second_score": pl.Float64}).with_columns(
-        pl.col("best_score").fill_nan(None), pl.col("second_score").fill_nan(None)).with_columns(
-        (pl.col("best_score") - pl.col("second_score")).alias("margin"))
-    if nil_scores is not None:
-        predictions = predictions.with_columns(pl.Series("nil_score", nil_scores, dtype=pl.Float64))
-    valid = matrix >= 0
-    row_index, slot = np.nonzero(valid)
-    score_table = pl.DataFrame({
-        "mention_id": mention_ids[row_index], "kb_id": ids[matrix[row_index, slot]].tolist(),
-        "rank": (slot + 1).astype(np.int32), "score": scores[row_index, slot].astype(np.float32),
-    })
-    return score_table, predictions
 
 
 def training_popularity(inputs: RankerInputs, train_mention_ids: list[str]) -> np.ndarray:
@@ -155,30 +85,6 @@ def plot_sweep(sweep_table: pl.DataFrame, thresholds: dict[str, float], path: Pa
     with atomic_path(path) as temp_path:
         figure.savefig(temp_path, format="png", dpi=100)
     plt.close(figure)
-
-
-def score_decisions(evaluated: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, dict]:
-    """(gold.tab frame, system.tab frame, doc_id -> lang, metrics) of decided mentions with gold.
-
-    `evaluated` needs the `tac_frame` columns, gold_tac_id, system_id and lang. Evaluate and
-    `xel-cli link --score` both score with this, so their metrics mean the same.
-    """
-    gold_tab, system_tab = tac_frame(evaluated, "gold_tac_id"), tac_frame(evaluated, "system_id")
-    languages = evaluated.select("doc_id", "lang").unique()
-    return gold_tab, system_tab, languages, score(gold_tab, system_tab, languages)
-
-
-def tac_frame(table: pl.DataFrame, id_column: str) -> pl.DataFrame:
-    """TAC KBP 2015 rows (end inclusive) from mentions with doc offsets and an id column."""
-    return table.select(
-        pl.lit(RUN_ID).alias("run_id"), "mention_id",
-        pl.col("mention").str.replace_all(r"\s+", " ").alias("mention"),
-        "doc_id", pl.col("doc_start").alias("start"), (pl.col("doc_end") - 1).alias("end"),
-        pl.col(id_column).alias("kb_id"),
-        pl.col("entity_type").fill_null("UNK").alias("entity_type"),
-        pl.col("mention_type").fill_null("NAM").alias("mention_type"),
-        pl.lit(1.0).alias("confidence"),
-    )
 
 
 def outcome_by_method(predictions: pl.DataFrame, evaluated: pl.DataFrame, artifact: dict,

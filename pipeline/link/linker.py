@@ -4,7 +4,7 @@
 functions: triage's `candidate_pieces` and `merge_candidates`, encode's `plan_units` and
 `encode_in_chunks`, the ranker's `score_candidates`, evaluate's `predict`, and the NIL
 policy (`nil.decide_nil`, `nil.cluster_nils`). Only entity vectors differ in where they come
-from: the cross-run store (`pipeline/link/cache.py`), with the entities it lacks
+from: the cross-run store (`pipeline/core/store.py`), with the entities it lacks
 encoded in the same pass as the chunk's mentions and added to it.
 """
 
@@ -25,8 +25,8 @@ from pipeline.core.config import EncoderConfig, TriageConfig
 from pipeline.core.errors import CacheError, ConfigError, InputError, PipelineError
 from pipeline.model.features import RankerInputs, candidate_matrix, one_hot, score_candidates, score_nil
 from pipeline.core.io import file_fingerprint
-from pipeline.encoders.encoder import pick_device
-from pipeline.link import cache
+from pipeline.core.devices import pick_device
+from pipeline.core import store as cache
 from pipeline.link.kb_fit import fit_kb, kb_identity, read_kb_map, trained_kb, warn_missing
 from pipeline.model.model_folder import ModelFolder, load_model_folder
 
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 def check_device(device: str) -> None:
     """E203 naming --device for a device the encoder and ranker cannot run on here
-    (`encoder.pick_device`'s check). Checked before the encoder config is built, whose own check
+    (`devices.pick_device`'s check). Checked before the encoder config is built, whose own check
     would name the model's [encoder] section instead."""
     pick_device(device, "--device")
 
@@ -71,9 +71,9 @@ class Linker:
         see `pipeline/link/kb_fit.py`. `kb_fingerprint`: the KB file's content hash when the caller has
         it (hashing a KB of millions of entities takes a while)."""
         from pipeline.encoders.encoder import encoder_identity, load_encoder, resolve_encoder_path
-        from pipeline.triage.kb_index import kb_entities, names_index
+        from pipeline.candidates.kb_index import kb_entities, names_index
         from pipeline.model.model_file import MODEL, load_model
-        from pipeline.triage.stage import LearnedSources
+        from pipeline.candidates.generate import LearnedSources
 
         self.folder = folder
         meta = folder.meta
@@ -139,9 +139,7 @@ class Linker:
             raise CacheError("E702", path=folder.path / MODEL, detail=error.message) from None
         self.mention_types = list(meta["types"].get("mention") or [])
         self.entity_types = list(meta["types"].get("entity") or [])
-        self.store = cache.EntityVectorStore(
-            cache.cache_root() / cache.ENTITY_VECTORS / cache.encoder_key(identity, settings),
-            float16=self.encoder_config.store_float16)
+        self.store = cache.entity_vector_store(identity, settings, float16=self.encoder_config.store_float16)
         self.policy = folder.policy
         # What triage's sources take from the alias table and encoder, built once here, not per chunk.
         # Ids the KB lacks are left out of them here (`kb_fit`: W710 said so).
@@ -171,10 +169,10 @@ class Linker:
 
         `work_dir` holds the encoder's finished sub-chunks, so a killed chunk resumes there.
         """
-        from pipeline.encode.chunks import encode_in_chunks
-        from pipeline.encode.plan import plan_units
-        from pipeline.evaluate.stage import predict
-        from pipeline.triage.stage import candidate_pieces, merge_candidates
+        from pipeline.encoders.chunks import encode_in_chunks
+        from pipeline.encoders.plan import plan_units
+        from pipeline.model.predict import predict
+        from pipeline.candidates.generate import candidate_pieces, merge_candidates
 
         started = time.time()
         pieces = candidate_pieces(mentions, self.aliases, self.kb_names, self.known_ids, self.triage_config,

@@ -78,7 +78,7 @@ def write_outputs(chunk_paths: list[Path], clustered: pl.DataFrame, out_dir: Pat
     """
     import pyarrow.parquet as pq
 
-    from pipeline.evaluate.stage import score_decisions, tac_frame
+    from pipeline.scoring.decisions import score_decisions, tac_frame
     from pipeline.formats.doc_languages import write_doc_languages
     from pipeline.formats.tac import write_tab
 

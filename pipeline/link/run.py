@@ -100,8 +100,8 @@ class LinkKb:
 
     def entities(self) -> pl.LazyFrame:
         """The KB as `kb_index.kb_entities` keeps it (kb_id, name, type, ...), as the Linker reads it."""
-        from pipeline.link.cache import kb_index_root
-        from pipeline.triage.kb_index import kb_entities
+        from pipeline.candidates.kb_index import kb_entities
+        from pipeline.core.store import kb_index_root
 
         return pl.scan_parquet(kb_entities(self.path, kb_index_root(self.fingerprint), self.fingerprint))
 

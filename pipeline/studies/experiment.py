@@ -49,7 +49,6 @@ import torch
 
 from pipeline.core import schema
 from pipeline.studies import subrun
-from pipeline.triage import stage as triage
 from pipeline.core.config import RunConfig, language_settings
 from pipeline.core.errors import CacheError, ConfigError
 from pipeline.core.languages import is_language_tag, normalise_language
@@ -57,6 +56,7 @@ from pipeline.core.io import scan_parquet_checked, write_parquet_atomic, write_t
 from pipeline.core.progress import track
 from pipeline.core.manifest import StageResult
 from pipeline.formats.vectors import VECTORS, read_vector_ids
+from pipeline.stages import run_stage
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def oracle_triage(config: RunConfig) -> Path:
                                         name=f"{config.name}-oracle",
                                         triage=dataclasses.replace(config.triage, oracle=True),
                                         train=dataclasses.replace(config.train, features=PAPER_FEATURES))
-    triage.run(oracle_config)
+    run_stage("triage", oracle_config)
     triage_dir = oracle_config.stage_dir("triage")
     vectors = config.stage_dir("encode") / VECTORS
     encoded = pl.DataFrame({"kb_id": read_vector_ids(vectors, "entities")}, schema={"kb_id": pl.String})

@@ -21,14 +21,11 @@ import logging
 import os
 from pathlib import Path
 
-from pipeline.encode import stage as encode
-from pipeline.evaluate import stage as evaluate
-from pipeline.train import stage as train
-from pipeline.triage import stage as triage
 from pipeline.core.config import RunConfig, to_dict
 from pipeline.core.errors import CacheError
 from pipeline.core.io import write_json_atomic
 from pipeline.scoring.measures import MICRO_AVERAGE
+from pipeline.stages import run_stage
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +35,8 @@ SHARED_STAGES = ("triage", "encode")
 def run_shared_stages(config: RunConfig) -> dict[str, Path]:
     """Triage and encode the parent run (each skipped when up to date); {stage: its folder},
     the `stage_sources` that `prepare` links every sub-run to."""
-    for stage in (triage, encode):
-        stage.run(config)
+    for stage in SHARED_STAGES:
+        run_stage(stage, config)
     return {name: config.stage_dir(name) for name in SHARED_STAGES}
 
 
@@ -77,8 +74,8 @@ def prepare(base: RunConfig, run_dir: Path, stage_sources: dict[str, Path], **se
 
 def train_and_evaluate(config: RunConfig, train_too: bool = True) -> dict:
     """Run train (unless `train_too` is false: a linked model) and evaluate; the metrics and what was redone."""
-    trained = train.run(config) if train_too else None
-    evaluated = evaluate.run(config)
+    trained = run_stage("train", config) if train_too else None
+    evaluated = run_stage("evaluate", config)
     return {"metrics": read_metrics(config.stage_dir("evaluate")),
             "trained": trained is not None and not trained.skipped, "evaluated": not evaluated.skipped,
             "seconds": (trained.seconds if trained is not None else 0.0) + evaluated.seconds}

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from pipeline.encoders.encoder import pick_device
+from pipeline.core.devices import pick_device
 from pipeline.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)

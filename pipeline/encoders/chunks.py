@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.config import EncoderConfig
-from pipeline.encode.plan import UnitTable
+from pipeline.encoders.plan import UnitTable
 from pipeline.encoders.encoder import LoadedEncoder, forward_units
 from pipeline.core.io import atomic_path
 from pipeline.core.progress import progress as progress_counter

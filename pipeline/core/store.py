@@ -1,8 +1,11 @@
-"""Caches that outlive a run: KB indexes and entity vectors, keyed by KB content and encoder.
+"""The one store that outlives a run: KB indexes and entity vectors, keyed by KB content and encoder.
 
-Both live under `$XEL_CACHE` (default `~/.cache/xel/`), never in a run or link folder:
+Triage and encode fill it as `xel-cli link` does, and all three read it, so a link after a
+run embeds no KB name and encodes no entity the run already did. Both parts live under
+`$XEL_CACHE` (default `~/.cache/xel/`), never in a run or link folder (a run's
+`encode/vectors.h5` stays its own documented output):
 - `kb-index/<KB fingerprint>/`: the KB as Parquet, its name and four-gram indexes and the
-  dense name index (`pipeline/triage/kb_index.py` builds each once, under a temporary name);
+  dense name index (`pipeline/candidates/kb_index.py` builds each once, under a temporary name);
 - `entity-vectors/<encoder key>/`: the four-vector entity encodings (name and context),
   one row per distinct (name, description) content. The encoder key hashes the encoder's
   identity and the settings that change vectors, so another encoder or `name_layer` gets
@@ -38,9 +41,13 @@ STORE_VERSION = 1
 
 def cache_root() -> Path:
     """`$XEL_CACHE` if set, else `~/.cache/xel` (the same folder as the offline encoder build)."""
-    from pipeline.encoders.build import default_cache_dir
+    configured = os.environ.get("XEL_CACHE")
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "xel"
 
-    return default_cache_dir()
+
+def entity_vector_store(encoder_identity: str, settings: dict, float16: bool = False) -> "EntityVectorStore":
+    """The entity-vector store of one encoder (`encoder_key` of its identity and vector-changing settings)."""
+    return EntityVectorStore(cache_root() / ENTITY_VECTORS / encoder_key(encoder_identity, settings), float16=float16)
 
 
 def kb_index_root(kb_fingerprint: str) -> Path:

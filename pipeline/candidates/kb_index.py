@@ -1,8 +1,9 @@
-"""The KB's name indexes for triage, built once per KB and reused by later runs.
+"""The KB's name indexes for candidate generation, built once per KB and reused by later runs and links.
 
 A multi-million-entity KB takes a minute to index and the index does not depend on the
-mentions, so it lives in `<run>/triage/kb-index/<key>/`, where the key hashes the KB
-file's fingerprint and what the index is built with. Triage settings such as `k` or the
+mentions, so it lives in the store (`pipeline.core.store.kb_index_root`:
+`$XEL_CACHE/kb-index/<KB fingerprint>/<key>/`), where the key hashes the KB file's
+fingerprint and what the index is built with; triage and `xel-cli link` both read it. Triage settings such as `k` or the
 mentions file can change without rebuilding it. Each index folder is built under a
 temporary name and renamed into place, so a killed build is never taken as finished; a
 new key removes the folders of older keys.
@@ -34,7 +35,7 @@ import polars as pl
 from pipeline.core.errors import InputError
 from pipeline.formats.inputs import write_entities
 from pipeline.core.io import atomic_path, default_permissions, write_parquet_atomic
-from pipeline.triage.tantivy_index import TantivyNameIndex
+from pipeline.candidates.tantivy_index import TantivyNameIndex
 from pipeline.core.textnorm import acronym, add_keys, content_words
 
 logger = logging.getLogger(__name__)

@@ -13,10 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from pipeline.core import schema
-from pipeline.core.config import EncoderConfig, RunConfig
+from pipeline.core.config import EncoderConfig
 from pipeline.encoders.encoder import LoadedEncoder, mention_window, token_span
-from pipeline.core.io import collect_checked, scan_parquet_checked
 
 
 class UnitTable:
@@ -115,18 +113,6 @@ def plan_names(names: list[str], encoder: LoadedEncoder, table: UnitTable, max_n
     return np.arange(len(names))
 
 
-def entities_to_encode(entities: pl.LazyFrame, candidates: pl.LazyFrame, mentions: pl.LazyFrame, everything: bool) -> pl.LazyFrame:
-    """Entities that appear as a candidate or a gold link (all of them if asked), by kb_id."""
-
-    if everything:
-        return entities.sort("kb_id")
-    needed = pl.concat([
-        candidates.select("kb_id"),
-        mentions.select(pl.col("gold_kb_id").alias("kb_id")).filter(schema.linked_gold("kb_id")),
-    ]).unique()
-    return entities.join(needed, on="kb_id", how="semi").sort("kb_id")
-
-
 @dataclass
 class Plan:
     """Everything to encode: the distinct units, and which unit / span row serves each id.
@@ -153,15 +139,3 @@ def plan_units(mentions: pl.DataFrame, entities: pl.DataFrame, encoder: LoadedEn
     entity_units, entity_span_rows = plan_entities(entities, encoder, table, settings.max_context_tokens,
                                                    settings.max_name_tokens, mentions.height)
     return Plan(table, mention_units, mention_span_rows, entity_units, entity_span_rows)
-
-
-def read_triage(config: RunConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(mentions sorted by mention_id, entities to encode sorted by kb_id) from the triage stage."""
-    triage_dir = config.stage_dir("triage")
-    paths = [triage_dir / name for name in ("mentions.parquet", "entities.parquet", "candidates.parquet")]
-    mentions_lazy = scan_parquet_checked(paths[0], schema.MENTIONS, "triage")
-    entities_lazy = scan_parquet_checked(paths[1], schema.ENTITIES, "triage")
-    candidates_lazy = scan_parquet_checked(paths[2], schema.CANDIDATES, "triage")
-    mentions = collect_checked(mentions_lazy.select("mention_id", "context", "start", "end").sort("mention_id"), paths[0])
-    entities = entities_to_encode(entities_lazy, candidates_lazy, mentions_lazy, config.encoder.all_entities)
-    return mentions, collect_checked(entities, *paths)

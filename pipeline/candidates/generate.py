@@ -1,0 +1,124 @@
+"""Candidate generation as triage and `xel-cli link` both run it: every switched-on source
+(`sources.py`), then one merged, ranked top-k list per mention. A candidate's score is the
+sum of its sources' scores (each in [0, 1]); the oracle (the paper's Multi+Or) adds the gold
+entity when missing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from pipeline.candidates.kb_index import KbNames, name_ngrams
+from pipeline.candidates.sources import (alias_priors, dense_candidates, external_candidates, fuzzy_candidates,
+                                         kb_name_candidates, prior_candidates)
+from pipeline.candidates.tantivy_index import TantivyNameIndex
+from pipeline.core import schema
+from pipeline.core.config import EncoderConfig, TriageConfig
+from pipeline.core.textnorm import add_keys
+
+
+@dataclass(frozen=True)
+class LearnedSources:
+    """What the candidate sources take from the alias table and the encoder, not from the mentions:
+    P(e|m) per key (`alias_priors`), the training surface forms with their keys and four-gram
+    index (the fuzzy source matches them as it matches KB names), and the encoder's identity
+    (the dense index's key). `xel-cli link` prepares them once per `Linker`, not per chunk;
+    a part whose source is switched off is None."""
+
+    priors: dict[str, pl.DataFrame] | None
+    training_names: pl.DataFrame | None  # surface, kb_id and their keys
+    training_keys: pl.Series | None  # distinct non-empty surface_roman, sorted: name i of `training_ngrams`
+    training_ngrams: TantivyNameIndex | None
+    encoder_identity: str | None
+
+    @classmethod
+    def prepare(cls, aliases: pl.DataFrame, triage: TriageConfig, encoder_config: EncoderConfig,
+                encoder_identity: str | None = None, known_ids: pl.DataFrame | None = None) -> LearnedSources:
+        """Build what `triage`'s switched-on sources need; `encoder_identity` when the caller has it.
+
+        `known_ids` (kb_id): the KB's ids, when it may lack some of the alias table's (link against
+        another KB): those ids are left out of the priors and training names, so they take no place
+        in the fuzzy shortlist; priors keep their shares of every training mention of a string.
+        Without it every id is kept, and `candidate_pieces` drops the KB's unknown ones at its end.
+        """
+        priors = alias_priors(aliases) if triage.use_priors else None
+        if priors is not None and known_ids is not None:
+            known = known_ids.select(pl.col("kb_id").alias("gold_kb_id"))
+            priors = {key: table.join(known, on="gold_kb_id", how="semi") for key, table in priors.items()}
+        names = keys = ngrams = None
+        if triage.use_fuzzy:
+            trained = aliases if known_ids is None else aliases.join(
+                known_ids.select(pl.col("kb_id").alias("gold_kb_id")), on="gold_kb_id", how="semi")
+            names = add_keys(trained.select(pl.col("mention").alias("surface"), pl.col("gold_kb_id").alias("kb_id")).unique(),
+                             "surface")
+            keys = names.select(pl.col("surface_roman").unique().sort()).filter(pl.col("surface_roman") != "")["surface_roman"]
+            ngrams = name_ngrams(keys)
+        if triage.use_dense and encoder_identity is None:
+            from pipeline.encoders.encoder import encoder_identity as identity_of, resolve_encoder_path
+
+            encoder_identity = identity_of(resolve_encoder_path(encoder_config.name))
+        return cls(priors, names, keys, ngrams, encoder_identity if triage.use_dense else None)
+
+
+def candidate_pieces(mentions: pl.DataFrame, aliases: pl.DataFrame, kb_names: KbNames, known_ids: pl.DataFrame,
+                     triage: TriageConfig, encoder_config: EncoderConfig, index_root: Path, kb_fingerprint: str,
+                     external: Path | None = None, encoder=None, learned: LearnedSources | None = None) -> list[pl.DataFrame]:
+    """Candidates of every switched-on source, (mention_id, kb_id, score, source) each, KB ids only.
+
+    `mentions` needs mention_id and mention; `aliases` is `alias_table` of the training
+    mentions (the stage's own, or a trained linker's); `known_ids` (kb_id) the KB's ids;
+    `learned`: `LearnedSources.prepare(aliases, triage, encoder_config)` when the caller
+    calls this more than once (link, per chunk), else built here. The stage and `xel-cli
+    link` both call this, so they propose the same candidates.
+    """
+    if learned is None:
+        learned = LearnedSources.prepare(aliases, triage, encoder_config)
+    keyed = add_keys(mentions, "mention")
+    surfaces = kb_names.surfaces
+    pieces: list[pl.DataFrame] = []
+    if triage.use_priors:
+        pieces.append(prior_candidates(keyed, aliases, learned.priors))
+    if triage.use_kb_names:
+        pieces.append(kb_name_candidates(keyed, surfaces))
+    if triage.use_fuzzy:
+        from_kb = fuzzy_candidates(keyed, surfaces, kb_names.roman_keys, kb_names.ngrams, triage.k, triage.fuzzy_min_score)
+        # Training surface forms are matched too, from a small in-memory index (`LearnedSources`).
+        from_training = fuzzy_candidates(keyed, learned.training_names, learned.training_keys, learned.training_ngrams,
+                                         triage.k, triage.fuzzy_min_score)
+        pieces.append(pl.concat([from_kb, from_training]).group_by("mention_id", "kb_id", "source").agg(pl.col("score").max()))
+    if triage.use_dense:
+        pieces.append(dense_candidates(keyed, surfaces, encoder_config, triage, index_root, kb_fingerprint, encoder,
+                                       learned.encoder_identity))
+    if external is not None:
+        pieces.append(external_candidates(external, mentions, known_ids))
+    if not pieces:
+        pieces.append(pl.DataFrame(schema={"mention_id": pl.String, "kb_id": pl.String, "score": pl.Float64, "source": pl.String}))
+    return [p.join(known_ids, on="kb_id", how="semi") for p in pieces]
+
+
+def merge_candidates(pieces: list[pl.DataFrame], mentions: pl.DataFrame, k: int, oracle: bool) -> pl.DataFrame:
+    """One ranked list per mention: scores summed over sources, top k, gold flagged."""
+    rows = pl.concat([p.select("mention_id", "kb_id", pl.col("score").cast(pl.Float64), "source") for p in pieces])
+    merged = (rows.group_by("mention_id", "kb_id")
+              .agg(pl.col("score").sum(), pl.col("source").unique().sort().alias("sources"))
+              .sort(["mention_id", "score", "kb_id"], descending=[False, True, False])
+              .with_columns(pl.int_range(1, pl.len() + 1).over("mention_id").cast(pl.Int32).alias("rank"))
+              .filter(pl.col("rank") <= k))
+    gold = mentions.select("mention_id", "gold_kb_id")
+    if oracle:
+        linked = gold.filter(schema.linked_gold())
+        missing = linked.join(merged.select("mention_id", pl.col("kb_id").alias("gold_kb_id")), on=["mention_id", "gold_kb_id"], how="anti")
+        # The gold takes the last place of a full list, so the list keeps k entries.
+        merged = merged.filter(~(pl.col("mention_id").is_in(missing["mention_id"].implode()) & (pl.col("rank") == k)))
+        sizes = merged.group_by("mention_id").agg(pl.len().alias("n"))
+        added = missing.join(sizes, on="mention_id", how="left").select(
+            "mention_id", pl.col("gold_kb_id").alias("kb_id"), pl.lit(0.0).alias("score"),
+            pl.lit(["oracle"]).cast(pl.List(pl.String)).alias("sources"),
+            (pl.col("n").fill_null(0) + 1).cast(pl.Int32).alias("rank"))
+        merged = pl.concat([merged.select(added.columns), added])
+    flagged = merged.join(gold, on="mention_id", how="left").with_columns(
+        pl.when(pl.col("gold_kb_id").is_null()).then(None).otherwise(pl.col("kb_id") == pl.col("gold_kb_id")).alias("is_gold"))
+    return flagged.select(list(schema.CANDIDATES)).cast(schema.CANDIDATES).sort("mention_id", "rank")
