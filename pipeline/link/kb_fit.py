@@ -175,6 +175,21 @@ def warn_missing(fit: KbFit, folder: ModelFolder, kb_path: Path) -> str | None:
                 cost=cost)
 
 
+def fit_report(folder: ModelFolder, entities: pl.LazyFrame, kb_path: Path, kb_fingerprint: str,
+               kb_map: Path | None = None) -> tuple[KbFit, dict]:
+    """`fit_kb` of the KB at `kb_path` (its `entities`: kb_id, type), reading the map file `kb_map`
+    (E108, E730, E731, E705), and the report link's summary, manifest and `Linker.kb` give: the KB
+    trained on, the KB linked against (`kb_identity` each), the map's path and `KbFit.to_json`."""
+    wanted = set(folder.aliases["gold_kb_id"].to_list())
+    if folder.popularity is not None:
+        wanted |= set(folder.popularity["kb_id"].to_list())
+    pairs = read_kb_map(kb_map, wanted) if kb_map is not None else None
+    fit = fit_kb(folder, entities, pairs, kb_map, kb_path)
+    count = entities.select(pl.len()).collect().item()
+    return fit, {"trained_on": trained_kb(folder), "linked_against": kb_identity(kb_path, kb_fingerprint, count),
+                 "kb_map": str(kb_map) if kb_map is not None else None, **fit.to_json()}
+
+
 def kb_identity(path: Path, fingerprint: str | None, entities: int | None, name: str | None = None) -> dict:
     """How link's summary, manifest and model.json name a KB: file name, path, content fingerprint, entity count."""
     return {"name": name or Path(path).name, "path": str(path), "fingerprint": fingerprint, "entities": entities}

@@ -27,7 +27,7 @@ from pipeline.model.features import RankerInputs, candidate_matrix, one_hot, sco
 from pipeline.core.io import file_fingerprint
 from pipeline.core.devices import pick_device
 from pipeline.core import store as cache
-from pipeline.link.kb_fit import fit_kb, kb_identity, read_kb_map, trained_kb, warn_missing
+from pipeline.link.kb_fit import fit_report, warn_missing
 from pipeline.model.model_folder import ModelFolder, load_model_folder
 
 logger = logging.getLogger(__name__)
@@ -121,14 +121,9 @@ class Linker:
         self.entities_path = kb_entities(kb_path, self.index_root, self.kb_fingerprint)
         entities = pl.read_parquet(self.entities_path, columns=["kb_id", "name", "alias_texts", "type"])
         self.known_ids = entities.select("kb_id")
-        wanted = set(folder.aliases["gold_kb_id"].to_list()) | (
-            set(folder.popularity["kb_id"].to_list()) if folder.popularity is not None else set())
-        kb_map_pairs = read_kb_map(kb_map, wanted) if kb_map is not None else None
-        self.kb_fit = fit_kb(folder, entities.lazy(), kb_map_pairs, kb_map, kb_path)  # E705: a map for another KB
+        # E705 for a map made for another KB; W710 for alias-table ids this KB lacks.
+        self.kb_fit, self.kb = fit_report(folder, entities.lazy(), kb_path, self.kb_fingerprint, kb_map)
         warn_missing(self.kb_fit, folder, kb_path)
-        self.kb = {"trained_on": trained_kb(folder),
-                   "linked_against": kb_identity(kb_path, self.kb_fingerprint, entities.height),
-                   "kb_map": str(kb_map) if kb_map is not None else None, **self.kb_fit.to_json()}
         logger.info("linking against KB %s (%s); the model was trained on %s (%s)", kb_path, self.kb_fingerprint[:8],
                     self.kb["trained_on"]["path"], str(self.kb["trained_on"]["fingerprint"])[:8])
         self.kb_names = names_index(entities, self.index_root, self.kb_fingerprint)

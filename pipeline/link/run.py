@@ -113,15 +113,9 @@ class LinkKb:
         """`Linker.kb`: the KB trained on, the KB linked against, the id map, what carried over."""
         if self.linker is not None:
             return self.linker.kb
-        from pipeline.link.kb_fit import fit_kb, kb_identity, read_kb_map, trained_kb
+        from pipeline.link.kb_fit import fit_report
 
-        wanted = set(self.folder.aliases["gold_kb_id"].to_list())
-        pairs = read_kb_map(self.kb_map, wanted) if self.kb_map is not None else None
-        entities = self.entities()
-        fit = fit_kb(self.folder, entities, pairs, self.kb_map, self.path)
-        count = entities.select(pl.len()).collect().item()
-        return {"trained_on": trained_kb(self.folder), "linked_against": kb_identity(self.path, self.fingerprint, count),
-                "kb_map": str(self.kb_map) if self.kb_map is not None else None, **fit.to_json()}
+        return fit_report(self.folder, self.entities(), self.path, self.fingerprint, self.kb_map)[1]
 
 
 def link_key(options: LinkOptions, model_fingerprint: str, kb_fingerprint: str) -> str:
