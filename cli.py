@@ -22,6 +22,19 @@ from pipeline.core.errors import PipelineError, os_error, usage_error
 from pipeline.core.lock import run_lock
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.toml"
+# `xel-cli --help` lists commands in this order: a run, its stages, then using and studying a model.
+COMMAND_ORDER = ("run", "triage", "encode", "train", "rerank", "evaluate", "link", "export", "score", "search", "experiment")
+
+
+def _renamed(old: str, new: str, dest: str, **attributes):
+    """A hidden option keeping the old spelling `old` of `new` for one release (into `dest`); the
+    command merges it with `_either`."""
+    return click.option(old, dest, hidden=True, default=None, help=f"Old spelling of {new}.", **attributes)
+
+
+def _either(new, old, default=None):
+    """The value given by the new or the old spelling of a renamed option (the new one wins), else `default`."""
+    return new if new is not None else old if old is not None else default
 
 
 @dataclass
@@ -68,6 +81,11 @@ class XelGroup(click.Group):
             self._show(ctx, error)
         except OSError as error:  # what no stage coded: a path the system refuses (permissions, a file for a folder)
             self._show(ctx, os_error(error))
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Commands in pipeline order (the run, its stages, then applying and studying models), not alphabetical."""
+        known = super().list_commands(ctx)
+        return [name for name in COMMAND_ORDER if name in known] + [name for name in known if name not in COMMAND_ORDER]
 
     @staticmethod
     def _show(ctx: click.Context, error: PipelineError) -> None:
@@ -274,8 +292,9 @@ def search(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, 
 
 @main.command()
 @config_options(force=False)
-@click.option("--seeds", type=click.IntRange(1, 100), default=3, show_default=True,
-              help="Training seeds per cell (the config's seed, +1, +2, ...).")
+@click.option("--seed-count", type=click.IntRange(1, 100), default=None,
+              help="Training seeds per cell: the config's seed, +1, +2, ... [default: 3]")
+@_renamed("--seeds", "--seed-count", "old_seed_count", type=click.IntRange(1, 100))
 @click.option("--languages", default=None, metavar="L1,L2,...",
               help="Languages of the tables (default: every language with training mentions).")
 @click.option("--ablation-language", default="en", show_default=True, help="Training language of Table 3.")
@@ -283,8 +302,9 @@ def search(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, 
               help="Add Table 3's '+ triage' row (our triage-evidence feature, not the paper's).")
 @click.option("--only", multiple=True, metavar="TABLE[:COLUMN]",
               help="Fill only these cells, e.g. 1:Multi (the Multi setting's seed spread) or 2 (repeatable).")
-def experiment(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, seeds: int, languages: str | None,
-               ablation_language: str, triage_row: bool, only: tuple[str, ...]) -> None:
+def experiment(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, seed_count: int | None,
+               old_seed_count: int | None, languages: str | None, ablation_language: str, triage_row: bool,
+               only: tuple[str, ...]) -> None:
     """The paper's Tables 1-3 (settings, zero-shot, feature ablations) averaged over seeds.
 
     Triage and encode run once; each model trains once in a sub-run under <run>/experiment/
@@ -297,7 +317,7 @@ def experiment(config_path: Path, overrides: tuple[str, ...], run_dir: Path | No
     table_languages = experiment_stage.parse_languages(languages)
     config = _load(config_path, overrides, run_dir)
     settings = experiment_stage.ExperimentConfig(
-        seeds=seeds, languages=table_languages,
+        seeds=_either(seed_count, old_seed_count, 3), languages=table_languages,
         ablation_language=ablation_language, triage_row=triage_row, only=experiment_stage.parse_only(only))
     with _holding(config, "experiment"):
         result = experiment_stage.run(config, settings)
@@ -352,12 +372,21 @@ def link(model_dir: Path, mentions: Path, docs: Path | None, kb: Path | None, ou
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-def export(run_dir: Path, out_dir: Path) -> None:
-    """Copy a run's trained linker (RUN_DIR/model/, checked first) to OUT_DIR, a new or empty folder."""
+@click.option("--run-dir", "run_dir_option", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="The run whose trained linker (<run>/model/, checked first) is copied.")
+@click.option("--out", "out_option", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="A new or empty folder to copy it to.")
+# The old positional form `export RUN_DIR OUT_DIR`, kept for one release.
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=False)
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path), required=False)
+def export(run_dir_option: Path | None, out_option: Path | None, run_dir: Path | None, out_dir: Path | None) -> None:
+    """Copy a run's trained linker to a folder of its own: xel-cli export --run-dir RUN --out DIR."""
     from pipeline.model.model_folder import export_model
 
+    run_dir, out_dir = _either(run_dir_option, run_dir), _either(out_option, out_dir)
+    for value, name in ((run_dir, "--run-dir"), (out_dir, "--out")):
+        if value is None:
+            raise click.MissingParameter(param_hint=f"'{name}'", param_type="option")
     _say(f"export: {export_model(run_dir, out_dir)}")
 
 
@@ -366,11 +395,15 @@ def export(run_dir: Path, out_dir: Path) -> None:
 @click.argument("system", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--lenient", is_flag=True, help="Allow different mention sets and count them as neleval does.")
-@click.option("--languages", "languages_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--doc-languages", "languages_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="doc_id<TAB>lang file (header line `doc_id<TAB>lang`) giving each document's "
                                  "language; default: doc_languages.tsv beside GOLD, which evaluate writes.")
-def score(gold: Path, system: Path, as_json: bool, lenient: bool, languages_path: Path | None) -> None:
+@_renamed("--languages", "--doc-languages", "old_languages_path",
+          type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def score(gold: Path, system: Path, as_json: bool, lenient: bool, languages_path: Path | None,
+          old_languages_path: Path | None) -> None:
     """Score a TAC KBP 2015 EDL system file against a gold file (neleval's measures)."""
+    languages_path = _either(languages_path, old_languages_path)
     from pipeline.scoring.table import format_table
     from pipeline.scoring.measures import score_files
 

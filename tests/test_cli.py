@@ -532,3 +532,23 @@ def test_default_run_folder_sits_beside_the_config(make_run_config, tmp_path: Pa
     monkeypatch.chdir(tmp_path.parent)  # another working folder must not move the run
     config = load_config(config_path)
     assert config.run_dir == config_path.resolve().parent / "artifacts" / config.name
+
+
+def test_help_lists_commands_in_pipeline_order() -> None:
+    help_text = invoke("--help").output
+    listed = re.findall(r"^  (\w+)\s", help_text.split("Commands:")[1], flags=re.MULTILINE)
+    assert listed == ["run", "triage", "encode", "train", "evaluate", "link", "export", "score", "search", "experiment"]
+
+
+@pytest.mark.parametrize("command, new, old", [("score", "--doc-languages", "--languages"),
+                                               ("experiment", "--seed-count", "--seeds")])
+def test_renamed_options_show_the_new_name_and_hide_the_old_one(command: str, new: str, old: str) -> None:
+    help_text = invoke(command, "--help").output
+    assert new in help_text and f"{old} " not in help_text
+
+
+def test_export_takes_run_dir_and_out_options(tmp_path: Path) -> None:
+    missing = invoke("export", "--out", tmp_path / "out")
+    assert missing.exit_code == 2 and "[E207]" in missing.output and "--run-dir" in missing.output
+    absent = invoke("export", "--run-dir", tmp_path / "no-run", "--out", tmp_path / "out")
+    assert absent.exit_code == 2 and "--run-dir: Directory" in absent.output

@@ -6,7 +6,8 @@ import polars as pl
 
 from pipeline.core import schema
 from pipeline.core.config import RunConfig
-from pipeline.core.io import collect_checked, scan_parquet_checked
+from pipeline.core.io import collect_checked
+from pipeline.formats import triage_tables
 
 
 def entities_to_encode(entities: pl.LazyFrame, candidates: pl.LazyFrame, mentions: pl.LazyFrame, everything: bool) -> pl.LazyFrame:
@@ -24,10 +25,8 @@ def entities_to_encode(entities: pl.LazyFrame, candidates: pl.LazyFrame, mention
 def read_triage(config: RunConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(mentions sorted by mention_id, entities to encode sorted by kb_id) from the triage stage."""
     triage_dir = config.stage_dir("triage")
-    paths = [triage_dir / name for name in ("mentions.parquet", "entities.parquet", "candidates.parquet")]
-    mentions_lazy = scan_parquet_checked(paths[0], schema.MENTIONS, "triage")
-    entities_lazy = scan_parquet_checked(paths[1], schema.ENTITIES, "triage")
-    candidates_lazy = scan_parquet_checked(paths[2], schema.CANDIDATES, "triage")
+    paths = [triage_tables.path(triage_dir, name) for name in triage_tables.FILES]
+    mentions_lazy, entities_lazy, candidates_lazy = (triage_tables.scan(triage_dir, name) for name in triage_tables.FILES)
     mentions = collect_checked(mentions_lazy.select("mention_id", "context", "start", "end").sort("mention_id"), paths[0])
     entities = entities_to_encode(entities_lazy, candidates_lazy, mentions_lazy, config.encoder.all_entities)
     return mentions, collect_checked(entities, *paths)

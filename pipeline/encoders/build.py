@@ -122,17 +122,9 @@ def _build_into_place(weights_path: Path, target_dir: Path) -> None:
             shutil.rmtree(build_dir, ignore_errors=True)
 
 
-def _build_folder(weights_path: Path, out_dir: Path) -> None:
-    """Write config, safetensors weights, tokenizer files and, last, the marker."""
-    try:
-        buffer = weights_path.read_bytes()
-    except OSError as err:
-        bad_file(weights_path, f"cannot be read ({err})")
-    header, e5_tensors = read_e5_file(buffer, weights_path)
-    tokenizer = read_e5_tokenizer(buffer, weights_path)
-    source_sha256 = hashlib.sha256(buffer).hexdigest()
-    del buffer
-
+def _bert_model(header, e5_tensors: dict, weights_path: Path):
+    """A `BertModel` holding the e5 tensors (fp32, adopted without copies); E501 via `bad_file` when
+    they do not fit the architecture the header describes."""
     import torch
     from transformers import BertConfig, BertModel
 
@@ -160,7 +152,6 @@ def _build_folder(weights_path: Path, out_dir: Path) -> None:
     state_dict = {
         bert_state_dict_name(name): torch.from_numpy(values) for name, values in e5_tensors.items()
     }
-    del e5_tensors
     # strict: every BertModel key is filled and nothing is left over; assign: the model
     # adopts our fp32 arrays instead of copying them into meta tensors.
     try:
@@ -168,11 +159,11 @@ def _build_folder(weights_path: Path, out_dir: Path) -> None:
     except RuntimeError as err:
         bad_file(weights_path, f"tensors do not fit BertModel ({err})")
     del state_dict
-    model.eval()
-    silence_library_bars()  # its "Writing model shards" bar: carriage returns in a redirected log
-    model.save_pretrained(out_dir, safe_serialization=True)
-    del model
+    return model
 
+
+def _write_tokenizer_files(out_dir: Path, tokenizer: dict) -> None:
+    """tokenizer.json and the tokenizer_config.json that makes `AutoTokenizer` load it as XLM-R's."""
     (out_dir / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False), encoding="utf-8")
     tokenizer_config = {
         "tokenizer_class": "XLMRobertaTokenizer",
@@ -189,6 +180,26 @@ def _build_folder(weights_path: Path, out_dir: Path) -> None:
     }
     _write_json(out_dir / "tokenizer_config.json", tokenizer_config)
 
+
+def _build_folder(weights_path: Path, out_dir: Path) -> None:
+    """Write config, safetensors weights, tokenizer files and, last, the marker."""
+    try:
+        buffer = weights_path.read_bytes()
+    except OSError as err:
+        bad_file(weights_path, f"cannot be read ({err})")
+    header, e5_tensors = read_e5_file(buffer, weights_path)
+    tokenizer = read_e5_tokenizer(buffer, weights_path)
+    source_sha256 = hashlib.sha256(buffer).hexdigest()
+    del buffer
+
+    model = _bert_model(header, e5_tensors, weights_path)
+    del e5_tensors
+    model.eval()
+    silence_library_bars()  # its "Writing model shards" bar: carriage returns in a redirected log
+    model.save_pretrained(out_dir, safe_serialization=True)
+    del model
+
+    _write_tokenizer_files(out_dir, tokenizer)
     marker = {
         "build_version": BUILD_VERSION,
         "encoder": DEFAULT_ENCODER,

@@ -33,7 +33,7 @@ from pipeline.core.devices import pick_device
 from pipeline.core.errors import ConfigError, InputError, warn
 from pipeline.model.features import (RankerInputs, candidate_matrix, gold_rows, load_inputs, score_candidates,
                                      score_nil)
-from pipeline.core.io import (atomic_path, collect_checked, scan_parquet_checked, write_json_atomic, write_parquet_atomic,
+from pipeline.core.io import (atomic_path, write_json_atomic, write_parquet_atomic,
                          write_text_atomic)
 from pipeline.model.nil import cluster_nils, decide_nil
 from pipeline.model import mention_prior
@@ -41,13 +41,14 @@ from pipeline.model.nil_classifier import add_evidence, decision_reads_prior
 from pipeline.model.ties import TIED_SHARE_WARN, tie_advice, tied_best
 from pipeline.evaluate.report import report_markdown
 from pipeline.scoring.measures import MICRO_AVERAGE
-from pipeline.scoring.decisions import score_decisions
+from pipeline.scoring.decisions import GOLD_TAB, METRICS_JSON, SYSTEM_TAB, score_decisions
 from pipeline.model.predict import predict
 from pipeline.core.manifest import StageResult, StageRun, upstream_key
 from pipeline.formats.doc_languages import FILE_NAME as DOC_LANGUAGES_FILE, write_doc_languages
 from pipeline.model.model_folder import write_model_folder
 from pipeline.formats.tac import write_tab
 from pipeline.model.model_file import load_model
+from pipeline.formats import triage_tables
 
 logger = logging.getLogger(__name__)
 
@@ -149,15 +150,13 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     if stage_run.up_to_date:
         return stage_run.skipped()
     evaluate = config.evaluate
-    check_gold_splits(triage_dir / "mentions.parquet", evaluate)
+    check_gold_splits(triage_tables.path(triage_dir, triage_tables.MENTIONS), evaluate)
     stage_run.begin()
 
     device = pick_device(config.train.device, "[train]")
     model, saved = load_model(train_dir, device)
     inputs, _, _ = load_inputs(triage_dir, encode_dir, saved["mention_types"], saved["entity_types"], 0, device)
-    candidates_path = triage_dir / "candidates.parquet"
-    candidates = collect_checked(scan_parquet_checked(candidates_path, schema.CANDIDATES, "triage").select(
-        "mention_id", "rank", "kb_id", "score", "sources"), candidates_path)
+    candidates = triage_tables.read(triage_dir, triage_tables.CANDIDATES, "mention_id", "rank", "kb_id", "score", "sources")
     if "triage" in model.features:
         inputs.attach_triage(candidates)
     mentions = inputs.mentions
@@ -224,17 +223,17 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     write_parquet_atomic(analysis, out_dir / "analysis.parquet")
     write_parquet_atomic(confusions, out_dir / "confusions.parquet")
     outputs = ["scores.parquet", "predictions.parquet", NIL_ARTIFACT, "analysis.parquet", "confusions.parquet",
-               "gold.tab", "system.tab", DOC_LANGUAGES_FILE, "metrics.json", "report.md"]
+               GOLD_TAB, SYSTEM_TAB, DOC_LANGUAGES_FILE, METRICS_JSON, "report.md"]
     for leftover in ("sweep.parquet", "thresholds.png"):
         (out_dir / leftover).unlink(missing_ok=True)  # from an earlier run with tuned thresholds
     if sweep_table is not None:
         write_parquet_atomic(sweep_table, out_dir / "sweep.parquet")
         plot_sweep(sweep_table, thresholds, out_dir / "thresholds.png")
         outputs += ["sweep.parquet", "thresholds.png"]
-    write_tab(gold_tab, out_dir / "gold.tab")
-    write_tab(system_tab, out_dir / "system.tab")
+    write_tab(gold_tab, out_dir / GOLD_TAB)
+    write_tab(system_tab, out_dir / SYSTEM_TAB)
     write_doc_languages(languages, out_dir / DOC_LANGUAGES_FILE)  # `xel-cli score` reads it beside gold.tab
-    write_json_atomic(out_dir / "metrics.json", metrics)
+    write_json_atomic(out_dir / METRICS_JSON, metrics)
     write_text_atomic(out_dir / "report.md", report_markdown(metrics, artifact, evaluate.eval_split, sweep_table is not None,
                                                              validation, on_eval, analysis, confusions))
     write_model_folder(config, artifact, metrics, saved)  # <run>/model/: the trained linker `xel-cli link` applies

@@ -110,18 +110,8 @@ def language_expr(doc_id: pl.Expr) -> pl.Expr:
     return language
 
 
-def read_tab(path: Path) -> pl.DataFrame:
-    """Read a TAC KBP 2015 EDL `.tab` file into a frame with `FRAME_SCHEMA` columns.
-
-    Rows keep file order (duplicate spans are kept; scoring resolves them). Spans are
-    accepted in neleval's forms (`DOC:12-15`, also `DOC: 12 - 15` and an en dash). A
-    UTF-8 BOM and CRLF line ends are accepted; one trailing newline is optional. Raises
-    `InputError` E108 (missing file), E107 (no records), E110 (not UTF-8) or E112 (first
-    malformed line: wrong column count (7, 8 or 11, as on line 1; columns 9-11 are ignored), a span that is not `doc_id:start-end`, offsets
-    that overflow, end before start, a non-numeric or non-finite confidence, an empty KB
-    id), each naming the file and line.
-    """
-    path = Path(path)
+def _tab_lines(path: Path) -> pl.Series:
+    """The lines of a `.tab` file (BOM, CRLF and one final newline dropped); E108, E110, E107 as `read_tab`."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -137,18 +127,17 @@ def read_tab(path: Path) -> pl.DataFrame:
         lines = lines.head(-1)  # the file's final newline
     if lines.is_empty() or (lines.len() == 1 and not lines[0].strip()):
         raise InputError("E107", path=path)
+    return lines
 
-    # Line 1 decides the layout (7 columns: no confidence; 8; or 11: three ignored extras);
-    # every line must agree.
-    first_width = lines[0].count("\t") + 1
-    width = first_width if first_width in (len(TAB_COLUMNS) - 1, len(TAB_COLUMNS) + EXTRA_COLUMNS) else len(TAB_COLUMNS)
-    has_confidence = width != len(TAB_COLUMNS) - 1
 
+def _parse_lines(lines: pl.Series, has_confidence: bool) -> pl.DataFrame:
+    """One row per line: its number, column count, the seven columns, the confidence, and the span
+    parsed (`span_ok`, doc_id, start, end; null where malformed), for `read_tab` to check."""
     field = pl.col("fields").list
     # The span regex only validates (a DFA match, fast); offsets come from the short text
     # after the last ':' (the only ':' the pattern can split on, since no ':' may follow it).
     offsets_text = pl.col("span").str.split(":").list.last()
-    parsed = (
+    return (
         lines.to_frame().lazy()
         .with_row_index("line_number", offset=1)
         .with_columns(pl.col("line").str.split("\t").alias("fields"))
@@ -175,6 +164,28 @@ def read_tab(path: Path) -> pl.DataFrame:
         .drop("line", "fields", "offsets")
         .collect()
     )
+
+
+def read_tab(path: Path) -> pl.DataFrame:
+    """Read a TAC KBP 2015 EDL `.tab` file into a frame with `FRAME_SCHEMA` columns.
+
+    Rows keep file order (duplicate spans are kept; scoring resolves them). Spans are
+    accepted in neleval's forms (`DOC:12-15`, also `DOC: 12 - 15` and an en dash). A
+    UTF-8 BOM and CRLF line ends are accepted; one trailing newline is optional. Raises
+    `InputError` E108 (missing file), E107 (no records), E110 (not UTF-8) or E112 (first
+    malformed line: wrong column count (7, 8 or 11, as on line 1; columns 9-11 are ignored), a span that is not `doc_id:start-end`, offsets
+    that overflow, end before start, a non-numeric or non-finite confidence, an empty KB
+    id), each naming the file and line.
+    """
+    path = Path(path)
+    lines = _tab_lines(path)
+    # Line 1 decides the layout (7 columns: no confidence; 8; or 11: three ignored extras);
+    # every line must agree.
+    first_width = lines[0].count("\t") + 1
+    width = first_width if first_width in (len(TAB_COLUMNS) - 1, len(TAB_COLUMNS) + EXTRA_COLUMNS) else len(TAB_COLUMNS)
+    has_confidence = width != len(TAB_COLUMNS) - 1
+
+    parsed = _parse_lines(lines, has_confidence)
     offsets_ok = pl.col("start").is_not_null() & pl.col("end").is_not_null()
     confidence_ok = pl.lit(not has_confidence) | (pl.col("confidence").is_not_null() & pl.col("confidence").is_finite())
     line_ok = (
@@ -243,17 +254,9 @@ def format_confidence(confidence: pl.Series) -> pl.Series:
     return pl.Series(confidence.name, list(map(float.__repr__, confidence.to_list())), dtype=pl.String)
 
 
-def write_tab(frame: pl.DataFrame, path: Path) -> None:
-    """Write `frame` (columns of `FRAME_SCHEMA`) as a TAC KBP 2015 EDL `.tab` file.
-
-    `end` is written as given (inclusive). Confidence is written with `repr`, so reading
-    the file back gives bit-identical floats. The file is written to a temporary file in
-    the same folder and moved into place (`pipeline.core.io.atomic_path`), so readers never
-    see a half-written file; a failed write is E406. Raises `SchemaError` E602 for
-    missing columns and E603 for nulls, and E605 when a text field holds a tab or line
-    break (the line would not read back).
-    """
-    path = Path(path)
+def _checked_frame(frame: pl.DataFrame, path: Path) -> pl.DataFrame:
+    """`frame` as `FRAME_SCHEMA` columns, or E602 (missing columns), E603 (nulls) or E605 (a tab or line
+    break in a text field) naming `path`, the file it was to be written to."""
     missing = [name for name in FRAME_SCHEMA if name not in frame.columns]
     if missing:
         raise SchemaError(
@@ -283,7 +286,21 @@ def write_tab(frame: pl.DataFrame, path: Path) -> None:
                 row=int(rows[0]),
                 detail="it contains a tab or line break, which would split the line; replace it with a space",
             )
+    return frame
 
+
+def write_tab(frame: pl.DataFrame, path: Path) -> None:
+    """Write `frame` (columns of `FRAME_SCHEMA`) as a TAC KBP 2015 EDL `.tab` file.
+
+    `end` is written as given (inclusive). Confidence is written with `repr`, so reading
+    the file back gives bit-identical floats. The file is written to a temporary file in
+    the same folder and moved into place (`pipeline.core.io.atomic_path`), so readers never
+    see a half-written file; a failed write is E406. Raises `SchemaError` E602 for
+    missing columns and E603 for nulls, and E605 when a text field holds a tab or line
+    break (the line would not read back).
+    """
+    path = Path(path)
+    frame = _checked_frame(frame, path)
     lines = frame.with_columns(format_confidence(frame["confidence"]).alias("confidence_text")).select(
         pl.concat_str(
             [

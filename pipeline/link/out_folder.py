@@ -50,7 +50,8 @@ def holds_linked_work(out_dir: Path) -> bool:
     """Whether `out_dir` holds anything a rerun would reuse or a user would want: a finished chunk,
     a finished shard's record, an output (links, manifest) or the encoder's finished sub-chunks of
     the chunk in progress. Work files (the key, the docs as Parquet) and temporary files do not count."""
-    from pipeline.link.outputs import LINKS_JSONL, LINKS_PARQUET, SYSTEM_TAB
+    from pipeline.link.outputs import LINKS_JSONL, LINKS_PARQUET
+    from pipeline.scoring.decisions import SYSTEM_TAB
 
     if any((out_dir / name).exists() for name in (MANIFEST, LINKS_PARQUET, LINKS_JSONL, SYSTEM_TAB)):
         return True

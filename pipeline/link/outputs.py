@@ -19,14 +19,12 @@ from pipeline.core.errors import InputError, warn
 from pipeline.core.io import atomic_path, write_json_atomic
 from pipeline.formats.doc_languages import FILE_NAME as DOC_LANGUAGES
 from pipeline.formats.inputs import gold_missing_from_kb
+from pipeline.scoring.decisions import GOLD_TAB, METRICS_JSON, SYSTEM_TAB, score_decisions, tac_frame
 
 logger = logging.getLogger(__name__)
 
 LINKS_PARQUET = "links.parquet"
 LINKS_JSONL = "links.jsonl"
-SYSTEM_TAB = "system.tab"
-GOLD_TAB = "gold.tab"
-METRICS_JSON = "metrics.json"
 # Every output a link may write (the manifest aside): what a finished link removes when it did not write it.
 OUTPUT_NAMES = (LINKS_PARQUET, LINKS_JSONL, SYSTEM_TAB, GOLD_TAB, DOC_LANGUAGES, METRICS_JSON)
 # The columns of links.parquet and of `Linker.link`'s result, with their dtypes: what an empty input gives too.
@@ -78,7 +76,6 @@ def write_outputs(chunk_paths: list[Path], clustered: pl.DataFrame, out_dir: Pat
     """
     import pyarrow.parquet as pq
 
-    from pipeline.scoring.decisions import score_decisions, tac_frame
     from pipeline.formats.doc_languages import write_doc_languages
     from pipeline.formats.tac import write_tab
 

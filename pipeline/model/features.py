@@ -13,10 +13,9 @@ import numpy as np
 import polars as pl
 import torch
 
-from pipeline.core import schema
 from pipeline.formats.vectors import VECTORS, read_vectors
 from pipeline.core.errors import SchemaError
-from pipeline.core.io import collect_checked, scan_parquet_checked
+from pipeline.formats import triage_tables
 
 UNKNOWN_TYPE = -1
 
@@ -108,18 +107,15 @@ def load_inputs(triage_dir: Path, encode_dir: Path, mention_types: list[str] | N
     """
     mention_ids, mention_name, mention_context = read_vectors(encode_dir / VECTORS, "mentions")
     entity_ids, entity_name, entity_context = read_vectors(encode_dir / VECTORS, "entities")
-    mentions_path, entities_path = triage_dir / "mentions.parquet", triage_dir / "entities.parquet"
-    mentions = collect_checked(scan_parquet_checked(mentions_path, schema.MENTIONS, "triage").select(
-        "mention_id", "doc_id", "lang", "mention", "split", "gold_kb_id", "gold_tac_id", "entity_type", "mention_type",
-        "doc_start", "doc_end"), mentions_path)
+    mentions = triage_tables.read(triage_dir, triage_tables.MENTIONS, "mention_id", "doc_id", "lang", "mention", "split",
+                                  "gold_kb_id", "gold_tac_id", "entity_type", "mention_type", "doc_start", "doc_end")
     rows = pl.DataFrame({"mention_id": mention_ids, "row": np.arange(len(mention_ids))})
     mentions = rows.join(mentions, on="mention_id", how="left")
     if mentions["split"].null_count():
         missing = mentions.filter(pl.col("split").is_null())["mention_id"].head(3).to_list()
         raise SchemaError("E302", path=encode_dir / VECTORS, detail=f"holds mention ids not in the triage table (e.g. {missing})")
-    entities = scan_parquet_checked(entities_path, schema.ENTITIES, "triage").select("kb_id", "type")
     entity_table = pl.DataFrame({"kb_id": entity_ids, "row": np.arange(len(entity_ids))}).join(
-        collect_checked(entities, entities_path), on="kb_id", how="left").sort("row")
+        triage_tables.read(triage_dir, triage_tables.ENTITIES, "kb_id", "type"), on="kb_id", how="left").sort("row")
     if mention_types is None or entity_types is None:
         training = mentions.filter(pl.col("split") == "train")
         mention_types = type_vocabulary(training["entity_type"], min_type_count)

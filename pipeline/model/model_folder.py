@@ -33,12 +33,12 @@ from pipeline import __version__
 from pipeline.core import schema
 from pipeline.core.config import RunConfig, to_dict
 from pipeline.core.errors import CacheError, InputError
-from pipeline.core.io import (collect_checked, default_permissions, file_fingerprint, scan_parquet_checked,
-                              write_json_atomic, write_parquet_atomic)
+from pipeline.core.io import (default_permissions, file_fingerprint, write_json_atomic, write_parquet_atomic)
 from pipeline.core.manifest import read_manifest
 from pipeline.model.aliases import alias_table
 from pipeline.model.model_file import MODEL
 from pipeline.model.nil_policy import NilPolicy
+from pipeline.formats import triage_tables
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +63,8 @@ def write_model_folder(config: RunConfig, nil_artifact: dict, metrics: dict | No
 
     run_dir = config.run_dir
     triage_dir, train_dir = config.stage_dir("triage"), config.stage_dir("train")
-    mentions_path = triage_dir / "mentions.parquet"
-    mentions = collect_checked(scan_parquet_checked(mentions_path, schema.MENTIONS, "triage").select(
-        "mention_id", "mention", "lang", "split", "gold_kb_id"), mentions_path)
+    mentions = triage_tables.read(triage_dir, triage_tables.MENTIONS, "mention_id", "mention", "lang", "split",
+                                  "gold_kb_id")
     if saved is None:  # evaluate passes what it loaded (`model_file.load_model`'s metadata)
         saved = torch.load(train_dir / RANKER, map_location="cpu", weights_only=False)
     train_manifest = read_manifest(train_dir) or {}

@@ -1,13 +1,33 @@
 """Decided mentions as TAC KBP 2015 EDL rows, and their scores: what evaluate and
-`xel-cli link --score` both write and score, so their metrics mean the same."""
+`xel-cli link --score` both write and score, so their metrics mean the same.
+
+This module owns the names of those shared outputs (`system.tab`, `gold.tab`,
+`metrics.json`) and the one reader of `metrics.json`, which the studies read back.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import polars as pl
 
+from pipeline.core.errors import CacheError
 from pipeline.scoring.measures import score
 
 RUN_ID = "xel"
+SYSTEM_TAB = "system.tab"
+GOLD_TAB = "gold.tab"
+METRICS_JSON = "metrics.json"
+
+
+def read_metrics(folder: Path) -> dict:
+    """The `metrics.json` of an evaluate or link folder (E402 when missing or damaged)."""
+    path = folder / METRICS_JSON
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CacheError("E402", path=path, detail=f"metrics cannot be read ({exc})") from None
 
 
 def score_decisions(evaluated: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, dict]:

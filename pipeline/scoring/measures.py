@@ -140,27 +140,9 @@ def score_files(
     )
 
 
-def _score(
-    gold: pl.DataFrame,
-    system: pl.DataFrame,
-    mention_languages: pl.DataFrame | None,
-    *,
-    strict: bool,
-    gold_name: str,
-    system_name: str,
-) -> dict:
-    check_columns(gold, gold_name)
-    check_columns(system, system_name)
-    languages = document_languages(mention_languages)
-    gold_mentions, system_mentions, language_names = span_annotations(gold, system, languages)
-    # A span's language is its document's, so both sides of a matched span share `lang`.
-    payload = ["eid", "is_nil", "type", "size_overall", "size_in_lang"]
-    matched = gold_mentions.select("span", "lang", *payload).join(
-        system_mentions.select("span", *payload), on="span", how="inner", suffix="_sys"
-    )
-    if strict and not matched.height == gold_mentions.height == system_mentions.height:
-        raise_mismatch(gold, system, gold_name=gold_name, system_name=system_name)
-
+def _match_counts(gold_mentions: pl.DataFrame, system_mentions: pl.DataFrame,
+                  matched: pl.DataFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """(per language, overall) mention counts, true positives of each strong match and B-cubed sums."""
     same_type = pl.col("type") == pl.col("type_sys")
     both_linked = ~pl.col("is_nil") & ~pl.col("is_nil_sys")
     both_nil = pl.col("is_nil") & pl.col("is_nil_sys")
@@ -196,6 +178,31 @@ def _score(
         [additive.select(pl.exclude("lang").sum()), _b_cubed_sums(matched.lazy(), [], "size_overall")],
         how="horizontal",
     )
+    return by_language, overall
+
+
+def _score(
+    gold: pl.DataFrame,
+    system: pl.DataFrame,
+    mention_languages: pl.DataFrame | None,
+    *,
+    strict: bool,
+    gold_name: str,
+    system_name: str,
+) -> dict:
+    check_columns(gold, gold_name)
+    check_columns(system, system_name)
+    languages = document_languages(mention_languages)
+    gold_mentions, system_mentions, language_names = span_annotations(gold, system, languages)
+    # A span's language is its document's, so both sides of a matched span share `lang`.
+    payload = ["eid", "is_nil", "type", "size_overall", "size_in_lang"]
+    matched = gold_mentions.select("span", "lang", *payload).join(
+        system_mentions.select("span", *payload), on="span", how="inner", suffix="_sys"
+    )
+    if strict and not matched.height == gold_mentions.height == system_mentions.height:
+        raise_mismatch(gold, system, gold_name=gold_name, system_name=system_name)
+
+    by_language, overall = _match_counts(gold_mentions, system_mentions, matched)
     by_language_rows, overall_rows = pl.collect_all([by_language, overall])
     overall_row = overall_rows.row(0, named=True)
     # A handful of rows, one per language, keyed by name in sorted order.

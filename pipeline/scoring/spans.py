@@ -61,21 +61,8 @@ def document_languages(mention_languages: pl.DataFrame | None) -> pl.LazyFrame |
     return languages.lazy()
 
 
-def span_annotations(
-    gold: pl.DataFrame, system: pl.DataFrame, languages: pl.LazyFrame | None
-) -> tuple[pl.DataFrame, pl.DataFrame, dict[int, str]]:
-    """Gold and system annotations, one per span, as neleval sees them after prepare-tac15.
-
-    Returns (gold, system, language_names). Both sides go through one pipeline so that
-    their integer codes agree, and every string is replaced by a UInt32 code (equal codes
-    for equal strings) before any sort, join or group_by: `doc` (doc_id), `eid`
-    (KB or NIL id), `type` ("entity_type/mention_type"), `lang` (a key of
-    `language_names`). Columns: row (input row, gold first), doc, start, end, span (one
-    UInt64 per distinct span, see `_span_key`), eid, is_nil, type, lang, and the B-cubed
-    cluster sizes (spans with the same eid on the same side) size_overall and
-    size_in_lang (within the span's language). Among rows sharing a span the highest
-    confidence wins, ties to the earliest row (neleval's stable sorts).
-    """
+def _coded_rows(gold: pl.DataFrame, system: pl.DataFrame) -> pl.DataFrame:
+    """Gold then system rows (side 0/1) with doc, eid and type as UInt32 codes shared by both sides."""
 
     def rows(frame: pl.DataFrame, side: int) -> pl.LazyFrame:
         return frame.lazy().select(
@@ -92,7 +79,7 @@ def span_annotations(
         return expression.cast(pl.Categorical).to_physical()
 
     eid = pl.col("kb_id")
-    coded = (
+    return (
         pl.concat([rows(gold, 0), rows(system, 1)])
         .with_row_index("row")
         .select(
@@ -109,6 +96,11 @@ def span_annotations(
         )
         .collect()
     )
+
+
+def _document_languages(coded: pl.DataFrame, languages: pl.LazyFrame | None) -> tuple[pl.DataFrame, dict[int, str]]:
+    """((doc, language, lang) per document, {lang code: language}): the given languages, else
+    the doc id's own (`language_expr`), else unknown."""
     # Language per document (thousands at most, not per mention), as a small integer code.
     fallback = language_expr(pl.col("doc_id"))
     documents = coded.lazy().select("doc", "doc_id").unique(subset="doc")
@@ -124,7 +116,27 @@ def span_annotations(
     )
     names = documents.select("lang", "language").unique()
     language_names = dict(zip(names["lang"].to_list(), names["language"].to_list()))
+    return documents, language_names
 
+
+def span_annotations(
+    gold: pl.DataFrame, system: pl.DataFrame, languages: pl.LazyFrame | None
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[int, str]]:
+    """Gold and system annotations, one per span, as neleval sees them after prepare-tac15.
+
+    Returns (gold, system, language_names). Both sides go through one pipeline so that
+    their integer codes agree, and every string is replaced by a UInt32 code (equal codes
+    for equal strings) before any sort, join or group_by: `doc` (doc_id), `eid`
+    (KB or NIL id), `type` ("entity_type/mention_type"), `lang` (a key of
+    `language_names`). Columns: row (input row, gold first), doc, start, end, span (one
+    UInt64 per distinct span, see `_span_key`), eid, is_nil, type, lang, and the B-cubed
+    cluster sizes (spans with the same eid on the same side) size_overall and
+    size_in_lang (within the span's language). Among rows sharing a span the highest
+    confidence wins, ties to the earliest row (neleval's stable sorts).
+    """
+
+    coded = _coded_rows(gold, system)
+    documents, language_names = _document_languages(coded, languages)
     # Pack (side, eid) and (side, lang, eid) into one UInt64 each: single-key windows.
     side_eid = pl.col("eid").cast(pl.UInt64) * 2 + pl.col("side").cast(pl.UInt64)
     annotated = (

@@ -47,16 +47,16 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from pipeline.core import schema
 from pipeline.studies import subrun
 from pipeline.core.config import RunConfig, language_settings
 from pipeline.core.errors import CacheError, ConfigError
 from pipeline.core.languages import is_language_tag, normalise_language
-from pipeline.core.io import scan_parquet_checked, write_parquet_atomic, write_text_atomic
+from pipeline.core.io import write_parquet_atomic, write_text_atomic
 from pipeline.core.progress import track
 from pipeline.core.manifest import StageResult
 from pipeline.formats.vectors import VECTORS, read_vector_ids
 from pipeline.stages import run_stage
+from pipeline.formats import triage_tables
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def sub_run_dir(run_dir: Path, model: Model, seed: int) -> Path:
 
 def training_languages(triage_dir: Path) -> list[str]:
     """Languages with training-split mentions, sorted."""
-    mentions = scan_parquet_checked(triage_dir / "mentions.parquet", schema.MENTIONS, "triage")
+    mentions = triage_tables.scan(triage_dir, triage_tables.MENTIONS)
     return sorted(mentions.filter(pl.col("split") == "train").select(pl.col("lang").unique()).collect()["lang"].to_list())
 
 
@@ -247,7 +247,7 @@ def oracle_triage(config: RunConfig) -> Path:
     triage_dir = oracle_config.stage_dir("triage")
     vectors = config.stage_dir("encode") / VECTORS
     encoded = pl.DataFrame({"kb_id": read_vector_ids(vectors, "entities")}, schema={"kb_id": pl.String})
-    candidates = scan_parquet_checked(triage_dir / "candidates.parquet", schema.CANDIDATES, "triage").select("kb_id")
+    candidates = triage_tables.scan(triage_dir, triage_tables.CANDIDATES).select("kb_id")
     missing = candidates.unique().collect().join(encoded, on="kb_id", how="anti")
     if missing.height:
         raise CacheError("E411", path=vectors, detail=f"lacks {missing.height} entity(ies) of the oracle triage "

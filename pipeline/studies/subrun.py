@@ -16,7 +16,6 @@ A sub-run folder is an ordinary run folder: `xel-cli evaluate --config ... --run
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 from pipeline.core.config import RunConfig, to_dict
 from pipeline.core.errors import CacheError
 from pipeline.core.io import write_json_atomic
+from pipeline.scoring.decisions import read_metrics
 from pipeline.scoring.measures import MICRO_AVERAGE
 from pipeline.stages import run_stage
 
@@ -79,14 +79,6 @@ def train_and_evaluate(config: RunConfig, train_too: bool = True) -> dict:
     return {"metrics": read_metrics(config.stage_dir("evaluate")),
             "trained": trained is not None and not trained.skipped, "evaluated": not evaluated.skipped,
             "seconds": (trained.seconds if trained is not None else 0.0) + evaluated.seconds}
-
-
-def read_metrics(evaluate_dir: Path) -> dict:
-    path = evaluate_dir / "metrics.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CacheError("E402", path=path, detail=f"metrics cannot be read ({exc})") from None
 
 
 def micro_average(metrics: dict, language: str | None = None) -> float | None:

@@ -30,7 +30,7 @@ from pipeline.core.config import RunConfig, TrainConfig, to_dict
 from pipeline.train.distributed import World
 from pipeline.core.errors import InputError, warn
 from pipeline.model.features import RankerInputs, candidate_matrix, gold_rows, load_inputs
-from pipeline.core.io import collect_checked, scan_parquet_checked, write_parquet_atomic
+from pipeline.core.io import write_parquet_atomic
 from pipeline.model.model_file import MODEL, save_torch
 from pipeline.core.progress import progress as progress_counter
 from pipeline.model.ranker import NearestNeighbour
@@ -38,6 +38,7 @@ from pipeline.core.manifest import StageResult, StageRun, upstream_key
 from pipeline.train.batches import linking_accuracy, load_name_pairs, train_epoch
 from pipeline.train.state import load_checkpoint, new_state, ranker_shape
 from pipeline.formats.vectors import name_pairs_key
+from pipeline.formats import triage_tables
 
 logger = logging.getLogger(__name__)
 
@@ -127,9 +128,7 @@ class TrainingData:
 def training_data(triage_dir: Path, encode_dir: Path, train_config: TrainConfig, device: torch.device) -> TrainingData:
     """Read triage's tables and encode's vectors, and choose the training and dev mentions (`training_rows`)."""
     inputs, mention_types, entity_types = load_inputs(triage_dir, encode_dir, None, None, train_config.min_type_count, device)
-    candidates_path = triage_dir / "candidates.parquet"
-    candidates = collect_checked(scan_parquet_checked(candidates_path, schema.CANDIDATES, "triage").select(
-        "mention_id", "rank", "kb_id", "score", "sources"), candidates_path)
+    candidates = triage_tables.read(triage_dir, triage_tables.CANDIDATES, "mention_id", "rank", "kb_id", "score", "sources")
     if "triage" in train_config.features:
         inputs.attach_triage(candidates)
     all_gold = gold_rows(inputs, np.arange(inputs.mentions.height))  # by mention row (inputs.mentions is in row order)
@@ -197,7 +196,7 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
         distributed.barrier(world)
         return result
     if len(train_rows) == 0:
-        raise InputError("E112", path=triage_dir / "mentions.parquet", line="-",
+        raise InputError("E112", path=triage_tables.path(triage_dir, triage_tables.MENTIONS), line="-",
                          detail="no training mention (of train_languages, if set) links to an encoded KB entity; "
                                 "check the split, lang and gold_kb_id fields")
     train_matrix = candidate_matrix(candidates, inputs, train_rows)

@@ -17,11 +17,12 @@ from pipeline.candidates.kb_index import kb_entities, names_index
 from pipeline.core import schema
 from pipeline.core.config import RunConfig, to_dict
 from pipeline.core.errors import InputError
-from pipeline.core.io import atomic_path, file_fingerprint, write_json_atomic, write_parquet_atomic
+from pipeline.core.io import atomic_path, file_fingerprint, write_json_atomic
 from pipeline.core.manifest import StageResult, StageRun
 from pipeline.core.store import kb_index_root
 from pipeline.formats.inputs import check_gold_in_kb, load_mentions
 from pipeline.model.aliases import alias_table
+from pipeline.formats import triage_tables
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +76,9 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     mentions = load_mentions(inputs)
     logger.info("read %d mentions", mentions.height)
     entities_path = kb_entities(inputs.kb, index_root, fingerprints["kb"])
-    with atomic_path(out_dir / "entities.parquet") as temp_path:
+    with atomic_path(triage_tables.path(out_dir, triage_tables.ENTITIES)) as temp_path:
         shutil.copyfile(entities_path, temp_path)
-    entities = pl.read_parquet(out_dir / "entities.parquet")
+    entities = pl.read_parquet(triage_tables.path(out_dir, triage_tables.ENTITIES))
     entity_count = entities.height
     check_gold_in_kb(mentions, entities.lazy(), inputs.mentions)
 
@@ -87,10 +88,9 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
                               index_root, fingerprints["kb"], inputs.candidates)
     candidates = merge_candidates(pieces, mentions, config.triage.k, config.triage.oracle)
 
-    write_parquet_atomic(mentions.drop("line").select(list(schema.MENTIONS) + ["named"]), out_dir / "mentions.parquet")
-    write_parquet_atomic(candidates, out_dir / "candidates.parquet")
+    triage_tables.write(out_dir, mentions, candidates)
     report = recall_report(mentions, candidates, config.triage.k)
     write_json_atomic(out_dir / "report.json", {"recall": report.to_dicts()})
     counts = {"mentions": mentions.height, "entities": entity_count, "candidates": candidates.height}
-    return stage_run.finish(counts, ["mentions.parquet", "entities.parquet", "candidates.parquet", "report.json"],
+    return stage_run.finish(counts, [*triage_tables.FILES, "report.json"],
                             summary={"recall": report})
