@@ -58,17 +58,35 @@ _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 _NO_SUCH_COMMAND = getattr(click.exceptions, "NoSuchCommand", ())
 
 
+# What an interrupted command keeps (every write is atomic, so nothing is left half-written) and
+# how it resumes: said in one line on Ctrl-C, exit code 130 (128 + SIGINT, as shells report it).
+INTERRUPTED_KEEPS = {
+    "triage": "triage keeps nothing of this attempt (its tables are written whole or not at all)",
+    "encode": "encode keeps its finished chunks",
+    "train": "train keeps its last checkpoint (train.checkpoint_every epochs, or train.checkpoint_minutes)",
+    "evaluate": "evaluate keeps nothing of this attempt; the stages before it are finished",
+    "run": "finished stages are kept, with encode's finished chunks and train's last checkpoint",
+    "search": "finished trials are kept",
+    "experiment": "finished sub-runs are kept",
+    "link": "link keeps its finished chunks in --out",
+}
+INTERRUPTED_EXIT = 130
+
+
 class XelGroup(click.Group):
     """Turns a PipelineError, and click's own usage errors (`errors.usage_error`: E206/E207), into one
-    line and exit code 2 unless --debug is on. Help, and `xel-cli` without a command, stay click's."""
+    line and exit code 2 unless --debug is on; Ctrl-C into one line saying what was kept and how to
+    resume, exit code 130. Help, and `xel-cli` without a command, stay click's."""
 
     def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
         try:
-            return super().make_context(info_name, args, parent=parent, **extra)
+            context = super().make_context(info_name, args, parent=parent, **extra)
         except _NO_ARGS_IS_HELP:
             raise
         except click.UsageError as error:  # of the global options (`xel-cli --bogus`): click shows it as one line
             raise usage_error(error) from None
+        context.meta["xel.args"] = list(args)  # the command line, for the resume advice on Ctrl-C
+        return context
 
     def invoke(self, ctx: click.Context):
         try:
@@ -81,6 +99,21 @@ class XelGroup(click.Group):
             self._show(ctx, error)
         except OSError as error:  # what no stage coded: a path the system refuses (permissions, a file for a folder)
             self._show(ctx, os_error(error))
+        except KeyboardInterrupt:
+            self._interrupted(ctx)
+
+    @staticmethod
+    def _interrupted(ctx: click.Context) -> None:
+        """One line on Ctrl-C: what the command keeps (`INTERRUPTED_KEEPS`) and the command that resumes it."""
+        import shlex
+
+        state = ctx.find_object(State)
+        if state is not None and state.debug:
+            click.echo(traceback.format_exc(), err=True, nl=False)
+        kept = INTERRUPTED_KEEPS.get(ctx.invoked_subcommand or "", "nothing half-written is left")
+        again = shlex.join(["xel-cli", *ctx.meta.get("xel.args", [])])
+        click.echo(f"Interrupted: {kept}; run `{again}` again to resume.", err=True)
+        ctx.exit(INTERRUPTED_EXIT)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         """Commands in pipeline order (the run, its stages, then applying and studying models), not alphabetical."""
@@ -353,9 +386,12 @@ def experiment(config_path: Path, overrides: tuple[str, ...], run_dir: Path | No
 @click.option("--force", is_flag=True, help="Start over, dropping finished chunks and outputs.")
 @click.option("--fallback-threshold", type=float, default=None,
               help="NIL threshold of languages the model has none for (default: the median of its per-language thresholds).")
+@click.option("--ignore-entity-type", is_flag=True,
+              help="Ignore the mentions' entity_type (a TAC .tab's type column too), which the ranker otherwise reads "
+                   "as the mention's type (docs/inputs.md).")
 def link(model_dir: Path, mentions: Path, docs: Path | None, kb: Path | None, out_dir: Path,
          shard_text: str | None, merge: bool, score_links: bool, chunk_mentions: int, device: str | None, force: bool,
-         fallback_threshold: float | None, kb_map: Path | None) -> None:
+         fallback_threshold: float | None, ignore_entity_type: bool, kb_map: Path | None) -> None:
     """Link a new corpus with a trained linker, in chunks that resume when killed, shard and merge."""
     from pipeline.link.out_folder import out_folder
     from pipeline.link.run import LinkOptions, run as run_link
@@ -364,7 +400,7 @@ def link(model_dir: Path, mentions: Path, docs: Path | None, kb: Path | None, ou
     shard = _shard(shard_text, merge)
     options = LinkOptions(model=model_dir, mentions=mentions, out_dir=out_dir, docs=docs, kb=kb, shard=shard, merge=merge,
                           score=score_links, chunk_mentions=chunk_mentions, device=device, force=force,
-                          fallback_threshold=fallback_threshold, kb_map=kb_map)
+                          fallback_threshold=fallback_threshold, ignore_entity_type=ignore_entity_type, kb_map=kb_map)
     # Shards of one corpus write separate chunk files at once, so they take no lock (as encode's).
     with out_folder(out_dir, locked=shard is None):
         result = run_link(options)
@@ -377,8 +413,8 @@ def link(model_dir: Path, mentions: Path, docs: Path | None, kb: Path | None, ou
 @click.option("--out", "out_option", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="A new or empty folder to copy it to.")
 # The old positional form `export RUN_DIR OUT_DIR`, kept for one release.
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=False)
-@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path), required=False)
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=False, metavar="RUN_DIR")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path), required=False, metavar="OUT_DIR")
 def export(run_dir_option: Path | None, out_option: Path | None, run_dir: Path | None, out_dir: Path | None) -> None:
     """Copy a run's trained linker to a folder of its own: xel-cli export --run-dir RUN --out DIR."""
     from pipeline.model.model_folder import export_model

@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -166,18 +167,49 @@ def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out_dir
 
 
+def _user_cache() -> Path:
+    """The user's store (`$XEL_CACHE` or `~/.cache/xel`) as it was before the tests set their own."""
+    configured = os.environ.get("XEL_CACHE")
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "xel"
+
+
+USER_CACHE = _user_cache()
+
+
+def link_user_encoder(store: Path) -> None:
+    """Link the user's offline encoder build into `store` when it exists (`default_encoder_dir` builds it)."""
+    build, link = USER_CACHE / "multilingual-e5-small", store / "multilingual-e5-small"
+    if build.is_dir() and not link.exists():
+        link.symlink_to(build, target_is_directory=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every test session's own store (`XEL_CACHE`): KB indexes and entity vectors the tests build never
+    reach the user's store, and tests run beside each other (or beside another checkout's) share none.
+    The offline encoder build is the user's, linked in, so it is built once per machine."""
+    store = tmp_path_factory.mktemp("xel-store")
+    link_user_encoder(store)
+    saved = os.environ.get("XEL_CACHE")
+    os.environ["XEL_CACHE"] = str(store)
+    yield store
+    os.environ.pop("XEL_CACHE") if saved is None else os.environ.__setitem__("XEL_CACHE", saved)
+
+
 @pytest.fixture(scope="session")
 def default_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The offline multilingual-e5-small folder, built once per machine.
 
-    Uses the real default cache (`$XEL_CACHE` or `~/.cache/xel`); falls back to a
-    temporary cache only if that one cannot be written.
+    Built in the user's store (`$XEL_CACHE` or `~/.cache/xel`, which the session's own
+    store links to); falls back to a temporary cache only if that one cannot be written.
     """
-    from pipeline.encoders.build import default_cache_dir, ensure_default_encoder
+    from pipeline.encoders.build import ensure_default_encoder
     from pipeline.core.errors import ConfigError
 
     try:
-        return ensure_default_encoder(default_cache_dir())
+        built = ensure_default_encoder(USER_CACHE)
+        link_user_encoder(Path(os.environ["XEL_CACHE"]))  # the session's store: names resolve there
+        return built
     except ConfigError as err:
         if err.code == "E501":
             pytest.skip(f"offline encoder packages not installed: {err.message}")

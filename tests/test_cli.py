@@ -475,7 +475,10 @@ def test_train_resumes_from_its_checkpoint(base_run: dict, run_copy: Path, monke
 
     monkeypatch.setattr(pipeline.train.batches, "sample_negatives", killed_in_epoch_5)
     interrupted = invoke("train", "--config", base_run["config"], "--run-dir", run_copy)
-    assert interrupted.exit_code != 0
+    # Ctrl-C: one line saying what was kept and how to resume, exit 130 (issue 21 item 16).
+    assert interrupted.exit_code == 130 and interrupted.output == (
+        "Interrupted: train keeps its last checkpoint (train.checkpoint_every epochs, or train.checkpoint_minutes); "
+        f"run `xel-cli train --config {base_run['config']} --run-dir {run_copy}` again to resume.\n"), interrupted.output
     train_dir = run_copy / "train"
     assert (train_dir / "checkpoints" / "last.pt").is_file()
     assert not (train_dir / "model.pt").exists() and not (train_dir / "manifest.json").exists()
@@ -494,6 +497,51 @@ def test_train_resumes_from_its_checkpoint(base_run: dict, run_copy: Path, monke
     # A checkpoint of other settings is not resumed from.
     other = succeeded(invoke("train", "--config", base_run["config"], "--run-dir", run_copy, "--set", "train.margin=0.5"))
     assert "resuming training" not in other.output and "ignoring checkpoint" in other.output
+
+
+def test_train_checkpoints_within_minutes_whatever_checkpoint_every(base_run: dict, run_copy: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """With checkpoint_every beyond the run's epochs, train still checkpoints once checkpoint_minutes
+    have passed (issue 21 item 16: the first checkpoint within minutes); a kill then resumes from it."""
+    import pipeline.train.stage as train_stage
+
+    shutil.rmtree(run_copy / "train")
+    shutil.rmtree(run_copy / "evaluate")
+    ticks = iter(range(0, 10**6, 600))  # every look at the clock: ten more minutes
+    monkeypatch.setattr(train_stage, "_clock", lambda: float(next(ticks)))
+    real_sample = pipeline.train.batches.sample_negatives
+    calls = {"n": 0}
+
+    def killed_in_epoch_5(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 9:
+            raise KeyboardInterrupt("simulated Ctrl-C")
+        return real_sample(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline.train.batches, "sample_negatives", killed_in_epoch_5)
+    interrupted = invoke("train", "--config", base_run["config"], "--run-dir", run_copy,
+                         "--set", "train.checkpoint_every=1000", "--set", "train.checkpoint_minutes=5")
+    assert interrupted.exit_code == 130
+    checkpoint = torch.load(run_copy / "train" / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert checkpoint["epoch"] == 4
+    config = train_stage.TrainConfig(epochs=500, checkpoint_every=50, checkpoint_minutes=5)
+    assert [train_stage.checkpoint_due(epoch, seconds, config) for epoch, seconds in
+            ((1, 299.0), (1, 300.0), (50, 0.0), (500, 0.0), (7, 1e6))] == [False, True, True, True, True]
+    assert not train_stage.checkpoint_due(7, 1e6, train_stage.TrainConfig(checkpoint_minutes=0))
+
+
+def test_ctrl_c_says_in_one_line_what_was_kept_and_how_to_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.link.run
+
+    def interrupted(options):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline.link.run, "run", interrupted)
+    result = invoke("link", "--model", tmp_path / "model", "--mentions", tmp_path / "m 1.jsonl", "--out", tmp_path / "out")
+    assert result.exit_code == 130 and "Traceback" not in result.output
+    assert result.output == (f"Interrupted: link keeps its finished chunks in --out; run `xel-cli link --model {tmp_path}/model "
+                             f"--mentions '{tmp_path}/m 1.jsonl' --out {tmp_path}/out` again to resume.\n")
+    assert not (tmp_path / "out").exists()  # nothing linked: the folder link made is gone again
 
 
 def test_same_seed_gives_identical_models(base_run: dict, tmp_path: Path) -> None:

@@ -49,6 +49,25 @@ def test_unknown_key_in_section_names_file_and_key(tmp_path: Path) -> None:
     assert "epochs" in message  # the known keys are listed
 
 
+@pytest.mark.parametrize("where, text, suggestion", [
+    ("file", "\n[train]\nepochz = 5\n", "did you mean `epochs`?"),
+    ("file", "\n[evaluate]\nnil_methods = \"auto\"\n", "did you mean `nil_method`?"),
+    ("top level", "", "did you mean `name`?"),
+    ("--set", "", "did you mean `learning_rate`?"),
+])
+def test_unknown_key_suggests_the_closest_known_key(tmp_path: Path, where: str, text: str, suggestion: str) -> None:
+    """E201 names the closest known key when one is close (issue 21 item 16), and none when none is."""
+    path = write_config(tmp_path, text, base='nmae = "cfg"\n' + BASE if where == "top level" else BASE)
+    overrides = ("train.learning_rte=0.1",) if where == "--set" else ()
+    with pytest.raises(ConfigError, match="E201") as caught:
+        load_config(path, overrides)
+    assert suggestion in caught.value.format_message(), caught.value.format_message()
+    far = write_config(tmp_path, "\n[train]\nzzzz = 5\n")
+    with pytest.raises(ConfigError, match="E201") as caught:
+        load_config(far)
+    assert "did you mean" not in caught.value.format_message()
+
+
 def test_unknown_top_level_key_is_e201(tmp_path: Path) -> None:
     path = write_config(tmp_path, base='seed = 3\n' + BASE)
     with pytest.raises(ConfigError, match="E201") as caught:
@@ -94,6 +113,9 @@ def test_missing_config_file_is_e108(tmp_path: Path) -> None:
         # Values that cannot be converted must be refused with a code, never a traceback.
         ("train", 'name_hidden = ["wide"]', "name_hidden"),
         ("evaluate", 'fixed_thresholds = { en = "low" }', "fixed_thresholds"),
+        # A NIL threshold meets the ranker's [-1, 1] score; the model folder would refuse others (issue 21 item 3).
+        ("evaluate", "default_threshold = nan", "default_threshold"),
+        ("evaluate", "fixed_thresholds = { en = 1.5 }", "fixed_thresholds"),
     ],
 )
 def test_bad_values_are_e203(tmp_path: Path, section: str, line: str, field: str) -> None:

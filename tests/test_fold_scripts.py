@@ -95,3 +95,32 @@ def test_nil_clusters_keep_script_letters_and_empty_keys_apart() -> None:
     assert clusters["a"] == clusters["c"]  # the same name across documents: one cluster
     assert len({clusters["a"], clusters["b"], clusters["d"], clusters["e"]}) == 4
     assert clusters["f"] == "Q1"
+
+
+# Invisible characters inside a word (format characters, category Cf) and the tatweel that only
+# stretches it: one key with the word written without them, never a word break (issue 21 item 5).
+INVISIBLE = {
+    "Persian ZWNJ": ("نورد\u200cبانک", "نوردبانک"),
+    "zero-width joiner": ("क्\u200dष", "क्ष"),
+    "Arabic tatweel": ("بنـــك", "بنك"),
+    "zero-width space": ("Nord\u200bbank", "Nordbank"),
+    "word joiner": ("Nord\u2060bank", "Nordbank"),
+    "soft hyphen": ("Nord\u00adbank", "Nordbank"),
+    "byte order mark": ("\ufeffNordbank", "Nordbank"),
+    "right-to-left mark": ("نوردبانک\u200f", "نوردبانک"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(INVISIBLE))
+def test_invisible_characters_fold_away_without_breaking_the_word(kind: str) -> None:
+    written, plain = INVISIBLE[kind]
+    assert fold(written) == fold(plain) and " " not in fold(written)
+    assert romanise(written) == romanise(plain)
+
+
+def test_a_persian_mention_with_zwnj_meets_its_alias_exactly() -> None:
+    surfaces = add_keys(pl.DataFrame({"surface": ["نوردبانک"], "kb_id": ["Q1"]}), "surface") \
+        .with_columns(pl.lit("").alias("surface_acronym"))
+    mentions = _mentions([("m1", "نورد\u200cبانک", "Q1"), ("m2", "نوردبـانک", "Q1")])
+    found = kb_name_candidates(mentions, surfaces).sort("mention_id")
+    assert found.select("mention_id", "kb_id").rows() == [("m1", "Q1"), ("m2", "Q1")]

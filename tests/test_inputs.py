@@ -99,6 +99,28 @@ def test_rename_duplicate_ids_renames_instead(tmp_path: Path) -> None:
     assert frame["mention"].to_list() == ["Barack Obama", "Berlin", "Angela Merkel"]
 
 
+def test_drop_duplicate_spans_keeps_the_first_of_each_span_and_warns_once(tmp_path: Path, caplog) -> None:
+    """One span marked twice with two gold ids (as NEREL's training part has) is E115 unless
+    inputs.drop_duplicate_spans keeps the first and counts the rest in one W108 (issue 21 item 8)."""
+    text = "Barack Obama met Angela Merkel in Berlin."
+    records = [mention("m1", text, "Barack Obama", gold_kb_id="Q1"), mention("m2", text, "Berlin", gold_kb_id="Q4"),
+               mention("m3", text, "Barack Obama", gold_kb_id="Q9"), mention("m4", text, "Berlin", gold_kb_id="Q4"),
+               mention("m5", text, "Angela Merkel", gold_kb_id="Q2")]
+    records = [{**r, "doc_id": "d1"} for r in records]
+    path = write_jsonl(tmp_path / "mentions.jsonl", records)
+    assert f"{path}:3:" in raises_input_error("E115", read, path)
+    with caplog.at_level("WARNING"):
+        frame = read(path, drop_duplicate_spans=True)
+    assert frame["mention_id"].to_list() == ["m1", "m2", "m5"]
+    assert frame["gold_kb_id"].to_list() == ["Q1", "Q4", "Q2"]
+    warnings = [r.getMessage() for r in caplog.records if "[W108]" in r.getMessage()]
+    assert len(warnings) == 1 and f"{path}: dropped 2 mention(s)" in warnings[0]
+    assert "1 of them with another gold id; first on line 3: mention 'm3' (gold 'Q9'; the first has 'Q1') repeats line 1" \
+        in warnings[0]
+    config = InputsConfig(kb=path, mentions=path, drop_duplicate_spans=True)
+    assert load_mentions(config)["mention_id"].to_list() == ["m1", "m2", "m5"]
+
+
 def test_duplicate_kb_id_is_e104(tmp_path: Path) -> None:
     kb = write_jsonl(tmp_path / "kb.jsonl", TINY_KB + [{"kb_id": "Q2", "name": "Angela Dorothea Merkel"}])
     out = tmp_path / "out" / "entities.parquet"
@@ -284,6 +306,21 @@ def tac_files(tmp_path: Path) -> dict[str, Path]:
     return {"source": source, "train": train, "test": test}
 
 
+def test_drop_duplicate_spans_in_a_tac_file(tac_files: dict[str, Path], caplog) -> None:
+    tab = tac_files["train"]
+    tab.write_text(tab.read_text(encoding="utf-8") + tac_line("EDL_9", "ENG_NW_0001", "Barack Obama", "Q7") + "\n",
+                   encoding="utf-8")
+    assert f"{tab}:4:" in raises_input_error("E115", read_tac_mentions, {"train": tab}, tac_files["source"], 60)
+    with caplog.at_level("WARNING"):
+        frame = read_tac_mentions({"train": tab, "test": tac_files["test"]}, tac_files["source"], 60,
+                                  drop_duplicate_spans=True)
+    assert frame["mention_id"].to_list() == [f"EDL_{i}" for i in range(1, 7)]
+    assert [r.getMessage() for r in caplog.records if "[W108]" in r.getMessage()] == [
+        f"[W108] {tab}: dropped 1 mention(s) covering the span of an earlier one (1 of them with another gold id; first "
+        "on line 4: mention 'EDL_9' (gold 'Q7'; the first has 'Q1') repeats line 2), keeping the first of each span "
+        "(inputs.drop_duplicate_spans)"]
+
+
 def test_tac_reader_counts_raw_characters_end_inclusive(tac_files: dict[str, Path]) -> None:
     frame = read_tac_mentions({"train": tac_files["train"], "test": tac_files["test"]}, tac_files["source"], 60)
     rows = {row["mention_id"]: row for row in frame.iter_rows(named=True)}
@@ -378,3 +415,15 @@ def test_triage_command_with_docs_file_and_renamed_duplicates(make_run_config, t
     table = pl.read_parquet(tmp_path / "run" / "triage" / "mentions.parquet")
     assert table["mention_id"].to_list() == ["m1", "m1#17-30"]
     assert table["context"].to_list() == [doc_text[:62], doc_text[0:80]]
+
+
+def test_ignore_entity_type_reads_no_mention_types(tac_files: dict[str, Path], tmp_path: Path) -> None:
+    """A .tab's type column is each mention's entity_type, as JSONL's field is; inputs.ignore_entity_type
+    reads none from either (issue 21 item 15)."""
+    kb = write_jsonl(tmp_path / "kb.jsonl", TINY_KB)
+    tac = {"kb": kb, "tac_train": tac_files["train"], "tac_source": tac_files["source"]}
+    assert load_mentions(InputsConfig(**tac))["entity_type"].to_list() == ["PER", "PER", "GPE"]
+    assert load_mentions(InputsConfig(**tac, ignore_entity_type=True))["entity_type"].null_count() == 3
+    jsonl = write_jsonl(tmp_path / "m.jsonl", [mention("m1", "Paris is big.", "Paris", entity_type="GPE")])
+    assert load_mentions(InputsConfig(kb=kb, mentions=jsonl))["entity_type"].to_list() == ["GPE"]
+    assert load_mentions(InputsConfig(kb=kb, mentions=jsonl, ignore_entity_type=True))["entity_type"].to_list() == [None]

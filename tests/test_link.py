@@ -13,13 +13,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from click.testing import CliRunner, Result
 
 from cli import main
 from conftest import run_demo_linker, write_jsonl
-from pipeline.core.errors import ConfigError, InputError
+from pipeline.core.errors import CacheError, ConfigError, InputError
 from pipeline.link import Linker
 from pipeline.model.model_folder import load_model_folder
 from pipeline.formats.tac import read_tab
@@ -97,9 +98,10 @@ def test_link_gives_evaluates_links_and_nil_decisions(demo_run: dict, tmp_path: 
     predictions = pl.read_parquet(demo_run["run_dir"] / "evaluate" / "predictions.parquet")
     scores = predictions.join(links, on="mention_id")
     assert scores.height == 66 and (scores["best_score"] - scores["score"]).abs().max() < 1e-5
-    assert (scores["threshold"] == scores["threshold_right"]).all()
+    for column in ("threshold", "nil_probability", "nil_cut"):  # what decided NIL, as evaluate's
+        assert scores[column].eq_missing(scores[f"{column}_right"]).all(), column
     assert links.columns == ["mention_id", "doc_id", "start", "end", "lang", "mention", "kb_id", "score", "is_nil",
-                             "threshold", "candidates"]
+                             "threshold", "nil_probability", "nil_cut", "candidates"]
     first = links.filter(pl.col("candidates").list.len() > 1).row(0, named=True)
     ranked = [c["score"] for c in first["candidates"]]
     assert ranked == sorted(ranked, reverse=True) and first["candidates"][0]["sources"]
@@ -170,6 +172,62 @@ def test_export_round_trip_and_python_api(demo_run: dict, tmp_path: Path) -> Non
         assert nothing.height == 0 and nothing.schema == links.schema == cli_links.schema
 
 
+def _numpy_values(record: dict) -> dict:
+    """A record as numpy gives its values: np.int64 offsets, np.str_ strings, np.bool_ flags."""
+    kinds = {bool: np.bool_, int: np.int64, str: np.str_}
+    return {key: kinds[type(value)](value) for key, value in record.items()}
+
+
+class FrameLike:
+    """What pandas hands over (`to_dict("records")`) for a frame whose columns have missing values:
+    offsets upcast to float64 with NaN where missing, NaN for a missing string. Stands in for pandas,
+    which is not a dependency of xel, so the API is tested without it too."""
+
+    columns = ("id", "doc_id", "lang", "mention", "text", "start", "end", "doc_start", "doc_end")
+
+    def __init__(self, records: list[dict]) -> None:
+        self.records = records
+
+    def to_dict(self, orient: str) -> list[dict]:
+        assert orient == "records"
+        return [{name: (np.float64(r[name]) if name in ("start", "end", "doc_start", "doc_end") else r[name])
+                 if r.get(name) is not None else np.nan for name in self.columns} for r in self.records]
+
+
+def test_the_python_api_takes_numpy_values_frames_and_arrow_tables(demo_run: dict) -> None:
+    """`Linker.link` reads numpy scalars, pandas-like frames (NaN for missing, float offsets) and pyarrow
+    tables as the plain records they hold (issue 21 item 4; `np.int64` offsets were refused with E103)."""
+    import pyarrow as pa
+
+    linker = Linker.load(demo_run["model"])
+    records = without_gold(demo_records("test"))[:10]
+    columns = ["mention_id", "start", "end", "kb_id", "is_nil"]
+    expected = linker.link(records).select(columns)
+    assert linker.link([_numpy_values(r) for r in records]).select(columns).equals(expected)
+    assert linker.link(pa.Table.from_pylist(records)).select(columns).equals(expected)
+    # Half the mentions by doc_start/doc_end into docs given as a frame too: missing offsets and texts are NaN.
+    docs = {r["doc_id"]: r["text"] for r in records}
+    mixed = [r if i % 2 else {**{k: v for k, v in r.items() if k not in ("text", "start", "end")},
+                              "doc_start": r["start"], "doc_end": r["end"]} for i, r in enumerate(records)]
+    doc_frame = FrameLike([{"doc_id": d, "text": t} for d, t in docs.items()])
+    doc_frame.columns = ("doc_id", "text")
+    assert linker.link(FrameLike(mixed), docs=doc_frame).select(columns).equals(expected)
+    with pytest.raises(InputError, match=r"\[E103\] <mentions>:1: field 'start' should be an integer, got 0.5"):
+        linker.link([{**records[0], "start": np.float64(0.5)}])
+    with pytest.raises(InputError, match=r"\[E101\] <mentions>:2: .*expected an object, got list"):
+        linker.link([records[0], ["not", "a", "record"]])
+
+
+def test_the_python_api_takes_pandas_frames(demo_run: dict) -> None:
+    pd = pytest.importorskip("pandas", reason="pandas is not installed (not a dependency of xel)")
+    linker = Linker.load(demo_run["model"])
+    records = without_gold(demo_records("test"))[:10]
+    columns = ["mention_id", "start", "end", "kb_id", "is_nil"]
+    frame = pd.DataFrame(records)
+    frame.loc[0, "entity_type"] = None
+    assert linker.link(frame).select(columns).equals(linker.link(records).select(columns))
+
+
 @pytest.mark.parametrize("damage, code", [
     ("model.json missing", "E701"), ("foreign model.json", "E701"), ("model.json not JSON", "E702"),
     ("model.pt changed", "E702"), ("aliases.parquet missing", "E702"), ("newer format", "E703"),
@@ -203,6 +261,61 @@ def test_a_damaged_or_foreign_model_folder_is_one_line_error(demo_run: dict, tmp
     error_lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(error_lines) == 1 and f"[{code}]" in error_lines[0] and "Traceback" not in result.output
     assert not (tmp_path / "out" / "links.parquet").exists()
+
+
+@pytest.mark.parametrize("edit, where", [
+    (lambda meta: meta["nil"]["thresholds"].update(en="0.5"), "nil.thresholds.en: Input should be a valid number (got '0.5')"),
+    (lambda meta: meta["nil"]["thresholds"].update(en=float("nan")), "nil.thresholds.en: Input should be a finite number"),
+    (lambda meta: meta["nil"]["thresholds"].update(en=1.5), "nil.thresholds.en: Input should be less than or equal to 1"),
+    (lambda meta: meta["nil"].update(fallback=True), "nil.fallback: Input should be a valid number"),
+    (lambda meta: meta["nil"].update(method="vote"), "nil.method: Input should be 'threshold', 'classifier' or 'nota'"),
+    (lambda meta: meta["encoder"]["settings"].update(batch_tokens="16384"), "encoder.settings.batch_tokens: Input should be a valid integer"),
+    (lambda meta: meta["encoder"]["settings"].update(batch_tokens=8), "encoder.settings.batch_tokens: must be at least max_context_tokens"),
+    (lambda meta: meta["triage"].update(k=0), "triage.k: must be between 1 and 1000 (got 0)"),
+    (lambda meta: meta["triage"].update(fuzzy_min_score=float("inf")), "triage.fuzzy_min_score"),
+    (lambda meta: meta["inputs"].update(context_chars=-1), "inputs.context_chars: Input should be greater than or equal to 50"),
+    (lambda meta: meta["types"].update(entity="PER"), "types.entity: Input should be a valid array"),
+    (lambda meta: meta["kb"].pop("path"), "kb.path: Field required"),
+    (lambda meta: meta["trained_on"].update(best_dev_accuracy="0.9"), "trained_on.best_dev_accuracy"),
+    (lambda meta: meta.update(popularity_rerank="no"), "popularity_rerank: Input should be a valid boolean"),
+], ids=["threshold-string", "threshold-nan", "threshold-range", "fallback-bool", "method", "encoder-type", "encoder-check",
+        "triage-k", "triage-inf", "context-chars", "types", "kb-path", "trained-on", "popularity"])
+def test_every_model_json_value_is_checked_on_load_naming_its_key(demo_run: dict, tmp_path: Path, edit, where: str) -> None:
+    """A hand-edited model.json value of the wrong type, not finite or out of range is E702 naming its key
+    path when the folder loads (issue 21 item 3): before, a threshold "0.5" crashed mid-link with a
+    TypeError after encoding, and a NaN one made every mention of its language NIL, silently."""
+    model = tmp_path / "model"
+    shutil.copytree(demo_run["model"], model)
+    meta = json.loads((model / "model.json").read_text(encoding="utf-8"))
+    edit(meta)
+    (model / "model.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(CacheError) as caught:
+        load_model_folder(model)
+    assert caught.value.code == "E702" and where in caught.value.message, caught.value.message
+    assert "correct that value, or export it again" in caught.value.message
+    result = link(model, demo_run["test"], tmp_path / "out")
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and where in result.output, result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_classifier_of_mismatched_shapes_is_e702(demo_run: dict, tmp_path: Path) -> None:
+    from pipeline.model import nil_classifier
+
+    run_dir = demo_run["run_dir"]
+    predictions = pl.read_parquet(run_dir / "evaluate" / "predictions.parquet")
+    with_evidence = nil_classifier.add_evidence(predictions, pl.read_parquet(run_dir / "triage" / "candidates.parquet"))
+    classifier = nil_classifier.fit(with_evidence.filter(pl.col("gold_kb_id").is_not_null()))
+    model = tmp_path / "model"
+    shutil.copytree(demo_run["model"], model)
+    meta = json.loads((model / "model.json").read_text(encoding="utf-8"))
+    meta["nil"] = {**meta["nil"], "method": "classifier", "classifier": {**classifier, "mean": classifier["mean"][:-1]}}
+    (model / "model.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(CacheError, match=r"\[E702\].*nil\.classifier: mean and scale need one value per feature"):
+        load_model_folder(model)
+    meta["nil"]["classifier"] = {**classifier, "scale": [0.0] * len(classifier["scale"])}
+    (model / "model.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(CacheError, match=r"\[E702\].*nil\.classifier\.scale\.0: Input should be greater than 0"):
+        load_model_folder(model)
 
 
 def demo_kb() -> list[dict]:
@@ -611,8 +724,12 @@ def test_link_decides_nil_with_the_learned_classifier_as_evaluate_would(demo_run
     assert both["is_nil"].to_list() == both["is_nil_link"].to_list()
     linked = both.filter(~pl.col("is_nil"))
     assert linked["kb_id"].to_list() == linked["kb_id_link"].to_list()
-    assert links.columns[:10] == ["mention_id", "doc_id", "start", "end", "lang", "mention", "kb_id", "score", "is_nil",
-                                  "threshold"]
+    assert links.columns[:12] == ["mention_id", "doc_id", "start", "end", "lang", "mention", "kb_id", "score", "is_nil",
+                                  "threshold", "nil_probability", "nil_cut"]
+    # The row shows the classifier's P(NIL) and its cut, not a threshold that contradicts is_nil (issue 21 item 12).
+    assert links["threshold"].null_count() == links.height
+    with_candidates = links.filter(pl.col("score").is_not_null())
+    assert with_candidates["is_nil"].to_list() == (with_candidates["nil_probability"] > with_candidates["nil_cut"]).to_list()
 
 
 def test_a_failed_link_removes_only_the_out_folder_it_made_and_that_holds_nothing_linked(
@@ -883,3 +1000,59 @@ def test_a_blank_gold_id_is_no_gold(demo_run: dict, tmp_path: Path, form: str) -
     blank = mentions("blank", [{**record, "gold_kb_id": " "} for record in records])
     refused = link(demo_run["model"], blank, tmp_path / "none", "--score")
     assert refused.exit_code == 2 and f"Error: [E709] {blank}: --score needs gold_kb_id" in refused.output
+
+
+def test_a_link_says_when_it_replaces_the_links_of_another_model_or_kb(demo_run: dict, tmp_path: Path) -> None:
+    """One W704 line when --out holds links of another model or KB, which this link replaces (issue 21
+    item 13); none for a relink of the same model and KB (another corpus, up to date, resumed)."""
+    out = tmp_path / "out"
+    few = write_jsonl(tmp_path / "few.jsonl", without_gold(demo_records("test"))[:8])
+    other = tmp_path / "other-model"
+    shutil.copytree(demo_run["model"], other)
+    meta = json.loads((other / "model.json").read_text(encoding="utf-8"))
+    meta["nil"]["fallback"] = 0.0  # another model: its own NIL setting
+    (other / "model.json").write_text(json.dumps(meta), encoding="utf-8")
+    kb = tmp_path / "kb.jsonl"
+    kb.write_text((DEMO / "kb.jsonl").read_text(encoding="utf-8") + json.dumps({"kb_id": "new:1", "name": "New"}) + "\n",
+                  encoding="utf-8")
+
+    def replaced(result: Result) -> list[str]:
+        return [line for line in result.output.splitlines() if "[W704]" in line]
+
+    assert replaced(succeeded(link(demo_run["model"], few, out))) == []
+    assert replaced(succeeded(link(demo_run["model"], demo_run["test"], out))) == []  # another corpus, same model
+    lines = replaced(succeeded(link(other, few, out)))
+    assert len(lines) == 1 and f"{out} holds the links of another model ({demo_run['model'].resolve()}, now " \
+        f"{other.resolve()}); this link replaces them" in lines[0], lines
+    lines = replaced(succeeded(link(other, few, out, "--kb", kb)))
+    assert len(lines) == 1 and f"another KB ({(DEMO / 'kb.jsonl').resolve()}, now {kb.resolve()})" in lines[0], lines
+    assert replaced(succeeded(link(other, few, out, "--kb", kb))) == []  # up to date
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["linked_with"]["model"] == str(other.resolve()) and manifest["linked_with"]["kb"] == str(kb.resolve())
+
+
+def test_a_tab_files_type_column_feeds_the_ranker_unless_ignored(demo_run: dict, tmp_path: Path) -> None:
+    """A TAC .tab's type column is each mention's entity_type, which the ranker's type features read, so
+    its links differ from the same mentions given without types; --ignore-entity-type makes them equal
+    (issue 21 item 15)."""
+    records = without_gold(demo_records("test"))
+    source = tmp_path / "source"
+    source.mkdir()
+    lines = []
+    for r in records:
+        doc_id = f"demo:{r['lang']}:{r['doc_id']}"
+        (source / f"{doc_id.replace(':', '__')}.txt").write_text(r["text"], encoding="utf-8")
+        lines.append(f"xel\t{r['id']}\t{r['mention']}\t{doc_id}:{r['start']}-{r['end'] - 1}\tNIL\t{r['entity_type']}\tNAM\t1.0\n")
+    tab = tmp_path / "mentions.tab"
+    tab.write_text("".join(lines), encoding="utf-8")
+    untyped = write_jsonl(tmp_path / "untyped.jsonl", [{k: v for k, v in r.items() if k != "entity_type"} for r in records])
+    succeeded(link(demo_run["model"], untyped, tmp_path / "untyped"))
+    succeeded(link(demo_run["model"], tab, tmp_path / "typed", "--docs", source))
+    succeeded(link(demo_run["model"], tab, tmp_path / "ignored", "--docs", source, "--ignore-entity-type"))
+    reference, typed, ignored = (pl.read_parquet(tmp_path / name / "links.parquet").sort("mention_id")
+                                 for name in ("untyped", "typed", "ignored"))
+    assert (typed["score"] - reference["score"]).abs().max() > 1e-3  # the types moved the ranker's scores
+    assert (ignored["score"] - reference["score"]).abs().max() < 1e-6
+    assert ignored.select("mention_id", "kb_id", "is_nil").equals(reference.select("mention_id", "kb_id", "is_nil"))
+    system = read_tab(tmp_path / "ignored" / "system.tab")
+    assert set(system["entity_type"].to_list()) == {"UNK"}  # no type read: none written either

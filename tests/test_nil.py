@@ -11,7 +11,7 @@ import pytest
 from pipeline.evaluate import nil_choice
 from pipeline.model import nil_classifier
 from pipeline.core.config import EvaluateConfig
-from pipeline.evaluate.error_analysis import analyse, outcome_scores
+from pipeline.evaluate.error_analysis import analyse, markdown, outcome_scores
 from pipeline.model.nil import decide_nil
 
 SCHEMA = {"mention_id": pl.String, "lang": pl.String, "mention": pl.String, "entity_type": pl.String,
@@ -91,8 +91,35 @@ def test_decide_nil_applies_thresholds_or_the_classifier() -> None:
     assert decide_nil(table, artifact)["kb_id"].to_list() == ["Q1", "NIL", "NIL"]
     artifact = {**artifact, "thresholds": {"en": -1.0}, "method": "classifier", "classifier": nil_classifier.fit(separable(60, 0))}
     decided = decide_nil(table, artifact)
-    # The classifier overrides en's threshold -1 for b; c has no candidate; `threshold` is still reported.
-    assert decided["kb_id"].to_list() == ["Q1", "NIL", "NIL"] and decided["threshold"].to_list() == [-1.0, -1.0, -1.0]
+    # The classifier overrides en's threshold -1 for b; c has no candidate.
+    assert decided["kb_id"].to_list() == ["Q1", "NIL", "NIL"]
+    # What decided is shown, never a threshold that contradicts is_nil (issue 21 item 12): the classifier's
+    # P(NIL) and the cut it passes (P(right)), and no threshold.
+    assert decided["threshold"].to_list() == [None, None, None]
+    probability, cut = decided["nil_probability"].to_list(), decided["nil_cut"].to_list()
+    assert probability[0] < cut[0] and probability[1] > cut[1]
+    assert all(0.0 <= value <= 1.0 for value in probability + cut)
+
+
+@pytest.mark.parametrize("method", ["threshold", "classifier", "nota"])
+def test_the_decision_columns_never_contradict_is_nil(method: str) -> None:
+    """With thresholds or nota, NIL exactly when best_score < threshold (nota's threshold is the NIL
+    score); with the classifier, exactly when nil_probability > nil_cut (no candidate: NIL either way)."""
+    rows = [(f"m{i}", "en", f"Q{i}", score, score - 0.1, "NIL" if score < 0 else f"Q{i}")
+            for i, score in enumerate(np.linspace(-0.9, 0.9, 12).tolist())] + [("none", "en", None, None, None, "NIL")]
+    table = evidence_table(rows).with_columns(pl.Series("nil_score", [0.1] * 12 + [None], dtype=pl.Float64))
+    artifact = {"method": method, "thresholds": {"en": -1.0 if method != "threshold" else 0.2}, "default_threshold": -1.0,
+                "classifier": nil_classifier.fit(separable(60, 0)) if method == "classifier" else None}
+    decided = decide_nil(table, artifact)
+    has = decided["best_kb_id"].is_not_null()
+    if method == "classifier":
+        rule = decided["nil_probability"] > decided["nil_cut"]
+        assert decided["threshold"].null_count() == decided.height
+    else:
+        rule = decided["best_score"] < decided["threshold"]
+        assert decided["nil_probability"].null_count() == decided["nil_cut"].null_count() == decided.height
+    assert decided.filter(has)["is_nil"].to_list() == rule.filter(has).to_list()
+    assert 0 < decided["is_nil"].sum() < decided.height and decided.filter(~has)["is_nil"].to_list() == [True]
 
 
 def test_choose_warns_about_thin_or_missing_dev_and_falls_back(caplog: pytest.LogCaptureFixture) -> None:
@@ -158,7 +185,9 @@ def test_error_analysis_on_a_hand_made_case() -> None:
     })
     candidates = pl.DataFrame({"mention_id": ["m1", "m2", "m2", "m3", "m3", "m4", "m6"], "rank": [1, 2, 1, 7, 1, 1, 3],
                                "kb_id": ["Q1", "Q2", "Q8", "Q3", "Q4", "Q9", "Q4"]})
-    table, confusions = analyse(evaluated, candidates, seen_kb_ids=["Q1", "Q9"])
+    names = pl.DataFrame({"kb_id": ["Q1", "Q3", "Q4", "Q9"], "name": ["Paris", "George W. Bush", "George H. W. Bush",
+                                                                       "Paris, Texas"]})
+    table, confusions = analyse(evaluated, candidates, seen_kb_ids=["Q1", "Q9"], names=names)
 
     def cell(analysis: str, group: str, lang: str = "all") -> tuple:
         row = table.filter((pl.col("analysis") == analysis) & (pl.col("group") == group) & (pl.col("lang") == lang))
@@ -178,7 +207,11 @@ def test_error_analysis_on_a_hand_made_case() -> None:
     nil_es = table.filter((pl.col("analysis") == "NIL") & (pl.col("lang") == "es")).row(0, named=True)
     assert (nil_es["nil_precision"], nil_es["nil_recall"], nil_es["nil_f1"]) == (1.0, 1.0, 1.0)
     # Q3 -> Q4 twice (first example by mention id: "Bush"), Q1 -> Q9 once.
-    assert confusions.rows() == [("Q3", "Q4", 2, "Bush"), ("Q1", "Q9", 1, "París")]
+    # Entity names beside the KB ids (issue 21 item 16), in confusions.parquet and report.md.
+    assert confusions.rows() == [("Q3", "George W. Bush", "Q4", "George H. W. Bush", 2, "Bush"),
+                                 ("Q1", "Paris", "Q9", "Paris, Texas", 1, "París")]
+    assert "| Q3 (George W. Bush) | Q4 (George H. W. Bush) | 2 | Bush |" in markdown(table, confusions)
+    assert analyse(evaluated, candidates, seen_kb_ids=[])[1]["gold_name"].to_list() == [None, None]
 
 
 def test_tied_best_counts_mentions_whose_runner_up_has_the_best_score() -> None:

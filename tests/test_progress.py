@@ -117,3 +117,20 @@ def test_a_redirected_run_logs_encode_and_train_progress(tmp_path: Path, tiny_en
                              result.stderr, re.M)  # fmt: skip
     assert [int(done) for done in train_lines] == [1, 2, 3, 4, 5, 6]
     assert re.search(r"^INFO pipeline\.core\.progress: train: 6/6 epochs in \d+ s .*; loss=", result.stderr, re.M)
+
+
+def test_triage_reports_progress_on_its_long_steps(tmp_path: Path, tiny_encoder_dir: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Triage logs progress while it reads the KB, keys and indexes its names, looks up fuzzy matches
+    and runs each candidate source (issue 21 item 16: a new user saw 56 s of silence)."""
+    monkeypatch.setenv("XEL_PROGRESS_SECONDS", "1e-9")
+    monkeypatch.setenv("XEL_CACHE", str(tmp_path / "cache"))  # the KB's indexes are built, not found cached
+    config = write_run_config(tmp_path, tiny_encoder_dir)
+    result = CliRunner().invoke(main, ["triage", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    steps = re.findall(r"^INFO pipeline\.core\.progress: (triage: [a-zA-Z -]+): ", result.stderr, re.M)
+    assert {"triage: KB", "triage: name keys", "triage: name index", "triage: fuzzy look-ups",
+            "triage: candidate sources"} <= set(steps), steps
+    sources = re.findall(r"^INFO pipeline\.core\.progress: triage: candidate sources: (\d)/4 sources \(.*; (.+)$",
+                         result.stderr, re.M)
+    assert sources == [("1", "priors"), ("2", "KB names"), ("3", "fuzzy"), ("4", "dense")], result.stderr

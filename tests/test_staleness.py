@@ -138,6 +138,7 @@ CASES = [
     Case("train-setting-features", setting("train.features=name,context"), ("train", "evaluate")),
     Case("train-setting-train-languages", setting("train.train_languages=en,es"), ("train", "evaluate")),
     Case("train-not-checkpoint-every", setting("train.checkpoint_every=3"), ()),
+    Case("train-not-checkpoint-minutes", setting("train.checkpoint_minutes=1"), ()),
     Case("train-not-device", setting("train.device=cpu"), ()),
     # evaluate: (a) train's output (deleted: restored from the final checkpoint), (b) its settings
     Case("evaluate-input-model-deleted", deleted("train/model.pt"), ("train",)),
@@ -210,5 +211,5 @@ def test_manifest_records_what_the_key_hashes(base: dict) -> None:
     encode = read_manifest(base["run_dir"] / "encode")
     train = read_manifest(base["run_dir"] / "train")
     assert not {"batch_tokens", "chunk_texts", "device"} & set(encode["settings"])
-    assert not {"checkpoint_every", "device"} & set(train["settings"])
+    assert not {"checkpoint_every", "checkpoint_minutes", "device"} & set(train["settings"])
     assert {"margin", "seed", "epochs"} <= set(train["settings"])

@@ -310,7 +310,7 @@ def test_kb_indexes_are_reused_until_the_kb_changes(triage, tmp_path: Path) -> N
     candidates, result = triage(records, kb=kb, **{**ONLY_FUZZY, "use_dense": True})
     index_root = index_root_of(result)  # the store keys each KB's indexes by its content
     rebuilt = {p.name for p in index_root.iterdir()}
-    assert len(rebuilt) == 3 and not rebuilt & set(built)  # new keys, old folders gone
+    assert len(rebuilt) == 3 and not rebuilt & set(built)  # new keys, in the new KB's own folder
     assert not list(index_root.glob(".*.tmp"))
     assert "Q9" in candidates["kb_id"].to_list()
 

@@ -17,6 +17,7 @@ from pipeline.candidates.sources import (alias_priors, dense_candidates, externa
 from pipeline.candidates.tantivy_index import TantivyNameIndex
 from pipeline.core import schema
 from pipeline.core.config import EncoderConfig, TriageConfig
+from pipeline.core.progress import progress
 from pipeline.core.textnorm import add_keys
 
 
@@ -78,22 +79,27 @@ def candidate_pieces(mentions: pl.DataFrame, aliases: pl.DataFrame, kb_names: Kb
         learned = LearnedSources.prepare(aliases, triage, encoder_config)
     keyed = add_keys(mentions, "mention")
     surfaces = kb_names.surfaces
-    pieces: list[pl.DataFrame] = []
-    if triage.use_priors:
-        pieces.append(prior_candidates(keyed, aliases, learned.priors))
-    if triage.use_kb_names:
-        pieces.append(kb_name_candidates(keyed, surfaces))
-    if triage.use_fuzzy:
+
+    def fuzzy() -> pl.DataFrame:
         from_kb = fuzzy_candidates(keyed, surfaces, kb_names.roman_keys, kb_names.ngrams, triage.k, triage.fuzzy_min_score)
         # Training surface forms are matched too, from a small in-memory index (`LearnedSources`).
         from_training = fuzzy_candidates(keyed, learned.training_names, learned.training_keys, learned.training_ngrams,
                                          triage.k, triage.fuzzy_min_score)
-        pieces.append(pl.concat([from_kb, from_training]).group_by("mention_id", "kb_id", "source").agg(pl.col("score").max()))
-    if triage.use_dense:
-        pieces.append(dense_candidates(keyed, surfaces, encoder_config, triage, index_root, kb_fingerprint, encoder,
-                                       learned.encoder_identity))
-    if external is not None:
-        pieces.append(external_candidates(external, mentions, known_ids))
+        return pl.concat([from_kb, from_training]).group_by("mention_id", "kb_id", "source").agg(pl.col("score").max())
+
+    sources = {"priors": (triage.use_priors, lambda: prior_candidates(keyed, aliases, learned.priors)),
+               "KB names": (triage.use_kb_names, lambda: kb_name_candidates(keyed, surfaces)),
+               "fuzzy": (triage.use_fuzzy, fuzzy),
+               "dense": (triage.use_dense, lambda: dense_candidates(keyed, surfaces, encoder_config, triage, index_root,
+                                                                    kb_fingerprint, encoder, learned.encoder_identity)),
+               "external": (external is not None, lambda: external_candidates(external, mentions, known_ids))}
+    steps = [(name, step) for name, (on, step) in sources.items() if on]
+    pieces: list[pl.DataFrame] = []
+    with progress(len(steps), "triage: candidate sources", "sources", delay=2.0) as counter:
+        for name, step in steps:  # a log line (redirected) or bar (terminal) names the source at work
+            counter.set_postfix_str(name)
+            pieces.append(step())
+            counter.update(1)
     if not pieces:
         pieces.append(pl.DataFrame(schema={"mention_id": pl.String, "kb_id": pl.String, "score": pl.Float64, "source": pl.String}))
     return [p.join(known_ids, on="kb_id", how="semi") for p in pieces]

@@ -5,8 +5,8 @@ mentions, so it lives in the store (`pipeline.core.store.kb_index_root`:
 `$XEL_CACHE/kb-index/<KB fingerprint>/<key>/`), where the key hashes the KB file's
 fingerprint and what the index is built with; triage and `xel-cli link` both read it. Triage settings such as `k` or the
 mentions file can change without rebuilding it. Each index folder is built under a
-temporary name and renamed into place, so a killed build is never taken as finished; a
-new key removes the folders of older keys.
+temporary name and renamed into place, so a killed build is never taken as finished;
+folders of other keys are left alone (another run or link may be reading them).
 
 - `entities`: the KB file as `entities.parquet`; triage copies it into its own folder.
 - `names`: every KB name and alias (`surfaces.parquet`: surface, kb_id and its keys)
@@ -42,8 +42,9 @@ logger = logging.getLogger(__name__)
 
 # Raise when the keys (textnorm) or the index layout change: old indexes are then rebuilt.
 # 2: folding keeps script letters (vowel signs, viramas); 3: the fuzzy index is tantivy's
-# (was our own four-gram postings, ngrams.npz).
-INDEX_VERSION = 3
+# (was our own four-gram postings, ngrams.npz); 4: folding drops format characters (ZWNJ, ZWJ,
+# soft hyphen ...) and tatweel instead of breaking words there.
+INDEX_VERSION = 4
 # Above this many names the dense index is HNSW: exact search would cost O(names) per query.
 EXACT_DENSE_LIMIT = 200_000
 HNSW_NEIGHBOURS = 32
@@ -103,10 +104,8 @@ def _cached(root: Path, key: str, build: Callable[[Path], None]) -> Path:
             return folder
     finally:
         shutil.rmtree(temp, ignore_errors=True)
-    part = key.split("-")[0]
-    for stale in root.glob(f"{part}-*"):
-        if stale != folder:
-            shutil.rmtree(stale, ignore_errors=True)
+    # Folders of other keys stay: in a store that runs and links share, another setting or
+    # xel version may be reading them at this moment (docs/caches.md says how to clear it).
     return folder
 
 

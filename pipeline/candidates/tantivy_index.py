@@ -24,12 +24,15 @@ import polars as pl
 import tantivy
 
 from pipeline.core.errors import CacheError
+from pipeline.core.progress import progress
 
 NGRAM_SIZE = 4
 TOKENIZER = "ngram4"
 INDEX_FOLDER = "tantivy"
 # The writer's memory budget: 5.6M names fit in one segment under it.
 WRITER_HEAP_BYTES = 1_500_000_000
+# Names indexed, or strings looked up, between two progress updates.
+PROGRESS_EVERY = 10_000
 
 
 def _schema() -> tantivy.Schema:
@@ -73,11 +76,15 @@ class TantivyNameIndex:
             index = tantivy.Index(_schema(), path=None if path is None else str(path), reuse=False)
             _register_tokenizer(index)
             writer = index.writer(heap_size=WRITER_HEAP_BYTES, num_threads=1)
-            for row, name in enumerate(names.fill_null("").to_list()):
-                document = tantivy.Document()
-                document.add_text("name", f" {name} ")
-                document.add_unsigned("row", row)
-                writer.add_document(document)
+            with progress(len(names), "triage: name index", "names", delay=2.0) as counter:
+                for row, name in enumerate(names.fill_null("").to_list()):
+                    document = tantivy.Document()
+                    document.add_text("name", f" {name} ")
+                    document.add_unsigned("row", row)
+                    writer.add_document(document)
+                    if row % PROGRESS_EVERY == PROGRESS_EVERY - 1:
+                        counter.update(PROGRESS_EVERY)
+                counter.update(len(names) % PROGRESS_EVERY)
             writer.commit()
             writer.wait_merging_threads()
             index.reload()
@@ -88,6 +95,21 @@ class TantivyNameIndex:
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
             raise CacheError("E406", path=path, detail=detail) from None
         return cls(index, len(names))
+
+    @staticmethod
+    def _search(searcher, schema, one_segment: bool, grams: list[str], frequency: dict[str, int], top_n: int,
+                lookup_ngrams: int) -> list[int]:
+        """Rows of the `top_n` names BM25 ranks first for one text's `lookup_ngrams` rarest four-grams."""
+        rare = sorted((frequency[gram], gram) for gram in grams if frequency[gram] > 0)[:lookup_ngrams]
+        if not rare:
+            return []
+        search = tantivy.Query.boolean_query([
+            (tantivy.Occur.Should, tantivy.Query.term_query(schema, "name", gram, index_option="freq"))
+            for _, gram in rare])
+        hits = searcher.search(search, limit=top_n, count=False).hits
+        if one_segment:
+            return [address.doc for _, address in hits]
+        return searcher.fast_field_values("row", [address for _, address in hits])
 
     @classmethod
     def load(cls, folder: Path) -> TantivyNameIndex:
@@ -106,20 +128,14 @@ class TantivyNameIndex:
         # One document-frequency look-up per distinct four-gram of the whole batch.
         frequency = {gram: searcher.doc_freq("name", gram) for gram in set().union(*texts_ngrams)}
         queries, names = [], []
-        for query, grams in enumerate(texts_ngrams):
-            rare = sorted((frequency[gram], gram) for gram in grams if frequency[gram] > 0)[:lookup_ngrams]
-            if not rare:
-                continue
-            search = tantivy.Query.boolean_query([
-                (tantivy.Occur.Should, tantivy.Query.term_query(schema, "name", gram, index_option="freq"))
-                for _, gram in rare])
-            hits = searcher.search(search, limit=top_n, count=False).hits
-            if one_segment:
-                rows = [address.doc for _, address in hits]
-            else:
-                rows = searcher.fast_field_values("row", [address for _, address in hits])
-            queries.extend([query] * len(rows))
-            names.extend(rows)
+        with progress(len(texts_ngrams), "triage: fuzzy look-ups", "strings", delay=2.0) as counter:
+            for query, grams in enumerate(texts_ngrams):
+                if query % PROGRESS_EVERY == PROGRESS_EVERY - 1:
+                    counter.update(PROGRESS_EVERY)
+                rows = self._search(searcher, schema, one_segment, grams, frequency, top_n, lookup_ngrams)
+                queries.extend([query] * len(rows))
+                names.extend(rows)
+            counter.update(len(texts_ngrams) % PROGRESS_EVERY)
         query_rows = np.asarray(queries, dtype=np.int64)
         rank = np.arange(len(query_rows)) - np.searchsorted(query_rows, query_rows)
         return pl.DataFrame({"query": query_rows, "name": np.asarray(names, dtype=np.int64), "rank": rank},

@@ -7,6 +7,7 @@ Reading a TOML file and `--set` overrides into these is `pipeline.core.config_fi
 from __future__ import annotations
 
 import functools
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,8 +76,16 @@ class InputsConfig:
     # Repeated mention ids are an error unless this is set; then a repeated id gets its span
     # appended ("id#start-end"). MEANTIME reuses ids for nested mentions of one span start.
     rename_duplicate_ids: bool = False
+    # Two mentions of one span are an error (E115) unless this is set; then the first (by line) is
+    # kept and the others dropped, with one warning that counts them (W108). Annotated corpora
+    # mark one span twice with two gold ids (NEREL's training part has 15 such spans).
+    drop_duplicate_spans: bool = False
     # Characters of document text kept on each side of a mention taken from a docs file.
     context_chars: int = 600
+    # Each mention's `entity_type` (the JSONL field; a TAC .tab's type column, PER/ORG/GPE/...)
+    # is its type, one-hot in the ranker's type features. true: ignore it, as for mentions that
+    # give none (`xel-cli link --ignore-entity-type` for a corpus to link). See docs/inputs.md.
+    ignore_entity_type: bool = False
 
     def __post_init__(self) -> None:
         where = "[inputs]"
@@ -181,6 +190,10 @@ class TrainConfig:
     patience: int = 50
     eval_every: int = 5
     checkpoint_every: int = 50
+    # Also checkpoint at the end of an epoch when this many minutes have passed since the last
+    # checkpoint (or the start), so a long epoch-count still leaves a first checkpoint within
+    # minutes (0: only every checkpoint_every epochs). Neither changes the model.
+    checkpoint_minutes: float = 5.0
     min_type_count: int = 100
     # The paper's settings: Mono = one language here, Multi = all (empty), zero-shot = some
     # languages here and others in [evaluate] languages. Dev accuracy for early stopping
@@ -236,6 +249,8 @@ class TrainConfig:
         _check(where, "epochs", self.epochs, self.epochs >= 1, "must be >= 1")
         _check(where, "eval_every", self.eval_every, self.eval_every >= 1, "must be >= 1")
         _check(where, "checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 1, "must be >= 1")
+        _check(where, "checkpoint_minutes", self.checkpoint_minutes,
+               math.isfinite(self.checkpoint_minutes) and self.checkpoint_minutes >= 0, "must be >= 0 (0: off)")
         _check(where, "weight_average", self.weight_average, 0 <= self.weight_average < 1, "must be in [0, 1) (0: off)")
         _check(where, "baseline", self.baseline, self.baseline in ("none", "nn"), "use none (the ranker) or nn")
         _check(where, "train_languages", self.train_languages, all(self.train_languages), "language codes cannot be empty")
@@ -304,6 +319,12 @@ class EvaluateConfig:
         _check(where, "languages", self.languages, all(self.languages), "language codes cannot be empty")
         object.__setattr__(self, "languages", tuple(language_settings(where, "languages", self.languages)))
         object.__setattr__(self, "fixed_thresholds", language_keyed(where, "fixed_thresholds", self.fixed_thresholds))
+        # A threshold meets the ranker's tanh score (or the baseline's cosine): the model folder refuses others (E702).
+        for name, values in (("default_threshold", [self.default_threshold]),
+                             ("fixed_thresholds", list(self.fixed_thresholds.values()))):
+            _check(where, name, self.default_threshold if name == "default_threshold" else self.fixed_thresholds,
+                   all(math.isfinite(value) and -1.0 <= value <= 1.0 for value in values),
+                   "a NIL threshold must be a number in [-1, 1], the ranker's score range")
 
 
 @dataclass(frozen=True)

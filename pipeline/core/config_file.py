@@ -9,6 +9,7 @@ so a config works from any directory. Unknown sections or keys are errors, never
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import tomllib
 import typing
@@ -91,6 +92,13 @@ def _override_value(section_type: type, key: str, text: str, where: str) -> Any:
         return text
 
 
+def unknown_key(path: str, key: str, section: str, known: list[str] | tuple[str, ...]) -> ConfigError:
+    """E201 for `key`, naming the closest known key when one is close ("did you mean `epochs`?", difflib)."""
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f" (did you mean `{close[0]}`?)" if close else ""
+    return ConfigError("E201", path=path, key=key, section=section, known=", ".join(known), hint=hint)
+
+
 def parse_override(text: str) -> tuple[str, str, str]:
     """`section.key=value` from the command line."""
     if "=" not in text or "." not in text.split("=", 1)[0]:
@@ -116,7 +124,7 @@ def build_config(raw: dict[str, Any], *, source: Path | None, base: Path,
         elif isinstance(value, dict):
             raise ConfigError("E204", path=where_file, section=key, known=", ".join(SECTIONS))
         else:
-            raise ConfigError("E201", path=where_file, key=key, section="top level", known=", ".join(TOP_LEVEL_KEYS + tuple(SECTIONS)))
+            raise unknown_key(where_file, key, "top level", TOP_LEVEL_KEYS + tuple(SECTIONS))
     cwd = Path.cwd()
     override_values: dict[tuple[str, str], str] = {}
     run_dir_base = base  # a relative run_dir: against the file's folder, or the working folder for --set
@@ -135,7 +143,7 @@ def build_config(raw: dict[str, Any], *, source: Path | None, base: Path,
         values: dict[str, Any] = {}
         for key, value in sections.get(section, {}).items():
             if key not in known:
-                raise ConfigError("E201", path=where_file, key=key, section=section, known=", ".join(known))
+                raise unknown_key(where_file, key, section, known)
             values[key] = value
         values = _resolve_paths(section_type, values, base)
         overridden: dict[str, Any] = {}
@@ -143,7 +151,7 @@ def build_config(raw: dict[str, Any], *, source: Path | None, base: Path,
             if o_section != section:
                 continue
             if key not in known:
-                raise ConfigError("E201", path="--set", key=key, section=section, known=", ".join(known))
+                raise unknown_key("--set", key, section, known)
             overridden[key] = _override_value(section_type, key, value, f"--set [{section}]")
         # File paths resolve against the file's folder, --set paths against the working folder.
         values.update(_resolve_paths(section_type, overridden, cwd))

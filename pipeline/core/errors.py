@@ -40,7 +40,7 @@ class Errors:
     E113 = "{path}:{line}: {detail}; a name pair is a foreign name and its English name, optionally with a language: two or three tab-separated columns in .tsv/.txt, or {{\"foreign\": ..., \"english\": ..., \"lang\": ...}} in .jsonl"
 
     # E2xx: configuration
-    E201 = "{path}: unknown key '{key}' in [{section}]; remove it or use one of the known keys: {known}"
+    E201 = "{path}: unknown key '{key}' in [{section}]{hint}; remove it or use one of the known keys: {known}"
     E202 = "{path}: invalid TOML ({detail}); fix the TOML syntax at that place"
     E203 = "{where}: {field} = {value!r} is invalid: {reason}; change it in the config file or on the command line"
     E204 = "{path}: unknown section [{section}]; remove it or use one of the known sections: {known}"
@@ -77,7 +77,7 @@ class Errors:
 
     # E70x-E74x: linking new corpora with a trained model (pipeline/link/)
     E701 = "{path}: not an xel model folder ({detail}); give the model/ folder of a run that finished evaluate, or one written by `xel-cli export`"
-    E702 = "{path}: the model folder is damaged ({detail}); export it again from its run (`xel-cli export RUN_DIR OUT_DIR`) or re-run evaluate there with --force"
+    E702 = "{path}: the model folder is damaged ({detail}); {fix_first}export it again from its run (`xel-cli export RUN_DIR OUT_DIR`) or re-run evaluate there with --force"
     E703 = "{path}: model format version {found} is newer than this xel reads ({supported}); upgrade xel"
     E704 = "{name}: the encoder of model {model} cannot be loaded ({detail}); put that encoder in the local Hugging Face cache or at the folder model.json names"
     # E705: a --kb-map that carries no alias-table id into the KB (without a map no KB is refused for its ids:
@@ -114,6 +114,7 @@ class Warnings:
     """
 
     W101 = "{path}: renamed {count} repeated mention id(s) to id#start-end (inputs.rename_duplicate_ids)"
+    W108 = "{path}: dropped {count} mention(s) covering the span of an earlier one ({gold} of them with another gold id; first on line {line}: {example} repeats line {first_line}), keeping the first of each span (inputs.drop_duplicate_spans)"
     W102 = "{count} gold KB id(s) of {mentions} mention(s) in {path} are not in the KB (e.g. {example}); those mentions cannot be linked right: add the entities to the KB, or check the ids"
     W103 = "{path}: ignoring {count} candidate row(s) whose mention_id is not among this run's mentions (e.g. {example})"
     W104 = "{path}: skipped {count} empty or blank alias(es) (first: KB id {example}); an alias must have some text"
@@ -131,6 +132,7 @@ class Warnings:
     W605 = "{lang}: {split} micro-average is the same at every NIL threshold (no {split} decision depends on it); it uses {fallback} = {value}"
     W701 = "{count} mention(s) in language(s) {languages} that the model has no NIL threshold for; linked with the fallback NIL threshold {threshold} ({source}); set another with `xel-cli link --fallback-threshold` (with the classifier NIL method the threshold decides nothing)"
     W702 = "{ids} gold KB id(s) of {mentions} mention(s) in {path} are not in the KB {kb} (e.g. {example}); no link can be right for those mentions, so they count as errors in the score: score against the KB the gold was made for (--kb), or correct those ids"
+    W704 = "{path} holds the links of {what}; this link replaces them (give --out another folder to keep both)"
     W703 = "the ranker gives its best two candidates the same score for {tied} of {mentions} mention(s) with a runner-up ({percent}) in {path}: which candidate those link to is triage's order, not the ranker's; {advice}"
     W710 = "{path}: this KB lacks {count} of the {total} KB id(s) of the alias table of model {model} (e.g. {example}){mapped}; they are left out, with the {mentions} training mention(s) behind them: {cost}"
 

@@ -1,7 +1,8 @@
 """Progress of long loops: a tqdm bar on a terminal, a log line every N seconds otherwise.
 
-Every loop that shows progress (encode's texts, train's epochs, triage's dense name
-vectors, search's trials, experiment's sub-runs) goes through `progress`. On a terminal
+Every loop that shows progress (encode's texts, train's epochs, triage's KB records, name
+keys, name index, fuzzy look-ups, candidate sources and dense name vectors, search's trials,
+experiment's sub-runs) goes through `progress`. On a terminal
 it is tqdm's bar. With stderr redirected to a file (a batch job, `2> log`), a bar either
 prints nothing (tqdm's `disable=None`) or fills the log with carriage returns; there it
 logs one line every `XEL_PROGRESS_SECONDS` (default 30) seconds instead:
@@ -126,17 +127,19 @@ class LogProgress:
         self.close()
 
 
-def progress(total: int | None, desc: str, unit: str, initial: int = 0, enabled: bool = True):
+def progress(total: int | None, desc: str, unit: str, initial: int = 0, enabled: bool = True, delay: float = 0.0):
     """A progress counter for a loop of `total` `unit`s: tqdm on a terminal, `LogProgress` elsewhere.
 
     Use as tqdm: `with progress(n, "encode", "texts") as bar: ... bar.update(k)`.
     `enabled=False` (e.g. ranks other than 0 under torchrun) gives a counter that shows
-    nothing.
+    nothing. `delay`: seconds before a bar shows at all (tqdm's `delay`), for loops that are
+    mostly short (a link chunk's triage) but can be long (a whole KB's); log lines come only
+    after an interval anyway.
     """
     if enabled and on_terminal():
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=False, dynamic_ncols=True)
+        return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=False, dynamic_ncols=True, delay=delay)
     return LogProgress(total, desc, unit, initial=initial, interval=None if enabled else float("inf"))
 
 

@@ -17,6 +17,8 @@ from functools import lru_cache
 import polars as pl
 from unidecode import unidecode
 
+from pipeline.core.progress import progress
+
 _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
 # Leading definite and indefinite articles of the languages linkers meet most, and the
 # prepositions fused with them (`del`, `degli`); one is dropped. A lone article stays.
@@ -58,6 +60,18 @@ OMITTED_MARKS = (
 )
 
 
+# Characters that shape how a word is drawn, not what it says, so folding drops them rather than
+# breaking the word there: every format character (Unicode category Cf: zero-width non-joiner and
+# joiner U+200C/U+200D, which Persian writes inside words (`نورد‌بانک` is `نوردبانک`), zero-width
+# space U+200B, word joiner U+2060, soft hyphen U+00AD, the byte order mark U+FEFF, direction
+# marks), and the letters that only stretch a word: Arabic tatweel U+0640 and NKo lajanyalan U+07FA.
+STRETCHING_LETTERS = frozenset("\u0640\u07fa")
+
+
+def _invisible(ch: str, category: str) -> bool:
+    return category == "Cf" or ch in STRETCHING_LETTERS
+
+
 def _omitted(ch: str) -> bool:
     point = ord(ch)
     return any(low <= point <= high for low, high in OMITTED_MARKS)
@@ -65,14 +79,16 @@ def _omitted(ch: str) -> bool:
 
 @lru_cache(maxsize=1 << 16)
 def fold(text: str) -> str:
-    """Case-folded, NFKC text with the marks writers omit dropped (`OMITTED_MARKS`) and
-    every run of characters other than letters, digits and kept marks made one space;
-    composed again (NFC), a leading article dropped. Never merges words that differ by a
-    letter of their script."""
+    """Case-folded, NFKC text with the marks writers omit (`OMITTED_MARKS`), invisible format
+    characters and tatweel (`STRETCHING_LETTERS`) dropped and every run of characters other
+    than letters, digits and kept marks made one space; composed again (NFC), a leading
+    article dropped. Never merges words that differ by a letter of their script."""
     decomposed = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text).casefold())
     kept = []
     for ch in decomposed:
         category = unicodedata.category(ch)
+        if _invisible(ch, category):
+            continue
         if category[0] in "LN" or (category[0] == "M" and not (category == "Mn" and _omitted(ch))):
             kept.append(ch)
         elif category[0] != "M":
@@ -105,6 +121,10 @@ def content_words(roman: pl.Expr) -> pl.Expr:
     return pl.when(content == "").then(roman).otherwise(content)
 
 
+# Non-ASCII strings keyed between two progress updates (`add_keys`).
+KEYS_BLOCK = 10_000
+
+
 def add_keys(frame: pl.DataFrame, column: str) -> pl.DataFrame:
     """Add `<column>_fold` and `<column>_roman` keys.
 
@@ -118,7 +138,13 @@ def add_keys(frame: pl.DataFrame, column: str) -> pl.DataFrame:
         .str.replace(_LEADING_ARTICLE.pattern, "").alias(f"{column}_fold"))
     ascii_keys = ascii_keys.with_columns(pl.col(f"{column}_fold").alias(f"{column}_roman"))
     other = distinct.filter(~ascii_only)[column].to_list()
-    other_keys = pl.DataFrame(
-        {column: other, f"{column}_fold": [fold(s) for s in other], f"{column}_roman": [romanise(s) for s in other]},
-        schema=ascii_keys.schema)
+    folded, romanised = [], []
+    with progress(len(other), "triage: name keys", "names", delay=2.0) as counter:
+        for start in range(0, len(other), KEYS_BLOCK):
+            block = other[start:start + KEYS_BLOCK]
+            folded += [fold(s) for s in block]
+            romanised += [romanise(s) for s in block]
+            counter.update(len(block))
+    other_keys = pl.DataFrame({column: other, f"{column}_fold": folded, f"{column}_roman": romanised},
+                              schema=ascii_keys.schema)
     return frame.join(pl.concat([ascii_keys, other_keys]), on=column, how="left")

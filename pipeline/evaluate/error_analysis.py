@@ -53,7 +53,8 @@ def outcome_scores(decided: pl.DataFrame) -> pl.DataFrame:
             .sort(pl.col("lang") == ALL, "lang"))
 
 
-def analyse(evaluated: pl.DataFrame, candidates: pl.DataFrame, seen_kb_ids: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+def analyse(evaluated: pl.DataFrame, candidates: pl.DataFrame, seen_kb_ids: list[str],
+            names: pl.LazyFrame | pl.DataFrame | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(analysis table, confusions table) of decided mentions.
 
     evaluated: the evaluation split's mentions with gold (mention_id, lang, mention,
@@ -62,8 +63,9 @@ def analyse(evaluated: pl.DataFrame, candidates: pl.DataFrame, seen_kb_ids: list
     trained on. The analysis table is long: (analysis, group, lang, mentions, correct,
     accuracy), lang = "all" across languages; analysis "NIL" adds nil_precision,
     nil_recall, nil_f1 and "triage ceiling" adds ceiling (its accuracy is the achieved
-    micro-average). Confusions: (gold_kb_id, predicted_kb_id, count, example), the
-    TOP_CONFUSIONS most frequent wrong decisions, most frequent first.
+    micro-average). Confusions: (gold_kb_id, gold_name, predicted_kb_id, predicted_name, count,
+    example), the TOP_CONFUSIONS most frequent wrong decisions, most frequent first; the names
+    come from `names` (the KB's kb_id, name: triage's entities.parquet), null for NIL or without it.
     """
     gold_rank = candidates.select("mention_id", pl.col("kb_id").alias("gold_kb_id"), pl.col("rank").alias("gold_rank"))
     gold_nil = pl.col("gold_kb_id") == schema.NIL_ID
@@ -103,7 +105,25 @@ def analyse(evaluated: pl.DataFrame, candidates: pl.DataFrame, seen_kb_ids: list
                   .agg(pl.len().alias("count"), pl.col("mention").first().alias("example"))
                   .sort(pl.col("count"), pl.col("gold_kb_id"), pl.col("predicted_kb_id"), descending=[True, False, False])
                   .head(TOP_CONFUSIONS))
-    return table, confusions
+    return table, with_names(confusions, names)
+
+
+def with_names(confusions: pl.DataFrame, names: pl.LazyFrame | pl.DataFrame | None) -> pl.DataFrame:
+    """Confusions with gold_name and predicted_name beside their KB ids (read for those ids only)."""
+    ids = pl.concat([confusions["gold_kb_id"], confusions["predicted_kb_id"]]).unique()
+    known = pl.DataFrame(schema={"kb_id": pl.String, "name": pl.String})
+    if names is not None:
+        known = names.lazy().select("kb_id", "name").filter(pl.col("kb_id").is_in(ids.implode())).collect()
+    named = confusions
+    for column in ("gold", "predicted"):
+        named = named.join(known.rename({"kb_id": f"{column}_kb_id", "name": f"{column}_name"}), on=f"{column}_kb_id",
+                           how="left", maintain_order="left")
+    return named.select("gold_kb_id", "gold_name", "predicted_kb_id", "predicted_name", "count", "example")
+
+
+def _named(kb_id: str, name: str | None) -> str:
+    """A KB id with its entity's name, for report.md: `Q76 (Barack Obama)`; the id alone without one."""
+    return f"{kb_id} ({name})" if name else kb_id
 
 
 def _cell(row: dict) -> str:
@@ -135,6 +155,6 @@ def markdown(table: pl.DataFrame, confusions: pl.DataFrame) -> str:
     fewer = [] if confusions.height >= TOP_CONFUSIONS else [f"(This split has {confusions.height} in all.)", ""]
     lines += ["", f"### The {TOP_CONFUSIONS} most frequent confusions", "", *fewer,
               "| gold | predicted | count | example mention |", "| --- | --- | --- | --- |"]
-    lines += [f"| {row['gold_kb_id']} | {row['predicted_kb_id']} | {row['count']} | {row['example']} |"
-              for row in confusions.iter_rows(named=True)]
+    lines += [f"| {_named(row['gold_kb_id'], row.get('gold_name'))} | {_named(row['predicted_kb_id'], row.get('predicted_name'))} "
+              f"| {row['count']} | {row['example']} |" for row in confusions.iter_rows(named=True)]
     return "\n".join(lines) + "\n"

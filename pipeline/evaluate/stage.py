@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 STAGE = "evaluate"
 # 2: writes doc_languages.tsv beside gold.tab; 3: thresholds at the middle of a flat optimum,
 # the learned NIL classifier, error analysis.
-STAGE_VERSION = 4  # 4: the mention's NIL prior (evaluate.nil_mention_prior)
+STAGE_VERSION = 5  # 4: the mention's NIL prior (evaluate.nil_mention_prior); 5: nil_probability, nil_cut
 NIL_ARTIFACT = "nil.json"
 # Settings added after the first runs, with their defaults: left out of the stage key while
 # at the default, so runs made before they existed stay up to date.
@@ -211,13 +211,14 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
         warn(logger, "W502", split=evaluate.eval_split, tied=ties["tied"], mentions=ties["mentions"],
              percent=f"{ties['share']:.0%}", advice=tie_advice(ties))
     seen = mentions.filter(pl.col("mention_id").is_in(saved.get("train_mention_ids", [])))["gold_kb_id"].unique()
-    analysis, confusions = error_analysis.analyse(evaluated, candidates, seen.drop_nulls().to_list())
+    names = pl.scan_parquet(triage_dir / "entities.parquet")  # checked by load_inputs; confusions show names
+    analysis, confusions = error_analysis.analyse(evaluated, candidates, seen.drop_nulls().to_list(), names)
 
     write_parquet_atomic(score_table, out_dir / "scores.parquet")
     write_parquet_atomic(decided.select(
         "mention_id", "doc_id", "lang", "split", "mention", "gold_kb_id", "best_kb_id", "best_score", "second_kb_id",
         "second_score", "margin", *(name for name in ("nil_score", mention_prior.COLUMN) if name in decided.columns),
-        "threshold", "is_nil",
+        "threshold", "nil_probability", "nil_cut", "is_nil",
         "system_id"), out_dir / "predictions.parquet")
     write_json_atomic(out_dir / NIL_ARTIFACT, artifact)
     write_parquet_atomic(analysis, out_dir / "analysis.parquet")

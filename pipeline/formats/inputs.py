@@ -23,6 +23,7 @@ from pipeline.formats.fragments import FRAGMENTS_DTYPE, fragment_texts, read_fra
 from pipeline.formats.input_checks import (check_docs_file_texts, check_document_texts, check_documents, check_fields,
                                            check_mentions, check_offsets, more)
 from pipeline.core.io import atomic_path, check_record_fields, iter_jsonl_blocks
+from pipeline.core.progress import progress
 from pipeline.formats.kb_records import KbRecords
 
 logger = logging.getLogger(__name__)
@@ -92,7 +93,8 @@ def read_docs(path: Path) -> pl.DataFrame:
 
 def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
                         rename_duplicate_ids: bool = False, blocks: Iterable[list[tuple[int, dict]]] | None = None,
-                        docs: pl.DataFrame | None = None, across_records: bool = True) -> pl.DataFrame:
+                        docs: pl.DataFrame | None = None, across_records: bool = True,
+                        drop_duplicate_spans: bool = False) -> pl.DataFrame:
     """Mentions JSONL (+ optional docs JSONL) -> the `schema.MENTIONS` table.
 
     A mention carries either its own `text` with `start`/`end`, or `doc_start`/`doc_end`
@@ -107,7 +109,8 @@ def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
     only the chunk's documents). Without `across_records` (a link chunk) the checks that
     compare mentions with each other (E104, E115, E117, E120 between mentions) are left to
     `pipeline.link.sources.check_corpus`, which makes them over all chunks, so that the line a
-    message names never depends on the chunk size.
+    message names never depends on the chunk size. With `drop_duplicate_spans` a mention of a span
+    an earlier line covers is dropped (W108, `drop_duplicate_spans`) instead of refused (E115).
     """
     columns: dict[str, list] = {name: [] for name in MENTION_FIELDS}
     columns["line"] = []
@@ -129,6 +132,8 @@ def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
     check_fields(frame, path)
     # "EN", " en", "en-US" and "en" are one language (thresholds, scores and the model are keyed by it).
     frame = frame.with_columns(language_expr(pl.col("lang")))
+    if drop_duplicate_spans:
+        frame = _drop_duplicate_spans(frame, path)
     if rename_duplicate_ids:
         check_documents(frame, path)  # a repeated id over the same span is a copy, not a second mention
         frame = _rename_duplicates(frame, path)
@@ -195,6 +200,29 @@ def _rename_duplicates(frame: pl.DataFrame, path: Path) -> pl.DataFrame:
     return renamed
 
 
+def _drop_duplicate_spans(frame: pl.DataFrame, path: Path, id_column: str = "id",
+                          gold_column: str = "gold_kb_id") -> pl.DataFrame:
+    """Keep the first mention (by `line`) of each span and drop the others, warning once (W108) with how
+    many, how many of them carried another gold id, and the first one dropped.
+
+    A span is (doc_id, start, end) as `check_documents` keys it: doc_start/doc_end where the frame
+    has them (JSONL), else start/end (a TAC `.tab`'s lines, end inclusive on both sides alike).
+    """
+    offsets = [pl.coalesce("doc_start", "start"), pl.coalesce("doc_end", "end")] if "doc_start" in frame.columns \
+        else [pl.col("start"), pl.col("end")]
+    span = [pl.col("doc_id"), *offsets]
+    ordered = frame.sort("line").with_columns(pl.col("line").first().over(span).alias("first_line"),
+                                              pl.col(gold_column).first().over(span).alias("first_gold"))
+    dropped = ordered.filter(pl.col("line") != pl.col("first_line"))
+    if dropped.is_empty():
+        return frame
+    other_gold = int(dropped.select(pl.col(gold_column).ne_missing(pl.col("first_gold")).sum()).item())
+    row = dropped.row(0, named=True)
+    warn(logger, "W108", path=path, count=dropped.height, gold=other_gold, line=row["line"], first_line=row["first_line"],
+         example=f"mention {row[id_column]!r} (gold {row[gold_column]!r}; the first has {row['first_gold']!r})")
+    return frame.join(dropped.select("line"), on="line", how="anti", maintain_order="left")
+
+
 def _docs_texts(frame: pl.DataFrame, docs: pl.DataFrame, path: Path, docs_path: Path) -> pl.DataFrame:
     """Join each mention's document text (`doc_text`, and its line in the docs file, `docs_line`, where
     `docs` has one) and check the doc offsets of mentions without `text` against it (E109, E114, E105);
@@ -221,7 +249,8 @@ def _docs_texts(frame: pl.DataFrame, docs: pl.DataFrame, path: Path, docs_path: 
     return joined
 
 
-def read_tac_mentions(gold_by_split: dict[str, Path], source_dir: Path, context_chars: int) -> pl.DataFrame:
+def read_tac_mentions(gold_by_split: dict[str, Path], source_dir: Path, context_chars: int,
+                      drop_duplicate_spans: bool = False) -> pl.DataFrame:
     """TAC KBP 2015 EDL gold `.tab` files + raw source documents -> the `schema.MENTIONS` table.
 
     Offsets in the `.tab` file count characters of the raw source file (XML included),
@@ -230,7 +259,12 @@ def read_tac_mentions(gold_by_split: dict[str, Path], source_dir: Path, context_
     """
     if not source_dir.is_dir():
         raise InputError("E108", path=source_dir)
-    return tac_mentions(read_tac_lines(gold_by_split), source_dir, context_chars)
+    lines = read_tac_lines(gold_by_split)
+    if drop_duplicate_spans:  # the first line of each span in each .tab file (lines count per file); W108 per file
+        lines = pl.concat([_drop_duplicate_spans(lines.filter(pl.col("tab_path") == tab_path), Path(tab_path),
+                                                 id_column="mention_id", gold_column="kb_id")
+                           for tab_path in lines["tab_path"].unique(maintain_order=True).to_list()])
+    return tac_mentions(lines, source_dir, context_chars)
 
 
 def read_tac_lines(gold_by_split: dict[str, Path]) -> pl.DataFrame:
@@ -297,16 +331,26 @@ def _read_source(source_dir: Path, doc_id: str, gold: pl.DataFrame) -> str:
 
 
 def load_mentions(config: InputsConfig) -> pl.DataFrame:
-    """The run's mentions from JSONL or TAC inputs, normalised to `schema.MENTIONS` (+ `line`)."""
+    """The run's mentions from JSONL or TAC inputs, normalised to `schema.MENTIONS` (+ `line`); a TAC
+    `.tab`'s type column is each mention's `entity_type`, as JSONL's field, unless inputs.ignore_entity_type."""
     if config.mentions is not None:
-        frame = read_mentions_jsonl(config.mentions, config.docs, config.context_chars, config.rename_duplicate_ids)
+        frame = read_mentions_jsonl(config.mentions, config.docs, config.context_chars, config.rename_duplicate_ids,
+                                    drop_duplicate_spans=config.drop_duplicate_spans)
     else:
         splits = {split: path for split, path in
                   (("train", config.tac_train), ("dev", config.tac_dev), ("test", config.tac_test)) if path is not None}
-        frame = read_tac_mentions(splits, config.tac_source, config.context_chars)
+        frame = read_tac_mentions(splits, config.tac_source, config.context_chars, config.drop_duplicate_spans)
     if config.named_only:
         frame = frame.filter(pl.col("named").fill_null(True))
+    if config.ignore_entity_type:
+        frame = without_entity_type(frame)
     return normalise_gold(frame)
+
+
+def without_entity_type(frame: pl.DataFrame) -> pl.DataFrame:
+    """The mentions with no `entity_type` (inputs.ignore_entity_type, `xel-cli link --ignore-entity-type`):
+    the ranker's type features then see none, as for mentions that give none."""
+    return frame.with_columns(pl.lit(None, pl.String).alias("entity_type"))
 
 
 def normalise_gold(frame: pl.DataFrame) -> pl.DataFrame:
@@ -358,7 +402,7 @@ def write_entities(kb_path: Path, out_path: Path) -> int:
     lines: list[pl.Series] = []
     count = 0
     records = KbRecords(kb_path)
-    with atomic_path(out_path) as temp_path:
+    with atomic_path(out_path) as temp_path, progress(None, "triage: KB", "entities", delay=2.0) as counter:
         writer = pq.ParquetWriter(temp_path, ENTITIES_ARROW, compression="zstd")
         try:
             for block in iter_jsonl_blocks(kb_path):
@@ -373,6 +417,7 @@ def write_entities(kb_path: Path, out_path: Path) -> int:
                 ids.append(pl.Series(columns["kb_id"], dtype=pl.String))
                 lines.append(pl.Series(block_lines, dtype=pl.Int64))
                 count += len(block_lines)
+                counter.update(len(block_lines))
         finally:
             writer.close()
         duplicate = first_duplicate(pl.concat(ids), pl.concat(lines))

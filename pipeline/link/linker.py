@@ -223,21 +223,30 @@ class Linker:
         frame = frame.with_columns(pl.col("candidates").fill_null(pl.lit([], dtype=ranked.schema["candidates"])))
         return ChunkResult(frame, int(missing.height), int(found.sum()), time.time() - started, encode_seconds)
 
-    def link(self, mentions: pl.DataFrame | list[dict], docs: pl.DataFrame | None = None) -> pl.DataFrame:
+    def link(self, mentions: object, docs: object | None = None) -> pl.DataFrame:
         """Link mentions given in memory; returns the `links.parquet` table (see `outputs.links_table`).
 
-        mentions: a DataFrame or records with the JSONL fields (`id`, `doc_id`, `lang`,
-        `mention`, and `text` + `start`/`end` or `doc_start`/`doc_end` with `docs`
-        (doc_id, text)); gold ids and splits are ignored. NIL clusters span this call. No
-        mentions give an empty table of the same columns and dtypes (`outputs.LINKS_SCHEMA`).
+        mentions: records with the JSONL fields (`id`, `doc_id`, `lang`, `mention`, and `text` +
+        `start`/`end` or `doc_start`/`doc_end` with `docs` (doc_id, text)) as a polars or pandas
+        DataFrame, a pyarrow Table or a list of dicts; numpy and pandas values are read as their
+        Python equivalents (`sources.native_records`). Gold ids and splits are ignored. NIL
+        clusters span this call. No mentions give an empty table of the same columns and dtypes
+        (`outputs.LINKS_SCHEMA`). Errors: the JSONL reader's (E1xx), naming `<mentions>` and the row.
         """
+        from pipeline.formats.inputs import check_doc_record
         from pipeline.link.outputs import LINKS_SCHEMA, links_table
-        from pipeline.link.sources import records_frame
+        from pipeline.link.sources import native_records, records_frame
 
-        records = mentions.to_dicts() if isinstance(mentions, pl.DataFrame) else list(mentions)
+        records = native_records(mentions)
         if not records:  # the stages' steps index a first row; nothing to link is no error here
             return pl.DataFrame(schema=LINKS_SCHEMA)
-        doc_texts = docs.select("doc_id", pl.col("text").alias("doc_text")) if docs is not None else None
+        doc_texts = None
+        if docs is not None:
+            doc_records = native_records(docs, "<docs>")
+            for row, record in enumerate(doc_records, start=1):
+                check_doc_record(Path("<docs>"), row, record)  # E102/E103 naming the row, as a docs file's line
+            doc_texts = pl.DataFrame([(r["doc_id"], r["text"]) for r in doc_records], orient="row",
+                                     schema={"doc_id": pl.String, "doc_text": pl.String})
         frame = records_frame(records, Path("<mentions>"), self.context_chars, keep_gold=False, docs=doc_texts)
         with tempfile.TemporaryDirectory(prefix="xel-link-") as work_dir:
             result = self.link_chunk(frame, Path(work_dir))

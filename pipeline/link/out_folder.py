@@ -20,11 +20,73 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.core.errors import CacheError, InputError
+import json
+import logging
+
+from pipeline.core.errors import CacheError, InputError, warn
+from pipeline.core.io import write_json_atomic
 from pipeline.core.lock import LOCK_NAME, run_lock
 from pipeline.core.manifest import MANIFEST, read_manifest_file
 
+logger = logging.getLogger(__name__)
+
 CHUNKS, WORK, SHARDS = "chunks", "work", "shards"
+# work/linked_with.json: the model and KB whose links the chunks in --out are (`linked_with`); the
+# manifest keeps it too, so a link of another model or KB into the same --out says it replaces them.
+LINKED_WITH = "linked_with.json"
+
+
+def linked_with(model: Path, model_fingerprint: str, kb: Path, kb_fingerprint: str) -> dict[str, str]:
+    """What a link's links come from: the model folder and KB, each by path and content fingerprint."""
+    return {"model": str(Path(model).resolve()), "model_fingerprint": model_fingerprint,
+            "kb": str(Path(kb).resolve()), "kb_fingerprint": kb_fingerprint}
+
+
+def record_linked_with(out_dir: Path, identity: dict[str, str]) -> None:
+    """Write work/linked_with.json (beside work/key.txt) for the chunks this link writes."""
+    write_json_atomic(out_dir / WORK / LINKED_WITH, identity)
+
+
+def recorded_linked_with(out_dir: Path) -> dict[str, str] | None:
+    """work/linked_with.json, or None where there is none (or it cannot be read: it only informs)."""
+    try:
+        return json.loads((out_dir / WORK / LINKED_WITH).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _previous_links(out_dir: Path) -> dict[str, str] | None:
+    """The model and KB of the links already in `out_dir`: a finished link's (its manifest; an older
+    xel's names only the model path) or, without one, the chunks of an unfinished one; None: none there."""
+    manifest_path = out_dir / MANIFEST
+    if manifest_path.is_file():
+        try:
+            manifest = read_manifest_file(manifest_path)
+        except CacheError:
+            return None
+        return manifest.get("linked_with") or {"model": str(manifest.get("inputs", {}).get("model", ""))}
+    has_chunks = any(True for _ in (out_dir / CHUNKS).glob("chunk-*.parquet"))
+    return recorded_linked_with(out_dir) if has_chunks else None
+
+
+def warn_replaced_links(out_dir: Path, identity: dict[str, str]) -> str | None:
+    """Warn (W704) when `out_dir` holds links of another model or KB than `identity` (`linked_with`),
+    which this link replaces; returns the warning, or None. Called once the link is sure to run."""
+    previous = _previous_links(out_dir)
+    if not previous:
+        return None
+    changes = []
+    for name, label in (("model", "model"), ("kb", "KB")):
+        old_path, old_print = previous.get(name), previous.get(f"{name}_fingerprint")
+        new_path, new_print = identity[name], identity[f"{name}_fingerprint"]
+        if old_print is not None and old_print != new_print:
+            changes.append(f"another {label} ({old_path}, now {new_path})" if old_path != new_path
+                           else f"another {label} ({old_path}, whose content has changed since)")
+        elif old_print is None and old_path and Path(old_path).resolve() != Path(new_path):
+            changes.append(f"another {label} ({old_path}, now {new_path})")
+    if not changes:
+        return None
+    return warn(logger, "W704", path=out_dir, what=" and ".join(changes))
 
 
 def check_out_dir(out_dir: Path) -> None:

@@ -2,9 +2,12 @@
 
 One row per mention: mention_id, doc_id, start and end (character offsets into the
 document, end exclusive), lang, mention, kb_id (the KB id, or the NIL cluster id for a
-NIL), score (the best candidate's ranker score, null without candidates), is_nil,
-threshold (the NIL threshold applied), and candidates: every scored candidate as
-{kb_id, score (ranker), triage_score, sources}, best first.
+NIL), score (the best candidate's ranker score, null without candidates), is_nil, what
+decided it (`nil.decide_nil`): threshold (the language's NIL threshold, or with the "nota"
+method the ranker's NIL score: NIL when score < threshold; null when the classifier decides),
+nil_probability and nil_cut (the classifier's P(NIL) and P(right): NIL when nil_probability >
+nil_cut; null otherwise), and candidates: every scored candidate as {kb_id, score (ranker),
+triage_score, sources}, best first.
 """
 
 from __future__ import annotations
@@ -31,14 +34,16 @@ OUTPUT_NAMES = (LINKS_PARQUET, LINKS_JSONL, SYSTEM_TAB, GOLD_TAB, DOC_LANGUAGES,
 CANDIDATE = pl.Struct({"kb_id": pl.String, "score": pl.Float32, "triage_score": pl.Float64, "sources": pl.List(pl.String)})
 LINKS_SCHEMA = pl.Schema({"mention_id": pl.String, "doc_id": pl.String, "start": pl.Int64, "end": pl.Int64, "lang": pl.String,
                           "mention": pl.String, "kb_id": pl.String, "score": pl.Float64, "is_nil": pl.Boolean,
-                          "threshold": pl.Float64, "candidates": pl.List(CANDIDATE)})
+                          "threshold": pl.Float64, "nil_probability": pl.Float64, "nil_cut": pl.Float64,
+                          "candidates": pl.List(CANDIDATE)})
 
 
 def links_table(clustered: pl.DataFrame) -> pl.DataFrame:
     """The links of decided, NIL-clustered mentions (`NilPolicy.cluster` output), in input order."""
     return clustered.select(
         "mention_id", "doc_id", pl.col("doc_start").alias("start"), pl.col("doc_end").alias("end"), "lang", "mention",
-        pl.col("system_id").alias("kb_id"), pl.col("best_score").alias("score"), "is_nil", "threshold", "candidates")
+        pl.col("system_id").alias("kb_id"), pl.col("best_score").alias("score"), "is_nil", "threshold", "nil_probability",
+        "nil_cut", "candidates")
 
 
 def nil_share(clustered: pl.DataFrame) -> pl.DataFrame:

@@ -32,7 +32,9 @@ import polars as pl
 from pipeline.core.errors import CacheError, InputError, warn
 from pipeline.core.io import (file_fingerprint, remove_leftover_temps, write_json_atomic, write_parquet_atomic,
                          write_text_atomic)
-from pipeline.link.out_folder import CHUNKS, SHARDS, WORK
+from pipeline.link.out_folder import (CHUNKS, SHARDS, WORK, linked_with, record_linked_with, recorded_linked_with,
+                                      warn_replaced_links)
+from pipeline.formats.inputs import without_entity_type
 from pipeline.link.outputs import nil_share, remove_stale_outputs, write_outputs
 from pipeline.link.sources import check_corpus, has_gold, mention_chunks
 from pipeline.model.model_folder import ModelFolder, load_model_folder
@@ -43,7 +45,7 @@ from pipeline.core.shards import ShardErrors, finished_shards
 
 logger = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 2  # 2: links carry nil_probability and nil_cut (chunks of 1 lack them)
 DEFAULT_CHUNK_MENTIONS = 10_000
 
 
@@ -64,6 +66,8 @@ class LinkOptions:
     force: bool = False
     # NIL threshold of languages the model has none for (None: the median of its thresholds).
     fallback_threshold: float | None = None
+    # Ignore the mentions' entity_type (a TAC .tab's type column too): the ranker's type features see none.
+    ignore_entity_type: bool = False
     # Old KB id -> new KB id pairs for the model's alias table (`kb_fit.read_kb_map`), for a KB keyed differently.
     kb_map: Path | None = None
 
@@ -126,6 +130,8 @@ def link_key(options: LinkOptions, model_fingerprint: str, kb_fingerprint: str) 
     settings = {"chunk_mentions": options.chunk_mentions, "score": options.score}
     if options.fallback_threshold is not None:  # it decides NIL for unseen languages; absent, old keys hold
         settings["fallback_threshold"] = options.fallback_threshold
+    if options.ignore_entity_type:  # likewise
+        settings["ignore_entity_type"] = True
     if options.kb_map is not None:  # absent, old keys hold
         inputs["kb_map"] = file_fingerprint(options.kb_map)
     return stage_key("link", VERSION, settings, inputs)
@@ -152,13 +158,16 @@ def _refuse_other_keys(out_dir: Path, key: str, force: bool) -> None:
             raise CacheError("E715", path=out_dir, count=len(linked), old=old[:8], new=key[:8])
 
 
-def _forget_other_keys(out_dir: Path, key: str, force: bool) -> None:
-    """Delete chunks, work and shard files of another key (or all with --force): they never resume."""
+def _forget_other_keys(out_dir: Path, key: str, force: bool, identity: dict[str, str]) -> None:
+    """Delete chunks, work and shard files of another key (or all with --force): they never resume.
+    Says first (W704) when the links there are of another model or KB (`identity`, `linked_with`)."""
+    warn_replaced_links(out_dir, identity)
     old = _old_key(out_dir)
     if force or (old is not None and old != key):
         for name in (CHUNKS, WORK, SHARDS):
             shutil.rmtree(out_dir / name, ignore_errors=True)
     write_text_atomic(out_dir / WORK / "key.txt", key + "\n")
+    record_linked_with(out_dir, identity)
 
 
 def _keeps_work(options: LinkOptions, key: str) -> bool:
@@ -255,7 +264,8 @@ def run(options: LinkOptions) -> LinkResult:
             kb.linker = linker
         if options.shard is None:  # shards write at once, so only a locked run may sweep temporary files
             remove_leftover_temps(out_dir / CHUNKS)
-        _forget_other_keys(out_dir, key, options.force)
+        _forget_other_keys(out_dir, key, options.force,
+                           linked_with(options.model, folder.fingerprint, kb_path, kb_fingerprint))
     if options.shard is None:
         remove_leftover_temps(out_dir)  # after the corpus check's scratch folder is gone
     (out_dir / MANIFEST).unlink(missing_ok=True)  # outputs being redone never look finished
@@ -271,7 +281,7 @@ def run(options: LinkOptions) -> LinkResult:
             if _chunk_path(out_dir, index).is_file():
                 counts["chunks_resumed"] += 1
                 continue
-            mentions = read()
+            mentions = without_entity_type(read()) if options.ignore_entity_type else read()
             result = linker.link_chunk(mentions, out_dir / WORK / f"encode-{index:06d}")
             stats = {"mentions": mentions.height, "entities_encoded": result.entities_encoded,
                      "entities_cached": result.entities_cached, "seconds": result.seconds,
@@ -371,7 +381,8 @@ def _finish(options: LinkOptions, folder, key: str, total: int, started: float, 
     kb_report = kb.report()
     write_manifest(out_dir, stage="link", key=key, inputs={"model": str(options.model), "mentions": str(options.mentions)},
                    settings={"chunk_mentions": options.chunk_mentions, "score": options.score}, counts=summary,
-                   outputs=outputs, started=started, extra={"nil_share": shares.to_dicts(), "tied_best": ties, "kb": kb_report})
+                   outputs=outputs, started=started, extra={"nil_share": shares.to_dicts(), "tied_best": ties,
+                                                            "linked_with": recorded_linked_with(out_dir), "kb": kb_report})
     for name in (CHUNKS, WORK, SHARDS):
         shutil.rmtree(out_dir / name, ignore_errors=True)
     return LinkResult(out_dir, skipped=False, seconds=seconds, counts={**totals, "chunks": total,

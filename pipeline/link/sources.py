@@ -8,14 +8,16 @@ and splits in the input are dropped unless scoring is asked for.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from pipeline.core.errors import InputError
-from pipeline.formats.inputs import (given_gold, normalise_gold, read_mentions_jsonl, read_tac_lines, tac_mentions,
-                                     write_docs)
+from pipeline.formats.inputs import (MENTION_FIELDS, given_gold, normalise_gold, read_mentions_jsonl, read_tac_lines,
+                                     tac_mentions, write_docs)
 from pipeline.core.io import iter_jsonl_blocks
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -70,6 +72,54 @@ def parquet_columns(path: Path) -> list[str]:
     except (pl.exceptions.PolarsError, OSError) as error:
         raise InputError("E119", path=path, kind="Parquet", detail=" ".join(str(error).split())[:160],
                          fix="write it again (polars or pyarrow), or give the mentions as JSONL") from None
+
+
+# The mention fields that hold integers (offsets): pandas stores an integer column with a missing value as floats.
+_INTEGER_FIELDS = frozenset(name for name, (types, _) in MENTION_FIELDS.items() if types is int)
+
+
+def native_records(table: object, name: str = "<mentions>") -> list[dict]:
+    """Mention (or document) records as plain Python values, from what a Python caller may hold.
+
+    `table`: a polars DataFrame, a pandas DataFrame (or any object with `to_dict("records")`), a
+    pyarrow Table or RecordBatch (`to_pylist`), or an iterable of mappings. Values are made native
+    (`native_value`): numpy scalars and arrays, pandas' missing values (NaN, NA, NaT) as None, and
+    an integral float in an offset field (`start`, `end`, `doc_start`, `doc_end`; pandas turns an
+    integer column with a missing value into floats) as an int. pandas itself is never imported.
+    A row that is no mapping is E101, naming `name` and the row (from 1) as a JSONL file's line.
+    """
+    if isinstance(table, pl.DataFrame):
+        rows = table.to_dicts()
+    elif hasattr(table, "to_pylist"):  # pyarrow Table / RecordBatch
+        rows = table.to_pylist()
+    elif hasattr(table, "to_dict") and hasattr(table, "columns"):  # pandas DataFrame
+        rows = table.to_dict("records")
+    else:
+        rows = list(table)
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, Mapping):  # as a JSONL line that holds no object
+            raise InputError("E101", path=name, line=number, detail=f"expected an object, got {type(row).__name__}")
+    return [{str(key): native_value(value, str(key) in _INTEGER_FIELDS) for key, value in row.items()} for row in rows]
+
+
+def native_value(value: object, integral: bool = False) -> object:
+    """`value` as JSON would give it: numpy scalars (np.int64, np.bool_, np.str_ ...) as Python's, arrays
+    and tuples as lists, NaN and pandas' NA/NaT as None; with `integral`, a float with no fraction as an
+    int (a fractional one stays, for the reader's E103)."""
+    if type(value).__name__ in ("NAType", "NaTType"):  # pandas' missing values, without importing pandas
+        return None
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, (list, tuple)):
+        return [native_value(item, integral=True) for item in value]  # a fragment list holds offsets
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if integral and value.is_integer():
+            return int(value)
+    return value
 
 
 def records_frame(records: list[dict], path: Path, context_chars: int, keep_gold: bool,
@@ -141,7 +191,7 @@ def mention_chunks(path: Path, docs: Path | None, chunk_mentions: int, context_c
     total = pl.scan_parquet(path).select(pl.len()).collect().item()
     for index, offset in enumerate(range(0, total, chunk_mentions)):
         def parquet_chunk(offset: int = offset) -> pl.DataFrame:
-            records = pl.scan_parquet(path).slice(offset, chunk_mentions).collect().to_dicts()
+            records = native_records(pl.scan_parquet(path).slice(offset, chunk_mentions).collect())
             return records_frame(records, path, context_chars, keep_gold, _chunk_docs(docs_parquet, records),
                                  first_line=offset + 1, docs_path=docs, across_records=False)
         yield index, parquet_chunk

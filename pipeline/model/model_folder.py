@@ -12,8 +12,9 @@
   path, fingerprint, entity count; link may use another: `pipeline/link/kb_fit.py`), what it was trained on (languages, mention counts, dev scores), the
   xel version, the date, and each file's content fingerprint.
 
-Loading checks every file against its fingerprint, so a damaged or foreign folder is one
-coded error (E701-E703) before anything is linked.
+Loading checks model.json's every value (`pipeline/model/model_json.py`: types, finite numbers,
+ranges) and every file against its fingerprint, so a damaged, hand-mis-edited or foreign folder
+is one coded error (E701-E703, E702 naming the key path) before anything is linked.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from pipeline.core.io import (default_permissions, file_fingerprint, write_json_
 from pipeline.core.manifest import read_manifest
 from pipeline.model.aliases import alias_table
 from pipeline.model.model_file import MODEL
+from pipeline.model.model_json import check_model_json
 from pipeline.model.nil_policy import NilPolicy
 from pipeline.formats import triage_tables
 
@@ -163,19 +165,24 @@ class ModelFolder:
 
 
 def load_model_folder(path: Path) -> ModelFolder:
-    """Read and check a model folder. E701: not one; E702: damaged; E703: a newer format."""
+    """Read and check a model folder. E701: not one; E702: damaged, or a value of model.json of the
+    wrong type or range (naming its key path, e.g. `nil.thresholds.en`); E703: a newer format."""
     path = Path(path)
     meta_path = path / MODEL_JSON
     if not path.is_dir() or not meta_path.is_file():
         raise CacheError("E701", path=path, detail=f"no {MODEL_JSON}")
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        text = meta_path.read_text(encoding="utf-8")
+        meta = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CacheError("E702", path=meta_path, detail=f"not valid JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CacheError("E701", path=path, detail=f"{MODEL_JSON} does not say format = {FORMAT!r}")
     if not isinstance(meta.get("format_version"), int) or meta["format_version"] > FORMAT_VERSION:
         raise CacheError("E703", path=meta_path, found=meta.get("format_version"), supported=FORMAT_VERSION)
+    problem = check_model_json(text)  # every value's type, finiteness and range, before any is used
+    if problem is not None:
+        raise CacheError("E702", path=meta_path, detail=problem, fix_first="correct that value, or ")
     try:
         files = meta["files"]
         for name, expected in files.items():

@@ -107,27 +107,39 @@ def says_nil_by_nota(predictions: pl.DataFrame) -> np.ndarray:
 
 
 def decide_nil(predictions: pl.DataFrame, artifact: dict) -> pl.DataFrame:
-    """Apply a saved NIL artifact: add `threshold`, `is_nil` and `kb_id` (best candidate or NIL).
+    """Apply a saved NIL artifact: add `threshold`, `nil_probability`, `nil_cut`, `is_nil` and `kb_id`
+    (best candidate or NIL).
 
     artifact (`nil.json`): {"method": "threshold" | "classifier" | "nota", "thresholds": {lang:
     value}, "default_threshold": value, "classifier": parameters of
     `nil_classifier.fit` or null}. predictions needs lang, best_kb_id (null without
     candidates), best_score; with the classifier also the evidence columns of
     `nil_classifier.add_evidence` (and entity_type when the classifier uses types); with
-    nota, nil_score (`says_nil_by_nota`). `threshold` is always the language's threshold,
-    whichever method decides.
+    nota, nil_score (`says_nil_by_nota`).
+
+    The columns say what decided, so none contradicts `is_nil`: with thresholds, `threshold` is the
+    language's and a mention with a candidate is NIL when best_score < threshold; with nota,
+    `threshold` is the ranker's NIL score, the same rule; with the classifier, `threshold` is null,
+    `nil_probability` is the classifier's P(NIL) and `nil_cut` its P(right): NIL when
+    nil_probability > nil_cut. The two are null unless the classifier decides.
     """
     decided = decide(predictions, artifact["thresholds"], artifact["default_threshold"])
+    no_probability = pl.lit(None, pl.Float64)
+    probability, cut = no_probability.alias("nil_probability"), no_probability.alias("nil_cut")
     if artifact["method"] == "nota":
         is_nil = pl.Series("is_nil", says_nil_by_nota(predictions))
+        threshold = pl.col("nil_score").cast(pl.Float64).alias("threshold")  # what the best score had to reach
     elif artifact["method"] == "classifier":
-        from pipeline.model.nil_classifier import says_nil
+        from pipeline.model.nil_classifier import decision
 
-        is_nil = pl.Series("is_nil", says_nil(artifact["classifier"], predictions))
+        nil_probability, nil_cut, says_nil = decision(artifact["classifier"], predictions)
+        is_nil = pl.Series("is_nil", says_nil)
+        threshold = pl.lit(None, pl.Float64).alias("threshold")
+        probability, cut = pl.Series("nil_probability", nil_probability), pl.Series("nil_cut", nil_cut)
     else:
-        return decided
-    return decided.with_columns(is_nil, pl.when(is_nil).then(pl.lit(schema.NIL_ID))
-                                .otherwise(pl.col("best_kb_id")).alias("kb_id"))
+        return decided.with_columns(probability, cut)
+    return decided.with_columns(threshold, probability, cut, is_nil,
+                                pl.when(is_nil).then(pl.lit(schema.NIL_ID)).otherwise(pl.col("best_kb_id")).alias("kb_id"))
 
 
 def cluster_nils(decided: pl.DataFrame, mode: str) -> pl.DataFrame:

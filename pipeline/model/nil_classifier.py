@@ -162,7 +162,13 @@ def probabilities(params: dict, predictions: pl.DataFrame) -> dict[str, np.ndarr
     return out
 
 
-def says_nil(params: dict, predictions: pl.DataFrame) -> np.ndarray:
-    """(n,) bool: P(NIL) > P(right), or no candidate at all."""
+def decision(params: dict, predictions: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(P(NIL), P(right), is_nil), each (n,): NIL when P(NIL) > P(right), or with no candidate at all.
+    P(right) is the cut P(NIL) must pass, which links.parquet shows beside it (`nil_cut`)."""
     p = probabilities(params, predictions)
-    return (p[NIL] > p[RIGHT]) | predictions["best_kb_id"].is_null().to_numpy()
+    return p[NIL], p[RIGHT], (p[NIL] > p[RIGHT]) | predictions["best_kb_id"].is_null().to_numpy()
+
+
+def says_nil(params: dict, predictions: pl.DataFrame) -> np.ndarray:
+    """(n,) bool: P(NIL) > P(right), or no candidate at all (`decision`)."""
+    return decision(params, predictions)[2]

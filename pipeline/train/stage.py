@@ -98,7 +98,7 @@ def stage_identity(config: RunConfig) -> tuple[dict[str, str], dict]:
     # Device and checkpoint frequency change speed and what a kill loses, not the model
     # (a resumed run equals an uninterrupted one: tests/test_crash_matrix.py).
     settings = {k: v for k, v in to_dict(train_config).items()
-                if k not in ("device", "checkpoint_every") and LATER_SETTINGS.get(k, Ellipsis) != v
+                if k not in ("device", "checkpoint_every", "checkpoint_minutes") and LATER_SETTINGS.get(k, Ellipsis) != v
                 and (k not in NAME_MATCHING_SETTINGS or (train_config.name_matching and k != "name_pairs"))}
     return inputs_keys, settings
 
@@ -236,6 +236,7 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
     last_epoch = start_epoch - 1 if stopped else train_config.epochs
     progress = progress_counter(train_config.epochs, "train", "epochs", initial=start_epoch - 1, enabled=world.is_main)
     epoch = start_epoch - 1
+    last_saved = _clock()
     for epoch in range(start_epoch, last_epoch + 1):
         epoch_loss, pair_loss = train_epoch(trained, state.optimizer, inputs, train_rows, train_matrix_tensor,
                                             train_gold_tensor, train_config, state.generator, device, world, name_pairs,
@@ -255,8 +256,9 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
         state.history.append(record)
         progress.update(1)
         stop = train_config.patience > 0 and stale_epochs >= train_config.patience
-        if world.is_main and (epoch % train_config.checkpoint_every == 0 or stop or epoch == train_config.epochs):
+        if world.is_main and (stop or checkpoint_due(epoch, _clock() - last_saved, train_config)):
             save_torch(checkpoint_path, state.checkpoint(key, epoch, shape, train_config))
+            last_saved = _clock()
         if world.distributed:
             stop = distributed.broadcast(stop, world)
         if stop:
@@ -275,6 +277,19 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
                          state.best["score"] if len(dev_rows) else None, state.best["epoch"], by_language, device, world)
     distributed.barrier(world)  # the other ranks leave once rank 0's model and manifest are in place
     return result
+
+
+# The clock of time-based checkpoints (a test advances it).
+_clock = time.monotonic
+
+
+def checkpoint_due(epoch: int, seconds_since_checkpoint: float, train_config: TrainConfig) -> bool:
+    """Whether to checkpoint after `epoch`: every `checkpoint_every` epochs, at the last epoch, and
+    once `checkpoint_minutes` (when > 0) have passed since the last checkpoint or the start, so
+    that a run with a large checkpoint_every leaves its first checkpoint within minutes."""
+    minutes = train_config.checkpoint_minutes
+    return (epoch % train_config.checkpoint_every == 0 or epoch == train_config.epochs
+            or (minutes > 0 and seconds_since_checkpoint >= 60 * minutes))
 
 
 def _finish(stage_run: StageRun, history: list[dict], counts: dict, best_score: float | None, best_epoch: int,

@@ -27,7 +27,8 @@ from pipeline.formats import triage_tables
 logger = logging.getLogger(__name__)
 
 STAGE = "triage"
-STAGE_VERSION = 3
+# 4: folding drops format characters and tatweel (`textnorm.fold`), so candidates may change.
+STAGE_VERSION = 4
 RECALL_AT = (1, 5, 10, 30, 100)
 
 
