@@ -133,12 +133,20 @@ class XelGroup(click.Group):
 @click.group(cls=XelGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors (no summaries; `score` still prints its scores).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
+              help="CPU threads of the encoder and other numeric work (default: OMP_NUM_THREADS if set, else the "
+                   "CPUs this process may use: its affinity and cgroup quota). The ranker always uses one.")
 @click.version_option(package_name="xel")
 @click.pass_context
-def main(ctx: click.Context, debug: bool, quiet: bool) -> None:
+def main(ctx: click.Context, debug: bool, quiet: bool, threads: int | None) -> None:
     """Cross-language entity linking: triage -> encode -> train -> evaluate, each cached on disk."""
+    from pipeline.core.threads import apply_threads, choose_threads
+
     _setup_logging(debug, quiet)
     ctx.obj = State(debug=debug, quiet=quiet)
+    count, source = choose_threads(threads)
+    apply_threads(count)
+    logging.getLogger("xel").debug("%d CPU thread(s) (%s)", count, source)
 
 
 def config_options(function=None, *, force: bool = True):

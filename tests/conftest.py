@@ -406,3 +406,26 @@ def run_demo_linker(folder: Path, encoder_dir: Path, **sections: dict) -> tuple[
     finally:
         os.environ.pop("XEL_CACHE") if saved is None else os.environ.__setitem__("XEL_CACHE", saved)
     return config, result.output
+
+
+# ---------------------------------------------------------------------------
+# The CLI in-process (CliRunner), as every test module calls it.
+# ---------------------------------------------------------------------------
+
+def invoke(*args: object, exit_code: int | None = None):
+    """`xel-cli ARGS` (each `str()`-ed) through click's CliRunner; with `exit_code`, asserts it (the output
+    and any exception shown on failure)."""
+    from click.testing import CliRunner
+
+    from cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if exit_code is not None:
+        assert result.exit_code == exit_code, result.output + repr(result.exception)
+    return result
+
+
+def succeeded(result):
+    """`result` of `invoke`, asserting it exited 0 (its output and exception shown otherwise)."""
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result

@@ -3,10 +3,13 @@
 A multi-million-entity KB takes a minute to index and the index does not depend on the
 mentions, so it lives in the store (`pipeline.core.store.kb_index_root`:
 `$XEL_CACHE/kb-index/<KB fingerprint>/<key>/`), where the key hashes the KB file's
-fingerprint and what the index is built with; triage and `xel-cli link` both read it. Triage settings such as `k` or the
-mentions file can change without rebuilding it. Each index folder is built under a
-temporary name and renamed into place, so a killed build is never taken as finished;
-folders of other keys are left alone (another run or link may be reading them).
+fingerprint and what the index is built with; triage and `xel-cli link` both read it. Triage
+settings such as `k` or the mentions file can change without rebuilding it. Each index folder
+is built under a temporary name, sealed (a record of every file's size and checksum,
+`pipeline/core/checked_files.py`) and renamed into place, so a killed build is never taken as
+finished; a folder that no longer matches its record is a miss, rebuilt with one `[W402]`
+naming the file. A folder that matches is only read, so a read-only cache serves as it is.
+Folders of other keys are left alone (another run or link may be reading them).
 
 - `entities`: the KB file as `entities.parquet`; triage copies it into its own folder.
 - `names`: every KB name and alias (`surfaces.parquet`: surface, kb_id and its keys)
@@ -32,7 +35,8 @@ from typing import Callable
 import numpy as np
 import polars as pl
 
-from pipeline.core.errors import InputError
+from pipeline.core import checked_files
+from pipeline.core.errors import CacheError, InputError, warn
 from pipeline.formats.inputs import write_entities
 from pipeline.core.io import atomic_path, default_permissions, write_parquet_atomic
 from pipeline.candidates.tantivy_index import TantivyNameIndex
@@ -43,8 +47,9 @@ logger = logging.getLogger(__name__)
 # Raise when the keys (textnorm) or the index layout change: old indexes are then rebuilt.
 # 2: folding keeps script letters (vowel signs, viramas); 3: the fuzzy index is tantivy's
 # (was our own four-gram postings, ngrams.npz); 4: folding drops format characters (ZWNJ, ZWJ,
-# soft hyphen ...) and tatweel instead of breaking words there.
-INDEX_VERSION = 4
+# soft hyphen ...) and tatweel instead of breaking words there; 5: each folder holds its record
+# (checked_files).
+INDEX_VERSION = 5
 # Above this many names the dense index is HNSW: exact search would cost O(names) per query.
 EXACT_DENSE_LIMIT = 200_000
 HNSW_NEIGHBOURS = 32
@@ -85,15 +90,23 @@ def index_key(kb_fingerprint: str, part: str, settings: dict) -> str:
 
 
 def _cached(root: Path, key: str, build: Callable[[Path], None]) -> Path:
-    """The folder `root/key`, built by `build(temp_folder)` when missing; stale siblings removed."""
+    """The folder `root/key`, built by `build(temp_folder)` when missing or damaged (W402); other keys' folders kept."""
     folder = root / key
     if folder.is_dir():
-        logger.info("reusing KB index %s", folder)
-        return folder
-    root.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=root))
+        problem = checked_files.damage(folder / checked_files.RECORD_NAME)
+        if problem is None:
+            logger.info("reusing KB index %s", folder)
+            return folder
+        warn(logger, "W402", detail=problem, entry=folder)
+        _remove(folder)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=root))
+    except OSError as exc:  # a read-only or full cache
+        raise CacheError("E406", path=folder, detail=exc.strerror or str(exc)) from None
     try:
         build(temp)
+        checked_files.seal_folder(temp)
         try:
             default_permissions(temp)
             os.replace(temp, folder)
@@ -107,6 +120,16 @@ def _cached(root: Path, key: str, build: Callable[[Path], None]) -> Path:
     # Folders of other keys stay: in a store that runs and links share, another setting or
     # xel version may be reading them at this moment (docs/caches.md says how to clear it).
     return folder
+
+
+def _remove(folder: Path) -> None:
+    """Move a damaged folder aside and delete it (a reader of it elsewhere keeps its open files)."""
+    aside = folder.with_name(f".{folder.name}.damaged.{os.getpid()}.tmp")
+    try:
+        os.replace(folder, aside)
+    except OSError:  # read-only: the rebuild below reports it (E406)
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def kb_entities(kb_path: Path, root: Path, kb_fingerprint: str) -> Path:

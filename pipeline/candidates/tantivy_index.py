@@ -16,7 +16,10 @@ writer's memory budget) a document's id is its row, so no fast-field read is nee
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +36,8 @@ INDEX_FOLDER = "tantivy"
 WRITER_HEAP_BYTES = 1_500_000_000
 # Names indexed, or strings looked up, between two progress updates.
 PROGRESS_EVERY = 10_000
+
+logger = logging.getLogger(__name__)
 
 
 def _schema() -> tantivy.Schema:
@@ -61,6 +66,8 @@ class TantivyNameIndex:
 
     index: tantivy.Index
     n_names: int
+    # A read-only index's private folder (see `load`), deleted with this object.
+    private_folder: tempfile.TemporaryDirectory | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def build(cls, names: pl.Series, folder: Path | None = None) -> TantivyNameIndex:
@@ -113,10 +120,26 @@ class TantivyNameIndex:
 
     @classmethod
     def load(cls, folder: Path) -> TantivyNameIndex:
-        """The index `build` wrote into `folder` (memory-mapped: loading reads nothing yet)."""
-        index = tantivy.Index.open(str(folder / INDEX_FOLDER))
+        """The index `build` wrote into `folder` (memory-mapped: loading reads nothing yet).
+
+        tantivy takes a lock file in the index folder to open it, which a read-only folder (a
+        shared cache, a read-only mount) refuses; the index is then opened through a private
+        folder of links to its files, where tantivy makes its own lock files.
+        """
+        path, private_folder = folder / INDEX_FOLDER, None
+        try:
+            index = tantivy.Index.open(str(path))
+        except ValueError as exc:
+            if "Lockfile" not in str(exc):
+                raise
+            private_folder = tempfile.TemporaryDirectory(prefix="xel-tantivy-")
+            for file in path.iterdir():
+                if not file.name.endswith(".lock"):
+                    os.symlink(file.resolve(), Path(private_folder.name) / file.name)
+            logger.info("%s cannot be written: opening it through links in %s", path, private_folder.name)
+            index = tantivy.Index.open(private_folder.name)
         _register_tokenizer(index)
-        return cls(index, index.searcher().num_docs)
+        return cls(index, index.searcher().num_docs, private_folder)
 
     def shortlist(self, texts: pl.Series, top_n: int, lookup_ngrams: int = 6) -> pl.DataFrame:
         """Up to `top_n` names per text by BM25 over its `lookup_ngrams` rarest four-grams:

@@ -3,19 +3,24 @@ evaluate and link, so all of them accept and refuse the same settings."""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from pipeline.core.config import DEVICE_EXPECTED
 from pipeline.core.errors import ConfigError
+
+if TYPE_CHECKING:  # imported where a device is made: checking cpu or auto needs no torch
+    import torch
 
 
 def device_problem(device: str) -> str | None:
     """Why the encoder and ranker cannot run on `device` here, or None when they can: a name
     torch does not parse (gpu, CPU, cuda:x, an empty one), a type xel does not run on (xla,
     meta), or one this machine lacks (cuda without a visible GPU, cuda:N past the last one,
-    mps). `auto` is always fine."""
-    if device == "auto":
+    mps). `auto` and `cpu` are always fine (and need no torch to say so)."""
+    if device in ("auto", "cpu"):
         return None
+    import torch
+
     try:
         kind = torch.device(device)
     except (RuntimeError, TypeError):
@@ -37,6 +42,8 @@ def device_problem(device: str) -> str | None:
 def pick_device(setting: str, where: str = "[encoder]") -> torch.device:
     """The torch device of a `device` setting (auto: cuda when visible, else cpu); E203 naming
     `where` (the config section or option) when `device_problem` finds one."""
+    import torch
+
     reason = device_problem(setting)
     if reason is not None:
         raise ConfigError("E203", where=where, field="device", value=setting, reason=reason)

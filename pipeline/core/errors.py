@@ -7,6 +7,7 @@ and shows a traceback.
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 
@@ -89,7 +90,7 @@ class Errors:
     E709 = "{path}: --score needs gold_kb_id in the mentions, and none has one; leave out --score to link without scoring"
     # E710 (a mention id repeated across chunks, found at the merge) is gone: `link.sources.check_corpus`
     # refuses it as E104, with its line, before any chunk is linked.
-    E715 = "{path}: holds {count} finished chunk(s) or shard record(s) of another link (its key {old}, this one {new}: another model, input, --kb, --score or --chunk-mentions); give this shard the options of its siblings, another --out, or --force to delete them and start over"
+    E715 = "{path}: holds {detail}; give this shard the options and shard count of its siblings, another --out, or --force to delete them and start over"
     # E730-E739: linking against another KB (issue 23: pipeline/link/kb_fit.py)
     E730 = "{path}:{line}: {detail}; a KB id map is one pair a line: `old_id<TAB>new_id` in .tsv/.txt (an optional header line `from<TAB>to`), or {{\"from\": old_id, \"to\": new_id}} in .jsonl"
     E731 = "{path}:{line}: maps KB id {old!r} to {new!r}, but line {first_line} maps it to {first!r}; an id of the model's KB names one entity: keep one of the two lines"
@@ -123,7 +124,11 @@ class Warnings:
     W107 = "{path}: {count} KB record(s) have no name (first on line {line}: {example!r}); took each one's first alias as its name"
     W220 = "{count} document(s) of {path} have no language (e.g. {example!r}): their id does not say and no languages file lists them, so they count as 'unknown'; give `xel-cli score --languages FILE` (doc_id<TAB>lang lines) or put doc_languages.tsv beside the gold file"
     W401 = "{path}: taking over a stale lock of a run that is gone ({detail})"
+    # W402-W403: files checked before use (pipeline/core/checked_files.py).
+    W402 = "{detail}: the cache entry {entry} is damaged, so it is rebuilt (a cache miss); nothing to do unless this repeats (then check the disk)"
+    W403 = "{detail}: the saved chunk {path} is damaged, so it is made again"
     W501 = "no dev mention (of train_languages, if set) to pick the best epoch by; the model is the epoch of lowest training loss and best_dev_accuracy is null"
+    W503 = "the ranker did not learn to rank: {cause}. Its dev linking accuracy {accuracy} is triage's order breaking the ties, not the model's, so train reports best_dev_accuracy as null; {fix}"
     W502 = "the ranker gives its best two candidates the same score for {tied} of {mentions} {split} mention(s) with a runner-up ({percent}): which candidate those link to is triage's order, not the ranker's; {advice}"
     W601 = "system languages {languages} are not in the gold; they count overall only"
     W602 = "{lang}: no {split} mention with gold to tune its NIL threshold on; it uses {fallback} = {value}"
@@ -203,6 +208,8 @@ def os_error(error: OSError) -> "CacheError":
     kinds = {PermissionError: "no permission", NotADirectoryError: "a file where a folder is wanted",
              IsADirectoryError: "a folder where a file is wanted", FileNotFoundError: "not found, or a folder on the way is missing",
              FileExistsError: "something is already there where a folder must be made"}
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):  # a full disk or quota: E406's advice, free space
+        return CacheError("E406", path=path, detail=error.strerror or "no space left")
     detail = next((text for kind, text in kinds.items() if isinstance(error, kind)), "cannot read or write it")
     return CacheError("E412", path=path, detail=detail, reason=error.strerror or type(error).__name__)
 

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 # Lines of JSONL parsed per block: bounds memory on multi-million-line KBs.
 JSONL_BLOCK_LINES = 200_000
-# Test-only crash hook (tests/test_crash_matrix.py); see `crash_point`.
+# Test-only crash hook (tests/cli/test_crash_matrix.py); see `crash_point`.
 CRASH_AT = "XEL_CRASH_AT"
 CRASH_POINTS = ("half-written", "before-rename", "after-rename")
 _crash_counts: dict[tuple[str, str], int] = {}

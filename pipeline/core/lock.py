@@ -51,6 +51,22 @@ def _read_holder(path: Path) -> dict:
         return {}  # half-written by a run killed while taking it: treated as stale below
 
 
+def _write_holder(handle: int, path: Path, holder: dict) -> None:
+    """Write the holder into the new lock file `path` (open as `handle`); a write that fails (a full
+    disk: the file is made, its bytes are not) removes the file and is E406 naming it, so no empty
+    lock is left for the next run to take over."""
+    data = json.dumps(holder).encode("utf-8")
+    try:
+        try:
+            while data:
+                data = data[os.write(handle, data):]
+        finally:
+            os.close(handle)
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise CacheError("E406", path=path, detail=exc.strerror or str(exc)) from None
+
+
 @contextlib.contextmanager
 def run_lock(run_dir: Path, command: str) -> Iterator[Path]:
     """Hold `run_dir`'s lock for the duration of the block; removed on exit, even on errors."""
@@ -70,8 +86,7 @@ def run_lock(run_dir: Path, command: str) -> Iterator[Path]:
             warn(logger, "W401", path=path, detail=other or "unreadable")
             path.unlink(missing_ok=True)
             continue
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(holder, stream)
+        _write_holder(handle, path, holder)
         break
     else:
         raise CacheError("E405", path=path, pid="?", host="?", started="?", command="?")

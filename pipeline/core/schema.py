@@ -53,3 +53,7 @@ CANDIDATES: dict[str, pl.DataType] = {
     "sources": pl.List(pl.String()),
     "is_gold": pl.Boolean(),
 }
+
+# The values of candidates.parquet's `sources`, in the order the ranker's triage feature and the
+# NIL classifier's evidence read them (one flag each, after the summed score).
+TRIAGE_SOURCES = ("prior", "kb_name", "fuzzy", "dense", "external")

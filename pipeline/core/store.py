@@ -9,8 +9,11 @@ run embeds no KB name and encodes no entity the run already did. Both parts live
 - `entity-vectors/<encoder key>/`: the four-vector entity encodings (name and context),
   one row per distinct (name, description) content. The encoder key hashes the encoder's
   identity and the settings that change vectors, so another encoder or `name_layer` gets
-  its own store. Rows are stored in parts of three `.npy` files (`part-*.keys.npy` written
-  last, so a part counts only once whole); parallel shards each write their own parts.
+  its own store. Rows are stored in parts of three `.npy` files and a record of them
+  (`part-*.check.json`, `pipeline/core/checked_files.py`: sizes, shapes, checksums, finite
+  values) written last, so a part counts only once whole; parallel shards each write their
+  own parts. A part that no longer matches its record is a miss: deleted with one `[W402]`,
+  and its rows are encoded again.
 
 A KB with a hundred added entities therefore encodes only those hundred (the others'
 content is cached), and a second corpus against the same KB encodes only entities no
@@ -29,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from pipeline.core import checked_files
+from pipeline.core.errors import warn
 from pipeline.core.io import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -36,7 +41,9 @@ logger = logging.getLogger(__name__)
 KB_INDEX = "kb-index"
 ENTITY_VECTORS = "entity-vectors"
 # Raise when the way entity vectors are made changes (encode's plan_entities), so old rows are not reused.
-STORE_VERSION = 1
+# 2: parts are read only with their record (`RECORD_SUFFIX`); older parts have none.
+STORE_VERSION = 2
+RECORD_SUFFIX = ".check.json"
 
 
 def cache_root() -> Path:
@@ -81,13 +88,23 @@ class EntityVectorStore:
         self._index = pl.DataFrame(schema={"key": pl.String, "part": pl.String, "row": pl.Int64})
 
     def refresh(self) -> None:
-        """Read the keys of parts written since the last look (by this or a parallel process)."""
+        """Read the keys of parts written since the last look (by this or a parallel process).
+
+        A part is read only when its record is there (written last) and every file matches it;
+        a damaged part is deleted with one `[W402]` naming the file, so its rows are a miss.
+        """
         frames = [self._index]
-        for keys_path in sorted(self.folder.glob("part-*.keys.npy")) if self.folder.is_dir() else ():
-            part = keys_path.name.removesuffix(".keys.npy")
+        for record in sorted(self.folder.glob(f"part-*{RECORD_SUFFIX}")) if self.folder.is_dir() else ():
+            part = record.name.removesuffix(RECORD_SUFFIX)
             if part in self._loaded:
                 continue
-            keys = np.load(keys_path).astype(str)
+            problem = checked_files.damage(record)
+            if problem is not None:
+                warn(logger, "W402", detail=problem, entry=self.folder / f"{part}.*")
+                checked_files.forget(record)
+                self._loaded.add(part)  # not looked at again in this process, even where it could not be deleted
+                continue
+            keys = np.load(self.folder / f"{part}.keys.npy").astype(str)
             frames.append(pl.DataFrame({"key": keys, "part": part, "row": np.arange(len(keys), dtype=np.int64)}))
             self._loaded.add(part)
         self._index = pl.concat(frames).unique(subset="key", keep="first", maintain_order=True)
@@ -111,13 +128,18 @@ class EntityVectorStore:
         return found, names, contexts
 
     def add(self, keys: list[str], names: np.ndarray, contexts: np.ndarray) -> None:
-        """Store new rows as one part; the keys file goes last, so a killed write is never read."""
+        """Store new rows as one part; its record goes last, so a killed write is never read."""
+        finite = np.isfinite(names).all(axis=1) & np.isfinite(contexts).all(axis=1)  # (n,); NaN rows stay a miss
+        keys, names, contexts = [key for key, ok in zip(keys, finite) if ok], names[finite], contexts[finite]
         if not keys:
             return
         part = f"part-{uuid.uuid4().hex}"
+        files = []
         for suffix, array in (("name", names), ("context", contexts), ("keys", np.asarray(keys, dtype="S32"))):
-            with atomic_path(self.folder / f"{part}.{suffix}.npy") as temp_path:
+            files.append(self.folder / f"{part}.{suffix}.npy")
+            with atomic_path(files[-1]) as temp_path:
                 with open(temp_path, "wb") as handle:
                     np.save(handle, array.astype(self.dtype) if suffix != "keys" else array)
                     handle.flush()
                     os.fsync(handle.fileno())
+        checked_files.seal(self.folder / f"{part}{RECORD_SUFFIX}", files)

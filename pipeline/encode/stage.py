@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import shutil
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -35,7 +36,8 @@ from pipeline.encode.inputs import read_triage
 from pipeline.encoders.plan import plan_units
 from pipeline.encode.shards import finished_shards, merge_group, remove_stale_work, shard_paths, shard_slice
 from pipeline.encoders.encoder import encoder_identity, load_encoder, resolve_encoder_path
-from pipeline.core.errors import CacheError, SchemaError
+from pipeline.core import checked_files
+from pipeline.core.errors import CacheError, SchemaError, warn
 from pipeline.core.io import write_json_atomic
 from pipeline.core.store import content_keys, entity_vector_store
 from pipeline.core.manifest import StageResult, StageRun, library_versions, read_manifest_file, stage_key, upstream_key
@@ -114,7 +116,7 @@ def _encode_vectors(config: RunConfig, force: bool, shard: tuple[int, int] | Non
     else:
         target, shard_manifest = shard_paths(out_dir, shard)
         work_dir = out_dir / f"work-{key}-{shard[0]}-of-{shard[1]}"
-        if not force and shard_manifest.is_file() and target.is_file() and read_manifest_file(shard_manifest)["key"] == key:
+        if not force and _finished_shard(target, shard_manifest, key):
             return StageResult(STAGE, target.parent, skipped=True, seconds=time.time() - started)
         shard_manifest.unlink(missing_ok=True)
     if force:
@@ -151,13 +153,27 @@ def _encode_vectors(config: RunConfig, force: bool, shard: tuple[int, int] | Non
         # A shard's manifest of its own (shards run side by side, without the run lock).
         write_json_atomic(shard_manifest, {"stage": STAGE, "key": key, "shard": list(shard), "inputs": inputs,
                                            "settings": settings, "counts": counts, "outputs": [target.name],
-                                           "versions": library_versions(), "seconds": round(seconds, 3), **extra})
+                                           "versions": library_versions(), "seconds": round(seconds, 3), **extra,
+                                           "checked": checked_files.describe([target], target.parent)})
         result = StageResult(STAGE, target.parent, skipped=False, seconds=seconds, counts=counts, summary=summary)
     # Only now that the result is in place: the chunks are no longer needed to resume.
     shutil.rmtree(work_dir, ignore_errors=True)
     if shard is None:
         remove_stale_work(out_dir, key)
     return result
+
+
+def _finished_shard(target: Path, shard_manifest: Path, key: str) -> bool:
+    """Whether this shard of `key` is finished and whole; a damaged one is redone, with one `[W403]`."""
+    if not (shard_manifest.is_file() and target.is_file()):
+        return False
+    manifest = read_manifest_file(shard_manifest)
+    if manifest["key"] != key:
+        return False
+    problem = checked_files.listed_damage(target.parent, manifest.get("checked", {}))
+    if problem is not None:
+        warn(logger, "W403", detail=problem, path=target)
+    return problem is None
 
 
 def merge_shards(config: RunConfig, stage_run: StageRun) -> StageResult:
@@ -167,7 +183,11 @@ def merge_shards(config: RunConfig, stage_run: StageRun) -> StageResult:
     out_dir, key, inputs = stage_run.out_dir, stage_run.key, stage_run.inputs
     mentions, entities = read_triage(config)
     paths, manifests = finished_shards(out_dir, key)
-    for path in paths:
+    for index, (path, manifest) in enumerate(zip(paths, manifests)):
+        problem = checked_files.listed_damage(path.parent, manifest.get("checked", {}))  # an older xel's: none
+        if problem is not None:  # nothing can redo a shard here: refused, naming what to redo
+            raise CacheError("E404", path=path, detail=f"damaged ({problem}); delete it and "
+                             f"{path.with_suffix('.json').name}")
         try:
             with h5py.File(path, "r") as handle:
                 attributes = dict(handle.attrs)

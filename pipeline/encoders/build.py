@@ -12,12 +12,15 @@ loads it like any other encoder: `AutoModel.from_pretrained(folder)`. The build 
 deterministic, so it goes to a cache folder instead of the repository.
 
 Crash safety: the folder is assembled under a temporary sibling name, its marker
-(`xel-build.json`) is written last, and the whole folder is moved into place with
-`os.replace`. A folder without a valid marker is never returned.
+(`xel-build.json`) and then a record of every file's size and checksum
+(`pipeline/core/checked_files.py`) are written last, and the whole folder is moved into
+place with `os.replace`. A folder without a valid marker is never returned; one that no
+longer matches its record is rebuilt, with one `[W402]` naming the file.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -30,7 +33,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from pipeline.core.errors import ConfigError
+from safetensors import SafetensorError
+
+from pipeline.core import checked_files
+from pipeline.core.errors import CacheError, ConfigError, PipelineError, warn
 from pipeline.core.io import default_permissions
 from pipeline.core.progress import silence_library_bars
 from pipeline.core.store import cache_root
@@ -41,7 +47,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_ENCODER = "xel/multilingual-e5-small"
 """The name users write in a config to mean the offline build of this module."""
 
-BUILD_VERSION = 1
+BUILD_VERSION = 2  # 2: the folder holds its record (checked_files)
 """Raise when the folder this module writes changes; an older marker then misses."""
 
 ENCODER_FOLDER = "multilingual-e5-small"
@@ -74,7 +80,10 @@ def ensure_default_encoder(
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target_dir = cache_root / ENCODER_FOLDER
     if _is_complete(target_dir):
-        return target_dir
+        problem = checked_files.damage(target_dir / checked_files.RECORD_NAME)
+        if problem is None:
+            return target_dir
+        warn(logger, "W402", detail=problem, entry=target_dir)
 
     weights_path = Path(source_path) if source_path is not None else _packaged_weights_path()
     try:
@@ -85,8 +94,8 @@ def ensure_default_encoder(
     from filelock import FileLock  # light; a dependency of huggingface_hub
 
     with FileLock(str(cache_root / f".{ENCODER_FOLDER}.lock")):
-        if _is_complete(target_dir):  # another process built it while we waited
-            return target_dir
+        if _is_complete(target_dir) and checked_files.damage(target_dir / checked_files.RECORD_NAME) is None:
+            return target_dir  # another process built it while we waited
         logger.info(
             "building the offline encoder %s into %s (once, ~10 s)", ENCODER_FOLDER, target_dir
         )
@@ -107,7 +116,7 @@ def _build_into_place(weights_path: Path, target_dir: Path) -> None:
     try:
         build_dir = Path(tempfile.mkdtemp(prefix=f".{ENCODER_FOLDER}-build-", dir=target_dir.parent))
     except OSError as err:
-        raise ConfigError("E504", path=target_dir.parent, detail=err) from err
+        raise _write_error(target_dir.parent, err) from None
     try:
         _build_folder(weights_path, build_dir)
         if target_dir.exists():  # stale: no marker or an older BUILD_VERSION
@@ -115,11 +124,20 @@ def _build_into_place(weights_path: Path, target_dir: Path) -> None:
             os.replace(target_dir, stale_dir / "old")
             shutil.rmtree(stale_dir, ignore_errors=True)
         os.replace(build_dir, target_dir)
-    except OSError as err:
-        raise ConfigError("E504", path=target_dir, detail=err) from err
+    except (OSError, SafetensorError) as err:  # safetensors reports its failed writes (a full disk) as its own error
+        raise _write_error(target_dir, err) from None
     finally:
         if build_dir.exists():
             shutil.rmtree(build_dir, ignore_errors=True)
+
+
+def _write_error(path: Path, error: Exception) -> PipelineError:
+    """A failed write of the build: E406 (free space) for a full disk or quota, else E504."""
+    full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(
+        f"os error {number}" in str(error) for number in (errno.ENOSPC, errno.EDQUOT))  # Rust's io::Error text
+    if full:
+        return CacheError("E406", path=path, detail=os.strerror(errno.ENOSPC))
+    return ConfigError("E504", path=path, detail=error)
 
 
 def _bert_model(header, e5_tensors: dict, weights_path: Path):
@@ -213,7 +231,8 @@ def _build_folder(weights_path: Path, out_dir: Path) -> None:
             for name in (_WEIGHTS_PACKAGE, "sentencepiece", "torch", "transformers", "numpy")
         },
     }
-    _write_json(out_dir / MARKER_FILE, marker)  # last: its presence means complete
+    _write_json(out_dir / MARKER_FILE, marker)  # its presence means complete ...
+    checked_files.seal_folder(out_dir)  # ... and this record, last, that nothing changed since
     # mkdtemp makes the folder 0700 and safetensors writes 0600; a cache may be shared.
     default_permissions(out_dir)
 

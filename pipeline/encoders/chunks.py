@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core import checked_files
 from pipeline.core.config import EncoderConfig
+from pipeline.core.errors import warn
 from pipeline.encoders.plan import UnitTable
 from pipeline.encoders.encoder import LoadedEncoder, forward_units
 from pipeline.core.io import atomic_path
@@ -65,8 +67,16 @@ def save_chunk(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def finished_chunk(path: Path, units: np.ndarray, batch_tokens: int) -> bool:
-    """Whether `path` holds exactly this chunk, batched the same way (else it is redone)."""
+    """Whether `path` holds exactly this chunk, batched the same way (else it is redone).
+
+    A chunk that cannot be read whole (a member's CRC-32 fails, a file cut short) or holds a NaN
+    or infinite vector is damaged: redone, with one `[W403]` naming it.
+    """
     if not path.is_file():
+        return False
+    problem = checked_files.npz_damage(path)
+    if problem is not None:
+        warn(logger, "W403", detail=problem, path=path)
         return False
     try:
         with np.load(path) as saved:

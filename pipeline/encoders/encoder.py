@@ -9,21 +9,38 @@ SentencePiece tokenizers both give.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from pipeline.core.config import EncoderConfig
 from pipeline.core.devices import pick_device
 from pipeline.core.errors import ConfigError, PipelineError
 from pipeline.core.progress import silence_library_bars
 
+if TYPE_CHECKING:
+    import torch
+
 logger = logging.getLogger(__name__)
+
+
+def _inference_mode(function):
+    """`@torch.inference_mode()` with torch imported at the call: this module loads without torch
+    (stage keys and `xel-cli link`'s checks need the encoder's identity, not torch)."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        with torch.inference_mode():
+            return function(*args, **kwargs)
+
+    return wrapper
 
 
 @dataclass
@@ -120,6 +137,8 @@ def _weights_digest(path: Path) -> str:
 
 
 def load_encoder(config: EncoderConfig) -> LoadedEncoder:
+    """The encoder of `config` on its device, in eval mode (E501: it cannot be loaded; E203: bad name_layer)."""
+    import torch
     from transformers import AutoModel, AutoTokenizer
 
     # Our own progress lines cover encoding; the loader's bars would only add noise.
@@ -187,6 +206,8 @@ def length_batches(sequences: list, pad_id: int, batch_tokens: int, device: torc
     Each batch holds as many sequences as fit `batch_tokens` at its longest member's
     width, so padding stays small; every sequence appears in exactly one batch.
     """
+    import torch
+
     lengths = np.array([len(s) for s in sequences])
     order = np.argsort(lengths, kind="stable")
     position = 0
@@ -206,7 +227,7 @@ def length_batches(sequences: list, pad_id: int, batch_tokens: int, device: torc
         position = end
 
 
-@torch.inference_mode()
+@_inference_mode
 def forward_units(encoder: LoadedEncoder, units: list[np.ndarray], spans: list[list[tuple[int, int, int]]],
                   name_layer: int, batch_tokens: int, progress=None) -> tuple[np.ndarray, np.ndarray]:
     """Run the encoder once over each unit (a token id sequence with special tokens).
@@ -215,6 +236,8 @@ def forward_units(encoder: LoadedEncoder, units: list[np.ndarray], spans: list[l
     unit's own positions. Returns (context vectors (n_units, H), span vectors
     (n_span_rows, H)), float32.
     """
+    import torch
+
     hidden = encoder.hidden_size
     n_span_rows = sum(len(s) for s in spans)
     context_vectors = np.zeros((len(units), hidden), dtype=np.float32)
@@ -238,7 +261,7 @@ def forward_units(encoder: LoadedEncoder, units: list[np.ndarray], spans: list[l
     return context_vectors, span_vectors
 
 
-@torch.inference_mode()
+@_inference_mode
 def embed_texts(encoder: LoadedEncoder, texts: list[str], max_tokens: int, batch_tokens: int,
                 progress=None) -> np.ndarray:
     """Unit-length mean-pooled top-layer vectors of short texts (names), (len(texts), H).
@@ -247,6 +270,8 @@ def embed_texts(encoder: LoadedEncoder, texts: list[str], max_tokens: int, batch
     (e5 among them), used for cross-lingual name retrieval in triage — not one of the
     paper's §3.1 ranker features.
     """
+    import torch
+
     if not texts:
         return np.zeros((0, encoder.hidden_size), dtype=np.float32)
     encoded = encoder.tokenizer(texts, truncation=True, max_length=max_tokens)["input_ids"]

@@ -27,7 +27,7 @@ def report_markdown(metrics: dict, artifact: dict, split: str, has_plot: bool, v
     counts = artifact.get("tuning_counts", {})
     tune = artifact.get("tune_split", "dev")
     lines = [f"# Evaluation on the {split} split", "", "## NIL decision", "",
-             f"NIL is decided by the **{artifact['method']}** (evaluate.nil_method; see README, NIL decisions).", "",
+             f"NIL is decided by the **{artifact['method']}** (evaluate.nil_method; see docs/nil.md).", "",
              f"| language | threshold | {tune} mentions | {tune} NILs |", "| --- | --- | --- | --- |"]
     for lang, value in sorted(artifact["thresholds"].items()):
         count = counts.get(lang, {"mentions": 0, "nil": 0})

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -31,8 +32,6 @@ from pipeline.core import schema
 from pipeline.core.config import EvaluateConfig, RunConfig, to_dict
 from pipeline.core.devices import pick_device
 from pipeline.core.errors import ConfigError, InputError, warn
-from pipeline.model.features import (RankerInputs, candidate_matrix, gold_rows, load_inputs, score_candidates,
-                                     score_nil)
 from pipeline.core.io import (atomic_path, write_json_atomic, write_parquet_atomic,
                          write_text_atomic)
 from pipeline.model.nil import cluster_nils, decide_nil
@@ -50,6 +49,9 @@ from pipeline.formats.tac import write_tab
 from pipeline.model.model_file import load_model
 from pipeline.formats import triage_tables
 
+if TYPE_CHECKING:  # features needs torch, imported once the stage has work to do (not when up to date)
+    from pipeline.model.features import RankerInputs
+
 logger = logging.getLogger(__name__)
 
 STAGE = "evaluate"
@@ -64,6 +66,8 @@ LATER_SETTINGS = {"languages": [], "popularity_rerank": False}
 
 def training_popularity(inputs: RankerInputs, train_mention_ids: list[str]) -> np.ndarray:
     """(n_entities,) how many of the ranker's training mentions have each entity as gold."""
+    from pipeline.model.features import gold_rows
+
     trained = inputs.mentions.filter(pl.col("mention_id").is_in(train_mention_ids))["row"].to_numpy()
     gold = gold_rows(inputs, trained)
     return np.bincount(gold[gold >= 0], minlength=inputs.entity_name.shape[0])
@@ -152,6 +156,8 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     evaluate = config.evaluate
     check_gold_splits(triage_tables.path(triage_dir, triage_tables.MENTIONS), evaluate)
     stage_run.begin()
+
+    from pipeline.model.features import candidate_matrix, load_inputs, score_candidates, score_nil
 
     device = pick_device(config.train.device, "[train]")
     model, saved = load_model(train_dir, device)

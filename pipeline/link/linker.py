@@ -11,6 +11,7 @@ encoded in the same pass as the chunk's mentions and added to it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import tempfile
 import time
@@ -19,11 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import torch
 
 from pipeline.core.config import EncoderConfig, TriageConfig
 from pipeline.core.errors import CacheError, ConfigError, InputError, PipelineError
-from pipeline.model.features import RankerInputs, candidate_matrix, one_hot, score_candidates, score_nil
 from pipeline.core.io import file_fingerprint
 from pipeline.core.devices import pick_device
 from pipeline.core import store as cache
@@ -33,11 +32,24 @@ from pipeline.model.model_folder import ModelFolder, load_model_folder
 logger = logging.getLogger(__name__)
 
 
+def encoder_hidden_size(path: str) -> int | None:
+    """The width of an encoder folder's vectors (`hidden_size` in its config.json), read without
+    loading it; None when the folder or key is not there (a hub name: known once it loads)."""
+    try:
+        return int(json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))["hidden_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def check_device(device: str) -> None:
     """E203 naming --device for a device the encoder and ranker cannot run on here
-    (`devices.pick_device`'s check). Checked before the encoder config is built, whose own check
-    would name the model's [encoder] section instead."""
-    pick_device(device, "--device")
+    (`devices.device_problem`'s check). Checked before the encoder config is built, whose own check
+    would name the model's [encoder] section instead. Needs no torch for cpu and auto."""
+    from pipeline.core.devices import device_problem
+
+    reason = device_problem(device)
+    if reason is not None:
+        raise ConfigError("E203", where="--device", field="device", value=device, reason=reason)
 
 
 @dataclass(frozen=True)
@@ -70,9 +82,8 @@ class Linker:
         alias table (W710) or key them differently (`kb_map`, an id map file: `kb_fit.read_kb_map`);
         see `pipeline/link/kb_fit.py`. `kb_fingerprint`: the KB file's content hash when the caller has
         it (hashing a KB of millions of entities takes a while)."""
-        from pipeline.encoders.encoder import encoder_identity, load_encoder, resolve_encoder_path
+        from pipeline.encoders.encoder import encoder_identity, resolve_encoder_path
         from pipeline.candidates.kb_index import kb_entities, names_index
-        from pipeline.model.model_file import MODEL, load_model
         from pipeline.candidates.generate import LearnedSources
 
         self.folder = folder
@@ -101,17 +112,12 @@ class Linker:
             if identity != expected:
                 raise CacheError("E704", name=self.encoder_config.name, model=folder.path,
                                  detail=f"found one with identity {identity}, the model needs {expected}")
-            self.encoder = load_encoder(self.encoder_config)
         except ConfigError as error:
             if error.code != "E501":
                 raise
             raise CacheError("E704", name=self.encoder_config.name, model=folder.path, detail=error.message) from None
-
-        prior = folder.policy.artifact.get("mention_prior")
-        if folder.policy.reads_prior and len(prior["coef"]) != 2 * self.encoder.hidden_size:  # another encoder's
-            raise CacheError("E702", path=folder.path / "model.json",
-                             detail=f"the mention NIL prior has {len(prior['coef'])} weights, the encoder's name and "
-                                    f"context vectors {2 * self.encoder.hidden_size}")
+        self._encoder = None  # loaded by the first link that encodes (`encoder`): loading costs seconds
+        self._check_prior(encoder_hidden_size(path))
         kb_path = Path(kb_path or meta["kb"]["path"])
         if not kb_path.is_file():
             raise InputError("E706", path=kb_path, model=folder.path)
@@ -128,10 +134,7 @@ class Linker:
                     self.kb["trained_on"]["path"], str(self.kb["trained_on"]["fingerprint"])[:8])
         self.kb_names = names_index(entities, self.index_root, self.kb_fingerprint)
         del entities
-        try:
-            self.model, _ = load_model(folder.path, self.encoder.device)
-        except PipelineError as error:
-            raise CacheError("E702", path=folder.path / MODEL, detail=error.message) from None
+        self._model = None  # the ranker, loaded by the first link (`model`); model.json vouches for its bytes
         self.mention_types = list(meta["types"].get("mention") or [])
         self.entity_types = list(meta["types"].get("entity") or [])
         self.store = cache.entity_vector_store(identity, settings, float16=self.encoder_config.store_float16)
@@ -141,6 +144,44 @@ class Linker:
         self.aliases, self.popularity = self.kb_fit.aliases, self.kb_fit.popularity
         self.learned = LearnedSources.prepare(self.aliases, self.triage_config, self.encoder_config, identity,
                                               self.known_ids)
+
+    @property
+    def encoder(self):
+        """The model's encoder (`encoders.encoder.LoadedEncoder`), loaded on first use: E704 when it cannot be."""
+        if self._encoder is None:
+            from pipeline.encoders.encoder import load_encoder
+
+            try:
+                encoder = load_encoder(self.encoder_config)
+            except ConfigError as error:
+                if error.code != "E501":
+                    raise
+                raise CacheError("E704", name=self.encoder_config.name, model=self.folder.path,
+                                 detail=error.message) from None
+            self._check_prior(encoder.hidden_size)
+            self._encoder = encoder
+        return self._encoder
+
+    @property
+    def model(self):
+        """The ranker (`model_file.load_model`) on the encoder's device, loaded on first use: E702 when it cannot be."""
+        if self._model is None:
+            from pipeline.model.model_file import MODEL, load_model
+
+            try:
+                self._model, _ = load_model(self.folder.path, pick_device(self.encoder_config.device))
+            except PipelineError as error:
+                raise CacheError("E702", path=self.folder.path / MODEL, detail=error.message) from None
+        return self._model
+
+    def _check_prior(self, hidden_size: int | None) -> None:
+        """E702 when the mention NIL prior was fitted on vectors of another width than the encoder's
+        (`hidden_size`; None: not known before the encoder loads, checked then)."""
+        prior = self.folder.policy.artifact.get("mention_prior")
+        if self.folder.policy.reads_prior and hidden_size is not None and len(prior["coef"]) != 2 * hidden_size:
+            raise CacheError("E702", path=self.folder.path / "model.json",
+                             detail=f"the mention NIL prior has {len(prior['coef'])} weights, the encoder's name and "
+                                    f"context vectors {2 * hidden_size}")
 
     @classmethod
     def load(cls, path: str | Path, kb: str | Path | None = None, device: str | None = None,
@@ -164,8 +205,11 @@ class Linker:
 
         `work_dir` holds the encoder's finished sub-chunks, so a killed chunk resumes there.
         """
+        import torch
+
         from pipeline.encoders.chunks import encode_in_chunks
         from pipeline.encoders.plan import plan_units
+        from pipeline.model.features import RankerInputs, candidate_matrix, one_hot, score_candidates, score_nil
         from pipeline.model.predict import predict
         from pipeline.candidates.generate import candidate_pieces, merge_candidates
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import polars as pl
 
+from pipeline.core import checked_files
 from pipeline.core.errors import CacheError, InputError, warn
 from pipeline.core.io import (file_fingerprint, remove_leftover_temps, write_json_atomic, write_parquet_atomic,
                          write_text_atomic)
@@ -141,21 +141,51 @@ def _chunk_path(out_dir: Path, index: int) -> Path:
     return out_dir / CHUNKS / f"chunk-{index:06d}.parquet"
 
 
+def _chunk_record(out_dir: Path, index: int) -> Path:
+    """The chunk's record (`checked_files`): its counts and what was written, saved after the chunk."""
+    return _chunk_path(out_dir, index).with_suffix(".json")
+
+
+def _saved_chunk(out_dir: Path, index: int) -> bool:
+    """Whether chunk `index` is saved whole: its record is there and matches what is on disk."""
+    return checked_files.damage(_chunk_record(out_dir, index)) is None
+
+
+def _forget_damaged_chunk(out_dir: Path, index: int) -> None:
+    """Delete chunk `index` when it is not saved whole, so it is linked again: with W403 when its record
+    says it was finished, silently when the record is missing (killed before the record was written)."""
+    record, path = _chunk_record(out_dir, index), _chunk_path(out_dir, index)
+    if record.is_file():
+        warn(logger, "W403", detail=checked_files.damage(record), path=path)
+    checked_files.forget(record)
+    path.unlink(missing_ok=True)
+
+
 def _old_key(out_dir: Path) -> str | None:
     """The key of the link whose chunks and work files are in `out_dir` (None: there are none)."""
     key_path = out_dir / WORK / "key.txt"
     return key_path.read_text(encoding="utf-8").strip() if key_path.is_file() else None
 
 
-def _refuse_other_keys(out_dir: Path, key: str, force: bool) -> None:
-    """A shard refuses (E715) when another key's chunks or shard records are there: shards take no
-    lock, so those may be its siblings' work, and one shard given other options by mistake must not
-    wipe them."""
+def _refuse_other_links(out_dir: Path, key: str, shard: tuple[int, int], force: bool) -> None:
+    """A shard refuses (E715) when another key's chunks or shard records are there, or the records of
+    shards cut into another count: shards take no lock, so those may be its siblings' work, and one
+    shard given other options by mistake must neither wipe them nor leave a set no --merge can join."""
+    if force:
+        return
     old = _old_key(out_dir)
-    if not force and old is not None and old != key:
+    if old is not None and old != key:
         linked = [*(out_dir / CHUNKS).glob("chunk-*.parquet"), *(out_dir / SHARDS).glob("shard-*.json")]
         if linked:
-            raise CacheError("E715", path=out_dir, count=len(linked), old=old[:8], new=key[:8])
+            raise CacheError("E715", path=out_dir, detail=f"{len(linked)} finished chunk(s) or shard record(s) of "
+                             f"another link (its key {old[:8]}, this one {key[:8]}: another model, input, --kb, --score "
+                             "or --chunk-mentions)")
+    index, count = shard
+    others = sorted(path.name for path in (out_dir / SHARDS).glob("shard-*-of-*.json")
+                    if not path.name.endswith(f"-of-{count}.json"))
+    if others:
+        raise CacheError("E715", path=out_dir / SHARDS, detail=f"the records of shards cut into another count "
+                         f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}), and this is shard {index}/{count}")
 
 
 def _forget_other_keys(out_dir: Path, key: str, force: bool, identity: dict[str, str]) -> None:
@@ -179,7 +209,7 @@ def _links_a_chunk(options: LinkOptions, key: str, total: int) -> bool:
     """Whether this call links any chunk (some of its chunks are not saved yet, or will be deleted)."""
     mine = range(total) if options.shard is None else range(options.shard[0], total, options.shard[1])
     keeps = _keeps_work(options, key)
-    return any(not (keeps and _chunk_path(options.out_dir, index).is_file()) for index in mine)
+    return any(not (keeps and _saved_chunk(options.out_dir, index)) for index in mine)
 
 
 @contextlib.contextmanager
@@ -253,7 +283,7 @@ def run(options: LinkOptions) -> LinkResult:
                          linked_seconds=0.0)
         return dataclasses.replace(result, merged_shards=shards)
     if options.shard is not None:
-        _refuse_other_keys(out_dir, key, options.force)
+        _refuse_other_links(out_dir, key, options.shard, options.force)
     context_chars = int(folder.meta["inputs"]["context_chars"])
     linker = None
     with _checked_corpus(options, key, context_chars) as total:
@@ -278,16 +308,17 @@ def run(options: LinkOptions) -> LinkResult:
         for index, read in chunks:  # the same `total` chunks the corpus check read
             if options.shard is not None and index % options.shard[1] != options.shard[0]:
                 continue
-            if _chunk_path(out_dir, index).is_file():
+            if _saved_chunk(out_dir, index):
                 counts["chunks_resumed"] += 1
                 continue
+            _forget_damaged_chunk(out_dir, index)
             mentions = without_entity_type(read()) if options.ignore_entity_type else read()
             result = linker.link_chunk(mentions, out_dir / WORK / f"encode-{index:06d}")
             stats = {"mentions": mentions.height, "entities_encoded": result.entities_encoded,
                      "entities_cached": result.entities_cached, "seconds": result.seconds,
                      "encode_seconds": result.encode_seconds}
-            write_json_atomic(_chunk_path(out_dir, index).with_suffix(".json"), stats)
             write_parquet_atomic(result.frame, _chunk_path(out_dir, index))
+            checked_files.seal(_chunk_record(out_dir, index), [_chunk_path(out_dir, index)], stats)  # last
             shutil.rmtree(out_dir / WORK / f"encode-{index:06d}", ignore_errors=True)
             for name in ("mentions", "entities_encoded", "entities_cached"):
                 counts[name] += stats[name]
@@ -339,7 +370,16 @@ def _finished_shards(out_dir: Path, key: str) -> tuple[int, int]:
             detail=f"shard {index}/{count} has not finished; run `xel-cli link --shard {index}/{count}` "
                    "with the same model, inputs and options"))
     records = finished_shards(out_dir / SHARDS, "shard", key, errors)
-    return int(records[0]["chunks_total"]), len(records)
+    total = int(records[0]["chunks_total"])
+    for index in range(total):  # a --merge cannot redo a chunk: a damaged one is refused, naming what to redo
+        record = _chunk_record(out_dir, index)
+        problem = checked_files.damage(record) if _chunk_path(out_dir, index).is_file() else None
+        if problem is not None:
+            shard = f"{index % len(records)}/{len(records)}"
+            raise CacheError("E711", path=_chunk_path(out_dir, index), detail=(
+                f"damaged ({problem}); delete it, {record.name} and {SHARDS}/shard-{shard.replace('/', '-of-')}.json, "
+                f"run `xel-cli link --shard {shard}` with the same options again"))
+    return total, len(records)
 
 
 def _finish(options: LinkOptions, folder, key: str, total: int, started: float, counts: dict[str, int],
@@ -353,11 +393,11 @@ def _finish(options: LinkOptions, folder, key: str, total: int, started: float, 
         # (same key) recorded an empty corpus as chunks_total 0: E107, not an IndexError at paths[0].
         raise InputError("E107", path=options.mentions)
     paths = [_chunk_path(out_dir, index) for index in range(total)]
-    missing = [path for path in paths if not path.is_file()]
+    missing = [path for index, path in enumerate(paths) if not _saved_chunk(out_dir, index)]
     if missing:
         raise CacheError("E711", path=missing[0], detail=f"{len(missing)} of {total} chunks are not linked yet; "
                                                          "run the shards that hold them")
-    stats = [json.loads(path.with_suffix(".json").read_text(encoding="utf-8")) for path in paths]
+    stats = [checked_files.read_content(path.with_suffix(".json")) for path in paths]
     # Every mention without its candidate lists: NIL clusters span the corpus, the lists are written chunk by chunk.
     columns = [name for name in pl.read_parquet_schema(paths[0]) if name != "candidates"]
     frame = pl.concat([pl.read_parquet(path, columns=columns) for path in paths], how="vertical_relaxed")

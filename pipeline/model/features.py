@@ -159,7 +159,19 @@ def gold_rows(inputs: RankerInputs, mention_rows: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def score_candidates(model: torch.nn.Module, inputs: RankerInputs, mention_rows: np.ndarray, matrix: np.ndarray,
                      batch_mentions: int = 1024) -> np.ndarray:
-    """Ranker scores (len(mention_rows), k) for a candidate matrix; NaN where padded."""
+    """Ranker scores (len(mention_rows), k) for a candidate matrix; NaN where padded.
+
+    On one CPU thread (`threads.small_model_threads`), as the ranker trains: no faster on more, and
+    the scores then do not depend on the process's thread count.
+    """
+    from pipeline.core.threads import small_model_threads
+
+    with small_model_threads():
+        return _score_candidates(model, inputs, mention_rows, matrix, batch_mentions)
+
+
+def _score_candidates(model: torch.nn.Module, inputs: RankerInputs, mention_rows: np.ndarray, matrix: np.ndarray,
+                      batch_mentions: int) -> np.ndarray:
     was_training = model.training
     model.eval()
     device = inputs.mention_name.device
@@ -178,9 +190,17 @@ def score_candidates(model: torch.nn.Module, inputs: RankerInputs, mention_rows:
 def score_nil(model: torch.nn.Module, inputs: RankerInputs, mention_rows: np.ndarray,
               batch_mentions: int = 1024) -> np.ndarray | None:
     """(len(mention_rows),) float32 score of each mention's learned NIL option (`Ranker.nil_scores`),
-    or None when the model has none (trained with train.nil_candidate = false, or the baseline)."""
+    or None when the model has none (trained with train.nil_candidate = false, or the baseline).
+    On one CPU thread, as `score_candidates`."""
+    from pipeline.core.threads import small_model_threads
+
     if not getattr(model, "has_nil", False):
         return None
+    with small_model_threads():
+        return _score_nil(model, inputs, mention_rows, batch_mentions)
+
+
+def _score_nil(model: torch.nn.Module, inputs: RankerInputs, mention_rows: np.ndarray, batch_mentions: int) -> np.ndarray:
     was_training = model.training
     model.eval()
     device = inputs.mention_name.device

@@ -14,7 +14,7 @@ logit as one more feature (`mention_nil_logit`).
 On MEANTIME it separates NIL from linked test mentions with ROC AUC 0.81 (dev 0.84). With
 it the classifier's test micro-average rose in each of four trained models, but dev
 cross-validation preferred it in only one, so evaluate offers it and dev decides per run
-(`pipeline.evaluate.nil_choice`; `bench/nil_prior.py`, README Results). The fitted
+(`pipeline.evaluate.nil_choice`; `bench/nil_prior.py`, docs/results.md). The fitted
 parameters are a JSON-able dict; `logits` applies them with numpy, so evaluate and link
 decide alike without a pickled object.
 """

@@ -9,12 +9,15 @@ for the nearest-neighbour baseline, which has no weights.
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from pipeline.core.errors import CacheError
 from pipeline.core.io import atomic_path
-from pipeline.model.ranker import NearestNeighbour, Ranker, RankerShape
+
+if TYPE_CHECKING:  # torch is imported where a model is saved or loaded: reading MODEL needs none
+    import torch
+
+    from pipeline.model.ranker import NearestNeighbour, Ranker
 
 MODEL = "model.pt"
 
@@ -22,12 +25,18 @@ MODEL = "model.pt"
 def save_torch(path: Path, payload: dict) -> None:
     """torch.save `payload` (model.pt's, see above, or a training checkpoint) to a temporary
     name, then rename it: a kill never leaves a half-written file under the final name."""
+    import torch
+
     with atomic_path(path) as temp_path:
         torch.save(payload, temp_path)
 
 
 def load_model(out_dir: Path, device: torch.device) -> tuple[Ranker | NearestNeighbour, dict]:
     """The trained ranker (best epoch), or the nearest-neighbour baseline, and the saved metadata."""
+    import torch
+
+    from pipeline.model.ranker import NearestNeighbour, Ranker, RankerShape
+
     path = out_dir / MODEL
     if not path.exists():
         raise CacheError("E401", path=path, stage="train")

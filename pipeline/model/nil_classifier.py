@@ -25,8 +25,8 @@ import numpy as np
 import polars as pl
 
 from pipeline.core import schema
+from pipeline.core.schema import TRIAGE_SOURCES
 from pipeline.model import mention_prior
-from pipeline.model.ranker import TRIAGE_SOURCES
 
 # Numeric evidence per mention, in this order; see `add_evidence` for their meaning.
 NUMERIC = ("has_candidate", "best_score", "second_score", "margin", "candidates", "best_triage_score",

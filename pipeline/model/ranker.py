@@ -22,8 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pipeline.core.schema import TRIAGE_SOURCES
+
 # Per (mention, candidate) triage evidence: summed score, then one flag per source.
-TRIAGE_SOURCES = ("prior", "kb_name", "fuzzy", "dense", "external")
 TRIAGE_WIDTH = 1 + len(TRIAGE_SOURCES)
 
 

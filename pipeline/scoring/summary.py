@@ -21,7 +21,12 @@ def stage_summary(result: StageResult) -> list[str]:
         lines.append(format_frame(result.summary["recall"]))
     if result.stage == "train":
         accuracy = result.summary["best_dev_accuracy"]
-        if accuracy is None:
+        if "dev_accuracy_by_ties" in result.summary:
+            by_ties = result.summary["dev_accuracy_by_ties"]
+            measured = "" if by_ties is None else f" ({by_ties:.4f} with triage's order breaking the ties)"
+            lines.append(f"train: best dev linking accuracy n/a: ties decided it{measured}, see [W503]; "
+                         f"best epoch {result.summary['best_epoch']}")
+        elif accuracy is None:
             lines.append(f"train: no dev mentions; best epoch by training loss: {result.summary['best_epoch']}")
         else:
             lines.append(f"train: best dev linking accuracy {accuracy:.4f} at epoch {result.summary['best_epoch']}")

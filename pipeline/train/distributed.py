@@ -17,13 +17,13 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
-
-import torch
-import torch.distributed as dist
+from typing import TYPE_CHECKING, Any
 
 from pipeline.core.devices import pick_device
 from pipeline.core.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where a process group is used: a single process needs none
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,8 @@ def uses_cuda(device_setting: str) -> bool:
 
 def training_device(device_setting: str, world: World) -> torch.device:
     """Train's device; under torchrun each process takes the GPU of its LOCAL_RANK."""
+    import torch
+
     device = pick_device(device_setting, "[train]")
     return torch.device("cuda", world.local_rank) if device.type == "cuda" and world.distributed else device
 
@@ -89,7 +91,13 @@ def process_group(world: World, device_setting: str) -> Iterator[World]:
     around all stages; train's own call then changes nothing).
     """
     global _wait_group
-    if not world.distributed or dist.is_initialized():
+    if not world.distributed:
+        yield world
+        return
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
         yield world
         return
     missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
@@ -113,12 +121,16 @@ def process_group(world: World, device_setting: str) -> Iterator[World]:
 
 def barrier(world: World) -> None:
     if world.distributed:
+        import torch.distributed as dist
+
         dist.barrier()
 
 
 def wait_for_main(world: World) -> None:
     """Block every rank until rank 0 gets here too (it may be running triage and encode meanwhile)."""
     if world.distributed:
+        import torch.distributed as dist
+
         dist.barrier(group=_wait_group)
 
 
@@ -126,6 +138,8 @@ def broadcast(value: Any, world: World) -> Any:
     """Rank 0's `value` on every rank (a small picklable object: a flag, a decision)."""
     if not world.distributed:
         return value
+    import torch.distributed as dist
+
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
@@ -134,6 +148,9 @@ def broadcast(value: Any, world: World) -> Any:
 def sum_over_ranks(value: float, world: World, device: torch.device) -> float:
     if not world.distributed:
         return value
+    import torch
+    import torch.distributed as dist
+
     total = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(total)
     return float(total.item())

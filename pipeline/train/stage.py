@@ -13,6 +13,7 @@ scorer instead, which `load_model` returns like a ranker.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -20,25 +21,29 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import polars as pl
-import torch
 
 from pipeline.train import distributed
 from pipeline.core import schema
 from pipeline.core.config import RunConfig, TrainConfig, to_dict
 from pipeline.train.distributed import World
 from pipeline.core.errors import InputError, warn
-from pipeline.model.features import RankerInputs, candidate_matrix, gold_rows, load_inputs
 from pipeline.core.io import write_parquet_atomic
 from pipeline.model.model_file import MODEL, save_torch
 from pipeline.core.progress import progress as progress_counter
-from pipeline.model.ranker import NearestNeighbour
+from pipeline.core.threads import small_model_threads
 from pipeline.core.manifest import StageResult, StageRun, upstream_key
-from pipeline.train.batches import linking_accuracy, load_name_pairs, train_epoch
-from pipeline.train.state import load_checkpoint, new_state, ranker_shape
 from pipeline.formats.vectors import name_pairs_key
 from pipeline.formats import triage_tables
+
+if TYPE_CHECKING:  # torch and the ranker's modules are imported once there is training to do, not when up to date
+    import torch
+
+    from pipeline.model.features import RankerInputs
+    from pipeline.train.collapse import Collapse
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +101,7 @@ def stage_identity(config: RunConfig) -> tuple[dict[str, str], dict]:
             raise InputError("E108", path=train_config.name_pairs)
         inputs_keys["name_pairs"] = name_pairs_key(inputs_keys["encode"], train_config.name_pairs)
     # Device and checkpoint frequency change speed and what a kill loses, not the model
-    # (a resumed run equals an uninterrupted one: tests/test_crash_matrix.py).
+    # (a resumed run equals an uninterrupted one: tests/cli/test_crash_matrix.py).
     settings = {k: v for k, v in to_dict(train_config).items()
                 if k not in ("device", "checkpoint_every", "checkpoint_minutes") and LATER_SETTINGS.get(k, Ellipsis) != v
                 and (k not in NAME_MATCHING_SETTINGS or (train_config.name_matching and k != "name_pairs"))}
@@ -127,6 +132,8 @@ class TrainingData:
 
 def training_data(triage_dir: Path, encode_dir: Path, train_config: TrainConfig, device: torch.device) -> TrainingData:
     """Read triage's tables and encode's vectors, and choose the training and dev mentions (`training_rows`)."""
+    from pipeline.model.features import candidate_matrix, gold_rows, load_inputs
+
     inputs, mention_types, entity_types = load_inputs(triage_dir, encode_dir, None, None, train_config.min_type_count, device)
     candidates = triage_tables.read(triage_dir, triage_tables.CANDIDATES, "mention_id", "rank", "kb_id", "score", "sources")
     if "triage" in train_config.features:
@@ -153,13 +160,18 @@ def training_data(triage_dir: Path, encode_dir: Path, train_config: TrainConfig,
 
 
 def run(config: RunConfig, force: bool = False) -> StageResult:
-    """Train the ranker; under torchrun, as one of WORLD_SIZE data-parallel processes (`pipeline.train.distributed`)."""
+    """Train the ranker; under torchrun, as one of WORLD_SIZE data-parallel processes (`pipeline.train.distributed`).
+
+    On one CPU thread whatever the process's count (`threads.small_model_threads`): the ranker's
+    layers are too small to gain from more, and its weights then do not depend on the count.
+    """
     world = distributed.world_from_environment()
-    with distributed.process_group(world, config.train.device):
-        return _train(config, force, world)
+    with distributed.process_group(world, config.train.device), contextlib.ExitStack() as scope:
+        return _train(config, force, world, scope)
 
 
-def _train(config: RunConfig, force: bool, world: World) -> StageResult:
+def _train(config: RunConfig, force: bool, world: World, scope: contextlib.ExitStack) -> StageResult:
+    """The stage's work; `scope` holds what lasts until the stage returns (one torch thread, once it trains)."""
     out_dir = config.stage_dir(STAGE)
     triage_dir, encode_dir = config.stage_dir("triage"), config.stage_dir("encode")
     train_config = config.train
@@ -170,6 +182,15 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
     # cannot disagree while rank 0 is removing the manifest.
     if distributed.broadcast(stage_run.up_to_date if world.is_main else None, world):
         return stage_run.skipped()
+    import torch  # only now: an up-to-date run needs none of the ranker's modules
+
+    from pipeline.model.features import candidate_matrix
+    from pipeline.model.ranker import NearestNeighbour
+    from pipeline.train.batches import linking_accuracy, load_name_pairs, train_epoch
+    from pipeline.train.collapse import check_collapse
+    from pipeline.train.state import load_checkpoint, new_state, ranker_shape
+
+    scope.enter_context(small_model_threads())
     checkpoint_path = out_dir / CHECKPOINT
     if world.is_main:
         stage_run.begin(checkpoint_path.parent)
@@ -273,8 +294,12 @@ def _train(config: RunConfig, force: bool, world: World) -> StageResult:
         final_state = state.best["state"] if state.best["state"] is not None else state.kept.state_dict()
         save_torch(out_dir / MODEL, {"key": key, "model": final_state, "shape": dataclasses.asdict(shape),
                                      "best_epoch": state.best["epoch"], "config": to_dict(train_config), **saved_rows})
+        best_score = state.best["score"] if len(dev_rows) else None
+        state.kept.load_state_dict(final_state)  # what model.pt holds is what is checked
+        collapse = check_collapse(state.kept, inputs, dev_rows, dev_matrix, [r["loss"] for r in state.history],
+                                  train_config.margin, best_score)
         result = _finish(stage_run, state.history, {**counts, "epochs": epoch, "best_epoch": state.best["epoch"]},
-                         state.best["score"] if len(dev_rows) else None, state.best["epoch"], by_language, device, world)
+                         best_score, state.best["epoch"], by_language, device, world, collapse)
     distributed.barrier(world)  # the other ranks leave once rank 0's model and manifest are in place
     return result
 
@@ -293,19 +318,26 @@ def checkpoint_due(epoch: int, seconds_since_checkpoint: float, train_config: Tr
 
 
 def _finish(stage_run: StageRun, history: list[dict], counts: dict, best_score: float | None, best_epoch: int,
-            by_language: dict, device: torch.device, world: World = World()) -> StageResult:
+            by_language: dict, device: torch.device, world: World = World(),
+            collapse: Collapse | None = None) -> StageResult:
     """Write history.parquet and the manifest (last), once model.pt is in place.
 
-    best_score: the best dev accuracy, None (or NaN) when there were no dev mentions.
+    best_score: the best dev accuracy, None (or NaN) when there were no dev mentions. With a
+    `collapse` (ties decided it, W503) it is not the model's: best_dev_accuracy is null and the
+    value is kept as dev_accuracy_by_ties, beside the cause.
     """
     if best_score is not None and math.isnan(best_score):
+        best_score = None
+    by_ties = {}
+    if collapse is not None:
+        by_ties = {"dev_accuracy_by_ties": best_score, "ranker_collapse": collapse.cause}
         best_score = None
     columns = {"epoch": pl.Int64, "loss": pl.Float64, "dev_accuracy": pl.Float64}
     if history and "name_pair_loss" in history[0]:
         columns["name_pair_loss"] = pl.Float64
     write_parquet_atomic(pl.DataFrame(history, schema=columns), stage_run.out_dir / "history.parquet")
     return stage_run.finish(counts, [MODEL, "history.parquet"],
-                            summary={"best_dev_accuracy": best_score, "best_epoch": best_epoch},
-                            extra={"best_dev_accuracy": best_score, "device": str(device),
+                            summary={"best_dev_accuracy": best_score, "best_epoch": best_epoch, **by_ties},
+                            extra={"best_dev_accuracy": best_score, **by_ties, "device": str(device),
                                    "train_mentions_by_language": by_language,
                                    **({"world_size": world.size} if world.distributed else {})})

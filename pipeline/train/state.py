@@ -3,7 +3,7 @@
 `TrainingState` holds the ranker, what trains it (the ranker itself, or the §7.1
 name-matching objective around it), the optimizer, the batch generators, the weight
 average, the history and the best epoch so far. A checkpoint of it lets a killed run resume
-exactly where it was (tests/test_crash_matrix.py); a checkpoint of another architecture is
+exactly where it was (tests/cli/test_crash_matrix.py); a checkpoint of another architecture is
 refused (E505), never silently dropped.
 """
 

@@ -1,0 +1,266 @@
+"""Files on disk are checked before they are used (issue 21, items 1, 2, 6, 7).
+
+Caches (entity-vector parts, the KB index's tables, tantivy and FAISS indexes) and a link's
+saved pieces (chunks, shard records) are damaged by hand here, the way a full disk, a bad
+copy or a hand edit leaves them: a damaged cache entry is a miss, rebuilt with one `[W402]`
+naming the file; a damaged chunk is redone, or refused at `--merge`, naming what to delete.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from click.testing import Result
+
+from conftest import invoke, run_demo_linker, succeeded, write_jsonl
+from pipeline.core import checked_files
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "pipeline" / "demo_data"
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -> dict:
+    folder = tmp_path_factory.mktemp("demo-run")
+    run_demo_linker(folder, tiny_encoder_dir)
+    records = [json.loads(line) for line in (DEMO / "mentions.jsonl").read_text(encoding="utf-8").splitlines()]
+    test = [{k: v for k, v in r.items() if k not in ("gold_kb_id", "split")} for r in records if r.get("split") == "test"]
+    return {"model": folder / "run" / "model", "test": write_jsonl(folder / "test-no-gold.jsonl", test)}
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("XEL_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def link(demo_run: dict, out: Path, *extra: object) -> Result:
+    return invoke("link", "--model", demo_run["model"], "--mentions", demo_run["test"], "--out", out,
+                  "--chunk-mentions", 20, *extra)
+
+
+def links(out: Path) -> pl.DataFrame:
+    return pl.read_parquet(out / "links.parquet").select("mention_id", "kb_id", "is_nil").sort("mention_id")
+
+
+def truncate(path: Path) -> None:
+    os.truncate(path, path.stat().st_size // 2)
+
+
+def fill_with_nan(path: Path) -> None:
+    """Keep the .npy header (so it loads), every value NaN."""
+    array = np.load(path, mmap_mode="r+")
+    array[:] = np.nan
+    array.flush()
+
+
+def empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def one_file(folder: Path, pattern: str) -> Path:
+    found = sorted(folder.rglob(pattern))
+    assert found, f"no {pattern} under {folder}"
+    return found[0]
+
+
+# --- item 1: cache entries --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pattern, damage", [
+    ("entity-vectors/*/part-*.name.npy", truncate),
+    ("entity-vectors/*/part-*.name.npy", fill_with_nan),
+    ("entity-vectors/*/part-*.keys.npy", truncate),
+    ("kb-index/*/entities-*/entities.parquet", truncate),
+    ("kb-index/*/names-*/surfaces.parquet", truncate),
+    ("kb-index/*/names-*/tantivy/meta.json", empty),
+    ("kb-index/*/dense-*/names.faiss", empty),
+], ids=["part-truncated", "part-nan", "keys-truncated", "entities", "surfaces", "tantivy", "faiss"])
+def test_a_damaged_cache_entry_is_a_miss_rebuilt_with_one_warning(demo_run: dict, tmp_path: Path, cache: Path,
+                                                                  pattern: str, damage) -> None:
+    succeeded(link(demo_run, tmp_path / "first"))
+    damaged = one_file(cache, pattern)
+    damage(damaged)
+    again = succeeded(link(demo_run, tmp_path / "again"))
+    assert again.output.count("[W402]") == 1 and str(damaged) in again.output, again.output
+    assert links(tmp_path / "again").equals(links(tmp_path / "first"))
+    # Rebuilt: the next link finds the entry whole and says nothing.
+    third = succeeded(link(demo_run, tmp_path / "third"))
+    assert "[W402]" not in third.output
+
+
+def test_a_record_finds_truncation_changed_bytes_and_non_finite_values(tmp_path: Path) -> None:
+    np.save(tmp_path / "a.npy", np.ones((3, 2), dtype=np.float32))
+    (tmp_path / "b.txt").write_text("abc", encoding="utf-8")
+    record = tmp_path / "record.json"
+    checked_files.seal(record, [tmp_path / "a.npy", tmp_path / "b.txt"], {"rows": 3})
+    assert checked_files.damage(record) is None and checked_files.read_content(record) == {"rows": 3}
+    (tmp_path / "b.txt").write_text("abd", encoding="utf-8")
+    assert "b.txt: its content changed" in checked_files.damage(record)
+    (tmp_path / "b.txt").write_text("abc", encoding="utf-8")
+    fill_with_nan(tmp_path / "a.npy")
+    assert "a.npy: " in checked_files.damage(record)
+    truncate(tmp_path / "a.npy")
+    assert "a.npy: 76 bytes where 152 were written" in checked_files.damage(record)
+    assert "missing" in checked_files.damage(tmp_path / "no-record.json")
+
+
+# --- item 1: a link's saved chunks ------------------------------------------------------------------
+
+def test_a_damaged_saved_chunk_is_redone_on_resume(demo_run: dict, tmp_path: Path, cache: Path) -> None:
+    succeeded(link(demo_run, tmp_path / "whole"))
+    succeeded(link(demo_run, tmp_path / "out", "--shard", "0/1"))  # every chunk saved, nothing merged
+    damaged = tmp_path / "out" / "chunks" / "chunk-000001.parquet"
+    truncate(damaged)
+    resumed = succeeded(link(demo_run, tmp_path / "out"))
+    assert resumed.output.count("[W403]") == 1 and str(damaged) in resumed.output, resumed.output
+    assert "4 chunk(s), 3 resumed" in resumed.output
+    assert links(tmp_path / "out").equals(links(tmp_path / "whole"))
+
+
+def test_a_damaged_chunk_at_merge_is_refused_naming_what_to_delete(demo_run: dict, tmp_path: Path, cache: Path) -> None:
+    for index in range(2):
+        succeeded(link(demo_run, tmp_path / "out", "--shard", f"{index}/2"))
+    damaged = tmp_path / "out" / "chunks" / "chunk-000001.parquet"
+    truncate(damaged)
+    merged = link(demo_run, tmp_path / "out", "--merge")
+    assert merged.exit_code == 2 and "Traceback" not in merged.output, merged.output
+    line = merged.output.strip().splitlines()[-1]
+    assert line.startswith(f"Error: [E711] {damaged}: ") and "shard-1-of-2.json" in line and "--shard 1/2" in line, line
+    # Doing what it says mends it.
+    damaged.unlink()
+    (tmp_path / "out" / "shards" / "shard-1-of-2.json").unlink()
+    succeeded(link(demo_run, tmp_path / "out", "--shard", "1/2"))
+    succeeded(link(demo_run, tmp_path / "out", "--merge"))
+
+
+# --- item 7: a shard of another count --------------------------------------------------------------
+
+def test_a_shard_of_another_count_beside_finished_shards_is_refused(demo_run: dict, tmp_path: Path, cache: Path) -> None:
+    succeeded(link(demo_run, tmp_path / "out", "--shard", "0/2"))
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "out").rglob("*") if p.is_file())
+    other = link(demo_run, tmp_path / "out", "--shard", "1/3")
+    assert other.exit_code == 2 and "Traceback" not in other.output, other.output
+    line = other.output.strip().splitlines()[-1]
+    assert line.startswith("Error: [E715] ") and "shard-0-of-2.json" in line and "1/3" in line, line
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "out").rglob("*") if p.is_file()) == before
+
+
+# --- item 6: a full disk -----------------------------------------------------------------------------
+
+def test_a_full_disk_at_the_lock_is_e406_naming_it_and_leaves_no_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     make_run_config) -> None:
+    """The lock file is made (a full disk still has inodes) but its first write fails with ENOSPC and no
+    file name, as writes to a descriptor do: every write goes to /dev/full."""
+    import pipeline.core.lock
+
+    real_open = os.open
+
+    def open_full(path, flags, *args, **kwargs):
+        descriptor = real_open(path, flags, *args, **kwargs)
+        if str(path).endswith(".xel.lock"):
+            os.close(descriptor)
+            return real_open("/dev/full", os.O_WRONLY)
+        return descriptor
+
+    monkeypatch.setattr(pipeline.core.lock.os, "open", open_full)
+    run_dir = tmp_path / "run"
+    result = invoke("triage", "--config", make_run_config(run_dir=run_dir))
+    assert result.exit_code == 2, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith(f"Error: [E406] {run_dir / '.xel.lock'}: cannot write (") and "Traceback" not in result.output
+    assert not (run_dir / ".xel.lock").exists()
+
+
+def test_os_error_of_a_full_disk_is_e406() -> None:
+    from pipeline.core.errors import os_error
+
+    error = os_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/run/triage/x.parquet"))
+    assert error.code == "E406" and error.format_message().startswith("[E406] /data/run/triage/x.parquet: cannot write (")
+
+
+# --- item 2: a read-only shared cache -----------------------------------------------------------------
+
+def _read_only_mounts_work() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount --bind / /mnt 2>/dev/null || mount --bind /tmp /tmp"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _read_only_mounts_work(), reason="needs `unshare -rm` (user and mount namespaces) to mount the "
+                                                          "cache read-only; chmod does not stop root")
+def test_a_read_only_cache_holding_everything_a_link_needs_is_used_as_is(demo_run: dict, tmp_path: Path,
+                                                                         cache: Path) -> None:
+    succeeded(link(demo_run, tmp_path / "first"))
+    before = {p: p.stat().st_mtime_ns for p in cache.rglob("*")}
+    (tmp_path / "second").mkdir()
+    command = (f"mount --bind {cache} {cache} && mount -o remount,bind,ro {cache} && "
+               f"{sys.executable} {ROOT / 'cli.py'} link --model {demo_run['model']} --mentions {demo_run['test']} "
+               f"--out {tmp_path / 'second'} --chunk-mentions 20")
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", command], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "[W" not in result.stderr, result.stderr
+    assert links(tmp_path / "second").equals(links(tmp_path / "first"))
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*")} == before
+
+
+# --- item 1: encode's saved chunks and shards -----------------------------------------------------------
+
+def test_a_damaged_encode_chunk_is_redone_with_one_warning(make_run_config, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import h5py
+
+    real_rmtree = shutil.rmtree
+
+    def keep_encode_work(path, *args, **kwargs):  # the chunks a killed encode would leave
+        return None if Path(path).name.startswith("work-") else real_rmtree(path, *args, **kwargs)
+
+    config = make_run_config(encoder={"chunk_texts": 4})
+    run_dir = tmp_path / "run"
+    succeeded(invoke("triage", "--config", config))
+    monkeypatch.setattr(shutil, "rmtree", keep_encode_work)
+    succeeded(invoke("encode", "--config", config))
+    with h5py.File(run_dir / "encode" / "vectors.h5", "r") as handle:
+        first = handle["mentions"]["context"][:]
+    (run_dir / "encode" / "manifest.json").unlink()  # so encode runs again, resuming its chunks
+    damaged = sorted((run_dir / "encode").glob("work-*/chunk-*.npz"))[1]
+    with np.load(damaged) as saved:
+        arrays = {name: saved[name] for name in saved.files}
+    np.savez(damaged, **{**arrays, "context": np.full_like(arrays["context"], np.nan)})
+    again = succeeded(invoke("encode", "--config", config))
+    assert again.output.count("[W403]") == 1 and str(damaged) in again.output, again.output
+    assert "resuming encode at chunk 1/" in again.output
+    with h5py.File(run_dir / "encode" / "vectors.h5", "r") as handle:
+        np.testing.assert_array_equal(handle["mentions"]["context"][:], first)
+
+
+def test_a_damaged_encode_shard_is_refused_at_merge_and_redone_by_its_shard(make_run_config, tmp_path: Path) -> None:
+    config = make_run_config()
+    shards = tmp_path / "run" / "encode" / "shards"
+    succeeded(invoke("triage", "--config", config))
+    for shard in ("0/2", "1/2"):
+        succeeded(invoke("encode", "--config", config, "--shard", shard))
+    damaged = shards / "vectors-1-of-2.h5"
+    content = bytearray(damaged.read_bytes())
+    middle = len(content) // 2
+    content[middle:middle + 16] = bytes(b ^ 0xFF for b in content[middle:middle + 16])  # the same size, other bytes
+    damaged.write_bytes(bytes(content))
+    merged = invoke("encode", "--config", config, "--merge")
+    assert merged.exit_code == 2 and "Traceback" not in merged.output, merged.output
+    line = merged.output.strip().splitlines()[-1]
+    assert line.startswith(f"Error: [E404] {damaged}: damaged (") and "vectors-1-of-2.json" in line, line
+    assert "checksum differs" in line
+    redone = succeeded(invoke("encode", "--config", config, "--shard", "1/2"))
+    assert redone.output.count("[W403]") == 1 and "encode: done in" in redone.output
+    succeeded(invoke("encode", "--config", config, "--merge"))
