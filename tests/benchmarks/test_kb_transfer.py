@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "kb_transfer.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "kb_transfer.py"
 spec = importlib.util.spec_from_file_location("kb_transfer", SCRIPT)
 kb_transfer = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(kb_transfer)
