@@ -393,7 +393,11 @@ def experiment(config_path: Path, overrides: tuple[str, ...], run_dir: Path | No
 @click.option("--docs", type=click.Path(path_type=Path), default=None,
               help="Docs JSONL for mentions given by doc_start/doc_end; for a .tab file, the folder of source documents.")
 @click.option("--kb", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="KB JSONL to link against (default: the model's); only entities not cached before are encoded.")
+              help="KB JSONL to link against (default: the model's); any KB: alias-table ids it lacks are left out "
+                   "(W710, docs/any-kb.md); only entities not cached before are encoded.")
+@click.option("--kb-map", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Map of the model's KB ids to this KB's, one pair a line: OLD<TAB>NEW (.tsv) or "
+                   "{\"from\": OLD, \"to\": NEW} (.jsonl); ids it does not name stay as they are.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder: links.parquet, links.jsonl, system.tab (+ metrics.json with --score).")
 @click.option("--shard", "shard_text", metavar="I/N", default=None,
@@ -415,7 +419,8 @@ def experiment(config_path: Path, overrides: tuple[str, ...], run_dir: Path | No
                    "as the mention's type (docs/inputs.md).")
 def link(model_dir: Path, mentions: Path, docs: Path | None, kb: Path | None, out_dir: Path,
          shard_text: str | None, merge: bool, score_links: bool, chunk_mentions: int, device: str | None,
-         precision: str | None, force: bool, fallback_threshold: float | None, ignore_entity_type: bool) -> None:
+         precision: str | None, force: bool, fallback_threshold: float | None, ignore_entity_type: bool,
+         kb_map: Path | None) -> None:
     """Link a new corpus with a trained linker, in chunks that resume when killed, shard and merge."""
     from pipeline.link.out_folder import out_folder
     from pipeline.link.run import LinkOptions, run as run_link
@@ -424,7 +429,8 @@ def link(model_dir: Path, mentions: Path, docs: Path | None, kb: Path | None, ou
     shard = _shard(shard_text, merge)
     options = LinkOptions(model=model_dir, mentions=mentions, out_dir=out_dir, docs=docs, kb=kb, shard=shard, merge=merge,
                           score=score_links, chunk_mentions=chunk_mentions, device=device, precision=precision,
-                          force=force, fallback_threshold=fallback_threshold, ignore_entity_type=ignore_entity_type)
+                          force=force, fallback_threshold=fallback_threshold, ignore_entity_type=ignore_entity_type,
+                          kb_map=kb_map)
     # Shards of one corpus write separate chunk files at once, so they take no lock (as encode's).
     with out_folder(out_dir, locked=shard is None):
         result = run_link(options)

@@ -37,12 +37,23 @@ class LearnedSources:
 
     @classmethod
     def prepare(cls, aliases: pl.DataFrame, triage: TriageConfig, encoder_config: EncoderConfig,
-                encoder_identity: str | None = None) -> LearnedSources:
-        """Build what `triage`'s switched-on sources need; `encoder_identity` when the caller has it."""
+                encoder_identity: str | None = None, known_ids: pl.DataFrame | None = None) -> LearnedSources:
+        """Build what `triage`'s switched-on sources need; `encoder_identity` when the caller has it.
+
+        `known_ids` (kb_id): the KB's ids, when it may lack some of the alias table's (link against
+        another KB): those ids are left out of the priors and training names, so they take no place
+        in the fuzzy shortlist; priors keep their shares of every training mention of a string.
+        Without it every id is kept, and `candidate_pieces` drops the KB's unknown ones at its end.
+        """
         priors = alias_priors(aliases) if triage.use_priors else None
+        if priors is not None and known_ids is not None:
+            known = known_ids.select(pl.col("kb_id").alias("gold_kb_id"))
+            priors = {key: table.join(known, on="gold_kb_id", how="semi") for key, table in priors.items()}
         names = keys = ngrams = None
         if triage.use_fuzzy:
-            names = add_keys(aliases.select(pl.col("mention").alias("surface"), pl.col("gold_kb_id").alias("kb_id")).unique(),
+            trained = aliases if known_ids is None else aliases.join(
+                known_ids.select(pl.col("kb_id").alias("gold_kb_id")), on="gold_kb_id", how="semi")
+            names = add_keys(trained.select(pl.col("mention").alias("surface"), pl.col("gold_kb_id").alias("kb_id")).unique(),
                              "surface")
             keys = names.select(pl.col("surface_roman").unique().sort()).filter(pl.col("surface_roman") != "")["surface_roman"]
             ngrams = name_ngrams(keys)

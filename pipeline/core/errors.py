@@ -83,7 +83,9 @@ class Errors:
     E702 = "{path}: the model folder is damaged ({detail}); {fix_first}export it again from its run (`xel-cli export RUN_DIR OUT_DIR`) or re-run evaluate there with --force"
     E703 = "{path}: model format version {found} is newer than this xel reads ({supported}); upgrade xel"
     E704 = "{name}: the encoder of model {model} cannot be loaded ({detail}); put that encoder in the local Hugging Face cache or at the folder model.json names"
-    E705 = "{path}: this KB lacks {count} KB id(s) of the model's alias table in {model} (e.g. {example}); link against a KB that holds the entities the model was trained on, or retrain on this KB"
+    # E705: a --kb-map that carries no alias-table id into the KB (without a map no KB is refused for its ids:
+    # those the KB lacks are left out with W710, and the KB's own names and aliases still give candidates).
+    E705 = "{path}: none of the {count} KB id(s) of the model's alias table in {model} is in this KB after --kb-map {kb_map} ({detail}); the map is for another model or KB: give a map whose first column ('from') holds ids of the model's training KB (e.g. {example}) and whose second ('to') holds ids of this KB, or leave out --kb-map to link by this KB's own names and aliases (no priors)"
     E706 = "{path}: KB not found (model {model}); give the KB with --kb FILE"
     E707 = "{path}: unknown mention file type; give JSONL (.jsonl), Parquet (.parquet) or a TAC KBP 2015 .tab file"
     E708 = "{path}: a TAC .tab file needs --docs, the folder of its source documents ({docs}); give --docs FOLDER"
@@ -91,6 +93,9 @@ class Errors:
     # E710 (a mention id repeated across chunks, found at the merge) is gone: `link.sources.check_corpus`
     # refuses it as E104, with its line, before any chunk is linked.
     E715 = "{path}: holds {detail}; give this shard the options and shard count of its siblings, another --out, or --force to delete them and start over"
+    # E730-E739: linking against another KB (issue 23: pipeline/link/kb_fit.py)
+    E730 = "{path}:{line}: {detail}; a KB id map is one pair a line: `old_id<TAB>new_id` in .tsv/.txt (an optional header line `from<TAB>to`), or {{\"from\": old_id, \"to\": new_id}} in .jsonl"
+    E731 = "{path}:{line}: maps KB id {old!r} to {new!r}, but line {first_line} maps it to {first!r}; an id of the model's KB names one entity: keep one of the two lines"
     E711 = "{path}: {detail}; then run `xel-cli link --merge` again"
     E712 = "{path}: no model/ folder here; run `xel-cli evaluate` for this run (it writes model/), or `xel-cli evaluate --force` for a run made before model/ existed"
     E713 = "{path}: already holds files; export into a new or empty folder"
@@ -137,6 +142,7 @@ class Warnings:
     W702 = "{ids} gold KB id(s) of {mentions} mention(s) in {path} are not in the KB {kb} (e.g. {example}); no link can be right for those mentions, so they count as errors in the score: score against the KB the gold was made for (--kb), or correct those ids"
     W704 = "{path} holds the links of {what}; this link replaces them (give --out another folder to keep both)"
     W703 = "the ranker gives its best two candidates the same score for {tied} of {mentions} mention(s) with a runner-up ({percent}) in {path}: which candidate those link to is triage's order, not the ranker's; {advice}"
+    W710 = "{path}: this KB lacks {count} of the {total} KB id(s) of the alias table of model {model} (e.g. {example}){mapped}; they are left out, with the {mentions} training mention(s) behind them: {cost}"
 
 
 def warn(logger: logging.Logger, code: str, **fields: object) -> str:

@@ -6,6 +6,7 @@ decision (`pipeline.model.nil_policy`) sit below the stages, since evaluate writ
 - `cache`: KB indexes and entity vectors kept across runs, by KB content and encoder;
 - `sources`: mentions read chunk by chunk (JSONL, Parquet, TAC `.tab`);
 - `linker`: `Linker.load(path).link(mentions)`, the stages' functions applied per chunk;
+- `kb_fit`: how a model fits a KB other than its own (alias table ids, `--kb-map`, unknown types);
 - `outputs`: links.parquet, links.jsonl, system.tab (+ metrics.json with --score);
 - `run`: the chunked, resumable, shardable command.
 """

@@ -27,6 +27,7 @@ from pipeline.core.errors import CacheError, ConfigError, InputError, PipelineEr
 from pipeline.core.io import file_fingerprint
 from pipeline.core.devices import pick_device
 from pipeline.core import store as cache
+from pipeline.link.kb_fit import fit_report, warn_missing
 from pipeline.model.model_folder import ModelFolder, load_model_folder
 
 logger = logging.getLogger(__name__)
@@ -69,13 +70,21 @@ class ChunkResult:
 
 
 class Linker:
-    """A loaded model folder with its encoder, KB indexes, entity-vector store and ranker."""
+    """A loaded model folder with its encoder, KB indexes, entity-vector store and ranker.
+
+    `kb`: which KB the model was trained on and which it links against (`trained_on`,
+    `linked_against`: name, path, fingerprint, entities), the `kb_map` path, and the counts of
+    `kb_fit.KbFit.to_json` (alias-table ids kept, mapped, missing; entity types unknown to the model).
+    """
 
     def __init__(self, folder: ModelFolder, kb_path: Path | None = None, device: str | None = None,
-                 kb_fingerprint: str | None = None, precision: str | None = None) -> None:
-        """`kb_fingerprint`: the KB file's content hash when the caller has it (hashing a KB of
-        millions of entities takes a while). `device` and `precision` replace the model's [encoder]
-        settings (the precision's vectors are cached apart: it is part of the encoder identity)."""
+                 kb_fingerprint: str | None = None, precision: str | None = None, kb_map: Path | None = None) -> None:
+        """`kb_path`: the KB to link against (default: the model's own); it may lack ids of the model's
+        alias table (W710) or key them differently (`kb_map`, an id map file: `kb_fit.read_kb_map`);
+        see `pipeline/link/kb_fit.py`. `kb_fingerprint`: the KB file's content hash when the caller has
+        it (hashing a KB of millions of entities takes a while). `device` and `precision` replace the
+        model's [encoder] settings (the precision's vectors are cached apart: it is part of the encoder
+        identity)."""
         from pipeline.encoders.encoder import configured_identity, encoder_identity, resolve_encoder_path
         from pipeline.candidates.kb_index import kb_entities, names_index
         from pipeline.candidates.generate import LearnedSources
@@ -121,14 +130,15 @@ class Linker:
         self.kb_fingerprint = kb_fingerprint or file_fingerprint(kb_path)
         self.index_root = cache.kb_index_root(self.kb_fingerprint)
         self.entities_path = kb_entities(kb_path, self.index_root, self.kb_fingerprint)
-        entities = pl.read_parquet(self.entities_path, columns=["kb_id", "name", "alias_texts"])
-        self.kb_names = names_index(entities, self.index_root, self.kb_fingerprint)
+        entities = pl.read_parquet(self.entities_path, columns=["kb_id", "name", "alias_texts", "type"])
         self.known_ids = entities.select("kb_id")
-        missing = (folder.aliases.select("gold_kb_id").unique()
-                   .join(self.known_ids.rename({"kb_id": "gold_kb_id"}), on="gold_kb_id", how="anti"))
-        if missing.height:
-            raise InputError("E705", path=kb_path, count=missing.height, model=folder.path,
-                             example=", ".join(map(repr, missing["gold_kb_id"].sort().head(3).to_list())))
+        # E705 for a map made for another KB; W710 for alias-table ids this KB lacks.
+        self.kb_fit, self.kb = fit_report(folder, entities.lazy(), kb_path, self.kb_fingerprint, kb_map)
+        warn_missing(self.kb_fit, folder, kb_path)
+        logger.info("linking against KB %s (%s); the model was trained on %s (%s)", kb_path, self.kb_fingerprint[:8],
+                    self.kb["trained_on"]["path"], str(self.kb["trained_on"]["fingerprint"])[:8])
+        self.kb_names = names_index(entities, self.index_root, self.kb_fingerprint)
+        del entities
         self._model = None  # the ranker, loaded by the first link (`model`); model.json vouches for its bytes
         self.mention_types = list(meta["types"].get("mention") or [])
         self.entity_types = list(meta["types"].get("entity") or [])
@@ -144,7 +154,10 @@ class Linker:
             self.reader = LoadedReader.load(folder.path / folder.meta["reader"]["folder"],
                                             pick_device(self.encoder_config.device))
         # What triage's sources take from the alias table and encoder, built once here, not per chunk.
-        self.learned = LearnedSources.prepare(folder.aliases, self.triage_config, self.encoder_config, identity_here)
+        # Ids the KB lacks are left out of them here (`kb_fit`: W710 said so).
+        self.aliases, self.popularity = self.kb_fit.aliases, self.kb_fit.popularity
+        self.learned = LearnedSources.prepare(self.aliases, self.triage_config, self.encoder_config, identity_here,
+                                              self.known_ids)
 
     @property
     def encoder(self):
@@ -186,14 +199,19 @@ class Linker:
 
     @classmethod
     def load(cls, path: str | Path, kb: str | Path | None = None, device: str | None = None,
-             fallback_threshold: float | None = None, precision: str | None = None) -> "Linker":
-        """Load and check a model folder (E701-E706); `kb` replaces the model's KB, `device` and `precision`
-        its encoder's, `fallback_threshold` the NIL threshold of languages the model has none for (as
-        `--fallback-threshold`)."""
+             fallback_threshold: float | None = None, precision: str | None = None,
+             kb_map: str | Path | None = None) -> "Linker":
+        """Load and check a model folder (E701-E706); `kb` replaces the model's KB (any KB: ids of the
+        alias table it lacks are left out, W710), `kb_map` maps the alias table's ids to that KB's (as
+        `--kb-map`), `device` and `precision` replace its encoder's, `fallback_threshold` the NIL threshold
+        of languages the model has none for (as `--fallback-threshold`). `linker.kb` then says which KB the
+        model was trained on and which it links against, and how much of the alias table and types carried
+        over."""
         folder = load_model_folder(Path(path))
         if fallback_threshold is not None:
             folder = dataclasses.replace(folder, policy=folder.policy.with_unseen_threshold(fallback_threshold))
-        return cls(folder, Path(kb) if kb is not None else None, device, precision=precision)
+        return cls(folder, Path(kb) if kb is not None else None, device, precision=precision,
+                   kb_map=Path(kb_map) if kb_map is not None else None)
 
     def _vectors_dtype_round(self, array: np.ndarray) -> np.ndarray:
         """Vectors as encode would store them (float16 when `store_float16`), read back as float32."""
@@ -213,7 +231,7 @@ class Linker:
         from pipeline.candidates.generate import candidate_pieces, merge_candidates
 
         started = time.time()
-        pieces = candidate_pieces(mentions, self.folder.aliases, self.kb_names, self.known_ids, self.triage_config,
+        pieces = candidate_pieces(mentions, self.aliases, self.kb_names, self.known_ids, self.triage_config,
                                   self.encoder_config, self.index_root, self.kb_fingerprint, None, self.encoder,
                                   self.learned)
         candidates = merge_candidates(pieces, mentions, self.triage_config.k, oracle=False)
@@ -249,8 +267,8 @@ class Linker:
         matrix = candidate_matrix(candidates, inputs, rows)
         scores = score_candidates(self.model, inputs, rows, matrix)
         popularity = None
-        if self.folder.popularity is not None:  # written only when the run re-ranks by popularity
-            popularity = (entity_ids.join(self.folder.popularity, on="kb_id", how="left").sort("row")["count"]
+        if self.popularity is not None:  # written only when the run re-ranks by popularity
+            popularity = (entity_ids.join(self.popularity, on="kb_id", how="left").sort("row")["count"]
                           .fill_null(0).to_numpy())
         score_table, predictions = predict(table, rows, matrix, scores, entity_ids["kb_id"].to_list(), popularity,
                                            score_nil(self.model, inputs, rows))  # None without a NIL option

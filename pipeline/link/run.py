@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +70,8 @@ class LinkOptions:
     fallback_threshold: float | None = None
     # Ignore the mentions' entity_type (a TAC .tab's type column too): the ranker's type features see none.
     ignore_entity_type: bool = False
+    # Old KB id -> new KB id pairs for the model's alias table (`kb_fit.read_kb_map`), for a KB keyed differently.
+    kb_map: Path | None = None
 
 
 @dataclass
@@ -87,6 +89,39 @@ class LinkResult:
     finished: bool = True  # False for a shard: the merge writes the outputs
     ties: dict | None = None  # `ties.tied_best` over every mention: tied, mentions (with a runner-up), share
     merged_shards: int = 0  # a --merge: how many shards it joined (it links nothing itself)
+    # Which KB the model was trained on and which it linked against, and how the model fit it (`Linker.kb`).
+    kb: dict | None = None
+
+
+@dataclass
+class LinkKb:
+    """The KB a link runs against: its entities (cached by content) and, for the summary and manifest,
+    the report of how the model fits it (`Linker.kb`, or made here when no chunk was linked now)."""
+
+    path: Path
+    fingerprint: str
+    folder: ModelFolder
+    kb_map: Path | None = None
+    linker: object | None = None  # the `Linker`, when this call made one
+
+    def entities(self) -> pl.LazyFrame:
+        """The KB as `kb_index.kb_entities` keeps it (kb_id, name, type, ...), as the Linker reads it."""
+        from pipeline.candidates.kb_index import kb_entities
+        from pipeline.core.store import kb_index_root
+
+        return pl.scan_parquet(kb_entities(self.path, kb_index_root(self.fingerprint), self.fingerprint))
+
+    def ids(self) -> tuple[pl.LazyFrame, Path]:
+        """The KB's entities and path, for --score's check of gold ids (W702)."""
+        return self.entities(), self.path
+
+    def report(self) -> dict:
+        """`Linker.kb`: the KB trained on, the KB linked against, the id map, what carried over."""
+        if self.linker is not None:
+            return self.linker.kb
+        from pipeline.link.kb_fit import fit_report
+
+        return fit_report(self.folder, self.entities(), self.path, self.fingerprint, self.kb_map)[1]
 
 
 def link_key(options: LinkOptions, model_fingerprint: str, kb_fingerprint: str, precision: str = "fp32") -> str:
@@ -101,6 +136,8 @@ def link_key(options: LinkOptions, model_fingerprint: str, kb_fingerprint: str, 
         settings["precision"] = precision
     if options.ignore_entity_type:  # likewise
         settings["ignore_entity_type"] = True
+    if options.kb_map is not None:  # absent, old keys hold
+        inputs["kb_map"] = file_fingerprint(options.kb_map)
     return stage_key("link", VERSION, settings, inputs)
 
 
@@ -240,17 +277,15 @@ def run(options: LinkOptions) -> LinkResult:
         raise InputError("E706", path=kb_path, model=options.model)
     if not options.mentions.exists():
         raise InputError("E108", path=options.mentions)
+    if options.kb_map is not None and not options.kb_map.is_file():
+        raise InputError("E108", path=options.kb_map, hint=" (--kb-map)")
     if options.score and not options.merge and not has_gold(options.mentions):
         raise InputError("E709", path=options.mentions)  # now, not after linking every chunk
     kb_fingerprint = file_fingerprint(kb_path)
     precision = link_precision(options, folder)
     key = link_key(options, folder.fingerprint, kb_fingerprint, precision)
 
-    def kb_ids() -> tuple[pl.LazyFrame, Path]:  # the KB's ids for --score's check of gold ids (W702)
-        from pipeline.core.store import kb_index_root
-        from pipeline.candidates.kb_index import kb_entities  # as the Linker reads the KB: cached by content
-
-        return pl.scan_parquet(kb_entities(kb_path, kb_index_root(kb_fingerprint), kb_fingerprint)), kb_path
+    kb = LinkKb(kb_path, kb_fingerprint, folder, options.kb_map)
 
     if not options.force and is_up_to_date(out_dir, key):  # a shard or merge of a finished link too
         if options.shard is None:  # an older xel's relink may have left another link's outputs beside these
@@ -261,7 +296,7 @@ def run(options: LinkOptions) -> LinkResult:
     if options.merge:
         total, shards = _finished_shards(out_dir, key)
         (out_dir / MANIFEST).unlink(missing_ok=True)  # outputs being redone never look finished
-        result = _finish(options, folder, key, total, started, {"mentions": 0, "chunks_resumed": total}, kb_ids,
+        result = _finish(options, folder, key, total, started, {"mentions": 0, "chunks_resumed": total}, kb,
                          linked_seconds=0.0)
         return dataclasses.replace(result, merged_shards=shards)
     if options.shard is not None:
@@ -272,7 +307,8 @@ def run(options: LinkOptions) -> LinkResult:
         if _links_a_chunk(options, key, total):  # the model's own refusals (E702-E705, E203 --device) now
             from pipeline.link.linker import Linker
 
-            linker = Linker(folder, kb_path, options.device, kb_fingerprint, options.precision)
+            linker = Linker(folder, kb_path, options.device, kb_fingerprint, options.precision, options.kb_map)
+            kb.linker = linker
         if options.shard is None:  # shards write at once, so only a locked run may sweep temporary files
             remove_leftover_temps(out_dir / CHUNKS)
         _forget_other_keys(out_dir, key, options.force,
@@ -322,7 +358,7 @@ def run(options: LinkOptions) -> LinkResult:
         return LinkResult(out_dir, skipped=False, seconds=seconds, counts=counts, finished=False,
                           mentions_per_second=counts["mentions"] / max(seconds, 1e-9),
                           encode_share=encode_seconds / max(linked_seconds, 1e-9))
-    return _finish(options, folder, key, total, started, counts, kb_ids, linked_seconds, encode_seconds)
+    return _finish(options, folder, key, total, started, counts, kb, linked_seconds, encode_seconds)
 
 
 def _release_freed_memory() -> None:
@@ -364,7 +400,7 @@ def _finished_shards(out_dir: Path, key: str) -> tuple[int, int]:
 
 
 def _finish(options: LinkOptions, folder, key: str, total: int, started: float, counts: dict[str, int],
-            kb_ids: Callable[[], tuple[pl.LazyFrame, Path]],
+            kb: LinkKb,
             linked_seconds: float, encode_seconds: float = 0.0) -> LinkResult:
     """Cluster NILs over every chunk, write the outputs and manifest.json, delete the chunks."""
     out_dir = options.out_dir
@@ -389,7 +425,7 @@ def _finish(options: LinkOptions, folder, key: str, total: int, started: float, 
     if ties["share"] > TIED_SHARE_WARN:
         warn(logger, "W703", tied=ties["tied"], mentions=ties["mentions"], percent=f"{ties['share']:.0%}",
              path=options.mentions, advice=tie_advice(ties))
-    outputs, metrics = write_outputs(paths, clustered, out_dir, options.score, options.mentions, kb_ids)
+    outputs, metrics = write_outputs(paths, clustered, out_dir, options.score, options.mentions, kb.ids)
     remove_stale_outputs(out_dir, outputs)  # an earlier link's gold.tab or metrics.json: not this link's
     totals = {name: int(sum(s[name] for s in stats)) for name in ("mentions", "entities_encoded", "entities_cached")}
     seconds = time.time() - started
@@ -399,14 +435,15 @@ def _finish(options: LinkOptions, folder, key: str, total: int, started: float, 
                "linking_seconds": round(all_seconds, 3),
                "encode_share": sum(s["encode_seconds"] for s in stats) / max(all_seconds, 1e-9)}
     shares = nil_share(clustered)
+    kb_report = kb.report()
     write_manifest(out_dir, stage="link", key=key, inputs={"model": str(options.model), "mentions": str(options.mentions)},
                    settings={"chunk_mentions": options.chunk_mentions, "score": options.score}, counts=summary,
                    outputs=outputs, started=started, extra={"nil_share": shares.to_dicts(), "tied_best": ties,
-                                                            "linked_with": recorded_linked_with(out_dir)})
+                                                            "linked_with": recorded_linked_with(out_dir), "kb": kb_report})
     for name in (CHUNKS, WORK, SHARDS):
         shutil.rmtree(out_dir / name, ignore_errors=True)
     return LinkResult(out_dir, skipped=False, seconds=seconds, counts={**totals, "chunks": total,
                       "chunks_resumed": summary["chunks_resumed"], "mentions_linked_now": counts.get("mentions", 0)},
-                      nil_share=shares, metrics=metrics, ties=ties,
+                      nil_share=shares, metrics=metrics, ties=ties, kb=kb_report,
                       mentions_per_second=counts.get("mentions", 0) / max(seconds, 1e-9),
                       encode_share=summary["encode_share"])

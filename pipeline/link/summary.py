@@ -30,6 +30,8 @@ def link_summary(result: LinkResult, shard: tuple[int, int] | None) -> list[str]
         return lines + [f"link: shard {shard[0]}/{shard[1]} done -> {result.out_dir}; "
                         "run `xel-cli link ... --merge` once every shard is done"]
     lines.append(format_frame(result.nil_share))
+    if result.kb is not None:
+        lines.append(kb_line(result.kb))
     ties = result.ties
     if ties is not None:
         lines.append(f"link: best two candidates tied for {ties['tied']} of {ties['mentions']} mention(s) "
@@ -43,3 +45,16 @@ def link_summary(result: LinkResult, shard: tuple[int, int] | None) -> list[str]
                      + (f", {outside} whose gold id is not in the KB counted wrong (W702)" if outside else ""))
     scored = ", gold.tab, metrics.json, doc_languages.tsv" if metrics is not None else ""
     return lines + [f"link: wrote links.parquet, links.jsonl, system.tab{scored} -> {result.out_dir}"]
+
+
+def kb_line(kb: dict) -> str:
+    """Which KB the model was trained on and which it linked against (`Linker.kb`), and what carried over:
+    alias-table ids in this KB (and through --kb-map), entity types the model never saw."""
+    trained, linked = kb["trained_on"], kb["linked_against"]
+    same = trained.get("fingerprint") == linked["fingerprint"]
+    trained_text = "the same KB" if same else f"{trained['name']} ({str(trained.get('fingerprint'))[:8]}, {trained.get('entities')} entities)"
+    mapped = f", {kb['alias_ids_mapped']} through --kb-map" if kb.get("kb_map") else ""
+    return (f"link: KB {linked['name']} ({linked['fingerprint'][:8]}, {linked['entities']} entities); model trained on "
+            f"{trained_text}; alias table: {kb['alias_ids'] - kb['alias_ids_missing']} of {kb['alias_ids']} KB id(s) in "
+            f"this KB{mapped}; entity types unknown to the model: {kb['unknown_types']} of {kb['kb_types']} "
+            f"({kb['unknown_type_entities']} entities)")

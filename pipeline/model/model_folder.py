@@ -10,8 +10,8 @@
   (rerank.enabled); model.json's "reader" holds its reader.json;
 - `model.json`: the format and version, the encoder (name, resolved path, identity) and
   its settings, the triage settings, the context width, the NIL policy
-  (`pipeline/model/nil_policy.py`), the type vocabularies, the KB (path, fingerprint,
-  entity count), what it was trained on (languages, mention counts, dev scores), the
+  (`pipeline/model/nil_policy.py`), the type vocabularies, the KB trained on (file name,
+  path, fingerprint, entity count; link may use another: `pipeline/link/kb_fit.py`), what it was trained on (languages, mention counts, dev scores), the
   xel version, the date, and each file's content fingerprint.
 
 Loading checks model.json's every value (`pipeline/model/model_json.py`: types, finite numbers,
@@ -112,7 +112,7 @@ def write_model_folder(config: RunConfig, nil_artifact: dict, metrics: dict | No
             "popularity_rerank": config.evaluate.popularity_rerank,
             "reader": reader_meta,
             "types": {"mention": list(saved.get("mention_types") or []), "entity": list(saved.get("entity_types") or [])},
-            "kb": {"path": str(config.inputs.kb), "fingerprint": triage_manifest.get("inputs", {}).get("kb"),
+            "kb": {"name": config.inputs.kb.name, "path": str(config.inputs.kb), "fingerprint": triage_manifest.get("inputs", {}).get("kb"),
                    "entities": triage_manifest.get("counts", {}).get("entities")},
             "trained_on": {
                 "languages": sorted(by_split.get("train", {})),

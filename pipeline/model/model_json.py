@@ -119,6 +119,7 @@ class TypesMeta(_Section):
 
 class KbMeta(_Section):
     path: Name
+    name: Name | None = None  # the KB file's name (models before issue 23 have none: link takes the path's)
     fingerprint: str | None = None
     entities: Count | None = None
 

@@ -34,8 +34,9 @@ the catalogue; see README "Bad input"):
   (E407); BOM + CRLF + header accepted.
 - `xel-cli link` (tests/link/test_link.py): a model folder without model.json and with a
   foreign one (E701), model.json not JSON, a changed model.pt, a missing alias table
-  (E702), a newer format (E703), an encoder that is gone (E704), a KB lacking an entity
-  of the alias table (E705), an unknown mention file type (E707), a .tab without --docs
+  (E702), a newer format (E703), an encoder that is gone (E704), a --kb-map that carries no
+  alias-table id into the KB (E705; a KB lacking some is linked, W710), malformed --kb-map
+  lines (E730, E731), an unknown mention file type (E707), a .tab without --docs
   (E708), --score without gold (E709), a mention id repeated across chunks (E104, before any chunk is linked), bad
   offsets in a chunk (E105); gold without --score and an unseen language accepted.
 

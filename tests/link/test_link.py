@@ -308,13 +308,149 @@ def test_a_classifier_of_mismatched_shapes_is_e702(demo_run: dict, tmp_path: Pat
         load_model_folder(model)
 
 
-def test_a_kb_without_the_alias_tables_entities_is_refused(demo_run: dict, tmp_path: Path) -> None:
+def demo_kb() -> list[dict]:
+    return [json.loads(line) for line in (DEMO / "kb.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def renamed_kb(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """The demo KB keyed differently (`wd:0000`, ... in the old ids' sorted order, so every sort and tie
+    falls as before) and the old -> new map."""
+    kb = demo_kb()
+    new_ids = {old: f"wd:{i:04d}" for i, old in enumerate(sorted(e["kb_id"] for e in kb))}
+    return write_jsonl(tmp_path / "kb-renamed.jsonl", [{**e, "kb_id": new_ids[e["kb_id"]]} for e in kb]), new_ids
+
+
+def candidate_scores(links_path: Path, rename: dict[str, str] | None = None) -> pl.DataFrame:
+    """(mention_id, kb_id, score) of every candidate of a links.parquet, ids through `rename`."""
+    table = (pl.read_parquet(links_path).select("mention_id", "candidates").explode("candidates")
+             .drop_nulls("candidates").unnest("candidates").select("mention_id", "kb_id", "score"))
+    return table.with_columns(pl.col("kb_id").replace(rename)) if rename else table
+
+
+def test_a_kb_lacking_alias_table_ids_links_with_one_warning(demo_run: dict, tmp_path: Path) -> None:
+    """A KB without some of the alias table's entities is linked (no E705): those ids are left out with one
+    W710 (how many, examples, the training mentions behind them, the cost); every other candidate keeps its
+    score, since priors keep their shares of all training mentions of a string (issue 23)."""
     aliases = load_model_folder(demo_run["model"]).aliases
-    dropped = sorted(aliases["gold_kb_id"].unique().to_list())[0]
-    kb = [json.loads(line) for line in (DEMO / "kb.jsonl").read_text(encoding="utf-8").splitlines()]
-    smaller = write_jsonl(tmp_path / "kb.jsonl", [e for e in kb if e["kb_id"] != dropped])
-    result = link(demo_run["model"], demo_run["test"], tmp_path / "out", "--kb", smaller)
-    assert result.exit_code == 2 and "[E705]" in result.output and dropped in result.output
+    full = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "full"))
+    more = candidate_scores(tmp_path / "full" / "links.parquet")
+    # The first alias-table id some test mention has as a candidate: leaving it out changes a candidate list.
+    dropped = sorted(set(aliases["gold_kb_id"].to_list()) & set(more["kb_id"].to_list()))[0]
+    behind = int(aliases.filter(pl.col("gold_kb_id") == dropped)["count"].sum())
+    total = aliases["gold_kb_id"].n_unique()
+    smaller = write_jsonl(tmp_path / "kb.jsonl", [e for e in demo_kb() if e["kb_id"] != dropped])
+    result = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "out", "--kb", smaller))
+    warnings = [line for line in result.output.splitlines() if "[W710]" in line]
+    assert len(warnings) == 1 and f"this KB lacks 1 of the {total} KB id(s)" in warnings[0]
+    assert f"(e.g. {dropped!r})" in warnings[0] and f"the {behind} training mention(s) behind them" in warnings[0]
+    assert "no prior P(e|m)" in warnings[0] and "--kb-map" in warnings[0]
+    assert f"alias table: {total - 1} of {total} KB id(s) in this KB;" in result.output
+    assert "model trained on kb.jsonl (" in result.output  # another KB file: named, not "the same KB"
+    assert "[W710]" not in full.output and "model trained on the same KB;" in full.output
+    assert f"alias table: {total} of {total} KB id(s) in this KB;" in full.output
+    less = candidate_scores(tmp_path / "out" / "links.parquet")
+    assert dropped not in less["kb_id"].to_list()
+    both = less.join(more, on=["mention_id", "kb_id"])
+    assert both.height >= more.height - more.filter(pl.col("kb_id") == dropped).height - 66  # at most one newcomer each
+    assert (both["score"] - both["score_right"]).abs().max() < 1e-5
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text(encoding="utf-8"))["kb"]
+    assert (manifest["alias_ids"], manifest["alias_ids_missing"], manifest["alias_mentions_missing"]) == (total, 1, behind)
+    assert manifest["linked_against"]["path"] == str(smaller) and manifest["trained_on"]["name"] == "kb.jsonl"
+
+
+def test_entity_types_the_model_never_saw_are_counted(demo_run: dict, tmp_path: Path) -> None:
+    """A KB type outside the model's entity type vocabulary is an all-zero one-hot, as a rare type in a
+    run; link's summary and manifest count such types and their entities."""
+    vocabulary = set(load_model_folder(demo_run["model"]).meta["types"]["entity"])
+    kb = demo_kb()
+    kb[0], kb[1] = {**kb[0], "type": "SPORTS_TEAM"}, {**kb[1], "type": "SPORTS_TEAM"}
+    types = {e.get("type") for e in kb} - {None}
+    unknown = types - vocabulary
+    entities = sum(e.get("type") in unknown for e in kb)
+    assert "SPORTS_TEAM" in unknown and entities >= 2
+    result = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "out", "--kb", write_jsonl(tmp_path / "kb.jsonl", kb)))
+    assert f"entity types unknown to the model: {len(unknown)} of {len(types)} ({entities} entities)" in result.output
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text(encoding="utf-8"))["kb"]
+    assert (manifest["unknown_types"], manifest["unknown_type_entities"]) == (len(unknown), entities)
+
+
+@pytest.mark.parametrize("form", ["tsv", "jsonl"])
+def test_kb_map_carries_the_alias_table_to_a_kb_keyed_differently(demo_run: dict, tmp_path: Path, form: str) -> None:
+    """With --kb-map (old id -> new id) a KB keyed differently gives the links of the model's own KB, ids
+    renamed; without it the alias table's ids are all missing (W710), and the link still runs."""
+    kb, new_ids = renamed_kb(tmp_path)
+    if form == "tsv":
+        kb_map = tmp_path / "map.tsv"
+        kb_map.write_text("from\tto\n" + "".join(f"{old}\t{new}\n" for old, new in new_ids.items()), encoding="utf-8")
+    else:
+        kb_map = write_jsonl(tmp_path / "map.jsonl", [{"from": old, "to": new} for old, new in new_ids.items()])
+    own = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "own"))
+    mapped = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "mapped", "--kb", kb, "--kb-map", kb_map))
+    total = load_model_folder(demo_run["model"]).aliases["gold_kb_id"].n_unique()
+    assert "[W710]" not in mapped.output and f"alias table: {total} of {total} KB id(s) in this KB, {total} through --kb-map" in mapped.output
+    expected = candidate_scores(tmp_path / "own" / "links.parquet", new_ids)
+    got = candidate_scores(tmp_path / "mapped" / "links.parquet")
+    assert got["mention_id"].to_list() == expected["mention_id"].to_list() and got["kb_id"].to_list() == expected["kb_id"].to_list()
+    assert (got["score"] - expected["score"]).abs().max() < 1e-5
+    own_links, mapped_links = read_tab(tmp_path / "own" / "system.tab"), read_tab(tmp_path / "mapped" / "system.tab")
+    assert mapped_links["kb_id"].to_list() == own_links["kb_id"].replace(new_ids).to_list()
+    assert "[W710]" not in own.output
+    unmapped = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "unmapped", "--kb", kb))
+    assert f"this KB lacks {total} of the {total} KB id(s)" in unmapped.output
+    assert f"alias table: 0 of {total} KB id(s) in this KB;" in unmapped.output
+    from pipeline.link import Linker
+
+    linker = Linker.load(demo_run["model"], kb=kb, kb_map=kb_map)
+    assert linker.kb["trained_on"]["fingerprint"] == load_model_folder(demo_run["model"]).meta["kb"]["fingerprint"]
+    assert linker.kb["linked_against"]["path"] == str(kb) and linker.kb["alias_ids_mapped"] == total
+    assert linker.kb["linked_against"]["fingerprint"] != linker.kb["trained_on"]["fingerprint"]
+
+
+@pytest.mark.parametrize("content, code, where", [
+    ("a\tb\tc\n", "E730", ":1: has 3 tab-separated column(s)"),
+    ("from\tto\n{alias}\t\n", "E730", ":2: its 'to' id ''"),
+    ("", "E730", ":1: holds no pair"),
+    ("{wrong}\n", "E730", ":1: has 1 tab-separated"),
+    ("{alias}\twd:1\n{alias}\twd:2\n", "E731", ":2: maps KB id '{alias}' to 'wd:2', but line 1 maps it to 'wd:1'"),
+    ("enwiki:Nowhere\twd:1\n", "E705", "none of the"),
+])
+def test_a_bad_kb_map_is_one_coded_line(demo_run: dict, tmp_path: Path, content: str, code: str, where: str) -> None:
+    """Malformed map lines name file and line (E730), one old id with two new ones is E731, and a map that
+    carries no alias-table id into the KB is E705, each before anything is linked."""
+    alias = sorted(load_model_folder(demo_run["model"]).aliases["gold_kb_id"].unique().to_list())[0]
+    content, where = content.replace("{alias}", alias), where.replace("{alias}", alias)
+    kb_map = tmp_path / "map.tsv"
+    kb_map.write_text(content, encoding="utf-8")
+    kb = write_jsonl(tmp_path / "kb.jsonl", demo_kb() + [{"kb_id": "wd:1", "name": "Paris 2"}, {"kb_id": "wd:2", "name": "Paris 3"}])
+    if code == "E705":
+        kb, _ = renamed_kb(tmp_path)
+    result = link(demo_run["model"], demo_run["test"], tmp_path / "out", "--kb", kb, "--kb-map", kb_map)
+    assert result.exit_code == 2 and f"Error: [{code}] " in result.output and "Traceback" not in result.output, result.output
+    line = next(line for line in result.output.splitlines() if line.startswith("Error:"))
+    assert where in line and (str(kb_map) in line) and not (tmp_path / "out" / "links.parquet").exists()
+    jsonl = tmp_path / "map.jsonl"
+    jsonl.write_text('{"from": "enwiki:Paris"}\n', encoding="utf-8")
+    result = link(demo_run["model"], demo_run["test"], tmp_path / "out2", "--kb-map", jsonl)
+    assert result.exit_code == 2 and f"[E730] {jsonl}:1: needs the fields 'from' and 'to'" in result.output
+    missing = link(demo_run["model"], demo_run["test"], tmp_path / "out3", "--kb-map", tmp_path / "none.tsv")
+    assert missing.exit_code == 2 and f"[E108] {tmp_path / 'none.tsv'}" in missing.output
+
+
+def test_a_model_without_priors_links_a_kb_keyed_differently_as_its_own(demo_run: dict, tmp_path: Path) -> None:
+    """A model whose triage reads nothing of the alias table (triage.use_priors and use_fuzzy off, as
+    docs/any-kb.md describes) links a KB with other ids, unmapped, as its own KB; W710 says no prior is lost."""
+    model = tmp_path / "model"
+    shutil.copytree(demo_run["model"], model)
+    meta = json.loads((model / "model.json").read_text(encoding="utf-8"))
+    meta["triage"].update(use_priors=False, use_fuzzy=False)
+    (model / "model.json").write_text(json.dumps(meta), encoding="utf-8")
+    kb, new_ids = renamed_kb(tmp_path)
+    succeeded(link(model, demo_run["test"], tmp_path / "own"))
+    other = succeeded(link(model, demo_run["test"], tmp_path / "other", "--kb", kb))
+    assert "the model reads no priors (triage.use_priors = false)" in other.output
+    expected = candidate_scores(tmp_path / "own" / "links.parquet", new_ids)
+    got = candidate_scores(tmp_path / "other" / "links.parquet")
+    assert got["kb_id"].to_list() == expected["kb_id"].to_list() and (got["score"] - expected["score"]).abs().max() < 1e-5
 
 
 def test_second_corpus_and_a_grown_kb_encode_only_new_entities(demo_run: dict, tmp_path: Path) -> None:
@@ -699,7 +835,7 @@ def folder_contents(folder: Path) -> dict[str, bytes | None]:
     return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in folder.rglob("*")}
 
 
-@pytest.mark.parametrize("case", ["repeated ids with docs", "empty corpus", "merge of no shard", "kb lacking an entity",
+@pytest.mark.parametrize("case", ["repeated ids with docs", "empty corpus", "merge of no shard", "kb map for another kb",
                                   "over a shard's work"])
 def test_every_early_refusal_leaves_the_out_folder_as_it_was(demo_run: dict, tmp_path: Path, case: str) -> None:
     """A link refused before it links anything changes nothing in --out: a finished link stays finished
@@ -724,11 +860,11 @@ def test_every_early_refusal_leaves_the_out_folder_as_it_was(demo_run: dict, tmp
         mentions.write_text("", encoding="utf-8")
     elif case == "merge of no shard":
         mentions, extra, code = demo_run["test"], ["--merge", "--chunk-mentions", 7], "E711"
-    elif case == "kb lacking an entity":  # refused by the Linker itself, after the corpus checks
-        dropped = sorted(load_model_folder(demo_run["model"]).aliases["gold_kb_id"].unique().to_list())[0]
-        kb = [json.loads(line) for line in (DEMO / "kb.jsonl").read_text(encoding="utf-8").splitlines()]
+    elif case == "kb map for another kb":  # refused by the Linker itself, after the corpus checks
+        kb_map = tmp_path / "map.tsv"
+        kb_map.write_text("enwiki:Nowhere\twd:0001\n", encoding="utf-8")
         mentions, code = demo_run["test"], "E705"
-        extra = ["--kb", write_jsonl(tmp_path / "kb.jsonl", [e for e in kb if e["kb_id"] != dropped])]
+        extra = ["--kb", renamed_kb(tmp_path)[0], "--kb-map", kb_map]
     before = folder_contents(out)
     result = link(demo_run["model"], mentions, out, *extra)
     assert result.exit_code == 2 and f"Error: [{code}] " in result.output, result.output

@@ -1,0 +1,53 @@
+"""bench/kb_transfer.py: the micro-average and alias baseline it prints, and its entity-disjoint cut."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "kb_transfer.py"
+spec = importlib.util.spec_from_file_location("kb_transfer", SCRIPT)
+kb_transfer = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(kb_transfer)
+
+CANDIDATE = pl.Struct({"kb_id": pl.String, "score": pl.Float64, "triage_score": pl.Float64, "sources": pl.List(pl.String)})
+
+
+def write_links(path: Path) -> Path:
+    """Four mentions: m1 linked right, m2 NIL (gold NIL), m3 linked wrong (triage's top is right), m4 NIL
+    without candidates (gold an entity)."""
+    def candidate(kb_id: str, score: float, triage: float) -> dict:
+        return {"kb_id": kb_id, "score": score, "triage_score": triage, "sources": ["kb_name"]}
+
+    pl.DataFrame({
+        "mention_id": ["m1", "m2", "m3", "m4"], "kb_id": ["A", "NIL0001", "B", "NIL0002"],
+        "is_nil": [False, True, False, True],
+        "candidates": [[candidate("A", 0.9, 1.0), candidate("B", 0.1, 0.5)], [candidate("B", -0.9, 2.0)],
+                       [candidate("B", 0.5, 0.3), candidate("C", 0.2, 1.5)], []],
+    }, schema_overrides={"candidates": pl.List(CANDIDATE)}).write_parquet(path)
+    return path
+
+
+def test_micro_average_counts_nil_for_nil_and_the_alias_baseline_takes_triages_top(tmp_path: Path) -> None:
+    links = kb_transfer.links_table(write_links(tmp_path / "links.parquet"))
+    assert links.sort("mention_id")["top_triage_kb_id"].to_list() == ["A", "B", "C", None]
+    gold = pl.DataFrame({"mention_id": ["m1", "m2", "m3", "m4"], "gold_kb_id": ["A", "NIL", "C", "D"]})
+    assert kb_transfer.micro_average(links, gold) == pytest.approx(0.5)  # m1, m2
+    assert kb_transfer.micro_average(links, gold, "top_triage_kb_id") == pytest.approx(0.5)  # m1, m3
+    assert kb_transfer.micro_average(links, gold.head(1)) == pytest.approx(1.0)
+
+
+def test_disjoint_cut_is_fixed_and_renamed_ids_share_nothing(tmp_path: Path) -> None:
+    ids = [f"enwiki:E{i}" for i in range(200)]
+    seen = kb_transfer.seen_half(ids)
+    assert seen == kb_transfer.seen_half(list(reversed(ids))) and 70 < len(seen) < 130
+    source = tmp_path / "kb.jsonl"
+    source.write_text("".join(json.dumps({"kb_id": i, "name": i[7:]}) + "\n" for i in ids), encoding="utf-8")
+    renamed = kb_transfer.renamed_kb(source, tmp_path / "renamed.jsonl")
+    written = pl.read_ndjson(tmp_path / "renamed.jsonl")
+    assert written["kb_id"].to_list() == [renamed[i] for i in ids] and not set(ids) & set(renamed.values())
+    assert written["name"].to_list() == [i[7:] for i in ids] and len(set(renamed.values())) == 200
