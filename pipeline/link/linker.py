@@ -85,60 +85,16 @@ class Linker:
         it (hashing a KB of millions of entities takes a while). `device` and `precision` replace the
         model's [encoder] settings (the precision's vectors are cached apart: it is part of the encoder
         identity)."""
-        from pipeline.encoders.encoder import configured_identity, encoder_identity, resolve_encoder_path
-        from pipeline.candidates.kb_index import kb_entities, names_index
         from pipeline.candidates.generate import LearnedSources
+        from pipeline.encoders.encoder import configured_identity
 
         self.folder = folder
         meta = folder.meta
-        if device is not None:
-            check_device(device)  # before EncoderConfig, whose own check would name the model's [encoder]
-        try:
-            settings = dict(meta["encoder"]["settings"])
-            if device is not None:
-                settings["device"] = device
-            if precision is not None:
-                settings["precision"] = precision
-            self.encoder_config = EncoderConfig(**settings)
-            self.triage_config = TriageConfig(**{**meta["triage"], "oracle": False})  # no gold here to add
-            self.context_chars = int(meta["inputs"]["context_chars"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CacheError("E702", path=folder.path / "model.json", detail=f"malformed settings ({exc})") from None
-        if device is None:  # the model's own setting, on this machine: --device is the way to replace it
-            check_device(self.encoder_config.device)
-        expected = meta["encoder"].get("identity")
-        try:
-            path = resolve_encoder_path(self.encoder_config.name)
-            identity = encoder_identity(path)
-            if identity != expected and Path(str(meta["encoder"].get("path", ""))).is_dir():
-                path = str(meta["encoder"]["path"])  # the name now means another model: use the folder it was
-                identity = encoder_identity(path)
-                self.encoder_config = EncoderConfig(**{**settings, "name": path})
-            if identity != expected:
-                raise CacheError("E704", name=self.encoder_config.name, model=folder.path,
-                                 detail=f"found one with identity {identity}, the model needs {expected}")
-        except ConfigError as error:
-            if error.code != "E501":
-                raise
-            raise CacheError("E704", name=self.encoder_config.name, model=folder.path, detail=error.message) from None
+        settings = self._read_settings(device, precision)
+        path = self._checked_encoder_path(settings)
         self._encoder = None  # loaded by the first link that encodes (`encoder`): loading costs seconds
         self._check_prior(encoder_hidden_size(path))
-        kb_path = Path(kb_path or meta["kb"]["path"])
-        if not kb_path.is_file():
-            raise InputError("E706", path=kb_path, model=folder.path)
-        self.kb_path = kb_path
-        self.kb_fingerprint = kb_fingerprint or file_fingerprint(kb_path)
-        self.index_root = cache.kb_index_root(self.kb_fingerprint)
-        self.entities_path = kb_entities(kb_path, self.index_root, self.kb_fingerprint)
-        entities = pl.read_parquet(self.entities_path, columns=["kb_id", "name", "alias_texts", "type"])
-        self.known_ids = entities.select("kb_id")
-        # E705 for a map made for another KB; W710 for alias-table ids this KB lacks.
-        self.kb_fit, self.kb = fit_report(folder, entities.lazy(), kb_path, self.kb_fingerprint, kb_map)
-        warn_missing(self.kb_fit, folder, kb_path)
-        logger.info("linking against KB %s (%s); the model was trained on %s (%s)", kb_path, self.kb_fingerprint[:8],
-                    self.kb["trained_on"]["path"], str(self.kb["trained_on"]["fingerprint"])[:8])
-        self.kb_names = names_index(entities, self.index_root, self.kb_fingerprint)
-        del entities
+        self._open_kb(Path(kb_path or meta["kb"]["path"]), kb_fingerprint, kb_map)
         self._model = None  # the ranker, loaded by the first link (`model`); model.json vouches for its bytes
         self.mention_types = list(meta["types"].get("mention") or [])
         self.entity_types = list(meta["types"].get("entity") or [])
@@ -158,6 +114,72 @@ class Linker:
         self.aliases, self.popularity = self.kb_fit.aliases, self.kb_fit.popularity
         self.learned = LearnedSources.prepare(self.aliases, self.triage_config, self.encoder_config, identity_here,
                                               self.known_ids)
+
+    def _read_settings(self, device: str | None, precision: str | None) -> dict:
+        """The model's encoder settings with `device` and `precision` replaced (checked: E203), and its
+        encoder and triage configs (`encoder_config`, `triage_config`, `context_chars`); E702 when malformed."""
+        folder, meta = self.folder, self.folder.meta
+        if device is not None:
+            check_device(device)  # before EncoderConfig, whose own check would name the model's [encoder]
+        try:
+            settings = dict(meta["encoder"]["settings"])
+            if device is not None:
+                settings["device"] = device
+            if precision is not None:
+                settings["precision"] = precision
+            self.encoder_config = EncoderConfig(**settings)
+            self.triage_config = TriageConfig(**{**meta["triage"], "oracle": False})  # no gold here to add
+            self.context_chars = int(meta["inputs"]["context_chars"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CacheError("E702", path=folder.path / "model.json", detail=f"malformed settings ({exc})") from None
+        if device is None:  # the model's own setting, on this machine: --device is the way to replace it
+            check_device(self.encoder_config.device)
+        return settings
+
+    def _checked_encoder_path(self, settings: dict) -> str:
+        """The folder of the model's encoder, whose identity must be the one the model was trained with
+        (the configured name, else the folder the model recorded); E704 otherwise."""
+        from pipeline.encoders.encoder import encoder_identity, resolve_encoder_path
+
+        folder, meta = self.folder, self.folder.meta
+        expected = meta["encoder"].get("identity")
+        try:
+            path = resolve_encoder_path(self.encoder_config.name)
+            identity = encoder_identity(path)
+            if identity != expected and Path(str(meta["encoder"].get("path", ""))).is_dir():
+                path = str(meta["encoder"]["path"])  # the name now means another model: use the folder it was
+                identity = encoder_identity(path)
+                self.encoder_config = EncoderConfig(**{**settings, "name": path})
+            if identity != expected:
+                raise CacheError("E704", name=self.encoder_config.name, model=folder.path,
+                                 detail=f"found one with identity {identity}, the model needs {expected}")
+        except ConfigError as error:
+            if error.code != "E501":
+                raise
+            raise CacheError("E704", name=self.encoder_config.name, model=folder.path, detail=error.message) from None
+        return path
+
+    def _open_kb(self, kb_path: Path, kb_fingerprint: str | None, kb_map: Path | None) -> None:
+        """The KB to link against, its indexes from the store, and how the model's alias table fits it
+        (`kb_fit`: E705 for a map made for another KB, W710 for alias-table ids it lacks); E706 when missing."""
+        from pipeline.candidates.kb_index import kb_entities, names_index
+
+        folder = self.folder
+        if not kb_path.is_file():
+            raise InputError("E706", path=kb_path, model=folder.path)
+        self.kb_path = kb_path
+        self.kb_fingerprint = kb_fingerprint or file_fingerprint(kb_path)
+        self.index_root = cache.kb_index_root(self.kb_fingerprint)
+        self.entities_path = kb_entities(kb_path, self.index_root, self.kb_fingerprint)
+        entities = pl.read_parquet(self.entities_path, columns=["kb_id", "name", "alias_texts", "type"])
+        self.known_ids = entities.select("kb_id")
+        # E705 for a map made for another KB; W710 for alias-table ids this KB lacks.
+        self.kb_fit, self.kb = fit_report(folder, entities.lazy(), kb_path, self.kb_fingerprint, kb_map)
+        warn_missing(self.kb_fit, folder, kb_path)
+        logger.info("linking against KB %s (%s); the model was trained on %s (%s)", kb_path, self.kb_fingerprint[:8],
+                    self.kb["trained_on"]["path"], str(self.kb["trained_on"]["fingerprint"])[:8])
+        self.kb_names = names_index(entities, self.index_root, self.kb_fingerprint)
+        del entities
 
     @property
     def encoder(self):

@@ -272,15 +272,7 @@ def run(options: LinkOptions) -> LinkResult:
     folder = load_model_folder(options.model)
     if options.fallback_threshold is not None:
         folder = dataclasses.replace(folder, policy=folder.policy.with_unseen_threshold(options.fallback_threshold))
-    kb_path = options.kb or Path(folder.meta["kb"]["path"])
-    if not kb_path.is_file():
-        raise InputError("E706", path=kb_path, model=options.model)
-    if not options.mentions.exists():
-        raise InputError("E108", path=options.mentions)
-    if options.kb_map is not None and not options.kb_map.is_file():
-        raise InputError("E108", path=options.kb_map, hint=" (--kb-map)")
-    if options.score and not options.merge and not has_gold(options.mentions):
-        raise InputError("E709", path=options.mentions)  # now, not after linking every chunk
+    kb_path = _checked_inputs(options, folder)
     kb_fingerprint = file_fingerprint(kb_path)
     precision = link_precision(options, folder)
     key = link_key(options, folder.fingerprint, kb_fingerprint, precision)
@@ -317,6 +309,32 @@ def run(options: LinkOptions) -> LinkResult:
         remove_leftover_temps(out_dir)  # after the corpus check's scratch folder is gone
     (out_dir / MANIFEST).unlink(missing_ok=True)  # outputs being redone never look finished
 
+    counts, linked_seconds, encode_seconds = _link_chunks(options, linker, context_chars)
+    if counts["chunks_resumed"]:
+        logger.info("resumed: %d chunk(s) were already linked in %s", counts["chunks_resumed"], out_dir / CHUNKS)
+    if options.shard is not None:
+        return _shard_done(options, key, total, counts, started, linked_seconds, encode_seconds)
+    return _finish(options, folder, key, total, started, counts, kb, linked_seconds, encode_seconds)
+
+
+def _checked_inputs(options: LinkOptions, folder) -> Path:
+    """The KB to link against, once every input file is there (E706, E108) and `--score` has gold (E709)."""
+    kb_path = options.kb or Path(folder.meta["kb"]["path"])
+    if not kb_path.is_file():
+        raise InputError("E706", path=kb_path, model=options.model)
+    if not options.mentions.exists():
+        raise InputError("E108", path=options.mentions)
+    if options.kb_map is not None and not options.kb_map.is_file():
+        raise InputError("E108", path=options.kb_map, hint=" (--kb-map)")
+    if options.score and not options.merge and not has_gold(options.mentions):
+        raise InputError("E709", path=options.mentions)  # now, not after linking every chunk
+    return kb_path
+
+
+def _link_chunks(options: LinkOptions, linker, context_chars: int) -> tuple[dict, float, float]:
+    """Link every chunk of this process's share not saved yet, each saved (and sealed) as it finishes;
+    (counts, seconds linking, seconds of it encoding)."""
+    out_dir = options.out_dir
     counts = {"mentions": 0, "chunks": 0, "chunks_resumed": 0, "entities_encoded": 0, "entities_cached": 0}
     linked_seconds = encode_seconds = 0.0
     chunks = mention_chunks(options.mentions, options.docs, options.chunk_mentions, context_chars, options.score,
@@ -348,17 +366,20 @@ def run(options: LinkOptions) -> LinkResult:
                         result.entities_encoded, result.entities_cached)
             del mentions, result
             _release_freed_memory()
-    if counts["chunks_resumed"]:
-        logger.info("resumed: %d chunk(s) were already linked in %s", counts["chunks_resumed"], out_dir / CHUNKS)
-    if options.shard is not None:
-        index, count = options.shard
-        write_json_atomic(out_dir / SHARDS / f"shard-{index}-of-{count}.json",
-                          {"key": key, "shard": [index, count], "chunks_total": total, "counts": counts})
-        seconds = time.time() - started
-        return LinkResult(out_dir, skipped=False, seconds=seconds, counts=counts, finished=False,
-                          mentions_per_second=counts["mentions"] / max(seconds, 1e-9),
-                          encode_share=encode_seconds / max(linked_seconds, 1e-9))
-    return _finish(options, folder, key, total, started, counts, kb, linked_seconds, encode_seconds)
+    return counts, linked_seconds, encode_seconds
+
+
+def _shard_done(options: LinkOptions, key: str, total: int, counts: dict, started: float, linked_seconds: float,
+                encode_seconds: float) -> LinkResult:
+    """Record this shard's share as done (`shards/shard-i-of-n.json`), for `--merge` to find."""
+    out_dir = options.out_dir
+    index, count = options.shard
+    write_json_atomic(out_dir / SHARDS / f"shard-{index}-of-{count}.json",
+                      {"key": key, "shard": [index, count], "chunks_total": total, "counts": counts})
+    seconds = time.time() - started
+    return LinkResult(out_dir, skipped=False, seconds=seconds, counts=counts, finished=False,
+                      mentions_per_second=counts["mentions"] / max(seconds, 1e-9),
+                      encode_share=encode_seconds / max(linked_seconds, 1e-9))
 
 
 def _release_freed_memory() -> None:
