@@ -57,6 +57,49 @@ POPULARITY = "popularity.parquet"
 READER_DIR = "reader"  # the rerank stage's reader (`pipeline.model.reader`), when the run has one
 
 
+def _model_json(config: RunConfig, nil_artifact: dict, metrics: dict | None, saved: dict,
+                mentions: pl.DataFrame) -> dict:
+    """model.json's description of the linker (the files and the reader are added by the caller): the
+    encoder's identity and settings, triage's settings, the NIL decision, the types, the KB and what the
+    model was trained on."""
+    run_dir, triage_dir, train_dir = config.run_dir, config.stage_dir("triage"), config.stage_dir("train")
+    train_manifest = read_manifest(train_dir) or {}
+    triage_manifest = read_manifest(triage_dir) or {}
+    policy = NilPolicy.from_artifact(nil_artifact, config.evaluate.nil_clustering)
+    from pipeline.encoders.encoder import encoder_identity, resolve_encoder_path
+
+    encoder_path = resolve_encoder_path(config.encoder.name)
+    counts = mentions.group_by("split", "lang").len().sort("split", "lang")
+    by_split: dict[str, dict[str, int]] = {}
+    for split, lang, count in counts.iter_rows():
+        by_split.setdefault(split, {})[lang] = count
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "xel_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run": str(run_dir),
+        "encoder": {"name": config.encoder.name, "path": encoder_path, "identity": encoder_identity(encoder_path),
+                    "settings": to_dict(config.encoder)},
+        "triage": to_dict(config.triage),
+        "inputs": {"context_chars": config.inputs.context_chars},
+        "nil": policy.to_json(),
+        "popularity_rerank": config.evaluate.popularity_rerank,
+        "types": {"mention": list(saved.get("mention_types") or []), "entity": list(saved.get("entity_types") or [])},
+        "kb": {"name": config.inputs.kb.name, "path": str(config.inputs.kb), "fingerprint": triage_manifest.get("inputs", {}).get("kb"),
+               "entities": triage_manifest.get("counts", {}).get("entities")},
+        "trained_on": {
+            "languages": sorted(by_split.get("train", {})),
+            "mentions": by_split,
+            "train_mentions_by_language": train_manifest.get("train_mentions_by_language", {}),
+            "features": list(saved.get("shape", {}).get("features", [])) or ["nearest-neighbour baseline"],
+            "best_dev_accuracy": train_manifest.get("best_dev_accuracy"),
+            "best_epoch": saved.get("best_epoch"),
+            "evaluation": {"split": (metrics or {}).get("split"),
+                           "micro_average": (metrics or {}).get("overall", {}).get("kbp2010_micro_average", {}).get("micro_average")},
+        },
+    }
+    return meta
+
+
 def write_model_folder(config: RunConfig, nil_artifact: dict, metrics: dict | None = None,
                        saved: dict | None = None) -> Path:
     """Write `<run>/model/` from a run whose triage, encode and train are finished; returns it.
@@ -73,8 +116,6 @@ def write_model_folder(config: RunConfig, nil_artifact: dict, metrics: dict | No
                                   "gold_kb_id")
     if saved is None:  # evaluate passes what it loaded (`model_file.load_model`'s metadata)
         saved = torch.load(train_dir / RANKER, map_location="cpu", weights_only=False)
-    train_manifest = read_manifest(train_dir) or {}
-    triage_manifest = read_manifest(triage_dir) or {}
     folder = run_dir / MODEL_DIR
     temp = Path(tempfile.mkdtemp(prefix=f".{MODEL_DIR}.", suffix=".tmp", dir=run_dir))
     try:
@@ -92,40 +133,9 @@ def write_model_folder(config: RunConfig, nil_artifact: dict, metrics: dict | No
             shutil.copytree(config.stage_dir("rerank") / READER_DIR, temp / READER_DIR)
             files += sorted(str(path.relative_to(temp)) for path in (temp / READER_DIR).rglob("*") if path.is_file())
             reader_meta = {"folder": READER_DIR, **json.loads((temp / READER_DIR / READER_JSON).read_text(encoding="utf-8"))}
-        policy = NilPolicy.from_artifact(nil_artifact, config.evaluate.nil_clustering)
-        from pipeline.encoders.encoder import encoder_identity, resolve_encoder_path
-
-        encoder_path = resolve_encoder_path(config.encoder.name)
-        counts = mentions.group_by("split", "lang").len().sort("split", "lang")
-        by_split: dict[str, dict[str, int]] = {}
-        for split, lang, count in counts.iter_rows():
-            by_split.setdefault(split, {})[lang] = count
-        meta = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "xel_version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "run": str(run_dir),
-            "encoder": {"name": config.encoder.name, "path": encoder_path, "identity": encoder_identity(encoder_path),
-                        "settings": to_dict(config.encoder)},
-            "triage": to_dict(config.triage),
-            "inputs": {"context_chars": config.inputs.context_chars},
-            "nil": policy.to_json(),
-            "popularity_rerank": config.evaluate.popularity_rerank,
-            "reader": reader_meta,
-            "types": {"mention": list(saved.get("mention_types") or []), "entity": list(saved.get("entity_types") or [])},
-            "kb": {"name": config.inputs.kb.name, "path": str(config.inputs.kb), "fingerprint": triage_manifest.get("inputs", {}).get("kb"),
-                   "entities": triage_manifest.get("counts", {}).get("entities")},
-            "trained_on": {
-                "languages": sorted(by_split.get("train", {})),
-                "mentions": by_split,
-                "train_mentions_by_language": train_manifest.get("train_mentions_by_language", {}),
-                "features": list(saved.get("shape", {}).get("features", [])) or ["nearest-neighbour baseline"],
-                "best_dev_accuracy": train_manifest.get("best_dev_accuracy"),
-                "best_epoch": saved.get("best_epoch"),
-                "evaluation": {"split": (metrics or {}).get("split"),
-                               "micro_average": (metrics or {}).get("overall", {}).get("kbp2010_micro_average", {}).get("micro_average")},
-            },
-            "files": {name: file_fingerprint(temp / name) for name in files},
-        }
+        meta = _model_json(config, nil_artifact, metrics, saved, mentions)
+        meta["reader"] = reader_meta
+        meta["files"] = {name: file_fingerprint(temp / name) for name in files}
         write_json_atomic(temp / MODEL_JSON, meta)
         shutil.rmtree(folder, ignore_errors=True)
         default_permissions(temp)
