@@ -69,6 +69,19 @@ class ChunkResult:
     encode_seconds: float
 
 
+def links_frame(decided: pl.DataFrame, score_table: pl.DataFrame, candidates: pl.DataFrame) -> pl.DataFrame:
+    """`ChunkResult.frame`: the decided mentions (context text dropped) with their candidates as a list of
+    {kb_id, score, triage_score, sources}, best ranker score first (none: an empty list)."""
+    ranked = (score_table.join(candidates.select("mention_id", "kb_id", pl.col("score").alias("triage_score"), "sources"),
+                               on=["mention_id", "kb_id"], how="left")
+              .sort(["mention_id", "score", "rank"], descending=[False, True, False], nulls_last=True)
+              .group_by("mention_id", maintain_order=True)
+              .agg(pl.struct("kb_id", "score", "triage_score", "sources").alias("candidates")))
+    # The context text is the bulk of a mention row and no output needs it.
+    frame = decided.drop("context", "start", "end", "line", "text_hash", strict=False).join(ranked, on="mention_id", how="left")
+    return frame.with_columns(pl.col("candidates").fill_null(pl.lit([], dtype=ranked.schema["candidates"])))
+
+
 class Linker:
     """A loaded model folder with its encoder, KB indexes, entity-vector store and ranker.
 
@@ -239,6 +252,13 @@ class Linker:
         """Vectors as encode would store them (float16 when `store_float16`), read back as float32."""
         return array.astype(np.float16).astype(np.float32) if self.encoder_config.store_float16 else array
 
+    def _popularity_of(self, entity_ids: pl.DataFrame) -> np.ndarray | None:
+        """(n_entities,) training-gold counts of `entity_ids` (kb_id, row) in row order, for the paper's
+        popularity re-ranking; None when the model does not re-rank (its folder has no counts)."""
+        if self.popularity is None:
+            return None
+        return entity_ids.join(self.popularity, on="kb_id", how="left").sort("row")["count"].fill_null(0).to_numpy()
+
     def link_chunk(self, mentions: pl.DataFrame, work_dir: Path) -> ChunkResult:
         """Link one chunk of mentions (the `schema.MENTIONS` columns); see `ChunkResult`.
 
@@ -288,10 +308,7 @@ class Linker:
         rows = np.arange(mentions.height)
         matrix = candidate_matrix(candidates, inputs, rows)
         scores = score_candidates(self.model, inputs, rows, matrix)
-        popularity = None
-        if self.popularity is not None:  # written only when the run re-ranks by popularity
-            popularity = (entity_ids.join(self.popularity, on="kb_id", how="left").sort("row")["count"]
-                          .fill_null(0).to_numpy())
+        popularity = self._popularity_of(entity_ids)
         score_table, predictions = predict(table, rows, matrix, scores, entity_ids["kb_id"].to_list(), popularity,
                                            score_nil(self.model, inputs, rows))  # None without a NIL option
         if self.reader is not None:
@@ -299,15 +316,8 @@ class Linker:
             predictions = predictions.join(self.reader.predict(mentions, ordered, entities), on="mention_id", how="left")
         with_prior = self.policy.with_mention_prior(mentions, mention_name, mention_context)  # rows in mentions' order
         decided = self.policy.decide(with_prior.join(predictions, on="mention_id", how="left"), candidates)
-        ranked = (score_table.join(candidates.select("mention_id", "kb_id", pl.col("score").alias("triage_score"), "sources"),
-                                   on=["mention_id", "kb_id"], how="left")
-                  .sort(["mention_id", "score", "rank"], descending=[False, True, False], nulls_last=True)
-                  .group_by("mention_id", maintain_order=True)
-                  .agg(pl.struct("kb_id", "score", "triage_score", "sources").alias("candidates")))
-        # The context text is the bulk of a mention row and no output needs it.
-        frame = decided.drop("context", "start", "end", "line", "text_hash", strict=False).join(ranked, on="mention_id", how="left")
-        frame = frame.with_columns(pl.col("candidates").fill_null(pl.lit([], dtype=ranked.schema["candidates"])))
-        return ChunkResult(frame, int(missing.height), int(found.sum()), time.time() - started, encode_seconds)
+        return ChunkResult(links_frame(decided, score_table, candidates), int(missing.height), int(found.sum()),
+                           time.time() - started, encode_seconds)
 
     def link(self, mentions: object, docs: object | None = None) -> pl.DataFrame:
         """Link mentions given in memory; returns the `links.parquet` table (see `outputs.links_table`).
