@@ -91,6 +91,46 @@ def read_docs(path: Path) -> pl.DataFrame:
     return docs
 
 
+def _mention_records(path: Path, docs_path: Path | None,
+                     blocks: Iterable[list[tuple[int, dict]]] | None) -> pl.DataFrame:
+    """The records of `path` (or `blocks`) as columns of `MENTION_FIELDS` and `line`, each record's
+    fields checked (E102/E103) and its text or document offsets present (E111)."""
+    columns: dict[str, list] = {name: [] for name in MENTION_FIELDS}
+    columns["line"] = []
+    for block in (iter_jsonl_blocks(path) if blocks is None else blocks):
+        for line, record in block:
+            check_record_fields(path, line, record, MENTION_FIELDS)
+            record["fragments"] = read_fragments(path, line, record)
+            has_text = record.get("text") is not None and record.get("start") is not None and record.get("end") is not None
+            has_doc = record.get("doc_start") is not None and record.get("doc_end") is not None
+            if not has_text and not (has_doc and docs_path is not None):
+                raise InputError("E111", path=path, line=line, record_id=record["id"])
+            for name in MENTION_FIELDS:
+                columns[name].append(record.get(name))
+            columns["line"].append(line)
+    types = {name: (pl.Int64 if spec[0] is int else pl.Boolean if spec[0] is bool
+                    else FRAGMENTS_DTYPE if spec[0] is list else pl.String)
+             for name, spec in MENTION_FIELDS.items()}
+    frame = pl.DataFrame(columns, schema={**types, "line": pl.Int64}).with_columns(given_gold())
+    return frame
+
+
+def _with_contexts(frame: pl.DataFrame, path: Path, docs_path: Path | None, docs: pl.DataFrame | None) -> pl.DataFrame:
+    """`context` (the mention's own text, else its document's) with `start`/`end` into it, and `doc_text`;
+    a text that differs from the docs file's is E120."""
+    if docs_path is not None:  # also when every mention has its own text: that text must be the docs file's
+        frame = _docs_texts(frame, read_docs(docs_path) if docs is None else docs, path, docs_path)
+        check_docs_file_texts(frame, path, docs_path)
+        from_doc = pl.col("text").is_null()
+        frame = frame.with_columns(
+            pl.coalesce("text", "doc_text").alias("context"),
+            pl.when(from_doc).then(pl.col("doc_start")).otherwise(pl.col("start")).alias("start"),
+            pl.when(from_doc).then(pl.col("doc_end")).otherwise(pl.col("end")).alias("end"),
+        )
+        return frame
+    return frame.with_columns(pl.col("text").alias("context"), pl.lit(None, pl.String).alias("doc_text"))
+
+
 def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
                         rename_duplicate_ids: bool = False, blocks: Iterable[list[tuple[int, dict]]] | None = None,
                         docs: pl.DataFrame | None = None, across_records: bool = True,
@@ -112,23 +152,7 @@ def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
     message names never depends on the chunk size. With `drop_duplicate_spans` a mention of a span
     an earlier line covers is dropped (W108, `drop_duplicate_spans`) instead of refused (E115).
     """
-    columns: dict[str, list] = {name: [] for name in MENTION_FIELDS}
-    columns["line"] = []
-    for block in (iter_jsonl_blocks(path) if blocks is None else blocks):
-        for line, record in block:
-            check_record_fields(path, line, record, MENTION_FIELDS)
-            record["fragments"] = read_fragments(path, line, record)
-            has_text = record.get("text") is not None and record.get("start") is not None and record.get("end") is not None
-            has_doc = record.get("doc_start") is not None and record.get("doc_end") is not None
-            if not has_text and not (has_doc and docs_path is not None):
-                raise InputError("E111", path=path, line=line, record_id=record["id"])
-            for name in MENTION_FIELDS:
-                columns[name].append(record.get(name))
-            columns["line"].append(line)
-    types = {name: (pl.Int64 if spec[0] is int else pl.Boolean if spec[0] is bool
-                    else FRAGMENTS_DTYPE if spec[0] is list else pl.String)
-             for name, spec in MENTION_FIELDS.items()}
-    frame = pl.DataFrame(columns, schema={**types, "line": pl.Int64}).with_columns(given_gold())
+    frame = _mention_records(path, docs_path, blocks)
     check_fields(frame, path)
     # "EN", " en", "en-US" and "en" are one language (thresholds, scores and the model are keyed by it).
     frame = frame.with_columns(language_expr(pl.col("lang")))
@@ -142,17 +166,7 @@ def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
         raise InputError("E104", path=path, line=duplicate[2], kind="mention", record_id=duplicate[0], first_line=duplicate[1])
     if across_records:
         check_documents(frame, path)
-    if docs_path is not None:  # also when every mention has its own text: that text must be the docs file's
-        frame = _docs_texts(frame, read_docs(docs_path) if docs is None else docs, path, docs_path)
-        check_docs_file_texts(frame, path, docs_path)
-        from_doc = pl.col("text").is_null()
-        frame = frame.with_columns(
-            pl.coalesce("text", "doc_text").alias("context"),
-            pl.when(from_doc).then(pl.col("doc_start")).otherwise(pl.col("start")).alias("start"),
-            pl.when(from_doc).then(pl.col("doc_end")).otherwise(pl.col("end")).alias("end"),
-        )
-    else:
-        frame = frame.with_columns(pl.col("text").alias("context"), pl.lit(None, pl.String).alias("doc_text"))
+    frame = _with_contexts(frame, path, docs_path, docs)
     # Only a whole `text` (no doc offsets) of a document the docs file lacks can disagree with
     # another mention's: a docs-file document has one text, checked above; windows may differ.
     own_whole_text = pl.col("doc_start").is_null() & pl.col("doc_text").is_null()
