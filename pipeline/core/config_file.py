@@ -109,10 +109,9 @@ def parse_override(text: str) -> tuple[str, str, str]:
     return section.strip(), key.strip(), value.strip()
 
 
-def build_config(raw: dict[str, Any], *, source: Path | None, base: Path,
-                 overrides: tuple[str, ...] = (), root: Path | None = None) -> RunConfig:
-    """Check every key of a parsed TOML document, apply overrides, build the dataclasses."""
-    where_file = str(source) if source else "config"
+def _split_document(raw: dict[str, Any], where_file: str) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """(sections by name, top-level keys) of a parsed TOML document; E203 for a section that is a value,
+    E204 for an unknown section, E201 for an unknown top-level key."""
     sections: dict[str, dict[str, Any]] = {}
     top: dict[str, Any] = {}
     for key, value in raw.items():
@@ -126,6 +125,14 @@ def build_config(raw: dict[str, Any], *, source: Path | None, base: Path,
             raise ConfigError("E204", path=where_file, section=key, known=", ".join(SECTIONS))
         else:
             raise unknown_key(where_file, key, "top level", TOP_LEVEL_KEYS + tuple(SECTIONS))
+    return sections, top
+
+
+def build_config(raw: dict[str, Any], *, source: Path | None, base: Path,
+                 overrides: tuple[str, ...] = (), root: Path | None = None) -> RunConfig:
+    """Check every key of a parsed TOML document, apply overrides, build the dataclasses."""
+    where_file = str(source) if source else "config"
+    sections, top = _split_document(raw, where_file)
     cwd = Path.cwd()
     override_values: dict[tuple[str, str], str] = {}
     run_dir_base = base  # a relative run_dir: against the file's folder, or the working folder for --set

@@ -101,7 +101,16 @@ def run(config: RunConfig, force: bool = False, shard: tuple[int, int] | None = 
     return dataclasses.replace(result, skipped=False, counts={**result.counts, "name_pair_names": embedded})
 
 
+def _write_shard_manifest(stage_run: StageRun, shard: tuple[int, int], path: Path, target: Path, facts: dict) -> None:
+    """A shard's manifest of its own (shards run side by side, without the run lock): its key, inputs and
+    settings, `facts` (counts, seconds, encoder), and the record of its vectors file (`checked_files`)."""
+    write_json_atomic(path, {"stage": STAGE, "key": stage_run.key, "shard": list(shard), "inputs": stage_run.inputs,
+                             "settings": stage_run.settings, "outputs": [target.name], "versions": library_versions(),
+                             **facts, "checked": checked_files.describe([target], target.parent)})
+
+
 def _encode_vectors(config: RunConfig, force: bool, shard: tuple[int, int] | None, merge: bool) -> StageResult:
+    """Encode this run's mentions and entities (or one shard of them, or merge the shards); see `run`."""
     out_dir = config.stage_dir(STAGE)
     key, inputs, settings = stage_identity(config)
     stage_run = StageRun(out_dir, STAGE, STAGE_VERSION, settings, inputs, force)
@@ -152,11 +161,8 @@ def _encode_vectors(config: RunConfig, force: bool, shard: tuple[int, int] | Non
     if shard is None:
         result = stage_run.finish(counts, [VECTORS], summary=summary, extra=extra)
     else:
-        # A shard's manifest of its own (shards run side by side, without the run lock).
-        write_json_atomic(shard_manifest, {"stage": STAGE, "key": key, "shard": list(shard), "inputs": inputs,
-                                           "settings": settings, "counts": counts, "outputs": [target.name],
-                                           "versions": library_versions(), "seconds": round(seconds, 3), **extra,
-                                           "checked": checked_files.describe([target], target.parent)})
+        _write_shard_manifest(stage_run, shard, shard_manifest, target, {"counts": counts, "seconds": round(seconds, 3),
+                                                                          **extra})
         result = StageResult(STAGE, target.parent, skipped=False, seconds=seconds, counts=counts, summary=summary)
     # Only now that the result is in place: the chunks are no longer needed to resume.
     shutil.rmtree(work_dir, ignore_errors=True)
