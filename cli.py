@@ -284,8 +284,8 @@ def train(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, f
 def rerank(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, force: bool) -> None:
     """Fine-tune the reader (needs rerank.enabled = true; docs/reader.md) and score dev and test with it;
     checkpoints, resumable; data-parallel under torchrun."""
-    from pipeline.rerank import stage as rerank_stage
     from pipeline.core import distributed
+    from pipeline.rerank import stage as rerank_stage
 
     world = distributed.world_from_environment()
     config = _load(config_path, overrides, run_dir)
@@ -302,8 +302,8 @@ _stage_command("evaluate", "Score candidates, tune NIL thresholds on dev, write 
 @config_options
 def run(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, force: bool) -> None:
     """Run the stages in order (rerank only with rerank.enabled = true); each skips when it is up to date."""
-    from pipeline.stages import STAGES, TRAINING_STAGES, run_stage
     from pipeline.core import distributed
+    from pipeline.stages import STAGES, TRAINING_STAGES, run_stage
 
     world = distributed.world_from_environment()
     config = _load(config_path, overrides, run_dir)
@@ -423,7 +423,8 @@ def link(model_dir: Path, mentions: Path, docs: Path | None, kb: Path | None, ou
          kb_map: Path | None) -> None:
     """Link a new corpus with a trained linker, in chunks that resume when killed, shard and merge."""
     from pipeline.link.out_folder import out_folder
-    from pipeline.link.run import LinkOptions, run as run_link
+    from pipeline.link.run import LinkOptions
+    from pipeline.link.run import run as run_link
     from pipeline.link.summary import link_summary
 
     shard = _shard(shard_text, merge)
@@ -470,8 +471,8 @@ def score(gold: Path, system: Path, as_json: bool, lenient: bool, languages_path
           old_languages_path: Path | None) -> None:
     """Score a TAC KBP 2015 EDL system file against a gold file (neleval's measures)."""
     languages_path = _either(languages_path, old_languages_path)
-    from pipeline.scoring.table import format_table
     from pipeline.scoring.measures import score_files
+    from pipeline.scoring.table import format_table
 
     report = score_files(gold, system, strict=not lenient, languages_path=languages_path)
     click.echo(json.dumps(report, indent=2) if as_json else format_table(report))

@@ -97,8 +97,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
-    from pipeline.core.textnorm import add_keys, content_words
     from pipeline.candidates.sources import fuzzy_candidates
+    from pipeline.core.textnorm import add_keys, content_words
 
     surfaces = pl.read_parquet(args.names_dir / "surfaces.parquet")
     roman_keys = pl.read_parquet(args.names_dir / "roman_keys.parquet")["surface_roman"]

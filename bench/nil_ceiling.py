@@ -37,7 +37,6 @@ sys.path.insert(0, str(ROOT))
 from pipeline.core import schema  # noqa: E402
 from pipeline.model import mention_prior, nil_classifier  # noqa: E402
 
-
 # The ranker-score bin whose make-up the script prints beside the table.
 LOW_SCORE = -0.95
 

@@ -32,11 +32,11 @@ sys.path.insert(0, str(ROOT))
 
 def training_rate(config, precision: str, batches: int, device: torch.device) -> float:
     """Training examples/s over `batches` timed steps (after one warm-up step)."""
+    from pipeline.core.distributed import World
     from pipeline.model import reader_inputs
     from pipeline.model.reader import new_reader
     from pipeline.model.reader_inputs import Layout
     from pipeline.rerank import stage, training
-    from pipeline.core.distributed import World
 
     rerank = config.rerank
     reader, tokenizer = new_reader(stage.encoder_path(config), device, rerank.seed)

@@ -30,9 +30,9 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.scoring.table import format_table  # noqa: E402
-from pipeline.scoring.measures import MEASURES, MICRO_AVERAGE, score, score_files  # noqa: E402
 from pipeline.formats.tac import read_tab, write_tab  # noqa: E402
+from pipeline.scoring.measures import MEASURES, MICRO_AVERAGE, score, score_files  # noqa: E402
+from pipeline.scoring.table import format_table  # noqa: E402
 
 LANGUAGES = ("en", "es", "it", "nl")
 TOLERANCE = 1e-9

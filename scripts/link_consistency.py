@@ -22,8 +22,8 @@ import polars as pl
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.link.run import LinkOptions, run  # noqa: E402
 from pipeline.formats.tac import read_tab  # noqa: E402
+from pipeline.link.run import LinkOptions, run  # noqa: E402
 
 
 def main() -> None:

@@ -10,10 +10,9 @@
 
 from __future__ import annotations
 
-import shutil
-
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -203,8 +202,8 @@ def default_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Built in the user's store (`$XEL_CACHE` or `~/.cache/xel`, which the session's own
     store links to); falls back to a temporary cache only if that one cannot be written.
     """
-    from pipeline.encoders.build import ensure_default_encoder
     from pipeline.core.errors import ConfigError
+    from pipeline.encoders.build import ensure_default_encoder
 
     try:
         built = ensure_default_encoder(USER_CACHE)

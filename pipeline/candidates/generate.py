@@ -12,8 +12,14 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.candidates.kb_index import KbNames, name_ngrams
-from pipeline.candidates.sources import (alias_priors, dense_candidates, external_candidates, fuzzy_candidates,
-                                         kb_name_candidates, prior_candidates)
+from pipeline.candidates.sources import (
+    alias_priors,
+    dense_candidates,
+    external_candidates,
+    fuzzy_candidates,
+    kb_name_candidates,
+    prior_candidates,
+)
 from pipeline.candidates.tantivy_index import TantivyNameIndex
 from pipeline.core import schema
 from pipeline.core.config import EncoderConfig, TriageConfig

@@ -35,12 +35,12 @@ from typing import Callable
 import numpy as np
 import polars as pl
 
+from pipeline.candidates.tantivy_index import TantivyNameIndex
 from pipeline.core import checked_files
 from pipeline.core.errors import CacheError, InputError, warn
-from pipeline.formats.inputs import write_entities
 from pipeline.core.io import atomic_path, default_permissions, write_parquet_atomic
-from pipeline.candidates.tantivy_index import TantivyNameIndex
 from pipeline.core.textnorm import acronym, add_keys, content_words
+from pipeline.formats.inputs import write_entities
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ from pydantic import TypeAdapter
 from pipeline.core.errors import ConfigError
 from pipeline.core.languages import LANGUAGE_TAG_EXPECTED, UNKNOWN_LANGUAGE, is_language_tag, normalise_language
 
-
 # A `device` setting as written (whether this machine has it is checked when it is used:
 # `pipeline.core.devices.pick_device`).
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:[0-9]+)?"

@@ -11,15 +11,23 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import tomllib
 import typing
 from pathlib import Path
 from typing import Any
 
+import tomllib
 from pydantic import ValidationError
 
-from pipeline.core.config import (EncoderConfig, EvaluateConfig, InputsConfig, RerankConfig, RunConfig, TrainConfig,
-                                  TriageConfig, config_adapter)
+from pipeline.core.config import (
+    EncoderConfig,
+    EvaluateConfig,
+    InputsConfig,
+    RerankConfig,
+    RunConfig,
+    TrainConfig,
+    TriageConfig,
+    config_adapter,
+)
 from pipeline.core.errors import ConfigError
 
 SECTIONS: dict[str, type] = {

@@ -9,12 +9,17 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.core.config import RunConfig
-from pipeline.encoders.chunks import encode_in_chunks
-from pipeline.encoders.plan import UnitTable, plan_names
-from pipeline.encoders.encoder import load_encoder
 from pipeline.core.errors import CacheError, SchemaError
-from pipeline.formats.vectors import (NAME_PAIRS, name_pairs_key, read_name_pair_vectors, vector_attributes,
-                              write_name_pair_vectors)
+from pipeline.encoders.chunks import encode_in_chunks
+from pipeline.encoders.encoder import load_encoder
+from pipeline.encoders.plan import UnitTable, plan_names
+from pipeline.formats.vectors import (
+    NAME_PAIRS,
+    name_pairs_key,
+    read_name_pair_vectors,
+    vector_attributes,
+    write_name_pair_vectors,
+)
 
 logger = logging.getLogger(__name__)
 

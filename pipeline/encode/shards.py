@@ -15,7 +15,8 @@ import numpy as np
 import polars as pl
 
 from pipeline.core.errors import CacheError, ConfigError
-from pipeline.core.shards import ShardErrors, finished_shards as finished_shards_of
+from pipeline.core.shards import ShardErrors
+from pipeline.core.shards import finished_shards as finished_shards_of
 from pipeline.formats.vectors import read_vectors
 
 SHARDS = "shards"

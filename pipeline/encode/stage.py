@@ -29,18 +29,18 @@ import h5py
 import numpy as np
 import polars as pl
 
-from pipeline.core.config import RunConfig, to_dict
-from pipeline.encoders.chunks import encode_in_chunks
-from pipeline.encode.name_pairs import embed_name_pairs
-from pipeline.encode.inputs import read_triage
-from pipeline.encoders.plan import plan_units
-from pipeline.encode.shards import finished_shards, merge_group, remove_stale_work, shard_paths, shard_slice
-from pipeline.encoders.encoder import configured_identity, load_encoder
 from pipeline.core import checked_files
+from pipeline.core.config import RunConfig, to_dict
 from pipeline.core.errors import CacheError, SchemaError, warn
 from pipeline.core.io import write_json_atomic
-from pipeline.core.store import content_keys, entity_vector_store
 from pipeline.core.manifest import StageResult, StageRun, library_versions, read_manifest_file, stage_key, upstream_key
+from pipeline.core.store import content_keys, entity_vector_store
+from pipeline.encode.inputs import read_triage
+from pipeline.encode.name_pairs import embed_name_pairs
+from pipeline.encode.shards import finished_shards, merge_group, remove_stale_work, shard_paths, shard_slice
+from pipeline.encoders.chunks import encode_in_chunks
+from pipeline.encoders.encoder import configured_identity, load_encoder
+from pipeline.encoders.plan import plan_units
 from pipeline.formats.vectors import VECTORS, vector_attributes, write_vectors
 
 logger = logging.getLogger(__name__)

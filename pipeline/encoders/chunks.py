@@ -16,10 +16,10 @@ import numpy as np
 from pipeline.core import checked_files
 from pipeline.core.config import EncoderConfig
 from pipeline.core.errors import warn
-from pipeline.encoders.plan import UnitTable
-from pipeline.encoders.encoder import LoadedEncoder, forward_units
 from pipeline.core.io import atomic_path
 from pipeline.core.progress import progress as progress_counter
+from pipeline.encoders.encoder import LoadedEncoder, forward_units
+from pipeline.encoders.plan import UnitTable
 
 logger = logging.getLogger(__name__)
 

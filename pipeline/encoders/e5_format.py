@@ -16,8 +16,8 @@ from typing import NoReturn
 
 import numpy as np
 
-from pipeline.encoders import e5_tokenizer
 from pipeline.core.errors import ConfigError
+from pipeline.encoders import e5_tokenizer
 
 _MAGIC = b"E5S1"
 

@@ -123,8 +123,8 @@ def _weights_digest(path: Path) -> str:
 
     The memo is a speed-up only: unreadable or unwritable, the file is hashed again.
     """
-    from pipeline.encoders.build import default_cache_dir
     from pipeline.core.io import file_fingerprint, write_json_atomic
+    from pipeline.encoders.build import default_cache_dir
 
     real = path.resolve()  # a Hugging Face snapshot links to its blob
     stat = real.stat()

@@ -28,10 +28,10 @@ import logging
 import numpy as np
 import polars as pl
 
-from pipeline.model import mention_prior, nil_classifier
 from pipeline.core.config import EvaluateConfig
 from pipeline.core.errors import ConfigError, warn
 from pipeline.evaluate.error_analysis import outcome_scores
+from pipeline.model import mention_prior, nil_classifier
 from pipeline.model.nil import best_thresholds, decide_nil, sweep, tuning_counts
 
 logger = logging.getLogger(__name__)

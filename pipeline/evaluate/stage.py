@@ -28,29 +28,28 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from pipeline.evaluate import error_analysis
-from pipeline.evaluate import nil_choice
 from pipeline.core import schema
 from pipeline.core.config import EvaluateConfig, RunConfig, to_dict
 from pipeline.core.devices import pick_device
 from pipeline.core.errors import ConfigError, InputError, warn
-from pipeline.core.io import (atomic_path, write_json_atomic, write_parquet_atomic,
-                         write_text_atomic)
-from pipeline.model.nil import cluster_nils, decide_nil
-from pipeline.model import mention_prior
-from pipeline.model.reader import PREDICTION_COLUMNS as READER_COLUMNS
-from pipeline.model.nil_classifier import add_evidence, decision_reads_prior
-from pipeline.model.ties import TIED_SHARE_WARN, tie_advice, tied_best
-from pipeline.evaluate.report import report_markdown
-from pipeline.scoring.measures import MICRO_AVERAGE
-from pipeline.scoring.decisions import GOLD_TAB, METRICS_JSON, SYSTEM_TAB, score_decisions
-from pipeline.model.predict import predict
+from pipeline.core.io import atomic_path, write_json_atomic, write_parquet_atomic, write_text_atomic
 from pipeline.core.manifest import StageResult, StageRun, upstream_key
-from pipeline.formats.doc_languages import FILE_NAME as DOC_LANGUAGES_FILE, write_doc_languages
-from pipeline.model.model_folder import write_model_folder
-from pipeline.formats.tac import write_tab
-from pipeline.model.model_file import load_model
+from pipeline.evaluate import error_analysis, nil_choice
+from pipeline.evaluate.report import report_markdown
 from pipeline.formats import triage_tables
+from pipeline.formats.doc_languages import FILE_NAME as DOC_LANGUAGES_FILE
+from pipeline.formats.doc_languages import write_doc_languages
+from pipeline.formats.tac import write_tab
+from pipeline.model import mention_prior
+from pipeline.model.model_file import load_model
+from pipeline.model.model_folder import write_model_folder
+from pipeline.model.nil import cluster_nils, decide_nil
+from pipeline.model.nil_classifier import add_evidence, decision_reads_prior
+from pipeline.model.predict import predict
+from pipeline.model.reader import PREDICTION_COLUMNS as READER_COLUMNS
+from pipeline.model.ties import TIED_SHARE_WARN, tie_advice, tied_best
+from pipeline.scoring.decisions import GOLD_TAB, METRICS_JSON, SYSTEM_TAB, score_decisions
+from pipeline.scoring.measures import MICRO_AVERAGE
 
 if TYPE_CHECKING:  # features needs torch, imported once the stage has work to do (not when up to date)
     from pipeline.model.features import RankerInputs

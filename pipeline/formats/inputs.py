@@ -18,12 +18,19 @@ import pyarrow.parquet as pq
 from pipeline.core import schema
 from pipeline.core.config import InputsConfig
 from pipeline.core.errors import InputError, warn
-from pipeline.core.languages import LANGUAGE_TAG, LANGUAGE_TAG_HINT, UNKNOWN_LANGUAGE, is_language_tag, language_expr
-from pipeline.formats.fragments import FRAGMENTS_DTYPE, fragment_texts, read_fragments
-from pipeline.formats.input_checks import (check_docs_file_texts, check_document_texts, check_documents, check_fields,
-                                           check_mentions, check_offsets, more)
 from pipeline.core.io import atomic_path, check_record_fields, iter_jsonl_blocks
+from pipeline.core.languages import LANGUAGE_TAG, LANGUAGE_TAG_HINT, UNKNOWN_LANGUAGE, is_language_tag, language_expr
 from pipeline.core.progress import progress
+from pipeline.formats.fragments import FRAGMENTS_DTYPE, fragment_texts, read_fragments
+from pipeline.formats.input_checks import (
+    check_docs_file_texts,
+    check_document_texts,
+    check_documents,
+    check_fields,
+    check_mentions,
+    check_offsets,
+    more,
+)
 from pipeline.formats.kb_records import KbRecords
 
 logger = logging.getLogger(__name__)

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from pipeline.core import store as cache
 from pipeline.core.config import EncoderConfig, TriageConfig
+from pipeline.core.devices import pick_device
 from pipeline.core.errors import CacheError, ConfigError, InputError, PipelineError
 from pipeline.core.io import file_fingerprint
-from pipeline.core.devices import pick_device
-from pipeline.core import store as cache
 from pipeline.link.kb_fit import fit_report, warn_missing
 from pipeline.model.model_folder import ModelFolder, load_model_folder
 
@@ -266,11 +266,11 @@ class Linker:
         """
         import torch
 
+        from pipeline.candidates.generate import candidate_pieces, merge_candidates
         from pipeline.encoders.chunks import encode_in_chunks
         from pipeline.encoders.plan import plan_units
         from pipeline.model.features import RankerInputs, candidate_matrix, one_hot, score_candidates, score_nil
         from pipeline.model.predict import predict
-        from pipeline.candidates.generate import candidate_pieces, merge_candidates
 
         started = time.time()
         pieces = candidate_pieces(mentions, self.aliases, self.kb_names, self.known_ids, self.triage_config,

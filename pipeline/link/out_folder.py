@@ -15,13 +15,12 @@ folder that is empty.
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-
-import json
-import logging
 
 from pipeline.core.errors import CacheError, InputError, warn
 from pipeline.core.io import write_json_atomic

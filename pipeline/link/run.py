@@ -30,18 +30,30 @@ import polars as pl
 
 from pipeline.core import checked_files
 from pipeline.core.errors import CacheError, InputError, warn
-from pipeline.core.io import (file_fingerprint, remove_leftover_temps, write_json_atomic, write_parquet_atomic,
-                         write_text_atomic)
-from pipeline.link.out_folder import (CHUNKS, SHARDS, WORK, linked_with, record_linked_with, recorded_linked_with,
-                                      warn_replaced_links)
+from pipeline.core.io import (
+    file_fingerprint,
+    remove_leftover_temps,
+    write_json_atomic,
+    write_parquet_atomic,
+    write_text_atomic,
+)
+from pipeline.core.manifest import MANIFEST, is_up_to_date, read_manifest, stage_key, write_manifest
+from pipeline.core.progress import progress as progress_counter
+from pipeline.core.shards import ShardErrors, finished_shards
 from pipeline.formats.inputs import without_entity_type
+from pipeline.link.out_folder import (
+    CHUNKS,
+    SHARDS,
+    WORK,
+    linked_with,
+    record_linked_with,
+    recorded_linked_with,
+    warn_replaced_links,
+)
 from pipeline.link.outputs import nil_share, remove_stale_outputs, write_outputs
 from pipeline.link.sources import check_corpus, has_gold, mention_chunks
 from pipeline.model.model_folder import ModelFolder, load_model_folder
 from pipeline.model.ties import TIED_SHARE_WARN, tie_advice, tied_best
-from pipeline.core.progress import progress as progress_counter
-from pipeline.core.manifest import MANIFEST, is_up_to_date, read_manifest, stage_key, write_manifest
-from pipeline.core.shards import ShardErrors, finished_shards
 
 logger = logging.getLogger(__name__)
 

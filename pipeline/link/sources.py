@@ -16,9 +16,16 @@ import numpy as np
 import polars as pl
 
 from pipeline.core.errors import InputError
-from pipeline.formats.inputs import (MENTION_FIELDS, given_gold, normalise_gold, read_mentions_jsonl, read_tac_lines,
-                                     tac_mentions, write_docs)
 from pipeline.core.io import iter_jsonl_blocks
+from pipeline.formats.inputs import (
+    MENTION_FIELDS,
+    given_gold,
+    normalise_gold,
+    read_mentions_jsonl,
+    read_tac_lines,
+    tac_mentions,
+    write_docs,
+)
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 TAB_SUFFIXES = (".tab", ".tsv")

@@ -13,9 +13,9 @@ import numpy as np
 import polars as pl
 import torch
 
-from pipeline.formats.vectors import VECTORS, read_vectors
 from pipeline.core.errors import SchemaError
 from pipeline.formats import triage_tables
+from pipeline.formats.vectors import VECTORS, read_vectors
 
 UNKNOWN_TYPE = -1
 

@@ -36,14 +36,14 @@ from pipeline import __version__
 from pipeline.core import schema
 from pipeline.core.config import RunConfig, to_dict
 from pipeline.core.errors import CacheError, InputError
-from pipeline.core.io import (default_permissions, file_fingerprint, write_json_atomic, write_parquet_atomic)
+from pipeline.core.io import default_permissions, file_fingerprint, write_json_atomic, write_parquet_atomic
 from pipeline.core.manifest import read_manifest
+from pipeline.formats import triage_tables
 from pipeline.model.aliases import alias_table
 from pipeline.model.model_file import MODEL
 from pipeline.model.model_json import check_model_json
 from pipeline.model.nil_policy import NilPolicy
 from pipeline.model.reader import READER_JSON
-from pipeline.formats import triage_tables
 
 logger = logging.getLogger(__name__)
 

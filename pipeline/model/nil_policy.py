@@ -23,7 +23,8 @@ from pipeline.core.errors import ConfigError, warn
 from pipeline.core.languages import is_language_tag, normalise_language
 from pipeline.model import mention_prior
 from pipeline.model.nil import cluster_nils, decide_nil
-from pipeline.model.nil_classifier import EVIDENCE, VERSION as CLASSIFIER_VERSION, add_evidence, decision_reads_prior
+from pipeline.model.nil_classifier import EVIDENCE, add_evidence, decision_reads_prior
+from pipeline.model.nil_classifier import VERSION as CLASSIFIER_VERSION
 
 logger = logging.getLogger(__name__)
 

@@ -23,20 +23,28 @@ import numpy as np
 import polars as pl
 import torch
 
-from pipeline.formats import triage_tables
+from pipeline.core import distributed
 from pipeline.core.config import RunConfig, to_dict
+from pipeline.core.distributed import World
 from pipeline.core.errors import ConfigError, InputError, warn
 from pipeline.core.io import collect_checked, write_parquet_atomic
 from pipeline.core.manifest import StageResult, StageRun, upstream_key
 from pipeline.core.progress import progress as progress_counter
+from pipeline.formats import triage_tables
 from pipeline.model import reader_inputs
 from pipeline.model.model_file import save_torch
-from pipeline.model.reader import (SCORES_FILE, ReaderExamples, build_examples, freeze_lower_layers, load_reader, new_reader,
-                                   save_reader, score_mentions)
+from pipeline.model.reader import (
+    SCORES_FILE,
+    ReaderExamples,
+    build_examples,
+    freeze_lower_layers,
+    load_reader,
+    new_reader,
+    save_reader,
+    score_mentions,
+)
 from pipeline.model.reader_inputs import Layout
 from pipeline.rerank import training
-from pipeline.core import distributed
-from pipeline.core.distributed import World
 
 logger = logging.getLogger(__name__)
 

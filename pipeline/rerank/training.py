@@ -18,13 +18,12 @@ import numpy as np
 import polars as pl
 import torch
 
-from pipeline.core import schema
+from pipeline.core import distributed, schema
+from pipeline.core.distributed import World
 from pipeline.core.errors import CacheError
 from pipeline.model import reader_inputs
 from pipeline.model.reader import Reader, ReaderExamples, autocast_dtype, read, reader_predictions, score_mentions
 from pipeline.model.reader_inputs import Layout, Specials
-from pipeline.core import distributed
-from pipeline.core.distributed import World
 
 logger = logging.getLogger(__name__)
 

@@ -54,10 +54,10 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.formats import doc_languages
 from pipeline.core.errors import warn
-from pipeline.scoring.spans import check_columns, document_languages, raise_mismatch, span_annotations
+from pipeline.formats import doc_languages
 from pipeline.formats.tac import language_expr, read_tab
+from pipeline.scoring.spans import check_columns, document_languages, raise_mismatch, span_annotations
 
 logger = logging.getLogger(__name__)
 

@@ -47,16 +47,16 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from pipeline.studies import subrun
 from pipeline.core.config import RunConfig, language_settings
 from pipeline.core.errors import CacheError, ConfigError
-from pipeline.core.languages import is_language_tag, normalise_language
 from pipeline.core.io import write_parquet_atomic, write_text_atomic
-from pipeline.core.progress import track
+from pipeline.core.languages import is_language_tag, normalise_language
 from pipeline.core.manifest import StageResult
+from pipeline.core.progress import track
+from pipeline.formats import triage_tables
 from pipeline.formats.vectors import VECTORS, read_vector_ids
 from pipeline.stages import run_stage
-from pipeline.formats import triage_tables
+from pipeline.studies import subrun
 
 logger = logging.getLogger(__name__)
 

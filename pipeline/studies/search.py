@@ -27,12 +27,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipeline.studies import subrun
 from pipeline.core.config import RunConfig, to_dict
 from pipeline.core.errors import ConfigError
 from pipeline.core.io import write_parquet_atomic, write_text_atomic
-from pipeline.core.progress import track
 from pipeline.core.manifest import StageResult, read_manifest
+from pipeline.core.progress import track
+from pipeline.studies import subrun
 
 logger = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ import torch
 from pipeline.core.config import TrainConfig
 from pipeline.core.distributed import World, sum_over_ranks
 from pipeline.core.errors import CacheError
-from pipeline.model.features import RankerInputs, score_candidates, score_nil
 from pipeline.formats.name_pairs import read_name_pairs
-from pipeline.model.ranker import hinge_loss
 from pipeline.formats.vectors import NAME_PAIRS, read_name_pair_vectors
+from pipeline.model.features import RankerInputs, score_candidates, score_nil
+from pipeline.model.ranker import hinge_loss
 
 
 @dataclass

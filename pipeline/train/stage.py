@@ -20,24 +20,22 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
-from pipeline.core import distributed
-from pipeline.core import schema
+from pipeline.core import distributed, schema
 from pipeline.core.config import RunConfig, TrainConfig, to_dict
 from pipeline.core.distributed import World
 from pipeline.core.errors import InputError, warn
 from pipeline.core.io import write_parquet_atomic
-from pipeline.model.model_file import MODEL, save_torch
+from pipeline.core.manifest import StageResult, StageRun, upstream_key
 from pipeline.core.progress import progress as progress_counter
 from pipeline.core.threads import small_model_threads
-from pipeline.core.manifest import StageResult, StageRun, upstream_key
-from pipeline.formats.vectors import name_pairs_key
 from pipeline.formats import triage_tables
+from pipeline.formats.vectors import name_pairs_key
+from pipeline.model.model_file import MODEL, save_torch
 
 if TYPE_CHECKING:  # torch and the ranker's modules are imported once there is training to do, not when up to date
     import torch

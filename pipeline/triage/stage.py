@@ -20,9 +20,9 @@ from pipeline.core.errors import InputError
 from pipeline.core.io import atomic_path, file_fingerprint, write_json_atomic
 from pipeline.core.manifest import StageResult, StageRun
 from pipeline.core.store import kb_index_root
+from pipeline.formats import triage_tables
 from pipeline.formats.inputs import check_gold_in_kb, load_mentions
 from pipeline.model.aliases import alias_table
-from pipeline.formats import triage_tables
 
 logger = logging.getLogger(__name__)
 

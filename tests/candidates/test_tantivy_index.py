@@ -8,8 +8,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline.core.errors import CacheError
 from pipeline.candidates.tantivy_index import TantivyNameIndex, padded_ngrams
+from pipeline.core.errors import CacheError
 
 NAMES = pl.Series(["barack obama", "michelle obama", "airbus", "airbus group", "boeing", "", None, "new york city",
                    "new york", "york"])

@@ -39,10 +39,10 @@ import pytest
 import torch
 
 from conftest import write_run_config
-from pipeline.core.manifest import read_manifest as manifest
+from pipeline.candidates.tantivy_index import INDEX_FOLDER, TantivyNameIndex
 from pipeline.core import checked_files
 from pipeline.core.io import CRASH_AT, CRASH_POINTS
-from pipeline.candidates.tantivy_index import INDEX_FOLDER, TantivyNameIndex
+from pipeline.core.manifest import read_manifest as manifest
 
 STAGES = ("triage", "encode", "train", "evaluate")
 # Small chunks so the tiny run's 20 distinct texts make 5 encode chunks.

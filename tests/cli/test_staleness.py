@@ -24,9 +24,9 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
+from conftest import TINY_KB, tiny_mention_records, write_jsonl, write_run_config
 from pipeline.core.manifest import read_manifest
 from pipeline.encoders.precision import auto_precision
-from conftest import TINY_KB, tiny_mention_records, write_jsonl, write_run_config
 
 STAGES = ("triage", "encode", "train", "evaluate")
 ALL = STAGES

@@ -13,11 +13,11 @@ import unicodedata
 import polars as pl
 import pytest
 
+from pipeline.candidates.sources import kb_name_candidates, prior_candidates
 from pipeline.core import schema
+from pipeline.core.textnorm import add_keys, fold, romanise
 from pipeline.model.aliases import alias_table
 from pipeline.model.nil import cluster_nils
-from pipeline.core.textnorm import add_keys, fold, romanise
-from pipeline.candidates.sources import kb_name_candidates, prior_candidates
 
 # Words of one script that differ only by a vowel sign, virama or other mark of that script.
 DISTINCT = {

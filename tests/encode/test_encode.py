@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from conftest import TINY_CORPUS, TINY_KB, invoke, succeeded, tiny_mention_records, write_jsonl, write_run_config
+from pipeline.core.errors import ConfigError
 from pipeline.core.manifest import read_manifest
 from pipeline.encode.shards import parse_shard, shard_from_environment, shard_slice
-from pipeline.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 KB_NAMES = [entity["name"] for entity in TINY_KB]

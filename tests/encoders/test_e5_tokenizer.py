@@ -19,10 +19,9 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, normalizers
 
-from pipeline.encoders import e5_format
-from pipeline.encoders import e5_tokenizer
-from pipeline.encoders import build as encoder_build
 from pipeline.core.errors import ConfigError
+from pipeline.encoders import build as encoder_build
+from pipeline.encoders import e5_format, e5_tokenizer
 
 PIECES = ["<s>", "<pad>", "</s>", "<unk>", "\u2581", "\u2581a", "b", "c", "\u2581é", "\u2581ab", "<mask>"]
 SCORES = np.array([0, 0, 0, 0, -2.0, -3.0, -4.0, -4.5, -3.5, -2.5, 0], dtype=np.float32)

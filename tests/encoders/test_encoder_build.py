@@ -15,10 +15,10 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from pipeline.encoders import build as encoder_build
-from pipeline.encoders.e5_format import bert_state_dict_name, dequantize_q4_0
-from pipeline.encoders.build import ENCODER_FOLDER, MARKER_FILE, ensure_default_encoder
 from pipeline.core.errors import ConfigError, PipelineError
+from pipeline.encoders import build as encoder_build
+from pipeline.encoders.build import ENCODER_FOLDER, MARKER_FILE, ensure_default_encoder
+from pipeline.encoders.e5_format import bert_state_dict_name, dequantize_q4_0
 
 ENGLISH_CANDIDATES = [
     "Barack Obama",

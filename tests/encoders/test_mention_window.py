@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from pipeline.core.config import EncoderConfig
-from pipeline.encoders.plan import UnitTable, plan_mentions
 from pipeline.encoders.encoder import forward_units, load_encoder, mention_window
+from pipeline.encoders.plan import UnitTable, plan_mentions
 
 MAX_CONTEXT_TOKENS = 16
 BODY = MAX_CONTEXT_TOKENS - 2  # [CLS] ... [SEP]

@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_mention_records
 from pipeline.core.config import EncoderConfig
 from pipeline.core.errors import ConfigError
-from pipeline.encoders.encoder import (configured_identity, embed_texts, encoder_identity, forward_units,
-                                       load_encoder)
+from pipeline.encoders.encoder import configured_identity, embed_texts, encoder_identity, forward_units, load_encoder
 from pipeline.encoders.precision import Precision, auto_precision, cpu_flags
-from conftest import tiny_mention_records
 
 
 @pytest.mark.parametrize("value", ["fp8", "int4", "FP32", ""])

@@ -61,7 +61,6 @@ import json
 import os
 import re
 import shutil
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +69,7 @@ import h5py
 import numpy as np
 import polars as pl
 import pytest
+import tomllib
 from click.testing import CliRunner
 
 import pipeline.core.io

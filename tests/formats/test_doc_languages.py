@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from pipeline.formats.doc_languages import beside, read_doc_languages, write_doc_languages
 from pipeline.core.errors import InputError
+from pipeline.formats.doc_languages import beside, read_doc_languages, write_doc_languages
 
 GOLD = ("gold\tM1\tObama\tAFP_d08:0-4\tQ1\tPER\tNAM\t1.0\n"
         "gold\tM2\tPutin\tTASS_d02:0-4\tQ2\tPER\tNAM\t1.0\n"

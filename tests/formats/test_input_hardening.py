@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import raises_input_error as raises, write_jsonl
+from conftest import raises_input_error as raises
+from conftest import write_jsonl
 from pipeline.core.errors import Errors
 from pipeline.formats.inputs import read_mentions_jsonl, read_tac_mentions
 
@@ -69,9 +70,9 @@ def tagged_records(tags: list[str]) -> list[dict]:
 
 
 def test_language_tags_read_as_their_primary_subtag_by_every_mention_reader(tmp_path: Path) -> None:
-    from pipeline.link.sources import mention_chunks
-
     import polars as pl
+
+    from pipeline.link.sources import mention_chunks
 
     records = tagged_records(list(TAGS))
     jsonl = write_jsonl(tmp_path / "m.jsonl", records)

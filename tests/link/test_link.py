@@ -20,9 +20,9 @@ from click.testing import Result
 
 from conftest import invoke, run_demo_linker, succeeded, write_jsonl
 from pipeline.core.errors import CacheError, ConfigError, InputError
+from pipeline.formats.tac import read_tab
 from pipeline.link import Linker
 from pipeline.model.model_folder import load_model_folder
-from pipeline.formats.tac import read_tab
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "pipeline" / "demo_data"
@@ -777,8 +777,8 @@ def test_triage_indexes_of_the_model_are_built_once_per_link_not_per_chunk(
         demo_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The training names' four-gram index and the encoder's identity (a hash of its files) do not
     depend on the mentions: a four-chunk link builds the one and computes the other once."""
-    import pipeline.encoders.encoder as encoder_module
     import pipeline.candidates.generate as triage_stage
+    import pipeline.encoders.encoder as encoder_module
 
     counted = {"training index": 0, "encoder identity": 0}
 

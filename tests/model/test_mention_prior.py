@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+from test_nil import evidence_table  # the same package folder
 
 from pipeline.core.config import EvaluateConfig
 from pipeline.evaluate import nil_choice
 from pipeline.model import mention_prior, nil_classifier
 from pipeline.model.nil import decide_nil
-from test_nil import evidence_table  # the same package folder
 
 H = 8
 

@@ -8,10 +8,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline.evaluate import nil_choice
-from pipeline.model import nil_classifier
 from pipeline.core.config import EvaluateConfig
+from pipeline.evaluate import nil_choice
 from pipeline.evaluate.error_analysis import analyse, markdown, outcome_scores
+from pipeline.model import nil_classifier
 from pipeline.model.nil import decide_nil
 
 SCHEMA = {"mention_id": pl.String, "lang": pl.String, "mention": pl.String, "entity_type": pl.String,
@@ -58,7 +58,7 @@ def test_add_evidence_counts_candidates_and_reads_the_best_ones_triage_evidence(
     x = nil_classifier.feature_matrix(out.sort("mention_id"), ["PER"])
     # No candidate: has_candidate 0, best -2, second -2, margin 0; type PER only for m1.
     assert x[1, :4].tolist() == [0.0, -2.0, -2.0, 0.0] and x[:, -1].tolist() == [1.0, 0.0]
-    words, comma = nil_classifier.NUMERIC.index("mention_words"), nil_classifier.NUMERIC.index("mention_has_comma")
+    words = nil_classifier.NUMERIC.index("mention_words")
     assert x[:, words].tolist() == pytest.approx([np.log(2), np.log(6)])  # 1 and 5 words (the comma is one) and x[:, comma].tolist() == [0.0, 1.0]
 
 

@@ -18,7 +18,6 @@ from pipeline.model.nil import best_thresholds, cluster_nils, decide, sweep
 from pipeline.model.ranker import PairMLP, Ranker, RankerShape, hinge_loss
 from pipeline.train.batches import sample_negatives
 
-
 # --- hinge loss -------------------------------------------------------------------------------
 
 def test_hinge_loss_uses_the_hardest_negative() -> None:

@@ -20,9 +20,9 @@ import polars as pl
 import pytest
 
 from pipeline.core.errors import InputError, SchemaError
-from pipeline.scoring.table import format_table
-from pipeline.scoring.measures import CLUSTER_MEASURES, MEASURES, MICRO_AVERAGE, SET_MEASURES, score, score_files
 from pipeline.formats.tac import language_expr, language_of_doc, read_tab, write_tab
+from pipeline.scoring.measures import CLUSTER_MEASURES, MEASURES, MICRO_AVERAGE, SET_MEASURES, score, score_files
+from pipeline.scoring.table import format_table
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MEANTIME_TAC = (REPO_ROOT / ".." / "shared" / "data" / "meantime" / "tac").resolve()

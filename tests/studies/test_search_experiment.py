@@ -8,7 +8,6 @@ are complete and averaged), not linking quality. Epochs are cut to 2 to keep it 
 from __future__ import annotations
 
 import functools
-
 import json
 import shutil
 from pathlib import Path
@@ -19,12 +18,22 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from conftest import write_run_config, invoke as cli_invoke
-from pipeline.core.manifest import read_manifest as manifest
+from conftest import invoke as cli_invoke
+from conftest import write_run_config
 from pipeline.core.config_file import load_config
 from pipeline.core.errors import ConfigError
-from pipeline.studies.experiment import (PAPER_FEATURES, TABLE_1_COLUMNS, ExperimentConfig, Model, check_only, format_cell, parse_only, plan,
-                                 sub_runs)
+from pipeline.core.manifest import read_manifest as manifest
+from pipeline.studies.experiment import (
+    PAPER_FEATURES,
+    TABLE_1_COLUMNS,
+    ExperimentConfig,
+    Model,
+    check_only,
+    format_cell,
+    parse_only,
+    plan,
+    sub_runs,
+)
 from pipeline.studies.search import SEARCH_SPACE, LogUniform, draw_settings
 
 FAST = ("--set", "train.epochs=2", "--set", "train.eval_every=1")

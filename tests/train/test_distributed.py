@@ -20,9 +20,9 @@ from click.testing import CliRunner
 
 from cli import main
 from conftest import write_run_config
-from pipeline.core.manifest import read_manifest
 from pipeline.core.distributed import World, world_from_environment
 from pipeline.core.errors import ConfigError
+from pipeline.core.manifest import read_manifest
 from pipeline.train.batches import rank_share
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,6 @@ mentions' strings); the run is the tiny pipeline with the tiny random encoder.
 from __future__ import annotations
 
 import functools
-
 from pathlib import Path
 
 import h5py
@@ -17,10 +16,11 @@ import pytest
 import torch
 from click.testing import Result
 
-from conftest import write_run_config, invoke as cli_invoke
-from pipeline.core.manifest import read_manifest
+from conftest import invoke as cli_invoke
+from conftest import write_run_config
 from pipeline.core.config_file import build_config
 from pipeline.core.errors import ConfigError, InputError
+from pipeline.core.manifest import read_manifest
 from pipeline.formats.name_pairs import read_name_pairs
 from pipeline.model.ranker import NameMatching, Ranker, RankerShape
 

@@ -8,7 +8,6 @@ end to end with the CLI on the tiny inputs (one triage + encode per module, copi
 from __future__ import annotations
 
 import functools
-
 import json
 import re
 from pathlib import Path
@@ -21,10 +20,11 @@ import torch
 from click.testing import CliRunner, Result
 
 from cli import main
-from conftest import TINY_KB, tiny_mention_records, write_jsonl, write_run_config, invoke as cli_invoke
-from pipeline.core.manifest import read_manifest
+from conftest import TINY_KB, tiny_mention_records, write_jsonl, write_run_config
+from conftest import invoke as cli_invoke
 from pipeline.core.config_file import build_config
 from pipeline.core.errors import ConfigError
+from pipeline.core.manifest import read_manifest
 from pipeline.model.predict import candidate_order, predict
 from pipeline.train.stage import training_rows
 
