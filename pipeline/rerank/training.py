@@ -19,6 +19,7 @@ import polars as pl
 import torch
 
 from pipeline.core import distributed, schema
+from pipeline.core.checkpoints import read_checkpoint
 from pipeline.core.distributed import World
 from pipeline.core.errors import CacheError
 from pipeline.model import reader_inputs
@@ -115,14 +116,8 @@ def new_training(reader: Reader, learning_rate: float, total_steps: int) -> Read
 def load_checkpoint(path: Path, key: str, shape: dict) -> dict | None:
     """The checkpoint to resume from: None when there is none or it is of other inputs or settings;
     E402 when it cannot be read; E506 when it is of this key but another architecture."""
-    if not path.exists():
-        return None
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise CacheError("E402", path=path, detail=f"checkpoint cannot be read ({str(exc).splitlines()[0]})") from None
-    if checkpoint.get("key") != key:
-        logger.info("ignoring checkpoint %s: it belongs to other inputs or settings", path)
+    checkpoint = read_checkpoint(path, key)
+    if checkpoint is None:
         return None
     if checkpoint.get("shape") != shape:
         saved = checkpoint.get("shape") or {}

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.core.checkpoints import read_checkpoint
 from pipeline.core.config import TrainConfig, to_dict
 from pipeline.core.errors import CacheError
 from pipeline.model.features import RankerInputs
@@ -41,14 +42,8 @@ def load_checkpoint(path: Path, key: str, shape: RankerShape) -> dict | None:
     A checkpoint of this run's key whose ranker architecture differs from `shape` (or whose
     weights do not fit it) cannot be resumed: E505, rather than silently starting over.
     """
-    if not path.exists():
-        return None
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise CacheError("E402", path=path, detail=f"checkpoint cannot be read ({str(exc).splitlines()[0]})") from None
-    if checkpoint.get("key") != key:
-        logger.info("ignoring checkpoint %s: it belongs to other inputs or settings", path)
+    checkpoint = read_checkpoint(path, key)
+    if checkpoint is None:
         return None
     saved = checkpoint.get("shape")
     if saved is not None:

@@ -288,7 +288,9 @@ def test_every_model_json_value_is_checked_on_load_naming_its_key(demo_run: dict
     assert not (tmp_path / "out").exists()
 
 
-def test_a_classifier_of_mismatched_shapes_is_e702(demo_run: dict, tmp_path: Path) -> None:
+def classifier_and_model_copy(demo_run: dict, tmp_path: Path) -> tuple[dict, Path, dict]:
+    """(a NIL classifier fitted on the demo run's predictions, a copy of its model folder, that copy's
+    model.json), for tests that hand-edit the NIL decision."""
     from pipeline.model import nil_classifier
 
     run_dir = demo_run["run_dir"]
@@ -297,7 +299,12 @@ def test_a_classifier_of_mismatched_shapes_is_e702(demo_run: dict, tmp_path: Pat
     classifier = nil_classifier.fit(with_evidence.filter(pl.col("gold_kb_id").is_not_null()))
     model = tmp_path / "model"
     shutil.copytree(demo_run["model"], model)
-    meta = json.loads((model / "model.json").read_text(encoding="utf-8"))
+    return classifier, model, json.loads((model / "model.json").read_text(encoding="utf-8"))
+
+
+def test_a_classifier_of_mismatched_shapes_is_e702(demo_run: dict, tmp_path: Path) -> None:
+
+    classifier, model, meta = classifier_and_model_copy(demo_run, tmp_path)
     meta["nil"] = {**meta["nil"], "method": "classifier", "classifier": {**classifier, "mean": classifier["mean"][:-1]}}
     (model / "model.json").write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(CacheError, match=r"\[E702\].*nil\.classifier: mean and scale need one value per feature"):
@@ -664,15 +671,8 @@ def test_every_bad_device_names_the_device_option(demo_run: dict, tmp_path: Path
 
 
 def test_a_mention_prior_of_another_encoders_width_is_e702_before_linking(demo_run: dict, tmp_path: Path) -> None:
-    from pipeline.model import nil_classifier
 
-    run_dir = demo_run["run_dir"]
-    predictions = pl.read_parquet(run_dir / "evaluate" / "predictions.parquet")
-    with_evidence = nil_classifier.add_evidence(predictions, pl.read_parquet(run_dir / "triage" / "candidates.parquet"))
-    classifier = nil_classifier.fit(with_evidence.filter(pl.col("gold_kb_id").is_not_null()))
-    model = tmp_path / "model"
-    shutil.copytree(demo_run["model"], model)
-    meta = json.loads((model / "model.json").read_text(encoding="utf-8"))
+    classifier, model, meta = classifier_and_model_copy(demo_run, tmp_path)
     meta["nil"] = {"method": "classifier", "thresholds": {"en": -0.8}, "default_threshold": -1.0, "classifier": classifier,
                    "mention_prior": {"coef": [0.0] * 10, "intercept": 0.0}, "fallback": -1.0,
                    "clustering": meta["nil"]["clustering"]}

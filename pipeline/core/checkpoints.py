@@ -1,0 +1,28 @@
+"""Reading a stage's training checkpoint back: what train and rerank both resume from."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pipeline.core.errors import CacheError
+
+logger = logging.getLogger(__name__)
+
+
+def read_checkpoint(path: Path, key: str) -> dict | None:
+    """The checkpoint at `path` (a dict saved with torch.save, holding its stage `key`), or None when there
+    is none or it is of other inputs or settings (another key: the caller starts over). E402 when it cannot
+    be read. The caller checks that its architecture is the one it will resume."""
+    import torch
+
+    if not path.exists():
+        return None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise CacheError("E402", path=path, detail=f"checkpoint cannot be read ({str(exc).splitlines()[0]})") from None
+    if checkpoint.get("key") != key:
+        logger.info("ignoring checkpoint %s: it belongs to other inputs or settings", path)
+        return None
+    return checkpoint
