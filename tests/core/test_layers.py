@@ -59,3 +59,17 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
     module.write_text("from pipeline import __version__\ndef f():\n    from pipeline.triage.stage import run\n"
                       "    import pipeline.encode.stage\n")
     assert imported_packages(module) == {("triage", 3), ("encode", 4)}
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def test_no_function_in_pipeline_is_over_60_lines():
+    long = []
+    for path in sorted(PIPELINE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(PIPELINE.parent)}:{node.lineno} {node.name} ({lines} lines)")
+    assert long == []
