@@ -11,7 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.candidates.kb_index import KbNames, name_ngrams
+from pipeline.candidates.kb_index import KbIndex, name_ngrams
 from pipeline.candidates.sources import (
     alias_priors,
     dense_candidates,
@@ -70,20 +70,18 @@ class LearnedSources:
         return cls(priors, names, keys, ngrams, encoder_identity if triage.use_dense else None)
 
 
-def candidate_pieces(mentions: pl.DataFrame, aliases: pl.DataFrame, kb_names: KbNames, known_ids: pl.DataFrame,
-                     triage: TriageConfig, encoder_config: EncoderConfig, index_root: Path, kb_fingerprint: str,
-                     external: Path | None = None, encoder=None, learned: LearnedSources | None = None) -> list[pl.DataFrame]:
+def candidate_pieces(mentions: pl.DataFrame, kb: KbIndex, learned: LearnedSources, triage: TriageConfig,
+                     encoder_config: EncoderConfig, external: Path | None = None, encoder=None) -> list[pl.DataFrame]:
     """Candidates of every switched-on source, (mention_id, kb_id, score, source) each, KB ids only.
 
-    `mentions` needs mention_id and mention; `aliases` is `alias_table` of the training
-    mentions (the stage's own, or a trained linker's); `known_ids` (kb_id) the KB's ids;
-    `learned`: `LearnedSources.prepare(aliases, triage, encoder_config)` when the caller
-    calls this more than once (link, per chunk), else built here. The stage and `xel-cli
-    link` both call this, so they propose the same candidates.
+    `mentions` needs mention_id and mention; `kb` is the KB's indexes; `learned` is
+    `LearnedSources.prepare` of the training mentions' alias table (the stage's own, or a
+    trained linker's: link prepares it once, not per chunk); `encoder`, when the caller has
+    it loaded, embeds for the dense source. The stage and `xel-cli link` both call this, so
+    they propose the same candidates.
     """
-    if learned is None:
-        learned = LearnedSources.prepare(aliases, triage, encoder_config)
     keyed = add_keys(mentions, "mention")
+    kb_names, known_ids = kb.names, kb.known_ids
     surfaces = kb_names.surfaces
 
     def fuzzy() -> pl.DataFrame:
@@ -93,11 +91,11 @@ def candidate_pieces(mentions: pl.DataFrame, aliases: pl.DataFrame, kb_names: Kb
                                          triage.k, triage.fuzzy_min_score)
         return pl.concat([from_kb, from_training]).group_by("mention_id", "kb_id", "source").agg(pl.col("score").max())
 
-    sources = {"priors": (triage.use_priors, lambda: prior_candidates(keyed, aliases, learned.priors)),
+    sources = {"priors": (triage.use_priors, lambda: prior_candidates(keyed, None, learned.priors)),
                "KB names": (triage.use_kb_names, lambda: kb_name_candidates(keyed, surfaces)),
                "fuzzy": (triage.use_fuzzy, fuzzy),
-               "dense": (triage.use_dense, lambda: dense_candidates(keyed, surfaces, encoder_config, triage, index_root,
-                                                                    kb_fingerprint, encoder, learned.encoder_identity)),
+               "dense": (triage.use_dense, lambda: dense_candidates(keyed, surfaces, encoder_config, triage, kb.root,
+                                                                    kb.fingerprint, encoder, learned.encoder_identity)),
                "external": (external is not None, lambda: external_candidates(external, mentions, known_ids))}
     steps = [(name, step) for name, (on, step) in sources.items() if on]
     pieces: list[pl.DataFrame] = []

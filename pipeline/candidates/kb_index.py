@@ -77,6 +77,17 @@ class KbNames:
     ngrams: TantivyNameIndex
 
 
+@dataclass(frozen=True)
+class KbIndex:
+    """One KB as candidate generation reads it: its name indexes (`names_index`), its ids, and the store
+    folder and fingerprint its dense index is kept under (`dense_index`)."""
+
+    names: KbNames
+    known_ids: pl.DataFrame  # kb_id: every id of the KB
+    root: Path
+    fingerprint: str
+
+
 def name_ngrams(roman_keys: pl.Series, folder: Path | None = None) -> TantivyNameIndex:
     """The four-gram index of romanised names, on their content words (as fuzzy matching
     scores them), written into `folder` or, when None, kept in memory."""

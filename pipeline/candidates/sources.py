@@ -45,7 +45,7 @@ def alias_priors(aliases: pl.DataFrame) -> dict[str, pl.DataFrame]:
     return priors
 
 
-def prior_candidates(mentions: pl.DataFrame, aliases: pl.DataFrame,
+def prior_candidates(mentions: pl.DataFrame, aliases: pl.DataFrame | None,
                      priors: dict[str, pl.DataFrame] | None = None) -> pl.DataFrame:
     """P(e|m) from the alias table (`alias_table`), matched on folded, then romanised strings;
     `priors`: the table's `alias_priors`, when the caller has them already."""

@@ -267,15 +267,15 @@ class Linker:
         import torch
 
         from pipeline.candidates.generate import candidate_pieces, merge_candidates
+        from pipeline.candidates.kb_index import KbIndex
         from pipeline.encoders.chunks import encode_in_chunks
         from pipeline.encoders.plan import plan_units
         from pipeline.model.features import RankerInputs, candidate_matrix, one_hot, score_candidates, score_nil
         from pipeline.model.predict import predict
 
         started = time.time()
-        pieces = candidate_pieces(mentions, self.aliases, self.kb_names, self.known_ids, self.triage_config,
-                                  self.encoder_config, self.index_root, self.kb_fingerprint, None, self.encoder,
-                                  self.learned)
+        kb = KbIndex(self.kb_names, self.known_ids, self.index_root, self.kb_fingerprint)
+        pieces = candidate_pieces(mentions, kb, self.learned, self.triage_config, self.encoder_config, None, self.encoder)
         candidates = merge_candidates(pieces, mentions, self.triage_config.k, oracle=False)
         entities = (pl.scan_parquet(self.entities_path)
                     .filter(pl.col("kb_id").is_in(candidates["kb_id"].unique().implode()))

@@ -12,8 +12,8 @@ import shutil
 
 import polars as pl
 
-from pipeline.candidates.generate import candidate_pieces, merge_candidates
-from pipeline.candidates.kb_index import kb_entities, names_index
+from pipeline.candidates.generate import LearnedSources, candidate_pieces, merge_candidates
+from pipeline.candidates.kb_index import KbIndex, kb_entities, names_index
 from pipeline.core import schema
 from pipeline.core.config import RunConfig, to_dict
 from pipeline.core.errors import InputError
@@ -83,10 +83,11 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     entity_count = entities.height
     check_gold_in_kb(mentions, entities.lazy(), inputs.mentions)
 
-    kb_names = names_index(entities, index_root, fingerprints["kb"])
-    aliases = alias_table(mentions.filter(pl.col("split") == "train"))
-    pieces = candidate_pieces(mentions, aliases, kb_names, entities.select("kb_id"), config.triage, config.encoder,
-                              index_root, fingerprints["kb"], inputs.candidates)
+    kb = KbIndex(names_index(entities, index_root, fingerprints["kb"]), entities.select("kb_id"), index_root,
+                 fingerprints["kb"])
+    learned = LearnedSources.prepare(alias_table(mentions.filter(pl.col("split") == "train")), config.triage,
+                                     config.encoder)
+    pieces = candidate_pieces(mentions, kb, learned, config.triage, config.encoder, inputs.candidates)
     candidates = merge_candidates(pieces, mentions, config.triage.k, config.triage.oracle)
 
     triage_tables.write(out_dir, mentions, candidates)
