@@ -47,7 +47,8 @@ LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 INLINE_CODE = re.compile(r"`([^`\n]+)`")
 COMMAND = re.compile(r"(?<![\w/.-])xel-cli(?=\s|$)")
 HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*$", re.MULTILINE)
-GLOBAL_OPTIONS = {"--debug", "-q", "--quiet", "--version", "-h", "--help"}
+GLOBAL_OPTIONS_WITH_VALUE = {"--threads"}
+GLOBAL_OPTIONS = {"--debug", "-q", "--quiet", "--version", "-h", "--help", *GLOBAL_OPTIONS_WITH_VALUE}
 SHELL_BREAKS = {"|", "||", "&&", ";", "#", ">", "2>", "2>&1"}
 
 
@@ -165,7 +166,8 @@ def _unknown_names(command_line: str) -> list[str]:
     """Commands and options of one `xel-cli ...` line that xel-cli does not have."""
     tokens = [token.strip("[]()'\"`:,.") for token in command_line.split()[1:]]
     while tokens and tokens[0] in GLOBAL_OPTIONS:
-        tokens.pop(0)
+        if tokens.pop(0) in GLOBAL_OPTIONS_WITH_VALUE and tokens:
+            tokens.pop(0)  # its value (--threads N)
     if not tokens or tokens[0] in SHELL_BREAKS:
         return []
     command = cli.main.commands.get(tokens[0])
