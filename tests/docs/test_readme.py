@@ -168,7 +168,7 @@ def _unknown_names(command_line: str) -> list[str]:
     while tokens and tokens[0] in GLOBAL_OPTIONS:
         if tokens.pop(0) in GLOBAL_OPTIONS_WITH_VALUE and tokens:
             tokens.pop(0)  # its value (--threads N)
-    if not tokens or tokens[0] in SHELL_BREAKS:
+    if not tokens or tokens[0] in SHELL_BREAKS or tokens[0].startswith("<"):  # or a placeholder: <command>
         return []
     command = cli.main.commands.get(tokens[0])
     if command is None:
