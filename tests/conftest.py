@@ -428,3 +428,24 @@ def succeeded(result):
     """`result` of `invoke`, asserting it exited 0 (its output and exception shown otherwise)."""
     assert result.exit_code == 0, result.output + repr(result.exception)
     return result
+
+
+# ---------------------------------------------------------------------------
+# The quick lane: `pytest -m "not slow"` leaves out what runs whole pipelines (the real
+# encoder, killed and rerun stages, data-parallel training, benches); CI runs everything.
+# ---------------------------------------------------------------------------
+
+SLOW_FOLDERS = {"cli", "link", "rerank", "studies", "benchmarks"}
+SLOW_FILES = {
+    "test_disk_checks.py", "test_threads.py", "test_distributed.py", "test_encode.py", "test_nota.py",
+    "test_encoder_build.py", "test_e5_tokenizer.py", "test_mention_window.py", "test_bad_inputs.py",
+    "test_name_matching.py", "test_train_settings.py", "test_staleness.py", "test_precision.py",
+}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Mark the whole-pipeline tests `slow` by where they live (one list, not a marker per test)."""
+    for item in items:
+        path = Path(str(item.fspath))
+        if path.parent.name in SLOW_FOLDERS or path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
