@@ -80,7 +80,7 @@ class Errors:
 
     # E70x-E74x: linking new corpora with a trained model (pipeline/link/)
     E701 = "{path}: not an xel model folder ({detail}); give the model/ folder of a run that finished evaluate, or one written by `xel-cli export`"
-    E702 = "{path}: the model folder is damaged ({detail}); {fix_first}export it again from its run (`xel-cli export RUN_DIR OUT_DIR`) or re-run evaluate there with --force"
+    E702 = "{path}: the model folder is damaged ({detail}); {fix_first}export it again from its run (`xel-cli export --run-dir RUN_DIR --out OUT_DIR`) or re-run evaluate there with --force"
     E703 = "{path}: model format version {found} is newer than this xel reads ({supported}); upgrade xel"
     E704 = "{name}: the encoder of model {model} cannot be loaded ({detail}); put that encoder in the local Hugging Face cache or at the folder model.json names"
     # E705: a --kb-map that carries no alias-table id into the KB (without a map no KB is refused for its ids:

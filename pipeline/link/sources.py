@@ -95,6 +95,9 @@ def native_records(table: object, name: str = "<mentions>") -> list[dict]:
     integer column with a missing value into floats) as an int. pandas itself is never imported.
     A row that is no mapping is E101, naming `name` and the row (from 1) as a JSONL file's line.
     """
+    if isinstance(table, (Mapping, str, bytes)):  # iterating it would give its keys or characters as "records"
+        raise InputError("E101", path=name, line=1, detail=f"expected a list (or DataFrame) of records, got one "
+                                                          f"{type(table).__name__}; pass [record] for a single mention")
     if isinstance(table, pl.DataFrame):
         rows = table.to_dicts()
     elif hasattr(table, "to_pylist"):  # pyarrow Table / RecordBatch
