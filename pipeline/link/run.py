@@ -347,7 +347,8 @@ def _link_chunks(options: LinkOptions, linker, context_chars: int) -> tuple[dict
     """Link every chunk of this process's share not saved yet, each saved (and sealed) as it finishes;
     (counts, seconds linking, seconds of it encoding)."""
     out_dir = options.out_dir
-    counts = {"mentions": 0, "chunks": 0, "chunks_resumed": 0, "entities_encoded": 0, "entities_cached": 0}
+    counts = {"mentions": 0, "chunks": 0, "chunks_resumed": 0, "entities_encoded": 0, "entities_cached": 0,
+              "mentions_resumed": 0}
     linked_seconds = encode_seconds = 0.0
     chunks = mention_chunks(options.mentions, options.docs, options.chunk_mentions, context_chars, options.score,
                             out_dir / WORK)
@@ -357,6 +358,7 @@ def _link_chunks(options: LinkOptions, linker, context_chars: int) -> tuple[dict
                 continue
             if _saved_chunk(out_dir, index):
                 counts["chunks_resumed"] += 1
+                counts["mentions_resumed"] += int(checked_files.read_content(_chunk_record(out_dir, index))["mentions"])
                 continue
             _forget_damaged_chunk(out_dir, index)
             mentions = without_entity_type(read()) if options.ignore_entity_type else read()
@@ -386,11 +388,15 @@ def _shard_done(options: LinkOptions, key: str, total: int, counts: dict, starte
     """Record this shard's share as done (`shards/shard-i-of-n.json`), for `--merge` to find."""
     out_dir = options.out_dir
     index, count = options.shard
+    # This shard's whole share: the mentions linked now and those of its chunks that were kept.
+    resumed = counts.pop("mentions_resumed")
+    counts = {**counts, "mentions": counts["mentions"] + resumed, "mentions_linked_now": counts["mentions"],
+              "chunks": counts["chunks"] + counts["chunks_resumed"]}
     write_json_atomic(out_dir / SHARDS / f"shard-{index}-of-{count}.json",
                       {"key": key, "shard": [index, count], "chunks_total": total, "counts": counts})
     seconds = time.time() - started
     return LinkResult(out_dir, skipped=False, seconds=seconds, counts=counts, finished=False,
-                      mentions_per_second=counts["mentions"] / max(seconds, 1e-9),
+                      mentions_per_second=counts["mentions_linked_now"] / max(seconds, 1e-9),
                       encode_share=encode_seconds / max(linked_seconds, 1e-9))
 
 

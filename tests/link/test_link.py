@@ -1090,3 +1090,15 @@ def test_one_record_instead_of_a_list_is_a_one_line_error_that_says_so(demo_run:
     with pytest.raises(InputError, match=r"E101.*expected a list \(or DataFrame\) of records, got one dict"):
         linker.link(record)
     assert linker.link([record]).height == 1
+
+
+def test_a_resumed_shard_counts_its_whole_share(demo_run: dict, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = succeeded(link(demo_run["model"], demo_run["test"], out, "--chunk-mentions", 10, "--shard", "1/2")).output
+    share = int(first.split("link: ")[1].split(" mentions")[0])
+    chunks = int(first.split(" chunk(s)")[0].rsplit(" ", 1)[1])
+    assert chunks >= 2
+    saved = sorted((out / "chunks").glob("chunk-*.parquet"))
+    saved[-1].write_bytes(saved[-1].read_bytes()[:300])  # a damaged chunk: linked again, the others kept
+    again = succeeded(link(demo_run["model"], demo_run["test"], out, "--chunk-mentions", 10, "--shard", "1/2")).output
+    assert f"link: {share} mentions, " in again and f"{chunks} chunk(s), {chunks - 1} resumed" in again
