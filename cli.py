@@ -265,34 +265,29 @@ def encode(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, 
         _echo_result(encode_stage.run(config, force=force, shard=shard, merge=merge))
 
 
-@main.command()
-@config_options
-def train(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, force: bool) -> None:
-    """Train the ranker on the cached vectors (checkpoints, resumable); data-parallel under torchrun."""
-    from pipeline.core import distributed
-    from pipeline.train import stage as train_stage
+def _training_stage_command(stage: str, help_text: str):
+    """A stage every rank runs under torchrun (data-parallel training): rank 0 alone takes the lock,
+    writes the config and prints; alone, it is rank 0."""
 
-    world = distributed.world_from_environment()
-    config = _load(config_path, overrides, run_dir)
-    with _holding(config, "train", writer=world.is_main):
-        result = train_stage.run(config, force=force)
-    if world.is_main:
-        _echo_result(result)
+    @main.command(name=stage, help=help_text)
+    @config_options
+    def command(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, force: bool) -> None:
+        from pipeline.core import distributed
+        from pipeline.stages import run_stage
 
-@main.command()
-@config_options
-def rerank(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, force: bool) -> None:
-    """Fine-tune the reader (needs rerank.enabled = true; docs/reader.md) and score dev and test with it;
-    checkpoints, resumable; data-parallel under torchrun."""
-    from pipeline.core import distributed
-    from pipeline.rerank import stage as rerank_stage
+        world = distributed.world_from_environment()
+        config = _load(config_path, overrides, run_dir)
+        with _holding(config, stage, writer=world.is_main):
+            result = run_stage(stage, config, force=force)
+        if world.is_main:
+            _echo_result(result)
 
-    world = distributed.world_from_environment()
-    config = _load(config_path, overrides, run_dir)
-    with _holding(config, "rerank", writer=world.is_main):
-        result = rerank_stage.run(config, force=force)
-    if world.is_main:
-        _echo_result(result)
+    return command
+
+
+_training_stage_command("train", "Train the ranker on the cached vectors (checkpoints, resumable); data-parallel under torchrun.")
+_training_stage_command("rerank", "Fine-tune the reader (needs rerank.enabled = true; docs/reader.md) and score dev and test "
+                                  "with it; checkpoints, resumable; data-parallel under torchrun.")
 
 
 _stage_command("evaluate", "Score candidates, tune NIL thresholds on dev, write TAC output and scores.")
