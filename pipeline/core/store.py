@@ -114,6 +114,11 @@ class EntityVectorStore:
     def __len__(self) -> int:
         return self._index.height
 
+    def contains(self, keys: list[str]) -> np.ndarray:
+        """(n,) bool: which of `keys` the store holds, without reading any vectors."""
+        self.refresh()
+        return pl.Series(keys, dtype=pl.String).is_in(self._index["key"].implode()).to_numpy()
+
     def lookup(self, keys: list[str], hidden: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(found (n,) bool, name vectors (n, H), context vectors (n, H)) float32; rows not found are 0."""
         self.refresh()

@@ -71,8 +71,7 @@ def share_entity_vectors(config: RunConfig, encoder_identity: str, entities: pl.
     store = entity_vector_store(encoder_identity, to_dict(config.encoder), float16=config.encoder.store_float16)
     keys = content_keys(entities)
     try:
-        found, _, _ = store.lookup(keys, name_vectors.shape[1])
-        new_rows = np.flatnonzero(~found)
+        new_rows = np.flatnonzero(~store.contains(keys))
         store.add([keys[row] for row in new_rows], name_vectors[new_rows], context_vectors[new_rows])
     except OSError as exc:
         logger.warning("entity vectors not added to the shared store %s (%s); link will encode them", store.folder, exc)
