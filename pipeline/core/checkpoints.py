@@ -26,3 +26,11 @@ def read_checkpoint(path: Path, key: str) -> dict | None:
         logger.info("ignoring checkpoint %s: it belongs to other inputs or settings", path)
         return None
     return checkpoint
+
+
+def refuse_other_shape(path: Path, saved: dict, shape: dict, code: str) -> None:
+    """Raise CacheError `code` naming the fields where the checkpoint's architecture `saved` differs from
+    the one to resume (`shape`): resuming it would start over silently or fail mid-training."""
+    differ = sorted(name for name in set(saved) | set(shape) if saved.get(name) != shape.get(name))
+    if differ:
+        raise CacheError(code, path=path, detail=f"it differs in {', '.join(differ)}")

@@ -305,7 +305,7 @@ class RerankConfig:
     # Share of linked training mentions whose gold is removed from their candidates and whose label
     # becomes NIL, so "not in the KB" is learned from more than the NIL mentions (after BLINKout).
     nil_hidden_share: float = 0.1
-    # "auto": bf16 autocast on CUDA, fp32 on CPU; "bf16" is faster on CPUs with AVX512-BF16 / AMX.
+    # "auto": as [encoder] precision's auto (bf16 on CUDA and on CPUs with AVX512-BF16 / AMX, else fp32).
     precision: str = "auto"
     device: str = "auto"
     seed: int = 13

@@ -179,12 +179,13 @@ def _saved_chunk(out_dir: Path, index: int) -> bool:
     return checked_files.damage(_chunk_record(out_dir, index)) is None
 
 
-def _forget_damaged_chunk(out_dir: Path, index: int) -> None:
-    """Delete chunk `index` when it is not saved whole, so it is linked again: with W403 when its record
-    says it was finished, silently when the record is missing (killed before the record was written)."""
+def _forget_damaged_chunk(out_dir: Path, index: int, problem: str) -> None:
+    """Delete chunk `index`, not saved whole (`problem`: what `checked_files.damage` found), so it is
+    linked again: with W403 when its record says it was finished, silently when the record is missing
+    (killed before the record was written)."""
     record, path = _chunk_record(out_dir, index), _chunk_path(out_dir, index)
     if record.is_file():
-        warn(logger, "W403", detail=checked_files.damage(record), path=path)
+        warn(logger, "W403", detail=problem, path=path)
     checked_files.forget(record)
     path.unlink(missing_ok=True)
 
@@ -356,11 +357,12 @@ def _link_chunks(options: LinkOptions, linker, context_chars: int) -> tuple[dict
         for index, read in chunks:  # the same `total` chunks the corpus check read
             if options.shard is not None and index % options.shard[1] != options.shard[0]:
                 continue
-            if _saved_chunk(out_dir, index):
+            problem = checked_files.damage(_chunk_record(out_dir, index))  # one check: resume or redo
+            if problem is None:
                 counts["chunks_resumed"] += 1
                 counts["mentions_resumed"] += int(checked_files.read_content(_chunk_record(out_dir, index))["mentions"])
                 continue
-            _forget_damaged_chunk(out_dir, index)
+            _forget_damaged_chunk(out_dir, index, problem)
             mentions = without_entity_type(read()) if options.ignore_entity_type else read()
             result = linker.link_chunk(mentions, out_dir / WORK / f"encode-{index:06d}")
             stats = {"mentions": mentions.height, "entities_encoded": result.entities_encoded,

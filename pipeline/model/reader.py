@@ -134,10 +134,11 @@ def build_examples(tokenizer, mentions: pl.DataFrame, top: pl.DataFrame, entitie
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """torch.autocast's dtype for a precision setting: auto = bf16 on CUDA, fp32 (None) elsewhere."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    return torch.bfloat16 if precision == "bf16" else None
+    """torch.autocast's dtype for a `[rerank] precision` setting, resolved as the encoder's is
+    (`encoders.precision.Precision`: auto = bf16 on CUDA and on CPUs with native bf16, else fp32)."""
+    from pipeline.encoders.precision import Precision
+
+    return Precision.resolve(precision, device.type, where="[rerank]").autocast_dtype
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ import polars as pl
 import torch
 
 from pipeline.core import distributed, schema
-from pipeline.core.checkpoints import read_checkpoint
+from pipeline.core.checkpoints import read_checkpoint, refuse_other_shape
 from pipeline.core.distributed import World
 from pipeline.core.errors import CacheError
 from pipeline.model import reader_inputs
@@ -119,10 +119,7 @@ def load_checkpoint(path: Path, key: str, shape: dict) -> dict | None:
     checkpoint = read_checkpoint(path, key)
     if checkpoint is None:
         return None
-    if checkpoint.get("shape") != shape:
-        saved = checkpoint.get("shape") or {}
-        differ = sorted(name for name in set(saved) | set(shape) if saved.get(name) != shape.get(name))
-        raise CacheError("E506", path=path, detail=f"it differs in {', '.join(differ)}")
+    refuse_other_shape(path, checkpoint.get("shape") or {}, shape, "E506")
     return checkpoint
 
 

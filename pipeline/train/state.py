@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.core.checkpoints import read_checkpoint
+from pipeline.core.checkpoints import read_checkpoint, refuse_other_shape
 from pipeline.core.config import TrainConfig, to_dict
 from pipeline.core.errors import CacheError
 from pipeline.model.features import RankerInputs
@@ -50,10 +50,8 @@ def load_checkpoint(path: Path, key: str, shape: RankerShape) -> dict | None:
         # Fields added to RankerShape since (nil_candidate) read as their defaults, as load_model reads them.
         defaults = {f.name: f.default for f in dataclasses.fields(RankerShape) if f.default is not dataclasses.MISSING}
         saved = {**defaults, **saved}
-    if saved is not None and saved != dataclasses.asdict(shape):
-        differ = sorted(k for k in set(saved) | set(dataclasses.asdict(shape))
-                        if saved.get(k) != dataclasses.asdict(shape).get(k))
-        raise CacheError("E505", path=path, detail=f"it differs in {', '.join(differ)}")
+    if saved is not None:
+        refuse_other_shape(path, saved, dataclasses.asdict(shape), "E505")
     return checkpoint
 
 

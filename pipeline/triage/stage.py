@@ -79,7 +79,7 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     entities_path = kb_entities(inputs.kb, index_root, fingerprints["kb"])
     with atomic_path(triage_tables.path(out_dir, triage_tables.ENTITIES)) as temp_path:
         shutil.copyfile(entities_path, temp_path)
-    entities = pl.read_parquet(triage_tables.path(out_dir, triage_tables.ENTITIES))
+    entities = pl.read_parquet(entities_path)  # the store's file, checked; the run's copy is the same bytes
     entity_count = entities.height
     check_gold_in_kb(mentions, entities.lazy(), inputs.mentions)
 
