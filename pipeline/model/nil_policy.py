@@ -158,6 +158,8 @@ class NilPolicy:
         """Warn once (W701) about languages without a threshold of their own; returns them, sorted."""
         unseen = decided.filter(~pl.col("lang").is_in(list(self.thresholds)))
         languages = sorted(unseen["lang"].unique().to_list())
+        if languages and self.artifact.get("method") in ("classifier", "reader"):
+            return languages  # the classifier or the reader decides NIL: no threshold is used, none to warn of
         if languages:
             source = "--fallback-threshold" if self.unseen_threshold is not None else \
                 "the median of the model's per-language thresholds"

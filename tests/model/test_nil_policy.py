@@ -51,3 +51,15 @@ def test_a_classifier_of_a_newer_format_is_refused() -> None:
     with pytest.raises(ValueError, match="newer than this xel's"):
         NilPolicy.from_artifact({"method": "classifier", "default_threshold": -1.0, "thresholds": {},
                                  "classifier": classifier}, "name")
+
+
+def test_w701_warns_of_a_fallback_threshold_only_where_a_threshold_decides(caplog) -> None:
+    import polars as pl
+
+    unseen = pl.DataFrame({"lang": ["de", "en"]})
+    threshold = NilPolicy.from_artifact({"method": "threshold", "default_threshold": -1.0, "thresholds": {"en": -0.5}},
+                                        "name")
+    reader = NilPolicy.from_artifact({"method": "reader", "default_threshold": -1.0, "thresholds": {"en": -0.5}}, "name")
+    assert threshold.warn_unseen(unseen) == ["de"] and "[W701]" in caplog.text
+    caplog.clear()
+    assert reader.warn_unseen(unseen) == ["de"] and "[W701]" not in caplog.text
