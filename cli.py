@@ -23,7 +23,19 @@ from pipeline.core.lock import run_lock
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.toml"
 # `xel-cli --help` lists commands in this order: a run, its stages, then using and studying a model.
-COMMAND_ORDER = ("run", "triage", "encode", "train", "rerank", "evaluate", "link", "export", "score", "search", "experiment")
+COMMAND_ORDER = (
+    "run",
+    "triage",
+    "encode",
+    "train",
+    "rerank",
+    "evaluate",
+    "link",
+    "export",
+    "score",
+    "search",
+    "experiment",
+)
 
 
 def _renamed(old: str, new: str, dest: str, **attributes):
@@ -132,10 +144,17 @@ class XelGroup(click.Group):
 
 @click.group(cls=XelGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
-@click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors (no summaries; `score` still prints its scores).")
-@click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
-              help="CPU threads of the encoder and other numeric work (default: OMP_NUM_THREADS if set, else the "
-                   "CPUs this process may use: its affinity and cgroup quota). The ranker always uses one.")
+@click.option(
+    "--quiet", "-q", is_flag=True, help="Only warnings and errors (no summaries; `score` still prints its scores)."
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="CPU threads of the encoder and other numeric work (default: OMP_NUM_THREADS if set, else the "
+    "CPUs this process may use: its affinity and cgroup quota). The ranker always uses one.",
+)
 @click.version_option(package_name="xel")
 @click.pass_context
 def main(ctx: click.Context, debug: bool, quiet: bool, threads: int | None) -> None:
@@ -153,12 +172,26 @@ def config_options(function=None, *, force: bool = True):
     """Options shared by every stage command (`@config_options(force=False)`: without --force)."""
     if function is None:
         return lambda decorated: config_options(decorated, force=force)
-    function = click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                            default=None, help="The run's TOML config (required; configs/demo.toml is the built-in demo).")(function)
-    function = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
-                            help="Override a config value, e.g. --set train.epochs=50 (repeatable).")(function)
-    function = click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                            help="Run folder (default: the config's run_dir, else artifacts/<name> beside the config file).")(function)
+    function = click.option(
+        "--config",
+        "config_path",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None,
+        help="The run's TOML config (required; configs/demo.toml is the built-in demo).",
+    )(function)
+    function = click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="SECTION.KEY=VALUE",
+        help="Override a config value, e.g. --set train.epochs=50 (repeatable).",
+    )(function)
+    function = click.option(
+        "--run-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Run folder (default: the config's run_dir, else artifacts/<name> beside the config file).",
+    )(function)
     if force:
         function = click.option("--force", is_flag=True, help="Redo the stage even if it is up to date.")(function)
     return function
@@ -238,7 +271,9 @@ def _shard(shard_text: str | None, merge: bool) -> tuple[int, int] | None:
     from pipeline.encode.shards import parse_shard, shard_from_environment
 
     if merge and shard_text is not None:
-        raise click.BadOptionUsage("--merge", "--shard and --merge exclude each other: run the shards first, then --merge once")
+        raise click.BadOptionUsage(
+            "--merge", "--shard and --merge exclude each other: run the shards first, then --merge once"
+        )
     if merge:
         return None
     return parse_shard(shard_text) if shard_text is not None else shard_from_environment(os.environ)
@@ -249,12 +284,23 @@ _stage_command("triage", "Read mentions and KB, write normalised tables and top-
 
 @main.command()
 @config_options
-@click.option("--shard", "shard_text", metavar="I/N", default=None,
-              help="Encode only slice I of N (I counts from 0) into encode/shards/; "
-                   "default in a Slurm array job: SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN / SLURM_ARRAY_TASK_COUNT.")
+@click.option(
+    "--shard",
+    "shard_text",
+    metavar="I/N",
+    default=None,
+    help="Encode only slice I of N (I counts from 0) into encode/shards/; "
+    "default in a Slurm array job: SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN / SLURM_ARRAY_TASK_COUNT.",
+)
 @click.option("--merge", is_flag=True, help="Join the N finished shards into vectors.h5 and finish the stage.")
-def encode(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, force: bool,
-           shard_text: str | None, merge: bool) -> None:
+def encode(
+    config_path: Path,
+    overrides: tuple[str, ...],
+    run_dir: Path | None,
+    force: bool,
+    shard_text: str | None,
+    merge: bool,
+) -> None:
     """Encode mentions and candidate entities with the multilingual encoder into vectors.h5."""
     from pipeline.encode import stage as encode_stage
 
@@ -285,9 +331,14 @@ def _training_stage_command(stage: str, help_text: str):
     return command
 
 
-_training_stage_command("train", "Train the ranker on the cached vectors (checkpoints, resumable); data-parallel under torchrun.")
-_training_stage_command("rerank", "Fine-tune the reader (needs rerank.enabled = true; docs/reader.md) and score dev and test "
-                                  "with it; checkpoints, resumable; data-parallel under torchrun.")
+_training_stage_command(
+    "train", "Train the ranker on the cached vectors (checkpoints, resumable); data-parallel under torchrun."
+)
+_training_stage_command(
+    "rerank",
+    "Fine-tune the reader (needs rerank.enabled = true; docs/reader.md) and score dev and test "
+    "with it; checkpoints, resumable; data-parallel under torchrun.",
+)
 
 
 _stage_command("evaluate", "Score candidates, tune NIL thresholds on dev, write TAC output and scores.")
@@ -323,10 +374,21 @@ def run(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, for
 
 @main.command()
 @config_options(force=False)
-@click.option("--trials", type=click.IntRange(1, 1000), default=10, show_default=True,
-              help="Number of random settings to try (trial i is the same whatever the number).")
-@click.option("--seed", "search_seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed of the draws; each seed has its own trials under <run>/search/seed-<S>/.")
+@click.option(
+    "--trials",
+    type=click.IntRange(1, 1000),
+    default=10,
+    show_default=True,
+    help="Number of random settings to try (trial i is the same whatever the number).",
+)
+@click.option(
+    "--seed",
+    "search_seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seed of the draws; each seed has its own trials under <run>/search/seed-<S>/.",
+)
 def search(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, trials: int, search_seed: int) -> None:
     """Random search over the paper's Appendix A ranker settings; ranks trials on dev, writes best.toml.
 
@@ -338,27 +400,53 @@ def search(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, 
     config = _load(config_path, overrides, run_dir)
     with _holding(config, "search"):
         result = search_stage.run(config, search_stage.SearchConfig(trials=trials, seed=search_seed))
-    _say(f"search: {result.counts['trials']} trial(s), {result.counts['trained']} trained now, "
-         f"{result.seconds:.1f}s -> {result.out_dir}",
-         (result.out_dir / "search.md").read_text(encoding="utf-8"),
-         f"search: best trial {result.summary['best_trial']}; its config: {result.out_dir / 'best.toml'}")
+    _say(
+        f"search: {result.counts['trials']} trial(s), {result.counts['trained']} trained now, "
+        f"{result.seconds:.1f}s -> {result.out_dir}",
+        (result.out_dir / "search.md").read_text(encoding="utf-8"),
+        f"search: best trial {result.summary['best_trial']}; its config: {result.out_dir / 'best.toml'}",
+    )
 
 
 @main.command()
 @config_options(force=False)
-@click.option("--seed-count", type=click.IntRange(1, 100), default=None,
-              help="Training seeds per cell: the config's seed, +1, +2, ... [default: 3]")
+@click.option(
+    "--seed-count",
+    type=click.IntRange(1, 100),
+    default=None,
+    help="Training seeds per cell: the config's seed, +1, +2, ... [default: 3]",
+)
 @_renamed("--seeds", "--seed-count", "old_seed_count", type=click.IntRange(1, 100))
-@click.option("--languages", default=None, metavar="L1,L2,...",
-              help="Languages of the tables (default: every language with training mentions).")
+@click.option(
+    "--languages",
+    default=None,
+    metavar="L1,L2,...",
+    help="Languages of the tables (default: every language with training mentions).",
+)
 @click.option("--ablation-language", default="en", show_default=True, help="Training language of Table 3.")
-@click.option("--triage-row/--no-triage-row", default=True, show_default=True,
-              help="Add Table 3's '+ triage' row (our triage-evidence feature, not the paper's).")
-@click.option("--only", multiple=True, metavar="TABLE[:COLUMN]",
-              help="Fill only these cells, e.g. 1:Multi (the Multi setting's seed spread) or 2 (repeatable).")
-def experiment(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, seed_count: int | None,
-               old_seed_count: int | None, languages: str | None, ablation_language: str, triage_row: bool,
-               only: tuple[str, ...]) -> None:
+@click.option(
+    "--triage-row/--no-triage-row",
+    default=True,
+    show_default=True,
+    help="Add Table 3's '+ triage' row (our triage-evidence feature, not the paper's).",
+)
+@click.option(
+    "--only",
+    multiple=True,
+    metavar="TABLE[:COLUMN]",
+    help="Fill only these cells, e.g. 1:Multi (the Multi setting's seed spread) or 2 (repeatable).",
+)
+def experiment(
+    config_path: Path,
+    overrides: tuple[str, ...],
+    run_dir: Path | None,
+    seed_count: int | None,
+    old_seed_count: int | None,
+    languages: str | None,
+    ablation_language: str,
+    triage_row: bool,
+    only: tuple[str, ...],
+) -> None:
     """The paper's Tables 1-3 (settings, zero-shot, feature ablations) averaged over seeds.
 
     Triage and encode run once; each model trains once in a sub-run under <run>/experiment/
@@ -371,51 +459,123 @@ def experiment(config_path: Path, overrides: tuple[str, ...], run_dir: Path | No
     table_languages = experiment_stage.parse_languages(languages)
     config = _load(config_path, overrides, run_dir)
     settings = experiment_stage.ExperimentConfig(
-        seeds=_either(seed_count, old_seed_count, 3), languages=table_languages,
-        ablation_language=ablation_language, triage_row=triage_row, only=experiment_stage.parse_only(only))
+        seeds=_either(seed_count, old_seed_count, 3),
+        languages=table_languages,
+        ablation_language=ablation_language,
+        triage_row=triage_row,
+        only=experiment_stage.parse_only(only),
+    )
     with _holding(config, "experiment"):
         result = experiment_stage.run(config, settings)
-    _say(f"experiment: {result.counts['sub_runs']} sub-run(s), {result.counts['trained']} trained now, "
-         f"{result.seconds:.1f}s -> {result.out_dir}",
-         result.summary["tables"].read_text(encoding="utf-8"))
+    _say(
+        f"experiment: {result.counts['sub_runs']} sub-run(s), {result.counts['trained']} trained now, "
+        f"{result.seconds:.1f}s -> {result.out_dir}",
+        result.summary["tables"].read_text(encoding="utf-8"),
+    )
 
 
 @main.command()
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
-              help="A trained linker: <run>/model/ or a folder written by `xel-cli export`.")
-@click.option("--mentions", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Mentions to link: JSONL or Parquet (JSONL fields), or a TAC KBP 2015 .tab file (then --docs is its source folder).")
-@click.option("--docs", type=click.Path(path_type=Path), default=None,
-              help="Docs JSONL for mentions given by doc_start/doc_end; for a .tab file, the folder of source documents.")
-@click.option("--kb", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="KB JSONL to link against (default: the model's); any KB: alias-table ids it lacks are left out "
-                   "(W710, docs/any-kb.md); only entities not cached before are encoded.")
-@click.option("--kb-map", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Map of the model's KB ids to this KB's, one pair a line: OLD<TAB>NEW (.tsv) or "
-                   "{\"from\": OLD, \"to\": NEW} (.jsonl); ids it does not name stay as they are.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder: links.parquet, links.jsonl, system.tab (+ metrics.json with --score).")
-@click.option("--shard", "shard_text", metavar="I/N", default=None,
-              help="Link only chunks I, I+N, I+2N, ... (I from 0); default in a Slurm array job: "
-                   "SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN / SLURM_ARRAY_TASK_COUNT. Then run --merge once.")
+@click.option(
+    "--model",
+    "model_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="A trained linker: <run>/model/ or a folder written by `xel-cli export`.",
+)
+@click.option(
+    "--mentions",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Mentions to link: JSONL or Parquet (JSONL fields), or a TAC KBP 2015 .tab file (then --docs is its source folder).",
+)
+@click.option(
+    "--docs",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Docs JSONL for mentions given by doc_start/doc_end; for a .tab file, the folder of source documents.",
+)
+@click.option(
+    "--kb",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="KB JSONL to link against (default: the model's); any KB: alias-table ids it lacks are left out "
+    "(W710, docs/any-kb.md); only entities not cached before are encoded.",
+)
+@click.option(
+    "--kb-map",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Map of the model's KB ids to this KB's, one pair a line: OLD<TAB>NEW (.tsv) or "
+    '{"from": OLD, "to": NEW} (.jsonl); ids it does not name stay as they are.',
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder: links.parquet, links.jsonl, system.tab (+ metrics.json with --score).",
+)
+@click.option(
+    "--shard",
+    "shard_text",
+    metavar="I/N",
+    default=None,
+    help="Link only chunks I, I+N, I+2N, ... (I from 0); default in a Slurm array job: "
+    "SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN / SLURM_ARRAY_TASK_COUNT. Then run --merge once.",
+)
 @click.option("--merge", is_flag=True, help="Join the N finished shards and write the outputs.")
-@click.option("--score", "score_links", is_flag=True,
-              help="Score mentions that carry gold_kb_id as evaluate does (writes gold.tab and metrics.json); gold is ignored otherwise.")
-@click.option("--chunk-mentions", type=click.IntRange(min=1), default=10_000, show_default=True,
-              help="Mentions per chunk: memory grows with it, a kill loses at most one chunk.")
-@click.option("--device", default=None, help="Device of the encoder and ranker (cpu, cuda, cuda:N; default: the model's setting).")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]), default=None,
-              help="Precision of the encoder (int8: CPU only; default: the model's setting; see docs/performance.md).")
+@click.option(
+    "--score",
+    "score_links",
+    is_flag=True,
+    help="Score mentions that carry gold_kb_id as evaluate does (writes gold.tab and metrics.json); gold is ignored otherwise.",
+)
+@click.option(
+    "--chunk-mentions",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="Mentions per chunk: memory grows with it, a kill loses at most one chunk.",
+)
+@click.option(
+    "--device", default=None, help="Device of the encoder and ranker (cpu, cuda, cuda:N; default: the model's setting)."
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]),
+    default=None,
+    help="Precision of the encoder (int8: CPU only; default: the model's setting; see docs/performance.md).",
+)
 @click.option("--force", is_flag=True, help="Start over, dropping finished chunks and outputs.")
-@click.option("--fallback-threshold", type=float, default=None,
-              help="NIL threshold of languages the model has none for (default: the median of its per-language thresholds).")
-@click.option("--ignore-entity-type", is_flag=True,
-              help="Ignore the mentions' entity_type (a TAC .tab's type column too), which the ranker otherwise reads "
-                   "as the mention's type (docs/inputs.md).")
-def link(model_dir: Path, mentions: Path, docs: Path | None, kb: Path | None, out_dir: Path,
-         shard_text: str | None, merge: bool, score_links: bool, chunk_mentions: int, device: str | None,
-         precision: str | None, force: bool, fallback_threshold: float | None, ignore_entity_type: bool,
-         kb_map: Path | None) -> None:
+@click.option(
+    "--fallback-threshold",
+    type=float,
+    default=None,
+    help="NIL threshold of languages the model has none for (default: the median of its per-language thresholds).",
+)
+@click.option(
+    "--ignore-entity-type",
+    is_flag=True,
+    help="Ignore the mentions' entity_type (a TAC .tab's type column too), which the ranker otherwise reads "
+    "as the mention's type (docs/inputs.md).",
+)
+def link(
+    model_dir: Path,
+    mentions: Path,
+    docs: Path | None,
+    kb: Path | None,
+    out_dir: Path,
+    shard_text: str | None,
+    merge: bool,
+    score_links: bool,
+    chunk_mentions: int,
+    device: str | None,
+    precision: str | None,
+    force: bool,
+    fallback_threshold: float | None,
+    ignore_entity_type: bool,
+    kb_map: Path | None,
+) -> None:
     """Link a new corpus with a trained linker, in chunks that resume when killed, shard and merge."""
     from pipeline.link.out_folder import out_folder
     from pipeline.link.run import LinkOptions
@@ -423,10 +583,23 @@ def link(model_dir: Path, mentions: Path, docs: Path | None, kb: Path | None, ou
     from pipeline.link.summary import link_summary
 
     shard = _shard(shard_text, merge)
-    options = LinkOptions(model=model_dir, mentions=mentions, out_dir=out_dir, docs=docs, kb=kb, shard=shard, merge=merge,
-                          score=score_links, chunk_mentions=chunk_mentions, device=device, precision=precision,
-                          force=force, fallback_threshold=fallback_threshold, ignore_entity_type=ignore_entity_type,
-                          kb_map=kb_map)
+    options = LinkOptions(
+        model=model_dir,
+        mentions=mentions,
+        out_dir=out_dir,
+        docs=docs,
+        kb=kb,
+        shard=shard,
+        merge=merge,
+        score=score_links,
+        chunk_mentions=chunk_mentions,
+        device=device,
+        precision=precision,
+        force=force,
+        fallback_threshold=fallback_threshold,
+        ignore_entity_type=ignore_entity_type,
+        kb_map=kb_map,
+    )
     # Shards of one corpus write separate chunk files at once, so they take no lock (as encode's).
     with out_folder(out_dir, locked=shard is None):
         result = run_link(options)
@@ -434,12 +607,24 @@ def link(model_dir: Path, mentions: Path, docs: Path | None, kb: Path | None, ou
 
 
 @main.command()
-@click.option("--run-dir", "run_dir_option", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="The run whose trained linker (<run>/model/, checked first) is copied.")
-@click.option("--out", "out_option", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="A new or empty folder to copy it to.")
+@click.option(
+    "--run-dir",
+    "run_dir_option",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="The run whose trained linker (<run>/model/, checked first) is copied.",
+)
+@click.option(
+    "--out",
+    "out_option",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="A new or empty folder to copy it to.",
+)
 # The old positional form `export RUN_DIR OUT_DIR`, kept for one release.
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=False, metavar="RUN_DIR")
+@click.argument(
+    "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=False, metavar="RUN_DIR"
+)
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path), required=False, metavar="OUT_DIR")
 def export(run_dir_option: Path | None, out_option: Path | None, run_dir: Path | None, out_dir: Path | None) -> None:
     """Copy a run's trained linker to a folder of its own: xel-cli export --run-dir RUN --out DIR."""
@@ -457,13 +642,20 @@ def export(run_dir_option: Path | None, out_option: Path | None, run_dir: Path |
 @click.argument("system", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--lenient", is_flag=True, help="Allow different mention sets and count them as neleval does.")
-@click.option("--doc-languages", "languages_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="doc_id<TAB>lang file (header line `doc_id<TAB>lang`) giving each document's "
-                                 "language; default: doc_languages.tsv beside GOLD, which evaluate writes.")
-@_renamed("--languages", "--doc-languages", "old_languages_path",
-          type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def score(gold: Path, system: Path, as_json: bool, lenient: bool, languages_path: Path | None,
-          old_languages_path: Path | None) -> None:
+@click.option(
+    "--doc-languages",
+    "languages_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="doc_id<TAB>lang file (header line `doc_id<TAB>lang`) giving each document's "
+    "language; default: doc_languages.tsv beside GOLD, which evaluate writes.",
+)
+@_renamed(
+    "--languages", "--doc-languages", "old_languages_path", type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+def score(
+    gold: Path, system: Path, as_json: bool, lenient: bool, languages_path: Path | None, old_languages_path: Path | None
+) -> None:
     """Score a TAC KBP 2015 EDL system file against a gold file (neleval's measures)."""
     languages_path = _either(languages_path, old_languages_path)
     from pipeline.scoring.measures import score_files

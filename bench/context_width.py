@@ -31,23 +31,42 @@ MICRO_AVERAGE = "kbp2010_micro_average"
 
 def run_once(config: Path, run_dir: Path, width: int, precision: str, extra: list[str]) -> dict:
     """One `xel-cli run` (finished stages are up to date and skipped); its evaluation and encode figures."""
-    command = [sys.executable, str(ROOT / "cli.py"), "run", "--config", str(config), "--run-dir", str(run_dir),
-               "--set", f"encoder.max_context_tokens={width}", "--set", f"encoder.precision={precision}"]
+    command = [
+        sys.executable,
+        str(ROOT / "cli.py"),
+        "run",
+        "--config",
+        str(config),
+        "--run-dir",
+        str(run_dir),
+        "--set",
+        f"encoder.max_context_tokens={width}",
+        "--set",
+        f"encoder.precision={precision}",
+    ]
     for assignment in extra:
         command += ["--set", assignment]
     started = time.time()
-    result = subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
-                            text=True)
+    result = subprocess.run(
+        command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True
+    )
     if result.returncode != 0:
-        sys.exit(f"xel-cli run failed ({result.returncode}) at width {width}, {precision}:\n"
-                 f"{(result.stdout + result.stderr)[-3000:]}")
+        sys.exit(
+            f"xel-cli run failed ({result.returncode}) at width {width}, {precision}:\n"
+            f"{(result.stdout + result.stderr)[-3000:]}"
+        )
     metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text(encoding="utf-8"))
     encode = json.loads((run_dir / "encode" / "manifest.json").read_text(encoding="utf-8"))
     by_language = {lang: scores[MICRO_AVERAGE]["micro_average"] for lang, scores in metrics["by_language"].items()}
-    return {"width": width, "precision": precision, "micro_average": metrics["overall"][MICRO_AVERAGE]["micro_average"],
-            "by_language": by_language, "split": metrics.get("split"),
-            "mentions_per_second": encode["counts"]["mentions"] / max(encode["seconds"], 1e-9),
-            "run_seconds": time.time() - started}
+    return {
+        "width": width,
+        "precision": precision,
+        "micro_average": metrics["overall"][MICRO_AVERAGE]["micro_average"],
+        "by_language": by_language,
+        "split": metrics.get("split"),
+        "mentions_per_second": encode["counts"]["mentions"] / max(encode["seconds"], 1e-9),
+        "run_seconds": time.time() - started,
+    }
 
 
 def print_table(rows: list[dict]) -> None:
@@ -55,14 +74,21 @@ def print_table(rows: list[dict]) -> None:
     the difference and speed ratio to the first row of the widest width's first precision."""
     languages = sorted({lang for row in rows for lang in row["by_language"]})
     reference = max(rows, key=lambda row: (row["width"], -rows.index(row)))
-    print(f"evaluation split {reference['split']}; reference: {reference['precision']} at {reference['width']} sub-words")
-    print(f"{'precision':<9} {'width':>5} {'micro':>6} " + " ".join(f"{lang:>6}" for lang in languages)
-          + f" {'Δ micro':>8} {'mentions/s':>11} {'speed':>6}")
+    print(
+        f"evaluation split {reference['split']}; reference: {reference['precision']} at {reference['width']} sub-words"
+    )
+    print(
+        f"{'precision':<9} {'width':>5} {'micro':>6} "
+        + " ".join(f"{lang:>6}" for lang in languages)
+        + f" {'Δ micro':>8} {'mentions/s':>11} {'speed':>6}"
+    )
     for row in rows:
         cells = " ".join(f"{row['by_language'].get(lang, float('nan')):>6.3f}" for lang in languages)
-        print(f"{row['precision']:<9} {row['width']:>5} {row['micro_average']:>6.3f} {cells} "
-              f"{row['micro_average'] - reference['micro_average']:>+8.3f} {row['mentions_per_second']:>11.1f} "
-              f"{row['mentions_per_second'] / reference['mentions_per_second']:>5.2f}x")
+        print(
+            f"{row['precision']:<9} {row['width']:>5} {row['micro_average']:>6.3f} {cells} "
+            f"{row['micro_average'] - reference['micro_average']:>+8.3f} {row['mentions_per_second']:>11.1f} "
+            f"{row['mentions_per_second'] / reference['mentions_per_second']:>5.2f}x"
+        )
 
 
 def main() -> int:
@@ -70,10 +96,19 @@ def main() -> int:
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "meantime.toml")
     parser.add_argument("--widths", default="64,128,256,512", help="max_context_tokens values, comma-separated")
     parser.add_argument("--precisions", default="fp32,int8", help="encoder precisions, comma-separated")
-    parser.add_argument("--work", type=Path, default=ROOT / "artifacts" / "bench-context-width",
-                        help="folder of the runs (one per precision and width)")
-    parser.add_argument("--set", dest="assignments", action="append", default=[],
-                        help="a further setting of every run, as xel-cli's --set (repeatable)")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=ROOT / "artifacts" / "bench-context-width",
+        help="folder of the runs (one per precision and width)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        help="a further setting of every run, as xel-cli's --set (repeatable)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
     args = parser.parse_args()
     widths = sorted(int(width) for width in args.widths.split(","))
@@ -81,10 +116,20 @@ def main() -> int:
     rows = []
     for precision in precisions:
         for width in widths:
-            rows.append(run_once(args.config.resolve(), args.work.resolve() / f"{precision}-{width}", width, precision,
-                                 args.assignments))
-            print(f"{precision} at {width}: micro-average {rows[-1]['micro_average']:.3f} "
-                  f"({rows[-1]['run_seconds']:.0f} s)", flush=True)
+            rows.append(
+                run_once(
+                    args.config.resolve(),
+                    args.work.resolve() / f"{precision}-{width}",
+                    width,
+                    precision,
+                    args.assignments,
+                )
+            )
+            print(
+                f"{precision} at {width}: micro-average {rows[-1]['micro_average']:.3f} "
+                f"({rows[-1]['run_seconds']:.0f} s)",
+                flush=True,
+            )
     print_table(rows)
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2), encoding="utf-8")

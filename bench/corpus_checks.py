@@ -39,6 +39,7 @@ def main() -> None:
         sys.exit(f"needs {MEANTIME}")
     corpus = write_corpus(args.size, "a")
     with tempfile.TemporaryDirectory() as work:
+
         def chunks():
             return mention_chunks(corpus, None, args.chunk_mentions, args.context_chars, False, Path(work))
 
@@ -50,8 +51,10 @@ def main() -> None:
         checked = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     print(f"{rows:,} mentions in {count} chunks of {args.chunk_mentions:,} ({corpus.name})")
-    print(f"plain read of every chunk: {plain:.2f} s; check_corpus (read + checks across chunks): {checked:.2f} s "
-          f"= {checked / plain:.2f}x the plain read; peak RSS of this process {peak:.2f} GB")
+    print(
+        f"plain read of every chunk: {plain:.2f} s; check_corpus (read + checks across chunks): {checked:.2f} s "
+        f"= {checked / plain:.2f}x the plain read; peak RSS of this process {peak:.2f} GB"
+    )
 
 
 if __name__ == "__main__":

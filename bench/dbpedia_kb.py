@@ -31,7 +31,7 @@ def _package_root() -> Path:
 
 def _literal(path: Path) -> dict:
     source = path.read_text(encoding="utf-8")
-    return ast.literal_eval(source[source.index("=") + 1:].strip())
+    return ast.literal_eval(source[source.index("=") + 1 :].strip())
 
 
 def titles_and_redirects() -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -72,17 +72,27 @@ def dbpedia_entities(known: pl.DataFrame | None = None, max_titles: int | None =
         titles = titles.head(max_titles)
     redirected = redirects.select(pl.col("alias").alias("title"))
     canonical = titles.join(redirected, on="title", how="anti")
-    aliases = (redirects.join(canonical, on="title", how="semi")
-               .group_by("title").agg(pl.col("alias").str.replace_all("_", " ").alias("aliases")))
+    aliases = (
+        redirects.join(canonical, on="title", how="semi")
+        .group_by("title")
+        .agg(pl.col("alias").str.replace_all("_", " ").alias("aliases"))
+    )
     entities = canonical.join(aliases, on="title", how="left").with_columns(
-        pl.col("aliases").fill_null([]), ("enwiki:" + pl.col("title")).alias("kb_id"),
-        pl.col("title").str.replace_all("_", " ").alias("name"))
+        pl.col("aliases").fill_null([]),
+        ("enwiki:" + pl.col("title")).alias("kb_id"),
+        pl.col("title").str.replace_all("_", " ").alias("name"),
+    )
     if known is not None:
-        spelled = known.select("kb_id", "name", pl.col("name").str.to_lowercase().str.replace_all(" ", "_").alias("title"))
-        entities = entities.join(spelled.select("title", pl.col("kb_id").alias("known_id"), pl.col("name").alias("known_name")),
-                                 on="title", how="left").with_columns(
-            pl.coalesce("known_id", "kb_id").alias("kb_id"), pl.coalesce("known_name", "name").alias("name"))
+        spelled = known.select(
+            "kb_id", "name", pl.col("name").str.to_lowercase().str.replace_all(" ", "_").alias("title")
+        )
+        entities = entities.join(
+            spelled.select("title", pl.col("kb_id").alias("known_id"), pl.col("name").alias("known_name")),
+            on="title",
+            how="left",
+        ).with_columns(pl.coalesce("known_id", "kb_id").alias("kb_id"), pl.coalesce("known_name", "name").alias("name"))
         missing = spelled.join(entities.select("title"), on="title", how="anti").select(
-            "kb_id", "name", pl.lit([], dtype=pl.List(pl.String)).alias("aliases"))
+            "kb_id", "name", pl.lit([], dtype=pl.List(pl.String)).alias("aliases")
+        )
         entities = pl.concat([entities.select("kb_id", "name", "aliases"), missing])
     return entities.select("kb_id", "name", "aliases")

@@ -62,13 +62,21 @@ def mbert_shaped(device: torch.device) -> LoadedEncoder:
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     tokenizer = BertTokenizerFast.from_pretrained(str(MBERT_VOCAB))
-    config = BertConfig(vocab_size=119547, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                        intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2)
+    config = BertConfig(
+        vocab_size=119547,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=512,
+        type_vocab_size=2,
+    )
     torch.manual_seed(0)
     model = BertModel(config, add_pooling_layer=False).to(device).eval()
     precision = Precision.resolve("auto", device.type)
-    return LoadedEncoder("mbert-shaped (random weights)", str(MBERT_VOCAB), "random", tokenizer, model, device,
-                         precision, 768, 12)
+    return LoadedEncoder(
+        "mbert-shaped (random weights)", str(MBERT_VOCAB), "random", tokenizer, model, device, precision, 768, 12
+    )
 
 
 @torch.inference_mode()
@@ -97,13 +105,18 @@ def paper_way(encoder: LoadedEncoder, mentions: pl.DataFrame, name_layer: int, m
     forwarded = 0
     for context, start, end in mentions.select("context", "start", "end").iter_rows():
         first, last = sentence_bounds(context, start, end)
-        sentence = tokenizer(context[first:last], return_offsets_mapping=True, truncation=True, max_length=max_tokens,
-                             return_tensors="pt")
+        sentence = tokenizer(
+            context[first:last],
+            return_offsets_mapping=True,
+            truncation=True,
+            max_length=max_tokens,
+            return_tensors="pt",
+        )
         offsets = sentence.pop("offset_mapping")[0].numpy()
         span_first, span_last = token_span(offsets[1:-1], start - first, end - first)
         with encoder.precision.autocast():
             low = encoder.model(**sentence.to(device), output_hidden_states=True).hidden_states[name_layer]
-        low[0, 1 + span_first: 1 + span_last].amax(dim=0).float().cpu()
+        low[0, 1 + span_first : 1 + span_last].amax(dim=0).float().cpu()
         window = tokenizer(context, truncation=True, max_length=max_tokens, return_tensors="pt")
         with encoder.precision.autocast():
             top = encoder.model(**window.to(device)).last_hidden_state
@@ -118,13 +131,18 @@ def machine(encoder: LoadedEncoder) -> str:
     """The CPU's model name, its torch kernel capability and its bf16 flags (what `auto` reads)."""
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     bf16 = sorted(flag for flag in cpu_flags() if "bf16" in flag) or ["no bf16 flags"]
-    return (f"{cpu} ({os.cpu_count()} CPUs, torch {torch.__version__} {torch.backends.cpu.get_cpu_capability()}, "
-            f"{', '.join(bf16)}); {torch.get_num_threads()} torch threads; encoder on {encoder.device}")
+    return (
+        f"{cpu} ({os.cpu_count()} CPUs, torch {torch.__version__} {torch.backends.cpu.get_cpu_capability()}, "
+        f"{', '.join(bf16)}); {torch.get_num_threads()} torch threads; encoder on {encoder.device}"
+    )
 
 
 def encoder_at(encoder: LoadedEncoder, precision: str) -> LoadedEncoder | None:
@@ -137,7 +155,9 @@ def encoder_at(encoder: LoadedEncoder, precision: str) -> LoadedEncoder | None:
     return dataclasses.replace(encoder, precision=resolved, model=resolved.apply(encoder.model))
 
 
-def timed_encode(encoder: LoadedEncoder, mentions: pl.DataFrame, settings: EncoderConfig) -> tuple[float, np.ndarray, np.ndarray]:
+def timed_encode(
+    encoder: LoadedEncoder, mentions: pl.DataFrame, settings: EncoderConfig
+) -> tuple[float, np.ndarray, np.ndarray]:
     """(seconds, context vectors, span vectors) of encode's own path over `mentions`: plan, chunked forward, chunk files."""
     no_entities = pl.DataFrame(schema={"kb_id": pl.String, "name": pl.String, "description": pl.String})
     started = time.perf_counter()
@@ -155,16 +175,28 @@ def row_cosines(vectors: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return dots / np.maximum(np.linalg.norm(vectors, axis=1) * np.linalg.norm(reference, axis=1), 1e-12)
 
 
-def precision_table(encoder: LoadedEncoder, mentions: pl.DataFrame, settings: EncoderConfig,
-                    precisions: list[str], repeats: int, record_path: str | None = None) -> None:
+def precision_table(
+    encoder: LoadedEncoder,
+    mentions: pl.DataFrame,
+    settings: EncoderConfig,
+    precisions: list[str],
+    repeats: int,
+    record_path: str | None = None,
+) -> None:
     """Print encode's texts/s at each precision (best of `repeats`, precisions alternated), the ratio
     to fp32 and the cosine of every context and mention-string vector to its fp32 vector."""
     at = {name: encoder_at(encoder, name) for name in dict.fromkeys(["fp32", *precisions])}
     for name in [name for name, loaded in at.items() if loaded is None]:
         print(f"precision {name}: skipped, it does not run on {encoder.device.type}")
     at = {name: loaded for name, loaded in at.items() if loaded is not None}
-    texts = len(plan_units(mentions, pl.DataFrame(schema={"kb_id": pl.String, "name": pl.String,
-                                                          "description": pl.String}), encoder, settings).table.units)
+    texts = len(
+        plan_units(
+            mentions,
+            pl.DataFrame(schema={"kb_id": pl.String, "name": pl.String, "description": pl.String}),
+            encoder,
+            settings,
+        ).table.units
+    )
     best, vectors = {}, {}
     for name, loaded in at.items():  # warm-up, and the vectors compared
         _, *vectors[name] = timed_encode(loaded, mentions.head(max(mentions.height // 10, 1)), settings)
@@ -173,17 +205,26 @@ def precision_table(encoder: LoadedEncoder, mentions: pl.DataFrame, settings: En
             seconds, context_vectors, span_vectors = timed_encode(loaded, mentions, settings)
             best[name] = min(best.get(name, float("inf")), seconds)
             vectors[name] = (context_vectors, span_vectors)
-    print(f"{texts} distinct texts for {mentions.height} mentions, max_context_tokens {settings.max_context_tokens}; "
-          f"best of {repeats}, precisions alternated")
-    print(f"{'precision':<10} {'seconds':>8} {'texts/s':>8} {'vs fp32':>8} {'context cos mean/min':>21} "
-          f"{'name cos mean/min':>18}")
+    print(
+        f"{texts} distinct texts for {mentions.height} mentions, max_context_tokens {settings.max_context_tokens}; "
+        f"best of {repeats}, precisions alternated"
+    )
+    print(
+        f"{'precision':<10} {'seconds':>8} {'texts/s':>8} {'vs fp32':>8} {'context cos mean/min':>21} "
+        f"{'name cos mean/min':>18}"
+    )
     for name, seconds in best.items():
         context = row_cosines(vectors[name][0], vectors["fp32"][0])
         spans = row_cosines(vectors[name][1], vectors["fp32"][1])
-        print(f"{name:<10} {seconds:>8.2f} {texts / seconds:>8.1f} {best['fp32'] / seconds:>7.2f}x "
-              f"{context.mean():>13.4f}/{context.min():.4f} {spans.mean():>11.4f}/{spans.min():.4f}")
-        for measure, value in (("texts/s", texts / seconds), ("context cos to fp32", context.mean()),
-                               ("name cos to fp32", spans.mean())):
+        print(
+            f"{name:<10} {seconds:>8.2f} {texts / seconds:>8.1f} {best['fp32'] / seconds:>7.2f}x "
+            f"{context.mean():>13.4f}/{context.min():.4f} {spans.mean():>11.4f}/{spans.min():.4f}"
+        )
+        for measure, value in (
+            ("texts/s", texts / seconds),
+            ("context cos to fp32", context.mean()),
+            ("name cos to fp32", spans.mean()),
+        ):
             record(record_path, "encode", name, measure, float(value))
 
 
@@ -217,11 +258,15 @@ def method_table(encoder: LoadedEncoder, mentions: pl.DataFrame, settings: Encod
     paper_tokens = paper_way(encoder, sample, settings.name_layer, settings.max_context_tokens)
     paper = time.perf_counter() - started
 
-    rows = [("ours (plan + encode + chunk files)", mentions.height, plan.sub_words, ours),
-            ("ceiling (forward passes only)", mentions.height, plan.sub_words, raw),
-            ("paper's way (2 passes/mention, batch 1)", sample.height, paper_tokens, paper)]
-    print(f"at {encoder.precision.name}: {len(plan.table.units)} distinct texts, {plan.sub_words} sub-words for "
-          f"{mentions.height} mentions; planning alone {planning:.2f} s")
+    rows = [
+        ("ours (plan + encode + chunk files)", mentions.height, plan.sub_words, ours),
+        ("ceiling (forward passes only)", mentions.height, plan.sub_words, raw),
+        ("paper's way (2 passes/mention, batch 1)", sample.height, paper_tokens, paper),
+    ]
+    print(
+        f"at {encoder.precision.name}: {len(plan.table.units)} distinct texts, {plan.sub_words} sub-words for "
+        f"{mentions.height} mentions; planning alone {planning:.2f} s"
+    )
     print(f"{'method':<42} {'mentions':>8} {'seconds':>8} {'mentions/s':>11} {'sub-words/s':>12}")
     for name, count, tokens, seconds in rows:
         print(f"{name:<42} {count:>8} {seconds:>8.2f} {count / seconds:>11.1f} {tokens / seconds:>12.0f}")
@@ -240,9 +285,13 @@ def main() -> int:
     parser.add_argument("--max-context-tokens", type=int, default=0, help="0: configs/meantime.toml's.")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default).")
     parser.add_argument("--repeats", type=int, default=2, help="Best of this many runs of (a) and (b).")
-    parser.add_argument("--precisions", default="fp32,bf16,int8", help="Precisions compared (comma-separated; '' for none).")
+    parser.add_argument(
+        "--precisions", default="fp32,bf16,int8", help="Precisions compared (comma-separated; '' for none)."
+    )
     parser.add_argument("--precisions-only", action="store_true", help="Only the precision table, not (a)-(c).")
-    parser.add_argument("--record", default=None, help="Append the precision table's figures as JSON lines to this file.")
+    parser.add_argument(
+        "--record", default=None, help="Append the precision table's figures as JSON lines to this file."
+    )
     args = parser.parse_args()
     if not (MEANTIME / "mentions.jsonl").is_file():
         print(f"skipped: MEANTIME not found at {MEANTIME}")
@@ -251,15 +300,22 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = load_config(ROOT / "configs" / "meantime.toml")
-    settings = EncoderConfig(name=config.encoder.name, device=args.device, batch_tokens=args.batch_tokens,
-                             chunk_texts=args.chunk_texts, precision="fp32",
-                             max_context_tokens=args.max_context_tokens or config.encoder.max_context_tokens)
+    settings = EncoderConfig(
+        name=config.encoder.name,
+        device=args.device,
+        batch_tokens=args.batch_tokens,
+        chunk_texts=args.chunk_texts,
+        precision="fp32",
+        max_context_tokens=args.max_context_tokens or config.encoder.max_context_tokens,
+    )
     mentions = load_mentions(config.inputs).select("mention_id", "context", "start", "end").sort("mention_id")
     mentions = mentions.head(args.limit)
     encoder = mbert_shaped(pick_device(args.device)) if args.mbert_shaped else load_encoder(settings)
     encoder = encoder_at(encoder, "fp32")  # mbert_shaped runs at auto
-    print(f"encoder: {encoder.name} ({encoder.num_layers} layers, hidden {encoder.hidden_size}); {machine(encoder)}; "
-          f"{mentions.height} MEANTIME mentions")
+    print(
+        f"encoder: {encoder.name} ({encoder.num_layers} layers, hidden {encoder.hidden_size}); {machine(encoder)}; "
+        f"{mentions.height} MEANTIME mentions"
+    )
     if not args.precisions_only:
         method_table(encoder_at(encoder, "auto"), mentions, settings, args)
     precisions = [name.strip() for name in args.precisions.split(",") if name.strip()]

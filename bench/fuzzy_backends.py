@@ -44,12 +44,14 @@ class Bm25sNameIndex:
         bounds = np.searchsorted(rows, np.arange(len(names) + 1))
         documents = [token_ids[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
         self.model = bm25s.BM25()
-        self.model.scores = self.model.build_index_from_ids(list(range(len(self.vocabulary))), documents,
-                                                            show_progress=False)
+        self.model.scores = self.model.build_index_from_ids(
+            list(range(len(self.vocabulary))), documents, show_progress=False
+        )
         self.token_of_code = np.full(N_CODES, -1, dtype=np.int64)
         self.token_of_code[self.vocabulary] = np.arange(len(self.vocabulary))
-        self.document_frequency = np.bincount(np.unique(rows * len(self.vocabulary) + token_ids) % len(self.vocabulary),
-                                              minlength=len(self.vocabulary))
+        self.document_frequency = np.bincount(
+            np.unique(rows * len(self.vocabulary) + token_ids) % len(self.vocabulary), minlength=len(self.vocabulary)
+        )
 
     def shortlist(self, texts: pl.Series, top_n: int, lookup_ngrams: int = 6) -> pl.DataFrame:
         rows, codes = ngram_codes(texts)
@@ -57,7 +59,7 @@ class Bm25sNameIndex:
         queries, names = [], []
         bounds = np.searchsorted(rows, np.arange(len(texts) + 1))
         for query in range(len(texts)):
-            own = np.unique(tokens[bounds[query]:bounds[query + 1]])
+            own = np.unique(tokens[bounds[query] : bounds[query + 1]])
             own = own[own >= 0]
             if not len(own):
                 continue
@@ -81,6 +83,7 @@ def build_backend(backend: str, content_keys: pl.Series, folder: Path):
         return NgramIndex.build(content_keys)
     if backend == "tantivy":
         from pipeline.candidates.tantivy_index import TantivyNameIndex
+
         return TantivyNameIndex.build(content_keys, folder)
     if backend == "bm25s":
         return Bm25sNameIndex(content_keys)
@@ -91,8 +94,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", required=True, choices=["ngram", "tantivy", "bm25s"])
     parser.add_argument("--names-dir", type=Path, required=True, help="a names-<key>/ folder of the KB index")
-    parser.add_argument("--queries", type=Path, required=True,
-                        help="Parquet: mention_id, mention, kind (meantime|typo), gold_kb_id")
+    parser.add_argument(
+        "--queries", type=Path, required=True, help="Parquet: mention_id, mention, kind (meantime|typo), gold_kb_id"
+    )
     parser.add_argument("--scratch", type=Path, required=True, help="an empty folder for an on-disk index")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -116,9 +120,12 @@ def main() -> None:
     fuzzy_seconds, fuzzy_cpu_seconds = time.perf_counter() - started, _cpu_seconds() - cpu_started
 
     found_gold = found.select("mention_id", pl.col("kb_id").alias("gold_kb_id"), pl.lit(True).alias("hit"))
-    recall = (frame.filter(pl.col("gold_kb_id").is_not_null())
-              .join(found_gold, on=["mention_id", "gold_kb_id"], how="left")
-              .group_by("kind").agg(pl.col("hit").fill_null(False).mean().alias("recall"), pl.len().alias("n")))
+    recall = (
+        frame.filter(pl.col("gold_kb_id").is_not_null())
+        .join(found_gold, on=["mention_id", "gold_kb_id"], how="left")
+        .group_by("kind")
+        .agg(pl.col("hit").fill_null(False).mean().alias("recall"), pl.len().alias("n"))
+    )
     result = {
         "backend": args.backend,
         "names": len(roman_keys),

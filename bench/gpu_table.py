@@ -23,8 +23,11 @@ def device_name(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
     try:
-        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
+        return next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         return device
 
@@ -39,13 +42,18 @@ def main() -> int:
     for line in lines:
         if "value" in line:
             values.setdefault((line["bench"], line["measure"]), {})[line["precision"]] = line["value"]
-    print(f"xel benches on {args.device} ({device_name(args.device)}), torch {torch.__version__}"
-          f"{' (dry run: tiny sizes, not speed)' if args.device == 'cpu' else ''}")
+    print(
+        f"xel benches on {args.device} ({device_name(args.device)}), torch {torch.__version__}"
+        f"{' (dry run: tiny sizes, not speed)' if args.device == 'cpu' else ''}"
+    )
     print(f"{'bench':<7} {'measure':<20} {'fp32':>10} {'bf16':>10} {'bf16/fp32':>10}")
     for (bench, measure), by_precision in values.items():
         cells = [f"{by_precision[p]:>10.4g}" if p in by_precision else f"{'-':>10}" for p in PRECISIONS]
-        ratio = (f"{by_precision['bf16'] / by_precision['fp32']:>9.2f}x" if set(PRECISIONS) <= set(by_precision)
-                 and by_precision["fp32"] else f"{'-':>10}")
+        ratio = (
+            f"{by_precision['bf16'] / by_precision['fp32']:>9.2f}x"
+            if set(PRECISIONS) <= set(by_precision) and by_precision["fp32"]
+            else f"{'-':>10}"
+        )
         print(f"{bench:<7} {measure:<20} {' '.join(cells)} {ratio}")
     unfinished = [line for line in lines if "status" in line]
     for line in unfinished:

@@ -39,8 +39,21 @@ MEANTIME = ROOT.parent / "shared" / "data" / "meantime"
 DEMO = ROOT / "pipeline" / "demo_data"
 CONFIGS = {"demo": ROOT / "configs" / "demo.toml", "meantime": ROOT / "configs" / "meantime.toml"}
 VARIANTS = {"own": (), "any": ("triage.use_priors=false",)}
-MENTION_FIELDS = ("id", "doc_id", "lang", "mention", "text", "start", "end", "doc_start", "doc_end", "gold_kb_id",
-                  "entity_type", "split", "named")
+MENTION_FIELDS = (
+    "id",
+    "doc_id",
+    "lang",
+    "mention",
+    "text",
+    "start",
+    "end",
+    "doc_start",
+    "doc_end",
+    "gold_kb_id",
+    "entity_type",
+    "split",
+    "named",
+)
 
 
 def xel(*args: object) -> str:
@@ -60,7 +73,9 @@ def corpus_mentions(corpus: str) -> pl.DataFrame:
     if "named" in table.columns:
         table = table.filter(pl.col("named").fill_null(True))
     repeated = pl.col("id").is_duplicated()
-    table = table.with_columns(pl.when(repeated).then(pl.format("{}#{}-{}", "id", "start", "end")).otherwise("id").alias("id"))
+    table = table.with_columns(
+        pl.when(repeated).then(pl.format("{}#{}-{}", "id", "start", "end")).otherwise("id").alias("id")
+    )
     return table.select([name for name in MENTION_FIELDS if name in table.columns])
 
 
@@ -71,8 +86,11 @@ def kb_path(corpus: str) -> Path:
 def train(name: str, corpus: str, work: Path, args: argparse.Namespace, *overrides: str) -> Path:
     """`xel-cli run` of `corpus`'s config with `overrides` (and --epochs, --encoder); its model/ folder."""
     run_dir = work / "runs" / name
-    settings = [*overrides, *([f"train.epochs={args.epochs}"] if args.epochs else []),
-                *([f"encoder.name={args.encoder}"] if args.encoder else [])]
+    settings = [
+        *overrides,
+        *([f"train.epochs={args.epochs}"] if args.epochs else []),
+        *([f"encoder.name={args.encoder}"] if args.encoder else []),
+    ]
     if not (run_dir / "model" / "model.json").is_file():
         xel("run", "--config", CONFIGS[corpus], "--run-dir", run_dir, *(f"--set={s}" for s in settings))
     return run_dir / "model"
@@ -91,10 +109,17 @@ def links_table(path: Path) -> pl.DataFrame:
     """(mention_id, kb_id, is_nil, top_triage_kb_id) of a links.parquet; the last is the candidate of
     highest triage score (triage's rank 1: ties keep triage's order, as its list does), null without any."""
     links = pl.read_parquet(path)
-    top = (links.select("mention_id", "candidates").explode("candidates").drop_nulls("candidates").unnest("candidates")
-           .with_columns(pl.int_range(pl.len()).over("mention_id").alias("position"))
-           .sort(["mention_id", "triage_score", "position"], descending=[False, True, False])
-           .group_by("mention_id", maintain_order=True).first().select("mention_id", pl.col("kb_id").alias("top_triage_kb_id")))
+    top = (
+        links.select("mention_id", "candidates")
+        .explode("candidates")
+        .drop_nulls("candidates")
+        .unnest("candidates")
+        .with_columns(pl.int_range(pl.len()).over("mention_id").alias("position"))
+        .sort(["mention_id", "triage_score", "position"], descending=[False, True, False])
+        .group_by("mention_id", maintain_order=True)
+        .first()
+        .select("mention_id", pl.col("kb_id").alias("top_triage_kb_id"))
+    )
     return links.select("mention_id", "kb_id", "is_nil").join(top, on="mention_id", how="left")
 
 
@@ -105,15 +130,25 @@ def micro_average(links: pl.DataFrame, gold: pl.DataFrame, column: str = "kb_id"
     nil_link = pl.col(column).is_null() | pl.col(column).str.starts_with("NIL")
     if column == "kb_id":
         nil_link = nil_link | pl.col("is_nil").fill_null(True)
-    right = pl.when(pl.col("gold_kb_id") == "NIL").then(nil_link).otherwise(~nil_link & (pl.col(column) == pl.col("gold_kb_id")))
+    right = (
+        pl.when(pl.col("gold_kb_id") == "NIL")
+        .then(nil_link)
+        .otherwise(~nil_link & (pl.col(column) == pl.col("gold_kb_id")))
+    )
     return float(both.select(right.fill_null(False).mean()).item()) if both.height else float("nan")
 
 
 def renamed_kb(source: Path, out: Path) -> dict[str, str]:
     """Write `source` with every id renamed (`x:` + a hash: nothing of the old ids carries over); old -> new."""
     kb = pl.read_ndjson(source, infer_schema_length=None)
-    new = kb.select(pl.col("kb_id"), pl.col("kb_id").map_batches(
-        lambda ids: pl.Series([f"x:{hashlib.blake2b(i.encode(), digest_size=6).hexdigest()}" for i in ids])).alias("new"))
+    new = kb.select(
+        pl.col("kb_id"),
+        pl.col("kb_id")
+        .map_batches(
+            lambda ids: pl.Series([f"x:{hashlib.blake2b(i.encode(), digest_size=6).hexdigest()}" for i in ids])
+        )
+        .alias("new"),
+    )
     kb.with_columns(new["new"].alias("kb_id")).write_ndjson(out)
     return dict(zip(new["kb_id"].to_list(), new["new"].to_list()))
 
@@ -138,7 +173,9 @@ def cross_kb(source: str, target: str, work: Path, args: argparse.Namespace) -> 
         links = link(model, test, kb_path(target), work / "links" / f"{source}-{variant}-on-{target}")
         yield row(f"{source} model ({variant}) on {target}'s KB", micro_average(links, gold))
         yield row("  its triage's top candidate", micro_average(links, gold, "top_triage_kb_id"))
-    own = link(train(f"{target}-own", target, work, args), test, kb_path(target), work / "links" / f"{target}-own-on-{target}")
+    own = link(
+        train(f"{target}-own", target, work, args), test, kb_path(target), work / "links" / f"{target}-own-on-{target}"
+    )
     yield row(f"in-KB model ({target}, own KB)", micro_average(own, gold))
     yield row("alias baseline (in-KB triage's top candidate)", micro_average(own, gold, "top_triage_kb_id"))
 
@@ -156,29 +193,50 @@ def disjoint(corpus: str, work: Path, args: argparse.Namespace) -> Iterator[str]
     renamed = renamed_kb(kb_path(corpus), folder / "kb-renamed.jsonl")
     test = mentions.filter(pl.col("split") == "test")
     gold = test.select(pl.col("id").alias("mention_id"), "gold_kb_id")
-    parts = {"seen": gold.filter(gold_seen & (pl.col("gold_kb_id") != "NIL")),
-             "unseen": gold.filter(~gold_seen), "all": gold}
+    parts = {
+        "seen": gold.filter(gold_seen & (pl.col("gold_kb_id") != "NIL")),
+        "unseen": gold.filter(~gold_seen),
+        "all": gold,
+    }
     renamed_parts = {name: part.with_columns(pl.col("gold_kb_id").replace(renamed)) for name, part in parts.items()}
-    yield from [f"entity-disjoint {corpus}: {len(seen)} of {len(kb_ids)} entities seen in training; test mentions "
-             f"{parts['seen'].height} of seen entities, {parts['unseen'].height} of unseen, {gold.height} in all "
-             "(NILs count in all only)",
-             f"{'micro-average':<44}{'seen':>10}{'unseen':>10}{'all':>10}"]
+    yield from [
+        f"entity-disjoint {corpus}: {len(seen)} of {len(kb_ids)} entities seen in training; test mentions "
+        f"{parts['seen'].height} of seen entities, {parts['unseen'].height} of unseen, {gold.height} in all "
+        "(NILs count in all only)",
+        f"{'micro-average':<44}{'seen':>10}{'unseen':>10}{'all':>10}",
+    ]
     for variant in args.variants:
-        model = train(f"{corpus}-disjoint-{variant}", corpus, work, args, f"inputs.mentions={training}", *VARIANTS[variant])
-        links = link(model, test.with_columns(pl.col("gold_kb_id").replace(renamed)), folder / "kb-renamed.jsonl",
-                     work / "links" / f"{corpus}-disjoint-{variant}")
-        yield row(f"seen-half model ({variant}), renamed KB", *(micro_average(links, p) for p in renamed_parts.values()))
-    own = link(train(f"{corpus}-own", corpus, work, args), test, kb_path(corpus), work / "links" / f"{corpus}-own-on-{corpus}")
-    yield from [row("in-KB model (every training mention, own KB)", *(micro_average(own, p) for p in parts.values())),
-             row("alias baseline (in-KB triage's top candidate)",
-                 *(micro_average(own, p, "top_triage_kb_id") for p in parts.values()))]
+        model = train(
+            f"{corpus}-disjoint-{variant}", corpus, work, args, f"inputs.mentions={training}", *VARIANTS[variant]
+        )
+        links = link(
+            model,
+            test.with_columns(pl.col("gold_kb_id").replace(renamed)),
+            folder / "kb-renamed.jsonl",
+            work / "links" / f"{corpus}-disjoint-{variant}",
+        )
+        yield row(
+            f"seen-half model ({variant}), renamed KB", *(micro_average(links, p) for p in renamed_parts.values())
+        )
+    own = link(
+        train(f"{corpus}-own", corpus, work, args), test, kb_path(corpus), work / "links" / f"{corpus}-own-on-{corpus}"
+    )
+    yield from [
+        row("in-KB model (every training mention, own KB)", *(micro_average(own, p) for p in parts.values())),
+        row(
+            "alias baseline (in-KB triage's top candidate)",
+            *(micro_average(own, p, "top_triage_kb_id") for p in parts.values()),
+        ),
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--studies", default="demo-on-meantime,meantime-on-demo,disjoint")
     parser.add_argument("--disjoint-corpus", choices=("meantime", "demo"), default="meantime")
-    parser.add_argument("--variants", default="own,any", help="own (the config's model), any (triage.use_priors = false)")
+    parser.add_argument(
+        "--variants", default="own,any", help="own (the config's model), any (triage.use_priors = false)"
+    )
     parser.add_argument("--epochs", type=int, default=None, help="train.epochs of every run (default: each config's)")
     parser.add_argument("--encoder", default=None, help="encoder.name of every run (default: each config's)")
     parser.add_argument("--work", type=Path, default=ROOT / "artifacts" / "bench-kb-transfer")
@@ -187,9 +245,11 @@ def main() -> None:
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:
         parser.error(f"unknown variant(s) {sorted(unknown)}; use {sorted(VARIANTS)}")
-    studies = {"demo-on-meantime": lambda: cross_kb("demo", "meantime", args.work, args),
-               "meantime-on-demo": lambda: cross_kb("meantime", "demo", args.work, args),
-               "disjoint": lambda: disjoint(args.disjoint_corpus, args.work, args)}
+    studies = {
+        "demo-on-meantime": lambda: cross_kb("demo", "meantime", args.work, args),
+        "meantime-on-demo": lambda: cross_kb("meantime", "demo", args.work, args),
+        "disjoint": lambda: disjoint(args.disjoint_corpus, args.work, args),
+    }
     for name in args.studies.split(","):
         if name not in studies:
             parser.error(f"unknown study {name!r}; use {', '.join(studies)}")

@@ -53,8 +53,10 @@ def ngram_codes(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     padded = pa.concat_arrays(padded.chunks) if isinstance(padded, pa.ChunkedArray) else padded
     padded = padded.cast(pa.large_string())
     _, offsets_buffer, data_buffer = padded.buffers()
-    offsets = np.frombuffer(offsets_buffer, dtype=np.int64)[padded.offset: padded.offset + len(padded) + 1]
-    letters = _LETTER[np.frombuffer(data_buffer, dtype=np.uint8)[: offsets[-1]]] if offsets[-1] else np.zeros(0, np.int64)
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int64)[padded.offset : padded.offset + len(padded) + 1]
+    letters = (
+        _LETTER[np.frombuffer(data_buffer, dtype=np.uint8)[: offsets[-1]]] if offsets[-1] else np.zeros(0, np.int64)
+    )
     counts = np.maximum(np.diff(offsets) - (NGRAM_SIZE - 1), 0)  # n characters hold n - 3 four-grams
     rows = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
     starts = np.arange(counts.sum()) + np.repeat(offsets[:-1] - (np.cumsum(counts) - counts), counts)
@@ -94,8 +96,12 @@ class NgramIndex:
         the GIL), which also bounds the hit arrays in memory."""
         starts = range(0, len(texts), QUERY_BLOCK)
         with ThreadPoolExecutor(max_workers=max(1, min(len(starts), os.cpu_count() or 1))) as pool:
-            blocks = list(pool.map(lambda start: self._shortlist_block(texts.slice(start, QUERY_BLOCK), top_n,
-                                                                      lookup_ngrams, start), starts))
+            blocks = list(
+                pool.map(
+                    lambda start: self._shortlist_block(texts.slice(start, QUERY_BLOCK), top_n, lookup_ngrams, start),
+                    starts,
+                )
+            )
         if not blocks:
             return pl.DataFrame(schema={"query": pl.Int64, "name": pl.Int64, "shared": pl.Int64})
         return pl.concat(blocks)
@@ -104,9 +110,11 @@ class NgramIndex:
         rows, codes = ngram_codes(texts)
         rows, codes = np.divmod(np.unique(rows * N_CODES + codes), N_CODES)  # each n-gram of a query once
         postings = self.offsets[codes + 1] - self.offsets[codes]
-        grams = (pl.DataFrame({"query": rows, "code": codes, "postings": postings})
-                 .filter(pl.col("postings") > 0)
-                 .filter(pl.col("postings").rank("ordinal").over("query") <= lookup_ngrams))
+        grams = (
+            pl.DataFrame({"query": rows, "code": codes, "postings": postings})
+            .filter(pl.col("postings") > 0)
+            .filter(pl.col("postings").rank("ordinal").over("query") <= lookup_ngrams)
+        )
         lengths = grams["postings"].to_numpy()
         starts = self.offsets[grams["code"].to_numpy()]
         positions = np.arange(lengths.sum()) + np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
@@ -125,8 +133,10 @@ class NgramIndex:
         query, name, shared = query[order], name[order], shared[order]
         first_of_query = np.searchsorted(query, query)
         keep = np.arange(len(query)) - first_of_query < top_n
-        return pl.DataFrame({"query": query[keep] + first_row, "name": name[keep], "shared": shared[keep]},
-                            schema={"query": pl.Int64, "name": pl.Int64, "shared": pl.Int64})
+        return pl.DataFrame(
+            {"query": query[keep] + first_row, "name": name[keep], "shared": shared[keep]},
+            schema={"query": pl.Int64, "name": pl.Int64, "shared": pl.Int64},
+        )
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

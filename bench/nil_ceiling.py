@@ -69,11 +69,13 @@ def main() -> None:
     run_dir = parser.parse_args().run_dir.resolve()
     split = json.loads((run_dir / "evaluate" / "metrics.json").read_text(encoding="utf-8"))["split"]
     mentions = pl.read_parquet(run_dir / "triage" / "mentions.parquet")
-    predictions = (pl.read_parquet(run_dir / "evaluate" / "predictions.parquet")
-                   .join(mentions.select("mention_id", "entity_type"), on="mention_id", how="left"))
+    predictions = pl.read_parquet(run_dir / "evaluate" / "predictions.parquet").join(
+        mentions.select("mention_id", "entity_type"), on="mention_id", how="left"
+    )
     candidates = pl.read_parquet(run_dir / "triage" / "candidates.parquet")
     evaluated = nil_classifier.add_evidence(
-        predictions.filter((pl.col("split") == split) & pl.col("gold_kb_id").is_not_null()), candidates)
+        predictions.filter((pl.col("split") == split) & pl.col("gold_kb_id").is_not_null()), candidates
+    )
     labels = nil_classifier.labels(evaluated)
     p_nil = nil_classifier.probabilities(nil_classifier.fit(evaluated), evaluated)
     in_sample = (p_nil[nil_classifier.NIL] > p_nil[nil_classifier.RIGHT]) | evaluated["best_kb_id"].is_null().to_numpy()
@@ -86,8 +88,12 @@ def main() -> None:
     languages = ["all", *sorted(evaluated["lang"].unique().to_list())]
     print("| row | " + " | ".join(languages) + " |")
     print("| --- |" + " --- |" * len(languages))
-    rows = {"achieved (evaluate: fitted on dev)": [], f"classifier fitted on {split} itself": [],
-            f"same, best-F1 cut chosen on {split} per language (all: one cut)": [], "NIL golds / of them linked elsewhere": []}
+    rows = {
+        "achieved (evaluate: fitted on dev)": [],
+        f"classifier fitted on {split} itself": [],
+        f"same, best-F1 cut chosen on {split} per language (all: one cut)": [],
+        "NIL golds / of them linked elsewhere": [],
+    }
     for lang in languages:
         keep = np.ones(evaluated.height, bool) if lang == "all" else (evaluated["lang"] == lang).to_numpy()
         row = iter(rows.values())
@@ -102,12 +108,17 @@ def main() -> None:
     # Why the evidence does not separate NIL: at the lowest ranker scores right links outnumber NILs.
     tune = json.loads((run_dir / "evaluate" / "nil.json").read_text(encoding="utf-8")).get("tune_split", "dev")
     for name in (split, tune):
-        low = predictions.filter((pl.col("split") == name) & pl.col("gold_kb_id").is_not_null()
-                                 & (pl.col("best_score") < LOW_SCORE))
-        counts = {label: int((nil_classifier.labels(low) == label).sum()) for label in
-                  (nil_classifier.RIGHT, nil_classifier.NIL, nil_classifier.WRONG)}
-        print(f"{name}: mentions whose best candidate scores under {LOW_SCORE}: "
-              + ", ".join(f"{count} {label}" for label, count in counts.items()))
+        low = predictions.filter(
+            (pl.col("split") == name) & pl.col("gold_kb_id").is_not_null() & (pl.col("best_score") < LOW_SCORE)
+        )
+        counts = {
+            label: int((nil_classifier.labels(low) == label).sum())
+            for label in (nil_classifier.RIGHT, nil_classifier.NIL, nil_classifier.WRONG)
+        }
+        print(
+            f"{name}: mentions whose best candidate scores under {LOW_SCORE}: "
+            + ", ".join(f"{count} {label}" for label, count in counts.items())
+        )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from pipeline.evaluate import stage  # noqa: E402
 
 
 def overall(rows: list[dict], method: str) -> str:
-    """"micro / NIL F1" of a method's all-languages row, or "—" when it has none."""
+    """ "micro / NIL F1" of a method's all-languages row, or "—" when it has none."""
     for row in rows:
         if row["method"] == method and row["lang"] == "all":
             return f"{row['micro_average']:.3f} / {row['nil_f1']:.3f}"
@@ -46,11 +46,15 @@ def main() -> None:
         result = stage.run(load_config(args.config, tuple(overrides)), force=True)
         metrics = result.summary["metrics"]
         prior = metrics.get("mention_prior") or {}
-        auc = ", ".join(f"{split} {value:.3f}" for split, value in prior.get("roc_auc", {}).items() if value is not None)
+        auc = ", ".join(
+            f"{split} {value:.3f}" for split, value in prior.get("roc_auc", {}).items() if value is not None
+        )
         validation, on_eval = metrics["nil_validation"], metrics["nil_methods"]
-        print(f"| {run_dir} | {overall(validation, 'classifier')} | {overall(validation, 'classifier+prior')} | "
-              f"{overall(on_eval, 'classifier')} | {overall(on_eval, 'classifier+prior')} | "
-              f"{'yes' if metrics['nil_reads_prior'] else 'no'} | {auc or 'no prior'} |")
+        print(
+            f"| {run_dir} | {overall(validation, 'classifier')} | {overall(validation, 'classifier+prior')} | "
+            f"{overall(on_eval, 'classifier')} | {overall(on_eval, 'classifier+prior')} | "
+            f"{'yes' if metrics['nil_reads_prior'] else 'no'} | {auc or 'no prior'} |"
+        )
         by_language += [(run_dir, row) for row in on_eval if row["method"] in ("classifier", "classifier+prior")]
     print("\nEvaluation split per language (micro-average / NIL F1):")
     for run_dir, row in by_language:

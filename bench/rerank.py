@@ -74,8 +74,13 @@ def scoring_rate(config, precision: str, device: torch.device) -> float:
     layout = Layout(**meta["layout"])
     mentions, examples = stage.read_examples(config, tokenizer, layout, device)
     wanted = np.nonzero(mentions["split"].is_in(list(stage.SCORED_SPLITS)).to_numpy())[0]
-    subset = ReaderExamples([examples.mention_ids[r] for r in wanted], [examples.contexts[r] for r in wanted],
-                            [examples.candidates[r] for r in wanted], [None] * len(wanted), examples.entity_tokens)
+    subset = ReaderExamples(
+        [examples.mention_ids[r] for r in wanted],
+        [examples.contexts[r] for r in wanted],
+        [examples.candidates[r] for r in wanted],
+        [None] * len(wanted),
+        examples.entity_tokens,
+    )
     started = time.perf_counter()
     score_mentions(reader, subset, layout, reader_inputs.specials(tokenizer), device, precision)
     return len(wanted) / (time.perf_counter() - started)
@@ -93,14 +98,26 @@ def link_rates(config, count: int, device: str) -> tuple[float, float]:
     from pipeline.formats import triage_tables
 
     mentions = triage_tables.read(config.stage_dir("triage"), triage_tables.MENTIONS).filter(pl.col("split") == "test")
-    records = [{"id": r["mention_id"], "doc_id": r["doc_id"], "lang": r["lang"], "mention": r["mention"],
-                "text": r["context"], "start": r["start"], "end": r["end"]} for r in mentions.head(count).to_dicts()]
+    records = [
+        {
+            "id": r["mention_id"],
+            "doc_id": r["doc_id"],
+            "lang": r["lang"],
+            "mention": r["mention"],
+            "text": r["context"],
+            "start": r["start"],
+            "end": r["end"],
+        }
+        for r in mentions.head(count).to_dicts()
+    ]
     rates = []
     for with_reader in (True, False):
         reader = linker.reader
         if not with_reader:  # the ranker's own NIL decision, as a run without the reader would make it
             linker.reader = None
-            linker.policy = dataclasses.replace(linker.policy, artifact={**linker.policy.artifact, "method": "threshold"})
+            linker.policy = dataclasses.replace(
+                linker.policy, artifact={**linker.policy.artifact, "method": "threshold"}
+            )
         linker.link(records)
         started = time.perf_counter()
         linker.link(records)
@@ -127,11 +144,17 @@ def main() -> None:
     score = {precision: scoring_rate(config, precision, device) for precision in ("fp32", "bf16")}
     print(f"device {device}, torch threads {torch.get_num_threads()}")
     print(f"{'':<28}{'fp32':>10}{'bf16':>10}{'bf16/fp32':>11}")
-    print(f"{'training examples/s':<28}{train['fp32']:>10.1f}{train['bf16']:>10.1f}{train['bf16'] / train['fp32']:>10.2f}x")
-    print(f"{'scoring mentions/s':<28}{score['fp32']:>10.1f}{score['bf16']:>10.1f}{score['bf16'] / score['fp32']:>10.2f}x")
+    print(
+        f"{'training examples/s':<28}{train['fp32']:>10.1f}{train['bf16']:>10.1f}{train['bf16'] / train['fp32']:>10.2f}x"
+    )
+    print(
+        f"{'scoring mentions/s':<28}{score['fp32']:>10.1f}{score['bf16']:>10.1f}{score['bf16'] / score['fp32']:>10.2f}x"
+    )
     with_reader, without = link_rates(config, args.link_mentions, args.device)
-    print(f"link mentions/s: with the reader {with_reader:.1f}, without {without:.1f}, "
-          f"ratio {with_reader / without:.2f} (goal >= 0.5)")
+    print(
+        f"link mentions/s: with the reader {with_reader:.1f}, without {without:.1f}, "
+        f"ratio {with_reader / without:.2f} (goal >= 0.5)"
+    )
 
 
 if __name__ == "__main__":

@@ -95,11 +95,16 @@ def make_system(gold: pl.DataFrame, seed: int) -> pl.DataFrame:
         pl.Series("random_nil", nil_pool[rng.integers(0, len(nil_pool), n)]),
         *(pl.Series(f"draw{i}", draw[i]) for i in range(len(draw))),  # independent uniform draws
     ).with_columns(
-        pl.when(~is_nil & (pl.col("draw0") < 0.12)).then(pl.col("random_kb"))  # relink
-        .when(~is_nil & (pl.col("draw1") < 0.06)).then(pl.format("NILs{}", pl.col("start") % 50))
-        .when(is_nil & (pl.col("draw1") < 0.10)).then(pl.col("random_kb"))  # NIL -> KB
-        .when(is_nil & (pl.col("draw2") < 0.10)).then(pl.col("random_nil"))  # merge
-        .when(is_nil & (pl.col("draw3") < 0.10)).then(pl.format("{}b", pl.col("kb_id")))  # split
+        pl.when(~is_nil & (pl.col("draw0") < 0.12))
+        .then(pl.col("random_kb"))  # relink
+        .when(~is_nil & (pl.col("draw1") < 0.06))
+        .then(pl.format("NILs{}", pl.col("start") % 50))
+        .when(is_nil & (pl.col("draw1") < 0.10))
+        .then(pl.col("random_kb"))  # NIL -> KB
+        .when(is_nil & (pl.col("draw2") < 0.10))
+        .then(pl.col("random_nil"))  # merge
+        .when(is_nil & (pl.col("draw3") < 0.10))
+        .then(pl.format("{}b", pl.col("kb_id")))  # split
         .otherwise(pl.col("kb_id"))
         .alias("kb_id"),
         pl.when(pl.col("draw4") < 0.05).then(pl.lit("ORG")).otherwise(pl.col("entity_type")).alias("entity_type"),
@@ -159,12 +164,16 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs of our scorer (best and median kept)")
     args = parser.parse_args()
 
-    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, Python {platform.python_version()}, polars {pl.__version__}")
+    print(
+        f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}, polars {pl.__version__}"
+    )
     gold = make_gold(args.mentions, args.seed)
     system = make_system(gold, args.seed + 1)
-    print(f"gold: {gold.height} mentions, {gold['kb_id'].n_unique()} ids, "
-          f"{gold.filter(pl.col('kb_id').str.starts_with('NIL')).height} NIL; system: {system.height} rows")
+    print(
+        f"gold: {gold.height} mentions, {gold['kb_id'].n_unique()} ids, "
+        f"{gold.filter(pl.col('kb_id').str.starts_with('NIL')).height} NIL; system: {system.height} rows"
+    )
 
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
@@ -187,10 +196,14 @@ def main() -> int:
     print(format_table(report))
     print(f"largest difference from neleval over {len(MEASURES) * 3 + 1} numbers: {worst:.2e}")
     print(f"neleval 3.1.1: prepare-tac15 {prepare_s:.3f} s + evaluate {evaluate_s:.3f} s = {neleval_total:.3f} s")
-    print(f"ours, score_files (read both .tab + score): best {files_best * 1000:.1f} ms, "
-          f"median {files_median * 1000:.1f} ms -> {neleval_total / files_best:.0f}x faster end to end")
-    print(f"ours, score (frames in memory):           best {score_best * 1000:.1f} ms, "
-          f"median {score_median * 1000:.1f} ms -> {evaluate_s / score_best:.0f}x faster than neleval evaluate alone")
+    print(
+        f"ours, score_files (read both .tab + score): best {files_best * 1000:.1f} ms, "
+        f"median {files_median * 1000:.1f} ms -> {neleval_total / files_best:.0f}x faster end to end"
+    )
+    print(
+        f"ours, score (frames in memory):           best {score_best * 1000:.1f} ms, "
+        f"median {score_median * 1000:.1f} ms -> {evaluate_s / score_best:.0f}x faster than neleval evaluate alone"
+    )
     if worst > TOLERANCE:
         print(f"MISMATCH: difference {worst:.2e} exceeds {TOLERANCE}")
         return 1

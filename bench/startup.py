@@ -59,8 +59,9 @@ print(json.dumps({{"seconds": time.perf_counter() - started}}))
 def child_seconds(code: str, *args: str) -> float:
     """Wall seconds a fresh Python process reports for `code` (it prints {"seconds": ...} last)."""
     environment = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=environment, capture_output=True,
-                          text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=ROOT, env=environment, capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
         raise SystemExit(f"child failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
@@ -78,14 +79,21 @@ def main() -> None:
     run_dir = args.run_dir.resolve()
     if not (run_dir / "model" / "model.json").is_file():
         print(f"no finished demo run in {run_dir}: running it first (minutes)", flush=True)
-        subprocess.run([sys.executable, str(ROOT / "cli.py"), "--quiet", "run", "--config", str(DEMO),
-                        "--run-dir", str(run_dir)], cwd=ROOT, check=True)
+        subprocess.run(
+            [sys.executable, str(ROOT / "cli.py"), "--quiet", "run", "--config", str(DEMO), "--run-dir", str(run_dir)],
+            cwd=ROOT,
+            check=True,
+        )
     child_seconds(RUN_CHILD.format(eager=""), str(DEMO), str(run_dir))  # warms the OS file cache for both
     rows = {
-        "Linker.load": [best_of(args.repeat, LOAD_CHILD.format(eager=eager, touch=touch), str(run_dir / "model"))
-                        for eager, touch in (("", ""), (EAGER_IMPORTS, "linker.encoder, linker.model"))],
-        "run, all up to date": [best_of(args.repeat, RUN_CHILD.format(eager=eager), str(DEMO), str(run_dir))
-                                for eager in ("", EAGER_IMPORTS)],
+        "Linker.load": [
+            best_of(args.repeat, LOAD_CHILD.format(eager=eager, touch=touch), str(run_dir / "model"))
+            for eager, touch in (("", ""), (EAGER_IMPORTS, "linker.encoder, linker.model"))
+        ],
+        "run, all up to date": [
+            best_of(args.repeat, RUN_CHILD.format(eager=eager), str(DEMO), str(run_dir))
+            for eager in ("", EAGER_IMPORTS)
+        ],
     }
     print(f"best of {args.repeat} fresh processes, seconds ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs)")
     print(f"{'':<22}{'lazy (now)':>12}{'eager (before)':>16}{'eager/lazy':>12}")

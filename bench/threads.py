@@ -55,22 +55,40 @@ def train_workload(epochs: int) -> float:
     generator = np.random.default_rng(0)
     n_mentions, n_entities, dim, k = 160, 70, 384, 10
     inputs = RankerInputs(
-        mentions=pl.DataFrame({"row": np.arange(n_mentions)}), entity_ids=pl.DataFrame({"row": np.arange(n_entities)}),
+        mentions=pl.DataFrame({"row": np.arange(n_mentions)}),
+        entity_ids=pl.DataFrame({"row": np.arange(n_entities)}),
         mention_name=torch.from_numpy(generator.standard_normal((n_mentions, dim), dtype=np.float32)),
         mention_context=torch.from_numpy(generator.standard_normal((n_mentions, dim), dtype=np.float32)),
         entity_name=torch.from_numpy(generator.standard_normal((n_entities, dim), dtype=np.float32)),
         entity_context=torch.from_numpy(generator.standard_normal((n_entities, dim), dtype=np.float32)),
         mention_type_onehot=torch.eye(8)[generator.integers(0, 8, n_mentions)],
-        entity_type_onehot=torch.eye(8)[generator.integers(0, 8, n_entities)])
-    config = TrainConfig(learning_rate=1e-3, batch_mentions=32, name_hidden=(256,), context_hidden=(256,),
-                         type_hidden=(32,), final_hidden=(256, 128), min_type_count=1)
+        entity_type_onehot=torch.eye(8)[generator.integers(0, 8, n_entities)],
+    )
+    config = TrainConfig(
+        learning_rate=1e-3,
+        batch_mentions=32,
+        name_hidden=(256,),
+        context_hidden=(256,),
+        type_hidden=(32,),
+        final_hidden=(256, 128),
+        min_type_count=1,
+    )
     candidates = np.stack([generator.choice(n_entities, k, replace=False) for _ in range(n_mentions)])
     gold = torch.from_numpy(candidates[:, 0].copy())
     state = new_state(config, ranker_shape(config, inputs), torch.device("cpu"), name_pairs=False)
     started = time.perf_counter()
     for _ in range(epochs):
-        train_epoch(state.model, state.optimizer, inputs, np.arange(n_mentions), torch.from_numpy(candidates), gold,
-                    config, state.generator, torch.device("cpu"))
+        train_epoch(
+            state.model,
+            state.optimizer,
+            inputs,
+            np.arange(n_mentions),
+            torch.from_numpy(candidates),
+            gold,
+            config,
+            state.generator,
+            torch.device("cpu"),
+        )
     return time.perf_counter() - started
 
 
@@ -80,8 +98,12 @@ def encode_workload(rounds: int) -> float:
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
-    model = BertModel(BertConfig(vocab_size=1000, hidden_size=384, num_hidden_layers=4, num_attention_heads=12,
-                                 intermediate_size=1536), add_pooling_layer=False).eval()
+    model = BertModel(
+        BertConfig(
+            vocab_size=1000, hidden_size=384, num_hidden_layers=4, num_attention_heads=12, intermediate_size=1536
+        ),
+        add_pooling_layer=False,
+    ).eval()
     ids = torch.randint(0, 1000, (64, 64))
     with torch.inference_mode():
         model(input_ids=ids[:8], attention_mask=torch.ones_like(ids[:8]))  # warm-up: first-call allocations
@@ -114,10 +136,19 @@ def child(setting: str, epochs: int, rounds: int) -> None:
 
 
 def measure(setting: str, epochs: int, rounds: int) -> dict:
-    environment = {key: value for key, value in os.environ.items()
-                   if key not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-    done = subprocess.run([sys.executable, __file__, "--child", setting, str(epochs), str(rounds)], env=environment,
-                          capture_output=True, text=True, check=True, cwd=ROOT)
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    }
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", setting, str(epochs), str(rounds)],
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -148,7 +179,9 @@ def main() -> None:
     print(f"{'workload':<10}" + "".join(f"{s:>16}" for s in SETTINGS) + f"{'default/best':>14}")
     for workload in ("train", "encode"):
         best = min(results[s][workload]["seconds"] for s in SETTINGS)
-        cells = "".join(f"{results[s][workload]['seconds']:>12.2f} ({results[s][workload]['threads']})" for s in SETTINGS)
+        cells = "".join(
+            f"{results[s][workload]['seconds']:>12.2f} ({results[s][workload]['threads']})" for s in SETTINGS
+        )
         print(f"{workload:<10}{cells}{results['default'][workload]['seconds'] / best:>14.2f}")
 
 

@@ -54,7 +54,9 @@ from pipeline.train.state import ranker_shape  # noqa: E402
 N_TYPES = 8
 
 
-def write_synthetic(path: Path, n_mentions: int, n_entities: int, dim: int, k: int, seed: int, contiguous: bool) -> None:
+def write_synthetic(
+    path: Path, n_mentions: int, n_entities: int, dim: int, k: int, seed: int, contiguous: bool
+) -> None:
     """vectors.h5 laid out as encode writes it (chunks of 4096 rows), plus bench-only
     /bench/{candidates,gold} and types. `contiguous` stores the vectors unchunked, to
     check that the chunk layout is not what slows the naive reader (about 10% here)."""
@@ -64,8 +66,9 @@ def write_synthetic(path: Path, n_mentions: int, n_entities: int, dim: int, k: i
     with h5py.File(path, "w") as handle:
         for group, n in (("mentions", n_mentions), ("entities", n_entities)):
             part = handle.create_group(group)
-            part.create_dataset("id", data=np.array([f"{group[0]}{i}" for i in range(n)], dtype=object),
-                                dtype=h5py.string_dtype())
+            part.create_dataset(
+                "id", data=np.array([f"{group[0]}{i}" for i in range(n)], dtype=object), dtype=h5py.string_dtype()
+            )
             chunks = None if contiguous else (min(n, 4096), dim)
             part.create_dataset("name", data=rng.standard_normal((n, dim), dtype=np.float32), chunks=chunks)
             part.create_dataset("context", data=rng.standard_normal((n, dim), dtype=np.float32), chunks=chunks)
@@ -76,24 +79,30 @@ def write_synthetic(path: Path, n_mentions: int, n_entities: int, dim: int, k: i
 
 # --- ours -------------------------------------------------------------------------------------
 
+
 def load_ours(path: Path) -> tuple[RankerInputs, np.ndarray, torch.Tensor, torch.Tensor]:
     """Everything read from HDF5 into tensors once, as pipeline.model.features.load_inputs does."""
     with h5py.File(path, "r") as handle:
         mentions, entities = handle["mentions"], handle["entities"]
         n_mentions, n_entities = len(mentions["id"]), len(entities["id"])
         inputs = RankerInputs(
-            mentions=pl.DataFrame({"row": np.arange(n_mentions)}), entity_ids=pl.DataFrame({"row": np.arange(n_entities)}),
-            mention_name=torch.from_numpy(mentions["name"][:]), mention_context=torch.from_numpy(mentions["context"][:]),
-            entity_name=torch.from_numpy(entities["name"][:]), entity_context=torch.from_numpy(entities["context"][:]),
+            mentions=pl.DataFrame({"row": np.arange(n_mentions)}),
+            entity_ids=pl.DataFrame({"row": np.arange(n_entities)}),
+            mention_name=torch.from_numpy(mentions["name"][:]),
+            mention_context=torch.from_numpy(mentions["context"][:]),
+            entity_name=torch.from_numpy(entities["name"][:]),
+            entity_context=torch.from_numpy(entities["context"][:]),
             mention_type_onehot=torch.eye(N_TYPES)[torch.from_numpy(mentions["type"][:])],
-            entity_type_onehot=torch.eye(N_TYPES)[torch.from_numpy(entities["type"][:])])
+            entity_type_onehot=torch.eye(N_TYPES)[torch.from_numpy(entities["type"][:])],
+        )
         candidates = torch.from_numpy(handle["bench/candidates"][:])
         gold = torch.from_numpy(handle["bench/gold"][:])
     return inputs, np.arange(n_mentions), candidates, gold
 
 
-def ours_rounds(path: Path, config: TrainConfig, batches: int, device: torch.device = torch.device("cpu"),
-                precision: str = "fp32"):
+def ours_rounds(
+    path: Path, config: TrainConfig, batches: int, device: torch.device = torch.device("cpu"), precision: str = "fp32"
+):
     """(load seconds, train round, assembly round): each round times `batches` batches, in examples/s.
     The ranker runs on `device`, its steps under `precision`'s autocast (bf16, fp16; fp32: none)."""
     started = time.perf_counter()
@@ -111,8 +120,17 @@ def ours_rounds(path: Path, config: TrainConfig, batches: int, device: torch.dev
         subset = torch.randperm(len(rows), generator=generator)[:size]
         started = time.perf_counter()
         with autocast.autocast():
-            train_epoch(model, optimizer, inputs, rows[subset.numpy()], candidates[subset], gold[subset], config,
-                        generator, device)
+            train_epoch(
+                model,
+                optimizer,
+                inputs,
+                rows[subset.numpy()],
+                candidates[subset],
+                gold[subset],
+                config,
+                generator,
+                device,
+            )
         if device.type == "cuda":
             torch.cuda.synchronize()
         return size / (time.perf_counter() - started)
@@ -121,14 +139,16 @@ def ours_rounds(path: Path, config: TrainConfig, batches: int, device: torch.dev
         order = torch.randperm(len(rows), generator=generator)
         started = time.perf_counter()
         for start in range(0, size, config.batch_mentions):
-            assemble_batch(inputs, rows, candidates, gold, order[start:start + config.batch_mentions], config,
-                           generator, device)
+            assemble_batch(
+                inputs, rows, candidates, gold, order[start : start + config.batch_mentions], config, generator, device
+            )
         return size / (time.perf_counter() - started)
 
     return load_seconds, train_round, assembly_round
 
 
 # --- naive ------------------------------------------------------------------------------------
+
 
 class PerExampleDataset(Dataset):
     """One training example per __getitem__, read from HDF5 by h5py (the common first version)."""
@@ -145,8 +165,11 @@ class PerExampleDataset(Dataset):
     def open(self) -> None:
         # Dataset handles are looked up once: h5py's path lookups cost more than a row read.
         self.handle = h5py.File(self.path, "r")
-        self.columns = {f"{group}/{name}": self.handle[f"{group}/{name}"]
-                        for group in ("mentions", "entities", "bench") for name in self.handle[group]}
+        self.columns = {
+            f"{group}/{name}": self.handle[f"{group}/{name}"]
+            for group in ("mentions", "entities", "bench")
+            for name in self.handle[group]
+        }
 
     def entity(self, row: int) -> tuple[np.ndarray, np.ndarray, int]:
         columns = self.columns
@@ -162,12 +185,15 @@ class PerExampleDataset(Dataset):
         rest = [random.randrange(self.n_entities) for _ in range(self.negatives - len(hard))]
         rows = [gold] + hard + rest
         names, contexts, types = zip(*(self.entity(row) for row in rows))
-        return {"mention_name": torch.from_numpy(columns["mentions/name"][index]),
-                "mention_context": torch.from_numpy(columns["mentions/context"][index]),
-                "mention_type": torch.eye(N_TYPES)[int(columns["mentions/type"][index])],
-                "entity_name": torch.from_numpy(np.stack(names)), "entity_context": torch.from_numpy(np.stack(contexts)),
-                "entity_type": torch.eye(N_TYPES)[list(types)],
-                "negative_mask": torch.tensor([row != gold for row in rows[1:]])}
+        return {
+            "mention_name": torch.from_numpy(columns["mentions/name"][index]),
+            "mention_context": torch.from_numpy(columns["mentions/context"][index]),
+            "mention_type": torch.eye(N_TYPES)[int(columns["mentions/type"][index])],
+            "entity_name": torch.from_numpy(np.stack(names)),
+            "entity_context": torch.from_numpy(np.stack(contexts)),
+            "entity_type": torch.eye(N_TYPES)[list(types)],
+            "negative_mask": torch.tensor([row != gold for row in rows[1:]]),
+        }
 
 
 def naive_loader(path: Path, config: TrainConfig, workers: int) -> DataLoader:
@@ -182,9 +208,17 @@ def naive_rounds(path: Path, config: TrainConfig, batches: int, workers: int):
         dim = handle["mentions/name"].shape[1]
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    shape = RankerShape(features=config.features, vector_size=dim, mention_types=N_TYPES, entity_types=N_TYPES,
-                        name_hidden=config.name_hidden, context_hidden=config.context_hidden,
-                        type_hidden=config.type_hidden, final_hidden=config.final_hidden, dropout=config.dropout)
+    shape = RankerShape(
+        features=config.features,
+        vector_size=dim,
+        mention_types=N_TYPES,
+        entity_types=N_TYPES,
+        name_hidden=config.name_hidden,
+        context_hidden=config.context_hidden,
+        type_hidden=config.type_hidden,
+        final_hidden=config.final_hidden,
+        dropout=config.dropout,
+    )
     model = Ranker(shape).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     stream = iter(())
@@ -201,8 +235,11 @@ def naive_rounds(path: Path, config: TrainConfig, batches: int, workers: int):
         batch_size, width = batch["entity_name"].shape[:2]
         mentions = {"name": batch["mention_name"], "context": batch["mention_context"], "type": batch["mention_type"]}
         # Each pair's entity is its own row: (B * (1 + n), H), indexed back as (B, 1 + n).
-        entities = {"name": batch["entity_name"].flatten(0, 1), "context": batch["entity_context"].flatten(0, 1),
-                    "type": batch["entity_type"].flatten(0, 1)}
+        entities = {
+            "name": batch["entity_name"].flatten(0, 1),
+            "context": batch["entity_context"].flatten(0, 1),
+            "type": batch["entity_type"].flatten(0, 1),
+        }
         index = torch.arange(batch_size * width).view(batch_size, width)
         scores = model(mentions, entities, index)
         loss = hinge_loss(scores[:, 0], scores[:, 1:], batch["negative_mask"], config.margin)
@@ -236,10 +273,11 @@ def machine(device: torch.device) -> str:
                 break
     except OSError:
         pass
-    where = (f"ranker on {torch.cuda.get_device_name(device)}" if device.type == "cuda"
-             else "no GPU (CPU training)")
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"h5py {h5py.__version__}, {where}")
+    where = f"ranker on {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "no GPU (CPU training)"
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"h5py {h5py.__version__}, {where}"
+    )
 
 
 def ours_only(path: Path, config: TrainConfig, args: argparse.Namespace) -> None:
@@ -251,8 +289,10 @@ def ours_only(path: Path, config: TrainConfig, args: argparse.Namespace) -> None
         train_round()  # warm-up
         rates[precision] = max(train_round() for _ in range(args.rounds))
     for precision, rate in rates.items():
-        print(f"training on {device} at {precision}: {rate:10.0f} examples/s "
-              f"({rate / rates[next(iter(rates))]:.2f}x {next(iter(rates))})")
+        print(
+            f"training on {device} at {precision}: {rate:10.0f} examples/s "
+            f"({rate / rates[next(iter(rates))]:.2f}x {next(iter(rates))})"
+        )
         record(args.record, "train", precision, "examples/s", rate)
 
 
@@ -270,20 +310,33 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--batches", type=int, default=10, help="batches per timed round")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="timed rounds, ours and naive alternating; the best of each is reported")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="timed rounds, ours and naive alternating; the best of each is reported"
+    )
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes of the naive path")
-    parser.add_argument("--small", action="store_true",
-                        help="a small ranker (64-unit layers) instead of the paper's sizes, so input handling dominates")
-    parser.add_argument("--contiguous", action="store_true",
-                        help="store vectors unchunked (cheaper single-row reads) instead of encode's 4096-row chunks")
+    parser.add_argument(
+        "--small",
+        action="store_true",
+        help="a small ranker (64-unit layers) instead of the paper's sizes, so input handling dominates",
+    )
+    parser.add_argument(
+        "--contiguous",
+        action="store_true",
+        help="store vectors unchunked (cheaper single-row reads) instead of encode's 4096-row chunks",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu or cuda: where the ranker trains (with --ours-only)")
-    parser.add_argument("--precisions", default="fp32",
-                        help="with --ours-only: comma-separated autocast precisions of the steps (fp32, bf16, fp16)")
-    parser.add_argument("--ours-only", action="store_true",
-                        help="time only our path, on --device at each of --precisions (no naive comparison)")
+    parser.add_argument(
+        "--precisions",
+        default="fp32",
+        help="with --ours-only: comma-separated autocast precisions of the steps (fp32, bf16, fp16)",
+    )
+    parser.add_argument(
+        "--ours-only",
+        action="store_true",
+        help="time only our path, on --device at each of --precisions (no naive comparison)",
+    )
     parser.add_argument("--record", default=None, help="append each figure as a JSON line to this file")
     args = parser.parse_args()
     if args.threads:
@@ -293,10 +346,12 @@ def main() -> None:
     if args.small:
         config = TrainConfig(name_hidden=(64,), context_hidden=(64,), type_hidden=(16,), final_hidden=(64,))
     print(f"machine: {machine(torch.device(args.device))}")
-    print(f"data: {args.mentions} mentions, {args.entities} entities, {args.dim}-d, k={args.k}; ranker "
-          f"name {list(config.name_hidden)} context {list(config.context_hidden)} type {list(config.type_hidden)} "
-          f"final {list(config.final_hidden)}; batch {config.batch_mentions} mentions x {config.negatives} negatives; "
-          f"HDF5 vectors {'contiguous' if args.contiguous else 'in 4096-row chunks, as encode writes them'}")
+    print(
+        f"data: {args.mentions} mentions, {args.entities} entities, {args.dim}-d, k={args.k}; ranker "
+        f"name {list(config.name_hidden)} context {list(config.context_hidden)} type {list(config.type_hidden)} "
+        f"final {list(config.final_hidden)}; batch {config.batch_mentions} mentions x {config.negatives} negatives; "
+        f"HDF5 vectors {'contiguous' if args.contiguous else 'in 4096-row chunks, as encode writes them'}"
+    )
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "vectors.h5"
         write_synthetic(path, args.mentions, args.entities, args.dim, args.k, args.seed, args.contiguous)
@@ -310,8 +365,12 @@ def main() -> None:
         # sides, and the best round of each is the least disturbed one.
         rates = {name: [] for name in ("ours", "naive", "ours_input", "naive_input")}
         for _ in range(args.rounds):
-            for name, measure in (("ours", ours_train), ("naive", naive_train),
-                                  ("ours_input", ours_assembly), ("naive_input", naive_assembly)):
+            for name, measure in (
+                ("ours", ours_train),
+                ("naive", naive_train),
+                ("ours_input", ours_assembly),
+                ("naive_input", naive_assembly),
+            ):
                 rates[name].append(measure())
         ours, naive, ours_input, naive_input = (max(rates[name]) for name in rates)
     print("training (batches + model step + Adam), examples/s:")

@@ -64,9 +64,21 @@ def write_kb(max_titles: int | None) -> Path:
 
 def run_triage(kb_path: Path, k: int) -> dict:
     """One `xel-cli triage` subprocess: wall seconds, peak RSS of the child, recall report."""
-    command = [sys.executable, str(ROOT / "cli.py"), "triage", "--config", str(ROOT / "configs" / "meantime.toml"),
-               "--run-dir", str(RUN_DIR), "--set", f"inputs.kb={kb_path}", "--set", "triage.use_dense=false",
-               "--set", f"triage.k={k}"]
+    command = [
+        sys.executable,
+        str(ROOT / "cli.py"),
+        "triage",
+        "--config",
+        str(ROOT / "configs" / "meantime.toml"),
+        "--run-dir",
+        str(RUN_DIR),
+        "--set",
+        f"inputs.kb={kb_path}",
+        "--set",
+        "triage.use_dense=false",
+        "--set",
+        f"triage.k={k}",
+    ]
     started = time.perf_counter()
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - started
@@ -83,20 +95,25 @@ def typo_queries(n: int, seed: int, max_titles: int | None) -> tuple[pl.Series, 
     titles = titles.filter(titles.str.len_chars() >= 6).sample(n, seed=seed)
     rng = np.random.default_rng(seed)
     cut = [int(rng.integers(1, len(t) - 1)) for t in titles.to_list()]
-    typos = pl.Series([t[:i] + t[i + 1:] for t, i in zip(titles.to_list(), cut)])
+    typos = pl.Series([t[:i] + t[i + 1 :] for t, i in zip(titles.to_list(), cut)])
     return titles, typos
 
 
 def fuzzy_queries(n_typos: int, max_titles: int | None) -> pl.DataFrame:
     """MEANTIME's named mentions and `n_typos` typo'd DBpedia titles: mention_id, mention,
     kind (meantime | typo), gold_kb_id (the typo'd title's own id; null for NIL)."""
-    meantime = pl.read_ndjson(MEANTIME / "mentions.jsonl").filter(pl.col("named")).select(
-        "mention", pl.lit("meantime").alias("kind"),
-        pl.when(pl.col("gold_kb_id") != "NIL").then(pl.col("gold_kb_id")).alias("gold_kb_id"))
+    meantime = (
+        pl.read_ndjson(MEANTIME / "mentions.jsonl")
+        .filter(pl.col("named"))
+        .select(
+            "mention",
+            pl.lit("meantime").alias("kind"),
+            pl.when(pl.col("gold_kb_id") != "NIL").then(pl.col("gold_kb_id")).alias("gold_kb_id"),
+        )
+    )
     titles, typos = typo_queries(n_typos, seed=0, max_titles=max_titles)
     typo = pl.DataFrame({"mention": typos, "kind": "typo", "gold_kb_id": "enwiki:" + titles.str.replace_all(" ", "_")})
-    return (pl.concat([meantime, typo]).with_row_index("mention_id")
-            .with_columns(pl.col("mention_id").cast(pl.String)))
+    return pl.concat([meantime, typo]).with_row_index("mention_id").with_columns(pl.col("mention_id").cast(pl.String))
 
 
 def run_backend(backend: str, names_dir: Path, queries_path: Path) -> dict:
@@ -105,20 +122,39 @@ def run_backend(backend: str, names_dir: Path, queries_path: Path) -> dict:
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     out = RUN_DIR / f"fuzzy-{backend}.json"
-    subprocess.run([sys.executable, str(ROOT / "bench" / "fuzzy_backends.py"), "--backend", backend,
-                    "--names-dir", str(names_dir), "--queries", str(queries_path), "--scratch", str(scratch),
-                    "--out", str(out)], check=True, cwd=ROOT)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "fuzzy_backends.py"),
+            "--backend",
+            backend,
+            "--names-dir",
+            str(names_dir),
+            "--queries",
+            str(queries_path),
+            "--scratch",
+            str(scratch),
+            "--out",
+            str(out),
+        ],
+        check=True,
+        cwd=ROOT,
+    )
     shutil.rmtree(scratch, ignore_errors=True)
     return json.loads(out.read_text())
 
 
 def print_backends(results: list[dict]) -> None:
     base = next((r for r in results if r["backend"] == "ngram"), results[0])
-    print(f"\n== fuzzy source by index: {base['names']:,} names; {base['mentions']:,} mentions "
-          f"({base['distinct']:,} distinct strings); each index built, then 6 rarest four-grams per string, "
-          "128 names rescored by rapidfuzz WRatio ==")
-    header = (f"{'index':8} {'build s':>8} {'mentions/s':>11} {'x ngram':>8} {'per CPU s':>10} {'x ngram':>8} "
-              f"{'peak RSS GB':>12} {'+ over names':>13} {'typo recall':>12} {'MEANTIME recall':>16}")
+    print(
+        f"\n== fuzzy source by index: {base['names']:,} names; {base['mentions']:,} mentions "
+        f"({base['distinct']:,} distinct strings); each index built, then 6 rarest four-grams per string, "
+        "128 names rescored by rapidfuzz WRatio =="
+    )
+    header = (
+        f"{'index':8} {'build s':>8} {'mentions/s':>11} {'x ngram':>8} {'per CPU s':>10} {'x ngram':>8} "
+        f"{'peak RSS GB':>12} {'+ over names':>13} {'typo recall':>12} {'MEANTIME recall':>16}"
+    )
     print(header)
     for r in results:
         rate = r["mentions"] / r["fuzzy_seconds"]
@@ -127,39 +163,54 @@ def print_backends(results: list[dict]) -> None:
         cpu_ratio = cpu_rate / (base["mentions"] / base["fuzzy_cpu_seconds"])
         typo = r["recall"].get("typo", {}).get("recall", float("nan"))
         meantime = r["recall"].get("meantime", {}).get("recall", float("nan"))
-        print(f"{r['backend']:8} {r['build_seconds']:8.1f} {rate:11,.0f} {ratio:7.2f}x {cpu_rate:10,.0f} {cpu_ratio:7.2f}x "
-              f"{r['peak_gb']:12.2f} "
-              f"{r['peak_gb'] - r['loaded_gb']:13.2f} {typo:12.3f} {meantime:16.3f}")
-    print("(mentions/s: wall time of the fuzzy source; per CPU s: mentions per CPU second, all threads; "
-          "build s: the index alone; peak RSS: the whole process, '+ over names' above the names and queries loaded; "
-          "typo recall: typo'd DBpedia names whose own title is a fuzzy candidate; MEANTIME recall: named "
-          "mentions with a KB gold whose gold is a fuzzy candidate, KB names only)")
+        print(
+            f"{r['backend']:8} {r['build_seconds']:8.1f} {rate:11,.0f} {ratio:7.2f}x {cpu_rate:10,.0f} {cpu_ratio:7.2f}x "
+            f"{r['peak_gb']:12.2f} "
+            f"{r['peak_gb'] - r['loaded_gb']:13.2f} {typo:12.3f} {meantime:16.3f}"
+        )
+    print(
+        "(mentions/s: wall time of the fuzzy source; per CPU s: mentions per CPU second, all threads; "
+        "build s: the index alone; peak RSS: the whole process, '+ over names' above the names and queries loaded; "
+        "typo recall: typo'd DBpedia names whose own title is a fuzzy candidate; MEANTIME recall: named "
+        "mentions with a KB gold whose gold is a fuzzy candidate, KB names only)"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=10_000, help="typo'd DBpedia names added to MEANTIME's mentions")
     parser.add_argument("--brute-queries", type=int, default=20, help="queries timed with rapidfuzz over all names")
-    parser.add_argument("--titles", type=int, default=None,
-                        help="only the first N DBpedia titles (a smaller KB to try things on); all by default")
-    parser.add_argument("--backends", default="ngram,tantivy,bm25s",
-                        help="fuzzy indexes compared side by side (comma-separated: ngram, tantivy, bm25s)")
+    parser.add_argument(
+        "--titles",
+        type=int,
+        default=None,
+        help="only the first N DBpedia titles (a smaller KB to try things on); all by default",
+    )
+    parser.add_argument(
+        "--backends",
+        default="ngram,tantivy,bm25s",
+        help="fuzzy indexes compared side by side (comma-separated: ngram, tantivy, bm25s)",
+    )
     args = parser.parse_args()
     if not MEANTIME.is_dir():
         sys.exit(f"skipped: {MEANTIME} is absent")
 
     started = time.perf_counter()
     kb_path = write_kb(args.titles)
-    print(f"KB JSONL: {kb_path} ({kb_path.stat().st_size / 1e9:.2f} GB), written in {time.perf_counter() - started:.0f} s "
-          "(0 s when cached)")
+    print(
+        f"KB JSONL: {kb_path} ({kb_path.stat().st_size / 1e9:.2f} GB), written in {time.perf_counter() - started:.0f} s "
+        "(0 s when cached)"
+    )
 
     shutil.rmtree(RUN_DIR, ignore_errors=True)  # cold: no index of an earlier run
     cold = run_triage(kb_path, k=10)
     warm = run_triage(kb_path, k=30)
     print("\n== xel-cli triage on MEANTIME (3,698 mentions) with the DBpedia KB, dense off ==")
     print(f"cold (read KB + build indexes + triage): {cold['seconds']:.0f} s")
-    print(f"rerun, k changed (indexes reused):       {warm['seconds']:.0f} s "
-          f"= {3698 / warm['seconds']:.0f} mentions/s including start-up and loading the indexes")
+    print(
+        f"rerun, k changed (indexes reused):       {warm['seconds']:.0f} s "
+        f"= {3698 / warm['seconds']:.0f} mentions/s including start-up and loading the indexes"
+    )
     print(f"peak RSS of a triage subprocess:         {max(cold['peak_gb'], warm['peak_gb']):.2f} GB")
     table = pl.DataFrame(cold["report"]).filter(pl.col("split") == "test")
     print("recall on test (k = 10):")
@@ -177,16 +228,20 @@ def main() -> None:
 
     from pipeline.core.textnorm import add_keys
 
-    sample = add_keys(queries.filter(pl.col("kind") == "typo").head(args.brute_queries), "mention")["mention_roman"].to_list()
+    sample = add_keys(queries.filter(pl.col("kind") == "typo").head(args.brute_queries), "mention")[
+        "mention_roman"
+    ].to_list()
     choices = pl.read_parquet(names_dir / "roman_keys.parquet")["surface_roman"].to_list()
     brute_started = time.perf_counter()
     for query in sample:
         process.extract(query, choices, scorer=fuzz.WRatio, limit=40, score_cutoff=70)
     brute_per_query = (time.perf_counter() - brute_started) / len(sample)
     best = max(results, key=lambda r: r["distinct"] / r["fuzzy_seconds"])
-    print(f"\nbrute force, rapidfuzz WRatio over all {len(choices):,} names: {1 / brute_per_query:,.2f} strings/s "
-          f"({len(sample)} strings); the fastest index ({best['backend']}) is "
-          f"{best['distinct'] / best['fuzzy_seconds'] * brute_per_query:,.0f}x faster (distinct strings/s)")
+    print(
+        f"\nbrute force, rapidfuzz WRatio over all {len(choices):,} names: {1 / brute_per_query:,.2f} strings/s "
+        f"({len(sample)} strings); the fastest index ({best['backend']}) is "
+        f"{best['distinct'] / best['fuzzy_seconds'] * brute_per_query:,.0f}x faster (distinct strings/s)"
+    )
 
 
 if __name__ == "__main__":

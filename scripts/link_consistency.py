@@ -40,8 +40,19 @@ def main() -> None:
     corpus = out.parent / f"{out.name}-mentions.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     # doc_start/doc_end keep each mention's place in its document (TAC spans); start/end are into `text`.
-    mentions.select(pl.col("mention_id").alias("id"), "doc_id", "lang", "mention", pl.col("context").alias("text"), "start",
-                    "end", "doc_start", "doc_end", "entity_type", "mention_type").write_ndjson(corpus)
+    mentions.select(
+        pl.col("mention_id").alias("id"),
+        "doc_id",
+        "lang",
+        "mention",
+        pl.col("context").alias("text"),
+        "start",
+        "end",
+        "doc_start",
+        "doc_end",
+        "entity_type",
+        "mention_type",
+    ).write_ndjson(corpus)
     result = run(LinkOptions(model=run_dir / "model", mentions=corpus, out_dir=out, force=True))
     linked = read_tab(out / "system.tab")
     both = evaluated.join(linked, on="mention_id", suffix="_link")
@@ -54,14 +65,24 @@ def main() -> None:
         return {frozenset(group["mention_id"].to_list()) for _, group in nils.group_by(column)}
 
     same_clusters = partition(both, "kb_id") == partition(both.select("mention_id", pl.col("kb_id_link")), "kb_id_link")
-    scores = (pl.read_parquet(run_dir / "evaluate" / "predictions.parquet").join(
-        pl.read_parquet(out / "links.parquet"), on="mention_id"))
-    print(f"{run_dir}: {split} split, {evaluated.height} mentions in system.tab, {linked.height} linked "
-          f"({result.counts['entities_encoded']} entities encoded)")
-    print(f"same NIL decision: {same_decision}/{both.height}; same KB id where both link: {same_kb}/{int((~nil).sum())}; "
-          f"same NIL clusters: {same_clusters}; largest ranker-score difference: "
-          f"{(scores['best_score'] - scores['score']).abs().max():.2e}")
-    if same_decision != both.height or same_kb != int((~nil).sum()) or not same_clusters or linked.height != evaluated.height:
+    scores = pl.read_parquet(run_dir / "evaluate" / "predictions.parquet").join(
+        pl.read_parquet(out / "links.parquet"), on="mention_id"
+    )
+    print(
+        f"{run_dir}: {split} split, {evaluated.height} mentions in system.tab, {linked.height} linked "
+        f"({result.counts['entities_encoded']} entities encoded)"
+    )
+    print(
+        f"same NIL decision: {same_decision}/{both.height}; same KB id where both link: {same_kb}/{int((~nil).sum())}; "
+        f"same NIL clusters: {same_clusters}; largest ranker-score difference: "
+        f"{(scores['best_score'] - scores['score']).abs().max():.2e}"
+    )
+    if (
+        same_decision != both.height
+        or same_kb != int((~nil).sum())
+        or not same_clusters
+        or linked.height != evaluated.height
+    ):
         sys.exit(1)
 
 

@@ -26,14 +26,22 @@ logger = logging.getLogger("meantime_name_pairs")
 def name_pairs(mentions_path: Path, kb_path: Path) -> pl.DataFrame:
     """(foreign, english, lang) of every distinct named non-English training mention with a KB gold."""
     mentions = pl.scan_ndjson(mentions_path, infer_schema_length=None).select(
-        "mention", "lang", "split", "gold_kb_id", pl.col("named").fill_null(True))
+        "mention", "lang", "split", "gold_kb_id", pl.col("named").fill_null(True)
+    )
     kb = pl.scan_ndjson(kb_path, infer_schema_length=None).select(pl.col("kb_id").alias("gold_kb_id"), "name")
-    return (mentions.filter((pl.col("split") == "train") & (pl.col("lang") != "en") & pl.col("named"))
-            .join(kb, on="gold_kb_id")  # drops NIL and golds outside the KB
-            .select(pl.col("mention").str.replace_all(r"\s+", " ").str.strip_chars().alias("foreign"),
-                    pl.col("name").alias("english"), "lang")
-            .filter(pl.col("foreign") != "")
-            .unique().sort("lang", "english", "foreign").collect())
+    return (
+        mentions.filter((pl.col("split") == "train") & (pl.col("lang") != "en") & pl.col("named"))
+        .join(kb, on="gold_kb_id")  # drops NIL and golds outside the KB
+        .select(
+            pl.col("mention").str.replace_all(r"\s+", " ").str.strip_chars().alias("foreign"),
+            pl.col("name").alias("english"),
+            "lang",
+        )
+        .filter(pl.col("foreign") != "")
+        .unique()
+        .sort("lang", "english", "foreign")
+        .collect()
+    )
 
 
 def main() -> None:
@@ -46,9 +54,12 @@ def main() -> None:
     pairs = name_pairs(args.mentions, args.kb)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     pairs.write_csv(args.out, separator="\t", quote_style="never")
-    logger.info("wrote %d pairs (%s) to %s", pairs.height,
-                ", ".join(f"{lang} {count}" for lang, count in pairs.group_by("lang").len().sort("lang").iter_rows()),
-                args.out)
+    logger.info(
+        "wrote %d pairs (%s) to %s",
+        pairs.height,
+        ", ".join(f"{lang} {count}" for lang, count in pairs.group_by("lang").len().sort("lang").iter_rows()),
+        args.out,
+    )
 
 
 if __name__ == "__main__":

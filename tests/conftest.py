@@ -222,36 +222,105 @@ def default_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # ---------------------------------------------------------------------------
 
 TINY_KB = [
-    {"kb_id": "Q1", "name": "Barack Obama", "type": "PER",
-     "description": "44th president of the United States.",
-     "aliases": [{"text": "Барак Обама", "lang": "ru"}, {"text": "奥巴马", "lang": "zh"}]},
-    {"kb_id": "Q2", "name": "Angela Merkel", "type": "PER", "description": "Chancellor of Germany from 2005 to 2021.",
-     "aliases": []},
-    {"kb_id": "Q3", "name": "Moscow", "type": "LOC", "description": "Capital and largest city of Russia.",
-     "aliases": [{"text": "Москва", "lang": "ru"}]},
-    {"kb_id": "Q4", "name": "Paris", "type": "LOC", "description": "Capital of France.",
-     "aliases": [{"text": "París", "lang": "es"}]},
-    {"kb_id": "Q5", "name": "United Nations", "type": "ORG", "description": "Intergovernmental organisation.",
-     "aliases": [{"text": "Naciones Unidas", "lang": "es"}]},
+    {
+        "kb_id": "Q1",
+        "name": "Barack Obama",
+        "type": "PER",
+        "description": "44th president of the United States.",
+        "aliases": [{"text": "Барак Обама", "lang": "ru"}, {"text": "奥巴马", "lang": "zh"}],
+    },
+    {
+        "kb_id": "Q2",
+        "name": "Angela Merkel",
+        "type": "PER",
+        "description": "Chancellor of Germany from 2005 to 2021.",
+        "aliases": [],
+    },
+    {
+        "kb_id": "Q3",
+        "name": "Moscow",
+        "type": "LOC",
+        "description": "Capital and largest city of Russia.",
+        "aliases": [{"text": "Москва", "lang": "ru"}],
+    },
+    {
+        "kb_id": "Q4",
+        "name": "Paris",
+        "type": "LOC",
+        "description": "Capital of France.",
+        "aliases": [{"text": "París", "lang": "es"}],
+    },
+    {
+        "kb_id": "Q5",
+        "name": "United Nations",
+        "type": "ORG",
+        "description": "Intergovernmental organisation.",
+        "aliases": [{"text": "Naciones Unidas", "lang": "es"}],
+    },
 ]
 
 # (id, doc_id, lang, split, text, mention, gold_kb_id, entity_type); offsets are computed.
 _TINY_MENTION_ROWS = [
-    ("en-1", "en-d1", "en", "train", "Barack Obama met Angela Merkel in Berlin on Monday.", "Barack Obama", "Q1", "PER"),
-    ("en-2", "en-d1", "en", "train", "Barack Obama met Angela Merkel in Berlin on Monday.", "Angela Merkel", "Q2", "PER"),
+    (
+        "en-1",
+        "en-d1",
+        "en",
+        "train",
+        "Barack Obama met Angela Merkel in Berlin on Monday.",
+        "Barack Obama",
+        "Q1",
+        "PER",
+    ),
+    (
+        "en-2",
+        "en-d1",
+        "en",
+        "train",
+        "Barack Obama met Angela Merkel in Berlin on Monday.",
+        "Angela Merkel",
+        "Q2",
+        "PER",
+    ),
     ("en-3", "en-d2", "en", "train", "Vladimir Putin spoke to reporters in Moscow.", "Moscow", "Q3", "LOC"),
     ("en-4", "en-d2", "en", "train", "Vladimir Putin spoke to reporters in Moscow.", "Vladimir Putin", "NIL", "PER"),
     ("en-5", "en-d3", "en", "dev", "Serena Williams won the final in Paris.", "Paris", "Q4", "LOC"),
     ("en-6", "en-d3", "en", "dev", "Serena Williams won the final in Paris.", "Serena Williams", "NIL", "PER"),
     ("en-7", "en-d4", "en", "test", "The United Nations opened its summit in New York.", "United Nations", "Q5", "ORG"),
     ("en-8", "en-d4", "en", "test", "The United Nations opened its summit in New York.", "New York", "NIL", "LOC"),
-    ("es-1", "es-d1", "es", "train", "Barack Obama se reunió con Angela Merkel en Berlín el lunes.", "Angela Merkel", "Q2", "PER"),
-    ("es-2", "es-d2", "es", "dev", "Las Naciones Unidas abrieron su cumbre en Nueva York.", "Naciones Unidas", "Q5", "ORG"),
+    (
+        "es-1",
+        "es-d1",
+        "es",
+        "train",
+        "Barack Obama se reunió con Angela Merkel en Berlín el lunes.",
+        "Angela Merkel",
+        "Q2",
+        "PER",
+    ),
+    (
+        "es-2",
+        "es-d2",
+        "es",
+        "dev",
+        "Las Naciones Unidas abrieron su cumbre en Nueva York.",
+        "Naciones Unidas",
+        "Q5",
+        "ORG",
+    ),
     ("es-3", "es-d3", "es", "test", "Serena Williams ganó la final en París.", "París", "Q4", "LOC"),
     ("es-4", "es-d3", "es", "test", "Serena Williams ganó la final en París.", "Serena Williams", "NIL", "PER"),
     ("ru-1", "ru-d1", "ru", "train", "Владимир Путин выступил перед журналистами в Москве.", "Москве", "Q3", "LOC"),
     ("ru-2", "ru-d2", "ru", "dev", "Барак Обама встретился с Ангелой Меркель в Берлине.", "Барак Обама", "Q1", "PER"),
-    ("ru-3", "ru-d3", "ru", "test", "Барак Обама встретился с Ангелой Меркель в Берлине.", "Ангелой Меркель", "Q2", "PER"),
+    (
+        "ru-3",
+        "ru-d3",
+        "ru",
+        "test",
+        "Барак Обама встретился с Ангелой Меркель в Берлине.",
+        "Ангелой Меркель",
+        "Q2",
+        "PER",
+    ),
     ("ru-4", "ru-d4", "ru", "test", "Серена Уильямс выиграла финал в Париже.", "Серена Уильямс", "NIL", "PER"),
 ]
 
@@ -261,9 +330,20 @@ def tiny_mention_records() -> list[dict]:
     records = []
     for mention_id, doc_id, lang, split, text, mention, gold, entity_type in _TINY_MENTION_ROWS:
         start = text.index(mention)
-        records.append({"id": mention_id, "doc_id": doc_id, "lang": lang, "text": text, "start": start,
-                        "end": start + len(mention), "mention": mention, "gold_kb_id": gold,
-                        "entity_type": entity_type, "split": split})
+        records.append(
+            {
+                "id": mention_id,
+                "doc_id": doc_id,
+                "lang": lang,
+                "text": text,
+                "start": start,
+                "end": start + len(mention),
+                "mention": mention,
+                "gold_kb_id": gold,
+                "entity_type": entity_type,
+                "split": split,
+            }
+        )
     return records
 
 
@@ -309,21 +389,37 @@ def write_toml(path: Path, top: dict, sections: dict[str, dict]) -> Path:
 
 
 TINY_TRAIN = {
-    "name_hidden": [16], "context_hidden": [16], "type_hidden": [8], "final_hidden": [16],
-    "epochs": 6, "eval_every": 2, "checkpoint_every": 2, "min_type_count": 1, "patience": 0,
-    "batch_mentions": 4, "negatives": 3,
+    "name_hidden": [16],
+    "context_hidden": [16],
+    "type_hidden": [8],
+    "final_hidden": [16],
+    "epochs": 6,
+    "eval_every": 2,
+    "checkpoint_every": 2,
+    "min_type_count": 1,
+    "patience": 0,
+    "batch_mentions": 4,
+    "negatives": 3,
 }
 
 
 def write_tiny_inputs(folder: Path) -> dict[str, Path]:
     """`mentions.jsonl` and `kb.jsonl` of the tiny run, written under folder/data."""
     data = folder / "data"
-    return {"mentions": write_jsonl(data / "mentions.jsonl", tiny_mention_records()),
-            "kb": write_jsonl(data / "kb.jsonl", TINY_KB)}
+    return {
+        "mentions": write_jsonl(data / "mentions.jsonl", tiny_mention_records()),
+        "kb": write_jsonl(data / "kb.jsonl", TINY_KB),
+    }
 
 
-def write_run_config(folder: Path, encoder_dir: Path, name: str = "run.toml", run_dir: Path | None | str = "default",
-                     data: dict[str, Path] | None = None, **sections: dict) -> Path:
+def write_run_config(
+    folder: Path,
+    encoder_dir: Path,
+    name: str = "run.toml",
+    run_dir: Path | None | str = "default",
+    data: dict[str, Path] | None = None,
+    **sections: dict,
+) -> Path:
     """Write a small run config under `folder` and return its path.
 
     Paths are absolute; the encoder is `encoder_dir`; the ranker is tiny (TINY_TRAIN).
@@ -366,6 +462,7 @@ def make_run_config(tmp_path: Path, tiny_encoder_dir: Path, tiny_inputs: dict[st
 
     `make_run_config(name="run.toml", run_dir=..., **sections)`; see `write_run_config`.
     """
+
     def make(name: str = "run.toml", run_dir: Path | None | str = "default", **sections: dict) -> Path:
         return write_run_config(tmp_path, tiny_encoder_dir, name=name, run_dir=run_dir, **sections)
 
@@ -398,8 +495,13 @@ def run_demo_linker(folder: Path, encoder_dir: Path, **sections: dict) -> tuple[
     os.environ["XEL_CACHE"] = str(folder / "run-cache")
     try:
         train = {"min_type_count": 5, "features": ["name", "context", "type", "triage"], **sections.pop("train", {})}
-        config = write_run_config(folder, encoder_dir, data={"mentions": demo / "mentions.jsonl", "kb": demo / "kb.jsonl"},
-                                  train=train, **sections)
+        config = write_run_config(
+            folder,
+            encoder_dir,
+            data={"mentions": demo / "mentions.jsonl", "kb": demo / "kb.jsonl"},
+            train=train,
+            **sections,
+        )
         result = CliRunner().invoke(main, ["run", "--config", str(config)])
         assert result.exit_code == 0, result.output + repr(result.exception)
     finally:
@@ -410,6 +512,7 @@ def run_demo_linker(folder: Path, encoder_dir: Path, **sections: dict) -> tuple[
 # ---------------------------------------------------------------------------
 # The CLI in-process (CliRunner), as every test module calls it.
 # ---------------------------------------------------------------------------
+
 
 def invoke(*args: object, exit_code: int | None = None):
     """`xel-cli ARGS` (each `str()`-ed) through click's CliRunner; with `exit_code`, asserts it (the output
@@ -437,9 +540,19 @@ def succeeded(result):
 
 SLOW_FOLDERS = {"cli", "link", "rerank", "studies", "benchmarks"}
 SLOW_FILES = {
-    "test_disk_checks.py", "test_threads.py", "test_distributed.py", "test_encode.py", "test_nota.py",
-    "test_encoder_build.py", "test_e5_tokenizer.py", "test_mention_window.py", "test_bad_inputs.py",
-    "test_name_matching.py", "test_train_settings.py", "test_staleness.py", "test_precision.py",
+    "test_disk_checks.py",
+    "test_threads.py",
+    "test_distributed.py",
+    "test_encode.py",
+    "test_nota.py",
+    "test_encoder_build.py",
+    "test_e5_tokenizer.py",
+    "test_mention_window.py",
+    "test_bad_inputs.py",
+    "test_name_matching.py",
+    "test_train_settings.py",
+    "test_staleness.py",
+    "test_precision.py",
 }
 
 

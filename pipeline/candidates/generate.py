@@ -42,8 +42,14 @@ class LearnedSources:
     encoder_identity: str | None
 
     @classmethod
-    def prepare(cls, aliases: pl.DataFrame, triage: TriageConfig, encoder_config: EncoderConfig,
-                encoder_identity: str | None = None, known_ids: pl.DataFrame | None = None) -> LearnedSources:
+    def prepare(
+        cls,
+        aliases: pl.DataFrame,
+        triage: TriageConfig,
+        encoder_config: EncoderConfig,
+        encoder_identity: str | None = None,
+        known_ids: pl.DataFrame | None = None,
+    ) -> LearnedSources:
         """Build what `triage`'s switched-on sources need; `encoder_identity` when the caller has it.
 
         `known_ids` (kb_id): the KB's ids, when it may lack some of the alias table's (link against
@@ -57,11 +63,18 @@ class LearnedSources:
             priors = {key: table.join(known, on="gold_kb_id", how="semi") for key, table in priors.items()}
         names = keys = ngrams = None
         if triage.use_fuzzy:
-            trained = aliases if known_ids is None else aliases.join(
-                known_ids.select(pl.col("kb_id").alias("gold_kb_id")), on="gold_kb_id", how="semi")
-            names = add_keys(trained.select(pl.col("mention").alias("surface"), pl.col("gold_kb_id").alias("kb_id")).unique(),
-                             "surface")
-            keys = names.select(pl.col("surface_roman").unique().sort()).filter(pl.col("surface_roman") != "")["surface_roman"]
+            trained = (
+                aliases
+                if known_ids is None
+                else aliases.join(known_ids.select(pl.col("kb_id").alias("gold_kb_id")), on="gold_kb_id", how="semi")
+            )
+            names = add_keys(
+                trained.select(pl.col("mention").alias("surface"), pl.col("gold_kb_id").alias("kb_id")).unique(),
+                "surface",
+            )
+            keys = names.select(pl.col("surface_roman").unique().sort()).filter(pl.col("surface_roman") != "")[
+                "surface_roman"
+            ]
             ngrams = name_ngrams(keys)
         if triage.use_dense and encoder_identity is None:
             from pipeline.encoders.encoder import configured_identity
@@ -70,8 +83,15 @@ class LearnedSources:
         return cls(priors, names, keys, ngrams, encoder_identity if triage.use_dense else None)
 
 
-def candidate_pieces(mentions: pl.DataFrame, kb: KbIndex, learned: LearnedSources, triage: TriageConfig,
-                     encoder_config: EncoderConfig, external: Path | None = None, encoder=None) -> list[pl.DataFrame]:
+def candidate_pieces(
+    mentions: pl.DataFrame,
+    kb: KbIndex,
+    learned: LearnedSources,
+    triage: TriageConfig,
+    encoder_config: EncoderConfig,
+    external: Path | None = None,
+    encoder=None,
+) -> list[pl.DataFrame]:
     """Candidates of every switched-on source, (mention_id, kb_id, score, source) each, KB ids only.
 
     `mentions` needs mention_id and mention; `kb` is the KB's indexes; `learned` is
@@ -85,18 +105,32 @@ def candidate_pieces(mentions: pl.DataFrame, kb: KbIndex, learned: LearnedSource
     surfaces = kb_names.surfaces
 
     def fuzzy() -> pl.DataFrame:
-        from_kb = fuzzy_candidates(keyed, surfaces, kb_names.roman_keys, kb_names.ngrams, triage.k, triage.fuzzy_min_score)
+        from_kb = fuzzy_candidates(
+            keyed, surfaces, kb_names.roman_keys, kb_names.ngrams, triage.k, triage.fuzzy_min_score
+        )
         # Training surface forms are matched too, from a small in-memory index (`LearnedSources`).
-        from_training = fuzzy_candidates(keyed, learned.training_names, learned.training_keys, learned.training_ngrams,
-                                         triage.k, triage.fuzzy_min_score)
+        from_training = fuzzy_candidates(
+            keyed,
+            learned.training_names,
+            learned.training_keys,
+            learned.training_ngrams,
+            triage.k,
+            triage.fuzzy_min_score,
+        )
         return pl.concat([from_kb, from_training]).group_by("mention_id", "kb_id", "source").agg(pl.col("score").max())
 
-    sources = {"priors": (triage.use_priors, lambda: prior_candidates(keyed, None, learned.priors)),
-               "KB names": (triage.use_kb_names, lambda: kb_name_candidates(keyed, surfaces)),
-               "fuzzy": (triage.use_fuzzy, fuzzy),
-               "dense": (triage.use_dense, lambda: dense_candidates(keyed, surfaces, encoder_config, triage, kb.root,
-                                                                    kb.fingerprint, encoder, learned.encoder_identity)),
-               "external": (external is not None, lambda: external_candidates(external, mentions, known_ids))}
+    sources = {
+        "priors": (triage.use_priors, lambda: prior_candidates(keyed, None, learned.priors)),
+        "KB names": (triage.use_kb_names, lambda: kb_name_candidates(keyed, surfaces)),
+        "fuzzy": (triage.use_fuzzy, fuzzy),
+        "dense": (
+            triage.use_dense,
+            lambda: dense_candidates(
+                keyed, surfaces, encoder_config, triage, kb.root, kb.fingerprint, encoder, learned.encoder_identity
+            ),
+        ),
+        "external": (external is not None, lambda: external_candidates(external, mentions, known_ids)),
+    }
     steps = [(name, step) for name, (on, step) in sources.items() if on]
     pieces: list[pl.DataFrame] = []
     with progress(len(steps), "triage: candidate sources", "sources", delay=2.0) as counter:
@@ -105,30 +139,45 @@ def candidate_pieces(mentions: pl.DataFrame, kb: KbIndex, learned: LearnedSource
             pieces.append(step())
             counter.update(1)
     if not pieces:
-        pieces.append(pl.DataFrame(schema={"mention_id": pl.String, "kb_id": pl.String, "score": pl.Float64, "source": pl.String}))
+        pieces.append(
+            pl.DataFrame(schema={"mention_id": pl.String, "kb_id": pl.String, "score": pl.Float64, "source": pl.String})
+        )
     return [p.join(known_ids, on="kb_id", how="semi") for p in pieces]
 
 
 def merge_candidates(pieces: list[pl.DataFrame], mentions: pl.DataFrame, k: int, oracle: bool) -> pl.DataFrame:
     """One ranked list per mention: scores summed over sources, top k, gold flagged."""
     rows = pl.concat([p.select("mention_id", "kb_id", pl.col("score").cast(pl.Float64), "source") for p in pieces])
-    merged = (rows.group_by("mention_id", "kb_id")
-              .agg(pl.col("score").sum(), pl.col("source").unique().sort().alias("sources"))
-              .sort(["mention_id", "score", "kb_id"], descending=[False, True, False])
-              .with_columns(pl.int_range(1, pl.len() + 1).over("mention_id").cast(pl.Int32).alias("rank"))
-              .filter(pl.col("rank") <= k))
+    merged = (
+        rows.group_by("mention_id", "kb_id")
+        .agg(pl.col("score").sum(), pl.col("source").unique().sort().alias("sources"))
+        .sort(["mention_id", "score", "kb_id"], descending=[False, True, False])
+        .with_columns(pl.int_range(1, pl.len() + 1).over("mention_id").cast(pl.Int32).alias("rank"))
+        .filter(pl.col("rank") <= k)
+    )
     gold = mentions.select("mention_id", "gold_kb_id")
     if oracle:
         linked = gold.filter(schema.linked_gold())
-        missing = linked.join(merged.select("mention_id", pl.col("kb_id").alias("gold_kb_id")), on=["mention_id", "gold_kb_id"], how="anti")
+        missing = linked.join(
+            merged.select("mention_id", pl.col("kb_id").alias("gold_kb_id")),
+            on=["mention_id", "gold_kb_id"],
+            how="anti",
+        )
         # The gold takes the last place of a full list, so the list keeps k entries.
         merged = merged.filter(~(pl.col("mention_id").is_in(missing["mention_id"].implode()) & (pl.col("rank") == k)))
         sizes = merged.group_by("mention_id").agg(pl.len().alias("n"))
         added = missing.join(sizes, on="mention_id", how="left").select(
-            "mention_id", pl.col("gold_kb_id").alias("kb_id"), pl.lit(0.0).alias("score"),
+            "mention_id",
+            pl.col("gold_kb_id").alias("kb_id"),
+            pl.lit(0.0).alias("score"),
             pl.lit(["oracle"]).cast(pl.List(pl.String)).alias("sources"),
-            (pl.col("n").fill_null(0) + 1).cast(pl.Int32).alias("rank"))
+            (pl.col("n").fill_null(0) + 1).cast(pl.Int32).alias("rank"),
+        )
         merged = pl.concat([merged.select(added.columns), added])
     flagged = merged.join(gold, on="mention_id", how="left").with_columns(
-        pl.when(pl.col("gold_kb_id").is_null()).then(None).otherwise(pl.col("kb_id") == pl.col("gold_kb_id")).alias("is_gold"))
+        pl.when(pl.col("gold_kb_id").is_null())
+        .then(None)
+        .otherwise(pl.col("kb_id") == pl.col("gold_kb_id"))
+        .alias("is_gold")
+    )
     return flagged.select(list(schema.CANDIDATES)).cast(schema.CANDIDATES).sort("mention_id", "rank")

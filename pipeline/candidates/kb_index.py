@@ -91,12 +91,15 @@ class KbIndex:
 def name_ngrams(roman_keys: pl.Series, folder: Path | None = None) -> TantivyNameIndex:
     """The four-gram index of romanised names, on their content words (as fuzzy matching
     scores them), written into `folder` or, when None, kept in memory."""
-    return TantivyNameIndex.build(roman_keys.to_frame().select(content_words(pl.col(roman_keys.name))).to_series(),
-                                  folder)
+    return TantivyNameIndex.build(
+        roman_keys.to_frame().select(content_words(pl.col(roman_keys.name))).to_series(), folder
+    )
 
 
 def index_key(kb_fingerprint: str, part: str, settings: dict) -> str:
-    payload = json.dumps({"version": INDEX_VERSION, "kb": kb_fingerprint, "part": part, "settings": settings}, sort_keys=True)
+    payload = json.dumps(
+        {"version": INDEX_VERSION, "kb": kb_fingerprint, "part": part, "settings": settings}, sort_keys=True
+    )
     return f"{part}-{hashlib.blake2b(payload.encode(), digest_size=8).hexdigest()}"
 
 
@@ -145,6 +148,7 @@ def _remove(folder: Path) -> None:
 
 def kb_entities(kb_path: Path, root: Path, kb_fingerprint: str) -> Path:
     """The KB read into `entities.parquet` (streamed, checked record by record), once per KB file."""
+
     def build(folder: Path) -> None:
         if write_entities(kb_path, folder / "entities.parquet") == 0:
             raise InputError("E107", path=kb_path)
@@ -162,8 +166,11 @@ def names_index(entities: pl.DataFrame, root: Path, kb_fingerprint: str) -> KbNa
         write_parquet_atomic(roman_keys, folder / "roman_keys.parquet")
 
     folder = _cached(root, index_key(kb_fingerprint, "names", {}), build)
-    return KbNames(pl.read_parquet(folder / "surfaces.parquet"),
-                   pl.read_parquet(folder / "roman_keys.parquet")["surface_roman"], TantivyNameIndex.load(folder))
+    return KbNames(
+        pl.read_parquet(folder / "surfaces.parquet"),
+        pl.read_parquet(folder / "roman_keys.parquet")["surface_roman"],
+        TantivyNameIndex.load(folder),
+    )
 
 
 @dataclass(frozen=True)
@@ -176,8 +183,13 @@ class DenseNames:
         return self.index.search(np.ascontiguousarray(query_vectors, dtype=np.float32), min(k, len(self.surfaces)))
 
 
-def dense_index(surfaces: list[str] | Callable[[], list[str]], embed: Callable[[list[str]], np.ndarray], root: Path,
-                kb_fingerprint: str, settings: dict) -> DenseNames:
+def dense_index(
+    surfaces: list[str] | Callable[[], list[str]],
+    embed: Callable[[list[str]], np.ndarray],
+    root: Path,
+    kb_fingerprint: str,
+    settings: dict,
+) -> DenseNames:
     """The FAISS index of `surfaces` (or of what the callable returns, called only to build it)."""
     import faiss
 
@@ -212,4 +224,3 @@ def dense_index(surfaces: list[str] | Callable[[], list[str]], embed: Callable[[
 
 
 _DENSE_LOADED: dict[tuple[Path, int], DenseNames] = {}
-

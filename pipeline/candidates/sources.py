@@ -45,15 +45,19 @@ def alias_priors(aliases: pl.DataFrame) -> dict[str, pl.DataFrame]:
     return priors
 
 
-def prior_candidates(mentions: pl.DataFrame, aliases: pl.DataFrame | None,
-                     priors: dict[str, pl.DataFrame] | None = None) -> pl.DataFrame:
+def prior_candidates(
+    mentions: pl.DataFrame, aliases: pl.DataFrame | None, priors: dict[str, pl.DataFrame] | None = None
+) -> pl.DataFrame:
     """P(e|m) from the alias table (`alias_table`), matched on folded, then romanised strings;
     `priors`: the table's `alias_priors`, when the caller has them already."""
     priors = priors if priors is not None else alias_priors(aliases)
     parts = []
     for key, table in priors.items():
-        parts.append(mentions.select("mention_id", key).join(table, on=key)
-                     .select("mention_id", pl.col("gold_kb_id").alias("kb_id"), "score"))
+        parts.append(
+            mentions.select("mention_id", key)
+            .join(table, on=key)
+            .select("mention_id", pl.col("gold_kb_id").alias("kb_id"), "score")
+        )
     best = pl.concat(parts).group_by("mention_id", "kb_id").agg(pl.col("score").max())
     return best.with_columns(pl.lit("prior").alias("source"))
 
@@ -64,21 +68,38 @@ def kb_name_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame) -> pl.Dat
     An empty key (punctuation only: `--`, `...`) matches nothing."""
     parts = []
     for key in ("fold", "roman"):
-        parts.append(mentions.select("mention_id", pl.col(f"mention_{key}").alias("key")).filter(pl.col("key") != "")
-                     .join(surfaces.select(pl.col(f"surface_{key}").alias("key"), "kb_id"), on="key")
-                     .select("mention_id", "kb_id", pl.lit(1.0).alias("score")))
+        parts.append(
+            mentions.select("mention_id", pl.col(f"mention_{key}").alias("key"))
+            .filter(pl.col("key") != "")
+            .join(surfaces.select(pl.col(f"surface_{key}").alias("key"), "kb_id"), on="key")
+            .select("mention_id", "kb_id", pl.lit(1.0).alias("score"))
+        )
     capitals = mentions.filter(drop_article(pl.col("mention")).str.contains(r"^[A-Z][A-Z.&]{1,7}$"))
-    parts.append(capitals.select("mention_id", pl.col("mention_roman").str.replace_all(" ", "").alias("key"))
-                 .join(surfaces.filter(pl.col("surface_acronym") != "").select(pl.col("surface_acronym").alias("key"), "kb_id"),
-                       on="key")
-                 .select("mention_id", "kb_id", pl.lit(0.5).alias("score")))
+    parts.append(
+        capitals.select("mention_id", pl.col("mention_roman").str.replace_all(" ", "").alias("key"))
+        .join(
+            surfaces.filter(pl.col("surface_acronym") != "").select(pl.col("surface_acronym").alias("key"), "kb_id"),
+            on="key",
+        )
+        .select("mention_id", "kb_id", pl.lit(0.5).alias("score"))
+    )
     # Repeats (two surfaces of one entity with the same key) fold into one row here.
-    return (pl.concat(parts).group_by("mention_id", "kb_id").agg(pl.col("score").max())
-            .with_columns(pl.lit("kb_name").alias("source")))
+    return (
+        pl.concat(parts)
+        .group_by("mention_id", "kb_id")
+        .agg(pl.col("score").max())
+        .with_columns(pl.lit("kb_name").alias("source"))
+    )
 
 
-def fuzzy_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, roman_keys: pl.Series, ngrams: TantivyNameIndex,
-                     k: int, min_score: float) -> pl.DataFrame:
+def fuzzy_candidates(
+    mentions: pl.DataFrame,
+    surfaces: pl.DataFrame,
+    roman_keys: pl.Series,
+    ngrams: TantivyNameIndex,
+    k: int,
+    min_score: float,
+) -> pl.DataFrame:
     """Fuzzy matches of each distinct romanised mention string among the indexed names.
 
     The four-gram index shortlists `FUZZY_SHORTLIST` names per string (any object with
@@ -87,30 +108,50 @@ def fuzzy_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, roman_keys:
     `roman_keys[i]` is the name at row i of `ngrams`; `surfaces` maps surface_roman to kb_id.
     """
     # Sorted: `unique` order varies from run to run, and ties at a cut would follow it.
-    queries = mentions.select(pl.col("mention_roman").unique().sort()).filter(pl.col("mention_roman") != "")["mention_roman"]
+    queries = mentions.select(pl.col("mention_roman").unique().sort()).filter(pl.col("mention_roman") != "")[
+        "mention_roman"
+    ]
     query_content = queries.to_frame().select(content_words(pl.col("mention_roman")))["mention_roman"]
     shortlist = ngrams.shortlist(query_content, top_n=FUZZY_SHORTLIST)
     query_text = queries.gather(shortlist["query"].to_numpy())
     choice_text = roman_keys.gather(shortlist["name"].to_numpy())
     # Scored on content words: WRatio's token-set part would count a shared `de` as a match.
-    scores = process.cpdist(query_content.gather(shortlist["query"].to_numpy()).to_list(),
-                            choice_text.to_frame().select(content_words(pl.col(choice_text.name))).to_series().to_list(),
-                            scorer=fuzz.WRatio, workers=-1, dtype=np.uint8)
-    matches = (pl.DataFrame({"mention_roman": query_text, "surface_roman": choice_text,
-                             "score": scores.astype(np.float64) / 100.0})
-               .filter(pl.col("score") >= min_score / 100.0)
-               .sort(["mention_roman", "score", "surface_roman"], descending=[False, True, False])
-               .filter(pl.int_range(pl.len()).over("mention_roman") < 4 * k))
+    scores = process.cpdist(
+        query_content.gather(shortlist["query"].to_numpy()).to_list(),
+        choice_text.to_frame().select(content_words(pl.col(choice_text.name))).to_series().to_list(),
+        scorer=fuzz.WRatio,
+        workers=-1,
+        dtype=np.uint8,
+    )
+    matches = (
+        pl.DataFrame(
+            {"mention_roman": query_text, "surface_roman": choice_text, "score": scores.astype(np.float64) / 100.0}
+        )
+        .filter(pl.col("score") >= min_score / 100.0)
+        .sort(["mention_roman", "score", "surface_roman"], descending=[False, True, False])
+        .filter(pl.int_range(pl.len()).over("mention_roman") < 4 * k)
+    )
     # Not deduplicated first (a `unique` over millions of surfaces): the group_by below does it.
     by_entity = matches.join(surfaces.select("surface_roman", "kb_id"), on="surface_roman")
-    return (mentions.select("mention_id", "mention_roman").join(by_entity, on="mention_roman")
-            .group_by("mention_id", "kb_id").agg(pl.col("score").max())
-            .with_columns(pl.lit("fuzzy").alias("source")))
+    return (
+        mentions.select("mention_id", "mention_roman")
+        .join(by_entity, on="mention_roman")
+        .group_by("mention_id", "kb_id")
+        .agg(pl.col("score").max())
+        .with_columns(pl.lit("fuzzy").alias("source"))
+    )
 
 
-def dense_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, encoder_config: EncoderConfig,
-                     config: TriageConfig, index_root: Path, kb_fingerprint: str, encoder=None,
-                     identity: str | None = None) -> pl.DataFrame:
+def dense_candidates(
+    mentions: pl.DataFrame,
+    surfaces: pl.DataFrame,
+    encoder_config: EncoderConfig,
+    config: TriageConfig,
+    index_root: Path,
+    kb_fingerprint: str,
+    encoder=None,
+    identity: str | None = None,
+) -> pl.DataFrame:
     """Nearest KB names and aliases of each distinct mention string (its leading article
     dropped) by encoder cosine similarity, from a FAISS index cached per KB and encoder.
     `encoder` (a `LoadedEncoder` of `encoder_config`) and `identity` (its `encoder_identity`, which
@@ -121,12 +162,16 @@ def dense_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, encoder_con
 
     def embed(texts: list[str]) -> np.ndarray:
         with progress_counter(len(texts), "dense triage", "strings") as progress:
-            return embed_texts(encoder, [config.dense_prefix + t for t in texts], encoder_config.max_name_tokens,
-                               encoder_config.batch_tokens, progress)
+            return embed_texts(
+                encoder,
+                [config.dense_prefix + t for t in texts],
+                encoder_config.max_name_tokens,
+                encoder_config.batch_tokens,
+                progress,
+            )
 
     identity = identity or encoder.identity  # holds the precision, so a change of it rebuilds the index
-    settings = {"encoder": identity, "prefix": config.dense_prefix,
-                "max_name_tokens": encoder_config.max_name_tokens}
+    settings = {"encoder": identity, "prefix": config.dense_prefix, "max_name_tokens": encoder_config.max_name_tokens}
     names = surfaces.select("surface", "kb_id")  # unique already (kb_index.keyed_surfaces)
     # A callable: the distinct names are only needed when the index is built.
     dense = dense_index(lambda: names["surface"].unique().sort().to_list(), embed, index_root, kb_fingerprint, settings)
@@ -135,14 +180,24 @@ def dense_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame, encoder_con
     logger.info("dense triage: %d mention strings against %d KB names", len(queries), len(dense.surfaces))
     similarities, rows = dense.search(embed(queries), config.dense_k)  # (queries, dense_k)
     found = rows >= 0
-    matches = pl.DataFrame({
-        "query": np.repeat(np.asarray(queries, dtype=object), found.sum(axis=1)).tolist(),
-        "surface": np.asarray(dense.surfaces, dtype=object)[rows[found]].tolist(),
-        "score": np.clip((similarities[found].astype(np.float64) - config.dense_floor) / (1 - config.dense_floor), 0, 1),
-    }, schema={"query": pl.String, "surface": pl.String, "score": pl.Float64}).filter(pl.col("score") > 0)
-    return (mentions.select("mention_id", drop_article(pl.col("mention")).alias("query")).join(matches, on="query")
-            .join(names, on="surface").group_by("mention_id", "kb_id").agg(pl.col("score").max())
-            .with_columns(pl.lit("dense").alias("source")))
+    matches = pl.DataFrame(
+        {
+            "query": np.repeat(np.asarray(queries, dtype=object), found.sum(axis=1)).tolist(),
+            "surface": np.asarray(dense.surfaces, dtype=object)[rows[found]].tolist(),
+            "score": np.clip(
+                (similarities[found].astype(np.float64) - config.dense_floor) / (1 - config.dense_floor), 0, 1
+            ),
+        },
+        schema={"query": pl.String, "surface": pl.String, "score": pl.Float64},
+    ).filter(pl.col("score") > 0)
+    return (
+        mentions.select("mention_id", drop_article(pl.col("mention")).alias("query"))
+        .join(matches, on="query")
+        .join(names, on="surface")
+        .group_by("mention_id", "kb_id")
+        .agg(pl.col("score").max())
+        .with_columns(pl.lit("dense").alias("source"))
+    )
 
 
 def external_candidates(path: Path, mentions: pl.DataFrame, kb_ids: pl.DataFrame) -> pl.DataFrame:
@@ -159,31 +214,61 @@ def external_candidates(path: Path, mentions: pl.DataFrame, kb_ids: pl.DataFrame
     except FileNotFoundError:
         raise InputError("E108", path=path) from None
     except (pl.exceptions.PolarsError, UnicodeDecodeError) as exc:
-        raise InputError("E112", path=path, line="?", detail=f"cannot be parsed as {'TSV' if separator == chr(9) else 'CSV'}: {str(exc).splitlines()[0]}; "
-                                                          "write it with the header mention_id,kb_id,score and three columns a row") from None
+        raise InputError(
+            "E112",
+            path=path,
+            line="?",
+            detail=f"cannot be parsed as {'TSV' if separator == chr(9) else 'CSV'}: {str(exc).splitlines()[0]}; "
+            "write it with the header mention_id,kb_id,score and three columns a row",
+        ) from None
     for column in ("mention_id", "kb_id", "score"):
         if column not in frame.columns:
-            raise InputError("E112", path=path, line=1, detail=f"header lacks column '{column}'; give the header mention_id, kb_id, score")
+            raise InputError(
+                "E112",
+                path=path,
+                line=1,
+                detail=f"header lacks column '{column}'; give the header mention_id, kb_id, score",
+            )
     frame = frame.with_row_index("line", offset=2)
     score = frame["score"].cast(pl.Float64, strict=False)
     bad = frame.filter(score.is_null() | frame["kb_id"].is_null() | frame["mention_id"].is_null()).head(1)
     if not bad.is_empty():
         row = bad.row(0, named=True)
-        raise InputError("E112", path=path, line=row["line"], detail=f"needs a mention_id, a kb_id and a numeric score, got {row}; fill in that row or remove it")
+        raise InputError(
+            "E112",
+            path=path,
+            line=row["line"],
+            detail=f"needs a mention_id, a kb_id and a numeric score, got {row}; fill in that row or remove it",
+        )
     unknown = frame.join(mentions.select("mention_id"), on="mention_id", how="anti")
     if unknown.height:
         # Outside triage often covers a larger mention set than this run: warned, not refused.
-        warn(logger, "W103", path=path, count=unknown.height,
-             example=f"{unknown['mention_id'][0]!r} on line {unknown['line'][0]}")
+        warn(
+            logger,
+            "W103",
+            path=path,
+            count=unknown.height,
+            example=f"{unknown['mention_id'][0]!r} on line {unknown['line'][0]}",
+        )
     unknown = frame.join(kb_ids, on="kb_id", how="anti")
     if unknown.height:
         warn(logger, "W106", path=path, count=unknown.height, line=unknown["line"][0], example=unknown["kb_id"][0])
     repeated = frame.filter(~pl.struct("mention_id", "kb_id").is_first_distinct())
     if repeated.height:
         first = repeated.row(0, named=True)
-        warn(logger, "W105", path=path, count=repeated.height, line=first["line"],
-             example=f"{first['mention_id']},{first['kb_id']}")
-    return (frame.with_columns(score.alias("score")).join(mentions.select("mention_id"), on="mention_id", how="semi")
-            .join(kb_ids, on="kb_id", how="semi")
-            .group_by("mention_id", "kb_id").agg(pl.col("score").max())
-            .select("mention_id", "kb_id", pl.col("score").clip(0, 1), pl.lit("external").alias("source")))
+        warn(
+            logger,
+            "W105",
+            path=path,
+            count=repeated.height,
+            line=first["line"],
+            example=f"{first['mention_id']},{first['kb_id']}",
+        )
+    return (
+        frame.with_columns(score.alias("score"))
+        .join(mentions.select("mention_id"), on="mention_id", how="semi")
+        .join(kb_ids, on="kb_id", how="semi")
+        .group_by("mention_id", "kb_id")
+        .agg(pl.col("score").max())
+        .select("mention_id", "kb_id", pl.col("score").clip(0, 1), pl.lit("external").alias("source"))
+    )

@@ -50,14 +50,16 @@ def _schema() -> tantivy.Schema:
 
 def _register_tokenizer(index: tantivy.Index) -> None:
     # Tokenizers are not saved with an index; every opened index needs it again.
-    index.register_tokenizer(TOKENIZER, tantivy.TextAnalyzerBuilder(
-        tantivy.Tokenizer.ngram(NGRAM_SIZE, NGRAM_SIZE, prefix_only=False)).build())
+    index.register_tokenizer(
+        TOKENIZER,
+        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.ngram(NGRAM_SIZE, NGRAM_SIZE, prefix_only=False)).build(),
+    )
 
 
 def padded_ngrams(text: str) -> set[str]:
     """The distinct four-grams of `text` padded with a space at each end."""
     padded = f" {text} "
-    return {padded[start:start + NGRAM_SIZE] for start in range(len(padded) - NGRAM_SIZE + 1)}
+    return {padded[start : start + NGRAM_SIZE] for start in range(len(padded) - NGRAM_SIZE + 1)}
 
 
 @dataclass(frozen=True)
@@ -104,15 +106,19 @@ class TantivyNameIndex:
         return cls(index, len(names))
 
     @staticmethod
-    def _search(searcher, schema, one_segment: bool, grams: list[str], frequency: dict[str, int], top_n: int,
-                lookup_ngrams: int) -> list[int]:
+    def _search(
+        searcher, schema, one_segment: bool, grams: list[str], frequency: dict[str, int], top_n: int, lookup_ngrams: int
+    ) -> list[int]:
         """Rows of the `top_n` names BM25 ranks first for one text's `lookup_ngrams` rarest four-grams."""
         rare = sorted((frequency[gram], gram) for gram in grams if frequency[gram] > 0)[:lookup_ngrams]
         if not rare:
             return []
-        search = tantivy.Query.boolean_query([
-            (tantivy.Occur.Should, tantivy.Query.term_query(schema, "name", gram, index_option="freq"))
-            for _, gram in rare])
+        search = tantivy.Query.boolean_query(
+            [
+                (tantivy.Occur.Should, tantivy.Query.term_query(schema, "name", gram, index_option="freq"))
+                for _, gram in rare
+            ]
+        )
         hits = searcher.search(search, limit=top_n, count=False).hits
         if one_segment:
             return [address.doc for _, address in hits]
@@ -161,5 +167,7 @@ class TantivyNameIndex:
             counter.update(len(texts_ngrams) % PROGRESS_EVERY)
         query_rows = np.asarray(queries, dtype=np.int64)
         rank = np.arange(len(query_rows)) - np.searchsorted(query_rows, query_rows)
-        return pl.DataFrame({"query": query_rows, "name": np.asarray(names, dtype=np.int64), "rank": rank},
-                            schema={"query": pl.Int64, "name": pl.Int64, "rank": pl.Int64})
+        return pl.DataFrame(
+            {"query": query_rows, "name": np.asarray(names, dtype=np.int64), "rank": rank},
+            schema={"query": pl.Int64, "name": pl.Int64, "rank": pl.Int64},
+        )

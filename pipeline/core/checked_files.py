@@ -65,7 +65,7 @@ def non_finite_count(array: np.ndarray) -> int:
         return 0
     flat = array.reshape(len(array), -1) if array.ndim > 1 else array.reshape(-1, 1)
     rows = max(1, BLOCK_BYTES // max(1, flat.shape[1] * flat.itemsize))
-    return int(sum(np.count_nonzero(~np.isfinite(flat[first:first + rows])) for first in range(0, len(flat), rows)))
+    return int(sum(np.count_nonzero(~np.isfinite(flat[first : first + rows])) for first in range(0, len(flat), rows)))
 
 
 def _describe(path: Path) -> dict:
@@ -122,13 +122,20 @@ def seal(record_path: Path, files: Iterable[Path], content: dict | None = None) 
 def seal_folder(folder: Path, content: dict | None = None) -> None:
     """Seal every file under `folder` (recursively) in `folder/RECORD_NAME`, but lock files (`*.lock`,
     e.g. tantivy's, which a reader may touch)."""
-    seal(folder / RECORD_NAME, (path for path in folder.rglob("*")
-                                if path.is_file() and path.name != RECORD_NAME and path.suffix != ".lock"), content)
+    seal(
+        folder / RECORD_NAME,
+        (path for path in folder.rglob("*") if path.is_file() and path.name != RECORD_NAME and path.suffix != ".lock"),
+        content,
+    )
 
 
 def _read(record_path: Path) -> dict:
     payload = json.loads(record_path.read_text(encoding="utf-8"))
-    if not isinstance(payload, dict) or payload.get("version") != RECORD_VERSION or not isinstance(payload.get("files"), dict):
+    if (
+        not isinstance(payload, dict)
+        or payload.get("version") != RECORD_VERSION
+        or not isinstance(payload.get("files"), dict)
+    ):
         raise ValueError("not a record of this xel")
     return payload
 

@@ -34,16 +34,26 @@ def _check(where: str, name: str, value: object, ok: bool, reason: str) -> None:
 
 def _check_device(where: str, device: object) -> None:
     """E203 for a `device` setting not written as `DEVICE_PATTERN` ([encoder] and [train] alike)."""
-    _check(where, "device", device, isinstance(device, str) and re.fullmatch(DEVICE_PATTERN, device) is not None,
-           DEVICE_EXPECTED)
+    _check(
+        where,
+        "device",
+        device,
+        isinstance(device, str) and re.fullmatch(DEVICE_PATTERN, device) is not None,
+        DEVICE_EXPECTED,
+    )
 
 
 def language_settings(where: str, name: str, tags: Iterable[str]) -> list[str]:
     """Language settings read as the inputs' languages are (`pipeline.core.languages`: en-US -> en); E203
     for a value that is not a language tag (`unknown`, the TAC reader's label, may be named too)."""
     tags = list(tags)
-    _check(where, name, tags, all(is_language_tag(tag) or tag == UNKNOWN_LANGUAGE for tag in tags),
-           f"each should be {LANGUAGE_TAG_EXPECTED}")
+    _check(
+        where,
+        name,
+        tags,
+        all(is_language_tag(tag) or tag == UNKNOWN_LANGUAGE for tag in tags),
+        f"each should be {LANGUAGE_TAG_EXPECTED}",
+    )
     return [tag if tag == UNKNOWN_LANGUAGE else normalise_language(tag) for tag in tags]
 
 
@@ -53,8 +63,13 @@ def language_keyed(where: str, name: str, values: dict[str, Any]) -> dict[str, A
     keys = language_settings(where, name, values)
     first_tag: dict[str, str] = {}
     for tag, key in zip(values, keys):
-        _check(where, name, values, key not in first_tag,
-               f"keys {first_tag.get(key)!r} and {tag!r} both mean language {key!r}; keep one of them")
+        _check(
+            where,
+            name,
+            values,
+            key not in first_tag,
+            f"keys {first_tag.get(key)!r} and {tag!r} both mean language {key!r}; keep one of them",
+        )
         first_tag[key] = tag
     return dict(zip(keys, values.values()))
 
@@ -94,10 +109,20 @@ class InputsConfig:
         _check(where, "kb", self.kb, self.kb is not None, "a KB JSONL file is required")
         has_jsonl = self.mentions is not None
         has_tac = any(p is not None for p in (self.tac_train, self.tac_dev, self.tac_test))
-        _check(where, "mentions", self.mentions, has_jsonl or has_tac,
-               "give mentions = a JSONL file, or tac_train/tac_dev/tac_test .tab files with tac_source")
-        _check(where, "tac_source", self.tac_source, not has_tac or self.tac_source is not None,
-               "TAC .tab files need tac_source, the folder of source documents")
+        _check(
+            where,
+            "mentions",
+            self.mentions,
+            has_jsonl or has_tac,
+            "give mentions = a JSONL file, or tac_train/tac_dev/tac_test .tab files with tac_source",
+        )
+        _check(
+            where,
+            "tac_source",
+            self.tac_source,
+            not has_tac or self.tac_source is not None,
+            "TAC .tab files need tac_source, the folder of source documents",
+        )
         _check(where, "context_chars", self.context_chars, self.context_chars >= 50, "must be at least 50")
 
 
@@ -129,11 +154,21 @@ class EncoderConfig:
         where = "[encoder]"
         _check(where, "name", self.name, bool(self.name), "give a model name or folder")
         _check(where, "name_layer", self.name_layer, self.name_layer >= 0, "must be >= 0")
-        _check(where, "max_context_tokens", self.max_context_tokens,
-               16 <= self.max_context_tokens <= 8192, "must be between 16 and 8192")
+        _check(
+            where,
+            "max_context_tokens",
+            self.max_context_tokens,
+            16 <= self.max_context_tokens <= 8192,
+            "must be between 16 and 8192",
+        )
         _check(where, "max_name_tokens", self.max_name_tokens, self.max_name_tokens >= 4, "must be >= 4")
-        _check(where, "batch_tokens", self.batch_tokens, self.batch_tokens >= self.max_context_tokens,
-               "must be at least max_context_tokens")
+        _check(
+            where,
+            "batch_tokens",
+            self.batch_tokens,
+            self.batch_tokens >= self.max_context_tokens,
+            "must be at least max_context_tokens",
+        )
         _check(where, "chunk_texts", self.chunk_texts, self.chunk_texts >= 1, "must be >= 1")
         _check_device(where, self.device)
         _check(where, "precision", self.precision, self.precision in PRECISIONS, PRECISION_EXPECTED)
@@ -237,41 +272,88 @@ class TrainConfig:
         where = "[train]"
         _check_device(where, self.device)
         known = {"name", "context", "type", "triage"}
-        _check(where, "features", self.features, bool(self.features) and set(self.features) <= known,
-               f"use a non-empty subset of {sorted(known)}")
+        _check(
+            where,
+            "features",
+            self.features,
+            bool(self.features) and set(self.features) <= known,
+            f"use a non-empty subset of {sorted(known)}",
+        )
         for name in ("name_hidden", "context_hidden", "type_hidden", "triage_hidden", "final_hidden"):
             sizes = getattr(self, name)
-            _check(where, name, sizes, bool(sizes) and all(isinstance(s, int) and s > 0 for s in sizes),
-                   "give at least one layer; sizes must be positive integers")
+            _check(
+                where,
+                name,
+                sizes,
+                bool(sizes) and all(isinstance(s, int) and s > 0 for s in sizes),
+                "give at least one layer; sizes must be positive integers",
+            )
         _check(where, "dropout", self.dropout, 0 <= self.dropout < 1, "must be in [0, 1)")
         _check(where, "learning_rate", self.learning_rate, 0 < self.learning_rate < 1, "must be in (0, 1)")
         _check(where, "batch_mentions", self.batch_mentions, self.batch_mentions >= 1, "must be >= 1")
         _check(where, "negatives", self.negatives, self.negatives >= 1, "must be >= 1")
-        _check(where, "hard_negative_share", self.hard_negative_share, 0 <= self.hard_negative_share <= 1, "must be in [0, 1]")
+        _check(
+            where,
+            "hard_negative_share",
+            self.hard_negative_share,
+            0 <= self.hard_negative_share <= 1,
+            "must be in [0, 1]",
+        )
         _check(where, "margin", self.margin, self.margin > 0, "must be > 0")
         _check(where, "epochs", self.epochs, self.epochs >= 1, "must be >= 1")
         _check(where, "eval_every", self.eval_every, self.eval_every >= 1, "must be >= 1")
         _check(where, "checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 1, "must be >= 1")
-        _check(where, "checkpoint_minutes", self.checkpoint_minutes,
-               math.isfinite(self.checkpoint_minutes) and self.checkpoint_minutes >= 0, "must be >= 0 (0: off)")
+        _check(
+            where,
+            "checkpoint_minutes",
+            self.checkpoint_minutes,
+            math.isfinite(self.checkpoint_minutes) and self.checkpoint_minutes >= 0,
+            "must be >= 0 (0: off)",
+        )
         _check(where, "weight_average", self.weight_average, 0 <= self.weight_average < 1, "must be in [0, 1) (0: off)")
         _check(where, "baseline", self.baseline, self.baseline in ("none", "nn"), "use none (the ranker) or nn")
-        _check(where, "train_languages", self.train_languages, all(self.train_languages), "language codes cannot be empty")
-        object.__setattr__(self, "train_languages", tuple(language_settings(where, "train_languages", self.train_languages)))
+        _check(
+            where, "train_languages", self.train_languages, all(self.train_languages), "language codes cannot be empty"
+        )
+        object.__setattr__(
+            self, "train_languages", tuple(language_settings(where, "train_languages", self.train_languages))
+        )
         if self.downsample_to_language:
-            object.__setattr__(self, "downsample_to_language",
-                               language_settings(where, "downsample_to_language", [self.downsample_to_language])[0])
-        _check(where, "name_pair_weight", self.name_pair_weight, 0 <= self.name_pair_weight < float("inf"),
-               "must be >= 0 (0 turns the name-matching loss off)")
+            object.__setattr__(
+                self,
+                "downsample_to_language",
+                language_settings(where, "downsample_to_language", [self.downsample_to_language])[0],
+            )
+        _check(
+            where,
+            "name_pair_weight",
+            self.name_pair_weight,
+            0 <= self.name_pair_weight < float("inf"),
+            "must be >= 0 (0 turns the name-matching loss off)",
+        )
         _check(where, "name_pair_negatives", self.name_pair_negatives, self.name_pair_negatives >= 1, "must be >= 1")
-        _check(where, "nil_candidate", self.nil_candidate, isinstance(self.nil_candidate, bool)
-               and not (self.nil_candidate and self.baseline == "nn"),
-               "use true or false; the nearest-neighbour baseline has no NIL score (set baseline = none)")
+        _check(
+            where,
+            "nil_candidate",
+            self.nil_candidate,
+            isinstance(self.nil_candidate, bool) and not (self.nil_candidate and self.baseline == "nn"),
+            "use true or false; the nearest-neighbour baseline has no NIL score (set baseline = none)",
+        )
         if self.name_pairs is not None:
-            _check(where, "name_pairs", str(self.name_pairs), self.name_pairs.suffix.lower() in (".tsv", ".txt", ".jsonl"),
-                   "give a .tsv (or .txt) file of tab-separated pairs or a .jsonl file")
-            _check(where, "name_pairs", str(self.name_pairs), "name" in self.features and self.baseline == "none",
-                   "name matching trains the ranker's name pair MLP: keep \"name\" in features and baseline = none")
+            _check(
+                where,
+                "name_pairs",
+                str(self.name_pairs),
+                self.name_pairs.suffix.lower() in (".tsv", ".txt", ".jsonl"),
+                "give a .tsv (or .txt) file of tab-separated pairs or a .jsonl file",
+            )
+            _check(
+                where,
+                "name_pairs",
+                str(self.name_pairs),
+                "name" in self.features and self.baseline == "none",
+                'name matching trains the ranker\'s name pair MLP: keep "name" in features and baseline = none',
+            )
 
 
 @dataclass(frozen=True)
@@ -319,8 +401,13 @@ class RerankConfig:
         _check(where, "max_context_tokens", self.max_context_tokens, self.max_context_tokens >= 8, "must be >= 8")
         # [CLS] context with two markers [SEP] NIL, then each candidate's marker and at least two sub-words, [SEP].
         least = self.max_context_tokens + 5 + 3 * self.top_k
-        _check(where, "max_seq_tokens", self.max_seq_tokens, least <= self.max_seq_tokens <= 8192,
-               f"must be between max_context_tokens + 5 + 3 * top_k = {least} and 8192")
+        _check(
+            where,
+            "max_seq_tokens",
+            self.max_seq_tokens,
+            least <= self.max_seq_tokens <= 8192,
+            f"must be between max_context_tokens + 5 + 3 * top_k = {least} and 8192",
+        )
         _check(where, "epochs", self.epochs, self.epochs >= 1, "must be >= 1")
         _check(where, "learning_rate", self.learning_rate, 0 < self.learning_rate < 1, "must be in (0, 1)")
         _check(where, "batch_mentions", self.batch_mentions, self.batch_mentions >= 1, "must be >= 1")
@@ -368,24 +455,46 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         where = "[evaluate]"
-        _check(where, "nil_method", self.nil_method,
-               self.nil_method in ("threshold", "classifier", "nota", "reader", "auto"),
-               "use threshold, classifier, nota, reader or auto")
-        _check(where, "threshold_mode", self.threshold_mode, self.threshold_mode in ("dev", "fixed"), "use dev or fixed")
-        _check(where, "nil_clustering", self.nil_clustering, self.nil_clustering in ("name", "singleton"),
-               "use name or singleton")
+        _check(
+            where,
+            "nil_method",
+            self.nil_method,
+            self.nil_method in ("threshold", "classifier", "nota", "reader", "auto"),
+            "use threshold, classifier, nota, reader or auto",
+        )
+        _check(
+            where, "threshold_mode", self.threshold_mode, self.threshold_mode in ("dev", "fixed"), "use dev or fixed"
+        )
+        _check(
+            where,
+            "nil_clustering",
+            self.nil_clustering,
+            self.nil_clustering in ("name", "singleton"),
+            "use name or singleton",
+        )
         _check(where, "eval_split", self.eval_split, self.eval_split != "train", "evaluate on dev or test, not train")
-        _check(where, "tune_split", self.tune_split, self.tune_split != "test",
-               "thresholds chosen on the test split would overstate scores; tune on dev")
+        _check(
+            where,
+            "tune_split",
+            self.tune_split,
+            self.tune_split != "test",
+            "thresholds chosen on the test split would overstate scores; tune on dev",
+        )
         _check(where, "languages", self.languages, all(self.languages), "language codes cannot be empty")
         object.__setattr__(self, "languages", tuple(language_settings(where, "languages", self.languages)))
         object.__setattr__(self, "fixed_thresholds", language_keyed(where, "fixed_thresholds", self.fixed_thresholds))
         # A threshold meets the ranker's tanh score (or the baseline's cosine): the model folder refuses others (E702).
-        for name, values in (("default_threshold", [self.default_threshold]),
-                             ("fixed_thresholds", list(self.fixed_thresholds.values()))):
-            _check(where, name, self.default_threshold if name == "default_threshold" else self.fixed_thresholds,
-                   all(math.isfinite(value) and -1.0 <= value <= 1.0 for value in values),
-                   "a NIL threshold must be a number in [-1, 1], the ranker's score range")
+        for name, values in (
+            ("default_threshold", [self.default_threshold]),
+            ("fixed_thresholds", list(self.fixed_thresholds.values())),
+        ):
+            _check(
+                where,
+                name,
+                self.default_threshold if name == "default_threshold" else self.fixed_thresholds,
+                all(math.isfinite(value) and -1.0 <= value <= 1.0 for value in values),
+                "a NIL threshold must be a number in [-1, 1], the ranker's score range",
+            )
 
 
 @dataclass(frozen=True)
@@ -404,10 +513,20 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         # An oracle-added gold has no triage evidence, so the triage feature would point at it.
-        _check("[train]", "features", self.train.features, not ("triage" in self.train.features and self.triage.oracle),
-               "the triage feature cannot be used with triage.oracle = true (it would reveal the added gold)")
-        _check("[evaluate]", "nil_method", self.evaluate.nil_method, self.evaluate.nil_method != "reader" or self.rerank.enabled,
-               "the reader decides only when it is trained: set rerank.enabled = true, or use threshold, classifier, nota or auto")
+        _check(
+            "[train]",
+            "features",
+            self.train.features,
+            not ("triage" in self.train.features and self.triage.oracle),
+            "the triage feature cannot be used with triage.oracle = true (it would reveal the added gold)",
+        )
+        _check(
+            "[evaluate]",
+            "nil_method",
+            self.evaluate.nil_method,
+            self.evaluate.nil_method != "reader" or self.rerank.enabled,
+            "the reader decides only when it is trained: set rerank.enabled = true, or use threshold, classifier, nota or auto",
+        )
 
     def stage_dir(self, stage: str) -> Path:
         return self.run_dir / stage

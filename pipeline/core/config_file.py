@@ -69,8 +69,9 @@ def _build_section(section_type: type, values: dict[str, Any], where: str) -> An
     except ValidationError as exc:
         first = exc.errors()[0]
         key = str(first["loc"][0]) if first["loc"] else where
-        raise ConfigError("E203", where=where, field=key, value=values.get(key, first["input"]),
-                          reason=first["msg"]) from None
+        raise ConfigError(
+            "E203", where=where, field=key, value=values.get(key, first["input"]), reason=first["msg"]
+        ) from None
 
 
 def _override_value(section_type: type, key: str, text: str, where: str) -> Any:
@@ -81,19 +82,20 @@ def _override_value(section_type: type, key: str, text: str, where: str) -> Any:
     string for pydantic to convert or refuse."""
     hint = typing.get_type_hints(section_type)[key]
     if hint is str or Path in (hint, *typing.get_args(hint)):
-        if len(text) >= 2 and text[0] == text[-1] and text[0] in ("\"", "'"):  # "threshold" as TOML writes it
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in ('"', "'"):  # "threshold" as TOML writes it
             try:
                 return tomllib.loads(f"value = {text}")["value"]
             except tomllib.TOMLDecodeError:
                 pass
         return text
     if typing.get_origin(hint) is tuple and not text.startswith("["):
-        if text[:1] in ("\"", "'"):  # quotes are TOML's, not the value's: "en" is ["en"]
+        if text[:1] in ('"', "'"):  # quotes are TOML's, not the value's: "en" is ["en"]
             try:
                 return tomllib.loads(f"value = [{text}]")["value"]
             except tomllib.TOMLDecodeError:
-                raise ConfigError("E203", where=where, field=key, value=text,
-                                  reason='a list is written ["en", "es"] (TOML) or en,es') from None
+                raise ConfigError(
+                    "E203", where=where, field=key, value=text, reason='a list is written ["en", "es"] (TOML) or en,es'
+                ) from None
         return [item.strip() for item in text.split(",")] if text else []
     try:
         return tomllib.loads(f"value = {text}")["value"]
@@ -111,7 +113,13 @@ def unknown_key(path: str, key: str, section: str, known: list[str] | tuple[str,
 def parse_override(text: str) -> tuple[str, str, str]:
     """`section.key=value` from the command line."""
     if "=" not in text or "." not in text.split("=", 1)[0]:
-        raise ConfigError("E203", where="--set", field="override", value=text, reason="write it as section.key=value, e.g. train.epochs=50")
+        raise ConfigError(
+            "E203",
+            where="--set",
+            field="override",
+            value=text,
+            reason="write it as section.key=value, e.g. train.epochs=50",
+        )
     dotted, value = text.split("=", 1)
     section, key = dotted.split(".", 1)
     return section.strip(), key.strip(), value.strip()
@@ -136,8 +144,9 @@ def _split_document(raw: dict[str, Any], where_file: str) -> tuple[dict[str, dic
     return sections, top
 
 
-def build_config(raw: dict[str, Any], *, source: Path | None, base: Path,
-                 overrides: tuple[str, ...] = (), root: Path | None = None) -> RunConfig:
+def build_config(
+    raw: dict[str, Any], *, source: Path | None, base: Path, overrides: tuple[str, ...] = (), root: Path | None = None
+) -> RunConfig:
     """Check every key of a parsed TOML document, apply overrides, build the dataclasses."""
     where_file = str(source) if source else "config"
     sections, top = _split_document(raw, where_file)
@@ -197,5 +206,3 @@ def load_config(path: Path, overrides: tuple[str, ...] = (), root: Path | None =
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError("E202", path=path, detail=exc) from None
     return build_config(raw, source=path.resolve(), base=path.resolve().parent, overrides=overrides, root=root)
-
-

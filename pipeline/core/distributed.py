@@ -61,12 +61,22 @@ def world_from_environment(environ: Mapping[str, str] = os.environ) -> World:
         try:
             values[name] = int(text)
         except ValueError:
-            raise ConfigError("E203", where="environment (torchrun)", field=name, value=text,
-                              reason="must be an integer; start the command with torchrun, or unset it") from None
+            raise ConfigError(
+                "E203",
+                where="environment (torchrun)",
+                field=name,
+                value=text,
+                reason="must be an integer; start the command with torchrun, or unset it",
+            ) from None
     size, rank, local_rank = values["WORLD_SIZE"], values["RANK"], values["LOCAL_RANK"]
     if size < 1 or not 0 <= rank < size or local_rank < 0:
-        raise ConfigError("E203", where="environment (torchrun)", field="RANK", value=f"{rank} of {size}",
-                          reason="need WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE; start the command with torchrun")
+        raise ConfigError(
+            "E203",
+            where="environment (torchrun)",
+            field="RANK",
+            value=f"{rank} of {size}",
+            reason="need WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE; start the command with torchrun",
+        )
     return World(rank=rank, local_rank=local_rank, size=size)
 
 
@@ -102,9 +112,14 @@ def process_group(world: World, device_setting: str) -> Iterator[World]:
         return
     missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
     if missing:
-        raise ConfigError("E203", where="environment (torchrun)", field=missing[0], value=None,
-                          reason=f"WORLD_SIZE={world.size} needs the rendezvous address torchrun sets; "
-                                 "start the command with torchrun, or unset WORLD_SIZE")
+        raise ConfigError(
+            "E203",
+            where="environment (torchrun)",
+            field=missing[0],
+            value=None,
+            reason=f"WORLD_SIZE={world.size} needs the rendezvous address torchrun sets; "
+            "start the command with torchrun, or unset WORLD_SIZE",
+        )
     backend = "nccl" if uses_cuda(device_setting) else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(world.local_rank)

@@ -38,7 +38,7 @@ class Errors:
     E118 = "{path}:{line}: mention {record_id!r} has bad 'fragments' ({detail}); give [[start, end], ...] in the mention's offsets, ascending, not overlapping, first starting at start and last ending at end, and the mention string as the fragments' texts joined by one space{more}"
     E119 = "{path}: not a readable {kind} file ({detail}); {fix}"
     E120 = "{path}:{line}: mention {record_id!r} gives document {doc_id!r} a text other than the one {first}; a document has one text, which its mentions' offsets index: give every mention of it the same text (or put the text once in a docs file and give doc_start/doc_end), or give different documents distinct doc_ids{more}"
-    E113 = "{path}:{line}: {detail}; a name pair is a foreign name and its English name, optionally with a language: two or three tab-separated columns in .tsv/.txt, or {{\"foreign\": ..., \"english\": ..., \"lang\": ...}} in .jsonl"
+    E113 = '{path}:{line}: {detail}; a name pair is a foreign name and its English name, optionally with a language: two or three tab-separated columns in .tsv/.txt, or {{"foreign": ..., "english": ..., "lang": ...}} in .jsonl'
 
     # E2xx: configuration
     E201 = "{path}: unknown key '{key}' in [{section}]{hint}; remove it or use one of the known keys: {known}"
@@ -60,7 +60,9 @@ class Errors:
     E401 = "{path}: missing; run `xel-cli {stage}` for this run first"
     E402 = "{path}: {detail}; delete it and re-run the stage with --force"
     E403 = "{path}: missing; {detail}, then run `xel-cli encode --merge` again"
-    E404 = "{path}: {detail}; re-run the shards with this run's config (`xel-cli encode --shard i/n`), then --merge again"
+    E404 = (
+        "{path}: {detail}; re-run the shards with this run's config (`xel-cli encode --shard i/n`), then --merge again"
+    )
 
     E405 = "{path}: another xel run holds this run folder (pid {pid} on {host}, started {started}: {command}); wait for it to finish, or delete this lock file if that run is gone"
     E406 = "{path}: cannot write ({detail}); free disk space (or fix the folder's permissions) and re-run"
@@ -89,12 +91,14 @@ class Errors:
     E706 = "{path}: KB not found (model {model}); give the KB with --kb FILE"
     E707 = "{path}: unknown mention file type; give JSONL (.jsonl), Parquet (.parquet) or a TAC KBP 2015 .tab file"
     E708 = "{path}: a TAC .tab file needs --docs, the folder of its source documents ({docs}); give --docs FOLDER"
-    E709 = "{path}: --score needs gold_kb_id in the mentions, and none has one; leave out --score to link without scoring"
+    E709 = (
+        "{path}: --score needs gold_kb_id in the mentions, and none has one; leave out --score to link without scoring"
+    )
     # E710 (a mention id repeated across chunks, found at the merge) is gone: `link.sources.check_corpus`
     # refuses it as E104, with its line, before any chunk is linked.
     E715 = "{path}: holds {detail}; give this shard the options and shard count of its siblings, another --out, or --force to delete them and start over"
     # E730-E739: linking against another KB (issue 23: pipeline/link/kb_fit.py)
-    E730 = "{path}:{line}: {detail}; a KB id map is one pair a line: `old_id<TAB>new_id` in .tsv/.txt (an optional header line `from<TAB>to`), or {{\"from\": old_id, \"to\": new_id}} in .jsonl"
+    E730 = '{path}:{line}: {detail}; a KB id map is one pair a line: `old_id<TAB>new_id` in .tsv/.txt (an optional header line `from<TAB>to`), or {{"from": old_id, "to": new_id}} in .jsonl'
     E731 = "{path}:{line}: maps KB id {old!r} to {new!r}, but line {first_line} maps it to {first!r}; an id of the model's KB names one entity: keep one of the two lines"
     E711 = "{path}: {detail}; then run `xel-cli link --merge` again"
     E712 = "{path}: no model/ folder here; run `xel-cli evaluate` for this run (it writes model/), or `xel-cli evaluate --force` for a run made before model/ existed"
@@ -119,7 +123,9 @@ class Warnings:
     W101 = "{path}: renamed {count} repeated mention id(s) to id#start-end (inputs.rename_duplicate_ids)"
     W108 = "{path}: dropped {count} mention(s) covering the span of an earlier one ({gold} of them with another gold id; first on line {line}: {example} repeats line {first_line}), keeping the first of each span (inputs.drop_duplicate_spans)"
     W102 = "{count} gold KB id(s) of {mentions} mention(s) in {path} are not in the KB (e.g. {example}); those mentions cannot be linked right: add the entities to the KB, or check the ids"
-    W103 = "{path}: ignoring {count} candidate row(s) whose mention_id is not among this run's mentions (e.g. {example})"
+    W103 = (
+        "{path}: ignoring {count} candidate row(s) whose mention_id is not among this run's mentions (e.g. {example})"
+    )
     W104 = "{path}: skipped {count} empty or blank alias(es) (first: KB id {example}); an alias must have some text"
     W105 = "{path}: {count} candidate row(s) repeat a (mention_id, kb_id) pair of an earlier row (first on line {line}: {example}); kept the highest score of each pair"
     W106 = "{path}: ignoring {count} candidate row(s) whose kb_id is not in the KB (first on line {line}: {example!r})"
@@ -131,7 +137,9 @@ class Warnings:
     W403 = "{detail}: the saved chunk {path} is damaged, so it is made again"
     W501 = "no dev mention (of train_languages, if set) to pick the best epoch by; the model is the epoch of lowest training loss and best_dev_accuracy is null"
     W503 = "the ranker did not learn to rank: {cause}. Its dev linking accuracy {accuracy} is triage's order breaking the ties, not the model's, so train reports best_dev_accuracy as null; {fix}"
-    W509 = "no dev mention with gold to pick the reader's best epoch by; the reader is the epoch of lowest training loss"
+    W509 = (
+        "no dev mention with gold to pick the reader's best epoch by; the reader is the epoch of lowest training loss"
+    )
     W502 = "the ranker gives its best two candidates the same score for {tied} of {mentions} {split} mention(s) with a runner-up ({percent}): which candidate those link to is triage's order, not the ranker's; {advice}"
     W601 = "system languages {languages} are not in the gold; they count overall only"
     W602 = "{lang}: no {split} mention with gold to tune its NIL threshold on; it uses {fallback} = {value}"
@@ -208,9 +216,13 @@ def os_error(error: OSError) -> "CacheError":
     path = str(error.filename) if error.filename is not None else "(the system named no path)"
     # An atomic write's temporary `.<name>.<random>.tmp` stands for <name>, the file the user knows.
     path = re.sub(r"(^|/)\.([^/]+)\.[^./]+\.tmp$", r"\1\2", path)
-    kinds = {PermissionError: "no permission", NotADirectoryError: "a file where a folder is wanted",
-             IsADirectoryError: "a folder where a file is wanted", FileNotFoundError: "not found, or a folder on the way is missing",
-             FileExistsError: "something is already there where a folder must be made"}
+    kinds = {
+        PermissionError: "no permission",
+        NotADirectoryError: "a file where a folder is wanted",
+        IsADirectoryError: "a folder where a file is wanted",
+        FileNotFoundError: "not found, or a folder on the way is missing",
+        FileExistsError: "something is already there where a folder must be made",
+    }
     if error.errno in (errno.ENOSPC, errno.EDQUOT):  # a full disk or quota: E406's advice, free space
         return CacheError("E406", path=path, detail=error.strerror or "no space left")
     detail = next((text for kind, text in kinds.items() if isinstance(error, kind)), "cannot read or write it")

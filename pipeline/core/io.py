@@ -256,8 +256,13 @@ def iter_jsonl_blocks(path: Path, block_lines: int = JSONL_BLOCK_LINES) -> Itera
             if line_number == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
             if line_number == 1 and raw.startswith(b"PAR1"):  # Parquet's magic bytes: the wrong format, not bad text
-                raise InputError("E119", path=path, kind="JSONL", detail="it is a Parquet file",
-                                 fix="give this input as JSONL, one record per line")
+                raise InputError(
+                    "E119",
+                    path=path,
+                    kind="JSONL",
+                    detail="it is a Parquet file",
+                    fix="give this input as JSONL, one record per line",
+                )
             text = _decode_line(path, line_number, raw).strip()
             if not text:
                 continue
@@ -272,8 +277,9 @@ def iter_jsonl_blocks(path: Path, block_lines: int = JSONL_BLOCK_LINES) -> Itera
         raise InputError("E107", path=path)
 
 
-def check_record_fields(path: Path, line_number: int, record: dict[str, Any],
-                        fields: dict[str, tuple[type | tuple[type, ...], bool]]) -> None:
+def check_record_fields(
+    path: Path, line_number: int, record: dict[str, Any], fields: dict[str, tuple[type | tuple[type, ...], bool]]
+) -> None:
     """Check required fields and types of one record: `fields` maps name -> (types, required)."""
     for name, (types, required) in fields.items():
         value = record.get(name)
@@ -286,7 +292,15 @@ def check_record_fields(path: Path, line_number: int, record: dict[str, Any],
         else:
             ok = isinstance(value, types)
         if not ok:
-            names = {"int": "an integer", "float": "a number", "str": "a string", "list": "a list", "dict": "an object",
-                     "bool": "true or false"}
-            expected = " or ".join(names.get(t.__name__, t.__name__) for t in (types if isinstance(types, tuple) else (types,)))
+            names = {
+                "int": "an integer",
+                "float": "a number",
+                "str": "a string",
+                "list": "a list",
+                "dict": "an object",
+                "bool": "true or false",
+            }
+            expected = " or ".join(
+                names.get(t.__name__, t.__name__) for t in (types if isinstance(types, tuple) else (types,))
+            )
             raise InputError("E103", path=path, line=line_number, field=name, expected=expected, got=value)

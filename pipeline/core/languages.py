@@ -27,8 +27,10 @@ so `english` or `unknown` is a word, not a tag, and is refused rather than read 
 no model has thresholds for."""
 
 LANGUAGE_TAG = "a language tag"
-LANGUAGE_TAG_EXAMPLES = ("such as 'en', 'EN', 'en-US' or 'pt_BR': a 2-3 letter language code, then optional "
-                         "'-' or '_' parts, read as that code ('en', 'pt')")
+LANGUAGE_TAG_EXAMPLES = (
+    "such as 'en', 'EN', 'en-US' or 'pt_BR': a 2-3 letter language code, then optional "
+    "'-' or '_' parts, read as that code ('en', 'pt')"
+)
 LANGUAGE_TAG_EXPECTED = f"{LANGUAGE_TAG} {LANGUAGE_TAG_EXAMPLES}"
 LANGUAGE_TAG_HINT = f", {LANGUAGE_TAG_EXAMPLES}"  # E103's hint: "write a language tag there, such as ..."
 """What a message says a language field should be (E103 says `LANGUAGE_TAG` and gives the examples once, after its fix)."""

@@ -41,7 +41,7 @@ def _zombie(pid: int) -> bool:
         stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
     except OSError:  # no /proc (not Linux) or gone meanwhile
         return False
-    return stat[stat.rfind(")") + 1:].split()[:1] == ["Z"]  # the state follows the command name in parentheses
+    return stat[stat.rfind(")") + 1 :].split()[:1] == ["Z"]  # the state follows the command name in parentheses
 
 
 def _read_holder(path: Path) -> dict:
@@ -59,7 +59,7 @@ def _write_holder(handle: int, path: Path, holder: dict) -> None:
     try:
         try:
             while data:
-                data = data[os.write(handle, data):]
+                data = data[os.write(handle, data) :]
         finally:
             os.close(handle)
     except OSError as exc:
@@ -72,8 +72,12 @@ def run_lock(run_dir: Path, command: str) -> Iterator[Path]:
     """Hold `run_dir`'s lock for the duration of the block; removed on exit, even on errors."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_NAME
-    holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "command": command}
+    holder = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": command,
+    }
     for _ in range(2):
         try:
             handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -81,8 +85,14 @@ def run_lock(run_dir: Path, command: str) -> Iterator[Path]:
             other = _read_holder(path)
             same_host = other.get("host") == holder["host"]
             if other and (not same_host or _alive(int(other.get("pid", -1)))):
-                raise CacheError("E405", path=path, pid=other.get("pid"), host=other.get("host"),
-                                 started=other.get("started"), command=other.get("command")) from None
+                raise CacheError(
+                    "E405",
+                    path=path,
+                    pid=other.get("pid"),
+                    host=other.get("host"),
+                    started=other.get("started"),
+                    command=other.get("command"),
+                ) from None
             warn(logger, "W401", path=path, detail=other or "unreadable")
             path.unlink(missing_ok=True)
             continue

@@ -54,8 +54,15 @@ class StageRun:
     fingerprints); `started` is when the run began (the manifest's start time).
     """
 
-    def __init__(self, out_dir: Path, stage: str, version: int, settings: dict[str, Any], inputs: dict[str, str],
-                 force: bool = False) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        stage: str,
+        version: int,
+        settings: dict[str, Any],
+        inputs: dict[str, str],
+        force: bool = False,
+    ) -> None:
         self.started = time.time()
         self.out_dir, self.stage, self.settings, self.inputs = out_dir, stage, settings, inputs
         self.key = stage_key(stage, version, settings, inputs)
@@ -70,19 +77,40 @@ class StageRun:
         invalidate(self.out_dir, *work_dirs, settings=self.settings, inputs=self.inputs)
         self.out_dir.mkdir(parents=True, exist_ok=True)
 
-    def finish(self, counts: dict[str, int], outputs: list[str], summary: dict[str, Any] | None = None,
-               extra: dict[str, Any] | None = None) -> StageResult:
+    def finish(
+        self,
+        counts: dict[str, int],
+        outputs: list[str],
+        summary: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> StageResult:
         """Write the manifest last, once every output in `outputs` (names in out_dir) is in place."""
-        write_manifest(self.out_dir, stage=self.stage, key=self.key, inputs=self.inputs, settings=self.settings,
-                       counts=counts, outputs=outputs, started=self.started, extra=extra)
-        return StageResult(self.stage, self.out_dir, skipped=False, seconds=time.time() - self.started,
-                           counts=counts, summary=summary or {})
+        write_manifest(
+            self.out_dir,
+            stage=self.stage,
+            key=self.key,
+            inputs=self.inputs,
+            settings=self.settings,
+            counts=counts,
+            outputs=outputs,
+            started=self.started,
+            extra=extra,
+        )
+        return StageResult(
+            self.stage,
+            self.out_dir,
+            skipped=False,
+            seconds=time.time() - self.started,
+            counts=counts,
+            summary=summary or {},
+        )
 
 
 def stage_key(stage: str, version: int, settings: dict[str, Any], inputs: dict[str, str]) -> str:
     """Hash of everything that determines a stage's output."""
-    payload = json.dumps({"stage": stage, "version": version, "settings": settings, "inputs": inputs},
-                         sort_keys=True, default=str)
+    payload = json.dumps(
+        {"stage": stage, "version": version, "settings": settings, "inputs": inputs}, sort_keys=True, default=str
+    )
     return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
 
 
@@ -99,9 +127,14 @@ def read_manifest_file(path: Path) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CacheError("E402", path=path, detail=f"manifest is damaged ({exc})") from None
     # Valid JSON of the wrong shape (a list, no key, outputs not a list) is just as damaged.
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("key"), str) \
-            or not isinstance(manifest.get("outputs", []), list):
-        raise CacheError("E402", path=path, detail="manifest is damaged (not an object with a 'key' string and an 'outputs' list)")
+    if (
+        not isinstance(manifest, dict)
+        or not isinstance(manifest.get("key"), str)
+        or not isinstance(manifest.get("outputs", []), list)
+    ):
+        raise CacheError(
+            "E402", path=path, detail="manifest is damaged (not an object with a 'key' string and an 'outputs' list)"
+        )
     return manifest
 
 
@@ -130,8 +163,9 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def invalidate(out_dir: Path, *work_dirs: Path, settings: dict[str, Any] | None = None,
-               inputs: dict[str, str] | None = None) -> None:
+def invalidate(
+    out_dir: Path, *work_dirs: Path, settings: dict[str, Any] | None = None, inputs: dict[str, str] | None = None
+) -> None:
     """Remove a stage's manifest first, so a crash mid-way never leaves it looking finished.
 
     When a finished stage is about to be redone, says so with what changed: the
@@ -159,27 +193,50 @@ def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _say_replaced(out_dir: Path, previous: dict[str, Any], settings: dict[str, Any] | None,
-                  inputs: dict[str, str] | None) -> None:
+def _say_replaced(
+    out_dir: Path, previous: dict[str, Any], settings: dict[str, Any] | None, inputs: dict[str, str] | None
+) -> None:
     """Say which outputs of which finished run are replaced, and why."""
     reasons = []
     if settings is not None:
-        old, new = _flatten(json.loads(json.dumps(previous.get("settings", {}), default=str))), \
-            _flatten(json.loads(json.dumps(settings, default=str)))
-        reasons += [f"{key}: {old.get(key, '(default)')} -> {new.get(key, '(default)')}"
-                    for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
+        old, new = (
+            _flatten(json.loads(json.dumps(previous.get("settings", {}), default=str))),
+            _flatten(json.loads(json.dumps(settings, default=str))),
+        )
+        reasons += [
+            f"{key}: {old.get(key, '(default)')} -> {new.get(key, '(default)')}"
+            for key in sorted(old.keys() | new.keys())
+            if old.get(key) != new.get(key)
+        ]
     if inputs is not None:
         old_inputs = previous.get("inputs", {})
-        reasons += [f"{name} changed" for name in sorted(old_inputs.keys() | inputs.keys())
-                    if old_inputs.get(name) != inputs.get(name)]
+        reasons += [
+            f"{name} changed"
+            for name in sorted(old_inputs.keys() | inputs.keys())
+            if old_inputs.get(name) != inputs.get(name)
+        ]
     # Info, not a warning: the user changed something on purpose (hidden by --quiet).
-    logger.info("%s: replacing %s of the run finished %s: %s", previous.get("stage", out_dir.name),
-                ", ".join(previous.get("outputs", [])), previous.get("finished", "?"),
-                "; ".join(reasons) or "--force, or the code changed")
+    logger.info(
+        "%s: replacing %s of the run finished %s: %s",
+        previous.get("stage", out_dir.name),
+        ", ".join(previous.get("outputs", [])),
+        previous.get("finished", "?"),
+        "; ".join(reasons) or "--force, or the code changed",
+    )
 
 
-def write_manifest(out_dir: Path, *, stage: str, key: str, inputs: dict[str, str], settings: dict[str, Any],
-                   counts: dict[str, int], outputs: list[str], started: float, extra: dict[str, Any] | None = None) -> None:
+def write_manifest(
+    out_dir: Path,
+    *,
+    stage: str,
+    key: str,
+    inputs: dict[str, str],
+    settings: dict[str, Any],
+    counts: dict[str, int],
+    outputs: list[str],
+    started: float,
+    extra: dict[str, Any] | None = None,
+) -> None:
     finished = time.time()
     payload = {
         "stage": stage,

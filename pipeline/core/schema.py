@@ -14,6 +14,7 @@ def linked_gold(column: str = "gold_kb_id") -> pl.Expr:
     """True where `column` holds a KB id: neither null (no gold) nor NIL (gold says not in the KB)."""
     return pl.col(column).is_not_null() & (pl.col(column) != NIL_ID)
 
+
 # mentions.parquet: one row per mention; `context` holds the text the mention sits in and
 # `start`/`end` (end exclusive) are character offsets into it; `doc_start`/`doc_end`
 # (end exclusive) are offsets into the full document, used for TAC output.

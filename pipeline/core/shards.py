@@ -26,8 +26,9 @@ class ShardErrors:
     missing: Callable[[int, int], PipelineError]  # shard (i, n) of an otherwise finished set
 
 
-def finished_shards(folder: Path, prefix: str, key: str, errors: ShardErrors,
-                    finished: Callable[[Path], bool] = Path.is_file) -> list[dict]:
+def finished_shards(
+    folder: Path, prefix: str, key: str, errors: ShardErrors, finished: Callable[[Path], bool] = Path.is_file
+) -> list[dict]:
     """The manifests of all n shards of `key` in `folder`, in shard order (0 .. n-1).
 
     A shard counts when its manifest `<prefix>-<i>-of-<n>.json` holds `key` and

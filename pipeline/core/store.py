@@ -76,8 +76,10 @@ def content_keys(entities: pl.DataFrame) -> list[str]:
 
     (encode's `plan_entities` reads only these two; the KB id and type do not change vectors.)
     """
-    return [hashlib.blake2b(f"{name}\0{description or ''}".encode(), digest_size=16).hexdigest()
-            for name, description in zip(entities["name"].to_list(), entities["description"].to_list())]
+    return [
+        hashlib.blake2b(f"{name}\0{description or ''}".encode(), digest_size=16).hexdigest()
+        for name, description in zip(entities["name"].to_list(), entities["description"].to_list())
+    ]
 
 
 class EntityVectorStore:
@@ -125,7 +127,9 @@ class EntityVectorStore:
         found = np.zeros(len(keys), dtype=bool)
         names = np.zeros((len(keys), hidden), dtype=np.float32)
         contexts = np.zeros((len(keys), hidden), dtype=np.float32)
-        wanted = pl.DataFrame({"key": keys, "position": np.arange(len(keys), dtype=np.int64)}, schema_overrides={"key": pl.String})
+        wanted = pl.DataFrame(
+            {"key": keys, "position": np.arange(len(keys), dtype=np.int64)}, schema_overrides={"key": pl.String}
+        )
         hits = wanted.join(self._index, on="key")
         for (part,), group in hits.group_by("part"):
             positions, rows = group["position"].to_numpy(), group["row"].to_numpy()

@@ -23,13 +23,13 @@ _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
 # Leading definite and indefinite articles of the languages linkers meet most, and the
 # prepositions fused with them (`del`, `degli`); one is dropped. A lone article stays.
 ARTICLES = (
-    "the a an "                                        # en
-    "el la los las lo un una unos unas del "           # es
+    "the a an "  # en
+    "el la los las lo un una unos unas del "  # es
     "il lo la i gli le l un uno una degli della dello dei delle "  # it
-    "de het een "                                      # nl
-    "le la les l un une des du "                       # fr
-    "der die das den dem des ein eine einen "          # de
-    "o a os as um uma "                                # pt
+    "de het een "  # nl
+    "le la les l un une des du "  # fr
+    "der die das den dem des ein eine einen "  # de
+    "o a os as um uma "  # pt
 ).split()
 _ARTICLE = "|".join(sorted(set(ARTICLES), key=len, reverse=True))
 # Keys are stripped, so an article followed by a space is always followed by a word.
@@ -53,10 +53,17 @@ def _drop_article(folded: str) -> str:
 # Southeast Asian vowel signs and viramas (राम / रोम / रीमा are three words), Japanese voicing
 # marks (か / が). Ranges of code points; only their nonspacing marks (Mn) are dropped.
 OMITTED_MARKS = (
-    (0x0300, 0x036F), (0x1AB0, 0x1AFF), (0x1DC0, 0x1DFF), (0x20D0, 0x20FF), (0xFE20, 0xFE2F),  # general
-    (0x0483, 0x0489),                                                                       # Cyrillic
-    (0x0591, 0x05C7),                                                                       # Hebrew
-    (0x0610, 0x061A), (0x064B, 0x065F), (0x0670, 0x0670), (0x06D6, 0x06ED),                 # Arabic
+    (0x0300, 0x036F),
+    (0x1AB0, 0x1AFF),
+    (0x1DC0, 0x1DFF),
+    (0x20D0, 0x20FF),
+    (0xFE20, 0xFE2F),  # general
+    (0x0483, 0x0489),  # Cyrillic
+    (0x0591, 0x05C7),  # Hebrew
+    (0x0610, 0x061A),
+    (0x064B, 0x065F),
+    (0x0670, 0x0670),
+    (0x06D6, 0x06ED),  # Arabic
 )
 
 
@@ -105,13 +112,22 @@ def romanise(text: str) -> str:
 def acronym(roman: pl.Expr) -> pl.Expr:
     """Initials of a romanised name of two or more words (function words left out), else ""."""
     words = roman.str.split(" ").list.eval(pl.element().filter(~pl.element().is_in(list(_ACRONYM_SKIP))))
-    return pl.when(words.list.len() >= 2).then(words.list.eval(pl.element().str.slice(0, 1)).list.join("")).otherwise(pl.lit(""))
+    return (
+        pl.when(words.list.len() >= 2)
+        .then(words.list.eval(pl.element().str.slice(0, 1)).list.join(""))
+        .otherwise(pl.lit(""))
+    )
 
 
 # Articles and prepositions: dropped before fuzzy matching, where a shared `de` would
 # otherwise make `Banco de Inglaterra` look like every name that has a `de`.
-FUNCTION_WORDS = frozenset(ARTICLES) | _ACRONYM_SKIP | frozenset(
-    "in on at to by with from en op bij met voor per para por con su sul nel al au aux zu im vom zum zur".split())
+FUNCTION_WORDS = (
+    frozenset(ARTICLES)
+    | _ACRONYM_SKIP
+    | frozenset(
+        "in on at to by with from en op bij met voor per para por con su sul nel al au aux zu im vom zum zur".split()
+    )
+)
 _FUNCTION_WORD = r"\b(?:%s)\b" % "|".join(sorted(FUNCTION_WORDS))
 
 
@@ -134,17 +150,23 @@ def add_keys(frame: pl.DataFrame, column: str) -> pl.DataFrame:
     distinct = frame.select(pl.col(column).unique().drop_nulls())
     ascii_only = pl.col(column).str.contains(r"^[\x00-\x7f]*$")
     ascii_keys = distinct.filter(ascii_only).with_columns(
-        pl.col(column).str.to_lowercase().str.replace_all(r"[^a-z0-9]+", " ").str.strip_chars()
-        .str.replace(_LEADING_ARTICLE.pattern, "").alias(f"{column}_fold"))
+        pl.col(column)
+        .str.to_lowercase()
+        .str.replace_all(r"[^a-z0-9]+", " ")
+        .str.strip_chars()
+        .str.replace(_LEADING_ARTICLE.pattern, "")
+        .alias(f"{column}_fold")
+    )
     ascii_keys = ascii_keys.with_columns(pl.col(f"{column}_fold").alias(f"{column}_roman"))
     other = distinct.filter(~ascii_only)[column].to_list()
     folded, romanised = [], []
     with progress(len(other), "triage: name keys", "names", delay=2.0) as counter:
         for start in range(0, len(other), KEYS_BLOCK):
-            block = other[start:start + KEYS_BLOCK]
+            block = other[start : start + KEYS_BLOCK]
             folded += [fold(s) for s in block]
             romanised += [romanise(s) for s in block]
             counter.update(len(block))
-    other_keys = pl.DataFrame({column: other, f"{column}_fold": folded, f"{column}_roman": romanised},
-                              schema=ascii_keys.schema)
+    other_keys = pl.DataFrame(
+        {column: other, f"{column}_fold": folded, f"{column}_roman": romanised}, schema=ascii_keys.schema
+    )
     return frame.join(pl.concat([ascii_keys, other_keys]), on=column, how="left")

@@ -77,8 +77,9 @@ def environment_threads(environ: Mapping[str, str]) -> int | None:
     return int(text) if text.isdigit() and int(text) > 0 else None
 
 
-def choose_threads(requested: int | None = None, environ: Mapping[str, str] | None = None,
-                   cpu_max: Path = CPU_MAX) -> tuple[int, str]:
+def choose_threads(
+    requested: int | None = None, environ: Mapping[str, str] | None = None, cpu_max: Path = CPU_MAX
+) -> tuple[int, str]:
     """(thread count, where it came from): `requested` (--threads), else OMP_NUM_THREADS, else the CPUs."""
     if requested is not None:
         return requested, "--threads"

@@ -48,12 +48,17 @@ def embed_name_pairs(config: RunConfig, out_dir: Path, key: str, force: bool, pa
     table = UnitTable()
     span_rows = plan_names(names, encoder, table, config.encoder.max_name_tokens)
     logger.info("encoding %d distinct names of %d name pairs (%s)", len(names), pairs.height, pairs_path)
-    work_dir = out_dir / f"work-{key}-name-pairs-{pairs_key}"  # starts with work-<key>: kept while this encode is current
+    work_dir = (
+        out_dir / f"work-{key}-name-pairs-{pairs_key}"
+    )  # starts with work-<key>: kept while this encode is current
     if force:
         shutil.rmtree(work_dir, ignore_errors=True)
     _, span_vectors, _, _ = encode_in_chunks(encoder, table, config.encoder, work_dir)
-    attributes = {**vector_attributes(encoder, config, pairs_key), "name_pairs": str(pairs_path),
-                  "content": "/names: every distinct foreign and English name of the pairs file, name vector only"}
+    attributes = {
+        **vector_attributes(encoder, config, pairs_key),
+        "name_pairs": str(pairs_path),
+        "content": "/names: every distinct foreign and English name of the pairs file, name vector only",
+    }
     write_name_pair_vectors(target, attributes, config.encoder.store_float16, names, span_vectors[span_rows])
     shutil.rmtree(work_dir, ignore_errors=True)
     return len(names)

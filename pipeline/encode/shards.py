@@ -26,8 +26,13 @@ def parse_shard(text: str, where: str = "--shard") -> tuple[int, int]:
     """`i/n` -> (i, n) with 0 <= i < n; i counts from 0, like Slurm array task ids."""
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if match is None or not int(match[1]) < int(match[2]):
-        raise ConfigError("E203", where=where, field="shard", value=text,
-                          reason="write it as i/n with 0 <= i < n (i counts from 0, like Slurm array ids)")
+        raise ConfigError(
+            "E203",
+            where=where,
+            field="shard",
+            value=text,
+            reason="write it as i/n with 0 <= i < n (i counts from 0, like Slurm array ids)",
+        )
     return int(match[1]), int(match[2])
 
 
@@ -42,8 +47,13 @@ def shard_from_environment(environ: Mapping[str, str]) -> tuple[int, int] | None
     try:
         index = int(environ["SLURM_ARRAY_TASK_ID"]) - int(environ.get("SLURM_ARRAY_TASK_MIN", "0"))
     except ValueError:
-        raise ConfigError("E203", where=where, field="SLURM_ARRAY_TASK_ID", value=environ["SLURM_ARRAY_TASK_ID"],
-                          reason="must be an integer") from None
+        raise ConfigError(
+            "E203",
+            where=where,
+            field="SLURM_ARRAY_TASK_ID",
+            value=environ["SLURM_ARRAY_TASK_ID"],
+            reason="must be an integer",
+        ) from None
     return parse_shard(f"{index}/{environ['SLURM_ARRAY_TASK_COUNT']}", where=where)
 
 
@@ -68,18 +78,27 @@ def finished_shards(out_dir: Path, key: str) -> tuple[list[Path], list[dict]]:
     """
     errors = ShardErrors(
         none_finished=lambda: CacheError(
-            "E403", path=out_dir / SHARDS / "vectors-<i>-of-<n>.h5",
+            "E403",
+            path=out_dir / SHARDS / "vectors-<i>-of-<n>.h5",
             detail="no shard of this encode (same inputs and settings) has finished; "
-                   "run `xel-cli encode --shard i/n` for every i = 0 .. n-1"),
+            "run `xel-cli encode --shard i/n` for every i = 0 .. n-1",
+        ),
         cut_differently=lambda counts: CacheError(
-            "E404", path=out_dir / SHARDS, detail=f"this encode's shards were cut in {counts} parts; delete the set you do not want"),
+            "E404",
+            path=out_dir / SHARDS,
+            detail=f"this encode's shards were cut in {counts} parts; delete the set you do not want",
+        ),
         missing=lambda index, count: CacheError(
-            "E403", path=shard_paths(out_dir, (index, count))[0],
+            "E403",
+            path=shard_paths(out_dir, (index, count))[0],
             detail=f"shard {index}/{count} is missing or was made with other inputs or settings; "
-                   f"run `xel-cli encode --shard {index}/{count}` with this run's config"))
+            f"run `xel-cli encode --shard {index}/{count}` with this run's config",
+        ),
+    )
     # A shard counts only with its vectors file beside its manifest.
-    manifests = finished_shards_of(out_dir / SHARDS, "vectors", key, errors,
-                                   finished=lambda manifest: manifest.with_suffix(".h5").is_file())
+    manifests = finished_shards_of(
+        out_dir / SHARDS, "vectors", key, errors, finished=lambda manifest: manifest.with_suffix(".h5").is_file()
+    )
     count = len(manifests)
     return [shard_paths(out_dir, (index, count))[0] for index in range(count)], manifests
 
@@ -91,17 +110,21 @@ def merge_group(paths: list[Path], group: str, expected_ids: list[str]) -> tuple
     found = found.with_row_index("row")
     repeated = found.filter(pl.col("id").is_duplicated())
     if repeated.height:
-        raise CacheError("E404", path=paths[0].parent,
-                         detail=f"/{group} id {repeated['id'][0]!r} is in more than one shard")
+        raise CacheError(
+            "E404", path=paths[0].parent, detail=f"/{group} id {repeated['id'][0]!r} is in more than one shard"
+        )
     expected = pl.DataFrame({"id": expected_ids}, schema={"id": pl.String}).with_row_index("position")
     joined = expected.join(found, on="id", how="left").sort("position")
     missing = joined.filter(pl.col("row").is_null())
     extra = found.join(expected, on="id", how="anti")
     if missing.height or extra.height:
         first = missing["id"][0] if missing.height else extra["id"][0]
-        raise CacheError("E404", path=paths[0].parent,
-                         detail=f"the shards' /{group} ids differ from the triage output ({missing.height} missing, "
-                                f"{extra.height} not expected, first {first!r})")
+        raise CacheError(
+            "E404",
+            path=paths[0].parent,
+            detail=f"the shards' /{group} ids differ from the triage output ({missing.height} missing, "
+            f"{extra.height} not expected, first {first!r})",
+        )
     rows = joined["row"].to_numpy()
     names = np.concatenate([p[1] for p in parts])[rows]
     contexts = np.concatenate([p[2] for p in parts])[rows]

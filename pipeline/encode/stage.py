@@ -53,15 +53,26 @@ def stage_identity(config: RunConfig) -> tuple[str, dict[str, str], dict]:
     """(key, inputs, settings) of this run's encode: what vectors.h5 and its manifest are keyed by."""
     # The encoder's identity holds the precision it resolves to here (auto differs by device and CPU),
     # so the setting as written is left out: auto and the precision it means give the same key.
-    inputs = {"triage": upstream_key(config.stage_dir("triage"), "triage"), "encoder": configured_identity(config.encoder)}
+    inputs = {
+        "triage": upstream_key(config.stage_dir("triage"), "triage"),
+        "encoder": configured_identity(config.encoder),
+    }
     # Batching, chunking and device change speed, not vectors (up to float rounding).
-    settings = {k: v for k, v in to_dict(config.encoder).items()
-                if k not in ("batch_tokens", "chunk_texts", "device", "precision")}
+    settings = {
+        k: v
+        for k, v in to_dict(config.encoder).items()
+        if k not in ("batch_tokens", "chunk_texts", "device", "precision")
+    }
     return stage_key(STAGE, STAGE_VERSION, settings, inputs), inputs, settings
 
 
-def share_entity_vectors(config: RunConfig, encoder_identity: str, entities: pl.DataFrame,
-                         name_vectors: np.ndarray, context_vectors: np.ndarray) -> None:
+def share_entity_vectors(
+    config: RunConfig,
+    encoder_identity: str,
+    entities: pl.DataFrame,
+    name_vectors: np.ndarray,
+    context_vectors: np.ndarray,
+) -> None:
     """Add the run's entity vectors ((n, H) each, rows in `entities`' order) to the store that
     `xel-cli link` reads (`pipeline.core.store`), so a link after this run encodes none of them.
 
@@ -77,8 +88,9 @@ def share_entity_vectors(config: RunConfig, encoder_identity: str, entities: pl.
         logger.warning("entity vectors not added to the shared store %s (%s); link will encode them", store.folder, exc)
 
 
-def run(config: RunConfig, force: bool = False, shard: tuple[int, int] | None = None,
-        merge: bool = False) -> StageResult:
+def run(
+    config: RunConfig, force: bool = False, shard: tuple[int, int] | None = None, merge: bool = False
+) -> StageResult:
     """Encode every mention and needed entity into vectors.h5; or one shard of them; or merge the shards.
 
     `shard=(i, n)` encodes the i-th of n contiguous slices of the id-sorted mentions and
@@ -103,9 +115,20 @@ def run(config: RunConfig, force: bool = False, shard: tuple[int, int] | None = 
 def _write_shard_manifest(stage_run: StageRun, shard: tuple[int, int], path: Path, target: Path, facts: dict) -> None:
     """A shard's manifest of its own (shards run side by side, without the run lock): its key, inputs and
     settings, `facts` (counts, seconds, encoder), and the record of its vectors file (`checked_files`)."""
-    write_json_atomic(path, {"stage": STAGE, "key": stage_run.key, "shard": list(shard), "inputs": stage_run.inputs,
-                             "settings": stage_run.settings, "outputs": [target.name], "versions": library_versions(),
-                             **facts, "checked": checked_files.describe([target], target.parent)})
+    write_json_atomic(
+        path,
+        {
+            "stage": STAGE,
+            "key": stage_run.key,
+            "shard": list(shard),
+            "inputs": stage_run.inputs,
+            "settings": stage_run.settings,
+            "outputs": [target.name],
+            "versions": library_versions(),
+            **facts,
+            "checked": checked_files.describe([target], target.parent),
+        },
+    )
 
 
 def _encode_vectors(config: RunConfig, force: bool, shard: tuple[int, int] | None, merge: bool) -> StageResult:
@@ -138,30 +161,51 @@ def _encode_vectors(config: RunConfig, force: bool, shard: tuple[int, int] | Non
         mentions, entities = shard_slice(mentions, shard), shard_slice(entities, shard)
     encoder = load_encoder(config.encoder)
     plan = plan_units(mentions, entities, encoder, config.encoder)
-    logger.info("encoding %d distinct texts (%d sub-words) for %d mentions and %d entities on %s%s",
-                len(plan.table.units), plan.sub_words, mentions.height, entities.height, encoder.device,
-                f" (shard {shard[0]}/{shard[1]})" if shard else "")
+    logger.info(
+        "encoding %d distinct texts (%d sub-words) for %d mentions and %d entities on %s%s",
+        len(plan.table.units),
+        plan.sub_words,
+        mentions.height,
+        entities.height,
+        encoder.device,
+        f" (shard {shard[0]}/{shard[1]})" if shard else "",
+    )
     context_vectors, span_vectors, chunks, resumed = encode_in_chunks(encoder, plan.table, config.encoder, work_dir)
     attributes = vector_attributes(encoder, config, key)
     if shard is not None:
         attributes["shard"] = f"{shard[0]}/{shard[1]}"
     entity_vectors = (span_vectors[plan.entity_span_rows], context_vectors[plan.entity_units])
-    write_vectors(target, attributes, config.encoder.store_float16, {
-        "mentions": (mentions["mention_id"].to_list(), span_vectors[plan.mention_span_rows],
-                     context_vectors[plan.mention_units]),
-        "entities": (entities["kb_id"].to_list(), *entity_vectors),
-    })
+    write_vectors(
+        target,
+        attributes,
+        config.encoder.store_float16,
+        {
+            "mentions": (
+                mentions["mention_id"].to_list(),
+                span_vectors[plan.mention_span_rows],
+                context_vectors[plan.mention_units],
+            ),
+            "entities": (entities["kb_id"].to_list(), *entity_vectors),
+        },
+    )
     share_entity_vectors(config, inputs["encoder"], entities, *entity_vectors)
     seconds = time.time() - started
-    counts = {"mentions": mentions.height, "entities": entities.height, "distinct_texts": len(plan.table.units),
-              "sub_words": plan.sub_words, "chunks": chunks, "chunks_resumed": resumed}
+    counts = {
+        "mentions": mentions.height,
+        "entities": entities.height,
+        "distinct_texts": len(plan.table.units),
+        "sub_words": plan.sub_words,
+        "chunks": chunks,
+        "chunks_resumed": resumed,
+    }
     extra = {"encoder_path": encoder.path, "device": str(encoder.device)}
     summary = {"texts_per_second": len(plan.table.units) / max(seconds, 1e-9)}
     if shard is None:
         result = stage_run.finish(counts, [VECTORS], summary=summary, extra=extra)
     else:
-        _write_shard_manifest(stage_run, shard, shard_manifest, target, {"counts": counts, "seconds": round(seconds, 3),
-                                                                          **extra})
+        _write_shard_manifest(
+            stage_run, shard, shard_manifest, target, {"counts": counts, "seconds": round(seconds, 3), **extra}
+        )
         result = StageResult(STAGE, target.parent, skipped=False, seconds=seconds, counts=counts, summary=summary)
     # Only now that the result is in place: the chunks are no longer needed to resume.
     shutil.rmtree(work_dir, ignore_errors=True)
@@ -193,26 +237,31 @@ def merge_shards(config: RunConfig, stage_run: StageRun) -> StageResult:
     for index, (path, manifest) in enumerate(zip(paths, manifests)):
         problem = checked_files.listed_damage(path.parent, manifest.get("checked", {}))  # an older xel's: none
         if problem is not None:  # nothing can redo a shard here: refused, naming what to redo
-            raise CacheError("E404", path=path, detail=f"damaged ({problem}); delete it and "
-                             f"{path.with_suffix('.json').name}")
+            raise CacheError(
+                "E404", path=path, detail=f"damaged ({problem}); delete it and {path.with_suffix('.json').name}"
+            )
         try:
             with h5py.File(path, "r") as handle:
                 attributes = dict(handle.attrs)
         except OSError as exc:
             raise SchemaError("E302", path=path, detail=str(exc)) from None
         if attributes.get("key") != key or attributes.get("encoder_identity") != inputs["encoder"]:
-            raise CacheError("E404", path=path,
-                             detail="its attributes name another encoder or stage key than its manifest")
+            raise CacheError(
+                "E404", path=path, detail="its attributes name another encoder or stage key than its manifest"
+            )
     attributes.pop("shard", None)
     stage_run.begin()
-    groups = {"mentions": merge_group(paths, "mentions", mentions["mention_id"].to_list()),
-              "entities": merge_group(paths, "entities", entities["kb_id"].to_list())}
+    groups = {
+        "mentions": merge_group(paths, "mentions", mentions["mention_id"].to_list()),
+        "entities": merge_group(paths, "entities", entities["kb_id"].to_list()),
+    }
     write_vectors(out_dir / VECTORS, attributes, config.encoder.store_float16, groups)
     share_entity_vectors(config, inputs["encoder"], entities, *groups["entities"][1:])
     counts = {"mentions": mentions.height, "entities": entities.height, "shards": len(paths)}
     for name in ("distinct_texts", "sub_words"):
         counts[name] = int(sum(m["counts"][name] for m in manifests))
-    result = stage_run.finish(counts, [VECTORS], extra={"encoder_path": str(attributes["encoder_path"]),
-                                                        "shards": len(paths)})
+    result = stage_run.finish(
+        counts, [VECTORS], extra={"encoder_path": str(attributes["encoder_path"]), "shards": len(paths)}
+    )
     remove_stale_work(out_dir, key)
     return result

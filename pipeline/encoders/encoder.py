@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 def _inference_mode(function):
     """`@torch.inference_mode()` with torch imported at the call: this module loads without torch
     (stage keys and `xel-cli link`'s checks need the encoder's identity, not torch)."""
+
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         import torch
@@ -103,8 +104,11 @@ def encoder_identity(path: str, precision: str = "fp32") -> str:
         if not file_path.is_file() or file_path.suffix not in IDENTITY_SUFFIXES or file_path.name in IDENTITY_SKIPPED:
             continue
         digest.update(file_path.name.encode() + b"\0")
-        digest.update(_weights_digest(file_path).encode() if file_path.suffix in (".safetensors", ".bin")
-                      else file_path.read_bytes())
+        digest.update(
+            _weights_digest(file_path).encode()
+            if file_path.suffix in (".safetensors", ".bin")
+            else file_path.read_bytes()
+        )
     return digest.hexdigest()
 
 
@@ -183,13 +187,27 @@ def load_encoder(config: EncoderConfig) -> LoadedEncoder:
     precision = Precision.resolve(config.precision, device.type)
     num_layers = int(model.config.num_hidden_layers)
     if config.name_layer > num_layers:
-        raise ConfigError("E203", where="[encoder]", field="name_layer", value=config.name_layer,
-                          reason=f"{config.name} has only {num_layers} layers (hidden states 0..{num_layers})")
+        raise ConfigError(
+            "E203",
+            where="[encoder]",
+            field="name_layer",
+            value=config.name_layer,
+            reason=f"{config.name} has only {num_layers} layers (hidden states 0..{num_layers})",
+        )
     hidden_size = int(model.config.hidden_size)
     model = precision.apply(model.to(device).eval())
     logger.info("encoder %s on %s at %s", config.name, device, precision.name)
-    return LoadedEncoder(config.name, path, encoder_identity(path, precision.name), tokenizer, model, device, precision,
-                         hidden_size, num_layers)
+    return LoadedEncoder(
+        config.name,
+        path,
+        encoder_identity(path, precision.name),
+        tokenizer,
+        model,
+        device,
+        precision,
+        hidden_size,
+        num_layers,
+    )
 
 
 def token_span(offsets: np.ndarray, start: int, end: int) -> tuple[int, int]:
@@ -251,8 +269,14 @@ def length_batches(sequences: list, pad_id: int, batch_tokens: int, device: torc
 
 
 @_inference_mode
-def forward_units(encoder: LoadedEncoder, units: list[np.ndarray], spans: list[list[tuple[int, int, int]]],
-                  name_layer: int, batch_tokens: int, progress=None) -> tuple[np.ndarray, np.ndarray]:
+def forward_units(
+    encoder: LoadedEncoder,
+    units: list[np.ndarray],
+    spans: list[list[tuple[int, int, int]]],
+    name_layer: int,
+    batch_tokens: int,
+    progress=None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Run the encoder once over each unit (a token id sequence with special tokens).
 
     `spans[u]` lists (output row, first, last) sub-word ranges of unit `u`, in the
@@ -285,8 +309,9 @@ def forward_units(encoder: LoadedEncoder, units: list[np.ndarray], spans: list[l
 
 
 @_inference_mode
-def embed_texts(encoder: LoadedEncoder, texts: list[str], max_tokens: int, batch_tokens: int,
-                progress=None) -> np.ndarray:
+def embed_texts(
+    encoder: LoadedEncoder, texts: list[str], max_tokens: int, batch_tokens: int, progress=None
+) -> np.ndarray:
     """Unit-length mean-pooled top-layer vectors of short texts (names), (len(texts), H).
 
     This is the sentence-embedding pooling multilingual retrieval models are trained with

@@ -40,12 +40,13 @@ def _special_prefix(tokenizer) -> tuple[list[int], list[int]]:
     """Token ids the tokenizer puts before and after a single sequence ([CLS] ... [SEP])."""
     bare = tokenizer("x", add_special_tokens=False)["input_ids"]
     wrapped = tokenizer("x", add_special_tokens=True)["input_ids"]
-    cut = next(i for i in range(len(wrapped)) if wrapped[i:i + len(bare)] == bare)
-    return wrapped[:cut], wrapped[cut + len(bare):]
+    cut = next(i for i in range(len(wrapped)) if wrapped[i : i + len(bare)] == bare)
+    return wrapped[:cut], wrapped[cut + len(bare) :]
 
 
-def plan_mentions(mentions: pl.DataFrame, encoder: LoadedEncoder, table: UnitTable, max_tokens: int,
-                  first_span_row: int) -> tuple[np.ndarray, np.ndarray]:
+def plan_mentions(
+    mentions: pl.DataFrame, encoder: LoadedEncoder, table: UnitTable, max_tokens: int, first_span_row: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Add every mention's unit; returns (unit index per mention, span row per mention)."""
     if mentions.height == 0:  # a shard may hold none; tokenizers refuse an empty batch
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
@@ -65,15 +66,21 @@ def plan_mentions(mentions: pl.DataFrame, encoder: LoadedEncoder, table: UnitTab
             ids = np.asarray([encoder.tokenizer.unk_token_id], dtype=np.int64)
         first, last = token_span(offsets[index], start, end)
         window_start, first, last = mention_window(len(ids), first, last, body)
-        window = ids[window_start: window_start + body]
+        window = ids[window_start : window_start + body]
         unit = table.add(np.concatenate([prefix, window, suffix]).astype(np.int64))
         table.spans[unit].append((int(span_row[row]), first + len(prefix), last + len(prefix)))
         unit_of_mention[row] = unit
     return unit_of_mention, span_row
 
 
-def plan_entities(entities: pl.DataFrame, encoder: LoadedEncoder, table: UnitTable, max_context_tokens: int,
-                  max_name_tokens: int, first_span_row: int) -> tuple[np.ndarray, np.ndarray]:
+def plan_entities(
+    entities: pl.DataFrame,
+    encoder: LoadedEncoder,
+    table: UnitTable,
+    max_context_tokens: int,
+    max_name_tokens: int,
+    first_span_row: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """Add each entity's name unit (span = all its sub-words) and description unit."""
     if entities.height == 0:  # a shard may hold none; tokenizers refuse an empty batch
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
@@ -81,8 +88,12 @@ def plan_entities(entities: pl.DataFrame, encoder: LoadedEncoder, table: UnitTab
     tokenizer = encoder.tokenizer
     names = entities["name"].to_list()
     texts = entities.select(pl.coalesce(pl.col("description").replace("", None), "name"))["description"].to_list()
-    name_ids = tokenizer(names, add_special_tokens=False, truncation=True, max_length=max_name_tokens - len(prefix) - len(suffix))["input_ids"]
-    text_ids = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_context_tokens - len(prefix) - len(suffix))["input_ids"]
+    name_ids = tokenizer(
+        names, add_special_tokens=False, truncation=True, max_length=max_name_tokens - len(prefix) - len(suffix)
+    )["input_ids"]
+    text_ids = tokenizer(
+        texts, add_special_tokens=False, truncation=True, max_length=max_context_tokens - len(prefix) - len(suffix)
+    )["input_ids"]
     context_unit = np.zeros(entities.height, dtype=np.int64)
     span_row = np.arange(first_span_row, first_span_row + entities.height)
     for row, (ids, description_ids) in enumerate(zip(name_ids, text_ids)):
@@ -91,8 +102,9 @@ def plan_entities(entities: pl.DataFrame, encoder: LoadedEncoder, table: UnitTab
     return context_unit, span_row
 
 
-def _add_name_unit(table: UnitTable, ids: list[int], prefix: list[int], suffix: list[int], unk_id: int,
-                   span_row: int) -> list[int]:
+def _add_name_unit(
+    table: UnitTable, ids: list[int], prefix: list[int], suffix: list[int], unk_id: int, span_row: int
+) -> list[int]:
     """A name encoded alone, its span all of its sub-words; the ids used (an empty name is [UNK])."""
     ids = ids or [unk_id]
     unit = table.add(np.asarray(prefix + ids + suffix, dtype=np.int64))
@@ -106,8 +118,9 @@ def plan_names(names: list[str], encoder: LoadedEncoder, table: UnitTable, max_n
         return np.zeros(0, dtype=np.int64)
     prefix, suffix = _special_prefix(encoder.tokenizer)
     tokenizer = encoder.tokenizer
-    name_ids = tokenizer(names, add_special_tokens=False, truncation=True,
-                         max_length=max_name_tokens - len(prefix) - len(suffix))["input_ids"]
+    name_ids = tokenizer(
+        names, add_special_tokens=False, truncation=True, max_length=max_name_tokens - len(prefix) - len(suffix)
+    )["input_ids"]
     for row, ids in enumerate(name_ids):
         _add_name_unit(table, ids, prefix, suffix, tokenizer.unk_token_id, row)
     return np.arange(len(names))
@@ -136,6 +149,7 @@ def plan_units(mentions: pl.DataFrame, entities: pl.DataFrame, encoder: LoadedEn
     """Tokenise mentions (`mention_id, context, start, end`) and entities (`kb_id, name, description`) into units."""
     table = UnitTable()
     mention_units, mention_span_rows = plan_mentions(mentions, encoder, table, settings.max_context_tokens, 0)
-    entity_units, entity_span_rows = plan_entities(entities, encoder, table, settings.max_context_tokens,
-                                                   settings.max_name_tokens, mentions.height)
+    entity_units, entity_span_rows = plan_entities(
+        entities, encoder, table, settings.max_context_tokens, settings.max_name_tokens, mentions.height
+    )
     return Plan(table, mention_units, mention_span_rows, entity_units, entity_span_rows)

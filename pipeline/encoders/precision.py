@@ -68,8 +68,9 @@ class Precision:
     device_type: str
 
     @classmethod
-    def resolve(cls, setting: str, device_type: str, where: str = "[encoder]",
-                flags: frozenset[str] | None = None) -> "Precision":
+    def resolve(
+        cls, setting: str, device_type: str, where: str = "[encoder]", flags: frozenset[str] | None = None
+    ) -> "Precision":
         """The precision a `setting` means on `device_type`; `auto` by `auto_precision` (CPU `flags`
         from /proc/cpuinfo when None). Raises `ConfigError` E203 naming `where` for a setting not in
         `PRECISIONS`, and for int8 anywhere but on a CPU: its kernels are CPU-only, and no fallback is
@@ -77,9 +78,14 @@ class Precision:
         if setting not in PRECISIONS:
             raise ConfigError("E203", where=where, field="precision", value=setting, reason=PRECISION_EXPECTED)
         if setting == "int8" and device_type != "cpu":
-            raise ConfigError("E203", where=where, field="precision", value=setting,
-                              reason=f"int8 dynamic quantisation runs on a CPU only, not {device_type}; "
-                                     f"use bf16 (or auto) on {device_type}, or device = \"cpu\"")
+            raise ConfigError(
+                "E203",
+                where=where,
+                field="precision",
+                value=setting,
+                reason=f"int8 dynamic quantisation runs on a CPU only, not {device_type}; "
+                f'use bf16 (or auto) on {device_type}, or device = "cpu"',
+            )
         name = auto_precision(device_type, flags) if setting == "auto" else setting
         return cls(name, device_type)
 

@@ -38,19 +38,27 @@ def outcome_scores(decided: pl.DataFrame) -> pl.DataFrame:
     gold are left out. Precision is 0 when nothing is said NIL, recall 0 without gold NILs.
     """
     frame = decided.filter(pl.col("gold_kb_id").is_not_null()).select(
-        "lang", (pl.col("kb_id") == pl.col("gold_kb_id")).fill_null(False).alias("right"),
-        (pl.col("gold_kb_id") == schema.NIL_ID).alias("gold_nil"), (pl.col("kb_id") == schema.NIL_ID).alias("says_nil"))
+        "lang",
+        (pl.col("kb_id") == pl.col("gold_kb_id")).fill_null(False).alias("right"),
+        (pl.col("gold_kb_id") == schema.NIL_ID).alias("gold_nil"),
+        (pl.col("kb_id") == schema.NIL_ID).alias("says_nil"),
+    )
     frame = pl.concat([frame, frame.with_columns(pl.lit(ALL).alias("lang"))])
     table = frame.group_by("lang").agg(
-        pl.len().alias("mentions"), pl.col("right").mean().alias("micro_average"),
-        (pl.col("gold_nil") & pl.col("says_nil")).sum().alias("both"), pl.col("says_nil").sum().alias("said"),
-        pl.col("gold_nil").sum().alias("gold"))
+        pl.len().alias("mentions"),
+        pl.col("right").mean().alias("micro_average"),
+        (pl.col("gold_nil") & pl.col("says_nil")).sum().alias("both"),
+        pl.col("says_nil").sum().alias("said"),
+        pl.col("gold_nil").sum().alias("gold"),
+    )
     precision = pl.when(pl.col("said") > 0).then(pl.col("both") / pl.col("said")).otherwise(0.0)
     recall = pl.when(pl.col("gold") > 0).then(pl.col("both") / pl.col("gold")).otherwise(0.0)
-    return (table.with_columns(precision.alias("nil_precision"), recall.alias("nil_recall"))
-            .with_columns(_f1(pl.col("nil_precision"), pl.col("nil_recall")).alias("nil_f1"))
-            .select("lang", "mentions", "micro_average", "nil_precision", "nil_recall", "nil_f1")
-            .sort(pl.col("lang") == ALL, "lang"))
+    return (
+        table.with_columns(precision.alias("nil_precision"), recall.alias("nil_recall"))
+        .with_columns(_f1(pl.col("nil_precision"), pl.col("nil_recall")).alias("nil_f1"))
+        .select("lang", "mentions", "micro_average", "nil_precision", "nil_recall", "nil_f1")
+        .sort(pl.col("lang") == ALL, "lang")
+    )
 
 
 ERROR_KINDS = ("not among candidates", "wrong entity", "false NIL", "missed NIL")
@@ -69,40 +77,62 @@ def error_kinds(decisions: dict[str, pl.DataFrame], candidates: pl.DataFrame) ->
     proposed = candidates.select("mention_id", pl.col("kb_id").alias("gold_kb_id"), pl.lit(True).alias("proposed"))
     gold_nil, says_nil = pl.col("gold_kb_id") == schema.NIL_ID, pl.col("kb_id") == schema.NIL_ID
     right = (pl.col("kb_id") == pl.col("gold_kb_id")).fill_null(False)
-    kinds = {"right": right,
-             "not among candidates": ~gold_nil & pl.col("proposed").is_null(),
-             "wrong entity": ~gold_nil & pl.col("proposed").is_not_null() & ~says_nil & ~right,
-             "false NIL": ~gold_nil & pl.col("proposed").is_not_null() & says_nil,
-             "missed NIL": gold_nil & ~says_nil}
+    kinds = {
+        "right": right,
+        "not among candidates": ~gold_nil & pl.col("proposed").is_null(),
+        "wrong entity": ~gold_nil & pl.col("proposed").is_not_null() & ~says_nil & ~right,
+        "false NIL": ~gold_nil & pl.col("proposed").is_not_null() & says_nil,
+        "missed NIL": gold_nil & ~says_nil,
+    }
     tables = []
     for method, decided in decisions.items():
-        frame = (decided.filter(pl.col("gold_kb_id").is_not_null())
-                 .join(proposed, on=["mention_id", "gold_kb_id"], how="left"))
+        frame = decided.filter(pl.col("gold_kb_id").is_not_null()).join(
+            proposed, on=["mention_id", "gold_kb_id"], how="left"
+        )
         frame = pl.concat([frame, frame.with_columns(pl.lit(ALL).alias("lang"))])
-        tables.append(frame.group_by("lang").agg(pl.len().alias("mentions"),
-                                                 *(kind.sum().alias(name) for name, kind in kinds.items()))
-                      .with_columns(pl.lit(method).alias("method")))
+        tables.append(
+            frame.group_by("lang")
+            .agg(pl.len().alias("mentions"), *(kind.sum().alias(name) for name, kind in kinds.items()))
+            .with_columns(pl.lit(method).alias("method"))
+        )
     order = {method: index for index, method in enumerate(decisions)}
-    return (pl.concat(tables).with_columns(pl.col("method").replace_strict(order).alias("order"))
-            .sort("order", pl.col("lang") == ALL, "lang").drop("order").select("method", pl.exclude("method")))
+    return (
+        pl.concat(tables)
+        .with_columns(pl.col("method").replace_strict(order).alias("order"))
+        .sort("order", pl.col("lang") == ALL, "lang")
+        .drop("order")
+        .select("method", pl.exclude("method"))
+    )
 
 
 def error_kinds_markdown(table: pl.DataFrame) -> str:
     """report.md's ranker-and-reader table: per method and language, right and each kind of error."""
-    lines = ["## Errors by kind, per NIL method", "",
-             "Mentions of the evaluation split with gold. The ranker's methods (threshold, classifier, nota) link the "
-             "ranker's best candidate; `reader` links the reader's. *Not among candidates*: triage did not propose "
-             "the gold (wrong whatever is decided); *false NIL*: a linked gold decided NIL; *wrong entity*: another "
-             "entity linked; *missed NIL*: a NIL gold linked.", "",
-             "| method | language | mentions | right | " + " | ".join(ERROR_KINDS) + " |",
-             "| --- " * (4 + len(ERROR_KINDS)) + "|"]
-    lines += [f"| {row['method']} | {row['lang']} | {row['mentions']} | {row['right']} | "
-              + " | ".join(str(row[kind]) for kind in ERROR_KINDS) + " |" for row in table.iter_rows(named=True)]
+    lines = [
+        "## Errors by kind, per NIL method",
+        "",
+        "Mentions of the evaluation split with gold. The ranker's methods (threshold, classifier, nota) link the "
+        "ranker's best candidate; `reader` links the reader's. *Not among candidates*: triage did not propose "
+        "the gold (wrong whatever is decided); *false NIL*: a linked gold decided NIL; *wrong entity*: another "
+        "entity linked; *missed NIL*: a NIL gold linked.",
+        "",
+        "| method | language | mentions | right | " + " | ".join(ERROR_KINDS) + " |",
+        "| --- " * (4 + len(ERROR_KINDS)) + "|",
+    ]
+    lines += [
+        f"| {row['method']} | {row['lang']} | {row['mentions']} | {row['right']} | "
+        + " | ".join(str(row[kind]) for kind in ERROR_KINDS)
+        + " |"
+        for row in table.iter_rows(named=True)
+    ]
     return "\n".join(lines) + "\n"
 
 
-def analyse(evaluated: pl.DataFrame, candidates: pl.DataFrame, seen_kb_ids: list[str],
-            names: pl.LazyFrame | pl.DataFrame | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+def analyse(
+    evaluated: pl.DataFrame,
+    candidates: pl.DataFrame,
+    seen_kb_ids: list[str],
+    names: pl.LazyFrame | pl.DataFrame | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(analysis table, confusions table) of decided mentions.
 
     evaluated: the evaluation split's mentions with gold (mention_id, lang, mention,
@@ -118,41 +148,81 @@ def analyse(evaluated: pl.DataFrame, candidates: pl.DataFrame, seen_kb_ids: list
     gold_rank = candidates.select("mention_id", pl.col("kb_id").alias("gold_kb_id"), pl.col("rank").alias("gold_rank"))
     gold_nil = pl.col("gold_kb_id") == schema.NIL_ID
     rank = pl.col("gold_rank")
-    frame = (evaluated.filter(pl.col("gold_kb_id").is_not_null())
-             .join(gold_rank, on=["mention_id", "gold_kb_id"], how="left")
-             .with_columns((pl.col("kb_id") == pl.col("gold_kb_id")).fill_null(False).alias("right"),
-                           (gold_nil | rank.is_not_null()).alias("reachable")))
+    frame = (
+        evaluated.filter(pl.col("gold_kb_id").is_not_null())
+        .join(gold_rank, on=["mention_id", "gold_kb_id"], how="left")
+        .with_columns(
+            (pl.col("kb_id") == pl.col("gold_kb_id")).fill_null(False).alias("right"),
+            (gold_nil | rank.is_not_null()).alias("reachable"),
+        )
+    )
     groups = {
-        "seen in training": pl.when(gold_nil).then(pl.lit("NIL gold"))
-        .when(pl.col("gold_kb_id").is_in(seen_kb_ids)).then(pl.lit("seen")).otherwise(pl.lit("unseen")),
-        "triage rank": pl.when(gold_nil).then(pl.lit("NIL gold")).when(rank.is_null()).then(pl.lit("not found"))
-        .when(rank == 1).then(pl.lit("1")).when(rank <= 5).then(pl.lit("2-5")).otherwise(pl.lit("6-k")),
+        "seen in training": pl.when(gold_nil)
+        .then(pl.lit("NIL gold"))
+        .when(pl.col("gold_kb_id").is_in(seen_kb_ids))
+        .then(pl.lit("seen"))
+        .otherwise(pl.lit("unseen")),
+        "triage rank": pl.when(gold_nil)
+        .then(pl.lit("NIL gold"))
+        .when(rank.is_null())
+        .then(pl.lit("not found"))
+        .when(rank == 1)
+        .then(pl.lit("1"))
+        .when(rank <= 5)
+        .then(pl.lit("2-5"))
+        .otherwise(pl.lit("6-k")),
         "entity type": pl.col("entity_type").fill_null("unknown"),
         "language": pl.col("lang"),
     }
     both = pl.concat([frame, frame.with_columns(pl.lit(ALL).alias("lang"))])
     tables = []
     for name, group in groups.items():
-        tables.append(both.with_columns(group.alias("group")).group_by("group", "lang").agg(
-            pl.len().alias("mentions"), pl.col("right").sum().alias("correct")).with_columns(pl.lit(name).alias("analysis")))
-    ceiling = both.group_by("lang").agg(pl.len().alias("mentions"), pl.col("right").sum().alias("correct"),
-                                        pl.col("reachable").mean().alias("ceiling"))
+        tables.append(
+            both.with_columns(group.alias("group"))
+            .group_by("group", "lang")
+            .agg(pl.len().alias("mentions"), pl.col("right").sum().alias("correct"))
+            .with_columns(pl.lit(name).alias("analysis"))
+        )
+    ceiling = both.group_by("lang").agg(
+        pl.len().alias("mentions"), pl.col("right").sum().alias("correct"), pl.col("reachable").mean().alias("ceiling")
+    )
     tables.append(ceiling.with_columns(pl.lit("triage ceiling").alias("analysis"), pl.lit(ALL).alias("group")))
-    nil = outcome_scores(frame).drop("micro_average").with_columns(
-        pl.lit("NIL").alias("analysis"), pl.lit("NIL").alias("group"))
+    nil = (
+        outcome_scores(frame)
+        .drop("micro_average")
+        .with_columns(pl.lit("NIL").alias("analysis"), pl.lit("NIL").alias("group"))
+    )
     nil_counts = both.filter(gold_nil).group_by("lang").agg(pl.col("right").sum().alias("correct"))
     tables.append(nil.join(nil_counts, on="lang", how="left").with_columns(pl.col("correct").fill_null(0)))
-    table = (pl.concat(tables, how="diagonal_relaxed")
-             .with_columns(pl.col("correct").cast(pl.Int64), pl.col("mentions").cast(pl.Int64),
-                           (pl.col("correct") / pl.col("mentions")).alias("accuracy"))
-             .select("analysis", "group", "lang", "mentions", "correct", "accuracy", "nil_precision", "nil_recall",
-                     "nil_f1", "ceiling")
-             .sort("analysis", "group", pl.col("lang") != ALL, "lang"))
-    confusions = (frame.filter(~pl.col("right")).sort("mention_id")
-                  .group_by(pl.col("gold_kb_id"), pl.col("kb_id").alias("predicted_kb_id"))
-                  .agg(pl.len().alias("count"), pl.col("mention").first().alias("example"))
-                  .sort(pl.col("count"), pl.col("gold_kb_id"), pl.col("predicted_kb_id"), descending=[True, False, False])
-                  .head(TOP_CONFUSIONS))
+    table = (
+        pl.concat(tables, how="diagonal_relaxed")
+        .with_columns(
+            pl.col("correct").cast(pl.Int64),
+            pl.col("mentions").cast(pl.Int64),
+            (pl.col("correct") / pl.col("mentions")).alias("accuracy"),
+        )
+        .select(
+            "analysis",
+            "group",
+            "lang",
+            "mentions",
+            "correct",
+            "accuracy",
+            "nil_precision",
+            "nil_recall",
+            "nil_f1",
+            "ceiling",
+        )
+        .sort("analysis", "group", pl.col("lang") != ALL, "lang")
+    )
+    confusions = (
+        frame.filter(~pl.col("right"))
+        .sort("mention_id")
+        .group_by(pl.col("gold_kb_id"), pl.col("kb_id").alias("predicted_kb_id"))
+        .agg(pl.len().alias("count"), pl.col("mention").first().alias("example"))
+        .sort(pl.col("count"), pl.col("gold_kb_id"), pl.col("predicted_kb_id"), descending=[True, False, False])
+        .head(TOP_CONFUSIONS)
+    )
     return table, with_names(confusions, names)
 
 
@@ -164,8 +234,12 @@ def with_names(confusions: pl.DataFrame, names: pl.LazyFrame | pl.DataFrame | No
         known = names.lazy().select("kb_id", "name").filter(pl.col("kb_id").is_in(ids.implode())).collect()
     named = confusions
     for column in ("gold", "predicted"):
-        named = named.join(known.rename({"kb_id": f"{column}_kb_id", "name": f"{column}_name"}), on=f"{column}_kb_id",
-                           how="left", maintain_order="left")
+        named = named.join(
+            known.rename({"kb_id": f"{column}_kb_id", "name": f"{column}_name"}),
+            on=f"{column}_kb_id",
+            how="left",
+            maintain_order="left",
+        )
     return named.select("gold_kb_id", "gold_name", "predicted_kb_id", "predicted_name", "count", "example")
 
 
@@ -183,8 +257,12 @@ def markdown(table: pl.DataFrame, confusions: pl.DataFrame) -> str:
     languages = [ALL] + sorted(set(table["lang"].to_list()) - {ALL})
     header = "| group | " + " | ".join(languages) + " |"
     rule = "| --- " * (len(languages) + 1) + "|"
-    lines = ["## Error analysis", "",
-             "Accuracy (mentions) on the evaluation split: a mention is right when the decision equals the gold.", ""]
+    lines = [
+        "## Error analysis",
+        "",
+        "Accuracy (mentions) on the evaluation split: a mention is right when the decision equals the gold.",
+        "",
+    ]
     for name in ANALYSES[:-1]:  # by language: the columns; its accuracy is the "achieved" row below
         part = table.filter(pl.col("analysis") == name)
         lines += [f"### By {name}", "", header, rule]
@@ -195,14 +273,30 @@ def markdown(table: pl.DataFrame, confusions: pl.DataFrame) -> str:
     nil = {row["lang"]: row for row in table.filter(pl.col("analysis") == "NIL").iter_rows(named=True)}
     ceiling = {row["lang"]: row for row in table.filter(pl.col("analysis") == "triage ceiling").iter_rows(named=True)}
     lines += ["### NIL detection and the triage ceiling", "", header, rule]
-    for label, source, field in (("NIL precision", nil, "nil_precision"), ("NIL recall", nil, "nil_recall"),
-                                 ("NIL F1", nil, "nil_f1"), ("triage ceiling", ceiling, "ceiling"),
-                                 ("achieved micro-average", ceiling, "accuracy")):
-        lines.append(f"| {label} | " + " | ".join(f"{source[lang][field]:.3f}" if lang in source else "-"
-                                                   for lang in languages) + " |")
+    for label, source, field in (
+        ("NIL precision", nil, "nil_precision"),
+        ("NIL recall", nil, "nil_recall"),
+        ("NIL F1", nil, "nil_f1"),
+        ("triage ceiling", ceiling, "ceiling"),
+        ("achieved micro-average", ceiling, "accuracy"),
+    ):
+        lines.append(
+            f"| {label} | "
+            + " | ".join(f"{source[lang][field]:.3f}" if lang in source else "-" for lang in languages)
+            + " |"
+        )
     fewer = [] if confusions.height >= TOP_CONFUSIONS else [f"(This split has {confusions.height} in all.)", ""]
-    lines += ["", f"### The {TOP_CONFUSIONS} most frequent confusions", "", *fewer,
-              "| gold | predicted | count | example mention |", "| --- | --- | --- | --- |"]
-    lines += [f"| {_named(row['gold_kb_id'], row.get('gold_name'))} | {_named(row['predicted_kb_id'], row.get('predicted_name'))} "
-              f"| {row['count']} | {row['example']} |" for row in confusions.iter_rows(named=True)]
+    lines += [
+        "",
+        f"### The {TOP_CONFUSIONS} most frequent confusions",
+        "",
+        *fewer,
+        "| gold | predicted | count | example mention |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {_named(row['gold_kb_id'], row.get('gold_name'))} | {_named(row['predicted_kb_id'], row.get('predicted_name'))} "
+        f"| {row['count']} | {row['example']} |"
+        for row in confusions.iter_rows(named=True)
+    ]
     return "\n".join(lines) + "\n"

@@ -48,8 +48,9 @@ PRIOR_COLUMN = mention_prior.COLUMN
 PRIOR_VARIANT = "classifier+prior"
 
 
-def thresholds_for(tuning: pl.DataFrame, evaluate: EvaluateConfig, languages: list[str],
-                   quiet: bool = False) -> tuple[dict[str, float], pl.DataFrame | None]:
+def thresholds_for(
+    tuning: pl.DataFrame, evaluate: EvaluateConfig, languages: list[str], quiet: bool = False
+) -> tuple[dict[str, float], pl.DataFrame | None]:
     """(threshold per language of `languages`, the sweep table or None when fixed).
 
     Swept languages get `best_thresholds`; the others the fixed value of their language
@@ -61,7 +62,9 @@ def thresholds_for(tuning: pl.DataFrame, evaluate: EvaluateConfig, languages: li
         thresholds = best_thresholds(sweep_table)
         # A sweep equal at every threshold holds no evidence (e.g. every dev mention is
         # wrongly linked whatever the threshold): that language falls back as one without dev.
-        spread = sweep_table.group_by("lang").agg((pl.col("micro_average").max() - pl.col("micro_average").min()).alias("d"))
+        spread = sweep_table.group_by("lang").agg(
+            (pl.col("micro_average").max() - pl.col("micro_average").min()).alias("d")
+        )
         flat = set(spread.filter(pl.col("d") <= 1e-12)["lang"].to_list())
         thresholds = {lang: value for lang, value in thresholds.items() if lang not in flat}
     for lang in sorted(languages):
@@ -82,8 +85,17 @@ def warn_thin_thresholds(counts: dict[str, dict[str, int]], thresholds: dict[str
     """W603 for each swept language whose dev counts are under MIN_TUNING_MENTIONS / MIN_TUNING_NILS."""
     for lang, count in sorted(counts.items()):
         if count["mentions"] < MIN_TUNING_MENTIONS or count["nil"] < MIN_TUNING_NILS:
-            warn(logger, "W603", lang=lang, value=thresholds[lang], mentions=count["mentions"], nils=count["nil"],
-                 split=split, min_mentions=MIN_TUNING_MENTIONS, min_nils=MIN_TUNING_NILS)
+            warn(
+                logger,
+                "W603",
+                lang=lang,
+                value=thresholds[lang],
+                mentions=count["mentions"],
+                nils=count["nil"],
+                split=split,
+                min_mentions=MIN_TUNING_MENTIONS,
+                min_nils=MIN_TUNING_NILS,
+            )
 
 
 def has_nil_scores(predictions: pl.DataFrame) -> bool:
@@ -98,8 +110,10 @@ def has_reader_scores(predictions: pl.DataFrame) -> bool:
 
 def classifier_ready(tuning: pl.DataFrame) -> bool:
     y = nil_classifier.labels(tuning.filter(pl.col("gold_kb_id").is_not_null()))
-    return bool((y == nil_classifier.NIL).sum() >= MIN_CLASSIFIER_EXAMPLES
-                and (y == nil_classifier.RIGHT).sum() >= MIN_CLASSIFIER_EXAMPLES)
+    return bool(
+        (y == nil_classifier.NIL).sum() >= MIN_CLASSIFIER_EXAMPLES
+        and (y == nil_classifier.RIGHT).sum() >= MIN_CLASSIFIER_EXAMPLES
+    )
 
 
 def cross_validate(tuning: pl.DataFrame, evaluate: EvaluateConfig, seed: int) -> pl.DataFrame:
@@ -127,11 +141,19 @@ def cross_validate(tuning: pl.DataFrame, evaluate: EvaluateConfig, seed: int) ->
             continue
         held_folds += 1
         thresholds, _ = thresholds_for(fit_part, evaluate, languages, quiet=True)
-        artifact = {"method": "threshold", "thresholds": thresholds, "default_threshold": evaluate.default_threshold,
-                    "classifier": None}
+        artifact = {
+            "method": "threshold",
+            "thresholds": thresholds,
+            "default_threshold": evaluate.default_threshold,
+            "classifier": None,
+        }
         decided["threshold"].append(decide_nil(held, artifact))
         if classifier_ready(fit_part):
-            artifact = {**artifact, "method": "classifier", "classifier": nil_classifier.fit(without_prior(fit_part), seed)}
+            artifact = {
+                **artifact,
+                "method": "classifier",
+                "classifier": nil_classifier.fit(without_prior(fit_part), seed),
+            }
             decided["classifier"].append(decide_nil(held, artifact))
             if with_prior:
                 variant = {**artifact, "classifier": nil_classifier.fit(fit_part, seed)}
@@ -140,13 +162,17 @@ def cross_validate(tuning: pl.DataFrame, evaluate: EvaluateConfig, seed: int) ->
             decided["nota"].append(decide_nil(held, {**artifact, "method": "nota"}))
         if has_reader_scores(held):
             decided["reader"].append(decide_nil(held, {**artifact, "method": "reader"}))
-    tables = [outcome_scores(pl.concat(parts)).with_columns(pl.lit(method).alias("method"))
-              for method, parts in decided.items() if parts and len(parts) == held_folds]
+    tables = [
+        outcome_scores(pl.concat(parts)).with_columns(pl.lit(method).alias("method"))
+        for method, parts in decided.items()
+        if parts and len(parts) == held_folds
+    ]
     return pl.concat(tables).select("method", pl.exclude("method"))
 
 
-def choose(tuning: pl.DataFrame, evaluate: EvaluateConfig, languages: list[str], seed: int
-           ) -> tuple[dict, pl.DataFrame | None, pl.DataFrame | None, dict[str, dict]]:
+def choose(
+    tuning: pl.DataFrame, evaluate: EvaluateConfig, languages: list[str], seed: int
+) -> tuple[dict, pl.DataFrame | None, pl.DataFrame | None, dict[str, dict]]:
     """(NIL artifact, sweep table or None, cross-validation table or None, classifier variants) from the
     tuning split's predictions. The variants ({"classifier": ..., "classifier+prior": ...}, the
     fitted ones) let the report score each on the evaluation split; the artifact holds the chosen one.
@@ -159,13 +185,24 @@ def choose(tuning: pl.DataFrame, evaluate: EvaluateConfig, languages: list[str],
     counts = tuning_counts(tuning)
     if evaluate.threshold_mode == "dev":
         warn_thin_thresholds(counts, thresholds, evaluate.tune_split)
-    artifact = {"method": "threshold", "thresholds": thresholds, "default_threshold": evaluate.default_threshold,
-                "classifier": None, "tuning_counts": counts, "tune_split": evaluate.tune_split}
+    artifact = {
+        "method": "threshold",
+        "thresholds": thresholds,
+        "default_threshold": evaluate.default_threshold,
+        "classifier": None,
+        "tuning_counts": counts,
+        "tune_split": evaluate.tune_split,
+    }
     nota, reader = has_nil_scores(tuning), has_reader_scores(tuning)
     if evaluate.nil_method == "nota" and not nota:
-        raise ConfigError("E203", where="[evaluate]", field="nil_method", value="nota",
-                          reason="the model has no NIL option; train it with train.nil_candidate = true, "
-                                 "or use threshold, classifier or auto")
+        raise ConfigError(
+            "E203",
+            where="[evaluate]",
+            field="nil_method",
+            value="nota",
+            reason="the model has no NIL option; train it with train.nil_candidate = true, "
+            "or use threshold, classifier or auto",
+        )
     if tuning.is_empty():
         artifact["method"] = evaluate.nil_method if evaluate.nil_method in ("nota", "reader") else "threshold"
         return artifact, sweep_table, None, {}
@@ -181,7 +218,9 @@ def choose(tuning: pl.DataFrame, evaluate: EvaluateConfig, languages: list[str],
     if artifact["classifier"] is None and not nota and not reader:
         return artifact, sweep_table, None, variants
     validation = cross_validate(tuning, evaluate, seed)
-    overall = {row["method"]: row["micro_average"] for row in validation.filter(pl.col("lang") == "all").iter_rows(named=True)}
+    overall = {
+        row["method"]: row["micro_average"] for row in validation.filter(pl.col("lang") == "all").iter_rows(named=True)
+    }
     if overall.get(PRIOR_VARIANT, -1.0) > overall.get("classifier", -1.0):
         # The prior is evidence, not a method: the classifier reads it when dev says it helps.
         artifact["classifier"] = variants[PRIOR_VARIANT]
@@ -200,4 +239,3 @@ def choose(tuning: pl.DataFrame, evaluate: EvaluateConfig, languages: list[str],
 def without_prior(predictions: pl.DataFrame) -> pl.DataFrame:
     """The predictions without the mention NIL prior, which the classifier then does not read."""
     return predictions.drop(PRIOR_COLUMN, strict=False)
-

@@ -84,7 +84,9 @@ def plot_sweep(sweep_table: pl.DataFrame, thresholds: dict[str, float], path: Pa
     figure, axis = plt.subplots(figsize=(6, 4))
     for lang in sorted(sweep_table["lang"].unique().to_list()):
         part = sweep_table.filter(pl.col("lang") == lang).sort("threshold")
-        axis.plot(part["threshold"].to_numpy(), part["micro_average"].to_numpy(), label=f"{lang} (t={thresholds[lang]:.2f})")
+        axis.plot(
+            part["threshold"].to_numpy(), part["micro_average"].to_numpy(), label=f"{lang} (t={thresholds[lang]:.2f})"
+        )
     axis.set_xlabel("NIL threshold")
     axis.set_ylabel("micro-average (tuning split)")
     axis.legend()
@@ -94,13 +96,16 @@ def plot_sweep(sweep_table: pl.DataFrame, thresholds: dict[str, float], path: Pa
     plt.close(figure)
 
 
-def decided_by_method(predictions: pl.DataFrame, evaluated: pl.DataFrame, artifact: dict,
-                      variants: dict[str, dict] | None = None) -> dict[str, pl.DataFrame]:
+def decided_by_method(
+    predictions: pl.DataFrame, evaluated: pl.DataFrame, artifact: dict, variants: dict[str, dict] | None = None
+) -> dict[str, pl.DataFrame]:
     """The evaluated mentions decided by each NIL method the artifact can apply (nota with the ranker's NIL
     option, reader with the reader's scores), and by each classifier variant (`nil_choice.choose`: with
     and without the mention NIL prior): {method: `decide_nil`'s table}."""
     artifacts = {"threshold": {**artifact, "method": "threshold"}}
-    for name, classifier in (variants or ({"classifier": artifact["classifier"]} if artifact.get("classifier") else {})).items():
+    for name, classifier in (
+        variants or ({"classifier": artifact["classifier"]} if artifact.get("classifier") else {})
+    ).items():
         artifacts[name] = {**artifact, "method": "classifier", "classifier": classifier}
     if nil_choice.has_nil_scores(predictions):
         artifacts["nota"] = {**artifact, "method": "nota"}
@@ -112,8 +117,12 @@ def decided_by_method(predictions: pl.DataFrame, evaluated: pl.DataFrame, artifa
 
 def outcome_by_method(decisions: dict[str, pl.DataFrame]) -> pl.DataFrame:
     """`error_analysis.outcome_scores` of each method's decisions (`decided_by_method`), with a `method` column."""
-    return pl.concat([error_analysis.outcome_scores(decided).with_columns(pl.lit(name).alias("method"))
-                      for name, decided in decisions.items()]).select("method", pl.exclude("method"))
+    return pl.concat(
+        [
+            error_analysis.outcome_scores(decided).with_columns(pl.lit(name).alias("method"))
+            for name, decided in decisions.items()
+        ]
+    ).select("method", pl.exclude("method"))
 
 
 def with_reader(predictions: pl.DataFrame, rerank_dir: Path) -> pl.DataFrame:
@@ -133,32 +142,56 @@ def fit_mention_prior(inputs: RankerInputs, seed: int) -> tuple[dict | None, pl.
     rows = training["row"].to_numpy()
     params = mention_prior.fit(name[rows], context[rows], (training["gold_kb_id"] == schema.NIL_ID).to_numpy(), seed)
     if params is None:
-        logger.info("no mention NIL prior: the training split has under %d NIL or linked mentions", mention_prior.MIN_EXAMPLES)
+        logger.info(
+            "no mention NIL prior: the training split has under %d NIL or linked mentions", mention_prior.MIN_EXAMPLES
+        )
         return None, None
     every = table["row"].to_numpy()
-    return params, pl.DataFrame({"mention_id": table["mention_id"],
-                                 mention_prior.COLUMN: mention_prior.logits(params, name[every], context[every])})
+    return params, pl.DataFrame(
+        {
+            "mention_id": table["mention_id"],
+            mention_prior.COLUMN: mention_prior.logits(params, name[every], context[every]),
+        }
+    )
 
 
 def check_gold_splits(mentions_path: Path, evaluate: EvaluateConfig) -> None:
     """Refuse, before a finished evaluation is touched, splits that leave nothing to tune or score:
     E112 when the tuning split (with thresholds swept on it) or the evaluation split has no
     mention with gold; E203 naming evaluate.languages when only those languages lack it."""
-    gold = (pl.scan_parquet(mentions_path).filter(pl.col("gold_kb_id").is_not_null())
-            .group_by("split", "lang").agg(pl.len()).collect())
+    gold = (
+        pl.scan_parquet(mentions_path)
+        .filter(pl.col("gold_kb_id").is_not_null())
+        .group_by("split", "lang")
+        .agg(pl.len())
+        .collect()
+    )
     splits = set(gold["split"].to_list())
     if evaluate.threshold_mode == "dev" and evaluate.tune_split not in splits:
-        raise InputError("E112", path=mentions_path, line="-",
-                         detail=f"no {evaluate.tune_split} mention has a gold id to tune NIL thresholds on; "
-                                "give some mentions that split, or set evaluate.threshold_mode = \"fixed\"")
+        raise InputError(
+            "E112",
+            path=mentions_path,
+            line="-",
+            detail=f"no {evaluate.tune_split} mention has a gold id to tune NIL thresholds on; "
+            'give some mentions that split, or set evaluate.threshold_mode = "fixed"',
+        )
     if evaluate.eval_split not in splits:
-        raise InputError("E112", path=mentions_path, line="-",
-                         detail=f"no {evaluate.eval_split} mention has a gold id; set evaluate.eval_split to a split with gold")
+        raise InputError(
+            "E112",
+            path=mentions_path,
+            line="-",
+            detail=f"no {evaluate.eval_split} mention has a gold id; set evaluate.eval_split to a split with gold",
+        )
     scored = sorted(gold.filter(pl.col("split") == evaluate.eval_split)["lang"].unique().to_list())
     if evaluate.languages and not set(evaluate.languages) & set(scored):
-        raise ConfigError("E203", where="[evaluate]", field="languages", value=list(evaluate.languages),
-                          reason=f"no {evaluate.eval_split} mention with gold is in those languages; "
-                                 f"the {evaluate.eval_split} split has {', '.join(scored)}")
+        raise ConfigError(
+            "E203",
+            where="[evaluate]",
+            field="languages",
+            value=list(evaluate.languages),
+            reason=f"no {evaluate.eval_split} mention with gold is in those languages; "
+            f"the {evaluate.eval_split} split has {', '.join(scored)}",
+        )
 
 
 @dataclass
@@ -194,8 +227,11 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     does, and write the outputs the module doc lists plus `<run>/model/`. Skipped when up to date."""
     out_dir = config.stage_dir(STAGE)
     triage_dir, encode_dir, train_dir = (config.stage_dir(s) for s in ("triage", "encode", "train"))
-    inputs_keys = {"triage": upstream_key(triage_dir, "triage"), "encode": upstream_key(encode_dir, "encode"),
-                   "train": upstream_key(train_dir, "train")}
+    inputs_keys = {
+        "triage": upstream_key(triage_dir, "triage"),
+        "encode": upstream_key(encode_dir, "encode"),
+        "train": upstream_key(train_dir, "train"),
+    }
     if config.rerank.enabled:  # the reader's scores; a run without it keeps its key
         inputs_keys["rerank"] = upstream_key(config.stage_dir("rerank"), "rerank")
     settings = {k: v for k, v in to_dict(config.evaluate).items() if LATER_SETTINGS.get(k, Ellipsis) != v}
@@ -211,10 +247,18 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     _measure(evaluation)
     outputs = _write(evaluation)
     evaluated, artifact = evaluation.evaluated, evaluation.artifact
-    counts = {"mentions_scored": int(len(evaluation.rows)), "candidates_scored": evaluation.score_table.height,
-              "evaluated": evaluated.height, "predicted_nil": int(evaluated["is_nil"].sum())}
-    return stage_run.finish(counts, outputs, summary={"metrics": evaluation.metrics, "micro_average_key": MICRO_AVERAGE},
-                            extra={"thresholds": artifact["thresholds"], "nil_method": artifact["method"]})
+    counts = {
+        "mentions_scored": int(len(evaluation.rows)),
+        "candidates_scored": evaluation.score_table.height,
+        "evaluated": evaluated.height,
+        "predicted_nil": int(evaluated["is_nil"].sum()),
+    }
+    return stage_run.finish(
+        counts,
+        outputs,
+        summary={"metrics": evaluation.metrics, "micro_average_key": MICRO_AVERAGE},
+        extra={"thresholds": artifact["thresholds"], "nil_method": artifact["method"]},
+    )
 
 
 def _score(evaluation: _Evaluation, encode_dir: Path, train_dir: Path) -> None:
@@ -226,7 +270,9 @@ def _score(evaluation: _Evaluation, encode_dir: Path, train_dir: Path) -> None:
     device = pick_device(config.train.device, "[train]")
     model, saved = load_model(train_dir, device)
     inputs, _, _ = load_inputs(triage_dir, encode_dir, saved["mention_types"], saved["entity_types"], 0, device)
-    candidates = triage_tables.read(triage_dir, triage_tables.CANDIDATES, "mention_id", "rank", "kb_id", "score", "sources")
+    candidates = triage_tables.read(
+        triage_dir, triage_tables.CANDIDATES, "mention_id", "rank", "kb_id", "score", "sources"
+    )
     if "triage" in model.features:
         inputs.attach_triage(candidates)
     mentions = inputs.mentions
@@ -234,8 +280,9 @@ def _score(evaluation: _Evaluation, encode_dir: Path, train_dir: Path) -> None:
     matrix = candidate_matrix(candidates, inputs, rows)
     scores = score_candidates(model, inputs, rows, matrix)
     popularity = training_popularity(inputs, saved.get("train_mention_ids", [])) if evaluate.popularity_rerank else None
-    score_table, predictions = predict(mentions, rows, matrix, scores, inputs.entity_ids["kb_id"].to_list(), popularity,
-                                       score_nil(model, inputs, rows))
+    score_table, predictions = predict(
+        mentions, rows, matrix, scores, inputs.entity_ids["kb_id"].to_list(), popularity, score_nil(model, inputs, rows)
+    )
     predictions = mentions.drop("row").join(predictions, on="mention_id")
     if config.rerank.enabled:
         predictions = with_reader(predictions, config.stage_dir("rerank"))
@@ -256,10 +303,13 @@ def _decide(evaluation: _Evaluation) -> None:
     evaluation split's mentions with gold."""
     evaluate, predictions = evaluation.config.evaluate, evaluation.predictions
     tuning = predictions.filter(pl.col("split") == evaluate.tune_split)
-    artifact, sweep_table, validation, variants = nil_choice.choose(tuning, evaluate, predictions["lang"].unique().to_list(),
-                                                                    evaluation.seed)
+    artifact, sweep_table, validation, variants = nil_choice.choose(
+        tuning, evaluate, predictions["lang"].unique().to_list(), evaluation.seed
+    )
     if evaluation.prior is not None:
-        artifact["mention_prior"] = evaluation.prior  # link computes mention_nil_logit with it when the classifier reads it
+        artifact["mention_prior"] = (
+            evaluation.prior
+        )  # link computes mention_nil_logit with it when the classifier reads it
     decided = cluster_nils(decide_nil(predictions, artifact), evaluate.nil_clustering)
     in_split = decided.filter(pl.col("split") == evaluate.eval_split)
     if evaluate.languages:  # some of them have gold (check_gold_splits)
@@ -267,8 +317,12 @@ def _decide(evaluation: _Evaluation) -> None:
     evaluated = in_split.filter(pl.col("gold_kb_id").is_not_null())
     gold_tab, system_tab, languages, metrics = score_decisions(evaluated)
     metrics["unscored_mentions"] = in_split.height - evaluated.height  # no gold_kb_id: left out, as link --score does
-    evaluation.artifact, evaluation.sweep_table, evaluation.validation, evaluation.variants = (artifact, sweep_table,
-                                                                                               validation, variants)
+    evaluation.artifact, evaluation.sweep_table, evaluation.validation, evaluation.variants = (
+        artifact,
+        sweep_table,
+        validation,
+        variants,
+    )
     evaluation.decided, evaluation.evaluated, evaluation.metrics = decided, evaluated, metrics
     evaluation.tabs = (gold_tab, system_tab, languages)
 
@@ -295,38 +349,84 @@ def _measure(evaluation: _Evaluation) -> None:
     if evaluate.nil_mention_prior and prior is None:
         metrics["mention_prior"] = None  # asked for, not fitted: too few training NILs (report.md says so)
     if prior is not None:  # how well the prior alone tells NIL from linked, on the tuning and evaluation splits
-        metrics["mention_prior"] = {**prior["fitted_on"], "roc_auc": {
-            split: mention_prior.roc_auc(part[mention_prior.COLUMN].to_numpy(), (part["gold_kb_id"] == schema.NIL_ID).to_numpy())
-            for split in (evaluate.tune_split, evaluate.eval_split)
-            for part in [predictions.filter((pl.col("split") == split) & pl.col("gold_kb_id").is_not_null())]}}
+        metrics["mention_prior"] = {
+            **prior["fitted_on"],
+            "roc_auc": {
+                split: mention_prior.roc_auc(
+                    part[mention_prior.COLUMN].to_numpy(), (part["gold_kb_id"] == schema.NIL_ID).to_numpy()
+                )
+                for split in (evaluate.tune_split, evaluate.eval_split)
+                for part in [predictions.filter((pl.col("split") == split) & pl.col("gold_kb_id").is_not_null())]
+            },
+        }
     metrics["tied_best"] = tied_best(evaluated)
     if metrics["tied_best"]["share"] > TIED_SHARE_WARN:
         ties = metrics["tied_best"]
-        warn(logger, "W502", split=evaluate.eval_split, tied=ties["tied"], mentions=ties["mentions"],
-             percent=f"{ties['share']:.0%}", advice=tie_advice(ties))
+        warn(
+            logger,
+            "W502",
+            split=evaluate.eval_split,
+            tied=ties["tied"],
+            mentions=ties["mentions"],
+            percent=f"{ties['share']:.0%}",
+            advice=tie_advice(ties),
+        )
 
 
 def _write(evaluation: _Evaluation) -> list[str]:
     """Write every output (atomically) and `<run>/model/`; the outputs' names, for the manifest."""
     config, out_dir, evaluate = evaluation.config, evaluation.out_dir, evaluation.config.evaluate
-    decided, evaluated, artifact, metrics = evaluation.decided, evaluation.evaluated, evaluation.artifact, evaluation.metrics
+    decided, evaluated, artifact, metrics = (
+        evaluation.decided,
+        evaluation.evaluated,
+        evaluation.artifact,
+        evaluation.metrics,
+    )
     sweep_table, saved = evaluation.sweep_table, evaluation.saved
-    seen = evaluation.mentions.filter(pl.col("mention_id").is_in(saved.get("train_mention_ids", [])))["gold_kb_id"].unique()
+    seen = evaluation.mentions.filter(pl.col("mention_id").is_in(saved.get("train_mention_ids", [])))[
+        "gold_kb_id"
+    ].unique()
     names = triage_tables.scan(evaluation.triage_dir, triage_tables.ENTITIES)  # confusions show names
     analysis, confusions = error_analysis.analyse(evaluated, evaluation.candidates, seen.drop_nulls().to_list(), names)
 
     write_parquet_atomic(evaluation.score_table, out_dir / "scores.parquet")
-    write_parquet_atomic(decided.select(
-        "mention_id", "doc_id", "lang", "split", "mention", "gold_kb_id", "best_kb_id", "best_score", "second_kb_id",
-        "second_score", "margin",
-        *(name for name in ("nil_score", mention_prior.COLUMN, *READER_COLUMNS) if name in decided.columns),
-        "threshold", "nil_probability", "nil_cut", "is_nil",
-        "system_id"), out_dir / "predictions.parquet")
+    write_parquet_atomic(
+        decided.select(
+            "mention_id",
+            "doc_id",
+            "lang",
+            "split",
+            "mention",
+            "gold_kb_id",
+            "best_kb_id",
+            "best_score",
+            "second_kb_id",
+            "second_score",
+            "margin",
+            *(name for name in ("nil_score", mention_prior.COLUMN, *READER_COLUMNS) if name in decided.columns),
+            "threshold",
+            "nil_probability",
+            "nil_cut",
+            "is_nil",
+            "system_id",
+        ),
+        out_dir / "predictions.parquet",
+    )
     write_json_atomic(out_dir / NIL_ARTIFACT, artifact)
     write_parquet_atomic(analysis, out_dir / "analysis.parquet")
     write_parquet_atomic(confusions, out_dir / "confusions.parquet")
-    outputs = ["scores.parquet", "predictions.parquet", NIL_ARTIFACT, "analysis.parquet", "confusions.parquet",
-               GOLD_TAB, SYSTEM_TAB, DOC_LANGUAGES_FILE, METRICS_JSON, "report.md"]
+    outputs = [
+        "scores.parquet",
+        "predictions.parquet",
+        NIL_ARTIFACT,
+        "analysis.parquet",
+        "confusions.parquet",
+        GOLD_TAB,
+        SYSTEM_TAB,
+        DOC_LANGUAGES_FILE,
+        METRICS_JSON,
+        "report.md",
+    ]
     for leftover in ("sweep.parquet", "thresholds.png"):
         (out_dir / leftover).unlink(missing_ok=True)  # from an earlier run with tuned thresholds
     if sweep_table is not None:
@@ -338,8 +438,19 @@ def _write(evaluation: _Evaluation) -> list[str]:
     write_tab(system_tab, out_dir / SYSTEM_TAB)
     write_doc_languages(languages, out_dir / DOC_LANGUAGES_FILE)  # `xel-cli score` reads it beside gold.tab
     write_json_atomic(out_dir / METRICS_JSON, metrics)
-    write_text_atomic(out_dir / "report.md", report_markdown(metrics, artifact, evaluate.eval_split, sweep_table is not None,
-                                                             evaluation.validation, evaluation.on_eval, analysis,
-                                                             confusions, evaluation.error_kinds))
+    write_text_atomic(
+        out_dir / "report.md",
+        report_markdown(
+            metrics,
+            artifact,
+            evaluate.eval_split,
+            sweep_table is not None,
+            evaluation.validation,
+            evaluation.on_eval,
+            analysis,
+            confusions,
+            evaluation.error_kinds,
+        ),
+    )
     write_model_folder(config, artifact, metrics, saved)  # <run>/model/: the trained linker `xel-cli link` applies
     return outputs

@@ -67,7 +67,9 @@ def read_doc_languages(path: Path) -> pl.DataFrame:
                              detail=f"expected doc_id<TAB>lang, got {line!r}")  # fmt: skip
         doc_id, lang = fields[0], fields[1].strip()
         if not is_language_tag(lang):
-            raise InputError("E220", path=path, line=number, detail=f"the language {lang!r} should be {LANGUAGE_TAG_EXPECTED}")
+            raise InputError(
+                "E220", path=path, line=number, detail=f"the language {lang!r} should be {LANGUAGE_TAG_EXPECTED}"
+            )
         lang = normalise_language(lang)  # en-US -> en, as the mentions' languages are read
         if doc_id in seen and seen[doc_id][0] != lang:
             raise InputError("E220", path=path, line=number,
@@ -75,7 +77,8 @@ def read_doc_languages(path: Path) -> pl.DataFrame:
                                     f"{seen[doc_id][1]}")  # fmt: skip
         seen.setdefault(doc_id, (lang, number))
     return pl.DataFrame(
-        {"doc_id": list(seen), "lang": [lang for lang, _ in seen.values()]}, schema={"doc_id": pl.String, "lang": pl.String}
+        {"doc_id": list(seen), "lang": [lang for lang, _ in seen.values()]},
+        schema={"doc_id": pl.String, "lang": pl.String},
     )
 
 

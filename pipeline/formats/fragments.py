@@ -46,8 +46,11 @@ def read_fragments(path: Path, line: int, record: dict[str, Any]) -> list[list[i
         raise _bad(path, line, record, f"expected a non-empty list of [start, end] pairs, got {fragments!r}")
     pairs: list[tuple[int, int]] = []
     for fragment in fragments:
-        if (not isinstance(fragment, list) or len(fragment) != 2
-                or not all(isinstance(v, int) and not isinstance(v, bool) for v in fragment)):
+        if (
+            not isinstance(fragment, list)
+            or len(fragment) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in fragment)
+        ):
             raise _bad(path, line, record, f"fragment {fragment!r} is not a [start, end] pair of integers")
         start, end = fragment
         if start >= end:
@@ -59,8 +62,13 @@ def read_fragments(path: Path, line: int, record: dict[str, Any]) -> list[list[i
     if record.get(start_key) is None and record.get(end_key) is None:
         record[start_key], record[end_key] = pairs[0][0], pairs[-1][1]
     if (record.get(start_key), record.get(end_key)) != (pairs[0][0], pairs[-1][1]):
-        raise _bad(path, line, record, f"they span {pairs[0][0]}-{pairs[-1][1]} but {start_key}/{end_key} say "
-                                       f"{record.get(start_key)}-{record.get(end_key)}")
+        raise _bad(
+            path,
+            line,
+            record,
+            f"they span {pairs[0][0]}-{pairs[-1][1]} but {start_key}/{end_key} say "
+            f"{record.get(start_key)}-{record.get(end_key)}",
+        )
     return [[s - pairs[0][0], e - pairs[0][0]] for s, e in pairs]
 
 
@@ -70,10 +78,15 @@ def fragment_texts(frame: pl.DataFrame) -> pl.DataFrame:
     frame needs: line (unique), context, start (the covering span's start in the context),
     fragments (`FRAGMENTS_DTYPE`, relative to start).
     """
-    parts = (frame.filter(pl.col("fragments").is_not_null()).select("line", "context", "start", "fragments")
-             .explode("fragments")
-             .with_columns((pl.col("start") + pl.col("fragments").list.get(0)).alias("from"),
-                           (pl.col("fragments").list.get(1) - pl.col("fragments").list.get(0)).alias("length"))
-             .group_by("line", maintain_order=True)
-             .agg(pl.col("context").str.slice(pl.col("from"), pl.col("length")).str.join(" ").alias("fragment_text")))
+    parts = (
+        frame.filter(pl.col("fragments").is_not_null())
+        .select("line", "context", "start", "fragments")
+        .explode("fragments")
+        .with_columns(
+            (pl.col("start") + pl.col("fragments").list.get(0)).alias("from"),
+            (pl.col("fragments").list.get(1) - pl.col("fragments").list.get(0)).alias("length"),
+        )
+        .group_by("line", maintain_order=True)
+        .agg(pl.col("context").str.slice(pl.col("from"), pl.col("length")).str.join(" ").alias("fragment_text"))
+    )
     return frame.join(parts, on="line", how="left")

@@ -62,27 +62,65 @@ def check_fields(frame: pl.DataFrame, path: Path, languages_given: bool = True) 
     for column, field in (("id", "id"), ("doc_id", "doc_id"), ("lang", "lang"), ("mention", "mention")):
         row, count = _first(frame, pl.col(column).str.strip_chars() == "")
         if row is not None:
-            raise InputError("E103", path=path, line=row["line"], field=field,
-                             expected="a non-blank string", got=row[column], more=more(count))
+            raise InputError(
+                "E103",
+                path=path,
+                line=row["line"],
+                field=field,
+                expected="a non-blank string",
+                got=row[column],
+                more=more(count),
+            )
     row, count = _first(frame, ~is_language_tag_expr(pl.col("lang"))) if languages_given else (None, 0)
     if row is not None:
-        raise InputError("E103", path=path, line=row["line"], field="lang", expected=LANGUAGE_TAG, hint=LANGUAGE_TAG_HINT,
-                         got=row["lang"], more=more(count))
+        raise InputError(
+            "E103",
+            path=path,
+            line=row["line"],
+            field="lang",
+            expected=LANGUAGE_TAG,
+            hint=LANGUAGE_TAG_HINT,
+            got=row["lang"],
+            more=more(count),
+        )
     row, count = _first(frame, ~pl.col("split").is_in(SPLITS) & pl.col("split").is_not_null())
     if row is not None:
-        raise InputError("E103", path=path, line=row["line"], field="split",
-                         expected="'train', 'dev' or 'test' (or no split: test)", got=row["split"], more=more(count))
+        raise InputError(
+            "E103",
+            path=path,
+            line=row["line"],
+            field="split",
+            expected="'train', 'dev' or 'test' (or no split: test)",
+            got=row["split"],
+            more=more(count),
+        )
     row, count = _first(frame, pl.col("doc_id").str.contains(_WHITESPACE))
     if row is not None:
-        raise InputError("E116", path=path, line=row["line"], what="document id", value=row["doc_id"],
-                         bad="whitespace", why="a TAC span (doc_id:start-end) in gold.tab and system.tab cannot hold",
-                         fix="replace it (e.g. with '_') in the mentions and docs files", more=more(count))
+        raise InputError(
+            "E116",
+            path=path,
+            line=row["line"],
+            what="document id",
+            value=row["doc_id"],
+            bad="whitespace",
+            why="a TAC span (doc_id:start-end) in gold.tab and system.tab cannot hold",
+            fix="replace it (e.g. with '_') in the mentions and docs files",
+            more=more(count),
+        )
     for column, what in (("id", "mention id"), ("gold_kb_id", "gold KB id")):  # a blank gold id is none already
         row, count = _first(frame, pl.col(column).str.contains(_LINE_BREAKING))
         if row is not None:
-            raise InputError("E116", path=path, line=row["line"], what=what, value=row[column],
-                             bad="a tab or line break", why="would split its line of gold.tab and system.tab",
-                             fix="remove it", more=more(count))
+            raise InputError(
+                "E116",
+                path=path,
+                line=row["line"],
+                what=what,
+                value=row[column],
+                bad="a tab or line break",
+                why="would split its line of gold.tab and system.tab",
+                fix="remove it",
+                more=more(count),
+            )
 
 
 def check_offsets(frame: pl.DataFrame, path: Path, end_inclusive: bool = False, fix: str = "") -> None:
@@ -102,33 +140,63 @@ def check_offsets(frame: pl.DataFrame, path: Path, end_inclusive: bool = False, 
         detail = "start equals end: an empty span" if row["start"] == row["end"] else "end comes before start"
         if end_inclusive:
             detail = "end comes before start; end is inclusive, so a one-character mention at S is S-S"
-        raise InputError("E114", path=path, line=row["line"], record_id=row["id"], start=row["shown_start"],
-                         end=row["shown_end"], detail=detail, more=more(count))
+        raise InputError(
+            "E114",
+            path=path,
+            line=row["line"],
+            record_id=row["id"],
+            start=row["shown_start"],
+            end=row["shown_end"],
+            detail=detail,
+            more=more(count),
+        )
     length = pl.col("context").str.len_chars()
     row, count = _first(shown, (pl.col("start") < 0) | (pl.col("end") > length))
     if row is not None:
-        raise InputError("E105", path=path, line=row["line"], start=row["shown_start"], end=row["shown_end"],
-                         length=len(row["context"]), record_id=row["id"], more=more(count))
+        raise InputError(
+            "E105",
+            path=path,
+            line=row["line"],
+            start=row["shown_start"],
+            end=row["shown_end"],
+            length=len(row["context"]),
+            record_id=row["id"],
+            more=more(count),
+        )
     covered = pl.col("context").str.slice(pl.col("start"), pl.col("end") - pl.col("start"))
     expected = pl.coalesce("fragment_text", "covered") if "fragment_text" in frame.columns else pl.col("covered")
     checked = shown.with_columns(covered.alias("covered")).with_columns(expected.alias("expected"))
     row, count = _first(checked, pl.col("expected") != pl.col("mention"))
     if row is not None:
         hint = normalisation_hint(row["mention"], row["expected"])
-        raise InputError("E106", path=path, line=row["line"], record_id=row["id"], mention=row["mention"],
-                         start=row["shown_start"], end=row["shown_end"],
-                         inclusive=" (end inclusive)" if end_inclusive else "",
-                         covered=row["expected"], why=hint, fix="" if hint else fix, more=more(count))
+        raise InputError(
+            "E106",
+            path=path,
+            line=row["line"],
+            record_id=row["id"],
+            mention=row["mention"],
+            start=row["shown_start"],
+            end=row["shown_end"],
+            inclusive=" (end inclusive)" if end_inclusive else "",
+            covered=row["expected"],
+            why=hint,
+            fix="" if hint else fix,
+            more=more(count),
+        )
 
 
 def normalisation_hint(mention: str, covered: str) -> str:
     """A message part saying that two unequal strings differ only by Unicode normalisation, else ""."""
     if unicodedata.normalize("NFC", mention) == unicodedata.normalize("NFC", covered):
-        return (" (they differ only by Unicode normalisation: one has composed characters (NFC), the other "
-                "decomposed ones (NFD); write both in NFC)")
+        return (
+            " (they differ only by Unicode normalisation: one has composed characters (NFC), the other "
+            "decomposed ones (NFD); write both in NFC)"
+        )
     if unicodedata.normalize("NFKC", mention) == unicodedata.normalize("NFKC", covered):
-        return (" (they differ only by Unicode compatibility normalisation (NFKC), e.g. full-width or "
-                "ligature characters; write the mention as its text has it)")
+        return (
+            " (they differ only by Unicode compatibility normalisation (NFKC), e.g. full-width or "
+            "ligature characters; write the mention as its text has it)"
+        )
     return ""
 
 
@@ -145,24 +213,44 @@ def check_documents(frame: pl.DataFrame, path: Path, end_inclusive: bool = False
     langs = ordered.with_columns(first.alias("first_line"), first_lang.alias("first_lang"))
     row, count = _first(langs, pl.col("lang") != pl.col("first_lang"))
     if row is not None:
-        raise InputError("E117", path=path, line=row["line"], record_id=row["id"], doc_id=row["doc_id"],
-                         lang=row["lang"], first_line=row["first_line"], first_lang=row["first_lang"],
-                         more=more(count))
+        raise InputError(
+            "E117",
+            path=path,
+            line=row["line"],
+            record_id=row["id"],
+            doc_id=row["doc_id"],
+            lang=row["lang"],
+            first_line=row["first_line"],
+            first_lang=row["first_lang"],
+            more=more(count),
+        )
     span = [pl.col("doc_id"), pl.coalesce("doc_start", "start"), pl.coalesce("doc_end", "end")]
     spans = ordered.with_columns(
-        pl.col("line").first().over(span).alias("first_line"), pl.col("id").first().over(span).alias("other_id"),
+        pl.col("line").first().over(span).alias("first_line"),
+        pl.col("id").first().over(span).alias("other_id"),
         pl.col("gold_kb_id").first().over(span).alias("other_gold"),
-        span[1].alias("span_start"), (span[2] - (1 if end_inclusive else 0)).alias("span_end"))
+        span[1].alias("span_start"),
+        (span[2] - (1 if end_inclusive else 0)).alias("span_end"),
+    )
     row, count = _first(spans, pl.col("line") != pl.col("first_line"))
     if row is not None:
         gold = ""
         if row["gold_kb_id"] != row["other_gold"]:
             gold = f" (gold {row['other_gold']!r} there, {row['gold_kb_id']!r} here)"
-        raise InputError("E115", path=path, line=row["line"], record_id=row["id"],
-                         span=f"{row['doc_id']}:{row['span_start']}-{row['span_end']}", other_id=row["other_id"],
-                         first_line=row["first_line"], gold=gold, more=more(count),
-                         hint="" if row["doc_start"] is not None else
-                         ", or, where each mention's `text` is its own window of the document, give doc_start/doc_end")
+        raise InputError(
+            "E115",
+            path=path,
+            line=row["line"],
+            record_id=row["id"],
+            span=f"{row['doc_id']}:{row['span_start']}-{row['span_end']}",
+            other_id=row["other_id"],
+            first_line=row["first_line"],
+            gold=gold,
+            more=more(count),
+            hint=""
+            if row["doc_start"] is not None
+            else ", or, where each mention's `text` is its own window of the document, give doc_start/doc_end",
+        )
 
 
 def check_document_texts(frame: pl.DataFrame, path: Path) -> None:
@@ -175,12 +263,21 @@ def check_document_texts(frame: pl.DataFrame, path: Path) -> None:
     not texts, so `pipeline.link.sources.check_corpus` can compare them across chunks.
     """
     given = frame.filter(pl.col("text_hash").is_not_null()).sort("line")
-    firsts = given.with_columns(pl.col("line").first().over("doc_id").alias("first_line"),
-                                pl.col("text_hash").first().over("doc_id").alias("first_hash"))
+    firsts = given.with_columns(
+        pl.col("line").first().over("doc_id").alias("first_line"),
+        pl.col("text_hash").first().over("doc_id").alias("first_hash"),
+    )
     row, count = _first(firsts, pl.col("text_hash") != pl.col("first_hash"))
     if row is not None:
-        raise InputError("E120", path=path, line=row["line"], record_id=row["id"], doc_id=row["doc_id"],
-                         first=f"line {row['first_line']} gives it", more=more(count))
+        raise InputError(
+            "E120",
+            path=path,
+            line=row["line"],
+            record_id=row["id"],
+            doc_id=row["doc_id"],
+            first=f"line {row['first_line']} gives it",
+            more=more(count),
+        )
 
 
 def check_docs_file_texts(frame: pl.DataFrame, path: Path, docs_path: Path) -> None:
@@ -193,12 +290,24 @@ def check_docs_file_texts(frame: pl.DataFrame, path: Path, docs_path: Path) -> N
     row, count = _first(frame, pl.col("doc_start").is_null() & (pl.col("text") != pl.col("doc_text")))
     if row is not None:
         where = f"{docs_path}:{row['docs_line']}" if row["docs_line"] is not None else f"the docs file {docs_path}"
-        raise InputError("E120", path=path, line=row["line"], record_id=row["id"], doc_id=row["doc_id"],
-                         first=f"{where} gives it", more=more(count))
+        raise InputError(
+            "E120",
+            path=path,
+            line=row["line"],
+            record_id=row["id"],
+            doc_id=row["doc_id"],
+            first=f"{where} gives it",
+            more=more(count),
+        )
 
 
-def check_mentions(frame: pl.DataFrame, path: Path, end_inclusive: bool = False, languages_given: bool = True,
-                   across_records: bool = True) -> None:
+def check_mentions(
+    frame: pl.DataFrame,
+    path: Path,
+    end_inclusive: bool = False,
+    languages_given: bool = True,
+    across_records: bool = True,
+) -> None:
     """All of this module's checks on the mentions read from `path` (see the module docstring).
 
     The JSONL reader calls them one by one instead: fields and documents before it renames

@@ -53,20 +53,26 @@ MENTION_FIELDS: dict[str, tuple[Any, bool]] = {
     "fragments": (list, False),  # a discontinuous mention's parts: pipeline/formats/fragments.py
 }
 DOC_FIELDS: dict[str, tuple[Any, bool]] = {"doc_id": (str, True), "lang": (str, False), "text": (str, True)}
-ENTITIES_ARROW = pa.schema([
-    ("kb_id", pa.string()),
-    ("name", pa.string()),
-    ("description", pa.string()),
-    ("type", pa.string()),
-    ("alias_texts", pa.list_(pa.string())),
-])
+ENTITIES_ARROW = pa.schema(
+    [
+        ("kb_id", pa.string()),
+        ("name", pa.string()),
+        ("description", pa.string()),
+        ("type", pa.string()),
+        ("alias_texts", pa.list_(pa.string())),
+    ]
+)
 
 
 def first_duplicate(ids: pl.Series, lines: pl.Series) -> tuple[str, int, int] | None:
     """(id, first line, second line) of the first repeated id, or None."""
     frame = pl.DataFrame({"record_id": ids, "line": lines})
-    repeated = (frame.with_columns(pl.col("line").rank("ordinal").over("record_id").alias("nth"))
-                .filter(pl.col("nth") == 2).sort("line").head(1))
+    repeated = (
+        frame.with_columns(pl.col("line").rank("ordinal").over("record_id").alias("nth"))
+        .filter(pl.col("nth") == 2)
+        .sort("line")
+        .head(1)
+    )
     if repeated.is_empty():
         return None
     record_id, line = repeated.row(0)[:2]
@@ -78,8 +84,15 @@ def check_doc_record(path: Path, line: int, record: dict) -> None:
     """Fields and types of one docs record (E102, E103), and its `lang`, when given, a language tag (E103)."""
     check_record_fields(path, line, record, DOC_FIELDS)
     if record.get("lang") is not None and not is_language_tag(record["lang"]):
-        raise InputError("E103", path=path, line=line, field="lang", expected=LANGUAGE_TAG, hint=LANGUAGE_TAG_HINT,
-                         got=record["lang"])
+        raise InputError(
+            "E103",
+            path=path,
+            line=line,
+            field="lang",
+            expected=LANGUAGE_TAG,
+            hint=LANGUAGE_TAG_HINT,
+            got=record["lang"],
+        )
 
 
 def read_docs(path: Path) -> pl.DataFrame:
@@ -94,30 +107,44 @@ def read_docs(path: Path) -> pl.DataFrame:
     docs = pl.DataFrame(rows, schema={"doc_id": pl.String, "doc_text": pl.String, "line": pl.Int64})
     duplicate = first_duplicate(docs["doc_id"], docs["line"])
     if duplicate:
-        raise InputError("E104", path=path, line=duplicate[2], kind="document", record_id=duplicate[0], first_line=duplicate[1])
+        raise InputError(
+            "E104", path=path, line=duplicate[2], kind="document", record_id=duplicate[0], first_line=duplicate[1]
+        )
     return docs
 
 
-def _mention_records(path: Path, docs_path: Path | None,
-                     blocks: Iterable[list[tuple[int, dict]]] | None) -> pl.DataFrame:
+def _mention_records(
+    path: Path, docs_path: Path | None, blocks: Iterable[list[tuple[int, dict]]] | None
+) -> pl.DataFrame:
     """The records of `path` (or `blocks`) as columns of `MENTION_FIELDS` and `line`, each record's
     fields checked (E102/E103) and its text or document offsets present (E111)."""
     columns: dict[str, list] = {name: [] for name in MENTION_FIELDS}
     columns["line"] = []
-    for block in (iter_jsonl_blocks(path) if blocks is None else blocks):
+    for block in iter_jsonl_blocks(path) if blocks is None else blocks:
         for line, record in block:
             check_record_fields(path, line, record, MENTION_FIELDS)
             record["fragments"] = read_fragments(path, line, record)
-            has_text = record.get("text") is not None and record.get("start") is not None and record.get("end") is not None
+            has_text = (
+                record.get("text") is not None and record.get("start") is not None and record.get("end") is not None
+            )
             has_doc = record.get("doc_start") is not None and record.get("doc_end") is not None
             if not has_text and not (has_doc and docs_path is not None):
                 raise InputError("E111", path=path, line=line, record_id=record["id"])
             for name in MENTION_FIELDS:
                 columns[name].append(record.get(name))
             columns["line"].append(line)
-    types = {name: (pl.Int64 if spec[0] is int else pl.Boolean if spec[0] is bool
-                    else FRAGMENTS_DTYPE if spec[0] is list else pl.String)
-             for name, spec in MENTION_FIELDS.items()}
+    types = {
+        name: (
+            pl.Int64
+            if spec[0] is int
+            else pl.Boolean
+            if spec[0] is bool
+            else FRAGMENTS_DTYPE
+            if spec[0] is list
+            else pl.String
+        )
+        for name, spec in MENTION_FIELDS.items()
+    }
     frame = pl.DataFrame(columns, schema={**types, "line": pl.Int64}).with_columns(given_gold())
     return frame
 
@@ -138,10 +165,16 @@ def _with_contexts(frame: pl.DataFrame, path: Path, docs_path: Path | None, docs
     return frame.with_columns(pl.col("text").alias("context"), pl.lit(None, pl.String).alias("doc_text"))
 
 
-def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
-                        rename_duplicate_ids: bool = False, blocks: Iterable[list[tuple[int, dict]]] | None = None,
-                        docs: pl.DataFrame | None = None, across_records: bool = True,
-                        drop_duplicate_spans: bool = False) -> pl.DataFrame:
+def read_mentions_jsonl(
+    path: Path,
+    docs_path: Path | None,
+    context_chars: int,
+    rename_duplicate_ids: bool = False,
+    blocks: Iterable[list[tuple[int, dict]]] | None = None,
+    docs: pl.DataFrame | None = None,
+    across_records: bool = True,
+    drop_duplicate_spans: bool = False,
+) -> pl.DataFrame:
     """Mentions JSONL (+ optional docs JSONL) -> the `schema.MENTIONS` table.
 
     A mention carries either its own `text` with `start`/`end`, or `doc_start`/`doc_end`
@@ -170,7 +203,9 @@ def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
         frame = _rename_duplicates(frame, path)
     duplicate = first_duplicate(frame["id"], frame["line"]) if across_records else None
     if duplicate:
-        raise InputError("E104", path=path, line=duplicate[2], kind="mention", record_id=duplicate[0], first_line=duplicate[1])
+        raise InputError(
+            "E104", path=path, line=duplicate[2], kind="mention", record_id=duplicate[0], first_line=duplicate[1]
+        )
     if across_records:
         check_documents(frame, path)
     frame = _with_contexts(frame, path, docs_path, docs)
@@ -181,12 +216,26 @@ def read_mentions_jsonl(path: Path, docs_path: Path | None, context_chars: int,
     if across_records:
         check_document_texts(frame, path)
     check_offsets(fragment_texts(frame), path, fix=" (a discontinuous mention lists its parts in 'fragments')")
-    frame = frame.with_columns(pl.coalesce("doc_start", "start").alias("doc_start"), pl.coalesce("doc_end", "end").alias("doc_end"))
+    frame = frame.with_columns(
+        pl.coalesce("doc_start", "start").alias("doc_start"), pl.coalesce("doc_end", "end").alias("doc_end")
+    )
     return context_window(frame, context_chars).select(
         pl.col("id").alias("mention_id"),
-        "doc_id", "lang", "mention", "context", "start", "end", "doc_start", "doc_end",
+        "doc_id",
+        "lang",
+        "mention",
+        "context",
+        "start",
+        "end",
+        "doc_start",
+        "doc_end",
         pl.col("split").fill_null("test"),
-        "gold_kb_id", "entity_type", "mention_type", "named", "line", "text_hash",
+        "gold_kb_id",
+        "entity_type",
+        "mention_type",
+        "named",
+        "line",
+        "text_hash",
     )
 
 
@@ -201,11 +250,15 @@ def context_window(frame: pl.DataFrame, context_chars: int) -> pl.DataFrame:
     """
     window_start = pl.max_horizontal(pl.col("start") - context_chars, pl.lit(0))
     window_end = pl.min_horizontal(pl.col("end") + context_chars, pl.col("context").str.len_chars())
-    return frame.with_columns(window_start.alias("window_start")).with_columns(
-        pl.col("context").str.slice(pl.col("window_start"), window_end - pl.col("window_start")),
-        pl.col("start") - pl.col("window_start"),
-        pl.col("end") - pl.col("window_start"),
-    ).drop("window_start")
+    return (
+        frame.with_columns(window_start.alias("window_start"))
+        .with_columns(
+            pl.col("context").str.slice(pl.col("window_start"), window_end - pl.col("window_start")),
+            pl.col("start") - pl.col("window_start"),
+            pl.col("end") - pl.col("window_start"),
+        )
+        .drop("window_start")
+    )
 
 
 def _rename_duplicates(frame: pl.DataFrame, path: Path) -> pl.DataFrame:
@@ -214,33 +267,51 @@ def _rename_duplicates(frame: pl.DataFrame, path: Path) -> pl.DataFrame:
     start = pl.coalesce("doc_start", "start").cast(pl.String)
     end = pl.coalesce("doc_end", "end").cast(pl.String)
     renamed = frame.with_columns(
-        pl.when(nth > 1).then(pl.concat_str(pl.col("id"), pl.lit("#"), start, pl.lit("-"), end)).otherwise(pl.col("id")).alias("id"))
+        pl.when(nth > 1)
+        .then(pl.concat_str(pl.col("id"), pl.lit("#"), start, pl.lit("-"), end))
+        .otherwise(pl.col("id"))
+        .alias("id")
+    )
     changed = int((renamed["id"] != frame["id"]).sum())
     if changed:
         warn(logger, "W101", path=path, count=changed)
     return renamed
 
 
-def _drop_duplicate_spans(frame: pl.DataFrame, path: Path, id_column: str = "id",
-                          gold_column: str = "gold_kb_id") -> pl.DataFrame:
+def _drop_duplicate_spans(
+    frame: pl.DataFrame, path: Path, id_column: str = "id", gold_column: str = "gold_kb_id"
+) -> pl.DataFrame:
     """Keep the first mention (by `line`) of each span and drop the others, warning once (W108) with how
     many, how many of them carried another gold id, and the first one dropped.
 
     A span is (doc_id, start, end) as `check_documents` keys it: doc_start/doc_end where the frame
     has them (JSONL), else start/end (a TAC `.tab`'s lines, end inclusive on both sides alike).
     """
-    offsets = [pl.coalesce("doc_start", "start"), pl.coalesce("doc_end", "end")] if "doc_start" in frame.columns \
+    offsets = (
+        [pl.coalesce("doc_start", "start"), pl.coalesce("doc_end", "end")]
+        if "doc_start" in frame.columns
         else [pl.col("start"), pl.col("end")]
+    )
     span = [pl.col("doc_id"), *offsets]
-    ordered = frame.sort("line").with_columns(pl.col("line").first().over(span).alias("first_line"),
-                                              pl.col(gold_column).first().over(span).alias("first_gold"))
+    ordered = frame.sort("line").with_columns(
+        pl.col("line").first().over(span).alias("first_line"),
+        pl.col(gold_column).first().over(span).alias("first_gold"),
+    )
     dropped = ordered.filter(pl.col("line") != pl.col("first_line"))
     if dropped.is_empty():
         return frame
     other_gold = int(dropped.select(pl.col(gold_column).ne_missing(pl.col("first_gold")).sum()).item())
     row = dropped.row(0, named=True)
-    warn(logger, "W108", path=path, count=dropped.height, gold=other_gold, line=row["line"], first_line=row["first_line"],
-         example=f"mention {row[id_column]!r} (gold {row[gold_column]!r}; the first has {row['first_gold']!r})")
+    warn(
+        logger,
+        "W108",
+        path=path,
+        count=dropped.height,
+        gold=other_gold,
+        line=row["line"],
+        first_line=row["first_line"],
+        example=f"mention {row[id_column]!r} (gold {row[gold_column]!r}; the first has {row['first_gold']!r})",
+    )
     return frame.join(dropped.select("line"), on="line", how="anti", maintain_order="left")
 
 
@@ -253,25 +324,44 @@ def _docs_texts(frame: pl.DataFrame, docs: pl.DataFrame, path: Path, docs_path: 
     missing = joined.filter(pl.col("text").is_null() & pl.col("doc_text").is_null()).sort("line").head(1)
     if not missing.is_empty():
         row = missing.row(0, named=True)
-        raise InputError("E109", path=path, line=row["line"], record_id=row["id"], doc_id=row["doc_id"], docs_path=docs_path)
+        raise InputError(
+            "E109", path=path, line=row["line"], record_id=row["id"], doc_id=row["doc_id"], docs_path=docs_path
+        )
     doc_length = pl.col("doc_text").str.len_chars()
     from_doc = joined.filter(pl.col("text").is_null())
     empty = from_doc.filter(pl.col("doc_start") >= pl.col("doc_end")).sort("line")
     if not empty.is_empty():
         row = empty.row(0, named=True)
         detail = "end comes before start" if row["doc_start"] > row["doc_end"] else "start equals end; end is exclusive"
-        raise InputError("E114", path=path, line=row["line"], record_id=row["id"], start=row["doc_start"],
-                         end=row["doc_end"], detail=detail, more=more(empty.height - 1))
+        raise InputError(
+            "E114",
+            path=path,
+            line=row["line"],
+            record_id=row["id"],
+            start=row["doc_start"],
+            end=row["doc_end"],
+            detail=detail,
+            more=more(empty.height - 1),
+        )
     bad = from_doc.filter((pl.col("doc_start") < 0) | (pl.col("doc_end") > doc_length)).sort("line")
     if not bad.is_empty():
         row = bad.row(0, named=True)
-        raise InputError("E105", path=path, line=row["line"], start=row["doc_start"], end=row["doc_end"],
-                         length=len(row["doc_text"]), record_id=row["id"], more=more(bad.height - 1))
+        raise InputError(
+            "E105",
+            path=path,
+            line=row["line"],
+            start=row["doc_start"],
+            end=row["doc_end"],
+            length=len(row["doc_text"]),
+            record_id=row["id"],
+            more=more(bad.height - 1),
+        )
     return joined
 
 
-def read_tac_mentions(gold_by_split: dict[str, Path], source_dir: Path, context_chars: int,
-                      drop_duplicate_spans: bool = False) -> pl.DataFrame:
+def read_tac_mentions(
+    gold_by_split: dict[str, Path], source_dir: Path, context_chars: int, drop_duplicate_spans: bool = False
+) -> pl.DataFrame:
     """TAC KBP 2015 EDL gold `.tab` files + raw source documents -> the `schema.MENTIONS` table.
 
     Offsets in the `.tab` file count characters of the raw source file (XML included),
@@ -282,9 +372,17 @@ def read_tac_mentions(gold_by_split: dict[str, Path], source_dir: Path, context_
         raise InputError("E108", path=source_dir)
     lines = read_tac_lines(gold_by_split)
     if drop_duplicate_spans:  # the first line of each span in each .tab file (lines count per file); W108 per file
-        lines = pl.concat([_drop_duplicate_spans(lines.filter(pl.col("tab_path") == tab_path), Path(tab_path),
-                                                 id_column="mention_id", gold_column="kb_id")
-                           for tab_path in lines["tab_path"].unique(maintain_order=True).to_list()])
+        lines = pl.concat(
+            [
+                _drop_duplicate_spans(
+                    lines.filter(pl.col("tab_path") == tab_path),
+                    Path(tab_path),
+                    id_column="mention_id",
+                    gold_column="kb_id",
+                )
+                for tab_path in lines["tab_path"].unique(maintain_order=True).to_list()
+            ]
+        )
     return tac_mentions(lines, source_dir, context_chars)
 
 
@@ -313,19 +411,44 @@ def tac_mentions(gold: pl.DataFrame, source_dir: Path, context_chars: int, acros
     doc_texts = {doc_id: _read_source(source_dir, doc_id, gold) for doc_id in doc_ids}
     docs = pl.DataFrame({"doc_id": list(doc_texts), "doc_text": list(doc_texts.values())})
     langs = pl.DataFrame({"doc_id": doc_ids, "lang": [language_of_doc(d) or UNKNOWN_LANGUAGE for d in doc_ids]})
-    frame = gold.join(docs, on="doc_id", how="left").join(langs, on="doc_id", how="left").with_columns(
-        pl.col("start").alias("doc_start"), (pl.col("end") + 1).alias("doc_end"),
-        pl.col("doc_text").alias("context"), (pl.col("end") + 1).alias("end"),
-        pl.col("mention_id").alias("id"), pl.col("kb_id").alias("gold_kb_id"),
-        pl.lit(None, pl.UInt64).alias("text_hash"),  # one source file per document: one text
+    frame = (
+        gold.join(docs, on="doc_id", how="left")
+        .join(langs, on="doc_id", how="left")
+        .with_columns(
+            pl.col("start").alias("doc_start"),
+            (pl.col("end") + 1).alias("doc_end"),
+            pl.col("doc_text").alias("context"),
+            (pl.col("end") + 1).alias("end"),
+            pl.col("mention_id").alias("id"),
+            pl.col("kb_id").alias("gold_kb_id"),
+            pl.lit(None, pl.UInt64).alias("text_hash"),  # one source file per document: one text
+        )
     )
     for tab_path in gold["tab_path"].unique(maintain_order=True).to_list():  # on the whole text: E105 gives its length
-        check_mentions(frame.filter(pl.col("tab_path") == tab_path), Path(tab_path), end_inclusive=True,
-                       languages_given=False, across_records=across_records)
+        check_mentions(
+            frame.filter(pl.col("tab_path") == tab_path),
+            Path(tab_path),
+            end_inclusive=True,
+            languages_given=False,
+            across_records=across_records,
+        )
     return context_window(frame, context_chars).select(
-        "mention_id", "doc_id", "lang", "mention", "context", "start", "end", "doc_start", "doc_end", "split",
-        "gold_kb_id", "entity_type", "mention_type",
-        (pl.col("mention_type") == "NAM").alias("named"), "line", "text_hash",
+        "mention_id",
+        "doc_id",
+        "lang",
+        "mention",
+        "context",
+        "start",
+        "end",
+        "doc_start",
+        "doc_end",
+        "split",
+        "gold_kb_id",
+        "entity_type",
+        "mention_type",
+        (pl.col("mention_type") == "NAM").alias("named"),
+        "line",
+        "text_hash",
     )
 
 
@@ -341,25 +464,42 @@ def _read_source(source_dir: Path, doc_id: str, gold: pl.DataFrame) -> str:
                 try:
                     return raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    raise InputError("E110", path=path, line=raw[:exc.start].count(b"\n") + 1, detail=exc.reason) from None
+                    raise InputError(
+                        "E110", path=path, line=raw[: exc.start].count(b"\n") + 1, detail=exc.reason
+                    ) from None
     first = gold.filter(pl.col("doc_id") == doc_id).row(0, named=True)
-    tried = ", ".join(f"{name}{suffix}" for name in names for suffix in (".txt", ".xml", "")
-                      if f"{name}{suffix}" != f"{names[-1]}.txt")
-    raise InputError("E108", path=source_dir / f"{names[-1]}.txt",
-                     hint=f" (the source document {doc_id!r} of mention {first['mention_id']!r} on "
-                          f"{first['tab_path']}:{first['line']}; also tried {tried})",
-                     fix_first=f"put the document's file in {source_dir}, fix the doc_id on that line, or ")
+    tried = ", ".join(
+        f"{name}{suffix}"
+        for name in names
+        for suffix in (".txt", ".xml", "")
+        if f"{name}{suffix}" != f"{names[-1]}.txt"
+    )
+    raise InputError(
+        "E108",
+        path=source_dir / f"{names[-1]}.txt",
+        hint=f" (the source document {doc_id!r} of mention {first['mention_id']!r} on "
+        f"{first['tab_path']}:{first['line']}; also tried {tried})",
+        fix_first=f"put the document's file in {source_dir}, fix the doc_id on that line, or ",
+    )
 
 
 def load_mentions(config: InputsConfig) -> pl.DataFrame:
     """The run's mentions from JSONL or TAC inputs, normalised to `schema.MENTIONS` (+ `line`); a TAC
     `.tab`'s type column is each mention's `entity_type`, as JSONL's field, unless inputs.ignore_entity_type."""
     if config.mentions is not None:
-        frame = read_mentions_jsonl(config.mentions, config.docs, config.context_chars, config.rename_duplicate_ids,
-                                    drop_duplicate_spans=config.drop_duplicate_spans)
+        frame = read_mentions_jsonl(
+            config.mentions,
+            config.docs,
+            config.context_chars,
+            config.rename_duplicate_ids,
+            drop_duplicate_spans=config.drop_duplicate_spans,
+        )
     else:
-        splits = {split: path for split, path in
-                  (("train", config.tac_train), ("dev", config.tac_dev), ("test", config.tac_test)) if path is not None}
+        splits = {
+            split: path
+            for split, path in (("train", config.tac_train), ("dev", config.tac_dev), ("test", config.tac_test))
+            if path is not None
+        }
         frame = read_tac_mentions(splits, config.tac_source, config.context_chars, config.drop_duplicate_spans)
     if config.named_only:
         frame = frame.filter(pl.col("named").fill_null(True))
@@ -383,8 +523,10 @@ def normalise_gold(frame: pl.DataFrame) -> pl.DataFrame:
     frame = frame.with_columns(given_gold())
     return frame.with_columns(
         pl.col("gold_kb_id").alias("gold_tac_id"),
-        pl.when(pl.col("gold_kb_id").str.starts_with(schema.NIL_ID)).then(pl.lit(schema.NIL_ID))
-        .otherwise(pl.col("gold_kb_id")).alias("gold_kb_id"),
+        pl.when(pl.col("gold_kb_id").str.starts_with(schema.NIL_ID))
+        .then(pl.lit(schema.NIL_ID))
+        .otherwise(pl.col("gold_kb_id"))
+        .alias("gold_kb_id"),
     )
 
 
@@ -407,9 +549,16 @@ def write_docs(docs_path: Path, out_path: Path) -> int:
             for block in iter_jsonl_blocks(docs_path):
                 for line, record in block:
                     check_doc_record(docs_path, line, record)
-                writer.write_table(pa.table({"doc_id": [r["doc_id"] for _, r in block],
-                                             "doc_text": [r["text"] for _, r in block],
-                                             "line": [line for line, _ in block]}, schema=arrow))
+                writer.write_table(
+                    pa.table(
+                        {
+                            "doc_id": [r["doc_id"] for _, r in block],
+                            "doc_text": [r["text"] for _, r in block],
+                            "line": [line for line, _ in block],
+                        },
+                        schema=arrow,
+                    )
+                )
                 count += len(block)
     return count
 
@@ -443,7 +592,9 @@ def write_entities(kb_path: Path, out_path: Path) -> int:
             writer.close()
         duplicate = first_duplicate(pl.concat(ids), pl.concat(lines))
         if duplicate:
-            raise InputError("E104", path=kb_path, line=duplicate[2], kind="KB", record_id=duplicate[0], first_line=duplicate[1])
+            raise InputError(
+                "E104", path=kb_path, line=duplicate[2], kind="KB", record_id=duplicate[0], first_line=duplicate[1]
+            )
     records.warn()
     return count
 
@@ -461,5 +612,7 @@ def check_gold_in_kb(mentions: pl.DataFrame, entities: pl.LazyFrame, mentions_pa
     """Count gold links to ids missing from the KB (they can never be linked; warned, not refused)."""
     ids, carried_by, example = gold_missing_from_kb(mentions, entities)
     if ids.len():
-        warn(logger, "W102", count=ids.len(), mentions=carried_by, path=mentions_path or "the TAC gold", example=example)
+        warn(
+            logger, "W102", count=ids.len(), mentions=carried_by, path=mentions_path or "the TAC gold", example=example
+        )
     return ids.len()

@@ -49,17 +49,32 @@ class KbRecords:
         kb_id = record["kb_id"]
         for field in ("kb_id", "name"):
             if isinstance(record.get(field), str) and not record[field].strip():
-                raise InputError("E103", path=path, line=line, field=field, expected="a non-blank string",
-                                 got=record[field])
+                raise InputError(
+                    "E103", path=path, line=line, field=field, expected="a non-blank string", got=record[field]
+                )
         if any(ch in kb_id for ch in "\t\r\n"):
-            raise InputError("E116", path=path, line=line, what="KB id", value=kb_id, bad="a tab or line break",
-                             why="would split its line of system.tab", fix="remove it")
+            raise InputError(
+                "E116",
+                path=path,
+                line=line,
+                what="KB id",
+                value=kb_id,
+                bad="a tab or line break",
+                why="would split its line of system.tab",
+                fix="remove it",
+            )
         alias_texts = []
         for alias in record.get("aliases") or []:
             text = alias.get("text") if isinstance(alias, dict) else alias if isinstance(alias, str) else None
             if not isinstance(text, str):
-                raise InputError("E103", path=path, line=line, field="aliases",
-                                 expected="a list of {text, lang} objects or strings", got=alias)
+                raise InputError(
+                    "E103",
+                    path=path,
+                    line=line,
+                    field="aliases",
+                    expected="a list of {text, lang} objects or strings",
+                    got=alias,
+                )
             if not text.strip():
                 self.blank_aliases += 1
                 self.blank_alias_example = self.blank_alias_example or kb_id
@@ -68,8 +83,13 @@ class KbRecords:
         name = record.get("name")
         if name is None:
             if not alias_texts:
-                raise InputError("E102", path=path, line=line, field="name",
-                                 hint=" (or, without one, an alias: the first is then taken as the name)")
+                raise InputError(
+                    "E102",
+                    path=path,
+                    line=line,
+                    field="name",
+                    hint=" (or, without one, an alias: the first is then taken as the name)",
+                )
             name = alias_texts[0]
             self.nameless += 1
             self.nameless_example = self.nameless_example or (line, kb_id)
@@ -80,5 +100,11 @@ class KbRecords:
         if self.blank_aliases:
             warn(logger, "W104", path=self.path, count=self.blank_aliases, example=repr(self.blank_alias_example))
         if self.nameless_example is not None:
-            warn(logger, "W107", path=self.path, count=self.nameless, line=self.nameless_example[0],
-                 example=self.nameless_example[1])
+            warn(
+                logger,
+                "W107",
+                path=self.path,
+                count=self.nameless,
+                line=self.nameless_example[0],
+                example=self.nameless_example[1],
+            )

@@ -26,11 +26,13 @@ def _tsv_name_pairs(path: Path) -> list[tuple[int, list[str]]]:
             try:
                 text = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as exc:
-                raise InputError("E110", path=path, line=line_number, detail=f"{exc.reason} at byte {exc.start}") from None
+                raise InputError(
+                    "E110", path=path, line=line_number, detail=f"{exc.reason} at byte {exc.start}"
+                ) from None
             if not text.strip():
                 continue
             columns = [column.strip() for column in text.split("\t")]
-            if not rows and tuple(c.lower() for c in columns) == NAME_PAIR_HEADER[:len(columns)] and len(columns) >= 2:
+            if not rows and tuple(c.lower() for c in columns) == NAME_PAIR_HEADER[: len(columns)] and len(columns) >= 2:
                 continue  # the optional header: foreign, english[, lang]
             rows.append((line_number, columns))
     return rows
@@ -57,17 +59,25 @@ def read_name_pairs(path: Path) -> pl.DataFrame:
         records = _tsv_name_pairs(path)
     for line, values in records:
         if not 2 <= len(values) <= 3:
-            raise InputError("E113", path=path, line=line, detail=f"expected 2 or 3 tab-separated columns, got {len(values)}")
+            raise InputError(
+                "E113", path=path, line=line, detail=f"expected 2 or 3 tab-separated columns, got {len(values)}"
+            )
         foreign, english = values[0], values[1]
         lang = values[2] if len(values) == 3 and isinstance(values[2], str) and values[2].strip() else None
         if lang is not None and not is_language_tag(lang):
-            raise InputError("E113", path=path, line=line, detail=f"the language {lang!r} should be {LANGUAGE_TAG_EXPECTED}")
+            raise InputError(
+                "E113", path=path, line=line, detail=f"the language {lang!r} should be {LANGUAGE_TAG_EXPECTED}"
+            )
         if not foreign or not english:
-            raise InputError("E113", path=path, line=line, detail=f"the {'foreign' if not foreign else 'English'} name is empty")
+            raise InputError(
+                "E113", path=path, line=line, detail=f"the {'foreign' if not foreign else 'English'} name is empty"
+            )
         columns["line"].append(line)
         columns["foreign"].append(foreign)
         columns["english"].append(english)
         columns["lang"].append(normalise_language(lang) if lang is not None else None)
     if not columns["line"]:
         raise InputError("E107", path=path)
-    return pl.DataFrame(columns, schema={"line": pl.Int64, "foreign": pl.String, "english": pl.String, "lang": pl.String})
+    return pl.DataFrame(
+        columns, schema={"line": pl.Int64, "foreign": pl.String, "english": pl.String, "lang": pl.String}
+    )

@@ -138,7 +138,8 @@ def _parse_lines(lines: pl.Series, has_confidence: bool) -> pl.DataFrame:
     # after the last ':' (the only ':' the pattern can split on, since no ':' may follow it).
     offsets_text = pl.col("span").str.split(":").list.last()
     return (
-        lines.to_frame().lazy()
+        lines.to_frame()
+        .lazy()
         .with_row_index("line_number", offset=1)
         .with_columns(pl.col("line").str.split("\t").alias("fields"))
         .with_columns(
@@ -239,8 +240,7 @@ def _problem(line: dict, width: int) -> str:
     if line["kb_id"] == "":
         return "KB id (column 5) is empty; write NIL (or NIL<cluster id>) for an unlinked mention"
     return (
-        f"confidence {shown(line['confidence_text'])} (column 8) is not a finite number; "
-        "write a decimal such as 0.85"
+        f"confidence {shown(line['confidence_text'])} (column 8) is not a finite number; write a decimal such as 0.85"
     )
 
 

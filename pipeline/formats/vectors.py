@@ -36,15 +36,25 @@ def _ids(dataset: h5py.Dataset) -> list[str]:
 def vector_attributes(encoder: LoadedEncoder, config: RunConfig, key: str) -> dict[str, object]:
     """What vectors.h5 says about itself: the encoder, the pooling, the axes and the stage key."""
     return {
-        "encoder": encoder.name, "encoder_path": encoder.path, "encoder_identity": encoder.identity,
-        "name_layer": config.encoder.name_layer, "name_pooling": "max over the span's sub-words",
-        "context_pooling": "first token of the top layer", "max_context_tokens": config.encoder.max_context_tokens,
-        "axis_0": "row i belongs to id[i]", "axis_1": "hidden unit", "key": key,
+        "encoder": encoder.name,
+        "encoder_path": encoder.path,
+        "encoder_identity": encoder.identity,
+        "name_layer": config.encoder.name_layer,
+        "name_pooling": "max over the span's sub-words",
+        "context_pooling": "first token of the top layer",
+        "max_context_tokens": config.encoder.max_context_tokens,
+        "axis_0": "row i belongs to id[i]",
+        "axis_1": "hidden unit",
+        "key": key,
     }
 
 
-def write_vectors(path: Path, attributes: dict[str, object], store_float16: bool,
-                  groups: dict[str, tuple[list[str], np.ndarray, np.ndarray]]) -> None:
+def write_vectors(
+    path: Path,
+    attributes: dict[str, object],
+    store_float16: bool,
+    groups: dict[str, tuple[list[str], np.ndarray, np.ndarray]],
+) -> None:
     """Write `{group: (ids, name vectors (n, H), context vectors (n, H))}` to `path` atomically."""
     dtype = np.float16 if store_float16 else np.float32
     with atomic_path(path) as temp_path:
@@ -86,12 +96,14 @@ def read_vector_ids(path: Path, group: str) -> list[str]:
 
 def name_pairs_key(encode_key: str, pairs_path: Path) -> str:
     """Key of name_pairs.h5: this encode (encoder and its settings) and the pairs file's content."""
-    return stage_key("encode-name-pairs", NAME_PAIRS_VERSION, {},
-                     {"encode": encode_key, "name_pairs": file_fingerprint(pairs_path)})
+    return stage_key(
+        "encode-name-pairs", NAME_PAIRS_VERSION, {}, {"encode": encode_key, "name_pairs": file_fingerprint(pairs_path)}
+    )
 
 
-def write_name_pair_vectors(path: Path, attributes: dict[str, object], store_float16: bool, names: list[str],
-                            vectors: np.ndarray) -> None:
+def write_name_pair_vectors(
+    path: Path, attributes: dict[str, object], store_float16: bool, names: list[str], vectors: np.ndarray
+) -> None:
     """Write the §7.1 pair names and their name vectors (n, H) to `path` atomically, under `/names`."""
     dtype = np.float16 if store_float16 else np.float32
     with atomic_path(path) as temp_path:
@@ -111,8 +123,12 @@ def read_name_pair_vectors(path: Path, key: str) -> tuple[list[str], np.ndarray]
     try:
         with h5py.File(path, "r") as handle:
             if handle.attrs.get("key") != key:
-                raise CacheError("E407", path=path, stage="encode",
-                                 detail="was encoded from another name-pairs file or with another encoder")
+                raise CacheError(
+                    "E407",
+                    path=path,
+                    stage="encode",
+                    detail="was encoded from another name-pairs file or with another encoder",
+                )
             names = _ids(handle["names"]["id"])
             vectors = handle["names"]["name"][:].astype(np.float32)
     except FileNotFoundError:

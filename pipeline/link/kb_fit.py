@@ -59,13 +59,16 @@ def read_kb_map(path: Path, wanted: set[str] | None = None) -> pl.DataFrame:
                     continue
                 first = pairs.setdefault(old, (new, number))
                 if first[0] != new:
-                    raise InputError("E731", path=path, line=number, old=old, new=new, first_line=first[1], first=first[0])
+                    raise InputError(
+                        "E731", path=path, line=number, old=old, new=new, first_line=first[1], first=first[0]
+                    )
         except UnicodeDecodeError as exc:
             raise InputError("E110", path=path, line="?", detail=str(exc)) from None
     if lines == 0:
         raise InputError("E730", path=path, line=1, detail="holds no pair of ids")
-    return pl.DataFrame({"from": list(pairs), "to": [new for new, _ in pairs.values()]},
-                        schema={"from": pl.String, "to": pl.String})
+    return pl.DataFrame(
+        {"from": list(pairs), "to": [new for new, _ in pairs.values()]}, schema={"from": pl.String, "to": pl.String}
+    )
 
 
 def _map_pair(path: Path, number: int, text: str, jsonl: bool) -> tuple[str, str] | None:
@@ -81,15 +84,23 @@ def _map_pair(path: Path, number: int, text: str, jsonl: bool) -> tuple[str, str
     else:
         columns = text.split("\t")
         if len(columns) != 2:
-            raise InputError("E730", path=path, line=number,
-                             detail=f"has {len(columns)} tab-separated column(s), not 2 ({text[:60]!r})")
+            raise InputError(
+                "E730",
+                path=path,
+                line=number,
+                detail=f"has {len(columns)} tab-separated column(s), not 2 ({text[:60]!r})",
+            )
         if number == 1 and [c.strip().lower() for c in columns] == ["from", "to"]:
             return None
         old, new = columns
     for name, value in (("from", old), ("to", new)):
         if not isinstance(value, str) or not value.strip() or value != value.strip():
-            raise InputError("E730", path=path, line=number,
-                             detail=f"its '{name}' id {value!r} is not a non-empty string without surrounding blanks")
+            raise InputError(
+                "E730",
+                path=path,
+                line=number,
+                detail=f"its '{name}' id {value!r} is not a non-empty string without surrounding blanks",
+            )
     return old, new
 
 
@@ -98,8 +109,11 @@ def map_ids(table: pl.DataFrame, column: str, kb_map: pl.DataFrame | None, count
     share every other key column are one row, their `count` summed (two old ids may map to one)."""
     if kb_map is None:
         return table
-    mapped = (table.join(kb_map.rename({"from": column}), on=column, how="left")
-              .with_columns(pl.coalesce("to", column).alias(column)).drop("to"))
+    mapped = (
+        table.join(kb_map.rename({"from": column}), on=column, how="left")
+        .with_columns(pl.coalesce("to", column).alias(column))
+        .drop("to")
+    )
     keys = [name for name in table.columns if name != count]
     return mapped.group_by(keys).agg(pl.col(count).sum()).select(table.columns).sort(keys)
 
@@ -127,14 +141,25 @@ class KbFit:
 
     def to_json(self) -> dict:
         """The counts, for link's manifest (no tables)."""
-        return {"alias_ids": self.alias_ids, "alias_ids_mapped": self.mapped_ids,
-                "alias_ids_missing": self.missing_ids, "alias_mentions_missing": self.missing_mentions,
-                "alias_ids_missing_examples": self.missing_examples, "kb_types": self.kb_types,
-                "unknown_types": self.unknown_types, "unknown_type_entities": self.unknown_type_entities}
+        return {
+            "alias_ids": self.alias_ids,
+            "alias_ids_mapped": self.mapped_ids,
+            "alias_ids_missing": self.missing_ids,
+            "alias_mentions_missing": self.missing_mentions,
+            "alias_ids_missing_examples": self.missing_examples,
+            "kb_types": self.kb_types,
+            "unknown_types": self.unknown_types,
+            "unknown_type_entities": self.unknown_type_entities,
+        }
 
 
-def fit_kb(folder: ModelFolder, entities: pl.LazyFrame, kb_map: pl.DataFrame | None = None,
-           kb_map_path: Path | None = None, kb_path: Path | None = None) -> KbFit:
+def fit_kb(
+    folder: ModelFolder,
+    entities: pl.LazyFrame,
+    kb_map: pl.DataFrame | None = None,
+    kb_map_path: Path | None = None,
+    kb_path: Path | None = None,
+) -> KbFit:
     """Fit `folder`'s alias table, popularity and type vocabulary to the KB whose `entities`
     (kb_id, type) are given; see the module doc. E705 when a map is given and no alias-table
     id is in the KB after it (`kb_map_path`, `kb_path` name the files in that message)."""
@@ -144,18 +169,45 @@ def fit_kb(folder: ModelFolder, entities: pl.LazyFrame, kb_map: pl.DataFrame | N
     per_id = aliases.group_by("gold_kb_id").agg(pl.col("count").sum())
     missing = per_id.join(known.rename({"kb_id": "gold_kb_id"}), on="gold_kb_id", how="anti").sort("gold_kb_id")
     alias_ids = folder.aliases["gold_kb_id"].n_unique()
-    mapped = 0 if kb_map is None else folder.aliases.select("gold_kb_id").unique().join(
-        kb_map.rename({"from": "gold_kb_id"}), on="gold_kb_id").filter(pl.col("to") != pl.col("gold_kb_id")).height
+    mapped = (
+        0
+        if kb_map is None
+        else folder.aliases.select("gold_kb_id")
+        .unique()
+        .join(kb_map.rename({"from": "gold_kb_id"}), on="gold_kb_id")
+        .filter(pl.col("to") != pl.col("gold_kb_id"))
+        .height
+    )
     if kb_map is not None and alias_ids and missing.height == per_id.height:
-        detail = (f"it maps {mapped} of them, to ids this KB does not hold" if mapped
-                  else "its 'from' column names none of them")
-        raise InputError("E705", path=kb_path, count=alias_ids, model=folder.path, kb_map=kb_map_path, detail=detail,
-                         example=", ".join(map(repr, folder.aliases["gold_kb_id"].unique().sort().head(EXAMPLES))))
+        detail = (
+            f"it maps {mapped} of them, to ids this KB does not hold"
+            if mapped
+            else "its 'from' column names none of them"
+        )
+        raise InputError(
+            "E705",
+            path=kb_path,
+            count=alias_ids,
+            model=folder.path,
+            kb_map=kb_map_path,
+            detail=detail,
+            example=", ".join(map(repr, folder.aliases["gold_kb_id"].unique().sort().head(EXAMPLES))),
+        )
     vocabulary = pl.Series("type", list(folder.meta["types"].get("entity") or []), dtype=pl.String)
     types = entities.select("type").drop_nulls().collect().group_by("type").len()
     unknown = types.filter(~pl.col("type").is_in(vocabulary.implode()))
-    return KbFit(aliases, popularity, alias_ids, mapped, missing.height, int(missing["count"].sum()),
-                 missing["gold_kb_id"].head(EXAMPLES).to_list(), types.height, unknown.height, int(unknown["len"].sum()))
+    return KbFit(
+        aliases,
+        popularity,
+        alias_ids,
+        mapped,
+        missing.height,
+        int(missing["count"].sum()),
+        missing["gold_kb_id"].head(EXAMPLES).to_list(),
+        types.height,
+        unknown.height,
+        int(unknown["len"].sum()),
+    )
 
 
 def warn_missing(fit: KbFit, folder: ModelFolder, kb_path: Path) -> str | None:
@@ -163,20 +215,35 @@ def warn_missing(fit: KbFit, folder: ModelFolder, kb_path: Path) -> str | None:
     if not fit.missing_ids:
         return None
     uses_priors = bool(folder.meta["triage"].get("use_priors", True))
-    cost = ("those training names give no prior P(e|m) and no training-name fuzzy match, so a mention only the "
-            "training data named may miss its entity in triage (the KB's own names and aliases still give candidates)"
-            if uses_priors else "the model reads no priors (triage.use_priors = false), so only their training-name "
-            "fuzzy matches are lost (the KB's own names and aliases still give candidates)")
-    cost += ("; add those entities to the KB, give --kb-map OLD<TAB>NEW lines if it keys them differently, "
-             "or train on this KB for its priors")
+    cost = (
+        "those training names give no prior P(e|m) and no training-name fuzzy match, so a mention only the "
+        "training data named may miss its entity in triage (the KB's own names and aliases still give candidates)"
+        if uses_priors
+        else "the model reads no priors (triage.use_priors = false), so only their training-name "
+        "fuzzy matches are lost (the KB's own names and aliases still give candidates)"
+    )
+    cost += (
+        "; add those entities to the KB, give --kb-map OLD<TAB>NEW lines if it keys them differently, "
+        "or train on this KB for its priors"
+    )
     mapped = f" after mapping {fit.mapped_ids} with --kb-map" if fit.mapped_ids else ""
-    return warn(logger, "W710", path=kb_path, count=fit.missing_ids, total=fit.alias_ids, model=folder.path,
-                example=", ".join(map(repr, fit.missing_examples)), mapped=mapped, mentions=fit.missing_mentions,
-                cost=cost)
+    return warn(
+        logger,
+        "W710",
+        path=kb_path,
+        count=fit.missing_ids,
+        total=fit.alias_ids,
+        model=folder.path,
+        example=", ".join(map(repr, fit.missing_examples)),
+        mapped=mapped,
+        mentions=fit.missing_mentions,
+        cost=cost,
+    )
 
 
-def fit_report(folder: ModelFolder, entities: pl.LazyFrame, kb_path: Path, kb_fingerprint: str,
-               kb_map: Path | None = None) -> tuple[KbFit, dict]:
+def fit_report(
+    folder: ModelFolder, entities: pl.LazyFrame, kb_path: Path, kb_fingerprint: str, kb_map: Path | None = None
+) -> tuple[KbFit, dict]:
     """`fit_kb` of the KB at `kb_path` (its `entities`: kb_id, type), reading the map file `kb_map`
     (E108, E730, E731, E705), and the report link's summary, manifest and `Linker.kb` give: the KB
     trained on, the KB linked against (`kb_identity` each), the map's path and `KbFit.to_json`."""
@@ -186,8 +253,12 @@ def fit_report(folder: ModelFolder, entities: pl.LazyFrame, kb_path: Path, kb_fi
     pairs = read_kb_map(kb_map, wanted) if kb_map is not None else None
     fit = fit_kb(folder, entities, pairs, kb_map, kb_path)
     count = entities.select(pl.len()).collect().item()
-    return fit, {"trained_on": trained_kb(folder), "linked_against": kb_identity(kb_path, kb_fingerprint, count),
-                 "kb_map": str(kb_map) if kb_map is not None else None, **fit.to_json()}
+    return fit, {
+        "trained_on": trained_kb(folder),
+        "linked_against": kb_identity(kb_path, kb_fingerprint, count),
+        "kb_map": str(kb_map) if kb_map is not None else None,
+        **fit.to_json(),
+    }
 
 
 def kb_identity(path: Path, fingerprint: str | None, entities: int | None, name: str | None = None) -> dict:

@@ -72,13 +72,20 @@ class ChunkResult:
 def links_frame(decided: pl.DataFrame, score_table: pl.DataFrame, candidates: pl.DataFrame) -> pl.DataFrame:
     """`ChunkResult.frame`: the decided mentions (context text dropped) with their candidates as a list of
     {kb_id, score, triage_score, sources}, best ranker score first (none: an empty list)."""
-    ranked = (score_table.join(candidates.select("mention_id", "kb_id", pl.col("score").alias("triage_score"), "sources"),
-                               on=["mention_id", "kb_id"], how="left")
-              .sort(["mention_id", "score", "rank"], descending=[False, True, False], nulls_last=True)
-              .group_by("mention_id", maintain_order=True)
-              .agg(pl.struct("kb_id", "score", "triage_score", "sources").alias("candidates")))
+    ranked = (
+        score_table.join(
+            candidates.select("mention_id", "kb_id", pl.col("score").alias("triage_score"), "sources"),
+            on=["mention_id", "kb_id"],
+            how="left",
+        )
+        .sort(["mention_id", "score", "rank"], descending=[False, True, False], nulls_last=True)
+        .group_by("mention_id", maintain_order=True)
+        .agg(pl.struct("kb_id", "score", "triage_score", "sources").alias("candidates"))
+    )
     # The context text is the bulk of a mention row and no output needs it.
-    frame = decided.drop("context", "start", "end", "line", "text_hash", strict=False).join(ranked, on="mention_id", how="left")
+    frame = decided.drop("context", "start", "end", "line", "text_hash", strict=False).join(
+        ranked, on="mention_id", how="left"
+    )
     return frame.with_columns(pl.col("candidates").fill_null(pl.lit([], dtype=ranked.schema["candidates"])))
 
 
@@ -90,8 +97,15 @@ class Linker:
     `kb_fit.KbFit.to_json` (alias-table ids kept, mapped, missing; entity types unknown to the model).
     """
 
-    def __init__(self, folder: ModelFolder, kb_path: Path | None = None, device: str | None = None,
-                 kb_fingerprint: str | None = None, precision: str | None = None, kb_map: Path | None = None) -> None:
+    def __init__(
+        self,
+        folder: ModelFolder,
+        kb_path: Path | None = None,
+        device: str | None = None,
+        kb_fingerprint: str | None = None,
+        precision: str | None = None,
+        kb_map: Path | None = None,
+    ) -> None:
         """`kb_path`: the KB to link against (default: the model's own); it may lack ids of the model's
         alias table (W710) or key them differently (`kb_map`, an id map file: `kb_fit.read_kb_map`);
         see `pipeline/link/kb_fit.py`. `kb_fingerprint`: the KB file's content hash when the caller has
@@ -120,13 +134,15 @@ class Linker:
         if folder.meta.get("reader") and folder.policy.artifact["method"] == "reader":  # it decides: read with it
             from pipeline.model.reader import LoadedReader
 
-            self.reader = LoadedReader.load(folder.path / folder.meta["reader"]["folder"],
-                                            pick_device(self.encoder_config.device))
+            self.reader = LoadedReader.load(
+                folder.path / folder.meta["reader"]["folder"], pick_device(self.encoder_config.device)
+            )
         # What triage's sources take from the alias table and encoder, built once here, not per chunk.
         # Ids the KB lacks are left out of them here (`kb_fit`: W710 said so).
         self.aliases, self.popularity = self.kb_fit.aliases, self.kb_fit.popularity
-        self.learned = LearnedSources.prepare(self.aliases, self.triage_config, self.encoder_config, identity_here,
-                                              self.known_ids)
+        self.learned = LearnedSources.prepare(
+            self.aliases, self.triage_config, self.encoder_config, identity_here, self.known_ids
+        )
 
     def _read_settings(self, device: str | None, precision: str | None) -> dict:
         """The model's encoder settings with `device` and `precision` replaced (checked: E203), and its
@@ -164,8 +180,12 @@ class Linker:
                 identity = encoder_identity(path)
                 self.encoder_config = EncoderConfig(**{**settings, "name": path})
             if identity != expected:
-                raise CacheError("E704", name=self.encoder_config.name, model=folder.path,
-                                 detail=f"found one with identity {identity}, the model needs {expected}")
+                raise CacheError(
+                    "E704",
+                    name=self.encoder_config.name,
+                    model=folder.path,
+                    detail=f"found one with identity {identity}, the model needs {expected}",
+                )
         except ConfigError as error:
             if error.code != "E501":
                 raise
@@ -189,8 +209,13 @@ class Linker:
         # E705 for a map made for another KB; W710 for alias-table ids this KB lacks.
         self.kb_fit, self.kb = fit_report(folder, entities.lazy(), kb_path, self.kb_fingerprint, kb_map)
         warn_missing(self.kb_fit, folder, kb_path)
-        logger.info("linking against KB %s (%s); the model was trained on %s (%s)", kb_path, self.kb_fingerprint[:8],
-                    self.kb["trained_on"]["path"], str(self.kb["trained_on"]["fingerprint"])[:8])
+        logger.info(
+            "linking against KB %s (%s); the model was trained on %s (%s)",
+            kb_path,
+            self.kb_fingerprint[:8],
+            self.kb["trained_on"]["path"],
+            str(self.kb["trained_on"]["fingerprint"])[:8],
+        )
         self.kb_names = names_index(entities, self.index_root, self.kb_fingerprint)
         del entities
 
@@ -205,8 +230,9 @@ class Linker:
             except ConfigError as error:
                 if error.code != "E501":
                     raise
-                raise CacheError("E704", name=self.encoder_config.name, model=self.folder.path,
-                                 detail=error.message) from None
+                raise CacheError(
+                    "E704", name=self.encoder_config.name, model=self.folder.path, detail=error.message
+                ) from None
             self._check_prior(encoder.hidden_size)
             self._encoder = encoder
         return self._encoder
@@ -228,14 +254,23 @@ class Linker:
         (`hidden_size`; None: not known before the encoder loads, checked then)."""
         prior = self.folder.policy.artifact.get("mention_prior")
         if self.folder.policy.reads_prior and hidden_size is not None and len(prior["coef"]) != 2 * hidden_size:
-            raise CacheError("E702", path=self.folder.path / "model.json",
-                             detail=f"the mention NIL prior has {len(prior['coef'])} weights, the encoder's name and "
-                                    f"context vectors {2 * hidden_size}")
+            raise CacheError(
+                "E702",
+                path=self.folder.path / "model.json",
+                detail=f"the mention NIL prior has {len(prior['coef'])} weights, the encoder's name and "
+                f"context vectors {2 * hidden_size}",
+            )
 
     @classmethod
-    def load(cls, path: str | Path, kb: str | Path | None = None, device: str | None = None,
-             fallback_threshold: float | None = None, precision: str | None = None,
-             kb_map: str | Path | None = None) -> "Linker":
+    def load(
+        cls,
+        path: str | Path,
+        kb: str | Path | None = None,
+        device: str | None = None,
+        fallback_threshold: float | None = None,
+        precision: str | None = None,
+        kb_map: str | Path | None = None,
+    ) -> "Linker":
         """Load and check a model folder (E701-E706); `kb` replaces the model's KB (any KB: ids of the
         alias table it lacks are left out, W710), `kb_map` maps the alias table's ids to that KB's (as
         `--kb-map`), `device` and `precision` replace its encoder's, `fallback_threshold` the NIL threshold
@@ -245,8 +280,13 @@ class Linker:
         folder = load_model_folder(Path(path))
         if fallback_threshold is not None:
             folder = dataclasses.replace(folder, policy=folder.policy.with_unseen_threshold(fallback_threshold))
-        return cls(folder, Path(kb) if kb is not None else None, device, precision=precision,
-                   kb_map=Path(kb_map) if kb_map is not None else None)
+        return cls(
+            folder,
+            Path(kb) if kb is not None else None,
+            device,
+            precision=precision,
+            kb_map=Path(kb_map) if kb_map is not None else None,
+        )
 
     def _vectors_dtype_round(self, array: np.ndarray) -> np.ndarray:
         """Vectors as encode would store them (float16 when `store_float16`), read back as float32."""
@@ -275,11 +315,17 @@ class Linker:
 
         started = time.time()
         kb = KbIndex(self.kb_names, self.known_ids, self.index_root, self.kb_fingerprint)
-        pieces = candidate_pieces(mentions, kb, self.learned, self.triage_config, self.encoder_config, None, self.encoder)
+        pieces = candidate_pieces(
+            mentions, kb, self.learned, self.triage_config, self.encoder_config, None, self.encoder
+        )
         candidates = merge_candidates(pieces, mentions, self.triage_config.k, oracle=False)
-        entities = (pl.scan_parquet(self.entities_path)
-                    .filter(pl.col("kb_id").is_in(candidates["kb_id"].unique().implode()))
-                    .select("kb_id", "name", "description", "type").collect().sort("kb_id"))
+        entities = (
+            pl.scan_parquet(self.entities_path)
+            .filter(pl.col("kb_id").is_in(candidates["kb_id"].unique().implode()))
+            .select("kb_id", "name", "description", "type")
+            .collect()
+            .sort("kb_id")
+        )
         keys = cache.content_keys(entities)
         hidden = self.encoder.hidden_size
         found, entity_name, entity_context = self.store.lookup(keys, hidden)
@@ -290,7 +336,10 @@ class Linker:
         new_name, new_context = span_vectors[plan.entity_span_rows], context_vectors[plan.entity_units]
         self.store.add([k for k, hit in zip(keys, found) if not hit], new_name, new_context)
         encode_seconds = time.time() - encode_started
-        entity_name[~found], entity_context[~found] = self._vectors_dtype_round(new_name), self._vectors_dtype_round(new_context)
+        entity_name[~found], entity_context[~found] = (
+            self._vectors_dtype_round(new_name),
+            self._vectors_dtype_round(new_context),
+        )
 
         device = self.encoder.device
         table = mentions.with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
@@ -298,26 +347,38 @@ class Linker:
         mention_name = self._vectors_dtype_round(span_vectors[plan.mention_span_rows])
         mention_context = self._vectors_dtype_round(context_vectors[plan.mention_units])
         inputs = RankerInputs(
-            mentions=table, entity_ids=entity_ids,
-            mention_name=torch.from_numpy(mention_name).to(device), mention_context=torch.from_numpy(mention_context).to(device),
-            entity_name=torch.from_numpy(entity_name).to(device), entity_context=torch.from_numpy(entity_context).to(device),
+            mentions=table,
+            entity_ids=entity_ids,
+            mention_name=torch.from_numpy(mention_name).to(device),
+            mention_context=torch.from_numpy(mention_context).to(device),
+            entity_name=torch.from_numpy(entity_name).to(device),
+            entity_context=torch.from_numpy(entity_context).to(device),
             mention_type_onehot=one_hot(mentions["entity_type"], self.mention_types).to(device),
-            entity_type_onehot=one_hot(entities["type"], self.entity_types).to(device))
+            entity_type_onehot=one_hot(entities["type"], self.entity_types).to(device),
+        )
         if "triage" in self.model.features:
             inputs.attach_triage(candidates)
         rows = np.arange(mentions.height)
         matrix = candidate_matrix(candidates, inputs, rows)
         scores = score_candidates(self.model, inputs, rows, matrix)
         popularity = self._popularity_of(entity_ids)
-        score_table, predictions = predict(table, rows, matrix, scores, entity_ids["kb_id"].to_list(), popularity,
-                                           score_nil(self.model, inputs, rows))  # None without a NIL option
+        score_table, predictions = predict(
+            table, rows, matrix, scores, entity_ids["kb_id"].to_list(), popularity, score_nil(self.model, inputs, rows)
+        )  # None without a NIL option
         if self.reader is not None:
             ordered = self.reader.order(candidates, score_table)
-            predictions = predictions.join(self.reader.predict(mentions, ordered, entities), on="mention_id", how="left")
+            predictions = predictions.join(
+                self.reader.predict(mentions, ordered, entities), on="mention_id", how="left"
+            )
         with_prior = self.policy.with_mention_prior(mentions, mention_name, mention_context)  # rows in mentions' order
         decided = self.policy.decide(with_prior.join(predictions, on="mention_id", how="left"), candidates)
-        return ChunkResult(links_frame(decided, score_table, candidates), int(missing.height), int(found.sum()),
-                           time.time() - started, encode_seconds)
+        return ChunkResult(
+            links_frame(decided, score_table, candidates),
+            int(missing.height),
+            int(found.sum()),
+            time.time() - started,
+            encode_seconds,
+        )
 
     def link(self, mentions: object, docs: object | None = None) -> pl.DataFrame:
         """Link mentions given in memory; returns the `links.parquet` table (see `outputs.links_table`).
@@ -341,8 +402,11 @@ class Linker:
             doc_records = native_records(docs, "<docs>")
             for row, record in enumerate(doc_records, start=1):
                 check_doc_record(Path("<docs>"), row, record)  # E102/E103 naming the row, as a docs file's line
-            doc_texts = pl.DataFrame([(r["doc_id"], r["text"]) for r in doc_records], orient="row",
-                                     schema={"doc_id": pl.String, "doc_text": pl.String})
+            doc_texts = pl.DataFrame(
+                [(r["doc_id"], r["text"]) for r in doc_records],
+                orient="row",
+                schema={"doc_id": pl.String, "doc_text": pl.String},
+            )
         frame = records_frame(records, Path("<mentions>"), self.context_chars, keep_gold=False, docs=doc_texts)
         with tempfile.TemporaryDirectory(prefix="xel-link-") as work_dir:
             result = self.link_chunk(frame, Path(work_dir))

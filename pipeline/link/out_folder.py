@@ -37,8 +37,12 @@ LINKED_WITH = "linked_with.json"
 
 def linked_with(model: Path, model_fingerprint: str, kb: Path, kb_fingerprint: str) -> dict[str, str]:
     """What a link's links come from: the model folder and KB, each by path and content fingerprint."""
-    return {"model": str(Path(model).resolve()), "model_fingerprint": model_fingerprint,
-            "kb": str(Path(kb).resolve()), "kb_fingerprint": kb_fingerprint}
+    return {
+        "model": str(Path(model).resolve()),
+        "model_fingerprint": model_fingerprint,
+        "kb": str(Path(kb).resolve()),
+        "kb_fingerprint": kb_fingerprint,
+    }
 
 
 def record_linked_with(out_dir: Path, identity: dict[str, str]) -> None:
@@ -79,8 +83,11 @@ def warn_replaced_links(out_dir: Path, identity: dict[str, str]) -> str | None:
         old_path, old_print = previous.get(name), previous.get(f"{name}_fingerprint")
         new_path, new_print = identity[name], identity[f"{name}_fingerprint"]
         if old_print is not None and old_print != new_print:
-            changes.append(f"another {label} ({old_path}, now {new_path})" if old_path != new_path
-                           else f"another {label} ({old_path}, whose content has changed since)")
+            changes.append(
+                f"another {label} ({old_path}, now {new_path})"
+                if old_path != new_path
+                else f"another {label} ({old_path}, whose content has changed since)"
+            )
         elif old_print is None and old_path and Path(old_path).resolve() != Path(new_path):
             changes.append(f"another {label} ({old_path}, now {new_path})")
     if not changes:
@@ -116,8 +123,11 @@ def holds_linked_work(out_dir: Path) -> bool:
 
     if any((out_dir / name).exists() for name in (MANIFEST, LINKS_PARQUET, LINKS_JSONL, SYSTEM_TAB)):
         return True
-    return any(True for pattern in (f"{CHUNKS}/chunk-*.parquet", f"{SHARDS}/shard-*.json", f"{WORK}/encode-*/chunk-*.npz")
-               for _ in out_dir.glob(pattern))
+    return any(
+        True
+        for pattern in (f"{CHUNKS}/chunk-*.parquet", f"{SHARDS}/shard-*.json", f"{WORK}/encode-*/chunk-*.npz")
+        for _ in out_dir.glob(pattern)
+    )
 
 
 @contextlib.contextmanager

@@ -31,19 +31,45 @@ LINKS_JSONL = "links.jsonl"
 # Every output a link may write (the manifest aside): what a finished link removes when it did not write it.
 OUTPUT_NAMES = (LINKS_PARQUET, LINKS_JSONL, SYSTEM_TAB, GOLD_TAB, DOC_LANGUAGES, METRICS_JSON)
 # The columns of links.parquet and of `Linker.link`'s result, with their dtypes: what an empty input gives too.
-CANDIDATE = pl.Struct({"kb_id": pl.String, "score": pl.Float32, "triage_score": pl.Float64, "sources": pl.List(pl.String)})
-LINKS_SCHEMA = pl.Schema({"mention_id": pl.String, "doc_id": pl.String, "start": pl.Int64, "end": pl.Int64, "lang": pl.String,
-                          "mention": pl.String, "kb_id": pl.String, "score": pl.Float64, "is_nil": pl.Boolean,
-                          "threshold": pl.Float64, "nil_probability": pl.Float64, "nil_cut": pl.Float64,
-                          "candidates": pl.List(CANDIDATE)})
+CANDIDATE = pl.Struct(
+    {"kb_id": pl.String, "score": pl.Float32, "triage_score": pl.Float64, "sources": pl.List(pl.String)}
+)
+LINKS_SCHEMA = pl.Schema(
+    {
+        "mention_id": pl.String,
+        "doc_id": pl.String,
+        "start": pl.Int64,
+        "end": pl.Int64,
+        "lang": pl.String,
+        "mention": pl.String,
+        "kb_id": pl.String,
+        "score": pl.Float64,
+        "is_nil": pl.Boolean,
+        "threshold": pl.Float64,
+        "nil_probability": pl.Float64,
+        "nil_cut": pl.Float64,
+        "candidates": pl.List(CANDIDATE),
+    }
+)
 
 
 def links_table(clustered: pl.DataFrame) -> pl.DataFrame:
     """The links of decided, NIL-clustered mentions (`NilPolicy.cluster` output), in input order."""
     return clustered.select(
-        "mention_id", "doc_id", pl.col("doc_start").alias("start"), pl.col("doc_end").alias("end"), "lang", "mention",
-        pl.col("system_id").alias("kb_id"), pl.col("best_score").alias("score"), "is_nil", "threshold", "nil_probability",
-        "nil_cut", "candidates")
+        "mention_id",
+        "doc_id",
+        pl.col("doc_start").alias("start"),
+        pl.col("doc_end").alias("end"),
+        "lang",
+        "mention",
+        pl.col("system_id").alias("kb_id"),
+        pl.col("best_score").alias("score"),
+        "is_nil",
+        "threshold",
+        "nil_probability",
+        "nil_cut",
+        "candidates",
+    )
 
 
 def nil_share(clustered: pl.DataFrame) -> pl.DataFrame:
@@ -66,9 +92,14 @@ def gold_not_in_kb(evaluated: pl.DataFrame, kb_ids: pl.LazyFrame, mentions_path:
     return {"kb_ids": ids.len(), "mentions": carried_by}
 
 
-def write_outputs(chunk_paths: list[Path], clustered: pl.DataFrame, out_dir: Path, score: bool,
-                  mentions_path: Path, kb_ids: Callable[[], tuple[pl.LazyFrame, Path]] | None = None
-                  ) -> tuple[list[str], dict | None]:
+def write_outputs(
+    chunk_paths: list[Path],
+    clustered: pl.DataFrame,
+    out_dir: Path,
+    score: bool,
+    mentions_path: Path,
+    kb_ids: Callable[[], tuple[pl.LazyFrame, Path]] | None = None,
+) -> tuple[list[str], dict | None]:
     """Write the outputs (each atomically); returns (file names, metrics or None).
 
     `clustered` is every mention without its candidate lists (`NilPolicy.cluster` output);

@@ -206,15 +206,26 @@ def _refuse_other_links(out_dir: Path, key: str, shard: tuple[int, int], force: 
     if old is not None and old != key:
         linked = [*(out_dir / CHUNKS).glob("chunk-*.parquet"), *(out_dir / SHARDS).glob("shard-*.json")]
         if linked:
-            raise CacheError("E715", path=out_dir, detail=f"{len(linked)} finished chunk(s) or shard record(s) of "
-                             f"another link (its key {old[:8]}, this one {key[:8]}: another model, input, --kb, --score "
-                             "or --chunk-mentions)")
+            raise CacheError(
+                "E715",
+                path=out_dir,
+                detail=f"{len(linked)} finished chunk(s) or shard record(s) of "
+                f"another link (its key {old[:8]}, this one {key[:8]}: another model, input, --kb, --score "
+                "or --chunk-mentions)",
+            )
     index, count = shard
-    others = sorted(path.name for path in (out_dir / SHARDS).glob("shard-*-of-*.json")
-                    if not path.name.endswith(f"-of-{count}.json"))
+    others = sorted(
+        path.name
+        for path in (out_dir / SHARDS).glob("shard-*-of-*.json")
+        if not path.name.endswith(f"-of-{count}.json")
+    )
     if others:
-        raise CacheError("E715", path=out_dir / SHARDS, detail=f"the records of shards cut into another count "
-                         f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}), and this is shard {index}/{count}")
+        raise CacheError(
+            "E715",
+            path=out_dir / SHARDS,
+            detail=f"the records of shards cut into another count "
+            f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}), and this is shard {index}/{count}",
+        )
 
 
 def _forget_other_keys(out_dir: Path, key: str, force: bool, identity: dict[str, str]) -> None:
@@ -258,8 +269,9 @@ def _checked_corpus(options: LinkOptions, key: str, context_chars: int) -> Itera
         options.out_dir.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=".corpus-check.", suffix=".tmp", dir=options.out_dir))
     try:
-        chunks = mention_chunks(options.mentions, options.docs, options.chunk_mentions, context_chars, options.score,
-                                scratch or work)
+        chunks = mention_chunks(
+            options.mentions, options.docs, options.chunk_mentions, context_chars, options.score, scratch or work
+        )
         total = check_corpus(chunks, options.mentions)
         if total == 0:
             raise InputError("E107", path=options.mentions)
@@ -301,8 +313,9 @@ def run(options: LinkOptions) -> LinkResult:
     if options.merge:
         total, shards = _finished_shards(out_dir, key)
         (out_dir / MANIFEST).unlink(missing_ok=True)  # outputs being redone never look finished
-        result = _finish(options, folder, key, total, started, {"mentions": 0, "chunks_resumed": total}, kb,
-                         linked_seconds=0.0)
+        result = _finish(
+            options, folder, key, total, started, {"mentions": 0, "chunks_resumed": total}, kb, linked_seconds=0.0
+        )
         return dataclasses.replace(result, merged_shards=shards)
     if options.shard is not None:
         _refuse_other_links(out_dir, key, options.shard, options.force)
@@ -316,8 +329,9 @@ def run(options: LinkOptions) -> LinkResult:
             kb.linker = linker
         if options.shard is None:  # shards write at once, so only a locked run may sweep temporary files
             remove_leftover_temps(out_dir / CHUNKS)
-        _forget_other_keys(out_dir, key, options.force,
-                           linked_with(options.model, folder.fingerprint, kb_path, kb_fingerprint))
+        _forget_other_keys(
+            out_dir, key, options.force, linked_with(options.model, folder.fingerprint, kb_path, kb_fingerprint)
+        )
     if options.shard is None:
         remove_leftover_temps(out_dir)  # after the corpus check's scratch folder is gone
     (out_dir / MANIFEST).unlink(missing_ok=True)  # outputs being redone never look finished
@@ -348,11 +362,18 @@ def _link_chunks(options: LinkOptions, linker, context_chars: int) -> tuple[dict
     """Link every chunk of this process's share not saved yet, each saved (and sealed) as it finishes;
     (counts, seconds linking, seconds of it encoding)."""
     out_dir = options.out_dir
-    counts = {"mentions": 0, "chunks": 0, "chunks_resumed": 0, "entities_encoded": 0, "entities_cached": 0,
-              "mentions_resumed": 0}
+    counts = {
+        "mentions": 0,
+        "chunks": 0,
+        "chunks_resumed": 0,
+        "entities_encoded": 0,
+        "entities_cached": 0,
+        "mentions_resumed": 0,
+    }
     linked_seconds = encode_seconds = 0.0
-    chunks = mention_chunks(options.mentions, options.docs, options.chunk_mentions, context_chars, options.score,
-                            out_dir / WORK)
+    chunks = mention_chunks(
+        options.mentions, options.docs, options.chunk_mentions, context_chars, options.score, out_dir / WORK
+    )
     with progress_counter(None, "link", "mentions") as progress:
         for index, read in chunks:  # the same `total` chunks the corpus check read
             if options.shard is not None and index % options.shard[1] != options.shard[0]:
@@ -365,9 +386,13 @@ def _link_chunks(options: LinkOptions, linker, context_chars: int) -> tuple[dict
             _forget_damaged_chunk(out_dir, index, problem)
             mentions = without_entity_type(read()) if options.ignore_entity_type else read()
             result = linker.link_chunk(mentions, out_dir / WORK / f"encode-{index:06d}")
-            stats = {"mentions": mentions.height, "entities_encoded": result.entities_encoded,
-                     "entities_cached": result.entities_cached, "seconds": result.seconds,
-                     "encode_seconds": result.encode_seconds}
+            stats = {
+                "mentions": mentions.height,
+                "entities_encoded": result.entities_encoded,
+                "entities_cached": result.entities_cached,
+                "seconds": result.seconds,
+                "encode_seconds": result.encode_seconds,
+            }
             write_parquet_atomic(result.frame, _chunk_path(out_dir, index))
             checked_files.seal(_chunk_record(out_dir, index), [_chunk_path(out_dir, index)], stats)  # last
             shutil.rmtree(out_dir / WORK / f"encode-{index:06d}", ignore_errors=True)
@@ -377,29 +402,54 @@ def _link_chunks(options: LinkOptions, linker, context_chars: int) -> tuple[dict
             linked_seconds += result.seconds
             encode_seconds += result.encode_seconds
             progress.update(mentions.height)
-            logger.info("chunk %d: %d mentions in %.1fs (%.1f mentions/s), %d entities encoded, %d from the cache",
-                        index, mentions.height, result.seconds, mentions.height / max(result.seconds, 1e-9),
-                        result.entities_encoded, result.entities_cached)
+            logger.info(
+                "chunk %d: %d mentions in %.1fs (%.1f mentions/s), %d entities encoded, %d from the cache",
+                index,
+                mentions.height,
+                result.seconds,
+                mentions.height / max(result.seconds, 1e-9),
+                result.entities_encoded,
+                result.entities_cached,
+            )
             del mentions, result
             _release_freed_memory()
     return counts, linked_seconds, encode_seconds
 
 
-def _shard_done(options: LinkOptions, key: str, total: int, counts: dict, started: float, linked_seconds: float,
-                encode_seconds: float) -> LinkResult:
+def _shard_done(
+    options: LinkOptions,
+    key: str,
+    total: int,
+    counts: dict,
+    started: float,
+    linked_seconds: float,
+    encode_seconds: float,
+) -> LinkResult:
     """Record this shard's share as done (`shards/shard-i-of-n.json`), for `--merge` to find."""
     out_dir = options.out_dir
     index, count = options.shard
     # This shard's whole share: the mentions linked now and those of its chunks that were kept.
     resumed = counts.pop("mentions_resumed")
-    counts = {**counts, "mentions": counts["mentions"] + resumed, "mentions_linked_now": counts["mentions"],
-              "chunks": counts["chunks"] + counts["chunks_resumed"]}
-    write_json_atomic(out_dir / SHARDS / f"shard-{index}-of-{count}.json",
-                      {"key": key, "shard": [index, count], "chunks_total": total, "counts": counts})
+    counts = {
+        **counts,
+        "mentions": counts["mentions"] + resumed,
+        "mentions_linked_now": counts["mentions"],
+        "chunks": counts["chunks"] + counts["chunks_resumed"],
+    }
+    write_json_atomic(
+        out_dir / SHARDS / f"shard-{index}-of-{count}.json",
+        {"key": key, "shard": [index, count], "chunks_total": total, "counts": counts},
+    )
     seconds = time.time() - started
-    return LinkResult(out_dir, skipped=False, seconds=seconds, counts=counts, finished=False,
-                      mentions_per_second=counts["mentions_linked_now"] / max(seconds, 1e-9),
-                      encode_share=encode_seconds / max(linked_seconds, 1e-9))
+    return LinkResult(
+        out_dir,
+        skipped=False,
+        seconds=seconds,
+        counts=counts,
+        finished=False,
+        mentions_per_second=counts["mentions_linked_now"] / max(seconds, 1e-9),
+        encode_share=encode_seconds / max(linked_seconds, 1e-9),
+    )
 
 
 def _release_freed_memory() -> None:
@@ -419,14 +469,23 @@ def _finished_shards(out_dir: Path, key: str) -> tuple[int, int]:
     naming a missing one)."""
     errors = ShardErrors(
         none_finished=lambda: CacheError(
-            "E711", path=out_dir / SHARDS, detail="no shard of this link (same model, inputs and settings) has finished; "
-            "--merge must be given the shards' own --mentions, --docs, --kb, --score and --chunk-mentions"),
+            "E711",
+            path=out_dir / SHARDS,
+            detail="no shard of this link (same model, inputs and settings) has finished; "
+            "--merge must be given the shards' own --mentions, --docs, --kb, --score and --chunk-mentions",
+        ),
         cut_differently=lambda counts: CacheError(
-            "E711", path=out_dir / SHARDS, detail=f"its shards were cut in {counts} parts; delete the set you do not want"),
+            "E711",
+            path=out_dir / SHARDS,
+            detail=f"its shards were cut in {counts} parts; delete the set you do not want",
+        ),
         missing=lambda index, count: CacheError(
-            "E711", path=out_dir / SHARDS / f"shard-{index}-of-{count}.json",
+            "E711",
+            path=out_dir / SHARDS / f"shard-{index}-of-{count}.json",
             detail=f"shard {index}/{count} has not finished; run `xel-cli link --shard {index}/{count}` "
-                   "with the same model, inputs and options"))
+            "with the same model, inputs and options",
+        ),
+    )
     records = finished_shards(out_dir / SHARDS, "shard", key, errors)
     total = int(records[0]["chunks_total"])
     for index in range(total):  # a --merge cannot redo a chunk: a damaged one is refused, naming what to redo
@@ -434,15 +493,28 @@ def _finished_shards(out_dir: Path, key: str) -> tuple[int, int]:
         problem = checked_files.damage(record) if _chunk_path(out_dir, index).is_file() else None
         if problem is not None:
             shard = f"{index % len(records)}/{len(records)}"
-            raise CacheError("E711", path=_chunk_path(out_dir, index), detail=(
-                f"damaged ({problem}); delete it, {record.name} and {SHARDS}/shard-{shard.replace('/', '-of-')}.json, "
-                f"run `xel-cli link --shard {shard}` with the same options again"))
+            raise CacheError(
+                "E711",
+                path=_chunk_path(out_dir, index),
+                detail=(
+                    f"damaged ({problem}); delete it, {record.name} and {SHARDS}/shard-{shard.replace('/', '-of-')}.json, "
+                    f"run `xel-cli link --shard {shard}` with the same options again"
+                ),
+            )
     return total, len(records)
 
 
-def _finish(options: LinkOptions, folder, key: str, total: int, started: float, counts: dict[str, int],
-            kb: LinkKb,
-            linked_seconds: float, encode_seconds: float = 0.0) -> LinkResult:
+def _finish(
+    options: LinkOptions,
+    folder,
+    key: str,
+    total: int,
+    started: float,
+    counts: dict[str, int],
+    kb: LinkKb,
+    linked_seconds: float,
+    encode_seconds: float = 0.0,
+) -> LinkResult:
     """Cluster NILs over every chunk, write the outputs and manifest.json, delete the chunks."""
     out_dir = options.out_dir
     if total == 0:
@@ -453,8 +525,11 @@ def _finish(options: LinkOptions, folder, key: str, total: int, started: float, 
     paths = [_chunk_path(out_dir, index) for index in range(total)]
     missing = [path for index, path in enumerate(paths) if not _saved_chunk(out_dir, index)]
     if missing:
-        raise CacheError("E711", path=missing[0], detail=f"{len(missing)} of {total} chunks are not linked yet; "
-                                                         "run the shards that hold them")
+        raise CacheError(
+            "E711",
+            path=missing[0],
+            detail=f"{len(missing)} of {total} chunks are not linked yet; run the shards that hold them",
+        )
     stats = [checked_files.read_content(path.with_suffix(".json")) for path in paths]
     # Every mention without its candidate lists: NIL clusters span the corpus, the lists are written chunk by chunk.
     columns = [name for name in pl.read_parquet_schema(paths[0]) if name != "candidates"]
@@ -464,27 +539,63 @@ def _finish(options: LinkOptions, folder, key: str, total: int, started: float, 
     clustered = policy.cluster(frame)
     ties = tied_best(clustered)
     if ties["share"] > TIED_SHARE_WARN:
-        warn(logger, "W703", tied=ties["tied"], mentions=ties["mentions"], percent=f"{ties['share']:.0%}",
-             path=options.mentions, advice=tie_advice(ties))
+        warn(
+            logger,
+            "W703",
+            tied=ties["tied"],
+            mentions=ties["mentions"],
+            percent=f"{ties['share']:.0%}",
+            path=options.mentions,
+            advice=tie_advice(ties),
+        )
     outputs, metrics = write_outputs(paths, clustered, out_dir, options.score, options.mentions, kb.ids)
     remove_stale_outputs(out_dir, outputs)  # an earlier link's gold.tab or metrics.json: not this link's
     totals = {name: int(sum(s[name] for s in stats)) for name in ("mentions", "entities_encoded", "entities_cached")}
     seconds = time.time() - started
     all_seconds = sum(s["seconds"] for s in stats)
-    summary = {**totals, "chunks": total, "chunks_resumed": counts.get("chunks_resumed", 0),
-               "mentions_linked_now": counts.get("mentions", 0), "seconds": round(seconds, 3),
-               "linking_seconds": round(all_seconds, 3),
-               "encode_share": sum(s["encode_seconds"] for s in stats) / max(all_seconds, 1e-9)}
+    summary = {
+        **totals,
+        "chunks": total,
+        "chunks_resumed": counts.get("chunks_resumed", 0),
+        "mentions_linked_now": counts.get("mentions", 0),
+        "seconds": round(seconds, 3),
+        "linking_seconds": round(all_seconds, 3),
+        "encode_share": sum(s["encode_seconds"] for s in stats) / max(all_seconds, 1e-9),
+    }
     shares = nil_share(clustered)
     kb_report = kb.report()
-    write_manifest(out_dir, stage="link", key=key, inputs={"model": str(options.model), "mentions": str(options.mentions)},
-                   settings={"chunk_mentions": options.chunk_mentions, "score": options.score}, counts=summary,
-                   outputs=outputs, started=started, extra={"nil_share": shares.to_dicts(), "tied_best": ties,
-                                                            "linked_with": recorded_linked_with(out_dir), "kb": kb_report})
+    write_manifest(
+        out_dir,
+        stage="link",
+        key=key,
+        inputs={"model": str(options.model), "mentions": str(options.mentions)},
+        settings={"chunk_mentions": options.chunk_mentions, "score": options.score},
+        counts=summary,
+        outputs=outputs,
+        started=started,
+        extra={
+            "nil_share": shares.to_dicts(),
+            "tied_best": ties,
+            "linked_with": recorded_linked_with(out_dir),
+            "kb": kb_report,
+        },
+    )
     for name in (CHUNKS, WORK, SHARDS):
         shutil.rmtree(out_dir / name, ignore_errors=True)
-    return LinkResult(out_dir, skipped=False, seconds=seconds, counts={**totals, "chunks": total,
-                      "chunks_resumed": summary["chunks_resumed"], "mentions_linked_now": counts.get("mentions", 0)},
-                      nil_share=shares, metrics=metrics, ties=ties, kb=kb_report,
-                      mentions_per_second=counts.get("mentions", 0) / max(seconds, 1e-9),
-                      encode_share=summary["encode_share"])
+    return LinkResult(
+        out_dir,
+        skipped=False,
+        seconds=seconds,
+        counts={
+            **totals,
+            "chunks": total,
+            "chunks_resumed": summary["chunks_resumed"],
+            "mentions_linked_now": counts.get("mentions", 0),
+        },
+        nil_share=shares,
+        metrics=metrics,
+        ties=ties,
+        kb=kb_report,
+        mentions_per_second=counts.get("mentions", 0) / max(seconds, 1e-9),
+        encode_share=summary["encode_share"],
+    )

@@ -34,7 +34,7 @@ GOLD_SCAN_LINES = 1_000  # `has_gold` reads this many JSONL lines at a time
 
 
 def mention_format(path: Path) -> str:
-    """"jsonl", "parquet" or "tac" from the file name; E707 otherwise."""
+    """ "jsonl", "parquet" or "tac" from the file name; E707 otherwise."""
     suffix = path.suffix.lower()
     if suffix in JSONL_SUFFIXES:
         return "jsonl"
@@ -61,8 +61,11 @@ def has_gold(path: Path) -> bool:
             return False
         gold = scan.with_columns(pl.col("gold_kb_id").cast(pl.String)).select(given_gold().is_not_null().any())
         return bool(gold.collect().item())
-    return any(_is_gold(record.get("gold_kb_id"))
-               for block in iter_jsonl_blocks(path, block_lines=GOLD_SCAN_LINES) for _, record in block)
+    return any(
+        _is_gold(record.get("gold_kb_id"))
+        for block in iter_jsonl_blocks(path, block_lines=GOLD_SCAN_LINES)
+        for _, record in block
+    )
 
 
 def _is_gold(value: object) -> bool:
@@ -77,8 +80,13 @@ def parquet_columns(path: Path) -> list[str]:
     try:
         return pl.scan_parquet(path).collect_schema().names()
     except (pl.exceptions.PolarsError, OSError) as error:
-        raise InputError("E119", path=path, kind="Parquet", detail=" ".join(str(error).split())[:160],
-                         fix="write it again (polars or pyarrow), or give the mentions as JSONL") from None
+        raise InputError(
+            "E119",
+            path=path,
+            kind="Parquet",
+            detail=" ".join(str(error).split())[:160],
+            fix="write it again (polars or pyarrow), or give the mentions as JSONL",
+        ) from None
 
 
 # The mention fields that hold integers (offsets): pandas stores an integer column with a missing value as floats.
@@ -96,8 +104,13 @@ def native_records(table: object, name: str = "<mentions>") -> list[dict]:
     A row that is no mapping is E101, naming `name` and the row (from 1) as a JSONL file's line.
     """
     if isinstance(table, (Mapping, str, bytes)):  # iterating it would give its keys or characters as "records"
-        raise InputError("E101", path=name, line=1, detail=f"expected a list (or DataFrame) of records, got one "
-                                                          f"{type(table).__name__}; pass [record] for a single mention")
+        raise InputError(
+            "E101",
+            path=name,
+            line=1,
+            detail=f"expected a list (or DataFrame) of records, got one "
+            f"{type(table).__name__}; pass [record] for a single mention",
+        )
     if isinstance(table, pl.DataFrame):
         rows = table.to_dicts()
     elif hasattr(table, "to_pylist"):  # pyarrow Table / RecordBatch
@@ -132,9 +145,16 @@ def native_value(value: object, integral: bool = False) -> object:
     return value
 
 
-def records_frame(records: list[dict], path: Path, context_chars: int, keep_gold: bool,
-                  docs: pl.DataFrame | None = None, first_line: int = 1, docs_path: Path | None = None,
-                  across_records: bool = True) -> pl.DataFrame:
+def records_frame(
+    records: list[dict],
+    path: Path,
+    context_chars: int,
+    keep_gold: bool,
+    docs: pl.DataFrame | None = None,
+    first_line: int = 1,
+    docs_path: Path | None = None,
+    across_records: bool = True,
+) -> pl.DataFrame:
     """Mention records (JSONL fields) -> the `schema.MENTIONS` table, checked as a JSONL file's lines are.
 
     `docs` (doc_id, doc_text) serves mentions given by doc_start/doc_end; without
@@ -142,18 +162,29 @@ def records_frame(records: list[dict], path: Path, context_chars: int, keep_gold
     compares the records with each other (see `read_mentions_jsonl`).
     """
     docs_name = (docs_path or Path("<docs>")) if docs is not None else None
-    return _block_frame(path, list(enumerate(records, start=first_line)), context_chars, keep_gold, docs, docs_name,
-                        across_records)
+    return _block_frame(
+        path, list(enumerate(records, start=first_line)), context_chars, keep_gold, docs, docs_name, across_records
+    )
 
 
-def _block_frame(path: Path, block: list[tuple[int, dict]], context_chars: int, keep_gold: bool,
-                 docs: pl.DataFrame | None, docs_path: Path | None, across_records: bool) -> pl.DataFrame:
+def _block_frame(
+    path: Path,
+    block: list[tuple[int, dict]],
+    context_chars: int,
+    keep_gold: bool,
+    docs: pl.DataFrame | None,
+    docs_path: Path | None,
+    across_records: bool,
+) -> pl.DataFrame:
     """(line, record) pairs -> the `schema.MENTIONS` table through the stages' JSONL reader, gold
     ids and splits dropped unless `keep_gold`: what every chunk reader and `records_frame` share."""
     if not keep_gold:
-        block = [(line, {k: v for k, v in record.items() if k not in ("gold_kb_id", "split")}) for line, record in block]
-    frame = read_mentions_jsonl(path, docs_path, context_chars, blocks=[block] if block else [], docs=docs,
-                                across_records=across_records)
+        block = [
+            (line, {k: v for k, v in record.items() if k not in ("gold_kb_id", "split")}) for line, record in block
+        ]
+    frame = read_mentions_jsonl(
+        path, docs_path, context_chars, blocks=[block] if block else [], docs=docs, across_records=across_records
+    )
     return normalise_gold(frame)
 
 
@@ -165,8 +196,9 @@ def _chunk_docs(docs_parquet: Path | None, records: list[dict]) -> pl.DataFrame 
     return pl.scan_parquet(docs_parquet).filter(pl.col("doc_id").is_in(wanted)).collect()
 
 
-def mention_chunks(path: Path, docs: Path | None, chunk_mentions: int, context_chars: int, keep_gold: bool,
-                   work_dir: Path) -> Iterator[Chunk]:
+def mention_chunks(
+    path: Path, docs: Path | None, chunk_mentions: int, context_chars: int, keep_gold: bool, work_dir: Path
+) -> Iterator[Chunk]:
     """Yield (chunk index, read) for each chunk; `read()` parses and checks that chunk only.
 
     JSONL and Parquet mentions may point into a docs JSONL (`docs`), which is streamed
@@ -200,15 +232,36 @@ def mention_chunks(path: Path, docs: Path | None, chunk_mentions: int, context_c
     parquet_columns(path)  # a file polars cannot read is E119 here, before any chunk
     total = pl.scan_parquet(path).select(pl.len()).collect().item()
     for index, offset in enumerate(range(0, total, chunk_mentions)):
+
         def parquet_chunk(offset: int = offset) -> pl.DataFrame:
             records = native_records(pl.scan_parquet(path).slice(offset, chunk_mentions).collect())
-            return records_frame(records, path, context_chars, keep_gold, _chunk_docs(docs_parquet, records),
-                                 first_line=offset + 1, docs_path=docs, across_records=False)
+            return records_frame(
+                records,
+                path,
+                context_chars,
+                keep_gold,
+                _chunk_docs(docs_parquet, records),
+                first_line=offset + 1,
+                docs_path=docs,
+                across_records=False,
+            )
+
         yield index, parquet_chunk
 
 
 # What the corpus-wide checks need of each mention: a few short columns, kept for every chunk.
-KEY_COLUMNS = ("line", "mention_id", "doc_id", "lang", "start", "end", "doc_start", "doc_end", "gold_kb_id", "text_hash")
+KEY_COLUMNS = (
+    "line",
+    "mention_id",
+    "doc_id",
+    "lang",
+    "start",
+    "end",
+    "doc_start",
+    "doc_end",
+    "gold_kb_id",
+    "text_hash",
+)
 
 
 def check_corpus(chunks: Iterator[Chunk], path: Path) -> int:
@@ -231,15 +284,22 @@ def check_corpus(chunks: Iterator[Chunk], path: Path) -> int:
         table = pl.concat(keys).rename({"mention_id": "id"})
         duplicate = first_duplicate(table["id"], table["line"])
         if duplicate:
-            raise InputError("E104", path=path, line=duplicate[2], kind="mention", record_id=duplicate[0],
-                             first_line=duplicate[1])
+            raise InputError(
+                "E104", path=path, line=duplicate[2], kind="mention", record_id=duplicate[0], first_line=duplicate[1]
+            )
         check_documents(table, path, end_inclusive=mention_format(path) == "tac")  # spans as the file writes them
         check_document_texts(table, path)
     return len(keys)
 
 
-def _jsonl_chunk(path: Path, block: list[tuple[int, dict]], docs_path: Path | None, docs_parquet: Path | None,
-                 context_chars: int, keep_gold: bool) -> pl.DataFrame:
+def _jsonl_chunk(
+    path: Path,
+    block: list[tuple[int, dict]],
+    docs_path: Path | None,
+    docs_parquet: Path | None,
+    context_chars: int,
+    keep_gold: bool,
+) -> pl.DataFrame:
     """A JSONL chunk keeps its block's own line numbers (blank lines are skipped, so they need not be consecutive)."""
     docs = _chunk_docs(docs_parquet, [record for _, record in block])
     return _block_frame(path, block, context_chars, keep_gold, docs, docs_path, across_records=False)

@@ -18,31 +18,41 @@ def link_summary(result: LinkResult, shard: tuple[int, int] | None) -> list[str]
     counts = result.counts
     now = counts.get("mentions_linked_now", counts["mentions"])
     if result.merged_shards:  # no rate or encode share: the shards did the linking
-        lines = [f"link: merged {counts['mentions']} mentions from {result.merged_shards} shard(s) ({counts['chunks']} "
-                 f"chunk(s)) in {result.seconds:.1f}s; the shards encoded {counts['entities_encoded']} entities, "
-                 f"took {counts['entities_cached']} from the cache"]
+        lines = [
+            f"link: merged {counts['mentions']} mentions from {result.merged_shards} shard(s) ({counts['chunks']} "
+            f"chunk(s)) in {result.seconds:.1f}s; the shards encoded {counts['entities_encoded']} entities, "
+            f"took {counts['entities_cached']} from the cache"
+        ]
     else:
-        lines = [f"link: {counts['mentions']} mentions, {now} linked now in {result.seconds:.1f}s "
-                 f"({result.mentions_per_second:.1f} mentions/s), {counts['chunks']} chunk(s), {counts['chunks_resumed']} "
-                 f"resumed; entities encoded {counts['entities_encoded']}, from the cache {counts['entities_cached']}; "
-                 f"{result.encode_share:.0%} of linking time in encode"]
+        lines = [
+            f"link: {counts['mentions']} mentions, {now} linked now in {result.seconds:.1f}s "
+            f"({result.mentions_per_second:.1f} mentions/s), {counts['chunks']} chunk(s), {counts['chunks_resumed']} "
+            f"resumed; entities encoded {counts['entities_encoded']}, from the cache {counts['entities_cached']}; "
+            f"{result.encode_share:.0%} of linking time in encode"
+        ]
     if not result.finished:
-        return lines + [f"link: shard {shard[0]}/{shard[1]} done -> {result.out_dir}; "
-                        "run `xel-cli link ... --merge` once every shard is done"]
+        return lines + [
+            f"link: shard {shard[0]}/{shard[1]} done -> {result.out_dir}; "
+            "run `xel-cli link ... --merge` once every shard is done"
+        ]
     lines.append(format_frame(result.nil_share))
     if result.kb is not None:
         lines.append(kb_line(result.kb))
     ties = result.ties
     if ties is not None:
-        lines.append(f"link: best two candidates tied for {ties['tied']} of {ties['mentions']} mention(s) "
-                     f"with a runner-up ({ties['share']:.1%}; a tie keeps triage's order)")
+        lines.append(
+            f"link: best two candidates tied for {ties['tied']} of {ties['mentions']} mention(s) "
+            f"with a runner-up ({ties['share']:.1%}; a tie keeps triage's order)"
+        )
     metrics = result.metrics
     if metrics is not None:
         lines.append(format_table(metrics))
         outside = metrics.get("gold_not_in_kb", {}).get("mentions", 0)
-        lines.append(f"link: scored {metrics['scored_mentions']} of {counts['mentions']} mention(s); "
-                     f"{metrics['unscored_mentions']} without gold_kb_id left out"
-                     + (f", {outside} whose gold id is not in the KB counted wrong (W702)" if outside else ""))
+        lines.append(
+            f"link: scored {metrics['scored_mentions']} of {counts['mentions']} mention(s); "
+            f"{metrics['unscored_mentions']} without gold_kb_id left out"
+            + (f", {outside} whose gold id is not in the KB counted wrong (W702)" if outside else "")
+        )
     scored = ", gold.tab, metrics.json, doc_languages.tsv" if metrics is not None else ""
     return lines + [f"link: wrote links.parquet, links.jsonl, system.tab{scored} -> {result.out_dir}"]
 
@@ -52,9 +62,15 @@ def kb_line(kb: dict) -> str:
     alias-table ids in this KB (and through --kb-map), entity types the model never saw."""
     trained, linked = kb["trained_on"], kb["linked_against"]
     same = trained.get("fingerprint") == linked["fingerprint"]
-    trained_text = "the same KB" if same else f"{trained['name']} ({str(trained.get('fingerprint'))[:8]}, {trained.get('entities')} entities)"
+    trained_text = (
+        "the same KB"
+        if same
+        else f"{trained['name']} ({str(trained.get('fingerprint'))[:8]}, {trained.get('entities')} entities)"
+    )
     mapped = f", {kb['alias_ids_mapped']} through --kb-map" if kb.get("kb_map") else ""
-    return (f"link: KB {linked['name']} ({linked['fingerprint'][:8]}, {linked['entities']} entities); model trained on "
-            f"{trained_text}; alias table: {kb['alias_ids'] - kb['alias_ids_missing']} of {kb['alias_ids']} KB id(s) in "
-            f"this KB{mapped}; entity types unknown to the model: {kb['unknown_types']} of {kb['kb_types']} "
-            f"({kb['unknown_type_entities']} entities)")
+    return (
+        f"link: KB {linked['name']} ({linked['fingerprint'][:8]}, {linked['entities']} entities); model trained on "
+        f"{trained_text}; alias table: {kb['alias_ids'] - kb['alias_ids_missing']} of {kb['alias_ids']} KB id(s) in "
+        f"this KB{mapped}; entity types unknown to the model: {kb['unknown_types']} of {kb['kb_types']} "
+        f"({kb['unknown_type_entities']} entities)"
+    )

@@ -20,5 +20,8 @@ def alias_table(training: pl.DataFrame) -> pl.DataFrame:
     A trained linker keeps this table (`pipeline/model/model_folder.py`).
     """
     linked = training.filter(schema.linked_gold())
-    return (linked.group_by("mention", "gold_kb_id").agg(pl.len().cast(pl.Int64).alias("count"))
-            .sort("mention", "gold_kb_id"))
+    return (
+        linked.group_by("mention", "gold_kb_id")
+        .agg(pl.len().cast(pl.Int64).alias("count"))
+        .sort("mention", "gold_kb_id")
+    )

@@ -34,6 +34,7 @@ COLUMN = "mention_nil_logit"
 
 def features(name: np.ndarray, context: np.ndarray) -> np.ndarray:
     """(n, 2H) float64: each mention's name and context vectors, (n, H) each, L2-normalised and side by side."""
+
     def unit(vectors: np.ndarray) -> np.ndarray:
         vectors = np.asarray(vectors, dtype=np.float64)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -56,8 +57,13 @@ def fit(name: np.ndarray, context: np.ndarray, is_nil: np.ndarray, seed: int = 0
         return None
     model = LogisticRegression(C=C, max_iter=3000, class_weight="balanced", random_state=seed)
     model.fit(features(name, context), is_nil)
-    return {"version": VERSION, "coef": model.coef_[0].tolist(), "intercept": float(model.intercept_[0]), "C": C,
-            "fitted_on": {"mentions": nils + linked, "nil": nils}}
+    return {
+        "version": VERSION,
+        "coef": model.coef_[0].tolist(),
+        "intercept": float(model.intercept_[0]),
+        "C": C,
+        "fitted_on": {"mentions": nils + linked, "nil": nils},
+    }
 
 
 def logits(params: dict, name: np.ndarray, context: np.ndarray) -> np.ndarray:
@@ -66,7 +72,9 @@ def logits(params: dict, name: np.ndarray, context: np.ndarray) -> np.ndarray:
     x = features(name, context)
     coef = np.asarray(params["coef"], dtype=np.float64)
     if x.shape[1] != coef.shape[0]:
-        raise ValueError(f"the NIL prior was fitted on vectors of width {coef.shape[0] // 2}, these are {x.shape[1] // 2}")
+        raise ValueError(
+            f"the NIL prior was fitted on vectors of width {coef.shape[0] // 2}, these are {x.shape[1] // 2}"
+        )
     return x @ coef + float(params["intercept"])
 
 

@@ -57,8 +57,9 @@ POPULARITY = "popularity.parquet"
 READER_DIR = "reader"  # the rerank stage's reader (`pipeline.model.reader`), when the run has one
 
 
-def _model_json(config: RunConfig, nil_artifact: dict, metrics: dict | None, saved: dict,
-                mentions: pl.DataFrame) -> dict:
+def _model_json(
+    config: RunConfig, nil_artifact: dict, metrics: dict | None, saved: dict, mentions: pl.DataFrame
+) -> dict:
     """model.json's description of the linker (the files and the reader are added by the caller): the
     encoder's identity and settings, triage's settings, the NIL decision, the types, the KB and what the
     model was trained on."""
@@ -74,18 +75,28 @@ def _model_json(config: RunConfig, nil_artifact: dict, metrics: dict | None, sav
     for split, lang, count in counts.iter_rows():
         by_split.setdefault(split, {})[lang] = count
     meta = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "xel_version": __version__,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "xel_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run": str(run_dir),
-        "encoder": {"name": config.encoder.name, "path": encoder_path, "identity": encoder_identity(encoder_path),
-                    "settings": to_dict(config.encoder)},
+        "encoder": {
+            "name": config.encoder.name,
+            "path": encoder_path,
+            "identity": encoder_identity(encoder_path),
+            "settings": to_dict(config.encoder),
+        },
         "triage": to_dict(config.triage),
         "inputs": {"context_chars": config.inputs.context_chars},
         "nil": policy.to_json(),
         "popularity_rerank": config.evaluate.popularity_rerank,
         "types": {"mention": list(saved.get("mention_types") or []), "entity": list(saved.get("entity_types") or [])},
-        "kb": {"name": config.inputs.kb.name, "path": str(config.inputs.kb), "fingerprint": triage_manifest.get("inputs", {}).get("kb"),
-               "entities": triage_manifest.get("counts", {}).get("entities")},
+        "kb": {
+            "name": config.inputs.kb.name,
+            "path": str(config.inputs.kb),
+            "fingerprint": triage_manifest.get("inputs", {}).get("kb"),
+            "entities": triage_manifest.get("counts", {}).get("entities"),
+        },
         "trained_on": {
             "languages": sorted(by_split.get("train", {})),
             "mentions": by_split,
@@ -93,15 +104,21 @@ def _model_json(config: RunConfig, nil_artifact: dict, metrics: dict | None, sav
             "features": list(saved.get("shape", {}).get("features", [])) or ["nearest-neighbour baseline"],
             "best_dev_accuracy": train_manifest.get("best_dev_accuracy"),
             "best_epoch": saved.get("best_epoch"),
-            "evaluation": {"split": (metrics or {}).get("split"),
-                           "micro_average": (metrics or {}).get("overall", {}).get("kbp2010_micro_average", {}).get("micro_average")},
+            "evaluation": {
+                "split": (metrics or {}).get("split"),
+                "micro_average": (metrics or {})
+                .get("overall", {})
+                .get("kbp2010_micro_average", {})
+                .get("micro_average"),
+            },
         },
     }
     return meta
 
 
-def write_model_folder(config: RunConfig, nil_artifact: dict, metrics: dict | None = None,
-                       saved: dict | None = None) -> Path:
+def write_model_folder(
+    config: RunConfig, nil_artifact: dict, metrics: dict | None = None, saved: dict | None = None
+) -> Path:
     """Write `<run>/model/` from a run whose triage, encode and train are finished; returns it.
 
     Called once at the end of evaluate with the NIL decision it used (its `nil.json`:
@@ -112,8 +129,9 @@ def write_model_folder(config: RunConfig, nil_artifact: dict, metrics: dict | No
 
     run_dir = config.run_dir
     triage_dir, train_dir = config.stage_dir("triage"), config.stage_dir("train")
-    mentions = triage_tables.read(triage_dir, triage_tables.MENTIONS, "mention_id", "mention", "lang", "split",
-                                  "gold_kb_id")
+    mentions = triage_tables.read(
+        triage_dir, triage_tables.MENTIONS, "mention_id", "mention", "lang", "split", "gold_kb_id"
+    )
     if saved is None:  # evaluate passes what it loaded (`model_file.load_model`'s metadata)
         saved = torch.load(train_dir / RANKER, map_location="cpu", weights_only=False)
     folder = run_dir / MODEL_DIR
@@ -123,16 +141,21 @@ def write_model_folder(config: RunConfig, nil_artifact: dict, metrics: dict | No
         write_parquet_atomic(alias_table(mentions.filter(pl.col("split") == "train")), temp / ALIASES)
         files = [RANKER, ALIASES]
         if config.evaluate.popularity_rerank:
-            trained = mentions.filter(pl.col("mention_id").is_in(saved.get("train_mention_ids", []))
-                                      & schema.linked_gold())
-            write_parquet_atomic(trained.group_by(pl.col("gold_kb_id").alias("kb_id")).agg(pl.len().alias("count")),
-                                 temp / POPULARITY)
+            trained = mentions.filter(
+                pl.col("mention_id").is_in(saved.get("train_mention_ids", [])) & schema.linked_gold()
+            )
+            write_parquet_atomic(
+                trained.group_by(pl.col("gold_kb_id").alias("kb_id")).agg(pl.len().alias("count")), temp / POPULARITY
+            )
             files.append(POPULARITY)
         reader_meta = None
         if config.rerank.enabled:  # the reader travels with the linker; link applies it as evaluate did
             shutil.copytree(config.stage_dir("rerank") / READER_DIR, temp / READER_DIR)
             files += sorted(str(path.relative_to(temp)) for path in (temp / READER_DIR).rglob("*") if path.is_file())
-            reader_meta = {"folder": READER_DIR, **json.loads((temp / READER_DIR / READER_JSON).read_text(encoding="utf-8"))}
+            reader_meta = {
+                "folder": READER_DIR,
+                **json.loads((temp / READER_DIR / READER_JSON).read_text(encoding="utf-8")),
+            }
         meta = _model_json(config, nil_artifact, metrics, saved, mentions)
         meta["reader"] = reader_meta
         meta["files"] = {name: file_fingerprint(temp / name) for name in files}
@@ -147,7 +170,9 @@ def write_model_folder(config: RunConfig, nil_artifact: dict, metrics: dict | No
 
 def export_model(run_dir: Path, out_dir: Path) -> Path:
     """Copy `<run_dir>/model/` (checked first) to `out_dir`, which must not hold anything else."""
-    source = run_dir / MODEL_DIR if (run_dir / MODEL_DIR / MODEL_JSON).exists() or run_dir.name != MODEL_DIR else run_dir
+    source = (
+        run_dir / MODEL_DIR if (run_dir / MODEL_DIR / MODEL_JSON).exists() or run_dir.name != MODEL_DIR else run_dir
+    )
     if not (source / MODEL_JSON).exists():
         raise CacheError("E712", path=run_dir)
     load_model_folder(source)
@@ -211,7 +236,9 @@ def load_model_folder(path: Path) -> ModelFolder:
             if not (path / name).is_file():
                 raise CacheError("E702", path=path / name, detail="listed in model.json but missing")
             if file_fingerprint(path / name) != expected:
-                raise CacheError("E702", path=path / name, detail="its content differs from the fingerprint in model.json")
+                raise CacheError(
+                    "E702", path=path / name, detail="its content differs from the fingerprint in model.json"
+                )
         policy = NilPolicy.from_json(meta["nil"])
         reader = meta.get("reader")
         if reader is not None and not (isinstance(reader, dict) and isinstance(reader.get("layout"), dict)):
@@ -224,7 +251,9 @@ def load_model_folder(path: Path) -> ModelFolder:
         aliases = pl.read_parquet(path / ALIASES)
         popularity = pl.read_parquet(path / POPULARITY) if POPULARITY in files else None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise CacheError("E702", path=meta_path, detail=f"missing or malformed entry ({type(exc).__name__}: {exc})") from None
+        raise CacheError(
+            "E702", path=meta_path, detail=f"missing or malformed entry ({type(exc).__name__}: {exc})"
+        ) from None
     if RANKER not in files or ALIASES not in files:
         raise CacheError("E702", path=meta_path, detail=f"does not list {RANKER} and {ALIASES}")
     return ModelFolder(path, meta, policy, aliases, popularity)

@@ -30,12 +30,16 @@ def decide(predictions: pl.DataFrame, thresholds: dict[str, float], default: flo
 
     predictions needs: lang, best_kb_id (null without candidates), best_score.
     """
-    table = pl.DataFrame({"lang": list(thresholds), "threshold": list(thresholds.values())},
-                         schema={"lang": pl.String, "threshold": pl.Float64})
+    table = pl.DataFrame(
+        {"lang": list(thresholds), "threshold": list(thresholds.values())},
+        schema={"lang": pl.String, "threshold": pl.Float64},
+    )
     decided = predictions.join(table, on="lang", how="left").with_columns(pl.col("threshold").fill_null(default))
     is_nil = pl.col("best_kb_id").is_null() | (pl.col("best_score") < pl.col("threshold"))
-    return decided.with_columns(is_nil.alias("is_nil"),
-                                pl.when(is_nil).then(pl.lit(schema.NIL_ID)).otherwise(pl.col("best_kb_id")).alias("kb_id"))
+    return decided.with_columns(
+        is_nil.alias("is_nil"),
+        pl.when(is_nil).then(pl.lit(schema.NIL_ID)).otherwise(pl.col("best_kb_id")).alias("kb_id"),
+    )
 
 
 def sweep(predictions: pl.DataFrame) -> pl.DataFrame:
@@ -87,9 +91,17 @@ def best_thresholds(sweep_table: pl.DataFrame) -> dict[str, float]:
 def tuning_counts(tuning: pl.DataFrame) -> dict[str, dict[str, int]]:
     """Per language, the tuning mentions with gold and how many of them are NIL: {lang: {mentions, nil}}."""
     with_gold = tuning.filter(pl.col("gold_kb_id").is_not_null())
-    counts = with_gold.group_by("lang").agg(pl.len().alias("mentions"),  # sorted below: nil.json byte-stable
-                                            (pl.col("gold_kb_id") == schema.NIL_ID).sum().alias("nil")).sort("lang")
-    return {row["lang"]: {"mentions": int(row["mentions"]), "nil": int(row["nil"])} for row in counts.iter_rows(named=True)}
+    counts = (
+        with_gold.group_by("lang")
+        .agg(
+            pl.len().alias("mentions"),  # sorted below: nil.json byte-stable
+            (pl.col("gold_kb_id") == schema.NIL_ID).sum().alias("nil"),
+        )
+        .sort("lang")
+    )
+    return {
+        row["lang"]: {"mentions": int(row["mentions"]), "nil": int(row["nil"])} for row in counts.iter_rows(named=True)
+    }
 
 
 def says_nil_by_nota(predictions: pl.DataFrame) -> np.ndarray:
@@ -143,10 +155,13 @@ def decide_nil(predictions: pl.DataFrame, artifact: dict) -> pl.DataFrame:
     probability, cut = no_probability.alias("nil_probability"), no_probability.alias("nil_cut")
     if artifact["method"] == "reader":  # the reader's own best candidate, not the ranker's
         is_nil = pl.Series("is_nil", says_nil_by_reader(predictions))
-        return decided.with_columns(pl.lit(None, pl.Float64).alias("threshold"),
-                                    pl.col("reader_nil_score").alias("nil_probability"),
-                                    pl.col("reader_score").alias("nil_cut"), is_nil,
-                                    pl.when(is_nil).then(pl.lit(schema.NIL_ID)).otherwise(pl.col("reader_kb_id")).alias("kb_id"))
+        return decided.with_columns(
+            pl.lit(None, pl.Float64).alias("threshold"),
+            pl.col("reader_nil_score").alias("nil_probability"),
+            pl.col("reader_score").alias("nil_cut"),
+            is_nil,
+            pl.when(is_nil).then(pl.lit(schema.NIL_ID)).otherwise(pl.col("reader_kb_id")).alias("kb_id"),
+        )
     if artifact["method"] == "nota":
         is_nil = pl.Series("is_nil", says_nil_by_nota(predictions))
         threshold = pl.col("nil_score").cast(pl.Float64).alias("threshold")  # what the best score had to reach
@@ -159,8 +174,13 @@ def decide_nil(predictions: pl.DataFrame, artifact: dict) -> pl.DataFrame:
         probability, cut = pl.Series("nil_probability", nil_probability), pl.Series("nil_cut", nil_cut)
     else:
         return decided.with_columns(probability, cut)
-    return decided.with_columns(threshold, probability, cut, is_nil,
-                                pl.when(is_nil).then(pl.lit(schema.NIL_ID)).otherwise(pl.col("best_kb_id")).alias("kb_id"))
+    return decided.with_columns(
+        threshold,
+        probability,
+        cut,
+        is_nil,
+        pl.when(is_nil).then(pl.lit(schema.NIL_ID)).otherwise(pl.col("best_kb_id")).alias("kb_id"),
+    )
 
 
 def cluster_nils(decided: pl.DataFrame, mode: str) -> pl.DataFrame:
@@ -174,8 +194,11 @@ def cluster_nils(decided: pl.DataFrame, mode: str) -> pl.DataFrame:
         decided = add_keys(decided, "mention")
         # A mention whose folded string is empty (`--`, `...`) names nothing: a cluster of its own.
         # The prefixes keep the two kinds of key apart.
-        nil_key = (pl.when(pl.col("mention_fold") == "").then(pl.concat_str(pl.lit("id:"), pl.col("mention_id")))
-                   .otherwise(pl.concat_str(pl.lit("key:"), pl.col("mention_fold"))))
+        nil_key = (
+            pl.when(pl.col("mention_fold") == "")
+            .then(pl.concat_str(pl.lit("id:"), pl.col("mention_id")))
+            .otherwise(pl.concat_str(pl.lit("key:"), pl.col("mention_fold")))
+        )
     cluster = nil_key.rank("dense").over(pl.col("is_nil"))
     nil_id = pl.concat_str(pl.lit(schema.NIL_ID), cluster.cast(pl.String).str.zfill(5))
     out = decided.with_columns(pl.when(pl.col("is_nil")).then(nil_id).otherwise(pl.col("kb_id")).alias("system_id"))

@@ -29,16 +29,30 @@ from pipeline.core.schema import TRIAGE_SOURCES
 from pipeline.model import mention_prior
 
 # Numeric evidence per mention, in this order; see `add_evidence` for their meaning.
-NUMERIC = ("has_candidate", "best_score", "second_score", "margin", "candidates", "best_triage_score",
-           "best_triage_rank", *(f"best_from_{source}" for source in TRIAGE_SOURCES), "mention_words",
-           "mention_has_comma")
+NUMERIC = (
+    "has_candidate",
+    "best_score",
+    "second_score",
+    "margin",
+    "candidates",
+    "best_triage_score",
+    "best_triage_rank",
+    *(f"best_from_{source}" for source in TRIAGE_SOURCES),
+    "mention_words",
+    "mention_has_comma",
+)
 # Two more when the ranker has a NIL option (a `nil_score` column): its score, and the best
 # candidate's score minus it (what the "nota" method thresholds at 0).
 NOTA_NUMERIC = ("nil_score", "best_minus_nil")
 # One more when the mentions carry their NIL prior (`pipeline.model.mention_prior`).
 PRIOR_NUMERIC = (mention_prior.COLUMN,)
 # The columns `add_evidence` adds (the rest of NUMERIC is computed from the predictions).
-EVIDENCE = ("candidates", "best_triage_score", "best_triage_rank", *(f"best_from_{source}" for source in TRIAGE_SOURCES))
+EVIDENCE = (
+    "candidates",
+    "best_triage_score",
+    "best_triage_rank",
+    *(f"best_from_{source}" for source in TRIAGE_SOURCES),
+)
 # Labels of the three classes.
 NIL, RIGHT, WRONG = "nil", "right", "wrong"
 # Regularisation of the logistic regression (scikit-learn's default); dev splits are small.
@@ -56,22 +70,32 @@ def add_evidence(predictions: pl.DataFrame, candidates: pl.DataFrame) -> pl.Data
     """
     counts = candidates.group_by("mention_id").agg(pl.len().cast(pl.Float64).alias("candidates"))
     best = candidates.select(
-        "mention_id", pl.col("kb_id").alias("best_kb_id"), pl.col("score").cast(pl.Float64).alias("best_triage_score"),
+        "mention_id",
+        pl.col("kb_id").alias("best_kb_id"),
+        pl.col("score").cast(pl.Float64).alias("best_triage_score"),
         pl.col("rank").cast(pl.Float64).alias("best_triage_rank"),
-        *(pl.col("sources").list.contains(source).cast(pl.Float64).alias(f"best_from_{source}")
-          for source in TRIAGE_SOURCES))
+        *(
+            pl.col("sources").list.contains(source).cast(pl.Float64).alias(f"best_from_{source}")
+            for source in TRIAGE_SOURCES
+        ),
+    )
     drop = list(EVIDENCE)
-    out = (predictions.drop(drop, strict=False)
-           .join(counts, on="mention_id", how="left")
-           .join(best, on=["mention_id", "best_kb_id"], how="left"))
+    out = (
+        predictions.drop(drop, strict=False)
+        .join(counts, on="mention_id", how="left")
+        .join(best, on=["mention_id", "best_kb_id"], how="left")
+    )
     return out.with_columns(pl.col(drop).fill_null(0.0))
 
 
 def numeric_features(predictions: pl.DataFrame) -> tuple[str, ...]:
     """The numeric features the classifier reads of these predictions: NUMERIC, plus NOTA_NUMERIC with
     nil_score, plus PRIOR_NUMERIC with mention_nil_logit."""
-    return (*NUMERIC, *(NOTA_NUMERIC if "nil_score" in predictions.columns else ()),
-            *(PRIOR_NUMERIC if mention_prior.COLUMN in predictions.columns else ()))
+    return (
+        *NUMERIC,
+        *(NOTA_NUMERIC if "nil_score" in predictions.columns else ()),
+        *(PRIOR_NUMERIC if mention_prior.COLUMN in predictions.columns else ()),
+    )
 
 
 def reads_prior(params: dict | None) -> bool:
@@ -98,16 +122,24 @@ def feature_matrix(predictions: pl.DataFrame, types: list[str], numeric_names: t
     best = predictions["best_score"].fill_null(-2.0)
     second = predictions["second_score"].fill_null(-2.0)
     mention = predictions["mention"].fill_null("")
-    columns = {"has_candidate": has.cast(pl.Float64), "best_score": best, "second_score": second,
-               "margin": best - second,
-               "mention_words": (mention.str.split(" ").list.len().cast(pl.Float64) + 1).log(),
-               "mention_has_comma": mention.str.contains(",", literal=True).cast(pl.Float64)}
+    columns = {
+        "has_candidate": has.cast(pl.Float64),
+        "best_score": best,
+        "second_score": second,
+        "margin": best - second,
+        "mention_words": (mention.str.split(" ").list.len().cast(pl.Float64) + 1).log(),
+        "mention_has_comma": mention.str.contains(",", literal=True).cast(pl.Float64),
+    }
     if "nil_score" in numeric_names:
         nil_score = predictions["nil_score"].cast(pl.Float64).fill_null(0.0)
         columns.update({"nil_score": nil_score, "best_minus_nil": best - nil_score})
-    numeric = [columns[name].to_numpy() if name in columns else predictions[name].cast(pl.Float64).to_numpy()
-               for name in numeric_names]
-    mention_type = predictions["entity_type"] if "entity_type" in predictions.columns else pl.Series([None] * predictions.height)
+    numeric = [
+        columns[name].to_numpy() if name in columns else predictions[name].cast(pl.Float64).to_numpy()
+        for name in numeric_names
+    ]
+    mention_type = (
+        predictions["entity_type"] if "entity_type" in predictions.columns else pl.Series([None] * predictions.height)
+    )
     type_columns = [(mention_type == value).fill_null(False).cast(pl.Float64).to_numpy() for value in types]
     return np.stack(numeric + type_columns, axis=1).astype(np.float64)
 
@@ -142,16 +174,26 @@ def fit(tuning: pl.DataFrame, seed: int = 0) -> dict:
     coef, intercept = model.coef_, model.intercept_
     if len(model.classes_) == 2:  # scikit-learn keeps one row for two classes: the second's logit
         coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
-    return {"version": VERSION, "features": [*numeric_names, *(f"type={t}" for t in types)], "types": types,
-            "mean": mean.tolist(), "scale": scale.tolist(), "classes": model.classes_.tolist(),
-            "coef": coef.tolist(), "intercept": intercept.tolist(), "C": C,
-            "fitted_on": {"mentions": int(len(y)), **{label: int((y == label).sum()) for label in (NIL, RIGHT, WRONG)}}}
+    return {
+        "version": VERSION,
+        "features": [*numeric_names, *(f"type={t}" for t in types)],
+        "types": types,
+        "mean": mean.tolist(),
+        "scale": scale.tolist(),
+        "classes": model.classes_.tolist(),
+        "coef": coef.tolist(),
+        "intercept": intercept.tolist(),
+        "C": C,
+        "fitted_on": {"mentions": int(len(y)), **{label: int((y == label).sum()) for label in (NIL, RIGHT, WRONG)}},
+    }
 
 
 def probabilities(params: dict, predictions: pl.DataFrame) -> dict[str, np.ndarray]:
     """Class -> (n,) probability per mention, from `fit`'s parameters (numpy softmax, no scikit-learn)."""
     numeric_names = tuple(name for name in params["features"] if not name.startswith("type="))
-    x = (feature_matrix(predictions, params["types"], numeric_names) - np.asarray(params["mean"])) / np.asarray(params["scale"])
+    x = (feature_matrix(predictions, params["types"], numeric_names) - np.asarray(params["mean"])) / np.asarray(
+        params["scale"]
+    )
     logits = x @ np.asarray(params["coef"]).T + np.asarray(params["intercept"])
     logits -= logits.max(axis=1, keepdims=True)
     exp = np.exp(logits)

@@ -35,12 +35,20 @@ def check_prior(prior: object) -> None:
     if not isinstance(prior, dict):
         raise ValueError("the classifier reads the mention NIL prior, which the model does not hold")
     if not isinstance(prior.get("version", 1), int) or prior.get("version", 1) > mention_prior.VERSION:
-        raise ValueError(f"its mention NIL prior is of format {prior.get('version')!r}, newer than this xel's "
-                         f"{mention_prior.VERSION}: update xel")
+        raise ValueError(
+            f"its mention NIL prior is of format {prior.get('version')!r}, newer than this xel's "
+            f"{mention_prior.VERSION}: update xel"
+        )
     coef, intercept = prior.get("coef"), prior.get("intercept")
     numbers = isinstance(coef, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in coef)
-    if not (numbers and coef and len(coef) % 2 == 0 and isinstance(intercept, (int, float))
-            and not isinstance(intercept, bool) and all(map(math.isfinite, [*coef, intercept]))):
+    if not (
+        numbers
+        and coef
+        and len(coef) % 2 == 0
+        and isinstance(intercept, (int, float))
+        and not isinstance(intercept, bool)
+        and all(map(math.isfinite, [*coef, intercept]))
+    ):
         raise ValueError("the mention NIL prior needs coef, an even-length list of numbers, and a number intercept")
 
 
@@ -80,8 +88,13 @@ class NilPolicy:
         except (TypeError, ValueError):
             number = math.nan
         if not (math.isfinite(number) and -1.0 <= number <= 1.0):
-            raise ConfigError("E203", where="--fallback-threshold", field="fallback_threshold", value=value,
-                              reason="must be a number in [-1, 1], the ranker's score range")
+            raise ConfigError(
+                "E203",
+                where="--fallback-threshold",
+                field="fallback_threshold",
+                value=value,
+                reason="must be a number in [-1, 1], the ranker's score range",
+            )
         return dataclasses.replace(self, unseen_threshold=number)
 
     @classmethod
@@ -94,16 +107,19 @@ class NilPolicy:
             raise ValueError("the classifier method needs the classifier's parameters")
         version = artifact["classifier"].get("version", 1) if method == "classifier" else 1
         if not isinstance(version, int) or version > CLASSIFIER_VERSION:
-            raise ValueError(f"its NIL classifier is of format {version!r}, newer than this xel's {CLASSIFIER_VERSION}: "
-                             "update xel")
+            raise ValueError(
+                f"its NIL classifier is of format {version!r}, newer than this xel's {CLASSIFIER_VERSION}: update xel"
+            )
         if decision_reads_prior(artifact):
             check_prior(artifact.get("mention_prior"))
         if clustering not in ("name", "singleton"):
             raise ValueError(f"unknown NIL clustering {clustering!r}")
         # Inputs read `en-US` as `en` (`pipeline.core.languages`); a model saved before that may key a
         # threshold by the whole tag, which would then match no mention: key it the same way.
-        thresholds = {normalise_language(lang) if is_language_tag(lang) else lang: value
-                      for lang, value in sorted(artifact["thresholds"].items(), reverse=True)}
+        thresholds = {
+            normalise_language(lang) if is_language_tag(lang) else lang: value
+            for lang, value in sorted(artifact["thresholds"].items(), reverse=True)
+        }
         policy = cls({**artifact, "thresholds": dict(sorted(thresholds.items()))}, clustering)
         _ = policy.thresholds, policy.fallback  # both must parse as numbers
         return policy
@@ -124,8 +140,9 @@ class NilPolicy:
         (len(mentions), H) vectors in the mentions' row order, as the ranker reads them."""
         if not self.reads_prior:
             return mentions
-        return mentions.with_columns(pl.Series(mention_prior.COLUMN, mention_prior.logits(self.artifact["mention_prior"],
-                                                                                            name, context)))
+        return mentions.with_columns(
+            pl.Series(mention_prior.COLUMN, mention_prior.logits(self.artifact["mention_prior"], name, context))
+        )
 
     @property
     def reads_prior(self) -> bool:
@@ -161,8 +178,17 @@ class NilPolicy:
         if languages and self.artifact.get("method") in ("classifier", "reader"):
             return languages  # the classifier or the reader decides NIL: no threshold is used, none to warn of
         if languages:
-            source = "--fallback-threshold" if self.unseen_threshold is not None else \
-                "the median of the model's per-language thresholds"
-            warn(logger, "W701", count=unseen.height, languages=", ".join(languages), threshold=round(self.fallback, 4),
-                 source=source)
+            source = (
+                "--fallback-threshold"
+                if self.unseen_threshold is not None
+                else "the median of the model's per-language thresholds"
+            )
+            warn(
+                logger,
+                "W701",
+                count=unseen.height,
+                languages=", ".join(languages),
+                threshold=round(self.fallback, 4),
+                source=source,
+            )
         return languages

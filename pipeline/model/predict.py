@@ -13,8 +13,9 @@ import polars as pl
 POPULARITY_TOP = 10
 
 
-def candidate_order(scores: np.ndarray, matrix: np.ndarray, popularity: np.ndarray | None = None,
-                    top: int = POPULARITY_TOP) -> np.ndarray:
+def candidate_order(
+    scores: np.ndarray, matrix: np.ndarray, popularity: np.ndarray | None = None, top: int = POPULARITY_TOP
+) -> np.ndarray:
     """Column order (n_mentions, k) of each mention's candidates, best first.
 
     By ranker score (NaN, i.e. padding, last; ties keep triage rank order). With
@@ -35,10 +36,15 @@ def candidate_order(scores: np.ndarray, matrix: np.ndarray, popularity: np.ndarr
     return np.concatenate([resorted, order[:, top:]], axis=1)
 
 
-def predict(mentions: pl.DataFrame, rows: np.ndarray, matrix: np.ndarray,
-            scores: np.ndarray, entity_ids: list[str],
-            popularity: np.ndarray | None = None,
-            nil_scores: np.ndarray | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+def predict(
+    mentions: pl.DataFrame,
+    rows: np.ndarray,
+    matrix: np.ndarray,
+    scores: np.ndarray,
+    entity_ids: list[str],
+    popularity: np.ndarray | None = None,
+    nil_scores: np.ndarray | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(scores table, predictions table) from a (n_mentions, k) score array.
 
     Predictions hold the best and runner-up KB ids and scores and the margin between
@@ -64,19 +70,36 @@ def predict(mentions: pl.DataFrame, rows: np.ndarray, matrix: np.ndarray,
     best_ids, best_scores = column(0)
     second_ids, second_scores = column(1)
     mention_ids = mentions["mention_id"].to_numpy()[rows]
-    predictions = pl.DataFrame({
-        "mention_id": mention_ids, "best_kb_id": best_ids, "best_score": best_scores,
-        "second_kb_id": second_ids, "second_score": second_scores,
-    }, schema={"mention_id": pl.String, "best_kb_id": pl.String, "best_score": pl.Float64,
-               "second_kb_id": pl.String, "second_score": pl.Float64}).with_columns(
-        pl.col("best_score").fill_nan(None), pl.col("second_score").fill_nan(None)).with_columns(
-        (pl.col("best_score") - pl.col("second_score")).alias("margin"))
+    predictions = (
+        pl.DataFrame(
+            {
+                "mention_id": mention_ids,
+                "best_kb_id": best_ids,
+                "best_score": best_scores,
+                "second_kb_id": second_ids,
+                "second_score": second_scores,
+            },
+            schema={
+                "mention_id": pl.String,
+                "best_kb_id": pl.String,
+                "best_score": pl.Float64,
+                "second_kb_id": pl.String,
+                "second_score": pl.Float64,
+            },
+        )
+        .with_columns(pl.col("best_score").fill_nan(None), pl.col("second_score").fill_nan(None))
+        .with_columns((pl.col("best_score") - pl.col("second_score")).alias("margin"))
+    )
     if nil_scores is not None:
         predictions = predictions.with_columns(pl.Series("nil_score", nil_scores, dtype=pl.Float64))
     valid = matrix >= 0
     row_index, slot = np.nonzero(valid)
-    score_table = pl.DataFrame({
-        "mention_id": mention_ids[row_index], "kb_id": ids[matrix[row_index, slot]].tolist(),
-        "rank": (slot + 1).astype(np.int32), "score": scores[row_index, slot].astype(np.float32),
-    })
+    score_table = pl.DataFrame(
+        {
+            "mention_id": mention_ids[row_index],
+            "kb_id": ids[matrix[row_index, slot]].tolist(),
+            "rank": (slot + 1).astype(np.int32),
+            "score": scores[row_index, slot].astype(np.float32),
+        }
+    )
     return score_table, predictions

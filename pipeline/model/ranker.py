@@ -118,9 +118,14 @@ class Ranker(nn.Module):
         """Whether the ranker scores a NIL option (`nil_scores`)."""
         return self.shape.nil_candidate
 
-    def forward(self, mentions: dict[str, torch.Tensor], entities: dict[str, torch.Tensor],
-                entity_index: torch.Tensor, pair_triage: torch.Tensor | None = None,
-                with_nil: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        mentions: dict[str, torch.Tensor],
+        entities: dict[str, torch.Tensor],
+        entity_index: torch.Tensor,
+        pair_triage: torch.Tensor | None = None,
+        with_nil: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Scores (B, n) in [-1, 1] of B mentions against n entities each; with `with_nil`, also
         the mentions' NIL scores (B,) (`nil_scores`; the ranker must have the NIL option).
 
@@ -144,14 +149,25 @@ class Ranker(nn.Module):
             raise ValueError("this ranker was trained without a NIL option (train.nil_candidate = false)")
         batch = next(iter(mentions.values())).shape[0]
         index = torch.zeros((batch, 1), dtype=torch.long, device=self.score.weight.device)
-        entities = {feature: self.nil_entity[f"{feature}_vector"][None, :]  # (1, width): one "entity"
-                    for feature in self.shape.features if feature != "triage"}
-        triage = (self.nil_entity["triage_vector"].expand(batch, 1, TRIAGE_WIDTH)  # (B, 1, TRIAGE_WIDTH)
-                  if "triage" in self.shape.features else None)
+        entities = {
+            feature: self.nil_entity[f"{feature}_vector"][None, :]  # (1, width): one "entity"
+            for feature in self.shape.features
+            if feature != "triage"
+        }
+        triage = (
+            self.nil_entity["triage_vector"].expand(batch, 1, TRIAGE_WIDTH)  # (B, 1, TRIAGE_WIDTH)
+            if "triage" in self.shape.features
+            else None
+        )
         return self._pair_scores(mentions, entities, index, triage)[:, 0]
 
-    def _pair_scores(self, mentions: dict[str, torch.Tensor], entities: dict[str, torch.Tensor],
-                     entity_index: torch.Tensor, pair_triage: torch.Tensor | None) -> torch.Tensor:
+    def _pair_scores(
+        self,
+        mentions: dict[str, torch.Tensor],
+        entities: dict[str, torch.Tensor],
+        entity_index: torch.Tensor,
+        pair_triage: torch.Tensor | None,
+    ) -> torch.Tensor:
         """(B, n) scores; arguments as in `forward`."""
         parts = []
         for feature in self.shape.features:
@@ -177,13 +193,23 @@ class NameMatching(nn.Module):
         self.ranker = ranker
         self.match = nn.Linear(ranker.shape.name_hidden[-1], 1)
 
-    def forward(self, mentions: dict[str, torch.Tensor], entities: dict[str, torch.Tensor], entity_index: torch.Tensor,
-                pair_triage: torch.Tensor | None, foreign: torch.Tensor, english: torch.Tensor,
-                english_index: torch.Tensor, with_nil: bool = False) -> tuple:
+    def forward(
+        self,
+        mentions: dict[str, torch.Tensor],
+        entities: dict[str, torch.Tensor],
+        entity_index: torch.Tensor,
+        pair_triage: torch.Tensor | None,
+        foreign: torch.Tensor,
+        english: torch.Tensor,
+        english_index: torch.Tensor,
+        with_nil: bool = False,
+    ) -> tuple:
         """(ranker scores (B, n) — with `with_nil` the pair (scores, NIL scores (B,)) — and name-pair
         scores (P, m)); see `Ranker.forward` and `name_scores`."""
-        return (self.ranker(mentions, entities, entity_index, pair_triage, with_nil=with_nil),
-                self.name_scores(foreign, english, english_index))
+        return (
+            self.ranker(mentions, entities, entity_index, pair_triage, with_nil=with_nil),
+            self.name_scores(foreign, english, english_index),
+        )
 
     def name_scores(self, foreign: torch.Tensor, english: torch.Tensor, english_index: torch.Tensor) -> torch.Tensor:
         """foreign (P, H) name vectors, english (U, H) distinct English names, english_index (P, m) into U -> (P, m)."""
@@ -201,15 +227,25 @@ class NearestNeighbour(nn.Module):
     features = ("name",)
     has_nil = False
 
-    def forward(self, mentions: dict[str, torch.Tensor], entities: dict[str, torch.Tensor],
-                entity_index: torch.Tensor, pair_triage: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        mentions: dict[str, torch.Tensor],
+        entities: dict[str, torch.Tensor],
+        entity_index: torch.Tensor,
+        pair_triage: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         mention = nn.functional.normalize(mentions["name"], dim=-1)  # (B, H)
         entity = nn.functional.normalize(entities["name"], dim=-1)  # (U, H)
         return torch.einsum("bh,bnh->bn", mention, entity[entity_index]).clamp(-1.0, 1.0)  # (B, n)
 
 
-def hinge_loss(gold_scores: torch.Tensor, negative_scores: torch.Tensor, negative_mask: torch.Tensor,
-               margin: float, normaliser: float | None = None) -> torch.Tensor:
+def hinge_loss(
+    gold_scores: torch.Tensor,
+    negative_scores: torch.Tensor,
+    negative_mask: torch.Tensor,
+    margin: float,
+    normaliser: float | None = None,
+) -> torch.Tensor:
     """Mean of max(0, margin - (gold - hardest negative)).
 
     gold_scores (B,), negative_scores (B, n), negative_mask (B, n) True where a real

@@ -44,8 +44,13 @@ FORMAT_VERSION = 1
 SCORES_FILE = "reader_scores.parquet"
 # The columns the reader adds to evaluate's and link's predictions (`reader_predictions`).
 PREDICTION_COLUMNS = ("reader_kb_id", "reader_score", "reader_nil_score")
-SCORES_SCHEMA = {"mention_id": pl.String, "kb_id": pl.String, "slot": pl.Int32, "score": pl.Float32,
-                 "nil_score": pl.Float32}
+SCORES_SCHEMA = {
+    "mention_id": pl.String,
+    "kb_id": pl.String,
+    "slot": pl.Int32,
+    "score": pl.Float32,
+    "nil_score": pl.Float32,
+}
 
 
 class Reader(torch.nn.Module):
@@ -72,24 +77,31 @@ class Reader(torch.nn.Module):
 
         `read` turns them into each mention's logits (one sequence per mention, or per candidate).
         """
-        hidden = self.encoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state  # (B, T, H)
+        hidden = self.encoder(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask
+        ).last_hidden_state  # (B, T, H)
         width = hidden.shape[-1]
-        sums = torch.nn.functional.pad(hidden.float().cumsum(dim=1), (0, 0, 1, 0))  # (B, T + 1, H): sums[t] = tokens < t
+        sums = torch.nn.functional.pad(
+            hidden.float().cumsum(dim=1), (0, 0, 1, 0)
+        )  # (B, T + 1, H): sums[t] = tokens < t
 
         def span_mean(start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:  # (B, N) spans -> (B, N, H)
-            total = sums.gather(1, end[..., None].expand(-1, -1, width)) - sums.gather(1, start[..., None].expand(-1, -1, width))
+            total = sums.gather(1, end[..., None].expand(-1, -1, width)) - sums.gather(
+                1, start[..., None].expand(-1, -1, width)
+            )
             return total / (end - start).clamp(min=1)[..., None]
 
         markers = hidden.float().gather(1, batch.mention[..., None].expand(-1, -1, width)).mean(dim=1)  # (B, H)
         context = span_mean(batch.context[:, :1], batch.context[:, 1:]).squeeze(1)  # (B, H)
         query = self.mention_projection(markers) + self.context_projection(context)  # (B, H)
         slots = self.slot_projection(span_mean(batch.slot_start, batch.slot_end))  # (B, S, H)
-        logits = torch.einsum("bh,bsh->bs", query, slots) / width ** 0.5  # (B, S)
+        logits = torch.einsum("bh,bsh->bs", query, slots) / width**0.5  # (B, S)
         return logits.masked_fill(~batch.slot_mask, float("-inf"))
 
 
-def read(reader: torch.nn.Module, readings: list[reader_inputs.Reading], width: int, marks: Specials,
-         device: torch.device) -> torch.Tensor:
+def read(
+    reader: torch.nn.Module, readings: list[reader_inputs.Reading], width: int, marks: Specials, device: torch.device
+) -> torch.Tensor:
     """Each mention's logits (B, width): NIL, then its candidates in order; -inf where it has fewer.
 
     `reader` is a Reader or DistributedDataParallel around one.
@@ -118,8 +130,9 @@ class ReaderExamples:
         return reader_inputs.reading(self.contexts[index], [self.entity_tokens[k] for k in kept], kept, layout, marks)
 
 
-def build_examples(tokenizer, mentions: pl.DataFrame, top: pl.DataFrame, entities: pl.DataFrame,
-                   layout: Layout) -> ReaderExamples:
+def build_examples(
+    tokenizer, mentions: pl.DataFrame, top: pl.DataFrame, entities: pl.DataFrame, layout: Layout
+) -> ReaderExamples:
     """Examples of `mentions` (mention_id, context, start, end, optional gold_kb_id) against `top`
     (`reader_inputs.top_candidates`: mention_id, kb_id, slot) with entity texts from `entities`
     (kb_id, name, type, description)."""
@@ -128,9 +141,13 @@ def build_examples(tokenizer, mentions: pl.DataFrame, top: pl.DataFrame, entitie
     lists = mentions.select("mention_id").join(grouped, on="mention_id", how="left")["kb_id"].to_list()
     wanted = entities.filter(pl.col("kb_id").is_in(top["kb_id"].unique().implode()))
     gold = mentions["gold_kb_id"].to_list() if "gold_kb_id" in mentions.columns else [None] * mentions.height
-    return ReaderExamples(mentions["mention_id"].to_list(), reader_inputs.context_tokens(tokenizer, mentions, layout, marks),
-                          [kb_ids or [] for kb_ids in lists], gold,
-                          reader_inputs.entity_tokens(tokenizer, wanted, layout.max_seq_tokens))
+    return ReaderExamples(
+        mentions["mention_id"].to_list(),
+        reader_inputs.context_tokens(tokenizer, mentions, layout, marks),
+        [kb_ids or [] for kb_ids in lists],
+        gold,
+        reader_inputs.entity_tokens(tokenizer, wanted, layout.max_seq_tokens),
+    )
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -142,8 +159,15 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 @torch.no_grad()
-def score_mentions(reader: Reader, examples: ReaderExamples, layout: Layout, marks: Specials, device: torch.device,
-                   precision: str = "auto", batch_mentions: int = 32) -> pl.DataFrame:
+def score_mentions(
+    reader: Reader,
+    examples: ReaderExamples,
+    layout: Layout,
+    marks: Specials,
+    device: torch.device,
+    precision: str = "auto",
+    batch_mentions: int = 32,
+) -> pl.DataFrame:
     """The reader's probabilities, one row per (mention, candidate): `SCORES_SCHEMA`.
 
     score: the candidate's softmax probability over NIL + the mention's candidates;
@@ -157,7 +181,7 @@ def score_mentions(reader: Reader, examples: ReaderExamples, layout: Layout, mar
     order = [i for i in np.argsort([item.tokens for item in built], kind="stable") if built[i].kept]
     columns: dict[str, list] = {name: [] for name in SCORES_SCHEMA}
     for offset in range(0, len(order), batch_mentions):
-        batch = order[offset: offset + batch_mentions]
+        batch = order[offset : offset + batch_mentions]
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = read(reader, [built[i] for i in batch], layout.top_k + 1, marks, device)
         probabilities = torch.softmax(logits.float(), dim=-1).cpu().numpy()  # (B, top_k + 1)
@@ -166,7 +190,7 @@ def score_mentions(reader: Reader, examples: ReaderExamples, layout: Layout, mar
             columns["mention_id"] += [examples.mention_ids[index]] * len(kb_ids)
             columns["kb_id"] += kb_ids
             columns["slot"] += list(range(1, len(kb_ids) + 1))
-            columns["score"] += probabilities[row, 1: len(kb_ids) + 1].tolist()
+            columns["score"] += probabilities[row, 1 : len(kb_ids) + 1].tolist()
             columns["nil_score"] += [float(probabilities[row, reader_inputs.NIL_SLOT])] * len(kb_ids)
     reader.train(was_training)
     return pl.DataFrame(columns, schema=SCORES_SCHEMA)
@@ -210,8 +234,13 @@ def freeze_lower_layers(reader: Reader, layers: int) -> None:
     blocks = getattr(getattr(reader.encoder, "encoder", None), "layer", None)
     if blocks is None or layers > len(blocks):
         have = "no layer list xel knows" if blocks is None else f"only {len(blocks)} layers"
-        raise ConfigError("E203", where="[rerank]", field="freeze_layers", value=layers,
-                          reason=f"the encoder has {have}; give a smaller number, or 0")
+        raise ConfigError(
+            "E203",
+            where="[rerank]",
+            field="freeze_layers",
+            value=layers,
+            reason=f"the encoder has {have}; give a smaller number, or 0",
+        )
     for module in (reader.encoder.embeddings, *blocks[:layers]):
         for parameter in module.parameters():
             parameter.requires_grad_(False)
@@ -228,8 +257,10 @@ def save_reader(reader: Reader, tokenizer, folder: Path, meta: dict) -> None:
         tokenizer.save_pretrained(temp)
         head = {k: v.detach().cpu() for k, v in reader.state_dict().items() if not k.startswith("encoder.")}
         torch.save(head, temp / HEAD)
-        (temp / READER_JSON).write_text(json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=2,
-                                                   ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+        (temp / READER_JSON).write_text(
+            json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=2, ensure_ascii=False, default=str) + "\n",
+            encoding="utf-8",
+        )
         default_permissions(temp)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(temp, folder)
@@ -247,14 +278,17 @@ def load_reader(folder: Path, device: torch.device) -> tuple[Reader, object, dic
             raise ValueError(f"format {meta.get('format_version')} is newer than this xel reads ({FORMAT_VERSION})")
         tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=True)
         reader = Reader(_encoder_model(folder))
-        missing, unexpected = reader.load_state_dict(torch.load(folder / HEAD, map_location="cpu", weights_only=True),
-                                                     strict=False)
+        missing, unexpected = reader.load_state_dict(
+            torch.load(folder / HEAD, map_location="cpu", weights_only=True), strict=False
+        )
         missing = [name for name in missing if not name.startswith("encoder.")]
         if missing or unexpected:
             raise ValueError(f"{HEAD} does not fit: missing {missing}, unexpected {unexpected}")
         reader_inputs.specials(tokenizer)  # the markers must be there
     except Exception as exc:  # json, transformers and torch raise many types for a damaged folder
-        raise CacheError("E402", path=folder, detail=f"the reader cannot be loaded ({str(exc).splitlines()[0]})") from None
+        raise CacheError(
+            "E402", path=folder, detail=f"the reader cannot be loaded ({str(exc).splitlines()[0]})"
+        ) from None
     return reader.to(device).eval(), tokenizer, meta
 
 
@@ -275,11 +309,17 @@ def read_scores(path: Path) -> pl.DataFrame:
 def reader_predictions(scores: pl.DataFrame) -> pl.DataFrame:
     """Per mention with a scored candidate: reader_kb_id (the most probable candidate; the earlier slot on a tie),
     reader_score (its probability) and reader_nil_score (the NIL option's). scores: `SCORES_SCHEMA` rows."""
-    return (scores.sort("mention_id", "score", "slot", descending=[False, True, False])
-            .group_by("mention_id", maintain_order=True).first()
-            .select("mention_id", pl.col("kb_id").alias("reader_kb_id"),
-                    pl.col("score").cast(pl.Float64).alias("reader_score"),
-                    pl.col("nil_score").cast(pl.Float64).alias("reader_nil_score")))
+    return (
+        scores.sort("mention_id", "score", "slot", descending=[False, True, False])
+        .group_by("mention_id", maintain_order=True)
+        .first()
+        .select(
+            "mention_id",
+            pl.col("kb_id").alias("reader_kb_id"),
+            pl.col("score").cast(pl.Float64).alias("reader_score"),
+            pl.col("nil_score").cast(pl.Float64).alias("reader_nil_score"),
+        )
+    )
 
 
 @dataclass
@@ -314,6 +354,12 @@ class LoadedReader:
         layout = self.layout
         top = reader_inputs.top_candidates(ordered, layout.top_k)
         examples = build_examples(self.tokenizer, mentions, top, entities, layout)
-        scores = score_mentions(self.reader, examples, layout, reader_inputs.specials(self.tokenizer), self.device,
-                                self.meta.get("precision", "auto"))
+        scores = score_mentions(
+            self.reader,
+            examples,
+            layout,
+            reader_inputs.specials(self.tokenizer),
+            self.device,
+            self.meta.get("precision", "auto"),
+        )
         return reader_predictions(scores)

@@ -56,13 +56,17 @@ class Reading(NamedTuple):
         return sum(len(ids) for ids in self.sequences)
 
 
-def reading(context: list[int], candidates: list[list[int]], kept: list[str], layout: Layout, marks: Specials) -> Reading:
+def reading(
+    context: list[int], candidates: list[list[int]], kept: list[str], layout: Layout, marks: Specials
+) -> Reading:
     """The `Reading` of one mention: one `assemble`d sequence (listwise), or (pairwise) one with the NIL
     option alone and one per candidate, each candidate scored at its own sequence's slot 1."""
     if layout.form == "listwise":
         ids, slots, mention = assemble(context, candidates, layout, marks)
         return Reading([ids], [slots], [mention], [(0, slot) for slot in range(len(slots))], kept)
-    parts = [assemble(context, [], layout, marks)] + [assemble(context, [tokens], layout, marks) for tokens in candidates]
+    parts = [assemble(context, [], layout, marks)] + [
+        assemble(context, [tokens], layout, marks) for tokens in candidates
+    ]
     picks = [(0, NIL_SLOT)] + [(number, 1) for number in range(1, len(parts))]
     return Reading([part[0] for part in parts], [part[1] for part in parts], [part[2] for part in parts], picks, kept)
 
@@ -103,36 +107,40 @@ def context_tokens(tokenizer, mentions: pl.DataFrame, layout: Layout, marks: Spe
     mentions needs context, start, end (character offsets into context, end exclusive).
     The window is centred on the mention (`encoder.mention_window`, as encode's is).
     """
-    encoded = tokenizer(mentions["context"].fill_null("").to_list(), add_special_tokens=False,
-                        return_offsets_mapping=True)
+    encoded = tokenizer(
+        mentions["context"].fill_null("").to_list(), add_special_tokens=False, return_offsets_mapping=True
+    )
     out = []
-    for ids, offsets, start, end in zip(encoded["input_ids"], encoded["offset_mapping"],
-                                        mentions["start"].to_list(), mentions["end"].to_list()):
+    for ids, offsets, start, end in zip(
+        encoded["input_ids"], encoded["offset_mapping"], mentions["start"].to_list(), mentions["end"].to_list()
+    ):
         if not ids:
             out.append([marks.mention_start, marks.mention_end])
             continue
         first, last = token_span(np.asarray(offsets).reshape(-1, 2), start, end)
         window_start, first, last = mention_window(len(ids), first, last, layout.max_context_tokens)
-        window = ids[window_start: window_start + layout.max_context_tokens]
+        window = ids[window_start : window_start + layout.max_context_tokens]
         out.append(window[:first] + [marks.mention_start] + window[first:last] + [marks.mention_end] + window[last:])
     return out
 
 
 def entity_texts(entities: pl.DataFrame) -> pl.Series:
-    """"name | type | description" of each entity (entities: name, type, description; nulls left out)."""
+    """ "name | type | description" of each entity (entities: name, type, description; nulls left out)."""
     parts = [pl.col("name").fill_null(""), pl.col("type"), pl.col("description")]
     return entities.select(pl.concat_str(parts, separator=" | ", ignore_nulls=True).alias("text"))["text"]
 
 
 def entity_tokens(tokenizer, entities: pl.DataFrame, max_tokens: int) -> dict[str, list[int]]:
     """kb_id -> sub-word ids of the entity's text (`entity_texts`), at most `max_tokens` of them."""
-    encoded = tokenizer(entity_texts(entities).to_list(), add_special_tokens=False, truncation=True,
-                        max_length=max_tokens)["input_ids"]
+    encoded = tokenizer(
+        entity_texts(entities).to_list(), add_special_tokens=False, truncation=True, max_length=max_tokens
+    )["input_ids"]
     return dict(zip(entities["kb_id"].to_list(), encoded))
 
 
-def assemble(context: list[int], candidates: list[list[int]], layout: Layout, marks: Specials
-             ) -> tuple[list[int], list[int], tuple[int, int]]:
+def assemble(
+    context: list[int], candidates: list[list[int]], layout: Layout, marks: Specials
+) -> tuple[list[int], list[int], tuple[int, int]]:
     """(token ids, slot positions, the two mention markers' positions) of one mention's sequence; slots[0]
     is the NIL option, then one per candidate.
 
@@ -169,8 +177,14 @@ class ReaderBatch(NamedTuple):
     context: torch.Tensor
 
 
-def collate(sequences: list[list[int]], slots: list[list[int]], mentions: list[tuple[int, int]], width: int,
-            pad_id: int, device: torch.device) -> ReaderBatch:
+def collate(
+    sequences: list[list[int]],
+    slots: list[list[int]],
+    mentions: list[tuple[int, int]],
+    width: int,
+    pad_id: int,
+    device: torch.device,
+) -> ReaderBatch:
     """The padded `ReaderBatch` of sequences built by `assemble` (their ids, slots and mention markers)."""
     length = max(len(s) for s in sequences)
     input_ids = np.full((len(sequences), length), pad_id, dtype=np.int64)
@@ -186,19 +200,32 @@ def collate(sequences: list[list[int]], slots: list[list[int]], mentions: list[t
         ends[row, : len(slot)] = slot[1:] + [len(ids) - 1]  # a slot runs to the next one, or to the final [SEP]
         slot_mask[row, : len(slot)] = True
         context[row] = (1, slot[0] - 1)  # [CLS] context [SEP] <nil>
-    arrays = (input_ids, attention, starts, ends, slot_mask, np.asarray(mentions, dtype=np.int64).reshape(-1, 2), context)
+    arrays = (
+        input_ids,
+        attention,
+        starts,
+        ends,
+        slot_mask,
+        np.asarray(mentions, dtype=np.int64).reshape(-1, 2),
+        context,
+    )
     return ReaderBatch(*(torch.from_numpy(array).to(device) for array in arrays))
 
 
-def collate_readings(readings: list[Reading], width: int, pad_id: int, device: torch.device
-                     ) -> tuple[ReaderBatch, torch.Tensor, torch.Tensor, torch.Tensor]:
+def collate_readings(
+    readings: list[Reading], width: int, pad_id: int, device: torch.device
+) -> tuple[ReaderBatch, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(the `ReaderBatch` of every sequence of `readings`, and per mention (B, width) the sequence row and
     slot of each of its scores with their mask): `Reader.forward`'s (N, W) logits indexed
     [rows, slots] are the mentions' (B, width) logits (NIL first)."""
-    flat = [(ids, slots, mention) for item in readings for ids, slots, mention in
-            zip(item.sequences, item.slots, item.mentions)]
-    batch = collate([f[0] for f in flat], [f[1] for f in flat], [f[2] for f in flat], max(len(f[1]) for f in flat),
-                    pad_id, device)
+    flat = [
+        (ids, slots, mention)
+        for item in readings
+        for ids, slots, mention in zip(item.sequences, item.slots, item.mentions)
+    ]
+    batch = collate(
+        [f[0] for f in flat], [f[1] for f in flat], [f[2] for f in flat], max(len(f[1]) for f in flat), pad_id, device
+    )
     rows = np.zeros((len(readings), width), dtype=np.int64)
     slots = np.zeros((len(readings), width), dtype=np.int64)
     mask = np.zeros((len(readings), width), dtype=bool)
@@ -216,7 +243,9 @@ def top_candidates(candidates: pl.DataFrame, top_k: int) -> pl.DataFrame:
     candidates needs mention_id, kb_id, rank (triage's) and order (the ranker's score, or
     minus the triage rank). Returns mention_id, kb_id, slot (1..top_k, the reader's order).
     """
-    return (candidates.sort("mention_id", "order", "rank", descending=[False, True, False], nulls_last=True)
-            .with_columns(pl.int_range(1, pl.len() + 1).over("mention_id").alias("slot"))
-            .filter(pl.col("slot") <= top_k)
-            .select("mention_id", "kb_id", pl.col("slot").cast(pl.Int32)))
+    return (
+        candidates.sort("mention_id", "order", "rank", descending=[False, True, False], nulls_last=True)
+        .with_columns(pl.int_range(1, pl.len() + 1).over("mention_id").alias("slot"))
+        .filter(pl.col("slot") <= top_k)
+        .select("mention_id", "kb_id", pl.col("slot").cast(pl.Int32))
+    )

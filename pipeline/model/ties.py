@@ -33,8 +33,12 @@ def tied_best(decided: pl.DataFrame) -> dict:
     with_second = decided.filter(pl.col("second_score").is_not_null() & pl.col("best_score").is_not_null())
     tied = with_second.filter(pl.col("margin").abs() <= TIE_TOLERANCE)
     saturated = int((tied["best_score"].abs() > SATURATED_SCORE).sum())
-    return {"tied": tied.height, "mentions": with_second.height,
-            "share": tied.height / with_second.height if with_second.height else 0.0, "saturated": saturated}
+    return {
+        "tied": tied.height,
+        "mentions": with_second.height,
+        "share": tied.height / with_second.height if with_second.height else 0.0,
+        "saturated": saturated,
+    }
 
 
 def score_matrix_ties(scores: np.ndarray) -> dict:
@@ -54,11 +58,15 @@ def score_matrix_ties(scores: np.ndarray) -> dict:
     has_second = np.isfinite(second)
     lowest = np.where(np.isnan(scores), np.inf, scores).min(axis=1, initial=np.inf)
     constant = has_second & (best - lowest <= TIE_TOLERANCE)
-    decided = pl.DataFrame({"best_score": np.where(np.isfinite(best), best, np.nan),
-                            "second_score": np.where(has_second, second, np.nan)}).fill_nan(None)
+    decided = pl.DataFrame(
+        {"best_score": np.where(np.isfinite(best), best, np.nan), "second_score": np.where(has_second, second, np.nan)}
+    ).fill_nan(None)
     ties = tied_best(decided.with_columns((pl.col("best_score") - pl.col("second_score")).alias("margin")))
-    return {**ties, "constant": int(constant.sum()),
-            "constant_score": float(best[constant][0]) if constant.any() else None}
+    return {
+        **ties,
+        "constant": int(constant.sum()),
+        "constant_score": float(best[constant][0]) if constant.any() else None,
+    }
 
 
 def tie_advice(ties: dict) -> str:
@@ -66,11 +74,15 @@ def tie_advice(ties: dict) -> str:
     saturated = ties.get("saturated", 0)
     parts = []
     if saturated:
-        parts.append(f"{saturated} of them tie near ±1 (|score| > {SATURATED_SCORE}), where the ranker's tanh "
-                     "saturates: retrain with a lower train.learning_rate (docs/results.md: seed spread)")
+        parts.append(
+            f"{saturated} of them tie near ±1 (|score| > {SATURATED_SCORE}), where the ranker's tanh "
+            "saturates: retrain with a lower train.learning_rate (docs/results.md: seed spread)"
+        )
     if ties["tied"] - saturated:
-        parts.append(f"{ties['tied'] - saturated} of them tie at |score| <= {SATURATED_SCORE}, as duplicate or "
-                     "near-identical KB entities (the same name and description under two ids) do, or a ranker "
-                     "that scores every candidate alike: check the KB for such entities and merge or drop the "
-                     "copies, or, if the KB has none, check the model's training (train/history.parquet)")
+        parts.append(
+            f"{ties['tied'] - saturated} of them tie at |score| <= {SATURATED_SCORE}, as duplicate or "
+            "near-identical KB entities (the same name and description under two ids) do, or a ranker "
+            "that scores every candidate alike: check the KB for such entities and merge or drop the "
+            "copies, or, if the KB has none, check the model's training (train/history.parquet)"
+        )
     return "; ".join(parts)

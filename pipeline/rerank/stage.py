@@ -84,9 +84,14 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
 
     E203 when rerank.enabled is false (evaluate would not read what it makes)."""
     if not config.rerank.enabled:
-        raise ConfigError("E203", where="[rerank]", field="enabled", value=False,
-                          reason="evaluate reads the reader only when it is on: set rerank.enabled = true "
-                                 "(--set rerank.enabled=true)")
+        raise ConfigError(
+            "E203",
+            where="[rerank]",
+            field="enabled",
+            value=False,
+            reason="evaluate reads the reader only when it is on: set rerank.enabled = true "
+            "(--set rerank.enabled=true)",
+        )
     world = distributed.world_from_environment()
     with distributed.process_group(world, config.rerank.device):
         return _rerank(config, force, world)
@@ -117,9 +122,12 @@ def _rerank(config: RunConfig, force: bool, world: World) -> StageResult:
     train_rows, missed = training.trainable_rows(examples, np.nonzero((split == "train") & has_gold)[0])
     dev_rows = np.nonzero((split == "dev") & has_gold)[0]
     if len(train_rows) == 0:
-        raise InputError("E507", path=triage_tables.path(config.stage_dir("triage"), triage_tables.MENTIONS),
-                         detail="no training mention is NIL or has its gold among its top candidates, so the reader "
-                                "has nothing to learn from")
+        raise InputError(
+            "E507",
+            path=triage_tables.path(config.stage_dir("triage"), triage_tables.MENTIONS),
+            detail="no training mention is NIL or has its gold among its top candidates, so the reader "
+            "has nothing to learn from",
+        )
     counts = {"train_mentions": len(train_rows), "train_gold_not_in_candidates": missed, "dev_mentions": len(dev_rows)}
     history, best = fit(reader, tokenizer, examples, train_rows, dev_rows, config, stage_run.key, world)
     result = StageResult(STAGE, out_dir, skipped=False, seconds=time.time() - stage_run.started, counts=counts)
@@ -133,24 +141,36 @@ def check_positions(reader, layout: Layout) -> None:
     """E203 when max_seq_tokens is longer than the encoder's position table."""
     most = getattr(reader.encoder.config, "max_position_embeddings", None)
     # RoBERTa-style models (e5) reserve the first positions: padding_idx + 1 of them.
-    usable = most - (getattr(reader.encoder.config, "pad_token_id", 0) or 0) - 1 \
-        if most and reader.encoder.config.model_type in ("xlm-roberta", "roberta") else most
+    usable = (
+        most - (getattr(reader.encoder.config, "pad_token_id", 0) or 0) - 1
+        if most and reader.encoder.config.model_type in ("xlm-roberta", "roberta")
+        else most
+    )
     if usable is not None and layout.max_seq_tokens > usable:
-        raise ConfigError("E203", where="[rerank]", field="max_seq_tokens", value=layout.max_seq_tokens,
-                          reason=f"the encoder reads at most {usable} positions; give {usable} or fewer")
+        raise ConfigError(
+            "E203",
+            where="[rerank]",
+            field="max_seq_tokens",
+            value=layout.max_seq_tokens,
+            reason=f"the encoder reads at most {usable} positions; give {usable} or fewer",
+        )
 
 
-def read_examples(config: RunConfig, tokenizer, layout: Layout, device: torch.device
-                  ) -> tuple[pl.DataFrame, ReaderExamples]:
+def read_examples(
+    config: RunConfig, tokenizer, layout: Layout, device: torch.device
+) -> tuple[pl.DataFrame, ReaderExamples]:
     """(triage's mentions, their reader examples against each one's top_k candidates)."""
     triage_dir = config.stage_dir("triage")
-    mentions = triage_tables.read(triage_dir, triage_tables.MENTIONS, "mention_id", "context", "start", "end", "split",
-                                  "lang", "gold_kb_id")
+    mentions = triage_tables.read(
+        triage_dir, triage_tables.MENTIONS, "mention_id", "context", "start", "end", "split", "lang", "gold_kb_id"
+    )
     top = reader_inputs.top_candidates(candidate_order(config, device), layout.top_k)
-    entities = collect_checked(triage_tables.scan(triage_dir, triage_tables.ENTITIES)
-                               .select("kb_id", "name", "type", "description")
-                               .filter(pl.col("kb_id").is_in(top["kb_id"].unique().implode())),
-                               triage_tables.path(triage_dir, triage_tables.ENTITIES))
+    entities = collect_checked(
+        triage_tables.scan(triage_dir, triage_tables.ENTITIES)
+        .select("kb_id", "name", "type", "description")
+        .filter(pl.col("kb_id").is_in(top["kb_id"].unique().implode())),
+        triage_tables.path(triage_dir, triage_tables.ENTITIES),
+    )
     return mentions, build_examples(tokenizer, mentions, top, entities, layout)
 
 
@@ -160,12 +180,15 @@ def candidate_order(config: RunConfig, device: torch.device) -> pl.DataFrame:
     from pipeline.model.model_file import load_model
 
     triage_dir = config.stage_dir("triage")
-    candidates = triage_tables.read(triage_dir, triage_tables.CANDIDATES, "mention_id", "rank", "kb_id", "score", "sources")
+    candidates = triage_tables.read(
+        triage_dir, triage_tables.CANDIDATES, "mention_id", "rank", "kb_id", "score", "sources"
+    )
     if config.rerank.candidates == "triage":
         return candidates.select("mention_id", "kb_id", "rank", (-pl.col("rank")).cast(pl.Float64).alias("order"))
     model, saved = load_model(config.stage_dir("train"), device)
-    inputs, _, _ = load_inputs(triage_dir, config.stage_dir("encode"), saved["mention_types"], saved["entity_types"],
-                               0, device)
+    inputs, _, _ = load_inputs(
+        triage_dir, config.stage_dir("encode"), saved["mention_types"], saved["entity_types"], 0, device
+    )
     if "triage" in getattr(model, "features", ()):
         inputs.attach_triage(candidates)
     rows = inputs.mentions["row"].to_numpy()
@@ -173,13 +196,26 @@ def candidate_order(config: RunConfig, device: torch.device) -> pl.DataFrame:
     scores = score_candidates(model, inputs, rows, matrix)
     row_index, slot = np.nonzero(matrix >= 0)
     kb_ids = inputs.entity_ids["kb_id"].to_numpy()
-    ranked = pl.DataFrame({"mention_id": inputs.mentions["mention_id"].to_numpy()[row_index],
-                           "kb_id": kb_ids[matrix[row_index, slot]], "order": scores[row_index, slot].astype(np.float64)})
+    ranked = pl.DataFrame(
+        {
+            "mention_id": inputs.mentions["mention_id"].to_numpy()[row_index],
+            "kb_id": kb_ids[matrix[row_index, slot]],
+            "order": scores[row_index, slot].astype(np.float64),
+        }
+    )
     return candidates.select("mention_id", "kb_id", "rank").join(ranked, on=["mention_id", "kb_id"], how="left")
 
 
-def fit(reader, tokenizer, examples: ReaderExamples, train_rows: np.ndarray, dev_rows: np.ndarray,
-        config: RunConfig, key: str, world: World) -> tuple[list[dict], dict]:
+def fit(
+    reader,
+    tokenizer,
+    examples: ReaderExamples,
+    train_rows: np.ndarray,
+    dev_rows: np.ndarray,
+    config: RunConfig,
+    key: str,
+    world: World,
+) -> tuple[list[dict], dict]:
     """Train for rerank.epochs (resuming from the checkpoint), keep the best epoch's reader on disk;
     (history, best {score, epoch}). Only rank 0 evaluates and writes."""
     rerank, out_dir = config.rerank, config.stage_dir(STAGE)
@@ -201,10 +237,12 @@ def fit(reader, tokenizer, examples: ReaderExamples, train_rows: np.ndarray, dev
         torch.manual_seed(rerank.seed + 100_003 * world.rank + state.start_epoch)  # other dropout masks per rank
     if len(dev_rows) == 0 and world.is_main:
         warn(logger, "W509")
-    plan = training.Schedule(rerank.batch_mentions, rerank.grad_accumulation, rerank.precision, rerank.seed,
-                             rerank.nil_hidden_share)
-    progress = progress_counter(rerank.epochs * batches, "rerank", "batches", initial=(state.start_epoch - 1) * batches,
-                                enabled=world.is_main)
+    plan = training.Schedule(
+        rerank.batch_mentions, rerank.grad_accumulation, rerank.precision, rerank.seed, rerank.nil_hidden_share
+    )
+    progress = progress_counter(
+        rerank.epochs * batches, "rerank", "batches", initial=(state.start_epoch - 1) * batches, enabled=world.is_main
+    )
     for epoch in range(state.start_epoch, rerank.epochs + 1):
         loss = training.train_epoch(trained, state, examples, train_rows, epoch, plan, layout, marks, world, progress)
         record = {"epoch": epoch, "loss": loss, "dev_accuracy": None}
@@ -225,35 +263,65 @@ def fit(reader, tokenizer, examples: ReaderExamples, train_rows: np.ndarray, dev
 def reader_shape(reader, layout: Layout) -> dict:
     """What a checkpoint must match to be resumed: the encoder's architecture and the sequence layout."""
     encoder_config = reader.encoder.config
-    return {"model_type": encoder_config.model_type, "hidden_size": int(encoder_config.hidden_size),
-            "layers": int(encoder_config.num_hidden_layers), "vocab_size": int(encoder_config.vocab_size),
-            "top_k": layout.top_k, "max_seq_tokens": layout.max_seq_tokens,
-            "max_context_tokens": layout.max_context_tokens, "form": layout.form}
+    return {
+        "model_type": encoder_config.model_type,
+        "hidden_size": int(encoder_config.hidden_size),
+        "layers": int(encoder_config.num_hidden_layers),
+        "vocab_size": int(encoder_config.vocab_size),
+        "top_k": layout.top_k,
+        "max_seq_tokens": layout.max_seq_tokens,
+        "max_context_tokens": layout.max_context_tokens,
+        "form": layout.form,
+    }
 
 
 def reader_meta(config: RunConfig, layout: Layout, epoch: int, record: dict) -> dict:
     """reader.json's content: the layout, the settings and where the reader came from."""
-    return {"layout": dataclasses.asdict(layout),
-            "candidates": config.rerank.candidates, "precision": config.rerank.precision,
-            "settings": to_dict(config.rerank), "encoder": config.rerank.encoder or config.encoder.name,
-            "epoch": epoch, "dev_accuracy": record["dev_accuracy"]}
+    return {
+        "layout": dataclasses.asdict(layout),
+        "candidates": config.rerank.candidates,
+        "precision": config.rerank.precision,
+        "settings": to_dict(config.rerank),
+        "encoder": config.rerank.encoder or config.encoder.name,
+        "epoch": epoch,
+        "dev_accuracy": record["dev_accuracy"],
+    }
 
 
-def finish(stage_run: StageRun, mentions: pl.DataFrame, examples: ReaderExamples, layout: Layout,
-           device: torch.device, history: list[dict], best: dict, counts: dict) -> StageResult:
+def finish(
+    stage_run: StageRun,
+    mentions: pl.DataFrame,
+    examples: ReaderExamples,
+    layout: Layout,
+    device: torch.device,
+    history: list[dict],
+    best: dict,
+    counts: dict,
+) -> StageResult:
     """Score the dev and test mentions with the best epoch's reader, write the scores and history, then the manifest."""
     out_dir = stage_run.out_dir
     reader, tokenizer, meta = load_reader(out_dir / READER, device)
     wanted = np.nonzero(mentions["split"].is_in(list(SCORED_SPLITS)).to_numpy())[0]
-    subset = ReaderExamples([examples.mention_ids[r] for r in wanted], [examples.contexts[r] for r in wanted],
-                            [examples.candidates[r] for r in wanted], [None] * len(wanted), examples.entity_tokens)
-    scores = score_mentions(reader, subset, layout, reader_inputs.specials(tokenizer), device,
-                            stage_run.settings["precision"])
+    subset = ReaderExamples(
+        [examples.mention_ids[r] for r in wanted],
+        [examples.contexts[r] for r in wanted],
+        [examples.candidates[r] for r in wanted],
+        [None] * len(wanted),
+        examples.entity_tokens,
+    )
+    scores = score_mentions(
+        reader, subset, layout, reader_inputs.specials(tokenizer), device, stage_run.settings["precision"]
+    )
     write_parquet_atomic(scores, out_dir / SCORES)
-    write_parquet_atomic(pl.DataFrame(history, schema={"epoch": pl.Int64, "loss": pl.Float64,
-                                                       "dev_accuracy": pl.Float64}), out_dir / HISTORY)
+    write_parquet_atomic(
+        pl.DataFrame(history, schema={"epoch": pl.Int64, "loss": pl.Float64, "dev_accuracy": pl.Float64}),
+        out_dir / HISTORY,
+    )
     best_accuracy = best["score"] if counts["dev_mentions"] else None
     counts = {**counts, "scored_mentions": len(wanted), "best_epoch": best["epoch"]}
-    return stage_run.finish(counts, [READER, SCORES, HISTORY], summary={"best_dev_accuracy": best_accuracy,
-                                                                        "best_epoch": best["epoch"]},
-                            extra={"best_dev_accuracy": best_accuracy, "device": str(device)})
+    return stage_run.finish(
+        counts,
+        [READER, SCORES, HISTORY],
+        summary={"best_dev_accuracy": best_accuracy, "best_epoch": best["epoch"]},
+        extra={"best_dev_accuracy": best_accuracy, "device": str(device)},
+    )

@@ -34,14 +34,18 @@ WARMUP_SHARE = 0.1  # of the optimizer steps, with the learning rate rising line
 def trainable_rows(examples: ReaderExamples, rows: np.ndarray) -> tuple[np.ndarray, int]:
     """(rows whose gold the reader can learn: NIL, or a KB id among its candidates; how many linked ones were
     left out because triage or the ranker's top_k missed their gold)."""
-    keep = [row for row in rows if examples.gold[row] == schema.NIL_ID or examples.gold[row] in examples.candidates[row]]
-    missed = sum(1 for row in rows if examples.gold[row] not in (None, schema.NIL_ID)) - \
-        sum(1 for row in keep if examples.gold[row] != schema.NIL_ID)
+    keep = [
+        row for row in rows if examples.gold[row] == schema.NIL_ID or examples.gold[row] in examples.candidates[row]
+    ]
+    missed = sum(1 for row in rows if examples.gold[row] not in (None, schema.NIL_ID)) - sum(
+        1 for row in keep if examples.gold[row] != schema.NIL_ID
+    )
     return np.asarray(keep, dtype=np.int64), missed
 
 
-def epoch_plan(examples: ReaderExamples, rows: np.ndarray, seed: int, epoch: int, hidden_share: float,
-               world: World) -> tuple[np.ndarray, np.ndarray]:
+def epoch_plan(
+    examples: ReaderExamples, rows: np.ndarray, seed: int, epoch: int, hidden_share: float, world: World
+) -> tuple[np.ndarray, np.ndarray]:
     """(this rank's rows in this epoch's order, whether each one's gold is hidden), drawn from (seed, epoch).
 
     A linked mention's gold is hidden with probability `hidden_share` (its label becomes NIL).
@@ -55,12 +59,18 @@ def epoch_plan(examples: ReaderExamples, rows: np.ndarray, seed: int, epoch: int
     if world.distributed and len(order):
         padded = -(-len(order) // world.size) * world.size
         repeat = np.arange(padded) % len(order)
-        order, hidden = order[repeat][world.rank::world.size], hidden[repeat][world.rank::world.size]
+        order, hidden = order[repeat][world.rank :: world.size], hidden[repeat][world.rank :: world.size]
     return order, hidden
 
 
-def labelled_batch(examples: ReaderExamples, rows: np.ndarray, hidden: np.ndarray, layout: Layout, marks: Specials,
-                   device: torch.device) -> tuple[list[reader_inputs.Reading], torch.Tensor]:
+def labelled_batch(
+    examples: ReaderExamples,
+    rows: np.ndarray,
+    hidden: np.ndarray,
+    layout: Layout,
+    marks: Specials,
+    device: torch.device,
+) -> tuple[list[reader_inputs.Reading], torch.Tensor]:
     """(the readings of `rows`, labels (B,)); a hidden gold is left out and labelled NIL (slot 0)."""
     readings, labels = [], []
     for row, hide in zip(rows, hidden):
@@ -84,9 +94,17 @@ class ReaderTraining:
 
     def checkpoint(self, key: str, epoch: int, shape: dict) -> dict:
         """The payload of a checkpoint after `epoch` (see `resume`)."""
-        return {"key": key, "epoch": epoch, "shape": shape, "model": self.reader.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
-                "torch_rng": torch.get_rng_state(), "history": self.history, "best": self.best}
+        return {
+            "key": key,
+            "epoch": epoch,
+            "shape": shape,
+            "model": self.reader.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "history": self.history,
+            "best": self.best,
+        }
 
     def resume(self, checkpoint: dict, path: Path) -> None:
         """Restore everything from a checkpoint of this key and shape; E506 when the weights do not fit."""
@@ -134,8 +152,18 @@ class Schedule:
     hidden_share: float
 
 
-def train_epoch(trained: torch.nn.Module, state: ReaderTraining, examples: ReaderExamples, rows: np.ndarray,
-                epoch: int, plan: Schedule, layout: Layout, marks: Specials, world: World, progress) -> float:
+def train_epoch(
+    trained: torch.nn.Module,
+    state: ReaderTraining,
+    examples: ReaderExamples,
+    rows: np.ndarray,
+    epoch: int,
+    plan: Schedule,
+    layout: Layout,
+    marks: Specials,
+    world: World,
+    progress,
+) -> float:
     """One epoch over `rows` (this rank's share, `epoch_plan`); returns the mean training loss over all ranks.
 
     `trained` is the reader, or DistributedDataParallel around it under torchrun.
@@ -147,8 +175,14 @@ def train_epoch(trained: torch.nn.Module, state: ReaderTraining, examples: Reade
     total, batches = 0.0, 0
     starts = range(0, len(order), plan.batch_mentions)
     for number, start in enumerate(starts, 1):
-        inputs, labels = labelled_batch(examples, order[start: start + plan.batch_mentions],
-                                        hidden[start: start + plan.batch_mentions], layout, marks, device)
+        inputs, labels = labelled_batch(
+            examples,
+            order[start : start + plan.batch_mentions],
+            hidden[start : start + plan.batch_mentions],
+            layout,
+            marks,
+            device,
+        )
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = read(trained, inputs, layout.top_k + 1, marks, device)
         loss = torch.nn.functional.cross_entropy(logits.float(), labels)
@@ -166,19 +200,30 @@ def train_epoch(trained: torch.nn.Module, state: ReaderTraining, examples: Reade
     return summed / max(count, 1.0)
 
 
-def accuracy(reader: Reader, examples: ReaderExamples, rows: np.ndarray, layout: Layout, marks: Specials,
-             precision: str) -> float:
+def accuracy(
+    reader: Reader, examples: ReaderExamples, rows: np.ndarray, layout: Layout, marks: Specials, precision: str
+) -> float:
     """Micro-average of the reader's own decisions on `rows` (NaN without rows): a NIL mention is right
     when the NIL option wins (or it has no candidate), a linked one when its gold wins."""
     if len(rows) == 0:
         return float("nan")
     device = next(reader.parameters()).device
-    subset = ReaderExamples([examples.mention_ids[r] for r in rows], [examples.contexts[r] for r in rows],
-                            [examples.candidates[r] for r in rows], [examples.gold[r] for r in rows],
-                            examples.entity_tokens)
+    subset = ReaderExamples(
+        [examples.mention_ids[r] for r in rows],
+        [examples.contexts[r] for r in rows],
+        [examples.candidates[r] for r in rows],
+        [examples.gold[r] for r in rows],
+        examples.entity_tokens,
+    )
     best = reader_predictions(score_mentions(reader, subset, layout, marks, device, precision))
-    said = pl.when(pl.col("reader_nil_score") > pl.col("reader_score")).then(pl.lit(schema.NIL_ID)).otherwise("reader_kb_id")
-    decided = (pl.DataFrame({"mention_id": subset.mention_ids, "gold": subset.gold})
-               .join(best.select("mention_id", said.alias("decision")), on="mention_id", how="left")
-               .with_columns(pl.col("decision").fill_null(schema.NIL_ID)))  # no candidate: NIL
+    said = (
+        pl.when(pl.col("reader_nil_score") > pl.col("reader_score"))
+        .then(pl.lit(schema.NIL_ID))
+        .otherwise("reader_kb_id")
+    )
+    decided = (
+        pl.DataFrame({"mention_id": subset.mention_ids, "gold": subset.gold})
+        .join(best.select("mention_id", said.alias("decision")), on="mention_id", how="left")
+        .with_columns(pl.col("decision").fill_null(schema.NIL_ID))
+    )  # no candidate: NIL
     return float((decided["decision"] == decided["gold"]).mean())

@@ -44,9 +44,12 @@ def score_decisions(evaluated: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame
 def tac_frame(table: pl.DataFrame, id_column: str) -> pl.DataFrame:
     """TAC KBP 2015 rows (end inclusive) from mentions with doc offsets and an id column."""
     return table.select(
-        pl.lit(RUN_ID).alias("run_id"), "mention_id",
+        pl.lit(RUN_ID).alias("run_id"),
+        "mention_id",
         pl.col("mention").str.replace_all(r"\s+", " ").alias("mention"),
-        "doc_id", pl.col("doc_start").alias("start"), (pl.col("doc_end") - 1).alias("end"),
+        "doc_id",
+        pl.col("doc_start").alias("start"),
+        (pl.col("doc_end") - 1).alias("end"),
         pl.col(id_column).alias("kb_id"),
         pl.col("entity_type").fill_null("UNK").alias("entity_type"),
         pl.col("mention_type").fill_null("NAM").alias("mention_type"),

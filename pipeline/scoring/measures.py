@@ -129,7 +129,9 @@ def score_files(
         if languages_path is not None:
             logger.info("document languages from %s", languages_path)
             mention_languages = doc_languages.read_doc_languages(languages_path)
-    unknown = gold.select(pl.col("doc_id").unique(maintain_order=True)).filter(language_expr(pl.col("doc_id")).is_null())
+    unknown = gold.select(pl.col("doc_id").unique(maintain_order=True)).filter(
+        language_expr(pl.col("doc_id")).is_null()
+    )
     if mention_languages is not None and "doc_id" in mention_languages.columns:
         unknown = unknown.join(mention_languages.select(pl.col("doc_id").cast(pl.String)), on="doc_id", how="anti")
     unknown = unknown["doc_id"]
@@ -140,8 +142,9 @@ def score_files(
     )
 
 
-def _match_counts(gold_mentions: pl.DataFrame, system_mentions: pl.DataFrame,
-                  matched: pl.DataFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+def _match_counts(
+    gold_mentions: pl.DataFrame, system_mentions: pl.DataFrame, matched: pl.DataFrame
+) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """(per language, overall) mention counts, true positives of each strong match and B-cubed sums."""
     same_type = pl.col("type") == pl.col("type_sys")
     both_linked = ~pl.col("is_nil") & ~pl.col("is_nil_sys")
@@ -153,14 +156,18 @@ def _match_counts(gold_mentions: pl.DataFrame, system_mentions: pl.DataFrame,
         .agg(pl.len().alias(f"{side}_mentions"), pl.col("is_nil").sum().alias(f"{side}_nil"))
         for frame, side in ((gold_mentions, "gold"), (system_mentions, "system"))
     ]
-    true_positives = matched.lazy().group_by("lang").agg(
-        pl.len().alias("matched_mentions"),
-        (both_linked & same_kbid).sum().alias("strong_link_match"),
-        both_nil.sum().alias("strong_nil_match"),
-        same_kbid.sum().alias("strong_all_match"),
-        (both_linked & same_kbid & same_type).sum().alias("strong_typed_link_match"),
-        (both_nil & same_type).sum().alias("strong_typed_nil_match"),
-        (same_kbid & same_type).sum().alias("strong_typed_all_match"),
+    true_positives = (
+        matched.lazy()
+        .group_by("lang")
+        .agg(
+            pl.len().alias("matched_mentions"),
+            (both_linked & same_kbid).sum().alias("strong_link_match"),
+            both_nil.sum().alias("strong_nil_match"),
+            same_kbid.sum().alias("strong_all_match"),
+            (both_linked & same_kbid & same_type).sum().alias("strong_typed_link_match"),
+            (both_nil & same_type).sum().alias("strong_typed_nil_match"),
+            (same_kbid & same_type).sum().alias("strong_typed_all_match"),
+        )
     )
     # Counts and true positives add up over languages; B-cubed sums do not (cluster sizes differ).
     additive = (
@@ -207,9 +214,7 @@ def _score(
     overall_row = overall_rows.row(0, named=True)
     # A handful of rows, one per language, keyed by name in sorted order.
     rows = dict(sorted((language_names[row["lang"]], row) for row in by_language_rows.to_dicts()))
-    extra_languages = sorted(
-        {language_names[code] for code in system_mentions["lang"].unique().to_list()} - set(rows)
-    )
+    extra_languages = sorted({language_names[code] for code in system_mentions["lang"].unique().to_list()} - set(rows))
     if extra_languages:
         warn(logger, "W601", languages=extra_languages)
 
@@ -238,22 +243,29 @@ def _b_cubed_sums(matched: pl.LazyFrame, keys: list[str], size: str) -> pl.LazyF
     which group_by and string codes change from run to run: a rerun scores bit for bit
     the same. The Python loop is over groups (languages), not cells.
     """
-    cells = matched.group_by(*keys, "eid", "eid_sys").agg(
-        pl.len().cast(pl.Float64).alias("n"),
-        _SAME_KBID.sum().cast(pl.Float64).alias("n_plus"),
-        pl.col(size).first().cast(pl.Float64).alias("gold_size"),
-        pl.col(f"{size}_sys").first().cast(pl.Float64).alias("system_size"),
-    ).select(
-        *keys,
-        (pl.col("n") ** 2 / pl.col("system_size")).alias("b_cubed_p"),
-        (pl.col("n") ** 2 / pl.col("gold_size")).alias("b_cubed_r"),
-        (pl.col("n_plus") ** 2 / pl.col("system_size")).alias("b_cubed_plus_p"),
-        (pl.col("n_plus") ** 2 / pl.col("gold_size")).alias("b_cubed_plus_r"),
-    ).collect()
+    cells = (
+        matched.group_by(*keys, "eid", "eid_sys")
+        .agg(
+            pl.len().cast(pl.Float64).alias("n"),
+            _SAME_KBID.sum().cast(pl.Float64).alias("n_plus"),
+            pl.col(size).first().cast(pl.Float64).alias("gold_size"),
+            pl.col(f"{size}_sys").first().cast(pl.Float64).alias("system_size"),
+        )
+        .select(
+            *keys,
+            (pl.col("n") ** 2 / pl.col("system_size")).alias("b_cubed_p"),
+            (pl.col("n") ** 2 / pl.col("gold_size")).alias("b_cubed_r"),
+            (pl.col("n_plus") ** 2 / pl.col("system_size")).alias("b_cubed_plus_p"),
+            (pl.col("n_plus") ** 2 / pl.col("gold_size")).alias("b_cubed_plus_r"),
+        )
+        .collect()
+    )
     names = ("b_cubed_p", "b_cubed_r", "b_cubed_plus_p", "b_cubed_plus_r")
     groups = cells.partition_by(keys, as_dict=True, maintain_order=False) if keys else {(): cells}
-    rows = [{**dict(zip(keys, group)), **{name: math.fsum(part[name].to_numpy()) for name in names}}
-            for group, part in groups.items()]
+    rows = [
+        {**dict(zip(keys, group)), **{name: math.fsum(part[name].to_numpy()) for name in names}}
+        for group, part in groups.items()
+    ]
     schema = {**{key: cells.schema[key] for key in keys}, **dict.fromkeys(names, pl.Float64)}
     return pl.DataFrame(rows, schema=schema).lazy()
 
@@ -269,8 +281,11 @@ def _prf(p_numerator: float, p_denominator: float, r_numerator: float, r_denomin
 
 def _measures(totals: dict) -> dict:
     """All measures of one group from its totals row (see `_score`)."""
-    totals = {**totals, "system_link": totals["system_mentions"] - totals["system_nil"],
-              "gold_link": totals["gold_mentions"] - totals["gold_nil"]}
+    totals = {
+        **totals,
+        "system_link": totals["system_mentions"] - totals["system_nil"],
+        "gold_link": totals["gold_mentions"] - totals["gold_nil"],
+    }
     link, nil, every = ("system_link", "gold_link"), ("system_nil", "gold_nil"), ("system_mentions", "gold_mentions")
     denominators = {  # (system tuples, gold tuples) after each measure's filter
         "strong_link_match": link,

@@ -193,8 +193,12 @@ def _span_key(coded: pl.DataFrame) -> pl.Expr:
 
 def raise_mismatch(gold: pl.DataFrame, system: pl.DataFrame, *, gold_name: str, system_name: str) -> None:
     """E601 with how many spans each side lacks and the first few (by mention id)."""
-    spans = [frame.select("mention_id", *(pl.col(c).cast(pl.Int64) if c != "doc_id" else pl.col(c) for c in SPAN))
-             .unique(subset=list(SPAN), keep="first") for frame in (gold, system)]
+    spans = [
+        frame.select("mention_id", *(pl.col(c).cast(pl.Int64) if c != "doc_id" else pl.col(c) for c in SPAN)).unique(
+            subset=list(SPAN), keep="first"
+        )
+        for frame in (gold, system)
+    ]
     missing = spans[0].join(spans[1], on=list(SPAN), how="anti").sort("mention_id")
     extra = spans[1].join(spans[0], on=list(SPAN), how="anti").sort("mention_id")
     raise InputError(

@@ -24,29 +24,38 @@ def stage_summary(result: StageResult) -> list[str]:
         if "dev_accuracy_by_ties" in result.summary:
             by_ties = result.summary["dev_accuracy_by_ties"]
             measured = "" if by_ties is None else f" ({by_ties:.4f} with triage's order breaking the ties)"
-            lines.append(f"train: best dev linking accuracy n/a: ties decided it{measured}, see [W503]; "
-                         f"best epoch {result.summary['best_epoch']}")
+            lines.append(
+                f"train: best dev linking accuracy n/a: ties decided it{measured}, see [W503]; "
+                f"best epoch {result.summary['best_epoch']}"
+            )
         elif accuracy is None:
             lines.append(f"train: no dev mentions; best epoch by training loss: {result.summary['best_epoch']}")
         else:
             lines.append(f"train: best dev linking accuracy {accuracy:.4f} at epoch {result.summary['best_epoch']}")
     if result.stage == "rerank":
         accuracy = result.summary["best_dev_accuracy"]
-        lines.append(f"rerank: no dev mentions; best epoch by training loss: {result.summary['best_epoch']}"
-                     if accuracy is None else
-                     f"rerank: best dev micro-average of the reader {accuracy:.4f} at epoch {result.summary['best_epoch']}")
+        lines.append(
+            f"rerank: no dev mentions; best epoch by training loss: {result.summary['best_epoch']}"
+            if accuracy is None
+            else f"rerank: best dev micro-average of the reader {accuracy:.4f} at epoch {result.summary['best_epoch']}"
+        )
     if result.stage == "evaluate":
         metrics = result.summary["metrics"]
         thresholds = ", ".join(f"{k}={v:.2f}" for k, v in sorted(metrics["thresholds"].items()))
         prior = " reading the mention NIL prior" if metrics.get("nil_reads_prior") else ""
         unscored = metrics.get("unscored_mentions", 0)
         left_out = f"; {unscored} {metrics['split']} mention(s) without gold_kb_id left out" if unscored else ""
-        lines += [f"evaluate: {metrics['split']} split, NIL thresholds {thresholds}; NIL decided by the "
-                  f"{metrics['nil_method']}{prior}{left_out}",
-                  format_table(metrics), "NIL decision on this split (method, language: micro-average, NIL precision/recall/F1):"]
+        lines += [
+            f"evaluate: {metrics['split']} split, NIL thresholds {thresholds}; NIL decided by the "
+            f"{metrics['nil_method']}{prior}{left_out}",
+            format_table(metrics),
+            "NIL decision on this split (method, language: micro-average, NIL precision/recall/F1):",
+        ]
         rows = metrics.get("nil_methods", [])
         width = max((len(row["method"]) for row in rows), default=10)
-        lines += [f"  {row['method']:<{width}} {row['lang']:>4}: {row['micro_average']:.3f}  "
-                  f"P {row['nil_precision']:.3f} R {row['nil_recall']:.3f} F1 {row['nil_f1']:.3f}"
-                  for row in rows]
+        lines += [
+            f"  {row['method']:<{width}} {row['lang']:>4}: {row['micro_average']:.3f}  "
+            f"P {row['nil_precision']:.3f} R {row['nil_recall']:.3f} F1 {row['nil_f1']:.3f}"
+            for row in rows
+        ]
     return lines

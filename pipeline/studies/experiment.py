@@ -83,21 +83,36 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.seeds <= 100:
-            raise ConfigError("E203", where="experiment", field="seeds", value=self.seeds, reason="must be between 1 and 100")
+            raise ConfigError(
+                "E203", where="experiment", field="seeds", value=self.seeds, reason="must be between 1 and 100"
+            )
         # Read as the inputs' languages are (en-US -> en), so a table language matches the mentions'.
         # dict.fromkeys: EN and en are one table language, listed once.
-        object.__setattr__(self, "languages", tuple(dict.fromkeys(language_settings("experiment", "languages", self.languages))))
-        object.__setattr__(self, "ablation_language",
-                           language_settings("experiment", "ablation_language", [self.ablation_language])[0])
+        object.__setattr__(
+            self, "languages", tuple(dict.fromkeys(language_settings("experiment", "languages", self.languages)))
+        )
+        object.__setattr__(
+            self, "ablation_language", language_settings("experiment", "ablation_language", [self.ablation_language])[0]
+        )
         # Tables 2 and 3 have languages as columns: `--only 2:ES` is Table 2's es column.
-        object.__setattr__(self, "only", tuple(
-            (table, normalise_language(column) if table in (2, 3) and is_language_tag(column) else column)
-            for table, column in self.only))
+        object.__setattr__(
+            self,
+            "only",
+            tuple(
+                (table, normalise_language(column) if table in (2, 3) and is_language_tag(column) else column)
+                for table, column in self.only
+            ),
+        )
         for table, column in self.only:
             if table not in (1, 2, 3) or (table == 1 and column is not None and column not in TABLE_1_COLUMNS):
-                raise ConfigError("E203", where="experiment", field="only", value=f"{table}" + (f":{column}" if column else ""),
-                                  reason=f"must be 1, 2 or 3, optionally :COLUMN (Table 1: {', '.join(TABLE_1_COLUMNS)}; "
-                                         "Tables 2 and 3: a language)")
+                raise ConfigError(
+                    "E203",
+                    where="experiment",
+                    field="only",
+                    value=f"{table}" + (f":{column}" if column else ""),
+                    reason=f"must be 1, 2 or 3, optionally :COLUMN (Table 1: {', '.join(TABLE_1_COLUMNS)}; "
+                    "Tables 2 and 3: a language)",
+                )
 
     def wants(self, cell: "Cell") -> bool:
         """Whether `only` keeps this cell (it keeps every cell when empty)."""
@@ -111,8 +126,13 @@ def parse_languages(text: str | None) -> tuple[str, ...]:
         return ()
     codes = tuple(code.strip() for code in text.split(","))
     if not all(codes):
-        raise ConfigError("E203", where="--languages", field="languages", value=text,
-                          reason="has an empty entry; give L1,L2,... (leave out --languages for every language)")
+        raise ConfigError(
+            "E203",
+            where="--languages",
+            field="languages",
+            value=text,
+            reason="has an empty entry; give L1,L2,... (leave out --languages for every language)",
+        )
     return codes
 
 
@@ -123,8 +143,13 @@ def parse_only(texts: tuple[str, ...]) -> tuple[tuple[int, str | None], ...]:
     for text in texts:
         table, colon, column = text.partition(":")
         if not table.strip().isdigit() or (colon and not column.strip()):
-            raise ConfigError("E203", where="--only", field="only", value=text,
-                              reason="must be TABLE or TABLE:COLUMN (one of each per --only), e.g. 1:Multi or 2")
+            raise ConfigError(
+                "E203",
+                where="--only",
+                field="only",
+                value=text,
+                reason="must be TABLE or TABLE:COLUMN (one of each per --only), e.g. 1:Multi or 2",
+            )
         cells.append((int(table), column.strip() or None))
     return tuple(cells)
 
@@ -185,12 +210,19 @@ def plan(languages: list[str], experiment: ExperimentConfig) -> list[Cell]:
     """Every cell of Tables 1-3, in table order."""
     cells = []
     for language in languages:
-        models = (Model(baseline="nn"), Model(train_languages=(language,)), Model(downsample_to=language), Model(),
-                  Model(oracle=True))
+        models = (
+            Model(baseline="nn"),
+            Model(train_languages=(language,)),
+            Model(downsample_to=language),
+            Model(),
+            Model(oracle=True),
+        )
         cells += [Cell(1, language, column, model, language) for column, model in zip(TABLE_1_COLUMNS, models)]
     for trained_on in languages:
         cells += [Cell(2, trained_on, scored, Model(train_languages=(trained_on,)), scored) for scored in languages]
-    feature_rows = [("name",), ("name", "context"), PAPER_FEATURES] + ([(*PAPER_FEATURES, "triage")] if experiment.triage_row else [])
+    feature_rows = [("name",), ("name", "context"), PAPER_FEATURES] + (
+        [(*PAPER_FEATURES, "triage")] if experiment.triage_row else []
+    )
     for features in feature_rows:
         row = " + ".join(features)
         model = Model(train_languages=(experiment.ablation_language,), features=features)
@@ -204,8 +236,13 @@ def check_only(languages: list[str], experiment: ExperimentConfig) -> None:
     for table, column in experiment.only:
         if not any(cell.selected_by((table, column)) for cell in every):
             columns = sorted({cell.column for cell in every if cell.table == table}, key=str)
-            raise ConfigError("E203", where="--only", field="only", value=f"{table}:{column}",
-                              reason=f"Table {table} has no column {column!r}; its columns are {', '.join(columns)}")
+            raise ConfigError(
+                "E203",
+                where="--only",
+                field="only",
+                value=f"{table}:{column}",
+                reason=f"Table {table} has no column {column!r}; its columns are {', '.join(columns)}",
+            )
 
 
 def sub_runs(cells: list[Cell], seeds: list[int]) -> list[tuple[Model, int]]:
@@ -216,8 +253,11 @@ def sub_runs(cells: list[Cell], seeds: list[int]) -> list[tuple[Model, int]]:
     """
     # A Multi+Or cell scores the Multi model's weights: that model is planned (and trained) too,
     # first, even when `--only` asks for no Multi cell.
-    models = list(dict.fromkeys(model for cell in cells
-                                for model in ([cell.model.trained()] if cell.model.oracle else []) + [cell.model]))
+    models = list(
+        dict.fromkeys(
+            model for cell in cells for model in ([cell.model.trained()] if cell.model.oracle else []) + [cell.model]
+        )
+    )
     pairs = [(model, seeds[0]) for model in models if not model.seeded]
     pairs += [(model, seed) for seed in seeds for model in models if model.seeded]
     return pairs
@@ -230,7 +270,9 @@ def sub_run_dir(run_dir: Path, model: Model, seed: int) -> Path:
 def training_languages(triage_dir: Path) -> list[str]:
     """Languages with training-split mentions, sorted."""
     mentions = triage_tables.scan(triage_dir, triage_tables.MENTIONS)
-    return sorted(mentions.filter(pl.col("split") == "train").select(pl.col("lang").unique()).collect()["lang"].to_list())
+    return sorted(
+        mentions.filter(pl.col("split") == "train").select(pl.col("lang").unique()).collect()["lang"].to_list()
+    )
 
 
 def oracle_triage(config: RunConfig) -> Path:
@@ -239,10 +281,13 @@ def oracle_triage(config: RunConfig) -> Path:
     Checks that every oracle candidate was encoded by the run's encode (E411 otherwise),
     since the Multi+Or sub-runs reuse those vectors.
     """
-    oracle_config = dataclasses.replace(config, run_dir=config.run_dir / STAGE / ORACLE_FOLDER,
-                                        name=f"{config.name}-oracle",
-                                        triage=dataclasses.replace(config.triage, oracle=True),
-                                        train=dataclasses.replace(config.train, features=PAPER_FEATURES))
+    oracle_config = dataclasses.replace(
+        config,
+        run_dir=config.run_dir / STAGE / ORACLE_FOLDER,
+        name=f"{config.name}-oracle",
+        triage=dataclasses.replace(config.triage, oracle=True),
+        train=dataclasses.replace(config.train, features=PAPER_FEATURES),
+    )
     run_stage("triage", oracle_config)
     triage_dir = oracle_config.stage_dir("triage")
     vectors = config.stage_dir("encode") / VECTORS
@@ -250,17 +295,31 @@ def oracle_triage(config: RunConfig) -> Path:
     candidates = triage_tables.scan(triage_dir, triage_tables.CANDIDATES).select("kb_id")
     missing = candidates.unique().collect().join(encoded, on="kb_id", how="anti")
     if missing.height:
-        raise CacheError("E411", path=vectors, detail=f"lacks {missing.height} entity(ies) of the oracle triage "
-                                                      f"(first {missing['kb_id'][0]!r}); re-run `xel-cli encode --force`")
+        raise CacheError(
+            "E411",
+            path=vectors,
+            detail=f"lacks {missing.height} entity(ies) of the oracle triage "
+            f"(first {missing['kb_id'][0]!r}); re-run `xel-cli encode --force`",
+        )
     return triage_dir
 
 
 def cell_table(cells: list[Cell], results: pl.DataFrame) -> pl.DataFrame:
     """One row per cell and seed that has a result: table, row, column, seed, micro_average."""
-    rows = [{"table": cell.table, "row": cell.row, "column": cell.column, "folder": cell.model.folder,
-             "language": cell.language} for cell in cells]
-    frame = pl.DataFrame(rows, schema={"table": pl.Int64, "row": pl.String, "column": pl.String, "folder": pl.String,
-                                       "language": pl.String})
+    rows = [
+        {
+            "table": cell.table,
+            "row": cell.row,
+            "column": cell.column,
+            "folder": cell.model.folder,
+            "language": cell.language,
+        }
+        for cell in cells
+    ]
+    frame = pl.DataFrame(
+        rows,
+        schema={"table": pl.Int64, "row": pl.String, "column": pl.String, "folder": pl.String, "language": pl.String},
+    )
     return frame.join(results, on=["folder", "language"], how="inner").sort("table", "row", "column", "seed")
 
 
@@ -278,8 +337,15 @@ def format_cell(values: list[float], expected: int) -> str:
     return text
 
 
-def tables_markdown(cells: list[Cell], finished: pl.DataFrame, languages: list[str], seeds: list[int],
-                    experiment: ExperimentConfig, config: RunConfig, seconds: float) -> str:
+def tables_markdown(
+    cells: list[Cell],
+    finished: pl.DataFrame,
+    languages: list[str],
+    seeds: list[int],
+    experiment: ExperimentConfig,
+    config: RunConfig,
+    seconds: float,
+) -> str:
     values: dict[tuple[int, str, str], list[float]] = {}
     for row in finished.iter_rows(named=True):
         values.setdefault((row["table"], row["row"], row["column"]), []).append(row["micro_average"])
@@ -293,19 +359,29 @@ def tables_markdown(cells: list[Cell], finished: pl.DataFrame, languages: list[s
             return ["(not asked for: see --only)"]
         lines = ["| " + " | ".join([corner, *columns]) + " |", "|" + " --- |" * (len(columns) + 1)]
         for row in rows:
-            lines.append("| " + " | ".join([row] + [format_cell(values.get((number, row, column), []),
-                                                                  expected[(number, row, column)])
-                                                      if (number, row, column) in expected else ""
-                                                      for column in columns]) + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    [row]
+                    + [
+                        format_cell(values.get((number, row, column), []), expected[(number, row, column)])
+                        if (number, row, column) in expected
+                        else ""
+                        for column in columns
+                    ]
+                )
+                + " |"
+            )
         return lines
 
     feature_rows = list(dict.fromkeys(c.row for c in cells if c.table == 3))
     train = config.train
     done = sum(len(v) for v in values.values())
     lines = [
-        f"# The paper's tables on {config.name}", "",
+        f"# The paper's tables on {config.name}",
+        "",
         f"KBP2010 micro-average on the {config.evaluate.eval_split} split, NIL decided as evaluate.nil_method = "
-        f"\"{config.evaluate.nil_method}\" says, fitted on {config.evaluate.tune_split}; "
+        f'"{config.evaluate.nil_method}" says, fitted on {config.evaluate.tune_split}; '
         f"mean ± standard deviation over {len(seeds)} training seed(s) "
         f"({', '.join(map(str, seeds))}); (k/n): only k of n seeds finished; —: not finished. "
         f"Features name, context, type (the paper's) unless a Table 3 row says otherwise.",
@@ -315,12 +391,19 @@ def tables_markdown(cells: list[Cell], finished: pl.DataFrame, languages: list[s
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, "
         f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}; "
         f"{done} cell value(s); sub-run time this invocation {seconds / 60:.1f} min.",
-        "", "## Table 1: settings per language", "",
+        "",
+        "## Table 1: settings per language",
+        "",
         *table(1, "language", languages, list(TABLE_1_COLUMNS)),
-        "", "## Table 2: zero-shot (row: trained on; column: scored on)", "",
+        "",
+        "## Table 2: zero-shot (row: trained on; column: scored on)",
+        "",
         *table(2, "trained on", languages, languages),
-        "", f"## Table 3: feature ablations, trained on {experiment.ablation_language}", "",
-        *table(3, "features", feature_rows, languages), "",
+        "",
+        f"## Table 3: feature ablations, trained on {experiment.ablation_language}",
+        "",
+        *table(3, "features", feature_rows, languages),
+        "",
     ]
     return "\n".join(lines)
 
@@ -332,12 +415,22 @@ def run(config: RunConfig, experiment: ExperimentConfig) -> StageResult:
     known = training_languages(config.stage_dir("triage"))
     languages = list(experiment.languages) or known
     if experiment.ablation_language not in languages:
-        raise ConfigError("E203", where="experiment", field="ablation_language", value=experiment.ablation_language,
-                          reason=f"must be one of the table languages {languages}")
+        raise ConfigError(
+            "E203",
+            where="experiment",
+            field="ablation_language",
+            value=experiment.ablation_language,
+            reason=f"must be one of the table languages {languages}",
+        )
     unknown = sorted(set(languages) - set(known))
     if unknown:
-        raise ConfigError("E203", where="--languages", field="languages", value=",".join(unknown),
-                          reason=f"no training mentions in that language; the run's are {', '.join(known)}")
+        raise ConfigError(
+            "E203",
+            where="--languages",
+            field="languages",
+            value=",".join(unknown),
+            reason=f"no training mentions in that language; the run's are {', '.join(known)}",
+        )
     check_only(languages, experiment)
     seeds = [config.train.seed + offset for offset in range(experiment.seeds)]
     cells = plan(languages, experiment)
@@ -352,10 +445,17 @@ def run(config: RunConfig, experiment: ExperimentConfig) -> StageResult:
     for model, seed in track(pairs, "experiment", "sub-runs", postfix=lambda pair: f"{pair[0].folder} seed {pair[1]}"):
         folder = sub_run_dir(config.run_dir, model, seed)
         sources = dict(shared)
-        sections = {"evaluate": evaluation,
-                    "train": dataclasses.replace(config.train, train_languages=model.train_languages,
-                                                 downsample_to_language=model.downsample_to, features=model.features,
-                                                 baseline=model.baseline, seed=seed)}
+        sections = {
+            "evaluate": evaluation,
+            "train": dataclasses.replace(
+                config.train,
+                train_languages=model.train_languages,
+                downsample_to_language=model.downsample_to,
+                features=model.features,
+                baseline=model.baseline,
+                seed=seed,
+            ),
+        }
         if model.oracle:
             sources.update(triage=oracle_dir, train=sub_run_dir(config.run_dir, model.trained(), seed) / "train")
             sections["triage"] = dataclasses.replace(config.triage, oracle=True)  # so config.json says what it links
@@ -365,24 +465,59 @@ def run(config: RunConfig, experiment: ExperimentConfig) -> StageResult:
         seconds += outcome["seconds"]
         scores = {language: subrun.micro_average(outcome["metrics"], language) for language in languages}
         scores = {language: score for language, score in scores.items() if score is not None}
-        logger.info("%s seed %d: micro-average %s%s", model.folder, seed,
-                    ", ".join(f"{language} {score:.3f}" for language, score in scores.items()),
-                    "" if outcome["trained"] or outcome["evaluated"] else " (already done)")
-        results += [{"folder": model.folder, "seed": seed, "language": language, "micro_average": score,
-                     "sub_run": str(folder.relative_to(config.run_dir))} for language, score in scores.items()]
+        logger.info(
+            "%s seed %d: micro-average %s%s",
+            model.folder,
+            seed,
+            ", ".join(f"{language} {score:.3f}" for language, score in scores.items()),
+            "" if outcome["trained"] or outcome["evaluated"] else " (already done)",
+        )
+        results += [
+            {
+                "folder": model.folder,
+                "seed": seed,
+                "language": language,
+                "micro_average": score,
+                "sub_run": str(folder.relative_to(config.run_dir)),
+            }
+            for language, score in scores.items()
+        ]
         # Rewritten after every sub-run, so a killed experiment leaves its partial tables.
         finished = write_outputs(out_dir, cells, results, languages, seeds, experiment, config, seconds)
-    return StageResult(STAGE, out_dir, skipped=False, seconds=time.time() - started,
-                       counts={"sub_runs": len(pairs), "trained": trained, "cell_values": finished.height},
-                       summary={"tables": out_dir / "tables.md"})
+    return StageResult(
+        STAGE,
+        out_dir,
+        skipped=False,
+        seconds=time.time() - started,
+        counts={"sub_runs": len(pairs), "trained": trained, "cell_values": finished.height},
+        summary={"tables": out_dir / "tables.md"},
+    )
 
 
-def write_outputs(out_dir: Path, cells: list[Cell], results: list[dict], languages: list[str], seeds: list[int],
-                  experiment: ExperimentConfig, config: RunConfig, seconds: float) -> pl.DataFrame:
+def write_outputs(
+    out_dir: Path,
+    cells: list[Cell],
+    results: list[dict],
+    languages: list[str],
+    seeds: list[int],
+    experiment: ExperimentConfig,
+    config: RunConfig,
+    seconds: float,
+) -> pl.DataFrame:
     """cells.parquet (one row per cell and seed) and tables.md from the results so far."""
-    frame = pl.DataFrame(results, schema={"folder": pl.String, "seed": pl.Int64, "language": pl.String,
-                                          "micro_average": pl.Float64, "sub_run": pl.String})
+    frame = pl.DataFrame(
+        results,
+        schema={
+            "folder": pl.String,
+            "seed": pl.Int64,
+            "language": pl.String,
+            "micro_average": pl.Float64,
+            "sub_run": pl.String,
+        },
+    )
     finished = cell_table(cells, frame)
     write_parquet_atomic(finished, out_dir / "cells.parquet")
-    write_text_atomic(out_dir / "tables.md", tables_markdown(cells, finished, languages, seeds, experiment, config, seconds))
+    write_text_atomic(
+        out_dir / "tables.md", tables_markdown(cells, finished, languages, seeds, experiment, config, seconds)
+    )
     return finished

@@ -73,7 +73,9 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.trials <= 1000:
-            raise ConfigError("E203", where="search", field="trials", value=self.trials, reason="must be between 1 and 1000")
+            raise ConfigError(
+                "E203", where="search", field="trials", value=self.trials, reason="must be between 1 and 1000"
+            )
         if self.seed < 0:
             raise ConfigError("E203", where="search", field="seed", value=self.seed, reason="must be >= 0")
 
@@ -83,8 +85,11 @@ def draw_settings(seed: int, trial: int, space: dict[str, tuple | LogUniform] = 
     generator = np.random.default_rng([seed, trial])
     settings: dict[str, Any] = {}
     for key, choices in space.items():
-        settings[key] = choices.draw(generator) if isinstance(choices, LogUniform) else \
-            choices[int(generator.integers(len(choices)))]
+        settings[key] = (
+            choices.draw(generator)
+            if isinstance(choices, LogUniform)
+            else choices[int(generator.integers(len(choices)))]
+        )
     return settings
 
 
@@ -94,12 +99,21 @@ def trial_dir(run_dir: Path, seed: int, trial: int) -> Path:
 
 def ranking(rows: list[dict]) -> pl.DataFrame:
     """Trials best first: dev micro-average, then best dev linking accuracy, then trial number."""
-    table = pl.DataFrame(rows, schema={
-        "trial": pl.Int64, "dev_micro_average": pl.Float64, "best_dev_accuracy": pl.Float64, "best_epoch": pl.Int64,
-        **{key: pl.String if key.endswith("_hidden") else pl.Float64 for key in SEARCH_SPACE},
-        "seconds": pl.Float64, "folder": pl.String})
-    return table.sort(["dev_micro_average", "best_dev_accuracy", "trial"], descending=[True, True, False],
-                      nulls_last=True).with_row_index("place", offset=1)
+    table = pl.DataFrame(
+        rows,
+        schema={
+            "trial": pl.Int64,
+            "dev_micro_average": pl.Float64,
+            "best_dev_accuracy": pl.Float64,
+            "best_epoch": pl.Int64,
+            **{key: pl.String if key.endswith("_hidden") else pl.Float64 for key in SEARCH_SPACE},
+            "seconds": pl.Float64,
+            "folder": pl.String,
+        },
+    )
+    return table.sort(
+        ["dev_micro_average", "best_dev_accuracy", "trial"], descending=[True, True, False], nulls_last=True
+    ).with_row_index("place", offset=1)
 
 
 def _sizes(sizes: tuple[int, ...]) -> str:
@@ -108,14 +122,28 @@ def _sizes(sizes: tuple[int, ...]) -> str:
 
 def search_markdown(table: pl.DataFrame, config: SearchConfig, base: RunConfig) -> str:
     columns = ["place", "trial", "dev_micro_average", "best_dev_accuracy", "best_epoch", *SEARCH_SPACE, "seconds"]
-    lines = [f"# Random search over the paper's Appendix A space ({base.name})", "",
-             f"{table.height} trial(s), seed {config.seed}; ranked by KBP2010 micro-average on the dev split "
-             "(NIL thresholds tuned on dev). Other settings as the run's config.", "",
-             "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines = [
+        f"# Random search over the paper's Appendix A space ({base.name})",
+        "",
+        f"{table.height} trial(s), seed {config.seed}; ranked by KBP2010 micro-average on the dev split "
+        "(NIL thresholds tuned on dev). Other settings as the run's config.",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + " --- |" * len(columns),
+    ]
     for row in table.iter_rows(named=True):
-        cells = ["—" if row[c] is None else f"{row[c]:.4f}" if c in ("dev_micro_average", "best_dev_accuracy") else
-                 f"{row[c]:.2g}" if c == "learning_rate" else f"{row[c]:.0f}" if c == "seconds" else str(row[c])
-                 for c in columns]
+        cells = [
+            "—"
+            if row[c] is None
+            else f"{row[c]:.4f}"
+            if c in ("dev_micro_average", "best_dev_accuracy")
+            else f"{row[c]:.2g}"
+            if c == "learning_rate"
+            else f"{row[c]:.0f}"
+            if c == "seconds"
+            else str(row[c])
+            for c in columns
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -151,42 +179,68 @@ def run(config: RunConfig, search: SearchConfig) -> StageResult:
     stage_sources = subrun.run_shared_stages(config)
     # NIL by thresholds, as the paper: a classifier fitted on the dev mentions it is scored on
     # would flatter the trials by how well it memorises them.
-    dev_evaluation = dataclasses.replace(config.evaluate, eval_split="dev", tune_split="dev", languages=(),
-                                         nil_method="threshold")
+    dev_evaluation = dataclasses.replace(
+        config.evaluate, eval_split="dev", tune_split="dev", languages=(), nil_method="threshold"
+    )
     rows, trained = [], 0
     for trial in track(range(search.trials), "search", "trials", postfix=lambda trial: f"trial {trial}"):
         settings = draw_settings(search.seed, trial)
         folder = trial_dir(config.run_dir, search.seed, trial)
-        sub_config = subrun.prepare(config, folder, stage_sources,
-                                    train=dataclasses.replace(config.train, **settings), evaluate=dev_evaluation)
+        sub_config = subrun.prepare(
+            config, folder, stage_sources, train=dataclasses.replace(config.train, **settings), evaluate=dev_evaluation
+        )
         outcome = subrun.train_and_evaluate(sub_config)
         trained += outcome["trained"]
         manifest = train_summary(sub_config.stage_dir("train"))
         score = subrun.micro_average(outcome["metrics"])
-        logger.info("trial %d: dev micro-average %.4f%s (%s)", trial, score,
-                    "" if outcome["trained"] else ", already trained", settings)
-        rows.append({"trial": trial, "dev_micro_average": score, **manifest,
-                     **{k: _sizes(v) if isinstance(v, tuple) else v for k, v in settings.items()},
-                     "seconds": outcome["seconds"], "folder": str(folder.relative_to(config.run_dir))})
+        logger.info(
+            "trial %d: dev micro-average %.4f%s (%s)",
+            trial,
+            score,
+            "" if outcome["trained"] else ", already trained",
+            settings,
+        )
+        rows.append(
+            {
+                "trial": trial,
+                "dev_micro_average": score,
+                **manifest,
+                **{k: _sizes(v) if isinstance(v, tuple) else v for k, v in settings.items()},
+                "seconds": outcome["seconds"],
+                "folder": str(folder.relative_to(config.run_dir)),
+            }
+        )
     table = ranking(rows)
     out_dir = config.run_dir / STAGE
     write_parquet_atomic(table, out_dir / "search.parquet")
     write_text_atomic(out_dir / "search.md", search_markdown(table, search, config))
     best_trial = int(table["trial"][0])
-    best_config = dataclasses.replace(config, name=f"{config.name}-best",
-                                      train=dataclasses.replace(config.train, **draw_settings(search.seed, best_trial)))
-    header = (f"Best of {search.trials} random-search trial(s) (seed {search.seed}) over Appendix A, on the dev split\n"
-              f"of {config.run_dir}: trial {best_trial}, dev micro-average {table['dev_micro_average'][0]:.4f}.\n"
-              f"`xel-cli run --config best.toml --run-dir {config.run_dir}` reuses that run's triage and\n"
-              "encode and retrains its model with these settings; without --run-dir it starts a new run.")
+    best_config = dataclasses.replace(
+        config,
+        name=f"{config.name}-best",
+        train=dataclasses.replace(config.train, **draw_settings(search.seed, best_trial)),
+    )
+    header = (
+        f"Best of {search.trials} random-search trial(s) (seed {search.seed}) over Appendix A, on the dev split\n"
+        f"of {config.run_dir}: trial {best_trial}, dev micro-average {table['dev_micro_average'][0]:.4f}.\n"
+        f"`xel-cli run --config best.toml --run-dir {config.run_dir}` reuses that run's triage and\n"
+        "encode and retrains its model with these settings; without --run-dir it starts a new run."
+    )
     write_text_atomic(out_dir / "best.toml", config_toml(best_config, header))
-    return StageResult(STAGE, out_dir, skipped=False, seconds=time.time() - started,
-                       counts={"trials": search.trials, "trained": trained},
-                       summary={"table": table, "best_trial": best_trial})
+    return StageResult(
+        STAGE,
+        out_dir,
+        skipped=False,
+        seconds=time.time() - started,
+        counts={"trials": search.trials, "trained": trained},
+        summary={"table": table, "best_trial": best_trial},
+    )
 
 
 def train_summary(train_dir: Path) -> dict[str, Any]:
     """Best dev linking accuracy and epoch from a finished train stage's manifest."""
     manifest = read_manifest(train_dir) or {}
-    return {"best_dev_accuracy": manifest.get("best_dev_accuracy"),
-            "best_epoch": (manifest.get("counts") or {}).get("best_epoch")}
+    return {
+        "best_dev_accuracy": manifest.get("best_dev_accuracy"),
+        "best_epoch": (manifest.get("counts") or {}).get("best_epoch"),
+    }

@@ -79,9 +79,12 @@ def train_and_evaluate(config: RunConfig, train_too: bool = True) -> dict:
     if config.rerank.enabled:
         run_stage("rerank", config)
     evaluated = run_stage("evaluate", config)
-    return {"metrics": read_metrics(config.stage_dir("evaluate")),
-            "trained": trained is not None and not trained.skipped, "evaluated": not evaluated.skipped,
-            "seconds": (trained.seconds if trained is not None else 0.0) + evaluated.seconds}
+    return {
+        "metrics": read_metrics(config.stage_dir("evaluate")),
+        "trained": trained is not None and not trained.skipped,
+        "evaluated": not evaluated.skipped,
+        "seconds": (trained.seconds if trained is not None else 0.0) + evaluated.seconds,
+    }
 
 
 def micro_average(metrics: dict, language: str | None = None) -> float | None:

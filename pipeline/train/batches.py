@@ -43,28 +43,44 @@ class NamePairs:
         return int(self.foreign.shape[0])
 
 
-def load_name_pairs(pairs_path: Path, encode_dir: Path, pairs_key: str, vector_size: int,
-                    device: torch.device) -> NamePairs:
+def load_name_pairs(
+    pairs_path: Path, encode_dir: Path, pairs_key: str, vector_size: int, device: torch.device
+) -> NamePairs:
     """Join the pairs file with the names encode embedded (name_pairs.h5) by name, never by row order."""
     names, vectors = read_name_pair_vectors(encode_dir / NAME_PAIRS, pairs_key)
     if vectors.shape[1] != vector_size:
-        raise CacheError("E407", path=encode_dir / NAME_PAIRS, stage="encode",
-                         detail=f"holds {vectors.shape[1]}-wide vectors where vectors.h5 has {vector_size}")
+        raise CacheError(
+            "E407",
+            path=encode_dir / NAME_PAIRS,
+            stage="encode",
+            detail=f"holds {vectors.shape[1]}-wide vectors where vectors.h5 has {vector_size}",
+        )
     rows = pl.DataFrame({"name": names, "row": np.arange(len(names), dtype=np.int64)})
-    pairs = (read_name_pairs(pairs_path)
-             .join(rows.rename({"name": "foreign", "row": "foreign_row"}), on="foreign", how="left")
-             .join(rows.rename({"name": "english", "row": "english_row"}), on="english", how="left")
-             .sort("line"))
+    pairs = (
+        read_name_pairs(pairs_path)
+        .join(rows.rename({"name": "foreign", "row": "foreign_row"}), on="foreign", how="left")
+        .join(rows.rename({"name": "english", "row": "english_row"}), on="english", how="left")
+        .sort("line")
+    )
     if pairs["foreign_row"].null_count() or pairs["english_row"].null_count():
-        raise CacheError("E407", path=encode_dir / NAME_PAIRS, stage="encode",
-                         detail=f"lacks names of {pairs_path}")
+        raise CacheError("E407", path=encode_dir / NAME_PAIRS, stage="encode", detail=f"lacks names of {pairs_path}")
     english = torch.from_numpy(pairs["english_row"].to_numpy().copy())
-    return NamePairs(foreign=torch.from_numpy(pairs["foreign_row"].to_numpy().copy()), english=english,
-                     english_pool=torch.unique(english), vectors=torch.from_numpy(vectors).to(device))
+    return NamePairs(
+        foreign=torch.from_numpy(pairs["foreign_row"].to_numpy().copy()),
+        english=english,
+        english_pool=torch.unique(english),
+        vectors=torch.from_numpy(vectors).to(device),
+    )
 
 
-def assemble_name_pairs(pairs: NamePairs, picked: torch.Tensor, count: int, generator: torch.Generator,
-                        device: torch.device, share: slice | None = None) -> tuple[tuple, torch.Tensor, int]:
+def assemble_name_pairs(
+    pairs: NamePairs,
+    picked: torch.Tensor,
+    count: int,
+    generator: torch.Generator,
+    device: torch.device,
+    share: slice | None = None,
+) -> tuple[tuple, torch.Tensor, int]:
     """(foreign (P, H), distinct English names (U, H), index (P, 1 + count) into U), the negatives' mask
     (P, count) and how many pairs have a negative: the pairs at `picked` against [their English name,
     `count` English names of other pairs drawn at random]. A drawn name equal to the pair's own is masked.
@@ -78,12 +94,22 @@ def assemble_name_pairs(pairs: NamePairs, picked: torch.Tensor, count: int, gene
         with_negative = int(negative_mask.any(dim=1).sum())
         picked, gold, negatives, negative_mask = picked[share], gold[share], negatives[share], negative_mask[share]
     distinct, english_index = torch.unique(torch.cat([gold[:, None], negatives], dim=1), return_inverse=True)
-    batch = (pairs.vectors[pairs.foreign[picked].to(device)], pairs.vectors[distinct.to(device)], english_index.to(device))
+    batch = (
+        pairs.vectors[pairs.foreign[picked].to(device)],
+        pairs.vectors[distinct.to(device)],
+        english_index.to(device),
+    )
     return batch, negative_mask.to(device), with_negative
 
 
-def sample_negatives(candidates: torch.Tensor, gold: torch.Tensor, count: int, hard_share: float, n_entities: int,
-                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_negatives(
+    candidates: torch.Tensor,
+    gold: torch.Tensor,
+    count: int,
+    hard_share: float,
+    n_entities: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Negatives (B, count) and their mask: hard ones from `candidates` (B, k; -1 padded), then random.
 
     The gold entity is never a negative; a hard slot with no candidate left is masked.
@@ -105,9 +131,17 @@ def rank_share(size: int, world: World) -> slice:
     return slice(world.rank * size // world.size, (world.rank + 1) * size // world.size)
 
 
-def assemble_batch(inputs: RankerInputs, train_rows: np.ndarray, train_matrix: torch.Tensor, train_gold: torch.Tensor,
-                   picked: torch.Tensor, config: TrainConfig, generator: torch.Generator, device: torch.device,
-                   share: slice | None = None) -> tuple[tuple, torch.Tensor, int]:
+def assemble_batch(
+    inputs: RankerInputs,
+    train_rows: np.ndarray,
+    train_matrix: torch.Tensor,
+    train_gold: torch.Tensor,
+    picked: torch.Tensor,
+    config: TrainConfig,
+    generator: torch.Generator,
+    device: torch.device,
+    share: slice | None = None,
+) -> tuple[tuple, torch.Tensor, int]:
     """Ranker inputs of the mentions at positions `picked` against [gold, negatives...], the negatives' mask,
     and how many of the `picked` mentions have a negative at all (the loss's divisor).
 
@@ -125,8 +159,14 @@ def assemble_batch(inputs: RankerInputs, train_rows: np.ndarray, train_matrix: t
     whose negatives are all its sampled candidates. Without it, nothing here changes.
     """
     gold = train_gold[picked]
-    negatives, negative_mask = sample_negatives(train_matrix[picked], gold, config.negatives,
-                                                config.hard_negative_share, int(inputs.entity_name.shape[0]), generator)
+    negatives, negative_mask = sample_negatives(
+        train_matrix[picked],
+        gold,
+        config.negatives,
+        config.hard_negative_share,
+        int(inputs.entity_name.shape[0]),
+        generator,
+    )
     if config.nil_candidate:
         # The NIL option is every linked mention's last negative; a NIL mention (gold -1) has none there.
         negative_mask = torch.cat([negative_mask, (gold >= 0)[:, None]], dim=1)  # (B, n + 1)
@@ -140,8 +180,9 @@ def assemble_batch(inputs: RankerInputs, train_rows: np.ndarray, train_matrix: t
     return batch, negative_mask.to(device), with_negative
 
 
-def nil_hinge_terms(scores: torch.Tensor, nil_scores: torch.Tensor, negative_mask: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def nil_hinge_terms(
+    scores: torch.Tensor, nil_scores: torch.Tensor, negative_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(positive (B,), negatives (B, n + 1), mask (B, n + 1)) of `hinge_loss` with the NIL option (ReFinED's NOTA).
 
     scores (B, 1 + n): [gold, negatives...] as `assemble_batch` orders them; nil_scores (B,);
@@ -155,11 +196,20 @@ def nil_hinge_terms(scores: torch.Tensor, nil_scores: torch.Tensor, negative_mas
     return positive, torch.cat([scores[:, 1:], nil_scores[:, None]], dim=1), negative_mask
 
 
-def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs: RankerInputs, train_rows: np.ndarray,
-                train_matrix: torch.Tensor, train_gold: torch.Tensor, config: TrainConfig,
-                generator: torch.Generator, device: torch.device, world: World = World(),
-                name_pairs: NamePairs | None = None, pair_generator: torch.Generator | None = None
-                ) -> tuple[float, float | None]:
+def train_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: RankerInputs,
+    train_rows: np.ndarray,
+    train_matrix: torch.Tensor,
+    train_gold: torch.Tensor,
+    config: TrainConfig,
+    generator: torch.Generator,
+    device: torch.device,
+    world: World = World(),
+    name_pairs: NamePairs | None = None,
+    pair_generator: torch.Generator | None = None,
+) -> tuple[float, float | None]:
     """One pass over the training mentions (see `assemble_batch`) in a seeded random order; the mean
     ranking loss L, and the mean name-matching loss N (None without name pairs).
 
@@ -179,10 +229,11 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs
     pair_order = torch.randperm(len(name_pairs), generator=pair_generator) if name_pairs is not None else None
     total_loss, total_pair_loss = 0.0, 0.0
     for start in range(0, len(train_rows), config.batch_mentions):
-        picked = order[start:start + config.batch_mentions]
+        picked = order[start : start + config.batch_mentions]
         share = rank_share(len(picked), world) if world.distributed else None
-        batch, negative_mask, with_negative = assemble_batch(inputs, train_rows, train_matrix, train_gold, picked,
-                                                             config, generator, device, share)
+        batch, negative_mask, with_negative = assemble_batch(
+            inputs, train_rows, train_matrix, train_gold, picked, config, generator, device, share
+        )
         normaliser = max(with_negative, 1) / world.size if world.distributed else None
         extra = {"with_nil": True} if config.nil_candidate else {}
         if name_pairs is None:
@@ -193,11 +244,17 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs
             pair_picked = pair_order[(start + torch.arange(len(picked))) % len(name_pairs)]
             pair_share = rank_share(len(pair_picked), world) if world.distributed else None
             pair_batch, pair_mask, pair_with_negative = assemble_name_pairs(
-                name_pairs, pair_picked, config.name_pair_negatives, pair_generator, device, pair_share)
+                name_pairs, pair_picked, config.name_pair_negatives, pair_generator, device, pair_share
+            )
             scores, pair_scores = model(*batch, *pair_batch, **extra)
             loss = ranking_loss(scores, negative_mask, config, normaliser)
-            pair_loss = hinge_loss(pair_scores[:, 0], pair_scores[:, 1:], pair_mask, config.margin,
-                                   max(pair_with_negative, 1) / world.size if world.distributed else None)
+            pair_loss = hinge_loss(
+                pair_scores[:, 0],
+                pair_scores[:, 1:],
+                pair_mask,
+                config.margin,
+                max(pair_with_negative, 1) / world.size if world.distributed else None,
+            )
             objective = config.name_pair_weight * pair_loss + loss  # the paper's λ·N + L
             total_pair_loss += pair_loss.item() * len(pair_picked) / world.size
         optimizer.zero_grad()
@@ -211,8 +268,12 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs
     return mean_loss, sum_over_ranks(total_pair_loss, world, device) / len(train_rows)
 
 
-def ranking_loss(scores: torch.Tensor | tuple[torch.Tensor, torch.Tensor], negative_mask: torch.Tensor,
-                 config: TrainConfig, normaliser: float | None) -> torch.Tensor:
+def ranking_loss(
+    scores: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+    negative_mask: torch.Tensor,
+    config: TrainConfig,
+    normaliser: float | None,
+) -> torch.Tensor:
     """`hinge_loss` of the ranker's output: scores (B, 1 + n) against the mask (B, n), or, with the
     NIL option, (scores, NIL scores (B,)) against the mask (B, n + 1) (`nil_hinge_terms`)."""
     if not config.nil_candidate:
@@ -221,8 +282,14 @@ def ranking_loss(scores: torch.Tensor | tuple[torch.Tensor, torch.Tensor], negat
     return hinge_loss(positive, negatives, mask, config.margin, normaliser)
 
 
-def linking_accuracy(model: torch.nn.Module, inputs: RankerInputs, rows: np.ndarray, matrix: np.ndarray,
-                     gold: np.ndarray, nil_gold: np.ndarray | None = None) -> float:
+def linking_accuracy(
+    model: torch.nn.Module,
+    inputs: RankerInputs,
+    rows: np.ndarray,
+    matrix: np.ndarray,
+    gold: np.ndarray,
+    nil_gold: np.ndarray | None = None,
+) -> float:
     """Share of mentions whose best-scored candidate is the gold (gold missing = wrong).
 
     With `nil_gold` ((len(rows),) bool, True for NIL golds; a ranker with the NIL option),

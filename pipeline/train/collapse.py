@@ -33,10 +33,12 @@ LOSS_AT_MARGIN = 1e-3
 # hidden layer dead, every score -0.1838).
 COLLAPSED_SHARE = 0.9
 
-COLLAPSE_FIX = ("lower train.learning_rate (a step too large can leave every ReLU unit of a layer dead, "
-                "which no later step revives), keep the triage feature in train.features when training "
-                "mentions are few, and check that encode's vectors differ between mentions and entities; "
-                "then re-run train with --force")
+COLLAPSE_FIX = (
+    "lower train.learning_rate (a step too large can leave every ReLU unit of a layer dead, "
+    "which no later step revives), keep the triage feature in train.features when training "
+    "mentions are few, and check that encode's vectors differ between mentions and entities; "
+    "then re-run train with --force"
+)
 
 
 @dataclass(frozen=True)
@@ -65,21 +67,36 @@ def diagnose(ties: dict | None, losses: list[float], margin: float) -> Collapse 
     constant = ties is not None and ties["mentions"] > 0 and ties["constant"] >= COLLAPSED_SHARE * ties["mentions"]
     parts = []
     if constant:
-        parts.append(f"it gives all candidates one score for {ties['constant']} of {ties['mentions']} dev mention(s) "
-                     f"with a runner-up (e.g. {ties['constant_score']:.4f})")
+        parts.append(
+            f"it gives all candidates one score for {ties['constant']} of {ties['mentions']} dev mention(s) "
+            f"with a runner-up (e.g. {ties['constant_score']:.4f})"
+        )
     if stuck:
-        parts.append(f"the training loss stayed at the margin ({margin:g}) for the last {STUCK_EPOCHS} epochs "
-                     "(train/history.parquet), so no step told gold from negatives")
+        parts.append(
+            f"the training loss stayed at the margin ({margin:g}) for the last {STUCK_EPOCHS} epochs "
+            "(train/history.parquet), so no step told gold from negatives"
+        )
     if parts:
         return Collapse("; ".join(parts), COLLAPSE_FIX, ties or {})
     if ties is not None and ties["share"] > TIED_SHARE_WARN:
-        return Collapse(f"its best two candidates tie for {ties['tied']} of {ties['mentions']} dev mention(s) "
-                        f"with a runner-up ({ties['share']:.0%})", tie_advice(ties), ties)
+        return Collapse(
+            f"its best two candidates tie for {ties['tied']} of {ties['mentions']} dev mention(s) "
+            f"with a runner-up ({ties['share']:.0%})",
+            tie_advice(ties),
+            ties,
+        )
     return None
 
 
-def check_collapse(model: torch.nn.Module, inputs: RankerInputs, dev_rows: np.ndarray, dev_matrix: np.ndarray,
-                   losses: list[float], margin: float, dev_accuracy: float | None) -> Collapse | None:
+def check_collapse(
+    model: torch.nn.Module,
+    inputs: RankerInputs,
+    dev_rows: np.ndarray,
+    dev_matrix: np.ndarray,
+    losses: list[float],
+    margin: float,
+    dev_accuracy: float | None,
+) -> Collapse | None:
     """Score dev with the kept `model` and `diagnose` it; warn W503 when ties decided `dev_accuracy`.
 
     dev_rows (n,) mention rows, dev_matrix (n, k) their candidates' entity rows (-1 padded);

@@ -50,8 +50,15 @@ STAGE_VERSION = 1
 CHECKPOINT = "checkpoints/last.pt"
 # Settings added after the first runs, with their defaults: left out of the stage key while
 # at the default, so runs made before they existed stay up to date.
-LATER_SETTINGS = {"downsample_to_language": "", "baseline": "none", "name_pairs": None, "name_pair_weight": 0.5,
-                  "name_pair_negatives": 20, "weight_average": 0.0, "nil_candidate": False}
+LATER_SETTINGS = {
+    "downsample_to_language": "",
+    "baseline": "none",
+    "name_pairs": None,
+    "name_pair_weight": 0.5,
+    "name_pair_negatives": 20,
+    "weight_average": 0.0,
+    "nil_candidate": False,
+}
 # The §7.1 settings count only while name matching is on: a weight of 0 trains exactly what
 # no pairs file does, so it keeps that run's key. The file enters the key by content (inputs).
 NAME_MATCHING_SETTINGS = ("name_pairs", "name_pair_weight", "name_pair_negatives")
@@ -66,8 +73,14 @@ def select_rows(mentions: pl.DataFrame, split: str, languages: tuple[str, ...], 
     return chosen.filter(wanted)["row"].to_numpy()
 
 
-def training_rows(mentions: pl.DataFrame, gold: np.ndarray, languages: tuple[str, ...], downsample_to: str,
-                  seed: int, nil_gold: np.ndarray | None = None) -> np.ndarray:
+def training_rows(
+    mentions: pl.DataFrame,
+    gold: np.ndarray,
+    languages: tuple[str, ...],
+    downsample_to: str,
+    seed: int,
+    nil_gold: np.ndarray | None = None,
+) -> np.ndarray:
     """Mention rows the ranker trains on, ascending: the paper's Mono, Multi, MultiDS and zero-shot.
 
     mentions: the mention table in row order (row, split, lang); gold: the entity row of
@@ -100,9 +113,13 @@ def stage_identity(config: RunConfig) -> tuple[dict[str, str], dict]:
         inputs_keys["name_pairs"] = name_pairs_key(inputs_keys["encode"], train_config.name_pairs)
     # Device and checkpoint frequency change speed and what a kill loses, not the model
     # (a resumed run equals an uninterrupted one: tests/cli/test_crash_matrix.py).
-    settings = {k: v for k, v in to_dict(train_config).items()
-                if k not in ("device", "checkpoint_every", "checkpoint_minutes") and LATER_SETTINGS.get(k, Ellipsis) != v
-                and (k not in NAME_MATCHING_SETTINGS or (train_config.name_matching and k != "name_pairs"))}
+    settings = {
+        k: v
+        for k, v in to_dict(train_config).items()
+        if k not in ("device", "checkpoint_every", "checkpoint_minutes")
+        and LATER_SETTINGS.get(k, Ellipsis) != v
+        and (k not in NAME_MATCHING_SETTINGS or (train_config.name_matching and k != "name_pairs"))
+    }
     return inputs_keys, settings
 
 
@@ -132,29 +149,53 @@ def training_data(triage_dir: Path, encode_dir: Path, train_config: TrainConfig,
     """Read triage's tables and encode's vectors, and choose the training and dev mentions (`training_rows`)."""
     from pipeline.model.features import candidate_matrix, gold_rows, load_inputs
 
-    inputs, mention_types, entity_types = load_inputs(triage_dir, encode_dir, None, None, train_config.min_type_count, device)
-    candidates = triage_tables.read(triage_dir, triage_tables.CANDIDATES, "mention_id", "rank", "kb_id", "score", "sources")
+    inputs, mention_types, entity_types = load_inputs(
+        triage_dir, encode_dir, None, None, train_config.min_type_count, device
+    )
+    candidates = triage_tables.read(
+        triage_dir, triage_tables.CANDIDATES, "mention_id", "rank", "kb_id", "score", "sources"
+    )
     if "triage" in train_config.features:
         inputs.attach_triage(candidates)
     all_gold = gold_rows(inputs, np.arange(inputs.mentions.height))  # by mention row (inputs.mentions is in row order)
     # With the NIL option, NIL-gold mentions train and count on dev; their gold row stays -1.
     nil_gold = (inputs.mentions["gold_kb_id"] == schema.NIL_ID).fill_null(False).to_numpy()
     with_nil = train_config.nil_candidate
-    train_rows = training_rows(inputs.mentions, all_gold, train_config.train_languages,
-                               train_config.downsample_to_language, train_config.seed, nil_gold if with_nil else None)
+    train_rows = training_rows(
+        inputs.mentions,
+        all_gold,
+        train_config.train_languages,
+        train_config.downsample_to_language,
+        train_config.seed,
+        nil_gold if with_nil else None,
+    )
     train_gold = all_gold[train_rows]
     dev_rows = select_rows(inputs.mentions, "dev", train_config.train_languages, with_nil)
     dev_matrix = candidate_matrix(candidates, inputs, dev_rows)
     dev_gold = all_gold[dev_rows]
     dev_nil = nil_gold[dev_rows] if with_nil else None
-    saved_rows = {"mention_types": mention_types, "entity_types": entity_types,
-                  "train_mention_ids": inputs.mentions["mention_id"].to_numpy()[train_rows].tolist()}
+    saved_rows = {
+        "mention_types": mention_types,
+        "entity_types": entity_types,
+        "train_mention_ids": inputs.mentions["mention_id"].to_numpy()[train_rows].tolist(),
+    }
     counts = {"train_mentions": len(train_rows), "dev_mentions": len(dev_rows)}
     if with_nil:
         counts["train_nil_mentions"] = int(nil_gold[train_rows].sum())
     by_language = dict(inputs.mentions[train_rows].group_by("lang").len().sort("lang").iter_rows())
-    return TrainingData(inputs, candidates, train_rows, train_gold, dev_rows, dev_matrix, dev_gold, saved_rows,
-                        counts, by_language, dev_nil)
+    return TrainingData(
+        inputs,
+        candidates,
+        train_rows,
+        train_gold,
+        dev_rows,
+        dev_matrix,
+        dev_gold,
+        saved_rows,
+        counts,
+        by_language,
+        dev_nil,
+    )
 
 
 def run(config: RunConfig, force: bool = False) -> StageResult:
@@ -168,22 +209,38 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
         return _train(config, force, world, scope)
 
 
-def _nearest_neighbour(stage_run: StageRun, data: TrainingData, train_config: TrainConfig, device,
-                       world: World) -> StageResult:
+def _nearest_neighbour(
+    stage_run: StageRun, data: TrainingData, train_config: TrainConfig, device, world: World
+) -> StageResult:
     """The nearest-neighbour baseline: nothing to fit (the cosine scores are the model); dev accuracy is
     reported as for the ranker."""
     from pipeline.model.ranker import NearestNeighbour
     from pipeline.train.batches import linking_accuracy
 
     out_dir, key, counts = stage_run.out_dir, stage_run.key, data.counts
-    result = StageResult(STAGE, out_dir, skipped=False, seconds=time.time() - stage_run.started,
-                         counts={**counts, "epochs": 0, "best_epoch": 0})
+    result = StageResult(
+        STAGE,
+        out_dir,
+        skipped=False,
+        seconds=time.time() - stage_run.started,
+        counts={**counts, "epochs": 0, "best_epoch": 0},
+    )
     if world.is_main:
         dev_accuracy = linking_accuracy(NearestNeighbour(), data.inputs, data.dev_rows, data.dev_matrix, data.dev_gold)
-        save_torch(out_dir / MODEL, {"key": key, "baseline": "nn", "model": {}, "best_epoch": 0,
-                                     "config": to_dict(train_config), **data.saved_rows})
-        result = _finish(stage_run, [], {**counts, "epochs": 0, "best_epoch": 0}, dev_accuracy, 0, data.by_language,
-                         device, world)
+        save_torch(
+            out_dir / MODEL,
+            {
+                "key": key,
+                "baseline": "nn",
+                "model": {},
+                "best_epoch": 0,
+                "config": to_dict(train_config),
+                **data.saved_rows,
+            },
+        )
+        result = _finish(
+            stage_run, [], {**counts, "epochs": 0, "best_epoch": 0}, dev_accuracy, 0, data.by_language, device, world
+        )
     distributed.barrier(world)
     return result
 
@@ -219,13 +276,26 @@ def _run_epochs(loop: _Loop) -> int:
     # A run killed after its early-stop checkpoint has finished training: train no further.
     stopped = train_config.patience > 0 and stale_epochs >= train_config.patience
     last_epoch = state.start_epoch - 1 if stopped else train_config.epochs
-    progress = progress_counter(train_config.epochs, "train", "epochs", initial=state.start_epoch - 1, enabled=world.is_main)
+    progress = progress_counter(
+        train_config.epochs, "train", "epochs", initial=state.start_epoch - 1, enabled=world.is_main
+    )
     epoch = state.start_epoch - 1
     last_saved = _clock()
     for epoch in range(state.start_epoch, last_epoch + 1):
-        epoch_loss, pair_loss = train_epoch(loop.trained, state.optimizer, data.inputs, data.train_rows,
-                                            loop.train_matrix_tensor, loop.train_gold_tensor, train_config, state.generator, loop.device, world, loop.name_pairs,
-                                            state.pair_generator)
+        epoch_loss, pair_loss = train_epoch(
+            loop.trained,
+            state.optimizer,
+            data.inputs,
+            data.train_rows,
+            loop.train_matrix_tensor,
+            loop.train_gold_tensor,
+            train_config,
+            state.generator,
+            loop.device,
+            world,
+            loop.name_pairs,
+            state.pair_generator,
+        )
         if state.average is not None:
             state.average.update_parameters(state.model)
         record = {"epoch": epoch, "loss": epoch_loss, "dev_accuracy": None}
@@ -233,10 +303,13 @@ def _run_epochs(loop: _Loop) -> int:
             record["name_pair_loss"] = pair_loss
         # Only rank 0 evaluates, keeps the best state and writes checkpoints; its stop decision is broadcast.
         if world.is_main and (epoch % train_config.eval_every == 0 or epoch == train_config.epochs):
-            record["dev_accuracy"] = linking_accuracy(state.kept, data.inputs, data.dev_rows, data.dev_matrix, data.dev_gold,
-                                                      data.dev_nil)
+            record["dev_accuracy"] = linking_accuracy(
+                state.kept, data.inputs, data.dev_rows, data.dev_matrix, data.dev_gold, data.dev_nil
+            )
             # Without dev mentions the best epoch is the one of lowest training loss (W501).
-            state.keep_if_best(epoch, record["dev_accuracy"] if not math.isnan(record["dev_accuracy"]) else -record["loss"])
+            state.keep_if_best(
+                epoch, record["dev_accuracy"] if not math.isnan(record["dev_accuracy"]) else -record["loss"]
+            )
             stale_epochs = epoch - state.best["epoch"]
             progress.set_postfix(loss=f"{record['loss']:.4f}", dev=f"{record['dev_accuracy']:.3f}")
         state.history.append(record)
@@ -278,18 +351,44 @@ def _save_best(stage_run: StageRun, loop: _Loop, epoch: int) -> StageResult:
 
     state, data, train_config, world = loop.state, loop.data, loop.train_config, loop.world
     counts = {**data.counts, "epochs": epoch, "best_epoch": state.best["epoch"]}
-    result = StageResult(STAGE, stage_run.out_dir, skipped=False, seconds=time.time() - stage_run.started, counts=counts)
+    result = StageResult(
+        STAGE, stage_run.out_dir, skipped=False, seconds=time.time() - stage_run.started, counts=counts
+    )
     if world.is_main:
         final_state = state.best["state"] if state.best["state"] is not None else state.kept.state_dict()
-        save_torch(stage_run.out_dir / MODEL, {"key": loop.key, "model": final_state, "shape": dataclasses.asdict(loop.shape),
-                                               "best_epoch": state.best["epoch"], "config": to_dict(train_config),
-                                               **data.saved_rows})
+        save_torch(
+            stage_run.out_dir / MODEL,
+            {
+                "key": loop.key,
+                "model": final_state,
+                "shape": dataclasses.asdict(loop.shape),
+                "best_epoch": state.best["epoch"],
+                "config": to_dict(train_config),
+                **data.saved_rows,
+            },
+        )
         best_score = state.best["score"] if len(data.dev_rows) else None
         state.kept.load_state_dict(final_state)  # what model.pt holds is what is checked
-        collapse = check_collapse(state.kept, data.inputs, data.dev_rows, data.dev_matrix,
-                                  [r["loss"] for r in state.history], train_config.margin, best_score)
-        result = _finish(stage_run, state.history, counts, best_score, state.best["epoch"], data.by_language,
-                         loop.device, world, collapse)
+        collapse = check_collapse(
+            state.kept,
+            data.inputs,
+            data.dev_rows,
+            data.dev_matrix,
+            [r["loss"] for r in state.history],
+            train_config.margin,
+            best_score,
+        )
+        result = _finish(
+            stage_run,
+            state.history,
+            counts,
+            best_score,
+            state.best["epoch"],
+            data.by_language,
+            loop.device,
+            world,
+            collapse,
+        )
     distributed.barrier(world)  # the other ranks leave once rank 0's model and manifest are in place
     return result
 
@@ -326,14 +425,19 @@ def _train(config: RunConfig, force: bool, world: World, scope: contextlib.ExitS
     if train_config.baseline == "nn":
         return _nearest_neighbour(stage_run, data, train_config, device, world)
     if len(train_rows) == 0:
-        raise InputError("E112", path=triage_tables.path(triage_dir, triage_tables.MENTIONS), line="-",
-                         detail="no training mention (of train_languages, if set) links to an encoded KB entity; "
-                                "check the split, lang and gold_kb_id fields")
+        raise InputError(
+            "E112",
+            path=triage_tables.path(triage_dir, triage_tables.MENTIONS),
+            line="-",
+            detail="no training mention (of train_languages, if set) links to an encoded KB entity; "
+            "check the split, lang and gold_kb_id fields",
+        )
     train_matrix = candidate_matrix(candidates, inputs, train_rows)
     name_pairs = None
     if train_config.name_matching:
-        name_pairs = load_name_pairs(train_config.name_pairs, encode_dir, inputs_keys["name_pairs"],
-                                     int(inputs.mention_name.shape[1]), device)
+        name_pairs = load_name_pairs(
+            train_config.name_pairs, encode_dir, inputs_keys["name_pairs"], int(inputs.mention_name.shape[1]), device
+        )
         data.counts["name_pairs"] = len(name_pairs)
 
     shape = ranker_shape(train_config, inputs)
@@ -344,8 +448,20 @@ def _train(config: RunConfig, force: bool, world: World, scope: contextlib.ExitS
     trained = _data_parallel(state, train_config, device, world)
     if len(data.dev_rows) == 0 and world.is_main:
         warn(logger, "W501")
-    loop = _Loop(train_config, world, device, state, trained, data, torch.from_numpy(train_matrix),
-                 torch.from_numpy(data.train_gold), name_pairs, checkpoint_path, key, shape)
+    loop = _Loop(
+        train_config,
+        world,
+        device,
+        state,
+        trained,
+        data,
+        torch.from_numpy(train_matrix),
+        torch.from_numpy(data.train_gold),
+        name_pairs,
+        checkpoint_path,
+        key,
+        shape,
+    )
     return _save_best(stage_run, loop, _run_epochs(loop))
 
 
@@ -358,13 +474,24 @@ def checkpoint_due(epoch: int, seconds_since_checkpoint: float, train_config: Tr
     once `checkpoint_minutes` (when > 0) have passed since the last checkpoint or the start, so
     that a run with a large checkpoint_every leaves its first checkpoint within minutes."""
     minutes = train_config.checkpoint_minutes
-    return (epoch % train_config.checkpoint_every == 0 or epoch == train_config.epochs
-            or (minutes > 0 and seconds_since_checkpoint >= 60 * minutes))
+    return (
+        epoch % train_config.checkpoint_every == 0
+        or epoch == train_config.epochs
+        or (minutes > 0 and seconds_since_checkpoint >= 60 * minutes)
+    )
 
 
-def _finish(stage_run: StageRun, history: list[dict], counts: dict, best_score: float | None, best_epoch: int,
-            by_language: dict, device: torch.device, world: World = World(),
-            collapse: Collapse | None = None) -> StageResult:
+def _finish(
+    stage_run: StageRun,
+    history: list[dict],
+    counts: dict,
+    best_score: float | None,
+    best_epoch: int,
+    by_language: dict,
+    device: torch.device,
+    world: World = World(),
+    collapse: Collapse | None = None,
+) -> StageResult:
     """Write history.parquet and the manifest (last), once model.pt is in place.
 
     best_score: the best dev accuracy, None (or NaN) when there were no dev mentions. With a
@@ -381,8 +508,15 @@ def _finish(stage_run: StageRun, history: list[dict], counts: dict, best_score: 
     if history and "name_pair_loss" in history[0]:
         columns["name_pair_loss"] = pl.Float64
     write_parquet_atomic(pl.DataFrame(history, schema=columns), stage_run.out_dir / "history.parquet")
-    return stage_run.finish(counts, [MODEL, "history.parquet"],
-                            summary={"best_dev_accuracy": best_score, "best_epoch": best_epoch, **by_ties},
-                            extra={"best_dev_accuracy": best_score, **by_ties, "device": str(device),
-                                   "train_mentions_by_language": by_language,
-                                   **({"world_size": world.size} if world.distributed else {})})
+    return stage_run.finish(
+        counts,
+        [MODEL, "history.parquet"],
+        summary={"best_dev_accuracy": best_score, "best_epoch": best_epoch, **by_ties},
+        extra={
+            "best_dev_accuracy": best_score,
+            **by_ties,
+            "device": str(device),
+            "train_mentions_by_language": by_language,
+            **({"world_size": world.size} if world.distributed else {}),
+        },
+    )

@@ -29,11 +29,18 @@ logger = logging.getLogger(__name__)
 def ranker_shape(config: TrainConfig, inputs: RankerInputs) -> RankerShape:
     """The ranker's architecture: [train] layer sizes around the encoded vectors' and type vocabularies' sizes."""
     return RankerShape(
-        features=config.features, vector_size=int(inputs.mention_name.shape[1]),
-        mention_types=int(inputs.mention_type_onehot.shape[1]), entity_types=int(inputs.entity_type_onehot.shape[1]),
-        name_hidden=config.name_hidden, context_hidden=config.context_hidden, type_hidden=config.type_hidden,
-        final_hidden=config.final_hidden, dropout=config.dropout, triage_hidden=config.triage_hidden,
-        nil_candidate=config.nil_candidate)
+        features=config.features,
+        vector_size=int(inputs.mention_name.shape[1]),
+        mention_types=int(inputs.mention_type_onehot.shape[1]),
+        entity_types=int(inputs.entity_type_onehot.shape[1]),
+        name_hidden=config.name_hidden,
+        context_hidden=config.context_hidden,
+        type_hidden=config.type_hidden,
+        final_hidden=config.final_hidden,
+        dropout=config.dropout,
+        triage_hidden=config.triage_hidden,
+        nil_candidate=config.nil_candidate,
+    )
 
 
 def load_checkpoint(path: Path, key: str, shape: RankerShape) -> dict | None:
@@ -111,19 +118,35 @@ class TrainingState:
 
     def checkpoint(self, key: str, epoch: int, shape: RankerShape, config: TrainConfig) -> dict:
         """The payload a checkpoint after `epoch` saves (see `resume`)."""
-        extra = {} if self.pair_generator is None else {"name_match": self.objective.match.state_dict(),
-                                                        "pair_generator": self.pair_generator.get_state()}
+        extra = (
+            {}
+            if self.pair_generator is None
+            else {"name_match": self.objective.match.state_dict(), "pair_generator": self.pair_generator.get_state()}
+        )
         if self.average is not None:
             extra["average"] = self.average.state_dict()
-        return {"key": key, "epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(), "history": self.history,
-                "best": self.best, "shape": dataclasses.asdict(shape), "config": to_dict(config), **extra}
+        return {
+            "key": key,
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "history": self.history,
+            "best": self.best,
+            "shape": dataclasses.asdict(shape),
+            "config": to_dict(config),
+            **extra,
+        }
 
     def keep_if_best(self, epoch: int, score: float) -> None:
         """Remember `kept`'s weights (on the CPU) when `score` beats the best so far."""
         if score > self.best["score"]:
-            self.best = {"score": score, "epoch": epoch,
-                         "state": {k: v.detach().cpu().clone() for k, v in self.kept.state_dict().items()}}
+            self.best = {
+                "score": score,
+                "epoch": epoch,
+                "state": {k: v.detach().cpu().clone() for k, v in self.kept.state_dict().items()},
+            }
 
 
 def new_state(config: TrainConfig, shape: RankerShape, device: torch.device, name_pairs: bool) -> TrainingState:
@@ -137,5 +160,6 @@ def new_state(config: TrainConfig, shape: RankerShape, device: torch.device, nam
     generator = torch.Generator().manual_seed(config.seed)
     # Pairs draw from a generator of their own (seed + 1), so the mentions' batches stay as without pairs.
     pair_generator = torch.Generator().manual_seed(config.seed + 1) if name_pairs else None
-    return TrainingState(model, objective, optimizer, generator, pair_generator,
-                         weight_average(model, config.weight_average))
+    return TrainingState(
+        model, objective, optimizer, generator, pair_generator, weight_average(model, config.weight_average)
+    )

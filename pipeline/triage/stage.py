@@ -36,14 +36,22 @@ def recall_report(mentions: pl.DataFrame, candidates: pl.DataFrame, k: int) -> p
     """Gold recall@n per language and split, over mentions whose gold is a KB entity."""
     gold_rank = candidates.filter(pl.col("is_gold")).group_by("mention_id").agg(pl.col("rank").min().alias("gold_rank"))
     counts = candidates.group_by("mention_id").agg(pl.len().alias("n_candidates"))
-    table = (mentions.filter(pl.col("gold_kb_id").is_not_null())
-             .join(gold_rank, on="mention_id", how="left").join(counts, on="mention_id", how="left")
-             .with_columns((pl.col("gold_kb_id") == schema.NIL_ID).alias("is_nil"), pl.col("n_candidates").fill_null(0)))
+    table = (
+        mentions.filter(pl.col("gold_kb_id").is_not_null())
+        .join(gold_rank, on="mention_id", how="left")
+        .join(counts, on="mention_id", how="left")
+        .with_columns((pl.col("gold_kb_id") == schema.NIL_ID).alias("is_nil"), pl.col("n_candidates").fill_null(0))
+    )
     levels = [n for n in RECALL_AT if n <= k] + ([k] if k not in RECALL_AT else [])
     linked = ~pl.col("is_nil")
-    aggregations = [pl.len().alias("mentions"), pl.col("is_nil").mean().alias("nil_share"),
-                    pl.col("n_candidates").mean().alias("candidates_per_mention")]
-    aggregations += [((pl.col("gold_rank") <= n) & linked).sum().truediv(linked.sum()).alias(f"recall@{n}") for n in levels]
+    aggregations = [
+        pl.len().alias("mentions"),
+        pl.col("is_nil").mean().alias("nil_share"),
+        pl.col("n_candidates").mean().alias("candidates_per_mention"),
+    ]
+    aggregations += [
+        ((pl.col("gold_rank") <= n) & linked).sum().truediv(linked.sum()).alias(f"recall@{n}") for n in levels
+    ]
     by_group = table.group_by("lang", "split").agg(aggregations)
     overall = table.select(pl.lit("all").alias("lang"), pl.lit("all").alias("split"), *aggregations)
     return pl.concat([by_group.sort("lang", "split"), overall])
@@ -52,9 +60,11 @@ def recall_report(mentions: pl.DataFrame, candidates: pl.DataFrame, k: int) -> p
 def run(config: RunConfig, force: bool = False) -> StageResult:
     out_dir = config.stage_dir(STAGE)
     inputs = config.inputs
-    input_paths = {name: getattr(inputs, name) for name in
-                   ("kb", "mentions", "docs", "tac_train", "tac_dev", "tac_test", "tac_source", "candidates")
-                   if getattr(inputs, name) is not None}
+    input_paths = {
+        name: getattr(inputs, name)
+        for name in ("kb", "mentions", "docs", "tac_train", "tac_dev", "tac_test", "tac_source", "candidates")
+        if getattr(inputs, name) is not None
+    }
     for name, path in input_paths.items():
         if not path.exists():
             raise InputError("E108", path=path)
@@ -63,8 +73,10 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
         from pipeline.encoders.encoder import configured_identity
 
         fingerprints["encoder"] = configured_identity(config.encoder)
-    settings = {"inputs": {k: v for k, v in to_dict(inputs).items() if k not in input_paths and v is not None},
-                "triage": to_dict(config.triage)}
+    settings = {
+        "inputs": {k: v for k, v in to_dict(inputs).items() if k not in input_paths and v is not None},
+        "triage": to_dict(config.triage),
+    }
     if config.triage.use_dense:
         settings["encoder"] = {"max_name_tokens": config.encoder.max_name_tokens}
     stage_run = StageRun(out_dir, STAGE, STAGE_VERSION, settings, fingerprints, force)
@@ -83,10 +95,12 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     entity_count = entities.height
     check_gold_in_kb(mentions, entities.lazy(), inputs.mentions)
 
-    kb = KbIndex(names_index(entities, index_root, fingerprints["kb"]), entities.select("kb_id"), index_root,
-                 fingerprints["kb"])
-    learned = LearnedSources.prepare(alias_table(mentions.filter(pl.col("split") == "train")), config.triage,
-                                     config.encoder)
+    kb = KbIndex(
+        names_index(entities, index_root, fingerprints["kb"]), entities.select("kb_id"), index_root, fingerprints["kb"]
+    )
+    learned = LearnedSources.prepare(
+        alias_table(mentions.filter(pl.col("split") == "train")), config.triage, config.encoder
+    )
     pieces = candidate_pieces(mentions, kb, learned, config.triage, config.encoder, inputs.candidates)
     candidates = merge_candidates(pieces, mentions, config.triage.k, config.triage.oracle)
 
@@ -94,5 +108,4 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     report = recall_report(mentions, candidates, config.triage.k)
     write_json_atomic(out_dir / "report.json", {"recall": report.to_dicts()})
     counts = {"mentions": mentions.height, "entities": entity_count, "candidates": candidates.height}
-    return stage_run.finish(counts, [*triage_tables.FILES, "report.json"],
-                            summary={"recall": report})
+    return stage_run.finish(counts, [*triage_tables.FILES, "report.json"], summary={"recall": report})

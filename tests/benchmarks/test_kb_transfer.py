@@ -14,21 +14,32 @@ spec = importlib.util.spec_from_file_location("kb_transfer", SCRIPT)
 kb_transfer = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(kb_transfer)
 
-CANDIDATE = pl.Struct({"kb_id": pl.String, "score": pl.Float64, "triage_score": pl.Float64, "sources": pl.List(pl.String)})
+CANDIDATE = pl.Struct(
+    {"kb_id": pl.String, "score": pl.Float64, "triage_score": pl.Float64, "sources": pl.List(pl.String)}
+)
 
 
 def write_links(path: Path) -> Path:
     """Four mentions: m1 linked right, m2 NIL (gold NIL), m3 linked wrong (triage's top is right), m4 NIL
     without candidates (gold an entity)."""
+
     def candidate(kb_id: str, score: float, triage: float) -> dict:
         return {"kb_id": kb_id, "score": score, "triage_score": triage, "sources": ["kb_name"]}
 
-    pl.DataFrame({
-        "mention_id": ["m1", "m2", "m3", "m4"], "kb_id": ["A", "NIL0001", "B", "NIL0002"],
-        "is_nil": [False, True, False, True],
-        "candidates": [[candidate("A", 0.9, 1.0), candidate("B", 0.1, 0.5)], [candidate("B", -0.9, 2.0)],
-                       [candidate("B", 0.5, 0.3), candidate("C", 0.2, 1.5)], []],
-    }, schema_overrides={"candidates": pl.List(CANDIDATE)}).write_parquet(path)
+    pl.DataFrame(
+        {
+            "mention_id": ["m1", "m2", "m3", "m4"],
+            "kb_id": ["A", "NIL0001", "B", "NIL0002"],
+            "is_nil": [False, True, False, True],
+            "candidates": [
+                [candidate("A", 0.9, 1.0), candidate("B", 0.1, 0.5)],
+                [candidate("B", -0.9, 2.0)],
+                [candidate("B", 0.5, 0.3), candidate("C", 0.2, 1.5)],
+                [],
+            ],
+        },
+        schema_overrides={"candidates": pl.List(CANDIDATE)},
+    ).write_parquet(path)
     return path
 
 

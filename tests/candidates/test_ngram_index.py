@@ -9,12 +9,26 @@ import polars as pl
 
 from bench.ngram_index import N_CODES, NgramIndex, ngram_codes
 
-NAMES = pl.Series(["barack obama", "michelle obama", "airbus", "airbus group", "boeing", "", None, "new york city",
-                   "new york", "york"])
+NAMES = pl.Series(
+    [
+        "barack obama",
+        "michelle obama",
+        "airbus",
+        "airbus group",
+        "boeing",
+        "",
+        None,
+        "new york city",
+        "new york",
+        "york",
+    ]
+)
 
 
 def shortlisted(index: NgramIndex, queries: list[str], top_n: int = 3) -> dict[str, list[str]]:
-    found = index.shortlist(pl.Series(queries), top_n=top_n).sort("query", "shared", "name", descending=[False, True, False])
+    found = index.shortlist(pl.Series(queries), top_n=top_n).sort(
+        "query", "shared", "name", descending=[False, True, False]
+    )
     out: dict[str, list[str]] = {}
     for query, name in found.select("query", "name").iter_rows():
         out.setdefault(queries[query], []).append(NAMES[name])
@@ -25,7 +39,7 @@ def test_four_grams_are_cut_from_space_padded_text() -> None:
     rows, codes = ngram_codes(pl.Series(["abc", None, "xy", "z"]))
     assert rows.tolist() == [0, 0, 2]  # "z" padded is three characters: no four-gram
     letters = "abcdefghijklmnopqrstuvwxyz0123456789 "
-    decode = lambda code: "".join(letters[code // 37 ** p % 37] for p in (3, 2, 1, 0))  # noqa: E731
+    decode = lambda code: "".join(letters[code // 37**p % 37] for p in (3, 2, 1, 0))  # noqa: E731
     assert [decode(c) for c in codes] == [" abc", "abc ", " xy "]
     assert codes.max() < N_CODES
 
@@ -50,5 +64,9 @@ def test_saved_index_loads_equal(tmp_path: Path) -> None:
     index = NgramIndex.build(NAMES)
     index.save(tmp_path / "index")
     loaded = NgramIndex.load(tmp_path / "index")
-    assert np.array_equal(index.offsets, loaded.offsets) and np.array_equal(index.name_rows, loaded.name_rows) and index.n_names == loaded.n_names == len(NAMES)
+    assert (
+        np.array_equal(index.offsets, loaded.offsets)
+        and np.array_equal(index.name_rows, loaded.name_rows)
+        and index.n_names == loaded.n_names == len(NAMES)
+    )
     assert not list((tmp_path / "index").glob(".*.tmp"))

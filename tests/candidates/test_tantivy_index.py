@@ -11,8 +11,20 @@ import pytest
 from pipeline.candidates.tantivy_index import TantivyNameIndex, padded_ngrams
 from pipeline.core.errors import CacheError
 
-NAMES = pl.Series(["barack obama", "michelle obama", "airbus", "airbus group", "boeing", "", None, "new york city",
-                   "new york", "york"])
+NAMES = pl.Series(
+    [
+        "barack obama",
+        "michelle obama",
+        "airbus",
+        "airbus group",
+        "boeing",
+        "",
+        None,
+        "new york city",
+        "new york",
+        "york",
+    ]
+)
 
 
 def shortlisted(index: TantivyNameIndex, queries: list[str], top_n: int = 3) -> dict[str, list[str]]:

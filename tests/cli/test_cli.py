@@ -31,9 +31,21 @@ STAGE_OUTPUTS = {
     "triage": ["mentions.parquet", "entities.parquet", "candidates.parquet", "report.json", "manifest.json"],
     "encode": ["vectors.h5", "manifest.json"],
     "train": ["model.pt", "history.parquet", "checkpoints/last.pt", "manifest.json"],
-    "evaluate": ["scores.parquet", "predictions.parquet", "system.tab", "gold.tab", "doc_languages.tsv", "metrics.json",
-                 "report.md", "sweep.parquet", "thresholds.png", "nil.json", "analysis.parquet", "confusions.parquet",
-                 "manifest.json"],
+    "evaluate": [
+        "scores.parquet",
+        "predictions.parquet",
+        "system.tab",
+        "gold.tab",
+        "doc_languages.tsv",
+        "metrics.json",
+        "report.md",
+        "sweep.parquet",
+        "thresholds.png",
+        "nil.json",
+        "analysis.parquet",
+        "confusions.parquet",
+        "manifest.json",
+    ],
 }
 TEST_MENTIONS = [r["id"] for r in tiny_mention_records() if r["split"] == "test"]
 
@@ -51,8 +63,12 @@ def stage_status(output: str) -> dict[str, str]:
 
 
 def mtimes(run_dir: Path, stages=STAGES) -> dict[str, int]:
-    return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns
-            for stage in stages for p in sorted((run_dir / stage).rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(run_dir)): p.stat().st_mtime_ns
+        for stage in stages
+        for p in sorted((run_dir / stage).rglob("*"))
+        if p.is_file()
+    }
 
 
 def state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -69,7 +85,6 @@ def base_run(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -
     config = write_run_config(folder, tiny_encoder_dir)
     result = succeeded(invoke("run", "--config", config))
     return {"config": config, "run_dir": folder / "run", "output": result.output, "encoder": tiny_encoder_dir}
-
 
 
 def test_run_writes_every_stage_output(base_run: dict) -> None:
@@ -135,8 +150,10 @@ def test_train_and_evaluate_outputs(base_run: dict) -> None:
         lines = (run_dir / "evaluate" / name).read_text(encoding="utf-8").splitlines()
         assert sorted(line.split("\t")[1] for line in lines) == sorted(TEST_MENTIONS)
         assert all(len(line.split("\t")) == 8 for line in lines)
-    gold_lines = {line.split("\t")[1]: line.split("\t") for line in
-                  (run_dir / "evaluate" / "gold.tab").read_text(encoding="utf-8").splitlines()}
+    gold_lines = {
+        line.split("\t")[1]: line.split("\t")
+        for line in (run_dir / "evaluate" / "gold.tab").read_text(encoding="utf-8").splitlines()
+    }
     record = next(r for r in tiny_mention_records() if r["id"] == "ru-3")
     assert gold_lines["ru-3"][3] == f"{record['doc_id']}:{record['start']}-{record['end'] - 1}"  # end inclusive
     assert gold_lines["ru-3"][4] == "Q2"
@@ -156,7 +173,10 @@ def test_train_and_evaluate_outputs(base_run: dict) -> None:
     # Two dev mentions with gold NIL or not: too few for the classifier, so thresholds decide.
     assert artifact["method"] == "threshold" and artifact["classifier"] is None
     assert artifact["thresholds"] == metrics["thresholds"] and metrics["nil_method"] == "threshold"
-    assert decide_nil(predictions.drop("threshold", "is_nil"), artifact)["is_nil"].to_list() == predictions["is_nil"].to_list()
+    assert (
+        decide_nil(predictions.drop("threshold", "is_nil"), artifact)["is_nil"].to_list()
+        == predictions["is_nil"].to_list()
+    )
     assert "## Error analysis" in report and "### The 20 most frequent confusions" in report
     analysis = pl.read_parquet(run_dir / "evaluate" / "analysis.parquet")
     language = analysis.filter((pl.col("analysis") == "language") & (pl.col("lang") == "all"))
@@ -180,8 +200,12 @@ def test_cache_keys_follow_content_not_paths(base_run: dict, run_copy: Path, tmp
 def test_train_setting_change_reruns_train_and_evaluate_only(base_run: dict, run_copy: Path) -> None:
     before = mtimes(run_copy, ("triage", "encode"))
     result = succeeded(invoke("run", "--config", base_run["config"], "--run-dir", run_copy, "--set", "train.epochs=4"))
-    assert stage_status(result.output) == {"triage": "up to date", "encode": "up to date",
-                                           "train": "done", "evaluate": "done"}
+    assert stage_status(result.output) == {
+        "triage": "up to date",
+        "encode": "up to date",
+        "train": "done",
+        "evaluate": "done",
+    }
     assert mtimes(run_copy, ("triage", "encode")) == before
     assert pl.read_parquet(run_copy / "train" / "history.parquet").height == 4
     # ... and the saved effective config says so.
@@ -192,23 +216,42 @@ def test_train_setting_change_reruns_train_and_evaluate_only(base_run: dict, run
 
 
 def test_evaluate_setting_change_reruns_evaluate_only(base_run: dict, run_copy: Path) -> None:
-    result = succeeded(invoke("run", "--config", base_run["config"], "--run-dir", run_copy,
-                              "--set", "evaluate.nil_clustering=singleton", "--set", "evaluate.threshold_mode=fixed"))
-    assert stage_status(result.output) == {"triage": "up to date", "encode": "up to date", "train": "up to date",
-                                           "evaluate": "done"}
+    result = succeeded(
+        invoke(
+            "run",
+            "--config",
+            base_run["config"],
+            "--run-dir",
+            run_copy,
+            "--set",
+            "evaluate.nil_clustering=singleton",
+            "--set",
+            "evaluate.threshold_mode=fixed",
+        )
+    )
+    assert stage_status(result.output) == {
+        "triage": "up to date",
+        "encode": "up to date",
+        "train": "up to date",
+        "evaluate": "done",
+    }
     metrics = json.loads((run_copy / "evaluate" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["thresholds"] == {"en": -0.8, "es": -1.0, "ru": -1.0}  # the paper's fixed values
     manifest = read_manifest(run_copy / "evaluate")
     assert "sweep.parquet" not in manifest["outputs"]
 
 
-@pytest.mark.parametrize("setting, code, named", [
-    ("evaluate.languages=[\"fr\"]", "E203", "languages = ['fr']"),  # the tiny data's test split is en, es, ru
-    ("evaluate.eval_split=train2", "E112", "no train2 mention has a gold id"),
-    ("evaluate.tune_split=train2", "E112", "no train2 mention has a gold id to tune"),
-])
+@pytest.mark.parametrize(
+    "setting, code, named",
+    [
+        ('evaluate.languages=["fr"]', "E203", "languages = ['fr']"),  # the tiny data's test split is en, es, ru
+        ("evaluate.eval_split=train2", "E112", "no train2 mention has a gold id"),
+        ("evaluate.tune_split=train2", "E112", "no train2 mention has a gold id to tune"),
+    ],
+)
 def test_evaluate_settings_that_leave_nothing_to_score_leave_the_finished_evaluation(
-        base_run: dict, run_copy: Path, setting: str, code: str, named: str) -> None:
+    base_run: dict, run_copy: Path, setting: str, code: str, named: str
+) -> None:
     before, config = mtimes(run_copy), (run_copy / "config.json").read_bytes()
     result = invoke("evaluate", "--config", base_run["config"], "--run-dir", run_copy, "--set", setting)
     assert result.exit_code == 2 and f"[{code}]" in result.output and named in result.output, result.output
@@ -233,8 +276,9 @@ def test_evaluate_counts_the_mentions_it_leaves_out_for_want_of_gold(base_run: d
     assert "2 test mention(s) without gold_kb_id left out" in result.output
 
 
-def test_evaluate_uses_the_seed_the_model_was_trained_with(base_run: dict, run_copy: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_evaluate_uses_the_seed_the_model_was_trained_with(
+    base_run: dict, run_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """evaluate's key holds no train setting, so a seed given to evaluate alone must not change its NIL
     decision (the cross-validation folds and fits are seeded): it takes the trained model's seed."""
     from pipeline.evaluate import nil_choice
@@ -242,8 +286,9 @@ def test_evaluate_uses_the_seed_the_model_was_trained_with(base_run: dict, run_c
     seeds, choose = [], nil_choice.choose
     monkeypatch.setattr(nil_choice, "choose", lambda *args: seeds.append(args[-1]) or choose(*args))
     before = (run_copy / "evaluate" / "nil.json").read_text(encoding="utf-8")
-    succeeded(invoke("evaluate", "--force", "--config", base_run["config"], "--run-dir", run_copy,
-                     "--set", "train.seed=99"))
+    succeeded(
+        invoke("evaluate", "--force", "--config", base_run["config"], "--run-dir", run_copy, "--set", "train.seed=99")
+    )
     assert seeds == [13]  # the tiny run's training seed (the config's default), not 99
     assert (run_copy / "evaluate" / "nil.json").read_text(encoding="utf-8") == before
 
@@ -266,7 +311,9 @@ def test_force_redoes_every_stage(base_run: dict, run_copy: Path) -> None:
     for stage in STAGES:
         assert after[f"{stage}/manifest.json"] != before[f"{stage}/manifest.json"]
     # A forced re-run of the same settings gives the same model (seeded).
-    assert same_state(state_dict(run_copy / "train" / "model.pt"), state_dict(base_run["run_dir"] / "train" / "model.pt"))
+    assert same_state(
+        state_dict(run_copy / "train" / "model.pt"), state_dict(base_run["run_dir"] / "train" / "model.pt")
+    )
 
 
 def test_single_stage_commands(base_run: dict, run_copy: Path) -> None:
@@ -284,7 +331,9 @@ def test_quiet_prints_no_summary_but_warnings_errors_and_scores(base_run: dict, 
         result = succeeded(invoke("-q", stage, "--config", base_run["config"], "--run-dir", run_copy))
         assert result.stdout == "" and result.stderr == ""
     forced = succeeded(invoke("-q", "evaluate", "--config", base_run["config"], "--run-dir", run_copy, "--force"))
-    assert forced.stdout == "" and all(re.match(r"WARNING \S+: \[W\d{3}\] ", line) for line in forced.stderr.splitlines())
+    assert forced.stdout == "" and all(
+        re.match(r"WARNING \S+: \[W\d{3}\] ", line) for line in forced.stderr.splitlines()
+    )
     evaluate_dir = run_copy / "evaluate"
     assert "overall" in succeeded(invoke("-q", "score", evaluate_dir / "gold.tab", evaluate_dir / "system.tab")).stdout
     failed = invoke("-q", "score", tmp_path / "missing.tab", evaluate_dir / "system.tab")
@@ -309,7 +358,9 @@ def test_damaged_manifest_is_e402_and_a_missing_output_is_redone(base_run: dict,
     assert f"Error: [E402] {run_copy / 'train' / 'manifest.json'}" in result.output
 
 
-def test_user_errors_are_one_line_with_exit_code_2(make_run_config, tiny_inputs: dict[str, Path], tmp_path: Path) -> None:
+def test_user_errors_are_one_line_with_exit_code_2(
+    make_run_config, tiny_inputs: dict[str, Path], tmp_path: Path
+) -> None:
     # A bad config value.
     result = invoke("run", "--config", make_run_config(triage={"k": 0}))
     assert result.exit_code == 2
@@ -332,34 +383,77 @@ def test_user_errors_are_one_line_with_exit_code_2(make_run_config, tiny_inputs:
 
 def test_errors_in_a_real_process_and_debug_traceback(tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
-    config.write_text('name = "x"\n[inputs]\nkb = "kb.jsonl"\nmentions = "m.jsonl"\n[train]\nepochz = 3\n', encoding="utf-8")
+    config.write_text(
+        'name = "x"\n[inputs]\nkb = "kb.jsonl"\nmentions = "m.jsonl"\n[train]\nepochz = 3\n', encoding="utf-8"
+    )
     command = [sys.executable, str(ROOT / "cli.py")]
     plain = subprocess.run([*command, "triage", "--config", str(config)], capture_output=True, text=True, cwd=ROOT)
     assert plain.returncode == 2
     assert plain.stderr.strip().startswith("Error: [E201]") and "epochz" in plain.stderr
     assert "Traceback" not in plain.stderr + plain.stdout
-    debug = subprocess.run([*command, "--debug", "triage", "--config", str(config)], capture_output=True, text=True, cwd=ROOT)
+    debug = subprocess.run(
+        [*command, "--debug", "triage", "--config", str(config)], capture_output=True, text=True, cwd=ROOT
+    )
     assert debug.returncode == 2
     assert "Traceback (most recent call last)" in debug.stderr and "E201" in debug.stderr
 
 
-@pytest.mark.parametrize("args, code, where", [
-    (["export", "{tmp}/no-run", "{tmp}/out"], "E206", "main export RUN_DIR: Directory '{tmp}/no-run' does not exist"),
-    (["link", "--model", "m", "--mentions", "m.jsonl", "--out", "{tmp}/a-file"], "E206", "main link --out: Directory '{tmp}/a-file' is a file"),
-    (["link", "--model", "m", "--mentions", "m.jsonl", "--out", "{tmp}/o", "--shard", "0/2", "--merge"], "E206", "main link --merge: --shard and --merge exclude each other"),
-    (["encode", "--config", "{tmp}/a-file", "--shard", "0/2", "--merge"], "E206", "main encode --merge: --shard and --merge"),
-    (["link", "--model", "m", "--mentions", "m.jsonl", "--out", "{tmp}/o", "--chunk-mentions", "0"], "E206", "main link --chunk-mentions: 0 is not in the range"),
-    (["link", "--model", "m", "--mentions", "m.jsonl", "--out", "{tmp}/o", "--fallback-threshold", "low"], "E206", "main link --fallback-threshold: 'low' is not a valid float"),
-    (["link", "--mentions", "m.jsonl", "--out", "{tmp}/o"], "E206", "main link --model: Missing option '--model'"),
-    (["link", "--model", "m", "--mentions", "m.jsonl", "--out", "{tmp}/o", "--shard"], "E206", "main link --shard: Option '--shard' requires an argument"),
-    (["triage", "--config", "{tmp}/no.toml"], "E206", "main triage --config: File '{tmp}/no.toml' does not exist"),
-    (["search", "--config", "{tmp}/a-file", "--trials", "0"], "E206", "main search --trials: 0 is not in the range"),
-    (["score", "g.tab", "s.tab", "--languages", "{tmp}/no.tsv"], "E206", "main score --languages: File '{tmp}/no.tsv' does not exist"),
-    (["run", "--epochs", "3"], "E206", "main run --epochs: No such option '--epochs'"),
-    (["--bogus", "run"], "E206", "main --bogus: No such option '--bogus'"),
-    (["score", "g.tab", "s.tab", "extra.tab"], "E207", "main score: Got unexpected extra argument (extra.tab)"),
-    (["evaluat"], "E207", "main: No such command 'evaluat'"),
-])
+@pytest.mark.parametrize(
+    "args, code, where",
+    [
+        (
+            ["export", "{tmp}/no-run", "{tmp}/out"],
+            "E206",
+            "main export RUN_DIR: Directory '{tmp}/no-run' does not exist",
+        ),
+        (
+            ["link", "--model", "m", "--mentions", "m.jsonl", "--out", "{tmp}/a-file"],
+            "E206",
+            "main link --out: Directory '{tmp}/a-file' is a file",
+        ),
+        (
+            ["link", "--model", "m", "--mentions", "m.jsonl", "--out", "{tmp}/o", "--shard", "0/2", "--merge"],
+            "E206",
+            "main link --merge: --shard and --merge exclude each other",
+        ),
+        (
+            ["encode", "--config", "{tmp}/a-file", "--shard", "0/2", "--merge"],
+            "E206",
+            "main encode --merge: --shard and --merge",
+        ),
+        (
+            ["link", "--model", "m", "--mentions", "m.jsonl", "--out", "{tmp}/o", "--chunk-mentions", "0"],
+            "E206",
+            "main link --chunk-mentions: 0 is not in the range",
+        ),
+        (
+            ["link", "--model", "m", "--mentions", "m.jsonl", "--out", "{tmp}/o", "--fallback-threshold", "low"],
+            "E206",
+            "main link --fallback-threshold: 'low' is not a valid float",
+        ),
+        (["link", "--mentions", "m.jsonl", "--out", "{tmp}/o"], "E206", "main link --model: Missing option '--model'"),
+        (
+            ["link", "--model", "m", "--mentions", "m.jsonl", "--out", "{tmp}/o", "--shard"],
+            "E206",
+            "main link --shard: Option '--shard' requires an argument",
+        ),
+        (["triage", "--config", "{tmp}/no.toml"], "E206", "main triage --config: File '{tmp}/no.toml' does not exist"),
+        (
+            ["search", "--config", "{tmp}/a-file", "--trials", "0"],
+            "E206",
+            "main search --trials: 0 is not in the range",
+        ),
+        (
+            ["score", "g.tab", "s.tab", "--languages", "{tmp}/no.tsv"],
+            "E206",
+            "main score --languages: File '{tmp}/no.tsv' does not exist",
+        ),
+        (["run", "--epochs", "3"], "E206", "main run --epochs: No such option '--epochs'"),
+        (["--bogus", "run"], "E206", "main --bogus: No such option '--bogus'"),
+        (["score", "g.tab", "s.tab", "extra.tab"], "E207", "main score: Got unexpected extra argument (extra.tab)"),
+        (["evaluat"], "E207", "main: No such command 'evaluat'"),
+    ],
+)
 def test_click_usage_errors_are_our_one_line_errors(tmp_path: Path, args: list[str], code: str, where: str) -> None:
     """Every command-line check click makes itself comes out as `Error: [E206/E207] ...`, exit 2,
     naming the option and pointing to --help, without click's usage block."""
@@ -395,12 +489,18 @@ def test_every_command_has_help(command: list[str]) -> None:
 def test_score_prints_the_documented_json(tmp_path: Path) -> None:
     gold = tmp_path / "gold.tab"
     system = tmp_path / "system.tab"
-    gold.write_text("gold\tM1\tObama\tENG_NW_1:0-4\tQ1\tPER\tNAM\t1.0\n"
-                    "gold\tM2\tKlara\tENG_NW_1:10-14\tNIL0001\tPER\tNAM\t1.0\n"
-                    "gold\tM3\t默克尔\tCMN_NW_1:0-2\tQ2\tPER\tNAM\t1.0\n", encoding="utf-8")
-    system.write_text("xel\tM1\tObama\tENG_NW_1:0-4\tQ1\tPER\tNAM\t1.0\n"
-                      "xel\tM2\tKlara\tENG_NW_1:10-14\tNIL0007\tPER\tNAM\t1.0\n"
-                      "xel\tM3\t默克尔\tCMN_NW_1:0-2\tQ9\tPER\tNAM\t1.0\n", encoding="utf-8")
+    gold.write_text(
+        "gold\tM1\tObama\tENG_NW_1:0-4\tQ1\tPER\tNAM\t1.0\n"
+        "gold\tM2\tKlara\tENG_NW_1:10-14\tNIL0001\tPER\tNAM\t1.0\n"
+        "gold\tM3\t默克尔\tCMN_NW_1:0-2\tQ2\tPER\tNAM\t1.0\n",
+        encoding="utf-8",
+    )
+    system.write_text(
+        "xel\tM1\tObama\tENG_NW_1:0-4\tQ1\tPER\tNAM\t1.0\n"
+        "xel\tM2\tKlara\tENG_NW_1:10-14\tNIL0007\tPER\tNAM\t1.0\n"
+        "xel\tM3\t默克尔\tCMN_NW_1:0-2\tQ9\tPER\tNAM\t1.0\n",
+        encoding="utf-8",
+    )
     result = succeeded(invoke("score", gold, system, "--json"))
     report = json.loads(result.stdout)  # logging goes to stderr; stdout is only the JSON
     assert set(report) == {"overall", "by_language", "counts"}
@@ -430,8 +530,13 @@ def test_score_on_the_run_own_tab_files_keeps_the_languages(base_run: dict, tmp_
     metrics = json.loads((evaluate_dir / "metrics.json").read_text(encoding="utf-8"))
     assert set(metrics["by_language"]) == {"en", "es", "ru"}
     assert (evaluate_dir / "doc_languages.tsv").read_text(encoding="utf-8").splitlines()[:3] == [
-        "doc_id\tlang", "en-d4\ten", "es-d3\tes"]
-    report = json.loads(succeeded(invoke("score", evaluate_dir / "gold.tab", evaluate_dir / "system.tab", "--json")).stdout)
+        "doc_id\tlang",
+        "en-d4\ten",
+        "es-d3\tes",
+    ]
+    report = json.loads(
+        succeeded(invoke("score", evaluate_dir / "gold.tab", evaluate_dir / "system.tab", "--json")).stdout
+    )
     assert report["by_language"] == metrics["by_language"] and report["overall"] == metrics["overall"]
     table = succeeded(invoke("score", evaluate_dir / "gold.tab", evaluate_dir / "system.tab")).stdout
     assert [line.split()[0] for line in table.split("\n\n")[0].splitlines()[1:]] == ["overall", "en", "es", "ru"]
@@ -443,8 +548,11 @@ def test_score_on_the_run_own_tab_files_keeps_the_languages(base_run: dict, tmp_
     assert set(json.loads(alone.stdout)["by_language"]) == {"unknown"}
     assert "[W220] 4 document(s)" in alone.stderr and "--languages" in alone.stderr
     shutil.copy(evaluate_dir / "doc_languages.tsv", tmp_path / "languages.tsv")
-    given = succeeded(invoke("score", tmp_path / "gold.tab", tmp_path / "system.tab", "--json",
-                             "--languages", tmp_path / "languages.tsv"))
+    given = succeeded(
+        invoke(
+            "score", tmp_path / "gold.tab", tmp_path / "system.tab", "--json", "--languages", tmp_path / "languages.tsv"
+        )
+    )
     assert json.loads(given.stdout)["by_language"] == metrics["by_language"]
     assert "W220" not in given.stderr
 
@@ -467,7 +575,8 @@ def test_train_resumes_from_its_checkpoint(base_run: dict, run_copy: Path, monke
     # Ctrl-C: one line saying what was kept and how to resume, exit 130 (issue 21 item 16).
     assert interrupted.exit_code == 130 and interrupted.output == (
         "Interrupted: train keeps its last checkpoint (train.checkpoint_every epochs, or train.checkpoint_minutes); "
-        f"run `xel-cli train --config {base_run['config']} --run-dir {run_copy}` again to resume.\n"), interrupted.output
+        f"run `xel-cli train --config {base_run['config']} --run-dir {run_copy}` again to resume.\n"
+    ), interrupted.output
     train_dir = run_copy / "train"
     assert (train_dir / "checkpoints" / "last.pt").is_file()
     assert not (train_dir / "model.pt").exists() and not (train_dir / "manifest.json").exists()
@@ -481,15 +590,19 @@ def test_train_resumes_from_its_checkpoint(base_run: dict, run_copy: Path, monke
     # Resuming restores weights, optimiser and random state: the result is the uninterrupted one.
     assert same_state(state_dict(train_dir / "model.pt"), state_dict(base_run["run_dir"] / "train" / "model.pt"))
     assert pl.read_parquet(train_dir / "history.parquet").equals(
-        pl.read_parquet(base_run["run_dir"] / "train" / "history.parquet"))
+        pl.read_parquet(base_run["run_dir"] / "train" / "history.parquet")
+    )
 
     # A checkpoint of other settings is not resumed from.
-    other = succeeded(invoke("train", "--config", base_run["config"], "--run-dir", run_copy, "--set", "train.margin=0.5"))
+    other = succeeded(
+        invoke("train", "--config", base_run["config"], "--run-dir", run_copy, "--set", "train.margin=0.5")
+    )
     assert "resuming training" not in other.output and "ignoring checkpoint" in other.output
 
 
-def test_train_checkpoints_within_minutes_whatever_checkpoint_every(base_run: dict, run_copy: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_checkpoints_within_minutes_whatever_checkpoint_every(
+    base_run: dict, run_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With checkpoint_every beyond the run's epochs, train still checkpoints once checkpoint_minutes
     have passed (issue 21 item 16: the first checkpoint within minutes); a kill then resumes from it."""
     import pipeline.train.stage as train_stage
@@ -508,28 +621,45 @@ def test_train_checkpoints_within_minutes_whatever_checkpoint_every(base_run: di
         return real_sample(*args, **kwargs)
 
     monkeypatch.setattr(pipeline.train.batches, "sample_negatives", killed_in_epoch_5)
-    interrupted = invoke("train", "--config", base_run["config"], "--run-dir", run_copy,
-                         "--set", "train.checkpoint_every=1000", "--set", "train.checkpoint_minutes=5")
+    interrupted = invoke(
+        "train",
+        "--config",
+        base_run["config"],
+        "--run-dir",
+        run_copy,
+        "--set",
+        "train.checkpoint_every=1000",
+        "--set",
+        "train.checkpoint_minutes=5",
+    )
     assert interrupted.exit_code == 130
     checkpoint = torch.load(run_copy / "train" / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
     assert checkpoint["epoch"] == 4
     config = train_stage.TrainConfig(epochs=500, checkpoint_every=50, checkpoint_minutes=5)
-    assert [train_stage.checkpoint_due(epoch, seconds, config) for epoch, seconds in
-            ((1, 299.0), (1, 300.0), (50, 0.0), (500, 0.0), (7, 1e6))] == [False, True, True, True, True]
+    assert [
+        train_stage.checkpoint_due(epoch, seconds, config)
+        for epoch, seconds in ((1, 299.0), (1, 300.0), (50, 0.0), (500, 0.0), (7, 1e6))
+    ] == [False, True, True, True, True]
     assert not train_stage.checkpoint_due(7, 1e6, train_stage.TrainConfig(checkpoint_minutes=0))
 
 
-def test_ctrl_c_says_in_one_line_what_was_kept_and_how_to_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ctrl_c_says_in_one_line_what_was_kept_and_how_to_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import pipeline.link.run
 
     def interrupted(options):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pipeline.link.run, "run", interrupted)
-    result = invoke("link", "--model", tmp_path / "model", "--mentions", tmp_path / "m 1.jsonl", "--out", tmp_path / "out")
+    result = invoke(
+        "link", "--model", tmp_path / "model", "--mentions", tmp_path / "m 1.jsonl", "--out", tmp_path / "out"
+    )
     assert result.exit_code == 130 and "Traceback" not in result.output
-    assert result.output == (f"Interrupted: link keeps its finished chunks in --out; run `xel-cli link --model {tmp_path}/model "
-                             f"--mentions '{tmp_path}/m 1.jsonl' --out {tmp_path}/out` again to resume.\n")
+    assert result.output == (
+        f"Interrupted: link keeps its finished chunks in --out; run `xel-cli link --model {tmp_path}/model "
+        f"--mentions '{tmp_path}/m 1.jsonl' --out {tmp_path}/out` again to resume.\n"
+    )
     assert not (tmp_path / "out").exists()  # nothing linked: the folder link made is gone again
 
 
@@ -538,7 +668,9 @@ def test_same_seed_gives_identical_models(base_run: dict, tmp_path: Path) -> Non
     succeeded(invoke("run", "--config", config))
     fresh, base = tmp_path / "run", base_run["run_dir"]
     assert same_state(state_dict(fresh / "train" / "model.pt"), state_dict(base / "train" / "model.pt"))
-    assert pl.read_parquet(fresh / "evaluate" / "scores.parquet").equals(pl.read_parquet(base / "evaluate" / "scores.parquet"))
+    assert pl.read_parquet(fresh / "evaluate" / "scores.parquet").equals(
+        pl.read_parquet(base / "evaluate" / "scores.parquet")
+    )
     assert (fresh / "evaluate" / "system.tab").read_bytes() == (base / "evaluate" / "system.tab").read_bytes()
     # Another seed gives another model.
     succeeded(invoke("train", "--config", config, "--set", "train.seed=14"))
@@ -546,8 +678,17 @@ def test_same_seed_gives_identical_models(base_run: dict, tmp_path: Path) -> Non
 
 
 def test_a_changed_setting_says_what_it_replaces(base_run: dict, run_copy: Path) -> None:
-    result = succeeded(invoke("evaluate", "--config", base_run["config"], "--run-dir", run_copy,
-                              "--set", "evaluate.nil_clustering=singleton"))
+    result = succeeded(
+        invoke(
+            "evaluate",
+            "--config",
+            base_run["config"],
+            "--run-dir",
+            run_copy,
+            "--set",
+            "evaluate.nil_clustering=singleton",
+        )
+    )
     replaced = [line for line in result.output.splitlines() if "replacing" in line]
     assert len(replaced) == 1
     assert "evaluate: replacing scores.parquet, predictions.parquet" in replaced[0]
@@ -561,7 +702,9 @@ def test_no_config_is_a_coded_error_not_the_demo(tmp_path: Path, monkeypatch: py
     assert not (tmp_path / "artifacts").exists()  # nothing was run in the working folder
 
 
-def test_default_run_folder_sits_beside_the_config(make_run_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_run_folder_sits_beside_the_config(
+    make_run_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from pipeline.core.config_file import load_config
 
     config_path = make_run_config(run_dir=None)
@@ -574,11 +717,24 @@ def test_default_run_folder_sits_beside_the_config(make_run_config, tmp_path: Pa
 def test_help_lists_commands_in_pipeline_order() -> None:
     help_text = invoke("--help").output
     listed = re.findall(r"^  (\w+)\s", help_text.split("Commands:")[1], flags=re.MULTILINE)
-    assert listed == ["run", "triage", "encode", "train", "rerank", "evaluate", "link", "export", "score", "search", "experiment"]
+    assert listed == [
+        "run",
+        "triage",
+        "encode",
+        "train",
+        "rerank",
+        "evaluate",
+        "link",
+        "export",
+        "score",
+        "search",
+        "experiment",
+    ]
 
 
-@pytest.mark.parametrize("command, new, old", [("score", "--doc-languages", "--languages"),
-                                               ("experiment", "--seed-count", "--seeds")])
+@pytest.mark.parametrize(
+    "command, new, old", [("score", "--doc-languages", "--languages"), ("experiment", "--seed-count", "--seeds")]
+)
 def test_renamed_options_show_the_new_name_and_hide_the_old_one(command: str, new: str, old: str) -> None:
     help_text = invoke(command, "--help").output
     assert new in help_text and f"{old} " not in help_text

@@ -97,6 +97,7 @@ CRASHES = [
 
 # --- processes ------------------------------------------------------------------------------
 
+
 def _cli_process(args: list[str], crash_at: str | None, log_path: str) -> None:
     """Body of one CLI process: output to `log_path`, one torch thread, `XEL_CRASH_AT` as given."""
     handle = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -118,11 +119,24 @@ def cli_processes():
     context = multiprocessing.get_context("forkserver")
     # Imported once in the server (this module too, for `_cli_process`); nothing has run a
     # torch op there, so forking is safe.
-    context.set_forkserver_preload([
-        "cli", "pipeline.triage.stage", "pipeline.encode.stage", "pipeline.train.stage", "pipeline.train.batches", "pipeline.evaluate.stage", "pipeline.encoders.build",
-        "transformers.models.auto.tokenization_auto", "transformers.models.bert.modeling_bert",
-        "transformers.models.bert.tokenization_bert", "transformers.convert_slow_tokenizer",
-        "matplotlib.pyplot", "matplotlib.backends.backend_agg", __name__])
+    context.set_forkserver_preload(
+        [
+            "cli",
+            "pipeline.triage.stage",
+            "pipeline.encode.stage",
+            "pipeline.train.stage",
+            "pipeline.train.batches",
+            "pipeline.evaluate.stage",
+            "pipeline.encoders.build",
+            "transformers.models.auto.tokenization_auto",
+            "transformers.models.bert.modeling_bert",
+            "transformers.models.bert.tokenization_bert",
+            "transformers.convert_slow_tokenizer",
+            "matplotlib.pyplot",
+            "matplotlib.backends.backend_agg",
+            __name__,
+        ]
+    )
 
     def run(args: list[object], log: Path, crash_at: str | None = None) -> tuple[int, str]:
         process = context.Process(target=_cli_process, args=([str(a) for a in args], crash_at, str(log)))
@@ -141,20 +155,24 @@ def cli_processes():
 def reference(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path, cli_processes) -> dict:
     """Uninterrupted runs, one process per stage: all four stages, and train with early stopping."""
     folder = tmp_path_factory.mktemp("crash-reference")
-    configs = {"plain": write_run_config(folder, tiny_encoder_dir, encoder=ENCODER),
-               "early-stop": write_run_config(folder, tiny_encoder_dir, name="early-stop.toml", encoder=ENCODER,
-                                              train=EARLY_STOP),
-               "averaged": write_run_config(folder, tiny_encoder_dir, name="averaged.toml", encoder=ENCODER,
-                                            train=AVERAGED)}
+    configs = {
+        "plain": write_run_config(folder, tiny_encoder_dir, encoder=ENCODER),
+        "early-stop": write_run_config(
+            folder, tiny_encoder_dir, name="early-stop.toml", encoder=ENCODER, train=EARLY_STOP
+        ),
+        "averaged": write_run_config(folder, tiny_encoder_dir, name="averaged.toml", encoder=ENCODER, train=AVERAGED),
+    }
     runs = {"plain": folder / "run", "early-stop": folder / "run-early-stop", "averaged": folder / "run-averaged"}
     for stage in STAGES:
-        code, output = cli_processes([stage, "--config", configs["plain"], "--run-dir", runs["plain"]],
-                                     folder / f"{stage}.log")
+        code, output = cli_processes(
+            [stage, "--config", configs["plain"], "--run-dir", runs["plain"]], folder / f"{stage}.log"
+        )
         assert code == 0, output
     for variant in ("early-stop", "averaged"):
         copy_stages(runs["plain"], runs[variant], ("triage", "encode"))
-        code, output = cli_processes(["train", "--config", configs[variant], "--run-dir", runs[variant]],
-                                     folder / f"{variant}.log")
+        code, output = cli_processes(
+            ["train", "--config", configs[variant], "--run-dir", runs[variant]], folder / f"{variant}.log"
+        )
         assert code == 0, output
     epochs = pl.read_parquet(runs["early-stop"] / "train" / "history.parquet")["epoch"].to_list()
     # The early-stop cases need a run that stops early, with a checkpoint (epoch 4) between evaluations.
@@ -168,6 +186,7 @@ def copy_stages(source: Path, target: Path, stages: tuple[str, ...]) -> None:
 
 
 # --- comparisons ------------------------------------------------------------------------------
+
 
 def same_value(one, two) -> bool:
     """Equality through dicts, lists and tensors (what torch.save'd payloads hold)."""
@@ -232,19 +251,24 @@ def assert_whole(path: Path) -> None:
 
 # --- the matrix ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("crash", CRASHES, ids=[crash.id for crash in CRASHES])
-def test_killed_stage_reruns_to_the_uninterrupted_result(crash: Crash, reference: dict, cli_processes,
-                                                         tmp_path: Path) -> None:
+def test_killed_stage_reruns_to_the_uninterrupted_result(
+    crash: Crash, reference: dict, cli_processes, tmp_path: Path
+) -> None:
     assert crash.point in CRASH_POINTS
     config, reference_run = reference["configs"][crash.config], reference["runs"][crash.config]
-    upstream = STAGES[:STAGES.index(crash.stage)]
+    upstream = STAGES[: STAGES.index(crash.stage)]
     run_dir = tmp_path / "run"
     copy_stages(reference_run, run_dir, upstream + ((crash.stage,) if crash.force else ()))
     stage_dir, reference_dir = run_dir / crash.stage, reference_run / crash.stage
     command = [crash.stage, "--config", config, "--run-dir", run_dir]
 
-    code, output = cli_processes([*command, *(["--force"] if crash.force else [])], tmp_path / "killed.log",
-                                 crash_at=f"{crash.point}:{crash.file}:{crash.n}")
+    code, output = cli_processes(
+        [*command, *(["--force"] if crash.force else [])],
+        tmp_path / "killed.log",
+        crash_at=f"{crash.point}:{crash.file}:{crash.n}",
+    )
     assert code == -signal.SIGKILL, f"not killed at {crash.point} of {crash.file} #{crash.n}:\n{output}"
 
     # Where it was killed: a temporary file of that name is left (the kill skipped its cleanup),
@@ -330,14 +354,22 @@ def test_the_hook_kills_a_cold_cli_process_too(reference: dict, cli_processes, t
     root = Path(__file__).resolve().parents[2]
     run_dir = tmp_path / "run"
     copy_stages(reference["runs"]["plain"], run_dir, STAGES[:3])
-    command = [sys.executable, str(root / "cli.py"), "evaluate", "--config", str(reference["configs"]["plain"]),
-               "--run-dir", str(run_dir)]
+    command = [
+        sys.executable,
+        str(root / "cli.py"),
+        "evaluate",
+        "--config",
+        str(reference["configs"]["plain"]),
+        "--run-dir",
+        str(run_dir),
+    ]
     environment = {**os.environ, CRASH_AT: "after-rename:report.md:1", "OMP_NUM_THREADS": "1"}
     killed = subprocess.run(command, cwd=root, env=environment, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert (run_dir / "evaluate" / "report.md").is_file() and not (run_dir / "evaluate" / "manifest.json").exists()
-    code, output = cli_processes(["evaluate", "--config", reference["configs"]["plain"], "--run-dir", run_dir],
-                                 tmp_path / "rerun.log")
+    code, output = cli_processes(
+        ["evaluate", "--config", reference["configs"]["plain"], "--run-dir", run_dir], tmp_path / "rerun.log"
+    )
     assert code == 0, output
     for name in manifest(reference["runs"]["plain"] / "evaluate")["outputs"]:
         assert_same_output(run_dir / "evaluate" / name, reference["runs"]["plain"] / "evaluate" / name)

@@ -24,13 +24,15 @@ MICRO_AVERAGE_FLOOR = 0.4
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end_with_the_real_encoder(default_encoder_dir: Path, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_runs_end_to_end_with_the_real_encoder(
+    default_encoder_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The pipeline resolves "xel/multilingual-e5-small" through the cache the fixture built in.
     monkeypatch.setenv("XEL_CACHE", str(default_encoder_dir.parent))
     run_dir = tmp_path / "demo"
-    result = CliRunner().invoke(main, ["run", "--config", str(DEMO_CONFIG), "--run-dir", str(run_dir),
-                                       "--set", "train.epochs=60"])
+    result = CliRunner().invoke(
+        main, ["run", "--config", str(DEMO_CONFIG), "--run-dir", str(run_dir), "--set", "train.epochs=60"]
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
 
     for stage in ("triage", "encode", "train", "evaluate"):

@@ -57,8 +57,12 @@ def setting(*assignments: str) -> Callable[[Env], list[str]]:
 def mentions_changed(env: Env) -> list[str]:
     records = tiny_mention_records()
     doc_id = records[4]["doc_id"]  # every mention of the document: a document has one text (E120)
-    records = [{**record, "text": record["text"].replace("won the final", "won the match")}
-               if record["doc_id"] == doc_id else record for record in records]
+    records = [
+        {**record, "text": record["text"].replace("won the final", "won the match")}
+        if record["doc_id"] == doc_id
+        else record
+        for record in records
+    ]
     path = write_jsonl(env.folder / "changed" / "mentions.jsonl", records)
     return ["--set", f"inputs.mentions={path}"]
 
@@ -105,6 +109,7 @@ def deleted(relative: str) -> Callable[[Env], list[str]]:
     def change(env: Env) -> list[str]:
         (env.run_dir / relative).unlink()
         return []
+
     return change
 
 
@@ -119,8 +124,12 @@ CASES = [
     Case("triage-setting-fuzzy-min-score", setting("triage.fuzzy_min_score=85"), ALL),
     Case("triage-setting-oracle", setting("triage.oracle=true"), ALL),
     Case("encoder-weights-changed-same-size", encoder_weights_changed, ALL),
-    Case("encoder-weights-changed-without-dense-triage", encoder_weights_changed, DOWNSTREAM_OF_TRIAGE,
-         before=("triage.use_dense=false",)),
+    Case(
+        "encoder-weights-changed-without-dense-triage",
+        encoder_weights_changed,
+        DOWNSTREAM_OF_TRIAGE,
+        before=("triage.use_dense=false",),
+    ),
     Case("encoder-max-name-tokens-used-by-dense-triage", setting("encoder.max_name_tokens=8"), ALL),
     # encode: (a) its inputs, triage's output (deleted: redone alike), (b) its settings, (c) the encoder
     Case("encode-input-triage-output-deleted", deleted("triage/candidates.parquet"), ("triage",)),
@@ -130,10 +139,16 @@ CASES = [
     Case("encode-encoder-moved-same-weights", encoder_moved, DOWNSTREAM_OF_TRIAGE),
     # The precision is part of the encoder's identity: dense triage's index and encode's vectors change.
     Case("encoder-precision-int8", setting("encoder.precision=int8"), ALL),
-    Case("encoder-precision-int8-without-dense-triage", setting("encoder.precision=int8"), DOWNSTREAM_OF_TRIAGE,
-         before=("triage.use_dense=false",)),
+    Case(
+        "encoder-precision-int8-without-dense-triage",
+        setting("encoder.precision=int8"),
+        DOWNSTREAM_OF_TRIAGE,
+        before=("triage.use_dense=false",),
+    ),
     # auto spelled out as what it resolves to on this machine: the same vectors, nothing redone.
-    Case("encode-not-precision-auto-spelled-out", lambda env: ["--set", f"encoder.precision={auto_precision('cpu')}"], ()),
+    Case(
+        "encode-not-precision-auto-spelled-out", lambda env: ["--set", f"encoder.precision={auto_precision('cpu')}"], ()
+    ),
     # (d) speed and device only
     Case("encode-not-batch-tokens", setting("encoder.batch_tokens=256"), ()),
     Case("encode-not-chunk-texts", setting("encoder.chunk_texts=3"), ()),

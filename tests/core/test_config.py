@@ -14,12 +14,12 @@ from pipeline.core.config import RunConfig
 from pipeline.core.config_file import load_config
 from pipeline.core.errors import ConfigError
 
-BASE = '''name = "cfg"
+BASE = """name = "cfg"
 
 [inputs]
 mentions = "data/mentions.jsonl"
 kb = "data/kb.jsonl"
-'''
+"""
 
 
 def write_config(folder: Path, extra: str = "", base: str = BASE) -> Path:
@@ -49,12 +49,15 @@ def test_unknown_key_in_section_names_file_and_key(tmp_path: Path) -> None:
     assert "epochs" in message  # the known keys are listed
 
 
-@pytest.mark.parametrize("where, text, suggestion", [
-    ("file", "\n[train]\nepochz = 5\n", "did you mean `epochs`?"),
-    ("file", "\n[evaluate]\nnil_methods = \"auto\"\n", "did you mean `nil_method`?"),
-    ("top level", "", "did you mean `name`?"),
-    ("--set", "", "did you mean `learning_rate`?"),
-])
+@pytest.mark.parametrize(
+    "where, text, suggestion",
+    [
+        ("file", "\n[train]\nepochz = 5\n", "did you mean `epochs`?"),
+        ("file", '\n[evaluate]\nnil_methods = "auto"\n', "did you mean `nil_method`?"),
+        ("top level", "", "did you mean `name`?"),
+        ("--set", "", "did you mean `learning_rate`?"),
+    ],
+)
 def test_unknown_key_suggests_the_closest_known_key(tmp_path: Path, where: str, text: str, suggestion: str) -> None:
     """E201 names the closest known key when one is close (issue 21 item 16), and none when none is."""
     path = write_config(tmp_path, text, base='nmae = "cfg"\n' + BASE if where == "top level" else BASE)
@@ -69,7 +72,7 @@ def test_unknown_key_suggests_the_closest_known_key(tmp_path: Path, where: str, 
 
 
 def test_unknown_top_level_key_is_e201(tmp_path: Path) -> None:
-    path = write_config(tmp_path, base='seed = 3\n' + BASE)
+    path = write_config(tmp_path, base="seed = 3\n" + BASE)
     with pytest.raises(ConfigError, match="E201") as caught:
         load_config(path)
     assert "'seed'" in caught.value.format_message()
@@ -134,8 +137,9 @@ def test_inputs_need_a_kb(tmp_path: Path) -> None:
 
 def test_set_override_applies(tmp_path: Path) -> None:
     path = write_config(tmp_path, "\n[train]\nepochs = 40\n")
-    config = load_config(path, ("train.epochs=3", "triage.oracle=true", "train.final_hidden=32,16",
-                                "evaluate.threshold_mode=fixed"))
+    config = load_config(
+        path, ("train.epochs=3", "triage.oracle=true", "train.final_hidden=32,16", "evaluate.threshold_mode=fixed")
+    )
     assert config.train.epochs == 3
     assert config.triage.oracle is True
     assert config.train.final_hidden == (32, 16)
@@ -144,7 +148,7 @@ def test_set_override_applies(tmp_path: Path) -> None:
 
 def test_set_override_reads_a_quoted_string_as_toml_does(tmp_path: Path) -> None:
     path = write_config(tmp_path)
-    config = load_config(path, ('evaluate.nil_method="threshold"', "encoder.device='cpu'", 'train.device=cpu'))
+    config = load_config(path, ('evaluate.nil_method="threshold"', "encoder.device='cpu'", "train.device=cpu"))
     assert (config.evaluate.nil_method, config.encoder.device, config.train.device) == ("threshold", "cpu", "cpu")
 
 
@@ -181,8 +185,10 @@ def test_out_of_range_override_is_e203(tmp_path: Path) -> None:
 def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "configs"
     folder.mkdir()
-    path = write_config(folder, base='name = "cfg"\nrun_dir = "../runs/one"\n' + BASE.split("\n", 1)[1]
-                        + 'docs = "../shared/docs.jsonl"\n')
+    path = write_config(
+        folder,
+        base='name = "cfg"\nrun_dir = "../runs/one"\n' + BASE.split("\n", 1)[1] + 'docs = "../shared/docs.jsonl"\n',
+    )
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # the working directory must not matter
@@ -205,7 +211,9 @@ def test_bom_in_config_is_accepted(tmp_path: Path) -> None:
     assert load_config(path).name == "cfg"
 
 
-def test_relative_run_dir_from_set_is_against_the_working_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_run_dir_from_set_is_against_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)

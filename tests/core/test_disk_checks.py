@@ -33,7 +33,9 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -
     folder = tmp_path_factory.mktemp("demo-run")
     run_demo_linker(folder, tiny_encoder_dir)
     records = [json.loads(line) for line in (DEMO / "mentions.jsonl").read_text(encoding="utf-8").splitlines()]
-    test = [{k: v for k, v in r.items() if k not in ("gold_kb_id", "split")} for r in records if r.get("split") == "test"]
+    test = [
+        {k: v for k, v in r.items() if k not in ("gold_kb_id", "split")} for r in records if r.get("split") == "test"
+    ]
     return {"model": folder / "run" / "model", "test": write_jsonl(folder / "test-no-gold.jsonl", test)}
 
 
@@ -44,8 +46,18 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def link(demo_run: dict, out: Path, *extra: object) -> Result:
-    return invoke("link", "--model", demo_run["model"], "--mentions", demo_run["test"], "--out", out,
-                  "--chunk-mentions", 20, *extra)
+    return invoke(
+        "link",
+        "--model",
+        demo_run["model"],
+        "--mentions",
+        demo_run["test"],
+        "--out",
+        out,
+        "--chunk-mentions",
+        20,
+        *extra,
+    )
 
 
 def links(out: Path) -> pl.DataFrame:
@@ -75,17 +87,23 @@ def one_file(folder: Path, pattern: str) -> Path:
 
 # --- item 1: cache entries --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("pattern, damage", [
-    ("entity-vectors/*/part-*.name.npy", truncate),
-    ("entity-vectors/*/part-*.name.npy", fill_with_nan),
-    ("entity-vectors/*/part-*.keys.npy", truncate),
-    ("kb-index/*/entities-*/entities.parquet", truncate),
-    ("kb-index/*/names-*/surfaces.parquet", truncate),
-    ("kb-index/*/names-*/tantivy/meta.json", empty),
-    ("kb-index/*/dense-*/names.faiss", empty),
-], ids=["part-truncated", "part-nan", "keys-truncated", "entities", "surfaces", "tantivy", "faiss"])
-def test_a_damaged_cache_entry_is_a_miss_rebuilt_with_one_warning(demo_run: dict, tmp_path: Path, cache: Path,
-                                                                  pattern: str, damage) -> None:
+
+@pytest.mark.parametrize(
+    "pattern, damage",
+    [
+        ("entity-vectors/*/part-*.name.npy", truncate),
+        ("entity-vectors/*/part-*.name.npy", fill_with_nan),
+        ("entity-vectors/*/part-*.keys.npy", truncate),
+        ("kb-index/*/entities-*/entities.parquet", truncate),
+        ("kb-index/*/names-*/surfaces.parquet", truncate),
+        ("kb-index/*/names-*/tantivy/meta.json", empty),
+        ("kb-index/*/dense-*/names.faiss", empty),
+    ],
+    ids=["part-truncated", "part-nan", "keys-truncated", "entities", "surfaces", "tantivy", "faiss"],
+)
+def test_a_damaged_cache_entry_is_a_miss_rebuilt_with_one_warning(
+    demo_run: dict, tmp_path: Path, cache: Path, pattern: str, damage
+) -> None:
     succeeded(link(demo_run, tmp_path / "first"))
     damaged = one_file(cache, pattern)
     damage(damaged)
@@ -114,6 +132,7 @@ def test_a_record_finds_truncation_changed_bytes_and_non_finite_values(tmp_path:
 
 
 # --- item 1: a link's saved chunks ------------------------------------------------------------------
+
 
 def test_a_damaged_saved_chunk_is_redone_on_resume(demo_run: dict, tmp_path: Path, cache: Path) -> None:
     succeeded(link(demo_run, tmp_path / "whole"))
@@ -144,7 +163,10 @@ def test_a_damaged_chunk_at_merge_is_refused_naming_what_to_delete(demo_run: dic
 
 # --- item 7: a shard of another count --------------------------------------------------------------
 
-def test_a_shard_of_another_count_beside_finished_shards_is_refused(demo_run: dict, tmp_path: Path, cache: Path) -> None:
+
+def test_a_shard_of_another_count_beside_finished_shards_is_refused(
+    demo_run: dict, tmp_path: Path, cache: Path
+) -> None:
     succeeded(link(demo_run, tmp_path / "out", "--shard", "0/2"))
     before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "out").rglob("*") if p.is_file())
     other = link(demo_run, tmp_path / "out", "--shard", "1/3")
@@ -156,8 +178,10 @@ def test_a_shard_of_another_count_beside_finished_shards_is_refused(demo_run: di
 
 # --- item 6: a full disk -----------------------------------------------------------------------------
 
-def test_a_full_disk_at_the_lock_is_e406_naming_it_and_leaves_no_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                     make_run_config) -> None:
+
+def test_a_full_disk_at_the_lock_is_e406_naming_it_and_leaves_no_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_run_config
+) -> None:
     """The lock file is made (a full disk still has inodes) but its first write fails with ENOSPC and no
     file name, as writes to a descriptor do: every write goes to /dev/full."""
     import pipeline.core.lock
@@ -176,7 +200,9 @@ def test_a_full_disk_at_the_lock_is_e406_naming_it_and_leaves_no_lock(tmp_path: 
     result = invoke("triage", "--config", make_run_config(run_dir=run_dir))
     assert result.exit_code == 2, result.output
     line = result.output.strip().splitlines()[-1]
-    assert line.startswith(f"Error: [E406] {run_dir / '.xel.lock'}: cannot write (") and "Traceback" not in result.output
+    assert (
+        line.startswith(f"Error: [E406] {run_dir / '.xel.lock'}: cannot write (") and "Traceback" not in result.output
+    )
     assert not (run_dir / ".xel.lock").exists()
 
 
@@ -184,31 +210,45 @@ def test_os_error_of_a_full_disk_is_e406() -> None:
     from pipeline.core.errors import os_error
 
     error = os_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/run/triage/x.parquet"))
-    assert error.code == "E406" and error.format_message().startswith("[E406] /data/run/triage/x.parquet: cannot write (")
+    assert error.code == "E406" and error.format_message().startswith(
+        "[E406] /data/run/triage/x.parquet: cannot write ("
+    )
 
 
 # --- item 2: a read-only shared cache -----------------------------------------------------------------
 
+
 def _read_only_mounts_work() -> bool:
     if shutil.which("unshare") is None:
         return False
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount --bind / /mnt 2>/dev/null || mount --bind /tmp /tmp"],
-                           capture_output=True)
+    probe = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", "mount --bind / /mnt 2>/dev/null || mount --bind /tmp /tmp"], capture_output=True
+    )
     return probe.returncode == 0
 
 
-@pytest.mark.skipif(not _read_only_mounts_work(), reason="needs `unshare -rm` (user and mount namespaces) to mount the "
-                                                          "cache read-only; chmod does not stop root")
-def test_a_read_only_cache_holding_everything_a_link_needs_is_used_as_is(demo_run: dict, tmp_path: Path,
-                                                                         cache: Path) -> None:
+@pytest.mark.skipif(
+    not _read_only_mounts_work(),
+    reason="needs `unshare -rm` (user and mount namespaces) to mount the cache read-only; chmod does not stop root",
+)
+def test_a_read_only_cache_holding_everything_a_link_needs_is_used_as_is(
+    demo_run: dict, tmp_path: Path, cache: Path
+) -> None:
     succeeded(link(demo_run, tmp_path / "first"))
     before = {p: p.stat().st_mtime_ns for p in cache.rglob("*")}
     (tmp_path / "second").mkdir()
-    command = (f"mount --bind {cache} {cache} && mount -o remount,bind,ro {cache} && "
-               f"{sys.executable} {ROOT / 'cli.py'} link --model {demo_run['model']} --mentions {demo_run['test']} "
-               f"--out {tmp_path / 'second'} --chunk-mentions 20")
-    result = subprocess.run(["unshare", "-rm", "sh", "-c", command], capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    command = (
+        f"mount --bind {cache} {cache} && mount -o remount,bind,ro {cache} && "
+        f"{sys.executable} {ROOT / 'cli.py'} link --model {demo_run['model']} --mentions {demo_run['test']} "
+        f"--out {tmp_path / 'second'} --chunk-mentions 20"
+    )
+    result = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and "[W" not in result.stderr, result.stderr
     assert links(tmp_path / "second").equals(links(tmp_path / "first"))
@@ -217,8 +257,10 @@ def test_a_read_only_cache_holding_everything_a_link_needs_is_used_as_is(demo_ru
 
 # --- item 1: encode's saved chunks and shards -----------------------------------------------------------
 
-def test_a_damaged_encode_chunk_is_redone_with_one_warning(make_run_config, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+
+def test_a_damaged_encode_chunk_is_redone_with_one_warning(
+    make_run_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import h5py
 
     real_rmtree = shutil.rmtree
@@ -254,7 +296,7 @@ def test_a_damaged_encode_shard_is_refused_at_merge_and_redone_by_its_shard(make
     damaged = shards / "vectors-1-of-2.h5"
     content = bytearray(damaged.read_bytes())
     middle = len(content) // 2
-    content[middle:middle + 16] = bytes(b ^ 0xFF for b in content[middle:middle + 16])  # the same size, other bytes
+    content[middle : middle + 16] = bytes(b ^ 0xFF for b in content[middle : middle + 16])  # the same size, other bytes
     damaged.write_bytes(bytes(content))
     merged = invoke("encode", "--config", config, "--merge")
     assert merged.exit_code == 2 and "Traceback" not in merged.output, merged.output

@@ -70,8 +70,9 @@ def _mentions(rows: list[tuple[str, str, str]]) -> pl.DataFrame:
 
 
 def test_hindi_namesakes_do_not_meet_rome() -> None:
-    surfaces = add_keys(pl.DataFrame({"surface": ["Rome", "रोम", "--"], "kb_id": ["Q1", "Q1", "Q2"]}), "surface") \
-        .with_columns(pl.lit("").alias("surface_acronym"))
+    surfaces = add_keys(
+        pl.DataFrame({"surface": ["Rome", "रोम", "--"], "kb_id": ["Q1", "Q1", "Q2"]}), "surface"
+    ).with_columns(pl.lit("").alias("surface_acronym"))
     mentions = _mentions([("m1", "राम", "NIL"), ("m2", "रीमा", "NIL"), ("m3", "रोम", "Q1"), ("m4", "--", "NIL")])
     found = kb_name_candidates(mentions, surfaces).sort("mention_id")
     assert found.select("mention_id", "kb_id").rows() == [("m3", "Q1")]
@@ -85,12 +86,14 @@ def test_empty_keys_give_no_prior() -> None:
 
 
 def test_nil_clusters_keep_script_letters_and_empty_keys_apart() -> None:
-    decided = pl.DataFrame({
-        "mention_id": ["a", "b", "c", "d", "e", "f"],
-        "mention": ["राम", "रीमा", "राम", "--", "...", "Rome"],
-        "is_nil": [True, True, True, True, True, False],
-        "kb_id": [schema.NIL_ID] * 5 + ["Q1"],
-    })
+    decided = pl.DataFrame(
+        {
+            "mention_id": ["a", "b", "c", "d", "e", "f"],
+            "mention": ["राम", "रीमा", "राम", "--", "...", "Rome"],
+            "is_nil": [True, True, True, True, True, False],
+            "kb_id": [schema.NIL_ID] * 5 + ["Q1"],
+        }
+    )
     clusters = dict(zip(*cluster_nils(decided, "name").select("mention_id", "system_id").to_dict().values()))
     assert clusters["a"] == clusters["c"]  # the same name across documents: one cluster
     assert len({clusters["a"], clusters["b"], clusters["d"], clusters["e"]}) == 4
@@ -119,8 +122,9 @@ def test_invisible_characters_fold_away_without_breaking_the_word(kind: str) -> 
 
 
 def test_a_persian_mention_with_zwnj_meets_its_alias_exactly() -> None:
-    surfaces = add_keys(pl.DataFrame({"surface": ["نوردبانک"], "kb_id": ["Q1"]}), "surface") \
-        .with_columns(pl.lit("").alias("surface_acronym"))
+    surfaces = add_keys(pl.DataFrame({"surface": ["نوردبانک"], "kb_id": ["Q1"]}), "surface").with_columns(
+        pl.lit("").alias("surface_acronym")
+    )
     mentions = _mentions([("m1", "نورد\u200cبانک", "Q1"), ("m2", "نوردبـانک", "Q1")])
     found = kb_name_candidates(mentions, surfaces).sort("mention_id")
     assert found.select("mention_id", "kb_id").rows() == [("m1", "Q1"), ("m2", "Q1")]

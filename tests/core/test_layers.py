@@ -39,25 +39,31 @@ def modules_of(package: str) -> list[Path]:
 
 @pytest.mark.parametrize("package", NO_STAGE_IMPORTS)
 def test_no_package_imports_a_stage_package(package):
-    offences = [f"{path.relative_to(PIPELINE.parent)}:{line} imports pipeline.{imported}"
-                for path in modules_of(package)
-                for imported, line in imported_packages(path)
-                if imported in STAGE_PACKAGES and imported != package]
+    offences = [
+        f"{path.relative_to(PIPELINE.parent)}:{line} imports pipeline.{imported}"
+        for path in modules_of(package)
+        for imported, line in imported_packages(path)
+        if imported in STAGE_PACKAGES and imported != package
+    ]
     assert offences == []
 
 
 def test_core_imports_nothing_above_it():
-    offences = [f"{path.relative_to(PIPELINE.parent)}:{line} imports pipeline.{imported}"
-                for path in modules_of("core")
-                for imported, line in imported_packages(path)
-                if imported != "core"]
+    offences = [
+        f"{path.relative_to(PIPELINE.parent)}:{line} imports pipeline.{imported}"
+        for path in modules_of("core")
+        for imported, line in imported_packages(path)
+        if imported != "core"
+    ]
     assert offences == []
 
 
 def test_the_checker_sees_imports_inside_functions(tmp_path):
     module = tmp_path / "m.py"
-    module.write_text("from pipeline import __version__\ndef f():\n    from pipeline.triage.stage import run\n"
-                      "    import pipeline.encode.stage\n")
+    module.write_text(
+        "from pipeline import __version__\ndef f():\n    from pipeline.triage.stage import run\n"
+        "    import pipeline.encode.stage\n"
+    )
     assert imported_packages(module) == {("triage", 3), ("encode", 4)}
 
 

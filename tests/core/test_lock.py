@@ -18,8 +18,11 @@ from pipeline.core.lock import LOCK_NAME, run_lock
 
 def _write_lock(run_dir, pid, host=None):
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / LOCK_NAME).write_text(json.dumps(
-        {"pid": pid, "host": host or socket.gethostname(), "started": "2026-01-01T00:00:00", "command": "run"}))
+    (run_dir / LOCK_NAME).write_text(
+        json.dumps(
+            {"pid": pid, "host": host or socket.gethostname(), "started": "2026-01-01T00:00:00", "command": "run"}
+        )
+    )
 
 
 def _dead_pid() -> int:

@@ -82,7 +82,9 @@ def test_terminal_gets_tqdm_and_a_redirected_stream_gets_log_lines(monkeypatch: 
     assert isinstance(silent, LogProgress) and silent.interval == float("inf")
 
 
-def test_track_yields_every_item_and_labels_it(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_track_yields_every_item_and_labels_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setattr(progress_module, "on_terminal", lambda: False)
     monkeypatch.setenv("XEL_PROGRESS_SECONDS", "1e-9")
     caplog.set_level(logging.INFO, logger="pipeline.core.progress")
@@ -100,18 +102,27 @@ def test_interval_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch, va
 
 def test_format_duration() -> None:
     assert [format_duration(s) for s in (0.4, 59, 61, 3599, 3600, 7620)] == [
-        "0 s", "59 s", "1 min 01 s", "59 min 59 s", "1 h 00 min", "2 h 07 min"]
+        "0 s",
+        "59 s",
+        "1 min 01 s",
+        "59 min 59 s",
+        "1 h 00 min",
+        "2 h 07 min",
+    ]
 
 
-def test_a_redirected_run_logs_encode_and_train_progress(tmp_path: Path, tiny_encoder_dir: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_redirected_run_logs_encode_and_train_progress(
+    tmp_path: Path, tiny_encoder_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # CliRunner's stderr is not a terminal, as with `xel-cli run ... 2> log`.
     monkeypatch.setenv("XEL_PROGRESS_SECONDS", "1e-9")
     config = write_run_config(tmp_path, tiny_encoder_dir)
     result = CliRunner().invoke(main, ["run", "--config", str(config)])
     assert result.exit_code == 0, result.output
     assert "\r" not in result.stderr
-    encode_lines = re.findall(r"^INFO pipeline\.core\.progress: encode: (\d+)/(\d+) texts.*texts/s", result.stderr, re.M)
+    encode_lines = re.findall(
+        r"^INFO pipeline\.core\.progress: encode: (\d+)/(\d+) texts.*texts/s", result.stderr, re.M
+    )
     assert encode_lines and encode_lines[-1][0] == encode_lines[-1][1]
     train_lines = re.findall(r"^INFO pipeline\.core\.progress: train: (\d+)/6 epochs \(\d+%\), .* epochs/s, ETA",
                              result.stderr, re.M)  # fmt: skip
@@ -119,8 +130,9 @@ def test_a_redirected_run_logs_encode_and_train_progress(tmp_path: Path, tiny_en
     assert re.search(r"^INFO pipeline\.core\.progress: train: 6/6 epochs in \d+ s .*; loss=", result.stderr, re.M)
 
 
-def test_triage_reports_progress_on_its_long_steps(tmp_path: Path, tiny_encoder_dir: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_triage_reports_progress_on_its_long_steps(
+    tmp_path: Path, tiny_encoder_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Triage logs progress while it reads the KB, keys and indexes its names, looks up fuzzy matches
     and runs each candidate source (issue 21 item 16: a new user saw 56 s of silence)."""
     monkeypatch.setenv("XEL_PROGRESS_SECONDS", "1e-9")
@@ -129,8 +141,14 @@ def test_triage_reports_progress_on_its_long_steps(tmp_path: Path, tiny_encoder_
     result = CliRunner().invoke(main, ["triage", "--config", str(config)])
     assert result.exit_code == 0, result.output
     steps = re.findall(r"^INFO pipeline\.core\.progress: (triage: [a-zA-Z -]+): ", result.stderr, re.M)
-    assert {"triage: KB", "triage: name keys", "triage: name index", "triage: fuzzy look-ups",
-            "triage: candidate sources"} <= set(steps), steps
-    sources = re.findall(r"^INFO pipeline\.core\.progress: triage: candidate sources: (\d)/4 sources \(.*; (.+)$",
-                         result.stderr, re.M)
+    assert {
+        "triage: KB",
+        "triage: name keys",
+        "triage: name index",
+        "triage: fuzzy look-ups",
+        "triage: candidate sources",
+    } <= set(steps), steps
+    sources = re.findall(
+        r"^INFO pipeline\.core\.progress: triage: candidate sources: (\d)/4 sources \(.*; (.+)$", result.stderr, re.M
+    )
     assert sources == [("1", "priors"), ("2", "KB names"), ("3", "fuzzy"), ("4", "dense")], result.stderr

@@ -14,7 +14,8 @@ from pipeline.core.shards import ShardErrors, finished_shards
 ERRORS = ShardErrors(
     none_finished=lambda: CacheError("E411", path="shards", detail="none"),
     cut_differently=lambda counts: CacheError("E411", path="shards", detail=f"cut {counts}"),
-    missing=lambda index, count: CacheError("E411", path=f"part-{index}-of-{count}", detail="missing"))
+    missing=lambda index, count: CacheError("E411", path=f"part-{index}-of-{count}", detail="missing"),
+)
 
 
 def write_shard(folder: Path, index: int, count: int, key: str = "k1") -> None:
@@ -30,10 +31,15 @@ def test_all_shards_of_the_key_in_shard_order(tmp_path: Path) -> None:
     assert [m["index"] for m in finished_shards(tmp_path, "part", "k1", ERRORS)] == [0, 1, 2]
 
 
-@pytest.mark.parametrize("shards, message", [
-    ([], "shards: none"), ([(0, 2, "k2")], "shards: none"),
-    ([(0, 2, "k1"), (1, 2, "k1"), (0, 3, "k1")], "shards: cut [2, 3]"),
-    ([(0, 3, "k1"), (2, 3, "k1")], "part-1-of-3: missing")])
+@pytest.mark.parametrize(
+    "shards, message",
+    [
+        ([], "shards: none"),
+        ([(0, 2, "k2")], "shards: none"),
+        ([(0, 2, "k1"), (1, 2, "k1"), (0, 3, "k1")], "shards: cut [2, 3]"),
+        ([(0, 3, "k1"), (2, 3, "k1")], "part-1-of-3: missing"),
+    ],
+)
 def test_each_way_of_being_unfinished_is_the_callers_error(tmp_path: Path, shards: list, message: str) -> None:
     tmp_path.mkdir(exist_ok=True)
     for index, count, key in shards:

@@ -30,8 +30,17 @@ def restore_threads():
         os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
 
 
-@pytest.mark.parametrize(("text", "cpus"), [("max 100000", None), ("200000 100000", 2), ("150000 100000", 1),
-                                            ("50000 100000", 1), ("garbage", None), ("", None)])
+@pytest.mark.parametrize(
+    ("text", "cpus"),
+    [
+        ("max 100000", None),
+        ("200000 100000", 2),
+        ("150000 100000", 1),
+        ("50000 100000", 1),
+        ("garbage", None),
+        ("", None),
+    ],
+)
 def test_cgroup_quota_in_whole_cpus(tmp_path: Path, text: str, cpus: int | None) -> None:
     cpu_max = tmp_path / "cpu.max"
     cpu_max.write_text(text + "\n")
@@ -100,11 +109,20 @@ def run_in_process(config: Path, run_dir: Path, threads: int, cache: Path) -> su
 def test_a_run_writes_the_same_system_file_at_one_and_two_threads(tiny_encoder_dir: Path, tmp_path: Path) -> None:
     demo = DEMO_MENTIONS.parent
     # The demo's data and layer sizes: matrices wide enough for torch to split them over threads.
-    train = {"min_type_count": 5, "features": ["name", "context", "type", "triage"], "name_hidden": [256],
-             "context_hidden": [256], "final_hidden": [256, 128], "batch_mentions": 32, "learning_rate": 1e-3,
-             "epochs": 10, "eval_every": 5}
-    config = write_run_config(tmp_path, tiny_encoder_dir, data={"mentions": demo / "mentions.jsonl", "kb": demo / "kb.jsonl"},
-                              train=train)
+    train = {
+        "min_type_count": 5,
+        "features": ["name", "context", "type", "triage"],
+        "name_hidden": [256],
+        "context_hidden": [256],
+        "final_hidden": [256, 128],
+        "batch_mentions": 32,
+        "learning_rate": 1e-3,
+        "epochs": 10,
+        "eval_every": 5,
+    }
+    config = write_run_config(
+        tmp_path, tiny_encoder_dir, data={"mentions": demo / "mentions.jsonl", "kb": demo / "kb.jsonl"}, train=train
+    )
     outputs = {}
     for threads in (1, 2):
         result = run_in_process(config, tmp_path / f"run-{threads}", threads, tmp_path / f"cache-{threads}")

@@ -80,8 +80,9 @@ def doc_folder(tmp_path: Path, request: pytest.FixtureRequest) -> tuple[Path, di
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     wrapper = bin_dir / "xel-cli"
-    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -c '
-                       f'"import cli; cli.main(prog_name=\'xel-cli\')" "$@"\n', encoding="utf-8")
+    wrapper.write_text(
+        f'#!/bin/sh\nexec "{sys.executable}" -c "import cli; cli.main(prog_name=\'xel-cli\')" "$@"\n', encoding="utf-8"
+    )
     wrapper.chmod(0o755)
     cache = tmp_path / "xel-cache"
     cache.mkdir()
@@ -95,13 +96,15 @@ def doc_folder(tmp_path: Path, request: pytest.FixtureRequest) -> tuple[Path, di
 
 
 @pytest.mark.parametrize(("language", "body"), _runnable_blocks())
-def test_runnable_block_runs_as_written(language: str, body: str, doc_folder: tuple[Path, dict[str, str]],
-                                        request: pytest.FixtureRequest) -> None:
+def test_runnable_block_runs_as_written(
+    language: str, body: str, doc_folder: tuple[Path, dict[str, str]], request: pytest.FixtureRequest
+) -> None:
     assert language == "bash", f"a runnable block must be bash, not {language!r}"
     folder, env = doc_folder
     timeout = SLOW_TIMEOUT_S if request.node.get_closest_marker("slow") else FAST_TIMEOUT_S
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", body], cwd=folder, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", body], cwd=folder, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert done.returncode == 0, f"exit {done.returncode}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
 
 
@@ -159,7 +162,7 @@ def _command_lines(path: Path) -> list[str]:
     text = path.read_text(encoding="utf-8")
     lines = [line for _, body, _ in _code_blocks(path) for line in body.splitlines()]
     lines += INLINE_CODE.findall(FENCE.sub("", text))
-    return [line[match.start():] for line in lines for match in COMMAND.finditer(line)]
+    return [line[match.start() :] for line in lines for match in COMMAND.finditer(line)]
 
 
 def _unknown_names(command_line: str) -> list[str]:
@@ -187,6 +190,11 @@ def _unknown_names(command_line: str) -> list[str]:
 def test_every_spelled_command_and_option_exists() -> None:
     """Hidden options (old spellings kept for one release) count as unknown, except in the page
     that lists the renamings."""
-    unknown = [f"{path.relative_to(ROOT)}: {line!r}: {name}" for path in DOCUMENTS if path != RENAMINGS_PAGE
-               for line in _command_lines(path) for name in _unknown_names(line)]
+    unknown = [
+        f"{path.relative_to(ROOT)}: {line!r}: {name}"
+        for path in DOCUMENTS
+        if path != RENAMINGS_PAGE
+        for line in _command_lines(path)
+        for name in _unknown_names(line)
+    ]
     assert not unknown, "\n".join(unknown)

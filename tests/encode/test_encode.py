@@ -53,17 +53,29 @@ def many_mentions(count: int, seed: int = 0) -> list[dict]:
         after = " ".join(rng.choice(words, int(rng.integers(3, 12))))
         text = f"{before} {name} {after}."
         start = len(before) + 1
-        records.append({"id": f"m{index:05d}", "doc_id": f"d{index}", "lang": "en", "text": text,
-                        "start": start, "end": start + len(name), "mention": name,
-                        "gold_kb_id": TINY_KB[index % len(TINY_KB)]["kb_id"], "entity_type": "PER",
-                        "split": ("train", "dev", "test")[index % 3]})
+        records.append(
+            {
+                "id": f"m{index:05d}",
+                "doc_id": f"d{index}",
+                "lang": "en",
+                "text": text,
+                "start": start,
+                "end": start + len(name),
+                "mention": name,
+                "gold_kb_id": TINY_KB[index % len(TINY_KB)]["kb_id"],
+                "entity_type": "PER",
+                "split": ("train", "dev", "test")[index % 3],
+            }
+        )
     return records
 
 
 def read_all(path: Path) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
     with h5py.File(path, "r") as handle:
-        return {group: ([v.decode() for v in handle[group]["id"][:]], handle[group]["name"][:], handle[group]["context"][:])
-                for group in ("mentions", "entities")}
+        return {
+            group: ([v.decode() for v in handle[group]["id"][:]], handle[group]["name"][:], handle[group]["context"][:])
+            for group in ("mentions", "entities")
+        }
 
 
 def assert_same_vectors(first: Path, second: Path, exact: bool = False) -> None:
@@ -81,11 +93,17 @@ def assert_same_vectors(first: Path, second: Path, exact: bool = False) -> None:
 def big_triage(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -> dict:
     """A finished triage of MENTIONS mentions with the tiny encoder, and its config (chunks of 8 texts)."""
     folder = tmp_path_factory.mktemp("big")
-    data = {"mentions": write_jsonl(folder / "data" / "mentions.jsonl", many_mentions(MENTIONS)),
-            "kb": write_jsonl(folder / "data" / "kb.jsonl", TINY_KB)}
-    config = write_run_config(folder, tiny_encoder_dir, data=data,
-                              encoder={"chunk_texts": 8, "batch_tokens": 256, "max_context_tokens": 64},
-                              triage={"use_fuzzy": False, "use_dense": False})
+    data = {
+        "mentions": write_jsonl(folder / "data" / "mentions.jsonl", many_mentions(MENTIONS)),
+        "kb": write_jsonl(folder / "data" / "kb.jsonl", TINY_KB),
+    }
+    config = write_run_config(
+        folder,
+        tiny_encoder_dir,
+        data=data,
+        encoder={"chunk_texts": 8, "batch_tokens": 256, "max_context_tokens": 64},
+        triage={"use_fuzzy": False, "use_dense": False},
+    )
     succeeded(invoke("triage", "--config", config))
     return {"config": config, "run_dir": folder / "run", "folder": folder}
 
@@ -100,8 +118,15 @@ def test_killed_encode_resumes_from_its_last_chunk(big_triage: dict, tmp_path: P
     succeeded(invoke("encode", "--config", big_triage["config"], "--run-dir", reference))
 
     run_dir = copy_triage(big_triage, tmp_path / "killed")
-    command = [sys.executable, str(ROOT / "cli.py"), "encode", "--config", str(big_triage["config"]),
-               "--run-dir", str(run_dir)]
+    command = [
+        sys.executable,
+        str(ROOT / "cli.py"),
+        "encode",
+        "--config",
+        str(big_triage["config"]),
+        "--run-dir",
+        str(run_dir),
+    ]
     process = subprocess.Popen(command, cwd=ROOT, env=ONE_THREAD, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     chunk_files: list[Path] = []
@@ -170,9 +195,11 @@ def test_merge_names_a_missing_shard(make_run_config, tmp_path: Path) -> None:
     assert result.exit_code == 2
     error_lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
     missing = run_dir / "encode" / "shards" / "vectors-1-of-2.h5"
-    assert error_lines == [f"Error: [E403] {missing}: missing; shard 1/2 is missing or was made with other inputs "
-                           f"or settings; run `xel-cli encode --shard 1/2` with this run's config, then run "
-                           f"`xel-cli encode --merge` again"]
+    assert error_lines == [
+        f"Error: [E403] {missing}: missing; shard 1/2 is missing or was made with other inputs "
+        f"or settings; run `xel-cli encode --shard 1/2` with this run's config, then run "
+        f"`xel-cli encode --merge` again"
+    ]
     assert "Traceback" not in result.output
     # A shard of other settings does not count as this run's shard 1/2.
     succeeded(invoke("encode", "--config", config, "--shard", "1/2", "--set", "encoder.name_layer=2"))

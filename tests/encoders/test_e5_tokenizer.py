@@ -127,10 +127,14 @@ def test_rebuilt_tokenizer_equals_upstream(ours_and_upstream) -> None:
         for side in (ours, upstream)
     )
     singles = [chr(cp) for cp in range(0x110000) if not 0xD800 <= cp < 0xE000]
-    decomposed = sorted({unicodedata.normalize(form, char) for char in singles for form in ("NFD", "NFKD")} - set(singles))
+    decomposed = sorted(
+        {unicodedata.normalize(form, char) for char in singles for form in ("NFD", "NFKD")} - set(singles)
+    )
     assert len(singles) == 1_112_064
     for texts in (singles, decomposed):
-        differing = [text for text in texts if ours_charsmap.normalize_str(text) != upstream_charsmap.normalize_str(text)]
+        differing = [
+            text for text in texts if ours_charsmap.normalize_str(text) != upstream_charsmap.normalize_str(text)
+        ]
         assert differing == []
 
 
@@ -140,7 +144,9 @@ def test_rebuilt_tokenizer_encodes_the_demo_like_upstream(ours_and_upstream) -> 
     for path in sorted((Path(__file__).resolve().parents[2] / "pipeline" / "demo_data").glob("*.jsonl")):
         for line in path.read_text(encoding="utf-8").splitlines():
             record = json.loads(line)
-            texts += [record[key] for key in ("text", "mention", "name", "description") if isinstance(record.get(key), str)]
+            texts += [
+                record[key] for key in ("text", "mention", "name", "description") if isinstance(record.get(key), str)
+            ]
     texts += [unicodedata.normalize("NFKD", text) for text in texts]
     assert len(texts) > 500
     for ours_encoding, upstream_encoding in zip(ours.encode_batch(texts), upstream.encode_batch(texts)):

@@ -115,9 +115,7 @@ def test_built_folder_loads_as_e5_small(default_encoder_dir: Path, e5) -> None:
     assert [start for start, _ in offsets[1:-1]] == sorted(start for start, _ in offsets[1:-1])
     assert text[offsets[1][0] : offsets[-2][1]].strip() == text
 
-    _, loading_info = AutoModel.from_pretrained(
-        default_encoder_dir, add_pooling_layer=False, output_loading_info=True
-    )
+    _, loading_info = AutoModel.from_pretrained(default_encoder_dir, add_pooling_layer=False, output_loading_info=True)
     assert not loading_info["missing_keys"] and not loading_info["unexpected_keys"]
 
     marker = json.loads((default_encoder_dir / MARKER_FILE).read_text(encoding="utf-8"))
@@ -166,8 +164,9 @@ def test_second_call_is_a_cache_hit(default_encoder_dir: Path, monkeypatch: pyte
     assert (default_encoder_dir / MARKER_FILE).stat().st_mtime_ns == marker_mtime
 
 
-def test_a_damaged_build_is_rebuilt_with_one_warning(default_encoder_dir: Path, tmp_path: Path,
-                                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_a_damaged_build_is_rebuilt_with_one_warning(
+    default_encoder_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Issue 21: a weights file cut short in the cache (a full disk, a bad copy) is a miss, not a
     traceback in every later load."""
     import os
@@ -208,7 +207,7 @@ def _wrong_magic(source: Path, path: Path) -> None:
 
 
 def _truncated(source: Path, path: Path) -> None:
-    path.write_bytes(source.read_bytes()[: 5_000_000])  # header intact, tensors cut off
+    path.write_bytes(source.read_bytes()[:5_000_000])  # header intact, tensors cut off
 
 
 def _shrunk_tensor(source: Path, path: Path) -> None:
@@ -294,4 +293,3 @@ def test_tiny_encoder_loads_and_keeps_scripts(tiny_encoder_dir: Path) -> None:
     with torch.no_grad():
         hidden = model(**tokenizer(["Serena Williams", "奥巴马"], padding=True, return_tensors="pt"))
     assert hidden.last_hidden_state.shape[-1] == 32
-

@@ -28,8 +28,9 @@ WORDS = ["Paris", "Berlin", "Moscow", "Madrid"]
 @pytest.fixture(scope="module")
 def encoder(tiny_encoder_dir: Path):
     torch.manual_seed(0)
-    return load_encoder(EncoderConfig(name=str(tiny_encoder_dir), max_context_tokens=MAX_CONTEXT_TOKENS,
-                                      device="cpu", precision="fp32"))
+    return load_encoder(
+        EncoderConfig(name=str(tiny_encoder_dir), max_context_tokens=MAX_CONTEXT_TOKENS, device="cpu", precision="fp32")
+    )
 
 
 def one_token_words(encoder) -> list[str]:
@@ -54,16 +55,17 @@ def test_every_mention_length_pools_its_own_sub_words(encoder, lengths, padding:
     units, span_rows = plan_mentions(mentions, encoder, table, MAX_CONTEXT_TOKENS, 0)
     specials = set(encoder.tokenizer.all_special_ids)
     for row, n in enumerate(mentions["n"].to_list()):
-        mention_ids = encoder.tokenizer(" ".join(words[i % len(words)] for i in range(n)),
-                                        add_special_tokens=False)["input_ids"]
+        mention_ids = encoder.tokenizer(" ".join(words[i % len(words)] for i in range(n)), add_special_tokens=False)[
+            "input_ids"
+        ]
         assert len(mention_ids) == n
         unit = table.units[units[row]]
-        (out_row, first, last), = [s for s in table.spans[units[row]] if s[0] == span_rows[row]]
+        ((out_row, first, last),) = [s for s in table.spans[units[row]] if s[0] == span_rows[row]]
         pooled = unit[first:last].tolist()
         assert len(unit) <= MAX_CONTEXT_TOKENS
         assert not specials & set(pooled), (n, padding)
         expected_start = max(n - BODY, 0) // 2  # the middle sub-words when the mention is longer
-        assert pooled == mention_ids[expected_start: expected_start + min(n, BODY)], (n, padding)
+        assert pooled == mention_ids[expected_start : expected_start + min(n, BODY)], (n, padding)
     # Encoding them works and each vector is the max over exactly those positions.
     context_vectors, span_vectors = forward_units(encoder, table.units, table.spans, 1, batch_tokens=256)
     for unit_index, spans in enumerate(table.spans):

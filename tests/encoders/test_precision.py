@@ -40,14 +40,17 @@ def test_int8_on_cuda_is_refused_before_any_stage_key(tiny_encoder_dir: Path) ->
         configured_identity(EncoderConfig(name=str(tiny_encoder_dir), device="cuda:0", precision="int8"))
 
 
-@pytest.mark.parametrize("device_type, flags, expected", [
-    ("cuda", frozenset(), "bf16"),
-    ("cpu", frozenset({"avx2", "avx512_bf16"}), "bf16"),
-    ("cpu", frozenset({"avx2", "amx_bf16", "amx_tile"}), "bf16"),
-    ("cpu", frozenset({"avx2", "fma"}), "fp32"),  # bf16 emulated: slower than fp32 (docs/performance.md)
-    ("cpu", frozenset(), "fp32"),
-    ("mps", frozenset(), "fp32"),
-])
+@pytest.mark.parametrize(
+    "device_type, flags, expected",
+    [
+        ("cuda", frozenset(), "bf16"),
+        ("cpu", frozenset({"avx2", "avx512_bf16"}), "bf16"),
+        ("cpu", frozenset({"avx2", "amx_bf16", "amx_tile"}), "bf16"),
+        ("cpu", frozenset({"avx2", "fma"}), "fp32"),  # bf16 emulated: slower than fp32 (docs/performance.md)
+        ("cpu", frozenset(), "fp32"),
+        ("mps", frozenset(), "fp32"),
+    ],
+)
 def test_auto_picks_by_device_and_cpu_flags(device_type: str, flags: frozenset, expected: str) -> None:
     assert auto_precision(device_type, flags) == expected
     assert Precision.resolve("auto", device_type, flags=flags) == Precision(expected, device_type)
@@ -55,8 +58,10 @@ def test_auto_picks_by_device_and_cpu_flags(device_type: str, flags: frozenset, 
 
 def test_cpu_flags_come_from_cpuinfo(tmp_path: Path) -> None:
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 avx512_bf16 amx_bf16\n\n"
-                       "processor\t: 1\nflags\t\t: fpu\n")
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 avx512_bf16 amx_bf16\n\n"
+        "processor\t: 1\nflags\t\t: fpu\n"
+    )
     assert cpu_flags(cpuinfo) == frozenset({"fpu", "avx2", "avx512_bf16", "amx_bf16"})
     assert cpu_flags(tmp_path / "missing") == frozenset()  # not Linux: auto takes the CPU as bf16-less
 
@@ -66,8 +71,10 @@ def test_the_precision_is_part_of_the_identity(tiny_encoder_dir: Path) -> None:
     by_precision = {name: encoder_identity(str(tiny_encoder_dir), name) for name in ("fp32", "bf16", "fp16", "int8")}
     assert by_precision["fp32"] == files_only  # fp32 runs from before the setting keep their keys and caches
     assert len(set(by_precision.values())) == 4
-    configured = {name: configured_identity(EncoderConfig(name=str(tiny_encoder_dir), device="cpu", precision=name))
-                  for name in ("auto", "fp32", "int8")}
+    configured = {
+        name: configured_identity(EncoderConfig(name=str(tiny_encoder_dir), device="cpu", precision=name))
+        for name in ("auto", "fp32", "int8")
+    }
     assert configured["int8"] == by_precision["int8"]
     assert configured["fp32"] == files_only
     assert configured["auto"] == by_precision[auto_precision("cpu")]
@@ -84,6 +91,7 @@ def test_vectors_stay_close_to_fp32_and_float32(tiny_encoder_dir: Path, precisio
 
     reference, encoder = load("fp32"), load(precision)
     assert encoder.precision == Precision(precision, "cpu") and encoder.identity != reference.identity
+
     def quantised(model: torch.nn.Module) -> int:
         return sum(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in model.modules())
 
@@ -92,8 +100,7 @@ def test_vectors_stay_close_to_fp32_and_float32(tiny_encoder_dir: Path, precisio
     texts = [record["text"] for record in tiny_mention_records()]
     units = [np.asarray(ids) for ids in reference.tokenizer(texts)["input_ids"]]
     spans = [[(row, 1, 3)] for row in range(len(units))]
-    for run in (lambda e: forward_units(e, units, spans, 1, 1024),
-                lambda e: (embed_texts(e, texts, 32, 1024),)):
+    for run in (lambda e: forward_units(e, units, spans, 1, 1024), lambda e: (embed_texts(e, texts, 32, 1024),)):
         for got, expected in zip(run(encoder), run(reference)):
             assert got.dtype == np.float32
             cosines = _cosines(got, expected)

@@ -128,6 +128,7 @@ def cli(config: Path, *args: str) -> list[str]:
 
 # --- input builders -------------------------------------------------------------------------
 
+
 def data(env: Env) -> Path:
     folder = env.tmp / "data"
     folder.mkdir(parents=True, exist_ok=True)
@@ -161,6 +162,7 @@ def bom_crlf(content: bytes) -> bytes:
 def entities_count(expected: int) -> Callable[[Path, str], None]:
     def check(run_dir: Path, output: str) -> None:
         assert pl.read_parquet(run_dir / "triage" / "entities.parquet").height == expected
+
     return check
 
 
@@ -170,18 +172,32 @@ DOC_TEXT = "Barack Obama met Angela Merkel in Berlin on Monday."
 def docs_case(docs_content: bytes, names: list[str]) -> Callable[[Env], Invocation]:
     def build(env: Env) -> Invocation:
         (data(env) / "docs.jsonl").write_bytes(docs_content)
-        mentions = write_jsonl(data(env) / "doc-mentions.jsonl", [
-            {"id": "m1", "doc_id": "d1", "lang": "en", "mention": "Barack Obama", "doc_start": 0, "doc_end": 12,
-             "gold_kb_id": "Q1", "split": "test"}])
+        mentions = write_jsonl(
+            data(env) / "doc-mentions.jsonl",
+            [
+                {
+                    "id": "m1",
+                    "doc_id": "d1",
+                    "lang": "en",
+                    "mention": "Barack Obama",
+                    "doc_start": 0,
+                    "doc_end": 12,
+                    "gold_kb_id": "Q1",
+                    "split": "test",
+                }
+            ],
+        )
         config = env.config(inputs={"mentions": mentions, "docs": data(env) / "docs.jsonl"})
         check = None if names else context_is(DOC_TEXT)
         return Invocation(cli(config, "triage"), ["docs.jsonl", *names], "triage", check)
+
     return build
 
 
 def context_is(text: str) -> Callable[[Path, str], None]:
     def check(run_dir: Path, output: str) -> None:
         assert pl.read_parquet(run_dir / "triage" / "mentions.parquet")["context"].to_list() == [text]
+
     return check
 
 
@@ -193,11 +209,22 @@ THAI_TEXT = "กรุงเทพมหานครเป็นเมือง�
 
 def unknown_tokens(env: Env) -> Invocation:
     surface = "กรุงเทพมหานคร"
-    records = tiny_mention_records() + [{"id": "th-1", "doc_id": "th-d1", "lang": "th", "text": THAI_TEXT,
-                                         "start": 0, "end": len(surface), "mention": surface, "split": "test"}]
+    records = tiny_mention_records() + [
+        {
+            "id": "th-1",
+            "doc_id": "th-d1",
+            "lang": "th",
+            "text": THAI_TEXT,
+            "start": 0,
+            "end": len(surface),
+            "mention": surface,
+            "split": "test",
+        }
+    ]
     write_jsonl(data(env) / "mentions.jsonl", records)
     write_jsonl(data(env) / "kb.jsonl", TINY_KB)
     from transformers import AutoTokenizer
+
     tokens = AutoTokenizer.from_pretrained(env.encoder).tokenize(THAI_TEXT)
     assert tokens and set(tokens) == {"[UNK]"}  # the case is what it claims to be
     config = env.config()
@@ -208,6 +235,7 @@ def unknown_tokens(env: Env) -> Invocation:
             ids = [v.decode() for v in handle["mentions"]["id"][:]]
             assert "th-1" in ids  # encoded like any other mention: all-[UNK] input is still input
             assert np.isfinite(handle["mentions"]["name"][:]).all()
+
     return Invocation(cli(config, "encode"), [], "encode", check)
 
 
@@ -221,7 +249,9 @@ def tac_line(surface: str, kb_id: str = "Q1", mention_id: str = "EDL_1") -> str:
     return f"gold\t{mention_id}\t{surface}\tENG_NW_0001:{start}-{start + len(surface) - 1}\t{kb_id}\tPER\tNAM\t1.0"
 
 
-def tac_case(tab: bytes | None = None, source: bytes | None = None, names: list[str] = ()) -> Callable[[Env], Invocation]:
+def tac_case(
+    tab: bytes | None = None, source: bytes | None = None, names: list[str] = ()
+) -> Callable[[Env], Invocation]:
     def build(env: Env) -> Invocation:
         write_jsonl(data(env) / "kb.jsonl", TINY_KB)
         write_jsonl(data(env) / "mentions.jsonl", tiny_mention_records())
@@ -232,10 +262,12 @@ def tac_case(tab: bytes | None = None, source: bytes | None = None, names: list[
         good = (tac_line("Barack Obama") + "\n" + tac_line("Paris", "Q4", "EDL_2") + "\n").encode()
         tab_path.write_bytes(tab if tab is not None else good)
         return Invocation(cli(env.tac_config(tab_path, source_dir), "triage"), list(names), "triage")
+
     return build
 
 
 # --- outside candidates ------------------------------------------------------------------------
+
 
 def candidates_case(text: str, names: list[str], check=None, **sections: dict) -> Callable[[Env], Invocation]:
     def build(env: Env) -> Invocation:
@@ -243,8 +275,10 @@ def candidates_case(text: str, names: list[str], check=None, **sections: dict) -
         path.write_text(text, encoding="utf-8")
         write_jsonl(data(env) / "mentions.jsonl", tiny_mention_records())
         write_jsonl(data(env) / "kb.jsonl", TINY_KB)
-        return Invocation(cli(env.config(inputs={"candidates": path}, **sections), "triage"), ["outside.csv", *names],
-                          "triage", check)
+        return Invocation(
+            cli(env.config(inputs={"candidates": path}, **sections), "triage"), ["outside.csv", *names], "triage", check
+        )
+
     return build
 
 
@@ -257,33 +291,44 @@ def warned_and_kept(run_dir: Path, output: str) -> None:
 
 # --- config ------------------------------------------------------------------------------
 
+
 def config_case(named: str, **sections: dict) -> Callable[[Env], Invocation]:
     return lambda env: Invocation(cli(env.config(**sections), "triage"), ["run.toml", named])
 
 
 # --- damaged artifacts -------------------------------------------------------------------------
 
+
 def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
-def damaged(relative: str, damage: Callable[[Path], None], command: list[str], stage: str,
-            names: list[str] = (), check=None) -> Callable[[Env], Invocation]:
+def damaged(
+    relative: str, damage: Callable[[Path], None], command: list[str], stage: str, names: list[str] = (), check=None
+) -> Callable[[Env], Invocation]:
     """Damage `relative` in a copy of the finished base run, then run `command` on it."""
+
     def build(env: Env) -> Invocation:
         run_dir = env.run_copy()
         damage(run_dir / relative)
-        return Invocation([*command, "--config", str(env.config()), "--run-dir", str(run_dir)],
-                          [str(run_dir / relative), *names], stage, check)
+        return Invocation(
+            [*command, "--config", str(env.config()), "--run-dir", str(run_dir)],
+            [str(run_dir / relative), *names],
+            stage,
+            check,
+        )
+
     return build
 
 
 def then_train(damage: Callable[[Path], None]) -> Callable[[Path], None]:
     """Damage, and drop train's manifest so a plain `train` (no --force, which would
     discard the checkpoint) re-runs: the checkpoint must survive the error."""
+
     def both(path: Path) -> None:
         damage(path)
         (path.parents[1] / "train" / "manifest.json").unlink()
+
     return both
 
 
@@ -305,7 +350,7 @@ def damaged_pages(path: Path) -> None:
     """Overwrite every column's pages with 0xff; the footer (schema, offsets) stays intact."""
     content = bytearray(path.read_bytes())
     for first, length in column_chunks(path):
-        content[first:first + length] = b"\xff" * length
+        content[first : first + length] = b"\xff" * length
     path.write_bytes(bytes(content))
     pl.scan_parquet(path).collect_schema()  # the footer still reads: only collecting fails
 
@@ -322,7 +367,7 @@ def pages_that_panic(path: Path) -> None:
     for first, length in column_chunks(path):
         for offset in range(first, first + length - 6):
             content = bytearray(original)
-            content[offset:offset + 6] = b"\xff" * 6
+            content[offset : offset + 6] = b"\xff" * 6
             path.write_bytes(bytes(content))
             with _stderr_held() as held:
                 held.discard()  # the panic's backtrace
@@ -356,6 +401,7 @@ def drop_manifest_and_garble(path: Path) -> None:
 
 # --- disk full -----------------------------------------------------------------------------------
 
+
 def disk_full(env: Env) -> Invocation:
     """The Parquet writer fills the disk half-way: E406, no file under the final name."""
     real = pl.DataFrame.write_parquet
@@ -371,6 +417,7 @@ def disk_full(env: Env) -> Invocation:
         named = Path(output.split("] ", 1)[1].split(":", 1)[0])
         assert named.suffix == ".parquet" and not named.exists()
         assert os.strerror(errno.ENOSPC) in output
+
     return Invocation(cli(env.config(), "triage"), ["cannot write"], "triage", check)
 
 
@@ -385,30 +432,47 @@ def rename_fails(env: Env) -> Invocation:
         return real_replace(source, target, *args, **kwargs)
 
     env.monkeypatch.setattr(pipeline.core.io.os, "replace", replace)
-    return Invocation(["evaluate", "--force", "--config", str(env.config()), "--run-dir", str(run_dir)],
-                      [str(run_dir / "evaluate" / "scores.parquet"), "cannot write"], "evaluate")
+    return Invocation(
+        ["evaluate", "--force", "--config", str(env.config()), "--run-dir", str(run_dir)],
+        [str(run_dir / "evaluate" / "scores.parquet"), "cannot write"],
+        "evaluate",
+    )
 
 
 # --- issue 13: inputs that used to break a later stage or skew its result --------------------
 
+
 def record(mention_id: str, doc_id: str, text: str, surface: str, **extra) -> dict:
     """A test-split NIL mention of `surface` in `text` (offsets computed), fields overridable."""
     start = text.index(surface)
-    return {"id": mention_id, "doc_id": doc_id, "lang": "en", "text": text, "start": start,
-            "end": start + len(surface), "mention": surface, "gold_kb_id": "NIL", "split": "test", **extra}
+    return {
+        "id": mention_id,
+        "doc_id": doc_id,
+        "lang": "en",
+        "text": text,
+        "start": start,
+        "end": start + len(surface),
+        "mention": surface,
+        "gold_kb_id": "NIL",
+        "split": "test",
+        **extra,
+    }
 
 
 TINY_LINES = len(tiny_mention_records())  # extra records start on the line after these
 
 
-def mentions_case(extra: Callable[[], list[dict]], names: list[str], check=None, kb: list | None = None,
-                  **sections: dict) -> Callable[[Env], Invocation]:
+def mentions_case(
+    extra: Callable[[], list[dict]], names: list[str], check=None, kb: list | None = None, **sections: dict
+) -> Callable[[Env], Invocation]:
     """The tiny mentions plus `extra` (from line TINY_LINES + 1), triaged."""
+
     def build(env: Env) -> Invocation:
         write_jsonl(data(env) / "mentions.jsonl", tiny_mention_records() + extra())
         write_jsonl(data(env) / "kb.jsonl", TINY_KB if kb is None else kb)
         named = ["mentions.jsonl", *names] if names else []
         return Invocation(cli(env.config(**sections), "triage"), named, "triage", check)
+
     return build
 
 
@@ -420,9 +484,12 @@ def no_exact_match(mention_ids: list[str], warning: str) -> Callable[[Path, str]
     def check(run_dir: Path, output: str) -> None:
         assert warning in output, output
         candidates = pl.read_parquet(run_dir / "triage" / "candidates.parquet").filter(
-            pl.col("mention_id").is_in(mention_ids))
-        assert not candidates.filter(pl.col("sources").list.contains("kb_name")
-                                     | pl.col("sources").list.contains("prior")).height, candidates
+            pl.col("mention_id").is_in(mention_ids)
+        )
+        assert not candidates.filter(
+            pl.col("sources").list.contains("kb_name") | pl.col("sources").list.contains("prior")
+        ).height, candidates
+
     return check
 
 
@@ -431,6 +498,7 @@ def entity_named(kb_id: str, name: str, warning: str) -> Callable[[Path, str], N
         assert warning in output, output
         entities = pl.read_parquet(run_dir / "triage" / "entities.parquet")
         assert entities.filter(pl.col("kb_id") == kb_id)["name"].to_list() == [name]
+
     return check
 
 
@@ -441,11 +509,19 @@ EUROPE = RU_TEXT.index("Европы", CHAMPION)
 
 def discontinuous(**extra) -> dict:
     """`чемпион Европы` over `чемпион мира и Европы` (a brat-style discontinuous mention)."""
-    return {**record("ru-9", "ru-d9", RU_TEXT, "чемпион мира и Европы", lang="ru"), "mention": "чемпион Европы", **extra}
+    return {
+        **record("ru-9", "ru-d9", RU_TEXT, "чемпион мира и Европы", lang="ru"),
+        "mention": "чемпион Европы",
+        **extra,
+    }
 
 
 def covering_span_kept(run_dir: Path, output: str) -> None:
-    row = pl.read_parquet(run_dir / "triage" / "mentions.parquet").filter(pl.col("mention_id") == "ru-9").row(0, named=True)
+    row = (
+        pl.read_parquet(run_dir / "triage" / "mentions.parquet")
+        .filter(pl.col("mention_id") == "ru-9")
+        .row(0, named=True)
+    )
     assert (row["mention"], row["start"], row["end"]) == ("чемпион Европы", CHAMPION, EUROPE + len("Европы"))
 
 
@@ -454,10 +530,13 @@ LONG_NAME = "Nordic Association of Independent Regional Coastal Ferry and Harbou
 
 def long_mention(env: Env) -> Invocation:
     """A mention of more sub-words than max_context_tokens = 16 holds: encoded, finite."""
-    write_jsonl(data(env) / "mentions.jsonl",
-                tiny_mention_records() + [record("en-long", "en-d9", f"The {LONG_NAME} met on Monday.", LONG_NAME)])
+    write_jsonl(
+        data(env) / "mentions.jsonl",
+        tiny_mention_records() + [record("en-long", "en-d9", f"The {LONG_NAME} met on Monday.", LONG_NAME)],
+    )
     write_jsonl(data(env) / "kb.jsonl", TINY_KB)
     from transformers import AutoTokenizer
+
     assert len(AutoTokenizer.from_pretrained(env.encoder).tokenize(LONG_NAME)) > 16  # the case is what it claims
     config = env.config(encoder={"max_context_tokens": 16})
     assert CliRunner().invoke(main, cli(config, "--quiet", "triage")).exit_code == 0
@@ -466,13 +545,15 @@ def long_mention(env: Env) -> Invocation:
         with h5py.File(run_dir / "encode" / "vectors.h5", "r") as handle:
             assert "en-long" in [v.decode() for v in handle["mentions"]["id"][:]]
             assert np.isfinite(handle["mentions"]["name"][:]).all()
+
     return Invocation(cli(config, "encode"), [], "encode", check)
 
 
 def external_kept_once(run_dir: Path, output: str) -> None:
     assert "outside.csv: 2 candidate row(s) repeat" in output and "kept the highest score" in output, output
     candidates = pl.read_parquet(run_dir / "triage" / "candidates.parquet").filter(
-        (pl.col("mention_id") == "en-8") & (pl.col("kb_id") == "Q1"))
+        (pl.col("mention_id") == "en-8") & (pl.col("kb_id") == "Q1")
+    )
     assert candidates.select("score", "sources").rows() == [(0.8, ["external"])]
 
 
@@ -500,160 +581,431 @@ def mismatched_tab_files(env: Env) -> Invocation:
 TRIAGE = ["triage", "--force"]
 CASES = [
     # KB
-    Case("kb-non-utf8", "KB", "E110", kb_case(lambda: kb_with(3, name="MoscXXw").replace(b"XX", b"\xff"),
-                                              ["kb.jsonl:3:"])),
-    Case("kb-bom-crlf-accepted", "KB", None,
-         lambda env: Invocation(cli(write_kb_bytes(env, bom_crlf(jsonl_bytes(TINY_KB))), "triage"), [], "triage",
-                                entities_count(len(TINY_KB)))),
+    Case(
+        "kb-non-utf8",
+        "KB",
+        "E110",
+        kb_case(lambda: kb_with(3, name="MoscXXw").replace(b"XX", b"\xff"), ["kb.jsonl:3:"]),
+    ),
+    Case(
+        "kb-bom-crlf-accepted",
+        "KB",
+        None,
+        lambda env: Invocation(
+            cli(write_kb_bytes(env, bom_crlf(jsonl_bytes(TINY_KB))), "triage"),
+            [],
+            "triage",
+            entities_count(len(TINY_KB)),
+        ),
+    ),
     Case("kb-empty", "KB", "E107", kb_case(lambda: b"", ["file is empty"])),
     Case("kb-all-blank", "KB", "E107", kb_case(lambda: b"\n   \n\t\r\n\n", ["file is empty"])),
     Case("kb-aliases-a-string", "KB", "E103", kb_case(lambda: kb_with(4, aliases="París"), ["kb.jsonl:4:", "aliases"])),
-    Case("kb-aliases-an-object", "KB", "E103",
-         kb_case(lambda: kb_with(2, aliases={"text": "Merkel"}), ["kb.jsonl:2:", "aliases"])),
-    Case("kb-alias-a-number", "KB", "E103", kb_case(lambda: kb_with(5, aliases=[{"text": "ONU"}, 7]),
-                                                    ["kb.jsonl:5:", "aliases"])),
+    Case(
+        "kb-aliases-an-object",
+        "KB",
+        "E103",
+        kb_case(lambda: kb_with(2, aliases={"text": "Merkel"}), ["kb.jsonl:2:", "aliases"]),
+    ),
+    Case(
+        "kb-alias-a-number",
+        "KB",
+        "E103",
+        kb_case(lambda: kb_with(5, aliases=[{"text": "ONU"}, 7]), ["kb.jsonl:5:", "aliases"]),
+    ),
     # docs
-    Case("docs-non-utf8", "docs", "E110",
-         docs_case(jsonl_bytes(DOCS).replace("París".encode(), b"Par\xeds"), ["docs.jsonl:2:"])),
+    Case(
+        "docs-non-utf8",
+        "docs",
+        "E110",
+        docs_case(jsonl_bytes(DOCS).replace("París".encode(), b"Par\xeds"), ["docs.jsonl:2:"]),
+    ),
     Case("docs-bom-crlf-accepted", "docs", None, docs_case(bom_crlf(jsonl_bytes(DOCS)), [])),
     Case("docs-all-blank", "docs", "E107", docs_case(b"\r\n \r\n", ["file is empty"])),
     # mentions
     Case("mention-all-unknown-tokens-accepted", "mentions", None, unknown_tokens),
     # TAC .tab
-    Case("tab-non-utf8", "TAC .tab", "E110",
-         tac_case(tab=(tac_line("Barack Obama") + "\n").encode() + b"gold\tEDL_2\tPar\xeds\tENG_NW_0001:1-2\tQ4\tGPE\tNAM\n",
-                  names=["train.tab:2:"])),
-    Case("tab-wrong-column-count", "TAC .tab", "E112",
-         tac_case(tab=(tac_line("Barack Obama") + "\ngold\tEDL_2\tParis\tQ4\n").encode(), names=["train.tab:2:"])),
-    Case("tab-bad-span", "TAC .tab", "E112",
-         tac_case(tab=(tac_line("Barack Obama").replace(":", "@") + "\n").encode(), names=["train.tab:1:"])),
+    Case(
+        "tab-non-utf8",
+        "TAC .tab",
+        "E110",
+        tac_case(
+            tab=(tac_line("Barack Obama") + "\n").encode() + b"gold\tEDL_2\tPar\xeds\tENG_NW_0001:1-2\tQ4\tGPE\tNAM\n",
+            names=["train.tab:2:"],
+        ),
+    ),
+    Case(
+        "tab-wrong-column-count",
+        "TAC .tab",
+        "E112",
+        tac_case(tab=(tac_line("Barack Obama") + "\ngold\tEDL_2\tParis\tQ4\n").encode(), names=["train.tab:2:"]),
+    ),
+    Case(
+        "tab-bad-span",
+        "TAC .tab",
+        "E112",
+        tac_case(tab=(tac_line("Barack Obama").replace(":", "@") + "\n").encode(), names=["train.tab:1:"]),
+    ),
     Case("tab-empty", "TAC .tab", "E107", tac_case(tab=b"\n", names=["train.tab", "file is empty"])),
-    Case("tab-bom-crlf-accepted", "TAC .tab", None,
-         tac_case(tab=bom_crlf((tac_line("Barack Obama") + "\n" + tac_line("Paris", "Q4", "EDL_2") + "\n").encode()))),
+    Case(
+        "tab-bom-crlf-accepted",
+        "TAC .tab",
+        None,
+        tac_case(tab=bom_crlf((tac_line("Barack Obama") + "\n" + tac_line("Paris", "Q4", "EDL_2") + "\n").encode())),
+    ),
     # TAC source documents
-    Case("source-non-utf8", "TAC source", "E110",
-         tac_case(source=TAC_DOC.encode().replace(b"arrived", b"arriv\xe9"), names=["ENG_NW_0001.xml:3:"])),
+    Case(
+        "source-non-utf8",
+        "TAC source",
+        "E110",
+        tac_case(source=TAC_DOC.encode().replace(b"arrived", b"arriv\xe9"), names=["ENG_NW_0001.xml:3:"]),
+    ),
     # outside candidates
-    Case("candidates-missing-column", "outside candidates", "E112",
-         candidates_case("mention_id,kb_id\nen-1,Q1\n", ["outside.csv:1:", "'score'"])),
-    Case("candidates-non-numeric-score", "outside candidates", "E112",
-         candidates_case("mention_id,kb_id,score\nen-1,Q1,0.9\nen-2,Q2,high\n", ["outside.csv:3:", "numeric score"])),
-    Case("candidates-empty-kb-id", "outside candidates", "E112",
-         candidates_case("mention_id,kb_id,score\nen-1,,0.9\n", ["outside.csv:2:"])),
-    Case("candidates-unknown-mention-ids-warned", "outside candidates", None,
-         candidates_case("mention_id,kb_id,score\nen-1,Q1,0.9\nnobody,Q2,0.8\n", [], warned_and_kept)),
+    Case(
+        "candidates-missing-column",
+        "outside candidates",
+        "E112",
+        candidates_case("mention_id,kb_id\nen-1,Q1\n", ["outside.csv:1:", "'score'"]),
+    ),
+    Case(
+        "candidates-non-numeric-score",
+        "outside candidates",
+        "E112",
+        candidates_case("mention_id,kb_id,score\nen-1,Q1,0.9\nen-2,Q2,high\n", ["outside.csv:3:", "numeric score"]),
+    ),
+    Case(
+        "candidates-empty-kb-id",
+        "outside candidates",
+        "E112",
+        candidates_case("mention_id,kb_id,score\nen-1,,0.9\n", ["outside.csv:2:"]),
+    ),
+    Case(
+        "candidates-unknown-mention-ids-warned",
+        "outside candidates",
+        None,
+        candidates_case("mention_id,kb_id,score\nen-1,Q1,0.9\nnobody,Q2,0.8\n", [], warned_and_kept),
+    ),
     # config
     Case("config-list-given-a-number", "config", "E203", config_case("name_hidden = 16", train={"name_hidden": 16})),
     Case("config-negative-k", "config", "E203", config_case("k = -3", triage={"k": -3})),
     Case("config-string-for-a-number", "config", "E203", config_case("batch_tokens", encoder={"batch_tokens": "lots"})),
     Case("config-unknown-section", "config", "E204", config_case("[trainer]", trainer={"epochs": 3})),
     # damaged artifacts of a finished run
-    Case("truncated-candidates-parquet", "artifacts", "E302",
-         damaged("triage/candidates.parquet", truncate, ["encode", "--force"], "encode")),
-    Case("truncated-mentions-parquet-at-train", "artifacts", "E302",
-         damaged("triage/mentions.parquet", then_train(truncate), ["train"], "train")),
-    Case("damaged-data-pages-candidates-parquet", "artifacts", "E302",
-         damaged("triage/candidates.parquet", damaged_pages, ["encode", "--force"], "encode", ["data page"])),
-    Case("damaged-data-pages-entities-parquet-at-evaluate", "artifacts", "E302",
-         damaged("triage/entities.parquet", damaged_pages, ["evaluate", "--force"], "evaluate", ["data page"])),
-    Case("data-pages-that-panic-polars-mentions-parquet", "artifacts", "E302",
-         damaged("triage/mentions.parquet", then_train(pages_that_panic), ["train"], "train", ["data page"])),
-    Case("truncated-vectors-h5", "artifacts", "E302",
-         damaged("encode/vectors.h5", then_train(truncate), ["train"], "train")),
-    Case("nan-in-vectors-h5", "artifacts", "E302",
-         damaged("encode/vectors.h5", then_train(nan_vectors), ["train"], "train", ["NaN"])),
-    Case("checkpoint-of-another-architecture-ignored", "artifacts", None,
-         damaged("train/checkpoints/last.pt", lambda path: None,
-                 ["train", "--set", "train.name_hidden=24"], "train", check=checkpoint_ignored)),
-    Case("garbled-checkpoint", "artifacts", "E402",
-         damaged("train/checkpoints/last.pt", drop_manifest_and_garble, ["train"], "train", ["checkpoint"])),
-    Case("truncated-model-pt", "artifacts", "E402",
-         damaged("train/model.pt", truncate, ["evaluate", "--force"], "evaluate")),
-    Case("garbled-model-pt", "artifacts", "E402",
-         damaged("train/model.pt", lambda path: path.write_bytes(b"\x80\x04garbage"), ["evaluate", "--force"], "evaluate")),
-    Case("manifest-a-json-list", "artifacts", "E402",
-         damaged("encode/manifest.json", manifest_as("[1, 2]\n"), ["train"], "train")),
-    Case("manifest-without-key", "artifacts", "E402",
-         damaged("triage/manifest.json", manifest_as('{"outputs": []}\n'), ["encode"], "encode")),
-    Case("manifest-truncated", "artifacts", "E402",
-         damaged("train/manifest.json", lambda path: truncate(path), ["evaluate"], "evaluate")),
+    Case(
+        "truncated-candidates-parquet",
+        "artifacts",
+        "E302",
+        damaged("triage/candidates.parquet", truncate, ["encode", "--force"], "encode"),
+    ),
+    Case(
+        "truncated-mentions-parquet-at-train",
+        "artifacts",
+        "E302",
+        damaged("triage/mentions.parquet", then_train(truncate), ["train"], "train"),
+    ),
+    Case(
+        "damaged-data-pages-candidates-parquet",
+        "artifacts",
+        "E302",
+        damaged("triage/candidates.parquet", damaged_pages, ["encode", "--force"], "encode", ["data page"]),
+    ),
+    Case(
+        "damaged-data-pages-entities-parquet-at-evaluate",
+        "artifacts",
+        "E302",
+        damaged("triage/entities.parquet", damaged_pages, ["evaluate", "--force"], "evaluate", ["data page"]),
+    ),
+    Case(
+        "data-pages-that-panic-polars-mentions-parquet",
+        "artifacts",
+        "E302",
+        damaged("triage/mentions.parquet", then_train(pages_that_panic), ["train"], "train", ["data page"]),
+    ),
+    Case(
+        "truncated-vectors-h5",
+        "artifacts",
+        "E302",
+        damaged("encode/vectors.h5", then_train(truncate), ["train"], "train"),
+    ),
+    Case(
+        "nan-in-vectors-h5",
+        "artifacts",
+        "E302",
+        damaged("encode/vectors.h5", then_train(nan_vectors), ["train"], "train", ["NaN"]),
+    ),
+    Case(
+        "checkpoint-of-another-architecture-ignored",
+        "artifacts",
+        None,
+        damaged(
+            "train/checkpoints/last.pt",
+            lambda path: None,
+            ["train", "--set", "train.name_hidden=24"],
+            "train",
+            check=checkpoint_ignored,
+        ),
+    ),
+    Case(
+        "garbled-checkpoint",
+        "artifacts",
+        "E402",
+        damaged("train/checkpoints/last.pt", drop_manifest_and_garble, ["train"], "train", ["checkpoint"]),
+    ),
+    Case(
+        "truncated-model-pt",
+        "artifacts",
+        "E402",
+        damaged("train/model.pt", truncate, ["evaluate", "--force"], "evaluate"),
+    ),
+    Case(
+        "garbled-model-pt",
+        "artifacts",
+        "E402",
+        damaged(
+            "train/model.pt", lambda path: path.write_bytes(b"\x80\x04garbage"), ["evaluate", "--force"], "evaluate"
+        ),
+    ),
+    Case(
+        "manifest-a-json-list",
+        "artifacts",
+        "E402",
+        damaged("encode/manifest.json", manifest_as("[1, 2]\n"), ["train"], "train"),
+    ),
+    Case(
+        "manifest-without-key",
+        "artifacts",
+        "E402",
+        damaged("triage/manifest.json", manifest_as('{"outputs": []}\n'), ["encode"], "encode"),
+    ),
+    Case(
+        "manifest-truncated",
+        "artifacts",
+        "E402",
+        damaged("train/manifest.json", lambda path: truncate(path), ["evaluate"], "evaluate"),
+    ),
     # writing
     Case("disk-full-while-writing", "disk full", "E406", disk_full),
     Case("disk-full-at-rename-keeps-old-output", "disk full", "E406", rename_fails),
     # issue 13: mentions
-    Case("mention-blank-string", "mentions", "E103",
-         mentions_case(lambda: [{**record("x-1", "x-d1", "Paris is big.", " "), "mention": " "}],
-                       [extra_line(), "'mention'", "non-blank"])),
-    Case("mention-no-break-space", "mentions", "E103",
-         mentions_case(lambda: [record("x-1", "x-d1", "Paris\u00a0is big.", "\u00a0")], [extra_line(), "'mention'"])),
-    Case("mention-empty-string-empty-span", "mentions", "E103",
-         mentions_case(lambda: [{**record("x-1", "x-d1", "Paris is big today.", "Paris"), "start": 5, "end": 5,
-                                 "mention": ""}], [extra_line(), "'mention'", "non-blank"])),
-    Case("mention-empty-span", "mentions", "E114",
-         mentions_case(lambda: [{**record("x-1", "x-d1", "Paris is big today.", "Paris"), "start": 5, "end": 5}],
-                       [extra_line(), "5-5", "cover no character", "empty span"])),
-    Case("mention-punctuation-only-accepted", "mentions", None,
-         mentions_case(lambda: [record("x-1", "x-d1", "He said -- nothing.", "--"),
-                                record("x-2", "x-d2", "Then ... silence.", "...")], [],
-                       no_exact_match(["x-1", "x-2"], "kb.jsonl: skipped 1 empty or blank alias(es) (first: KB id 'Q9')"),
-                       kb=TINY_KB + [{"kb_id": "Q9", "name": "--", "aliases": [""]}])),
-    Case("mention-unknown-split", "mentions", "E103",
-         mentions_case(lambda: [record("x-1", "x-d1", "Paris is big.", "Paris", split="dev2")],
-                       [extra_line(), "'split'", "'dev2'", "'train', 'dev' or 'test'"])),
-    Case("mention-same-span-twice", "mentions", "E115",
-         mentions_case(lambda: [{**tiny_mention_records()[6], "id": "en-7-copy", "gold_kb_id": "NIL"}],
-                       [extra_line(), "'en-7-copy'", "'en-7' on line 7", "en-d4:4-18", "gold 'Q5' there, 'NIL' here"])),
-    Case("mention-same-span-renamed-duplicate-id", "mentions", "E115",
-         mentions_case(lambda: [tiny_mention_records()[6]], [extra_line(), "'en-7' on line 7"],
-                       inputs={"rename_duplicate_ids": True})),
-    Case("mention-doc-id-with-spaces", "mentions", "E116",
-         mentions_case(lambda: [record("x-1", "AFP 2015 en-d08", "Paris is big.", "Paris"),
-                                record("x-2", "AFP 2015 en-d08", "Paris is big.", "big")],
-                       [extra_line(), "'AFP 2015 en-d08'", "whitespace", "1 more line(s)"])),
-    Case("mention-id-with-tab", "mentions", "E116",
-         mentions_case(lambda: [record("x\t1", "x-d1", "Paris is big.", "Paris")], [extra_line(), "tab or line break"])),
-    Case("mention-document-with-two-languages", "mentions", "E117",
-         mentions_case(lambda: [record("x-1", "en-d4", "Nueva York es grande.", "Nueva York", lang="es")],
-                       [extra_line(), "'en-d4'", "'es'", "line 7 says 'en'"])),
-    Case("mention-discontinuous-fragments-accepted", "mentions", None,
-         mentions_case(lambda: [discontinuous(fragments=[[CHAMPION, CHAMPION + len("чемпион")],
-                                                         [EUROPE, EUROPE + len("Европы")]])], [], covering_span_kept)),
-    Case("mention-discontinuous-without-fragments", "mentions", "E106",
-         mentions_case(lambda: [discontinuous(), {**discontinuous(), "id": "ru-10", "doc_id": "ru-d10"}],
-                       [extra_line(), "'чемпион Европы'", "fragments", "1 more line(s) like it"])),
-    Case("mention-overlapping-fragments", "mentions", "E118",
-         mentions_case(lambda: [discontinuous(fragments=[[CHAMPION, EUROPE], [EUROPE - 2, EUROPE + len("Европы")]])],
-                       [extra_line(), "'ru-9'", "starts before the previous one ends"])),
-    Case("mention-nfd-string-nfc-text", "mentions", "E106",
-         mentions_case(lambda: [{**record("x-1", "x-d1", "Bogotá es grande.", "Bogotá"), "mention": "Bogota\u0301"}],
-                       [extra_line(), "differ only by Unicode normalisation"])),
+    Case(
+        "mention-blank-string",
+        "mentions",
+        "E103",
+        mentions_case(
+            lambda: [{**record("x-1", "x-d1", "Paris is big.", " "), "mention": " "}],
+            [extra_line(), "'mention'", "non-blank"],
+        ),
+    ),
+    Case(
+        "mention-no-break-space",
+        "mentions",
+        "E103",
+        mentions_case(lambda: [record("x-1", "x-d1", "Paris\u00a0is big.", "\u00a0")], [extra_line(), "'mention'"]),
+    ),
+    Case(
+        "mention-empty-string-empty-span",
+        "mentions",
+        "E103",
+        mentions_case(
+            lambda: [{**record("x-1", "x-d1", "Paris is big today.", "Paris"), "start": 5, "end": 5, "mention": ""}],
+            [extra_line(), "'mention'", "non-blank"],
+        ),
+    ),
+    Case(
+        "mention-empty-span",
+        "mentions",
+        "E114",
+        mentions_case(
+            lambda: [{**record("x-1", "x-d1", "Paris is big today.", "Paris"), "start": 5, "end": 5}],
+            [extra_line(), "5-5", "cover no character", "empty span"],
+        ),
+    ),
+    Case(
+        "mention-punctuation-only-accepted",
+        "mentions",
+        None,
+        mentions_case(
+            lambda: [
+                record("x-1", "x-d1", "He said -- nothing.", "--"),
+                record("x-2", "x-d2", "Then ... silence.", "..."),
+            ],
+            [],
+            no_exact_match(["x-1", "x-2"], "kb.jsonl: skipped 1 empty or blank alias(es) (first: KB id 'Q9')"),
+            kb=TINY_KB + [{"kb_id": "Q9", "name": "--", "aliases": [""]}],
+        ),
+    ),
+    Case(
+        "mention-unknown-split",
+        "mentions",
+        "E103",
+        mentions_case(
+            lambda: [record("x-1", "x-d1", "Paris is big.", "Paris", split="dev2")],
+            [extra_line(), "'split'", "'dev2'", "'train', 'dev' or 'test'"],
+        ),
+    ),
+    Case(
+        "mention-same-span-twice",
+        "mentions",
+        "E115",
+        mentions_case(
+            lambda: [{**tiny_mention_records()[6], "id": "en-7-copy", "gold_kb_id": "NIL"}],
+            [extra_line(), "'en-7-copy'", "'en-7' on line 7", "en-d4:4-18", "gold 'Q5' there, 'NIL' here"],
+        ),
+    ),
+    Case(
+        "mention-same-span-renamed-duplicate-id",
+        "mentions",
+        "E115",
+        mentions_case(
+            lambda: [tiny_mention_records()[6]],
+            [extra_line(), "'en-7' on line 7"],
+            inputs={"rename_duplicate_ids": True},
+        ),
+    ),
+    Case(
+        "mention-doc-id-with-spaces",
+        "mentions",
+        "E116",
+        mentions_case(
+            lambda: [
+                record("x-1", "AFP 2015 en-d08", "Paris is big.", "Paris"),
+                record("x-2", "AFP 2015 en-d08", "Paris is big.", "big"),
+            ],
+            [extra_line(), "'AFP 2015 en-d08'", "whitespace", "1 more line(s)"],
+        ),
+    ),
+    Case(
+        "mention-id-with-tab",
+        "mentions",
+        "E116",
+        mentions_case(lambda: [record("x\t1", "x-d1", "Paris is big.", "Paris")], [extra_line(), "tab or line break"]),
+    ),
+    Case(
+        "mention-document-with-two-languages",
+        "mentions",
+        "E117",
+        mentions_case(
+            lambda: [record("x-1", "en-d4", "Nueva York es grande.", "Nueva York", lang="es")],
+            [extra_line(), "'en-d4'", "'es'", "line 7 says 'en'"],
+        ),
+    ),
+    Case(
+        "mention-discontinuous-fragments-accepted",
+        "mentions",
+        None,
+        mentions_case(
+            lambda: [
+                discontinuous(fragments=[[CHAMPION, CHAMPION + len("чемпион")], [EUROPE, EUROPE + len("Европы")]])
+            ],
+            [],
+            covering_span_kept,
+        ),
+    ),
+    Case(
+        "mention-discontinuous-without-fragments",
+        "mentions",
+        "E106",
+        mentions_case(
+            lambda: [discontinuous(), {**discontinuous(), "id": "ru-10", "doc_id": "ru-d10"}],
+            [extra_line(), "'чемпион Европы'", "fragments", "1 more line(s) like it"],
+        ),
+    ),
+    Case(
+        "mention-overlapping-fragments",
+        "mentions",
+        "E118",
+        mentions_case(
+            lambda: [discontinuous(fragments=[[CHAMPION, EUROPE], [EUROPE - 2, EUROPE + len("Европы")]])],
+            [extra_line(), "'ru-9'", "starts before the previous one ends"],
+        ),
+    ),
+    Case(
+        "mention-nfd-string-nfc-text",
+        "mentions",
+        "E106",
+        mentions_case(
+            lambda: [{**record("x-1", "x-d1", "Bogotá es grande.", "Bogotá"), "mention": "Bogota\u0301"}],
+            [extra_line(), "differ only by Unicode normalisation"],
+        ),
+    ),
     Case("mention-longer-than-context-window-accepted", "mentions", None, long_mention),
     # issue 13: KB
     Case("kb-blank-name", "KB", "E103", kb_case(lambda: kb_with(3, name="  "), ["kb.jsonl:3:", "'name'", "non-blank"])),
     Case("kb-empty-kb-id", "KB", "E103", kb_case(lambda: kb_with(2, kb_id=""), ["kb.jsonl:2:", "'kb_id'"])),
     Case("kb-id-with-line-break", "KB", "E116", kb_case(lambda: kb_with(2, kb_id="Q\n2"), ["kb.jsonl:2:", "KB id"])),
-    Case("kb-no-name-first-alias-taken", "KB", None,
-         mentions_case(lambda: [], [], entity_named("Q3", "Москва", "kb.jsonl: 1 KB record(s) have no name (first on line 3: 'Q3')"),
-                       kb=[r if r["kb_id"] != "Q3" else {k: v for k, v in r.items() if k != "name"} for r in TINY_KB])),
-    Case("kb-no-name-no-alias", "KB", "E102",
-         kb_case(lambda: jsonl_bytes([*TINY_KB[:1], {"kb_id": "Q2", "aliases": [""]}]), ["kb.jsonl:2:", "'name'", "alias"])),
+    Case(
+        "kb-no-name-first-alias-taken",
+        "KB",
+        None,
+        mentions_case(
+            lambda: [],
+            [],
+            entity_named("Q3", "Москва", "kb.jsonl: 1 KB record(s) have no name (first on line 3: 'Q3')"),
+            kb=[r if r["kb_id"] != "Q3" else {k: v for k, v in r.items() if k != "name"} for r in TINY_KB],
+        ),
+    ),
+    Case(
+        "kb-no-name-no-alias",
+        "KB",
+        "E102",
+        kb_case(
+            lambda: jsonl_bytes([*TINY_KB[:1], {"kb_id": "Q2", "aliases": [""]}]), ["kb.jsonl:2:", "'name'", "alias"]
+        ),
+    ),
     # issue 13: TAC
-    Case("tab-offsets-shown-as-the-file-says", "TAC .tab", "E106",
-         tac_case(tab=(tac_line("Barack Obama").replace("Barack Obama", "Barack Obam", 1) + "\n").encode(),
-                  names=["train.tab:1:", f"{TAC_DOC.index('Barack')}-{TAC_DOC.index('Barack') + 11} (end inclusive)"])),
-    Case("tab-same-span-twice", "TAC .tab", "E115",
-         tac_case(tab=(tac_line("Barack Obama") + "\n" + tac_line("Barack Obama", "NIL1", "EDL_9") + "\n").encode(),
-                  names=["train.tab:2:", "'EDL_1' on line 1",
-                         f"ENG_NW_0001:{TAC_DOC.index('Barack')}-{TAC_DOC.index('Barack') + 11}"])),
-    Case("tab-eleven-columns-accepted", "TAC .tab", None,
-         tac_case(tab=(tab_extra_columns(tac_line("Barack Obama")) + "\n"
-                       + tab_extra_columns(tac_line("Paris", "Q4", "EDL_2")) + "\n").encode())),
+    Case(
+        "tab-offsets-shown-as-the-file-says",
+        "TAC .tab",
+        "E106",
+        tac_case(
+            tab=(tac_line("Barack Obama").replace("Barack Obama", "Barack Obam", 1) + "\n").encode(),
+            names=["train.tab:1:", f"{TAC_DOC.index('Barack')}-{TAC_DOC.index('Barack') + 11} (end inclusive)"],
+        ),
+    ),
+    Case(
+        "tab-same-span-twice",
+        "TAC .tab",
+        "E115",
+        tac_case(
+            tab=(tac_line("Barack Obama") + "\n" + tac_line("Barack Obama", "NIL1", "EDL_9") + "\n").encode(),
+            names=[
+                "train.tab:2:",
+                "'EDL_1' on line 1",
+                f"ENG_NW_0001:{TAC_DOC.index('Barack')}-{TAC_DOC.index('Barack') + 11}",
+            ],
+        ),
+    ),
+    Case(
+        "tab-eleven-columns-accepted",
+        "TAC .tab",
+        None,
+        tac_case(
+            tab=(
+                tab_extra_columns(tac_line("Barack Obama"))
+                + "\n"
+                + tab_extra_columns(tac_line("Paris", "Q4", "EDL_2"))
+                + "\n"
+            ).encode()
+        ),
+    ),
     # issue 13: outside candidates
-    Case("candidates-repeated-rows-kept-once", "outside candidates", None,
-         candidates_case("mention_id,kb_id,score\nen-8,Q1,0.8\nen-8,Q1,0.8\nen-8,Q1,0.5\n", [], external_kept_once,
-                         triage={"use_dense": False})),
-    Case("candidates-unknown-kb-id-warned", "outside candidates", None,
-         candidates_case("mention_id,kb_id,score\nen-1,Q1,0.9\nen-1,Q404,0.8\n", [], unknown_kb_warned)),
+    Case(
+        "candidates-repeated-rows-kept-once",
+        "outside candidates",
+        None,
+        candidates_case(
+            "mention_id,kb_id,score\nen-8,Q1,0.8\nen-8,Q1,0.8\nen-8,Q1,0.5\n",
+            [],
+            external_kept_once,
+            triage={"use_dense": False},
+        ),
+    ),
+    Case(
+        "candidates-unknown-kb-id-warned",
+        "outside candidates",
+        None,
+        candidates_case("mention_id,kb_id,score\nen-1,Q1,0.9\nen-1,Q404,0.8\n", [], unknown_kb_warned),
+    ),
     # issue 13: scoring
     Case("score-mention-sets-differ", "scoring", "E601", mismatched_tab_files),
 ]
@@ -670,17 +1022,24 @@ def base_run(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -
 def snapshot(run_dir: Path) -> dict[str, str]:
     if not run_dir.is_dir():
         return {}
-    return {str(p.relative_to(run_dir)): hashlib.blake2b(p.read_bytes(), digest_size=8).hexdigest()
-            for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name != ".xel.lock"}
+    return {
+        str(p.relative_to(run_dir)): hashlib.blake2b(p.read_bytes(), digest_size=8).hexdigest()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and p.name != ".xel.lock"
+    }
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
-def test_bad_input(case: Case, tmp_path: Path, tiny_encoder_dir: Path, base_run: Path,
-                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_input(
+    case: Case, tmp_path: Path, tiny_encoder_dir: Path, base_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     env = Env(tmp_path, tiny_encoder_dir, base_run, monkeypatch)
     invocation = case.build(env)
-    run_dir = Path(invocation.args[invocation.args.index("--run-dir") + 1]) if "--run-dir" in invocation.args \
+    run_dir = (
+        Path(invocation.args[invocation.args.index("--run-dir") + 1])
+        if "--run-dir" in invocation.args
         else tmp_path / "run"
+    )
     before = snapshot(run_dir)
     quiet = ["--quiet"] if case.code else []  # accepted cases may check info lines
     result = CliRunner().invoke(main, [*quiet, *invocation.args])
@@ -700,8 +1059,11 @@ def test_bad_input(case: Case, tmp_path: Path, tiny_encoder_dir: Path, base_run:
         # Nothing written before is lost: only the failing stage's manifest may go (and the
         # run folder's own config.json, which records the latest command's config).
         after = snapshot(run_dir)
-        kept = {name: digest for name, digest in before.items()
-                if name not in (f"{invocation.stage}/manifest.json", "config.json")}
+        kept = {
+            name: digest
+            for name, digest in before.items()
+            if name not in (f"{invocation.stage}/manifest.json", "config.json")
+        }
         assert {name: after.get(name) for name in kept} == kept
     assert not list(run_dir.rglob("*.tmp")), "a temporary file was left behind"
     if invocation.check:
@@ -710,6 +1072,15 @@ def test_bad_input(case: Case, tmp_path: Path, tiny_encoder_dir: Path, base_run:
 
 def test_catalogue_has_the_kinds_the_issue_asks_for() -> None:
     kinds = {case.kind for case in CASES}
-    assert {"KB", "docs", "mentions", "TAC .tab", "TAC source", "outside candidates", "config", "artifacts",
-            "disk full"} <= kinds
+    assert {
+        "KB",
+        "docs",
+        "mentions",
+        "TAC .tab",
+        "TAC source",
+        "outside candidates",
+        "config",
+        "artifacts",
+        "disk full",
+    } <= kinds
     assert len({case.id for case in CASES}) == len(CASES)

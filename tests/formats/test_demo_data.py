@@ -65,7 +65,7 @@ def test_offsets_match_mention(mentions):
     for m in mentions:
         assert isinstance(m["start"], int) and isinstance(m["end"], int), m["id"]
         assert 0 <= m["start"] < m["end"] <= len(m["text"]), m["id"]
-        assert m["text"][m["start"]:m["end"]] == m["mention"], m["id"]
+        assert m["text"][m["start"] : m["end"]] == m["mention"], m["id"]
 
 
 def test_gold_ids_in_kb(kb, mentions):

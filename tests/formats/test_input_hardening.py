@@ -38,8 +38,10 @@ def test_every_error_template_has_a_what_to_do_clause(code: str) -> None:
 
 
 def test_wrong_type_says_what_to_write(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "m.jsonl", [{"id": "m1", "doc_id": "d1", "lang": "en", "mention": "Obama",
-                                              "text": "Obama", "start": "0", "end": 5}])
+    path = write_jsonl(
+        tmp_path / "m.jsonl",
+        [{"id": "m1", "doc_id": "d1", "lang": "en", "mention": "Obama", "text": "Obama", "start": "0", "end": 5}],
+    )
     message = raises("E103", read_mentions_jsonl, path, None, CONTEXT_CHARS)
     assert message == (f"[E103] {path}:1: field 'start' should be an integer, got '0'; write an integer there")
 
@@ -49,24 +51,50 @@ def test_missing_tac_source_document_names_the_tab_file_and_line(tmp_path: Path)
     source.mkdir()
     (source / "ENG_1.txt").write_text("Barack Obama spoke.", encoding="utf-8")
     tab = tmp_path / "dev.tab"
-    tab.write_text("gold\tM1\tObama\tENG_1:7-11\tQ1\tPER\tNAM\t1.0\n"
-                   "gold\tM2\tParis\tENG_404:0-4\tQ2\tGPE\tNAM\t1.0\n", encoding="utf-8")
+    tab.write_text(
+        "gold\tM1\tObama\tENG_1:7-11\tQ1\tPER\tNAM\t1.0\ngold\tM2\tParis\tENG_404:0-4\tQ2\tGPE\tNAM\t1.0\n",
+        encoding="utf-8",
+    )
     message = raises("E108", read_tac_mentions, {"dev": tab}, source, CONTEXT_CHARS)
-    assert message.startswith(f"[E108] {source / 'ENG_404.txt'}: not found (the source document 'ENG_404' of "
-                              f"mention 'M2' on {tab}:2;")
-    assert message.endswith(f"also tried ENG_404.xml, ENG_404); put the document's file in {source}, fix the doc_id "
-                            "on that line, or check the path in the config or on the command line")
+    assert message.startswith(
+        f"[E108] {source / 'ENG_404.txt'}: not found (the source document 'ENG_404' of mention 'M2' on {tab}:2;"
+    )
+    assert message.endswith(
+        f"also tried ENG_404.xml, ENG_404); put the document's file in {source}, fix the doc_id "
+        "on that line, or check the path in the config or on the command line"
+    )
 
 
 # --- 2. language tags ----------------------------------------------------------------------
 
-TAGS = {"en-US": "en", "EN": "en", " en ": "en", "pt_BR": "pt", "zh-Hant": "zh", "zh-Hant-TW": "zh", "es-419": "es",
-        "sr_Latn": "sr", "nl": "nl", "und": "und", "qaa": "qaa"}
+TAGS = {
+    "en-US": "en",
+    "EN": "en",
+    " en ": "en",
+    "pt_BR": "pt",
+    "zh-Hant": "zh",
+    "zh-Hant-TW": "zh",
+    "es-419": "es",
+    "sr_Latn": "sr",
+    "nl": "nl",
+    "und": "und",
+    "qaa": "qaa",
+}
 
 
 def tagged_records(tags: list[str]) -> list[dict]:
-    return [{"id": f"m{i}", "doc_id": f"d{i}", "lang": tag, "mention": "Obama", "text": "Obama spoke.", "start": 0,
-             "end": 5} for i, tag in enumerate(tags)]
+    return [
+        {
+            "id": f"m{i}",
+            "doc_id": f"d{i}",
+            "lang": tag,
+            "mention": "Obama",
+            "text": "Obama spoke.",
+            "start": 0,
+            "end": 5,
+        }
+        for i, tag in enumerate(tags)
+    ]
 
 
 def test_language_tags_read_as_their_primary_subtag_by_every_mention_reader(tmp_path: Path) -> None:
@@ -105,14 +133,17 @@ def test_the_language_tag_message_gives_its_examples_once(tmp_path: Path) -> Non
     assert raises("E103", read_mentions_jsonl, path, None, CONTEXT_CHARS) == (
         f"[E103] {path}:1: field 'lang' should be a language tag, got '12'; write a language tag there, such as "
         "'en', 'EN', 'en-US' or 'pt_BR': a 2-3 letter language code, then optional '-' or '_' parts, read as that "
-        "code ('en', 'pt')")
+        "code ('en', 'pt')"
+    )
 
 
 def test_docs_file_lang_is_checked(tmp_path: Path) -> None:
     from pipeline.formats.inputs import read_docs
 
-    docs = write_jsonl(tmp_path / "docs.jsonl", [{"doc_id": "d1", "lang": "en-GB", "text": "x"},
-                                                {"doc_id": "d2", "lang": "4", "text": "y"}])
+    docs = write_jsonl(
+        tmp_path / "docs.jsonl",
+        [{"doc_id": "d1", "lang": "en-GB", "text": "x"}, {"doc_id": "d2", "lang": "4", "text": "y"}],
+    )
     assert raises("E103", read_docs, docs).startswith(f"[E103] {docs}:2: field 'lang' should be a language tag")
 
 
@@ -158,8 +189,10 @@ def test_two_threshold_keys_of_one_language_are_e203(tmp_path: Path, thresholds:
     from pipeline.core.errors import ConfigError
 
     config = tmp_path / "run.toml"
-    config.write_text(f'[inputs]\nkb = "kb.jsonl"\nmentions = "m.jsonl"\n[evaluate]\nfixed_thresholds = {thresholds}\n',
-                      encoding="utf-8")
+    config.write_text(
+        f'[inputs]\nkb = "kb.jsonl"\nmentions = "m.jsonl"\n[evaluate]\nfixed_thresholds = {thresholds}\n',
+        encoding="utf-8",
+    )
     first, second = [part.split("=")[0].strip() for part in thresholds.strip("{}").split(",")]
     with pytest.raises(ConfigError) as caught:
         load_config(config)
@@ -178,38 +211,60 @@ TEXT_B = "Barack Obama met Angela Merkel in Paris."
 
 def inline(mention_id: str, text: str, surface: str, doc_id: str = "d1", **extra) -> dict:
     start = text.index(surface)
-    return {"id": mention_id, "doc_id": doc_id, "lang": "en", "mention": surface, "text": text, "start": start,
-            "end": start + len(surface), **extra}
+    return {
+        "id": mention_id,
+        "doc_id": doc_id,
+        "lang": "en",
+        "mention": surface,
+        "text": text,
+        "start": start,
+        "end": start + len(surface),
+        **extra,
+    }
 
 
 def two_texts() -> list[dict]:
-    return [inline("m1", TEXT_A, "Barack Obama"), inline("m2", TEXT_A, "Angela Merkel"),
-            inline("m3", TEXT_B, "Paris"), inline("m4", TEXT_B, "Obama")]
+    return [
+        inline("m1", TEXT_A, "Barack Obama"),
+        inline("m2", TEXT_A, "Angela Merkel"),
+        inline("m3", TEXT_B, "Paris"),
+        inline("m4", TEXT_B, "Obama"),
+    ]
 
 
 def test_one_doc_id_given_two_inline_texts_is_e120(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "m.jsonl", two_texts())
     message = raises("E120", read_mentions_jsonl, path, None, CONTEXT_CHARS)
-    assert message.startswith(f"[E120] {path}:3: mention 'm3' gives document 'd1' a text other than the one line 1 "
-                              "gives it; a document has one text")
+    assert message.startswith(
+        f"[E120] {path}:3: mention 'm3' gives document 'd1' a text other than the one line 1 "
+        "gives it; a document has one text"
+    )
     assert "distinct doc_ids" in message and "(1 more line(s) like it)" in message
 
 
 def test_the_same_text_repeated_and_distinct_windows_are_accepted(tmp_path: Path) -> None:
-    records = [inline("m1", TEXT_A, "Barack Obama"), inline("m2", TEXT_A, "Berlin"), inline("m3", TEXT_B, "Paris", "d2")]
+    records = [
+        inline("m1", TEXT_A, "Barack Obama"),
+        inline("m2", TEXT_A, "Berlin"),
+        inline("m3", TEXT_B, "Paris", "d2"),
+    ]
     assert read_mentions_jsonl(write_jsonl(tmp_path / "m.jsonl", records), None, CONTEXT_CHARS).height == 3
     # MEANTIME's form: each `text` a window of the document, placed by doc_start/doc_end: windows differ.
     document = TEXT_A + " " + TEXT_B
-    windows = [inline("w1", TEXT_A, "Berlin", doc_start=document.index("Berlin"), doc_end=document.index("Berlin") + 6),
-               inline("w2", TEXT_B, "Paris", doc_start=document.index("Paris"), doc_end=document.index("Paris") + 5)]
+    windows = [
+        inline("w1", TEXT_A, "Berlin", doc_start=document.index("Berlin"), doc_end=document.index("Berlin") + 6),
+        inline("w2", TEXT_B, "Paris", doc_start=document.index("Paris"), doc_end=document.index("Paris") + 5),
+    ]
     frame = read_mentions_jsonl(write_jsonl(tmp_path / "w.jsonl", windows), None, CONTEXT_CHARS)
     assert frame["doc_start"].to_list() == [document.index("Berlin"), document.index("Paris")]
 
 
 def test_an_inline_text_other_than_the_docs_file_text_is_e120(tmp_path: Path) -> None:
     docs = write_jsonl(tmp_path / "docs.jsonl", [{"doc_id": "d1", "lang": "en", "text": TEXT_A}])
-    records = [{"id": "m1", "doc_id": "d1", "lang": "en", "mention": "Obama", "doc_start": 7, "doc_end": 12},
-               inline("m2", TEXT_B, "Paris")]
+    records = [
+        {"id": "m1", "doc_id": "d1", "lang": "en", "mention": "Obama", "doc_start": 7, "doc_end": 12},
+        inline("m2", TEXT_B, "Paris"),
+    ]
     path = write_jsonl(tmp_path / "m.jsonl", records)
     assert raises("E120", read_mentions_jsonl, path, docs, CONTEXT_CHARS).startswith(f"[E120] {path}:2:")
     records[1] = inline("m2", TEXT_A, "Berlin")  # the docs file's own text: one text
@@ -233,6 +288,7 @@ def test_two_texts_in_different_link_chunks_are_e120_before_linking(tmp_path: Pa
 
 # --- 4. inline texts windowed as docs texts are -------------------------------------------
 
+
 def test_a_long_inline_text_gives_the_context_the_same_text_via_docs_gives(tmp_path: Path) -> None:
     filler = "Lorem ipsum dolor sit amet. " * 20_000  # 560k characters each side
     text = filler + "Barack Obama spoke in Berlin. " + filler
@@ -240,13 +296,15 @@ def test_a_long_inline_text_gives_the_context_the_same_text_via_docs_gives(tmp_p
     context_chars = 100
     inline_path = write_jsonl(tmp_path / "inline.jsonl", [inline("m1", text, "Obama")])
     docs = write_jsonl(tmp_path / "docs.jsonl", [{"doc_id": "d1", "lang": "en", "text": text}])
-    docs_path = write_jsonl(tmp_path / "via-docs.jsonl", [{"id": "m1", "doc_id": "d1", "lang": "en", "mention": "Obama",
-                                                           "doc_start": start, "doc_end": start + 5}])
+    docs_path = write_jsonl(
+        tmp_path / "via-docs.jsonl",
+        [{"id": "m1", "doc_id": "d1", "lang": "en", "mention": "Obama", "doc_start": start, "doc_end": start + 5}],
+    )
     columns = ["context", "start", "end", "doc_start", "doc_end"]
     from_inline = read_mentions_jsonl(inline_path, None, context_chars).select(columns).row(0)
     from_docs = read_mentions_jsonl(docs_path, docs, context_chars).select(columns).row(0)
     assert from_inline == from_docs
-    assert from_inline[0] == text[start - 100:start + 105] and from_inline[1:] == (100, 105, start, start + 5)
+    assert from_inline[0] == text[start - 100 : start + 105] and from_inline[1:] == (100, 105, start, start + 5)
 
 
 def test_tac_doc_ids_carry_language_tags_read_as_lang_fields_are(tmp_path: Path) -> None:
@@ -257,7 +315,10 @@ def test_tac_doc_ids_carry_language_tags_read_as_lang_fields_are(tmp_path: Path)
     doc_ids = ["mycorp:en-US:doc1", "mycorp:PT_br:7", "meantime:EN:1", "c:zh-Hant:2", "doc:17:x", "c:english:1", "d"]
     expected = ["en", "pt", "en", "zh", None, None, None]
     assert [language_of_doc(doc_id) for doc_id in doc_ids] == expected
-    assert pl.DataFrame({"doc_id": doc_ids}).select(language_expr(pl.col("doc_id")).alias("lang"))["lang"].to_list() == expected
+    assert (
+        pl.DataFrame({"doc_id": doc_ids}).select(language_expr(pl.col("doc_id")).alias("lang"))["lang"].to_list()
+        == expected
+    )
     source = tmp_path / "source"
     source.mkdir()
     tab = tmp_path / "test.tab"
@@ -269,8 +330,10 @@ def test_tac_doc_ids_carry_language_tags_read_as_lang_fields_are(tmp_path: Path)
     assert read_tac_mentions({"test": tab}, source, CONTEXT_CHARS)["lang"].to_list() == ["en", "pt", "unknown"]
 
 
-@pytest.mark.parametrize(("value", "languages"), [('"en"', ("en",)), ("'en'", ("en",)), ('"en", "ES"', ("en", "es")),
-                                                  ("en,es", ("en", "es")), ("", ())])
+@pytest.mark.parametrize(
+    ("value", "languages"),
+    [('"en"', ("en",)), ("'en'", ("en",)), ('"en", "ES"', ("en", "es")), ("en,es", ("en", "es")), ("", ())],
+)
 def test_set_reads_a_quoted_string_for_a_list_setting_as_a_list(tmp_path: Path, value: str, languages: tuple) -> None:
     from pipeline.core.config_file import load_config
 
@@ -279,8 +342,10 @@ def test_set_reads_a_quoted_string_for_a_list_setting_as_a_list(tmp_path: Path, 
     assert load_config(config, overrides=(f"evaluate.languages={value}",)).evaluate.languages == languages
 
 
-@pytest.mark.parametrize(("value", "reason"), [('"en', 'a list is written ["en", "es"] (TOML) or en,es'),
-                                               ("en,,es", "language codes cannot be empty")])
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [('"en', 'a list is written ["en", "es"] (TOML) or en,es'), ("en,,es", "language codes cannot be empty")],
+)
 def test_set_refuses_a_list_it_cannot_read_whole(tmp_path: Path, value: str, reason: str) -> None:
     from pipeline.core.config_file import load_config
     from pipeline.core.errors import ConfigError
@@ -304,16 +369,20 @@ def test_experiment_refuses_an_empty_language_entry_before_loading_anything(tmp_
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines()[-1] == (
         f"Error: [E203] --languages: languages = {languages!r} is invalid: has an empty entry; give L1,L2,... (leave "
-        "out --languages for every language); change it in the config file or on the command line")
+        "out --languages for every language); change it in the config file or on the command line"
+    )
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run.toml"]
 
 
 # --- one document's texts against the docs file, and lines that do not depend on the chunk size -----
 
+
 def one_document(fault: str) -> list[dict]:
     """Six mentions of d1 (lines 1-6); line 5 differs from the others as `fault` says."""
-    records = [inline(f"m{n}", TEXT_A, surface) for n, surface in
-               enumerate(["Barack", "Obama", "met", "Angela", "Merkel", "Berlin"], start=1)]
+    records = [
+        inline(f"m{n}", TEXT_A, surface)
+        for n, surface in enumerate(["Barack", "Obama", "met", "Angela", "Merkel", "Berlin"], start=1)
+    ]
     if fault == "text":
         records[4] = inline("m5", TEXT_B, "Merkel")
     elif fault == "lang":
@@ -362,12 +431,19 @@ def test_tac_link_names_the_first_repeated_span_whatever_the_chunk_size(tmp_path
     (source / "ENG_1.txt").write_text("Barack Obama spoke.", encoding="utf-8")
     spans = ["7-11", "0-5", "13-17", "0-11", "7-11", "7-11"]
     tab = tmp_path / "test.tab"
-    tab.write_text("".join(f"gold\tM{n}\t{'Barack Obama spoke.'[int(s.split('-')[0]):int(s.split('-')[1]) + 1]}\t"
-                           f"ENG_1:{s}\tQ1\tPER\tNAM\t1.0\n" for n, s in enumerate(spans, start=1)), encoding="utf-8")
+    tab.write_text(
+        "".join(
+            f"gold\tM{n}\t{'Barack Obama spoke.'[int(s.split('-')[0]) : int(s.split('-')[1]) + 1]}\t"
+            f"ENG_1:{s}\tQ1\tPER\tNAM\t1.0\n"
+            for n, s in enumerate(spans, start=1)
+        ),
+        encoding="utf-8",
+    )
     for chunk_mentions in (1, 2, 100):
         chunks = mention_chunks(tab, source, chunk_mentions, CONTEXT_CHARS, False, tmp_path)
         assert raises("E115", check_corpus, chunks, tab).startswith(
-            f"[E115] {tab}:5: mention 'M5' covers the same span ENG_1:7-11 as mention 'M1' on line 1;"), chunk_mentions
+            f"[E115] {tab}:5: mention 'M5' covers the same span ENG_1:7-11 as mention 'M1' on line 1;"
+        ), chunk_mentions
 
 
 def test_inline_texts_other_than_the_docs_file_text_are_e120_even_when_every_mention_has_one(tmp_path: Path) -> None:
@@ -395,6 +471,7 @@ def test_inline_texts_other_than_the_docs_file_text_are_e120_even_when_every_men
 
 # --- blank gold ids ----------------------------------------------------------------------------
 
+
 def test_a_blank_gold_id_is_no_gold_in_the_stages_as_in_link(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     import logging
 
@@ -402,8 +479,10 @@ def test_a_blank_gold_id_is_no_gold_in_the_stages_as_in_link(tmp_path: Path, cap
 
     from pipeline.formats.inputs import check_gold_in_kb, normalise_gold
 
-    records = [{**record, "split": "test", "gold_kb_id": gold}
-               for record, gold in zip(tagged_records(["en"] * 5), ["", "  ", "\u3000", "\t\n", " Q1 "])]
+    records = [
+        {**record, "split": "test", "gold_kb_id": gold}
+        for record, gold in zip(tagged_records(["en"] * 5), ["", "  ", "\u3000", "\t\n", " Q1 "])
+    ]
     frame = normalise_gold(read_mentions_jsonl(write_jsonl(tmp_path / "m.jsonl", records), None, CONTEXT_CHARS))
     # Empty, spaces, an ideographic space, a tab and a line break are no gold (not E116 for the
     # tab); an id with spaces round it stays an id.

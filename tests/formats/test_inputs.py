@@ -24,8 +24,16 @@ CONTEXT_CHARS = 600
 
 def mention(mention_id: str, text: str, surface: str, **extra) -> dict:
     start = text.index(surface)
-    return {"id": mention_id, "doc_id": f"d-{mention_id}", "lang": "en", "text": text, "start": start,
-            "end": start + len(surface), "mention": surface, **extra}
+    return {
+        "id": mention_id,
+        "doc_id": f"d-{mention_id}",
+        "lang": "en",
+        "text": text,
+        "start": start,
+        "end": start + len(surface),
+        "mention": surface,
+        **extra,
+    }
 
 
 def read(path: Path, docs: Path | None = None, **kwargs) -> pl.DataFrame:
@@ -40,7 +48,7 @@ def test_tiny_mentions_read_into_the_mentions_schema(tiny_inputs: dict[str, Path
             continue  # added by load_mentions
         assert frame.schema[column] == dtype, column
     russian = frame.filter(pl.col("mention_id") == "ru-1").row(0, named=True)
-    assert russian["context"][russian["start"]:russian["end"]] == "Москве"
+    assert russian["context"][russian["start"] : russian["end"]] == "Москве"
     assert set(frame["lang"]) == {"en", "es", "ru"}
 
 
@@ -103,9 +111,13 @@ def test_drop_duplicate_spans_keeps_the_first_of_each_span_and_warns_once(tmp_pa
     """One span marked twice with two gold ids (as NEREL's training part has) is E115 unless
     inputs.drop_duplicate_spans keeps the first and counts the rest in one W108 (issue 21 item 8)."""
     text = "Barack Obama met Angela Merkel in Berlin."
-    records = [mention("m1", text, "Barack Obama", gold_kb_id="Q1"), mention("m2", text, "Berlin", gold_kb_id="Q4"),
-               mention("m3", text, "Barack Obama", gold_kb_id="Q9"), mention("m4", text, "Berlin", gold_kb_id="Q4"),
-               mention("m5", text, "Angela Merkel", gold_kb_id="Q2")]
+    records = [
+        mention("m1", text, "Barack Obama", gold_kb_id="Q1"),
+        mention("m2", text, "Berlin", gold_kb_id="Q4"),
+        mention("m3", text, "Barack Obama", gold_kb_id="Q9"),
+        mention("m4", text, "Berlin", gold_kb_id="Q4"),
+        mention("m5", text, "Angela Merkel", gold_kb_id="Q2"),
+    ]
     records = [{**r, "doc_id": "d1"} for r in records]
     path = write_jsonl(tmp_path / "mentions.jsonl", records)
     assert f"{path}:3:" in raises_input_error("E115", read, path)
@@ -115,8 +127,10 @@ def test_drop_duplicate_spans_keeps_the_first_of_each_span_and_warns_once(tmp_pa
     assert frame["gold_kb_id"].to_list() == ["Q1", "Q4", "Q2"]
     warnings = [r.getMessage() for r in caplog.records if "[W108]" in r.getMessage()]
     assert len(warnings) == 1 and f"{path}: dropped 2 mention(s)" in warnings[0]
-    assert "1 of them with another gold id; first on line 3: mention 'm3' (gold 'Q9'; the first has 'Q1') repeats line 1" \
+    assert (
+        "1 of them with another gold id; first on line 3: mention 'm3' (gold 'Q9'; the first has 'Q1') repeats line 1"
         in warnings[0]
+    )
     config = InputsConfig(kb=path, mentions=path, drop_duplicate_spans=True)
     assert load_mentions(config)["mention_id"].to_list() == ["m1", "m2", "m5"]
 
@@ -176,8 +190,10 @@ def test_missing_file_is_e108(tmp_path: Path) -> None:
 
 def test_mention_of_unknown_doc_is_e109(tmp_path: Path) -> None:
     docs = write_jsonl(tmp_path / "docs.jsonl", [{"doc_id": "d1", "lang": "en", "text": "Paris is big."}])
-    records = [{"id": "m1", "doc_id": "d1", "lang": "en", "mention": "Paris", "doc_start": 0, "doc_end": 5},
-               {"id": "m2", "doc_id": "d9", "lang": "en", "mention": "Rome", "doc_start": 0, "doc_end": 4}]
+    records = [
+        {"id": "m1", "doc_id": "d1", "lang": "en", "mention": "Paris", "doc_start": 0, "doc_end": 5},
+        {"id": "m2", "doc_id": "d9", "lang": "en", "mention": "Rome", "doc_start": 0, "doc_end": 4},
+    ]
     path = write_jsonl(tmp_path / "mentions.jsonl", records)
     message = raises_input_error("E109", read, path, docs)
     assert f"{path}:2:" in message and "'d9'" in message and str(docs) in message
@@ -185,15 +201,19 @@ def test_mention_of_unknown_doc_is_e109(tmp_path: Path) -> None:
 
 def test_doc_offsets_outside_the_doc_are_e105(tmp_path: Path) -> None:
     docs = write_jsonl(tmp_path / "docs.jsonl", [{"doc_id": "d1", "text": "Paris is big."}])
-    path = write_jsonl(tmp_path / "mentions.jsonl",
-                       [{"id": "m1", "doc_id": "d1", "lang": "en", "mention": "Paris", "doc_start": 10, "doc_end": 15}])
+    path = write_jsonl(
+        tmp_path / "mentions.jsonl",
+        [{"id": "m1", "doc_id": "d1", "lang": "en", "mention": "Paris", "doc_start": 10, "doc_end": 15}],
+    )
     assert f"{path}:1:" in raises_input_error("E105", read, path, docs)
 
 
 def test_duplicate_doc_id_is_e104(tmp_path: Path) -> None:
     docs = write_jsonl(tmp_path / "docs.jsonl", [{"doc_id": "d1", "text": "Paris."}, {"doc_id": "d1", "text": "Rome."}])
-    path = write_jsonl(tmp_path / "mentions.jsonl",
-                       [{"id": "m1", "doc_id": "d1", "lang": "en", "mention": "Paris", "doc_start": 0, "doc_end": 5}])
+    path = write_jsonl(
+        tmp_path / "mentions.jsonl",
+        [{"id": "m1", "doc_id": "d1", "lang": "en", "mention": "Paris", "doc_start": 0, "doc_end": 5}],
+    )
     assert f"{docs}:2:" in raises_input_error("E104", read, path, docs)
 
 
@@ -222,11 +242,24 @@ def test_doc_offsets_give_a_context_window_with_local_offsets(tmp_path: Path) ->
     doc_text = filler_before + "Барак Обама прибыл в Париж." + filler_after
     doc_start = doc_text.index("Париж")
     doc_end = doc_start + len("Париж")
-    docs = write_jsonl(tmp_path / "docs.jsonl", [{"doc_id": "ru-doc", "lang": "ru", "text": doc_text},
-                                                 {"doc_id": "short", "lang": "en", "text": "Paris is big."}])
+    docs = write_jsonl(
+        tmp_path / "docs.jsonl",
+        [
+            {"doc_id": "ru-doc", "lang": "ru", "text": doc_text},
+            {"doc_id": "short", "lang": "en", "text": "Paris is big."},
+        ],
+    )
     records = [
-        {"id": "far", "doc_id": "ru-doc", "lang": "ru", "mention": "Париж", "doc_start": doc_start, "doc_end": doc_end,
-         "gold_kb_id": "Q4", "split": "dev"},
+        {
+            "id": "far",
+            "doc_id": "ru-doc",
+            "lang": "ru",
+            "mention": "Париж",
+            "doc_start": doc_start,
+            "doc_end": doc_end,
+            "gold_kb_id": "Q4",
+            "split": "dev",
+        },
         {"id": "near", "doc_id": "short", "lang": "en", "mention": "Paris", "doc_start": 0, "doc_end": 5},
         {**mention("own", "Rome too.", "Rome")},  # a mention with its own text is left alone
     ]
@@ -235,9 +268,9 @@ def test_doc_offsets_give_a_context_window_with_local_offsets(tmp_path: Path) ->
     rows = {row["mention_id"]: row for row in frame.iter_rows(named=True)}
 
     far = rows["far"]
-    assert far["context"] == doc_text[doc_start - 50: doc_end + 50]
+    assert far["context"] == doc_text[doc_start - 50 : doc_end + 50]
     assert (far["start"], far["end"]) == (50, 55)
-    assert far["context"][far["start"]:far["end"]] == "Париж"
+    assert far["context"][far["start"] : far["end"]] == "Париж"
     assert (far["doc_start"], far["doc_end"]) == (doc_start, doc_end)
     assert far["split"] == "dev"
 
@@ -249,10 +282,12 @@ def test_doc_offsets_give_a_context_window_with_local_offsets(tmp_path: Path) ->
 
 def test_load_mentions_maps_nil_cluster_ids_and_named_only(tmp_path: Path) -> None:
     text = "Barack Obama met Klara Dvorakova in Berlin."
-    records = [mention("m1", text, "Barack Obama", gold_kb_id="Q1", named=True),
-               mention("m2", text, "Klara Dvorakova", gold_kb_id="NIL0007", named=True),
-               mention("m3", text, "met", gold_kb_id="NIL", named=False),
-               mention("m4", text, "Berlin")]
+    records = [
+        mention("m1", text, "Barack Obama", gold_kb_id="Q1", named=True),
+        mention("m2", text, "Klara Dvorakova", gold_kb_id="NIL0007", named=True),
+        mention("m3", text, "met", gold_kb_id="NIL", named=False),
+        mention("m4", text, "Berlin"),
+    ]
     path = write_jsonl(tmp_path / "mentions.jsonl", records)
     kb = write_jsonl(tmp_path / "kb.jsonl", TINY_KB)
     frame = load_mentions(InputsConfig(kb=kb, mentions=path, named_only=True))
@@ -267,21 +302,29 @@ def test_load_mentions_maps_nil_cluster_ids_and_named_only(tmp_path: Path) -> No
 
 TAC_SOURCES = {
     "ENG_NW_0001": '<doc id="ENG_NW_0001">\n<headline>Obama in Paris</headline>\n<text>\n'
-                   "Barack Obama arrived in Paris on Monday.\n</text>\n</doc>\n",
+    "Barack Obama arrived in Paris on Monday.\n</text>\n</doc>\n",
     "CMN_NW_0001": '<doc id="CMN_NW_0001">\n<text>\n奥巴马周一抵达巴黎。\n</text>\n</doc>\n',
     "SPA_NW_0001": '<doc id="SPA_NW_0001">\n<text>\nLas Naciones Unidas abrieron su cumbre.\n</text>\n</doc>\n',
 }
 
 
-def tac_line(mention_id: str, doc_id: str, surface: str, kb_id: str, entity_type: str = "PER",
-             mention_type: str = "NAM", occurrence: int = 0) -> str:
+def tac_line(
+    mention_id: str,
+    doc_id: str,
+    surface: str,
+    kb_id: str,
+    entity_type: str = "PER",
+    mention_type: str = "NAM",
+    occurrence: int = 0,
+) -> str:
     raw = TAC_SOURCES[doc_id]
     start = -1
     for _ in range(occurrence + 1):
         start = raw.index(surface, start + 1)
     end_inclusive = start + len(surface) - 1
-    return "\t".join(["gold", mention_id, surface, f"{doc_id}:{start}-{end_inclusive}", kb_id, entity_type,
-                      mention_type, "1.0"])
+    return "\t".join(
+        ["gold", mention_id, surface, f"{doc_id}:{start}-{end_inclusive}", kb_id, entity_type, mention_type, "1.0"]
+    )
 
 
 @pytest.fixture
@@ -291,34 +334,50 @@ def tac_files(tmp_path: Path) -> dict[str, Path]:
     for doc_id, raw in TAC_SOURCES.items():
         (source / f"{doc_id}.xml").write_text(raw, encoding="utf-8")
     train = tmp_path / "train.tab"
-    train.write_text("\n".join([
-        # "Obama" occurs first inside the <headline> tag's text: offsets count the XML.
-        tac_line("EDL_1", "ENG_NW_0001", "Obama", "Q1"),
-        tac_line("EDL_2", "ENG_NW_0001", "Barack Obama", "Q1"),
-        tac_line("EDL_3", "ENG_NW_0001", "Paris", "Q4", "GPE", occurrence=1),
-    ]) + "\n", encoding="utf-8")
+    train.write_text(
+        "\n".join(
+            [
+                # "Obama" occurs first inside the <headline> tag's text: offsets count the XML.
+                tac_line("EDL_1", "ENG_NW_0001", "Obama", "Q1"),
+                tac_line("EDL_2", "ENG_NW_0001", "Barack Obama", "Q1"),
+                tac_line("EDL_3", "ENG_NW_0001", "Paris", "Q4", "GPE", occurrence=1),
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     test = tmp_path / "test.tab"
-    test.write_text("\n".join([
-        tac_line("EDL_4", "CMN_NW_0001", "奥巴马", "Q1"),
-        tac_line("EDL_5", "SPA_NW_0001", "Naciones Unidas", "NIL0003", "ORG"),
-        tac_line("EDL_6", "CMN_NW_0001", "巴黎", "Q4", "GPE", "NOM"),
-    ]) + "\n", encoding="utf-8")
+    test.write_text(
+        "\n".join(
+            [
+                tac_line("EDL_4", "CMN_NW_0001", "奥巴马", "Q1"),
+                tac_line("EDL_5", "SPA_NW_0001", "Naciones Unidas", "NIL0003", "ORG"),
+                tac_line("EDL_6", "CMN_NW_0001", "巴黎", "Q4", "GPE", "NOM"),
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     return {"source": source, "train": train, "test": test}
 
 
 def test_drop_duplicate_spans_in_a_tac_file(tac_files: dict[str, Path], caplog) -> None:
     tab = tac_files["train"]
-    tab.write_text(tab.read_text(encoding="utf-8") + tac_line("EDL_9", "ENG_NW_0001", "Barack Obama", "Q7") + "\n",
-                   encoding="utf-8")
+    tab.write_text(
+        tab.read_text(encoding="utf-8") + tac_line("EDL_9", "ENG_NW_0001", "Barack Obama", "Q7") + "\n",
+        encoding="utf-8",
+    )
     assert f"{tab}:4:" in raises_input_error("E115", read_tac_mentions, {"train": tab}, tac_files["source"], 60)
     with caplog.at_level("WARNING"):
-        frame = read_tac_mentions({"train": tab, "test": tac_files["test"]}, tac_files["source"], 60,
-                                  drop_duplicate_spans=True)
+        frame = read_tac_mentions(
+            {"train": tab, "test": tac_files["test"]}, tac_files["source"], 60, drop_duplicate_spans=True
+        )
     assert frame["mention_id"].to_list() == [f"EDL_{i}" for i in range(1, 7)]
     assert [r.getMessage() for r in caplog.records if "[W108]" in r.getMessage()] == [
         f"[W108] {tab}: dropped 1 mention(s) covering the span of an earlier one (1 of them with another gold id; first "
         "on line 4: mention 'EDL_9' (gold 'Q7'; the first has 'Q1') repeats line 2), keeping the first of each span "
-        "(inputs.drop_duplicate_spans)"]
+        "(inputs.drop_duplicate_spans)"
+    ]
 
 
 def test_tac_reader_counts_raw_characters_end_inclusive(tac_files: dict[str, Path]) -> None:
@@ -327,25 +386,42 @@ def test_tac_reader_counts_raw_characters_end_inclusive(tac_files: dict[str, Pat
     assert set(rows) == {f"EDL_{i}" for i in range(1, 7)}
     for row in rows.values():
         raw = TAC_SOURCES[row["doc_id"]]
-        assert raw[row["doc_start"]:row["doc_end"]] == row["mention"]  # doc_end is exclusive here
-        assert row["context"][row["start"]:row["end"]] == row["mention"]
+        assert raw[row["doc_start"] : row["doc_end"]] == row["mention"]  # doc_end is exclusive here
+        assert row["context"][row["start"] : row["end"]] == row["mention"]
     headline = rows["EDL_1"]
     assert headline["doc_start"] == TAC_SOURCES["ENG_NW_0001"].index("Obama")  # inside <headline>
     assert "<headline>" in headline["context"]
     assert rows["EDL_3"]["doc_start"] == TAC_SOURCES["ENG_NW_0001"].index("Paris on")
     assert {row["mention_id"]: row["lang"] for row in rows.values()} == {
-        "EDL_1": "en", "EDL_2": "en", "EDL_3": "en", "EDL_4": "zh", "EDL_5": "es", "EDL_6": "zh"}
+        "EDL_1": "en",
+        "EDL_2": "en",
+        "EDL_3": "en",
+        "EDL_4": "zh",
+        "EDL_5": "es",
+        "EDL_6": "zh",
+    }
     assert {row["mention_id"]: row["split"] for row in rows.values()} == {
-        "EDL_1": "train", "EDL_2": "train", "EDL_3": "train", "EDL_4": "test", "EDL_5": "test", "EDL_6": "test"}
+        "EDL_1": "train",
+        "EDL_2": "train",
+        "EDL_3": "train",
+        "EDL_4": "test",
+        "EDL_5": "test",
+        "EDL_6": "test",
+    }
     assert rows["EDL_6"]["named"] is False and rows["EDL_4"]["named"] is True
     assert rows["EDL_5"]["gold_kb_id"] == "NIL0003"  # raw here; load_mentions maps NIL clusters
 
 
 def test_tac_inputs_through_load_mentions(tac_files: dict[str, Path], tmp_path: Path) -> None:
     kb = write_jsonl(tmp_path / "kb.jsonl", TINY_KB)
-    config = InputsConfig(kb=kb, tac_train=tac_files["train"], tac_test=tac_files["test"], tac_source=tac_files["source"])
+    config = InputsConfig(
+        kb=kb, tac_train=tac_files["train"], tac_test=tac_files["test"], tac_source=tac_files["source"]
+    )
     frame = load_mentions(config).sort("mention_id")
-    assert frame.filter(pl.col("mention_id") == "EDL_5").select("gold_kb_id", "gold_tac_id").row(0) == ("NIL", "NIL0003")
+    assert frame.filter(pl.col("mention_id") == "EDL_5").select("gold_kb_id", "gold_tac_id").row(0) == (
+        "NIL",
+        "NIL0003",
+    )
     assert frame.height == 6
 
 
@@ -390,6 +466,7 @@ def test_tac_doc_id_with_colons_maps_to_double_underscore_file(tmp_path: Path) -
 
 # --- the same checks through the CLI ----------------------------------------------------------
 
+
 def test_triage_command_reports_input_error_with_code_and_file(make_run_config, tiny_inputs: dict[str, Path]) -> None:
     records = tiny_mention_records()
     records[3] = {**records[3], "start": records[3]["start"] + 1}
@@ -403,13 +480,32 @@ def test_triage_command_reports_input_error_with_code_and_file(make_run_config, 
 def test_triage_command_with_docs_file_and_renamed_duplicates(make_run_config, tmp_path: Path) -> None:
     doc_text = "Barack Obama met Angela Merkel in Berlin on Monday. " * 3
     docs = write_jsonl(tmp_path / "data" / "docs.jsonl", [{"doc_id": "d1", "lang": "en", "text": doc_text}])
-    records = [{"id": "m1", "doc_id": "d1", "lang": "en", "mention": "Barack Obama", "doc_start": 0, "doc_end": 12,
-                "gold_kb_id": "Q1", "split": "train"},
-               {"id": "m1", "doc_id": "d1", "lang": "en", "mention": "Angela Merkel", "doc_start": 17, "doc_end": 30,
-                "gold_kb_id": "Q2", "split": "test"}]
+    records = [
+        {
+            "id": "m1",
+            "doc_id": "d1",
+            "lang": "en",
+            "mention": "Barack Obama",
+            "doc_start": 0,
+            "doc_end": 12,
+            "gold_kb_id": "Q1",
+            "split": "train",
+        },
+        {
+            "id": "m1",
+            "doc_id": "d1",
+            "lang": "en",
+            "mention": "Angela Merkel",
+            "doc_start": 17,
+            "doc_end": 30,
+            "gold_kb_id": "Q2",
+            "split": "test",
+        },
+    ]
     mentions = write_jsonl(tmp_path / "data" / "mentions2.jsonl", records)
-    config = make_run_config(inputs={"mentions": mentions, "docs": docs, "rename_duplicate_ids": True,
-                                     "context_chars": 50})
+    config = make_run_config(
+        inputs={"mentions": mentions, "docs": docs, "rename_duplicate_ids": True, "context_chars": 50}
+    )
     result = CliRunner().invoke(main, ["triage", "--config", str(config)])
     assert result.exit_code == 0, result.output
     table = pl.read_parquet(tmp_path / "run" / "triage" / "mentions.parquet")
@@ -426,4 +522,6 @@ def test_ignore_entity_type_reads_no_mention_types(tac_files: dict[str, Path], t
     assert load_mentions(InputsConfig(**tac, ignore_entity_type=True))["entity_type"].null_count() == 3
     jsonl = write_jsonl(tmp_path / "m.jsonl", [mention("m1", "Paris is big.", "Paris", entity_type="GPE")])
     assert load_mentions(InputsConfig(kb=kb, mentions=jsonl))["entity_type"].to_list() == ["GPE"]
-    assert load_mentions(InputsConfig(kb=kb, mentions=jsonl, ignore_entity_type=True))["entity_type"].to_list() == [None]
+    assert load_mentions(InputsConfig(kb=kb, mentions=jsonl, ignore_entity_type=True))["entity_type"].to_list() == [
+        None
+    ]

@@ -90,8 +90,21 @@ def test_link_gives_evaluates_links_and_nil_decisions(demo_run: dict, tmp_path: 
     assert scores.height == 66 and (scores["best_score"] - scores["score"]).abs().max() < 1e-5
     for column in ("threshold", "nil_probability", "nil_cut"):  # what decided NIL, as evaluate's
         assert scores[column].eq_missing(scores[f"{column}_right"]).all(), column
-    assert links.columns == ["mention_id", "doc_id", "start", "end", "lang", "mention", "kb_id", "score", "is_nil",
-                             "threshold", "nil_probability", "nil_cut", "candidates"]
+    assert links.columns == [
+        "mention_id",
+        "doc_id",
+        "start",
+        "end",
+        "lang",
+        "mention",
+        "kb_id",
+        "score",
+        "is_nil",
+        "threshold",
+        "nil_probability",
+        "nil_cut",
+        "candidates",
+    ]
     first = links.filter(pl.col("candidates").list.len() > 1).row(0, named=True)
     ranked = [c["score"] for c in first["candidates"]]
     assert ranked == sorted(ranked, reverse=True) and first["candidates"][0]["sources"]
@@ -110,17 +123,20 @@ def test_score_writes_evaluates_metrics(demo_run: dict, tmp_path: Path) -> None:
     assert metrics["overall"]["kbp2010_micro_average"] == expected["overall"]["kbp2010_micro_average"]
     assert metrics["overall"]["b_cubed"] == pytest.approx(expected["overall"]["b_cubed"])
     # `xel-cli score` on link's own files keeps the languages, as on evaluate's (doc_languages.tsv beside gold.tab).
-    scored = json.loads(succeeded(invoke("score", tmp_path / "out" / "gold.tab", tmp_path / "out" / "system.tab",
-                                         "--json", "--lenient")).stdout)
+    scored = json.loads(
+        succeeded(
+            invoke("score", tmp_path / "out" / "gold.tab", tmp_path / "out" / "system.tab", "--json", "--lenient")
+        ).stdout
+    )
     assert sorted(scored["by_language"]) == ["ar", "de", "en", "es", "fr", "ru", "zh"]
-
 
 
 def test_score_without_gold_fails_before_linking_anything(demo_run: dict, tmp_path: Path) -> None:
     records = without_gold(demo_records("test"))
     pl.DataFrame(records).write_parquet(tmp_path / "no-column.parquet")
-    pl.DataFrame([{**r, "gold_kb_id": None} for r in records], schema_overrides={"gold_kb_id": pl.String}).write_parquet(
-        tmp_path / "all-null.parquet")
+    pl.DataFrame(
+        [{**r, "gold_kb_id": None} for r in records], schema_overrides={"gold_kb_id": pl.String}
+    ).write_parquet(tmp_path / "all-null.parquet")
     for mentions in (demo_run["test"], tmp_path / "no-column.parquet", tmp_path / "all-null.parquet"):
         result = link(demo_run["model"], mentions, tmp_path / "out", "--score", "--chunk-mentions", 20)
         assert result.exit_code == 2 and f"Error: [E709] {mentions}: --score needs gold_kb_id" in result.output
@@ -180,8 +196,15 @@ class FrameLike:
 
     def to_dict(self, orient: str) -> list[dict]:
         assert orient == "records"
-        return [{name: (np.float64(r[name]) if name in ("start", "end", "doc_start", "doc_end") else r[name])
-                 if r.get(name) is not None else np.nan for name in self.columns} for r in self.records]
+        return [
+            {
+                name: (np.float64(r[name]) if name in ("start", "end", "doc_start", "doc_end") else r[name])
+                if r.get(name) is not None
+                else np.nan
+                for name in self.columns
+            }
+            for r in self.records
+        ]
 
 
 def test_the_python_api_takes_numpy_values_frames_and_arrow_tables(demo_run: dict) -> None:
@@ -194,15 +217,30 @@ def test_the_python_api_takes_numpy_values_frames_and_arrow_tables(demo_run: dic
     # The records as read and the candidates triage proposes for them: the decisions themselves may differ
     # in a near-tie of this tiny random model by float rounding (~1e-7) between calls, which is not what
     # this test is about.
-    columns = ["mention_id", "doc_id", "start", "end", "lang", "mention",
-               pl.col("candidates").list.eval(pl.element().struct.field("kb_id").sort()).alias("candidate_ids")]
+    columns = [
+        "mention_id",
+        "doc_id",
+        "start",
+        "end",
+        "lang",
+        "mention",
+        pl.col("candidates").list.eval(pl.element().struct.field("kb_id").sort()).alias("candidate_ids"),
+    ]
     expected = linker.link(records).select(columns)
     assert linker.link([_numpy_values(r) for r in records]).select(columns).equals(expected)
     assert linker.link(pa.Table.from_pylist(records)).select(columns).equals(expected)
     # Half the mentions by doc_start/doc_end into docs given as a frame too: missing offsets and texts are NaN.
     docs = {r["doc_id"]: r["text"] for r in records}
-    mixed = [r if i % 2 else {**{k: v for k, v in r.items() if k not in ("text", "start", "end")},
-                              "doc_start": r["start"], "doc_end": r["end"]} for i, r in enumerate(records)]
+    mixed = [
+        r
+        if i % 2
+        else {
+            **{k: v for k, v in r.items() if k not in ("text", "start", "end")},
+            "doc_start": r["start"],
+            "doc_end": r["end"],
+        }
+        for i, r in enumerate(records)
+    ]
     doc_frame = FrameLike([{"doc_id": d, "text": t} for d, t in docs.items()])
     doc_frame.columns = ("doc_id", "text")
     assert linker.link(FrameLike(mixed), docs=doc_frame).select(columns).equals(expected)
@@ -222,11 +260,21 @@ def test_the_python_api_takes_pandas_frames(demo_run: dict) -> None:
     assert linker.link(frame).select(columns).equals(linker.link(records).select(columns))
 
 
-@pytest.mark.parametrize("damage, code", [
-    ("model.json missing", "E701"), ("foreign model.json", "E701"), ("model.json not JSON", "E702"),
-    ("model.pt changed", "E702"), ("aliases.parquet missing", "E702"), ("newer format", "E703"),
-    ("encoder gone", "E704")])
-def test_a_damaged_or_foreign_model_folder_is_one_line_error(demo_run: dict, tmp_path: Path, damage: str, code: str) -> None:
+@pytest.mark.parametrize(
+    "damage, code",
+    [
+        ("model.json missing", "E701"),
+        ("foreign model.json", "E701"),
+        ("model.json not JSON", "E702"),
+        ("model.pt changed", "E702"),
+        ("aliases.parquet missing", "E702"),
+        ("newer format", "E703"),
+        ("encoder gone", "E704"),
+    ],
+)
+def test_a_damaged_or_foreign_model_folder_is_one_line_error(
+    demo_run: dict, tmp_path: Path, damage: str, code: str
+) -> None:
     model = tmp_path / "model"
     shutil.copytree(demo_run["model"], model)
     meta_path = model / "model.json"
@@ -236,7 +284,7 @@ def test_a_damaged_or_foreign_model_folder_is_one_line_error(demo_run: dict, tmp
     elif damage == "foreign model.json":
         meta_path.write_text(json.dumps({"format": "spacy", "version": 3}), encoding="utf-8")
     elif damage == "model.json not JSON":
-        meta_path.write_text("{\"format\": \"xel-linker\"", encoding="utf-8")
+        meta_path.write_text('{"format": "xel-linker"', encoding="utf-8")
     elif damage == "model.pt changed":
         data = bytearray((model / "model.pt").read_bytes())
         data[len(data) // 2] ^= 0xFF
@@ -257,24 +305,65 @@ def test_a_damaged_or_foreign_model_folder_is_one_line_error(demo_run: dict, tmp
     assert not (tmp_path / "out" / "links.parquet").exists()
 
 
-@pytest.mark.parametrize("edit, where", [
-    (lambda meta: meta["nil"]["thresholds"].update(en="0.5"), "nil.thresholds.en: Input should be a valid number (got '0.5')"),
-    (lambda meta: meta["nil"]["thresholds"].update(en=float("nan")), "nil.thresholds.en: Input should be a finite number"),
-    (lambda meta: meta["nil"]["thresholds"].update(en=1.5), "nil.thresholds.en: Input should be less than or equal to 1"),
-    (lambda meta: meta["nil"].update(fallback=True), "nil.fallback: Input should be a valid number"),
-    (lambda meta: meta["nil"].update(method="vote"), "nil.method: Input should be 'threshold', 'classifier', 'nota' or 'reader'"),
-    (lambda meta: meta["encoder"]["settings"].update(batch_tokens="16384"), "encoder.settings.batch_tokens: Input should be a valid integer"),
-    (lambda meta: meta["encoder"]["settings"].update(batch_tokens=8), "encoder.settings.batch_tokens: must be at least max_context_tokens"),
-    (lambda meta: meta["triage"].update(k=0), "triage.k: must be between 1 and 1000 (got 0)"),
-    (lambda meta: meta["triage"].update(fuzzy_min_score=float("inf")), "triage.fuzzy_min_score"),
-    (lambda meta: meta["inputs"].update(context_chars=-1), "inputs.context_chars: Input should be greater than or equal to 50"),
-    (lambda meta: meta["types"].update(entity="PER"), "types.entity: Input should be a valid array"),
-    (lambda meta: meta["kb"].pop("path"), "kb.path: Field required"),
-    (lambda meta: meta["trained_on"].update(best_dev_accuracy="0.9"), "trained_on.best_dev_accuracy"),
-    (lambda meta: meta.update(popularity_rerank="no"), "popularity_rerank: Input should be a valid boolean"),
-], ids=["threshold-string", "threshold-nan", "threshold-range", "fallback-bool", "method", "encoder-type", "encoder-check",
-        "triage-k", "triage-inf", "context-chars", "types", "kb-path", "trained-on", "popularity"])
-def test_every_model_json_value_is_checked_on_load_naming_its_key(demo_run: dict, tmp_path: Path, edit, where: str) -> None:
+@pytest.mark.parametrize(
+    "edit, where",
+    [
+        (
+            lambda meta: meta["nil"]["thresholds"].update(en="0.5"),
+            "nil.thresholds.en: Input should be a valid number (got '0.5')",
+        ),
+        (
+            lambda meta: meta["nil"]["thresholds"].update(en=float("nan")),
+            "nil.thresholds.en: Input should be a finite number",
+        ),
+        (
+            lambda meta: meta["nil"]["thresholds"].update(en=1.5),
+            "nil.thresholds.en: Input should be less than or equal to 1",
+        ),
+        (lambda meta: meta["nil"].update(fallback=True), "nil.fallback: Input should be a valid number"),
+        (
+            lambda meta: meta["nil"].update(method="vote"),
+            "nil.method: Input should be 'threshold', 'classifier', 'nota' or 'reader'",
+        ),
+        (
+            lambda meta: meta["encoder"]["settings"].update(batch_tokens="16384"),
+            "encoder.settings.batch_tokens: Input should be a valid integer",
+        ),
+        (
+            lambda meta: meta["encoder"]["settings"].update(batch_tokens=8),
+            "encoder.settings.batch_tokens: must be at least max_context_tokens",
+        ),
+        (lambda meta: meta["triage"].update(k=0), "triage.k: must be between 1 and 1000 (got 0)"),
+        (lambda meta: meta["triage"].update(fuzzy_min_score=float("inf")), "triage.fuzzy_min_score"),
+        (
+            lambda meta: meta["inputs"].update(context_chars=-1),
+            "inputs.context_chars: Input should be greater than or equal to 50",
+        ),
+        (lambda meta: meta["types"].update(entity="PER"), "types.entity: Input should be a valid array"),
+        (lambda meta: meta["kb"].pop("path"), "kb.path: Field required"),
+        (lambda meta: meta["trained_on"].update(best_dev_accuracy="0.9"), "trained_on.best_dev_accuracy"),
+        (lambda meta: meta.update(popularity_rerank="no"), "popularity_rerank: Input should be a valid boolean"),
+    ],
+    ids=[
+        "threshold-string",
+        "threshold-nan",
+        "threshold-range",
+        "fallback-bool",
+        "method",
+        "encoder-type",
+        "encoder-check",
+        "triage-k",
+        "triage-inf",
+        "context-chars",
+        "types",
+        "kb-path",
+        "trained-on",
+        "popularity",
+    ],
+)
+def test_every_model_json_value_is_checked_on_load_naming_its_key(
+    demo_run: dict, tmp_path: Path, edit, where: str
+) -> None:
     """A hand-edited model.json value of the wrong type, not finite or out of range is E702 naming its key
     path when the folder loads (issue 21 item 3): before, a threshold "0.5" crashed mid-link with a
     TypeError after encoding, and a NaN one made every mention of its language NIL, silently."""
@@ -307,7 +396,6 @@ def classifier_and_model_copy(demo_run: dict, tmp_path: Path) -> tuple[dict, Pat
 
 
 def test_a_classifier_of_mismatched_shapes_is_e702(demo_run: dict, tmp_path: Path) -> None:
-
     classifier, model, meta = classifier_and_model_copy(demo_run, tmp_path)
     meta["nil"] = {**meta["nil"], "method": "classifier", "classifier": {**classifier, "mean": classifier["mean"][:-1]}}
     (model / "model.json").write_text(json.dumps(meta), encoding="utf-8")
@@ -333,8 +421,14 @@ def renamed_kb(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 def candidate_scores(links_path: Path, rename: dict[str, str] | None = None) -> pl.DataFrame:
     """(mention_id, kb_id, score) of every candidate of a links.parquet, ids through `rename`."""
-    table = (pl.read_parquet(links_path).select("mention_id", "candidates").explode("candidates")
-             .drop_nulls("candidates").unnest("candidates").select("mention_id", "kb_id", "score"))
+    table = (
+        pl.read_parquet(links_path)
+        .select("mention_id", "candidates")
+        .explode("candidates")
+        .drop_nulls("candidates")
+        .unnest("candidates")
+        .select("mention_id", "kb_id", "score")
+    )
     return table.with_columns(pl.col("kb_id").replace(rename)) if rename else table
 
 
@@ -365,7 +459,11 @@ def test_a_kb_lacking_alias_table_ids_links_with_one_warning(demo_run: dict, tmp
     assert both.height >= more.height - more.filter(pl.col("kb_id") == dropped).height - 66  # at most one newcomer each
     assert (both["score"] - both["score_right"]).abs().max() < 1e-5
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text(encoding="utf-8"))["kb"]
-    assert (manifest["alias_ids"], manifest["alias_ids_missing"], manifest["alias_mentions_missing"]) == (total, 1, behind)
+    assert (manifest["alias_ids"], manifest["alias_ids_missing"], manifest["alias_mentions_missing"]) == (
+        total,
+        1,
+        behind,
+    )
     assert manifest["linked_against"]["path"] == str(smaller) and manifest["trained_on"]["name"] == "kb.jsonl"
 
 
@@ -379,7 +477,9 @@ def test_entity_types_the_model_never_saw_are_counted(demo_run: dict, tmp_path: 
     unknown = types - vocabulary
     entities = sum(e.get("type") in unknown for e in kb)
     assert "SPORTS_TEAM" in unknown and entities >= 2
-    result = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "out", "--kb", write_jsonl(tmp_path / "kb.jsonl", kb)))
+    result = succeeded(
+        link(demo_run["model"], demo_run["test"], tmp_path / "out", "--kb", write_jsonl(tmp_path / "kb.jsonl", kb))
+    )
     assert f"entity types unknown to the model: {len(unknown)} of {len(types)} ({entities} entities)" in result.output
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text(encoding="utf-8"))["kb"]
     assert (manifest["unknown_types"], manifest["unknown_type_entities"]) == (len(unknown), entities)
@@ -398,10 +498,16 @@ def test_kb_map_carries_the_alias_table_to_a_kb_keyed_differently(demo_run: dict
     own = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "own"))
     mapped = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "mapped", "--kb", kb, "--kb-map", kb_map))
     total = load_model_folder(demo_run["model"]).aliases["gold_kb_id"].n_unique()
-    assert "[W710]" not in mapped.output and f"alias table: {total} of {total} KB id(s) in this KB, {total} through --kb-map" in mapped.output
+    assert (
+        "[W710]" not in mapped.output
+        and f"alias table: {total} of {total} KB id(s) in this KB, {total} through --kb-map" in mapped.output
+    )
     expected = candidate_scores(tmp_path / "own" / "links.parquet", new_ids)
     got = candidate_scores(tmp_path / "mapped" / "links.parquet")
-    assert got["mention_id"].to_list() == expected["mention_id"].to_list() and got["kb_id"].to_list() == expected["kb_id"].to_list()
+    assert (
+        got["mention_id"].to_list() == expected["mention_id"].to_list()
+        and got["kb_id"].to_list() == expected["kb_id"].to_list()
+    )
     assert (got["score"] - expected["score"]).abs().max() < 1e-5
     own_links, mapped_links = read_tab(tmp_path / "own" / "system.tab"), read_tab(tmp_path / "mapped" / "system.tab")
     assert mapped_links["kb_id"].to_list() == own_links["kb_id"].replace(new_ids).to_list()
@@ -417,14 +523,17 @@ def test_kb_map_carries_the_alias_table_to_a_kb_keyed_differently(demo_run: dict
     assert linker.kb["linked_against"]["fingerprint"] != linker.kb["trained_on"]["fingerprint"]
 
 
-@pytest.mark.parametrize("content, code, where", [
-    ("a\tb\tc\n", "E730", ":1: has 3 tab-separated column(s)"),
-    ("from\tto\n{alias}\t\n", "E730", ":2: its 'to' id ''"),
-    ("", "E730", ":1: holds no pair"),
-    ("{wrong}\n", "E730", ":1: has 1 tab-separated"),
-    ("{alias}\twd:1\n{alias}\twd:2\n", "E731", ":2: maps KB id '{alias}' to 'wd:2', but line 1 maps it to 'wd:1'"),
-    ("enwiki:Nowhere\twd:1\n", "E705", "none of the"),
-])
+@pytest.mark.parametrize(
+    "content, code, where",
+    [
+        ("a\tb\tc\n", "E730", ":1: has 3 tab-separated column(s)"),
+        ("from\tto\n{alias}\t\n", "E730", ":2: its 'to' id ''"),
+        ("", "E730", ":1: holds no pair"),
+        ("{wrong}\n", "E730", ":1: has 1 tab-separated"),
+        ("{alias}\twd:1\n{alias}\twd:2\n", "E731", ":2: maps KB id '{alias}' to 'wd:2', but line 1 maps it to 'wd:1'"),
+        ("enwiki:Nowhere\twd:1\n", "E705", "none of the"),
+    ],
+)
 def test_a_bad_kb_map_is_one_coded_line(demo_run: dict, tmp_path: Path, content: str, code: str, where: str) -> None:
     """Malformed map lines name file and line (E730), one old id with two new ones is E731, and a map that
     carries no alias-table id into the KB is E705, each before anything is linked."""
@@ -432,11 +541,15 @@ def test_a_bad_kb_map_is_one_coded_line(demo_run: dict, tmp_path: Path, content:
     content, where = content.replace("{alias}", alias), where.replace("{alias}", alias)
     kb_map = tmp_path / "map.tsv"
     kb_map.write_text(content, encoding="utf-8")
-    kb = write_jsonl(tmp_path / "kb.jsonl", demo_kb() + [{"kb_id": "wd:1", "name": "Paris 2"}, {"kb_id": "wd:2", "name": "Paris 3"}])
+    kb = write_jsonl(
+        tmp_path / "kb.jsonl", demo_kb() + [{"kb_id": "wd:1", "name": "Paris 2"}, {"kb_id": "wd:2", "name": "Paris 3"}]
+    )
     if code == "E705":
         kb, _ = renamed_kb(tmp_path)
     result = link(demo_run["model"], demo_run["test"], tmp_path / "out", "--kb", kb, "--kb-map", kb_map)
-    assert result.exit_code == 2 and f"Error: [{code}] " in result.output and "Traceback" not in result.output, result.output
+    assert result.exit_code == 2 and f"Error: [{code}] " in result.output and "Traceback" not in result.output, (
+        result.output
+    )
     line = next(line for line in result.output.splitlines() if line.startswith("Error:"))
     assert where in line and (str(kb_map) in line) and not (tmp_path / "out" / "links.parquet").exists()
     jsonl = tmp_path / "map.jsonl"
@@ -461,7 +574,9 @@ def test_a_model_without_priors_links_a_kb_keyed_differently_as_its_own(demo_run
     assert "the model reads no priors (triage.use_priors = false)" in other.output
     expected = candidate_scores(tmp_path / "own" / "links.parquet", new_ids)
     got = candidate_scores(tmp_path / "other" / "links.parquet")
-    assert got["kb_id"].to_list() == expected["kb_id"].to_list() and (got["score"] - expected["score"]).abs().max() < 1e-5
+    assert (
+        got["kb_id"].to_list() == expected["kb_id"].to_list() and (got["score"] - expected["score"]).abs().max() < 1e-5
+    )
 
 
 def test_second_corpus_and_a_grown_kb_encode_only_new_entities(demo_run: dict, tmp_path: Path) -> None:
@@ -469,27 +584,34 @@ def test_second_corpus_and_a_grown_kb_encode_only_new_entities(demo_run: dict, t
     encoded_first = int(first.split("entities encoded ")[1].split(",")[0])
     assert encoded_first > 0
     # The same contexts in other documents, under other ids: every candidate entity is cached.
-    second_corpus = [{**r, "id": "again-" + r["id"], "doc_id": "again-" + r["doc_id"]}
-                     for r in without_gold(demo_records("test"))]
-    second = succeeded(link(demo_run["model"], write_jsonl(tmp_path / "second.jsonl", second_corpus), tmp_path / "second"))
+    second_corpus = [
+        {**r, "id": "again-" + r["id"], "doc_id": "again-" + r["doc_id"]} for r in without_gold(demo_records("test"))
+    ]
+    second = succeeded(
+        link(demo_run["model"], write_jsonl(tmp_path / "second.jsonl", second_corpus), tmp_path / "second")
+    )
     assert "entities encoded 0, from the cache " + str(encoded_first) in second.output
 
     # Three new entities named like NIL mentions of the corpus (so they become candidates).
     kb = [json.loads(line) for line in (DEMO / "kb.jsonl").read_text(encoding="utf-8").splitlines()]
     names = sorted({r["mention"] for r in demo_records("test") if r["gold_kb_id"] == "NIL"})[:3]
-    added = [{"kb_id": f"new:{i}", "name": name, "description": f"A new entity called {name}."}
-             for i, name in enumerate(names)]
+    added = [
+        {"kb_id": f"new:{i}", "name": name, "description": f"A new entity called {name}."}
+        for i, name in enumerate(names)
+    ]
     grown = write_jsonl(tmp_path / "kb-grown.jsonl", kb + added)
     third = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "third", "--kb", grown)).output
     links = pl.read_parquet(tmp_path / "third" / "links.parquet")
-    proposed = set(links.select(pl.col("candidates").list.eval(pl.element().struct.field("kb_id")).explode())
-                   .to_series().to_list()) & {e["kb_id"] for e in added}
+    proposed = set(
+        links.select(pl.col("candidates").list.eval(pl.element().struct.field("kb_id")).explode()).to_series().to_list()
+    ) & {e["kb_id"] for e in added}
     assert len(proposed) >= 1
     assert f"entities encoded {len(proposed)}," in third
 
 
-def test_the_first_link_after_a_run_builds_no_kb_index_and_encodes_no_entity(demo_run: dict, tmp_path: Path,
-                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_first_link_after_a_run_builds_no_kb_index_and_encodes_no_entity(
+    demo_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The run's store (a copy: other tests link with the same run), as a user's XEL_CACHE would hold it.
     store = shutil.copytree(demo_run["run_dir"].parent / "run-cache", tmp_path / "store")
     monkeypatch.setenv("XEL_CACHE", str(store))
@@ -520,9 +642,14 @@ def test_unseen_language_gets_the_fallback_threshold_and_one_warning(demo_run: d
     assert written_otherwise["lang"] == known
     assert written_otherwise["threshold"] == load_model_folder(demo_run["model"]).policy.thresholds[known]
     # Into the same folder: the fallback is part of the link's key, so the links are redone, not "up to date".
-    set_by_hand = succeeded(link(demo_run["model"], tmp_path / "m.jsonl", tmp_path / "out", "--fallback-threshold", -0.5))
+    set_by_hand = succeeded(
+        link(demo_run["model"], tmp_path / "m.jsonl", tmp_path / "out", "--fallback-threshold", -0.5)
+    )
     assert "--fallback-threshold" in [line for line in set_by_hand.output.splitlines() if "[W701]" in line][0]
-    assert pl.read_parquet(tmp_path / "out" / "links.parquet").filter(pl.col("lang") == "xx")["threshold"].to_list() == [-0.5] * 3
+    assert (
+        pl.read_parquet(tmp_path / "out" / "links.parquet").filter(pl.col("lang") == "xx")["threshold"].to_list()
+        == [-0.5] * 3
+    )
     for bad in ("nan", 5, -1.5):  # outside the tanh range [-1, 1] a threshold means nothing new
         refused = link(demo_run["model"], tmp_path / "m.jsonl", tmp_path / "out3", "--fallback-threshold", bad)
         assert refused.exit_code == 2 and "[E203]" in refused.output and "[-1, 1]" in refused.output
@@ -545,18 +672,31 @@ def test_out_must_not_hold_other_files(demo_run: dict, tmp_path: Path) -> None:
 def test_shards_and_merge_equal_one_process(demo_run: dict, tmp_path: Path) -> None:
     succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "one", "--chunk-mentions", 20))
     for index in range(3):
-        output = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "sharded", "--chunk-mentions", 20,
-                                "--shard", f"{index}/3")).output
+        output = succeeded(
+            link(
+                demo_run["model"],
+                demo_run["test"],
+                tmp_path / "sharded",
+                "--chunk-mentions",
+                20,
+                "--shard",
+                f"{index}/3",
+            )
+        ).output
         assert f"shard {index}/3 done" in output
     early = link(demo_run["model"], demo_run["test"], tmp_path / "partial", "--chunk-mentions", 20, "--shard", "0/2")
     missing = link(demo_run["model"], demo_run["test"], tmp_path / "partial", "--chunk-mentions", 20, "--merge")
-    assert succeeded(early) and missing.exit_code == 2 and "[E711]" in missing.output and "shard-1-of-2" in missing.output
+    assert (
+        succeeded(early) and missing.exit_code == 2 and "[E711]" in missing.output and "shard-1-of-2" in missing.output
+    )
     # A sibling shard given other options refuses, and leaves shard 0's work in place.
     before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "partial").rglob("*") if p.is_file())
     typo = link(demo_run["model"], demo_run["test"], tmp_path / "partial", "--chunk-mentions", 30, "--shard", "1/2")
     assert typo.exit_code == 2 and "[E715]" in typo.output, typo.output
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "partial").rglob("*") if p.is_file()) == before
-    merged = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "sharded", "--chunk-mentions", 20, "--merge"))
+    merged = succeeded(
+        link(demo_run["model"], demo_run["test"], tmp_path / "sharded", "--chunk-mentions", 20, "--merge")
+    )
     first = merged.stdout.splitlines()[0]  # no rate or encode share: a merge links nothing
     assert first.startswith("link: merged 66 mentions from 3 shard(s) (4 chunk(s)) in ") and "/s" not in first
     assert "encode" in first and "% of linking time" not in first
@@ -566,16 +706,34 @@ def test_shards_and_merge_equal_one_process(demo_run: dict, tmp_path: Path) -> N
 
 
 def test_a_killed_link_resumes_after_its_last_finished_chunk(demo_run: dict, tmp_path: Path) -> None:
-    args = [sys.executable, str(ROOT / "cli.py"), "link", "--model", str(demo_run["model"]),
-            "--mentions", str(demo_run["test"]), "--chunk-mentions", "20"]
+    args = [
+        sys.executable,
+        str(ROOT / "cli.py"),
+        "link",
+        "--model",
+        str(demo_run["model"]),
+        "--mentions",
+        str(demo_run["test"]),
+        "--chunk-mentions",
+        "20",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    killed = subprocess.run(args + ["--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=600,
-                            env={**env, "XEL_CRASH_AT": "after-rename:chunk-000001.json:1"})  # its record, written last
+    killed = subprocess.run(
+        args + ["--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**env, "XEL_CRASH_AT": "after-rename:chunk-000001.json:1"},
+    )  # its record, written last
     assert killed.returncode == -9, killed.stderr
-    assert sorted(p.name for p in (tmp_path / "out" / "chunks").glob("*.parquet")) == ["chunk-000000.parquet",
-                                                                                       "chunk-000001.parquet"]
+    assert sorted(p.name for p in (tmp_path / "out" / "chunks").glob("*.parquet")) == [
+        "chunk-000000.parquet",
+        "chunk-000001.parquet",
+    ]
     assert not (tmp_path / "out" / "links.parquet").exists() and not (tmp_path / "out" / "manifest.json").exists()
-    resumed = subprocess.run(args + ["--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=600, env=env)
+    resumed = subprocess.run(
+        args + ["--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=600, env=env
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "4 chunk(s), 2 resumed" in resumed.stdout
     assert "link: 66 mentions, 26 linked now in " in resumed.stdout  # the rate is over the 26 of this call
@@ -597,16 +755,27 @@ def test_every_mention_format_gives_the_same_links(demo_run: dict, tmp_path: Pat
         for r in records:
             doc_id = f"demo:{r['lang']}:{r['doc_id']}"  # the language is read from TAC doc ids
             (source / f"{doc_id.replace(':', '__')}.txt").write_text(r["text"], encoding="utf-8")
-            lines.append(f"xel\t{r['id']}\t{r['mention']}\t{doc_id}:{r['start']}-{r['end'] - 1}\tNIL\t{r['entity_type']}\tNAM\t1.0\n")
+            lines.append(
+                f"xel\t{r['id']}\t{r['mention']}\t{doc_id}:{r['start']}-{r['end'] - 1}\tNIL\t{r['entity_type']}\tNAM\t1.0\n"
+            )
         mentions = tmp_path / "mentions.tab"
         mentions.write_text("".join(lines), encoding="utf-8")
         extra = ["--docs", source]
     else:
         if "docs" in form:
             docs = {r["doc_id"]: r["text"] for r in records}
-            extra = ["--docs", write_jsonl(tmp_path / "docs.jsonl", [{"doc_id": d, "text": t} for d, t in docs.items()])]
-            records = [{**{k: v for k, v in r.items() if k not in ("text", "start", "end")},
-                        "doc_start": r["start"], "doc_end": r["end"]} for r in records]
+            extra = [
+                "--docs",
+                write_jsonl(tmp_path / "docs.jsonl", [{"doc_id": d, "text": t} for d, t in docs.items()]),
+            ]
+            records = [
+                {
+                    **{k: v for k, v in r.items() if k not in ("text", "start", "end")},
+                    "doc_start": r["start"],
+                    "doc_end": r["end"],
+                }
+                for r in records
+            ]
         if form.startswith("parquet"):
             mentions = tmp_path / "mentions.parquet"
             pl.DataFrame(records).write_parquet(mentions)
@@ -615,8 +784,11 @@ def test_every_mention_format_gives_the_same_links(demo_run: dict, tmp_path: Pat
     succeeded(link(demo_run["model"], mentions, tmp_path / "out", "--chunk-mentions", 25, *extra))
     succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "reference"))
     columns = ["mention_id", "start", "end", "lang", "mention", "kb_id", "is_nil", "threshold"]
-    assert (pl.read_parquet(tmp_path / "out" / "links.parquet").select(columns)
-            .equals(pl.read_parquet(tmp_path / "reference" / "links.parquet").select(columns)))
+    assert (
+        pl.read_parquet(tmp_path / "out" / "links.parquet")
+        .select(columns)
+        .equals(pl.read_parquet(tmp_path / "reference" / "links.parquet").select(columns))
+    )
 
 
 def test_bad_mention_inputs_are_one_line_errors(demo_run: dict, tmp_path: Path) -> None:
@@ -626,10 +798,16 @@ def test_bad_mention_inputs_are_one_line_errors(demo_run: dict, tmp_path: Path) 
         "tab without docs": (tmp_path / "m.tab", [], "E708"),
         # Across chunks (40 mentions each) as within one, before any chunk is linked.
         "repeated id across chunks": (write_jsonl(tmp_path / "dup.jsonl", records + records[:1]), [], "E104"),
-        "repeated span across chunks": (write_jsonl(tmp_path / "span.jsonl", records + [{**records[0], "id": "again"}]), [],
-                                        "E115"),
-        "two languages across chunks": (write_jsonl(tmp_path / "lang.jsonl", records + [{**records[0], "id": "again",
-                                                                                         "lang": "xx"}]), [], "E117"),
+        "repeated span across chunks": (
+            write_jsonl(tmp_path / "span.jsonl", records + [{**records[0], "id": "again"}]),
+            [],
+            "E115",
+        ),
+        "two languages across chunks": (
+            write_jsonl(tmp_path / "lang.jsonl", records + [{**records[0], "id": "again", "lang": "xx"}]),
+            [],
+            "E117",
+        ),
         "bad offsets": (write_jsonl(tmp_path / "off.jsonl", [{**records[0], "end": 10_000}]), [], "E105"),
         "not Parquet": (tmp_path / "garbage.parquet", [], "E119"),
         "Parquet named JSONL": (tmp_path / "parquet.jsonl", [], "E119"),
@@ -654,12 +832,21 @@ def test_cuda_without_a_gpu_is_one_line_error(demo_run: dict, tmp_path: Path) ->
     assert result.exit_code == 2 and "[E203]" in result.output and "--device" in result.output
 
 
-@pytest.mark.parametrize(("device", "reason"), [
-    ("gpu", "not a device torch knows"), ("", "not a device torch knows"), ("CPU", "not a device torch knows"),
-    ("cuda:x", "not a device torch knows"), ("xla", "not a device xel runs on"), ("mps", "no MPS device"),
-    ("cuda:3", "only 1 CUDA device(s) are visible here")])
-def test_every_bad_device_names_the_device_option(demo_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                  device: str, reason: str) -> None:
+@pytest.mark.parametrize(
+    ("device", "reason"),
+    [
+        ("gpu", "not a device torch knows"),
+        ("", "not a device torch knows"),
+        ("CPU", "not a device torch knows"),
+        ("cuda:x", "not a device torch knows"),
+        ("xla", "not a device xel runs on"),
+        ("mps", "no MPS device"),
+        ("cuda:3", "only 1 CUDA device(s) are visible here"),
+    ],
+)
+def test_every_bad_device_names_the_device_option(
+    demo_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device: str, reason: str
+) -> None:
     """Whatever is wrong with --device (a name torch does not know, one xel does not run on, a GPU that
     is not there), the one-line error names --device, not the model's [encoder] setting."""
     import torch
@@ -675,11 +862,16 @@ def test_every_bad_device_names_the_device_option(demo_run: dict, tmp_path: Path
 
 
 def test_a_mention_prior_of_another_encoders_width_is_e702_before_linking(demo_run: dict, tmp_path: Path) -> None:
-
     classifier, model, meta = classifier_and_model_copy(demo_run, tmp_path)
-    meta["nil"] = {"method": "classifier", "thresholds": {"en": -0.8}, "default_threshold": -1.0, "classifier": classifier,
-                   "mention_prior": {"coef": [0.0] * 10, "intercept": 0.0}, "fallback": -1.0,
-                   "clustering": meta["nil"]["clustering"]}
+    meta["nil"] = {
+        "method": "classifier",
+        "thresholds": {"en": -0.8},
+        "default_threshold": -1.0,
+        "classifier": classifier,
+        "mention_prior": {"coef": [0.0] * 10, "intercept": 0.0},
+        "fallback": -1.0,
+        "clustering": meta["nil"]["clustering"],
+    }
     (model / "model.json").write_text(json.dumps(meta), encoding="utf-8")
     result = link(model, demo_run["test"], tmp_path / "out")
     assert result.exit_code == 2 and "[E702]" in result.output and "10 weights" in result.output
@@ -700,8 +892,13 @@ def test_link_decides_nil_with_the_learned_classifier_as_evaluate_would(demo_run
     # The demo's training split has 18 NILs, so evaluate fitted the mention NIL prior, and its
     # predictions carry it (mention_nil_logit): the classifier reads it, and link must compute it alike.
     prior = json.loads((run_dir / "evaluate" / "nil.json").read_text(encoding="utf-8"))["mention_prior"]
-    artifact = {"method": "classifier", "thresholds": {"en": -0.8}, "default_threshold": -1.0, "mention_prior": prior,
-                "classifier": nil_classifier.fit(with_evidence.filter(pl.col("gold_kb_id").is_not_null()))}
+    artifact = {
+        "method": "classifier",
+        "thresholds": {"en": -0.8},
+        "default_threshold": -1.0,
+        "mention_prior": prior,
+        "classifier": nil_classifier.fit(with_evidence.filter(pl.col("gold_kb_id").is_not_null())),
+    }
     assert nil_classifier.reads_prior(artifact["classifier"])
     model = tmp_path / "model"
     shutil.copytree(demo_run["model"], model)
@@ -718,16 +915,32 @@ def test_link_decides_nil_with_the_learned_classifier_as_evaluate_would(demo_run
     assert both["is_nil"].to_list() == both["is_nil_link"].to_list()
     linked = both.filter(~pl.col("is_nil"))
     assert linked["kb_id"].to_list() == linked["kb_id_link"].to_list()
-    assert links.columns[:12] == ["mention_id", "doc_id", "start", "end", "lang", "mention", "kb_id", "score", "is_nil",
-                                  "threshold", "nil_probability", "nil_cut"]
+    assert links.columns[:12] == [
+        "mention_id",
+        "doc_id",
+        "start",
+        "end",
+        "lang",
+        "mention",
+        "kb_id",
+        "score",
+        "is_nil",
+        "threshold",
+        "nil_probability",
+        "nil_cut",
+    ]
     # The row shows the classifier's P(NIL) and its cut, not a threshold that contradicts is_nil (issue 21 item 12).
     assert links["threshold"].null_count() == links.height
     with_candidates = links.filter(pl.col("score").is_not_null())
-    assert with_candidates["is_nil"].to_list() == (with_candidates["nil_probability"] > with_candidates["nil_cut"]).to_list()
+    assert (
+        with_candidates["is_nil"].to_list()
+        == (with_candidates["nil_probability"] > with_candidates["nil_cut"]).to_list()
+    )
 
 
 def test_a_failed_link_removes_only_the_out_folder_it_made_and_that_holds_nothing_linked(
-        demo_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    demo_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     not_a_model = tmp_path / "not-a-model"
     not_a_model.mkdir()
     for extra in ([], ["--shard", "0/2"]):  # a shard (no lock) removes the folder it made too, while empty
@@ -752,11 +965,15 @@ def test_a_failed_link_removes_only_the_out_folder_it_made_and_that_holds_nothin
     monkeypatch.setattr(Linker, "link_chunk", failing_third)
     failed = link(demo_run["model"], demo_run["test"], tmp_path / "linked", "--chunk-mentions", 20)
     assert failed.exit_code == 2 and "[E406]" in failed.output
-    assert sorted(p.name for p in (tmp_path / "linked" / "chunks").glob("*.parquet")) == ["chunk-000000.parquet",
-                                                                                          "chunk-000001.parquet"]
+    assert sorted(p.name for p in (tmp_path / "linked" / "chunks").glob("*.parquet")) == [
+        "chunk-000000.parquet",
+        "chunk-000001.parquet",
+    ]
     monkeypatch.setattr(Linker, "link_chunk", link_chunk)
-    assert "4 chunk(s), 2 resumed" in succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "linked",
-                                                     "--chunk-mentions", 20)).output
+    assert (
+        "4 chunk(s), 2 resumed"
+        in succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "linked", "--chunk-mentions", 20)).output
+    )
 
 
 def test_a_tac_file_is_read_once_per_link_not_once_per_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -767,8 +984,13 @@ def test_a_tac_file_is_read_once_per_link_not_once_per_chunk(tmp_path: Path, mon
     source.mkdir()
     (source / "demo__en__d1.txt").write_text("Paris and Berlin met Rome, then Oslo and Madrid.", encoding="utf-8")
     spans = [("Paris", 0), ("Berlin", 10), ("Rome", 21), ("Oslo", 32), ("Madrid", 41)]
-    (tmp_path / "m.tab").write_text("".join(f"xel\tm{i}\t{name}\tdemo:en:d1:{start}-{start + len(name) - 1}\tNIL\tLOC\tNAM\t1.0\n"
-                                            for i, (name, start) in enumerate(spans)), encoding="utf-8")
+    (tmp_path / "m.tab").write_text(
+        "".join(
+            f"xel\tm{i}\t{name}\tdemo:en:d1:{start}-{start + len(name) - 1}\tNIL\tLOC\tNAM\t1.0\n"
+            for i, (name, start) in enumerate(spans)
+        ),
+        encoding="utf-8",
+    )
     read_tab, reads = tac.read_tab, []
     monkeypatch.setattr(tac, "read_tab", lambda path: reads.append(path) or read_tab(path))
     chunks = [read() for _, read in mention_chunks(tmp_path / "m.tab", source, 2, 20, False, tmp_path / "work")]
@@ -778,7 +1000,8 @@ def test_a_tac_file_is_read_once_per_link_not_once_per_chunk(tmp_path: Path, mon
 
 
 def test_triage_indexes_of_the_model_are_built_once_per_link_not_per_chunk(
-        demo_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    demo_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The training names' four-gram index and the encoder's identity (a hash of its files) do not
     depend on the mentions: a four-chunk link builds the one and computes the other once."""
     import pipeline.candidates.generate as triage_stage
@@ -790,13 +1013,18 @@ def test_triage_indexes_of_the_model_are_built_once_per_link_not_per_chunk(
         def wrapper(*args, **kwargs):
             counted[name] += 1
             return function(*args, **kwargs)
+
         return wrapper
 
     monkeypatch.setattr(triage_stage, "name_ngrams", counting("training index", triage_stage.name_ngrams))
-    monkeypatch.setattr(encoder_module, "encoder_identity", counting("encoder identity", encoder_module.encoder_identity))
+    monkeypatch.setattr(
+        encoder_module, "encoder_identity", counting("encoder identity", encoder_module.encoder_identity)
+    )
     per_link = []
     for chunk_mentions, chunks in ((1000, 1), (20, 4)):
-        result = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / f"out-{chunks}", "--chunk-mentions", chunk_mentions))
+        result = succeeded(
+            link(demo_run["model"], demo_run["test"], tmp_path / f"out-{chunks}", "--chunk-mentions", chunk_mentions)
+        )
         assert f"{chunks} chunk(s), 0 resumed" in result.output
         per_link.append(dict(counted))
         counted.update({name: 0 for name in counted})
@@ -809,14 +1037,23 @@ def test_corpus_checks_cover_a_tac_file_in_one_chunk_and_spare_a_finished_link(d
     source = tmp_path / "source"
     source.mkdir()
     (source / "demo__en__d1.txt").write_text("Paris and Berlin met Rome.", encoding="utf-8")
-    lines = ["xel\tq1\tParis\tdemo:en:d1:0-4\tNIL\tLOC\tNAM\t1.0", "xel\tq2\tBerlin\tdemo:en:d1:10-15\tNIL\tLOC\tNAM\t1.0",
-             "xel\tq1\tRome\tdemo:en:d1:21-24\tNIL\tLOC\tNAM\t1.0"]
+    lines = [
+        "xel\tq1\tParis\tdemo:en:d1:0-4\tNIL\tLOC\tNAM\t1.0",
+        "xel\tq2\tBerlin\tdemo:en:d1:10-15\tNIL\tLOC\tNAM\t1.0",
+        "xel\tq1\tRome\tdemo:en:d1:21-24\tNIL\tLOC\tNAM\t1.0",
+    ]
     (tmp_path / "dup.tab").write_text("\n".join(lines) + "\n", encoding="utf-8")
     with pytest.raises(InputError, match=r"\[E104\] .*dup.tab:3: duplicate mention id 'q1' \(first seen on line 1\)"):
-        check_corpus(mention_chunks(tmp_path / "dup.tab", source, 10, 20, False, tmp_path / "work"), tmp_path / "dup.tab")
+        check_corpus(
+            mention_chunks(tmp_path / "dup.tab", source, 10, 20, False, tmp_path / "work"), tmp_path / "dup.tab"
+        )
     (tmp_path / "span.tab").write_text("\n".join(lines[:2] + [lines[0].replace("q1", "q3")]) + "\n", encoding="utf-8")
-    with pytest.raises(InputError, match=r"\[E115\] .*span.tab:3: .* same span demo:en:d1:0-4 "):  # as the file writes it
-        check_corpus(mention_chunks(tmp_path / "span.tab", source, 10, 20, False, tmp_path / "work"), tmp_path / "span.tab")
+    with pytest.raises(
+        InputError, match=r"\[E115\] .*span.tab:3: .* same span demo:en:d1:0-4 "
+    ):  # as the file writes it
+        check_corpus(
+            mention_chunks(tmp_path / "span.tab", source, 10, 20, False, tmp_path / "work"), tmp_path / "span.tab"
+        )
 
     # A corpus refused into the folder of a finished link leaves that link exactly as it was: every
     # file byte-equal, and no file or folder added (no work/key.txt, no docs.parquet, no scratch).
@@ -839,8 +1076,10 @@ def folder_contents(folder: Path) -> dict[str, bytes | None]:
     return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in folder.rglob("*")}
 
 
-@pytest.mark.parametrize("case", ["repeated ids with docs", "empty corpus", "merge of no shard", "kb map for another kb",
-                                  "over a shard's work"])
+@pytest.mark.parametrize(
+    "case",
+    ["repeated ids with docs", "empty corpus", "merge of no shard", "kb map for another kb", "over a shard's work"],
+)
 def test_every_early_refusal_leaves_the_out_folder_as_it_was(demo_run: dict, tmp_path: Path, case: str) -> None:
     """A link refused before it links anything changes nothing in --out: a finished link stays finished
     (its manifest too), another link's finished chunks stay, and no work file or scratch is added."""
@@ -856,9 +1095,17 @@ def test_every_early_refusal_leaves_the_out_folder_as_it_was(demo_run: dict, tmp
     if case == "repeated ids with docs":  # the docs are converted to Parquet for the checks: not into --out
         docs = {r["doc_id"]: r["text"] for r in records}
         extra = ["--docs", write_jsonl(tmp_path / "docs.jsonl", [{"doc_id": d, "text": t} for d, t in docs.items()])]
-        mentions = write_jsonl(tmp_path / "dup-docs.jsonl", [
-            {**{k: v for k, v in r.items() if k not in ("text", "start", "end")}, "doc_start": r["start"],
-             "doc_end": r["end"]} for r in records * 2])
+        mentions = write_jsonl(
+            tmp_path / "dup-docs.jsonl",
+            [
+                {
+                    **{k: v for k, v in r.items() if k not in ("text", "start", "end")},
+                    "doc_start": r["start"],
+                    "doc_end": r["end"],
+                }
+                for r in records * 2
+            ],
+        )
     elif case == "empty corpus":
         mentions, code = tmp_path / "empty.jsonl", "E107"
         mentions.write_text("", encoding="utf-8")
@@ -875,8 +1122,9 @@ def test_every_early_refusal_leaves_the_out_folder_as_it_was(demo_run: dict, tmp
     assert folder_contents(out) == before
 
 
-def test_ties_are_counted_and_warned_as_evaluate_does(demo_run: dict, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ties_are_counted_and_warned_as_evaluate_does(
+    demo_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Ties between the best two candidates are counted in the manifest and the summary; above 20% of
     the mentions with a runner-up, W703 says the choice is triage's order (as evaluate's W502)."""
     result = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "ranked"))
@@ -894,10 +1142,17 @@ def test_ties_are_counted_and_warned_as_evaluate_does(demo_run: dict, tmp_path: 
     monkeypatch.setattr(features_module, "score_candidates", saturated)
     result = succeeded(link(demo_run["model"], demo_run["test"], tmp_path / "tied"))
     tied = json.loads((tmp_path / "tied" / "manifest.json").read_text(encoding="utf-8"))["tied_best"]
-    assert tied == {"tied": ranked["mentions"], "mentions": ranked["mentions"], "share": 1.0,
-                    "saturated": ranked["mentions"]}
+    assert tied == {
+        "tied": ranked["mentions"],
+        "mentions": ranked["mentions"],
+        "share": 1.0,
+        "saturated": ranked["mentions"],
+    }
     warnings = [line for line in result.output.splitlines() if "[W703]" in line]
-    assert len(warnings) == 1 and f"for {tied['tied']} of {tied['mentions']} mention(s) with a runner-up (100%)" in warnings[0]
+    assert (
+        len(warnings) == 1
+        and f"for {tied['tied']} of {tied['mentions']} mention(s) with a runner-up (100%)" in warnings[0]
+    )
     assert f"{tied['tied']} of them tie near ±1" in warnings[0] and "lower train.learning_rate" in warnings[0]
     assert "duplicate" not in warnings[0]
 
@@ -922,14 +1177,23 @@ def test_score_warns_of_gold_ids_not_in_the_kb_and_counts_mentions_without_gold(
         record.pop("gold_kb_id")
     result = succeeded(link(demo_run["model"], write_jsonl(tmp_path / "m.jsonl", records), tmp_path / "out", "--score"))
     warnings = [line for line in result.output.splitlines() if "[W702]" in line]
-    assert len(warnings) == 1 and "1 gold KB id(s) of 2 mention(s)" in warnings[0] and "e.g. 'Q_NOT_IN_KB'" in warnings[0]
-    assert "link: scored 63 of 66 mention(s); 3 without gold_kb_id left out, 2 whose gold id is not in the KB" in result.output
+    assert (
+        len(warnings) == 1 and "1 gold KB id(s) of 2 mention(s)" in warnings[0] and "e.g. 'Q_NOT_IN_KB'" in warnings[0]
+    )
+    assert (
+        "link: scored 63 of 66 mention(s); 3 without gold_kb_id left out, 2 whose gold id is not in the KB"
+        in result.output
+    )
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text(encoding="utf-8"))
     assert (metrics["scored_mentions"], metrics["unscored_mentions"]) == (63, 3)
     assert metrics["gold_not_in_kb"] == {"kb_ids": 1, "mentions": 2}
-    clean = succeeded(link(demo_run["model"], write_jsonl(tmp_path / "all.jsonl", demo_records("test")), tmp_path / "all",
-                           "--score"))
-    assert "[W702]" not in clean.output and "link: scored 66 of 66 mention(s); 0 without gold_kb_id left out\n" in clean.output
+    clean = succeeded(
+        link(demo_run["model"], write_jsonl(tmp_path / "all.jsonl", demo_records("test")), tmp_path / "all", "--score")
+    )
+    assert (
+        "[W702]" not in clean.output
+        and "link: scored 66 of 66 mention(s); 0 without gold_kb_id left out\n" in clean.output
+    )
 
 
 def test_quiet_link_prints_warnings_and_errors_only(demo_run: dict, tmp_path: Path) -> None:
@@ -938,11 +1202,19 @@ def test_quiet_link_prints_warnings_and_errors_only(demo_run: dict, tmp_path: Pa
         if record["doc_id"] == records[0]["doc_id"]:
             record["lang"] = "xx"  # a language without a threshold: one W701 warning
     mentions = write_jsonl(tmp_path / "m.jsonl", records)
-    result = succeeded(invoke("-q", "link", "--model", demo_run["model"], "--mentions", mentions, "--out", tmp_path / "out"))
-    assert result.stdout == "" and [line.split("] ")[0] for line in result.stderr.splitlines()] == ["WARNING pipeline.model.nil_policy: [W701"]
-    again = succeeded(invoke("-q", "link", "--model", demo_run["model"], "--mentions", mentions, "--out", tmp_path / "out"))
+    result = succeeded(
+        invoke("-q", "link", "--model", demo_run["model"], "--mentions", mentions, "--out", tmp_path / "out")
+    )
+    assert result.stdout == "" and [line.split("] ")[0] for line in result.stderr.splitlines()] == [
+        "WARNING pipeline.model.nil_policy: [W701"
+    ]
+    again = succeeded(
+        invoke("-q", "link", "--model", demo_run["model"], "--mentions", mentions, "--out", tmp_path / "out")
+    )
     assert again.output == ""  # not "up to date" either
-    failed = invoke("-q", "link", "--model", demo_run["model"], "--mentions", tmp_path / "none.jsonl", "--out", tmp_path / "o2")
+    failed = invoke(
+        "-q", "link", "--model", demo_run["model"], "--mentions", tmp_path / "none.jsonl", "--out", tmp_path / "o2"
+    )
     assert failed.exit_code == 2 and failed.output.startswith("Error: [E108] ") and len(failed.output.splitlines()) == 1
 
 
@@ -959,7 +1231,10 @@ def test_a_relink_leaves_exactly_its_own_outputs(demo_run: dict, tmp_path: Path)
     succeeded(link(demo_run["model"], demo_run["test"], out))
     assert {p.name for p in out.iterdir()} == plain
     assert json.loads((out / "manifest.json").read_text(encoding="utf-8"))["outputs"] == [
-        "links.parquet", "links.jsonl", "system.tab"]
+        "links.parquet",
+        "links.jsonl",
+        "system.tab",
+    ]
     succeeded(link(demo_run["model"], with_gold, out, "--score"))
     for index in range(2):
         succeeded(link(demo_run["model"], demo_run["test"], out, "--chunk-mentions", 40, "--shard", f"{index}/2"))
@@ -996,8 +1271,9 @@ def test_a_blank_gold_id_is_no_gold(demo_run: dict, tmp_path: Path, form: str) -
     assert refused.exit_code == 2 and f"Error: [E709] {blank}: --score needs gold_kb_id" in refused.output
 
 
-def test_a_change_of_precision_relinks_with_entity_vectors_of_its_own(demo_run: dict, tmp_path: Path,
-                                                                     own_cache: Path) -> None:
+def test_a_change_of_precision_relinks_with_entity_vectors_of_its_own(
+    demo_run: dict, tmp_path: Path, own_cache: Path
+) -> None:
     """--precision int8 after a default (fp32 on this CPU) link of the same corpus into the same --out: not
     up to date, every entity encoded again into a store of its own; a rerun at int8 is up to date."""
     from pipeline.encoders.precision import auto_precision
@@ -1016,15 +1292,19 @@ def test_a_change_of_precision_relinks_with_entity_vectors_of_its_own(demo_run: 
     assert "up to date" in succeeded(link(demo_run["model"], demo_run["test"], out, "--precision", "int8")).output
 
 
-def test_int8_on_cuda_names_the_precision_option(demo_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_int8_on_cuda_names_the_precision_option(
+    demo_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # --device cuda passes its own check
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     result = link(demo_run["model"], demo_run["test"], tmp_path / "out", "--device", "cuda", "--precision", "int8")
     assert result.exit_code == 2 and len(result.output.splitlines()) == 1, result.output
-    assert result.output.startswith("Error: [E203] --precision: precision = 'int8' is invalid: int8 dynamic "
-                                    "quantisation runs on a CPU only, not cuda"), result.output
+    assert result.output.startswith(
+        "Error: [E203] --precision: precision = 'int8' is invalid: int8 dynamic "
+        "quantisation runs on a CPU only, not cuda"
+    ), result.output
     assert not (tmp_path / "out" / "links.parquet").exists()
 
 
@@ -1039,8 +1319,10 @@ def test_a_link_says_when_it_replaces_the_links_of_another_model_or_kb(demo_run:
     meta["nil"]["fallback"] = 0.0  # another model: its own NIL setting
     (other / "model.json").write_text(json.dumps(meta), encoding="utf-8")
     kb = tmp_path / "kb.jsonl"
-    kb.write_text((DEMO / "kb.jsonl").read_text(encoding="utf-8") + json.dumps({"kb_id": "new:1", "name": "New"}) + "\n",
-                  encoding="utf-8")
+    kb.write_text(
+        (DEMO / "kb.jsonl").read_text(encoding="utf-8") + json.dumps({"kb_id": "new:1", "name": "New"}) + "\n",
+        encoding="utf-8",
+    )
 
     def replaced(result: Result) -> list[str]:
         return [line for line in result.output.splitlines() if "[W704]" in line]
@@ -1048,13 +1330,19 @@ def test_a_link_says_when_it_replaces_the_links_of_another_model_or_kb(demo_run:
     assert replaced(succeeded(link(demo_run["model"], few, out))) == []
     assert replaced(succeeded(link(demo_run["model"], demo_run["test"], out))) == []  # another corpus, same model
     lines = replaced(succeeded(link(other, few, out)))
-    assert len(lines) == 1 and f"{out} holds the links of another model ({demo_run['model'].resolve()}, now " \
-        f"{other.resolve()}); this link replaces them" in lines[0], lines
+    assert (
+        len(lines) == 1
+        and f"{out} holds the links of another model ({demo_run['model'].resolve()}, now "
+        f"{other.resolve()}); this link replaces them"
+        in lines[0]
+    ), lines
     lines = replaced(succeeded(link(other, few, out, "--kb", kb)))
     assert len(lines) == 1 and f"another KB ({(DEMO / 'kb.jsonl').resolve()}, now {kb.resolve()})" in lines[0], lines
     assert replaced(succeeded(link(other, few, out, "--kb", kb))) == []  # up to date
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
-    assert manifest["linked_with"]["model"] == str(other.resolve()) and manifest["linked_with"]["kb"] == str(kb.resolve())
+    assert manifest["linked_with"]["model"] == str(other.resolve()) and manifest["linked_with"]["kb"] == str(
+        kb.resolve()
+    )
 
 
 def test_a_tab_files_type_column_feeds_the_ranker_unless_ignored(demo_run: dict, tmp_path: Path) -> None:
@@ -1068,15 +1356,21 @@ def test_a_tab_files_type_column_feeds_the_ranker_unless_ignored(demo_run: dict,
     for r in records:
         doc_id = f"demo:{r['lang']}:{r['doc_id']}"
         (source / f"{doc_id.replace(':', '__')}.txt").write_text(r["text"], encoding="utf-8")
-        lines.append(f"xel\t{r['id']}\t{r['mention']}\t{doc_id}:{r['start']}-{r['end'] - 1}\tNIL\t{r['entity_type']}\tNAM\t1.0\n")
+        lines.append(
+            f"xel\t{r['id']}\t{r['mention']}\t{doc_id}:{r['start']}-{r['end'] - 1}\tNIL\t{r['entity_type']}\tNAM\t1.0\n"
+        )
     tab = tmp_path / "mentions.tab"
     tab.write_text("".join(lines), encoding="utf-8")
-    untyped = write_jsonl(tmp_path / "untyped.jsonl", [{k: v for k, v in r.items() if k != "entity_type"} for r in records])
+    untyped = write_jsonl(
+        tmp_path / "untyped.jsonl", [{k: v for k, v in r.items() if k != "entity_type"} for r in records]
+    )
     succeeded(link(demo_run["model"], untyped, tmp_path / "untyped"))
     succeeded(link(demo_run["model"], tab, tmp_path / "typed", "--docs", source))
     succeeded(link(demo_run["model"], tab, tmp_path / "ignored", "--docs", source, "--ignore-entity-type"))
-    reference, typed, ignored = (pl.read_parquet(tmp_path / name / "links.parquet").sort("mention_id")
-                                 for name in ("untyped", "typed", "ignored"))
+    reference, typed, ignored = (
+        pl.read_parquet(tmp_path / name / "links.parquet").sort("mention_id")
+        for name in ("untyped", "typed", "ignored")
+    )
     assert (typed["score"] - reference["score"]).abs().max() > 1e-3  # the types moved the ranker's scores
     assert (ignored["score"] - reference["score"]).abs().max() < 1e-6
     assert ignored.select("mention_id", "kb_id", "is_nil").equals(reference.select("mention_id", "kb_id", "is_nil"))

@@ -34,9 +34,11 @@ def test_prior_separates_nil_mentions_and_equals_scikit_learn() -> None:
     logits = mention_prior.logits(params, held_name, held_context)
     assert ((logits > 0) == held_nil).all()  # NIL-like mentions get a positive logit
     reference = LogisticRegression(C=mention_prior.C, max_iter=3000, class_weight="balanced", random_state=0).fit(
-        mention_prior.features(name, context), is_nil)
-    np.testing.assert_allclose(logits, reference.decision_function(mention_prior.features(held_name, held_context)),
-                               atol=1e-9)
+        mention_prior.features(name, context), is_nil
+    )
+    np.testing.assert_allclose(
+        logits, reference.decision_function(mention_prior.features(held_name, held_context)), atol=1e-9
+    )
 
 
 def test_no_prior_from_too_few_nils_and_none_for_other_vectors() -> None:
@@ -52,8 +54,10 @@ def tuning_table(n: int, seed: int) -> pl.DataFrame:
     """n dev mentions whose ranker scores say nothing (a third NIL, all scored -0.9..0.9 alike)
     and whose mention NIL prior says which are NIL."""
     rng = np.random.default_rng(seed)
-    rows = [(f"m{i}", "en", f"Q{i}", float(rng.uniform(-0.9, 0.9)), -0.95, "NIL" if i % 3 == 0 else f"Q{i}")
-            for i in range(n)]
+    rows = [
+        (f"m{i}", "en", f"Q{i}", float(rng.uniform(-0.9, 0.9)), -0.95, "NIL" if i % 3 == 0 else f"Q{i}")
+        for i in range(n)
+    ]
     prior = [(3.0 if i % 3 == 0 else -3.0) + float(rng.normal(0, 0.5)) for i in range(n)]
     return evidence_table(rows).with_columns(pl.Series("mention_nil_logit", prior))
 
@@ -61,7 +65,9 @@ def tuning_table(n: int, seed: int) -> pl.DataFrame:
 def test_choose_lets_the_classifier_read_the_prior_when_dev_says_it_helps() -> None:
     tuning = tuning_table(90, seed=0)
     artifact, _, validation, variants = nil_choice.choose(tuning, EvaluateConfig(), ["en"], seed=0)
-    overall = {row["method"]: row["micro_average"] for row in validation.filter(pl.col("lang") == "all").iter_rows(named=True)}
+    overall = {
+        row["method"]: row["micro_average"] for row in validation.filter(pl.col("lang") == "all").iter_rows(named=True)
+    }
     assert overall[nil_choice.PRIOR_VARIANT] == 1.0 and overall["classifier"] < 0.9
     assert artifact["method"] == "classifier" and nil_classifier.reads_prior(artifact["classifier"])
     assert set(variants) == {"classifier", nil_choice.PRIOR_VARIANT}

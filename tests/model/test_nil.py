@@ -14,18 +14,41 @@ from pipeline.evaluate.error_analysis import analyse, markdown, outcome_scores
 from pipeline.model import nil_classifier
 from pipeline.model.nil import decide_nil
 
-SCHEMA = {"mention_id": pl.String, "lang": pl.String, "mention": pl.String, "entity_type": pl.String,
-          "best_kb_id": pl.String, "best_score": pl.Float64, "second_score": pl.Float64, "gold_kb_id": pl.String}
+SCHEMA = {
+    "mention_id": pl.String,
+    "lang": pl.String,
+    "mention": pl.String,
+    "entity_type": pl.String,
+    "best_kb_id": pl.String,
+    "best_score": pl.Float64,
+    "second_score": pl.Float64,
+    "gold_kb_id": pl.String,
+}
 
 
 def evidence_table(rows: list[tuple]) -> pl.DataFrame:
     """Predictions with evidence from rows (mention_id, lang, best_kb_id, best_score, second_score, gold)."""
-    frame = pl.DataFrame([(m, lang, m, "PER", best, score, second, gold) for m, lang, best, score, second, gold in rows],
-                         schema=SCHEMA, orient="row")
-    candidates = pl.DataFrame({"mention_id": [r[0] for r in rows if r[2]], "rank": 1, "kb_id": [r[2] for r in rows if r[2]],
-                               "score": 1.0, "sources": [["kb_name"]] * sum(1 for r in rows if r[2])},
-                              schema={"mention_id": pl.String, "rank": pl.Int32, "kb_id": pl.String, "score": pl.Float64,
-                                      "sources": pl.List(pl.String)})
+    frame = pl.DataFrame(
+        [(m, lang, m, "PER", best, score, second, gold) for m, lang, best, score, second, gold in rows],
+        schema=SCHEMA,
+        orient="row",
+    )
+    candidates = pl.DataFrame(
+        {
+            "mention_id": [r[0] for r in rows if r[2]],
+            "rank": 1,
+            "kb_id": [r[2] for r in rows if r[2]],
+            "score": 1.0,
+            "sources": [["kb_name"]] * sum(1 for r in rows if r[2]),
+        },
+        schema={
+            "mention_id": pl.String,
+            "rank": pl.Int32,
+            "kb_id": pl.String,
+            "score": pl.Float64,
+            "sources": pl.List(pl.String),
+        },
+    )
     return nil_classifier.add_evidence(frame, candidates)
 
 
@@ -42,13 +65,30 @@ def separable(n: int, seed: int, lang: str = "en") -> pl.DataFrame:
 
 
 def test_add_evidence_counts_candidates_and_reads_the_best_ones_triage_evidence() -> None:
-    predictions = pl.DataFrame([("m1", "en", "x", "PER", "Q2", 0.5, 0.1, "Q2"),
-                                ("m2", "en", "India , China and Peru", None, None, None, None, "NIL")],
-                               schema=SCHEMA, orient="row")
-    candidates = pl.DataFrame({"mention_id": ["m1", "m1"], "rank": [1, 2], "kb_id": ["Q1", "Q2"], "score": [1.5, 0.7],
-                               "sources": [["prior"], ["fuzzy", "dense"]]},
-                              schema={"mention_id": pl.String, "rank": pl.Int32, "kb_id": pl.String, "score": pl.Float64,
-                                      "sources": pl.List(pl.String)})
+    predictions = pl.DataFrame(
+        [
+            ("m1", "en", "x", "PER", "Q2", 0.5, 0.1, "Q2"),
+            ("m2", "en", "India , China and Peru", None, None, None, None, "NIL"),
+        ],
+        schema=SCHEMA,
+        orient="row",
+    )
+    candidates = pl.DataFrame(
+        {
+            "mention_id": ["m1", "m1"],
+            "rank": [1, 2],
+            "kb_id": ["Q1", "Q2"],
+            "score": [1.5, 0.7],
+            "sources": [["prior"], ["fuzzy", "dense"]],
+        },
+        schema={
+            "mention_id": pl.String,
+            "rank": pl.Int32,
+            "kb_id": pl.String,
+            "score": pl.Float64,
+            "sources": pl.List(pl.String),
+        },
+    )
     out = nil_classifier.add_evidence(predictions, candidates).sort("mention_id")
     first, second = out.row(0, named=True), out.row(1, named=True)
     # The ranker's best (Q2) was triage's rank 2, proposed by fuzzy and dense.
@@ -59,7 +99,9 @@ def test_add_evidence_counts_candidates_and_reads_the_best_ones_triage_evidence(
     # No candidate: has_candidate 0, best -2, second -2, margin 0; type PER only for m1.
     assert x[1, :4].tolist() == [0.0, -2.0, -2.0, 0.0] and x[:, -1].tolist() == [1.0, 0.0]
     words = nil_classifier.NUMERIC.index("mention_words")
-    assert x[:, words].tolist() == pytest.approx([np.log(2), np.log(6)])  # 1 and 5 words (the comma is one) and x[:, comma].tolist() == [0.0, 1.0]
+    assert x[:, words].tolist() == pytest.approx(
+        [np.log(2), np.log(6)]
+    )  # 1 and 5 words (the comma is one) and x[:, comma].tolist() == [0.0, 1.0]
 
 
 def test_classifier_separates_low_scored_nils_and_matches_scikit_learn() -> None:
@@ -67,15 +109,21 @@ def test_classifier_separates_low_scored_nils_and_matches_scikit_learn() -> None
 
     train = separable(60, seed=0)
     params = nil_classifier.fit(train)
-    assert params["classes"] == ["nil", "right"] and params["fitted_on"] == {"mentions": 60, "nil": 20, "right": 40,
-                                                                              "wrong": 0}
+    assert params["classes"] == ["nil", "right"] and params["fitted_on"] == {
+        "mentions": 60,
+        "nil": 20,
+        "right": 40,
+        "wrong": 0,
+    }
     test = separable(30, seed=1)
     said = nil_classifier.says_nil(params, test)
     assert said.tolist() == (test["gold_kb_id"] == "NIL").to_list()
     # The numpy application equals scikit-learn's own probabilities.
     x = nil_classifier.feature_matrix(train, params["types"])
     mean, scale = np.asarray(params["mean"]), np.asarray(params["scale"])
-    reference = LogisticRegression(C=nil_classifier.C, max_iter=2000).fit((x - mean) / scale, nil_classifier.labels(train))
+    reference = LogisticRegression(C=nil_classifier.C, max_iter=2000).fit(
+        (x - mean) / scale, nil_classifier.labels(train)
+    )
     expected = reference.predict_proba((nil_classifier.feature_matrix(test, params["types"]) - mean) / scale)
     np.testing.assert_allclose(nil_classifier.probabilities(params, test)["nil"], expected[:, 0], atol=1e-6)
     with pytest.raises(ValueError):
@@ -83,13 +131,19 @@ def test_classifier_separates_low_scored_nils_and_matches_scikit_learn() -> None
 
 
 def test_decide_nil_applies_thresholds_or_the_classifier() -> None:
-    table = evidence_table([("a", "en", "Q1", 0.3, 0.0, "Q1"), ("b", "en", "Q2", -0.6, -0.7, "NIL"),
-                            ("c", "es", None, None, None, "NIL")])
+    table = evidence_table(
+        [("a", "en", "Q1", 0.3, 0.0, "Q1"), ("b", "en", "Q2", -0.6, -0.7, "NIL"), ("c", "es", None, None, None, "NIL")]
+    )
     artifact = {"method": "threshold", "thresholds": {"en": 0.5}, "default_threshold": -1.0, "classifier": None}
     assert decide_nil(table, artifact)["kb_id"].to_list() == ["NIL", "NIL", "NIL"]  # 0.3 < 0.5
     artifact["thresholds"] = {"en": -0.5}
     assert decide_nil(table, artifact)["kb_id"].to_list() == ["Q1", "NIL", "NIL"]
-    artifact = {**artifact, "thresholds": {"en": -1.0}, "method": "classifier", "classifier": nil_classifier.fit(separable(60, 0))}
+    artifact = {
+        **artifact,
+        "thresholds": {"en": -1.0},
+        "method": "classifier",
+        "classifier": nil_classifier.fit(separable(60, 0)),
+    }
     decided = decide_nil(table, artifact)
     # The classifier overrides en's threshold -1 for b; c has no candidate.
     assert decided["kb_id"].to_list() == ["Q1", "NIL", "NIL"]
@@ -105,11 +159,17 @@ def test_decide_nil_applies_thresholds_or_the_classifier() -> None:
 def test_the_decision_columns_never_contradict_is_nil(method: str) -> None:
     """With thresholds or nota, NIL exactly when best_score < threshold (nota's threshold is the NIL
     score); with the classifier, exactly when nil_probability > nil_cut (no candidate: NIL either way)."""
-    rows = [(f"m{i}", "en", f"Q{i}", score, score - 0.1, "NIL" if score < 0 else f"Q{i}")
-            for i, score in enumerate(np.linspace(-0.9, 0.9, 12).tolist())] + [("none", "en", None, None, None, "NIL")]
+    rows = [
+        (f"m{i}", "en", f"Q{i}", score, score - 0.1, "NIL" if score < 0 else f"Q{i}")
+        for i, score in enumerate(np.linspace(-0.9, 0.9, 12).tolist())
+    ] + [("none", "en", None, None, None, "NIL")]
     table = evidence_table(rows).with_columns(pl.Series("nil_score", [0.1] * 12 + [None], dtype=pl.Float64))
-    artifact = {"method": method, "thresholds": {"en": -1.0 if method != "threshold" else 0.2}, "default_threshold": -1.0,
-                "classifier": nil_classifier.fit(separable(60, 0)) if method == "classifier" else None}
+    artifact = {
+        "method": method,
+        "thresholds": {"en": -1.0 if method != "threshold" else 0.2},
+        "default_threshold": -1.0,
+        "classifier": nil_classifier.fit(separable(60, 0)) if method == "classifier" else None,
+    }
     decided = decide_nil(table, artifact)
     has = decided["best_kb_id"].is_not_null()
     if method == "classifier":
@@ -128,7 +188,8 @@ def test_choose_warns_about_thin_or_missing_dev_and_falls_back(caplog: pytest.Lo
     tuning = pl.concat([separable(60, 0, "en"), separable(12, 1, "es"), wrong])
     with caplog.at_level(logging.WARNING):
         artifact, sweep_table, validation, _ = nil_choice.choose(
-            tuning, EvaluateConfig(nil_method="auto", fixed_thresholds={"it": -0.7}), ["en", "es", "it", "ru"], 0)
+            tuning, EvaluateConfig(nil_method="auto", fixed_thresholds={"it": -0.7}), ["en", "es", "it", "ru"], 0
+        )
     text = caplog.text
     assert "[W605] it: dev micro-average is the same at every NIL threshold" in text
     assert "evaluate.fixed_thresholds.it = -0.7" in text and artifact["thresholds"]["it"] == -0.7
@@ -136,9 +197,11 @@ def test_choose_warns_about_thin_or_missing_dev_and_falls_back(caplog: pytest.Lo
     assert "[W602] ru: no dev mention with gold" in text and "evaluate.default_threshold = -1.0" in text
     # es: 12 dev mentions with 4 NILs is too little to trust its threshold.
     assert "[W603] es: NIL threshold" in text and "rests on 12 dev mention(s) with 4 NIL(s)" in text
-    assert "[W603] en" not in text and artifact["tuning_counts"] == {"en": {"mentions": 60, "nil": 20},
-                                                                     "es": {"mentions": 12, "nil": 4},
-                                                                     "it": {"mentions": 1, "nil": 0}}
+    assert "[W603] en" not in text and artifact["tuning_counts"] == {
+        "en": {"mentions": 60, "nil": 20},
+        "es": {"mentions": 12, "nil": 4},
+        "it": {"mentions": 1, "nil": 0},
+    }
     assert artifact["thresholds"]["ru"] == -1.0 and sweep_table is not None
     # Perfectly separable: both methods are perfect in cross-validation; auto keeps the classifier on a tie.
     overall = validation.filter(pl.col("lang") == "all")
@@ -157,15 +220,22 @@ def test_threshold_method_keeps_thresholds_and_still_fits_the_classifier_for_the
     artifact, _, validation, variants = nil_choice.choose(tuning, EvaluateConfig(nil_method="threshold"), ["en"], 0)
     assert artifact["method"] == "threshold" and artifact["classifier"]["fitted_on"]["mentions"] == 90
     # Both methods, held out over all 90 mentions in five folds.
-    assert validation.filter(pl.col("lang") == "all").select("method", "mentions").rows() == [("threshold", 90),
-                                                                                              ("classifier", 90)]
+    assert validation.filter(pl.col("lang") == "all").select("method", "mentions").rows() == [
+        ("threshold", 90),
+        ("classifier", 90),
+    ]
     # Every NIL scores under -0.4 and every link above 0.2: the threshold lies between them.
     assert -0.4 < artifact["thresholds"]["en"] <= 0.2
 
 
 def test_outcome_scores_on_a_hand_made_case() -> None:
-    decided = pl.DataFrame({"lang": ["en", "en", "en", "en", "es"], "gold_kb_id": ["NIL", "NIL", "Q1", "Q2", "NIL"],
-                            "kb_id": ["NIL", "Q3", "NIL", "Q2", "Q1"]})
+    decided = pl.DataFrame(
+        {
+            "lang": ["en", "en", "en", "en", "es"],
+            "gold_kb_id": ["NIL", "NIL", "Q1", "Q2", "NIL"],
+            "kb_id": ["NIL", "Q3", "NIL", "Q2", "Q1"],
+        }
+    )
     table = {row["lang"]: row for row in outcome_scores(decided).iter_rows(named=True)}
     # en: right = NIL/NIL and Q2/Q2 (2 of 4); said NIL 2, gold NIL 2, both 1 -> P = R = F1 = 0.5.
     assert table["en"]["micro_average"] == 0.5 and table["en"]["nil_f1"] == pytest.approx(0.5)
@@ -175,18 +245,26 @@ def test_outcome_scores_on_a_hand_made_case() -> None:
 
 
 def test_error_analysis_on_a_hand_made_case() -> None:
-    evaluated = pl.DataFrame({
-        "mention_id": ["m1", "m2", "m3", "m4", "m5", "m6"],
-        "lang": ["en", "en", "en", "es", "es", "es"],
-        "mention": ["Paris", "Obama", "Bush", "París", "Nadie", "Bush"],
-        "entity_type": ["LOC", "PER", "PER", "LOC", None, "PER"],
-        "gold_kb_id": ["Q1", "Q2", "Q3", "Q1", "NIL", "Q3"],
-        "kb_id": ["Q1", "Q2", "Q4", "Q9", "NIL", "Q4"],
-    })
-    candidates = pl.DataFrame({"mention_id": ["m1", "m2", "m2", "m3", "m3", "m4", "m6"], "rank": [1, 2, 1, 7, 1, 1, 3],
-                               "kb_id": ["Q1", "Q2", "Q8", "Q3", "Q4", "Q9", "Q4"]})
-    names = pl.DataFrame({"kb_id": ["Q1", "Q3", "Q4", "Q9"], "name": ["Paris", "George W. Bush", "George H. W. Bush",
-                                                                       "Paris, Texas"]})
+    evaluated = pl.DataFrame(
+        {
+            "mention_id": ["m1", "m2", "m3", "m4", "m5", "m6"],
+            "lang": ["en", "en", "en", "es", "es", "es"],
+            "mention": ["Paris", "Obama", "Bush", "París", "Nadie", "Bush"],
+            "entity_type": ["LOC", "PER", "PER", "LOC", None, "PER"],
+            "gold_kb_id": ["Q1", "Q2", "Q3", "Q1", "NIL", "Q3"],
+            "kb_id": ["Q1", "Q2", "Q4", "Q9", "NIL", "Q4"],
+        }
+    )
+    candidates = pl.DataFrame(
+        {
+            "mention_id": ["m1", "m2", "m2", "m3", "m3", "m4", "m6"],
+            "rank": [1, 2, 1, 7, 1, 1, 3],
+            "kb_id": ["Q1", "Q2", "Q8", "Q3", "Q4", "Q9", "Q4"],
+        }
+    )
+    names = pl.DataFrame(
+        {"kb_id": ["Q1", "Q3", "Q4", "Q9"], "name": ["Paris", "George W. Bush", "George H. W. Bush", "Paris, Texas"]}
+    )
     table, confusions = analyse(evaluated, candidates, seen_kb_ids=["Q1", "Q9"], names=names)
 
     def cell(analysis: str, group: str, lang: str = "all") -> tuple:
@@ -208,8 +286,10 @@ def test_error_analysis_on_a_hand_made_case() -> None:
     assert (nil_es["nil_precision"], nil_es["nil_recall"], nil_es["nil_f1"]) == (1.0, 1.0, 1.0)
     # Q3 -> Q4 twice (first example by mention id: "Bush"), Q1 -> Q9 once.
     # Entity names beside the KB ids (issue 21 item 16), in confusions.parquet and report.md.
-    assert confusions.rows() == [("Q3", "George W. Bush", "Q4", "George H. W. Bush", 2, "Bush"),
-                                 ("Q1", "Paris", "Q9", "Paris, Texas", 1, "París")]
+    assert confusions.rows() == [
+        ("Q3", "George W. Bush", "Q4", "George H. W. Bush", 2, "Bush"),
+        ("Q1", "Paris", "Q9", "Paris, Texas", 1, "París"),
+    ]
     assert "| Q3 (George W. Bush) | Q4 (George H. W. Bush) | 2 | Bush |" in markdown(table, confusions)
     assert analyse(evaluated, candidates, seen_kb_ids=[])[1]["gold_name"].to_list() == [None, None]
 
@@ -217,9 +297,10 @@ def test_error_analysis_on_a_hand_made_case() -> None:
 def test_tied_best_counts_mentions_whose_runner_up_has_the_best_score() -> None:
     from pipeline.model.ties import tied_best
 
-    evaluated = pl.DataFrame({"best_score": [1.0, 0.9, 0.5, None, 0.7],
-                              "second_score": [1.0, 0.2, 0.5 - 1e-9, None, None]},
-                             schema={"best_score": pl.Float64, "second_score": pl.Float64})
+    evaluated = pl.DataFrame(
+        {"best_score": [1.0, 0.9, 0.5, None, 0.7], "second_score": [1.0, 0.2, 0.5 - 1e-9, None, None]},
+        schema={"best_score": pl.Float64, "second_score": pl.Float64},
+    )
     evaluated = evaluated.with_columns((pl.col("best_score") - pl.col("second_score")).alias("margin"))
     ties = tied_best(evaluated)
     # No candidate, or no runner-up: not counted; the tie at 1.0 is a saturated tanh, the one at 0.5 is not.

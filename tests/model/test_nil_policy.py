@@ -7,8 +7,11 @@ from pipeline.model.nil_policy import NilPolicy
 
 def test_thresholds_of_a_model_saved_with_whole_language_tags_are_keyed_as_inputs_are() -> None:
     # A model saved before inputs read en-US as en keyed its thresholds by the whole tag.
-    artifact = {"method": "threshold", "default_threshold": -1.0,
-                "thresholds": {"en-us": -0.5, "en": -0.9, "PT_br": -0.7, "es": -0.8}}
+    artifact = {
+        "method": "threshold",
+        "default_threshold": -1.0,
+        "thresholds": {"en-us": -0.5, "en": -0.9, "PT_br": -0.7, "es": -0.8},
+    }
     policy = NilPolicy.from_artifact(artifact, "name")
     # The plain tag wins over a regional one of the same language.
     assert policy.thresholds == {"en": -0.9, "es": -0.8, "pt": -0.7}
@@ -18,8 +21,15 @@ def test_thresholds_of_a_model_saved_with_whole_language_tags_are_keyed_as_input
 def test_a_classifier_that_reads_the_mention_prior_needs_the_prior() -> None:
     import pytest
 
-    classifier = {"features": ["best_score", "mention_nil_logit"], "types": [], "mean": [0, 0], "scale": [1, 1],
-                  "classes": ["nil", "right"], "coef": [[0, 0], [1, -1]], "intercept": [0, 0]}
+    classifier = {
+        "features": ["best_score", "mention_nil_logit"],
+        "types": [],
+        "mean": [0, 0],
+        "scale": [1, 1],
+        "classes": ["nil", "right"],
+        "coef": [[0, 0], [1, -1]],
+        "intercept": [0, 0],
+    }
     artifact = {"method": "classifier", "default_threshold": -1.0, "thresholds": {"en": -0.9}, "classifier": classifier}
     with pytest.raises(ValueError, match="mention NIL prior"):
         NilPolicy.from_artifact(artifact, "name")
@@ -30,12 +40,24 @@ def test_a_classifier_that_reads_the_mention_prior_needs_the_prior() -> None:
 def test_a_malformed_mention_prior_is_refused_at_load() -> None:
     import pytest
 
-    classifier = {"features": ["best_score", "mention_nil_logit"], "types": [], "mean": [0, 0], "scale": [1, 1],
-                  "classes": ["nil", "right"], "coef": [[0, 0], [1, -1]], "intercept": [0, 0]}
+    classifier = {
+        "features": ["best_score", "mention_nil_logit"],
+        "types": [],
+        "mean": [0, 0],
+        "scale": [1, 1],
+        "classes": ["nil", "right"],
+        "coef": [[0, 0], [1, -1]],
+        "intercept": [0, 0],
+    }
     artifact = {"method": "classifier", "default_threshold": -1.0, "thresholds": {"en": -0.9}, "classifier": classifier}
-    for prior in ({}, {"coef": [0.0] * 3, "intercept": 0.0}, {"coef": [0.0] * 4, "intercept": None},
-                  {"coef": "abc", "intercept": 0.0}, {"coef": [0.0, float("nan")], "intercept": 0.0},
-                  {"coef": [0.0] * 4, "intercept": 0.0, "version": 99}):
+    for prior in (
+        {},
+        {"coef": [0.0] * 3, "intercept": 0.0},
+        {"coef": [0.0] * 4, "intercept": None},
+        {"coef": "abc", "intercept": 0.0},
+        {"coef": [0.0, float("nan")], "intercept": 0.0},
+        {"coef": [0.0] * 4, "intercept": 0.0, "version": 99},
+    ):
         with pytest.raises(ValueError, match="mention NIL prior"):
             NilPolicy.from_artifact({**artifact, "mention_prior": prior}, "name")
     # Not read by the decision (thresholds decide): not checked, and never applied.
@@ -46,20 +68,32 @@ def test_a_malformed_mention_prior_is_refused_at_load() -> None:
 def test_a_classifier_of_a_newer_format_is_refused() -> None:
     import pytest
 
-    classifier = {"version": 99, "features": ["best_score"], "types": [], "mean": [0], "scale": [1],
-                  "classes": ["nil", "right"], "coef": [[0], [1]], "intercept": [0, 0]}
+    classifier = {
+        "version": 99,
+        "features": ["best_score"],
+        "types": [],
+        "mean": [0],
+        "scale": [1],
+        "classes": ["nil", "right"],
+        "coef": [[0], [1]],
+        "intercept": [0, 0],
+    }
     with pytest.raises(ValueError, match="newer than this xel's"):
-        NilPolicy.from_artifact({"method": "classifier", "default_threshold": -1.0, "thresholds": {},
-                                 "classifier": classifier}, "name")
+        NilPolicy.from_artifact(
+            {"method": "classifier", "default_threshold": -1.0, "thresholds": {}, "classifier": classifier}, "name"
+        )
 
 
 def test_w701_warns_of_a_fallback_threshold_only_where_a_threshold_decides(caplog) -> None:
     import polars as pl
 
     unseen = pl.DataFrame({"lang": ["de", "en"]})
-    threshold = NilPolicy.from_artifact({"method": "threshold", "default_threshold": -1.0, "thresholds": {"en": -0.5}},
-                                        "name")
-    reader = NilPolicy.from_artifact({"method": "reader", "default_threshold": -1.0, "thresholds": {"en": -0.5}}, "name")
+    threshold = NilPolicy.from_artifact(
+        {"method": "threshold", "default_threshold": -1.0, "thresholds": {"en": -0.5}}, "name"
+    )
+    reader = NilPolicy.from_artifact(
+        {"method": "reader", "default_threshold": -1.0, "thresholds": {"en": -0.5}}, "name"
+    )
     assert threshold.warn_unseen(unseen) == ["de"] and "[W701]" in caplog.text
     caplog.clear()
     assert reader.warn_unseen(unseen) == ["de"] and "[W701]" not in caplog.text

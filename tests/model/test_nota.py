@@ -31,9 +31,18 @@ WIDTH = 8
 
 
 def shape(nil_candidate: bool) -> RankerShape:
-    return RankerShape(features=("name", "context", "type"), vector_size=WIDTH, mention_types=2, entity_types=2,
-                       name_hidden=(16,), context_hidden=(16,), type_hidden=(4,), final_hidden=(16,), dropout=0.0,
-                       nil_candidate=nil_candidate)
+    return RankerShape(
+        features=("name", "context", "type"),
+        vector_size=WIDTH,
+        mention_types=2,
+        entity_types=2,
+        name_hidden=(16,),
+        context_hidden=(16,),
+        type_hidden=(4,),
+        final_hidden=(16,),
+        dropout=0.0,
+        nil_candidate=nil_candidate,
+    )
 
 
 def toy_inputs(linked: int = 12, nil: int = 12, entities: int = 6, seed: int = 0) -> tuple[RankerInputs, np.ndarray]:
@@ -50,18 +59,33 @@ def toy_inputs(linked: int = 12, nil: int = 12, entities: int = 6, seed: int = 0
     inputs = RankerInputs(
         mentions=pl.DataFrame({"mention_id": [f"m{i}" for i in range(count)], "row": np.arange(count)}),
         entity_ids=pl.DataFrame({"kb_id": [f"Q{i}" for i in range(entities)], "row": np.arange(entities)}),
-        mention_name=mention_vectors, mention_context=mention_vectors.clone(),
-        entity_name=entity_vectors, entity_context=entity_vectors.clone(),
-        mention_type_onehot=torch.zeros(count, 2), entity_type_onehot=torch.zeros(entities, 2))
+        mention_name=mention_vectors,
+        mention_context=mention_vectors.clone(),
+        entity_name=entity_vectors,
+        entity_context=entity_vectors.clone(),
+        mention_type_onehot=torch.zeros(count, 2),
+        entity_type_onehot=torch.zeros(entities, 2),
+    )
     return inputs, gold
 
 
 def toy_config(**changes) -> TrainConfig:
-    return TrainConfig(features=("name", "context", "type"), name_hidden=(16,), context_hidden=(16,), type_hidden=(4,),
-                       final_hidden=(16,), dropout=0.0, learning_rate=1e-2, batch_mentions=8, negatives=4, **changes)
+    return TrainConfig(
+        features=("name", "context", "type"),
+        name_hidden=(16,),
+        context_hidden=(16,),
+        type_hidden=(4,),
+        final_hidden=(16,),
+        dropout=0.0,
+        learning_rate=1e-2,
+        batch_mentions=8,
+        negatives=4,
+        **changes,
+    )
 
 
 # --- the head ---------------------------------------------------------------------------------
+
 
 def test_nil_option_scores_each_mention_once_in_the_tanh_range() -> None:
     torch.manual_seed(0)
@@ -108,6 +132,7 @@ def test_nil_candidate_is_checked() -> None:
 
 # --- training ---------------------------------------------------------------------------------
 
+
 def test_nil_mentions_train_the_nil_option_up() -> None:
     inputs, gold = toy_inputs()
     rows = np.arange(len(gold))
@@ -126,7 +151,9 @@ def test_nil_mentions_train_the_nil_option_up() -> None:
     before = nil_lead()
     accuracy_before = linking_accuracy(ranker, inputs, rows, matrix.numpy(), gold, gold < 0)
     for _ in range(40):
-        train_epoch(ranker, optimizer, inputs, rows, matrix, torch.from_numpy(gold), config, generator, torch.device("cpu"))
+        train_epoch(
+            ranker, optimizer, inputs, rows, matrix, torch.from_numpy(gold), config, generator, torch.device("cpu")
+        )
     assert nil_lead() > before + 0.5 and nil_lead() > 0
     accuracy = linking_accuracy(ranker, inputs, rows, matrix.numpy(), gold, gold < 0)
     assert accuracy > accuracy_before and accuracy >= 0.9
@@ -135,8 +162,16 @@ def test_nil_mentions_train_the_nil_option_up() -> None:
 def test_the_nil_option_is_every_linked_mentions_extra_negative_and_nil_mentions_have_none() -> None:
     inputs, gold = toy_inputs(linked=4, nil=2)
     matrix = torch.tensor([[0, 1, 2]] * 6)
-    batch, mask, _ = assemble_batch(inputs, np.arange(6), matrix, torch.from_numpy(gold), torch.arange(6),
-                                    toy_config(nil_candidate=True), torch.Generator().manual_seed(0), torch.device("cpu"))
+    batch, mask, _ = assemble_batch(
+        inputs,
+        np.arange(6),
+        matrix,
+        torch.from_numpy(gold),
+        torch.arange(6),
+        toy_config(nil_candidate=True),
+        torch.Generator().manual_seed(0),
+        torch.device("cpu"),
+    )
     assert mask.shape == (6, 4 + 1) and mask[:, -1].tolist() == [True] * 4 + [False] * 2
     assert batch[2].shape == (6, 1 + 4)
 
@@ -152,23 +187,41 @@ def test_without_nil_mentions_the_option_draws_the_same_batches() -> None:
         torch.manual_seed(0)
         ranker = Ranker(shape(nil_candidate))
         generator = torch.Generator().manual_seed(5)
-        train_epoch(ranker, torch.optim.Adam(ranker.parameters()), inputs, rows, matrix, torch.from_numpy(gold),
-                    toy_config(nil_candidate=nil_candidate), generator, torch.device("cpu"))
+        train_epoch(
+            ranker,
+            torch.optim.Adam(ranker.parameters()),
+            inputs,
+            rows,
+            matrix,
+            torch.from_numpy(gold),
+            toy_config(nil_candidate=nil_candidate),
+            generator,
+            torch.device("cpu"),
+        )
         states.append(generator.get_state())
     assert torch.equal(states[0], states[1])
 
 
 # --- evaluate and link ------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def nota_run(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -> dict:
     folder = tmp_path_factory.mktemp("nota-run")
-    config, output = run_demo_linker(folder, tiny_encoder_dir, train={"nil_candidate": True},
-                                     evaluate={"nil_method": "nota"})
+    config, output = run_demo_linker(
+        folder, tiny_encoder_dir, train={"nil_candidate": True}, evaluate={"nil_method": "nota"}
+    )
     records = [json.loads(line) for line in (DEMO / "mentions.jsonl").read_text(encoding="utf-8").splitlines()]
-    test = [{k: v for k, v in r.items() if k not in ("gold_kb_id", "split")} for r in records if r.get("split") == "test"]
-    return {"run_dir": folder / "run", "model": folder / "run" / "model", "config": config,
-            "test": write_jsonl(folder / "test-no-gold.jsonl", test), "output": output}
+    test = [
+        {k: v for k, v in r.items() if k not in ("gold_kb_id", "split")} for r in records if r.get("split") == "test"
+    ]
+    return {
+        "run_dir": folder / "run",
+        "model": folder / "run" / "model",
+        "config": config,
+        "test": write_jsonl(folder / "test-no-gold.jsonl", test),
+        "output": output,
+    }
 
 
 def test_evaluate_reports_nota_beside_the_other_methods_and_decides_by_it(nota_run: dict) -> None:
@@ -180,18 +233,23 @@ def test_evaluate_reports_nota_beside_the_other_methods_and_decides_by_it(nota_r
     assert "nota" in nota_run["output"]
     # Ties of the best two candidates, counted over the evaluated mentions, in metrics and the report.
     from pipeline.model.ties import tied_best
+
     evaluated = pl.read_parquet(evaluate_dir / "predictions.parquet").filter(
-        (pl.col("split") == "test") & pl.col("gold_kb_id").is_not_null())
+        (pl.col("split") == "test") & pl.col("gold_kb_id").is_not_null()
+    )
     assert metrics["tied_best"] == tied_best(evaluated) and metrics["tied_best"]["mentions"] > 0
-    assert f"for {metrics['tied_best']['tied']} of {metrics['tied_best']['mentions']} mentions with a runner-up" in \
-        (evaluate_dir / "report.md").read_text(encoding="utf-8")
+    assert f"for {metrics['tied_best']['tied']} of {metrics['tied_best']['mentions']} mentions with a runner-up" in (
+        evaluate_dir / "report.md"
+    ).read_text(encoding="utf-8")
     # The saved decisions are nota's: NIL exactly where the NIL score beats the best candidate.
     predictions = pl.read_parquet(evaluate_dir / "predictions.parquet")
     nil = json.loads((evaluate_dir / "nil.json").read_text(encoding="utf-8"))
     model, _ = load_model(nota_run["run_dir"] / "train", torch.device("cpu"))
     assert model.has_nil and nil["method"] == "nota"
     assert json.loads((nota_run["model"] / "model.json").read_text(encoding="utf-8"))["nil"]["method"] == "nota"
-    expected = predictions["best_kb_id"].is_null() | (predictions["nil_score"] > predictions["best_score"]).fill_null(False)
+    expected = predictions["best_kb_id"].is_null() | (predictions["nil_score"] > predictions["best_score"]).fill_null(
+        False
+    )
     assert predictions["is_nil"].to_list() == expected.to_list()
 
 
@@ -214,8 +272,9 @@ def test_nota_for_a_model_without_the_option_is_a_config_error() -> None:
     from pipeline.core.config import EvaluateConfig
     from pipeline.evaluate.nil_choice import choose
 
-    tuning = pl.DataFrame({"mention_id": ["a"], "lang": ["en"], "best_kb_id": ["Q1"], "best_score": [0.1],
-                           "gold_kb_id": ["Q1"]})
+    tuning = pl.DataFrame(
+        {"mention_id": ["a"], "lang": ["en"], "best_kb_id": ["Q1"], "best_score": [0.1], "gold_kb_id": ["Q1"]}
+    )
     with pytest.raises(ConfigError, match="E203.*nil_candidate"):
         choose(tuning, EvaluateConfig(nil_method="nota"), ["en"], seed=0)
 
@@ -226,14 +285,29 @@ def test_the_classifier_reads_the_nil_score_when_there_is_one() -> None:
     rng = np.random.default_rng(0)
     size = 60
     gold_nil = np.arange(size) % 3 == 0
-    table = pl.DataFrame({
-        "mention_id": [f"m{i}" for i in range(size)], "mention": ["x"] * size, "best_kb_id": ["Q1"] * size,
-        "best_score": rng.uniform(-1, 1, size), "second_score": rng.uniform(-1, 0, size),
-        "gold_kb_id": np.where(gold_nil, "NIL", np.where(np.arange(size) % 3 == 1, "Q1", "Q2")).tolist(),
-        "nil_score": np.where(gold_nil, 0.9, -0.9)})
-    table = nil_classifier.add_evidence(table, pl.DataFrame(schema={"mention_id": pl.String, "rank": pl.Int32,
-                                                                    "kb_id": pl.String, "score": pl.Float64,
-                                                                    "sources": pl.List(pl.String)}))
+    table = pl.DataFrame(
+        {
+            "mention_id": [f"m{i}" for i in range(size)],
+            "mention": ["x"] * size,
+            "best_kb_id": ["Q1"] * size,
+            "best_score": rng.uniform(-1, 1, size),
+            "second_score": rng.uniform(-1, 0, size),
+            "gold_kb_id": np.where(gold_nil, "NIL", np.where(np.arange(size) % 3 == 1, "Q1", "Q2")).tolist(),
+            "nil_score": np.where(gold_nil, 0.9, -0.9),
+        }
+    )
+    table = nil_classifier.add_evidence(
+        table,
+        pl.DataFrame(
+            schema={
+                "mention_id": pl.String,
+                "rank": pl.Int32,
+                "kb_id": pl.String,
+                "score": pl.Float64,
+                "sources": pl.List(pl.String),
+            }
+        ),
+    )
     params = nil_classifier.fit(table)
     assert params["features"][-2:] == ["nil_score", "best_minus_nil"]
     assert nil_classifier.says_nil(params, table).tolist() == gold_nil.tolist()

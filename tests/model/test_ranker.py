@@ -20,6 +20,7 @@ from pipeline.train.batches import sample_negatives
 
 # --- hinge loss -------------------------------------------------------------------------------
 
+
 def test_hinge_loss_uses_the_hardest_negative() -> None:
     gold = torch.tensor([0.5, 0.0])
     negatives = torch.tensor([[0.1, 0.3, -0.2], [-0.5, 0.4, 0.2]])
@@ -63,17 +64,32 @@ def test_hinge_loss_all_masked_is_zero_not_nan() -> None:
 
 # --- ranker -----------------------------------------------------------------------------------
 
+
 def tiny_shape(features=("name", "context", "type"), dropout: float = 0.2) -> RankerShape:
-    return RankerShape(features=features, vector_size=8, mention_types=3, entity_types=4, name_hidden=(6,),
-                       context_hidden=(5, 4), type_hidden=(3,), final_hidden=(7,), dropout=dropout)
+    return RankerShape(
+        features=features,
+        vector_size=8,
+        mention_types=3,
+        entity_types=4,
+        name_hidden=(6,),
+        context_hidden=(5, 4),
+        type_hidden=(3,),
+        final_hidden=(7,),
+        dropout=dropout,
+    )
 
 
 def random_batch(batch: int, n: int, distinct: int, generator: torch.Generator):
-    mentions = {"name": torch.randn(batch, 8, generator=generator), "context": torch.randn(batch, 8, generator=generator),
-                "type": torch.eye(3)[torch.randint(0, 3, (batch,), generator=generator)]}
-    entities = {"name": torch.randn(distinct, 8, generator=generator),
-                "context": torch.randn(distinct, 8, generator=generator),
-                "type": torch.eye(4)[torch.randint(0, 4, (distinct,), generator=generator)]}
+    mentions = {
+        "name": torch.randn(batch, 8, generator=generator),
+        "context": torch.randn(batch, 8, generator=generator),
+        "type": torch.eye(3)[torch.randint(0, 3, (batch,), generator=generator)],
+    }
+    entities = {
+        "name": torch.randn(distinct, 8, generator=generator),
+        "context": torch.randn(distinct, 8, generator=generator),
+        "type": torch.eye(4)[torch.randint(0, 4, (distinct,), generator=generator)],
+    }
     index = torch.randint(0, distinct, (batch, n), generator=generator)
     return mentions, entities, index
 
@@ -129,6 +145,7 @@ def test_split_first_layer_equals_a_linear_on_the_concatenation() -> None:
 
 # --- negative sampling ------------------------------------------------------------------------
 
+
 def test_sample_negatives_never_returns_the_gold_and_respects_masks() -> None:
     generator = torch.Generator().manual_seed(0)
     candidates = torch.tensor([[5, 3, -1, -1], [3, -1, -1, -1], [0, 1, 2, 4], [2, 2, 2, 2]])
@@ -165,6 +182,7 @@ def test_sample_negatives_hard_share_zero_is_all_random() -> None:
 
 # --- NIL decisions ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("best_kb_id", "best_score", "lang", "expected"),
     [
@@ -179,9 +197,10 @@ def test_sample_negatives_hard_share_zero_is_all_random() -> None:
     ],
 )
 def test_decide_gives_nil_below_threshold_or_without_candidate(best_kb_id, best_score, lang, expected) -> None:
-    predictions = pl.DataFrame({"mention_id": ["m"], "lang": [lang], "best_kb_id": [best_kb_id], "best_score": [best_score]},
-                               schema={"mention_id": pl.String, "lang": pl.String, "best_kb_id": pl.String,
-                                       "best_score": pl.Float64})
+    predictions = pl.DataFrame(
+        {"mention_id": ["m"], "lang": [lang], "best_kb_id": [best_kb_id], "best_score": [best_score]},
+        schema={"mention_id": pl.String, "lang": pl.String, "best_kb_id": pl.String, "best_score": pl.Float64},
+    )
     decided = decide(predictions, {"en": -0.2, "ru": 0.5}, default=-1.0)
     row = decided.row(0, named=True)
     assert row["kb_id"] == expected
@@ -203,8 +222,17 @@ def tuning_table() -> pl.DataFrame:
         ("m7", "ru", "Q1", 0.9, "NIL"),
         ("m8", "ru", "Q2", 0.1, None),  # no gold: ignored by the sweep
     ]
-    return pl.DataFrame(rows, schema={"mention_id": pl.String, "lang": pl.String, "best_kb_id": pl.String,
-                                      "best_score": pl.Float64, "gold_kb_id": pl.String}, orient="row")
+    return pl.DataFrame(
+        rows,
+        schema={
+            "mention_id": pl.String,
+            "lang": pl.String,
+            "best_kb_id": pl.String,
+            "best_score": pl.Float64,
+            "gold_kb_id": pl.String,
+        },
+        orient="row",
+    )
 
 
 def test_sweep_and_best_thresholds_on_a_hand_made_case() -> None:
@@ -236,12 +264,18 @@ def test_sweep_and_best_thresholds_on_a_hand_made_case() -> None:
 
 def test_best_thresholds_takes_the_middle_of_the_widest_flat_optimum() -> None:
     # Two runs at the best micro-average 0.9: [-0.5, -0.4] and [0.1, 0.5]; the wider one wins.
-    table = pl.DataFrame({"lang": "en", "threshold": [-0.6, -0.5, -0.4, 0.0, 0.1, 0.3, 0.5, 0.7],
-                          "micro_average": [0.8, 0.9, 0.9, 0.7, 0.9, 0.9, 0.9, 0.6]})
+    table = pl.DataFrame(
+        {
+            "lang": "en",
+            "threshold": [-0.6, -0.5, -0.4, 0.0, 0.1, 0.3, 0.5, 0.7],
+            "micro_average": [0.8, 0.9, 0.9, 0.7, 0.9, 0.9, 0.9, 0.6],
+        }
+    )
     assert best_thresholds(table) == {"en": pytest.approx(0.3)}
     # A single best point is its own middle.
-    single = table.with_columns(pl.when(pl.col("threshold") == 0.7).then(1.0).otherwise(pl.col("micro_average"))
-                                .alias("micro_average"))
+    single = table.with_columns(
+        pl.when(pl.col("threshold") == 0.7).then(1.0).otherwise(pl.col("micro_average")).alias("micro_average")
+    )
     assert best_thresholds(single) == {"en": pytest.approx(0.7)}
 
 
@@ -253,6 +287,7 @@ def test_sweep_of_nothing_is_empty() -> None:
 
 # --- NIL clustering ---------------------------------------------------------------------------
 
+
 def decided_table() -> pl.DataFrame:
     rows = [
         ("a", "doc1", "Serena Williams", True, "NIL"),
@@ -262,8 +297,17 @@ def decided_table() -> pl.DataFrame:
         ("e", "doc3", "Paris", False, "Q4"),
         ("f", "doc4", "Серена Уильямс", True, "NIL"),  # another script: its own cluster
     ]
-    return pl.DataFrame(rows, schema={"mention_id": pl.String, "doc_id": pl.String, "mention": pl.String,
-                                      "is_nil": pl.Boolean, "kb_id": pl.String}, orient="row")
+    return pl.DataFrame(
+        rows,
+        schema={
+            "mention_id": pl.String,
+            "doc_id": pl.String,
+            "mention": pl.String,
+            "is_nil": pl.Boolean,
+            "kb_id": pl.String,
+        },
+        orient="row",
+    )
 
 
 def test_cluster_nils_by_name_groups_same_normalised_strings_across_docs() -> None:
@@ -286,8 +330,15 @@ def test_cluster_nils_singleton_gives_unique_ids() -> None:
 
 
 def test_decide_then_cluster_keeps_linked_ids() -> None:
-    predictions = pl.DataFrame({"mention_id": ["x", "y", "z"], "lang": ["en"] * 3, "mention": ["Obama", "Bamako", "bamako"],
-                                "best_kb_id": ["Q1", "Q2", None], "best_score": [0.7, -0.9, None]})
+    predictions = pl.DataFrame(
+        {
+            "mention_id": ["x", "y", "z"],
+            "lang": ["en"] * 3,
+            "mention": ["Obama", "Bamako", "bamako"],
+            "best_kb_id": ["Q1", "Q2", None],
+            "best_score": [0.7, -0.9, None],
+        }
+    )
     clustered = cluster_nils(decide(predictions, {"en": -0.5}, -1.0), "name")
     assert clustered["system_id"][0] == "Q1"
     assert clustered["system_id"][1] == clustered["system_id"][2] != "Q2"

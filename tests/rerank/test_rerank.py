@@ -25,31 +25,82 @@ NAMES = ("Jordan", "Amazon", "Mercury", "Tesla", "Phoenix", "Orion")
 # The cue words are whole words of the tiny transformer's vocabulary (tests/conftest.py), so one
 # sub-word carries each; the fillers around them say nothing about the sense.
 SENSES = {  # sense: (type, description, contexts by split)
-    "company": ("company", "a company , a firm",
-                {"train": ["The company {name} was first .", "{name} is a firm with new time .",
-                           "The firm {name} had a slow week ."],
-                 "dev": ["The company {name} had a new week ."], "test": ["The firm {name} was new after Monday ."]}),
-    "club": ("club", "a club of the League and the Cup",
-             {"train": ["The club {name} won the Cup .", "{name} beat the League club .",
-                        "The club {name} was first in the League ."],
-              "dev": ["{name} is a club in the Cup ."], "test": ["The club {name} beat them in the Cup ."]}),
-    "person": ("person", "a person ; she said her name",
-               {"train": ["{name} said she was first .", "She said {name} had her week .",
-                          "{name} said her time was new ."],
-                "dev": ["{name} said she had time ."], "test": ["{name} said her week was slow ."]}),
-    "band": (None, None,  # no KB entity: NIL
-             {"train": ["The band {name} was on tour .", "{name} had a record tour ."],
-              "dev": ["{name} made a new record ."], "test": ["The band {name} had a new tour ."]}),
+    "company": (
+        "company",
+        "a company , a firm",
+        {
+            "train": [
+                "The company {name} was first .",
+                "{name} is a firm with new time .",
+                "The firm {name} had a slow week .",
+            ],
+            "dev": ["The company {name} had a new week ."],
+            "test": ["The firm {name} was new after Monday ."],
+        },
+    ),
+    "club": (
+        "club",
+        "a club of the League and the Cup",
+        {
+            "train": [
+                "The club {name} won the Cup .",
+                "{name} beat the League club .",
+                "The club {name} was first in the League .",
+            ],
+            "dev": ["{name} is a club in the Cup ."],
+            "test": ["The club {name} beat them in the Cup ."],
+        },
+    ),
+    "person": (
+        "person",
+        "a person ; she said her name",
+        {
+            "train": [
+                "{name} said she was first .",
+                "She said {name} had her week .",
+                "{name} said her time was new .",
+            ],
+            "dev": ["{name} said she had time ."],
+            "test": ["{name} said her week was slow ."],
+        },
+    ),
+    "band": (
+        None,
+        None,  # no KB entity: NIL
+        {
+            "train": ["The band {name} was on tour .", "{name} had a record tour ."],
+            "dev": ["{name} made a new record ."],
+            "test": ["The band {name} had a new tour ."],
+        },
+    ),
 }
-TINY_RERANK = {"enabled": True, "top_k": 3, "max_seq_tokens": 80, "max_context_tokens": 20, "epochs": 18,
-               "batch_mentions": 16, "learning_rate": 5e-3, "nil_hidden_share": 0.1, "seed": 5}
+TINY_RERANK = {
+    "enabled": True,
+    "top_k": 3,
+    "max_seq_tokens": 80,
+    "max_context_tokens": 20,
+    "epochs": 18,
+    "batch_mentions": 16,
+    "learning_rate": 5e-3,
+    "nil_hidden_share": 0.1,
+    "seed": 5,
+}
 
 
 def ambiguity_data(folder: Path) -> dict[str, Path]:
     """mentions.jsonl and kb.jsonl of the ambiguity task under folder/ambiguity."""
-    kb = [{"kb_id": f"{name}-{sense}", "name": name, "type": kind, "description": f"{name} is {description}.",
-           "aliases": []}
-          for name in NAMES for sense, (kind, description, _) in SENSES.items() if kind is not None]
+    kb = [
+        {
+            "kb_id": f"{name}-{sense}",
+            "name": name,
+            "type": kind,
+            "description": f"{name} is {description}.",
+            "aliases": [],
+        }
+        for name in NAMES
+        for sense, (kind, description, _) in SENSES.items()
+        if kind is not None
+    ]
     mentions = []
     for name in NAMES:
         for sense, (kind, _, contexts) in SENSES.items():
@@ -57,10 +108,19 @@ def ambiguity_data(folder: Path) -> dict[str, Path]:
                 for number, template in enumerate(texts):
                     text = template.format(name=name)
                     start = text.index(name)
-                    mentions.append({"id": f"{name}-{sense}-{split}-{number}", "doc_id": f"{name}-{sense}-{split}-{number}",
-                                     "lang": "en", "text": text, "start": start, "end": start + len(name),
-                                     "mention": name, "split": split,
-                                     "gold_kb_id": f"{name}-{sense}" if kind is not None else "NIL"})
+                    mentions.append(
+                        {
+                            "id": f"{name}-{sense}-{split}-{number}",
+                            "doc_id": f"{name}-{sense}-{split}-{number}",
+                            "lang": "en",
+                            "text": text,
+                            "start": start,
+                            "end": start + len(name),
+                            "mention": name,
+                            "split": split,
+                            "gold_kb_id": f"{name}-{sense}" if kind is not None else "NIL",
+                        }
+                    )
     data = folder / "ambiguity"
     return {"mentions": write_jsonl(data / "mentions.jsonl", mentions), "kb": write_jsonl(data / "kb.jsonl", kb)}
 
@@ -68,13 +128,17 @@ def ambiguity_data(folder: Path) -> dict[str, Path]:
 def ambiguity_config(folder: Path, encoder: Path, **rerank) -> Path:
     """A run of the ambiguity task: triage by name only (k = 3: the name's three entities), a ranker over
     the frozen tiny transformer's vectors with its context feature, and the reader."""
-    return write_run_config(folder, encoder, data=ambiguity_data(folder),
-                            triage={"k": 3, "use_dense": False, "use_fuzzy": False, "use_priors": False},
-                            train={"epochs": 20, "eval_every": 5, "patience": 0, "min_type_count": 1},
-                            evaluate={"nil_method": "auto", "nil_mention_prior": False},
-                            # The reader reads triage's order, not the ranker's: its input then does not move
-                            # with the ranker's own float noise (the ranker is what it is compared against).
-                            rerank={**TINY_RERANK, "candidates": "triage", **rerank})
+    return write_run_config(
+        folder,
+        encoder,
+        data=ambiguity_data(folder),
+        triage={"k": 3, "use_dense": False, "use_fuzzy": False, "use_priors": False},
+        train={"epochs": 20, "eval_every": 5, "patience": 0, "min_type_count": 1},
+        evaluate={"nil_method": "auto", "nil_mention_prior": False},
+        # The reader reads triage's order, not the ranker's: its input then does not move
+        # with the ranker's own float noise (the ranker is what it is compared against).
+        rerank={**TINY_RERANK, "candidates": "triage", **rerank},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +169,10 @@ def test_the_reader_learns_its_nil_option(ambiguity_run: dict) -> None:
     test = predictions.filter(pl.col("split") == "test")
     says_nil = (test["reader_nil_score"] > test["reader_score"]).to_numpy()
     gold_nil = (test["gold_kb_id"] == "NIL").to_numpy()
-    print(f"reader NIL: {int((says_nil & gold_nil).sum())} of {int(gold_nil.sum())} NIL mentions, "
-          f"{int((says_nil & ~gold_nil).sum())} linked ones said NIL")
+    print(
+        f"reader NIL: {int((says_nil & gold_nil).sum())} of {int(gold_nil.sum())} NIL mentions, "
+        f"{int((says_nil & ~gold_nil).sum())} linked ones said NIL"
+    )
     assert (says_nil & gold_nil).sum() >= 5  # of 6 band mentions
     assert (says_nil & ~gold_nil).sum() <= 2  # of 18 linked ones
     metrics = json.loads((ambiguity_run["run_dir"] / "evaluate" / "metrics.json").read_text())
@@ -117,16 +183,28 @@ def test_the_reader_learns_its_nil_option(ambiguity_run: dict) -> None:
 # The stage contract, on the tiny three-language run (pipeline/demo-sized, two epochs).
 # ---------------------------------------------------------------------------
 
-SMALL_RERANK = {"enabled": True, "top_k": 3, "max_seq_tokens": 80, "max_context_tokens": 24, "epochs": 2,
-                "batch_mentions": 4, "learning_rate": 1e-3, "nil_hidden_share": 0.3}
+SMALL_RERANK = {
+    "enabled": True,
+    "top_k": 3,
+    "max_seq_tokens": 80,
+    "max_context_tokens": 24,
+    "epochs": 2,
+    "batch_mentions": 4,
+    "learning_rate": 1e-3,
+    "nil_hidden_share": 0.3,
+}
 
 
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory, tiny_encoder_dir: Path) -> dict:
     """A finished tiny run with the reader, whose NIL decision is the reader's (evaluate.nil_method)."""
     folder = tmp_path_factory.mktemp("reader-run")
-    config = write_run_config(folder, tiny_encoder_dir, rerank=dict(SMALL_RERANK),
-                              evaluate={"nil_method": "reader", "nil_mention_prior": False})
+    config = write_run_config(
+        folder,
+        tiny_encoder_dir,
+        rerank=dict(SMALL_RERANK),
+        evaluate={"nil_method": "reader", "nil_mention_prior": False},
+    )
     result = CliRunner().invoke(main, ["run", "--config", str(config)])
     assert result.exit_code == 0, result.output + repr(result.exception)
     return {"config": config, "run_dir": folder / "run", "output": result.output, "encoder": tiny_encoder_dir}
@@ -148,13 +226,18 @@ def test_the_stage_writes_its_outputs_and_evaluate_decides_by_the_reader(base_ru
     assert set(scores["mention_id"].str.split("-").list.first()) <= {"en", "es", "ru"}
     assert scores["mention_id"].n_unique() == 10 and scores["slot"].max() <= 3
     totals = scores.group_by("mention_id").agg(pl.col("score").sum() + pl.col("nil_score").first())
-    assert totals["score"].min() == pytest.approx(1.0, abs=1e-4) and totals["score"].max() == pytest.approx(1.0, abs=1e-4)
+    assert totals["score"].min() == pytest.approx(1.0, abs=1e-4) and totals["score"].max() == pytest.approx(
+        1.0, abs=1e-4
+    )
     metrics = json.loads((base_run["run_dir"] / "evaluate" / "metrics.json").read_text())
     assert metrics["nil_method"] == "reader"
     kinds = {row["method"] for row in metrics["error_kinds"]}
     assert kinds == {"threshold", "reader"}
     report = (base_run["run_dir"] / "evaluate" / "report.md").read_text()
-    assert "| method | language | mentions | right | not among candidates | wrong entity | false NIL | missed NIL |" in report
+    assert (
+        "| method | language | mentions | right | not among candidates | wrong entity | false NIL | missed NIL |"
+        in report
+    )
     assert "rerank: best dev micro-average of the reader" in base_run["output"]
 
 
@@ -207,8 +290,15 @@ def test_a_checkpoint_of_another_architecture_is_refused(tmp_path: Path) -> None
     from pipeline.rerank.training import load_checkpoint
 
     path = tmp_path / "last.pt"
-    shape = {"model_type": "bert", "hidden_size": 32, "layers": 2, "vocab_size": 100, "top_k": 3,
-             "max_seq_tokens": 80, "max_context_tokens": 24}
+    shape = {
+        "model_type": "bert",
+        "hidden_size": 32,
+        "layers": 2,
+        "vocab_size": 100,
+        "top_k": 3,
+        "max_seq_tokens": 80,
+        "max_context_tokens": 24,
+    }
     torch.save({"key": "k", "shape": {**shape, "hidden_size": 64}}, path)
     with pytest.raises(CacheError, match="E506") as caught:
         load_checkpoint(path, "k", shape)
@@ -228,8 +318,12 @@ def test_link_applies_the_reader_as_evaluate_did(base_run: dict, tmp_path: Path)
     assert linker.reader is not None
     records = [r for r in tiny_mention_records() if r["split"] == "test"]
     links = linker.link(records)
-    evaluated = pl.read_parquet(base_run["run_dir"] / "evaluate" / "predictions.parquet").filter(pl.col("split") == "test")
-    decided = evaluated.select("mention_id", pl.when(pl.col("is_nil")).then(pl.lit("NIL")).otherwise("system_id").alias("want"))
+    evaluated = pl.read_parquet(base_run["run_dir"] / "evaluate" / "predictions.parquet").filter(
+        pl.col("split") == "test"
+    )
+    decided = evaluated.select(
+        "mention_id", pl.when(pl.col("is_nil")).then(pl.lit("NIL")).otherwise("system_id").alias("want")
+    )
     got = links.select("mention_id", pl.when(pl.col("is_nil")).then(pl.lit("NIL")).otherwise("kb_id").alias("kb_id"))
     joined = got.join(decided, on="mention_id")
     assert joined.height == len(records)
@@ -262,10 +356,32 @@ def test_two_gloo_processes_train_the_reader(base_run: dict, run_copy: Path) -> 
     import sys
 
     root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             str(root / "cli.py"), "rerank", "--config", str(base_run["config"]), "--run-dir", str(run_copy),
-                             "--force"], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(root / "cli.py"),
+            "rerank",
+            "--config",
+            str(base_run["config"]),
+            "--run-dir",
+            str(run_copy),
+            "--force",
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert "rerank: done" in result.stdout
     history = pl.read_parquet(run_copy / "rerank" / "history.parquet")

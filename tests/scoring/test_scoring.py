@@ -106,9 +106,7 @@ def _assert_same(ours: dict, theirs: dict) -> None:
                 measure,
                 our_key,
             )
-    assert ours[MICRO_AVERAGE]["micro_average"] == pytest.approx(
-        theirs["strong_all_match"]["recall"], abs=TOLERANCE
-    )
+    assert ours[MICRO_AVERAGE]["micro_average"] == pytest.approx(theirs["strong_all_match"]["recall"], abs=TOLERANCE)
 
 
 def _compare(gold: pl.DataFrame, system: pl.DataFrame, work: Path, by_language: bool = False) -> dict:
@@ -164,10 +162,14 @@ def _perturb(gold: pl.DataFrame, seed: int, rate: float = 0.15) -> pl.DataFrame:
         row=pl.int_range(pl.len()),
     )
     kb_id = (
-        pl.when(~is_nil & pl.col("relink")).then(pl.col("random_kb"))
-        .when(~is_nil & pl.col("to_nil")).then(pl.format("NIL_sys{}", pl.col("row") % 7))
-        .when(is_nil & pl.col("to_kb")).then(pl.col("random_kb"))
-        .when(is_nil & pl.col("split")).then(pl.format("{}_split", pl.col("kb_id")))
+        pl.when(~is_nil & pl.col("relink"))
+        .then(pl.col("random_kb"))
+        .when(~is_nil & pl.col("to_nil"))
+        .then(pl.format("NIL_sys{}", pl.col("row") % 7))
+        .when(is_nil & pl.col("to_kb"))
+        .then(pl.col("random_kb"))
+        .when(is_nil & pl.col("split"))
+        .then(pl.format("{}_split", pl.col("kb_id")))
         .otherwise(pl.col("kb_id"))
     )
     if merge_target is not None:
@@ -427,7 +429,13 @@ def test_format_table_stays_narrow_for_seven_languages():
 
 def test_language_of_doc_scalar_and_column_agree():
     doc_ids = [
-        "ENG_NW_001", "CMN_DF_1", "SPA_NW_2", "meantime:nl:1007169", "meantime:en:a:b", "bolt-eng-DF", "x:toolong:1",
+        "ENG_NW_001",
+        "CMN_DF_1",
+        "SPA_NW_2",
+        "meantime:nl:1007169",
+        "meantime:en:a:b",
+        "bolt-eng-DF",
+        "x:toolong:1",
         "ENGX:fr:1",
     ]
     expected = ["en", "zh", "es", "nl", "en", None, None, "en"]
@@ -532,14 +540,29 @@ def test_scores_do_not_depend_on_row_order_bit_for_bit() -> None:
     count = 400
 
     def frame(kb_ids: list[str]) -> pl.DataFrame:
-        return pl.DataFrame({"mention_id": [f"m{i}" for i in range(count)],
-                             "doc_id": [f"ENG_NW_{i % 7}" for i in range(count)],
-                             "start": np.arange(count) * 10, "end": np.arange(count) * 10 + 3, "kb_id": kb_ids,
-                             "entity_type": "PER", "mention_type": "NAM", "confidence": 1.0})
+        return pl.DataFrame(
+            {
+                "mention_id": [f"m{i}" for i in range(count)],
+                "doc_id": [f"ENG_NW_{i % 7}" for i in range(count)],
+                "start": np.arange(count) * 10,
+                "end": np.arange(count) * 10 + 3,
+                "kb_id": kb_ids,
+                "entity_type": "PER",
+                "mention_type": "NAM",
+                "confidence": 1.0,
+            }
+        )
 
     gold = frame([f"Q{x}" if x < 30 else f"NIL{x}" for x in rng.integers(0, 40, count)])
     system = frame([f"Q{x}" if x < 30 else f"NIL{x}" for x in rng.integers(0, 45, count)])
-    results = {json_module.dumps(score(gold.sample(fraction=1, shuffle=True, seed=seed),
-                                       system.sample(fraction=1, shuffle=True, seed=seed + 100)), sort_keys=True)
-               for seed in range(20)}
+    results = {
+        json_module.dumps(
+            score(
+                gold.sample(fraction=1, shuffle=True, seed=seed),
+                system.sample(fraction=1, shuffle=True, seed=seed + 100),
+            ),
+            sort_keys=True,
+        )
+        for seed in range(20)
+    }
     assert len(results) == 1

@@ -63,6 +63,7 @@ def base_run(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -
 
 # --- sub-runs ----------------------------------------------------------------------------------
 
+
 def test_stage_links_are_relative_kept_repointed_and_never_replace_a_folder(tmp_path: Path) -> None:
     from pipeline.core.errors import CacheError
     from pipeline.studies.subrun import link_stage
@@ -83,6 +84,7 @@ def test_stage_links_are_relative_kept_repointed_and_never_replace_a_folder(tmp_
 
 # --- search ------------------------------------------------------------------------------------
 
+
 def test_draws_come_from_the_space_and_do_not_depend_on_the_trial_count() -> None:
     draws = [draw_settings(7, trial) for trial in range(30)]
     for settings in draws:
@@ -94,7 +96,9 @@ def test_draws_come_from_the_space_and_do_not_depend_on_the_trial_count() -> Non
     assert len({s["learning_rate"] for s in draws}) > 10  # continuous, not a handful of values
 
 
-def test_search_ranks_trials_on_dev_skips_finished_ones_and_writes_a_usable_best(base_run: dict, run_copy: Path) -> None:
+def test_search_ranks_trials_on_dev_skips_finished_ones_and_writes_a_usable_best(
+    base_run: dict, run_copy: Path
+) -> None:
     invoke("search", "--config", base_run["config"], "--run-dir", run_copy, "--trials", 2, "--seed", 5, *FAST)
     search_dir = run_copy / "search"
     first = {t: manifest(search_dir / "seed-5" / f"trial-{t:03d}" / "train")["finished"] for t in (0, 1)}
@@ -131,8 +135,12 @@ def test_search_picks_the_trial_with_the_best_dev_score(base_run: dict, run_copy
 
     def fake_train_and_evaluate(config, train_too=True):
         score = made_up[int(config.run_dir.name.split("-")[1])]
-        return {"metrics": {"overall": {"kbp2010_micro_average": {"micro_average": score}}},
-                "trained": True, "evaluated": True, "seconds": 0.0}
+        return {
+            "metrics": {"overall": {"kbp2010_micro_average": {"micro_average": score}}},
+            "trained": True,
+            "evaluated": True,
+            "seconds": 0.0,
+        }
 
     monkeypatch.setattr(search.subrun, "train_and_evaluate", fake_train_and_evaluate)
     result = invoke("search", "--config", base_run["config"], "--run-dir", run_copy, "--trials", 3)
@@ -145,13 +153,17 @@ def test_search_picks_the_trial_with_the_best_dev_score(base_run: dict, run_copy
 
 # --- experiment ----------------------------------------------------------------------------------
 
+
 def test_plan_shares_models_between_tables() -> None:
     cells = plan(LANGUAGES, ExperimentConfig(triage_row=True))
     assert len(cells) == 3 * 5 + 3 * 3 + 4 * 3
     mono_en = Model(train_languages=("en",))
     users = {(c.table, c.row, c.column) for c in cells if c.model == mono_en}
-    assert users == {(1, "en", "Mono"), *{(2, "en", lang) for lang in LANGUAGES},
-                     *{(3, " + ".join(PAPER_FEATURES), lang) for lang in LANGUAGES}}
+    assert users == {
+        (1, "en", "Mono"),
+        *{(2, "en", lang) for lang in LANGUAGES},
+        *{(3, " + ".join(PAPER_FEATURES), lang) for lang in LANGUAGES},
+    }
     pairs = sub_runs(cells, [1, 2])
     models = [model for model, _ in pairs]
     # nn once; per seed: mono x3, multids x3, multi, multi+oracle, name, name+context, +triage = 11.
@@ -162,9 +174,15 @@ def test_plan_shares_models_between_tables() -> None:
     assert [p[1] for p in pairs[1:]] == sorted(p[1] for p in pairs[1:])  # seed-major: whole seeds first
 
 
-@pytest.mark.parametrize(("values", "expected", "text"), [
-    ([0.5, 0.7], 2, "0.600 ± 0.141"), ([0.5], 2, "0.500 (1/2)"), ([], 3, "—"), ([0.25], 1, "0.250"),
-])
+@pytest.mark.parametrize(
+    ("values", "expected", "text"),
+    [
+        ([0.5, 0.7], 2, "0.600 ± 0.141"),
+        ([0.5], 2, "0.500 (1/2)"),
+        ([], 3, "—"),
+        ([0.25], 1, "0.250"),
+    ],
+)
 def test_format_cell(values, expected, text) -> None:
     assert format_cell(values, expected) == text
 
@@ -181,21 +199,31 @@ def test_experiment_fills_every_cell_shares_models_and_resumes(base_run: dict, r
     invoke(*args)
     experiment_dir = run_copy / "experiment"
     tables = (experiment_dir / "tables.md").read_text(encoding="utf-8")
-    every_cell = [cell for heading in ("## Table 1", "## Table 2", "## Table 3")
-                  for cells in experiment_rows(tables, heading).values() for cell in cells]
+    every_cell = [
+        cell
+        for heading in ("## Table 1", "## Table 2", "## Table 3")
+        for cells in experiment_rows(tables, heading).values()
+        for cell in cells
+    ]
     assert every_cell and not [cell for cell in every_cell if cell == "—" or "/2)" in cell]  # every cell, every seed
     table_1 = experiment_rows(tables, "## Table 1")
     assert set(table_1) == set(LANGUAGES) and all(len(cells) == len(TABLE_1_COLUMNS) for cells in table_1.values())
     assert all("±" in cell for cells in table_1.values() for cell in cells[1:])  # seeded: mean ± std
     assert all("±" not in cells[0] for cells in table_1.values())  # NN: one run
-    assert set(experiment_rows(tables, "## Table 3")) == {"name", "name + context", "name + context + type",
-                                                         "name + context + type + triage"}
+    assert set(experiment_rows(tables, "## Table 3")) == {
+        "name",
+        "name + context",
+        "name + context + type",
+        "name + context + type + triage",
+    }
 
     cells = pl.read_parquet(experiment_dir / "cells.parquet")
     # Mono-en is one model per seed, read by Table 1, Table 2's en row and Table 3's paper-features row.
     mono_en = cells.filter(pl.col("folder") == "mono-en")
     assert set(mono_en["table"].to_list()) == {1, 2, 3}
-    assert sorted((experiment_dir / "mono-en").iterdir()) == [experiment_dir / "mono-en" / f"seed-{s}" for s in (13, 14)]
+    assert sorted((experiment_dir / "mono-en").iterdir()) == [
+        experiment_dir / "mono-en" / f"seed-{s}" for s in (13, 14)
+    ]
     same = mono_en.filter(pl.col("language") == "en").group_by("seed").agg(pl.col("micro_average").n_unique())
     assert same["micro_average"].to_list() == [1, 1]
     # Mean ± std of a cell is over the seeds' own scores.
@@ -217,7 +245,9 @@ def test_experiment_fills_every_cell_shares_models_and_resumes(base_run: dict, r
     result = invoke(*args)
     assert "1 trained now" in result.output
     assert manifest(experiment_dir / "mono-en" / "seed-14" / "train")["finished"] == mono_finished
-    assert (experiment_dir / "tables.md").read_text(encoding="utf-8").split("## Table 1")[1] == tables.split("## Table 1")[1]
+    assert (experiment_dir / "tables.md").read_text(encoding="utf-8").split("## Table 1")[1] == tables.split(
+        "## Table 1"
+    )[1]
 
 
 def test_experiment_tables_mark_missing_cells(base_run: dict, run_copy: Path, monkeypatch) -> None:
@@ -234,8 +264,23 @@ def test_experiment_tables_mark_missing_cells(base_run: dict, run_copy: Path, mo
         return real(config, train_too)
 
     monkeypatch.setattr(experiment.subrun, "train_and_evaluate", stop_after_three)
-    result = CliRunner().invoke(main, [str(a) for a in ("experiment", "--config", base_run["config"], "--run-dir", run_copy,
-                                                        "--seeds", 2, "--no-triage-row", *FAST)])
+    result = CliRunner().invoke(
+        main,
+        [
+            str(a)
+            for a in (
+                "experiment",
+                "--config",
+                base_run["config"],
+                "--run-dir",
+                run_copy,
+                "--seeds",
+                2,
+                "--no-triage-row",
+                *FAST,
+            )
+        ],
+    )
     assert result.exit_code != 0
     tables = (run_copy / "experiment" / "tables.md").read_text(encoding="utf-8")
     table_1 = experiment_rows(tables, "## Table 1")
@@ -246,8 +291,10 @@ def test_experiment_tables_mark_missing_cells(base_run: dict, run_copy: Path, mo
 
 
 def test_experiment_refuses_an_ablation_language_outside_the_tables(base_run: dict, run_copy: Path) -> None:
-    result = CliRunner().invoke(main, ["experiment", "--config", str(base_run["config"]), "--run-dir", str(run_copy),
-                                       "--ablation-language", "xx"])
+    result = CliRunner().invoke(
+        main,
+        ["experiment", "--config", str(base_run["config"]), "--run-dir", str(run_copy), "--ablation-language", "xx"],
+    )
     assert result.exit_code == 2 and "[E203]" in result.output and "ablation_language" in result.output
     assert not (run_copy / "experiment").exists()
 
@@ -280,15 +327,28 @@ def test_only_keeps_the_asked_cells_and_refuses_bad_ones() -> None:
 
 
 def test_experiment_refuses_a_language_without_training_mentions(base_run: dict, run_copy: Path) -> None:
-    result = CliRunner().invoke(main, ["experiment", "--config", str(base_run["config"]), "--run-dir", str(run_copy),
-                                       "--languages", "en,xx", "--only", "1:Multi"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "experiment",
+            "--config",
+            str(base_run["config"]),
+            "--run-dir",
+            str(run_copy),
+            "--languages",
+            "en,xx",
+            "--only",
+            "1:Multi",
+        ],
+    )
     assert result.exit_code == 2 and "[E203]" in result.output and "xx" in result.output, result.output
     assert not (run_copy / "experiment" / "multi").exists()
 
 
 def test_experiment_only_multi_trains_one_model_per_seed(base_run: dict, run_copy: Path) -> None:
-    result = invoke("experiment", "--config", base_run["config"], "--run-dir", run_copy, "--seeds", 2, "--only", "1:Multi",
-                    *FAST)
+    result = invoke(
+        "experiment", "--config", base_run["config"], "--run-dir", run_copy, "--seeds", 2, "--only", "1:Multi", *FAST
+    )
     assert "2 sub-run(s), 2 trained now" in result.output
     experiment_dir = run_copy / "experiment"
     assert sorted(path.name for path in experiment_dir.iterdir() if path.is_dir()) == ["multi"]

@@ -31,10 +31,20 @@ DDP_TRAIN = {"dropout": 0.0, "epochs": 6, "batch_mentions": 3, "eval_every": 2}
 
 
 def torchrun(*args: object, processes: int = 2, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               str(ROOT / "cli.py"), *[str(a) for a in args]]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        str(ROOT / "cli.py"),
+        *[str(a) for a in args],
+    ]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -90,7 +100,9 @@ def test_two_gloo_processes_match_one_process(single_run: dict, tmp_path: Path) 
 def test_an_error_under_torchrun_is_one_coded_line(single_run: dict, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     shutil.copytree(single_run["run_dir"], run_dir)
-    done = torchrun("train", "--config", single_run["config"], "--run-dir", run_dir, "--set", "train.train_languages=xx")
+    done = torchrun(
+        "train", "--config", single_run["config"], "--run-dir", run_dir, "--set", "train.train_languages=xx"
+    )
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
     assert errors and all("[E112]" in line and "mentions.parquet" in line for line in errors)
@@ -102,13 +114,15 @@ def test_two_gloo_processes_match_one_process_with_the_nil_option(single_run: di
     for run_dir in runs.values():
         shutil.copytree(single_run["run_dir"], run_dir)
     nil_option = ("--set", "train.nil_candidate=true", "--force")
-    result = CliRunner().invoke(main, ["train", "--config", str(single_run["config"]), "--run-dir", str(runs["single"]),
-                                       *nil_option])
+    result = CliRunner().invoke(
+        main, ["train", "--config", str(single_run["config"]), "--run-dir", str(runs["single"]), *nil_option]
+    )
     assert result.exit_code == 0, result.output
     done = torchrun("train", "--config", single_run["config"], "--run-dir", runs["parallel"], *nil_option)
     assert done.returncode == 0, done.stdout + done.stderr
-    single, parallel = (torch.load(run_dir / "train" / "model.pt", map_location="cpu", weights_only=False)
-                        for run_dir in runs.values())
+    single, parallel = (
+        torch.load(run_dir / "train" / "model.pt", map_location="cpu", weights_only=False) for run_dir in runs.values()
+    )
     assert single["shape"]["nil_candidate"] and any(key.startswith("nil_entity.") for key in single["model"])
     assert single["model"].keys() == parallel["model"].keys()
     for name, weights in single["model"].items():

@@ -25,15 +25,29 @@ from pipeline.formats.name_pairs import read_name_pairs
 from pipeline.model.ranker import NameMatching, Ranker, RankerShape
 
 PAIRS = [
-    ("Барак Обама", "Barack Obama", "ru"), ("奥巴马", "Barack Obama", "zh"), ("Москва", "Moscow", "ru"),
-    ("Москве", "Moscow", "ru"), ("París", "Paris", "es"), ("Париже", "Paris", "ru"),
-    ("Naciones Unidas", "United Nations", "es"), ("Ангелой Меркель", "Angela Merkel", "ru"),
-    ("Berlín", "Berlin", "es"), ("Берлине", "Berlin", "ru"),
+    ("Барак Обама", "Barack Obama", "ru"),
+    ("奥巴马", "Barack Obama", "zh"),
+    ("Москва", "Moscow", "ru"),
+    ("Москве", "Moscow", "ru"),
+    ("París", "Paris", "es"),
+    ("Париже", "Paris", "ru"),
+    ("Naciones Unidas", "United Nations", "es"),
+    ("Ангелой Меркель", "Angela Merkel", "ru"),
+    ("Berlín", "Berlin", "es"),
+    ("Берлине", "Berlin", "ru"),
 ]
 # Large enough steps for 10 pairs to be learnt in a few seconds (LEARNING_EPOCHS of them); no
 # dropout, so a rerun is the same run. Tests that need no learning keep to 6 epochs.
-TRAIN = {"dropout": 0.0, "learning_rate": 0.003, "batch_mentions": 2, "epochs": 6, "name_hidden": [64],
-         "eval_every": 2, "checkpoint_every": 2, "name_pair_negatives": 3}
+TRAIN = {
+    "dropout": 0.0,
+    "learning_rate": 0.003,
+    "batch_mentions": 2,
+    "epochs": 6,
+    "name_hidden": [64],
+    "eval_every": 2,
+    "checkpoint_every": 2,
+    "name_pair_negatives": 3,
+}
 LEARNING_EPOCHS = 60
 
 
@@ -60,14 +74,30 @@ def base_run(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -
     return {"config": config, "run_dir": folder / "run", "pairs": write_pairs(folder / "pairs.tsv")}
 
 
-def with_pairs(base_run: dict, run_dir: Path, command: str = "run", *overrides: str,
-               pairs: Path | None = None, exit_code: int = 0, force: bool = False) -> Result:
+def with_pairs(
+    base_run: dict,
+    run_dir: Path,
+    command: str = "run",
+    *overrides: str,
+    pairs: Path | None = None,
+    exit_code: int = 0,
+    force: bool = False,
+) -> Result:
     settings = [f"train.name_pairs={pairs or base_run['pairs']}", *overrides]
-    return invoke(command, "--config", base_run["config"], "--run-dir", run_dir, *(["--force"] if force else []),
-                  *[part for text in settings for part in ("--set", text)], exit_code=exit_code)
+    return invoke(
+        command,
+        "--config",
+        base_run["config"],
+        "--run-dir",
+        run_dir,
+        *(["--force"] if force else []),
+        *[part for text in settings for part in ("--set", text)],
+        exit_code=exit_code,
+    )
 
 
 # --- the pairs file ---------------------------------------------------------------------------
+
 
 def test_read_name_pairs_tsv_and_jsonl(tmp_path: Path) -> None:
     tsv = tmp_path / "pairs.tsv"
@@ -75,23 +105,28 @@ def test_read_name_pairs_tsv_and_jsonl(tmp_path: Path) -> None:
     table = read_name_pairs(tsv)
     assert table.rows() == [(2, "奥巴马", "Barack Obama", "zh"), (4, "París", "Paris", None)]
     jsonl = tmp_path / "pairs.jsonl"
-    jsonl.write_text('{"foreign": "Москва", "english": "Moscow", "lang": "ru"}\n{"foreign": "París", "english": "Paris"}\n',
-                     encoding="utf-8")
+    jsonl.write_text(
+        '{"foreign": "Москва", "english": "Moscow", "lang": "ru"}\n{"foreign": "París", "english": "Paris"}\n',
+        encoding="utf-8",
+    )
     assert read_name_pairs(jsonl).rows() == [(1, "Москва", "Moscow", "ru"), (2, "París", "Paris", None)]
 
 
-@pytest.mark.parametrize(("name", "content", "code", "line"), [
-    ("one-column.tsv", "奥巴马\tBarack Obama\nМосква\n", "E113", 2),
-    ("four-columns.tsv", "a\tb\tc\td\n", "E113", 1),
-    ("empty-english.tsv", "foreign\tenglish\nParís\t \n", "E113", 2),
-    ("empty.tsv", "\n\n", "E107", None),
-    ("header-only.tsv", "foreign\tenglish\tlang\n", "E107", None),
-    ("latin1.tsv", "Par\xeds\tParis\n".encode("latin-1"), "E110", 1),
-    ("missing-english.jsonl", '{"foreign": "París", "english": "Paris"}\n{"foreign": "Москва"}\n', "E102", 2),
-    ("number.jsonl", '{"foreign": "París", "english": 7}\n', "E103", 1),
-    ("broken.jsonl", '{"foreign": "París", "english": "Paris"\n', "E101", 1),
-    ("blank-name.jsonl", '{"foreign": " ", "english": "Paris"}\n', "E113", 1),
-])
+@pytest.mark.parametrize(
+    ("name", "content", "code", "line"),
+    [
+        ("one-column.tsv", "奥巴马\tBarack Obama\nМосква\n", "E113", 2),
+        ("four-columns.tsv", "a\tb\tc\td\n", "E113", 1),
+        ("empty-english.tsv", "foreign\tenglish\nParís\t \n", "E113", 2),
+        ("empty.tsv", "\n\n", "E107", None),
+        ("header-only.tsv", "foreign\tenglish\tlang\n", "E107", None),
+        ("latin1.tsv", "Par\xeds\tParis\n".encode("latin-1"), "E110", 1),
+        ("missing-english.jsonl", '{"foreign": "París", "english": "Paris"}\n{"foreign": "Москва"}\n', "E102", 2),
+        ("number.jsonl", '{"foreign": "París", "english": 7}\n', "E103", 1),
+        ("broken.jsonl", '{"foreign": "París", "english": "Paris"\n', "E101", 1),
+        ("blank-name.jsonl", '{"foreign": " ", "english": "Paris"}\n', "E113", 1),
+    ],
+)
 def test_malformed_pairs_files_name_the_file_and_line(tmp_path: Path, name: str, content, code: str, line) -> None:
     path = tmp_path / name
     if isinstance(content, bytes):
@@ -103,21 +138,25 @@ def test_malformed_pairs_files_name_the_file_and_line(tmp_path: Path, name: str,
     assert f"{path}:{line}:" in raised.value.message if line else f"{path}:" in raised.value.message
 
 
-@pytest.mark.parametrize(("values", "field"), [
-    ({"name_pairs": "pairs.csv"}, "name_pairs"),
-    ({"name_pairs": "pairs.tsv", "features": ["context", "type"]}, "name_pairs"),
-    ({"name_pairs": "pairs.tsv", "baseline": "nn"}, "name_pairs"),
-    ({"name_pair_weight": -0.5}, "name_pair_weight"),
-    ({"name_pair_negatives": 0}, "name_pair_negatives"),
-])
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"name_pairs": "pairs.csv"}, "name_pairs"),
+        ({"name_pairs": "pairs.tsv", "features": ["context", "type"]}, "name_pairs"),
+        ({"name_pairs": "pairs.tsv", "baseline": "nn"}, "name_pairs"),
+        ({"name_pair_weight": -0.5}, "name_pair_weight"),
+        ({"name_pair_negatives": 0}, "name_pair_negatives"),
+    ],
+)
 def test_bad_name_pair_settings_are_e203(values: dict, field: str) -> None:
     raw = {"inputs": {"kb": "kb.jsonl", "mentions": "m.jsonl"}, "train": values}
     with pytest.raises(ConfigError, match=rf"E203.*{field}"):
         build_config(raw, source=None, base=Path.cwd())
 
 
-def test_a_malformed_pairs_file_stops_the_run_with_one_coded_line(base_run: dict, run_copy: Path,
-                                                                 tmp_path: Path) -> None:
+def test_a_malformed_pairs_file_stops_the_run_with_one_coded_line(
+    base_run: dict, run_copy: Path, tmp_path: Path
+) -> None:
     bad = tmp_path / "bad.tsv"
     bad.write_text("foreign\tenglish\n奥巴马\tBarack Obama\nМосква Moscow\n", encoding="utf-8")
     before = model_weights(run_copy)
@@ -132,6 +171,7 @@ def test_a_malformed_pairs_file_stops_the_run_with_one_coded_line(base_run: dict
 
 # --- the model ----------------------------------------------------------------------------------
 
+
 def test_name_scores_use_the_rankers_name_mlp_and_their_own_layer() -> None:
     torch.manual_seed(0)
     ranker = Ranker(RankerShape(("name", "context"), 8, 1, 1, (6,), (5,), (3,), (4,), 0.0)).eval()
@@ -145,6 +185,7 @@ def test_name_scores_use_the_rankers_name_mlp_and_their_own_layer() -> None:
 
 
 # --- end to end ---------------------------------------------------------------------------------
+
 
 def test_name_matching_trains_its_loss_down_and_is_dropped_after_training(base_run: dict, run_copy: Path) -> None:
     result = with_pairs(base_run, run_copy, "run", f"train.epochs={LEARNING_EPOCHS}", "train.eval_every=10")
@@ -169,8 +210,9 @@ def test_name_matching_trains_its_loss_down_and_is_dropped_after_training(base_r
     with h5py.File(run_copy / "encode" / "vectors.h5", "r") as handle:
         entity_ids = [v.decode() for v in handle["entities/id"][:]]
         entity_vectors = handle["entities/name"][:]
-    np.testing.assert_allclose(pair_vectors[names.index("Barack Obama")], entity_vectors[entity_ids.index("Q1")],
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        pair_vectors[names.index("Barack Obama")], entity_vectors[entity_ids.index("Q1")], rtol=1e-5, atol=1e-5
+    )
     # evaluate loads the saved ranker as any other
     assert (run_copy / "evaluate" / "metrics.json").is_file()
 
@@ -213,7 +255,8 @@ def test_meantime_demonstration_pairs_come_from_the_training_split_only() -> Non
     assert pairs.height > 100 and set(pairs["lang"]) == {"es", "it", "nl"}
     assert not pairs.is_duplicated().any()
     mentions = pl.read_ndjson(data / "mentions.jsonl").with_columns(
-        pl.col("mention").str.replace_all(r"\s+", " ").str.strip_chars())
+        pl.col("mention").str.replace_all(r"\s+", " ").str.strip_chars()
+    )
     training = set(mentions.filter(pl.col("split") == "train")["mention"])
     assert set(pairs["foreign"]) <= training
     kb_names = set(pl.read_ndjson(data / "kb.jsonl")["name"])

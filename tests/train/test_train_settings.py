@@ -32,9 +32,17 @@ from pipeline.train.stage import training_rows
 
 # row, split, lang, gold entity row (-1: NIL or not encoded)
 SELECTION_ROWS = [
-    (0, "train", "en", 0), (1, "train", "en", 1), (2, "train", "en", -1), (3, "dev", "en", 2),
-    (4, "train", "es", 2), (5, "train", "es", 3), (6, "test", "es", 1),
-    (7, "train", "zh", 4), (8, "train", "zh", 0), (9, "train", "zh", 1), (10, "train", "zh", 2),
+    (0, "train", "en", 0),
+    (1, "train", "en", 1),
+    (2, "train", "en", -1),
+    (3, "dev", "en", 2),
+    (4, "train", "es", 2),
+    (5, "train", "es", 3),
+    (6, "test", "es", 1),
+    (7, "train", "zh", 4),
+    (8, "train", "zh", 0),
+    (9, "train", "zh", 1),
+    (10, "train", "zh", 2),
 ]
 
 
@@ -43,12 +51,15 @@ def selection_table() -> tuple[pl.DataFrame, np.ndarray]:
     return table, np.array([r[3] for r in SELECTION_ROWS])
 
 
-@pytest.mark.parametrize(("languages", "expected"), [
-    ((), [0, 1, 4, 5, 7, 8, 9, 10]),  # Multi: every language's training mentions with a gold entity
-    (("en",), [0, 1]),  # Mono
-    (("es", "zh"), [4, 5, 7, 8, 9, 10]),  # zero-shot for en: train on the others
-    (("ar",), []),
-])
+@pytest.mark.parametrize(
+    ("languages", "expected"),
+    [
+        ((), [0, 1, 4, 5, 7, 8, 9, 10]),  # Multi: every language's training mentions with a gold entity
+        (("en",), [0, 1]),  # Mono
+        (("es", "zh"), [4, 5, 7, 8, 9, 10]),  # zero-shot for en: train on the others
+        (("ar",), []),
+    ],
+)
 def test_training_rows_by_language(languages, expected) -> None:
     mentions, gold = selection_table()
     assert training_rows(mentions, gold, languages, "", seed=13).tolist() == expected
@@ -67,10 +78,17 @@ def test_multids_downsamples_to_the_languages_size_deterministically() -> None:
     assert training_rows(mentions, gold, ("en", "es"), "zh", seed=13).tolist() == [0, 1, 4, 5]
 
 
-@pytest.mark.parametrize(("section", "key", "value"), [
-    ("train", "baseline", "knn"), ("train", "train_languages", ["en", ""]), ("evaluate", "languages", [""]),
-    ("train", "weight_average", 1.0), ("train", "weight_average", -0.1), ("evaluate", "nil_method", "both"),
-])
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("train", "baseline", "knn"),
+        ("train", "train_languages", ["en", ""]),
+        ("evaluate", "languages", [""]),
+        ("train", "weight_average", 1.0),
+        ("train", "weight_average", -0.1),
+        ("evaluate", "nil_method", "both"),
+    ],
+)
 def test_bad_settings_are_e203(section: str, key: str, value) -> None:
     raw = {"inputs": {"kb": "kb.jsonl", "mentions": "m.jsonl"}, section: {key: value}}
     with pytest.raises(ConfigError, match=rf"E203.*{key}"):
@@ -79,14 +97,17 @@ def test_bad_settings_are_e203(section: str, key: str, value) -> None:
 
 # --- popularity re-ranking (§7.2) -------------------------------------------------------------
 
+
 def test_popularity_reranks_the_top_ten_stably() -> None:
     # Entity rows 0..11; training-gold counts per entity row.
     popularity = np.array([0, 5, 0, 2, 2, 9, 0, 0, 0, 0, 0, 0])
-    matrix = np.array([
-        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],  # 12 candidates: only the ten best-scored are re-ranked
-        [2, 3, 4, -1, -1, -1, -1, -1, -1, -1, -1, -1],  # padded
-        [6, 7, 8, -1, -1, -1, -1, -1, -1, -1, -1, -1],  # none seen in training: score order kept
-    ])
+    matrix = np.array(
+        [
+            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],  # 12 candidates: only the ten best-scored are re-ranked
+            [2, 3, 4, -1, -1, -1, -1, -1, -1, -1, -1, -1],  # padded
+            [6, 7, 8, -1, -1, -1, -1, -1, -1, -1, -1, -1],  # none seen in training: score order kept
+        ]
+    )
     scores = np.full(matrix.shape, np.nan)
     scores[0] = [0.9, 0.8, 0.7, 0.6, 0.65, -0.5, 0.1, 0.0, -0.1, -0.2, -0.3, -0.4]
     scores[1, :3] = [0.1, 0.3, 0.2]
@@ -129,8 +150,14 @@ def base_run(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -
 
 
 def run_with(base_run: dict, run_dir: Path, *overrides: str) -> Result:
-    return invoke("run", "--config", base_run["config"], "--run-dir", run_dir,
-                  *[part for text in overrides for part in ("--set", text)])
+    return invoke(
+        "run",
+        "--config",
+        base_run["config"],
+        "--run-dir",
+        run_dir,
+        *[part for text in overrides for part in ("--set", text)],
+    )
 
 
 def trained_ids(run_dir: Path) -> list[str]:
@@ -150,8 +177,16 @@ def test_mono_multids_and_zero_shot_end_to_end(base_run: dict, run_copy: Path) -
     run_with(base_run, run_copy, "train.downsample_to_language=es")
     first = trained_ids(run_copy)
     assert len(first) == 1 and set(first) <= TRAIN_IDS
-    invoke("train", "--config", base_run["config"], "--run-dir", run_copy, "--set", "train.downsample_to_language=es",
-           "--force")
+    invoke(
+        "train",
+        "--config",
+        base_run["config"],
+        "--run-dir",
+        run_copy,
+        "--set",
+        "train.downsample_to_language=es",
+        "--force",
+    )
     assert trained_ids(run_copy) == first
 
     # Zero-shot: train on English, score Spanish and Russian only.
@@ -207,6 +242,7 @@ def test_feature_ablations_train_only_their_pair_mlps(base_run: dict, run_copy: 
 
 # --- behaviour fixes (issue 11 item 7) ----------------------------------------------------------
 
+
 def test_checkpoint_of_another_architecture_is_refused_with_e505(base_run: dict, run_copy: Path) -> None:
     checkpoint_path = run_copy / "train" / "checkpoints" / "last.pt"
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
@@ -223,8 +259,10 @@ def test_checkpoint_of_another_architecture_is_refused_with_e505(base_run: dict,
 
 def test_without_dev_mentions_best_dev_accuracy_is_null(tmp_path: Path, tiny_encoder_dir: Path) -> None:
     records = [{**r, "split": "train" if r["split"] == "dev" else r["split"]} for r in tiny_mention_records()]
-    data = {"mentions": write_jsonl(tmp_path / "data" / "mentions.jsonl", records),
-            "kb": write_jsonl(tmp_path / "data" / "kb.jsonl", TINY_KB)}
+    data = {
+        "mentions": write_jsonl(tmp_path / "data" / "mentions.jsonl", records),
+        "kb": write_jsonl(tmp_path / "data" / "kb.jsonl", TINY_KB),
+    }
     config = write_run_config(tmp_path, tiny_encoder_dir, data=data, evaluate={"threshold_mode": "fixed"})
     result = invoke("run", "--config", config)
     assert "train: no dev mentions; best epoch by training loss" in result.output
@@ -234,16 +272,31 @@ def test_without_dev_mentions_best_dev_accuracy_is_null(tmp_path: Path, tiny_enc
 
 # --- a collapsed ranker (issue 21 item 11) -------------------------------------------------------
 
+
 def test_a_ranker_that_scores_every_candidate_alike_is_w503_and_reports_no_dev_accuracy(
-        base_run: dict, run_copy: Path) -> None:
+    base_run: dict, run_copy: Path
+) -> None:
     # Types alone, and no type seen 1000 times: every type is dropped, so every (mention, entity)
     # pair reads the same all-zero input and gets one score, whatever the weights (and without
     # dropout, one score in training too: the loss is the margin at every step).
-    result = invoke("train", "--config", base_run["config"], "--run-dir", run_copy, "--set", "train.features=type",
-                    "--set", "train.min_type_count=1000", "--set", "train.dropout=0")
+    result = invoke(
+        "train",
+        "--config",
+        base_run["config"],
+        "--run-dir",
+        run_copy,
+        "--set",
+        "train.features=type",
+        "--set",
+        "train.min_type_count=1000",
+        "--set",
+        "train.dropout=0",
+    )
     # Every dev mention with a runner-up: n of n.
-    assert re.search(r"\[W503\] the ranker did not learn to rank: it gives all candidates one score for (\d+) of \1 dev",
-                     result.output)
+    assert re.search(
+        r"\[W503\] the ranker did not learn to rank: it gives all candidates one score for (\d+) of \1 dev",
+        result.output,
+    )
     assert "the training loss stayed at the margin (1) for the last 3 epochs" in result.output
     assert "lower train.learning_rate" in result.output
     assert "train: best dev linking accuracy n/a: ties decided it (" in result.output
@@ -259,8 +312,14 @@ def test_a_ranker_scoring_nearly_every_dev_mention_alike_has_collapsed(constant:
     from pipeline.train.collapse import COLLAPSE_FIX, diagnose
 
     # The demo with features name,context,type: 56 of 57 dev mentions, one score each (a dead last layer).
-    ties = {"tied": constant, "mentions": 57, "share": constant / 57, "saturated": 0, "constant": constant,
-            "constant_score": -0.1838}
+    ties = {
+        "tied": constant,
+        "mentions": 57,
+        "share": constant / 57,
+        "saturated": 0,
+        "constant": constant,
+        "constant_score": -0.1838,
+    }
     found = diagnose(ties, [0.95, 0.92, 0.91], margin=1.0)
     assert found is not None and (found.fix == COLLAPSE_FIX) is collapsed
 
@@ -270,8 +329,10 @@ def test_a_ranker_that_learned_keeps_its_dev_accuracy(base_run: dict) -> None:
     assert manifest["best_dev_accuracy"] is not None and "dev_accuracy_by_ties" not in manifest
 
 
-@pytest.mark.parametrize(("losses", "stuck"), [
-    ([0.9, 1.0, 1.0, 1.0], True), ([1.0, 1.0], False), ([1.0, 1.0, 0.98], False), ([0.5, 0.4, 0.3], False)])
+@pytest.mark.parametrize(
+    ("losses", "stuck"),
+    [([0.9, 1.0, 1.0, 1.0], True), ([1.0, 1.0], False), ([1.0, 1.0, 0.98], False), ([0.5, 0.4, 0.3], False)],
+)
 def test_loss_stuck_at_the_margin(losses: list[float], stuck: bool) -> None:
     from pipeline.train.collapse import loss_stuck_at_margin
 

@@ -28,8 +28,16 @@ ONLY_DENSE = {**NO_SOURCES, "use_dense": True}
 
 def record(mention_id: str, surface: str, gold: str | None, split: str, lang: str = "en") -> dict:
     text = f"Yesterday {surface} was in the news."
-    out = {"id": mention_id, "doc_id": f"doc-{mention_id}", "lang": lang, "text": text, "start": 10,
-           "end": 10 + len(surface), "mention": surface, "split": split}
+    out = {
+        "id": mention_id,
+        "doc_id": f"doc-{mention_id}",
+        "lang": lang,
+        "text": text,
+        "start": 10,
+        "end": 10 + len(surface),
+        "mention": surface,
+        "split": split,
+    }
     if gold is not None:
         out["gold_kb_id"] = gold
     return out
@@ -42,8 +50,11 @@ def triage(make_run_config, tmp_path: Path):
     def run_triage(records: list[dict], kb: list[dict] = TINY_KB, inputs: dict | None = None, **settings):
         mentions_path = write_jsonl(tmp_path / "data" / "triage_mentions.jsonl", records)
         kb_path = write_jsonl(tmp_path / "data" / "triage_kb.jsonl", kb)
-        config = load_config(make_run_config(inputs={"mentions": mentions_path, "kb": kb_path, **(inputs or {})},
-                                             triage={"k": 4, **settings}))
+        config = load_config(
+            make_run_config(
+                inputs={"mentions": mentions_path, "kb": kb_path, **(inputs or {})}, triage={"k": 4, **settings}
+            )
+        )
         result = run(config, force=True)
         return pl.read_parquet(result.out_dir / "candidates.parquet"), result
 
@@ -74,7 +85,9 @@ def test_priors_come_only_from_the_train_split(triage) -> None:
     candidates, _ = triage(records, **ONLY_PRIORS)
     found = by_mention(candidates)
     assert [(kb, pytest.approx(score), src) for kb, score, src in found["x1"]] == [
-        ("Q1", pytest.approx(2 / 3), ("prior",)), ("Q2", pytest.approx(1 / 3), ("prior",))]
+        ("Q1", pytest.approx(2 / 3), ("prior",)),
+        ("Q2", pytest.approx(1 / 3), ("prior",)),
+    ]
     assert "x2" not in found and "d1" not in found
 
 
@@ -100,8 +113,9 @@ def test_kb_name_source_matches_folded_and_romanised_names(triage) -> None:
 
 def test_fuzzy_source_finds_a_misspelt_name(triage) -> None:
     kb = [{**entity, "aliases": []} for entity in TINY_KB]  # no Cyrillic alias that romanises to "barak obama"
-    candidates, _ = triage([record("m1", "Barak Obama", "Q1", "test"), record("m2", "Angela Merkle", "Q2", "test")],
-                           kb=kb, **ONLY_FUZZY)
+    candidates, _ = triage(
+        [record("m1", "Barak Obama", "Q1", "test"), record("m2", "Angela Merkle", "Q2", "test")], kb=kb, **ONLY_FUZZY
+    )
     found = by_mention(candidates)
     top_id, top_score, top_sources = found["m1"][0]
     assert top_id == "Q1" and top_sources == ("fuzzy",)
@@ -166,12 +180,16 @@ def test_without_oracle_a_missed_gold_stays_missed(triage) -> None:
 
 def test_external_candidates_are_merged(triage, tmp_path: Path) -> None:
     external = tmp_path / "data" / "external.csv"
-    external.write_text("mention_id,kb_id,score\nx1,Q5,0.4\nx1,Q4,0.25\nx2,Q1,1.5\nghost,Q1,0.3\nx2,Q404,0.9\n",
-                        encoding="utf-8")
+    external.write_text(
+        "mention_id,kb_id,score\nx1,Q5,0.4\nx1,Q4,0.25\nx2,Q1,1.5\nghost,Q1,0.3\nx2,Q404,0.9\n", encoding="utf-8"
+    )
     records = [record("x1", "Paris", "Q4", "test"), record("x2", "Bamako", "NIL", "test")]
     candidates, result = triage(records, inputs={"candidates": external}, **ONLY_KB_NAMES)
     found = by_mention(candidates)
-    assert found["x1"] == [("Q4", pytest.approx(1.25), ("external", "kb_name")), ("Q5", pytest.approx(0.4), ("external",))]
+    assert found["x1"] == [
+        ("Q4", pytest.approx(1.25), ("external", "kb_name")),
+        ("Q5", pytest.approx(0.4), ("external",)),
+    ]
     assert found["x2"] == [("Q1", 1.0, ("external",))]  # score clipped to [0, 1]; Q404 is not in the KB
     assert "ghost" not in found
     assert candidates.filter(pl.col("mention_id") == "x2")["is_gold"].to_list() == [False]
@@ -201,20 +219,42 @@ def test_malformed_external_candidates_name_the_file(triage, tmp_path: Path, con
 
 
 def test_recall_report_on_a_hand_computed_case() -> None:
-    mentions = pl.DataFrame({
-        "mention_id": ["a", "b", "c", "d", "e", "f"],
-        "lang": ["en", "en", "en", "en", "ru", "ru"],
-        "split": ["test", "test", "test", "test", "test", "dev"],
-        "gold_kb_id": ["Q1", "Q2", "Q3", "NIL", "Q4", None],
-    })
+    mentions = pl.DataFrame(
+        {
+            "mention_id": ["a", "b", "c", "d", "e", "f"],
+            "lang": ["en", "en", "en", "en", "ru", "ru"],
+            "split": ["test", "test", "test", "test", "test", "dev"],
+            "gold_kb_id": ["Q1", "Q2", "Q3", "NIL", "Q4", None],
+        }
+    )
     # a: gold at rank 1; b: gold at rank 3; c: gold missing; d: NIL; e: gold at rank 2; f: no gold (left out).
-    rows = [("a", 1, "Q1", True), ("a", 2, "Q2", False), ("b", 1, "Q1", False), ("b", 2, "Q5", False),
-            ("b", 3, "Q2", True), ("c", 1, "Q1", False), ("d", 1, "Q1", False), ("e", 1, "Q1", False),
-            ("e", 2, "Q4", True), ("f", 1, "Q1", None)]
-    candidates = pl.DataFrame(rows, schema={"mention_id": pl.String, "rank": pl.Int32, "kb_id": pl.String,
-                                            "is_gold": pl.Boolean}, orient="row")
+    rows = [
+        ("a", 1, "Q1", True),
+        ("a", 2, "Q2", False),
+        ("b", 1, "Q1", False),
+        ("b", 2, "Q5", False),
+        ("b", 3, "Q2", True),
+        ("c", 1, "Q1", False),
+        ("d", 1, "Q1", False),
+        ("e", 1, "Q1", False),
+        ("e", 2, "Q4", True),
+        ("f", 1, "Q1", None),
+    ]
+    candidates = pl.DataFrame(
+        rows,
+        schema={"mention_id": pl.String, "rank": pl.Int32, "kb_id": pl.String, "is_gold": pl.Boolean},
+        orient="row",
+    )
     report = recall_report(mentions, candidates, k=3)
-    assert report.columns == ["lang", "split", "mentions", "nil_share", "candidates_per_mention", "recall@1", "recall@3"]
+    assert report.columns == [
+        "lang",
+        "split",
+        "mentions",
+        "nil_share",
+        "candidates_per_mention",
+        "recall@1",
+        "recall@3",
+    ]
     rows_by_group = {(row["lang"], row["split"]): row for row in report.iter_rows(named=True)}
     assert set(rows_by_group) == {("en", "test"), ("ru", "test"), ("all", "all")}
     english = rows_by_group[("en", "test")]
@@ -233,10 +273,15 @@ def test_recall_report_on_a_hand_computed_case() -> None:
 
 def test_recall_levels_include_k_and_stop_at_k() -> None:
     mentions = pl.DataFrame({"mention_id": ["a"], "lang": ["en"], "split": ["test"], "gold_kb_id": ["Q1"]})
-    candidates = pl.DataFrame({"mention_id": ["a"], "rank": [1], "kb_id": ["Q1"], "is_gold": [True]},
-                              schema_overrides={"rank": pl.Int32})
+    candidates = pl.DataFrame(
+        {"mention_id": ["a"], "rank": [1], "kb_id": ["Q1"], "is_gold": [True]}, schema_overrides={"rank": pl.Int32}
+    )
     assert [c for c in recall_report(mentions, candidates, k=30).columns if c.startswith("recall@")] == [
-        "recall@1", "recall@5", "recall@10", "recall@30"]
+        "recall@1",
+        "recall@5",
+        "recall@10",
+        "recall@30",
+    ]
 
 
 def test_stage_writes_typed_tables_and_a_recall_report(make_run_config) -> None:
@@ -264,11 +309,15 @@ def test_stage_writes_typed_tables_and_a_recall_report(make_run_config) -> None:
 
 
 def test_leading_articles_are_dropped_before_matching(triage) -> None:
-    kb = TINY_KB + [{"kb_id": "Q7", "name": "World Bank", "type": "ORG"},
-                    {"kb_id": "Q8", "name": "Banco Mundial", "type": "ORG"}]
-    records = [record("x1", "el Banco Mundial", "Q8", "test", lang="es"),
-               record("x2", "The World Bank", "Q7", "test"),
-               record("x3", "the", None, "test")]  # a lone article stays itself
+    kb = TINY_KB + [
+        {"kb_id": "Q7", "name": "World Bank", "type": "ORG"},
+        {"kb_id": "Q8", "name": "Banco Mundial", "type": "ORG"},
+    ]
+    records = [
+        record("x1", "el Banco Mundial", "Q8", "test", lang="es"),
+        record("x2", "The World Bank", "Q7", "test"),
+        record("x3", "the", None, "test"),
+    ]  # a lone article stays itself
     candidates, _ = triage(records, kb=kb, **ONLY_KB_NAMES)
     found = by_mention(candidates)
     assert found["x1"][0][0] == "Q8" and found["x2"][0][0] == "Q7"
@@ -276,10 +325,15 @@ def test_leading_articles_are_dropped_before_matching(triage) -> None:
 
 
 def test_all_capitals_mentions_meet_the_initials_of_kb_names(triage) -> None:
-    kb = TINY_KB + [{"kb_id": "Q7", "name": "Government Accountability Office", "type": "ORG"},
-                    {"kb_id": "Q8", "name": "Bank of England", "type": "ORG"}]
-    records = [record("x1", "the GAO", "Q7", "test"), record("x2", "BE", "Q8", "test"),
-               record("x3", "Gao", None, "test")]  # not written in capitals: a name, not initials
+    kb = TINY_KB + [
+        {"kb_id": "Q7", "name": "Government Accountability Office", "type": "ORG"},
+        {"kb_id": "Q8", "name": "Bank of England", "type": "ORG"},
+    ]
+    records = [
+        record("x1", "the GAO", "Q7", "test"),
+        record("x2", "BE", "Q8", "test"),
+        record("x3", "Gao", None, "test"),
+    ]  # not written in capitals: a name, not initials
     candidates, _ = triage(records, kb=kb, **ONLY_KB_NAMES)
     found = by_mention(candidates)
     assert found["x1"] == [("Q7", pytest.approx(0.5), ("kb_name",))]
@@ -288,10 +342,14 @@ def test_all_capitals_mentions_meet_the_initials_of_kb_names(triage) -> None:
 
 
 def test_fuzzy_matching_ignores_shared_function_words(triage) -> None:
-    kb = TINY_KB + [{"kb_id": "Q7", "name": "Banco de Inglaterra", "type": "ORG"},
-                    {"kb_id": "Q8", "name": "Museo de Arte Moderno de la Ciudad", "type": "ORG"}]
-    records = [record("x1", "Banco de Inglatera", "Q7", "test", lang="es"),  # a typo
-               record("x2", "Puerto de la Cruz", None, "test", lang="es")]  # shares only "de la"
+    kb = TINY_KB + [
+        {"kb_id": "Q7", "name": "Banco de Inglaterra", "type": "ORG"},
+        {"kb_id": "Q8", "name": "Museo de Arte Moderno de la Ciudad", "type": "ORG"},
+    ]
+    records = [
+        record("x1", "Banco de Inglatera", "Q7", "test", lang="es"),  # a typo
+        record("x2", "Puerto de la Cruz", None, "test", lang="es"),
+    ]  # shares only "de la"
     candidates, _ = triage(records, kb=kb, **ONLY_FUZZY)
     found = by_mention(candidates)
     assert found["x1"][0][0] == "Q7"
