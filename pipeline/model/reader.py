@@ -32,7 +32,7 @@ import polars as pl
 import torch
 
 from pipeline.core.errors import CacheError, ConfigError
-from pipeline.core.io import default_permissions
+from pipeline.core.io import crash_point, default_permissions
 from pipeline.model import reader_inputs
 from pipeline.model.reader_inputs import Layout, ReaderBatch, Specials
 
@@ -277,8 +277,10 @@ def save_reader(reader: Reader, tokenizer, folder: Path, meta: dict) -> None:
             encoding="utf-8",
         )
         default_permissions(temp)
+        crash_point("before-rename", folder)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(temp, folder)
+        crash_point("after-rename", folder)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
 
