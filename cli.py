@@ -431,6 +431,12 @@ def search(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, 
     help="Add Table 3's '+ triage' row (our triage-evidence feature, not the paper's).",
 )
 @click.option(
+    "--reader-row/--no-reader-row",
+    default=None,
+    help="Add Table 4: the Multi ranker alone and with the reader ([rerank] settings; one reader per seed). "
+    "[default: on when rerank.enabled = true]",
+)
+@click.option(
     "--only",
     multiple=True,
     metavar="TABLE[:COLUMN]",
@@ -445,9 +451,10 @@ def experiment(
     languages: str | None,
     ablation_language: str,
     triage_row: bool,
+    reader_row: bool | None,
     only: tuple[str, ...],
 ) -> None:
-    """The paper's Tables 1-3 (settings, zero-shot, feature ablations) averaged over seeds.
+    """The paper's Tables 1-3 (settings, zero-shot, feature ablations) averaged over seeds; Table 4, the reader.
 
     Triage and encode run once; each model trains once in a sub-run under <run>/experiment/
     and finished ones are not redone, so a stopped experiment resumes (delete a sub-run's
@@ -463,6 +470,7 @@ def experiment(
         languages=table_languages,
         ablation_language=ablation_language,
         triage_row=triage_row,
+        reader_row=config.rerank.enabled if reader_row is None else reader_row,
         only=experiment_stage.parse_only(only),
     )
     with _holding(config, "experiment"):

@@ -74,16 +74,17 @@ def prepare(base: RunConfig, run_dir: Path, stage_sources: dict[str, Path], **se
 
 def train_and_evaluate(config: RunConfig, train_too: bool = True) -> dict:
     """Run train (unless `train_too` is false: a linked model), rerank (with rerank.enabled: evaluate then reads
-    the sub-run's own reader) and evaluate; the metrics and what was redone."""
+    the sub-run's own reader) and evaluate; the metrics and what was redone ("trained": the ranker or the
+    reader was trained now)."""
     trained = run_stage("train", config) if train_too else None
-    if config.rerank.enabled:
-        run_stage("rerank", config)
+    reader = run_stage("rerank", config) if config.rerank.enabled else None
     evaluated = run_stage("evaluate", config)
+    done = [result for result in (trained, reader, evaluated) if result is not None]
     return {
         "metrics": read_metrics(config.stage_dir("evaluate")),
-        "trained": trained is not None and not trained.skipped,
+        "trained": any(result is not None and not result.skipped for result in (trained, reader)),
         "evaluated": not evaluated.skipped,
-        "seconds": (trained.seconds if trained is not None else 0.0) + evaluated.seconds,
+        "seconds": sum(result.seconds for result in done),
     }
 
 
