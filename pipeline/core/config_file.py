@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import functools
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -103,11 +104,24 @@ def _override_value(section_type: type, key: str, text: str, where: str) -> Any:
         return text
 
 
+def closest_key(key: str, known: Iterable[str]) -> str | None:
+    """The known key closest to the unknown `key` (difflib, similarity at least 0.6), or None."""
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def did_you_mean(key: str, known: Iterable[str]) -> str:
+    """' (did you mean `epochs`?)' naming `closest_key`, or "" when none is close: the hint of E201 and
+    of model.json's E716."""
+    close = closest_key(key, known)
+    return f" (did you mean `{close}`?)" if close else ""
+
+
 def unknown_key(path: str, key: str, section: str, known: list[str] | tuple[str, ...]) -> ConfigError:
-    """E201 for `key`, naming the closest known key when one is close ("did you mean `epochs`?", difflib)."""
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    hint = f" (did you mean `{close[0]}`?)" if close else ""
-    return ConfigError("E201", path=path, key=key, section=section, known=", ".join(known), hint=hint)
+    """E201 for `key`, naming the closest known key when one is close ("did you mean `epochs`?")."""
+    return ConfigError(
+        "E201", path=path, key=key, section=section, known=", ".join(known), hint=did_you_mean(key, known)
+    )
 
 
 def parse_override(text: str) -> tuple[str, str, str]:

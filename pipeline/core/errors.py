@@ -96,6 +96,8 @@ class Errors:
     )
     # E710 (a mention id repeated across chunks, found at the merge) is gone: `link.sources.check_corpus`
     # refuses it as E104, with its line, before any chunk is linked.
+    # E716: a key model.json's schema does not know (a hand edit's typo), with the closest known one as E201 has it.
+    E716 = "{path}: unknown key '{key}'{hint}; correct its spelling or remove it: xel reads no key it does not know, so the value given there would be ignored (keys known at that place: {known})"
     E715 = "{path}: holds {detail}; give this shard the options and shard count of its siblings, another --out, or --force to delete them and start over"
     # E730-E739: linking against another KB (issue 23: pipeline/link/kb_fit.py)
     E730 = '{path}:{line}: {detail}; a KB id map is one pair a line: `old_id<TAB>new_id` in .tsv/.txt (an optional header line `from<TAB>to`), or {{"from": old_id, "to": new_id}} in .jsonl'

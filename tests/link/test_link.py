@@ -381,6 +381,65 @@ def test_every_model_json_value_is_checked_on_load_naming_its_key(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    "edit, key, hint",
+    [
+        (lambda meta: meta.update(nil_treshold=-0.5), "nil_treshold", "nil.thresholds"),
+        (lambda meta: meta["nil"].update(default_treshold=-0.5), "nil.default_treshold", "nil.default_threshold"),
+        (lambda meta: meta["nil"].update(fallbak=0.1), "nil.fallbak", "nil.fallback"),
+        (lambda meta: meta["triage"].update(kk=3), "triage.kk", "triage.k"),
+        (
+            lambda meta: meta["encoder"]["settings"].update(max_context_token=32),
+            "encoder.settings.max_context_token",
+            "encoder.settings.max_context_tokens",
+        ),
+        (
+            lambda meta: meta["nil"]["tuning_counts"]["en"].update(nils=3),
+            "nil.tuning_counts.en.nils",
+            "nil.tuning_counts.en.nil",
+        ),
+        (lambda meta: meta["inputs"].update(context_char=300), "inputs.context_char", "inputs.context_chars"),
+        (lambda meta: meta.update(comment="mine"), "comment", None),
+    ],
+    ids=["top-level", "nil", "nil-fallback", "triage", "encoder-settings", "tuning-counts", "inputs", "far-from-any"],
+)
+def test_a_key_model_json_does_not_know_is_refused_naming_the_closest(
+    demo_run: dict, tmp_path: Path, edit, key: str, hint: str | None
+) -> None:
+    """A hand-edited model.json with a misspelt key is E716 naming its key path and the closest known key
+    (as E201 does for a config file's): before, `extra="allow"` kept it and ignored it, so the setting the
+    user meant (a NIL threshold, the triage's k) silently stayed as it was."""
+    model = tmp_path / "model"
+    shutil.copytree(demo_run["model"], model)
+    meta = json.loads((model / "model.json").read_text(encoding="utf-8"))
+    edit(meta)
+    (model / "model.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(CacheError) as caught:
+        load_model_folder(model)
+    message = caught.value.format_message()
+    assert caught.value.code == "E716" and f"unknown key '{key}'" in message, message
+    assert (f"(did you mean `{hint}`?)" in message) if hint else "did you mean" not in message, message
+    result = link(model, demo_run["test"], tmp_path / "out")
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "[E716]" in result.output, result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_key_evaluate_writes_into_model_json_is_known(demo_run: dict, tmp_path: Path) -> None:
+    """What this xel writes loads (no E716): the threshold model of the demo run, and the same folder whose NIL
+    decision is a fitted classifier (its `fitted_on` counts); the reader's keys: tests/rerank."""
+    from pipeline.model.model_json import unknown_key
+
+    meta = json.loads((demo_run["model"] / "model.json").read_text(encoding="utf-8"))
+    assert (
+        unknown_key(meta) is None and "evaluation" in meta["trained_on"] and "fitted_on" in meta["nil"]["mention_prior"]
+    )
+    classifier, model, meta = classifier_and_model_copy(demo_run, tmp_path)
+    meta["nil"] = {**meta["nil"], "method": "classifier", "classifier": classifier}
+    assert "fitted_on" in classifier and unknown_key(meta) is None
+    (model / "model.json").write_text(json.dumps(meta), encoding="utf-8")
+    assert load_model_folder(model).policy.artifact["method"] == "classifier"
+
+
 def classifier_and_model_copy(demo_run: dict, tmp_path: Path) -> tuple[dict, Path, dict]:
     """(a NIL classifier fitted on the demo run's predictions, a copy of its model folder, that copy's
     model.json), for tests that hand-edit the NIL decision."""

@@ -310,9 +310,11 @@ def test_link_applies_the_reader_as_evaluate_did(base_run: dict, tmp_path: Path)
     from conftest import tiny_mention_records
     from pipeline.link.linker import Linker
     from pipeline.model.model_folder import export_model
+    from pipeline.model.model_json import unknown_key
 
     meta = json.loads((base_run["run_dir"] / "model" / "model.json").read_text())
     assert meta["reader"]["folder"] == "reader" and "reader/head.pt" in meta["files"]
+    assert unknown_key(meta) is None  # reader.json's record (epoch, settings, ...) is known: no E716
     exported = export_model(base_run["run_dir"], tmp_path / "exported")  # the reader travels with the linker
     linker = Linker.load(exported)
     assert linker.reader is not None
