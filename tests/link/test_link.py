@@ -916,7 +916,9 @@ def test_every_bad_device_names_the_device_option(
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     result = link(demo_run["model"], demo_run["test"], tmp_path / "out", "--device", device)
     assert result.exit_code == 2 and len(result.output.splitlines()) == 1, result.output
-    assert result.output.startswith(f"Error: [E203] --device: device = {device!r} is invalid: {reason}"), result.output
+    assert result.output.startswith(f"Error: [E203] --device: device = {json.dumps(device)} is invalid: {reason}"), (
+        result.output
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -1361,7 +1363,7 @@ def test_int8_on_cuda_names_the_precision_option(
     result = link(demo_run["model"], demo_run["test"], tmp_path / "out", "--device", "cuda", "--precision", "int8")
     assert result.exit_code == 2 and len(result.output.splitlines()) == 1, result.output
     assert result.output.startswith(
-        "Error: [E203] --precision: precision = 'int8' is invalid: int8 dynamic "
+        'Error: [E203] --precision: precision = "int8" is invalid: int8 dynamic '
         "quantisation runs on a CPU only, not cuda"
     ), result.output
     assert not (tmp_path / "out" / "links.parquet").exists()

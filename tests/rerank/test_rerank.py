@@ -343,9 +343,16 @@ def test_settings_are_checked() -> None:
 
 
 def test_the_command_and_the_reader_method_need_it_enabled(make_run_config) -> None:
+    """Refused naming the config file (and the line that sets rerank.enabled), with the value as TOML writes it:
+    before, `[rerank]: enabled = False`."""
     config = make_run_config()
     result = CliRunner().invoke(main, ["rerank", "--config", str(config)])
-    assert result.exit_code == 2 and "[E203]" in result.output and "rerank.enabled" in result.output
+    assert result.exit_code == 2 and "rerank.enabled" in result.output
+    assert result.output.startswith(f"Error: [E203] {config.resolve()} [rerank]: enabled = false (the default) is")
+    config = make_run_config(name="off.toml", rerank={"enabled": False})
+    line = config.read_text(encoding="utf-8").splitlines().index("enabled = false") + 1
+    result = CliRunner().invoke(main, ["rerank", "--config", str(config)])
+    assert result.output.startswith(f"Error: [E203] {config.resolve()}:{line} [rerank]: enabled = false is invalid")
     result = CliRunner().invoke(main, ["evaluate", "--config", str(config), "--set", "evaluate.nil_method=reader"])
     assert result.exit_code == 2 and "[E203]" in result.output and "rerank.enabled = true" in result.output
 
