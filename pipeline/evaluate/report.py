@@ -38,12 +38,19 @@ def report_markdown(
     """
     counts = artifact.get("tuning_counts", {})
     tune = artifact.get("tune_split", "dev")
+    decided, method = metrics.get("nil_decided_by", artifact["method"]), artifact["method"]
     lines = [
         f"# Evaluation on the {split} split",
         "",
         "## NIL decision",
         "",
-        f"NIL is decided by the **{artifact['method']}** (evaluate.nil_method; see docs/nil.md).",
+        f"NIL is decided by **{decided}** (evaluate.nil_method = {method}; see docs/nil.md)."
+        + (
+            ""
+            if metrics.get("thresholds") is not None
+            else f" No threshold decides; those below are the `threshold` method's, which the table of "
+            f"methods sets beside the {method}."
+        ),
         "",
         f"| language | threshold | {tune} mentions | {tune} NILs |",
         "| --- | --- | --- | --- |",

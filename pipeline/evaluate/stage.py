@@ -43,7 +43,7 @@ from pipeline.formats.tac import write_tab
 from pipeline.model import mention_prior
 from pipeline.model.model_file import load_model
 from pipeline.model.model_folder import write_model_folder
-from pipeline.model.nil import cluster_nils, decide_nil
+from pipeline.model.nil import cluster_nils, decide_nil, decided_by, thresholds_decide
 from pipeline.model.nil_classifier import add_evidence, decision_reads_prior
 from pipeline.model.predict import predict
 from pipeline.model.reader import PREDICTION_COLUMNS as READER_COLUMNS
@@ -257,7 +257,7 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
         counts,
         outputs,
         summary={"metrics": evaluation.metrics, "micro_average_key": MICRO_AVERAGE},
-        extra={"thresholds": artifact["thresholds"], "nil_method": artifact["method"]},
+        extra={"thresholds": evaluation.metrics["thresholds"], "nil_method": artifact["method"]},
     )
 
 
@@ -332,10 +332,12 @@ def _measure(evaluation: _Evaluation) -> None:
     split's cross-validation, the mention prior's ROC AUC and ties (W502)."""
     evaluate, metrics, artifact = evaluation.config.evaluate, evaluation.metrics, evaluation.artifact
     evaluated, predictions, prior = evaluation.evaluated, evaluation.predictions, evaluation.prior
-    metrics["thresholds"] = artifact["thresholds"]
+    # The thresholds where they decide; what decides, in words, whatever the method (null thresholds: none did).
+    metrics["thresholds"] = artifact["thresholds"] if thresholds_decide(artifact) else None
     metrics["split"] = evaluate.eval_split
     metrics["nil_method"] = artifact["method"]
     metrics["nil_reads_prior"] = decision_reads_prior(artifact)
+    metrics["nil_decided_by"] = decided_by(artifact, metrics["nil_reads_prior"])
     # Every NIL method on the evaluation split (only the chosen one's decisions are written out).
     decisions = decided_by_method(predictions, evaluated, artifact, evaluation.variants)
     evaluation.on_eval = outcome_by_method(decisions)

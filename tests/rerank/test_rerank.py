@@ -231,9 +231,18 @@ def test_the_stage_writes_its_outputs_and_evaluate_decides_by_the_reader(base_ru
     )
     metrics = json.loads((base_run["run_dir"] / "evaluate" / "metrics.json").read_text())
     assert metrics["nil_method"] == "reader"
+    # What decided NIL is the reader, in the summary, report.md and metrics.json alike: no threshold it never read.
+    summary = next(line for line in base_run["output"].splitlines() if line.startswith("evaluate: test split"))
+    assert summary.startswith("evaluate: test split, NIL decided by the reader (NIL where its NIL option"), summary
+    assert "threshold" not in summary, summary
+    assert metrics["thresholds"] is None and metrics["nil_decided_by"].startswith("the reader (")
+    manifest = json.loads((base_run["run_dir"] / "evaluate" / "manifest.json").read_text())
+    assert manifest["thresholds"] is None and manifest["nil_method"] == "reader"
     kinds = {row["method"] for row in metrics["error_kinds"]}
     assert kinds == {"threshold", "reader"}
     report = (base_run["run_dir"] / "evaluate" / "report.md").read_text()
+    assert f"NIL is decided by **{metrics['nil_decided_by']}** (evaluate.nil_method = reader" in report
+    assert "No threshold decides; those below are the `threshold` method's" in report
     assert (
         "| method | language | mentions | right | not among candidates | wrong entity | false NIL | missed NIL |"
         in report
