@@ -189,7 +189,7 @@ class FrameLike:
     offsets upcast to float64 with NaN where missing, NaN for a missing string. Stands in for pandas,
     which is not a dependency of xel, so the API is tested without it too."""
 
-    columns = ("id", "doc_id", "lang", "mention", "text", "start", "end", "doc_start", "doc_end")
+    columns = ("id", "doc_id", "lang", "mention", "text", "start", "end", "doc_start", "doc_end", "entity_type")
 
     def __init__(self, records: list[dict]) -> None:
         self.records = records
@@ -214,18 +214,9 @@ def test_the_python_api_takes_numpy_values_frames_and_arrow_tables(demo_run: dic
 
     linker = Linker.load(demo_run["model"])
     records = without_gold(demo_records("test"))[:10]
-    # The records as read and the candidates triage proposes for them: the decisions themselves may differ
-    # in a near-tie of this tiny random model by float rounding (~1e-7) between calls, which is not what
-    # this test is about.
-    columns = [
-        "mention_id",
-        "doc_id",
-        "start",
-        "end",
-        "lang",
-        "mention",
-        pl.col("candidates").list.eval(pl.element().struct.field("kb_id").sort()).alias("candidate_ids"),
-    ]
+    # The same records in another form give the same links, scores and decisions to the last bit (two links of
+    # the same mentions are identical: test_two_links_of_the_same_mentions_are_identical_whatever_the_store_held).
+    columns = pl.all()
     expected = linker.link(records).select(columns)
     assert linker.link([_numpy_values(r) for r in records]).select(columns).equals(expected)
     assert linker.link(pa.Table.from_pylist(records)).select(columns).equals(expected)
@@ -248,6 +239,31 @@ def test_the_python_api_takes_numpy_values_frames_and_arrow_tables(demo_run: dic
         linker.link([{**records[0], "start": np.float64(0.5)}])
     with pytest.raises(InputError, match=r"\[E101\] <mentions>:2: .*expected an object, got list"):
         linker.link([records[0], ["not", "a", "record"]])
+
+
+def test_two_links_of_the_same_mentions_are_identical_whatever_the_store_held(
+    demo_run: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Linker.link` twice on the same mentions gives identical links, though the first encodes the candidates
+    the store lacks and the second reads them. An encoder's last bits depend on the batch a text is in (the
+    padded length picks other kernels: 3e-7 for multilingual-e5-small on a CPU; the tiny one happens to
+    show none, so that is made visible here); the mentions were encoded in one pass with the entities the
+    store lacked, so their vectors, and a near-tie, depended on what the store held (issue 21)."""
+    import pipeline.encoders.chunks as chunks
+
+    forward_units = chunks.forward_units
+
+    def batch_dependent(encoder, units, spans, *args, **kwargs):  # what else is in the pass shows in the last bits
+        context, span = forward_units(encoder, units, spans, *args, **kwargs)
+        return context + 1e-4 * len(units), span + 1e-4 * len(units)
+
+    monkeypatch.setattr(chunks, "forward_units", batch_dependent)
+    linker = Linker.load(demo_run["model"])
+    records = without_gold(demo_records("test"))[:10]
+    first = linker.link(records)  # encodes the candidates into the (empty) store
+    second = linker.link(records)  # reads them
+    assert first.equals(second)
+    assert Linker.load(demo_run["model"]).link(records).equals(first)
 
 
 def test_the_python_api_takes_pandas_frames(demo_run: dict) -> None:
