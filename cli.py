@@ -306,13 +306,13 @@ def encode(
     merge: bool,
 ) -> None:
     """Encode mentions and candidate entities with the multilingual encoder into vectors.h5."""
-    from pipeline.encode import stage as encode_stage
+    from pipeline.stages import run_stage
 
     shard = _shard(shard_text, merge)
     config = _load(config_path, overrides, run_dir)
     # Shards of one run write separate files at the same time, so they take no run lock.
     with _holding(config, "encode", lock=shard is None):
-        _echo_result(encode_stage.run(config, force=force, shard=shard, merge=merge))
+        _echo_result(run_stage("encode", config, force=force, shard=shard, merge=merge))
 
 
 def _training_stage_command(stage: str, help_text: str):
@@ -369,7 +369,8 @@ def run(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, for
                 distributed.wait_for_main(world)
             elif stage not in TRAINING_STAGES and not world.is_main:
                 continue
-            result = run_stage(stage, config, force=force)
+            # Each stage has just brought the ones before it up to date: nothing upstream to check.
+            result = run_stage(stage, config, check_upstream=False, force=force)
             if world.is_main:
                 _echo_result(result)
     if world.is_main:

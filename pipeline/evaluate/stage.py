@@ -33,7 +33,7 @@ from pipeline.core.config import EvaluateConfig, RunConfig, to_dict
 from pipeline.core.devices import pick_device
 from pipeline.core.errors import ConfigError, InputError, warn
 from pipeline.core.io import atomic_path, write_json_atomic, write_parquet_atomic, write_text_atomic
-from pipeline.core.manifest import StageResult, StageRun, upstream_key
+from pipeline.core.manifest import StageIdentity, StageResult, StageRun, upstream_key
 from pipeline.evaluate import error_analysis, nil_choice
 from pipeline.evaluate.report import report_markdown
 from pipeline.formats import triage_tables
@@ -221,21 +221,24 @@ class _Evaluation:
     error_kinds: pl.DataFrame = None
 
 
+def identity(config: RunConfig) -> StageIdentity:
+    """What evaluate's key hashes: the keys of triage, encode, train (and rerank, with the reader on: a run
+    without it keeps its key) and the [evaluate] settings not at a default added later."""
+    inputs_keys = {stage: upstream_key(config.stage_dir(stage), stage) for stage in ("triage", "encode", "train")}
+    if config.rerank.enabled:  # the reader's scores
+        inputs_keys["rerank"] = upstream_key(config.stage_dir("rerank"), "rerank")
+    settings = {k: v for k, v in to_dict(config.evaluate).items() if LATER_SETTINGS.get(k, Ellipsis) != v}
+    return StageIdentity(STAGE, STAGE_VERSION, settings, inputs_keys)
+
+
 def run(config: RunConfig, force: bool = False) -> StageResult:
     """Score every candidate with the trained ranker (and the reader's scores when `[rerank]` is on), choose
     and apply the NIL decision on the tuning split, cluster NILs, score the evaluation split as TAC KBP
     does, and write the outputs the module doc lists plus `<run>/model/`. Skipped when up to date."""
     out_dir = config.stage_dir(STAGE)
     triage_dir, encode_dir, train_dir = (config.stage_dir(s) for s in ("triage", "encode", "train"))
-    inputs_keys = {
-        "triage": upstream_key(triage_dir, "triage"),
-        "encode": upstream_key(encode_dir, "encode"),
-        "train": upstream_key(train_dir, "train"),
-    }
-    if config.rerank.enabled:  # the reader's scores; a run without it keeps its key
-        inputs_keys["rerank"] = upstream_key(config.stage_dir("rerank"), "rerank")
-    settings = {k: v for k, v in to_dict(config.evaluate).items() if LATER_SETTINGS.get(k, Ellipsis) != v}
-    stage_run = StageRun(out_dir, STAGE, STAGE_VERSION, settings, inputs_keys, force)
+    expected = identity(config)
+    stage_run = StageRun(out_dir, STAGE, STAGE_VERSION, expected.settings, expected.inputs, force)
     if stage_run.up_to_date:
         return stage_run.skipped()
     check_gold_splits(triage_tables.path(triage_dir, triage_tables.MENTIONS), config.evaluate)

@@ -266,6 +266,17 @@ def test_up_to_date_until_a_setting_of_its_own_changes(base_run: dict, run_copy:
     assert "rerank" in manifest["inputs"]
 
 
+def test_evaluate_alone_refuses_a_reader_the_config_no_longer_asks_for(base_run: dict, run_copy: Path) -> None:
+    """evaluate reads the reader's scores: run alone after a [rerank] setting changed, it names rerank as stale
+    (E407) instead of deciding with the old reader (issue 21)."""
+    args = ["evaluate", "--config", str(base_run["config"]), "--run-dir", str(run_copy)]
+    result = CliRunner().invoke(main, [*args, "--set", "rerank.learning_rate=0.002"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"Error: [E407] {run_copy / 'rerank' / 'manifest.json'}: `xel-cli evaluate` reads")
+    assert "rerank.learning_rate: " in result.output and "run `xel-cli rerank` (or `xel-cli run`)" in result.output
+    assert "evaluate: up to date" in CliRunner().invoke(main, args).output
+
+
 def test_a_killed_training_resumes_to_the_uninterrupted_result(base_run: dict, run_copy: Path, monkeypatch) -> None:
     from pipeline.rerank import stage
 
