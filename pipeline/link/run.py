@@ -332,20 +332,28 @@ def run(options: LinkOptions) -> LinkResult:
         _forget_other_keys(
             out_dir, key, options.force, linked_with(options.model, folder.fingerprint, kb_path, kb_fingerprint)
         )
-    try:
+    with _unfinished_work_dropped(options):
         if options.shard is None:
             remove_leftover_temps(out_dir)  # after the corpus check's scratch folder is gone
         (out_dir / MANIFEST).unlink(missing_ok=True)  # outputs being redone never look finished
         counts, linked_seconds, encode_seconds = _link_chunks(options, linker, context_chars)
-    except Exception:  # not Ctrl-C: an interrupted link keeps its work, to resume where it was
-        if options.shard is None:  # a shard's siblings may be using work/ (it takes no lock)
-            _drop_unfinished_work(out_dir)
-        raise
     if counts["chunks_resumed"]:
         logger.info("resumed: %d chunk(s) were already linked in %s", counts["chunks_resumed"], out_dir / CHUNKS)
     if options.shard is not None:
         return _shard_done(options, key, total, counts, started, linked_seconds, encode_seconds)
     return _finish(options, folder, key, total, started, counts, kb, linked_seconds, encode_seconds)
+
+
+@contextlib.contextmanager
+def _unfinished_work_dropped(options: LinkOptions) -> Iterator[None]:
+    """Run the block; when it fails (not Ctrl-C: an interrupted link keeps its work, to resume where it
+    was), `_drop_unfinished_work` in --out, unless this is a shard, whose siblings may be using work/."""
+    try:
+        yield
+    except Exception:
+        if options.shard is None:
+            _drop_unfinished_work(options.out_dir)
+        raise
 
 
 def _drop_unfinished_work(out_dir: Path) -> None:
