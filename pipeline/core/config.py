@@ -510,6 +510,8 @@ class RunConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     rerank: RerankConfig = field(default_factory=RerankConfig)
     source: Path | None = None
+    # "section.key" of each setting given with --set: where a refused value came from (`config_file.located`).
+    overrides: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # An oracle-added gold has no triage evidence, so the triage feature would point at it.

@@ -33,7 +33,15 @@ from pipeline.core import checked_files
 from pipeline.core.config import RunConfig, to_dict
 from pipeline.core.errors import CacheError, SchemaError, warn
 from pipeline.core.io import write_json_atomic
-from pipeline.core.manifest import StageResult, StageRun, library_versions, read_manifest_file, stage_key, upstream_key
+from pipeline.core.manifest import (
+    StageIdentity,
+    StageResult,
+    StageRun,
+    library_versions,
+    read_manifest_file,
+    stage_key,
+    upstream_key,
+)
 from pipeline.core.store import content_keys, entity_vector_store
 from pipeline.encode.inputs import read_triage
 from pipeline.encode.name_pairs import embed_name_pairs
@@ -64,6 +72,12 @@ def stage_identity(config: RunConfig) -> tuple[str, dict[str, str], dict]:
         if k not in ("batch_tokens", "chunk_texts", "device", "precision")
     }
     return stage_key(STAGE, STAGE_VERSION, settings, inputs), inputs, settings
+
+
+def identity(config: RunConfig) -> StageIdentity:
+    """What encode's key hashes (`stage_identity`), as every stage gives it."""
+    _, inputs, settings = stage_identity(config)
+    return StageIdentity(STAGE, STAGE_VERSION, settings, inputs)
 
 
 def share_entity_vectors(

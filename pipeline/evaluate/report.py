@@ -18,6 +18,22 @@ def _nil_rows(table: pl.DataFrame, source: str) -> list[str]:
     ]
 
 
+def _decision_lines(metrics: dict, artifact: dict) -> list[str]:
+    """What decided NIL (`metrics["nil_decided_by"]`), then the thresholds per language with the tuning split's
+    mentions and NILs they rest on: the decision's own, or, where no threshold decides, the `threshold`
+    method's, said to be so."""
+    counts, tune = artifact.get("tuning_counts", {}), artifact.get("tune_split", "dev")
+    decided, method = metrics.get("nil_decided_by", artifact["method"]), artifact["method"]
+    said = f"NIL is decided by **{decided}** (evaluate.nil_method = {method}; see docs/nil.md)."
+    if metrics.get("thresholds") is None:
+        said += f" No threshold decides; those below are the `threshold` method's, which the table of methods sets beside the {method}."
+    lines = [said, "", f"| language | threshold | {tune} mentions | {tune} NILs |", "| --- | --- | --- | --- |"]
+    for lang, value in sorted(artifact["thresholds"].items()):
+        count = counts.get(lang, {"mentions": 0, "nil": 0})
+        lines.append(f"| {lang} | {value:.3f} | {count['mentions']} | {count['nil']} |")
+    return lines
+
+
 def report_markdown(
     metrics: dict,
     artifact: dict,
@@ -36,21 +52,8 @@ def report_markdown(
     evaluation split, with a `method` column; error_kinds: `error_analysis.error_kinds` of the same
     methods (ranker and reader side by side), or None.
     """
-    counts = artifact.get("tuning_counts", {})
     tune = artifact.get("tune_split", "dev")
-    lines = [
-        f"# Evaluation on the {split} split",
-        "",
-        "## NIL decision",
-        "",
-        f"NIL is decided by the **{artifact['method']}** (evaluate.nil_method; see docs/nil.md).",
-        "",
-        f"| language | threshold | {tune} mentions | {tune} NILs |",
-        "| --- | --- | --- | --- |",
-    ]
-    for lang, value in sorted(artifact["thresholds"].items()):
-        count = counts.get(lang, {"mentions": 0, "nil": 0})
-        lines.append(f"| {lang} | {value:.3f} | {count['mentions']} | {count['nil']} |")
+    lines = [f"# Evaluation on the {split} split", "", "## NIL decision", "", *_decision_lines(metrics, artifact)]
     prior = metrics.get("mention_prior")
     if "mention_prior" in metrics and prior is None:
         lines += [

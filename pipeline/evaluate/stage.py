@@ -33,7 +33,7 @@ from pipeline.core.config import EvaluateConfig, RunConfig, to_dict
 from pipeline.core.devices import pick_device
 from pipeline.core.errors import ConfigError, InputError, warn
 from pipeline.core.io import atomic_path, write_json_atomic, write_parquet_atomic, write_text_atomic
-from pipeline.core.manifest import StageResult, StageRun, upstream_key
+from pipeline.core.manifest import StageIdentity, StageResult, StageRun, upstream_key
 from pipeline.evaluate import error_analysis, nil_choice
 from pipeline.evaluate.report import report_markdown
 from pipeline.formats import triage_tables
@@ -43,7 +43,7 @@ from pipeline.formats.tac import write_tab
 from pipeline.model import mention_prior
 from pipeline.model.model_file import load_model
 from pipeline.model.model_folder import write_model_folder
-from pipeline.model.nil import cluster_nils, decide_nil
+from pipeline.model.nil import cluster_nils, decide_nil, decided_by, thresholds_decide
 from pipeline.model.nil_classifier import add_evidence, decision_reads_prior
 from pipeline.model.predict import predict
 from pipeline.model.reader import PREDICTION_COLUMNS as READER_COLUMNS
@@ -221,21 +221,24 @@ class _Evaluation:
     error_kinds: pl.DataFrame = None
 
 
+def identity(config: RunConfig) -> StageIdentity:
+    """What evaluate's key hashes: the keys of triage, encode, train (and rerank, with the reader on: a run
+    without it keeps its key) and the [evaluate] settings not at a default added later."""
+    inputs_keys = {stage: upstream_key(config.stage_dir(stage), stage) for stage in ("triage", "encode", "train")}
+    if config.rerank.enabled:  # the reader's scores
+        inputs_keys["rerank"] = upstream_key(config.stage_dir("rerank"), "rerank")
+    settings = {k: v for k, v in to_dict(config.evaluate).items() if LATER_SETTINGS.get(k, Ellipsis) != v}
+    return StageIdentity(STAGE, STAGE_VERSION, settings, inputs_keys)
+
+
 def run(config: RunConfig, force: bool = False) -> StageResult:
     """Score every candidate with the trained ranker (and the reader's scores when `[rerank]` is on), choose
     and apply the NIL decision on the tuning split, cluster NILs, score the evaluation split as TAC KBP
     does, and write the outputs the module doc lists plus `<run>/model/`. Skipped when up to date."""
     out_dir = config.stage_dir(STAGE)
     triage_dir, encode_dir, train_dir = (config.stage_dir(s) for s in ("triage", "encode", "train"))
-    inputs_keys = {
-        "triage": upstream_key(triage_dir, "triage"),
-        "encode": upstream_key(encode_dir, "encode"),
-        "train": upstream_key(train_dir, "train"),
-    }
-    if config.rerank.enabled:  # the reader's scores; a run without it keeps its key
-        inputs_keys["rerank"] = upstream_key(config.stage_dir("rerank"), "rerank")
-    settings = {k: v for k, v in to_dict(config.evaluate).items() if LATER_SETTINGS.get(k, Ellipsis) != v}
-    stage_run = StageRun(out_dir, STAGE, STAGE_VERSION, settings, inputs_keys, force)
+    expected = identity(config)
+    stage_run = StageRun(out_dir, STAGE, STAGE_VERSION, expected.settings, expected.inputs, force)
     if stage_run.up_to_date:
         return stage_run.skipped()
     check_gold_splits(triage_tables.path(triage_dir, triage_tables.MENTIONS), config.evaluate)
@@ -257,7 +260,7 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
         counts,
         outputs,
         summary={"metrics": evaluation.metrics, "micro_average_key": MICRO_AVERAGE},
-        extra={"thresholds": artifact["thresholds"], "nil_method": artifact["method"]},
+        extra={"thresholds": evaluation.metrics["thresholds"], "nil_method": artifact["method"]},
     )
 
 
@@ -332,10 +335,12 @@ def _measure(evaluation: _Evaluation) -> None:
     split's cross-validation, the mention prior's ROC AUC and ties (W502)."""
     evaluate, metrics, artifact = evaluation.config.evaluate, evaluation.metrics, evaluation.artifact
     evaluated, predictions, prior = evaluation.evaluated, evaluation.predictions, evaluation.prior
-    metrics["thresholds"] = artifact["thresholds"]
+    # The thresholds where they decide; what decides, in words, whatever the method (null thresholds: none did).
+    metrics["thresholds"] = artifact["thresholds"] if thresholds_decide(artifact) else None
     metrics["split"] = evaluate.eval_split
     metrics["nil_method"] = artifact["method"]
     metrics["nil_reads_prior"] = decision_reads_prior(artifact)
+    metrics["nil_decided_by"] = decided_by(artifact, metrics["nil_reads_prior"])
     # Every NIL method on the evaluation split (only the chosen one's decisions are written out).
     decisions = decided_by_method(predictions, evaluated, artifact, evaluation.variants)
     evaluation.on_eval = outcome_by_method(decisions)

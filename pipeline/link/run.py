@@ -332,16 +332,41 @@ def run(options: LinkOptions) -> LinkResult:
         _forget_other_keys(
             out_dir, key, options.force, linked_with(options.model, folder.fingerprint, kb_path, kb_fingerprint)
         )
-    if options.shard is None:
-        remove_leftover_temps(out_dir)  # after the corpus check's scratch folder is gone
-    (out_dir / MANIFEST).unlink(missing_ok=True)  # outputs being redone never look finished
-
-    counts, linked_seconds, encode_seconds = _link_chunks(options, linker, context_chars)
+    with _unfinished_work_dropped(options):
+        if options.shard is None:
+            remove_leftover_temps(out_dir)  # after the corpus check's scratch folder is gone
+        (out_dir / MANIFEST).unlink(missing_ok=True)  # outputs being redone never look finished
+        counts, linked_seconds, encode_seconds = _link_chunks(options, linker, context_chars)
     if counts["chunks_resumed"]:
         logger.info("resumed: %d chunk(s) were already linked in %s", counts["chunks_resumed"], out_dir / CHUNKS)
     if options.shard is not None:
         return _shard_done(options, key, total, counts, started, linked_seconds, encode_seconds)
     return _finish(options, folder, key, total, started, counts, kb, linked_seconds, encode_seconds)
+
+
+@contextlib.contextmanager
+def _unfinished_work_dropped(options: LinkOptions) -> Iterator[None]:
+    """Run the block; when it fails (not Ctrl-C: an interrupted link keeps its work, to resume where it
+    was), `_drop_unfinished_work` in --out, unless this is a shard, whose siblings may be using work/."""
+    try:
+        yield
+    except Exception:
+        if options.shard is None:
+            _drop_unfinished_work(options.out_dir)
+        raise
+
+
+def _drop_unfinished_work(out_dir: Path) -> None:
+    """After a link failed: leave in --out only what a rerun resumes. Finished chunks stay, with the work
+    files that say whose they are (work/key.txt, work/linked_with.json); with none, work/ goes whole, and
+    chunks/ and shards/ when empty. (The failed chunk's own encoding is gone already: `_link_chunks`.)"""
+    for encoding in (out_dir / WORK).glob("encode-*"):
+        shutil.rmtree(encoding, ignore_errors=True)
+    if not any(True for _ in (out_dir / CHUNKS).glob("chunk-*.parquet")):
+        shutil.rmtree(out_dir / WORK, ignore_errors=True)
+    for name in (CHUNKS, SHARDS):
+        with contextlib.suppress(OSError):  # not there, or not empty
+            (out_dir / name).rmdir()
 
 
 def _checked_inputs(options: LinkOptions, folder) -> Path:
@@ -385,17 +410,7 @@ def _link_chunks(options: LinkOptions, linker, context_chars: int) -> tuple[dict
                 continue
             _forget_damaged_chunk(out_dir, index, problem)
             mentions = without_entity_type(read()) if options.ignore_entity_type else read()
-            result = linker.link_chunk(mentions, out_dir / WORK / f"encode-{index:06d}")
-            stats = {
-                "mentions": mentions.height,
-                "entities_encoded": result.entities_encoded,
-                "entities_cached": result.entities_cached,
-                "seconds": result.seconds,
-                "encode_seconds": result.encode_seconds,
-            }
-            write_parquet_atomic(result.frame, _chunk_path(out_dir, index))
-            checked_files.seal(_chunk_record(out_dir, index), [_chunk_path(out_dir, index)], stats)  # last
-            shutil.rmtree(out_dir / WORK / f"encode-{index:06d}", ignore_errors=True)
+            stats, result = _link_one_chunk(out_dir, index, linker, mentions)
             for name in ("mentions", "entities_encoded", "entities_cached"):
                 counts[name] += stats[name]
             counts["chunks"] += 1
@@ -414,6 +429,35 @@ def _link_chunks(options: LinkOptions, linker, context_chars: int) -> tuple[dict
             del mentions, result
             _release_freed_memory()
     return counts, linked_seconds, encode_seconds
+
+
+def _link_one_chunk(out_dir: Path, index: int, linker, mentions: pl.DataFrame) -> tuple[dict, object]:
+    """Link chunk `index` (`mentions`), save it and seal its record (last); (its stats, the `ChunkResult`).
+
+    Its encoder sub-chunks (work/encode-NNNNNN) resume a killed chunk and are deleted once it is saved.
+    When it fails (a full disk, a read-only store), they go too, with any part of the chunk not sealed:
+    the rerun starts the chunk afresh, as what made it fail may change what it encodes.
+    """
+    encoding = out_dir / WORK / f"encode-{index:06d}"
+    try:
+        result = linker.link_chunk(mentions, encoding)
+        stats = {
+            "mentions": mentions.height,
+            "entities_encoded": result.entities_encoded,
+            "entities_cached": result.entities_cached,
+            "seconds": result.seconds,
+            "encode_seconds": result.encode_seconds,
+        }
+        write_parquet_atomic(result.frame, _chunk_path(out_dir, index))
+        checked_files.seal(_chunk_record(out_dir, index), [_chunk_path(out_dir, index)], stats)  # last
+    except Exception:  # not Ctrl-C: the sub-chunks of an interrupted chunk resume it
+        shutil.rmtree(encoding, ignore_errors=True)
+        if not _saved_chunk(out_dir, index):
+            checked_files.forget(_chunk_record(out_dir, index))
+            _chunk_path(out_dir, index).unlink(missing_ok=True)
+        raise
+    shutil.rmtree(encoding, ignore_errors=True)
+    return stats, result
 
 
 def _shard_done(

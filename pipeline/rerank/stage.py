@@ -28,7 +28,7 @@ from pipeline.core.config import RunConfig, to_dict
 from pipeline.core.distributed import World
 from pipeline.core.errors import ConfigError, InputError, warn
 from pipeline.core.io import collect_checked, write_parquet_atomic
-from pipeline.core.manifest import StageResult, StageRun, upstream_key
+from pipeline.core.manifest import StageIdentity, StageResult, StageRun, upstream_key
 from pipeline.core.progress import progress as progress_counter
 from pipeline.formats import triage_tables
 from pipeline.model import reader_inputs
@@ -67,6 +67,12 @@ def encoder_path(config: RunConfig) -> str:
     return resolve_encoder_path(config.rerank.encoder or config.encoder.name)
 
 
+def identity(config: RunConfig) -> StageIdentity:
+    """What rerank's key hashes (`stage_identity`), as every stage gives it."""
+    inputs, settings = stage_identity(config)
+    return StageIdentity(STAGE, STAGE_VERSION, settings, inputs)
+
+
 def stage_identity(config: RunConfig) -> tuple[dict[str, str], dict]:
     """(inputs, settings) of rerank's key: triage's key, train's (when the ranker picks candidates), the
     starting encoder's content identity, and the [rerank] settings that change the reader."""
@@ -80,10 +86,9 @@ def stage_identity(config: RunConfig) -> tuple[dict[str, str], dict]:
     return inputs, settings
 
 
-def run(config: RunConfig, force: bool = False) -> StageResult:
-    """Train the reader and score dev and test; under torchrun as one of WORLD_SIZE data-parallel processes.
-
-    E203 when rerank.enabled is false (evaluate would not read what it makes)."""
+def check_config(config: RunConfig) -> None:
+    """E203 when rerank.enabled is false (evaluate would not read what it makes): said before anything
+    upstream is checked (`stages.run_stage`)."""
     if not config.rerank.enabled:
         raise ConfigError(
             "E203",
@@ -93,6 +98,13 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
             reason="evaluate reads the reader only when it is on: set rerank.enabled = true "
             "(--set rerank.enabled=true)",
         )
+
+
+def run(config: RunConfig, force: bool = False) -> StageResult:
+    """Train the reader and score dev and test; under torchrun as one of WORLD_SIZE data-parallel processes.
+
+    E203 when rerank.enabled is false (`check_config`)."""
+    check_config(config)
     world = distributed.world_from_environment()
     with distributed.process_group(world, config.rerank.device):
         return _rerank(config, force, world)

@@ -317,7 +317,7 @@ def oracle_triage(config: RunConfig) -> Path:
         triage=dataclasses.replace(config.triage, oracle=True),
         train=dataclasses.replace(config.train, features=PAPER_FEATURES),
     )
-    run_stage("triage", oracle_config)
+    run_stage("triage", oracle_config, check_upstream=False)  # triage reads no stage
     triage_dir = oracle_config.stage_dir("triage")
     vectors = config.stage_dir("encode") / VECTORS
     encoded = pl.DataFrame({"kb_id": read_vector_ids(vectors, "entities")}, schema={"kb_id": pl.String})

@@ -30,7 +30,7 @@ from pipeline.core.config import RunConfig, TrainConfig, to_dict
 from pipeline.core.distributed import World
 from pipeline.core.errors import InputError, warn
 from pipeline.core.io import write_parquet_atomic
-from pipeline.core.manifest import StageResult, StageRun, upstream_key
+from pipeline.core.manifest import StageIdentity, StageResult, StageRun, upstream_key
 from pipeline.core.progress import progress as progress_counter
 from pipeline.core.threads import small_model_threads
 from pipeline.formats import triage_tables
@@ -100,6 +100,12 @@ def training_rows(
         if size < len(rows):
             rows = np.sort(np.random.default_rng(seed).choice(rows, size, replace=False))
     return rows
+
+
+def identity(config: RunConfig) -> StageIdentity:
+    """What train's key hashes (`stage_identity`), as every stage gives it."""
+    inputs, settings = stage_identity(config)
+    return StageIdentity(STAGE, STAGE_VERSION, settings, inputs)
 
 
 def stage_identity(config: RunConfig) -> tuple[dict[str, str], dict]:

@@ -18,7 +18,7 @@ from pipeline.core import schema
 from pipeline.core.config import RunConfig, to_dict
 from pipeline.core.errors import InputError
 from pipeline.core.io import atomic_path, file_fingerprint, write_json_atomic
-from pipeline.core.manifest import StageResult, StageRun
+from pipeline.core.manifest import StageIdentity, StageResult, StageRun
 from pipeline.core.store import kb_index_root
 from pipeline.formats import triage_tables
 from pipeline.formats.inputs import check_gold_in_kb, load_mentions
@@ -57,8 +57,9 @@ def recall_report(mentions: pl.DataFrame, candidates: pl.DataFrame, k: int) -> p
     return pl.concat([by_group.sort("lang", "split"), overall])
 
 
-def run(config: RunConfig, force: bool = False) -> StageResult:
-    out_dir = config.stage_dir(STAGE)
+def identity(config: RunConfig) -> StageIdentity:
+    """What triage's key hashes: its input files' content (E108 for one that is not there), the encoder's
+    identity when dense triage embeds names, and the [inputs] and [triage] settings."""
     inputs = config.inputs
     input_paths = {
         name: getattr(inputs, name)
@@ -79,7 +80,15 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     }
     if config.triage.use_dense:
         settings["encoder"] = {"max_name_tokens": config.encoder.max_name_tokens}
-    stage_run = StageRun(out_dir, STAGE, STAGE_VERSION, settings, fingerprints, force)
+    return StageIdentity(STAGE, STAGE_VERSION, settings, fingerprints)
+
+
+def run(config: RunConfig, force: bool = False) -> StageResult:
+    out_dir = config.stage_dir(STAGE)
+    inputs = config.inputs
+    expected = identity(config)
+    fingerprints = expected.inputs
+    stage_run = StageRun(out_dir, STAGE, STAGE_VERSION, expected.settings, fingerprints, force)
     if stage_run.up_to_date:
         return stage_run.skipped()
     # The KB's indexes live in the store that link reads too (`pipeline.core.store`), not in the run.

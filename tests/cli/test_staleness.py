@@ -315,3 +315,49 @@ def test_a_run_without_the_reader_keys_nothing_on_it(base: dict) -> None:
     (so the paper's pipeline is keyed as it was before the stage existed)."""
     assert not (base["run_dir"] / "rerank").exists()
     assert "rerank" not in read_manifest(base["run_dir"] / "evaluate")["inputs"]
+
+
+# --- a stage run alone on upstream outputs the config no longer asks for --------------------------------
+
+# (command, --set that changes an upstream stage, the upstream stage it makes stale, what the message says)
+ALONE = [
+    ("encode", "triage.k=3", "triage", "triage.k: 4 -> 3"),
+    ("train", "triage.fuzzy_min_score=85", "triage", "triage.fuzzy_min_score: 70.0 -> 85.0"),
+    ("train", "encoder.name_layer=2", "encode", "encoder.name_layer: 1 -> 2"),
+    ("rerank", "train.margin=0.5", "train", "train.margin: 1.0 -> 0.5"),
+    ("evaluate", "train.margin=0.5", "train", "train.margin: 1.0 -> 0.5"),
+    ("evaluate", "encoder.max_context_tokens=32", "encode", "encoder.max_context_tokens: 64 -> 32"),
+    ("evaluate", "triage.k=3", "triage", "triage.k: 4 -> 3"),
+]
+
+
+@pytest.mark.parametrize("command, change, stale, said", ALONE, ids=[f"{c}-reads-{s}" for c, _, s, _ in ALONE])
+def test_a_stage_run_alone_refuses_an_upstream_output_the_config_no_longer_asks_for(
+    base: dict, tmp_path: Path, command: str, change: str, stale: str, said: str
+) -> None:
+    """`xel-cli evaluate` after a change of train's settings used train's old model, and said "up to date"
+    (its key hashes train's manifest, not the config): every stage run alone now checks each upstream stage
+    it reads against the config (issue 21), E407 naming the stale one and the command to run; `xel-cli run`
+    brings them all up to date instead. rerank (the reader on) reads train too."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(base["run_dir"], run_dir)
+    before = {path: path.stat().st_mtime_ns for path in run_dir.rglob("*") if path.name != "config.json"}
+    extra = ["--set", "rerank.enabled=true"] if command == "rerank" else []
+    args = [command, "--config", str(base["config"]), "--run-dir", str(run_dir), "--set", change, *extra]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith(
+        f"Error: [E407] {run_dir / stale / 'manifest.json'}: `xel-cli {command}` reads {stale}'s"
+    ), result.output
+    assert f"({said})" in result.output and f"run `xel-cli {stale}` (or `xel-cli run`)" in result.output, result.output
+    assert {path: path.stat().st_mtime_ns for path in run_dir.rglob("*") if path.name != "config.json"} == before
+
+
+def test_once_the_named_stage_has_run_the_stage_alone_runs(base: dict, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(base["run_dir"], run_dir)
+    common = ["--config", str(base["config"]), "--run-dir", str(run_dir), "--set", "train.margin=0.5"]
+    assert "[E407]" in CliRunner().invoke(main, ["evaluate", *common]).output
+    for command in ("train", "evaluate"):
+        result = CliRunner().invoke(main, [command, *common])
+        assert result.exit_code == 0 and f"{command}: done in" in result.output, result.output

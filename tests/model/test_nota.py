@@ -230,7 +230,13 @@ def test_evaluate_reports_nota_beside_the_other_methods_and_decides_by_it(nota_r
     assert metrics["nil_method"] == "nota"
     assert {row["method"] for row in metrics["nil_methods"]} >= {"threshold", "nota"}
     assert "| test | nota | all |" in (evaluate_dir / "report.md").read_text(encoding="utf-8")
-    assert "nota" in nota_run["output"]
+    # What decides is the NIL option, not a threshold: said so alike in the summary, metrics.json and report.md.
+    assert "evaluate: test split, NIL decided by the ranker's NIL option, nota (" in nota_run["output"]
+    assert "NIL thresholds" not in nota_run["output"] and metrics["thresholds"] is None
+    assert metrics["nil_decided_by"].startswith("the ranker's NIL option, nota")
+    assert f"NIL is decided by **{metrics['nil_decided_by']}**" in (evaluate_dir / "report.md").read_text(
+        encoding="utf-8"
+    )
     # Ties of the best two candidates, counted over the evaluated mentions, in metrics and the report.
     from pipeline.model.ties import tied_best
 

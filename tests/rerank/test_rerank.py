@@ -237,9 +237,18 @@ def test_the_stage_writes_its_outputs_and_evaluate_decides_by_the_reader(base_ru
     )
     metrics = json.loads((base_run["run_dir"] / "evaluate" / "metrics.json").read_text())
     assert metrics["nil_method"] == "reader"
+    # What decided NIL is the reader, in the summary, report.md and metrics.json alike: no threshold it never read.
+    summary = next(line for line in base_run["output"].splitlines() if line.startswith("evaluate: test split"))
+    assert summary.startswith("evaluate: test split, NIL decided by the reader (NIL where its NIL option"), summary
+    assert "threshold" not in summary, summary
+    assert metrics["thresholds"] is None and metrics["nil_decided_by"].startswith("the reader (")
+    manifest = json.loads((base_run["run_dir"] / "evaluate" / "manifest.json").read_text())
+    assert manifest["thresholds"] is None and manifest["nil_method"] == "reader"
     kinds = {row["method"] for row in metrics["error_kinds"]}
     assert kinds == {"threshold", "reader"}
     report = (base_run["run_dir"] / "evaluate" / "report.md").read_text()
+    assert f"NIL is decided by **{metrics['nil_decided_by']}** (evaluate.nil_method = reader" in report
+    assert "No threshold decides; those below are the `threshold` method's" in report
     assert (
         "| method | language | mentions | right | not among candidates | wrong entity | false NIL | missed NIL |"
         in report
@@ -261,6 +270,17 @@ def test_up_to_date_until_a_setting_of_its_own_changes(base_run: dict, run_copy:
     # evaluate reads the reader: a run without it keeps evaluate's key of before, one with it names rerank's
     manifest = json.loads((run_copy / "evaluate" / "manifest.json").read_text())
     assert "rerank" in manifest["inputs"]
+
+
+def test_evaluate_alone_refuses_a_reader_the_config_no_longer_asks_for(base_run: dict, run_copy: Path) -> None:
+    """evaluate reads the reader's scores: run alone after a [rerank] setting changed, it names rerank as stale
+    (E407) instead of deciding with the old reader (issue 21)."""
+    args = ["evaluate", "--config", str(base_run["config"]), "--run-dir", str(run_copy)]
+    result = CliRunner().invoke(main, [*args, "--set", "rerank.learning_rate=0.002"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"Error: [E407] {run_copy / 'rerank' / 'manifest.json'}: `xel-cli evaluate` reads")
+    assert "rerank.learning_rate: " in result.output and "run `xel-cli rerank` (or `xel-cli run`)" in result.output
+    assert "evaluate: up to date" in CliRunner().invoke(main, args).output
 
 
 def test_a_killed_training_resumes_to_the_uninterrupted_result(base_run: dict, run_copy: Path, monkeypatch) -> None:
@@ -316,9 +336,11 @@ def test_link_applies_the_reader_as_evaluate_did(base_run: dict, tmp_path: Path)
     from conftest import tiny_mention_records
     from pipeline.link.linker import Linker
     from pipeline.model.model_folder import export_model
+    from pipeline.model.model_json import unknown_key
 
     meta = json.loads((base_run["run_dir"] / "model" / "model.json").read_text())
     assert meta["reader"]["folder"] == "reader" and "reader/head.pt" in meta["files"]
+    assert unknown_key(meta) is None  # reader.json's record (epoch, settings, ...) is known: no E716
     exported = export_model(base_run["run_dir"], tmp_path / "exported")  # the reader travels with the linker
     linker = Linker.load(exported)
     assert linker.reader is not None
@@ -347,9 +369,16 @@ def test_settings_are_checked() -> None:
 
 
 def test_the_command_and_the_reader_method_need_it_enabled(make_run_config) -> None:
+    """Refused naming the config file (and the line that sets rerank.enabled), with the value as TOML writes it:
+    before, `[rerank]: enabled = False`."""
     config = make_run_config()
     result = CliRunner().invoke(main, ["rerank", "--config", str(config)])
-    assert result.exit_code == 2 and "[E203]" in result.output and "rerank.enabled" in result.output
+    assert result.exit_code == 2 and "rerank.enabled" in result.output
+    assert result.output.startswith(f"Error: [E203] {config.resolve()} [rerank]: enabled = false (the default) is")
+    config = make_run_config(name="off.toml", rerank={"enabled": False})
+    line = config.read_text(encoding="utf-8").splitlines().index("enabled = false") + 1
+    result = CliRunner().invoke(main, ["rerank", "--config", str(config)])
+    assert result.output.startswith(f"Error: [E203] {config.resolve()}:{line} [rerank]: enabled = false is invalid")
     result = CliRunner().invoke(main, ["evaluate", "--config", str(config), "--set", "evaluate.nil_method=reader"])
     assert result.exit_code == 2 and "[E203]" in result.output and "rerank.enabled = true" in result.output
 
