@@ -32,6 +32,13 @@ def _check(where: str, name: str, value: object, ok: bool, reason: str) -> None:
         raise ConfigError("E203", where=where, field=name, value=value, reason=reason)
 
 
+def _check_at_least(where: str, config: object, least: int, *names: str) -> None:
+    """E203 ("must be >= least") for each of `config`'s fields `names` below `least`."""
+    for name in names:
+        value = getattr(config, name)
+        _check(where, name, value, value >= least, f"must be >= {least}")
+
+
 def _check_device(where: str, device: object) -> None:
     """E203 for a `device` setting not written as `DEVICE_PATTERN` ([encoder] and [train] alike)."""
     _check(
@@ -153,7 +160,7 @@ class EncoderConfig:
     def __post_init__(self) -> None:
         where = "[encoder]"
         _check(where, "name", self.name, bool(self.name), "give a model name or folder")
-        _check(where, "name_layer", self.name_layer, self.name_layer >= 0, "must be >= 0")
+        _check_at_least(where, self, 0, "name_layer")
         _check(
             where,
             "max_context_tokens",
@@ -161,7 +168,7 @@ class EncoderConfig:
             16 <= self.max_context_tokens <= 8192,
             "must be between 16 and 8192",
         )
-        _check(where, "max_name_tokens", self.max_name_tokens, self.max_name_tokens >= 4, "must be >= 4")
+        _check_at_least(where, self, 4, "max_name_tokens")
         _check(
             where,
             "batch_tokens",
@@ -169,7 +176,7 @@ class EncoderConfig:
             self.batch_tokens >= self.max_context_tokens,
             "must be at least max_context_tokens",
         )
-        _check(where, "chunk_texts", self.chunk_texts, self.chunk_texts >= 1, "must be >= 1")
+        _check_at_least(where, self, 1, "chunk_texts")
         _check_device(where, self.device)
         _check(where, "precision", self.precision, self.precision in PRECISIONS, PRECISION_EXPECTED)
 
@@ -200,7 +207,7 @@ class TriageConfig:
         where = "[triage]"
         _check(where, "k", self.k, 1 <= self.k <= 1000, "must be between 1 and 1000")
         _check(where, "fuzzy_min_score", self.fuzzy_min_score, 0 <= self.fuzzy_min_score <= 100, "must be in 0-100")
-        _check(where, "dense_k", self.dense_k, self.dense_k >= 1, "must be >= 1")
+        _check_at_least(where, self, 1, "dense_k")
         _check(where, "dense_floor", self.dense_floor, -1 <= self.dense_floor < 1, "must be in [-1, 1)")
 
 
@@ -270,6 +277,29 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         where = "[train]"
+        self._check_ranker(where)
+        self._check_schedule(where)
+        self._check_languages(where)
+        _check(
+            where,
+            "name_pair_weight",
+            self.name_pair_weight,
+            0 <= self.name_pair_weight < float("inf"),
+            "must be >= 0 (0 turns the name-matching loss off)",
+        )
+        _check_at_least(where, self, 1, "name_pair_negatives")
+        _check(
+            where,
+            "nil_candidate",
+            self.nil_candidate,
+            isinstance(self.nil_candidate, bool) and not (self.nil_candidate and self.baseline == "nn"),
+            "use true or false; the nearest-neighbour baseline has no NIL score (set baseline = none)",
+        )
+        if self.name_pairs is not None:
+            self._check_name_pairs(where)
+
+    def _check_ranker(self, where: str) -> None:
+        """E203 for a ranker that cannot be built: its device, features and layer sizes."""
         _check_device(where, self.device)
         known = {"name", "context", "type", "triage"}
         _check(
@@ -289,9 +319,11 @@ class TrainConfig:
                 "give at least one layer; sizes must be positive integers",
             )
         _check(where, "dropout", self.dropout, 0 <= self.dropout < 1, "must be in [0, 1)")
+
+    def _check_schedule(self, where: str) -> None:
+        """E203 for training settings out of range: step size, batches, negatives, epochs, checkpoints."""
         _check(where, "learning_rate", self.learning_rate, 0 < self.learning_rate < 1, "must be in (0, 1)")
-        _check(where, "batch_mentions", self.batch_mentions, self.batch_mentions >= 1, "must be >= 1")
-        _check(where, "negatives", self.negatives, self.negatives >= 1, "must be >= 1")
+        _check_at_least(where, self, 1, "batch_mentions", "negatives")
         _check(
             where,
             "hard_negative_share",
@@ -300,9 +332,7 @@ class TrainConfig:
             "must be in [0, 1]",
         )
         _check(where, "margin", self.margin, self.margin > 0, "must be > 0")
-        _check(where, "epochs", self.epochs, self.epochs >= 1, "must be >= 1")
-        _check(where, "eval_every", self.eval_every, self.eval_every >= 1, "must be >= 1")
-        _check(where, "checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 1, "must be >= 1")
+        _check_at_least(where, self, 1, "epochs", "eval_every", "checkpoint_every")
         _check(
             where,
             "checkpoint_minutes",
@@ -312,6 +342,9 @@ class TrainConfig:
         )
         _check(where, "weight_average", self.weight_average, 0 <= self.weight_average < 1, "must be in [0, 1) (0: off)")
         _check(where, "baseline", self.baseline, self.baseline in ("none", "nn"), "use none (the ranker) or nn")
+
+    def _check_languages(self, where: str) -> None:
+        """E203 for a language setting that is not a tag; the others are normalised (en-US -> en)."""
         _check(
             where, "train_languages", self.train_languages, all(self.train_languages), "language codes cannot be empty"
         )
@@ -324,36 +357,23 @@ class TrainConfig:
                 "downsample_to_language",
                 language_settings(where, "downsample_to_language", [self.downsample_to_language])[0],
             )
+
+    def _check_name_pairs(self, where: str) -> None:
+        """E203 for a name-pairs file of an unknown kind, or one the ranker has no name pair MLP for."""
         _check(
             where,
-            "name_pair_weight",
-            self.name_pair_weight,
-            0 <= self.name_pair_weight < float("inf"),
-            "must be >= 0 (0 turns the name-matching loss off)",
+            "name_pairs",
+            str(self.name_pairs),
+            self.name_pairs.suffix.lower() in (".tsv", ".txt", ".jsonl"),
+            "give a .tsv (or .txt) file of tab-separated pairs or a .jsonl file",
         )
-        _check(where, "name_pair_negatives", self.name_pair_negatives, self.name_pair_negatives >= 1, "must be >= 1")
         _check(
             where,
-            "nil_candidate",
-            self.nil_candidate,
-            isinstance(self.nil_candidate, bool) and not (self.nil_candidate and self.baseline == "nn"),
-            "use true or false; the nearest-neighbour baseline has no NIL score (set baseline = none)",
+            "name_pairs",
+            str(self.name_pairs),
+            "name" in self.features and self.baseline == "none",
+            'name matching trains the ranker\'s name pair MLP: keep "name" in features and baseline = none',
         )
-        if self.name_pairs is not None:
-            _check(
-                where,
-                "name_pairs",
-                str(self.name_pairs),
-                self.name_pairs.suffix.lower() in (".tsv", ".txt", ".jsonl"),
-                "give a .tsv (or .txt) file of tab-separated pairs or a .jsonl file",
-            )
-            _check(
-                where,
-                "name_pairs",
-                str(self.name_pairs),
-                "name" in self.features and self.baseline == "none",
-                'name matching trains the ranker\'s name pair MLP: keep "name" in features and baseline = none',
-            )
 
 
 @dataclass(frozen=True)
@@ -398,7 +418,7 @@ class RerankConfig:
         _check(where, "candidates", self.candidates, self.candidates in ("ranker", "triage"), "use ranker or triage")
         _check(where, "top_k", self.top_k, 1 <= self.top_k <= 64, "must be between 1 and 64")
         _check(where, "form", self.form, self.form in ("listwise", "pairwise"), "use listwise or pairwise")
-        _check(where, "max_context_tokens", self.max_context_tokens, self.max_context_tokens >= 8, "must be >= 8")
+        _check_at_least(where, self, 8, "max_context_tokens")
         # [CLS] context with two markers [SEP] NIL, then each candidate's marker and at least two sub-words, [SEP].
         least = self.max_context_tokens + 5 + 3 * self.top_k
         _check(
@@ -408,11 +428,10 @@ class RerankConfig:
             least <= self.max_seq_tokens <= 8192,
             f"must be between max_context_tokens + 5 + 3 * top_k = {least} and 8192",
         )
-        _check(where, "epochs", self.epochs, self.epochs >= 1, "must be >= 1")
+        _check_at_least(where, self, 1, "epochs")
         _check(where, "learning_rate", self.learning_rate, 0 < self.learning_rate < 1, "must be in (0, 1)")
-        _check(where, "batch_mentions", self.batch_mentions, self.batch_mentions >= 1, "must be >= 1")
-        _check(where, "grad_accumulation", self.grad_accumulation, self.grad_accumulation >= 1, "must be >= 1")
-        _check(where, "freeze_layers", self.freeze_layers, self.freeze_layers >= 0, "must be >= 0")
+        _check_at_least(where, self, 1, "batch_mentions", "grad_accumulation")
+        _check_at_least(where, self, 0, "freeze_layers")
         _check(where, "nil_hidden_share", self.nil_hidden_share, 0 <= self.nil_hidden_share < 1, "must be in [0, 1)")
         _check(where, "precision", self.precision, self.precision in ("auto", "fp32", "bf16"), "use auto, fp32 or bf16")
 
