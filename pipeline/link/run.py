@@ -105,6 +105,16 @@ class LinkResult:
     kb: dict | None = None
 
 
+@dataclass(frozen=True)
+class LinkedChunks:
+    """What `_link_chunks` did in this process: `counts` (mentions, chunks, chunks_resumed,
+    entities_encoded, entities_cached, mentions_resumed), seconds spent linking, and of them encoding."""
+
+    counts: dict[str, int]
+    seconds: float = 0.0
+    encode_seconds: float = 0.0
+
+
 @dataclass
 class LinkKb:
     """The KB a link runs against: its entities (cached by content) and, for the summary and manifest,
@@ -313,9 +323,7 @@ def run(options: LinkOptions) -> LinkResult:
     if options.merge:
         total, shards = _finished_shards(out_dir, key)
         (out_dir / MANIFEST).unlink(missing_ok=True)  # outputs being redone never look finished
-        result = _finish(
-            options, folder, key, total, started, {"mentions": 0, "chunks_resumed": total}, kb, linked_seconds=0.0
-        )
+        result = _finish(options, key, total, started, {"mentions": 0, "chunks_resumed": total}, kb)
         return dataclasses.replace(result, merged_shards=shards)
     if options.shard is not None:
         _refuse_other_links(out_dir, key, options.shard, options.force)
@@ -336,12 +344,12 @@ def run(options: LinkOptions) -> LinkResult:
         remove_leftover_temps(out_dir)  # after the corpus check's scratch folder is gone
     (out_dir / MANIFEST).unlink(missing_ok=True)  # outputs being redone never look finished
 
-    counts, linked_seconds, encode_seconds = _link_chunks(options, linker, context_chars)
-    if counts["chunks_resumed"]:
-        logger.info("resumed: %d chunk(s) were already linked in %s", counts["chunks_resumed"], out_dir / CHUNKS)
+    linked = _link_chunks(options, linker, context_chars)
+    if linked.counts["chunks_resumed"]:
+        logger.info("resumed: %d chunk(s) were already linked in %s", linked.counts["chunks_resumed"], out_dir / CHUNKS)
     if options.shard is not None:
-        return _shard_done(options, key, total, counts, started, linked_seconds, encode_seconds)
-    return _finish(options, folder, key, total, started, counts, kb, linked_seconds, encode_seconds)
+        return _shard_done(options, key, total, linked, started)
+    return _finish(options, key, total, started, linked.counts, kb)
 
 
 def _checked_inputs(options: LinkOptions, folder) -> Path:
@@ -358,9 +366,8 @@ def _checked_inputs(options: LinkOptions, folder) -> Path:
     return kb_path
 
 
-def _link_chunks(options: LinkOptions, linker, context_chars: int) -> tuple[dict, float, float]:
-    """Link every chunk of this process's share not saved yet, each saved (and sealed) as it finishes;
-    (counts, seconds linking, seconds of it encoding)."""
+def _link_chunks(options: LinkOptions, linker, context_chars: int) -> LinkedChunks:
+    """Link every chunk of this process's share not saved yet, each saved (and sealed) as it finishes."""
     out_dir = options.out_dir
     counts = {
         "mentions": 0,
@@ -413,22 +420,15 @@ def _link_chunks(options: LinkOptions, linker, context_chars: int) -> tuple[dict
             )
             del mentions, result
             _release_freed_memory()
-    return counts, linked_seconds, encode_seconds
+    return LinkedChunks(counts, linked_seconds, encode_seconds)
 
 
-def _shard_done(
-    options: LinkOptions,
-    key: str,
-    total: int,
-    counts: dict,
-    started: float,
-    linked_seconds: float,
-    encode_seconds: float,
-) -> LinkResult:
+def _shard_done(options: LinkOptions, key: str, total: int, linked: LinkedChunks, started: float) -> LinkResult:
     """Record this shard's share as done (`shards/shard-i-of-n.json`), for `--merge` to find."""
     out_dir = options.out_dir
     index, count = options.shard
     # This shard's whole share: the mentions linked now and those of its chunks that were kept.
+    counts = dict(linked.counts)
     resumed = counts.pop("mentions_resumed")
     counts = {
         **counts,
@@ -448,7 +448,7 @@ def _shard_done(
         counts=counts,
         finished=False,
         mentions_per_second=counts["mentions_linked_now"] / max(seconds, 1e-9),
-        encode_share=encode_seconds / max(linked_seconds, 1e-9),
+        encode_share=linked.encode_seconds / max(linked.seconds, 1e-9),
     )
 
 
@@ -505,63 +505,20 @@ def _finished_shards(out_dir: Path, key: str) -> tuple[int, int]:
 
 
 def _finish(
-    options: LinkOptions,
-    folder,
-    key: str,
-    total: int,
-    started: float,
-    counts: dict[str, int],
-    kb: LinkKb,
-    linked_seconds: float,
-    encode_seconds: float = 0.0,
+    options: LinkOptions, key: str, total: int, started: float, counts: dict[str, int], kb: LinkKb
 ) -> LinkResult:
-    """Cluster NILs over every chunk, write the outputs and manifest.json, delete the chunks."""
+    """Cluster NILs over every chunk, write the outputs and manifest.json, delete the chunks.
+    `counts`: this call's (`LinkedChunks.counts`; a --merge's: none linked, every chunk resumed)."""
     out_dir = options.out_dir
-    if total == 0:
-        # A link or shard of this xel never gets here with no chunk (`_checked_corpus` refuses an empty
-        # corpus first), but a --merge reads `total` from shard records, and a shard of an older xel
-        # (same key) recorded an empty corpus as chunks_total 0: E107, not an IndexError at paths[0].
-        raise InputError("E107", path=options.mentions)
-    paths = [_chunk_path(out_dir, index) for index in range(total)]
-    missing = [path for index, path in enumerate(paths) if not _saved_chunk(out_dir, index)]
-    if missing:
-        raise CacheError(
-            "E711",
-            path=missing[0],
-            detail=f"{len(missing)} of {total} chunks are not linked yet; run the shards that hold them",
-        )
-    stats = [checked_files.read_content(path.with_suffix(".json")) for path in paths]
-    # Every mention without its candidate lists: NIL clusters span the corpus, the lists are written chunk by chunk.
-    columns = [name for name in pl.read_parquet_schema(paths[0]) if name != "candidates"]
-    frame = pl.concat([pl.read_parquet(path, columns=columns) for path in paths], how="vertical_relaxed")
-    policy = folder.policy
+    paths, stats, frame = _read_linked_chunks(options, total)
+    policy = kb.folder.policy
     policy.warn_unseen(frame)
     clustered = policy.cluster(frame)
-    ties = tied_best(clustered)
-    if ties["share"] > TIED_SHARE_WARN:
-        warn(
-            logger,
-            "W703",
-            tied=ties["tied"],
-            mentions=ties["mentions"],
-            percent=f"{ties['share']:.0%}",
-            path=options.mentions,
-            advice=tie_advice(ties),
-        )
+    ties = _warned_ties(clustered, options.mentions)
     outputs, metrics = write_outputs(paths, clustered, out_dir, options.score, options.mentions, kb.ids)
     remove_stale_outputs(out_dir, outputs)  # an earlier link's gold.tab or metrics.json: not this link's
-    totals = {name: int(sum(s[name] for s in stats)) for name in ("mentions", "entities_encoded", "entities_cached")}
     seconds = time.time() - started
-    all_seconds = sum(s["seconds"] for s in stats)
-    summary = {
-        **totals,
-        "chunks": total,
-        "chunks_resumed": counts.get("chunks_resumed", 0),
-        "mentions_linked_now": counts.get("mentions", 0),
-        "seconds": round(seconds, 3),
-        "linking_seconds": round(all_seconds, 3),
-        "encode_share": sum(s["encode_seconds"] for s in stats) / max(all_seconds, 1e-9),
-    }
+    summary = _link_summary(stats, total, counts, seconds)
     shares = nil_share(clustered)
     kb_report = kb.report()
     write_manifest(
@@ -586,12 +543,7 @@ def _finish(
         out_dir,
         skipped=False,
         seconds=seconds,
-        counts={
-            **totals,
-            "chunks": total,
-            "chunks_resumed": summary["chunks_resumed"],
-            "mentions_linked_now": counts.get("mentions", 0),
-        },
+        counts={name: value for name, value in summary.items() if name not in _TIMINGS},
         nil_share=shares,
         metrics=metrics,
         ties=ties,
@@ -599,3 +551,63 @@ def _finish(
         mentions_per_second=counts.get("mentions", 0) / max(seconds, 1e-9),
         encode_share=summary["encode_share"],
     )
+
+
+def _read_linked_chunks(options: LinkOptions, total: int) -> tuple[list[Path], list[dict], pl.DataFrame]:
+    """(the chunks' paths, their records' counts, every linked mention without its candidate lists),
+    once all `total` chunks are saved whole (E711 naming the first that is not; E107 for none)."""
+    out_dir = options.out_dir
+    if total == 0:
+        # A link or shard of this xel never gets here with no chunk (`_checked_corpus` refuses an empty
+        # corpus first), but a --merge reads `total` from shard records, and a shard of an older xel
+        # (same key) recorded an empty corpus as chunks_total 0: E107, not an IndexError at paths[0].
+        raise InputError("E107", path=options.mentions)
+    paths = [_chunk_path(out_dir, index) for index in range(total)]
+    missing = [path for index, path in enumerate(paths) if not _saved_chunk(out_dir, index)]
+    if missing:
+        raise CacheError(
+            "E711",
+            path=missing[0],
+            detail=f"{len(missing)} of {total} chunks are not linked yet; run the shards that hold them",
+        )
+    stats = [checked_files.read_content(path.with_suffix(".json")) for path in paths]
+    # Every mention without its candidate lists: NIL clusters span the corpus, the lists are written chunk by chunk.
+    columns = [name for name in pl.read_parquet_schema(paths[0]) if name != "candidates"]
+    frame = pl.concat([pl.read_parquet(path, columns=columns) for path in paths], how="vertical_relaxed")
+    return paths, stats, frame
+
+
+def _warned_ties(clustered: pl.DataFrame, mentions: Path) -> dict:
+    """`ties.tied_best` of the linked mentions, with W703 when more than `TIED_SHARE_WARN` of them tie."""
+    ties = tied_best(clustered)
+    if ties["share"] > TIED_SHARE_WARN:
+        warn(
+            logger,
+            "W703",
+            tied=ties["tied"],
+            mentions=ties["mentions"],
+            percent=f"{ties['share']:.0%}",
+            path=mentions,
+            advice=tie_advice(ties),
+        )
+    return ties
+
+
+# The summary's timings, kept out of `LinkResult.counts`.
+_TIMINGS = ("seconds", "linking_seconds", "encode_share")
+
+
+def _link_summary(stats: list[dict], total: int, counts: dict[str, int], seconds: float) -> dict:
+    """The manifest's counts: mentions and entities over every chunk's record (`stats`), chunks, those
+    resumed and the mentions linked by this call (`counts`), and its timings (`_TIMINGS`)."""
+    totals = {name: int(sum(s[name] for s in stats)) for name in ("mentions", "entities_encoded", "entities_cached")}
+    all_seconds = sum(s["seconds"] for s in stats)
+    return {
+        **totals,
+        "chunks": total,
+        "chunks_resumed": counts.get("chunks_resumed", 0),
+        "mentions_linked_now": counts.get("mentions", 0),
+        "seconds": round(seconds, 3),
+        "linking_seconds": round(all_seconds, 3),
+        "encode_share": sum(s["encode_seconds"] for s in stats) / max(all_seconds, 1e-9),
+    }
