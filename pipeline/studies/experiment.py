@@ -47,7 +47,7 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from pipeline.core.config import RunConfig, language_settings
+from pipeline.core.config import RunConfig, check_setting, language_settings
 from pipeline.core.errors import CacheError, ConfigError
 from pipeline.core.io import write_parquet_atomic, write_text_atomic
 from pipeline.core.languages import is_language_tag, normalise_language
@@ -82,10 +82,7 @@ class ExperimentConfig:
     only: tuple[tuple[int, str | None], ...] = ()
 
     def __post_init__(self) -> None:
-        if not 1 <= self.seeds <= 100:
-            raise ConfigError(
-                "E203", where="experiment", field="seeds", value=self.seeds, reason="must be between 1 and 100"
-            )
+        check_setting("experiment", "seeds", self.seeds, 1 <= self.seeds <= 100, "must be between 1 and 100")
         # Read as the inputs' languages are (en-US -> en), so a table language matches the mentions'.
         # dict.fromkeys: EN and en are one table language, listed once.
         object.__setattr__(
@@ -104,15 +101,14 @@ class ExperimentConfig:
             ),
         )
         for table, column in self.only:
-            if table not in (1, 2, 3) or (table == 1 and column is not None and column not in TABLE_1_COLUMNS):
-                raise ConfigError(
-                    "E203",
-                    where="experiment",
-                    field="only",
-                    value=f"{table}" + (f":{column}" if column else ""),
-                    reason=f"must be 1, 2 or 3, optionally :COLUMN (Table 1: {', '.join(TABLE_1_COLUMNS)}; "
-                    "Tables 2 and 3: a language)",
-                )
+            check_setting(
+                "experiment",
+                "only",
+                f"{table}" + (f":{column}" if column else ""),
+                table in (1, 2, 3) and not (table == 1 and column is not None and column not in TABLE_1_COLUMNS),
+                f"must be 1, 2 or 3, optionally :COLUMN (Table 1: {', '.join(TABLE_1_COLUMNS)}; "
+                "Tables 2 and 3: a language)",
+            )
 
     def wants(self, cell: "Cell") -> bool:
         """Whether `only` keeps this cell (it keeps every cell when empty)."""
@@ -337,47 +333,82 @@ def format_cell(values: list[float], expected: int) -> str:
     return text
 
 
-def tables_markdown(
-    cells: list[Cell],
-    finished: pl.DataFrame,
-    languages: list[str],
-    seeds: list[int],
-    experiment: ExperimentConfig,
-    config: RunConfig,
-    seconds: float,
-) -> str:
+@dataclass(frozen=True)
+class ExperimentPlan:
+    """One experiment as planned: the run's config, the experiment's settings, the table languages, the
+    training seeds and the cells to fill (`plan`)."""
+
+    config: RunConfig
+    experiment: ExperimentConfig
+    languages: list[str]
+    seeds: list[int]
+    cells: list[Cell]
+
+
+def tables_markdown(planned: ExperimentPlan, finished: pl.DataFrame, seconds: float) -> str:
+    """tables.md: the paper's three tables from the cells that have finished (`cell_table`), with a preamble
+    that says what each value is and what ran it; `seconds`: the sub-runs' time in this invocation."""
     values: dict[tuple[int, str, str], list[float]] = {}
     for row in finished.iter_rows(named=True):
         values.setdefault((row["table"], row["row"], row["column"]), []).append(row["micro_average"])
-    expected = {(c.table, c.row, c.column): len(seeds) if c.model.seeded else 1 for c in cells}
+    expected = {(c.table, c.row, c.column): len(planned.seeds) if c.model.seeded else 1 for c in planned.cells}
 
     def table(number: int, corner: str, rows: list[str], columns: list[str]) -> list[str]:
-        # Only planned rows and columns (`--only` may leave out some); a cell not planned is blank.
-        rows = [row for row in rows if any((number, row, column) in expected for column in columns)]
-        columns = [column for column in columns if any((number, row, column) in expected for row in rows)]
-        if not rows:
-            return ["(not asked for: see --only)"]
-        lines = ["| " + " | ".join([corner, *columns]) + " |", "|" + " --- |" * (len(columns) + 1)]
-        for row in rows:
-            lines.append(
-                "| "
-                + " | ".join(
-                    [row]
-                    + [
-                        format_cell(values.get((number, row, column), []), expected[(number, row, column)])
-                        if (number, row, column) in expected
-                        else ""
-                        for column in columns
-                    ]
-                )
-                + " |"
-            )
-        return lines
+        return _table_lines(number, corner, rows, columns, values, expected)
 
-    feature_rows = list(dict.fromkeys(c.row for c in cells if c.table == 3))
-    train = config.train
-    done = sum(len(v) for v in values.values())
+    languages = planned.languages
+    feature_rows = list(dict.fromkeys(c.row for c in planned.cells if c.table == 3))
     lines = [
+        *_preamble(planned, sum(len(v) for v in values.values()), seconds),
+        "",
+        "## Table 1: settings per language",
+        "",
+        *table(1, "language", languages, list(TABLE_1_COLUMNS)),
+        "",
+        "## Table 2: zero-shot (row: trained on; column: scored on)",
+        "",
+        *table(2, "trained on", languages, languages),
+        "",
+        f"## Table 3: feature ablations, trained on {planned.experiment.ablation_language}",
+        "",
+        *table(3, "features", feature_rows, languages),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _table_lines(
+    number: int,
+    corner: str,
+    rows: list[str],
+    columns: list[str],
+    values: dict[tuple[int, str, str], list[float]],
+    expected: dict[tuple[int, str, str], int],
+) -> list[str]:
+    """Table `number` in Markdown: `values` (the finished seeds' micro-averages) of its planned cells, each
+    out of the `expected` seed count (`format_cell`). Only planned rows and columns (`--only` may leave out
+    some); a cell not planned is blank."""
+    rows = [row for row in rows if any((number, row, column) in expected for column in columns)]
+    columns = [column for column in columns if any((number, row, column) in expected for row in rows)]
+    if not rows:
+        return ["(not asked for: see --only)"]
+    lines = ["| " + " | ".join([corner, *columns]) + " |", "|" + " --- |" * (len(columns) + 1)]
+    for row in rows:
+        cells = [
+            format_cell(values.get((number, row, column), []), expected[(number, row, column)])
+            if (number, row, column) in expected
+            else ""
+            for column in columns
+        ]
+        lines.append("| " + " | ".join([row] + cells) + " |")
+    return lines
+
+
+def _preamble(planned: ExperimentPlan, done: int, seconds: float) -> list[str]:
+    """tables.md's title and what its values are: measure, split, NIL method, seeds, the ranker's settings,
+    the machine, how many values there are and the sub-runs' time in this invocation."""
+    config, seeds, train = planned.config, planned.seeds, planned.config.train
+    return [
         f"# The paper's tables on {config.name}",
         "",
         f"KBP2010 micro-average on the {config.evaluate.eval_split} split, NIL decided as evaluate.nil_method = "
@@ -391,99 +422,32 @@ def tables_markdown(
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, "
         f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}; "
         f"{done} cell value(s); sub-run time this invocation {seconds / 60:.1f} min.",
-        "",
-        "## Table 1: settings per language",
-        "",
-        *table(1, "language", languages, list(TABLE_1_COLUMNS)),
-        "",
-        "## Table 2: zero-shot (row: trained on; column: scored on)",
-        "",
-        *table(2, "trained on", languages, languages),
-        "",
-        f"## Table 3: feature ablations, trained on {experiment.ablation_language}",
-        "",
-        *table(3, "features", feature_rows, languages),
-        "",
     ]
-    return "\n".join(lines)
 
 
 def run(config: RunConfig, experiment: ExperimentConfig) -> StageResult:
     """Triage and encode once, then every sub-run (skipping finished ones), then the tables."""
     started = time.time()
     shared = subrun.run_shared_stages(config)
-    known = training_languages(config.stage_dir("triage"))
-    languages = list(experiment.languages) or known
-    if experiment.ablation_language not in languages:
-        raise ConfigError(
-            "E203",
-            where="experiment",
-            field="ablation_language",
-            value=experiment.ablation_language,
-            reason=f"must be one of the table languages {languages}",
-        )
-    unknown = sorted(set(languages) - set(known))
-    if unknown:
-        raise ConfigError(
-            "E203",
-            where="--languages",
-            field="languages",
-            value=",".join(unknown),
-            reason=f"no training mentions in that language; the run's are {', '.join(known)}",
-        )
-    check_only(languages, experiment)
+    languages = _table_languages(config, experiment)
     seeds = [config.train.seed + offset for offset in range(experiment.seeds)]
-    cells = plan(languages, experiment)
-    pairs = sub_runs(cells, seeds)
+    planned = ExperimentPlan(config, experiment, languages, seeds, plan(languages, experiment))
+    pairs = sub_runs(planned.cells, seeds)
     assert pairs, "plan() always has Table 1's cells"
     oracle_dir = oracle_triage(config) if any(model.oracle for model, _ in pairs) else None
-    evaluation = dataclasses.replace(config.evaluate, languages=())
     out_dir = config.run_dir / STAGE
     results: list[dict] = []
     trained = 0
     seconds = 0.0
     for model, seed in track(pairs, "experiment", "sub-runs", postfix=lambda pair: f"{pair[0].folder} seed {pair[1]}"):
         folder = sub_run_dir(config.run_dir, model, seed)
-        sources = dict(shared)
-        sections = {
-            "evaluate": evaluation,
-            "train": dataclasses.replace(
-                config.train,
-                train_languages=model.train_languages,
-                downsample_to_language=model.downsample_to,
-                features=model.features,
-                baseline=model.baseline,
-                seed=seed,
-            ),
-        }
-        if model.oracle:
-            sources.update(triage=oracle_dir, train=sub_run_dir(config.run_dir, model.trained(), seed) / "train")
-            sections["triage"] = dataclasses.replace(config.triage, oracle=True)  # so config.json says what it links
-        sub_config = subrun.prepare(config, folder, sources, **sections)
+        sub_config = _sub_run_config(config, model, seed, shared, oracle_dir)
         outcome = subrun.train_and_evaluate(sub_config, train_too=not model.oracle)
         trained += outcome["trained"]
         seconds += outcome["seconds"]
-        scores = {language: subrun.micro_average(outcome["metrics"], language) for language in languages}
-        scores = {language: score for language, score in scores.items() if score is not None}
-        logger.info(
-            "%s seed %d: micro-average %s%s",
-            model.folder,
-            seed,
-            ", ".join(f"{language} {score:.3f}" for language, score in scores.items()),
-            "" if outcome["trained"] or outcome["evaluated"] else " (already done)",
-        )
-        results += [
-            {
-                "folder": model.folder,
-                "seed": seed,
-                "language": language,
-                "micro_average": score,
-                "sub_run": str(folder.relative_to(config.run_dir)),
-            }
-            for language, score in scores.items()
-        ]
+        results += _sub_run_results(languages, model, seed, outcome, str(folder.relative_to(config.run_dir)))
         # Rewritten after every sub-run, so a killed experiment leaves its partial tables.
-        finished = write_outputs(out_dir, cells, results, languages, seeds, experiment, config, seconds)
+        finished = write_outputs(out_dir, planned, results, seconds)
     return StageResult(
         STAGE,
         out_dir,
@@ -494,30 +458,84 @@ def run(config: RunConfig, experiment: ExperimentConfig) -> StageResult:
     )
 
 
-def write_outputs(
-    out_dir: Path,
-    cells: list[Cell],
-    results: list[dict],
-    languages: list[str],
-    seeds: list[int],
-    experiment: ExperimentConfig,
-    config: RunConfig,
-    seconds: float,
-) -> pl.DataFrame:
+def _table_languages(config: RunConfig, experiment: ExperimentConfig) -> list[str]:
+    """The tables' languages: `experiment.languages`, or every language with training mentions; E203 for
+    one without training mentions, an ablation language not among them, or an `only` that selects nothing."""
+    known = training_languages(config.stage_dir("triage"))
+    languages = list(experiment.languages) or known
+    check_setting(
+        "experiment",
+        "ablation_language",
+        experiment.ablation_language,
+        experiment.ablation_language in languages,
+        f"must be one of the table languages {languages}",
+    )
+    unknown = sorted(set(languages) - set(known))
+    check_setting(
+        "--languages",
+        "languages",
+        ",".join(unknown),
+        not unknown,
+        f"no training mentions in that language; the run's are {', '.join(known)}",
+    )
+    check_only(languages, experiment)
+    return languages
+
+
+def _sub_run_config(
+    config: RunConfig, model: Model, seed: int, shared: dict[str, Path], oracle_dir: Path | None
+) -> RunConfig:
+    """The config of `model`'s sub-run with `seed` (`subrun.prepare`): scored on every language, linked to the
+    run's triage and encode (`shared`), and for the oracle to its triage and the Multi model of that seed."""
+    sources = dict(shared)
+    sections = {
+        "evaluate": dataclasses.replace(config.evaluate, languages=()),
+        "train": dataclasses.replace(
+            config.train,
+            train_languages=model.train_languages,
+            downsample_to_language=model.downsample_to,
+            features=model.features,
+            baseline=model.baseline,
+            seed=seed,
+        ),
+    }
+    if model.oracle:
+        sources.update(triage=oracle_dir, train=sub_run_dir(config.run_dir, model.trained(), seed) / "train")
+        sections["triage"] = dataclasses.replace(config.triage, oracle=True)  # so config.json says what it links
+    return subrun.prepare(config, sub_run_dir(config.run_dir, model, seed), sources, **sections)
+
+
+def _sub_run_results(languages: list[str], model: Model, seed: int, outcome: dict, sub_run: str) -> list[dict]:
+    """`RESULTS_SCHEMA` rows of a sub-run's `outcome` (`subrun.train_and_evaluate`): its micro-average on
+    each table language that has one (logged)."""
+    scores = {language: subrun.micro_average(outcome["metrics"], language) for language in languages}
+    scores = {language: score for language, score in scores.items() if score is not None}
+    logger.info(
+        "%s seed %d: micro-average %s%s",
+        model.folder,
+        seed,
+        ", ".join(f"{language} {score:.3f}" for language, score in scores.items()),
+        "" if outcome["trained"] or outcome["evaluated"] else " (already done)",
+    )
+    return [
+        {"folder": model.folder, "seed": seed, "language": language, "micro_average": score, "sub_run": sub_run}
+        for language, score in scores.items()
+    ]
+
+
+# One row per sub-run and language: the results `cell_table` places in the tables.
+RESULTS_SCHEMA = {
+    "folder": pl.String,
+    "seed": pl.Int64,
+    "language": pl.String,
+    "micro_average": pl.Float64,
+    "sub_run": pl.String,
+}
+
+
+def write_outputs(out_dir: Path, planned: ExperimentPlan, results: list[dict], seconds: float) -> pl.DataFrame:
     """cells.parquet (one row per cell and seed) and tables.md from the results so far."""
-    frame = pl.DataFrame(
-        results,
-        schema={
-            "folder": pl.String,
-            "seed": pl.Int64,
-            "language": pl.String,
-            "micro_average": pl.Float64,
-            "sub_run": pl.String,
-        },
-    )
-    finished = cell_table(cells, frame)
+    finished = cell_table(planned.cells, pl.DataFrame(results, schema=RESULTS_SCHEMA))
     write_parquet_atomic(finished, out_dir / "cells.parquet")
-    write_text_atomic(
-        out_dir / "tables.md", tables_markdown(cells, finished, languages, seeds, experiment, config, seconds)
-    )
+    write_text_atomic(out_dir / "tables.md", tables_markdown(planned, finished, seconds))
     return finished
