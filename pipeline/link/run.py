@@ -37,7 +37,7 @@ from pipeline.core.io import (
     write_parquet_atomic,
     write_text_atomic,
 )
-from pipeline.core.manifest import MANIFEST, is_up_to_date, read_manifest, stage_key, write_manifest
+from pipeline.core.manifest import MANIFEST, ManifestHead, is_up_to_date, read_manifest, stage_key, write_manifest
 from pipeline.core.progress import progress as progress_counter
 from pipeline.core.shards import ShardErrors, finished_shards
 from pipeline.formats.inputs import without_entity_type
@@ -298,22 +298,11 @@ def run(options: LinkOptions) -> LinkResult:
     """Link, one shard of it, or the merge; see the module doc. Errors: E7xx, E1xx of the inputs."""
     started = time.time()
     out_dir = options.out_dir
-    if options.docs is not None and not options.docs.exists():
-        raise InputError("E108", path=options.docs)
-    if options.device is not None:  # refused whether or not any chunk is left to link
-        from pipeline.link.linker import check_device
-
-        check_device(options.device)
-    folder = load_model_folder(options.model)
-    if options.fallback_threshold is not None:
-        folder = dataclasses.replace(folder, policy=folder.policy.with_unseen_threshold(options.fallback_threshold))
+    folder = _model_folder(options)
     kb_path = _checked_inputs(options, folder)
     kb_fingerprint = file_fingerprint(kb_path)
-    precision = link_precision(options, folder)
-    key = link_key(options, folder.fingerprint, kb_fingerprint, precision)
-
+    key = link_key(options, folder.fingerprint, kb_fingerprint, link_precision(options, folder))
     kb = LinkKb(kb_path, kb_fingerprint, folder, options.kb_map)
-
     if not options.force and is_up_to_date(out_dir, key):  # a shard or merge of a finished link too
         if options.shard is None:  # an older xel's relink may have left another link's outputs beside these
             remove_stale_outputs(out_dir, read_manifest(out_dir)["outputs"])
@@ -328,28 +317,48 @@ def run(options: LinkOptions) -> LinkResult:
     if options.shard is not None:
         _refuse_other_links(out_dir, key, options.shard, options.force)
     context_chars = int(folder.meta["inputs"]["context_chars"])
-    linker = None
-    with _checked_corpus(options, key, context_chars) as total:
-        if _links_a_chunk(options, key, total):  # the model's own refusals (E702-E705, E203 --device) now
-            from pipeline.link.linker import Linker
-
-            linker = Linker(folder, kb_path, options.device, kb_fingerprint, options.precision, options.kb_map)
-            kb.linker = linker
-        if options.shard is None:  # shards write at once, so only a locked run may sweep temporary files
-            remove_leftover_temps(out_dir / CHUNKS)
-        _forget_other_keys(
-            out_dir, key, options.force, linked_with(options.model, folder.fingerprint, kb_path, kb_fingerprint)
-        )
-    if options.shard is None:
-        remove_leftover_temps(out_dir)  # after the corpus check's scratch folder is gone
-    (out_dir / MANIFEST).unlink(missing_ok=True)  # outputs being redone never look finished
-
-    linked = _link_chunks(options, linker, context_chars)
+    total = _take_over_out(options, key, kb, context_chars)
+    linked = _link_chunks(options, kb.linker, context_chars)
     if linked.counts["chunks_resumed"]:
         logger.info("resumed: %d chunk(s) were already linked in %s", linked.counts["chunks_resumed"], out_dir / CHUNKS)
     if options.shard is not None:
         return _shard_done(options, key, total, linked, started)
     return _finish(options, key, total, started, linked.counts, kb)
+
+
+def _model_folder(options: LinkOptions) -> ModelFolder:
+    """The model folder (`load_model_folder`, E701-E706) with --fallback-threshold applied; before it loads,
+    --docs must exist (E108) and --device must run here (E203), whether or not any chunk is left to link."""
+    if options.docs is not None and not options.docs.exists():
+        raise InputError("E108", path=options.docs)
+    if options.device is not None:
+        from pipeline.link.linker import check_device
+
+        check_device(options.device)
+    folder = load_model_folder(options.model)
+    if options.fallback_threshold is not None:
+        folder = dataclasses.replace(folder, policy=folder.policy.with_unseen_threshold(options.fallback_threshold))
+    return folder
+
+
+def _take_over_out(options: LinkOptions, key: str, kb: LinkKb, context_chars: int) -> int:
+    """Run the corpus checks and, where this call links a chunk, load the linker (`kb.linker`; the model's
+    own refusals, E702-E705, E203 --device, come now); only then clear --out of another key's work and of
+    temporary files and the manifest (outputs being redone never look finished). The corpus's chunk count."""
+    out_dir = options.out_dir
+    with _checked_corpus(options, key, context_chars) as total:
+        if _links_a_chunk(options, key, total):
+            from pipeline.link.linker import Linker
+
+            kb.linker = Linker(kb.folder, kb.path, options.device, kb.fingerprint, options.precision, options.kb_map)
+        if options.shard is None:  # shards write at once, so only a locked run may sweep temporary files
+            remove_leftover_temps(out_dir / CHUNKS)
+        identity = linked_with(options.model, kb.folder.fingerprint, kb.path, kb.fingerprint)
+        _forget_other_keys(out_dir, key, options.force, identity)
+    if options.shard is None:
+        remove_leftover_temps(out_dir)  # after the corpus check's scratch folder is gone
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    return total
 
 
 def _checked_inputs(options: LinkOptions, folder) -> Path:
@@ -521,22 +530,20 @@ def _finish(
     summary = _link_summary(stats, total, counts, seconds)
     shares = nil_share(clustered)
     kb_report = kb.report()
-    write_manifest(
-        out_dir,
-        stage="link",
-        key=key,
+    head = ManifestHead(
+        "link",
+        key,
         inputs={"model": str(options.model), "mentions": str(options.mentions)},
         settings={"chunk_mentions": options.chunk_mentions, "score": options.score},
-        counts=summary,
-        outputs=outputs,
         started=started,
-        extra={
-            "nil_share": shares.to_dicts(),
-            "tied_best": ties,
-            "linked_with": recorded_linked_with(out_dir),
-            "kb": kb_report,
-        },
     )
+    extra = {
+        "nil_share": shares.to_dicts(),
+        "tied_best": ties,
+        "linked_with": recorded_linked_with(out_dir),
+        "kb": kb_report,
+    }
+    write_manifest(out_dir, head, summary, outputs, extra)
     for name in (CHUNKS, WORK, SHARDS):
         shutil.rmtree(out_dir / name, ignore_errors=True)
     return LinkResult(
