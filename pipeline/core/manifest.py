@@ -101,17 +101,8 @@ class StageRun:
         extra: dict[str, Any] | None = None,
     ) -> StageResult:
         """Write the manifest last, once every output in `outputs` (names in out_dir) is in place."""
-        write_manifest(
-            self.out_dir,
-            stage=self.stage,
-            key=self.key,
-            inputs=self.inputs,
-            settings=self.settings,
-            counts=counts,
-            outputs=outputs,
-            started=self.started,
-            extra=extra,
-        )
+        head = ManifestHead(self.stage, self.key, self.inputs, self.settings, self.started)
+        write_manifest(self.out_dir, head, counts, outputs, extra)
         return StageResult(
             self.stage,
             self.out_dir,
@@ -251,30 +242,35 @@ def _say_replaced(
     )
 
 
+@dataclass(frozen=True)
+class ManifestHead:
+    """What a manifest says of the run that wrote it: the stage, its key, the inputs and settings it
+    records, and when it started (`time.time()`)."""
+
+    stage: str
+    key: str
+    inputs: dict[str, str]
+    settings: dict[str, Any]
+    started: float
+
+
 def write_manifest(
-    out_dir: Path,
-    *,
-    stage: str,
-    key: str,
-    inputs: dict[str, str],
-    settings: dict[str, Any],
-    counts: dict[str, int],
-    outputs: list[str],
-    started: float,
-    extra: dict[str, Any] | None = None,
+    out_dir: Path, head: ManifestHead, counts: dict[str, int], outputs: list[str], extra: dict[str, Any] | None = None
 ) -> None:
+    """`out_dir`'s manifest.json (atomically): `head`, the counts, the outputs (names in out_dir), the library
+    versions, start and finish times, and `extra`'s keys."""
     finished = time.time()
     payload = {
-        "stage": stage,
-        "key": key,
-        "inputs": inputs,
-        "settings": settings,
+        "stage": head.stage,
+        "key": head.key,
+        "inputs": head.inputs,
+        "settings": head.settings,
         "counts": counts,
         "outputs": outputs,
         "versions": library_versions(),
-        "started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
+        "started": datetime.fromtimestamp(head.started, timezone.utc).isoformat(),
         "finished": datetime.fromtimestamp(finished, timezone.utc).isoformat(),
-        "seconds": round(finished - started, 3),
+        "seconds": round(finished - head.started, 3),
     }
     if extra:
         payload.update(extra)

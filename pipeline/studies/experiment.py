@@ -52,7 +52,7 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from pipeline.core.config import RunConfig, language_settings
+from pipeline.core.config import RunConfig, check_setting, language_settings
 from pipeline.core.errors import CacheError, ConfigError
 from pipeline.core.io import write_parquet_atomic, write_text_atomic
 from pipeline.core.languages import is_language_tag, normalise_language
@@ -92,10 +92,7 @@ class ExperimentConfig:
     only: tuple[tuple[int, str | None], ...] = ()
 
     def __post_init__(self) -> None:
-        if not 1 <= self.seeds <= 100:
-            raise ConfigError(
-                "E203", where="experiment", field="seeds", value=self.seeds, reason="must be between 1 and 100"
-            )
+        check_setting("experiment", "seeds", self.seeds, 1 <= self.seeds <= 100, "must be between 1 and 100")
         # Read as the inputs' languages are (en-US -> en), so a table language matches the mentions'.
         # dict.fromkeys: EN and en are one table language, listed once.
         object.__setattr__(
@@ -114,15 +111,14 @@ class ExperimentConfig:
             ),
         )
         for table, column in self.only:
-            if table not in (1, 2, 3, 4) or (table == 1 and column is not None and column not in TABLE_1_COLUMNS):
-                raise ConfigError(
-                    "E203",
-                    where="experiment",
-                    field="only",
-                    value=f"{table}" + (f":{column}" if column else ""),
-                    reason=f"must be 1, 2, 3 or 4, optionally :COLUMN (Table 1: {', '.join(TABLE_1_COLUMNS)}; "
-                    "Tables 2-4: a language)",
-                )
+            check_setting(
+                "experiment",
+                "only",
+                f"{table}" + (f":{column}" if column else ""),
+                table in (1, 2, 3, 4) and not (table == 1 and column is not None and column not in TABLE_1_COLUMNS),
+                f"must be 1, 2, 3 or 4, optionally :COLUMN (Table 1: {', '.join(TABLE_1_COLUMNS)}; "
+                "Tables 2-4: a language)",
+            )
 
     def wants(self, cell: "Cell") -> bool:
         """Whether `only` keeps this cell (it keeps every cell when empty)."""
@@ -255,14 +251,13 @@ def check_only(languages: list[str], experiment: ExperimentConfig) -> None:
     """E203 for an `only` entry that selects no cell (e.g. 2:Multi: Table 2's columns are languages)."""
     every = plan(languages, dataclasses.replace(experiment, only=()))
     for table, column in experiment.only:
-        if table == 4 and not experiment.reader_row:
-            raise ConfigError(
-                "E203",
-                where="--only",
-                field="only",
-                value=f"{table}" + (f":{column}" if column else ""),
-                reason="Table 4 is the reader's: add --reader-row (or set rerank.enabled = true)",
-            )
+        check_setting(
+            "--only",
+            "only",
+            f"{table}" + (f":{column}" if column else ""),
+            table != 4 or experiment.reader_row,
+            "Table 4 is the reader's: add --reader-row (or set rerank.enabled = true)",
+        )
         if not any(cell.selected_by((table, column)) for cell in every):
             columns = sorted({cell.column for cell in every if cell.table == table}, key=str)
             raise ConfigError(
@@ -368,7 +363,8 @@ def format_cell(values: list[float], expected: int) -> str:
 
 @dataclass(frozen=True)
 class Study:
-    """One experiment: the run's config, the tables asked for, their languages, the seeds and the planned cells."""
+    """One experiment as planned: the run's config, the experiment's settings, the table languages, the
+    training seeds and the cells to fill (`plan`); `make_study` makes it."""
 
     config: RunConfig
     experiment: ExperimentConfig
@@ -378,102 +374,59 @@ class Study:
 
     @property
     def out_dir(self) -> Path:
+        """`<run>/experiment/`: cells.parquet, tables.md and the sub-runs."""
         return self.config.run_dir / STAGE
 
 
 def make_study(config: RunConfig, experiment: ExperimentConfig) -> Study:
-    """The study of a run whose triage has run: its table languages (checked, E203), seeds and cells."""
-    known = training_languages(config.stage_dir("triage"))
-    languages = list(experiment.languages) or known
-    if experiment.ablation_language not in languages:
-        raise ConfigError(
-            "E203",
-            where="experiment",
-            field="ablation_language",
-            value=experiment.ablation_language,
-            reason=f"must be one of the table languages {languages}",
-        )
-    unknown = sorted(set(languages) - set(known))
-    if unknown:
-        raise ConfigError(
-            "E203",
-            where="--languages",
-            field="languages",
-            value=",".join(unknown),
-            reason=f"no training mentions in that language; the run's are {', '.join(known)}",
-        )
-    check_only(languages, experiment)
+    """The study of a run whose triage has run: its table languages (`_table_languages`, E203), seeds (the
+    config's train seed, +1, +2, ...) and cells."""
+    languages = _table_languages(config, experiment)
     seeds = [config.train.seed + offset for offset in range(experiment.seeds)]
     return Study(config, experiment, languages, seeds, plan(languages, experiment))
 
 
-def ranker_nil_method(config: RunConfig) -> str:
-    """The NIL method of the sub-runs without the reader: the config's, with "reader" read as "auto"."""
-    return "auto" if config.evaluate.nil_method == "reader" else config.evaluate.nil_method
-
-
-def sub_run_config(
-    study: Study, model: Model, seed: int, shared: dict[str, Path], oracle_dir: Path | None
-) -> RunConfig:
-    """The config of `model`'s sub-run for `seed`, its stage links made (`subrun.prepare`).
-
-    A linked model (Multi+Or, the reader) links the same seed's trained model's train/ folder;
-    only the reader's sub-run has the reader on, with the seed's offset added to its own seed.
-    """
-    config, folder = study.config, sub_run_dir(study.config.run_dir, model, seed)
-    sources = dict(shared)
-    if model.linked:
-        sources["train"] = sub_run_dir(config.run_dir, model.trained(), seed) / "train"
-    sections = {
-        "evaluate": dataclasses.replace(
-            config.evaluate, languages=(), nil_method="reader" if model.reader else ranker_nil_method(config)
-        ),
-        "train": dataclasses.replace(
-            config.train,
-            train_languages=model.train_languages,
-            downsample_to_language=model.downsample_to,
-            features=model.features,
-            baseline=model.baseline,
-            seed=seed,
-        ),
-        "rerank": dataclasses.replace(
-            config.rerank, enabled=model.reader, seed=config.rerank.seed + seed - config.train.seed
-        ),
-    }
-    if model.oracle:
-        sources["triage"] = oracle_dir
-        sections["triage"] = dataclasses.replace(config.triage, oracle=True)  # so config.json says what it links
-    return subrun.prepare(config, folder, sources, **sections)
+def _table_languages(config: RunConfig, experiment: ExperimentConfig) -> list[str]:
+    """The tables' languages: `experiment.languages`, or every language with training mentions; E203 for
+    one without training mentions, an ablation language not among them, or an `only` that selects nothing."""
+    known = training_languages(config.stage_dir("triage"))
+    languages = list(experiment.languages) or known
+    check_setting(
+        "experiment",
+        "ablation_language",
+        experiment.ablation_language,
+        experiment.ablation_language in languages,
+        f"must be one of the table languages {languages}",
+    )
+    unknown = sorted(set(languages) - set(known))
+    check_setting(
+        "--languages",
+        "languages",
+        ",".join(unknown),
+        not unknown,
+        f"no training mentions in that language; the run's are {', '.join(known)}",
+    )
+    check_only(languages, experiment)
+    return languages
 
 
 def tables_markdown(study: Study, finished: pl.DataFrame, seconds: float) -> str:
-    """tables.md: Tables 1-3 (and 4 with the reader) from the finished cells, missing ones marked."""
+    """tables.md: the paper's three tables (and Table 4 with the reader) from the cells that have finished
+    (`cell_table`), with a preamble that says what each value is and what ran it; `seconds`: the sub-runs'
+    time in this invocation."""
     values: dict[tuple[int, str, str], list[float]] = {}
     for row in finished.iter_rows(named=True):
         values.setdefault((row["table"], row["row"], row["column"]), []).append(row["micro_average"])
     expected = {(c.table, c.row, c.column): len(study.seeds) if c.model.seeded else 1 for c in study.cells}
 
     def table(number: int, corner: str, rows: list[str], columns: list[str]) -> list[str]:
-        # Only planned rows and columns (`--only` may leave out some); a cell not planned is blank.
-        rows = [row for row in rows if any((number, row, column) in expected for column in columns)]
-        columns = [column for column in columns if any((number, row, column) in expected for row in rows)]
-        if not rows:
-            return ["(not asked for: see --only)"]
-        lines = ["| " + " | ".join([corner, *columns]) + " |", "|" + " --- |" * (len(columns) + 1)]
-        for row in rows:
-            cells = [
-                format_cell(values.get((number, row, column), []), expected[(number, row, column)])
-                if (number, row, column) in expected
-                else ""
-                for column in columns
-            ]
-            lines.append("| " + " | ".join([row, *cells]) + " |")
-        return lines
+        return _table_lines(number, corner, rows, columns, values, expected)
 
     languages = study.languages
     feature_rows = list(dict.fromkeys(c.row for c in study.cells if c.table == 3))
     lines = [
-        *tables_preamble(study, sum(len(v) for v in values.values()), seconds),
+        *_preamble(study, sum(len(v) for v in values.values()), seconds),
+        "",
         "## Table 1: settings per language",
         "",
         *table(1, "language", languages, list(TABLE_1_COLUMNS)),
@@ -488,19 +441,48 @@ def tables_markdown(study: Study, finished: pl.DataFrame, seconds: float) -> str
         "",
     ]
     if study.experiment.reader_row:
-        lines += ["## Table 4: the reader (beyond the paper)", "", *reader_note(study.config), ""]
+        lines += ["## Table 4: the reader (beyond the paper)", "", *_reader_note(study.config), ""]
         lines += [*table(4, "Multi", list(TABLE_4_ROWS), languages), ""]
     return "\n".join(lines)
 
 
-def tables_preamble(study: Study, done: int, seconds: float) -> list[str]:
-    """tables.md's title and what its cells are: the split, NIL method, seeds, ranker settings, machine."""
+def _table_lines(
+    number: int,
+    corner: str,
+    rows: list[str],
+    columns: list[str],
+    values: dict[tuple[int, str, str], list[float]],
+    expected: dict[tuple[int, str, str], int],
+) -> list[str]:
+    """Table `number` in Markdown: `values` (the finished seeds' micro-averages) of its planned cells, each
+    out of the `expected` seed count (`format_cell`). Only planned rows and columns (`--only` may leave out
+    some); a cell not planned is blank."""
+    rows = [row for row in rows if any((number, row, column) in expected for column in columns)]
+    columns = [column for column in columns if any((number, row, column) in expected for row in rows)]
+    if not rows:
+        return ["(not asked for: see --only)"]
+    lines = ["| " + " | ".join([corner, *columns]) + " |", "|" + " --- |" * (len(columns) + 1)]
+    for row in rows:
+        cells = [
+            format_cell(values.get((number, row, column), []), expected[(number, row, column)])
+            if (number, row, column) in expected
+            else ""
+            for column in columns
+        ]
+        lines.append("| " + " | ".join([row, *cells]) + " |")
+    return lines
+
+
+def _preamble(study: Study, done: int, seconds: float) -> list[str]:
+    """tables.md's title and what its values are: measure, split, NIL method (of the sub-runs without the
+    reader), seeds, the ranker's settings, the machine, how many values there are and the sub-runs' time in
+    this invocation."""
     config, seeds, train = study.config, study.seeds, study.config.train
     return [
         f"# The paper's tables on {config.name}",
         "",
         f"KBP2010 micro-average on the {config.evaluate.eval_split} split, NIL decided as evaluate.nil_method = "
-        f'"{ranker_nil_method(config)}" says, fitted on {config.evaluate.tune_split}; '
+        f'"{_ranker_nil_method(config)}" says, fitted on {config.evaluate.tune_split}; '
         f"mean ± standard deviation over {len(seeds)} training seed(s) "
         f"({', '.join(map(str, seeds))}); (k/n): only k of n seeds finished; —: not finished. "
         f"Features name, context, type (the paper's) unless a Table 3 row says otherwise.",
@@ -510,11 +492,10 @@ def tables_preamble(study: Study, done: int, seconds: float) -> list[str]:
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, "
         f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}; "
         f"{done} cell value(s); sub-run time this invocation {seconds / 60:.1f} min.",
-        "",
     ]
 
 
-def reader_note(config: RunConfig) -> list[str]:
+def _reader_note(config: RunConfig) -> list[str]:
     """What Table 4's rows are, with the reader's settings."""
     rerank = config.rerank
     return [
@@ -540,11 +521,11 @@ def run(config: RunConfig, experiment: ExperimentConfig) -> StageResult:
     trained = 0
     seconds = 0.0
     for model, seed in track(pairs, "experiment", "sub-runs", postfix=lambda pair: f"{pair[0].folder} seed {pair[1]}"):
-        sub_config = sub_run_config(study, model, seed, shared, oracle_dir)
+        sub_config = _sub_run_config(study, model, seed, shared, oracle_dir)
         outcome = subrun.train_and_evaluate(sub_config, train_too=not model.linked)
         trained += outcome["trained"]
         seconds += outcome["seconds"]
-        results += sub_run_results(study, model, seed, outcome)
+        results += _sub_run_results(study, model, seed, outcome)
         # Rewritten after every sub-run, so a killed experiment leaves its partial tables.
         finished = write_outputs(study, results, seconds)
     return StageResult(
@@ -557,8 +538,47 @@ def run(config: RunConfig, experiment: ExperimentConfig) -> StageResult:
     )
 
 
-def sub_run_results(study: Study, model: Model, seed: int, outcome: dict) -> list[dict]:
-    """One result row per table language the sub-run scored (folder, seed, language, micro_average, sub_run)."""
+def _ranker_nil_method(config: RunConfig) -> str:
+    """The NIL method of the sub-runs without the reader: the config's, with "reader" read as "auto"."""
+    return "auto" if config.evaluate.nil_method == "reader" else config.evaluate.nil_method
+
+
+def _sub_run_config(
+    study: Study, model: Model, seed: int, shared: dict[str, Path], oracle_dir: Path | None
+) -> RunConfig:
+    """The config of `model`'s sub-run with `seed` (`subrun.prepare`): scored on every language, linked to the
+    run's triage and encode (`shared`). A linked model (Multi+Or, the reader) links the same seed's trained
+    model's train/ folder, the oracle its own triage too; only the reader's sub-run has the reader on, with
+    the seed's offset added to its own seed."""
+    config = study.config
+    sources = dict(shared)
+    if model.linked:
+        sources["train"] = sub_run_dir(config.run_dir, model.trained(), seed) / "train"
+    sections = {
+        "evaluate": dataclasses.replace(
+            config.evaluate, languages=(), nil_method="reader" if model.reader else _ranker_nil_method(config)
+        ),
+        "train": dataclasses.replace(
+            config.train,
+            train_languages=model.train_languages,
+            downsample_to_language=model.downsample_to,
+            features=model.features,
+            baseline=model.baseline,
+            seed=seed,
+        ),
+        "rerank": dataclasses.replace(
+            config.rerank, enabled=model.reader, seed=config.rerank.seed + seed - config.train.seed
+        ),
+    }
+    if model.oracle:
+        sources["triage"] = oracle_dir
+        sections["triage"] = dataclasses.replace(config.triage, oracle=True)  # so config.json says what it links
+    return subrun.prepare(config, sub_run_dir(config.run_dir, model, seed), sources, **sections)
+
+
+def _sub_run_results(study: Study, model: Model, seed: int, outcome: dict) -> list[dict]:
+    """`RESULTS_SCHEMA` rows of a sub-run's `outcome` (`subrun.train_and_evaluate`): its micro-average on
+    each table language that has one (logged)."""
     scores = {language: subrun.micro_average(outcome["metrics"], language) for language in study.languages}
     scores = {language: score for language, score in scores.items() if score is not None}
     logger.info(
@@ -568,32 +588,26 @@ def sub_run_results(study: Study, model: Model, seed: int, outcome: dict) -> lis
         ", ".join(f"{language} {score:.3f}" for language, score in scores.items()),
         "" if outcome["trained"] or outcome["evaluated"] else " (already done)",
     )
-    folder = sub_run_dir(study.config.run_dir, model, seed)
+    sub_run = str(sub_run_dir(study.config.run_dir, model, seed).relative_to(study.config.run_dir))
     return [
-        {
-            "folder": model.folder,
-            "seed": seed,
-            "language": language,
-            "micro_average": score,
-            "sub_run": str(folder.relative_to(study.config.run_dir)),
-        }
+        {"folder": model.folder, "seed": seed, "language": language, "micro_average": score, "sub_run": sub_run}
         for language, score in scores.items()
     ]
 
 
+# One row per sub-run and language: the results `cell_table` places in the tables.
+RESULTS_SCHEMA = {
+    "folder": pl.String,
+    "seed": pl.Int64,
+    "language": pl.String,
+    "micro_average": pl.Float64,
+    "sub_run": pl.String,
+}
+
+
 def write_outputs(study: Study, results: list[dict], seconds: float) -> pl.DataFrame:
     """cells.parquet (one row per cell and seed) and tables.md from the results so far."""
-    frame = pl.DataFrame(
-        results,
-        schema={
-            "folder": pl.String,
-            "seed": pl.Int64,
-            "language": pl.String,
-            "micro_average": pl.Float64,
-            "sub_run": pl.String,
-        },
-    )
-    finished = cell_table(study.cells, frame)
+    finished = cell_table(study.cells, pl.DataFrame(results, schema=RESULTS_SCHEMA))
     write_parquet_atomic(finished, study.out_dir / "cells.parquet")
     write_text_atomic(study.out_dir / "tables.md", tables_markdown(study, finished, seconds))
     return finished

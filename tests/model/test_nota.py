@@ -22,7 +22,7 @@ from pipeline.model.features import RankerInputs, score_nil
 from pipeline.model.model_file import MODEL, load_model, save_torch
 from pipeline.model.nil import decide_nil
 from pipeline.model.ranker import Ranker, RankerShape
-from pipeline.train.batches import assemble_batch, linking_accuracy, train_epoch
+from pipeline.train.batches import StepContext, TrainingMentions, assemble_batch, linking_accuracy, train_epoch
 from pipeline.train.state import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -152,7 +152,10 @@ def test_nil_mentions_train_the_nil_option_up() -> None:
     accuracy_before = linking_accuracy(ranker, inputs, rows, matrix.numpy(), gold, gold < 0)
     for _ in range(40):
         train_epoch(
-            ranker, optimizer, inputs, rows, matrix, torch.from_numpy(gold), config, generator, torch.device("cpu")
+            ranker,
+            optimizer,
+            TrainingMentions(inputs, rows, matrix, torch.from_numpy(gold)),
+            StepContext(config, generator, torch.device("cpu")),
         )
     assert nil_lead() > before + 0.5 and nil_lead() > 0
     accuracy = linking_accuracy(ranker, inputs, rows, matrix.numpy(), gold, gold < 0)
@@ -163,14 +166,9 @@ def test_the_nil_option_is_every_linked_mentions_extra_negative_and_nil_mentions
     inputs, gold = toy_inputs(linked=4, nil=2)
     matrix = torch.tensor([[0, 1, 2]] * 6)
     batch, mask, _ = assemble_batch(
-        inputs,
-        np.arange(6),
-        matrix,
-        torch.from_numpy(gold),
+        TrainingMentions(inputs, np.arange(6), matrix, torch.from_numpy(gold)),
         torch.arange(6),
-        toy_config(nil_candidate=True),
-        torch.Generator().manual_seed(0),
-        torch.device("cpu"),
+        StepContext(toy_config(nil_candidate=True), torch.Generator().manual_seed(0), torch.device("cpu")),
     )
     assert mask.shape == (6, 4 + 1) and mask[:, -1].tolist() == [True] * 4 + [False] * 2
     assert batch[2].shape == (6, 1 + 4)
@@ -190,13 +188,8 @@ def test_without_nil_mentions_the_option_draws_the_same_batches() -> None:
         train_epoch(
             ranker,
             torch.optim.Adam(ranker.parameters()),
-            inputs,
-            rows,
-            matrix,
-            torch.from_numpy(gold),
-            toy_config(nil_candidate=nil_candidate),
-            generator,
-            torch.device("cpu"),
+            TrainingMentions(inputs, rows, matrix, torch.from_numpy(gold)),
+            StepContext(toy_config(nil_candidate=nil_candidate), generator, torch.device("cpu")),
         )
         states.append(generator.get_state())
     assert torch.equal(states[0], states[1])
