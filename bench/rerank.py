@@ -46,7 +46,9 @@ def training_rate(config, precision: str, batches: int, device: torch.device) ->
     )
     data = dataclasses.replace(data, train_rows=data.train_rows[: (batches + 1) * rerank.batch_mentions])
     state = training.new_training(reader, rerank.learning_rate, batches + 1)
-    plan = training.Schedule(rerank.batch_mentions, 1, precision, rerank.seed, rerank.nil_hidden_share)
+    plan = training.Schedule(
+        rerank.batch_mentions, 1, precision, rerank.seed, rerank.nil_hidden_share, rerank.shuffle_slots
+    )
 
     class Count:
         started = None

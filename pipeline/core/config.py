@@ -413,6 +413,10 @@ class RerankConfig:
     # Share of linked training mentions whose gold is removed from their candidates and whose label
     # becomes NIL, so "not in the KB" is learned from more than the NIL mentions (after BLINKout).
     nil_hidden_share: float = 0.1
+    # Shuffle each training mention's candidate slots every epoch. Candidates come in the ranker's
+    # order, and a ranker trained on the same mentions puts their gold first: unshuffled, the reader
+    # learns "slot 1", not the context (bench/ambiguity.py: it copied the ranker on 196 of 196).
+    shuffle_slots: bool = True
     # "auto": as [encoder] precision's auto (bf16 on CUDA and on CPUs with AVX512-BF16 / AMX, else fp32).
     precision: str = "auto"
     device: str = "auto"

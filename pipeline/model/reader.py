@@ -129,9 +129,12 @@ class ReaderExamples:
     layout: Layout
     marks: Specials
 
-    def reading(self, index: int, hide: str | None = None) -> reader_inputs.Reading:
-        """The `reader_inputs.Reading` of mention `index`, without candidate `hide` (a hidden gold)."""
+    def reading(self, index: int, hide: str | None = None, shuffle: int | None = None) -> reader_inputs.Reading:
+        """The `reader_inputs.Reading` of mention `index`, without candidate `hide` (a hidden gold); with
+        `shuffle` (a seed), its candidates in that seed's random order instead of the given one."""
         kept = [kb_id for kb_id in self.candidates[index] if kb_id != hide]
+        if shuffle is not None:
+            kept = [kept[i] for i in np.random.default_rng(shuffle).permutation(len(kept))]
         return reader_inputs.reading(
             self.contexts[index], [self.entity_tokens[k] for k in kept], kept, self.layout, self.marks
         )

@@ -239,7 +239,12 @@ def fit(
     if len(data.dev_rows) == 0 and world.is_main:
         warn(logger, "W509")
     plan = training.Schedule(
-        rerank.batch_mentions, rerank.grad_accumulation, rerank.precision, rerank.seed, rerank.nil_hidden_share
+        rerank.batch_mentions,
+        rerank.grad_accumulation,
+        rerank.precision,
+        rerank.seed,
+        rerank.nil_hidden_share,
+        rerank.shuffle_slots,
     )
     progress = progress_counter(
         rerank.epochs * batches, "rerank", "batches", initial=(state.start_epoch - 1) * batches, enabled=world.is_main

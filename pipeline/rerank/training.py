@@ -91,12 +91,14 @@ class Schedule:
     precision: str
     seed: int
     hidden_share: float
+    shuffle_slots: bool = True
 
 
 def epoch_plan(
     examples: ReaderExamples, rows: np.ndarray, epoch: int, plan: Schedule, world: World
-) -> tuple[np.ndarray, np.ndarray]:
-    """(this rank's rows in this epoch's order, whether each one's gold is hidden), drawn from (plan.seed, epoch).
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(this rank's rows in this epoch's order, whether each one's gold is hidden, each one's slot-shuffle
+    seed or None when `plan.shuffle_slots` is off), drawn from (plan.seed, epoch).
 
     A linked mention's gold is hidden with probability `plan.hidden_share` (its label becomes NIL).
     Under torchrun the order is padded by repetition to a multiple of the world size and each
@@ -106,21 +108,26 @@ def epoch_plan(
     order = rng.permutation(rows)
     linked = np.array([examples.gold[row] != schema.NIL_ID for row in order], dtype=bool)
     hidden = linked & (rng.random(len(order)) < plan.hidden_share)
+    # Drawn after the order and the hidden golds, so those stay what they were without shuffling.
+    shuffles = rng.integers(0, 2**63 - 1, size=len(order)) if plan.shuffle_slots else None
     if world.distributed and len(order):
         padded = -(-len(order) // world.size) * world.size
-        repeat = np.arange(padded) % len(order)
-        order, hidden = order[repeat][world.rank :: world.size], hidden[repeat][world.rank :: world.size]
-    return order, hidden
+        take = (np.arange(padded) % len(order))[world.rank :: world.size]
+        order, hidden = order[take], hidden[take]
+        shuffles = shuffles[take] if shuffles is not None else None
+    return order, hidden, shuffles
 
 
 def labelled_batch(
-    examples: ReaderExamples, rows: np.ndarray, hidden: np.ndarray, device: torch.device
+    examples: ReaderExamples, rows: np.ndarray, hidden: np.ndarray, shuffles: np.ndarray | None, device: torch.device
 ) -> tuple[list[reader_inputs.Reading], torch.Tensor]:
-    """(the readings of `rows`, labels (B,)); a hidden gold is left out and labelled NIL (slot 0)."""
+    """(the readings of `rows`, labels (B,)); a hidden gold is left out and labelled NIL (slot 0); with
+    `shuffles` (one seed per row) each row's candidates take their slots in that seed's random order."""
     readings, labels = [], []
-    for row, hide in zip(rows, hidden):
+    for i, (row, hide) in enumerate(zip(rows, hidden)):
         gold = examples.gold[row]
-        item = examples.reading(int(row), hide=gold if hide else None)
+        shuffle = None if shuffles is None else int(shuffles[i])
+        item = examples.reading(int(row), hide=gold if hide else None, shuffle=shuffle)
         readings.append(item)
         labels.append(item.kept.index(gold) + 1 if gold in item.kept else reader_inputs.NIL_SLOT)
     return readings, torch.tensor(labels, dtype=torch.long, device=device)
@@ -212,13 +219,14 @@ def train_epoch(state: ReaderTraining, data: TrainingSet, epoch: int, plan: Sche
     device = next(state.reader.parameters()).device
     dtype = autocast_dtype(plan.precision, device)
     examples, width = data.examples, data.examples.layout.top_k + 1
-    order, hidden = epoch_plan(examples, data.train_rows, epoch, plan, world)
+    order, hidden, shuffles = epoch_plan(examples, data.train_rows, epoch, plan, world)
     state.module.train()
     total, batches = 0.0, 0
     starts = range(0, len(order), plan.batch_mentions)
     for number, start in enumerate(starts, 1):
         part = slice(start, start + plan.batch_mentions)
-        inputs, labels = labelled_batch(examples, order[part], hidden[part], device)
+        slot_seeds = None if shuffles is None else shuffles[part]
+        inputs, labels = labelled_batch(examples, order[part], hidden[part], slot_seeds, device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = read(state.module, inputs, width, examples.marks, device)
         loss = torch.nn.functional.cross_entropy(logits.float(), labels)
