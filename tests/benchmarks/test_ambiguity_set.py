@@ -117,6 +117,11 @@ def test_the_ranker_method_is_dev_s_best_of_the_ranker_s_own() -> None:
     metrics["nil_validation"][0]["micro_average"] = 0.75
     assert bench.ranker_method(metrics) == "classifier"
     assert bench.ranker_method({"nil_validation": []}) == "threshold"
+    # The classifier reads the mention NIL prior only when that variant is strictly better.
+    metrics["nil_validation"].append({"method": "classifier+prior", "lang": "all", "micro_average": 0.75})
+    assert bench.ranker_method(metrics) == "classifier"
+    metrics["nil_validation"][-1]["micro_average"] = 0.76
+    assert bench.ranker_method(metrics) == "classifier+prior"
 
 
 def test_first_candidate_accuracy_counts_linked_test_mentions_only(tmp_path: Path) -> None:
