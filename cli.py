@@ -215,13 +215,16 @@ def _holding(config, command: str, lock: bool = True, writer: bool = True):
 
     The config is written only once the lock is held, so a refused second run overwrites
     nothing of the run in progress. Under torchrun only rank 0 is the `writer`: the other
-    ranks take no lock and write nothing here.
+    ranks take no lock and write nothing here. A stage's refusal of a setting names the config
+    file and line that set it, or --set (`config_file.settings_located`).
     """
     from pipeline.core.config import to_dict
+    from pipeline.core.config_file import settings_located
     from pipeline.core.io import remove_leftover_temps, write_json_atomic, write_text_atomic
 
     if not writer:
-        yield
+        with settings_located(config.source, config.overrides):
+            yield
         return
     with run_lock(config.run_dir, command) if lock else contextlib.nullcontext():
         config.run_dir.mkdir(parents=True, exist_ok=True)
@@ -231,7 +234,8 @@ def _holding(config, command: str, lock: bool = True, writer: bool = True):
         previous = saved.read_text(encoding="utf-8") if saved.is_file() else None
         write_json_atomic(saved, to_dict(config))
         try:
-            yield
+            with settings_located(config.source, config.overrides):  # a stage's check of a setting: file and line
+                yield
         except PipelineError:  # refused or failed: the run's config.json stays the last finished command's
             if previous is not None:
                 write_text_atomic(saved, previous)
@@ -302,13 +306,13 @@ def encode(
     merge: bool,
 ) -> None:
     """Encode mentions and candidate entities with the multilingual encoder into vectors.h5."""
-    from pipeline.encode import stage as encode_stage
+    from pipeline.stages import run_stage
 
     shard = _shard(shard_text, merge)
     config = _load(config_path, overrides, run_dir)
     # Shards of one run write separate files at the same time, so they take no run lock.
     with _holding(config, "encode", lock=shard is None):
-        _echo_result(encode_stage.run(config, force=force, shard=shard, merge=merge))
+        _echo_result(run_stage("encode", config, force=force, shard=shard, merge=merge))
 
 
 def _training_stage_command(stage: str, help_text: str):
@@ -365,7 +369,8 @@ def run(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, for
                 distributed.wait_for_main(world)
             elif stage not in TRAINING_STAGES and not world.is_main:
                 continue
-            result = run_stage(stage, config, force=force)
+            # Each stage has just brought the ones before it up to date: nothing upstream to check.
+            result = run_stage(stage, config, check_upstream=False, force=force)
             if world.is_main:
                 _echo_result(result)
     if world.is_main:
@@ -431,6 +436,12 @@ def search(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, 
     help="Add Table 3's '+ triage' row (our triage-evidence feature, not the paper's).",
 )
 @click.option(
+    "--reader-row/--no-reader-row",
+    default=None,
+    help="Add Table 4: the Multi ranker alone and with the reader ([rerank] settings; one reader per seed). "
+    "[default: on when rerank.enabled = true]",
+)
+@click.option(
     "--only",
     multiple=True,
     metavar="TABLE[:COLUMN]",
@@ -445,9 +456,10 @@ def experiment(
     languages: str | None,
     ablation_language: str,
     triage_row: bool,
+    reader_row: bool | None,
     only: tuple[str, ...],
 ) -> None:
-    """The paper's Tables 1-3 (settings, zero-shot, feature ablations) averaged over seeds.
+    """The paper's Tables 1-3 (settings, zero-shot, feature ablations) averaged over seeds; Table 4, the reader.
 
     Triage and encode run once; each model trains once in a sub-run under <run>/experiment/
     and finished ones are not redone, so a stopped experiment resumes (delete a sub-run's
@@ -463,6 +475,7 @@ def experiment(
         languages=table_languages,
         ablation_language=ablation_language,
         triage_row=triage_row,
+        reader_row=config.rerank.enabled if reader_row is None else reader_row,
         only=experiment_stage.parse_only(only),
     )
     with _holding(config, "experiment"):

@@ -32,22 +32,21 @@ sys.path.insert(0, str(ROOT))
 
 def training_rate(config, precision: str, batches: int, device: torch.device) -> float:
     """Training examples/s over `batches` timed steps (after one warm-up step)."""
+    import dataclasses
+
     from pipeline.core.distributed import World
-    from pipeline.model import reader_inputs
     from pipeline.model.reader import new_reader
-    from pipeline.model.reader_inputs import Layout
     from pipeline.rerank import stage, training
 
     rerank = config.rerank
     reader, tokenizer = new_reader(stage.encoder_path(config), device, rerank.seed)
-    layout = Layout(rerank.max_seq_tokens, rerank.max_context_tokens, rerank.top_k, rerank.form)
-    mentions, examples = stage.read_examples(config, tokenizer, layout, device)
-    split, gold = mentions["split"].to_numpy(), mentions["gold_kb_id"].is_not_null().to_numpy()
-    rows, _ = training.trainable_rows(examples, np.nonzero((split == "train") & gold)[0])
-    rows = rows[: (batches + 1) * rerank.batch_mentions]
+    mentions, examples = stage.read_examples(config, tokenizer, stage.sequence_layout(config), device)
+    data = training.TrainingSet.of(
+        examples, mentions["split"].to_numpy(), mentions["gold_kb_id"].is_not_null().to_numpy()
+    )
+    data = dataclasses.replace(data, train_rows=data.train_rows[: (batches + 1) * rerank.batch_mentions])
     state = training.new_training(reader, rerank.learning_rate, batches + 1)
     plan = training.Schedule(rerank.batch_mentions, 1, precision, rerank.seed, rerank.nil_hidden_share)
-    marks = reader_inputs.specials(tokenizer)
 
     class Count:
         started = None
@@ -59,30 +58,21 @@ def training_rate(config, precision: str, batches: int, device: torch.device) ->
             pass
 
     counter = Count()
-    training.train_epoch(reader, state, examples, rows, 1, plan, layout, marks, World(), counter)
-    return (len(rows) - rerank.batch_mentions) / (time.perf_counter() - counter.started)
+    training.train_epoch(state, data, 1, plan, World(), counter)
+    return (len(data.train_rows) - rerank.batch_mentions) / (time.perf_counter() - counter.started)
 
 
 def scoring_rate(config, precision: str, device: torch.device) -> float:
     """Dev+test mentions/s of the run's trained reader."""
-    from pipeline.model import reader_inputs
-    from pipeline.model.reader import ReaderExamples, load_reader, score_mentions
-    from pipeline.model.reader_inputs import Layout
+    from pipeline.model.reader import layout_of, load_reader, score_mentions
     from pipeline.rerank import stage
 
     reader, tokenizer, meta = load_reader(config.stage_dir("rerank") / stage.READER, device)
-    layout = Layout(**meta["layout"])
-    mentions, examples = stage.read_examples(config, tokenizer, layout, device)
+    mentions, examples = stage.read_examples(config, tokenizer, layout_of(meta), device)
     wanted = np.nonzero(mentions["split"].is_in(list(stage.SCORED_SPLITS)).to_numpy())[0]
-    subset = ReaderExamples(
-        [examples.mention_ids[r] for r in wanted],
-        [examples.contexts[r] for r in wanted],
-        [examples.candidates[r] for r in wanted],
-        [None] * len(wanted),
-        examples.entity_tokens,
-    )
+    scored = examples.subset(wanted, with_gold=False)
     started = time.perf_counter()
-    score_mentions(reader, subset, layout, reader_inputs.specials(tokenizer), device, precision)
+    score_mentions(reader, scored, device, precision)
     return len(wanted) / (time.perf_counter() - started)
 
 

@@ -49,7 +49,7 @@ def train_workload(epochs: int) -> float:
 
     from pipeline.core.config import TrainConfig
     from pipeline.model.features import RankerInputs
-    from pipeline.train.batches import train_epoch
+    from pipeline.train.batches import StepContext, TrainingMentions, train_epoch
     from pipeline.train.state import new_state, ranker_shape
 
     generator = np.random.default_rng(0)
@@ -81,13 +81,8 @@ def train_workload(epochs: int) -> float:
         train_epoch(
             state.model,
             state.optimizer,
-            inputs,
-            np.arange(n_mentions),
-            torch.from_numpy(candidates),
-            gold,
-            config,
-            state.generator,
-            torch.device("cpu"),
+            TrainingMentions(inputs, np.arange(n_mentions), torch.from_numpy(candidates), gold),
+            StepContext(config, state.generator, torch.device("cpu")),
         )
     return time.perf_counter() - started
 

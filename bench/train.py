@@ -48,7 +48,7 @@ from pipeline.core.config import TrainConfig  # noqa: E402
 from pipeline.encoders.precision import Precision  # noqa: E402
 from pipeline.model.features import RankerInputs  # noqa: E402
 from pipeline.model.ranker import Ranker, RankerShape, hinge_loss  # noqa: E402
-from pipeline.train.batches import assemble_batch, train_epoch  # noqa: E402
+from pipeline.train.batches import StepContext, TrainingMentions, assemble_batch, train_epoch  # noqa: E402
 from pipeline.train.state import ranker_shape  # noqa: E402
 
 N_TYPES = 8
@@ -114,6 +114,8 @@ def ours_rounds(
     generator = torch.Generator().manual_seed(config.seed)
     autocast = Precision.resolve(precision, device.type, where="--precision")
     size = batches * config.batch_mentions
+    step = StepContext(config, generator, device)
+    everyone = TrainingMentions(inputs, rows, candidates, gold)
 
     def train_round() -> float:
         # An "epoch" over a random subset of `batches` batches: exactly what pipeline.train.stage runs.
@@ -121,15 +123,7 @@ def ours_rounds(
         started = time.perf_counter()
         with autocast.autocast():
             train_epoch(
-                model,
-                optimizer,
-                inputs,
-                rows[subset.numpy()],
-                candidates[subset],
-                gold[subset],
-                config,
-                generator,
-                device,
+                model, optimizer, TrainingMentions(inputs, rows[subset.numpy()], candidates[subset], gold[subset]), step
             )
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -139,9 +133,7 @@ def ours_rounds(
         order = torch.randperm(len(rows), generator=generator)
         started = time.perf_counter()
         for start in range(0, size, config.batch_mentions):
-            assemble_batch(
-                inputs, rows, candidates, gold, order[start : start + config.batch_mentions], config, generator, device
-            )
+            assemble_batch(everyone, order[start : start + config.batch_mentions], step)
         return size / (time.perf_counter() - started)
 
     return load_seconds, train_round, assembly_round

@@ -125,9 +125,7 @@ def candidate_pieces(
         "fuzzy": (triage.use_fuzzy, fuzzy),
         "dense": (
             triage.use_dense,
-            lambda: dense_candidates(
-                keyed, surfaces, encoder_config, triage, kb.root, kb.fingerprint, encoder, learned.encoder_identity
-            ),
+            lambda: dense_candidates(keyed, kb, encoder_config, triage, encoder, learned.encoder_identity),
         ),
         "external": (external is not None, lambda: external_candidates(external, mentions, known_ids)),
     }

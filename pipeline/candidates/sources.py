@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 from rapidfuzz import fuzz, process
 
-from pipeline.candidates.kb_index import dense_index
+from pipeline.candidates.kb_index import KbIndex, dense_index
 from pipeline.candidates.tantivy_index import TantivyNameIndex
 from pipeline.core.config import EncoderConfig, TriageConfig
 from pipeline.core.errors import InputError, warn
@@ -32,6 +32,11 @@ logger = logging.getLogger(__name__)
 
 # Names the four-gram index shortlists per mention string for rapidfuzz to rescore.
 FUZZY_SHORTLIST = 128
+
+
+def _best_per_entity(rows: pl.DataFrame, source: str) -> pl.DataFrame:
+    """One row per (mention_id, kb_id) of a source's `rows`, with its highest score, tagged `source`."""
+    return rows.group_by("mention_id", "kb_id").agg(pl.col("score").max()).with_columns(pl.lit(source).alias("source"))
 
 
 def alias_priors(aliases: pl.DataFrame) -> dict[str, pl.DataFrame]:
@@ -58,8 +63,7 @@ def prior_candidates(
             .join(table, on=key)
             .select("mention_id", pl.col("gold_kb_id").alias("kb_id"), "score")
         )
-    best = pl.concat(parts).group_by("mention_id", "kb_id").agg(pl.col("score").max())
-    return best.with_columns(pl.lit("prior").alias("source"))
+    return _best_per_entity(pl.concat(parts), "prior")
 
 
 def kb_name_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame) -> pl.DataFrame:
@@ -84,12 +88,7 @@ def kb_name_candidates(mentions: pl.DataFrame, surfaces: pl.DataFrame) -> pl.Dat
         .select("mention_id", "kb_id", pl.lit(0.5).alias("score"))
     )
     # Repeats (two surfaces of one entity with the same key) fold into one row here.
-    return (
-        pl.concat(parts)
-        .group_by("mention_id", "kb_id")
-        .agg(pl.col("score").max())
-        .with_columns(pl.lit("kb_name").alias("source"))
-    )
+    return _best_per_entity(pl.concat(parts), "kb_name")
 
 
 def fuzzy_candidates(
@@ -133,27 +132,20 @@ def fuzzy_candidates(
     )
     # Not deduplicated first (a `unique` over millions of surfaces): the group_by below does it.
     by_entity = matches.join(surfaces.select("surface_roman", "kb_id"), on="surface_roman")
-    return (
-        mentions.select("mention_id", "mention_roman")
-        .join(by_entity, on="mention_roman")
-        .group_by("mention_id", "kb_id")
-        .agg(pl.col("score").max())
-        .with_columns(pl.lit("fuzzy").alias("source"))
-    )
+    return _best_per_entity(mentions.select("mention_id", "mention_roman").join(by_entity, on="mention_roman"), "fuzzy")
 
 
 def dense_candidates(
     mentions: pl.DataFrame,
-    surfaces: pl.DataFrame,
+    kb: KbIndex,
     encoder_config: EncoderConfig,
     config: TriageConfig,
-    index_root: Path,
-    kb_fingerprint: str,
     encoder=None,
     identity: str | None = None,
 ) -> pl.DataFrame:
     """Nearest KB names and aliases of each distinct mention string (its leading article
-    dropped) by encoder cosine similarity, from a FAISS index cached per KB and encoder.
+    dropped) by encoder cosine similarity, from a FAISS index cached per KB and encoder
+    (under `kb.root`, keyed by `kb.fingerprint`).
     `encoder` (a `LoadedEncoder` of `encoder_config`) and `identity` (its `encoder_identity`, which
     hashes its files) save loading and hashing it again (link calls this per chunk)."""
     from pipeline.encoders.encoder import embed_texts, load_encoder
@@ -172,9 +164,9 @@ def dense_candidates(
 
     identity = identity or encoder.identity  # holds the precision, so a change of it rebuilds the index
     settings = {"encoder": identity, "prefix": config.dense_prefix, "max_name_tokens": encoder_config.max_name_tokens}
-    names = surfaces.select("surface", "kb_id")  # unique already (kb_index.keyed_surfaces)
+    names = kb.names.surfaces.select("surface", "kb_id")  # unique already (kb_index.keyed_surfaces)
     # A callable: the distinct names are only needed when the index is built.
-    dense = dense_index(lambda: names["surface"].unique().sort().to_list(), embed, index_root, kb_fingerprint, settings)
+    dense = dense_index(lambda: names["surface"].unique().sort().to_list(), embed, kb.root, kb.fingerprint, settings)
     # Sorted, so batches (and with them float rounding) are the same on every run.
     queries = mentions.select(drop_article(pl.col("mention")).alias("query").unique().sort())["query"].to_list()
     logger.info("dense triage: %d mention strings against %d KB names", len(queries), len(dense.surfaces))
@@ -190,14 +182,8 @@ def dense_candidates(
         },
         schema={"query": pl.String, "surface": pl.String, "score": pl.Float64},
     ).filter(pl.col("score") > 0)
-    return (
-        mentions.select("mention_id", drop_article(pl.col("mention")).alias("query"))
-        .join(matches, on="query")
-        .join(names, on="surface")
-        .group_by("mention_id", "kb_id")
-        .agg(pl.col("score").max())
-        .with_columns(pl.lit("dense").alias("source"))
-    )
+    queried = mentions.select("mention_id", drop_article(pl.col("mention")).alias("query"))
+    return _best_per_entity(queried.join(matches, on="query").join(names, on="surface"), "dense")
 
 
 def external_candidates(path: Path, mentions: pl.DataFrame, kb_ids: pl.DataFrame) -> pl.DataFrame:
@@ -208,6 +194,21 @@ def external_candidates(path: Path, mentions: pl.DataFrame, kb_ids: pl.DataFrame
     repeated (mention_id, kb_id) pair is kept once, with its highest score (W105), so that an
     outside source adds at most 1 to a candidate, as every source does. Malformed files are E112.
     """
+    frame = _read_external(path)
+    _warn_external_drops(path, frame, mentions, kb_ids)
+    return (
+        frame.join(mentions.select("mention_id"), on="mention_id", how="semi")
+        .join(kb_ids, on="kb_id", how="semi")
+        .group_by("mention_id", "kb_id")
+        .agg(pl.col("score").max())
+        .select("mention_id", "kb_id", pl.col("score").clip(0, 1), pl.lit("external").alias("source"))
+    )
+
+
+def _read_external(path: Path) -> pl.DataFrame:
+    """An outside triage's file as (line, mention_id, kb_id, score: Float64, ...); `line` is the
+    file's line number (the header is line 1). E108 for a missing file, E112 for one that is not
+    CSV/TSV, lacks a column, or has a row without a mention_id, a kb_id or a numeric score."""
     separator = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
     try:
         frame = pl.read_csv(path, separator=separator, schema_overrides={"mention_id": pl.String, "kb_id": pl.String})
@@ -240,6 +241,12 @@ def external_candidates(path: Path, mentions: pl.DataFrame, kb_ids: pl.DataFrame
             line=row["line"],
             detail=f"needs a mention_id, a kb_id and a numeric score, got {row}; fill in that row or remove it",
         )
+    return frame.with_columns(score.alias("score"))
+
+
+def _warn_external_drops(path: Path, frame: pl.DataFrame, mentions: pl.DataFrame, kb_ids: pl.DataFrame) -> None:
+    """W103 for rows of mentions not in this run, W106 for rows of KB ids not in `kb_ids`, W105 for
+    repeated (mention_id, kb_id) pairs: one warning each, naming a count and the first example."""
     unknown = frame.join(mentions.select("mention_id"), on="mention_id", how="anti")
     if unknown.height:
         # Outside triage often covers a larger mention set than this run: warned, not refused.
@@ -264,11 +271,3 @@ def external_candidates(path: Path, mentions: pl.DataFrame, kb_ids: pl.DataFrame
             line=first["line"],
             example=f"{first['mention_id']},{first['kb_id']}",
         )
-    return (
-        frame.with_columns(score.alias("score"))
-        .join(mentions.select("mention_id"), on="mention_id", how="semi")
-        .join(kb_ids, on="kb_id", how="semi")
-        .group_by("mention_id", "kb_id")
-        .agg(pl.col("score").max())
-        .select("mention_id", "kb_id", pl.col("score").clip(0, 1), pl.lit("external").alias("source"))
-    )

@@ -27,14 +27,23 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 PRECISION_EXPECTED = "use auto, fp32, bf16, fp16 or int8 (int8: CPU only)"
 
 
-def _check(where: str, name: str, value: object, ok: bool, reason: str) -> None:
+def check_setting(where: str, name: str, value: object, ok: bool, reason: str) -> None:
+    """E203 for the setting `name` (of `where`: a config section or a command-line option) unless `ok`:
+    its `value` and the `reason` it is refused."""
     if not ok:
         raise ConfigError("E203", where=where, field=name, value=value, reason=reason)
 
 
+def _check_at_least(where: str, config: object, least: int, *names: str) -> None:
+    """E203 ("must be >= least") for each of `config`'s fields `names` below `least`."""
+    for name in names:
+        value = getattr(config, name)
+        check_setting(where, name, value, value >= least, f"must be >= {least}")
+
+
 def _check_device(where: str, device: object) -> None:
     """E203 for a `device` setting not written as `DEVICE_PATTERN` ([encoder] and [train] alike)."""
-    _check(
+    check_setting(
         where,
         "device",
         device,
@@ -47,7 +56,7 @@ def language_settings(where: str, name: str, tags: Iterable[str]) -> list[str]:
     """Language settings read as the inputs' languages are (`pipeline.core.languages`: en-US -> en); E203
     for a value that is not a language tag (`unknown`, the TAC reader's label, may be named too)."""
     tags = list(tags)
-    _check(
+    check_setting(
         where,
         name,
         tags,
@@ -63,7 +72,7 @@ def language_keyed(where: str, name: str, values: dict[str, Any]) -> dict[str, A
     keys = language_settings(where, name, values)
     first_tag: dict[str, str] = {}
     for tag, key in zip(values, keys):
-        _check(
+        check_setting(
             where,
             name,
             values,
@@ -106,24 +115,24 @@ class InputsConfig:
 
     def __post_init__(self) -> None:
         where = "[inputs]"
-        _check(where, "kb", self.kb, self.kb is not None, "a KB JSONL file is required")
+        check_setting(where, "kb", self.kb, self.kb is not None, "a KB JSONL file is required")
         has_jsonl = self.mentions is not None
         has_tac = any(p is not None for p in (self.tac_train, self.tac_dev, self.tac_test))
-        _check(
+        check_setting(
             where,
             "mentions",
             self.mentions,
             has_jsonl or has_tac,
             "give mentions = a JSONL file, or tac_train/tac_dev/tac_test .tab files with tac_source",
         )
-        _check(
+        check_setting(
             where,
             "tac_source",
             self.tac_source,
             not has_tac or self.tac_source is not None,
             "TAC .tab files need tac_source, the folder of source documents",
         )
-        _check(where, "context_chars", self.context_chars, self.context_chars >= 50, "must be at least 50")
+        check_setting(where, "context_chars", self.context_chars, self.context_chars >= 50, "must be at least 50")
 
 
 @dataclass(frozen=True)
@@ -152,26 +161,26 @@ class EncoderConfig:
 
     def __post_init__(self) -> None:
         where = "[encoder]"
-        _check(where, "name", self.name, bool(self.name), "give a model name or folder")
-        _check(where, "name_layer", self.name_layer, self.name_layer >= 0, "must be >= 0")
-        _check(
+        check_setting(where, "name", self.name, bool(self.name), "give a model name or folder")
+        _check_at_least(where, self, 0, "name_layer")
+        check_setting(
             where,
             "max_context_tokens",
             self.max_context_tokens,
             16 <= self.max_context_tokens <= 8192,
             "must be between 16 and 8192",
         )
-        _check(where, "max_name_tokens", self.max_name_tokens, self.max_name_tokens >= 4, "must be >= 4")
-        _check(
+        _check_at_least(where, self, 4, "max_name_tokens")
+        check_setting(
             where,
             "batch_tokens",
             self.batch_tokens,
             self.batch_tokens >= self.max_context_tokens,
             "must be at least max_context_tokens",
         )
-        _check(where, "chunk_texts", self.chunk_texts, self.chunk_texts >= 1, "must be >= 1")
+        _check_at_least(where, self, 1, "chunk_texts")
         _check_device(where, self.device)
-        _check(where, "precision", self.precision, self.precision in PRECISIONS, PRECISION_EXPECTED)
+        check_setting(where, "precision", self.precision, self.precision in PRECISIONS, PRECISION_EXPECTED)
 
 
 @dataclass(frozen=True)
@@ -198,10 +207,12 @@ class TriageConfig:
 
     def __post_init__(self) -> None:
         where = "[triage]"
-        _check(where, "k", self.k, 1 <= self.k <= 1000, "must be between 1 and 1000")
-        _check(where, "fuzzy_min_score", self.fuzzy_min_score, 0 <= self.fuzzy_min_score <= 100, "must be in 0-100")
-        _check(where, "dense_k", self.dense_k, self.dense_k >= 1, "must be >= 1")
-        _check(where, "dense_floor", self.dense_floor, -1 <= self.dense_floor < 1, "must be in [-1, 1)")
+        check_setting(where, "k", self.k, 1 <= self.k <= 1000, "must be between 1 and 1000")
+        check_setting(
+            where, "fuzzy_min_score", self.fuzzy_min_score, 0 <= self.fuzzy_min_score <= 100, "must be in 0-100"
+        )
+        _check_at_least(where, self, 1, "dense_k")
+        check_setting(where, "dense_floor", self.dense_floor, -1 <= self.dense_floor < 1, "must be in [-1, 1)")
 
 
 @dataclass(frozen=True)
@@ -270,9 +281,32 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         where = "[train]"
+        self._check_ranker(where)
+        self._check_schedule(where)
+        self._check_languages(where)
+        check_setting(
+            where,
+            "name_pair_weight",
+            self.name_pair_weight,
+            0 <= self.name_pair_weight < float("inf"),
+            "must be >= 0 (0 turns the name-matching loss off)",
+        )
+        _check_at_least(where, self, 1, "name_pair_negatives")
+        check_setting(
+            where,
+            "nil_candidate",
+            self.nil_candidate,
+            isinstance(self.nil_candidate, bool) and not (self.nil_candidate and self.baseline == "nn"),
+            "use true or false; the nearest-neighbour baseline has no NIL score (set baseline = none)",
+        )
+        if self.name_pairs is not None:
+            self._check_name_pairs(where)
+
+    def _check_ranker(self, where: str) -> None:
+        """E203 for a ranker that cannot be built: its device, features and layer sizes."""
         _check_device(where, self.device)
         known = {"name", "context", "type", "triage"}
-        _check(
+        check_setting(
             where,
             "features",
             self.features,
@@ -281,38 +315,43 @@ class TrainConfig:
         )
         for name in ("name_hidden", "context_hidden", "type_hidden", "triage_hidden", "final_hidden"):
             sizes = getattr(self, name)
-            _check(
+            check_setting(
                 where,
                 name,
                 sizes,
                 bool(sizes) and all(isinstance(s, int) and s > 0 for s in sizes),
                 "give at least one layer; sizes must be positive integers",
             )
-        _check(where, "dropout", self.dropout, 0 <= self.dropout < 1, "must be in [0, 1)")
-        _check(where, "learning_rate", self.learning_rate, 0 < self.learning_rate < 1, "must be in (0, 1)")
-        _check(where, "batch_mentions", self.batch_mentions, self.batch_mentions >= 1, "must be >= 1")
-        _check(where, "negatives", self.negatives, self.negatives >= 1, "must be >= 1")
-        _check(
+        check_setting(where, "dropout", self.dropout, 0 <= self.dropout < 1, "must be in [0, 1)")
+
+    def _check_schedule(self, where: str) -> None:
+        """E203 for training settings out of range: step size, batches, negatives, epochs, checkpoints."""
+        check_setting(where, "learning_rate", self.learning_rate, 0 < self.learning_rate < 1, "must be in (0, 1)")
+        _check_at_least(where, self, 1, "batch_mentions", "negatives")
+        check_setting(
             where,
             "hard_negative_share",
             self.hard_negative_share,
             0 <= self.hard_negative_share <= 1,
             "must be in [0, 1]",
         )
-        _check(where, "margin", self.margin, self.margin > 0, "must be > 0")
-        _check(where, "epochs", self.epochs, self.epochs >= 1, "must be >= 1")
-        _check(where, "eval_every", self.eval_every, self.eval_every >= 1, "must be >= 1")
-        _check(where, "checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 1, "must be >= 1")
-        _check(
+        check_setting(where, "margin", self.margin, self.margin > 0, "must be > 0")
+        _check_at_least(where, self, 1, "epochs", "eval_every", "checkpoint_every")
+        check_setting(
             where,
             "checkpoint_minutes",
             self.checkpoint_minutes,
             math.isfinite(self.checkpoint_minutes) and self.checkpoint_minutes >= 0,
             "must be >= 0 (0: off)",
         )
-        _check(where, "weight_average", self.weight_average, 0 <= self.weight_average < 1, "must be in [0, 1) (0: off)")
-        _check(where, "baseline", self.baseline, self.baseline in ("none", "nn"), "use none (the ranker) or nn")
-        _check(
+        check_setting(
+            where, "weight_average", self.weight_average, 0 <= self.weight_average < 1, "must be in [0, 1) (0: off)"
+        )
+        check_setting(where, "baseline", self.baseline, self.baseline in ("none", "nn"), "use none (the ranker) or nn")
+
+    def _check_languages(self, where: str) -> None:
+        """E203 for a language setting that is not a tag; the others are normalised (en-US -> en)."""
+        check_setting(
             where, "train_languages", self.train_languages, all(self.train_languages), "language codes cannot be empty"
         )
         object.__setattr__(
@@ -324,36 +363,23 @@ class TrainConfig:
                 "downsample_to_language",
                 language_settings(where, "downsample_to_language", [self.downsample_to_language])[0],
             )
-        _check(
+
+    def _check_name_pairs(self, where: str) -> None:
+        """E203 for a name-pairs file of an unknown kind, or one the ranker has no name pair MLP for."""
+        check_setting(
             where,
-            "name_pair_weight",
-            self.name_pair_weight,
-            0 <= self.name_pair_weight < float("inf"),
-            "must be >= 0 (0 turns the name-matching loss off)",
+            "name_pairs",
+            str(self.name_pairs),
+            self.name_pairs.suffix.lower() in (".tsv", ".txt", ".jsonl"),
+            "give a .tsv (or .txt) file of tab-separated pairs or a .jsonl file",
         )
-        _check(where, "name_pair_negatives", self.name_pair_negatives, self.name_pair_negatives >= 1, "must be >= 1")
-        _check(
+        check_setting(
             where,
-            "nil_candidate",
-            self.nil_candidate,
-            isinstance(self.nil_candidate, bool) and not (self.nil_candidate and self.baseline == "nn"),
-            "use true or false; the nearest-neighbour baseline has no NIL score (set baseline = none)",
+            "name_pairs",
+            str(self.name_pairs),
+            "name" in self.features and self.baseline == "none",
+            'name matching trains the ranker\'s name pair MLP: keep "name" in features and baseline = none',
         )
-        if self.name_pairs is not None:
-            _check(
-                where,
-                "name_pairs",
-                str(self.name_pairs),
-                self.name_pairs.suffix.lower() in (".tsv", ".txt", ".jsonl"),
-                "give a .tsv (or .txt) file of tab-separated pairs or a .jsonl file",
-            )
-            _check(
-                where,
-                "name_pairs",
-                str(self.name_pairs),
-                "name" in self.features and self.baseline == "none",
-                'name matching trains the ranker\'s name pair MLP: keep "name" in features and baseline = none',
-            )
 
 
 @dataclass(frozen=True)
@@ -395,26 +421,31 @@ class RerankConfig:
     def __post_init__(self) -> None:
         where = "[rerank]"
         _check_device(where, self.device)
-        _check(where, "candidates", self.candidates, self.candidates in ("ranker", "triage"), "use ranker or triage")
-        _check(where, "top_k", self.top_k, 1 <= self.top_k <= 64, "must be between 1 and 64")
-        _check(where, "form", self.form, self.form in ("listwise", "pairwise"), "use listwise or pairwise")
-        _check(where, "max_context_tokens", self.max_context_tokens, self.max_context_tokens >= 8, "must be >= 8")
+        check_setting(
+            where, "candidates", self.candidates, self.candidates in ("ranker", "triage"), "use ranker or triage"
+        )
+        check_setting(where, "top_k", self.top_k, 1 <= self.top_k <= 64, "must be between 1 and 64")
+        check_setting(where, "form", self.form, self.form in ("listwise", "pairwise"), "use listwise or pairwise")
+        _check_at_least(where, self, 8, "max_context_tokens")
         # [CLS] context with two markers [SEP] NIL, then each candidate's marker and at least two sub-words, [SEP].
         least = self.max_context_tokens + 5 + 3 * self.top_k
-        _check(
+        check_setting(
             where,
             "max_seq_tokens",
             self.max_seq_tokens,
             least <= self.max_seq_tokens <= 8192,
             f"must be between max_context_tokens + 5 + 3 * top_k = {least} and 8192",
         )
-        _check(where, "epochs", self.epochs, self.epochs >= 1, "must be >= 1")
-        _check(where, "learning_rate", self.learning_rate, 0 < self.learning_rate < 1, "must be in (0, 1)")
-        _check(where, "batch_mentions", self.batch_mentions, self.batch_mentions >= 1, "must be >= 1")
-        _check(where, "grad_accumulation", self.grad_accumulation, self.grad_accumulation >= 1, "must be >= 1")
-        _check(where, "freeze_layers", self.freeze_layers, self.freeze_layers >= 0, "must be >= 0")
-        _check(where, "nil_hidden_share", self.nil_hidden_share, 0 <= self.nil_hidden_share < 1, "must be in [0, 1)")
-        _check(where, "precision", self.precision, self.precision in ("auto", "fp32", "bf16"), "use auto, fp32 or bf16")
+        _check_at_least(where, self, 1, "epochs")
+        check_setting(where, "learning_rate", self.learning_rate, 0 < self.learning_rate < 1, "must be in (0, 1)")
+        _check_at_least(where, self, 1, "batch_mentions", "grad_accumulation")
+        _check_at_least(where, self, 0, "freeze_layers")
+        check_setting(
+            where, "nil_hidden_share", self.nil_hidden_share, 0 <= self.nil_hidden_share < 1, "must be in [0, 1)"
+        )
+        check_setting(
+            where, "precision", self.precision, self.precision in ("auto", "fp32", "bf16"), "use auto, fp32 or bf16"
+        )
 
 
 @dataclass(frozen=True)
@@ -455,32 +486,34 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         where = "[evaluate]"
-        _check(
+        check_setting(
             where,
             "nil_method",
             self.nil_method,
             self.nil_method in ("threshold", "classifier", "nota", "reader", "auto"),
             "use threshold, classifier, nota, reader or auto",
         )
-        _check(
+        check_setting(
             where, "threshold_mode", self.threshold_mode, self.threshold_mode in ("dev", "fixed"), "use dev or fixed"
         )
-        _check(
+        check_setting(
             where,
             "nil_clustering",
             self.nil_clustering,
             self.nil_clustering in ("name", "singleton"),
             "use name or singleton",
         )
-        _check(where, "eval_split", self.eval_split, self.eval_split != "train", "evaluate on dev or test, not train")
-        _check(
+        check_setting(
+            where, "eval_split", self.eval_split, self.eval_split != "train", "evaluate on dev or test, not train"
+        )
+        check_setting(
             where,
             "tune_split",
             self.tune_split,
             self.tune_split != "test",
             "thresholds chosen on the test split would overstate scores; tune on dev",
         )
-        _check(where, "languages", self.languages, all(self.languages), "language codes cannot be empty")
+        check_setting(where, "languages", self.languages, all(self.languages), "language codes cannot be empty")
         object.__setattr__(self, "languages", tuple(language_settings(where, "languages", self.languages)))
         object.__setattr__(self, "fixed_thresholds", language_keyed(where, "fixed_thresholds", self.fixed_thresholds))
         # A threshold meets the ranker's tanh score (or the baseline's cosine): the model folder refuses others (E702).
@@ -488,7 +521,7 @@ class EvaluateConfig:
             ("default_threshold", [self.default_threshold]),
             ("fixed_thresholds", list(self.fixed_thresholds.values())),
         ):
-            _check(
+            check_setting(
                 where,
                 name,
                 self.default_threshold if name == "default_threshold" else self.fixed_thresholds,
@@ -510,17 +543,19 @@ class RunConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     rerank: RerankConfig = field(default_factory=RerankConfig)
     source: Path | None = None
+    # "section.key" of each setting given with --set: where a refused value came from (`config_file.located`).
+    overrides: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # An oracle-added gold has no triage evidence, so the triage feature would point at it.
-        _check(
+        check_setting(
             "[train]",
             "features",
             self.train.features,
             not ("triage" in self.train.features and self.triage.oracle),
             "the triage feature cannot be used with triage.oracle = true (it would reveal the added gold)",
         )
-        _check(
+        check_setting(
             "[evaluate]",
             "nil_method",
             self.evaluate.nil_method,

@@ -8,10 +8,13 @@ so a config works from any directory. Unknown sections or keys are errors, never
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import functools
+import re
 import typing
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +31,7 @@ from pipeline.core.config import (
     TriageConfig,
     config_adapter,
 )
-from pipeline.core.errors import ConfigError
+from pipeline.core.errors import ConfigError, TomlText, toml_spelling
 
 SECTIONS: dict[str, type] = {
     "inputs": InputsConfig,
@@ -103,11 +106,24 @@ def _override_value(section_type: type, key: str, text: str, where: str) -> Any:
         return text
 
 
+def closest_key(key: str, known: Iterable[str]) -> str | None:
+    """The known key closest to the unknown `key` (difflib, similarity at least 0.6), or None."""
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def did_you_mean(key: str, known: Iterable[str]) -> str:
+    """' (did you mean `epochs`?)' naming `closest_key`, or "" when none is close: the hint of E201 and
+    of model.json's E716."""
+    close = closest_key(key, known)
+    return f" (did you mean `{close}`?)" if close else ""
+
+
 def unknown_key(path: str, key: str, section: str, known: list[str] | tuple[str, ...]) -> ConfigError:
-    """E201 for `key`, naming the closest known key when one is close ("did you mean `epochs`?", difflib)."""
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    hint = f" (did you mean `{close[0]}`?)" if close else ""
-    return ConfigError("E201", path=path, key=key, section=section, known=", ".join(known), hint=hint)
+    """E201 for `key`, naming the closest known key when one is close ("did you mean `epochs`?")."""
+    return ConfigError(
+        "E201", path=path, key=key, section=section, known=", ".join(known), hint=did_you_mean(key, known)
+    )
 
 
 def parse_override(text: str) -> tuple[str, str, str]:
@@ -180,13 +196,9 @@ def build_config(
             overridden[key] = _override_value(section_type, key, value, f"--set [{section}]")
         # File paths resolve against the file's folder, --set paths against the working folder.
         values.update(_resolve_paths(section_type, overridden, cwd))
-        try:
+        # The checks know the section, not where the value came from: `located` adds that.
+        with settings_located(source, tuple(f"{s}.{k}" for s, k in override_values)):
             built[section] = _build_section(section_type, values, f"[{section}]")
-        except ConfigError as error:
-            # The checks know the section, not where the value came from: add that.
-            origin = f"{where_file} or --set" if overridden else where_file
-            error.message = error.message.replace(f"[{error.code}] ", f"[{error.code}] {origin} ", 1)
-            raise
     name = str(top.get("name") or (source.stem if source else "run"))
     if "run_dir" in top:
         run_dir = Path(str(top["run_dir"])).expanduser()
@@ -194,7 +206,75 @@ def build_config(
     else:
         # Beside the config file, as its input paths are: the working folder does not matter.
         run_dir = (root or base / "artifacts").resolve() / name
-    return RunConfig(name=name, run_dir=run_dir, source=source, **built)
+    overrides = tuple(f"{section}.{key}" for section, key in override_values)
+    with settings_located(source, overrides):  # RunConfig's checks across sections
+        return RunConfig(name=name, run_dir=run_dir, source=source, overrides=overrides, **built)
+
+
+# A check's own `where` for a setting of a section ("[rerank]"): `located` says which file and line.
+_SECTION_WHERE = re.compile(r"\[(\w+)\]")
+
+
+def setting_line(path: Path, section: str, key: str) -> int | None:
+    """The line (from 1) of TOML file `path` that sets `key` of `[section]`: `key = ...` under the
+    `[section]` header, `section.key = ...` before any header, or the `section = {...}` inline table
+    that holds it; None where the file does not set it (or cannot be read)."""
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    current = ""
+    for number, line in enumerate(lines, start=1):
+        header = re.match(r"\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$", line)
+        if header:
+            current = header.group(1).strip("\"'")
+            continue
+        assigned = re.match(r"\s*([A-Za-z0-9_.\"'-]+?)\s*=", line)
+        if assigned is None:
+            continue
+        name = assigned.group(1).replace('"', "").replace("'", "")
+        if (current == section and name == key) or (not current and name == f"{section}.{key}"):
+            return number
+        if not current and name == section and re.search(rf"[{{,]\s*{re.escape(key)}\s*=", line):
+            return number
+    return None
+
+
+def located(error: ConfigError, source: Path | None, overrides: tuple[str, ...] = ()) -> ConfigError:
+    """`error` again, naming where its setting came from when its check named only the section (an E203
+    whose `where` is "[rerank]"): `--set [rerank]` for a --set value, `run.toml:12 [rerank]` for one the
+    file sets on line 12, `run.toml [rerank]` with "(the default)" after the value for one left unset.
+    Any other error is returned as it is."""
+    where = str(error.fields.get("where", ""))
+    section = _SECTION_WHERE.fullmatch(where)
+    if error.code != "E203" or section is None:
+        return error
+    key = str(error.fields.get("field", ""))
+    fields = dict(error.fields)
+    if f"{section.group(1)}.{key}" in overrides:
+        fields["where"] = f"--set {where}"
+        return ConfigError("E203", **fields)
+    if source is None:
+        return error
+    line = setting_line(source, section.group(1), key)
+    fields["where"] = f"{source}:{line} {where}" if line is not None else f"{source} {where}"
+    if line is None:
+        fields["value"] = TomlText(f"{toml_spelling(fields['value'])} (the default)")
+    return ConfigError("E203", **fields)
+
+
+@contextlib.contextmanager
+def settings_located(source: Path | None, overrides: tuple[str, ...] = ()) -> Iterator[None]:
+    """Run the block; a setting's check it raises (E203 naming a section only) names its file and line
+    (`located`). The config's own checks use it, and so do the commands around the stages, whose
+    checks (rerank.enabled, a device this machine lacks, ...) see only the built config."""
+    try:
+        yield
+    except ConfigError as error:
+        better = located(error, source, overrides)
+        if better is error:
+            raise
+        raise better from error
 
 
 def load_config(path: Path, overrides: tuple[str, ...] = (), root: Path | None = None) -> RunConfig:

@@ -8,8 +8,11 @@ and shows a traceback.
 from __future__ import annotations
 
 import errno
+import json
 import logging
+import math
 import re
+from pathlib import PurePath
 
 import click
 
@@ -43,7 +46,8 @@ class Errors:
     # E2xx: configuration
     E201 = "{path}: unknown key '{key}' in [{section}]{hint}; remove it or use one of the known keys: {known}"
     E202 = "{path}: invalid TOML ({detail}); fix the TOML syntax at that place"
-    E203 = "{where}: {field} = {value!r} is invalid: {reason}; change it in the config file or on the command line"
+    # {value} is written as TOML writes it (`toml_spelling`: false, "cpu", ["en", "es"]), as it is set.
+    E203 = "{where}: {field} = {value} is invalid: {reason}; change it in the config file or on the command line"
     E204 = "{path}: unknown section [{section}]; remove it or use one of the known sections: {known}"
     E205 = "no --config given; give the run's TOML file with --config FILE (the built-in demo is --config {demo})"
     # E206-E207: click's own checks of the command line (`usage_error`), in our one-line form.
@@ -96,6 +100,8 @@ class Errors:
     )
     # E710 (a mention id repeated across chunks, found at the merge) is gone: `link.sources.check_corpus`
     # refuses it as E104, with its line, before any chunk is linked.
+    # E716: a key model.json's schema does not know (a hand edit's typo), with the closest known one as E201 has it.
+    E716 = "{path}: unknown key '{key}'{hint}; correct its spelling or remove it: xel reads no key it does not know, so the value given there would be ignored (keys known at that place: {known})"
     E715 = "{path}: holds {detail}; give this shard the options and shard count of its siblings, another --out, or --force to delete them and start over"
     # E730-E739: linking against another KB (issue 23: pipeline/link/kb_fit.py)
     E730 = '{path}:{line}: {detail}; a KB id map is one pair a line: `old_id<TAB>new_id` in .tsv/.txt (an optional header line `from<TAB>to`), or {{"from": old_id, "to": new_id}} in .jsonl'
@@ -163,14 +169,43 @@ def warn(logger: logging.Logger, code: str, **fields: object) -> str:
     return text
 
 
+class TomlText(str):
+    """Text already written as TOML writes a value (with a note, say): `toml_spelling` keeps it as it is."""
+
+
+def toml_spelling(value: object) -> str:
+    """`value` as a TOML file (or `--set`) writes it: false, 3, 0.5, "cpu", ["en", "es"], {en = -0.8};
+    nan and inf as TOML spells them. Anything TOML has no spelling for (None) as Python writes it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, TomlText):
+        return value
+    if isinstance(value, (str, PurePath)):
+        return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_spelling(item) for item in value) + "]"
+    if isinstance(value, dict):
+        keys = [str(k) if re.fullmatch(r"[A-Za-z0-9_-]+", str(k)) else toml_spelling(str(k)) for k in value]
+        return "{" + ", ".join(f"{k} = {toml_spelling(v)}" for k, v in zip(keys, value.values())) + "}"
+    return repr(value)
+
+
 class PipelineError(click.ClickException):
-    """Base of every user-facing failure. Exit code 2, message on one line."""
+    """Base of every user-facing failure. Exit code 2, message on one line. `fields` keeps the template's
+    values as given, so a caller that knows more (which config file and line) can say it again."""
 
     exit_code = 2
 
     def __init__(self, code: str, **fields: object) -> None:
         template = getattr(Errors, code)
         self.code = code
+        self.fields = dict(fields)
+        if code == "E203":
+            fields["value"] = toml_spelling(fields["value"])
         fields.setdefault("more", "")  # "(n more line(s) like it)" where a check counts them
         fields.setdefault("hint", "")  # an addition to the advice where one case of a code needs it
         fields.setdefault("fix_first", "")  # E108: a likelier fix, said before the template's own ("..., or ")

@@ -39,6 +39,22 @@ class StageResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class StageIdentity:
+    """What a stage's key hashes for a config (each stage's `identity(config)`): its version, the settings
+    that change its output and its inputs (upstream stages' manifest keys, file fingerprints). A finished
+    stage whose manifest key is not `key` was made for other settings or inputs than the config asks."""
+
+    stage: str
+    version: int
+    settings: dict[str, Any]
+    inputs: dict[str, str]
+
+    @property
+    def key(self) -> str:
+        return stage_key(self.stage, self.version, self.settings, self.inputs)
+
+
 class StageRun:
     """The skeleton every stage runs, written once: its key; skip when up to date; else
     invalidate (manifest first), do the work, write the manifest last.
@@ -85,17 +101,8 @@ class StageRun:
         extra: dict[str, Any] | None = None,
     ) -> StageResult:
         """Write the manifest last, once every output in `outputs` (names in out_dir) is in place."""
-        write_manifest(
-            self.out_dir,
-            stage=self.stage,
-            key=self.key,
-            inputs=self.inputs,
-            settings=self.settings,
-            counts=counts,
-            outputs=outputs,
-            started=self.started,
-            extra=extra,
-        )
+        head = ManifestHead(self.stage, self.key, self.inputs, self.settings, self.started)
+        write_manifest(self.out_dir, head, counts, outputs, extra)
         return StageResult(
             self.stage,
             self.out_dir,
@@ -193,10 +200,12 @@ def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _say_replaced(
-    out_dir: Path, previous: dict[str, Any], settings: dict[str, Any] | None, inputs: dict[str, str] | None
-) -> None:
-    """Say which outputs of which finished run are replaced, and why."""
+def changes(
+    previous: dict[str, Any], settings: dict[str, Any] | None, inputs: dict[str, str] | None, prefix: str = ""
+) -> list[str]:
+    """What differs between a finished stage's manifest (`previous`) and the `settings` and `inputs` a
+    config gives it now: "margin: 1.0 -> 0.5" per setting (`prefix` before each key, e.g. "train."), and
+    "kb changed" per input (an upstream stage's output, a file, the encoder)."""
     reasons = []
     if settings is not None:
         old, new = (
@@ -204,7 +213,7 @@ def _say_replaced(
             _flatten(json.loads(json.dumps(settings, default=str))),
         )
         reasons += [
-            f"{key}: {old.get(key, '(default)')} -> {new.get(key, '(default)')}"
+            f"{prefix}{key}: {old.get(key, '(default)')} -> {new.get(key, '(default)')}"
             for key in sorted(old.keys() | new.keys())
             if old.get(key) != new.get(key)
         ]
@@ -215,6 +224,14 @@ def _say_replaced(
             for name in sorted(old_inputs.keys() | inputs.keys())
             if old_inputs.get(name) != inputs.get(name)
         ]
+    return reasons
+
+
+def _say_replaced(
+    out_dir: Path, previous: dict[str, Any], settings: dict[str, Any] | None, inputs: dict[str, str] | None
+) -> None:
+    """Say which outputs of which finished run are replaced, and why."""
+    reasons = changes(previous, settings, inputs)
     # Info, not a warning: the user changed something on purpose (hidden by --quiet).
     logger.info(
         "%s: replacing %s of the run finished %s: %s",
@@ -225,30 +242,35 @@ def _say_replaced(
     )
 
 
+@dataclass(frozen=True)
+class ManifestHead:
+    """What a manifest says of the run that wrote it: the stage, its key, the inputs and settings it
+    records, and when it started (`time.time()`)."""
+
+    stage: str
+    key: str
+    inputs: dict[str, str]
+    settings: dict[str, Any]
+    started: float
+
+
 def write_manifest(
-    out_dir: Path,
-    *,
-    stage: str,
-    key: str,
-    inputs: dict[str, str],
-    settings: dict[str, Any],
-    counts: dict[str, int],
-    outputs: list[str],
-    started: float,
-    extra: dict[str, Any] | None = None,
+    out_dir: Path, head: ManifestHead, counts: dict[str, int], outputs: list[str], extra: dict[str, Any] | None = None
 ) -> None:
+    """`out_dir`'s manifest.json (atomically): `head`, the counts, the outputs (names in out_dir), the library
+    versions, start and finish times, and `extra`'s keys."""
     finished = time.time()
     payload = {
-        "stage": stage,
-        "key": key,
-        "inputs": inputs,
-        "settings": settings,
+        "stage": head.stage,
+        "key": head.key,
+        "inputs": head.inputs,
+        "settings": head.settings,
         "counts": counts,
         "outputs": outputs,
         "versions": library_versions(),
-        "started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
+        "started": datetime.fromtimestamp(head.started, timezone.utc).isoformat(),
         "finished": datetime.fromtimestamp(finished, timezone.utc).isoformat(),
-        "seconds": round(finished - started, 3),
+        "seconds": round(finished - head.started, 3),
     }
     if extra:
         payload.update(extra)

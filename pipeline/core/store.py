@@ -23,6 +23,7 @@ earlier corpus had among its candidates. Clear everything with `rm -rf ~/.cache/
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -146,11 +147,17 @@ class EntityVectorStore:
             return
         part = f"part-{uuid.uuid4().hex}"
         files = []
-        for suffix, array in (("name", names), ("context", contexts), ("keys", np.asarray(keys, dtype="S32"))):
-            files.append(self.folder / f"{part}.{suffix}.npy")
-            with atomic_path(files[-1]) as temp_path:
-                with open(temp_path, "wb") as handle:
-                    np.save(handle, array.astype(self.dtype) if suffix != "keys" else array)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-        checked_files.seal(self.folder / f"{part}{RECORD_SUFFIX}", files)
+        try:
+            for suffix, array in (("name", names), ("context", contexts), ("keys", np.asarray(keys, dtype="S32"))):
+                files.append(self.folder / f"{part}.{suffix}.npy")
+                with atomic_path(files[-1]) as temp_path:
+                    with open(temp_path, "wb") as handle:
+                        np.save(handle, array.astype(self.dtype) if suffix != "keys" else array)
+                        handle.flush()
+                        os.fsync(handle.fileno())
+            checked_files.seal(self.folder / f"{part}{RECORD_SUFFIX}", files)
+        except Exception:  # a full disk, a read-only store: no part without its record is left behind
+            for path in files:
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
+            raise

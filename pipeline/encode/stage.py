@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -33,7 +34,15 @@ from pipeline.core import checked_files
 from pipeline.core.config import RunConfig, to_dict
 from pipeline.core.errors import CacheError, SchemaError, warn
 from pipeline.core.io import write_json_atomic
-from pipeline.core.manifest import StageResult, StageRun, library_versions, read_manifest_file, stage_key, upstream_key
+from pipeline.core.manifest import (
+    StageIdentity,
+    StageResult,
+    StageRun,
+    library_versions,
+    read_manifest_file,
+    stage_key,
+    upstream_key,
+)
 from pipeline.core.store import content_keys, entity_vector_store
 from pipeline.encode.inputs import read_triage
 from pipeline.encode.name_pairs import embed_name_pairs
@@ -64,6 +73,12 @@ def stage_identity(config: RunConfig) -> tuple[str, dict[str, str], dict]:
         if k not in ("batch_tokens", "chunk_texts", "device", "precision")
     }
     return stage_key(STAGE, STAGE_VERSION, settings, inputs), inputs, settings
+
+
+def identity(config: RunConfig) -> StageIdentity:
+    """What encode's key hashes (`stage_identity`), as every stage gives it."""
+    _, inputs, settings = stage_identity(config)
+    return StageIdentity(STAGE, STAGE_VERSION, settings, inputs)
 
 
 def share_entity_vectors(
@@ -112,23 +127,22 @@ def run(
     return dataclasses.replace(result, skipped=False, counts={**result.counts, "name_pair_names": embedded})
 
 
-def _write_shard_manifest(stage_run: StageRun, shard: tuple[int, int], path: Path, target: Path, facts: dict) -> None:
-    """A shard's manifest of its own (shards run side by side, without the run lock): its key, inputs and
-    settings, `facts` (counts, seconds, encoder), and the record of its vectors file (`checked_files`)."""
-    write_json_atomic(
-        path,
-        {
-            "stage": STAGE,
-            "key": stage_run.key,
-            "shard": list(shard),
-            "inputs": stage_run.inputs,
-            "settings": stage_run.settings,
-            "outputs": [target.name],
-            "versions": library_versions(),
-            **facts,
-            "checked": checked_files.describe([target], target.parent),
-        },
-    )
+@dataclass(frozen=True)
+class _Output:
+    """Where one encode writes: its vectors file, the work folder of its finished chunks, and for a shard
+    (i, n) that shard's manifest (shards run side by side, without the run lock)."""
+
+    vectors: Path
+    work_dir: Path
+    shard: tuple[int, int] | None = None
+    shard_manifest: Path | None = None
+
+    @classmethod
+    def of(cls, out_dir: Path, key: str, shard: tuple[int, int] | None) -> _Output:
+        if shard is None:
+            return cls(out_dir / VECTORS, out_dir / f"work-{key}")
+        vectors, manifest = shard_paths(out_dir, shard)
+        return cls(vectors, out_dir / f"work-{key}-{shard[0]}-of-{shard[1]}", shard, manifest)
 
 
 def _encode_vectors(config: RunConfig, force: bool, shard: tuple[int, int] | None, merge: bool) -> StageResult:
@@ -136,30 +150,55 @@ def _encode_vectors(config: RunConfig, force: bool, shard: tuple[int, int] | Non
     out_dir = config.stage_dir(STAGE)
     key, inputs, settings = stage_identity(config)
     stage_run = StageRun(out_dir, STAGE, STAGE_VERSION, settings, inputs, force)
-    started = stage_run.started
     if merge:
         return merge_shards(config, stage_run)
-    if shard is None:
-        target, work_dir = out_dir / VECTORS, out_dir / f"work-{key}"
-        if stage_run.up_to_date:
-            # A run killed after its manifest but before deleting its chunks leaves them behind.
-            shutil.rmtree(work_dir, ignore_errors=True)
-            return stage_run.skipped()
-        stage_run.begin(work_dir)
-    else:
-        target, shard_manifest = shard_paths(out_dir, shard)
-        work_dir = out_dir / f"work-{key}-{shard[0]}-of-{shard[1]}"
-        if not force and _finished_shard(target, shard_manifest, key):
-            return StageResult(STAGE, target.parent, skipped=True, seconds=time.time() - started)
-        shard_manifest.unlink(missing_ok=True)
-    if force:
-        shutil.rmtree(work_dir, ignore_errors=True)
-
+    output = _Output.of(out_dir, key, shard)
+    finished = _finished_or_begun(stage_run, output, force)
+    if finished is not None:
+        return finished
     mentions, entities = read_triage(config)
     if shard is not None:
         # Contiguous slices of the id-sorted lists: shards in order concatenate to the unsharded order.
         mentions, entities = shard_slice(mentions, shard), shard_slice(entities, shard)
     encoder = load_encoder(config.encoder)
+    groups, counts = _encode(config, encoder, mentions, entities, output)
+    attributes = vector_attributes(encoder, config, key)
+    if shard is not None:
+        attributes["shard"] = f"{shard[0]}/{shard[1]}"
+    write_vectors(output.vectors, attributes, config.encoder.store_float16, groups)
+    share_entity_vectors(config, inputs["encoder"], entities, *groups["entities"][1:])
+    result = _record(stage_run, output, counts, {"encoder_path": encoder.path, "device": str(encoder.device)})
+    # Only now that the result is in place: the chunks are no longer needed to resume.
+    shutil.rmtree(output.work_dir, ignore_errors=True)
+    if shard is None:
+        remove_stale_work(out_dir, key)
+    return result
+
+
+def _finished_or_begun(stage_run: StageRun, output: _Output, force: bool) -> StageResult | None:
+    """The result of an encode (or shard) that is finished already; else None, once what would make its
+    outputs look finished is gone (the manifest first) and, with `force`, its saved chunks too."""
+    if output.shard is None:
+        if stage_run.up_to_date:
+            # A run killed after its manifest but before deleting its chunks leaves them behind.
+            shutil.rmtree(output.work_dir, ignore_errors=True)
+            return stage_run.skipped()
+        stage_run.begin(output.work_dir)
+    else:
+        if not force and _finished_shard(output.vectors, output.shard_manifest, stage_run.key):
+            return StageResult(STAGE, output.vectors.parent, skipped=True, seconds=time.time() - stage_run.started)
+        output.shard_manifest.unlink(missing_ok=True)
+    if force:
+        shutil.rmtree(output.work_dir, ignore_errors=True)
+    return None
+
+
+def _encode(
+    config: RunConfig, encoder, mentions: pl.DataFrame, entities: pl.DataFrame, output: _Output
+) -> tuple[dict[str, tuple[list[str], np.ndarray, np.ndarray]], dict[str, int]]:
+    """Encode the distinct texts of `mentions` and `entities` in chunks saved in the work folder (a rerun
+    resumes after the last); ({group: (ids, name vectors, context vectors)} as `write_vectors` takes
+    them, rows in the order of `mentions` and `entities`; the stage's counts)."""
     plan = plan_units(mentions, entities, encoder, config.encoder)
     logger.info(
         "encoding %d distinct texts (%d sub-words) for %d mentions and %d entities on %s%s",
@@ -168,28 +207,23 @@ def _encode_vectors(config: RunConfig, force: bool, shard: tuple[int, int] | Non
         mentions.height,
         entities.height,
         encoder.device,
-        f" (shard {shard[0]}/{shard[1]})" if shard else "",
+        f" (shard {output.shard[0]}/{output.shard[1]})" if output.shard else "",
     )
-    context_vectors, span_vectors, chunks, resumed = encode_in_chunks(encoder, plan.table, config.encoder, work_dir)
-    attributes = vector_attributes(encoder, config, key)
-    if shard is not None:
-        attributes["shard"] = f"{shard[0]}/{shard[1]}"
-    entity_vectors = (span_vectors[plan.entity_span_rows], context_vectors[plan.entity_units])
-    write_vectors(
-        target,
-        attributes,
-        config.encoder.store_float16,
-        {
-            "mentions": (
-                mentions["mention_id"].to_list(),
-                span_vectors[plan.mention_span_rows],
-                context_vectors[plan.mention_units],
-            ),
-            "entities": (entities["kb_id"].to_list(), *entity_vectors),
-        },
+    context_vectors, span_vectors, chunks, resumed = encode_in_chunks(
+        encoder, plan.table, config.encoder, output.work_dir
     )
-    share_entity_vectors(config, inputs["encoder"], entities, *entity_vectors)
-    seconds = time.time() - started
+    groups = {
+        "mentions": (
+            mentions["mention_id"].to_list(),
+            span_vectors[plan.mention_span_rows],
+            context_vectors[plan.mention_units],
+        ),
+        "entities": (
+            entities["kb_id"].to_list(),
+            span_vectors[plan.entity_span_rows],
+            context_vectors[plan.entity_units],
+        ),
+    }
     counts = {
         "mentions": mentions.height,
         "entities": entities.height,
@@ -198,20 +232,33 @@ def _encode_vectors(config: RunConfig, force: bool, shard: tuple[int, int] | Non
         "chunks": chunks,
         "chunks_resumed": resumed,
     }
-    extra = {"encoder_path": encoder.path, "device": str(encoder.device)}
-    summary = {"texts_per_second": len(plan.table.units) / max(seconds, 1e-9)}
-    if shard is None:
-        result = stage_run.finish(counts, [VECTORS], summary=summary, extra=extra)
-    else:
-        _write_shard_manifest(
-            stage_run, shard, shard_manifest, target, {"counts": counts, "seconds": round(seconds, 3), **extra}
-        )
-        result = StageResult(STAGE, target.parent, skipped=False, seconds=seconds, counts=counts, summary=summary)
-    # Only now that the result is in place: the chunks are no longer needed to resume.
-    shutil.rmtree(work_dir, ignore_errors=True)
-    if shard is None:
-        remove_stale_work(out_dir, key)
-    return result
+    return groups, counts
+
+
+def _record(stage_run: StageRun, output: _Output, counts: dict[str, int], extra: dict) -> StageResult:
+    """Write the manifest last (the stage's, or a shard's own with the record of its vectors file,
+    `checked_files`) and return the result."""
+    seconds = time.time() - stage_run.started
+    summary = {"texts_per_second": counts["distinct_texts"] / max(seconds, 1e-9)}
+    if output.shard is None:
+        return stage_run.finish(counts, [VECTORS], summary=summary, extra=extra)
+    write_json_atomic(
+        output.shard_manifest,
+        {
+            "stage": STAGE,
+            "key": stage_run.key,
+            "shard": list(output.shard),
+            "inputs": stage_run.inputs,
+            "settings": stage_run.settings,
+            "outputs": [output.vectors.name],
+            "versions": library_versions(),
+            "counts": counts,
+            "seconds": round(seconds, 3),
+            **extra,
+            "checked": checked_files.describe([output.vectors], output.vectors.parent),
+        },
+    )
+    return StageResult(STAGE, output.vectors.parent, skipped=False, seconds=seconds, counts=counts, summary=summary)
 
 
 def _finished_shard(target: Path, shard_manifest: Path, key: str) -> bool:

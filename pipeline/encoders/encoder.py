@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.core.config import EncoderConfig
+from pipeline.core.config import EncoderConfig, check_setting
 from pipeline.core.devices import device_type, pick_device
 from pipeline.core.errors import ConfigError, PipelineError
 from pipeline.core.progress import silence_library_bars
@@ -186,14 +186,13 @@ def load_encoder(config: EncoderConfig) -> LoadedEncoder:
     device = pick_device(config.device)
     precision = Precision.resolve(config.precision, device.type)
     num_layers = int(model.config.num_hidden_layers)
-    if config.name_layer > num_layers:
-        raise ConfigError(
-            "E203",
-            where="[encoder]",
-            field="name_layer",
-            value=config.name_layer,
-            reason=f"{config.name} has only {num_layers} layers (hidden states 0..{num_layers})",
-        )
+    check_setting(
+        "[encoder]",
+        "name_layer",
+        config.name_layer,
+        config.name_layer <= num_layers,
+        f"{config.name} has only {num_layers} layers (hidden states 0..{num_layers})",
+    )
     hidden_size = int(model.config.hidden_size)
     model = precision.apply(model.to(device).eval())
     logger.info("encoder %s on %s at %s", config.name, device, precision.name)

@@ -145,24 +145,37 @@ def analyse(
     example), the TOP_CONFUSIONS most frequent wrong decisions, most frequent first; the names
     come from `names` (the KB's kb_id, name: triage's entities.parquet), null for NIL or without it.
     """
+    frame = _judged(evaluated, candidates)
+    return _analysis_table(frame, seen_kb_ids), with_names(_confusions(frame), names)
+
+
+_GOLD_NIL = pl.col("gold_kb_id") == schema.NIL_ID
+
+
+def _judged(evaluated: pl.DataFrame, candidates: pl.DataFrame) -> pl.DataFrame:
+    """The mentions with gold, each with its gold's triage rank (`gold_rank`, null when triage missed it),
+    whether its decision is `right` and whether the gold was `reachable` (a NIL, or among the candidates)."""
     gold_rank = candidates.select("mention_id", pl.col("kb_id").alias("gold_kb_id"), pl.col("rank").alias("gold_rank"))
-    gold_nil = pl.col("gold_kb_id") == schema.NIL_ID
-    rank = pl.col("gold_rank")
-    frame = (
+    return (
         evaluated.filter(pl.col("gold_kb_id").is_not_null())
         .join(gold_rank, on=["mention_id", "gold_kb_id"], how="left")
         .with_columns(
             (pl.col("kb_id") == pl.col("gold_kb_id")).fill_null(False).alias("right"),
-            (gold_nil | rank.is_not_null()).alias("reachable"),
+            (_GOLD_NIL | pl.col("gold_rank").is_not_null()).alias("reachable"),
         )
     )
-    groups = {
-        "seen in training": pl.when(gold_nil)
+
+
+def _groupings(seen_kb_ids: list[str]) -> dict[str, pl.Expr]:
+    """Each analysis of `ANALYSES` as the expression that puts a judged mention in its group."""
+    rank = pl.col("gold_rank")
+    return {
+        "seen in training": pl.when(_GOLD_NIL)
         .then(pl.lit("NIL gold"))
         .when(pl.col("gold_kb_id").is_in(seen_kb_ids))
         .then(pl.lit("seen"))
         .otherwise(pl.lit("unseen")),
-        "triage rank": pl.when(gold_nil)
+        "triage rank": pl.when(_GOLD_NIL)
         .then(pl.lit("NIL gold"))
         .when(rank.is_null())
         .then(pl.lit("not found"))
@@ -174,9 +187,13 @@ def analyse(
         "entity type": pl.col("entity_type").fill_null("unknown"),
         "language": pl.col("lang"),
     }
+
+
+def _analysis_table(frame: pl.DataFrame, seen_kb_ids: list[str]) -> pl.DataFrame:
+    """`analyse`'s long table of `_judged` mentions: one row per analysis, group and language (and all)."""
     both = pl.concat([frame, frame.with_columns(pl.lit(ALL).alias("lang"))])
     tables = []
-    for name, group in groups.items():
+    for name, group in _groupings(seen_kb_ids).items():
         tables.append(
             both.with_columns(group.alias("group"))
             .group_by("group", "lang")
@@ -192,9 +209,9 @@ def analyse(
         .drop("micro_average")
         .with_columns(pl.lit("NIL").alias("analysis"), pl.lit("NIL").alias("group"))
     )
-    nil_counts = both.filter(gold_nil).group_by("lang").agg(pl.col("right").sum().alias("correct"))
+    nil_counts = both.filter(_GOLD_NIL).group_by("lang").agg(pl.col("right").sum().alias("correct"))
     tables.append(nil.join(nil_counts, on="lang", how="left").with_columns(pl.col("correct").fill_null(0)))
-    table = (
+    return (
         pl.concat(tables, how="diagonal_relaxed")
         .with_columns(
             pl.col("correct").cast(pl.Int64),
@@ -215,7 +232,12 @@ def analyse(
         )
         .sort("analysis", "group", pl.col("lang") != ALL, "lang")
     )
-    confusions = (
+
+
+def _confusions(frame: pl.DataFrame) -> pl.DataFrame:
+    """The `TOP_CONFUSIONS` most frequent wrong decisions of `_judged` mentions (gold_kb_id, predicted_kb_id,
+    count, example), most frequent first."""
+    return (
         frame.filter(~pl.col("right"))
         .sort("mention_id")
         .group_by(pl.col("gold_kb_id"), pl.col("kb_id").alias("predicted_kb_id"))
@@ -223,7 +245,6 @@ def analyse(
         .sort(pl.col("count"), pl.col("gold_kb_id"), pl.col("predicted_kb_id"), descending=[True, False, False])
         .head(TOP_CONFUSIONS)
     )
-    return table, with_names(confusions, names)
 
 
 def with_names(confusions: pl.DataFrame, names: pl.LazyFrame | pl.DataFrame | None) -> pl.DataFrame:

@@ -206,34 +206,50 @@ def choose(
     if tuning.is_empty():
         artifact["method"] = evaluate.nil_method if evaluate.nil_method in ("nota", "reader") else "threshold"
         return artifact, sweep_table, None, {}
+    variants = _fitted_classifiers(tuning, evaluate, seed)
+    artifact["classifier"] = variants.get("classifier")
+    if artifact["classifier"] is None and not nota and not reader:
+        return artifact, sweep_table, None, variants
+    validation = cross_validate(tuning, evaluate, seed)
+    artifact["classifier"], artifact["method"] = _chosen(evaluate.nil_method, validation, variants)
+    return artifact, sweep_table, validation, variants
+
+
+def _fitted_classifiers(tuning: pl.DataFrame, evaluate: EvaluateConfig, seed: int) -> dict[str, dict]:
+    """The NIL classifier fitted on the tuning split, without the mention prior ("classifier") and, where
+    the predictions carry it, with it (`PRIOR_VARIANT`); fitted whatever the method, so the report can set
+    the methods side by side. None where the split has too few NILs (W604 when the method wants one)."""
     variants = {}
     if classifier_ready(tuning):
-        # Fitted whatever the method, so the report can set the methods side by side.
-        variants["classifier"] = artifact["classifier"] = nil_classifier.fit(without_prior(tuning), seed)
+        variants["classifier"] = nil_classifier.fit(without_prior(tuning), seed)
         if PRIOR_COLUMN in tuning.columns:
             variants[PRIOR_VARIANT] = nil_classifier.fit(tuning, seed)
     elif evaluate.nil_method in ("classifier", "auto"):
         nils = int((nil_classifier.labels(tuning) == nil_classifier.NIL).sum())
         warn(logger, "W604", split=evaluate.tune_split, nils=nils, minimum=MIN_CLASSIFIER_EXAMPLES)
-    if artifact["classifier"] is None and not nota and not reader:
-        return artifact, sweep_table, None, variants
-    validation = cross_validate(tuning, evaluate, seed)
+    return variants
+
+
+def _chosen(nil_method: str, validation: pl.DataFrame, variants: dict[str, dict]) -> tuple[dict | None, str]:
+    """(the classifier the artifact keeps, the NIL method) by the cross-validation's micro-average over all
+    languages: the prior variant where it beats the classifier without it; for `nil_method` auto, the best
+    method."""
     overall = {
         row["method"]: row["micro_average"] for row in validation.filter(pl.col("lang") == "all").iter_rows(named=True)
     }
+    classifier = variants.get("classifier")
     if overall.get(PRIOR_VARIANT, -1.0) > overall.get("classifier", -1.0):
         # The prior is evidence, not a method: the classifier reads it when dev says it helps.
-        artifact["classifier"] = variants[PRIOR_VARIANT]
-    method = evaluate.nil_method
-    if method == "classifier" and artifact["classifier"] is None:
+        classifier = variants[PRIOR_VARIANT]
+    method = nil_method
+    if method == "classifier" and classifier is None:
         method = "threshold"  # W604 said so
     if method == "auto":
         # The best held-out dev micro-average; on a tie the later of threshold, classifier, nota, reader.
         overall["classifier"] = max(overall.get("classifier", -1.0), overall.get(PRIOR_VARIANT, -1.0))
         methods = ("threshold", "classifier", "nota", "reader")
         method = max(methods, key=lambda m: (overall.get(m, -1.0), methods.index(m)))
-    artifact["method"] = method
-    return artifact, sweep_table, validation, variants
+    return classifier, method
 
 
 def without_prior(predictions: pl.DataFrame) -> pl.DataFrame:

@@ -21,7 +21,6 @@ Outputs (in the run's `evaluate/` folder):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,8 +32,9 @@ from pipeline.core.config import EvaluateConfig, RunConfig, to_dict
 from pipeline.core.devices import pick_device
 from pipeline.core.errors import ConfigError, InputError, warn
 from pipeline.core.io import atomic_path, write_json_atomic, write_parquet_atomic, write_text_atomic
-from pipeline.core.manifest import StageResult, StageRun, upstream_key
+from pipeline.core.manifest import StageIdentity, StageResult, StageRun, upstream_key
 from pipeline.evaluate import error_analysis, nil_choice
+from pipeline.evaluate.evaluation import Evaluation
 from pipeline.evaluate.report import report_markdown
 from pipeline.formats import triage_tables
 from pipeline.formats.doc_languages import FILE_NAME as DOC_LANGUAGES_FILE
@@ -43,7 +43,7 @@ from pipeline.formats.tac import write_tab
 from pipeline.model import mention_prior
 from pipeline.model.model_file import load_model
 from pipeline.model.model_folder import write_model_folder
-from pipeline.model.nil import cluster_nils, decide_nil
+from pipeline.model.nil import cluster_nils, decide_nil, decided_by, thresholds_decide
 from pipeline.model.nil_classifier import add_evidence, decision_reads_prior
 from pipeline.model.predict import predict
 from pipeline.model.reader import PREDICTION_COLUMNS as READER_COLUMNS
@@ -194,31 +194,14 @@ def check_gold_splits(mentions_path: Path, evaluate: EvaluateConfig) -> None:
         )
 
 
-@dataclass
-class _Evaluation:
-    """What evaluate computes, step by step (`_score`, `_decide`, `_measure`), for `_write` to save."""
-
-    config: RunConfig
-    out_dir: Path
-    triage_dir: Path
-    candidates: pl.DataFrame = None
-    mentions: pl.DataFrame = None
-    rows: np.ndarray = None
-    saved: dict = None
-    seed: int = 0  # the seed the model was trained with
-    score_table: pl.DataFrame = None
-    predictions: pl.DataFrame = None
-    prior: dict | None = None
-    artifact: dict = None
-    sweep_table: pl.DataFrame | None = None
-    validation: pl.DataFrame | None = None
-    variants: dict | None = None
-    decided: pl.DataFrame = None
-    evaluated: pl.DataFrame = None
-    metrics: dict = None
-    tabs: tuple = None  # (gold.tab frame, system.tab frame, doc languages)
-    on_eval: pl.DataFrame = None
-    error_kinds: pl.DataFrame = None
+def identity(config: RunConfig) -> StageIdentity:
+    """What evaluate's key hashes: the keys of triage, encode, train (and rerank, with the reader on: a run
+    without it keeps its key) and the [evaluate] settings not at a default added later."""
+    inputs_keys = {stage: upstream_key(config.stage_dir(stage), stage) for stage in ("triage", "encode", "train")}
+    if config.rerank.enabled:  # the reader's scores
+        inputs_keys["rerank"] = upstream_key(config.stage_dir("rerank"), "rerank")
+    settings = {k: v for k, v in to_dict(config.evaluate).items() if LATER_SETTINGS.get(k, Ellipsis) != v}
+    return StageIdentity(STAGE, STAGE_VERSION, settings, inputs_keys)
 
 
 def run(config: RunConfig, force: bool = False) -> StageResult:
@@ -227,24 +210,18 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     does, and write the outputs the module doc lists plus `<run>/model/`. Skipped when up to date."""
     out_dir = config.stage_dir(STAGE)
     triage_dir, encode_dir, train_dir = (config.stage_dir(s) for s in ("triage", "encode", "train"))
-    inputs_keys = {
-        "triage": upstream_key(triage_dir, "triage"),
-        "encode": upstream_key(encode_dir, "encode"),
-        "train": upstream_key(train_dir, "train"),
-    }
-    if config.rerank.enabled:  # the reader's scores; a run without it keeps its key
-        inputs_keys["rerank"] = upstream_key(config.stage_dir("rerank"), "rerank")
-    settings = {k: v for k, v in to_dict(config.evaluate).items() if LATER_SETTINGS.get(k, Ellipsis) != v}
-    stage_run = StageRun(out_dir, STAGE, STAGE_VERSION, settings, inputs_keys, force)
+    expected = identity(config)
+    stage_run = StageRun(out_dir, STAGE, STAGE_VERSION, expected.settings, expected.inputs, force)
     if stage_run.up_to_date:
         return stage_run.skipped()
     check_gold_splits(triage_tables.path(triage_dir, triage_tables.MENTIONS), config.evaluate)
     stage_run.begin()
 
-    evaluation = _Evaluation(config, out_dir, triage_dir)
+    evaluation = Evaluation(config, out_dir, triage_dir)
     _score(evaluation, encode_dir, train_dir)
     _decide(evaluation)
     _measure(evaluation)
+    _analyse(evaluation)
     outputs = _write(evaluation)
     evaluated, artifact = evaluation.evaluated, evaluation.artifact
     counts = {
@@ -257,11 +234,11 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
         counts,
         outputs,
         summary={"metrics": evaluation.metrics, "micro_average_key": MICRO_AVERAGE},
-        extra={"thresholds": artifact["thresholds"], "nil_method": artifact["method"]},
+        extra={"thresholds": evaluation.metrics["thresholds"], "nil_method": artifact["method"]},
     )
 
 
-def _score(evaluation: _Evaluation, encode_dir: Path, train_dir: Path) -> None:
+def _score(evaluation: Evaluation, encode_dir: Path, train_dir: Path) -> None:
     """The ranker's scores and predictions of every mention, with the reader's and the mention NIL prior's
     columns when they are on."""
     from pipeline.model.features import candidate_matrix, load_inputs, score_candidates, score_nil
@@ -298,7 +275,7 @@ def _score(evaluation: _Evaluation, encode_dir: Path, train_dir: Path) -> None:
     evaluation.predictions = add_evidence(predictions, candidates)
 
 
-def _decide(evaluation: _Evaluation) -> None:
+def _decide(evaluation: Evaluation) -> None:
     """The NIL decision chosen on the tuning split (`nil_choice.choose`), applied and clustered; the
     evaluation split's mentions with gold."""
     evaluate, predictions = evaluation.config.evaluate, evaluation.predictions
@@ -327,15 +304,17 @@ def _decide(evaluation: _Evaluation) -> None:
     evaluation.tabs = (gold_tab, system_tab, languages)
 
 
-def _measure(evaluation: _Evaluation) -> None:
+def _measure(evaluation: Evaluation) -> None:
     """metrics.json beyond the TAC measures: every NIL method side by side, errors by kind, the tuning
     split's cross-validation, the mention prior's ROC AUC and ties (W502)."""
     evaluate, metrics, artifact = evaluation.config.evaluate, evaluation.metrics, evaluation.artifact
     evaluated, predictions, prior = evaluation.evaluated, evaluation.predictions, evaluation.prior
-    metrics["thresholds"] = artifact["thresholds"]
+    # The thresholds where they decide; what decides, in words, whatever the method (null thresholds: none did).
+    metrics["thresholds"] = artifact["thresholds"] if thresholds_decide(artifact) else None
     metrics["split"] = evaluate.eval_split
     metrics["nil_method"] = artifact["method"]
     metrics["nil_reads_prior"] = decision_reads_prior(artifact)
+    metrics["nil_decided_by"] = decided_by(artifact, metrics["nil_reads_prior"])
     # Every NIL method on the evaluation split (only the chosen one's decisions are written out).
     decisions = decided_by_method(predictions, evaluated, artifact, evaluation.variants)
     evaluation.on_eval = outcome_by_method(decisions)
@@ -373,48 +352,53 @@ def _measure(evaluation: _Evaluation) -> None:
         )
 
 
-def _write(evaluation: _Evaluation) -> list[str]:
-    """Write every output (atomically) and `<run>/model/`; the outputs' names, for the manifest."""
-    config, out_dir, evaluate = evaluation.config, evaluation.out_dir, evaluation.config.evaluate
-    decided, evaluated, artifact, metrics = (
-        evaluation.decided,
-        evaluation.evaluated,
-        evaluation.artifact,
-        evaluation.metrics,
+def _analyse(evaluation: Evaluation) -> None:
+    """The error analysis of the evaluated mentions (`error_analysis.analyse`): seen in training or not is
+    by the gold of the mentions the ranker trained on; confusions show the KB's names."""
+    train_ids = evaluation.saved.get("train_mention_ids", [])
+    seen = evaluation.mentions.filter(pl.col("mention_id").is_in(train_ids))["gold_kb_id"].unique()
+    names = triage_tables.scan(evaluation.triage_dir, triage_tables.ENTITIES)
+    evaluation.analysis, evaluation.confusions = error_analysis.analyse(
+        evaluation.evaluated, evaluation.candidates, seen.drop_nulls().to_list(), names
     )
-    sweep_table, saved = evaluation.sweep_table, evaluation.saved
-    seen = evaluation.mentions.filter(pl.col("mention_id").is_in(saved.get("train_mention_ids", [])))[
-        "gold_kb_id"
-    ].unique()
-    names = triage_tables.scan(evaluation.triage_dir, triage_tables.ENTITIES)  # confusions show names
-    analysis, confusions = error_analysis.analyse(evaluated, evaluation.candidates, seen.drop_nulls().to_list(), names)
 
+
+# predictions.parquet's columns; those of the NIL option, the mention prior and the reader where the run has them.
+PREDICTION_COLUMNS = (
+    "mention_id",
+    "doc_id",
+    "lang",
+    "split",
+    "mention",
+    "gold_kb_id",
+    "best_kb_id",
+    "best_score",
+    "second_kb_id",
+    "second_score",
+    "margin",
+    "nil_score",
+    mention_prior.COLUMN,
+    *READER_COLUMNS,
+    "threshold",
+    "nil_probability",
+    "nil_cut",
+    "is_nil",
+    "system_id",
+)
+_OPTIONAL_PREDICTION_COLUMNS = ("nil_score", mention_prior.COLUMN, *READER_COLUMNS)
+
+
+def _write(evaluation: Evaluation) -> list[str]:
+    """Write every output (atomically) and `<run>/model/`; the outputs' names, for the manifest."""
+    out_dir, decided, artifact = evaluation.out_dir, evaluation.decided, evaluation.artifact
     write_parquet_atomic(evaluation.score_table, out_dir / "scores.parquet")
+    absent = set(_OPTIONAL_PREDICTION_COLUMNS) - set(decided.columns)  # no NIL option, prior or reader
     write_parquet_atomic(
-        decided.select(
-            "mention_id",
-            "doc_id",
-            "lang",
-            "split",
-            "mention",
-            "gold_kb_id",
-            "best_kb_id",
-            "best_score",
-            "second_kb_id",
-            "second_score",
-            "margin",
-            *(name for name in ("nil_score", mention_prior.COLUMN, *READER_COLUMNS) if name in decided.columns),
-            "threshold",
-            "nil_probability",
-            "nil_cut",
-            "is_nil",
-            "system_id",
-        ),
-        out_dir / "predictions.parquet",
+        decided.select([name for name in PREDICTION_COLUMNS if name not in absent]), out_dir / "predictions.parquet"
     )
     write_json_atomic(out_dir / NIL_ARTIFACT, artifact)
-    write_parquet_atomic(analysis, out_dir / "analysis.parquet")
-    write_parquet_atomic(confusions, out_dir / "confusions.parquet")
+    write_parquet_atomic(evaluation.analysis, out_dir / "analysis.parquet")
+    write_parquet_atomic(evaluation.confusions, out_dir / "confusions.parquet")
     outputs = [
         "scores.parquet",
         "predictions.parquet",
@@ -429,28 +413,16 @@ def _write(evaluation: _Evaluation) -> list[str]:
     ]
     for leftover in ("sweep.parquet", "thresholds.png"):
         (out_dir / leftover).unlink(missing_ok=True)  # from an earlier run with tuned thresholds
-    if sweep_table is not None:
-        write_parquet_atomic(sweep_table, out_dir / "sweep.parquet")
-        plot_sweep(sweep_table, artifact["thresholds"], out_dir / "thresholds.png")
+    if evaluation.sweep_table is not None:
+        write_parquet_atomic(evaluation.sweep_table, out_dir / "sweep.parquet")
+        plot_sweep(evaluation.sweep_table, artifact["thresholds"], out_dir / "thresholds.png")
         outputs += ["sweep.parquet", "thresholds.png"]
     gold_tab, system_tab, languages = evaluation.tabs
     write_tab(gold_tab, out_dir / GOLD_TAB)
     write_tab(system_tab, out_dir / SYSTEM_TAB)
     write_doc_languages(languages, out_dir / DOC_LANGUAGES_FILE)  # `xel-cli score` reads it beside gold.tab
-    write_json_atomic(out_dir / METRICS_JSON, metrics)
-    write_text_atomic(
-        out_dir / "report.md",
-        report_markdown(
-            metrics,
-            artifact,
-            evaluate.eval_split,
-            sweep_table is not None,
-            evaluation.validation,
-            evaluation.on_eval,
-            analysis,
-            confusions,
-            evaluation.error_kinds,
-        ),
-    )
-    write_model_folder(config, artifact, metrics, saved)  # <run>/model/: the trained linker `xel-cli link` applies
+    write_json_atomic(out_dir / METRICS_JSON, evaluation.metrics)
+    write_text_atomic(out_dir / "report.md", report_markdown(evaluation))
+    # <run>/model/: the trained linker `xel-cli link` applies.
+    write_model_folder(evaluation.config, artifact, evaluation.metrics, evaluation.saved)
     return outputs

@@ -23,7 +23,9 @@ formatted into the message.
 from __future__ import annotations
 
 import unicodedata
+from operator import itemgetter
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -36,6 +38,27 @@ SPLITS = ("train", "dev", "test")
 # gold.tab/system.tab are tab-separated lines; a TAC span is `doc_id:start-end` with no space.
 _LINE_BREAKING = r"[\t\r\n]"
 _WHITESPACE = r"\s"
+_SPLIT_LINE = "would split its line of gold.tab and system.tab"
+# (column, what it holds, what it cannot have, that in words, why, what to do): E116's fields. A blank gold id
+# is none already (`inputs.given_gold`).
+_TAC_UNSAFE = (
+    (
+        "doc_id",
+        "document id",
+        _WHITESPACE,
+        "whitespace",
+        "a TAC span (doc_id:start-end) in gold.tab and system.tab cannot hold",
+        "replace it (e.g. with '_') in the mentions and docs files",
+    ),
+    ("id", "mention id", _LINE_BREAKING, "a tab or line break", _SPLIT_LINE, "remove it"),
+    ("gold_kb_id", "gold KB id", _LINE_BREAKING, "a tab or line break", _SPLIT_LINE, "remove it"),
+)
+# A mention's id and document (E117, E120).
+_DOCUMENT_OF_ROW = {"record_id": itemgetter("id"), "doc_id": itemgetter("doc_id")}
+_OWN_WINDOWS_HINT = ", or, where each mention's `text` is its own window of the document, give doc_start/doc_end"
+_SPLITS_EXPECTED = "'train', 'dev' or 'test' (or no split: test)"
+# A mention's id and span as its file gives them (`check_offsets`' shown_start and shown_end).
+_SHOWN_SPAN = {"record_id": itemgetter("id"), "start": itemgetter("shown_start"), "end": itemgetter("shown_end")}
 
 
 def more(count: int) -> str:
@@ -51,76 +74,52 @@ def _first(frame: pl.DataFrame, condition: pl.Expr) -> tuple[dict | None, int]:
     return bad.sort("line").row(0, named=True), bad.height - 1
 
 
+def refuse_first(frame: pl.DataFrame, condition: pl.Expr, path: Path, code: str, **fields: Any) -> None:
+    """InputError `code` naming `path`, the line of the first row (by `line`) of `frame` where
+    `condition` holds and how many more rows it holds for; none where it holds for no row.
+
+    `fields` fill the rest of the code's template: each a value, or a function of the offending row
+    (a dict of its columns; `itemgetter("id")` for a column's value).
+    """
+    row, count = _first(frame, condition)
+    if row is not None:
+        values = {name: value(row) if callable(value) else value for name, value in fields.items()}
+        raise InputError(code, path=path, line=row["line"], more=more(count), **values)
+
+
 def check_fields(frame: pl.DataFrame, path: Path, languages_given: bool = True) -> None:
     """Blank required strings (E103), a lang that is no language tag (E103, `pipeline.core.languages`),
-    unknown splits (E103) and ids TAC files cannot hold (E116).
+    unknown splits (E103) and ids TAC files cannot hold (E116, `_check_tac_ids`).
 
     frame needs: line, id, doc_id, lang, mention, split (null = test), gold_kb_id (a blank one
     already none: `inputs.given_gold`). Without `languages_given` the languages are the
     reader's own (a TAC doc id's, or `unknown`): not checked.
     """
-    for column, field in (("id", "id"), ("doc_id", "doc_id"), ("lang", "lang"), ("mention", "mention")):
-        row, count = _first(frame, pl.col(column).str.strip_chars() == "")
-        if row is not None:
-            raise InputError(
-                "E103",
-                path=path,
-                line=row["line"],
-                field=field,
-                expected="a non-blank string",
-                got=row[column],
-                more=more(count),
-            )
-    row, count = _first(frame, ~is_language_tag_expr(pl.col("lang"))) if languages_given else (None, 0)
-    if row is not None:
-        raise InputError(
+    for column in ("id", "doc_id", "lang", "mention"):
+        blank = pl.col(column).str.strip_chars() == ""
+        refuse_first(frame, blank, path, "E103", field=column, expected="a non-blank string", got=itemgetter(column))
+    if languages_given:
+        not_a_tag = ~is_language_tag_expr(pl.col("lang"))
+        refuse_first(
+            frame,
+            not_a_tag,
+            path,
             "E103",
-            path=path,
-            line=row["line"],
             field="lang",
             expected=LANGUAGE_TAG,
             hint=LANGUAGE_TAG_HINT,
-            got=row["lang"],
-            more=more(count),
+            got=itemgetter("lang"),
         )
-    row, count = _first(frame, ~pl.col("split").is_in(SPLITS) & pl.col("split").is_not_null())
-    if row is not None:
-        raise InputError(
-            "E103",
-            path=path,
-            line=row["line"],
-            field="split",
-            expected="'train', 'dev' or 'test' (or no split: test)",
-            got=row["split"],
-            more=more(count),
-        )
-    row, count = _first(frame, pl.col("doc_id").str.contains(_WHITESPACE))
-    if row is not None:
-        raise InputError(
-            "E116",
-            path=path,
-            line=row["line"],
-            what="document id",
-            value=row["doc_id"],
-            bad="whitespace",
-            why="a TAC span (doc_id:start-end) in gold.tab and system.tab cannot hold",
-            fix="replace it (e.g. with '_') in the mentions and docs files",
-            more=more(count),
-        )
-    for column, what in (("id", "mention id"), ("gold_kb_id", "gold KB id")):  # a blank gold id is none already
-        row, count = _first(frame, pl.col(column).str.contains(_LINE_BREAKING))
-        if row is not None:
-            raise InputError(
-                "E116",
-                path=path,
-                line=row["line"],
-                what=what,
-                value=row[column],
-                bad="a tab or line break",
-                why="would split its line of gold.tab and system.tab",
-                fix="remove it",
-                more=more(count),
-            )
+    unknown_split = ~pl.col("split").is_in(SPLITS) & pl.col("split").is_not_null()
+    refuse_first(frame, unknown_split, path, "E103", field="split", expected=_SPLITS_EXPECTED, got=itemgetter("split"))
+    _check_tac_ids(frame, path)
+
+
+def _check_tac_ids(frame: pl.DataFrame, path: Path) -> None:
+    """E116 for an id `gold.tab` and `system.tab` cannot hold (`_TAC_UNSAFE`)."""
+    for column, what, pattern, bad, why, fix in _TAC_UNSAFE:
+        unsafe = pl.col(column).str.contains(pattern)
+        refuse_first(frame, unsafe, path, "E116", what=what, value=itemgetter(column), bad=bad, why=why, fix=fix)
 
 
 def check_offsets(frame: pl.DataFrame, path: Path, end_inclusive: bool = False, fix: str = "") -> None:
@@ -135,54 +134,35 @@ def check_offsets(frame: pl.DataFrame, path: Path, end_inclusive: bool = False, 
     shown_start = pl.coalesce("doc_start", "start")
     shown_end = pl.coalesce("doc_end", "end") - (1 if end_inclusive else 0)
     shown = frame.with_columns(shown_start.alias("shown_start"), shown_end.alias("shown_end"))
-    row, count = _first(shown, pl.col("start") >= pl.col("end"))
-    if row is not None:
-        detail = "start equals end: an empty span" if row["start"] == row["end"] else "end comes before start"
+
+    def empty_detail(row: dict) -> str:
         if end_inclusive:
-            detail = "end comes before start; end is inclusive, so a one-character mention at S is S-S"
-        raise InputError(
-            "E114",
-            path=path,
-            line=row["line"],
-            record_id=row["id"],
-            start=row["shown_start"],
-            end=row["shown_end"],
-            detail=detail,
-            more=more(count),
-        )
-    length = pl.col("context").str.len_chars()
-    row, count = _first(shown, (pl.col("start") < 0) | (pl.col("end") > length))
-    if row is not None:
-        raise InputError(
-            "E105",
-            path=path,
-            line=row["line"],
-            start=row["shown_start"],
-            end=row["shown_end"],
-            length=len(row["context"]),
-            record_id=row["id"],
-            more=more(count),
-        )
+            return "end comes before start; end is inclusive, so a one-character mention at S is S-S"
+        return "start equals end: an empty span" if row["start"] == row["end"] else "end comes before start"
+
+    refuse_first(shown, pl.col("start") >= pl.col("end"), path, "E114", **_SHOWN_SPAN, detail=empty_detail)
+    outside = (pl.col("start") < 0) | (pl.col("end") > pl.col("context").str.len_chars())
+    refuse_first(shown, outside, path, "E105", **_SHOWN_SPAN, length=lambda row: len(row["context"]))
     covered = pl.col("context").str.slice(pl.col("start"), pl.col("end") - pl.col("start"))
     expected = pl.coalesce("fragment_text", "covered") if "fragment_text" in frame.columns else pl.col("covered")
     checked = shown.with_columns(covered.alias("covered")).with_columns(expected.alias("expected"))
-    row, count = _first(checked, pl.col("expected") != pl.col("mention"))
-    if row is not None:
-        hint = normalisation_hint(row["mention"], row["expected"])
-        raise InputError(
-            "E106",
-            path=path,
-            line=row["line"],
-            record_id=row["id"],
-            mention=row["mention"],
-            start=row["shown_start"],
-            end=row["shown_end"],
-            inclusive=" (end inclusive)" if end_inclusive else "",
-            covered=row["expected"],
-            why=hint,
-            fix="" if hint else fix,
-            more=more(count),
-        )
+
+    def hint(row: dict) -> str:
+        return normalisation_hint(row["mention"], row["expected"])
+
+    not_the_mention = pl.col("expected") != pl.col("mention")
+    refuse_first(
+        checked,
+        not_the_mention,
+        path,
+        "E106",
+        **_SHOWN_SPAN,
+        mention=itemgetter("mention"),
+        inclusive=" (end inclusive)" if end_inclusive else "",
+        covered=itemgetter("expected"),
+        why=hint,
+        fix=lambda row: "" if hint(row) else fix,
+    )
 
 
 def normalisation_hint(mention: str, covered: str) -> str:
@@ -211,19 +191,9 @@ def check_documents(frame: pl.DataFrame, path: Path, end_inclusive: bool = False
     first = pl.col("line").first().over("doc_id")
     first_lang = pl.col("lang").first().over("doc_id")
     langs = ordered.with_columns(first.alias("first_line"), first_lang.alias("first_lang"))
-    row, count = _first(langs, pl.col("lang") != pl.col("first_lang"))
-    if row is not None:
-        raise InputError(
-            "E117",
-            path=path,
-            line=row["line"],
-            record_id=row["id"],
-            doc_id=row["doc_id"],
-            lang=row["lang"],
-            first_line=row["first_line"],
-            first_lang=row["first_lang"],
-            more=more(count),
-        )
+    other_lang = pl.col("lang") != pl.col("first_lang")
+    seen = {name: itemgetter(name) for name in ("lang", "first_line", "first_lang")}
+    refuse_first(langs, other_lang, path, "E117", **_DOCUMENT_OF_ROW, **seen)
     span = [pl.col("doc_id"), pl.coalesce("doc_start", "start"), pl.coalesce("doc_end", "end")]
     spans = ordered.with_columns(
         pl.col("line").first().over(span).alias("first_line"),
@@ -232,25 +202,25 @@ def check_documents(frame: pl.DataFrame, path: Path, end_inclusive: bool = False
         span[1].alias("span_start"),
         (span[2] - (1 if end_inclusive else 0)).alias("span_end"),
     )
-    row, count = _first(spans, pl.col("line") != pl.col("first_line"))
-    if row is not None:
-        gold = ""
-        if row["gold_kb_id"] != row["other_gold"]:
-            gold = f" (gold {row['other_gold']!r} there, {row['gold_kb_id']!r} here)"
-        raise InputError(
-            "E115",
-            path=path,
-            line=row["line"],
-            record_id=row["id"],
-            span=f"{row['doc_id']}:{row['span_start']}-{row['span_end']}",
-            other_id=row["other_id"],
-            first_line=row["first_line"],
-            gold=gold,
-            more=more(count),
-            hint=""
-            if row["doc_start"] is not None
-            else ", or, where each mention's `text` is its own window of the document, give doc_start/doc_end",
-        )
+    refuse_first(
+        spans,
+        pl.col("line") != pl.col("first_line"),
+        path,
+        "E115",
+        record_id=itemgetter("id"),
+        span=lambda row: f"{row['doc_id']}:{row['span_start']}-{row['span_end']}",
+        other_id=itemgetter("other_id"),
+        first_line=itemgetter("first_line"),
+        gold=_other_gold,
+        hint=lambda row: "" if row["doc_start"] is not None else _OWN_WINDOWS_HINT,
+    )
+
+
+def _other_gold(row: dict) -> str:
+    """E115's note on a repeated span's two gold ids, where they differ."""
+    if row["gold_kb_id"] == row["other_gold"]:
+        return ""
+    return f" (gold {row['other_gold']!r} there, {row['gold_kb_id']!r} here)"
 
 
 def check_document_texts(frame: pl.DataFrame, path: Path) -> None:
@@ -267,17 +237,10 @@ def check_document_texts(frame: pl.DataFrame, path: Path) -> None:
         pl.col("line").first().over("doc_id").alias("first_line"),
         pl.col("text_hash").first().over("doc_id").alias("first_hash"),
     )
-    row, count = _first(firsts, pl.col("text_hash") != pl.col("first_hash"))
-    if row is not None:
-        raise InputError(
-            "E120",
-            path=path,
-            line=row["line"],
-            record_id=row["id"],
-            doc_id=row["doc_id"],
-            first=f"line {row['first_line']} gives it",
-            more=more(count),
-        )
+    other_text = pl.col("text_hash") != pl.col("first_hash")
+    refuse_first(
+        firsts, other_text, path, "E120", **_DOCUMENT_OF_ROW, first=lambda row: f"line {row['first_line']} gives it"
+    )
 
 
 def check_docs_file_texts(frame: pl.DataFrame, path: Path, docs_path: Path) -> None:
@@ -287,18 +250,13 @@ def check_docs_file_texts(frame: pl.DataFrame, path: Path, docs_path: Path) -> N
     frame needs: line, id, doc_id, text, doc_start, doc_text (null: not in the docs file) and
     docs_line (the document's line in the docs file, null where unknown).
     """
-    row, count = _first(frame, pl.col("doc_start").is_null() & (pl.col("text") != pl.col("doc_text")))
-    if row is not None:
+
+    def first(row: dict) -> str:
         where = f"{docs_path}:{row['docs_line']}" if row["docs_line"] is not None else f"the docs file {docs_path}"
-        raise InputError(
-            "E120",
-            path=path,
-            line=row["line"],
-            record_id=row["id"],
-            doc_id=row["doc_id"],
-            first=f"{where} gives it",
-            more=more(count),
-        )
+        return f"{where} gives it"
+
+    other_text = pl.col("doc_start").is_null() & (pl.col("text") != pl.col("doc_text"))
+    refuse_first(frame, other_text, path, "E120", **_DOCUMENT_OF_ROW, first=first)
 
 
 def check_mentions(

@@ -8,6 +8,8 @@ Python objects.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -29,7 +31,7 @@ from pipeline.formats.input_checks import (
     check_fields,
     check_mentions,
     check_offsets,
-    more,
+    refuse_first,
 )
 from pipeline.formats.kb_records import KbRecords
 
@@ -80,6 +82,16 @@ def first_duplicate(ids: pl.Series, lines: pl.Series) -> tuple[str, int, int] | 
     return record_id, int(first), int(line)
 
 
+def check_unique_ids(ids: pl.Series, lines: pl.Series, path: Path, kind: str) -> None:
+    """E104 naming the first id of `kind` records ("mention", "document", "KB") given twice in `path`,
+    with the lines of both."""
+    duplicate = first_duplicate(ids, lines)
+    if duplicate:
+        raise InputError(
+            "E104", path=path, line=duplicate[2], kind=kind, record_id=duplicate[0], first_line=duplicate[1]
+        )
+
+
 def check_doc_record(path: Path, line: int, record: dict) -> None:
     """Fields and types of one docs record (E102, E103), and its `lang`, when given, a language tag (E103)."""
     check_record_fields(path, line, record, DOC_FIELDS)
@@ -105,11 +117,7 @@ def read_docs(path: Path) -> pl.DataFrame:
             rows["doc_text"].append(record["text"])
             rows["line"].append(line)
     docs = pl.DataFrame(rows, schema={"doc_id": pl.String, "doc_text": pl.String, "line": pl.Int64})
-    duplicate = first_duplicate(docs["doc_id"], docs["line"])
-    if duplicate:
-        raise InputError(
-            "E104", path=path, line=duplicate[2], kind="document", record_id=duplicate[0], first_line=duplicate[1]
-        )
+    check_unique_ids(docs["doc_id"], docs["line"], path, "document")
     return docs
 
 
@@ -165,15 +173,30 @@ def _with_contexts(frame: pl.DataFrame, path: Path, docs_path: Path | None, docs
     return frame.with_columns(pl.col("text").alias("context"), pl.lit(None, pl.String).alias("doc_text"))
 
 
+@dataclass(frozen=True)
+class GivenRecords:
+    """Mention records given in memory instead of read from a JSONL file (`xel-cli link`: one chunk of a
+    large file or of Parquet rows at a time, or the records of `Linker.link`).
+
+    `blocks`: lists of (line, record); `docs` (doc_id, doc_text, optionally its `line`): the documents
+    they point to, read instead of the docs file; without `across_records` (a link chunk) the checks
+    that compare mentions with each other (E104, E115, E117, E120 between mentions) are left to
+    `pipeline.link.sources.check_corpus`, which makes them over all chunks, so that the line a
+    message names never depends on the chunk size.
+    """
+
+    blocks: Iterable[list[tuple[int, dict]]]
+    docs: pl.DataFrame | None = None
+    across_records: bool = True
+
+
 def read_mentions_jsonl(
     path: Path,
     docs_path: Path | None,
     context_chars: int,
     rename_duplicate_ids: bool = False,
-    blocks: Iterable[list[tuple[int, dict]]] | None = None,
-    docs: pl.DataFrame | None = None,
-    across_records: bool = True,
     drop_duplicate_spans: bool = False,
+    given: GivenRecords | None = None,
 ) -> pl.DataFrame:
     """Mentions JSONL (+ optional docs JSONL) -> the `schema.MENTIONS` table.
 
@@ -182,17 +205,13 @@ def read_mentions_jsonl(
     each side of it becomes its context (`context_window`). A `text` without doc offsets is
     its document's text, so one doc_id must not be given two (E120, `text_hash` says which),
     nor one other than the docs file's, when a docs file is given and holds the document (E120);
-    a `text` beside doc_start/doc_end is a window of the document and may differ. `blocks`
-    (lists of (line, record)) replaces reading `path`, which then only names the records in
-    errors: `xel-cli link` passes one chunk of a large file (or of Parquet rows) at a time.
-    `docs` (doc_id, doc_text, optionally its `line`) replaces reading `docs_path` (link passes
-    only the chunk's documents). Without `across_records` (a link chunk) the checks that
-    compare mentions with each other (E104, E115, E117, E120 between mentions) are left to
-    `pipeline.link.sources.check_corpus`, which makes them over all chunks, so that the line a
-    message names never depends on the chunk size. With `drop_duplicate_spans` a mention of a span
-    an earlier line covers is dropped (W108, `drop_duplicate_spans`) instead of refused (E115).
+    a `text` beside doc_start/doc_end is a window of the document and may differ. `given`
+    replaces reading `path`, which then only names the records in errors (see `GivenRecords`).
+    With `drop_duplicate_spans` a mention of a span an earlier line covers is dropped (W108,
+    `drop_duplicate_spans`) instead of refused (E115).
     """
-    frame = _mention_records(path, docs_path, blocks)
+    across_records = given is None or given.across_records
+    frame = _mention_records(path, docs_path, None if given is None else given.blocks)
     check_fields(frame, path)
     # "EN", " en", "en-US" and "en" are one language (thresholds, scores and the model are keyed by it).
     frame = frame.with_columns(language_expr(pl.col("lang")))
@@ -201,14 +220,10 @@ def read_mentions_jsonl(
     if rename_duplicate_ids:
         check_documents(frame, path)  # a repeated id over the same span is a copy, not a second mention
         frame = _rename_duplicates(frame, path)
-    duplicate = first_duplicate(frame["id"], frame["line"]) if across_records else None
-    if duplicate:
-        raise InputError(
-            "E104", path=path, line=duplicate[2], kind="mention", record_id=duplicate[0], first_line=duplicate[1]
-        )
     if across_records:
+        check_unique_ids(frame["id"], frame["line"], path, "mention")
         check_documents(frame, path)
-    frame = _with_contexts(frame, path, docs_path, docs)
+    frame = _with_contexts(frame, path, docs_path, None if given is None else given.docs)
     # Only a whole `text` (no doc offsets) of a document the docs file lacks can disagree with
     # another mention's: a docs-file document has one text, checked above; windows may differ.
     own_whole_text = pl.col("doc_start").is_null() & pl.col("doc_text").is_null()
@@ -217,26 +232,39 @@ def read_mentions_jsonl(
         check_document_texts(frame, path)
     check_offsets(fragment_texts(frame), path, fix=" (a discontinuous mention lists its parts in 'fragments')")
     frame = frame.with_columns(
-        pl.coalesce("doc_start", "start").alias("doc_start"), pl.coalesce("doc_end", "end").alias("doc_end")
-    )
-    return context_window(frame, context_chars).select(
         pl.col("id").alias("mention_id"),
-        "doc_id",
-        "lang",
-        "mention",
-        "context",
-        "start",
-        "end",
-        "doc_start",
-        "doc_end",
+        pl.coalesce("doc_start", "start").alias("doc_start"),
+        pl.coalesce("doc_end", "end").alias("doc_end"),
         pl.col("split").fill_null("test"),
-        "gold_kb_id",
-        "entity_type",
-        "mention_type",
-        "named",
-        "line",
-        "text_hash",
     )
+    return _mentions_table(frame, context_chars)
+
+
+# What the mention readers return: `schema.MENTIONS` (gold_tac_id aside: `normalise_gold` adds it), whether
+# the mention is a name, its line in the input and `text_hash` (`read_mentions_jsonl`).
+READ_COLUMNS = (
+    "mention_id",
+    "doc_id",
+    "lang",
+    "mention",
+    "context",
+    "start",
+    "end",
+    "doc_start",
+    "doc_end",
+    "split",
+    "gold_kb_id",
+    "entity_type",
+    "mention_type",
+    "named",
+    "line",
+    "text_hash",
+)
+
+
+def _mentions_table(frame: pl.DataFrame, context_chars: int) -> pl.DataFrame:
+    """The `READ_COLUMNS` of checked mentions, each context cut to its window (`context_window`)."""
+    return context_window(frame, context_chars).select(READ_COLUMNS)
 
 
 def context_window(frame: pl.DataFrame, context_chars: int) -> pl.DataFrame:
@@ -321,41 +349,18 @@ def _docs_texts(frame: pl.DataFrame, docs: pl.DataFrame, path: Path, docs_path: 
     `context_window` then cuts the context."""
     docs_line = pl.col("line") if "line" in docs.columns else pl.lit(None, pl.Int64)
     joined = frame.join(docs.select("doc_id", "doc_text", docs_line.alias("docs_line")), on="doc_id", how="left")
-    missing = joined.filter(pl.col("text").is_null() & pl.col("doc_text").is_null()).sort("line").head(1)
-    if not missing.is_empty():
-        row = missing.row(0, named=True)
-        raise InputError(
-            "E109", path=path, line=row["line"], record_id=row["id"], doc_id=row["doc_id"], docs_path=docs_path
-        )
-    doc_length = pl.col("doc_text").str.len_chars()
+    mention_of_row = {"record_id": itemgetter("id")}
+    no_text = pl.col("text").is_null() & pl.col("doc_text").is_null()
+    refuse_first(joined, no_text, path, "E109", **mention_of_row, doc_id=itemgetter("doc_id"), docs_path=docs_path)
     from_doc = joined.filter(pl.col("text").is_null())
-    empty = from_doc.filter(pl.col("doc_start") >= pl.col("doc_end")).sort("line")
-    if not empty.is_empty():
-        row = empty.row(0, named=True)
-        detail = "end comes before start" if row["doc_start"] > row["doc_end"] else "start equals end; end is exclusive"
-        raise InputError(
-            "E114",
-            path=path,
-            line=row["line"],
-            record_id=row["id"],
-            start=row["doc_start"],
-            end=row["doc_end"],
-            detail=detail,
-            more=more(empty.height - 1),
-        )
-    bad = from_doc.filter((pl.col("doc_start") < 0) | (pl.col("doc_end") > doc_length)).sort("line")
-    if not bad.is_empty():
-        row = bad.row(0, named=True)
-        raise InputError(
-            "E105",
-            path=path,
-            line=row["line"],
-            start=row["doc_start"],
-            end=row["doc_end"],
-            length=len(row["doc_text"]),
-            record_id=row["id"],
-            more=more(bad.height - 1),
-        )
+    span = {**mention_of_row, "start": itemgetter("doc_start"), "end": itemgetter("doc_end")}
+
+    def empty_detail(row: dict) -> str:
+        return "end comes before start" if row["doc_start"] > row["doc_end"] else "start equals end; end is exclusive"
+
+    refuse_first(from_doc, pl.col("doc_start") >= pl.col("doc_end"), path, "E114", **span, detail=empty_detail)
+    outside = (pl.col("doc_start") < 0) | (pl.col("doc_end") > pl.col("doc_text").str.len_chars())
+    refuse_first(from_doc, outside, path, "E105", **span, length=lambda row: len(row["doc_text"]))
     return joined
 
 
@@ -422,6 +427,7 @@ def tac_mentions(gold: pl.DataFrame, source_dir: Path, context_chars: int, acros
             pl.col("mention_id").alias("id"),
             pl.col("kb_id").alias("gold_kb_id"),
             pl.lit(None, pl.UInt64).alias("text_hash"),  # one source file per document: one text
+            (pl.col("mention_type") == "NAM").alias("named"),
         )
     )
     for tab_path in gold["tab_path"].unique(maintain_order=True).to_list():  # on the whole text: E105 gives its length
@@ -432,24 +438,7 @@ def tac_mentions(gold: pl.DataFrame, source_dir: Path, context_chars: int, acros
             languages_given=False,
             across_records=across_records,
         )
-    return context_window(frame, context_chars).select(
-        "mention_id",
-        "doc_id",
-        "lang",
-        "mention",
-        "context",
-        "start",
-        "end",
-        "doc_start",
-        "doc_end",
-        "split",
-        "gold_kb_id",
-        "entity_type",
-        "mention_type",
-        (pl.col("mention_type") == "NAM").alias("named"),
-        "line",
-        "text_hash",
-    )
+    return _mentions_table(frame, context_chars)
 
 
 def _read_source(source_dir: Path, doc_id: str, gold: pl.DataFrame) -> str:
@@ -590,11 +579,7 @@ def write_entities(kb_path: Path, out_path: Path) -> int:
                 counter.update(len(block_lines))
         finally:
             writer.close()
-        duplicate = first_duplicate(pl.concat(ids), pl.concat(lines))
-        if duplicate:
-            raise InputError(
-                "E104", path=kb_path, line=duplicate[2], kind="KB", record_id=duplicate[0], first_line=duplicate[1]
-            )
+        check_unique_ids(pl.concat(ids), pl.concat(lines), kb_path, "KB")
     records.warn()
     return count
 

@@ -6,7 +6,8 @@ functions: triage's `candidate_pieces` and `merge_candidates`, encode's `plan_un
 (`pipeline.model.reader`, when the model decides with it), and the NIL policy (`nil.decide_nil`,
 `nil.cluster_nils`). Only entity vectors differ in where they come
 from: the cross-run store (`pipeline/core/store.py`), with the entities it lacks
-encoded in the same pass as the chunk's mentions and added to it.
+encoded after the chunk's mentions (apart, so a mention's vector never depends on what the
+store held) and added to it.
 """
 
 from __future__ import annotations
@@ -66,6 +67,24 @@ class ChunkResult:
     entities_encoded: int
     entities_cached: int
     seconds: float
+    encode_seconds: float
+
+
+@dataclass(frozen=True)
+class ChunkVectors:
+    """A chunk's vectors as the ranker reads them (float32, rounded as encode would store them):
+    mention_name, mention_context (n_mentions, hidden) in the chunk's row order; entity_name,
+    entity_context (n_entities, hidden) in the row order of `entities` (its candidates' entities:
+    kb_id, name, description, type, sorted by kb_id); how many entities were encoded now and how many
+    came from the store, and the seconds spent encoding."""
+
+    entities: pl.DataFrame
+    mention_name: np.ndarray
+    mention_context: np.ndarray
+    entity_name: np.ndarray
+    entity_context: np.ndarray
+    entities_encoded: int
+    entities_cached: int
     encode_seconds: float
 
 
@@ -304,14 +323,8 @@ class Linker:
 
         `work_dir` holds the encoder's finished sub-chunks, so a killed chunk resumes there.
         """
-        import torch
-
         from pipeline.candidates.generate import candidate_pieces, merge_candidates
         from pipeline.candidates.kb_index import KbIndex
-        from pipeline.encoders.chunks import encode_in_chunks
-        from pipeline.encoders.plan import plan_units
-        from pipeline.model.features import RankerInputs, candidate_matrix, one_hot, score_candidates, score_nil
-        from pipeline.model.predict import predict
 
         started = time.time()
         kb = KbIndex(self.kb_names, self.known_ids, self.index_root, self.kb_fingerprint)
@@ -319,6 +332,38 @@ class Linker:
             mentions, kb, self.learned, self.triage_config, self.encoder_config, None, self.encoder
         )
         candidates = merge_candidates(pieces, mentions, self.triage_config.k, oracle=False)
+        vectors = self._chunk_vectors(mentions, candidates, work_dir)
+        score_table, predictions = self._ranked(mentions, candidates, vectors)
+        if self.reader is not None:
+            ordered = self.reader.order(candidates, score_table)
+            predictions = predictions.join(
+                self.reader.predict(mentions, ordered, vectors.entities), on="mention_id", how="left"
+            )
+        # Rows in mentions' order.
+        with_prior = self.policy.with_mention_prior(mentions, vectors.mention_name, vectors.mention_context)
+        decided = self.policy.decide(with_prior.join(predictions, on="mention_id", how="left"), candidates)
+        return ChunkResult(
+            links_frame(decided, score_table, candidates),
+            vectors.entities_encoded,
+            vectors.entities_cached,
+            time.time() - started,
+            vectors.encode_seconds,
+        )
+
+    def _chunk_vectors(self, mentions: pl.DataFrame, candidates: pl.DataFrame, work_dir: Path) -> ChunkVectors:
+        """The vectors of a chunk's mentions and of its candidates' entities: those the store holds read
+        from it, the others encoded and added to it.
+
+        Mentions and entities are encoded apart (under `work_dir`/mentions and /entities): batches are of
+        texts of like length, and a text's vector depends in its last bits on the batch it is in (the
+        padded length picks other kernels: 3e-7 for multilingual-e5-small on a CPU). In one pass with the
+        entities the store lacks, a mention's vector would differ by what the store held before, so two
+        links of the same mentions could break a near-tie two ways; apart, it depends on the chunk's
+        mentions alone (docs/reproducibility.md).
+        """
+        from pipeline.encoders.chunks import encode_in_chunks
+        from pipeline.encoders.plan import plan_units
+
         entities = (
             pl.scan_parquet(self.entities_path)
             .filter(pl.col("kb_id").is_in(candidates["kb_id"].unique().implode()))
@@ -327,34 +372,56 @@ class Linker:
             .sort("kb_id")
         )
         keys = cache.content_keys(entities)
-        hidden = self.encoder.hidden_size
-        found, entity_name, entity_context = self.store.lookup(keys, hidden)
+        found, entity_name, entity_context = self.store.lookup(keys, self.encoder.hidden_size)
         missing = entities.filter(pl.Series(~found))
         encode_started = time.time()
-        plan = plan_units(mentions, missing, self.encoder, self.encoder_config)
-        context_vectors, span_vectors, _, _ = encode_in_chunks(self.encoder, plan.table, self.encoder_config, work_dir)
-        new_name, new_context = span_vectors[plan.entity_span_rows], context_vectors[plan.entity_units]
+        settings = self.encoder_config
+        plan = plan_units(mentions, missing.clear(), self.encoder, settings)
+        context_vectors, span_vectors, _, _ = encode_in_chunks(
+            self.encoder, plan.table, settings, work_dir / "mentions"
+        )
+        entity_plan = plan_units(mentions.clear(), missing, self.encoder, settings)
+        entity_contexts, entity_spans, _, _ = encode_in_chunks(
+            self.encoder, entity_plan.table, settings, work_dir / "entities"
+        )
+        new_name, new_context = entity_spans[entity_plan.entity_span_rows], entity_contexts[entity_plan.entity_units]
         self.store.add([k for k, hit in zip(keys, found) if not hit], new_name, new_context)
-        encode_seconds = time.time() - encode_started
         entity_name[~found], entity_context[~found] = (
             self._vectors_dtype_round(new_name),
             self._vectors_dtype_round(new_context),
         )
+        return ChunkVectors(
+            entities,
+            self._vectors_dtype_round(span_vectors[plan.mention_span_rows]),
+            self._vectors_dtype_round(context_vectors[plan.mention_units]),
+            entity_name,
+            entity_context,
+            int(missing.height),
+            int(found.sum()),
+            time.time() - encode_started,
+        )
+
+    def _ranked(
+        self, mentions: pl.DataFrame, candidates: pl.DataFrame, vectors: ChunkVectors
+    ) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """The ranker's (score table, predictions) of a chunk's candidates (`predict.predict`)."""
+        import torch
+
+        from pipeline.model.features import RankerInputs, candidate_matrix, one_hot, score_candidates, score_nil
+        from pipeline.model.predict import predict
 
         device = self.encoder.device
         table = mentions.with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
-        entity_ids = entities.select("kb_id").with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
-        mention_name = self._vectors_dtype_round(span_vectors[plan.mention_span_rows])
-        mention_context = self._vectors_dtype_round(context_vectors[plan.mention_units])
+        entity_ids = vectors.entities.select("kb_id").with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
         inputs = RankerInputs(
             mentions=table,
             entity_ids=entity_ids,
-            mention_name=torch.from_numpy(mention_name).to(device),
-            mention_context=torch.from_numpy(mention_context).to(device),
-            entity_name=torch.from_numpy(entity_name).to(device),
-            entity_context=torch.from_numpy(entity_context).to(device),
+            mention_name=torch.from_numpy(vectors.mention_name).to(device),
+            mention_context=torch.from_numpy(vectors.mention_context).to(device),
+            entity_name=torch.from_numpy(vectors.entity_name).to(device),
+            entity_context=torch.from_numpy(vectors.entity_context).to(device),
             mention_type_onehot=one_hot(mentions["entity_type"], self.mention_types).to(device),
-            entity_type_onehot=one_hot(entities["type"], self.entity_types).to(device),
+            entity_type_onehot=one_hot(vectors.entities["type"], self.entity_types).to(device),
         )
         if "triage" in self.model.features:
             inputs.attach_triage(candidates)
@@ -362,23 +429,9 @@ class Linker:
         matrix = candidate_matrix(candidates, inputs, rows)
         scores = score_candidates(self.model, inputs, rows, matrix)
         popularity = self._popularity_of(entity_ids)
-        score_table, predictions = predict(
+        return predict(
             table, rows, matrix, scores, entity_ids["kb_id"].to_list(), popularity, score_nil(self.model, inputs, rows)
         )  # None without a NIL option
-        if self.reader is not None:
-            ordered = self.reader.order(candidates, score_table)
-            predictions = predictions.join(
-                self.reader.predict(mentions, ordered, entities), on="mention_id", how="left"
-            )
-        with_prior = self.policy.with_mention_prior(mentions, mention_name, mention_context)  # rows in mentions' order
-        decided = self.policy.decide(with_prior.join(predictions, on="mention_id", how="left"), candidates)
-        return ChunkResult(
-            links_frame(decided, score_table, candidates),
-            int(missing.height),
-            int(found.sum()),
-            time.time() - started,
-            encode_seconds,
-        )
 
     def link(self, mentions: object, docs: object | None = None) -> pl.DataFrame:
         """Link mentions given in memory; returns the `links.parquet` table (see `outputs.links_table`).

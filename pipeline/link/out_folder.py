@@ -125,7 +125,7 @@ def holds_linked_work(out_dir: Path) -> bool:
         return True
     return any(
         True
-        for pattern in (f"{CHUNKS}/chunk-*.parquet", f"{SHARDS}/shard-*.json", f"{WORK}/encode-*/chunk-*.npz")
+        for pattern in (f"{CHUNKS}/chunk-*.parquet", f"{SHARDS}/shard-*.json", f"{WORK}/encode-*/**/chunk-*.npz")
         for _ in out_dir.glob(pattern)
     )
 

@@ -37,7 +37,7 @@ from pipeline.core.io import (
     write_parquet_atomic,
     write_text_atomic,
 )
-from pipeline.core.manifest import MANIFEST, is_up_to_date, read_manifest, stage_key, write_manifest
+from pipeline.core.manifest import MANIFEST, ManifestHead, is_up_to_date, read_manifest, stage_key, write_manifest
 from pipeline.core.progress import progress as progress_counter
 from pipeline.core.shards import ShardErrors, finished_shards
 from pipeline.formats.inputs import without_entity_type
@@ -103,6 +103,16 @@ class LinkResult:
     merged_shards: int = 0  # a --merge: how many shards it joined (it links nothing itself)
     # Which KB the model was trained on and which it linked against, and how the model fit it (`Linker.kb`).
     kb: dict | None = None
+
+
+@dataclass(frozen=True)
+class LinkedChunks:
+    """What `_link_chunks` did in this process: `counts` (mentions, chunks, chunks_resumed,
+    entities_encoded, entities_cached, mentions_resumed), seconds spent linking, and of them encoding."""
+
+    counts: dict[str, int]
+    seconds: float = 0.0
+    encode_seconds: float = 0.0
 
 
 @dataclass
@@ -288,22 +298,11 @@ def run(options: LinkOptions) -> LinkResult:
     """Link, one shard of it, or the merge; see the module doc. Errors: E7xx, E1xx of the inputs."""
     started = time.time()
     out_dir = options.out_dir
-    if options.docs is not None and not options.docs.exists():
-        raise InputError("E108", path=options.docs)
-    if options.device is not None:  # refused whether or not any chunk is left to link
-        from pipeline.link.linker import check_device
-
-        check_device(options.device)
-    folder = load_model_folder(options.model)
-    if options.fallback_threshold is not None:
-        folder = dataclasses.replace(folder, policy=folder.policy.with_unseen_threshold(options.fallback_threshold))
+    folder = _model_folder(options)
     kb_path = _checked_inputs(options, folder)
     kb_fingerprint = file_fingerprint(kb_path)
-    precision = link_precision(options, folder)
-    key = link_key(options, folder.fingerprint, kb_fingerprint, precision)
-
+    key = link_key(options, folder.fingerprint, kb_fingerprint, link_precision(options, folder))
     kb = LinkKb(kb_path, kb_fingerprint, folder, options.kb_map)
-
     if not options.force and is_up_to_date(out_dir, key):  # a shard or merge of a finished link too
         if options.shard is None:  # an older xel's relink may have left another link's outputs beside these
             remove_stale_outputs(out_dir, read_manifest(out_dir)["outputs"])
@@ -313,35 +312,79 @@ def run(options: LinkOptions) -> LinkResult:
     if options.merge:
         total, shards = _finished_shards(out_dir, key)
         (out_dir / MANIFEST).unlink(missing_ok=True)  # outputs being redone never look finished
-        result = _finish(
-            options, folder, key, total, started, {"mentions": 0, "chunks_resumed": total}, kb, linked_seconds=0.0
-        )
+        result = _finish(options, key, total, started, {"mentions": 0, "chunks_resumed": total}, kb)
         return dataclasses.replace(result, merged_shards=shards)
     if options.shard is not None:
         _refuse_other_links(out_dir, key, options.shard, options.force)
     context_chars = int(folder.meta["inputs"]["context_chars"])
-    linker = None
+    total = _take_over_out(options, key, kb, context_chars)
+    with _unfinished_work_dropped(options):
+        if options.shard is None:
+            remove_leftover_temps(out_dir)  # after the corpus check's scratch folder is gone
+        (out_dir / MANIFEST).unlink(missing_ok=True)  # outputs being redone never look finished
+        linked = _link_chunks(options, kb.linker, context_chars)
+    if linked.counts["chunks_resumed"]:
+        logger.info("resumed: %d chunk(s) were already linked in %s", linked.counts["chunks_resumed"], out_dir / CHUNKS)
+    if options.shard is not None:
+        return _shard_done(options, key, total, linked, started)
+    return _finish(options, key, total, started, linked.counts, kb)
+
+
+def _model_folder(options: LinkOptions) -> ModelFolder:
+    """The model folder (`load_model_folder`, E701-E706) with --fallback-threshold applied; before it loads,
+    --docs must exist (E108) and --device must run here (E203), whether or not any chunk is left to link."""
+    if options.docs is not None and not options.docs.exists():
+        raise InputError("E108", path=options.docs)
+    if options.device is not None:
+        from pipeline.link.linker import check_device
+
+        check_device(options.device)
+    folder = load_model_folder(options.model)
+    if options.fallback_threshold is not None:
+        folder = dataclasses.replace(folder, policy=folder.policy.with_unseen_threshold(options.fallback_threshold))
+    return folder
+
+
+def _take_over_out(options: LinkOptions, key: str, kb: LinkKb, context_chars: int) -> int:
+    """Run the corpus checks and, where this call links a chunk, load the linker (`kb.linker`; the model's
+    own refusals, E702-E705, E203 --device, come now); only then clear --out of another key's work (`run`
+    then sweeps temporary files and the manifest, as it links). The corpus's chunk count."""
+    out_dir = options.out_dir
     with _checked_corpus(options, key, context_chars) as total:
-        if _links_a_chunk(options, key, total):  # the model's own refusals (E702-E705, E203 --device) now
+        if _links_a_chunk(options, key, total):
             from pipeline.link.linker import Linker
 
-            linker = Linker(folder, kb_path, options.device, kb_fingerprint, options.precision, options.kb_map)
-            kb.linker = linker
+            kb.linker = Linker(kb.folder, kb.path, options.device, kb.fingerprint, options.precision, options.kb_map)
         if options.shard is None:  # shards write at once, so only a locked run may sweep temporary files
             remove_leftover_temps(out_dir / CHUNKS)
-        _forget_other_keys(
-            out_dir, key, options.force, linked_with(options.model, folder.fingerprint, kb_path, kb_fingerprint)
-        )
-    if options.shard is None:
-        remove_leftover_temps(out_dir)  # after the corpus check's scratch folder is gone
-    (out_dir / MANIFEST).unlink(missing_ok=True)  # outputs being redone never look finished
+        identity = linked_with(options.model, kb.folder.fingerprint, kb.path, kb.fingerprint)
+        _forget_other_keys(out_dir, key, options.force, identity)
+    return total
 
-    counts, linked_seconds, encode_seconds = _link_chunks(options, linker, context_chars)
-    if counts["chunks_resumed"]:
-        logger.info("resumed: %d chunk(s) were already linked in %s", counts["chunks_resumed"], out_dir / CHUNKS)
-    if options.shard is not None:
-        return _shard_done(options, key, total, counts, started, linked_seconds, encode_seconds)
-    return _finish(options, folder, key, total, started, counts, kb, linked_seconds, encode_seconds)
+
+@contextlib.contextmanager
+def _unfinished_work_dropped(options: LinkOptions) -> Iterator[None]:
+    """Run the block; when it fails (not Ctrl-C: an interrupted link keeps its work, to resume where it
+    was), `_drop_unfinished_work` in --out, unless this is a shard, whose siblings may be using work/."""
+    try:
+        yield
+    except Exception:
+        if options.shard is None:
+            _drop_unfinished_work(options.out_dir)
+        raise
+
+
+def _drop_unfinished_work(out_dir: Path) -> None:
+    """After a link failed: leave in --out only what a rerun resumes. Finished chunks stay, with the work
+    files that say whose they are (work/key.txt, work/linked_with.json); with none, work/ goes whole, and
+    chunks/ and shards/ when empty. (The failed chunk's own encoding is gone already: `_link_chunks`.)"""
+    for encoding in (out_dir / WORK).glob("encode-*"):
+        shutil.rmtree(encoding, ignore_errors=True)
+    if not any(True for _ in (out_dir / CHUNKS).glob("chunk-*.parquet")):
+        shutil.rmtree(out_dir / WORK, ignore_errors=True)
+    for name in (CHUNKS, SHARDS):
+        with contextlib.suppress(OSError):  # not there, or not empty
+            (out_dir / name).rmdir()
 
 
 def _checked_inputs(options: LinkOptions, folder) -> Path:
@@ -358,9 +401,8 @@ def _checked_inputs(options: LinkOptions, folder) -> Path:
     return kb_path
 
 
-def _link_chunks(options: LinkOptions, linker, context_chars: int) -> tuple[dict, float, float]:
-    """Link every chunk of this process's share not saved yet, each saved (and sealed) as it finishes;
-    (counts, seconds linking, seconds of it encoding)."""
+def _link_chunks(options: LinkOptions, linker, context_chars: int) -> LinkedChunks:
+    """Link every chunk of this process's share not saved yet, each saved (and sealed) as it finishes."""
     out_dir = options.out_dir
     counts = {
         "mentions": 0,
@@ -385,17 +427,7 @@ def _link_chunks(options: LinkOptions, linker, context_chars: int) -> tuple[dict
                 continue
             _forget_damaged_chunk(out_dir, index, problem)
             mentions = without_entity_type(read()) if options.ignore_entity_type else read()
-            result = linker.link_chunk(mentions, out_dir / WORK / f"encode-{index:06d}")
-            stats = {
-                "mentions": mentions.height,
-                "entities_encoded": result.entities_encoded,
-                "entities_cached": result.entities_cached,
-                "seconds": result.seconds,
-                "encode_seconds": result.encode_seconds,
-            }
-            write_parquet_atomic(result.frame, _chunk_path(out_dir, index))
-            checked_files.seal(_chunk_record(out_dir, index), [_chunk_path(out_dir, index)], stats)  # last
-            shutil.rmtree(out_dir / WORK / f"encode-{index:06d}", ignore_errors=True)
+            stats, result = _link_one_chunk(out_dir, index, linker, mentions)
             for name in ("mentions", "entities_encoded", "entities_cached"):
                 counts[name] += stats[name]
             counts["chunks"] += 1
@@ -413,22 +445,44 @@ def _link_chunks(options: LinkOptions, linker, context_chars: int) -> tuple[dict
             )
             del mentions, result
             _release_freed_memory()
-    return counts, linked_seconds, encode_seconds
+    return LinkedChunks(counts, linked_seconds, encode_seconds)
 
 
-def _shard_done(
-    options: LinkOptions,
-    key: str,
-    total: int,
-    counts: dict,
-    started: float,
-    linked_seconds: float,
-    encode_seconds: float,
-) -> LinkResult:
+def _link_one_chunk(out_dir: Path, index: int, linker, mentions: pl.DataFrame) -> tuple[dict, object]:
+    """Link chunk `index` (`mentions`), save it and seal its record (last); (its stats, the `ChunkResult`).
+
+    Its encoder sub-chunks (work/encode-NNNNNN) resume a killed chunk and are deleted once it is saved.
+    When it fails (a full disk, a read-only store), they go too, with any part of the chunk not sealed:
+    the rerun starts the chunk afresh, as what made it fail may change what it encodes.
+    """
+    encoding = out_dir / WORK / f"encode-{index:06d}"
+    try:
+        result = linker.link_chunk(mentions, encoding)
+        stats = {
+            "mentions": mentions.height,
+            "entities_encoded": result.entities_encoded,
+            "entities_cached": result.entities_cached,
+            "seconds": result.seconds,
+            "encode_seconds": result.encode_seconds,
+        }
+        write_parquet_atomic(result.frame, _chunk_path(out_dir, index))
+        checked_files.seal(_chunk_record(out_dir, index), [_chunk_path(out_dir, index)], stats)  # last
+    except Exception:  # not Ctrl-C: the sub-chunks of an interrupted chunk resume it
+        shutil.rmtree(encoding, ignore_errors=True)
+        if not _saved_chunk(out_dir, index):
+            checked_files.forget(_chunk_record(out_dir, index))
+            _chunk_path(out_dir, index).unlink(missing_ok=True)
+        raise
+    shutil.rmtree(encoding, ignore_errors=True)
+    return stats, result
+
+
+def _shard_done(options: LinkOptions, key: str, total: int, linked: LinkedChunks, started: float) -> LinkResult:
     """Record this shard's share as done (`shards/shard-i-of-n.json`), for `--merge` to find."""
     out_dir = options.out_dir
     index, count = options.shard
     # This shard's whole share: the mentions linked now and those of its chunks that were kept.
+    counts = dict(linked.counts)
     resumed = counts.pop("mentions_resumed")
     counts = {
         **counts,
@@ -448,7 +502,7 @@ def _shard_done(
         counts=counts,
         finished=False,
         mentions_per_second=counts["mentions_linked_now"] / max(seconds, 1e-9),
-        encode_share=encode_seconds / max(linked_seconds, 1e-9),
+        encode_share=linked.encode_seconds / max(linked.seconds, 1e-9),
     )
 
 
@@ -505,17 +559,55 @@ def _finished_shards(out_dir: Path, key: str) -> tuple[int, int]:
 
 
 def _finish(
-    options: LinkOptions,
-    folder,
-    key: str,
-    total: int,
-    started: float,
-    counts: dict[str, int],
-    kb: LinkKb,
-    linked_seconds: float,
-    encode_seconds: float = 0.0,
+    options: LinkOptions, key: str, total: int, started: float, counts: dict[str, int], kb: LinkKb
 ) -> LinkResult:
-    """Cluster NILs over every chunk, write the outputs and manifest.json, delete the chunks."""
+    """Cluster NILs over every chunk, write the outputs and manifest.json, delete the chunks.
+    `counts`: this call's (`LinkedChunks.counts`; a --merge's: none linked, every chunk resumed)."""
+    out_dir = options.out_dir
+    paths, stats, frame = _read_linked_chunks(options, total)
+    policy = kb.folder.policy
+    policy.warn_unseen(frame)
+    clustered = policy.cluster(frame)
+    ties = _warned_ties(clustered, options.mentions)
+    outputs, metrics = write_outputs(paths, clustered, out_dir, options.score, options.mentions, kb.ids)
+    remove_stale_outputs(out_dir, outputs)  # an earlier link's gold.tab or metrics.json: not this link's
+    seconds = time.time() - started
+    summary = _link_summary(stats, total, counts, seconds)
+    shares = nil_share(clustered)
+    kb_report = kb.report()
+    head = ManifestHead(
+        "link",
+        key,
+        inputs={"model": str(options.model), "mentions": str(options.mentions)},
+        settings={"chunk_mentions": options.chunk_mentions, "score": options.score},
+        started=started,
+    )
+    extra = {
+        "nil_share": shares.to_dicts(),
+        "tied_best": ties,
+        "linked_with": recorded_linked_with(out_dir),
+        "kb": kb_report,
+    }
+    write_manifest(out_dir, head, summary, outputs, extra)
+    for name in (CHUNKS, WORK, SHARDS):
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+    return LinkResult(
+        out_dir,
+        skipped=False,
+        seconds=seconds,
+        counts={name: value for name, value in summary.items() if name not in _TIMINGS},
+        nil_share=shares,
+        metrics=metrics,
+        ties=ties,
+        kb=kb_report,
+        mentions_per_second=counts.get("mentions", 0) / max(seconds, 1e-9),
+        encode_share=summary["encode_share"],
+    )
+
+
+def _read_linked_chunks(options: LinkOptions, total: int) -> tuple[list[Path], list[dict], pl.DataFrame]:
+    """(the chunks' paths, their records' counts, every linked mention without its candidate lists),
+    once all `total` chunks are saved whole (E711 naming the first that is not; E107 for none)."""
     out_dir = options.out_dir
     if total == 0:
         # A link or shard of this xel never gets here with no chunk (`_checked_corpus` refuses an empty
@@ -534,9 +626,11 @@ def _finish(
     # Every mention without its candidate lists: NIL clusters span the corpus, the lists are written chunk by chunk.
     columns = [name for name in pl.read_parquet_schema(paths[0]) if name != "candidates"]
     frame = pl.concat([pl.read_parquet(path, columns=columns) for path in paths], how="vertical_relaxed")
-    policy = folder.policy
-    policy.warn_unseen(frame)
-    clustered = policy.cluster(frame)
+    return paths, stats, frame
+
+
+def _warned_ties(clustered: pl.DataFrame, mentions: Path) -> dict:
+    """`ties.tied_best` of the linked mentions, with W703 when more than `TIED_SHARE_WARN` of them tie."""
     ties = tied_best(clustered)
     if ties["share"] > TIED_SHARE_WARN:
         warn(
@@ -545,15 +639,22 @@ def _finish(
             tied=ties["tied"],
             mentions=ties["mentions"],
             percent=f"{ties['share']:.0%}",
-            path=options.mentions,
+            path=mentions,
             advice=tie_advice(ties),
         )
-    outputs, metrics = write_outputs(paths, clustered, out_dir, options.score, options.mentions, kb.ids)
-    remove_stale_outputs(out_dir, outputs)  # an earlier link's gold.tab or metrics.json: not this link's
+    return ties
+
+
+# The summary's timings, kept out of `LinkResult.counts`.
+_TIMINGS = ("seconds", "linking_seconds", "encode_share")
+
+
+def _link_summary(stats: list[dict], total: int, counts: dict[str, int], seconds: float) -> dict:
+    """The manifest's counts: mentions and entities over every chunk's record (`stats`), chunks, those
+    resumed and the mentions linked by this call (`counts`), and its timings (`_TIMINGS`)."""
     totals = {name: int(sum(s[name] for s in stats)) for name in ("mentions", "entities_encoded", "entities_cached")}
-    seconds = time.time() - started
     all_seconds = sum(s["seconds"] for s in stats)
-    summary = {
+    return {
         **totals,
         "chunks": total,
         "chunks_resumed": counts.get("chunks_resumed", 0),
@@ -562,40 +663,3 @@ def _finish(
         "linking_seconds": round(all_seconds, 3),
         "encode_share": sum(s["encode_seconds"] for s in stats) / max(all_seconds, 1e-9),
     }
-    shares = nil_share(clustered)
-    kb_report = kb.report()
-    write_manifest(
-        out_dir,
-        stage="link",
-        key=key,
-        inputs={"model": str(options.model), "mentions": str(options.mentions)},
-        settings={"chunk_mentions": options.chunk_mentions, "score": options.score},
-        counts=summary,
-        outputs=outputs,
-        started=started,
-        extra={
-            "nil_share": shares.to_dicts(),
-            "tied_best": ties,
-            "linked_with": recorded_linked_with(out_dir),
-            "kb": kb_report,
-        },
-    )
-    for name in (CHUNKS, WORK, SHARDS):
-        shutil.rmtree(out_dir / name, ignore_errors=True)
-    return LinkResult(
-        out_dir,
-        skipped=False,
-        seconds=seconds,
-        counts={
-            **totals,
-            "chunks": total,
-            "chunks_resumed": summary["chunks_resumed"],
-            "mentions_linked_now": counts.get("mentions", 0),
-        },
-        nil_share=shares,
-        metrics=metrics,
-        ties=ties,
-        kb=kb_report,
-        mentions_per_second=counts.get("mentions", 0) / max(seconds, 1e-9),
-        encode_share=summary["encode_share"],
-    )

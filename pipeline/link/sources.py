@@ -19,6 +19,7 @@ from pipeline.core.errors import InputError
 from pipeline.core.io import iter_jsonl_blocks
 from pipeline.formats.inputs import (
     MENTION_FIELDS,
+    GivenRecords,
     given_gold,
     normalise_gold,
     read_mentions_jsonl,
@@ -146,25 +147,16 @@ def native_value(value: object, integral: bool = False) -> object:
 
 
 def records_frame(
-    records: list[dict],
-    path: Path,
-    context_chars: int,
-    keep_gold: bool,
-    docs: pl.DataFrame | None = None,
-    first_line: int = 1,
-    docs_path: Path | None = None,
-    across_records: bool = True,
+    records: list[dict], path: Path, context_chars: int, keep_gold: bool, docs: pl.DataFrame | None = None
 ) -> pl.DataFrame:
-    """Mention records (JSONL fields) -> the `schema.MENTIONS` table, checked as a JSONL file's lines are.
+    """Mention records (JSONL fields) -> the `schema.MENTIONS` table, checked as a JSONL file's lines are
+    (record i as line i, from 1; the records are compared with each other too, as one file's lines).
 
-    `docs` (doc_id, doc_text) serves mentions given by doc_start/doc_end; without
-    `keep_gold`, gold_kb_id and split are ignored; without `across_records` (a chunk) `check_corpus`
-    compares the records with each other (see `read_mentions_jsonl`).
+    `docs` (doc_id, doc_text) serves mentions given by doc_start/doc_end (named `<docs>` in errors);
+    without `keep_gold`, gold_kb_id and split are ignored.
     """
-    docs_name = (docs_path or Path("<docs>")) if docs is not None else None
-    return _block_frame(
-        path, list(enumerate(records, start=first_line)), context_chars, keep_gold, docs, docs_name, across_records
-    )
+    docs_name = Path("<docs>") if docs is not None else None
+    return _block_frame(path, list(enumerate(records, start=1)), context_chars, keep_gold, docs, docs_name, True)
 
 
 def _block_frame(
@@ -182,9 +174,8 @@ def _block_frame(
         block = [
             (line, {k: v for k, v in record.items() if k not in ("gold_kb_id", "split")}) for line, record in block
         ]
-    frame = read_mentions_jsonl(
-        path, docs_path, context_chars, blocks=[block] if block else [], docs=docs, across_records=across_records
-    )
+    given = GivenRecords([block] if block else [], docs, across_records)
+    frame = read_mentions_jsonl(path, docs_path, context_chars, given=given)
     return normalise_gold(frame)
 
 
@@ -227,7 +218,7 @@ def mention_chunks(
             write_docs(docs, docs_parquet)
     if kind == "jsonl":
         for index, block in enumerate(iter_jsonl_blocks(path, block_lines=chunk_mentions)):
-            yield index, (lambda block=block: _jsonl_chunk(path, block, docs, docs_parquet, context_chars, keep_gold))
+            yield index, (lambda block=block: _records_chunk(path, block, docs, docs_parquet, context_chars, keep_gold))
         return
     parquet_columns(path)  # a file polars cannot read is E119 here, before any chunk
     total = pl.scan_parquet(path).select(pl.len()).collect().item()
@@ -235,16 +226,8 @@ def mention_chunks(
 
         def parquet_chunk(offset: int = offset) -> pl.DataFrame:
             records = native_records(pl.scan_parquet(path).slice(offset, chunk_mentions).collect())
-            return records_frame(
-                records,
-                path,
-                context_chars,
-                keep_gold,
-                _chunk_docs(docs_parquet, records),
-                first_line=offset + 1,
-                docs_path=docs,
-                across_records=False,
-            )
+            block = list(enumerate(records, start=offset + 1))  # a row's line: its place in the file, from 1
+            return _records_chunk(path, block, docs, docs_parquet, context_chars, keep_gold)
 
         yield index, parquet_chunk
 
@@ -275,24 +258,20 @@ def check_corpus(chunks: Iterator[Chunk], path: Path) -> int:
     never depends on `--chunk-mentions` or `--shard`.
     """
     from pipeline.formats.input_checks import check_document_texts, check_documents
-    from pipeline.formats.inputs import first_duplicate
+    from pipeline.formats.inputs import check_unique_ids
 
     keys = []
     for _, read in chunks:
         keys.append(read().select(KEY_COLUMNS))
     if keys:  # one chunk too: not every reader checks ids on its own (a TAC file's query ids)
         table = pl.concat(keys).rename({"mention_id": "id"})
-        duplicate = first_duplicate(table["id"], table["line"])
-        if duplicate:
-            raise InputError(
-                "E104", path=path, line=duplicate[2], kind="mention", record_id=duplicate[0], first_line=duplicate[1]
-            )
+        check_unique_ids(table["id"], table["line"], path, "mention")
         check_documents(table, path, end_inclusive=mention_format(path) == "tac")  # spans as the file writes them
         check_document_texts(table, path)
     return len(keys)
 
 
-def _jsonl_chunk(
+def _records_chunk(
     path: Path,
     block: list[tuple[int, dict]],
     docs_path: Path | None,
@@ -300,6 +279,7 @@ def _jsonl_chunk(
     context_chars: int,
     keep_gold: bool,
 ) -> pl.DataFrame:
-    """A JSONL chunk keeps its block's own line numbers (blank lines are skipped, so they need not be consecutive)."""
+    """A chunk of (line, record) pairs with its documents, read from the corpus's docs Parquet; a JSONL
+    chunk keeps its block's own line numbers (blank lines are skipped, so they need not be consecutive)."""
     docs = _chunk_docs(docs_parquet, [record for _, record in block])
     return _block_frame(path, block, context_chars, keep_gold, docs, docs_path, across_records=False)

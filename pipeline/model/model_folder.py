@@ -41,7 +41,7 @@ from pipeline.core.manifest import read_manifest
 from pipeline.formats import triage_tables
 from pipeline.model.aliases import alias_table
 from pipeline.model.model_file import MODEL
-from pipeline.model.model_json import check_model_json
+from pipeline.model.model_json import check_model_json, unknown_key
 from pipeline.model.nil_policy import NilPolicy
 from pipeline.model.reader import READER_JSON
 
@@ -213,7 +213,8 @@ class ModelFolder:
 
 def load_model_folder(path: Path) -> ModelFolder:
     """Read and check a model folder. E701: not one; E702: damaged, or a value of model.json of the
-    wrong type or range (naming its key path, e.g. `nil.thresholds.en`); E703: a newer format."""
+    wrong type or range (naming its key path, e.g. `nil.thresholds.en`); E703: a newer format; E716: a
+    key model.json's schema does not know (naming its key path and the closest known key)."""
     path = Path(path)
     meta_path = path / MODEL_JSON
     if not path.is_dir() or not meta_path.is_file():
@@ -227,6 +228,10 @@ def load_model_folder(path: Path) -> ModelFolder:
         raise CacheError("E701", path=path, detail=f"{MODEL_JSON} does not say format = {FORMAT!r}")
     if not isinstance(meta.get("format_version"), int) or meta["format_version"] > FORMAT_VERSION:
         raise CacheError("E703", path=meta_path, found=meta.get("format_version"), supported=FORMAT_VERSION)
+    unknown = unknown_key(meta)  # a misspelt key is not silently ignored: the setting it meant would be
+    if unknown is not None:
+        key, hint, known = unknown
+        raise CacheError("E716", path=meta_path, key=key, hint=hint, known=", ".join(known))
     problem = check_model_json(text)  # every value's type, finiteness and range, before any is used
     if problem is not None:
         raise CacheError("E702", path=meta_path, detail=problem, fix_first="correct that value, or ")

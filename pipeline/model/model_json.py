@@ -6,18 +6,25 @@ written as `"0.5"` or `NaN` is one E702 naming its key path (`nil.thresholds.en`
 TypeError after encoding or a language whose every mention is silently NIL. pydantic validates
 the file's text in strict JSON mode (no `"0.5"` read as a number, no `true` as 1); the encoder
 and triage settings are the run config's own dataclasses, so their `__post_init__` checks hold
-here too. Keys this schema does not name are kept as they are (a later xel of the same format
-version may add some); every key it names is checked.
+here too. A key this schema does not name is refused (E716, `unknown_key`), naming its key path and
+the known key closest to it, as a config file's unknown key is (E201): xel reads no key it does not
+know, so a misspelt `default_treshold` would otherwise leave the setting it meant unchanged, silently.
+A later xel that writes keys this one cannot read raises `format_version` (E703).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import types
+import typing
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.core.config import EncoderConfig, TriageConfig
+from pipeline.core.config_file import closest_key
 from pipeline.core.errors import ConfigError
 
 # A NIL threshold: compared with the ranker's tanh score (or the baseline's cosine), both in [-1, 1].
@@ -29,7 +36,8 @@ Name = Annotated[str, Field(min_length=1)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+    # Unknown keys are refused before pydantic sees the file (`unknown_key`), with the closest known key.
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
 
 
 class EncoderMeta(_Section):
@@ -55,6 +63,7 @@ class ClassifierMeta(_Section):
     coef: list[list[Finite]]
     intercept: list[Finite]
     C: Positive | None = None
+    fitted_on: dict[Name, Count] | None = None  # how many tuning mentions of each class it was fitted on
 
     @model_validator(mode="after")
     def _shapes(self) -> "ClassifierMeta":
@@ -79,6 +88,7 @@ class MentionPriorMeta(_Section):
     coef: Annotated[list[Finite], Field(min_length=2)]
     intercept: Finite
     C: Positive | None = None
+    fitted_on: dict[Name, Count] | None = None  # how many training mentions, and NILs of them
 
     @model_validator(mode="after")
     def _even(self) -> "MentionPriorMeta":
@@ -124,6 +134,16 @@ class KbMeta(_Section):
     entities: Count | None = None
 
 
+Share = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+
+class EvaluationMeta(_Section):
+    """The run's score of the model: on which split, and its micro-average there."""
+
+    split: str | None = None
+    micro_average: Share | None = None
+
+
 class TrainedOnMeta(_Section):
     """What the model was trained on: informative, but a number there is still a number."""
 
@@ -131,8 +151,9 @@ class TrainedOnMeta(_Section):
     mentions: dict[str, dict[str, Count]] = {}
     train_mentions_by_language: dict[str, Count] = {}
     features: list[str] = []
-    best_dev_accuracy: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] | None = None
+    best_dev_accuracy: Share | None = None
     best_epoch: Count | None = None
+    evaluation: EvaluationMeta | None = None
 
 
 class ReaderLayoutMeta(_Section):
@@ -143,12 +164,18 @@ class ReaderLayoutMeta(_Section):
 
 
 class ReaderMeta(_Section):
-    """The rerank stage's reader the folder carries (`pipeline.model.reader`): its folder and reader.json."""
+    """The rerank stage's reader the folder carries (`pipeline.model.reader`): its folder and reader.json
+    (`rerank.stage.reader_meta`; what link reads is the layout, the candidates and the precision)."""
 
     folder: Name
     layout: ReaderLayoutMeta
     candidates: Literal["ranker", "triage"] = "ranker"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    format_version: Annotated[int, Field(ge=1)] | None = None
+    settings: dict[str, Any] | None = None  # the run's [rerank] settings, as a record
+    encoder: str | None = None  # the transformer the reader was fine-tuned from
+    epoch: Count | None = None
+    dev_accuracy: float | None = None  # NaN without dev mentions
 
 
 class ModelJson(_Section):
@@ -174,6 +201,73 @@ class ModelJson(_Section):
 # Where a config dataclass's own check (E203, "[encoder]: batch_tokens = 3 is invalid: ...") sits in model.json.
 _SECTION_PATHS = {"encoder": "encoder.settings", "triage": "triage"}
 _E203 = re.compile(r"\[E203\] \[(\w+)\]: (\w+) = (.*?) is invalid: (.*?); change it")
+
+
+def unknown_key(meta: Any) -> tuple[str, str, list[str]] | None:
+    """(key path, hint, the keys known there) of model.json's first key (`meta`, parsed) that `ModelJson`
+    does not name; None when it names every one. The hint (E201's, `config_file.closest_key`) names the
+    closest known key at that place (` (did you mean `nil.default_threshold`?)` for `nil.default_treshold`),
+    else the closest key path anywhere (`nil_treshold` at the top level: `nil.thresholds`), else is "".
+    Values of the wrong type are left to `check_model_json`."""
+    found = next(_unknown_keys(meta, ModelJson, ()), None)
+    if found is None:
+        return None
+    path, key, known = found
+    near = closest_key(key, known)
+    if near is not None:
+        near = ".".join((*path, near))
+    else:  # a key put at the wrong level, or with _ for the dot: compared as one word
+        paths = {"_".join(known_path): ".".join(known_path) for known_path in _key_paths(ModelJson, ())}
+        near = paths.get(closest_key("_".join((*path, key)), paths) or "")
+    return ".".join((*path, key)), f" (did you mean `{near}`?)" if near else "", known
+
+
+def _unknown_keys(
+    value: Any, annotation: Any, path: tuple[str, ...]
+) -> Iterator[tuple[tuple[str, ...], str, list[str]]]:
+    """(path, unknown key, the keys known there) of each key of `value` that its schema `annotation`
+    (a section, a config dataclass, a dict, a list, optional or annotated) does not name, in file order."""
+    shape = _unwrapped(annotation)
+    fields = _fields(shape)
+    if fields is not None and isinstance(value, dict):
+        for key, item in value.items():
+            if key not in fields:
+                yield path, str(key), list(fields)
+            else:
+                yield from _unknown_keys(item, fields[key], (*path, str(key)))
+    elif typing.get_origin(shape) is dict and isinstance(value, dict):
+        for key, item in value.items():
+            yield from _unknown_keys(item, typing.get_args(shape)[1], (*path, str(key)))
+    elif typing.get_origin(shape) is list and isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _unknown_keys(item, typing.get_args(shape)[0], (*path, str(index)))
+
+
+def _key_paths(annotation: Any, path: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
+    """Every key path the schema names (through sections and config dataclasses, not free dict keys)."""
+    for key, field_annotation in (_fields(_unwrapped(annotation)) or {}).items():
+        yield (*path, key)
+        yield from _key_paths(field_annotation, (*path, key))
+
+
+def _unwrapped(annotation: Any) -> Any:
+    """`X` of `Annotated[X, ...]` and of `X | None`."""
+    if typing.get_origin(annotation) is Annotated:
+        return _unwrapped(typing.get_args(annotation)[0])
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        options = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return _unwrapped(options[0]) if len(options) == 1 else annotation
+    return annotation
+
+
+def _fields(shape: Any) -> dict[str, Any] | None:
+    """Key -> annotation of a section or a config dataclass; None for anything else."""
+    if isinstance(shape, type) and issubclass(shape, BaseModel):
+        return {name: field.annotation for name, field in shape.model_fields.items()}
+    if isinstance(shape, type) and dataclasses.is_dataclass(shape):
+        hints = typing.get_type_hints(shape)
+        return {field.name: hints[field.name] for field in dataclasses.fields(shape)}
+    return None
 
 
 def check_model_json(text: str) -> str | None:

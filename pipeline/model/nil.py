@@ -24,6 +24,27 @@ from pipeline.core.textnorm import add_keys
 # Sweep grid over the ranker's tanh range, plus the observed best scores themselves.
 GRID = np.round(np.linspace(-1.0, 1.0, 201), 4)
 
+# What decides NIL under each method of a NIL artifact (`decide_nil`), as evaluate's summary line,
+# report.md and metrics.json say it. Only "threshold" reads the per-language thresholds.
+DECIDED_BY = {
+    "threshold": "the per-language thresholds (NIL where the best score is under its language's)",
+    "classifier": "the classifier (NIL where its P(NIL) is over its P(best candidate right))",
+    "nota": "the ranker's NIL option, nota (NIL where its score is over the best candidate's)",
+    "reader": "the reader (NIL where its NIL option is more probable than its best candidate)",
+}
+
+
+def thresholds_decide(artifact: dict) -> bool:
+    """Whether a NIL artifact's per-language thresholds decide NIL (method "threshold"); the classifier,
+    nota and the reader read none of them (`decide_nil`)."""
+    return artifact["method"] == "threshold"
+
+
+def decided_by(artifact: dict, reads_prior: bool = False) -> str:
+    """What decides NIL under `artifact`, in words (`DECIDED_BY`); `reads_prior`: the classifier reads
+    the mention NIL prior too."""
+    return DECIDED_BY[artifact["method"]] + (", reading the mention NIL prior" if reads_prior else "")
+
 
 def decide(predictions: pl.DataFrame, thresholds: dict[str, float], default: float) -> pl.DataFrame:
     """Add `threshold`, `is_nil` and `kb_id` (best candidate or NIL) to predictions.

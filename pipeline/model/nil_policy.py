@@ -22,7 +22,7 @@ import polars as pl
 from pipeline.core.errors import ConfigError, warn
 from pipeline.core.languages import is_language_tag, normalise_language
 from pipeline.model import mention_prior
-from pipeline.model.nil import cluster_nils, decide_nil
+from pipeline.model.nil import cluster_nils, decide_nil, thresholds_decide
 from pipeline.model.nil_classifier import EVIDENCE, add_evidence, decision_reads_prior
 from pipeline.model.nil_classifier import VERSION as CLASSIFIER_VERSION
 
@@ -175,8 +175,8 @@ class NilPolicy:
         """Warn once (W701) about languages without a threshold of their own; returns them, sorted."""
         unseen = decided.filter(~pl.col("lang").is_in(list(self.thresholds)))
         languages = sorted(unseen["lang"].unique().to_list())
-        if languages and self.artifact.get("method") in ("classifier", "reader"):
-            return languages  # the classifier or the reader decides NIL: no threshold is used, none to warn of
+        if languages and not thresholds_decide(self.artifact):
+            return languages  # the classifier, nota or the reader decides NIL: no threshold is used, none to warn of
         if languages:
             source = (
                 "--fallback-threshold"

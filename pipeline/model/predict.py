@@ -53,24 +53,35 @@ def predict(
     NIL option, `features.score_nil`) adds a `nil_score` column, which the "nota" NIL
     method and the classifier read.
     """
+    ids = np.asarray(entity_ids + [None], dtype=object)  # row -1 (no candidate) is None
+    mention_ids = mentions["mention_id"].to_numpy()[rows]
+    predictions = _best_two(mention_ids, matrix, scores, ids, popularity)
+    if nil_scores is not None:
+        predictions = predictions.with_columns(pl.Series("nil_score", nil_scores, dtype=pl.Float64))
+    return _score_table(mention_ids, matrix, scores, ids), predictions
+
+
+def _best_two(
+    mention_ids: np.ndarray, matrix: np.ndarray, scores: np.ndarray, ids: np.ndarray, popularity: np.ndarray | None
+) -> pl.DataFrame:
+    """Each mention's best and runner-up KB id and score in `candidate_order`, and the margin between them
+    (null where a mention has fewer candidates). `ids[row]`: the KB id of entity row `row` (None at -1)."""
     filled = np.where(np.isnan(scores), -np.inf, scores)
     order = candidate_order(scores, matrix, popularity)
-    ids = np.asarray(entity_ids + [None], dtype=object)
     ranked_rows = np.take_along_axis(matrix, order, axis=1)
     ranked_scores = np.take_along_axis(filled, order, axis=1)
     width = matrix.shape[1]
 
     def column(index: int) -> tuple[list, np.ndarray]:
         if index >= width:
-            return [None] * len(rows), np.full(len(rows), np.nan)
+            return [None] * len(mention_ids), np.full(len(mention_ids), np.nan)
         entity = ranked_rows[:, index]
         value = np.where(entity >= 0, ranked_scores[:, index], np.nan)
         return ids[np.where(entity >= 0, entity, -1)].tolist(), value
 
     best_ids, best_scores = column(0)
     second_ids, second_scores = column(1)
-    mention_ids = mentions["mention_id"].to_numpy()[rows]
-    predictions = (
+    return (
         pl.DataFrame(
             {
                 "mention_id": mention_ids,
@@ -90,11 +101,12 @@ def predict(
         .with_columns(pl.col("best_score").fill_nan(None), pl.col("second_score").fill_nan(None))
         .with_columns((pl.col("best_score") - pl.col("second_score")).alias("margin"))
     )
-    if nil_scores is not None:
-        predictions = predictions.with_columns(pl.Series("nil_score", nil_scores, dtype=pl.Float64))
-    valid = matrix >= 0
-    row_index, slot = np.nonzero(valid)
-    score_table = pl.DataFrame(
+
+
+def _score_table(mention_ids: np.ndarray, matrix: np.ndarray, scores: np.ndarray, ids: np.ndarray) -> pl.DataFrame:
+    """Every scored candidate: mention_id, kb_id, rank (its triage rank: column + 1) and score."""
+    row_index, slot = np.nonzero(matrix >= 0)
+    return pl.DataFrame(
         {
             "mention_id": mention_ids[row_index],
             "kb_id": ids[matrix[row_index, slot]].tolist(),
@@ -102,4 +114,3 @@ def predict(
             "score": scores[row_index, slot].astype(np.float32),
         }
     )
-    return score_table, predictions

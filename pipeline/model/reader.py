@@ -17,11 +17,13 @@ the model folder and link read it with `load_reader` and score with `score_menti
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +32,7 @@ import polars as pl
 import torch
 
 from pipeline.core.errors import CacheError, ConfigError
-from pipeline.core.io import default_permissions
+from pipeline.core.io import crash_point, default_permissions
 from pipeline.model import reader_inputs
 from pipeline.model.reader_inputs import Layout, ReaderBatch, Specials
 
@@ -113,7 +115,8 @@ def read(
 
 @dataclass
 class ReaderExamples:
-    """Mentions ready to be read: context ids (markers in), candidate KB ids in slot order, gold (or None).
+    """Mentions ready to be read: context ids (markers in), candidate KB ids in slot order, gold (or None),
+    and how their sequences are laid out (`layout`) from which special tokens (`marks`).
 
     entity_tokens maps every candidate's KB id to its text's sub-word ids.
     """
@@ -123,11 +126,26 @@ class ReaderExamples:
     candidates: list[list[str]]
     gold: list[str | None]
     entity_tokens: dict[str, list[int]]
+    layout: Layout
+    marks: Specials
 
-    def reading(self, index: int, layout: Layout, marks: Specials, hide: str | None = None) -> reader_inputs.Reading:
+    def reading(self, index: int, hide: str | None = None) -> reader_inputs.Reading:
         """The `reader_inputs.Reading` of mention `index`, without candidate `hide` (a hidden gold)."""
         kept = [kb_id for kb_id in self.candidates[index] if kb_id != hide]
-        return reader_inputs.reading(self.contexts[index], [self.entity_tokens[k] for k in kept], kept, layout, marks)
+        return reader_inputs.reading(
+            self.contexts[index], [self.entity_tokens[k] for k in kept], kept, self.layout, self.marks
+        )
+
+    def subset(self, rows: Sequence[int], with_gold: bool = True) -> "ReaderExamples":
+        """The examples of `rows` (indices), in that order; without their gold when `with_gold` is false."""
+        gold = [self.gold[r] for r in rows] if with_gold else [None] * len(rows)
+        return dataclasses.replace(
+            self,
+            mention_ids=[self.mention_ids[r] for r in rows],
+            contexts=[self.contexts[r] for r in rows],
+            candidates=[self.candidates[r] for r in rows],
+            gold=gold,
+        )
 
 
 def build_examples(
@@ -147,6 +165,8 @@ def build_examples(
         [kb_ids or [] for kb_ids in lists],
         gold,
         reader_inputs.entity_tokens(tokenizer, wanted, layout.max_seq_tokens),
+        layout,
+        marks,
     )
 
 
@@ -160,13 +180,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 @torch.no_grad()
 def score_mentions(
-    reader: Reader,
-    examples: ReaderExamples,
-    layout: Layout,
-    marks: Specials,
-    device: torch.device,
-    precision: str = "auto",
-    batch_mentions: int = 32,
+    reader: Reader, examples: ReaderExamples, device: torch.device, precision: str = "auto", batch_mentions: int = 32
 ) -> pl.DataFrame:
     """The reader's probabilities, one row per (mention, candidate): `SCORES_SCHEMA`.
 
@@ -177,7 +191,8 @@ def score_mentions(
     was_training = reader.training
     reader.eval()
     dtype = autocast_dtype(precision, device)
-    built = [examples.reading(i, layout, marks) for i in range(len(examples.mention_ids))]
+    layout, marks = examples.layout, examples.marks
+    built = [examples.reading(i) for i in range(len(examples.mention_ids))]
     order = [i for i in np.argsort([item.tokens for item in built], kind="stable") if built[i].kept]
     columns: dict[str, list] = {name: [] for name in SCORES_SCHEMA}
     for offset in range(0, len(order), batch_mentions):
@@ -262,8 +277,10 @@ def save_reader(reader: Reader, tokenizer, folder: Path, meta: dict) -> None:
             encoding="utf-8",
         )
         default_permissions(temp)
+        crash_point("before-rename", folder)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(temp, folder)
+        crash_point("after-rename", folder)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
 
@@ -341,12 +358,10 @@ class LoadedReader:
         return layout_of(self.meta)
 
     def order(self, candidates: pl.DataFrame, ranker_scores: pl.DataFrame) -> pl.DataFrame:
-        """candidates (mention_id, kb_id, rank) with `order`, as the reader was trained: the ranker's score
-        (ranker_scores: mention_id, kb_id, score) or, for a reader on triage's order, minus the rank."""
-        if self.meta.get("candidates") == "triage":
-            return candidates.select("mention_id", "kb_id", "rank", (-pl.col("rank")).cast(pl.Float64).alias("order"))
-        ranked = ranker_scores.select("mention_id", "kb_id", pl.col("score").cast(pl.Float64).alias("order"))
-        return candidates.select("mention_id", "kb_id", "rank").join(ranked, on=["mention_id", "kb_id"], how="left")
+        """`reader_inputs.candidate_order` as the reader was trained: by the ranker's score (ranker_scores:
+        mention_id, kb_id, score), or by triage's rank for a reader trained on triage's order."""
+        on_triage = self.meta.get("candidates") == "triage"
+        return reader_inputs.candidate_order(candidates, None if on_triage else ranker_scores)
 
     def predict(self, mentions: pl.DataFrame, ordered: pl.DataFrame, entities: pl.DataFrame) -> pl.DataFrame:
         """`reader_predictions` of `mentions` (mention_id, context, start, end) against their top candidates
@@ -354,12 +369,5 @@ class LoadedReader:
         layout = self.layout
         top = reader_inputs.top_candidates(ordered, layout.top_k)
         examples = build_examples(self.tokenizer, mentions, top, entities, layout)
-        scores = score_mentions(
-            self.reader,
-            examples,
-            layout,
-            reader_inputs.specials(self.tokenizer),
-            self.device,
-            self.meta.get("precision", "auto"),
-        )
+        scores = score_mentions(self.reader, examples, self.device, self.meta.get("precision", "auto"))
         return reader_predictions(scores)

@@ -249,3 +249,17 @@ def top_candidates(candidates: pl.DataFrame, top_k: int) -> pl.DataFrame:
         .filter(pl.col("slot") <= top_k)
         .select("mention_id", "kb_id", pl.col("slot").cast(pl.Int32))
     )
+
+
+def candidate_order(candidates: pl.DataFrame, ranker_scores: pl.DataFrame | None) -> pl.DataFrame:
+    """candidates (mention_id, kb_id, rank: triage's) with `order`, what `top_candidates` sorts by: the
+    ranker's score (ranker_scores: mention_id, kb_id, score; a candidate it did not score gets null,
+    read after the scored ones) or, with ranker_scores None (a reader on triage's order), minus the rank.
+
+    The rerank stage (training, and scoring dev and test) and link (`LoadedReader.order`) both
+    order a reader's candidates here, so link reads the candidates the stage read, in its slots."""
+    triage = candidates.select("mention_id", "kb_id", "rank")
+    if ranker_scores is None:
+        return triage.with_columns((-pl.col("rank")).cast(pl.Float64).alias("order"))
+    ranked = ranker_scores.select("mention_id", "kb_id", pl.col("score").cast(pl.Float64).alias("order"))
+    return triage.join(ranked, on=["mention_id", "kb_id"], how="left")

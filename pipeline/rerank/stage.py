@@ -28,13 +28,14 @@ from pipeline.core.config import RunConfig, to_dict
 from pipeline.core.distributed import World
 from pipeline.core.errors import ConfigError, InputError, warn
 from pipeline.core.io import collect_checked, write_parquet_atomic
-from pipeline.core.manifest import StageResult, StageRun, upstream_key
+from pipeline.core.manifest import StageIdentity, StageResult, StageRun, upstream_key
 from pipeline.core.progress import progress as progress_counter
 from pipeline.formats import triage_tables
 from pipeline.model import reader_inputs
 from pipeline.model.model_file import save_torch
 from pipeline.model.reader import (
     SCORES_FILE,
+    Reader,
     ReaderExamples,
     build_examples,
     freeze_lower_layers,
@@ -54,7 +55,7 @@ READER = "reader"
 SCORES = SCORES_FILE
 HISTORY = "history.parquet"
 CHECKPOINT = "checkpoints/last.pt"
-SCORED_SPLITS = ("dev", "test")
+SCORED_SPLITS = training.SCORED_SPLITS
 # Settings that change speed or where it runs, not the reader.
 NOT_KEYED = ("enabled", "device")
 
@@ -64,6 +65,12 @@ def encoder_path(config: RunConfig) -> str:
     from pipeline.encoders.encoder import resolve_encoder_path
 
     return resolve_encoder_path(config.rerank.encoder or config.encoder.name)
+
+
+def identity(config: RunConfig) -> StageIdentity:
+    """What rerank's key hashes (`stage_identity`), as every stage gives it."""
+    inputs, settings = stage_identity(config)
+    return StageIdentity(STAGE, STAGE_VERSION, settings, inputs)
 
 
 def stage_identity(config: RunConfig) -> tuple[dict[str, str], dict]:
@@ -79,10 +86,9 @@ def stage_identity(config: RunConfig) -> tuple[dict[str, str], dict]:
     return inputs, settings
 
 
-def run(config: RunConfig, force: bool = False) -> StageResult:
-    """Train the reader and score dev and test; under torchrun as one of WORLD_SIZE data-parallel processes.
-
-    E203 when rerank.enabled is false (evaluate would not read what it makes)."""
+def check_config(config: RunConfig) -> None:
+    """E203 when rerank.enabled is false (evaluate would not read what it makes): said before anything
+    upstream is checked (`stages.run_stage`)."""
     if not config.rerank.enabled:
         raise ConfigError(
             "E203",
@@ -92,6 +98,13 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
             reason="evaluate reads the reader only when it is on: set rerank.enabled = true "
             "(--set rerank.enabled=true)",
         )
+
+
+def run(config: RunConfig, force: bool = False) -> StageResult:
+    """Train the reader and score dev and test; under torchrun as one of WORLD_SIZE data-parallel processes.
+
+    E203 when rerank.enabled is false (`check_config`)."""
+    check_config(config)
     world = distributed.world_from_environment()
     with distributed.process_group(world, config.rerank.device):
         return _rerank(config, force, world)
@@ -110,31 +123,34 @@ def _rerank(config: RunConfig, force: bool, world: World) -> StageResult:
             checkpoint_path.unlink(missing_ok=True)
     distributed.barrier(world)
 
-    rerank = config.rerank
-    device = distributed.training_device(rerank.device, world)
-    reader, tokenizer = new_reader(encoder_path(config), device, rerank.seed)
-    freeze_lower_layers(reader, rerank.freeze_layers)
-    layout = Layout(rerank.max_seq_tokens, rerank.max_context_tokens, rerank.top_k, rerank.form)
+    device = distributed.training_device(config.rerank.device, world)
+    reader, tokenizer = new_reader(encoder_path(config), device, config.rerank.seed)
+    freeze_lower_layers(reader, config.rerank.freeze_layers)
+    layout = sequence_layout(config)
     check_positions(reader, layout)
     mentions, examples = read_examples(config, tokenizer, layout, device)
-    split = mentions["split"].to_numpy()
-    has_gold = mentions["gold_kb_id"].is_not_null().to_numpy()
-    train_rows, missed = training.trainable_rows(examples, np.nonzero((split == "train") & has_gold)[0])
-    dev_rows = np.nonzero((split == "dev") & has_gold)[0]
-    if len(train_rows) == 0:
+    data = training.TrainingSet.of(
+        examples, mentions["split"].to_numpy(), mentions["gold_kb_id"].is_not_null().to_numpy()
+    )
+    if len(data.train_rows) == 0:
         raise InputError(
             "E507",
             path=triage_tables.path(config.stage_dir("triage"), triage_tables.MENTIONS),
             detail="no training mention is NIL or has its gold among its top candidates, so the reader "
             "has nothing to learn from",
         )
-    counts = {"train_mentions": len(train_rows), "train_gold_not_in_candidates": missed, "dev_mentions": len(dev_rows)}
-    history, best = fit(reader, tokenizer, examples, train_rows, dev_rows, config, stage_run.key, world)
-    result = StageResult(STAGE, out_dir, skipped=False, seconds=time.time() - stage_run.started, counts=counts)
+    state = fit(reader, tokenizer, data, config, stage_run.key, world)
+    result = StageResult(STAGE, out_dir, skipped=False, seconds=time.time() - stage_run.started, counts=data.counts)
     if world.is_main:
-        result = finish(stage_run, mentions, examples, layout, device, history, best, counts)
+        result = finish(stage_run, data, state, device, world)
     distributed.barrier(world)
     return result
+
+
+def sequence_layout(config: RunConfig) -> Layout:
+    """The reader's sequence layout from [rerank]: sequence and context budgets, top_k, form."""
+    rerank = config.rerank
+    return Layout(rerank.max_seq_tokens, rerank.max_context_tokens, rerank.top_k, rerank.form)
 
 
 def check_positions(reader, layout: Layout) -> None:
@@ -164,7 +180,14 @@ def read_examples(
     mentions = triage_tables.read(
         triage_dir, triage_tables.MENTIONS, "mention_id", "context", "start", "end", "split", "lang", "gold_kb_id"
     )
-    top = reader_inputs.top_candidates(candidate_order(config, device), layout.top_k)
+    candidates = triage_tables.read(
+        triage_dir, triage_tables.CANDIDATES, "mention_id", "rank", "kb_id", "score", "sources"
+    )
+    on_ranker = config.rerank.candidates == "ranker"
+    ordered = reader_inputs.candidate_order(
+        candidates, ranker_scores(config, candidates, device) if on_ranker else None
+    )
+    top = reader_inputs.top_candidates(ordered, layout.top_k)
     entities = collect_checked(
         triage_tables.scan(triage_dir, triage_tables.ENTITIES)
         .select("kb_id", "name", "type", "description")
@@ -174,20 +197,15 @@ def read_examples(
     return mentions, build_examples(tokenizer, mentions, top, entities, layout)
 
 
-def candidate_order(config: RunConfig, device: torch.device) -> pl.DataFrame:
-    """Triage's candidates (mention_id, kb_id, rank) with `order`: the ranker's score, or minus triage's rank."""
+def ranker_scores(config: RunConfig, candidates: pl.DataFrame, device: torch.device) -> pl.DataFrame:
+    """The trained ranker's score of each of triage's `candidates` (mention_id, kb_id, score), as evaluate scores
+    them: what orders a reader's candidates with `candidates = "ranker"`."""
     from pipeline.model.features import candidate_matrix, load_inputs, score_candidates
     from pipeline.model.model_file import load_model
 
-    triage_dir = config.stage_dir("triage")
-    candidates = triage_tables.read(
-        triage_dir, triage_tables.CANDIDATES, "mention_id", "rank", "kb_id", "score", "sources"
-    )
-    if config.rerank.candidates == "triage":
-        return candidates.select("mention_id", "kb_id", "rank", (-pl.col("rank")).cast(pl.Float64).alias("order"))
     model, saved = load_model(config.stage_dir("train"), device)
     inputs, _, _ = load_inputs(
-        triage_dir, config.stage_dir("encode"), saved["mention_types"], saved["entity_types"], 0, device
+        config.stage_dir("triage"), config.stage_dir("encode"), saved["mention_types"], saved["entity_types"], 0, device
     )
     if "triage" in getattr(model, "features", ()):
         inputs.attach_triage(candidates)
@@ -195,47 +213,30 @@ def candidate_order(config: RunConfig, device: torch.device) -> pl.DataFrame:
     matrix = candidate_matrix(candidates, inputs, rows)
     scores = score_candidates(model, inputs, rows, matrix)
     row_index, slot = np.nonzero(matrix >= 0)
-    kb_ids = inputs.entity_ids["kb_id"].to_numpy()
-    ranked = pl.DataFrame(
+    return pl.DataFrame(
         {
             "mention_id": inputs.mentions["mention_id"].to_numpy()[row_index],
-            "kb_id": kb_ids[matrix[row_index, slot]],
-            "order": scores[row_index, slot].astype(np.float64),
+            "kb_id": inputs.entity_ids["kb_id"].to_numpy()[matrix[row_index, slot]],
+            "score": scores[row_index, slot].astype(np.float64),
         }
     )
-    return candidates.select("mention_id", "kb_id", "rank").join(ranked, on=["mention_id", "kb_id"], how="left")
 
 
 def fit(
-    reader,
-    tokenizer,
-    examples: ReaderExamples,
-    train_rows: np.ndarray,
-    dev_rows: np.ndarray,
-    config: RunConfig,
-    key: str,
-    world: World,
-) -> tuple[list[dict], dict]:
-    """Train for rerank.epochs (resuming from the checkpoint), keep the best epoch's reader on disk;
-    (history, best {score, epoch}). Only rank 0 evaluates and writes."""
+    reader: Reader, tokenizer, data: training.TrainingSet, config: RunConfig, key: str, world: World
+) -> training.ReaderTraining:
+    """Train for rerank.epochs (resuming from the checkpoint of `key`), keeping the best epoch's reader on disk;
+    the training state (history, best {score, epoch}). Only rank 0 evaluates and writes."""
     rerank, out_dir = config.rerank, config.stage_dir(STAGE)
-    marks = reader_inputs.specials(tokenizer)
-    layout = Layout(rerank.max_seq_tokens, rerank.max_context_tokens, rerank.top_k, rerank.form)
-    per_rank = -(-len(train_rows) // world.size)
-    batches = -(-per_rank // rerank.batch_mentions)
+    layout = data.examples.layout
+    batches = math.ceil(math.ceil(len(data.train_rows) / world.size) / rerank.batch_mentions)  # per rank, epoch
     state = training.new_training(reader, rerank.learning_rate, rerank.epochs * -(-batches // rerank.grad_accumulation))
     shape = reader_shape(reader, layout)
     checkpoint = training.load_checkpoint(out_dir / CHECKPOINT, key, shape)
     if checkpoint is not None:
         state.resume(checkpoint, out_dir / CHECKPOINT)
-    trained = reader
-    if world.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        device = next(reader.parameters()).device
-        trained = DistributedDataParallel(reader, device_ids=[device.index] if device.type == "cuda" else None)
-        torch.manual_seed(rerank.seed + 100_003 * world.rank + state.start_epoch)  # other dropout masks per rank
-    if len(dev_rows) == 0 and world.is_main:
+    state.spread_over(world, rerank.seed)
+    if len(data.dev_rows) == 0 and world.is_main:
         warn(logger, "W509")
     plan = training.Schedule(
         rerank.batch_mentions, rerank.grad_accumulation, rerank.precision, rerank.seed, rerank.nil_hidden_share
@@ -244,10 +245,10 @@ def fit(
         rerank.epochs * batches, "rerank", "batches", initial=(state.start_epoch - 1) * batches, enabled=world.is_main
     )
     for epoch in range(state.start_epoch, rerank.epochs + 1):
-        loss = training.train_epoch(trained, state, examples, train_rows, epoch, plan, layout, marks, world, progress)
+        loss = training.train_epoch(state, data, epoch, plan, world, progress)
         record = {"epoch": epoch, "loss": loss, "dev_accuracy": None}
         if world.is_main:
-            record["dev_accuracy"] = training.accuracy(reader, examples, dev_rows, layout, marks, rerank.precision)
+            record["dev_accuracy"] = training.accuracy(reader, data.examples, data.dev_rows, rerank.precision)
             logger.info("rerank epoch %d: loss %.4f, dev micro-average %.4f", epoch, loss, record["dev_accuracy"])
             score = record["dev_accuracy"] if not math.isnan(record["dev_accuracy"]) else -loss
             if score > state.best["score"]:  # the reader folder first, then the checkpoint that records it
@@ -257,7 +258,7 @@ def fit(
             save_torch(out_dir / CHECKPOINT, state.checkpoint(key, epoch, shape))
         distributed.barrier(world)
     progress.close()
-    return state.history, state.best
+    return state
 
 
 def reader_shape(reader, layout: Layout) -> dict:
@@ -289,39 +290,27 @@ def reader_meta(config: RunConfig, layout: Layout, epoch: int, record: dict) -> 
 
 
 def finish(
-    stage_run: StageRun,
-    mentions: pl.DataFrame,
-    examples: ReaderExamples,
-    layout: Layout,
-    device: torch.device,
-    history: list[dict],
-    best: dict,
-    counts: dict,
+    stage_run: StageRun, data: training.TrainingSet, state: training.ReaderTraining, device: torch.device, world: World
 ) -> StageResult:
     """Score the dev and test mentions with the best epoch's reader, write the scores and history, then the manifest."""
     out_dir = stage_run.out_dir
-    reader, tokenizer, meta = load_reader(out_dir / READER, device)
-    wanted = np.nonzero(mentions["split"].is_in(list(SCORED_SPLITS)).to_numpy())[0]
-    subset = ReaderExamples(
-        [examples.mention_ids[r] for r in wanted],
-        [examples.contexts[r] for r in wanted],
-        [examples.candidates[r] for r in wanted],
-        [None] * len(wanted),
-        examples.entity_tokens,
-    )
-    scores = score_mentions(
-        reader, subset, layout, reader_inputs.specials(tokenizer), device, stage_run.settings["precision"]
-    )
-    write_parquet_atomic(scores, out_dir / SCORES)
+    reader, _, _ = load_reader(out_dir / READER, device)
+    scored = data.examples.subset(data.scored_rows, with_gold=False)
+    write_parquet_atomic(score_mentions(reader, scored, device, stage_run.settings["precision"]), out_dir / SCORES)
     write_parquet_atomic(
-        pl.DataFrame(history, schema={"epoch": pl.Int64, "loss": pl.Float64, "dev_accuracy": pl.Float64}),
+        pl.DataFrame(state.history, schema={"epoch": pl.Int64, "loss": pl.Float64, "dev_accuracy": pl.Float64}),
         out_dir / HISTORY,
     )
-    best_accuracy = best["score"] if counts["dev_mentions"] else None
-    counts = {**counts, "scored_mentions": len(wanted), "best_epoch": best["epoch"]}
+    best_epoch = state.best["epoch"]
+    best_accuracy = state.best["score"] if len(data.dev_rows) else None
+    counts = {**data.counts, "scored_mentions": len(data.scored_rows), "best_epoch": best_epoch}
     return stage_run.finish(
         counts,
         [READER, SCORES, HISTORY],
-        summary={"best_dev_accuracy": best_accuracy, "best_epoch": best["epoch"]},
-        extra={"best_dev_accuracy": best_accuracy, "device": str(device)},
+        summary={"best_dev_accuracy": best_accuracy, "best_epoch": best_epoch},
+        extra={
+            "best_dev_accuracy": best_accuracy,
+            "device": str(device),
+            **({"world_size": world.size} if world.distributed else {}),
+        },
     )

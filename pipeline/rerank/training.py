@@ -24,11 +24,50 @@ from pipeline.core.distributed import World
 from pipeline.core.errors import CacheError
 from pipeline.model import reader_inputs
 from pipeline.model.reader import Reader, ReaderExamples, autocast_dtype, read, reader_predictions, score_mentions
-from pipeline.model.reader_inputs import Layout, Specials
 
 logger = logging.getLogger(__name__)
 
+SCORED_SPLITS = ("dev", "test")  # the splits the best epoch's reader scores (reader_scores.parquet)
 WARMUP_SHARE = 0.1  # of the optimizer steps, with the learning rate rising linearly (then falling to 0)
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """Every mention's reader examples and what each row is for (indices into `examples`).
+
+    train_rows: training mentions the reader can learn (NIL, or their gold among their
+    candidates); dev_rows: dev mentions with gold, whose micro-average picks the best epoch;
+    scored_rows: dev and test mentions, scored by the best epoch's reader;
+    gold_not_in_candidates: linked training mentions left out because triage or the
+    ranker's top_k missed their gold.
+    """
+
+    examples: ReaderExamples
+    train_rows: np.ndarray
+    dev_rows: np.ndarray
+    scored_rows: np.ndarray
+    gold_not_in_candidates: int = 0
+
+    @classmethod
+    def of(cls, examples: ReaderExamples, split: np.ndarray, has_gold: np.ndarray) -> TrainingSet:
+        """The rows of `examples` by each mention's `split` and whether it has a gold id (both (N,) arrays)."""
+        train_rows, missed = trainable_rows(examples, np.nonzero((split == "train") & has_gold)[0])
+        return cls(
+            examples,
+            train_rows,
+            np.nonzero((split == "dev") & has_gold)[0],
+            np.nonzero(np.isin(split, SCORED_SPLITS))[0],
+            missed,
+        )
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """The manifest's counts of what trained and what picked the epoch."""
+        return {
+            "train_mentions": len(self.train_rows),
+            "train_gold_not_in_candidates": self.gold_not_in_candidates,
+            "dev_mentions": len(self.dev_rows),
+        }
 
 
 def trainable_rows(examples: ReaderExamples, rows: np.ndarray) -> tuple[np.ndarray, int]:
@@ -43,19 +82,30 @@ def trainable_rows(examples: ReaderExamples, rows: np.ndarray) -> tuple[np.ndarr
     return np.asarray(keep, dtype=np.int64), missed
 
 
-def epoch_plan(
-    examples: ReaderExamples, rows: np.ndarray, seed: int, epoch: int, hidden_share: float, world: World
-) -> tuple[np.ndarray, np.ndarray]:
-    """(this rank's rows in this epoch's order, whether each one's gold is hidden), drawn from (seed, epoch).
+@dataclass(frozen=True)
+class Schedule:
+    """How an epoch runs: mentions per batch, batches per optimizer step, autocast precision, seed, hidden share."""
 
-    A linked mention's gold is hidden with probability `hidden_share` (its label becomes NIL).
+    batch_mentions: int
+    grad_accumulation: int
+    precision: str
+    seed: int
+    hidden_share: float
+
+
+def epoch_plan(
+    examples: ReaderExamples, rows: np.ndarray, epoch: int, plan: Schedule, world: World
+) -> tuple[np.ndarray, np.ndarray]:
+    """(this rank's rows in this epoch's order, whether each one's gold is hidden), drawn from (plan.seed, epoch).
+
+    A linked mention's gold is hidden with probability `plan.hidden_share` (its label becomes NIL).
     Under torchrun the order is padded by repetition to a multiple of the world size and each
     rank takes every size-th row, so every rank runs the same number of batches.
     """
-    rng = np.random.default_rng([seed, epoch])
+    rng = np.random.default_rng([plan.seed, epoch])
     order = rng.permutation(rows)
     linked = np.array([examples.gold[row] != schema.NIL_ID for row in order], dtype=bool)
-    hidden = linked & (rng.random(len(order)) < hidden_share)
+    hidden = linked & (rng.random(len(order)) < plan.hidden_share)
     if world.distributed and len(order):
         padded = -(-len(order) // world.size) * world.size
         repeat = np.arange(padded) % len(order)
@@ -64,18 +114,13 @@ def epoch_plan(
 
 
 def labelled_batch(
-    examples: ReaderExamples,
-    rows: np.ndarray,
-    hidden: np.ndarray,
-    layout: Layout,
-    marks: Specials,
-    device: torch.device,
+    examples: ReaderExamples, rows: np.ndarray, hidden: np.ndarray, device: torch.device
 ) -> tuple[list[reader_inputs.Reading], torch.Tensor]:
     """(the readings of `rows`, labels (B,)); a hidden gold is left out and labelled NIL (slot 0)."""
     readings, labels = [], []
     for row, hide in zip(rows, hidden):
         gold = examples.gold[row]
-        item = examples.reading(int(row), layout, marks, hide=gold if hide else None)
+        item = examples.reading(int(row), hide=gold if hide else None)
         readings.append(item)
         labels.append(item.kept.index(gold) + 1 if gold in item.kept else reader_inputs.NIL_SLOT)
     return readings, torch.tensor(labels, dtype=torch.long, device=device)
@@ -91,6 +136,26 @@ class ReaderTraining:
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"score": -math.inf, "epoch": 0})
     start_epoch: int = 1
+    # DistributedDataParallel around `reader` under torchrun (`spread_over`); None in one process.
+    parallel: torch.nn.Module | None = None
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """What the training steps run: DDP around the reader under torchrun, else the reader."""
+        return self.parallel if self.parallel is not None else self.reader
+
+    def spread_over(self, world: World, seed: int) -> None:
+        """Under torchrun, train through DistributedDataParallel (gradients averaged over the ranks), each rank
+        seeded apart from `seed` so its dropout draws masks of its own; nothing in one process."""
+        if not world.distributed:
+            return
+        from torch.nn.parallel import DistributedDataParallel
+
+        device = next(self.reader.parameters()).device
+        self.parallel = DistributedDataParallel(
+            self.reader, device_ids=[device.index] if device.type == "cuda" else None
+        )
+        torch.manual_seed(seed + 100_003 * world.rank + self.start_epoch)
 
     def checkpoint(self, key: str, epoch: int, shape: dict) -> dict:
         """The payload of a checkpoint after `epoch` (see `resume`)."""
@@ -141,50 +206,21 @@ def load_checkpoint(path: Path, key: str, shape: dict) -> dict | None:
     return checkpoint
 
 
-@dataclass(frozen=True)
-class Schedule:
-    """How an epoch runs: mentions per batch, batches per optimizer step, autocast precision, seed, hidden share."""
-
-    batch_mentions: int
-    grad_accumulation: int
-    precision: str
-    seed: int
-    hidden_share: float
-
-
-def train_epoch(
-    trained: torch.nn.Module,
-    state: ReaderTraining,
-    examples: ReaderExamples,
-    rows: np.ndarray,
-    epoch: int,
-    plan: Schedule,
-    layout: Layout,
-    marks: Specials,
-    world: World,
-    progress,
-) -> float:
-    """One epoch over `rows` (this rank's share, `epoch_plan`); returns the mean training loss over all ranks.
-
-    `trained` is the reader, or DistributedDataParallel around it under torchrun.
-    """
+def train_epoch(state: ReaderTraining, data: TrainingSet, epoch: int, plan: Schedule, world: World, progress) -> float:
+    """One epoch over this rank's share of `data.train_rows` (`epoch_plan`) through `state.module`;
+    returns the mean training loss over all ranks. `progress` counts batches (`core.progress`)."""
     device = next(state.reader.parameters()).device
     dtype = autocast_dtype(plan.precision, device)
-    order, hidden = epoch_plan(examples, rows, plan.seed, epoch, plan.hidden_share, world)
-    trained.train()
+    examples, width = data.examples, data.examples.layout.top_k + 1
+    order, hidden = epoch_plan(examples, data.train_rows, epoch, plan, world)
+    state.module.train()
     total, batches = 0.0, 0
     starts = range(0, len(order), plan.batch_mentions)
     for number, start in enumerate(starts, 1):
-        inputs, labels = labelled_batch(
-            examples,
-            order[start : start + plan.batch_mentions],
-            hidden[start : start + plan.batch_mentions],
-            layout,
-            marks,
-            device,
-        )
+        part = slice(start, start + plan.batch_mentions)
+        inputs, labels = labelled_batch(examples, order[part], hidden[part], device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = read(trained, inputs, layout.top_k + 1, marks, device)
+            logits = read(state.module, inputs, width, examples.marks, device)
         loss = torch.nn.functional.cross_entropy(logits.float(), labels)
         (loss / plan.grad_accumulation).backward()
         if number % plan.grad_accumulation == 0 or number == len(starts):
@@ -200,22 +236,14 @@ def train_epoch(
     return summed / max(count, 1.0)
 
 
-def accuracy(
-    reader: Reader, examples: ReaderExamples, rows: np.ndarray, layout: Layout, marks: Specials, precision: str
-) -> float:
+def accuracy(reader: Reader, examples: ReaderExamples, rows: np.ndarray, precision: str) -> float:
     """Micro-average of the reader's own decisions on `rows` (NaN without rows): a NIL mention is right
     when the NIL option wins (or it has no candidate), a linked one when its gold wins."""
     if len(rows) == 0:
         return float("nan")
     device = next(reader.parameters()).device
-    subset = ReaderExamples(
-        [examples.mention_ids[r] for r in rows],
-        [examples.contexts[r] for r in rows],
-        [examples.candidates[r] for r in rows],
-        [examples.gold[r] for r in rows],
-        examples.entity_tokens,
-    )
-    best = reader_predictions(score_mentions(reader, subset, layout, marks, device, precision))
+    subset = examples.subset(rows)
+    best = reader_predictions(score_mentions(reader, subset, device, precision))
     said = (
         pl.when(pl.col("reader_nil_score") > pl.col("reader_score"))
         .then(pl.lit(schema.NIL_ID))

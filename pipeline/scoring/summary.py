@@ -10,6 +10,16 @@ from pipeline.core.manifest import StageResult
 from pipeline.scoring.table import format_frame, format_table
 
 
+def nil_decision(metrics: dict) -> str:
+    """What decided NIL, from evaluate's metrics.json: the thresholds per language where they decided
+    ("NIL thresholds en=-0.50, ...; NIL decided by the thresholds"), else what did, without thresholds it
+    never read ("NIL decided by the reader (...)")."""
+    if metrics.get("thresholds") is None:
+        return f"NIL decided by {metrics['nil_decided_by']}"
+    thresholds = ", ".join(f"{k}={v:.2f}" for k, v in sorted(metrics["thresholds"].items()))
+    return f"NIL thresholds {thresholds}; NIL decided by the thresholds"
+
+
 def stage_summary(result: StageResult) -> list[str]:
     """Up to date, or done with its counts; then triage's recall table, train's best epoch, or
     evaluate's thresholds, score table and NIL methods."""
@@ -41,13 +51,10 @@ def stage_summary(result: StageResult) -> list[str]:
         )
     if result.stage == "evaluate":
         metrics = result.summary["metrics"]
-        thresholds = ", ".join(f"{k}={v:.2f}" for k, v in sorted(metrics["thresholds"].items()))
-        prior = " reading the mention NIL prior" if metrics.get("nil_reads_prior") else ""
         unscored = metrics.get("unscored_mentions", 0)
         left_out = f"; {unscored} {metrics['split']} mention(s) without gold_kb_id left out" if unscored else ""
         lines += [
-            f"evaluate: {metrics['split']} split, NIL thresholds {thresholds}; NIL decided by the "
-            f"{metrics['nil_method']}{prior}{left_out}",
+            f"evaluate: {metrics['split']} split, {nil_decision(metrics)}{left_out}",
             format_table(metrics),
             "NIL decision on this split (method, language: micro-average, NIL precision/recall/F1):",
         ]

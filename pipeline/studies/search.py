@@ -177,43 +177,63 @@ def run(config: RunConfig, search: SearchConfig) -> StageResult:
     """Triage and encode the run (skipped when up to date), then the trials, then the ranking."""
     started = time.time()
     stage_sources = subrun.run_shared_stages(config)
+    rows, trained = [], 0
+    for trial in track(range(search.trials), "search", "trials", postfix=lambda trial: f"trial {trial}"):
+        row, outcome = _trial(config, search.seed, trial, stage_sources)
+        rows.append(row)
+        trained += outcome["trained"]
+    table = ranking(rows)
+    out_dir = config.run_dir / STAGE
+    write_parquet_atomic(table, out_dir / "search.parquet")
+    write_text_atomic(out_dir / "search.md", search_markdown(table, search, config))
+    best_trial = int(table["trial"][0])
+    _write_best(config, search, table, out_dir / "best.toml")
+    return StageResult(
+        STAGE,
+        out_dir,
+        skipped=False,
+        seconds=time.time() - started,
+        counts={"trials": search.trials, "trained": trained},
+        summary={"table": table, "best_trial": best_trial},
+    )
+
+
+def _trial(config: RunConfig, seed: int, trial: int, stage_sources: dict[str, Path]) -> tuple[dict, dict]:
+    """Train and evaluate trial `trial`'s draw (skipped where finished) in its sub-run; (its `ranking` row,
+    `subrun.train_and_evaluate`'s outcome)."""
     # NIL by thresholds, as the paper: a classifier fitted on the dev mentions it is scored on
     # would flatter the trials by how well it memorises them.
     dev_evaluation = dataclasses.replace(
         config.evaluate, eval_split="dev", tune_split="dev", languages=(), nil_method="threshold"
     )
-    rows, trained = [], 0
-    for trial in track(range(search.trials), "search", "trials", postfix=lambda trial: f"trial {trial}"):
-        settings = draw_settings(search.seed, trial)
-        folder = trial_dir(config.run_dir, search.seed, trial)
-        sub_config = subrun.prepare(
-            config, folder, stage_sources, train=dataclasses.replace(config.train, **settings), evaluate=dev_evaluation
-        )
-        outcome = subrun.train_and_evaluate(sub_config)
-        trained += outcome["trained"]
-        manifest = train_summary(sub_config.stage_dir("train"))
-        score = subrun.micro_average(outcome["metrics"])
-        logger.info(
-            "trial %d: dev micro-average %.4f%s (%s)",
-            trial,
-            score,
-            "" if outcome["trained"] else ", already trained",
-            settings,
-        )
-        rows.append(
-            {
-                "trial": trial,
-                "dev_micro_average": score,
-                **manifest,
-                **{k: _sizes(v) if isinstance(v, tuple) else v for k, v in settings.items()},
-                "seconds": outcome["seconds"],
-                "folder": str(folder.relative_to(config.run_dir)),
-            }
-        )
-    table = ranking(rows)
-    out_dir = config.run_dir / STAGE
-    write_parquet_atomic(table, out_dir / "search.parquet")
-    write_text_atomic(out_dir / "search.md", search_markdown(table, search, config))
+    settings = draw_settings(seed, trial)
+    folder = trial_dir(config.run_dir, seed, trial)
+    sub_config = subrun.prepare(
+        config, folder, stage_sources, train=dataclasses.replace(config.train, **settings), evaluate=dev_evaluation
+    )
+    outcome = subrun.train_and_evaluate(sub_config)
+    score = subrun.micro_average(outcome["metrics"])
+    logger.info(
+        "trial %d: dev micro-average %.4f%s (%s)",
+        trial,
+        score,
+        "" if outcome["trained"] else ", already trained",
+        settings,
+    )
+    row = {
+        "trial": trial,
+        "dev_micro_average": score,
+        **train_summary(sub_config.stage_dir("train")),
+        **{k: _sizes(v) if isinstance(v, tuple) else v for k, v in settings.items()},
+        "seconds": outcome["seconds"],
+        "folder": str(folder.relative_to(config.run_dir)),
+    }
+    return row, outcome
+
+
+def _write_best(config: RunConfig, search: SearchConfig, table: pl.DataFrame, path: Path) -> None:
+    """best.toml: the run's config with the best trial's settings (`table`, best first), which `xel-cli run`
+    reads back."""
     best_trial = int(table["trial"][0])
     best_config = dataclasses.replace(
         config,
@@ -226,15 +246,7 @@ def run(config: RunConfig, search: SearchConfig) -> StageResult:
         f"`xel-cli run --config best.toml --run-dir {config.run_dir}` reuses that run's triage and\n"
         "encode and retrains its model with these settings; without --run-dir it starts a new run."
     )
-    write_text_atomic(out_dir / "best.toml", config_toml(best_config, header))
-    return StageResult(
-        STAGE,
-        out_dir,
-        skipped=False,
-        seconds=time.time() - started,
-        counts={"trials": search.trials, "trained": trained},
-        summary={"table": table, "best_trial": best_trial},
-    )
+    write_text_atomic(path, config_toml(best_config, header))
 
 
 def train_summary(train_dir: Path) -> dict[str, Any]:

@@ -35,8 +35,8 @@ SHARED_STAGES = ("triage", "encode")
 def run_shared_stages(config: RunConfig) -> dict[str, Path]:
     """Triage and encode the parent run (each skipped when up to date); {stage: its folder},
     the `stage_sources` that `prepare` links every sub-run to."""
-    for stage in SHARED_STAGES:
-        run_stage(stage, config)
+    for stage in SHARED_STAGES:  # in order: each brings the one before it up to date
+        run_stage(stage, config, check_upstream=False)
     return {name: config.stage_dir(name) for name in SHARED_STAGES}
 
 
@@ -74,16 +74,19 @@ def prepare(base: RunConfig, run_dir: Path, stage_sources: dict[str, Path], **se
 
 def train_and_evaluate(config: RunConfig, train_too: bool = True) -> dict:
     """Run train (unless `train_too` is false: a linked model), rerank (with rerank.enabled: evaluate then reads
-    the sub-run's own reader) and evaluate; the metrics and what was redone."""
-    trained = run_stage("train", config) if train_too else None
-    if config.rerank.enabled:
-        run_stage("rerank", config)
-    evaluated = run_stage("evaluate", config)
+    the sub-run's own reader) and evaluate; the metrics and what was redone ("trained": the ranker or the
+    reader was trained now)."""
+    # In order, over the parent's triage and encode just brought up to date; an oracle cell (not `train_too`)
+    # evaluates a model trained on other candidates on purpose: no upstream check (`run_stage`).
+    trained = run_stage("train", config, check_upstream=False) if train_too else None
+    reader = run_stage("rerank", config, check_upstream=False) if config.rerank.enabled else None
+    evaluated = run_stage("evaluate", config, check_upstream=False)
+    done = [result for result in (trained, reader, evaluated) if result is not None]
     return {
         "metrics": read_metrics(config.stage_dir("evaluate")),
-        "trained": trained is not None and not trained.skipped,
+        "trained": any(result is not None and not result.skipped for result in (trained, reader)),
         "evaluated": not evaluated.skipped,
-        "seconds": (trained.seconds if trained is not None else 0.0) + evaluated.seconds,
+        "seconds": sum(result.seconds for result in done),
     }
 
 

@@ -126,29 +126,46 @@ def sample_negatives(
     return torch.cat([hard, random], dim=1).clamp(min=0), torch.cat([hard_mask, random_mask], dim=1)
 
 
+@dataclass(frozen=True)
+class TrainingMentions:
+    """The mentions the ranker trains on, as `assemble_batch` indexes them: `inputs` (the ranker's
+    device tensors), rows (N,) their mention rows, matrix (N, k) their candidates' entity rows (-1
+    padded) and gold (N,) their gold entity rows (-1: a NIL gold, with the ranker's NIL option)."""
+
+    inputs: RankerInputs
+    rows: np.ndarray
+    matrix: torch.Tensor
+    gold: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What every training step runs with besides the mentions: the [train] settings, the seeded generator
+    that orders the mentions and draws their negatives, the device, and this process's place among the
+    data-parallel ranks (`world`)."""
+
+    config: TrainConfig
+    generator: torch.Generator
+    device: torch.device
+    world: World = World()
+
+
 def rank_share(size: int, world: World) -> slice:
     """This rank's contiguous part of a batch of `size`; the parts are disjoint, cover it and differ by at most one."""
     return slice(world.rank * size // world.size, (world.rank + 1) * size // world.size)
 
 
 def assemble_batch(
-    inputs: RankerInputs,
-    train_rows: np.ndarray,
-    train_matrix: torch.Tensor,
-    train_gold: torch.Tensor,
-    picked: torch.Tensor,
-    config: TrainConfig,
-    generator: torch.Generator,
-    device: torch.device,
-    share: slice | None = None,
+    mentions: TrainingMentions, picked: torch.Tensor, step: StepContext, share: slice | None = None
 ) -> tuple[tuple, torch.Tensor, int]:
     """Ranker inputs of the mentions at positions `picked` against [gold, negatives...], the negatives' mask,
     and how many of the `picked` mentions have a negative at all (the loss's divisor).
 
-    train_rows (N,) mention rows; train_matrix (N, k) their candidates' entity rows (-1
-    padded); train_gold (N,) their gold entity rows. Assembled by indexing the device
-    tensors of `inputs`, with no per-example Python: this is what makes training from
-    cached vectors fast (bench/train.py measures it).
+    Assembled by indexing the device tensors of `mentions.inputs`, with no per-example Python: this is
+    what makes training from cached vectors fast (bench/train.py measures it).
 
     `share` (data-parallel training) keeps only this rank's part of the batch. Negatives
     are drawn for the whole batch first, so every rank's generator stays in step with the
@@ -158,14 +175,15 @@ def assemble_batch(
     `nil_hinge_terms`): True for a linked mention, False for a NIL-gold one (gold row -1),
     whose negatives are all its sampled candidates. Without it, nothing here changes.
     """
-    gold = train_gold[picked]
+    config, device = step.config, step.device
+    gold = mentions.gold[picked]
     negatives, negative_mask = sample_negatives(
-        train_matrix[picked],
+        mentions.matrix[picked],
         gold,
         config.negatives,
         config.hard_negative_share,
-        int(inputs.entity_name.shape[0]),
-        generator,
+        int(mentions.inputs.entity_name.shape[0]),
+        step.generator,
     )
     if config.nil_candidate:
         # The NIL option is every linked mention's last negative; a NIL mention (gold -1) has none there.
@@ -176,7 +194,7 @@ def assemble_batch(
         picked, gold, negatives, negative_mask = picked[share], gold[share], negatives[share], negative_mask[share]
     # (B, 1 + n), the gold first; a NIL mention's first column (entity 0) is a placeholder no loss reads.
     entity_rows = torch.cat([gold.clamp(min=0)[:, None], negatives], dim=1).to(device)
-    batch = inputs.batch(torch.as_tensor(train_rows[picked.numpy()], device=device), entity_rows)
+    batch = mentions.inputs.batch(torch.as_tensor(mentions.rows[picked.numpy()], device=device), entity_rows)
     return batch, negative_mask.to(device), with_negative
 
 
@@ -199,14 +217,8 @@ def nil_hinge_terms(
 def train_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    inputs: RankerInputs,
-    train_rows: np.ndarray,
-    train_matrix: torch.Tensor,
-    train_gold: torch.Tensor,
-    config: TrainConfig,
-    generator: torch.Generator,
-    device: torch.device,
-    world: World = World(),
+    mentions: TrainingMentions,
+    step: StepContext,
     name_pairs: NamePairs | None = None,
     pair_generator: torch.Generator | None = None,
 ) -> tuple[float, float | None]:
@@ -224,37 +236,29 @@ def train_epoch(
     DDP's averaged gradient is the gradient of the whole batch's mean loss: the same step
     as one process takes, up to float summation order.
     """
+    config, world = step.config, step.world
     model.train()
-    order = torch.randperm(len(train_rows), generator=generator)
+    order = torch.randperm(len(mentions), generator=step.generator)
     pair_order = torch.randperm(len(name_pairs), generator=pair_generator) if name_pairs is not None else None
+    extra = {"with_nil": True} if config.nil_candidate else {}
     total_loss, total_pair_loss = 0.0, 0.0
-    for start in range(0, len(train_rows), config.batch_mentions):
+    for start in range(0, len(mentions), config.batch_mentions):
         picked = order[start : start + config.batch_mentions]
         share = rank_share(len(picked), world) if world.distributed else None
-        batch, negative_mask, with_negative = assemble_batch(
-            inputs, train_rows, train_matrix, train_gold, picked, config, generator, device, share
-        )
-        normaliser = max(with_negative, 1) / world.size if world.distributed else None
-        extra = {"with_nil": True} if config.nil_candidate else {}
+        batch, negative_mask, with_negative = assemble_batch(mentions, picked, step, share)
         if name_pairs is None:
-            scores = model(*batch, **extra)
-            loss = ranking_loss(scores, negative_mask, config, normaliser)
+            loss = ranking_loss(model(*batch, **extra), negative_mask, config, _normaliser(with_negative, world))
             objective = loss
         else:
             pair_picked = pair_order[(start + torch.arange(len(picked))) % len(name_pairs)]
             pair_share = rank_share(len(pair_picked), world) if world.distributed else None
             pair_batch, pair_mask, pair_with_negative = assemble_name_pairs(
-                name_pairs, pair_picked, config.name_pair_negatives, pair_generator, device, pair_share
+                name_pairs, pair_picked, config.name_pair_negatives, pair_generator, step.device, pair_share
             )
             scores, pair_scores = model(*batch, *pair_batch, **extra)
-            loss = ranking_loss(scores, negative_mask, config, normaliser)
-            pair_loss = hinge_loss(
-                pair_scores[:, 0],
-                pair_scores[:, 1:],
-                pair_mask,
-                config.margin,
-                max(pair_with_negative, 1) / world.size if world.distributed else None,
-            )
+            loss = ranking_loss(scores, negative_mask, config, _normaliser(with_negative, world))
+            pair_normaliser = _normaliser(pair_with_negative, world)
+            pair_loss = hinge_loss(pair_scores[:, 0], pair_scores[:, 1:], pair_mask, config.margin, pair_normaliser)
             objective = config.name_pair_weight * pair_loss + loss  # the paper's λ·N + L
             total_pair_loss += pair_loss.item() * len(pair_picked) / world.size
         optimizer.zero_grad()
@@ -262,10 +266,16 @@ def train_epoch(
         optimizer.step()
         # Each rank adds its part of the batch's mean loss; the parts are summed over ranks below.
         total_loss += loss.item() * len(picked) / world.size
-    mean_loss = sum_over_ranks(total_loss, world, device) / len(train_rows)
+    mean_loss = sum_over_ranks(total_loss, world, step.device) / len(mentions)
     if name_pairs is None:
         return mean_loss, None
-    return mean_loss, sum_over_ranks(total_pair_loss, world, device) / len(train_rows)
+    return mean_loss, sum_over_ranks(total_pair_loss, world, step.device) / len(mentions)
+
+
+def _normaliser(with_negative: int, world: World) -> float | None:
+    """`hinge_loss`'s divisor for this rank's share of a batch: the whole batch's count of examples with a
+    negative over the world size (so DDP's averaged gradient is the whole batch's); None in one process."""
+    return max(with_negative, 1) / world.size if world.distributed else None
 
 
 def ranking_loss(

@@ -30,7 +30,7 @@ from pipeline.core.config import RunConfig, TrainConfig, to_dict
 from pipeline.core.distributed import World
 from pipeline.core.errors import InputError, warn
 from pipeline.core.io import write_parquet_atomic
-from pipeline.core.manifest import StageResult, StageRun, upstream_key
+from pipeline.core.manifest import StageIdentity, StageResult, StageRun, upstream_key
 from pipeline.core.progress import progress as progress_counter
 from pipeline.core.threads import small_model_threads
 from pipeline.formats import triage_tables
@@ -100,6 +100,12 @@ def training_rows(
         if size < len(rows):
             rows = np.sort(np.random.default_rng(seed).choice(rows, size, replace=False))
     return rows
+
+
+def identity(config: RunConfig) -> StageIdentity:
+    """What train's key hashes (`stage_identity`), as every stage gives it."""
+    inputs, settings = stage_identity(config)
+    return StageIdentity(STAGE, STAGE_VERSION, settings, inputs)
 
 
 def stage_identity(config: RunConfig) -> tuple[dict[str, str], dict]:
@@ -238,9 +244,8 @@ def _nearest_neighbour(
                 **data.saved_rows,
             },
         )
-        result = _finish(
-            stage_run, [], {**counts, "epochs": 0, "best_epoch": 0}, dev_accuracy, 0, data.by_language, device, world
-        )
+        outcome = _Outcome([], {**counts, "epochs": 0, "best_epoch": 0}, dev_accuracy, 0)
+        result = _finish(stage_run, outcome, data.by_language, device, world)
     distributed.barrier(world)
     return result
 
@@ -255,8 +260,7 @@ class _Loop:
     state: object  # train.state.TrainingState
     trained: object  # the objective, wrapped in DDP when data-parallel
     data: TrainingData
-    train_matrix_tensor: object  # (n_train, k) candidate rows
-    train_gold_tensor: object  # (n_train,) gold rows
+    mentions: object  # train.batches.TrainingMentions: the training rows, their candidates and gold
     name_pairs: object
     checkpoint_path: Path
     key: str
@@ -266,35 +270,19 @@ class _Loop:
 def _run_epochs(loop: _Loop) -> int:
     """Train from the state's start epoch until the last or an early stop, evaluating on dev every
     `eval_every` epochs and checkpointing when due (rank 0 alone); returns the last epoch trained."""
-    from pipeline.train.batches import linking_accuracy, train_epoch
+    from pipeline.train.batches import StepContext, train_epoch
 
-    train_config, world, state, data = loop.train_config, loop.world, loop.state, loop.data
-    # As the loop counts it: epochs from the best to the last evaluated one (not to the last
-    # trained one: a checkpoint between evaluations would stop a resumed run too early).
-    evaluated = [record["epoch"] for record in state.history if record["dev_accuracy"] is not None]
-    stale_epochs = evaluated[-1] - state.best["epoch"] if evaluated else 0
-    # A run killed after its early-stop checkpoint has finished training: train no further.
-    stopped = train_config.patience > 0 and stale_epochs >= train_config.patience
-    last_epoch = state.start_epoch - 1 if stopped else train_config.epochs
+    train_config, world, state = loop.train_config, loop.world, loop.state
+    last_epoch, stale_epochs = _epochs_left(state, train_config)
     progress = progress_counter(
         train_config.epochs, "train", "epochs", initial=state.start_epoch - 1, enabled=world.is_main
     )
+    step = StepContext(train_config, state.generator, loop.device, world)
     epoch = state.start_epoch - 1
     last_saved = _clock()
     for epoch in range(state.start_epoch, last_epoch + 1):
         epoch_loss, pair_loss = train_epoch(
-            loop.trained,
-            state.optimizer,
-            data.inputs,
-            data.train_rows,
-            loop.train_matrix_tensor,
-            loop.train_gold_tensor,
-            train_config,
-            state.generator,
-            loop.device,
-            world,
-            loop.name_pairs,
-            state.pair_generator,
+            loop.trained, state.optimizer, loop.mentions, step, loop.name_pairs, state.pair_generator
         )
         if state.average is not None:
             state.average.update_parameters(state.model)
@@ -303,14 +291,7 @@ def _run_epochs(loop: _Loop) -> int:
             record["name_pair_loss"] = pair_loss
         # Only rank 0 evaluates, keeps the best state and writes checkpoints; its stop decision is broadcast.
         if world.is_main and (epoch % train_config.eval_every == 0 or epoch == train_config.epochs):
-            record["dev_accuracy"] = linking_accuracy(
-                state.kept, data.inputs, data.dev_rows, data.dev_matrix, data.dev_gold, data.dev_nil
-            )
-            # Without dev mentions the best epoch is the one of lowest training loss (W501).
-            state.keep_if_best(
-                epoch, record["dev_accuracy"] if not math.isnan(record["dev_accuracy"]) else -record["loss"]
-            )
-            stale_epochs = epoch - state.best["epoch"]
+            stale_epochs = _evaluate(loop, record)
             progress.set_postfix(loss=f"{record['loss']:.4f}", dev=f"{record['dev_accuracy']:.3f}")
         state.history.append(record)
         progress.update(1)
@@ -326,6 +307,30 @@ def _run_epochs(loop: _Loop) -> int:
             break
     progress.close()
     return epoch
+
+
+def _epochs_left(state, train_config: TrainConfig) -> tuple[int, int]:
+    """(the last epoch to train, epochs since the best) of a state that may be resumed: a run killed
+    after its early-stop checkpoint has finished training, and trains no further."""
+    # As the loop counts it: epochs from the best to the last evaluated one (not to the last
+    # trained one: a checkpoint between evaluations would stop a resumed run too early).
+    evaluated = [record["epoch"] for record in state.history if record["dev_accuracy"] is not None]
+    stale_epochs = evaluated[-1] - state.best["epoch"] if evaluated else 0
+    stopped = train_config.patience > 0 and stale_epochs >= train_config.patience
+    return (state.start_epoch - 1 if stopped else train_config.epochs), stale_epochs
+
+
+def _evaluate(loop: _Loop, record: dict) -> int:
+    """Dev accuracy of the kept weights after `record`'s epoch, into `record`; keeps the state if it is the
+    best so far (without dev mentions: the epoch of lowest training loss, W501). Epochs since the best."""
+    from pipeline.train.batches import linking_accuracy
+
+    state, data, epoch = loop.state, loop.data, record["epoch"]
+    record["dev_accuracy"] = linking_accuracy(
+        state.kept, data.inputs, data.dev_rows, data.dev_matrix, data.dev_gold, data.dev_nil
+    )
+    state.keep_if_best(epoch, record["dev_accuracy"] if not math.isnan(record["dev_accuracy"]) else -record["loss"])
+    return epoch - state.best["epoch"]
 
 
 def _data_parallel(state, train_config: TrainConfig, device, world: World):
@@ -378,53 +383,66 @@ def _save_best(stage_run: StageRun, loop: _Loop, epoch: int) -> StageResult:
             train_config.margin,
             best_score,
         )
-        result = _finish(
-            stage_run,
-            state.history,
-            counts,
-            best_score,
-            state.best["epoch"],
-            data.by_language,
-            loop.device,
-            world,
-            collapse,
-        )
+        outcome = _Outcome(state.history, counts, best_score, state.best["epoch"], collapse)
+        result = _finish(stage_run, outcome, data.by_language, loop.device, world)
     distributed.barrier(world)  # the other ranks leave once rank 0's model and manifest are in place
     return result
 
 
 def _train(config: RunConfig, force: bool, world: World, scope: contextlib.ExitStack) -> StageResult:
     """The stage's work; `scope` holds what lasts until the stage returns (one torch thread, once it trains)."""
-    out_dir = config.stage_dir(STAGE)
-    triage_dir, encode_dir = config.stage_dir("triage"), config.stage_dir("encode")
-    train_config = config.train
+    train_config, triage_dir = config.train, config.stage_dir("triage")
     inputs_keys, settings = stage_identity(config)
-    stage_run = StageRun(out_dir, STAGE, STAGE_VERSION, settings, inputs_keys, force)
-    key = stage_run.key
+    stage_run = StageRun(config.stage_dir(STAGE), STAGE, STAGE_VERSION, settings, inputs_keys, force)
     # Rank 0 decides and does the file work; the other ranks follow its decision, so they
     # cannot disagree while rank 0 is removing the manifest.
     if distributed.broadcast(stage_run.up_to_date if world.is_main else None, world):
         return stage_run.skipped()
-    import torch  # only now: an up-to-date run needs none of the ranker's modules
-
-    from pipeline.model.features import candidate_matrix
-    from pipeline.train.batches import load_name_pairs
+    # Only now: an up-to-date run needs none of the ranker's modules.
     from pipeline.train.state import load_checkpoint, new_state, ranker_shape
 
     scope.enter_context(small_model_threads())
-    checkpoint_path = out_dir / CHECKPOINT
+    checkpoint_path = _begin(stage_run, force, world)
+    device = distributed.training_device(train_config.device, world)
+    data = training_data(triage_dir, config.stage_dir("encode"), train_config, device)
+    if train_config.baseline == "nn":
+        return _nearest_neighbour(stage_run, data, train_config, device, world)
+    mentions = _training_mentions(data, triage_dir)
+    name_pairs = _name_pairs(config, inputs_keys, data, device)
+    shape = ranker_shape(train_config, data.inputs)
+    state = new_state(train_config, shape, device, name_pairs is not None)
+    checkpoint = load_checkpoint(checkpoint_path, stage_run.key, shape)
+    if checkpoint is not None:
+        state.resume(checkpoint, checkpoint_path)
+    trained = _data_parallel(state, train_config, device, world)
+    if len(data.dev_rows) == 0 and world.is_main:
+        warn(logger, "W501")
+    loop = _Loop(
+        train_config, world, device, state, trained, data, mentions, name_pairs, checkpoint_path, stage_run.key, shape
+    )
+    return _save_best(stage_run, loop, _run_epochs(loop))
+
+
+def _begin(stage_run: StageRun, force: bool, world: World) -> Path:
+    """Rank 0 removes the old outputs (the manifest first) and, with `force`, the checkpoint, while the other
+    ranks wait; the checkpoint's path."""
+    checkpoint_path = stage_run.out_dir / CHECKPOINT
     if world.is_main:
         stage_run.begin(checkpoint_path.parent)
         if force:
             checkpoint_path.unlink(missing_ok=True)
     distributed.barrier(world)  # a forced run's old checkpoint is gone before any rank looks for one
+    return checkpoint_path
 
-    device = distributed.training_device(train_config.device, world)
-    data = training_data(triage_dir, encode_dir, train_config, device)
-    inputs, candidates, train_rows = data.inputs, data.candidates, data.train_rows
-    if train_config.baseline == "nn":
-        return _nearest_neighbour(stage_run, data, train_config, device, world)
-    if len(train_rows) == 0:
+
+def _training_mentions(data: TrainingData, triage_dir: Path):
+    """The training mentions as the batches index them (`batches.TrainingMentions`); E112 when there are none."""
+    import torch
+
+    from pipeline.model.features import candidate_matrix
+    from pipeline.train.batches import TrainingMentions
+
+    if len(data.train_rows) == 0:
         raise InputError(
             "E112",
             path=triage_tables.path(triage_dir, triage_tables.MENTIONS),
@@ -432,37 +450,25 @@ def _train(config: RunConfig, force: bool, world: World, scope: contextlib.ExitS
             detail="no training mention (of train_languages, if set) links to an encoded KB entity; "
             "check the split, lang and gold_kb_id fields",
         )
-    train_matrix = candidate_matrix(candidates, inputs, train_rows)
-    name_pairs = None
-    if train_config.name_matching:
-        name_pairs = load_name_pairs(
-            train_config.name_pairs, encode_dir, inputs_keys["name_pairs"], int(inputs.mention_name.shape[1]), device
-        )
-        data.counts["name_pairs"] = len(name_pairs)
-
-    shape = ranker_shape(train_config, inputs)
-    state = new_state(train_config, shape, device, name_pairs is not None)
-    checkpoint = load_checkpoint(checkpoint_path, key, shape)
-    if checkpoint is not None:
-        state.resume(checkpoint, checkpoint_path)
-    trained = _data_parallel(state, train_config, device, world)
-    if len(data.dev_rows) == 0 and world.is_main:
-        warn(logger, "W501")
-    loop = _Loop(
-        train_config,
-        world,
-        device,
-        state,
-        trained,
-        data,
-        torch.from_numpy(train_matrix),
-        torch.from_numpy(data.train_gold),
-        name_pairs,
-        checkpoint_path,
-        key,
-        shape,
+    train_matrix = candidate_matrix(data.candidates, data.inputs, data.train_rows)
+    return TrainingMentions(
+        data.inputs, data.train_rows, torch.from_numpy(train_matrix), torch.from_numpy(data.train_gold)
     )
-    return _save_best(stage_run, loop, _run_epochs(loop))
+
+
+def _name_pairs(config: RunConfig, inputs_keys: dict[str, str], data: TrainingData, device):
+    """The §7.1 name pairs with their vectors (`batches.NamePairs`, counted in `data.counts`); None when
+    name matching is off."""
+    from pipeline.train.batches import load_name_pairs
+
+    if not config.train.name_matching:
+        return None
+    vector_size = int(data.inputs.mention_name.shape[1])
+    name_pairs = load_name_pairs(
+        config.train.name_pairs, config.stage_dir("encode"), inputs_keys["name_pairs"], vector_size, device
+    )
+    data.counts["name_pairs"] = len(name_pairs)
+    return name_pairs
 
 
 # The clock of time-based checkpoints (a test advances it).
@@ -481,37 +487,41 @@ def checkpoint_due(epoch: int, seconds_since_checkpoint: float, train_config: Tr
     )
 
 
+@dataclass(frozen=True)
+class _Outcome:
+    """What training came to: the epochs' history, the stage's counts, the best dev accuracy (None or NaN
+    without dev mentions) and its epoch, and the collapse check's finding when ties decided it (W503)."""
+
+    history: list[dict]
+    counts: dict
+    best_score: float | None
+    best_epoch: int
+    collapse: Collapse | None = None
+
+
 def _finish(
-    stage_run: StageRun,
-    history: list[dict],
-    counts: dict,
-    best_score: float | None,
-    best_epoch: int,
-    by_language: dict,
-    device: torch.device,
-    world: World = World(),
-    collapse: Collapse | None = None,
+    stage_run: StageRun, outcome: _Outcome, by_language: dict, device: torch.device, world: World = World()
 ) -> StageResult:
     """Write history.parquet and the manifest (last), once model.pt is in place.
 
-    best_score: the best dev accuracy, None (or NaN) when there were no dev mentions. With a
-    `collapse` (ties decided it, W503) it is not the model's: best_dev_accuracy is null and the
-    value is kept as dev_accuracy_by_ties, beside the cause.
+    With a collapse (ties decided the best score) the best score is not the model's: best_dev_accuracy
+    is null and the value is kept as dev_accuracy_by_ties, beside the cause.
     """
+    best_score, history = outcome.best_score, outcome.history
     if best_score is not None and math.isnan(best_score):
         best_score = None
     by_ties = {}
-    if collapse is not None:
-        by_ties = {"dev_accuracy_by_ties": best_score, "ranker_collapse": collapse.cause}
+    if outcome.collapse is not None:
+        by_ties = {"dev_accuracy_by_ties": best_score, "ranker_collapse": outcome.collapse.cause}
         best_score = None
     columns = {"epoch": pl.Int64, "loss": pl.Float64, "dev_accuracy": pl.Float64}
     if history and "name_pair_loss" in history[0]:
         columns["name_pair_loss"] = pl.Float64
     write_parquet_atomic(pl.DataFrame(history, schema=columns), stage_run.out_dir / "history.parquet")
     return stage_run.finish(
-        counts,
+        outcome.counts,
         [MODEL, "history.parquet"],
-        summary={"best_dev_accuracy": best_score, "best_epoch": best_epoch, **by_ties},
+        summary={"best_dev_accuracy": best_score, "best_epoch": outcome.best_epoch, **by_ties},
         extra={
             "best_dev_accuracy": best_score,
             **by_ties,

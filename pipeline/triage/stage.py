@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from pathlib import Path
 
 import polars as pl
 
@@ -18,7 +19,7 @@ from pipeline.core import schema
 from pipeline.core.config import RunConfig, to_dict
 from pipeline.core.errors import InputError
 from pipeline.core.io import atomic_path, file_fingerprint, write_json_atomic
-from pipeline.core.manifest import StageResult, StageRun
+from pipeline.core.manifest import StageIdentity, StageResult, StageRun
 from pipeline.core.store import kb_index_root
 from pipeline.formats import triage_tables
 from pipeline.formats.inputs import check_gold_in_kb, load_mentions
@@ -57,8 +58,10 @@ def recall_report(mentions: pl.DataFrame, candidates: pl.DataFrame, k: int) -> p
     return pl.concat([by_group.sort("lang", "split"), overall])
 
 
-def run(config: RunConfig, force: bool = False) -> StageResult:
-    out_dir = config.stage_dir(STAGE)
+def identity(config: RunConfig) -> StageIdentity:
+    """What triage's key hashes, as every stage gives it: every input file's fingerprint (E108 for one that
+    is not there) and, with the dense source, the encoder's identity; the [inputs] and [triage] settings (and
+    the encoder's name length, which the dense source embeds with)."""
     inputs = config.inputs
     input_paths = {
         name: getattr(inputs, name)
@@ -79,7 +82,16 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     }
     if config.triage.use_dense:
         settings["encoder"] = {"max_name_tokens": config.encoder.max_name_tokens}
-    stage_run = StageRun(out_dir, STAGE, STAGE_VERSION, settings, fingerprints, force)
+    return StageIdentity(STAGE, STAGE_VERSION, settings, fingerprints)
+
+
+def run(config: RunConfig, force: bool = False) -> StageResult:
+    """Read the mentions and the KB, propose every mention's top-k candidates (`pipeline.candidates`) and
+    write the triage tables (`triage_tables`) and report.json (`recall_report`). Skipped when up to date."""
+    out_dir, inputs = config.stage_dir(STAGE), config.inputs
+    expected = identity(config)
+    fingerprints = expected.inputs
+    stage_run = StageRun(out_dir, STAGE, STAGE_VERSION, expected.settings, fingerprints, force)
     if stage_run.up_to_date:
         return stage_run.skipped()
     # The KB's indexes live in the store that link reads too (`pipeline.core.store`), not in the run.
@@ -88,13 +100,8 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
 
     mentions = load_mentions(inputs)
     logger.info("read %d mentions", mentions.height)
-    entities_path = kb_entities(inputs.kb, index_root, fingerprints["kb"])
-    with atomic_path(triage_tables.path(out_dir, triage_tables.ENTITIES)) as temp_path:
-        shutil.copyfile(entities_path, temp_path)
-    entities = pl.read_parquet(entities_path)  # the store's file, checked; the run's copy is the same bytes
-    entity_count = entities.height
+    entities = _kb_entities(config, index_root, fingerprints["kb"])
     check_gold_in_kb(mentions, entities.lazy(), inputs.mentions)
-
     kb = KbIndex(
         names_index(entities, index_root, fingerprints["kb"]), entities.select("kb_id"), index_root, fingerprints["kb"]
     )
@@ -107,5 +114,14 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     triage_tables.write(out_dir, mentions, candidates)
     report = recall_report(mentions, candidates, config.triage.k)
     write_json_atomic(out_dir / "report.json", {"recall": report.to_dicts()})
-    counts = {"mentions": mentions.height, "entities": entity_count, "candidates": candidates.height}
+    counts = {"mentions": mentions.height, "entities": entities.height, "candidates": candidates.height}
     return stage_run.finish(counts, [*triage_tables.FILES, "report.json"], summary={"recall": report})
+
+
+def _kb_entities(config: RunConfig, index_root: Path, kb_fingerprint: str) -> pl.DataFrame:
+    """The KB's entities as the store keeps them (`kb_index.kb_entities`, read and checked once per KB),
+    copied into the run as its triage table."""
+    entities_path = kb_entities(config.inputs.kb, index_root, kb_fingerprint)
+    with atomic_path(triage_tables.path(config.stage_dir(STAGE), triage_tables.ENTITIES)) as temp_path:
+        shutil.copyfile(entities_path, temp_path)
+    return pl.read_parquet(entities_path)  # the store's file, checked; the run's copy is the same bytes

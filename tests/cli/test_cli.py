@@ -244,7 +244,7 @@ def test_evaluate_setting_change_reruns_evaluate_only(base_run: dict, run_copy: 
 @pytest.mark.parametrize(
     "setting, code, named",
     [
-        ('evaluate.languages=["fr"]', "E203", "languages = ['fr']"),  # the tiny data's test split is en, es, ru
+        ('evaluate.languages=["fr"]', "E203", 'languages = ["fr"]'),  # the tiny data's test split is en, es, ru
         ("evaluate.eval_split=train2", "E112", "no train2 mention has a gold id"),
         ("evaluate.tune_split=train2", "E112", "no train2 mention has a gold id to tune"),
     ],
@@ -280,15 +280,18 @@ def test_evaluate_uses_the_seed_the_model_was_trained_with(
     base_run: dict, run_copy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """evaluate's key holds no train setting, so a seed given to evaluate alone must not change its NIL
-    decision (the cross-validation folds and fits are seeded): it takes the trained model's seed."""
+    decision (the cross-validation folds and fits are seeded): it takes the trained model's seed. (`xel-cli
+    evaluate` refuses such a config first: train is stale for it, E407; the stage itself is called here.)"""
+    from pipeline.core.config_file import load_config
     from pipeline.evaluate import nil_choice
+    from pipeline.evaluate.stage import run as evaluate
 
     seeds, choose = [], nil_choice.choose
     monkeypatch.setattr(nil_choice, "choose", lambda *args: seeds.append(args[-1]) or choose(*args))
     before = (run_copy / "evaluate" / "nil.json").read_text(encoding="utf-8")
-    succeeded(
-        invoke("evaluate", "--force", "--config", base_run["config"], "--run-dir", run_copy, "--set", "train.seed=99")
-    )
+    refused = invoke("evaluate", "--config", base_run["config"], "--run-dir", run_copy, "--set", "train.seed=99")
+    assert refused.exit_code == 2 and "[E407]" in refused.output and "train.seed: 13 -> 99" in refused.output
+    evaluate(load_config(Path(base_run["config"]), (f"run.run_dir={run_copy}", "train.seed=99")), force=True)
     assert seeds == [13]  # the tiny run's training seed (the config's default), not 99
     assert (run_copy / "evaluate" / "nil.json").read_text(encoding="utf-8") == before
 

@@ -11,10 +11,13 @@ follows not yet done (`after-rename`: the next output, the manifest, the cleanup
   output, or, for chunks and checkpoints, loadable);
 - the rerun, a fresh process without the hook, finishes; its outputs equal the
   uninterrupted run's (Parquet row-equal, HDF5 ids equal and vectors allclose, JSON,
-  .tab and Markdown equal, model and checkpoint tensors equal) and so does its stage
-  key; finished encode chunks and train checkpoints are reused (the log line, the
-  manifest's `chunks_resumed`), not redone; no temporary file, chunk folder or lock
-  is left.
+  .tab and Markdown equal, model and checkpoint tensors equal, the reader's folder
+  file by file) and so does its stage key; finished encode chunks and train and rerank
+  checkpoints are reused (the log line, the manifest's `chunks_resumed`), not redone;
+  no temporary file, chunk folder or lock is left.
+
+The reader's stage (rerank) runs on a copy of the plain run with `[rerank]` on; a
+reader folder left by the kill (an earlier epoch's, perhaps) must load whole.
 
 Processes are forked from a forkserver that has imported the CLI, torch and
 transformers once: a cold `python cli.py` spends about 6 s importing torch on this
@@ -37,14 +40,19 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conftest import write_run_config
 from pipeline.candidates.tantivy_index import INDEX_FOLDER, TantivyNameIndex
 from pipeline.core import checked_files
 from pipeline.core.io import CRASH_AT, CRASH_POINTS
 from pipeline.core.manifest import read_manifest as manifest
+from pipeline.model.reader import load_reader
+from pipeline.rerank.stage import READER as READER_FOLDER
 
-STAGES = ("triage", "encode", "train", "evaluate")
+# The paper's stages, which the plain run has, and the reader's, run on a copy of it with the reader on.
+PAPER_STAGES = ("triage", "encode", "train", "evaluate")
+STAGES = ("triage", "encode", "train", "rerank", "evaluate")
 # Small chunks so the tiny run's 20 distinct texts make 5 encode chunks.
 ENCODER = {"chunk_texts": 4}
 # Early stopping with checkpoints between evaluations (every 2 epochs, evaluations every 3).
@@ -52,6 +60,16 @@ EARLY_STOP = {"epochs": 30, "eval_every": 3, "checkpoint_every": 2, "patience": 
 # The weight average, evaluated (and so kept) only at the last epoch: model.pt holds the average a
 # resumed run must have restored from its checkpoint.
 AVERAGED = {"epochs": 6, "eval_every": 6, "checkpoint_every": 2, "patience": 0, "weight_average": 0.5}
+# The reader, tiny: a checkpoint and (when dev improves) the reader folder after each of two epochs.
+READER = {
+    "enabled": True,
+    "top_k": 3,
+    "max_seq_tokens": 80,
+    "max_context_tokens": 24,
+    "epochs": 2,
+    "batch_mentions": 4,
+    "learning_rate": 1e-3,
+}
 
 
 @dataclass(frozen=True)
@@ -61,7 +79,7 @@ class Crash:
     file: str  # glob of the file's name
     n: int  # killed at the n-th time the point is reached for such a file
     when: str  # what the kill stands for
-    config: str = "plain"  # "early-stop": train with EARLY_STOP; "averaged": with AVERAGED
+    config: str = "plain"  # "early-stop": train with EARLY_STOP; "averaged": with AVERAGED; "reader": READER on
     force: bool = False  # the killed run is `--force` over a finished stage
 
     @property
@@ -88,6 +106,12 @@ CRASHES = [
     Crash("train", "after-rename", "last.pt", 2, "checkpoint-between-evaluations", config="early-stop"),
     Crash("train", "after-rename", "last.pt", 3, "early-stop-checkpoint-model-not", config="early-stop"),
     Crash("train", "after-rename", "last.pt", 1, "averaged-weights-after-the-first-checkpoint", config="averaged"),
+    Crash("rerank", "after-rename", "last.pt", 1, "early-after-the-first-checkpoint", config="reader"),
+    Crash("rerank", "half-written", "last.pt", 2, "mid-way-while-writing-a-checkpoint", config="reader"),
+    Crash("rerank", "after-rename", "reader", 1, "reader-folder-written-checkpoint-not", config="reader"),
+    Crash("rerank", "before-rename", "reader_scores.parquet", 1, "scores-written-not-renamed", config="reader"),
+    Crash("rerank", "after-rename", "history.parquet", 1, "outputs-written-manifest-not", config="reader"),
+    Crash("rerank", "half-written", "manifest.json", 1, "while-writing-the-manifest", config="reader"),
     Crash("evaluate", "before-rename", "scores.parquet", 1, "early"),
     Crash("evaluate", "half-written", "system.tab", 1, "mid-way-while-writing"),
     Crash("evaluate", "after-rename", "report.md", 1, "outputs-written-manifest-not"),
@@ -126,6 +150,7 @@ def cli_processes():
             "pipeline.encode.stage",
             "pipeline.train.stage",
             "pipeline.train.batches",
+            "pipeline.rerank.stage",
             "pipeline.evaluate.stage",
             "pipeline.encoders.build",
             "transformers.models.auto.tokenization_auto",
@@ -153,7 +178,8 @@ def cli_processes():
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path, cli_processes) -> dict:
-    """Uninterrupted runs, one process per stage: all four stages, and train with early stopping."""
+    """Uninterrupted runs, one process per stage: the paper's four stages; train with early stopping and with the
+    weight average; the reader over the plain run's train."""
     folder = tmp_path_factory.mktemp("crash-reference")
     configs = {
         "plain": write_run_config(folder, tiny_encoder_dir, encoder=ENCODER),
@@ -161,9 +187,10 @@ def reference(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path, 
             folder, tiny_encoder_dir, name="early-stop.toml", encoder=ENCODER, train=EARLY_STOP
         ),
         "averaged": write_run_config(folder, tiny_encoder_dir, name="averaged.toml", encoder=ENCODER, train=AVERAGED),
+        "reader": write_run_config(folder, tiny_encoder_dir, name="reader.toml", encoder=ENCODER, rerank=READER),
     }
-    runs = {"plain": folder / "run", "early-stop": folder / "run-early-stop", "averaged": folder / "run-averaged"}
-    for stage in STAGES:
+    runs = {variant: folder / ("run" if variant == "plain" else f"run-{variant}") for variant in configs}
+    for stage in PAPER_STAGES:
         code, output = cli_processes(
             [stage, "--config", configs["plain"], "--run-dir", runs["plain"]], folder / f"{stage}.log"
         )
@@ -174,6 +201,11 @@ def reference(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path, 
             ["train", "--config", configs[variant], "--run-dir", runs[variant]], folder / f"{variant}.log"
         )
         assert code == 0, output
+    copy_stages(runs["plain"], runs["reader"], ("triage", "encode", "train"))
+    code, output = cli_processes(
+        ["rerank", "--config", configs["reader"], "--run-dir", runs["reader"]], folder / "reader.log"
+    )
+    assert code == 0, output
     epochs = pl.read_parquet(runs["early-stop"] / "train" / "history.parquet")["epoch"].to_list()
     # The early-stop cases need a run that stops early, with a checkpoint (epoch 4) between evaluations.
     assert 6 <= epochs[-1] < EARLY_STOP["epochs"], epochs
@@ -200,7 +232,14 @@ def same_value(one, two) -> bool:
 
 
 def assert_same_output(path: Path, reference: Path) -> None:
-    """`path` holds what `reference` holds: tables row-equal, vectors allclose, files equal."""
+    """`path` holds what `reference` holds: tables row-equal, vectors allclose, files equal; a folder (the
+    reader) holds the same files, each equal."""
+    if reference.is_dir():
+        assert path.is_dir(), f"{path} is missing"
+        assert sorted(p.name for p in path.iterdir()) == sorted(p.name for p in reference.iterdir()), path
+        for item in sorted(reference.iterdir()):
+            assert_same_output(path / item.name, item)
+        return
     assert path.is_file(), f"{path} is missing"
     if path.suffix == ".parquet":
         assert pl.read_parquet(path).equals(pl.read_parquet(reference)), path
@@ -216,10 +255,12 @@ def assert_same_output(path: Path, reference: Path) -> None:
     elif path.suffix == ".pt":
         one, two = (torch.load(p, map_location="cpu", weights_only=False) for p in (path, reference))
         assert same_value(one, two), path
+    elif path.suffix == ".safetensors":
+        assert same_value(load_file(path), load_file(reference)), path
     elif path.suffix == ".npz":  # zip entries carry their write time: compare the arrays
         with np.load(path) as one, np.load(reference) as two:
             assert one.files == two.files and all(np.array_equal(one[k], two[k]) for k in one.files), path
-    else:  # .tab, .md, .png, .faiss
+    else:  # .tab, .md, .png, .faiss, a tokenizer's files
         assert path.read_bytes() == reference.read_bytes(), path
 
 
@@ -236,7 +277,11 @@ def assert_same_tantivy_index(folder: Path, reference_folder: Path) -> None:
 
 
 def assert_whole(path: Path) -> None:
-    """A file under a final name that the reference lacks (a chunk, a checkpoint) loads completely."""
+    """A file under a final name that the reference lacks (a chunk, a checkpoint) or a folder that may differ from
+    it (the reader of an earlier epoch) loads completely."""
+    if path.is_dir():
+        load_reader(path, torch.device("cpu"))  # E402 when damaged
+        return
     if path.suffix == ".npz":
         with np.load(path) as saved:
             assert {"units", "context", "span_rows", "span"} <= set(saved.files)
@@ -258,7 +303,7 @@ def test_killed_stage_reruns_to_the_uninterrupted_result(
 ) -> None:
     assert crash.point in CRASH_POINTS
     config, reference_run = reference["configs"][crash.config], reference["runs"][crash.config]
-    upstream = STAGES[: STAGES.index(crash.stage)]
+    upstream = tuple(stage for stage in STAGES[: STAGES.index(crash.stage)] if (reference_run / stage).is_dir())
     run_dir = tmp_path / "run"
     copy_stages(reference_run, run_dir, upstream + ((crash.stage,) if crash.force else ()))
     stage_dir, reference_dir = run_dir / crash.stage, reference_run / crash.stage
@@ -285,7 +330,9 @@ def test_killed_stage_reruns_to_the_uninterrupted_result(
         assert crash.file == "manifest.json" and crash.point == "after-rename"
     for path in sorted(stage_dir.rglob("*")) if stage_dir.is_dir() else ():
         name = str(path.relative_to(stage_dir))
-        if not path.is_file() or path.name.endswith(".tmp") or name == "manifest.json":
+        if not path.is_file() or any(part.endswith(".tmp") for part in path.parts) or name == "manifest.json":
+            continue
+        if path.relative_to(stage_dir).parts[0] == READER_FOLDER:  # a folder output: checked as a whole below
             continue
         if INDEX_FOLDER in path.parts and "kb-index" in path.parts:  # compared as a whole below
             continue
@@ -298,6 +345,8 @@ def test_killed_stage_reruns_to_the_uninterrupted_result(
             assert_whole(path)
     for folder in sorted(stage_dir.glob(f"kb-index/names-*/{INDEX_FOLDER}")):
         assert_same_tantivy_index(folder, reference_dir / folder.relative_to(stage_dir))
+    if (stage_dir / READER_FOLDER).is_dir():  # whole: the best epoch so far (not yet the final one, perhaps)
+        assert_whole(stage_dir / READER_FOLDER)
     saved_chunks = sorted(stage_dir.glob("work-*/chunk-*.npz"))
     checkpoint = stage_dir / "checkpoints" / "last.pt"
     checkpoint_epoch = torch.load(checkpoint, weights_only=False)["epoch"] if checkpoint.is_file() else None
@@ -320,6 +369,8 @@ def test_killed_stage_reruns_to_the_uninterrupted_result(
     if crash.stage == "train":
         assert checkpoint_epoch is not None
         assert f"resuming training at epoch {checkpoint_epoch + 1} " in output
+    if crash.stage == "rerank" and checkpoint_epoch is not None:
+        assert f"resuming the reader's training at epoch {checkpoint_epoch + 1} " in output
     # Nothing of the interrupted run is left behind.
     assert not list(run_dir.rglob("*.tmp")), "a temporary file was left behind"
     assert not list(run_dir.glob("encode/work-*")), "encode's chunk folder was left behind"
@@ -353,7 +404,7 @@ def test_the_hook_kills_a_cold_cli_process_too(reference: dict, cli_processes, t
 
     root = Path(__file__).resolve().parents[2]
     run_dir = tmp_path / "run"
-    copy_stages(reference["runs"]["plain"], run_dir, STAGES[:3])
+    copy_stages(reference["runs"]["plain"], run_dir, PAPER_STAGES[:3])
     command = [
         sys.executable,
         str(root / "cli.py"),

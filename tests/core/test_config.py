@@ -128,6 +128,59 @@ def test_bad_values_are_e203(tmp_path: Path, section: str, line: str, field: str
     assert field in caught.value.format_message()
 
 
+@pytest.mark.parametrize(
+    ("text", "overrides", "where", "value"),
+    [
+        ("\n[train]\nepochs = 3\ndropout = 1.5\n", (), "run.toml:9 [train]", "dropout = 1.5"),
+        ('\n[triage]\n  oracle   = "maybe"  # why not\n', (), "run.toml:8 [triage]", 'oracle = "maybe"'),
+        (
+            "\n[evaluate]\nfixed_thresholds = { en = 1.5 }\n",
+            (),
+            "run.toml:8 [evaluate]",
+            "fixed_thresholds = {en = 1.5}",
+        ),
+        ("", ("train.dropout=1.5",), "--set [train]", "dropout = 1.5"),
+        ("\n[train]\ndropout = 0.5\n", ("train.dropout=1.5",), "--set [train]", "dropout = 1.5"),
+        ("", ("evaluate.nil_method=reader",), "--set [evaluate]", 'nil_method = "reader"'),
+        ("\n[evaluate]\nnil_method = 'reader'\n", (), "run.toml:8 [evaluate]", 'nil_method = "reader"'),
+    ],
+    ids=["line", "indented-and-commented", "inline-table", "set", "set-over-file", "set-across", "across"],
+)
+def test_a_bad_setting_names_its_file_and_line_or_set_with_its_toml_spelling(
+    tmp_path: Path, text: str, overrides: tuple[str, ...], where: str, value: str
+) -> None:
+    """A refused setting says where it was set, as the file's line or --set, and its value as TOML writes it
+    (issue 21: `xel-cli rerank` said `[rerank]: enabled = False`, naming neither file nor line)."""
+    path = write_config(tmp_path, text)
+    with pytest.raises(ConfigError, match="E203") as caught:
+        load_config(path, overrides)
+    where = where.replace("run.toml", str(path.resolve()))
+    assert caught.value.format_message().startswith(f"[E203] {where}: {value} is invalid: "), caught.value.message
+
+
+def test_a_stage_s_refusal_of_a_setting_names_the_file_and_line_that_set_it(tmp_path: Path) -> None:
+    """A check the stages run on the built config (rerank.enabled, a device this machine lacks) names only its
+    section; `settings_located` says where the setting was set, or that it was left at its default."""
+    from pipeline.core.config_file import settings_located
+
+    def refused(config: RunConfig) -> str:
+        with pytest.raises(ConfigError) as caught, settings_located(config.source, config.overrides):
+            raise ConfigError("E203", where="[rerank]", field="enabled", value=config.rerank.enabled, reason="off")
+        return caught.value.format_message()
+
+    path = write_config(tmp_path, "\n[rerank]\n# the reader\nenabled = false\n")
+    assert refused(load_config(path)).startswith(f"[E203] {path.resolve()}:9 [rerank]: enabled = false is invalid")
+    assert refused(load_config(path, ("rerank.enabled=no",))).startswith("[E203] --set [rerank]: enabled = false is")
+    unset = write_config(tmp_path)
+    assert refused(load_config(unset)).startswith(
+        f"[E203] {unset.resolve()} [rerank]: enabled = false (the default) is invalid"
+    )
+    dotted = write_config(tmp_path, base='name = "cfg"\nrerank.enabled = false\n' + BASE.split("\n", 1)[1])
+    assert refused(load_config(dotted)).startswith(f"[E203] {dotted.resolve()}:2 [rerank]: enabled = false is invalid")
+    with pytest.raises(ConfigError, match=r"^\[E203\] --device: device = \"x\" is"), settings_located(path):
+        raise ConfigError("E203", where="--device", field="device", value="x", reason="no")  # not a setting's: as is
+
+
 def test_inputs_need_a_kb(tmp_path: Path) -> None:
     path = write_config(tmp_path, base='name = "cfg"\n[inputs]\nmentions = "m.jsonl"\n')
     with pytest.raises(ConfigError, match="E203") as caught:
@@ -227,7 +280,7 @@ def test_a_device_setting_torch_cannot_parse_is_e203_naming_its_section(section:
     from pipeline.core.config import EncoderConfig, TrainConfig
 
     config_class = {"encoder": EncoderConfig, "train": TrainConfig}[section]
-    with pytest.raises(ConfigError, match=rf"\[E203\] \[{section}\]: device = '{device}'"):
+    with pytest.raises(ConfigError, match=rf'\[E203\] \[{section}\]: device = "{device}"'):
         config_class(device=device)
 
 
@@ -239,6 +292,6 @@ def test_a_device_this_machine_lacks_is_e203_when_used(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert TrainConfig(device="cuda:1").device == "cuda:1"  # well formed: checked where it is used
-    with pytest.raises(ConfigError, match=r"\[E203\] \[train\]: device = 'cuda:1' .*no CUDA device is visible here"):
+    with pytest.raises(ConfigError, match=r'\[E203\] \[train\]: device = "cuda:1" .*no CUDA device is visible here'):
         pick_device("cuda:1", "[train]")
     assert pick_device("auto", "[train]").type == "cpu"

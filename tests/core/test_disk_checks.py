@@ -255,6 +255,81 @@ def test_a_read_only_cache_holding_everything_a_link_needs_is_used_as_is(
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*")} == before
 
 
+def _link_over_read_only(demo_run: dict, cache: Path, out: Path) -> subprocess.CompletedProcess:
+    """`xel-cli link` in a mount namespace where `cache` (XEL_CACHE) is mounted read-only."""
+    command = (
+        f"mount --bind {cache} {cache} && mount -o remount,bind,ro {cache} && "
+        f"{sys.executable} {ROOT / 'cli.py'} link --model {demo_run['model']} --mentions {demo_run['test']} "
+        f"--out {out} --chunk-mentions 20"
+    )
+    return subprocess.run(
+        ["unshare", "-rm", "sh", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+    )
+
+
+@pytest.mark.skipif(
+    not _read_only_mounts_work(),
+    reason="needs `unshare -rm` (user and mount namespaces) to mount the cache read-only; chmod does not stop root",
+)
+@pytest.mark.parametrize("lacks", ["entity-vectors", "kb-index"])
+def test_a_link_a_read_only_cache_cannot_serve_leaves_nothing_half_done_in_out(
+    demo_run: dict, tmp_path: Path, cache: Path, lacks: str
+) -> None:
+    """A read-only cache that lacks what a link needs (the candidates' vectors, or the KB's index) is one E406
+    naming the cache file, and --out is left as it was: before, a work/ folder (the key, the encoder's
+    sub-chunks of the failed chunk) stayed in it, though the rerun could use none of it."""
+    succeeded(link(demo_run, tmp_path / "first"))
+    shutil.rmtree(cache / lacks)
+    cache.joinpath(lacks).mkdir()
+    (tmp_path / "out").mkdir()  # the user's folder: it stays, as empty as it was
+    result = _link_over_read_only(demo_run, cache, tmp_path / "out")
+    assert result.returncode == 2, result.stderr
+    assert "[E406]" in result.stderr and f"{cache / lacks}/" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.relative_to(tmp_path / "out") for p in (tmp_path / "out").rglob("*")) == []
+    assert sorted(p.name for p in (cache / lacks).rglob("*")) == []  # nor anything half-written in the store
+    succeeded(link(demo_run, tmp_path / "out"))  # with the cache writable again
+    assert links(tmp_path / "out").equals(links(tmp_path / "first"))
+
+
+def test_a_link_failing_mid_way_keeps_only_its_finished_chunks(
+    demo_run: dict, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure in a chunk (here the store refusing its vectors, as a read-only or full disk does) removes that
+    chunk's work (the encoder's sub-chunks, anything not sealed); the chunks finished before it stay, with
+    the key that says whose they are, and the rerun resumes them."""
+    from pipeline.core.errors import CacheError
+    from pipeline.core.store import EntityVectorStore
+
+    add, calls = EntityVectorStore.add, []
+
+    def refusing_the_third(self, keys, names, contexts):
+        calls.append(len(keys))
+        if len(calls) == 3:
+            raise CacheError("E406", path=self.folder / "part-x.name.npy", detail="Read-only file system")
+        return add(self, keys, names, contexts)
+
+    monkeypatch.setattr(EntityVectorStore, "add", refusing_the_third)
+    out = tmp_path / "out"
+    failed = link(demo_run, out)
+    assert failed.exit_code == 2 and "[E406]" in failed.output
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.name != ".xel.lock") == [
+        "chunks",
+        "chunks/chunk-000000.json",
+        "chunks/chunk-000000.parquet",
+        "chunks/chunk-000001.json",
+        "chunks/chunk-000001.parquet",
+        "work",
+        "work/key.txt",
+        "work/linked_with.json",
+    ]
+    monkeypatch.setattr(EntityVectorStore, "add", add)
+    assert "4 chunk(s), 2 resumed" in succeeded(link(demo_run, out)).output
+
+
 # --- item 1: encode's saved chunks and shards -----------------------------------------------------------
 
 

@@ -182,7 +182,7 @@ def _unknown_names(command_line: str) -> list[str]:
     for token in tokens[1:]:
         if token in SHELL_BREAKS or token.startswith(("#", "2>", ">")):
             break
-        if token.startswith("-") and token != "-" and token.split("=")[0] not in known:
+        if token.startswith("-") and token not in ("-", "->") and token.split("=")[0] not in known:  # "->": prose
             unknown.append(f"{tokens[0]} {token.split('=')[0]}")
     return unknown
 

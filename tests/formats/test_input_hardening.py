@@ -7,6 +7,7 @@ Every reader is covered where it applies: the stages' mention reading (`read_men
 
 from __future__ import annotations
 
+import json
 import string
 from pathlib import Path
 
@@ -196,7 +197,7 @@ def test_two_threshold_keys_of_one_language_are_e203(tmp_path: Path, thresholds:
     first, second = [part.split("=")[0].strip() for part in thresholds.strip("{}").split(",")]
     with pytest.raises(ConfigError) as caught:
         load_config(config)
-    assert caught.value.format_message().startswith(f"[E203] {config.resolve()} [evaluate]: fixed_thresholds = ")
+    assert caught.value.format_message().startswith(f"[E203] {config.resolve()}:5 [evaluate]: fixed_thresholds = ")
     assert f"keys '{first}' and '{second}' both mean language 'en'; keep one of them" in caught.value.format_message()
     config.write_text('[inputs]\nkb = "kb.jsonl"\nmentions = "m.jsonl"\n', encoding="utf-8")
     with pytest.raises(ConfigError, match="keys 'en' and 'En' both mean language 'en'"):
@@ -368,7 +369,7 @@ def test_experiment_refuses_an_empty_language_entry_before_loading_anything(tmp_
     result = CliRunner().invoke(main, ["experiment", "--config", str(config), "--languages", languages])
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines()[-1] == (
-        f"Error: [E203] --languages: languages = {languages!r} is invalid: has an empty entry; give L1,L2,... (leave "
+        f"Error: [E203] --languages: languages = {json.dumps(languages)} is invalid: has an empty entry; give L1,L2,... (leave "
         "out --languages for every language); change it in the config file or on the command line"
     )
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run.toml"]

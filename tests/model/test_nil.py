@@ -321,3 +321,25 @@ def test_tie_advice_names_the_cause_the_tied_scores_point_to() -> None:
     assert "check the KB" in duplicates and "learning_rate" not in duplicates
     both = tie_advice({"tied": 5, "mentions": 8, "share": 5 / 8, "saturated": 2})
     assert "2 of them tie near ±1" in both and "; 3 of them tie at |score| <= 0.99" in both
+
+
+@pytest.mark.parametrize("method", ["threshold", "classifier", "nota", "reader"])
+def test_the_summary_names_thresholds_only_where_they_decide(method: str) -> None:
+    """evaluate's summary line lists the per-language thresholds only under the threshold method; under the
+    classifier, nota or the reader it says what decided instead (issue 21: a reader-decided run listed them)."""
+    from pipeline.model.nil import decided_by, thresholds_decide
+    from pipeline.scoring.summary import nil_decision
+
+    artifact = {"method": method, "thresholds": {"en": -0.5, "es": 0.25}, "default_threshold": -1.0}
+    metrics = {
+        "thresholds": artifact["thresholds"] if thresholds_decide(artifact) else None,
+        "nil_decided_by": decided_by(artifact, reads_prior=method == "classifier"),
+    }
+    expected = {
+        "threshold": "NIL thresholds en=-0.50, es=0.25; NIL decided by the thresholds",
+        "classifier": "NIL decided by the classifier (NIL where its P(NIL) is over its P(best candidate right)), "
+        "reading the mention NIL prior",
+        "nota": "NIL decided by the ranker's NIL option, nota (NIL where its score is over the best candidate's)",
+        "reader": "NIL decided by the reader (NIL where its NIL option is more probable than its best candidate)",
+    }
+    assert nil_decision(metrics) == expected[method]

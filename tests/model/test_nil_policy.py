@@ -94,6 +94,8 @@ def test_w701_warns_of_a_fallback_threshold_only_where_a_threshold_decides(caplo
     reader = NilPolicy.from_artifact(
         {"method": "reader", "default_threshold": -1.0, "thresholds": {"en": -0.5}}, "name"
     )
+    nota = NilPolicy.from_artifact({"method": "nota", "default_threshold": -1.0, "thresholds": {"en": -0.5}}, "name")
     assert threshold.warn_unseen(unseen) == ["de"] and "[W701]" in caplog.text
     caplog.clear()
     assert reader.warn_unseen(unseen) == ["de"] and "[W701]" not in caplog.text
+    assert nota.warn_unseen(unseen) == ["de"] and "[W701]" not in caplog.text  # nota's NIL score decides

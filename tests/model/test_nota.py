@@ -22,7 +22,7 @@ from pipeline.model.features import RankerInputs, score_nil
 from pipeline.model.model_file import MODEL, load_model, save_torch
 from pipeline.model.nil import decide_nil
 from pipeline.model.ranker import Ranker, RankerShape
-from pipeline.train.batches import assemble_batch, linking_accuracy, train_epoch
+from pipeline.train.batches import StepContext, TrainingMentions, assemble_batch, linking_accuracy, train_epoch
 from pipeline.train.state import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -152,7 +152,10 @@ def test_nil_mentions_train_the_nil_option_up() -> None:
     accuracy_before = linking_accuracy(ranker, inputs, rows, matrix.numpy(), gold, gold < 0)
     for _ in range(40):
         train_epoch(
-            ranker, optimizer, inputs, rows, matrix, torch.from_numpy(gold), config, generator, torch.device("cpu")
+            ranker,
+            optimizer,
+            TrainingMentions(inputs, rows, matrix, torch.from_numpy(gold)),
+            StepContext(config, generator, torch.device("cpu")),
         )
     assert nil_lead() > before + 0.5 and nil_lead() > 0
     accuracy = linking_accuracy(ranker, inputs, rows, matrix.numpy(), gold, gold < 0)
@@ -163,14 +166,9 @@ def test_the_nil_option_is_every_linked_mentions_extra_negative_and_nil_mentions
     inputs, gold = toy_inputs(linked=4, nil=2)
     matrix = torch.tensor([[0, 1, 2]] * 6)
     batch, mask, _ = assemble_batch(
-        inputs,
-        np.arange(6),
-        matrix,
-        torch.from_numpy(gold),
+        TrainingMentions(inputs, np.arange(6), matrix, torch.from_numpy(gold)),
         torch.arange(6),
-        toy_config(nil_candidate=True),
-        torch.Generator().manual_seed(0),
-        torch.device("cpu"),
+        StepContext(toy_config(nil_candidate=True), torch.Generator().manual_seed(0), torch.device("cpu")),
     )
     assert mask.shape == (6, 4 + 1) and mask[:, -1].tolist() == [True] * 4 + [False] * 2
     assert batch[2].shape == (6, 1 + 4)
@@ -190,13 +188,8 @@ def test_without_nil_mentions_the_option_draws_the_same_batches() -> None:
         train_epoch(
             ranker,
             torch.optim.Adam(ranker.parameters()),
-            inputs,
-            rows,
-            matrix,
-            torch.from_numpy(gold),
-            toy_config(nil_candidate=nil_candidate),
-            generator,
-            torch.device("cpu"),
+            TrainingMentions(inputs, rows, matrix, torch.from_numpy(gold)),
+            StepContext(toy_config(nil_candidate=nil_candidate), generator, torch.device("cpu")),
         )
         states.append(generator.get_state())
     assert torch.equal(states[0], states[1])
@@ -230,7 +223,13 @@ def test_evaluate_reports_nota_beside_the_other_methods_and_decides_by_it(nota_r
     assert metrics["nil_method"] == "nota"
     assert {row["method"] for row in metrics["nil_methods"]} >= {"threshold", "nota"}
     assert "| test | nota | all |" in (evaluate_dir / "report.md").read_text(encoding="utf-8")
-    assert "nota" in nota_run["output"]
+    # What decides is the NIL option, not a threshold: said so alike in the summary, metrics.json and report.md.
+    assert "evaluate: test split, NIL decided by the ranker's NIL option, nota (" in nota_run["output"]
+    assert "NIL thresholds" not in nota_run["output"] and metrics["thresholds"] is None
+    assert metrics["nil_decided_by"].startswith("the ranker's NIL option, nota")
+    assert f"NIL is decided by **{metrics['nil_decided_by']}**" in (evaluate_dir / "report.md").read_text(
+        encoding="utf-8"
+    )
     # Ties of the best two candidates, counted over the evaluated mentions, in metrics and the report.
     from pipeline.model.ties import tied_best
 

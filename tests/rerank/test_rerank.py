@@ -12,11 +12,17 @@ entry: those mentions are NIL.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
+import torch
 from click.testing import CliRunner
+from safetensors.torch import load_file
 
 from cli import main
 from conftest import write_jsonl, write_run_config
@@ -231,9 +237,18 @@ def test_the_stage_writes_its_outputs_and_evaluate_decides_by_the_reader(base_ru
     )
     metrics = json.loads((base_run["run_dir"] / "evaluate" / "metrics.json").read_text())
     assert metrics["nil_method"] == "reader"
+    # What decided NIL is the reader, in the summary, report.md and metrics.json alike: no threshold it never read.
+    summary = next(line for line in base_run["output"].splitlines() if line.startswith("evaluate: test split"))
+    assert summary.startswith("evaluate: test split, NIL decided by the reader (NIL where its NIL option"), summary
+    assert "threshold" not in summary, summary
+    assert metrics["thresholds"] is None and metrics["nil_decided_by"].startswith("the reader (")
+    manifest = json.loads((base_run["run_dir"] / "evaluate" / "manifest.json").read_text())
+    assert manifest["thresholds"] is None and manifest["nil_method"] == "reader"
     kinds = {row["method"] for row in metrics["error_kinds"]}
     assert kinds == {"threshold", "reader"}
     report = (base_run["run_dir"] / "evaluate" / "report.md").read_text()
+    assert f"NIL is decided by **{metrics['nil_decided_by']}** (evaluate.nil_method = reader" in report
+    assert "No threshold decides; those below are the `threshold` method's" in report
     assert (
         "| method | language | mentions | right | not among candidates | wrong entity | false NIL | missed NIL |"
         in report
@@ -255,6 +270,17 @@ def test_up_to_date_until_a_setting_of_its_own_changes(base_run: dict, run_copy:
     # evaluate reads the reader: a run without it keeps evaluate's key of before, one with it names rerank's
     manifest = json.loads((run_copy / "evaluate" / "manifest.json").read_text())
     assert "rerank" in manifest["inputs"]
+
+
+def test_evaluate_alone_refuses_a_reader_the_config_no_longer_asks_for(base_run: dict, run_copy: Path) -> None:
+    """evaluate reads the reader's scores: run alone after a [rerank] setting changed, it names rerank as stale
+    (E407) instead of deciding with the old reader (issue 21)."""
+    args = ["evaluate", "--config", str(base_run["config"]), "--run-dir", str(run_copy)]
+    result = CliRunner().invoke(main, [*args, "--set", "rerank.learning_rate=0.002"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"Error: [E407] {run_copy / 'rerank' / 'manifest.json'}: `xel-cli evaluate` reads")
+    assert "rerank.learning_rate: " in result.output and "run `xel-cli rerank` (or `xel-cli run`)" in result.output
+    assert "evaluate: up to date" in CliRunner().invoke(main, args).output
 
 
 def test_a_killed_training_resumes_to_the_uninterrupted_result(base_run: dict, run_copy: Path, monkeypatch) -> None:
@@ -310,9 +336,11 @@ def test_link_applies_the_reader_as_evaluate_did(base_run: dict, tmp_path: Path)
     from conftest import tiny_mention_records
     from pipeline.link.linker import Linker
     from pipeline.model.model_folder import export_model
+    from pipeline.model.model_json import unknown_key
 
     meta = json.loads((base_run["run_dir"] / "model" / "model.json").read_text())
     assert meta["reader"]["folder"] == "reader" and "reader/head.pt" in meta["files"]
+    assert unknown_key(meta) is None  # reader.json's record (epoch, settings, ...) is known: no E716
     exported = export_model(base_run["run_dir"], tmp_path / "exported")  # the reader travels with the linker
     linker = Linker.load(exported)
     assert linker.reader is not None
@@ -341,52 +369,123 @@ def test_settings_are_checked() -> None:
 
 
 def test_the_command_and_the_reader_method_need_it_enabled(make_run_config) -> None:
+    """Refused naming the config file (and the line that sets rerank.enabled), with the value as TOML writes it:
+    before, `[rerank]: enabled = False`."""
     config = make_run_config()
     result = CliRunner().invoke(main, ["rerank", "--config", str(config)])
-    assert result.exit_code == 2 and "[E203]" in result.output and "rerank.enabled" in result.output
+    assert result.exit_code == 2 and "rerank.enabled" in result.output
+    assert result.output.startswith(f"Error: [E203] {config.resolve()} [rerank]: enabled = false (the default) is")
+    config = make_run_config(name="off.toml", rerank={"enabled": False})
+    line = config.read_text(encoding="utf-8").splitlines().index("enabled = false") + 1
+    result = CliRunner().invoke(main, ["rerank", "--config", str(config)])
+    assert result.output.startswith(f"Error: [E203] {config.resolve()}:{line} [rerank]: enabled = false is invalid")
     result = CliRunner().invoke(main, ["evaluate", "--config", str(config), "--set", "evaluate.nil_method=reader"])
     assert result.exit_code == 2 and "[E203]" in result.output and "rerank.enabled = true" in result.output
 
 
-def test_two_gloo_processes_train_the_reader(base_run: dict, run_copy: Path) -> None:
-    """Under torchrun each rank reads its share of every epoch's mentions; rank 0 writes (a smoke test: the
-    global batch is larger than one process's, so the weights differ from the single-process run)."""
-    import os
-    import subprocess
-    import sys
-
+def torchrun(*args: object, processes: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m torch.distributed.run --standalone --nproc_per_node=N cli.py ARGS` from the checkout's root."""
     root = Path(__file__).resolve().parents[2]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
         "OMP_NUM_THREADS": "1",
     }
-    result = subprocess.run(
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        str(root / "cli.py"),
+        *[str(a) for a in args],
+    ]
+    return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def without_dropout(encoder: Path, folder: Path) -> Path:
+    """A copy of the encoder whose dropout is off: then two ranks' half batches step as one process's whole batch."""
+    copy = folder / "encoder-no-dropout"
+    shutil.copytree(encoder, copy)
+    settings = json.loads((copy / "config.json").read_text())
+    settings.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (copy / "config.json").write_text(json.dumps(settings))
+    return copy
+
+
+def assert_same_weights(one: dict, two: dict) -> None:
+    """Two state dicts agree up to float summation order.
+
+    Bar the slot projection's bias: it adds the same query . bias to every slot, so it changes no
+    probability; its gradient is float noise, which Adam scales to full steps."""
+    assert one.keys() == two.keys()
+    for name in [name for name in one if not name.endswith("slot_projection.bias")]:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_two_gloo_processes_train_the_reader_as_one_process(base_run: dict, run_copy: Path, tmp_path: Path) -> None:
+    """Under torchrun (2 CPU processes, gloo) each rank reads every other mention of an epoch's order, and DDP
+    averages the gradients: with batches of 1 per rank and dropout off, that is one process's batches of 2, so
+    the weights, scores and history agree up to float summation order; rank 0 alone writes the outputs and the
+    manifest, as one process does."""
+    from pipeline.core.manifest import read_manifest
+    from pipeline.rerank import stage
+
+    same = [
+        f"rerank.encoder={without_dropout(base_run['encoder'], tmp_path)}",
+        "rerank.precision=fp32",
+        "rerank.candidates=triage",  # the ranker's top candidates would move with its own float noise
+    ]
+    same = [arg for setting in same for arg in ("--set", setting)]
+    single_dir, parallel_dir = run_copy, tmp_path / "parallel"
+    shutil.copytree(run_copy, parallel_dir)
+    result = CliRunner().invoke(
+        main,
         [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            str(root / "cli.py"),
             "rerank",
             "--config",
             str(base_run["config"]),
             "--run-dir",
-            str(run_copy),
-            "--force",
+            str(single_dir),
+            *same,
+            "--set",
+            "rerank.batch_mentions=2",
         ],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
     )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    assert "rerank: done" in result.stdout
-    history = pl.read_parquet(run_copy / "rerank" / "history.parquet")
-    assert history["epoch"].to_list() == [1, 2]
-    assert pl.read_parquet(run_copy / "rerank" / "reader_scores.parquet")["mention_id"].n_unique() == 10
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    done = torchrun(
+        "rerank", "--config", base_run["config"], "--run-dir", parallel_dir, *same, "--set", "rerank.batch_mentions=1"
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert done.stdout.count("rerank: done") == 1  # only rank 0 reports
+
+    single, parallel = (read_manifest(folder / stage.STAGE) for folder in (single_dir, parallel_dir))
+    assert single["settings"]["batch_mentions"] == 2 and parallel["settings"]["batch_mentions"] == 1
+    # An even number of training mentions: no rank pads its share by repeating one.
+    assert single["counts"]["train_mentions"] % 2 == 0 and single["counts"]["train_mentions"] >= 4
+    assert parallel["outputs"] == single["outputs"] == ["reader", "reader_scores.parquet", "history.parquet"]
+    assert parallel["counts"] == single["counts"]
+    assert parallel["world_size"] == 2 and "world_size" not in single
+
+    scores = [pl.read_parquet(folder / stage.STAGE / stage.SCORES) for folder in (single_dir, parallel_dir)]
+    assert scores[1].select("mention_id", "kb_id", "slot").equals(scores[0].select("mention_id", "kb_id", "slot"))
+    for column in ("score", "nil_score"):
+        assert scores[1][column].to_numpy() == pytest.approx(scores[0][column].to_numpy(), rel=1e-3, abs=1e-5)
+    history = [pl.read_parquet(folder / stage.STAGE / stage.HISTORY) for folder in (single_dir, parallel_dir)]
+    assert history[1]["epoch"].to_list() == history[0]["epoch"].to_list() == [1, 2]
+    assert history[1]["loss"].to_numpy() == pytest.approx(history[0]["loss"].to_numpy(), rel=1e-4, abs=1e-6)
+    assert history[1]["dev_accuracy"].to_list() == history[0]["dev_accuracy"].to_list()
+
+    readers = [folder / stage.STAGE / stage.READER for folder in (single_dir, parallel_dir)]
+    assert sorted(p.name for p in readers[1].iterdir()) == sorted(p.name for p in readers[0].iterdir())
+    checkpoints = [
+        torch.load(folder / stage.STAGE / stage.CHECKPOINT, weights_only=False) for folder in (single_dir, parallel_dir)
+    ]
+    assert not any(name.startswith("module.") for name in checkpoints[1]["model"])  # the reader's names, not DDP's
+    assert_same_weights(*(checkpoints[i]["model"] for i in (0, 1)))  # the last epoch
+    assert_same_weights(*(torch.load(folder / "head.pt", weights_only=True) for folder in readers))  # the best
+    assert_same_weights(*(load_file(folder / "model.safetensors") for folder in readers))
+    assert not list(parallel_dir.rglob("*.tmp")) and not (parallel_dir / ".xel.lock").exists()
 
 
 def test_the_pairwise_form_reads_one_sequence_per_candidate(base_run: dict, run_copy: Path) -> None:

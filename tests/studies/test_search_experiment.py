@@ -26,6 +26,7 @@ from pipeline.core.manifest import read_manifest as manifest
 from pipeline.studies.experiment import (
     PAPER_FEATURES,
     TABLE_1_COLUMNS,
+    TABLE_4_ROWS,
     ExperimentConfig,
     Model,
     check_only,
@@ -37,6 +38,18 @@ from pipeline.studies.experiment import (
 from pipeline.studies.search import SEARCH_SPACE, LogUniform, draw_settings
 
 FAST = ("--set", "train.epochs=2", "--set", "train.eval_every=1")
+# The tiny reader: one epoch over the top 3 candidates.
+TINY_READER = tuple(
+    arg
+    for setting in (
+        "rerank.top_k=3",
+        "rerank.max_seq_tokens=80",
+        "rerank.max_context_tokens=24",
+        "rerank.epochs=1",
+        "rerank.batch_mentions=4",
+    )
+    for arg in ("--set", setting)
+)
 LANGUAGES = ["en", "es", "ru"]
 
 
@@ -357,3 +370,57 @@ def test_experiment_only_multi_trains_one_model_per_seed(base_run: dict, run_cop
     assert set(table_1) == set(LANGUAGES) and all(len(cells) == 1 and "±" in cells[0] for cells in table_1.values())
     assert "| language | Multi |" in tables
     assert tables.count("(not asked for: see --only)") == 2  # Tables 2 and 3
+
+
+# --- experiment: the reader (Table 4) --------------------------------------------------------------
+
+
+def test_the_reader_row_plans_the_multi_ranker_alone_and_with_the_reader() -> None:
+    assert not [c for c in plan(LANGUAGES, ExperimentConfig()) if c.table == 4]  # off unless asked for
+    cells = plan(LANGUAGES, ExperimentConfig(reader_row=True, only=((4, None),)))
+    assert [(c.row, c.column) for c in cells] == [(row, lang) for row in TABLE_4_ROWS for lang in LANGUAGES]
+    assert {c.model for c in cells if c.row == "ranker"} == {Model()}  # Table 1's Multi: no extra sub-run
+    reader = Model(reader=True)
+    assert reader.folder == "multi-reader" and reader.linked and reader.trained() == Model()
+    # Per seed: the Multi ranker first (the reader's sub-run links its train/), then the reader.
+    assert sub_runs(cells, [1, 2]) == [(Model(), 1), (reader, 1), (Model(), 2), (reader, 2)]
+    assert len(plan(LANGUAGES, ExperimentConfig(reader_row=True))) == 3 * 5 + 3 * 3 + 4 * 3 + 2 * 3
+    assert ExperimentConfig(reader_row=True, only=((4, "ES"),)).only == ((4, "es"),)
+    with pytest.raises(ConfigError, match=r"\[E203\].*--reader-row"):
+        check_only(LANGUAGES, ExperimentConfig(only=((4, None),)))
+    with pytest.raises(ConfigError, match=r"\[E203\].*has no column"):
+        check_only(LANGUAGES, ExperimentConfig(reader_row=True, only=((4, "Multi"),)))
+
+
+def test_experiment_reads_the_tables_with_and_without_the_reader(base_run: dict, run_copy: Path) -> None:
+    """`--only 4` with the reader on ([rerank] enabled = true: Table 4 by default): per seed the Multi ranker
+    trains once, a reader is fine-tuned over it in its own sub-run, and the table holds both rows."""
+    args = ("experiment", "--config", base_run["config"], "--run-dir", run_copy, "--seeds", 2, "--only", "4")
+    result = invoke(*args, *FAST, *TINY_READER, "--set", "rerank.enabled=true")
+    assert "4 sub-run(s), 4 trained now" in result.output
+    experiment_dir = run_copy / "experiment"
+    tables = (experiment_dir / "tables.md").read_text(encoding="utf-8")
+    table_4 = experiment_rows(tables, "## Table 4")
+    assert list(table_4) == list(TABLE_4_ROWS)
+    assert all(len(cells) == len(LANGUAGES) and all("±" in cell for cell in cells) for cells in table_4.values())
+    assert "| Multi | en | es | ru |" in tables and "epoch(s)" in tables  # the reader's settings are stated
+    cells = pl.read_parquet(experiment_dir / "cells.parquet")
+    assert set(cells["folder"]) == {"multi", "multi-reader"} and cells.height == 2 * 2 * len(LANGUAGES)
+
+    for seed in (13, 14):
+        ranker, reader = (experiment_dir / folder / f"seed-{seed}" for folder in ("multi", "multi-reader"))
+        assert (reader / "train").resolve() == (ranker / "train").resolve()  # the reader's over that ranker
+        assert not (ranker / "rerank").exists()  # the ranker's sub-run runs no reader
+        assert manifest(reader / "rerank")["settings"]["seed"] == seed  # [rerank] seed 13 + the seed's offset from 13
+        metrics = [json.loads((run / "evaluate" / "metrics.json").read_text()) for run in (ranker, reader)]
+        assert metrics[1]["nil_method"] == "reader" and metrics[0]["nil_method"] != "reader"
+        for language in LANGUAGES:
+            values = cells.filter((pl.col("seed") == seed) & (pl.col("language") == language)).sort("row")
+            assert values["micro_average"].to_list() == [
+                metric["by_language"][language]["kbp2010_micro_average"]["micro_average"] for metric in metrics
+            ]
+
+    # Resumed: nothing is trained again; without the reader on, Table 4 must be asked for.
+    assert "0 trained now" in invoke(*args, *FAST, *TINY_READER, "--reader-row").output
+    refused = CliRunner().invoke(main, [str(a) for a in (*args, *FAST)])
+    assert refused.exit_code == 2 and "[E203]" in refused.output and "--reader-row" in refused.output
