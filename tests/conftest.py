@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -562,3 +564,24 @@ def pytest_collection_modifyitems(config, items) -> None:
         path = Path(str(item.fspath))
         if path.parent.name in SLOW_FOLDERS or path.name in SLOW_FILES:
             item.add_marker(pytest.mark.slow)
+
+
+def torchrun(*args: object, processes: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m torch.distributed.run --standalone --nproc_per_node=N cli.py ARGS` from the checkout's root,
+    one thread per process (the tests' DDP runs on CPU with gloo)."""
+    root = Path(__file__).resolve().parent.parent
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        str(root / "cli.py"),
+        *[str(a) for a in args],
+    ]
+    return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)

@@ -12,10 +12,7 @@ entry: those mentions are NIL.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -25,7 +22,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from cli import main
-from conftest import write_jsonl, write_run_config
+from conftest import torchrun, write_jsonl, write_run_config
 
 NAMES = ("Jordan", "Amazon", "Mercury", "Tesla", "Phoenix", "Orion")
 # The cue words are whole words of the tiny transformer's vocabulary (tests/conftest.py), so one
@@ -381,26 +378,6 @@ def test_the_command_and_the_reader_method_need_it_enabled(make_run_config) -> N
     assert result.output.startswith(f"Error: [E203] {config.resolve()}:{line} [rerank]: enabled = false is invalid")
     result = CliRunner().invoke(main, ["evaluate", "--config", str(config), "--set", "evaluate.nil_method=reader"])
     assert result.exit_code == 2 and "[E203]" in result.output and "rerank.enabled = true" in result.output
-
-
-def torchrun(*args: object, processes: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python -m torch.distributed.run --standalone --nproc_per_node=N cli.py ARGS` from the checkout's root."""
-    root = Path(__file__).resolve().parents[2]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "1",
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={processes}",
-        str(root / "cli.py"),
-        *[str(a) for a in args],
-    ]
-    return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def without_dropout(encoder: Path, folder: Path) -> Path:

@@ -7,10 +7,7 @@ over the ranks' shares), so the trained weights agree up to float summation orde
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -19,7 +16,7 @@ import torch
 from click.testing import CliRunner
 
 from cli import main
-from conftest import write_run_config
+from conftest import torchrun, write_run_config
 from pipeline.core.distributed import World, world_from_environment
 from pipeline.core.errors import ConfigError
 from pipeline.core.manifest import read_manifest
@@ -28,24 +25,6 @@ from pipeline.train.batches import rank_share
 ROOT = Path(__file__).resolve().parents[2]
 # Dropout draws other masks on other ranks, so only a run without it can match step for step.
 DDP_TRAIN = {"dropout": 0.0, "epochs": 6, "batch_mentions": 3, "eval_every": 2}
-
-
-def torchrun(*args: object, processes: int = 2, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "1",
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={processes}",
-        str(ROOT / "cli.py"),
-        *[str(a) for a in args],
-    ]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
