@@ -76,8 +76,10 @@ INTERRUPTED_KEEPS = {
     "triage": "triage keeps nothing of this attempt (its tables are written whole or not at all)",
     "encode": "encode keeps its finished chunks",
     "train": "train keeps its last checkpoint (train.checkpoint_every epochs, or train.checkpoint_minutes)",
+    "rerank": "rerank keeps its last checkpoint (one after every epoch of the reader's training)",
     "evaluate": "evaluate keeps nothing of this attempt; the stages before it are finished",
-    "run": "finished stages are kept, with encode's finished chunks and train's last checkpoint",
+    "run": "finished stages are kept, with encode's finished chunks and the last checkpoints of train and "
+    "rerank (the reader's training, after every epoch)",
     "search": "finished trials are kept",
     "experiment": "finished sub-runs are kept",
     "link": "link keeps its finished chunks in --out",

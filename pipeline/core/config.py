@@ -566,6 +566,14 @@ class RunConfig:
             self.evaluate.nil_method != "reader" or self.rerank.enabled,
             "the reader decides only when it is trained: set rerank.enabled = true, or use threshold, classifier, nota or auto",
         )
+        check_setting(
+            "[evaluate]",
+            "nil_method",
+            self.evaluate.nil_method,
+            self.evaluate.nil_method != "reader" or self.evaluate.tune_split != "train",
+            "the reader scores only dev and test mentions, so it cannot be tuned on evaluate.tune_split = train: "
+            "tune on dev, or use threshold, classifier, nota or auto",
+        )
 
     def stage_dir(self, stage: str) -> Path:
         return self.run_dir / stage

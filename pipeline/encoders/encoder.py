@@ -63,6 +63,61 @@ class LoadedEncoder:
         return self.precision.autocast_dtype
 
 
+def source_problem(name: str, setting: str) -> str | None:
+    """Why the encoder `name` (the value of config key `setting`) cannot be a model, said plainly, or None.
+
+    A name that can only be a path (absolute, `./`, `~`, more than one `/`: not a Hugging Face
+    `namespace/repo` name) must be a folder holding `config.json`, as `save_pretrained` writes it;
+    one that can be a Hugging Face name is left to the loader unless a folder of that name exists.
+    Reads a few directory entries: cheap enough to ask before a stage touches its old outputs.
+    """
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return None
+        return f"{setting} names the folder {path}, which holds no config.json, so it is not a model folder"
+    if path.exists():
+        return f"{setting} names {path}, a file, not a model folder"
+    if _reads_as_hub_name(name):
+        return None
+    return f"{setting} names the folder {path}, which does not exist"
+
+
+def _reads_as_hub_name(name: str) -> bool:
+    """Whether `name` has the form of a Hugging Face model name (`repo` or `namespace/repo`)."""
+    try:
+        from huggingface_hub.utils import validate_repo_id
+
+        validate_repo_id(name)
+    except ImportError:
+        return not name.startswith(("/", ".", "~")) and name.count("/") <= 1
+    except ValueError:  # HFValidationError is a ValueError
+        return False
+    return True
+
+
+def check_source(name: str, setting: str) -> None:
+    """E501 when `name` (config key `setting`) cannot be a model (`source_problem`): said before a stage
+    removes or replaces anything it wrote before."""
+    from pipeline.encoders.build import DEFAULT_ENCODER
+
+    problem = None if name == DEFAULT_ENCODER else source_problem(name, setting)
+    if problem is not None:
+        raise ConfigError("E501", name=name, detail=problem)
+
+
+def load_problem(name: str, path: str, setting: str, exc: Exception) -> str:
+    """What E501 says when the loader refused `name` (resolved to `path`): `source_problem` in plain words
+    when the name is no model folder, else the loader's own first line."""
+    problem = source_problem(path, setting)
+    if problem is not None:
+        return problem
+    said = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if not Path(path).expanduser().exists():
+        return f"no folder {path} exists here, and as a Hugging Face name: {said}"
+    return said
+
+
 def resolve_encoder_path(name: str) -> str:
     """A local folder, the offline default build, or a Hugging Face name (local cache only)."""
     from pipeline.encoders.build import DEFAULT_ENCODER, ensure_default_encoder
@@ -180,7 +235,9 @@ def load_encoder(config: EncoderConfig) -> LoadedEncoder:
         except TypeError:
             model = AutoModel.from_pretrained(path)
     except (OSError, ValueError) as exc:
-        raise ConfigError("E501", name=config.name, detail=str(exc).splitlines()[0]) from None
+        raise ConfigError(
+            "E501", name=config.name, detail=load_problem(config.name, path, "encoder.name", exc)
+        ) from None
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError("E501", name=config.name, detail="it has no fast tokenizer, which offset mappings need")
     device = pick_device(config.device)

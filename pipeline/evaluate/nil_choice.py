@@ -32,7 +32,7 @@ from pipeline.core.config import EvaluateConfig
 from pipeline.core.errors import ConfigError, warn
 from pipeline.evaluate.error_analysis import outcome_scores
 from pipeline.model import mention_prior, nil_classifier
-from pipeline.model.nil import best_thresholds, decide_nil, sweep, tuning_counts
+from pipeline.model.nil import best_thresholds, decide_nil, decided_by, sweep, thresholds_decide, tuning_counts
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +49,14 @@ PRIOR_VARIANT = "classifier+prior"
 
 
 def thresholds_for(
-    tuning: pl.DataFrame, evaluate: EvaluateConfig, languages: list[str], quiet: bool = False
+    tuning: pl.DataFrame, evaluate: EvaluateConfig, languages: list[str], notes: list | None = None
 ) -> tuple[dict[str, float], pl.DataFrame | None]:
     """(threshold per language of `languages`, the sweep table or None when fixed).
 
     Swept languages get `best_thresholds`; the others the fixed value of their language
-    or `default_threshold`, with warning W602 (unless `quiet`, as in cross-validation folds).
+    or `default_threshold`, with warning W602 or W605 appended to `notes` as (code, fields)
+    (none without `notes`, as in cross-validation folds): `choose` says them once it knows
+    whether thresholds decide.
     """
     sweep_table, thresholds, flat = None, {}, set()
     if evaluate.threshold_mode == "dev":
@@ -75,27 +77,55 @@ def thresholds_for(
         else:
             value, fallback = evaluate.default_threshold, "evaluate.default_threshold"
         thresholds[lang] = value
-        if evaluate.threshold_mode == "dev" and not quiet:
+        if evaluate.threshold_mode == "dev" and notes is not None:
             code = "W605" if lang in flat else "W602"
-            warn(logger, code, lang=lang, split=evaluate.tune_split, fallback=fallback, value=value)
+            notes.append((code, {"lang": lang, "split": evaluate.tune_split, "fallback": fallback, "value": value}))
     return thresholds, sweep_table
 
 
-def warn_thin_thresholds(counts: dict[str, dict[str, int]], thresholds: dict[str, float], split: str) -> None:
-    """W603 for each swept language whose dev counts are under MIN_TUNING_MENTIONS / MIN_TUNING_NILS."""
-    for lang, count in sorted(counts.items()):
-        if count["mentions"] < MIN_TUNING_MENTIONS or count["nil"] < MIN_TUNING_NILS:
-            warn(
-                logger,
-                "W603",
-                lang=lang,
-                value=thresholds[lang],
-                mentions=count["mentions"],
-                nils=count["nil"],
-                split=split,
-                min_mentions=MIN_TUNING_MENTIONS,
-                min_nils=MIN_TUNING_NILS,
-            )
+def thin_thresholds(counts: dict[str, dict[str, int]], thresholds: dict[str, float], split: str) -> list:
+    """W603 as (code, fields) for each swept language whose dev counts are under MIN_TUNING_MENTIONS /
+    MIN_TUNING_NILS."""
+    return [
+        (
+            "W603",
+            {
+                "lang": lang,
+                "value": thresholds[lang],
+                "mentions": count["mentions"],
+                "nils": count["nil"],
+                "split": split,
+                "min_mentions": MIN_TUNING_MENTIONS,
+                "min_nils": MIN_TUNING_NILS,
+            },
+        )
+        for lang, count in sorted(counts.items())
+        if count["mentions"] < MIN_TUNING_MENTIONS or count["nil"] < MIN_TUNING_NILS
+    ]
+
+
+# The warnings about the thresholds themselves: said only where the thresholds decide NIL.
+THRESHOLD_WARNINGS = ("W602", "W603", "W605")
+
+
+def say_notes(notes: list, artifact: dict) -> None:
+    """Log the warnings `choose` gathered, once the NIL method in force (`artifact`) is known, so none
+    contradicts it: those about the thresholds (`THRESHOLD_WARNINGS`) only when they decide (else one info
+    line says they were left out), W604 naming what decides instead of the classifier."""
+    decider = decided_by(artifact)
+    skipped = [code for code, _ in notes if code in THRESHOLD_WARNINGS and not thresholds_decide(artifact)]
+    for code, fields in notes:
+        if code in THRESHOLD_WARNINGS and not thresholds_decide(artifact):
+            continue
+        warn(logger, code, **({**fields, "decider": decider} if code == "W604" else fields))
+    if skipped:
+        logger.info(
+            "NIL thresholds do not decide (%s decides), so %d warning(s) about them (%s) are left out; "
+            "report.md lists each threshold with the dev mentions it rests on",
+            decider,
+            len(skipped),
+            ", ".join(sorted(set(skipped))),
+        )
 
 
 def has_nil_scores(predictions: pl.DataFrame) -> bool:
@@ -104,8 +134,11 @@ def has_nil_scores(predictions: pl.DataFrame) -> bool:
 
 
 def has_reader_scores(predictions: pl.DataFrame) -> bool:
-    """Whether the predictions carry the reader's decisions (`reader_kb_id`, ...: a run with rerank.enabled)."""
-    return "reader_nil_score" in predictions.columns
+    """Whether the reader decides these mentions: the predictions carry its columns (`reader_kb_id`, ...: a run
+    with rerank.enabled) and it read every one with a candidate (it reads dev and test, not the training split)."""
+    if "reader_nil_score" not in predictions.columns:
+        return False
+    return not (predictions["best_kb_id"].is_not_null() & predictions["reader_kb_id"].is_null()).any()
 
 
 def classifier_ready(tuning: pl.DataFrame) -> bool:
@@ -140,7 +173,7 @@ def cross_validate(tuning: pl.DataFrame, evaluate: EvaluateConfig, seed: int) ->
         if held.is_empty():
             continue
         held_folds += 1
-        thresholds, _ = thresholds_for(fit_part, evaluate, languages, quiet=True)
+        thresholds, _ = thresholds_for(fit_part, evaluate, languages)
         artifact = {
             "method": "threshold",
             "thresholds": thresholds,
@@ -176,15 +209,25 @@ def choose(
     """(NIL artifact, sweep table or None, cross-validation table or None, classifier variants) from the
     tuning split's predictions. The variants ({"classifier": ..., "classifier+prior": ...}, the
     fitted ones) let the report score each on the evaluation split; the artifact holds the chosen one.
+    Its warnings (W602-W605) are said once the method is chosen (`say_notes`).
 
     tuning: predictions of the tuning split with gold_kb_id and the evidence of
     `nil_classifier.add_evidence`; languages: every language that will be decided.
     """
-    tuning = tuning.filter(pl.col("gold_kb_id").is_not_null())
-    thresholds, sweep_table = thresholds_for(tuning, evaluate, languages)
+    notes: list = []
+    chosen = _choose(tuning.filter(pl.col("gold_kb_id").is_not_null()), evaluate, languages, seed, notes)
+    say_notes(notes, chosen[0])
+    return chosen
+
+
+def _choose(
+    tuning: pl.DataFrame, evaluate: EvaluateConfig, languages: list[str], seed: int, notes: list
+) -> tuple[dict, pl.DataFrame | None, pl.DataFrame | None, dict[str, dict]]:
+    """`choose`'s work on the tuning mentions with gold; its warnings appended to `notes`."""
+    thresholds, sweep_table = thresholds_for(tuning, evaluate, languages, notes)
     counts = tuning_counts(tuning)
     if evaluate.threshold_mode == "dev":
-        warn_thin_thresholds(counts, thresholds, evaluate.tune_split)
+        notes += thin_thresholds(counts, thresholds, evaluate.tune_split)
     artifact = {
         "method": "threshold",
         "thresholds": thresholds,
@@ -206,7 +249,7 @@ def choose(
     if tuning.is_empty():
         artifact["method"] = evaluate.nil_method if evaluate.nil_method in ("nota", "reader") else "threshold"
         return artifact, sweep_table, None, {}
-    variants = _fitted_classifiers(tuning, evaluate, seed)
+    variants = _fitted_classifiers(tuning, evaluate, seed, notes)
     artifact["classifier"] = variants.get("classifier")
     if artifact["classifier"] is None and not nota and not reader:
         return artifact, sweep_table, None, variants
@@ -215,10 +258,11 @@ def choose(
     return artifact, sweep_table, validation, variants
 
 
-def _fitted_classifiers(tuning: pl.DataFrame, evaluate: EvaluateConfig, seed: int) -> dict[str, dict]:
+def _fitted_classifiers(tuning: pl.DataFrame, evaluate: EvaluateConfig, seed: int, notes: list) -> dict[str, dict]:
     """The NIL classifier fitted on the tuning split, without the mention prior ("classifier") and, where
     the predictions carry it, with it (`PRIOR_VARIANT`); fitted whatever the method, so the report can set
-    the methods side by side. None where the split has too few NILs (W604 when the method wants one)."""
+    the methods side by side. None where the split has too few NILs (W604 in `notes` when the method
+    wants one)."""
     variants = {}
     if classifier_ready(tuning):
         variants["classifier"] = nil_classifier.fit(without_prior(tuning), seed)
@@ -226,7 +270,7 @@ def _fitted_classifiers(tuning: pl.DataFrame, evaluate: EvaluateConfig, seed: in
             variants[PRIOR_VARIANT] = nil_classifier.fit(tuning, seed)
     elif evaluate.nil_method in ("classifier", "auto"):
         nils = int((nil_classifier.labels(tuning) == nil_classifier.NIL).sum())
-        warn(logger, "W604", split=evaluate.tune_split, nils=nils, minimum=MIN_CLASSIFIER_EXAMPLES)
+        notes.append(("W604", {"split": evaluate.tune_split, "nils": nils, "minimum": MIN_CLASSIFIER_EXAMPLES}))
     return variants
 
 

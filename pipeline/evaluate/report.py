@@ -31,7 +31,7 @@ def report_markdown(evaluation: Evaluation) -> str:
     if evaluation.sweep_table is not None:
         lines += ["", "![micro-average against threshold](thresholds.png)"]
     lines += _nil_methods(evaluation.validation, evaluation.on_eval, split, tune)
-    lines += _ties(metrics.get("tied_best"))
+    lines += _ties(metrics.get("tied_best"), artifact["method"] == "reader")
     if evaluation.error_kinds is not None:
         lines += ["", error_analysis.error_kinds_markdown(evaluation.error_kinds)]
     lines += [
@@ -112,18 +112,22 @@ def _nil_methods(validation: pl.DataFrame | None, on_eval: pl.DataFrame, split: 
     return lines + _nil_rows(on_eval, split)
 
 
-def _ties(ties: dict | None) -> list[str]:
-    """How many mentions' best two candidates tie (`ties.tied_best`), and whether that is too many (W502)."""
+def _ties(ties: dict | None, reader_decides: bool = False) -> list[str]:
+    """How many mentions' best two candidates tie (`ties.tied_best`), and whether that is too many (W502);
+    when the reader decides, that they link nothing (it links its own most probable candidate)."""
     if not (ties and ties["mentions"]):
         return []
+    if reader_decides:
+        verdict = " The reader decides which candidate is linked, so these ties link nothing."
+    elif ties["share"] > TIED_SHARE_WARN:
+        verdict = (
+            f" **For {ties['share']:.0%} of them, which candidate is linked is triage's choice, not the "
+            "ranker's** (warning W502)."
+        )
+    else:
+        verdict = ""
     return [
         "",
         f"Ties: the best two candidates have the same ranker score for {ties['tied']} of "
-        f"{ties['mentions']} mentions with a runner-up ({ties['share']:.1%}); a tie keeps triage's order."
-        + (
-            f" **For {ties['share']:.0%} of them, which candidate is linked is triage's choice, not the "
-            "ranker's** (warning W502)."
-            if ties["share"] > TIED_SHARE_WARN
-            else ""
-        ),
+        f"{ties['mentions']} mentions with a runner-up ({ties['share']:.1%}); a tie keeps triage's order." + verdict,
     ]

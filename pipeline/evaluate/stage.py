@@ -107,11 +107,11 @@ def decided_by_method(
         variants or ({"classifier": artifact["classifier"]} if artifact.get("classifier") else {})
     ).items():
         artifacts[name] = {**artifact, "method": "classifier", "classifier": classifier}
+    wanted = predictions.filter(pl.col("mention_id").is_in(evaluated["mention_id"].implode()))
     if nil_choice.has_nil_scores(predictions):
         artifacts["nota"] = {**artifact, "method": "nota"}
-    if nil_choice.has_reader_scores(predictions):
+    if nil_choice.has_reader_scores(wanted):
         artifacts["reader"] = {**artifact, "method": "reader"}
-    wanted = predictions.filter(pl.col("mention_id").is_in(evaluated["mention_id"].implode()))
     return {name: decide_nil(wanted, decision) for name, decision in artifacts.items()}
 
 
@@ -215,13 +215,15 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     if stage_run.up_to_date:
         return stage_run.skipped()
     check_gold_splits(triage_tables.path(triage_dir, triage_tables.MENTIONS), config.evaluate)
-    stage_run.begin()
 
+    # Everything is read, decided and measured before the old outputs are touched: a refused run
+    # (a damaged model, a NIL method the model cannot apply) leaves a finished evaluate as it was.
     evaluation = Evaluation(config, out_dir, triage_dir)
     _score(evaluation, encode_dir, train_dir)
     _decide(evaluation)
     _measure(evaluation)
     _analyse(evaluation)
+    stage_run.begin()
     outputs = _write(evaluation)
     evaluated, artifact = evaluation.evaluated, evaluation.artifact
     counts = {
@@ -339,7 +341,8 @@ def _measure(evaluation: Evaluation) -> None:
             },
         }
     metrics["tied_best"] = tied_best(evaluated)
-    if metrics["tied_best"]["share"] > TIED_SHARE_WARN:
+    # The reader links its own most probable candidate: the ranker's ties then link nothing (W502 would be wrong).
+    if metrics["tied_best"]["share"] > TIED_SHARE_WARN and artifact["method"] != "reader":
         ties = metrics["tied_best"]
         warn(
             logger,

@@ -568,7 +568,7 @@ def _finish(
     policy = kb.folder.policy
     policy.warn_unseen(frame)
     clustered = policy.cluster(frame)
-    ties = _warned_ties(clustered, options.mentions)
+    ties = _warned_ties(clustered, options.mentions, policy.artifact["method"] == "reader")
     outputs, metrics = write_outputs(paths, clustered, out_dir, options.score, options.mentions, kb.ids)
     remove_stale_outputs(out_dir, outputs)  # an earlier link's gold.tab or metrics.json: not this link's
     seconds = time.time() - started
@@ -629,10 +629,11 @@ def _read_linked_chunks(options: LinkOptions, total: int) -> tuple[list[Path], l
     return paths, stats, frame
 
 
-def _warned_ties(clustered: pl.DataFrame, mentions: Path) -> dict:
-    """`ties.tied_best` of the linked mentions, with W703 when more than `TIED_SHARE_WARN` of them tie."""
+def _warned_ties(clustered: pl.DataFrame, mentions: Path, reader_decides: bool = False) -> dict:
+    """`ties.tied_best` of the linked mentions, with W703 when more than `TIED_SHARE_WARN` of them tie, unless
+    the reader decides (it links its own most probable candidate: the ranker's ties then link nothing)."""
     ties = tied_best(clustered)
-    if ties["share"] > TIED_SHARE_WARN:
+    if ties["share"] > TIED_SHARE_WARN and not reader_decides:
         warn(
             logger,
             "W703",

@@ -139,17 +139,24 @@ def says_nil_by_nota(predictions: pl.DataFrame) -> np.ndarray:
     return no_candidate | beaten
 
 
-def says_nil_by_reader(predictions: pl.DataFrame) -> np.ndarray:
-    """(n,) bool: the reader's learned NIL option beats its most probable candidate, or it read no candidate.
+def says_nil_by_reader(predictions: pl.DataFrame) -> pl.Series:
+    """(n,) Boolean `is_nil`: True where the reader's learned NIL option beats its most probable candidate,
+    or the mention has no candidate at all (nothing to read, so NIL, as under every method); null where
+    the mention has candidates the reader did not read, so it did not decide it: the rerank stage scores
+    only dev and test mentions, not the training split's (docs/nil.md).
 
-    predictions needs reader_kb_id, reader_score and reader_nil_score (`reader.reader_predictions`;
-    null for a mention the reader did not read). Raises ValueError without them.
+    predictions needs best_kb_id (the ranker's, null without candidates) and reader_kb_id, reader_score
+    and reader_nil_score (`reader.reader_predictions`; null for a mention the reader did not read).
+    Raises ValueError without them.
     """
     if "reader_kb_id" not in predictions.columns:
         raise ValueError("the reader NIL method needs the reader's scores; run with rerank.enabled = true")
-    no_candidate = predictions["reader_kb_id"].is_null().to_numpy()
-    beaten = (predictions["reader_nil_score"] > predictions["reader_score"]).fill_null(False).to_numpy()
-    return no_candidate | beaten
+    read = pl.col("reader_kb_id").is_not_null()
+    beaten = (pl.col("reader_nil_score") > pl.col("reader_score")).fill_null(False)
+    decision = (
+        pl.when(read).then(beaten).when(pl.col("best_kb_id").is_null()).then(pl.lit(True)).otherwise(pl.lit(None))
+    )
+    return predictions.select(decision.cast(pl.Boolean).alias("is_nil")).to_series()
 
 
 def decide_nil(predictions: pl.DataFrame, artifact: dict) -> pl.DataFrame:
@@ -162,7 +169,8 @@ def decide_nil(predictions: pl.DataFrame, artifact: dict) -> pl.DataFrame:
     candidates), best_score; with the classifier also the evidence columns of
     `nil_classifier.add_evidence` (and entity_type when the classifier uses types); with
     nota, nil_score (`says_nil_by_nota`); with reader, the reader's columns (`says_nil_by_reader`:
-    its best candidate, not the ranker's, is then linked).
+    its best candidate, not the ranker's, is then linked; a mention it did not read, of the training
+    split, is not decided: is_nil, kb_id and the decision columns are null).
 
     The columns say what decided, so none contradicts `is_nil`: with thresholds, `threshold` is the
     language's and a mention with a candidate is NIL when best_score < threshold; with nota,
@@ -175,7 +183,7 @@ def decide_nil(predictions: pl.DataFrame, artifact: dict) -> pl.DataFrame:
     no_probability = pl.lit(None, pl.Float64)
     probability, cut = no_probability.alias("nil_probability"), no_probability.alias("nil_cut")
     if artifact["method"] == "reader":  # the reader's own best candidate, not the ranker's
-        is_nil = pl.Series("is_nil", says_nil_by_reader(predictions))
+        is_nil = says_nil_by_reader(predictions)
         return decided.with_columns(
             pl.lit(None, pl.Float64).alias("threshold"),
             pl.col("reader_nil_score").alias("nil_probability"),

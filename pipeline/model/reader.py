@@ -214,16 +214,22 @@ def score_mentions(
     return pl.DataFrame(columns, schema=SCORES_SCHEMA)
 
 
-def new_reader(encoder_path: str, device: torch.device, seed: int) -> tuple[Reader, object]:
+def new_reader(
+    encoder_path: str, device: torch.device, seed: int, setting: str = "rerank.encoder"
+) -> tuple[Reader, object]:
     """(a Reader around a fresh copy of the encoder at `encoder_path`, its tokenizer with the markers); E501
-    when it cannot be loaded. The head and the markers' new embedding rows are seeded by `seed`."""
+    when it cannot be loaded, saying plainly when `setting` (the config key that named it) names no model
+    folder. The head and the markers' new embedding rows are seeded by `seed`."""
     from transformers import AutoTokenizer
+
+    from pipeline.encoders.encoder import load_problem
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(encoder_path, use_fast=True)
         encoder = _encoder_model(encoder_path)
     except (OSError, ValueError) as exc:
-        raise ConfigError("E501", name=encoder_path, detail=str(exc).splitlines()[0]) from None
+        detail = load_problem(encoder_path, encoder_path, setting, exc)
+        raise ConfigError("E501", name=encoder_path, detail=detail) from None
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError("E501", name=encoder_path, detail="it has no fast tokenizer, which offset mappings need")
     torch.manual_seed(seed)

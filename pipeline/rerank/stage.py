@@ -9,31 +9,41 @@ hidden and the label NIL); dev micro-average picks the best epoch.
 
 Outputs (the run's `rerank/` folder): `reader/` (the best epoch's reader, `pipeline.model.reader`),
 `reader_scores.parquet` (dev and test mentions: mention_id, kb_id, slot, score, nil_score),
-`history.parquet`, `checkpoints/last.pt`, and the manifest, last.
+`history.parquet`, and the manifest, last. `checkpoints/last.pt` (after every epoch) lets a killed
+run resume; it is deleted once the manifest is written. A finished run of the same key that lost an
+output other than the reader (its scores, say) is rescored from `reader/` and `history.parquet`,
+not retrained.
+
+Everything that can fail before training (the encoder, the sequence layout, the examples) is
+checked before the old manifest is removed: a refused run leaves a finished stage as it was.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 import torch
 
 from pipeline.core import distributed
+from pipeline.core.checkpoints import discard_checkpoint, say_resumed
 from pipeline.core.config import RunConfig, to_dict
 from pipeline.core.distributed import World
-from pipeline.core.errors import ConfigError, InputError, warn
+from pipeline.core.errors import CacheError, ConfigError, InputError, warn
 from pipeline.core.io import collect_checked, write_parquet_atomic
-from pipeline.core.manifest import StageIdentity, StageResult, StageRun, upstream_key
+from pipeline.core.manifest import StageIdentity, StageResult, StageRun, read_manifest, upstream_key
 from pipeline.core.progress import progress as progress_counter
 from pipeline.formats import triage_tables
 from pipeline.model import reader_inputs
 from pipeline.model.model_file import save_torch
 from pipeline.model.reader import (
+    READER_JSON,
     SCORES_FILE,
     Reader,
     ReaderExamples,
@@ -67,6 +77,11 @@ def encoder_path(config: RunConfig) -> str:
     return resolve_encoder_path(config.rerank.encoder or config.encoder.name)
 
 
+def encoder_setting(config: RunConfig) -> str:
+    """The config key that names the reader's starting encoder, as a message names it."""
+    return "rerank.encoder" if config.rerank.encoder else "encoder.name"
+
+
 def identity(config: RunConfig) -> StageIdentity:
     """What rerank's key hashes (`stage_identity`), as every stage gives it."""
     inputs, settings = stage_identity(config)
@@ -87,8 +102,11 @@ def stage_identity(config: RunConfig) -> tuple[dict[str, str], dict]:
 
 
 def check_config(config: RunConfig) -> None:
-    """E203 when rerank.enabled is false (evaluate would not read what it makes): said before anything
-    upstream is checked (`stages.run_stage`)."""
+    """E203 when rerank.enabled is false (evaluate would not read what it makes); E501 when the starting
+    encoder names no model folder (`encoder.check_source`). Said before anything upstream is checked
+    (`stages.run_stage`)."""
+    from pipeline.encoders.encoder import check_source
+
     if not config.rerank.enabled:
         raise ConfigError(
             "E203",
@@ -98,6 +116,7 @@ def check_config(config: RunConfig) -> None:
             reason="evaluate reads the reader only when it is on: set rerank.enabled = true "
             "(--set rerank.enabled=true)",
         )
+    check_source(config.rerank.encoder or config.encoder.name, encoder_setting(config))
 
 
 def run(config: RunConfig, force: bool = False) -> StageResult:
@@ -114,17 +133,34 @@ def _rerank(config: RunConfig, force: bool, world: World) -> StageResult:
     out_dir = config.stage_dir(STAGE)
     inputs_keys, settings = stage_identity(config)
     stage_run = StageRun(out_dir, STAGE, STAGE_VERSION, settings, inputs_keys, force)
-    if distributed.broadcast(stage_run.up_to_date if world.is_main else None, world):
-        return stage_run.skipped()
     checkpoint_path = out_dir / CHECKPOINT
+    if distributed.broadcast(stage_run.up_to_date if world.is_main else None, world):
+        if world.is_main:
+            discard_checkpoint(checkpoint_path)  # left by a run killed after its manifest
+        return stage_run.skipped()
+    device = distributed.training_device(config.rerank.device, world)
+    reader, tokenizer, data = _prepare(config, device)  # what can fail, before the old outputs are touched
+    trained = None if force or not world.is_main else finished_training(out_dir, stage_run.key)
+    rescore = distributed.broadcast(trained is not None if world.is_main else None, world)
     if world.is_main:
         stage_run.begin(checkpoint_path.parent)
         if force:
             checkpoint_path.unlink(missing_ok=True)
     distributed.barrier(world)
+    if not rescore:
+        trained = fit(reader, tokenizer, data, config, stage_run.key, world)
+    result = StageResult(STAGE, out_dir, skipped=False, seconds=time.time() - stage_run.started, counts=data.counts)
+    if world.is_main:
+        result = finish(stage_run, data, trained, device, world)
+        discard_checkpoint(checkpoint_path)  # only now that the manifest is written
+    distributed.barrier(world)
+    return result
 
-    device = distributed.training_device(config.rerank.device, world)
-    reader, tokenizer = new_reader(encoder_path(config), device, config.rerank.seed)
+
+def _prepare(config: RunConfig, device: torch.device) -> tuple[Reader, object, training.TrainingSet]:
+    """(a fresh reader from the starting encoder, its tokenizer, the mentions' examples and what each is for):
+    E501 (encoder), E203 (layout, freeze_layers), E507 (nothing to learn) and the upstream tables' errors."""
+    reader, tokenizer = new_reader(encoder_path(config), device, config.rerank.seed, encoder_setting(config))
     freeze_lower_layers(reader, config.rerank.freeze_layers)
     layout = sequence_layout(config)
     check_positions(reader, layout)
@@ -139,12 +175,32 @@ def _rerank(config: RunConfig, force: bool, world: World) -> StageResult:
             detail="no training mention is NIL or has its gold among its top candidates, so the reader "
             "has nothing to learn from",
         )
-    state = fit(reader, tokenizer, data, config, stage_run.key, world)
-    result = StageResult(STAGE, out_dir, skipped=False, seconds=time.time() - stage_run.started, counts=data.counts)
-    if world.is_main:
-        result = finish(stage_run, data, state, device, world)
-    distributed.barrier(world)
-    return result
+    return reader, tokenizer, data
+
+
+def finished_training(out_dir: Path, key: str) -> training.Trained | None:
+    """The training of a finished run of this `key` whose manifest is still there though an output is not
+    (its scores were deleted, say): its history and best epoch, read from `history.parquet` and the
+    manifest, when the reader folder is that best epoch's. Then only scoring is redone. None otherwise."""
+    try:
+        manifest = read_manifest(out_dir)
+        if manifest is None or manifest["key"] != key or not (out_dir / HISTORY).is_file():
+            return None
+        meta = json.loads((out_dir / READER / READER_JSON).read_text(encoding="utf-8"))
+        history = pl.read_parquet(out_dir / HISTORY).to_dicts()
+    except (CacheError, OSError, ValueError, pl.exceptions.PolarsError):
+        return None  # anything missing or damaged: trained again
+    best_epoch = manifest.get("counts", {}).get("best_epoch")
+    if not history or meta.get("epoch") != best_epoch:
+        return None
+    logger.info(
+        "the reader's training is complete (best epoch %d of %d, in %s): nothing is trained again; "
+        "only the scores are written again",
+        best_epoch,
+        history[-1]["epoch"],
+        out_dir / READER,
+    )
+    return training.Trained(history, {"score": manifest.get("best_dev_accuracy"), "epoch": best_epoch})
 
 
 def sequence_layout(config: RunConfig) -> Layout:
@@ -224,9 +280,9 @@ def ranker_scores(config: RunConfig, candidates: pl.DataFrame, device: torch.dev
 
 def fit(
     reader: Reader, tokenizer, data: training.TrainingSet, config: RunConfig, key: str, world: World
-) -> training.ReaderTraining:
+) -> training.Trained:
     """Train for rerank.epochs (resuming from the checkpoint of `key`), keeping the best epoch's reader on disk;
-    the training state (history, best {score, epoch}). Only rank 0 evaluates and writes."""
+    what training came to (history, best {score, epoch}). Only rank 0 evaluates and writes."""
     rerank, out_dir = config.rerank, config.stage_dir(STAGE)
     layout = data.examples.layout
     batches = math.ceil(math.ceil(len(data.train_rows) / world.size) / rerank.batch_mentions)  # per rank, epoch
@@ -235,6 +291,9 @@ def fit(
     checkpoint = training.load_checkpoint(out_dir / CHECKPOINT, key, shape)
     if checkpoint is not None:
         state.resume(checkpoint, out_dir / CHECKPOINT)
+        if world.is_main:
+            then = "the best epoch's reader only scores the mentions"
+            say_resumed("the reader's training", out_dir / CHECKPOINT, checkpoint["epoch"], rerank.epochs, then)
     state.spread_over(world, rerank.seed)
     if len(data.dev_rows) == 0 and world.is_main:
         warn(logger, "W509")
@@ -263,7 +322,7 @@ def fit(
             save_torch(out_dir / CHECKPOINT, state.checkpoint(key, epoch, shape))
         distributed.barrier(world)
     progress.close()
-    return state
+    return training.Trained(state.history, state.best)
 
 
 def reader_shape(reader, layout: Layout) -> dict:
@@ -295,7 +354,7 @@ def reader_meta(config: RunConfig, layout: Layout, epoch: int, record: dict) -> 
 
 
 def finish(
-    stage_run: StageRun, data: training.TrainingSet, state: training.ReaderTraining, device: torch.device, world: World
+    stage_run: StageRun, data: training.TrainingSet, state: training.Trained, device: torch.device, world: World
 ) -> StageResult:
     """Score the dev and test mentions with the best epoch's reader, write the scores and history, then the manifest."""
     out_dir = stage_run.out_dir

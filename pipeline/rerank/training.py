@@ -133,6 +133,15 @@ def labelled_batch(
     return readings, torch.tensor(labels, dtype=torch.long, device=device)
 
 
+@dataclass(frozen=True)
+class Trained:
+    """What the reader's training came to: the epochs' records (epoch, loss, dev_accuracy) and the best epoch
+    ({score, epoch}; its weights are the reader folder)."""
+
+    history: list[dict]
+    best: dict
+
+
 @dataclass
 class ReaderTraining:
     """The reader, what trains it and the record of epochs: `best` = {score, epoch} (weights are on disk)."""
@@ -188,8 +197,7 @@ class ReaderTraining:
         self.schedule.load_state_dict(checkpoint["schedule"])
         torch.set_rng_state(checkpoint["torch_rng"])
         self.history, self.best = checkpoint["history"], checkpoint["best"]
-        self.start_epoch = checkpoint["epoch"] + 1
-        logger.info("resuming the reader's training at epoch %d from %s", self.start_epoch, path)
+        self.start_epoch = checkpoint["epoch"] + 1  # past the last epoch: training is complete, nothing to resume
 
 
 def new_training(reader: Reader, learning_rate: float, total_steps: int) -> ReaderTraining:

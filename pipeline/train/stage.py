@@ -4,7 +4,8 @@ Each step takes `batch_mentions` training mentions whose gold entity was encoded
 scores the gold and `negatives` sampled negatives (a share from the mention's own
 candidates, the rest at random from the encoded entities), and minimises
 max(0, margin - (gold - hardest negative)). Dev linking accuracy picks the best epoch
-and stops early. Checkpoints make a killed run resume where it was.
+and stops early. Checkpoints make a killed run resume where it was; the checkpoint is deleted once
+the manifest is written (a finished stage's outputs are what later stages read).
 
 The paper's settings choose the training mentions (`training_rows`: Mono, Multi,
 MultiDS, zero-shot); `baseline = "nn"` trains nothing and saves the nearest-neighbour
@@ -26,6 +27,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.core import distributed, schema
+from pipeline.core.checkpoints import discard_checkpoint, say_resumed
 from pipeline.core.config import RunConfig, TrainConfig, to_dict
 from pipeline.core.distributed import World
 from pipeline.core.errors import InputError, warn
@@ -274,6 +276,9 @@ def _run_epochs(loop: _Loop) -> int:
 
     train_config, world, state = loop.train_config, loop.world, loop.state
     last_epoch, stale_epochs = _epochs_left(state, train_config)
+    if state.start_epoch > 1 and world.is_main:  # resumed from a checkpoint
+        then = "only the best epoch's model.pt and the manifest are written"
+        say_resumed("training", loop.checkpoint_path, state.start_epoch - 1, last_epoch, then)
     progress = progress_counter(
         train_config.epochs, "train", "epochs", initial=state.start_epoch - 1, enabled=world.is_main
     )
@@ -385,6 +390,7 @@ def _save_best(stage_run: StageRun, loop: _Loop, epoch: int) -> StageResult:
         )
         outcome = _Outcome(state.history, counts, best_score, state.best["epoch"], collapse)
         result = _finish(stage_run, outcome, data.by_language, loop.device, world)
+        discard_checkpoint(loop.checkpoint_path)  # only now that the manifest is written
     distributed.barrier(world)  # the other ranks leave once rank 0's model and manifest are in place
     return result
 
@@ -397,18 +403,22 @@ def _train(config: RunConfig, force: bool, world: World, scope: contextlib.ExitS
     # Rank 0 decides and does the file work; the other ranks follow its decision, so they
     # cannot disagree while rank 0 is removing the manifest.
     if distributed.broadcast(stage_run.up_to_date if world.is_main else None, world):
+        if world.is_main:
+            discard_checkpoint(stage_run.out_dir / CHECKPOINT)  # left by a run killed after its manifest
         return stage_run.skipped()
     # Only now: an up-to-date run needs none of the ranker's modules.
     from pipeline.train.state import load_checkpoint, new_state, ranker_shape
 
     scope.enter_context(small_model_threads())
-    checkpoint_path = _begin(stage_run, force, world)
     device = distributed.training_device(train_config.device, world)
+    # Read and check every input before the old outputs are touched: a refused run leaves them as they were.
     data = training_data(triage_dir, config.stage_dir("encode"), train_config, device)
     if train_config.baseline == "nn":
+        _begin(stage_run, force, world)
         return _nearest_neighbour(stage_run, data, train_config, device, world)
     mentions = _training_mentions(data, triage_dir)
     name_pairs = _name_pairs(config, inputs_keys, data, device)
+    checkpoint_path = _begin(stage_run, force, world)
     shape = ranker_shape(train_config, data.inputs)
     state = new_state(train_config, shape, device, name_pairs is not None)
     checkpoint = load_checkpoint(checkpoint_path, stage_run.key, shape)

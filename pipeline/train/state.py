@@ -113,8 +113,7 @@ class TrainingState:
         if self.pair_generator is not None:
             self.objective.match.load_state_dict(checkpoint["name_match"])
             self.pair_generator.set_state(checkpoint["pair_generator"])
-        self.start_epoch = checkpoint["epoch"] + 1
-        logger.info("resuming training at epoch %d from %s", self.start_epoch, path)
+        self.start_epoch = checkpoint["epoch"] + 1  # the stage says whether anything is left to train
 
     def checkpoint(self, key: str, epoch: int, shape: RankerShape, config: TrainConfig) -> dict:
         """The payload a checkpoint after `epoch` saves (see `resume`)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from pathlib import Path
 
 import polars as pl
 
@@ -96,19 +95,24 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
         return stage_run.skipped()
     # The KB's indexes live in the store that link reads too (`pipeline.core.store`), not in the run.
     index_root = kb_index_root(fingerprints["kb"])
-    stage_run.begin()
-
+    # Read and check the inputs (and load the dense source's encoder) before the old outputs are touched:
+    # a refused run leaves a finished triage as it was.
     mentions = load_mentions(inputs)
     logger.info("read %d mentions", mentions.height)
-    entities = _kb_entities(config, index_root, fingerprints["kb"])
+    entities_path = kb_entities(inputs.kb, index_root, fingerprints["kb"])
+    entities = pl.read_parquet(entities_path)  # the store's file, checked
     check_gold_in_kb(mentions, entities.lazy(), inputs.mentions)
+    encoder = _dense_encoder(config)
+    stage_run.begin()
+    with atomic_path(triage_tables.path(out_dir, triage_tables.ENTITIES)) as temp_path:
+        shutil.copyfile(entities_path, temp_path)  # the run's copy is the same bytes
     kb = KbIndex(
         names_index(entities, index_root, fingerprints["kb"]), entities.select("kb_id"), index_root, fingerprints["kb"]
     )
     learned = LearnedSources.prepare(
         alias_table(mentions.filter(pl.col("split") == "train")), config.triage, config.encoder
     )
-    pieces = candidate_pieces(mentions, kb, learned, config.triage, config.encoder, inputs.candidates)
+    pieces = candidate_pieces(mentions, kb, learned, config.triage, config.encoder, inputs.candidates, encoder)
     candidates = merge_candidates(pieces, mentions, config.triage.k, config.triage.oracle)
 
     triage_tables.write(out_dir, mentions, candidates)
@@ -118,10 +122,11 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     return stage_run.finish(counts, [*triage_tables.FILES, "report.json"], summary={"recall": report})
 
 
-def _kb_entities(config: RunConfig, index_root: Path, kb_fingerprint: str) -> pl.DataFrame:
-    """The KB's entities as the store keeps them (`kb_index.kb_entities`, read and checked once per KB),
-    copied into the run as its triage table."""
-    entities_path = kb_entities(config.inputs.kb, index_root, kb_fingerprint)
-    with atomic_path(triage_tables.path(config.stage_dir(STAGE), triage_tables.ENTITIES)) as temp_path:
-        shutil.copyfile(entities_path, temp_path)
-    return pl.read_parquet(entities_path)  # the store's file, checked; the run's copy is the same bytes
+def _dense_encoder(config: RunConfig):
+    """The dense source's encoder (`encoders.encoder.load_encoder`; E501 when it cannot be loaded), or None
+    when that source is off."""
+    if not config.triage.use_dense:
+        return None
+    from pipeline.encoders.encoder import load_encoder
+
+    return load_encoder(config.encoder)

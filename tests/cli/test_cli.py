@@ -30,7 +30,7 @@ STAGES = ("triage", "encode", "train", "evaluate")
 STAGE_OUTPUTS = {
     "triage": ["mentions.parquet", "entities.parquet", "candidates.parquet", "report.json", "manifest.json"],
     "encode": ["vectors.h5", "manifest.json"],
-    "train": ["model.pt", "history.parquet", "checkpoints/last.pt", "manifest.json"],
+    "train": ["model.pt", "history.parquet", "manifest.json"],
     "evaluate": [
         "scores.parquet",
         "predictions.parquet",
@@ -94,6 +94,8 @@ def test_run_writes_every_stage_output(base_run: dict) -> None:
     for stage, names in STAGE_OUTPUTS.items():
         for name in names:
             assert (run_dir / stage / name).is_file(), f"{stage}/{name}"
+        # Nor anything else: train's checkpoint is deleted once its manifest is written.
+        assert sorted(str(p.relative_to(run_dir / stage)) for p in (run_dir / stage).rglob("*")) == sorted(names)
         manifest = read_manifest(run_dir / stage)
         assert manifest["stage"] == stage and manifest["key"] and manifest["counts"]
         assert set(manifest["outputs"]) <= set(names)

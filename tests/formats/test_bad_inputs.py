@@ -394,8 +394,19 @@ def checkpoint_ignored(run_dir: Path, output: str) -> None:
     assert (run_dir / "train" / "manifest.json").is_file()
 
 
+def checkpoint_of_the_finished_run(path: Path) -> None:
+    """A checkpoint of the finished train's key, as a run killed before deleting it leaves (a finished
+    stage deletes its checkpoint once its manifest is written)."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    manifest = json.loads((path.parents[1] / "manifest.json").read_text(encoding="utf-8"))
+    torch.save({"key": manifest["key"], "epoch": 1}, path)
+
+
 def drop_manifest_and_garble(path: Path) -> None:
     (path.parent.parent / "manifest.json").unlink()  # so train re-runs and reads its checkpoint
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"not a checkpoint")
 
 
@@ -739,7 +750,7 @@ CASES = [
         None,
         damaged(
             "train/checkpoints/last.pt",
-            lambda path: None,
+            checkpoint_of_the_finished_run,
             ["train", "--set", "train.name_hidden=24"],
             "train",
             check=checkpoint_ignored,
@@ -1056,14 +1067,12 @@ def test_bad_input(
         assert len(lines) == 1 and lines[0].startswith(f"Error: [{case.code}] "), output
         for name in invocation.names:
             assert name in lines[0], (name, lines[0])
-        # Nothing written before is lost: only the failing stage's manifest may go (and the
-        # run folder's own config.json, which records the latest command's config).
+        # Nothing written before is lost: every stage checks what it reads before it removes its old
+        # manifest, so that goes only when writing itself fails (a full disk); and the run folder's
+        # own config.json records the latest command's config.
         after = snapshot(run_dir)
-        kept = {
-            name: digest
-            for name, digest in before.items()
-            if name not in (f"{invocation.stage}/manifest.json", "config.json")
-        }
+        may_go = {"config.json", *([f"{invocation.stage}/manifest.json"] if case.kind == "disk full" else [])}
+        kept = {name: digest for name, digest in before.items() if name not in may_go}
         assert {name: after.get(name) for name in kept} == kept
     assert not list(run_dir.rglob("*.tmp")), "a temporary file was left behind"
     if invocation.check:

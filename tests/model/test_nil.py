@@ -12,7 +12,7 @@ from pipeline.core.config import EvaluateConfig
 from pipeline.evaluate import nil_choice
 from pipeline.evaluate.error_analysis import analyse, markdown, outcome_scores
 from pipeline.model import nil_classifier
-from pipeline.model.nil import decide_nil
+from pipeline.model.nil import cluster_nils, decide_nil
 
 SCHEMA = {
     "mention_id": pl.String,
@@ -187,8 +187,8 @@ def test_choose_warns_about_thin_or_missing_dev_and_falls_back(caplog: pytest.Lo
     wrong = evidence_table([("it1", "it", "Q1", 0.3, 0.1, "Q2")])
     tuning = pl.concat([separable(60, 0, "en"), separable(12, 1, "es"), wrong])
     with caplog.at_level(logging.WARNING):
-        artifact, sweep_table, validation, _ = nil_choice.choose(
-            tuning, EvaluateConfig(nil_method="auto", fixed_thresholds={"it": -0.7}), ["en", "es", "it", "ru"], 0
+        artifact, sweep_table, _, _ = nil_choice.choose(
+            tuning, EvaluateConfig(nil_method="threshold", fixed_thresholds={"it": -0.7}), ["en", "es", "it", "ru"], 0
         )
     text = caplog.text
     assert "[W605] it: dev micro-average is the same at every NIL threshold" in text
@@ -204,15 +204,85 @@ def test_choose_warns_about_thin_or_missing_dev_and_falls_back(caplog: pytest.Lo
     }
     assert artifact["thresholds"]["ru"] == -1.0 and sweep_table is not None
     # Perfectly separable: both methods are perfect in cross-validation; auto keeps the classifier on a tie.
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        artifact, _, validation, _ = nil_choice.choose(
+            tuning, EvaluateConfig(nil_method="auto", fixed_thresholds={"it": -0.7}), ["en", "es", "it", "ru"], 0
+        )
     overall = validation.filter(pl.col("lang") == "all")
     assert overall["micro_average"].to_list() == [72 / 73, 72 / 73] and artifact["method"] == "classifier"
+    # The classifier decides: no warning about thresholds that decide nothing, one line saying they are left out.
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert "NIL thresholds do not decide (the classifier (NIL where" in caplog.text
+    assert "4 warning(s) about them (W602, W603, W605) are left out" in caplog.text
 
     caplog.clear()
     few = separable(15, 0)  # 5 NILs: too few for the classifier
     with caplog.at_level(logging.WARNING):
         artifact, _, validation, variants = nil_choice.choose(few, EvaluateConfig(nil_method="classifier"), ["en"], 0)
     assert "[W604] the dev split has 5 NIL mention(s)" in caplog.text
+    assert "so it is not fitted; NIL is decided by the per-language thresholds (NIL where" in caplog.text
     assert artifact["method"] == "threshold" and artifact["classifier"] is None and validation is None
+
+
+def reader_columns(table: pl.DataFrame, nil_wins: list[bool]) -> pl.DataFrame:
+    """`table` with the reader's columns: its best candidate the ranker's, NIL more probable where `nil_wins`."""
+    return table.with_columns(
+        pl.col("best_kb_id").alias("reader_kb_id"),
+        pl.Series("reader_score", [0.3 if nil else 0.6 for nil in nil_wins], dtype=pl.Float64),
+        pl.Series("reader_nil_score", [0.6 if nil else 0.3 for nil in nil_wins], dtype=pl.Float64),
+    )
+
+
+def test_warnings_agree_with_the_nil_method_in_force(caplog: pytest.LogCaptureFixture) -> None:
+    """With too few dev NILs for the classifier and `auto` choosing the reader, W604 says the reader decides
+    (before: "NIL thresholds decide instead", beside evaluate's "NIL decided by the reader"), and the
+    thresholds' own warnings (W603 here) are not given, since no threshold decides."""
+    few = separable(15, 0)  # 5 NILs, 15 dev mentions: too few for the classifier and for a trusted threshold
+    gold_nil = (few["gold_kb_id"] == "NIL").to_list()
+    tuning = reader_columns(few, gold_nil)  # the reader is right on every dev mention
+    with caplog.at_level(logging.INFO):
+        artifact, _, _, _ = nil_choice.choose(tuning, EvaluateConfig(nil_method="auto"), ["en"], 0)
+    assert artifact["method"] == "reader"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [
+        "[W604] the dev split has 5 NIL mention(s) with gold (or as few right links), fewer than the 10 the NIL "
+        "classifier needs, so it is not fitted; NIL is decided by the reader (NIL where its NIL option is more "
+        "probable than its best candidate)"
+    ]
+    assert "1 warning(s) about them (W603) are left out" in caplog.text
+    # Where thresholds decide, their warnings are given as before.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        nil_choice.choose(tuning, EvaluateConfig(nil_method="threshold"), ["en"], 0)
+    assert "[W603] en: NIL threshold" in caplog.text and "[W604]" not in caplog.text
+
+
+def test_the_reader_leaves_the_mentions_it_did_not_read_undecided() -> None:
+    """The reader scores dev and test only: a training mention with candidates but no reader scores is not
+    decided (is_nil, kb_id, system_id and the decision columns null), not NIL (before: every one NIL, with
+    null probabilities). A mention without any candidate is NIL, as under every method."""
+    rows = [
+        ("read-nil", "en", "Q1", 0.5, 0.1, "NIL"),
+        ("read-linked", "en", "Q2", 0.5, 0.1, "Q2"),
+        ("not-read", "en", "Q3", 0.5, 0.1, "Q3"),
+        ("no-candidate", "en", None, None, None, "NIL"),
+    ]
+    table = reader_columns(evidence_table(rows), [True, False, False, False]).with_columns(
+        pl.when(pl.col("mention_id").is_in(["not-read", "no-candidate"])).then(None).otherwise(pl.col(name)).alias(name)
+        for name in ("reader_kb_id", "reader_score", "reader_nil_score")
+    )
+    artifact = {"method": "reader", "thresholds": {"en": 0.0}, "default_threshold": -1.0, "classifier": None}
+    decided = cluster_nils(decide_nil(table, artifact), "name")
+    assert decided["is_nil"].to_list() == [True, False, None, True]
+    assert decided["kb_id"].to_list() == ["NIL", "Q2", None, "NIL"]
+    assert decided["system_id"].to_list()[2] is None
+    assert decided["nil_probability"].to_list() == [0.6, 0.3, None, None]
+    assert decided["nil_cut"].to_list() == [0.3, 0.6, None, None]
+    assert decided["threshold"].null_count() == 4
+    # Nor is the reader offered on mentions it did not read (a tuning split of training mentions).
+    assert nil_choice.has_reader_scores(table.filter(pl.col("mention_id") != "not-read"))
+    assert not nil_choice.has_reader_scores(table)
 
 
 def test_threshold_method_keeps_thresholds_and_still_fits_the_classifier_for_the_report() -> None:

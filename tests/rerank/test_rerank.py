@@ -223,6 +223,13 @@ def test_the_stage_writes_its_outputs_and_evaluate_decides_by_the_reader(base_ru
     rerank_dir = base_run["run_dir"] / "rerank"
     manifest = json.loads((rerank_dir / "manifest.json").read_text())
     assert manifest["outputs"] == ["reader", "reader_scores.parquet", "history.parquet"]
+    # The resumable checkpoint (the size of the encoder three times over) is deleted once the manifest is written.
+    assert sorted(p.name for p in rerank_dir.iterdir()) == [
+        "history.parquet",
+        "manifest.json",
+        "reader",
+        "reader_scores.parquet",
+    ]
     scores = pl.read_parquet(rerank_dir / "reader_scores.parquet")
     assert scores.columns == ["mention_id", "kb_id", "slot", "score", "nil_score"]
     # dev and test mentions only (10 of the 16), up to top_k candidates each; NIL + candidates sum to 1
@@ -251,6 +258,23 @@ def test_the_stage_writes_its_outputs_and_evaluate_decides_by_the_reader(base_ru
         in report
     )
     assert "rerank: best dev micro-average of the reader" in base_run["output"]
+
+
+def test_mentions_the_reader_did_not_read_are_left_undecided(base_run: dict) -> None:
+    """The reader reads dev and test only: under its NIL method the training split's mentions are not decided
+    (is_nil, system_id and the decision columns null), where before every one was NIL with null probabilities.
+    The ranker's own columns stay for them."""
+    predictions = pl.read_parquet(base_run["run_dir"] / "evaluate" / "predictions.parquet")
+    train = predictions.filter(pl.col("split") == "train")
+    scored = predictions.filter(pl.col("split") != "train")
+    assert train.height == 6 and scored.height == 10
+    for column in ("reader_kb_id", "is_nil", "system_id", "threshold", "nil_probability", "nil_cut"):
+        assert train[column].null_count() == train.height, column
+    assert train["best_kb_id"].null_count() == 0  # the ranker scored them
+    for column in ("is_nil", "system_id", "nil_probability", "nil_cut"):
+        assert scored[column].null_count() == 0, column
+    says_nil = (scored["nil_probability"] > scored["nil_cut"]).to_list()
+    assert scored["is_nil"].to_list() == says_nil
 
 
 def test_up_to_date_until_a_setting_of_its_own_changes(base_run: dict, run_copy: Path) -> None:
@@ -304,6 +328,129 @@ def test_a_killed_training_resumes_to_the_uninterrupted_result(base_run: dict, r
     assert resumed.equals(uninterrupted)
     history = pl.read_parquet(run_copy / "rerank" / "history.parquet")
     assert history["epoch"].to_list() == [1, 2]
+    assert not (run_copy / "rerank" / "checkpoints").exists()
+
+
+def test_a_finished_training_only_scores_and_says_so(base_run: dict, run_copy: Path, monkeypatch, caplog) -> None:
+    """Killed after the last epoch's checkpoint (before the scores and manifest), the rerun says the training is
+    complete and only scores (before: "resuming the reader's training at epoch 3" for epochs = 2), and ends
+    with the uninterrupted outputs; the checkpoint is then deleted."""
+    import logging
+
+    from pipeline.rerank import stage
+
+    class Killed(Exception):
+        pass
+
+    def killed_at_scoring(*args, **kwargs):
+        raise Killed("killed while scoring")
+
+    monkeypatch.setattr(stage, "score_mentions", killed_at_scoring)
+    with pytest.raises(Killed):
+        stage.run(_config(base_run, run_copy), force=True)
+    monkeypatch.undo()
+    checkpoint = torch.load(run_copy / "rerank" / stage.CHECKPOINT, weights_only=False)
+    assert checkpoint["epoch"] == 2 and not (run_copy / "rerank" / "manifest.json").exists()
+    with caplog.at_level(logging.INFO):
+        assert not stage.run(_config(base_run, run_copy)).skipped
+    assert "resuming" not in caplog.text
+    assert "the reader's training is complete (the checkpoint" in caplog.text
+    assert "holds epoch 2, the last): nothing is trained again; the best epoch's reader only scores" in caplog.text
+    for name in (stage.SCORES, stage.HISTORY):
+        assert pl.read_parquet(run_copy / "rerank" / name).equals(
+            pl.read_parquet(base_run["run_dir"] / "rerank" / name)
+        )
+    assert not (run_copy / "rerank" / "checkpoints").exists()
+
+
+def test_deleted_scores_are_scored_again_without_a_checkpoint(base_run: dict, run_copy: Path, caplog) -> None:
+    """A finished stage keeps no checkpoint; one that lost its scores is not retrained but scored again with its
+    reader folder (the history and best epoch from history.parquet and the manifest), to the same outputs."""
+    import logging
+
+    from pipeline.rerank import stage
+
+    rerank_dir = run_copy / "rerank"
+    reader_files = {p.name: p.read_bytes() for p in (rerank_dir / stage.READER).iterdir()}
+    (rerank_dir / stage.SCORES).unlink()
+    with caplog.at_level(logging.INFO):
+        result = stage.run(_config(base_run, run_copy))
+    best_epoch = json.loads((base_run["run_dir"] / "rerank" / "manifest.json").read_text())["counts"]["best_epoch"]
+    assert not result.skipped and result.counts["best_epoch"] == best_epoch
+    assert f"the reader's training is complete (best epoch {best_epoch} of 2" in caplog.text
+    assert "rerank epoch" not in caplog.text
+    assert "replacing reader, reader_scores.parquet, history.parquet of the run finished" in caplog.text
+    assert caplog.text.rstrip().count("reader_scores.parquet missing") == 1
+    for name in (stage.SCORES, stage.HISTORY):
+        assert pl.read_parquet(rerank_dir / name).equals(pl.read_parquet(base_run["run_dir"] / "rerank" / name))
+    assert {p.name: p.read_bytes() for p in (rerank_dir / stage.READER).iterdir()} == reader_files
+    manifest, before = (
+        json.loads((d / "manifest.json").read_text()) for d in (rerank_dir, base_run["run_dir"] / "rerank")
+    )
+    assert manifest["key"] == before["key"] and manifest["counts"] == before["counts"]
+    assert manifest["best_dev_accuracy"] == before["best_dev_accuracy"]
+    assert not (rerank_dir / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "setting, said",
+    [
+        ("rerank.encoder={missing}", "rerank.encoder names the folder {missing}, which does not exist)"),
+        ("rerank.encoder={empty}", "rerank.encoder names the folder {empty}, which holds no config.json, so it is not"),
+        ("rerank.encoder={file}", "rerank.encoder names {file}, a file, not a model folder)"),
+        ("rerank.encoder={broken}", "{broken}: cannot load encoder ("),  # has config.json: the loader refuses it
+        ("rerank.freeze_layers=9", "[rerank]: freeze_layers = 9 is invalid: the encoder has only 2 layers"),
+    ],
+    ids=["missing-folder", "not-a-model-folder", "a-file", "unloadable-folder", "freeze-past-the-top"],
+)
+def test_a_refused_rerank_keeps_the_finished_stage(
+    base_run: dict, run_copy: Path, tmp_path: Path, setting: str, said: str
+) -> None:
+    """Refused before anything of the finished stage is removed (before: its manifest was gone, so the reader
+    had to be trained again), E501 in plain words for an encoder path that is no model folder (before:
+    Hugging Face's "Repo id must be in the form ..."), and the stage is up to date again as it was."""
+    paths = {"missing": tmp_path / "no-such-encoder", "empty": tmp_path / "empty", "file": tmp_path / "model.bin"}
+    paths["broken"] = tmp_path / "broken"
+    paths["empty"].mkdir()
+    paths["file"].write_bytes(b"weights?")
+    paths["broken"].mkdir()
+    (paths["broken"] / "config.json").write_text("{}")
+    before = {p: p.read_bytes() for p in (run_copy / "rerank").rglob("*") if p.is_file()}
+    args = ["rerank", "--config", str(base_run["config"]), "--run-dir", str(run_copy)]
+    result = CliRunner().invoke(main, [*args, "--set", setting.format(**paths)])
+    assert result.exit_code == 2, result.output
+    error = result.output.strip().splitlines()[-1]
+    assert said.format(**paths) in error and "Traceback" not in result.output, error
+    assert "Repo id must" not in error
+    if "encoder" in setting:
+        assert error.startswith("Error: [E501] ") and error.endswith(
+            "give a local model folder (one holding config.json, as save_pretrained writes it) or the name of a "
+            "Hugging Face model in the local cache"
+        )
+    assert {p: p.read_bytes() for p in (run_copy / "rerank").rglob("*") if p.is_file()} == before
+    assert "rerank: up to date" in CliRunner().invoke(main, args).output
+
+
+def test_ctrl_c_in_rerank_and_run_says_what_is_kept(base_run: dict, run_copy: Path, monkeypatch) -> None:
+    """Interrupted in the reader's training, rerank and run each say in one line that its last checkpoint is
+    kept, and how to resume (before: rerank said nothing of it, run named only encode's and train's)."""
+    from pipeline.rerank import stage
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stage, "fit", interrupted)
+    for command in ("rerank", "run"):
+        args = [command, "--config", str(base_run["config"]), "--run-dir", str(run_copy), "--set", "rerank.epochs=3"]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 130, result.output
+        line = result.output.strip().splitlines()[-1]
+        kept = {
+            "rerank": "rerank keeps its last checkpoint (one after every epoch of the reader's training)",
+            "run": "finished stages are kept, with encode's finished chunks and the last checkpoints of train and "
+            "rerank (the reader's training, after every epoch)",
+        }[command]
+        assert line == f"Interrupted: {kept}; run `xel-cli {' '.join(args)}` again to resume.", line
 
 
 def test_a_checkpoint_of_another_architecture_is_refused(tmp_path: Path) -> None:
@@ -355,7 +502,7 @@ def test_link_applies_the_reader_as_evaluate_did(base_run: dict, tmp_path: Path)
     assert (joined["kb_id"] == joined["want"]).all(), joined
 
 
-def test_settings_are_checked() -> None:
+def test_settings_are_checked(base_run: dict) -> None:
     from pipeline.core.config import RerankConfig
     from pipeline.core.errors import ConfigError
 
@@ -363,6 +510,9 @@ def test_settings_are_checked() -> None:
         RerankConfig(top_k=8, max_context_tokens=96, max_seq_tokens=100)
     with pytest.raises(ConfigError, match="E203.*precision"):
         RerankConfig(precision="fp16")
+    # The reader scores dev and test: its NIL method cannot be tuned on the training split, which it did not read.
+    with pytest.raises(ConfigError, match="E203.*nil_method.*the reader scores only dev and test mentions"):
+        _config(base_run, base_run["run_dir"], "evaluate.tune_split=train")
 
 
 def test_the_command_and_the_reader_method_need_it_enabled(make_run_config) -> None:
@@ -455,12 +605,11 @@ def test_two_gloo_processes_train_the_reader_as_one_process(base_run: dict, run_
 
     readers = [folder / stage.STAGE / stage.READER for folder in (single_dir, parallel_dir)]
     assert sorted(p.name for p in readers[1].iterdir()) == sorted(p.name for p in readers[0].iterdir())
-    checkpoints = [
-        torch.load(folder / stage.STAGE / stage.CHECKPOINT, weights_only=False) for folder in (single_dir, parallel_dir)
-    ]
-    assert not any(name.startswith("module.") for name in checkpoints[1]["model"])  # the reader's names, not DDP's
-    assert_same_weights(*(checkpoints[i]["model"] for i in (0, 1)))  # the last epoch
-    assert_same_weights(*(torch.load(folder / "head.pt", weights_only=True) for folder in readers))  # the best
+    # Both finished: their checkpoints are deleted, by rank 0 alone once the manifest is written.
+    assert not any((folder / stage.STAGE / "checkpoints").exists() for folder in (single_dir, parallel_dir))
+    heads = [torch.load(folder / "head.pt", weights_only=True) for folder in readers]
+    assert not any(name.startswith("module.") for name in heads[1])  # the reader's names, not DDP's
+    assert_same_weights(*heads)  # the best epoch
     assert_same_weights(*(load_file(folder / "model.safetensors") for folder in readers))
     assert not list(parallel_dir.rglob("*.tmp")) and not (parallel_dir / ".xel.lock").exists()
 

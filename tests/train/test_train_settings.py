@@ -243,7 +243,15 @@ def test_feature_ablations_train_only_their_pair_mlps(base_run: dict, run_copy: 
 # --- behaviour fixes (issue 11 item 7) ----------------------------------------------------------
 
 
-def test_checkpoint_of_another_architecture_is_refused_with_e505(base_run: dict, run_copy: Path) -> None:
+def test_checkpoint_of_another_architecture_is_refused_with_e505(
+    base_run: dict, run_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.train.stage as train_stage
+
+    # A finished train deletes its checkpoint: keep this one, as a run killed before its manifest would.
+    monkeypatch.setattr(train_stage, "discard_checkpoint", lambda path: None)
+    invoke("train", "--config", base_run["config"], "--run-dir", run_copy, "--force")
+    monkeypatch.undo()
     checkpoint_path = run_copy / "train" / "checkpoints" / "last.pt"
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     checkpoint["shape"] = {**checkpoint["shape"], "name_hidden": [7]}  # same key, other layer sizes
