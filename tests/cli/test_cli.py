@@ -750,3 +750,42 @@ def test_export_takes_run_dir_and_out_options(tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "[E207]" in missing.output and "--run-dir" in missing.output
     absent = invoke("export", "--run-dir", tmp_path / "no-run", "--out", tmp_path / "out")
     assert absent.exit_code == 2 and "--run-dir: Directory" in absent.output
+
+
+@pytest.mark.parametrize(
+    "stage, setting, code",
+    [
+        ("triage", "inputs.mentions={bad_mentions}", "E103"),  # a record of an unknown split
+        ("encode", "encoder.name_layer=9", "E203"),  # past the encoder's layers: found once it is loaded
+        ("train", "train.train_languages=de", "E112"),  # no training mention of that language
+        ("evaluate", "evaluate.nil_method=nota", "E203"),  # the ranker has no NIL option
+    ],
+)
+def test_a_refused_stage_keeps_its_finished_outputs(
+    base_run: dict, run_copy: Path, tmp_path: Path, stage: str, setting: str, code: str
+) -> None:
+    """A stage refused for what it finds while reading its inputs (or loading its encoder, or choosing its NIL
+    method) leaves its finished outputs as they were, manifest included, so it is up to date again without the
+    bad setting (before: the manifest was removed first, and the finished stage had to be redone)."""
+    bad_mentions = write_jsonl(
+        tmp_path / "bad.jsonl", [{**record, "split": "validation"} for record in tiny_mention_records()]
+    )
+    before = {p: p.read_bytes() for p in (run_copy / stage).rglob("*") if p.is_file()}
+    args = [stage, "--config", base_run["config"], "--run-dir", run_copy]
+    result = invoke(*args, "--set", setting.format(bad_mentions=bad_mentions), exit_code=2)
+    assert f"Error: [{code}] " in result.output and "Traceback" not in result.output, result.output
+    assert {p: p.read_bytes() for p in (run_copy / stage).rglob("*") if p.is_file()} == before
+    assert f"{stage}: up to date" in succeeded(invoke(*args)).output
+
+
+def test_every_command_says_what_an_interrupt_keeps() -> None:
+    """Ctrl-C's line names what each stage keeps (rerank's checkpoint too), and run's names every stage that
+    keeps unfinished work."""
+    from cli import INTERRUPTED_KEEPS
+    from pipeline.stages import STAGES
+
+    assert set(STAGES) <= set(INTERRUPTED_KEEPS)
+    for stage in STAGES:
+        assert INTERRUPTED_KEEPS[stage].startswith(f"{stage} keeps ")
+    for stage, kept in (("encode", "finished chunks"), ("train", "checkpoint"), ("rerank", "checkpoint")):
+        assert kept in INTERRUPTED_KEEPS[stage] and stage in INTERRUPTED_KEEPS["run"], stage

@@ -13,8 +13,9 @@ follows not yet done (`after-rename`: the next output, the manifest, the cleanup
   uninterrupted run's (Parquet row-equal, HDF5 ids equal and vectors allclose, JSON,
   .tab and Markdown equal, model and checkpoint tensors equal, the reader's folder
   file by file) and so does its stage key; finished encode chunks and train and rerank
-  checkpoints are reused (the log line, the manifest's `chunks_resumed`), not redone;
-  no temporary file, chunk folder or lock is left.
+  checkpoints are reused (the log line, the manifest's `chunks_resumed`), not redone, and
+  a checkpoint of the last epoch is said to be complete, not resumed; no temporary file,
+  chunk folder, checkpoint (a finished stage deletes it) or lock is left.
 
 The reader's stage (rerank) runs on a copy of the plain run with `[rerank]` on; a
 reader folder left by the kill (an earlier epoch's, perhaps) must load whole.
@@ -106,12 +107,14 @@ CRASHES = [
     Crash("train", "after-rename", "last.pt", 2, "checkpoint-between-evaluations", config="early-stop"),
     Crash("train", "after-rename", "last.pt", 3, "early-stop-checkpoint-model-not", config="early-stop"),
     Crash("train", "after-rename", "last.pt", 1, "averaged-weights-after-the-first-checkpoint", config="averaged"),
+    Crash("train", "after-rename", "manifest.json", 1, "finished-checkpoint-not-yet-deleted"),
     Crash("rerank", "after-rename", "last.pt", 1, "early-after-the-first-checkpoint", config="reader"),
     Crash("rerank", "half-written", "last.pt", 2, "mid-way-while-writing-a-checkpoint", config="reader"),
     Crash("rerank", "after-rename", "reader", 1, "reader-folder-written-checkpoint-not", config="reader"),
     Crash("rerank", "before-rename", "reader_scores.parquet", 1, "scores-written-not-renamed", config="reader"),
     Crash("rerank", "after-rename", "history.parquet", 1, "outputs-written-manifest-not", config="reader"),
     Crash("rerank", "half-written", "manifest.json", 1, "while-writing-the-manifest", config="reader"),
+    Crash("rerank", "after-rename", "manifest.json", 1, "finished-checkpoint-not-yet-deleted", config="reader"),
     Crash("evaluate", "before-rename", "scores.parquet", 1, "early"),
     Crash("evaluate", "half-written", "system.tab", 1, "mid-way-while-writing"),
     Crash("evaluate", "after-rename", "report.md", 1, "outputs-written-manifest-not"),
@@ -368,13 +371,31 @@ def test_killed_stage_reruns_to_the_uninterrupted_result(
         assert output.splitlines()[-1].startswith("encode: up to date")
     if crash.stage == "train":
         assert checkpoint_epoch is not None
-        assert f"resuming training at epoch {checkpoint_epoch + 1} " in output
-    if crash.stage == "rerank" and checkpoint_epoch is not None:
-        assert f"resuming the reader's training at epoch {checkpoint_epoch + 1} " in output
+    if crash.stage in ("train", "rerank") and checkpoint_epoch is not None:
+        assert_resumed_as_it_should(crash, output, checkpoint_epoch, manifest(reference_dir))
+        # A finished stage keeps no checkpoint: deleted once its manifest is written (or, killed in between,
+        # by the rerun that finds the stage up to date).
+        assert not (stage_dir / "checkpoints").exists()
     # Nothing of the interrupted run is left behind.
     assert not list(run_dir.rglob("*.tmp")), "a temporary file was left behind"
     assert not list(run_dir.glob("encode/work-*")), "encode's chunk folder was left behind"
     assert not (run_dir / ".xel.lock").exists()
+
+
+def assert_resumed_as_it_should(crash: Crash, output: str, checkpoint_epoch: int, finished: dict) -> None:
+    """The rerun of a killed train or rerank says what it does with the checkpoint of `checkpoint_epoch`: nothing,
+    up to date (killed after the manifest); resume at the next epoch; or, holding the last epoch trained (the
+    uninterrupted run's, `finished` its manifest), that training is complete and only the outputs are written."""
+    training = "training" if crash.stage == "train" else "the reader's training"
+    last_epoch = finished["counts"]["epochs"] if crash.stage == "train" else READER["epochs"]
+    if crash.file == "manifest.json" and crash.point == "after-rename":
+        assert output.splitlines()[-1].startswith(f"{crash.stage}: up to date"), output
+        assert "/checkpoints/last.pt: the stage has finished, so nothing resumes from it" in output
+    elif checkpoint_epoch < last_epoch:
+        assert f"resuming {training} at epoch {checkpoint_epoch + 1} " in output
+    else:
+        assert f"{training} is complete (the checkpoint " in output and "resuming" not in output
+        assert f"holds epoch {checkpoint_epoch}, the last): nothing is trained again" in output
 
 
 def test_the_matrix_covers_every_stage_and_point() -> None:
