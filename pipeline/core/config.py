@@ -405,6 +405,9 @@ class RerankConfig:
     max_context_tokens: int = 96
     epochs: int = 3
     learning_rate: float = 3e-5
+    # The head's projections start from the identity and learn at their own, larger rate: at the
+    # encoder's rate they barely move in the few hundred steps a small training set gives.
+    head_learning_rate: float = 1e-3
     batch_mentions: int = 8
     # Batches whose gradients are summed before each optimizer step (a larger batch in the same memory).
     grad_accumulation: int = 1
@@ -441,7 +444,9 @@ class RerankConfig:
             f"must be between max_context_tokens + 5 + 3 * top_k = {least} and 8192",
         )
         _check_at_least(where, self, 1, "epochs")
-        check_setting(where, "learning_rate", self.learning_rate, 0 < self.learning_rate < 1, "must be in (0, 1)")
+        for name in ("learning_rate", "head_learning_rate"):
+            rate = getattr(self, name)
+            check_setting(where, name, rate, 0 < rate < 1, "must be in (0, 1)")
         _check_at_least(where, self, 1, "batch_mentions", "grad_accumulation")
         _check_at_least(where, self, 0, "freeze_layers")
         check_setting(
