@@ -17,7 +17,8 @@ Needs ../shared/data/meantime for the MEANTIME studies. Every figure is KBP2010 
   every mention, linking its own KB.
 The alias baseline is each mention's top triage candidate (priors of the in-KB model's
 training mentions, KB names, fuzzy and dense names), NIL when it has none. Variants: `own`
-trains as the config says; `any` adds triage.use_priors = false (a model for any KB).
+trains as the config says; `any` adds triage.use_priors = false (a model for any KB);
+`any-product` also train.pair_input = "product" (no ranker weight scores an entity alone).
 Runs and links go to --work (default artifacts/bench-kb-transfer); a finished run is reused.
 """
 
@@ -38,7 +39,11 @@ ROOT = Path(__file__).resolve().parent.parent
 MEANTIME = ROOT.parent / "shared" / "data" / "meantime"
 DEMO = ROOT / "pipeline" / "demo_data"
 CONFIGS = {"demo": ROOT / "configs" / "demo.toml", "meantime": ROOT / "configs" / "meantime.toml"}
-VARIANTS = {"own": (), "any": ("triage.use_priors=false",)}
+VARIANTS = {
+    "own": (),
+    "any": ("triage.use_priors=false",),
+    "any-product": ("triage.use_priors=false", "train.pair_input=product"),
+}
 MENTION_FIELDS = (
     "id",
     "doc_id",
@@ -235,7 +240,9 @@ def main() -> None:
     parser.add_argument("--studies", default="demo-on-meantime,meantime-on-demo,disjoint")
     parser.add_argument("--disjoint-corpus", choices=("meantime", "demo"), default="meantime")
     parser.add_argument(
-        "--variants", default="own,any", help="own (the config's model), any (triage.use_priors = false)"
+        "--variants",
+        default="own,any",
+        help="own (the config's model), any (triage.use_priors = false), any-product (and train.pair_input = product)",
     )
     parser.add_argument("--epochs", type=int, default=None, help="train.epochs of every run (default: each config's)")
     parser.add_argument("--encoder", default=None, help="encoder.name of every run (default: each config's)")
