@@ -143,6 +143,15 @@ def micro_average(links: pl.DataFrame, gold: pl.DataFrame, column: str = "kb_id"
     return float(both.select(right.fill_null(False).mean()).item()) if both.height else float("nan")
 
 
+def wrong_to_seen(links: pl.DataFrame, unseen_gold: pl.DataFrame, seen_ids: set[str]) -> str:
+    """How many unseen-entity mentions were linked to a wrong entity, and how many of those to a seen one."""
+    wrong = unseen_gold.join(links, on="mention_id").filter(
+        ~pl.col("is_nil").fill_null(True) & (pl.col("kb_id") != pl.col("gold_kb_id"))
+    )
+    to_seen = wrong.filter(pl.col("kb_id").is_in(list(seen_ids))).height
+    return f"  unseen-entity mentions linked to a wrong entity: {wrong.height}, {to_seen} of them to a seen one"
+
+
 def renamed_kb(source: Path, out: Path) -> dict[str, str]:
     """Write `source` with every id renamed (`x:` + a hash: nothing of the old ids carries over); old -> new."""
     kb = pl.read_ndjson(source, infer_schema_length=None)
@@ -223,6 +232,7 @@ def disjoint(corpus: str, work: Path, args: argparse.Namespace) -> Iterator[str]
         yield row(
             f"seen-half model ({variant}), renamed KB", *(micro_average(links, p) for p in renamed_parts.values())
         )
+        yield wrong_to_seen(links, renamed_parts["unseen"], {renamed[i] for i in seen})
     own = link(
         train(f"{corpus}-own", corpus, work, args), test, kb_path(corpus), work / "links" / f"{corpus}-own-on-{corpus}"
     )
