@@ -510,6 +510,8 @@ def test_settings_are_checked(base_run: dict) -> None:
         RerankConfig(top_k=8, max_context_tokens=96, max_seq_tokens=100)
     with pytest.raises(ConfigError, match="E203.*precision"):
         RerankConfig(precision="fp16")
+    with pytest.raises(ConfigError, match="E203.*head_learning_rate"):
+        RerankConfig(head_learning_rate=1.5)
     # The reader scores dev and test: its NIL method cannot be tuned on the training split, which it did not read.
     with pytest.raises(ConfigError, match="E203.*nil_method.*the reader scores only dev and test mentions"):
         _config(base_run, base_run["run_dir"], "evaluate.tune_split=train")
