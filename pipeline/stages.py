@@ -44,6 +44,16 @@ def run_stage(name: str, config: RunConfig, check_upstream: bool = True, **optio
     return importlib.import_module(f"pipeline.{name}").run(config, **options)
 
 
+def check_settings(config: RunConfig, stages: tuple[str, ...] = STAGES) -> None:
+    """Each of `stages`' own check of settings under which it cannot run (its `check_config`: rerank's
+    enabled flag and encoder, the encoder a stage loads), said before any of them runs: `xel-cli run`
+    refuses a bad `rerank.encoder` at once, not after triage, encode and train."""
+    for name in stages:
+        stage = importlib.import_module(f"pipeline.{name}.stage")
+        if hasattr(stage, "check_config"):
+            stage.check_config(config)
+
+
 def upstream_stages(name: str, config: RunConfig) -> tuple[str, ...]:
     """The stages whose outputs stage `name` reads under `config`, in run order: rerank reads encode and
     train only when the ranker picks its candidates, evaluate reads rerank only with the reader on."""

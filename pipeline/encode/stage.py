@@ -103,6 +103,13 @@ def share_entity_vectors(
         logger.warning("entity vectors not added to the shared store %s (%s); link will encode them", store.folder, exc)
 
 
+def check_config(config: RunConfig) -> None:
+    """E501 when encoder.name names no model folder (`encoder.check_source`): said before anything upstream."""
+    from pipeline.encoders.encoder import check_source
+
+    check_source(config.encoder.name, "encoder.name")
+
+
 def run(
     config: RunConfig, force: bool = False, shard: tuple[int, int] | None = None, merge: bool = False
 ) -> StageResult:

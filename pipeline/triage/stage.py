@@ -84,6 +84,14 @@ def identity(config: RunConfig) -> StageIdentity:
     return StageIdentity(STAGE, STAGE_VERSION, settings, fingerprints)
 
 
+def check_config(config: RunConfig) -> None:
+    """E501 when the dense source is on and encoder.name names no model folder (`encoder.check_source`)."""
+    if config.triage.use_dense:
+        from pipeline.encoders.encoder import check_source
+
+        check_source(config.encoder.name, "encoder.name")
+
+
 def run(config: RunConfig, force: bool = False) -> StageResult:
     """Read the mentions and the KB, propose every mention's top-k candidates (`pipeline.candidates`) and
     write the triage tables (`triage_tables`) and report.json (`recall_report`). Skipped when up to date."""

@@ -431,6 +431,23 @@ def test_a_refused_rerank_keeps_the_finished_stage(
     assert "rerank: up to date" in CliRunner().invoke(main, args).output
 
 
+def test_run_refuses_a_bad_encoder_before_any_stage(base_run: dict, run_copy: Path, tmp_path: Path) -> None:
+    """`xel-cli run` checks every stage's settings first: a `rerank.encoder` that is no model folder is refused
+    before triage, encode and train run (they would have been redone for a changed encoder.name)."""
+    missing = tmp_path / "no-such-encoder"
+    before = {p: p.read_bytes() for p in run_copy.rglob("*") if p.is_file() and p.name != "config.json"}
+    for setting in (f"rerank.encoder={missing}", f"encoder.name={missing}"):
+        args = ["run", "--config", str(base_run["config"]), "--run-dir", str(run_copy), "--set", setting]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(f"run: {run_copy}") and ": done in" not in result.output, result.output
+        name = setting.split("=")[0]
+        assert f"Error: [E501] {missing}: cannot load encoder ({name} names the folder {missing}, which does not" in (
+            result.output
+        )
+    assert {p: p.read_bytes() for p in run_copy.rglob("*") if p.is_file() and p.name != "config.json"} == before
+
+
 def test_ctrl_c_in_rerank_and_run_says_what_is_kept(base_run: dict, run_copy: Path, monkeypatch) -> None:
     """Interrupted in the reader's training, rerank and run each say in one line that its last checkpoint is
     kept, and how to resume (before: rerank said nothing of it, run named only encode's and train's)."""
