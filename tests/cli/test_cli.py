@@ -587,6 +587,7 @@ def test_train_resumes_from_its_checkpoint(base_run: dict, run_copy: Path, monke
     assert not (train_dir / "model.pt").exists() and not (train_dir / "manifest.json").exists()
     checkpoint = torch.load(train_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
     assert checkpoint["epoch"] == 4 and len(checkpoint["history"]) == 4
+    kept_checkpoint = (train_dir / "checkpoints" / "last.pt").read_bytes()
 
     monkeypatch.setattr(pipeline.train.batches, "sample_negatives", real_sample)
     resumed = succeeded(invoke("train", "--config", base_run["config"], "--run-dir", run_copy))
@@ -598,7 +599,11 @@ def test_train_resumes_from_its_checkpoint(base_run: dict, run_copy: Path, monke
         pl.read_parquet(base_run["run_dir"] / "train" / "history.parquet")
     )
 
+    assert not (train_dir / "checkpoints").exists()  # deleted once the manifest is written
+
     # A checkpoint of other settings is not resumed from.
+    (train_dir / "checkpoints").mkdir()
+    (train_dir / "checkpoints" / "last.pt").write_bytes(kept_checkpoint)
     other = succeeded(
         invoke("train", "--config", base_run["config"], "--run-dir", run_copy, "--set", "train.margin=0.5")
     )
