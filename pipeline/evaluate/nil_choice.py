@@ -120,11 +120,11 @@ def say_notes(notes: list, artifact: dict) -> None:
         warn(logger, code, **({**fields, "decider": decider} if code == "W604" else fields))
     if skipped:
         logger.info(
-            "NIL thresholds do not decide (%s decides), so %d warning(s) about them (%s) are left out; "
+            "%d warning(s) about the per-language thresholds (%s) left out: they decide no NIL, %s does; "
             "report.md lists each threshold with the dev mentions it rests on",
-            decider,
             len(skipped),
             ", ".join(sorted(set(skipped))),
+            decider,
         )
 
 

@@ -213,8 +213,10 @@ def test_choose_warns_about_thin_or_missing_dev_and_falls_back(caplog: pytest.Lo
     assert overall["micro_average"].to_list() == [72 / 73, 72 / 73] and artifact["method"] == "classifier"
     # The classifier decides: no warning about thresholds that decide nothing, one line saying they are left out.
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
-    assert "NIL thresholds do not decide (the classifier (NIL where" in caplog.text
-    assert "4 warning(s) about them (W602, W603, W605) are left out" in caplog.text
+    assert "4 warning(s) about the per-language thresholds (W602, W603, W605) left out: they decide no NIL, the " in (
+        caplog.text
+    )
+    assert "they decide no NIL, the classifier (NIL where" in caplog.text
 
     caplog.clear()
     few = separable(15, 0)  # 5 NILs: too few for the classifier
@@ -250,7 +252,9 @@ def test_warnings_agree_with_the_nil_method_in_force(caplog: pytest.LogCaptureFi
         "classifier needs, so it is not fitted; NIL is decided by the reader (NIL where its NIL option is more "
         "probable than its best candidate)"
     ]
-    assert "1 warning(s) about them (W603) are left out" in caplog.text
+    assert "1 warning(s) about the per-language thresholds (W603) left out: they decide no NIL, the reader (" in (
+        caplog.text
+    )
     # Where thresholds decide, their warnings are given as before.
     caplog.clear()
     with caplog.at_level(logging.WARNING):
