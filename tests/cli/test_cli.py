@@ -751,6 +751,11 @@ def test_help_lists_commands_in_pipeline_order() -> None:
         "search",
         "experiment",
     ]
+    # The description's first line names every stage in the order `run` runs them (it lacked rerank).
+    from pipeline.stages import STAGES
+
+    description = " ".join(help_text.split("\n\n")[1].split())
+    assert description.startswith("Cross-language entity linking: " + " -> ".join(STAGES) + " ("), help_text
 
 
 @pytest.mark.parametrize(
