@@ -17,7 +17,8 @@ Needs ../shared/data/meantime for the MEANTIME studies. Every figure is KBP2010 
   every mention, linking its own KB.
 The alias baseline is each mention's top triage candidate (priors of the in-KB model's
 training mentions, KB names, fuzzy and dense names), NIL when it has none. Variants: `own`
-trains as the config says; `any` adds triage.use_priors = false (a model for any KB).
+trains as the config says; `any` adds triage.use_priors = false (a model for any KB);
+`any-product` also train.pair_input = "product" (no ranker weight scores an entity alone).
 Runs and links go to --work (default artifacts/bench-kb-transfer); a finished run is reused.
 """
 
@@ -38,7 +39,11 @@ ROOT = Path(__file__).resolve().parent.parent
 MEANTIME = ROOT.parent / "shared" / "data" / "meantime"
 DEMO = ROOT / "pipeline" / "demo_data"
 CONFIGS = {"demo": ROOT / "configs" / "demo.toml", "meantime": ROOT / "configs" / "meantime.toml"}
-VARIANTS = {"own": (), "any": ("triage.use_priors=false",)}
+VARIANTS = {
+    "own": (),
+    "any": ("triage.use_priors=false",),
+    "any-product": ("triage.use_priors=false", "train.pair_input=product"),
+}
 MENTION_FIELDS = (
     "id",
     "doc_id",
@@ -138,6 +143,15 @@ def micro_average(links: pl.DataFrame, gold: pl.DataFrame, column: str = "kb_id"
     return float(both.select(right.fill_null(False).mean()).item()) if both.height else float("nan")
 
 
+def wrong_to_seen(links: pl.DataFrame, unseen_gold: pl.DataFrame, seen_ids: set[str]) -> str:
+    """How many unseen-entity mentions were linked to a wrong entity, and how many of those to a seen one."""
+    wrong = unseen_gold.join(links, on="mention_id").filter(
+        ~pl.col("is_nil").fill_null(True) & (pl.col("kb_id") != pl.col("gold_kb_id"))
+    )
+    to_seen = wrong.filter(pl.col("kb_id").is_in(list(seen_ids))).height
+    return f"  unseen-entity mentions linked to a wrong entity: {wrong.height}, {to_seen} of them to a seen one"
+
+
 def renamed_kb(source: Path, out: Path) -> dict[str, str]:
     """Write `source` with every id renamed (`x:` + a hash: nothing of the old ids carries over); old -> new."""
     kb = pl.read_ndjson(source, infer_schema_length=None)
@@ -218,6 +232,7 @@ def disjoint(corpus: str, work: Path, args: argparse.Namespace) -> Iterator[str]
         yield row(
             f"seen-half model ({variant}), renamed KB", *(micro_average(links, p) for p in renamed_parts.values())
         )
+        yield wrong_to_seen(links, renamed_parts["unseen"], {renamed[i] for i in seen})
     own = link(
         train(f"{corpus}-own", corpus, work, args), test, kb_path(corpus), work / "links" / f"{corpus}-own-on-{corpus}"
     )
@@ -235,7 +250,9 @@ def main() -> None:
     parser.add_argument("--studies", default="demo-on-meantime,meantime-on-demo,disjoint")
     parser.add_argument("--disjoint-corpus", choices=("meantime", "demo"), default="meantime")
     parser.add_argument(
-        "--variants", default="own,any", help="own (the config's model), any (triage.use_priors = false)"
+        "--variants",
+        default="own,any",
+        help="own (the config's model), any (triage.use_priors = false), any-product (and train.pair_input = product)",
     )
     parser.add_argument("--epochs", type=int, default=None, help="train.epochs of every run (default: each config's)")
     parser.add_argument("--encoder", default=None, help="encoder.name of every run (default: each config's)")

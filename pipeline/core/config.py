@@ -273,6 +273,11 @@ class TrainConfig:
     # positive, and every linked mention's gold must beat its NIL score by the margin.
     # evaluate's nil_method "nota" says NIL when that score beats the best candidate's.
     nil_candidate: bool = False
+    # How the name and context pair MLPs see a (mention, entity) pair: "concat" is the paper's
+    # [mention; entity]; "product" is [mention; mention * entity], where no weight scores an entity
+    # alone, so the ranker cannot learn to prefer the entities it was trained on: for a model meant
+    # for KBs it was not trained on (docs/any-kb.md).
+    pair_input: str = "concat"
 
     @property
     def name_matching(self) -> bool:
@@ -298,6 +303,9 @@ class TrainConfig:
             self.nil_candidate,
             isinstance(self.nil_candidate, bool) and not (self.nil_candidate and self.baseline == "nn"),
             "use true or false; the nearest-neighbour baseline has no NIL score (set baseline = none)",
+        )
+        check_setting(
+            where, "pair_input", self.pair_input, self.pair_input in ("concat", "product"), "use concat or product"
         )
         if self.name_pairs is not None:
             self._check_name_pairs(where)
@@ -405,6 +413,9 @@ class RerankConfig:
     max_context_tokens: int = 96
     epochs: int = 3
     learning_rate: float = 3e-5
+    # The head's projections start from the identity and learn at their own, larger rate: at the
+    # encoder's rate they barely move in the few hundred steps a small training set gives.
+    head_learning_rate: float = 1e-3
     batch_mentions: int = 8
     # Batches whose gradients are summed before each optimizer step (a larger batch in the same memory).
     grad_accumulation: int = 1
@@ -441,7 +452,9 @@ class RerankConfig:
             f"must be between max_context_tokens + 5 + 3 * top_k = {least} and 8192",
         )
         _check_at_least(where, self, 1, "epochs")
-        check_setting(where, "learning_rate", self.learning_rate, 0 < self.learning_rate < 1, "must be in (0, 1)")
+        for name in ("learning_rate", "head_learning_rate"):
+            rate = getattr(self, name)
+            check_setting(where, name, rate, 0 < rate < 1, "must be in (0, 1)")
         _check_at_least(where, self, 1, "batch_mentions", "grad_accumulation")
         _check_at_least(where, self, 0, "freeze_layers")
         check_setting(

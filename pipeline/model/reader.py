@@ -73,6 +73,16 @@ class Reader(torch.nn.Module):
         self.mention_projection = torch.nn.Linear(hidden, hidden)
         self.context_projection = torch.nn.Linear(hidden, hidden)
         self.slot_projection = torch.nn.Linear(hidden, hidden)
+        # Start as the plain dot product of the encoder's states (markers + context against each slot), so
+        # the first steps refine a sensible match instead of learning one from random projections.
+        for projection in self.head:
+            torch.nn.init.eye_(projection.weight)
+            torch.nn.init.zeros_(projection.bias)
+
+    @property
+    def head(self) -> torch.nn.ModuleList:
+        """The projections on top of the encoder (trained at `rerank.head_learning_rate`)."""
+        return torch.nn.ModuleList([self.mention_projection, self.context_projection, self.slot_projection])
 
     def forward(self, batch: ReaderBatch) -> torch.Tensor:
         """Logits (B, S) of each sequence's S slots (NIL, then candidates), padded slots at -inf (`ReaderBatch`).

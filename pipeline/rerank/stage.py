@@ -230,7 +230,11 @@ def fit(
     rerank, out_dir = config.rerank, config.stage_dir(STAGE)
     layout = data.examples.layout
     batches = math.ceil(math.ceil(len(data.train_rows) / world.size) / rerank.batch_mentions)  # per rank, epoch
-    state = training.new_training(reader, rerank.learning_rate, rerank.epochs * -(-batches // rerank.grad_accumulation))
+    state = training.new_training(
+        reader,
+        (rerank.learning_rate, rerank.head_learning_rate),
+        rerank.epochs * -(-batches // rerank.grad_accumulation),
+    )
     shape = reader_shape(reader, layout)
     checkpoint = training.load_checkpoint(out_dir / CHECKPOINT, key, shape)
     if checkpoint is not None:

@@ -192,9 +192,13 @@ class ReaderTraining:
         logger.info("resuming the reader's training at epoch %d from %s", self.start_epoch, path)
 
 
-def new_training(reader: Reader, learning_rate: float, total_steps: int) -> ReaderTraining:
-    """AdamW over the trainable weights, with a linear warm-up over WARMUP_SHARE of `total_steps`, then linear decay."""
-    optimizer = torch.optim.AdamW([p for p in reader.parameters() if p.requires_grad], lr=learning_rate)
+def new_training(reader: Reader, rates: tuple[float, float], total_steps: int) -> ReaderTraining:
+    """AdamW over the trainable weights, the encoder's at `rates[0]` and the head's (`Reader.head`) at
+    `rates[1]`, with a linear warm-up over WARMUP_SHARE of `total_steps`, then linear decay."""
+    head = {id(p) for p in reader.head.parameters()}
+    encoder = [p for p in reader.parameters() if p.requires_grad and id(p) not in head]
+    groups = [{"params": encoder, "lr": rates[0]}, {"params": list(reader.head.parameters()), "lr": rates[1]}]
+    optimizer = torch.optim.AdamW([group for group in groups if group["params"]])
     warmup = max(int(total_steps * WARMUP_SHARE), 1)
 
     def factor(step: int) -> float:

@@ -58,6 +58,7 @@ LATER_SETTINGS = {
     "name_pair_negatives": 20,
     "weight_average": 0.0,
     "nil_candidate": False,
+    "pair_input": "concat",
 }
 # The §7.1 settings count only while name matching is on: a weight of 0 trains exactly what
 # no pairs file does, so it keeps that run's key. The file enters the key by content (inputs).

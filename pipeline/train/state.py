@@ -40,6 +40,7 @@ def ranker_shape(config: TrainConfig, inputs: RankerInputs) -> RankerShape:
         dropout=config.dropout,
         triage_hidden=config.triage_hidden,
         nil_candidate=config.nil_candidate,
+        pair_input=config.pair_input,
     )
 
 
@@ -54,7 +55,7 @@ def load_checkpoint(path: Path, key: str, shape: RankerShape) -> dict | None:
         return None
     saved = checkpoint.get("shape")
     if saved is not None:
-        # Fields added to RankerShape since (nil_candidate) read as their defaults, as load_model reads them.
+        # Fields added to RankerShape since (nil_candidate, pair_input) read as their defaults, as load_model reads them.
         defaults = {f.name: f.default for f in dataclasses.fields(RankerShape) if f.default is not dataclasses.MISSING}
         saved = {**defaults, **saved}
     if saved is not None:

@@ -62,3 +62,17 @@ def test_disjoint_cut_is_fixed_and_renamed_ids_share_nothing(tmp_path: Path) -> 
     written = pl.read_ndjson(tmp_path / "renamed.jsonl")
     assert written["kb_id"].to_list() == [renamed[i] for i in ids] and not set(ids) & set(renamed.values())
     assert written["name"].to_list() == [i[7:] for i in ids] and len(set(renamed.values())) == 200
+
+
+def test_wrong_links_of_unseen_entities_are_counted_by_where_they_went() -> None:
+    links = pl.DataFrame(
+        {
+            "mention_id": ["m1", "m2", "m3", "m4"],
+            "kb_id": ["S", "U2", "U1", None],
+            "is_nil": [False, False, False, True],
+        }
+    )
+    unseen_gold = pl.DataFrame({"mention_id": ["m1", "m2", "m3", "m4"], "gold_kb_id": ["U1", "U1", "U1", "U1"]})
+    # m1 went to a seen entity, m2 to another unseen one, m3 is right, m4 is NIL (not a wrong entity).
+    line = kb_transfer.wrong_to_seen(links, unseen_gold, {"S"})
+    assert line.endswith("wrong entity: 2, 1 of them to a seen one")

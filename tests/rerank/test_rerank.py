@@ -363,6 +363,8 @@ def test_settings_are_checked() -> None:
         RerankConfig(top_k=8, max_context_tokens=96, max_seq_tokens=100)
     with pytest.raises(ConfigError, match="E203.*precision"):
         RerankConfig(precision="fp16")
+    with pytest.raises(ConfigError, match="E203.*head_learning_rate"):
+        RerankConfig(head_learning_rate=1.5)
 
 
 def test_the_command_and_the_reader_method_need_it_enabled(make_run_config) -> None:

@@ -87,6 +87,7 @@ def test_multids_downsamples_to_the_languages_size_deterministically() -> None:
         ("train", "weight_average", 1.0),
         ("train", "weight_average", -0.1),
         ("evaluate", "nil_method", "both"),
+        ("train", "pair_input", "sum"),
     ],
 )
 def test_bad_settings_are_e203(section: str, key: str, value) -> None:
