@@ -160,7 +160,8 @@ class XelGroup(click.Group):
 @click.version_option(package_name="xel")
 @click.pass_context
 def main(ctx: click.Context, debug: bool, quiet: bool, threads: int | None) -> None:
-    """Cross-language entity linking: triage -> encode -> train -> evaluate, each cached on disk."""
+    """Cross-language entity linking: triage -> encode -> train -> rerank -> evaluate (rerank only with
+    rerank.enabled = true), each cached on disk."""
     from pipeline.core.threads import apply_threads, choose_threads
 
     _setup_logging(debug, quiet)

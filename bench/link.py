@@ -248,7 +248,9 @@ def link_after_run(model: Path, env: dict[str, str], cache: Path, device: str) -
         (pl.col("split") == "test") & pl.col("named").fill_null(True)
     )
     corpus = WORK / "after-run-test.jsonl"
-    test.drop("gold_kb_id", "split").write_ndjson(corpus)
+    # MEANTIME repeats ids of nested mentions (its config renames them); link takes unique ids.
+    unique = pl.col("id") + pl.lit("#") + pl.int_range(pl.len()).cast(pl.String)
+    test.drop("gold_kb_id", "split").with_columns(unique.alias("id")).write_ndjson(corpus)
     indexes = lambda: set((cache / "kb-index").glob("*/*"))  # noqa: E731
     before = indexes()
     result = link(model, corpus, MEANTIME / "kb.jsonl", WORK / "out-after-run", device, env, 10_000)

@@ -8,7 +8,9 @@ settings such as `k` or the mentions file can change without rebuilding it. Each
 is built under a temporary name, sealed (a record of every file's size and checksum,
 `pipeline/core/checked_files.py`) and renamed into place, so a killed build is never taken as
 finished; a folder that no longer matches its record is a miss, rebuilt with one `[W402]`
-naming the file. A folder that matches is only read, so a read-only cache serves as it is.
+naming the file. A folder that matches is only read, so a read-only cache serves as it is; one
+it lacks is built in a private temporary folder, deleted when the process ends, with one `[W404]`
+saying that it is not cached (`pipeline.core.store.unwritable`).
 Folders of other keys are left alone (another run or link may be reading them).
 
 - `entities`: the KB file as `entities.parquet`; triage copies it into its own folder.
@@ -21,6 +23,7 @@ Folders of other keys are left alone (another run or link may be reading them).
 
 from __future__ import annotations
 
+import atexit
 import errno
 import hashlib
 import json
@@ -39,6 +42,7 @@ from pipeline.candidates.tantivy_index import TantivyNameIndex
 from pipeline.core import checked_files
 from pipeline.core.errors import CacheError, InputError, warn
 from pipeline.core.io import atomic_path, default_permissions, write_parquet_atomic
+from pipeline.core.store import private_folder, unwritable
 from pipeline.core.textnorm import acronym, add_keys, content_words
 from pipeline.formats.inputs import write_entities
 
@@ -113,10 +117,13 @@ def _cached(root: Path, key: str, build: Callable[[Path], None]) -> Path:
             return folder
         warn(logger, "W402", detail=problem, entry=folder)
         _remove(folder)
+    reason = unwritable(root)  # E406 for a full disk
+    if reason is not None:  # a read-only cache: built for this process alone
+        root = _private_root(root, reason)
+        folder = root / key
     try:
-        root.mkdir(parents=True, exist_ok=True)
         temp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=root))
-    except OSError as exc:  # a read-only or full cache
+    except OSError as exc:  # a full cache
         raise CacheError("E406", path=folder, detail=exc.strerror or str(exc)) from None
     try:
         build(temp)
@@ -134,6 +141,21 @@ def _cached(root: Path, key: str, build: Callable[[Path], None]) -> Path:
     # Folders of other keys stay: in a store that runs and links share, another setting or
     # xel version may be reading them at this moment (docs/caches.md says how to clear it).
     return folder
+
+
+# The private folder that stands in for each unwritable KB-index root in this process (`_private_root`).
+_PRIVATE_ROOTS: dict[Path, Path] = {}
+
+
+def _private_root(root: Path, reason: str) -> Path:
+    """The private temporary folder the indexes of the unwritable `root` are built in by this process,
+    deleted when it ends; made on first use, with one `[W404]` saying why (`reason`) they are not cached."""
+    if root not in _PRIVATE_ROOTS:
+        _PRIVATE_ROOTS[root] = private_folder("xel-kb-index-")
+        atexit.register(shutil.rmtree, _PRIVATE_ROOTS[root], True)
+        what = "the KB indexes it lacks are built for this process alone and not cached (a later run or link builds them again)"
+        warn(logger, "W404", path=root, reason=reason, what=what)
+    return _PRIVATE_ROOTS[root]
 
 
 def _remove(folder: Path) -> None:

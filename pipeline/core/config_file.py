@@ -1,7 +1,8 @@
 """Reading a run's config: one TOML file, `--set section.key=value` overrides on top.
 
-Values are converted and checked by pydantic against the frozen dataclasses of
-`pipeline.core.config` (lax: "3" is an int, "yes" a bool), then by their own `__post_init__`.
+Each value is checked against its field's type in the frozen dataclasses of `pipeline.core.config`
+as TOML wrote it (pydantic's strict mode: no `"yes"` or `1` for a boolean, no `2.5` or `"3"` for an
+integer; an integer is a number, a TOML array a list), then by the dataclass's own `__post_init__`.
 Paths in the file are relative to the file's own folder, and so is the default run folder,
 so a config works from any directory. Unknown sections or keys are errors, never ignored.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import tomllib
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from pipeline.core.config import (
     EncoderConfig,
@@ -29,7 +30,6 @@ from pipeline.core.config import (
     RunConfig,
     TrainConfig,
     TriageConfig,
-    config_adapter,
 )
 from pipeline.core.errors import ConfigError, TomlText, toml_spelling
 
@@ -61,28 +61,75 @@ def _resolve_paths(section_type: type, values: dict[str, Any], base: Path) -> di
     return resolved
 
 
-def _build_section(section_type: type, values: dict[str, Any], where: str) -> Any:
-    """Convert and check one section's values with pydantic (lax: "3" is an int, "yes" a bool).
+# How a TOML file writes a value of each setting type, for E203's "must be ..." (`expected_type`).
+_TYPE_WORDS = {
+    bool: ("true or false (a TOML boolean: no quotes, not yes/no or 1/0)", "booleans"),
+    int: ("a whole number (a TOML integer such as 3, without quotes)", "whole numbers"),
+    float: ("a number (such as 0.5 or 1, without quotes)", "numbers"),
+    str: ('a string (in quotes in a TOML file, e.g. "cpu")', "strings"),
+    Path: ('a path (a string in quotes, e.g. "data/kb.jsonl")', "paths"),
+}
 
-    A value pydantic cannot convert is E203; the dataclass's own `__post_init__` checks raise
-    E203 too (ConfigError passes through pydantic untouched).
-    """
+
+def expected_type(hint: Any) -> str:
+    """What a setting of type `hint` must be, in TOML's words: "true or false (...)", "a list of whole
+    numbers, e.g. [512, 256]", "a table of numbers, e.g. {en = -0.8}"."""
+    origin, arguments = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        example = '["en", "es"]' if arguments[0] is str else "[512, 256]"
+        return f"a list of {_TYPE_WORDS[arguments[0]][1]}, e.g. {example}"
+    if origin is dict:
+        return f"a table of {_TYPE_WORDS[arguments[1]][1]}, e.g. {{en = -0.8}}"
+    if arguments:  # Path | None: unset is leaving the key out
+        return expected_type(next(argument for argument in arguments if argument is not type(None)))
+    return _TYPE_WORDS[hint][0]
+
+
+def toml_kind(value: Any) -> str:
+    """The TOML type of a value as read ("a string", "an integer", "a boolean", "a list", ...)."""
+    kinds = ((bool, "a boolean"), (int, "an integer"), (float, "a float"), (str, "a string"))
+    kinds += (((list, tuple), "a list"), (dict, "a table"), (Path, "a path"))
+    return next((text for kind, text in kinds if isinstance(value, kind)), f"a {type(value).__name__}")
+
+
+@functools.cache
+def _field_adapter(hint: Any) -> TypeAdapter:
+    """pydantic's validator of one setting type (built once per type)."""
+    return TypeAdapter(hint)
+
+
+def _strict_value(hint: Any, key: str, value: Any, where: str) -> Any:
+    """`value` of setting `key` (of type `hint`) checked as TOML wrote it: pydantic's strict mode, so a
+    boolean is true or false and never "yes" or 1, an integer is never 2.5, "3" or true, a string never
+    a number; an integer is a number (for a float setting) and a TOML array a list (tuple settings).
+    E203 (at `where`, a section) saying which type is expected and which was given."""
+    checked = tuple(value) if typing.get_origin(hint) is tuple and isinstance(value, list) else value
     try:
-        return config_adapter(section_type).validate_python(values)
+        return _field_adapter(hint).validate_python(checked, strict=True)
     except ValidationError as exc:
         first = exc.errors()[0]
-        key = str(first["loc"][0]) if first["loc"] else where
-        raise ConfigError(
-            "E203", where=where, field=key, value=values.get(key, first["input"]), reason=first["msg"]
-        ) from None
+        reason = f"must be {expected_type(hint)}, not {toml_kind(value)}"
+        if first["loc"]:  # an item of a list or a table
+            part = first["loc"][0]
+            label = f"item {part + 1}" if isinstance(part, int) else f"{part!r}"
+            reason = f"must be {expected_type(hint)}; its {label} is {toml_kind(first['input'])}"
+        raise ConfigError("E203", where=where, field=key, value=value, reason=reason) from None
+
+
+def _build_section(section_type: type, values: dict[str, Any], where: str) -> Any:
+    """One section's dataclass from its `values`, each checked for its type as written (`_strict_value`:
+    E203) before the dataclass's own `__post_init__` checks its range (E203 too)."""
+    hints = typing.get_type_hints(section_type)
+    checked = {key: _strict_value(hints[key], key, value, where) for key, value in values.items()}
+    return section_type(**checked)
 
 
 def _override_value(section_type: type, key: str, text: str, where: str) -> Any:
     """A --set value for field `key`: strings and paths as given, or as a TOML string ("cpu"); a list as TOML (`[512, 256]`),
     TOML strings without the brackets (`"en"`, `"en","es"`) or comma-separated (`name,context`;
     an empty entry stays, for the section's checks to refuse; "" is the empty list); anything
-    else as a TOML value (3, 1e-4, true, {en = -0.8}) when it reads as one, else the plain
-    string for pydantic to convert or refuse."""
+    else as a TOML value (3, 1e-4, true, {en = -0.8}) when it reads as one, else the plain string
+    for the type check to refuse (`yes` is not a boolean); a list of numbers' items each as TOML (512,256)."""
     hint = typing.get_type_hints(section_type)[key]
     if hint is str or Path in (hint, *typing.get_args(hint)):
         if len(text) >= 2 and text[0] == text[-1] and text[0] in ('"', "'"):  # "threshold" as TOML writes it
@@ -99,7 +146,14 @@ def _override_value(section_type: type, key: str, text: str, where: str) -> Any:
                 raise ConfigError(
                     "E203", where=where, field=key, value=text, reason='a list is written ["en", "es"] (TOML) or en,es'
                 ) from None
-        return [item.strip() for item in text.split(",")] if text else []
+        items = [item.strip() for item in text.split(",")] if text else []
+        return items if typing.get_args(hint)[0] is str else [_toml_or_text(item) for item in items]
+    return _toml_or_text(text)
+
+
+def _toml_or_text(text: str) -> Any:
+    """`text` read as a TOML value (3, 1e-4, true, {en = -0.8}) when it is one, else the text itself (for
+    the type check to refuse where the setting is not a string: `yes` for a boolean)."""
     try:
         return tomllib.loads(f"value = {text}")["value"]
     except tomllib.TOMLDecodeError:

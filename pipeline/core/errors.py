@@ -141,6 +141,8 @@ class Warnings:
     # W402-W403: files checked before use (pipeline/core/checked_files.py).
     W402 = "{detail}: the cache entry {entry} is damaged, so it is rebuilt (a cache miss); nothing to do unless this repeats (then check the disk)"
     W403 = "{detail}: the saved chunk {path} is damaged, so it is made again"
+    # W404: a cache this process cannot write (pipeline/core/store.py `unwritable`): what it lacks is made apart.
+    W404 = "{path}: the cache cannot be written ({reason}), so {what}; to cache them, set XEL_CACHE to a folder you can write, or have the cache's owner fill it (the same command, run by them)"
     W501 = "no dev mention (of train_languages, if set) to pick the best epoch by; the model is the epoch of lowest training loss and best_dev_accuracy is null"
     W503 = "the ranker did not learn to rank: {cause}. Its dev linking accuracy {accuracy} is triage's order breaking the ties, not the model's, so train reports best_dev_accuracy as null; {fix}"
     W509 = (
@@ -151,6 +153,7 @@ class Warnings:
     W602 = "{lang}: no {split} mention with gold to tune its NIL threshold on; it uses {fallback} = {value}"
     W603 = "{lang}: NIL threshold {value} rests on {mentions} {split} mention(s) with {nils} NIL(s) (fewer than {min_mentions} mentions or {min_nils} NILs), so it may not hold on other data; add {split} mentions of that language or set evaluate.fixed_thresholds"
     W604 = "the {split} split has {nils} NIL mention(s) with gold (or as few right links), fewer than the {minimum} the NIL classifier needs, so it is not fitted; NIL is decided by {decider}"
+    W606 = 'the NIL method {method} was {how} {mentions} {split} mention(s) with {nils} NIL(s) (fewer than {min_mentions} mentions or {min_nils} NILs), so it may not hold on other data; add {split} mentions (of every language), or choose the method yourself: evaluate.nil_method = "threshold" with threshold_mode = "fixed" fits nothing on {split}'
     W605 = "{lang}: {split} micro-average is the same at every NIL threshold (no {split} decision depends on it); it uses {fallback} = {value}"
     W701 = "{count} mention(s) in language(s) {languages} that the model has no NIL threshold for; linked with the fallback NIL threshold {threshold} ({source}); set another with `xel-cli link --fallback-threshold`"
     W702 = "{ids} gold KB id(s) of {mentions} mention(s) in {path} are not in the KB {kb} (e.g. {example}); no link can be right for those mentions, so they count as errors in the score: score against the KB the gold was made for (--kb), or correct those ids"

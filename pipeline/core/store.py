@@ -15,6 +15,12 @@ run embeds no KB name and encodes no entity the run already did. Both parts live
   own parts. A part that no longer matches its record is a miss: deleted with one `[W402]`,
   and its rows are encoded again.
 
+A cache that cannot be written (a read-only shared cache, a folder of another user: `unwritable`)
+is read as it is. What it lacks is made for the process alone, in a private temporary folder that
+is deleted when it is done with (entity-vector parts, `EntityVectorStore.add`; KB indexes,
+`pipeline/candidates/kb_index.py`), with one `[W404]` saying why it is not cached: the results are
+those of a writable cache, and nothing is written there. A full disk stays `[E406]` (free space).
+
 A KB with a hundred added entities therefore encodes only those hundred (the others'
 content is cached), and a second corpus against the same KB encodes only entities no
 earlier corpus had among its candidates. Clear everything with `rm -rf ~/.cache/xel/kb-index
@@ -24,17 +30,21 @@ earlier corpus had among its candidates. Clear everything with `rm -rf ~/.cache/
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
+import shutil
+import tempfile
 import uuid
+import weakref
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from pipeline.core import checked_files
-from pipeline.core.errors import warn
+from pipeline.core.errors import CacheError, warn
 from pipeline.core.io import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -45,6 +55,33 @@ ENTITY_VECTORS = "entity-vectors"
 # 2: parts are read only with their record (`RECORD_SUFFIX`); older parts have none.
 STORE_VERSION = 2
 RECORD_SUFFIX = ".check.json"
+# What the system says of a folder this process may not write: a read-only mount, no permission.
+READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def unwritable(folder: Path) -> str | None:
+    """None when this process can write into `folder` (made if missing), else why not, in the system's
+    words ("Read-only file system", "Permission denied"): tried, as the permission bits do not tell a
+    read-only mount or root's rights. CacheError E406 for any other failure (a full disk: free space)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".xel-probe.", suffix=".tmp", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        if exc.errno in READ_ONLY_ERRNOS:
+            return exc.strerror or str(exc)
+        raise CacheError("E406", path=folder, detail=exc.strerror or str(exc)) from None
+    return None
+
+
+def private_folder(prefix: str) -> Path:
+    """A new folder of this process's own in the system's temporary folder ($TMPDIR), for what an
+    unwritable cache lacks; its caller deletes it (`weakref.finalize`, `atexit`)."""
+    try:
+        return Path(tempfile.mkdtemp(prefix=prefix))
+    except OSError as exc:
+        raise CacheError("E406", path=Path(tempfile.gettempdir()), detail=exc.strerror or str(exc)) from None
 
 
 def cache_root() -> Path:
@@ -84,12 +121,18 @@ def content_keys(entities: pl.DataFrame) -> list[str]:
 
 
 class EntityVectorStore:
-    """Entity (name, context) vectors by content key, in parts on disk; see the module doc."""
+    """Entity (name, context) vectors by content key, in parts on disk; see the module doc.
+
+    `folder` is the shared store; where it cannot be written, new parts go to a private temporary
+    folder (`private`, deleted with this object), read as the shared ones are, with one `[W404]`."""
 
     def __init__(self, folder: Path, float16: bool = False) -> None:
         self.folder = folder
         self.dtype = np.float16 if float16 else np.float32
+        self.private: Path | None = None
+        self._probed, self._unwritable = False, None  # whether `folder` was tried for writing; why it failed
         self._loaded: set[str] = set()
+        # part: the path of a part's files without their suffix (in the shared or the private folder).
         self._index = pl.DataFrame(schema={"key": pl.String, "part": pl.String, "row": pl.Int64})
 
     def refresh(self) -> None:
@@ -99,20 +142,46 @@ class EntityVectorStore:
         a damaged part is deleted with one `[W402]` naming the file, so its rows are a miss.
         """
         frames = [self._index]
-        for record in sorted(self.folder.glob(f"part-*{RECORD_SUFFIX}")) if self.folder.is_dir() else ():
-            part = record.name.removesuffix(RECORD_SUFFIX)
-            if part in self._loaded:
-                continue
-            problem = checked_files.damage(record)
-            if problem is not None:
-                warn(logger, "W402", detail=problem, entry=self.folder / f"{part}.*")
-                checked_files.forget(record)
-                self._loaded.add(part)  # not looked at again in this process, even where it could not be deleted
-                continue
-            keys = np.load(self.folder / f"{part}.keys.npy").astype(str)
-            frames.append(pl.DataFrame({"key": keys, "part": part, "row": np.arange(len(keys), dtype=np.int64)}))
-            self._loaded.add(part)
+        for folder in (self.folder, self.private):
+            for record in sorted(folder.glob(f"part-*{RECORD_SUFFIX}")) if folder and folder.is_dir() else ():
+                part = str(folder / record.name.removesuffix(RECORD_SUFFIX))
+                if part in self._loaded:
+                    continue
+                problem = checked_files.damage(record)
+                if problem is not None:
+                    warn(logger, "W402", detail=problem, entry=f"{part}.*")
+                    checked_files.forget(record)
+                    self._loaded.add(part)  # not looked at again in this process, even where it could not be deleted
+                    continue
+                keys = np.load(f"{part}.keys.npy").astype(str)
+                frames.append(pl.DataFrame({"key": keys, "part": part, "row": np.arange(len(keys), dtype=np.int64)}))
+                self._loaded.add(part)
         self._index = pl.concat(frames).unique(subset="key", keep="first", maintain_order=True)
+
+    def writable(self) -> str | None:
+        """None when the shared store can be written, else why not (`unwritable`; asked once)."""
+        if not self._probed:
+            self._unwritable, self._probed = unwritable(self.folder), True
+        return self._unwritable
+
+    def _part_folder(self) -> Path:
+        """Where `add` writes: the shared store, or (it being unwritable) the private folder, made on first
+        use with one `[W404]` saying why the vectors are not cached."""
+        reason = self.writable()
+        if reason is None:
+            return self.folder
+        if self.private is None:
+            self.private = private_folder("xel-entity-vectors-")
+            weakref.finalize(self, shutil.rmtree, self.private, True)
+            warn(
+                logger,
+                "W404",
+                path=self.folder,
+                reason=reason,
+                what="the entity vectors it lacks are encoded for this link alone and not cached (a later link "
+                "encodes them again); the results are the same",
+            )
+        return self.private
 
     def __len__(self) -> int:
         return self._index.height
@@ -134,28 +203,29 @@ class EntityVectorStore:
         hits = wanted.join(self._index, on="key")
         for (part,), group in hits.group_by("part"):
             positions, rows = group["position"].to_numpy(), group["row"].to_numpy()
-            names[positions] = np.load(self.folder / f"{part}.name.npy", mmap_mode="r")[rows]
-            contexts[positions] = np.load(self.folder / f"{part}.context.npy", mmap_mode="r")[rows]
+            names[positions] = np.load(f"{part}.name.npy", mmap_mode="r")[rows]
+            contexts[positions] = np.load(f"{part}.context.npy", mmap_mode="r")[rows]
             found[positions] = True
         return found, names, contexts
 
     def add(self, keys: list[str], names: np.ndarray, contexts: np.ndarray) -> None:
-        """Store new rows as one part; its record goes last, so a killed write is never read."""
+        """Store new rows as one part; its record goes last, so a killed write is never read. Into the shared
+        store, or where it cannot be written, into this object's private folder (`_part_folder`)."""
         finite = np.isfinite(names).all(axis=1) & np.isfinite(contexts).all(axis=1)  # (n,); NaN rows stay a miss
         keys, names, contexts = [key for key, ok in zip(keys, finite) if ok], names[finite], contexts[finite]
         if not keys:
             return
-        part = f"part-{uuid.uuid4().hex}"
+        folder, part = self._part_folder(), f"part-{uuid.uuid4().hex}"
         files = []
         try:
             for suffix, array in (("name", names), ("context", contexts), ("keys", np.asarray(keys, dtype="S32"))):
-                files.append(self.folder / f"{part}.{suffix}.npy")
+                files.append(folder / f"{part}.{suffix}.npy")
                 with atomic_path(files[-1]) as temp_path:
                     with open(temp_path, "wb") as handle:
                         np.save(handle, array.astype(self.dtype) if suffix != "keys" else array)
                         handle.flush()
                         os.fsync(handle.fileno())
-            checked_files.seal(self.folder / f"{part}{RECORD_SUFFIX}", files)
+            checked_files.seal(folder / f"{part}{RECORD_SUFFIX}", files)
         except Exception:  # a full disk, a read-only store: no part without its record is left behind
             for path in files:
                 with contextlib.suppress(OSError):

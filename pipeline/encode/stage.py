@@ -92,10 +92,15 @@ def share_entity_vectors(
     `xel-cli link` reads (`pipeline.core.store`), so a link after this run encodes none of them.
 
     Only rows the store lacks are added; a store that cannot be written (a read-only shared
-    cache) is left as it is, with a log line: the run's own vectors.h5 is complete without it.
+    cache) is left as it is, with one `[W404]`: the run's own vectors.h5 is complete without it.
     """
     store = entity_vector_store(encoder_identity, to_dict(config.encoder), float16=config.encoder.store_float16)
     keys = content_keys(entities)
+    reason = store.writable()
+    if reason is not None:
+        what = "this run's entity vectors are not added to it (its encode/vectors.h5 holds them; a link encodes them again)"
+        warn(logger, "W404", path=store.folder, reason=reason, what=what)
+        return
     try:
         new_rows = np.flatnonzero(~store.contains(keys))
         store.add([keys[row] for row in new_rows], name_vectors[new_rows], context_vectors[new_rows])

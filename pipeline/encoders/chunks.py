@@ -1,11 +1,15 @@
 """Resumable encoding: the plan's units in chunks, each finished chunk saved as a file.
 
 Chunks are cut from the plan alone (units sorted by length), so a rerun after a kill cuts
-the same chunks and resumes at the first one without a complete file.
+the same chunks and resumes at the first one without a complete file. A saved chunk is keyed
+by its content (`chunk_key`: the encoder, the settings that change its vectors, and each unit's
+index, sub-words and spans), so a rerun whose texts changed never takes vectors of other texts
+that happen to sit at the same unit indices: that chunk and the ones after it are encoded again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import zipfile
@@ -35,10 +39,30 @@ def chunk_units(table: UnitTable, chunk_texts: int) -> list[np.ndarray]:
     return [order[first : first + chunk_texts] for first in range(0, len(order), chunk_texts)]
 
 
+# Raise when what a saved chunk holds, or what its key hashes, changes: older chunks are then redone.
+CHUNK_VERSION = 2  # 2: keyed by content (`chunk_key`), was by unit indices and batch_tokens
+
+
+def chunk_key(encoder: LoadedEncoder, table: UnitTable, units: np.ndarray, name_layer: int, batch_tokens: int) -> str:
+    """Content hash of one chunk: the encoder's identity (weights and precision), `name_layer` and
+    `batch_tokens` (which change its vectors), and for each unit in `units` its index, its token ids and
+    its spans (output row, first and last sub-word), so equal keys mean equal vectors in the same rows."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(repr((CHUNK_VERSION, encoder.identity, int(name_layer), int(batch_tokens))).encode())
+    for unit in units:
+        tokens = np.asarray(table.units[unit], dtype=np.int64)
+        spans = np.asarray(table.spans[unit], dtype=np.int64).reshape(-1, 3)
+        digest.update(np.asarray([unit, len(tokens), len(spans)], dtype=np.int64).tobytes())
+        digest.update(tokens.tobytes())
+        digest.update(spans.tobytes())
+    return digest.hexdigest()
+
+
 def encode_chunk(
     encoder: LoadedEncoder, table: UnitTable, units: np.ndarray, name_layer: int, batch_tokens: int, progress=None
 ) -> dict[str, np.ndarray]:
-    """One chunk's vectors: `units` (n,) with `context` (n, H), and `span_rows` (m,) with `span` (m, H).
+    """One chunk's vectors: `units` (n,) with `context` (n, H), and `span_rows` (m,) with `span` (m, H),
+    and its `key` (`chunk_key`).
 
     `span_rows` are the plan's output rows of the chunk's spans, so chunks can be put
     together in any order.
@@ -57,7 +81,7 @@ def encode_chunk(
         "context": context,
         "span_rows": np.asarray(span_rows, dtype=np.int64),
         "span": span,
-        "batch_tokens": np.int64(batch_tokens),
+        "key": np.str_(chunk_key(encoder, table, units, name_layer, batch_tokens)),
     }
 
 
@@ -73,8 +97,8 @@ def save_chunk(path: Path, arrays: dict[str, np.ndarray]) -> None:
             os.fsync(handle.fileno())
 
 
-def finished_chunk(path: Path, units: np.ndarray, batch_tokens: int) -> bool:
-    """Whether `path` holds exactly this chunk, batched the same way (else it is redone).
+def finished_chunk(path: Path, key: str) -> bool:
+    """Whether `path` holds exactly the chunk of content key `key` (`chunk_key`), else it is redone.
 
     A chunk that cannot be read whole (a member's CRC-32 fails, a file cut short) or holds a NaN
     or infinite vector is damaged: redone, with one `[W403]` naming it.
@@ -87,7 +111,7 @@ def finished_chunk(path: Path, units: np.ndarray, batch_tokens: int) -> bool:
         return False
     try:
         with np.load(path) as saved:
-            return np.array_equal(saved["units"], units) and int(saved["batch_tokens"]) == batch_tokens
+            return str(saved["key"]) == key
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         return False
 
@@ -104,7 +128,9 @@ def encode_in_chunks(
     paths = [work_dir / f"chunk-{index:06d}.npz" for index in range(len(chunks))]
     work_dir.mkdir(parents=True, exist_ok=True)
     resumed = 0
-    while resumed < len(chunks) and finished_chunk(paths[resumed], chunks[resumed], settings.batch_tokens):
+    while resumed < len(chunks) and finished_chunk(
+        paths[resumed], chunk_key(encoder, table, chunks[resumed], settings.name_layer, settings.batch_tokens)
+    ):
         resumed += 1
     done_texts = int(sum(len(chunk) for chunk in chunks[:resumed]))
     if resumed:

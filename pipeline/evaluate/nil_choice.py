@@ -36,7 +36,8 @@ from pipeline.model.nil import best_thresholds, decide_nil, decided_by, sweep, t
 
 logger = logging.getLogger(__name__)
 
-# A threshold swept on fewer dev mentions or NILs than these is warned about (W603).
+# A threshold swept on fewer dev mentions or NILs than these is warned about (W603), and so is a NIL
+# method chosen by cross-validation or a classifier fitted on fewer over all languages (W606).
 MIN_TUNING_MENTIONS = 50
 MIN_TUNING_NILS = 10
 # The classifier is fitted only with at least this many dev NILs and right links (else W604).
@@ -255,7 +256,27 @@ def _choose(
         return artifact, sweep_table, None, variants
     validation = cross_validate(tuning, evaluate, seed)
     artifact["classifier"], artifact["method"] = _chosen(evaluate.nil_method, validation, variants)
+    notes += thin_choice(tuning, evaluate, artifact["method"])
     return artifact, sweep_table, validation, variants
+
+
+def thin_choice(tuning: pl.DataFrame, evaluate: EvaluateConfig, method: str) -> list:
+    """W606 as (code, fields) when what decides NIL was chosen or fitted on a tuning split (all languages, with
+    gold) of fewer than MIN_TUNING_MENTIONS mentions or MIN_TUNING_NILS NILs, W603's limits: a method `auto`
+    picked by cross-validation (on 8 dev mentions it once picked the reader), or the classifier fitted there.
+    Thresholds have W603 per language; nota and the reader, chosen by the user, fit nothing on dev."""
+    if evaluate.nil_method == "auto":
+        how = "chosen by a 5-fold cross-validation over" + (" and fitted on" if method == "classifier" else "")
+    elif method == "classifier":
+        how = "fitted on"
+    else:
+        return []
+    mentions = tuning.height
+    nils = int((nil_classifier.labels(tuning) == nil_classifier.NIL).sum())
+    if mentions >= MIN_TUNING_MENTIONS and nils >= MIN_TUNING_NILS:
+        return []
+    fields = {"method": method, "how": how, "mentions": mentions, "nils": nils, "split": evaluate.tune_split}
+    return [("W606", {**fields, "min_mentions": MIN_TUNING_MENTIONS, "min_nils": MIN_TUNING_NILS})]
 
 
 def _fitted_classifiers(tuning: pl.DataFrame, evaluate: EvaluateConfig, seed: int, notes: list) -> dict[str, dict]:

@@ -226,17 +226,18 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     stage_run.begin()
     outputs = _write(evaluation)
     evaluated, artifact = evaluation.evaluated, evaluation.artifact
-    counts = {
+    split = config.evaluate.eval_split
+    counts = {  # scored: every split's mentions; the evaluation split's, named by it (test_predicted_nil)
         "mentions_scored": int(len(evaluation.rows)),
         "candidates_scored": evaluation.score_table.height,
-        "evaluated": evaluated.height,
-        "predicted_nil": int(evaluated["is_nil"].sum()),
+        f"{split}_mentions": evaluated.height,
+        f"{split}_predicted_nil": int(evaluated["is_nil"].sum()),
     }
     return stage_run.finish(
         counts,
         outputs,
         summary={"metrics": evaluation.metrics, "micro_average_key": MICRO_AVERAGE},
-        extra={"thresholds": evaluation.metrics["thresholds"], "nil_method": artifact["method"]},
+        extra={"thresholds": evaluation.metrics["thresholds"], "nil_method": artifact["method"], "eval_split": split},
     )
 
 

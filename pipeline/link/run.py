@@ -452,7 +452,7 @@ def _link_one_chunk(out_dir: Path, index: int, linker, mentions: pl.DataFrame) -
     """Link chunk `index` (`mentions`), save it and seal its record (last); (its stats, the `ChunkResult`).
 
     Its encoder sub-chunks (work/encode-NNNNNN) resume a killed chunk and are deleted once it is saved.
-    When it fails (a full disk, a read-only store), they go too, with any part of the chunk not sealed:
+    When it fails (a full disk), they go too, with any part of the chunk not sealed:
     the rerun starts the chunk afresh, as what made it fail may change what it encodes.
     """
     encoding = out_dir / WORK / f"encode-{index:06d}"

@@ -110,6 +110,24 @@ def test_run_writes_every_stage_output(base_run: dict) -> None:
     assert pl.read_parquet(run_dir / "triage" / "entities.parquet").height == len(TINY_KB)
 
 
+def test_evaluate_s_counts_name_the_split_they_count(base_run: dict) -> None:
+    """evaluate's done line and manifest name the evaluation split in the counts of it (issue 21: a bare
+    `predicted_nil` counted test mentions only, beside `mentions_scored` of every split, unsaid)."""
+    from pipeline.formats.tac import read_tab
+
+    run_dir = base_run["run_dir"]
+    counts = read_manifest(run_dir / "evaluate")["counts"]
+    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text(encoding="utf-8"))
+    system = read_tab(run_dir / "evaluate" / "system.tab")
+    assert set(counts) == {"mentions_scored", "candidates_scored", "test_mentions", "test_predicted_nil"}
+    assert counts["test_mentions"] == metrics["counts"]["overall"]["gold_mentions"] == system.height
+    assert counts["test_predicted_nil"] == system["kb_id"].str.starts_with("NIL").sum()
+    assert counts["mentions_scored"] == pl.read_parquet(run_dir / "triage" / "mentions.parquet").height
+    assert counts["mentions_scored"] > counts["test_mentions"]
+    line = next(line for line in base_run["output"].splitlines() if line.startswith("evaluate: done in"))
+    assert f"test_mentions={counts['test_mentions']}, test_predicted_nil={counts['test_predicted_nil']})" in line
+
+
 def test_vectors_are_keyed_by_id_and_self_describing(base_run: dict) -> None:
     run_dir = base_run["run_dir"]
     mention_ids = pl.read_parquet(run_dir / "triage" / "mentions.parquet")["mention_id"].to_list()
@@ -740,6 +758,11 @@ def test_help_lists_commands_in_pipeline_order() -> None:
         "search",
         "experiment",
     ]
+    # The description's first line names every stage in the order `run` runs them (it lacked rerank).
+    from pipeline.stages import STAGES
+
+    description = " ".join(help_text.split("\n\n")[1].split())
+    assert description.startswith("Cross-language entity linking: " + " -> ".join(STAGES) + " ("), help_text
 
 
 @pytest.mark.parametrize(

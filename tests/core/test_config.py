@@ -170,7 +170,7 @@ def test_a_stage_s_refusal_of_a_setting_names_the_file_and_line_that_set_it(tmp_
 
     path = write_config(tmp_path, "\n[rerank]\n# the reader\nenabled = false\n")
     assert refused(load_config(path)).startswith(f"[E203] {path.resolve()}:9 [rerank]: enabled = false is invalid")
-    assert refused(load_config(path, ("rerank.enabled=no",))).startswith("[E203] --set [rerank]: enabled = false is")
+    assert refused(load_config(path, ("rerank.enabled=false",))).startswith("[E203] --set [rerank]: enabled = false is")
     unset = write_config(tmp_path)
     assert refused(load_config(unset)).startswith(
         f"[E203] {unset.resolve()} [rerank]: enabled = false (the default) is invalid"
@@ -179,6 +179,95 @@ def test_a_stage_s_refusal_of_a_setting_names_the_file_and_line_that_set_it(tmp_
     assert refused(load_config(dotted)).startswith(f"[E203] {dotted.resolve()}:2 [rerank]: enabled = false is invalid")
     with pytest.raises(ConfigError, match=r"^\[E203\] --device: device = \"x\" is"), settings_located(path):
         raise ConfigError("E203", where="--device", field="device", value="x", reason="no")  # not a setting's: as is
+
+
+BOOLEAN = "must be true or false (a TOML boolean: no quotes, not yes/no or 1/0)"
+WHOLE = "must be a whole number (a TOML integer such as 3, without quotes)"
+NUMBER = "must be a number (such as 0.5 or 1, without quotes)"
+TEXT = 'must be a string (in quotes in a TOML file, e.g. "cpu")'
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "toml", "reason"),
+    [
+        ("rerank", "shuffle_slots", '"yes"', f"{BOOLEAN}, not a string"),
+        ("rerank", "shuffle_slots", "1", f"{BOOLEAN}, not an integer"),
+        ("inputs", "named_only", '"true"', f"{BOOLEAN}, not a string"),
+        ("triage", "use_fuzzy", "0", f"{BOOLEAN}, not an integer"),
+        ("evaluate", "popularity_rerank", "1.0", f"{BOOLEAN}, not a float"),
+        ("train", "epochs", '"3"', f"{WHOLE}, not a string"),
+        ("train", "epochs", "3.0", f"{WHOLE}, not a float"),
+        ("triage", "k", "true", f"{WHOLE}, not a boolean"),
+        ("train", "dropout", '"0.5"', f"{NUMBER}, not a string"),
+        ("train", "learning_rate", "true", f"{NUMBER}, not a boolean"),
+        ("encoder", "name", "3", f"{TEXT}, not an integer"),
+        ("triage", "dense_prefix", "false", f"{TEXT}, not a boolean"),
+        ("inputs", "docs", "3", 'must be a path (a string in quotes, e.g. "data/kb.jsonl"), not an integer'),
+        (
+            "train",
+            "final_hidden",
+            "[512, 2.5]",
+            "must be a list of whole numbers, e.g. [512, 256]; its item 2 is a float",
+        ),
+        (
+            "train",
+            "final_hidden",
+            '["512"]',
+            "must be a list of whole numbers, e.g. [512, 256]; its item 1 is a string",
+        ),
+        ("train", "features", '"name"', 'must be a list of strings, e.g. ["en", "es"], not a string'),
+        (
+            "evaluate",
+            "languages",
+            '["en", 1]',
+            'must be a list of strings, e.g. ["en", "es"]; its item 2 is an integer',
+        ),
+        (
+            "evaluate",
+            "fixed_thresholds",
+            '{en = "-0.8"}',
+            "must be a table of numbers, e.g. {en = -0.8}; its 'en' is a",
+        ),
+    ],
+)
+def test_every_setting_is_strictly_typed_in_the_file_and_on_the_command_line(
+    tmp_path: Path, section: str, key: str, toml: str, reason: str
+) -> None:
+    """A value of the wrong type is E203 naming where it was set, the key, the value and the type expected
+    (issue 21: `rerank.shuffle_slots = "yes"` and `1` were read as true, `epochs = 3.0` as 3, `"0.5"` as
+    0.5): in the file with its line, and with --set, whose text is read as TOML (`yes` stays a string)."""
+    text, line = (f"{key} = {toml}\n", 6) if section == "inputs" else (f"\n[{section}]\n{key} = {toml}\n", 8)
+    path = write_config(tmp_path, text)
+    with pytest.raises(ConfigError, match="E203") as caught:
+        load_config(path)
+    message = caught.value.format_message()
+    assert message.startswith(f"[E203] {path.resolve()}:{line} [{section}]: {key} = "), message
+    assert f"is invalid: {reason}" in message, message
+    if key in ("name", "dense_prefix", "docs", "features"):
+        return  # --set gives a text or path setting its text as it is, and `"name"` is the list ["name"]
+    set_value = "yes" if toml == '"yes"' else toml
+    with pytest.raises(ConfigError, match="E203") as caught:
+        load_config(write_config(tmp_path), (f"{section}.{key}={set_value}",))
+    message = caught.value.format_message()
+    assert message.startswith(f"[E203] --set [{section}]: {key} = "), message
+    assert f"is invalid: {reason}" in message, message
+
+
+def test_typed_values_as_toml_writes_them_are_accepted(tmp_path: Path) -> None:
+    """What is the right type loads: TOML booleans (also `--set key=true`, text that reads as TOML), an
+    integer for a number setting, lists for list settings (`--set` also comma-separated, numbers read)."""
+    text = "\n[rerank]\nshuffle_slots = false\n[train]\ndropout = 0\nfinal_hidden = [64, 32]\n"
+    config = load_config(write_config(tmp_path, text))
+    assert config.rerank.shuffle_slots is False and config.train.dropout == 0.0
+    assert isinstance(config.train.dropout, float) and config.train.final_hidden == (64, 32)
+    config = load_config(
+        write_config(tmp_path),
+        ("rerank.shuffle_slots=false", "inputs.named_only=true", "train.margin=2", "train.final_hidden=64,32"),
+    )
+    assert (config.rerank.shuffle_slots, config.inputs.named_only) == (False, True)
+    assert config.train.margin == 2.0 and isinstance(config.train.margin, float)
+    assert config.train.final_hidden == (64, 32)
+    assert load_config(write_config(tmp_path), ("triage.dense_prefix=3",)).triage.dense_prefix == "3"
 
 
 def test_inputs_need_a_kb(tmp_path: Path) -> None:

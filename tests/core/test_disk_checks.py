@@ -255,8 +255,9 @@ def test_a_read_only_cache_holding_everything_a_link_needs_is_used_as_is(
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*")} == before
 
 
-def _link_over_read_only(demo_run: dict, cache: Path, out: Path) -> subprocess.CompletedProcess:
-    """`xel-cli link` in a mount namespace where `cache` (XEL_CACHE) is mounted read-only."""
+def _link_over_read_only(demo_run: dict, cache: Path, out: Path, temp: Path) -> subprocess.CompletedProcess:
+    """`xel-cli link` in a mount namespace where `cache` (XEL_CACHE) is mounted read-only, with `temp` as
+    its temporary folder (TMPDIR)."""
     command = (
         f"mount --bind {cache} {cache} && mount -o remount,bind,ro {cache} && "
         f"{sys.executable} {ROOT / 'cli.py'} link --model {demo_run['model']} --mentions {demo_run['test']} "
@@ -267,7 +268,7 @@ def _link_over_read_only(demo_run: dict, cache: Path, out: Path) -> subprocess.C
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TMPDIR": str(temp)},
     )
 
 
@@ -276,23 +277,71 @@ def _link_over_read_only(demo_run: dict, cache: Path, out: Path) -> subprocess.C
     reason="needs `unshare -rm` (user and mount namespaces) to mount the cache read-only; chmod does not stop root",
 )
 @pytest.mark.parametrize("lacks", ["entity-vectors", "kb-index"])
-def test_a_link_a_read_only_cache_cannot_serve_leaves_nothing_half_done_in_out(
+def test_a_read_only_cache_that_lacks_what_a_link_needs_links_the_same_and_says_once_why_not_cached(
     demo_run: dict, tmp_path: Path, cache: Path, lacks: str
 ) -> None:
-    """A read-only cache that lacks what a link needs (the candidates' vectors, or the KB's index) is one E406
-    naming the cache file, and --out is left as it was: before, a work/ folder (the key, the encoder's
-    sub-chunks of the failed chunk) stayed in it, though the rerun could use none of it."""
+    """A read-only cache that lacks what a link needs (the candidates' vectors, or the KB's indexes) is read as
+    it is, and what it lacks is made for this link alone, in a private temporary folder deleted at the end,
+    with one `[W404]` saying why it is not cached: the links are those of a writable cache, and nothing is
+    written into the cache. Before, the link refused with E406, though the user could not write there."""
     succeeded(link(demo_run, tmp_path / "first"))
     shutil.rmtree(cache / lacks)
     cache.joinpath(lacks).mkdir()
-    (tmp_path / "out").mkdir()  # the user's folder: it stays, as empty as it was
-    result = _link_over_read_only(demo_run, cache, tmp_path / "out")
-    assert result.returncode == 2, result.stderr
-    assert "[E406]" in result.stderr and f"{cache / lacks}/" in result.stderr and "Traceback" not in result.stderr
-    assert sorted(p.relative_to(tmp_path / "out") for p in (tmp_path / "out").rglob("*")) == []
-    assert sorted(p.name for p in (cache / lacks).rglob("*")) == []  # nor anything half-written in the store
-    succeeded(link(demo_run, tmp_path / "out"))  # with the cache writable again
-    assert links(tmp_path / "out").equals(links(tmp_path / "first"))
+    before = {p: p.stat().st_mtime_ns for p in cache.rglob("*")}
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    result = _link_over_read_only(demo_run, cache, tmp_path / "out", temp)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "[W" in line]
+    assert len(warnings) == 1 and "[W404]" in warnings[0], result.stderr
+    assert f"{cache / lacks}/" in warnings[0] and "the cache cannot be written (Read-only file system)" in warnings[0]
+    assert "Traceback" not in result.stderr
+    written = [
+        pl.read_parquet(out / "links.parquet").sort("mention_id") for out in (tmp_path / "first", tmp_path / "out")
+    ]
+    assert written[1].equals(written[0])  # every column, scores included: the same vectors and indexes
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*")} == before
+    assert list(temp.iterdir()) == []  # the private folder went with the link
+
+
+def test_a_cache_this_process_cannot_write_keeps_the_vectors_it_lacks_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The entity-vector store of a cache that refuses writes (a read-only mount, a folder of another user:
+    here its probe is refused) puts new parts in a private folder, read back as shared ones are, says so
+    once (W404), and deletes that folder with the store; the shared folder is not written."""
+    import gc
+    import logging
+    import tempfile
+
+    from pipeline.core import store as store_module
+
+    shared = tmp_path / "cache" / "entity-vectors" / "key"
+    shared.mkdir(parents=True)
+    mkstemp = tempfile.mkstemp
+
+    def refused_in_shared(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == shared:
+            raise PermissionError(errno.EACCES, "Permission denied", str(dir))
+        return mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(store_module.tempfile, "mkstemp", refused_in_shared)
+    store = store_module.EntityVectorStore(shared)
+    vectors = np.arange(12, dtype=np.float32).reshape(3, 4)
+    with caplog.at_level(logging.WARNING):
+        store.add(["a", "b"], vectors[:2], vectors[:2] + 1)
+        store.add(["c"], vectors[2:], vectors[2:] + 1)
+    assert (
+        caplog.text.count("[W404]") == 1 and f"{shared}: the cache cannot be written (Permission denied)" in caplog.text
+    )
+    found, names, contexts = store.lookup(["c", "x", "a"], 4)
+    assert found.tolist() == [True, False, True]
+    assert np.array_equal(names[[0, 2]], vectors[[2, 0]]) and np.array_equal(contexts[2], vectors[0] + 1)
+    assert list(shared.iterdir()) == [] and store.private is not None and len(list(store.private.iterdir())) == 8
+    private = store.private
+    del store
+    gc.collect()
+    assert not private.exists()
 
 
 def test_a_link_failing_mid_way_keeps_only_its_finished_chunks(

@@ -240,3 +240,43 @@ def test_shard_parsing_and_slices() -> None:
     assert sum(parts, []) == frame["id"].to_list()
     assert [len(p) for p in parts] == [3, 3, 4]
     assert shard_slice(frame.head(1), (0, 2)).height == 0
+
+
+def _read_only_mounts_work() -> bool:
+    probe = shutil.which("unshare") and subprocess.run(
+        ["unshare", "-rm", "sh", "-c", "mount --bind /tmp /tmp"], capture_output=True
+    )
+    return bool(probe) and probe.returncode == 0
+
+
+@pytest.mark.skipif(
+    not _read_only_mounts_work(),
+    reason="needs `unshare -rm` (user and mount namespaces) to mount the cache read-only; chmod does not stop root",
+)
+def test_encode_with_a_read_only_cache_finishes_and_says_once_its_vectors_are_not_cached(
+    tiny_encoder_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """encode adds its entity vectors to the shared store for later links; a read-only store is left as it
+    is with one `[W404]`, and the run's vectors.h5 is whole (before, the store's refused write was E406)."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("XEL_CACHE", str(cache))
+    config = write_run_config(tmp_path, tiny_encoder_dir)
+    succeeded(invoke("triage", "--config", config))  # fills the cache's KB index
+    before = {p: p.stat().st_mtime_ns for p in cache.rglob("*")}
+    command = (
+        f"mount --bind {cache} {cache} && mount -o remount,bind,ro {cache} && "
+        f"{sys.executable} {ROOT / 'cli.py'} encode --config {config}"
+    )
+    result = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**ONE_THREAD, "PYTHONPATH": str(ROOT), "XEL_CACHE": str(cache)},
+    )
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "[W" in line]
+    assert len(warnings) == 1 and f"[W404] {cache / 'entity-vectors'}/" in warnings[0], result.stderr
+    assert "this run's entity vectors are not added to it" in warnings[0]
+    assert read_manifest(tmp_path / "run" / "encode")["counts"]["entities"] > 0
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*")} == before

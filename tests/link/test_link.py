@@ -359,6 +359,12 @@ def test_a_damaged_or_foreign_model_folder_is_one_line_error(
         (lambda meta: meta["kb"].pop("path"), "kb.path: Field required"),
         (lambda meta: meta["trained_on"].update(best_dev_accuracy="0.9"), "trained_on.best_dev_accuracy"),
         (lambda meta: meta.update(popularity_rerank="no"), "popularity_rerank: Input should be a valid boolean"),
+        (
+            lambda meta: meta["encoder"]["settings"].update(store_float16=1),
+            "encoder.settings.store_float16: Input should be a valid boolean (got 1)",
+        ),
+        (lambda meta: meta["triage"].update(use_fuzzy="yes"), "triage.use_fuzzy: Input should be a valid boolean"),
+        (lambda meta: meta["triage"].update(k=10.0), "triage.k: Input should be a valid integer (got 10.0)"),
     ],
     ids=[
         "threshold-string",
@@ -375,6 +381,9 @@ def test_a_damaged_or_foreign_model_folder_is_one_line_error(
         "kb-path",
         "trained-on",
         "popularity",
+        "encoder-bool",
+        "triage-bool",
+        "triage-int",
     ],
 )
 def test_every_model_json_value_is_checked_on_load_naming_its_key(

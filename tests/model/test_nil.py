@@ -247,11 +247,13 @@ def test_warnings_agree_with_the_nil_method_in_force(caplog: pytest.LogCaptureFi
         artifact, _, _, _ = nil_choice.choose(tuning, EvaluateConfig(nil_method="auto"), ["en"], 0)
     assert artifact["method"] == "reader"
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert warnings == [
+    assert warnings[0] == (
         "[W604] the dev split has 5 NIL mention(s) with gold (or as few right links), fewer than the 10 the NIL "
         "classifier needs, so it is not fitted; NIL is decided by the reader (NIL where its NIL option is more "
         "probable than its best candidate)"
-    ]
+    )
+    # W606 names the method in force too; nothing else is warned of.
+    assert len(warnings) == 2 and warnings[1].startswith("[W606] the NIL method reader was chosen by"), warnings
     assert "1 warning(s) about the per-language thresholds (W603) left out: they decide no NIL, the reader (" in (
         caplog.text
     )
@@ -287,6 +289,40 @@ def test_the_reader_leaves_the_mentions_it_did_not_read_undecided() -> None:
     # Nor is the reader offered on mentions it did not read (a tuning split of training mentions).
     assert nil_choice.has_reader_scores(table.filter(pl.col("mention_id") != "not-read"))
     assert not nil_choice.has_reader_scores(table)
+
+
+def test_a_nil_method_chosen_or_fitted_on_a_small_dev_split_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    """W606 whenever what decides NIL was chosen by cross-validation or fitted on fewer dev mentions or NILs
+    than W603's limits (50, 10) over all languages; before, auto picked a method (the reader, once) on 8 dev
+    mentions with no word, and W603 spoke of thresholds only."""
+    # 8 dev mentions with a NIL option: auto chooses between thresholds and nota on them (W604: no classifier).
+    eight = separable(8, 0).with_columns(
+        pl.Series("nil_score", [0.5 if i % 3 == 0 else -0.5 for i in range(8)], dtype=pl.Float64)
+    )
+    with caplog.at_level(logging.WARNING):
+        artifact, _, validation, _ = nil_choice.choose(eight, EvaluateConfig(nil_method="auto"), ["en"], 0)
+    assert validation is not None and artifact["method"] == "nota"
+    assert (
+        "[W606] the NIL method nota was chosen by a 5-fold cross-validation over 8 dev mention(s) with 3 NIL(s) "
+        "(fewer than 50 mentions or 10 NILs), so it may not hold on other data; add dev mentions"
+    ) in caplog.text
+    assert 'evaluate.nil_method = "threshold" with threshold_mode = "fixed"' in caplog.text
+    # 45 mentions, 15 NILs: enough NILs for the classifier (in every fold too), too few mentions to trust it.
+    for method, how in (
+        ("auto", "chosen by a 5-fold cross-validation over and fitted on"),
+        ("classifier", "fitted on"),
+    ):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            artifact, *_ = nil_choice.choose(separable(45, 0), EvaluateConfig(nil_method=method), ["en"], 0)
+        assert artifact["method"] == "classifier"
+        assert f"[W606] the NIL method classifier was {how} 45 dev mention(s) with 15 NIL(s)" in caplog.text
+    # Enough dev (90 mentions, 30 NILs), or a method that fits nothing on dev: no W606.
+    for tuning, method in ((separable(90, 0), "auto"), (eight, "nota"), (separable(45, 0), "threshold")):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            nil_choice.choose(tuning, EvaluateConfig(nil_method=method), ["en"], 0)
+        assert "W606" not in caplog.text, (method, caplog.text)
 
 
 def test_threshold_method_keeps_thresholds_and_still_fits_the_classifier_for_the_report() -> None:
