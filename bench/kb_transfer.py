@@ -18,7 +18,8 @@ Needs ../shared/data/meantime for the MEANTIME studies. Every figure is KBP2010 
 The alias baseline is each mention's top triage candidate (priors of the in-KB model's
 training mentions, KB names, fuzzy and dense names), NIL when it has none. Variants: `own`
 trains as the config says; `any` adds triage.use_priors = false (a model for any KB);
-`any-product` also train.pair_input = "product" (no ranker weight scores an entity alone).
+`any-product` and `any-similarity` also train.pair_input = "product" or "similarity" (no ranker
+weight scores an entity alone).
 Runs and links go to --work (default artifacts/bench-kb-transfer); a finished run is reused.
 """
 
@@ -43,6 +44,7 @@ VARIANTS = {
     "own": (),
     "any": ("triage.use_priors=false",),
     "any-product": ("triage.use_priors=false", "train.pair_input=product"),
+    "any-similarity": ("triage.use_priors=false", "train.pair_input=similarity"),
 }
 MENTION_FIELDS = (
     "id",
@@ -252,7 +254,8 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         default="own,any",
-        help="own (the config's model), any (triage.use_priors = false), any-product (and train.pair_input = product)",
+        help="own (the config's model), any (triage.use_priors = false), any-product / any-similarity "
+        "(and train.pair_input = product / similarity)",
     )
     parser.add_argument("--epochs", type=int, default=None, help="train.epochs of every run (default: each config's)")
     parser.add_argument("--encoder", default=None, help="encoder.name of every run (default: each config's)")

@@ -274,9 +274,9 @@ class TrainConfig:
     # evaluate's nil_method "nota" says NIL when that score beats the best candidate's.
     nil_candidate: bool = False
     # How the name and context pair MLPs see a (mention, entity) pair: "concat" is the paper's
-    # [mention; entity]; "product" is [mention; mention * entity], where no weight scores an entity
-    # alone, so the ranker cannot learn to prefer the entities it was trained on: for a model meant
-    # for KBs it was not trained on (docs/any-kb.md).
+    # [mention; entity]; "product" is [mention; mention * entity] and "similarity" [mention; their
+    # cosine]: there no weight scores an entity alone, so the ranker cannot learn to prefer the
+    # entities it was trained on. For a model meant for KBs it was not trained on (docs/any-kb.md).
     pair_input: str = "concat"
 
     @property
@@ -305,7 +305,11 @@ class TrainConfig:
             "use true or false; the nearest-neighbour baseline has no NIL score (set baseline = none)",
         )
         check_setting(
-            where, "pair_input", self.pair_input, self.pair_input in ("concat", "product"), "use concat or product"
+            where,
+            "pair_input",
+            self.pair_input,
+            self.pair_input in ("concat", "product", "similarity"),
+            "use concat, product or similarity",
         )
         if self.name_pairs is not None:
             self._check_name_pairs(where)

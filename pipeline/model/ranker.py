@@ -45,7 +45,8 @@ class RankerShape:
     # The learned NIL option (`Ranker.nil_scores`); False in checkpoints made before it existed.
     nil_candidate: bool = False
     # How the name and context pair MLPs see a pair (`PairMLP`): "concat" (the paper's [mention; entity])
-    # or "product" ([mention; mention * entity]); "concat" in checkpoints made before it existed.
+    # "product" ([mention; mention * entity]) or "similarity" ([mention; cosine]); "concat" in checkpoints made
+    # before it existed.
     pair_input: str = "concat"
 
     def sizes(self, feature: str) -> tuple[int, int, tuple[int, ...]]:
@@ -64,25 +65,31 @@ def mlp(in_size: int, hidden: tuple[int, ...], dropout: float) -> tuple[nn.Seque
     return nn.Sequential(*layers), in_size
 
 
-class PairMLP(nn.Module):
-    """MLP over [mention; entity] (`product`: [mention; mention * entity]) whose first layer is split by side
-    (see module doc).
+PAIR_INPUTS = ("concat", "product", "similarity")
 
-    With `product` the entity enters only through its elementwise product with the mention, so
-    no weight scores an entity on its own: a ranker trained on some entities cannot learn to
-    prefer them over ones it never saw (on MEANTIME's entity-disjoint split, 62 of the 73 wrong
-    links of unseen entities went to a seen one with "concat"; docs/any-kb.md).
+
+class PairMLP(nn.Module):
+    """MLP over a (mention, entity) pair whose first layer is split by side (see module doc).
+
+    `form` says what the first layer reads besides the mention: "concat", the entity (the
+    paper's [mention; entity]); "product", mention * entity; "similarity", their cosine alone.
+    With the last two no weight scores an entity on its own, so a ranker trained on some
+    entities cannot learn to prefer them over ones it never saw (on MEANTIME's entity-disjoint
+    split, 62 of the 73 wrong links of unseen entities went to a seen one with "concat";
+    docs/any-kb.md). "similarity" keeps the least of the entity: one number per pair.
     """
 
     def __init__(
-        self, mention_size: int, entity_size: int, hidden: tuple[int, ...], dropout: float, product: bool = False
+        self, mention_size: int, entity_size: int, hidden: tuple[int, ...], dropout: float, form: str = "concat"
     ) -> None:
         super().__init__()
-        if product and mention_size != entity_size:
-            raise ValueError(f"a product pair needs equal widths, got {mention_size} and {entity_size}")
-        self.product = product
+        if form not in PAIR_INPUTS:
+            raise ValueError(f"unknown pair form {form!r}; use one of {PAIR_INPUTS}")
+        if form != "concat" and mention_size != entity_size:
+            raise ValueError(f"a {form} pair needs equal widths, got {mention_size} and {entity_size}")
+        self.form = form
         self.mention_in = nn.Linear(mention_size, hidden[0])
-        self.entity_in = nn.Linear(entity_size, hidden[0], bias=False)
+        self.entity_in = nn.Linear(1 if form == "similarity" else entity_size, hidden[0], bias=False)
         self.first = nn.Sequential(nn.ReLU(), nn.Dropout(dropout))
         self.rest, self.out_size = mlp(hidden[0], hidden[1:], dropout)
         self.out_size = hidden[-1]
@@ -90,10 +97,13 @@ class PairMLP(nn.Module):
     def forward(self, mentions: torch.Tensor, entities: torch.Tensor, entity_index: torch.Tensor) -> torch.Tensor:
         """mentions (B, dm), entities (U, de), entity_index (B, n) into U -> (B, n, out)."""
         mention_part = self.mention_in(mentions).unsqueeze(1)  # (B, 1, h)
-        if self.product:
+        if self.form == "concat":
+            entity_part = self.entity_in(entities)[entity_index]  # (B, n, h)
+        elif self.form == "product":
             entity_part = self.entity_in(mentions.unsqueeze(1) * entities[entity_index])  # (B, n, h)
         else:
-            entity_part = self.entity_in(entities)[entity_index]  # (B, n, h)
+            cosine = nn.functional.cosine_similarity(mentions.unsqueeze(1), entities[entity_index], dim=-1)  # (B, n)
+            entity_part = self.entity_in(cosine.unsqueeze(-1))  # (B, n, h)
         return self.rest(self.first(mention_part + entity_part))
 
 
@@ -109,8 +119,8 @@ class Ranker(nn.Module):
                 width += out_size
                 continue
             mention_size, entity_size, hidden = shape.sizes(feature)
-            product = shape.pair_input == "product" and feature != "type"  # types: two vocabularies, no product
-            self.pair_mlps[f"{feature}_pair"] = PairMLP(mention_size, entity_size, hidden, shape.dropout, product)
+            form = "concat" if feature == "type" else shape.pair_input  # types: two vocabularies, nothing to compare
+            self.pair_mlps[f"{feature}_pair"] = PairMLP(mention_size, entity_size, hidden, shape.dropout, form)
             width += hidden[-1]
         self.final, final_size = mlp(width, shape.final_hidden, shape.dropout)
         self.score = nn.Linear(final_size, 1)

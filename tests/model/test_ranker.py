@@ -144,7 +144,7 @@ def test_split_first_layer_equals_a_linear_on_the_concatenation() -> None:
 
 
 def test_the_product_pair_reads_mention_times_entity_and_scores_no_entity_alone() -> None:
-    pair = PairMLP(mention_size=4, entity_size=4, hidden=(3,), dropout=0.0, product=True).eval()
+    pair = PairMLP(mention_size=4, entity_size=4, hidden=(3,), dropout=0.0, form="product").eval()
     mentions = torch.tensor([[1.0, 0.0, 2.0, 0.0]])
     entities = torch.tensor([[0.0, 5.0, 0.0, 7.0], [1.0, 1.0, 1.0, 1.0]])  # entity 0 shares no dimension
     with torch.no_grad():
@@ -154,14 +154,26 @@ def test_the_product_pair_reads_mention_times_entity_and_scores_no_entity_alone(
     assert torch.allclose(out[0, 0], alone[0])  # mention * entity is 0: entity 0's own vector adds nothing
     assert torch.allclose(out[0, 1], with_product[0])
     with pytest.raises(ValueError, match="equal widths"):
-        PairMLP(mention_size=4, entity_size=5, hidden=(3,), dropout=0.0, product=True)
+        PairMLP(mention_size=4, entity_size=5, hidden=(3,), dropout=0.0, form="similarity")
 
 
 def test_a_product_ranker_keeps_the_type_pair_as_concat() -> None:
     shape = RankerShape(("name", "context", "type"), 8, 3, 4, (6,), (6,), (2,), (4,), 0.0, pair_input="product")
     ranker = Ranker(shape)
-    assert ranker.pair_mlps["name_pair"].product and ranker.pair_mlps["context_pair"].product
-    assert not ranker.pair_mlps["type_pair"].product
+    assert ranker.pair_mlps["name_pair"].form == ranker.pair_mlps["context_pair"].form == "product"
+    assert ranker.pair_mlps["type_pair"].form == "concat"
+
+
+def test_the_similarity_pair_reads_only_the_cosine_of_mention_and_entity() -> None:
+    pair = PairMLP(mention_size=3, entity_size=3, hidden=(2,), dropout=0.0, form="similarity").eval()
+    mentions = torch.tensor([[1.0, 0.0, 0.0]])
+    entities = torch.tensor([[2.0, 0.0, 0.0], [0.0, 5.0, 0.0], [-3.0, 0.0, 0.0]])  # cosines 1, 0, -1
+    with torch.no_grad():
+        out = pair(mentions, entities, torch.tensor([[0, 1, 2]]))
+        base = pair.mention_in(mentions)[0]
+        expected = [torch.relu(base + pair.entity_in.weight[:, 0] * c) for c in (1.0, 0.0, -1.0)]
+    assert torch.allclose(out[0], torch.stack(expected))
+    assert pair.entity_in.weight.shape == (2, 1)  # one number per pair: no entity vector reaches a weight
 
 
 # --- negative sampling ------------------------------------------------------------------------
