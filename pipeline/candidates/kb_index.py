@@ -41,7 +41,7 @@ import polars as pl
 from pipeline.candidates.tantivy_index import TantivyNameIndex
 from pipeline.core import checked_files
 from pipeline.core.errors import CacheError, InputError, warn
-from pipeline.core.io import atomic_path, default_permissions, write_parquet_atomic
+from pipeline.core.io import atomic_path, default_permissions, failed_writes, write_parquet_atomic
 from pipeline.core.store import private_folder, unwritable
 from pipeline.core.textnorm import acronym, add_keys, content_words
 from pipeline.formats.inputs import write_entities
@@ -126,8 +126,9 @@ def _cached(root: Path, key: str, build: Callable[[Path], None]) -> Path:
     except OSError as exc:  # a full cache
         raise CacheError("E406", path=folder, detail=exc.strerror or str(exc)) from None
     try:
-        build(temp)
-        checked_files.seal_folder(temp)
+        with failed_writes(folder, temp):  # a full disk, as a library reports it: E406
+            build(temp)
+            checked_files.seal_folder(temp)
         try:
             default_permissions(temp)
             os.replace(temp, folder)

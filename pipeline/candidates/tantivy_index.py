@@ -26,7 +26,8 @@ import numpy as np
 import polars as pl
 import tantivy
 
-from pipeline.core.errors import CacheError
+from pipeline.core.errors import CacheError, shown_path
+from pipeline.core.io import write_failure
 from pipeline.core.progress import progress
 
 NGRAM_SIZE = 4
@@ -101,8 +102,8 @@ class TantivyNameIndex:
         except (OSError, ValueError) as exc:
             if path is None and isinstance(exc, ValueError):
                 raise
-            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
-            raise CacheError("E406", path=path, detail=detail) from None
+            detail = write_failure(exc, path) or str(exc).splitlines()[0]
+            raise CacheError("E406", path=shown_path(path), detail=detail) from None
         return cls(index, len(names))
 
     @staticmethod

@@ -248,12 +248,16 @@ def usage_error(error: click.UsageError, command: str = "xel-cli") -> ConfigErro
     return ConfigError("E207", command=command, detail=detail)
 
 
+def shown_path(path: object) -> str:
+    """`path` as the user knows it: each temporary `.<name>.<random>.tmp` in it (an atomic write's file, a
+    cache entry or model folder built under a temporary name) stands for <name>, where it is put in the end."""
+    return re.sub(r"(^|/)\.([^/]+)\.[^./]+\.tmp(?=/|$)", r"\1\2", str(path))
+
+
 def os_error(error: OSError) -> "CacheError":
     """An OSError no stage turned into a coded error (a folder that cannot be made, a file where a
     folder is wanted, no permission, a read-only disk) as one E412 line naming the path."""
-    path = str(error.filename) if error.filename is not None else "(the system named no path)"
-    # An atomic write's temporary `.<name>.<random>.tmp` stands for <name>, the file the user knows.
-    path = re.sub(r"(^|/)\.([^/]+)\.[^./]+\.tmp$", r"\1\2", path)
+    path = shown_path(error.filename) if error.filename is not None else "(the system named no path)"
     kinds = {
         PermissionError: "no permission",
         NotADirectoryError: "a file where a folder is wanted",

@@ -7,11 +7,13 @@ or absent, and that bad records are reported with their file and line.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -21,7 +23,7 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.core.errors import CacheError, InputError, SchemaError
+from pipeline.core.errors import CacheError, InputError, PipelineError, SchemaError, shown_path
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +78,10 @@ def default_permissions(path: Path) -> None:
 def atomic_path(final_path: Path) -> Iterator[Path]:
     """Yield a temporary path next to `final_path`; rename it into place on success.
 
-    A crash or an exception leaves no file at `final_path` that looks finished. An
-    `OSError` while writing (disk full, quota, read-only folder) becomes `CacheError`
-    E406 naming `final_path`; one about another file (an input the body reads) is
+    A crash or an exception leaves no file at `final_path` that looks finished. A failed
+    write (disk full, quota, read-only folder), as an `OSError` or wrapped by the library
+    that writes (`write_failure`), becomes `CacheError` E406 naming `final_path` as the user
+    knows it (`shown_path`); an `OSError` about another file (an input the body reads) is
     left alone.
     """
     try:
@@ -86,7 +89,7 @@ def atomic_path(final_path: Path) -> Iterator[Path]:
         handle, temp_name = tempfile.mkstemp(prefix=f".{final_path.name}.", suffix=".tmp", dir=final_path.parent)
         os.close(handle)
     except OSError as exc:
-        raise CacheError("E406", path=final_path, detail=exc.strerror or str(exc)) from None
+        raise CacheError("E406", path=shown_path(final_path), detail=exc.strerror or str(exc)) from None
     temp_path = Path(temp_name)
     try:
         yield temp_path
@@ -96,12 +99,73 @@ def atomic_path(final_path: Path) -> Iterator[Path]:
             default_permissions(temp_path)
         os.replace(temp_path, final_path)
         crash_point("after-rename", final_path)
-    except OSError as exc:
-        if exc.filename is not None and Path(exc.filename) not in (temp_path, final_path):
-            raise
-        raise CacheError("E406", path=final_path, detail=exc.strerror or str(exc)) from None
+    except Exception as exc:
+        raise _as_write_failure(exc, final_path, temp_path) from None
     finally:
         temp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def failed_writes(final_path: Path, temp_path: Path) -> Iterator[None]:
+    """Turn a failed write in the block, which builds `final_path` (a folder) under `temp_path`, into
+    `CacheError` E406 naming it (`write_failure`); other errors pass. Callers remove `temp_path`."""
+    try:
+        yield
+    except Exception as exc:
+        raise _as_write_failure(exc, final_path, temp_path) from None
+
+
+def _as_write_failure(error: Exception, final_path: Path, temp_path: Path) -> Exception:
+    """E406 naming `final_path` when `error` is a failed write of it (under `temp_path`), else `error`."""
+    if isinstance(error, PipelineError):
+        return error
+    if isinstance(error, OSError) and error.filename is not None:
+        named = Path(error.filename)
+        if named != final_path and named != temp_path and temp_path not in named.parents:
+            return error  # about another file (an input the body reads)
+    detail = write_failure(error, temp_path.parent)  # measured while the temporary file still fills the disk
+    if detail is None:
+        return error
+    return CacheError("E406", path=shown_path(final_path), detail=detail)
+
+
+# Free bytes under which a library's failed write is taken for a full disk (`write_failure`).
+FULL_DISK_BYTES = 1 << 20
+# The operating system's write refusals, as libraries quote them in their own errors.
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EIO)
+
+
+def write_failure(error: BaseException, folder: Path) -> str | None:
+    """Why a write into `folder` failed, when `error` (raised while writing there) is the operating
+    system's refusal, else None (a bug, or a failure that is not about the disk).
+
+    Libraries wrap it: polars raises `ComputeError` ("... No space left on device (os error 28)",
+    or only "Invalid thrift: transport error" when the footer does not fit), torch and faiss
+    `RuntimeError`, safetensors its own error; pyarrow, h5py and numpy raise `OSError`. A
+    library's error that quotes no errno is taken for a full disk when `folder`'s disk has less
+    than `FULL_DISK_BYTES` free. Returns the system's text, e.g. "No space left on device".
+    """
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    text = str(error)
+    quoted = re.search(r"os error (\d+)", text)  # Rust's io::Error
+    if quoted is not None:
+        return os.strerror(int(quoted.group(1)))
+    for number in _WRITE_ERRNOS:
+        if os.strerror(number) in text:
+            return os.strerror(number)
+    try:
+        full = shutil.disk_usage(folder).free < FULL_DISK_BYTES
+    except OSError:
+        full = False
+    if full and (isinstance(error, (pl.exceptions.PolarsError, RuntimeError, ValueError)) or _is_safetensors(error)):
+        logger.debug("a write into %s failed on a full disk: %s", folder, text)
+        return os.strerror(errno.ENOSPC)
+    return None
+
+
+def _is_safetensors(error: BaseException) -> bool:
+    return type(error).__name__ == "SafetensorError"
 
 
 def remove_leftover_temps(folder: Path) -> int:

@@ -32,7 +32,7 @@ import polars as pl
 import torch
 
 from pipeline.core.errors import CacheError, ConfigError
-from pipeline.core.io import crash_point, default_permissions
+from pipeline.core.io import crash_point, default_permissions, failed_writes
 from pipeline.model import reader_inputs
 from pipeline.model.reader_inputs import Layout, ReaderBatch, Specials
 
@@ -286,15 +286,17 @@ def save_reader(reader: Reader, tokenizer, folder: Path, meta: dict) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
-        encoder = reader.encoder.module if hasattr(reader.encoder, "module") else reader.encoder
-        encoder.save_pretrained(temp)
-        tokenizer.save_pretrained(temp)
-        head = {k: v.detach().cpu() for k, v in reader.state_dict().items() if not k.startswith("encoder.")}
-        torch.save(head, temp / HEAD)
-        (temp / READER_JSON).write_text(
-            json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=2, ensure_ascii=False, default=str) + "\n",
-            encoding="utf-8",
-        )
+        with failed_writes(folder, temp):  # a full disk, as safetensors or torch reports it: E406
+            encoder = reader.encoder.module if hasattr(reader.encoder, "module") else reader.encoder
+            encoder.save_pretrained(temp)
+            tokenizer.save_pretrained(temp)
+            head = {k: v.detach().cpu() for k, v in reader.state_dict().items() if not k.startswith("encoder.")}
+            torch.save(head, temp / HEAD)
+            (temp / READER_JSON).write_text(
+                json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=2, ensure_ascii=False, default=str)
+                + "\n",
+                encoding="utf-8",
+            )
         default_permissions(temp)
         crash_point("before-rename", folder)
         shutil.rmtree(folder, ignore_errors=True)

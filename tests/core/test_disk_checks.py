@@ -430,3 +430,110 @@ def test_a_damaged_encode_shard_is_refused_at_merge_and_redone_by_its_shard(make
     redone = succeeded(invoke("encode", "--config", config, "--shard", "1/2"))
     assert redone.output.count("[W403]") == 1 and "encode: done in" in redone.output
     succeeded(invoke("encode", "--config", config, "--merge"))
+
+
+# --- a full disk during a library's write (fresh-user report F12) ----------------------------------------
+
+THRIFT = "parquet: File out of specification: Invalid thrift: transport error"
+
+
+def _full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`shutil.disk_usage` says every disk has no byte free, as it does after a write filled it."""
+    from pipeline.core import io
+
+    monkeypatch.setattr(io.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1 << 30, 1 << 30, 0))
+
+
+def _polars_write_failing(monkeypatch: pytest.MonkeyPatch, message: str) -> None:
+    """DataFrame.write_parquet writes some bytes, then fails as polars does on a full disk."""
+
+    def failing(self, path, *args, **kwargs):
+        Path(path).write_bytes(b"PAR1 half")
+        raise pl.exceptions.ComputeError(message)
+
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", failing)
+
+
+@pytest.mark.parametrize("message", [THRIFT, "parquet: underlying IO error: No space left on device (os error 28)"])
+def test_a_full_disk_in_a_parquet_write_is_e406_naming_the_file_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, message: str
+) -> None:
+    """polars wraps the full disk in its ComputeError (not OSError), quoting the errno or not at all
+    ("transport error" when the footer does not fit); both are E406 naming the file, and no file or
+    temporary file is left."""
+    from pipeline.core.errors import CacheError
+    from pipeline.core.io import write_parquet_atomic
+
+    _polars_write_failing(monkeypatch, message)
+    _full_disk(monkeypatch)
+    with pytest.raises(CacheError) as raised:
+        write_parquet_atomic(pl.DataFrame({"x": [1, 2]}), tmp_path / "out" / "chunk.parquet")
+    assert raised.value.format_message() == (
+        f"[E406] {tmp_path / 'out' / 'chunk.parquet'}: cannot write (No space left on device); "
+        "free disk space (or fix the folder's permissions) and re-run"
+    )
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_library_error_on_a_disk_with_room_is_not_taken_for_a_full_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _polars_write_failing(monkeypatch, THRIFT)
+    from pipeline.core.io import write_parquet_atomic
+
+    with pytest.raises(pl.exceptions.ComputeError):
+        write_parquet_atomic(pl.DataFrame({"x": [1, 2]}), tmp_path / "chunk.parquet")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_while_a_cache_index_is_built_is_e406_naming_the_entry_and_leaves_no_temporary_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.candidates import kb_index
+    from pipeline.core.errors import CacheError
+
+    entities = pl.DataFrame({"kb_id": ["Q1", "Q2"], "name": ["Ada Lovelace", "Alan Turing"], "alias_texts": [[], []]})
+    _polars_write_failing(monkeypatch, THRIFT)
+    _full_disk(monkeypatch)
+    root = tmp_path / "kb-index"
+    with pytest.raises(CacheError) as raised:
+        kb_index.names_index(entities, root, "f" * 32)
+    key = kb_index.index_key("f" * 32, "names", {})
+    assert raised.value.code == "E406" and raised.value.format_message().startswith(
+        f"[E406] {root / key / 'surfaces.parquet'}: cannot write (No space left on device)"
+    )
+    assert list(root.iterdir()) == []
+
+
+def _tiny_tmpfs_works() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=40k tmpfs /tmp"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _tiny_tmpfs_works(), reason="needs `unshare -rm` (user and mount namespaces) to mount a tmpfs")
+@pytest.mark.parametrize("full", ["out", "cache"])
+def test_a_link_onto_a_full_disk_is_e406_without_a_traceback(
+    demo_run: dict, tmp_path: Path, cache: Path, full: str
+) -> None:
+    """`--out`, or the cache the KB indexes are built in, on a 40 KB tmpfs: the disk fills in a Parquet
+    write (a link chunk, a KB index table) and the link stops with one E406 line, exit 2."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    out = disk / "out" if full == "out" else tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    if full == "cache":
+        env["XEL_CACHE"] = str(disk / "cache")
+    command = (
+        f"mount -t tmpfs -o size=40k tmpfs {disk} && {sys.executable} {ROOT / 'cli.py'} link "
+        f"--model {demo_run['model']} --mentions {demo_run['test']} --out {out} --chunk-mentions 8"
+    )
+    result = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", command], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"Error: [E406] {disk}/") and "cannot write (No space left on device)" in line, line
+    assert ".tmp" not in line
