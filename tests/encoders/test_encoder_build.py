@@ -293,3 +293,49 @@ def test_tiny_encoder_loads_and_keeps_scripts(tiny_encoder_dir: Path) -> None:
     with torch.no_grad():
         hidden = model(**tokenizer(["Serena Williams", "奥巴马"], padding=True, return_tensors="pt"))
     assert hidden.last_hidden_state.shape[-1] == 32
+
+
+@pytest.mark.parametrize("cache_holds", ["a damaged build", "nothing"])
+def test_a_read_only_cache_without_a_whole_build_builds_it_privately_with_one_w404(
+    default_encoder_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    cache_holds: str,
+) -> None:
+    """Fresh-user report F5: a read-only cache whose build is damaged (or missing) said `[W402] ... rebuilt`,
+    then failed with E412 on its lock file. As docs/caches.md says of every cache entry, the build is
+    made in a private temporary folder for this process, with one `[W404]` naming the cache, which
+    is not written. (Here the cache refuses writes as a folder of another user does.)"""
+    import errno
+    import logging
+    import shutil
+    import tempfile
+
+    from pipeline.core import store
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    if cache_holds == "a damaged build":
+        shutil.copytree(default_encoder_dir, cache / ENCODER_FOLDER)
+        (cache / ENCODER_FOLDER / "config.json").write_text("{}", encoding="utf-8")
+    before = {p: p.stat().st_mtime_ns for p in cache.rglob("*")}
+    mkstemp = tempfile.mkstemp
+
+    def refused_in_cache(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == cache:
+            raise PermissionError(errno.EACCES, "Permission denied", str(dir))
+        return mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(store.tempfile, "mkstemp", refused_in_cache)
+    monkeypatch.setattr(encoder_build, "_PRIVATE_ROOTS", {})
+    with caplog.at_level(logging.WARNING):
+        built = ensure_default_encoder(cache)
+        assert ensure_default_encoder(cache) == built  # built once per process
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    expected = ["[W402]", "[W404]"] if cache_holds == "a damaged build" else ["[W404]"]
+    assert [w[:6] for w in warnings] == expected, warnings
+    assert warnings[-1].startswith(f"[W404] {cache}: the cache cannot be written (Permission denied), so the offline")
+    assert cache not in built.parents and (built / MARKER_FILE).exists()
+    assert (built / "model.safetensors").read_bytes() == (default_encoder_dir / "model.safetensors").read_bytes()
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*")} == before
