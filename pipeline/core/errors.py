@@ -74,6 +74,7 @@ class Errors:
     # Sub-runs of `xel-cli search` / `xel-cli experiment` (pipeline/studies/subrun.py).
     E410 = "{path}: a folder where a sub-run needs a link to the parent run's stage ({detail}); delete it and re-run"
     E411 = "{path}: {detail}"
+    E413 = "{path}: {detail}; delete this record of shard {shard} and run `xel-cli {stage} --shard {shard}` again with {options} (not with --force, which deletes every shard's finished work), then `xel-cli {stage} --merge`"
     E412 = "{path}: {detail} (the operating system refused: {reason}); give a path that exists where it should, is a folder or a file as the option wants, and that you may read and write"
 
     # E5xx: model, encoder and training

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.core.errors import PipelineError
+from pipeline.core.errors import CacheError, PipelineError
 from pipeline.core.manifest import read_manifest_file
 
 
@@ -24,6 +24,8 @@ class ShardErrors:
     none_finished: Callable[[], PipelineError]  # no shard of this key at all
     cut_differently: Callable[[list[int]], PipelineError]  # this key's shards, cut into each of these n
     missing: Callable[[int, int], PipelineError]  # shard (i, n) of an otherwise finished set
+    stage: str  # the command whose shards these are ("link", "encode")
+    options: str  # what the shard must be rerun with ("the same model, inputs and options")
 
 
 def finished_shards(
@@ -34,7 +36,7 @@ def finished_shards(
     A shard counts when its manifest `<prefix>-<i>-of-<n>.json` holds `key` and
     `finished(manifest path)` (e.g. its vectors file is there too). Raises the caller's
     error (`errors`): none finished, cut into more than one n, or one shard missing (the
-    first). A manifest that cannot be read is E402 (`read_manifest_file`).
+    first). A manifest that cannot be read is E413, saying to delete that one and rerun its shard.
     """
     pattern = re.compile(rf"{re.escape(prefix)}-(\d+)-of-(\d+)\.json")
     manifests: dict[tuple[int, int], dict] = {}
@@ -42,7 +44,13 @@ def finished_shards(
         match = pattern.fullmatch(path.name)
         if match is None:
             continue
-        manifest = read_manifest_file(path)
+        try:
+            manifest = read_manifest_file(path)
+        except CacheError as exc:  # E402's --force would delete every other shard's work too
+            shard, detail = f"{match[1]}/{match[2]}", exc.fields["detail"]
+            raise CacheError(
+                "E413", path=path, shard=shard, detail=detail, stage=errors.stage, options=errors.options
+            ) from None
         if manifest.get("key") == key and finished(path):
             manifests[(int(match[1]), int(match[2]))] = manifest
     counts = sorted({count for _, count in manifests})

@@ -94,6 +94,8 @@ def finished_shards(out_dir: Path, key: str) -> tuple[list[Path], list[dict]]:
             detail=f"shard {index}/{count} is missing or was made with other inputs or settings; "
             f"run `xel-cli encode --shard {index}/{count}` with this run's config",
         ),
+        stage="encode",
+        options="this run's config",
     )
     # A shard counts only with its vectors file beside its manifest.
     manifests = finished_shards_of(

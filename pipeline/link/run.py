@@ -539,6 +539,8 @@ def _finished_shards(out_dir: Path, key: str) -> tuple[int, int]:
             detail=f"shard {index}/{count} has not finished; run `xel-cli link --shard {index}/{count}` "
             "with the same model, inputs and options",
         ),
+        stage="link",
+        options="the same model, inputs and options",
     )
     records = finished_shards(out_dir / SHARDS, "shard", key, errors)
     total = int(records[0]["chunks_total"])

@@ -161,6 +161,32 @@ def test_a_damaged_chunk_at_merge_is_refused_naming_what_to_delete(demo_run: dic
     succeeded(link(demo_run, tmp_path / "out", "--merge"))
 
 
+def test_a_damaged_shard_record_at_merge_says_to_rerun_that_shard_not_force(
+    demo_run: dict, tmp_path: Path, cache: Path
+) -> None:
+    """Fresh-user report F8: the record said "re-run the stage with --force", which for a link deletes every
+    other shard's chunks. It names the record and the shard to rerun; doing so resumes that shard."""
+    out = tmp_path / "out"
+    for index in range(2):
+        succeeded(link(demo_run, out, "--shard", f"{index}/2"))
+    record = out / "shards" / "shard-0-of-2.json"
+    empty(record)
+    merged = link(demo_run, out, "--merge")
+    assert merged.exit_code == 2 and "Traceback" not in merged.output, merged.output
+    line = merged.output.strip().splitlines()[-1]
+    assert (
+        line.startswith(f"Error: [E413] {record}: manifest is damaged (")
+        and (
+            "delete this record of shard 0/2 and run `xel-cli link --shard 0/2` again with the same model, inputs and "
+            "options (not with --force, which deletes every shard's finished work), then `xel-cli link --merge`"
+        )
+        in line
+    ), line
+    record.unlink()
+    assert "resumed" in succeeded(link(demo_run, out, "--shard", "0/2")).output
+    succeeded(link(demo_run, out, "--merge"))
+
+
 # --- item 7: a shard of another count --------------------------------------------------------------
 
 

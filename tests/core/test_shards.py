@@ -15,6 +15,8 @@ ERRORS = ShardErrors(
     none_finished=lambda: CacheError("E411", path="shards", detail="none"),
     cut_differently=lambda counts: CacheError("E411", path="shards", detail=f"cut {counts}"),
     missing=lambda index, count: CacheError("E411", path=f"part-{index}-of-{count}", detail="missing"),
+    stage="encode",
+    options="this run's config",
 )
 
 
@@ -55,3 +57,16 @@ def test_a_shard_counts_only_once_finished_says_so(tmp_path: Path) -> None:
     (tmp_path / "part-0-of-2.h5").write_bytes(b"")
     with pytest.raises(CacheError, match="part-1-of-2: missing"):
         finished_shards(tmp_path, "part", "k1", ERRORS, finished=lambda path: path.with_suffix(".h5").is_file())
+
+
+def test_a_damaged_shard_record_says_to_delete_it_and_rerun_that_shard(tmp_path: Path) -> None:
+    """Not E402's "re-run the stage with --force", which deletes every other shard's work (report F8)."""
+    write_shard(tmp_path, 0, 2)
+    (tmp_path / "part-1-of-2.json").write_text("[]", encoding="utf-8")
+    with pytest.raises(CacheError) as raised:
+        finished_shards(tmp_path, "part", "k1", ERRORS)
+    assert raised.value.format_message() == (
+        f"[E413] {tmp_path / 'part-1-of-2.json'}: manifest is damaged (not an object with a 'key' string and an "
+        "'outputs' list); delete this record of shard 1/2 and run `xel-cli encode --shard 1/2` again with this "
+        "run's config (not with --force, which deletes every shard's finished work), then `xel-cli encode --merge`"
+    )
