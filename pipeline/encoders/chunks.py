@@ -1,10 +1,10 @@
 """Resumable encoding: the plan's units in chunks, each finished chunk saved as a file.
 
 Chunks are cut from the plan alone (units sorted by length), so a rerun after a kill cuts
-the same chunks and resumes at the first one without a complete file. A saved chunk is keyed
-by its content (`chunk_key`: the encoder, the settings that change its vectors, and each unit's
-index, sub-words and spans), so a rerun whose texts changed never takes vectors of other texts
-that happen to sit at the same unit indices: that chunk and the ones after it are encoded again.
+the same chunks, checks every saved one and encodes only those without a whole, matching file.
+A saved chunk is keyed by its content (`chunk_key`: the encoder, the settings that change its
+vectors, and each unit's index, sub-words and spans), so a rerun whose texts changed never takes
+vectors of other texts that happen to sit at the same unit indices: that chunk is encoded again.
 """
 
 from __future__ import annotations
@@ -121,21 +121,23 @@ def encode_in_chunks(
 ) -> tuple[np.ndarray, np.ndarray, int, int]:
     """(context vectors (n_units, H), span vectors (n_span_rows, H), chunks, chunks resumed), float32.
 
-    Each finished chunk is a file in `work_dir`. Chunks are done in order, so a rerun
-    resumes at the first chunk without a matching file and recomputes none before it.
+    Each finished chunk is a file in `work_dir`. A rerun checks every saved chunk (one `[W403]`
+    for each damaged one, `finished_chunk`), reuses each whole, matching one and encodes the rest;
+    "chunks resumed" counts those reused.
     """
     chunks = chunk_units(table, settings.chunk_texts)
     paths = [work_dir / f"chunk-{index:06d}.npz" for index in range(len(chunks))]
     work_dir.mkdir(parents=True, exist_ok=True)
-    resumed = 0
-    while resumed < len(chunks) and finished_chunk(
-        paths[resumed], chunk_key(encoder, table, chunks[resumed], settings.name_layer, settings.batch_tokens)
-    ):
-        resumed += 1
-    done_texts = int(sum(len(chunk) for chunk in chunks[:resumed]))
+    todo = [
+        index
+        for index, (path, units) in enumerate(zip(paths, chunks))
+        if not finished_chunk(path, chunk_key(encoder, table, units, settings.name_layer, settings.batch_tokens))
+    ]
+    resumed = len(chunks) - len(todo)
+    done_texts = int(sum(len(chunk) for index, chunk in enumerate(chunks) if index not in set(todo)))
     if resumed:
         logger.info(
-            "resuming encode at chunk %d/%d (%d of %d texts already encoded in %s)",
+            "resuming encode: %d of %d chunks (%d of %d texts) already encoded in %s",
             resumed,
             len(chunks),
             done_texts,
@@ -143,7 +145,7 @@ def encode_in_chunks(
             work_dir,
         )
     with progress_counter(len(table.units), "encode", "texts", initial=done_texts) as progress:
-        for index in range(resumed, len(chunks)):
+        for index in todo:
             save_chunk(
                 paths[index],
                 encode_chunk(encoder, table, chunks[index], settings.name_layer, settings.batch_tokens, progress),

@@ -432,7 +432,7 @@ def test_a_damaged_encode_chunk_is_redone_with_one_warning(
     np.savez(damaged, **{**arrays, "context": np.full_like(arrays["context"], np.nan)})
     again = succeeded(invoke("encode", "--config", config))
     assert again.output.count("[W403]") == 1 and str(damaged) in again.output, again.output
-    assert "resuming encode at chunk 1/" in again.output
+    assert "resuming encode: " in again.output
     with h5py.File(run_dir / "encode" / "vectors.h5", "r") as handle:
         np.testing.assert_array_equal(handle["mentions"]["context"][:], first)
 

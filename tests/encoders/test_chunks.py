@@ -74,8 +74,35 @@ def test_a_changed_text_after_an_interrupted_encode_is_encoded_again(encoder, tm
     np.testing.assert_array_equal(spans, fresh_spans)
     assert not np.allclose(contexts[unit], old_contexts[unit])
     chunk_of_unit = next(index for index, chunk in enumerate(new_chunks) if unit in chunk)
-    assert resumed == chunk_of_unit  # the chunks before it, unchanged, are still taken
+    assert chunk_of_unit != chunks - 1 and resumed == chunks - 2  # every other chunk, unchanged, is still taken
 
     # The same texts again: every saved chunk is taken.
     again, _, _, resumed = encode_in_chunks(encoder, new_plan.table, settings, work)
     assert resumed == chunks and np.array_equal(again, contexts)
+
+
+def test_every_damaged_saved_chunk_is_warned_and_redone_and_every_intact_one_reused(
+    encoder, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fresh-user report F10: the resume stopped at the first damaged chunk, so the intact chunks after it
+    were encoded again and a second damaged chunk got no `[W403]`. Each saved chunk is checked."""
+    import logging
+    import os
+
+    settings = EncoderConfig(name=encoder.path, device="cpu", chunk_texts=1, max_context_tokens=64, batch_tokens=256)
+    plan = plan_units(no_mentions(), entities(DESCRIPTIONS), encoder, settings)
+    work = tmp_path / "work"
+    contexts, spans, chunks, _ = encode_in_chunks(encoder, plan.table, settings, work)
+    assert chunks > 4
+    paths = sorted(work.glob("chunk-*.npz"))
+    for damaged in (paths[1], paths[3]):
+        os.truncate(damaged, damaged.stat().st_size // 2)
+    intact = {path: path.stat().st_mtime_ns for index, path in enumerate(paths) if index not in (1, 3)}
+    with caplog.at_level(logging.WARNING):
+        again, again_spans, _, resumed = encode_in_chunks(encoder, plan.table, settings, work)
+    warnings = [r.getMessage() for r in caplog.records if "[W403]" in r.getMessage()]
+    assert len(warnings) == 2 and str(paths[1]) in warnings[0] and str(paths[3]) in warnings[1], warnings
+    assert resumed == chunks - 2
+    assert {path: path.stat().st_mtime_ns for path in intact} == intact  # reused, not written again
+    np.testing.assert_array_equal(again, contexts)
+    np.testing.assert_array_equal(again_spans, spans)
