@@ -52,8 +52,8 @@ logger = logging.getLogger(__name__)
 # 2: folding keeps script letters (vowel signs, viramas); 3: the fuzzy index is tantivy's
 # (was our own four-gram postings, ngrams.npz); 4: folding drops format characters (ZWNJ, ZWJ,
 # soft hyphen ...) and tatweel instead of breaking words there; 5: each folder holds its record
-# (checked_files).
-INDEX_VERSION = 5
+# (checked_files); 6: folding makes Persian keheh/yeh and alef maksura Arabic kaf/yeh.
+INDEX_VERSION = 6
 # Above this many names the dense index is HNSW: exact search would cost O(names) per query.
 EXACT_DENSE_LIMIT = 200_000
 HNSW_NEIGHBOURS = 32

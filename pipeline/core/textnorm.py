@@ -75,6 +75,13 @@ OMITTED_MARKS = (
 STRETCHING_LETTERS = frozenset("\u0640\u07fa")
 
 
+# Letters written two ways for the same sound, by keyboard and region rather than spelling: Persian
+# keyboards type keheh U+06A9 and Farsi yeh U+06CC where Arabic ones type kaf U+0643 and yeh U+064A,
+# and Arabic writes final yeh as alef maksura U+0649 as often as not. Folding writes the Arabic kaf
+# and yeh (`محمد کریمی` matches `محمد كريمي`).
+LETTER_VARIANTS = {"\u06a9": "\u0643", "\u06cc": "\u064a", "\u0649": "\u064a"}
+
+
 def _invisible(ch: str, category: str) -> bool:
     return category == "Cf" or ch in STRETCHING_LETTERS
 
@@ -87,9 +94,10 @@ def _omitted(ch: str) -> bool:
 @lru_cache(maxsize=1 << 16)
 def fold(text: str) -> str:
     """Case-folded, NFKC text with the marks writers omit (`OMITTED_MARKS`), invisible format
-    characters and tatweel (`STRETCHING_LETTERS`) dropped and every run of characters other
-    than letters, digits and kept marks made one space; composed again (NFC), a leading
-    article dropped. Never merges words that differ by a letter of their script."""
+    characters and tatweel (`STRETCHING_LETTERS`) dropped, the Arabic script's regional letter
+    forms made one (`LETTER_VARIANTS`) and every run of characters other than letters, digits
+    and kept marks made one space; composed again (NFC), a leading article dropped. Never
+    merges words that differ by a letter of their script, only by how a letter is typed."""
     decomposed = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text).casefold())
     kept = []
     for ch in decomposed:
@@ -97,7 +105,7 @@ def fold(text: str) -> str:
         if _invisible(ch, category):
             continue
         if category[0] in "LN" or (category[0] == "M" and not (category == "Mn" and _omitted(ch))):
-            kept.append(ch)
+            kept.append(LETTER_VARIANTS.get(ch, ch))
         elif category[0] != "M":
             kept.append(" ")
     folded = unicodedata.normalize("NFC", " ".join("".join(kept).split()))

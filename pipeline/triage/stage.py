@@ -27,8 +27,9 @@ from pipeline.model.aliases import alias_table
 logger = logging.getLogger(__name__)
 
 STAGE = "triage"
-# 4: folding drops format characters and tatweel (`textnorm.fold`), so candidates may change.
-STAGE_VERSION = 4
+# 4: folding drops format characters and tatweel (`textnorm.fold`), so candidates may change;
+# 5: folding makes Persian keheh/yeh and alef maksura Arabic kaf/yeh.
+STAGE_VERSION = 5
 RECALL_AT = (1, 5, 10, 30, 100)
 
 

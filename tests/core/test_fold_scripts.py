@@ -128,3 +128,22 @@ def test_a_persian_mention_with_zwnj_meets_its_alias_exactly() -> None:
     mentions = _mentions([("m1", "نورد\u200cبانک", "Q1"), ("m2", "نوردبـانک", "Q1")])
     found = kb_name_candidates(mentions, surfaces).sort("mention_id")
     assert found.select("mention_id", "kb_id").rows() == [("m1", "Q1"), ("m2", "Q1")]
+
+
+def test_persian_and_arabic_kaf_and_yeh_fold_to_one_letter_each() -> None:
+    """Fresh-user report F11: keheh U+06A9 / kaf U+0643 and Farsi yeh U+06CC / yeh U+064A / alef maksura U+0649
+    are one letter each, typed on a Persian or an Arabic keyboard; they fold to the Arabic kaf and yeh."""
+    assert fold("\u06a9") == fold("\u0643") == "\u0643"
+    assert fold("\u06cc") == fold("\u064a") == fold("\u0649") == "\u064a"
+    assert fold("محمد کریمی") == fold("محمد كريمي") == "محمد كريمي"
+    assert fold("مصطفى") == fold("مصطفي")
+    assert fold("كريم") != fold("كريمة")  # other letters still differ
+
+
+def test_a_mention_typed_on_an_arabic_keyboard_meets_a_persian_alias_exactly() -> None:
+    surfaces = add_keys(pl.DataFrame({"surface": ["محمد کریمی"], "kb_id": ["Q1"]}), "surface").with_columns(
+        pl.lit("").alias("surface_acronym")
+    )
+    mentions = _mentions([("m1", "محـــمد كريمي", "Q1")])
+    found = kb_name_candidates(mentions, surfaces)
+    assert found.select("mention_id", "kb_id").rows() == [("m1", "Q1")]
