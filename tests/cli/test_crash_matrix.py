@@ -366,7 +366,7 @@ def test_killed_stage_reruns_to_the_uninterrupted_result(
     # Finished work is reused, not redone.
     if crash.stage == "encode" and crash.file != "manifest.json":
         assert rerun["counts"]["chunks_resumed"] == len(saved_chunks) > 0
-        assert f"resuming encode at chunk {len(saved_chunks)}/{rerun['counts']['chunks']}" in output
+        assert f"resuming encode: {len(saved_chunks)} of {rerun['counts']['chunks']} chunks" in output
     if crash.stage == "encode" and crash.file == "manifest.json":
         assert output.splitlines()[-1].startswith("encode: up to date")
     if crash.stage == "train":

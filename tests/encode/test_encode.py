@@ -148,7 +148,7 @@ def test_killed_encode_resumes_from_its_last_chunk(big_triage: dict, tmp_path: P
     assert finished < total
     # Chunks already on disk are not recomputed ...
     assert manifest["counts"]["chunks_resumed"] == finished
-    assert f"resuming encode at chunk {finished}/{total}" in rerun.stderr
+    assert f"resuming encode: {finished} of {total} chunks" in rerun.stderr
     # ... the result is the uninterrupted run's (same chunks, same batches: bit for bit on
     # CPU), and the work files are gone.
     assert_same_vectors(run_dir / "encode" / "vectors.h5", reference / "encode" / "vectors.h5", exact=True)
