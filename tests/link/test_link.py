@@ -1482,3 +1482,41 @@ def test_a_resumed_shard_counts_its_whole_share(demo_run: dict, tmp_path: Path) 
     saved[-1].write_bytes(saved[-1].read_bytes()[:300])  # a damaged chunk: linked again, the others kept
     again = succeeded(link(demo_run["model"], demo_run["test"], out, "--chunk-mentions", 10, "--shard", "1/2")).output
     assert f"link: {share} mentions, " in again and f"{chunks} chunk(s), {chunks - 1} resumed" in again
+
+
+def _other_ids(source: Path, target: Path) -> Path:
+    """The mentions of `source` with every id prefixed NEW- (the same texts: another input)."""
+    records = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines()]
+    return write_jsonl(target, [{**r, "id": "NEW-" + r["id"]} for r in records])
+
+
+def test_finished_chunks_of_other_inputs_are_never_resumed_even_without_work(demo_run: dict, tmp_path: Path) -> None:
+    out, other = tmp_path / "out", _other_ids(demo_run["test"], tmp_path / "other.jsonl")
+    succeeded(link(demo_run["model"], demo_run["test"], out, "--chunk-mentions", 20, "--shard", "0/2"))
+    assert len(list((out / "chunks").glob("chunk-*.parquet"))) == 2  # chunks 0 and 2 of 4
+    shutil.rmtree(out / "work")
+    # A sibling shard of the other input refuses, naming the chunk of another link.
+    refused = link(demo_run["model"], other, out, "--chunk-mentions", 20, "--shard", "1/2")
+    assert refused.exit_code == 2 and "[E715]" in refused.output and "chunk-000000.parquet" in refused.output
+    shutil.rmtree(out / "shards")
+    relinked = succeeded(link(demo_run["model"], other, out, "--chunk-mentions", 20))
+    assert "[W705]" in relinked.output and "2 finished chunk(s)" in relinked.output, relinked.output
+    assert "chunk-000000.parquet: its record names the key" in relinked.output
+    assert "4 chunk(s), 0 resumed" in relinked.output
+    ids = pl.read_parquet(out / "links.parquet")["mention_id"].to_list()
+    assert len(ids) == 66 and all(i.startswith("NEW-") for i in ids)
+
+
+@pytest.mark.parametrize("key_text", ["", "garbage\n"])
+def test_finished_chunks_of_another_key_txt_are_redone_with_one_warning(
+    demo_run: dict, tmp_path: Path, key_text: str
+) -> None:
+    out = tmp_path / "out"
+    succeeded(link(demo_run["model"], demo_run["test"], out, "--chunk-mentions", 20, "--shard", "0/2"))
+    shutil.rmtree(out / "shards")
+    (out / "work" / "key.txt").write_text(key_text, encoding="utf-8")
+    relinked = succeeded(link(demo_run["model"], demo_run["test"], out, "--chunk-mentions", 20))
+    lines = [line for line in relinked.output.splitlines() if "[W705]" in line]
+    why = "work/key.txt cannot be read" if not key_text else "work/key.txt names the key garbage"
+    assert len(lines) == 1 and "2 finished chunk(s)" in lines[0] and why in lines[0], relinked.output
+    assert "4 chunk(s), 0 resumed" in relinked.output
