@@ -1520,3 +1520,52 @@ def test_finished_chunks_of_another_key_txt_are_redone_with_one_warning(
     why = "work/key.txt cannot be read" if not key_text else "work/key.txt names the key garbage"
     assert len(lines) == 1 and "2 finished chunk(s)" in lines[0] and why in lines[0], relinked.output
     assert "4 chunk(s), 0 resumed" in relinked.output
+
+
+@pytest.mark.parametrize(
+    "edit, where",
+    [
+        (lambda meta: meta["types"]["mention"].pop(), "types.mention: must be ["),
+        (lambda meta: meta["types"]["mention"].append("MISC"), "types.mention: must be ["),
+        (lambda meta: meta["types"].update(mention=[]), "types.mention: must be ["),
+        (lambda meta: meta["types"]["mention"].reverse(), "types.mention: must be ["),
+        (lambda meta: meta["types"]["entity"].pop(), "types.entity: must be ["),
+        (lambda meta: meta["trained_on"].update(features=["name"]), "trained_on.features: must be ["),
+        (
+            lambda meta: meta["encoder"]["settings"].update(name_layer=99),
+            "encoder.settings.name_layer: ",
+        ),
+        (lambda meta: meta.update(format_version="1"), "format_version: must be a whole number"),
+        (lambda meta: meta.update(format_version=True), "format_version: must be a whole number"),
+        (lambda meta: meta.update(format_version=0), "format_version: must be a whole number"),
+    ],
+    ids=[
+        "4-types",
+        "6-types",
+        "no-types",
+        "reordered",
+        "entity-types",
+        "features",
+        "name-layer",
+        "v-str",
+        "v-bool",
+        "v-0",
+    ],
+)
+def test_model_json_that_disagrees_with_its_ranker_or_encoder_is_e702_before_linking(
+    demo_run: dict, tmp_path: Path, edit, where: str
+) -> None:
+    """fresh21 F2, F6, F7: a types list of another length crashed with a shape error after encoding, a
+    string format_version was called newer, name_layer 99 was a config file's E203 naming no file."""
+    model = tmp_path / "model"
+    shutil.copytree(demo_run["model"], model)
+    meta = json.loads((model / "model.json").read_text(encoding="utf-8"))
+    assert len(meta["types"]["mention"]) >= 2 and len(meta["types"]["entity"]) >= 2  # the edits change something
+    edit(meta)
+    (model / "model.json").write_text(json.dumps(meta), encoding="utf-8")
+    result = link(model, demo_run["test"], tmp_path / "out")
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "[E702]" in result.output and "model.json" in result.output and where in result.output, result.output
+    assert "correct that value, or export it again" in result.output
+    if "name_layer" in where:
+        assert "has only 2 layers (hidden states 0..2) (got 99)" in result.output
