@@ -6,8 +6,9 @@
 - `aliases.parquet`: what triage learned from the training split, (mention, gold_kb_id,
   count), from which the priors P(e|m) and the fuzzy source's training names come;
 - `popularity.parquet` (kb_id, count), only when the run re-ranks by popularity (§7.2);
-- `reader/`, the rerank stage's reader (`pipeline.model.reader`), only when the run has one
-  (rerank.enabled); model.json's "reader" holds its reader.json;
+- `reader/`, the rerank stage's reader (`pipeline.model.reader`), only when it decides (rerank.enabled
+  and evaluate's NIL method is "reader": link loads it then only); model.json's "reader" holds its
+  reader.json (null without one);
 - `model.json`: the format and version, the encoder (name, resolved path, identity) and
   its settings, the triage settings, the context width, the NIL policy
   (`pipeline/model/nil_policy.py`), the type vocabularies, the KB trained on (file name,
@@ -149,7 +150,9 @@ def write_model_folder(
             )
             files.append(POPULARITY)
         reader_meta = None
-        if config.rerank.enabled:  # the reader travels with the linker; link applies it as evaluate did
+        # The reader travels with the linker only where it decides (NIL method "reader"): link applies it as
+        # evaluate did then, and never loads it otherwise, so a copy of it (hundreds of MB) would be dead weight.
+        if config.rerank.enabled and nil_artifact.get("method") == "reader":
             shutil.copytree(config.stage_dir("rerank") / READER_DIR, temp / READER_DIR)
             files += sorted(str(path.relative_to(temp)) for path in (temp / READER_DIR).rglob("*") if path.is_file())
             reader_meta = {
