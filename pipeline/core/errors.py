@@ -159,6 +159,9 @@ class Warnings:
     W701 = "{count} mention(s) in language(s) {languages} that the model has no NIL threshold for; linked with the fallback NIL threshold {threshold} ({source}); set another with `xel-cli link --fallback-threshold`"
     W702 = "{ids} gold KB id(s) of {mentions} mention(s) in {path} are not in the KB {kb} (e.g. {example}); no link can be right for those mentions, so they count as errors in the score: score against the KB the gold was made for (--kb), or correct those ids"
     W704 = "{path} holds the links of {what}; this link replaces them (give --out another folder to keep both)"
+    # W705: finished link chunks not tied to this link's key (work/key.txt another link's, unreadable, or
+    # gone and the chunk's own record names another key): never resumed into this link's outputs.
+    W705 = "{path}: {count} finished chunk(s) there are of another link ({why}), so they are deleted and linked again; nothing to do (give --out another folder to keep another link's work)"
     W703 = "the ranker gives its best two candidates the same score for {tied} of {mentions} mention(s) with a runner-up ({percent}) in {path}: which candidate those link to is triage's order, not the ranker's; {advice}"
     W710 = "{path}: this KB lacks {count} of the {total} KB id(s) of the alias table of model {model} (e.g. {example}){mapped}; they are left out, with the {mentions} training mention(s) behind them: {cost}"
 

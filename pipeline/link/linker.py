@@ -34,11 +34,12 @@ from pipeline.model.model_folder import ModelFolder, load_model_folder
 logger = logging.getLogger(__name__)
 
 
-def encoder_hidden_size(path: str) -> int | None:
-    """The width of an encoder folder's vectors (`hidden_size` in its config.json), read without
-    loading it; None when the folder or key is not there (a hub name: known once it loads)."""
+def encoder_hidden_size(path: str, key: str = "hidden_size") -> int | None:
+    """The width of an encoder folder's vectors (`hidden_size` in its config.json; or another whole-number
+    `key` there, e.g. num_hidden_layers), read without loading it; None when the folder or key is not
+    there (a hub name: known once it loads)."""
     try:
-        return int(json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))["hidden_size"])
+        return int(json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))[key])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -140,8 +141,12 @@ class Linker:
         path = self._checked_encoder_path(settings)
         self._encoder = None  # loaded by the first link that encodes (`encoder`): loading costs seconds
         self._check_prior(encoder_hidden_size(path))
+        # The ranker, loaded now: model.json's types and features must be the ones it was trained with
+        # (E702 naming the key), checked before the KB is opened or anything encoded.
+        self._model = None
+        self._check_ranker(encoder_hidden_size(path))
+        self._check_name_layer(encoder_hidden_size(path, "num_hidden_layers"))
         self._open_kb(Path(kb_path or meta["kb"]["path"]), kb_fingerprint, kb_map)
-        self._model = None  # the ranker, loaded by the first link (`model`); model.json vouches for its bytes
         self.mention_types = list(meta["types"].get("mention") or [])
         self.entity_types = list(meta["types"].get("entity") or [])
         # Keyed by the identity with the precision this machine runs at (the model's is files-only),
@@ -247,6 +252,16 @@ class Linker:
             try:
                 encoder = load_encoder(self.encoder_config)
             except ConfigError as error:
+                if error.code == "E203" and "[encoder]" in error.message:  # a model.json setting (--device and
+                    # --precision are checked before): E702 naming its key path, not a config file's E203
+                    from pipeline.model.model_json import setting_problem
+
+                    raise CacheError(
+                        "E702",
+                        path=self.folder.path / "model.json",
+                        detail=setting_problem(error),
+                        fix_first="correct that value, or ",
+                    ) from None
                 if error.code != "E501":
                     raise
                 raise CacheError(
@@ -260,13 +275,44 @@ class Linker:
     def model(self):
         """The ranker (`model_file.load_model`) on the encoder's device, loaded on first use: E702 when it cannot be."""
         if self._model is None:
-            from pipeline.model.model_file import MODEL, load_model
-
-            try:
-                self._model, _ = load_model(self.folder.path, pick_device(self.encoder_config.device))
-            except PipelineError as error:
-                raise CacheError("E702", path=self.folder.path / MODEL, detail=error.message) from None
+            self._model = self._load_ranker()[0]
         return self._model
+
+    def _load_ranker(self) -> tuple:
+        """(the ranker on the encoder's device, model.pt's metadata) (`model_file.load_model`); E702 when
+        it cannot be loaded."""
+        from pipeline.model.model_file import MODEL, load_model
+
+        try:
+            return load_model(self.folder.path, pick_device(self.encoder_config.device))
+        except PipelineError as error:
+            raise CacheError("E702", path=self.folder.path / MODEL, detail=error.message) from None
+
+    def _check_name_layer(self, layers: int | None) -> None:
+        """E702 naming `encoder.settings.name_layer` when it is past the encoder's `layers` (None: not
+        known before the encoder loads, whose own check is turned into the same E702 then: `encoder`)."""
+        name_layer = self.encoder_config.name_layer
+        if layers is not None and name_layer > layers:
+            raise CacheError(
+                "E702",
+                path=self.folder.path / "model.json",
+                detail=f"encoder.settings.name_layer: {self.encoder_config.name} has only {layers} layers "
+                f"(hidden states 0..{layers}) (got {name_layer})",
+                fix_first="correct that value, or ",
+            )
+
+    def _check_ranker(self, hidden_size: int | None) -> None:
+        """Load the ranker (`model`) and check model.json against it (`ranker_mismatch`): E702 naming the
+        key path and what it must be, e.g. a hand-edited `types.mention` of another length, which would
+        otherwise fail with a shape error after encoding."""
+        from pipeline.model.model_folder import ranker_mismatch
+
+        self._model, saved = self._load_ranker()
+        problem = ranker_mismatch(self.folder.meta, saved, hidden_size)
+        if problem is not None:
+            raise CacheError(
+                "E702", path=self.folder.path / "model.json", detail=problem, fix_first="correct that value, or "
+            )
 
     def _check_prior(self, hidden_size: int | None) -> None:
         """E702 when the mention NIL prior was fitted on vectors of another width than the encoder's

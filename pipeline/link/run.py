@@ -184,9 +184,41 @@ def _chunk_record(out_dir: Path, index: int) -> Path:
     return _chunk_path(out_dir, index).with_suffix(".json")
 
 
-def _saved_chunk(out_dir: Path, index: int) -> bool:
-    """Whether chunk `index` is saved whole: its record is there and matches what is on disk."""
-    return checked_files.damage(_chunk_record(out_dir, index)) is None
+def _saved_chunk(out_dir: Path, index: int, key: str) -> bool:
+    """Whether chunk `index` is saved whole by the link of `key`: its record is there, matches what is
+    on disk and names that key (`_chunk_key`)."""
+    return checked_files.damage(_chunk_record(out_dir, index)) is None and _chunk_key(out_dir, index) == key
+
+
+def _chunk_key(out_dir: Path, index: int) -> str | None:
+    """The link key chunk `index`'s record names (`link_key` of the link that made it); None when it
+    names none (a chunk of an older xel) or cannot be read."""
+    try:
+        key = checked_files.read_content(_chunk_record(out_dir, index)).get("key")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return key if isinstance(key, str) else None
+
+
+def _chunk_index(path: Path) -> int | None:
+    """The index of a chunk file `chunk-NNNNNN.parquet` (None for another name)."""
+    digits = path.stem.removeprefix("chunk-")
+    return int(digits) if digits.isdigit() else None
+
+
+def _foreign_chunks(out_dir: Path, key: str) -> list[int]:
+    """The finished chunks in `out_dir` (whole records) that name another key than `key`, or none."""
+    indexes = sorted(i for i in map(_chunk_index, (out_dir / CHUNKS).glob("chunk-*.parquet")) if i is not None)
+    return [
+        i for i in indexes if checked_files.damage(_chunk_record(out_dir, i)) is None and _chunk_key(out_dir, i) != key
+    ]
+
+
+def _key_mismatch(found: str | None, key: str) -> str:
+    """Why a chunk recording the key `found` is not of the link of `key`, for W705/E711/E715."""
+    if found is None:
+        return "its record names no link key: an older xel made it"
+    return f"its record names the key {found[:8]}, this link's is {key[:8]}: another model, input, --kb or option"
 
 
 def _forget_damaged_chunk(out_dir: Path, index: int, problem: str) -> None:
@@ -203,7 +235,12 @@ def _forget_damaged_chunk(out_dir: Path, index: int, problem: str) -> None:
 def _old_key(out_dir: Path) -> str | None:
     """The key of the link whose chunks and work files are in `out_dir` (None: there are none)."""
     key_path = out_dir / WORK / "key.txt"
-    return key_path.read_text(encoding="utf-8").strip() if key_path.is_file() else None
+    if not key_path.exists():
+        return None
+    try:
+        return key_path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return ""  # unreadable: no key, so not this link's
 
 
 def _refuse_other_links(out_dir: Path, key: str, shard: tuple[int, int], force: bool) -> None:
@@ -212,6 +249,13 @@ def _refuse_other_links(out_dir: Path, key: str, shard: tuple[int, int], force: 
     shard given other options by mistake must neither wipe them nor leave a set no --merge can join."""
     if force:
         return
+    foreign = _foreign_chunks(out_dir, key)
+    if foreign:
+        raise CacheError(
+            "E715",
+            path=_chunk_path(out_dir, foreign[0]),
+            detail=f"{len(foreign)} finished chunk(s) of another link ({_key_mismatch(_chunk_key(out_dir, foreign[0]), key)})",
+        )
     old = _old_key(out_dir)
     if old is not None and old != key:
         linked = [*(out_dir / CHUNKS).glob("chunk-*.parquet"), *(out_dir / SHARDS).glob("shard-*.json")]
@@ -244,8 +288,25 @@ def _forget_other_keys(out_dir: Path, key: str, force: bool, identity: dict[str,
     warn_replaced_links(out_dir, identity)
     old = _old_key(out_dir)
     if force or (old is not None and old != key):
+        finished = sorted((out_dir / CHUNKS).glob("chunk-*.parquet"))
+        if finished and not force:  # F9: say why finished work is dropped
+            why = (
+                "work/key.txt cannot be read"
+                if not old
+                else f"work/key.txt names the key {old[:8]}, this link's is {key[:8]}"
+            )
+            warn(logger, "W705", path=out_dir / CHUNKS, count=len(finished), why=why)
         for name in (CHUNKS, WORK, SHARDS):
             shutil.rmtree(out_dir / name, ignore_errors=True)
+    else:  # work/key.txt is this link's or gone: each chunk's own record says whose it is
+        foreign = _foreign_chunks(out_dir, key)
+        if foreign:
+            first = _chunk_path(out_dir, foreign[0])
+            why = f"{first.name}: {_key_mismatch(_chunk_key(out_dir, foreign[0]), key)}"
+            warn(logger, "W705", path=out_dir / CHUNKS, count=len(foreign), why=why)
+            for index in foreign:
+                checked_files.forget(_chunk_record(out_dir, index))
+                _chunk_path(out_dir, index).unlink(missing_ok=True)
     write_text_atomic(out_dir / WORK / "key.txt", key + "\n")
     record_linked_with(out_dir, identity)
 
@@ -258,8 +319,8 @@ def _keeps_work(options: LinkOptions, key: str) -> bool:
 def _links_a_chunk(options: LinkOptions, key: str, total: int) -> bool:
     """Whether this call links any chunk (some of its chunks are not saved yet, or will be deleted)."""
     mine = range(total) if options.shard is None else range(options.shard[0], total, options.shard[1])
-    keeps = _keeps_work(options, key)
-    return any(not (keeps and _saved_chunk(options.out_dir, index)) for index in mine)
+    keeps = _keeps_work(options, key) or (_old_key(options.out_dir) is None and not options.force)
+    return any(not (keeps and _saved_chunk(options.out_dir, index, key)) for index in mine)
 
 
 @contextlib.contextmanager
@@ -322,7 +383,7 @@ def run(options: LinkOptions) -> LinkResult:
         if options.shard is None:
             remove_leftover_temps(out_dir)  # after the corpus check's scratch folder is gone
         (out_dir / MANIFEST).unlink(missing_ok=True)  # outputs being redone never look finished
-        linked = _link_chunks(options, kb.linker, context_chars)
+        linked = _link_chunks(options, kb.linker, context_chars, key)
     if linked.counts["chunks_resumed"]:
         logger.info("resumed: %d chunk(s) were already linked in %s", linked.counts["chunks_resumed"], out_dir / CHUNKS)
     if options.shard is not None:
@@ -401,8 +462,9 @@ def _checked_inputs(options: LinkOptions, folder) -> Path:
     return kb_path
 
 
-def _link_chunks(options: LinkOptions, linker, context_chars: int) -> LinkedChunks:
-    """Link every chunk of this process's share not saved yet, each saved (and sealed) as it finishes."""
+def _link_chunks(options: LinkOptions, linker, context_chars: int, key: str) -> LinkedChunks:
+    """Link every chunk of this process's share not saved yet by this link (`key`), each saved (and
+    sealed, naming `key`) as it finishes."""
     out_dir = options.out_dir
     counts = {
         "mentions": 0,
@@ -421,13 +483,18 @@ def _link_chunks(options: LinkOptions, linker, context_chars: int) -> LinkedChun
             if options.shard is not None and index % options.shard[1] != options.shard[0]:
                 continue
             problem = checked_files.damage(_chunk_record(out_dir, index))  # one check: resume or redo
+            if problem is None and _chunk_key(out_dir, index) != key:  # a sibling shard's of another key, since
+                found = _chunk_key(out_dir, index)
+                warn(logger, "W705", path=_chunk_path(out_dir, index), count=1, why=_key_mismatch(found, key))
+                problem = "another link's"
+                checked_files.forget(_chunk_record(out_dir, index))
             if problem is None:
                 counts["chunks_resumed"] += 1
                 counts["mentions_resumed"] += int(checked_files.read_content(_chunk_record(out_dir, index))["mentions"])
                 continue
             _forget_damaged_chunk(out_dir, index, problem)
             mentions = without_entity_type(read()) if options.ignore_entity_type else read()
-            stats, result = _link_one_chunk(out_dir, index, linker, mentions)
+            stats, result = _link_one_chunk(out_dir, index, linker, mentions, key)
             for name in ("mentions", "entities_encoded", "entities_cached"):
                 counts[name] += stats[name]
             counts["chunks"] += 1
@@ -448,8 +515,9 @@ def _link_chunks(options: LinkOptions, linker, context_chars: int) -> LinkedChun
     return LinkedChunks(counts, linked_seconds, encode_seconds)
 
 
-def _link_one_chunk(out_dir: Path, index: int, linker, mentions: pl.DataFrame) -> tuple[dict, object]:
-    """Link chunk `index` (`mentions`), save it and seal its record (last); (its stats, the `ChunkResult`).
+def _link_one_chunk(out_dir: Path, index: int, linker, mentions: pl.DataFrame, key: str) -> tuple[dict, object]:
+    """Link chunk `index` (`mentions`), save it and seal its record (last), which names the link's `key`
+    (so a chunk is never resumed into another link's outputs); (its stats, the `ChunkResult`).
 
     Its encoder sub-chunks (work/encode-NNNNNN) resume a killed chunk and are deleted once it is saved.
     When it fails (a full disk), they go too, with any part of the chunk not sealed:
@@ -466,10 +534,10 @@ def _link_one_chunk(out_dir: Path, index: int, linker, mentions: pl.DataFrame) -
             "encode_seconds": result.encode_seconds,
         }
         write_parquet_atomic(result.frame, _chunk_path(out_dir, index))
-        checked_files.seal(_chunk_record(out_dir, index), [_chunk_path(out_dir, index)], stats)  # last
+        checked_files.seal(_chunk_record(out_dir, index), [_chunk_path(out_dir, index)], {**stats, "key": key})  # last
     except Exception:  # not Ctrl-C: the sub-chunks of an interrupted chunk resume it
         shutil.rmtree(encoding, ignore_errors=True)
-        if not _saved_chunk(out_dir, index):
+        if not _saved_chunk(out_dir, index, key):
             checked_files.forget(_chunk_record(out_dir, index))
             _chunk_path(out_dir, index).unlink(missing_ok=True)
         raise
@@ -566,7 +634,7 @@ def _finish(
     """Cluster NILs over every chunk, write the outputs and manifest.json, delete the chunks.
     `counts`: this call's (`LinkedChunks.counts`; a --merge's: none linked, every chunk resumed)."""
     out_dir = options.out_dir
-    paths, stats, frame = _read_linked_chunks(options, total)
+    paths, stats, frame = _read_linked_chunks(options, total, key)
     policy = kb.folder.policy
     policy.warn_unseen(frame)
     clustered = policy.cluster(frame)
@@ -607,9 +675,10 @@ def _finish(
     )
 
 
-def _read_linked_chunks(options: LinkOptions, total: int) -> tuple[list[Path], list[dict], pl.DataFrame]:
+def _read_linked_chunks(options: LinkOptions, total: int, key: str) -> tuple[list[Path], list[dict], pl.DataFrame]:
     """(the chunks' paths, their records' counts, every linked mention without its candidate lists),
-    once all `total` chunks are saved whole (E711 naming the first that is not; E107 for none)."""
+    once all `total` chunks are saved whole by this link (`key`) (E711 naming the first that is not,
+    or one of another link; E107 for none)."""
     out_dir = options.out_dir
     if total == 0:
         # A link or shard of this xel never gets here with no chunk (`_checked_corpus` refuses an empty
@@ -617,7 +686,19 @@ def _read_linked_chunks(options: LinkOptions, total: int) -> tuple[list[Path], l
         # (same key) recorded an empty corpus as chunks_total 0: E107, not an IndexError at paths[0].
         raise InputError("E107", path=options.mentions)
     paths = [_chunk_path(out_dir, index) for index in range(total)]
-    missing = [path for index, path in enumerate(paths) if not _saved_chunk(out_dir, index)]
+    foreign = [
+        i
+        for i in range(total)
+        if checked_files.damage(_chunk_record(out_dir, i)) is None and _chunk_key(out_dir, i) != key
+    ]
+    if foreign:
+        raise CacheError(
+            "E711",
+            path=paths[foreign[0]],
+            detail=f"a finished chunk of another link ({_key_mismatch(_chunk_key(out_dir, foreign[0]), key)}); "
+            f"delete it and {paths[foreign[0]].with_suffix('.json').name}, and run the shard that holds it again",
+        )
+    missing = [path for index, path in enumerate(paths) if not _saved_chunk(out_dir, index, key)]
     if missing:
         raise CacheError(
             "E711",

@@ -6,8 +6,9 @@
 - `aliases.parquet`: what triage learned from the training split, (mention, gold_kb_id,
   count), from which the priors P(e|m) and the fuzzy source's training names come;
 - `popularity.parquet` (kb_id, count), only when the run re-ranks by popularity (§7.2);
-- `reader/`, the rerank stage's reader (`pipeline.model.reader`), only when the run has one
-  (rerank.enabled); model.json's "reader" holds its reader.json;
+- `reader/`, the rerank stage's reader (`pipeline.model.reader`), only when it decides (rerank.enabled
+  and evaluate's NIL method is "reader": link loads it then only); model.json's "reader" holds its
+  reader.json (null without one);
 - `model.json`: the format and version, the encoder (name, resolved path, identity) and
   its settings, the triage settings, the context width, the NIL policy
   (`pipeline/model/nil_policy.py`), the type vocabularies, the KB trained on (file name,
@@ -149,7 +150,9 @@ def write_model_folder(
             )
             files.append(POPULARITY)
         reader_meta = None
-        if config.rerank.enabled:  # the reader travels with the linker; link applies it as evaluate did
+        # The reader travels with the linker only where it decides (NIL method "reader"): link applies it as
+        # evaluate did then, and never loads it otherwise, so a copy of it (hundreds of MB) would be dead weight.
+        if config.rerank.enabled and nil_artifact.get("method") == "reader":
             shutil.copytree(config.stage_dir("rerank") / READER_DIR, temp / READER_DIR)
             files += sorted(str(path.relative_to(temp)) for path in (temp / READER_DIR).rglob("*") if path.is_file())
             reader_meta = {
@@ -211,6 +214,34 @@ class ModelFolder:
         return file_fingerprint(self.path / MODEL_JSON)
 
 
+def ranker_mismatch(meta: dict, saved: dict, hidden_size: int | None = None) -> str | None:
+    """Where model.json (`meta`, checked by `load_model_folder`) disagrees with the ranker it describes
+    (`saved`, model.pt's metadata: `model_file.load_model`), as `key.path: must be X (got Y)` for E702;
+    None when it agrees. Compared: the mention and entity type vocabularies (the ranker's one-hot type
+    inputs are as wide as they are, in their order), `trained_on.features` (the ranker's features) and
+    the width of the encoder's vectors (`hidden_size`, None: not known yet) with the ranker's."""
+    shape = saved.get("shape") or {}
+    expected = {
+        "types.mention": list(saved.get("mention_types") or []),
+        "types.entity": list(saved.get("entity_types") or []),
+    }
+    for where, value in expected.items():
+        found = meta["types"][where.split(".")[1]]
+        if list(found) != value:
+            return f"{where}: must be {value}, the types model.pt was trained with, in that order (got {found})"
+    features = (meta.get("trained_on") or {}).get("features")
+    trained = list(shape.get("features", [])) or ["nearest-neighbour baseline"]
+    if features and list(features) != trained:
+        return f"trained_on.features: must be {trained}, model.pt's features (got {features})"
+    width = shape.get("vector_size")
+    if hidden_size is not None and width is not None and int(width) != hidden_size:
+        return (
+            f"encoder.name: its encoder gives vectors of {hidden_size} dimensions, "
+            f"the ranker in model.pt reads {width} (got {meta['encoder']['name']})"
+        )
+    return None
+
+
 def load_model_folder(path: Path) -> ModelFolder:
     """Read and check a model folder. E701: not one; E702: damaged, or a value of model.json of the
     wrong type or range (naming its key path, e.g. `nil.thresholds.en`); E703: a newer format; E716: a
@@ -226,8 +257,12 @@ def load_model_folder(path: Path) -> ModelFolder:
         raise CacheError("E702", path=meta_path, detail=f"not valid JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CacheError("E701", path=path, detail=f"{MODEL_JSON} does not say format = {FORMAT!r}")
-    if not isinstance(meta.get("format_version"), int) or meta["format_version"] > FORMAT_VERSION:
-        raise CacheError("E703", path=meta_path, found=meta.get("format_version"), supported=FORMAT_VERSION)
+    version = meta.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:  # a type error, not a newer format
+        detail = f"format_version: must be a whole number of at least 1, as written (got {version!r})"
+        raise CacheError("E702", path=meta_path, detail=detail, fix_first="correct that value, or ")
+    if version > FORMAT_VERSION:
+        raise CacheError("E703", path=meta_path, found=version, supported=FORMAT_VERSION)
     unknown = unknown_key(meta)  # a misspelt key is not silently ignored: the setting it meant would be
     if unknown is not None:
         key, hint, known = unknown

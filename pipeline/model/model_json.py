@@ -282,12 +282,19 @@ def check_model_json(text: str) -> str | None:
         got = "" if first["type"] in ("missing", "value_error") else f" (got {_short(first['input'])})"
         return f"{where}: {message}{got}"
     except ConfigError as error:  # an encoder or triage setting's own check
-        match = _E203.search(error.message)
-        if match is None:
-            return error.message
-        section, key, value, reason = match.groups()
-        return f"{_SECTION_PATHS.get(section, section)}.{key}: {reason} (got {value})"
+        return setting_problem(error)
     return None
+
+
+def setting_problem(error: ConfigError) -> str:
+    """An encoder or triage setting's own E203 (`[encoder]: name_layer = 99 is invalid: ...`), raised
+    while model.json's settings are checked or used, as `key.path: what is wrong (got value)` for E702
+    (`encoder.settings.name_layer: ...`); the message unchanged when it is not such an E203."""
+    match = _E203.search(error.message)
+    if match is None:
+        return error.message
+    section, key, value, reason = match.groups()
+    return f"{_SECTION_PATHS.get(section, section)}.{key}: {reason} (got {value})"
 
 
 def _short(value: Any) -> str:

@@ -59,8 +59,10 @@ class NilPolicy:
     artifact: dict
     clustering: str = "name"
     # The NIL threshold of a language the model has none for (`xel-cli link --fallback-threshold`);
-    # None: the median of the model's per-language thresholds (see `fallback`).
+    # None: model.json's `nil.fallback`, else the median of the model's per-language thresholds (`fallback`).
     unseen_threshold: float | None = None
+    # model.json's `nil.fallback` (written as that median; a hand edit of it is the model's); None: not saved.
+    saved_fallback: float | None = None
 
     @property
     def thresholds(self) -> dict[str, float]:
@@ -69,16 +71,34 @@ class NilPolicy:
     @property
     def fallback(self) -> float:
         """The threshold of a language without one of its own: `unseen_threshold` when set, else
-        the median of the per-language thresholds (evaluate's `default_threshold`, -1 by the
-        paper, is below every tanh score and would make an unseen language never NIL), else
-        `default_threshold` when the model has none."""
+        model.json's `nil.fallback` (`saved_fallback`), else the median of the per-language thresholds
+        (evaluate's `default_threshold`, -1 by the paper, is below every tanh score and would make an
+        unseen language never NIL), else `default_threshold` when the model has none."""
         if self.unseen_threshold is not None:
             return float(self.unseen_threshold)
+        if self.saved_fallback is not None:
+            return float(self.saved_fallback)
+        median = self._median()
+        return float(self.artifact["default_threshold"]) if median is None else median
+
+    def _median(self) -> float | None:
+        """The median of the per-language thresholds; None when the model has none."""
         values = sorted(self.thresholds.values())
         if not values:
-            return float(self.artifact["default_threshold"])
+            return None
         middle = len(values) // 2
         return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+
+    def fallback_source(self) -> str:
+        """Where `fallback` comes from, in W701's words."""
+        median = self._median()
+        if self.unseen_threshold is not None:
+            return "--fallback-threshold"
+        if self.saved_fallback is not None and (median is None or self.saved_fallback != median):
+            return "model.json's nil.fallback"
+        if median is not None:
+            return "the median of the model's per-language thresholds"
+        return "the model's default threshold nil.default_threshold, as it has no per-language threshold"
 
     def with_unseen_threshold(self, value: float) -> "NilPolicy":
         """This policy with `unseen_threshold` = `value` (`--fallback-threshold`); E203 unless a
@@ -130,9 +150,12 @@ class NilPolicy:
 
     @classmethod
     def from_json(cls, payload: dict) -> "NilPolicy":
-        """The policy saved in model.json's "nil" object (the caller turns errors into E702)."""
+        """The policy saved in model.json's "nil" object, its `fallback` too (a hand edit there is the
+        model's, as one of a threshold is); the caller turns errors into E702."""
         artifact = {key: value for key, value in payload.items() if key not in ("clustering", "fallback")}
-        return cls.from_artifact(artifact, str(payload["clustering"]))
+        policy = cls.from_artifact(artifact, str(payload["clustering"]))
+        fallback = payload.get("fallback")
+        return policy if fallback is None else dataclasses.replace(policy, saved_fallback=float(fallback))
 
     def with_mention_prior(self, mentions: pl.DataFrame, name: np.ndarray, context: np.ndarray) -> pl.DataFrame:
         """mentions with the `mention_nil_logit` column the classifier reads, when evaluate fitted a
@@ -178,11 +201,7 @@ class NilPolicy:
         if languages and not thresholds_decide(self.artifact):
             return languages  # the classifier, nota or the reader decides NIL: no threshold is used, none to warn of
         if languages:
-            source = (
-                "--fallback-threshold"
-                if self.unseen_threshold is not None
-                else "the median of the model's per-language thresholds"
-            )
+            source = self.fallback_source()
             warn(
                 logger,
                 "W701",

@@ -1482,3 +1482,90 @@ def test_a_resumed_shard_counts_its_whole_share(demo_run: dict, tmp_path: Path) 
     saved[-1].write_bytes(saved[-1].read_bytes()[:300])  # a damaged chunk: linked again, the others kept
     again = succeeded(link(demo_run["model"], demo_run["test"], out, "--chunk-mentions", 10, "--shard", "1/2")).output
     assert f"link: {share} mentions, " in again and f"{chunks} chunk(s), {chunks - 1} resumed" in again
+
+
+def _other_ids(source: Path, target: Path) -> Path:
+    """The mentions of `source` with every id prefixed NEW- (the same texts: another input)."""
+    records = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines()]
+    return write_jsonl(target, [{**r, "id": "NEW-" + r["id"]} for r in records])
+
+
+def test_finished_chunks_of_other_inputs_are_never_resumed_even_without_work(demo_run: dict, tmp_path: Path) -> None:
+    out, other = tmp_path / "out", _other_ids(demo_run["test"], tmp_path / "other.jsonl")
+    succeeded(link(demo_run["model"], demo_run["test"], out, "--chunk-mentions", 20, "--shard", "0/2"))
+    assert len(list((out / "chunks").glob("chunk-*.parquet"))) == 2  # chunks 0 and 2 of 4
+    shutil.rmtree(out / "work")
+    # A sibling shard of the other input refuses, naming the chunk of another link.
+    refused = link(demo_run["model"], other, out, "--chunk-mentions", 20, "--shard", "1/2")
+    assert refused.exit_code == 2 and "[E715]" in refused.output and "chunk-000000.parquet" in refused.output
+    shutil.rmtree(out / "shards")
+    relinked = succeeded(link(demo_run["model"], other, out, "--chunk-mentions", 20))
+    assert "[W705]" in relinked.output and "2 finished chunk(s)" in relinked.output, relinked.output
+    assert "chunk-000000.parquet: its record names the key" in relinked.output
+    assert "4 chunk(s), 0 resumed" in relinked.output
+    ids = pl.read_parquet(out / "links.parquet")["mention_id"].to_list()
+    assert len(ids) == 66 and all(i.startswith("NEW-") for i in ids)
+
+
+@pytest.mark.parametrize("key_text", ["", "garbage\n"])
+def test_finished_chunks_of_another_key_txt_are_redone_with_one_warning(
+    demo_run: dict, tmp_path: Path, key_text: str
+) -> None:
+    out = tmp_path / "out"
+    succeeded(link(demo_run["model"], demo_run["test"], out, "--chunk-mentions", 20, "--shard", "0/2"))
+    shutil.rmtree(out / "shards")
+    (out / "work" / "key.txt").write_text(key_text, encoding="utf-8")
+    relinked = succeeded(link(demo_run["model"], demo_run["test"], out, "--chunk-mentions", 20))
+    lines = [line for line in relinked.output.splitlines() if "[W705]" in line]
+    why = "work/key.txt cannot be read" if not key_text else "work/key.txt names the key garbage"
+    assert len(lines) == 1 and "2 finished chunk(s)" in lines[0] and why in lines[0], relinked.output
+    assert "4 chunk(s), 0 resumed" in relinked.output
+
+
+@pytest.mark.parametrize(
+    "edit, where",
+    [
+        (lambda meta: meta["types"]["mention"].pop(), "types.mention: must be ["),
+        (lambda meta: meta["types"]["mention"].append("MISC"), "types.mention: must be ["),
+        (lambda meta: meta["types"].update(mention=[]), "types.mention: must be ["),
+        (lambda meta: meta["types"]["mention"].reverse(), "types.mention: must be ["),
+        (lambda meta: meta["types"]["entity"].pop(), "types.entity: must be ["),
+        (lambda meta: meta["trained_on"].update(features=["name"]), "trained_on.features: must be ["),
+        (
+            lambda meta: meta["encoder"]["settings"].update(name_layer=99),
+            "encoder.settings.name_layer: ",
+        ),
+        (lambda meta: meta.update(format_version="1"), "format_version: must be a whole number"),
+        (lambda meta: meta.update(format_version=True), "format_version: must be a whole number"),
+        (lambda meta: meta.update(format_version=0), "format_version: must be a whole number"),
+    ],
+    ids=[
+        "4-types",
+        "6-types",
+        "no-types",
+        "reordered",
+        "entity-types",
+        "features",
+        "name-layer",
+        "v-str",
+        "v-bool",
+        "v-0",
+    ],
+)
+def test_model_json_that_disagrees_with_its_ranker_or_encoder_is_e702_before_linking(
+    demo_run: dict, tmp_path: Path, edit, where: str
+) -> None:
+    """fresh21 F2, F6, F7: a types list of another length crashed with a shape error after encoding, a
+    string format_version was called newer, name_layer 99 was a config file's E203 naming no file."""
+    model = tmp_path / "model"
+    shutil.copytree(demo_run["model"], model)
+    meta = json.loads((model / "model.json").read_text(encoding="utf-8"))
+    assert len(meta["types"]["mention"]) >= 2 and len(meta["types"]["entity"]) >= 2  # the edits change something
+    edit(meta)
+    (model / "model.json").write_text(json.dumps(meta), encoding="utf-8")
+    result = link(model, demo_run["test"], tmp_path / "out")
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "[E702]" in result.output and "model.json" in result.output and where in result.output, result.output
+    assert "correct that value, or export it again" in result.output
+    if "name_layer" in where:
+        assert "has only 2 layers (hidden states 0..2) (got 99)" in result.output

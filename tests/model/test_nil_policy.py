@@ -99,3 +99,30 @@ def test_w701_warns_of_a_fallback_threshold_only_where_a_threshold_decides(caplo
     caplog.clear()
     assert reader.warn_unseen(unseen) == ["de"] and "[W701]" not in caplog.text
     assert nota.warn_unseen(unseen) == ["de"] and "[W701]" not in caplog.text  # nota's NIL score decides
+
+
+def test_model_json_fallback_is_honoured_and_w701_names_its_source(caplog) -> None:
+    """fresh21 F3, F4: a hand-edited nil.fallback was read and ignored (the median recomputed), and a
+    model with no per-language threshold was said to use their median."""
+    import polars as pl
+
+    unseen = pl.DataFrame({"lang": ["de"], "mention": ["x"]})
+    saved = {
+        "method": "threshold",
+        "default_threshold": -1.0,
+        "thresholds": {"en": -0.5, "es": -0.7},
+        "clustering": "name",
+    }
+    as_written = NilPolicy.from_json({**saved, "fallback": -0.6})  # the median, as evaluate writes it
+    assert as_written.fallback == -0.6 and as_written.fallback_source().startswith("the median")
+    edited = NilPolicy.from_json({**saved, "fallback": 0.9})
+    assert edited.fallback == 0.9 and edited.fallback_source() == "model.json's nil.fallback"
+    edited.warn_unseen(unseen)
+    assert "fallback NIL threshold 0.9 (model.json's nil.fallback)" in caplog.text
+    assert edited.with_unseen_threshold(0.2).fallback == 0.2  # --fallback-threshold still wins
+    assert NilPolicy.from_json({**saved, "fallback": None}).fallback == -0.6
+    caplog.clear()
+    none = NilPolicy.from_json({**saved, "thresholds": {}})
+    none.warn_unseen(unseen)
+    assert none.fallback == -1.0 and "median" not in caplog.text
+    assert "fallback NIL threshold -1.0 (the model's default threshold nil.default_threshold" in caplog.text

@@ -653,3 +653,24 @@ def test_the_pairwise_form_reads_one_sequence_per_candidate(base_run: dict, run_
     totals = scores.group_by("mention_id").agg(pl.col("score").sum() + pl.col("nil_score").first())["score"]
     assert totals.min() == pytest.approx(1.0, abs=1e-4) and totals.max() == pytest.approx(1.0, abs=1e-4)
     assert json.loads((run_copy / "rerank" / "reader" / "reader.json").read_text())["layout"]["form"] == "pairwise"
+
+
+def test_the_model_folder_carries_the_reader_only_where_it_decides(base_run: dict, run_copy: Path) -> None:
+    """fresh21 F13: with the reader on and NIL decided by a threshold, model/ kept a full copy of the
+    reader (470 MB with e5) that link never loads."""
+    assert (base_run["run_dir"] / "model" / "reader" / "head.pt").is_file()  # the reader decides there
+    args = ["evaluate", "--config", str(base_run["config"]), "--run-dir", str(run_copy)]
+    result = CliRunner().invoke(main, [*args, "--set", "evaluate.nil_method=threshold"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    meta = json.loads((run_copy / "model" / "model.json").read_text())
+    assert meta["nil"]["method"] == "threshold" and meta["reader"] is None
+    assert not (run_copy / "model" / "reader").exists() and not any(
+        name.startswith("reader/") for name in meta["files"]
+    )
+    assert (run_copy / "rerank" / "reader" / "head.pt").is_file()  # the run's own copy stays
+    from conftest import tiny_mention_records
+    from pipeline.link.linker import Linker
+
+    linker = Linker.load(run_copy / "model")
+    assert linker.reader is None
+    assert linker.link([r for r in tiny_mention_records() if r["split"] == "test"]).height > 0
