@@ -23,7 +23,6 @@ Folders of other keys are left alone (another run or link may be reading them).
 
 from __future__ import annotations
 
-import atexit
 import errno
 import hashlib
 import json
@@ -42,7 +41,7 @@ from pipeline.candidates.tantivy_index import TantivyNameIndex
 from pipeline.core import checked_files
 from pipeline.core.errors import CacheError, InputError, warn
 from pipeline.core.io import atomic_path, default_permissions, failed_writes, write_parquet_atomic
-from pipeline.core.store import private_folder, unwritable
+from pipeline.core.store import stand_in_folder, unwritable
 from pipeline.core.textnorm import acronym, add_keys, content_words
 from pipeline.formats.inputs import write_entities
 
@@ -119,7 +118,12 @@ def _cached(root: Path, key: str, build: Callable[[Path], None]) -> Path:
         _remove(folder)
     reason = unwritable(root)  # E406 for a full disk
     if reason is not None:  # a read-only cache: built for this process alone
-        root = _private_root(root, reason)
+        root = stand_in_folder(
+            root,
+            "xel-kb-index-",
+            reason,
+            "the KB indexes it lacks are built for this process alone and not cached (a later run or link builds them again)",
+        )
         folder = root / key
     try:
         temp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=root))
@@ -142,21 +146,6 @@ def _cached(root: Path, key: str, build: Callable[[Path], None]) -> Path:
     # Folders of other keys stay: in a store that runs and links share, another setting or
     # xel version may be reading them at this moment (docs/caches.md says how to clear it).
     return folder
-
-
-# The private folder that stands in for each unwritable KB-index root in this process (`_private_root`).
-_PRIVATE_ROOTS: dict[Path, Path] = {}
-
-
-def _private_root(root: Path, reason: str) -> Path:
-    """The private temporary folder the indexes of the unwritable `root` are built in by this process,
-    deleted when it ends; made on first use, with one `[W404]` saying why (`reason`) they are not cached."""
-    if root not in _PRIVATE_ROOTS:
-        _PRIVATE_ROOTS[root] = private_folder("xel-kb-index-")
-        atexit.register(shutil.rmtree, _PRIVATE_ROOTS[root], True)
-        what = "the KB indexes it lacks are built for this process alone and not cached (a later run or link builds them again)"
-        warn(logger, "W404", path=root, reason=reason, what=what)
-    return _PRIVATE_ROOTS[root]
 
 
 def _remove(folder: Path) -> None:

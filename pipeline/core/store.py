@@ -29,6 +29,7 @@ earlier corpus had among its candidates. Clear everything with `rm -rf ~/.cache/
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import hashlib
@@ -82,6 +83,27 @@ def private_folder(prefix: str) -> Path:
         return Path(tempfile.mkdtemp(prefix=prefix))
     except OSError as exc:
         raise CacheError("E406", path=Path(tempfile.gettempdir()), detail=exc.strerror or str(exc)) from None
+
+
+# The private folder that stands in for each unwritable cache folder in this process, by (folder, prefix).
+_STAND_INS: dict[tuple[Path, str], Path] = {}
+
+
+def stand_in_folder(root: Path, prefix: str, reason: str, what: str) -> Path:
+    """The private folder (`private_folder(prefix)`) that stands in for the unwritable cache folder `root`
+    in this process, deleted when it ends; made on first use, with one `[W404]` saying why (`reason`)
+    and what is therefore not cached (`what`)."""
+    key = (root, prefix)
+    if key not in _STAND_INS:
+        _STAND_INS[key] = private_folder(prefix)
+        atexit.register(shutil.rmtree, _STAND_INS[key], True)
+        warn(logger, "W404", path=root, reason=reason, what=what)
+    return _STAND_INS[key]
+
+
+def made_stand_in(root: Path, prefix: str) -> Path | None:
+    """The folder `stand_in_folder` made for `root` and `prefix` in this process, or None."""
+    return _STAND_INS.get((root, prefix))
 
 
 def cache_root() -> Path:

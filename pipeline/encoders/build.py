@@ -20,7 +20,6 @@ longer matches its record is rebuilt, with one `[W402]` naming the file.
 
 from __future__ import annotations
 
-import atexit
 import errno
 import hashlib
 import importlib.metadata
@@ -40,10 +39,12 @@ from pipeline.core import checked_files
 from pipeline.core.errors import CacheError, ConfigError, PipelineError, warn
 from pipeline.core.io import default_permissions
 from pipeline.core.progress import silence_library_bars
-from pipeline.core.store import READ_ONLY_ERRNOS, cache_root, private_folder, unwritable
+from pipeline.core.store import READ_ONLY_ERRNOS, cache_root, made_stand_in, stand_in_folder, unwritable
 from pipeline.encoders.e5_format import bad_file, bert_state_dict_name, read_e5_file, read_e5_tokenizer
 
 logger = logging.getLogger(__name__)
+# The prefix of the private folder an unwritable cache's encoder is built in (`stand_in_folder`).
+STAND_IN_PREFIX = "xel-encoder-"
 
 DEFAULT_ENCODER = "xel/multilingual-e5-small"
 """The name users write in a config to mean the offline build of this module."""
@@ -85,8 +86,9 @@ def ensure_default_encoder(cache_dir: Path | None = None, source_path: Path | No
     """
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target_dir = cache_root / ENCODER_FOLDER
-    if cache_root in _PRIVATE_ROOTS and _is_complete(_PRIVATE_ROOTS[cache_root] / ENCODER_FOLDER):
-        return _PRIVATE_ROOTS[cache_root] / ENCODER_FOLDER  # built already by this process, the cache being read-only
+    built_here = made_stand_in(cache_root, STAND_IN_PREFIX)
+    if built_here is not None and _is_complete(built_here / ENCODER_FOLDER):
+        return built_here / ENCODER_FOLDER  # built already by this process, the cache being read-only
     if _is_complete(target_dir):
         problem = checked_files.damage(target_dir / checked_files.RECORD_NAME)
         if problem is None:
@@ -101,7 +103,8 @@ def ensure_default_encoder(cache_dir: Path | None = None, source_path: Path | No
             raise ConfigError("E504", path=cache_root, detail=err) from err
     reason = unwritable(cache_root)  # E406 for a full disk
     if reason is not None:  # a read-only cache: built for this process alone, as the other entries are
-        cache_root = _private_root(cache_root, reason)
+        what = "the offline encoder is built for this process alone and not cached (a later run builds it again, ~10 s)"
+        cache_root = stand_in_folder(cache_root, STAND_IN_PREFIX, reason, what)
         target_dir = cache_root / ENCODER_FOLDER
         if _is_complete(target_dir):
             return target_dir
@@ -116,21 +119,6 @@ def ensure_default_encoder(cache_dir: Path | None = None, source_path: Path | No
         _build_into_place(weights_path, target_dir)
         logger.info("built %s in %.1f s", target_dir, time.perf_counter() - started)
     return target_dir
-
-
-# The private folder the encoder of each unwritable cache is built in by this process (`_private_root`).
-_PRIVATE_ROOTS: dict[Path, Path] = {}
-
-
-def _private_root(root: Path, reason: str) -> Path:
-    """A private temporary folder to build the encoder of the unwritable cache `root` in, deleted when
-    this process ends; made on first use, with one `[W404]` saying why (`reason`) it is not cached."""
-    if root not in _PRIVATE_ROOTS:
-        _PRIVATE_ROOTS[root] = private_folder("xel-encoder-")
-        atexit.register(shutil.rmtree, _PRIVATE_ROOTS[root], True)
-        what = "the offline encoder is built for this process alone and not cached (a later run builds it again, ~10 s)"
-        warn(logger, "W404", path=root, reason=reason, what=what)
-    return _PRIVATE_ROOTS[root]
 
 
 def _build_into_place(weights_path: Path, target_dir: Path) -> None:

@@ -9,19 +9,13 @@ import polars as pl
 import pytest
 import torch
 
+from conftest import TINY_CORPUS
 from pipeline.core.config import EncoderConfig
 from pipeline.encoders.chunks import chunk_units, encode_in_chunks
 from pipeline.encoders.encoder import load_encoder
 from pipeline.encoders.plan import plan_units
 
-DESCRIPTIONS = [
-    "Barack Obama met Angela Merkel in Berlin on Monday.",
-    "Serena Williams won the final in Paris.",
-    "The United Nations opened its summit in New York.",
-    "Vladimir Putin spoke to reporters in Moscow.",
-    "Apple released a new phone in California.",
-    "Lionel Messi scored twice for Barcelona.",
-]
+DESCRIPTIONS = TINY_CORPUS[:6]  # the six English sentences
 # The first description's words in another order: the same sub-words, so the same lengths and unit
 # indices, and the same chunks cut from them; other text, so other vectors.
 REORDERED = "Angela Merkel met Barack Obama in Berlin on Monday."

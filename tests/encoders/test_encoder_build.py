@@ -328,7 +328,7 @@ def test_a_read_only_cache_without_a_whole_build_builds_it_privately_with_one_w4
         return mkstemp(*args, dir=dir, **kwargs)
 
     monkeypatch.setattr(store.tempfile, "mkstemp", refused_in_cache)
-    monkeypatch.setattr(encoder_build, "_PRIVATE_ROOTS", {})
+    monkeypatch.setattr(store, "_STAND_INS", {})
     with caplog.at_level(logging.WARNING):
         built = ensure_default_encoder(cache)
         assert ensure_default_encoder(cache) == built  # built once per process
