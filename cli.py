@@ -125,8 +125,11 @@ class XelGroup(click.Group):
         if state is not None and state.debug:
             click.echo(traceback.format_exc(), err=True, nl=False)
         kept = INTERRUPTED_KEEPS.get(ctx.invoked_subcommand or "", "nothing half-written is left")
-        again = shlex.join(["xel-cli", *ctx.meta.get("xel.args", [])])
-        click.echo(f"Interrupted: {kept}; run `{again}` again to resume.", err=True)
+        args = ctx.meta.get("xel.args", [])
+        # --force deletes what was kept (finished chunks, checkpoints): the command that resumes is without it.
+        again = shlex.join(["xel-cli", *(arg for arg in args if arg != "--force")])
+        dropped = " (without --force, which would start over)" if "--force" in args else ""
+        click.echo(f"Interrupted: {kept}; run `{again}` again to resume{dropped}.", err=True)
         ctx.exit(INTERRUPTED_EXIT)
 
     def list_commands(self, ctx: click.Context) -> list[str]:

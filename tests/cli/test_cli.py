@@ -690,6 +690,16 @@ def test_ctrl_c_says_in_one_line_what_was_kept_and_how_to_resume(
     )
     assert not (tmp_path / "out").exists()  # nothing linked: the folder link made is gone again
 
+    # With --force, the command that resumes is without it: a rerun with --force would delete the finished
+    # chunks (before: the hint repeated --force, and the rerun resumed nothing; fresh21b 5f).
+    forced = invoke(
+        "link", "--model", tmp_path / "model", "--mentions", tmp_path / "m.jsonl", "--force", "--out", tmp_path / "o"
+    )
+    assert forced.exit_code == 130 and forced.output == (
+        f"Interrupted: link keeps its finished chunks in --out; run `xel-cli link --model {tmp_path}/model "
+        f"--mentions {tmp_path}/m.jsonl --out {tmp_path}/o` again to resume (without --force, which would start over).\n"
+    ), forced.output
+
 
 def test_same_seed_gives_identical_models(base_run: dict, tmp_path: Path) -> None:
     config = write_run_config(tmp_path, base_run["encoder"])
