@@ -123,6 +123,7 @@ def _cached(root: Path, key: str, build: Callable[[Path], None]) -> Path:
             "xel-kb-index-",
             reason,
             "the KB indexes it lacks are built for this process alone and not cached (a later run or link builds them again)",
+            "them",
         )
         folder = root / key
     try:

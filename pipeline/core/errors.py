@@ -143,7 +143,7 @@ class Warnings:
     W402 = "{detail}: the cache entry {entry} is damaged, so it is rebuilt (a cache miss); nothing to do unless this repeats (then check the disk)"
     W403 = "{detail}: the saved chunk {path} is damaged, so it is made again"
     # W404: a cache this process cannot write (pipeline/core/store.py `unwritable`): what it lacks is made apart.
-    W404 = "{path}: the cache cannot be written ({reason}), so {what}; to cache them, set XEL_CACHE to a folder you can write, or have the cache's owner fill it (the same command, run by them)"
+    W404 = "{path}: the cache cannot be written ({reason}), so {what}; to cache {cached}, set XEL_CACHE to a folder you can write, or have the cache's owner fill it (the same command, run by them)"
     W501 = "no dev mention (of train_languages, if set) to pick the best epoch by; the model is the epoch of lowest training loss and best_dev_accuracy is null"
     W503 = "the ranker did not learn to rank: {cause}. Its dev linking accuracy {accuracy} is triage's order breaking the ties, not the model's, so train reports best_dev_accuracy as null; {fix}"
     W509 = (

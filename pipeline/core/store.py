@@ -89,15 +89,15 @@ def private_folder(prefix: str) -> Path:
 _STAND_INS: dict[tuple[Path, str], Path] = {}
 
 
-def stand_in_folder(root: Path, prefix: str, reason: str, what: str) -> Path:
+def stand_in_folder(root: Path, prefix: str, reason: str, what: str, cached: str) -> Path:
     """The private folder (`private_folder(prefix)`) that stands in for the unwritable cache folder `root`
     in this process, deleted when it ends; made on first use, with one `[W404]` saying why (`reason`)
-    and what is therefore not cached (`what`)."""
+    and what is therefore not cached (`what`; `cached`: the pronoun for it, "it" or "them")."""
     key = (root, prefix)
     if key not in _STAND_INS:
         _STAND_INS[key] = private_folder(prefix)
         atexit.register(shutil.rmtree, _STAND_INS[key], True)
-        warn(logger, "W404", path=root, reason=reason, what=what)
+        warn(logger, "W404", path=root, reason=reason, what=what, cached=cached)
     return _STAND_INS[key]
 
 
@@ -202,6 +202,7 @@ class EntityVectorStore:
                 reason=reason,
                 what="the entity vectors it lacks are encoded for this link alone and not cached (a later link "
                 "encodes them again); the results are the same",
+                cached="them",
             )
         return self.private
 

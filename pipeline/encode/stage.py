@@ -99,7 +99,7 @@ def share_entity_vectors(
     reason = store.writable()
     if reason is not None:
         what = "this run's entity vectors are not added to it (its encode/vectors.h5 holds them; a link encodes them again)"
-        warn(logger, "W404", path=store.folder, reason=reason, what=what)
+        warn(logger, "W404", path=store.folder, reason=reason, what=what, cached="them")
         return
     try:
         new_rows = np.flatnonzero(~store.contains(keys))

@@ -103,8 +103,8 @@ def ensure_default_encoder(cache_dir: Path | None = None, source_path: Path | No
             raise ConfigError("E504", path=cache_root, detail=err) from err
     reason = unwritable(cache_root)  # E406 for a full disk
     if reason is not None:  # a read-only cache: built for this process alone, as the other entries are
-        what = "the offline encoder is built for this process alone and not cached (a later run builds it again, ~10 s)"
-        cache_root = stand_in_folder(cache_root, STAND_IN_PREFIX, reason, what)
+        what = "the offline encoder is built for this process alone and not cached (a later run or link builds it again, ~10 s)"
+        cache_root = stand_in_folder(cache_root, STAND_IN_PREFIX, reason, what, "it")
         target_dir = cache_root / ENCODER_FOLDER
         if _is_complete(target_dir):
             return target_dir

@@ -360,6 +360,7 @@ def test_a_cache_this_process_cannot_write_keeps_the_vectors_it_lacks_apart(
     assert (
         caplog.text.count("[W404]") == 1 and f"{shared}: the cache cannot be written (Permission denied)" in caplog.text
     )
+    assert "(a later link encodes them again); the results are the same; to cache them, set XEL_CACHE" in caplog.text
     found, names, contexts = store.lookup(["c", "x", "a"], 4)
     assert found.tolist() == [True, False, True]
     assert np.array_equal(names[[0, 2]], vectors[[2, 0]]) and np.array_equal(contexts[2], vectors[0] + 1)
