@@ -47,7 +47,8 @@ class Errors:
     E201 = "{path}: unknown key '{key}' in [{section}]{hint}; remove it or use one of the known keys: {known}"
     E202 = "{path}: invalid TOML ({detail}); fix the TOML syntax at that place"
     # {value} is written as TOML writes it (`toml_spelling`: false, "cpu", ["en", "es"]), as it is set.
-    E203 = "{where}: {field} = {value} is invalid: {reason}; change it in the config file or on the command line"
+    # {fix}: where the value is changed, by `where` (`e203_fix`): a command's option, the environment, or a config.
+    E203 = "{where}: {field} = {value} is invalid: {reason}; {fix}"
     E204 = "{path}: unknown section [{section}]; remove it or use one of the known sections: {known}"
     E205 = "no --config given; give the run's TOML file with --config FILE (the built-in demo is --config {demo})"
     # E206-E207: click's own checks of the command line (`usage_error`), in our one-line form.
@@ -201,6 +202,19 @@ def toml_spelling(value: object) -> str:
     return repr(value)
 
 
+def e203_fix(where: str) -> str:
+    """E203's what-to-do for a value given at `where`: an option of the command (`--fallback-threshold`,
+    `--set`: link and its siblings take no config file), an environment variable (Slurm's, torchrun's), or
+    else a config section or file, whose keys `--set` overrides on the command line too."""
+    if where.startswith("--set"):  # `--set [section]` (an override) or `--set` (a malformed one)
+        return "change that --set on the command line"
+    if where.startswith("--"):
+        return f"give {where} another value on the command line"
+    if where.startswith(("environment", "SLURM_")):
+        return "change it in the environment"
+    return "change it in the config file or on the command line"
+
+
 class PipelineError(click.ClickException):
     """Base of every user-facing failure. Exit code 2, message on one line. `fields` keeps the template's
     values as given, so a caller that knows more (which config file and line) can say it again."""
@@ -213,6 +227,7 @@ class PipelineError(click.ClickException):
         self.fields = dict(fields)
         if code == "E203":
             fields["value"] = toml_spelling(fields["value"])
+            fields.setdefault("fix", e203_fix(str(fields["where"])))
         fields.setdefault("more", "")  # "(n more line(s) like it)" where a check counts them
         fields.setdefault("hint", "")  # an addition to the advice where one case of a code needs it
         fields.setdefault("fix_first", "")  # E108: a likelier fix, said before the template's own ("..., or ")

@@ -171,6 +171,8 @@ def test_a_stage_s_refusal_of_a_setting_names_the_file_and_line_that_set_it(tmp_
     path = write_config(tmp_path, "\n[rerank]\n# the reader\nenabled = false\n")
     assert refused(load_config(path)).startswith(f"[E203] {path.resolve()}:9 [rerank]: enabled = false is invalid")
     assert refused(load_config(path, ("rerank.enabled=false",))).startswith("[E203] --set [rerank]: enabled = false is")
+    assert refused(load_config(path, ("rerank.enabled=false",))).endswith("; change that --set on the command line")
+    assert refused(load_config(path)).endswith("; change it in the config file or on the command line")
     unset = write_config(tmp_path)
     assert refused(load_config(unset)).startswith(
         f"[E203] {unset.resolve()} [rerank]: enabled = false (the default) is invalid"

@@ -370,7 +370,7 @@ def test_experiment_refuses_an_empty_language_entry_before_loading_anything(tmp_
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines()[-1] == (
         f"Error: [E203] --languages: languages = {json.dumps(languages)} is invalid: has an empty entry; give L1,L2,... (leave "
-        "out --languages for every language); change it in the config file or on the command line"
+        "out --languages for every language); give --languages another value on the command line"
     )
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run.toml"]
 

@@ -126,3 +126,19 @@ def test_model_json_fallback_is_honoured_and_w701_names_its_source(caplog) -> No
     none.warn_unseen(unseen)
     assert none.fallback == -1.0 and "median" not in caplog.text
     assert "fallback NIL threshold -1.0 (the model's default threshold nil.default_threshold" in caplog.text
+
+
+def test_a_fallback_threshold_out_of_range_names_the_option_to_change() -> None:
+    """E203 of link's --fallback-threshold says to give the option another value: link takes no config file
+    (before: "change it in the config file or on the command line"; fresh21b 7c)."""
+    import pytest
+
+    from pipeline.core.errors import ConfigError
+
+    policy = NilPolicy.from_artifact({"method": "threshold", "default_threshold": -1.0, "thresholds": {}}, "name")
+    with pytest.raises(ConfigError) as caught:
+        policy.with_unseen_threshold(5)
+    assert caught.value.format_message() == (
+        "[E203] --fallback-threshold: fallback_threshold = 5 is invalid: must be a number in [-1, 1], the ranker's "
+        "score range; give --fallback-threshold another value on the command line"
+    )
