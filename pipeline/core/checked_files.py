@@ -166,9 +166,11 @@ def _file_damage(path: Path, entry: dict) -> str | None:
     return None
 
 
-def damage(record_path: Path) -> str | None:
+def damage(record_path: Path, expected: Iterable[str] | None = None) -> str | None:
     """What is wrong with the files `record_path` lists, each named with its path; None when all are as
-    written. A missing or unreadable record is damage too (nothing says what was written)."""
+    written. A missing or unreadable record is damage too (nothing says what was written), and so is
+    one that lists other files than `expected` (names relative to its folder), when given: a record
+    copied beside another file vouches for the file it was written for, not for that one."""
     if not record_path.is_file():
         return f"{record_path}: missing (nothing records what was written, so it cannot be checked)"
     try:
@@ -176,6 +178,8 @@ def damage(record_path: Path) -> str | None:
     except (OSError, ValueError) as exc:
         return f"{record_path}: cannot be read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
     names = sorted(payload["files"])
+    if expected is not None and names != sorted(expected):
+        return f"{record_path}: records {', '.join(names) or 'no file'}, not {', '.join(sorted(expected))}"
     try:
         signature = _signature(record_path, names)
     except OSError:

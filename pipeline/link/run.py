@@ -184,10 +184,16 @@ def _chunk_record(out_dir: Path, index: int) -> Path:
     return _chunk_path(out_dir, index).with_suffix(".json")
 
 
+def _chunk_damage(out_dir: Path, index: int) -> str | None:
+    """What is wrong with chunk `index` and its record (`checked_files.damage`), a record written for
+    another chunk included; None when both are as written."""
+    return checked_files.damage(_chunk_record(out_dir, index), [_chunk_path(out_dir, index).name])
+
+
 def _saved_chunk(out_dir: Path, index: int, key: str) -> bool:
     """Whether chunk `index` is saved whole by the link of `key`: its record is there, matches what is
     on disk and names that key (`_chunk_key`)."""
-    return checked_files.damage(_chunk_record(out_dir, index)) is None and _chunk_key(out_dir, index) == key
+    return _chunk_damage(out_dir, index) is None and _chunk_key(out_dir, index) == key
 
 
 def _chunk_key(out_dir: Path, index: int) -> str | None:
@@ -209,9 +215,7 @@ def _chunk_index(path: Path) -> int | None:
 def _foreign_chunks(out_dir: Path, key: str) -> list[int]:
     """The finished chunks in `out_dir` (whole records) that name another key than `key`, or none."""
     indexes = sorted(i for i in map(_chunk_index, (out_dir / CHUNKS).glob("chunk-*.parquet")) if i is not None)
-    return [
-        i for i in indexes if checked_files.damage(_chunk_record(out_dir, i)) is None and _chunk_key(out_dir, i) != key
-    ]
+    return [i for i in indexes if _chunk_damage(out_dir, i) is None and _chunk_key(out_dir, i) != key]
 
 
 def _key_mismatch(found: str | None, key: str) -> str:
@@ -482,7 +486,7 @@ def _link_chunks(options: LinkOptions, linker, context_chars: int, key: str) -> 
         for index, read in chunks:  # the same `total` chunks the corpus check read
             if options.shard is not None and index % options.shard[1] != options.shard[0]:
                 continue
-            problem = checked_files.damage(_chunk_record(out_dir, index))  # one check: resume or redo
+            problem = _chunk_damage(out_dir, index)  # one check: resume or redo
             if problem is None and _chunk_key(out_dir, index) != key:  # a sibling shard's of another key, since
                 found = _chunk_key(out_dir, index)
                 warn(logger, "W705", path=_chunk_path(out_dir, index), count=1, why=_key_mismatch(found, key))
@@ -614,7 +618,7 @@ def _finished_shards(out_dir: Path, key: str) -> tuple[int, int]:
     total = int(records[0]["chunks_total"])
     for index in range(total):  # a --merge cannot redo a chunk: a damaged one is refused, naming what to redo
         record = _chunk_record(out_dir, index)
-        problem = checked_files.damage(record) if _chunk_path(out_dir, index).is_file() else None
+        problem = _chunk_damage(out_dir, index) if _chunk_path(out_dir, index).is_file() else None
         if problem is not None:
             shard = f"{index % len(records)}/{len(records)}"
             raise CacheError(
@@ -686,11 +690,7 @@ def _read_linked_chunks(options: LinkOptions, total: int, key: str) -> tuple[lis
         # (same key) recorded an empty corpus as chunks_total 0: E107, not an IndexError at paths[0].
         raise InputError("E107", path=options.mentions)
     paths = [_chunk_path(out_dir, index) for index in range(total)]
-    foreign = [
-        i
-        for i in range(total)
-        if checked_files.damage(_chunk_record(out_dir, i)) is None and _chunk_key(out_dir, i) != key
-    ]
+    foreign = [i for i in range(total) if _chunk_damage(out_dir, i) is None and _chunk_key(out_dir, i) != key]
     if foreign:
         raise CacheError(
             "E711",
@@ -709,6 +709,14 @@ def _read_linked_chunks(options: LinkOptions, total: int, key: str) -> tuple[lis
     # Every mention without its candidate lists: NIL clusters span the corpus, the lists are written chunk by chunk.
     columns = [name for name in pl.read_parquet_schema(paths[0]) if name != "candidates"]
     frame = pl.concat([pl.read_parquet(path, columns=columns) for path in paths], how="vertical_relaxed")
+    repeated = frame.filter(pl.col("mention_id").is_duplicated())
+    if repeated.height:  # each mention is linked in one chunk: a repeat means a chunk is not the one it says
+        raise CacheError(
+            "E711",
+            path=out_dir / CHUNKS,
+            detail=f"mention {repeated['mention_id'][0]!r} is linked in more than one chunk; delete the chunks "
+            "folder and link again",
+        )
     return paths, stats, frame
 
 

@@ -1569,3 +1569,24 @@ def test_model_json_that_disagrees_with_its_ranker_or_encoder_is_e702_before_lin
     assert "correct that value, or export it again" in result.output
     if "name_layer" in where:
         assert "has only 2 layers (hidden states 0..2) (got 99)" in result.output
+
+
+@pytest.mark.parametrize("truncated", [False, True])
+def test_a_chunk_and_record_copied_over_another_are_refused_not_merged(
+    demo_run: dict, tmp_path: Path, truncated: bool
+) -> None:
+    """A record vouches for the chunk it was written for: copied beside another chunk (whole or cut short),
+    --merge refuses that chunk with E711 instead of merging a chunk twice (or failing in polars)."""
+    out = tmp_path / "sharded"
+    for index in range(2):
+        succeeded(link(demo_run["model"], demo_run["test"], out, "--chunk-mentions", 10, "--shard", f"{index}/2"))
+    chunks = out / "chunks"
+    shutil.copy(chunks / "chunk-000000.parquet", chunks / "chunk-000002.parquet")
+    shutil.copy(chunks / "chunk-000000.json", chunks / "chunk-000002.json")
+    if truncated:
+        with open(chunks / "chunk-000002.parquet", "r+b") as handle:
+            handle.truncate(300)
+    merged = link(demo_run["model"], demo_run["test"], out, "--chunk-mentions", 10, "--merge")
+    assert merged.exit_code == 2 and "Error: [E711]" in merged.output, merged.output
+    assert "chunk-000002.parquet" in merged.output and "records chunk-000000.parquet" in merged.output
+    assert "Traceback" not in merged.output and not (out / "links.parquet").exists()
