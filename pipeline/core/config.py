@@ -417,8 +417,8 @@ class RerankConfig:
     max_context_tokens: int = 96
     epochs: int = 3
     learning_rate: float = 3e-5
-    # The head's projections start from the identity and learn at their own, larger rate: at the
-    # encoder's rate they barely move in the few hundred steps a small training set gives.
+    # The head's projections start from the identity and learn at their own, larger rate (on MEANTIME the
+    # reader's dev micro-average went from 0.742 to 0.758 with it; docs/reader.md).
     head_learning_rate: float = 1e-3
     batch_mentions: int = 8
     # Batches whose gradients are summed before each optimizer step (a larger batch in the same memory).
