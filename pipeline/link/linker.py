@@ -34,14 +34,22 @@ from pipeline.model.model_folder import ModelFolder, load_model_folder
 logger = logging.getLogger(__name__)
 
 
-def encoder_hidden_size(path: str, key: str = "hidden_size") -> int | None:
-    """The width of an encoder folder's vectors (`hidden_size` in its config.json; or another whole-number
-    `key` there, e.g. num_hidden_layers), read without loading it; None when the folder or key is not
-    there (a hub name: known once it loads)."""
+def encoder_sizes(path: str) -> tuple[int | None, int | None]:
+    """(the width of an encoder folder's vectors, its layer count): `hidden_size` and `num_hidden_layers`
+    in its config.json, read once without loading it; None for what the folder does not say (a hub
+    name: known once it loads)."""
     try:
-        return int(json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))[key])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None, None
+
+    def number(key: str) -> int | None:
+        try:
+            return int(config[key])
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    return (number("hidden_size"), number("num_hidden_layers")) if isinstance(config, dict) else (None, None)
 
 
 def check_device(device: str) -> None:
@@ -140,12 +148,13 @@ class Linker:
         settings = self._read_settings(device, precision)
         path = self._checked_encoder_path(settings)
         self._encoder = None  # loaded by the first link that encodes (`encoder`): loading costs seconds
-        self._check_prior(encoder_hidden_size(path))
+        width, layers = encoder_sizes(path)
+        self._check_prior(width)
         # The ranker, loaded now: model.json's types and features must be the ones it was trained with
         # (E702 naming the key), checked before the KB is opened or anything encoded.
         self._model = None
-        self._check_ranker(encoder_hidden_size(path))
-        self._check_name_layer(encoder_hidden_size(path, "num_hidden_layers"))
+        self._check_ranker(width)
+        self._check_name_layer(layers)
         self._open_kb(Path(kb_path or meta["kb"]["path"]), kb_fingerprint, kb_map)
         self.mention_types = list(meta["types"].get("mention") or [])
         self.entity_types = list(meta["types"].get("entity") or [])
