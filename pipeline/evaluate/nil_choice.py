@@ -113,12 +113,11 @@ def say_notes(notes: list, artifact: dict) -> None:
     """Log the warnings `choose` gathered, once the NIL method in force (`artifact`) is known, so none
     contradicts it: those about the thresholds (`THRESHOLD_WARNINGS`) only when they decide (else one info
     line says they were left out), W604 naming what decides instead of the classifier."""
-    decider = decided_by(artifact)
-    skipped = [code for code, _ in notes if code in THRESHOLD_WARNINGS and not thresholds_decide(artifact)]
+    decider, thresholds_count = decided_by(artifact), thresholds_decide(artifact)
+    skipped = [code for code, _ in notes if code in THRESHOLD_WARNINGS and not thresholds_count]
     for code, fields in notes:
-        if code in THRESHOLD_WARNINGS and not thresholds_decide(artifact):
-            continue
-        warn(logger, code, **({**fields, "decider": decider} if code == "W604" else fields))
+        if code not in THRESHOLD_WARNINGS or thresholds_count:
+            warn(logger, code, **({**fields, "decider": decider} if code == "W604" else fields))
     if skipped:
         logger.info(
             "%d warning(s) about the per-language thresholds (%s) left out: they decide no NIL, %s does; "
