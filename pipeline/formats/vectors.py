@@ -85,6 +85,17 @@ def read_vectors(path: Path, group: str) -> tuple[list[str], np.ndarray, np.ndar
     return ids, names, contexts
 
 
+def vector_name_layer(path: Path) -> int | None:
+    """The hidden layer vectors.h5's name vectors were pooled from (its `name_layer` attribute);
+    None when the file does not say. E302 when the file cannot be read."""
+    try:
+        with h5py.File(path, "r") as handle:
+            layer = handle.attrs.get("name_layer")
+    except OSError as exc:
+        raise SchemaError("E302", path=path, detail=str(exc)) from None
+    return None if layer is None else int(layer)
+
+
 def read_vector_ids(path: Path, group: str) -> list[str]:
     """The ids of one group without reading its vectors (E302 when unreadable)."""
     try:

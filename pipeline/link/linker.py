@@ -153,8 +153,8 @@ class Linker:
         # The ranker, loaded now: model.json's types and features must be the ones it was trained with
         # (E702 naming the key), checked before the KB is opened or anything encoded.
         self._model = None
+        self._check_name_layer(layers)  # first: a layer past the encoder's says so, not "must be 1"
         self._check_ranker(width)
-        self._check_name_layer(layers)
         self._open_kb(Path(kb_path or meta["kb"]["path"]), kb_fingerprint, kb_map)
         self.mention_types = list(meta["types"].get("mention") or [])
         self.entity_types = list(meta["types"].get("entity") or [])

@@ -219,7 +219,8 @@ def ranker_mismatch(meta: dict, saved: dict, hidden_size: int | None = None) -> 
     (`saved`, model.pt's metadata: `model_file.load_model`), as `key.path: must be X (got Y)` for E702;
     None when it agrees. Compared: the mention and entity type vocabularies (the ranker's one-hot type
     inputs are as wide as they are, in their order), `trained_on.features` (the ranker's features) and
-    the width of the encoder's vectors (`hidden_size`, None: not known yet) with the ranker's."""
+    the width of the encoder's vectors (`hidden_size`, None: not known yet) with the ranker's, and
+    `encoder.settings.name_layer` with the layer model.pt's name vectors came from (when it says)."""
     shape = saved.get("shape") or {}
     expected = {
         "types.mention": list(saved.get("mention_types") or []),
@@ -233,6 +234,12 @@ def ranker_mismatch(meta: dict, saved: dict, hidden_size: int | None = None) -> 
     trained = list(shape.get("features", [])) or ["nearest-neighbour baseline"]
     if features and list(features) != trained:
         return f"trained_on.features: must be {trained}, model.pt's features (got {features})"
+    trained_layer, layer = saved.get("name_layer"), meta["encoder"]["settings"].get("name_layer")
+    if trained_layer is not None and layer != trained_layer:  # None: a model.pt from before it was recorded
+        return (
+            f"encoder.settings.name_layer: must be {trained_layer}, the hidden layer the ranker in model.pt "
+            f"read names from (got {layer})"
+        )
     width = shape.get("vector_size")
     if hidden_size is not None and width is not None and int(width) != hidden_size:
         return (

@@ -36,7 +36,7 @@ from pipeline.core.manifest import StageIdentity, StageResult, StageRun, upstrea
 from pipeline.core.progress import progress as progress_counter
 from pipeline.core.threads import small_model_threads
 from pipeline.formats import triage_tables
-from pipeline.formats.vectors import name_pairs_key
+from pipeline.formats.vectors import VECTORS, name_pairs_key, vector_name_layer
 from pipeline.model.model_file import MODEL, save_torch
 
 if TYPE_CHECKING:  # torch and the ranker's modules are imported once there is training to do, not when up to date
@@ -187,6 +187,8 @@ def training_data(triage_dir: Path, encode_dir: Path, train_config: TrainConfig,
         "mention_types": mention_types,
         "entity_types": entity_types,
         "train_mention_ids": inputs.mentions["mention_id"].to_numpy()[train_rows].tolist(),
+        # model.json's encoder settings can be edited by hand; this is what they are checked against.
+        "name_layer": vector_name_layer(encode_dir / VECTORS),
     }
     counts = {"train_mentions": len(train_rows), "dev_mentions": len(dev_rows)}
     if with_nil:

@@ -267,7 +267,7 @@ def test_two_links_of_the_same_mentions_are_identical_whatever_the_store_held(
 
 
 def test_the_python_api_takes_pandas_frames(demo_run: dict) -> None:
-    pd = pytest.importorskip("pandas", reason="pandas is not installed (not a dependency of xel)")
+    pd = pytest.importorskip("pandas", reason="pandas is not installed (a test dependency: pip install -e .[test])")
     linker = Linker.load(demo_run["model"])
     records = without_gold(demo_records("test"))[:10]
     columns = ["mention_id", "start", "end", "kb_id", "is_nil"]
@@ -1535,6 +1535,10 @@ def test_finished_chunks_of_another_key_txt_are_redone_with_one_warning(
             lambda meta: meta["encoder"]["settings"].update(name_layer=99),
             "encoder.settings.name_layer: ",
         ),
+        (
+            lambda meta: meta["encoder"]["settings"].update(name_layer=2),
+            "encoder.settings.name_layer: must be 1, the hidden layer the ranker in model.pt read names from (got 2)",
+        ),
         (lambda meta: meta.update(format_version="1"), "format_version: must be a whole number"),
         (lambda meta: meta.update(format_version=True), "format_version: must be a whole number"),
         (lambda meta: meta.update(format_version=0), "format_version: must be a whole number"),
@@ -1547,6 +1551,7 @@ def test_finished_chunks_of_another_key_txt_are_redone_with_one_warning(
         "entity-types",
         "features",
         "name-layer",
+        "name-layer-valid",
         "v-str",
         "v-bool",
         "v-0",
@@ -1556,7 +1561,8 @@ def test_model_json_that_disagrees_with_its_ranker_or_encoder_is_e702_before_lin
     demo_run: dict, tmp_path: Path, edit, where: str
 ) -> None:
     """fresh21 F2, F6, F7: a types list of another length crashed with a shape error after encoding, a
-    string format_version was called newer, name_layer 99 was a config file's E203 naming no file."""
+    string format_version was called newer, name_layer 99 was a config file's E203 naming no file; fresh
+    replay 2e: another valid name_layer was taken silently and changed every score."""
     model = tmp_path / "model"
     shutil.copytree(demo_run["model"], model)
     meta = json.loads((model / "model.json").read_text(encoding="utf-8"))
@@ -1567,7 +1573,7 @@ def test_model_json_that_disagrees_with_its_ranker_or_encoder_is_e702_before_lin
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
     assert "[E702]" in result.output and "model.json" in result.output and where in result.output, result.output
     assert "correct that value, or export it again" in result.output
-    if "name_layer" in where:
+    if where == "encoder.settings.name_layer: ":
         assert "has only 2 layers (hidden states 0..2) (got 99)" in result.output
 
 
