@@ -1,7 +1,7 @@
 """Transfer to another KB: a linker trained on one KB links another (issue 23, docs/any-kb.md).
 
     python bench/kb_transfer.py [--studies demo-on-meantime,meantime-on-demo,disjoint]
-                                [--disjoint-corpus meantime|demo] [--variants own,any]
+                                [--disjoint-corpus meantime|demo] [--variants own,any] [--folds 0,1]
                                 [--epochs N] [--encoder NAME] [--work DIR]
 
 Needs ../shared/data/meantime for the MEANTIME studies. Every figure is KBP2010 micro-average
@@ -14,7 +14,9 @@ Needs ../shared/data/meantime for the MEANTIME studies. Every figure is KBP2010 
   on the train/dev mentions of one half (and NIL mentions) links the whole test split against
   the KB with every id renamed (no --kb-map: nothing of the alias table carries over), scored
   apart for test mentions of seen entities, unseen ones and all; beside the model trained on
-  every mention, linking its own KB.
+  every mention, linking its own KB. Fold 0 sees the even-hash half, fold 1 the other; with both,
+  a last table pools them, so every entity counts once seen and once unseen (one cut alone can
+  put a corpus's most mentioned entity on one side: MEANTIME's Apple Inc., docs/any-kb.md).
 The alias baseline is each mention's top triage candidate (priors of the in-KB model's
 training mentions, KB names, fuzzy and dense names), NIL when it has none. Variants: `own`
 trains as the config says; `any` adds triage.use_priors = false (a model for any KB);
@@ -133,6 +135,19 @@ def links_table(path: Path) -> pl.DataFrame:
 def micro_average(links: pl.DataFrame, gold: pl.DataFrame, column: str = "kb_id") -> float:
     """KBP2010 micro-average: share of gold mentions (mention_id, gold_kb_id) whose link `column` is the
     gold id, every NIL equal (a NIL link, `is_nil` or a null id, is right for a gold NIL)."""
+    return pooled_micro_average([(links, gold)], column)
+
+
+def pooled_micro_average(parts: list[tuple[pl.DataFrame, pl.DataFrame]], column: str = "kb_id") -> float:
+    """`micro_average` over several (links, gold) pairs at once: right links of all over gold mentions of
+    all (the same mention in two pairs, e.g. two folds, counts twice); NaN without any gold mention."""
+    right = [_right_links(links, gold, column) for links, gold in parts]
+    total = sum(len(r) for r in right)
+    return float(sum(r.sum() for r in right) / total) if total else float("nan")
+
+
+def _right_links(links: pl.DataFrame, gold: pl.DataFrame, column: str) -> pl.Series:
+    """Per gold mention, whether its link `column` is right (see `micro_average`)."""
     both = gold.join(links, on="mention_id", how="left")
     nil_link = pl.col(column).is_null() | pl.col(column).str.starts_with("NIL")
     if column == "kb_id":
@@ -142,7 +157,7 @@ def micro_average(links: pl.DataFrame, gold: pl.DataFrame, column: str = "kb_id"
         .then(nil_link)
         .otherwise(~nil_link & (pl.col(column) == pl.col("gold_kb_id")))
     )
-    return float(both.select(right.fill_null(False).mean()).item()) if both.height else float("nan")
+    return both.select(right.fill_null(False).alias("right"))["right"]
 
 
 def wrong_to_seen(links: pl.DataFrame, unseen_gold: pl.DataFrame, seen_ids: set[str]) -> str:
@@ -169,9 +184,10 @@ def renamed_kb(source: Path, out: Path) -> dict[str, str]:
     return dict(zip(new["kb_id"].to_list(), new["new"].to_list()))
 
 
-def seen_half(kb_ids: list[str]) -> set[str]:
-    """The entities of the 'seen' half: those whose id's hash is even (a fixed cut, about half)."""
-    return {i for i in kb_ids if hashlib.blake2b(i.encode(), digest_size=4).digest()[-1] % 2 == 0}
+def seen_half(kb_ids: list[str], fold: int = 0) -> set[str]:
+    """The entities of fold `fold`'s 'seen' half: fold 0, those whose id's hash is even (a fixed cut,
+    about half); fold 1, the others, so over both folds every entity is seen once and unseen once."""
+    return {i for i in kb_ids if hashlib.blake2b(i.encode(), digest_size=4).digest()[-1] % 2 == fold}
 
 
 def row(name: str, *cells: float) -> str:
@@ -197,54 +213,95 @@ def cross_kb(source: str, target: str, work: Path, args: argparse.Namespace) -> 
 
 
 def disjoint(corpus: str, work: Path, args: argparse.Namespace) -> Iterator[str]:
-    """The entity-disjoint split of `corpus` (see the module doc): micro-average seen, unseen, all."""
+    """The entity-disjoint split of `corpus` (see the module doc): micro-average seen, unseen, all, for
+    each fold of `args.folds`, then both folds pooled (each entity seen in one, unseen in the other)."""
     mentions = corpus_mentions(corpus)
     kb_ids = pl.read_ndjson(kb_path(corpus), infer_schema_length=None)["kb_id"].to_list()
-    seen = seen_half(kb_ids)
-    gold_seen = (pl.col("gold_kb_id") == "NIL") | pl.col("gold_kb_id").is_in(list(seen))
     folder = work / "disjoint" / corpus
     folder.mkdir(parents=True, exist_ok=True)
-    training = folder / "mentions-seen-half.jsonl"
-    mentions.filter(gold_seen).write_ndjson(training)  # every split: evaluate's own test is of the seen half
     renamed = renamed_kb(kb_path(corpus), folder / "kb-renamed.jsonl")
     test = mentions.filter(pl.col("split") == "test")
+    own = link(
+        train(f"{corpus}-own", corpus, work, args), test, kb_path(corpus), work / "links" / f"{corpus}-own-on-{corpus}"
+    )
+    pooled: dict[str, list] = {}
+    for fold in args.folds:
+        seen = seen_half(kb_ids, fold)
+        parts = _disjoint_parts(test, seen)
+        yield from [
+            f"entity-disjoint {corpus}, fold {fold}: {len(seen)} of {len(kb_ids)} entities seen in training; test "
+            f"mentions {parts['seen'].height} of seen entities, {parts['unseen'].height} of unseen, "
+            f"{parts['all'].height} in all (NILs count in all only)",
+            f"{'micro-average':<44}{'seen':>10}{'unseen':>10}{'all':>10}",
+        ]
+        renamed_parts = {name: part.with_columns(pl.col("gold_kb_id").replace(renamed)) for name, part in parts.items()}
+        training = _seen_half_inputs(mentions, kb_path(corpus), seen, folder / f"fold{fold}", args.training_kb)
+        for variant in args.variants:
+            run_name = f"{corpus}-disjoint-{args.training_kb}-kb-fold{fold}-{variant}"
+            model = train(run_name, corpus, work, args, *training, *VARIANTS[variant])
+            links = link(
+                model,
+                test.with_columns(pl.col("gold_kb_id").replace(renamed)),
+                folder / "kb-renamed.jsonl",
+                work / "links" / run_name,
+            )
+            yield row(
+                f"seen-half model ({variant}), renamed KB", *(micro_average(links, p) for p in renamed_parts.values())
+            )
+            yield wrong_to_seen(links, renamed_parts["unseen"], {renamed[i] for i in seen})
+            pooled.setdefault(variant, []).append((links, renamed_parts))
+        pooled.setdefault("in-KB", []).append((own, parts))
+        yield from _baseline_rows(own, parts)
+    if len(args.folds) > 1:
+        yield from _pooled_rows(pooled, args.folds)
+
+
+def _seen_half_inputs(mentions: pl.DataFrame, kb: Path, seen: set[str], folder: Path, training_kb: str) -> list[str]:
+    """Write the seen half's mentions (every split: gold in `seen`, or NIL) and, for `training_kb` "half",
+    a KB of the seen entities alone, under `folder`; the `--set` overrides that train on them. With "full"
+    the training KB keeps the unseen entities: they are candidates in training that are never gold, which
+    teaches a ranker to push them down (the protocol of the first figures in docs/any-kb.md)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    training = folder / "mentions-seen-half.jsonl"
+    mentions.filter((pl.col("gold_kb_id") == "NIL") | pl.col("gold_kb_id").is_in(list(seen))).write_ndjson(training)
+    if training_kb == "full":
+        return [f"inputs.mentions={training}"]
+    half = folder / "kb-seen-half.jsonl"
+    entities = pl.read_ndjson(kb, infer_schema_length=None)
+    entities.filter(pl.col("kb_id").is_in(list(seen))).write_ndjson(half)
+    return [f"inputs.mentions={training}", f"inputs.kb={half}"]
+
+
+def _disjoint_parts(test: pl.DataFrame, seen: set[str]) -> dict[str, pl.DataFrame]:
+    """Gold (mention_id, gold_kb_id) of the test mentions of seen entities, of unseen ones, and of all."""
     gold = test.select(pl.col("id").alias("mention_id"), "gold_kb_id")
-    parts = {
+    gold_seen = (pl.col("gold_kb_id") == "NIL") | pl.col("gold_kb_id").is_in(list(seen))
+    return {
         "seen": gold.filter(gold_seen & (pl.col("gold_kb_id") != "NIL")),
         "unseen": gold.filter(~gold_seen),
         "all": gold,
     }
-    renamed_parts = {name: part.with_columns(pl.col("gold_kb_id").replace(renamed)) for name, part in parts.items()}
-    yield from [
-        f"entity-disjoint {corpus}: {len(seen)} of {len(kb_ids)} entities seen in training; test mentions "
-        f"{parts['seen'].height} of seen entities, {parts['unseen'].height} of unseen, {gold.height} in all "
-        "(NILs count in all only)",
-        f"{'micro-average':<44}{'seen':>10}{'unseen':>10}{'all':>10}",
-    ]
-    for variant in args.variants:
-        model = train(
-            f"{corpus}-disjoint-{variant}", corpus, work, args, f"inputs.mentions={training}", *VARIANTS[variant]
-        )
-        links = link(
-            model,
-            test.with_columns(pl.col("gold_kb_id").replace(renamed)),
-            folder / "kb-renamed.jsonl",
-            work / "links" / f"{corpus}-disjoint-{variant}",
-        )
-        yield row(
-            f"seen-half model ({variant}), renamed KB", *(micro_average(links, p) for p in renamed_parts.values())
-        )
-        yield wrong_to_seen(links, renamed_parts["unseen"], {renamed[i] for i in seen})
-    own = link(
-        train(f"{corpus}-own", corpus, work, args), test, kb_path(corpus), work / "links" / f"{corpus}-own-on-{corpus}"
-    )
-    yield from [
+
+
+def _baseline_rows(own: pl.DataFrame, parts: dict[str, pl.DataFrame]) -> list[str]:
+    """The in-KB model's and the alias baseline's rows on one fold's parts."""
+    return [
         row("in-KB model (every training mention, own KB)", *(micro_average(own, p) for p in parts.values())),
         row(
             "alias baseline (in-KB triage's top candidate)",
             *(micro_average(own, p, "top_triage_kb_id") for p in parts.values()),
         ),
     ]
+
+
+def _pooled_rows(pooled: dict[str, list], folds: list[int]) -> Iterator[str]:
+    """Every variant's micro-average over the folds at once (a mention counts once per fold)."""
+    yield f"both folds pooled ({', '.join(map(str, folds))}): every entity seen in one fold, unseen in the other"
+    yield f"{'micro-average':<44}{'seen':>10}{'unseen':>10}{'all':>10}"
+    for variant, runs in pooled.items():
+        cells = [pooled_micro_average([(links, parts[p]) for links, parts in runs]) for p in ("seen", "unseen", "all")]
+        name = "in-KB model (own KB)" if variant == "in-KB" else f"seen-half models ({variant}), renamed KB"
+        yield row(name, *cells)
 
 
 def main() -> None:
@@ -257,11 +314,25 @@ def main() -> None:
         help="own (the config's model), any (triage.use_priors = false), any-product / any-similarity "
         "(and train.pair_input = product / similarity)",
     )
+    parser.add_argument(
+        "--folds",
+        default="0,1",
+        help="disjoint folds: 0 sees the entities whose id hash is even, 1 the others; both, pooled at the end",
+    )
+    parser.add_argument(
+        "--training-kb",
+        choices=("half", "full"),
+        default="half",
+        help="disjoint: the seen-half model trains against the seen entities alone (half) or the whole KB (full)",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="train.epochs of every run (default: each config's)")
     parser.add_argument("--encoder", default=None, help="encoder.name of every run (default: each config's)")
     parser.add_argument("--work", type=Path, default=ROOT / "artifacts" / "bench-kb-transfer")
     args = parser.parse_args()
     args.variants = [v for v in args.variants.split(",") if v]
+    args.folds = sorted({int(f) for f in args.folds.split(",") if f})
+    if not args.folds or set(args.folds) - {0, 1}:
+        parser.error("--folds takes 0, 1 or 0,1")
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:
         parser.error(f"unknown variant(s) {sorted(unknown)}; use {sorted(VARIANTS)}")

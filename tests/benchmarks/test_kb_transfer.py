@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import polars as pl
@@ -52,10 +53,21 @@ def test_micro_average_counts_nil_for_nil_and_the_alias_baseline_takes_triages_t
     assert kb_transfer.micro_average(links, gold.head(1)) == pytest.approx(1.0)
 
 
+def test_pooled_micro_average_counts_every_folds_mentions(tmp_path: Path) -> None:
+    links = kb_transfer.links_table(write_links(tmp_path / "links.parquet"))
+    gold = pl.DataFrame({"mention_id": ["m1", "m2", "m3", "m4"], "gold_kb_id": ["A", "NIL", "C", "D"]})
+    # 2 of 4 right in the first pair, 1 of 1 in the second: 3 of 5, not the mean of 0.5 and 1.0.
+    pooled = kb_transfer.pooled_micro_average([(links, gold), (links, gold.head(1))])
+    assert pooled == pytest.approx(0.6)
+    assert math.isnan(kb_transfer.pooled_micro_average([(links, gold.head(0))]))
+
+
 def test_disjoint_cut_is_fixed_and_renamed_ids_share_nothing(tmp_path: Path) -> None:
     ids = [f"enwiki:E{i}" for i in range(200)]
     seen = kb_transfer.seen_half(ids)
     assert seen == kb_transfer.seen_half(list(reversed(ids))) and 70 < len(seen) < 130
+    other = kb_transfer.seen_half(ids, fold=1)
+    assert not seen & other and seen | other == set(ids)  # every entity seen in exactly one fold
     source = tmp_path / "kb.jsonl"
     source.write_text("".join(json.dumps({"kb_id": i, "name": i[7:]}) + "\n" for i in ids), encoding="utf-8")
     renamed = kb_transfer.renamed_kb(source, tmp_path / "renamed.jsonl")
@@ -76,3 +88,20 @@ def test_wrong_links_of_unseen_entities_are_counted_by_where_they_went() -> None
     # m1 went to a seen entity, m2 to another unseen one, m3 is right, m4 is NIL (not a wrong entity).
     line = kb_transfer.wrong_to_seen(links, unseen_gold, {"S"})
     assert line.endswith("wrong entity: 2, 1 of them to a seen one")
+
+
+@pytest.mark.parametrize("training_kb", ["half", "full"])
+def test_the_seen_half_trains_on_its_mentions_and_with_half_on_its_entities_alone(
+    tmp_path: Path, training_kb: str
+) -> None:
+    kb = tmp_path / "kb.jsonl"
+    kb.write_text("".join(json.dumps({"kb_id": i, "name": i}) + "\n" for i in ["A", "B", "C"]), encoding="utf-8")
+    mentions = pl.DataFrame({"id": ["m1", "m2", "m3"], "gold_kb_id": ["A", "B", "NIL"]})
+    overrides = kb_transfer._seen_half_inputs(mentions, kb, {"A", "C"}, tmp_path / "fold0", training_kb)
+    assert overrides[0] == f"inputs.mentions={tmp_path / 'fold0' / 'mentions-seen-half.jsonl'}"
+    assert pl.read_ndjson(tmp_path / "fold0" / "mentions-seen-half.jsonl")["id"].to_list() == ["m1", "m3"]
+    if training_kb == "full":
+        assert len(overrides) == 1  # the config's KB: B is a candidate in training, never gold
+    else:
+        assert overrides[1] == f"inputs.kb={tmp_path / 'fold0' / 'kb-seen-half.jsonl'}"
+        assert pl.read_ndjson(tmp_path / "fold0" / "kb-seen-half.jsonl")["kb_id"].to_list() == ["A", "C"]
