@@ -2,6 +2,7 @@
 
     python bench/kb_transfer.py [--studies demo-on-meantime,meantime-on-demo,disjoint]
                                 [--disjoint-corpus meantime|demo] [--variants own,any] [--folds 0,1]
+                                [--training-kb half|full]
                                 [--epochs N] [--encoder NAME] [--work DIR]
 
 Needs ../shared/data/meantime for the MEANTIME studies. Every figure is KBP2010 micro-average
