@@ -197,12 +197,17 @@ def read_content(record_path: Path) -> dict:
     return _read(record_path)["content"]
 
 
-def forget(record_path: Path) -> None:
-    """Delete a record first (so the files no longer count), then the files it lists; missing ones are skipped."""
+def forget(record_path: Path, owned: Iterable[str] | None = None) -> None:
+    """Delete a record first (so the files no longer count), then the files it lists; missing ones are
+    skipped. With `owned` (names relative to the record's folder), only the listed files among them
+    go: a record copied beside another file lists the files of the one it was written for, which
+    are whole and not the caller's to delete."""
     try:
         names = list(_read(record_path)["files"])
     except (OSError, ValueError):
         names = []
+    if owned is not None:
+        names = [name for name in names if name in set(owned)]
     for path in (record_path, *(record_path.parent / name for name in names)):
         try:
             path.unlink(missing_ok=True)

@@ -109,6 +109,7 @@ class Errors:
     E730 = '{path}:{line}: {detail}; a KB id map is one pair a line: `old_id<TAB>new_id` in .tsv/.txt (an optional header line `from<TAB>to`), or {{"from": old_id, "to": new_id}} in .jsonl'
     E731 = "{path}:{line}: maps KB id {old!r} to {new!r}, but line {first_line} maps it to {first!r}; an id of the model's KB names one entity: keep one of the two lines"
     E711 = "{path}: {detail}; then run `xel-cli link --merge` again"
+    E717 = "{path}: {detail}; run the same `xel-cli link` again: it links what is missing and keeps the rest"
     E712 = "{path}: no model/ folder here; run `xel-cli evaluate` for this run (it writes model/), or `xel-cli evaluate --force` for a run made before model/ existed"
     E713 = "{path}: already holds files; export into a new or empty folder"
     E714 = "{path}: holds files that are not a link's outputs (e.g. {example}); give --out a new or empty folder, or one an earlier `xel-cli link` wrote"

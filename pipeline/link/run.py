@@ -184,6 +184,12 @@ def _chunk_record(out_dir: Path, index: int) -> Path:
     return _chunk_path(out_dir, index).with_suffix(".json")
 
 
+def _forget_chunk_record(out_dir: Path, index: int) -> None:
+    """Delete chunk `index`'s record and, when the record lists it, its parquet; never another
+    chunk's file that a record copied or swapped from it may list."""
+    checked_files.forget(_chunk_record(out_dir, index), [_chunk_path(out_dir, index).name])
+
+
 def _chunk_damage(out_dir: Path, index: int) -> str | None:
     """What is wrong with chunk `index` and its record (`checked_files.damage`), a record written for
     another chunk included; None when both are as written."""
@@ -232,7 +238,7 @@ def _forget_damaged_chunk(out_dir: Path, index: int, problem: str) -> None:
     record, path = _chunk_record(out_dir, index), _chunk_path(out_dir, index)
     if record.is_file():
         warn(logger, "W403", detail=problem, path=path)
-    checked_files.forget(record)
+    _forget_chunk_record(out_dir, index)
     path.unlink(missing_ok=True)
 
 
@@ -309,7 +315,7 @@ def _forget_other_keys(out_dir: Path, key: str, force: bool, identity: dict[str,
             why = f"{first.name}: {_key_mismatch(_chunk_key(out_dir, foreign[0]), key)}"
             warn(logger, "W705", path=out_dir / CHUNKS, count=len(foreign), why=why)
             for index in foreign:
-                checked_files.forget(_chunk_record(out_dir, index))
+                _forget_chunk_record(out_dir, index)
                 _chunk_path(out_dir, index).unlink(missing_ok=True)
     write_text_atomic(out_dir / WORK / "key.txt", key + "\n")
     record_linked_with(out_dir, identity)
@@ -491,7 +497,7 @@ def _link_chunks(options: LinkOptions, linker, context_chars: int, key: str) -> 
                 found = _chunk_key(out_dir, index)
                 warn(logger, "W705", path=_chunk_path(out_dir, index), count=1, why=_key_mismatch(found, key))
                 problem = "another link's"
-                checked_files.forget(_chunk_record(out_dir, index))
+                _forget_chunk_record(out_dir, index)
             if problem is None:
                 counts["chunks_resumed"] += 1
                 counts["mentions_resumed"] += int(checked_files.read_content(_chunk_record(out_dir, index))["mentions"])
@@ -542,7 +548,7 @@ def _link_one_chunk(out_dir: Path, index: int, linker, mentions: pl.DataFrame, k
     except Exception:  # not Ctrl-C: the sub-chunks of an interrupted chunk resume it
         shutil.rmtree(encoding, ignore_errors=True)
         if not _saved_chunk(out_dir, index, key):
-            checked_files.forget(_chunk_record(out_dir, index))
+            _forget_chunk_record(out_dir, index)
             _chunk_path(out_dir, index).unlink(missing_ok=True)
         raise
     shutil.rmtree(encoding, ignore_errors=True)
@@ -690,20 +696,28 @@ def _read_linked_chunks(options: LinkOptions, total: int, key: str) -> tuple[lis
         # (same key) recorded an empty corpus as chunks_total 0: E107, not an IndexError at paths[0].
         raise InputError("E107", path=options.mentions)
     paths = [_chunk_path(out_dir, index) for index in range(total)]
+    # A --merge cannot redo a chunk (E711 names the shard to rerun); a plain link that finds one
+    # gone (deleted while it ran) is told to run again, which links just that one (E717).
+    code = "E711" if options.merge else "E717"
+    shards = len(list((out_dir / SHARDS).glob("shard-*-of-*.json"))) if options.merge else 0
+
+    def redo(index: int) -> str:  # what links chunk `index` again before the merge
+        return f", and run `xel-cli link --shard {index % shards}/{shards}` again" if shards else ""
+
     foreign = [i for i in range(total) if _chunk_damage(out_dir, i) is None and _chunk_key(out_dir, i) != key]
     if foreign:
         raise CacheError(
-            "E711",
+            code,
             path=paths[foreign[0]],
             detail=f"a finished chunk of another link ({_key_mismatch(_chunk_key(out_dir, foreign[0]), key)}); "
-            f"delete it and {paths[foreign[0]].with_suffix('.json').name}, and run the shard that holds it again",
+            f"delete it and {paths[foreign[0]].with_suffix('.json').name}{redo(foreign[0])}",
         )
-    missing = [path for index, path in enumerate(paths) if not _saved_chunk(out_dir, index, key)]
+    missing = [index for index in range(total) if not _saved_chunk(out_dir, index, key)]
     if missing:
         raise CacheError(
-            "E711",
-            path=missing[0],
-            detail=f"{len(missing)} of {total} chunks are not linked yet; run the shards that hold them",
+            code,
+            path=paths[missing[0]],
+            detail=f"{len(missing)} of {total} chunks are not linked, this one the first{redo(missing[0])}",
         )
     stats = [checked_files.read_content(path.with_suffix(".json")) for path in paths]
     # Every mention without its candidate lists: NIL clusters span the corpus, the lists are written chunk by chunk.
@@ -712,7 +726,7 @@ def _read_linked_chunks(options: LinkOptions, total: int, key: str) -> tuple[lis
     repeated = frame.filter(pl.col("mention_id").is_duplicated())
     if repeated.height:  # each mention is linked in one chunk: a repeat means a chunk is not the one it says
         raise CacheError(
-            "E711",
+            code,
             path=out_dir / CHUNKS,
             detail=f"mention {repeated['mention_id'][0]!r} is linked in more than one chunk; delete the chunks "
             "folder and link again",

@@ -145,6 +145,28 @@ def test_a_damaged_saved_chunk_is_redone_on_resume(demo_run: dict, tmp_path: Pat
     assert links(tmp_path / "out").equals(links(tmp_path / "whole"))
 
 
+@pytest.mark.parametrize("swap", [False, True], ids=["record-copied", "pairs-swapped"])
+def test_a_record_copied_from_another_chunk_redoes_only_its_own_chunk(
+    demo_run: dict, tmp_path: Path, cache: Path, swap: bool
+) -> None:
+    """A record copied beside another chunk (or two chunks' pairs swapped) lists the other chunk's file:
+    the resume redoes the chunk it was copied to and never deletes the other, whole chunk."""
+    succeeded(link(demo_run, tmp_path / "whole"))
+    succeeded(link(demo_run, tmp_path / "out", "--shard", "0/1"))
+    chunks = tmp_path / "out" / "chunks"
+    if swap:
+        for suffix in (".parquet", ".json"):
+            one, three = chunks / f"chunk-000001{suffix}", chunks / f"chunk-000003{suffix}"
+            one.rename(chunks / "swap"), three.rename(one), (chunks / "swap").rename(three)
+    else:
+        shutil.copy(chunks / "chunk-000001.json", chunks / "chunk-000003.json")
+    resumed = succeeded(link(demo_run, tmp_path / "out"))
+    assert "[E711]" not in resumed.output and "[E717]" not in resumed.output, resumed.output
+    assert resumed.output.count("[W403]") == (2 if swap else 1), resumed.output
+    assert f"4 chunk(s), {2 if swap else 3} resumed" in resumed.output, resumed.output
+    assert links(tmp_path / "out").equals(links(tmp_path / "whole"))
+
+
 def test_a_damaged_chunk_at_merge_is_refused_naming_what_to_delete(demo_run: dict, tmp_path: Path, cache: Path) -> None:
     for index in range(2):
         succeeded(link(demo_run, tmp_path / "out", "--shard", f"{index}/2"))
