@@ -15,6 +15,7 @@ A later xel that writes keys this one cannot read raises `format_version` (E703)
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import types
 import typing
@@ -43,7 +44,7 @@ class _Section(BaseModel):
 class EncoderMeta(_Section):
     name: Name
     path: str | None = None
-    identity: str | None = None
+    identity: Name  # the encoder's weights and tokenizer, which link checks it loads
     settings: EncoderConfig
 
 
@@ -270,9 +271,40 @@ def _fields(shape: Any) -> dict[str, Any] | None:
     return None
 
 
+# The encoder and triage settings are the run config's dataclasses, whose every field has a default
+# (a config file may leave any out). model.json is written whole, so a key missing there is a hand
+# edit, and taking the default would change links silently: each must be present, but for those
+# added after model folders first shipped, whose defaults are what folders made before them did.
+_SETTINGS = {("encoder", "settings"): EncoderConfig, ("triage",): TriageConfig}
+_ADDED_LATER = {("encoder", "settings"): {"store_float16"}, ("triage",): set()}
+
+
+def missing_setting(meta: Any) -> str | None:
+    """The key path of the first encoder or triage setting that model.json (`meta`, parsed) leaves out
+    (`triage.k`), or None; sections that are missing or not objects are left to `check_model_json`."""
+    for path, config in _SETTINGS.items():
+        section = meta
+        for key in path:
+            section = section.get(key) if isinstance(section, dict) else None
+        if not isinstance(section, dict):
+            continue
+        for field in dataclasses.fields(config):
+            if field.name not in section and field.name not in _ADDED_LATER[path]:
+                return ".".join((*path, field.name))
+    return None
+
+
 def check_model_json(text: str) -> str | None:
     """None when model.json's `text` matches `ModelJson`; else what is wrong with its first bad
     value, as `key.path: what is wrong (got value)` for E702."""
+    try:
+        missing = missing_setting(json.loads(text))
+    except ValueError:
+        missing = None  # not JSON: pydantic's message says where
+    if missing is not None:
+        return (
+            f"{missing}: Field required (model.json holds every setting it was made with; a default would change links)"
+        )
     try:
         ModelJson.model_validate_json(text, strict=True)
     except ValidationError as error:

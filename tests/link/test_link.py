@@ -1542,6 +1542,12 @@ def test_finished_chunks_of_another_key_txt_are_redone_with_one_warning(
         (lambda meta: meta.update(format_version="1"), "format_version: must be a whole number"),
         (lambda meta: meta.update(format_version=True), "format_version: must be a whole number"),
         (lambda meta: meta.update(format_version=0), "format_version: must be a whole number"),
+        (lambda meta: meta["triage"].pop("k"), "triage.k: Field required"),
+        (
+            lambda meta: meta["encoder"]["settings"].pop("max_context_tokens"),
+            "encoder.settings.max_context_tokens: Field required",
+        ),
+        (lambda meta: meta["encoder"].pop("identity"), "encoder.identity: Field required"),
     ],
     ids=[
         "4-types",
@@ -1555,6 +1561,9 @@ def test_finished_chunks_of_another_key_txt_are_redone_with_one_warning(
         "v-str",
         "v-bool",
         "v-0",
+        "no-triage-k",
+        "no-context-width",
+        "no-identity",
     ],
 )
 def test_model_json_that_disagrees_with_its_ranker_or_encoder_is_e702_before_linking(
