@@ -341,6 +341,9 @@ def iter_jsonl_blocks(path: Path, block_lines: int = JSONL_BLOCK_LINES) -> Itera
         raise InputError("E107", path=path)
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what an Int64 column holds
+
+
 def check_record_fields(
     path: Path, line_number: int, record: dict[str, Any], fields: dict[str, tuple[type | tuple[type, ...], bool]]
 ) -> None:
@@ -367,4 +370,8 @@ def check_record_fields(
             expected = " or ".join(
                 names.get(t.__name__, t.__name__) for t in (types if isinstance(types, tuple) else (types,))
             )
+            raise InputError("E103", path=path, line=line_number, field=name, expected=expected, got=value)
+        if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+            # Python's int has no bound, the Int64 columns it goes into do (polars raises a TypeError).
+            expected = f"an integer from {INT64_MIN} to {INT64_MAX}"
             raise InputError("E103", path=path, line=line_number, field=name, expected=expected, got=value)

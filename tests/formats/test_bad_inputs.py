@@ -822,6 +822,15 @@ CASES = [
             [extra_line(), "'mention'", "non-blank"],
         ),
     ),
+    Case(  # replay: polars raised a TypeError for an offset no Int64 column holds
+        "mention-offset-past-int64",
+        "mentions",
+        "E103",
+        mentions_case(
+            lambda: [{**record("x-1", "x-d1", "Paris is big today.", "Paris"), "start": 2**63, "end": 2**63 + 5}],
+            [extra_line(), "'start'", "from -9223372036854775808 to 9223372036854775807"],
+        ),
+    ),
     Case(
         "mention-empty-span",
         "mentions",

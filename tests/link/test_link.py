@@ -237,6 +237,10 @@ def test_the_python_api_takes_numpy_values_frames_and_arrow_tables(demo_run: dic
     assert linker.link(FrameLike(mixed), docs=doc_frame).select(columns).equals(expected)
     with pytest.raises(InputError, match=r"\[E103\] <mentions>:1: field 'start' should be an integer, got 0.5"):
         linker.link([{**records[0], "start": np.float64(0.5)}])
+    with pytest.raises(
+        InputError, match=r"\[E103\] <mentions>:1: field 'start' should be an integer from -9223372036854775808"
+    ):
+        linker.link([{**records[0], "start": np.uint64(2**63)}])
     with pytest.raises(InputError, match=r"\[E101\] <mentions>:2: .*expected an object, got list"):
         linker.link([records[0], ["not", "a", "record"]])
 
