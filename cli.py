@@ -579,6 +579,16 @@ def experiment(
     help="Ignore the mentions' entity_type (a TAC .tab's type column too), which the ranker otherwise reads "
     "as the mention's type (docs/inputs.md).",
 )
+@click.option(
+    "--rename-duplicate-ids",
+    is_flag=True,
+    help="Link a mention whose id repeats an earlier one's as id#start-end (W101) instead of refusing the file (E104).",
+)
+@click.option(
+    "--drop-duplicate-spans",
+    is_flag=True,
+    help="Keep the first mention of a span given twice and drop the others (W108) instead of refusing the file (E115).",
+)
 def link(
     model_dir: Path,
     mentions: Path,
@@ -594,10 +604,13 @@ def link(
     force: bool,
     fallback_threshold: float | None,
     ignore_entity_type: bool,
+    rename_duplicate_ids: bool,
+    drop_duplicate_spans: bool,
     kb_map: Path | None,
 ) -> None:
     """Link a new corpus with a trained linker, in chunks that resume when killed, shard and merge."""
     from pipeline.link.out_folder import out_folder
+    from pipeline.link.repeats import Repeats
     from pipeline.link.run import LinkOptions
     from pipeline.link.run import run as run_link
     from pipeline.link.summary import link_summary
@@ -618,6 +631,7 @@ def link(
         force=force,
         fallback_threshold=fallback_threshold,
         ignore_entity_type=ignore_entity_type,
+        repeats=Repeats(rename_ids=rename_duplicate_ids, drop_spans=drop_duplicate_spans),
         kb_map=kb_map,
     )
     # Shards of one corpus write separate chunk files at once, so they take no lock (as encode's).

@@ -24,7 +24,7 @@ class Errors:
     E101 = "{path}:{line}: not valid JSON ({detail}); fix or remove that line"
     E102 = "{path}:{line}: missing required field '{field}'; add it to that record (every record needs it){hint}"
     E103 = "{path}:{line}: field '{field}' should be {expected}, got {got!r}; write {expected} there{hint}{more}"
-    E104 = "{path}:{line}: duplicate {kind} id {record_id!r} (first seen on line {first_line}); ids must be unique: give one of the two another id, or remove the repeat"
+    E104 = "{path}:{line}: duplicate {kind} id {record_id!r} (first seen on line {first_line}); ids must be unique: give one of the two another id, or remove the repeat{hint}"
     E105 = "{path}:{line}: offsets {start}-{end} fall outside the text (length {length}) of mention {record_id!r}; give offsets into that text (0 <= start < end <= its length){more}"
     E106 = "{path}:{line}: mention {record_id!r} says {mention!r} but its offsets {start}-{end}{inclusive} cover {covered!r}{why}; fix the offsets or the string{fix}{more}"
     E107 = "{path}: file is empty; it needs at least one record: add records or give another file"
@@ -87,7 +87,7 @@ class Errors:
     E507 = "{path}: {detail}; check the split, lang and gold_kb_id fields, or raise triage.k / rerank.top_k"
 
     # E70x-E74x: linking new corpora with a trained model (pipeline/link/)
-    E701 = "{path}: not an xel model folder ({detail}); give the model/ folder of a run that finished evaluate, or one written by `xel-cli export`"
+    E701 = "{path}: not an xel model folder ({detail}); {fix_first}give the model/ folder of a run that finished evaluate, or one written by `xel-cli export`"
     E702 = "{path}: the model folder is damaged ({detail}); {fix_first}export it again from its run (`xel-cli export --run-dir RUN_DIR --out OUT_DIR`) or re-run evaluate there with --force"
     E703 = "{path}: model format version {found} is newer than this xel reads ({supported}); upgrade xel"
     E704 = "{name}: the encoder of model {model} cannot be loaded ({detail}); put that encoder in the local Hugging Face cache or at the folder model.json names"
@@ -129,8 +129,8 @@ class Warnings:
     W7xx linking new corpora.
     """
 
-    W101 = "{path}: renamed {count} repeated mention id(s) to id#start-end (inputs.rename_duplicate_ids)"
-    W108 = "{path}: dropped {count} mention(s) covering the span of an earlier one ({gold} of them with another gold id; first on line {line}: {example} repeats line {first_line}), keeping the first of each span (inputs.drop_duplicate_spans)"
+    W101 = "{path}: renamed {count} repeated mention id(s) to id#start-end ({setting})"
+    W108 = "{path}: dropped {count} mention(s) covering the span of an earlier one ({gold} of them with another gold id; first on line {line}: {example} repeats line {first_line}), keeping the first of each span ({setting})"
     W102 = "{count} gold KB id(s) of {mentions} mention(s) in {path} are not in the KB (e.g. {example}); those mentions cannot be linked right: add the entities to the KB, or check the ids"
     W103 = (
         "{path}: ignoring {count} candidate row(s) whose mention_id is not among this run's mentions (e.g. {example})"
@@ -148,6 +148,7 @@ class Warnings:
     W404 = "{path}: the cache cannot be written ({reason}), so {what}; to cache {cached}, set XEL_CACHE to a folder you can write, or have the cache's owner fill it (the same command, run by them)"
     W501 = "no dev mention (of train_languages, if set) to pick the best epoch by; the model is the epoch of lowest training loss and best_dev_accuracy is null"
     W503 = "the ranker did not learn to rank: {cause}. Its dev linking accuracy {accuracy} is triage's order breaking the ties, not the model's, so train reports best_dev_accuracy as null; {fix}"
+    W504 = "the ranker's best dev linking accuracy {accuracy} is far below that of triage's first candidate on the same dev mentions ({triage}): it ranks worse than triage's own order, so it learned too little; train longer (train.epochs, train.patience), check train.learning_rate, or give it more training mentions, then re-run train with --force"
     W509 = (
         "no dev mention with gold to pick the reader's best epoch by; the reader is the epoch of lowest training loss"
     )

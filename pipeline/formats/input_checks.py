@@ -56,6 +56,10 @@ _TAC_UNSAFE = (
 # A mention's id and document (E117, E120).
 _DOCUMENT_OF_ROW = {"record_id": itemgetter("id"), "doc_id": itemgetter("doc_id")}
 _OWN_WINDOWS_HINT = ", or, where each mention's `text` is its own window of the document, give doc_start/doc_end"
+_DROP_REPEATS_HINT = (
+    ", or let xel keep the first mention of each span: `inputs.drop_duplicate_spans = true` in a run's config, "
+    "`--drop-duplicate-spans` for `xel-cli link`"
+)
 _SPLITS_EXPECTED = "'train', 'dev' or 'test' (or no split: test)"
 # A mention's id and span as its file gives them (`check_offsets`' shown_start and shown_end).
 _SHOWN_SPAN = {"record_id": itemgetter("id"), "start": itemgetter("shown_start"), "end": itemgetter("shown_end")}
@@ -212,7 +216,7 @@ def check_documents(frame: pl.DataFrame, path: Path, end_inclusive: bool = False
         other_id=itemgetter("other_id"),
         first_line=itemgetter("first_line"),
         gold=_other_gold,
-        hint=lambda row: "" if row["doc_start"] is not None else _OWN_WINDOWS_HINT,
+        hint=lambda row: ("" if row["doc_start"] is not None else _OWN_WINDOWS_HINT) + _DROP_REPEATS_HINT,
     )
 
 

@@ -82,13 +82,25 @@ def first_duplicate(ids: pl.Series, lines: pl.Series) -> tuple[str, int, int] | 
     return record_id, int(first), int(line)
 
 
+RENAME_REPEATS_HINT = (
+    ", or let xel rename each repeat to id#start-end: `inputs.rename_duplicate_ids = true` in a run's config, "
+    "`--rename-duplicate-ids` for `xel-cli link`"
+)
+
+
 def check_unique_ids(ids: pl.Series, lines: pl.Series, path: Path, kind: str) -> None:
     """E104 naming the first id of `kind` records ("mention", "document", "KB") given twice in `path`,
     with the lines of both."""
     duplicate = first_duplicate(ids, lines)
     if duplicate:
         raise InputError(
-            "E104", path=path, line=duplicate[2], kind=kind, record_id=duplicate[0], first_line=duplicate[1]
+            "E104",
+            path=path,
+            line=duplicate[2],
+            kind=kind,
+            record_id=duplicate[0],
+            first_line=duplicate[1],
+            hint=RENAME_REPEATS_HINT if kind == "mention" else "",
         )
 
 
@@ -216,10 +228,10 @@ def read_mentions_jsonl(
     # "EN", " en", "en-US" and "en" are one language (thresholds, scores and the model are keyed by it).
     frame = frame.with_columns(language_expr(pl.col("lang")))
     if drop_duplicate_spans:
-        frame = _drop_duplicate_spans(frame, path)
+        frame = drop_repeated_spans(frame, path)
     if rename_duplicate_ids:
         check_documents(frame, path)  # a repeated id over the same span is a copy, not a second mention
-        frame = _rename_duplicates(frame, path)
+        frame = rename_repeated_ids(frame, path)
     if across_records:
         check_unique_ids(frame["id"], frame["line"], path, "mention")
         check_documents(frame, path)
@@ -289,8 +301,9 @@ def context_window(frame: pl.DataFrame, context_chars: int) -> pl.DataFrame:
     )
 
 
-def _rename_duplicates(frame: pl.DataFrame, path: Path) -> pl.DataFrame:
-    """Give every repeat of an id after its first the suffix `#start-end` of its span."""
+def rename_repeated_ids(frame: pl.DataFrame, path: Path, setting: str = "inputs.rename_duplicate_ids") -> pl.DataFrame:
+    """Give every repeat of an id after its first the suffix `#start-end` of its span, warning once (W101
+    naming the `setting` that asked for it)."""
     nth = pl.col("line").rank("ordinal").over("id")
     start = pl.coalesce("doc_start", "start").cast(pl.String)
     end = pl.coalesce("doc_end", "end").cast(pl.String)
@@ -302,15 +315,20 @@ def _rename_duplicates(frame: pl.DataFrame, path: Path) -> pl.DataFrame:
     )
     changed = int((renamed["id"] != frame["id"]).sum())
     if changed:
-        warn(logger, "W101", path=path, count=changed)
+        warn(logger, "W101", path=path, count=changed, setting=setting)
     return renamed
 
 
-def _drop_duplicate_spans(
-    frame: pl.DataFrame, path: Path, id_column: str = "id", gold_column: str = "gold_kb_id"
+def drop_repeated_spans(
+    frame: pl.DataFrame,
+    path: Path,
+    id_column: str = "id",
+    gold_column: str = "gold_kb_id",
+    setting: str = "inputs.drop_duplicate_spans",
 ) -> pl.DataFrame:
-    """Keep the first mention (by `line`) of each span and drop the others, warning once (W108) with how
-    many, how many of them carried another gold id, and the first one dropped.
+    """Keep the first mention (by `line`) of each span and drop the others, warning once (W108, naming the
+    `setting` that asked for it) with how many, how many of them carried another gold id, and the first one
+    dropped.
 
     A span is (doc_id, start, end) as `check_documents` keys it: doc_start/doc_end where the frame
     has them (JSONL), else start/end (a TAC `.tab`'s lines, end inclusive on both sides alike).
@@ -339,6 +357,7 @@ def _drop_duplicate_spans(
         line=row["line"],
         first_line=row["first_line"],
         example=f"mention {row[id_column]!r} (gold {row[gold_column]!r}; the first has {row['first_gold']!r})",
+        setting=setting,
     )
     return frame.join(dropped.select("line"), on="line", how="anti", maintain_order="left")
 
@@ -379,7 +398,7 @@ def read_tac_mentions(
     if drop_duplicate_spans:  # the first line of each span in each .tab file (lines count per file); W108 per file
         lines = pl.concat(
             [
-                _drop_duplicate_spans(
+                drop_repeated_spans(
                     lines.filter(pl.col("tab_path") == tab_path),
                     Path(tab_path),
                     id_column="mention_id",

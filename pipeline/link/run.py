@@ -51,6 +51,7 @@ from pipeline.link.out_folder import (
     warn_replaced_links,
 )
 from pipeline.link.outputs import nil_share, remove_stale_outputs, write_outputs
+from pipeline.link.repeats import Amendments, Repeats
 from pipeline.link.sources import check_corpus, has_gold, mention_chunks
 from pipeline.model.model_folder import ModelFolder, load_model_folder
 from pipeline.model.ties import TIED_SHARE_WARN, tie_advice, tied_best
@@ -82,6 +83,7 @@ class LinkOptions:
     fallback_threshold: float | None = None
     # Ignore the mentions' entity_type (a TAC .tab's type column too): the ranker's type features see none.
     ignore_entity_type: bool = False
+    repeats: Repeats = Repeats()  # --rename-duplicate-ids, --drop-duplicate-spans
     # Old KB id -> new KB id pairs for the model's alias table (`kb_fit.read_kb_map`), for a KB keyed differently.
     kb_map: Path | None = None
 
@@ -158,6 +160,10 @@ def link_key(options: LinkOptions, model_fingerprint: str, kb_fingerprint: str, 
         settings["precision"] = precision
     if options.ignore_entity_type:  # likewise
         settings["ignore_entity_type"] = True
+    if options.repeats.rename_ids:  # likewise
+        settings["rename_duplicate_ids"] = True
+    if options.repeats.drop_spans:  # likewise
+        settings["drop_duplicate_spans"] = True
     if options.kb_map is not None:  # absent, old keys hold
         inputs["kb_map"] = file_fingerprint(options.kb_map)
     return stage_key("link", VERSION, settings, inputs)
@@ -334,9 +340,10 @@ def _links_a_chunk(options: LinkOptions, key: str, total: int) -> bool:
 
 
 @contextlib.contextmanager
-def _checked_corpus(options: LinkOptions, key: str, context_chars: int) -> Iterator[int]:
+def _checked_corpus(options: LinkOptions, key: str, context_chars: int) -> Iterator[tuple[int, Amendments]]:
     """Run the corpus checks (`sources.check_corpus`: every chunk read, ids, spans and document
-    languages across chunks; E107 for no mention) and yield the chunk count.
+    languages across chunks; E107 for no mention) and yield the chunk count and the amendments of
+    repeated ids and spans (`repeats`).
 
     They need the docs as Parquet (`work/docs.parquet`); unless this link's own work folder
     already has them, they are written into a scratch folder in --out (`.corpus-check.*.tmp`,
@@ -353,10 +360,10 @@ def _checked_corpus(options: LinkOptions, key: str, context_chars: int) -> Itera
         chunks = mention_chunks(
             options.mentions, options.docs, options.chunk_mentions, context_chars, options.score, scratch or work
         )
-        total = check_corpus(chunks, options.mentions)
+        total, amendments = check_corpus(chunks, options.mentions, options.repeats)
         if total == 0:
             raise InputError("E107", path=options.mentions)
-        yield total
+        yield total, amendments
         if scratch is not None and (scratch / "docs.parquet").is_file():
             work.mkdir(parents=True, exist_ok=True)
             os.replace(scratch / "docs.parquet", work / "docs.parquet")
@@ -388,12 +395,12 @@ def run(options: LinkOptions) -> LinkResult:
     if options.shard is not None:
         _refuse_other_links(out_dir, key, options.shard, options.force)
     context_chars = int(folder.meta["inputs"]["context_chars"])
-    total = _take_over_out(options, key, kb, context_chars)
+    total, amendments = _take_over_out(options, key, kb, context_chars)
     with _unfinished_work_dropped(options):
         if options.shard is None:
             remove_leftover_temps(out_dir)  # after the corpus check's scratch folder is gone
         (out_dir / MANIFEST).unlink(missing_ok=True)  # outputs being redone never look finished
-        linked = _link_chunks(options, kb.linker, context_chars, key)
+        linked = _link_chunks(options, kb.linker, context_chars, key, amendments)
     if linked.counts["chunks_resumed"]:
         logger.info("resumed: %d chunk(s) were already linked in %s", linked.counts["chunks_resumed"], out_dir / CHUNKS)
     if options.shard is not None:
@@ -416,12 +423,13 @@ def _model_folder(options: LinkOptions) -> ModelFolder:
     return folder
 
 
-def _take_over_out(options: LinkOptions, key: str, kb: LinkKb, context_chars: int) -> int:
+def _take_over_out(options: LinkOptions, key: str, kb: LinkKb, context_chars: int) -> tuple[int, Amendments]:
     """Run the corpus checks and, where this call links a chunk, load the linker (`kb.linker`; the model's
     own refusals, E702-E705, E203 --device, come now); only then clear --out of another key's work (`run`
-    then sweeps temporary files and the manifest, as it links). The corpus's chunk count."""
+    then sweeps temporary files and the manifest, as it links). The corpus's chunk count, and what each
+    chunk amends (`repeats`)."""
     out_dir = options.out_dir
-    with _checked_corpus(options, key, context_chars) as total:
+    with _checked_corpus(options, key, context_chars) as (total, amendments):
         if _links_a_chunk(options, key, total):
             from pipeline.link.linker import Linker
 
@@ -430,7 +438,7 @@ def _take_over_out(options: LinkOptions, key: str, kb: LinkKb, context_chars: in
             remove_leftover_temps(out_dir / CHUNKS)
         identity = linked_with(options.model, kb.folder.fingerprint, kb.path, kb.fingerprint)
         _forget_other_keys(out_dir, key, options.force, identity)
-    return total
+    return total, amendments
 
 
 @contextlib.contextmanager
@@ -472,7 +480,7 @@ def _checked_inputs(options: LinkOptions, folder) -> Path:
     return kb_path
 
 
-def _link_chunks(options: LinkOptions, linker, context_chars: int, key: str) -> LinkedChunks:
+def _link_chunks(options: LinkOptions, linker, context_chars: int, key: str, amendments: Amendments) -> LinkedChunks:
     """Link every chunk of this process's share not saved yet by this link (`key`), each saved (and
     sealed, naming `key`) as it finishes."""
     out_dir = options.out_dir
@@ -503,7 +511,8 @@ def _link_chunks(options: LinkOptions, linker, context_chars: int, key: str) -> 
                 counts["mentions_resumed"] += int(checked_files.read_content(_chunk_record(out_dir, index))["mentions"])
                 continue
             _forget_damaged_chunk(out_dir, index, problem)
-            mentions = without_entity_type(read()) if options.ignore_entity_type else read()
+            mentions = amendments.apply(read())
+            mentions = without_entity_type(mentions) if options.ignore_entity_type else mentions
             stats, result = _link_one_chunk(out_dir, index, linker, mentions, key)
             for name in ("mentions", "entities_encoded", "entities_cached"):
                 counts[name] += stats[name]

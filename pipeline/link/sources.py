@@ -27,6 +27,7 @@ from pipeline.formats.inputs import (
     tac_mentions,
     write_docs,
 )
+from pipeline.link.repeats import NO_AMENDMENTS, Amendments, Repeats
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 TAB_SUFFIXES = (".tab", ".tsv")
@@ -247,9 +248,10 @@ KEY_COLUMNS = (
 )
 
 
-def check_corpus(chunks: Iterator[Chunk], path: Path) -> int:
+def check_corpus(chunks: Iterator[Chunk], path: Path, repeats: Repeats = Repeats()) -> tuple[int, Amendments]:
     """The input checks that span chunks, made on the whole corpus before any chunk is linked;
-    returns the number of chunks.
+    returns the number of chunks and what each chunk amends (`repeats.Amendments`: none unless
+    `repeats` asks to rename repeated ids or drop repeated spans).
 
     Each chunk is read (and so checked on its own) and only its `KEY_COLUMNS` are kept, so
     the memory this takes grows with the mention count, not with the texts. Across chunks: a mention id
@@ -263,12 +265,16 @@ def check_corpus(chunks: Iterator[Chunk], path: Path) -> int:
     keys = []
     for _, read in chunks:
         keys.append(read().select(KEY_COLUMNS))
+    amendments = NO_AMENDMENTS
     if keys:  # one chunk too: not every reader checks ids on its own (a TAC file's query ids)
         table = pl.concat(keys).rename({"mention_id": "id"})
+        end_inclusive = mention_format(path) == "tac"  # spans as the file writes them
+        if repeats.rename_ids or repeats.drop_spans:
+            table, amendments = repeats.amend(table, path, end_inclusive)
         check_unique_ids(table["id"], table["line"], path, "mention")
-        check_documents(table, path, end_inclusive=mention_format(path) == "tac")  # spans as the file writes them
+        check_documents(table, path, end_inclusive=end_inclusive)
         check_document_texts(table, path)
-    return len(keys)
+    return len(keys), amendments
 
 
 def _records_chunk(

@@ -102,7 +102,9 @@ def type_vocabulary(values: pl.Series, min_count: int) -> list[str]:
 
 def one_hot(values: pl.Series, vocabulary: list[str]) -> torch.Tensor:
     index = {t: i for i, t in enumerate(vocabulary)}
-    rows = np.array([index.get(v, UNKNOWN_TYPE) if v is not None else UNKNOWN_TYPE for v in values.to_list()])
+    rows = np.array(
+        [index.get(v, UNKNOWN_TYPE) if v is not None else UNKNOWN_TYPE for v in values.to_list()], dtype=np.int64
+    )  # int64 when empty too (an empty array is float64, which cannot index)
     matrix = np.zeros((len(rows), max(len(vocabulary), 1)), dtype=np.float32)
     known = rows >= 0
     matrix[np.nonzero(known)[0], rows[known]] = 1.0

@@ -112,5 +112,7 @@ def _score_table(mention_ids: np.ndarray, matrix: np.ndarray, scores: np.ndarray
             "kb_id": ids[matrix[row_index, slot]].tolist(),
             "rank": (slot + 1).astype(np.int32),
             "score": scores[row_index, slot].astype(np.float32),
-        }
+        },
+        # Typed, so a chunk with no candidate (or no mention) joins like any other.
+        schema={"mention_id": pl.String, "kb_id": pl.String, "rank": pl.Int32, "score": pl.Float32},
     )

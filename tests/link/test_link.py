@@ -1609,3 +1609,60 @@ def test_a_chunk_and_record_copied_over_another_are_refused_not_merged(
     assert merged.exit_code == 2 and "Error: [E711]" in merged.output, merged.output
     assert "chunk-000002.parquet" in merged.output and "records chunk-000000.parquet" in merged.output
     assert "Traceback" not in merged.output and not (out / "links.parquet").exists()
+
+
+def test_link_renames_repeated_ids_and_drops_repeated_spans_when_asked(demo_run: dict, tmp_path: Path) -> None:
+    """Issue 21 item 8 for link (replay B4): a corpus that repeats a mention id (E104) or a span (E115) was
+    refused with no way through but editing it; --rename-duplicate-ids and --drop-duplicate-spans decide over
+    the whole corpus, whatever the chunk a repeat falls in, a chunk left empty included."""
+    records = without_gold(demo_records("test"))[:12]
+    repeated_id = {**records[3], "id": records[0]["id"], "doc_id": "another-doc"}  # another span
+    repeated_span = {**records[3], "id": "copy-of-3"}
+    ids_file = write_jsonl(tmp_path / "ids.jsonl", [*records, repeated_id])
+    spans_file = write_jsonl(tmp_path / "spans.jsonl", [*records, repeated_span])
+
+    refused = link(demo_run["model"], ids_file, tmp_path / "refused-ids")
+    assert refused.exit_code == 2 and "Error: [E104]" in refused.output and "--rename-duplicate-ids" in refused.output
+    refused = link(demo_run["model"], spans_file, tmp_path / "refused-spans")
+    assert refused.exit_code == 2 and "Error: [E115]" in refused.output and "--drop-duplicate-spans" in refused.output
+
+    base = tmp_path / "base"
+    succeeded(link(demo_run["model"], write_jsonl(tmp_path / "base.jsonl", records), base, "--chunk-mentions", 4))
+    expected = pl.read_parquet(base / "links.parquet").select("mention_id", "kb_id", "is_nil")
+
+    renamed = succeeded(
+        link(demo_run["model"], ids_file, tmp_path / "renamed", "--chunk-mentions", 4, "--rename-duplicate-ids")
+    )
+    assert renamed.output.count("[W101]") == 1 and "--rename-duplicate-ids" in renamed.output, renamed.output
+    got = pl.read_parquet(tmp_path / "renamed" / "links.parquet").select("mention_id", "kb_id", "is_nil")
+    new_id = f"{records[0]['id']}#{records[3]['start']}-{records[3]['end']}"
+    assert got.head(12).equals(expected) and got["mention_id"][12] == new_id
+    assert got.row(12)[1:] == expected.row(3)[1:]  # the same mention in another document: the same link
+
+    # The repeat is chunk 3's only mention: that chunk links nothing, and the rest is the corpus without it.
+    dropped = succeeded(
+        link(demo_run["model"], spans_file, tmp_path / "dropped", "--chunk-mentions", 4, "--drop-duplicate-spans")
+    )
+    assert dropped.output.count("[W108]") == 1 and "--drop-duplicate-spans" in dropped.output, dropped.output
+    assert pl.read_parquet(tmp_path / "dropped" / "links.parquet").select(expected.columns).equals(expected)
+
+
+def test_a_run_folder_or_a_missing_path_given_as_the_model_says_so(demo_run: dict, tmp_path: Path) -> None:
+    """Replay B5: --model given the run folder instead of its model/ was "no model.json" with no hint."""
+    from_run = link(demo_run["run_dir"], demo_run["test"], tmp_path / "a")
+    assert from_run.exit_code == 2 and "[E701]" in from_run.output, from_run.output
+    assert f"did you mean {demo_run['run_dir'] / 'model'}?" in from_run.output
+    missing = link(tmp_path / "no-such-model", demo_run["test"], tmp_path / "b")
+    assert missing.exit_code == 2 and "no such file or folder" in missing.output, missing.output
+
+
+def test_the_summary_gives_the_encode_share_only_of_mentions_linked_now(tmp_path: Path) -> None:
+    """Replay B5: a link whose every chunk was resumed printed an earlier call's "31% of linking time in encode"."""
+    from pipeline.link.run import LinkResult
+    from pipeline.link.summary import link_summary
+
+    counts = {"mentions": 66, "chunks": 0, "chunks_resumed": 4, "entities_encoded": 0, "entities_cached": 0}
+    resumed = LinkResult(tmp_path, False, 1.0, {**counts, "mentions_linked_now": 0}, encode_share=0.31, finished=False)
+    assert "in encode" not in link_summary(resumed, (0, 1))[0]
+    linked = LinkResult(tmp_path, False, 1.0, {**counts, "mentions_linked_now": 66}, encode_share=0.31, finished=False)
+    assert link_summary(linked, (0, 1))[0].endswith("; 31% of linking time in encode")
