@@ -27,8 +27,9 @@ def link_summary(result: LinkResult, shard: tuple[int, int] | None) -> list[str]
         lines = [
             f"link: {counts['mentions']} mentions, {now} linked now in {result.seconds:.1f}s "
             f"({result.mentions_per_second:.1f} mentions/s), {counts['chunks']} chunk(s), {counts['chunks_resumed']} "
-            f"resumed; entities encoded {counts['entities_encoded']}, from the cache {counts['entities_cached']}; "
-            f"{result.encode_share:.0%} of linking time in encode"
+            f"resumed; entities encoded {counts['entities_encoded']}, from the cache {counts['entities_cached']}"
+            # The share of the chunks linked now: with none (all resumed), it would be an earlier call's.
+            + (f"; {result.encode_share:.0%} of linking time in encode" if now else "")
         ]
     if not result.finished:
         return lines + [

@@ -249,6 +249,23 @@ def ranker_mismatch(meta: dict, saved: dict, hidden_size: int | None = None) -> 
     return None
 
 
+def _why_not_a_model_folder(path: Path) -> str:
+    """E701's detail for a path with no model.json: it does not exist, is a file, or is a folder without one."""
+    if not path.exists():
+        return "no such file or folder"
+    if not path.is_dir():
+        return f"a file, not a folder holding {MODEL_JSON}"
+    return f"no {MODEL_JSON}"
+
+
+def _likelier_model_folder(path: Path) -> str:
+    """E701's first advice when `path` is a run folder (or holds a model folder): its `model/`, by name."""
+    inner = path / "model"
+    if (inner / MODEL_JSON).is_file():
+        return f"did you mean {inner}? "
+    return ""
+
+
 def load_model_folder(path: Path) -> ModelFolder:
     """Read and check a model folder. E701: not one; E702: damaged, or a value of model.json of the
     wrong type or range (naming its key path, e.g. `nil.thresholds.en`); E703: a newer format; E716: a
@@ -256,7 +273,9 @@ def load_model_folder(path: Path) -> ModelFolder:
     path = Path(path)
     meta_path = path / MODEL_JSON
     if not path.is_dir() or not meta_path.is_file():
-        raise CacheError("E701", path=path, detail=f"no {MODEL_JSON}")
+        raise CacheError(
+            "E701", path=path, detail=_why_not_a_model_folder(path), fix_first=_likelier_model_folder(path)
+        )
     try:
         text = meta_path.read_text(encoding="utf-8")
         meta = json.loads(text)

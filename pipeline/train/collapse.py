@@ -1,4 +1,4 @@
-"""A ranker that learned nothing, found at the end of training, and said so (W503).
+"""A ranker that learned nothing, found at the end of training, and said so (W503, W504).
 
 A ranker can collapse: every candidate gets one score (e.g. −0.0628 for all) and the hinge
 loss max(0, margin − (gold − hardest negative)) sits at the margin, since gold and negatives
@@ -32,6 +32,10 @@ LOSS_AT_MARGIN = 1e-3
 # their candidates (the demo with features name,context,type: 56 of 57, every unit of the last
 # hidden layer dead, every score -0.1838).
 COLLAPSED_SHARE = 0.9
+
+# A ranker whose best dev accuracy trails triage's first candidate by more than this learned too little to
+# be worth its scores (a replay: 1 epoch gave 0.083 where triage's first candidate was right for 0.8).
+BELOW_TRIAGE_MARGIN = 0.10
 
 COLLAPSE_FIX = (
     "lower train.learning_rate (a step too large can leave every ReLU unit of a layer dead, "
@@ -108,3 +112,23 @@ def check_collapse(
         accuracy = "n/a" if dev_accuracy is None else f"{dev_accuracy:.4f}"
         warn(logger, "W503", cause=collapse.cause, accuracy=accuracy, fix=collapse.fix)
     return collapse
+
+
+def triage_first_accuracy(dev_matrix: np.ndarray, dev_gold: np.ndarray) -> float:
+    """Share of dev mentions whose gold entity is triage's first candidate (recall@1 of triage; a NIL gold,
+    -1, is never right). dev_matrix (n, k) entity rows in triage's rank order, -1 padded; dev_gold (n,)."""
+    if len(dev_gold) == 0:
+        return float("nan")
+    return float(np.mean((dev_matrix[:, 0] == dev_gold) & (dev_gold >= 0)))
+
+
+def check_below_triage(dev_accuracy: float | None, dev_matrix: np.ndarray, dev_gold: np.ndarray) -> float | None:
+    """W504 when the ranker's best dev linking accuracy trails triage's first candidate on the same dev
+    mentions by more than `BELOW_TRIAGE_MARGIN`: it re-ranks triage's candidates worse than triage's own
+    order, so it learned too little. Returns triage's first-candidate accuracy (None without dev mentions)."""
+    if dev_accuracy is None or len(dev_gold) == 0 or math.isnan(dev_accuracy):
+        return None
+    triage = triage_first_accuracy(dev_matrix, dev_gold)
+    if dev_accuracy < triage - BELOW_TRIAGE_MARGIN:
+        warn(logger, "W504", accuracy=f"{dev_accuracy:.4f}", triage=f"{triage:.4f}")
+    return triage

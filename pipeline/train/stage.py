@@ -360,7 +360,7 @@ def _data_parallel(state, train_config: TrainConfig, device, world: World):
 def _save_best(stage_run: StageRun, loop: _Loop, epoch: int) -> StageResult:
     """model.pt from the best epoch's weights, the collapse check (W503) and the manifest; rank 0 writes,
     every rank returns the result once they are in place."""
-    from pipeline.train.collapse import check_collapse
+    from pipeline.train.collapse import check_below_triage, check_collapse
 
     state, data, train_config, world = loop.state, loop.data, loop.train_config, loop.world
     counts = {**data.counts, "epochs": epoch, "best_epoch": state.best["epoch"]}
@@ -391,6 +391,8 @@ def _save_best(stage_run: StageRun, loop: _Loop, epoch: int) -> StageResult:
             train_config.margin,
             best_score,
         )
+        if collapse is None:  # a collapsed ranker's accuracy is triage's own (W503 said so)
+            check_below_triage(best_score, data.dev_matrix, data.dev_gold)
         outcome = _Outcome(state.history, counts, best_score, state.best["epoch"], collapse)
         result = _finish(stage_run, outcome, data.by_language, loop.device, world)
         discard_checkpoint(loop.checkpoint_path)  # only now that the manifest is written

@@ -333,6 +333,21 @@ def test_a_ranker_scoring_nearly_every_dev_mention_alike_has_collapsed(constant:
     assert found is not None and (found.fix == COLLAPSE_FIX) is collapsed
 
 
+@pytest.mark.parametrize(("accuracy", "warned"), [(0.083, True), (0.75, False), (0.9, False)])
+def test_a_ranker_far_below_triage_first_candidate_is_w504(accuracy: float, warned: bool, caplog) -> None:
+    """Replay B5: a ranker trained one epoch linked 0.083 of dev where triage's first candidate was right for
+    0.8, and train said nothing."""
+    from pipeline.train.collapse import check_below_triage
+
+    # Ten dev mentions: triage's first candidate is the gold for eight, one gold is second, one is NIL (-1).
+    matrix = np.array([[i, i + 100] for i in range(8)] + [[50, 8], [60, 61]])
+    gold = np.array([*range(8), 8, -1])
+    with caplog.at_level("WARNING"):
+        assert check_below_triage(accuracy, matrix, gold) == 0.8
+    assert ("[W504]" in caplog.text) is warned, caplog.text
+    assert check_below_triage(None, matrix, gold) is None  # no dev accuracy (no dev mention): nothing to compare
+
+
 def test_a_ranker_that_learned_keeps_its_dev_accuracy(base_run: dict) -> None:
     manifest = read_manifest(base_run["run_dir"] / "train")
     assert manifest["best_dev_accuracy"] is not None and "dev_accuracy_by_ties" not in manifest
