@@ -5,7 +5,7 @@ Caches live outside any run, so no stage key protects them, and a run's own save
 by a full disk or a copy, a hand edit. Each such piece gets a *record*, a small JSON file
 written last (atomically, after the files it describes are in place) that lists each file
 with its size in bytes and the CRC-32 of its content, and for arrays their shape, dtype and
-that every value was finite. `damage(record)` says what no longer matches, naming the file;
+that every value was finite; the record's own `content` (a chunk's counts) has a CRC-32 too. `damage(record)` says what no longer matches, naming the file;
 None means every file is as written.
 
 - one file or a few: `seal(record_path, files, content)` writes the record beside them
@@ -114,7 +114,9 @@ def seal(record_path: Path, files: Iterable[Path], content: dict | None = None) 
     Raises `CacheError` E406 when the record cannot be written.
     """
     listed = describe(files, record_path.parent)
-    write_json_atomic(record_path, {"version": RECORD_VERSION, "files": listed, "content": content or {}})
+    content = content or {}
+    payload = {"version": RECORD_VERSION, "files": listed, "content": content, "content_crc32": _content_crc32(content)}
+    write_json_atomic(record_path, payload)
     with contextlib.suppress(OSError):
         _VERIFIED.add(_signature(record_path, sorted(listed)))
 
@@ -138,6 +140,11 @@ def _read(record_path: Path) -> dict:
     ):
         raise ValueError("not a record of this xel")
     return payload
+
+
+def _content_crc32(content: object) -> int:
+    """CRC-32 of a record's `content` as canonical JSON (sorted keys), so an edited count is found too."""
+    return zlib.crc32(json.dumps(content, sort_keys=True, ensure_ascii=True).encode("ascii"))
 
 
 def _signature(record_path: Path, names: list[str]) -> tuple:
@@ -177,6 +184,9 @@ def damage(record_path: Path, expected: Iterable[str] | None = None) -> str | No
         payload = _read(record_path)
     except (OSError, ValueError) as exc:
         return f"{record_path}: cannot be read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    # Records of an xel before content_crc32 have none: their content is taken as written.
+    if "content_crc32" in payload and payload["content_crc32"] != _content_crc32(payload.get("content")):
+        return f"{record_path}: what it records (its counts) changed since it was written (checksum differs)"
     names = sorted(payload["files"])
     if expected is not None and names != sorted(expected):
         return f"{record_path}: records {', '.join(names) or 'no file'}, not {', '.join(sorted(expected))}"

@@ -34,11 +34,18 @@ def check_setting(where: str, name: str, value: object, ok: bool, reason: str) -
         raise ConfigError("E203", where=where, field=name, value=value, reason=reason)
 
 
+# Counts and sizes reach numpy, torch, FAISS and the tokenizers as 32- or 64-bit integers, and a
+# Python int past them fails there, after work was done, with an OverflowError: a count setting
+# takes at most MAX_COUNT, any integer setting (a seed too) at most MAX_INTEGER.
+MAX_COUNT = 2**31 - 1
+MAX_INTEGER = 2**63 - 1
+
+
 def _check_at_least(where: str, config: object, least: int, *names: str) -> None:
-    """E203 ("must be >= least") for each of `config`'s fields `names` below `least`."""
+    """E203 for each of `config`'s fields `names` below `least` or above `MAX_COUNT`."""
     for name in names:
         value = getattr(config, name)
-        check_setting(where, name, value, value >= least, f"must be >= {least}")
+        check_setting(where, name, value, least <= value <= MAX_COUNT, f"must be between {least} and {MAX_COUNT}")
 
 
 def _check_device(where: str, device: object) -> None:
@@ -170,7 +177,13 @@ class EncoderConfig:
             16 <= self.max_context_tokens <= 8192,
             "must be between 16 and 8192",
         )
-        _check_at_least(where, self, 4, "max_name_tokens")
+        check_setting(
+            where,
+            "max_name_tokens",
+            self.max_name_tokens,
+            4 <= self.max_name_tokens <= 8192,
+            "must be between 4 and 8192",
+        )
         check_setting(
             where,
             "batch_tokens",
@@ -211,7 +224,7 @@ class TriageConfig:
         check_setting(
             where, "fuzzy_min_score", self.fuzzy_min_score, 0 <= self.fuzzy_min_score <= 100, "must be in 0-100"
         )
-        _check_at_least(where, self, 1, "dense_k")
+        check_setting(where, "dense_k", self.dense_k, 1 <= self.dense_k <= 1000, "must be between 1 and 1000")
         check_setting(where, "dense_floor", self.dense_floor, -1 <= self.dense_floor < 1, "must be in [-1, 1)")
 
 

@@ -23,6 +23,7 @@ import tomllib
 from pydantic import TypeAdapter, ValidationError
 
 from pipeline.core.config import (
+    MAX_INTEGER,
     EncoderConfig,
     EvaluateConfig,
     InputsConfig,
@@ -98,12 +99,29 @@ def _field_adapter(hint: Any) -> TypeAdapter:
     return TypeAdapter(hint)
 
 
+def _integers_past(value: Any, limit: int) -> Iterator[int]:
+    """The integers in `value` (a setting, or its items) whose size is past `limit`."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > limit:
+            yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _integers_past(item, limit)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _integers_past(item, limit)
+
+
 def _strict_value(hint: Any, key: str, value: Any, where: str) -> Any:
     """`value` of setting `key` (of type `hint`) checked as TOML wrote it: pydantic's strict mode, so a
     boolean is true or false and never "yes" or 1, an integer is never 2.5, "3" or true, a string never
     a number; an integer is a number (for a float setting) and a TOML array a list (tuple settings).
     E203 (at `where`, a section) saying which type is expected and which was given."""
     checked = tuple(value) if typing.get_origin(hint) is tuple and isinstance(value, list) else value
+    too_large = next(_integers_past(checked, MAX_INTEGER), None)
+    if too_large is not None:  # it would fail in numpy, torch or a tokenizer, after work was done
+        reason = f"must be at most {MAX_INTEGER} (got {too_large})"
+        raise ConfigError("E203", where=where, field=key, value=value, reason=reason)
     try:
         return _field_adapter(hint).validate_python(checked, strict=True)
     except ValidationError as exc:

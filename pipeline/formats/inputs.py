@@ -88,9 +88,15 @@ RENAME_REPEATS_HINT = (
 )
 
 
-def check_unique_ids(ids: pl.Series, lines: pl.Series, path: Path, kind: str) -> None:
+RENAMED_REPEAT_HINT = (
+    " (a repeat's new id, id#start-end, is another mention's id already: give one of the two another id)"
+)
+
+
+def check_unique_ids(ids: pl.Series, lines: pl.Series, path: Path, kind: str, renamed: bool = False) -> None:
     """E104 naming the first id of `kind` records ("mention", "document", "KB") given twice in `path`,
-    with the lines of both."""
+    with the lines of both; `renamed`: the repeats were renamed already (`rename_repeated_ids`), so the
+    advice is not to rename them."""
     duplicate = first_duplicate(ids, lines)
     if duplicate:
         raise InputError(
@@ -100,7 +106,7 @@ def check_unique_ids(ids: pl.Series, lines: pl.Series, path: Path, kind: str) ->
             kind=kind,
             record_id=duplicate[0],
             first_line=duplicate[1],
-            hint=RENAME_REPEATS_HINT if kind == "mention" else "",
+            hint=RENAMED_REPEAT_HINT if renamed else RENAME_REPEATS_HINT if kind == "mention" else "",
         )
 
 
@@ -233,7 +239,7 @@ def read_mentions_jsonl(
         check_documents(frame, path)  # a repeated id over the same span is a copy, not a second mention
         frame = rename_repeated_ids(frame, path)
     if across_records:
-        check_unique_ids(frame["id"], frame["line"], path, "mention")
+        check_unique_ids(frame["id"], frame["line"], path, "mention", renamed=rename_duplicate_ids)
         check_documents(frame, path)
     frame = _with_contexts(frame, path, docs_path, None if given is None else given.docs)
     # Only a whole `text` (no doc offsets) of a document the docs file lacks can disagree with

@@ -734,11 +734,18 @@ def _read_linked_chunks(options: LinkOptions, total: int, key: str) -> tuple[lis
     frame = pl.concat([pl.read_parquet(path, columns=columns) for path in paths], how="vertical_relaxed")
     repeated = frame.filter(pl.col("mention_id").is_duplicated())
     if repeated.height:  # each mention is linked in one chunk: a repeat means a chunk is not the one it says
+        mention_id = repeated["mention_id"][0]
+        holding = [
+            index
+            for index, path in enumerate(paths)
+            if pl.read_parquet(path, columns=["mention_id"])["mention_id"].is_in([mention_id]).any()
+        ]
+        names = " and ".join(f"{paths[i].name} (with its .json)" for i in holding)
         raise CacheError(
             code,
             path=out_dir / CHUNKS,
-            detail=f"mention {repeated['mention_id'][0]!r} is linked in more than one chunk; delete the chunks "
-            "folder and link again",
+            detail=f"mention {mention_id!r} is linked in more than one chunk; delete {names}"
+            + "".join(redo(i) for i in holding),
         )
     return paths, stats, frame
 

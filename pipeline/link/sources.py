@@ -271,7 +271,7 @@ def check_corpus(chunks: Iterator[Chunk], path: Path, repeats: Repeats = Repeats
         end_inclusive = mention_format(path) == "tac"  # spans as the file writes them
         if repeats.rename_ids or repeats.drop_spans:
             table, amendments = repeats.amend(table, path, end_inclusive)
-        check_unique_ids(table["id"], table["line"], path, "mention")
+        check_unique_ids(table["id"], table["line"], path, "mention", renamed=repeats.rename_ids)
         check_documents(table, path, end_inclusive=end_inclusive)
         check_document_texts(table, path)
     return len(keys), amendments

@@ -220,7 +220,8 @@ def ranker_mismatch(meta: dict, saved: dict, hidden_size: int | None = None) -> 
     None when it agrees. Compared: the mention and entity type vocabularies (the ranker's one-hot type
     inputs are as wide as they are, in their order), `trained_on.features` (the ranker's features) and
     the width of the encoder's vectors (`hidden_size`, None: not known yet) with the ranker's, and
-    `encoder.settings.name_layer` with the layer model.pt's name vectors came from (when it says)."""
+    `encoder.settings.name_layer` with the layer model.pt's name vectors came from (when it says), and
+    `nil.method` "nota" with whether the ranker has the NIL option it reads."""
     shape = saved.get("shape") or {}
     expected = {
         "types.mention": list(saved.get("mention_types") or []),
@@ -239,6 +240,11 @@ def ranker_mismatch(meta: dict, saved: dict, hidden_size: int | None = None) -> 
         return (
             f"encoder.settings.name_layer: must be {trained_layer}, the hidden layer the ranker in model.pt "
             f"read names from (got {layer})"
+        )
+    if meta["nil"]["method"] == "nota" and not shape.get("nil_candidate", False):
+        return (
+            "nil.method: must not be 'nota', the ranker in model.pt has no NIL option (trained with "
+            "train.nil_candidate = false) (got 'nota')"
         )
     width = shape.get("vector_size")
     if hidden_size is not None and width is not None and int(width) != hidden_size:
@@ -316,6 +322,8 @@ def load_model_folder(path: Path) -> ModelFolder:
                 raise TypeError(f"'{key}' is not an object")
         aliases = pl.read_parquet(path / ALIASES)
         popularity = pl.read_parquet(path / POPULARITY) if POPULARITY in files else None
+        if meta.get("popularity_rerank") and popularity is None:
+            raise ValueError(f"popularity_rerank is true, and the folder holds no {POPULARITY} to rerank by")
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CacheError(
             "E702", path=meta_path, detail=f"missing or malformed entry ({type(exc).__name__}: {exc})"

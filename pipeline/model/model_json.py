@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipeline.core.config import EncoderConfig, TriageConfig
+from pipeline.core.config import MAX_INTEGER, EncoderConfig, TriageConfig
 from pipeline.core.config_file import closest_key
 from pipeline.core.errors import ConfigError
 
@@ -294,17 +294,34 @@ def missing_setting(meta: Any) -> str | None:
     return None
 
 
+def _integer_past(value: Any, limit: int, path: tuple[str, ...]) -> tuple[str, int] | None:
+    """(key path, value) of the first integer in model.json whose size is past `limit`: no array or
+    library xel hands it to holds it."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (".".join(path) or "model.json", value) if abs(value) > limit else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _integer_past(item, limit, (*path, str(key)))
+        if found is not None:
+            return found
+    return None
+
+
 def check_model_json(text: str) -> str | None:
     """None when model.json's `text` matches `ModelJson`; else what is wrong with its first bad
     value, as `key.path: what is wrong (got value)` for E702."""
     try:
-        missing = missing_setting(json.loads(text))
+        meta = json.loads(text)
     except ValueError:
-        missing = None  # not JSON: pydantic's message says where
+        meta = None  # not JSON: pydantic's message says where
+    missing = missing_setting(meta)
     if missing is not None:
         return (
             f"{missing}: Field required (model.json holds every setting it was made with; a default would change links)"
         )
+    too_large = _integer_past(meta, MAX_INTEGER, ())
+    if too_large is not None:
+        return f"{too_large[0]}: must be at most {MAX_INTEGER} (got {too_large[1]})"
     try:
         ModelJson.model_validate_json(text, strict=True)
     except ValidationError as error:

@@ -326,6 +326,23 @@ def test_out_of_range_override_is_e203(tmp_path: Path) -> None:
     assert "dropout" in caught.value.format_message()
 
 
+@pytest.mark.parametrize(
+    ("override", "reason"),
+    [
+        ("encoder.max_name_tokens=100000", "must be between 4 and 8192"),
+        ("encoder.chunk_texts=3000000000", "must be between 1 and 2147483647"),
+        ("triage.dense_k=5000", "must be between 1 and 1000"),
+        ("train.seed=100000000000000000000", "must be at most 9223372036854775807"),
+        ("train.final_hidden=[512,100000000000000000000]", "must be at most 9223372036854775807"),
+    ],
+)
+def test_a_count_past_what_the_libraries_hold_is_e203(tmp_path: Path, override: str, reason: str) -> None:
+    """Break-test D: max_name_tokens 10**30 crashed the tokenizer with an OverflowError after encoding began."""
+    with pytest.raises(ConfigError, match="E203") as caught:
+        load_config(write_config(tmp_path), (override,))
+    assert reason in caught.value.format_message(), caught.value.format_message()
+
+
 def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "configs"
     folder.mkdir()

@@ -167,6 +167,56 @@ def test_a_record_copied_from_another_chunk_redoes_only_its_own_chunk(
     assert links(tmp_path / "out").equals(links(tmp_path / "whole"))
 
 
+@pytest.mark.parametrize("value", [7, "ten", None], ids=["other-count", "a-string", "null"])
+def test_a_chunk_record_whose_counts_were_edited_is_damaged(demo_run: dict, tmp_path: Path, cache: Path, value) -> None:
+    """Break-test A/B: a record's counts were trusted (a merge reported 37 mentions for 40; a string crashed it
+    after writing the links, leaving no manifest): they are checked like the files it lists."""
+    for index in range(2):
+        succeeded(link(demo_run, tmp_path / "out", "--shard", f"{index}/2"))
+    record = tmp_path / "out" / "chunks" / "chunk-000001.json"
+    payload = json.loads(record.read_text(encoding="utf-8"))
+    payload["content"]["mentions"] = value
+    record.write_text(json.dumps(payload), encoding="utf-8")
+    merged = link(demo_run, tmp_path / "out", "--merge")
+    assert merged.exit_code == 2 and "Traceback" not in merged.output, merged.output
+    assert f"Error: [E711] {tmp_path / 'out' / 'chunks' / 'chunk-000001.parquet'}: damaged" in merged.output
+    assert (
+        "its counts) changed since it was written" in merged.output
+        and not (tmp_path / "out" / "links.parquet").exists()
+    )
+    resumed = succeeded(link(demo_run, tmp_path / "out"))  # a plain link redoes it
+    assert resumed.output.count("[W403]") == 1 and "3 resumed" in resumed.output, resumed.output
+    assert (
+        links(tmp_path / "out").height
+        == json.loads((tmp_path / "out" / "manifest.json").read_text())["counts"]["mentions"]
+    )
+
+
+def test_a_chunk_sealed_over_another_is_refused_naming_both_and_mended_as_told(
+    demo_run: dict, tmp_path: Path, cache: Path
+) -> None:
+    """Break-test C: chunk 0 copied over chunk 1 with a record made to match: E717 said both "delete the chunks
+    folder" and "it keeps the rest", naming no chunk. It names the two chunks; deleting them mends it."""
+    succeeded(link(demo_run, tmp_path / "whole"))
+    succeeded(link(demo_run, tmp_path / "out", "--shard", "0/1"))
+    chunks = tmp_path / "out" / "chunks"
+    shutil.copy(chunks / "chunk-000000.parquet", chunks / "chunk-000001.parquet")
+    payload = json.loads((chunks / "chunk-000000.json").read_text(encoding="utf-8"))
+    payload["files"] = {"chunk-000001.parquet": payload["files"]["chunk-000000.parquet"]}
+    (chunks / "chunk-000001.json").write_text(json.dumps(payload), encoding="utf-8")
+    refused = link(demo_run, tmp_path / "out")
+    assert refused.exit_code == 2 and "Traceback" not in refused.output, refused.output
+    line = refused.output.strip().splitlines()[-1]
+    assert (
+        line.startswith("Error: [E717]")
+        and "delete chunk-000000.parquet (with its .json) and chunk-000001.parquet" in line
+    )
+    for name in ("chunk-000000", "chunk-000001"):
+        (chunks / f"{name}.parquet").unlink(), (chunks / f"{name}.json").unlink()
+    mended = succeeded(link(demo_run, tmp_path / "out"))
+    assert "4 chunk(s), 2 resumed" in mended.output and links(tmp_path / "out").equals(links(tmp_path / "whole"))
+
+
 def test_a_damaged_chunk_at_merge_is_refused_naming_what_to_delete(demo_run: dict, tmp_path: Path, cache: Path) -> None:
     for index in range(2):
         succeeded(link(demo_run, tmp_path / "out", "--shard", f"{index}/2"))

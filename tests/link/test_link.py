@@ -1552,6 +1552,15 @@ def test_finished_chunks_of_another_key_txt_are_redone_with_one_warning(
             "encoder.settings.max_context_tokens: Field required",
         ),
         (lambda meta: meta["encoder"].pop("identity"), "encoder.identity: Field required"),
+        (
+            lambda meta: meta["encoder"]["settings"].update(max_name_tokens=10**30),
+            "encoder.settings.max_name_tokens: must be at most 9223372036854775807",
+        ),
+        (
+            lambda meta: meta["encoder"]["settings"].update(max_name_tokens=100_000),
+            "encoder.settings.max_name_tokens: must be between 4 and 8192",
+        ),
+        (lambda meta: meta["triage"].update(dense_k=2**40), "triage.dense_k: must be between 1 and 1000"),
     ],
     ids=[
         "4-types",
@@ -1568,6 +1577,9 @@ def test_finished_chunks_of_another_key_txt_are_redone_with_one_warning(
         "no-triage-k",
         "no-context-width",
         "no-identity",
+        "name-tokens-past-int64",
+        "name-tokens-huge",
+        "dense-k-huge",
     ],
 )
 def test_model_json_that_disagrees_with_its_ranker_or_encoder_is_e702_before_linking(
@@ -1666,3 +1678,42 @@ def test_the_summary_gives_the_encode_share_only_of_mentions_linked_now(tmp_path
     assert "in encode" not in link_summary(resumed, (0, 1))[0]
     linked = LinkResult(tmp_path, False, 1.0, {**counts, "mentions_linked_now": 66}, encode_share=0.31, finished=False)
     assert link_summary(linked, (0, 1))[0].endswith("; 31% of linking time in encode")
+
+
+@pytest.mark.parametrize(
+    "edit, where",
+    [
+        (lambda meta: meta["nil"].update(method="nota"), "nil.method: must not be 'nota'"),
+        (lambda meta: meta.update(popularity_rerank=True), "popularity_rerank is true, and the folder holds no"),
+    ],
+    ids=["nota-without-nil-option", "popularity-without-file"],
+)
+def test_model_json_asking_for_what_the_model_lacks_is_e702_before_linking(
+    demo_run: dict, tmp_path: Path, edit, where: str
+) -> None:
+    """Break-test E, F: `nil.method: "nota"` for a ranker without the NIL option failed after encoding with a
+    ValueError traceback; `popularity_rerank: true` without popularity.parquet was ignored silently."""
+    model = tmp_path / "model"
+    shutil.copytree(demo_run["model"], model)
+    meta = json.loads((model / "model.json").read_text(encoding="utf-8"))
+    assert meta["nil"]["method"] != "nota" and not meta.get("popularity_rerank")
+    edit(meta)
+    (model / "model.json").write_text(json.dumps(meta), encoding="utf-8")
+    result = link(model, demo_run["test"], tmp_path / "out")
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "[E702]" in result.output and where in result.output, result.output
+    assert not (tmp_path / "out" / "chunks").exists()
+
+
+def test_a_renamed_id_that_another_mention_has_is_e104_without_advising_the_rename(
+    demo_run: dict, tmp_path: Path
+) -> None:
+    """Break-test G: with --rename-duplicate-ids, a repeat renamed to an id the file already has was E104
+    advising --rename-duplicate-ids."""
+    records = without_gold(demo_records("test"))[:4]
+    repeat = {**records[1], "id": records[0]["id"], "doc_id": "another-doc"}
+    taken = {**records[2], "id": f"{records[0]['id']}#{records[1]['start']}-{records[1]['end']}"}
+    mentions = write_jsonl(tmp_path / "m.jsonl", [records[0], taken, repeat])
+    result = link(demo_run["model"], mentions, tmp_path / "out", "--rename-duplicate-ids")
+    assert result.exit_code == 2 and "Error: [E104]" in result.output, result.output
+    assert "is another mention's id already" in result.output and "--rename-duplicate-ids`" not in result.output
