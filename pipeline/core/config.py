@@ -139,7 +139,13 @@ class InputsConfig:
             not has_tac or self.tac_source is not None,
             "TAC .tab files need tac_source, the folder of source documents",
         )
-        check_setting(where, "context_chars", self.context_chars, self.context_chars >= 50, "must be at least 50")
+        check_setting(
+            where,
+            "context_chars",
+            self.context_chars,
+            50 <= self.context_chars <= MAX_COUNT,
+            f"must be between 50 and {MAX_COUNT}",
+        )
 
 
 @dataclass(frozen=True)

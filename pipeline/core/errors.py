@@ -217,6 +217,36 @@ def e203_fix(where: str) -> str:
     return "change it in the config file or on the command line"
 
 
+class _Clipped:
+    """A message field shown with its middle cut when long (a model.json list of 100,000 types, a whole
+    document given as `text`), so an error stays one readable line; str, repr and format alike."""
+
+    LIMIT = 600  # characters kept: the first and last half of them
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    @classmethod
+    def of(cls, value: object) -> object:
+        return value if isinstance(value, (int, float, bool, type(None))) else cls(value)
+
+    @classmethod
+    def clip(cls, text: str) -> str:
+        if len(text) <= cls.LIMIT:
+            return text
+        half = cls.LIMIT // 2
+        return f"{text[:half]} ...[{len(text) - cls.LIMIT:,} characters left out]... {text[-half:]}"
+
+    def __str__(self) -> str:
+        return self.clip(str(self.value))
+
+    def __repr__(self) -> str:
+        return self.clip(repr(self.value))
+
+    def __format__(self, spec: str) -> str:
+        return format(self.clip(str(self.value)), spec)
+
+
 class PipelineError(click.ClickException):
     """Base of every user-facing failure. Exit code 2, message on one line. `fields` keeps the template's
     values as given, so a caller that knows more (which config file and line) can say it again."""
@@ -233,7 +263,7 @@ class PipelineError(click.ClickException):
         fields.setdefault("more", "")  # "(n more line(s) like it)" where a check counts them
         fields.setdefault("hint", "")  # an addition to the advice where one case of a code needs it
         fields.setdefault("fix_first", "")  # E108: a likelier fix, said before the template's own ("..., or ")
-        text = template.format(**fields)
+        text = template.format(**{name: _Clipped.of(value) for name, value in fields.items()})
         super().__init__(f"[{code}] " + " ".join(text.split()))
 
 

@@ -605,6 +605,35 @@ def _release_freed_memory() -> None:
         pass
 
 
+def _checked_chunks_total(out_dir: Path, records: list[dict]) -> int:
+    """The corpus's chunk count, as every shard record says it (`chunks_total`); E413 naming the record
+    when one says no count, says another than shard 0's, or says fewer chunks than are saved: a merge
+    that believed it would join part of the corpus and then delete the rest."""
+    from pipeline.core.config import MAX_COUNT
+
+    count = len(records)
+
+    def refuse(index: int, detail: str) -> CacheError:
+        options = "the same model, inputs and options"
+        path = out_dir / SHARDS / f"shard-{index}-of-{count}.json"
+        return CacheError("E413", path=path, shard=f"{index}/{count}", detail=detail, stage="link", options=options)
+
+    totals = [record.get("chunks_total") for record in records]
+    for index, total in enumerate(totals):
+        if not isinstance(total, int) or isinstance(total, bool) or not 1 <= total <= MAX_COUNT:
+            raise refuse(index, f"its chunks_total is {total!r}, not a count of chunks")
+    indexes = [i for i in map(_chunk_index, (out_dir / CHUNKS).glob("chunk-*.parquet")) if i is not None]
+    saved = max(indexes, default=-1) + 1  # every shard finished: chunks 0 .. chunks_total - 1 are saved
+    for index, total in enumerate(totals):
+        if total < saved:
+            raise refuse(index, f"its chunks_total is {total}, but {_chunk_path(out_dir, saved - 1).name} is saved too")
+    if len(set(totals)) > 1:  # the one that is not the saved chunks' count is the wrong one
+        index = next((i for i, total in enumerate(totals) if total != saved), 1)
+        other = next(t for i, t in enumerate(totals) if i != index)
+        raise refuse(index, f"its chunks_total {totals[index]} differs from another shard's {other}")
+    return totals[0]
+
+
 def _finished_shards(out_dir: Path, key: str) -> tuple[int, int]:
     """(the corpus's chunk count, the shard count), once every shard of this key has finished (E711
     naming a missing one)."""
@@ -630,7 +659,7 @@ def _finished_shards(out_dir: Path, key: str) -> tuple[int, int]:
         options="the same model, inputs and options",
     )
     records = finished_shards(out_dir / SHARDS, "shard", key, errors)
-    total = int(records[0]["chunks_total"])
+    total = _checked_chunks_total(out_dir, records)
     for index in range(total):  # a --merge cannot redo a chunk: a damaged one is refused, naming what to redo
         record = _chunk_record(out_dir, index)
         problem = _chunk_damage(out_dir, index) if _chunk_path(out_dir, index).is_file() else None

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipeline.core.config import MAX_INTEGER, EncoderConfig, TriageConfig
+from pipeline.core.config import MAX_COUNT, MAX_INTEGER, EncoderConfig, TriageConfig
 from pipeline.core.config_file import closest_key
 from pipeline.core.errors import ConfigError
 
@@ -49,7 +49,7 @@ class EncoderMeta(_Section):
 
 
 class InputsMeta(_Section):
-    context_chars: Annotated[int, Field(ge=50)]
+    context_chars: Annotated[int, Field(ge=50, le=MAX_COUNT)]
 
 
 class ClassifierMeta(_Section):

@@ -332,6 +332,7 @@ def test_out_of_range_override_is_e203(tmp_path: Path) -> None:
         ("encoder.max_name_tokens=100000", "must be between 4 and 8192"),
         ("encoder.chunk_texts=3000000000", "must be between 1 and 2147483647"),
         ("triage.dense_k=5000", "must be between 1 and 1000"),
+        ("inputs.context_chars=1000000000000000", "must be between 50 and 2147483647"),
         ("train.seed=100000000000000000000", "must be at most 9223372036854775807"),
         ("train.final_hidden=[512,100000000000000000000]", "must be at most 9223372036854775807"),
     ],

@@ -259,6 +259,40 @@ def test_a_damaged_shard_record_at_merge_says_to_rerun_that_shard_not_force(
     succeeded(link(demo_run, out, "--merge"))
 
 
+@pytest.mark.parametrize(
+    ("shard", "value", "said"),
+    [
+        (0, 3, "its chunks_total is 3, but chunk-000003.parquet is saved too"),
+        (1, 9, "its chunks_total 9 differs from another shard's 4"),
+        (0, -1, "its chunks_total is -1, not a count of chunks"),
+        (0, "six", "its chunks_total is 'six', not a count of chunks"),
+        (0, None, "its chunks_total is None, not a count of chunks"),
+        (0, 10**30, "not a count of chunks"),
+    ],
+    ids=["fewer", "disagree", "negative", "a-string", "removed", "huge"],
+)
+def test_a_shard_record_whose_chunk_count_is_wrong_is_refused_and_nothing_is_deleted(
+    demo_run: dict, tmp_path: Path, cache: Path, shard: int, value, said: str
+) -> None:
+    """Second break-test F1-F3: a merge trusted shard 0's chunks_total: 5 of 6 merged 250 of 288 mentions,
+    exited 0 and deleted the chunks; -1, "six" or no key were tracebacks; 10**30 looped for minutes."""
+    out = tmp_path / "out"
+    for index in range(2):
+        succeeded(link(demo_run, out, "--shard", f"{index}/2"))
+    record = out / "shards" / f"shard-{shard}-of-2.json"
+    payload = json.loads(record.read_text(encoding="utf-8"))
+    if value is None:
+        del payload["chunks_total"]
+    else:
+        payload["chunks_total"] = value
+    record.write_text(json.dumps(payload), encoding="utf-8")
+    merged = link(demo_run, out, "--merge")
+    assert merged.exit_code == 2 and "Traceback" not in merged.output, merged.output
+    line = merged.output.strip().splitlines()[-1]
+    assert line.startswith(f"Error: [E413] {record}: ") and said in line, line
+    assert len(list((out / "chunks").glob("chunk-*.parquet"))) == 4 and not (out / "links.parquet").exists()
+
+
 # --- item 7: a shard of another count --------------------------------------------------------------
 
 

@@ -38,3 +38,24 @@ def test_error_is_one_line_with_its_code() -> None:
         == "[E107] empty.jsonl: file is empty; it needs at least one record: add records or give another file"
     )
     assert error.exit_code == 2
+
+
+def test_a_long_value_is_cut_in_the_middle_so_the_error_stays_readable() -> None:
+    """Second break-test F4: model.json's types.mention of 100,000 strings made an E702 line of 1.4 MB."""
+    from pipeline.core.errors import CacheError, InputError
+
+    long_list = [f"TYPE{i}" for i in range(100_000)]
+    error = CacheError("E702", path="model.json", detail=f"types.mention: must be ['PER'] (got {long_list})")
+    message = error.format_message()
+    assert (
+        len(message) < 1_500
+        and "characters left out" in message
+        and message.endswith("re-run evaluate there with --force")
+    )
+    assert "types.mention: must be ['PER']" in message and "'TYPE99999']" in message
+    error = InputError("E103", path="<mentions>", line=1, field="start", expected="an integer", got="x" * 10_000)
+    assert len(error.format_message()) < 1_500 and error.format_message().startswith(
+        "[E103] <mentions>:1: field 'start'"
+    )
+    short = InputError("E103", path="<mentions>", line=1, field="start", expected="an integer", got=0.5)
+    assert "got 0.5;" in short.format_message()
