@@ -13,8 +13,8 @@
   predictions carry `nil_score`): NIL when that score beats the best candidate's; it has
   nothing fitted on dev, so its held-out dev score is its plain dev score;
 - "reader" (when the run has the rerank stage's reader, `pipeline.model.reader`): the reader's
-  most probable candidate, NIL when its learned NIL option is more probable; it too fits
-  nothing on dev;
+  most probable candidate, NIL when its learned NIL option is more probable by more than a
+  margin chosen on dev (`nil.reader_cut`; 0 is the plain argmax);
 - the method: `evaluate.nil_method`, where "auto" takes the one with the best
   micro-average in a 5-fold cross-validation over dev (each fold's thresholds and
   classifier fitted on the other four folds, so neither is scored on what it saw).
@@ -32,7 +32,15 @@ from pipeline.core.config import EvaluateConfig
 from pipeline.core.errors import ConfigError, warn
 from pipeline.evaluate.error_analysis import outcome_scores
 from pipeline.model import mention_prior, nil_classifier
-from pipeline.model.nil import best_thresholds, decide_nil, decided_by, sweep, thresholds_decide, tuning_counts
+from pipeline.model.nil import (
+    best_thresholds,
+    decide_nil,
+    decided_by,
+    reader_cut,
+    sweep,
+    thresholds_decide,
+    tuning_counts,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +202,8 @@ def cross_validate(tuning: pl.DataFrame, evaluate: EvaluateConfig, seed: int) ->
         if has_nil_scores(held):
             decided["nota"].append(decide_nil(held, {**artifact, "method": "nota"}))
         if has_reader_scores(held):
-            decided["reader"].append(decide_nil(held, {**artifact, "method": "reader"}))
+            reader = {**artifact, "method": "reader", "reader_cut": reader_cut(fit_part)}
+            decided["reader"].append(decide_nil(held, reader))
     tables = [
         outcome_scores(pl.concat(parts)).with_columns(pl.lit(method).alias("method"))
         for method, parts in decided.items()
@@ -237,6 +246,8 @@ def _choose(
         "tune_split": evaluate.tune_split,
     }
     nota, reader = has_nil_scores(tuning), has_reader_scores(tuning)
+    if reader:
+        artifact["reader_cut"] = reader_cut(tuning)
     if evaluate.nil_method == "nota" and not nota:
         raise ConfigError(
             "E203",
@@ -263,10 +274,11 @@ def thin_choice(tuning: pl.DataFrame, evaluate: EvaluateConfig, method: str) -> 
     """W606 as (code, fields) when what decides NIL was chosen or fitted on a tuning split (all languages, with
     gold) of fewer than MIN_TUNING_MENTIONS mentions or MIN_TUNING_NILS NILs, W603's limits: a method `auto`
     picked by cross-validation (on 8 dev mentions it once picked the reader), or the classifier fitted there.
-    Thresholds have W603 per language; nota and the reader, chosen by the user, fit nothing on dev."""
+    Thresholds have W603 per language; nota, chosen by the user, fits nothing on dev."""
+    fitted = method in ("classifier", "reader")  # the classifier, or the reader's NIL margin
     if evaluate.nil_method == "auto":
-        how = "chosen by a 5-fold cross-validation over" + (" and fitted on" if method == "classifier" else "")
-    elif method == "classifier":
+        how = "chosen by a 5-fold cross-validation over" + (" and fitted on" if fitted else "")
+    elif fitted:
         how = "fitted on"
     else:
         return []

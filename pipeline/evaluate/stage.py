@@ -59,7 +59,9 @@ logger = logging.getLogger(__name__)
 STAGE = "evaluate"
 # 2: writes doc_languages.tsv beside gold.tab; 3: thresholds at the middle of a flat optimum,
 # the learned NIL classifier, error analysis.
-STAGE_VERSION = 5  # 4: the mention's NIL prior (evaluate.nil_mention_prior); 5: nil_probability, nil_cut
+STAGE_VERSION = (
+    6  # 4: the mention's NIL prior (evaluate.nil_mention_prior); 5: nil_probability, nil_cut; 6: nil.reader_cut
+)
 NIL_ARTIFACT = "nil.json"
 # Settings added after the first runs, with their defaults: left out of the stage key while
 # at the default, so runs made before they existed stay up to date.

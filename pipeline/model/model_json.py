@@ -115,6 +115,7 @@ class NilMeta(_Section):
     mention_prior: MentionPriorMeta | None = None
     tuning_counts: dict[Name, TuningCount] | None = None
     tune_split: str | None = None
+    reader_cut: Score | None = None  # the reader's NIL margin chosen on dev (`nil.reader_cut`); absent: 0
 
     @model_validator(mode="after")
     def _classifier(self) -> "NilMeta":

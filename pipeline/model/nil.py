@@ -30,7 +30,7 @@ DECIDED_BY = {
     "threshold": "the per-language thresholds (NIL where the best score is under its language's)",
     "classifier": "the classifier (NIL where its P(NIL) is over its P(best candidate right))",
     "nota": "the ranker's NIL option, nota (NIL where its score is over the best candidate's)",
-    "reader": "the reader (NIL where its NIL option is more probable than its best candidate)",
+    "reader": "the reader (NIL where its NIL option is more probable than its best candidate, by more than the margin chosen on dev)",
 }
 
 
@@ -139,9 +139,35 @@ def says_nil_by_nota(predictions: pl.DataFrame) -> np.ndarray:
     return no_candidate | beaten
 
 
-def says_nil_by_reader(predictions: pl.DataFrame) -> pl.Series:
-    """(n,) Boolean `is_nil`: True where the reader's learned NIL option beats its most probable candidate,
-    or the mention has no candidate at all (nothing to read, so NIL, as under every method); null where
+def reader_cut(tuning: pl.DataFrame) -> float:
+    """The NIL margin of the reader chosen on tuning mentions with gold: the cut `c` for which "NIL when the
+    NIL option's probability exceeds the best candidate's by more than c" (`says_nil_by_reader`) gets the
+    most of the mentions it read right (a NIL gold said NIL, a linked gold linked to it); 0, the argmax of
+    its softmax, when it read none, and the cut nearest 0 among equal ones.
+
+    Why: trained with NIL examples in every batch (`rerank.nil_hidden_share` of hidden golds, and the
+    NIL mentions), the reader's NIL option can be more or less eager than the tuning split asks; the
+    ranker's NIL thresholds are tuned on it the same way. tuning needs gold_kb_id, reader_kb_id,
+    reader_score and reader_nil_score (probabilities in [0, 1]); the result lies in [-1, 1].
+    """
+    read = tuning.filter(pl.col("reader_kb_id").is_not_null() & pl.col("gold_kb_id").is_not_null())
+    if read.is_empty():
+        return 0.0
+    margin = (read["reader_nil_score"] - read["reader_score"]).cast(pl.Float64).to_numpy()
+    gold_nil = (read["gold_kb_id"] == schema.NIL_ID).to_numpy()
+    linked_right = (read["reader_kb_id"] == read["gold_kb_id"]).to_numpy()
+    values = np.unique(margin)
+    cuts = np.unique(np.concatenate([[0.0], (values[:-1] + values[1:]) / 2, [values[0] - 1e-9, values[-1]]]))
+    cuts = np.clip(cuts, -1.0, 1.0)
+    says_nil = margin[None, :] > cuts[:, None]
+    right = np.where(gold_nil[None, :], says_nil, linked_right[None, :] & ~says_nil).sum(axis=1)
+    best = np.flatnonzero(right == right.max())
+    return float(cuts[best[np.argmin(np.abs(cuts[best]))]])
+
+
+def says_nil_by_reader(predictions: pl.DataFrame, cut: float = 0.0) -> pl.Series:
+    """(n,) Boolean `is_nil`: True where the reader's learned NIL option beats its most probable candidate
+    by more than `cut` (`reader_cut`; 0: simply beats it), or the mention has no candidate at all (nothing to read, so NIL, as under every method); null where
     the mention has candidates the reader did not read, so it did not decide it: the rerank stage scores
     only dev and test mentions, not the training split's (docs/nil.md).
 
@@ -152,7 +178,7 @@ def says_nil_by_reader(predictions: pl.DataFrame) -> pl.Series:
     if "reader_kb_id" not in predictions.columns:
         raise ValueError("the reader NIL method needs the reader's scores; run with rerank.enabled = true")
     read = pl.col("reader_kb_id").is_not_null()
-    beaten = (pl.col("reader_nil_score") > pl.col("reader_score")).fill_null(False)
+    beaten = (pl.col("reader_nil_score") - pl.col("reader_score") > cut).fill_null(False)
     decision = (
         pl.when(read).then(beaten).when(pl.col("best_kb_id").is_null()).then(pl.lit(True)).otherwise(pl.lit(None))
     )
@@ -183,11 +209,14 @@ def decide_nil(predictions: pl.DataFrame, artifact: dict) -> pl.DataFrame:
     no_probability = pl.lit(None, pl.Float64)
     probability, cut = no_probability.alias("nil_probability"), no_probability.alias("nil_cut")
     if artifact["method"] == "reader":  # the reader's own best candidate, not the ranker's
-        is_nil = says_nil_by_reader(predictions)
+        cut = float(artifact.get("reader_cut") or 0.0)  # models before the cut have none: 0
+        is_nil = says_nil_by_reader(predictions, cut)
         return decided.with_columns(
             pl.lit(None, pl.Float64).alias("threshold"),
             pl.col("reader_nil_score").alias("nil_probability"),
-            pl.col("reader_score").alias("nil_cut"),
+            (pl.col("reader_score") + cut).alias(
+                "nil_cut"
+            ),  # NIL when nil_probability > nil_cut, as for the classifier
             is_nil,
             pl.when(is_nil).then(pl.lit(schema.NIL_ID)).otherwise(pl.col("reader_kb_id")).alias("kb_id"),
         )

@@ -250,7 +250,7 @@ def test_warnings_agree_with_the_nil_method_in_force(caplog: pytest.LogCaptureFi
     assert warnings[0] == (
         "[W604] the dev split has 5 NIL mention(s) with gold (or as few right links), fewer than the 10 the NIL "
         "classifier needs, so it is not fitted; NIL is decided by the reader (NIL where its NIL option is more "
-        "probable than its best candidate)"
+        "probable than its best candidate, by more than the margin chosen on dev)"
     )
     # W606 names the method in force too; nothing else is warned of.
     assert len(warnings) == 2 and warnings[1].startswith("[W606] the NIL method reader was chosen by"), warnings
@@ -450,6 +450,42 @@ def test_the_summary_names_thresholds_only_where_they_decide(method: str) -> Non
         "classifier": "NIL decided by the classifier (NIL where its P(NIL) is over its P(best candidate right)), "
         "reading the mention NIL prior",
         "nota": "NIL decided by the ranker's NIL option, nota (NIL where its score is over the best candidate's)",
-        "reader": "NIL decided by the reader (NIL where its NIL option is more probable than its best candidate)",
+        "reader": "NIL decided by the reader (NIL where its NIL option is more probable than its best candidate, by more than the margin chosen on dev)",
     }
     assert nil_decision(metrics) == expected[method]
+
+
+def _reader_predictions(margins: list[float], golds: list[str], reader_ids: list[str]) -> pl.DataFrame:
+    """Predictions of mentions the reader read: its best candidate with probability 0.4 and its NIL option
+    0.4 + margin."""
+    return pl.DataFrame(
+        {
+            "lang": ["en"] * len(margins),
+            "best_kb_id": ["Q1"] * len(margins),
+            "best_score": [0.5] * len(margins),
+            "gold_kb_id": golds,
+            "reader_kb_id": reader_ids,
+            "reader_score": [0.4] * len(margins),
+            "reader_nil_score": [0.4 + m for m in margins],
+        }
+    )
+
+
+def test_the_reader_nil_margin_is_chosen_on_tuning_mentions_and_applied() -> None:
+    """The reader's NIL option said NIL too often (ambiguity set: NIL precision 0.44, recall 0.93): the margin
+    it must win by is chosen on dev, as the ranker's thresholds are."""
+    from pipeline.model.nil import decide_nil, reader_cut
+
+    # Two NIL golds with margins 0.5 and 0.6; two right links the NIL option beats by 0.1 and 0.2; one clear link.
+    tuning = _reader_predictions([0.5, 0.6, 0.1, 0.2, -0.3], ["NIL", "NIL", "Q1", "Q1", "Q1"], ["Q1"] * 5)
+    cut = reader_cut(tuning)
+    assert 0.2 < cut < 0.5 and cut == pytest.approx(0.35)
+    artifact = {"method": "reader", "thresholds": {}, "default_threshold": 0.0, "classifier": None}
+    assert decide_nil(tuning, artifact)["is_nil"].to_list() == [True, True, True, True, False]  # no cut: argmax
+    decided = decide_nil(tuning, {**artifact, "reader_cut": cut})
+    assert decided["is_nil"].to_list() == [True, True, False, False, False]
+    assert decided["kb_id"].to_list() == ["NIL", "NIL", "Q1", "Q1", "Q1"]
+    assert (decided["nil_probability"] > decided["nil_cut"]).to_list() == decided["is_nil"].to_list()
+    # Already right at 0: the cut stays 0 (the nearest to 0 of the best); nothing read: 0.
+    assert reader_cut(_reader_predictions([0.5, -0.2], ["NIL", "Q1"], ["Q1", "Q1"])) == 0.0
+    assert reader_cut(_reader_predictions([0.5], ["NIL"], [None])) == 0.0
