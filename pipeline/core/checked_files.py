@@ -217,7 +217,8 @@ def forget(record_path: Path, owned: Iterable[str] | None = None) -> None:
     except (OSError, ValueError):
         names = []
     if owned is not None:
-        names = [name for name in names if name in set(owned)]
+        owned = set(owned)
+        names = [name for name in names if name in owned]
     for path in (record_path, *(record_path.parent / name for name in names)):
         try:
             path.unlink(missing_ok=True)

@@ -99,17 +99,18 @@ def _field_adapter(hint: Any) -> TypeAdapter:
     return TypeAdapter(hint)
 
 
-def _integers_past(value: Any, limit: int) -> Iterator[int]:
-    """The integers in `value` (a setting, or its items) whose size is past `limit`."""
+def integer_past(value: Any, limit: int, path: tuple[str, ...] = ()) -> tuple[str, int] | None:
+    """(key path below `path`, value) of the first integer in `value` (a setting or a parsed JSON file:
+    numbers, lists, tuples and tables of them) whose size is past `limit`, or None. No array, tensor
+    or tokenizer xel hands an integer to holds one past int64; model.json's check uses it too."""
     if isinstance(value, int) and not isinstance(value, bool):
-        if abs(value) > limit:
-            yield value
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _integers_past(item, limit)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _integers_past(item, limit)
+        return (".".join(path), value) if abs(value) > limit else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for key, item in items:
+        found = integer_past(item, limit, (*path, str(key)))
+        if found is not None:
+            return found
+    return None
 
 
 def _strict_value(hint: Any, key: str, value: Any, where: str) -> Any:
@@ -118,9 +119,9 @@ def _strict_value(hint: Any, key: str, value: Any, where: str) -> Any:
     a number; an integer is a number (for a float setting) and a TOML array a list (tuple settings).
     E203 (at `where`, a section) saying which type is expected and which was given."""
     checked = tuple(value) if typing.get_origin(hint) is tuple and isinstance(value, list) else value
-    too_large = next(_integers_past(checked, MAX_INTEGER), None)
+    too_large = integer_past(checked, MAX_INTEGER)
     if too_large is not None:  # it would fail in numpy, torch or a tokenizer, after work was done
-        reason = f"must be at most {MAX_INTEGER} (got {too_large})"
+        reason = f"must be at most {MAX_INTEGER} (got {too_large[1]})"
         raise ConfigError("E203", where=where, field=key, value=value, reason=reason)
     try:
         return _field_adapter(hint).validate_python(checked, strict=True)

@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.core.config import MAX_COUNT, MAX_INTEGER, EncoderConfig, TriageConfig
-from pipeline.core.config_file import closest_key
+from pipeline.core.config_file import closest_key, integer_past
 from pipeline.core.errors import ConfigError
 
 # A NIL threshold: compared with the ranker's tanh score (or the baseline's cosine), both in [-1, 1].
@@ -295,19 +295,6 @@ def missing_setting(meta: Any) -> str | None:
     return None
 
 
-def _integer_past(value: Any, limit: int, path: tuple[str, ...]) -> tuple[str, int] | None:
-    """(key path, value) of the first integer in model.json whose size is past `limit`: no array or
-    library xel hands it to holds it."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return (".".join(path) or "model.json", value) if abs(value) > limit else None
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, item in items:
-        found = _integer_past(item, limit, (*path, str(key)))
-        if found is not None:
-            return found
-    return None
-
-
 def check_model_json(text: str) -> str | None:
     """None when model.json's `text` matches `ModelJson`; else what is wrong with its first bad
     value, as `key.path: what is wrong (got value)` for E702."""
@@ -320,9 +307,9 @@ def check_model_json(text: str) -> str | None:
         return (
             f"{missing}: Field required (model.json holds every setting it was made with; a default would change links)"
         )
-    too_large = _integer_past(meta, MAX_INTEGER, ())
+    too_large = integer_past(meta, MAX_INTEGER)
     if too_large is not None:
-        return f"{too_large[0]}: must be at most {MAX_INTEGER} (got {too_large[1]})"
+        return f"{too_large[0] or 'model.json'}: must be at most {MAX_INTEGER} (got {too_large[1]})"
     try:
         ModelJson.model_validate_json(text, strict=True)
     except ValidationError as error:
