@@ -642,7 +642,8 @@ def _finished_shards(out_dir: Path, key: str) -> tuple[int, int]:
             "E711",
             path=out_dir / SHARDS,
             detail="no shard of this link (same model, inputs and settings) has finished; "
-            "--merge must be given the shards' own --mentions, --docs, --kb, --score and --chunk-mentions",
+            "--merge must be given the shards' own --mentions, --docs, --kb, --kb-map, --score, --chunk-mentions, "
+            "--fallback-threshold, --ignore-entity-type, --rename-duplicate-ids and --drop-duplicate-spans",
         ),
         cut_differently=lambda counts: CacheError(
             "E711",
