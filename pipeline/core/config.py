@@ -223,9 +223,22 @@ class TriageConfig:
     dense_floor: float = 0.8
     # Add the gold entity when triage missed it (the paper's Multi+Or setting).
     oracle: bool = False
+    # Cross-fit what triage learns from the training labels (the alias prior and the fuzzy source's
+    # training surface forms): with N >= 2, the training documents fall into N folds and each fold's
+    # mentions get candidates from the other folds' labels only, so a training mention never finds its
+    # gold through its own label, as a dev or test mention cannot (docs/triage.md). 0: off (the
+    # training split sees its own labels).
+    crossfit_folds: int = 0
 
     def __post_init__(self) -> None:
         where = "[triage]"
+        check_setting(
+            where,
+            "crossfit_folds",
+            self.crossfit_folds,
+            self.crossfit_folds == 0 or 2 <= self.crossfit_folds <= 100,
+            "must be 0 (off) or between 2 and 100",
+        )
         check_setting(where, "k", self.k, 1 <= self.k <= 1000, "must be between 1 and 1000")
         check_setting(
             where, "fuzzy_min_score", self.fuzzy_min_score, 0 <= self.fuzzy_min_score <= 100, "must be in 0-100"
@@ -451,6 +464,11 @@ class RerankConfig:
     # order, and a ranker trained on the same mentions puts their gold first: unshuffled, the reader
     # learns "slot 1", not the context (bench/ambiguity.py: it copied the ranker on 196 of 196).
     shuffle_slots: bool = True
+    # Give the reader triage's evidence of each candidate (its summed score and which sources proposed
+    # it: the alias prior, a KB name, fuzzy, dense), as the ranker's "triage" feature does: a small
+    # network adds a learned score to each candidate's logit, so the reader weighs the name evidence
+    # it cannot see against the context it reads (the priors of ReFinED, Ayoola et al. 2022).
+    triage_evidence: bool = False
     # "auto": as [encoder] precision's auto (bf16 on CUDA and on CPUs with AVX512-BF16 / AMX, else fp32).
     precision: str = "auto"
     device: str = "auto"

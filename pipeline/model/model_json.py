@@ -172,6 +172,7 @@ class ReaderMeta(_Section):
     folder: Name
     layout: ReaderLayoutMeta
     candidates: Literal["ranker", "triage"] = "ranker"
+    triage_evidence: bool = False  # the reader reads each candidate's triage score and sources
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     format_version: Annotated[int, Field(ge=1)] | None = None
     settings: dict[str, Any] | None = None  # the run's [rerank] settings, as a record
@@ -277,7 +278,7 @@ def _fields(shape: Any) -> dict[str, Any] | None:
 # edit, and taking the default would change links silently: each must be present, but for those
 # added after model folders first shipped, whose defaults are what folders made before them did.
 _SETTINGS = {("encoder", "settings"): EncoderConfig, ("triage",): TriageConfig}
-_ADDED_LATER = {("encoder", "settings"): {"store_float16"}, ("triage",): set()}
+_ADDED_LATER = {("encoder", "settings"): {"store_float16"}, ("triage",): {"crossfit_folds"}}
 
 
 def missing_setting(meta: Any) -> str | None:

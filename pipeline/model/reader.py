@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 HEAD = "head.pt"
 READER_JSON = "reader.json"
 FORMAT_VERSION = 1
+# Width of the hidden layer of the network that scores a slot's triage evidence (`Reader`).
+EVIDENCE_HIDDEN = 32
 # reader_scores.parquet (the rerank stage writes it, evaluate reads it): one row per (mention,
 # candidate the reader saw), SCORES_SCHEMA's columns.
 SCORES_FILE = "reader_scores.parquet"
@@ -64,9 +66,14 @@ class Reader(torch.nn.Module):
     mean of its tokens' hidden states (the `<nil>` token; a candidate's marker, name, type
     and description). Every token attends to the whole sequence, so the candidates are read
     in the mention's context and beside each other.
+
+    With `evidence_width` > 0 (`[rerank] triage_evidence`) a small network adds a learned score of
+    each slot's triage evidence (`reader_inputs.EVIDENCE_WIDTH` values) to its logit, as ReFinED
+    (Ayoola et al. 2022) adds the mention-entity prior to its entity scores. Its last layer starts
+    at zero, so an untrained reader scores as one without evidence.
     """
 
-    def __init__(self, encoder: torch.nn.Module) -> None:
+    def __init__(self, encoder: torch.nn.Module, evidence_width: int = 0) -> None:
         super().__init__()
         self.encoder = encoder
         hidden = int(encoder.config.hidden_size)
@@ -75,14 +82,23 @@ class Reader(torch.nn.Module):
         self.slot_projection = torch.nn.Linear(hidden, hidden)
         # Start as the plain dot product of the encoder's states (markers + context against each slot), so
         # the first steps refine a sensible match instead of learning one from random projections.
-        for projection in self.head:
+        for projection in (self.mention_projection, self.context_projection, self.slot_projection):
             torch.nn.init.eye_(projection.weight)
             torch.nn.init.zeros_(projection.bias)
+        self.evidence_score = None
+        if evidence_width:
+            self.evidence_score = torch.nn.Sequential(
+                torch.nn.Linear(evidence_width, EVIDENCE_HIDDEN), torch.nn.ReLU(), torch.nn.Linear(EVIDENCE_HIDDEN, 1)
+            )
+            torch.nn.init.zeros_(self.evidence_score[-1].weight)
+            torch.nn.init.zeros_(self.evidence_score[-1].bias)
 
     @property
     def head(self) -> torch.nn.ModuleList:
-        """The projections on top of the encoder (trained at `rerank.head_learning_rate`)."""
-        return torch.nn.ModuleList([self.mention_projection, self.context_projection, self.slot_projection])
+        """What sits on top of the encoder (trained at `rerank.head_learning_rate`): the projections and,
+        with triage evidence, its network."""
+        parts = [self.mention_projection, self.context_projection, self.slot_projection]
+        return torch.nn.ModuleList(parts + ([self.evidence_score] if self.evidence_score is not None else []))
 
     def forward(self, batch: ReaderBatch) -> torch.Tensor:
         """Logits (B, S) of each sequence's S slots (NIL, then candidates), padded slots at -inf (`ReaderBatch`).
@@ -108,6 +124,10 @@ class Reader(torch.nn.Module):
         query = self.mention_projection(markers) + self.context_projection(context)  # (B, H)
         slots = self.slot_projection(span_mean(batch.slot_start, batch.slot_end))  # (B, S, H)
         logits = torch.einsum("bh,bsh->bs", query, slots) / width**0.5  # (B, S)
+        if self.evidence_score is not None:
+            if batch.evidence is None:
+                raise ValueError("this reader reads triage evidence, and the batch has none")
+            logits = logits + self.evidence_score(batch.evidence.float()).squeeze(-1)
         return logits.masked_fill(~batch.slot_mask, float("-inf"))
 
 
@@ -128,7 +148,8 @@ class ReaderExamples:
     """Mentions ready to be read: context ids (markers in), candidate KB ids in slot order, gold (or None),
     and how their sequences are laid out (`layout`) from which special tokens (`marks`).
 
-    entity_tokens maps every candidate's KB id to its text's sub-word ids.
+    entity_tokens maps every candidate's KB id to its text's sub-word ids; `evidence`, per mention, each
+    candidate's triage evidence by KB id (`reader_inputs.evidence_table`), None for a reader without it.
     """
 
     mention_ids: list[str]
@@ -138,6 +159,7 @@ class ReaderExamples:
     entity_tokens: dict[str, list[int]]
     layout: Layout
     marks: Specials
+    evidence: list[dict[str, list[float]]] | None = None
 
     def reading(self, index: int, hide: str | None = None, shuffle: int | None = None) -> reader_inputs.Reading:
         """The `reader_inputs.Reading` of mention `index`, without candidate `hide` (a hidden gold); with
@@ -145,8 +167,9 @@ class ReaderExamples:
         kept = [kb_id for kb_id in self.candidates[index] if kb_id != hide]
         if shuffle is not None:
             kept = [kept[i] for i in np.random.default_rng(shuffle).permutation(len(kept))]
+        evidence = None if self.evidence is None else [self.evidence[index][k] for k in kept]
         return reader_inputs.reading(
-            self.contexts[index], [self.entity_tokens[k] for k in kept], kept, self.layout, self.marks
+            self.contexts[index], [self.entity_tokens[k] for k in kept], kept, self.layout, self.marks, evidence
         )
 
     def subset(self, rows: Sequence[int], with_gold: bool = True) -> "ReaderExamples":
@@ -158,20 +181,30 @@ class ReaderExamples:
             contexts=[self.contexts[r] for r in rows],
             candidates=[self.candidates[r] for r in rows],
             gold=gold,
+            evidence=None if self.evidence is None else [self.evidence[r] for r in rows],
         )
 
 
 def build_examples(
-    tokenizer, mentions: pl.DataFrame, top: pl.DataFrame, entities: pl.DataFrame, layout: Layout
+    tokenizer,
+    mentions: pl.DataFrame,
+    top: pl.DataFrame,
+    entities: pl.DataFrame,
+    layout: Layout,
+    with_evidence: bool = False,
 ) -> ReaderExamples:
     """Examples of `mentions` (mention_id, context, start, end, optional gold_kb_id) against `top`
-    (`reader_inputs.top_candidates`: mention_id, kb_id, slot) with entity texts from `entities`
-    (kb_id, name, type, description)."""
+    (`reader_inputs.top_candidates`: mention_id, kb_id, slot; with triage_score and sources for
+    `with_evidence`) with entity texts from `entities` (kb_id, name, type, description)."""
     marks = reader_inputs.specials(tokenizer)
     grouped = top.sort("mention_id", "slot").group_by("mention_id", maintain_order=True).agg("kb_id")
     lists = mentions.select("mention_id").join(grouped, on="mention_id", how="left")["kb_id"].to_list()
     wanted = entities.filter(pl.col("kb_id").is_in(top["kb_id"].unique().implode()))
     gold = mentions["gold_kb_id"].to_list() if "gold_kb_id" in mentions.columns else [None] * mentions.height
+    evidence = None
+    if with_evidence:
+        table = reader_inputs.evidence_table(top)
+        evidence = [table.get(mention_id, {}) for mention_id in mentions["mention_id"].to_list()]
     return ReaderExamples(
         mentions["mention_id"].to_list(),
         reader_inputs.context_tokens(tokenizer, mentions, layout, marks),
@@ -180,6 +213,7 @@ def build_examples(
         reader_inputs.entity_tokens(tokenizer, wanted, layout.max_seq_tokens),
         layout,
         marks,
+        evidence,
     )
 
 
@@ -225,11 +259,12 @@ def score_mentions(
 
 
 def new_reader(
-    encoder_path: str, device: torch.device, seed: int, setting: str = "rerank.encoder"
+    encoder_path: str, device: torch.device, seed: int, setting: str = "rerank.encoder", evidence: bool = False
 ) -> tuple[Reader, object]:
     """(a Reader around a fresh copy of the encoder at `encoder_path`, its tokenizer with the markers); E501
     when it cannot be loaded, saying plainly when `setting` (the config key that named it) names no model
-    folder. The head and the markers' new embedding rows are seeded by `seed`."""
+    folder. The head and the markers' new embedding rows are seeded by `seed`; `evidence`: the reader
+    reads triage evidence (`Reader`)."""
     from transformers import AutoTokenizer
 
     from pipeline.encoders.encoder import load_problem
@@ -244,7 +279,7 @@ def new_reader(
         raise ConfigError("E501", name=encoder_path, detail="it has no fast tokenizer, which offset mappings need")
     torch.manual_seed(seed)
     encoder.resize_token_embeddings(reader_inputs.add_markers(tokenizer))
-    return Reader(encoder).to(device), tokenizer
+    return Reader(encoder, reader_inputs.EVIDENCE_WIDTH if evidence else 0).to(device), tokenizer
 
 
 def _encoder_model(path: str | Path) -> torch.nn.Module:
@@ -315,7 +350,7 @@ def load_reader(folder: Path, device: torch.device) -> tuple[Reader, object, dic
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise ValueError(f"format {meta.get('format_version')} is newer than this xel reads ({FORMAT_VERSION})")
         tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=True)
-        reader = Reader(_encoder_model(folder))
+        reader = Reader(_encoder_model(folder), reader_inputs.EVIDENCE_WIDTH if meta.get("triage_evidence") else 0)
         missing, unexpected = reader.load_state_dict(
             torch.load(folder / HEAD, map_location="cpu", weights_only=True), strict=False
         )
@@ -389,6 +424,8 @@ class LoadedReader:
         by `ordered` (`order`'s table), read with the entities' texts (kb_id, name, type, description)."""
         layout = self.layout
         top = reader_inputs.top_candidates(ordered, layout.top_k)
-        examples = build_examples(self.tokenizer, mentions, top, entities, layout)
+        examples = build_examples(
+            self.tokenizer, mentions, top, entities, layout, bool(self.meta.get("triage_evidence"))
+        )
         scores = score_mentions(self.reader, examples, self.device, self.meta.get("precision", "auto"))
         return reader_predictions(scores)

@@ -22,11 +22,15 @@ import numpy as np
 import polars as pl
 import torch
 
+from pipeline.core.schema import TRIAGE_SOURCES
 from pipeline.encoders.encoder import mention_window, token_span
 
 # Mention start / end, the NIL option and the candidate marker, added as special tokens.
 MARKERS = ("<xel:m>", "</xel:m>", "<xel:nil>", "<xel:e>")
 NIL_SLOT = 0  # slot 0 of every mention's scores is the NIL option; candidates follow in order
+# A slot's triage evidence (`[rerank] triage_evidence`): 1 for a candidate (0 for the NIL option and
+# padding), triage's summed score, then one flag per source in TRIAGE_SOURCES' order.
+EVIDENCE_WIDTH = 2 + len(TRIAGE_SOURCES)
 
 
 @dataclass(frozen=True)
@@ -43,13 +47,15 @@ class Layout:
 
 class Reading(NamedTuple):
     """One mention's sequences and where its scores are: `picks` holds (sequence, slot) of the NIL option,
-    then of each candidate in `kept` (its KB ids, in order)."""
+    then of each candidate in `kept` (its KB ids, in order); `evidence`: each kept candidate's triage
+    evidence (EVIDENCE_WIDTH values), None for a reader without it."""
 
     sequences: list[list[int]]
     slots: list[list[int]]
     mentions: list[tuple[int, int]]
     picks: list[tuple[int, int]]
     kept: list[str]
+    evidence: list[list[float]] | None = None
 
     @property
     def tokens(self) -> int:
@@ -57,18 +63,25 @@ class Reading(NamedTuple):
 
 
 def reading(
-    context: list[int], candidates: list[list[int]], kept: list[str], layout: Layout, marks: Specials
+    context: list[int],
+    candidates: list[list[int]],
+    kept: list[str],
+    layout: Layout,
+    marks: Specials,
+    evidence: list[list[float]] | None = None,
 ) -> Reading:
     """The `Reading` of one mention: one `assemble`d sequence (listwise), or (pairwise) one with the NIL
-    option alone and one per candidate, each candidate scored at its own sequence's slot 1."""
+    option alone and one per candidate, each candidate scored at its own sequence's slot 1; `evidence`:
+    each candidate's triage evidence (`evidence_table`'s vectors), or None."""
     if layout.form == "listwise":
         ids, slots, mention = assemble(context, candidates, layout, marks)
-        return Reading([ids], [slots], [mention], [(0, slot) for slot in range(len(slots))], kept)
+        return Reading([ids], [slots], [mention], [(0, slot) for slot in range(len(slots))], kept, evidence)
     parts = [assemble(context, [], layout, marks)] + [
         assemble(context, [tokens], layout, marks) for tokens in candidates
     ]
     picks = [(0, NIL_SLOT)] + [(number, 1) for number in range(1, len(parts))]
-    return Reading([part[0] for part in parts], [part[1] for part in parts], [part[2] for part in parts], picks, kept)
+    sequences, slots, mentions = ([part[i] for part in parts] for i in range(3))
+    return Reading(sequences, slots, mentions, picks, kept, evidence)
 
 
 @dataclass(frozen=True)
@@ -165,7 +178,8 @@ class ReaderBatch(NamedTuple):
     input_ids, attention_mask: (B, T); slot_start, slot_end: (B, S) token span [start, end) of
     each slot (the NIL token; a candidate's marker and text), padded slots (0, 1); slot_mask:
     (B, S) True for real slots; mention: (B, 2) the two mention markers' positions; context:
-    (B, 2) the span of the context (markers included).
+    (B, 2) the span of the context (markers included); evidence: (B, S, EVIDENCE_WIDTH) each slot's
+    triage evidence (zeros for NIL and padding), or None for a reader without it.
     """
 
     input_ids: torch.Tensor
@@ -175,6 +189,7 @@ class ReaderBatch(NamedTuple):
     slot_mask: torch.Tensor
     mention: torch.Tensor
     context: torch.Tensor
+    evidence: torch.Tensor | None = None
 
 
 def collate(
@@ -229,11 +244,17 @@ def collate_readings(
     rows = np.zeros((len(readings), width), dtype=np.int64)
     slots = np.zeros((len(readings), width), dtype=np.int64)
     mask = np.zeros((len(readings), width), dtype=bool)
+    with_evidence = readings[0].evidence is not None
+    evidence = np.zeros((*batch.slot_mask.shape, EVIDENCE_WIDTH), dtype=np.float32) if with_evidence else None
     offset = 0
     for row, item in enumerate(readings):
         for column, (sequence, slot) in enumerate(item.picks):
             rows[row, column], slots[row, column], mask[row, column] = offset + sequence, slot, True
+            if with_evidence and column > 0:  # column 0 is the NIL option: no evidence
+                evidence[offset + sequence, slot] = item.evidence[column - 1]
         offset += len(item.sequences)
+    if with_evidence:
+        batch = batch._replace(evidence=torch.from_numpy(evidence).to(device))
     return batch, *(torch.from_numpy(array).to(device) for array in (rows, slots, mask))
 
 
@@ -241,14 +262,35 @@ def top_candidates(candidates: pl.DataFrame, top_k: int) -> pl.DataFrame:
     """Each mention's `top_k` candidates by `order` (higher first; ties and nulls by triage rank).
 
     candidates needs mention_id, kb_id, rank (triage's) and order (the ranker's score, or
-    minus the triage rank). Returns mention_id, kb_id, slot (1..top_k, the reader's order).
+    minus the triage rank). Returns mention_id, kb_id, slot (1..top_k, the reader's order), and
+    triage_score and sources when `candidates` has them (`candidate_order` keeps them).
     """
+    evidence = [name for name in ("triage_score", "sources") if name in candidates.columns]
     return (
         candidates.sort("mention_id", "order", "rank", descending=[False, True, False], nulls_last=True)
         .with_columns(pl.int_range(1, pl.len() + 1).over("mention_id").alias("slot"))
         .filter(pl.col("slot") <= top_k)
-        .select("mention_id", "kb_id", pl.col("slot").cast(pl.Int32))
+        .select("mention_id", "kb_id", pl.col("slot").cast(pl.Int32), *evidence)
     )
+
+
+def evidence_table(top: pl.DataFrame) -> dict[str, dict[str, list[float]]]:
+    """mention_id -> kb_id -> the candidate's triage evidence, EVIDENCE_WIDTH values (1, triage's summed
+    score, a flag per source in TRIAGE_SOURCES' order), of `top` (`top_candidates` with triage_score
+    and sources)."""
+    values = top.select(
+        "mention_id",
+        "kb_id",
+        pl.concat_list(
+            pl.lit(1.0, dtype=pl.Float32),
+            pl.col("triage_score").cast(pl.Float32).fill_null(0.0),
+            *[pl.col("sources").list.contains(source).fill_null(False).cast(pl.Float32) for source in TRIAGE_SOURCES],
+        ).alias("evidence"),
+    )
+    table: dict[str, dict[str, list[float]]] = {}
+    for mention_id, kb_id, vector in values.iter_rows():
+        table.setdefault(mention_id, {})[kb_id] = vector
+    return table
 
 
 def candidate_order(candidates: pl.DataFrame, ranker_scores: pl.DataFrame | None) -> pl.DataFrame:
@@ -257,8 +299,12 @@ def candidate_order(candidates: pl.DataFrame, ranker_scores: pl.DataFrame | None
     read after the scored ones) or, with ranker_scores None (a reader on triage's order), minus the rank.
 
     The rerank stage (training, and scoring dev and test) and link (`LoadedReader.order`) both
-    order a reader's candidates here, so link reads the candidates the stage read, in its slots."""
-    triage = candidates.select("mention_id", "kb_id", "rank")
+    order a reader's candidates here, so link reads the candidates the stage read, in its slots.
+    Triage's score (as triage_score) and sources come along when `candidates` has them, for a reader
+    with `triage_evidence`."""
+    evidence = [pl.col("score").alias("triage_score")] if "score" in candidates.columns else []
+    evidence += ["sources"] if "sources" in candidates.columns else []
+    triage = candidates.select("mention_id", "kb_id", "rank", *evidence)
     if ranker_scores is None:
         return triage.with_columns((-pl.col("rank")).cast(pl.Float64).alias("order"))
     ranked = ranker_scores.select("mention_id", "kb_id", pl.col("score").cast(pl.Float64).alias("order"))

@@ -98,6 +98,8 @@ def stage_identity(config: RunConfig) -> tuple[dict[str, str], dict]:
         inputs["train"] = upstream_key(config.stage_dir("train"), "train")
     inputs["encoder"] = encoder_identity(encoder_path(config))
     settings = {k: v for k, v in to_dict(config.rerank).items() if k not in NOT_KEYED}
+    if not config.rerank.triage_evidence:
+        del settings["triage_evidence"]  # added later: off, readers trained before it keep their keys
     return inputs, settings
 
 
@@ -160,7 +162,9 @@ def _rerank(config: RunConfig, force: bool, world: World) -> StageResult:
 def _prepare(config: RunConfig, device: torch.device) -> tuple[Reader, object, training.TrainingSet]:
     """(a fresh reader from the starting encoder, its tokenizer, the mentions' examples and what each is for):
     E501 (encoder), E203 (layout, freeze_layers), E507 (nothing to learn) and the upstream tables' errors."""
-    reader, tokenizer = new_reader(encoder_path(config), device, config.rerank.seed, encoder_setting(config))
+    reader, tokenizer = new_reader(
+        encoder_path(config), device, config.rerank.seed, encoder_setting(config), config.rerank.triage_evidence
+    )
     freeze_lower_layers(reader, config.rerank.freeze_layers)
     layout = sequence_layout(config)
     check_positions(reader, layout)
@@ -250,7 +254,7 @@ def read_examples(
         .filter(pl.col("kb_id").is_in(top["kb_id"].unique().implode())),
         triage_tables.path(triage_dir, triage_tables.ENTITIES),
     )
-    return mentions, build_examples(tokenizer, mentions, top, entities, layout)
+    return mentions, build_examples(tokenizer, mentions, top, entities, layout, config.rerank.triage_evidence)
 
 
 def ranker_scores(config: RunConfig, candidates: pl.DataFrame, device: torch.device) -> pl.DataFrame:
@@ -341,6 +345,7 @@ def reader_shape(reader, layout: Layout) -> dict:
         "max_seq_tokens": layout.max_seq_tokens,
         "max_context_tokens": layout.max_context_tokens,
         "form": layout.form,
+        "triage_evidence": reader.evidence_score is not None,
     }
 
 
@@ -349,6 +354,7 @@ def reader_meta(config: RunConfig, layout: Layout, epoch: int, record: dict) -> 
     return {
         "layout": dataclasses.asdict(layout),
         "candidates": config.rerank.candidates,
+        "triage_evidence": config.rerank.triage_evidence,
         "precision": config.rerank.precision,
         "settings": to_dict(config.rerank),
         "encoder": config.rerank.encoder or config.encoder.name,

@@ -12,6 +12,7 @@ import shutil
 
 import polars as pl
 
+from pipeline.candidates.crossfit import crossfit_pieces
 from pipeline.candidates.generate import LearnedSources, candidate_pieces, merge_candidates
 from pipeline.candidates.kb_index import KbIndex, kb_entities, names_index
 from pipeline.core import schema
@@ -80,6 +81,8 @@ def identity(config: RunConfig) -> StageIdentity:
         "inputs": {k: v for k, v in to_dict(inputs).items() if k not in input_paths and v is not None},
         "triage": to_dict(config.triage),
     }
+    if not config.triage.crossfit_folds:
+        del settings["triage"]["crossfit_folds"]  # added later: off, runs made before it keep their keys
     if config.triage.use_dense:
         settings["encoder"] = {"max_name_tokens": config.encoder.max_name_tokens}
     return StageIdentity(STAGE, STAGE_VERSION, settings, fingerprints)
@@ -121,7 +124,8 @@ def run(config: RunConfig, force: bool = False) -> StageResult:
     learned = LearnedSources.prepare(
         alias_table(mentions.filter(pl.col("split") == "train")), config.triage, config.encoder
     )
-    pieces = candidate_pieces(mentions, kb, learned, config.triage, config.encoder, inputs.candidates, encoder)
+    propose = crossfit_pieces if config.triage.crossfit_folds else candidate_pieces
+    pieces = propose(mentions, kb, learned, config.triage, config.encoder, inputs.candidates, encoder)
     candidates = merge_candidates(pieces, mentions, config.triage.k, config.triage.oracle)
 
     triage_tables.write(out_dir, mentions, candidates)

@@ -30,7 +30,8 @@ def slots(ordered: pl.DataFrame, top_k: int) -> dict[str, list[str]]:
 def test_triage_order_is_the_rank_and_ranker_order_the_score_with_unscored_last() -> None:
     assert slots(candidate_order(CANDIDATES, None), 2) == {"m1": ["Q1", "Q2"], "m2": ["Q1", "Q4"]}
     assert slots(candidate_order(CANDIDATES, RANKER), 2) == {"m1": ["Q3", "Q1"], "m2": ["Q4", "Q1"]}
-    assert candidate_order(CANDIDATES, RANKER).columns == ["mention_id", "kb_id", "rank", "order"]
+    # triage's score comes along as triage_score, for a reader that reads triage evidence
+    assert candidate_order(CANDIDATES, RANKER).columns == ["mention_id", "kb_id", "rank", "triage_score", "order"]
 
 
 def test_link_orders_as_the_reader_was_trained() -> None:

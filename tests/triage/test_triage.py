@@ -395,3 +395,51 @@ def test_ascii_keys_take_the_fast_path_to_the_same_keys() -> None:
     keyed = add_keys(pl.DataFrame({"name": names}), "name")
     assert keyed["name_fold"].to_list() == [fold(n) for n in names]
     assert keyed["name_roman"].to_list() == [romanise(n) for n in names]
+
+
+def test_document_groups_join_translations_and_folds_hold_training_documents_only() -> None:
+    from pipeline.candidates.crossfit import document_group, training_folds
+
+    mentions = pl.DataFrame(
+        {
+            "doc_id": ["news:en:A", "news:es:A", "news:en:D", "doc-7", "news:en:A"],
+            "lang": ["en", "es", "en", "en", "en"],
+            "split": ["train", "train", "train", "train", "dev"],
+        }
+    )
+    assert document_group(mentions).to_list() == ["news:A", "news:A", "news:D", "doc-7", "news:A"]
+    folds = training_folds(mentions, 2).to_list()
+    # news:A and news:D fall in different folds of two (CRC-32 1 and 0); a dev mention is in none
+    assert folds[0] == folds[1] == 1 and folds[2] == 0 and folds[4] == -1
+
+
+def test_crossfit_gives_training_mentions_only_the_other_folds_labels(triage) -> None:
+    def placed(mention_id: str, surface: str, gold: str | None, split: str, doc: str, lang: str = "en") -> dict:
+        return {**record(mention_id, surface, gold, split, lang), "doc_id": f"news:{lang}:{doc}"}
+
+    records = [
+        placed("a-en", "POTUS", "Q1", "train", "A"),
+        placed("a-es", "POTUS", "Q1", "train", "A", lang="es"),  # the translation: the same fold
+        placed("d-en", "POTUS", "Q2", "train", "D"),
+        placed("x1", "POTUS", None, "test", "C"),
+    ]
+    plain = by_mention(triage(records, **ONLY_PRIORS)[0])
+    assert plain["a-en"][0][:2] == ("Q1", pytest.approx(2 / 3))  # its own label among the counts
+
+    crossfit = by_mention(triage(records, crossfit_folds=2, **ONLY_PRIORS)[0])
+    assert [c[:2] for c in crossfit["a-en"]] == [("Q2", pytest.approx(1.0))]  # from D only
+    assert [c[:2] for c in crossfit["a-es"]] == [("Q2", pytest.approx(1.0))]  # not from its English twin
+    assert [c[:2] for c in crossfit["d-en"]] == [("Q1", pytest.approx(1.0))]
+    assert crossfit["x1"] == plain["x1"]  # a test mention sees every training label either way
+
+
+def test_crossfit_off_keeps_the_stage_key_and_one_fold_is_refused(make_run_config) -> None:
+    from pipeline.core.errors import ConfigError
+    from pipeline.triage.stage import identity
+
+    off = load_config(make_run_config(name="off.toml"))
+    assert "crossfit_folds" not in identity(off).settings["triage"]
+    on = load_config(make_run_config(name="on.toml", triage={"crossfit_folds": 5}))
+    assert identity(on).settings["triage"]["crossfit_folds"] == 5
+    with pytest.raises(ConfigError, match="crossfit_folds"):
+        load_config(make_run_config(name="one.toml", triage={"crossfit_folds": 1}))
