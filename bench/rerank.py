@@ -35,17 +35,12 @@ def training_rate(config, precision: str, batches: int, device: torch.device) ->
     import dataclasses
 
     from pipeline.core.distributed import World
-    from pipeline.model.reader import new_reader
     from pipeline.rerank import stage, training
 
     rerank = config.rerank
-    reader, tokenizer = new_reader(stage.encoder_path(config), device, rerank.seed)
-    mentions, examples = stage.read_examples(config, tokenizer, stage.sequence_layout(config), device)
-    data = training.TrainingSet.of(
-        examples, mentions["split"].to_numpy(), mentions["gold_kb_id"].is_not_null().to_numpy()
-    )
+    reader, _, data = stage._prepare(config, device)  # the stage's own reader: frozen layers, evidence
     data = dataclasses.replace(data, train_rows=data.train_rows[: (batches + 1) * rerank.batch_mentions])
-    state = training.new_training(reader, rerank.learning_rate, batches + 1)
+    state = training.new_training(reader, (rerank.learning_rate, rerank.head_learning_rate), batches + 1)
     plan = training.Schedule(
         rerank.batch_mentions, 1, precision, rerank.seed, rerank.nil_hidden_share, rerank.shuffle_slots
     )
@@ -142,11 +137,27 @@ def main() -> None:
     print(
         f"{'scoring mentions/s':<28}{score['fp32']:>10.1f}{score['bf16']:>10.1f}{score['bf16'] / score['fp32']:>10.2f}x"
     )
+    training_mentions = stage_counts(config).get("train_mentions")
+    if training_mentions:
+        fastest = max(train.values())
+        minutes = config.rerank.epochs * training_mentions / fastest / 60
+        print(
+            f"training {config.rerank.epochs} epochs of {training_mentions} mentions at {fastest:.1f} examples/s: "
+            f"about {minutes:.0f} min (goal <= 60); the run's rerank stage took {stage_counts(config)['seconds']:.0f} s"
+        )
     with_reader, without = link_rates(config, args.link_mentions, args.device)
     print(
         f"link mentions/s: with the reader {with_reader:.1f}, without {without:.1f}, "
         f"ratio {with_reader / without:.2f} (goal >= 0.5)"
     )
+
+
+def stage_counts(config) -> dict:
+    """The finished rerank stage's counts with its seconds (its manifest), or {} without one."""
+    from pipeline.core.manifest import read_manifest
+
+    manifest = read_manifest(config.stage_dir("rerank")) or {}
+    return {**manifest.get("counts", {}), "seconds": manifest.get("seconds", float("nan"))}
 
 
 if __name__ == "__main__":

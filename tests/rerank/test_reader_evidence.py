@@ -221,3 +221,21 @@ def base_run_for_evidence(tmp_path_factory, tiny_encoder_dir: Path) -> dict:
     result = CliRunner().invoke(main, ["run", "--config", str(config)])
     assert result.exit_code == 0, result.output + repr(result.exception)
     return {"config": config, "run_dir": folder / "run"}
+
+
+def test_the_reader_bench_runs_the_stages_own_reader(base_run_for_evidence: dict) -> None:
+    """bench/rerank.py builds the reader as the stage does (frozen layers, evidence, the head's own rate):
+    it had fallen behind the stage once, and nothing ran it."""
+    import importlib.util
+
+    from pipeline.core.config_file import load_config
+
+    spec = importlib.util.spec_from_file_location("bench_rerank", Path(__file__).parents[2] / "bench" / "rerank.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    config = load_config(base_run_for_evidence["config"], ("rerank.freeze_layers=1", "rerank.batch_mentions=1"))
+    assert bench.training_rate(config, "fp32", 2, torch.device("cpu")) > 0
+    assert bench.scoring_rate(config, "fp32", torch.device("cpu")) > 0
+    with_reader, without = bench.link_rates(config, 4, "cpu")
+    assert with_reader > 0 and without > 0
+    assert bench.stage_counts(config)["train_mentions"] > 0
