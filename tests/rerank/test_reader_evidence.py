@@ -98,7 +98,13 @@ def twin_candidates(count: int, seed: int) -> tuple[pl.DataFrame, pl.DataFrame, 
         gold, other = ("A", "B") if rng.random() < 0.5 else ("B", "A")
         mention_id = f"m{number}"
         mentions.append(
-            {"mention_id": mention_id, "context": "Yesterday Acme was new .", "start": 10, "end": 14, "gold_kb_id": gold}
+            {
+                "mention_id": mention_id,
+                "context": "Yesterday Acme was new .",
+                "start": 10,
+                "end": 14,
+                "gold_kb_id": gold,
+            }
         )
         order = [gold, other] if rng.random() < 0.5 else [other, gold]
         for slot, kb_id in enumerate(order, start=1):

@@ -282,7 +282,12 @@ def test_up_to_date_until_a_setting_of_its_own_changes(base_run: dict, run_copy:
 
     assert stage.run(_config(base_run, run_copy)).skipped
     assert stage.run(_config(base_run, run_copy, "rerank.device=cpu")).skipped  # where it runs: not keyed
-    changes = ("rerank.learning_rate=0.002", "rerank.top_k=2", "rerank.nil_hidden_share=0.5", "rerank.triage_evidence=true")
+    changes = (
+        "rerank.learning_rate=0.002",
+        "rerank.top_k=2",
+        "rerank.nil_hidden_share=0.5",
+        "rerank.triage_evidence=true",
+    )
     # triage_evidence came later: off, it is not in the key, so readers trained before it stay up to date
     assert "triage_evidence" not in stage.stage_identity(_config(base_run, run_copy))[1]
     for changed in changes:
