@@ -1,6 +1,7 @@
 """The reader's speed: training examples/s and scoring mentions/s, fp32 against bf16, and link with and without it.
 
     python bench/rerank.py --config configs/meantime.toml [--batches 20] [--link-mentions 200] [--device cpu]
+                           [--parts train,score,link]
 
 Needs a finished run of that config with the reader (`xel-cli run --config ... --set
 rerank.enabled=true --set evaluate.nil_method=reader`, so that its model folder links with
@@ -123,33 +124,43 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--link-mentions", type=int, default=200)
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--parts", default="train,score,link", help="which of train, score, link to measure (comma-separated)"
+    )
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     config = load_config(args.config, ("rerank.enabled=true", *args.overrides))
     device = pick_device(args.device, "--device")
     torch.manual_seed(0)
-    train = {precision: training_rate(config, precision, args.batches, device) for precision in ("fp32", "bf16")}
-    score = {precision: scoring_rate(config, precision, device) for precision in ("fp32", "bf16")}
     print(f"device {device}, torch threads {torch.get_num_threads()}")
     print(f"{'':<28}{'fp32':>10}{'bf16':>10}{'bf16/fp32':>11}")
-    print(
-        f"{'training examples/s':<28}{train['fp32']:>10.1f}{train['bf16']:>10.1f}{train['bf16'] / train['fp32']:>10.2f}x"
-    )
-    print(
-        f"{'scoring mentions/s':<28}{score['fp32']:>10.1f}{score['bf16']:>10.1f}{score['bf16'] / score['fp32']:>10.2f}x"
-    )
+    train = {}
+    if "train" in parts:
+        train = {precision: training_rate(config, precision, args.batches, device) for precision in ("fp32", "bf16")}
+        print(
+            f"{'training examples/s':<28}{train['fp32']:>10.1f}{train['bf16']:>10.1f}"
+            f"{train['bf16'] / train['fp32']:>10.2f}x"
+        )
+    if "score" in parts:
+        score = {precision: scoring_rate(config, precision, device) for precision in ("fp32", "bf16")}
+        print(
+            f"{'scoring mentions/s':<28}{score['fp32']:>10.1f}{score['bf16']:>10.1f}"
+            f"{score['bf16'] / score['fp32']:>10.2f}x"
+        )
     training_mentions = stage_counts(config).get("train_mentions")
-    if training_mentions:
+    if train and training_mentions:
         fastest = max(train.values())
         minutes = config.rerank.epochs * training_mentions / fastest / 60
         print(
             f"training {config.rerank.epochs} epochs of {training_mentions} mentions at {fastest:.1f} examples/s: "
             f"about {minutes:.0f} min (goal <= 60); the run's rerank stage took {stage_counts(config)['seconds']:.0f} s"
         )
-    with_reader, without = link_rates(config, args.link_mentions, args.device)
-    print(
-        f"link mentions/s: with the reader {with_reader:.1f}, without {without:.1f}, "
-        f"ratio {with_reader / without:.2f} (goal >= 0.5)"
-    )
+    if "link" in parts:
+        with_reader, without = link_rates(config, args.link_mentions, args.device)
+        print(
+            f"link mentions/s: with the reader {with_reader:.1f}, without {without:.1f}, "
+            f"ratio {with_reader / without:.2f} (goal >= 0.5)"
+        )
 
 
 def stage_counts(config) -> dict:
