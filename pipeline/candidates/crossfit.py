@@ -13,13 +13,15 @@ learning (Chernozhukov et al. 2018): the training documents fall into `folds` fo
 fold's mentions get candidates from the labels of the other folds only. Dev and test mentions
 (and `xel-cli link`) still use every training label.
 
-Translations of one document are one document here: ids that differ only in the language
-segment (`meantime:en:X`, `meantime:es:X`) fall in one fold, since a Spanish mention could
-otherwise find its gold through the English mention it translates.
+Translations of one document are one document here: ids that differ only in the language tag
+(`meantime:en:X`, `meantime:es:X`; `demo-en-d01`, `demo-es-d01`) fall in one fold, since a Spanish
+mention could otherwise find its gold through the English mention it translates.
 """
 
 from __future__ import annotations
 
+import functools
+import re
 import zlib
 
 import polars as pl
@@ -31,13 +33,27 @@ from pipeline.model.aliases import alias_table
 
 
 def document_group(mentions: pl.DataFrame) -> pl.Series:
-    """Per mention, its document's id without the language segment: doc_id's `:`-separated parts, less
-    the one equal to the mention's lang (`meantime:en:X` -> `meantime:X`). mentions: doc_id, lang."""
+    """Per mention, its document's id without its language tag: every whole-token occurrence of the
+    mention's lang in doc_id, in any case and with its region or script subtags (`en`, `EN`, `en-US`,
+    `zh_Hant`), is removed, so `meantime:en:X` and `meantime:es:X`, `demo-en-d01` and `demo-es-d01`,
+    `news:en-US:7` and `news:es-MX:7` each make one group. mentions: doc_id, lang (as read: lowercase)."""
     groups = [
-        ":".join(part for part in str(doc_id).split(":") if part != lang)
+        # the separators the tag stood between become one (`meantime::X` -> `meantime:X`)
+        _REPEATED_SEPARATOR.sub(r"\1", _language_tag(lang).sub("", str(doc_id))) if lang else str(doc_id)
         for doc_id, lang in zip(mentions["doc_id"].to_list(), mentions["lang"].to_list())
     ]
     return pl.Series("group", groups, dtype=pl.String)
+
+
+_REPEATED_SEPARATOR = re.compile(r"([:/_.-])[:/_.-]+")
+
+
+@functools.lru_cache(maxsize=None)
+def _language_tag(lang: str) -> re.Pattern:
+    """`lang` as a whole token (not inside a longer word or number), with any BCP 47 region (`-US`,
+    `_419`) or script (`-Hant`) subtags after it, in any case."""
+    subtags = r"(?:[-_](?:[A-Za-z]{4}|[A-Za-z]{2}|[0-9]{3}))*"
+    return re.compile(rf"(?<![A-Za-z0-9]){re.escape(lang)}{subtags}(?![A-Za-z0-9])", re.IGNORECASE)
 
 
 def training_folds(mentions: pl.DataFrame, folds: int) -> pl.Series:

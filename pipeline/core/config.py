@@ -226,7 +226,7 @@ class TriageConfig:
     # Cross-fit what triage learns from the training labels (the alias prior and the fuzzy source's
     # training surface forms): with N >= 2, the training documents fall into N folds and each fold's
     # mentions get candidates from the other folds' labels only, so a training mention never finds its
-    # gold through its own label, as a dev or test mention cannot (docs/triage.md). 0: off (the
+    # gold through its own label, as a dev or test mention cannot (docs/stages.md). 0: off (the
     # training split sees its own labels).
     crossfit_folds: int = 0
 

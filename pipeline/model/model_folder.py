@@ -87,7 +87,9 @@ def _model_json(
             "identity": encoder_identity(encoder_path),
             "settings": to_dict(config.encoder),
         },
-        "triage": to_dict(config.triage),
+        # crossfit_folds shapes the training split's candidates only: link never cross-fits, and a folder
+        # without the key stays readable by releases that came before it.
+        "triage": {k: v for k, v in to_dict(config.triage).items() if k != "crossfit_folds"},
         "inputs": {"context_chars": config.inputs.context_chars},
         "nil": policy.to_json(),
         "popularity_rerank": config.evaluate.popularity_rerank,

@@ -193,6 +193,9 @@ def test_the_stage_and_link_read_the_evidence_alike(base_run_for_evidence: dict,
     manifest = json.loads((run_dir / "rerank" / "manifest.json").read_text())
     assert manifest["settings"]["triage_evidence"] is True
 
+    # a training-only setting: left out of model.json, so releases before it still read the folder
+    assert "crossfit_folds" not in json.loads((run_dir / "model" / "model.json").read_text())["triage"]
+
     linker = Linker.load(export_model(run_dir, tmp_path / "exported"))
     records = [r for r in tiny_mention_records() if r["split"] == "test"]
     links = linker.link(records)

@@ -408,6 +408,18 @@ def test_document_groups_join_translations_and_folds_hold_training_documents_onl
         }
     )
     assert document_group(mentions).to_list() == ["news:A", "news:A", "news:D", "doc-7", "news:A"]
+    # a trial found `en-US` and `EN` ids left ungrouped (the prior leaked through 10-12 of 16 golds)
+    tagged = pl.DataFrame(
+        {
+            "doc_id": ["t:en-US:d0", "t:es-MX:d0", "t:EN:d1", "t:ES:d1", "demo-en-d01", "demo-es-d01", "x-zh_Hant-9"],
+            "lang": ["en", "es", "en", "es", "en", "es", "zh"],
+        }
+    )
+    groups = document_group(tagged).to_list()
+    assert groups[0] == groups[1] and groups[2] == groups[3] and groups[4] == groups[5] != groups[0]
+    assert groups[6] == "x-9"
+    # the tag only as a whole token: "english" and "den" keep their letters
+    assert document_group(pl.DataFrame({"doc_id": ["english:den:7"], "lang": ["en"]})).to_list() == ["english:den:7"]
     folds = training_folds(mentions, 2).to_list()
     # news:A and news:D fall in different folds of two (CRC-32 1 and 0); a dev mention is in none
     assert folds[0] == folds[1] == 1 and folds[2] == 0 and folds[4] == -1
