@@ -89,7 +89,9 @@ def link_rates(config, count: int, device: str) -> tuple[float, float]:
     records = [
         {
             "id": r["mention_id"],
-            "doc_id": r["doc_id"],
+            # each mention brings its own context window as its text: one document per mention (a
+            # document has one text, E120)
+            "doc_id": r["mention_id"],
             "lang": r["lang"],
             "mention": r["mention"],
             "text": r["context"],
