@@ -26,7 +26,7 @@ import zlib
 
 import polars as pl
 
-from pipeline.candidates.generate import LearnedSources, candidate_pieces
+from pipeline.candidates.generate import LABEL_FREE_SOURCES, LEARNED_SOURCES, LearnedSources, candidate_pieces
 from pipeline.candidates.kb_index import KbIndex
 from pipeline.core.config import EncoderConfig, TriageConfig
 from pipeline.model.aliases import alias_table
@@ -84,15 +84,21 @@ def crossfit_pieces(
     `merge_candidates` concatenates.
     """
     fold = training_folds(mentions, triage.crossfit_folds)
-    pieces = []
+
+    def learned_pieces(part: pl.DataFrame, sources: LearnedSources) -> list[pl.DataFrame]:
+        return candidate_pieces(part, kb, sources, triage, encoder_config, external, encoder, LEARNED_SOURCES)
+
+    # The sources that read no label run once over every mention; only the learned ones run per fold.
+    pieces = candidate_pieces(mentions, kb, learned, triage, encoder_config, external, encoder, LABEL_FREE_SOURCES)
     others = mentions.filter(fold == -1)
     if others.height:
-        pieces += candidate_pieces(others, kb, learned, triage, encoder_config, external, encoder)
+        pieces += learned_pieces(others, learned)
     for number in range(triage.crossfit_folds):
         inside = mentions.filter(fold == number)
         if inside.is_empty():
             continue
         labels = alias_table(mentions.filter((fold >= 0) & (fold != number)))
-        fold_learned = LearnedSources.prepare(labels, triage, encoder_config, learned.encoder_identity)
-        pieces += candidate_pieces(inside, kb, fold_learned, triage, encoder_config, external, encoder)
+        pieces += learned_pieces(
+            inside, LearnedSources.prepare(labels, triage, encoder_config, learned.encoder_identity)
+        )
     return pieces

@@ -83,6 +83,12 @@ class LearnedSources:
         return cls(priors, names, keys, ngrams, encoder_identity if triage.use_dense else None)
 
 
+# The sources that read the training labels (`LearnedSources`), and those that do not: cross-fitting
+# (`crossfit.py`) runs the first per fold and the second once.
+LEARNED_SOURCES = ("priors", "fuzzy")
+LABEL_FREE_SOURCES = ("KB names", "dense", "external")
+
+
 def candidate_pieces(
     mentions: pl.DataFrame,
     kb: KbIndex,
@@ -91,6 +97,7 @@ def candidate_pieces(
     encoder_config: EncoderConfig,
     external: Path | None = None,
     encoder=None,
+    only: tuple[str, ...] | None = None,
 ) -> list[pl.DataFrame]:
     """Candidates of every switched-on source, (mention_id, kb_id, score, source) each, KB ids only.
 
@@ -98,7 +105,8 @@ def candidate_pieces(
     `LearnedSources.prepare` of the training mentions' alias table (the stage's own, or a
     trained linker's: link prepares it once, not per chunk); `encoder`, when the caller has
     it loaded, embeds for the dense source. The stage and `xel-cli link` both call this, so
-    they propose the same candidates.
+    they propose the same candidates. `only`: run just these of the switched-on sources
+    (`LEARNED_SOURCES` or `LABEL_FREE_SOURCES`; None: all).
     """
     keyed = add_keys(mentions, "mention")
     kb_names, known_ids = kb.names, kb.known_ids
@@ -129,7 +137,7 @@ def candidate_pieces(
         ),
         "external": (external is not None, lambda: external_candidates(external, mentions, known_ids)),
     }
-    steps = [(name, step) for name, (on, step) in sources.items() if on]
+    steps = [(name, step) for name, (on, step) in sources.items() if on and (only is None or name in only)]
     pieces: list[pl.DataFrame] = []
     with progress(len(steps), "triage: candidate sources", "sources", delay=2.0) as counter:
         for name, step in steps:  # a log line (redirected) or bar (terminal) names the source at work
