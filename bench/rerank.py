@@ -10,7 +10,8 @@ the reader). Prints, side by side:
 1. training: examples/s of `--batches` optimizer steps of `rerank.batch_mentions` training
    mentions, under fp32 and under bf16 autocast (the reader is re-made from the run's encoder
    for each; the first batch of each is a warm-up and not timed);
-2. scoring: dev+test mentions/s of the run's trained reader, fp32 and bf16;
+2. scoring: dev+test mentions/s of the run's trained reader, fp32, bf16 under autocast and with its
+   encoder's weights cast to bf16 (how readers whose reader.json says cast_weights score);
 3. link: mentions/s of `Linker.link` on `--link-mentions` test mentions, with the reader and
    with it switched off (the ranker's NIL decision), second pass of each (the first warms the
    entity-vector cache), and the ratio (the issue's goal: >= 0.5).
@@ -60,17 +61,25 @@ def training_rate(config, precision: str, batches: int, device: torch.device) ->
     return (len(data.train_rows) - rerank.batch_mentions) / (time.perf_counter() - counter.started)
 
 
-def scoring_rate(config, precision: str, device: torch.device) -> float:
-    """Dev+test mentions/s of the run's trained reader."""
-    from pipeline.model.reader import layout_of, load_reader, score_mentions
+SCORING_MODES = ("fp32", "bf16", "bf16 weights")
+
+
+def scoring_rate(config, mode: str, device: torch.device) -> float:
+    """Dev+test mentions/s of the run's trained reader: fp32; bf16 under autocast (fp32 weights); or
+    "bf16 weights", its encoder cast to bf16 (`cast_encoder`, as readers with reader.json's
+    cast_weights score)."""
+    from pipeline.model.reader import cast_encoder, layout_of, load_reader, score_mentions
     from pipeline.rerank import stage
 
     reader, tokenizer, meta = load_reader(config.stage_dir("rerank") / stage.READER, device)
+    reader.encoder.float()  # as trained, whatever reader.json says
+    if mode == "bf16 weights":
+        cast_encoder(reader, torch.bfloat16)
     mentions, examples = stage.read_examples(config, tokenizer, layout_of(meta), device)
     wanted = np.nonzero(mentions["split"].is_in(list(stage.SCORED_SPLITS)).to_numpy())[0]
     scored = examples.subset(wanted, with_gold=False)
     started = time.perf_counter()
-    score_mentions(reader, scored, device, precision)
+    score_mentions(reader, scored, device, "fp32" if mode == "fp32" else "bf16")
     return len(wanted) / (time.perf_counter() - started)
 
 
@@ -144,10 +153,15 @@ def main() -> None:
             f"{train['bf16'] / train['fp32']:>10.2f}x"
         )
     if "score" in parts:
-        score = {precision: scoring_rate(config, precision, device) for precision in ("fp32", "bf16")}
+        score = {mode: scoring_rate(config, mode, device) for mode in SCORING_MODES}
         print(
             f"{'scoring mentions/s':<28}{score['fp32']:>10.1f}{score['bf16']:>10.1f}"
             f"{score['bf16'] / score['fp32']:>10.2f}x"
+        )
+        cast = score["bf16 weights"]
+        print(
+            f"{'  bf16 weights':<28}{'':>10}{cast:>10.1f}{cast / score['fp32']:>10.2f}x"
+            f"  ({cast / score['bf16']:.2f}x autocast)"
         )
     training_mentions = stage_counts(config).get("train_mentions")
     if train and training_mentions:

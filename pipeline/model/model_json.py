@@ -167,13 +167,14 @@ class ReaderLayoutMeta(_Section):
 
 class ReaderMeta(_Section):
     """The rerank stage's reader the folder carries (`pipeline.model.reader`): its folder and reader.json
-    (`rerank.stage.reader_meta`; what link reads is the layout, the candidates and the precision)."""
+    (`rerank.stage.reader_meta`; what link reads is the layout, the candidates, the precision and cast_weights)."""
 
     folder: Name
     layout: ReaderLayoutMeta
     candidates: Literal["ranker", "triage"] = "ranker"
     triage_evidence: bool = False  # the reader reads each candidate's triage score and sources
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    cast_weights: bool = False  # scored with the encoder's weights cast to the precision (`reader.cast_encoder`)
     format_version: Annotated[int, Field(ge=1)] | None = None
     settings: dict[str, Any] | None = None  # the run's [rerank] settings, as a record
     encoder: str | None = None  # the transformer the reader was fine-tuned from

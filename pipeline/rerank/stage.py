@@ -356,6 +356,7 @@ def reader_meta(config: RunConfig, layout: Layout, epoch: int, record: dict) -> 
         "candidates": config.rerank.candidates,
         "triage_evidence": config.rerank.triage_evidence,
         "precision": config.rerank.precision,
+        "cast_weights": True,  # scored with the encoder's weights in the precision's dtype (`cast_encoder`)
         "settings": to_dict(config.rerank),
         "encoder": config.rerank.encoder or config.encoder.name,
         "epoch": epoch,

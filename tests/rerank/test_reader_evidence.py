@@ -187,7 +187,7 @@ def test_the_stage_and_link_read_the_evidence_alike(base_run_for_evidence: dict,
 
     run_dir = base_run_for_evidence["run_dir"]
     meta = json.loads((run_dir / "rerank" / "reader" / "reader.json").read_text())
-    assert meta["triage_evidence"] is True
+    assert meta["triage_evidence"] is True and meta["cast_weights"] is True
     head = torch.load(run_dir / "rerank" / "reader" / "head.pt", weights_only=True)
     assert any(name.startswith("evidence_score.") for name in head)
     manifest = json.loads((run_dir / "rerank" / "manifest.json").read_text())
@@ -223,6 +223,7 @@ def base_run_for_evidence(tmp_path_factory, tiny_encoder_dir: Path) -> dict:
         "batch_mentions": 4,
         "learning_rate": 1e-3,
         "triage_evidence": True,
+        "precision": "bf16",  # the stage and link both score with bf16 weights (reader.json's cast_weights)
     }
     config = write_run_config(
         folder, tiny_encoder_dir, rerank=rerank, evaluate={"nil_method": "reader", "nil_mention_prior": False}
@@ -244,7 +245,7 @@ def test_the_reader_bench_runs_the_stages_own_reader(base_run_for_evidence: dict
     spec.loader.exec_module(bench)
     config = load_config(base_run_for_evidence["config"], ("rerank.freeze_layers=1", "rerank.batch_mentions=1"))
     assert bench.training_rate(config, "fp32", 2, torch.device("cpu")) > 0
-    assert bench.scoring_rate(config, "fp32", torch.device("cpu")) > 0
+    assert all(bench.scoring_rate(config, mode, torch.device("cpu")) > 0 for mode in bench.SCORING_MODES)
     with_reader, without = bench.link_rates(config, 4, "cpu")
     assert with_reader > 0 and without > 0
     assert bench.stage_counts(config)["train_mentions"] > 0
