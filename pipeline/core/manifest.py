@@ -200,6 +200,14 @@ def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _shown(values: dict[str, Any], key: str) -> str:
+    """A setting's value as a config file writes it (true, not Python's True), or "(default)" when absent."""
+    if key not in values:
+        return "(default)"
+    value = values[key]
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
 def changes(
     previous: dict[str, Any], settings: dict[str, Any] | None, inputs: dict[str, str] | None, prefix: str = ""
 ) -> list[str]:
@@ -213,7 +221,7 @@ def changes(
             _flatten(json.loads(json.dumps(settings, default=str))),
         )
         reasons += [
-            f"{prefix}{key}: {old.get(key, '(default)')} -> {new.get(key, '(default)')}"
+            f"{prefix}{key}: {_shown(old, key)} -> {_shown(new, key)}"
             for key in sorted(old.keys() | new.keys())
             if old.get(key) != new.get(key)
         ]

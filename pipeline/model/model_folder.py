@@ -303,7 +303,8 @@ def load_model_folder(path: Path) -> ModelFolder:
         raise CacheError("E716", path=meta_path, key=key, hint=hint, known=", ".join(known))
     problem = check_model_json(text)  # every value's type, finiteness and range, before any is used
     if problem is not None:
-        raise CacheError("E702", path=meta_path, detail=problem, fix_first="correct that value, or ")
+        fix = "add that key, or " if "Field required" in problem else "correct that value, or "
+        raise CacheError("E702", path=meta_path, detail=problem, fix_first=fix)
     try:
         files = meta["files"]
         for name, expected in files.items():

@@ -1597,7 +1597,8 @@ def test_model_json_that_disagrees_with_its_ranker_or_encoder_is_e702_before_lin
     result = link(model, demo_run["test"], tmp_path / "out")
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
     assert "[E702]" in result.output and "model.json" in result.output and where in result.output, result.output
-    assert "correct that value, or export it again" in result.output
+    fix = "add that key, or" if "Field required" in where else "correct that value, or"
+    assert f"{fix} export it again" in result.output
     if where == "encoder.settings.name_layer: ":
         assert "has only 2 layers (hidden states 0..2) (got 99)" in result.output
 
