@@ -130,7 +130,7 @@ class Warnings:
     """
 
     W101 = "{path}: renamed {count} repeated mention id(s) to id#start-end ({setting})"
-    W108 = "{path}: dropped {count} mention(s) covering the span of an earlier one ({gold} of them with another gold id; first on line {line}: {example} repeats line {first_line}), keeping the first of each span ({setting})"
+    W108 = "{path}: dropped {count} mention(s) covering the span of an earlier one ({gold}first on line {line}: {example} repeats line {first_line}), keeping the first of each span ({setting})"
     W102 = "{count} gold KB id(s) of {mentions} mention(s) in {path} are not in the KB (e.g. {example}); those mentions cannot be linked right: add the entities to the KB, or check the ids"
     W103 = (
         "{path}: ignoring {count} candidate row(s) whose mention_id is not among this run's mentions (e.g. {example})"

@@ -353,16 +353,20 @@ def drop_repeated_spans(
     if dropped.is_empty():
         return frame
     other_gold = int(dropped.select(pl.col(gold_column).ne_missing(pl.col("first_gold")).sum()).item())
+    labelled = dropped.select(pl.col(gold_column).is_not_null() | pl.col("first_gold").is_not_null()).to_series().any()
     row = dropped.row(0, named=True)
+    example = f"mention {row[id_column]!r}"
+    if labelled:  # unlabelled input (link's) has no gold to compare
+        example += f" (gold {row[gold_column]!r}; the first has {row['first_gold']!r})"
     warn(
         logger,
         "W108",
         path=path,
         count=dropped.height,
-        gold=other_gold,
+        gold=f"{other_gold} of them with another gold id; " if labelled else "",
         line=row["line"],
         first_line=row["first_line"],
-        example=f"mention {row[id_column]!r} (gold {row[gold_column]!r}; the first has {row['first_gold']!r})",
+        example=example,
         setting=setting,
     )
     return frame.join(dropped.select("line"), on="line", how="anti", maintain_order="left")

@@ -1657,6 +1657,7 @@ def test_link_renames_repeated_ids_and_drops_repeated_spans_when_asked(demo_run:
         link(demo_run["model"], spans_file, tmp_path / "dropped", "--chunk-mentions", 4, "--drop-duplicate-spans")
     )
     assert dropped.output.count("[W108]") == 1 and "--drop-duplicate-spans" in dropped.output, dropped.output
+    assert "gold" not in dropped.output, dropped.output  # link's input has no gold to report
     assert pl.read_parquet(tmp_path / "dropped" / "links.parquet").select(expected.columns).equals(expected)
 
 
