@@ -1,7 +1,7 @@
 """The reader's speed: training examples/s and scoring mentions/s, fp32 against bf16, and link with and without it.
 
     python bench/rerank.py --config configs/meantime.toml [--batches 20] [--link-mentions 200] [--device cpu]
-                           [--parts train,score,link]
+                           [--parts train,score,link] [--repeats 3]
 
 Needs a finished run of that config with the reader (`xel-cli run --config ... --set
 rerank.enabled=true --set evaluate.nil_method=reader`, so that its model folder links with
@@ -13,8 +13,9 @@ the reader). Prints, side by side:
 2. scoring: dev+test mentions/s of the run's trained reader, fp32, bf16 under autocast and with its
    encoder's weights cast to bf16 (how readers whose reader.json says cast_weights score);
 3. link: mentions/s of `Linker.link` on `--link-mentions` test mentions, with the reader and
-   with it switched off (the ranker's NIL decision), second pass of each (the first warms the
-   entity-vector cache), and the ratio (the issue's goal: >= 0.5).
+   with it switched off (the ranker's NIL decision): after a warm-up pass of each (it fills the
+   entity-vector cache), the median of `--repeats` passes of each, taken in turn so that a change in
+   the machine's load falls on both; and the ratio (the issue's goal: >= 0.5).
 """
 
 from __future__ import annotations
@@ -83,8 +84,10 @@ def scoring_rate(config, mode: str, device: torch.device) -> float:
     return len(wanted) / (time.perf_counter() - started)
 
 
-def link_rates(config, count: int, device: str) -> tuple[float, float]:
-    """(mentions/s with the reader, without), `Linker.link` on `count` test mentions, second pass of each."""
+def link_rates(config, count: int, device: str, repeats: int = 3) -> tuple[float, float]:
+    """(mentions/s with the reader, without), `Linker.link` on `count` test mentions: after one warm-up
+    pass of each (it fills the entity-vector cache), `repeats` timed passes of each, interleaved so that
+    a change in the machine's load falls on both alike; the median of each."""
     import dataclasses
 
     from pipeline.link.linker import Linker
@@ -109,20 +112,21 @@ def link_rates(config, count: int, device: str) -> tuple[float, float]:
         }
         for r in mentions.head(count).to_dicts()
     ]
-    rates = []
-    for with_reader in (True, False):
-        reader = linker.reader
-        if not with_reader:  # the ranker's own NIL decision, as a run without the reader would make it
-            linker.reader = None
-            linker.policy = dataclasses.replace(
-                linker.policy, artifact={**linker.policy.artifact, "method": "threshold"}
-            )
-        linker.link(records)
+    reader, policy = linker.reader, linker.policy
+    # without: the ranker's own NIL decision, as a run without the reader would make it
+    without = dataclasses.replace(policy, artifact={**policy.artifact, "method": "threshold"})
+    modes = {True: (reader, policy), False: (None, without)}
+
+    def rate(with_reader: bool) -> float:
+        linker.reader, linker.policy = modes[with_reader]
         started = time.perf_counter()
         linker.link(records)
-        rates.append(len(records) / (time.perf_counter() - started))
-        linker.reader = reader
-    return rates[0], rates[1]
+        return len(records) / (time.perf_counter() - started)
+
+    rate(True), rate(False)  # warm-up
+    timed = [(rate(True), rate(False)) for _ in range(repeats)]
+    linker.reader, linker.policy = reader, policy
+    return float(np.median([t[0] for t in timed])), float(np.median([t[1] for t in timed]))
 
 
 def main() -> None:
@@ -134,6 +138,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--link-mentions", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3, help="timed link passes of each, interleaved (median)")
     parser.add_argument("--device", default="auto")
     parser.add_argument(
         "--parts", default="train,score,link", help="which of train, score, link to measure (comma-separated)"
@@ -172,7 +177,7 @@ def main() -> None:
             f"about {minutes:.0f} min (goal <= 60); the run's rerank stage took {stage_counts(config)['seconds']:.0f} s"
         )
     if "link" in parts:
-        with_reader, without = link_rates(config, args.link_mentions, args.device)
+        with_reader, without = link_rates(config, args.link_mentions, args.device, args.repeats)
         print(
             f"link mentions/s: with the reader {with_reader:.1f}, without {without:.1f}, "
             f"ratio {with_reader / without:.2f} (goal >= 0.5)"

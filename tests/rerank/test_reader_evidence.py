@@ -246,6 +246,6 @@ def test_the_reader_bench_runs_the_stages_own_reader(base_run_for_evidence: dict
     config = load_config(base_run_for_evidence["config"], ("rerank.freeze_layers=1", "rerank.batch_mentions=1"))
     assert bench.training_rate(config, "fp32", 2, torch.device("cpu")) > 0
     assert all(bench.scoring_rate(config, mode, torch.device("cpu")) > 0 for mode in bench.SCORING_MODES)
-    with_reader, without = bench.link_rates(config, 4, "cpu")
+    with_reader, without = bench.link_rates(config, 4, "cpu", repeats=1)
     assert with_reader > 0 and without > 0
     assert bench.stage_counts(config)["train_mentions"] > 0
