@@ -144,6 +144,8 @@ def main() -> None:
         "--parts", default="train,score,link", help="which of train, score, link to measure (comma-separated)"
     )
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1 (got {args.repeats})")
     parts = set(args.parts.split(","))
     config = load_config(args.config, ("rerank.enabled=true", *args.overrides))
     device = pick_device(args.device, "--device")

@@ -205,7 +205,7 @@ def _shown(values: dict[str, Any], key: str) -> str:
     if key not in values:
         return "(default)"
     value = values[key]
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return value if isinstance(value, str) and value else json.dumps(value, ensure_ascii=False)
 
 
 def changes(

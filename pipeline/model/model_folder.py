@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -294,7 +295,8 @@ def load_model_folder(path: Path) -> ModelFolder:
     version = meta.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:  # a type error, not a newer format
         detail = f"format_version: must be a whole number of at least 1, as written (got {version!r})"
-        raise CacheError("E702", path=meta_path, detail=detail, fix_first="correct that value, or ")
+        fix = "add that key, or " if version is None else "correct that value, or "
+        raise CacheError("E702", path=meta_path, detail=detail, fix_first=fix)
     if version > FORMAT_VERSION:
         raise CacheError("E703", path=meta_path, found=version, supported=FORMAT_VERSION)
     unknown = unknown_key(meta)  # a misspelt key is not silently ignored: the setting it meant would be
@@ -303,7 +305,7 @@ def load_model_folder(path: Path) -> ModelFolder:
         raise CacheError("E716", path=meta_path, key=key, hint=hint, known=", ".join(known))
     problem = check_model_json(text)  # every value's type, finiteness and range, before any is used
     if problem is not None:
-        fix = "add that key, or " if "Field required" in problem else "correct that value, or "
+        fix = "add that key, or " if re.match(r"[\w.]+: Field required", problem) else "correct that value, or "
         raise CacheError("E702", path=meta_path, detail=problem, fix_first=fix)
     try:
         files = meta["files"]

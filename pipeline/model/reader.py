@@ -360,6 +360,8 @@ def load_reader(folder: Path, device: torch.device) -> tuple[Reader, object, dic
         if missing or unexpected:
             raise ValueError(f"{HEAD} does not fit: missing {missing}, unexpected {unexpected}")
         reader_inputs.specials(tokenizer)  # the markers must be there
+        if not isinstance(meta.get("cast_weights", False), bool):
+            raise ValueError(f"cast_weights must be true or false (got {meta['cast_weights']!r})")
     except Exception as exc:  # json, transformers and torch raise many types for a damaged folder
         raise CacheError(
             "E402", path=folder, detail=f"the reader cannot be loaded ({str(exc).splitlines()[0]})"

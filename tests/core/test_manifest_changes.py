@@ -5,9 +5,11 @@ from pipeline.core.manifest import changes
 
 def test_changed_settings_read_as_the_config_file_writes_them() -> None:
     previous = {"settings": {"enabled": True, "features": ["name", "context"], "form": "listwise", "lr": 5e-5}}
-    now = {"enabled": False, "features": ["name"], "form": "pairwise", "new": 3}
+    previous["settings"]["encoder"] = ""
+    now = {"enabled": False, "features": ["name"], "form": "pairwise", "new": 3, "encoder": "models/e5"}
     assert changes(previous, now, None, "rerank.") == [
         "rerank.enabled: true -> false",
+        'rerank.encoder: "" -> models/e5',
         'rerank.features: ["name", "context"] -> ["name"]',
         "rerank.form: listwise -> pairwise",
         "rerank.lr: 5e-05 -> (default)",

@@ -404,7 +404,8 @@ def test_every_model_json_value_is_checked_on_load_naming_its_key(
     with pytest.raises(CacheError) as caught:
         load_model_folder(model)
     assert caught.value.code == "E702" and where in caught.value.message, caught.value.message
-    assert "correct that value, or export it again" in caught.value.message
+    fix = "add that key, or" if "Field required" in where else "correct that value, or"
+    assert f"{fix} export it again" in caught.value.message
     result = link(model, demo_run["test"], tmp_path / "out")
     assert result.exit_code == 2 and result.output.count("\n") == 1 and where in result.output, result.output
     assert not (tmp_path / "out").exists()

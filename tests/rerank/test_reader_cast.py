@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pytest
 import torch
 
 from pipeline.model.reader import build_examples, load_reader, new_reader, save_reader, score_mentions
@@ -74,3 +75,11 @@ def test_readers_without_the_key_or_in_fp32_keep_fp32_weights(tiny_encoder_dir: 
     for name in ("old", "fp32"):
         loaded, _, _ = load_reader(tmp_path / name, torch.device("cpu"))
         assert {p.dtype for p in loaded.parameters()} == {torch.float32}, name
+
+
+def test_a_cast_weights_that_is_not_true_or_false_is_damage(tiny_encoder_dir: Path, tmp_path: Path) -> None:
+    from pipeline.core.errors import CacheError
+
+    saved(tiny_encoder_dir, tmp_path / "reader", precision="bf16", cast_weights="no")
+    with pytest.raises(CacheError, match=r"E402.*cast_weights must be true or false \(got 'no'\)"):
+        load_reader(tmp_path / "reader", torch.device("cpu"))

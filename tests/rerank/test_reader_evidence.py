@@ -207,6 +207,21 @@ def test_the_stage_and_link_read_the_evidence_alike(base_run_for_evidence: dict,
     joined = got.join(want, on="mention_id")
     assert joined.height == len(records) and (joined["got"] == joined["want"]).all(), joined
 
+    # model.json's record of how the reader scores must agree with reader.json's (a helper found it unread)
+    import shutil
+
+    edited = tmp_path / "edited"
+    shutil.copytree(run_dir / "model", edited)
+    meta_json = json.loads((edited / "model.json").read_text())
+    meta_json["reader"]["cast_weights"] = False
+    (edited / "model.json").write_text(json.dumps(meta_json))
+    from pipeline.core.errors import CacheError
+
+    with pytest.raises(
+        CacheError, match=r"E702.*reader.cast_weights: must match reader/reader.json's true \(got false\)"
+    ):
+        Linker.load(edited)
+
 
 @pytest.fixture(scope="module")
 def base_run_for_evidence(tmp_path_factory, tiny_encoder_dir: Path) -> dict:
