@@ -165,28 +165,34 @@ class Linker:
         self.policy = folder.policy
         self.reader = None
         if folder.meta.get("reader") and folder.policy.artifact["method"] == "reader":  # it decides: read with it
-            from pipeline.model.reader import LoadedReader
-
-            reader_dir = folder.path / folder.meta["reader"]["folder"]
-            try:
-                self.reader = LoadedReader.load(reader_dir, pick_device(self.encoder_config.device))
-            except CacheError as error:  # in a model folder: export again, not re-run the stage
-                raise CacheError("E702", path=reader_dir, detail=error.fields.get("detail", error.message)) from None
-            said, read = folder.meta["reader"].get("cast_weights", False), self.reader.meta.get("cast_weights", False)
-            if said != read:  # how the reader scores: model.json and reader.json must agree
-                raise CacheError(
-                    "E702",
-                    path=folder.path / "model.json",
-                    detail=f"reader.cast_weights: must match {reader_dir.name}/reader.json's {str(read).lower()} "
-                    f"(got {str(said).lower()})",
-                    fix_first="correct that value, or ",
-                )
+            self.reader = self._load_reader(folder)
         # What triage's sources take from the alias table and encoder, built once here, not per chunk.
         # Ids the KB lacks are left out of them here (`kb_fit`: W710 said so).
         self.aliases, self.popularity = self.kb_fit.aliases, self.kb_fit.popularity
         self.learned = LearnedSources.prepare(
             self.aliases, self.triage_config, self.encoder_config, identity_here, self.known_ids
         )
+
+    def _load_reader(self, folder) -> object:
+        """The model folder's reader on the encoder's device: E702 when it is damaged (export again, not
+        re-run the stage) or when model.json's `reader.cast_weights` disagrees with reader.json's."""
+        from pipeline.model.reader import LoadedReader
+
+        reader_dir = folder.path / folder.meta["reader"]["folder"]
+        try:
+            reader = LoadedReader.load(reader_dir, pick_device(self.encoder_config.device))
+        except CacheError as error:
+            raise CacheError("E702", path=reader_dir, detail=error.fields.get("detail", error.message)) from None
+        said, read = folder.meta["reader"].get("cast_weights", False), reader.meta.get("cast_weights", False)
+        if said != read:  # how the reader scores: model.json and reader.json must agree
+            raise CacheError(
+                "E702",
+                path=folder.path / "model.json",
+                detail=f"reader.cast_weights: must match {reader_dir.name}/reader.json's {str(read).lower()} "
+                f"(got {str(said).lower()})",
+                fix_first="correct that value, or ",
+            )
+        return reader
 
     def _read_settings(self, device: str | None, precision: str | None) -> dict:
         """The model's encoder settings with `device` and `precision` replaced (checked: E203), and its

@@ -275,6 +275,13 @@ def _likelier_model_folder(path: Path) -> str:
     return ""
 
 
+def _fix_for(problem: str) -> str:
+    """E702's first advice for a `check_model_json` problem: add a missing key ("" or "key.path: Field
+    required"), else correct the value."""
+    missing = not problem or re.match(r"[\w.]+: Field required", problem)
+    return "add that key, or " if missing else "correct that value, or "
+
+
 def load_model_folder(path: Path) -> ModelFolder:
     """Read and check a model folder. E701: not one; E702: damaged, or a value of model.json of the
     wrong type or range (naming its key path, e.g. `nil.thresholds.en`); E703: a newer format; E716: a
@@ -295,8 +302,7 @@ def load_model_folder(path: Path) -> ModelFolder:
     version = meta.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:  # a type error, not a newer format
         detail = f"format_version: must be a whole number of at least 1, as written (got {version!r})"
-        fix = "add that key, or " if version is None else "correct that value, or "
-        raise CacheError("E702", path=meta_path, detail=detail, fix_first=fix)
+        raise CacheError("E702", path=meta_path, detail=detail, fix_first=_fix_for("" if version is None else detail))
     if version > FORMAT_VERSION:
         raise CacheError("E703", path=meta_path, found=version, supported=FORMAT_VERSION)
     unknown = unknown_key(meta)  # a misspelt key is not silently ignored: the setting it meant would be
@@ -305,8 +311,7 @@ def load_model_folder(path: Path) -> ModelFolder:
         raise CacheError("E716", path=meta_path, key=key, hint=hint, known=", ".join(known))
     problem = check_model_json(text)  # every value's type, finiteness and range, before any is used
     if problem is not None:
-        fix = "add that key, or " if re.match(r"[\w.]+: Field required", problem) else "correct that value, or "
-        raise CacheError("E702", path=meta_path, detail=problem, fix_first=fix)
+        raise CacheError("E702", path=meta_path, detail=problem, fix_first=_fix_for(problem))
     try:
         files = meta["files"]
         for name, expected in files.items():
