@@ -117,6 +117,10 @@ def links_frame(decided: pl.DataFrame, score_table: pl.DataFrame, candidates: pl
     return frame.with_columns(pl.col("candidates").fill_null(pl.lit([], dtype=ranked.schema["candidates"])))
 
 
+# What in a model folder's reader record decides how the reader reads and scores (`ReaderMeta`).
+READER_KEYS = ("layout", "candidates", "triage_evidence", "precision", "cast_weights")
+
+
 class Linker:
     """A loaded model folder with its encoder, KB indexes, entity-vector store and ranker.
 
@@ -175,7 +179,8 @@ class Linker:
 
     def _load_reader(self, folder) -> object:
         """The model folder's reader on the encoder's device: E702 when it is damaged (export again, not
-        re-run the stage) or when model.json's `reader.cast_weights` disagrees with reader.json's."""
+        re-run the stage) or when model.json's reader record disagrees with reader.json on what decides
+        how it reads and scores (`READER_KEYS`): link follows reader.json, so the two must agree."""
         from pipeline.model.reader import LoadedReader
 
         reader_dir = folder.path / folder.meta["reader"]["folder"]
@@ -183,15 +188,16 @@ class Linker:
             reader = LoadedReader.load(reader_dir, pick_device(self.encoder_config.device))
         except CacheError as error:
             raise CacheError("E702", path=reader_dir, detail=error.fields.get("detail", error.message)) from None
-        said, read = folder.meta["reader"].get("cast_weights", False), reader.meta.get("cast_weights", False)
-        if said != read:  # how the reader scores: model.json and reader.json must agree
-            raise CacheError(
-                "E702",
-                path=folder.path / "model.json",
-                detail=f"reader.cast_weights: must match {reader_dir.name}/reader.json's {str(read).lower()} "
-                f"(got {str(said).lower()})",
-                fix_first="correct that value, or ",
-            )
+        for key in READER_KEYS:
+            said, read = folder.meta["reader"].get(key), reader.meta.get(key)
+            if said != read:
+                raise CacheError(
+                    "E702",
+                    path=folder.path / "model.json",
+                    detail=f"reader.{key}: must match {reader_dir.name}/reader.json's {json.dumps(read)} "
+                    f"(got {json.dumps(said)})",
+                    fix_first="correct that value, or ",
+                )
         return reader
 
     def _read_settings(self, device: str | None, precision: str | None) -> dict:
