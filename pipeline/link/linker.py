@@ -159,6 +159,9 @@ class Linker:
         self._model = None
         self._check_name_layer(layers)  # first: a layer past the encoder's says so, not "must be 1"
         self._check_ranker(width)
+        self.reader = None  # checked before the KB is opened too
+        if folder.meta.get("reader") and folder.policy.artifact["method"] == "reader":  # it decides: read with it
+            self.reader = self._load_reader(folder)
         self._open_kb(Path(kb_path or meta["kb"]["path"]), kb_fingerprint, kb_map)
         self.mention_types = list(meta["types"].get("mention") or [])
         self.entity_types = list(meta["types"].get("entity") or [])
@@ -167,9 +170,6 @@ class Linker:
         identity_here = configured_identity(self.encoder_config)
         self.store = cache.entity_vector_store(identity_here, settings, float16=self.encoder_config.store_float16)
         self.policy = folder.policy
-        self.reader = None
-        if folder.meta.get("reader") and folder.policy.artifact["method"] == "reader":  # it decides: read with it
-            self.reader = self._load_reader(folder)
         # What triage's sources take from the alias table and encoder, built once here, not per chunk.
         # Ids the KB lacks are left out of them here (`kb_fit`: W710 said so).
         self.aliases, self.popularity = self.kb_fit.aliases, self.kb_fit.popularity
@@ -189,14 +189,16 @@ class Linker:
         except CacheError as error:
             raise CacheError("E702", path=reader_dir, detail=error.fields.get("detail", error.message)) from None
         for key in READER_KEYS:
-            said, read = folder.meta["reader"].get(key), reader.meta.get(key)
+            record = folder.meta["reader"]
+            said, read = record.get(key), reader.meta.get(key)
             if said != read:
+                missing = key not in record
                 raise CacheError(
                     "E702",
                     path=folder.path / "model.json",
                     detail=f"reader.{key}: must match {reader_dir.name}/reader.json's {json.dumps(read)} "
-                    f"(got {json.dumps(said)})",
-                    fix_first="correct that value, or ",
+                    f"({'missing' if missing else f'got {json.dumps(said)}'})",
+                    fix_first="add that key, or " if missing else "correct that value, or ",
                 )
         return reader
 

@@ -221,6 +221,10 @@ def test_the_stage_and_link_read_the_evidence_alike(base_run_for_evidence: dict,
         CacheError, match=r"E702.*reader.cast_weights: must match reader/reader.json's true \(got false\)"
     ):
         Linker.load(edited)
+    del meta_json["reader"]["cast_weights"]
+    (edited / "model.json").write_text(json.dumps(meta_json))
+    with pytest.raises(CacheError, match=r"reader.cast_weights: must match .* true \(missing\)\); add that key"):
+        Linker.load(edited)
     meta_json["reader"].update(cast_weights=True, triage_evidence=False)  # any key that decides how it reads
     (edited / "model.json").write_text(json.dumps(meta_json))
     with pytest.raises(CacheError, match=r"reader.triage_evidence: must match reader/reader.json's true \(got false\)"):
