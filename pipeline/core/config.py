@@ -455,6 +455,9 @@ class RerankConfig:
     batch_mentions: int = 8
     # Batches whose gradients are summed before each optimizer step (a larger batch in the same memory).
     grad_accumulation: int = 1
+    # Transformer layers of the starting encoder the reader keeps, counted from the bottom; 0 keeps
+    # all. Fewer layers read faster at link time (docs/reader.md, "A shallower reader").
+    encoder_layers: int = 0
     # Lower transformer layers kept frozen (with the embeddings when > 0); 0 trains every layer.
     freeze_layers: int = 0
     # Share of linked training mentions whose gold is removed from their candidates and whose label
@@ -497,7 +500,15 @@ class RerankConfig:
             rate = getattr(self, name)
             check_setting(where, name, rate, 0 < rate < 1, "must be in (0, 1)")
         _check_at_least(where, self, 1, "batch_mentions", "grad_accumulation")
-        _check_at_least(where, self, 0, "freeze_layers")
+        _check_at_least(where, self, 0, "freeze_layers", "encoder_layers")
+        if self.encoder_layers:
+            check_setting(
+                where,
+                "freeze_layers",
+                self.freeze_layers,
+                self.freeze_layers < self.encoder_layers,
+                f"must be below encoder_layers ({self.encoder_layers}), or nothing is left to train",
+            )
         check_setting(
             where, "nil_hidden_share", self.nil_hidden_share, 0 <= self.nil_hidden_share < 1, "must be in [0, 1)"
         )

@@ -152,6 +152,12 @@ class Warnings:
     W509 = (
         "no dev mention with gold to pick the reader's best epoch by; the reader is the epoch of lowest training loss"
     )
+    W510 = (
+        "[rerank] triage_evidence is on, but the training mentions' triage comes from their own labels "
+        "([triage] crossfit_folds = 0): their prior looks always right, so the reader learns to trust it more "
+        "than it should on new mentions; set triage.crossfit_folds = 5 (docs/reader.md, "
+        '"Triage evidence and cross-fitted priors")'
+    )
     W502 = "the ranker gives its best two candidates the same score for {tied} of {mentions} {split} mention(s) with a runner-up ({percent}): which candidate those link to is triage's order, not the ranker's; {advice}"
     W601 = "system languages {languages} are not in the gold; they count overall only"
     W602 = "{lang}: no {split} mention with gold to tune its NIL threshold on; it uses {fallback} = {value}"

@@ -261,12 +261,18 @@ def score_mentions(
 
 
 def new_reader(
-    encoder_path: str, device: torch.device, seed: int, setting: str = "rerank.encoder", evidence: bool = False
+    encoder_path: str,
+    device: torch.device,
+    seed: int,
+    setting: str = "rerank.encoder",
+    evidence: bool = False,
+    layers: int = 0,
 ) -> tuple[Reader, object]:
     """(a Reader around a fresh copy of the encoder at `encoder_path`, its tokenizer with the markers); E501
     when it cannot be loaded, saying plainly when `setting` (the config key that named it) names no model
     folder. The head and the markers' new embedding rows are seeded by `seed`; `evidence`: the reader
-    reads triage evidence (`Reader`)."""
+    reads triage evidence (`Reader`); `layers` > 0 keeps only the encoder's lowest `layers` transformer
+    layers (`keep_lower_layers`; E203 past the top)."""
     from transformers import AutoTokenizer
 
     from pipeline.encoders.encoder import load_problem
@@ -279,9 +285,40 @@ def new_reader(
         raise ConfigError("E501", name=encoder_path, detail=detail) from None
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError("E501", name=encoder_path, detail="it has no fast tokenizer, which offset mappings need")
+    keep_lower_layers(encoder, layers)
     torch.manual_seed(seed)
     encoder.resize_token_embeddings(reader_inputs.add_markers(tokenizer))
     return Reader(encoder, reader_inputs.EVIDENCE_WIDTH if evidence else 0).to(device), tokenizer
+
+
+def keep_lower_layers(encoder: torch.nn.Module, layers: int) -> None:
+    """Drop every transformer layer of `encoder` above its lowest `layers` (0: keep all); E203 past the top.
+
+    The reader's cost grows with its depth, and fine-tuning after dropping the top layers keeps most
+    of the accuracy (Sajjad et al., "On the effect of dropping layers of pre-trained transformer
+    models", Computer Speech & Language 2023). The config's `num_hidden_layers` follows, so the saved
+    reader loads at its own depth with `AutoModel`."""
+    if layers == 0:
+        return
+    blocks = _layer_list(encoder, "encoder_layers", layers)
+    encoder.encoder.layer = torch.nn.ModuleList(list(blocks)[:layers])
+    encoder.config.num_hidden_layers = layers
+
+
+def _layer_list(encoder: torch.nn.Module, field: str, layers: int) -> torch.nn.ModuleList:
+    """The encoder's transformer layers (BERT and XLM-R keep them at `encoder.encoder.layer`); E203 naming
+    [rerank] `field` when it has none, or fewer than `layers`."""
+    blocks = getattr(getattr(encoder, "encoder", None), "layer", None)
+    if blocks is None or layers > len(blocks):
+        have = "no layer list xel knows" if blocks is None else f"only {len(blocks)} layers"
+        raise ConfigError(
+            "E203",
+            where="[rerank]",
+            field=field,
+            value=layers,
+            reason=f"the encoder has {have}; give a smaller number, or 0",
+        )
+    return blocks
 
 
 def _encoder_model(path: str | Path) -> torch.nn.Module:
@@ -302,16 +339,7 @@ def freeze_lower_layers(reader: Reader, layers: int) -> None:
     """Keep the embeddings and the lowest `layers` transformer layers fixed (0: train all); E203 past the top."""
     if layers == 0:
         return
-    blocks = getattr(getattr(reader.encoder, "encoder", None), "layer", None)
-    if blocks is None or layers > len(blocks):
-        have = "no layer list xel knows" if blocks is None else f"only {len(blocks)} layers"
-        raise ConfigError(
-            "E203",
-            where="[rerank]",
-            field="freeze_layers",
-            value=layers,
-            reason=f"the encoder has {have}; give a smaller number, or 0",
-        )
+    blocks = _layer_list(reader.encoder, "freeze_layers", layers)
     for module in (reader.encoder.embeddings, *blocks[:layers]):
         for parameter in module.parameters():
             parameter.requires_grad_(False)

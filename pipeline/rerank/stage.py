@@ -98,8 +98,9 @@ def stage_identity(config: RunConfig) -> tuple[dict[str, str], dict]:
         inputs["train"] = upstream_key(config.stage_dir("train"), "train")
     inputs["encoder"] = encoder_identity(encoder_path(config))
     settings = {k: v for k, v in to_dict(config.rerank).items() if k not in NOT_KEYED}
-    if not config.rerank.triage_evidence:
-        del settings["triage_evidence"]  # added later: off, readers trained before it keep their keys
+    for added_later in ("triage_evidence", "encoder_layers"):
+        if not settings[added_later]:
+            del settings[added_later]  # off, readers trained before the setting keep their keys
     return inputs, settings
 
 
@@ -161,9 +162,15 @@ def _rerank(config: RunConfig, force: bool, world: World) -> StageResult:
 
 def _prepare(config: RunConfig, device: torch.device) -> tuple[Reader, object, training.TrainingSet]:
     """(a fresh reader from the starting encoder, its tokenizer, the mentions' examples and what each is for):
-    E501 (encoder), E203 (layout, freeze_layers), E507 (nothing to learn) and the upstream tables' errors."""
+    E501 (encoder), E203 (layout, encoder_layers, freeze_layers), E507 (nothing to learn) and the upstream
+    tables' errors."""
     reader, tokenizer = new_reader(
-        encoder_path(config), device, config.rerank.seed, encoder_setting(config), config.rerank.triage_evidence
+        encoder_path(config),
+        device,
+        config.rerank.seed,
+        encoder_setting(config),
+        config.rerank.triage_evidence,
+        config.rerank.encoder_layers,
     )
     freeze_lower_layers(reader, config.rerank.freeze_layers)
     layout = sequence_layout(config)
@@ -305,6 +312,8 @@ def fit(
     state.spread_over(world, rerank.seed)
     if len(data.dev_rows) == 0 and world.is_main:
         warn(logger, "W509")
+    if rerank.triage_evidence and config.triage.crossfit_folds == 0 and world.is_main:
+        warn(logger, "W510")
     plan = training.Schedule(
         rerank.batch_mentions,
         rerank.grad_accumulation,

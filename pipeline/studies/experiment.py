@@ -505,7 +505,7 @@ def _reader_note(config: RunConfig) -> list[str]:
         f"top {rerank.top_k} of the {rerank.candidates}'s candidates, {rerank.max_seq_tokens} sub-words "
         f"({rerank.max_context_tokens} of context), {rerank.epochs} epoch(s), lr {rerank.learning_rate}, "
         f"batch {rerank.batch_mentions} × {rerank.grad_accumulation}, NIL-hidden share {rerank.nil_hidden_share}, "
-        f"{rerank.freeze_layers} frozen layer(s).",
+        f"{rerank.encoder_layers or 'all'} encoder layer(s) kept, {rerank.freeze_layers} frozen.",
     ]
 
 

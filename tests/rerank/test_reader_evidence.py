@@ -253,7 +253,13 @@ def base_run_for_evidence(tmp_path_factory, tiny_encoder_dir: Path) -> dict:
     )
     result = CliRunner().invoke(main, ["run", "--config", str(config)])
     assert result.exit_code == 0, result.output + repr(result.exception)
-    return {"config": config, "run_dir": folder / "run"}
+    return {"config": config, "run_dir": folder / "run", "output": result.output}
+
+
+def test_evidence_without_cross_fitted_triage_is_warned_of(base_run_for_evidence: dict) -> None:
+    # the tiny run keeps [triage] crossfit_folds = 0, so its training priors come from its own labels
+    assert "W510" in base_run_for_evidence["output"]
+    assert "set triage.crossfit_folds = 5" in base_run_for_evidence["output"]
 
 
 def test_the_reader_bench_runs_the_stages_own_reader(base_run_for_evidence: dict) -> None:
