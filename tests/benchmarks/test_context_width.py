@@ -63,3 +63,39 @@ def test_every_width_and_precision_gives_a_row(tiny_encoder_dir: Path, tmp_path:
     assert lines[-5].split() == ["precision", "width", "micro", "en", "es", "ru", "Δ", "micro", "mentions/s", "speed"]
     reference = next(line for line in lines[-4:] if line.split()[:2] == ["fp32", "32"])
     assert reference.split()[-3:-2] == ["+0.000"] and reference.endswith("1.00x")
+
+
+def _bench():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("context_width", ROOT / "bench" / "context_width.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(precision: str, seed: int, en: float, es: float) -> dict:
+    return {
+        "precision": precision,
+        "width": 512,
+        "split": "test",
+        "seed": seed,
+        "micro_average": (en + es) / 2,
+        "by_language": {"en": en, "es": es},
+        "mentions_per_second": 10.0 if precision == "fp32" else 16.0,
+        "run_seconds": 1.0,
+    }
+
+
+def test_seeds_are_averaged_and_the_largest_language_change_is_shown(capsys) -> None:
+    bench = _bench()
+    fp32 = bench.mean_row([_run("fp32", 13, 0.90, 0.80), _run("fp32", 17, 0.92, 0.84)])
+    bf16 = bench.mean_row([_run("bf16", 13, 0.91, 0.83), _run("bf16", 17, 0.91, 0.83)])
+    assert fp32["by_language"] == pytest.approx({"en": 0.91, "es": 0.82})
+    assert fp32["seeds"] == [13, 17] and fp32["sd_language"] == pytest.approx(0.0283, abs=1e-4)  # es: 0.80, 0.84
+    bench.print_table([fp32, bf16])
+    out = capsys.readouterr().out
+    assert "each row the mean of seeds 13, 17" in out
+    bf16_line = next(line for line in out.splitlines() if line.startswith("bf16"))
+    # es moved by 0.010 (0.82 -> 0.83), en not at all: the largest per-language change is 0.010; sd 0
+    assert bf16_line.split()[5:9] == ["+0.005", "0.010", "0.000", "16.0"]
