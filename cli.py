@@ -359,6 +359,7 @@ _stage_command("evaluate", "Score candidates, tune NIL thresholds on dev, write 
 def run(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, force: bool) -> None:
     """Run the stages in order (rerank only with rerank.enabled = true); each skips when it is up to date."""
     from pipeline.core import distributed
+    from pipeline.core.config_file import settings_located
     from pipeline.stages import STAGES, TRAINING_STAGES, check_settings, run_stage
 
     world = distributed.world_from_environment()
@@ -367,7 +368,8 @@ def run(config_path: Path, overrides: tuple[str, ...], run_dir: Path | None, for
     if world.is_main:
         _say(f"run: {config.run_dir} (config {config_path})")
     # Under torchrun every rank trains; rank 0 alone runs the other stages while the rest wait.
-    check_settings(config, tuple(s for s in STAGES if s != "rerank" or config.rerank.enabled))
+    with settings_located(config.source, config.overrides):  # a refused setting names its file and line
+        check_settings(config, tuple(s for s in STAGES if s != "rerank" or config.rerank.enabled))
     with _holding(config, "run", writer=world.is_main), distributed.process_group(world, config.train.device):
         for stage in STAGES:
             if stage == "rerank" and not config.rerank.enabled:

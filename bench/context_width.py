@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -77,6 +78,30 @@ def run_once(config: Path, run_dir: Path, width: int, precision: str, extra: lis
     }
 
 
+def seed_list(text: str) -> list[int]:
+    """`--seeds`: distinct whole numbers, comma-separated ("" for none: the config's own seed)."""
+    if not text:
+        return []
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"give distinct whole numbers, comma-separated, as 13,17,29 (got {text!r})")
+    return seeds
+
+
+def seeded_folder(first: Path, folder: Path) -> None:
+    """Start a seed's new run `folder` from the first seed's triage and encode, which only train.seed
+    separates from it: each stage's key still decides whether the copy is up to date."""
+    if folder.exists() or not first.is_dir():
+        return
+    folder.mkdir(parents=True)
+    for stage in ("triage", "encode"):
+        if (first / stage).is_dir():
+            shutil.copytree(first / stage, folder / stage)
+
+
 def mean_row(runs: list[dict]) -> dict:
     """One row of `runs` of the same precision and width (one per seed): the mean micro-average, per
     language and encode mentions/s; `sd_language`, the largest per-language standard deviation (0 for one run)."""
@@ -85,7 +110,7 @@ def mean_row(runs: list[dict]) -> dict:
         lang: [run["by_language"][lang] for run in runs if lang in run["by_language"]] for lang in languages
     }
     return {
-        **runs[0],
+        **{key: value for key, value in runs[0].items() if key != "seed"},
         "micro_average": statistics.fmean(run["micro_average"] for run in runs),
         "by_language": {lang: statistics.fmean(values) for lang, values in per_language.items()},
         "mentions_per_second": statistics.fmean(run["mentions_per_second"] for run in runs),
@@ -145,14 +170,16 @@ def main() -> int:
     )
     parser.add_argument(
         "--seeds",
+        type=seed_list,
         default="",
-        help="train.seed values, comma-separated: one run per seed for each row, which shows their mean",
+        help="train.seed values, comma-separated: one run per seed for each row, which shows their mean; "
+        "each seed's run starts from the first seed's triage and encode",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
     args = parser.parse_args()
     widths = sorted(int(width) for width in args.widths.split(","))
     precisions = [name.strip() for name in args.precisions.split(",") if name.strip()]
-    seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+    seeds = args.seeds
     rows = []
     for precision in precisions:
         for width in widths:
@@ -160,6 +187,10 @@ def main() -> int:
             for seed in seeds or [None]:
                 folder = f"{precision}-{width}" + (f"-s{seed}" if seed is not None else "")
                 extra = args.assignments + ([f"train.seed={seed}"] if seed is not None else [])
+                if runs:
+                    seeded_folder(
+                        args.work.resolve() / f"{precision}-{width}-s{seeds[0]}", args.work.resolve() / folder
+                    )
                 runs.append(
                     {
                         **run_once(args.config.resolve(), args.work.resolve() / folder, width, precision, extra),

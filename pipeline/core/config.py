@@ -506,8 +506,8 @@ class RerankConfig:
                 where,
                 "freeze_layers",
                 self.freeze_layers,
-                self.freeze_layers < self.encoder_layers,
-                f"must be below encoder_layers ({self.encoder_layers}), or nothing is left to train",
+                self.freeze_layers <= self.encoder_layers,
+                f"must be at most encoder_layers ({self.encoder_layers}), the layers the reader keeps",
             )
         check_setting(
             where, "nil_hidden_share", self.nil_hidden_share, 0 <= self.nil_hidden_share < 1, "must be in [0, 1)"

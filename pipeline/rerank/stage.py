@@ -120,6 +120,31 @@ def check_config(config: RunConfig) -> None:
             "(--set rerank.enabled=true)",
         )
     check_source(config.rerank.encoder or config.encoder.name, encoder_setting(config))
+    _check_depth(config)
+
+
+def _check_depth(config: RunConfig) -> None:
+    """E203 for encoder_layers or freeze_layers past the starting encoder's depth (its config.json's
+    num_hidden_layers), said before any stage runs. An encoder that is no folder here yet (a hub name, the
+    default before its first build) is checked when the reader is built (`reader.keep_lower_layers`)."""
+    from pipeline.encoders.build import DEFAULT_ENCODER, ENCODER_FOLDER, default_cache_dir
+
+    name = config.rerank.encoder or config.encoder.name
+    folder = default_cache_dir() / ENCODER_FOLDER if name == DEFAULT_ENCODER else Path(name).expanduser()
+    try:
+        depth = json.loads((folder / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    for field in ("encoder_layers", "freeze_layers"):
+        value = getattr(config.rerank, field)
+        if isinstance(depth, int) and value > depth:
+            raise ConfigError(
+                "E203",
+                where="[rerank]",
+                field=field,
+                value=value,
+                reason=f"the encoder has only {depth} layers; give a smaller number, or 0",
+            )
 
 
 def run(config: RunConfig, force: bool = False) -> StageResult:

@@ -60,9 +60,10 @@ def test_every_width_and_precision_gives_a_row(tiny_encoder_dir: Path, tmp_path:
         assert settings["max_context_tokens"] == row["width"]
     lines = result.stdout.splitlines()
     assert lines[-6] == "evaluation split test; reference: fp32 at 32 sub-words"
-    assert lines[-5].split() == ["precision", "width", "micro", "en", "es", "ru", "Δ", "micro", "mentions/s", "speed"]
+    header = ["precision", "width", "micro", "en", "es", "ru", "Δ", "micro", "max", "|Δ", "lang|", "sd", "lang"]
+    assert lines[-5].split() == [*header, "mentions/s", "speed"]
     reference = next(line for line in lines[-4:] if line.split()[:2] == ["fp32", "32"])
-    assert reference.split()[-3:-2] == ["+0.000"] and reference.endswith("1.00x")
+    assert reference.split()[6:9] == ["+0.000", "0.000", "0.000"] and reference.endswith("1.00x")
 
 
 def _bench():
@@ -99,3 +100,26 @@ def test_seeds_are_averaged_and_the_largest_language_change_is_shown(capsys) -> 
     bf16_line = next(line for line in out.splitlines() if line.startswith("bf16"))
     # es moved by 0.010 (0.82 -> 0.83), en not at all: the largest per-language change is 0.010; sd 0
     assert bf16_line.split()[5:9] == ["+0.005", "0.010", "0.000", "16.0"]
+
+
+@pytest.mark.parametrize("given", ["a,b", "1.5", "13,13", " , "])
+def test_seeds_that_are_not_distinct_whole_numbers_are_refused(given: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "context_width.py"), "--seeds", given, "--work", "/nonexistent"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--seeds: give distinct whole numbers, comma-separated" in result.stderr
+
+
+def test_a_seed_folder_starts_from_the_first_seeds_triage_and_encode(tmp_path: Path) -> None:
+    first = tmp_path / "fp32-512-s13"
+    for stage in ("triage", "encode", "train"):
+        (first / stage).mkdir(parents=True)
+        (first / stage / "manifest.json").write_text(stage)
+    _bench().seeded_folder(first, tmp_path / "fp32-512-s17")
+    assert sorted(p.name for p in (tmp_path / "fp32-512-s17").iterdir()) == ["encode", "triage"]  # train: per seed
+    (tmp_path / "fp32-512-s17" / "encode" / "manifest.json").write_text("its own")
+    _bench().seeded_folder(first, tmp_path / "fp32-512-s17")  # a folder that exists is left as it is
+    assert (tmp_path / "fp32-512-s17" / "encode" / "manifest.json").read_text() == "its own"

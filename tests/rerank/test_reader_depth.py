@@ -38,14 +38,31 @@ def test_more_layers_than_the_encoder_has_is_refused(tiny_encoder_dir: Path) -> 
         new_reader(str(tiny_encoder_dir), torch.device("cpu"), seed=13, layers=3)
 
 
-def test_freezing_every_kept_layer_is_refused() -> None:
+def test_freezing_more_layers_than_are_kept_is_refused() -> None:
     from pipeline.core.config import RerankConfig
 
-    with pytest.raises(ConfigError, match=r"E203.*freeze_layers.*below encoder_layers \(4\)"):
-        RerankConfig(encoder_layers=4, freeze_layers=4)
+    with pytest.raises(ConfigError, match=r"E203.*freeze_layers.*at most encoder_layers \(4\)"):
+        RerankConfig(encoder_layers=4, freeze_layers=5)
     with pytest.raises(ConfigError, match=r"E203.*encoder_layers"):
         RerankConfig(encoder_layers=-1)
-    assert RerankConfig(encoder_layers=4, freeze_layers=3).encoder_layers == 4
+    # as with freeze_layers equal to the whole encoder's depth: only the head learns
+    assert RerankConfig(encoder_layers=4, freeze_layers=4).encoder_layers == 4
+
+
+@pytest.mark.parametrize("field", ["encoder_layers", "freeze_layers"])
+def test_a_depth_past_the_encoder_is_refused_before_any_stage_runs(make_run_config, field: str) -> None:
+    from click.testing import CliRunner
+
+    from cli import main
+
+    config = make_run_config(rerank={"enabled": True, field: 3})  # the tiny encoder has 2 layers
+    result = CliRunner().invoke(main, ["run", "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    assert (
+        f"[E203] {config}:" in result.output
+        and f"{field} = 3 is invalid: the encoder has only 2 layers" in result.output
+    )
+    assert not (config.parent / "run" / "triage").exists()  # refused before triage
 
 
 def test_the_setting_joins_rerank_s_key_only_when_set(make_run_config, monkeypatch) -> None:
