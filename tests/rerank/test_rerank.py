@@ -568,13 +568,17 @@ def without_dropout(encoder: Path, folder: Path) -> Path:
 
 
 def assert_same_weights(one: dict, two: dict) -> None:
-    """Two state dicts agree up to float summation order.
+    """Two state dicts agree up to float summation order, tensor by tensor: the norm of the difference
+    within 0.1 % of the tensor's. Not element by element: where an element's gradient is float noise,
+    Adam scales it to a full step, so a few elements of a large matrix can differ by the learning rate
+    (CI once saw it in the word embeddings); a tensor trained on other batches differs as a whole.
 
     Bar the slot projection's bias: it adds the same query . bias to every slot, so it changes no
-    probability; its gradient is float noise, which Adam scales to full steps."""
+    probability, and all its gradient is float noise."""
     assert one.keys() == two.keys()
     for name in [name for name in one if not name.endswith("slot_projection.bias")]:
-        torch.testing.assert_close(two[name], one[name], rtol=1e-3, atol=1e-5, msg=name)
+        difference = (two[name].double() - one[name].double()).norm().item()
+        assert difference <= 1e-3 * one[name].double().norm().item() + 1e-5, (name, difference)
 
 
 def test_two_gloo_processes_train_the_reader_as_one_process(base_run: dict, run_copy: Path, tmp_path: Path) -> None:
