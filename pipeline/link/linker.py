@@ -188,8 +188,8 @@ class Linker:
             reader = LoadedReader.load(reader_dir, pick_device(self.encoder_config.device))
         except CacheError as error:
             raise CacheError("E702", path=reader_dir, detail=error.fields.get("detail", error.message)) from None
+        record = folder.meta["reader"]
         for key in READER_KEYS:
-            record = folder.meta["reader"]
             said, read = record.get(key), reader.meta.get(key)
             if said != read:
                 missing = key not in record

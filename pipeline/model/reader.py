@@ -310,15 +310,19 @@ def _layer_list(encoder: torch.nn.Module, field: str, layers: int) -> torch.nn.M
     [rerank] `field` when it has none, or fewer than `layers`."""
     blocks = getattr(getattr(encoder, "encoder", None), "layer", None)
     if blocks is None or layers > len(blocks):
-        have = "no layer list xel knows" if blocks is None else f"only {len(blocks)} layers"
-        raise ConfigError(
-            "E203",
-            where="[rerank]",
-            field=field,
-            value=layers,
-            reason=f"the encoder has {have}; give a smaller number, or 0",
-        )
+        raise too_deep(field, layers, "no layer list xel knows" if blocks is None else f"only {len(blocks)} layers")
     return blocks
+
+
+def too_deep(field: str, layers: int, have: str) -> ConfigError:
+    """E203 for [rerank] `field` = `layers` when the starting encoder has `have` ("only 12 layers")."""
+    return ConfigError(
+        "E203",
+        where="[rerank]",
+        field=field,
+        value=layers,
+        reason=f"the encoder has {have}; give a smaller number, or 0",
+    )
 
 
 def _encoder_model(path: str | Path) -> torch.nn.Module:

@@ -53,6 +53,7 @@ from pipeline.model.reader import (
     new_reader,
     save_reader,
     score_mentions,
+    too_deep,
 )
 from pipeline.model.reader_inputs import Layout
 from pipeline.rerank import training
@@ -138,13 +139,7 @@ def _check_depth(config: RunConfig) -> None:
     for field in ("encoder_layers", "freeze_layers"):
         value = getattr(config.rerank, field)
         if isinstance(depth, int) and value > depth:
-            raise ConfigError(
-                "E203",
-                where="[rerank]",
-                field=field,
-                value=value,
-                reason=f"the encoder has only {depth} layers; give a smaller number, or 0",
-            )
+            raise too_deep(field, value, f"only {depth} layers")
 
 
 def run(config: RunConfig, force: bool = False) -> StageResult:
