@@ -61,7 +61,10 @@ def export_release(rev: str, folder: Path) -> Path:
     """The files of git revision `rev` of this checkout, exported to `folder` (once: kept when there)."""
     if not (folder / "cli.py").exists():
         folder.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "archive", rev], cwd=ROOT, check=True, capture_output=True).stdout
+        exported = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True)
+        if exported.returncode != 0:
+            sys.exit(f"git archive {rev} failed: {exported.stderr.decode(errors='replace').strip()}")
+        archive = exported.stdout
         subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
     return folder
 
