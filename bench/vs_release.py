@@ -16,7 +16,7 @@ run, on one machine:
   micro-average per language from evaluate's metrics.json;
 - then `xel-cli link` of the evaluation split's named mentions with that run's model folder,
   `--repeats` times (each into a new folder), sides alternated so that load on the machine hits
-  them alike: the first link after the run and the best later one, as mentions over the whole
+  them alike: the first link after the run and the best of all, as mentions over the whole
   process's seconds (start-up and loading included: what a user waits for);
 - then `xel-cli encode --force`, `--repeats` times, sides alternated: the encode stage's own
   seconds (its manifest) and the whole process's.
@@ -32,15 +32,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from pipeline.core.config_file import load_config
+from pipeline.scoring.decisions import read_metrics
+from pipeline.studies.subrun import micro_average
 
 ROOT = Path(__file__).resolve().parents[1]
-MICRO_AVERAGE = "kbp2010_micro_average"
 
 
 def xel(code_root: Path, args: list[str], cache: Path) -> float:
@@ -58,41 +60,43 @@ def xel(code_root: Path, args: list[str], cache: Path) -> float:
 
 
 def export_release(rev: str, folder: Path) -> Path:
-    """The files of git revision `rev` of this checkout, exported to `folder` (once: kept when there)."""
-    if not (folder / "cli.py").exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        exported = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True)
-        if exported.returncode != 0:
-            sys.exit(f"git archive {rev} failed: {exported.stderr.decode(errors='replace').strip()}")
-        archive = exported.stdout
-        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    """The files of git revision `rev` of this checkout, exported to `folder` (once: kept when there).
+
+    Extracted beside it under a temporary name and renamed, so an interrupted export is never reused."""
+    if folder.exists():
+        return folder
+    exported = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True)
+    if exported.returncode != 0:
+        sys.exit(f"git archive {rev} failed: {exported.stderr.decode(errors='replace').strip()}")
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-C", str(partial)], input=exported.stdout, check=True)
+    partial.rename(folder)
     return folder
 
 
-def test_mentions(run_dir: Path, out: Path, mentions_file: Path) -> int:
-    """Write the evaluation split's named mentions as JSONL (ids made unique); their count."""
-    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text(encoding="utf-8"))
-    split = metrics.get("split", "test")
-    seen: dict[str, int] = {}
+def split_mentions(mentions_file: Path, split: str, out: Path) -> int:
+    """Write `split`'s named mentions as JSONL, their count. A repeated id becomes id#start-end, as
+    `inputs.rename_duplicate_ids` names it: the release's link has no `--rename-duplicate-ids`."""
+    seen: set[str] = set()
     rows = []
     for line in mentions_file.read_text(encoding="utf-8").splitlines():
         mention = json.loads(line)
         if mention.get("split") != split or not mention.get("named", True):
             continue
-        count = seen.get(mention["id"], 0)
-        seen[mention["id"]] = count + 1
-        if count:
-            mention["id"] = f"{mention['id']}#{count + 1}"
+        if mention["id"] in seen:
+            start, end = mention.get("doc_start", mention.get("start")), mention.get("doc_end", mention.get("end"))
+            mention["id"] = f"{mention['id']}#{start}-{end}"
+        seen.add(mention["id"])
         rows.append(json.dumps(mention, ensure_ascii=False))
     out.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return len(rows)
 
 
-def quality(run_dir: Path) -> dict[str, float]:
-    """Test micro-average overall ("all") and per language from the run's metrics.json."""
-    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text(encoding="utf-8"))
-    scores = {lang: s[MICRO_AVERAGE]["micro_average"] for lang, s in metrics["by_language"].items()}
-    return {"all": metrics["overall"][MICRO_AVERAGE]["micro_average"], **scores}
+def quality(metrics: dict) -> dict[str, float]:
+    """Micro-average overall ("all") and per language from an evaluate metrics.json."""
+    return {"all": micro_average(metrics), **{lang: micro_average(metrics, lang) for lang in metrics["by_language"]}}
 
 
 def main() -> int:
@@ -122,29 +126,21 @@ def main() -> int:
         extra = [] if precision == "auto" else ["--set", f"encoder.precision={precision}"]
         sides[f"this checkout, {precision}"] = (ROOT, extra)
 
-    runs = {}
+    runs, scores = {}, {}
     for index, (name, (code, extra)) in enumerate(sides.items()):
         run_dir = work / f"run-{index}"
         seconds = xel(code, ["run", "--config", str(code / args.config), "--run-dir", str(run_dir), *extra], cache)
-        runs[name] = run_dir
-        print(f"{name}: run in {seconds:.0f} s, test micro-average {quality(run_dir)['all']:.3f}", flush=True)
-    n_mentions = test_mentions(next(iter(runs.values())), work / "test-mentions.jsonl", mentions_file)
+        metrics = read_metrics(run_dir / "evaluate")
+        runs[name], scores[name], split = run_dir, quality(metrics), metrics.get("split", "test")
+        print(f"{name}: run in {seconds:.0f} s, {split} micro-average {scores[name]['all']:.3f}", flush=True)
+    n_mentions = split_mentions(mentions_file, split, work / "split-mentions.jsonl")
 
     link_seconds: dict[str, list[float]] = {name: [] for name in sides}
     encode_seconds: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
     for repeat in range(args.repeats):
-        for name, (code, _) in sides.items():
-            out = work / f"link-{list(sides).index(name)}-{repeat}"
-            link_args = [
-                "link",
-                "--model",
-                str(runs[name] / "model"),
-                "--mentions",
-                str(work / "test-mentions.jsonl"),
-                "--out",
-                str(out),
-                "--force",
-            ]
+        for index, (name, (code, _)) in enumerate(sides.items()):
+            model, mentions, out = runs[name] / "model", work / "split-mentions.jsonl", work / f"link-{index}-{repeat}"
+            link_args = ["link", "--model", str(model), "--mentions", str(mentions), "--out", str(out), "--force"]
             link_seconds[name].append(xel(code, link_args, cache))
     for repeat in range(args.repeats):
         for name, (code, extra) in sides.items():
@@ -158,8 +154,8 @@ def main() -> int:
             encode_seconds[name].append((stage, wall))
 
     reference = next(iter(sides))
-    columns = ["all", *sorted(lang for lang in quality(runs[reference]) if lang != "all")]
-    print(f"\n{n_mentions} test mentions linked; best of {args.repeats} unless said; ratios against {reference}")
+    columns = ["all", *sorted(lang for lang in scores[reference] if lang != "all")]
+    print(f"\n{n_mentions} {split} mentions linked; best of {args.repeats} unless said; ratios against {reference}")
     print(
         f"{'side':28} {'encode s':>9} {'(process)':>9} {'speed':>6} {'link m/s':>9} {'first':>6} {'speed':>6}  "
         + "  ".join(f"{lang:>5}" for lang in columns)
@@ -174,15 +170,14 @@ def main() -> int:
             "encode_process_seconds": min(w for _, w in encode_seconds[name]),
             "link_mentions_per_second": n_mentions / min(link_seconds[name]),
             "first_link_mentions_per_second": n_mentions / link_seconds[name][0],
-            "micro_average": quality(runs[name]),
+            "micro_average": scores[name],
         }
         rows.append(row)
-        scores = row["micro_average"]
         print(
             f"{name:28} {row['encode_seconds']:9.1f} {row['encode_process_seconds']:9.1f} "
             f"{base_encode / row['encode_seconds']:5.2f}x {row['link_mentions_per_second']:9.1f} "
             f"{row['first_link_mentions_per_second']:6.1f} {row['link_mentions_per_second'] / base_link:5.2f}x  "
-            + "  ".join(f"{scores.get(lang, float('nan')):5.3f}" for lang in columns)
+            + "  ".join(f"{scores[name].get(lang, float('nan')):5.3f}" for lang in columns)
         )
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2), encoding="utf-8")
